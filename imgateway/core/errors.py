@@ -1,0 +1,251 @@
+# -*- test-case-name: tests.test_errors -*-
+"""
+Typed errors of the core model.
+
+Every delivery ends in a status the sender can see. Failures are the
+L{DeliveryError} subclasses below, each with a L{DeliveryStatus}; adapters map
+them to their wire form (a native status code, an XMPP stanza error, an IRC
+numeric) in one table each.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "AccountDisabled",
+    "AccountExists",
+    "AuthenticationFailed",
+    "Blocked",
+    "ConfigError",
+    "DeliveryError",
+    "DeliveryStatus",
+    "ImgatewayError",
+    "InvalidAddress",
+    "LoopDetected",
+    "NoSuchAccount",
+    "NoRoute",
+    "NoSuchUser",
+    "NotAuthorised",
+    "PersistenceFailed",
+    "RateLimited",
+    "ServerError",
+    "TooLarge",
+    "TooManySessions",
+    "UserBusy",
+    "UserOffline",
+    "statusError",
+]
+
+
+class ImgatewayError(Exception):
+    """
+    Base of every error imgateway raises on purpose.
+    """
+
+
+class InvalidAddress(ImgatewayError, ValueError):
+    """
+    A string is not a valid address (or one of its parts is invalid).
+    """
+
+
+class ConfigError(ImgatewayError):
+    """
+    The configuration is unusable. The message names the file and the key.
+    """
+
+
+class AccountExists(ImgatewayError):
+    """
+    An account with that address already exists.
+    """
+
+
+class NoSuchAccount(ImgatewayError):
+    """
+    The directory has no account with that address.
+    """
+
+
+class AuthenticationFailed(ImgatewayError):
+    """
+    Credentials were wrong, or the account may not log in.
+    """
+
+
+class AccountDisabled(AuthenticationFailed):
+    """
+    The account exists but is disabled.
+    """
+
+
+class PersistenceFailed(ImgatewayError):
+    """
+    The store could not write (disk full, I/O error). Nothing acknowledged
+    was lost; the operation that raised this did not happen.
+    """
+
+
+class TooManySessions(ImgatewayError):
+    """
+    The user already has as many sessions as the home server allows.
+    """
+
+
+class DeliveryStatus(enum.Enum):
+    """
+    The outcome of delivering a message (or presence, or subscription event),
+    as the sender sees it. Values are the native protocol's status codes,
+    which are the reference for every other adapter's mapping.
+    """
+
+    DELIVERED = 200
+    NOT_AUTHORISED = 401
+    BLOCKED = 403
+    NO_SUCH_USER = 404
+    TOO_LARGE = 413
+    RATE_LIMITED = 429
+    OFFLINE = 480
+    LOOP_DETECTED = 482
+    BUSY = 486
+    SERVER_ERROR = 500
+    NO_ROUTE = 502
+
+
+class DeliveryError(ImgatewayError):
+    """
+    A delivery failed; C{status} says why.
+
+    @cvar status: The L{DeliveryStatus} of this kind of failure.
+    @ivar text: Human-readable detail, safe to show to the sender.
+    """
+
+    status: DeliveryStatus = DeliveryStatus.SERVER_ERROR
+
+    def __init__(self, text: str = "") -> None:
+        super().__init__(text)
+        self.text = text or self.status.name.lower().replace("_", " ")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.text!r})"
+
+
+class NoSuchUser(DeliveryError):
+    """
+    The recipient does not exist.
+    """
+
+    status = DeliveryStatus.NO_SUCH_USER
+
+
+class UserOffline(DeliveryError):
+    """
+    The recipient exists but has no session that can take the message.
+    """
+
+    status = DeliveryStatus.OFFLINE
+
+
+class Blocked(DeliveryError):
+    """
+    The recipient blocks the sender.
+    """
+
+    status = DeliveryStatus.BLOCKED
+
+
+class NotAuthorised(DeliveryError):
+    """
+    The sender may not do this (for example, it is not logged in).
+    """
+
+    status = DeliveryStatus.NOT_AUTHORISED
+
+
+class UserBusy(DeliveryError):
+    """
+    The recipient's presence rules turn the message away, naming another way
+    to reach them.
+
+    @ivar alternate: Where to reach the user instead (a URI such as
+        C{tel:+15550100} or C{im:alice.mobile@corp.example}), or C{None}.
+    """
+
+    status = DeliveryStatus.BUSY
+
+    def __init__(self, text: str = "", alternate: str | None = None) -> None:
+        super().__init__(text)
+        self.alternate = alternate
+
+
+class LoopDetected(DeliveryError):
+    """
+    The event has been seen before, or has gone through too many hops.
+    """
+
+    status = DeliveryStatus.LOOP_DETECTED
+
+
+class TooLarge(DeliveryError):
+    """
+    The message is larger than a limit on its path.
+    """
+
+    status = DeliveryStatus.TOO_LARGE
+
+
+class RateLimited(DeliveryError):
+    """
+    The sender is sending faster than allowed.
+    """
+
+    status = DeliveryStatus.RATE_LIMITED
+
+
+class NoRoute(DeliveryError):
+    """
+    No route leads to the recipient's domain.
+    """
+
+    status = DeliveryStatus.NO_ROUTE
+
+
+class ServerError(DeliveryError):
+    """
+    Something failed on our side; the failure was logged.
+    """
+
+    status = DeliveryStatus.SERVER_ERROR
+
+
+_BY_STATUS: dict[DeliveryStatus, type[DeliveryError]] = {
+    cls.status: cls
+    for cls in (
+        NoSuchUser,
+        UserOffline,
+        Blocked,
+        NotAuthorised,
+        UserBusy,
+        LoopDetected,
+        TooLarge,
+        RateLimited,
+        NoRoute,
+        ServerError,
+    )
+}
+
+
+def statusError(
+    status: DeliveryStatus, text: str = "", alternate: str | None = None
+) -> DeliveryError:
+    """
+    Build the L{DeliveryError} for a failed status (for example one that a
+    peer reported back on the wire).
+
+    @param status: Any status but L{DeliveryStatus.DELIVERED}.
+    """
+    if status is DeliveryStatus.BUSY:
+        return UserBusy(text, alternate)
+    return _BY_STATUS.get(status, ServerError)(text)
+

@@ -1,0 +1,143 @@
+# -*- test-case-name: tests.test_events -*-
+"""
+The core events that flow between sessions, home servers, the router and
+protocol adapters: L{Message}, L{PresenceUpdate}, L{PresenceProbe} and
+L{SubscriptionEvent}.
+
+Every event has a C{sender}, a C{recipient} and a hop count, so the router can
+deliver any of them by the recipient's domain alone and stop loops.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from typing import Union
+
+from attrs import evolve, field, frozen, validators
+
+from imgateway.core.address import Address
+from imgateway.core.errors import LoopDetected
+from imgateway.core.presence import Presence
+
+__all__ = [
+    "DEFAULT_MAX_HOPS",
+    "Event",
+    "Message",
+    "PresenceProbe",
+    "PresenceUpdate",
+    "SubscriptionEvent",
+    "SubscriptionKind",
+    "forwarded",
+    "newMessageId",
+]
+
+#: Hops an event may take before it is treated as looping.
+DEFAULT_MAX_HOPS = 16
+
+#: Longest message id, in characters.
+MAX_MESSAGE_ID_CHARS = 128
+
+
+def newMessageId() -> str:
+    """
+    @return: A fresh, globally unique message id.
+    """
+    return uuid.uuid4().hex
+
+
+def _checkMessageId(instance: object, attribute: object, value: str) -> None:
+    if not value or len(value) > MAX_MESSAGE_ID_CHARS:
+        raise ValueError(f"message id must be 1 to {MAX_MESSAGE_ID_CHARS} characters")
+    if not value.isprintable() or " " in value:
+        raise ValueError("message id must be printable, without spaces")
+
+
+@frozen
+class Message:
+    """
+    An instant message (CPIM-like, RFC 3862).
+
+    @ivar sender: Who sends it.
+    @ivar recipient: Who it is for.
+    @ivar body: The text of the message.
+    @ivar contentType: The MIME type of C{body}.
+    @ivar messageId: Unique id; the same id seen twice is a loop.
+    @ivar timestamp: POSIX time at which the sender sent it.
+    @ivar hops: How many servers it has passed through.
+    """
+
+    sender: Address
+    recipient: Address
+    body: str
+    contentType: str = "text/plain"
+    messageId: str = field(factory=newMessageId, validator=_checkMessageId)
+    timestamp: float = field(factory=time.time)
+    hops: int = field(default=0, validator=validators.ge(0))
+
+
+@frozen
+class PresenceUpdate:
+    """
+    The presence of C{sender}, as its watcher C{recipient} should see it.
+    """
+
+    sender: Address
+    recipient: Address
+    presence: Presence
+    hops: int = field(default=0, validator=validators.ge(0))
+
+
+@frozen
+class PresenceProbe:
+    """
+    C{sender} (a watcher) asks for the current presence of C{recipient}.
+    The answer, if the watcher is authorised, is a L{PresenceUpdate}.
+    """
+
+    sender: Address
+    recipient: Address
+    hops: int = field(default=0, validator=validators.ge(0))
+
+
+class SubscriptionKind(enum.Enum):
+    """
+    The four subscription events (the same four as XMPP's).
+
+    Direction: C{SUBSCRIBE} and C{UNSUBSCRIBE} go from the watcher to the
+    watched user; C{AUTHORISE} and C{REFUSE} go from the watched user to the
+    watcher (C{REFUSE} also revokes an earlier authorisation).
+    """
+
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+    AUTHORISE = "authorise"
+    REFUSE = "refuse"
+
+
+@frozen
+class SubscriptionEvent:
+    """
+    A subscription request or answer; see L{SubscriptionKind}.
+    """
+
+    kind: SubscriptionKind
+    sender: Address
+    recipient: Address
+    hops: int = field(default=0, validator=validators.ge(0))
+
+
+#: Any core event.
+Event = Union[Message, PresenceUpdate, PresenceProbe, SubscriptionEvent]
+
+
+def forwarded(event: Event, maxHops: int = DEFAULT_MAX_HOPS) -> Event:
+    """
+    The event as the next hop sees it: its hop count plus one.
+
+    @raise LoopDetected: If that would exceed C{maxHops}.
+    """
+    if event.hops >= maxHops:
+        raise LoopDetected(f"more than {maxHops} hops")
+    return evolve(event, hops=event.hops + 1)

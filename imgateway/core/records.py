@@ -1,0 +1,144 @@
+# -*- test-case-name: tests.test_records -*-
+"""
+Records kept by the directory and the home-server stores.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from attrs import frozen
+
+from imgateway.core.address import Address
+from imgateway.core.presence import Presence, PresenceState
+
+__all__ = [
+    "AccessList",
+    "AccountRecord",
+    "AuthorisationState",
+    "ContactRecord",
+    "ContactView",
+    "PresenceRule",
+    "Subscription",
+]
+
+
+@frozen
+class AccountRecord:
+    """
+    What the directory knows of one account.
+
+    @ivar address: The account's address.
+    @ivar homeServer: The name of the home server that hosts it.
+    @ivar displayName: A human name, or C{""}.
+    @ivar enabled: Whether it may log in and receive.
+    @ivar credentials: The serialised password verifiers (see
+        L{imgateway.auth.passwords.StoredCredentials}).
+    """
+
+    address: Address
+    homeServer: str
+    displayName: str
+    enabled: bool
+    credentials: str
+
+
+class AuthorisationState(enum.Enum):
+    """
+    The state of a watcher's right to see a user's presence.
+    """
+
+    PENDING = "pending"
+    AUTHORISED = "authorised"
+    REFUSED = "refused"
+
+
+class AccessList(enum.Enum):
+    """
+    Which of a user's access lists holds an entry (an address or a domain).
+
+    Entries on the C{ALLOW} list have their subscription requests authorised
+    without asking; entries on the C{BLOCK} list cannot send messages or
+    subscription requests to the user, and see the user as offline.
+    """
+
+    ALLOW = "allow"
+    BLOCK = "block"
+    NONE = "none"
+
+
+class Subscription(enum.Enum):
+    """
+    A contact's subscription state, seen from the contact list's owner
+    (the same four values as an XMPP roster item).
+    """
+
+    NONE = "none"
+    TO = "to"  # the owner sees the contact's presence
+    FROM = "from"  # the contact sees the owner's presence
+    BOTH = "both"
+
+    @classmethod
+    def fromFlags(cls, to: bool, from_: bool) -> Subscription:
+        """
+        @param to: Whether the owner is authorised to watch the contact.
+        @param from_: Whether the contact is authorised to watch the owner.
+        """
+        if to and from_:
+            return cls.BOTH
+        if to:
+            return cls.TO
+        if from_:
+            return cls.FROM
+        return cls.NONE
+
+
+@frozen
+class ContactRecord:
+    """
+    One entry of a user's contact list.
+
+    @ivar address: The contact.
+    @ivar displayName: The owner's name for the contact, or C{""}.
+    """
+
+    address: Address
+    displayName: str = ""
+
+
+@frozen
+class PresenceRule:
+    """
+    A presence rule: while the user's presence is C{state}, messages are
+    answered C{486 busy} with C{alternate} as another way to reach them
+    ("I am on the phone: reach me on my mobile").
+
+    @ivar state: The state the rule applies to.
+    @ivar alternate: A URI (C{tel:}, C{im:}, C{mailto:}) or free text.
+    """
+
+    state: PresenceState
+    alternate: str
+
+
+@frozen
+class ContactView:
+    """
+    A contact as its owner's sessions see it: the stored record plus the
+    subscription state and the contact's current presence.
+
+    @ivar address: The contact.
+    @ivar displayName: The owner's name for the contact.
+    @ivar subscription: Which ways presence flows (L{Subscription}).
+    @ivar pending: Whether the owner's request to watch the contact awaits
+        an answer.
+    @ivar presence: The contact's presence as the owner may see it (offline
+        unless the owner is authorised).
+    """
+
+    address: Address
+    displayName: str
+    subscription: Subscription
+    pending: bool
+    presence: Presence
+

@@ -1,0 +1,432 @@
+# -*- test-case-name: tests.test_interfaces -*-
+"""
+The zope interfaces of imgateway: storage, the home server and its sessions,
+routing, and protocol adapters.
+
+Everything inside the gateway speaks the core model (L{imgateway.core});
+only protocol adapters know wire formats. An adapter is found through
+Twisted's plugin system (L{IProtocolAdapter}, dropins in
+C{imgateway/plugins/}), is handed an L{IGateway}, and offers faces (listeners
+on which its protocol's clients log in to the home server, each session an
+L{ISessionClient} towards the home server) and links (connections out to
+an external network, registered with the router as the L{IRoute} for the
+network's domains).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.application.service import IService
+    from twisted.internet.defer import Deferred
+
+    from imgateway.core.address import Address
+    from imgateway.core.errors import DeliveryStatus
+    from imgateway.core.events import Event, Message, SubscriptionEvent
+    from imgateway.core.presence import Presence, PresenceState
+    from imgateway.core.records import (
+        AccessList,
+        AccountRecord,
+        AuthorisationState,
+        ContactRecord,
+        ContactView,
+        PresenceRule,
+    )
+
+__all__ = [
+    "IDirectory",
+    "IGateway",
+    "IHomeServer",
+    "IHomeStore",
+    "IProtocolAdapter",
+    "IRoute",
+    "IRouter",
+    "ISession",
+    "ISessionClient",
+]
+
+
+class IDirectory(Interface):
+    """
+    Address to account record: who exists, where they live, how they log in.
+
+    Every method returns a L{Deferred}; a failed write fails with
+    L{imgateway.core.errors.PersistenceFailed} and changes nothing.
+    """
+
+    def getAccount(address: Address) -> Deferred[AccountRecord | None]:
+        """
+        @return: The account with that address, or C{None}.
+        """
+
+    def addAccount(record: AccountRecord) -> Deferred[None]:
+        """
+        Create an account.
+
+        @raise imgateway.core.errors.AccountExists: (asynchronously) if an
+            account with that address exists.
+        """
+
+    def updateAccount(
+        address: Address,
+        credentials: str | None = None,
+        enabled: bool | None = None,
+        displayName: str | None = None,
+    ) -> Deferred[AccountRecord]:
+        """
+        Change the given fields of an account; C{None} leaves one as it is.
+
+        @return: The account as it is now.
+        @raise imgateway.core.errors.NoSuchAccount: (asynchronously) if
+            there is no such account.
+        """
+
+    def listAccounts(domain: str | None = None) -> Deferred[list[AccountRecord]]:
+        """
+        @param domain: Only accounts of this domain; all when C{None}.
+        @return: The accounts, ordered by address.
+        """
+
+    def close() -> Deferred[None]:
+        """
+        Release the storage.
+        """
+
+
+class IHomeStore(Interface):
+    """
+    What a home server persists for its users: contacts, authorisations (who
+    may watch whom), access lists and presence rules.
+
+    An authorisation row relates a C{target} (the watched user) and a
+    C{watcher}; at least one of them is a user of this home server.
+    """
+
+    def getContacts(owner: Address) -> Deferred[list[ContactRecord]]:
+        """
+        @return: C{owner}'s contact list, ordered by address.
+        """
+
+    def putContact(owner: Address, contact: ContactRecord) -> Deferred[None]:
+        """
+        Add a contact to C{owner}'s list, or replace it.
+        """
+
+    def removeContact(owner: Address, contact: Address) -> Deferred[bool]:
+        """
+        @return: Whether there was such a contact.
+        """
+
+    def getAuthorisations(
+        user: Address,
+    ) -> Deferred[list[tuple[Address, Address, AuthorisationState]]]:
+        """
+        @return: Every authorisation row in which C{user} is the target or
+            the watcher, as C{(target, watcher, state)}.
+        """
+
+    def setAuthorisation(
+        target: Address, watcher: Address, state: AuthorisationState | None
+    ) -> Deferred[None]:
+        """
+        Set (or with C{None}, delete) whether C{watcher} may watch C{target}.
+        """
+
+    def getAccess(owner: Address) -> Deferred[dict[str, AccessList]]:
+        """
+        @return: C{owner}'s access-list entries: an address (C{"bob@x"}) or
+            a domain (C{"x"}) mapped to its list.
+        """
+
+    def setAccess(owner: Address, entry: str, accessList: AccessList) -> Deferred[None]:
+        """
+        Put C{entry} on C{accessList} (L{AccessList.NONE} removes it).
+        """
+
+    def getRules(owner: Address) -> Deferred[list[PresenceRule]]:
+        """
+        @return: C{owner}'s presence rules.
+        """
+
+    def setRule(owner: Address, state: PresenceState, alternate: str | None) -> Deferred[None]:
+        """
+        Set the rule for C{state}, or remove it when C{alternate} is C{None}.
+        """
+
+    def close() -> Deferred[None]:
+        """
+        Release the storage.
+        """
+
+
+class IRoute(Interface):
+    """
+    Something that core events can be delivered to: a home server for its
+    domain, a link to a peer router, or an adapter's link to an external
+    network.
+    """
+
+    def deliver(event: Event) -> Deferred[DeliveryStatus]:
+        """
+        Deliver one event to its recipient.
+
+        @return: A L{Deferred} that fires with
+            L{DeliveryStatus.DELIVERED}, or fails with a
+            L{imgateway.core.errors.DeliveryError} saying why not.
+        """
+
+
+class IRouter(IRoute):
+    """
+    Delivers events by the recipient's domain: to the home server for a local
+    domain, otherwise to the route registered for that domain.
+    """
+
+    def addRoute(domain: str, route: IRoute) -> None:
+        """
+        Send events for C{domain} to C{route}.
+
+        @raise ValueError: If the domain already has a route.
+        """
+
+    def removeRoute(domain: str) -> None:
+        """
+        Forget the route for C{domain}, if any.
+        """
+
+    def routeFor(domain: str) -> IRoute | None:
+        """
+        @return: The route that events for C{domain} take, or C{None}.
+        """
+
+
+class ISessionClient(Interface):
+    """
+    The protocol side of a session: how the home server talks to a logged-in
+    client, whatever its protocol. A face's protocol instance provides this
+    and passes it as the C{mind} of its portal login.
+
+    The methods return nothing: a client that cannot write (its connection is
+    gone) drops what it is given, and the home server learns of it when the
+    face closes the session.
+    """
+
+    def messageReceived(message: Message) -> None:
+        """
+        A message for this session's user.
+        """
+
+    def presenceReceived(sender: Address, presence: Presence) -> None:
+        """
+        C{sender}'s presence changed (or is being reported for the first
+        time). Also called for the user's own aggregate presence.
+        """
+
+    def subscriptionReceived(event: SubscriptionEvent) -> None:
+        """
+        A subscription request from a watcher (C{SUBSCRIBE}), or an answer to
+        one of the user's requests (C{AUTHORISE}, C{REFUSE}), or a watcher
+        leaving (C{UNSUBSCRIBE}).
+        """
+
+    def contactUpdated(contact: ContactView) -> None:
+        """
+        An entry of the user's contact list was added or changed (by any of
+        the user's sessions, or by an answer from the contact).
+        """
+
+    def contactRemoved(contact: Address) -> None:
+        """
+        An entry was removed from the user's contact list.
+        """
+
+    def sessionClosed(reason: str) -> None:
+        """
+        The home server ended this session (shutdown, account disabled,
+        presence lease...). The client should say goodbye and disconnect.
+        """
+
+
+class ISession(Interface):
+    """
+    A logged-in session of a home-server user. Faces obtain one from the
+    gateway's portal and call it on behalf of their client.
+    """
+
+    address = Attribute("The L{Address} of the session's user.")
+    sessionId = Attribute("A string unique among the home server's sessions.")
+    label = Attribute("What the client calls this session (an XMPP resource, a device name).")
+    presence = Attribute("The L{Presence} this session last published.")
+    client = Attribute("The L{ISessionClient} of this session.")
+
+    def publish(presence: Presence, lease: float | None = None) -> float:
+        """
+        Publish this session's presence, held for C{lease} seconds (the home
+        server's default when C{None}, kept within its bounds). When the
+        lease runs out without another publish, the session counts as
+        offline.
+
+        @return: The lease granted, in seconds.
+        """
+
+    def sendMessage(
+        recipient: Address,
+        body: str,
+        contentType: str = "text/plain",
+        messageId: str | None = None,
+    ) -> Deferred[DeliveryStatus]:
+        """
+        Send a message from this session's user.
+
+        @return: Fires with L{DeliveryStatus.DELIVERED} or fails with a
+            L{imgateway.core.errors.DeliveryError}.
+        """
+
+    def subscribe(target: Address, displayName: str = "") -> Deferred[AuthorisationState]:
+        """
+        Add C{target} to the contact list and ask to watch its presence.
+
+        @return: Fires with the state of the request: C{AUTHORISED} when
+            already allowed, C{PENDING} while the target decides.
+        """
+
+    def unsubscribe(target: Address) -> Deferred[None]:
+        """
+        Stop watching C{target} and remove it from the contact list.
+        """
+
+    def authorise(watcher: Address, allow: bool) -> Deferred[None]:
+        """
+        Answer (or change the answer to) C{watcher}'s request to watch this
+        user.
+        """
+
+    def contacts() -> Deferred[list[ContactView]]:
+        """
+        @return: The user's contact list with subscription states and the
+            presence the user may see.
+        """
+
+    def pendingRequests() -> Deferred[list[Address]]:
+        """
+        @return: The watchers whose requests await this user's answer.
+        """
+
+    def setAccess(entry: str, accessList: AccessList) -> Deferred[None]:
+        """
+        Put an address or domain on the user's allow or block list, or take
+        it off (L{AccessList.NONE}).
+
+        @raise imgateway.core.errors.InvalidAddress: If C{entry} is neither.
+        """
+
+    def accessLists() -> Deferred[dict[str, AccessList]]:
+        """
+        @return: The user's access-list entries.
+        """
+
+    def setRule(state: PresenceState, alternate: str | None) -> Deferred[None]:
+        """
+        Set or remove (C{None}) the presence rule for C{state}.
+        """
+
+    def rules() -> Deferred[list[PresenceRule]]:
+        """
+        @return: The user's presence rules.
+        """
+
+    def close(reason: str = "") -> None:
+        """
+        End the session (the client left or its connection was lost).
+        Idempotent.
+        """
+
+
+class IHomeServer(IRoute):
+    """
+    Owns its users' sessions, presence, contacts, watchers, access lists and
+    rules; delivers inbound events (L{IRoute.deliver}) to them.
+    """
+
+    name = Attribute("This home server's name, as the directory records it.")
+    domain = Attribute("The domain this home server's users belong to.")
+
+    def openSession(address: Address, client: ISessionClient, label: str = "") -> Deferred[ISession]:
+        """
+        Open a session for an authenticated user, once the user's contacts
+        and authorisations are loaded. The session starts offline: it counts
+        as present once its client publishes a presence.
+
+        @return: Fires with the L{ISession}; fails with
+            L{imgateway.core.errors.TooManySessions} if the user has as many
+            sessions as allowed.
+        """
+
+    def sessionsOf(address: Address) -> list[ISession]:
+        """
+        @return: The user's open sessions.
+        """
+
+    def presenceOf(address: Address) -> Presence:
+        """
+        @return: The user's aggregate presence as its own sessions see it
+            (C{appear-offline} included).
+        """
+
+
+class IGateway(Interface):
+    """
+    The running gateway, as adapters (and the manhole) see it.
+    """
+
+    domain = Attribute("The domain served, normalised (C{corp.example}).")
+    reactor = Attribute("The reactor everything runs on.")
+    clock = Attribute("An IReactorTime, the reactor unless a test says otherwise.")
+    homeServer = Attribute("The L{IHomeServer} of this process.")
+    router = Attribute("The L{IRouter}.")
+    directory = Attribute("The L{IDirectory}.")
+    portal = Attribute(
+        "A L{twisted.cred.portal.Portal} whose realm opens L{ISession}s; "
+        "faces log their clients in through it, with the client as the mind."
+    )
+    authenticator = Attribute(
+        "The L{imgateway.auth.checkers.Authenticator}: password and SCRAM "
+        "verifiers for SASL mechanisms."
+    )
+    dataDir = Attribute("A L{twisted.python.filepath.FilePath}: where state is kept.")
+
+
+class IProtocolAdapter(Interface):
+    """
+    A protocol adapter: translates between the core model and one wire
+    protocol. Provided by a plugin object in C{imgateway/plugins/} (or any
+    C{imgateway.plugins} dropin of a third-party package).
+
+    The gateway starts an adapter when the configuration has a table named
+    after it (C{[native]}, C{[xmpp]}, ...) whose C{enabled} key is not false.
+    """
+
+    name = Attribute("Short name; also the name of the adapter's config table.")
+    description = Attribute("One line for operators.")
+
+    def parseConfig(table: Mapping[str, object], where: str) -> object:
+        """
+        Validate the adapter's config table, before anything starts.
+
+        @param table: The table, as read from TOML.
+        @param where: How to name the table in errors (C{"etc/x.toml [native]"}).
+        @return: The adapter's parsed configuration, passed back to
+            L{makeService}.
+        @raise imgateway.core.errors.ConfigError: Naming the file, the table
+            and the key at fault.
+        """
+
+    def makeService(gateway: IGateway, config: object) -> IService:
+        """
+        Build the adapter's service: its faces' listeners and its links.
+        The gateway starts it after the stores are open.
+        """

@@ -1,0 +1,3 @@
+"""
+Administration tools: the C{imgateway-admin} command (L{imgateway.admin.cli}).
+"""

@@ -1,0 +1,277 @@
+# -*- test-case-name: tests.test_sqlite_store -*-
+"""
+A home server's store in an SQLite file (by convention
+C{home-<name>.sqlite3} in the data folder): contacts, authorisations,
+access lists and presence rules.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorCore
+from twisted.python.filepath import FilePath
+from zope.interface import implementer
+
+from imgateway.core.address import Address
+from imgateway.core.presence import PresenceState
+from imgateway.core.records import AccessList, AuthorisationState, ContactRecord, PresenceRule
+from imgateway.interfaces import IHomeStore
+from imgateway.sqlite import DEFAULT_BUSY_TIMEOUT, Database, Migrations, openDatabase
+
+__all__ = ["MIGRATIONS", "SQLiteHomeStore", "ruleOrder"]
+
+#: The home store's schema (see L{imgateway.sqlite}). Addresses are stored
+#: normalised, as C{str(address)}.
+MIGRATIONS: Migrations = [
+    [
+        """
+        CREATE TABLE contacts (
+            owner TEXT NOT NULL,
+            contact TEXT NOT NULL,
+            display_name TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (owner, contact)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE authorisations (
+            target TEXT NOT NULL,
+            watcher TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'authorised', 'refused')),
+            PRIMARY KEY (target, watcher)
+        ) WITHOUT ROWID
+        """,
+        # The primary key finds the rows of a target; this finds those of a
+        # watcher, so "target = ? OR watcher = ?" uses two index lookups.
+        "CREATE INDEX authorisations_by_watcher ON authorisations (watcher, target)",
+        """
+        CREATE TABLE access (
+            owner TEXT NOT NULL,
+            entry TEXT NOT NULL,
+            list TEXT NOT NULL CHECK (list IN ('allow', 'block')),
+            PRIMARY KEY (owner, entry)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE rules (
+            owner TEXT NOT NULL,
+            state TEXT NOT NULL,
+            alternate TEXT NOT NULL,
+            PRIMARY KEY (owner, state)
+        ) WITHOUT ROWID
+        """,
+    ],
+]
+
+_STATE_ORDER = {state: n for n, state in enumerate(PresenceState)}
+
+
+def ruleOrder(rule: PresenceRule) -> int:
+    """
+    The sort key of presence rules: the order in which L{PresenceState}
+    lists their states.
+    """
+    return _STATE_ORDER[rule.state]
+
+
+def _address(text: str) -> Address:
+    # Stored already normalised; a local part never holds "@".
+    local, _, domain = text.rpartition("@")
+    return Address(local, domain)
+
+
+def _getContacts(cursor: sqlite3.Cursor, owner: Address) -> list[ContactRecord]:
+    rows = cursor.execute(
+        "SELECT contact, display_name FROM contacts WHERE owner = ?", (str(owner),)
+    ).fetchall()
+    return sorted(
+        (ContactRecord(_address(contact), name) for contact, name in rows),
+        key=lambda c: c.address,
+    )
+
+
+def _putContact(cursor: sqlite3.Cursor, owner: Address, contact: ContactRecord) -> None:
+    cursor.execute(
+        "INSERT INTO contacts (owner, contact, display_name) VALUES (?, ?, ?)"
+        " ON CONFLICT (owner, contact) DO UPDATE SET display_name = excluded.display_name",
+        (str(owner), str(contact.address), contact.displayName),
+    )
+
+
+def _removeContact(cursor: sqlite3.Cursor, owner: Address, contact: Address) -> bool:
+    cursor.execute(
+        "DELETE FROM contacts WHERE owner = ? AND contact = ?", (str(owner), str(contact))
+    )
+    return cursor.rowcount > 0
+
+
+def _getAuthorisations(
+    cursor: sqlite3.Cursor, user: Address
+) -> list[tuple[Address, Address, AuthorisationState]]:
+    key = str(user)
+    rows = cursor.execute(
+        "SELECT target, watcher, state FROM authorisations WHERE target = ? OR watcher = ?",
+        (key, key),
+    ).fetchall()
+    return sorted(
+        ((_address(target), _address(watcher), AuthorisationState(state)) for target, watcher, state in rows),
+        key=lambda row: (row[0], row[1]),
+    )
+
+
+def _setAuthorisation(
+    cursor: sqlite3.Cursor, target: Address, watcher: Address, state: AuthorisationState | None
+) -> None:
+    if state is None:
+        cursor.execute(
+            "DELETE FROM authorisations WHERE target = ? AND watcher = ?",
+            (str(target), str(watcher)),
+        )
+    else:
+        cursor.execute(
+            "INSERT INTO authorisations (target, watcher, state) VALUES (?, ?, ?)"
+            " ON CONFLICT (target, watcher) DO UPDATE SET state = excluded.state",
+            (str(target), str(watcher), state.value),
+        )
+
+
+def _getAccess(cursor: sqlite3.Cursor, owner: Address) -> dict[str, AccessList]:
+    rows = cursor.execute(
+        "SELECT entry, list FROM access WHERE owner = ? ORDER BY entry", (str(owner),)
+    ).fetchall()
+    return {entry: AccessList(name) for entry, name in rows}
+
+
+def _setAccess(cursor: sqlite3.Cursor, owner: Address, entry: str, accessList: AccessList) -> None:
+    if accessList is AccessList.NONE:
+        cursor.execute("DELETE FROM access WHERE owner = ? AND entry = ?", (str(owner), entry))
+    else:
+        cursor.execute(
+            "INSERT INTO access (owner, entry, list) VALUES (?, ?, ?)"
+            " ON CONFLICT (owner, entry) DO UPDATE SET list = excluded.list",
+            (str(owner), entry, accessList.value),
+        )
+
+
+def _getRules(cursor: sqlite3.Cursor, owner: Address) -> list[PresenceRule]:
+    rows = cursor.execute(
+        "SELECT state, alternate FROM rules WHERE owner = ?", (str(owner),)
+    ).fetchall()
+    return sorted((PresenceRule(PresenceState(state), alternate) for state, alternate in rows), key=ruleOrder)
+
+
+def _setRule(cursor: sqlite3.Cursor, owner: Address, state: PresenceState, alternate: str | None) -> None:
+    if alternate is None:
+        cursor.execute("DELETE FROM rules WHERE owner = ? AND state = ?", (str(owner), state.value))
+    else:
+        cursor.execute(
+            "INSERT INTO rules (owner, state, alternate) VALUES (?, ?, ?)"
+            " ON CONFLICT (owner, state) DO UPDATE SET alternate = excluded.alternate",
+            (str(owner), state.value, alternate),
+        )
+
+
+@implementer(IHomeStore)
+class SQLiteHomeStore:
+    """
+    An L{IHomeStore} kept in an SQLite file.
+
+    Orders, as L{imgateway.testing.MemoryHomeStore} keeps them too: contacts
+    and authorisation rows sorted as L{Address}es (rows by target, then
+    watcher), access-list entries by entry, rules by L{ruleOrder}.
+
+    @ivar database: The L{Database} underneath.
+    """
+
+    def __init__(self, database: Database) -> None:
+        """
+        Use L{SQLiteHomeStore.open} rather than this.
+
+        @param database: A database opened with L{MIGRATIONS}.
+        """
+        self.database = database
+
+    @classmethod
+    def open(
+        cls,
+        reactor: IReactorCore,
+        path: FilePath[str] | str,
+        busyTimeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> Deferred[SQLiteHomeStore]:
+        """
+        Open (creating if need be) a home store file and bring its schema up
+        to date.
+
+        @param reactor: The reactor.
+        @param path: The file; its folder is created if missing.
+        @param busyTimeout: Seconds a write waits for another process's lock.
+        @return: A L{Deferred} firing with the store, or failing with
+            L{imgateway.sqlite.SchemaTooNew} or
+            L{imgateway.core.errors.PersistenceFailed}.
+        """
+        return openDatabase(reactor, path, MIGRATIONS, busyTimeout).addCallback(cls)
+
+    def getContacts(self, owner: Address) -> Deferred[list[ContactRecord]]:
+        """
+        See L{IHomeStore.getContacts}.
+        """
+        return self.database.read(_getContacts, owner)
+
+    def putContact(self, owner: Address, contact: ContactRecord) -> Deferred[None]:
+        """
+        See L{IHomeStore.putContact}.
+        """
+        return self.database.write(_putContact, owner, contact)
+
+    def removeContact(self, owner: Address, contact: Address) -> Deferred[bool]:
+        """
+        See L{IHomeStore.removeContact}.
+        """
+        return self.database.write(_removeContact, owner, contact)
+
+    def getAuthorisations(
+        self, user: Address
+    ) -> Deferred[list[tuple[Address, Address, AuthorisationState]]]:
+        """
+        See L{IHomeStore.getAuthorisations}.
+        """
+        return self.database.read(_getAuthorisations, user)
+
+    def setAuthorisation(
+        self, target: Address, watcher: Address, state: AuthorisationState | None
+    ) -> Deferred[None]:
+        """
+        See L{IHomeStore.setAuthorisation}.
+        """
+        return self.database.write(_setAuthorisation, target, watcher, state)
+
+    def getAccess(self, owner: Address) -> Deferred[dict[str, AccessList]]:
+        """
+        See L{IHomeStore.getAccess}.
+        """
+        return self.database.read(_getAccess, owner)
+
+    def setAccess(self, owner: Address, entry: str, accessList: AccessList) -> Deferred[None]:
+        """
+        See L{IHomeStore.setAccess}.
+        """
+        return self.database.write(_setAccess, owner, entry, accessList)
+
+    def getRules(self, owner: Address) -> Deferred[list[PresenceRule]]:
+        """
+        See L{IHomeStore.getRules}.
+        """
+        return self.database.read(_getRules, owner)
+
+    def setRule(self, owner: Address, state: PresenceState, alternate: str | None) -> Deferred[None]:
+        """
+        See L{IHomeStore.setRule}.
+        """
+        return self.database.write(_setRule, owner, state, alternate)
+
+    def close(self) -> Deferred[None]:
+        """
+        See L{IHomeStore.close}.
+        """
+        return self.database.close()

@@ -1,0 +1,925 @@
+"""
+Tests for L{imgateway.sqlite}, the SQLite stores (L{imgateway.directory.sqlite},
+L{imgateway.home.store}) and their in-memory doubles (L{imgateway.testing}).
+
+One set of behaviour tests runs against both implementations of each
+interface, so that the doubles behave exactly as the real stores.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorCore
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from imgateway.core.address import Address
+from imgateway.core.errors import AccountExists, NoSuchAccount, PersistenceFailed
+from imgateway.core.presence import PresenceState
+from imgateway.core.records import (
+    AccessList,
+    AccountRecord,
+    AuthorisationState,
+    ContactRecord,
+    PresenceRule,
+)
+from imgateway.directory import sqlite as directorySQLite
+from imgateway.directory.sqlite import SQLiteDirectory
+from imgateway.home import store as homeStore
+from imgateway.home.store import SQLiteHomeStore
+from imgateway.interfaces import IDirectory, IHomeStore
+from imgateway.sqlite import Database, SchemaTooNew, openDatabase, persistenceFailed
+from imgateway.testing import MemoryDirectory, MemoryHomeStore
+
+if TYPE_CHECKING:
+    _Base = TestCase
+else:
+    _Base = object
+
+
+def theReactor() -> IReactorCore:
+    """
+    The global reactor, which trial runs during L{TestCase} tests.
+    """
+    from twisted.internet import reactor
+
+    return cast(IReactorCore, reactor)
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+async def failed(case: TestCase, deferred: Deferred[Any], kind: type[E]) -> E:
+    """
+    Wait for C{deferred}, which must fail with C{kind}.
+
+    @return: The exception.
+    """
+    result: object = await case.assertFailure(deferred, kind)
+    assert isinstance(result, kind)
+    return result
+
+
+def addr(text: str) -> Address:
+    """
+    Parse an address.
+    """
+    return Address.fromString(text)
+
+
+def account(text: str, displayName: str = "", enabled: bool = True) -> AccountRecord:
+    """
+    An account record on home server C{hs1}.
+    """
+    return AccountRecord(addr(text), "hs1", displayName, enabled, f"creds-of-{text}")
+
+
+ALICE = addr("alice@corp.example")
+BOB = addr("bob@corp.example")
+CAROL = addr("carol@other.example")
+DAVE = addr("dave@corp.example")
+
+
+class DirectoryTestsMixin(_Base):
+    """
+    Behaviour of an L{IDirectory}; mixed into a L{TestCase} that defines
+    L{makeDirectory}.
+    """
+
+    async def makeDirectory(self) -> IDirectory:
+        """
+        @return: A new, empty directory, closed at cleanup.
+        """
+        raise NotImplementedError()
+
+    async def test_interface(self) -> None:
+        """
+        The directory provides L{IDirectory}.
+        """
+        directory = await self.makeDirectory()
+        self.assertTrue(verifyObject(IDirectory, directory))
+
+    async def test_getMissing(self) -> None:
+        """
+        L{IDirectory.getAccount} gives C{None} for an unknown address.
+        """
+        directory = await self.makeDirectory()
+        self.assertIsNone(await directory.getAccount(ALICE))
+
+    async def test_addAndGet(self) -> None:
+        """
+        An added account can be read back, equal to what was added.
+        """
+        directory = await self.makeDirectory()
+        record = account("alice@corp.example", "Alice", enabled=False)
+        await directory.addAccount(record)
+        self.assertEqual(await directory.getAccount(ALICE), record)
+        self.assertIsNone(await directory.getAccount(BOB))
+
+    async def test_addExisting(self) -> None:
+        """
+        Adding an account whose address exists fails with L{AccountExists}
+        naming the address, and leaves the existing account as it was.
+        """
+        directory = await self.makeDirectory()
+        first = account("alice@corp.example", "Alice")
+        await directory.addAccount(first)
+        e = await failed(self, 
+            directory.addAccount(account("alice@corp.example", "Impostor")), AccountExists
+        )
+        self.assertIn("alice@corp.example", str(e))
+        self.assertEqual(await directory.getAccount(ALICE), first)
+
+    async def test_notRenormalised(self) -> None:
+        """
+        Addresses are stored as they are given (they are normalised when
+        built) and rebuilt as they were, not normalised again.
+        """
+        directory = await self.makeDirectory()
+        odd = AccountRecord(Address("Élodie", "corp.example"), "hs1", "", True, "c")
+        await directory.addAccount(odd)
+        self.assertEqual(await directory.getAccount(Address("Élodie", "corp.example")), odd)
+        self.assertIsNone(await directory.getAccount(Address("élodie", "corp.example")))
+        self.assertEqual(await directory.listAccounts(), [odd])
+
+    async def test_unicode(self) -> None:
+        """
+        Non-ASCII local parts and display names are kept.
+        """
+        directory = await self.makeDirectory()
+        record = AccountRecord(addr("Zoë@corp.example"), "hs1", "Zoë Ångström", True, "c")
+        await directory.addAccount(record)
+        self.assertEqual(await directory.getAccount(addr("zoë@corp.example")), record)
+
+    async def test_updateMissing(self) -> None:
+        """
+        Updating an unknown account fails with L{NoSuchAccount} naming the
+        address, whether or not fields are given.
+        """
+        directory = await self.makeDirectory()
+        e = await failed(self, directory.updateAccount(ALICE, enabled=False), NoSuchAccount)
+        self.assertIn("alice@corp.example", str(e))
+        await failed(self, directory.updateAccount(ALICE), NoSuchAccount)
+        self.assertEqual(await directory.listAccounts(), [])
+
+    async def test_updateFields(self) -> None:
+        """
+        L{IDirectory.updateAccount} changes the fields given, leaves the
+        others, and returns the account as it is now.
+        """
+        directory = await self.makeDirectory()
+        await directory.addAccount(account("alice@corp.example", "Alice"))
+        await directory.addAccount(account("bob@corp.example", "Bob"))
+
+        updated = await directory.updateAccount(ALICE, enabled=False)
+        expected = AccountRecord(ALICE, "hs1", "Alice", False, "creds-of-alice@corp.example")
+        self.assertEqual(updated, expected)
+        self.assertEqual(await directory.getAccount(ALICE), expected)
+
+        updated = await directory.updateAccount(ALICE, credentials="new", displayName="Alice A.")
+        expected = AccountRecord(ALICE, "hs1", "Alice A.", False, "new")
+        self.assertEqual(updated, expected)
+        self.assertEqual(await directory.getAccount(ALICE), expected)
+
+        updated = await directory.updateAccount(ALICE, enabled=True, displayName="")
+        expected = AccountRecord(ALICE, "hs1", "", True, "new")
+        self.assertEqual(updated, expected)
+
+        self.assertEqual(await directory.updateAccount(ALICE), expected)
+        self.assertEqual(await directory.getAccount(BOB), account("bob@corp.example", "Bob"))
+
+    async def test_listOrder(self) -> None:
+        """
+        L{IDirectory.listAccounts} lists accounts in the order of
+        L{Address} (local part, then domain), not that of their strings.
+        """
+        directory = await self.makeDirectory()
+        texts = ["b@a.example", "a.b@z.example", "a@z.example", "a@y.example", "zoë@a.example", "z@a.example"]
+        for text in texts:
+            await directory.addAccount(account(text))
+        listed = await directory.listAccounts()
+        self.assertEqual([r.address for r in listed], sorted(addr(t) for t in texts))
+        self.assertEqual(
+            [str(r.address) for r in listed],
+            ["a@y.example", "a@z.example", "a.b@z.example", "b@a.example", "z@a.example", "zoë@a.example"],
+        )
+
+    async def test_listDomain(self) -> None:
+        """
+        Given a domain, L{IDirectory.listAccounts} lists only its accounts.
+        """
+        directory = await self.makeDirectory()
+        for text in ["carol@other.example", "bob@corp.example", "alice@corp.example"]:
+            await directory.addAccount(account(text))
+        self.assertEqual(
+            [r.address for r in await directory.listAccounts("corp.example")], [ALICE, BOB]
+        )
+        self.assertEqual([r.address for r in await directory.listAccounts("other.example")], [CAROL])
+        self.assertEqual(await directory.listAccounts("nowhere.example"), [])
+
+    async def test_closed(self) -> None:
+        """
+        L{IDirectory.close} is idempotent; afterwards, reads and writes fail
+        with L{PersistenceFailed}.
+        """
+        directory = await self.makeDirectory()
+        await directory.close()
+        await directory.close()
+        await failed(self, directory.getAccount(ALICE), PersistenceFailed)
+        await failed(self, directory.addAccount(account("alice@corp.example")), PersistenceFailed)
+        await failed(self, directory.updateAccount(ALICE, enabled=True), PersistenceFailed)
+        await failed(self, directory.listAccounts(), PersistenceFailed)
+
+
+class HomeStoreTestsMixin(_Base):
+    """
+    Behaviour of an L{IHomeStore}; mixed into a L{TestCase} that defines
+    L{makeStore}.
+    """
+
+    async def makeStore(self) -> IHomeStore:
+        """
+        @return: A new, empty store, closed at cleanup.
+        """
+        raise NotImplementedError()
+
+    async def test_interface(self) -> None:
+        """
+        The store provides L{IHomeStore}.
+        """
+        store = await self.makeStore()
+        self.assertTrue(verifyObject(IHomeStore, store))
+
+    async def test_empty(self) -> None:
+        """
+        A new store knows nothing of anyone.
+        """
+        store = await self.makeStore()
+        self.assertEqual(await store.getContacts(ALICE), [])
+        self.assertEqual(await store.getAuthorisations(ALICE), [])
+        self.assertEqual(await store.getAccess(ALICE), {})
+        self.assertEqual(await store.getRules(ALICE), [])
+
+    async def test_contacts(self) -> None:
+        """
+        Contacts are kept per owner and listed sorted as L{Address}es.
+        """
+        store = await self.makeStore()
+        for contact in [
+            ContactRecord(CAROL, "Carol"),
+            ContactRecord(addr("a.b@corp.example")),
+            ContactRecord(addr("a@corp.example"), "A"),
+            ContactRecord(BOB, "Bob"),
+        ]:
+            await store.putContact(ALICE, contact)
+        await store.putContact(BOB, ContactRecord(ALICE, "Alice"))
+        self.assertEqual(
+            await store.getContacts(ALICE),
+            [
+                ContactRecord(addr("a@corp.example"), "A"),
+                ContactRecord(addr("a.b@corp.example")),
+                ContactRecord(BOB, "Bob"),
+                ContactRecord(CAROL, "Carol"),
+            ],
+        )
+        self.assertEqual(await store.getContacts(BOB), [ContactRecord(ALICE, "Alice")])
+        self.assertEqual(await store.getContacts(CAROL), [])
+
+    async def test_contactReplaced(self) -> None:
+        """
+        Putting a contact that is on the list replaces its record.
+        """
+        store = await self.makeStore()
+        await store.putContact(ALICE, ContactRecord(BOB, "Bob"))
+        await store.putContact(ALICE, ContactRecord(BOB, "Robert"))
+        self.assertEqual(await store.getContacts(ALICE), [ContactRecord(BOB, "Robert")])
+        await store.putContact(ALICE, ContactRecord(BOB))
+        self.assertEqual(await store.getContacts(ALICE), [ContactRecord(BOB, "")])
+
+    async def test_removeContact(self) -> None:
+        """
+        L{IHomeStore.removeContact} removes one owner's contact and says
+        whether there was one.
+        """
+        store = await self.makeStore()
+        await store.putContact(ALICE, ContactRecord(BOB, "Bob"))
+        await store.putContact(ALICE, ContactRecord(CAROL))
+        await store.putContact(CAROL, ContactRecord(BOB))
+        self.assertIs(await store.removeContact(ALICE, BOB), True)
+        self.assertIs(await store.removeContact(ALICE, BOB), False)
+        self.assertIs(await store.removeContact(DAVE, BOB), False)
+        self.assertEqual(await store.getContacts(ALICE), [ContactRecord(CAROL)])
+        self.assertEqual(await store.getContacts(CAROL), [ContactRecord(BOB)])
+
+    async def test_authorisations(self) -> None:
+        """
+        L{IHomeStore.getAuthorisations} gives the rows in which the user is
+        target or watcher, sorted by target then watcher; a user watching
+        itself appears once.
+        """
+        store = await self.makeStore()
+        await store.setAuthorisation(BOB, ALICE, AuthorisationState.AUTHORISED)
+        await store.setAuthorisation(ALICE, CAROL, AuthorisationState.PENDING)
+        await store.setAuthorisation(ALICE, BOB, AuthorisationState.REFUSED)
+        await store.setAuthorisation(CAROL, DAVE, AuthorisationState.AUTHORISED)
+        await store.setAuthorisation(ALICE, ALICE, AuthorisationState.AUTHORISED)
+        self.assertEqual(
+            await store.getAuthorisations(ALICE),
+            [
+                (ALICE, ALICE, AuthorisationState.AUTHORISED),
+                (ALICE, BOB, AuthorisationState.REFUSED),
+                (ALICE, CAROL, AuthorisationState.PENDING),
+                (BOB, ALICE, AuthorisationState.AUTHORISED),
+            ],
+        )
+        self.assertEqual(
+            await store.getAuthorisations(DAVE), [(CAROL, DAVE, AuthorisationState.AUTHORISED)]
+        )
+
+    async def test_authorisationChangedAndDeleted(self) -> None:
+        """
+        Setting an authorisation replaces its state; C{None} deletes it
+        (and deleting a missing one does nothing).
+        """
+        store = await self.makeStore()
+        await store.setAuthorisation(ALICE, BOB, AuthorisationState.PENDING)
+        await store.setAuthorisation(ALICE, BOB, AuthorisationState.AUTHORISED)
+        await store.setAuthorisation(BOB, ALICE, AuthorisationState.PENDING)
+        self.assertEqual(
+            await store.getAuthorisations(BOB),
+            [(ALICE, BOB, AuthorisationState.AUTHORISED), (BOB, ALICE, AuthorisationState.PENDING)],
+        )
+        await store.setAuthorisation(ALICE, BOB, None)
+        await store.setAuthorisation(ALICE, CAROL, None)
+        self.assertEqual(await store.getAuthorisations(BOB), [(BOB, ALICE, AuthorisationState.PENDING)])
+        self.assertEqual(await store.getAuthorisations(CAROL), [])
+
+    async def test_access(self) -> None:
+        """
+        Access-list entries (addresses or domains) are kept per owner,
+        replaced when set again, removed with L{AccessList.NONE}, and given
+        back sorted by entry.
+        """
+        store = await self.makeStore()
+        await store.setAccess(ALICE, "spam.example", AccessList.BLOCK)
+        await store.setAccess(ALICE, "bob@corp.example", AccessList.ALLOW)
+        await store.setAccess(ALICE, "carol@other.example", AccessList.ALLOW)
+        await store.setAccess(BOB, "spam.example", AccessList.ALLOW)
+        await store.setAccess(ALICE, "carol@other.example", AccessList.BLOCK)
+        access = await store.getAccess(ALICE)
+        self.assertEqual(
+            list(access.items()),
+            [
+                ("bob@corp.example", AccessList.ALLOW),
+                ("carol@other.example", AccessList.BLOCK),
+                ("spam.example", AccessList.BLOCK),
+            ],
+        )
+        await store.setAccess(ALICE, "bob@corp.example", AccessList.NONE)
+        await store.setAccess(ALICE, "nobody.example", AccessList.NONE)
+        self.assertEqual(
+            await store.getAccess(ALICE),
+            {"carol@other.example": AccessList.BLOCK, "spam.example": AccessList.BLOCK},
+        )
+        self.assertEqual(await store.getAccess(BOB), {"spam.example": AccessList.ALLOW})
+
+    async def test_rules(self) -> None:
+        """
+        Presence rules are kept per owner and state, replaced when set again,
+        removed with C{None}, and given back in the order of
+        L{PresenceState}.
+        """
+        store = await self.makeStore()
+        await store.setRule(ALICE, PresenceState.ON_THE_PHONE, "tel:+15550100")
+        await store.setRule(ALICE, PresenceState.BUSY, "im:alice.mobile@corp.example")
+        await store.setRule(ALICE, PresenceState.AWAY, "mailto:alice@corp.example")
+        await store.setRule(BOB, PresenceState.BUSY, "later")
+        await store.setRule(ALICE, PresenceState.ON_THE_PHONE, "tel:+15550199")
+        self.assertEqual(
+            await store.getRules(ALICE),
+            [
+                PresenceRule(PresenceState.BUSY, "im:alice.mobile@corp.example"),
+                PresenceRule(PresenceState.AWAY, "mailto:alice@corp.example"),
+                PresenceRule(PresenceState.ON_THE_PHONE, "tel:+15550199"),
+            ],
+        )
+        await store.setRule(ALICE, PresenceState.BUSY, None)
+        await store.setRule(ALICE, PresenceState.ONLINE, None)
+        self.assertEqual(
+            await store.getRules(ALICE),
+            [
+                PresenceRule(PresenceState.AWAY, "mailto:alice@corp.example"),
+                PresenceRule(PresenceState.ON_THE_PHONE, "tel:+15550199"),
+            ],
+        )
+        self.assertEqual(await store.getRules(BOB), [PresenceRule(PresenceState.BUSY, "later")])
+
+    async def test_closed(self) -> None:
+        """
+        L{IHomeStore.close} is idempotent; afterwards, reads and writes fail
+        with L{PersistenceFailed}.
+        """
+        store = await self.makeStore()
+        await store.close()
+        await store.close()
+        await failed(self, store.getContacts(ALICE), PersistenceFailed)
+        await failed(self, store.putContact(ALICE, ContactRecord(BOB)), PersistenceFailed)
+        await failed(self, store.removeContact(ALICE, BOB), PersistenceFailed)
+        await failed(self, store.getAuthorisations(ALICE), PersistenceFailed)
+        await failed(self, store.setAuthorisation(ALICE, BOB, None), PersistenceFailed)
+        await failed(self, store.getAccess(ALICE), PersistenceFailed)
+        await failed(self, store.setAccess(ALICE, "x.example", AccessList.BLOCK), PersistenceFailed)
+        await failed(self, store.getRules(ALICE), PersistenceFailed)
+        await failed(self, store.setRule(ALICE, PresenceState.BUSY, "x"), PersistenceFailed)
+
+
+class SQLiteDirectoryTests(DirectoryTestsMixin, TestCase):
+    """
+    L{SQLiteDirectory} behaves as an L{IDirectory}.
+    """
+
+    async def makeDirectory(self) -> IDirectory:
+        """
+        Open a directory in a new folder.
+        """
+        directory = await SQLiteDirectory.open(theReactor(), os.path.join(self.mktemp(), "d.sqlite3"))
+        self.addCleanup(directory.close)
+        return directory
+
+
+class MemoryDirectoryTests(DirectoryTestsMixin, TestCase):
+    """
+    L{MemoryDirectory} behaves as an L{IDirectory}, as L{SQLiteDirectory}
+    does.
+    """
+
+    async def makeDirectory(self) -> IDirectory:
+        """
+        Make a memory directory.
+        """
+        return MemoryDirectory()
+
+    def test_fired(self) -> None:
+        """
+        The memory directory's L{Deferred}s have fired when returned.
+        """
+        directory = MemoryDirectory([account("alice@corp.example")])
+        self.assertEqual(self.successResultOf(directory.getAccount(ALICE)), account("alice@corp.example"))
+        self.failureResultOf(directory.addAccount(account("alice@corp.example")), AccountExists)
+
+    def test_failWrites(self) -> None:
+        """
+        With C{failWrites} set, writes fail with L{PersistenceFailed} and
+        change nothing; reads still work.
+        """
+        directory = MemoryDirectory([account("alice@corp.example")])
+        directory.failWrites = True
+        self.failureResultOf(directory.addAccount(account("bob@corp.example")), PersistenceFailed)
+        self.failureResultOf(directory.updateAccount(ALICE, enabled=False), PersistenceFailed)
+        self.assertEqual(
+            self.successResultOf(directory.listAccounts()), [account("alice@corp.example")]
+        )
+
+
+class SQLiteHomeStoreTests(HomeStoreTestsMixin, TestCase):
+    """
+    L{SQLiteHomeStore} behaves as an L{IHomeStore}.
+    """
+
+    async def makeStore(self) -> IHomeStore:
+        """
+        Open a store in a new folder.
+        """
+        store = await SQLiteHomeStore.open(theReactor(), os.path.join(self.mktemp(), "h.sqlite3"))
+        self.addCleanup(store.close)
+        return store
+
+    async def test_authorisationsIndexed(self) -> None:
+        """
+        Finding a user's authorisation rows, as target or as watcher, uses
+        indexes rather than scanning the table.
+        """
+        store = await SQLiteHomeStore.open(theReactor(), os.path.join(self.mktemp(), "h.sqlite3"))
+        self.addCleanup(store.close)
+
+        def plan(cursor: sqlite3.Cursor) -> list[str]:
+            rows = cursor.execute(
+                "EXPLAIN QUERY PLAN SELECT target, watcher, state FROM authorisations"
+                " WHERE target = ? OR watcher = ?",
+                ("a@x", "a@x"),
+            ).fetchall()
+            return [row[-1] for row in rows]
+
+        steps = await store.database.read(plan)
+        self.assertFalse([s for s in steps if s.startswith("SCAN")], steps)
+        self.assertTrue([s for s in steps if "authorisations_by_watcher" in s], steps)
+        self.assertTrue([s for s in steps if "PRIMARY KEY" in s], steps)
+
+
+class MemoryHomeStoreTests(HomeStoreTestsMixin, TestCase):
+    """
+    L{MemoryHomeStore} behaves as an L{IHomeStore}, as L{SQLiteHomeStore}
+    does.
+    """
+
+    async def makeStore(self) -> IHomeStore:
+        """
+        Make a memory store.
+        """
+        return MemoryHomeStore()
+
+    def test_failWrites(self) -> None:
+        """
+        With C{failWrites} set, writes fail with L{PersistenceFailed} and
+        change nothing; reads still work.
+        """
+        store = MemoryHomeStore()
+        self.successResultOf(store.putContact(ALICE, ContactRecord(BOB)))
+        store.failWrites = True
+        self.failureResultOf(store.putContact(ALICE, ContactRecord(CAROL)), PersistenceFailed)
+        self.failureResultOf(store.removeContact(ALICE, BOB), PersistenceFailed)
+        self.failureResultOf(
+            store.setAuthorisation(ALICE, BOB, AuthorisationState.PENDING), PersistenceFailed
+        )
+        self.failureResultOf(store.setAccess(ALICE, "x.example", AccessList.BLOCK), PersistenceFailed)
+        self.failureResultOf(store.setRule(ALICE, PresenceState.BUSY, "x"), PersistenceFailed)
+        self.assertEqual(self.successResultOf(store.getContacts(ALICE)), [ContactRecord(BOB)])
+        self.assertEqual(self.successResultOf(store.getAuthorisations(ALICE)), [])
+        self.assertEqual(self.successResultOf(store.getAccess(ALICE)), {})
+        self.assertEqual(self.successResultOf(store.getRules(ALICE)), [])
+
+
+def userVersion(path: str) -> int:
+    """
+    Read a database file's C{user_version} with a connection of its own.
+    """
+    connection = sqlite3.connect(path)
+    try:
+        return int(connection.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        connection.close()
+
+
+def setUserVersion(path: str, version: int) -> None:
+    """
+    Create a database file (if need be) with the given C{user_version}.
+    """
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute(f"PRAGMA user_version = {version:d}")
+        connection.commit()
+    finally:
+        connection.close()
+
+
+class MigrationTests(TestCase):
+    """
+    Schema migrations of the stores, by L{imgateway.sqlite}.
+    """
+
+    async def test_freshDirectory(self) -> None:
+        """
+        A new directory file gets the current schema version.
+        """
+        path = os.path.join(self.mktemp(), "directory.sqlite3")
+        directory = await SQLiteDirectory.open(theReactor(), path)
+        await directory.close()
+        self.assertEqual(userVersion(path), len(directorySQLite.MIGRATIONS))
+        self.assertGreater(len(directorySQLite.MIGRATIONS), 0)
+
+    async def test_freshHomeStore(self) -> None:
+        """
+        A new home store file gets the current schema version.
+        """
+        path = os.path.join(self.mktemp(), "home-hs1.sqlite3")
+        store = await SQLiteHomeStore.open(theReactor(), FilePath(path))
+        await store.close()
+        self.assertEqual(userVersion(path), len(homeStore.MIGRATIONS))
+
+    async def test_newerRefused(self) -> None:
+        """
+        A database with a higher schema version than the code knows is
+        refused with L{SchemaTooNew}, naming the file and both versions,
+        and left as it was.
+        """
+        for opener in ["directory", "home store"]:
+            path = os.path.join(self.mktemp(), "x.sqlite3")
+            setUserVersion(path, 99)
+            if opener == "directory":
+                opening: Deferred[Any] = SQLiteDirectory.open(theReactor(), path)
+            else:
+                opening = SQLiteHomeStore.open(theReactor(), path)
+            e = await failed(self, opening, SchemaTooNew)
+            self.assertIn(path, str(e))
+            self.assertIn("99", str(e))
+            self.assertIn("version 1", str(e))
+            self.assertEqual(userVersion(path), 99)
+
+    async def test_directorySurvivesReopen(self) -> None:
+        """
+        Accounts survive closing and reopening the directory file, and the
+        schema is not migrated again.
+        """
+        path = os.path.join(self.mktemp(), "directory.sqlite3")
+        directory = await SQLiteDirectory.open(theReactor(), path)
+        await directory.addAccount(account("alice@corp.example", "Alice"))
+        await directory.updateAccount(ALICE, enabled=False)
+        await directory.close()
+        directory = await SQLiteDirectory.open(theReactor(), path)
+        self.addCleanup(directory.close)
+        self.assertEqual(
+            await directory.listAccounts(), [account("alice@corp.example", "Alice", enabled=False)]
+        )
+
+    async def test_homeStoreSurvivesReopen(self) -> None:
+        """
+        Everything a home store keeps survives closing and reopening it.
+        """
+        path = os.path.join(self.mktemp(), "home-hs1.sqlite3")
+        store = await SQLiteHomeStore.open(theReactor(), path)
+        await store.putContact(ALICE, ContactRecord(BOB, "Bob"))
+        await store.setAuthorisation(BOB, ALICE, AuthorisationState.AUTHORISED)
+        await store.setAccess(ALICE, "spam.example", AccessList.BLOCK)
+        await store.setRule(ALICE, PresenceState.BUSY, "tel:+15550100")
+        await store.close()
+        store = await SQLiteHomeStore.open(theReactor(), path)
+        self.addCleanup(store.close)
+        self.assertEqual(await store.getContacts(ALICE), [ContactRecord(BOB, "Bob")])
+        self.assertEqual(
+            await store.getAuthorisations(ALICE), [(BOB, ALICE, AuthorisationState.AUTHORISED)]
+        )
+        self.assertEqual(await store.getAccess(ALICE), {"spam.example": AccessList.BLOCK})
+        self.assertEqual(await store.getRules(ALICE), [PresenceRule(PresenceState.BUSY, "tel:+15550100")])
+
+    async def test_stepByStep(self) -> None:
+        """
+        Opening a database with more migrations than it has seen applies
+        only the new ones, keeping the data.
+        """
+        path = os.path.join(self.mktemp(), "x.sqlite3")
+        v1 = [["CREATE TABLE t (a TEXT PRIMARY KEY)"]]
+        database = await openDatabase(theReactor(), path, v1)
+
+        def insert(cursor: sqlite3.Cursor, value: str) -> None:
+            cursor.execute("INSERT INTO t (a) VALUES (?)", (value,))
+
+        await database.write(insert, "one")
+        await database.close()
+        self.assertEqual(userVersion(path), 1)
+
+        v3 = v1 + [
+            ["ALTER TABLE t ADD COLUMN b TEXT NOT NULL DEFAULT 'x'"],
+            ["CREATE TABLE u (c TEXT)", "INSERT INTO u (c) SELECT a FROM t"],
+        ]
+        database = await openDatabase(theReactor(), path, v3)
+        self.addCleanup(database.close)
+
+        def everything(cursor: sqlite3.Cursor) -> list[tuple[str, ...]]:
+            return cursor.execute("SELECT a, b, c FROM t, u").fetchall()
+
+        self.assertEqual(await database.read(everything), [("one", "x", "one")])
+        self.assertEqual(userVersion(path), 3)
+
+    async def test_failedMigrationRolledBack(self) -> None:
+        """
+        A migration that fails leaves nothing of itself: the earlier ones
+        stay applied, the version says so, and opening fails with
+        L{PersistenceFailed}.
+        """
+        path = os.path.join(self.mktemp(), "x.sqlite3")
+        migrations = [
+            ["CREATE TABLE t (a TEXT)"],
+            ["CREATE TABLE u (b TEXT)", "INSERT INTO t (nosuchcolumn) VALUES (1)"],
+        ]
+        e = await failed(self, openDatabase(theReactor(), path, migrations), PersistenceFailed)
+        self.assertIn("nosuchcolumn", str(e))
+        self.assertEqual(userVersion(path), 1)
+        connection = sqlite3.connect(path)
+        self.addCleanup(connection.close)
+        tables = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        self.assertEqual(tables, [("t",)])
+
+
+class DatabaseTests(TestCase):
+    """
+    Tests for L{imgateway.sqlite.openDatabase} and L{Database}.
+    """
+
+    async def openDatabase(self, path: str | None = None, busyTimeout: float = 5.0) -> Database:
+        """
+        Open a database with one table C{t (a TEXT)}, closed at cleanup.
+        """
+        if path is None:
+            path = os.path.join(self.mktemp(), "x.sqlite3")
+        database = await openDatabase(
+            theReactor(), path, [["CREATE TABLE t (a TEXT)"]], busyTimeout=busyTimeout
+        )
+        self.addCleanup(database.close)
+        return database
+
+    async def test_pragmas(self) -> None:
+        """
+        The connection uses WAL, synchronous=NORMAL, foreign keys and a busy
+        timeout.
+        """
+        database = await openDatabase(
+            theReactor(), os.path.join(self.mktemp(), "x.sqlite3"), [], busyTimeout=2.5
+        )
+        self.addCleanup(database.close)
+
+        def pragmas(cursor: sqlite3.Cursor) -> list[object]:
+            return [
+                cursor.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ["journal_mode", "synchronous", "foreign_keys", "busy_timeout"]
+            ]
+
+        self.assertEqual(await database.read(pragmas), ["wal", 1, 1, 2500])
+
+    async def test_folderCreated(self) -> None:
+        """
+        A missing folder of the database is created, readable by its owner
+        only.
+        """
+        folder = os.path.abspath(self.mktemp())
+        await self.openDatabase(os.path.join(folder, "x.sqlite3"))
+        self.assertEqual(stat.S_IMODE(os.stat(folder).st_mode) & 0o077, 0)
+        self.assertTrue(os.path.exists(os.path.join(folder, "x.sqlite3")))
+
+    async def test_folderNotCreated(self) -> None:
+        """
+        If the folder cannot be created, opening fails with
+        L{PersistenceFailed} naming it.
+        """
+        blocker = self.mktemp()
+        FilePath(blocker).setContent(b"a file, not a folder")
+        e = await failed(self, 
+            openDatabase(theReactor(), os.path.join(blocker, "x.sqlite3"), []), PersistenceFailed
+        )
+        self.assertIn(os.path.abspath(blocker), str(e))
+
+    async def test_notADatabase(self) -> None:
+        """
+        A file that is not an SQLite database is refused with
+        L{PersistenceFailed} saying so.
+        """
+        path = self.mktemp()
+        FilePath(path).setContent(b"this is not an SQLite database, not at all" * 100)
+        e = await failed(self, openDatabase(theReactor(), path, []), PersistenceFailed)
+        self.assertIn("not an SQLite database", str(e))
+        self.assertIn(path, str(e))
+
+    async def test_memory(self) -> None:
+        """
+        C{":memory:"} opens a private in-memory database.
+        """
+        database = await self.openDatabase(":memory:")
+
+        def roundTrip(cursor: sqlite3.Cursor) -> list[tuple[str]]:
+            cursor.execute("INSERT INTO t (a) VALUES ('x')")
+            return cursor.execute("SELECT a FROM t").fetchall()
+
+        self.assertEqual(await database.write(roundTrip), [("x",)])
+
+    async def test_writeRolledBack(self) -> None:
+        """
+        When the function given to L{Database.write} raises, nothing it
+        wrote is kept and its exception comes through.
+        """
+        database = await self.openDatabase()
+
+        def halfway(cursor: sqlite3.Cursor) -> None:
+            cursor.execute("INSERT INTO t (a) VALUES ('x')")
+            raise AccountExists("no")
+
+        await failed(self, database.write(halfway), AccountExists)
+        self.assertEqual(await database.read(lambda c: c.execute("SELECT a FROM t").fetchall()), [])
+
+    async def test_programmingErrorNotMapped(self) -> None:
+        """
+        A L{sqlite3.ProgrammingError} (a bug, not a storage failure) comes
+        through as it is.
+        """
+        database = await self.openDatabase()
+
+        def wrongArguments(cursor: sqlite3.Cursor) -> None:
+            cursor.execute("INSERT INTO t (a) VALUES (?)", (1, 2))
+
+        await failed(self, database.write(wrongArguments), sqlite3.ProgrammingError)
+
+    async def test_readErrorsNotMapped(self) -> None:
+        """
+        A read that fails for a reason other than the storage's (here a
+        misspelt column) fails with SQLite's error, not
+        L{PersistenceFailed}.
+        """
+        database = await self.openDatabase()
+        await failed(self, 
+            database.read(lambda c: c.execute("SELECT nosuch FROM t").fetchall()),
+            sqlite3.OperationalError,
+        )
+
+    def test_messages(self) -> None:
+        """
+        L{persistenceFailed} names the file and explains SQLite's message;
+        for reads it maps only failures of the storage.
+        """
+        full = sqlite3.OperationalError("database or disk is full")
+        e = persistenceFailed("/d/x.sqlite3", full, True)
+        assert e is not None
+        self.assertEqual(
+            str(e),
+            "could not write to /d/x.sqlite3: the disk is full, or the database "
+            "reached its size limit (database or disk is full)",
+        )
+        e = persistenceFailed("/d/x.sqlite3", sqlite3.OperationalError("disk I/O error"), False)
+        assert e is not None
+        self.assertEqual(str(e), "could not read /d/x.sqlite3: disk I/O error")
+        e = persistenceFailed("/d/x.sqlite3", sqlite3.IntegrityError("CHECK constraint failed"), True)
+        assert e is not None
+        self.assertEqual(str(e), "could not write to /d/x.sqlite3: CHECK constraint failed")
+        self.assertIsNone(persistenceFailed("/d/x.sqlite3", sqlite3.IntegrityError("x"), False))
+        self.assertIsNone(persistenceFailed("/d/x.sqlite3", sqlite3.ProgrammingError("x"), True))
+        self.assertIsNone(persistenceFailed("/d/x.sqlite3", sqlite3.InterfaceError("x"), True))
+
+    async def test_diskFull(self) -> None:
+        """
+        When the database cannot grow, a write fails with
+        L{PersistenceFailed} saying why; it leaves nothing, and what was
+        written before is still there.
+        """
+        path = os.path.join(self.mktemp(), "directory.sqlite3")
+        directory = await SQLiteDirectory.open(theReactor(), path)
+        self.addCleanup(directory.close)
+
+        def limit(cursor: sqlite3.Cursor) -> None:
+            pages = cursor.execute("PRAGMA page_count").fetchone()[0]
+            cursor.execute(f"PRAGMA max_page_count = {pages + 4:d}").fetchall()
+
+        await directory.database.read(limit)
+        added = []
+        for n in range(200):
+            record = AccountRecord(addr(f"user{n}@corp.example"), "hs1", "", True, "c" * 2000)
+            try:
+                await directory.addAccount(record)
+            except PersistenceFailed as e:
+                self.assertIn(path, str(e))
+                self.assertIn("disk is full", str(e))
+                break
+            added.append(record)
+        else:
+            self.fail("the database never filled up")
+        self.assertTrue(added)
+        self.assertEqual(await directory.listAccounts(), sorted(added, key=lambda r: r.address))
+        self.assertIsNone(await directory.getAccount(addr(f"user{len(added)}@corp.example")))
+        await failed(self, 
+            directory.updateAccount(added[0].address, credentials="d" * 20000), PersistenceFailed
+        )
+        self.assertEqual(await directory.getAccount(added[0].address), added[0])
+
+    async def test_locked(self) -> None:
+        """
+        While another connection holds the write lock, reads go on (WAL);
+        a write waits for the busy timeout, then fails with
+        L{PersistenceFailed} saying the database is locked.
+        """
+        path = os.path.join(self.mktemp(), "x.sqlite3")
+        database = await self.openDatabase(path, busyTimeout=0.05)
+        other = sqlite3.connect(path, isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO t (a) VALUES ('uncommitted')")
+        self.assertEqual(await database.read(lambda c: c.execute("SELECT a FROM t").fetchall()), [])
+        e = await failed(self, 
+            database.write(lambda c: c.execute("INSERT INTO t (a) VALUES ('x')").fetchall()),
+            PersistenceFailed,
+        )
+        self.assertIn("locked", str(e))
+        other.execute("COMMIT")
+        self.assertEqual(
+            await database.read(lambda c: c.execute("SELECT a FROM t").fetchall()), [("uncommitted",)]
+        )
+
+    async def test_closeWaits(self) -> None:
+        """
+        L{Database.close} lets the operations under way finish, and fires
+        after them; operations asked for after it fail with
+        L{PersistenceFailed}.
+        """
+        database = await self.openDatabase()
+        order: list[str] = []
+        written = database.write(lambda c: c.execute("INSERT INTO t (a) VALUES ('x')").fetchall())
+        written.addCallback(lambda _: order.append("written"))
+        closed = database.close()
+        closed.addCallback(lambda _: order.append("closed"))
+        late = database.read(lambda c: c.execute("SELECT a FROM t").fetchall())
+        await failed(self, late, PersistenceFailed)
+        await closed
+        self.assertEqual(order, ["written", "closed"])
+        await database.close()

@@ -1,0 +1,3 @@
+"""
+Authentication: password verifiers, SASL mechanisms and twisted.cred glue.
+"""

@@ -1,0 +1,415 @@
+# -*- test-case-name: tests.test_checkers -*-
+"""
+The gateway's C{twisted.cred} glue: an L{Authenticator} that checks
+passwords and looks up SCRAM verifiers in the directory, the credentials
+checkers built on it, and the realm that opens home-server sessions.
+
+Every front end logs its clients in through the portal of L{makePortal}:
+with L{IUsernamePassword} credentials when it has a password in the clear,
+or with L{SASLAuthenticated} credentials after a SASL exchange
+(L{imgateway.auth.sasl}) has authenticated the user. Failures are
+L{imgateway.core.errors.AuthenticationFailed} (or its subclass
+L{imgateway.core.errors.AccountDisabled}), which the front end maps to its
+protocol's error.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from attrs import frozen
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ICredentials, IUsernamePassword
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+from imgateway.auth.passwords import (
+    DEFAULT_SCRAM_ITERATIONS,
+    SCRAM_HASHES,
+    ScramVerifier,
+    StoredCredentials,
+    checkPassword,
+    makeCredentials,
+)
+from imgateway.core.address import Address, normaliseDomain
+from imgateway.core.errors import AccountDisabled, AuthenticationFailed, InvalidAddress
+from imgateway.core.records import AccountRecord
+from imgateway.interfaces import IDirectory, IHomeServer, ISession, ISessionClient
+
+__all__ = [
+    "Authenticator",
+    "GatewayRealm",
+    "ISASLAuthenticated",
+    "PasswordChecker",
+    "SASLAuthenticated",
+    "SASLAuthenticatedChecker",
+    "makePortal",
+]
+
+_log = Logger()
+
+#: Length of the salt of the verifiers made up for unknown users (the same
+#: as the salts of real verifiers, see L{imgateway.auth.passwords}).
+_FAKE_SALT_BYTES = 16
+
+
+class Authenticator:
+    """
+    Checks the credentials of this gateway's users against the directory.
+
+    Password hashing is slow on purpose, so it runs through C{runInThread},
+    never on the reactor thread. Unknown users cost as much as known ones:
+    a password is checked against dummy credentials, and SCRAM gets a made-up
+    verifier, so that a client cannot tell from the answer or its timing
+    whether an account exists.
+
+    @ivar directory: The L{IDirectory} holding the accounts.
+    @ivar domain: The (normalised) domain of the users checked here.
+    """
+
+    def __init__(
+        self,
+        directory: IDirectory,
+        domain: str,
+        runInThread: Callable[..., Deferred[Any]],
+        secret: bytes | None = None,
+        fakeIterations: int = DEFAULT_SCRAM_ITERATIONS,
+    ) -> None:
+        """
+        @param directory: Where the accounts are.
+        @param domain: The domain whose users log in here.
+        @param runInThread: Calls a function with the given positional
+            arguments off the reactor thread, returning a L{Deferred} of its
+            result (for example C{lambda f, *a: deferToThreadPool(reactor,
+            reactor.getThreadPool(), f, *a)}).
+        @param secret: The key from which the SCRAM verifiers of unknown
+            users are derived; random when C{None}. Keep it stable (across
+            restarts, and across the servers of one domain) so that an
+            unknown user always gets the same salt.
+        @param fakeIterations: The iteration count announced to unknown
+            users; should be that of most real verifiers.
+        @raise InvalidAddress: If C{domain} is not a valid domain.
+        """
+        self.directory = directory
+        self.domain = normaliseDomain(domain)
+        self._runInThread = runInThread
+        self._secret = secret if secret is not None else os.urandom(32)
+        self._fakeIterations = fakeIterations
+        self._dummy: StoredCredentials | None = None
+
+    def resolveAuthcid(self, authcid: str, domain: str | None = None) -> Address:
+        """
+        Turn what a client gave as its user name into an address of this
+        domain.
+
+        @param authcid: A bare local part (C{alice}, meaning C{alice@domain})
+            or a full address (C{alice@corp.example}).
+        @param domain: The domain the client addressed (an XMPP stream's
+            C{to}); L{domain} when C{None}.
+        @return: The address.
+        @raise AuthenticationFailed: If C{authcid} is not a valid address or
+            names a user of another domain.
+        @raise InvalidAddress: If C{domain} is not a valid domain.
+        """
+        domain = self.domain if domain is None else normaliseDomain(domain)
+        try:
+            if "@" in authcid:
+                address = Address.fromString(authcid)
+            else:
+                address = Address.fromParts(authcid, domain)
+        except InvalidAddress:
+            raise AuthenticationFailed("invalid user name") from None
+        if address.domain != domain:
+            raise AuthenticationFailed("not a user of this domain")
+        return address
+
+    def checkPassword(self, address: Address, password: str) -> Deferred[AccountRecord]:
+        """
+        Check a password given in the clear.
+
+        @param address: The user.
+        @param password: The password, as the client sent it.
+        @return: A L{Deferred} that fires with the user's account, or fails
+            with L{AuthenticationFailed} (wrong password, unknown user) or
+            L{AccountDisabled} (right password, disabled account).
+        """
+
+        def verify(record: AccountRecord | None) -> Deferred[AccountRecord]:
+            stored = self._storedCredentials(record)
+            d = self._runInThread(self._verifyPassword, stored, password)
+
+            def decide(matches: bool) -> AccountRecord:
+                if record is None or stored is None or not matches:
+                    raise AuthenticationFailed("wrong user name or password")
+                if not record.enabled:
+                    raise AccountDisabled("account disabled")
+                return record
+
+            return d.addCallback(decide)
+
+        return self.directory.getAccount(address).addCallback(verify)
+
+    def _verifyPassword(self, stored: StoredCredentials | None, password: str) -> bool:
+        """
+        Run in a thread: check C{password} against C{stored}, or against
+        dummy credentials when there are none (so that it takes as long).
+        """
+        if stored is None:
+            if self._dummy is None:
+                # Made on first use, in the thread; a race only makes two.
+                self._dummy = makeCredentials(secrets.token_urlsafe(16), scramIterations=1)
+            checkPassword(self._dummy, password)
+            return False
+        return checkPassword(stored, password)
+
+    def scramVerifier(
+        self, address: Address, mechanism: str
+    ) -> Deferred[tuple[ScramVerifier, AccountRecord | None]]:
+        """
+        Look up what a SCRAM exchange needs to authenticate a user.
+
+        For an unknown user (or an account without a verifier for
+        C{mechanism}, or with unreadable credentials) this still fires with
+        a verifier: one derived from the secret and the address, so that it
+        is the same every time and no password matches it. The exchange then
+        fails at its very end, as for a wrong password.
+
+        A disabled account gets its real verifier: the caller must check
+        C{record.enabled} once the client's proof is verified.
+
+        @param address: The user.
+        @param mechanism: C{"SCRAM-SHA-1"} or C{"SCRAM-SHA-256"}.
+        @return: A L{Deferred} that fires with C{(verifier, record)}, where
+            C{record} is the user's account, or C{None} when C{verifier} is
+            made up.
+        @raise ValueError: If C{mechanism} is not a SCRAM mechanism.
+        """
+        if mechanism not in SCRAM_HASHES:
+            raise ValueError(f"not a SCRAM mechanism: {mechanism!r}")
+
+        def found(
+            record: AccountRecord | None,
+        ) -> tuple[ScramVerifier, AccountRecord | None]:
+            stored = self._storedCredentials(record)
+            if stored is not None and mechanism in stored.scram:
+                return stored.scram[mechanism], record
+            return self._fakeVerifier(address, mechanism), None
+
+        return self.directory.getAccount(address).addCallback(found)
+
+    def _fakeVerifier(self, address: Address, mechanism: str) -> ScramVerifier:
+        """
+        A verifier for a user who has none: the same for each address, and
+        matched by no password.
+        """
+        hashName = SCRAM_HASHES[mechanism]
+        key = hmac.digest(self._secret, f"{mechanism}\0{address}".encode("utf-8"), "sha256")
+        salt = hmac.digest(key, b"salt", "sha256")[:_FAKE_SALT_BYTES]
+        storedKey = hmac.digest(key, b"stored key", hashName)
+        serverKey = hmac.digest(key, b"server key", hashName)
+        return ScramVerifier(salt, self._fakeIterations, storedKey, serverKey)
+
+    def _storedCredentials(self, record: AccountRecord | None) -> StoredCredentials | None:
+        """
+        The verifiers of an account, or C{None} if there is no account or
+        its credentials are unreadable (which is logged).
+        """
+        if record is None:
+            return None
+        try:
+            return StoredCredentials.parse(record.credentials)
+        except ValueError as e:
+            _log.error(
+                "Unreadable credentials of {address}: {error}",
+                address=str(record.address),
+                error=str(e),
+            )
+            return None
+
+    def requireAccount(self, address: Address) -> Deferred[AccountRecord]:
+        """
+        Check that an already authenticated user may still log in.
+
+        @param address: The user.
+        @return: A L{Deferred} that fires with the user's account, or fails
+            with L{AuthenticationFailed} if there is no such account here or
+            L{AccountDisabled} if it is disabled.
+        """
+        if address.domain != self.domain:
+            return fail(AuthenticationFailed("not a user of this domain"))
+
+        def check(record: AccountRecord | None) -> AccountRecord:
+            if record is None:
+                raise AuthenticationFailed("no such account")
+            if not record.enabled:
+                raise AccountDisabled("account disabled")
+            return record
+
+        return self.directory.getAccount(address).addCallback(check)
+
+
+def _avatarId(record: AccountRecord) -> bytes | tuple[()]:
+    return str(record.address).encode("utf-8")
+
+
+@implementer(ICredentialsChecker)
+class PasswordChecker:
+    """
+    Checks user names and passwords given in the clear.
+
+    The user name is a bare local part or a full address, UTF-8 encoded; the
+    avatar ID is the user's address (C{alice@corp.example}), UTF-8 encoded.
+    Failures are L{AuthenticationFailed} or L{AccountDisabled} rather than
+    L{twisted.cred.error.UnauthorizedLogin}, so that front ends can tell a
+    disabled account (reported only after a right password) from a wrong
+    password.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        """
+        @param authenticator: What checks the password.
+        """
+        self._authenticator = authenticator
+
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[bytes | tuple[()]]:
+        """
+        Check the credentials.
+
+        @param credentials: The user name and password.
+        @return: A L{Deferred} that fires with the avatar ID, or fails with
+            L{AuthenticationFailed} (or L{AccountDisabled}).
+        """
+        try:
+            username = credentials.username.decode("utf-8")
+            password = credentials.password.decode("utf-8")
+            address = self._authenticator.resolveAuthcid(username)
+        except UnicodeDecodeError:
+            return fail(AuthenticationFailed("user name or password is not UTF-8"))
+        except AuthenticationFailed as e:
+            return fail(e)
+        return self._authenticator.checkPassword(address, password).addCallback(_avatarId)
+
+
+class ISASLAuthenticated(ICredentials):
+    """
+    Credentials of a user whom a completed SASL exchange (or another trusted
+    mechanism) has already authenticated.
+    """
+
+    address = Attribute("The L{Address} of the authenticated user.")
+
+
+@implementer(ISASLAuthenticated)
+@frozen
+class SASLAuthenticated:
+    """
+    The user that a completed SASL exchange authenticated.
+
+    @ivar address: The user.
+    """
+
+    address: Address
+
+
+@implementer(ICredentialsChecker)
+class SASLAuthenticatedChecker:
+    """
+    Accepts L{ISASLAuthenticated} credentials after checking that the account
+    exists here and is enabled (it may have changed since the exchange).
+    The avatar ID is the user's address, UTF-8 encoded.
+    """
+
+    credentialInterfaces = (ISASLAuthenticated,)
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        """
+        @param authenticator: What looks the account up.
+        """
+        self._authenticator = authenticator
+
+    def requestAvatarId(self, credentials: ISASLAuthenticated) -> Deferred[bytes | tuple[()]]:
+        """
+        Check the account of the authenticated user.
+
+        @param credentials: The authenticated user.
+        @return: A L{Deferred} that fires with the avatar ID, or fails with
+            L{AuthenticationFailed} (or L{AccountDisabled}).
+        """
+        address: Address = credentials.address
+        return self._authenticator.requireAccount(address).addCallback(_avatarId)
+
+
+@implementer(IRealm)
+class GatewayRealm:
+    """
+    Opens home-server sessions for logged-in users.
+
+    The avatar is an L{ISession}; the mind must be the front end's
+    L{ISessionClient}, and may name the session with a C{sessionLabel}
+    attribute (an XMPP resource, a device name). Logging out closes the
+    session with the reason C{"logout"}.
+    """
+
+    def __init__(self, homeServer: IHomeServer) -> None:
+        """
+        @param homeServer: The home server whose sessions are opened.
+        """
+        self._homeServer = homeServer
+
+    def requestAvatar(
+        self, avatarId: bytes | tuple[()], mind: object, *interfaces: type[Interface]
+    ) -> Deferred[tuple[type[Interface], object, Callable[[], None]]]:
+        """
+        Open a session.
+
+        @param avatarId: The user's address, UTF-8 encoded.
+        @param mind: The L{ISessionClient} of the session.
+        @param interfaces: Must include L{ISession}.
+        @return: A L{Deferred} that fires with C{(ISession, session,
+            logout)} once the home server has opened the session, or fails
+            with L{imgateway.core.errors.TooManySessions} if the user has as
+            many sessions as allowed.
+        @raise NotImplementedError: If L{ISession} is not asked for, the mind
+            is not an L{ISessionClient}, or the login is anonymous.
+        """
+        if ISession not in interfaces:
+            raise NotImplementedError("GatewayRealm only provides ISession")
+        if not ISessionClient.providedBy(mind):
+            raise NotImplementedError("the mind must provide ISessionClient")
+        if not isinstance(avatarId, bytes):
+            raise NotImplementedError("anonymous logins are not supported")
+        label = getattr(mind, "sessionLabel", "")
+        if not isinstance(label, str):
+            label = ""
+        address = Address.fromString(avatarId.decode("utf-8"))
+
+        def opened(session: ISession) -> tuple[type[Interface], object, Callable[[], None]]:
+            def logout() -> None:
+                session.close("logout")
+
+            return ISession, session, logout
+
+        return self._homeServer.openSession(address, mind, label).addCallback(opened)
+
+
+def makePortal(homeServer: IHomeServer, authenticator: Authenticator) -> Portal:
+    """
+    Build the gateway's portal.
+
+    @param homeServer: The home server whose sessions the portal opens.
+    @param authenticator: What checks the users' credentials.
+    @return: A portal that accepts L{IUsernamePassword} and
+        L{ISASLAuthenticated} credentials and gives L{ISession} avatars.
+    """
+    return Portal(
+        GatewayRealm(homeServer),
+        [PasswordChecker(authenticator), SASLAuthenticatedChecker(authenticator)],
+    )

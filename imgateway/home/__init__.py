@@ -1,0 +1,1 @@
+"""The home server: sessions, presence, subscriptions and delivery."""

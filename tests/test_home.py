@@ -1,0 +1,501 @@
+"""
+Tests for L{imgateway.home.server}: sessions, presence aggregation and
+leases, subscriptions and authorisation, access lists, rules and message
+delivery statuses.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from imgateway.config import HomeConfig
+from imgateway.core.address import Address
+from imgateway.core.errors import (
+    Blocked,
+    InvalidAddress,
+    LoopDetected,
+    NoRoute,
+    NoSuchUser,
+    NotAuthorised,
+    TooLarge,
+    TooManySessions,
+    UserBusy,
+    UserOffline,
+)
+from imgateway.core.errors import DeliveryStatus
+from imgateway.core.events import Message, PresenceUpdate, SubscriptionEvent, SubscriptionKind
+from imgateway.core.presence import OFFLINE, Presence, PresenceState
+from imgateway.core.records import AccessList, AccountRecord, AuthorisationState, Subscription
+from imgateway.home.server import HomeServer, Session
+from imgateway.interfaces import IHomeServer, ISession, ISessionClient
+from imgateway.router.router import Router
+from imgateway.testing import MemoryDirectory, MemoryHomeStore, RecordingSessionClient
+
+DOMAIN = "corp.example"
+ALICE = Address.fromString("alice@corp.example")
+BOB = Address.fromString("bob@corp.example")
+CAROL = Address.fromString("carol@corp.example")
+GHOST = Address.fromString("ghost@corp.example")
+
+
+class HomeServerTestsMixin:
+    """
+    A home server on memory stores, with alice, bob and carol.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.directory = MemoryDirectory()
+        for a in (ALICE, BOB, CAROL):
+            self.directory.addAccount(AccountRecord(a, "hs1", a.local.title(), True, "{}"))
+        self.store = MemoryHomeStore()
+        self.router = Router()
+        self.home = HomeServer(
+            "hs1", DOMAIN, self.directory, self.store, self.router, self.clock, HomeConfig(maxSessionsPerUser=3)
+        )
+        self.router.addRoute(DOMAIN, self.home, local=True)
+
+    def open(self, address: Address, label: str = "") -> tuple[Session, RecordingSessionClient]:
+        client = RecordingSessionClient()
+        session = self.successResultOf(self.home.openSession(address, client, label))  # type: ignore[attr-defined]
+        return session, client
+
+    def online(self, address: Address) -> tuple[Session, RecordingSessionClient]:
+        session, client = self.open(address)
+        session.publish(Presence())
+        return session, client
+
+    def befriend(self, watcher: Session, target: Session) -> None:
+        """
+        C{watcher} subscribes to C{target}, who authorises.
+        """
+        self.successResultOf(watcher.subscribe(target.address))  # type: ignore[attr-defined]
+        self.successResultOf(target.authorise(watcher.address, True))  # type: ignore[attr-defined]
+
+
+class SessionTests(HomeServerTestsMixin, SynchronousTestCase):
+    """
+    Opening and closing sessions.
+    """
+
+    def test_interfaces(self) -> None:
+        """
+        The home server provides L{IHomeServer}, sessions L{ISession}, the
+        recording client L{ISessionClient}.
+        """
+        session, client = self.open(ALICE)
+        verifyObject(IHomeServer, self.home)
+        verifyObject(ISession, session)
+        verifyObject(ISessionClient, client)
+
+    def test_startsOffline(self) -> None:
+        """
+        A new session counts as offline until it publishes.
+        """
+        session, _ = self.open(ALICE)
+        self.assertEqual(self.home.presenceOf(ALICE), OFFLINE)
+        self.assertEqual(self.home.sessionsOf(ALICE), [session])
+
+    def test_sessionLimit(self) -> None:
+        """
+        Past C{max_sessions_per_user}, opening a session fails with
+        L{TooManySessions}; closing one makes room.
+        """
+        sessions = [self.open(ALICE)[0] for _ in range(3)]
+        self.failureResultOf(self.home.openSession(ALICE, RecordingSessionClient()), TooManySessions)
+        sessions[0].close()
+        self.open(ALICE)
+
+    def test_closeIdempotent(self) -> None:
+        """
+        Closing a session twice is harmless; the user is forgotten once its
+        last session closes.
+        """
+        session, _ = self.open(ALICE)
+        session.close("bye")
+        session.close("bye")
+        self.assertEqual(self.home.sessionsOf(ALICE), [])
+        self.assertEqual(self.home.users(), [])
+
+    def test_closeAll(self) -> None:
+        """
+        L{HomeServer.closeAll} tells every client why and closes them.
+        """
+        _, client = self.open(ALICE)
+        self.home.closeAll("server shutting down")
+        self.assertEqual(client.closed, ["server shutting down"])
+        self.assertEqual(self.home.users(), [])
+
+
+class PresenceTests(HomeServerTestsMixin, SynchronousTestCase):
+    """
+    Presence aggregation, leases and fan-out.
+    """
+
+    def test_aggregateAcrossSessions(self) -> None:
+        """
+        A user's presence is the most available of its sessions'; all of the
+        user's sessions are told of the aggregate.
+        """
+        phone, phoneClient = self.open(ALICE, "phone")
+        desk, _ = self.open(ALICE, "desk")
+        phone.publish(Presence(PresenceState.AWAY, "walking"))
+        desk.publish(Presence(PresenceState.BUSY, "meeting"))
+        self.assertEqual(self.home.presenceOf(ALICE), Presence(PresenceState.AWAY, "walking"))
+        desk.publish(Presence(PresenceState.ONLINE))
+        self.assertEqual(self.home.presenceOf(ALICE), Presence())
+        self.assertEqual(phoneClient.presences[-1], (ALICE, Presence()))
+
+    def test_watcherSeesChanges(self) -> None:
+        """
+        An authorised watcher is told each change of what it may see, once.
+        """
+        alice, aliceClient = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.befriend(alice, bob)
+        self.assertEqual(aliceClient.presences[-1], (BOB, Presence()))
+        bob.publish(Presence(PresenceState.ON_THE_PHONE, "call"))
+        bob.publish(Presence(PresenceState.ON_THE_PHONE, "call"))
+        seen = [p for a, p in aliceClient.presences if a == BOB]
+        self.assertEqual(seen, [Presence(), Presence(PresenceState.ON_THE_PHONE, "call")])
+
+    def test_appearOffline(self) -> None:
+        """
+        Watchers see an appear-offline user as offline, and messages to it
+        fail as for an offline user.
+        """
+        alice, aliceClient = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.befriend(alice, bob)
+        bob.publish(Presence(PresenceState.APPEAR_OFFLINE))
+        self.assertEqual(aliceClient.presences[-1], (BOB, OFFLINE))
+        self.failureResultOf(alice.sendMessage(BOB, "hi"), UserOffline)
+
+    def test_leaseExpires(self) -> None:
+        """
+        A session that does not re-publish within its lease counts as offline;
+        a re-publish restarts the lease.
+        """
+        alice, aliceClient = self.online(ALICE)
+        bob, _ = self.open(BOB)
+        self.befriend(alice, bob)
+        granted = bob.publish(Presence(PresenceState.AWAY), lease=100)
+        self.assertEqual(granted, 100)
+        self.clock.advance(99)
+        bob.publish(Presence(PresenceState.AWAY), lease=100)
+        self.clock.advance(99)
+        self.assertEqual(self.home.presenceOf(BOB).state, PresenceState.AWAY)
+        self.clock.advance(1)
+        self.assertEqual(self.home.presenceOf(BOB), OFFLINE)
+        self.assertEqual(aliceClient.presences[-1], (BOB, OFFLINE))
+        self.assertEqual(self.clock.getDelayedCalls(), [alice._lease])
+
+    def test_leaseBounds(self) -> None:
+        """
+        Leases asked for are kept between the configured bounds.
+        """
+        alice, _ = self.open(ALICE)
+        self.assertEqual(alice.publish(Presence(), lease=1), HomeConfig().minPresenceLease)
+        self.assertEqual(alice.publish(Presence(), lease=10**9), HomeConfig().maxPresenceLease)
+        self.assertEqual(alice.publish(Presence()), HomeConfig().presenceLease)
+
+    def test_lastSessionClosing(self) -> None:
+        """
+        When a user's last session closes, its watchers see it offline and
+        no timer is left behind.
+        """
+        alice, aliceClient = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.befriend(alice, bob)
+        bob.close()
+        self.assertEqual(aliceClient.presences[-1], (BOB, OFFLINE))
+        alice.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_contactPresenceOnLogin(self) -> None:
+        """
+        A user who logs in learns the presence of the contacts it watches.
+        """
+        alice, _ = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.befriend(alice, bob)
+        bob.publish(Presence(PresenceState.OUT_TO_LUNCH, "back at 2"))
+        alice.close()
+        alice, aliceClient = self.open(ALICE)
+        self.assertIn((BOB, Presence(PresenceState.OUT_TO_LUNCH, "back at 2")), aliceClient.presences)
+        [view] = self.successResultOf(alice.contacts())
+        self.assertEqual(view.presence, Presence(PresenceState.OUT_TO_LUNCH, "back at 2"))
+
+    def test_unauthorisedPresenceRefused(self) -> None:
+        """
+        A presence update from someone the recipient does not watch is
+        refused.
+        """
+        self.online(ALICE)
+        update = PresenceUpdate(BOB, ALICE, Presence())
+        self.failureResultOf(self.home.deliver(update), NotAuthorised)
+
+
+class SubscriptionTests(HomeServerTestsMixin, SynchronousTestCase):
+    """
+    Subscriptions, authorisation and the contact list.
+    """
+
+    def test_requestAndAuthorise(self) -> None:
+        """
+        A subscription request is pending until the target authorises it; the
+        target is asked, the watcher is told the answer, and both contact
+        views follow.
+        """
+        alice, aliceClient = self.online(ALICE)
+        bob, bobClient = self.online(BOB)
+        state = self.successResultOf(alice.subscribe(BOB, "Bob"))
+        self.assertEqual(state, AuthorisationState.PENDING)
+        self.assertEqual(bobClient.subscriptions, [SubscriptionEvent(SubscriptionKind.SUBSCRIBE, ALICE, BOB)])
+        self.assertEqual(self.successResultOf(bob.pendingRequests()), [ALICE])
+        [view] = self.successResultOf(alice.contacts())
+        self.assertEqual((view.displayName, view.subscription, view.pending), ("Bob", Subscription.NONE, True))
+
+        self.successResultOf(bob.authorise(ALICE, True))
+        self.assertIn(SubscriptionEvent(SubscriptionKind.AUTHORISE, BOB, ALICE), aliceClient.subscriptions)
+        [view] = self.successResultOf(alice.contacts())
+        self.assertEqual((view.subscription, view.pending, view.presence), (Subscription.TO, False, Presence()))
+        self.assertEqual(self.successResultOf(bob.pendingRequests()), [])
+        self.assertEqual(aliceClient.contacts[-1].subscription, Subscription.TO)
+
+    def test_mutual(self) -> None:
+        """
+        When both authorise each other, both contact entries say C{both}.
+        """
+        alice, _ = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.befriend(alice, bob)
+        self.befriend(bob, alice)
+        [a] = self.successResultOf(alice.contacts())
+        [b] = self.successResultOf(bob.contacts())
+        self.assertEqual((a.subscription, b.subscription), (Subscription.BOTH, Subscription.BOTH))
+
+    def test_refuse(self) -> None:
+        """
+        A refused watcher is told, and sees nothing.
+        """
+        alice, aliceClient = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.successResultOf(alice.subscribe(BOB))
+        self.successResultOf(bob.authorise(ALICE, False))
+        self.assertIn(SubscriptionEvent(SubscriptionKind.REFUSE, BOB, ALICE), aliceClient.subscriptions)
+        [view] = self.successResultOf(alice.contacts())
+        self.assertEqual((view.subscription, view.pending, view.presence), (Subscription.NONE, False, OFFLINE))
+
+    def test_revoke(self) -> None:
+        """
+        Denying an authorised watcher revokes it: it sees the user offline.
+        """
+        alice, aliceClient = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.befriend(alice, bob)
+        self.successResultOf(bob.authorise(ALICE, False))
+        self.assertEqual(aliceClient.presences[-1], (BOB, OFFLINE))
+        bob.publish(Presence(PresenceState.BUSY))
+        self.assertEqual(aliceClient.presences[-1], (BOB, OFFLINE))
+
+    def test_requestToOfflineUserPersists(self) -> None:
+        """
+        A request to a user with no session waits in the store; the user finds
+        it on login and can authorise it.
+        """
+        alice, aliceClient = self.online(ALICE)
+        self.assertEqual(self.successResultOf(alice.subscribe(BOB)), AuthorisationState.PENDING)
+        bob, _ = self.online(BOB)
+        self.assertEqual(self.successResultOf(bob.pendingRequests()), [ALICE])
+        self.successResultOf(bob.authorise(ALICE, True))
+        self.assertEqual(aliceClient.presences[-1], (BOB, Presence()))
+
+    def test_unknownTarget(self) -> None:
+        """
+        Subscribing to a user that does not exist fails with L{NoSuchUser}
+        and leaves no contact behind.
+        """
+        alice, _ = self.online(ALICE)
+        self.failureResultOf(alice.subscribe(GHOST), NoSuchUser)
+        self.assertEqual(self.successResultOf(alice.contacts()), [])
+        self.assertEqual(self.store.authorisations, {})
+
+    def test_noRoute(self) -> None:
+        """
+        Subscribing to a user of a domain with no route fails with
+        L{NoRoute}.
+        """
+        alice, _ = self.online(ALICE)
+        self.failureResultOf(alice.subscribe(Address.fromString("x@elsewhere.example")), NoRoute)
+
+    def test_self(self) -> None:
+        """
+        A user cannot subscribe to itself.
+        """
+        alice, _ = self.online(ALICE)
+        self.failureResultOf(alice.subscribe(ALICE), InvalidAddress)
+
+    def test_unsubscribe(self) -> None:
+        """
+        Unsubscribing removes the contact and the watch, and tells the target.
+        """
+        alice, aliceClient = self.online(ALICE)
+        bob, bobClient = self.online(BOB)
+        self.befriend(alice, bob)
+        self.successResultOf(alice.unsubscribe(BOB))
+        self.assertEqual(self.successResultOf(alice.contacts()), [])
+        self.assertEqual(aliceClient.removed, [BOB])
+        self.assertIn(SubscriptionEvent(SubscriptionKind.UNSUBSCRIBE, ALICE, BOB), bobClient.subscriptions)
+        bob.publish(Presence(PresenceState.AWAY))
+        self.assertNotIn((BOB, Presence(PresenceState.AWAY)), aliceClient.presences)
+
+    def test_allowList(self) -> None:
+        """
+        A request from an entry (address or domain) of the allow list is
+        authorised without asking.
+        """
+        alice, _ = self.online(ALICE)
+        bob, bobClient = self.online(BOB)
+        self.successResultOf(bob.setAccess("corp.example", AccessList.ALLOW))
+        self.assertEqual(self.successResultOf(alice.subscribe(BOB)), AuthorisationState.AUTHORISED)
+        self.assertEqual(bobClient.subscriptions, [])
+
+    def test_blockedRequest(self) -> None:
+        """
+        A request from a blocked address fails with L{Blocked}.
+        """
+        alice, _ = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.successResultOf(bob.setAccess("im:alice@corp.example", AccessList.BLOCK))
+        self.failureResultOf(alice.subscribe(BOB), Blocked)
+
+    def test_blockHidesPresence(self) -> None:
+        """
+        Blocking an authorised watcher makes it see the user offline;
+        unblocking shows the presence again.
+        """
+        alice, aliceClient = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.befriend(alice, bob)
+        self.successResultOf(bob.setAccess("alice@corp.example", AccessList.BLOCK))
+        self.assertEqual(aliceClient.presences[-1], (BOB, OFFLINE))
+        self.successResultOf(bob.setAccess("alice@corp.example", AccessList.NONE))
+        self.assertEqual(aliceClient.presences[-1], (BOB, Presence()))
+
+    def test_badAccessEntry(self) -> None:
+        """
+        An access entry that is neither an address nor a domain is refused.
+        """
+        bob, _ = self.online(BOB)
+        self.failureResultOf(bob.setAccess("not a domain!", AccessList.BLOCK), InvalidAddress)
+
+
+class MessageTests(HomeServerTestsMixin, SynchronousTestCase):
+    """
+    Message delivery and its statuses.
+    """
+
+    def test_deliveredToEverySession(self) -> None:
+        """
+        A message reaches every present session of the recipient.
+        """
+        alice, _ = self.online(ALICE)
+        _, phone = self.online(BOB)
+        _, desk = self.online(BOB)
+        status = self.successResultOf(alice.sendMessage(BOB, "hello", messageId="m1"))
+        self.assertEqual(status, DeliveryStatus.DELIVERED)
+        for client in (phone, desk):
+            [m] = client.messages
+            self.assertEqual((m.sender, m.recipient, m.body, m.messageId), (ALICE, BOB, "hello", "m1"))
+
+    def test_noSuchUser(self) -> None:
+        """
+        A message to an unknown user fails with L{NoSuchUser} (404).
+        """
+        alice, _ = self.online(ALICE)
+        self.failureResultOf(alice.sendMessage(GHOST, "hi"), NoSuchUser)
+
+    def test_disabledUser(self) -> None:
+        """
+        A disabled account is treated as no such user.
+        """
+        self.directory.updateAccount(CAROL, enabled=False)
+        alice, _ = self.online(ALICE)
+        self.failureResultOf(alice.sendMessage(CAROL, "hi"), NoSuchUser)
+
+    def test_offline(self) -> None:
+        """
+        A message to a user with no present session fails with
+        L{UserOffline} (480), including one whose only session has not
+        published yet.
+        """
+        alice, _ = self.online(ALICE)
+        self.failureResultOf(alice.sendMessage(BOB, "hi"), UserOffline)
+        self.open(BOB)
+        self.failureResultOf(alice.sendMessage(BOB, "hi"), UserOffline)
+
+    def test_blocked(self) -> None:
+        """
+        A message from a blocked sender fails with L{Blocked} (403), whether
+        the recipient is online or not.
+        """
+        alice, _ = self.online(ALICE)
+        bob, bobClient = self.online(BOB)
+        self.successResultOf(bob.setAccess("alice@corp.example", AccessList.BLOCK))
+        self.failureResultOf(alice.sendMessage(BOB, "hi"), Blocked)
+        bob.close()
+        self.failureResultOf(alice.sendMessage(BOB, "hi"), Blocked)
+        self.assertEqual(bobClient.messages, [])
+
+    def test_busyRule(self) -> None:
+        """
+        A presence rule turns messages away with L{UserBusy} and the
+        alternate contact while the user is in that state.
+        """
+        alice, _ = self.online(ALICE)
+        bob, bobClient = self.online(BOB)
+        self.successResultOf(bob.setRule(PresenceState.ON_THE_PHONE, "tel:+15550100"))
+        bob.publish(Presence(PresenceState.ON_THE_PHONE))
+        f = self.failureResultOf(alice.sendMessage(BOB, "hi"), UserBusy)
+        self.assertEqual(f.value.alternate, "tel:+15550100")
+        bob.publish(Presence())
+        self.successResultOf(alice.sendMessage(BOB, "hi"))
+        self.assertEqual(len(bobClient.messages), 1)
+
+    def test_ruleValidation(self) -> None:
+        """
+        Rules cannot be set for online or offline states.
+        """
+        bob, _ = self.online(BOB)
+        self.failureResultOf(bob.setRule(PresenceState.ONLINE, "tel:1"), ValueError)
+
+    def test_tooLarge(self) -> None:
+        """
+        A message longer than C{max_message_chars} fails with L{TooLarge}.
+        """
+        alice, _ = self.online(ALICE)
+        self.online(BOB)
+        self.successResultOf(alice.sendMessage(BOB, "x" * HomeConfig().maxMessageChars))
+        self.failureResultOf(alice.sendMessage(BOB, "x" * (HomeConfig().maxMessageChars + 1)), TooLarge)
+
+    def test_duplicateIdIsLoop(self) -> None:
+        """
+        The same message id delivered twice is a loop; a failed delivery may
+        be retried with the same id.
+        """
+        alice, _ = self.online(ALICE)
+        self.failureResultOf(alice.sendMessage(BOB, "hi", messageId="m1"), UserOffline)
+        self.online(BOB)
+        self.successResultOf(alice.sendMessage(BOB, "hi", messageId="m1"))
+        self.failureResultOf(alice.sendMessage(BOB, "hi", messageId="m1"), LoopDetected)
+
+    def test_hopLimit(self) -> None:
+        """
+        An event with too many hops is refused as a loop.
+        """
+        self.online(BOB)
+        m = Message(ALICE, BOB, "hi", hops=17)
+        self.failureResultOf(self.router.deliver(m), LoopDetected)

@@ -1,0 +1,3 @@
+"""
+Protocol adapters, one package per protocol.
+"""

@@ -1,0 +1,3 @@
+"""
+The native protocol adapter: imgateway's own IMPP-like protocol (see C{docs/protocol.md}).
+"""

@@ -1,0 +1,680 @@
+# -*- test-case-name: tests.test_native_framing -*-
+"""
+Framing of the native protocol: a sans-IO parser (L{FrameParser}) and
+serialiser (L{serialise}) for its SIP/HTTP-like frames.
+
+A frame is a start line, header lines, a blank line, and a body of
+C{Content-Length} bytes. This module knows nothing of what the frames mean;
+C{docs/protocol.md} specifies the wire format it implements.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterator, Mapping
+from typing import TypeAlias
+
+from attrs import field, frozen, validators
+
+__all__ = [
+    "VERSION",
+    "MAX_SEQ",
+    "Frame",
+    "FrameParser",
+    "FramingError",
+    "Headers",
+    "Limits",
+    "Request",
+    "Response",
+    "serialise",
+]
+
+#: The protocol version this module speaks; any C{IMGW/1.x} is accepted.
+VERSION = "IMGW/1.0"
+
+#: The largest sequence number.
+MAX_SEQ = 2**31 - 1
+
+# The reason phrases of the codes a FramingError can carry (the table of
+# every code is imgateway.adapters.native.codes.REASONS).
+_REASONS: Mapping[int, str] = {
+    400: "Bad Request",
+    413: "Too Large",
+    431: "Header Too Large",
+    505: "Version Not Supported",
+}
+
+_METHOD = re.compile(r"[A-Z]{1,16}")
+_METHOD_BYTES = re.compile(rb"[A-Z]{1,16}")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
+_HEADER_NAME_BYTES = re.compile(rb"[A-Za-z0-9-]+")
+# Something shaped like a protocol version (IMGW/1.0, SIP/2.0, HTTP/1.1).
+_VERSION_LIKE = re.compile(rb"[A-Za-z][A-Za-z0-9-]*/[0-9]+\.[0-9]+")
+_SUPPORTED_VERSION = re.compile(rb"IMGW/1\.[0-9]+")
+_CODE = re.compile(rb"[1-6][0-9][0-9]")
+_SEQ = re.compile(r"[0-9]{1,10}")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+# Control characters (C0, DEL, C1) other than TAB: not allowed in header
+# values or reason phrases.
+_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# Control characters and any whitespace: not allowed in a target.
+_TARGET_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
+
+_CR = 0x0D
+_LF = b"\n"
+
+
+@frozen
+class Limits:
+    """
+    The sizes a L{FrameParser} accepts; each is the largest value allowed.
+
+    @ivar maxStartLineBytes: The start line, in bytes, without its line end.
+    @ivar maxHeaderBytes: All header lines together, in bytes, each with its
+        own line end, without the start line and the blank line that ends
+        them.
+    @ivar maxHeaders: The number of header lines.
+    @ivar maxBodyBytes: The body (C{Content-Length}), in bytes.
+    """
+
+    maxStartLineBytes: int = field(default=1024, validator=validators.ge(1))
+    maxHeaderBytes: int = field(default=8192, validator=validators.ge(1))
+    maxHeaders: int = field(default=64, validator=validators.ge(1))
+    maxBodyBytes: int = field(default=65536, validator=validators.ge(0))
+
+
+@frozen
+class Headers:
+    """
+    Header fields: ordered C{(name, value)} pairs; names are compared
+    case-insensitively and keep the case they were given in.
+
+    Build them with L{Headers.of} (pairs) or L{Headers.fromMapping}.
+
+    @ivar items: The pairs, in order.
+    """
+
+    items: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, *pairs: tuple[str, str]) -> Headers:
+        """
+        Headers from pairs: C{Headers.of(("Seq", "1"), ("Event", "presence"))}.
+
+        @param pairs: C{(name, value)} pairs, in order; a name may repeat.
+        @return: The headers.
+        """
+        return cls(tuple(pairs))
+
+    @classmethod
+    def fromMapping(cls, mapping: Mapping[str, str]) -> Headers:
+        """
+        Headers from a mapping, in its iteration order:
+        C{Headers.fromMapping({"Seq": "1", "Presence": "away"})}.
+
+        @param mapping: Header name to value.
+        @return: The headers.
+        """
+        return cls(tuple(mapping.items()))
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """
+        @param name: A header name, in any case.
+        @param default: What to return if there is no such header.
+        @return: The value of the first header called C{name}, or C{default}.
+        """
+        lower = name.lower()
+        for n, v in self.items:
+            if n.lower() == lower:
+                return v
+        return default
+
+    def getAll(self, name: str) -> list[str]:
+        """
+        @param name: A header name, in any case.
+        @return: The values of every header called C{name}, in order.
+        """
+        lower = name.lower()
+        return [v for n, v in self.items if n.lower() == lower]
+
+    def __contains__(self, name: object) -> bool:
+        """
+        @return: Whether there is a header called C{name} (in any case).
+        """
+        if not isinstance(name, str):
+            return False
+        lower = name.lower()
+        return any(n.lower() == lower for n, _ in self.items)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        """
+        @return: An iterator over the C{(name, value)} pairs.
+        """
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        """
+        @return: The number of pairs.
+        """
+        return len(self.items)
+
+    def with_(self, name: str, value: str) -> Headers:
+        """
+        @param name: A header name.
+        @param value: Its new value.
+        @return: Headers where the first header called C{name} (in any case)
+            is replaced by C{(name, value)} and any later ones are dropped;
+            or, if there is none, with C{(name, value)} appended.
+        """
+        lower = name.lower()
+        result: list[tuple[str, str]] = []
+        replaced = False
+        for n, v in self.items:
+            if n.lower() != lower:
+                result.append((n, v))
+            elif not replaced:
+                result.append((name, value))
+                replaced = True
+        if not replaced:
+            result.append((name, value))
+        return Headers(tuple(result))
+
+    def without(self, name: str) -> Headers:
+        """
+        @param name: A header name, in any case.
+        @return: Headers without any header called C{name}.
+        """
+        lower = name.lower()
+        return Headers(tuple((n, v) for n, v in self.items if n.lower() != lower))
+
+
+def _seqOf(headers: Headers) -> int | None:
+    """
+    @return: The sequence number in C{headers}, or C{None} if the C{Seq}
+        header is missing, invalid, or repeated with different values.
+    """
+    values = headers.getAll("Seq")
+    if not values:
+        return None
+    seqs = set()
+    for value in values:
+        if _SEQ.fullmatch(value) is None:
+            return None
+        seqs.add(int(value))
+    if len(seqs) != 1:
+        return None
+    (seq,) = seqs
+    return seq if seq <= MAX_SEQ else None
+
+
+def _frameSeq(headers: Headers) -> int:
+    seq = _seqOf(headers)
+    if seq is None:
+        raise ValueError(f"no valid Seq header: {headers.getAll('Seq')!r}")
+    return seq
+
+
+@frozen
+class Request:
+    """
+    A request frame: C{METHOD target IMGW/1.0}.
+
+    @ivar method: 1 to 16 uppercase ASCII letters.
+    @ivar target: What the request is about (C{im:bob@corp.example},
+        C{pres:bob@corp.example}, or C{*}).
+    @ivar headers: Its headers. Frames from a L{FrameParser} never hold
+        C{Content-Length}: the length of C{body} says it.
+    @ivar body: Its body.
+    """
+
+    method: str
+    target: str
+    headers: Headers
+    body: bytes = b""
+
+    @property
+    def seq(self) -> int:
+        """
+        The sequence number, from the C{Seq} header.
+
+        @raise ValueError: If C{Seq} is missing or invalid (never so for
+            frames from a L{FrameParser}).
+        """
+        return _frameSeq(self.headers)
+
+
+@frozen
+class Response:
+    """
+    A response frame: C{IMGW/1.0 code reason}.
+
+    @ivar code: The status code, 100 to 699.
+    @ivar reason: The reason phrase (may be empty).
+    @ivar headers: Its headers. Frames from a L{FrameParser} never hold
+        C{Content-Length}: the length of C{body} says it.
+    @ivar body: Its body.
+    """
+
+    code: int
+    reason: str
+    headers: Headers
+    body: bytes = b""
+
+    @property
+    def seq(self) -> int:
+        """
+        The sequence number, from the C{Seq} header: that of the request it
+        answers.
+
+        @raise ValueError: If C{Seq} is missing or invalid (never so for
+            frames from a L{FrameParser}).
+        """
+        return _frameSeq(self.headers)
+
+
+#: A frame of either kind.
+Frame: TypeAlias = Request | Response
+
+
+def serialise(frame: Frame) -> bytes:
+    """
+    Serialise a frame to its wire form, with CRLF line ends and its text
+    encoded as UTF-8.
+
+    Any C{Content-Length} header in C{frame.headers} is ignored; one giving
+    the length of the body is added after the other headers when the body
+    is not empty.
+
+    @param frame: The frame.
+    @return: Its bytes.
+    @raise ValueError: If the method is not 1 to 16 uppercase ASCII letters;
+        the target is empty or holds whitespace or control characters; the
+        code is not in 100..699; the reason phrase or a header value holds
+        a control character other than TAB; a header name is not made of
+        ASCII letters, digits and C{-}; or any text cannot be encoded as
+        UTF-8 (lone surrogates). Nothing can be injected into the stream.
+    """
+    if isinstance(frame, Request):
+        if _METHOD.fullmatch(frame.method) is None:
+            raise ValueError(f"invalid method {frame.method!r}")
+        if not frame.target or _TARGET_FORBIDDEN.search(frame.target):
+            raise ValueError(f"invalid target {frame.target!r}")
+        start = f"{frame.method} {frame.target} {VERSION}"
+    else:
+        code = frame.code
+        if not isinstance(code, int) or isinstance(code, bool) or not 100 <= code <= 699:
+            raise ValueError(f"invalid status code {code!r}")
+        if _VALUE_FORBIDDEN.search(frame.reason):
+            raise ValueError(f"invalid reason phrase {frame.reason!r}")
+        start = f"{VERSION} {code} {frame.reason}"
+    lines = [start]
+    for name, value in frame.headers.items:
+        if _HEADER_NAME.fullmatch(name) is None:
+            raise ValueError(f"invalid header name {name!r}")
+        if _VALUE_FORBIDDEN.search(value):
+            raise ValueError(f"invalid value for header {name}: {value!r}")
+        if name.lower() == "content-length":
+            continue
+        lines.append(f"{name}: {value}")
+    body = bytes(frame.body)
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8") + body
+
+
+class FramingError(Exception):
+    """
+    The peer sent bytes that break the framing rules.
+
+    A L{FrameParser} returns these in place of frames; the caller answers
+    with C{code} (and C{seq} when known), then closes the connection if
+    C{fatal}.
+
+    @ivar code: The status code to answer with (400, 413, 431 or 505).
+    @ivar reason: The standard reason phrase of C{code}.
+    @ivar detail: What exactly was wrong, for people.
+    @ivar seq: The sequence number of the offending frame, if known.
+    @ivar fatal: Whether the stream can no longer be parsed: the parser is
+        closed and the connection must be closed.
+    @ivar inResponse: Whether the offending frame is known to be a
+        response (which is not itself answered).
+    """
+
+    def __init__(
+        self,
+        code: int,
+        detail: str,
+        seq: int | None = None,
+        fatal: bool = True,
+        inResponse: bool = False,
+    ) -> None:
+        """
+        @param code: See L{FramingError.code}.
+        @param detail: See L{FramingError.detail}.
+        @param seq: See L{FramingError.seq}.
+        @param fatal: See L{FramingError.fatal}.
+        @param inResponse: See L{FramingError.inResponse}.
+        """
+        super().__init__(code, detail)
+        self.code = code
+        self.reason = _REASONS.get(code, "Error")
+        self.detail = detail
+        self.seq = seq
+        self.fatal = fatal
+        self.inResponse = inResponse
+
+    def __repr__(self) -> str:
+        return (
+            f"FramingError(code={self.code}, detail={self.detail!r}, seq={self.seq!r}, "
+            f"fatal={self.fatal!r}, inResponse={self.inResponse!r})"
+        )
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.reason}: {self.detail}"
+
+
+class _State(enum.Enum):
+    START = "start line"
+    HEADERS = "headers"
+    BODY = "body"
+    DISCARD = "discarding a body"
+
+
+class FrameParser:
+    """
+    A sans-IO parser of native-protocol frames: give it bytes as they
+    arrive with L{feed}, get back frames and framing errors in stream order.
+
+    It never buffers more than the current line (at most a limit plus two
+    bytes) or the current body (at most C{maxBodyBytes}), and searches each
+    byte for a line end once, however the stream is cut into chunks.
+
+    @ivar closed: Whether a fatal error was met; L{feed} then returns
+        nothing, ever.
+    """
+
+    closed: bool
+
+    def __init__(self, limits: Limits = Limits()) -> None:
+        """
+        @param limits: The sizes to accept.
+        """
+        self.closed = False
+        self._limits = limits
+        self._buf = bytearray()
+        self._pos = 0
+        # How many bytes of the current (incomplete) line, from _pos, have
+        # already been searched for a line end.
+        self._scanned = 0
+        self._state = _State.START
+        self._isResponse = False
+        self._method = ""
+        self._target = ""
+        self._code = 0
+        self._reason = ""
+        self._headers: list[tuple[str, str]] = []
+        self._headerBytes = 0
+        self._pendingHeaders = Headers()
+        self._remaining = 0
+
+    @property
+    def bufferedBytes(self) -> int:
+        """
+        How many bytes of the stream the parser holds: those of an
+        incomplete line or body. Bodies being discarded are never held.
+        """
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> list[Frame | FramingError]:
+        """
+        Parse more of the stream.
+
+        @param data: The bytes that arrived next.
+        @return: The frames completed by C{data}, and L{FramingError}s in
+            their place for frames that break the rules, in stream order.
+            A fatal error is always last; after it the parser is closed.
+        """
+        if self.closed:
+            return []
+        self._buf += data
+        out: list[Frame | FramingError] = []
+        try:
+            while self._step(out):
+                pass
+        except FramingError as e:
+            self.closed = True
+            self._buf = bytearray()
+            self._pos = 0
+            e.inResponse = e.inResponse or self._isResponse
+            out.append(e)
+            return out
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        return out
+
+    def _step(self, out: list[Frame | FramingError]) -> bool:
+        """
+        Make one step of progress in the current state.
+
+        @return: Whether to try another step.
+        @raise FramingError: On a fatal error.
+        """
+        state = self._state
+        if state is _State.START:
+            return self._startLine()
+        if state is _State.HEADERS:
+            return self._headerLine(out)
+        if state is _State.BODY:
+            return self._body(out)
+        return self._discard()
+
+    def _line(self) -> tuple[bytes, int] | None:
+        """
+        Take the next complete line from the buffer.
+
+        @return: The line without its line end (a CR may remain inside)
+            and its length with its line end; or C{None} if the line is not
+            complete yet.
+        """
+        buf = self._buf
+        pos = self._pos
+        idx = buf.find(_LF, pos + self._scanned)
+        if idx < 0:
+            self._scanned = len(buf) - pos
+            return None
+        self._scanned = 0
+        self._pos = idx + 1
+        end = idx
+        if end > pos and buf[end - 1] == _CR:
+            end -= 1
+        return bytes(buf[pos:end]), idx + 1 - pos
+
+    def _startLine(self) -> bool:
+        self._isResponse = False
+        line = self._line()
+        limit = self._limits.maxStartLineBytes
+        if line is None:
+            pending = len(self._buf) - self._pos
+            if pending and self._buf[-1] == _CR:
+                pending -= 1
+            if pending > limit:
+                raise FramingError(431, f"start line longer than {limit} bytes")
+            return False
+        text, _ = line
+        if not text:
+            return True  # a blank line between frames: keep-alive
+        if len(text) > limit:
+            raise FramingError(431, f"start line longer than {limit} bytes")
+        _checkNoCR(text)
+        self._parseStartLine(text)
+        self._headers = []
+        self._headerBytes = 0
+        self._state = _State.HEADERS
+        return True
+
+    def _parseStartLine(self, text: bytes) -> None:
+        first, _, rest = text.partition(b" ")
+        if _VERSION_LIKE.fullmatch(first):
+            self._isResponse = True
+            if not _SUPPORTED_VERSION.fullmatch(first):
+                raise FramingError(505, f"unsupported version {_show(first)}")
+            code, _, reason = rest.partition(b" ")
+            if not _CODE.fullmatch(code):
+                raise FramingError(400, f"bad status line {_show(text)}")
+            self._code = int(code)
+            self._reason = _decode(reason, "reason phrase")
+            if _VALUE_FORBIDDEN.search(self._reason):
+                raise FramingError(400, "control character in reason phrase")
+            return
+        parts = text.split(b" ")
+        if len(parts) != 3:
+            raise FramingError(400, f"bad start line {_show(text)}")
+        method, target, version = parts
+        if not _VERSION_LIKE.fullmatch(version):
+            raise FramingError(400, f"bad start line {_show(text)}")
+        if not _SUPPORTED_VERSION.fullmatch(version):
+            raise FramingError(505, f"unsupported version {_show(version)}")
+        if not _METHOD_BYTES.fullmatch(method):
+            raise FramingError(400, f"bad method {_show(method)}")
+        targetText = _decode(target, "target")
+        if not targetText or _TARGET_FORBIDDEN.search(targetText):
+            raise FramingError(400, f"bad target {targetText!r}")
+        self._method = method.decode("ascii")
+        self._target = targetText
+
+    def _headerLine(self, out: list[Frame | FramingError]) -> bool:
+        limits = self._limits
+        line = self._line()
+        if line is None:
+            pending = len(self._buf) - self._pos
+            if pending == 0 or (pending == 1 and self._buf[self._pos] == _CR):
+                return False  # nothing yet, or maybe the blank line
+            # This is a header line of at least pending + 1 bytes.
+            if self._headerBytes + pending + 1 > limits.maxHeaderBytes:
+                raise FramingError(431, f"headers longer than {limits.maxHeaderBytes} bytes")
+            if len(self._headers) >= limits.maxHeaders:
+                raise FramingError(431, f"more than {limits.maxHeaders} headers")
+            return False
+        text, size = line
+        if not text:
+            self._endHeaders(out)
+            return True
+        self._headerBytes += size
+        if self._headerBytes > limits.maxHeaderBytes:
+            raise FramingError(431, f"headers longer than {limits.maxHeaderBytes} bytes")
+        if len(self._headers) >= limits.maxHeaders:
+            raise FramingError(431, f"more than {limits.maxHeaders} headers")
+        _checkNoCR(text)
+        if text[0] in b" \t":
+            raise FramingError(400, "continuation lines are not allowed")
+        name, colon, value = text.partition(b":")
+        if not colon:
+            raise FramingError(400, f"header line without a colon: {_show(text)}")
+        if not _HEADER_NAME_BYTES.fullmatch(name):
+            raise FramingError(400, f"bad header name {_show(name)}")
+        nameText = name.decode("ascii")
+        valueText = _decode(value, f"value of {nameText}").strip(" \t")
+        if _VALUE_FORBIDDEN.search(valueText):
+            raise FramingError(400, f"control character in the value of {nameText}")
+        self._headers.append((nameText, valueText))
+        return True
+
+    def _endHeaders(self, out: list[Frame | FramingError]) -> None:
+        headers = Headers(tuple(self._headers))
+        self._headers = []
+        lengths = headers.getAll("Content-Length")
+        length = 0
+        if lengths:
+            if any(_CONTENT_LENGTH.fullmatch(v) is None for v in lengths):
+                raise FramingError(400, f"bad Content-Length {lengths[0]!r}")
+            values = {int(v) for v in lengths}
+            if len(values) > 1:
+                raise FramingError(400, "conflicting Content-Length headers")
+            (length,) = values
+            headers = headers.without("Content-Length")
+        seq = _seqOf(headers)
+        if length > self._limits.maxBodyBytes:
+            out.append(
+                FramingError(
+                    413,
+                    f"body of {length} bytes, more than {self._limits.maxBodyBytes}",
+                    seq=seq,
+                    fatal=False,
+                    inResponse=self._isResponse,
+                )
+            )
+            self._startDiscarding(length)
+            return
+        if seq is None:
+            out.append(
+                FramingError(
+                    400,
+                    f"missing or invalid Seq: {headers.getAll('Seq')!r}",
+                    fatal=False,
+                    inResponse=self._isResponse,
+                )
+            )
+            self._startDiscarding(length)
+            return
+        self._pendingHeaders = headers
+        self._remaining = length
+        self._state = _State.BODY
+
+    def _startDiscarding(self, length: int) -> None:
+        self._remaining = length
+        self._state = _State.DISCARD if length else _State.START
+
+    def _body(self, out: list[Frame | FramingError]) -> bool:
+        pos = self._pos
+        end = pos + self._remaining
+        if len(self._buf) < end:
+            return False
+        body = bytes(self._buf[pos:end])
+        self._pos = end
+        frame: Frame
+        if self._isResponse:
+            frame = Response(self._code, self._reason, self._pendingHeaders, body)
+        else:
+            frame = Request(self._method, self._target, self._pendingHeaders, body)
+        out.append(frame)
+        self._state = _State.START
+        return True
+
+    def _discard(self) -> bool:
+        available = len(self._buf) - self._pos
+        n = min(available, self._remaining)
+        self._pos += n
+        self._remaining -= n
+        if self._remaining:
+            return False
+        self._state = _State.START
+        return True
+
+
+def _checkNoCR(line: bytes) -> None:
+    """
+    @raise FramingError: If C{line} holds a CR (bare: line ends are gone).
+    """
+    if b"\r" in line:
+        raise FramingError(400, "bare CR in a line")
+
+
+def _decode(data: bytes, what: str) -> str:
+    """
+    @return: C{data} decoded as UTF-8.
+    @raise FramingError: If it is not valid UTF-8.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FramingError(400, f"{what} is not valid UTF-8") from None
+
+
+def _show(data: bytes) -> str:
+    """
+    @return: C{data} shortened, for error messages.
+    """
+    return repr(data[:64])

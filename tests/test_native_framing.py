@@ -1,0 +1,913 @@
+# -*- test-case-name: tests.test_native_framing -*-
+"""
+Tests for L{imgateway.adapters.native.framing}: the native protocol's frame
+parser and serialiser.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from imgateway.adapters.native.framing import (
+    MAX_SEQ,
+    VERSION,
+    Frame,
+    FrameParser,
+    FramingError,
+    Headers,
+    Limits,
+    Request,
+    Response,
+    serialise,
+)
+
+SMALL = Limits(maxStartLineBytes=40, maxHeaderBytes=100, maxHeaders=4, maxBodyBytes=10)
+
+
+def request(method: str = "MESSAGE", target: str = "im:bob@corp.example", seq: int = 1, body: bytes = b"", *extra: tuple[str, str]) -> Request:
+    """
+    A request with a C{Seq} header and C{extra} headers.
+    """
+    return Request(method, target, Headers.of(("Seq", str(seq)), *extra), body)
+
+
+def response(code: int = 200, reason: str = "OK", seq: int = 1, body: bytes = b"", *extra: tuple[str, str]) -> Response:
+    """
+    A response with a C{Seq} header and C{extra} headers.
+    """
+    return Response(code, reason, Headers.of(("Seq", str(seq)), *extra), body)
+
+
+def parse(data: bytes, limits: Limits = Limits()) -> list[Frame | FramingError]:
+    """
+    Parse C{data} fed in one chunk.
+    """
+    return FrameParser(limits).feed(data)
+
+
+def parseBytewise(data: bytes, limits: Limits = Limits()) -> list[Frame | FramingError]:
+    """
+    Parse C{data} fed one byte at a time.
+    """
+    parser = FrameParser(limits)
+    out: list[Frame | FramingError] = []
+    for i in range(len(data)):
+        out.extend(parser.feed(data[i : i + 1]))
+    return out
+
+
+class HeadersTests(SynchronousTestCase):
+    """
+    Tests for L{Headers}.
+    """
+
+    def test_of(self) -> None:
+        """
+        L{Headers.of} keeps the pairs in order.
+        """
+        h = Headers.of(("Seq", "1"), ("Via", "a"), ("Via", "b"))
+        self.assertEqual(h.items, (("Seq", "1"), ("Via", "a"), ("Via", "b")))
+        self.assertEqual(list(h), list(h.items))
+        self.assertEqual(len(h), 3)
+
+    def test_fromMapping(self) -> None:
+        """
+        L{Headers.fromMapping} keeps the mapping's order.
+        """
+        h = Headers.fromMapping({"Seq": "1", "Presence": "away"})
+        self.assertEqual(h, Headers.of(("Seq", "1"), ("Presence", "away")))
+
+    def test_getCaseInsensitive(self) -> None:
+        """
+        L{Headers.get} finds the first header of that name in any case.
+        """
+        h = Headers.of(("Content-Type", "text/plain"), ("content-type", "text/html"))
+        self.assertEqual(h.get("CONTENT-TYPE"), "text/plain")
+        self.assertEqual(h.get("content-type"), "text/plain")
+
+    def test_getDefault(self) -> None:
+        """
+        L{Headers.get} returns the default for a missing header.
+        """
+        h = Headers.of(("Seq", "1"))
+        self.assertIsNone(h.get("Note"))
+        self.assertEqual(h.get("Note", "x"), "x")
+
+    def test_getAll(self) -> None:
+        """
+        L{Headers.getAll} returns every value of that name in order.
+        """
+        h = Headers.of(("Via", "a"), ("Seq", "1"), ("VIA", "b"))
+        self.assertEqual(h.getAll("via"), ["a", "b"])
+        self.assertEqual(h.getAll("Note"), [])
+
+    def test_contains(self) -> None:
+        """
+        C{in} tests names case-insensitively.
+        """
+        h = Headers.of(("Seq", "1"))
+        self.assertIn("seq", h)
+        self.assertIn("SEQ", h)
+        self.assertNotIn("Note", h)
+        self.assertNotIn(1, h)
+
+    def test_withReplaces(self) -> None:
+        """
+        L{Headers.with_} replaces the first header of that name in place and
+        drops later ones.
+        """
+        h = Headers.of(("Seq", "1"), ("Note", "a"), ("Via", "x"), ("note", "b"))
+        self.assertEqual(
+            h.with_("NOTE", "c"),
+            Headers.of(("Seq", "1"), ("NOTE", "c"), ("Via", "x")),
+        )
+
+    def test_withAdds(self) -> None:
+        """
+        L{Headers.with_} appends a header that is missing, leaving the
+        original unchanged.
+        """
+        h = Headers.of(("Seq", "1"))
+        self.assertEqual(h.with_("Note", "a"), Headers.of(("Seq", "1"), ("Note", "a")))
+        self.assertEqual(h, Headers.of(("Seq", "1")))
+
+    def test_without(self) -> None:
+        """
+        L{Headers.without} drops every header of that name.
+        """
+        h = Headers.of(("Via", "a"), ("Seq", "1"), ("via", "b"))
+        self.assertEqual(h.without("VIA"), Headers.of(("Seq", "1")))
+
+
+class FrameTests(SynchronousTestCase):
+    """
+    Tests for L{Request}, L{Response} and L{FramingError}.
+    """
+
+    def test_seq(self) -> None:
+        """
+        C{seq} reads the C{Seq} header.
+        """
+        self.assertEqual(request(seq=42).seq, 42)
+        self.assertEqual(response(seq=MAX_SEQ).seq, MAX_SEQ)
+
+    def test_seqMissing(self) -> None:
+        """
+        C{seq} raises L{ValueError} when C{Seq} is missing or invalid.
+        """
+        self.assertRaises(ValueError, lambda: Request("PING", "*", Headers()).seq)
+        self.assertRaises(ValueError, lambda: Response(200, "OK", Headers.of(("Seq", "x"))).seq)
+        self.assertRaises(ValueError, lambda: Response(200, "OK", Headers.of(("Seq", str(MAX_SEQ + 1)))).seq)
+
+    def test_framingError(self) -> None:
+        """
+        L{FramingError} carries its code, the standard reason phrase, a
+        detail, the sequence number and whether it is fatal.
+        """
+        e = FramingError(413, "too big", seq=3, fatal=False)
+        self.assertEqual((e.code, e.reason, e.detail, e.seq, e.fatal, e.inResponse), (413, "Too Large", "too big", 3, False, False))
+        self.assertEqual(str(e), "413 Too Large: too big")
+        self.assertIn("413", repr(e))
+        e = FramingError(400, "bad")
+        self.assertEqual((e.reason, e.seq, e.fatal), ("Bad Request", None, True))
+
+    def test_limitsValidated(self) -> None:
+        """
+        L{Limits} refuses sizes that are not positive (a body limit may be 0).
+        """
+        self.assertRaises(ValueError, Limits, maxHeaders=0)
+        self.assertRaises(ValueError, Limits, maxStartLineBytes=0)
+        self.assertRaises(ValueError, Limits, maxHeaderBytes=-1)
+        self.assertRaises(ValueError, Limits, maxBodyBytes=-1)
+        self.assertEqual(Limits(maxBodyBytes=0).maxBodyBytes, 0)
+
+    def test_defaultLimits(self) -> None:
+        """
+        The default limits are those of the specification.
+        """
+        self.assertEqual(Limits(), Limits(1024, 8192, 64, 65536))
+
+
+class SerialiseTests(SynchronousTestCase):
+    """
+    Tests for L{serialise}.
+    """
+
+    def test_request(self) -> None:
+        """
+        A request is its start line, headers and a blank line, with CRLF
+        line ends.
+        """
+        self.assertEqual(
+            serialise(request("PING", "*", 7)),
+            b"PING * IMGW/1.0\r\nSeq: 7\r\n\r\n",
+        )
+
+    def test_requestWithBody(self) -> None:
+        """
+        A body is announced by a C{Content-Length} after the other headers.
+        """
+        self.assertEqual(
+            serialise(request("MESSAGE", "im:bob@corp.example", 2, b"hello", ("Content-Type", "text/plain"))),
+            b"MESSAGE im:bob@corp.example IMGW/1.0\r\nSeq: 2\r\nContent-Type: text/plain\r\n" b"Content-Length: 5\r\n\r\nhello",
+        )
+
+    def test_response(self) -> None:
+        """
+        A response is C{IMGW/1.0 code reason}.
+        """
+        self.assertEqual(
+            serialise(response(486, "Busy Here", 3, b"", ("Alternate", "tel:+15550100"))),
+            b"IMGW/1.0 486 Busy Here\r\nSeq: 3\r\nAlternate: tel:+15550100\r\n\r\n",
+        )
+
+    def test_responseEmptyReason(self) -> None:
+        """
+        An empty reason phrase leaves the space after the code.
+        """
+        self.assertEqual(serialise(response(200, "", 1)), b"IMGW/1.0 200 \r\nSeq: 1\r\n\r\n")
+
+    def test_noHeaders(self) -> None:
+        """
+        A frame may have no headers at all.
+        """
+        self.assertEqual(serialise(Request("PING", "*", Headers())), b"PING * IMGW/1.0\r\n\r\n")
+
+    def test_contentLengthOverridden(self) -> None:
+        """
+        A C{Content-Length} given in the headers is ignored: the real one is
+        written when there is a body, none when there is not.
+        """
+        self.assertEqual(
+            serialise(request("MESSAGE", "im:b@c", 1, b"abc", ("Content-Length", "99"))),
+            b"MESSAGE im:b@c IMGW/1.0\r\nSeq: 1\r\nContent-Length: 3\r\n\r\nabc",
+        )
+        self.assertEqual(
+            serialise(request("PING", "*", 1, b"", ("content-length", "5"))),
+            b"PING * IMGW/1.0\r\nSeq: 1\r\n\r\n",
+        )
+
+    def test_unicode(self) -> None:
+        """
+        Targets, reasons and header values are encoded as UTF-8.
+        """
+        self.assertEqual(
+            serialise(request("PUBLISH", "pres:zoë@corp.example", 1, b"", ("Note", "à midi ☕"))),
+            "PUBLISH pres:zoë@corp.example IMGW/1.0\r\nSeq: 1\r\nNote: à midi ☕\r\n\r\n".encode(),
+        )
+        self.assertEqual(serialise(response(200, "Très bien", 1)), "IMGW/1.0 200 Très bien\r\nSeq: 1\r\n\r\n".encode())
+
+    def test_tabInValue(self) -> None:
+        """
+        A header value may hold a TAB.
+        """
+        self.assertEqual(
+            serialise(request("PUBLISH", "*", 1, b"", ("Note", "a\tb"))),
+            b"PUBLISH * IMGW/1.0\r\nSeq: 1\r\nNote: a\tb\r\n\r\n",
+        )
+
+    def test_badMethod(self) -> None:
+        """
+        A method that is not 1 to 16 uppercase ASCII letters is refused.
+        """
+        for method in ["", "message", "MESS AGE", "PING\r\nX", "A" * 17, "MÉSSAGE", "PING\x00"]:
+            self.assertRaises(ValueError, serialise, request(method, "*"))
+        self.assertEqual(serialise(request("A" * 16, "*")), b"A" * 16 + b" * IMGW/1.0\r\nSeq: 1\r\n\r\n")
+
+    def test_badTarget(self) -> None:
+        """
+        A target that is empty or holds whitespace or a control character
+        is refused.
+        """
+        for target in ["", "im:a b", "im:a\r\nSeq: 2", "im:a\nb", "im:a\x00", "im:a\tb", "im:a\x7f", "im:a\x85", "im:a\u00a0b"]:
+            self.assertRaises(ValueError, serialise, request("MESSAGE", target))
+
+    def test_badReason(self) -> None:
+        """
+        A reason phrase holding CR, LF, NUL or another control character is
+        refused.
+        """
+        for reason in ["OK\r\nSeq: 9", "OK\n", "OK\r", "O\x00K", "O\x1bK", "O\x7fK"]:
+            self.assertRaises(ValueError, serialise, response(200, reason))
+
+    def test_badCode(self) -> None:
+        """
+        A status code outside 100..699 is refused.
+        """
+        for code in [0, 99, 700, 1000, -200]:
+            self.assertRaises(ValueError, serialise, response(code))
+        self.assertRaises(ValueError, serialise, Response(True, "OK", Headers()))
+        self.assertEqual(serialise(response(100, "x"))[:13], b"IMGW/1.0 100 ")
+        self.assertEqual(serialise(response(699, "x"))[:13], b"IMGW/1.0 699 ")
+
+    def test_badHeaderName(self) -> None:
+        """
+        A header name other than ASCII letters, digits and C{-} is refused.
+        """
+        for name in ["", "Na me", "Name:", "Na\r\nme", "Seq\n", "Nämé", "X_Y", "X\x00"]:
+            self.assertRaises(ValueError, serialise, request("PING", "*", 1, b"", (name, "v")))
+
+    def test_badHeaderValue(self) -> None:
+        """
+        A header value holding CR, LF, NUL or another control character
+        (but TAB) is refused, so nothing can be injected.
+        """
+        for value in ["a\r\nSeq: 2", "a\nb", "a\rb", "a\x00", "a\x0b", "a\x1f", "a\x7f", "a\x85"]:
+            self.assertRaises(ValueError, serialise, request("PING", "*", 1, b"", ("Note", value)))
+
+    def test_unencodable(self) -> None:
+        """
+        Text that cannot be encoded as UTF-8 (a lone surrogate) is refused.
+        """
+        self.assertRaises(ValueError, serialise, request("PING", "*", 1, b"", ("Note", "\ud800")))
+        self.assertRaises(ValueError, serialise, request("MESSAGE", "im:\ud800"))
+
+
+class RoundTripTests(SynchronousTestCase):
+    """
+    Serialising frames and parsing the bytes gives back the same frames.
+    """
+
+    frames: list[Frame] = [
+        request("PING", "*", 0),
+        request("MESSAGE", "im:bob@corp.example", 1, b"hello\r\n\r\nworld\x00\xff", ("Content-Type", "text/plain; charset=utf-8")),
+        request("PUBLISH", "*", MAX_SEQ, b"", ("Presence", "away"), ("Note", "déjeuner à 13 h 🍽")),
+        request("SUBSCRIBE", "pres:zoë@corp.example", 5, b"", ("Name", "Zoë")),
+        request("A" * 16, "x" * 100, 6),
+        response(200, "OK", 1, b"{}", ("Content-Type", "application/json")),
+        response(110, "Challenge", 2, b"r=abc,s=c2FsdA==,i=4096"),
+        response(486, "Busy Here", 3, b"", ("Alternate", "tel:+15550100")),
+        response(200, "", 4),
+        response(699, "Very  odd\treason", 5),
+        request("NOTIFY", "pres:bob@corp.example", 9, b"", ("Event", "presence"), ("Via", "a"), ("Via", "b")),
+    ]
+
+    def test_eachFrame(self) -> None:
+        """
+        Each frame parses back to itself, in one chunk or byte by byte.
+        """
+        for frame in self.frames:
+            data = serialise(frame)
+            self.assertEqual(parse(data), [frame])
+            self.assertEqual(parseBytewise(data), [frame])
+
+    def test_pipelined(self) -> None:
+        """
+        Many frames in one chunk are all parsed, in order.
+        """
+        data = b"".join(serialise(f) for f in self.frames) * 20
+        self.assertEqual(parse(data), self.frames * 20)
+
+    def test_chunkSizes(self) -> None:
+        """
+        However the stream is cut into chunks, the same frames come out.
+        """
+        data = b"".join(serialise(f) for f in self.frames)
+        for size in [1, 2, 3, 5, 7, 13, 64, 1000]:
+            parser = FrameParser()
+            out: list[Frame | FramingError] = []
+            for i in range(0, len(data), size):
+                out.extend(parser.feed(data[i : i + size]))
+            self.assertEqual(out, self.frames, f"chunk size {size}")
+            self.assertEqual(parser.bufferedBytes, 0)
+
+    def test_emptyFeed(self) -> None:
+        """
+        Feeding no bytes yields nothing.
+        """
+        parser = FrameParser()
+        self.assertEqual(parser.feed(b""), [])
+        self.assertFalse(parser.closed)
+
+
+class ParseTests(SynchronousTestCase):
+    """
+    Tests for L{FrameParser} on well-formed input.
+    """
+
+    def test_bareLF(self) -> None:
+        """
+        Lines may end with a bare LF.
+        """
+        self.assertEqual(
+            parse(b"MESSAGE im:b@c IMGW/1.0\nSeq: 1\nContent-Length: 2\n\nhi"),
+            [request("MESSAGE", "im:b@c", 1, b"hi")],
+        )
+
+    def test_keepAlive(self) -> None:
+        """
+        Blank lines between frames are ignored, however they arrive.
+        """
+        ping = serialise(request("PING", "*", 1))
+        data = b"\r\n\n\r\n" + ping + b"\r\n\r\n\n" + ping + b"\r\n"
+        self.assertEqual(parse(data), [request("PING", "*", 1)] * 2)
+        self.assertEqual(parseBytewise(data), [request("PING", "*", 1)] * 2)
+        parser = FrameParser()
+        self.assertEqual(parser.feed(b"\r\n" * 10000), [])
+        self.assertEqual(parser.feed(b"\r"), [])
+        self.assertEqual(parser.feed(b"\n"), [])
+        self.assertFalse(parser.closed)
+        self.assertEqual(parser.bufferedBytes, 0)
+
+    def test_headerWhitespace(self) -> None:
+        """
+        Whitespace around a header value is dropped; the name keeps its
+        case and is found in any case.
+        """
+        [frame] = parse(b"PUBLISH * IMGW/1.0\r\nseq:1\r\nPRESENCE: \t away \t\r\nNote:\r\nX-Empty:   \r\n\r\n")
+        assert isinstance(frame, Request)
+        self.assertEqual(frame.headers.items, (("seq", "1"), ("PRESENCE", "away"), ("Note", ""), ("X-Empty", "")))
+        self.assertEqual(frame.headers.get("presence"), "away")
+        self.assertEqual(frame.seq, 1)
+
+    def test_valueWithColons(self) -> None:
+        """
+        Only the first colon separates the name from the value.
+        """
+        [frame] = parse(b"PUBLISH * IMGW/1.0\r\nSeq: 1\r\nAlternate: sip:bob@corp.example:5060\r\n\r\n")
+        assert isinstance(frame, Request)
+        self.assertEqual(frame.headers.get("Alternate"), "sip:bob@corp.example:5060")
+
+    def test_unicodeValue(self) -> None:
+        """
+        Header values and targets are UTF-8.
+        """
+        data = "PUBLISH pres:zoë@corp.example IMGW/1.0\r\nSeq: 1\r\nNote: 日本語 ☕\r\n\r\n".encode()
+        [frame] = parse(data)
+        assert isinstance(frame, Request)
+        self.assertEqual(frame.target, "pres:zoë@corp.example")
+        self.assertEqual(frame.headers.get("note"), "日本語 ☕")
+
+    def test_contentLengthDropped(self) -> None:
+        """
+        C{Content-Length} is not kept in the parsed headers; a zero or
+        repeated equal one is accepted.
+        """
+        data = b"MESSAGE im:b@c IMGW/1.0\r\nContent-Length: 3\r\nSeq: 1\r\ncontent-length: 003\r\n\r\nabc"
+        self.assertEqual(parse(data), [request("MESSAGE", "im:b@c", 1, b"abc")])
+        self.assertEqual(parse(b"PING * IMGW/1.0\r\nSeq: 1\r\nContent-Length: 0\r\n\r\n"), [request("PING", "*", 1)])
+
+    def test_seqBounds(self) -> None:
+        """
+        Seq may be 0 up to 2**31-1 (leading zeros allowed); repeating it with
+        the same value is accepted.
+        """
+        for seq in [b"0", b"2147483647", b"0000000001"]:
+            [frame] = parse(b"PING * IMGW/1.0\r\nSeq: " + seq + b"\r\n\r\n")
+            assert isinstance(frame, Request)
+            self.assertEqual(frame.seq, int(seq))
+        [frame] = parse(b"PING * IMGW/1.0\r\nSeq: 4\r\nSeq: 04\r\n\r\n")
+        self.assertIsInstance(frame, Request)
+
+    def test_minorVersions(self) -> None:
+        """
+        Any IMGW/1.x version is accepted.
+        """
+        self.assertEqual(parse(b"PING * IMGW/1.1\r\nSeq: 1\r\n\r\n"), [request("PING", "*", 1)])
+        self.assertEqual(parse(b"IMGW/1.25 200 OK\r\nSeq: 1\r\n\r\n"), [response(200, "OK", 1)])
+
+    def test_responseReasons(self) -> None:
+        """
+        A reason phrase may be empty, missing, hold spaces or UTF-8.
+        """
+        self.assertEqual(parse(b"IMGW/1.0 200\r\nSeq: 1\r\n\r\n"), [response(200, "", 1)])
+        self.assertEqual(parse(b"IMGW/1.0 200 \r\nSeq: 1\r\n\r\n"), [response(200, "", 1)])
+        self.assertEqual(parse(b"IMGW/1.0 404 Not  Found \r\nSeq: 1\r\n\r\n"), [response(404, "Not  Found ", 1)])
+        self.assertEqual(parse("IMGW/1.0 200 Très bien\r\nSeq: 1\r\n\r\n".encode()), [response(200, "Très bien", 1)])
+
+    def test_codeBounds(self) -> None:
+        """
+        Status codes 100 and 699 are accepted.
+        """
+        self.assertEqual(parse(b"IMGW/1.0 100 x\r\nSeq: 1\r\n\r\n"), [response(100, "x", 1)])
+        self.assertEqual(parse(b"IMGW/1.0 699 x\r\nSeq: 1\r\n\r\n"), [response(699, "x", 1)])
+
+    def test_binaryBody(self) -> None:
+        """
+        The body is taken by length, whatever bytes it holds.
+        """
+        body = bytes(range(256))
+        data = b"MESSAGE im:b@c IMGW/1.0\r\nSeq: 1\r\nContent-Length: 256\r\n\r\n" + body
+        self.assertEqual(parse(data), [request("MESSAGE", "im:b@c", 1, body)])
+
+
+class ParserTestCase(SynchronousTestCase):
+    """
+    Assertions about the errors L{FrameParser} gives.
+    """
+
+    def assertFatal(self, data: bytes, code: int, limits: Limits = Limits()) -> FramingError:
+        """
+        Parsing C{data}, in one chunk and byte by byte, gives only a fatal
+        error with C{code}, and closes the parser.
+        """
+        errors: list[FramingError] = []
+        for how in ["chunk", "bytes"]:
+            parser = FrameParser(limits)
+            if how == "chunk":
+                out = parser.feed(data)
+            else:
+                out = []
+                for i in range(len(data)):
+                    out.extend(parser.feed(data[i : i + 1]))
+            self.assertEqual(len(out), 1, (how, data, out))
+            [error] = out
+            assert isinstance(error, FramingError), (how, data, error)
+            self.assertEqual((error.code, error.fatal, error.seq), (code, True, None), (how, data, error))
+            self.assertTrue(parser.closed)
+            self.assertEqual(parser.feed(serialise(request("PING", "*"))), [])
+            errors.append(error)
+        self.assertEqual(errors[0].inResponse, errors[1].inResponse)
+        return errors[0]
+
+    def assertNonFatal(self, data: bytes, code: int, seq: int | None, limits: Limits = Limits()) -> FramingError:
+        """
+        Parsing C{data} followed by a valid PING gives a non-fatal error with
+        C{code} and C{seq}, then the PING.
+        """
+        ping = request("PING", "*", 77)
+        errors: list[FramingError] = []
+        for out in [parse(data + serialise(ping), limits), parseBytewise(data + serialise(ping), limits)]:
+            self.assertEqual(len(out), 2, out)
+            error = out[0]
+            assert isinstance(error, FramingError), out
+            self.assertEqual((error.code, error.fatal, error.seq), (code, False, seq))
+            self.assertEqual(out[1], ping)
+            errors.append(error)
+        self.assertEqual(errors[0].inResponse, errors[1].inResponse)
+        return errors[0]
+
+
+class MalformedTests(ParserTestCase):
+    """
+    Tests for L{FrameParser} on input that breaks the rules: each gives a
+    L{FramingError} with the right code and fatality.
+    """
+
+    def test_unsupportedVersion(self) -> None:
+        """
+        A version other than IMGW/1.x is a fatal 505.
+        """
+        for line in [b"PING * IMGW/2.0", b"GET / HTTP/1.1", b"IMGW/2.0 200 OK", b"SIP/2.0 200 OK", b"PING * IMGW/0.9", b"PING * imgw/1.0"]:
+            self.assertFatal(line + b"\r\nSeq: 1\r\n\r\n", 505)
+
+    def test_unparseableStartLine(self) -> None:
+        """
+        A start line that is neither a request nor a response line is a
+        fatal 400.
+        """
+        for line in [
+            b"PING",
+            b"PING *",
+            b"PING * IMGW/1.0 extra",
+            b"PING  * IMGW/1.0",
+            b"PING * IMGW/1.0 ",
+            b" PING * IMGW/1.0",
+            b"ping * IMGW/1.0",
+            b"A" * 17 + b" * IMGW/1.0",
+            b"P1NG * IMGW/1.0",
+            b"PING * IMGW",
+            b"   ",
+            b"\x00",
+            b"IMGW/1.0",
+            b"IMGW/1.0 ",
+            b"IMGW/1.0 20 OK",
+            b"IMGW/1.0 2000 OK",
+            b"IMGW/1.0 099 OK",
+            b"IMGW/1.0 700 OK",
+            b"IMGW/1.0 abc OK",
+            b"IMGW/1.0  200 OK",
+        ]:
+            self.assertFatal(line + b"\r\nSeq: 1\r\n\r\n", 400)
+
+    def test_badTarget(self) -> None:
+        """
+        A target holding a control character, or that is not UTF-8, is a
+        fatal 400.
+        """
+        for target in [b"im:a\x01b", b"im:a\x7f", b"im:\xff", b"im:\xc3", b"im:a\tb", "im:a\u00a0b".encode(), b"im:a\xc2\x85"]:
+            self.assertFatal(b"MESSAGE " + target + b" IMGW/1.0\r\nSeq: 1\r\n\r\n", 400)
+
+    def test_badReason(self) -> None:
+        """
+        A reason phrase holding a control character, or that is not UTF-8,
+        is a fatal 400.
+        """
+        for reason in [b"O\x00K", b"O\x1bK", b"\xff"]:
+            error = self.assertFatal(b"IMGW/1.0 200 " + reason + b"\r\nSeq: 1\r\n\r\n", 400)
+            self.assertTrue(error.inResponse)
+
+    def test_bareCR(self) -> None:
+        """
+        A CR not followed by LF, in any line, is a fatal 400.
+        """
+        self.assertFatal(b"PING *\r IMGW/1.0\r\nSeq: 1\r\n\r\n", 400)
+        self.assertFatal(b"PING * IMGW/1.0\r\r\nSeq: 1\r\n\r\n", 400)
+        self.assertFatal(b"PING * IMGW/1.0\r\nSeq: 1\rNote: x\r\n\r\n", 400)
+        self.assertFatal(b"PING * IMGW/1.0\r\nSeq: 1\r\n\r\r\n", 400)
+        self.assertFatal(b"\r\r\nPING * IMGW/1.0\r\nSeq: 1\r\n\r\n", 400)
+
+    def test_continuationLine(self) -> None:
+        """
+        A header line starting with a space or TAB (folding) is a fatal 400.
+        """
+        self.assertFatal(b"PUBLISH * IMGW/1.0\r\nSeq: 1\r\nNote: a\r\n b\r\n\r\n", 400)
+        self.assertFatal(b"PUBLISH * IMGW/1.0\r\nSeq: 1\r\nNote: a\r\n\tb\r\n\r\n", 400)
+        self.assertFatal(b"PUBLISH * IMGW/1.0\r\n Seq: 1\r\n\r\n", 400)
+
+    def test_noColon(self) -> None:
+        """
+        A header line without a colon is a fatal 400.
+        """
+        self.assertFatal(b"PING * IMGW/1.0\r\nSeq 1\r\n\r\n", 400)
+
+    def test_badHeaderName(self) -> None:
+        """
+        A header name other than ASCII letters, digits and C{-} is a fatal
+        400.
+        """
+        for line in [b"Seq : 1", b": 1", b"Se_q: 1", b"S\xc3\xa9q: 1", b"X\x00: 1", b"X Y: 1"]:
+            self.assertFatal(b"PING * IMGW/1.0\r\n" + line + b"\r\n\r\n", 400)
+
+    def test_badHeaderValue(self) -> None:
+        """
+        A header value that is not UTF-8 or holds a control character other
+        than TAB is a fatal 400.
+        """
+        for value in [b"\xff", b"\xc3", b"\xed\xa0\x80", b"a\x00b", b"a\x1bb", b"a\x7fb", b"a\xc2\x85b"]:
+            self.assertFatal(b"PUBLISH * IMGW/1.0\r\nSeq: 1\r\nNote: " + value + b"\r\n\r\n", 400)
+        [frame] = parse(b"PUBLISH * IMGW/1.0\r\nSeq: 1\r\nNote: a\tb\r\n\r\n")
+        assert isinstance(frame, Request)
+        self.assertEqual(frame.headers.get("Note"), "a\tb")
+
+    def test_badContentLength(self) -> None:
+        """
+        A C{Content-Length} that is not 1 to 18 ASCII digits, or repeated
+        with different values, is a fatal 400.
+        """
+        for value in [b"abc", b"-1", b"+1", b"1.0", b"", b"1 2", b"0x10", "\u0661".encode(), b"1" * 19]:
+            self.assertFatal(b"MESSAGE im:b@c IMGW/1.0\r\nSeq: 1\r\nContent-Length: " + value + b"\r\n\r\n", 400)
+        self.assertFatal(b"MESSAGE im:b@c IMGW/1.0\r\nSeq: 1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400)
+
+    def test_missingSeq(self) -> None:
+        """
+        A frame without C{Seq} gives a non-fatal 400 without a sequence
+        number; its body is dropped and the next frame is parsed.
+        """
+        self.assertNonFatal(b"PING * IMGW/1.0\r\n\r\n", 400, None)
+        self.assertNonFatal(b"MESSAGE im:b@c IMGW/1.0\r\nContent-Length: 4\r\n\r\nPING", 400, None)
+        error = self.assertNonFatal(b"IMGW/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx", 400, None)
+        self.assertTrue(error.inResponse)
+
+    def test_invalidSeq(self) -> None:
+        """
+        A C{Seq} that is not a decimal integer in 0..2**31-1, or repeated
+        with different values, gives a non-fatal 400.
+        """
+        for value in [b"", b"x", b"-1", b"+1", b"1.5", b"2147483648", b"99999999999", b"00000000001", "\u0661".encode(), b"1 2"]:
+            error = self.assertNonFatal(b"PING * IMGW/1.0\r\nSeq: " + value + b"\r\n\r\n", 400, None)
+            self.assertFalse(error.inResponse)
+        self.assertNonFatal(b"PING * IMGW/1.0\r\nSeq: 1\r\nSeq: 2\r\n\r\n", 400, None)
+
+    def test_fatalAfterFrames(self) -> None:
+        """
+        Frames before a fatal error in the same chunk are returned first;
+        nothing after it is parsed, ever.
+        """
+        ping = serialise(request("PING", "*", 1))
+        parser = FrameParser()
+        out = parser.feed(ping + ping + b"PING * IMGW/9.0\r\n\r\n" + ping)
+        self.assertEqual(out[:2], [request("PING", "*", 1)] * 2)
+        self.assertEqual(len(out), 3)
+        error = out[2]
+        assert isinstance(error, FramingError)
+        self.assertEqual((error.code, error.fatal), (505, True))
+        self.assertTrue(parser.closed)
+        self.assertEqual(parser.bufferedBytes, 0)
+        for _ in range(3):
+            self.assertEqual(parser.feed(ping), [])
+
+    def test_nonFatalKeepsOpen(self) -> None:
+        """
+        Non-fatal errors leave the parser open.
+        """
+        parser = FrameParser()
+        parser.feed(b"PING * IMGW/1.0\r\n\r\n")
+        self.assertFalse(parser.closed)
+
+
+class LimitTests(ParserTestCase):
+    """
+    Each limit accepts exactly its value and refuses one more, and is
+    enforced before more than the limit is buffered.
+    """
+
+    def test_startLine(self) -> None:
+        """
+        A start line of C{maxStartLineBytes} bytes (without its line end)
+        is accepted; one more byte is a fatal 431.
+        """
+        for limits in [SMALL, Limits()]:
+            n = limits.maxStartLineBytes
+            target = "x" * (n - len("PING  IMGW/1.0"))
+            frame = request("PING", target, 1)
+            self.assertEqual(len(serialise(frame).split(b"\r\n")[0]), n)
+            self.assertEqual(parse(serialise(frame), limits), [frame])
+            self.assertEqual(parseBytewise(serialise(frame), limits), [frame])
+            self.assertEqual(parse(serialise(frame).replace(b"\r\n", b"\n"), limits), [frame])
+            tooLong = serialise(request("PING", target + "x", 1))
+            error = self.assertFatal(tooLong, 431, limits)
+            self.assertEqual(error.reason, "Header Too Large")
+
+    def test_startLineEarly(self) -> None:
+        """
+        A start line is refused as soon as more than C{maxStartLineBytes}
+        bytes arrive without a line end; a trailing CR is allowed for.
+        """
+        n = SMALL.maxStartLineBytes
+        parser = FrameParser(SMALL)
+        self.assertEqual(parser.feed(b"P" * n), [])
+        self.assertEqual(parser.feed(b"\r"), [])
+        self.assertFalse(parser.closed)
+        parser = FrameParser(SMALL)
+        self.assertEqual(parser.feed(b"P" * n), [])
+        [error] = parser.feed(b"P")
+        assert isinstance(error, FramingError)
+        self.assertEqual((error.code, error.fatal), (431, True))
+        parser = FrameParser(SMALL)
+        [error] = parser.feed(b"P" * n + b"\r\r")
+        assert isinstance(error, FramingError)
+        self.assertEqual(error.code, 431)
+
+    def test_startLineAfterKeepAlive(self) -> None:
+        """
+        Blank lines before a start line do not count towards its limit.
+        """
+        n = SMALL.maxStartLineBytes
+        frame = request("PING", "x" * (n - len("PING  IMGW/1.0")), 1)
+        self.assertEqual(parse(b"\r\n" * n + serialise(frame), SMALL), [frame])
+
+    def headerBlock(self, size: int, lineEnd: bytes = b"\r\n") -> bytes:
+        """
+        A header block of exactly C{size} bytes, each line counted with
+        its line end: C{Seq: 1} then one C{X: ...} header.
+        """
+        seq = b"Seq: 1" + lineEnd
+        padding = size - len(seq) - len(b"X: ") - len(lineEnd)
+        assert padding >= 0
+        return seq + b"X: " + b"y" * padding + lineEnd
+
+    def test_headerBytes(self) -> None:
+        """
+        Header lines totalling C{maxHeaderBytes} (each with its line end)
+        are accepted; one more byte is a fatal 431.
+        """
+        for limits in [SMALL, Limits()]:
+            n = limits.maxHeaderBytes
+            for lineEnd in [b"\r\n", b"\n"]:
+                data = b"PING * IMGW/1.0" + lineEnd + self.headerBlock(n, lineEnd) + lineEnd
+                [frame] = parse(data, limits)
+                assert isinstance(frame, Request)
+                self.assertEqual(frame.seq, 1)
+                [frame] = parseBytewise(data, limits)
+                self.assertIsInstance(frame, Request)
+                data = b"PING * IMGW/1.0" + lineEnd + self.headerBlock(n + 1, lineEnd) + lineEnd
+                self.assertFatal(data, 431, limits)
+
+    def test_headerBytesEarly(self) -> None:
+        """
+        Header lines are refused as soon as the bytes buffered prove the
+        block too long, without waiting for a line end.
+        """
+        n = SMALL.maxHeaderBytes
+        parser = FrameParser(SMALL)
+        self.assertEqual(parser.feed(b"PING * IMGW/1.0\r\nSeq: 1\r\n"), [])
+        # A line of k bytes so far needs at least k + 1 with its line end.
+        self.assertEqual(parser.feed(b"X" * (n - 8 - 1)), [])
+        self.assertEqual(parser.bufferedBytes, n - 9)
+        self.assertFalse(parser.closed)
+        [error] = parser.feed(b"X")
+        assert isinstance(error, FramingError)
+        self.assertEqual((error.code, error.fatal), (431, True))
+
+    def test_headerBytesFinalCR(self) -> None:
+        """
+        A lone CR after a full header block may start the final blank line.
+        """
+        n = SMALL.maxHeaderBytes
+        parser = FrameParser(SMALL)
+        self.assertEqual(parser.feed(b"PING * IMGW/1.0\r\n" + self.headerBlock(n) + b"\r"), [])
+        self.assertFalse(parser.closed)
+        [frame] = parser.feed(b"\n")
+        self.assertIsInstance(frame, Request)
+
+    def test_headerCount(self) -> None:
+        """
+        C{maxHeaders} header lines are accepted; one more is a fatal 431.
+        """
+        for limits in [SMALL, Limits()]:
+            n = limits.maxHeaders
+            headers = b"Seq: 1\r\n" + b"X: y\r\n" * (n - 1)
+            [frame] = parse(b"PING * IMGW/1.0\r\n" + headers + b"\r\n", limits)
+            assert isinstance(frame, Request)
+            self.assertEqual(len(frame.headers), n)
+            self.assertFatal(b"PING * IMGW/1.0\r\n" + headers + b"X: y\r\n\r\n", 431, limits)
+
+    def test_headerCountEarly(self) -> None:
+        """
+        One header too many is refused at its first byte.
+        """
+        n = SMALL.maxHeaders
+        parser = FrameParser(SMALL)
+        self.assertEqual(parser.feed(b"PING * IMGW/1.0\r\nSeq: 1\r\n" + b"X: y\r\n" * (n - 1) + b"\r"), [])
+        self.assertFalse(parser.closed)
+        parser = FrameParser(SMALL)
+        [error] = parser.feed(b"PING * IMGW/1.0\r\nSeq: 1\r\n" + b"X: y\r\n" * (n - 1) + b"X")
+        assert isinstance(error, FramingError)
+        self.assertEqual((error.code, error.fatal), (431, True))
+
+    def test_limitsPerFrame(self) -> None:
+        """
+        Header limits apply to each frame afresh.
+        """
+        n = SMALL.maxHeaders
+        data = b"PING * IMGW/1.0\r\nSeq: 1\r\n" + b"X: y\r\n" * (n - 1) + b"\r\n"
+        self.assertEqual(len(parse(data * 5, SMALL)), 5)
+
+    def test_body(self) -> None:
+        """
+        A body of C{maxBodyBytes} is accepted.
+        """
+        for limits in [SMALL, Limits()]:
+            frame = request("MESSAGE", "im:b@c", 1, b"z" * limits.maxBodyBytes)
+            self.assertEqual(parse(serialise(frame), limits), [frame])
+
+    def test_bodyTooLarge(self) -> None:
+        """
+        A C{Content-Length} over C{maxBodyBytes} gives a non-fatal 413 with
+        the frame's Seq; exactly that many bytes are discarded and the next
+        frame is parsed.
+        """
+        for limits in [SMALL, Limits()]:
+            n = limits.maxBodyBytes + 1
+            data = b"MESSAGE im:b@c IMGW/1.0\r\nSeq: 5\r\nContent-Length: %d\r\n\r\n" % (n,) + b"x" * n
+            error = self.assertNonFatal(data, 413, 5, limits)
+            self.assertEqual(error.reason, "Too Large")
+            self.assertFalse(error.inResponse)
+
+    def test_bodyTooLargeNoSeq(self) -> None:
+        """
+        A 413 for a frame without a valid Seq has no sequence number.
+        """
+        data = b"IMGW/1.0 200 OK\r\nContent-Length: 11\r\n\r\n" + b"x" * 11
+        error = self.assertNonFatal(data, 413, None, SMALL)
+        self.assertTrue(error.inResponse)
+
+    def test_bodyDiscardedUnbuffered(self) -> None:
+        """
+        The bytes of a body over the limit are dropped as they arrive, not
+        buffered; the frames after them are parsed.
+        """
+        parser = FrameParser(SMALL)
+        [error] = parser.feed(b"MESSAGE im:b@c IMGW/1.0\r\nSeq: 5\r\nContent-Length: 1000000\r\n\r\n")
+        assert isinstance(error, FramingError)
+        self.assertEqual((error.code, error.seq, error.fatal), (413, 5, False))
+        for _ in range(99):
+            self.assertEqual(parser.feed(b"\x00" * 10000), [])
+            self.assertEqual(parser.bufferedBytes, 0)
+        ping = serialise(request("PING", "*", 6))
+        self.assertEqual(parser.feed(b"\x00" * 9999 + b"\r" + ping), [request("PING", "*", 6)])
+
+    def test_bodyBufferedUpToLimit(self) -> None:
+        """
+        A body within the limit is buffered until complete.
+        """
+        parser = FrameParser(SMALL)
+        self.assertEqual(parser.feed(b"MESSAGE im:b@c IMGW/1.0\r\nSeq: 5\r\nContent-Length: 10\r\n\r\n12345"), [])
+        self.assertEqual(parser.bufferedBytes, 5)
+        self.assertEqual(parser.feed(b"67890"), [request("MESSAGE", "im:b@c", 5, b"1234567890")])
+        self.assertEqual(parser.bufferedBytes, 0)
+
+    def test_lineBufferBounded(self) -> None:
+        """
+        A sender that never ends a line cannot make the parser hold more than
+        a limit plus a couple of bytes.
+        """
+        parser = FrameParser(SMALL)
+        parser.feed(b"PING * IMGW/1.0\r\nSeq: 1\r\nNote: ")
+        held = 0
+        while not parser.closed:
+            parser.feed(b"a")
+            held = max(held, parser.bufferedBytes)
+        self.assertLessEqual(held, SMALL.maxHeaderBytes + 2)
+
+    def test_startLineBufferBounded(self) -> None:
+        """
+        Nor can a start line that never ends.
+        """
+        parser = FrameParser(SMALL)
+        held = 0
+        while not parser.closed:
+            parser.feed(b"a")
+            held = max(held, parser.bufferedBytes)
+        self.assertLessEqual(held, SMALL.maxStartLineBytes + 2)

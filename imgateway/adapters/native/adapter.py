@@ -1,0 +1,79 @@
+# -*- test-case-name: tests.test_native_server -*-
+"""
+The native protocol adapter: the C{[native]} config table and the face's
+listeners.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from imgateway.adapters.native.server import NativeConfig, NativeServerFactory
+from imgateway.config import ConfigTable
+from imgateway.interfaces import IGateway, IProtocolAdapter
+
+__all__ = ["NativeAdapter"]
+
+log = Logger()
+
+
+class _ListenerService(StreamServerEndpointService):
+    def __init__(self, reactor: object, description: str, factory: NativeServerFactory) -> None:
+        super().__init__(serverFromString(reactor, description), factory)
+        self.description = description
+        self._raiseSynchronously = True
+
+    def startService(self) -> None:
+        super().startService()
+        log.info("Native face listening on {endpoint}", endpoint=self.description)
+
+
+@implementer(IPlugin, IProtocolAdapter)
+class NativeAdapter:
+    """
+    The native (IMPP-like) protocol: see C{docs/protocol.md}.
+    """
+
+    name = "native"
+    description = "imgateway's native IMPP-like protocol (docs/protocol.md)"
+
+    def parseConfig(self, table: Mapping[str, object], where: str) -> NativeConfig:
+        from twisted.internet import reactor
+
+        t = ConfigTable(table, where)
+        d = NativeConfig()
+        config = NativeConfig(
+            listen=t.endpoints("listen", reactor, d.listen),
+            maxStartLineBytes=t.positive("max_start_line_bytes", int, d.maxStartLineBytes),
+            maxHeaderBytes=t.positive("max_header_bytes", int, d.maxHeaderBytes),
+            maxHeaders=t.positive("max_headers", int, d.maxHeaders),
+            maxBodyBytes=t.positive("max_body_bytes", int, d.maxBodyBytes),
+            requestsPerSecond=t.positive("requests_per_second", float, d.requestsPerSecond),
+            requestBurst=t.positive("request_burst", int, d.requestBurst),
+            maxUnauthenticated=t.positive("max_unauthenticated", int, d.maxUnauthenticated),
+            loginTimeout=t.positive("login_timeout", float, d.loginTimeout),
+            idleTimeout=t.positive("idle_timeout", float, d.idleTimeout),
+            maxAuthAttempts=t.positive("max_auth_attempts", int, d.maxAuthAttempts),
+            allowPlaintextAuth=t.get("allow_plaintext_auth", bool, d.allowPlaintextAuth),
+        )
+        t.finish()
+        if config.maxStartLineBytes < 64:
+            raise t.error("max_start_line_bytes", "must be at least 64")
+        if config.maxHeaderBytes < 256:
+            raise t.error("max_header_bytes", "must be at least 256")
+        return config
+
+    def makeService(self, gateway: IGateway, config: object) -> IService:
+        assert isinstance(config, NativeConfig)
+        factory = NativeServerFactory(gateway, config)
+        top = MultiService()
+        for description in config.listen:
+            _ListenerService(gateway.reactor, description, factory).setServiceParent(top)
+        return top

@@ -1,0 +1,623 @@
+# -*- test-case-name: tests.test_native_server -*-
+"""
+The native protocol's server side: one L{NativeServerProtocol} per client
+connection, speaking C{docs/protocol.md}, logging its user in through the
+gateway's portal and acting as that session's L{ISessionClient}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import unicodedata
+from collections.abc import Callable
+from ipaddress import ip_address
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from imgateway import __version__
+from imgateway.adapters.native.codes import REASONS, codeForDelivery
+from imgateway.adapters.native.framing import (
+    FrameParser,
+    FramingError,
+    Headers,
+    Limits,
+    Request,
+    Response,
+    serialise,
+)
+from imgateway.auth.checkers import SASLAuthenticated
+from imgateway.auth.sasl import SASLFailure, mechanismsFor, serverMechanism
+from imgateway.core.address import Address
+from imgateway.core.errors import (
+    DeliveryError,
+    InvalidAddress,
+    PersistenceFailed,
+    TooManySessions,
+)
+from imgateway.core.events import Message, SubscriptionEvent, newMessageId
+from imgateway.core.presence import Presence, PresenceState
+from imgateway.core.ratelimit import TokenBucket
+from imgateway.core.records import AccessList, AuthorisationState, ContactView
+from imgateway.interfaces import IGateway, ISession, ISessionClient
+
+__all__ = ["NativeConfig", "NativeServerFactory", "NativeServerProtocol"]
+
+
+@frozen
+class NativeConfig:
+    """
+    The C{[native]} table; see C{etc/imgateway.toml} for each key.
+    """
+
+    listen: tuple[str, ...] = ("tcp:5300:interface=127.0.0.1",)
+    maxStartLineBytes: int = 1024
+    maxHeaderBytes: int = 8192
+    maxHeaders: int = 64
+    maxBodyBytes: int = 65536
+    requestsPerSecond: float = 20.0
+    requestBurst: int = 50
+    maxUnauthenticated: int = 1000
+    loginTimeout: float = 30.0
+    idleTimeout: float = 300.0
+    maxAuthAttempts: int = 3
+    allowPlaintextAuth: bool = False
+
+    @property
+    def limits(self) -> Limits:
+        """
+        The framing limits.
+        """
+        return Limits(self.maxStartLineBytes, self.maxHeaderBytes, self.maxHeaders, self.maxBodyBytes)
+
+
+class _Reply(Exception):
+    """
+    Raised by a request handler to answer with an error status.
+    """
+
+    def __init__(self, code: int, reason: str | None = None, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason or REASONS.get(code, "Error")
+        self.headers = headers
+
+
+def _clean(text: str) -> str:
+    """
+    Make text safe for a header value: control characters become spaces.
+    """
+    return "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
+
+
+def _target(request: Request) -> Address:
+    """
+    The address a request is aimed at (C{im:}/C{pres:} URI or bare).
+    """
+    try:
+        return Address.fromString(request.target)
+    except InvalidAddress as e:
+        raise _Reply(400, f"Bad address: {e}") from None
+
+
+def _contactJSON(view: ContactView) -> dict[str, Any]:
+    return {
+        "address": str(view.address),
+        "name": view.displayName,
+        "subscription": view.subscription.value,
+        "pending": view.pending,
+        "presence": view.presence.state.value,
+        "note": view.presence.note,
+    }
+
+
+def _isLoopback(address: object) -> bool:
+    if isinstance(address, UNIXAddress):
+        return True
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        try:
+            return ip_address(address.host.split("%")[0]).is_loopback
+        except ValueError:
+            return False
+    return False
+
+
+@implementer(ISessionClient)
+class NativeServerProtocol(Protocol):
+    """
+    One client connection of the native face.
+    """
+
+    log = Logger()
+    factory: NativeServerFactory
+
+    def __init__(self, gateway: IGateway, config: NativeConfig, clock: IReactorTime) -> None:
+        self.gateway = gateway
+        self.config = config
+        self.clock = clock
+        self.session: ISession | None = None
+        self.sessionLabel = ""
+        self._parser = FrameParser(config.limits)
+        self._bucket = TokenBucket(config.requestsPerSecond, config.requestBurst, clock)
+        self._outSeq = 0
+        self._mechanism: Any = None
+        self._authBusy = False
+        self._authFailures = 0
+        self._loginTimer: IDelayedCall | None = None
+        self._idleTimer: IDelayedCall | None = None
+        self._closing = False
+        self._counted = False
+        self._handlers: dict[str, Callable[[Request], Any]] = {
+            "OPTIONS": self.do_OPTIONS,
+            "AUTH": self.do_AUTH,
+            "PING": self.do_PING,
+            "BYE": self.do_BYE,
+            "PUBLISH": self.do_PUBLISH,
+            "SUBSCRIBE": self.do_SUBSCRIBE,
+            "UNSUBSCRIBE": self.do_UNSUBSCRIBE,
+            "AUTHORISE": self.do_AUTHORISE,
+            "CONTACTS": self.do_CONTACTS,
+            "ACCESS": self.do_ACCESS,
+            "RULE": self.do_RULE,
+            "MESSAGE": self.do_MESSAGE,
+        }
+
+    # -- connection ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        f = self.factory
+        if f.unauthenticated >= self.config.maxUnauthenticated:
+            self.log.warn(
+                "Refusing {peer}: {n} connections are waiting to log in (max_unauthenticated)",
+                peer=self.transport.getPeer(),  # type: ignore[union-attr]
+                n=f.unauthenticated,
+            )
+            self._respond(0, 503, "Too many unauthenticated connections")
+            self._close()
+            return
+        f.unauthenticated += 1
+        self._counted = True
+        self._loginTimer = self.clock.callLater(self.config.loginTimeout, self._loginTimedOut)
+        self._idleTimer = self.clock.callLater(self.config.idleTimeout, self._idleTimedOut)
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.factory.unauthenticated -= 1
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self._uncount()
+        for timer in (self._loginTimer, self._idleTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._loginTimer = self._idleTimer = None
+        self._closing = True
+        session, self.session = self.session, None
+        if session is not None:
+            session.close("connection lost")
+
+    def _loginTimedOut(self) -> None:
+        self._loginTimer = None
+        self._bye("login-timeout")
+
+    def _idleTimedOut(self) -> None:
+        self._idleTimer = None
+        self._bye("idle-timeout")
+
+    def _bye(self, reason: str) -> None:
+        if self._closing:
+            return
+        self._request("BYE", "*", (("Reason", reason),))
+        self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    @property
+    def secure(self) -> bool:
+        """
+        Whether the connection is encrypted (TLS).
+        """
+        return ISSLTransport.providedBy(self.transport)
+
+    def _plainAllowed(self) -> bool:
+        return self.config.allowPlaintextAuth or _isLoopback(self.transport.getPeer())  # type: ignore[union-attr]
+
+    # -- frames ----------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self._idleTimer is not None:
+            self._idleTimer.reset(self.config.idleTimeout)
+        for item in self._parser.feed(data):
+            if self._closing:
+                return
+            if isinstance(item, FramingError):
+                # A bad response is never answered (its Seq is one of ours).
+                if item.fatal or not item.inResponse:
+                    self._respond(item.seq or 0, item.code, f"{item.reason}: {item.detail}")
+                if item.fatal:
+                    self._close()
+                    return
+            elif isinstance(item, Response):
+                self._responseReceived(item)
+            else:
+                self._requestReceived(item)
+
+    def _requestReceived(self, request: Request) -> None:
+        if not self._bucket.consume():
+            wait = max(1, math.ceil(self._bucket.retryAfter()))
+            self._respond(request.seq, 429, "Too Many Requests", (("Retry-After", str(wait)),))
+            return
+        handler = self._handlers.get(request.method)
+        if handler is None:
+            self._respond(request.seq, 405, f"Unknown method {request.method}")
+            return
+        if self.session is None and request.method not in ("OPTIONS", "AUTH", "PING", "BYE"):
+            self._respond(request.seq, 401, "Log in first (AUTH)")
+            return
+        d = maybeDeferred(handler, request)
+        d.addCallbacks(lambda r: self._answered(request, r), lambda f: self._failed(request, f))
+
+    def _answered(self, request: Request, result: tuple[int, str, tuple[tuple[str, str], ...], bytes] | None) -> None:
+        code, reason, headers, body = result if result is not None else (200, "OK", (), b"")
+        self._respond(request.seq, code, reason, headers, body)
+
+    def _failed(self, request: Request, f: Failure) -> None:
+        e = f.value
+        if isinstance(e, _Closed):
+            return
+        if isinstance(e, _Reply):
+            self._respond(request.seq, e.code, e.reason, e.headers)
+        elif isinstance(e, DeliveryError):
+            headers: tuple[tuple[str, str], ...] = ()
+            alternate = getattr(e, "alternate", None)
+            if alternate:
+                headers = (("Alternate", _clean(alternate)),)
+            self._respond(request.seq, codeForDelivery(e), _clean(e.text), headers)
+        elif isinstance(e, (InvalidAddress, ValueError)):
+            self._respond(request.seq, 400, _clean(str(e)))
+        elif isinstance(e, PersistenceFailed):
+            self.log.error("Storage failed for {request.method}: {error}", request=request, error=e)
+            self._respond(request.seq, 500, "Storage failed; nothing was changed")
+        else:
+            self.log.failure("Handling {method} from {peer}", f, method=request.method, peer=self.transport.getPeer())  # type: ignore[union-attr]
+            self._respond(request.seq, 500, "Server Error")
+
+    def _responseReceived(self, response: Response) -> None:
+        if response.code >= 300:
+            self.log.debug("Client answered {seq} with {code} {reason}", seq=response.seq, code=response.code, reason=response.reason)
+
+    def _write(self, frame: Request | Response) -> None:
+        if self.transport is None:
+            return
+        try:
+            data = serialise(frame)
+        except ValueError:
+            self.log.failure("Cannot serialise {frame!r}", frame=frame)
+            return
+        self.transport.write(data)
+
+    def _respond(
+        self,
+        seq: int,
+        code: int,
+        reason: str,
+        headers: tuple[tuple[str, str], ...] = (),
+        body: bytes = b"",
+    ) -> None:
+        self._write(Response(code, reason, Headers.of(("Seq", str(seq)), *headers), body))
+
+    def _request(self, method: str, target: str, headers: tuple[tuple[str, str], ...] = (), body: bytes = b"") -> None:
+        if self._closing:
+            return
+        self._outSeq = self._outSeq + 1 if self._outSeq < 2**31 - 1 else 1
+        self._write(Request(method, target, Headers.of(("Seq", str(self._outSeq)), *headers), body))
+
+    # -- before login ------------------------------------------------------------
+
+    def do_OPTIONS(self, request: Request) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
+        mechanisms = mechanismsFor(self.secure, self._plainAllowed())
+        c = self.config
+        return (
+            200,
+            "OK",
+            (
+                ("Server", f"imgateway/{__version__}"),
+                ("Domain", self.gateway.domain),
+                ("Mechanisms", ", ".join(mechanisms)),
+                ("Max-Body", str(c.maxBodyBytes)),
+                ("Max-Header", str(c.maxHeaderBytes)),
+                ("Max-Message-Chars", str(self.gateway.homeServer.config.maxMessageChars)),
+            ),
+            b"",
+        )
+
+    def do_PING(self, request: Request) -> None:
+        return None
+
+    def do_BYE(self, request: Request) -> None:
+        self._respond(request.seq, 200, "OK")
+        self._close()
+        raise _Closed()
+
+    def do_AUTH(self, request: Request) -> Deferred[Any] | tuple[int, str, tuple[tuple[str, str], ...], bytes]:
+        if self.session is not None:
+            raise _Reply(400, "Already logged in")
+        if self._authBusy:
+            raise _Reply(400, "Authentication step in progress")
+        name = request.headers.get("Mechanism")
+        if name is not None:
+            name = name.strip().upper()
+            offered = mechanismsFor(self.secure, self._plainAllowed())
+            if name not in offered:
+                if name in mechanismsFor(True, True):
+                    raise _Reply(426, f"{name} needs an encrypted connection")
+                raise _Reply(401, f"Unknown mechanism {name}")
+            label = request.headers.get("Label", "") or ""
+            self.sessionLabel = label[:64]
+            self._mechanism = serverMechanism(
+                name, self.gateway.authenticator, self.gateway.domain, self.secure, allowPlaintext=self._plainAllowed()
+            )
+        elif self._mechanism is None:
+            raise _Reply(400, "Mechanism header required to start")
+        self._authBusy = True
+        d: Deferred[Any] = self._mechanism.step(request.body)
+        d.addCallback(self._authStepped)
+        d.addErrback(self._authFailed)
+
+        def done(result: Any) -> Any:
+            self._authBusy = False
+            return result
+
+        return d.addBoth(done)
+
+    def _authStepped(self, step: Any) -> Any:
+        if not step.complete:
+            return (110, "Challenge", (), step.challenge or b"")
+        self._mechanism = None
+        d = self.gateway.portal.login(SASLAuthenticated(step.address), self, ISession)
+
+        def loggedIn(result: tuple[Any, ISession, Callable[[], None]]) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
+            session = result[1]
+            if self._closing:
+                session.close("connection lost during login")
+                raise _Closed()
+            self.session = session
+            self._uncount()
+            if self._loginTimer is not None and self._loginTimer.active():
+                self._loginTimer.cancel()
+            self._loginTimer = None
+            self.log.info("{address} logged in from {peer} as {session}", address=session.address, peer=self.transport.getPeer(), session=session.sessionId)  # type: ignore[union-attr]
+            return (
+                200,
+                "OK",
+                (("Address", str(session.address)), ("Session", session.sessionId)),
+                step.challenge or b"",
+            )
+
+        return d.addCallback(loggedIn)
+
+    def _authFailed(self, f: Failure) -> Any:
+        self._mechanism = None
+        if f.check(TooManySessions):
+            raise _Reply(453, _clean(str(f.value)))
+        if f.check(_Closed, _Reply):
+            return f
+        if f.check(SASLFailure):
+            condition = f.value.condition  # type: ignore[union-attr]
+        else:
+            if not f.check(PersistenceFailed):
+                self.log.failure("Authentication error", f)
+            condition = "temporary-auth-failure"
+        self._authFailures += 1
+        self.log.info(
+            "Authentication failed from {peer}: {condition} ({n} of {max})",
+            peer=self.transport.getPeer(),  # type: ignore[union-attr]
+            condition=condition,
+            n=self._authFailures,
+            max=self.config.maxAuthAttempts,
+        )
+        if condition == "encryption-required":
+            raise _Reply(426, "Encryption required")
+        if self._authFailures >= self.config.maxAuthAttempts:
+            self.clock.callLater(0, self._bye, "auth-failures")
+        raise _Reply(401, f"Authentication failed ({condition})", (("Error", condition),))
+
+    # -- after login ---------------------------------------------------------------
+
+    @property
+    def _session(self) -> ISession:
+        assert self.session is not None
+        return self.session
+
+    def do_PUBLISH(self, request: Request) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
+        h = request.headers
+        stateText = h.get("Presence")
+        if stateText is None:
+            raise _Reply(400, "Presence header required")
+        try:
+            state = PresenceState(stateText.strip().lower())
+            presence = Presence(state, h.get("Note", "") or "")
+        except ValueError as e:
+            raise _Reply(400, f"Bad presence: {e}") from None
+        lease: float | None = None
+        expires = h.get("Expires")
+        if expires is not None:
+            try:
+                lease = float(expires)
+            except ValueError:
+                raise _Reply(400, "Expires must be a number of seconds") from None
+            if not lease >= 0:
+                raise _Reply(400, "Expires must be a number of seconds")
+        granted = self._session.publish(presence, lease)
+        return (200, "OK", (("Expires", str(int(granted))),), b"")
+
+    def do_SUBSCRIBE(self, request: Request) -> Deferred[Any]:
+        target = _target(request)
+        name = _clean(request.headers.get("Name", "") or "")[:256]
+
+        def answered(state: AuthorisationState) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
+            if state is AuthorisationState.AUTHORISED:
+                return (200, "OK", (), b"")
+            return (202, "Accepted", (), b"")
+
+        return self._session.subscribe(target, name).addCallback(answered)
+
+    def do_UNSUBSCRIBE(self, request: Request) -> Deferred[None]:
+        return self._session.unsubscribe(_target(request))
+
+    def do_AUTHORISE(self, request: Request) -> Deferred[None]:
+        decision = (request.headers.get("Decision") or "").strip().lower()
+        if decision not in ("allow", "deny"):
+            raise _Reply(400, "Decision must be allow or deny")
+        return self._session.authorise(_target(request), decision == "allow")
+
+    def do_CONTACTS(self, request: Request) -> Deferred[Any]:
+        session = self._session
+        d = session.contacts()
+
+        def withRequests(contacts: list[ContactView]) -> Deferred[Any]:
+            return session.pendingRequests().addCallback(
+                lambda requests: _json({"contacts": [_contactJSON(c) for c in contacts], "requests": [str(a) for a in requests]})
+            )
+
+        return d.addCallback(withRequests)
+
+    def do_ACCESS(self, request: Request) -> Deferred[Any]:
+        session = self._session
+        if request.target == "*":
+
+            def listed(entries: dict[str, AccessList]) -> Any:
+                return _json(
+                    {
+                        "allow": [e for e, l in entries.items() if l is AccessList.ALLOW],
+                        "block": [e for e, l in entries.items() if l is AccessList.BLOCK],
+                    }
+                )
+
+            return session.accessLists().addCallback(listed)
+        try:
+            accessList = AccessList((request.headers.get("List") or "").strip().lower())
+        except ValueError:
+            raise _Reply(400, "List must be allow, block or none") from None
+        entry = request.target
+        for scheme in ("im:", "pres:"):
+            if entry.lower().startswith(scheme):
+                entry = entry[len(scheme) :]
+        return session.setAccess(entry, accessList)
+
+    def do_RULE(self, request: Request) -> Deferred[Any]:
+        session = self._session
+        stateText = request.headers.get("Presence")
+        if stateText is None:
+            return session.rules().addCallback(
+                lambda rules: _json({"rules": [{"presence": r.state.value, "alternate": r.alternate} for r in rules]})
+            )
+        try:
+            state = PresenceState(stateText.strip().lower())
+        except ValueError:
+            raise _Reply(400, f"Unknown presence state {stateText!r}") from None
+        return session.setRule(state, request.headers.get("Alternate"))
+
+    def do_MESSAGE(self, request: Request) -> Deferred[Any]:
+        target = _target(request)
+        try:
+            body = request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Reply(400, "Message body must be UTF-8") from None
+        contentType = request.headers.get("Content-Type") or "text/plain"
+        messageId = request.headers.get("Message-ID") or newMessageId()
+        d = self._session.sendMessage(target, body, contentType.split(";")[0].strip() or "text/plain", messageId)
+        return d.addCallback(lambda _: (200, "OK", (("Message-ID", messageId),), b""))
+
+    # -- ISessionClient ---------------------------------------------------------------
+
+    def messageReceived(self, message: Message) -> None:
+        self._request(
+            "MESSAGE",
+            message.recipient.imURI(),
+            (
+                ("From", message.sender.imURI()),
+                ("Message-ID", message.messageId),
+                ("Timestamp", f"{message.timestamp:.3f}"),
+                ("Content-Type", f"{_clean(message.contentType)}; charset=utf-8"),
+            ),
+            message.body.encode("utf-8"),
+        )
+
+    def presenceReceived(self, sender: Address, presence: Presence) -> None:
+        headers: tuple[tuple[str, str], ...] = (("Event", "presence"), ("Presence", presence.state.value))
+        if presence.note:
+            headers += (("Note", _clean(presence.note)),)
+        self._request("NOTIFY", sender.presURI(), headers)
+
+    def subscriptionReceived(self, event: SubscriptionEvent) -> None:
+        self._request(
+            "NOTIFY",
+            event.sender.presURI(),
+            (("Event", "subscription"), ("Subscription", event.kind.value)),
+        )
+
+    def contactUpdated(self, contact: ContactView) -> None:
+        self._request(
+            "NOTIFY",
+            contact.address.presURI(),
+            (("Event", "contact"), ("Content-Type", "application/json")),
+            json.dumps(_contactJSON(contact)).encode("utf-8"),
+        )
+
+    def contactRemoved(self, contact: Address) -> None:
+        self._request(
+            "NOTIFY",
+            contact.presURI(),
+            (("Event", "contact"), ("Content-Type", "application/json")),
+            json.dumps({"address": str(contact), "removed": True}).encode("utf-8"),
+        )
+
+    def sessionClosed(self, reason: str) -> None:
+        self.session = None
+        self._bye(reason)
+
+
+class _Closed(Exception):
+    """
+    The handler already answered and closed the connection.
+    """
+
+
+def _json(data: object) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
+    return (200, "OK", (("Content-Type", "application/json"),), json.dumps(data).encode("utf-8"))
+
+
+class NativeServerFactory(Factory):
+    """
+    Builds L{NativeServerProtocol}s for one listener (or several sharing a
+    config).
+
+    @ivar unauthenticated: Connections that have not logged in yet.
+    """
+
+    protocol = NativeServerProtocol  # type: ignore[assignment]
+
+    def __init__(self, gateway: IGateway, config: NativeConfig, clock: IReactorTime | None = None) -> None:
+        self.gateway = gateway
+        self.config = config
+        self.clock = clock if clock is not None else gateway.clock
+        self.unauthenticated = 0
+
+    def buildProtocol(self, addr: Any) -> NativeServerProtocol:  # type: ignore[override]
+        p = NativeServerProtocol(self.gateway, self.config, self.clock)
+        p.factory = self
+        return p
+

@@ -1,0 +1,492 @@
+# -*- test-case-name: tests.test_client -*-
+"""
+A Twisted client for the native protocol (C{docs/protocol.md}).
+
+L{NativeClientProtocol} sends requests and returns L{Deferred}s of their
+responses; it answers the server's requests (messages, notifications, pings)
+and passes them to a L{ClientObserver}. L{connect} opens a connection, logs
+in and publishes an initial presence.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from imgateway.adapters.native.codes import deliveryErrorFor
+from imgateway.adapters.native.framing import (
+    FrameParser,
+    FramingError,
+    Headers,
+    Request,
+    Response,
+    serialise,
+)
+from imgateway.auth.sasl import SASLFailure, clientMechanism, preferredMechanism
+from imgateway.core.address import Address
+from imgateway.core.errors import DeliveryStatus, ImgatewayError
+from imgateway.core.presence import Presence, PresenceState
+
+__all__ = [
+    "ClientError",
+    "ClientObserver",
+    "NativeClientProtocol",
+    "connect",
+]
+
+_DELIVERY_CODES = {s.value for s in DeliveryStatus} - {200}
+
+
+class ClientError(ImgatewayError):
+    """
+    The server answered a request with an error status that is not a
+    delivery status.
+
+    @ivar code: The status code.
+    @ivar reason: The reason phrase.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class ClientObserver:
+    """
+    Receives what the server sends. Override what you need; every method
+    does nothing by default.
+    """
+
+    def messageReceived(
+        self, sender: Address, body: str, messageId: str, contentType: str, timestamp: float
+    ) -> None:
+        """
+        A message arrived.
+        """
+
+    def presenceReceived(self, address: Address, presence: Presence) -> None:
+        """
+        C{address}'s presence (or the user's own aggregate presence).
+        """
+
+    def subscriptionReceived(self, address: Address, kind: str) -> None:
+        """
+        A subscription event: C{subscribe} (C{address} asks to watch you),
+        C{authorise} / C{refuse} (an answer to your request), or
+        C{unsubscribe}.
+        """
+
+    def contactUpdated(self, contact: dict[str, Any]) -> None:
+        """
+        A contact-list entry changed (one entry of L{NativeClientProtocol.contacts}).
+        """
+
+    def contactRemoved(self, address: Address) -> None:
+        """
+        A contact was removed from the list.
+        """
+
+    def disconnected(self, reason: str) -> None:
+        """
+        The connection ended (C{reason} is the server's BYE reason, if any).
+        """
+
+
+class NativeClientProtocol(Protocol):
+    """
+    The client end of a native-protocol connection.
+
+    @ivar address: The logged-in address, once L{login} succeeded.
+    @ivar requestTimeout: Seconds to wait for any response.
+    """
+
+    log = Logger()
+    requestTimeout = 30.0
+
+    def __init__(self, observer: ClientObserver | None = None, clock: IReactorTime | None = None) -> None:
+        self.observer = observer or ClientObserver()
+        self.clock = clock
+        self.address: Address | None = None
+        self.sessionId = ""
+        self._parser = FrameParser()
+        self._seq = 0
+        self._pending: dict[int, Deferred[Response]] = {}
+        self._byeReason = ""
+        self._closed: Deferred[str] = Deferred()
+        self._connected: Deferred[NativeClientProtocol] = Deferred()
+        self._refresh: IDelayedCall | None = None
+        self._presence: tuple[PresenceState, str, float | None] | None = None
+
+    # -- connection ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._connected.callback(self)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        if self._refresh is not None and self._refresh.active():
+            self._refresh.cancel()
+        self._refresh = None
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.errback(ClientError(0, f"connection closed{': ' + self._byeReason if self._byeReason else ''}"))
+        self.observer.disconnected(self._byeReason)
+        self._closed.callback(self._byeReason)
+
+    def whenClosed(self) -> Deferred[str]:
+        """
+        @return: Fires with the server's BYE reason (or C{""}) when the
+            connection is gone.
+        """
+        d: Deferred[str] = Deferred()
+
+        def fire(reason: str) -> str:
+            d.callback(reason)
+            return reason
+
+        if self._closed.called:
+            return succeed(self._byeReason)
+        self._closed.addCallback(fire)
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        for item in self._parser.feed(data):
+            if isinstance(item, FramingError):
+                self.log.warn("Bad frame from server: {error}", error=item)
+                if item.fatal:
+                    self.transport.loseConnection()  # type: ignore[union-attr]
+                    return
+            elif isinstance(item, Response):
+                d = self._pending.pop(item.seq, None)
+                if d is not None:
+                    d.callback(item)
+            else:
+                self._serverRequest(item)
+
+    # -- requests -------------------------------------------------------------
+
+    def request(
+        self, method: str, target: str = "*", headers: Sequence[tuple[str, str]] = (), body: bytes = b""
+    ) -> Deferred[Response]:
+        """
+        Send a request.
+
+        @return: Fires with the server's response, whatever its status.
+        """
+        if self.transport is None or self._closed.called:
+            return fail(ClientError(0, "not connected"))
+        self._seq += 1
+        seq = self._seq
+        frame = Request(method, target, Headers.of(("Seq", str(seq)), *headers), body)
+        data = serialise(frame)
+        d: Deferred[Response] = Deferred()
+        self._pending[seq] = d
+        if self.clock is not None:
+
+            def timedOut(f: Failure) -> Failure:
+                self._pending.pop(seq, None)
+                return f
+
+            d.addTimeout(self.requestTimeout, self.clock)
+            d.addErrback(timedOut)
+        self.transport.write(data)
+        return d
+
+    def call(
+        self, method: str, target: str = "*", headers: Sequence[tuple[str, str]] = (), body: bytes = b""
+    ) -> Deferred[Response]:
+        """
+        Send a request; fail unless it succeeds.
+
+        @return: Fires with a 1xx or 2xx response; fails with a
+            L{DeliveryError} for a delivery status (404, 480, 486...) or a
+            L{ClientError} for any other error status.
+        """
+        return self.request(method, target, headers, body).addCallback(_check)
+
+    # -- the protocol's methods ------------------------------------------------------
+
+    def options(self) -> Deferred[dict[str, str]]:
+        """
+        @return: The server's OPTIONS headers (name to value).
+        """
+        return self.call("OPTIONS").addCallback(lambda r: dict(r.headers))
+
+    def login(self, username: str, password: str, label: str = "", mechanism: str | None = None) -> Deferred[Address]:
+        """
+        Log in with SASL (the strongest mechanism the server offers, unless
+        C{mechanism} is given).
+
+        @return: Fires with the logged-in address.
+        """
+
+        def chosen(offered: dict[str, str]) -> Deferred[Address]:
+            names = [m.strip() for m in offered.get("Mechanisms", "").split(",") if m.strip()]
+            if mechanism is not None:
+                name = mechanism
+            else:
+                try:
+                    name = preferredMechanism(names)
+                except SASLFailure:
+                    raise ClientError(426, f"no usable mechanism offered ({', '.join(names) or 'none'})") from None
+            mech = clientMechanism(name, username, password)
+            headers = [("Mechanism", name)]
+            if label:
+                headers.append(("Label", label))
+            return self.call("AUTH", "*", headers, mech.start()).addCallback(stepped, mech)
+
+        def stepped(response: Response, mech: Any) -> Any:
+            if response.code == 110:
+                return self.call("AUTH", "*", (), mech.step(response.body)).addCallback(stepped, mech)
+            mech.verifyFinal(response.body)
+            self.address = Address.fromString(response.headers.get("Address") or "")
+            self.sessionId = response.headers.get("Session") or ""
+            return self.address
+
+        return self.options().addCallback(chosen)
+
+    def publish(self, state: PresenceState | str, note: str = "", expires: float | None = None, refresh: bool = True) -> Deferred[int]:
+        """
+        Publish presence.
+
+        @param refresh: Re-publish the same presence at 80% of the granted
+            lease, for as long as the connection lasts (needs a clock).
+        @return: Fires with the granted lease in seconds.
+        """
+        state = PresenceState(state)
+        headers = [("Presence", state.value)]
+        if note:
+            headers.append(("Note", note))
+        if expires is not None:
+            headers.append(("Expires", str(expires)))
+        self._presence = (state, note, expires)
+
+        def granted(response: Response) -> int:
+            lease = int(response.headers.get("Expires") or "0")
+            if self._refresh is not None and self._refresh.active():
+                self._refresh.cancel()
+            self._refresh = None
+            if refresh and self.clock is not None and lease > 0 and state is not PresenceState.OFFLINE:
+                self._refresh = self.clock.callLater(lease * 0.8, self._republish)
+            return lease
+
+        return self.call("PUBLISH", "*", headers).addCallback(granted)
+
+    def _republish(self) -> None:
+        self._refresh = None
+        if self._presence is not None:
+            state, note, expires = self._presence
+            self.publish(state, note, expires).addErrback(lambda f: self.log.failure("Refreshing presence", f))
+
+    def sendMessage(self, to: Address | str, body: str, contentType: str = "text/plain", messageId: str | None = None) -> Deferred[str]:
+        """
+        Send a message.
+
+        @return: Fires with the message id once delivered; fails with a
+            L{DeliveryError} (L{imgateway.core.errors.UserOffline}, ...).
+        """
+        headers = [("Content-Type", f"{contentType}; charset=utf-8")]
+        if messageId:
+            headers.append(("Message-ID", messageId))
+        return self.call("MESSAGE", _uri("im", to), headers, body.encode("utf-8")).addCallback(
+            lambda r: r.headers.get("Message-ID") or messageId or ""
+        )
+
+    def subscribe(self, to: Address | str, name: str = "") -> Deferred[bool]:
+        """
+        Add a contact and ask to see its presence.
+
+        @return: Fires with C{True} if already authorised, C{False} while the
+            request is pending.
+        """
+        headers = [("Name", name)] if name else []
+        return self.call("SUBSCRIBE", _uri("pres", to), headers).addCallback(lambda r: r.code == 200)
+
+    def unsubscribe(self, to: Address | str) -> Deferred[None]:
+        """
+        Remove a contact and stop watching it.
+        """
+        return self.call("UNSUBSCRIBE", _uri("pres", to)).addCallback(lambda _: None)
+
+    def authorise(self, watcher: Address | str, allow: bool = True) -> Deferred[None]:
+        """
+        Allow (or deny) a watcher.
+        """
+        return self.call("AUTHORISE", _uri("pres", watcher), [("Decision", "allow" if allow else "deny")]).addCallback(
+            lambda _: None
+        )
+
+    def contacts(self) -> Deferred[dict[str, Any]]:
+        """
+        @return: C{{"contacts": [...], "requests": [...]}} (see the spec).
+        """
+        return self.call("CONTACTS").addCallback(_jsonBody)
+
+    def accessLists(self) -> Deferred[dict[str, list[str]]]:
+        """
+        @return: C{{"allow": [...], "block": [...]}}.
+        """
+        return self.call("ACCESS").addCallback(_jsonBody)
+
+    def setAccess(self, entry: str, accessList: str) -> Deferred[None]:
+        """
+        Put an address or domain on the C{allow} or C{block} list, or take it
+        off (C{none}).
+        """
+        target = _uri("im", entry) if "@" in entry else entry
+        return self.call("ACCESS", target, [("List", accessList)]).addCallback(lambda _: None)
+
+    def rules(self) -> Deferred[list[dict[str, str]]]:
+        """
+        @return: The presence rules.
+        """
+        return self.call("RULE").addCallback(_jsonBody).addCallback(lambda d: d["rules"])
+
+    def setRule(self, state: PresenceState | str, alternate: str | None) -> Deferred[None]:
+        """
+        Set (or remove, with C{None}) the rule for a presence state.
+        """
+        headers = [("Presence", PresenceState(state).value)]
+        if alternate is not None:
+            headers.append(("Alternate", alternate))
+        return self.call("RULE", "*", headers).addCallback(lambda _: None)
+
+    def ping(self) -> Deferred[None]:
+        """
+        Ping the server.
+        """
+        return self.call("PING").addCallback(lambda _: None)
+
+    def bye(self) -> Deferred[str]:
+        """
+        Say goodbye and wait for the connection to close.
+        """
+        if self._closed.called:
+            return succeed(self._byeReason)
+        self.request("BYE").addErrback(lambda _: None)
+        return self.whenClosed()
+
+    # -- the server's requests ----------------------------------------------------------
+
+    def _respond(self, request: Request, code: int = 200, reason: str = "OK") -> None:
+        self.transport.write(serialise(Response(code, reason, Headers.of(("Seq", str(request.seq))))))  # type: ignore[union-attr]
+
+    def _serverRequest(self, request: Request) -> None:
+        method = request.method
+        h = request.headers
+        try:
+            if method == "MESSAGE":
+                self._respond(request)
+                sender = Address.fromString(h.get("From") or "")
+                contentType = (h.get("Content-Type") or "text/plain").split(";")[0].strip()
+                self.observer.messageReceived(
+                    sender,
+                    request.body.decode("utf-8", "replace"),
+                    h.get("Message-ID") or "",
+                    contentType,
+                    float(h.get("Timestamp") or "0"),
+                )
+            elif method == "NOTIFY":
+                self._respond(request)
+                self._notify(request)
+            elif method == "PING":
+                self._respond(request)
+            elif method == "BYE":
+                self._byeReason = h.get("Reason") or ""
+                self._respond(request)
+                self.transport.loseConnection()  # type: ignore[union-attr]
+            else:
+                self._respond(request, 405, "Method Not Allowed")
+        except Exception:
+            self.log.failure("Handling {method} from the server", method=method)
+
+    def _notify(self, request: Request) -> None:
+        h = request.headers
+        event = h.get("Event")
+        address = Address.fromString(request.target)
+        if event == "presence":
+            state = PresenceState(h.get("Presence") or "offline")
+            self.observer.presenceReceived(address, Presence(state, h.get("Note") or ""))
+        elif event == "subscription":
+            self.observer.subscriptionReceived(address, h.get("Subscription") or "")
+        elif event == "contact":
+            data = json.loads(request.body)
+            if data.get("removed"):
+                self.observer.contactRemoved(address)
+            else:
+                self.observer.contactUpdated(data)
+
+
+def _uri(scheme: str, address: Address | str) -> str:
+    text = str(address)
+    if ":" in text.split("@")[0]:
+        return text
+    return f"{scheme}:{text}"
+
+
+def _check(response: Response) -> Response:
+    if response.code < 300:
+        return response
+    if response.code in _DELIVERY_CODES:
+        raise deliveryErrorFor(response.code, response.reason, response.headers.get("Alternate"))
+    raise ClientError(response.code, response.reason)
+
+
+def _jsonBody(response: Response) -> Any:
+    return json.loads(response.body)
+
+
+class _ClientFactory(Factory):
+    def __init__(self, observer: ClientObserver | None, clock: IReactorTime) -> None:
+        self.observer = observer
+        self.clock = clock
+
+    def buildProtocol(self, addr: Any) -> NativeClientProtocol:
+        p = NativeClientProtocol(self.observer, self.clock)
+        p.factory = self
+        return p
+
+
+def connect(
+    reactor: Any,
+    endpoint: str | IStreamClientEndpoint,
+    username: str,
+    password: str,
+    observer: ClientObserver | None = None,
+    label: str = "",
+    presence: PresenceState | str | None = PresenceState.ONLINE,
+    note: str = "",
+) -> Deferred[NativeClientProtocol]:
+    """
+    Connect, log in and (unless C{presence} is C{None}) publish presence.
+
+    @param endpoint: A client endpoint or its string (C{"tcp:127.0.0.1:5300"},
+        C{"tls:gw.corp.example:5301"}).
+    @return: Fires with the logged-in protocol.
+    """
+    ep: IStreamClientEndpoint = clientFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint
+    d: Deferred[Any] = ep.connect(_ClientFactory(observer, reactor))
+
+    def connected(proto: NativeClientProtocol) -> Deferred[NativeClientProtocol]:
+        def loggedIn(_: Address) -> Any:
+            if presence is None:
+                return proto
+            return proto.publish(presence, note).addCallback(lambda _: proto)
+
+        def failed(f: Failure) -> Failure:
+            if proto.transport is not None:
+                proto.transport.loseConnection()
+            return f
+
+        return proto.login(username, password, label).addCallback(loggedIn).addErrback(failed)
+
+    return d.addCallback(connected)
+

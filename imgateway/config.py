@@ -1,0 +1,265 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The configuration file: TOML, read once at start-up and checked whole before
+any port is opened.
+
+Core tables are parsed here (C{[gateway]}, C{[home]}, C{[auth]}); each
+protocol adapter parses its own table with L{ConfigTable}, so every error
+names the file, the table and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from attrs import frozen
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorCore
+from twisted.python.filepath import FilePath
+
+from imgateway.auth.passwords import DEFAULT_SCRAM_ITERATIONS
+from imgateway.core.address import normaliseDomain
+from imgateway.core.errors import ConfigError, InvalidAddress
+
+__all__ = [
+    "AuthConfig",
+    "ConfigTable",
+    "GatewayConfig",
+    "HomeConfig",
+    "loadConfig",
+    "parseConfig",
+]
+
+T = TypeVar("T")
+
+_MISSING: Any = object()
+
+
+class ConfigTable:
+    """
+    Typed, checked access to one TOML table.
+
+    Read each key once with L{get} (or its helpers), then call L{finish}: any
+    key that nobody read is an error, so a misspelt key never goes unnoticed.
+
+    @ivar where: How errors name this table (C{"etc/imgateway.toml [native]"}).
+    """
+
+    def __init__(self, table: Mapping[str, object], where: str) -> None:
+        self._table = table
+        self._read: set[str] = set()
+        self.where = where
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        """
+        @return: A L{ConfigError} naming this table's C{key}.
+        """
+        return ConfigError(f"{self.where}: {key}: {problem}")
+
+    def get(self, key: str, kind: type[T], default: T = _MISSING) -> T:
+        """
+        Read C{key}, which must be of type C{kind} (an C{int} is accepted
+        where a C{float} is asked for).
+
+        @raise ConfigError: If it is missing and has no default, or is of
+            another type.
+        """
+        self._read.add(key)
+        if key not in self._table:
+            if default is _MISSING:
+                raise self.error(key, "missing (required)")
+            return default
+        value = self._table[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return value
+
+    def positive(self, key: str, kind: type[T], default: T) -> T:
+        """
+        Read a number that must be greater than zero.
+        """
+        value = self.get(key, kind, default)
+        if value <= 0:  # type: ignore[operator]
+            raise self.error(key, f"must be greater than 0, got {value!r}")
+        return value
+
+    def endpoints(self, key: str, reactor: IReactorCore, default: Sequence[str] = ()) -> tuple[str, ...]:
+        """
+        Read a list of Twisted server endpoint strings, checking that each
+        parses (nothing is opened).
+        """
+        value = self.get(key, list, list(default))
+        result = []
+        for item in value:
+            if not isinstance(item, str):
+                raise self.error(key, f"expected endpoint strings, got {item!r}")
+            try:
+                serverFromString(reactor, item)
+            except Exception as e:  # serverFromString raises many kinds
+                raise self.error(key, f"bad endpoint {item!r}: {e}") from None
+            result.append(item)
+        return tuple(result)
+
+    def table(self, key: str) -> ConfigTable:
+        """
+        Read a sub-table (empty when absent).
+        """
+        value = self.get(key, dict, {})
+        return ConfigTable(value, f"{self.where}.{key}")
+
+    def finish(self) -> None:
+        """
+        @raise ConfigError: If the table holds a key nobody read.
+        """
+        unknown = sorted(set(self._table) - self._read)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+@frozen
+class HomeConfig:
+    """
+    The C{[home]} table: the home server's limits.
+    """
+
+    maxSessionsPerUser: int = 10
+    presenceLease: float = 3600.0
+    maxPresenceLease: float = 86400.0
+    minPresenceLease: float = 30.0
+    maxMessageChars: int = 16384
+
+
+@frozen
+class AuthConfig:
+    """
+    The C{[auth]} table.
+    """
+
+    scramIterations: int = DEFAULT_SCRAM_ITERATIONS
+
+
+@frozen
+class GatewayConfig:
+    """
+    A whole, checked configuration.
+
+    @ivar path: The file it was read from.
+    @ivar domain: The domain served.
+    @ivar dataDir: Where state is kept (relative paths resolve against the
+        config file's folder).
+    @ivar homeServerName: This process's home server name in the directory.
+    @ivar adapters: Adapter name to its parsed config, for every enabled
+        adapter, in config-file order.
+    """
+
+    path: FilePath[str]
+    domain: str
+    dataDir: FilePath[str]
+    homeServerName: str
+    home: HomeConfig
+    auth: AuthConfig
+    adapters: dict[str, object]
+
+
+_HOME = HomeConfig()
+_AUTH = AuthConfig()
+
+
+def parseConfig(
+    data: Mapping[str, Any],
+    path: FilePath[str],
+    reactor: IReactorCore,
+    adapterParsers: Mapping[str, Callable[[Mapping[str, object], str], object]],
+) -> GatewayConfig:
+    """
+    Check a configuration read from C{path}.
+
+    @param adapterParsers: Adapter name to its C{parseConfig}; a table with
+        another name is an error.
+    @raise ConfigError: Naming the file and key at fault.
+    """
+    where = path.path
+    top = ConfigTable(data, where)
+
+    gw = top.table("gateway")
+    gw.where = f"{where} [gateway]"
+    try:
+        domain = normaliseDomain(gw.get("domain", str))
+    except InvalidAddress as e:
+        raise gw.error("domain", str(e)) from None
+    dataDirText = gw.get("data_dir", str, "data")
+    dataDir = FilePath(os.path.normpath(os.path.join(path.dirname(), os.path.expanduser(dataDirText))))
+    homeServerName = gw.get("home_server", str, "hs1")
+    if not homeServerName or not homeServerName.replace("-", "").replace(".", "").isalnum():
+        raise gw.error("home_server", f"must be a simple name (letters, digits, '-', '.'), got {homeServerName!r}")
+    gw.finish()
+
+    h = top.table("home")
+    h.where = f"{where} [home]"
+    home = HomeConfig(
+        maxSessionsPerUser=h.positive("max_sessions_per_user", int, _HOME.maxSessionsPerUser),
+        presenceLease=h.positive("presence_lease", float, _HOME.presenceLease),
+        maxPresenceLease=h.positive("max_presence_lease", float, _HOME.maxPresenceLease),
+        minPresenceLease=h.positive("min_presence_lease", float, _HOME.minPresenceLease),
+        maxMessageChars=h.positive("max_message_chars", int, _HOME.maxMessageChars),
+    )
+    if not home.minPresenceLease <= home.presenceLease <= home.maxPresenceLease:
+        raise h.error("presence_lease", "must lie between min_presence_lease and max_presence_lease")
+    h.finish()
+
+    a = top.table("auth")
+    a.where = f"{where} [auth]"
+    auth = AuthConfig(scramIterations=a.positive("scram_iterations", int, _AUTH.scramIterations))
+    if auth.scramIterations < 4096:
+        raise a.error("scram_iterations", "must be at least 4096 (RFC 7677)")
+    a.finish()
+
+    adapters: dict[str, object] = {}
+    for name in data:
+        if name in ("gateway", "home", "auth"):
+            continue
+        if name not in adapterParsers:
+            known = ", ".join(sorted(adapterParsers)) or "none installed"
+            raise ConfigError(f"{where}: [{name}]: unknown table (protocol adapters: {known})")
+        table = top.get(name, dict)
+        tableWhere = f"{where} [{name}]"
+        enabled = table.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"{tableWhere}: enabled: expected bool, got {enabled!r}")
+        if enabled:
+            rest = {k: v for k, v in table.items() if k != "enabled"}
+            adapters[name] = adapterParsers[name](rest, tableWhere)
+    top.finish()
+    return GatewayConfig(path, domain, dataDir, homeServerName, home, auth, adapters)
+
+
+def loadConfig(
+    path: str,
+    reactor: IReactorCore,
+    adapterParsers: Mapping[str, Callable[[Mapping[str, object], str], object]] | None = None,
+) -> GatewayConfig:
+    """
+    Read and check a configuration file.
+
+    @param adapterParsers: As for L{parseConfig}; when C{None}, the
+        installed adapter plugins' parsers.
+    @raise ConfigError: If the file cannot be read, is not TOML, or is wrong.
+    """
+    fp = FilePath(path)
+    try:
+        with open(fp.path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    if adapterParsers is None:
+        from imgateway.plugins import adapterPlugins
+
+        adapterParsers = {a.name: a.parseConfig for a in adapterPlugins()}
+    return parseConfig(data, fp, reactor, adapterParsers)

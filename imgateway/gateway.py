@@ -1,0 +1,173 @@
+# -*- test-case-name: tests.test_gateway -*-
+"""
+The running gateway: one object holding the stores, the home server, the
+router and the portal, handed to every protocol adapter (L{IGateway}), and
+the service tree that starts and stops them in order.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from attrs import define
+from twisted.application.service import IService, MultiService, Service
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.filepath import FilePath
+from zope.interface import implementer
+
+from imgateway import __version__
+from imgateway.auth.checkers import Authenticator, makePortal
+from imgateway.config import GatewayConfig
+from imgateway.home.server import HomeServer, HomeServerService
+from imgateway.interfaces import IDirectory, IGateway, IHomeStore, IProtocolAdapter
+from imgateway.router.router import Router
+
+__all__ = ["Gateway", "makeGatewayService"]
+
+log = Logger()
+
+
+@implementer(IGateway)
+@define
+class Gateway:
+    """
+    See L{IGateway}.
+    """
+
+    config: GatewayConfig
+    domain: str
+    reactor: Any
+    clock: IReactorTime
+    homeServer: HomeServer
+    router: Router
+    directory: IDirectory
+    homeStore: IHomeStore
+    portal: Portal
+    authenticator: Authenticator
+    dataDir: FilePath[str]
+    adapters: dict[str, IProtocolAdapter]
+
+
+class _StoresService(Service):
+    """
+    Closes the stores when the gateway stops (after everything using them).
+    """
+
+    def __init__(self, *stores: IDirectory | IHomeStore) -> None:
+        self._stores = stores
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        return DeferredList([s.close() for s in self._stores])
+
+
+class _Announcer(Service):
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    def startService(self) -> None:
+        super().startService()
+        g = self._gateway
+        log.info(
+            "imgateway {version} serving {domain} (home server {name}, data in {data}); adapters: {adapters}",
+            version=__version__,
+            domain=g.domain,
+            name=g.homeServer.name,
+            data=g.dataDir.path,
+            adapters=", ".join(g.adapters) or "none",
+        )
+
+
+def _loadSecret(path: FilePath[str]) -> bytes:
+    """
+    Read the gateway's persistent secret, creating it (mode 0600) if needed.
+    It keys what must stay stable across restarts, such as the made-up SCRAM
+    salts of unknown users.
+    """
+    if not path.exists():
+        fd = os.open(path.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+    return path.getContent()
+
+
+def makeGatewayService(
+    config: GatewayConfig,
+    reactor: Any,
+    adapters: dict[str, IProtocolAdapter] | None = None,
+) -> tuple[Gateway, IService]:
+    """
+    Build the gateway described by C{config}.
+
+    @param reactor: The reactor (an L{IReactorCore}, L{IReactorTime} and
+        L{IReactorThreads}).
+    @param adapters: Adapter name to adapter; the installed plugins when
+        C{None}. Every adapter named in C{config.adapters} must be here.
+    @return: The gateway and its service (not started).
+    """
+    from imgateway.directory.sqlite import MIGRATIONS as DIRECTORY_MIGRATIONS, SQLiteDirectory
+    from imgateway.home.store import MIGRATIONS as HOME_MIGRATIONS, SQLiteHomeStore
+    from imgateway.sqlite import openDatabaseNow
+
+    if adapters is None:
+        from imgateway.plugins import adapterPlugins
+
+        adapters = {a.name: a for a in adapterPlugins()}
+
+    dataDir = config.dataDir
+    if not dataDir.exists():
+        dataDir.makedirs()
+        dataDir.chmod(0o700)
+    directory = SQLiteDirectory(
+        openDatabaseNow(reactor, dataDir.child("directory.sqlite3"), DIRECTORY_MIGRATIONS), reactor
+    )
+    homeStore = SQLiteHomeStore(
+        openDatabaseNow(reactor, dataDir.child(f"home-{config.homeServerName}.sqlite3"), HOME_MIGRATIONS)
+    )
+
+    router = Router()
+    home = HomeServer(config.homeServerName, config.domain, directory, homeStore, router, reactor, config.home)
+    router.addRoute(config.domain, home, local=True)
+
+    runInThread: Callable[..., Deferred[Any]] = lambda f, *a: deferToThreadPool(  # noqa: E731
+        reactor, reactor.getThreadPool(), f, *a
+    )
+    authenticator = Authenticator(
+        directory,
+        config.domain,
+        runInThread,
+        secret=_loadSecret(dataDir.child("auth-secret")),
+        fakeIterations=config.auth.scramIterations,
+    )
+    portal = makePortal(home, authenticator)
+
+    enabled = {name: adapters[name] for name in config.adapters}
+    gateway = Gateway(
+        config=config,
+        domain=config.domain,
+        reactor=reactor,
+        clock=reactor,
+        homeServer=home,
+        router=router,
+        directory=directory,
+        homeStore=homeStore,
+        portal=portal,
+        authenticator=authenticator,
+        dataDir=dataDir,
+        adapters=enabled,
+    )
+
+    top = MultiService()
+    _StoresService(directory, homeStore).setServiceParent(top)
+    HomeServerService(home).setServiceParent(top)
+    for name, adapter in enabled.items():
+        service = adapter.makeService(gateway, config.adapters[name])
+        service.setName(name)
+        service.setServiceParent(top)
+    _Announcer(gateway).setServiceParent(top)
+    return gateway, top

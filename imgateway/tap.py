@@ -1,0 +1,63 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd imgateway}: options and service construction for the twistd plugin.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from imgateway.core.errors import ConfigError
+
+__all__ = ["Options", "makeService"]
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd imgateway}.
+    """
+
+    synopsis = "[--config FILE]"
+    longdesc = (
+        "Run the imgateway home server and its protocol faces, as the "
+        "configuration file says. The file is checked whole before any port "
+        "is opened."
+    )
+    optParameters = [
+        ["config", "c", "etc/imgateway.toml", "Configuration file (TOML)."],
+    ]
+
+    def postOptions(self) -> None:
+        from twisted.internet import reactor
+
+        from imgateway.config import loadConfig
+
+        try:
+            self["gatewayConfig"] = loadConfig(self["config"], reactor)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build the gateway's service tree from parsed options.
+    """
+    from twisted.internet import reactor
+
+    from imgateway.gateway import makeGatewayService
+
+    from imgateway.core.errors import PersistenceFailed
+    from imgateway.sqlite import SchemaTooNew
+
+    reactorAny: Any = reactor
+    try:
+        _, service = makeGatewayService(options["gatewayConfig"], reactorAny)
+    except (PersistenceFailed, SchemaTooNew, OSError) as e:
+        # Before any port is opened: one clear line, no traceback.
+        sys.stderr.write(f"imgateway: cannot start: {e}\n")
+        raise SystemExit(1) from None
+    return service

@@ -7,12 +7,16 @@ SQLite ones do, but answer at once.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
+from imgateway.config import HomeConfig
 from imgateway.core.address import Address
 from imgateway.core.events import Message, SubscriptionEvent
 from imgateway.core.errors import AccountExists, NoSuchAccount, PersistenceFailed
@@ -28,7 +32,10 @@ from imgateway.core.records import (
 from imgateway.home.store import ruleOrder
 from imgateway.interfaces import IDirectory, IHomeStore, ISessionClient
 
-__all__ = ["MemoryDirectory", "MemoryHomeStore", "RecordingSessionClient"]
+if TYPE_CHECKING:
+    from imgateway.gateway import Gateway
+
+__all__ = ["MemoryDirectory", "MemoryHomeStore", "RecordingSessionClient", "addUser", "memoryGateway"]
 
 T = TypeVar("T")
 
@@ -326,3 +333,79 @@ class RecordingSessionClient:
 
     def sessionClosed(self, reason: str) -> None:
         self.closed.append(reason)
+
+
+def memoryGateway(
+    clock: IReactorTime,
+    domain: str = "corp.example",
+    home: HomeConfig | None = None,
+    adapters: dict[str, object] | None = None,
+) -> Gateway:
+    """
+    A whole gateway on memory stores, for unit tests of protocol adapters:
+    a home server, a router, an authenticator (hashing in the calling
+    thread) and a portal, all timed by C{clock}. Add users with
+    L{addUser}.
+
+    @param clock: Times leases and timeouts (a L{twisted.internet.task.Clock}).
+    @param adapters: The adapter configs to record in the gateway's config.
+    """
+    from imgateway.auth.checkers import Authenticator, makePortal
+    from imgateway.config import AuthConfig, GatewayConfig
+    from imgateway.gateway import Gateway
+    from imgateway.home.server import HomeServer
+    from imgateway.router.router import Router
+
+    homeConfig = home if home is not None else HomeConfig()
+    config = GatewayConfig(
+        path=FilePath("memory.toml"),
+        domain=domain,
+        dataDir=FilePath("memory"),
+        homeServerName="hs1",
+        home=homeConfig,
+        auth=AuthConfig(scramIterations=4096),
+        adapters=dict(adapters or {}),
+    )
+    directory = MemoryDirectory()
+    store = MemoryHomeStore()
+    router = Router()
+    homeServer = HomeServer("hs1", domain, directory, store, router, clock, homeConfig)
+    router.addRoute(domain, homeServer, local=True)
+    authenticator = Authenticator(directory, domain, _inline, secret=b"test secret", fakeIterations=4096)
+    return Gateway(
+        config=config,
+        domain=domain,
+        reactor=clock,
+        clock=clock,
+        homeServer=homeServer,
+        router=router,
+        directory=directory,
+        homeStore=store,
+        portal=makePortal(homeServer, authenticator),
+        authenticator=authenticator,
+        dataDir=config.dataDir,
+        adapters={},
+    )
+
+
+def _inline(f: Callable[..., T], *args: object) -> Deferred[T]:
+    try:
+        return succeed(f(*args))
+    except BaseException:
+        return fail()
+
+
+def addUser(gateway: Gateway, local: str, password: str, enabled: bool = True) -> Address:
+    """
+    Create an account on a L{memoryGateway} (SCRAM verifiers with the
+    minimum iteration count, to keep tests fast).
+
+    @return: The account's address.
+    """
+    from imgateway.auth.passwords import makeCredentials
+
+    address = Address.fromParts(local, gateway.domain)
+    credentials = makeCredentials(password, 4096).serialise()
+    record = AccountRecord(address, gateway.homeServer.name, "", enabled, credentials)
+    gateway.directory.addAccount(record)
+    return address

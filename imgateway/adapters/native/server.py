@@ -93,9 +93,10 @@ class _Reply(Exception):
 
 def _clean(text: str) -> str:
     """
-    Make text safe for a header value: control characters become spaces.
+    Make text safe for a header value: control characters but TAB become
+    spaces.
     """
-    return "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
+    return "".join(" " if unicodedata.category(c) == "Cc" and c != "\t" else c for c in text)
 
 
 def _target(request: Request) -> Address:

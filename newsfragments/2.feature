@@ -1,0 +1,1 @@
+The foundation: `twistd imgateway` runs a home server with the native IMPP-like protocol (docs/protocol.md) on an embedded SQLite store; `imgateway-admin` manages accounts and `imgateway-client` logs in, manages contacts, presence, allow/block lists and rules, and exchanges messages.

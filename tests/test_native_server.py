@@ -1,0 +1,469 @@
+"""
+Unit tests for the native face (L{imgateway.adapters.native.server}): the
+protocol on a fake transport and a fake clock, over a memory gateway. The
+real-socket proof is in C{tests/e2e/}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from imgateway.adapters.native.adapter import NativeAdapter
+from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, serialise
+from imgateway.adapters.native.server import NativeConfig, NativeServerFactory, NativeServerProtocol
+from imgateway.auth.sasl import clientMechanism
+from imgateway.config import HomeConfig
+from imgateway.core.errors import ConfigError
+from imgateway.interfaces import IProtocolAdapter, ISessionClient
+from imgateway.testing import addUser, memoryGateway
+
+LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
+REMOTE = IPv4Address("TCP", "192.0.2.7", 40000)
+
+
+class Wire:
+    """
+    One client connection to a native face: write requests, read what the
+    server wrote.
+    """
+
+    def __init__(self, factory: NativeServerFactory, peer: IPv4Address = LOOPBACK) -> None:
+        self.transport = StringTransport(peerAddress=peer, hostAddress=IPv4Address("TCP", "127.0.0.1", 5300))
+        self.protocol = factory.buildProtocol(peer)
+        self.protocol.makeConnection(self.transport)
+        self._parser = FrameParser()
+        self._seq = 0
+
+    def send(self, method: str, target: str = "*", headers: Sequence[tuple[str, str]] = (), body: bytes = b"") -> int:
+        self._seq += 1
+        self.raw(serialise(Request(method, target, Headers.of(("Seq", str(self._seq)), *headers), body)))
+        return self._seq
+
+    def raw(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def frames(self) -> list[Request | Response]:
+        data = self.transport.value()
+        self.transport.clear()
+        out = self._parser.feed(data)
+        assert all(isinstance(f, (Request, Response)) for f in out), out
+        return out  # type: ignore[return-value]
+
+    def response(self, seq: int | None = None) -> Response:
+        """
+        The one response the server wrote since the last read.
+        """
+        responses = [f for f in self.frames() if isinstance(f, Response)]
+        assert len(responses) == 1, responses
+        if seq is not None:
+            assert responses[0].seq == seq, (responses[0].seq, seq)
+        return responses[0]
+
+    def call(self, method: str, target: str = "*", headers: Sequence[tuple[str, str]] = (), body: bytes = b"") -> Response:
+        return self.response(self.send(method, target, headers, body))
+
+    def login(self, user: str, password: str, mechanism: str = "PLAIN") -> Response:
+        mech = clientMechanism(mechanism, user, password)
+        r = self.call("AUTH", "*", [("Mechanism", mechanism)], mech.start())
+        while r.code == 110:
+            r = self.call("AUTH", "*", [], mech.step(r.body))
+        if r.code == 200:
+            mech.verifyFinal(r.body)
+        return r
+
+
+class NativeFaceTestsMixin:
+    config = NativeConfig()
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.gateway = memoryGateway(self.clock, home=HomeConfig(maxSessionsPerUser=2))
+        addUser(self.gateway, "alice", "alice-pw")
+        addUser(self.gateway, "bob", "bob-pw")
+        self.factory = NativeServerFactory(self.gateway, self.config, self.clock)
+
+    def wire(self, peer: IPv4Address = LOOPBACK) -> Wire:
+        return Wire(self.factory, peer)
+
+    def loggedIn(self, user: str = "alice") -> Wire:
+        w = self.wire()
+        r = w.login(user, f"{user}-pw")
+        assert r.code == 200, r
+        return w
+
+
+class LoginTests(NativeFaceTestsMixin, SynchronousTestCase):
+    """
+    OPTIONS and AUTH.
+    """
+
+    def test_interfaces(self) -> None:
+        """
+        The protocol is an L{ISessionClient}; the plugin an
+        L{IProtocolAdapter}.
+        """
+        verifyObject(ISessionClient, self.wire().protocol)
+        verifyObject(IProtocolAdapter, NativeAdapter())
+
+    def test_optionsLoopback(self) -> None:
+        """
+        OPTIONS advertises the domain, the limits and, on loopback, PLAIN.
+        """
+        r = self.wire().call("OPTIONS")
+        self.assertEqual(r.code, 200)
+        self.assertEqual(r.headers.get("Domain"), "corp.example")
+        self.assertEqual(r.headers.get("Mechanisms"), "SCRAM-SHA-256, SCRAM-SHA-1, PLAIN")
+        self.assertEqual(r.headers.get("Max-Body"), str(self.config.maxBodyBytes))
+
+    def test_plainRefusedInClear(self) -> None:
+        """
+        From a non-loopback address over plain TCP, PLAIN is neither offered
+        nor accepted (426); SCRAM works.
+        """
+        w = self.wire(REMOTE)
+        self.assertNotIn("PLAIN", w.call("OPTIONS").headers.get("Mechanisms") or "")
+        self.assertEqual(w.login("alice", "alice-pw").code, 426)
+        self.assertEqual(w.login("alice", "alice-pw", "SCRAM-SHA-256").code, 200)
+
+    def test_plainAllowedByConfig(self) -> None:
+        """
+        C{allow_plaintext_auth} lets PLAIN through from anywhere.
+        """
+        self.factory.config = NativeConfig(allowPlaintextAuth=True)
+        self.assertEqual(self.wire(REMOTE).login("alice", "alice-pw").code, 200)
+
+    def test_plain(self) -> None:
+        """
+        A successful login answers 200 with the address and a session id.
+        """
+        r = self.wire().login("alice", "alice-pw")
+        self.assertEqual(r.code, 200)
+        self.assertEqual(r.headers.get("Address"), "alice@corp.example")
+        self.assertTrue(r.headers.get("Session"))
+        self.assertEqual(self.factory.unauthenticated, 0)
+
+    def test_scram(self) -> None:
+        """
+        SCRAM-SHA-256 and SCRAM-SHA-1 log in through 110 challenges, and the
+        client verifies the server's signature.
+        """
+        for mech in ("SCRAM-SHA-256", "SCRAM-SHA-1"):
+            self.assertEqual(self.wire().login("bob@corp.example", "bob-pw", mech).code, 200)
+
+    def test_wrongPassword(self) -> None:
+        """
+        A wrong password gets 401; after C{max_auth_attempts} failures the
+        server says BYE (auth-failures) and closes.
+        """
+        w = self.wire()
+        for _ in range(self.config.maxAuthAttempts):
+            self.assertEqual(w.login("alice", "nope").code, 401)
+        self.clock.advance(0)
+        [bye] = w.frames()
+        assert isinstance(bye, Request)
+        self.assertEqual((bye.method, bye.headers.get("Reason")), ("BYE", "auth-failures"))
+        self.assertTrue(w.transport.disconnecting)
+
+    def test_unknownUserLooksLikeWrongPassword(self) -> None:
+        """
+        An unknown user gets the same answer as a wrong password.
+        """
+        self.assertEqual(self.wire().login("nobody", "x").reason, self.wire().login("alice", "x").reason)
+
+    def test_needsLogin(self) -> None:
+        """
+        Before login only OPTIONS, AUTH, PING and BYE are allowed (401).
+        """
+        w = self.wire()
+        self.assertEqual(w.call("PING").code, 200)
+        self.assertEqual(w.call("PUBLISH", "*", [("Presence", "online")]).code, 401)
+        self.assertEqual(w.call("MESSAGE", "im:bob@corp.example", [], b"hi").code, 401)
+
+    def test_unknownMethod(self) -> None:
+        """
+        An unknown method gets 405.
+        """
+        self.assertEqual(self.wire().call("FROB").code, 405)
+
+    def test_loginTimeout(self) -> None:
+        """
+        A connection that does not log in within C{login_timeout} gets BYE
+        (login-timeout) and is closed.
+        """
+        w = self.wire()
+        self.clock.advance(self.config.loginTimeout)
+        [bye] = w.frames()
+        assert isinstance(bye, Request)
+        self.assertEqual(bye.headers.get("Reason"), "login-timeout")
+        self.assertTrue(w.transport.disconnecting)
+
+    def test_tooManySessions(self) -> None:
+        """
+        Past C{max_sessions_per_user}, AUTH gets 453 and the connection
+        stays open.
+        """
+        self.loggedIn()
+        self.loggedIn()
+        w = self.wire()
+        self.assertEqual(w.login("alice", "alice-pw").code, 453)
+        self.assertEqual(w.call("PING").code, 200)
+
+    def test_maxUnauthenticated(self) -> None:
+        """
+        Past C{max_unauthenticated} waiting connections, a new one gets 503
+        and is closed; a login frees its place.
+        """
+        self.factory.config = NativeConfig(maxUnauthenticated=1)
+        first = self.wire()
+        second = self.wire()
+        self.assertEqual(second.response().code, 503)
+        self.assertTrue(second.transport.disconnecting)
+        second.protocol.connectionLost()
+        self.assertEqual(first.login("alice", "alice-pw").code, 200)
+        third = self.wire()
+        self.assertEqual(third.call("PING").code, 200)
+
+    def test_connectionLostClosesSession(self) -> None:
+        """
+        When the connection goes, so does the session.
+        """
+        w = self.loggedIn()
+        self.assertEqual([str(a) for a in self.gateway.homeServer.users()], ["alice@corp.example"])
+        w.protocol.connectionLost()
+        self.assertEqual(self.gateway.homeServer.users(), [])
+
+
+class LimitTests(NativeFaceTestsMixin, SynchronousTestCase):
+    """
+    Framing limits, rate limit and timeouts as the face applies them.
+    """
+
+    config = NativeConfig(requestsPerSecond=1, requestBurst=3, maxBodyBytes=100, maxHeaderBytes=256)
+
+    def test_rateLimit(self) -> None:
+        """
+        Requests past the token bucket get 429 with Retry-After; after a
+        wait, requests are served again.
+        """
+        w = self.wire()
+        for _ in range(3):
+            self.assertEqual(w.call("PING").code, 200)
+        r = w.call("PING")
+        self.assertEqual((r.code, r.headers.get("Retry-After")), (429, "1"))
+        self.clock.advance(1)
+        self.assertEqual(w.call("PING").code, 200)
+
+    def test_bodyTooLarge(self) -> None:
+        """
+        A body of C{max_body_bytes} passes the framing; one byte more gets
+        413 and the connection stays usable.
+        """
+        w = self.loggedIn()
+        self.clock.advance(10)
+        self.assertEqual(w.call("MESSAGE", "im:bob@corp.example", [], b"x" * 100).code, 480)
+        self.assertEqual(w.call("MESSAGE", "im:bob@corp.example", [], b"x" * 101).code, 413)
+        self.clock.advance(10)
+        self.assertEqual(w.call("PING").code, 200)
+
+    def test_headerTooLarge(self) -> None:
+        """
+        A header section over C{max_header_bytes} gets 431 and the
+        connection is closed.
+        """
+        w = self.wire()
+        w.send("PING", "*", [("X-Pad", "y" * 300)])
+        r = w.response()
+        self.assertEqual((r.code, r.seq), (431, 0))
+        self.assertTrue(w.transport.disconnecting)
+
+    def test_garbage(self) -> None:
+        """
+        A start line that is not the protocol gets 400 and the connection is
+        closed.
+        """
+        w = self.wire()
+        w.raw(b"GARBAGE\r\n\r\n")
+        self.assertEqual(w.response().code, 400)
+        self.assertTrue(w.transport.disconnecting)
+
+    def test_badResponseNotAnswered(self) -> None:
+        """
+        A malformed response from the client is dropped, not answered.
+        """
+        w = self.wire()
+        w.raw(b"IMGW/1.0 200 OK\r\nSeq: nope\r\n\r\n")
+        self.assertEqual(w.frames(), [])
+        self.assertFalse(w.transport.disconnecting)
+
+    def test_idleTimeout(self) -> None:
+        """
+        A logged-in connection silent for C{idle_timeout} gets BYE
+        (idle-timeout); any received bytes restart the timer.
+        """
+        w = self.loggedIn()
+        self.clock.advance(self.config.idleTimeout - 1)
+        w.raw(b"\r\n")
+        self.clock.advance(self.config.idleTimeout - 1)
+        self.assertFalse(w.transport.disconnecting)
+        w.frames()
+        self.clock.advance(1)
+        [bye] = [f for f in w.frames() if isinstance(f, Request) and f.method == "BYE"]
+        self.assertEqual(bye.headers.get("Reason"), "idle-timeout")
+        self.assertTrue(w.transport.disconnecting)
+
+
+class SessionTests(NativeFaceTestsMixin, SynchronousTestCase):
+    """
+    The methods of a logged-in session.
+    """
+
+    def test_publish(self) -> None:
+        """
+        PUBLISH grants a lease; bad states, notes and leases get 400.
+        """
+        w = self.loggedIn()
+        r = w.call("PUBLISH", "*", [("Presence", "out-to-lunch"), ("Note", "back at 2"), ("Expires", "600")])
+        self.assertEqual((r.code, r.headers.get("Expires")), (200, "600"))
+        self.assertEqual(w.call("PUBLISH", "*", [("Presence", "sleepy")]).code, 400)
+        self.assertEqual(w.call("PUBLISH", "*", [("Presence", "away"), ("Note", "x" * 1025)]).code, 400)
+        self.assertEqual(w.call("PUBLISH", "*", [("Presence", "away"), ("Expires", "soon")]).code, 400)
+        self.assertEqual(w.call("PUBLISH", "*").code, 400)
+
+    def test_messageBothWays(self) -> None:
+        """
+        A MESSAGE is delivered to the recipient as a server MESSAGE request
+        carrying the sender, id and body; the sender gets 200 and the id.
+        """
+        alice, bob = self.loggedIn("alice"), self.loggedIn("bob")
+        bob.call("PUBLISH", "*", [("Presence", "online")])
+        r = alice.call("MESSAGE", "im:bob@corp.example", [("Message-ID", "m-1")], "héllo".encode())
+        self.assertEqual((r.code, r.headers.get("Message-ID")), (200, "m-1"))
+        [m] = [f for f in bob.frames() if isinstance(f, Request) and f.method == "MESSAGE"]
+        self.assertEqual(m.headers.get("From"), "im:alice@corp.example")
+        self.assertEqual(m.headers.get("Message-ID"), "m-1")
+        self.assertEqual(m.body.decode(), "héllo")
+
+    def test_messageStatuses(self) -> None:
+        """
+        Failed deliveries answer with their status: 404, 480, 400 for a bad
+        address or a non-UTF-8 body.
+        """
+        w = self.loggedIn()
+        self.assertEqual(w.call("MESSAGE", "im:nobody@corp.example", [], b"x").code, 404)
+        self.assertEqual(w.call("MESSAGE", "im:bob@corp.example", [], b"x").code, 480)
+        self.assertEqual(w.call("MESSAGE", "im:not-an-address", [], b"x").code, 400)
+        self.assertEqual(w.call("MESSAGE", "im:bob@corp.example", [], b"\xff").code, 400)
+        self.assertEqual(w.call("MESSAGE", "im:x@elsewhere.example", [], b"x").code, 502)
+
+    def test_busyWithAlternate(self) -> None:
+        """
+        A presence rule answers 486 with the Alternate header.
+        """
+        alice, bob = self.loggedIn("alice"), self.loggedIn("bob")
+        self.assertEqual(bob.call("RULE", "*", [("Presence", "on-the-phone"), ("Alternate", "tel:+15550100")]).code, 200)
+        bob.call("PUBLISH", "*", [("Presence", "on-the-phone")])
+        r = alice.call("MESSAGE", "im:bob@corp.example", [], b"x")
+        self.assertEqual((r.code, r.headers.get("Alternate")), (486, "tel:+15550100"))
+        self.assertIn(b"tel:+15550100", bob.call("RULE").body)
+
+    def test_subscribeFlow(self) -> None:
+        """
+        SUBSCRIBE answers 202 and notifies the target; AUTHORISE lets the
+        watcher see presence; CONTACTS lists the result.
+        """
+        alice, bob = self.loggedIn("alice"), self.loggedIn("bob")
+        bob.call("PUBLISH", "*", [("Presence", "busy"), ("Note", "meeting")])
+        self.assertEqual(alice.call("SUBSCRIBE", "pres:bob@corp.example", [("Name", "Bob")]).code, 202)
+        notes = [f for f in bob.frames() if isinstance(f, Request)]
+        self.assertIn(("subscription", "subscribe"), [(n.headers.get("Event"), n.headers.get("Subscription")) for n in notes])
+        self.assertEqual(bob.call("AUTHORISE", "pres:alice@corp.example", [("Decision", "allow")]).code, 200)
+        presence = [
+            f for f in alice.frames() if isinstance(f, Request) and f.headers.get("Event") == "presence" and f.target == "pres:bob@corp.example"
+        ]
+        self.assertEqual([(p.headers.get("Presence"), p.headers.get("Note")) for p in presence], [("busy", "meeting")])
+        body = alice.call("CONTACTS").body
+        self.assertIn(b'"subscription": "to"', body)
+        self.assertEqual(bob.call("AUTHORISE", "pres:alice@corp.example", [("Decision", "maybe")]).code, 400)
+
+    def test_access(self) -> None:
+        """
+        ACCESS sets and lists entries; a bad list or entry gets 400.
+        """
+        w = self.loggedIn()
+        self.assertEqual(w.call("ACCESS", "im:bob@corp.example", [("List", "block")]).code, 200)
+        self.assertEqual(w.call("ACCESS", "corp.example", [("List", "allow")]).code, 200)
+        self.assertEqual(w.call("ACCESS").body, b'{"allow": ["corp.example"], "block": ["bob@corp.example"]}')
+        self.assertEqual(w.call("ACCESS", "im:bob@corp.example", [("List", "grey")]).code, 400)
+        self.assertEqual(w.call("ACCESS", "bad_entry!", [("List", "block")]).code, 400)
+
+    def test_notificationsSanitised(self) -> None:
+        """
+        A presence note with a TAB (allowed in notes) is sent intact; control
+        characters never reach the wire.
+        """
+        alice, bob = self.loggedIn("alice"), self.loggedIn("bob")
+        alice.call("SUBSCRIBE", "pres:bob@corp.example")
+        bob.call("AUTHORISE", "pres:alice@corp.example", [("Decision", "allow")])
+        alice.frames()
+        bob.call("PUBLISH", "*", [("Presence", "away"), ("Note", "a\tb")])
+        [p] = [f for f in alice.frames() if isinstance(f, Request) and f.target == "pres:bob@corp.example"]
+        self.assertEqual(p.headers.get("Note"), "a\tb")
+
+    def test_shutdown(self) -> None:
+        """
+        When the home server closes all sessions, clients get BYE (shutdown).
+        """
+        w = self.loggedIn()
+        self.gateway.homeServer.closeAll("shutdown")
+        byes = [f for f in w.frames() if isinstance(f, Request) and f.method == "BYE"]
+        self.assertEqual([b.headers.get("Reason") for b in byes], ["shutdown"])
+        self.assertTrue(w.transport.disconnecting)
+
+    def test_bye(self) -> None:
+        """
+        BYE is answered 200 and the connection closed.
+        """
+        w = self.loggedIn()
+        self.assertEqual(w.call("BYE").code, 200)
+        self.assertTrue(w.transport.disconnecting)
+
+
+class ConfigTests(SynchronousTestCase):
+    """
+    The C{[native]} table.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        An empty table gives the documented defaults.
+        """
+        self.assertEqual(NativeAdapter().parseConfig({}, "x.toml [native]"), NativeConfig())
+
+    def test_unknownKey(self) -> None:
+        """
+        An unknown key is an error naming the table and key.
+        """
+        e = self.assertRaises(ConfigError, NativeAdapter().parseConfig, {"max_bodybytes": 1}, "x.toml [native]")
+        self.assertEqual(str(e), "x.toml [native]: max_bodybytes: unknown key")
+
+    def test_badEndpoint(self) -> None:
+        """
+        A listen entry that is not an endpoint string is an error.
+        """
+        e = self.assertRaises(ConfigError, NativeAdapter().parseConfig, {"listen": ["bogus:1"]}, "x.toml [native]")
+        self.assertIn("listen: bad endpoint 'bogus:1'", str(e))
+
+    def test_badValue(self) -> None:
+        """
+        A limit of the wrong type or not positive is an error.
+        """
+        p = NativeAdapter().parseConfig
+        self.assertRaises(ConfigError, p, {"max_body_bytes": "big"}, "w")
+        self.assertRaises(ConfigError, p, {"max_body_bytes": 0}, "w")
+        self.assertRaises(ConfigError, p, {"allow_plaintext_auth": 1}, "w")

@@ -1,0 +1,65 @@
+"""
+Tests for the twistd plugin and the adapter plugin package.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from imgateway.adapters.native.adapter import NativeAdapter
+from imgateway.plugins import adapterPlugins
+
+REPO = FilePath(__file__).parent().parent()
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    Discovery of C{twistd imgateway} and of protocol adapters.
+    """
+
+    def test_serviceMaker(self) -> None:
+        """
+        twistd finds the C{imgateway} service maker, which points at
+        L{imgateway.tap}.
+        """
+        import twisted.plugins
+
+        makers = {m.tapname: m for m in getPlugins(IServiceMaker, twisted.plugins)}
+        self.assertIn("imgateway", makers)
+        self.assertEqual(makers["imgateway"].module, "imgateway.tap")  # type: ignore[attr-defined]
+
+    def test_noReactorInstalled(self) -> None:
+        """
+        Importing the plugin file (as twistd does before choosing a reactor)
+        installs no reactor.
+        """
+        code = (
+            "import sys, twisted.plugins.imgateway_plugin, imgateway.plugins.native; "
+            "print('twisted.internet.reactor' in sys.modules)"
+        )
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO.path, capture_output=True, text=True, check=True)
+        self.assertEqual(out.stdout.strip(), "False")
+
+    def test_adapters(self) -> None:
+        """
+        The native adapter is found through the C{imgateway.plugins}
+        package.
+        """
+        self.assertEqual([type(a) for a in adapterPlugins()], [NativeAdapter])
+
+    def test_twistdHelp(self) -> None:
+        """
+        C{twistd --help} lists C{imgateway}, and C{twistd imgateway --help}
+        documents C{--config}.
+        """
+        twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+        out = subprocess.run(twistd + ["--help"], cwd=REPO.path, capture_output=True, text=True)
+        self.assertIn("imgateway", out.stdout)
+        out = subprocess.run(twistd + ["imgateway", "--help"], cwd=REPO.path, capture_output=True, text=True)
+        self.assertIn("--config", out.stdout)

@@ -27,7 +27,7 @@ class LoadConfigTests(SynchronousTestCase):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w") as f:
             f.write(text)
-        return path
+        return str(path)
 
     def load(self, text: str) -> object:
         return loadConfig(self.write(text), MemoryReactor())

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -32,7 +33,7 @@ from imgateway.adapters.native.framing import (
 )
 from imgateway.auth.sasl import SASLFailure, clientMechanism, preferredMechanism
 from imgateway.core.address import Address
-from imgateway.core.errors import DeliveryStatus, ImgatewayError
+from imgateway.core.errors import AuthenticationFailed, DeliveryStatus, ImgatewayError, NotAuthorised
 from imgateway.core.presence import Presence, PresenceState
 
 __all__ = [
@@ -135,6 +136,10 @@ class NativeClientProtocol(Protocol):
         if self._refresh is not None and self._refresh.active():
             self._refresh.cancel()
         self._refresh = None
+        if not self._byeReason and not reason.check(ConnectionDone):
+            # No BYE: say what ended the connection (a TLS verification
+            # failure, a reset...).
+            self._byeReason = reason.getErrorMessage()
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.errback(ClientError(0, f"connection closed{': ' + self._byeReason if self._byeReason else ''}"))
@@ -225,7 +230,8 @@ class NativeClientProtocol(Protocol):
         Log in with SASL (the strongest mechanism the server offers, unless
         C{mechanism} is given).
 
-        @return: Fires with the logged-in address.
+        @return: Fires with the logged-in address; fails with
+            L{AuthenticationFailed} for wrong credentials.
         """
 
         def chosen(offered: dict[str, str]) -> Deferred[Address]:
@@ -241,11 +247,17 @@ class NativeClientProtocol(Protocol):
             headers = [("Mechanism", name)]
             if label:
                 headers.append(("Label", label))
-            return self.call("AUTH", "*", headers, mech.start()).addCallback(stepped, mech)
+            return self.call("AUTH", "*", headers, mech.start()).addCallbacks(stepped, refused, (mech,))
+
+        def refused(f: Failure) -> Failure:
+            # 401 on AUTH is a failed login, not a failed delivery.
+            if f.check(NotAuthorised):
+                raise AuthenticationFailed(f.value.text)  # type: ignore[union-attr]
+            return f
 
         def stepped(response: Response, mech: Any) -> Any:
             if response.code == 110:
-                return self.call("AUTH", "*", (), mech.step(response.body)).addCallback(stepped, mech)
+                return self.call("AUTH", "*", (), mech.step(response.body)).addCallbacks(stepped, refused, (mech,))
             mech.verifyFinal(response.body)
             self.address = Address.fromString(response.headers.get("Address") or "")
             self.sessionId = response.headers.get("Session") or ""

@@ -458,6 +458,8 @@ class HomeServer:
         """
 
         def failed(f: Failure) -> None:
+            if f.check(UserOffline):
+                return
             if f.check(DeliveryError):
                 self.log.debug("{event!r} not delivered: {error!r}", event=event, error=f.value)
             else:

@@ -348,6 +348,9 @@ class NativeServerProtocol(Protocol):
         return None
 
     def do_BYE(self, request: Request) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            session.close("bye")
         self._respond(request.seq, 200, "OK")
         self._close()
         raise _Closed()

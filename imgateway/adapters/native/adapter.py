@@ -6,11 +6,14 @@ listeners.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
+from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
@@ -30,9 +33,27 @@ class _ListenerService(StreamServerEndpointService):
         self.description = description
         self._raiseSynchronously = True
 
-    def startService(self) -> None:
-        super().startService()
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            # Start-up cannot go on: say so in one line, not a traceback.
+            message = f"imgateway: cannot listen on {self.description}: {e.socketError or e}"
+            log.critical("{message}", message=message)
+            sys.stderr.write(message + "\n")
+            raise SystemExit(1) from None
         log.info("Native face listening on {endpoint}", endpoint=self.description)
+
+
+class _NativeService(MultiService):
+    def __init__(self, factory: NativeServerFactory) -> None:
+        super().__init__()
+        self.factory = factory
+
+    def stopService(self) -> Any:
+        # Tell every client, logged in or not, before the listeners go.
+        self.factory.sayGoodbye("shutdown")
+        return super().stopService()
 
 
 @implementer(IPlugin, IProtocolAdapter)
@@ -73,7 +94,7 @@ class NativeAdapter:
     def makeService(self, gateway: IGateway, config: object) -> IService:
         assert isinstance(config, NativeConfig)
         factory = NativeServerFactory(gateway, config)
-        top = MultiService()
+        top = _NativeService(factory)
         for description in config.listen:
             _ListenerService(gateway.reactor, description, factory).setServiceParent(top)
         return top

@@ -156,6 +156,7 @@ class NativeServerProtocol(Protocol):
         self._idleTimer: IDelayedCall | None = None
         self._closing = False
         self._counted = False
+        self._rateLimited = False
         self._handlers: dict[str, Callable[[Request], Any]] = {
             "OPTIONS": self.do_OPTIONS,
             "AUTH": self.do_AUTH,
@@ -175,6 +176,7 @@ class NativeServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         f = self.factory
+        f.connections.add(self)
         if f.unauthenticated >= self.config.maxUnauthenticated:
             self.log.warn(
                 "Refusing {peer}: {n} connections are waiting to log in (max_unauthenticated)",
@@ -195,6 +197,7 @@ class NativeServerProtocol(Protocol):
             self.factory.unauthenticated -= 1
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self.factory.connections.discard(self)
         self._uncount()
         for timer in (self._loginTimer, self._idleTimer):
             if timer is not None and timer.active():
@@ -212,6 +215,12 @@ class NativeServerProtocol(Protocol):
     def _idleTimedOut(self) -> None:
         self._idleTimer = None
         self._bye("idle-timeout")
+
+    def bye(self, reason: str) -> None:
+        """
+        Say BYE with C{reason} and close the connection.
+        """
+        self._bye(reason)
 
     def _bye(self, reason: str) -> None:
         if self._closing:
@@ -244,6 +253,14 @@ class NativeServerProtocol(Protocol):
             if self._closing:
                 return
             if isinstance(item, FramingError):
+                if item.fatal:
+                    self.log.info(
+                        "Closing {peer}: {code} {reason} ({detail})",
+                        peer=self.transport.getPeer(),  # type: ignore[union-attr]
+                        code=item.code,
+                        reason=item.reason,
+                        detail=item.detail,
+                    )
                 # A bad response is never answered (its Seq is one of ours).
                 if item.fatal or not item.inResponse:
                     self._respond(item.seq or 0, item.code, f"{item.reason}: {item.detail}")
@@ -257,6 +274,14 @@ class NativeServerProtocol(Protocol):
 
     def _requestReceived(self, request: Request) -> None:
         if not self._bucket.consume():
+            if not self._rateLimited:
+                self._rateLimited = True
+                self.log.warn(
+                    "Rate-limiting {peer} ({who}): more than {rate}/s requests",
+                    peer=self.transport.getPeer(),  # type: ignore[union-attr]
+                    who=self.session.address if self.session is not None else "not logged in",
+                    rate=self.config.requestsPerSecond,
+                )
             wait = max(1, math.ceil(self._bucket.retryAfter()))
             self._respond(request.seq, 429, "Too Many Requests", (("Retry-After", str(wait)),))
             return
@@ -610,6 +635,7 @@ class NativeServerFactory(Factory):
     config).
 
     @ivar unauthenticated: Connections that have not logged in yet.
+    @ivar connections: Every open connection.
     """
 
     protocol = NativeServerProtocol  # type: ignore[assignment]
@@ -619,6 +645,14 @@ class NativeServerFactory(Factory):
         self.config = config
         self.clock = clock if clock is not None else gateway.clock
         self.unauthenticated = 0
+        self.connections: set[NativeServerProtocol] = set()
+
+    def sayGoodbye(self, reason: str) -> None:
+        """
+        Send every connection BYE with C{reason} and close it.
+        """
+        for protocol in list(self.connections):
+            protocol.bye(reason)
 
     def buildProtocol(self, addr: Any) -> NativeServerProtocol:  # type: ignore[override]
         p = NativeServerProtocol(self.gateway, self.config, self.clock)

@@ -1,0 +1,146 @@
+"""
+End-to-end tests of the native face over TLS: the real C{twistd imgateway}
+process listening on a plain TCP and a C{tls:} endpoint at once, with a
+certificate authority and server certificate made for the test, and
+clients on loopback that verify the server's certificate (and resolve no
+name).
+"""
+
+from __future__ import annotations
+
+import os
+
+from cryptography import x509
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.internet.interfaces import ISSLTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from imgateway.client.protocol import ClientError
+
+from tests.e2e.harness import (
+    TLS_HOSTNAME,
+    GatewayProcess,
+    connectClient,
+    failureOf,
+    freePort,
+    makeCertificates,
+    openConnection,
+    rawConnect,
+    tlsClientEndpoint,
+    tlsServerEndpoint,
+)
+
+ALICE = "alice@corp.example"
+BOB = "bob@corp.example"
+
+PASSWORDS = {"alice": "alice over tls", "bob": "bob over tcp"}
+
+
+class TLSTests(TestCase):
+    """
+    The native face on a C{tls:} endpoint beside a C{tcp:} one.
+    """
+
+    async def _gateway(self) -> tuple[GatewayProcess, str, int]:
+        """
+        Start a gateway with a TCP and a TLS listener and two users.
+
+        @return: The gateway, the path of its CA's certificate and the TLS
+            port.
+        """
+        certificates = os.path.abspath(self.mktemp())
+        caPath, serverDir = makeCertificates(certificates)
+        tcpPort, tlsPort = freePort(), freePort()
+        gw = GatewayProcess(
+            self,
+            {"native": {"listen": [f"tcp:{tcpPort}:interface=127.0.0.1", tlsServerEndpoint(serverDir, tlsPort)]}},
+            port=tcpPort,
+            waitPorts=[tcpPort, tlsPort],
+        )
+        gw.addUsers(PASSWORDS)
+        await gw.start()
+        return gw, caPath, tlsPort
+
+    async def test_tlsClientTalksToTCPClient(self) -> None:
+        """
+        alice connects over TLS, verifying the server's certificate for
+        C{gw.corp.example} against the test CA, logs in and exchanges
+        messages with bob, connected over plain TCP. Over TLS the server
+        offers C{PLAIN}, and a C{PLAIN} login succeeds.
+        """
+        gw, caPath, tlsPort = await self._gateway()
+        endpoint = tlsClientEndpoint(tlsPort, caPath)
+        alice, aliceSees = await connectClient(self, endpoint, "alice", PASSWORDS["alice"], label="tls")
+        self.assertTrue(ISSLTransport.providedBy(alice.transport))
+        certificate = alice.transport.getPeerCertificate().to_cryptography()  # type: ignore[union-attr]
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(names.get_values_for_type(x509.DNSName), [TLS_HOSTNAME])
+        bob, bobSees = await gw.client("bob", PASSWORDS["bob"])
+
+        await alice.sendMessage(BOB, "sent over TLS")
+        got = await bobSees.waitForMessage(ALICE, "sent over TLS")
+        self.assertEqual(got.sender, alice.address)
+        await bob.sendMessage(ALICE, "read over TLS ✓")
+        await aliceSees.waitForMessage(BOB, "read over TLS ✓")
+
+        mechanisms = (await alice.options())["Mechanisms"]
+        self.assertIn("PLAIN", [m.strip() for m in mechanisms.split(",")])
+        plain = await openConnection(self, endpoint)
+        self.assertEqual(str(await plain.login("alice", PASSWORDS["alice"], mechanism="PLAIN")), ALICE)
+        await plain.ping()
+
+    async def test_untrustedCertificate(self) -> None:
+        """
+        A client that trusts another CA cannot connect: the TLS handshake
+        fails with a certificate verification error, and logging in fails.
+        So does a client that expects another name, and a client speaking
+        plain text to the TLS port is dropped. The server goes on serving
+        TLS and TCP clients.
+        """
+        gw, caPath, tlsPort = await self._gateway()
+        bob, bobSees = await gw.client("bob", PASSWORDS["bob"])
+        otherCA, _ = makeCertificates(os.path.abspath(self.mktemp()))
+
+        # Trusts another CA.
+        raw = await rawConnect(self, tlsClientEndpoint(tlsPort, otherCA))
+        raw.send(b"OPTIONS * IMGW/1.0\r\nSeq: 1\r\n\r\n")
+        await raw.waitForClose()
+        self._assertVerifyFailed(raw.lost)
+        self.assertEqual(raw.received, b"")
+        error = await failureOf(
+            connectClient(self, tlsClientEndpoint(tlsPort, otherCA), "alice", PASSWORDS["alice"]), ClientError
+        )
+        self.assertEqual(error.code, 0)
+        self.assertIn("certificate verify failed", error.reason)
+
+        # Trusts the right CA but expects another name.
+        raw = await rawConnect(self, tlsClientEndpoint(tlsPort, caPath, hostname="other.corp.example"))
+        raw.send(b"OPTIONS * IMGW/1.0\r\nSeq: 1\r\n\r\n")
+        await raw.waitForClose()
+        assert raw.lost is not None
+        self.assertTrue(raw.lost.check(VerificationError), raw.lost)
+        self.assertEqual(raw.received, b"")
+
+        # Speaks plain text to the TLS port.
+        raw = await rawConnect(self, f"tcp:127.0.0.1:{tlsPort}")
+        raw.send(b"OPTIONS * IMGW/1.0\r\nSeq: 1\r\n\r\n")
+        await raw.waitForClose()
+        self.assertNotIn(b"IMGW/1.0", raw.received)
+
+        # The server still serves both.
+        alice, _ = await connectClient(self, tlsClientEndpoint(tlsPort, caPath), "alice", PASSWORDS["alice"])
+        await alice.sendMessage(BOB, "still here")
+        await bobSees.waitForMessage(ALICE, "still here")
+        await bob.ping()
+        self.assertTrue(gw.running)
+
+    def _assertVerifyFailed(self, reason: Failure | None) -> None:
+        """
+        Check that a connection ended because the server's certificate did
+        not verify.
+        """
+        assert reason is not None
+        self.assertTrue(reason.check(SSL.Error), reason)
+        self.assertIn("certificate verify failed", str(reason.value))

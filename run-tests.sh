@@ -26,7 +26,7 @@ for f in newsfragments/*; do
     *) echo "bad newsfragment name: $f (want <issue>.<feature|bugfix|doc|misc>)"; status=1 ;;
   esac
 done
-.venv/bin/towncrier build --draft --version "$(.venv/bin/python -c 'import imgateway; print(imgateway.__version__)')" >/dev/null || status=1
+.venv/bin/towncrier build --draft --version "$(.venv/bin/python -c "import imgateway; print(imgateway.__version__)")" >/dev/null 2>&1 || { echo "towncrier cannot render newsfragments/"; status=1; }
 
 summary=$(grep -E '^(PASSED|FAILED) \(' "$log" | tail -n 1)
 rm -f "$log"

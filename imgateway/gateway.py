@@ -14,7 +14,7 @@ from attrs import define
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
@@ -96,6 +96,47 @@ def _loadSecret(path: FilePath[str]) -> bytes:
     return path.getContent()
 
 
+def assembleGateway(
+    config: GatewayConfig,
+    reactor: Any,
+    directory: IDirectory,
+    homeStore: IHomeStore,
+    runInThread: Callable[..., Deferred[Any]],
+    secret: bytes,
+    adapters: dict[str, IProtocolAdapter],
+    clock: IReactorTime | None = None,
+) -> Gateway:
+    """
+    Wire a gateway around open stores: the router, the home server for the
+    configured domain, the authenticator and the portal.
+
+    @param runInThread: Runs slow password hashing off the reactor thread.
+    @param secret: Keys the made-up SCRAM salts of unknown users.
+    @param clock: Times leases and timeouts; C{reactor} when C{None}.
+    """
+    clock = clock if clock is not None else reactor
+    router = Router()
+    home = HomeServer(config.homeServerName, config.domain, directory, homeStore, router, clock, config.home)
+    router.addRoute(config.domain, home, local=True)
+    authenticator = Authenticator(
+        directory, config.domain, runInThread, secret=secret, fakeIterations=config.auth.scramIterations
+    )
+    return Gateway(
+        config=config,
+        domain=config.domain,
+        reactor=reactor,
+        clock=clock,
+        homeServer=home,
+        router=router,
+        directory=directory,
+        homeStore=homeStore,
+        portal=makePortal(home, authenticator),
+        authenticator=authenticator,
+        dataDir=config.dataDir,
+        adapters=adapters,
+    )
+
+
 def makeGatewayService(
     config: GatewayConfig,
     reactor: Any,
@@ -130,37 +171,17 @@ def makeGatewayService(
         openDatabaseNow(reactor, dataDir.child(f"home-{config.homeServerName}.sqlite3"), HOME_MIGRATIONS)
     )
 
-    router = Router()
-    home = HomeServer(config.homeServerName, config.domain, directory, homeStore, router, reactor, config.home)
-    router.addRoute(config.domain, home, local=True)
-
-    runInThread: Callable[..., Deferred[Any]] = lambda f, *a: deferToThreadPool(  # noqa: E731
-        reactor, reactor.getThreadPool(), f, *a
-    )
-    authenticator = Authenticator(
+    gateway = assembleGateway(
+        config,
+        reactor,
         directory,
-        config.domain,
-        runInThread,
+        homeStore,
+        runInThread=lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a),
         secret=_loadSecret(dataDir.child("auth-secret")),
-        fakeIterations=config.auth.scramIterations,
+        adapters={name: adapters[name] for name in config.adapters},
     )
-    portal = makePortal(home, authenticator)
-
-    enabled = {name: adapters[name] for name in config.adapters}
-    gateway = Gateway(
-        config=config,
-        domain=config.domain,
-        reactor=reactor,
-        clock=reactor,
-        homeServer=home,
-        router=router,
-        directory=directory,
-        homeStore=homeStore,
-        portal=portal,
-        authenticator=authenticator,
-        dataDir=dataDir,
-        adapters=enabled,
-    )
+    enabled = gateway.adapters
+    home = gateway.homeServer
 
     top = MultiService()
     _StoresService(directory, homeStore).setServiceParent(top)

@@ -350,11 +350,8 @@ def memoryGateway(
     @param clock: Times leases and timeouts (a L{twisted.internet.task.Clock}).
     @param adapters: The adapter configs to record in the gateway's config.
     """
-    from imgateway.auth.checkers import Authenticator, makePortal
     from imgateway.config import AuthConfig, GatewayConfig
-    from imgateway.gateway import Gateway
-    from imgateway.home.server import HomeServer
-    from imgateway.router.router import Router
+    from imgateway.gateway import assembleGateway
 
     homeConfig = home if home is not None else HomeConfig()
     config = GatewayConfig(
@@ -366,24 +363,13 @@ def memoryGateway(
         auth=AuthConfig(scramIterations=4096),
         adapters=dict(adapters or {}),
     )
-    directory = MemoryDirectory()
-    store = MemoryHomeStore()
-    router = Router()
-    homeServer = HomeServer("hs1", domain, directory, store, router, clock, homeConfig)
-    router.addRoute(domain, homeServer, local=True)
-    authenticator = Authenticator(directory, domain, _inline, secret=b"test secret", fakeIterations=4096)
-    return Gateway(
-        config=config,
-        domain=domain,
-        reactor=clock,
-        clock=clock,
-        homeServer=homeServer,
-        router=router,
-        directory=directory,
-        homeStore=store,
-        portal=makePortal(homeServer, authenticator),
-        authenticator=authenticator,
-        dataDir=config.dataDir,
+    return assembleGateway(
+        config,
+        clock,
+        MemoryDirectory(),
+        MemoryHomeStore(),
+        runInThread=_inline,
+        secret=b"test secret",
         adapters={},
     )
 

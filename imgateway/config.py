@@ -46,12 +46,15 @@ class ConfigTable:
     key that nobody read is an error, so a misspelt key never goes unnoticed.
 
     @ivar where: How errors name this table (C{"etc/imgateway.toml [native]"}).
+    @ivar baseDir: The config file's folder, against which relative paths
+        resolve.
     """
 
-    def __init__(self, table: Mapping[str, object], where: str) -> None:
+    def __init__(self, table: Mapping[str, object], where: str, baseDir: str = ".") -> None:
         self._table = table
         self._read: set[str] = set()
         self.where = where
+        self.baseDir = baseDir
 
     def error(self, key: str, problem: str) -> ConfigError:
         """
@@ -105,12 +108,30 @@ class ConfigTable:
             result.append(item)
         return tuple(result)
 
+    def path(self, key: str, default: str | None = None) -> str | None:
+        """
+        Read the path of a file that must exist and be readable; a relative
+        path resolves against L{baseDir}.
+
+        @return: The absolute path, or C{default} when the key is absent.
+        """
+        value = self.get(key, str, default)
+        if value is None:
+            return None
+        full = os.path.normpath(os.path.join(self.baseDir, os.path.expanduser(value)))
+        try:
+            with open(full, "rb"):
+                pass
+        except OSError as e:
+            raise self.error(key, f"cannot read {full}: {e.strerror}") from None
+        return full
+
     def table(self, key: str) -> ConfigTable:
         """
         Read a sub-table (empty when absent).
         """
         value = self.get(key, dict, {})
-        return ConfigTable(value, f"{self.where}.{key}")
+        return ConfigTable(value, f"{self.where}.{key}", self.baseDir)
 
     def finish(self) -> None:
         """
@@ -174,13 +195,13 @@ def parseConfig(
     data: Mapping[str, Any],
     path: FilePath[str],
     reactor: IReactorCore,
-    adapterParsers: Mapping[str, Callable[[Mapping[str, object], str], object]],
+    adapterParsers: Mapping[str, Callable[[ConfigTable, IReactorCore], object]],
 ) -> GatewayConfig:
     """
     Check a configuration read from C{path}.
 
     @param adapterParsers: Adapter name to its C{parseConfig}; a table with
-        another name is an error.
+        another name is an error. Keys an adapter does not read are errors.
     @raise ConfigError: Naming the file and key at fault.
     """
     where = path.path
@@ -233,7 +254,9 @@ def parseConfig(
             raise ConfigError(f"{tableWhere}: enabled: expected bool, got {enabled!r}")
         if enabled:
             rest = {k: v for k, v in table.items() if k != "enabled"}
-            adapters[name] = adapterParsers[name](rest, tableWhere)
+            adapterTable = ConfigTable(rest, tableWhere, path.dirname())
+            adapters[name] = adapterParsers[name](adapterTable, reactor)
+            adapterTable.finish()
     top.finish()
     return GatewayConfig(path, domain, dataDir, homeServerName, home, auth, adapters)
 
@@ -241,7 +264,7 @@ def parseConfig(
 def loadConfig(
     path: str,
     reactor: IReactorCore,
-    adapterParsers: Mapping[str, Callable[[Mapping[str, object], str], object]] | None = None,
+    adapterParsers: Mapping[str, Callable[[ConfigTable, IReactorCore], object]] | None = None,
 ) -> GatewayConfig:
     """
     Read and check a configuration file.

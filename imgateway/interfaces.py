@@ -15,15 +15,16 @@ network's domains).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from twisted.application.service import IService
+    from twisted.internet.interfaces import IReactorCore
     from twisted.internet.defer import Deferred
 
+    from imgateway.config import ConfigTable
     from imgateway.core.address import Address
     from imgateway.core.errors import DeliveryStatus
     from imgateway.core.events import Event, Message, SubscriptionEvent
@@ -413,12 +414,15 @@ class IProtocolAdapter(Interface):
     name = Attribute("Short name; also the name of the adapter's config table.")
     description = Attribute("One line for operators.")
 
-    def parseConfig(table: Mapping[str, object], where: str) -> object:
+    def parseConfig(table: ConfigTable, reactor: IReactorCore) -> object:
         """
-        Validate the adapter's config table, before anything starts.
+        Validate the adapter's config table, before anything starts. Read
+        every key through C{table} (C{get}, C{positive}, C{endpoints},
+        C{path}); keys left unread are reported as unknown.
 
-        @param table: The table, as read from TOML.
-        @param where: How to name the table in errors (C{"etc/x.toml [native]"}).
+        @param table: The table (without its C{enabled} key); its C{where}
+            names it in errors (C{"etc/x.toml [native]"}).
+        @param reactor: For checking endpoint strings (nothing is opened).
         @return: The adapter's parsed configuration, passed back to
             L{makeService}.
         @raise imgateway.core.errors.ConfigError: Naming the file, the table

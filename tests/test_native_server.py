@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -18,7 +18,7 @@ from imgateway.adapters.native.adapter import NativeAdapter
 from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, serialise
 from imgateway.adapters.native.server import NativeConfig, NativeServerFactory, NativeServerProtocol
 from imgateway.auth.sasl import clientMechanism
-from imgateway.config import HomeConfig
+from imgateway.config import ConfigTable, HomeConfig
 from imgateway.core.errors import ConfigError
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
 from imgateway.testing import addUser, memoryGateway
@@ -434,6 +434,16 @@ class SessionTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertTrue(w.transport.disconnecting)
 
 
+def parse(table: dict[str, object]) -> object:
+    """
+    Parse a C{[native]} table as the gateway does: unread keys are errors.
+    """
+    t = ConfigTable(table, "x.toml [native]")
+    config = NativeAdapter().parseConfig(t, MemoryReactor())
+    t.finish()
+    return config
+
+
 class ConfigTests(SynchronousTestCase):
     """
     The C{[native]} table.
@@ -443,27 +453,26 @@ class ConfigTests(SynchronousTestCase):
         """
         An empty table gives the documented defaults.
         """
-        self.assertEqual(NativeAdapter().parseConfig({}, "x.toml [native]"), NativeConfig())
+        self.assertEqual(parse({}), NativeConfig())
 
     def test_unknownKey(self) -> None:
         """
         An unknown key is an error naming the table and key.
         """
-        e = self.assertRaises(ConfigError, NativeAdapter().parseConfig, {"max_bodybytes": 1}, "x.toml [native]")
+        e = self.assertRaises(ConfigError, parse, {"max_bodybytes": 1})
         self.assertEqual(str(e), "x.toml [native]: max_bodybytes: unknown key")
 
     def test_badEndpoint(self) -> None:
         """
         A listen entry that is not an endpoint string is an error.
         """
-        e = self.assertRaises(ConfigError, NativeAdapter().parseConfig, {"listen": ["bogus:1"]}, "x.toml [native]")
+        e = self.assertRaises(ConfigError, parse, {"listen": ["bogus:1"]})
         self.assertIn("listen: bad endpoint 'bogus:1'", str(e))
 
     def test_badValue(self) -> None:
         """
         A limit of the wrong type or not positive is an error.
         """
-        p = NativeAdapter().parseConfig
-        self.assertRaises(ConfigError, p, {"max_body_bytes": "big"}, "w")
-        self.assertRaises(ConfigError, p, {"max_body_bytes": 0}, "w")
-        self.assertRaises(ConfigError, p, {"allow_plaintext_auth": 1}, "w")
+        self.assertRaises(ConfigError, parse, {"max_body_bytes": "big"})
+        self.assertRaises(ConfigError, parse, {"max_body_bytes": 0})
+        self.assertRaises(ConfigError, parse, {"allow_plaintext_auth": 1})

@@ -7,13 +7,13 @@ listeners.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
@@ -65,10 +65,8 @@ class NativeAdapter:
     name = "native"
     description = "imgateway's native IMPP-like protocol (docs/protocol.md)"
 
-    def parseConfig(self, table: Mapping[str, object], where: str) -> NativeConfig:
-        from twisted.internet import reactor
-
-        t = ConfigTable(table, where)
+    def parseConfig(self, table: ConfigTable, reactor: IReactorCore) -> NativeConfig:
+        t = table
         d = NativeConfig()
         config = NativeConfig(
             listen=t.endpoints("listen", reactor, d.listen),
@@ -84,7 +82,6 @@ class NativeAdapter:
             maxAuthAttempts=t.positive("max_auth_attempts", int, d.maxAuthAttempts),
             allowPlaintextAuth=t.get("allow_plaintext_auth", bool, d.allowPlaintextAuth),
         )
-        t.finish()
         if config.maxStartLineBytes < 64:
             raise t.error("max_start_line_bytes", "must be at least 64")
         if config.maxHeaderBytes < 256:

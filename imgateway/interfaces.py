@@ -295,6 +295,12 @@ class ISession(Interface):
             already allowed, C{PENDING} while the target decides.
         """
 
+    def putContact(contact: Address, displayName: str = "") -> Deferred[None]:
+        """
+        Add C{contact} to the contact list, or rename it, without asking to
+        watch it (as an XMPP roster set does).
+        """
+
     def unsubscribe(target: Address) -> Deferred[None]:
         """
         Stop watching C{target} and remove it from the contact list.

@@ -352,6 +352,21 @@ class SubscriptionTests(HomeServerTestsMixin, SynchronousTestCase):
         bob.publish(Presence(PresenceState.AWAY))
         self.assertNotIn((BOB, Presence(PresenceState.AWAY)), aliceClient.presences)
 
+    def test_putContact(self) -> None:
+        """
+        L{Session.putContact} adds or renames a contact without a request;
+        every session of the user is told.
+        """
+        alice, aliceClient = self.online(ALICE)
+        bob, bobClient = self.online(BOB)
+        self.successResultOf(alice.putContact(BOB, "Bobby"))
+        self.successResultOf(alice.putContact(BOB, "Robert"))
+        [view] = self.successResultOf(alice.contacts())
+        self.assertEqual((view.displayName, view.subscription, view.pending), ("Robert", Subscription.NONE, False))
+        self.assertEqual([c.displayName for c in aliceClient.contacts], ["Bobby", "Robert"])
+        self.assertEqual(bobClient.subscriptions, [])
+        self.failureResultOf(alice.putContact(ALICE), InvalidAddress)
+
     def test_allowList(self) -> None:
         """
         A request from an entry (address or domain) of the allow list is

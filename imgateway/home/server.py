@@ -228,6 +228,9 @@ class Session:
     def subscribe(self, target: Address, displayName: str = "") -> Deferred[AuthorisationState]:
         return self._server.subscribe(self._user, target, displayName)
 
+    def putContact(self, contact: Address, displayName: str = "") -> Deferred[None]:
+        return self._server.putContact(self._user, contact, displayName)
+
     def unsubscribe(self, target: Address) -> Deferred[None]:
         return self._server.unsubscribe(self._user, target)
 
@@ -649,6 +652,17 @@ class HomeServer:
             return request.addCallbacks(answered, refused)
 
         return d.addCallback(stored).addCallback(ask)
+
+    def putContact(self, user: _UserState, target: Address, displayName: str) -> Deferred[None]:
+        if target == user.address:
+            return fail(InvalidAddress("you cannot add yourself as a contact"))
+        contact = ContactRecord(target, displayName)
+
+        def stored(_: None) -> None:
+            user.contacts[target] = contact
+            self._contactChanged(user, target)
+
+        return self.store.putContact(user.address, contact).addCallback(stored)
 
     def _forgetContact(self, user: _UserState, target: Address) -> Deferred[None]:
         def removed(_: object) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from attrs import frozen
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -177,6 +177,10 @@ class NativeServerProtocol(Protocol):
     def connectionMade(self) -> None:
         f = self.factory
         f.connections.add(self)
+        if ITCPTransport.providedBy(self.transport):
+            # Small frames answered at once: Nagle's algorithm plus the
+            # peer's delayed ACK would add up to 40 ms to each.
+            self.transport.setTcpNoDelay(True)
         if f.unauthenticated >= self.config.maxUnauthenticated:
             self.log.warn(
                 "Refusing {peer}: {n} connections are waiting to log in (max_unauthenticated)",

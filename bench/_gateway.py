@@ -1,0 +1,415 @@
+"""
+Helpers for the benchmarks: a throw-away gateway, and bulk account creation.
+
+L{SpawnedGateway} writes a benchmark configuration (a copy of
+C{etc/imgateway.toml} with its data in a temporary folder, the native face on
+a free loopback port and the flood limits raised), creates the accounts, runs
+C{twistd -n imgateway} and stops it again, also on errors and Control-C.
+
+Run as a module, it creates accounts in one process (one password hash
+shared by all of them: much faster than one C{imgateway-admin user add} per
+account, which derives the verifiers each time)::
+
+    python -m bench._gateway create-users --config CFG --prefix bench \\
+        --count 100 --password-stdin <<< pw
+
+Existing accounts are left alone (their password is not changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+__all__ = [
+    "GatewayError",
+    "REPO",
+    "SpawnedGateway",
+    "benchConfig",
+    "createUsers",
+    "freePort",
+]
+
+#: The root of the repository (where C{imgateway/} and C{etc/} are).
+REPO = Path(__file__).resolve().parent.parent
+
+
+class GatewayError(Exception):
+    """
+    The gateway could not be prepared, started or reached; the message says
+    why (with the tail of its log when it ran).
+    """
+
+
+def freePort(host: str = "127.0.0.1") -> int:
+    """
+    @return: A TCP port that was free on C{host} a moment ago.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _setKey(text: str, table: str, key: str, value: str) -> str:
+    """
+    Set C{key = value} (C{value} already in TOML syntax) in C{[table]} of a
+    TOML text, replacing the key's line if the table has one, else adding
+    it right after the table's header.
+
+    @raise GatewayError: If there is no such table.
+    """
+    header = re.search(rf"^\[{re.escape(table)}\][ \t]*$", text, re.M)
+    if header is None:
+        raise GatewayError(f"no [{table}] table in the configuration template")
+    start = header.end()
+    following = re.search(r"^\[", text[start:], re.M)
+    end = start + following.start() if following else len(text)
+    section = text[start:end]
+    line = re.compile(rf"^{re.escape(key)}[ \t]*=.*$", re.M)
+    if line.search(section):
+        section = line.sub(lambda _: f"{key} = {value}", section, count=1)
+    else:
+        section = f"\n{key} = {value}" + section
+    return text[:start] + section + text[end:]
+
+
+def _tomlString(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def benchConfig(template: str, dataDir: Path, port: int, scramIterations: int = 4096) -> str:
+    """
+    The configuration of a benchmark gateway, from the text of
+    C{etc/imgateway.toml}: its data in C{dataDir}, the native face on
+    C{127.0.0.1:port}, cheap password verifiers, and flood limits that no
+    benchmark reaches (a benchmark measures routing, not the rate limiter).
+    """
+    text = template
+    text = _setKey(text, "gateway", "data_dir", _tomlString(str(dataDir)))
+    text = _setKey(text, "auth", "scram_iterations", str(scramIterations))
+    text = _setKey(text, "native", "enabled", "true")
+    text = _setKey(text, "native", "listen", f'["tcp:{port}:interface=127.0.0.1"]')
+    text = _setKey(text, "native", "requests_per_second", "1000000")
+    text = _setKey(text, "native", "request_burst", "1000000")
+    text = _setKey(text, "native", "max_unauthenticated", "100000")
+    text = _setKey(text, "native", "login_timeout", "600")
+    text = _setKey(text, "native", "idle_timeout", "3600")
+    return text
+
+
+def _venvBin(name: str) -> str:
+    """
+    A script of the virtualenv the benchmark runs in (else the repository's
+    C{.venv}), else whatever C{PATH} finds.
+    """
+    for folder in (Path(sys.executable).parent, REPO / ".venv" / "bin"):
+        candidate = folder / name
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise GatewayError(f"cannot find {name} (run the benchmark with the project's .venv/bin/python)")
+    return found
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def createUsers(config: str | Path, prefix: str, first: int, count: int, password: str, timeout: float = 600.0) -> str:
+    """
+    Create the accounts C{<prefix><first>} .. C{<prefix><first + count - 1>}
+    in the directory of the gateway configured by C{config}, in a child
+    process (Twisted's reactor must not run in the benchmark's processes).
+
+    @return: What the child printed (how many were created).
+    @raise GatewayError: If it failed.
+    """
+    if count <= 0:
+        return "no accounts to create"
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench._gateway",
+        "create-users",
+        "--config",
+        str(config),
+        "--prefix",
+        prefix,
+        "--first",
+        str(first),
+        "--count",
+        str(count),
+        "--password-stdin",
+    ]
+    try:
+        done = subprocess.run(
+            cmd,
+            input=password + "\n",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=str(REPO),
+            env=_env(),
+        )
+    except subprocess.TimeoutExpired:
+        raise GatewayError(f"creating {count} accounts took more than {timeout:g} s") from None
+    if done.returncode != 0:
+        raise GatewayError(f"creating accounts failed (status {done.returncode}):\n{done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+class SpawnedGateway:
+    """
+    A gateway of our own, in a temporary folder, run by C{twistd -n}.
+
+    Use it as a context manager, or call L{start} and (always) L{stop}.
+
+    @ivar folder: The temporary folder (config, data, log).
+    @ivar config: The configuration file.
+    @ivar port: The native face's port on 127.0.0.1.
+    @ivar log: The gateway's log file.
+    @ivar process: The C{twistd} process once started.
+    """
+
+    def __init__(self, template: Path | None = None, keep: bool = False, startTimeout: float = 60.0) -> None:
+        """
+        @param template: The configuration to copy (C{etc/imgateway.toml}).
+        @param keep: Keep the temporary folder when stopping (to read the log).
+        @param startTimeout: Seconds to wait for the port to open.
+        """
+        self.template = template if template is not None else REPO / "etc" / "imgateway.toml"
+        self.keep = keep
+        self.startTimeout = startTimeout
+        self.folder = Path(tempfile.mkdtemp(prefix="imgw-bench-"))
+        self.config = self.folder / "imgateway.toml"
+        self.log = self.folder / "gw.log"
+        self.port = freePort()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stderr = self.folder / "twistd.stderr"
+        self.config.write_text(
+            benchConfig(self.template.read_text(encoding="utf-8"), self.folder / "data", self.port),
+            encoding="utf-8",
+        )
+
+    @property
+    def pid(self) -> int | None:
+        """
+        The gateway's process id (C{twistd -n} does not fork), once started.
+        """
+        return self.process.pid if self.process is not None else None
+
+    def createUsers(self, prefix: str, first: int, count: int, password: str) -> str:
+        """
+        See L{createUsers}.
+        """
+        return createUsers(self.config, prefix, first, count, password)
+
+    def start(self) -> None:
+        """
+        Start the gateway and wait until its port accepts connections.
+
+        @raise GatewayError: If it exits or does not open its port in time
+            (with the tail of its log).
+        """
+        cmd = [
+            _venvBin("twistd"),
+            "-n",
+            "--pidfile=",
+            f"--logfile={self.log}",
+            "imgateway",
+            "--config",
+            str(self.config),
+        ]
+        with open(self._stderr, "wb") as err:
+            # A session of its own: Control-C in the terminal reaches us, and
+            # we stop the gateway ourselves.
+            self.process = subprocess.Popen(
+                cmd,
+                cwd=str(REPO),
+                env=_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.startTimeout
+        while True:
+            status = self.process.poll()
+            if status is not None:
+                raise GatewayError(f"the gateway exited with status {status} while starting:\n{self.logTail()}")
+            if self._probe():
+                return
+            if self._logSays("CannotListenError"):
+                raise GatewayError(f"the gateway cannot listen on 127.0.0.1:{self.port}:\n{self.logTail()}")
+            if time.monotonic() > deadline:
+                raise GatewayError(
+                    f"the gateway did not open 127.0.0.1:{self.port} within {self.startTimeout:g} s:\n{self.logTail()}"
+                )
+            time.sleep(0.1)
+
+    def _probe(self) -> bool:
+        """
+        @return: Whether an imgateway gateway answers C{OPTIONS} on our port
+            (not just whoever may have taken the port).
+        """
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
+                s.settimeout(2.0)
+                s.sendall(b"OPTIONS * IMGW/1.0\r\nSeq: 1\r\n\r\n")
+                data = b""
+                while b"\r\n\r\n" not in data and len(data) < 65536:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        return False
+                    data += chunk
+        except OSError:
+            return False
+        return data.startswith(b"IMGW/1.0 200") and b"imgateway/" in data
+
+    def _logSays(self, text: str) -> bool:
+        try:
+            return text in self.log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+
+    def logTail(self, lines: int = 30) -> str:
+        """
+        @return: The last lines of the gateway's log and of its standard
+            output and error.
+        """
+        out: list[str] = []
+        for path in (self.log, self._stderr):
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            tail = text.splitlines()[-lines:]
+            if tail:
+                out.append(f"--- {path} (last {len(tail)} lines)")
+                out.extend(tail)
+        return "\n".join(out) or "(no log)"
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """
+        Stop the gateway (SIGTERM, then SIGKILL after C{timeout} s) and
+        remove the temporary folder unless asked to keep it. Safe to call
+        more than once, and if it never started.
+
+        @return: Its exit status, if it ran.
+        """
+        status: int | None = None
+        process = self.process
+        if process is not None:
+            if process.poll() is None:
+                try:
+                    process.send_signal(signal.SIGTERM)
+                    status = process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    status = process.wait(5)
+                except KeyboardInterrupt:
+                    process.kill()
+                    process.wait(5)
+                    raise
+            else:
+                status = process.returncode
+        if not self.keep:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        return status
+
+    def __enter__(self) -> SpawnedGateway:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        excType: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# -- create-users, in a process of its own ------------------------------------------
+
+
+def _createUsersMain(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench._gateway create-users")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--prefix", default="bench")
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--password-stdin", action="store_true", required=True)
+    args = parser.parse_args(argv)
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        sys.exit("no password on standard input")
+
+    from twisted.internet import reactor
+    from twisted.internet.task import react
+    from twisted.internet.threads import deferToThread
+
+    from imgateway.auth.passwords import makeCredentials
+    from imgateway.config import loadConfig
+    from imgateway.core.address import Address, validateAccountLocalPart
+    from imgateway.core.errors import ImgatewayError
+    from imgateway.core.records import AccountRecord
+    from imgateway.directory.sqlite import SQLiteDirectory
+
+    theReactor: Any = reactor
+    try:
+        config = loadConfig(args.config, theReactor)
+        addresses = [Address.fromParts(f"{args.prefix}{i}", config.domain) for i in range(args.first, args.first + args.count)]
+        for address in addresses:
+            validateAccountLocalPart(address)
+    except ImgatewayError as e:
+        sys.exit(str(e))
+
+    async def run(r: Any) -> None:
+        directory = await SQLiteDirectory.open(r, config.dataDir.child("directory.sqlite3"))
+        try:
+            existing = {a.address for a in await directory.listAccounts(config.domain)}
+            missing = [a for a in addresses if a not in existing]
+            created = 0
+            if missing:
+                credentials = await deferToThread(makeCredentials, password, config.auth.scramIterations)
+                text = credentials.serialise()
+                for address in missing:
+                    await directory.addAccount(AccountRecord(address, config.homeServerName, "", True, text))
+                    created += 1
+            print(f"created {created} accounts, {len(addresses) - len(missing)} existed already")
+        finally:
+            await directory.close()
+
+    react(lambda r: run(r), _reactor=theReactor)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "create-users":
+        sys.exit("usage: python -m bench._gateway create-users --config CFG --count N [--prefix P] [--first I] --password-stdin")
+    _createUsersMain(argv[1:])
+
+
+if __name__ == "__main__":
+    main()

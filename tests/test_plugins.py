@@ -13,6 +13,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from imgateway.adapters.native.adapter import NativeAdapter
+from imgateway.adapters.xmpp.adapter import XMPPAdapter
 from imgateway.plugins import adapterPlugins
 
 REPO = FilePath(__file__).parent().parent()
@@ -40,7 +41,7 @@ class PluginTests(SynchronousTestCase):
         installs no reactor.
         """
         code = (
-            "import sys, twisted.plugins.imgateway_plugin, imgateway.plugins.native; "
+            "import sys, twisted.plugins.imgateway_plugin, imgateway.plugins.native, imgateway.plugins.xmpp; "
             "print('twisted.internet.reactor' in sys.modules)"
         )
         out = subprocess.run([sys.executable, "-c", code], cwd=REPO.path, capture_output=True, text=True, check=True)
@@ -48,10 +49,10 @@ class PluginTests(SynchronousTestCase):
 
     def test_adapters(self) -> None:
         """
-        The native adapter is found through the C{imgateway.plugins}
-        package.
+        The native and XMPP adapters are found through the
+        C{imgateway.plugins} package, sorted by name.
         """
-        self.assertEqual([type(a) for a in adapterPlugins()], [NativeAdapter])
+        self.assertEqual([type(a) for a in adapterPlugins()], [NativeAdapter, XMPPAdapter])
 
     def test_twistdHelp(self) -> None:
         """

@@ -1,0 +1,165 @@
+# -*- test-case-name: tests.test_xmpp_c2s -*-
+"""
+The XMPP protocol adapter: the C{[xmpp]} config table and the services of
+its faces.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from attrs import frozen
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorCore
+from twisted.internet.ssl import CertificateOptions
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory
+from imgateway.adapters.xmpp.stream import StreamLimits
+from imgateway.config import ConfigTable
+from imgateway.interfaces import IGateway, IProtocolAdapter
+
+__all__ = ["TLSFiles", "XMPPAdapter", "XMPPConfig"]
+
+log = Logger()
+
+
+@frozen
+class TLSFiles:
+    """
+    A certificate chain and its private key, read and checked at start-up.
+    """
+
+    certificatePath: str
+    keyPath: str
+    chain: tuple[Any, ...]
+    key: Any
+
+    def options(self) -> CertificateOptions:
+        """
+        @return: Server TLS options for this certificate.
+        """
+        return CertificateOptions(
+            privateKey=self.key,
+            certificate=self.chain[0],
+            extraCertChain=list(self.chain[1:]),
+        )
+
+
+@frozen
+class XMPPConfig:
+    """
+    The parsed C{[xmpp]} table.
+    """
+
+    c2s: C2SConfig
+    tls: TLSFiles | None
+
+
+def _loadTLS(t: ConfigTable) -> TLSFiles | None:
+    certificate = t.path("certificate")
+    key = t.path("private_key")
+    if (certificate is None) != (key is None):
+        raise t.error("certificate" if certificate is None else "private_key", "certificate and private_key go together")
+    if certificate is None or key is None:
+        return None
+    try:
+        with open(certificate, "rb") as f:
+            chain = tuple(x509.load_pem_x509_certificates(f.read()))
+    except ValueError as e:
+        raise t.error("certificate", f"{certificate} holds no PEM certificate ({e})") from None
+    try:
+        with open(key, "rb") as f:
+            privateKey = load_pem_private_key(f.read(), password=None)
+    except (ValueError, TypeError) as e:
+        raise t.error("private_key", f"{key} holds no unencrypted PEM private key ({e})") from None
+    if chain[0].public_key().public_numbers() != privateKey.public_key().public_numbers():  # type: ignore[union-attr]
+        raise t.error("private_key", f"{key} does not match the certificate in {certificate}")
+    return TLSFiles(certificate, key, chain, privateKey)
+
+
+class _ListenerService(StreamServerEndpointService):
+    def __init__(self, reactor: object, description: str, factory: Any, what: str) -> None:
+        super().__init__(serverFromString(reactor, description), factory)
+        self.description = description
+        self.what = what
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            message = f"imgateway: cannot listen on {self.description}: {e.socketError or e}"
+            log.critical("{message}", message=message)
+            sys.stderr.write(message + "\n")
+            raise SystemExit(1) from None
+        log.info("{what} listening on {endpoint}", what=self.what, endpoint=self.description)
+
+
+class _XMPPService(MultiService):
+    def __init__(self, c2s: C2SFactory) -> None:
+        super().__init__()
+        self.c2s = c2s
+
+    def stopService(self) -> Any:
+        self.c2s.sayGoodbye()
+        return super().stopService()
+
+
+@implementer(IPlugin, IProtocolAdapter)
+class XMPPAdapter:
+    """
+    XMPP (RFC 6120/6121): a c2s face for standard clients.
+    """
+
+    name = "xmpp"
+    description = "XMPP: c2s face for standard clients (RFC 6120/6121)"
+
+    def parseConfig(self, table: ConfigTable, reactor: IReactorCore) -> XMPPConfig:
+        t = table
+        d = C2SConfig()
+        l = StreamLimits()
+        limits = StreamLimits(
+            preAuthStanzaBytes=t.positive("pre_auth_stanza_bytes", int, l.preAuthStanzaBytes),
+            preAuthElements=t.positive("pre_auth_elements", int, l.preAuthElements),
+            stanzaBytes=t.positive("stanza_bytes", int, l.stanzaBytes),
+            elements=t.positive("stanza_elements", int, l.elements),
+            stanzasPerSecond=t.positive("stanzas_per_second", float, l.stanzasPerSecond),
+            stanzaBurst=t.positive("stanza_burst", int, l.stanzaBurst),
+        )
+        c2s = C2SConfig(
+            listen=t.endpoints("listen", reactor, d.listen),
+            requireTLS=t.get("require_tls", bool, d.requireTLS),
+            allowPlaintextAuth=t.get("allow_plaintext_auth", bool, d.allowPlaintextAuth),
+            limits=limits,
+            loginTimeout=t.positive("login_timeout", float, d.loginTimeout),
+            maxUnauthenticated=t.positive("max_unauthenticated", int, d.maxUnauthenticated),
+            maxAuthAttempts=t.positive("max_auth_attempts", int, d.maxAuthAttempts),
+        )
+        if limits.preAuthStanzaBytes < 1024:
+            raise t.error("pre_auth_stanza_bytes", "must be at least 1024 (a stream header must fit)")
+        if limits.stanzaBytes < 10000:
+            raise t.error("stanza_bytes", "must be at least 10000 (RFC 6120 13.12)")
+        tls = _loadTLS(t)
+        if c2s.requireTLS and tls is None:
+            raise t.error(
+                "require_tls", "true needs certificate and private_key (set require_tls = false to allow clients without TLS)"
+            )
+        return XMPPConfig(c2s, tls)
+
+    def makeService(self, gateway: IGateway, config: object) -> IService:
+        assert isinstance(config, XMPPConfig)
+        tls = config.tls.options() if config.tls is not None else None
+        c2s = C2SFactory(gateway, config.c2s, tls)
+        top = _XMPPService(c2s)
+        for description in config.c2s.listen:
+            _ListenerService(gateway.reactor, description, c2s, "XMPP c2s").setServiceParent(top)
+        return top

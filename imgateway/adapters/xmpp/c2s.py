@@ -1,0 +1,777 @@
+# -*- test-case-name: tests.test_xmpp_c2s -*-
+"""
+The XMPP client-to-server face (RFC 6120, RFC 6121): standard XMPP clients
+log in to the home server, as its users.
+
+Negotiation: STARTTLS (required unless configured otherwise), SASL
+(SCRAM-SHA-256, SCRAM-SHA-1, and PLAIN over TLS or loopback) through
+L{imgateway.auth.sasl}, resource binding. Then each bound resource is one
+home-server session: the roster is the user's contact list, presence maps
+through L{imgateway.adapters.xmpp.mapping}, messages of type chat and
+normal flow to and from users of any face, and the server answers XEP-0199
+pings and disco#info.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import os
+from collections.abc import Callable
+from ipaddress import ip_address
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IOpenSSLServerConnectionCreator, IReactorTime, ISSLTransport, ITCPTransport
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber import error, xmlstream
+from twisted.words.protocols.jabber.jid import JID
+from twisted.words.xish import domish
+from zope.interface import implementer
+
+from imgateway import __version__
+from imgateway.adapters.xmpp.jid import InvalidJID, addressOf, jidOf, parseJID
+from imgateway.adapters.xmpp.mapping import (
+    SUBSCRIPTION_KINDS,
+    SUBSCRIPTION_TYPES,
+    presenceFromXMPP,
+    presenceToXMPP,
+    stanzaErrorFor,
+)
+from imgateway.adapters.xmpp.stream import HardenedXmlStream, StreamLimits, xmlSafe
+from imgateway.auth.checkers import SASLAuthenticated
+from imgateway.auth.sasl import SASLFailure, mechanismsFor, serverMechanism
+from imgateway.core.address import Address
+from imgateway.core.errors import DeliveryError, InvalidAddress, TooManySessions
+from imgateway.core.events import Message, SubscriptionEvent, SubscriptionKind
+from imgateway.core.presence import OFFLINE, Presence
+from imgateway.core.records import ContactView
+from imgateway.interfaces import IGateway, ISession, ISessionClient
+
+__all__ = ["C2SConfig", "C2SFactory", "C2SProtocol"]
+
+NS_CLIENT = "jabber:client"
+NS_STREAMS = xmlstream.NS_STREAMS
+NS_TLS = xmlstream.NS_XMPP_TLS
+NS_SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+NS_BIND = "urn:ietf:params:xml:ns:xmpp-bind"
+NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+NS_ROSTER = "jabber:iq:roster"
+NS_PING = "urn:xmpp:ping"
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+NS_VERSION = "jabber:iq:version"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+#: Features announced in disco#info.
+FEATURES = (NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, NS_VERSION)
+
+#: Longest resourcepart we keep (clients may send longer ones; we replace them).
+MAX_RESOURCE_CHARS = 256
+
+
+@frozen
+class C2SConfig:
+    """
+    The c2s part of the C{[xmpp]} table; see C{etc/imgateway.toml}.
+    """
+
+    listen: tuple[str, ...] = ("tcp:5222:interface=127.0.0.1",)
+    requireTLS: bool = True
+    allowPlaintextAuth: bool = False
+    limits: StreamLimits = StreamLimits()
+    loginTimeout: float = 60.0
+    maxUnauthenticated: int = 1000
+    maxAuthAttempts: int = 3
+
+
+def _isLoopback(address: object) -> bool:
+    if isinstance(address, UNIXAddress):
+        return True
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        try:
+            return ip_address(address.host.split("%")[0]).is_loopback
+        except ValueError:
+            return False
+    return False
+
+
+class _Authenticator(xmlstream.Authenticator):
+    """
+    Hands stream headers to the protocol. Twisted's C{ListenAuthenticator}
+    is not used: it interns the untrusted C{to} attribute.
+    """
+
+    def associateWithStream(self, xs: Any) -> None:
+        super().associateWithStream(xs)
+        xs.initiating = False
+
+    def streamStarted(self, rootElement: domish.Element) -> None:
+        super().streamStarted(rootElement)
+        self.xmlstream.streamStarted(rootElement)  # type: ignore[union-attr]
+
+
+@implementer(ISessionClient)
+class C2SProtocol(HardenedXmlStream):
+    """
+    One XMPP client connection.
+
+    @ivar session: The home-server session, once a resource is bound.
+    @ivar fullJID: The bound full JID.
+    """
+
+    log = Logger()
+    factory: C2SFactory
+
+    def __init__(self, gateway: IGateway, config: C2SConfig, clock: IReactorTime, tls: Any | None) -> None:
+        super().__init__(_Authenticator(), config.limits, clock)
+        self.gateway = gateway
+        self.config = config
+        self._tlsOptions = tls
+        self._tls = False
+        self.namespace = NS_CLIENT
+        self.address: Address | None = None
+        self.session: ISession | None = None
+        self.fullJID: JID | None = None
+        self.sessionLabel = ""
+        self._mechanism: Any = None
+        self._authFailures = 0
+        self._loginTimer: IDelayedCall | None = None
+        self._refresh: IDelayedCall | None = None
+        self._available = False
+        self._presence: Presence = OFFLINE
+        self._counted = False
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    # -- connection --------------------------------------------------------------
+
+    @property
+    def _t(self) -> Any:
+        return self.transport
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        f = self.factory
+        f.connections.add(self)
+        if ITCPTransport.providedBy(self.transport):
+            self._t.setTcpNoDelay(True)
+        if f.unauthenticated >= self.config.maxUnauthenticated:
+            self.log.warn("Refusing {peer}: too many connections waiting to log in", peer=self._t.getPeer())
+            self._failed = True
+            self._t.loseConnection()
+            return
+        f.unauthenticated += 1
+        self._counted = True
+        self._loginTimer = self.clock.callLater(self.config.loginTimeout, self._loginTimedOut)
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.factory.unauthenticated -= 1
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self._closed = True
+        self.factory.connections.discard(self)
+        self._uncount()
+        for timer in (self._loginTimer, self._refresh):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._loginTimer = self._refresh = None
+        session, self.session = self.session, None
+        if session is not None:
+            session.close("connection lost")
+        super().connectionLost(reason)
+
+    def _loginTimedOut(self) -> None:
+        self._loginTimer = None
+        self._fail("connection-timeout", "no login in time")
+
+    def _fail(self, condition: str, text: str = "") -> None:
+        """
+        Close the stream with a stream error.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.log.info("Closing c2s stream from {peer}: {condition} {text}", peer=self._t.getPeer(), condition=condition, text=text)
+        self.sendStreamError(error.StreamError(condition, text=text or None))
+
+    @property
+    def secure(self) -> bool:
+        """
+        Whether the stream is encrypted.
+        """
+        return self._tls or ISSLTransport.providedBy(self.transport)
+
+    def _plainAllowed(self) -> bool:
+        return self.secure or self.config.allowPlaintextAuth or _isLoopback(self._t.getPeer())
+
+    # -- stream negotiation -----------------------------------------------------------
+
+    def streamStarted(self, root: domish.Element) -> None:
+        """
+        The client's stream header arrived: check it, answer with ours and
+        the features that fit this stage.
+        """
+        self.sid = binascii.hexlify(os.urandom(8)).decode("ascii")  # type: ignore[assignment]
+        self.thisEntity = JID(tuple=(None, self.gateway.domain, None))  # type: ignore[assignment]
+        self.prefixes = {NS_STREAMS: "stream"}
+        if root.uri != NS_STREAMS or root.name != "stream":
+            self._fail("invalid-namespace")
+            return
+        if root.defaultUri != NS_CLIENT:
+            self._fail("invalid-namespace", "expected jabber:client")
+            return
+        if self.version < (1, 0):
+            self._fail("unsupported-version", "XMPP 1.0 is required")
+            return
+        to = root.getAttribute("to")
+        if not to:
+            self._fail("host-unknown", "the stream header needs a 'to'")
+            return
+        try:
+            domain = parseJID(to)
+        except InvalidJID:
+            self._fail("host-unknown")
+            return
+        if domain.user or domain.resource or domain.host != self.gateway.domain:
+            self._fail("host-unknown", f"this server serves {self.gateway.domain}")
+            return
+        self.sendHeader()
+        self.send(self._features())
+
+    def _features(self) -> domish.Element:
+        features = domish.Element((NS_STREAMS, "features"))
+        if self.address is None:
+            if not self.secure and self._tlsOptions is not None:
+                starttls = features.addElement((NS_TLS, "starttls"))
+                if self.config.requireTLS:
+                    starttls.addElement("required")
+            if self.secure or not self.config.requireTLS:
+                mechanisms = features.addElement((NS_SASL, "mechanisms"))
+                for name in mechanismsFor(self.secure, self._plainAllowed()):
+                    mechanisms.addElement("mechanism", content=name)
+        else:
+            features.addElement((NS_BIND, "bind"))
+            features.addElement((NS_SESSION, "session")).addElement("optional")
+        return features
+
+    def elementReceived(self, element: domish.Element) -> None:
+        if self._closed:
+            return
+        uri, name = element.uri, element.name
+        if uri == NS_STREAMS and name == "error":
+            self.log.info("Client {peer} closed its stream with an error: {error}", peer=self._t.getPeer(), error=element.toXml()[:200])
+            self._closed = True
+            self._t.loseConnection()
+        elif uri == NS_TLS and name == "starttls":
+            self._startTLS()
+        elif uri == NS_SASL:
+            self._sasl(element)
+        elif uri == NS_CLIENT and name in ("iq", "message", "presence"):
+            if self.address is None:
+                self._fail("not-authorized", "log in first")
+            elif self.session is None:
+                if name == "iq":
+                    self._iqBeforeBind(element)
+                else:
+                    self._fail("not-authorized", "bind a resource first")
+            else:
+                self._stanza(element)
+        else:
+            self._fail("unsupported-stanza-type", f"{name} is not understood here")
+
+    def _startTLS(self) -> None:
+        if self._tlsOptions is None or self.secure or self.address is not None:
+            self.send(domish.Element((NS_TLS, "failure")))
+            self._closed = True
+            self.send("</stream:stream>")
+            self._t.loseConnection()
+            return
+        self.send(domish.Element((NS_TLS, "proceed")))
+        self._t.startTLS(self._tlsOptions)
+        self._tls = True
+        self.reset()
+
+    def _sasl(self, element: domish.Element) -> None:
+        if self.address is not None or (self.config.requireTLS and not self.secure):
+            self._fail("policy-violation" if self.address is None else "not-authorized", "encrypt the stream first")
+            return
+        name = element.name
+        try:
+            if name == "auth":
+                mechanism = element.getAttribute("mechanism") or ""
+                if mechanism not in mechanismsFor(True, True):
+                    raise SASLFailure("invalid-mechanism")
+                if mechanism not in mechanismsFor(self.secure, self._plainAllowed()):
+                    raise SASLFailure("encryption-required")
+                self._mechanism = serverMechanism(
+                    mechanism, self.gateway.authenticator, self.gateway.domain, self.secure, allowPlaintext=self._plainAllowed()
+                )
+                data = _b64decode(str(element))
+            elif name == "response":
+                if self._mechanism is None:
+                    raise SASLFailure("malformed-request", "no exchange in progress")
+                data = _b64decode(str(element)) or b""
+            elif name == "abort":
+                if self._mechanism is not None:
+                    self._mechanism.abort()
+                self._mechanism = None
+                raise SASLFailure("aborted")
+            else:
+                raise SASLFailure("malformed-request")
+        except SASLFailure as e:
+            self._saslFailed(Failure(e))
+            return
+        self._mechanism.step(data).addCallbacks(self._saslStepped, self._saslFailed)
+
+    def _saslStepped(self, step: Any) -> None:
+        if self._closed:
+            return
+        if not step.complete:
+            challenge = domish.Element((NS_SASL, "challenge"))
+            challenge.addContent(_b64encode(step.challenge or b""))
+            self.send(challenge)
+            return
+        self._mechanism = None
+        self.address = step.address
+        success = domish.Element((NS_SASL, "success"))
+        if step.challenge:
+            success.addContent(_b64encode(step.challenge))
+        self.send(success)
+        self.setAuthenticated()
+        self.log.info("{address} authenticated from {peer}", address=self.address, peer=self._t.getPeer())
+        self.reset()
+
+    def _saslFailed(self, f: Failure) -> None:
+        self._mechanism = None
+        if self._closed:
+            return
+        if f.check(SASLFailure):
+            condition = f.value.condition  # type: ignore[union-attr]
+        else:
+            self.log.failure("SASL error", f)
+            condition = "temporary-auth-failure"
+        failure = domish.Element((NS_SASL, "failure"))
+        failure.addElement(condition)
+        self.send(failure)
+        if condition == "aborted":
+            return
+        self._authFailures += 1
+        self.log.info("c2s authentication failed from {peer}: {condition}", peer=self._t.getPeer(), condition=condition)
+        if self._authFailures >= self.config.maxAuthAttempts:
+            self._fail("policy-violation", "too many failed logins")
+
+    def _iqBeforeBind(self, iq: domish.Element) -> None:
+        bind = _child(iq, NS_BIND, "bind")
+        if iq.getAttribute("type") != "set" or bind is None:
+            self._error(iq, "not-authorized", "auth", "bind a resource first")
+            return
+        resource = None
+        requested = _child(bind, NS_BIND, "resource")
+        if requested is not None and str(requested).strip():
+            try:
+                resource = parseJID(f"x@{self.gateway.domain}/{str(requested).strip()}").resource
+            except InvalidJID:
+                self._error(iq, "bad-request", "modify", "invalid resource")
+                return
+            if resource is not None and len(resource) > MAX_RESOURCE_CHARS:
+                resource = None
+        assert self.address is not None
+        taken = {s.label for s in self.gateway.homeServer.sessionsOf(self.address)}
+        if not resource or resource in taken:
+            resource = (resource[:200] + "-" if resource else "imgateway-") + binascii.hexlify(os.urandom(4)).decode()
+        self.sessionLabel = resource
+        d = self.gateway.portal.login(SASLAuthenticated(self.address), self, ISession)
+
+        def bound(result: tuple[Any, ISession, Callable[[], None]]) -> None:
+            session = result[1]
+            if self._closed:
+                session.close("connection lost during bind")
+                return
+            self.session = session
+            self._uncount()
+            if self._loginTimer is not None and self._loginTimer.active():
+                self._loginTimer.cancel()
+            self._loginTimer = None
+            assert self.address is not None
+            self.fullJID = jidOf(self.address, resource)
+            reply = xmlstream.toResponse(iq, "result")
+            reply.addElement((NS_BIND, "bind")).addElement("jid", content=self.fullJID.full())
+            self.send(reply)
+            self.log.info("{jid} bound from {peer} as session {session}", jid=self.fullJID.full(), peer=self._t.getPeer(), session=session.sessionId)
+
+        def failed(f: Failure) -> None:
+            if f.check(TooManySessions):
+                self._error(iq, "resource-constraint", "wait", "too many sessions for this account")
+            else:
+                self.log.failure("Binding a resource", f)
+                self._error(iq, "internal-server-error", "cancel")
+
+        d.addCallbacks(bound, failed)
+
+    # -- stanzas after binding ----------------------------------------------------------
+
+    @property
+    def _session(self) -> ISession:
+        assert self.session is not None
+        return self.session
+
+    def _stanza(self, stanza: domish.Element) -> None:
+        name = stanza.name
+        try:
+            if name == "message":
+                self._message(stanza)
+            elif name == "presence":
+                self._presence_(stanza)
+            else:
+                self._iq(stanza)
+        except InvalidJID as e:
+            self._error(stanza, "jid-malformed", "modify", str(e))
+
+    def _to(self, stanza: domish.Element) -> JID | None:
+        to = stanza.getAttribute("to")
+        return parseJID(to) if to else None
+
+    def _message(self, stanza: domish.Element) -> None:
+        kind = stanza.getAttribute("type") or "normal"
+        if kind == "error":
+            return
+        to = self._to(stanza)
+        if to is None or to.user is None:
+            self._error(stanza, "service-unavailable", "cancel")
+            return
+        if kind == "groupchat":
+            self._error(stanza, "service-unavailable", "cancel", "group chat is not offered here")
+            return
+        body = _child(stanza, NS_CLIENT, "body")
+        if body is None or kind == "headline":
+            return  # chat states, receipts, headlines: nothing to deliver
+        recipient = addressOf(to)
+        messageId = stanza.getAttribute("id")
+        ours = messageId if messageId and len(messageId) <= 128 and messageId.isprintable() and " " not in messageId else None
+        d = self._session.sendMessage(recipient, str(body), "text/plain", ours)
+        d.addErrback(self._deliveryFailed, stanza)
+
+    def _deliveryFailed(self, f: Failure, stanza: domish.Element) -> None:
+        if f.check(DeliveryError):
+            spec, content = stanzaErrorFor(f.value)  # type: ignore[arg-type]
+            self._error(stanza, spec.condition, spec.type, f.value.text, content)  # type: ignore[union-attr]
+        elif f.check(InvalidAddress, ValueError):
+            self._error(stanza, "bad-request", "modify", str(f.value))
+        else:
+            self.log.failure("Delivering a message from {jid}", f, jid=self.fullJID)
+            self._error(stanza, "internal-server-error", "cancel")
+
+    def _presence_(self, stanza: domish.Element) -> None:
+        kind = stanza.getAttribute("type")
+        to = self._to(stanza)
+        if to is not None and kind in SUBSCRIPTION_KINDS:
+            self._subscription(SUBSCRIPTION_KINDS[kind], addressOf(to))
+            return
+        if to is not None or kind not in (None, "unavailable"):
+            return  # directed presence, probes, errors: not offered
+        show = _child(stanza, NS_CLIENT, "show")
+        status = _child(stanza, NS_CLIENT, "status")
+        presence = presenceFromXMPP(kind is None, str(show).strip() if show is not None else None, str(status) if status is not None else "")
+        self._publish(presence)
+        if kind is None and not self._available:
+            self._available = True
+            self._sendInitialState()
+        elif kind == "unavailable":
+            self._available = False
+
+    def _publish(self, presence: Presence) -> None:
+        if self._refresh is not None and self._refresh.active():
+            self._refresh.cancel()
+        self._refresh = None
+        self._presence = presence
+        granted = self._session.publish(presence)
+        if presence != OFFLINE:
+            # An XMPP presence lasts as long as the stream: renew the lease.
+            self._refresh = self.clock.callLater(granted * 0.8, self._republish)
+
+    def _republish(self) -> None:
+        self._refresh = None
+        if self.session is not None:
+            self._publish(self._presence)
+
+    def _sendInitialState(self) -> None:
+        """
+        After the client's initial presence: its contacts' presence and the
+        subscription requests waiting for an answer (RFC 6121 4.4.2, 3.1.3).
+        """
+        session = self._session
+
+        def contacts(views: list[ContactView]) -> None:
+            for view in views:
+                if view.presence.isOpen:
+                    self.presenceReceived(view.address, view.presence)
+
+        def requests(watchers: list[Address]) -> None:
+            for watcher in watchers:
+                self._sendSubscription(watcher, SubscriptionKind.SUBSCRIBE)
+
+        session.contacts().addCallback(contacts).addErrback(self._logFailure, "sending contacts' presence")
+        session.pendingRequests().addCallback(requests).addErrback(self._logFailure, "sending pending requests")
+
+    def _subscription(self, kind: SubscriptionKind, other: Address) -> None:
+        session = self._session
+        if kind is SubscriptionKind.SUBSCRIBE:
+            d: Deferred[Any] = session.subscribe(other)
+        elif kind is SubscriptionKind.AUTHORISE:
+            d = session.authorise(other, True)
+        elif kind is SubscriptionKind.REFUSE:
+            d = session.authorise(other, False)
+        else:
+            d = session.unsubscribe(other)
+        d.addErrback(self._subscriptionFailed, kind, other)
+
+    def _subscriptionFailed(self, f: Failure, kind: SubscriptionKind, other: Address) -> None:
+        if f.check(DeliveryError, InvalidAddress):
+            # RFC 6121 3.1.3: an undeliverable request is answered as refused.
+            if kind is SubscriptionKind.SUBSCRIBE:
+                self._sendSubscription(other, SubscriptionKind.REFUSE)
+            return
+        self._logFailure(f, "handling a subscription")
+
+    def _iq(self, iq: domish.Element) -> None:
+        kind = iq.getAttribute("type")
+        if kind in ("result", "error"):
+            return
+        if kind not in ("get", "set") or not iq.getAttribute("id"):
+            self._error(iq, "bad-request", "modify")
+            return
+        to = self._to(iq)
+        assert self.address is not None
+        if to is not None and not (to.user is None and to.host == self.gateway.domain) and not (to.resource is None and to.user is not None and addressOf(to) == self.address):
+            self._error(iq, "service-unavailable", "cancel")
+            return
+        child = iq.firstChildElement()
+        if child is None:
+            self._error(iq, "bad-request", "modify")
+            return
+        key = (kind, child.uri, child.name)
+        if key == ("get", NS_PING, "ping"):
+            self.send(xmlstream.toResponse(iq, "result"))
+        elif key == ("get", NS_DISCO_INFO, "query"):
+            reply = xmlstream.toResponse(iq, "result")
+            query = reply.addElement((NS_DISCO_INFO, "query"))
+            identity = query.addElement("identity")
+            if to is not None and to.user is not None:
+                identity["category"], identity["type"] = "account", "registered"
+            else:
+                identity["category"], identity["type"], identity["name"] = "server", "im", "imgateway"
+            for feature in FEATURES:
+                query.addElement("feature")["var"] = feature
+            self.send(reply)
+        elif key == ("get", NS_DISCO_ITEMS, "query"):
+            reply = xmlstream.toResponse(iq, "result")
+            reply.addElement((NS_DISCO_ITEMS, "query"))
+            self.send(reply)
+        elif key == ("get", NS_VERSION, "query"):
+            reply = xmlstream.toResponse(iq, "result")
+            query = reply.addElement((NS_VERSION, "query"))
+            query.addElement("name", content="imgateway")
+            query.addElement("version", content=__version__)
+            self.send(reply)
+        elif key == ("set", NS_SESSION, "session"):
+            self.send(xmlstream.toResponse(iq, "result"))
+        elif child.uri == NS_ROSTER and child.name == "query":
+            self._roster(iq, kind, child)
+        else:
+            self._error(iq, "service-unavailable", "cancel")
+
+    def _roster(self, iq: domish.Element, kind: str, query: domish.Element) -> None:
+        session = self._session
+        if kind == "get":
+
+            def got(views: list[ContactView]) -> None:
+                reply = xmlstream.toResponse(iq, "result")
+                q = reply.addElement((NS_ROSTER, "query"))
+                for view in views:
+                    q.addChild(_rosterItem(view))
+                self.send(reply)
+
+            session.contacts().addCallbacks(got, self._iqFailed, errbackArgs=(iq,))
+            return
+        items = [e for e in query.elements(NS_ROSTER, "item")]
+        if len(items) != 1:
+            self._error(iq, "bad-request", "modify", "one item per roster set")
+            return
+        item = items[0]
+        contact = addressOf(parseJID(item.getAttribute("jid") or ""))
+        if item.getAttribute("subscription") == "remove":
+            d: Deferred[Any] = session.unsubscribe(contact)
+            d.addCallback(lambda _: session.authorise(contact, False))
+        else:
+            name = " ".join((item.getAttribute("name") or "").split())[:256]
+            d = session.putContact(contact, name)
+        d.addCallbacks(lambda _: self.send(xmlstream.toResponse(iq, "result")), self._iqFailed, errbackArgs=(iq,))
+
+    def _iqFailed(self, f: Failure, iq: domish.Element) -> None:
+        if f.check(InvalidAddress, ValueError):
+            self._error(iq, "bad-request", "modify", str(f.value))
+        elif f.check(DeliveryError):
+            spec, content = stanzaErrorFor(f.value)  # type: ignore[arg-type]
+            self._error(iq, spec.condition, spec.type, f.value.text, content)  # type: ignore[union-attr]
+        else:
+            self.log.failure("Handling an IQ from {jid}", f, jid=self.fullJID)
+            self._error(iq, "internal-server-error", "cancel")
+
+    def _logFailure(self, f: Failure, doing: str) -> None:
+        self.log.failure("While {doing} for {jid}", f, doing=doing, jid=self.fullJID)
+
+    def _error(
+        self, stanza: domish.Element, condition: str, kind: str, text: str | None = None, content: str | None = None
+    ) -> None:
+        """
+        Answer a stanza with a stanza error (never an error with an error).
+        """
+        if stanza.getAttribute("type") == "error" or self._closed:
+            return
+        reply = error.StanzaError(condition, kind, text or None).toResponse(stanza)
+        if content:
+            for e in reply.elements(NS_CLIENT, "error"):
+                for c in e.elements(NS_STANZAS, condition):
+                    c.addContent(content)
+        if self.fullJID is not None and not reply.getAttribute("to"):
+            reply["to"] = self.fullJID.full()
+        self.send(reply)
+
+    # -- ISessionClient ----------------------------------------------------------------
+
+    def _stanzaTo(self, name: str, sender: Address) -> domish.Element:
+        stanza = domish.Element((NS_CLIENT, name))
+        stanza["from"] = str(sender)
+        if self.fullJID is not None:
+            stanza["to"] = self.fullJID.full()
+        return stanza
+
+    def messageReceived(self, message: Message) -> None:
+        stanza = self._stanzaTo("message", message.sender)
+        stanza["type"] = "chat"
+        stanza["id"] = message.messageId
+        stanza.addElement("body", content=xmlSafe(message.body))
+        self.send(stanza)
+
+    def presenceReceived(self, sender: Address, presence: Presence) -> None:
+        if not self._available or sender == self.address:
+            return
+        stanza = self._stanzaTo("presence", sender)
+        available, show, status = presenceToXMPP(presence)
+        if not available:
+            stanza["type"] = "unavailable"
+        if show:
+            stanza.addElement("show", content=show)
+        if status:
+            stanza.addElement("status", content=xmlSafe(status))
+        self.send(stanza)
+
+    def subscriptionReceived(self, event: SubscriptionEvent) -> None:
+        self._sendSubscription(event.sender, event.kind)
+
+    def _sendSubscription(self, other: Address, kind: SubscriptionKind) -> None:
+        stanza = self._stanzaTo("presence", other)
+        stanza["type"] = SUBSCRIPTION_TYPES[kind]
+        self.send(stanza)
+
+    def _rosterPush(self, item: domish.Element) -> None:
+        if self.fullJID is None:
+            return
+        push = domish.Element((NS_CLIENT, "iq"))
+        push["type"] = "set"
+        push["id"] = f"push{next(self._ids)}"
+        push["to"] = self.fullJID.full()
+        push.addElement((NS_ROSTER, "query")).addChild(item)
+        self.send(push)
+
+    def contactUpdated(self, contact: ContactView) -> None:
+        self._rosterPush(_rosterItem(contact))
+
+    def contactRemoved(self, contact: Address) -> None:
+        item = domish.Element((NS_ROSTER, "item"))
+        item["jid"] = str(contact)
+        item["subscription"] = "remove"
+        self._rosterPush(item)
+
+    def sessionClosed(self, reason: str) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            session.close(reason)
+        if reason == "shutdown":
+            self._fail("system-shutdown")
+        else:
+            self._fail("reset", reason)
+
+
+def _rosterItem(view: ContactView) -> domish.Element:
+    item = domish.Element((NS_ROSTER, "item"))
+    item["jid"] = str(view.address)
+    if view.displayName:
+        item["name"] = xmlSafe(view.displayName)
+    item["subscription"] = view.subscription.value
+    if view.pending:
+        item["ask"] = "subscribe"
+    return item
+
+
+def _child(element: domish.Element, uri: str, name: str) -> domish.Element | None:
+    for child in element.elements(uri, name):
+        return child  # type: ignore[no-any-return]
+    return None
+
+
+def _b64decode(text: str) -> bytes | None:
+    """
+    SASL data from XML: C{=} is an empty response, nothing is no initial
+    response (RFC 6120 6.4.2).
+    """
+    text = text.strip()
+    if not text:
+        return None
+    if text == "=":
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise SASLFailure("incorrect-encoding") from None
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii") if data else "="
+
+
+class C2SFactory(ServerFactory):
+    """
+    Builds L{C2SProtocol}s for the c2s listeners.
+
+    @ivar unauthenticated: Connections that have not bound a resource.
+    @ivar connections: Open connections.
+    """
+
+    def __init__(self, gateway: IGateway, config: C2SConfig, tls: IOpenSSLServerConnectionCreator | Any | None, clock: IReactorTime | None = None) -> None:
+        self.gateway = gateway
+        self.config = config
+        self.tls = tls
+        self.clock = clock if clock is not None else gateway.clock
+        self.unauthenticated = 0
+        self.connections: set[C2SProtocol] = set()
+
+    def sayGoodbye(self) -> None:
+        """
+        Close every stream with C{system-shutdown}.
+        """
+        for protocol in list(self.connections):
+            protocol.sessionClosed("shutdown")
+
+    def buildProtocol(self, addr: Any) -> C2SProtocol:  # type: ignore[override]
+        p = C2SProtocol(self.gateway, self.config, self.clock, self.tls)
+        p.factory = self
+        return p

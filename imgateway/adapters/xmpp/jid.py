@@ -1,0 +1,77 @@
+# -*- test-case-name: tests.test_xmpp_jid -*-
+"""
+JIDs from untrusted input, and their mapping to core addresses.
+
+Twisted's L{JID} applies stringprep but accepts an empty localpart and parts
+of any length (C{../shared/RELIABILITY-NOTES.md} finding 6); L{parseJID}
+adds RFC 7622's limits. L{internJID} is never used: its cache grows without
+bound.
+"""
+
+from __future__ import annotations
+
+from twisted.words.protocols.jabber.jid import JID, InvalidFormat
+
+from imgateway.core.address import Address
+from imgateway.core.errors import InvalidAddress
+
+__all__ = ["MAX_PART_BYTES", "InvalidJID", "addressOf", "jidOf", "parseJID"]
+
+#: Longest localpart, domainpart or resourcepart, in UTF-8 bytes (RFC 7622).
+MAX_PART_BYTES = 1023
+
+
+class InvalidJID(ValueError):
+    """
+    Not a valid JID (XMPP stanza error C{jid-malformed}).
+    """
+
+
+def parseJID(text: str) -> JID:
+    """
+    Parse and prepare a JID, with RFC 7622's limits.
+
+    @raise InvalidJID: If C{text} is not a valid JID.
+    """
+    if len(text) > 3 * (MAX_PART_BYTES + 1):
+        raise InvalidJID("JID too long")
+    bare, slash, resource = text.partition("/")
+    local, at, domain = bare.rpartition("@")
+    if at and not local:
+        raise InvalidJID("empty localpart")
+    if slash and not resource:
+        raise InvalidJID("empty resourcepart")
+    if not domain or domain.endswith("."):
+        domain = domain[:-1] if domain.endswith(".") else domain
+        if not domain:
+            raise InvalidJID("empty domainpart")
+    try:
+        jid = JID(tuple=(local or None, domain, resource or None))
+    except (InvalidFormat, UnicodeError, ValueError) as e:
+        raise InvalidJID(str(e) or "invalid JID") from None
+    for part in (jid.user, jid.host, jid.resource):
+        if part is not None and len(part.encode("utf-8")) > MAX_PART_BYTES:
+            raise InvalidJID(f"a JID part is longer than {MAX_PART_BYTES} bytes")
+    return jid
+
+
+def addressOf(jid: JID) -> Address:
+    """
+    The core address of a JID's bare form.
+
+    @raise InvalidJID: If the JID has no localpart, or its parts are not a
+        valid address.
+    """
+    if not jid.user:
+        raise InvalidJID(f"{jid.full()} names a server, not a user")
+    try:
+        return Address.fromParts(jid.user, jid.host)
+    except InvalidAddress as e:
+        raise InvalidJID(str(e)) from None
+
+
+def jidOf(address: Address, resource: str | None = None) -> JID:
+    """
+    The JID of an address (with a resource, for a full JID).
+    """
+    return JID(tuple=(address.local, address.domain, resource))

@@ -1,0 +1,154 @@
+# -*- test-case-name: tests.test_xmpp_mapping -*-
+"""
+The XMPP adapter's mappings, one table each: presence states to
+C{<show/>} and status text, delivery statuses to stanza errors, and
+subscription events to presence types.
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+from imgateway.core.errors import DeliveryError, DeliveryStatus, statusError
+from imgateway.core.events import SubscriptionKind
+from imgateway.core.presence import Presence, PresenceState
+
+__all__ = [
+    "ERRORS",
+    "PRESENCE",
+    "SUBSCRIPTION_TYPES",
+    "StanzaErrorSpec",
+    "deliveryErrorFor",
+    "presenceFromXMPP",
+    "presenceToXMPP",
+    "stanzaErrorFor",
+]
+
+
+@frozen
+class _Show:
+    show: str | None
+    label: str
+
+
+#: Presence state to C{<show/>} and the label that names the state in the
+#: status text when C{<show/>} alone cannot (DESIGN.md's table). C{None}
+#: for states sent as C{unavailable}.
+PRESENCE: dict[PresenceState, _Show | None] = {
+    PresenceState.ONLINE: _Show(None, ""),
+    PresenceState.BUSY: _Show("dnd", ""),
+    PresenceState.BE_RIGHT_BACK: _Show("away", "Be right back"),
+    PresenceState.AWAY: _Show("xa", ""),
+    PresenceState.ON_THE_PHONE: _Show("dnd", "On the phone"),
+    PresenceState.OUT_TO_LUNCH: _Show("xa", "Out to lunch"),
+    PresenceState.APPEAR_OFFLINE: None,
+    PresenceState.OFFLINE: None,
+}
+
+# <show/> to the state it means when the status text names no other.
+_SHOW_DEFAULT = {None: PresenceState.ONLINE, "chat": PresenceState.ONLINE, "dnd": PresenceState.BUSY, "away": PresenceState.AWAY, "xa": PresenceState.AWAY}
+
+
+def presenceToXMPP(presence: Presence) -> tuple[bool, str | None, str]:
+    """
+    @return: C{(available, show, status)}: whether it is an available
+        presence, its C{<show/>} (C{None} for none) and its status text (the
+        state's label, then the note).
+    """
+    spec = PRESENCE[presence.state]
+    if spec is None:
+        return (False, None, "")
+    if spec.label and presence.note:
+        status = f"{spec.label}: {presence.note}"
+    else:
+        status = spec.label or presence.note
+    return (True, spec.show, status)
+
+
+def presenceFromXMPP(available: bool, show: str | None, status: str) -> Presence:
+    """
+    The presence an XMPP C{<presence/>} stands for; the inverse of
+    L{presenceToXMPP} for every state XMPP can carry.
+    """
+    if not available:
+        return Presence(PresenceState.OFFLINE)
+    for state, spec in PRESENCE.items():
+        if spec is not None and spec.label and spec.show == show and (status == spec.label or status.startswith(spec.label + ": ")):
+            return Presence(state, status[len(spec.label) + 2 :][:1024])
+    state = _SHOW_DEFAULT.get(show, PresenceState.ONLINE)
+    return Presence(state, _note(status))
+
+
+def _note(status: str) -> str:
+    # Notes are one line of at most 1024 characters without control
+    # characters; a status text from elsewhere may be anything.
+    text = " ".join(status.split())
+    return "".join(c for c in text if c.isprintable())[:1024]
+
+
+@frozen
+class StanzaErrorSpec:
+    """
+    How one delivery status travels as an XMPP stanza error.
+    """
+
+    condition: str
+    type: str
+
+
+#: Delivery status to stanza error.
+ERRORS: dict[DeliveryStatus, StanzaErrorSpec] = {
+    DeliveryStatus.NO_SUCH_USER: StanzaErrorSpec("item-not-found", "cancel"),
+    DeliveryStatus.OFFLINE: StanzaErrorSpec("recipient-unavailable", "wait"),
+    DeliveryStatus.BLOCKED: StanzaErrorSpec("forbidden", "auth"),
+    DeliveryStatus.NOT_AUTHORISED: StanzaErrorSpec("not-authorized", "auth"),
+    DeliveryStatus.BUSY: StanzaErrorSpec("redirect", "modify"),
+    DeliveryStatus.LOOP_DETECTED: StanzaErrorSpec("undefined-condition", "cancel"),
+    DeliveryStatus.TOO_LARGE: StanzaErrorSpec("policy-violation", "modify"),
+    DeliveryStatus.RATE_LIMITED: StanzaErrorSpec("resource-constraint", "wait"),
+    DeliveryStatus.NO_ROUTE: StanzaErrorSpec("remote-server-not-found", "cancel"),
+    DeliveryStatus.SERVER_ERROR: StanzaErrorSpec("internal-server-error", "cancel"),
+}
+
+# Stanza error conditions from peers, to the status they stand for.
+_FROM_CONDITION: dict[str, DeliveryStatus] = {
+    **{spec.condition: status for status, spec in ERRORS.items()},
+    "service-unavailable": DeliveryStatus.OFFLINE,
+    "gone": DeliveryStatus.BUSY,
+    "jid-malformed": DeliveryStatus.NO_SUCH_USER,
+    "not-acceptable": DeliveryStatus.BLOCKED,
+    "not-allowed": DeliveryStatus.BLOCKED,
+    "remote-server-timeout": DeliveryStatus.NO_ROUTE,
+    "undefined-condition": DeliveryStatus.SERVER_ERROR,
+}
+
+
+def stanzaErrorFor(e: DeliveryError) -> tuple[StanzaErrorSpec, str | None]:
+    """
+    @return: The stanza error for a failed delivery, and the text to put in
+        the error's element content (the alternate contact of a
+        C{redirect}), if any.
+    """
+    spec = ERRORS.get(e.status, ERRORS[DeliveryStatus.SERVER_ERROR])
+    alternate = getattr(e, "alternate", None)
+    return spec, alternate if spec.condition == "redirect" else None
+
+
+def deliveryErrorFor(condition: str, text: str = "", content: str | None = None) -> DeliveryError:
+    """
+    The L{DeliveryError} a stanza error from a peer stands for.
+
+    @param content: The condition element's text (a C{redirect}'s URI).
+    """
+    status = _FROM_CONDITION.get(condition, DeliveryStatus.SERVER_ERROR)
+    return statusError(status, text or condition.replace("-", " "), content)
+
+
+#: Subscription event kinds to XMPP presence types, and back.
+SUBSCRIPTION_TYPES: dict[SubscriptionKind, str] = {
+    SubscriptionKind.SUBSCRIBE: "subscribe",
+    SubscriptionKind.AUTHORISE: "subscribed",
+    SubscriptionKind.UNSUBSCRIBE: "unsubscribe",
+    SubscriptionKind.REFUSE: "unsubscribed",
+}
+SUBSCRIPTION_KINDS = {v: k for k, v in SUBSCRIPTION_TYPES.items()}

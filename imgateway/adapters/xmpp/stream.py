@@ -1,0 +1,230 @@
+# -*- test-case-name: tests.test_xmpp_stream -*-
+"""
+A hardened XMPP XML stream: Twisted's L{XmlStream} with the limits that keep
+one hostile peer from stalling the reactor (C{../shared/TWISTED-NOTES.md}
+section 1.6).
+
+- No DTD, comment or processing instruction, and only XML 1.0 in UTF-8: the
+  stream is closed with C{<restricted-xml/>} (RFC 6120 section 11.1). A DTD
+  is refused before expat expands a single entity.
+- expat buffers character data (C{buffer_text}), so text arrives in large
+  chunks rather than one per line or entity, which makes domish's
+  text accumulation linear in practice.
+- Each stanza is capped in bytes and elements: small before authentication
+  (8 KiB, 32 elements, as ejabberd), larger after (256 KiB, as Prosody).
+  Past a cap the stream is closed with C{<policy-violation/>} and
+  C{<stanza-too-big xmlns='urn:xmpp:errors'/>}.
+- Stanzas are rate-limited by a token bucket: a peer that sends too fast has
+  its reading paused until it is within its allowance again (as Prosody's
+  mod_limits), rather than being cut off.
+- Characters that XML 1.0 forbids (C0 controls, lone surrogates, U+FFFE,
+  U+FFFF) never reach the wire: they are removed from everything sent.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python import failure
+from twisted.words.protocols.jabber import error, xmlstream
+from twisted.words.xish import domish
+from twisted.words.xish.xmlstream import STREAM_ERROR_EVENT
+
+from imgateway.core.ratelimit import TokenBucket
+
+__all__ = [
+    "NS_XMPP_ERRORS",
+    "HardenedXmlStream",
+    "RestrictedXML",
+    "StreamLimits",
+    "xmlSafe",
+]
+
+#: Application-specific stream error conditions (XEP-0205, RFC 6120 4.9.4).
+NS_XMPP_ERRORS = "urn:xmpp:errors"
+
+# Characters not allowed in XML 1.0 documents (section 2.2).
+_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xmlSafe(text: str) -> str:
+    """
+    Remove the characters XML 1.0 does not allow (IRC colour codes, NUL,
+    ...), so that a peer's parser never chokes on what we send.
+    """
+    return _ILLEGAL.sub("", text)
+
+
+class RestrictedXML(Exception):
+    """
+    The peer sent XML that XMPP forbids (a DTD, a comment, a processing
+    instruction, another encoding or version).
+    """
+
+
+class _StanzaTooBig(Exception):
+    pass
+
+
+@frozen
+class StreamLimits:
+    """
+    Caps applied to one XML stream.
+
+    @ivar preAuthStanzaBytes: Largest stanza (or stream header) before the
+        peer is authenticated, in bytes as received.
+    @ivar preAuthElements: Most elements in one stanza before authentication.
+    @ivar stanzaBytes: Largest stanza once authenticated.
+    @ivar elements: Most elements in one stanza once authenticated.
+    @ivar stanzasPerSecond: Sustained stanza rate allowed.
+    @ivar stanzaBurst: Stanzas allowed in a burst.
+    """
+
+    preAuthStanzaBytes: int = 8192
+    preAuthElements: int = 32
+    stanzaBytes: int = 262144
+    elements: int = 1000
+    stanzasPerSecond: float = 20.0
+    stanzaBurst: int = 50
+
+
+def _refuse(what: str) -> Any:
+    def handler(*args: object) -> None:
+        raise RestrictedXML(f"{what} not allowed (RFC 6120 section 11.1)")
+
+    return handler
+
+
+def _checkDeclaration(version: str | None, encoding: str | None, standalone: int) -> None:
+    if version not in (None, "1.0"):
+        raise RestrictedXML(f"XML version {version} not allowed; use 1.0")
+    if encoding is not None and encoding.upper().replace("_", "-") not in ("UTF-8", "UTF8"):
+        raise RestrictedXML(f"encoding {encoding} not allowed; use UTF-8")
+
+
+class HardenedXmlStream(xmlstream.XmlStream):
+    """
+    An XMPP L{XmlStream} with the hardening described in the module
+    docstring.
+
+    @ivar limits: The L{StreamLimits} in force.
+    @ivar clock: Times the rate limit's pauses.
+    @ivar authenticated: Whether the peer is authenticated (and so gets the
+        larger stanza caps); set it with L{setAuthenticated}.
+    """
+
+    log = Logger()
+
+    def __init__(self, authenticator: Any, limits: StreamLimits, clock: IReactorTime) -> None:
+        super().__init__(authenticator)
+        self.limits = limits
+        self.clock = clock
+        self.authenticated = False
+        self._bucket = TokenBucket(limits.stanzasPerSecond, limits.stanzaBurst, clock)
+        self._paused: IDelayedCall | None = None
+        self._failed = False
+
+    def _callLater(self, *args: Any, **kwargs: Any) -> IDelayedCall:
+        return self.clock.callLater(*args, **kwargs)
+
+    def _initializeStream(self) -> None:
+        super()._initializeStream()
+        es = self.stream
+        if not isinstance(es, domish.ExpatElementStream):
+            raise RuntimeError("the hardened XML stream needs expat (pyexpat)")
+        parser = es.parser
+        parser.buffer_text = True
+        parser.StartDoctypeDeclHandler = _refuse("DTD")
+        parser.EntityDeclHandler = _refuse("entity declaration")
+        parser.CommentHandler = _refuse("comment")
+        parser.ProcessingInstructionHandler = _refuse("processing instruction")
+        parser.XmlDeclHandler = _checkDeclaration
+        self._applyLimits()
+
+    def _applyLimits(self) -> None:
+        es = self.stream
+        if es is None:
+            return
+        l = self.limits
+        es.maxStanzaSize = l.stanzaBytes if self.authenticated else l.preAuthStanzaBytes
+        es.maxElementCount = l.elements if self.authenticated else l.preAuthElements
+
+    def setAuthenticated(self) -> None:
+        """
+        The peer is authenticated: apply the larger stanza caps.
+        """
+        self.authenticated = True
+        self._applyLimits()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._failed:
+            return
+        try:
+            if self.rawDataInFn:
+                self.rawDataInFn(data)
+            assert self.stream is not None
+            self.stream.parse(data)
+        except RestrictedXML as e:
+            self._streamFailed("restricted-xml", str(e))
+        except domish.ParserError as e:
+            text = str(e)
+            if text.startswith("Maximum"):
+                self._streamFailed("policy-violation", text, tooBig=True)
+            else:
+                self._streamFailed("not-well-formed", text)
+
+    def _streamFailed(self, condition: str, text: str, tooBig: bool = False) -> None:
+        self._failed = True
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self.log.info("Closing XML stream from {peer}: {condition} ({text})", peer=peer, condition=condition, text=text)
+        appCondition = domish.Element((NS_XMPP_ERRORS, "stanza-too-big")) if tooBig else None
+        streamError = error.StreamError(condition, text=text[:200], appCondition=appCondition)
+        self.dispatch(failure.Failure(streamError), STREAM_ERROR_EVENT)
+        self.sendStreamError(streamError)
+
+    def onElement(self, element: domish.Element) -> None:
+        if self._failed:
+            return
+        if not self._bucket.consume():
+            self._pauseReading()
+        self.elementReceived(element)
+
+    def elementReceived(self, element: domish.Element) -> None:
+        """
+        A top-level element (stanza or nonza) arrived, within the rate
+        limit. Dispatches it to the stream's observers; subclasses may
+        handle it directly instead.
+        """
+        xmlstream.XmlStream.onElement(self, element)
+
+    def _pauseReading(self) -> None:
+        if self._paused is not None or self.transport is None:
+            return
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._paused = self.clock.callLater(max(self._bucket.retryAfter(), 0.05), self._resumeReading)
+
+    def _resumeReading(self) -> None:
+        self._paused = None
+        if self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: failure.Failure = failure.Failure(ConnectionError())) -> None:
+        if self._paused is not None and self._paused.active():
+            self._paused.cancel()
+        self._paused = None
+        super().connectionLost(reason)
+
+    def send(self, obj: Any) -> None:
+        if domish.IElement.providedBy(obj):
+            obj = obj.toXml(
+                prefixes=self.prefixes,
+                defaultUri=self.namespace,
+                prefixesInScope=list(self.prefixes.values()),
+            )
+        if isinstance(obj, str):
+            obj = xmlSafe(obj)
+        super().send(obj)

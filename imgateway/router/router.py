@@ -40,6 +40,7 @@ class Router:
 
     @ivar localDomains: Domains whose route is in this process (no hop is
         counted when delivering to them).
+    @ivar defaultRoute: Where events for other domains go, or C{None}.
     """
 
     log = Logger()
@@ -50,6 +51,7 @@ class Router:
         seenMessages: int = DEFAULT_SEEN_MESSAGES,
     ) -> None:
         self._routes: dict[str, IRoute] = {}
+        self.defaultRoute: IRoute | None = None
         self.localDomains: set[str] = set()
         self._maxHops = maxHops
         self._seenLimit = seenMessages
@@ -73,14 +75,25 @@ class Router:
         self.localDomains.discard(domain)
 
     def routeFor(self, domain: str) -> IRoute | None:
-        return self._routes.get(domain)
+        return self._routes.get(domain, self.defaultRoute)
+
+    def setDefaultRoute(self, route: IRoute | None) -> None:
+        """
+        Send events for every domain without a route of its own to
+        C{route} (for example XMPP federation); C{None} removes it.
+
+        @raise ValueError: If another default route is set.
+        """
+        if route is not None and self.defaultRoute is not None and self.defaultRoute is not route:
+            raise ValueError("the router already has a default route")
+        self.defaultRoute = route
 
     def deliver(self, event: Event) -> Deferred[DeliveryStatus]:
         """
         Deliver C{event} through the route of its recipient's domain.
         """
         domain = event.recipient.domain
-        route = self._routes.get(domain)
+        route = self._routes.get(domain, self.defaultRoute)
         if route is None:
             return fail(NoRoute(f"no route to {domain}"))
         if event.hops > self._maxHops:

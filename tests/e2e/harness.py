@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,7 +32,7 @@ from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint, ITC
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from imgateway.adapters.native.framing import FrameParser, FramingError, Limits, Request, Response
 from imgateway.client.protocol import ClientObserver, NativeClientProtocol, connect
@@ -54,6 +55,7 @@ __all__ = [
     "openConnection",
     "rawConnect",
     "reactor",
+    "requirePeer",
     "sleep",
     "tlsClientEndpoint",
     "tlsServerEndpoint",
@@ -132,6 +134,31 @@ def freePort() -> int:
         return cast(int, s.getsockname()[1])
     finally:
         s.close()
+
+
+def requirePeer(testCase: TestCase, command: str, package: str | None = None) -> str:
+    """
+    Find the program of a real third-party peer (a server such as Prosody
+    or ngircd) that a test needs.
+
+    A missing peer skips the test, except when the environment variable
+    C{CI} is set (to anything but the empty string): then the test fails,
+    so that CI cannot pass by skipping what it was meant to run.
+
+    @param command: The program's name, looked up on C{PATH}.
+    @param package: The Debian package that provides it, for the message
+        (C{command} when C{None}).
+    @return: The program's path.
+    @raise SkipTest: If it is missing and C{CI} is not set.
+    @raise testCase.failureException: If it is missing and C{CI} is set.
+    """
+    path = shutil.which(command)
+    if path is not None:
+        return path
+    why = f"{command} is not installed (install the Debian package {package or command}; run-tests.sh does as root)"
+    if os.environ.get("CI"):
+        testCase.fail(f"{why}; CI is set, so a test that needs this peer fails instead of skipping")
+    raise SkipTest(why)
 
 
 def _accepts(port: int, host: str = "127.0.0.1") -> bool:

@@ -1,0 +1,400 @@
+"""
+Unit tests for the XMPP c2s face (L{imgateway.adapters.xmpp.c2s}) on a fake
+transport and clock, over a memory gateway. Real clients over real TLS are
+in C{tests/e2e/test_xmpp_c2s.py}.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.words.xish import domish
+from zope.interface.verify import verifyObject
+
+from imgateway.adapters.xmpp.adapter import XMPPAdapter
+from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory
+from imgateway.auth.sasl import clientMechanism
+from imgateway.config import ConfigTable
+from imgateway.core.errors import ConfigError
+from imgateway.core.presence import Presence, PresenceState
+from imgateway.interfaces import IProtocolAdapter, ISessionClient
+from imgateway.testing import RecordingSessionClient, addUser, memoryGateway
+
+HEADER = (
+    "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+    "xmlns:stream='http://etherx.jabber.org/streams' to='corp.example' version='1.0'>"
+)
+LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+class Client:
+    """
+    The client end of one c2s connection: write XML, read what the server
+    wrote as elements.
+    """
+
+    def __init__(self, factory: C2SFactory, peer: IPv4Address = LOOPBACK) -> None:
+        self.transport = StringTransport(peerAddress=peer, hostAddress=IPv4Address("TCP", "127.0.0.1", 5222))
+        self.protocol = factory.buildProtocol(peer)
+        self.protocol.makeConnection(self.transport)
+        self._restart()
+
+    def _restart(self) -> None:
+        self.stream = domish.elementStream()
+        self.root: domish.Element | None = None
+        self.elements: list[domish.Element] = []
+        self.stream.DocumentStartEvent = self._started
+        self.stream.ElementEvent = self.elements.append
+        self.stream.DocumentEndEvent = lambda: None
+
+    def _started(self, root: domish.Element) -> None:
+        self.root = root
+
+    def write(self, data: str) -> None:
+        self.protocol.dataReceived(data.encode("utf-8"))
+
+    def read(self) -> list[domish.Element]:
+        data = self.transport.value()
+        self.transport.clear()
+        self.stream.parse(data)
+        out, self.elements[:] = list(self.elements), []
+        return out
+
+    def text(self) -> str:
+        data = self.transport.value().decode("utf-8")
+        return data
+
+    def open(self) -> domish.Element:
+        """
+        Send a stream header; return the features.
+        """
+        self._restart()
+        self.write(HEADER)
+        [features] = self.read()
+        return features
+
+    def login(self, user: str, password: str, mechanism: str = "SCRAM-SHA-256") -> None:
+        self.open()
+        mech = clientMechanism(mechanism, user, password)
+        self.write(
+            f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>"
+            f"{base64.b64encode(mech.start()).decode()}</auth>"
+        )
+        while True:
+            [reply] = self.read()
+            if reply.name == "challenge":
+                data = mech.step(base64.b64decode(str(reply)))
+                self.write(f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{base64.b64encode(data).decode() or '='}</response>")
+            else:
+                break
+        assert reply.name == "success", reply.toXml()
+        mech.verifyFinal(base64.b64decode(str(reply)) if str(reply) not in ("", "=") else b"")
+
+    def bind(self, user: str, password: str, resource: str = "desk") -> str:
+        self.login(user, password)
+        features = self.open()
+        assert any(e.name == "bind" for e in features.elements()), features.toXml()
+        self.write(
+            "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+            f"<resource>{resource}</resource></bind></iq>"
+        )
+        [result] = self.read()
+        assert result["type"] == "result", result.toXml()
+        return str(next(result.elements()).firstChildElement())
+
+
+class C2STestsMixin:
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.gateway = memoryGateway(self.clock)
+        self.alice = addUser(self.gateway, "alice", "alice-pw")
+        self.bob = addUser(self.gateway, "bob", "bob-pw")
+        self.factory = C2SFactory(self.gateway, C2SConfig(requireTLS=False), None, self.clock)
+
+    def client(self) -> Client:
+        return Client(self.factory)
+
+    def bound(self, user: str = "alice", resource: str = "desk") -> Client:
+        c = self.client()
+        c.bind(user, f"{user}-pw", resource)
+        return c
+
+
+class NegotiationTests(C2STestsMixin, SynchronousTestCase):
+    """
+    Stream headers, features, SASL and binding.
+    """
+
+    def test_interfaces(self) -> None:
+        """
+        The protocol is an L{ISessionClient}; the plugin an
+        L{IProtocolAdapter}.
+        """
+        verifyObject(ISessionClient, self.client().protocol)
+        verifyObject(IProtocolAdapter, XMPPAdapter())
+
+    def test_features(self) -> None:
+        """
+        Before login the server offers SASL (PLAIN on loopback too); after,
+        resource binding.
+        """
+        features = self.client().open()
+        [mechanisms] = [e for e in features.elements() if e.name == "mechanisms"]
+        self.assertEqual([str(m) for m in mechanisms.elements()], ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"])
+
+    def test_bind(self) -> None:
+        """
+        SCRAM login then binding gives the full JID asked for; the home
+        server has the session.
+        """
+        c = self.client()
+        self.assertEqual(c.bind("alice", "alice-pw", "laptop"), "alice@corp.example/laptop")
+        [session] = self.gateway.homeServer.sessionsOf(self.alice)
+        self.assertEqual(session.label, "laptop")
+
+    def test_resourceConflict(self) -> None:
+        """
+        A resource already in use gets a different one.
+        """
+        self.bound("alice", "desk")
+        jid = self.bound("alice", "desk").protocol.fullJID
+        assert jid is not None
+        self.assertNotEqual(jid.resource, "desk")
+        self.assertTrue(jid.resource.startswith("desk-"))
+
+    def test_wrongPassword(self) -> None:
+        """
+        A wrong password gets a SASL failure; three close the stream.
+        """
+        c = self.client()
+        c.open()
+        for _ in range(3):
+            mech = clientMechanism("PLAIN", "alice", "nope")
+            c.write(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{base64.b64encode(mech.start()).decode()}</auth>")
+        out = c.text()
+        self.assertEqual(out.count("<not-authorized/>"), 3)
+        self.assertIn("policy-violation", out)
+        self.assertTrue(c.transport.disconnecting)
+
+    def test_badHost(self) -> None:
+        """
+        A stream to another domain is refused with host-unknown.
+        """
+        c = self.client()
+        c.write(HEADER.replace("corp.example", "other.example"))
+        self.assertIn("host-unknown", c.text())
+        self.assertTrue(c.transport.disconnecting)
+
+    def test_badNamespace(self) -> None:
+        """
+        A stream in the server namespace on the c2s port is refused.
+        """
+        c = self.client()
+        c.write(HEADER.replace("jabber:client", "jabber:server"))
+        self.assertIn("invalid-namespace", c.text())
+
+    def test_stanzaBeforeLogin(self) -> None:
+        """
+        A message before login closes the stream with not-authorized.
+        """
+        c = self.client()
+        c.open()
+        c.write("<message to='bob@corp.example'><body>hi</body></message>")
+        self.assertIn("not-authorized", c.text())
+        self.assertTrue(c.transport.disconnecting)
+
+    def test_loginTimeout(self) -> None:
+        """
+        A connection that does not bind in time is closed with
+        connection-timeout.
+        """
+        c = self.client()
+        c.open()
+        self.clock.advance(C2SConfig().loginTimeout)
+        self.assertIn("connection-timeout", c.text())
+
+    def test_restrictedXML(self) -> None:
+        """
+        A DTD is refused with restricted-xml before any entity is expanded.
+        """
+        c = self.client()
+        c.write("<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'aaaa'>]>" + HEADER[21:])
+        self.assertIn("restricted-xml", c.text())
+
+
+class SessionTests(C2STestsMixin, SynchronousTestCase):
+    """
+    Roster, presence and messages of a bound resource.
+    """
+
+    def test_messageToNativeUser(self) -> None:
+        """
+        A chat message reaches a session of another face.
+        """
+        c = self.bound()
+        bob = RecordingSessionClient()
+        session = self.successResultOf(self.gateway.homeServer.openSession(self.bob, bob))
+        session.publish(Presence())
+        c.write("<message to='bob@corp.example' type='chat' id='m1'><body>hello</body></message>")
+        [m] = bob.messages
+        self.assertEqual((str(m.sender), m.body, m.messageId), ("alice@corp.example", "hello", "m1"))
+
+    def test_messageErrors(self) -> None:
+        """
+        Failed deliveries come back as stanza errors from the table.
+        """
+        c = self.bound()
+        c.write("<message to='ghost@corp.example' type='chat' id='m1'><body>x</body></message>")
+        c.write("<message to='bob@corp.example' type='chat' id='m2'><body>x</body></message>")
+        c.write("<message to='@bad' type='chat' id='m3'><body>x</body></message>")
+        errors = c.read()
+        conditions = [e.firstChildElement().name if False else [x for x in e.elements() if x.name == "error"][0].firstChildElement().name for e in errors]
+        self.assertEqual(conditions, ["item-not-found", "recipient-unavailable", "jid-malformed"])
+        self.assertEqual([e["id"] for e in errors], ["m1", "m2", "m3"])
+
+    def test_messageFromNativeUser(self) -> None:
+        """
+        A message to the user arrives as a chat message with the sender's
+        bare JID; characters XML forbids are removed.
+        """
+        c = self.bound()
+        c.write("<presence/>")
+        c.read()
+        session = self.successResultOf(self.gateway.homeServer.openSession(self.bob, RecordingSessionClient()))
+        self.successResultOf(session.sendMessage(self.alice, "hi\x02 there"))
+        [m] = [e for e in c.read() if e.name == "message"]
+        self.assertEqual((m["from"], m["to"], str(next(m.elements()))), ("bob@corp.example", "alice@corp.example/desk", "hi there"))
+
+    def test_presenceAndRoster(self) -> None:
+        """
+        Subscribing through presence adds a roster item (pushed), the other
+        side's authorisation shows as subscription 'to', and its presence
+        (busy) arrives as dnd with its note.
+        """
+        c = self.bound()
+        c.write("<presence><show>away</show><status>gone</status></presence>")
+        self.assertEqual(self.gateway.homeServer.presenceOf(self.alice), Presence(PresenceState.AWAY, "gone"))
+        c.read()
+        bobClient = RecordingSessionClient()
+        bob = self.successResultOf(self.gateway.homeServer.openSession(self.bob, bobClient))
+        bob.publish(Presence(PresenceState.BUSY, "meeting"))
+        c.write("<presence to='bob@corp.example' type='subscribe'/>")
+        self.successResultOf(bob.authorise(self.alice, True))
+        out = c.read()
+        pushes = [e for e in out if e.name == "iq"]
+        self.assertEqual(pushes[-1].firstChildElement().firstChildElement()["subscription"], "to")
+        presences = [e for e in out if e.name == "presence" and e.getAttribute("type") is None]
+        self.assertEqual([(p["from"], str(p.show), str(p.status)) for p in presences], [("bob@corp.example", "dnd", "meeting")])
+        c.write("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>")
+        [roster] = c.read()
+        [item] = roster.firstChildElement().elements()
+        self.assertEqual((item["jid"], item["subscription"]), ("bob@corp.example", "to"))
+
+    def test_rosterSetAndRemove(self) -> None:
+        """
+        A roster set adds a named contact without a request; a remove takes
+        it away.
+        """
+        c = self.bound()
+        c.write("<iq type='set' id='s1'><query xmlns='jabber:iq:roster'><item jid='bob@corp.example' name='Bob'/></query></iq>")
+        out = c.read()
+        self.assertEqual([e["type"] for e in out if e.name == "iq"], ["set", "result"])
+        [session] = self.gateway.homeServer.sessionsOf(self.alice)
+        [view] = self.successResultOf(session.contacts())
+        self.assertEqual((str(view.address), view.displayName, view.pending), ("bob@corp.example", "Bob", False))
+        c.write("<iq type='set' id='s2'><query xmlns='jabber:iq:roster'><item jid='bob@corp.example' subscription='remove'/></query></iq>")
+        c.read()
+        self.assertEqual(self.successResultOf(session.contacts()), [])
+
+    def test_pingDiscoVersion(self) -> None:
+        """
+        The server answers ping, disco#info and version; other IQs get
+        service-unavailable.
+        """
+        c = self.bound()
+        c.write("<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>")
+        c.write("<iq type='get' id='d' to='corp.example'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        c.write("<iq type='get' id='v'><query xmlns='jabber:iq:version'/></iq>")
+        c.write("<iq type='get' id='x'><vCard xmlns='vcard-temp'/></iq>")
+        c.write("<iq type='get' id='y' to='bob@corp.example/x'><ping xmlns='urn:xmpp:ping'/></iq>")
+        out = c.read()
+        self.assertEqual([(e["id"], e["type"]) for e in out], [("p", "result"), ("d", "result"), ("v", "result"), ("x", "error"), ("y", "error")])
+        self.assertIn("urn:xmpp:ping", out[1].toXml())
+
+    def test_pendingRequestsOnInitialPresence(self) -> None:
+        """
+        A request that arrived before the client's initial presence is sent
+        once the client is available.
+        """
+        c = self.bound()
+        bob = self.successResultOf(self.gateway.homeServer.openSession(self.bob, RecordingSessionClient()))
+        self.successResultOf(bob.subscribe(self.alice))
+        c.read()
+        c.write("<presence/>")
+        subs = [e for e in c.read() if e.name == "presence" and e.getAttribute("type") == "subscribe"]
+        self.assertEqual([s["from"] for s in subs], ["bob@corp.example"])
+
+    def test_leaseRenewed(self) -> None:
+        """
+        The face renews the presence lease while the stream lasts.
+        """
+        c = self.bound()
+        c.write("<presence/>")
+        self.clock.advance(self.gateway.homeServer.config.presenceLease * 3)
+        self.assertEqual(self.gateway.homeServer.presenceOf(self.alice), Presence())
+        c.protocol.connectionLost()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_shutdown(self) -> None:
+        """
+        When the home server closes all sessions, the stream ends with
+        system-shutdown.
+        """
+        c = self.bound()
+        self.gateway.homeServer.closeAll("shutdown")
+        self.assertIn("system-shutdown", c.text())
+        self.assertEqual(self.gateway.homeServer.users(), [])
+
+
+class ConfigTests(SynchronousTestCase):
+    """
+    The C{[xmpp]} table.
+    """
+
+    def parse(self, table: dict[str, object]) -> object:
+        t = ConfigTable(table, "x.toml [xmpp]", ".")
+        config = XMPPAdapter().parseConfig(t, MemoryReactor())
+        t.finish()
+        return config
+
+    def test_tlsRequiredNeedsCertificate(self) -> None:
+        """
+        By default TLS is required, so a certificate must be configured.
+        """
+        e = self.assertRaises(ConfigError, self.parse, {})
+        self.assertIn("require_tls", str(e))
+
+    def test_withoutTLS(self) -> None:
+        """
+        With require_tls = false no certificate is needed.
+        """
+        config = self.parse({"require_tls": False})
+        self.assertEqual(config.c2s.listen, C2SConfig().listen)  # type: ignore[attr-defined]
+
+    def test_missingFiles(self) -> None:
+        """
+        Certificate files that cannot be read are named.
+        """
+        e = self.assertRaises(ConfigError, self.parse, {"certificate": "/nonexistent.pem", "private_key": "/nonexistent.key"})
+        self.assertIn("certificate: cannot read /nonexistent.pem", str(e))
+
+    def test_limitsChecked(self) -> None:
+        """
+        Stanza caps below what XMPP needs are refused.
+        """
+        self.assertRaises(ConfigError, self.parse, {"require_tls": False, "stanza_bytes": 100})
+        self.assertRaises(ConfigError, self.parse, {"require_tls": False, "pre_auth_stanza_bytes": 10})

@@ -104,7 +104,7 @@ class Client:
         )
         [result] = self.read()
         assert result["type"] == "result", result.toXml()
-        return str(next(result.elements()).firstChildElement())
+        return str(next(result.elements()).firstChildElement())  # type: ignore[no-any-return]
 
 
 class C2STestsMixin:
@@ -164,7 +164,7 @@ class NegotiationTests(C2STestsMixin, SynchronousTestCase):
         jid = self.bound("alice", "desk").protocol.fullJID
         assert jid is not None
         self.assertNotEqual(jid.resource, "desk")
-        self.assertTrue(jid.resource.startswith("desk-"))
+        self.assertTrue((jid.resource or "").startswith("desk-"))
 
     def test_wrongPassword(self) -> None:
         """

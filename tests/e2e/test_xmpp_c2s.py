@@ -7,7 +7,9 @@ verified certificate, and talks with a native-protocol user.
 from __future__ import annotations
 
 import os
+from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from imgateway.core.presence import PresenceState
@@ -40,8 +42,8 @@ class XMPPGateway:
         self.gw.addUsers(PASSWORDS)
         self.testCase = testCase
 
-    def agent(self, user: str, password: str | None = None, **kwargs: object) -> object:
-        options: dict[str, object] = {"tls": "starttls", "caFile": self.caPath}
+    def agent(self, user: str, password: str | None = None, **kwargs: Any) -> Deferred[XMPPAgent]:
+        options: dict[str, Any] = {"tls": "starttls", "caFile": self.caPath}
         options.update(kwargs)
         return connectAgent(
             self.testCase,
@@ -67,7 +69,7 @@ class C2SEndToEndTests(TestCase):
         x = XMPPGateway(self)
         await x.gw.start()
         alice, aliceSees = await x.gw.client("alice", PASSWORDS["alice"])
-        bob = await x.agent("bob")  # type: ignore[misc]
+        bob = await x.agent("bob")
 
         await alice.subscribe("bob@corp.example", "Bob")
         await bob.waitForSubscribe("alice@corp.example")
@@ -97,7 +99,7 @@ class C2SEndToEndTests(TestCase):
         """
         x = XMPPGateway(self)
         await x.gw.start()
-        bob = await x.agent("bob")  # type: ignore[misc]
+        bob = await x.agent("bob")
         bob.message("ghost@corp.example", "anyone?")
         bob.message("alice@corp.example", "are you there?")
         ghost = await bob.waitForEvent("message", sender="ghost@corp.example", type="error")
@@ -125,7 +127,7 @@ class C2SEndToEndTests(TestCase):
         x = XMPPGateway(self)
         await x.gw.start()
         alice, aliceSees = await x.gw.client("alice", PASSWORDS["alice"])
-        bob = await x.agent("bob")  # type: ignore[misc]
+        bob = await x.agent("bob")
         raw = await rawConnect(self, f"tcp:127.0.0.1:{x.xmppPort}")
         bomb = "<!DOCTYPE lolz [<!ENTITY lol 'lol'>" + "".join(
             f"<!ENTITY lol{i} '{('&lol' + (str(i - 1) if i > 1 else '') + ';') * 10}'>" for i in range(1, 9)

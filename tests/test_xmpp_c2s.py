@@ -65,8 +65,8 @@ class Client:
         return out
 
     def text(self) -> str:
-        data = self.transport.value().decode("utf-8")
-        return data
+        data: bytes = self.transport.value()
+        return data.decode("utf-8")
 
     def open(self) -> domish.Element:
         """
@@ -104,7 +104,7 @@ class Client:
         )
         [result] = self.read()
         assert result["type"] == "result", result.toXml()
-        return str(next(result.elements()).firstChildElement())  # type: ignore[no-any-return]
+        return str(next(result.elements()).firstChildElement())
 
 
 class C2STestsMixin:

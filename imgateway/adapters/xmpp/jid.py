@@ -10,6 +10,8 @@ bound.
 
 from __future__ import annotations
 
+import re
+
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 
 from imgateway.core.address import Address
@@ -19,6 +21,10 @@ __all__ = ["MAX_PART_BYTES", "InvalidJID", "addressOf", "jidOf", "parseJID"]
 
 #: Longest localpart, domainpart or resourcepart, in UTF-8 bytes (RFC 7622).
 MAX_PART_BYTES = 1023
+
+# The label separators of a domain name (RFC 3490 section 3.1), as Twisted's
+# nameprep splits on them.
+_DOTS = re.compile("[.\u3002\uff0e\uff61]")
 
 
 class InvalidJID(ValueError):
@@ -41,14 +47,24 @@ def parseJID(text: str) -> JID:
         raise InvalidJID("empty localpart")
     if slash and not resource:
         raise InvalidJID("empty resourcepart")
-    if not domain or domain.endswith("."):
-        domain = domain[:-1] if domain.endswith(".") else domain
-        if not domain:
-            raise InvalidJID("empty domainpart")
+    labels = _DOTS.split(domain)
+    if len(labels) > 1 and not labels[-1]:
+        # The root label is implicit: "corp.example." is "corp.example".
+        del labels[-1]
+    if not any(labels):
+        raise InvalidJID("empty domainpart")
+    if not all(labels):
+        raise InvalidJID("empty label in domainpart")
     try:
-        jid = JID(tuple=(local or None, domain, resource or None))
-    except (InvalidFormat, UnicodeError, ValueError) as e:
+        jid = JID(tuple=(local or None, ".".join(labels), resource or None))
+    except (InvalidFormat, ValueError) as e:
         raise InvalidJID(str(e) or "invalid JID") from None
+    except IndexError:
+        # Twisted's nameprep, on a label that preparation empties ("\u00ad").
+        raise InvalidJID("empty label in domainpart") from None
+    if (local and not jid.user) or (resource and not jid.resource):
+        # Preparation removed every character ("\u200b@corp.example").
+        raise InvalidJID("empty part after preparation")
     for part in (jid.user, jid.host, jid.resource):
         if part is not None and len(part.encode("utf-8")) > MAX_PART_BYTES:
             raise InvalidJID(f"a JID part is longer than {MAX_PART_BYTES} bytes")

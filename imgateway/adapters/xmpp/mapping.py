@@ -7,15 +7,19 @@ subscription events to presence types.
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 from attrs import frozen
 
 from imgateway.core.errors import DeliveryError, DeliveryStatus, statusError
 from imgateway.core.events import SubscriptionKind
-from imgateway.core.presence import Presence, PresenceState
+from imgateway.core.presence import MAX_NOTE_CHARS, Presence, PresenceState
 
 __all__ = [
     "ERRORS",
     "PRESENCE",
+    "SUBSCRIPTION_KINDS",
     "SUBSCRIPTION_TYPES",
     "StanzaErrorSpec",
     "deliveryErrorFor",
@@ -74,16 +78,22 @@ def presenceFromXMPP(available: bool, show: str | None, status: str) -> Presence
         return Presence(PresenceState.OFFLINE)
     for state, spec in PRESENCE.items():
         if spec is not None and spec.label and spec.show == show and (status == spec.label or status.startswith(spec.label + ": ")):
-            return Presence(state, status[len(spec.label) + 2 :][:1024])
+            return Presence(state, _note(status[len(spec.label) + 2 :]))
     state = _SHOW_DEFAULT.get(show, PresenceState.ONLINE)
     return Presence(state, _note(status))
 
 
+_LINE_BREAK = re.compile("\r\n|[\n\r\x0b\x0c\x85]")
+
+
 def _note(status: str) -> str:
-    # Notes are one line of at most 1024 characters without control
-    # characters; a status text from elsewhere may be anything.
-    text = " ".join(status.split())
-    return "".join(c for c in text if c.isprintable())[:1024]
+    # A note is one line of at most 1024 characters without control
+    # characters but tab (Presence refuses the rest); a status text from a
+    # client may hold anything. Change only what a note may not hold, so
+    # that every note comes back as it was sent.
+    text = _LINE_BREAK.sub(" ", status)
+    text = "".join(c for c in text if c == "\t" or unicodedata.category(c) not in ("Cc", "Cs"))
+    return text[:MAX_NOTE_CHARS]
 
 
 @frozen

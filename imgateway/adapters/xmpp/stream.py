@@ -13,10 +13,14 @@ section 1.6).
 - Each stanza is capped in bytes and elements: small before authentication
   (8 KiB, 32 elements, as ejabberd), larger after (256 KiB, as Prosody).
   Past a cap the stream is closed with C{<policy-violation/>} and
-  C{<stanza-too-big xmlns='urn:xmpp:errors'/>}.
+  C{<stanza-too-big xmlns='urn:xmpp:errors'/>}. Bytes are counted from
+  expat's positions, so the cap does not depend on how the peer's bytes
+  are cut into reads (Twisted's own C{maxStanzaSize} is only checked
+  between reads and lets a stanza that arrives in one read through).
 - Stanzas are rate-limited by a token bucket: a peer that sends too fast has
   its reading paused until it is within its allowance again (as Prosody's
-  mod_limits), rather than being cut off.
+  mod_limits), rather than being cut off. Stanzas that arrive together in
+  one read are each charged, so pipelining does not beat the limit.
 - Characters that XML 1.0 forbids (C0 controls, lone surrogates, U+FFFE,
   U+FFFF) never reach the wire: they are removed from everything sent.
 """
@@ -24,6 +28,7 @@ section 1.6).
 from __future__ import annotations
 
 import re
+import sys
 from typing import Any
 
 from attrs import frozen
@@ -67,7 +72,9 @@ class RestrictedXML(Exception):
 
 
 class _StanzaTooBig(Exception):
-    pass
+    """
+    More bytes than the stanza cap, in a stanza or between two stanzas.
+    """
 
 
 @frozen
@@ -75,10 +82,18 @@ class StreamLimits:
     """
     Caps applied to one XML stream.
 
-    @ivar preAuthStanzaBytes: Largest stanza (or stream header) before the
-        peer is authenticated, in bytes as received.
+    @ivar preAuthStanzaBytes: Largest stanza before the peer is
+        authenticated, in bytes as received since the previous stanza
+        ended, so including the whitespace before it (and the XML
+        declaration and stream header, for the first stanza of a stream).
+        A stanza ends at the first byte of its closing tag, or after the
+        last byte of an empty-element tag such as C{<presence/>}: a closing
+        tag counts toward the next stanza. The count is exact whatever the
+        reads: a stanza is refused at its end, and bytes still open are
+        checked after every read.
     @ivar preAuthElements: Most elements in one stanza before authentication.
-    @ivar stanzaBytes: Largest stanza once authenticated.
+    @ivar stanzaBytes: Largest stanza once authenticated, counted the same
+        way.
     @ivar elements: Most elements in one stanza once authenticated.
     @ivar stanzasPerSecond: Sustained stanza rate allowed.
     @ivar stanzaBurst: Stanzas allowed in a burst.
@@ -126,7 +141,13 @@ class HardenedXmlStream(xmlstream.XmlStream):
         self.authenticated = False
         self._bucket = TokenBucket(limits.stanzasPerSecond, limits.stanzaBurst, clock)
         self._paused: IDelayedCall | None = None
+        # Stanzas dispatched past the rate limit, not yet paid for.
+        self._owed = 0
         self._failed = False
+        # Bytes given to the current parser, and the parser's byte position
+        # where the last stanza ended (see StreamLimits).
+        self._received = 0
+        self._mark = 0
 
     def _callLater(self, *args: Any, **kwargs: Any) -> IDelayedCall:
         return self.clock.callLater(*args, **kwargs)
@@ -143,6 +164,26 @@ class HardenedXmlStream(xmlstream.XmlStream):
         parser.CommentHandler = _refuse("comment")
         parser.ProcessingInstructionHandler = _refuse("processing instruction")
         parser.XmlDeclHandler = _checkDeclaration
+        # Count stanza bytes ourselves (see _checkSize): domish's count is
+        # only checked between reads, after being reset at every stanza
+        # end, so it never sees a stanza that arrives in one read.
+        es.maxStanzaSize = sys.maxsize
+        self._received = 0
+        self._mark = 0
+        parsing: domish.ExpatElementStream = es
+        endElement = parser.EndElementHandler
+        assert endElement is not None
+
+        def onEndElement(name: str) -> None:
+            # (A parser replaced by reset() mid-read counts no more.)
+            if self.stream is parsing and parsing.currElem is not None and parsing.currElem.parent is None:
+                # A stanza ends. expat's position is the start of its
+                # closing tag (the end of an empty-element tag).
+                self._checkSize(parser.CurrentByteIndex)
+                self._mark = parser.CurrentByteIndex
+            endElement(name)
+
+        parser.EndElementHandler = onEndElement
         self._applyLimits()
 
     def _applyLimits(self) -> None:
@@ -150,7 +191,6 @@ class HardenedXmlStream(xmlstream.XmlStream):
         if es is None:
             return
         l = self.limits
-        es.maxStanzaSize = l.stanzaBytes if self.authenticated else l.preAuthStanzaBytes
         es.maxElementCount = l.elements if self.authenticated else l.preAuthElements
 
     def setAuthenticated(self) -> None:
@@ -160,6 +200,17 @@ class HardenedXmlStream(xmlstream.XmlStream):
         self.authenticated = True
         self._applyLimits()
 
+    def _checkSize(self, position: int) -> None:
+        """
+        Refuse more bytes than the stanza cap between the end of the last
+        stanza and C{position} (byte positions in what the current parser
+        was given).
+        """
+        l = self.limits
+        cap = l.stanzaBytes if self.authenticated else l.preAuthStanzaBytes
+        if position - self._mark > cap:
+            raise _StanzaTooBig(f"Maximum stanza size exceeded ({cap} bytes)")
+
     def dataReceived(self, data: bytes) -> None:
         if self._failed:
             return
@@ -167,9 +218,15 @@ class HardenedXmlStream(xmlstream.XmlStream):
             if self.rawDataInFn:
                 self.rawDataInFn(data)
             assert self.stream is not None
+            self._received += len(data)
             self.stream.parse(data)
+            # What is still open (a stanza, the header, whitespace) may
+            # not exceed the cap either.
+            self._checkSize(self._received)
         except RestrictedXML as e:
             self._streamFailed("restricted-xml", str(e))
+        except _StanzaTooBig as e:
+            self._streamFailed("policy-violation", str(e), tooBig=True)
         except domish.ParserError as e:
             text = str(e)
             if text.startswith("Maximum"):
@@ -190,6 +247,7 @@ class HardenedXmlStream(xmlstream.XmlStream):
         if self._failed:
             return
         if not self._bucket.consume():
+            self._owed += 1
             self._pauseReading()
         self.elementReceived(element)
 
@@ -205,11 +263,21 @@ class HardenedXmlStream(xmlstream.XmlStream):
         if self._paused is not None or self.transport is None:
             return
         self.transport.pauseProducing()  # type: ignore[attr-defined]
-        self._paused = self.clock.callLater(max(self._bucket.retryAfter(), 0.05), self._resumeReading)
+        self._schedulePayment()
+
+    def _schedulePayment(self) -> None:
+        # Wait until the bucket can pay for what is owed, a burst at most
+        # at a time (the bucket never holds more).
+        wait = self._bucket.retryAfter(min(self._owed, self.limits.stanzaBurst))
+        self._paused = self.clock.callLater(max(wait, 0.05), self._resumeReading)
 
     def _resumeReading(self) -> None:
         self._paused = None
-        if self.transport is not None:
+        while self._owed and self._bucket.consume():
+            self._owed -= 1
+        if self._owed:
+            self._schedulePayment()
+        elif self.transport is not None:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: failure.Failure = failure.Failure(ConnectionError())) -> None:

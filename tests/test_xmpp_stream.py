@@ -1,0 +1,1050 @@
+# -*- test-case-name: tests.test_xmpp_stream -*-
+"""
+Tests for L{imgateway.adapters.xmpp.stream}: the hardened XMPP XML stream.
+
+Hostile inputs are sized so that an unhardened Twisted stream would block
+for many seconds on them (C{../shared/RELIABILITY-NOTES.md} section 0,
+finding 1): a regression shows up as a suite that suddenly takes minutes,
+never as a timed assertion. Figures, hardened against plain, come from
+C{bench/xmpp_parser_probe.py}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, protocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.words.protocols.jabber import error, xmlstream
+from twisted.words.xish import domish
+from twisted.words.xish.xmlstream import STREAM_CONNECTED_EVENT, STREAM_END_EVENT, STREAM_ERROR_EVENT
+
+from imgateway.adapters.xmpp.stream import (
+    NS_XMPP_ERRORS,
+    HardenedXmlStream,
+    RestrictedXML,
+    StreamLimits,
+    xmlSafe,
+)
+
+DECLARATION = b"<?xml version='1.0'?>"
+
+#: A client's stream header, without the XML declaration.
+OPEN = (
+    b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
+    b" to='corp.example' version='1.0'>"
+)
+
+#: A client's stream header, as slixmpp and most clients send it.
+HEADER = DECLARATION + OPEN
+
+#: A first stanza: what follows it is counted from its end.
+FIRST = b"<presence id='first'/>"
+
+MiB = 1024 * 1024
+
+#: What Twisted's TCP transport hands to C{dataReceived} at most.
+READ = 65536
+
+
+def billionLaughs(levels: int, fanout: int = 10) -> bytes:
+    """
+    A stream whose DTD nests C{levels} entities, each C{fanout} times the
+    one before, with a stanza that uses the outermost one. Six levels of
+    ten (649 bytes) block an unhardened domish parser for about 283 s.
+    """
+    entities = "<!ENTITY l0 'lol'>" + "".join(
+        f"<!ENTITY l{i} '{f'&l{i - 1};' * fanout}'>" for i in range(1, levels + 1)
+    )
+    dtd = f"<!DOCTYPE stream:stream [{entities}]>".encode()
+    return DECLARATION + dtd + OPEN + f"<message><body>&l{levels};</body></message>".encode()
+
+
+def emptyStanza(size: int) -> bytes:
+    """
+    An empty-element stanza, C{<presence id='xx...'/>}, of exactly C{size}
+    bytes.
+    """
+    shell = b"<presence id=''/>"
+    return b"<presence id='" + b"x" * (size - len(shell)) + b"'/>"
+
+
+def messageUpToClosingTag(size: int) -> bytes:
+    """
+    A C{<message/>} whose bytes before its closing C{</message>} number
+    exactly C{size}.
+    """
+    head, tail = b"<message><body>", b"</body>"
+    return head + b"x" * (size - len(head) - len(tail)) + tail + b"</message>"
+
+
+def stanzaWithElements(count: int, nested: bool = False) -> bytes:
+    """
+    A C{<message/>} of C{count} elements in all, the message itself
+    included: C{count - 1} children, or a chain C{count - 1} deep.
+    """
+    if nested:
+        return b"<message>" + b"<x>" * (count - 1) + b"</x>" * (count - 1) + b"</message>"
+    return b"<message>" + b"<x/>" * (count - 1) + b"</message>"
+
+
+def chunks(data: bytes, size: int) -> list[bytes]:
+    """
+    C{data} cut in pieces of C{size} bytes, as a transport would deliver it.
+    """
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+class HeaderAuthenticator(xmlstream.ListenAuthenticator):
+    """
+    Answers the peer's stream header with ours, and does nothing else.
+
+    It does not call L{xmlstream.ListenAuthenticator.streamStarted}, which
+    interns the untrusted C{to} attribute forever.
+    """
+
+    def streamStarted(self, rootElement: domish.Element) -> None:
+        xmlstream.Authenticator.streamStarted(self, rootElement)
+        xs = self.xmlstream
+        assert xs is not None
+        xs.namespace = rootElement.defaultUri
+        xs.sid = "s1"
+        xs.sendHeader()
+
+
+class Output:
+    """
+    What a stream wrote, parsed back with expat.
+
+    @ivar root: The stream header, if one was written.
+    @ivar elements: The top-level elements written.
+    @ivar closed: Whether the stream was closed with C{</stream:stream>}.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        es = domish.elementStream()
+        self.root: domish.Element | None = None
+        self.elements: list[domish.Element] = []
+        self.closed = False
+
+        def start(root: domish.Element) -> None:
+            self.root = root
+
+        def end() -> None:
+            self.closed = True
+
+        es.DocumentStartEvent = start
+        es.ElementEvent = self.elements.append
+        es.DocumentEndEvent = end
+        es.parse(data)
+
+    def streamError(self) -> tuple[str | None, list[tuple[str, str]], str | None]:
+        """
+        @return: The stream error's condition, the qualified names of its
+            application conditions, and its text; all C{None} (and no
+            conditions) if no stream error was written.
+        """
+        for element in self.elements:
+            if (element.uri, element.name) == (xmlstream.NS_STREAMS, "error"):
+                condition = text = None
+                apps = []
+                for child in element.elements():
+                    if child.uri == error.NS_XMPP_STREAMS:
+                        if child.name == "text":
+                            text = str(child)
+                        else:
+                            condition = child.name
+                    else:
+                        apps.append((child.uri, child.name))
+                return condition, apps, text
+        return None, [], None
+
+
+class StreamTestCase(SynchronousTestCase):
+    """
+    Connects a L{HardenedXmlStream} to a L{StringTransport} and a L{Clock}.
+    """
+
+    def connect(self, limits: StreamLimits = StreamLimits(), authenticated: bool = False) -> tuple[HardenedXmlStream, StringTransport, list[domish.Element]]:
+        """
+        @return: The stream, its transport, and the list every top-level
+            element it dispatches is appended to.
+        """
+        clock = self.clock = Clock()
+        xs = HardenedXmlStream(HeaderAuthenticator(), limits, clock)
+        received: list[domish.Element] = []
+        xs.addObserver("/*", received.append)
+        self.streamErrors: list[Failure] = []
+        xs.addObserver(STREAM_ERROR_EVENT, self.streamErrors.append)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        xs.makeConnection(transport)
+        if authenticated:
+            xs.setAuthenticated()
+        # Nothing may be left scheduled once the test is over.
+        self.addCleanup(lambda: self.assertEqual(clock.getDelayedCalls(), []))
+        return xs, transport, received
+
+    def feed(self, xs: HardenedXmlStream, *pieces: bytes) -> None:
+        """
+        Deliver C{pieces} one C{dataReceived} call each.
+        """
+        for piece in pieces:
+            xs.dataReceived(piece)
+
+    def assertStreamError(self, transport: StringTransport, condition: str, tooBig: bool = False) -> Output:
+        """
+        The stream wrote a stream error with C{condition} (and
+        C{<stanza-too-big/>} if C{tooBig}), closed the stream and is
+        dropping the connection.
+        """
+        out = Output(transport.value())
+        got, apps, text = out.streamError()
+        self.assertEqual(got, condition)
+        self.assertEqual(apps, [(NS_XMPP_ERRORS, "stanza-too-big")] if tooBig else [])
+        self.assertTrue(text)
+        self.assertTrue(out.closed)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.streamErrors), 1)
+        reported = self.streamErrors[0].value
+        assert isinstance(reported, error.StreamError)
+        self.assertEqual(reported.condition, condition)
+        return out
+
+    def assertOpen(self, transport: StringTransport) -> None:
+        """
+        The stream is still up: no stream error, not disconnecting.
+        """
+        self.assertEqual(Output(transport.value()).streamError()[0], None)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.streamErrors, [])
+
+
+class HeaderTests(StreamTestCase):
+    """
+    The plain path: a client's header is answered and stanzas dispatched.
+    """
+
+    def test_headerAnswered(self) -> None:
+        """
+        A client's stream header is answered with ours, and its stanzas
+        are dispatched to the observers.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, b"<message to='bob@corp.example'><body>hi</body></message>")
+        out = Output(transport.value())
+        assert out.root is not None
+        self.assertEqual((out.root.uri, out.root.name), (xmlstream.NS_STREAMS, "stream"))
+        self.assertEqual(out.root.defaultUri, "jabber:client")
+        self.assertEqual([str(e.body) for e in received], ["hi"])
+        self.assertOpen(transport)
+
+    def test_utf8DeclarationAccepted(self) -> None:
+        """
+        An explicit UTF-8 encoding declaration, in any usual spelling, is
+        accepted.
+        """
+        for encoding in (b"UTF-8", b"utf-8", b"utf8"):
+            xs, transport, received = self.connect()
+            self.feed(xs, b"<?xml version='1.0' encoding='" + encoding + b"'?>" + OPEN + b"<presence/>")
+            self.assertEqual(len(received), 1, encoding)
+            self.assertOpen(transport)
+
+    def test_noDeclarationAccepted(self) -> None:
+        """
+        The XML declaration is optional.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, OPEN, b"<presence/>")
+        self.assertEqual(len(received), 1)
+        self.assertOpen(transport)
+
+    def test_failureStopsParsing(self) -> None:
+        """
+        Once the stream has failed, further data is ignored: nothing more
+        is dispatched or written.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, b"<<<")
+        written = transport.value()
+        self.feed(xs, b"<presence/>", b"<<<")
+        self.assertEqual(transport.value(), written)
+        self.assertEqual(received, [])
+        self.assertStreamError(transport, "not-well-formed")
+
+
+class RestrictedXMLTests(StreamTestCase):
+    """
+    What RFC 6120 section 11.1 forbids closes the stream with
+    C{<restricted-xml/>}.
+    """
+
+    def assertRestricted(self, *pieces: bytes) -> list[domish.Element]:
+        xs, transport, received = self.connect()
+        self.feed(xs, *pieces)
+        self.assertStreamError(transport, "restricted-xml")
+        return received
+
+    def test_billionLaughs(self) -> None:
+        """
+        A DTD with six levels of nested entities (about 283 s of CPU for an
+        unhardened parser) is refused before a single entity is expanded.
+        """
+        self.assertEqual(self.assertRestricted(billionLaughs(6)), [])
+
+    def test_billionLaughsDeep(self) -> None:
+        """
+        Nine levels (10^9 expansions) are refused the same way.
+        """
+        self.assertEqual(self.assertRestricted(billionLaughs(9)), [])
+
+    def test_billionLaughsBytewise(self) -> None:
+        """
+        The DTD is refused when it arrives one byte at a time, too.
+        """
+        self.assertEqual(self.assertRestricted(*chunks(billionLaughs(6), 1)), [])
+
+    def test_internalEntity(self) -> None:
+        """
+        A DTD declaring a single internal entity is refused, so the entity
+        never reaches a stanza.
+        """
+        dtd = b"<!DOCTYPE stream:stream [<!ENTITY name 'expanded'>]>"
+        received = self.assertRestricted(DECLARATION + dtd + OPEN, b"<message><body>&name;</body></message>")
+        self.assertEqual(received, [])
+
+    def test_externalEntity(self) -> None:
+        """
+        A DTD declaring an external entity (XXE) is refused.
+        """
+        dtd = b"<!DOCTYPE stream:stream [<!ENTITY xxe SYSTEM 'file:///etc/hostname'>]>"
+        self.assertRestricted(DECLARATION + dtd + OPEN + b"<message><body>&xxe;</body></message>")
+
+    def test_bareDoctype(self) -> None:
+        """
+        Even a DOCTYPE with no internal subset is refused.
+        """
+        self.assertRestricted(DECLARATION + b"<!DOCTYPE stream:stream>" + OPEN)
+
+    def test_entityDeclarationHandler(self) -> None:
+        """
+        The parser refuses entity declarations on their own as well, in
+        case a DTD ever gets past the DOCTYPE check.
+        """
+        xs, transport, received = self.connect()
+        assert xs.stream is not None
+        handler = xs.stream.parser.EntityDeclHandler
+        self.assertRaises(RestrictedXML, handler, "name", 0, "value", None, None, None, None)
+
+    def test_commentBetweenStanzas(self) -> None:
+        """
+        A comment between two stanzas closes the stream: the stanza before
+        it is dispatched, the one after it is not.
+        """
+        received = self.assertRestricted(HEADER, b"<presence id='1'/><!-- hello --><presence id='2'/>")
+        self.assertEqual([e["id"] for e in received], ["1"])
+
+    def test_commentBeforeHeader(self) -> None:
+        """
+        A comment before the stream header closes the stream.
+        """
+        self.assertRestricted(DECLARATION + b"<!-- hello -->" + OPEN)
+
+    def test_commentInStanza(self) -> None:
+        """
+        A comment inside a stanza closes the stream, and the stanza is not
+        dispatched.
+        """
+        received = self.assertRestricted(HEADER, b"<message><body>a<!-- b -->c</body></message>")
+        self.assertEqual(received, [])
+
+    def test_processingInstruction(self) -> None:
+        """
+        A processing instruction between stanzas closes the stream.
+        """
+        self.assertRestricted(HEADER, b"<?xml-stylesheet href='a.xsl'?>")
+
+    def test_processingInstructionBeforeHeader(self) -> None:
+        """
+        A processing instruction before the stream header closes the
+        stream.
+        """
+        self.assertRestricted(DECLARATION + b"<?evil?>" + OPEN)
+
+    def test_xml11(self) -> None:
+        """
+        An XML 1.1 declaration closes the stream.
+        """
+        self.assertRestricted(b"<?xml version='1.1'?>" + OPEN)
+
+    def test_latin1(self) -> None:
+        """
+        Any encoding but UTF-8 closes the stream.
+        """
+        self.assertRestricted(b"<?xml version='1.0' encoding='ISO-8859-1'?>" + OPEN)
+
+    def test_utf16Declared(self) -> None:
+        """
+        Declaring UTF-16 closes the stream too.
+        """
+        self.assertRestricted(b"<?xml version='1.0' encoding='UTF-16'?>" + OPEN)
+
+    def test_errorBeforeHeaderStillAHeader(self) -> None:
+        """
+        When the error comes before the peer's stream header, ours is still
+        sent first, so the peer can parse the error (RFC 6120 4.9.1.1).
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, b"<?xml version='1.1'?>" + OPEN)
+        out = self.assertStreamError(transport, "restricted-xml")
+        assert out.root is not None
+        self.assertEqual((out.root.uri, out.root.name), (xmlstream.NS_STREAMS, "stream"))
+
+
+class NotWellFormedTests(StreamTestCase):
+    """
+    Input that is not XML closes the stream with C{<not-well-formed/>}.
+    """
+
+    def assertNotWellFormed(self, *pieces: bytes) -> None:
+        xs, transport, received = self.connect()
+        self.feed(xs, *pieces)
+        self.assertStreamError(transport, "not-well-formed")
+        self.assertEqual(received, [])
+
+    def test_garbage(self) -> None:
+        """
+        Angle-bracket garbage after the header.
+        """
+        self.assertNotWellFormed(HEADER, b"<<<>>>")
+
+    def test_garbageInsteadOfHeader(self) -> None:
+        """
+        An HTTP request instead of a stream header.
+        """
+        self.assertNotWellFormed(b"GET / HTTP/1.1\r\nHost: corp.example\r\n\r\n")
+
+    def test_nul(self) -> None:
+        """
+        A NUL byte in a stanza.
+        """
+        self.assertNotWellFormed(HEADER, b"<message><body>a\x00b</body></message>")
+
+    def test_controlCharacter(self) -> None:
+        """
+        A C0 control character (an IRC colour code) in a stanza.
+        """
+        self.assertNotWellFormed(HEADER, b"<message><body>\x03" b"4red</body></message>")
+
+    def test_invalidUTF8(self) -> None:
+        """
+        Bytes that are not UTF-8.
+        """
+        self.assertNotWellFormed(HEADER, b"<message><body>\xff\xfe</body></message>")
+
+    def test_undefinedEntity(self) -> None:
+        """
+        An entity reference other than the five predefined ones.
+        """
+        self.assertNotWellFormed(HEADER, b"<message><body>&nbsp;</body></message>")
+
+    def test_unboundPrefix(self) -> None:
+        """
+        An element with an undeclared prefix.
+        """
+        self.assertNotWellFormed(HEADER, b"<foo:message/>")
+
+    def test_doctypeAfterHeader(self) -> None:
+        """
+        A DOCTYPE after the stream header is not XML at all, so expat
+        reports it as not well-formed rather than as a DTD.
+        """
+        self.assertNotWellFormed(HEADER, b"<!DOCTYPE x [<!ENTITY a 'b'>]>")
+
+    def test_declarationAfterHeader(self) -> None:
+        """
+        An XML declaration after the stream header (a second document
+        glued on) is not well-formed either.
+        """
+        self.assertNotWellFormed(HEADER, b"<?xml version='1.0'?>")
+
+    def test_mismatchedTag(self) -> None:
+        """
+        A closing tag that does not match.
+        """
+        self.assertNotWellFormed(HEADER, b"<message></presence>")
+
+
+class StanzaSizeTests(StreamTestCase):
+    """
+    Stanzas are capped in bytes: 8 KiB before authentication and 256 KiB
+    after, by default.
+
+    How bytes are counted (L{StreamLimits}): the bytes received since the
+    previous stanza ended, so with the whitespace before the stanza, and
+    with the XML declaration and stream header for the first stanza of a
+    stream. A stanza ends at the first byte of its closing tag, or after
+    an empty-element tag such as C{<presence/>}; so a closing tag counts
+    toward the next stanza. The count does not depend on how the bytes are
+    cut into reads: a complete stanza is checked when it ends, and what is
+    still open after each read.
+
+    Most tests send C{<presence/>} first, so that the stanza under test is
+    counted from its own first byte.
+    """
+
+    def test_firstStanzaIncludesHeader(self) -> None:
+        """
+        The first stanza of a stream is counted with the XML declaration
+        and stream header before it: they and an 8192-byte stanza together
+        are accepted, one byte more is refused.
+        """
+        size = 8192 - len(HEADER)
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, emptyStanza(size))
+        self.assertEqual(len(received), 1)
+        self.assertOpen(transport)
+
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, emptyStanza(size + 1))
+        self.assertStreamError(transport, "policy-violation", tooBig=True)
+        self.assertEqual(received, [])
+
+    def test_preAuthBoundaryOneRead(self) -> None:
+        """
+        Before authentication an 8192-byte stanza arriving in one read is
+        accepted; 8193 bytes are refused with C{<policy-violation/>} and
+        C{<stanza-too-big/>}.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER + FIRST, emptyStanza(8192))
+        self.assertEqual(len(received), 2)
+        self.assertOpen(transport)
+
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER + FIRST, emptyStanza(8193))
+        self.assertStreamError(transport, "policy-violation", tooBig=True)
+        self.assertEqual(len(received), 1)
+
+    def test_preAuthBoundaryInPieces(self) -> None:
+        """
+        The boundary is the same when the stanza arrives in pieces of any
+        size, or in one read with what came before it.
+        """
+        for pieceSize in (8193, 1000, 7, 1):
+            xs, transport, received = self.connect()
+            self.feed(xs, *chunks(HEADER + FIRST + emptyStanza(8192), pieceSize))
+            self.assertEqual(len(received), 2, pieceSize)
+            self.assertOpen(transport)
+
+            xs, transport, received = self.connect()
+            self.feed(xs, *chunks(HEADER + FIRST + emptyStanza(8193), pieceSize))
+            self.assertStreamError(transport, "policy-violation", tooBig=True)
+
+    def test_whitespaceCounts(self) -> None:
+        """
+        Whitespace between two stanzas counts toward the second.
+        """
+        stanza = b"<presence/>"
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, FIRST, b" " * (8192 - len(stanza)), stanza)
+        self.assertEqual(len(received), 2)
+        self.assertOpen(transport)
+
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, FIRST + b" " * (8193 - len(stanza)) + stanza)
+        self.assertStreamError(transport, "policy-violation", tooBig=True)
+        self.assertEqual(len(received), 1)
+
+    def test_closingTag(self) -> None:
+        """
+        A stanza with content is counted up to its closing tag (8192 bytes
+        accepted, 8193 refused), and the closing tag counts toward the next
+        stanza.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, FIRST, messageUpToClosingTag(8192))
+        self.assertEqual(len(received), 2)
+        self.assertOpen(transport)
+
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, FIRST, messageUpToClosingTag(8193))
+        self.assertStreamError(transport, "policy-violation", tooBig=True)
+
+        closing = len(b"</message>")
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, FIRST, messageUpToClosingTag(100), emptyStanza(8192 - closing))
+        self.assertEqual(len(received), 3)
+        self.assertOpen(transport)
+
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, FIRST, messageUpToClosingTag(100), emptyStanza(8193 - closing))
+        self.assertStreamError(transport, "policy-violation", tooBig=True)
+
+    def test_largeStanzaInOneRead(self) -> None:
+        """
+        A 60 KiB stanza that arrives whole in one read is refused before
+        authentication. (Twisted's own cap, C{maxStanzaSize}, is checked
+        only between reads, after being reset at the end of every stanza,
+        so it let such a stanza through.)
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, b"<message><body>" + b"x" * 60000 + b"</body></message>")
+        self.assertStreamError(transport, "policy-violation", tooBig=True)
+        self.assertEqual(received, [])
+
+    def test_countResetsPerStanza(self) -> None:
+        """
+        Each stanza is counted on its own: many stanzas at the cap, together
+        far over it, are all accepted, in one read or in pieces.
+        """
+        stanzas = emptyStanza(8192) * 20
+        for pieces in ([stanzas], chunks(stanzas, READ), chunks(stanzas, 1000)):
+            xs, transport, received = self.connect()
+            self.feed(xs, HEADER + FIRST, *pieces)
+            self.assertEqual(len(received), 21)
+            self.assertOpen(transport)
+
+    def test_openBytesCapped(self) -> None:
+        """
+        Bytes that are not yet a complete stanza are capped after every
+        read: a header and whitespace of 8192 bytes in all are accepted,
+        8193 are refused.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER + b" " * (8192 - len(HEADER)))
+        self.assertOpen(transport)
+
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER + b" " * (8193 - len(HEADER)))
+        self.assertStreamError(transport, "policy-violation", tooBig=True)
+
+    def test_openStanzaCapped(self) -> None:
+        """
+        A stanza that never ends is refused at the first read that takes
+        it past the cap.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER + FIRST, b"<message><body>")
+        for i in range(8):
+            self.feed(xs, b"x" * 1000)
+        self.assertOpen(transport)
+        self.feed(xs, b"x" * 1000)
+        self.assertStreamError(transport, "policy-violation", tooBig=True)
+
+    def test_oversizedHeader(self) -> None:
+        """
+        A stream header padded with attributes beyond the cap is refused,
+        however it is cut.
+        """
+        header = OPEN[:-1] + b" pad='" + b"x" * 9000 + b"'>"
+        for pieces in ([header], chunks(header, 1000)):
+            xs, transport, received = self.connect()
+            self.feed(xs, *pieces)
+            self.assertStreamError(transport, "policy-violation", tooBig=True)
+
+    def test_postAuthBoundary(self) -> None:
+        """
+        After authentication the cap is C{stanzaBytes}: 256 KiB by default.
+        """
+        xs, transport, received = self.connect(authenticated=True)
+        self.feed(xs, HEADER + FIRST, *chunks(emptyStanza(262144), READ))
+        self.assertEqual(len(received), 2)
+        self.assertOpen(transport)
+
+        xs, transport, received = self.connect(authenticated=True)
+        self.feed(xs, HEADER + FIRST, *chunks(emptyStanza(262145), READ))
+        self.assertStreamError(transport, "policy-violation", tooBig=True)
+
+    def test_authenticatedMidStream(self) -> None:
+        """
+        L{HardenedXmlStream.setAuthenticated} raises the cap for the
+        stanzas that follow on the same stream.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, FIRST)
+        xs.setAuthenticated()
+        self.feed(xs, emptyStanza(100000))
+        self.assertEqual(len(received), 2)
+        self.assertOpen(transport)
+
+    def test_authenticatedSurvivesRestart(self) -> None:
+        """
+        After a stream restart (SASL success, STARTTLS), the new parser
+        keeps the authenticated caps.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER)
+        xs.setAuthenticated()
+        xs.reset()
+        self.feed(xs, HEADER, emptyStanza(100000))
+        self.assertEqual(len(received), 1)
+        self.assertOpen(transport)
+
+    def test_restartResetsCount(self) -> None:
+        """
+        A stream restart starts the byte count afresh: what came before it
+        does not count toward the new header.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER + b" " * (8000 - len(HEADER)))
+        xs.reset()
+        self.feed(xs, HEADER + b" " * (8000 - len(HEADER)), b"<presence/>")
+        self.assertEqual(len(received), 1)
+        self.assertOpen(transport)
+
+    def test_resetMidRead(self) -> None:
+        """
+        A stream restart from an observer in the middle of a read (as on
+        STARTTLS or SASL success) starts a fresh count: what the old parser
+        goes on parsing from that read neither trips the new stream's cap
+        nor moves its count.
+        """
+        for size, accepted in ((8192, True), (8193, False)):
+            xs, transport, received = self.connect()
+            xs.addOnetimeObserver("/starttls", lambda _: xs.reset())
+            self.feed(xs, HEADER + FIRST + emptyStanza(8000) + b"<starttls/><presence/>")
+            self.assertOpen(transport)
+            transport.clear()  # What follows is a new XML document.
+            self.feed(xs, HEADER + emptyStanza(size - len(HEADER)))
+            if accepted:
+                self.assertOpen(transport)
+                self.assertEqual(len(received), 5)
+            else:
+                self.assertStreamError(transport, "policy-violation", tooBig=True)
+
+    def test_newlinesLinear(self) -> None:
+        """
+        A message body of 1 MiB of newlines (23.8 s of CPU for an
+        unhardened parser, which appends text once per line) is accepted
+        and dispatched whole when the caps allow it.
+        """
+        limits = StreamLimits(stanzaBytes=2 * MiB)
+        xs, transport, received = self.connect(limits, authenticated=True)
+        stanza = b"<message><body>" + b"\n" * MiB + b"</body></message>"
+        self.feed(xs, HEADER, *chunks(stanza, READ))
+        self.assertEqual(len(received), 1)
+        body = str(received[0].body)
+        self.assertEqual(len(body), MiB)
+        self.assertEqual(body.strip("\n"), "")
+        self.assertOpen(transport)
+
+    def test_entitiesLinear(self) -> None:
+        """
+        1.2 MB of text full of predefined entities (C{a&amp;} 200000 times,
+        quadratic in an unhardened parser) is accepted and decoded.
+        """
+        limits = StreamLimits(stanzaBytes=2 * MiB)
+        xs, transport, received = self.connect(limits, authenticated=True)
+        stanza = b"<message><body>" + b"a&amp;" * 200000 + b"</body></message>"
+        self.feed(xs, HEADER, *chunks(stanza, READ))
+        self.assertEqual(len(received), 1)
+        self.assertEqual(str(received[0].body), "a&" * 200000)
+        self.assertOpen(transport)
+
+    def test_newlinesOverDefaultCap(self) -> None:
+        """
+        With the default caps the same 1 MiB body is refused with
+        C{<policy-violation/>} and C{<stanza-too-big/>}, and not dispatched.
+        """
+        xs, transport, received = self.connect(authenticated=True)
+        stanza = b"<message><body>" + b"\n" * MiB + b"</body></message>"
+        self.feed(xs, HEADER, *chunks(stanza, READ))
+        self.assertStreamError(transport, "policy-violation", tooBig=True)
+        self.assertEqual(received, [])
+
+    def test_newlinesPreAuth(self) -> None:
+        """
+        Before authentication the 1 MiB body is refused at once: at the
+        first read past 8 KiB.
+        """
+        xs, transport, received = self.connect()
+        stanza = b"<message><body>" + b"\n" * MiB + b"</body></message>"
+        self.feed(xs, HEADER, *chunks(stanza, READ))
+        self.assertStreamError(transport, "policy-violation", tooBig=True)
+        self.assertEqual(received, [])
+
+
+class ElementCountTests(StreamTestCase):
+    """
+    Stanzas are capped in elements: 32 before authentication and 1000
+    after, by default. The stanza's own element counts; the stream header
+    does not; attributes do not.
+    """
+
+    def test_preAuthBoundary(self) -> None:
+        """
+        A stanza of 32 elements (itself and 31 children) is accepted before
+        authentication; 33 are refused with C{<policy-violation/>}.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, stanzaWithElements(32))
+        self.assertEqual(len(received), 1)
+        self.assertEqual(len(list(received[0].elements())), 31)
+        self.assertOpen(transport)
+
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, stanzaWithElements(33))
+        self.assertStreamError(transport, "policy-violation", tooBig=True)
+        self.assertEqual(received, [])
+
+    def test_preAuthBoundaryNested(self) -> None:
+        """
+        The same count applies to a chain of nested elements.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, stanzaWithElements(32, nested=True))
+        self.assertEqual(len(received), 1)
+
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, stanzaWithElements(33, nested=True))
+        self.assertStreamError(transport, "policy-violation", tooBig=True)
+
+    def test_countResetsPerStanza(self) -> None:
+        """
+        Each stanza is counted on its own.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, stanzaWithElements(32) * 10)
+        self.assertEqual(len(received), 10)
+        self.assertOpen(transport)
+
+    def test_postAuthBoundary(self) -> None:
+        """
+        After authentication the cap is C{elements}: 1000 by default.
+        """
+        xs, transport, received = self.connect(authenticated=True)
+        self.feed(xs, HEADER, stanzaWithElements(1000))
+        self.assertEqual(len(received), 1)
+
+        xs, transport, received = self.connect(authenticated=True)
+        self.feed(xs, HEADER, stanzaWithElements(1001))
+        self.assertStreamError(transport, "policy-violation", tooBig=True)
+
+    def test_attributesNotElements(self) -> None:
+        """
+        Attributes do not count as elements (the byte cap bounds them).
+        """
+        attributes = b"".join(b" a%d='1'" % i for i in range(500))
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, b"<presence" + attributes + b"/>")
+        self.assertEqual(len(received), 1)
+        self.assertEqual(len(received[0].attributes), 500)
+
+
+class RateLimitTests(StreamTestCase):
+    """
+    Past its stanza rate, a peer's reading is paused, not cut off.
+    """
+
+    limits = StreamLimits(stanzasPerSecond=1, stanzaBurst=2)
+
+    def test_burstThenPause(self) -> None:
+        """
+        With a burst of 2 and 1 stanza/s, the third stanza in a row pauses
+        the transport (the stanza itself is still dispatched); reading
+        resumes once a second has passed.
+        """
+        xs, transport, received = self.connect(self.limits)
+        self.feed(xs, HEADER, b"<presence/>", b"<presence/>")
+        self.assertEqual(transport.producerState, "producing")
+        self.feed(xs, b"<presence/>")
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(len(received), 3)
+        self.clock.advance(0.99)
+        self.assertEqual(transport.producerState, "paused")
+        self.clock.advance(0.01)
+        self.assertEqual(transport.producerState, "producing")
+        self.assertOpen(transport)
+
+    def test_steadyRateNeverPauses(self) -> None:
+        """
+        A peer within its rate is never paused.
+        """
+        xs, transport, received = self.connect(self.limits)
+        self.feed(xs, HEADER)
+        for i in range(20):
+            self.feed(xs, b"<presence/>")
+            self.assertEqual(transport.producerState, "producing")
+            self.clock.advance(1)
+        self.assertEqual(len(received), 20)
+
+    def test_pipelinedStanzasCharged(self) -> None:
+        """
+        Stanzas that arrive together in one read are all dispatched, but
+        each is charged: ten at once with a burst of 2 and 1 stanza/s keep
+        the transport paused for 8 seconds, not 1.
+        """
+        xs, transport, received = self.connect(self.limits)
+        self.feed(xs, HEADER, b"<presence/>" * 10)
+        self.assertEqual(len(received), 10)
+        self.assertEqual(transport.producerState, "paused")
+        self.clock.pump([0.5] * 15)
+        self.assertEqual(transport.producerState, "paused")
+        self.clock.pump([0.5])
+        self.assertEqual(transport.producerState, "producing")
+        self.feed(xs, b"<presence/>")
+        self.assertEqual(transport.producerState, "paused")
+        self.clock.advance(1)
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_connectionLostWhilePaused(self) -> None:
+        """
+        Losing the connection while paused cancels the pending resume.
+        """
+        xs, transport, received = self.connect(self.limits)
+        self.feed(xs, HEADER, b"<presence/>" * 3)
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        xs.connectionLost(Failure(ConnectionError()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class SendTests(StreamTestCase):
+    """
+    Characters XML 1.0 forbids never reach the wire.
+    """
+
+    ILLEGAL = "\x00\x01\x02\x03\x08\x0b\x0c\x0e\x1f\ud800\udfff\ufffe\uffff"
+    LEGAL = "\t\n \x7f\x85\xe9\ud7ff\ue000\ufffd\U00010000\U0001f600\U0010ffff"
+
+    def test_xmlSafe(self) -> None:
+        """
+        L{xmlSafe} removes every character XML 1.0 forbids and keeps every
+        other one, including those at the edges of the allowed ranges.
+        """
+        self.assertEqual(xmlSafe("a" + self.ILLEGAL + "b"), "ab")
+        self.assertEqual(xmlSafe(self.LEGAL), self.LEGAL)
+        everything = "".join(map(chr, range(0x110000)))
+        expected = "\t\n\r" + "".join(
+            map(chr, [*range(0x20, 0xD800), *range(0xE000, 0xFFFE), *range(0x10000, 0x110000)])
+        )
+        self.assertEqual(xmlSafe(everything), expected)
+
+    def test_sendElement(self) -> None:
+        """
+        An element whose text and attribute hold IRC formatting codes, NUL,
+        U+FFFF and a lone surrogate is sent as XML that expat parses back,
+        with those characters gone and the rest kept.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER)
+        transport.clear()
+        m = domish.Element((None, "message"))
+        m["to"] = "bob@corp.example"
+        m["title"] = "\x01ACTION waves\x01 " + self.ILLEGAL
+        m.addElement("body", content="\x02bold\x02 \x03" "4red\x03 \x00\uffff\ud800 é 😀 tab\t" + self.ILLEGAL)
+        xs.send(m)
+        data = transport.value()
+        text = data.decode("utf-8")
+        for c in self.ILLEGAL:
+            self.assertNotIn(c, text)
+        # Parse it back inside a dummy root, as the peer's parser would.
+        out = Output(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>" + data)
+        self.assertEqual(len(out.elements), 1)
+        back = out.elements[0]
+        self.assertEqual(back["title"], "ACTION waves ")
+        self.assertEqual(str(back.body), "bold 4red  é 😀 tab\t")
+
+    def test_sendString(self) -> None:
+        """
+        Raw strings are cleaned the same way.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER)
+        transport.clear()
+        xs.send("<message><body>\x02hi\x02\ud800</body></message>")
+        self.assertEqual(transport.value(), b"<message><body>hi</body></message>")
+
+
+class EchoClient(protocol.Protocol):
+    """
+    Collects what a real server sends, and fires C{lost} with it when the
+    connection closes.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost: defer.Deferred[bytes] = defer.Deferred()
+        self._waiting: list[tuple[bytes, defer.Deferred[bytes]]] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        for marker, d in list(self._waiting):
+            if marker in self.data:
+                self._waiting.remove((marker, d))
+                d.callback(self.data)
+
+    def waitFor(self, marker: bytes) -> defer.Deferred[bytes]:
+        """
+        @return: A L{defer.Deferred} that fires once C{marker} has arrived.
+        """
+        d: defer.Deferred[bytes] = defer.Deferred()
+        self._waiting.append((marker, d))
+        self.dataReceived(b"")
+        return d
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self.lost.callback(self.data)
+
+
+class RealSocketTests(TestCase):
+    """
+    On a real TCP listener (loopback): one connection's XML bomb does not
+    hold up another connection.
+    """
+
+    @defer.inlineCallbacks
+    def test_bombDoesNotStallOthers(self) -> Any:
+        """
+        While one connection sends a nine-level billion-laughs document, a
+        second connection on the same listener keeps getting answers; the
+        bomb's connection gets C{<restricted-xml/>} and is closed.
+        """
+        from twisted.internet import reactor
+
+        streams: list[HardenedXmlStream] = []
+        closed: list[defer.Deferred[None]] = []
+
+        def answerPings(xs: HardenedXmlStream) -> None:
+            streams.append(xs)
+            d: defer.Deferred[None] = defer.Deferred()
+            xs.addObserver(STREAM_END_EVENT, lambda reason: d.callback(None))
+            closed.append(d)
+
+            def pong(iq: domish.Element) -> None:
+                xs.send(xmlstream.toResponse(iq, "result"))
+
+            xs.addObserver("/iq[@type='get']", pong)
+
+        factory = xmlstream.XmlStreamServerFactory(HeaderAuthenticator)
+        factory.protocol = lambda authenticator: HardenedXmlStream(authenticator, StreamLimits(), reactor)  # type: ignore[assignment]
+        factory.addBootstrap(STREAM_CONNECTED_EVENT, answerPings)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        self.addCleanup(lambda: defer.gatherResults(closed))
+        client = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+
+        good = yield client.connect(protocol.Factory.forProtocol(EchoClient))
+        self.addCleanup(lambda: good.transport.loseConnection() or good.lost)
+        good.transport.write(HEADER)
+        yield good.waitFor(b"<stream:stream")
+
+        bad = yield client.connect(protocol.Factory.forProtocol(EchoClient))
+        bad.transport.write(billionLaughs(9))
+        good.transport.write(b"<iq type='get' id='ping1'/>")
+        data = yield good.waitFor(b"ping1")
+        badData = yield bad.lost
+
+        self.assertEqual(Output(badData).streamError()[0], "restricted-xml")
+        replies = [e for e in Output(data).elements if e.name == "iq"]
+        self.assertEqual([(e["type"], e["id"]) for e in replies], [("result", "ping1")])
+        self.assertEqual(len(streams), 2)
+
+        # The good connection still works after the bad one is gone.
+        good.transport.write(b"<iq type='get' id='ping2'/>")
+        yield good.waitFor(b"ping2")

@@ -1,0 +1,1 @@
+XMPP face: standard XMPP clients log in (STARTTLS, SASL SCRAM-SHA-256/SCRAM-SHA-1/PLAIN, resource binding) and share roster, presence and messages with native users, over an XML stream hardened against DTD bombs, oversize stanzas and stanza floods.

@@ -398,3 +398,11 @@ class ConfigTests(SynchronousTestCase):
         """
         self.assertRaises(ConfigError, self.parse, {"require_tls": False, "stanza_bytes": 100})
         self.assertRaises(ConfigError, self.parse, {"require_tls": False, "pre_auth_stanza_bytes": 10})
+
+    def test_componentOnly(self) -> None:
+        """
+        With no c2s listener, no certificate is needed (component links
+        only).
+        """
+        config = self.parse({"listen": []})
+        self.assertEqual(config.c2s.listen, ())  # type: ignore[attr-defined]

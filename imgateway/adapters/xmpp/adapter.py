@@ -23,6 +23,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory
+from imgateway.adapters.xmpp.component import ComponentConfig, makeComponentService, parseComponents
 from imgateway.adapters.xmpp.stream import StreamLimits
 from imgateway.config import ConfigTable
 from imgateway.interfaces import IGateway, IProtocolAdapter
@@ -62,6 +63,7 @@ class XMPPConfig:
 
     c2s: C2SConfig
     tls: TLSFiles | None
+    components: tuple[ComponentConfig, ...] = ()
 
 
 def _loadTLS(t: ConfigTable) -> TLSFiles | None:
@@ -117,11 +119,12 @@ class _XMPPService(MultiService):
 @implementer(IPlugin, IProtocolAdapter)
 class XMPPAdapter:
     """
-    XMPP (RFC 6120/6121): a c2s face for standard clients.
+    XMPP (RFC 6120/6121): a c2s face for standard clients, and XEP-0114
+    component links to existing XMPP servers.
     """
 
     name = "xmpp"
-    description = "XMPP: c2s face for standard clients (RFC 6120/6121)"
+    description = "XMPP: c2s face for standard clients (RFC 6120/6121), XEP-0114 components"
 
     def parseConfig(self, table: ConfigTable, reactor: IReactorCore) -> XMPPConfig:
         t = table
@@ -149,11 +152,11 @@ class XMPPAdapter:
         if limits.stanzaBytes < 10000:
             raise t.error("stanza_bytes", "must be at least 10000 (RFC 6120 13.12)")
         tls = _loadTLS(t)
-        if c2s.requireTLS and tls is None:
+        if c2s.requireTLS and tls is None and c2s.listen:
             raise t.error(
                 "require_tls", "true needs certificate and private_key (set require_tls = false to allow clients without TLS)"
             )
-        return XMPPConfig(c2s, tls)
+        return XMPPConfig(c2s, tls, parseComponents(t, reactor))
 
     def makeService(self, gateway: IGateway, config: object) -> IService:
         assert isinstance(config, XMPPConfig)
@@ -162,4 +165,6 @@ class XMPPAdapter:
         top = _XMPPService(c2s)
         for description in config.c2s.listen:
             _ListenerService(gateway.reactor, description, c2s, "XMPP c2s").setServiceParent(top)
+        for component in config.components:
+            makeComponentService(gateway, component).setServiceParent(top)
         return top

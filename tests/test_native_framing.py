@@ -10,7 +10,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imgateway.adapters.native.framing import (
     MAX_SEQ,
-    VERSION,
     Frame,
     FrameParser,
     FramingError,

@@ -16,7 +16,7 @@ from zope.interface.verify import verifyObject
 
 from imgateway.adapters.native.adapter import NativeAdapter
 from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, serialise
-from imgateway.adapters.native.server import NativeConfig, NativeServerFactory, NativeServerProtocol
+from imgateway.adapters.native.server import NativeConfig, NativeServerFactory
 from imgateway.auth.sasl import clientMechanism
 from imgateway.config import ConfigTable, HomeConfig
 from imgateway.core.errors import ConfigError

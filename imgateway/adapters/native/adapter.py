@@ -6,43 +6,20 @@ listeners.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore
-from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from imgateway.adapters.native.server import NativeConfig, NativeServerFactory
+from imgateway.adapters.base import ListenerService
 from imgateway.config import ConfigTable
 from imgateway.interfaces import IGateway, IProtocolAdapter
 
 __all__ = ["NativeAdapter"]
 
-log = Logger()
-
-
-class _ListenerService(StreamServerEndpointService):
-    def __init__(self, reactor: object, description: str, factory: NativeServerFactory) -> None:
-        super().__init__(serverFromString(reactor, description), factory)
-        self.description = description
-        self._raiseSynchronously = True
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            # Start-up cannot go on: say so in one line, not a traceback.
-            message = f"imgateway: cannot listen on {self.description}: {e.socketError or e}"
-            log.critical("{message}", message=message)
-            sys.stderr.write(message + "\n")
-            raise SystemExit(1) from None
-        log.info("Native face listening on {endpoint}", endpoint=self.description)
 
 
 class _NativeService(MultiService):
@@ -93,5 +70,5 @@ class NativeAdapter:
         factory = NativeServerFactory(gateway, config)
         top = _NativeService(factory)
         for description in config.listen:
-            _ListenerService(gateway.reactor, description, factory).setServiceParent(top)
+            ListenerService(gateway.reactor, description, factory, "Native face").setServiceParent(top)
         return top

@@ -11,11 +11,9 @@ import json
 import math
 import unicodedata
 from collections.abc import Callable
-from ipaddress import ip_address
 from typing import Any
 
 from attrs import frozen
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
@@ -24,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imgateway import __version__
+from imgateway.adapters.base import isLoopback
 from imgateway.adapters.native.codes import REASONS, codeForDelivery
 from imgateway.adapters.native.framing import (
     FrameParser,
@@ -118,17 +117,6 @@ def _contactJSON(view: ContactView) -> dict[str, Any]:
         "presence": view.presence.state.value,
         "note": view.presence.note,
     }
-
-
-def _isLoopback(address: object) -> bool:
-    if isinstance(address, UNIXAddress):
-        return True
-    if isinstance(address, (IPv4Address, IPv6Address)):
-        try:
-            return ip_address(address.host.split("%")[0]).is_loopback
-        except ValueError:
-            return False
-    return False
 
 
 @implementer(ISessionClient)
@@ -244,7 +232,7 @@ class NativeServerProtocol(Protocol):
         return ISSLTransport.providedBy(self.transport)
 
     def _plainAllowed(self) -> bool:
-        return self.config.allowPlaintextAuth or _isLoopback(self.transport.getPeer())  # type: ignore[union-attr]
+        return self.config.allowPlaintextAuth or isLoopback(self.transport.getPeer())  # type: ignore[union-attr]
 
     # -- frames ----------------------------------------------------------------
 

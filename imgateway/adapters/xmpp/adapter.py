@@ -6,31 +6,26 @@ its faces.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from attrs import frozen
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore
 from twisted.internet.ssl import CertificateOptions
-from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory
 from imgateway.adapters.xmpp.component import ComponentConfig, makeComponentService, parseComponents
 from imgateway.adapters.xmpp.stream import StreamLimits
+from imgateway.adapters.base import ListenerService
 from imgateway.config import ConfigTable
 from imgateway.interfaces import IGateway, IProtocolAdapter
 
 __all__ = ["TLSFiles", "XMPPAdapter", "XMPPConfig"]
 
-log = Logger()
 
 
 @frozen
@@ -86,24 +81,6 @@ def _loadTLS(t: ConfigTable) -> TLSFiles | None:
     if chain[0].public_key().public_numbers() != privateKey.public_key().public_numbers():  # type: ignore[union-attr]
         raise t.error("private_key", f"{key} does not match the certificate in {certificate}")
     return TLSFiles(certificate, key, chain, privateKey)
-
-
-class _ListenerService(StreamServerEndpointService):
-    def __init__(self, reactor: object, description: str, factory: Any, what: str) -> None:
-        super().__init__(serverFromString(reactor, description), factory)
-        self.description = description
-        self.what = what
-        self._raiseSynchronously = True
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            message = f"imgateway: cannot listen on {self.description}: {e.socketError or e}"
-            log.critical("{message}", message=message)
-            sys.stderr.write(message + "\n")
-            raise SystemExit(1) from None
-        log.info("{what} listening on {endpoint}", what=self.what, endpoint=self.description)
 
 
 class _XMPPService(MultiService):
@@ -164,7 +141,7 @@ class XMPPAdapter:
         c2s = C2SFactory(gateway, config.c2s, tls)
         top = _XMPPService(c2s)
         for description in config.c2s.listen:
-            _ListenerService(gateway.reactor, description, c2s, "XMPP c2s").setServiceParent(top)
+            ListenerService(gateway.reactor, description, c2s, "XMPP c2s").setServiceParent(top)
         for component in config.components:
             makeComponentService(gateway, component).setServiceParent(top)
         return top

@@ -19,11 +19,9 @@ import binascii
 import itertools
 import os
 from collections.abc import Callable
-from ipaddress import ip_address
 from typing import Any
 
 from attrs import frozen
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IOpenSSLServerConnectionCreator, IReactorTime, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import ServerFactory
@@ -35,6 +33,7 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from imgateway import __version__
+from imgateway.adapters.base import isLoopback
 from imgateway.adapters.xmpp.jid import InvalidJID, addressOf, jidOf, parseJID
 from imgateway.adapters.xmpp.mapping import (
     SUBSCRIPTION_KINDS,
@@ -88,17 +87,6 @@ class C2SConfig:
     loginTimeout: float = 60.0
     maxUnauthenticated: int = 1000
     maxAuthAttempts: int = 3
-
-
-def _isLoopback(address: object) -> bool:
-    if isinstance(address, UNIXAddress):
-        return True
-    if isinstance(address, (IPv4Address, IPv6Address)):
-        try:
-            return ip_address(address.host.split("%")[0]).is_loopback
-        except ValueError:
-            return False
-    return False
 
 
 class _Authenticator(xmlstream.Authenticator):
@@ -210,7 +198,7 @@ class C2SProtocol(HardenedXmlStream):
         return self._tls or ISSLTransport.providedBy(self.transport)
 
     def _plainAllowed(self) -> bool:
-        return self.secure or self.config.allowPlaintextAuth or _isLoopback(self._t.getPeer())
+        return self.secure or self.config.allowPlaintextAuth or isLoopback(self._t.getPeer())
 
     # -- stream negotiation -----------------------------------------------------------
 

@@ -199,9 +199,20 @@ class IRouter(IRoute):
         Forget the route for C{domain}, if any.
         """
 
+    defaultRoute = Attribute("The L{IRoute} for domains without a route of their own, or C{None}.")
+
     def routeFor(domain: str) -> IRoute | None:
         """
-        @return: The route that events for C{domain} take, or C{None}.
+        @return: The route that events for C{domain} take (the default
+            route when it has none of its own), or C{None}.
+        """
+
+    def setDefaultRoute(route: IRoute | None) -> None:
+        """
+        Send events for every domain without a route of its own to
+        C{route}; C{None} removes the default route.
+
+        @raise ValueError: If another default route is set.
         """
 
 

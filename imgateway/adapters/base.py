@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_native_server -*-
 """
 What every face shares: listeners that stop start-up cleanly when they
-cannot bind, and telling loopback peers apart.
+cannot bind, server TLS options that survive unknown ALPN offers, and
+telling loopback peers apart.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ import sys
 from ipaddress import ip_address
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 
-__all__ = ["ListenerService", "isLoopback"]
+__all__ = ["ListenerService", "ServerTLSOptions", "isLoopback"]
 
 log = Logger()
 
@@ -60,3 +63,30 @@ class ListenerService(StreamServerEndpointService):
             sys.stderr.write(message + "\n")
             raise SystemExit(1) from None
         log.info("{what} listening on {endpoint}", what=self.what, endpoint=self.description)
+
+
+class _ALPNSafeContext(SSL.Context):
+    """
+    An OpenSSL context whose ALPN selection declines politely when nothing
+    overlaps. Twisted 26.10's selection callback returns C{b""} then, which
+    OpenSSL 3 turns into an C{internal_error} alert that kills the
+    handshake: any client offering a protocol we do not list (Prosody on
+    s2s STARTTLS, XMPP clients offering C{xmpp-client}) could not connect.
+    """
+
+    def set_alpn_select_callback(self, callback: Any) -> None:
+        def select(connection: SSL.Connection, offered: list[bytes]) -> Any:
+            chosen = callback(connection, offered)
+            return chosen if chosen else SSL.NO_OVERLAPPING_PROTOCOLS
+
+        super().set_alpn_select_callback(select)
+
+
+class ServerTLSOptions(CertificateOptions):
+    """
+    L{CertificateOptions} for servers whose contexts decline unknown ALPN
+    offers instead of aborting the handshake. Pass C{acceptableProtocols}
+    with the protocols the face speaks.
+    """
+
+    _contextFactory = _ALPNSafeContext

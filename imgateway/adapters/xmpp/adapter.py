@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from attrs import frozen
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IReactorCore
 from twisted.internet.ssl import CertificateOptions
 from twisted.plugin import IPlugin
@@ -19,8 +21,12 @@ from zope.interface import implementer
 
 from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory
 from imgateway.adapters.xmpp.component import ComponentConfig, makeComponentService, parseComponents
+from imgateway.adapters.xmpp.federation_service import FederationConfig, FederationService
+from imgateway.adapters.xmpp.s2s import S2S_LIMITS, S2SConfig
 from imgateway.adapters.xmpp.stream import StreamLimits
-from imgateway.adapters.base import ListenerService
+from imgateway.core.address import normaliseDomain
+from imgateway.core.errors import InvalidAddress
+from imgateway.adapters.base import ListenerService, ServerTLSOptions
 from imgateway.config import ConfigTable
 from imgateway.interfaces import IGateway, IProtocolAdapter
 
@@ -39,14 +45,17 @@ class TLSFiles:
     chain: tuple[Any, ...]
     key: Any
 
-    def options(self) -> CertificateOptions:
+    def options(self, alpn: list[bytes] | None = None) -> CertificateOptions:
         """
+        @param alpn: The ALPN protocols to select when a client offers them
+            (others are declined without failing the handshake).
         @return: Server TLS options for this certificate.
         """
-        return CertificateOptions(
+        return ServerTLSOptions(
             privateKey=self.key,
             certificate=self.chain[0],
             extraCertChain=list(self.chain[1:]),
+            acceptableProtocols=alpn,
         )
 
 
@@ -59,6 +68,7 @@ class XMPPConfig:
     c2s: C2SConfig
     tls: TLSFiles | None
     components: tuple[ComponentConfig, ...] = ()
+    federation: FederationConfig | None = None
 
 
 def _loadTLS(t: ConfigTable) -> TLSFiles | None:
@@ -83,6 +93,57 @@ def _loadTLS(t: ConfigTable) -> TLSFiles | None:
     return TLSFiles(certificate, key, chain, privateKey)
 
 
+def _parseFederation(t: ConfigTable, reactor: IReactorCore, tls: TLSFiles | None) -> FederationConfig | None:
+    """
+    The C{federation} and C{s2s_*} keys of C{[xmpp]}.
+    """
+    enabled = t.get("federation", bool, False)
+    d = S2SConfig()
+    l = S2S_LIMITS
+    routesTable = t.get("s2s_routes", dict, {})
+    routes: dict[str, str] = {}
+    for domain, endpoint in routesTable.items():
+        if not isinstance(endpoint, str):
+            raise t.error("s2s_routes", f"{domain}: expected a client endpoint string, got {endpoint!r}")
+        try:
+            normal = normaliseDomain(domain)
+            clientFromString(reactor, endpoint)
+        except (InvalidAddress, ValueError) as e:
+            raise t.error("s2s_routes", f"{domain} = {endpoint!r}: {e}") from None
+        routes[normal] = endpoint
+    limits = attrs.evolve(
+        l,
+        stanzaBytes=t.positive("s2s_stanza_bytes", int, l.stanzaBytes),
+        stanzasPerSecond=t.positive("s2s_stanzas_per_second", float, l.stanzasPerSecond),
+        stanzaBurst=t.positive("s2s_stanza_burst", int, l.stanzaBurst),
+    )
+    s2s = S2SConfig(
+        listen=t.endpoints("s2s_listen", reactor, d.listen),
+        routes=routes,
+        useDNS=t.get("s2s_use_dns", bool, d.useDNS),
+        requireTLS=t.get("s2s_require_tls", bool, d.requireTLS),
+        verifyCertificates=t.get("s2s_verify_certificates", bool, d.verifyCertificates),
+        allowDialback=t.get("s2s_allow_dialback", bool, d.allowDialback),
+        trustRoots=t.path("s2s_trust_roots"),
+        limits=limits,
+        connectTimeout=t.positive("s2s_connect_timeout", float, d.connectTimeout),
+        maxQueuedStanzas=t.positive("s2s_max_queued_stanzas", int, d.maxQueuedStanzas),
+        maxIncomingStreams=t.positive("s2s_max_incoming_streams", int, d.maxIncomingStreams),
+    )
+    config = FederationConfig(
+        s2s=s2s,
+        defaultRoute=t.get("s2s_default_route", bool, True),
+        statusWait=t.positive("s2s_status_wait", float, 1.0),
+    )
+    if not enabled:
+        return None
+    if not s2s.verifyCertificates and not s2s.allowDialback:
+        raise t.error("s2s_allow_dialback", "peers cannot authenticate with s2s_verify_certificates and s2s_allow_dialback both false")
+    if tls is None and (s2s.requireTLS or s2s.listen):
+        raise t.error("federation", "federation needs certificate and private_key (the domain's certificate)")
+    return config
+
+
 class _XMPPService(MultiService):
     def __init__(self, c2s: C2SFactory) -> None:
         super().__init__()
@@ -96,12 +157,12 @@ class _XMPPService(MultiService):
 @implementer(IPlugin, IProtocolAdapter)
 class XMPPAdapter:
     """
-    XMPP (RFC 6120/6121): a c2s face for standard clients, and XEP-0114
-    component links to existing XMPP servers.
+    XMPP (RFC 6120/6121): a c2s face for standard clients, federation with
+    other XMPP servers (s2s), and XEP-0114 component links.
     """
 
     name = "xmpp"
-    description = "XMPP: c2s face for standard clients (RFC 6120/6121), XEP-0114 components"
+    description = "XMPP: c2s face (RFC 6120/6121), s2s federation, XEP-0114 components"
 
     def parseConfig(self, table: ConfigTable, reactor: IReactorCore) -> XMPPConfig:
         t = table
@@ -133,15 +194,17 @@ class XMPPAdapter:
             raise t.error(
                 "require_tls", "true needs certificate and private_key (set require_tls = false to allow clients without TLS)"
             )
-        return XMPPConfig(c2s, tls, parseComponents(t, reactor))
+        return XMPPConfig(c2s, tls, parseComponents(t, reactor), _parseFederation(t, reactor, tls))
 
     def makeService(self, gateway: IGateway, config: object) -> IService:
         assert isinstance(config, XMPPConfig)
-        tls = config.tls.options() if config.tls is not None else None
+        tls = config.tls.options([b"xmpp-client"]) if config.tls is not None else None
         c2s = C2SFactory(gateway, config.c2s, tls)
         top = _XMPPService(c2s)
         for description in config.c2s.listen:
             ListenerService(gateway.reactor, description, c2s, "XMPP c2s").setServiceParent(top)
         for component in config.components:
             makeComponentService(gateway, component).setServiceParent(top)
+        if config.federation is not None:
+            FederationService(gateway, config.federation, config.tls).setServiceParent(top)
         return top

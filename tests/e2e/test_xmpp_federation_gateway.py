@@ -100,6 +100,17 @@ class FederationGatewayTests(TestCase):
         romeo.message(ALICE, "hi alice & co")
         await alice.waitForMessage(ROMEO, "hi alice & co")
 
+        # Our errors reach Romeo as stanza errors: no such user (404 ->
+        # item-not-found), blocked (403 -> forbidden).
+        romeo.message(f"ghost@{DOMAIN}", "anyone?")
+        ghost = await romeo.waitForEvent("message", sender=f"ghost@{DOMAIN}", type="error", timeout=10)
+        self.assertIn("item-not-found", str(ghost["error"]))
+        await proto.setAccess(ROMEO, "block")
+        romeo.message(ALICE, "still there?")
+        blocked = await romeo.waitForEvent("message", sender=ALICE, type="error", timeout=10)
+        self.assertIn("forbidden", str(blocked["error"]))
+        await proto.setAccess(ROMEO, "none")
+
         # Juliet is not logged in: Prosody bounces, alice gets 480.
         e = await failureOf(alice.send(JULIET, "are you there?"), DeliveryError)
         self.assertIsInstance(e, UserOffline)

@@ -406,3 +406,20 @@ class ConfigTests(SynchronousTestCase):
         """
         config = self.parse({"listen": []})
         self.assertEqual(config.c2s.listen, ())  # type: ignore[attr-defined]
+
+    def test_shippedKeys(self) -> None:
+        """
+        Every key the shipped C{etc/imgateway.toml} documents in C{[xmpp]}
+        is one the adapter reads, with a valid default.
+        """
+        import tomllib
+
+        from twisted.python.filepath import FilePath
+
+        path = FilePath(__file__).parent().parent().child("etc").child("imgateway.toml")
+        with open(path.path, "rb") as f:
+            table = dict(tomllib.load(f)["xmpp"])
+        del table["enabled"]
+        table["require_tls"] = False
+        config = self.parse(table)
+        self.assertIsNone(config.federation)  # type: ignore[attr-defined]

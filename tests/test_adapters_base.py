@@ -49,7 +49,7 @@ class ServerTLSOptionsTests(SynchronousTestCase):
 
     def handshake(self, offered: list[bytes]) -> bytes | None:
         key, cert = _selfSigned()
-        options = ServerTLSOptions(privateKey=key, certificate=cert, acceptableProtocols=[b"xmpp-client"])
+        options = ServerTLSOptions(privateKey=key, certificate=cert, acceptableProtocols=[b"xmpp-client"])  # type: ignore[arg-type]
         server = SSL.Connection(options.getContext(), None)
         # Twisted's ALPN callback finds the factory through the connection's
         # app data, as a TLSMemoryBIOProtocol would hold it.

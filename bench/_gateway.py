@@ -3,8 +3,10 @@ Helpers for the benchmarks: a throw-away gateway, and bulk account creation.
 
 L{SpawnedGateway} writes a benchmark configuration (a copy of
 C{etc/imgateway.toml} with its data in a temporary folder, the native face on
-a free loopback port and the flood limits raised), creates the accounts, runs
-C{twistd -n imgateway} and stops it again, also on errors and Control-C.
+a free loopback port and the flood limits raised; with C{xmpp=True} also the
+XMPP c2s face, without TLS, on a second free port), creates the accounts,
+runs C{twistd -n imgateway} and stops it again, also on errors and
+Control-C.
 
 Run as a module, it creates accounts in one process (one password hash
 shared by all of them: much faster than one C{imgateway-admin user add} per
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +40,7 @@ __all__ = [
     "GatewayError",
     "REPO",
     "SpawnedGateway",
+    "XMPP_BENCH_SETTINGS",
     "benchConfig",
     "createUsers",
     "freePort",
@@ -90,12 +94,30 @@ def _tomlString(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def benchConfig(template: str, dataDir: Path, port: int, scramIterations: int = 4096) -> str:
+#: What L{benchConfig} sets in C{[xmpp]} besides C{enabled} and C{listen}
+#: (TOML values), for benchmarks to report. No TLS: load drivers log in with
+#: SASL PLAIN on loopback, which the c2s face allows without TLS there.
+XMPP_BENCH_SETTINGS: dict[str, str] = {
+    "require_tls": "false",
+    "stanzas_per_second": "1000000",
+    "stanza_burst": "1000000",
+    "max_unauthenticated": "100000",
+    "login_timeout": "600",
+}
+
+
+def benchConfig(
+    template: str, dataDir: Path, port: int, scramIterations: int = 4096, xmppPort: int | None = None
+) -> str:
     """
     The configuration of a benchmark gateway, from the text of
     C{etc/imgateway.toml}: its data in C{dataDir}, the native face on
     C{127.0.0.1:port}, cheap password verifiers, and flood limits that no
     benchmark reaches (a benchmark measures routing, not the rate limiter).
+
+    @param xmppPort: If given, the XMPP c2s face listens on
+        C{127.0.0.1:xmppPort} with L{XMPP_BENCH_SETTINGS}; else C{[xmpp]} is
+        left as the template has it.
     """
     text = template
     text = _setKey(text, "gateway", "data_dir", _tomlString(str(dataDir)))
@@ -107,7 +129,23 @@ def benchConfig(template: str, dataDir: Path, port: int, scramIterations: int = 
     text = _setKey(text, "native", "max_unauthenticated", "100000")
     text = _setKey(text, "native", "login_timeout", "600")
     text = _setKey(text, "native", "idle_timeout", "3600")
+    if xmppPort is not None:
+        text = _setKey(text, "xmpp", "enabled", "true")
+        text = _setKey(text, "xmpp", "listen", f'["tcp:{xmppPort}:interface=127.0.0.1"]')
+        for key, value in XMPP_BENCH_SETTINGS.items():
+            text = _setKey(text, "xmpp", key, value)
     return text
+
+
+def _domainOf(config: str) -> str | None:
+    """
+    @return: C{[gateway] domain} of a configuration text, if it names one.
+    """
+    try:
+        domain = tomllib.loads(config).get("gateway", {}).get("domain")
+    except (tomllib.TOMLDecodeError, AttributeError):
+        return None
+    return domain if isinstance(domain, str) else None
 
 
 def _venvBin(name: str) -> str:
@@ -183,15 +221,21 @@ class SpawnedGateway:
     @ivar folder: The temporary folder (config, data, log).
     @ivar config: The configuration file.
     @ivar port: The native face's port on 127.0.0.1.
+    @ivar xmppPort: The XMPP c2s face's port on 127.0.0.1, or C{None} when
+        the gateway was made without C{xmpp=True}.
+    @ivar domain: The domain the gateway serves (from the template).
     @ivar log: The gateway's log file.
     @ivar process: The C{twistd} process once started.
     """
 
-    def __init__(self, template: Path | None = None, keep: bool = False, startTimeout: float = 60.0) -> None:
+    def __init__(
+        self, template: Path | None = None, keep: bool = False, startTimeout: float = 60.0, xmpp: bool = False
+    ) -> None:
         """
         @param template: The configuration to copy (C{etc/imgateway.toml}).
         @param keep: Keep the temporary folder when stopping (to read the log).
         @param startTimeout: Seconds to wait for the port to open.
+        @param xmpp: Also run the XMPP c2s face (see L{benchConfig}).
         """
         self.template = template if template is not None else REPO / "etc" / "imgateway.toml"
         self.keep = keep
@@ -200,12 +244,23 @@ class SpawnedGateway:
         self.config = self.folder / "imgateway.toml"
         self.log = self.folder / "gw.log"
         self.port = freePort()
+        self.xmppPort: int | None = None
+        if xmpp:
+            while self.xmppPort in (None, self.port):
+                self.xmppPort = freePort()
         self.process: subprocess.Popen[bytes] | None = None
         self._stderr = self.folder / "twistd.stderr"
-        self.config.write_text(
-            benchConfig(self.template.read_text(encoding="utf-8"), self.folder / "data", self.port),
-            encoding="utf-8",
-        )
+        try:
+            text = benchConfig(
+                self.template.read_text(encoding="utf-8"), self.folder / "data", self.port, xmppPort=self.xmppPort
+            )
+            self.domain = _domainOf(text)
+            if xmpp and self.domain is None:
+                raise GatewayError("the configuration template names no [gateway] domain (needed for the XMPP face)")
+            self.config.write_text(text, encoding="utf-8")
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
 
     @property
     def pid(self) -> int | None:
@@ -253,14 +308,13 @@ class SpawnedGateway:
             status = self.process.poll()
             if status is not None:
                 raise GatewayError(f"the gateway exited with status {status} while starting:\n{self.logTail()}")
-            if self._probe():
+            if self._probe() and (self.xmppPort is None or self._probeXMPP()):
                 return
-            if self._logSays("CannotListenError"):
-                raise GatewayError(f"the gateway cannot listen on 127.0.0.1:{self.port}:\n{self.logTail()}")
+            if self._logSays("CannotListenError") or self._logSays("cannot listen on"):
+                raise GatewayError(f"the gateway cannot listen on its ports:\n{self.logTail()}")
             if time.monotonic() > deadline:
-                raise GatewayError(
-                    f"the gateway did not open 127.0.0.1:{self.port} within {self.startTimeout:g} s:\n{self.logTail()}"
-                )
+                ports = f"127.0.0.1:{self.port}" + (f" and :{self.xmppPort}" if self.xmppPort is not None else "")
+                raise GatewayError(f"the gateway did not open {ports} within {self.startTimeout:g} s:\n{self.logTail()}")
             time.sleep(0.1)
 
     def _probe(self) -> bool:
@@ -281,6 +335,42 @@ class SpawnedGateway:
         except OSError:
             return False
         return data.startswith(b"IMGW/1.0 200") and b"imgateway/" in data
+
+    def _probeXMPP(self) -> bool:
+        """
+        @return: Whether our XMPP port answers a stream header for our
+            domain with stream features.
+        """
+        assert self.xmppPort is not None
+        header = (
+            f"<?xml version='1.0'?><stream:stream to='{self.domain}' xmlns='jabber:client' "
+            "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+        )
+        try:
+            with socket.create_connection(("127.0.0.1", self.xmppPort), timeout=1.0) as s:
+                s.settimeout(2.0)
+                s.sendall(header.encode("utf-8"))
+                data = b""
+                while b"</stream:features>" not in data and len(data) < 65536:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        return False
+                    data += chunk
+                s.sendall(b"</stream:stream>")
+        except OSError:
+            return False
+        return b"<stream:features" in data
+
+    def logErrors(self) -> int:
+        """
+        @return: How many tracebacks and unhandled errors the gateway has
+            logged so far.
+        """
+        try:
+            text = self.log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return 0
+        return text.count("Traceback (most recent call last)") + text.count("Unhandled Error")
 
     def _logSays(self, text: str) -> bool:
         try:

@@ -11,6 +11,7 @@ import random
 from twisted.trial.unittest import SynchronousTestCase
 
 from imgateway.adapters.xmpp.jid import (
+    PREPARED_CACHE_SIZE,
     MAX_PART_BYTES,
     InvalidJID,
     addressOf,
@@ -126,12 +127,20 @@ class NormalisationTests(SynchronousTestCase):
             jid = parseJID(text)
             self.assertEqual(parseJID(jid.full()), jid, text)
 
-    def test_notInterned(self) -> None:
+    def test_cacheBounded(self) -> None:
         """
-        L{parseJID} builds a fresh JID each time (Twisted's C{internJID}
-        cache would grow without bound on untrusted input).
+        L{parseJID} remembers at most L{PREPARED_CACHE_SIZE} prepared JIDs
+        however many distinct ones it sees, and never touches Twisted's
+        unbounded C{internJID} cache.
         """
-        self.assertIsNot(parseJID("juliet@example.com"), parseJID("juliet@example.com"))
+        from twisted.words.protocols.jabber import jid as twistedJID
+
+        cache = getattr(twistedJID, "__internJIDs")
+        interned = dict(cache)
+        for i in range(PREPARED_CACHE_SIZE + 100):
+            parseJID(f"user{i}@flood.example/r")
+        self.assertLessEqual(parseJID.cache_info().currsize, PREPARED_CACHE_SIZE)
+        self.assertEqual(cache, interned)
 
 
 class LimitTests(SynchronousTestCase):

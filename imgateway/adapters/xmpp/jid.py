@@ -10,6 +10,8 @@ bound.
 
 from __future__ import annotations
 
+import functools
+
 import re
 
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
@@ -33,9 +35,18 @@ class InvalidJID(ValueError):
     """
 
 
+#: How many prepared JIDs L{parseJID} remembers. Preparing (stringprep)
+#: costs more than everything else a message does; unlike L{internJID}'s
+#: cache, this one is bounded, so hostile input can only evict entries.
+PREPARED_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=PREPARED_CACHE_SIZE)
 def parseJID(text: str) -> JID:
     """
-    Parse and prepare a JID, with RFC 7622's limits.
+    Parse and prepare a JID, with RFC 7622's limits. Results are cached
+    (L{PREPARED_CACHE_SIZE} entries; JIDs are immutable); invalid input is
+    not.
 
     @raise InvalidJID: If C{text} is not a valid JID.
     """

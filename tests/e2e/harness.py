@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import IO, Any, TypeVar, cast
+from typing import Protocol as TypingProtocol
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, succeed
@@ -540,22 +541,7 @@ class GatewayProcess:
             ended it).
         """
 
-        async def run() -> int:
-            process = self.process
-            if process is None:
-                raise AssertionError("the gateway is not running")
-            if process.poll() is None:
-                process.send_signal(sig)
-            deadline = time.monotonic() + STOP_TIMEOUT
-            while process.poll() is None:
-                if time.monotonic() > deadline:
-                    process.kill()
-                    self._reaped()
-                    raise AssertionError(self._describe(f"the gateway did not stop within {STOP_TIMEOUT} s"))
-                await sleep(_POLL)
-            return self._reaped()
-
-        return _deferred(run())
+        return stopProcess(self, "the gateway", sig)
 
     def assertCleanExit(self, code: int, sig: int = signal.SIGTERM) -> None:
         """
@@ -662,6 +648,41 @@ async def _nativeHandshake(port: int, timeout: float) -> bool:
         await conn.close()
         return False
     return [r.code for r in conn.responses() if r.seq == 1] == [200]
+
+
+class _Stoppable(TypingProtocol):
+    process: subprocess.Popen[bytes] | None
+
+    def _reaped(self) -> int: ...
+
+    def _describe(self, what: str) -> str: ...
+
+
+def stopProcess(owner: _Stoppable, name: str, sig: int = signal.SIGTERM) -> Deferred[int]:
+    """
+    Send C{owner.process} a signal and wait (without blocking the reactor)
+    until it exits; kill it after L{STOP_TIMEOUT} seconds.
+
+    @param name: Names the process in errors (C{"the gateway"}).
+    @return: Fires with its exit status (C{owner._reaped()}).
+    """
+
+    async def run() -> int:
+        process = owner.process
+        if process is None:
+            raise AssertionError(f"{name} is not running")
+        if process.poll() is None:
+            process.send_signal(sig)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while process.poll() is None:
+            if time.monotonic() > deadline:
+                process.kill()
+                owner._reaped()
+                raise AssertionError(owner._describe(f"{name} did not stop within {STOP_TIMEOUT} s"))
+            await sleep(_POLL)
+        return owner._reaped()
+
+    return _deferred(run())
 
 
 def _readText(path: str) -> str:

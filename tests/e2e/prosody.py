@@ -25,7 +25,7 @@ from typing import IO, Any
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
-from tests.e2e.harness import _accepts, _deferred, _readText, freePort, makeCertificates, requirePeer, sleep
+from tests.e2e.harness import _accepts, _deferred, _readText, freePort, makeCertificates, requirePeer, sleep, stopProcess
 from tests.e2e.xmppclient import XMPPAgent, connectAgent
 
 __all__ = [
@@ -461,22 +461,7 @@ class ProsodyProcess:
         @return: Fires with its exit status.
         """
 
-        async def run() -> int:
-            process = self.process
-            if process is None:
-                raise AssertionError("prosody is not running")
-            if process.poll() is None:
-                process.send_signal(sig)
-            deadline = time.monotonic() + STOP_TIMEOUT
-            while process.poll() is None:
-                if time.monotonic() > deadline:
-                    process.kill()
-                    self._reaped()
-                    raise AssertionError(self._describe(f"prosody did not stop within {STOP_TIMEOUT} s"))
-                await sleep(_POLL)
-            return self._reaped()
-
-        return _deferred(run())
+        return stopProcess(self, "prosody", sig)
 
     def log(self) -> str:
         """

@@ -39,7 +39,7 @@ from imgateway.adapters.xmpp.mapping import (
     SUBSCRIPTION_KINDS,
     SUBSCRIPTION_TYPES,
     presenceFromXMPP,
-    presenceToXMPP,
+    fillPresence,
     stanzaErrorFor,
 )
 from imgateway.adapters.xmpp.stream import HardenedXmlStream, StreamLimits, xmlSafe
@@ -653,13 +653,7 @@ class C2SProtocol(HardenedXmlStream):
         if not self._available or sender == self.address:
             return
         stanza = self._stanzaTo("presence", sender)
-        available, show, status = presenceToXMPP(presence)
-        if not available:
-            stanza["type"] = "unavailable"
-        if show:
-            stanza.addElement("show", content=show)
-        if status:
-            stanza.addElement("status", content=xmlSafe(status))
+        fillPresence(stanza, presence)
         self.send(stanza)
 
     def subscriptionReceived(self, event: SubscriptionEvent) -> None:

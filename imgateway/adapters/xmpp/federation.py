@@ -73,7 +73,7 @@ from imgateway.adapters.xmpp.mapping import (
     SUBSCRIPTION_TYPES,
     deliveryErrorFor,
     presenceFromXMPP,
-    presenceToXMPP,
+    fillPresence,
     stanzaErrorFor,
 )
 from imgateway.adapters.xmpp.stream import xmlSafe
@@ -431,13 +431,7 @@ class XMPPRemoteRoute:
         stanza["to"] = recipient
         key = (event.recipient, event.sender)
         if isinstance(event, PresenceUpdate):
-            available, show, status = presenceToXMPP(event.presence)
-            if not available:
-                stanza["type"] = "unavailable"
-            if show:
-                stanza.addElement("show", content=show)
-            if status:
-                stanza.addElement("status", content=xmlSafe(status))
+            fillPresence(stanza, event.presence)
             self._watchers.add(key)
         elif isinstance(event, PresenceProbe):
             stanza["type"] = "probe"

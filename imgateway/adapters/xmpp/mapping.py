@@ -12,6 +12,9 @@ import unicodedata
 
 from attrs import frozen
 
+from twisted.words.xish import domish
+
+from imgateway.adapters.xmpp.stream import xmlSafe
 from imgateway.core.errors import DeliveryError, DeliveryStatus, statusError
 from imgateway.core.events import SubscriptionKind
 from imgateway.core.presence import MAX_NOTE_CHARS, Presence, PresenceState
@@ -23,6 +26,7 @@ __all__ = [
     "SUBSCRIPTION_TYPES",
     "StanzaErrorSpec",
     "deliveryErrorFor",
+    "fillPresence",
     "presenceFromXMPP",
     "presenceToXMPP",
     "stanzaErrorFor",
@@ -67,6 +71,21 @@ def presenceToXMPP(presence: Presence) -> tuple[bool, str | None, str]:
     else:
         status = spec.label or presence.note
     return (True, spec.show, status)
+
+
+def fillPresence(stanza: domish.Element, presence: Presence) -> None:
+    """
+    Make a C{<presence/>} stanza carry C{presence}: its type (unavailable
+    when closed), C{<show/>} and C{<status/>} (with characters XML forbids
+    removed).
+    """
+    available, show, status = presenceToXMPP(presence)
+    if not available:
+        stanza["type"] = "unavailable"
+    if show:
+        stanza.addElement("show", content=show)
+    if status:
+        stanza.addElement("status", content=xmlSafe(status))
 
 
 def presenceFromXMPP(available: bool, show: str | None, status: str) -> Presence:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_gateway -*-
+# -*- test-case-name: tests.test_plugins,tests.e2e.test_native_gateway -*-
 """
 The running gateway: one object holding the stores, the home server, the
 router and the portal, handed to every protocol adapter (L{IGateway}), and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_interfaces -*-
+# -*- test-case-name: tests.test_home,tests.test_native_server -*-
 """
 The zope interfaces of imgateway: storage, the home server and its sessions,
 routing, and protocol adapters.

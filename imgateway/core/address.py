@@ -8,6 +8,7 @@ external network reached through a domain (an XMPP server, an IRC network).
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
 from attrs import frozen
@@ -18,6 +19,7 @@ __all__ = [
     "Address",
     "MAX_LOCAL_BYTES",
     "MAX_DOMAIN_CHARS",
+    "PARSED_CACHE_SIZE",
     "normaliseDomain",
     "validateAccountLocalPart",
 ]
@@ -130,10 +132,17 @@ class Address:
     def fromString(cls, text: str) -> Address:
         """
         Parse C{user@domain}, or one of its URI forms (C{im:}, C{pres:},
-        C{xmpp:}, C{mailto:}).
+        C{xmpp:}, C{mailto:}). Results are cached (L{PARSED_CACHE_SIZE}
+        entries, so hostile input can only evict them).
 
         @raise InvalidAddress: If C{text} is not a valid address.
         """
+        if cls is Address:
+            return _parseCached(text)
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> Address:
         for scheme in _URI_SCHEMES:
             if text[: len(scheme)].lower() == scheme:
                 text = text[len(scheme) :]
@@ -157,6 +166,16 @@ class Address:
         @return: The RFC 3859 form, C{pres:user@domain}.
         """
         return f"pres:{self}"
+
+
+#: How many parsed addresses L{Address.fromString} remembers: normalising
+#: (NFKC, casefolding, IDNA) costs more than routing a message.
+PARSED_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=PARSED_CACHE_SIZE)
+def _parseCached(text: str) -> Address:
+    return Address._parse(text)
 
 
 def validateAccountLocalPart(address: Address) -> None:

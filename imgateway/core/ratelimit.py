@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ratelimit -*-
+# -*- test-case-name: tests.test_events -*-
 """
 A token bucket, the one rate limiter every face uses.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_records -*-
+# -*- test-case-name: tests.test_events -*-
 """
 Records kept by the directory and the home-server stores.
 """

@@ -1,0 +1,107 @@
+"""
+Tests for L{imgateway.core.address}.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from imgateway.core.address import (
+    MAX_DOMAIN_CHARS,
+    MAX_LOCAL_BYTES,
+    PARSED_CACHE_SIZE,
+    Address,
+    normaliseDomain,
+    validateAccountLocalPart,
+)
+from imgateway.core.errors import InvalidAddress
+
+
+class AddressTests(SynchronousTestCase):
+    """
+    Parsing and normalisation.
+    """
+
+    def test_normalised(self) -> None:
+        """
+        Local parts are case-folded and NFKC-normalised, domains lower-cased
+        IDNA without a trailing dot; equal users compare equal.
+        """
+        a = Address.fromString("Alice@Corp.Example.")
+        self.assertEqual((a.local, a.domain), ("alice", "corp.example"))
+        self.assertEqual(Address.fromString("\uff41lice@corp.example"), a)
+        self.assertEqual(Address.fromString("al\u200bice@corp.example"), a)
+        self.assertEqual(Address.fromString("bob@b\u00fccher.example").domain, "xn--bcher-kva.example")
+        self.assertEqual(str(a), "alice@corp.example")
+
+    def test_uriForms(self) -> None:
+        """
+        C{im:}, C{pres:}, C{xmpp:} and C{mailto:} forms parse to the same
+        address; L{Address.imURI} and L{Address.presURI} write them.
+        """
+        a = Address.fromString("alice@corp.example")
+        for text in ("im:alice@corp.example", "PRES:alice@corp.example", "xmpp:alice@corp.example", "mailto:alice@corp.example"):
+            self.assertEqual(Address.fromString(text), a)
+        self.assertEqual((a.imURI(), a.presURI()), ("im:alice@corp.example", "pres:alice@corp.example"))
+
+    def test_invalid(self) -> None:
+        """
+        Malformed addresses raise L{InvalidAddress} (never another
+        exception).
+        """
+        for text in ("", "alice", "@corp.example", "alice@", "a b@corp.example", "a@b@", "a/b@c.example",
+                     "a@-corp.example", "a@corp..example", "a@co rp.example", "a\x00@corp.example", "a@\udcff.example"):
+            self.assertRaises(InvalidAddress, Address.fromString, text)
+
+    def test_localLimit(self) -> None:
+        """
+        A local part of exactly L{MAX_LOCAL_BYTES} UTF-8 bytes is accepted;
+        one byte more is refused (counted in bytes, not characters).
+        """
+        Address.fromParts("a" * MAX_LOCAL_BYTES, "corp.example")
+        self.assertRaises(InvalidAddress, Address.fromParts, "a" * (MAX_LOCAL_BYTES + 1), "corp.example")
+        self.assertRaises(InvalidAddress, Address.fromParts, "\u00e9" * (MAX_LOCAL_BYTES // 2 + 1), "corp.example")
+
+    def test_domainLimit(self) -> None:
+        """
+        A domain of L{MAX_DOMAIN_CHARS} characters is accepted, one more is
+        refused; labels are at most 63 characters.
+        """
+        labels = ["a" * 63, "b" * 63, "c" * 63, "d" * 61]
+        domain = ".".join(labels)
+        self.assertEqual(len(domain), MAX_DOMAIN_CHARS)
+        self.assertEqual(normaliseDomain(domain), domain)
+        self.assertRaises(InvalidAddress, normaliseDomain, domain + "e")
+        self.assertRaises(InvalidAddress, normaliseDomain, "a" * 64 + ".example")
+
+    def test_cacheBounded(self) -> None:
+        """
+        The parse cache holds at most L{PARSED_CACHE_SIZE} entries, and
+        cached results are equal to fresh ones.
+        """
+        from imgateway.core.address import _parseCached
+
+        for i in range(PARSED_CACHE_SIZE + 50):
+            Address.fromString(f"user{i}@flood.example")
+        self.assertLessEqual(_parseCached.cache_info().currsize, PARSED_CACHE_SIZE)
+        self.assertEqual(Address.fromString("x@flood.example"), Address._parse("x@flood.example"))
+
+
+class AccountNameTests(SynchronousTestCase):
+    """
+    L{validateAccountLocalPart}: the stricter rule for accounts hosted here.
+    """
+
+    def test_allowed(self) -> None:
+        """
+        Letters, digits and C{. _ - +} are allowed.
+        """
+        validateAccountLocalPart(Address.fromString("alice.smith-2+im_x@corp.example"))
+
+    def test_refused(self) -> None:
+        """
+        Look-alike characters, leading or trailing dots and dashes, and
+        names over 64 characters are refused.
+        """
+        for local in ("\u0430dmin", "élodie", ".alice", "alice-", "a" * 65, "a!b"):
+            self.assertRaises(InvalidAddress, validateAccountLocalPart, Address.fromParts(local, "corp.example"))

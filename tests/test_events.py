@@ -1,0 +1,126 @@
+"""
+Tests for L{imgateway.core.events}, L{imgateway.core.errors},
+L{imgateway.core.records} and L{imgateway.core.ratelimit}.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from imgateway.core.address import Address
+from imgateway.core.errors import (
+    DeliveryStatus,
+    LoopDetected,
+    NoSuchUser,
+    ServerError,
+    UserBusy,
+    statusError,
+)
+from imgateway.core.events import DEFAULT_MAX_HOPS, Message, forwarded
+from imgateway.core.ratelimit import TokenBucket
+from imgateway.core.records import Subscription
+
+A = Address.fromString("alice@corp.example")
+B = Address.fromString("bob@corp.example")
+
+
+class EventTests(SynchronousTestCase):
+    """
+    Core events.
+    """
+
+    def test_messageDefaults(self) -> None:
+        """
+        A message gets a fresh id and no hops; events compare by value.
+        """
+        m = Message(A, B, "hi")
+        self.assertEqual(m.hops, 0)
+        self.assertNotEqual(Message(A, B, "hi").messageId, m.messageId)
+        self.assertEqual(Message(A, B, "hi", messageId="x", timestamp=1.0), Message(A, B, "hi", messageId="x", timestamp=1.0))
+
+    def test_messageIdChecked(self) -> None:
+        """
+        Message ids are 1 to 128 printable characters without spaces.
+        """
+        Message(A, B, "hi", messageId="x" * 128)
+        for bad in ("", "x" * 129, "a b", "a\nb"):
+            self.assertRaises(ValueError, Message, A, B, "hi", messageId=bad)
+        self.assertRaises(ValueError, Message, A, B, "hi", hops=-1)
+
+    def test_forwarded(self) -> None:
+        """
+        Forwarding adds a hop, up to the limit, then raises
+        L{LoopDetected}.
+        """
+        m = Message(A, B, "hi", hops=DEFAULT_MAX_HOPS - 1)
+        self.assertEqual(forwarded(m).hops, DEFAULT_MAX_HOPS)
+        self.assertRaises(LoopDetected, forwarded, forwarded(m))
+
+
+class ErrorTests(SynchronousTestCase):
+    """
+    Delivery errors and statuses.
+    """
+
+    def test_statusError(self) -> None:
+        """
+        L{statusError} builds the error class of each failed status; busy
+        keeps its alternate.
+        """
+        for status in DeliveryStatus:
+            if status is DeliveryStatus.DELIVERED:
+                continue
+            self.assertEqual(statusError(status).status, status)
+        busy = statusError(DeliveryStatus.BUSY, "on the phone", "tel:+15550100")
+        self.assertIsInstance(busy, UserBusy)
+        self.assertEqual(busy.alternate, "tel:+15550100")  # type: ignore[attr-defined]
+        self.assertIsInstance(statusError(DeliveryStatus.NO_SUCH_USER), NoSuchUser)
+
+    def test_defaultText(self) -> None:
+        """
+        An error without text says its status in words.
+        """
+        self.assertEqual(ServerError().text, "server error")
+
+
+class SubscriptionTests(SynchronousTestCase):
+    """
+    L{Subscription.fromFlags}.
+    """
+
+    def test_flags(self) -> None:
+        """
+        The four combinations give none, to, from and both.
+        """
+        f = Subscription.fromFlags
+        self.assertEqual([f(False, False), f(True, False), f(False, True), f(True, True)],
+                         [Subscription.NONE, Subscription.TO, Subscription.FROM, Subscription.BOTH])
+
+
+class TokenBucketTests(SynchronousTestCase):
+    """
+    L{TokenBucket}.
+    """
+
+    def test_burstThenRate(self) -> None:
+        """
+        A full bucket allows C{burst} events, then one per 1/C{rate}
+        seconds; L{TokenBucket.retryAfter} says how long to wait.
+        """
+        clock = Clock()
+        bucket = TokenBucket(2.0, 3, clock)
+        self.assertEqual([bucket.consume() for _ in range(4)], [True, True, True, False])
+        self.assertAlmostEqual(bucket.retryAfter(), 0.5)
+        clock.advance(0.5)
+        self.assertTrue(bucket.consume())
+        self.assertFalse(bucket.consume())
+        clock.advance(100)
+        self.assertEqual(sum(bucket.consume() for _ in range(10)), 3)
+
+    def test_invalid(self) -> None:
+        """
+        A rate of zero or a burst below one is refused.
+        """
+        self.assertRaises(ValueError, TokenBucket, 0, 1, Clock())
+        self.assertRaises(ValueError, TokenBucket, 1, 0, Clock())

@@ -13,7 +13,7 @@ python3 -m venv .venv || exit 1
 # When one is missing, install it as root with apt-get, never letting the package start a
 # system service (a policy-rc.d that denies starts during the install, then the service is
 # disabled); without root or apt-get just say so (those tests then skip, or fail under CI).
-PEERS="prosody:prosody"
+PEERS="prosody:prosody ejabberdctl:ejabberd"
 PEER_EXTRA_PACKAGES="lua-unbound"   # Prosody's resolver (only Recommended): tests confine it
 ensurePeers() {
   local missing=() pair rc=0
@@ -33,7 +33,8 @@ ensurePeers() {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
     "${missing[@]}" $PEER_EXTRA_PACKAGES >/dev/null || rc=1
   if [ -n "$saved" ]; then cp -p "$saved" "$policy"; rm -f "$saved"; else rm -f "$policy"; fi
-  local pkg
+  local pkg epmdBefore=0
+  epmd -names >/dev/null 2>&1 && epmdBefore=1
   for pkg in "${missing[@]}"; do
     # Not at boot either; and stop one that started anyway (systemd or not).
     if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
@@ -43,6 +44,12 @@ ensurePeers() {
       [ -x "/etc/init.d/$pkg" ] && "/etc/init.d/$pkg" status >/dev/null 2>&1 && "/etc/init.d/$pkg" stop >/dev/null 2>&1
     fi
   done
+  # ejabberd's status check (an Erlang node) starts Erlang's epmd daemon: stop it again if it
+  # was not running before and no node is registered with it (the tests do not use epmd).
+  if [ "$epmdBefore" = 0 ] && epmd -names 2>/dev/null | grep -q 'up and running' \
+     && ! epmd -names 2>/dev/null | grep -q '^name '; then
+    epmd -kill >/dev/null 2>&1 || true
+  fi
   return $rc
 }
 ensurePeers || echo "warning: installing the peer servers failed; their tests will skip (fail under CI)"

@@ -1097,7 +1097,7 @@ def rawConnect(testCase: TestCase, endpoint: str | IStreamClientEndpoint) -> Def
 # -- TLS --------------------------------------------------------------------------------
 
 
-def makeCertificates(directory: str, hostname: str = TLS_HOSTNAME) -> tuple[str, str]:
+def makeCertificates(directory: str, hostname: str = TLS_HOSTNAME, clientAuth: bool = False) -> tuple[str, str]:
     """
     Make a certificate authority and a server certificate for C{hostname}
     signed by it.
@@ -1108,6 +1108,9 @@ def makeCertificates(directory: str, hostname: str = TLS_HOSTNAME) -> tuple[str,
     the server's private key and certificate in one file (a folder of PEMs,
     as the C{tls:} server endpoint wants).
 
+    @param clientAuth: Whether the server certificate may also serve as a
+        TLS client certificate (extended key usage C{clientAuth}), as an s2s
+        certificate must for ejabberd's SASL EXTERNAL.
     @return: The path of C{ca.pem} and the server's folder.
     """
     from cryptography import x509
@@ -1152,7 +1155,12 @@ def makeCertificates(directory: str, hostname: str = TLS_HOSTNAME) -> tuple[str,
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH] + ([ExtendedKeyUsageOID.CLIENT_AUTH] if clientAuth else [])
+            ),
+            critical=False,
+        )
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(caKey.public_key()), critical=False
         )

@@ -476,3 +476,35 @@ class ConfigTests(SynchronousTestCase):
         self.assertRaises(ConfigError, parse, {"max_body_bytes": "big"})
         self.assertRaises(ConfigError, parse, {"max_body_bytes": 0})
         self.assertRaises(ConfigError, parse, {"allow_plaintext_auth": 1})
+
+
+class SendQueueTests(NativeFaceTestsMixin, SynchronousTestCase):
+    """
+    C{max_send_queue_bytes}: a client that does not read is dropped.
+    """
+
+    config = NativeConfig(maxSendQueueBytes=2000)
+
+    def test_slowReaderDropped(self) -> None:
+        """
+        While the transport is paused (its buffer is full), writes count;
+        past the limit the connection is aborted and the session closed.
+        A transport that resumes starts the count again.
+        """
+        alice, bob = self.loggedIn("alice"), self.loggedIn("bob")
+        bob.call("PUBLISH", "*", [("Presence", "online")])
+        guard = bob.protocol._sendGuard
+        assert guard is not None
+        self.assertIs(bob.transport.producer, guard)
+        guard.pauseProducing()
+        alice.call("MESSAGE", "im:bob@corp.example", [], b"x" * 1000)
+        guard.resumeProducing()
+        guard.pauseProducing()
+        alice.call("MESSAGE", "im:bob@corp.example", [], b"x" * 1000)
+        # Twisted pauses again on every write while its buffer stays full.
+        guard.pauseProducing()
+        self.assertFalse(bob.transport.disconnecting)
+        alice.call("MESSAGE", "im:bob@corp.example", [], b"x" * 1000)
+        self.assertTrue(bob.transport.disconnecting)
+        bob.protocol.connectionLost()
+        self.assertEqual(alice.call("MESSAGE", "im:bob@corp.example", [], b"x").code, 480)

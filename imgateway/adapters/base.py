@@ -1,14 +1,16 @@
 # -*- test-case-name: tests.test_native_server -*-
 """
 What every face shares: listeners that stop start-up cleanly when they
-cannot bind, server TLS options that survive unknown ALPN offers, and
-telling loopback peers apart.
+cannot bind, server TLS options that survive unknown ALPN offers, a cap on
+what is queued for a peer that does not read, and telling loopback peers
+apart.
 """
 
 from __future__ import annotations
 
 import sys
 from ipaddress import ip_address
+from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
@@ -17,9 +19,11 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.ssl import CertificateOptions
+from twisted.internet.interfaces import IPushProducer, ITransport
 from twisted.logger import Logger
+from zope.interface import implementer
 
-__all__ = ["ListenerService", "ServerTLSOptions", "isLoopback"]
+__all__ = ["ListenerService", "SendQueueGuard", "ServerTLSOptions", "isLoopback"]
 
 log = Logger()
 
@@ -90,3 +94,54 @@ class ServerTLSOptions(CertificateOptions):
     """
 
     _contextFactory = _ALPNSafeContext
+
+
+@implementer(IPushProducer)
+class SendQueueGuard:
+    """
+    Caps what may pile up for a peer that does not read what it is sent.
+
+    The guard registers itself as the transport's streaming producer. The
+    transport asks it to pause when its own buffer is full (64 KiB for TCP);
+    from then until the transport asks it to resume, every byte written
+    counts, and past C{limit} bytes C{overflow} is called once (the face
+    drops the connection: the peer is not reading, and what was queued for
+    it would otherwise grow without bound).
+
+    @ivar limit: Bytes that may be written while the transport is paused.
+    @ivar pending: Bytes written since the transport paused.
+    @ivar tripped: Whether C{overflow} was called.
+    """
+
+    def __init__(self, transport: ITransport, limit: int, overflow: Callable[[], None]) -> None:
+        self.limit = limit
+        self.pending = 0
+        self.paused = False
+        self.tripped = False
+        self._overflow = overflow
+        transport.registerProducer(self, True)  # type: ignore[attr-defined]
+
+    def pauseProducing(self) -> None:
+        # Twisted calls this again on every write while its buffer is full:
+        # only the first call of a pause starts the count.
+        if not self.paused:
+            self.paused = True
+            self.pending = 0
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.pending = 0
+
+    def stopProducing(self) -> None:
+        self.paused = False
+
+    def wrote(self, size: int) -> None:
+        """
+        C{size} bytes were just written to the transport.
+        """
+        if not self.paused or self.tripped:
+            return
+        self.pending += size
+        if self.pending > self.limit:
+            self.tripped = True
+            self._overflow()

@@ -58,6 +58,7 @@ class NativeAdapter:
             idleTimeout=t.positive("idle_timeout", float, d.idleTimeout),
             maxAuthAttempts=t.positive("max_auth_attempts", int, d.maxAuthAttempts),
             allowPlaintextAuth=t.get("allow_plaintext_auth", bool, d.allowPlaintextAuth),
+            maxSendQueueBytes=t.positive("max_send_queue_bytes", int, d.maxSendQueueBytes),
         )
         if config.maxStartLineBytes < 64:
             raise t.error("max_start_line_bytes", "must be at least 64")

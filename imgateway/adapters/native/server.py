@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imgateway import __version__
-from imgateway.adapters.base import isLoopback
+from imgateway.adapters.base import SendQueueGuard, isLoopback
 from imgateway.adapters.native.codes import REASONS, codeForDelivery
 from imgateway.adapters.native.framing import (
     FrameParser,
@@ -69,6 +69,7 @@ class NativeConfig:
     idleTimeout: float = 300.0
     maxAuthAttempts: int = 3
     allowPlaintextAuth: bool = False
+    maxSendQueueBytes: int = 1048576
 
     @property
     def limits(self) -> Limits:
@@ -145,6 +146,7 @@ class NativeServerProtocol(Protocol):
         self._closing = False
         self._counted = False
         self._rateLimited = False
+        self._sendGuard: SendQueueGuard | None = None
         self._handlers: dict[str, Callable[[Request], Any]] = {
             "OPTIONS": self.do_OPTIONS,
             "AUTH": self.do_AUTH,
@@ -178,6 +180,7 @@ class NativeServerProtocol(Protocol):
             self._respond(0, 503, "Too many unauthenticated connections")
             self._close()
             return
+        self._sendGuard = SendQueueGuard(self.transport, self.config.maxSendQueueBytes, self._sendQueueFull)  # type: ignore[arg-type]
         f.unauthenticated += 1
         self._counted = True
         self._loginTimer = self.clock.callLater(self.config.loginTimeout, self._loginTimedOut)
@@ -199,6 +202,16 @@ class NativeServerProtocol(Protocol):
         session, self.session = self.session, None
         if session is not None:
             session.close("connection lost")
+
+    def _sendQueueFull(self) -> None:
+        self.log.warn(
+            "Dropping {peer} ({who}): it does not read, and more than {limit} bytes are queued for it (max_send_queue_bytes)",
+            peer=self.transport.getPeer(),  # type: ignore[union-attr]
+            who=self.session.address if self.session is not None else "not logged in",
+            limit=self.config.maxSendQueueBytes,
+        )
+        self._closing = True
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     def _loginTimedOut(self) -> None:
         self._loginTimer = None
@@ -325,6 +338,8 @@ class NativeServerProtocol(Protocol):
             self.log.failure("Cannot serialise {frame!r}", frame=frame)
             return
         self.transport.write(data)
+        if self._sendGuard is not None:
+            self._sendGuard.wrote(len(data))
 
     def _respond(
         self,

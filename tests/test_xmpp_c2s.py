@@ -17,6 +17,7 @@ from zope.interface.verify import verifyObject
 
 from imgateway.adapters.xmpp.adapter import XMPPAdapter
 from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory
+from imgateway.adapters.xmpp.stream import StreamLimits
 from imgateway.auth.sasl import clientMechanism
 from imgateway.config import ConfigTable
 from imgateway.core.errors import ConfigError
@@ -358,6 +359,45 @@ class SessionTests(C2STestsMixin, SynchronousTestCase):
         self.gateway.homeServer.closeAll("shutdown")
         self.assertIn("system-shutdown", c.text())
         self.assertEqual(self.gateway.homeServer.users(), [])
+
+
+class SendQueueTests(C2STestsMixin, SynchronousTestCase):
+    """
+    A client that does not read is dropped past C{sendQueueBytes}.
+    """
+
+    def test_slowReaderDropped(self) -> None:
+        """
+        Once the transport's buffer is full, stanzas written count; past the
+        limit the connection is aborted and the session closed.
+        """
+        self.factory = C2SFactory(
+            self.gateway, C2SConfig(requireTLS=False, limits=StreamLimits(sendQueueBytes=3000)), None, self.clock
+        )
+        c = self.bound()
+        c.write("<presence/>")
+        guard = c.protocol._sendGuard
+        assert guard is not None
+        self.assertIs(c.transport.producer, guard)
+        bob = self.successResultOf(self.gateway.homeServer.openSession(self.bob, RecordingSessionClient()))
+        guard.pauseProducing()
+        self.successResultOf(bob.sendMessage(self.alice, "x" * 1000))
+        guard.pauseProducing()
+        self.successResultOf(bob.sendMessage(self.alice, "x" * 1000))
+        self.assertFalse(c.transport.disconnecting)
+        self.successResultOf(bob.sendMessage(self.alice, "x" * 1000))
+        self.assertTrue(c.transport.disconnecting)
+        self.assertIsNone(c.transport.producer)
+
+    def test_closeReleasesProducer(self) -> None:
+        """
+        Closing the stream unregisters the guard, so that TLS transports
+        (which wait for their producer) really close.
+        """
+        c = self.bound()
+        self.gateway.homeServer.closeAll("shutdown")
+        self.assertTrue(c.transport.disconnecting)
+        self.assertIsNone(c.transport.producer)
 
 
 class ConfigTests(SynchronousTestCase):

@@ -119,7 +119,29 @@ class SendQueueGuard:
         self.paused = False
         self.tripped = False
         self._overflow = overflow
+        self._transport: Any = transport
+        self._registered = True
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        # A TLS transport does not close while a producer is registered:
+        # let go of it whenever the connection is asked to close, whoever
+        # asks (the face, Twisted's XML stream, an error path).
+        close = transport.loseConnection
+
+        def loseConnection() -> None:
+            self.release()
+            close()
+
+        self._transport.loseConnection = loseConnection  # type: ignore[method-assign]
+
+    def release(self) -> None:
+        """
+        Unregister from the transport (idempotent); writes are no longer
+        counted.
+        """
+        if self._registered:
+            self._registered = False
+            self.paused = False
+            self._transport.unregisterProducer()
 
     def pauseProducing(self) -> None:
         # Twisted calls this again on every write while its buffer is full:
@@ -139,7 +161,7 @@ class SendQueueGuard:
         """
         C{size} bytes were just written to the transport.
         """
-        if not self.paused or self.tripped:
+        if not self.paused or self.tripped or not self._registered:
             return
         self.pending += size
         if self.pending > self.limit:

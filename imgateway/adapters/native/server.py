@@ -210,6 +210,8 @@ class NativeServerProtocol(Protocol):
             who=self.session.address if self.session is not None else "not logged in",
             limit=self.config.maxSendQueueBytes,
         )
+        if self._sendGuard is not None:
+            self._sendGuard.release()
         self._closing = True
         self.transport.abortConnection()  # type: ignore[union-attr]
 

@@ -175,6 +175,7 @@ class XMPPAdapter:
             elements=t.positive("stanza_elements", int, l.elements),
             stanzasPerSecond=t.positive("stanzas_per_second", float, l.stanzasPerSecond),
             stanzaBurst=t.positive("stanza_burst", int, l.stanzaBurst),
+            sendQueueBytes=t.positive("max_send_queue_bytes", int, l.sendQueueBytes),
         )
         c2s = C2SConfig(
             listen=t.endpoints("listen", reactor, d.listen),

@@ -39,6 +39,7 @@ from twisted.words.protocols.jabber import error, xmlstream
 from twisted.words.xish import domish
 from twisted.words.xish.xmlstream import STREAM_ERROR_EVENT
 
+from imgateway.adapters.base import SendQueueGuard
 from imgateway.core.ratelimit import TokenBucket
 
 __all__ = [
@@ -97,6 +98,9 @@ class StreamLimits:
     @ivar elements: Most elements in one stanza once authenticated.
     @ivar stanzasPerSecond: Sustained stanza rate allowed.
     @ivar stanzaBurst: Stanzas allowed in a burst.
+    @ivar sendQueueBytes: What may be queued for a peer that does not read,
+        beyond the socket's own buffer; past it the connection is dropped
+        (L{imgateway.adapters.base.SendQueueGuard}).
     """
 
     preAuthStanzaBytes: int = 8192
@@ -105,6 +109,7 @@ class StreamLimits:
     elements: int = 1000
     stanzasPerSecond: float = 20.0
     stanzaBurst: int = 50
+    sendQueueBytes: int = 1048576
 
 
 def _refuse(what: str) -> Any:
@@ -141,6 +146,7 @@ class HardenedXmlStream(xmlstream.XmlStream):
         self.authenticated = False
         self._bucket = TokenBucket(limits.stanzasPerSecond, limits.stanzaBurst, clock)
         self._paused: IDelayedCall | None = None
+        self._sendGuard: SendQueueGuard | None = None
         # Stanzas dispatched past the rate limit, not yet paid for.
         self._owed = 0
         self._failed = False
@@ -280,6 +286,24 @@ class HardenedXmlStream(xmlstream.XmlStream):
         elif self.transport is not None:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.transport is not None:
+            self._sendGuard = SendQueueGuard(self.transport, self.limits.sendQueueBytes, self._sendQueueFull)
+
+    def _sendQueueFull(self) -> None:
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self.log.warn(
+            "Dropping XML stream to {peer}: it does not read, and more than {limit} bytes are queued for it",
+            peer=peer,
+            limit=self.limits.sendQueueBytes,
+        )
+        if self._sendGuard is not None:
+            self._sendGuard.release()
+        self._failed = True
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
     def connectionLost(self, reason: failure.Failure = failure.Failure(ConnectionError())) -> None:
         if self._paused is not None and self._paused.active():
             self._paused.cancel()
@@ -296,3 +320,5 @@ class HardenedXmlStream(xmlstream.XmlStream):
         if isinstance(obj, str):
             obj = xmlSafe(obj)
         super().send(obj)
+        if self._sendGuard is not None:
+            self._sendGuard.wrote(len(obj))

@@ -57,7 +57,7 @@ from tests.e2e.harness import (
     stopProcess,
 )
 from tests.e2e.prosody import PEERS_DIR, XMPP_DOMAIN, _splitPem
-from tests.e2e.xmppclient import XMPPAgent, connectAgent
+from tests.e2e.peerserver import PeerServerProcess
 
 __all__ = [
     "EjabberdProcess",
@@ -199,7 +199,7 @@ def _children(pid: int) -> list[int]:
     return children
 
 
-class EjabberdProcess:
+class EjabberdProcess(PeerServerProcess):
     """
     A real ejabberd (C{erl -s ejabberd}) on a configuration of its own
     inside a test's temporary folder, stopped when the test ends.
@@ -243,6 +243,8 @@ class EjabberdProcess:
     @ivar dns: The L{StaticSRVServer} ejabberd asks, while it runs.
     @ivar process: The running process, or C{None}.
     """
+
+    name = "ejabberd"
 
     def __init__(
         self,
@@ -343,20 +345,6 @@ class EjabberdProcess:
 
     # -- configuration --------------------------------------------------------------
 
-    def jid(self, user: str) -> str:
-        """
-        The bare JID of the account C{user} on L{domain}.
-        """
-        return f"{user}@{self.domain}"
-
-    def addPeer(self, domain: str, port: int) -> None:
-        """
-        Route s2s traffic for C{domain} to C{127.0.0.1:port} (at once: the
-        DNS server reads the routes at each query, and ejabberd caches
-        nothing).
-        """
-        self.peers[domain] = port
-
     def addUser(self, user: str, password: str) -> None:
         """
         Make the account C{user@domain} at the next L{start} (ejabberd
@@ -365,13 +353,6 @@ class EjabberdProcess:
         if self.process is not None:
             raise AssertionError("ejabberd registers accounts as it starts: add them before start()")
         self.passwords[user] = password
-
-    def addUsers(self, passwords: Mapping[str, str]) -> None:
-        """
-        L{addUser} for each entry.
-        """
-        for user, password in passwords.items():
-            self.addUser(user, password)
 
     def renderConfig(self) -> str:
         """
@@ -463,16 +444,6 @@ class EjabberdProcess:
         )
         return env
 
-    @property
-    def running(self) -> bool:
-        """
-        Whether the process has been started and has not been seen to exit.
-        """
-        return self.process is not None and self.process.poll() is None
-
-    def _describe(self, what: str) -> str:
-        return f"{what}\n--- output ---\n{self.output()}--- log ({self.logPath}) ---\n{self.log()}"
-
     def start(self) -> Deferred[None]:
         """
         Start the DNS server, write the configuration and start ejabberd;
@@ -519,15 +490,6 @@ class EjabberdProcess:
 
         return _deferred(run())
 
-    def _reaped(self) -> int:
-        assert self.process is not None
-        code = self.process.wait()
-        self.process = None
-        if self._output is not None:
-            self._output.close()
-            self._output = None
-        return code
-
     def stop(self, sig: int = signal.SIGTERM) -> Deferred[int]:
         """
         Send ejabberd C{sig} (the Erlang VM stops cleanly on SIGTERM) and
@@ -551,63 +513,14 @@ class EjabberdProcess:
                 await sleep(_POLL)
         return code
 
-    def log(self) -> str:
-        """
-        @return: ejabberd's log so far.
-        """
-        return _readText(self.logPath)
-
-    def output(self) -> str:
-        """
-        @return: What ejabberd wrote to standard output and error.
-        """
-        return _readText(self.outputPath)
-
     def problems(self) -> list[str]:
         """
         @return: The log lines at level C{error} or above.
         """
         return [line for line in self.log().splitlines() if re.search(r"\[(error|critical|alert|emergency)\]", line)]
 
-    async def _cleanUpNow(self) -> None:
+    async def _stopForCleanUp(self) -> None:
         try:
-            if self.process is not None:
-                await self.stop()
+            await super()._stopForCleanUp()
         finally:
             await self.dns.stop()
-        if self.checkLog:
-            problems = self.problems()
-            if problems:
-                raise AssertionError(self._describe("ejabberd logged errors:\n" + "\n".join(problems)))
-
-    def _cleanUp(self) -> Deferred[None]:
-        return _deferred(self._cleanUpNow())
-
-    # -- clients --------------------------------------------------------------------
-
-    def agent(
-        self,
-        user: str,
-        password: str | None = None,
-        resource: str = "agent",
-        tls: str = "starttls",
-        **kwargs: Any,
-    ) -> Deferred[XMPPAgent]:
-        """
-        L{connectAgent} for C{user@domain}: a real XMPP client logged in to
-        this ejabberd's c2s port, trusting L{caPath}; stopped when the test
-        ends.
-
-        @param password: The account's password (by default the one it was
-            made with).
-        @param kwargs: More arguments for L{connectAgent}.
-        """
-        kwargs.setdefault("caFile", self.caPath)
-        return connectAgent(
-            self.testCase,
-            f"{self.jid(user)}/{resource}",
-            password if password is not None else self.passwords[user],
-            self.c2sPort,
-            tls=tls,
-            **kwargs,
-        )

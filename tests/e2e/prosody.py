@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import IO, Any
+from typing import IO
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
-from tests.e2e.harness import _accepts, _deferred, _readText, freePort, makeCertificates, requirePeer, sleep, stopProcess
-from tests.e2e.xmppclient import XMPPAgent, connectAgent
+from tests.e2e.harness import _accepts, _deferred, _readText, freePort, makeCertificates, requirePeer, sleep
+from tests.e2e.peerserver import PeerServerProcess
 
 __all__ = [
     "COMPONENT_SECRET",
@@ -114,7 +113,7 @@ def _splitPem(path: str) -> tuple[str, str]:
     return "".join(keys), "".join(certs)
 
 
-class ProsodyProcess:
+class ProsodyProcess(PeerServerProcess):
     """
     A real C{prosody -F} on a configuration of its own inside a test's
     temporary folder, stopped when the test ends.
@@ -159,6 +158,8 @@ class ProsodyProcess:
     @ivar passwords: The accounts made so far: local part to password.
     @ivar process: The running process, or C{None}.
     """
+
+    name = "prosody"
 
     def __init__(
         self,
@@ -284,19 +285,6 @@ class ProsodyProcess:
 
     # -- configuration --------------------------------------------------------------
 
-    def jid(self, user: str) -> str:
-        """
-        The bare JID of the account C{user} on L{domain}.
-        """
-        return f"{user}@{self.domain}"
-
-    def addPeer(self, domain: str, port: int) -> None:
-        """
-        Route s2s traffic for C{domain} to C{127.0.0.1:port} (takes effect
-        at the next L{start}).
-        """
-        self.peers[domain] = port
-
     def addUser(self, user: str, password: str) -> None:
         """
         Make the account C{user@domain} (or change its password) by writing
@@ -309,13 +297,6 @@ class ProsodyProcess:
         with open(path, "w", encoding="utf-8") as f:
             f.write(f"return {{\n\t[\"password\"] = {luaString(password)};\n}};\n")
         self.passwords[user] = password
-
-    def addUsers(self, passwords: Mapping[str, str]) -> None:
-        """
-        L{addUser} for each entry.
-        """
-        for user, password in passwords.items():
-            self.addUser(user, password)
 
     def _names(self) -> list[str]:
         return [self.domain, *self.components, *self.peers]
@@ -396,16 +377,6 @@ class ProsodyProcess:
         """
         return [self.program, "--config", self.configPath, "-F"]
 
-    @property
-    def running(self) -> bool:
-        """
-        Whether the process has been started and has not been seen to exit.
-        """
-        return self.process is not None and self.process.poll() is None
-
-    def _describe(self, what: str) -> str:
-        return f"{what}\n--- output ---\n{self.output()}--- log ({self.logPath}) ---\n{self.log()}"
-
     def start(self) -> Deferred[None]:
         """
         Write the configuration and start Prosody; wait until its c2s, s2s
@@ -444,80 +415,9 @@ class ProsodyProcess:
 
         return _deferred(run())
 
-    def _reaped(self) -> int:
-        assert self.process is not None
-        code = self.process.wait()
-        self.process = None
-        if self._output is not None:
-            self._output.close()
-            self._output = None
-        return code
-
-    def stop(self, sig: int = signal.SIGTERM) -> Deferred[int]:
-        """
-        Send Prosody C{sig} and wait for it to exit; kill it if it has not
-        within L{STOP_TIMEOUT}.
-
-        @return: Fires with its exit status.
-        """
-
-        return stopProcess(self, "prosody", sig)
-
-    def log(self) -> str:
-        """
-        @return: Prosody's log so far.
-        """
-        return _readText(self.logPath)
-
-    def output(self) -> str:
-        """
-        @return: What Prosody wrote to standard output and error.
-        """
-        return _readText(self.outputPath)
-
     def problems(self) -> list[str]:
         """
         @return: The log lines at level C{error} (Prosody's tab-separated
             format: time, source, level, message).
         """
         return [line for line in self.log().splitlines() if "\terror\t" in line]
-
-    async def _cleanUpNow(self) -> None:
-        if self.process is not None:
-            await self.stop()
-        if self.checkLog:
-            problems = self.problems()
-            if problems:
-                raise AssertionError(self._describe("prosody logged errors:\n" + "\n".join(problems)))
-
-    def _cleanUp(self) -> Deferred[None]:
-        return _deferred(self._cleanUpNow())
-
-    # -- clients --------------------------------------------------------------------
-
-    def agent(
-        self,
-        user: str,
-        password: str | None = None,
-        resource: str = "agent",
-        tls: str = "starttls",
-        **kwargs: Any,
-    ) -> Deferred[XMPPAgent]:
-        """
-        L{connectAgent} for C{user@domain}: a real XMPP client logged in to
-        this Prosody's c2s port, trusting L{caPath}; stopped when the test
-        ends.
-
-        @param password: The account's password (by default the one it was
-            made with).
-        @param kwargs: More arguments for L{connectAgent}.
-        """
-        kwargs.setdefault("caFile", self.caPath)
-        return connectAgent(
-            self.testCase,
-            f"{self.jid(user)}/{resource}",
-            password if password is not None else self.passwords[user],
-            self.c2sPort,
-            tls=tls,
-            **kwargs,
-        )

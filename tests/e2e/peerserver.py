@@ -1,0 +1,161 @@
+"""
+What the real third-party XMPP servers the tests start (L{ProsodyProcess},
+L{EjabberdProcess}) have in common: their process, logs, accounts and
+clients.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Mapping
+from typing import IO, Any
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+
+from tests.e2e.harness import _deferred, _readText, stopProcess
+from tests.e2e.xmppclient import XMPPAgent, connectAgent
+
+__all__ = ["PeerServerProcess"]
+
+
+class PeerServerProcess:
+    """
+    A peer server process of a test. Subclasses set the attributes below,
+    write their configuration, and implement C{start}, C{addUser} and
+    C{problems}.
+
+    @cvar name: Names the server in messages (C{"prosody"}).
+    @ivar testCase: The test it belongs to.
+    @ivar domain: The XMPP domain it serves.
+    @ivar passwords: Account name to password.
+    @ivar c2sPort: Its client port.
+    @ivar caPath: The authority its certificate comes from.
+    @ivar logPath: Its log file.
+    @ivar outputPath: Where its standard output and error go.
+    @ivar process: The running process, or C{None}.
+    @ivar checkLog: Whether to fail the test on error lines in its log.
+    """
+
+    name = "peer"
+    testCase: TestCase
+    domain: str
+    passwords: dict[str, str]
+    peers: dict[str, int]
+    c2sPort: int
+    caPath: str | None
+    logPath: str
+    outputPath: str
+    process: subprocess.Popen[bytes] | None
+    checkLog: bool
+    _output: IO[bytes] | None
+
+    def jid(self, user: str) -> str:
+        """
+        The bare JID of the account C{user} on L{domain}.
+        """
+        return f"{user}@{self.domain}"
+
+    def addPeer(self, domain: str, port: int) -> None:
+        """
+        Route s2s traffic for C{domain} to C{127.0.0.1:port}.
+        """
+        self.peers[domain] = port
+
+    def addUser(self, user: str, password: str) -> None:
+        raise NotImplementedError
+
+    def addUsers(self, passwords: Mapping[str, str]) -> None:
+        """
+        L{addUser} for each entry.
+        """
+        for user, password in passwords.items():
+            self.addUser(user, password)
+
+    @property
+    def running(self) -> bool:
+        """
+        Whether the process has been started and has not been seen to exit.
+        """
+        return self.process is not None and self.process.poll() is None
+
+    def _describe(self, what: str) -> str:
+        return f"{what}\n--- output ---\n{self.output()}--- log ({self.logPath}) ---\n{self.log()}"
+
+    def _reaped(self) -> int:
+        assert self.process is not None
+        code = self.process.wait()
+        self.process = None
+        if self._output is not None:
+            self._output.close()
+            self._output = None
+        return code
+
+    def stop(self, sig: int = signal.SIGTERM) -> Deferred[int]:
+        """
+        Send the server C{sig} and wait for it to exit; kill it if it has
+        not within the harness's C{STOP_TIMEOUT}.
+
+        @return: Fires with its exit status.
+        """
+        return stopProcess(self, self.name, sig)
+
+    def log(self) -> str:
+        """
+        @return: The server's log so far.
+        """
+        return _readText(self.logPath)
+
+    def output(self) -> str:
+        """
+        @return: What the server wrote to standard output and error.
+        """
+        return _readText(self.outputPath)
+
+    def problems(self) -> list[str]:
+        """
+        @return: The error lines of the log.
+        """
+        raise NotImplementedError
+
+    async def _stopForCleanUp(self) -> None:
+        if self.process is not None:
+            await self.stop()
+
+    async def _cleanUpNow(self) -> None:
+        await self._stopForCleanUp()
+        if self.checkLog:
+            problems = self.problems()
+            if problems:
+                raise AssertionError(self._describe(f"{self.name} logged errors:\n" + "\n".join(problems)))
+
+    def _cleanUp(self) -> Deferred[None]:
+        return _deferred(self._cleanUpNow())
+
+    def agent(
+        self,
+        user: str,
+        password: str | None = None,
+        resource: str = "agent",
+        tls: str = "starttls",
+        **kwargs: Any,
+    ) -> Deferred[XMPPAgent]:
+        """
+        L{connectAgent} for C{user@domain}: a real XMPP client logged in to
+        this server's c2s port, trusting L{caPath}; stopped when the test
+        ends.
+
+        @param password: The account's password (by default the one it was
+            made with).
+        @param kwargs: More arguments for L{connectAgent}.
+        """
+        kwargs.setdefault("caFile", self.caPath)
+        return connectAgent(
+            self.testCase,
+            f"{self.jid(user)}/{resource}",
+            password if password is not None else self.passwords[user],
+            self.c2sPort,
+            tls=tls,
+            **kwargs,
+        )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
@@ -136,7 +137,18 @@ def _configureConnection(busyTimeout: float) -> Callable[[sqlite3.Connection], N
     def configure(connection: sqlite3.Connection) -> None:
         # busy_timeout first: switching to WAL needs a lock.
         connection.execute(f"PRAGMA busy_timeout = {milliseconds:d}").fetchall()
-        connection.execute("PRAGMA journal_mode = WAL").fetchall()
+        # Switching a new database to WAL can fail at once with "database is
+        # locked" while another process opens it too (SQLite does not always
+        # call the busy handler for it): retry within the busy timeout.
+        deadline = time.monotonic() + busyTimeout
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode = WAL").fetchall()
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
         connection.execute("PRAGMA synchronous = NORMAL").fetchall()
         connection.execute("PRAGMA foreign_keys = ON").fetchall()
 

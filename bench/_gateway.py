@@ -34,7 +34,7 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = [
     "GatewayError",
@@ -503,3 +503,28 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+_exitStatus = 130
+
+
+def _terminated(signum: int, frame: Any) -> NoReturn:
+    global _exitStatus
+    _exitStatus = 128 + signum
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interruptOnSigterm() -> None:
+    """
+    Make SIGTERM interrupt a benchmark as Ctrl-C does, so that its
+    clean-up (stopping the servers it started) runs.
+    """
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def interruptedStatus() -> int:
+    """
+    @return: The exit status for an interrupted benchmark: 128 + the signal
+        (130 for Ctrl-C).
+    """
+    return _exitStatus

@@ -42,13 +42,13 @@ import traceback
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 if __package__ in (None, ""):
     # Run as a script (python bench/native_load.py): make the repository importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._gateway import GatewayError, SpawnedGateway, createUsers
+from bench._gateway import interruptedStatus, interruptOnSigterm, GatewayError, SpawnedGateway, createUsers
 from imgateway import __version__
 from imgateway.adapters.native.framing import (
     FrameParser,
@@ -1093,23 +1093,16 @@ def measure(args: argparse.Namespace, workers: Workers, pid: int | None, senders
     return out
 
 
-_exitStatus = 130
-
-
-def _terminated(signum: int, frame: Any) -> NoReturn:
-    global _exitStatus
-    _exitStatus = 128 + signum
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parseArgs(argv)
-    signal.signal(signal.SIGTERM, _terminated)
+    interruptOnSigterm()
     try:
         out = run(args)
     except KeyboardInterrupt:
         info("interrupted; the gateway we started (if any) is stopped")
-        sys.exit(_exitStatus)
+        sys.exit(interruptedStatus())
     except (BenchFailed, GatewayError, AssertionError) as e:
         info(f"failed: {e}")
         print(json.dumps({"bench": "native_msg", "label": args.label, "error": str(e)[-4000:]}), flush=True)

@@ -48,13 +48,13 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 if __package__ in (None, ""):
     # Run as a script (python bench/xmpp_compare.py): make the repository importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._gateway import REPO, XMPP_BENCH_SETTINGS, GatewayError, SpawnedGateway, freePort
+from bench._gateway import interruptedStatus, interruptOnSigterm, REPO, XMPP_BENCH_SETTINGS, GatewayError, SpawnedGateway, freePort
 from imgateway import __version__
 
 #: Accounts both servers have at least (Prosody's default in start-prosody.sh).
@@ -656,23 +656,16 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return lines
 
 
-_exitStatus = 130
-
-
-def _terminated(signum: int, frame: Any) -> NoReturn:
-    global _exitStatus
-    _exitStatus = 128 + signum
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parseArgs(argv)
-    signal.signal(signal.SIGTERM, _terminated)
+    interruptOnSigterm()
     try:
         lines = run(args)
     except KeyboardInterrupt:
         info("interrupted; the servers we started are stopped")
-        sys.exit(_exitStatus)
+        sys.exit(interruptedStatus())
     except (CompareFailed, GatewayError, OSError) as e:
         info(f"failed: {e}")
         print(json.dumps({"bench": "xmpp_compare", "error": str(e)[-4000:]}), flush=True)

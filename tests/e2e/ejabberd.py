@@ -50,13 +50,12 @@ from tests.e2e.harness import (
     _deferred,
     _readText,
     freePort,
-    makeCertificates,
     reactor,
     requirePeer,
     sleep,
     stopProcess,
 )
-from tests.e2e.prosody import PEERS_DIR, XMPP_DOMAIN, _splitPem
+from tests.e2e.prosody import PEERS_DIR, XMPP_DOMAIN
 from tests.e2e.peerserver import PeerServerProcess
 
 __all__ = [
@@ -321,23 +320,7 @@ class EjabberdProcess(PeerServerProcess):
         self.process: subprocess.Popen[bytes] | None = None
         self._output: IO[bytes] | None = None
 
-        tlsDir = os.path.join(self.directory, "tls")
-        os.makedirs(tlsDir, exist_ok=True)
-        if certificate is None:
-            self.caPath: str | None
-            self.caPath, serverDir = makeCertificates(tlsDir, domain)
-            key, certs = _splitPem(os.path.join(serverDir, f"{domain}.pem"))
-            self.certificatePath = os.path.join(tlsDir, f"{domain}.crt")
-            self.keyPath = os.path.join(tlsDir, f"{domain}.key")
-            with open(self.certificatePath, "w") as f:
-                f.write(certs)
-            fd = os.open(self.keyPath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(key)
-        else:
-            self.caPath = None
-            self.certificatePath, self.keyPath = (os.path.abspath(p) for p in certificate)
-        self.trustPath = os.path.join(tlsDir, "trusted-cas.pem")
+        self._prepareTLS(domain, certificate)
 
         for user, password in (users or {}).items():
             self.addUser(user, password)

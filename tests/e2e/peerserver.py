@@ -6,6 +6,8 @@ clients.
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 from collections.abc import Mapping
@@ -14,10 +16,23 @@ from typing import IO, Any
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
-from tests.e2e.harness import _deferred, _readText, stopProcess
+from tests.e2e.harness import _deferred, _readText, makeCertificates, stopProcess
 from tests.e2e.xmppclient import XMPPAgent, connectAgent
 
 __all__ = ["PeerServerProcess"]
+
+
+def _splitPem(path: str) -> tuple[str, str]:
+    """
+    The private key and the certificates of a PEM file that holds both.
+    """
+    keys: list[str] = []
+    certs: list[str] = []
+    for m in re.finditer(r"-----BEGIN ([A-Z ]+)-----.*?-----END \1-----\n?", _readText(path), re.S):
+        (certs if m.group(1) == "CERTIFICATE" else keys).append(m.group(0))
+    if not keys or not certs:
+        raise ValueError(f"{path} does not hold a key and a certificate")
+    return "".join(keys), "".join(certs)
 
 
 class PeerServerProcess:
@@ -45,11 +60,40 @@ class PeerServerProcess:
     peers: dict[str, int]
     c2sPort: int
     caPath: str | None
+    certificatePath: str
+    keyPath: str
+    trustPath: str
     logPath: str
     outputPath: str
     process: subprocess.Popen[bytes] | None
     checkLog: bool
     _output: IO[bytes] | None
+
+    directory: str
+
+    def _prepareTLS(self, domain: str, certificate: tuple[str, str] | None) -> None:
+        """
+        Set L{caPath}, C{certificatePath}, C{keyPath} and C{trustPath}: a
+        new authority and a certificate for C{domain} (key and chain in
+        separate files) when C{certificate} is C{None}, else that
+        C{(certificate, key)} pair.
+        """
+        tlsDir = os.path.join(self.directory, "tls")
+        os.makedirs(tlsDir, exist_ok=True)
+        if certificate is None:
+            self.caPath, serverDir = makeCertificates(tlsDir, domain)
+            key, certs = _splitPem(os.path.join(serverDir, f"{domain}.pem"))
+            self.certificatePath = os.path.join(tlsDir, f"{domain}.crt")
+            self.keyPath = os.path.join(tlsDir, f"{domain}.key")
+            with open(self.certificatePath, "w") as f:
+                f.write(certs)
+            fd = os.open(self.keyPath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(key)
+        else:
+            self.caPath = None
+            self.certificatePath, self.keyPath = (os.path.abspath(p) for p in certificate)
+        self.trustPath = os.path.join(tlsDir, "trusted-cas.pem")
 
     def jid(self, user: str) -> str:
         """

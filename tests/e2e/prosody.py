@@ -24,7 +24,7 @@ from typing import IO
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
-from tests.e2e.harness import _accepts, _deferred, _readText, freePort, makeCertificates, requirePeer, sleep
+from tests.e2e.harness import _accepts, _deferred, _readText, freePort, requirePeer, sleep
 from tests.e2e.peerserver import PeerServerProcess
 
 __all__ = [
@@ -98,19 +98,6 @@ def _storeName(name: str) -> str:
     is not a letter or digit as C{%xx}).
     """
     return re.sub(rb"[^A-Za-z0-9]", lambda m: b"%%%02x" % m.group()[0], name.encode("utf-8")).decode("ascii")
-
-
-def _splitPem(path: str) -> tuple[str, str]:
-    """
-    The private key and the certificates of a PEM file that holds both.
-    """
-    keys: list[str] = []
-    certs: list[str] = []
-    for m in re.finditer(r"-----BEGIN ([A-Z ]+)-----.*?-----END \1-----\n?", _readText(path), re.S):
-        (certs if m.group(1) == "CERTIFICATE" else keys).append(m.group(0))
-    if not keys or not certs:
-        raise ValueError(f"{path} does not hold a key and a certificate")
-    return "".join(keys), "".join(certs)
 
 
 class ProsodyProcess(PeerServerProcess):
@@ -256,23 +243,7 @@ class ProsodyProcess(PeerServerProcess):
         self.process: subprocess.Popen[bytes] | None = None
         self._output: IO[bytes] | None = None
 
-        tlsDir = os.path.join(self.directory, "tls")
-        os.makedirs(tlsDir, exist_ok=True)
-        if certificate is None:
-            self.caPath: str | None
-            self.caPath, serverDir = makeCertificates(tlsDir, domain)
-            key, certs = _splitPem(os.path.join(serverDir, f"{domain}.pem"))
-            self.certificatePath = os.path.join(tlsDir, f"{domain}.crt")
-            self.keyPath = os.path.join(tlsDir, f"{domain}.key")
-            with open(self.certificatePath, "w") as f:
-                f.write(certs)
-            fd = os.open(self.keyPath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(key)
-        else:
-            self.caPath = None
-            self.certificatePath, self.keyPath = (os.path.abspath(p) for p in certificate)
-        self.trustPath = os.path.join(tlsDir, "trusted-cas.pem")
+        self._prepareTLS(domain, certificate)
 
         dnsDir = os.path.join(self.directory, "dns")
         os.makedirs(dnsDir, exist_ok=True)

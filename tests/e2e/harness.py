@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+from collections import deque
 import subprocess
 import sys
 import time
@@ -123,18 +124,27 @@ def _deferred(coroutine: Coroutine[Any, Any, T]) -> Deferred[T]:
     return Deferred.fromCoroutine(coroutine)
 
 
+#: Ports L{freePort} handed out lately: the kernel may pick a port again as
+#: soon as it is released, and two listeners of one test must not share one.
+_recentPorts: deque[int] = deque(maxlen=512)
+
+
 def freePort() -> int:
     """
     A TCP port on 127.0.0.1 that nothing listens on right now (the kernel's
     pick; nothing stops another process from taking it before the caller
-    does).
+    does), and that this process has not been given lately.
     """
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return cast(int, s.getsockname()[1])
-    finally:
-        s.close()
+    while True:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", 0))
+            port = cast(int, s.getsockname()[1])
+        finally:
+            s.close()
+        if port not in _recentPorts:
+            _recentPorts.append(port)
+            return port
 
 
 def requirePeer(testCase: TestCase, command: str, package: str | None = None) -> str:

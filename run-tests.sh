@@ -67,8 +67,10 @@ echo "== newsfragments"
 for f in newsfragments/*; do
   case "$(basename "$f")" in
     .gitignore) ;;
-    *.feature|*.bugfix|*.doc|*.misc) ;;
-    *) echo "bad newsfragment name: $f (want <issue>.<feature|bugfix|doc|misc>)"; status=1 ;;
+    *)
+      # <issue>.<type>, or <issue>.<type>.<n> for several changes of one type
+      echo "$(basename "$f")" | grep -qE '^[0-9]+\.(feature|bugfix|doc|misc)(\.[0-9]+)?$' \
+        || { echo "bad newsfragment name: $f (want <issue>.<feature|bugfix|doc|misc>[.<n>])"; status=1; } ;;
   esac
 done
 .venv/bin/towncrier build --draft --version "$(.venv/bin/python -c "import imgateway; print(imgateway.__version__)")" >/dev/null 2>&1 || { echo "towncrier cannot render newsfragments/"; status=1; }

@@ -702,7 +702,8 @@ class StanzaSizeTests(StreamTestCase):
         A stream restart from an observer in the middle of a read (as on
         STARTTLS or SASL success) starts a fresh count: what the old parser
         goes on parsing from that read neither trips the new stream's cap
-        nor moves its count.
+        nor moves its count, and is not handled (the C{<presence/>} after
+        C{<starttls/>} is dropped: STARTTLS injection).
         """
         for size, accepted in ((8192, True), (8193, False)):
             xs, transport, received = self.connect()
@@ -713,7 +714,7 @@ class StanzaSizeTests(StreamTestCase):
             self.feed(xs, HEADER + emptyStanza(size - len(HEADER)))
             if accepted:
                 self.assertOpen(transport)
-                self.assertEqual(len(received), 5)
+                self.assertEqual([e.name for e in received], ["presence", "presence", "starttls", "presence"])
             else:
                 self.assertStreamError(transport, "policy-violation", tooBig=True)
 
@@ -838,26 +839,30 @@ class ElementCountTests(StreamTestCase):
 
 class RateLimitTests(StreamTestCase):
     """
-    Past its stanza rate, a peer's reading is paused, not cut off.
+    Parsed stanzas, not reads, are rate-limited: what comes faster than the
+    allowance waits in a bounded queue and is handled at the configured
+    rate, with reading paused meanwhile.
     """
 
     limits = StreamLimits(stanzasPerSecond=1, stanzaBurst=2)
 
     def test_burstThenPause(self) -> None:
         """
-        With a burst of 2 and 1 stanza/s, the third stanza in a row pauses
-        the transport (the stanza itself is still dispatched); reading
-        resumes once a second has passed.
+        With a burst of 2 and 1 stanza/s, the third stanza in a row waits
+        (and pauses the transport) until a second has passed; then it is
+        handled and reading resumes.
         """
         xs, transport, received = self.connect(self.limits)
         self.feed(xs, HEADER, b"<presence/>", b"<presence/>")
         self.assertEqual(transport.producerState, "producing")
         self.feed(xs, b"<presence/>")
         self.assertEqual(transport.producerState, "paused")
-        self.assertEqual(len(received), 3)
+        self.assertEqual((len(received), xs.queuedStanzas), (2, 1))
         self.clock.advance(0.99)
         self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(len(received), 2)
         self.clock.advance(0.01)
+        self.assertEqual(len(received), 3)
         self.assertEqual(transport.producerState, "producing")
         self.assertOpen(transport)
 
@@ -873,28 +878,70 @@ class RateLimitTests(StreamTestCase):
             self.clock.advance(1)
         self.assertEqual(len(received), 20)
 
-    def test_pipelinedStanzasCharged(self) -> None:
+    def test_thousandInOneRead(self) -> None:
         """
-        Stanzas that arrive together in one read are all dispatched, but
-        each is charged: ten at once with a burst of 2 and 1 stanza/s keep
-        the transport paused for 8 seconds, not 1.
+        A thousand stanzas in one read, at the default 20 stanzas/s with a
+        burst of 50: the first 50 are handled at once, then one every 0.05
+        s, in order; reading stays paused until the last one is handled.
         """
-        xs, transport, received = self.connect(self.limits)
-        self.feed(xs, HEADER, b"<presence/>" * 10)
-        self.assertEqual(len(received), 10)
+        xs, transport, received = self.connect()
+        handled: list[tuple[float, str]] = []
+        xs.addObserver("/presence", lambda e: handled.append((self.clock.seconds(), e["id"])))
+        self.feed(xs, HEADER, b"".join(b"<presence id='%d'/>" % i for i in range(1000)))
+        self.assertEqual(len(handled), 50)
+        self.assertEqual(xs.queuedStanzas, 950)
         self.assertEqual(transport.producerState, "paused")
-        self.clock.pump([0.5] * 15)
+        self.clock.pump([0.05] * 949)
         self.assertEqual(transport.producerState, "paused")
-        self.clock.pump([0.5])
+        self.clock.pump([0.05])
         self.assertEqual(transport.producerState, "producing")
-        self.feed(xs, b"<presence/>")
-        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual([i for _, i in handled], [str(i) for i in range(1000)])
+        for (when, _), expected in zip(handled, [0.0] * 50 + [0.05 * k for k in range(1, 951)]):
+            self.assertAlmostEqual(when, expected, places=6)
+        self.assertOpen(transport)
+
+    def test_queueBound(self) -> None:
+        """
+        With room for 5 waiting stanzas: 2 (the burst) and 5 more in one
+        read are accepted, and handled at the rate; 2 and 6 more close the
+        stream with C{<policy-violation/>}, and none of the queued ones is
+        handled after that.
+        """
+        limits = StreamLimits(stanzasPerSecond=1, stanzaBurst=2, maxQueuedStanzas=5)
+        xs, transport, received = self.connect(limits)
+        self.feed(xs, HEADER, b"<presence/>" * 7)
+        self.assertEqual((len(received), xs.queuedStanzas), (2, 5))
+        self.clock.pump([1] * 5)
+        self.assertEqual(len(received), 7)
+        self.assertOpen(transport)
+
+        xs, transport, received = self.connect(limits)
+        self.feed(xs, HEADER, b"<presence/>" * 8)
+        self.assertStreamError(transport, "policy-violation")
+        self.assertEqual((len(received), xs.queuedStanzas), (2, 0))
+        self.clock.advance(10)
+        self.assertEqual(len(received), 2)
+
+    def test_restartDropsQueue(self) -> None:
+        """
+        Stanzas waiting behind one that restarts the stream (STARTTLS)
+        came before the restart: they are dropped, not handled on the new
+        stream.
+        """
+        xs, transport, received = self.connect(StreamLimits(stanzasPerSecond=1, stanzaBurst=1))
+        xs.addOnetimeObserver("/starttls", lambda _: xs.reset())
+        self.feed(xs, HEADER, b"<presence/><starttls/><message/>")
+        self.assertEqual([e.name for e in received], ["presence"])
         self.clock.advance(1)
-        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual([e.name for e in received], ["presence", "starttls"])
+        self.assertEqual(xs.queuedStanzas, 0)
+        self.clock.advance(10)
+        self.assertEqual([e.name for e in received], ["presence", "starttls"])
 
     def test_connectionLostWhilePaused(self) -> None:
         """
-        Losing the connection while paused cancels the pending resume.
+        Losing the connection while stanzas wait drops them and cancels
+        the pending call.
         """
         xs, transport, received = self.connect(self.limits)
         self.feed(xs, HEADER, b"<presence/>" * 3)
@@ -902,6 +949,7 @@ class RateLimitTests(StreamTestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         xs.connectionLost(Failure(ConnectionError()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(xs.queuedStanzas, 0)
 
 
 class SendTests(StreamTestCase):

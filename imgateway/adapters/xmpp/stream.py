@@ -17,10 +17,18 @@ section 1.6).
   expat's positions, so the cap does not depend on how the peer's bytes
   are cut into reads (Twisted's own C{maxStanzaSize} is only checked
   between reads and lets a stanza that arrives in one read through).
-- Stanzas are rate-limited by a token bucket: a peer that sends too fast has
-  its reading paused until it is within its allowance again (as Prosody's
-  mod_limits), rather than being cut off. Stanzas that arrive together in
-  one read are each charged, so pipelining does not beat the limit.
+- Parsed stanzas, not reads, are rate-limited by a token bucket: what
+  arrives faster than the allowance waits in a bounded queue and is
+  handled at the configured rate, while reading from the peer is paused
+  (as Prosody's mod_limits); so a thousand stanzas in one TCP write are
+  handled at the rate, not at once. Past C{maxQueuedStanzas} waiting
+  stanzas the stream is closed with C{<policy-violation/>}.
+- A stream restart (STARTTLS, SASL success) discards whatever the peer sent
+  after the element that caused it in the same read, and whatever still
+  waits in the queue: nothing sent before the restart is handled as if it
+  had come after it (the CVE-2011-0411 class of STARTTLS injection).
+- The caps are advertised with XEP-0478 stream limits
+  (L{HardenedXmlStream.limitsFeature}).
 - Characters that XML 1.0 forbids (C0 controls, lone surrogates, U+FFFE,
   U+FFFF) never reach the wire: they are removed from everything sent.
 """
@@ -29,6 +37,8 @@ from __future__ import annotations
 
 import re
 import sys
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from attrs import frozen
@@ -43,6 +53,7 @@ from imgateway.adapters.base import SendQueueGuard
 from imgateway.core.ratelimit import TokenBucket
 
 __all__ = [
+    "NS_STREAM_LIMITS",
     "NS_XMPP_ERRORS",
     "HardenedXmlStream",
     "RestrictedXML",
@@ -52,6 +63,13 @@ __all__ = [
 
 #: Application-specific stream error conditions (XEP-0205, RFC 6120 4.9.4).
 NS_XMPP_ERRORS = "urn:xmpp:errors"
+
+#: XEP-0478 stream limits, advertised in stream features.
+NS_STREAM_LIMITS = "urn:xmpp:stream-limits:0"
+
+# A token, less a rounding error: the bucket refills by float arithmetic,
+# and a queued stanza must not wait a second turn for 1e-16 of a token.
+_TOKEN = 1.0 - 1e-9
 
 # Characters not allowed in XML 1.0 documents (section 2.2).
 _ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -98,6 +116,10 @@ class StreamLimits:
     @ivar elements: Most elements in one stanza once authenticated.
     @ivar stanzasPerSecond: Sustained stanza rate allowed.
     @ivar stanzaBurst: Stanzas allowed in a burst.
+    @ivar maxQueuedStanzas: Stanzas parsed but not yet handled (waiting for
+        the rate limit) at most; one more closes the stream with
+        C{<policy-violation/>}. Reading is paused while any wait, so only
+        stanzas that arrive together (in one read) fill the queue.
     @ivar sendQueueBytes: What may be queued for a peer that does not read,
         beyond the socket's own buffer; past it the connection is dropped
         (L{imgateway.adapters.base.SendQueueGuard}).
@@ -109,6 +131,7 @@ class StreamLimits:
     elements: int = 1000
     stanzasPerSecond: float = 20.0
     stanzaBurst: int = 50
+    maxQueuedStanzas: int = 1000
     sendQueueBytes: int = 1048576
 
 
@@ -145,10 +168,11 @@ class HardenedXmlStream(xmlstream.XmlStream):
         self.clock = clock
         self.authenticated = False
         self._bucket = TokenBucket(limits.stanzasPerSecond, limits.stanzaBurst, clock)
+        # Stanzas parsed but waiting for the rate limit, and the call that
+        # handles the next of them.
+        self._queue: deque[domish.Element] = deque()
         self._paused: IDelayedCall | None = None
         self._sendGuard: SendQueueGuard | None = None
-        # Stanzas dispatched past the rate limit, not yet paid for.
-        self._owed = 0
         self._failed = False
         # Bytes given to the current parser, and the parser's byte position
         # where the last stanza ended (see StreamLimits).
@@ -176,7 +200,25 @@ class HardenedXmlStream(xmlstream.XmlStream):
         es.maxStanzaSize = sys.maxsize
         self._received = 0
         self._mark = 0
+        # What the previous parser parsed and was not handled yet came
+        # before the restart: it is dropped, never handled as if it had
+        # come after it.
+        self._queue.clear()
         parsing: domish.ExpatElementStream = es
+
+        def current(handler: Callable[..., None]) -> Callable[..., None]:
+            # Only the current parser's events count: one replaced by
+            # reset() in the middle of a read goes on parsing the rest of
+            # that read, which must be discarded.
+            def guarded(*args: Any) -> None:
+                if self.stream is parsing:
+                    handler(*args)
+
+            return guarded
+
+        es.DocumentStartEvent = current(self.onDocumentStart)
+        es.ElementEvent = current(self.onElement)
+        es.DocumentEndEvent = current(self.onDocumentEnd)
         endElement = parser.EndElementHandler
         assert endElement is not None
 
@@ -225,10 +267,13 @@ class HardenedXmlStream(xmlstream.XmlStream):
                 self.rawDataInFn(data)
             assert self.stream is not None
             self._received += len(data)
-            self.stream.parse(data)
+            parsing = self.stream
+            parsing.parse(data)
             # What is still open (a stanza, the header, whitespace) may
-            # not exceed the cap either.
-            self._checkSize(self._received)
+            # not exceed the cap either (unless the stream restarted: the
+            # new parser has not seen a byte yet).
+            if not self._failed and self.stream is parsing:
+                self._checkSize(self._received)
         except RestrictedXML as e:
             self._streamFailed("restricted-xml", str(e))
         except _StanzaTooBig as e:
@@ -241,7 +286,10 @@ class HardenedXmlStream(xmlstream.XmlStream):
                 self._streamFailed("not-well-formed", text)
 
     def _streamFailed(self, condition: str, text: str, tooBig: bool = False) -> None:
+        if self._failed:
+            return
         self._failed = True
+        self._stopQueue()
         peer = self.transport.getPeer() if self.transport is not None else None
         self.log.info("Closing XML stream from {peer}: {condition} ({text})", peer=peer, condition=condition, text=text)
         appCondition = domish.Element((NS_XMPP_ERRORS, "stanza-too-big")) if tooBig else None
@@ -250,12 +298,26 @@ class HardenedXmlStream(xmlstream.XmlStream):
         self.sendStreamError(streamError)
 
     def onElement(self, element: domish.Element) -> None:
+        """
+        A top-level element was parsed: handle it now if the rate limit
+        allows and nothing waits before it, else queue it (and pause
+        reading) or, past L{StreamLimits.maxQueuedStanzas}, close the
+        stream with C{<policy-violation/>}.
+        """
         if self._failed:
             return
-        if not self._bucket.consume():
-            self._owed += 1
-            self._pauseReading()
-        self.elementReceived(element)
+        if not self._queue and self._bucket.consume(_TOKEN):
+            self.elementReceived(element)
+            return
+        if len(self._queue) >= self.limits.maxQueuedStanzas:
+            self._streamFailed(
+                "policy-violation",
+                f"more than {self.limits.maxQueuedStanzas} stanzas waiting: "
+                f"at most {self.limits.stanzasPerSecond:g} stanzas per second are handled",
+            )
+            return
+        self._queue.append(element)
+        self._pauseReading()
 
     def elementReceived(self, element: domish.Element) -> None:
         """
@@ -265,26 +327,53 @@ class HardenedXmlStream(xmlstream.XmlStream):
         """
         xmlstream.XmlStream.onElement(self, element)
 
+    @property
+    def queuedStanzas(self) -> int:
+        """
+        How many parsed stanzas wait for the rate limit.
+        """
+        return len(self._queue)
+
     def _pauseReading(self) -> None:
-        if self._paused is not None or self.transport is None:
+        if self._paused is not None:
             return
-        self.transport.pauseProducing()  # type: ignore[attr-defined]
-        self._schedulePayment()
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._paused = self.clock.callLater(self._bucket.retryAfter(1.0), self._drain)
 
-    def _schedulePayment(self) -> None:
-        # Wait until the bucket can pay for what is owed, a burst at most
-        # at a time (the bucket never holds more).
-        wait = self._bucket.retryAfter(min(self._owed, self.limits.stanzaBurst))
-        self._paused = self.clock.callLater(max(wait, 0.05), self._resumeReading)
-
-    def _resumeReading(self) -> None:
+    def _drain(self) -> None:
+        """
+        Handle what waits, as far as the rate limit allows; resume reading
+        once nothing waits.
+        """
         self._paused = None
-        while self._owed and self._bucket.consume():
-            self._owed -= 1
-        if self._owed:
-            self._schedulePayment()
-        elif self.transport is not None:
+        while self._queue and not self._failed and self._bucket.consume(_TOKEN):
+            self.elementReceived(self._queue.popleft())
+        if self._failed or self.transport is None:
+            return
+        if self._queue:
+            self._pauseReading()
+        elif self._paused is None:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def _stopQueue(self) -> None:
+        self._queue.clear()
+        if self._paused is not None and self._paused.active():
+            self._paused.cancel()
+        self._paused = None
+
+    def limitsFeature(self, idleSeconds: float | None = None) -> domish.Element:
+        """
+        The XEP-0478 stream limits to put in our stream features: the
+        stanza cap in force now (before or after authentication), and how
+        long the stream may stay idle, if it is closed when idle.
+        """
+        limits = domish.Element((NS_STREAM_LIMITS, "limits"))
+        cap = self.limits.stanzaBytes if self.authenticated else self.limits.preAuthStanzaBytes
+        limits.addElement("max-bytes", content=str(cap))
+        if idleSeconds is not None:
+            limits.addElement("idle-seconds", content=str(int(idleSeconds)))
+        return limits
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -301,13 +390,12 @@ class HardenedXmlStream(xmlstream.XmlStream):
         if self._sendGuard is not None:
             self._sendGuard.release()
         self._failed = True
+        self._stopQueue()
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def connectionLost(self, reason: failure.Failure = failure.Failure(ConnectionError())) -> None:
-        if self._paused is not None and self._paused.active():
-            self._paused.cancel()
-        self._paused = None
+        self._stopQueue()
         super().connectionLost(reason)
 
     def send(self, obj: Any) -> None:

@@ -395,3 +395,163 @@ def addUser(gateway: Gateway, local: str, password: str, enabled: bool = True) -
     record = AccountRecord(address, gateway.homeServer.name, "", enabled, credentials)
     gateway.directory.addAccount(record)
     return address
+
+
+# --- XML stream test double (XMPP adapter) ---
+# In its own section, with its own imports, to keep merges easy.
+
+from twisted.internet.address import IPv4Address  # noqa: E402
+from twisted.internet.interfaces import IAddress, IHandshakeListener, IProtocol, ISSLTransport, ITLSTransport  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+from twisted.words.xish import domish  # noqa: E402
+from zope.interface import alsoProvides  # noqa: E402
+
+__all__ += ["TLSStringTransport", "XmlStreamPeer"]
+
+
+@implementer(ITLSTransport)
+class TLSStringTransport(StringTransport):
+    """
+    A L{StringTransport} that can start TLS, in memory: L{startTLS} records
+    the options and L{completeHandshake} plays a successful handshake. No
+    cryptography happens: bytes written and received stay readable, so a
+    test can check what a protocol does before and after the handshake.
+
+    @ivar tlsOptions: What L{startTLS} was given, or C{None}.
+    @ivar bytesBeforeTLS: What had been written when TLS was started.
+    """
+
+    def __init__(self, hostAddress: IAddress | None = None, peerAddress: IAddress | None = None) -> None:
+        super().__init__(hostAddress, peerAddress)
+        self.tlsOptions: object | None = None
+        self.bytesBeforeTLS: bytes | None = None
+        self._protocol: IProtocol | None = None
+
+    def startTLS(self, contextFactory: object, normal: bool = True) -> None:
+        """
+        Record that TLS starts (L{ITLSTransport.startTLS}).
+        """
+        if self.tlsOptions is not None:
+            raise RuntimeError("TLS was already started on this transport")
+        self.tlsOptions = contextFactory
+        self.bytesBeforeTLS = self.value()
+
+    # ITCPTransport's options (ITLSTransport extends it): recorded, no effect.
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.tcpNoDelay = enabled
+
+    def getTcpNoDelay(self) -> bool:
+        return bool(getattr(self, "tcpNoDelay", False))
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        self.tcpKeepAlive = enabled
+
+    def getTcpKeepAlive(self) -> bool:
+        return bool(getattr(self, "tcpKeepAlive", False))
+
+    def loseWriteConnection(self) -> None:
+        self.loseConnection()
+
+    def completeHandshake(self) -> None:
+        """
+        The TLS handshake succeeds: the transport provides
+        L{ISSLTransport}, and a protocol that is an L{IHandshakeListener}
+        hears of it.
+        """
+        if self.tlsOptions is None:
+            raise RuntimeError("TLS was not started")
+        alsoProvides(self, ISSLTransport)
+        if self._protocol is not None and IHandshakeListener.providedBy(self._protocol):
+            self._protocol.handshakeCompleted()
+
+
+class XmlStreamPeer:
+    """
+    The far end of an XML stream under test, in memory (after wokkel's
+    C{XmlStreamStub}): it connects an XML stream protocol (a c2s, s2s or
+    component stream) to a L{TLSStringTransport}, hands it bytes one read
+    at a time, and parses what the protocol writes back into elements.
+
+    @ivar protocol: The protocol under test.
+    @ivar transport: Its L{TLSStringTransport}.
+    @ivar root: The header of the stream the protocol wrote, once read.
+    @ivar closed: Whether the protocol closed its stream
+        (C{</stream:stream>}).
+    """
+
+    def __init__(
+        self,
+        protocol: IProtocol,
+        peer: IAddress = IPv4Address("TCP", "127.0.0.1", 40000),
+        host: IAddress = IPv4Address("TCP", "127.0.0.1", 5222),
+    ) -> None:
+        self.protocol = protocol
+        self.transport = TLSStringTransport(hostAddress=host, peerAddress=peer)
+        self.transport._protocol = protocol
+        self.restart()
+        protocol.makeConnection(self.transport)
+
+    def restart(self) -> None:
+        """
+        Read what the protocol writes from now on as a new XML document
+        (after STARTTLS or SASL success, the protocol opens a new stream).
+        """
+        self._parser = domish.elementStream()
+        self.root: domish.Element | None = None
+        self.closed = False
+        self._elements: list[domish.Element] = []
+        self._parser.DocumentStartEvent = self._started
+        self._parser.ElementEvent = self._elements.append
+        self._parser.DocumentEndEvent = self._ended
+
+    def _started(self, root: domish.Element) -> None:
+        self.root = root
+
+    def _ended(self) -> None:
+        self.closed = True
+
+    def write(self, data: str | bytes) -> None:
+        """
+        Hand C{data} to the protocol as one read.
+        """
+        self.protocol.dataReceived(data.encode("utf-8") if isinstance(data, str) else data)
+
+    def read(self) -> list[domish.Element]:
+        """
+        @return: The top-level elements the protocol wrote since the last
+            call (the stream header goes to L{root}).
+        """
+        data = self.transport.value()
+        self.transport.clear()
+        if data:
+            self._parser.parse(data)
+        out, self._elements[:] = list(self._elements), []
+        return out
+
+    def text(self) -> str:
+        """
+        @return: What the protocol wrote and L{read} has not consumed yet.
+        """
+        data: bytes = self.transport.value()
+        return data.decode("utf-8")
+
+    @staticmethod
+    def streamError(elements: list[domish.Element]) -> str | None:
+        """
+        @return: The condition of the stream error among C{elements}, if
+            any.
+        """
+        for element in elements:
+            if (element.uri, element.name) == ("http://etherx.jabber.org/streams", "error"):
+                for child in element.elements():
+                    if child.uri == "urn:ietf:params:xml:ns:xmpp-streams" and child.name != "text":
+                        return str(child.name)
+        return None
+
+    @property
+    def disconnecting(self) -> bool:
+        """
+        Whether the protocol is dropping the connection.
+        """
+        return bool(self.transport.disconnecting)

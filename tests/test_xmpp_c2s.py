@@ -7,6 +7,7 @@ in C{tests/e2e/test_xmpp_c2s.py}.
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -16,64 +17,38 @@ from twisted.words.xish import domish
 from zope.interface.verify import verifyObject
 
 from imgateway.adapters.xmpp.adapter import XMPPAdapter
-from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory
-from imgateway.adapters.xmpp.stream import StreamLimits
+from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory, C2SProtocol
+from imgateway.adapters.xmpp.stream import NS_STREAM_LIMITS, StreamLimits
 from imgateway.auth.sasl import clientMechanism
 from imgateway.config import ConfigTable
 from imgateway.core.errors import ConfigError
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
-from imgateway.testing import RecordingSessionClient, addUser, memoryGateway
+from imgateway.testing import RecordingSessionClient, XmlStreamPeer, addUser, memoryGateway
 
 HEADER = (
     "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
     "xmlns:stream='http://etherx.jabber.org/streams' to='corp.example' version='1.0'>"
 )
 LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
+REMOTE = IPv4Address("TCP", "192.0.2.7", 40000)
 
 
-class Client:
+class Client(XmlStreamPeer):
     """
     The client end of one c2s connection: write XML, read what the server
     wrote as elements.
     """
 
     def __init__(self, factory: C2SFactory, peer: IPv4Address = LOOPBACK) -> None:
-        self.transport = StringTransport(peerAddress=peer, hostAddress=IPv4Address("TCP", "127.0.0.1", 5222))
-        self.protocol = factory.buildProtocol(peer)
-        self.protocol.makeConnection(self.transport)
-        self._restart()
-
-    def _restart(self) -> None:
-        self.stream = domish.elementStream()
-        self.root: domish.Element | None = None
-        self.elements: list[domish.Element] = []
-        self.stream.DocumentStartEvent = self._started
-        self.stream.ElementEvent = self.elements.append
-        self.stream.DocumentEndEvent = lambda: None
-
-    def _started(self, root: domish.Element) -> None:
-        self.root = root
-
-    def write(self, data: str) -> None:
-        self.protocol.dataReceived(data.encode("utf-8"))
-
-    def read(self) -> list[domish.Element]:
-        data = self.transport.value()
-        self.transport.clear()
-        self.stream.parse(data)
-        out, self.elements[:] = list(self.elements), []
-        return out
-
-    def text(self) -> str:
-        data: bytes = self.transport.value()
-        return data.decode("utf-8")
+        super().__init__(factory.buildProtocol(peer), peer, IPv4Address("TCP", "127.0.0.1", 5222))
+        self.protocol: C2SProtocol
 
     def open(self) -> domish.Element:
         """
         Send a stream header; return the features.
         """
-        self._restart()
+        self.restart()
         self.write(HEADER)
         [features] = self.read()
         return features
@@ -147,6 +122,51 @@ class NegotiationTests(C2STestsMixin, SynchronousTestCase):
         [mechanisms] = [e for e in features.elements() if e.name == "mechanisms"]
         self.assertEqual([str(m) for m in mechanisms.elements()], ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"])
 
+    def test_streamLimitsAdvertised(self) -> None:
+        """
+        XEP-0478: the features before login advertise the pre-login
+        stanza cap and the login timeout as idle seconds; after login, the
+        larger cap (and no idle timeout: the stream is not closed for
+        idleness).
+        """
+        c = self.client()
+
+        def limits(features: domish.Element) -> dict[str, str]:
+            [element] = [e for e in features.elements() if (e.uri, e.name) == (NS_STREAM_LIMITS, "limits")]
+            return {child.name: str(child) for child in element.elements()}
+
+        self.assertEqual(limits(c.open()), {"max-bytes": "8192", "idle-seconds": "60"})
+        c = self.client()
+        c.login("alice", "alice-pw")
+        self.assertEqual(limits(c.open()), {"max-bytes": "262144"})
+
+    def test_startTLSInjection(self) -> None:
+        """
+        What a client sends in the same read after C{<starttls/>} is
+        dropped, never handled as if it had come over TLS
+        (CVE-2011-0411): a plaintext PLAIN C{<auth>} pipelined behind it
+        gets no answer and logs no one in; after the handshake the client
+        is offered SASL afresh.
+        """
+        factory = C2SFactory(self.gateway, C2SConfig(), object(), self.clock)
+        c = Client(factory, REMOTE)
+        features = c.open()
+        self.assertEqual([e.name for e in features.elements()], ["limits", "starttls"])
+        plain = base64.b64encode(b"\0alice\0alice-pw").decode()
+        c.write(
+            "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+            f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain}</auth>"
+        )
+        self.assertEqual([e.name for e in c.read()], ["proceed"])
+        self.assertIsNotNone(c.transport.tlsOptions)
+        self.assertIsNone(c.protocol.address)
+        c.transport.completeHandshake()
+        features = c.open()
+        self.assertIn("mechanisms", [e.name for e in features.elements()])
+        self.assertIsNone(c.protocol.address)
+        self.assertNotIn("success", c.text())
+        self.assertFalse(c.disconnecting)
+
     def test_bind(self) -> None:
         """
         SCRAM login then binding gives the full JID asked for; the home
@@ -159,13 +179,46 @@ class NegotiationTests(C2STestsMixin, SynchronousTestCase):
 
     def test_resourceConflict(self) -> None:
         """
-        A resource already in use gets a different one.
+        The face asks the home server for a session labelled with the
+        requested resource, and binds the label the home server gave the
+        session (which L{IHomeServer.openSession} makes unique among the
+        user's sessions): it never looks at the user's other sessions
+        itself.
         """
-        self.bound("alice", "desk")
-        jid = self.bound("alice", "desk").protocol.fullJID
+        home = self.gateway.homeServer
+        openSession = home.openSession
+        asked: list[str] = []
+
+        def renaming(address: Any, client: Any, label: str = "") -> Any:
+            asked.append(label)
+
+            def rename(session: Any) -> Any:
+                session.label = label + "-2"
+                return session
+
+            return openSession(address, client, label).addCallback(rename)
+
+        self.patch(home, "openSession", renaming)
+        self.patch(home, "sessionsOf", lambda address: self.fail("the face looked at the user's sessions"))
+        c = self.bound("alice", "desk")
+        self.assertEqual(asked, ["desk"])
+        jid = c.protocol.fullJID
         assert jid is not None
-        self.assertNotEqual(jid.resource, "desk")
-        self.assertTrue((jid.resource or "").startswith("desk-"))
+        self.assertEqual(jid.full(), "alice@corp.example/desk-2")
+
+    def test_resourceGenerated(self) -> None:
+        """
+        Without a resource asked for, the face names one.
+        """
+        c = self.client()
+        c.login("alice", "alice-pw")
+        c.open()
+        c.write("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+        [result] = c.read()
+        self.assertEqual(result["type"], "result")
+        jid = c.protocol.fullJID
+        assert jid is not None
+        self.assertTrue((jid.resource or "").startswith("imgateway-"))
 
     def test_wrongPassword(self) -> None:
         """
@@ -246,7 +299,9 @@ class SessionTests(C2STestsMixin, SynchronousTestCase):
 
     def test_messageErrors(self) -> None:
         """
-        Failed deliveries come back as stanza errors from the table.
+        Failed deliveries come back as stanza errors from the table: an
+        unknown user and an offline one alike as C{service-unavailable},
+        with no text (RFC 6121 8.5: no existence leak).
         """
         c = self.bound()
         c.write("<message to='ghost@corp.example' type='chat' id='m1'><body>x</body></message>")
@@ -254,8 +309,10 @@ class SessionTests(C2STestsMixin, SynchronousTestCase):
         c.write("<message to='@bad' type='chat' id='m3'><body>x</body></message>")
         errors = c.read()
         conditions = [e.firstChildElement().name if False else [x for x in e.elements() if x.name == "error"][0].firstChildElement().name for e in errors]
-        self.assertEqual(conditions, ["item-not-found", "recipient-unavailable", "jid-malformed"])
+        self.assertEqual(conditions, ["service-unavailable", "service-unavailable", "jid-malformed"])
         self.assertEqual([e["id"] for e in errors], ["m1", "m2", "m3"])
+        unknown, offline = ([x for x in e.elements() if x.name == "error"][0] for e in errors[:2])
+        self.assertEqual(unknown.toXml(), offline.toXml())
 
     def test_messageFromNativeUser(self) -> None:
         """

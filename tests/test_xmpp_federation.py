@@ -140,7 +140,6 @@ class RouteTestCase(SynchronousTestCase):
 
     def makeRoute(self, **kwargs: Any) -> XMPPRemoteRoute:
         kwargs.setdefault("domains", ["xmpp.example"])
-        kwargs.setdefault("directory", self.gateway.directory)
         return XMPPRemoteRoute(self.gateway.router, S2SJIDMapper("corp.example"), self.link.send, self.clock, **kwargs)
 
     def noTimersLeft(self) -> None:
@@ -550,22 +549,36 @@ class InboundMessageTests(RouteTestCase):
     def test_offline(self) -> None:
         """
         A message to a user without a session is answered with
-        C{recipient-unavailable}, to the sender's full JID, from the
+        C{service-unavailable} (RFC 6121 8.5.2.1.1, not
+        C{recipient-unavailable}), to the sender's full JID, from the
         recipient, with the stanza's id.
         """
         self.receive("<message type='chat' id='abc' from='romeo@xmpp.example/balcony' to='alice@corp.example'><body>hi</body></message>")
         [e] = self.link.take()
         self.assertEqual((e.name, e["type"], e["id"], e["to"], e["from"]), ("message", "error", "abc", "romeo@xmpp.example/balcony", "alice@corp.example"))
-        self.assertEqual(errorOf(e)[:2], ("wait", "recipient-unavailable"))
+        self.assertEqual(errorOf(e)[:2], ("cancel", "service-unavailable"))
         self.assertIsNone(child(e, "body"))
 
     def test_noSuchUser(self) -> None:
         """
-        A message to an unknown user is answered with C{item-not-found}.
+        A message to an unknown user is answered with
+        C{service-unavailable} (RFC 6121 8.5.1), not C{item-not-found}.
         """
         self.receive("<message type='chat' id='abc' from='romeo@xmpp.example/b' to='nobody@corp.example'><body>hi</body></message>")
         [e] = self.link.take()
-        self.assertEqual(errorOf(e)[:2], ("cancel", "item-not-found"))
+        self.assertEqual(errorOf(e)[:2], ("cancel", "service-unavailable"))
+
+    def test_unknownLikeOffline(self) -> None:
+        """
+        The errors for an unknown user and for an offline one are the same
+        element, without a text that could tell them apart: a stranger
+        cannot learn whether an account exists.
+        """
+        self.receive("<message type='chat' id='abc' from='romeo@xmpp.example/b' to='nobody@corp.example'><body>hi</body></message>")
+        self.receive("<message type='chat' id='abc' from='romeo@xmpp.example/b' to='alice@corp.example'><body>hi</body></message>")
+        unknown, offline = ([c for c in e.elements() if c.name == "error"][0] for e in self.link.take())
+        self.assertEqual(unknown.toXml(), offline.toXml())
+        self.assertEqual([c.name for c in unknown.elements()], ["service-unavailable"])
 
     def test_busyRedirect(self) -> None:
         """
@@ -721,7 +734,7 @@ class HostileInputTests(RouteTestCase):
         self.receive(f"<message id='{'i' * 5000}' from='romeo@xmpp.example/b' to='alice@corp.example'><body>x</body></message>")
         [e] = self.link.take()
         self.assertIsNone(e.getAttribute("id"))
-        self.assertEqual(errorOf(e)[1], "recipient-unavailable")
+        self.assertEqual(errorOf(e)[1], "service-unavailable")
 
     def test_errorsAreNotAnswered(self) -> None:
         """
@@ -1090,11 +1103,10 @@ class IQTests(RouteTestCase):
 
     def test_ping(self) -> None:
         """
-        Pings to the service JID and to a user are answered.
+        Pings to the service JID are answered.
         """
-        for to in ["corp.example", "alice@corp.example"]:
-            reply = self.iq(to, "<ping xmlns='urn:xmpp:ping'/>")
-            self.assertEqual((reply["type"], reply["from"]), ("result", to))
+        reply = self.iq("corp.example", "<ping xmlns='urn:xmpp:ping'/>")
+        self.assertEqual((reply["type"], reply["from"]), ("result", "corp.example"))
 
     def test_discoService(self) -> None:
         """
@@ -1108,16 +1120,20 @@ class IQTests(RouteTestCase):
         features = {e["var"] for e in query.elements() if e.name == "feature"}
         self.assertIn("urn:xmpp:ping", features)
 
-    def test_discoUser(self) -> None:
+    def test_userLikeUnknown(self) -> None:
         """
-        disco#info of a user's bare JID says it is an account that takes
-        receipts.
+        IQs to a user's bare JID (ping, disco#info) get the same
+        C{service-unavailable} whether the account exists, is disabled or
+        not: a stranger cannot tell (RFC 6121 8.5.1).
         """
-        reply = self.iq("alice@corp.example", "<query xmlns='http://jabber.org/protocol/disco#info'/>")
-        [query] = reply.elements()
-        [identity] = [e for e in query.elements() if e.name == "identity"]
-        self.assertEqual((identity["category"], identity["type"]), ("account", "registered"))
-        self.assertIn(NS_RECEIPTS, {e["var"] for e in query.elements() if e.name == "feature"})
+        addUser(self.gateway, "carol", "pw", enabled=False)
+        for payload in ["<ping xmlns='urn:xmpp:ping'/>", "<query xmlns='http://jabber.org/protocol/disco#info'/>"]:
+            errors = [
+                [c for c in self.iq(to, payload).elements() if c.name == "error"][0].toXml()
+                for to in ["alice@corp.example", "carol@corp.example", "nobody@corp.example"]
+            ]
+            self.assertEqual(errors, [errors[0]] * 3)
+            self.assertIn("service-unavailable", errors[0])
 
     def test_discoItems(self) -> None:
         """

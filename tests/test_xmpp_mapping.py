@@ -18,6 +18,7 @@ from imgateway.adapters.xmpp.mapping import (
     presenceFromXMPP,
     presenceToXMPP,
     stanzaErrorFor,
+    stanzaErrorText,
 )
 from imgateway.core.errors import (
     DeliveryError,
@@ -273,12 +274,13 @@ class ErrorTableTests(SynchronousTestCase):
 
     def test_roundTrip(self) -> None:
         """
-        For every status but C{LOOP_DETECTED} (see L{test_loopDetected}),
-        the error a peer sends back with that status's condition stands
-        for the same status, and keeps the text.
+        For every status but C{LOOP_DETECTED} (see L{test_loopDetected})
+        and C{NO_SUCH_USER} (see L{test_noExistenceLeak}), the error a peer
+        sends back with that status's condition stands for the same
+        status, and keeps the text.
         """
         for status, spec in ERRORS.items():
-            if status is DeliveryStatus.LOOP_DETECTED:
+            if status in (DeliveryStatus.LOOP_DETECTED, DeliveryStatus.NO_SUCH_USER):
                 continue
             e = deliveryErrorFor(spec.condition, "some text", None)
             self.assertIsInstance(e, DeliveryError)
@@ -292,10 +294,28 @@ class ErrorTableTests(SynchronousTestCase):
         C{LOOP_DETECTED}).
         """
         for status in ERRORS:
-            if status is DeliveryStatus.LOOP_DETECTED:
+            if status in (DeliveryStatus.LOOP_DETECTED, DeliveryStatus.NO_SUCH_USER):
                 continue
             spec, content = stanzaErrorFor(statusError(status, "why"))
             self.assertIs(deliveryErrorFor(spec.condition, "why", content).status, status)
+
+    def test_noExistenceLeak(self) -> None:
+        """
+        An unknown user (404) and an offline one (480, what the core tells
+        strangers about unknown, disabled, offline and blocking users) are
+        the same stanza error, C{service-unavailable} of type C{cancel}
+        (RFC 6121 8.5), sent without the core's text; a peer's
+        C{service-unavailable} reads back as offline (480), and its
+        C{item-not-found} and C{recipient-unavailable} as before.
+        """
+        for status in (DeliveryStatus.NO_SUCH_USER, DeliveryStatus.OFFLINE):
+            e = statusError(status, f"{status.name} says who")
+            self.assertEqual(stanzaErrorFor(e), (StanzaErrorSpec("service-unavailable", "cancel", private=True), None))
+            self.assertIsNone(stanzaErrorText(e))
+        self.assertEqual(stanzaErrorText(statusError(DeliveryStatus.BUSY, "in a meeting")), "in a meeting")
+        self.assertIs(deliveryErrorFor("service-unavailable").status, DeliveryStatus.OFFLINE)
+        self.assertIs(deliveryErrorFor("item-not-found").status, DeliveryStatus.NO_SUCH_USER)
+        self.assertIs(deliveryErrorFor("recipient-unavailable").status, DeliveryStatus.OFFLINE)
 
     def test_loopDetected(self) -> None:
         """
@@ -357,7 +377,7 @@ class ErrorTableTests(SynchronousTestCase):
 
         self.assertEqual(stanzaErrorFor(Odd()), (StanzaErrorSpec("internal-server-error", "cancel"), None))
         self.assertEqual(stanzaErrorFor(ServerError())[0].condition, "internal-server-error")
-        self.assertEqual(stanzaErrorFor(NoSuchUser())[0].condition, "item-not-found")
+        self.assertEqual(stanzaErrorFor(NoSuchUser())[0].condition, "service-unavailable")
 
 
 class PeerConditionTests(SynchronousTestCase):

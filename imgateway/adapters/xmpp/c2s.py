@@ -41,6 +41,7 @@ from imgateway.adapters.xmpp.mapping import (
     presenceFromXMPP,
     fillPresence,
     stanzaErrorFor,
+    stanzaErrorText,
 )
 from imgateway.adapters.xmpp.stream import HardenedXmlStream, StreamLimits, xmlSafe
 from imgateway.auth.checkers import SASLAuthenticated
@@ -236,6 +237,9 @@ class C2SProtocol(HardenedXmlStream):
 
     def _features(self) -> domish.Element:
         features = domish.Element((NS_STREAMS, "features"))
+        # XEP-0478: the stanza cap in force, and until login the time left
+        # to log in (the stream is not closed for idleness afterwards).
+        features.addChild(self.limitsFeature(self.config.loginTimeout if self.address is None else None))
         if self.address is None:
             if not self.secure and self._tlsOptions is not None:
                 starttls = features.addElement((NS_TLS, "starttls"))
@@ -285,6 +289,9 @@ class C2SProtocol(HardenedXmlStream):
         self.send(domish.Element((NS_TLS, "proceed")))
         self._t.startTLS(self._tlsOptions)
         self._tls = True
+        # The restart drops whatever the client sent after <starttls/>
+        # before the handshake: in this read (the old parser's events no
+        # longer count) and in the queue (CVE-2011-0411).
         self.reset()
 
     def _sasl(self, element: domish.Element) -> None:
@@ -372,10 +379,10 @@ class C2SProtocol(HardenedXmlStream):
             if resource is not None and len(resource) > MAX_RESOURCE_CHARS:
                 resource = None
         assert self.address is not None
-        taken = {s.label for s in self.gateway.homeServer.sessionsOf(self.address)}
-        if not resource or resource in taken:
-            resource = (resource[:200] + "-" if resource else "imgateway-") + binascii.hexlify(os.urandom(4)).decode()
-        self.sessionLabel = resource
+        # The home server makes the label unique among the user's sessions
+        # (IHomeServer.openSession): the bound resource is the session's
+        # label, which may differ from the one asked for.
+        self.sessionLabel = resource or "imgateway-" + binascii.hexlify(os.urandom(4)).decode()
         d = self.gateway.portal.login(SASLAuthenticated(self.address), self, ISession)
 
         def bound(result: tuple[Any, ISession, Callable[[], None]]) -> None:
@@ -389,7 +396,8 @@ class C2SProtocol(HardenedXmlStream):
                 self._loginTimer.cancel()
             self._loginTimer = None
             assert self.address is not None
-            self.fullJID = jidOf(self.address, resource)
+            self.sessionLabel = session.label
+            self.fullJID = jidOf(self.address, session.label)
             reply = xmlstream.toResponse(iq, "result")
             reply.addElement((NS_BIND, "bind")).addElement("jid", content=self.fullJID.full())
             self.send(reply)
@@ -450,7 +458,7 @@ class C2SProtocol(HardenedXmlStream):
     def _deliveryFailed(self, f: Failure, stanza: domish.Element) -> None:
         if f.check(DeliveryError):
             spec, content = stanzaErrorFor(f.value)  # type: ignore[arg-type]
-            self._error(stanza, spec.condition, spec.type, f.value.text, content)  # type: ignore[union-attr]
+            self._error(stanza, spec.condition, spec.type, stanzaErrorText(f.value), content)  # type: ignore[arg-type]
         elif f.check(InvalidAddress, ValueError):
             self._error(stanza, "bad-request", "modify", str(f.value))
         else:
@@ -608,7 +616,7 @@ class C2SProtocol(HardenedXmlStream):
             self._error(iq, "bad-request", "modify", str(f.value))
         elif f.check(DeliveryError):
             spec, content = stanzaErrorFor(f.value)  # type: ignore[arg-type]
-            self._error(iq, spec.condition, spec.type, f.value.text, content)  # type: ignore[union-attr]
+            self._error(iq, spec.condition, spec.type, stanzaErrorText(f.value), content)  # type: ignore[arg-type]
         else:
             self.log.failure("Handling an IQ from {jid}", f, jid=self.fullJID)
             self._error(iq, "internal-server-error", "cancel")

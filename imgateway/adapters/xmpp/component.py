@@ -510,7 +510,6 @@ class ComponentService(MultiService):
             domains=config.domains,
             statusWait=config.statusWait,
             identity=Identity(identity.category, identity.type, f"{identity.name} ({gateway.domain})"),
-            directory=gateway.directory,
             limits=routeLimits,
         )
         self.link.route = self.route

@@ -37,8 +37,12 @@ In (L{XMPPRemoteRoute.stanzaReceived}):
     L{SubscriptionEvent}s; a refused subscription request (unknown user,
     blocked) is answered with C{unsubscribed} (RFC 6121 3.1.3).
   - IQs: XEP-0199 ping and XEP-0030 disco#info/#items are answered for our
-    service JID and our users' bare JIDs; anything else gets
-    C{service-unavailable}.
+    service JID; anything else, and every IQ to a user's JID, gets
+    C{service-unavailable}, whether the user exists or not (RFC 6121
+    8.5.1: no existence leak).
+  - A message to a user who is unknown, offline or does not take the
+    sender's messages gets C{service-unavailable}, the same error without
+    a text in every case (L{mapping.ERRORS}).
 
 Events from one remote contact to one local user are delivered in the order
 their stanzas arrived (a C{subscribed} is stored before the presence that
@@ -75,6 +79,7 @@ from imgateway.adapters.xmpp.mapping import (
     presenceFromXMPP,
     fillPresence,
     stanzaErrorFor,
+    stanzaErrorText,
 )
 from imgateway.adapters.xmpp.stream import xmlSafe
 from imgateway.core.address import Address
@@ -100,7 +105,7 @@ from imgateway.core.events import (
     newMessageId,
 )
 from imgateway.core.presence import OFFLINE, Presence, aggregate
-from imgateway.interfaces import IDirectory, IRoute
+from imgateway.interfaces import IRoute
 
 __all__ = [
     "COMPONENT_IDENTITY",
@@ -127,7 +132,6 @@ NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
 SERVICE_FEATURES = (NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING)
 
 #: Features of our users' bare JIDs, in disco#info.
-USER_FEATURES = (NS_DISCO_INFO, NS_PING, NS_RECEIPTS)
 
 #: Longest error text taken from a peer's stanza error, in characters.
 MAX_ERROR_TEXT = 200
@@ -276,7 +280,7 @@ class _Refused(Exception):
     @classmethod
     def forError(cls, e: DeliveryError) -> _Refused:
         spec, content = stanzaErrorFor(e)
-        return cls(spec.condition, spec.type, e.text, content)
+        return cls(spec.condition, spec.type, stanzaErrorText(e), content)
 
 
 class _Drop(Exception):
@@ -372,7 +376,6 @@ class XMPPRemoteRoute:
         domains: Iterable[str] | None = None,
         statusWait: float = 1.0,
         identity: Identity = SERVER_IDENTITY,
-        directory: IDirectory | None = None,
         limits: RouteLimits = RouteLimits(),
     ) -> None:
         """
@@ -381,8 +384,6 @@ class XMPPRemoteRoute:
         @param clock: Times the status waits.
         @param identity: The disco identity of the service JID
             (C{mapper.domain}).
-        @param directory: If given, IQs to users without an enabled account
-            are answered with C{service-unavailable} (RFC 6121 8.5.1).
         """
         self.router = router
         self.mapper = mapper
@@ -392,7 +393,6 @@ class XMPPRemoteRoute:
         self.domains = frozenset(domains) if domains is not None else None
         self.statusWait = statusWait
         self.identity = identity
-        self.directory = directory
         self.limits = limits
         # (stanza id, local sender) -> message waiting for its status.
         self._pending: OrderedDict[tuple[str, Address], _Pending] = OrderedDict()
@@ -961,47 +961,25 @@ class XMPPRemoteRoute:
             return
         what = (kind, child.uri, child.name)
         if to is None or (to.user is None and to.resource is None and to.host == self.mapper.domain):
-            self._answerIQ(iq, sender, what, None)
+            self._answerIQ(iq, sender, what)
             return
-        if to.user is None or to.resource is not None:
-            self._replyError(iq, _Refused("service-unavailable"))
-            return
-        try:
-            user = self.mapper.localAddress(to)
-        except InvalidJID:
-            self._replyError(iq, _Refused("service-unavailable"))
-            return
-        if self.directory is None:
-            self._answerIQ(iq, sender, what, user)
-            return
+        # An IQ to a user (bare or full JID) is answered as one to an
+        # unknown user would be, whether the account exists or not: the
+        # answer must not tell a stranger (RFC 6121 8.5.1; Prosody answers
+        # a user's disco only to subscribed contacts, which this route
+        # cannot know).
+        self._replyError(iq, _Refused("service-unavailable"))
 
-        def check(account: object) -> None:
-            if account is None or not getattr(account, "enabled", False):
-                self._replyError(iq, _Refused("service-unavailable"))
-            else:
-                self._answerIQ(iq, sender, what, user)
-
-        def failed(f: Failure) -> None:
-            self.log.failure("Looking up {user} for an IQ", f, user=user)
-            self._replyError(iq, _Refused("internal-server-error"))
-
-        self.directory.getAccount(user).addCallbacks(check, failed)
-
-    def _answerIQ(self, iq: domish.Element, sender: JID, what: tuple[str, str, str], user: Address | None) -> None:
+    def _answerIQ(self, iq: domish.Element, sender: JID, what: tuple[str, str, str]) -> None:
         if what == ("get", NS_PING, "ping"):
             self._fire(self._result(iq, sender))
         elif what == ("get", NS_DISCO_INFO, "query"):
             reply = self._result(iq, sender)
             query = reply.addElement((NS_DISCO_INFO, "query"))
             identity = query.addElement("identity")
-            if user is None:
-                i = self.identity
-                identity["category"], identity["type"], identity["name"] = i.category, i.type, i.name
-                features = SERVICE_FEATURES
-            else:
-                identity["category"], identity["type"] = "account", "registered"
-                features = USER_FEATURES
-            for feature in features:
+            i = self.identity
+            identity["category"], identity["type"], identity["name"] = i.category, i.type, i.name
+            for feature in SERVICE_FEATURES:
                 query.addElement("feature")["var"] = feature
             self._fire(reply)
         elif what == ("get", NS_DISCO_ITEMS, "query"):

@@ -61,7 +61,6 @@ class FederationService(MultiService):
             gateway.clock,
             namespace=NS_SERVER,
             statusWait=config.statusWait,
-            directory=gateway.directory,
         )
         self.manager.stanzaReceived = lambda domain, stanza: self.route.stanzaReceived(stanza)
         self.manager.linkEstablished = self.route.linkEstablished

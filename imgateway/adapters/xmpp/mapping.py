@@ -30,6 +30,7 @@ __all__ = [
     "presenceFromXMPP",
     "presenceToXMPP",
     "stanzaErrorFor",
+    "stanzaErrorText",
 ]
 
 
@@ -119,16 +120,27 @@ def _note(status: str) -> str:
 class StanzaErrorSpec:
     """
     How one delivery status travels as an XMPP stanza error.
+
+    @ivar private: The error goes out with its condition alone, without the
+        core's text, which could name the recipient's state: the statuses
+        that must not tell a stranger whether an account exists or is
+        online (RFC 6121 section 8.5).
     """
 
     condition: str
     type: str
+    private: bool = False
 
 
-#: Delivery status to stanza error.
+#: Delivery status to stanza error. An unknown user and one that is
+#: offline (or that a stranger may not reach: the core answers strangers
+#: C{OFFLINE} for unknown, disabled, offline and blocking users) are both
+#: C{service-unavailable} (RFC 6121 8.5.2.1.1 and 8.5.1), never
+#: C{item-not-found} nor C{recipient-unavailable}: the error must not tell
+#: whether the account exists or is online.
 ERRORS: dict[DeliveryStatus, StanzaErrorSpec] = {
-    DeliveryStatus.NO_SUCH_USER: StanzaErrorSpec("item-not-found", "cancel"),
-    DeliveryStatus.OFFLINE: StanzaErrorSpec("recipient-unavailable", "wait"),
+    DeliveryStatus.NO_SUCH_USER: StanzaErrorSpec("service-unavailable", "cancel", private=True),
+    DeliveryStatus.OFFLINE: StanzaErrorSpec("service-unavailable", "cancel", private=True),
     DeliveryStatus.BLOCKED: StanzaErrorSpec("forbidden", "auth"),
     DeliveryStatus.NOT_AUTHORISED: StanzaErrorSpec("not-authorized", "auth"),
     DeliveryStatus.BUSY: StanzaErrorSpec("redirect", "modify"),
@@ -143,6 +155,8 @@ ERRORS: dict[DeliveryStatus, StanzaErrorSpec] = {
 _FROM_CONDITION: dict[str, DeliveryStatus] = {
     **{spec.condition: status for status, spec in ERRORS.items()},
     "service-unavailable": DeliveryStatus.OFFLINE,
+    "item-not-found": DeliveryStatus.NO_SUCH_USER,
+    "recipient-unavailable": DeliveryStatus.OFFLINE,
     "gone": DeliveryStatus.BUSY,
     "jid-malformed": DeliveryStatus.NO_SUCH_USER,
     "not-acceptable": DeliveryStatus.BLOCKED,
@@ -161,6 +175,16 @@ def stanzaErrorFor(e: DeliveryError) -> tuple[StanzaErrorSpec, str | None]:
     spec = ERRORS.get(e.status, ERRORS[DeliveryStatus.SERVER_ERROR])
     alternate = getattr(e, "alternate", None)
     return spec, alternate if spec.condition == "redirect" else None
+
+
+def stanzaErrorText(e: DeliveryError) -> str | None:
+    """
+    @return: The text to send with the stanza error for C{e}: the core's
+        text, except for private statuses (L{StanzaErrorSpec.private}),
+        which go without one.
+    """
+    spec = ERRORS.get(e.status, ERRORS[DeliveryStatus.SERVER_ERROR])
+    return None if spec.private else (e.text or None)
 
 
 def deliveryErrorFor(condition: str, text: str = "", content: str | None = None) -> DeliveryError:

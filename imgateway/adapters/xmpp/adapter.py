@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IReactorCore
-from twisted.internet.ssl import CertificateOptions
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
@@ -24,39 +23,15 @@ from imgateway.adapters.xmpp.component import ComponentConfig, makeComponentServ
 from imgateway.adapters.xmpp.federation_service import FederationConfig, FederationService
 from imgateway.adapters.xmpp.s2s import S2S_LIMITS, S2SConfig
 from imgateway.adapters.xmpp.stream import StreamLimits
+from imgateway.adapters.xmpp.tls import TLSFiles
 from imgateway.core.address import normaliseDomain
 from imgateway.core.errors import InvalidAddress
-from imgateway.adapters.base import ListenerService, ServerTLSOptions
+from imgateway.adapters.base import ListenerService
 from imgateway.config import ConfigTable
 from imgateway.interfaces import IGateway, IProtocolAdapter
 
 __all__ = ["TLSFiles", "XMPPAdapter", "XMPPConfig"]
 
-
-
-@frozen
-class TLSFiles:
-    """
-    A certificate chain and its private key, read and checked at start-up.
-    """
-
-    certificatePath: str
-    keyPath: str
-    chain: tuple[Any, ...]
-    key: Any
-
-    def options(self, alpn: list[bytes] | None = None) -> CertificateOptions:
-        """
-        @param alpn: The ALPN protocols to select when a client offers them
-            (others are declined without failing the handshake).
-        @return: Server TLS options for this certificate.
-        """
-        return ServerTLSOptions(
-            privateKey=self.key,
-            certificate=self.chain[0],
-            extraCertChain=list(self.chain[1:]),
-            acceptableProtocols=alpn,
-        )
 
 
 @frozen

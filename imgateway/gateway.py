@@ -7,7 +7,6 @@ the service tree that starts and stops them in order.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 from attrs import define
@@ -26,6 +25,7 @@ from imgateway.config import GatewayConfig
 from imgateway.home.server import HomeServer, HomeServerService
 from imgateway.interfaces import IDirectory, IGateway, IHomeStore, IProtocolAdapter
 from imgateway.router.router import Router
+from imgateway.secretfile import loadSecret as _loadSecret
 
 __all__ = ["Gateway", "makeGatewayService"]
 
@@ -81,19 +81,6 @@ class _Announcer(Service):
             data=g.dataDir.path,
             adapters=", ".join(g.adapters) or "none",
         )
-
-
-def _loadSecret(path: FilePath[str]) -> bytes:
-    """
-    Read the gateway's persistent secret, creating it (mode 0600) if needed.
-    It keys what must stay stable across restarts, such as the made-up SCRAM
-    salts of unknown users.
-    """
-    if not path.exists():
-        fd = os.open(path.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(os.urandom(32))
-    return path.getContent()
 
 
 def assembleGateway(

@@ -416,6 +416,10 @@ class IGateway(Interface):
         "verifiers for SASL mechanisms."
     )
     dataDir = Attribute("A L{twisted.python.filepath.FilePath}: where state is kept.")
+    config = Attribute(
+        "The whole checked L{imgateway.config.GatewayConfig}, for the limits "
+        "every face shares (C{config.home.maxMessageChars})."
+    )
 
 
 class IProtocolAdapter(Interface):

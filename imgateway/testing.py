@@ -400,6 +400,8 @@ def addUser(gateway: Gateway, local: str, password: str, enabled: bool = True) -
 # --- XML stream test double (XMPP adapter) ---
 # In its own section, with its own imports, to keep merges easy.
 
+from typing import Any  # noqa: E402
+
 from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.interfaces import IAddress, IHandshakeListener, IProtocol, ISSLTransport, ITLSTransport  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
@@ -486,7 +488,8 @@ class XmlStreamPeer:
         peer: IAddress = IPv4Address("TCP", "127.0.0.1", 40000),
         host: IAddress = IPv4Address("TCP", "127.0.0.1", 5222),
     ) -> None:
-        self.protocol = protocol
+        # Typed loosely: tests reach into the protocol under test.
+        self.protocol: Any = protocol
         self.transport = TLSStringTransport(hostAddress=host, peerAddress=peer)
         self.transport._protocol = protocol
         self.restart()

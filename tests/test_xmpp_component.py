@@ -8,10 +8,12 @@ for the connection and the clock, C{iosim} for the bytes).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.test.iosim import ConnectionCompleter, IOPump
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.protocols.jabber import component, xmlstream
@@ -29,8 +31,9 @@ from imgateway.adapters.xmpp.component import (
     parseComponents,
     unescapeLocalpart,
 )
+from imgateway.adapters.xmpp.adapter import XMPPAdapter
 from imgateway.adapters.xmpp.jid import InvalidJID
-from imgateway.config import ConfigTable
+from imgateway.config import ConfigTable, HomeConfig
 from imgateway.core.address import Address
 from imgateway.core.errors import ConfigError, DeliveryStatus, NoRoute
 from imgateway.core.events import Message
@@ -188,6 +191,20 @@ class ConfigTests(SynchronousTestCase):
         table = {**self.GOOD, **changes}
         return parseComponentConfig(ConfigTable({k: v for k, v in table.items() if v is not None}, "x.toml [xmpp] component[0]"), MemoryReactorClock())
 
+    def test_secretNotInRepr(self) -> None:
+        """
+        The secret stays out of the C{repr} of a component's config, and
+        of the whole C{[xmpp]} config holding it.
+        """
+        config = self.parse()
+        self.assertNotIn(SECRET, repr(config))
+        self.assertIn("gw.xmpp.example", repr(config))
+        xmpp = XMPPAdapter().parseConfig(
+            ConfigTable({"listen": [], "require_tls": False, "component": [dict(self.GOOD)]}, "x.toml [xmpp]"),
+            MemoryReactorClock(),
+        )
+        self.assertNotIn(SECRET, repr(xmpp))
+
     def test_good(self) -> None:
         """
         The required keys, with defaults for the rest.
@@ -333,6 +350,37 @@ class LinkTests(SynchronousTestCase):
         self.assertIsNotNone(self.service.link.stream)
         self.assertEqual(self.service.link.stream.limits, COMPONENT_LIMITS)  # type: ignore[union-attr]
         self.assertTrue(self.service.link.stream.authenticated)  # type: ignore[union-attr]
+
+    def test_secretNotLogged(self) -> None:
+        """
+        Nothing logged while a component connects, is refused, and
+        connects again holds the secret or the handshake's hash of it.
+        """
+        with capturedLogs() as events:
+            self.connect()
+            sid = self.servers[0].sid
+            self.service.link.stream.transport.loseConnection()  # type: ignore[union-attr]
+            self.pump.flush()
+            self.serverFactory.authenticatorFactory = lambda: component.ListenComponentAuthenticator("other")
+            self.reactor.advance(self.config.maxDelay + 1)
+            self.connect()
+        digest = hashlib.sha1(f"{sid}{SECRET}".encode()).hexdigest()
+        self.assertTrue(events)
+        for event in events:
+            text = f"{formatEvent(event)} {event!r}"
+            self.assertNotIn(SECRET, text)
+            self.assertNotIn(digest, text)
+
+    def test_messageLimitFromGateway(self) -> None:
+        """
+        The route's longest message body is the gateway's
+        C{max_message_chars}, read through L{IGateway.config}: the
+        component never reaches into the home server.
+        """
+        gateway = memoryGateway(MemoryReactorClock(), home=HomeConfig(maxMessageChars=100))
+        gateway.homeServer = None  # type: ignore[assignment]
+        service = makeComponentService(gateway, self.config, TCP4ClientEndpoint(self.reactor, "127.0.0.1", PORT))
+        self.assertEqual(service.route.limits.maxBodyChars, 100)
 
     def test_routes(self) -> None:
         """

@@ -24,13 +24,17 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, DNSLookupError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.names import dns
 from twisted.names.error import DNSNameError
 from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.words.xish import domish
 
-from imgateway.adapters.xmpp.adapter import TLSFiles
+from imgateway.adapters.xmpp.adapter import TLSFiles, XMPPAdapter
+from imgateway.adapters.xmpp.federation_service import DIALBACK_SECRET_FILE, FederationConfig, FederationService
+from imgateway.config import ConfigTable
 from imgateway.adapters.xmpp.s2s import (
     NS_DIALBACK,
     NS_SERVER,
@@ -41,7 +45,9 @@ from imgateway.adapters.xmpp.s2s import (
     dialbackKey,
 )
 from imgateway.adapters.xmpp.srv import SRVClientEndpoint, SRVTarget, orderSRV
+from imgateway.adapters.xmpp.stream import NS_STREAM_LIMITS
 from imgateway.core.errors import DeliveryStatus, NoRoute
+from imgateway.testing import XmlStreamPeer, memoryGateway
 from tests.e2e.harness import _Waiters, failureOf, freePort, makeCertificates, reactor
 
 NS_STREAMS = "http://etherx.jabber.org/streams"
@@ -226,8 +232,42 @@ def _dialbackDomain(harness: _Harness, proto: Any, transport: StringTransport, r
 
 class DialbackKeyTests(SynchronousTestCase):
     """
-    L{dialbackKey} follows XEP-0185.
+    L{dialbackKey} follows XEP-0185; the secret and the keys never show.
     """
+
+    def test_secretHidden(self) -> None:
+        """
+        Neither the C{repr} of the manager's keys and of a pending
+        verification, nor anything logged during a dialback exchange (a
+        valid one, and an invalid C{db:verify} of a key that is not ours),
+        holds the secret or a key.
+        """
+        harness = _Harness(self)
+        self.assertNotIn("our secret", repr(harness.manager.dialback))
+        self.assertNotIn(repr(b"our secret")[2:-1], repr(harness.manager.dialback))
+        with capturedLogs() as events:
+            proto, transport, reader = harness.incoming()
+            proto.dataReceived(header())
+            reader.feed(transport)
+            proto.dataReceived(f"<db:result from='{THEIRS}' to='{OURS}'>their-key-123</db:result>".encode())
+            [verify] = harness.manager.links[THEIRS].verifies.values()
+            self.assertNotIn("their-key-123", repr(verify))
+            out, outTransport, outReader = harness.connectOutgoing()
+            out.dataReceived(header(to=OURS, sender=THEIRS, streamID="their-id"))
+            out.dataReceived(b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")
+            sent = outReader.feed(outTransport)
+            ourKey = str(sent[0])
+            out.dataReceived(f"<db:verify from='{THEIRS}' to='{OURS}' id='{verify.streamID}' type='valid'/>".encode())
+            out.dataReceived(f"<db:result from='{THEIRS}' to='{OURS}' type='valid'/>".encode())
+            other, otherTransport, _ = harness.incoming()
+            other.dataReceived(header())
+            other.dataReceived(f"<db:verify from='{THEIRS}' to='{OURS}' id='x1'>forged-key-456</db:verify>".encode())
+        self.assertEqual(proto.domains, {THEIRS})
+        self.assertTrue(events)
+        for event in events:
+            text = f"{formatEvent(event)} {event!r}"
+            for secret in ("our secret", "their-key-123", ourKey, "forged-key-456"):
+                self.assertNotIn(secret, text)
 
     def test_formula(self) -> None:
         """
@@ -256,6 +296,41 @@ class ConfigTests(SynchronousTestCase):
     """
     L{S2SConfig}, L{S2SManager}'s checks and L{S2SError}.
     """
+
+    def federation(self, gateway: Any, secretFile: str | None = None) -> FederationService:
+        config = FederationConfig(S2SConfig(requireTLS=False, useDNS=False), dialbackSecretFile=secretFile)
+        return FederationService(gateway, config, None)
+
+    def test_dialbackSecretStable(self) -> None:
+        """
+        The dialback secret comes from a file in the data directory by
+        default, made once (mode 0600): a second service (a restart, or
+        another process serving the domain) has the same keys. A file
+        named in the config is used instead, as it is.
+        """
+        gateway = memoryGateway(MemoryReactorClock())
+        gateway.dataDir = FilePath(self.mktemp())
+        gateway.dataDir.makedirs()
+        first, second = self.federation(gateway), self.federation(gateway)
+        self.assertEqual(first.manager.dialbackKey(THEIRS, "id1"), second.manager.dialbackKey(THEIRS, "id1"))
+        secretFile = gateway.dataDir.child(DIALBACK_SECRET_FILE)
+        self.assertEqual(secretFile.getPermissions().shorthand(), "rw-------")
+        self.assertEqual(len(secretFile.getContent()), 32)
+        named = FilePath(self.mktemp())
+        named.setContent(b"shared by every process")
+        third = self.federation(gateway, named.path)
+        self.assertEqual(third.manager.dialbackKey(THEIRS, "id1"), dialbackKey(b"shared by every process", THEIRS, OURS, "id1"))
+
+    def test_dialbackSecretKey(self) -> None:
+        """
+        C{s2s_dialback_secret_file} is read relative to the config file's
+        folder, and need not exist yet.
+        """
+        base = self.mktemp()
+        os.makedirs(base)
+        table = {"federation": True, "require_tls": False, "listen": [], "s2s_require_tls": False, "s2s_dialback_secret_file": "dialback.key"}
+        config: Any = XMPPAdapter().parseConfig(ConfigTable(table, "x.toml [xmpp]", base), MemoryReactorClock())
+        self.assertEqual(config.federation.dialbackSecretFile, os.path.join(base, "dialback.key"))
 
     def test_defaults(self) -> None:
         """
@@ -331,7 +406,10 @@ class IncomingHeaderTests(SynchronousTestCase):
         self.assertTrue(reader.root.getAttribute("id"))
         self.assertEqual(reader.root.defaultUri, NS_SERVER)
         self.assertEqual(reader.root.localPrefixes.get("db"), NS_DIALBACK)
-        self.assertEqual([(c.uri, c.name) for c in features.elements()], [("urn:xmpp:features:dialback", "dialback")])
+        self.assertEqual(
+            [(c.uri, c.name) for c in features.elements()],
+            [(NS_STREAM_LIMITS, "limits"), ("urn:xmpp:features:dialback", "dialback")],
+        )
 
     def test_namespace(self) -> None:
         """
@@ -377,13 +455,56 @@ class IncomingHeaderTests(SynchronousTestCase):
         reader = Reader()
         proto.dataReceived(header())
         [features] = reader.feed(transport)
-        [starttls] = list(features.elements())
+        [limits, starttls] = list(features.elements())
+        self.assertEqual((limits.uri, limits.name), (NS_STREAM_LIMITS, "limits"))
         self.assertEqual((starttls.uri, starttls.name), (NS_TLS, "starttls"))
         self.assertEqual([c.name for c in starttls.elements()], ["required"])
         proto.dataReceived(f"<db:result from='{THEIRS}' to='{OURS}'>k</db:result>".encode())
         reader.feed(transport)
         self.assertEqual(reader.streamError(), "policy-violation")
         proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_streamLimitsAdvertised(self) -> None:
+        """
+        XEP-0478: the features of an incoming stream advertise the stanza
+        cap in force (before authentication) and the idle timeout.
+        """
+        harness = _Harness(self)
+        proto, transport, reader = harness.incoming()
+        proto.dataReceived(header())
+        [features] = reader.feed(transport)
+        [limits] = [e for e in features.elements() if (e.uri, e.name) == (NS_STREAM_LIMITS, "limits")]
+        self.assertEqual({c.name: str(c) for c in limits.elements()}, {"max-bytes": "16384", "idle-seconds": "600"})
+        proto.setAuthenticated()
+        self.assertEqual(str(next(proto.limitsFeature().elements())), "524288")
+
+    def test_startTLSInjection(self) -> None:
+        """
+        What a remote server sends in the same read after C{<starttls/>}
+        is dropped, never handled as if it had come over TLS
+        (CVE-2011-0411): a plaintext C{db:result} pipelined behind it
+        starts no dialback verification; after the handshake the stream
+        offers authentication afresh.
+        """
+        _, tls = loadTLS(self.mktemp(), OURS)
+        reactor = MemoryReactorClock()
+        manager = S2SManager(reactor, OURS, tls, S2SConfig(useDNS=False, routes={THEIRS: ROUTE}), secret=b"s")
+        peer = XmlStreamPeer(manager.factory.buildProtocol(None), IPv4Address("TCP", "192.0.2.1", 40000))
+        peer.write(header())
+        peer.read()
+        peer.write(f"<starttls xmlns='{NS_TLS}'/><db:result from='{THEIRS}' to='{OURS}'>key</db:result>")
+        self.assertEqual([e.name for e in peer.read()], ["proceed"])
+        self.assertIsNotNone(peer.transport.tlsOptions)
+        self.assertEqual((reactor.tcpClients, peer.protocol.pending, peer.protocol.domains), ([], set(), set()))
+        peer.transport.completeHandshake()
+        peer.restart()
+        peer.write(header())
+        [features] = peer.read()
+        self.assertIn("dialback", [e.name for e in features.elements()])
+        self.assertFalse(peer.disconnecting)
+        manager.stop()
+        peer.protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_tooManyStreams(self) -> None:
@@ -779,6 +900,24 @@ class OutgoingTests(SynchronousTestCase):
         out.dataReceived(f"<stream:features><starttls xmlns='{NS_TLS}'/></stream:features>".encode())
         [starttls] = reader.feed(transport)
         self.assertEqual((starttls.uri, starttls.name), (NS_TLS, "starttls"))
+
+    def test_nothingAfterProceed(self) -> None:
+        """
+        What the peer sends in the same read after C{<proceed/>} came
+        before TLS: it is dropped (these features would otherwise fail
+        the stream as unexpected), and the stream waits for the handshake.
+        """
+        harness = _Harness(self)
+        harness.send()
+        out, transport, reader = harness.connectOutgoing()
+        out.dataReceived(header(to=OURS, sender=THEIRS, streamID="s1"))
+        out.dataReceived(f"<stream:features><starttls xmlns='{NS_TLS}'/></stream:features>".encode())
+        reader.feed(transport)
+        transport.startTLS = lambda *a: None  # type: ignore[attr-defined]
+        out.dataReceived(f"<proceed xmlns='{NS_TLS}'/><stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>".encode())
+        self.assertFalse(transport.disconnecting)
+        self.assertIsNone(out.ending)
+        self.assertEqual(out.state, "header")
 
     def test_noAuthentication(self) -> None:
         """

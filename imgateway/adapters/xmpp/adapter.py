@@ -6,6 +6,7 @@ its faces.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import attrs
@@ -68,6 +69,22 @@ def _loadTLS(t: ConfigTable) -> TLSFiles | None:
     return TLSFiles(certificate, key, chain, privateKey)
 
 
+def _secretFile(t: ConfigTable, key: str) -> str | None:
+    """
+    The path of a secret's file, which need not exist yet (it is created
+    on first use); relative to the config file's folder.
+    """
+    value = t.get(key, str, None)
+    if value is None:
+        return None
+    if not value:
+        raise t.error(key, "must not be empty")
+    full = os.path.normpath(os.path.join(t.baseDir, os.path.expanduser(value)))
+    if not os.path.isdir(os.path.dirname(full)):
+        raise t.error(key, f"the folder of {full} does not exist")
+    return full
+
+
 def _parseFederation(t: ConfigTable, reactor: IReactorCore, tls: TLSFiles | None) -> FederationConfig | None:
     """
     The C{federation} and C{s2s_*} keys of C{[xmpp]}.
@@ -109,6 +126,7 @@ def _parseFederation(t: ConfigTable, reactor: IReactorCore, tls: TLSFiles | None
         s2s=s2s,
         defaultRoute=t.get("s2s_default_route", bool, True),
         statusWait=t.positive("s2s_status_wait", float, 1.0),
+        dialbackSecretFile=_secretFile(t, "s2s_dialback_secret_file"),
     )
     if not enabled:
         return None

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import attrs
 from attrs import frozen
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
@@ -179,7 +180,8 @@ class ComponentConfig:
     One component link (a C{[[xmpp.component]]} table).
 
     @ivar jid: The component's JID, a domain (C{gw.xmpp.example}).
-    @ivar secret: The shared secret of the handshake.
+    @ivar secret: The shared secret of the handshake (never in C{repr} nor
+        in a log).
     @ivar endpoint: Twisted client endpoint string of the server's
         component port (C{tcp:127.0.0.1:5347}).
     @ivar domains: The remote domains reached through the component (the
@@ -194,7 +196,7 @@ class ComponentConfig:
     """
 
     jid: str
-    secret: str
+    secret: str = attrs.field(repr=False)
     endpoint: str
     domains: tuple[str, ...]
     statusWait: float = 1.0
@@ -499,8 +501,7 @@ class ComponentService(MultiService):
         self.config = config
         clock = gateway.clock
         self.link = ComponentLink(config, clock)
-        home = getattr(getattr(gateway, "homeServer", None), "config", None)
-        routeLimits = limits if limits is not None else RouteLimits(maxBodyChars=getattr(home, "maxMessageChars", RouteLimits().maxBodyChars))
+        routeLimits = limits if limits is not None else RouteLimits(maxBodyChars=gateway.config.home.maxMessageChars)
         self.route = XMPPRemoteRoute(
             router=gateway.router,
             mapper=ComponentJIDMapper(config.jid, [gateway.domain]),

@@ -13,14 +13,19 @@ from typing import Any
 from attrs import frozen
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
+from twisted.python.filepath import FilePath
 from twisted.words.xish import domish
 
 from imgateway.adapters.xmpp.federation import S2SJIDMapper, XMPPRemoteRoute
 from imgateway.adapters.xmpp.jid import InvalidJID, parseJID
 from imgateway.adapters.xmpp.s2s import NS_SERVER, S2SConfig, S2SError, S2SManager
 from imgateway.interfaces import IGateway
+from imgateway.secretfile import loadSecret
 
-__all__ = ["FederationConfig", "FederationService"]
+__all__ = ["DIALBACK_SECRET_FILE", "FederationConfig", "FederationService"]
+
+#: The dialback secret's file in the data directory, by default.
+DIALBACK_SECRET_FILE = "s2s-dialback-secret"
 
 
 @frozen
@@ -33,11 +38,17 @@ class FederationConfig:
         that has no route of its own (otherwise only C{s2s.routes}' domains).
     @ivar statusWait: Seconds to wait for an error before a message counts
         as delivered.
+    @ivar dialbackSecretFile: The file of the secret that keys our dialback
+        keys (XEP-0185), created (random, mode 0600) if missing; C{None}
+        for C{s2s-dialback-secret} in the data directory. Every process
+        serving the domain must share it, and it must outlive restarts:
+        a peer checks a key by asking any of them.
     """
 
     s2s: S2SConfig
     defaultRoute: bool = True
     statusWait: float = 1.0
+    dialbackSecretFile: str | None = None
 
 
 class FederationService(MultiService):
@@ -53,7 +64,14 @@ class FederationService(MultiService):
         super().__init__()
         self.gateway = gateway
         self.config = config
-        self.manager = S2SManager(gateway.reactor, gateway.domain, tls, config.s2s, clock=gateway.clock)
+        secretFile = (
+            FilePath(config.dialbackSecretFile)
+            if config.dialbackSecretFile is not None
+            else gateway.dataDir.child(DIALBACK_SECRET_FILE)
+        )
+        self.manager = S2SManager(
+            gateway.reactor, gateway.domain, tls, config.s2s, clock=gateway.clock, secret=loadSecret(secretFile)
+        )
         self.route = XMPPRemoteRoute(
             gateway.router,
             S2SJIDMapper(gateway.domain),

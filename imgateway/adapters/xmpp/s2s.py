@@ -136,7 +136,7 @@ class _Verify:
     """
 
     streamID: str
-    key: str
+    key: str = attrs.field(repr=False)
     result: Deferred[bool]
     timer: IDelayedCall | None = None
     sent: bool = False

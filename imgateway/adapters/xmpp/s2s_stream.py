@@ -642,6 +642,8 @@ class IncomingStream(S2SStream):
 
     def _features(self) -> domish.Element:
         features = domish.Element((NS_STREAMS, "features"))
+        # XEP-0478: the stanza cap in force and the idle timeout.
+        features.addChild(self.limitsFeature(self.config.idleTimeout))
         if not self.secure:
             if self.manager.serverTLS is not None:
                 starttls = features.addElement((NS_TLS, "starttls"))
@@ -706,6 +708,9 @@ class IncomingStream(S2SStream):
         mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE if self.config.verifyCertificates else SSL.VERIFY_NONE
         self._t.startTLS(TLSCreator(self.manager.serverTLS, self.tlsCheck, mode))
         self._secure = True
+        # The restart drops whatever the peer sent after <starttls/>
+        # before the handshake (CVE-2011-0411): HardenedXmlStream ignores
+        # the old parser and empties the queue.
         self.reset()
 
     def _saslElement(self, element: domish.Element) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from attrs import frozen
 from twisted.internet.ssl import CertificateOptions
 
@@ -25,7 +26,7 @@ class TLSFiles:
     certificatePath: str
     keyPath: str
     chain: tuple[Any, ...]
-    key: Any
+    key: Any = attrs.field(repr=False)
 
     def options(self, alpn: list[bytes] | None = None) -> CertificateOptions:
         """

@@ -6,14 +6,19 @@ verified certificate, and talks with a native-protocol user.
 
 from __future__ import annotations
 
+import base64
 import os
 from typing import Any
+
+from cryptography import x509
+from OpenSSL import crypto
+from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from imgateway.core.presence import PresenceState
-from tests.e2e.harness import DOMAIN, GatewayProcess, freePort, makeCertificates, rawConnect
+from tests.e2e.harness import DOMAIN, GatewayProcess, RawConnection, freePort, makeCertificates, rawConnect, sleep
 from tests.e2e.xmppclient import AgentError, XMPPAgent, connectAgent
 
 PASSWORDS = {"alice": "alice-pw-1", "bob": "bob-pw-2"}
@@ -94,8 +99,9 @@ class C2SEndToEndTests(TestCase):
 
     async def test_errorsComeBack(self) -> None:
         """
-        Delivery failures reach the XMPP sender as stanza errors: unknown
-        user (item-not-found), offline user (recipient-unavailable).
+        Delivery failures reach the XMPP sender as stanza errors: an
+        unknown user and an offline one alike as C{service-unavailable}
+        (RFC 6121 8.5: no existence leak).
         """
         x = XMPPGateway(self)
         await x.gw.start()
@@ -104,8 +110,8 @@ class C2SEndToEndTests(TestCase):
         bob.message("alice@corp.example", "are you there?")
         ghost = await bob.waitForEvent("message", sender="ghost@corp.example", type="error")
         offline = await bob.waitForEvent("message", sender="alice@corp.example", type="error")
-        self.assertIn("item-not-found", str(ghost["error"]))
-        self.assertIn("recipient-unavailable", str(offline["error"]))
+        self.assertIn("service-unavailable", str(ghost["error"]))
+        self.assertIn("service-unavailable", str(offline["error"]))
 
     async def test_tlsRequired(self) -> None:
         """
@@ -144,3 +150,99 @@ class C2SEndToEndTests(TestCase):
         for i in range(10):
             bob.message("alice@corp.example", f"m{i}")
         await aliceSees.waitForMessages("bob@corp.example", 10)
+
+
+SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+C2S_HEADER = (
+    "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+    "xmlns:stream='http://etherx.jabber.org/streams' to='corp.example' version='1.0'>"
+).encode()
+
+
+def clientTLS(caPath: str) -> Any:
+    """
+    Client TLS options that trust the test authority and check the name
+    C{corp.example}.
+    """
+    with open(caPath, "rb") as f:
+        authority = x509.load_pem_x509_certificate(f.read())
+    return optionsForClientTLS(DOMAIN, trustRoot=trustRootFromCertificates([Certificate(crypto.X509.from_cryptography(authority))]))
+
+
+class C2SHostileTLSTests(TestCase):
+    """
+    Raw XMPP over a real socket and a real TLS handshake: what a hostile
+    client does around STARTTLS and the stanza cap.
+    """
+
+    async def startTLS(self, x: XMPPGateway, pipelined: bytes = b"") -> RawConnection:
+        """
+        Open a c2s stream, send C{<starttls/>} (and C{pipelined} in the
+        same write), do the TLS handshake and open the stream again.
+
+        @return: The connection, with C{mark} set to where the bytes
+            received over TLS start.
+        """
+        raw = await rawConnect(self, f"tcp:127.0.0.1:{x.xmppPort}")
+        raw.send(C2S_HEADER)
+        await raw.waitFor(lambda: b"</stream:features>" in raw.received, 10, "the features")
+        raw.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>" + pipelined)
+        await raw.waitFor(lambda: b"<proceed" in raw.received, 10, "<proceed/>")
+        raw.mark = len(raw.received)  # type: ignore[attr-defined]
+        assert raw.transport is not None
+        raw.transport.startTLS(clientTLS(x.caPath))  # type: ignore[attr-defined]
+        raw.send(C2S_HEADER)
+        await raw.waitFor(lambda: raw.received.count(b"</stream:features>") >= 2, 10, "the features over TLS")
+        return raw
+
+    async def test_startTLSInjection(self) -> None:
+        """
+        A plaintext PLAIN C{<auth>} written in the same segment as
+        C{<starttls/>} is dropped: after a real TLS handshake the client is
+        offered SASL afresh, and no answer to the injected C{<auth>} (no
+        success, no failure) ever comes, nor does the account log in.
+        """
+        x = XMPPGateway(self)
+        await x.gw.start()
+        plain = base64.b64encode(b"\0bob\0" + PASSWORDS["bob"].encode())
+        raw = await self.startTLS(x, b"<auth xmlns='" + SASL.encode() + b"' mechanism='PLAIN'>" + plain + b"</auth>")
+        overTLS = raw.received[raw.mark :]  # type: ignore[attr-defined]
+        self.assertIn(b"<mechanism>PLAIN</mechanism>", overTLS)
+        await sleep(0.5)
+        self.assertNotIn(b"success", raw.received)
+        self.assertNotIn(b"failure", raw.received)
+        self.assertIsNone(raw.lost)
+        self.assertNotIn("bob@corp.example authenticated", x.gw.log())
+
+    async def test_stanzaCapThroughTLSRecords(self) -> None:
+        """
+        The pre-login stanza cap (1024 bytes here) counts bytes, whatever
+        the TLS records they come in: a 1024-byte stanza is accepted and a
+        1025-byte one refused with C{policy-violation}, in one record or
+        cut into two at every boundary near its end. The cap is advertised
+        with XEP-0478 over TLS.
+        """
+        x = XMPPGateway(self, pre_auth_stanza_bytes=1024)
+        await x.gw.start()
+        first = f"<auth xmlns='{SASL}' mechanism='X-NONE'/>".encode()
+        prefix = f"<auth xmlns='{SASL}' mechanism='X-NONE' pad='".encode()
+        for size in (1024, 1025):
+            stanza = prefix + b"a" * (size - len(prefix) - 3) + b"'/>"
+            self.assertEqual(len(stanza), size)
+            for cut in (None, 1, size - 4, size - 3, size - 2, size - 1):
+                raw = await self.startTLS(x)
+                overTLS = raw.received[raw.mark :]  # type: ignore[attr-defined]
+                self.assertIn(b"<max-bytes>1024</max-bytes>", overTLS)
+                raw.send(first)
+                await raw.waitFor(lambda: raw.received.count(b"invalid-mechanism") == 1, 10, "the first failure")
+                for piece in [stanza] if cut is None else [stanza[:cut], stanza[cut:]]:
+                    raw.send(piece)  # one TLS record each
+                    await sleep(0.02)
+                if size == 1024:
+                    await raw.waitFor(lambda: raw.received.count(b"invalid-mechanism") == 2, 10, f"the answer (cut at {cut})")
+                    self.assertNotIn(b"policy-violation", raw.received)
+                else:
+                    await raw.waitForClose(10)
+                    self.assertIn(b"policy-violation", raw.received, f"cut at {cut}")
+                    self.assertEqual(raw.received.count(b"invalid-mechanism"), 1)
+                await raw.close()

@@ -275,12 +275,12 @@ class ErrorTableTests(SynchronousTestCase):
     def test_roundTrip(self) -> None:
         """
         For every status but C{LOOP_DETECTED} (see L{test_loopDetected})
-        and C{NO_SUCH_USER} (see L{test_noExistenceLeak}), the error a peer
+        and C{NO_SUCH_USER} and C{BLOCKED} (see L{test_noExistenceLeak}), the error a peer
         sends back with that status's condition stands for the same
         status, and keeps the text.
         """
         for status, spec in ERRORS.items():
-            if status in (DeliveryStatus.LOOP_DETECTED, DeliveryStatus.NO_SUCH_USER):
+            if status in (DeliveryStatus.LOOP_DETECTED, DeliveryStatus.NO_SUCH_USER, DeliveryStatus.BLOCKED):
                 continue
             e = deliveryErrorFor(spec.condition, "some text", None)
             self.assertIsInstance(e, DeliveryError)
@@ -294,7 +294,7 @@ class ErrorTableTests(SynchronousTestCase):
         C{LOOP_DETECTED}).
         """
         for status in ERRORS:
-            if status in (DeliveryStatus.LOOP_DETECTED, DeliveryStatus.NO_SUCH_USER):
+            if status in (DeliveryStatus.LOOP_DETECTED, DeliveryStatus.NO_SUCH_USER, DeliveryStatus.BLOCKED):
                 continue
             spec, content = stanzaErrorFor(statusError(status, "why"))
             self.assertIs(deliveryErrorFor(spec.condition, "why", content).status, status)
@@ -302,13 +302,15 @@ class ErrorTableTests(SynchronousTestCase):
     def test_noExistenceLeak(self) -> None:
         """
         An unknown user (404) and an offline one (480, what the core tells
-        strangers about unknown, disabled, offline and blocking users) are
-        the same stanza error, C{service-unavailable} of type C{cancel}
-        (RFC 6121 8.5), sent without the core's text; a peer's
-        C{service-unavailable} reads back as offline (480), and its
-        C{item-not-found} and C{recipient-unavailable} as before.
+        strangers about unknown, disabled, offline and blocking users) and
+        a recipient that blocks the sender (403, XEP-0191 3.4) are the same
+        stanza error, C{service-unavailable} of type C{cancel} (RFC 6121
+        8.5), sent without the core's text; a peer's C{service-unavailable}
+        reads back as offline (480), and its C{item-not-found},
+        C{recipient-unavailable} and C{forbidden} as before.
         """
-        for status in (DeliveryStatus.NO_SUCH_USER, DeliveryStatus.OFFLINE):
+        self.assertIs(deliveryErrorFor("forbidden").status, DeliveryStatus.BLOCKED)
+        for status in (DeliveryStatus.NO_SUCH_USER, DeliveryStatus.OFFLINE, DeliveryStatus.BLOCKED):
             e = statusError(status, f"{status.name} says who")
             self.assertEqual(stanzaErrorFor(e), (StanzaErrorSpec("service-unavailable", "cancel", private=True), None))
             self.assertIsNone(stanzaErrorText(e))

@@ -100,15 +100,16 @@ class FederationGatewayTests(TestCase):
         romeo.message(ALICE, "hi alice & co")
         await alice.waitForMessage(ROMEO, "hi alice & co")
 
-        # Our errors reach Romeo as stanza errors: no such user (404 ->
-        # item-not-found), blocked (403 -> forbidden).
+        # Our errors reach Romeo as stanza errors that do not tell whether
+        # an account exists: no such user and blocked are both
+        # service-unavailable (RFC 6121 8.5, XEP-0191 3.4).
         romeo.message(f"ghost@{DOMAIN}", "anyone?")
         ghost = await romeo.waitForEvent("message", sender=f"ghost@{DOMAIN}", type="error", timeout=10)
-        self.assertIn("item-not-found", str(ghost["error"]))
+        self.assertIn("service-unavailable", str(ghost["error"]))
         await proto.setAccess(ROMEO, "block")
         romeo.message(ALICE, "still there?")
         blocked = await romeo.waitForEvent("message", sender=ALICE, type="error", timeout=10)
-        self.assertIn("forbidden", str(blocked["error"]))
+        self.assertIn("service-unavailable", str(blocked["error"]))
         await proto.setAccess(ROMEO, "none")
 
         # Juliet is not logged in: Prosody bounces, alice gets 480.

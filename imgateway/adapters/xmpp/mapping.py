@@ -137,11 +137,12 @@ class StanzaErrorSpec:
 #: C{OFFLINE} for unknown, disabled, offline and blocking users) are both
 #: C{service-unavailable} (RFC 6121 8.5.2.1.1 and 8.5.1), never
 #: C{item-not-found} nor C{recipient-unavailable}: the error must not tell
-#: whether the account exists or is online.
+#: whether the account exists or is online. A recipient that blocks the
+#: sender answers the same (XEP-0191 section 3.4).
 ERRORS: dict[DeliveryStatus, StanzaErrorSpec] = {
     DeliveryStatus.NO_SUCH_USER: StanzaErrorSpec("service-unavailable", "cancel", private=True),
     DeliveryStatus.OFFLINE: StanzaErrorSpec("service-unavailable", "cancel", private=True),
-    DeliveryStatus.BLOCKED: StanzaErrorSpec("forbidden", "auth"),
+    DeliveryStatus.BLOCKED: StanzaErrorSpec("service-unavailable", "cancel", private=True),
     DeliveryStatus.NOT_AUTHORISED: StanzaErrorSpec("not-authorized", "auth"),
     DeliveryStatus.BUSY: StanzaErrorSpec("redirect", "modify"),
     DeliveryStatus.LOOP_DETECTED: StanzaErrorSpec("undefined-condition", "cancel"),
@@ -156,6 +157,7 @@ _FROM_CONDITION: dict[str, DeliveryStatus] = {
     **{spec.condition: status for status, spec in ERRORS.items()},
     "service-unavailable": DeliveryStatus.OFFLINE,
     "item-not-found": DeliveryStatus.NO_SUCH_USER,
+    "forbidden": DeliveryStatus.BLOCKED,
     "recipient-unavailable": DeliveryStatus.OFFLINE,
     "gone": DeliveryStatus.BUSY,
     "jid-malformed": DeliveryStatus.NO_SUCH_USER,

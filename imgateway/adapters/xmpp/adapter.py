@@ -108,6 +108,7 @@ def _parseFederation(t: ConfigTable, reactor: IReactorCore, tls: TLSFiles | None
         stanzaBytes=t.positive("s2s_stanza_bytes", int, l.stanzaBytes),
         stanzasPerSecond=t.positive("s2s_stanzas_per_second", float, l.stanzasPerSecond),
         stanzaBurst=t.positive("s2s_stanza_burst", int, l.stanzaBurst),
+        maxQueuedStanzas=t.positive("s2s_stanza_queue", int, l.maxQueuedStanzas),
     )
     s2s = S2SConfig(
         listen=t.endpoints("s2s_listen", reactor, d.listen),
@@ -168,6 +169,7 @@ class XMPPAdapter:
             elements=t.positive("stanza_elements", int, l.elements),
             stanzasPerSecond=t.positive("stanzas_per_second", float, l.stanzasPerSecond),
             stanzaBurst=t.positive("stanza_burst", int, l.stanzaBurst),
+            maxQueuedStanzas=t.positive("stanza_queue", int, l.maxQueuedStanzas),
             sendQueueBytes=t.positive("max_send_queue_bytes", int, l.sendQueueBytes),
         )
         c2s = C2SConfig(

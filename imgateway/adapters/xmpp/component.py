@@ -68,7 +68,7 @@ NS_COMPONENT = component.NS_COMPONENT_ACCEPT
 #: Stream limits of a component link: it carries the traffic of every user
 #: of the server, so stanzas may be large (512 KiB, Prosody's cap for
 #: components) and many.
-COMPONENT_LIMITS = StreamLimits(stanzaBytes=512 * 1024, stanzasPerSecond=500.0, stanzaBurst=1000)
+COMPONENT_LIMITS = StreamLimits(stanzaBytes=512 * 1024, stanzasPerSecond=500.0, stanzaBurst=1000, maxQueuedStanzas=10000)
 
 # -- XEP-0106 -----------------------------------------------------------------------
 
@@ -210,7 +210,7 @@ def parseComponentConfig(table: ConfigTable, reactor: IReactorCore) -> Component
     """
     Read one component table: C{jid}, C{secret}, C{endpoint}, C{domains}
     (required); C{status_wait}, C{stanza_bytes}, C{stanzas_per_second},
-    C{stanza_burst}, C{handshake_timeout}, C{max_reconnect_delay}
+    C{stanza_burst}, C{stanza_queue}, C{handshake_timeout}, C{max_reconnect_delay}
     (optional). Calls C{table.finish()}.
 
     @raise ConfigError: Naming the table and key at fault.
@@ -251,6 +251,7 @@ def parseComponentConfig(table: ConfigTable, reactor: IReactorCore) -> Component
         stanzaBytes=t.positive("stanza_bytes", int, l.stanzaBytes),
         stanzasPerSecond=t.positive("stanzas_per_second", float, l.stanzasPerSecond),
         stanzaBurst=t.positive("stanza_burst", int, l.stanzaBurst),
+        maxQueuedStanzas=t.positive("stanza_queue", int, l.maxQueuedStanzas),
     )
     if limits.stanzaBytes < 10000:
         raise t.error("stanza_bytes", "must be at least 10000 (RFC 6120 13.12)")

@@ -84,6 +84,7 @@ S2S_LIMITS = StreamLimits(
     elements=4000,
     stanzasPerSecond=100.0,
     stanzaBurst=500,
+    maxQueuedStanzas=5000,
 )
 
 

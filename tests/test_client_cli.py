@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_client_cli -*-
 """
-Tests for L{imgateway.client.cli}: the C{imgateway-client} command.
+Tests for the C{imgateway-client} command: L{imgateway.client.cli},
+L{imgateway.client.parsing}, L{imgateway.client.formatting},
+L{imgateway.client.chat} and L{imgateway.client.oneshot}.
 
 The unit tests check parsing and formatting, and drive L{ChatSession} with a
 fake client. The end-to-end tests (L{EndToEndTests}, L{CommandLineTests})
@@ -28,9 +30,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from imgateway.auth.sasl import SASLFailure
-from imgateway.client import cli
-from imgateway.client.cli import (
-    ChatSession,
+from imgateway.client.chat import ChatSession
+from imgateway.client.cli import parseArguments, readPassword
+from imgateway.client.formatting import (
     describeConnectFailure,
     describeFailure,
     formatContact,
@@ -39,15 +41,10 @@ from imgateway.client.cli import (
     formatPresence,
     formatSubscription,
     formatWho,
-    parseArguments,
-    parseEntry,
-    parseState,
-    parseStatus,
-    readPassword,
-    resolveAddress,
     sanitise,
 )
-from imgateway.client.protocol import ClientError
+from imgateway.client.parsing import parseEntry, parseState, parseStatus, resolveAddress
+from imgateway.client.protocol import BYE_TIMEOUT, ClientError
 from imgateway.core.address import Address
 from imgateway.core.errors import (
     InvalidAddress,
@@ -869,7 +866,7 @@ class ChatSessionTests(SynchronousTestCase):
         self.start()
         self.client.transport = cast(Any, Transport())
         self.typeLines("/quit")
-        self.clock.advance(cli.BYE_TIMEOUT)
+        self.clock.advance(BYE_TIMEOUT)
         self.assertEqual(aborted, [True])
 
     def test_disconnected(self) -> None:

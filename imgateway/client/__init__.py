@@ -1,6 +1,10 @@
 """
 The native-protocol client: a Twisted library (L{imgateway.client.protocol})
-and the C{imgateway-client} command (L{imgateway.client.cli}).
+and the C{imgateway-client} command: its command line (L{imgateway.client.cli}),
+what the user types (L{imgateway.client.parsing}), what it prints
+(L{imgateway.client.formatting}), the interactive console
+(L{imgateway.client.chat}) and the one-shot commands
+(L{imgateway.client.oneshot}).
 """
 
 from imgateway.client.protocol import ClientError, ClientObserver, NativeClientProtocol, connect

@@ -37,11 +37,16 @@ from imgateway.core.errors import AuthenticationFailed, DeliveryStatus, Imgatewa
 from imgateway.core.presence import Presence, PresenceState
 
 __all__ = [
+    "BYE_TIMEOUT",
     "ClientError",
     "ClientObserver",
     "NativeClientProtocol",
     "connect",
+    "goodbye",
 ]
+
+#: Seconds L{goodbye} waits for the server to close the connection after BYE.
+BYE_TIMEOUT = 5.0
 
 _DELIVERY_CODES = {s.value for s in DeliveryStatus} - {200}
 
@@ -504,3 +509,27 @@ def connect(
 
     return d.addCallback(connected)
 
+
+
+def goodbye(client: NativeClientProtocol, clock: IReactorTime, timeout: float = BYE_TIMEOUT) -> Deferred[str]:
+    """
+    Say BYE, and close the connection ourselves if the server has not closed
+    it within C{timeout} seconds.
+
+    @return: Fires with the server's BYE reason (or C{""}) once the
+        connection is gone.
+    """
+    d = client.bye()
+
+    def tooSlow() -> None:
+        if client.transport is not None:
+            client.transport.abortConnection()  # type: ignore[attr-defined]
+
+    timer = clock.callLater(timeout, tooSlow)
+
+    def closed(reason: str) -> str:
+        if timer.active():
+            timer.cancel()
+        return reason
+
+    return d.addCallback(closed)

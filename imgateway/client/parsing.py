@@ -1,0 +1,114 @@
+# -*- test-case-name: tests.test_client_cli -*-
+"""
+What a user of C{imgateway-client} types: presence states and notes,
+addresses (a bare name is in the user's own domain), access-list entries.
+
+Every parser raises L{ValueError} (or L{InvalidAddress}, one of them) with a
+message meant for the user.
+"""
+
+from __future__ import annotations
+
+from imgateway.core.address import Address, normaliseDomain
+from imgateway.core.presence import PresenceState
+
+__all__ = [
+    "parseEntry",
+    "parseState",
+    "parseStatus",
+    "resolveAddress",
+]
+
+
+#: Short names accepted for presence states, besides the states' own names.
+_STATE_ALIASES: dict[str, PresenceState] = {
+    "brb": PresenceState.BE_RIGHT_BACK,
+    "lunch": PresenceState.OUT_TO_LUNCH,
+    "phone": PresenceState.ON_THE_PHONE,
+    "dnd": PresenceState.BUSY,
+    "invisible": PresenceState.APPEAR_OFFLINE,
+}
+
+#: Every name of a state a user may set (C{offline} is not one: end the
+#: session instead).
+_SETTABLE = [s for s in PresenceState if s is not PresenceState.OFFLINE]
+
+
+def _stateNames() -> str:
+    names = [s.value for s in _SETTABLE]
+    aliases = [f"{alias} ({state.value})" for alias, state in _STATE_ALIASES.items()]
+    return ", ".join(names) + "; or " + ", ".join(aliases)
+
+
+def parseState(text: str) -> PresenceState:
+    """
+    Parse a presence state as a user types it: a state's name (C{away},
+    C{be-right-back}), with C{_} or spaces for C{-} and in any case, or a
+    short alias (C{brb}, C{lunch}, C{phone}, C{dnd} for busy, C{invisible}
+    for appear-offline).
+
+    @raise ValueError: If C{text} names no state, or names C{offline}
+        (which is not something one publishes: one logs out).
+    """
+    key = "-".join(text.strip().lower().replace("_", " ").replace("-", " ").split())
+    state = _STATE_ALIASES.get(key)
+    if state is None:
+        try:
+            state = PresenceState(key)
+        except ValueError:
+            raise ValueError(f"unknown presence state {text!r} (states: {_stateNames()})") from None
+    if state is PresenceState.OFFLINE:
+        raise ValueError("cannot publish offline: use appear-offline (invisible), or /quit")
+    return state
+
+
+def parseStatus(text: str) -> tuple[PresenceState, str]:
+    """
+    Parse the arguments of C{/status}: a state, then an optional note.
+
+    The state may be written in several words (C{be right back}); the longest
+    run of leading words that names a state wins, so C{away at lunch} is
+    C{away} with the note C{at lunch}.
+
+    @return: The state and the note (C{""} when none).
+    @raise ValueError: If the first words name no state.
+    """
+    words = text.split()
+    if not words:
+        raise ValueError(f"usage: /status STATE [NOTE...] (states: {_stateNames()})")
+    for n in range(min(3, len(words)), 1, -1):
+        try:
+            state = parseState(" ".join(words[:n]))
+        except ValueError:
+            continue
+        return state, " ".join(words[n:])
+    return parseState(words[0]), " ".join(words[1:])
+
+
+def resolveAddress(text: str, domain: str | None) -> Address:
+    """
+    Parse an address a user typed: C{bob@corp.example}, a URI form
+    (C{im:bob@corp.example}), or a bare C{bob} meaning C{bob} in C{domain}
+    (the logged-in user's domain).
+
+    @raise InvalidAddress: If it is not a valid address.
+    """
+    text = text.strip()
+    if "@" not in text and ":" not in text and domain:
+        return Address.fromParts(text, domain)
+    return Address.fromString(text)
+
+
+def parseEntry(text: str, domain: str | None = None) -> str:
+    """
+    Parse an access-list entry: an address (C{bob@corp.example}), a domain
+    (C{spam.example}), or a bare name without a dot (C{bob}), meaning that
+    user in C{domain}.
+
+    @return: The entry, normalised.
+    @raise InvalidAddress: If it is none of these.
+    """
+    text = text.strip()
+    if "@" in text or ("." not in text and domain):
+        return str(resolveAddress(text, domain))
+    return normaliseDomain(text)

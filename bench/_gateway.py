@@ -465,10 +465,11 @@ def _createUsersMain(argv: Sequence[str]) -> None:
     from imgateway.core.errors import ImgatewayError
     from imgateway.core.records import AccountRecord
     from imgateway.directory.sqlite import SQLiteDirectory
+    from imgateway.plugins import adapterConfigParsers
 
     theReactor: Any = reactor
     try:
-        config = loadConfig(args.config, theReactor)
+        config = loadConfig(args.config, theReactor, adapterConfigParsers())
         addresses = [Address.fromParts(f"{args.prefix}{i}", config.domain) for i in range(args.first, args.first + args.count)]
         for address in addresses:
             validateAccountLocalPart(address)

@@ -264,13 +264,14 @@ def parseConfig(
 def loadConfig(
     path: str,
     reactor: IReactorCore,
-    adapterParsers: Mapping[str, Callable[[ConfigTable, IReactorCore], object]] | None = None,
+    adapterParsers: Mapping[str, Callable[[ConfigTable, IReactorCore], object]],
 ) -> GatewayConfig:
     """
     Read and check a configuration file.
 
-    @param adapterParsers: As for L{parseConfig}; when C{None}, the
-        installed adapter plugins' parsers.
+    @param adapterParsers: As for L{parseConfig}: for the installed adapter
+        plugins, L{imgateway.plugins.adapterConfigParsers}. (This module
+        knows no adapter: they depend on it, not the reverse.)
     @raise ConfigError: If the file cannot be read, is not TOML, or is wrong.
     """
     fp = FilePath(path)
@@ -281,8 +282,4 @@ def loadConfig(
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    if adapterParsers is None:
-        from imgateway.plugins import adapterPlugins
-
-        adapterParsers = {a.name: a.parseConfig for a in adapterPlugins()}
     return parseConfig(data, fp, reactor, adapterParsers)

@@ -35,9 +35,10 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         from imgateway.config import loadConfig
+        from imgateway.plugins import adapterConfigParsers
 
         try:
-            self["gatewayConfig"] = loadConfig(self["config"], reactor)
+            self["gatewayConfig"] = loadConfig(self["config"], reactor, adapterConfigParsers())
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 

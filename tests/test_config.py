@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imgateway.config import HomeConfig, loadConfig
 from imgateway.core.errors import ConfigError
+from imgateway.plugins import adapterConfigParsers
 
 REPO = FilePath(__file__).parent().parent()
 
@@ -30,14 +31,14 @@ class LoadConfigTests(SynchronousTestCase):
         return str(path)
 
     def load(self, text: str) -> object:
-        return loadConfig(self.write(text), MemoryReactor())
+        return loadConfig(self.write(text), MemoryReactor(), adapterConfigParsers())
 
     def test_shipped(self) -> None:
         """
         C{etc/imgateway.toml} loads; its data dir resolves against the
         file's folder; it enables the native face on loopback.
         """
-        config = loadConfig(REPO.child("etc").child("imgateway.toml").path, MemoryReactor())
+        config = loadConfig(REPO.child("etc").child("imgateway.toml").path, MemoryReactor(), adapterConfigParsers())
         self.assertEqual(config.domain, "corp.example")
         self.assertEqual(config.dataDir, REPO.child("data"))
         self.assertEqual(config.home, HomeConfig())
@@ -81,5 +82,5 @@ class LoadConfigTests(SynchronousTestCase):
         """
         A missing file is an error naming it.
         """
-        e = self.assertRaises(ConfigError, loadConfig, "/nonexistent/imgw.toml", MemoryReactor())
+        e = self.assertRaises(ConfigError, loadConfig, "/nonexistent/imgw.toml", MemoryReactor(), {})
         self.assertEqual(str(e), "/nonexistent/imgw.toml: cannot read: No such file or directory")

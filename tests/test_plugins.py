@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imgateway.adapters.native.adapter import NativeAdapter
 from imgateway.adapters.xmpp.adapter import XMPPAdapter
-from imgateway.plugins import adapterPlugins
+from imgateway.plugins import adapterConfigParsers, adapterPlugins
 
 REPO = FilePath(__file__).parent().parent()
 
@@ -53,6 +53,15 @@ class PluginTests(SynchronousTestCase):
         C{imgateway.plugins} package, sorted by name.
         """
         self.assertEqual([type(a) for a in adapterPlugins()], [NativeAdapter, XMPPAdapter])
+
+    def test_adapterConfigParsers(self) -> None:
+        """
+        L{adapterConfigParsers} gives each installed adapter's
+        C{parseConfig} by its name, for L{imgateway.config.loadConfig}.
+        """
+        parsers = adapterConfigParsers()
+        self.assertEqual(sorted(parsers), ["native", "xmpp"])
+        self.assertEqual(parsers["native"].__func__, NativeAdapter.parseConfig)  # type: ignore[attr-defined]
 
     def test_twistdHelp(self) -> None:
         """

@@ -31,6 +31,7 @@ from imgateway.core.address import Address, validateAccountLocalPart
 from imgateway.core.errors import AccountExists, ImgatewayError, InvalidAddress, NoSuchAccount
 from imgateway.core.records import AccountRecord
 from imgateway.directory.sqlite import SQLiteDirectory
+from imgateway.plugins import adapterConfigParsers
 
 __all__ = ["DEFAULT_CONFIG", "main"]
 
@@ -266,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
     theReactor = cast(IReactorCore, reactor)
     try:
-        config = loadConfig(args.config, theReactor, adapterParsers=None)
+        config = loadConfig(args.config, theReactor, adapterConfigParsers())
         action = _action(args, config)
     except (ImgatewayError, _Refused) as e:
         _fail(str(e))

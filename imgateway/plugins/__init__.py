@@ -10,12 +10,20 @@ Twisted's plugin system.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from twisted.plugin import getPlugins, pluginPackagePaths
 
 from imgateway.interfaces import IProtocolAdapter
 
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorCore
+
+    from imgateway.config import ConfigTable
+
 __path__.extend(pluginPackagePaths(__name__))
-__all__: list[str] = []
+__all__ = ["adapterConfigParsers", "adapterPlugins"]
 
 
 def adapterPlugins() -> list[IProtocolAdapter]:
@@ -32,3 +40,11 @@ def adapterPlugins() -> list[IProtocolAdapter]:
             raise ValueError(f"two protocol adapters are named {adapter.name!r}")
         found[adapter.name] = adapter
     return [found[name] for name in sorted(found)]
+
+
+def adapterConfigParsers() -> dict[str, Callable[[ConfigTable, IReactorCore], object]]:
+    """
+    @return: The C{parseConfig} of every installed protocol adapter, by
+        name: the C{adapterParsers} of L{imgateway.config.loadConfig}.
+    """
+    return {adapter.name: adapter.parseConfig for adapter in adapterPlugins()}

@@ -31,6 +31,7 @@ from imgateway.core.errors import DeliveryError, DeliveryStatus, UserOffline
 from imgateway.core.events import Message, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.interfaces import ISession
+from imgateway.plugins import adapterConfigParsers
 from imgateway.testing import RecordingSessionClient, addUser, memoryGateway
 from tests.e2e.harness import (
     DOMAIN,
@@ -326,7 +327,7 @@ class GatewayComponentTests(ScenarioMixin, TestCase):
         gw = ComponentGatewayProcess(self, tables, [component])
         # The configuration is checked before anything starts: a mistake in
         # the component table fails here, with the key at fault.
-        loadConfig(gw.configPath, reactor())
+        loadConfig(gw.configPath, reactor(), adapterConfigParsers())
         gw.addUser("alice", "alice's pw")
         await prosody.start()
         await gw.start()

@@ -25,13 +25,24 @@ from imgateway.core.address import normaliseDomain
 from imgateway.core.errors import ConfigError, InvalidAddress
 
 __all__ = [
+    "CONFIG_ENVIRONMENT",
+    "DEFAULT_CONFIG_PATH",
     "AuthConfig",
     "ConfigTable",
     "GatewayConfig",
     "HomeConfig",
+    "findConfig",
     "loadConfig",
     "parseConfig",
 ]
+
+#: The environment variable naming the configuration file when no
+#: C{--config} is given.
+CONFIG_ENVIRONMENT = "IMGATEWAY_CONFIG"
+
+#: The configuration file read when neither C{--config} nor
+#: C{$IMGATEWAY_CONFIG} names one.
+DEFAULT_CONFIG_PATH = "/etc/imgateway/imgateway.toml"
 
 T = TypeVar("T")
 
@@ -259,6 +270,40 @@ def parseConfig(
             adapterTable.finish()
     top.finish()
     return GatewayConfig(path, domain, dataDir, homeServerName, home, auth, adapters)
+
+
+def findConfig(
+    given: str | None,
+    environ: Mapping[str, str] = os.environ,
+    default: str = DEFAULT_CONFIG_PATH,
+) -> str:
+    """
+    Which configuration file to read: the one given on the command line
+    (C{--config}), else the one C{$IMGATEWAY_CONFIG} names, else
+    L{DEFAULT_CONFIG_PATH}. Nothing depends on the current directory except
+    a relative path the operator gave.
+
+    @param given: The C{--config} option's value, or C{None}.
+    @param environ: The environment.
+    @param default: The file read when nothing names one.
+    @return: The path to read.
+    @raise ConfigError: If the file was not given on the command line and
+        does not exist; the message says where it was looked for and how to
+        name another.
+    """
+    if given:
+        return given
+    fromEnvironment = environ.get(CONFIG_ENVIRONMENT)
+    if fromEnvironment:
+        if not os.path.exists(fromEnvironment):
+            raise ConfigError(f"{fromEnvironment} (from ${CONFIG_ENVIRONMENT}): no such file")
+        return fromEnvironment
+    if not os.path.exists(default):
+        raise ConfigError(
+            f"no configuration file: {default} does not exist (give --config FILE or set ${CONFIG_ENVIRONMENT}; "
+            "etc/imgateway.toml in the source is an example with every key)"
+        )
+    return default
 
 
 def loadConfig(

@@ -5,12 +5,15 @@ C{twistd imgateway}: options and service construction for the twistd plugin.
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 
+from imgateway.config import CONFIG_ENVIRONMENT, DEFAULT_CONFIG_PATH, findConfig
 from imgateway.core.errors import ConfigError
 
 __all__ = ["Options", "makeService"]
@@ -19,6 +22,10 @@ __all__ = ["Options", "makeService"]
 class Options(usage.Options):
     """
     Options of C{twistd imgateway}.
+
+    @ivar environ: Where C{$IMGATEWAY_CONFIG} is read.
+    @ivar defaultConfig: The file read when neither C{--config} nor
+        C{$IMGATEWAY_CONFIG} names one.
     """
 
     synopsis = "[--config FILE]"
@@ -28,8 +35,16 @@ class Options(usage.Options):
         "is opened."
     )
     optParameters = [
-        ["config", "c", "etc/imgateway.toml", "Configuration file (TOML)."],
+        [
+            "config",
+            "c",
+            None,
+            f"Configuration file (TOML). Default: ${CONFIG_ENVIRONMENT} if set, else {DEFAULT_CONFIG_PATH}.",
+        ],
     ]
+
+    environ: Mapping[str, str] = os.environ
+    defaultConfig = DEFAULT_CONFIG_PATH
 
     def postOptions(self) -> None:
         from twisted.internet import reactor
@@ -38,7 +53,8 @@ class Options(usage.Options):
         from imgateway.plugins import adapterConfigParsers
 
         try:
-            self["gatewayConfig"] = loadConfig(self["config"], reactor, adapterConfigParsers())
+            path = findConfig(self["config"], self.environ, self.defaultConfig)
+            self["gatewayConfig"] = loadConfig(path, reactor, adapterConfigParsers())
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 

@@ -13,7 +13,7 @@ from typing import cast
 
 from twisted.internet.interfaces import IReactorCore
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from imgateway.auth.passwords import StoredCredentials, checkPassword
 from imgateway.core.address import Address
@@ -53,19 +53,27 @@ class AdminTests(TestCase):
         self.dataDir = self.base.child("data")
         self.directoryPath = self.dataDir.child("directory.sqlite3")
 
-    def admin(self, *args: str, stdin: str = "", config: str | None = None) -> tuple[int, str, str]:
+    def admin(
+        self, *args: str, stdin: str = "", config: str | None = None, environ: dict[str, str] | None = None
+    ) -> tuple[int, str, str]:
         """
         Run C{imgateway-admin --config <config> *args}.
 
         @param stdin: What the command reads on standard input.
+        @param config: The configuration file; the test's when C{None}, and
+            no C{--config} option when C{""}.
+        @param environ: Variables to add to the environment.
         @return: Its exit status, standard output and standard error.
         """
         env = dict(os.environ)
+        env.pop("IMGATEWAY_CONFIG", None)
+        env.update(environ or {})
         env["PYTHONPATH"] = os.pathsep.join(
             [REPO_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
         )
+        configArgs = [] if config == "" else ["--config", config or self.config.path]
         done = subprocess.run(
-            [sys.executable, "-m", "imgateway.admin.cli", "--config", config or self.config.path, *args],
+            [sys.executable, "-m", "imgateway.admin.cli", *configArgs, *args],
             input=stdin,
             capture_output=True,
             text=True,
@@ -277,6 +285,33 @@ class AdminTests(TestCase):
         message = self.assertRefused("user", "list", config=missing)
         self.assertIn(missing, message)
         self.assertIn("cannot read", message)
+
+    def test_configFromEnvironment(self) -> None:
+        """
+        Without C{--config}, C{$IMGATEWAY_CONFIG} names the configuration,
+        whatever the current directory holds (here an C{etc/imgateway.toml}
+        for another domain).
+        """
+        self.base.child("etc").child("imgateway.toml").moveTo(self.base.child("gateway.toml"))
+        self.base.child("etc").child("imgateway.toml").setContent(b'[gateway]\ndomain = "elsewhere.example"\n')
+        code, out, err = self.admin(
+            "user", "add", "alice", "--password-stdin",
+            stdin="pw\n", config="", environ={"IMGATEWAY_CONFIG": self.base.child("gateway.toml").path},
+        )
+        self.assertEqual((code, out, err), (0, "added alice@corp.example\n", ""))
+
+    def test_defaultConfig(self) -> None:
+        """
+        With neither, C{/etc/imgateway/imgateway.toml} is read, not a file
+        of the current directory; when it does not exist the error says so
+        and how to name another.
+        """
+        if os.path.exists("/etc/imgateway/imgateway.toml"):
+            raise SkipTest("this machine has an /etc/imgateway/imgateway.toml")
+        code, out, err = self.admin("user", "list", config="")
+        self.assertEqual((code, out), (1, ""), err)
+        self.assertIn("no configuration file: /etc/imgateway/imgateway.toml does not exist", err)
+        self.assertIn("$IMGATEWAY_CONFIG", err)
 
     def test_badConfig(self) -> None:
         """

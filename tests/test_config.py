@@ -11,7 +11,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from imgateway.config import HomeConfig, loadConfig
+from imgateway.config import CONFIG_ENVIRONMENT, DEFAULT_CONFIG_PATH, HomeConfig, findConfig, loadConfig
 from imgateway.core.errors import ConfigError
 from imgateway.plugins import adapterConfigParsers
 
@@ -84,3 +84,67 @@ class LoadConfigTests(SynchronousTestCase):
         """
         e = self.assertRaises(ConfigError, loadConfig, "/nonexistent/imgw.toml", MemoryReactor(), {})
         self.assertEqual(str(e), "/nonexistent/imgw.toml: cannot read: No such file or directory")
+
+
+class FindConfigTests(SynchronousTestCase):
+    """
+    L{findConfig}: which file is read when, never depending on the current
+    directory.
+    """
+
+    def setUp(self) -> None:
+        self.folder = FilePath(self.mktemp())
+        self.folder.makedirs()
+        self.default = self.folder.child("default.toml")
+        self.default.setContent(b"")
+        self.other = self.folder.child("other.toml")
+        self.other.setContent(b"")
+
+    def test_given(self) -> None:
+        """
+        The file given on the command line wins, as given (a relative path
+        is the operator's, relative to where they are).
+        """
+        environ = {CONFIG_ENVIRONMENT: self.other.path}
+        self.assertEqual(findConfig("etc/imgateway.toml", environ, self.default.path), "etc/imgateway.toml")
+
+    def test_environment(self) -> None:
+        """
+        Without C{--config}, C{$IMGATEWAY_CONFIG} names the file.
+        """
+        environ = {CONFIG_ENVIRONMENT: self.other.path}
+        self.assertEqual(findConfig(None, environ, self.default.path), self.other.path)
+
+    def test_environmentMissing(self) -> None:
+        """
+        A file that C{$IMGATEWAY_CONFIG} names and that does not exist is an
+        error naming the variable.
+        """
+        missing = self.folder.child("missing.toml").path
+        e = self.assertRaises(ConfigError, findConfig, None, {CONFIG_ENVIRONMENT: missing}, self.default.path)
+        self.assertEqual(str(e), f"{missing} (from $IMGATEWAY_CONFIG): no such file")
+
+    def test_default(self) -> None:
+        """
+        Otherwise the default file is read: C{/etc/imgateway/imgateway.toml},
+        whatever the current directory holds.
+        """
+        self.assertEqual(DEFAULT_CONFIG_PATH, "/etc/imgateway/imgateway.toml")
+        self.assertEqual(findConfig(None, {}, self.default.path), self.default.path)
+        self.assertEqual(findConfig(None, {CONFIG_ENVIRONMENT: ""}, self.default.path), self.default.path)
+        here = FilePath(os.getcwd())
+        self.addCleanup(os.chdir, here.path)
+        os.chdir(REPO.path)
+        self.assertTrue(REPO.child("etc").child("imgateway.toml").exists())
+        self.assertEqual(findConfig(None, {}, self.default.path), self.default.path)
+
+    def test_defaultMissing(self) -> None:
+        """
+        When nothing names a file and the default does not exist, the error
+        says where it looked and how to name another.
+        """
+        missing = self.folder.child("missing.toml").path
+        e = self.assertRaises(ConfigError, findConfig, None, {}, missing)
+        self.assertIn(f"no configuration file: {missing} does not exist", str(e))
+        self.assertIn("--config FILE", str(e))
+        self.assertIn("$IMGATEWAY_CONFIG", str(e))

@@ -10,11 +10,13 @@ import sys
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.python.filepath import FilePath
+from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from imgateway.adapters.native.adapter import NativeAdapter
 from imgateway.adapters.xmpp.adapter import XMPPAdapter
 from imgateway.plugins import adapterConfigParsers, adapterPlugins
+from imgateway.tap import Options
 
 REPO = FilePath(__file__).parent().parent()
 
@@ -73,3 +75,58 @@ class PluginTests(SynchronousTestCase):
         self.assertIn("imgateway", out.stdout)
         out = subprocess.run(twistd + ["imgateway", "--help"], cwd=REPO.path, capture_output=True, text=True)
         self.assertIn("--config", out.stdout)
+
+
+class TapOptionsTests(SynchronousTestCase):
+    """
+    L{imgateway.tap.Options}: the options of C{twistd imgateway}.
+    """
+
+    def setUp(self) -> None:
+        self.folder = FilePath(self.mktemp())
+        self.folder.makedirs()
+        self.config = self.folder.child("gateway.toml")
+        self.config.setContent(b'[gateway]\ndomain = "corp.example"\n')
+
+    def options(self, environ: dict[str, str], default: str | None = None) -> Options:
+        options = Options()
+        options.environ = environ
+        options.defaultConfig = default if default is not None else self.folder.child("absent.toml").path
+        return options
+
+    def test_config(self) -> None:
+        """
+        C{--config FILE} reads that file.
+        """
+        options = self.options({})
+        options.parseOptions(["--config", self.config.path])
+        self.assertEqual(options["gatewayConfig"].path, self.config)
+
+    def test_configFromEnvironment(self) -> None:
+        """
+        Without C{--config}, C{$IMGATEWAY_CONFIG} names the file, wherever
+        twistd runs.
+        """
+        options = self.options({"IMGATEWAY_CONFIG": self.config.path})
+        options.parseOptions([])
+        self.assertEqual(options["gatewayConfig"].path, self.config)
+
+    def test_configDefault(self) -> None:
+        """
+        Otherwise the default file is read; when it does not exist, the
+        usage error says how to name one.
+        """
+        options = self.options({}, default=self.config.path)
+        options.parseOptions([])
+        self.assertEqual(options["gatewayConfig"].path, self.config)
+        e = self.assertRaises(UsageError, self.options({}).parseOptions, [])
+        self.assertIn("no configuration file", str(e))
+        self.assertIn("$IMGATEWAY_CONFIG", str(e))
+
+    def test_helpNamesDefault(self) -> None:
+        """
+        C{--help} says which file is read without C{--config}.
+        """
+        text = str(Options())
+        self.assertIn("$IMGATEWAY_CONFIG", text)
+        self.assertIn("/etc/imgateway/imgateway.toml", text)

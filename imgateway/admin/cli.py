@@ -5,6 +5,7 @@ gateway runs (the directory is an SQLite file in WAL mode, and the gateway
 caches nothing about accounts for long).
 
     imgateway-admin --config etc/imgateway.toml user add alice --name "Alice"
+    IMGATEWAY_CONFIG=/srv/gw/imgateway.toml imgateway-admin user list
     imgateway-admin user passwd alice@corp.example --password-stdin < pw.txt
     imgateway-admin user disable alice
     imgateway-admin user enable alice
@@ -26,17 +27,14 @@ from twisted.internet.interfaces import IReactorCore
 from twisted.internet.task import react
 
 from imgateway.auth.passwords import makeCredentials
-from imgateway.config import GatewayConfig, loadConfig
+from imgateway.config import CONFIG_ENVIRONMENT, DEFAULT_CONFIG_PATH, GatewayConfig, findConfig, loadConfig
 from imgateway.core.address import Address, validateAccountLocalPart
 from imgateway.core.errors import AccountExists, ImgatewayError, InvalidAddress, NoSuchAccount
 from imgateway.core.records import AccountRecord
 from imgateway.directory.sqlite import SQLiteDirectory
 from imgateway.plugins import adapterConfigParsers
 
-__all__ = ["DEFAULT_CONFIG", "main"]
-
-#: The configuration file read when C{--config} is not given.
-DEFAULT_CONFIG = "etc/imgateway.toml"
+__all__ = ["main"]
 
 _PROG = "imgateway-admin"
 
@@ -60,8 +58,8 @@ def _parser() -> argparse.ArgumentParser:
         "--config",
         "-c",
         metavar="FILE",
-        default=DEFAULT_CONFIG,
-        help=f"the gateway's configuration file (default: {DEFAULT_CONFIG})",
+        default=None,
+        help=f"the gateway's configuration file (default: ${CONFIG_ENVIRONMENT} if set, else {DEFAULT_CONFIG_PATH})",
     )
     areas = parser.add_subparsers(dest="area", required=True, metavar="AREA")
     user = areas.add_parser("user", help="manage accounts")
@@ -267,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
     theReactor = cast(IReactorCore, reactor)
     try:
-        config = loadConfig(args.config, theReactor, adapterConfigParsers())
+        config = loadConfig(findConfig(args.config), theReactor, adapterConfigParsers())
         action = _action(args, config)
     except (ImgatewayError, _Refused) as e:
         _fail(str(e))

@@ -292,6 +292,7 @@ class GatewayProcess:
     @ivar nativeHandshake: Whether L{start} ends with an exchange on the
         native face's TCP port (turn it off for a gateway without one).
     @ivar process: The running process, or C{None}.
+    @ivar cwd: The folder the process runs in (the repository's).
     @ivar lastRunLog: What the last process to exit logged.
     """
 
@@ -329,6 +330,7 @@ class GatewayProcess:
         self.checkLog = checkLog
         self.nativeHandshake = nativeHandshake
         self.process: subprocess.Popen[bytes] | None = None
+        self.cwd = REPO_ROOT
         self.lastRunLog = ""
         self._output: IO[bytes] | None = None
         self._logStart = 0
@@ -451,7 +453,7 @@ class GatewayProcess:
             stdout=self._output,
             stderr=subprocess.STDOUT,
             env=self.environment(),
-            cwd=REPO_ROOT,
+            cwd=self.cwd,
         )
         return self.process
 

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
+from imgateway import __version__
 from imgateway.config import CONFIG_ENVIRONMENT, DEFAULT_CONFIG_PATH, findConfig
 from imgateway.core.errors import ConfigError
 
@@ -57,6 +58,15 @@ class Options(usage.Options):
             self["gatewayConfig"] = loadConfig(path, reactor, adapterConfigParsers())
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+    def opt_version(self) -> None:
+        """
+        Print imgateway's version (and Twisted's) and exit.
+        """
+        from twisted import __version__ as twistedVersion
+
+        print(f"imgateway {__version__} (Twisted {twistedVersion})")
+        sys.exit(0)
 
 
 def makeService(options: Options) -> IService:

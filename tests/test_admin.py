@@ -5,6 +5,7 @@ subprocess against a temporary configuration and data folder.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import subprocess
@@ -13,8 +14,10 @@ from typing import cast
 
 from twisted.internet.interfaces import IReactorCore
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from imgateway import __version__
+from imgateway.admin.cli import main
 from imgateway.auth.passwords import StoredCredentials, checkPassword
 from imgateway.core.address import Address
 from imgateway.core.records import AccountRecord
@@ -330,3 +333,19 @@ class AdminTests(TestCase):
         self.assertIn("usage: imgateway-admin", err)
         code, out, err = self.admin("user", "frobnicate", "alice")
         self.assertEqual(code, 2)
+
+
+class CommandLineTests(SynchronousTestCase):
+    """
+    L{imgateway.admin.cli.main}'s options that need no configuration.
+    """
+
+    def test_version(self) -> None:
+        """
+        C{--version} prints the program's name and version and exits with
+        status 0.
+        """
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        e = self.assertRaises(SystemExit, main, ["--version"])
+        self.assertEqual((e.code, out.getvalue()), (0, f"imgateway-admin {__version__}\n"))

@@ -29,6 +29,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from imgateway import __version__
 from imgateway.auth.sasl import SASLFailure
 from imgateway.client.chat import ChatSession
 from imgateway.client.cli import parseArguments, readPassword
@@ -422,6 +423,16 @@ class ArgumentTests(SynchronousTestCase):
         self.assertEqual((a.server, a.user, a.address, a.text), ("tls:gw:5301", "alice", "bob", ["hello", "there"]))
         a = parseArguments(["--user", "alice", "--password-stdin", "presence", "--json"])
         self.assertEqual((a.user, a.password_stdin, a.json, a.server), ("alice", True, True, "tcp:127.0.0.1:5300"))
+
+    def test_version(self) -> None:
+        """
+        C{--version} prints the program's name and version and exits with
+        status 0, without asking for C{--user}.
+        """
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        e = self.assertRaises(SystemExit, parseArguments, ["--version"])
+        self.assertEqual((e.code, out.getvalue()), (0, f"imgateway-client {__version__}\n"))
 
     def test_userRequired(self) -> None:
         """

@@ -4,6 +4,7 @@ Tests for the twistd plugin and the adapter plugin package.
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imgateway.adapters.native.adapter import NativeAdapter
 from imgateway.adapters.xmpp.adapter import XMPPAdapter
+from imgateway import __version__
 from imgateway.plugins import adapterConfigParsers, adapterPlugins
 from imgateway.tap import Options
 
@@ -130,3 +132,16 @@ class TapOptionsTests(SynchronousTestCase):
         text = str(Options())
         self.assertIn("$IMGATEWAY_CONFIG", text)
         self.assertIn("/etc/imgateway/imgateway.toml", text)
+
+    def test_version(self) -> None:
+        """
+        C{twistd imgateway --version} prints imgateway's version (and
+        Twisted's) and exits with status 0, reading no configuration.
+        """
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        e = self.assertRaises(SystemExit, self.options({}).parseOptions, ["--version"])
+        self.assertEqual(e.code, 0)
+        from twisted import __version__ as twistedVersion
+
+        self.assertEqual(out.getvalue(), f"imgateway {__version__} (Twisted {twistedVersion})\n")

@@ -26,6 +26,7 @@ from typing import NoReturn, cast
 from twisted.internet.interfaces import IReactorCore
 from twisted.internet.task import react
 
+from imgateway import __version__
 from imgateway.auth.passwords import makeCredentials
 from imgateway.config import CONFIG_ENVIRONMENT, DEFAULT_CONFIG_PATH, GatewayConfig, findConfig, loadConfig
 from imgateway.core.address import Address, validateAccountLocalPart
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"the gateway's configuration file (default: ${CONFIG_ENVIRONMENT} if set, else {DEFAULT_CONFIG_PATH})",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     areas = parser.add_subparsers(dest="area", required=True, metavar="AREA")
     user = areas.add_parser("user", help="manage accounts")
     commands = user.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
+from imgateway import __version__
 from imgateway.client.chat import runChat
 from imgateway.client.formatting import PROGRAM, errorLine
 from imgateway.client.oneshot import runOneShot
@@ -87,6 +88,7 @@ def buildParser() -> argparse.ArgumentParser:
         "or run one command and exit (status 0 on success, 1 on failure, 2 on a usage error).",
     )
     _addCommonOptions(parser, False)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def sub(name: str, help: str) -> argparse.ArgumentParser:

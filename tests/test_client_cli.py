@@ -44,7 +44,7 @@ from imgateway.client.formatting import (
     formatWho,
     sanitise,
 )
-from imgateway.client.parsing import parseEntry, parseState, parseStatus, resolveAddress
+from imgateway.client.parsing import parseAlternate, parseEntry, parseState, parseStatus, resolveAddress
 from imgateway.client.protocol import BYE_TIMEOUT, ClientError
 from imgateway.core.address import Address
 from imgateway.core.errors import (
@@ -193,6 +193,60 @@ class AddressTests(SynchronousTestCase):
         self.assertEqual(parseEntry("Spam.Example"), "spam.example")
         self.assertEqual(parseEntry("bob", "corp.example"), "bob@corp.example")
         self.assertRaises(InvalidAddress, parseEntry, "not a domain")
+
+
+class AlternateTests(SynchronousTestCase):
+    """
+    Tests for L{parseAlternate}: the alternate contact of a presence rule
+    is a URI.
+    """
+
+    def test_uris(self) -> None:
+        """
+        URIs of every scheme one may be reached by are taken as typed
+        (around spaces stripped).
+        """
+        for uri in [
+            "tel:+15550100",
+            "im:bob@corp.example",
+            "sip:bob@corp.example",
+            "xmpp:bob@xmpp.example",
+            "mailto:bob@corp.example",
+            "https://corp.example/bob",
+            "SIPS:bob@corp.example;transport=tls",
+        ]:
+            self.assertEqual(parseAlternate(f" {uri} "), uri)
+
+    def assertRefused(self, text: str, *parts: str) -> None:
+        e = self.assertRaises(ValueError, parseAlternate, text)
+        for part in ("the alternate must be a URI such as tel:+15550100",) + parts:
+            self.assertIn(part, str(e))
+
+    def test_notURIs(self) -> None:
+        """
+        Text without a scheme, with spaces, an empty or malformed scheme, or
+        nothing after the scheme is refused, with examples.
+        """
+        self.assertRefused("not a uri", "im:bob@corp.example", "'not a uri'")
+        self.assertRefused("")
+        self.assertRefused("tel:+1 555 0100")
+        self.assertRefused("tel:")
+        self.assertRefused(":+15550100")
+        self.assertRefused("1tel:+15550100")
+        self.assertRefused("te l:+15550100")
+
+    def test_controlCharacters(self) -> None:
+        """
+        Control characters are refused, and shown escaped.
+        """
+        self.assertRefused("tel:+1555\x1b[2J", "\\x1b")
+
+    def test_hints(self) -> None:
+        """
+        An address or a telephone number without its scheme gets a hint.
+        """
+        self.assertRefused("bob@corp.example", "did you mean im:bob@corp.example?")
+        self.assertRefused("+1 555 0100", "did you mean tel:+15550100?")
 
 
 class FormatTests(SynchronousTestCase):
@@ -456,6 +510,16 @@ class ArgumentTests(SynchronousTestCase):
         e = self.assertRaises(SystemExit, parseArguments, ["--user", "alice", "rule", "snoozing", "tel:1"])
         self.assertEqual(e.code, 2)
         self.assertIn("unknown presence state", self.stderr.getvalue())
+
+    def test_badRuleAlternate(self) -> None:
+        """
+        C{rule} checks that the alternate is a URI before connecting.
+        """
+        e = self.assertRaises(SystemExit, parseArguments, ["--user", "alice", "rule", "busy", "not a uri"])
+        self.assertEqual(e.code, 2)
+        self.assertIn("the alternate must be a URI", self.stderr.getvalue())
+        a = parseArguments(["--user", "alice", "rule", "busy", "tel:+15550100"])
+        self.assertEqual((a.state, a.alternate), ("busy", ["tel:+15550100"]))
 
     def _namespace(self, passwordStdin: bool) -> argparse.Namespace:
         return argparse.Namespace(password_stdin=passwordStdin, user="alice")
@@ -806,6 +870,17 @@ class ChatSessionTests(SynchronousTestCase):
         )
         self.client.answers["rules"] = succeed([{"presence": "on-the-phone", "alternate": "tel:+15550100"}])
         self.assertEqual(self.typeLines("/rules"), ["** while on-the-phone: tel:+15550100"])
+
+    def test_ruleNotURI(self) -> None:
+        """
+        C{/rule STATE ALTERNATE} with an alternate that is not a URI is
+        refused without asking the server.
+        """
+        self.start()
+        printed = self.typeLines("/rule busy not a uri")
+        self.assertEqual(len(printed), 1)
+        self.assertTrue(printed[0].startswith("!! the alternate must be a URI such as tel:+15550100"), printed)
+        self.assertEqual(self.client.calls, [])
 
     def test_requestFailure(self) -> None:
         """

@@ -33,7 +33,7 @@ from imgateway.client.formatting import (
     presenceText,
     sanitise,
 )
-from imgateway.client.parsing import parseEntry, parseState, parseStatus, resolveAddress
+from imgateway.client.parsing import parseAlternate, parseEntry, parseState, parseStatus, resolveAddress
 from imgateway.client.protocol import ClientObserver, NativeClientProtocol, connect, goodbye
 from imgateway.core.address import Address
 from imgateway.core.errors import InvalidAddress
@@ -59,7 +59,8 @@ _HELP = """\
 **   /block ENTRY             put an address or domain on your block list
 **   /unlist ENTRY            take an address or domain off your lists
 **   /lists                   show your allow and block lists
-**   /rule STATE ALTERNATE    while in STATE, turn messages away naming ALTERNATE (a URI)
+**   /rule STATE ALTERNATE    while in STATE, turn messages away naming ALTERNATE, a URI
+**                            (tel:+15550100, im:bob@corp.example, sip:, xmpp:, mailto:, https:)
 **   /rule STATE              remove the rule for STATE
 **   /rules                   show your rules
 **   /ping                    check the server answers
@@ -419,10 +420,10 @@ class ChatSession(ClientObserver):
             return None
         try:
             state = parseState(words[0])
+            alternate = parseAlternate(" ".join(words[1:])) if words[1:] else None
         except ValueError as e:
             self.write(f"!! {e}")
             return None
-        alternate = " ".join(words[1:]) or None
         if alternate is None:
             said = f"rule for {state.value} removed"
         else:

@@ -24,7 +24,7 @@ from imgateway import __version__
 from imgateway.client.chat import runChat
 from imgateway.client.formatting import PROGRAM, errorLine
 from imgateway.client.oneshot import runOneShot
-from imgateway.client.parsing import parseState
+from imgateway.client.parsing import parseAlternate, parseState
 
 __all__ = [
     "DEFAULT_LABEL",
@@ -126,7 +126,12 @@ def buildParser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p = sub("rule", "while in STATE, turn messages away naming ALTERNATE; with no ALTERNATE, remove the rule")
     p.add_argument("state", metavar="STATE")
-    p.add_argument("alternate", metavar="ALTERNATE", nargs="*")
+    p.add_argument(
+        "alternate",
+        metavar="ALTERNATE",
+        nargs="*",
+        help="a URI: tel:+15550100, im:bob@corp.example, sip:, xmpp:, mailto:, https:",
+    )
     sub("ping", "check that the server answers")
     return parser
 
@@ -146,6 +151,8 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     if arguments.command == "rule":
         try:
             parseState(arguments.state)
+            if arguments.alternate:
+                parseAlternate(" ".join(arguments.alternate))
         except ValueError as e:
             parser.error(str(e))
     return arguments

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from twisted.internet.interfaces import IStreamClientEndpoint
 
 from imgateway.client.formatting import describeConnectFailure, describeFailure, errorLine, formatContactRow, sanitise
-from imgateway.client.parsing import parseEntry, parseState, resolveAddress
+from imgateway.client.parsing import parseAlternate, parseEntry, parseState, resolveAddress
 from imgateway.client.protocol import NativeClientProtocol, connect, goodbye
 from imgateway.core.errors import DeliveryError, InvalidAddress
 
@@ -125,7 +125,7 @@ async def _rules(client: NativeClientProtocol, arguments: argparse.Namespace, ou
 
 async def _rule(client: NativeClientProtocol, arguments: argparse.Namespace, out: _Output) -> None:
     state = parseState(arguments.state)
-    alternate = " ".join(arguments.alternate) or None
+    alternate = parseAlternate(" ".join(arguments.alternate)) if arguments.alternate else None
     await client.setRule(state, alternate)
     out.done(f"rule for {state.value} {'removed' if alternate is None else 'set'}")
 

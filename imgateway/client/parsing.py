@@ -9,10 +9,14 @@ message meant for the user.
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 from imgateway.core.address import Address, normaliseDomain
 from imgateway.core.presence import PresenceState
 
 __all__ = [
+    "parseAlternate",
     "parseEntry",
     "parseState",
     "parseStatus",
@@ -112,3 +116,40 @@ def parseEntry(text: str, domain: str | None = None) -> str:
     if "@" in text or ("." not in text and domain):
         return str(resolveAddress(text, domain))
     return normaliseDomain(text)
+
+
+#: A URI as RFC 3986 section 3 begins: a scheme (a letter, then letters,
+#: digits, C{+}, C{-} or C{.}), a colon, and something after it.
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:.+", re.DOTALL)
+
+_ALTERNATE_EXAMPLES = (
+    "tel:+15550100, im:bob@corp.example, sip:bob@corp.example, xmpp:bob@xmpp.example, "
+    "mailto:bob@corp.example or https://corp.example/bob"
+)
+
+
+def parseAlternate(text: str) -> str:
+    """
+    Parse the alternate contact of a presence rule: a URI (C{tel:+15550100},
+    C{im:bob@corp.example}, C{sip:}, C{xmpp:}, C{mailto:}, C{https:}...),
+    which the server hands to those its rule turns away.
+
+    Only the form is checked here (a scheme, a colon, no spaces or control
+    characters); the server decides which schemes it takes.
+
+    @return: The URI, without surrounding spaces.
+    @raise ValueError: If C{text} is not a URI; the message gives examples,
+        and the URI meant when C{text} is an address or a telephone number
+        without its scheme.
+    """
+    uri = text.strip()
+    if _URI.fullmatch(uri) and not any(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in uri):
+        return uri
+    shown = uri.encode("unicode_escape").decode("ascii")
+    message = f"the alternate must be a URI such as {_ALTERNATE_EXAMPLES}; got '{shown}'"
+    digits = uri.replace(" ", "").replace("-", "").replace(".", "").replace("(", "").replace(")", "")
+    if "@" in uri and ":" not in uri and not any(c.isspace() for c in uri):
+        message += f" (did you mean im:{shown}?)"
+    elif digits.lstrip("+").isdigit():
+        message += f" (did you mean tel:{digits}?)"
+    raise ValueError(message)

@@ -3,16 +3,80 @@
 # trial (unit and end-to-end tests), then mypy and the newsfragment check.
 # Ends with a plain line "N passed, N failed[, N skipped]" from trial's
 # summary; exits non-zero if anything failed.
+#
+#   ./run-tests.sh [--no-install] [TESTS...]
+#
+# Before installing anything it says what: Python packages into .venv/ with pip
+# (the project, editable, and what setup.cfg lists: install_requires and the
+# "test" extra), and, when run as root with apt-get, the Debian packages of the
+# peer servers the interop tests run against (prosody, ejabberd, lua-unbound;
+# their system services are kept from starting).
+#
+# --no-install (or IMGATEWAY_NO_INSTALL=1) installs nothing: the suite runs with
+# .venv/ as it is, and what is missing is said first. Tests whose peer server is
+# missing skip, or fail when CI is set, as always.
+#
+# TESTS are trial's test names (default: tests), e.g. tests.test_config.
 set -uo pipefail
 cd "$(dirname "$0")"
 
-python3 -m venv .venv || exit 1
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat || exit 1
+install=1
+case "${IMGATEWAY_NO_INSTALL:-}" in ""|0|no|false) ;; *) install=0 ;; esac
+if [ "${1:-}" = "--no-install" ]; then install=0; shift; fi
+case "${1:-}" in
+  -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -*) echo "run-tests.sh: unknown option $1 (usage: ./run-tests.sh [--no-install] [TESTS...])" >&2; exit 2 ;;
+esac
+[ "$#" -gt 0 ] || set -- tests
+
+# What setup.cfg asks for: install_requires and the test extra, one a line.
+requirements() {
+  python3 - <<'EOF'
+import configparser
+config = configparser.ConfigParser()
+config.read("setup.cfg")
+for section, key in (("options", "install_requires"), ("options.extras_require", "test")):
+    for line in config.get(section, key, fallback="").splitlines():
+        if line.strip():
+            print(line.strip())
+EOF
+}
+mapfile -t REQUIREMENTS < <(requirements)
+
+if [ "$install" = 1 ]; then
+  echo "== installing into .venv/ with pip (skip with --no-install): imgateway (editable) and ${REQUIREMENTS[*]}"
+  python3 -m venv .venv || exit 1
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat || exit 1
+else
+  echo "== installing nothing (--no-install): using .venv/ as it is"
+  if [ ! -x .venv/bin/python ]; then
+    echo "missing: .venv/ (create it: python3 -m venv .venv && .venv/bin/pip install -e '.[test]'," \
+      "or run ./run-tests.sh without --no-install)"
+    exit 1
+  fi
+  # Distributions named by the requirements that .venv lacks (versions are not checked).
+  missingPython=$(.venv/bin/python - imgateway "${REQUIREMENTS[@]}" <<'EOF'
+import re, sys
+from importlib import metadata
+for requirement in sys.argv[1:]:
+    name = re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        print(requirement)
+EOF
+  )
+  if [ -n "$missingPython" ]; then
+    echo "missing Python packages in .venv/: ${missingPython//$'\n'/ }" \
+      "(install them: .venv/bin/pip install -e '.[test]'); tests needing them fail"
+  fi
+fi
 
 # Real peer servers for the end-to-end interop tests, from Debian: "command:package ...".
 # When one is missing, install it as root with apt-get, never letting the package start a
 # system service (a policy-rc.d that denies starts during the install, then the service is
-# disabled); without root or apt-get just say so (those tests then skip, or fail under CI).
+# disabled); without root or apt-get, or with --no-install, just say so (those tests then
+# skip, or fail under CI).
 PEERS="prosody:prosody ejabberdctl:ejabberd"
 PEER_EXTRA_PACKAGES="lua-unbound"   # Prosody's resolver (only Recommended): tests confine it
 ensurePeers() {
@@ -21,12 +85,13 @@ ensurePeers() {
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
   done
   [ "${#missing[@]}" -eq 0 ] && return 0
-  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  if [ "$install" = 0 ] || [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "note: peer servers not installed (${missing[*]}); their interop tests skip (fail when CI is set)." \
       "Install them as root: apt-get install ${missing[*]} $PEER_EXTRA_PACKAGES"
     return 0
   fi
-  echo "== installing peer servers: ${missing[*]}"
+  echo "== installing Debian packages with apt-get (skip with --no-install): ${missing[*]} $PEER_EXTRA_PACKAGES;" \
+    "their services are kept from starting and disabled"
   local policy=/usr/sbin/policy-rc.d saved=""
   if [ -e "$policy" ]; then saved=$(mktemp); cp -p "$policy" "$saved"; fi
   printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
@@ -56,7 +121,7 @@ ensurePeers || echo "warning: installing the peer servers failed; their tests wi
 
 status=0
 log=$(mktemp)
-.venv/bin/python -b -W error -m twisted.trial --reporter=verbose tests 2>&1 | tee "$log"
+.venv/bin/python -b -W error -m twisted.trial --reporter=verbose "$@" 2>&1 | tee "$log"
 trialStatus=${PIPESTATUS[0]}
 [ "$trialStatus" -eq 0 ] || status=1
 
@@ -65,6 +130,7 @@ echo "== mypy"
 
 echo "== newsfragments"
 for f in newsfragments/*; do
+  [ -e "$f" ] || continue   # an empty folder
   case "$(basename "$f")" in
     .gitignore) ;;
     *)

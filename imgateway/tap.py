@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_plugins,tests.e2e.test_native_gateway -*-
+# -*- test-case-name: tests.test_plugins,tests.e2e.test_operator,tests.e2e.test_native_gateway -*-
 """
 C{twistd imgateway}: options and service construction for the twistd plugin.
 """

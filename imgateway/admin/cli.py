@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_admin -*-
+# -*- test-case-name: tests.test_admin,tests.e2e.test_admin -*-
 """
 C{imgateway-admin}: manage the accounts in the directory, also while the
 gateway runs (the directory is an SQLite file in WAL mode, and the gateway

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client_cli -*-
+# -*- test-case-name: tests.test_client_cli,tests.e2e.test_client_cli -*-
 """
 The interactive C{imgateway-client}: a L{ChatSession} turns the lines a user
 types into requests and what the server sends into lines of text; L{runChat}

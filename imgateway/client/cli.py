@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client_cli -*-
+# -*- test-case-name: tests.test_client_cli,tests.e2e.test_client_cli -*-
 """
 C{imgateway-client}: a command-line client for the native protocol, built on
 L{imgateway.client.protocol}. This module reads the command line and the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client_cli -*-
+# -*- test-case-name: tests.test_client_cli,tests.e2e.test_client_cli -*-
 """
 The one-shot commands of C{imgateway-client} (C{send}, C{presence}, C{add},
 ...): log in without publishing presence, do one thing, print its result

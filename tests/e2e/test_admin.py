@@ -1,0 +1,333 @@
+# -*- test-case-name: tests.e2e.test_admin -*-
+"""
+End-to-end tests of L{imgateway.admin.cli}: the real C{imgateway-admin} run
+as a subprocess against a temporary configuration and data folder.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from typing import cast
+
+from twisted.internet.interfaces import IReactorCore
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SkipTest, TestCase
+
+from imgateway.auth.passwords import StoredCredentials, checkPassword
+from imgateway.core.address import Address
+from imgateway.core.records import AccountRecord
+from imgateway.directory.sqlite import SQLiteDirectory
+
+#: The folder holding the C{imgateway} package.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+ALICE = Address("alice", "corp.example")
+
+
+def theReactor() -> IReactorCore:
+    """
+    The global reactor, which trial runs during L{TestCase} tests.
+    """
+    from twisted.internet import reactor
+
+    return cast(IReactorCore, reactor)
+
+
+class AdminTests(TestCase):
+    """
+    C{imgateway-admin user ...} against a gateway configured for
+    C{corp.example}.
+    """
+
+    def setUp(self) -> None:
+        """
+        Write a configuration whose data folder does not exist yet.
+        """
+        self.base = FilePath(self.mktemp())
+        etc = self.base.child("etc")
+        etc.makedirs()
+        self.config = etc.child("imgateway.toml")
+        self.config.setContent(b'[gateway]\ndomain = "Corp.Example"\ndata_dir = "../data"\n')
+        self.dataDir = self.base.child("data")
+        self.directoryPath = self.dataDir.child("directory.sqlite3")
+
+    def admin(
+        self, *args: str, stdin: str = "", config: str | None = None, environ: dict[str, str] | None = None
+    ) -> tuple[int, str, str]:
+        """
+        Run C{imgateway-admin --config <config> *args}.
+
+        @param stdin: What the command reads on standard input.
+        @param config: The configuration file; the test's when C{None}, and
+            no C{--config} option when C{""}.
+        @param environ: Variables to add to the environment.
+        @return: Its exit status, standard output and standard error.
+        """
+        env = dict(os.environ)
+        env.pop("IMGATEWAY_CONFIG", None)
+        env.update(environ or {})
+        env["PYTHONPATH"] = os.pathsep.join(
+            [REPO_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        )
+        configArgs = [] if config == "" else ["--config", config or self.config.path]
+        done = subprocess.run(
+            [sys.executable, "-m", "imgateway.admin.cli", *configArgs, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=self.base.path,
+            timeout=120,
+        )
+        return done.returncode, done.stdout, done.stderr
+
+    def assertSucceeds(self, *args: str, stdin: str = "") -> str:
+        """
+        Run C{imgateway-admin}, which must succeed without a word on
+        standard error.
+
+        @return: Its standard output.
+        """
+        code, out, err = self.admin(*args, stdin=stdin)
+        self.assertEqual((code, err), (0, ""), out)
+        return out
+
+    def assertRefused(self, *args: str, stdin: str = "", config: str | None = None) -> str:
+        """
+        Run C{imgateway-admin}, which must fail with status 1, one line on
+        standard error and no traceback, and print nothing.
+
+        @return: Its error message (without the program name).
+        """
+        code, out, err = self.admin(*args, stdin=stdin, config=config)
+        self.assertEqual((code, out), (1, ""), err)
+        self.assertNotIn("Traceback", err)
+        self.assertTrue(err.startswith("imgateway-admin: "), err)
+        self.assertEqual(err.count("\n"), 1, err)
+        return err[len("imgateway-admin: ") : -1]
+
+    async def account(self, address: Address) -> AccountRecord | None:
+        """
+        Read an account from the directory file, as the gateway would.
+        """
+        directory = await SQLiteDirectory.open(theReactor(), self.directoryPath)
+        try:
+            return await directory.getAccount(address)
+        finally:
+            await directory.close()
+
+    async def test_add(self) -> None:
+        """
+        C{user add NAME} creates an enabled account in the gateway's domain
+        on its home server, with the display name given and credentials
+        that verify the password read from standard input.
+        """
+        out = self.assertSucceeds("user", "add", "alice", "--name", "Alice Liddell", "--password-stdin", stdin="s3cret pass\n")
+        self.assertEqual(out, "added alice@corp.example\n")
+        record = await self.account(ALICE)
+        assert record is not None
+        self.assertEqual(
+            (record.address, record.homeServer, record.displayName, record.enabled),
+            (ALICE, "hs1", "Alice Liddell", True),
+        )
+        credentials = StoredCredentials.parse(record.credentials)
+        self.assertTrue(checkPassword(credentials, "s3cret pass"))
+        self.assertFalse(checkPassword(credentials, "s3cret pass\n"))
+        self.assertEqual(sorted(credentials.scram), ["SCRAM-SHA-1", "SCRAM-SHA-256"])
+
+    async def test_addFullAddress(self) -> None:
+        """
+        A full address in the gateway's domain is accepted, normalised.
+        """
+        out = self.assertSucceeds("user", "add", "Bob@CORP.example", "--password-stdin", stdin="pw")
+        self.assertEqual(out, "added bob@corp.example\n")
+        record = await self.account(Address("bob", "corp.example"))
+        assert record is not None
+        self.assertEqual(record.displayName, "")
+        self.assertTrue(checkPassword(StoredCredentials.parse(record.credentials), "pw"))
+
+    def test_dataDirCreated(self) -> None:
+        """
+        The data folder is created, readable by its owner only.
+        """
+        self.assertSucceeds("user", "add", "alice", "--password-stdin", stdin="pw\n")
+        self.assertTrue(self.directoryPath.exists())
+        self.assertEqual(stat.S_IMODE(os.stat(self.dataDir.path).st_mode) & 0o077, 0)
+
+    def test_addExisting(self) -> None:
+        """
+        Adding an account that exists fails, saying so.
+        """
+        self.assertSucceeds("user", "add", "alice", "--password-stdin", stdin="pw\n")
+        message = self.assertRefused("user", "add", "alice@corp.example", "--password-stdin", stdin="pw\n")
+        self.assertEqual(message, "account alice@corp.example exists")
+
+    def test_addBadAddress(self) -> None:
+        """
+        Invalid addresses, names outside the account character set, and
+        addresses of other domains are refused with a message.
+        """
+        message = self.assertRefused("user", "add", "alice smith", "--password-stdin", stdin="pw\n")
+        self.assertIn("invalid address 'alice smith'", message)
+        message = self.assertRefused("user", "add", "émile", "--password-stdin", stdin="pw\n")
+        self.assertIn("account names may only use", message)
+        message = self.assertRefused("user", "add", "alice@", "--password-stdin", stdin="pw\n")
+        self.assertIn("invalid address 'alice@'", message)
+        message = self.assertRefused("user", "add", "bob@other.example", "--password-stdin", stdin="pw\n")
+        self.assertEqual(message, "bob@other.example is not in this gateway's domain (corp.example)")
+        # Refused before the directory was even opened.
+        self.assertFalse(self.directoryPath.exists())
+
+    def test_badPassword(self) -> None:
+        """
+        An empty password, or none at all on standard input, is refused.
+        """
+        self.assertEqual(
+            self.assertRefused("user", "add", "alice", "--password-stdin", stdin="\n"), "the password is empty"
+        )
+        self.assertEqual(
+            self.assertRefused("user", "add", "alice", "--password-stdin", stdin=""),
+            "no password on standard input",
+        )
+        self.assertEqual(self.assertSucceeds("user", "list"), "")
+
+    def test_badName(self) -> None:
+        """
+        A display name with a line break is refused.
+        """
+        message = self.assertRefused("user", "add", "alice", "--name", "A\nB", "--password-stdin", stdin="pw\n")
+        self.assertIn("display names may not", message)
+
+    def test_list(self) -> None:
+        """
+        C{user list} prints one line per account, in address order: address,
+        enabled or disabled, home server and display name, aligned.
+        """
+        self.assertEqual(self.assertSucceeds("user", "list"), "")
+        self.assertSucceeds("user", "add", "bob", "--name", "Bob", "--password-stdin", stdin="pw\n")
+        self.assertSucceeds("user", "add", "alice", "--name", "Alice L.", "--password-stdin", stdin="pw\n")
+        self.assertSucceeds("user", "add", "c", "--password-stdin", stdin="pw\n")
+        self.assertSucceeds("user", "disable", "bob")
+        self.assertEqual(
+            self.assertSucceeds("user", "list"),
+            "alice@corp.example  enabled   hs1  Alice L.\n"
+            "bob@corp.example    disabled  hs1  Bob\n"
+            "c@corp.example      enabled   hs1\n",
+        )
+
+    async def test_passwd(self) -> None:
+        """
+        C{user passwd} replaces the account's credentials: the new password
+        verifies, the old one no longer does, and nothing else changes.
+        """
+        self.assertSucceeds("user", "add", "alice", "--name", "Alice", "--password-stdin", stdin="old\n")
+        out = self.assertSucceeds("user", "passwd", "alice@corp.example", "--password-stdin", stdin="new one\r\n")
+        self.assertEqual(out, "changed the password of alice@corp.example\n")
+        record = await self.account(ALICE)
+        assert record is not None
+        credentials = StoredCredentials.parse(record.credentials)
+        self.assertTrue(checkPassword(credentials, "new one"))
+        self.assertFalse(checkPassword(credentials, "old"))
+        self.assertEqual((record.displayName, record.enabled), ("Alice", True))
+
+    def test_passwdMissing(self) -> None:
+        """
+        C{user passwd} of an unknown account fails, saying so, before
+        reading a password.
+        """
+        self.assertEqual(self.assertRefused("user", "passwd", "nobody"), "no account nobody@corp.example")
+
+    async def test_disableEnable(self) -> None:
+        """
+        C{user disable} and C{user enable} switch the account's C{enabled}
+        flag.
+        """
+        self.assertSucceeds("user", "add", "alice", "--password-stdin", stdin="pw\n")
+        self.assertEqual(self.assertSucceeds("user", "disable", "alice"), "disabled alice@corp.example\n")
+        record = await self.account(ALICE)
+        assert record is not None
+        self.assertFalse(record.enabled)
+        self.assertEqual(self.assertSucceeds("user", "enable", "alice"), "enabled alice@corp.example\n")
+        record = await self.account(ALICE)
+        assert record is not None
+        self.assertTrue(record.enabled)
+
+    def test_enableMissing(self) -> None:
+        """
+        Enabling or disabling an unknown account fails, saying so.
+        """
+        self.assertEqual(self.assertRefused("user", "enable", "nobody"), "no account nobody@corp.example")
+        self.assertEqual(self.assertRefused("user", "disable", "nobody"), "no account nobody@corp.example")
+
+    async def test_whileOpen(self) -> None:
+        """
+        Accounts can be managed while the gateway has the directory open,
+        which sees the changes at once.
+        """
+        directory = await SQLiteDirectory.open(theReactor(), self.directoryPath)
+        self.addCleanup(directory.close)
+        self.assertSucceeds("user", "add", "alice", "--password-stdin", stdin="pw\n")
+        record = await directory.getAccount(ALICE)
+        assert record is not None
+        self.assertTrue(record.enabled)
+        self.assertSucceeds("user", "disable", "alice")
+        record = await directory.getAccount(ALICE)
+        assert record is not None
+        self.assertFalse(record.enabled)
+
+    def test_missingConfig(self) -> None:
+        """
+        A configuration file that cannot be read is named in the error.
+        """
+        missing = self.base.child("nowhere.toml").path
+        message = self.assertRefused("user", "list", config=missing)
+        self.assertIn(missing, message)
+        self.assertIn("cannot read", message)
+
+    def test_configFromEnvironment(self) -> None:
+        """
+        Without C{--config}, C{$IMGATEWAY_CONFIG} names the configuration,
+        whatever the current directory holds (here an C{etc/imgateway.toml}
+        for another domain).
+        """
+        self.base.child("etc").child("imgateway.toml").moveTo(self.base.child("gateway.toml"))
+        self.base.child("etc").child("imgateway.toml").setContent(b'[gateway]\ndomain = "elsewhere.example"\n')
+        code, out, err = self.admin(
+            "user", "add", "alice", "--password-stdin",
+            stdin="pw\n", config="", environ={"IMGATEWAY_CONFIG": self.base.child("gateway.toml").path},
+        )
+        self.assertEqual((code, out, err), (0, "added alice@corp.example\n", ""))
+
+    def test_defaultConfig(self) -> None:
+        """
+        With neither, C{/etc/imgateway/imgateway.toml} is read, not a file
+        of the current directory; when it does not exist the error says so
+        and how to name another.
+        """
+        if os.path.exists("/etc/imgateway/imgateway.toml"):
+            raise SkipTest("this machine has an /etc/imgateway/imgateway.toml")
+        code, out, err = self.admin("user", "list", config="")
+        self.assertEqual((code, out), (1, ""), err)
+        self.assertIn("no configuration file: /etc/imgateway/imgateway.toml does not exist", err)
+        self.assertIn("$IMGATEWAY_CONFIG", err)
+
+    def test_badConfig(self) -> None:
+        """
+        A configuration error is printed as its message.
+        """
+        self.config.setContent(b'[gateway]\ndomain = "corp.example"\ncolour = "blue"\n')
+        message = self.assertRefused("user", "list")
+        self.assertEqual(message, f"{self.config.path} [gateway]: colour: unknown key")
+
+    def test_usage(self) -> None:
+        """
+        A command line that does not parse exits with status 2 and usage.
+        """
+        code, out, err = self.admin("user")
+        self.assertEqual((code, out), (2, ""))
+        self.assertIn("usage: imgateway-admin", err)
+        code, out, err = self.admin("user", "frobnicate", "alice")
+        self.assertEqual(code, 2)

@@ -41,11 +41,12 @@ class PluginTests(SynchronousTestCase):
 
     def test_noReactorInstalled(self) -> None:
         """
-        Importing the plugin file (as twistd does before choosing a reactor)
-        installs no reactor.
+        Importing the plugin file (as twistd does before choosing a reactor),
+        the adapter dropins or the options' module installs no reactor.
         """
         code = (
-            "import sys, twisted.plugins.imgateway_plugin, imgateway.plugins.native, imgateway.plugins.xmpp; "
+            "import sys, twisted.plugins.imgateway_plugin, imgateway.plugins.native, imgateway.plugins.xmpp, "
+            "imgateway.tap; "
             "print('twisted.internet.reactor' in sys.modules)"
         )
         out = subprocess.run([sys.executable, "-c", code], cwd=REPO.path, capture_output=True, text=True, check=True)

@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from imgateway import __version__
 from imgateway.auth.sasl import SASLFailure
 from imgateway.client.chat import ChatSession
-from imgateway.client.cli import parseArguments, readPassword
+from imgateway.client.cli import buildParser, parseArguments, readPassword
 from imgateway.client.formatting import (
     describeConnectFailure,
     describeFailure,
@@ -36,6 +36,7 @@ from imgateway.client.formatting import (
     formatWho,
     sanitise,
 )
+from imgateway.client.oneshot import ONE_SHOT_COMMANDS
 from imgateway.client.parsing import parseAlternate, parseEntry, parseState, parseStatus, resolveAddress
 from imgateway.client.protocol import BYE_TIMEOUT, ClientError
 from imgateway.core.address import Address
@@ -477,6 +478,15 @@ class ArgumentTests(SynchronousTestCase):
         self.patch(sys, "stdout", out)
         e = self.assertRaises(SystemExit, parseArguments, ["--version"])
         self.assertEqual((e.code, out.getvalue()), (0, f"imgateway-client {__version__}\n"))
+
+    def test_everySubcommandRuns(self) -> None:
+        """
+        Every subcommand of the command line is C{chat} or a one-shot
+        command that L{imgateway.client.oneshot} runs.
+        """
+        subparsers = [a for a in buildParser()._actions if isinstance(a, argparse._SubParsersAction)]
+        self.assertEqual(len(subparsers), 1)
+        self.assertEqual(set(subparsers[0].choices), ONE_SHOT_COMMANDS | {"chat"})
 
     def test_userRequired(self) -> None:
         """

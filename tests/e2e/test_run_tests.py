@@ -199,3 +199,22 @@ class RunTestsScriptTests(SynchronousTestCase):
         self.assertLess(out.index("FAKE venv"), out.index("FAKE pip install"))
         self.assertIn("Install them as root: apt-get install prosody ejabberd lua-unbound", out)
         self.assertEqual(self.log("apt-get.log"), "")
+
+    def test_warnings(self) -> None:
+        """
+        Warnings are errors, but for the deprecation of C{spwd} that
+        Twisted's conch plugin sets off on a fresh .venv.
+        """
+        self.useRealId(0)
+        self.borrowVenv()
+        tests = self.work.child("tests")
+        for name, warning in (
+            ("test_spwd", "'spwd' is deprecated and slated for removal in Python 3.13"),
+            ("test_other", "'other' is deprecated"),
+        ):
+            tests.child(f"{name}.py").setContent(
+                f"import warnings\nwarnings.warn({warning!r}, DeprecationWarning)\n".encode("utf-8") + _ONE_TEST
+            )
+        out = self.runScript("--no-install")
+        self.assertIn("tests.test_other", out)
+        self.assertTrue(out.endswith("2 passed, 1 failed, 0 skipped\n"), out)

@@ -20,20 +20,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 REPO = FilePath(__file__).parent().parent()
 
-#: Cycles allowed for now, each as the set of modules it runs through: a
-#: cycle among these and only these is not reported. The XMPP adapter,
-#: federation service and s2s modules import each other (issue 7 section 5;
-#: broken on the XMPP adapter's branch): remove the entry once that lands.
-KNOWN_CYCLES: list[frozenset[str]] = [
-    frozenset(
-        {
-            "imgateway.adapters.xmpp.adapter",
-            "imgateway.adapters.xmpp.federation_service",
-            "imgateway.adapters.xmpp.s2s",
-        }
-    ),
-]
-
 #: Packages whose every submodule is imported at run time by Twisted's
 #: plugin discovery (L{twisted.plugin.getPlugins}).
 PLUGIN_PACKAGES = ("imgateway.plugins",)
@@ -224,8 +210,7 @@ class ImportGraphTests(SynchronousTestCase):
 
     def test_noCycles(self) -> None:
         """
-        No module imports, directly or not, a module that imports it back,
-        beyond the cycles listed in L{KNOWN_CYCLES}.
+        No module imports, directly or not, a module that imports it back.
         """
-        cycles = [c for c in findCycles(self.graph) if not any(set(c) <= known for known in KNOWN_CYCLES)]
+        cycles = findCycles(self.graph)
         self.assertEqual(cycles, [], "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles))

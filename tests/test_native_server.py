@@ -6,6 +6,7 @@ real-socket proof is in C{tests/e2e/}.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from twisted.internet.address import IPv4Address
@@ -22,6 +23,7 @@ from imgateway.config import ConfigTable, HomeConfig
 from imgateway.core.errors import ConfigError
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
 from imgateway.testing import addUser, memoryGateway
+from tests.test_native_mapping import scrambleCoreValues
 
 LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
 REMOTE = IPv4Address("TCP", "192.0.2.7", 40000)
@@ -432,6 +434,54 @@ class SessionTests(NativeFaceTestsMixin, SynchronousTestCase):
         w = self.loggedIn()
         self.assertEqual(w.call("BYE").code, 200)
         self.assertTrue(w.transport.disconnecting)
+
+
+class CoreValuesTests(NativeFaceTestsMixin, SynchronousTestCase):
+    """
+    The face writes and reads the wire through its mapping tables, never
+    through the core enums' values: with those values changed, every token
+    and status code on the wire is still the spec's.
+    """
+
+    def setUp(self) -> None:
+        scrambleCoreValues(self)
+        super().setUp()
+
+    def test_tokens(self) -> None:
+        """
+        Presence, subscription and access-list tokens in headers and JSON
+        bodies, both ways, and the SUBSCRIBE answer codes.
+        """
+        alice, bob = self.loggedIn("alice"), self.loggedIn("bob")
+        self.assertEqual(bob.call("PUBLISH", "*", [("Presence", "out-to-lunch"), ("Note", "back at 2")]).code, 200)
+        self.assertEqual(alice.call("SUBSCRIBE", "pres:bob@corp.example").code, 202)
+        [request] = [f for f in bob.frames() if isinstance(f, Request) and f.headers.get("Event") == "subscription"]
+        self.assertEqual(request.headers.get("Subscription"), "subscribe")
+        self.assertEqual(bob.call("AUTHORISE", "pres:alice@corp.example", [("Decision", "allow")]).code, 200)
+        notes = [f for f in alice.frames() if isinstance(f, Request)]
+        self.assertIn(("subscription", "authorise"), [(n.headers.get("Event"), n.headers.get("Subscription")) for n in notes])
+        self.assertIn(("presence", "out-to-lunch"), [(n.headers.get("Event"), n.headers.get("Presence")) for n in notes])
+        [entry] = json.loads(alice.call("CONTACTS").body)["contacts"]
+        self.assertEqual((entry["subscription"], entry["presence"]), ("to", "out-to-lunch"))
+        self.assertEqual(alice.call("SUBSCRIBE", "pres:bob@corp.example").code, 200)
+        self.assertEqual(alice.call("ACCESS", "corp.example", [("List", "BLOCK")]).code, 200)
+        self.assertEqual(json.loads(alice.call("ACCESS").body), {"allow": [], "block": ["corp.example"]})
+        self.assertEqual(alice.call("RULE", "*", [("Presence", "on-the-phone"), ("Alternate", "tel:1")]).code, 200)
+        self.assertEqual(json.loads(alice.call("RULE").body), {"rules": [{"presence": "on-the-phone", "alternate": "tel:1"}]})
+
+    def test_statusCodes(self) -> None:
+        """
+        Failed deliveries are answered with the spec's codes.
+        """
+        alice, bob = self.loggedIn("alice"), self.loggedIn("bob")
+        self.assertEqual(alice.call("MESSAGE", "im:nobody@corp.example", [], b"x").code, 404)
+        self.assertEqual(alice.call("MESSAGE", "im:bob@corp.example", [], b"x").code, 480)
+        bob.call("RULE", "*", [("Presence", "busy"), ("Alternate", "tel:+15550100")])
+        bob.call("PUBLISH", "*", [("Presence", "busy")])
+        r = alice.call("MESSAGE", "im:bob@corp.example", [], b"x")
+        self.assertEqual((r.code, r.headers.get("Alternate")), (486, "tel:+15550100"))
+        bob.call("PUBLISH", "*", [("Presence", "online")])
+        self.assertEqual(alice.call("MESSAGE", "im:bob@corp.example", [], b"x").code, 200)
 
 
 def parse(table: dict[str, object]) -> object:

@@ -22,7 +22,6 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from imgateway.adapters.native.codes import deliveryErrorFor
 from imgateway.adapters.native.framing import (
     FrameParser,
     FramingError,
@@ -31,9 +30,10 @@ from imgateway.adapters.native.framing import (
     Response,
     serialise,
 )
+from imgateway.adapters.native.mapping import PRESENCE, deliveryErrorFor, isDeliveryCode, presenceFromToken
 from imgateway.auth.sasl import SASLFailure, clientMechanism, preferredMechanism
 from imgateway.core.address import Address
-from imgateway.core.errors import AuthenticationFailed, DeliveryStatus, ImgatewayError, NotAuthorised
+from imgateway.core.errors import AuthenticationFailed, ImgatewayError, NotAuthorised
 from imgateway.core.presence import Presence, PresenceState
 
 __all__ = [
@@ -47,8 +47,6 @@ __all__ = [
 
 #: Seconds L{goodbye} waits for the server to close the connection after BYE.
 BYE_TIMEOUT = 5.0
-
-_DELIVERY_CODES = {s.value for s in DeliveryStatus} - {200}
 
 
 class ClientError(ImgatewayError):
@@ -280,8 +278,8 @@ class NativeClientProtocol(Protocol):
             lease, for as long as the connection lasts (needs a clock).
         @return: Fires with the granted lease in seconds.
         """
-        state = PresenceState(state)
-        headers = [("Presence", state.value)]
+        state = _presenceState(state)
+        headers = [("Presence", PRESENCE[state])]
         if note:
             headers.append(("Note", note))
         if expires is not None:
@@ -373,7 +371,7 @@ class NativeClientProtocol(Protocol):
         """
         Set (or remove, with C{None}) the rule for a presence state.
         """
-        headers = [("Presence", PresenceState(state).value)]
+        headers = [("Presence", PRESENCE[_presenceState(state)])]
         if alternate is not None:
             headers.append(("Alternate", alternate))
         return self.call("RULE", "*", headers).addCallback(lambda _: None)
@@ -432,7 +430,7 @@ class NativeClientProtocol(Protocol):
         event = h.get("Event")
         address = Address.fromString(request.target)
         if event == "presence":
-            state = PresenceState(h.get("Presence") or "offline")
+            state = presenceFromToken(h.get("Presence") or "offline")
             self.observer.presenceReceived(address, Presence(state, h.get("Note") or ""))
         elif event == "subscription":
             self.observer.subscriptionReceived(address, h.get("Subscription") or "")
@@ -442,6 +440,10 @@ class NativeClientProtocol(Protocol):
                 self.observer.contactRemoved(address)
             else:
                 self.observer.contactUpdated(data)
+
+
+def _presenceState(state: PresenceState | str) -> PresenceState:
+    return state if isinstance(state, PresenceState) else presenceFromToken(state)
 
 
 def _uri(scheme: str, address: Address | str) -> str:
@@ -454,7 +456,7 @@ def _uri(scheme: str, address: Address | str) -> str:
 def _check(response: Response) -> Response:
     if response.code < 300:
         return response
-    if response.code in _DELIVERY_CODES:
+    if isDeliveryCode(response.code):
         raise deliveryErrorFor(response.code, response.reason, response.headers.get("Alternate"))
     raise ClientError(response.code, response.reason)
 

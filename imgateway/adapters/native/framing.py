@@ -37,7 +37,7 @@ VERSION = "IMGW/1.0"
 MAX_SEQ = 2**31 - 1
 
 # The reason phrases of the codes a FramingError can carry (the table of
-# every code is imgateway.adapters.native.codes.REASONS).
+# every code is imgateway.adapters.native.mapping.REASONS).
 _REASONS: Mapping[int, str] = {
     400: "Bad Request",
     413: "Too Large",

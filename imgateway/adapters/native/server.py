@@ -23,7 +23,6 @@ from zope.interface import implementer
 
 from imgateway import __version__
 from imgateway.adapters.base import SendQueueGuard, isLoopback
-from imgateway.adapters.native.codes import REASONS, codeForDelivery
 from imgateway.adapters.native.framing import (
     FrameParser,
     FramingError,
@@ -32,6 +31,18 @@ from imgateway.adapters.native.framing import (
     Request,
     Response,
     serialise,
+)
+from imgateway.adapters.native.mapping import (
+    ACCESS_LISTS,
+    PRESENCE,
+    REASONS,
+    SUBSCRIBE_ANSWERS,
+    SUBSCRIPTION_KINDS,
+    SUBSCRIPTIONS,
+    accessListFromToken,
+    codeForError,
+    decisionFromToken,
+    presenceFromToken,
 )
 from imgateway.auth.checkers import SASLAuthenticated
 from imgateway.auth.sasl import SASLFailure, mechanismsFor, serverMechanism
@@ -43,7 +54,7 @@ from imgateway.core.errors import (
     TooManySessions,
 )
 from imgateway.core.events import Message, SubscriptionEvent, newMessageId
-from imgateway.core.presence import Presence, PresenceState
+from imgateway.core.presence import Presence
 from imgateway.core.ratelimit import TokenBucket
 from imgateway.core.records import AccessList, AuthorisationState, ContactView
 from imgateway.interfaces import IGateway, ISession, ISessionClient
@@ -113,9 +124,9 @@ def _contactJSON(view: ContactView) -> dict[str, Any]:
     return {
         "address": str(view.address),
         "name": view.displayName,
-        "subscription": view.subscription.value,
+        "subscription": SUBSCRIPTIONS[view.subscription],
         "pending": view.pending,
-        "presence": view.presence.state.value,
+        "presence": PRESENCE[view.presence.state],
         "note": view.presence.note,
     }
 
@@ -312,20 +323,22 @@ class NativeServerProtocol(Protocol):
             return
         if isinstance(e, _Reply):
             self._respond(request.seq, e.code, e.reason, e.headers)
+            return
+        code = codeForError(e) if e is not None else None
+        if code is None:
+            self.log.failure("Handling {method} from {peer}", f, method=request.method, peer=self.transport.getPeer())  # type: ignore[union-attr]
+            self._respond(request.seq, 500, "Server Error")
         elif isinstance(e, DeliveryError):
             headers: tuple[tuple[str, str], ...] = ()
             alternate = getattr(e, "alternate", None)
             if alternate:
                 headers = (("Alternate", _clean(alternate)),)
-            self._respond(request.seq, codeForDelivery(e), _clean(e.text), headers)
-        elif isinstance(e, (InvalidAddress, ValueError)):
-            self._respond(request.seq, 400, _clean(str(e)))
+            self._respond(request.seq, code, _clean(e.text), headers)
         elif isinstance(e, PersistenceFailed):
             self.log.error("Storage failed for {request.method}: {error}", request=request, error=e)
-            self._respond(request.seq, 500, "Storage failed; nothing was changed")
+            self._respond(request.seq, code, "Storage failed; nothing was changed")
         else:
-            self.log.failure("Handling {method} from {peer}", f, method=request.method, peer=self.transport.getPeer())  # type: ignore[union-attr]
-            self._respond(request.seq, 500, "Server Error")
+            self._respond(request.seq, code, _clean(str(e)))
 
     def _responseReceived(self, response: Response) -> None:
         if response.code >= 300:
@@ -449,7 +462,7 @@ class NativeServerProtocol(Protocol):
     def _authFailed(self, f: Failure) -> Any:
         self._mechanism = None
         if f.check(TooManySessions):
-            raise _Reply(453, _clean(str(f.value)))
+            raise _Reply(codeForError(f.value) or 500, _clean(str(f.value)))  # type: ignore[arg-type]
         if f.check(_Closed, _Reply):
             return f
         if f.check(SASLFailure):
@@ -485,7 +498,7 @@ class NativeServerProtocol(Protocol):
         if stateText is None:
             raise _Reply(400, "Presence header required")
         try:
-            state = PresenceState(stateText.strip().lower())
+            state = presenceFromToken(stateText)
             presence = Presence(state, h.get("Note", "") or "")
         except ValueError as e:
             raise _Reply(400, f"Bad presence: {e}") from None
@@ -506,9 +519,8 @@ class NativeServerProtocol(Protocol):
         name = _clean(request.headers.get("Name", "") or "")[:256]
 
         def answered(state: AuthorisationState) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
-            if state is AuthorisationState.AUTHORISED:
-                return (200, "OK", (), b"")
-            return (202, "Accepted", (), b"")
+            code = SUBSCRIBE_ANSWERS[state]
+            return (code, REASONS[code], (), b"")
 
         return self._session.subscribe(target, name).addCallback(answered)
 
@@ -516,10 +528,11 @@ class NativeServerProtocol(Protocol):
         return self._session.unsubscribe(_target(request))
 
     def do_AUTHORISE(self, request: Request) -> Deferred[None]:
-        decision = (request.headers.get("Decision") or "").strip().lower()
-        if decision not in ("allow", "deny"):
-            raise _Reply(400, "Decision must be allow or deny")
-        return self._session.authorise(_target(request), decision == "allow")
+        try:
+            allow = decisionFromToken(request.headers.get("Decision") or "")
+        except ValueError:
+            raise _Reply(400, "Decision must be allow or deny") from None
+        return self._session.authorise(_target(request), allow)
 
     def do_CONTACTS(self, request: Request) -> Deferred[Any]:
         session = self._session
@@ -539,14 +552,14 @@ class NativeServerProtocol(Protocol):
             def listed(entries: dict[str, AccessList]) -> Any:
                 return _json(
                     {
-                        "allow": [e for e, l in entries.items() if l is AccessList.ALLOW],
-                        "block": [e for e, l in entries.items() if l is AccessList.BLOCK],
+                        ACCESS_LISTS[kind]: [e for e, l in entries.items() if l is kind]
+                        for kind in (AccessList.ALLOW, AccessList.BLOCK)
                     }
                 )
 
             return session.accessLists().addCallback(listed)
         try:
-            accessList = AccessList((request.headers.get("List") or "").strip().lower())
+            accessList = accessListFromToken(request.headers.get("List") or "")
         except ValueError:
             raise _Reply(400, "List must be allow, block or none") from None
         entry = request.target
@@ -560,10 +573,10 @@ class NativeServerProtocol(Protocol):
         stateText = request.headers.get("Presence")
         if stateText is None:
             return session.rules().addCallback(
-                lambda rules: _json({"rules": [{"presence": r.state.value, "alternate": r.alternate} for r in rules]})
+                lambda rules: _json({"rules": [{"presence": PRESENCE[r.state], "alternate": r.alternate} for r in rules]})
             )
         try:
-            state = PresenceState(stateText.strip().lower())
+            state = presenceFromToken(stateText)
         except ValueError:
             raise _Reply(400, f"Unknown presence state {stateText!r}") from None
         return session.setRule(state, request.headers.get("Alternate"))
@@ -595,7 +608,7 @@ class NativeServerProtocol(Protocol):
         )
 
     def presenceReceived(self, sender: Address, presence: Presence) -> None:
-        headers: tuple[tuple[str, str], ...] = (("Event", "presence"), ("Presence", presence.state.value))
+        headers: tuple[tuple[str, str], ...] = (("Event", "presence"), ("Presence", PRESENCE[presence.state]))
         if presence.note:
             headers += (("Note", _clean(presence.note)),)
         self._request("NOTIFY", sender.presURI(), headers)
@@ -604,7 +617,7 @@ class NativeServerProtocol(Protocol):
         self._request(
             "NOTIFY",
             event.sender.presURI(),
-            (("Event", "subscription"), ("Subscription", event.kind.value)),
+            (("Event", "subscription"), ("Subscription", SUBSCRIPTION_KINDS[event.kind])),
         )
 
     def contactUpdated(self, contact: ContactView) -> None:

@@ -1,0 +1,302 @@
+# -*- test-case-name: tests.test_native_mapping -*-
+"""
+The native face's mappings between the core model and the wire
+(C{docs/protocol.md}), one declarative table each: status codes, delivery
+statuses and core errors; presence tokens; subscription event tokens;
+contact subscription states; access lists; and C{AUTHORISE} decisions.
+
+The core's enums carry no wire values as far as this face is concerned:
+the server (L{imgateway.adapters.native.server}) and the client library
+(L{imgateway.client.protocol}) go through these tables, never through an
+enum's C{.value}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TypeVar
+
+from imgateway.core.errors import (
+    AuthenticationFailed,
+    DeliveryError,
+    DeliveryStatus,
+    InvalidAddress,
+    PersistenceFailed,
+    TooManySessions,
+    statusError,
+)
+from imgateway.core.events import SubscriptionKind
+from imgateway.core.presence import PresenceState
+from imgateway.core.records import AccessList, AuthorisationState, Subscription
+
+__all__ = [
+    "ACCESS_LISTS",
+    "DECISIONS",
+    "DELIVERY_CODES",
+    "ERROR_CODES",
+    "PRESENCE",
+    "REASONS",
+    "SUBSCRIBE_ANSWERS",
+    "SUBSCRIPTIONS",
+    "SUBSCRIPTION_KINDS",
+    "accessListFromToken",
+    "codeForDelivery",
+    "codeForError",
+    "decisionFromToken",
+    "deliveryErrorFor",
+    "isDeliveryCode",
+    "presenceFromToken",
+    "subscriptionKindFromToken",
+    "subscriptionFromToken",
+]
+
+_E = TypeVar("_E")
+
+
+def _inverse(table: Mapping[_E, str], what: str) -> Mapping[str, _E]:
+    """
+    The inverse of a table of tokens, checking that no token is used
+    twice (a round trip must give back what went in).
+    """
+    inverse = {token: member for member, token in table.items()}
+    if len(inverse) != len(table):
+        raise ValueError(f"a {what} token is used twice")
+    return MappingProxyType(inverse)
+
+
+def _fromToken(inverse: Mapping[str, _E], token: str, what: str) -> _E:
+    """
+    Look a token up, ignoring case and the spaces around it.
+
+    @raise ValueError: For an unknown token.
+    """
+    try:
+        return inverse[token.strip().lower()]
+    except KeyError:
+        raise ValueError(f"unknown {what} {token!r}") from None
+
+
+# -- status codes --------------------------------------------------------------
+
+#: Status code to its reason phrase (C{docs/protocol.md} §5).
+REASONS: Mapping[int, str] = MappingProxyType(
+    {
+        110: "Challenge",
+        200: "OK",
+        202: "Accepted",
+        301: "Moved Permanently",
+        302: "Moved Temporarily",
+        400: "Bad Request",
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "Not Found",
+        405: "Method Not Allowed",
+        413: "Too Large",
+        426: "Encryption Required",
+        429: "Too Many Requests",
+        431: "Header Too Large",
+        453: "Too Many Sessions",
+        480: "Offline",
+        482: "Loop Detected",
+        486: "Busy Here",
+        500: "Server Error",
+        502: "No Route",
+        503: "Service Unavailable",
+        505: "Version Not Supported",
+    }
+)
+
+#: Delivery status to the status code that carries it (both ways: no two
+#: statuses share a code).
+DELIVERY_CODES: Mapping[DeliveryStatus, int] = MappingProxyType(
+    {
+        DeliveryStatus.DELIVERED: 200,
+        DeliveryStatus.NOT_AUTHORISED: 401,
+        DeliveryStatus.BLOCKED: 403,
+        DeliveryStatus.NO_SUCH_USER: 404,
+        DeliveryStatus.TOO_LARGE: 413,
+        DeliveryStatus.RATE_LIMITED: 429,
+        DeliveryStatus.OFFLINE: 480,
+        DeliveryStatus.LOOP_DETECTED: 482,
+        DeliveryStatus.BUSY: 486,
+        DeliveryStatus.SERVER_ERROR: 500,
+        DeliveryStatus.NO_ROUTE: 502,
+    }
+)
+
+_DELIVERY_FROM_CODE: Mapping[int, DeliveryStatus] = MappingProxyType(
+    {code: status for status, code in DELIVERY_CODES.items()}
+)
+
+#: Core errors other than L{DeliveryError}s to the status code that answers
+#: them; an error takes the entry of the first class of its MRO found here.
+ERROR_CODES: Mapping[type[Exception], int] = MappingProxyType(
+    {
+        InvalidAddress: 400,
+        AuthenticationFailed: 401,
+        TooManySessions: 453,
+        PersistenceFailed: 500,
+        ValueError: 400,
+    }
+)
+
+
+def codeForDelivery(error: DeliveryError) -> int:
+    """
+    @param error: A failed delivery.
+    @return: The status code that reports it.
+    """
+    return DELIVERY_CODES[error.status]
+
+
+def codeForError(error: BaseException) -> int | None:
+    """
+    @param error: An error raised while handling a request.
+    @return: The status code that answers it, or C{None} if it is not an
+        error the protocol has a code for (an unexpected failure: 500).
+    """
+    if isinstance(error, DeliveryError):
+        return codeForDelivery(error)
+    for cls in type(error).__mro__:
+        code = ERROR_CODES.get(cls)
+        if code is not None:
+            return code
+    return None
+
+
+def isDeliveryCode(code: int) -> bool:
+    """
+    @return: Whether C{code} is an error status that reports a failed
+        delivery (404, 480, 486...), as opposed to a protocol error.
+    """
+    status = _DELIVERY_FROM_CODE.get(code)
+    return status is not None and status is not DeliveryStatus.DELIVERED
+
+
+def deliveryErrorFor(code: int, reason: str, alternate: str | None = None) -> DeliveryError:
+    """
+    The L{DeliveryError} a native error response stands for.
+
+    @param code: The response's status code; one that is no delivery status
+        stands for L{DeliveryStatus.SERVER_ERROR}.
+    @param reason: Its reason phrase.
+    @param alternate: Its C{Alternate} header, if any (for 486).
+    """
+    status = _DELIVERY_FROM_CODE.get(code, DeliveryStatus.SERVER_ERROR)
+    if status is DeliveryStatus.DELIVERED:
+        status = DeliveryStatus.SERVER_ERROR
+    return statusError(status, reason, alternate)
+
+
+#: How a C{SUBSCRIBE} is answered, by the state of the subscriber's right
+#: to watch: C{200} once authorised, C{202} otherwise (a refusal is not
+#: told apart from a pending request).
+SUBSCRIBE_ANSWERS: Mapping[AuthorisationState, int] = MappingProxyType(
+    {
+        AuthorisationState.AUTHORISED: 200,
+        AuthorisationState.PENDING: 202,
+        AuthorisationState.REFUSED: 202,
+    }
+)
+
+
+# -- tokens in headers and JSON bodies --------------------------------------------
+
+#: Presence state to its token (C{Presence:} headers, JSON C{presence}).
+PRESENCE: Mapping[PresenceState, str] = MappingProxyType(
+    {
+        PresenceState.ONLINE: "online",
+        PresenceState.BUSY: "busy",
+        PresenceState.BE_RIGHT_BACK: "be-right-back",
+        PresenceState.AWAY: "away",
+        PresenceState.ON_THE_PHONE: "on-the-phone",
+        PresenceState.OUT_TO_LUNCH: "out-to-lunch",
+        PresenceState.APPEAR_OFFLINE: "appear-offline",
+        PresenceState.OFFLINE: "offline",
+    }
+)
+_PRESENCE_FROM_TOKEN = _inverse(PRESENCE, "presence")
+
+#: Subscription event to its token (C{Subscription:} header of a
+#: C{subscription} C{NOTIFY}).
+SUBSCRIPTION_KINDS: Mapping[SubscriptionKind, str] = MappingProxyType(
+    {
+        SubscriptionKind.SUBSCRIBE: "subscribe",
+        SubscriptionKind.UNSUBSCRIBE: "unsubscribe",
+        SubscriptionKind.AUTHORISE: "authorise",
+        SubscriptionKind.REFUSE: "refuse",
+    }
+)
+_KIND_FROM_TOKEN = _inverse(SUBSCRIPTION_KINDS, "subscription event")
+
+#: A contact's subscription state to its token (JSON C{subscription}).
+SUBSCRIPTIONS: Mapping[Subscription, str] = MappingProxyType(
+    {
+        Subscription.NONE: "none",
+        Subscription.TO: "to",
+        Subscription.FROM: "from",
+        Subscription.BOTH: "both",
+    }
+)
+_SUBSCRIPTION_FROM_TOKEN = _inverse(SUBSCRIPTIONS, "subscription state")
+
+#: Access list to its token (C{List:} header of C{ACCESS}; the keys of
+#: C{ACCESS *}'s JSON body).
+ACCESS_LISTS: Mapping[AccessList, str] = MappingProxyType(
+    {
+        AccessList.ALLOW: "allow",
+        AccessList.BLOCK: "block",
+        AccessList.NONE: "none",
+    }
+)
+_ACCESS_FROM_TOKEN = _inverse(ACCESS_LISTS, "access list")
+
+#: C{Decision:} header of C{AUTHORISE} to whether it allows.
+DECISIONS: Mapping[bool, str] = MappingProxyType({True: "allow", False: "deny"})
+_DECISION_FROM_TOKEN = _inverse(DECISIONS, "decision")
+
+
+def presenceFromToken(token: str) -> PresenceState:
+    """
+    @param token: A presence token, in any case.
+    @return: The state it names.
+    @raise ValueError: If it names none.
+    """
+    return _fromToken(_PRESENCE_FROM_TOKEN, token, "presence state")
+
+
+def subscriptionKindFromToken(token: str) -> SubscriptionKind:
+    """
+    @param token: A C{Subscription:} token, in any case.
+    @return: The subscription event it names.
+    @raise ValueError: If it names none.
+    """
+    return _fromToken(_KIND_FROM_TOKEN, token, "subscription event")
+
+
+def subscriptionFromToken(token: str) -> Subscription:
+    """
+    @param token: A contact's C{subscription} token, in any case.
+    @return: The subscription state it names.
+    @raise ValueError: If it names none.
+    """
+    return _fromToken(_SUBSCRIPTION_FROM_TOKEN, token, "subscription state")
+
+
+def accessListFromToken(token: str) -> AccessList:
+    """
+    @param token: A C{List:} token, in any case.
+    @return: The access list it names.
+    @raise ValueError: If it names none.
+    """
+    return _fromToken(_ACCESS_FROM_TOKEN, token, "access list")
+
+
+def decisionFromToken(token: str) -> bool:
+    """
+    @param token: A C{Decision:} token, in any case.
+    @return: Whether it allows.
+    @raise ValueError: If it is neither C{allow} nor C{deny}.
+    """
+    return _fromToken(_DECISION_FROM_TOKEN, token, "decision")

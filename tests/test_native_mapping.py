@@ -1,0 +1,344 @@
+# -*- test-case-name: tests.test_native_mapping -*-
+"""
+Tests for L{imgateway.adapters.native.mapping}: the native face's tables
+between the core model and the wire, their round trips, and that the face
+and the client library use them rather than the core enums' values.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from imgateway.adapters.native.framing import Headers, Request, Response, serialise
+from imgateway.adapters.native.mapping import (
+    ACCESS_LISTS,
+    DECISIONS,
+    DELIVERY_CODES,
+    PRESENCE,
+    REASONS,
+    SUBSCRIBE_ANSWERS,
+    SUBSCRIPTION_KINDS,
+    SUBSCRIPTIONS,
+    accessListFromToken,
+    codeForDelivery,
+    codeForError,
+    decisionFromToken,
+    deliveryErrorFor,
+    isDeliveryCode,
+    presenceFromToken,
+    subscriptionFromToken,
+    subscriptionKindFromToken,
+)
+from imgateway.client.protocol import ClientObserver, NativeClientProtocol
+from imgateway.core.address import Address
+from imgateway.core.errors import (
+    AccountDisabled,
+    AuthenticationFailed,
+    DeliveryStatus,
+    InvalidAddress,
+    NoSuchUser,
+    PersistenceFailed,
+    ServerError,
+    TooManySessions,
+    UserBusy,
+    UserOffline,
+    statusError,
+)
+from imgateway.core.events import SubscriptionKind
+from imgateway.core.presence import Presence, PresenceState
+from imgateway.core.records import AccessList, AuthorisationState, Subscription
+
+#: The core enums whose members the native face maps.
+CORE_ENUMS: list[type[enum.Enum]] = [
+    PresenceState,
+    SubscriptionKind,
+    Subscription,
+    AccessList,
+    AuthorisationState,
+    DeliveryStatus,
+]
+
+SPEC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "protocol.md")
+
+
+def scrambleCoreValues(testCase: SynchronousTestCase) -> None:
+    """
+    Give every member of the core enums the native face maps a value that
+    is none of the wire's, and forget the old values, for the rest of
+    C{testCase}: code that puts an enum's C{.value} on the wire, or looks a
+    wire token up with C{Enum(token)}, then fails.
+    """
+    for cls in CORE_ENUMS:
+        for member in cls:
+            testCase.patch(member, "_value_", f"core-{cls.__name__}-{member.name}")
+        testCase.patch(cls, "_value2member_map_", {})
+
+
+class TokenTableTests(SynchronousTestCase):
+    """
+    Each table of tokens covers its enum, holds the spec's tokens, and
+    round-trips.
+    """
+
+    def assertTable(self, table: object, cls: type[enum.Enum], expected: dict[object, str], parse: object) -> None:
+        """
+        C{table} maps every member of C{cls} to the token C{expected} has,
+        and C{parse} gives each token (in any case, with spaces around)
+        back as its member; an unknown token is a L{ValueError}.
+        """
+        self.assertEqual(dict(table), expected)  # type: ignore[call-overload]
+        self.assertEqual(set(expected), set(cls))
+        for member, token in expected.items():
+            self.assertIs(parse(token), member)  # type: ignore[operator]
+            self.assertIs(parse(f" {token.upper()}\t"), member)  # type: ignore[operator]
+        self.assertRaises(ValueError, parse, "no-such-token")
+        self.assertRaises(ValueError, parse, "")
+
+    def test_presence(self) -> None:
+        """
+        Presence states and their tokens (C{docs/protocol.md} §7.3).
+        """
+        self.assertTable(
+            PRESENCE,
+            PresenceState,
+            {
+                PresenceState.ONLINE: "online",
+                PresenceState.BUSY: "busy",
+                PresenceState.BE_RIGHT_BACK: "be-right-back",
+                PresenceState.AWAY: "away",
+                PresenceState.ON_THE_PHONE: "on-the-phone",
+                PresenceState.OUT_TO_LUNCH: "out-to-lunch",
+                PresenceState.APPEAR_OFFLINE: "appear-offline",
+                PresenceState.OFFLINE: "offline",
+            },
+            presenceFromToken,
+        )
+
+    def test_subscriptionKinds(self) -> None:
+        """
+        Subscription events and their C{Subscription:} tokens (§7.9).
+        """
+        self.assertTable(
+            SUBSCRIPTION_KINDS,
+            SubscriptionKind,
+            {
+                SubscriptionKind.SUBSCRIBE: "subscribe",
+                SubscriptionKind.UNSUBSCRIBE: "unsubscribe",
+                SubscriptionKind.AUTHORISE: "authorise",
+                SubscriptionKind.REFUSE: "refuse",
+            },
+            subscriptionKindFromToken,
+        )
+
+    def test_subscriptions(self) -> None:
+        """
+        Contact subscription states and their JSON tokens (§7.5).
+        """
+        self.assertTable(
+            SUBSCRIPTIONS,
+            Subscription,
+            {Subscription.NONE: "none", Subscription.TO: "to", Subscription.FROM: "from", Subscription.BOTH: "both"},
+            subscriptionFromToken,
+        )
+
+    def test_accessLists(self) -> None:
+        """
+        Access lists and their C{List:} tokens (§7.6).
+        """
+        self.assertTable(
+            ACCESS_LISTS,
+            AccessList,
+            {AccessList.ALLOW: "allow", AccessList.BLOCK: "block", AccessList.NONE: "none"},
+            accessListFromToken,
+        )
+
+    def test_decisions(self) -> None:
+        """
+        C{Decision: allow} allows, C{deny} does not (§7.4); anything else is
+        a L{ValueError}.
+        """
+        self.assertEqual(dict(DECISIONS), {True: "allow", False: "deny"})
+        for allow, token in DECISIONS.items():
+            self.assertIs(decisionFromToken(token), allow)
+            self.assertIs(decisionFromToken(token.upper()), allow)
+        self.assertRaises(ValueError, decisionFromToken, "maybe")
+
+
+class StatusTableTests(SynchronousTestCase):
+    """
+    Status codes, delivery statuses and core errors.
+    """
+
+    def test_deliveryCodes(self) -> None:
+        """
+        Every delivery status has the code §5 and §7.8 give it.
+        """
+        self.assertEqual(
+            dict(DELIVERY_CODES),
+            {
+                DeliveryStatus.DELIVERED: 200,
+                DeliveryStatus.NOT_AUTHORISED: 401,
+                DeliveryStatus.BLOCKED: 403,
+                DeliveryStatus.NO_SUCH_USER: 404,
+                DeliveryStatus.TOO_LARGE: 413,
+                DeliveryStatus.RATE_LIMITED: 429,
+                DeliveryStatus.OFFLINE: 480,
+                DeliveryStatus.LOOP_DETECTED: 482,
+                DeliveryStatus.BUSY: 486,
+                DeliveryStatus.SERVER_ERROR: 500,
+                DeliveryStatus.NO_ROUTE: 502,
+            },
+        )
+        self.assertEqual(set(DELIVERY_CODES), set(DeliveryStatus))
+        self.assertLessEqual(set(DELIVERY_CODES.values()), set(REASONS))
+
+    def test_deliveryRoundTrip(self) -> None:
+        """
+        A failed delivery sent as its code and read back with
+        L{deliveryErrorFor} is the same status, with its text (and, for
+        486, its alternate).
+        """
+        for status in DeliveryStatus:
+            if status is DeliveryStatus.DELIVERED:
+                continue
+            error = statusError(status, "why", "tel:+15550100")
+            code = codeForDelivery(error)
+            self.assertTrue(isDeliveryCode(code))
+            back = deliveryErrorFor(code, "why", "tel:+15550100")
+            self.assertIs(back.status, status)
+            self.assertEqual(back.text, "why")
+        busy = deliveryErrorFor(486, "in a call", "tel:+15550100")
+        assert isinstance(busy, UserBusy)
+        self.assertEqual(busy.alternate, "tel:+15550100")
+
+    def test_otherCodes(self) -> None:
+        """
+        A code that is no delivery status (or is success) reads back as a
+        server error; such codes are not delivery codes.
+        """
+        for code in (200, 400, 418, 503, 999):
+            self.assertIs(deliveryErrorFor(code, "odd").status, DeliveryStatus.SERVER_ERROR)
+        for code in (200, 400, 426, 453, 503):
+            self.assertFalse(isDeliveryCode(code), code)
+
+    def test_coreErrors(self) -> None:
+        """
+        Core errors take the code of the first class of their MRO in the
+        table; an unexpected error has none.
+        """
+        cases: list[tuple[Exception, int | None]] = [
+            (InvalidAddress("x"), 400),
+            (ValueError("x"), 400),
+            (AuthenticationFailed("x"), 401),
+            (AccountDisabled("x"), 401),
+            (TooManySessions("x"), 453),
+            (PersistenceFailed("x"), 500),
+            (NoSuchUser(), 404),
+            (UserOffline(), 480),
+            (ServerError(), 500),
+            (RuntimeError("x"), None),
+        ]
+        for error, code in cases:
+            self.assertEqual(codeForError(error), code, error)
+
+    def test_subscribeAnswers(self) -> None:
+        """
+        A SUBSCRIBE is answered 200 once authorised and 202 otherwise: a
+        refusal looks like a pending request.
+        """
+        self.assertEqual(
+            dict(SUBSCRIBE_ANSWERS),
+            {AuthorisationState.AUTHORISED: 200, AuthorisationState.PENDING: 202, AuthorisationState.REFUSED: 202},
+        )
+
+    def test_reasonsAsSpecified(self) -> None:
+        """
+        The reason phrases are those of the table in C{docs/protocol.md}
+        §5, code for code.
+        """
+        with open(SPEC, encoding="utf-8") as f:
+            spec = f.read()
+        section = spec.split("## 5. Status codes", 1)[1].split("\n## ", 1)[0]
+        rows = dict((int(code), reason) for code, reason in re.findall(r"^\| (\d{3}) \| ([^|]+?) \|", section, re.M))
+        self.assertEqual(rows, dict(REASONS))
+
+
+class _Observer(ClientObserver):
+    def __init__(self) -> None:
+        self.presences: list[tuple[Address, Presence]] = []
+
+    def presenceReceived(self, address: Address, presence: Presence) -> None:
+        self.presences.append((address, presence))
+
+
+class ClientUsesTablesTests(SynchronousTestCase):
+    """
+    The client library reads and writes the wire through the tables: it
+    works the same when the core enums' values are changed.
+    """
+
+    def setUp(self) -> None:
+        scrambleCoreValues(self)
+        self.observer = _Observer()
+        self.client = NativeClientProtocol(self.observer)
+        self.transport = StringTransport()
+        self.client.makeConnection(self.transport)
+
+    def sent(self) -> Request:
+        """
+        The one request the client wrote.
+        """
+        data = self.transport.value()
+        self.transport.clear()
+        from imgateway.adapters.native.framing import FrameParser
+
+        [frame] = FrameParser().feed(data)
+        assert isinstance(frame, Request)
+        return frame
+
+    def answer(self, seq: int, code: int, *headers: tuple[str, str]) -> None:
+        """
+        Answer the client's request C{seq}.
+        """
+        self.client.dataReceived(serialise(Response(code, REASONS[code], Headers.of(("Seq", str(seq)), *headers))))
+
+    def test_publish(self) -> None:
+        """
+        C{publish} and C{setRule} send the state's token, given the state or
+        its token.
+        """
+        self.client.publish(PresenceState.BE_RIGHT_BACK, refresh=False)
+        self.assertEqual(self.sent().headers.get("Presence"), "be-right-back")
+        self.client.publish("on-the-phone", refresh=False)
+        self.assertEqual(self.sent().headers.get("Presence"), "on-the-phone")
+        self.client.setRule(PresenceState.BUSY, "tel:+15550100")
+        self.assertEqual(self.sent().headers.get("Presence"), "busy")
+
+    def test_presenceNotify(self) -> None:
+        """
+        A presence C{NOTIFY} is read into the state its token names.
+        """
+        notify = Request(
+            "NOTIFY", "pres:bob@corp.example", Headers.of(("Seq", "1"), ("Event", "presence"), ("Presence", "out-to-lunch"))
+        )
+        self.client.dataReceived(serialise(notify))
+        [(address, presence)] = self.observer.presences
+        self.assertEqual((str(address), presence.state), ("bob@corp.example", PresenceState.OUT_TO_LUNCH))
+
+    def test_deliveryStatus(self) -> None:
+        """
+        A 480 answer to a message fails it with L{UserOffline}; a 453 is a
+        client error, not a delivery status.
+        """
+        d = self.client.sendMessage("bob@corp.example", "hi")
+        self.answer(self.sent().seq, 480)
+        self.failureResultOf(d, UserOffline)
+        d2 = self.client.call("PING")
+        self.answer(self.sent().seq, 453)
+        failure = self.failureResultOf(d2)
+        self.assertEqual(getattr(failure.value, "code", None), 453)

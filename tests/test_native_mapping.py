@@ -24,15 +24,19 @@ from imgateway.adapters.native.mapping import (
     SUBSCRIBE_ANSWERS,
     SUBSCRIPTION_KINDS,
     SUBSCRIPTIONS,
+    TARGETS,
+    TargetForm,
     accessListFromToken,
     codeForDelivery,
     codeForError,
     decisionFromToken,
     deliveryErrorFor,
+    describeTargets,
     isDeliveryCode,
     presenceFromToken,
     subscriptionFromToken,
     subscriptionKindFromToken,
+    targetForm,
 )
 from imgateway.client.protocol import ClientObserver, NativeClientProtocol
 from imgateway.core.address import Address
@@ -266,6 +270,65 @@ class StatusTableTests(SynchronousTestCase):
         section = spec.split("## 5. Status codes", 1)[1].split("\n## ", 1)[0]
         rows = dict((int(code), reason) for code, reason in re.findall(r"^\| (\d{3}) \| ([^|]+?) \|", section, re.M))
         self.assertEqual(rows, dict(REASONS))
+
+
+class TargetFormTests(SynchronousTestCase):
+    """
+    L{targetForm} and L{describeTargets}.
+    """
+
+    def test_forms(self) -> None:
+        """
+        Each target is told apart by its scheme (in any case), an C{@} or
+        being C{*}; validity is not checked here.
+        """
+        cases = {
+            "*": TargetForm.STAR,
+            "im:bob@corp.example": TargetForm.IM,
+            "IM:bob@corp.example": TargetForm.IM,
+            "im:": TargetForm.IM,
+            "pres:bob@corp.example": TargetForm.PRES,
+            "Pres:bob@corp.example": TargetForm.PRES,
+            "bob@corp.example": TargetForm.ADDRESS,
+            "corp.example": TargetForm.DOMAIN,
+            "**": TargetForm.DOMAIN,
+            "xmpp:bob@corp.example": TargetForm.OTHER_URI,
+            "mailto:bob@corp.example": TargetForm.OTHER_URI,
+            "tel:+15550100": TargetForm.OTHER_URI,
+            "impres:bob@corp.example": TargetForm.OTHER_URI,
+        }
+        for target, form in cases.items():
+            self.assertIs(targetForm(target), form, target)
+
+    def test_describe(self) -> None:
+        """
+        The forms a method takes, in words, in the spec's order.
+        """
+        self.assertEqual(describeTargets("PING"), "*")
+        self.assertEqual(describeTargets("SUBSCRIBE"), "pres:user@domain")
+        self.assertEqual(describeTargets("MESSAGE"), "im:user@domain")
+        self.assertEqual(describeTargets("ACCESS"), "im:user@domain, a domain or *")
+
+    def test_specTable(self) -> None:
+        """
+        The table in C{docs/protocol.md} §2 lists, for every method, the
+        forms L{TARGETS} gives it.
+        """
+        with open(SPEC, encoding="utf-8") as f:
+            spec = f.read()
+        section = spec.split("## 2. ", 1)[1].split("\n## ", 1)[0]
+        written = {
+            "`*`": TargetForm.STAR,
+            "`im:user@domain`": TargetForm.IM,
+            "`pres:user@domain`": TargetForm.PRES,
+            "`domain`": TargetForm.DOMAIN,
+        }
+        found: dict[str, set[TargetForm]] = {}
+        for methods, targets in re.findall(r"^\| ((?:`[A-Z]+`(?:, )?)+) \| ([^|]+) \|", section, re.M):
+            forms = {form for text, form in written.items() if text in targets}
+            for method in re.findall(r"`([A-Z]+)`", methods):
+                found[method] = forms
+        self.assertEqual(found, {m: set(f) for m, f in TARGETS.items()})
 
 
 class _Observer(ClientObserver):

@@ -17,6 +17,7 @@ from zope.interface.verify import verifyObject
 
 from imgateway.adapters.native.adapter import NativeAdapter
 from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, serialise
+from imgateway.adapters.native.mapping import TARGETS, TargetForm, describeTargets
 from imgateway.adapters.native.server import NativeConfig, NativeServerFactory
 from imgateway.auth.sasl import clientMechanism
 from imgateway.config import ConfigTable, HomeConfig
@@ -434,6 +435,156 @@ class SessionTests(NativeFaceTestsMixin, SynchronousTestCase):
         w = self.loggedIn()
         self.assertEqual(w.call("BYE").code, 200)
         self.assertTrue(w.transport.disconnecting)
+
+
+#: A target of each form, aimed at bob (or his domain).
+TARGET_OF_FORM = {
+    TargetForm.STAR: "*",
+    TargetForm.IM: "im:bob@corp.example",
+    TargetForm.PRES: "pres:bob@corp.example",
+    TargetForm.ADDRESS: "bob@corp.example",
+    TargetForm.DOMAIN: "corp.example",
+    TargetForm.OTHER_URI: "xmpp:bob@corp.example",
+}
+
+#: Headers (and a body) that make each method succeed when its target is
+#: of a right form, so that any 400 is the target's doing.
+VALID_REQUEST: dict[str, tuple[list[tuple[str, str]], bytes]] = {
+    "OPTIONS": ([], b""),
+    "AUTH": ([("Mechanism", "SCRAM-SHA-256")], b"n,,n=alice,r=abcdefghijklmnop"),
+    "PING": ([], b""),
+    "BYE": ([], b""),
+    "PUBLISH": ([("Presence", "online")], b""),
+    "CONTACTS": ([], b""),
+    "RULE": ([], b""),
+    "SUBSCRIBE": ([], b""),
+    "UNSUBSCRIBE": ([], b""),
+    "AUTHORISE": ([("Decision", "deny")], b""),
+    "MESSAGE": ([], b"hi"),
+    "ACCESS": ([("List", "none")], b""),
+}
+
+
+class TargetFormTests(NativeFaceTestsMixin, SynchronousTestCase):
+    """
+    Each method takes its target in the forms C{docs/protocol.md} §2
+    gives; any other form is answered 400 naming the expected form, and
+    the request is not processed.
+    """
+
+    def test_tableCoversMethods(self) -> None:
+        """
+        The table has a row for every method the server handles, and the
+        spec's forms for each.
+        """
+        self.assertEqual(set(TARGETS), set(self.wire().protocol._handlers))
+        star = {TargetForm.STAR}
+        self.assertEqual(
+            {m: set(f) for m, f in TARGETS.items()},
+            {
+                **{m: star for m in ("OPTIONS", "AUTH", "PING", "BYE", "PUBLISH", "CONTACTS", "RULE")},
+                **{m: {TargetForm.PRES} for m in ("SUBSCRIBE", "UNSUBSCRIBE", "AUTHORISE")},
+                "MESSAGE": {TargetForm.IM},
+                "ACCESS": {TargetForm.IM, TargetForm.DOMAIN, TargetForm.STAR},
+            },
+        )
+
+    def answer(self, method: str, target: str) -> Response:
+        """
+        Send C{method} to C{target} with L{VALID_REQUEST}'s headers on a
+        fresh connection (logged in as alice unless the method is C{AUTH}),
+        and close it.
+        """
+        w = self.wire() if method == "AUTH" else self.loggedIn()
+        headers, body = VALID_REQUEST[method]
+        r = w.call(method, target, headers, body)
+        w.protocol.connectionLost()
+        return r
+
+    def test_everyMethodAndForm(self) -> None:
+        """
+        Every method, with a target of every form: a form the method takes
+        is served (C{MESSAGE} to bob, who is offline, gets 480); any other is answered 400 with a reason naming the
+        forms the method takes.
+        """
+        for method, forms in TARGETS.items():
+            for form, target in TARGET_OF_FORM.items():
+                r = self.answer(method, target)
+                if form in forms:
+                    self.assertIn(r.code, (110, 200, 202, 480), (method, target, r))
+                else:
+                    self.assertEqual(
+                        (r.code, r.reason),
+                        (400, f"{method} takes {describeTargets(method)} as its target"),
+                        (method, target),
+                    )
+
+    def test_reasons(self) -> None:
+        """
+        The reasons say the expected form as the spec writes it.
+        """
+        self.assertEqual(self.answer("SUBSCRIBE", "im:bob@corp.example").reason, "SUBSCRIBE takes pres:user@domain as its target")
+        self.assertEqual(self.answer("MESSAGE", "pres:bob@corp.example").reason, "MESSAGE takes im:user@domain as its target")
+        self.assertEqual(self.answer("PUBLISH", "im:bob@corp.example").reason, "PUBLISH takes * as its target")
+        self.assertEqual(
+            self.answer("ACCESS", "pres:bob@corp.example").reason, "ACCESS takes im:user@domain, a domain or * as its target"
+        )
+
+    def test_schemeCaseInsensitive(self) -> None:
+        """
+        URI schemes are compared without case.
+        """
+        self.assertEqual(self.answer("SUBSCRIBE", "PRES:bob@corp.example").code, 202)
+        self.assertEqual(self.answer("MESSAGE", "Im:bob@corp.example").code, 480)
+
+    def test_notProcessed(self) -> None:
+        """
+        A refused target changes nothing: bob hears of no subscription,
+        gets no message, and alice's contact list and access lists stay
+        empty.
+        """
+        alice, bob = self.loggedIn("alice"), self.loggedIn("bob")
+        bob.call("PUBLISH", "*", [("Presence", "online")])
+        bob.frames()
+        self.assertEqual(alice.call("SUBSCRIBE", "im:bob@corp.example").code, 400)
+        self.assertEqual(alice.call("SUBSCRIBE", "bob@corp.example").code, 400)
+        self.assertEqual(alice.call("MESSAGE", "pres:bob@corp.example", [], b"hi").code, 400)
+        self.assertEqual(alice.call("MESSAGE", "bob@corp.example", [], b"hi").code, 400)
+        self.assertEqual(alice.call("ACCESS", "pres:bob@corp.example", [("List", "block")]).code, 400)
+        self.assertEqual(alice.call("ACCESS", "bob@corp.example", [("List", "block")]).code, 400)
+        self.assertEqual(bob.frames(), [])
+        self.assertEqual(json.loads(alice.call("CONTACTS").body), {"contacts": [], "requests": []})
+        self.assertEqual(json.loads(alice.call("ACCESS").body), {"allow": [], "block": []})
+
+    def test_byeWithWrongTarget(self) -> None:
+        """
+        C{BYE} with a target other than C{*} is refused like any request:
+        the connection stays open.
+        """
+        w = self.loggedIn()
+        self.assertEqual(w.call("BYE", "im:bob@corp.example").code, 400)
+        self.assertFalse(w.transport.disconnecting)
+        self.assertEqual(w.call("PING").code, 200)
+
+    def test_loginFirst(self) -> None:
+        """
+        Before login, a method that needs it is answered 401 whatever its
+        target; those allowed before login check their target (400).
+        """
+        w = self.wire()
+        self.assertEqual(w.call("SUBSCRIBE", "im:bob@corp.example").code, 401)
+        self.assertEqual(w.call("OPTIONS", "im:bob@corp.example").code, 400)
+        self.assertEqual(w.call("AUTH", "corp.example", [("Mechanism", "PLAIN")], b"\0alice\0alice-pw").code, 400)
+        self.assertEqual(w.call("FROB", "im:bob@corp.example").code, 405)
+
+    def test_validForm(self) -> None:
+        """
+        A target of the right form whose address is invalid is answered
+        400 too.
+        """
+        w = self.loggedIn()
+        self.assertEqual(w.call("SUBSCRIBE", "pres:not-an-address").code, 400)
+        self.assertEqual(w.call("ACCESS", "bad_domain!", [("List", "block")]).code, 400)
 
 
 class CoreValuesTests(NativeFaceTestsMixin, SynchronousTestCase):

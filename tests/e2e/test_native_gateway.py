@@ -227,6 +227,48 @@ class DeliveryStatusTests(TestCase):
         self.assertNotIn((alice.address, "subscribe"), carolSees.subscriptions)
 
 
+class TargetFormTests(TestCase):
+    """
+    Targets of the wrong form are refused over the real wire.
+    """
+
+    async def test_wrongForms(self) -> None:
+        """
+        Through the real gateway, alice's C{SUBSCRIBE im:bob@...},
+        C{MESSAGE pres:bob@...}, C{MESSAGE bob@...} and C{PUBLISH
+        im:bob@...} are each answered 400 with a reason naming the
+        expected form, and none of them reaches bob; an C{OPTIONS} to
+        something other than C{*} before login is answered 400 too. The
+        right forms then work.
+        """
+        gw = GatewayProcess(self)
+        gw.addUsers({"alice": PASSWORDS["alice"], "bob": PASSWORDS["bob"]})
+        await gw.start()
+        alice, aliceSees = await gw.client("alice", PASSWORDS["alice"])
+        bob, bobSees = await gw.client("bob", PASSWORDS["bob"])
+
+        for method, target, reason in [
+            ("SUBSCRIBE", "im:bob@corp.example", "SUBSCRIBE takes pres:user@domain as its target"),
+            ("MESSAGE", "pres:bob@corp.example", "MESSAGE takes im:user@domain as its target"),
+            ("MESSAGE", "bob@corp.example", "MESSAGE takes im:user@domain as its target"),
+            ("PUBLISH", "im:bob@corp.example", "PUBLISH takes * as its target"),
+        ]:
+            r = await alice.request(method, target, [("Presence", "busy")], b"hi")
+            self.assertEqual((r.code, r.reason), (400, reason))
+        raw = await gw.raw()
+        raw.send(b"OPTIONS corp.example IMGW/1.0\r\nSeq: 1\r\n\r\n")
+        await raw.waitFor(raw.codes, description="OPTIONS answered")
+        self.assertEqual(raw.codes(), [400])
+
+        self.assertEqual((await alice.contacts())["contacts"], [])
+        await alice.sendMessage(BOB, "the right form")
+        await bobSees.waitForMessage(ALICE, "the right form")
+        self.assertEqual([m.body for m in bobSees.messages], ["the right form"])
+        self.assertEqual(bobSees.subscriptions, [])
+        self.assertFalse(await alice.subscribe(BOB))
+        await bobSees.waitForSubscription(ALICE, "subscribe")
+
+
 class RestartTests(TestCase):
     """
     What users set up survives a restart of the gateway.

@@ -3,7 +3,8 @@
 The native face's mappings between the core model and the wire
 (C{docs/protocol.md}), one declarative table each: status codes, delivery
 statuses and core errors; presence tokens; subscription event tokens;
-contact subscription states; access lists; and C{AUTHORISE} decisions.
+contact subscription states; access lists; C{AUTHORISE} decisions; and
+the target forms each method takes.
 
 The core's enums carry no wire values as far as this face is concerned:
 the server (L{imgateway.adapters.native.server}) and the client library
@@ -13,6 +14,7 @@ enum's C{.value}.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TypeVar
@@ -40,15 +42,19 @@ __all__ = [
     "SUBSCRIBE_ANSWERS",
     "SUBSCRIPTIONS",
     "SUBSCRIPTION_KINDS",
+    "TARGETS",
+    "TargetForm",
     "accessListFromToken",
     "codeForDelivery",
     "codeForError",
     "decisionFromToken",
     "deliveryErrorFor",
+    "describeTargets",
     "isDeliveryCode",
     "presenceFromToken",
     "subscriptionKindFromToken",
     "subscriptionFromToken",
+    "targetForm",
 ]
 
 _E = TypeVar("_E")
@@ -300,3 +306,81 @@ def decisionFromToken(token: str) -> bool:
     @raise ValueError: If it is neither C{allow} nor C{deny}.
     """
     return _fromToken(_DECISION_FROM_TOKEN, token, "decision")
+
+
+# -- request targets -----------------------------------------------------------------
+
+
+class TargetForm(enum.Enum):
+    """
+    The forms a request target can take (C{docs/protocol.md} §2). The value
+    is how the spec writes the form, for error reasons.
+    """
+
+    #: C{*}: the request has no object.
+    STAR = "*"
+    #: C{im:user@domain} (RFC 3860).
+    IM = "im:user@domain"
+    #: C{pres:user@domain} (RFC 3859).
+    PRES = "pres:user@domain"
+    #: A bare domain: C{corp.example}.
+    DOMAIN = "a domain"
+    #: A bare address, C{user@domain}: never a target.
+    ADDRESS = "user@domain"
+    #: A URI of another scheme (C{xmpp:}, C{tel:}...): never a target.
+    OTHER_URI = "another URI"
+
+
+#: URI scheme (with its colon, lower case) to its form.
+_SCHEMES: Mapping[str, TargetForm] = MappingProxyType({"im:": TargetForm.IM, "pres:": TargetForm.PRES})
+
+#: Request method (client to server) to the target forms it takes.
+TARGETS: Mapping[str, frozenset[TargetForm]] = MappingProxyType(
+    {
+        "OPTIONS": frozenset({TargetForm.STAR}),
+        "AUTH": frozenset({TargetForm.STAR}),
+        "PING": frozenset({TargetForm.STAR}),
+        "BYE": frozenset({TargetForm.STAR}),
+        "PUBLISH": frozenset({TargetForm.STAR}),
+        "CONTACTS": frozenset({TargetForm.STAR}),
+        "RULE": frozenset({TargetForm.STAR}),
+        "SUBSCRIBE": frozenset({TargetForm.PRES}),
+        "UNSUBSCRIBE": frozenset({TargetForm.PRES}),
+        "AUTHORISE": frozenset({TargetForm.PRES}),
+        "MESSAGE": frozenset({TargetForm.IM}),
+        "ACCESS": frozenset({TargetForm.IM, TargetForm.DOMAIN, TargetForm.STAR}),
+    }
+)
+
+# The order forms are listed in, in error reasons.
+_FORM_ORDER = [TargetForm.IM, TargetForm.PRES, TargetForm.DOMAIN, TargetForm.STAR]
+
+
+def targetForm(target: str) -> TargetForm:
+    """
+    Tell which form a request target has; whether the address or domain in
+    it is valid is not checked here.
+
+    @param target: A request target as parsed from a start line.
+    @return: Its form. URI schemes are compared case-insensitively.
+    """
+    if target == "*":
+        return TargetForm.STAR
+    scheme, colon, _ = target.partition(":")
+    if colon:
+        return _SCHEMES.get(scheme.lower() + ":", TargetForm.OTHER_URI)
+    if "@" in target:
+        return TargetForm.ADDRESS
+    return TargetForm.DOMAIN
+
+
+def describeTargets(method: str) -> str:
+    """
+    @param method: A method of L{TARGETS}.
+    @return: The target forms it takes, in words: C{"im:user@domain, a
+        domain or *"}.
+    """
+    forms = [f.value for f in _FORM_ORDER if f in TARGETS[method]]
+    if len(forms) == 1:
+        return forms[0]
+    return ", ".join(forms[:-1]) + " or " + forms[-1]

@@ -39,10 +39,14 @@ from imgateway.adapters.native.mapping import (
     SUBSCRIBE_ANSWERS,
     SUBSCRIPTION_KINDS,
     SUBSCRIPTIONS,
+    TARGETS,
+    TargetForm,
     accessListFromToken,
     codeForError,
     decisionFromToken,
+    describeTargets,
     presenceFromToken,
+    targetForm,
 )
 from imgateway.auth.checkers import SASLAuthenticated
 from imgateway.auth.sasl import SASLFailure, mechanismsFor, serverMechanism
@@ -112,7 +116,8 @@ def _clean(text: str) -> str:
 
 def _target(request: Request) -> Address:
     """
-    The address a request is aimed at (C{im:}/C{pres:} URI or bare).
+    The address in a request's C{im:} or C{pres:} target (its form was
+    checked against L{TARGETS} before the request was handled).
     """
     try:
         return Address.fromString(request.target)
@@ -309,6 +314,9 @@ class NativeServerProtocol(Protocol):
             return
         if self.session is None and request.method not in ("OPTIONS", "AUTH", "PING", "BYE"):
             self._respond(request.seq, 401, "Log in first (AUTH)")
+            return
+        if targetForm(request.target) not in TARGETS[request.method]:
+            self._respond(request.seq, 400, f"{request.method} takes {describeTargets(request.method)} as its target")
             return
         d = maybeDeferred(handler, request)
         d.addCallbacks(lambda r: self._answered(request, r), lambda f: self._failed(request, f))
@@ -563,9 +571,8 @@ class NativeServerProtocol(Protocol):
         except ValueError:
             raise _Reply(400, "List must be allow, block or none") from None
         entry = request.target
-        for scheme in ("im:", "pres:"):
-            if entry.lower().startswith(scheme):
-                entry = entry[len(scheme) :]
+        if targetForm(entry) is TargetForm.IM:
+            entry = entry.partition(":")[2]
         return session.setAccess(entry, accessList)
 
     def do_RULE(self, request: Request) -> Deferred[Any]:

@@ -379,6 +379,85 @@ class RoundTripTests(SynchronousTestCase):
         self.assertFalse(parser.closed)
 
 
+class PacedTests(SynchronousTestCase):
+    """
+    L{FrameParser.receive} and L{FrameParser.next}: parsing at the
+    reader's pace.
+    """
+
+    def test_oneAtATime(self) -> None:
+        """
+        Received bytes are parsed only as L{FrameParser.next} asks, one
+        frame each time, in order; what is not asked for yet stays bytes.
+        """
+        frames = RoundTripTests.frames
+        data = [serialise(f) for f in frames]
+        parser = FrameParser()
+        parser.receive(b"".join(data))
+        self.assertEqual(parser.bufferedBytes, sum(map(len, data)))
+        for i, frame in enumerate(frames):
+            self.assertEqual(parser.next(), frame)
+            self.assertEqual(parser.bufferedBytes, sum(map(len, data[i + 1 :])))
+        self.assertIsNone(parser.next())
+
+    def test_receiveWhileHolding(self) -> None:
+        """
+        Bytes received between two L{FrameParser.next} calls join the end
+        of the stream, and a frame cut across them comes out whole.
+        """
+        a, b = serialise(request("PING", "*", 1)), serialise(request("PING", "*", 2))
+        parser = FrameParser()
+        parser.receive(a + b[:5])
+        self.assertEqual(parser.next(), request("PING", "*", 1))
+        self.assertIsNone(parser.next())
+        parser.receive(b[5:])
+        self.assertEqual(parser.next(), request("PING", "*", 2))
+        self.assertIsNone(parser.next())
+
+    def test_nonFatalErrorInTurn(self) -> None:
+        """
+        A non-fatal error comes out in its place, like a frame.
+        """
+        parser = FrameParser(SMALL)
+        parser.receive(b"PING * IMGW/1.0\r\n\r\n" + serialise(request("PING", "*", 2)))
+        error = parser.next()
+        assert isinstance(error, FramingError)
+        self.assertEqual((error.code, error.fatal), (400, False))
+        self.assertEqual(parser.next(), request("PING", "*", 2))
+
+    def test_fatalOnce(self) -> None:
+        """
+        A fatal error is returned once, after the frames before it; the
+        parser is then closed: it returns nothing more and drops what it
+        receives.
+        """
+        parser = FrameParser()
+        parser.receive(serialise(request("PING", "*", 1)) + b"BOGUS\r\n" + serialise(request("PING", "*", 2)))
+        self.assertEqual(parser.next(), request("PING", "*", 1))
+        error = parser.next()
+        assert isinstance(error, FramingError)
+        self.assertTrue(error.fatal)
+        self.assertTrue(parser.closed)
+        self.assertIsNone(parser.next())
+        parser.receive(serialise(request("PING", "*", 3)))
+        self.assertEqual(parser.bufferedBytes, 0)
+        self.assertIsNone(parser.next())
+
+    def test_largeReadCompacted(self) -> None:
+        """
+        Parsing a large read frame by frame does not keep what was parsed
+        beyond a bounded amount.
+        """
+        frame = serialise(request("PING", "*", 1))
+        parser = FrameParser()
+        parser.receive(frame * 20000)
+        for _ in range(20000):
+            self.assertIsNotNone(parser.next())
+            self.assertLessEqual(len(parser._buf) - parser.bufferedBytes, 65536 + len(frame))
+        self.assertIsNone(parser.next())
+        self.assertEqual(len(parser._buf), 0)
+
+
 class ParseTests(SynchronousTestCase):
     """
     Tests for L{FrameParser} on well-formed input.

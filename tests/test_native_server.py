@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -22,6 +23,7 @@ from imgateway.adapters.native.server import NativeConfig, NativeServerFactory
 from imgateway.auth.sasl import clientMechanism
 from imgateway.config import ConfigTable, HomeConfig
 from imgateway.core.errors import ConfigError
+from imgateway.core.records import AuthorisationState
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
 from imgateway.testing import addUser, memoryGateway
 from tests.test_native_mapping import scrambleCoreValues
@@ -251,16 +253,19 @@ class LimitTests(NativeFaceTestsMixin, SynchronousTestCase):
 
     def test_rateLimit(self) -> None:
         """
-        Requests past the token bucket get 429 with Retry-After; after a
-        wait, requests are served again.
+        Requests past the token bucket wait for their token instead of being
+        refused: the fourth PING in a row is answered once a token has
+        refilled, never 429, and reading is paused meanwhile.
         """
         w = self.wire()
         for _ in range(3):
             self.assertEqual(w.call("PING").code, 200)
-        r = w.call("PING")
-        self.assertEqual((r.code, r.headers.get("Retry-After")), (429, "1"))
+        seq = w.send("PING")
+        self.assertEqual(w.frames(), [])
+        self.assertEqual(w.transport.producerState, "paused")
         self.clock.advance(1)
-        self.assertEqual(w.call("PING").code, 200)
+        self.assertEqual(w.response(seq).code, 200)
+        self.assertEqual(w.transport.producerState, "producing")
 
     def test_bodyTooLarge(self) -> None:
         """
@@ -319,6 +324,248 @@ class LimitTests(NativeFaceTestsMixin, SynchronousTestCase):
         [bye] = [f for f in w.frames() if isinstance(f, Request) and f.method == "BYE"]
         self.assertEqual(bye.headers.get("Reason"), "idle-timeout")
         self.assertTrue(w.transport.disconnecting)
+
+
+def messageFrames(count: int, to: str = "bob@corp.example") -> list[bytes]:
+    """
+    C{count} MESSAGE requests to C{to}, with sequence numbers from 1 and
+    bodies C{"m<seq>"}.
+    """
+    return [serialise(Request("MESSAGE", f"im:{to}", Headers.of(("Seq", str(i))), b"m%d" % (i,))) for i in range(1, count + 1)]
+
+
+class FakeSession:
+    """
+    Stands in for a logged-in connection's L{ISession}: records the calls
+    and answers each with a L{Deferred} the test fires.
+    """
+
+    def __init__(self, session: object) -> None:
+        self.session = session
+        self.calls: list[tuple[str, str]] = []
+        self.pending: list[Deferred[object]] = []
+
+    def _call(self, name: str, target: object) -> Deferred[object]:
+        self.calls.append((name, str(target)))
+        d: Deferred[object] = Deferred()
+        self.pending.append(d)
+        return d
+
+    def subscribe(self, target: object, name: str = "") -> Deferred[object]:
+        return self._call("subscribe", target)
+
+    def unsubscribe(self, target: object) -> Deferred[object]:
+        return self._call("unsubscribe", target)
+
+    def close(self, reason: str = "") -> None:
+        self.calls.append(("close", reason))
+        self.session.close(reason)  # type: ignore[attr-defined]
+
+
+class SlowPortal:
+    """
+    Logs in through a real portal, but answers only when L{release}d (as a
+    login that checks the password in a thread would).
+    """
+
+    def __init__(self, portal: object) -> None:
+        self.portal = portal
+        self.waiting: list[tuple[Deferred[object], object]] = []
+
+    def login(self, *args: object) -> Deferred[object]:
+        d: Deferred[object] = Deferred()
+        self.portal.login(*args).addBoth(lambda result: self.waiting.append((d, result)))  # type: ignore[attr-defined]
+        return d
+
+    def release(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for d, result in waiting:
+            d.callback(result)
+
+
+class ShapingTests(NativeFaceTestsMixin, SynchronousTestCase):
+    """
+    The rate limit shapes requests, not reads: whatever one read holds, a
+    connection gets at most C{request_burst} requests handled at once and
+    then C{requests_per_second}; the rest wait (reading paused) and are
+    handled in order, none refused.
+    """
+
+    config = NativeConfig(requestsPerSecond=20, requestBurst=50)
+
+    def present(self, user: str) -> Wire:
+        """
+        A logged-in, present connection of C{user} with a full bucket.
+        """
+        w = self.loggedIn(user)
+        w.call("PUBLISH", "*", [("Presence", "online")])
+        self.clock.advance(10)
+        w.frames()
+        return w
+
+    def test_floodInOneWrite(self) -> None:
+        """
+        1,000 MESSAGEs in one write: 50 (the burst) are delivered and
+        answered at once, the rest stay unparsed with reading paused, then
+        20 a second follow; all 1,000 are delivered and answered 200 in
+        order, none 429, and reading resumes when they are done. Meanwhile
+        bob's own requests are answered at once.
+        """
+        alice, bob = self.present("alice"), self.present("bob")
+        frames = messageFrames(1000)
+        alice.raw(b"".join(frames))
+        responses = [f for f in alice.frames() if isinstance(f, Response)]
+        delivered = [f for f in bob.frames() if isinstance(f, Request) and f.method == "MESSAGE"]
+        self.assertEqual([(r.seq, r.code) for r in responses], [(i, 200) for i in range(1, 51)])
+        self.assertEqual(len(delivered), 50)
+        self.assertEqual(alice.transport.producerState, "paused")
+        # Frame 51 is parsed and waits for its token; the rest are bytes.
+        self.assertEqual(alice.protocol._parser.bufferedBytes, sum(len(f) for f in frames[51:]))
+        self.assertEqual(bob.call("PING").code, 200)
+
+        perSecond = []
+        while len(responses) < 1000:
+            self.clock.advance(1)
+            new = [f for f in alice.frames() if isinstance(f, Response)]
+            perSecond.append(len(new))
+            responses += new
+            delivered += [f for f in bob.frames() if isinstance(f, Request) and f.method == "MESSAGE"]
+        self.assertLessEqual(max(perSecond), 20)
+        self.assertEqual([(r.seq, r.code) for r in responses], [(i, 200) for i in range(1, 1001)])
+        self.assertEqual([m.body for m in delivered], [b"m%d" % (i,) for i in range(1, 1001)])
+        self.assertEqual(alice.transport.producerState, "producing")
+        self.assertEqual(alice.protocol._parser.bufferedBytes, 0)
+
+    def test_bytesAfterPause(self) -> None:
+        """
+        Bytes that still arrive while reading is paused (the rest of a TLS
+        record) are kept unparsed and handled in turn.
+        """
+        alice, bob = self.present("alice"), self.present("bob")
+        frames = messageFrames(60)
+        alice.raw(b"".join(frames[:55]))
+        self.assertEqual(alice.transport.producerState, "paused")
+        alice.raw(b"".join(frames[55:]))
+        self.assertEqual(len([f for f in alice.frames() if isinstance(f, Response)]), 50)
+        self.clock.advance(1)
+        self.assertEqual([f.seq for f in alice.frames() if isinstance(f, Response)], list(range(51, 61)))
+        self.assertEqual(alice.transport.producerState, "producing")
+
+    def test_floodBeforeLogin(self) -> None:
+        """
+        A flood before login is shaped the same way (each answered 401 in
+        its turn).
+        """
+        w = self.wire()
+        w.raw(b"".join(messageFrames(100)))
+        self.assertEqual([r.code for r in w.frames() if isinstance(r, Response)], [401] * 50)
+        self.clock.advance(3)
+        self.assertEqual([r.seq for r in w.frames() if isinstance(r, Response)], list(range(51, 101)))
+
+    def test_framingErrorsTakeTokens(self) -> None:
+        """
+        Requests answered with a (non-fatal) framing error take tokens too:
+        1,000 frames without a Seq in one write get 50 answers at once.
+        """
+        w = self.wire()
+        w.raw(b"PING * IMGW/1.0\r\n\r\n" * 1000)
+        self.assertEqual([r.code for r in w.frames() if isinstance(r, Response)], [400] * 50)
+        self.assertEqual(w.transport.producerState, "paused")
+        self.clock.advance(1)
+        self.assertEqual(len(w.frames()), 20)
+
+    def test_responsesFree(self) -> None:
+        """
+        The client's responses to the server's requests, and blank lines,
+        take no token.
+        """
+        w = self.wire()
+        w.raw(b"IMGW/1.0 200 OK\r\nSeq: 1\r\n\r\n\r\n" * 500)
+        self.assertEqual(w.call("PING").code, 200)
+        self.assertEqual(w.transport.producerState, "producing")
+
+    def test_waitingIsNotIdle(self) -> None:
+        """
+        A connection whose requests wait for tokens longer than
+        C{idle_timeout} is not closed as idle; once they are answered, the
+        idle timer runs again.
+        """
+        self.factory.config = NativeConfig(requestsPerSecond=0.01, requestBurst=1, idleTimeout=60)
+        w = self.loggedIn()
+        w.raw(b"".join(serialise(Request("PING", "*", Headers.of(("Seq", str(i))))) for i in range(11, 14)))
+        for _ in range(3):
+            self.clock.advance(100)
+        self.assertEqual([f.seq for f in w.frames() if isinstance(f, Response)], [11, 12, 13])
+        self.assertFalse(w.transport.disconnecting)
+        self.clock.advance(60)
+        self.assertTrue(w.transport.disconnecting)
+
+
+class OrderTests(NativeFaceTestsMixin, SynchronousTestCase):
+    """
+    Requests on one connection are handled in the order sent; their
+    responses may come back in another order (matched by Seq), except
+    that C{AUTH} and C{BYE} are handled alone.
+    """
+
+    def test_pipelinedLogin(self) -> None:
+        """
+        AUTH, then PUBLISH and PING in the same write, with a login that
+        completes later: nothing after AUTH is handled (reading paused)
+        until AUTH is answered, so PUBLISH is served as logged in.
+        """
+        portal = SlowPortal(self.gateway.portal)
+        self.gateway.portal = portal  # type: ignore[assignment]
+        w = self.wire()
+        w.raw(
+            serialise(Request("AUTH", "*", Headers.of(("Seq", "1"), ("Mechanism", "PLAIN")), b"\0alice\0alice-pw"))
+            + serialise(Request("PUBLISH", "*", Headers.of(("Seq", "2"), ("Presence", "busy"))))
+            + serialise(Request("PING", "*", Headers.of(("Seq", "3"))))
+        )
+        self.assertEqual(w.frames(), [])
+        self.assertEqual(w.transport.producerState, "paused")
+        portal.release()
+        responses = [f for f in w.frames() if isinstance(f, Response)]
+        self.assertEqual([(r.seq, r.code) for r in responses], [(1, 200), (2, 200), (3, 200)])
+        self.assertEqual(w.transport.producerState, "producing")
+
+    def test_callsInOrderResponsesBySeq(self) -> None:
+        """
+        UNSUBSCRIBE then SUBSCRIBE in one write reach the session in that
+        order without waiting for each other; when the second finishes
+        first, its response is sent first (matched by Seq).
+        """
+        w = self.loggedIn()
+        session = FakeSession(w.protocol.session)
+        w.protocol.session = session  # type: ignore[assignment]
+        w.raw(
+            serialise(Request("UNSUBSCRIBE", "pres:bob@corp.example", Headers.of(("Seq", "7"))))
+            + serialise(Request("SUBSCRIBE", "pres:bob@corp.example", Headers.of(("Seq", "8"))))
+        )
+        self.assertEqual(session.calls, [("unsubscribe", "bob@corp.example"), ("subscribe", "bob@corp.example")])
+        first, second = session.pending
+        second.callback(AuthorisationState.PENDING)
+        first.callback(None)
+        self.assertEqual([(r.seq, r.code) for r in w.frames() if isinstance(r, Response)], [(8, 202), (7, 200)])
+
+    def test_byeWaitsForAnswers(self) -> None:
+        """
+        A BYE sent behind a request still being handled waits for it: the
+        request is answered, then the BYE, then the connection closes.
+        """
+        w = self.loggedIn()
+        session = FakeSession(w.protocol.session)
+        w.protocol.session = session  # type: ignore[assignment]
+        w.raw(
+            serialise(Request("SUBSCRIBE", "pres:bob@corp.example", Headers.of(("Seq", "4"))))
+            + serialise(Request("BYE", "*", Headers.of(("Seq", "5"))))
+        )
+        self.assertEqual(w.frames(), [])
+        self.assertFalse(w.transport.disconnecting)
+        session.pending[0].callback(AuthorisationState.AUTHORISED)
+        self.assertEqual([(r.seq, r.code) for r in w.frames() if isinstance(r, Response)], [(4, 200), (5, 200)])
+        self.assertTrue(w.transport.disconnecting)
+        self.assertEqual(session.calls[-1], ("close", "bye"))
 
 
 class SessionTests(NativeFaceTestsMixin, SynchronousTestCase):

@@ -387,9 +387,16 @@ class FrameParser:
     A sans-IO parser of native-protocol frames: give it bytes as they
     arrive with L{feed}, get back frames and framing errors in stream order.
 
-    It never buffers more than the current line (at most a limit plus two
-    bytes) or the current body (at most C{maxBodyBytes}), and searches each
-    byte for a line end once, however the stream is cut into chunks.
+    Or parse at the reader's pace: L{receive} stores bytes without parsing
+    them, and each L{next} parses just enough of what was received to
+    return one more frame or error. A reader that stops calling L{next}
+    (because it must not act on more requests yet) holds the rest as
+    unparsed bytes, never as frames.
+
+    Parsing never buffers more than the current line (at most a limit plus
+    two bytes) or the current body (at most C{maxBodyBytes}) beyond the
+    bytes received and not parsed yet, and searches each byte for a line
+    end once, however the stream is cut into chunks.
 
     @ivar closed: Whether a fatal error was met; L{feed} then returns
         nothing, ever.
@@ -423,37 +430,64 @@ class FrameParser:
     def bufferedBytes(self) -> int:
         """
         How many bytes of the stream the parser holds: those of an
-        incomplete line or body. Bodies being discarded are never held.
+        incomplete line or body, and those received but not parsed yet
+        (see L{next}). Bodies being discarded are never held.
         """
         return len(self._buf) - self._pos
 
     def feed(self, data: bytes) -> list[Frame | FramingError]:
         """
-        Parse more of the stream.
+        Parse more of the stream: L{receive} C{data}, then L{next} until
+        nothing more is complete.
 
         @param data: The bytes that arrived next.
-        @return: The frames completed by C{data}, and L{FramingError}s in
-            their place for frames that break the rules, in stream order.
-            A fatal error is always last; after it the parser is closed.
+        @return: The frames completed by C{data} (and by bytes received
+            before it and not parsed yet), and L{FramingError}s in their
+            place for frames that break the rules, in stream order. A fatal
+            error is always last; after it the parser is closed.
+        """
+        self.receive(data)
+        out: list[Frame | FramingError] = []
+        while (item := self.next()) is not None:
+            out.append(item)
+        return out
+
+    def receive(self, data: bytes) -> None:
+        """
+        Store the bytes that arrived next, without parsing them yet: L{next}
+        parses them.
+
+        @param data: The bytes.
+        """
+        if not self.closed:
+            self._buf += data
+
+    def next(self) -> Frame | FramingError | None:
+        """
+        Parse what was received up to the end of the next frame.
+
+        @return: The next frame, or a L{FramingError} in its place; or
+            C{None} if no more is complete yet. After a fatal error (which
+            it returns once) the parser is closed and this returns C{None}.
         """
         if self.closed:
-            return []
-        self._buf += data
+            return None
         out: list[Frame | FramingError] = []
         try:
-            while self._step(out):
+            while not out and self._step(out):
                 pass
         except FramingError as e:
             self.closed = True
             self._buf = bytearray()
             self._pos = 0
             e.inResponse = e.inResponse or self._isResponse
-            out.append(e)
-            return out
-        if self._pos:
+            return e
+        if self._pos and (not out or self._pos >= 65536):
+            # Drop what was parsed (amortised: not after every frame of a
+            # large read).
             del self._buf[: self._pos]
             self._pos = 0
-        return out
+        return out[0] if out else None
 
     def _step(self, out: list[Frame | FramingError]) -> bool:
         """

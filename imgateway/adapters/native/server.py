@@ -8,10 +8,9 @@ gateway's portal and acting as that session's L{ISessionClient}.
 from __future__ import annotations
 
 import json
-import math
 import unicodedata
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -64,6 +63,8 @@ from imgateway.core.records import AccessList, AuthorisationState, ContactView
 from imgateway.interfaces import IGateway, ISession, ISessionClient
 
 __all__ = ["NativeConfig", "NativeServerFactory", "NativeServerProtocol"]
+
+_T = TypeVar("_T")
 
 
 @frozen
@@ -155,13 +156,21 @@ class NativeServerProtocol(Protocol):
         self._bucket = TokenBucket(config.requestsPerSecond, config.requestBurst, clock)
         self._outSeq = 0
         self._mechanism: Any = None
-        self._authBusy = False
         self._authFailures = 0
         self._loginTimer: IDelayedCall | None = None
         self._idleTimer: IDelayedCall | None = None
         self._closing = False
         self._counted = False
         self._rateLimited = False
+        # The input pipeline (see _process): the item parsed but not handled
+        # yet, the timer that waits for a token, requests being handled,
+        # whether one of them is a barrier, and whether reading is paused.
+        self._held: Request | FramingError | None = None
+        self._tokenTimer: IDelayedCall | None = None
+        self._inFlight = 0
+        self._barrier = False
+        self._processing = False
+        self._readingPaused = False
         self._sendGuard: SendQueueGuard | None = None
         self._handlers: dict[str, Callable[[Request], Any]] = {
             "OPTIONS": self.do_OPTIONS,
@@ -210,10 +219,11 @@ class NativeServerProtocol(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self.factory.connections.discard(self)
         self._uncount()
-        for timer in (self._loginTimer, self._idleTimer):
+        for timer in (self._loginTimer, self._idleTimer, self._tokenTimer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._loginTimer = self._idleTimer = None
+        self._loginTimer = self._idleTimer = self._tokenTimer = None
+        self._held = None
         self._closing = True
         session, self.session = self.session, None
         if session is not None:
@@ -236,6 +246,10 @@ class NativeServerProtocol(Protocol):
         self._bye("login-timeout")
 
     def _idleTimedOut(self) -> None:
+        if self._tokenTimer is not None:
+            # Not idle: its requests wait for tokens (and reading is paused).
+            self._idleTimer = self.clock.callLater(self.config.idleTimeout, self._idleTimedOut)
+            return
         self._idleTimer = None
         self._bye("idle-timeout")
 
@@ -272,42 +286,90 @@ class NativeServerProtocol(Protocol):
             return
         if self._idleTimer is not None:
             self._idleTimer.reset(self.config.idleTimeout)
-        for item in self._parser.feed(data):
-            if self._closing:
-                return
-            if isinstance(item, FramingError):
-                if item.fatal:
-                    self.log.info(
-                        "Closing {peer}: {code} {reason} ({detail})",
-                        peer=self.transport.getPeer(),  # type: ignore[union-attr]
-                        code=item.code,
-                        reason=item.reason,
-                        detail=item.detail,
-                    )
-                # A bad response is never answered (its Seq is one of ours).
-                if item.fatal or not item.inResponse:
-                    self._respond(item.seq or 0, item.code, f"{item.reason}: {item.detail}")
-                if item.fatal:
-                    self._close()
-                    return
-            elif isinstance(item, Response):
-                self._responseReceived(item)
-            else:
-                self._requestReceived(item)
+        self._parser.receive(data)
+        self._process()
+
+    def _process(self) -> None:
+        """
+        Handle what was received, frame by frame in stream order, until it
+        runs out or the next request must wait: for a token of the rate
+        limit, or for a barrier (C{AUTH}, C{BYE}: see L{_BARRIERS}). While
+        something waits, reading from the transport is paused, so what is
+        not handled yet stays unparsed in the parser or unread in the
+        network, and one read never makes more than C{request_burst}
+        requests' worth of work.
+        """
+        if self._processing:
+            return  # a handler finished synchronously: the loop goes on
+        self._processing = True
+        try:
+            while not self._closing and not self._barrier and self._tokenTimer is None:
+                item = self._held if self._held is not None else self._parser.next()
+                self._held = None
+                if item is None:
+                    break
+                if isinstance(item, Response):
+                    self._responseReceived(item)
+                elif isinstance(item, FramingError) and (item.fatal or item.inResponse):
+                    self._framingError(item)
+                elif isinstance(item, Request) and item.method in _BARRIERS and self._inFlight:
+                    # Wait until every earlier request has been answered.
+                    self._held = item
+                    break
+                elif not self._bucket.consume():
+                    self._held = item
+                    self._waitForToken()
+                    break
+                elif isinstance(item, FramingError):
+                    self._framingError(item)
+                else:
+                    self._requestReceived(item)
+        finally:
+            self._processing = False
+        self._pauseReading(self._barrier or self._held is not None)
+
+    def _pauseReading(self, pause: bool) -> None:
+        if self._closing or self.transport is None or pause == self._readingPaused:
+            return
+        if getattr(self.transport, "disconnecting", False):
+            return
+        self._readingPaused = pause
+        if pause:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        else:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def _waitForToken(self) -> None:
+        if not self._rateLimited:
+            self._rateLimited = True
+            self.log.warn(
+                "Rate-limiting {peer} ({who}): more than {rate}/s requests; reading paused while it waits",
+                peer=self.transport.getPeer(),  # type: ignore[union-attr]
+                who=self.session.address if self.session is not None else "not logged in",
+                rate=self.config.requestsPerSecond,
+            )
+        self._tokenTimer = self.clock.callLater(self._bucket.retryAfter(), self._tokenReady)
+
+    def _tokenReady(self) -> None:
+        self._tokenTimer = None
+        self._process()
+
+    def _framingError(self, item: FramingError) -> None:
+        if item.fatal:
+            self.log.info(
+                "Closing {peer}: {code} {reason} ({detail})",
+                peer=self.transport.getPeer(),  # type: ignore[union-attr]
+                code=item.code,
+                reason=item.reason,
+                detail=item.detail,
+            )
+        # A bad response is never answered (its Seq is one of ours).
+        if item.fatal or not item.inResponse:
+            self._respond(item.seq or 0, item.code, f"{item.reason}: {item.detail}")
+        if item.fatal:
+            self._close()
 
     def _requestReceived(self, request: Request) -> None:
-        if not self._bucket.consume():
-            if not self._rateLimited:
-                self._rateLimited = True
-                self.log.warn(
-                    "Rate-limiting {peer} ({who}): more than {rate}/s requests",
-                    peer=self.transport.getPeer(),  # type: ignore[union-attr]
-                    who=self.session.address if self.session is not None else "not logged in",
-                    rate=self.config.requestsPerSecond,
-                )
-            wait = max(1, math.ceil(self._bucket.retryAfter()))
-            self._respond(request.seq, 429, "Too Many Requests", (("Retry-After", str(wait)),))
-            return
         handler = self._handlers.get(request.method)
         if handler is None:
             self._respond(request.seq, 405, f"Unknown method {request.method}")
@@ -320,6 +382,26 @@ class NativeServerProtocol(Protocol):
             return
         d = maybeDeferred(handler, request)
         d.addCallbacks(lambda r: self._answered(request, r), lambda f: self._failed(request, f))
+        answered = False
+
+        def done(result: _T) -> _T:
+            nonlocal answered
+            answered = True
+            return result
+
+        d.addBoth(done)
+        if not answered:
+            barrier = request.method in _BARRIERS
+            self._inFlight += 1
+            self._barrier = self._barrier or barrier
+            d.addBoth(self._requestDone, barrier)
+
+    def _requestDone(self, result: _T, barrier: bool) -> _T:
+        self._inFlight -= 1
+        if barrier:
+            self._barrier = False
+        self._process()
+        return result
 
     def _answered(self, request: Request, result: tuple[int, str, tuple[tuple[str, str], ...], bytes] | None) -> None:
         code, reason, headers, body = result if result is not None else (200, "OK", (), b"")
@@ -413,8 +495,6 @@ class NativeServerProtocol(Protocol):
     def do_AUTH(self, request: Request) -> Deferred[Any] | tuple[int, str, tuple[tuple[str, str], ...], bytes]:
         if self.session is not None:
             raise _Reply(400, "Already logged in")
-        if self._authBusy:
-            raise _Reply(400, "Authentication step in progress")
         name = request.headers.get("Mechanism")
         if name is not None:
             name = name.strip().upper()
@@ -430,16 +510,9 @@ class NativeServerProtocol(Protocol):
             )
         elif self._mechanism is None:
             raise _Reply(400, "Mechanism header required to start")
-        self._authBusy = True
         d: Deferred[Any] = self._mechanism.step(request.body)
         d.addCallback(self._authStepped)
-        d.addErrback(self._authFailed)
-
-        def done(result: Any) -> Any:
-            self._authBusy = False
-            return result
-
-        return d.addBoth(done)
+        return d.addErrback(self._authFailed)
 
     def _authStepped(self, step: Any) -> Any:
         if not step.complete:
@@ -646,6 +719,13 @@ class NativeServerProtocol(Protocol):
     def sessionClosed(self, reason: str) -> None:
         self.session = None
         self._bye(reason)
+
+
+#: Requests handled alone: each waits until every earlier request has been
+#: answered, and no later request is handled until it has been (an C{AUTH}
+#: step changes what the next requests may do; a C{BYE} closes the
+#: connection only after the answers to the requests before it).
+_BARRIERS = frozenset({"AUTH", "BYE"})
 
 
 class _Closed(Exception):

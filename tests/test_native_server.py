@@ -136,6 +136,25 @@ class LoginTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertEqual(w.login("alice", "alice-pw").code, 426)
         self.assertEqual(w.login("alice", "alice-pw", "SCRAM-SHA-256").code, 200)
 
+    def test_noStartTLS(self) -> None:
+        """
+        There is no STARTTLS: from a non-loopback peer over plain TCP, a
+        C{STARTTLS *} request and a PLAIN C{AUTH} in the same segment get
+        405 and then 426, as if the STARTTLS had not been sent; nothing is
+        taken as encrypted, and PLAIN is still not offered.
+        """
+        w = self.wire(REMOTE)
+        w.raw(
+            b"STARTTLS * IMGW/1.0\r\nSeq: 1\r\n\r\n"
+            + serialise(Request("AUTH", "*", Headers.of(("Seq", "2"), ("Mechanism", "PLAIN")), b"\0alice\0alice-pw"))
+        )
+        self.assertEqual([(r.seq, r.code) for r in w.frames() if isinstance(r, Response)], [(1, 405), (2, 426)])
+        self.assertIsNone(w.protocol.session)
+        self.assertFalse(w.protocol.secure)
+        self.assertNotIn("PLAIN", w.call("OPTIONS").headers.get("Mechanisms") or "")
+        self.assertEqual(w.call("STARTTLS", "*", [("Mechanism", "PLAIN")]).code, 405)
+        self.assertEqual(w.login("alice", "alice-pw").code, 426)
+
     def test_plainAllowedByConfig(self) -> None:
         """
         C{allow_plaintext_auth} lets PLAIN through from anywhere.

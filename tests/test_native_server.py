@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.interfaces import ISSLTransport
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from imgateway.adapters.native.adapter import NativeAdapter
@@ -32,14 +34,41 @@ LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
 REMOTE = IPv4Address("TCP", "192.0.2.7", 40000)
 
 
+@implementer(ISSLTransport)
+class TLSStringTransport(StringTransport):
+    """
+    A L{StringTransport} that says it is encrypted, as a C{tls:} listener's
+    transport does.
+    """
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+    def getTcpNoDelay(self) -> bool:
+        return True
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        pass
+
+    def getTcpKeepAlive(self) -> bool:
+        return False
+
+    def loseWriteConnection(self) -> None:
+        pass
+
+    def getPeerCertificate(self) -> None:
+        return None
+
+
 class Wire:
     """
     One client connection to a native face: write requests, read what the
     server wrote.
     """
 
-    def __init__(self, factory: NativeServerFactory, peer: IPv4Address = LOOPBACK) -> None:
-        self.transport = StringTransport(peerAddress=peer, hostAddress=IPv4Address("TCP", "127.0.0.1", 5300))
+    def __init__(self, factory: NativeServerFactory, peer: IPv4Address = LOOPBACK, secure: bool = False) -> None:
+        kind = TLSStringTransport if secure else StringTransport
+        self.transport = kind(peerAddress=peer, hostAddress=IPv4Address("TCP", "127.0.0.1", 5300))
         self.protocol = factory.buildProtocol(peer)
         self.protocol.makeConnection(self.transport)
         self._parser = FrameParser()
@@ -135,6 +164,37 @@ class LoginTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertNotIn("PLAIN", w.call("OPTIONS").headers.get("Mechanisms") or "")
         self.assertEqual(w.login("alice", "alice-pw").code, 426)
         self.assertEqual(w.login("alice", "alice-pw", "SCRAM-SHA-256").code, 200)
+
+    def test_mechanismsByPeer(self) -> None:
+        """
+        PLAIN is offered and accepted on TLS and on loopback (IPv4, IPv6,
+        IPv4-mapped IPv6, UNIX sockets) whatever C{allow_plaintext_auth}
+        says; from any other address over plain TCP it is neither offered
+        nor accepted (426) unless C{allow_plaintext_auth}.
+        """
+        scram = "SCRAM-SHA-256, SCRAM-SHA-1"
+        loopback = [
+            IPv4Address("TCP", "127.0.0.1", 40000),
+            IPv4Address("TCP", "127.8.9.10", 40000),
+            IPv6Address("TCP", "::1", 40000),
+            IPv6Address("TCP", "::ffff:127.0.0.1", 40000),
+            UNIXAddress(b"/run/imgateway.sock"),
+        ]
+        remote = [
+            IPv4Address("TCP", "192.0.2.7", 40000),
+            IPv6Address("TCP", "2001:db8::7", 40000),
+            IPv6Address("TCP", "::ffff:192.0.2.7", 40000),
+        ]
+        for allow in (False, True):
+            self.factory.config = NativeConfig(allowPlaintextAuth=allow)
+            for peer, secure in [(p, False) for p in loopback + remote] + [(p, True) for p in remote]:
+                plain = secure or allow or peer in loopback
+                w = Wire(self.factory, peer, secure)  # type: ignore[arg-type]
+                self.assertEqual(
+                    w.call("OPTIONS").headers.get("Mechanisms"), scram + ", PLAIN" if plain else scram, (allow, peer, secure)
+                )
+                self.assertEqual(w.login("alice", "alice-pw").code, 200 if plain else 426, (allow, peer, secure))
+                w.protocol.connectionLost()
 
     def test_noStartTLS(self) -> None:
         """

@@ -36,9 +36,12 @@ def isLoopback(address: object) -> bool:
         return True
     if isinstance(address, (IPv4Address, IPv6Address)):
         try:
-            return ip_address(address.host.split("%")[0]).is_loopback
+            ip = ip_address(address.host.split("%")[0])
         except ValueError:
             return False
+        # An IPv4 peer of a dual-stack (::) listener: ::ffff:127.0.0.1.
+        mapped = getattr(ip, "ipv4_mapped", None)
+        return (mapped or ip).is_loopback
     return False
 
 

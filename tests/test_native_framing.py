@@ -989,3 +989,146 @@ class LimitTests(ParserTestCase):
             parser.feed(b"a")
             held = max(held, parser.bufferedBytes)
         self.assertLessEqual(held, SMALL.maxStartLineBytes + 2)
+
+
+#: Limits between L{SMALL} and the defaults, so that the boundaries are
+#: tried at other sizes too.
+MEDIUM = Limits(maxStartLineBytes=70, maxHeaderBytes=300, maxHeaders=9, maxBodyBytes=257)
+
+
+def startLine(size: int) -> bytes:
+    """
+    A request start line of exactly C{size} bytes (without its line end)
+    whose target is made of two-byte characters (and one C{x} if needed):
+    the limit counts bytes, not characters.
+    """
+    room = size - len(b"FROB  IMGW/1.0")
+    target = "x" * (room % 2) + "\u00e9" * (room // 2)
+    line = f"FROB {target} IMGW/1.0".encode("utf-8")
+    assert len(line) == size
+    return line
+
+
+class SplitBoundaryTests(SynchronousTestCase):
+    """
+    Every limit accepts exactly its value and refuses one byte (or header)
+    more, however the stream is cut: each frame is fed in two chunks cut at
+    every byte position, behind another frame, with CRLF and with LF line
+    ends.
+    """
+
+    ping = request("PING", "*", 1)
+
+    def cuts(self, data: bytes, limits: Limits, positions: range | list[int] | None = None) -> list[tuple[int, list[Frame | FramingError]]]:
+        """
+        Parse L{ping} then C{data} then L{ping} again, fed in two chunks
+        cut at each position (every position unless given).
+        """
+        stream = serialise(self.ping) + data + serialise(self.ping)
+        out = []
+        for i in positions if positions is not None else range(len(stream) + 1):
+            parser = FrameParser(limits)
+            out.append((i, parser.feed(stream[:i]) + parser.feed(stream[i:])))
+        return out
+
+    def assertAccepted(self, data: bytes, limits: Limits, positions: range | list[int] | None = None) -> Frame:
+        """
+        C{data} is one frame, accepted wherever the stream is cut.
+
+        @return: The frame.
+        """
+        frames = set()
+        for i, out in self.cuts(data, limits, positions):
+            self.assertEqual(len(out), 3, (i, out))
+            self.assertEqual((out[0], out[2]), (self.ping, self.ping), i)
+            self.assertIsInstance(out[1], (Request, Response), (i, out))
+            frames.add(out[1])
+        [frame] = frames
+        return frame  # type: ignore[no-any-return]
+
+    def assertRefused(self, data: bytes, limits: Limits, code: int, fatal: bool, positions: range | list[int] | None = None) -> None:
+        """
+        C{data} is refused with C{code} wherever the stream is cut: a fatal
+        error ends the parse; after a non-fatal one the next frame is
+        parsed.
+        """
+        for i, out in self.cuts(data, limits, positions):
+            self.assertEqual(out[0], self.ping, i)
+            error = out[1]
+            assert isinstance(error, FramingError), (i, out)
+            self.assertEqual((error.code, error.fatal), (code, fatal), i)
+            self.assertEqual(out[2:], [] if fatal else [self.ping], i)
+
+    def test_startLine(self) -> None:
+        """
+        A start line of C{maxStartLineBytes} bytes is accepted, one of a
+        byte more is a fatal 431.
+        """
+        for limits in (SMALL, MEDIUM, Limits()):
+            n = limits.maxStartLineBytes
+            for eol in (b"\r\n", b"\n"):
+                frame = self.assertAccepted(startLine(n) + eol + b"Seq: 5" + eol + eol, limits)
+                assert isinstance(frame, Request)
+                self.assertEqual(len(f"{frame.method} {frame.target} IMGW/1.0".encode()), n)
+                self.assertRefused(startLine(n + 1) + eol + b"Seq: 5" + eol + eol, limits, 431, True)
+
+    def headerBlock(self, size: int, eol: bytes) -> bytes:
+        """
+        Header lines of exactly C{size} bytes with their line ends:
+        C{Seq: 5} then C{X-Pad} made of two-byte characters (and one C{y}
+        if needed).
+        """
+        seq = b"Seq: 5" + eol
+        room = size - len(seq) - len(b"X-Pad: ") - len(eol)
+        pad = ("y" * (room % 2) + "\u00e9" * (room // 2)).encode("utf-8")
+        block = seq + b"X-Pad: " + pad + eol
+        assert len(block) == size
+        return block
+
+    def test_headerBytes(self) -> None:
+        """
+        Header lines of C{maxHeaderBytes} bytes together (line ends
+        included) are accepted; a byte more is a fatal 431.
+        """
+        for limits in (SMALL, MEDIUM, Limits()):
+            n = limits.maxHeaderBytes
+            for eol in (b"\r\n", b"\n"):
+                self.assertAccepted(b"PING * IMGW/1.0" + eol + self.headerBlock(n, eol) + eol, limits)
+                self.assertRefused(b"PING * IMGW/1.0" + eol + self.headerBlock(n + 1, eol) + eol, limits, 431, True)
+
+    def test_headerCount(self) -> None:
+        """
+        C{maxHeaders} header lines are accepted; one more is a fatal 431.
+        """
+        for limits in (SMALL, MEDIUM, Limits()):
+            n = limits.maxHeaders
+            for eol in (b"\r\n", b"\n"):
+                head = b"PING * IMGW/1.0" + eol + b"Seq: 5" + eol + (b"X: y" + eol) * (n - 1)
+                frame = self.assertAccepted(head + eol, limits)
+                self.assertEqual(len(frame.headers), n)
+                self.assertRefused(head + b"X: y" + eol + eol, limits, 431, True)
+
+    def test_body(self) -> None:
+        """
+        A body of C{maxBodyBytes} is accepted; one of a byte more is a
+        non-fatal 413, its bytes skipped, and the next frame parsed. With
+        the default limits the stream is cut at every position of the
+        start line, the headers and the first and last 300 bytes of the
+        body, and every 61 bytes in between.
+        """
+        for limits in (SMALL, MEDIUM, Limits()):
+            for size, accepted in ((limits.maxBodyBytes, True), (limits.maxBodyBytes + 1, False)):
+                body = b"\r\n" * (size // 2) + b"z" * (size % 2)
+                data = b"MESSAGE im:b@c IMGW/1.0\r\nSeq: 5\r\nContent-Length: %d\r\n\r\n" % (size,) + body
+                positions: list[int] | None = None
+                if limits.maxBodyBytes > 1000:
+                    total = len(serialise(self.ping)) * 2 + len(data)
+                    start = len(serialise(self.ping)) + len(data) - size
+                    positions = sorted(
+                        set(range(start + 300)) | set(range(start + 300, total - 300, 61)) | set(range(total - 300, total + 1))
+                    )
+                if accepted:
+                    frame = self.assertAccepted(data, limits, positions)
+                    self.assertEqual(frame.body, body)
+                else:
+                    self.assertRefused(data, limits, 413, False, positions)

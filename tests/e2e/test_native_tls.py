@@ -19,6 +19,8 @@ from twisted.trial.unittest import TestCase
 
 from imgateway.client.protocol import ClientError
 
+from tests.test_native_framing import startLine
+
 from tests.e2e.harness import (
     TLS_HOSTNAME,
     GatewayProcess,
@@ -28,6 +30,7 @@ from tests.e2e.harness import (
     makeCertificates,
     openConnection,
     rawConnect,
+    sleep,
     tlsClientEndpoint,
     tlsServerEndpoint,
 )
@@ -134,6 +137,88 @@ class TLSTests(TestCase):
         await alice.sendMessage(BOB, "still here")
         await bobSees.waitForMessage(ALICE, "still here")
         await bob.ping()
+        self.assertTrue(gw.running)
+
+    async def test_limitsAtTheirBoundaries(self) -> None:
+        """
+        Over a real TLS listener with small limits, each limit accepts
+        exactly its value and refuses one more, whether the frame arrives
+        in one TLS record or in one record per byte: a start line of
+        C{max_start_line_bytes} bytes (of two-byte characters) is answered
+        (405: the method is unknown), one byte more gets 431 and the
+        connection closes; the same for C{max_header_bytes} (200, then
+        431) and C{max_headers}; a body of C{max_body_bytes} is answered
+        (401: not logged in), one byte more gets 413 and the connection
+        goes on. And 300 PINGs in one record, with C{request_burst = 20}
+        and C{requests_per_second = 200}, are answered in order as reading
+        pauses and resumes under TLS.
+        """
+        certificates = os.path.abspath(self.mktemp())
+        caPath, serverDir = makeCertificates(certificates)
+        tcpPort, tlsPort = freePort(), freePort()
+        limits = {"max_start_line_bytes": 100, "max_header_bytes": 300, "max_headers": 6, "max_body_bytes": 700}
+        rate = {"requests_per_second": 200, "request_burst": 20}
+        gw = GatewayProcess(
+            self,
+            {"native": {"listen": [f"tcp:{tcpPort}:interface=127.0.0.1", tlsServerEndpoint(serverDir, tlsPort)], **limits, **rate}},
+            port=tcpPort,
+            waitPorts=[tcpPort, tlsPort],
+        )
+        await gw.start()
+
+        def headers(size: int) -> bytes:
+            # Header lines of exactly size bytes, CRLFs included.
+            seq = b"Seq: 2\r\n"
+            room = size - len(seq) - len(b"X-Pad: \r\n")
+            block = seq + b"X-Pad: " + (b"y" * (room % 2) + "\u00e9".encode() * (room // 2)) + b"\r\n"
+            assert len(block) == size
+            return block
+
+        def message(size: int) -> bytes:
+            body = b"\r\n" * (size // 2) + b"z" * (size % 2)
+            return b"MESSAGE im:bob@corp.example IMGW/1.0\r\nSeq: 2\r\nContent-Length: %d\r\n\r\n" % size + body
+
+        n = limits
+        cases = [
+            (startLine(n["max_start_line_bytes"]) + b"\r\nSeq: 2\r\n\r\n", 405),
+            (startLine(n["max_start_line_bytes"] + 1) + b"\r\nSeq: 2\r\n\r\n", 431),
+            (b"PING * IMGW/1.0\r\n" + headers(n["max_header_bytes"]) + b"\r\n", 200),
+            (b"PING * IMGW/1.0\r\n" + headers(n["max_header_bytes"] + 1) + b"\r\n", 431),
+            (b"PING * IMGW/1.0\r\nSeq: 2\r\n" + b"X: y\r\n" * (n["max_headers"] - 1) + b"\r\n", 200),
+            (b"PING * IMGW/1.0\r\nSeq: 2\r\n" + b"X: y\r\n" * n["max_headers"] + b"\r\n", 431),
+            (message(n["max_body_bytes"]), 401),
+            (message(n["max_body_bytes"] + 1), 413),
+        ]
+        for data, code in cases:
+            for perByte in (False, True):
+                conn = await rawConnect(self, tlsClientEndpoint(tlsPort, caPath))
+                conn.send(b"OPTIONS * IMGW/1.0\r\nSeq: 1\r\n\r\n")
+                await conn.waitFor(conn.codes, description="OPTIONS answered")
+                if perByte:
+                    # Twisted's TLS joins the writes of one reactor turn
+                    # into one record: a turn per byte makes a record per
+                    # byte, which the server reads one at a time.
+                    for i in range(len(data)):
+                        conn.send(data[i : i + 1])
+                        await sleep(0)
+                else:
+                    conn.send(data)
+                conn.send(b"PING * IMGW/1.0\r\nSeq: 3\r\n\r\n")
+                what = f"{code} case, {'a record per byte' if perByte else 'one record'}"
+                if code == 431:
+                    await conn.waitForClose()
+                    self.assertEqual([(r.seq, r.code) for r in conn.responses()], [(1, 200), (0, 431)], what)
+                else:
+                    await conn.waitFor(lambda: len(conn.codes()) == 3, description=what)
+                    self.assertEqual([(r.seq, r.code) for r in conn.responses()], [(1, 200), (2, code), (3, 200)], what)
+                    self.assertIsNone(conn.lost, what)
+                await conn.close()
+
+        flood = await rawConnect(self, tlsClientEndpoint(tlsPort, caPath))
+        flood.send(b"".join(b"PING * IMGW/1.0\r\nSeq: %d\r\n\r\n" % i for i in range(1, 301)))
+        await flood.waitFor(lambda: len(flood.codes()) == 300, timeout=15, description="300 PINGs answered")
+        self.assertEqual([(r.seq, r.code) for r in flood.responses()], [(i, 200) for i in range(1, 301)])
+        self.assertIsNone(flood.lost)
         self.assertTrue(gw.running)
 
     def _assertVerifyFailed(self, reason: Failure | None) -> None:

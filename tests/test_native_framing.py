@@ -1037,14 +1037,15 @@ class SplitBoundaryTests(SynchronousTestCase):
 
         @return: The frame.
         """
-        frames = set()
+        frames: set[Frame] = set()
         for i, out in self.cuts(data, limits, positions):
             self.assertEqual(len(out), 3, (i, out))
             self.assertEqual((out[0], out[2]), (self.ping, self.ping), i)
-            self.assertIsInstance(out[1], (Request, Response), (i, out))
-            frames.add(out[1])
+            item = out[1]
+            assert isinstance(item, (Request, Response)), (i, out)
+            frames.add(item)
         [frame] = frames
-        return frame  # type: ignore[no-any-return]
+        return frame
 
     def assertRefused(self, data: bytes, limits: Limits, code: int, fatal: bool, positions: range | list[int] | None = None) -> None:
         """

@@ -14,8 +14,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.internet.interfaces import ISSLTransport
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from imgateway.adapters.native.adapter import NativeAdapter
@@ -27,37 +25,11 @@ from imgateway.config import ConfigTable, HomeConfig
 from imgateway.core.errors import ConfigError
 from imgateway.core.records import AuthorisationState
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
-from imgateway.testing import addUser, memoryGateway
+from imgateway.testing import TLSStringTransport, addUser, memoryGateway
 from tests.test_native_mapping import scrambleCoreValues
 
 LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
 REMOTE = IPv4Address("TCP", "192.0.2.7", 40000)
-
-
-@implementer(ISSLTransport)
-class TLSStringTransport(StringTransport):
-    """
-    A L{StringTransport} that says it is encrypted, as a C{tls:} listener's
-    transport does.
-    """
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        pass
-
-    def getTcpNoDelay(self) -> bool:
-        return True
-
-    def setTcpKeepAlive(self, enabled: bool) -> None:
-        pass
-
-    def getTcpKeepAlive(self) -> bool:
-        return False
-
-    def loseWriteConnection(self) -> None:
-        pass
-
-    def getPeerCertificate(self) -> None:
-        return None
 
 
 class Wire:
@@ -67,8 +39,15 @@ class Wire:
     """
 
     def __init__(self, factory: NativeServerFactory, peer: IPv4Address = LOOPBACK, secure: bool = False) -> None:
-        kind = TLSStringTransport if secure else StringTransport
-        self.transport = kind(peerAddress=peer, hostAddress=IPv4Address("TCP", "127.0.0.1", 5300))
+        host = IPv4Address("TCP", "127.0.0.1", 5300)
+        if secure:
+            # As on a tls: listener: encrypted before the first byte.
+            tls = TLSStringTransport(hostAddress=host, peerAddress=peer)
+            tls.startTLS(object())
+            tls.completeHandshake()
+            self.transport: StringTransport = tls
+        else:
+            self.transport = StringTransport(peerAddress=peer, hostAddress=host)
         self.protocol = factory.buildProtocol(peer)
         self.protocol.makeConnection(self.transport)
         self._parser = FrameParser()

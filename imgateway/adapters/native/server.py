@@ -476,7 +476,7 @@ class NativeServerProtocol(Protocol):
                 ("Mechanisms", ", ".join(mechanisms)),
                 ("Max-Body", str(c.maxBodyBytes)),
                 ("Max-Header", str(c.maxHeaderBytes)),
-                ("Max-Message-Chars", str(self.gateway.homeServer.config.maxMessageChars)),
+                ("Max-Message-Chars", str(self.gateway.config.home.maxMessageChars)),
             ),
             b"",
         )

@@ -133,6 +133,7 @@ class LoginTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertEqual(r.headers.get("Domain"), "corp.example")
         self.assertEqual(r.headers.get("Mechanisms"), "SCRAM-SHA-256, SCRAM-SHA-1, PLAIN")
         self.assertEqual(r.headers.get("Max-Body"), str(self.config.maxBodyBytes))
+        self.assertEqual(r.headers.get("Max-Message-Chars"), "16384")
 
     def test_plainRefusedInClear(self) -> None:
         """

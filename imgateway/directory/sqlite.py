@@ -39,6 +39,15 @@ MIGRATIONS: Migrations = [
         """,
         "CREATE INDEX accounts_by_domain ON accounts (domain, local)",
     ],
+    # Version 2: passwords in the clear (SASL PLAIN) are checked against the
+    # SCRAM verifiers; the scrypt hash kept beside them goes. The verifiers
+    # stay as they are, so no password has to be set again.
+    [
+        """
+        UPDATE accounts SET credentials = json_remove(credentials, '$.scrypt')
+        WHERE json_valid(credentials) AND json_type(credentials, '$.scrypt') IS NOT NULL
+        """,
+    ],
 ]
 
 _COLUMNS = "local, domain, home_server, display_name, enabled, credentials"

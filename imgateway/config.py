@@ -3,7 +3,8 @@
 The configuration file: TOML, read once at start-up and checked whole before
 any port is opened.
 
-Core tables are parsed here (C{[gateway]}, C{[home]}, C{[auth]}); each
+Core tables are parsed here (C{[gateway]}, C{[home]}, C{[auth]},
+C{[limits]}); each
 protocol adapter parses its own table with L{ConfigTable}, so every error
 names the file, the table and the key.
 """
@@ -23,6 +24,7 @@ from twisted.python.filepath import FilePath
 from imgateway.auth.passwords import DEFAULT_SCRAM_ITERATIONS
 from imgateway.core.address import normaliseDomain
 from imgateway.core.errors import ConfigError, InvalidAddress
+from imgateway.core.throttle import LimitsConfig
 
 __all__ = [
     "CONFIG_ENVIRONMENT",
@@ -31,6 +33,7 @@ __all__ = [
     "ConfigTable",
     "GatewayConfig",
     "HomeConfig",
+    "LimitsConfig",
     "findConfig",
     "loadConfig",
     "parseConfig",
@@ -173,6 +176,8 @@ class AuthConfig:
     """
 
     scramIterations: int = DEFAULT_SCRAM_ITERATIONS
+    passwordWorkers: int = 2
+    passwordQueue: int = 256
 
 
 @frozen
@@ -187,6 +192,7 @@ class GatewayConfig:
     @ivar homeServerName: This process's home server name in the directory.
     @ivar adapters: Adapter name to its parsed config, for every enabled
         adapter, in config-file order.
+    @ivar limits: The C{[limits]} table: per-source limits of every face.
     """
 
     path: FilePath[str]
@@ -196,10 +202,12 @@ class GatewayConfig:
     home: HomeConfig
     auth: AuthConfig
     adapters: dict[str, object]
+    limits: LimitsConfig = LimitsConfig()
 
 
 _HOME = HomeConfig()
 _AUTH = AuthConfig()
+_LIMITS = LimitsConfig()
 
 
 def parseConfig(
@@ -246,14 +254,37 @@ def parseConfig(
 
     a = top.table("auth")
     a.where = f"{where} [auth]"
-    auth = AuthConfig(scramIterations=a.positive("scram_iterations", int, _AUTH.scramIterations))
+    auth = AuthConfig(
+        scramIterations=a.positive("scram_iterations", int, _AUTH.scramIterations),
+        passwordWorkers=a.positive("password_workers", int, _AUTH.passwordWorkers),
+        passwordQueue=a.positive("password_queue", int, _AUTH.passwordQueue),
+    )
     if auth.scramIterations < 4096:
         raise a.error("scram_iterations", "must be at least 4096 (RFC 7677)")
     a.finish()
 
+    lt = top.table("limits")
+    lt.where = f"{where} [limits]"
+    limits = LimitsConfig(
+        loginFailuresPerAddress=lt.positive("login_failures_per_address", int, _LIMITS.loginFailuresPerAddress),
+        addressBlockSeconds=lt.positive("address_block_seconds", float, _LIMITS.addressBlockSeconds),
+        loginFailuresPerAccount=lt.positive("login_failures_per_account", int, _LIMITS.loginFailuresPerAccount),
+        accountBlockSeconds=lt.positive("account_block_seconds", float, _LIMITS.accountBlockSeconds),
+        loginFailureWindow=lt.positive("login_failure_window", float, _LIMITS.loginFailureWindow),
+        maxUnauthenticatedPerAddress=lt.positive(
+            "max_unauthenticated_per_address", int, _LIMITS.maxUnauthenticatedPerAddress
+        ),
+        connectionsPerSecondPerAddress=lt.positive(
+            "connections_per_second_per_address", float, _LIMITS.connectionsPerSecondPerAddress
+        ),
+        connectionBurstPerAddress=lt.positive("connection_burst_per_address", int, _LIMITS.connectionBurstPerAddress),
+        maxTrackedSources=lt.positive("max_tracked_sources", int, _LIMITS.maxTrackedSources),
+    )
+    lt.finish()
+
     adapters: dict[str, object] = {}
     for name in data:
-        if name in ("gateway", "home", "auth"):
+        if name in ("gateway", "home", "auth", "limits"):
             continue
         if name not in adapterParsers:
             known = ", ".join(sorted(adapterParsers)) or "none installed"
@@ -269,7 +300,7 @@ def parseConfig(
             adapters[name] = adapterParsers[name](adapterTable, reactor)
             adapterTable.finish()
     top.finish()
-    return GatewayConfig(path, domain, dataDir, homeServerName, home, auth, adapters)
+    return GatewayConfig(path, domain, dataDir, homeServerName, home, auth, adapters, limits)
 
 
 def findConfig(

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from imgateway import __version__
 from imgateway.auth.checkers import Authenticator, makePortal
 from imgateway.config import GatewayConfig
+from imgateway.core.throttle import ConnectionLimiter, LoginThrottle
 from imgateway.home.server import HomeServer, HomeServerService
 from imgateway.interfaces import IDirectory, IGateway, IHomeStore, IProtocolAdapter
 from imgateway.router.router import Router
@@ -51,6 +52,8 @@ class Gateway:
     authenticator: Authenticator
     dataDir: FilePath[str]
     adapters: dict[str, IProtocolAdapter]
+    connectionLimiter: ConnectionLimiter
+    loginThrottle: LoginThrottle
 
 
 class _StoresService(Service):
@@ -105,8 +108,16 @@ def assembleGateway(
     router = Router()
     home = HomeServer(config.homeServerName, config.domain, directory, homeStore, router, clock, config.home)
     router.addRoute(config.domain, home, local=True)
+    loginThrottle = LoginThrottle(config.limits, clock)
     authenticator = Authenticator(
-        directory, config.domain, runInThread, secret=secret, fakeIterations=config.auth.scramIterations
+        directory,
+        config.domain,
+        runInThread,
+        secret=secret,
+        fakeIterations=config.auth.scramIterations,
+        maxConcurrent=config.auth.passwordWorkers,
+        maxQueued=config.auth.passwordQueue,
+        throttle=loginThrottle,
     )
     return Gateway(
         config=config,
@@ -121,6 +132,8 @@ def assembleGateway(
         authenticator=authenticator,
         dataDir=config.dataDir,
         adapters=adapters,
+        connectionLimiter=ConnectionLimiter(config.limits, clock),
+        loginThrottle=loginThrottle,
     )
 
 

@@ -420,6 +420,10 @@ class IGateway(Interface):
         "The whole checked L{imgateway.config.GatewayConfig}, for the limits "
         "every face shares (C{config.home.maxMessageChars})."
     )
+    connectionLimiter = Attribute(
+        "The L{imgateway.core.throttle.ConnectionLimiter} every face asks, as a "
+        "connection opens, whether its source may open one more."
+    )
 
 
 class IProtocolAdapter(Interface):

@@ -13,12 +13,14 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.portal import IRealm
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import Interface, implementer
 from zope.interface.verify import verifyObject
 
 from imgateway.auth.checkers import (
+    AuthenticationBusy,
     Authenticator,
     GatewayRealm,
     ISASLAuthenticated,
@@ -27,10 +29,11 @@ from imgateway.auth.checkers import (
     SASLAuthenticatedChecker,
     makePortal,
 )
-from imgateway.auth.passwords import SCRAM_HASHES, StoredCredentials, makeCredentials
+from imgateway.auth.passwords import SCRAM_HASHES, StoredCredentials, checkPassword, makeCredentials
 from imgateway.core.address import Address
 from imgateway.core.errors import AccountDisabled, AuthenticationFailed, InvalidAddress
 from imgateway.core.records import AccountRecord
+from imgateway.core.throttle import LimitsConfig, LoginThrottle, LoginThrottled
 from imgateway.interfaces import IHomeServer, ISession, ISessionClient
 from imgateway.testing import MemoryDirectory
 
@@ -88,14 +91,18 @@ def account(address: Address, password: str = "secret", enabled: bool = True) ->
 
 
 def makeAuthenticator(
-    runInThread: Callable[..., Deferred[Any]] = runInline, secret: bytes | None = b"k" * 32
+    runInThread: Callable[..., Deferred[Any]] = runInline,
+    secret: bytes | None = b"k" * 32,
+    **kwargs: Any,
 ) -> tuple[Authenticator, MemoryDirectory]:
     """
     An authenticator of C{corp.example} whose directory holds alice
     (password C{secret}) and bob (password C{hunter2}, disabled).
+
+    @param kwargs: More arguments for L{Authenticator}.
     """
     directory = MemoryDirectory([account(ALICE), account(BOB, "hunter2", enabled=False)])
-    return Authenticator(directory, DOMAIN, runInThread, secret=secret, fakeIterations=4096), directory
+    return Authenticator(directory, DOMAIN, runInThread, secret=secret, fakeIterations=4096, **kwargs), directory
 
 
 @implementer(ISessionClient)
@@ -323,6 +330,144 @@ class AuthenticatorPasswordTests(SynchronousTestCase):
         directory.closed = True
         f = self.failureResultOf(authenticator.checkPassword(ALICE, "secret"))
         self.assertNotIsInstance(f.value, AuthenticationFailed)
+
+
+class AuthenticatorCostTests(SynchronousTestCase):
+    """
+    What checking a password in the clear costs, and how much of it may
+    run or wait at once.
+    """
+
+    def test_oneDerivationAgainstScramVerifier(self) -> None:
+        """
+        A password in the clear is checked by one function call in the
+        thread, against the account's SCRAM-SHA-256 verifier (no second
+        hash is kept).
+        """
+        runner = DeferringRunner()
+        authenticator, directory = makeAuthenticator(runner)
+        authenticator.checkPassword(ALICE, "secret")
+        [(f, (stored, password), _)] = runner.calls
+        self.assertIs(f, checkPassword)
+        self.assertEqual(stored, StoredCredentials.parse(directory.accounts[ALICE].credentials))
+        self.assertEqual(password, "secret")
+
+    def test_unknownUserSameCost(self) -> None:
+        """
+        An unknown user's password is checked against a made-up verifier
+        with the same iteration count as real ones (that of
+        L{scramVerifier}), so it costs the same.
+        """
+        runner = DeferringRunner()
+        authenticator, directory = makeAuthenticator(runner)
+        authenticator.checkPassword(ALICE, "secret")
+        authenticator.checkPassword(NOBODY, "secret")
+        (_, (known, _), _), (_, (unknown, _), _) = runner.calls
+        self.assertEqual(unknown.plainVerifier()[0], known.plainVerifier()[0])
+        self.assertEqual(unknown.plainVerifier()[1].iterations, known.plainVerifier()[1].iterations)
+        fake, _ = self.successResultOf(authenticator.scramVerifier(NOBODY, "SCRAM-SHA-256"))
+        self.assertEqual(unknown.plainVerifier()[1], fake)
+
+    def test_boundedConcurrency(self) -> None:
+        """
+        At most C{maxConcurrent} checks run at once; the others wait for
+        their turn and run as the running ones finish.
+        """
+        runner = DeferringRunner()
+        authenticator, _ = makeAuthenticator(runner, maxConcurrent=2, maxQueued=10)
+        results = [authenticator.checkPassword(ALICE, "secret") for _ in range(5)]
+        self.assertEqual(len(runner.calls), 2)
+        self.assertEqual(authenticator.passwordChecksWaiting, 3)
+        f, args, d = runner.calls.pop(0)
+        maybeDeferred(f, *args).chainDeferred(d)
+        self.assertEqual(len(runner.calls), 2)
+        runner.runAll()
+        for d in results:
+            self.assertEqual(self.successResultOf(d).address, ALICE)
+        self.assertEqual(authenticator.passwordChecksWaiting, 0)
+
+    def test_boundedQueue(self) -> None:
+        """
+        C{maxQueued} checks may wait; one more is refused at once with
+        L{AuthenticationBusy} (an L{AuthenticationFailed}), logged once,
+        without touching the thread; once the queue drains, checks are
+        accepted again.
+        """
+        runner = DeferringRunner()
+        authenticator, _ = makeAuthenticator(runner, maxConcurrent=1, maxQueued=3)
+        waiting = [authenticator.checkPassword(ALICE, "secret") for _ in range(4)]
+        self.assertEqual((len(runner.calls), authenticator.passwordChecksWaiting), (1, 3))
+        with capturedLogs() as events:
+            refused = [authenticator.checkPassword(NOBODY, "secret") for _ in range(3)]
+        for d in refused:
+            f = self.failureResultOf(d, AuthenticationBusy)
+            self.assertIsInstance(f.value, AuthenticationFailed)
+        self.assertEqual(len(events), 1)
+        self.assertIn("password_queue", events[0]["log_format"])
+        self.assertEqual(len(runner.calls), 1)
+        runner.runAll()
+        for d in waiting:
+            self.successResultOf(d)
+        again = authenticator.checkPassword(ALICE, "secret")
+        runner.runAll()
+        self.assertEqual(self.successResultOf(again).address, ALICE)
+
+
+class AuthenticatorThrottleTests(SynchronousTestCase):
+    """
+    L{Authenticator} with a L{LoginThrottle}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.runner = DeferringRunner()
+        self.throttle = LoginThrottle(LimitsConfig(loginFailuresPerAccount=2, accountBlockSeconds=60.0), self.clock)
+        self.authenticator, _ = makeAuthenticator(self.runner, throttle=self.throttle)
+
+    def check(self, address: Address, password: str, source: str | None) -> Deferred[AccountRecord]:
+        """
+        Check a password, letting the thread run.
+        """
+        d = self.authenticator.checkPassword(address, password, source)
+        self.runner.runAll()
+        return d
+
+    def test_refusedWithoutChecking(self) -> None:
+        """
+        Past the limit, a login from the same source (even with the right
+        password, even for an unknown user) is refused with
+        L{LoginThrottled} without a directory look-up or a derivation; from
+        another source the user logs in.
+        """
+        for address in (ALICE, NOBODY):
+            for _ in range(2):
+                self.failureResultOf(self.check(address, "wrong", "192.0.2.7"), AuthenticationFailed)
+            d = self.authenticator.checkPassword(address, "secret", "192.0.2.7")
+            self.assertEqual(self.runner.calls, [])
+            f = self.failureResultOf(d, LoginThrottled)
+            self.assertEqual(f.value.retryAfter, 60)
+        self.assertEqual(self.successResultOf(self.check(ALICE, "secret", "198.51.100.1")).address, ALICE)
+
+    def test_successResets(self) -> None:
+        """
+        A right password clears the failures of that user from that source.
+        """
+        self.failureResultOf(self.check(ALICE, "wrong", "192.0.2.7"), AuthenticationFailed)
+        self.successResultOf(self.check(ALICE, "secret", "192.0.2.7"))
+        self.failureResultOf(self.check(ALICE, "wrong", "192.0.2.7"), AuthenticationFailed)
+        self.successResultOf(self.check(ALICE, "secret", "192.0.2.7"))
+
+    def test_scram(self) -> None:
+        """
+        L{Authenticator.scramVerifier} is refused for a blocked source, and
+        L{Authenticator.loginFailed} counts towards the block.
+        """
+        self.successResultOf(self.authenticator.scramVerifier(ALICE, "SCRAM-SHA-1", "192.0.2.7"))
+        self.authenticator.loginFailed(ALICE, "192.0.2.7")
+        self.authenticator.loginFailed(ALICE, "192.0.2.7")
+        self.failureResultOf(self.authenticator.scramVerifier(ALICE, "SCRAM-SHA-1", "192.0.2.7"), LoginThrottled)
+        self.clock.advance(60)
+        self.successResultOf(self.authenticator.scramVerifier(ALICE, "SCRAM-SHA-1", "192.0.2.7"))
 
 
 class AuthenticatorScramTests(SynchronousTestCase):

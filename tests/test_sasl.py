@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -31,6 +33,7 @@ from imgateway.auth.sasl import (
 )
 from imgateway.core.address import Address
 from imgateway.core.errors import PersistenceFailed
+from imgateway.core.throttle import LimitsConfig, LoginThrottle
 from imgateway.testing import MemoryDirectory
 from tests.test_checkers import ALICE, BOB, DOMAIN, DeferringRunner, account, makeAuthenticator, runInline
 
@@ -144,6 +147,7 @@ class SASLTestCase(SynchronousTestCase):
         password: str,
         authenticator: Authenticator | None = None,
         initialResponse: bool = True,
+        peer: object = None,
     ) -> tuple[ClientMechanism, SASLStep | SASLFailure]:
         """
         Run a whole exchange between a client and a server mechanism (whose
@@ -154,7 +158,7 @@ class SASLTestCase(SynchronousTestCase):
         if authenticator is None:
             authenticator, _ = makeAuthenticator()
         client = clientMechanism(name, username, password)
-        server = serverMechanism(name, authenticator, DOMAIN, secure=True)
+        server = serverMechanism(name, authenticator, DOMAIN, secure=True, peer=peer)
         if not initialResponse:
             self.assertEqual(self.stepOK(server, None), SASLStep(b"", False))
         data = client.start()
@@ -1094,3 +1098,131 @@ class RunnerTests(SASLTestCase):
         directory = MemoryDirectory([account(ALICE)])
         authenticator = Authenticator(directory, DOMAIN, runInline)
         self.assertEqual(self.loginOK("PLAIN", "alice", "secret", authenticator=authenticator).address, ALICE)
+
+
+ATTACKER = IPv4Address("TCP", "192.0.2.7", 40000)
+ELSEWHERE = IPv4Address("TCP", "198.51.100.1", 40000)
+
+
+class ThrottleTests(SASLTestCase):
+    """
+    Server mechanisms report their outcome to the authenticator's
+    L{LoginThrottle}, per source address, and map its refusals (and a full
+    password queue) to C{temporary-auth-failure}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        throttle = LoginThrottle(LimitsConfig(loginFailuresPerAccount=2, accountBlockSeconds=300.0), self.clock)
+        self.authenticator, _ = makeAuthenticator(throttle=throttle)
+
+    def test_plain(self) -> None:
+        """
+        Past the limit of wrong PLAIN passwords from one address, even the
+        right password from that address fails with
+        C{temporary-auth-failure}, saying when to retry; from another
+        address the user logs in.
+        """
+        for _ in range(2):
+            self.loginFails("PLAIN", "alice", "wrong", "not-authorized", authenticator=self.authenticator, peer=ATTACKER)
+        e = self.loginFails("PLAIN", "alice", "secret", "temporary-auth-failure", authenticator=self.authenticator, peer=ATTACKER)
+        self.assertEqual(e.retryAfter, 300)
+        self.assertIn("too many failed logins", e.text)
+        self.loginOK("PLAIN", "alice", "secret", authenticator=self.authenticator, peer=ELSEWHERE)
+
+    def test_scram(self) -> None:
+        """
+        Wrong SCRAM proofs count as failures; past the limit the exchange
+        is refused at its first step, whichever mechanism; the throttle is
+        shared with PLAIN.
+        """
+        self.loginFails("SCRAM-SHA-256", "alice", "wrong", "not-authorized", authenticator=self.authenticator, peer=ATTACKER)
+        self.loginFails("SCRAM-SHA-1", "alice", "wrong", "not-authorized", authenticator=self.authenticator, peer=ATTACKER)
+        for name in ALL:
+            e = self.loginFails(name, "alice", "secret", "temporary-auth-failure", authenticator=self.authenticator, peer=ATTACKER)
+            self.assertEqual(e.retryAfter, 300)
+        for name in ALL:
+            self.loginOK(name, "alice", "secret", authenticator=self.authenticator, peer=ELSEWHERE)
+
+    def test_successClears(self) -> None:
+        """
+        A successful SCRAM login clears that user's failures from that
+        address.
+        """
+        for _ in range(3):
+            self.loginFails("SCRAM-SHA-256", "alice", "wrong", "not-authorized", authenticator=self.authenticator, peer=ATTACKER)
+            self.loginOK("SCRAM-SHA-256", "alice", "secret", authenticator=self.authenticator, peer=ATTACKER)
+
+    def test_noPeer(self) -> None:
+        """
+        Without a peer address nothing is throttled.
+        """
+        for _ in range(5):
+            self.loginFails("PLAIN", "alice", "wrong", "not-authorized", authenticator=self.authenticator)
+        self.loginOK("PLAIN", "alice", "secret", authenticator=self.authenticator)
+
+    def test_busy(self) -> None:
+        """
+        When the password queue is full, PLAIN fails at once with
+        C{temporary-auth-failure} (no retry time: it is not a block).
+        """
+        runner = DeferringRunner()
+        authenticator, _ = makeAuthenticator(runner, maxConcurrent=1, maxQueued=1)
+        pending = [serverMechanism("PLAIN", authenticator, DOMAIN, True).step(b"\0alice\0secret") for _ in range(2)]
+        busy = self.stepFails(serverMechanism("PLAIN", authenticator, DOMAIN, True), b"\0alice\0secret", "temporary-auth-failure")
+        self.assertIsNone(busy.retryAfter)
+        runner.runAll()
+        for d in pending:
+            self.assertTrue(self.successResultOf(d).complete)
+
+
+class PreparationTests(SASLTestCase):
+    """
+    User names and passwords are prepared the same way by every mechanism.
+    """
+
+    def setUp(self) -> None:
+        self.authenticator, self.directory = makeAuthenticator()
+        self.elodie = Address.fromParts("elodie", DOMAIN)
+        self.directory.accounts[self.elodie] = account(self.elodie, "caf\u00e9\u00a0cr\u00e8me")
+
+    def test_passwordForms(self) -> None:
+        """
+        A password with a non-ASCII letter and a no-break space logs in
+        with PLAIN and both SCRAMs whether the client types it composed or
+        decomposed, with a no-break or a plain space.
+        """
+        for typed in ["caf\u00e9\u00a0cr\u00e8me", "cafe\u0301 cre\u0300me", "caf\u00e9\u2002cr\u00e8me"]:
+            for name in ALL:
+                step = self.loginOK(name, "elodie", typed, authenticator=self.authenticator)
+                self.assertEqual(step.address, self.elodie)
+
+    def test_unpreparingScramClient(self) -> None:
+        """
+        A SCRAM client that applies no SASLprep logs in when it sends the
+        password in its prepared form (composed, plain spaces), as most
+        typed passwords are.
+        """
+        for name in SCRAMS:
+            server = serverMechanism(name, self.authenticator, DOMAIN, secure=True, nonce="SRV")
+            first = b"n,,n=elodie,r=CLI"
+            serverFirst = self.stepOK(server, first).challenge
+            assert serverFirst is not None
+            final = clientFinal(name, "caf\u00e9 cr\u00e8me", b"n=elodie,r=CLI", serverFirst, b"n,,")
+            self.assertTrue(self.stepOK(server, final).complete)
+
+    def test_userNames(self) -> None:
+        """
+        The user name is prepared as an address (case folded, NFKC) by
+        every mechanism.
+        """
+        for username in ["ALICE", "Alice@CORP.example", "\uff41\uff4c\uff49\uff43\uff45"]:
+            for name in ALL:
+                self.assertEqual(self.loginOK(name, username, "secret", authenticator=self.authenticator).address, ALICE)
+
+    def test_prohibitedPassword(self) -> None:
+        """
+        A password that SASLprep refuses never logs in (PLAIN answers
+        C{not-authorized}, as for any wrong password).
+        """
+        self.loginFails("PLAIN", "alice", "secret\x07", "not-authorized", authenticator=self.authenticator)

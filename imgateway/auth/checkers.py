@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +24,7 @@ from attrs import frozen
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials, IUsernamePassword
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, DeferredSemaphore, fail
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
@@ -35,15 +34,18 @@ from imgateway.auth.passwords import (
     ScramVerifier,
     StoredCredentials,
     checkPassword,
-    makeCredentials,
 )
 from imgateway.core.address import Address, normaliseDomain
 from imgateway.core.errors import AccountDisabled, AuthenticationFailed, InvalidAddress
 from imgateway.core.records import AccountRecord
+from imgateway.core.throttle import LoginThrottle
 from imgateway.interfaces import IDirectory, IHomeServer, ISession, ISessionClient
 
 __all__ = [
+    "AuthenticationBusy",
     "Authenticator",
+    "DEFAULT_PASSWORD_QUEUE",
+    "DEFAULT_PASSWORD_WORKERS",
     "GatewayRealm",
     "ISASLAuthenticated",
     "PasswordChecker",
@@ -58,19 +60,42 @@ _log = Logger()
 #: as the salts of real verifiers, see L{imgateway.auth.passwords}).
 _FAKE_SALT_BYTES = 16
 
+#: Passwords checked at once (each in a thread), by default.
+DEFAULT_PASSWORD_WORKERS = 2
+
+#: Password checks that may wait for a worker, by default; more are
+#: refused at once (SASL C{temporary-auth-failure}).
+DEFAULT_PASSWORD_QUEUE = 256
+
+
+class AuthenticationBusy(AuthenticationFailed):
+    """
+    The password was not checked: too many password checks are waiting
+    already. The client may try again shortly.
+    """
+
 
 class Authenticator:
     """
     Checks the credentials of this gateway's users against the directory.
 
-    Password hashing is slow on purpose, so it runs through C{runInThread},
-    never on the reactor thread. Unknown users cost as much as known ones:
-    a password is checked against dummy credentials, and SCRAM gets a made-up
-    verifier, so that a client cannot tell from the answer or its timing
-    whether an account exists.
+    A password given in the clear is checked against the account's SCRAM
+    verifier (one PBKDF2 derivation, slow on purpose), through
+    C{runInThread}, never on the reactor thread, at most C{maxConcurrent}
+    at once; past C{maxQueued} checks waiting for their turn, more are
+    refused at once with L{AuthenticationBusy}, so a flood of logins costs
+    bounded memory and threads. Unknown users cost as much as known ones:
+    a password is checked against a verifier made up from the secret, and
+    SCRAM gets that made-up verifier, so that a client cannot tell from the
+    answer or its timing whether an account exists.
+
+    With a L{LoginThrottle}, logins from sources that failed too often are
+    refused (L{imgateway.core.throttle.LoginThrottled}) before anything is
+    looked up or derived.
 
     @ivar directory: The L{IDirectory} holding the accounts.
     @ivar domain: The (normalised) domain of the users checked here.
+    @ivar throttle: The L{LoginThrottle}, or C{None}.
     """
 
     def __init__(
@@ -80,6 +105,9 @@ class Authenticator:
         runInThread: Callable[..., Deferred[Any]],
         secret: bytes | None = None,
         fakeIterations: int = DEFAULT_SCRAM_ITERATIONS,
+        maxConcurrent: int = DEFAULT_PASSWORD_WORKERS,
+        maxQueued: int = DEFAULT_PASSWORD_QUEUE,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         """
         @param directory: Where the accounts are.
@@ -94,14 +122,69 @@ class Authenticator:
             unknown user always gets the same salt.
         @param fakeIterations: The iteration count announced to unknown
             users; should be that of most real verifiers.
+        @param maxConcurrent: Password checks running at once.
+        @param maxQueued: Password checks that may wait for their turn.
+        @param throttle: Refuses logins from sources that failed too often.
         @raise InvalidAddress: If C{domain} is not a valid domain.
         """
         self.directory = directory
         self.domain = normaliseDomain(domain)
+        self.throttle = throttle
         self._runInThread = runInThread
         self._secret = secret if secret is not None else os.urandom(32)
         self._fakeIterations = fakeIterations
-        self._dummy: StoredCredentials | None = None
+        self._workers = DeferredSemaphore(maxConcurrent)
+        self._maxQueued = maxQueued
+        self._busy = False
+
+    @property
+    def passwordChecksWaiting(self) -> int:
+        """
+        Password checks waiting for a worker.
+        """
+        return len(self._workers.waiting)
+
+    def _runBounded(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """
+        Run C{f(*args)} through C{runInThread} once one of the
+        C{maxConcurrent} workers is free.
+
+        @return: Its result, or a failure with L{AuthenticationBusy} at
+            once if C{maxQueued} calls are waiting already.
+        """
+        waiting = len(self._workers.waiting)
+        if waiting >= self._maxQueued:
+            if not self._busy:
+                self._busy = True
+                _log.warn(
+                    "Refusing logins with a password given in the clear: {n} password checks are"
+                    " waiting already ([auth] password_queue)",
+                    n=waiting,
+                )
+            return fail(AuthenticationBusy("the server is busy; try again shortly"))
+        if self._busy and waiting < self._maxQueued // 2:
+            self._busy = False
+            _log.info("Password checks are keeping up again ({n} waiting)", n=waiting)
+        return self._workers.run(self._runInThread, f, *args)
+
+    def _checkThrottle(self, address: Address, source: str | None) -> None:
+        if self.throttle is not None:
+            self.throttle.check(source, str(address))
+
+    def loginFailed(self, address: Address, source: str | None) -> None:
+        """
+        Count a failed login (wrong password or unknown user) of
+        C{address} from C{source} towards the throttle.
+        """
+        if self.throttle is not None:
+            self.throttle.failed(source, str(address))
+
+    def loginSucceeded(self, address: Address, source: str | None) -> None:
+        """
+        The user at C{address} proved their password from C{source}.
+        """
+        if self.throttle is not None:
+            self.throttle.succeeded(source, str(address))
 
     def resolveAuthcid(self, authcid: str, domain: str | None = None) -> Address:
         """
@@ -129,24 +212,39 @@ class Authenticator:
             raise AuthenticationFailed("not a user of this domain")
         return address
 
-    def checkPassword(self, address: Address, password: str) -> Deferred[AccountRecord]:
+    def checkPassword(self, address: Address, password: str, source: str | None = None) -> Deferred[AccountRecord]:
         """
         Check a password given in the clear.
 
         @param address: The user.
         @param password: The password, as the client sent it.
+        @param source: Where the client connects from
+            (L{imgateway.core.throttle.sourceOf}), for the throttle.
         @return: A L{Deferred} that fires with the user's account, or fails
-            with L{AuthenticationFailed} (wrong password, unknown user) or
-            L{AccountDisabled} (right password, disabled account).
+            with L{AuthenticationFailed} (wrong password, unknown user),
+            L{AccountDisabled} (right password, disabled account),
+            L{imgateway.core.throttle.LoginThrottled} (not checked: too many
+            failures from C{source}) or L{AuthenticationBusy} (not checked:
+            too many checks waiting).
         """
+        try:
+            self._checkThrottle(address, source)
+        except AuthenticationFailed:
+            return fail()
 
         def verify(record: AccountRecord | None) -> Deferred[AccountRecord]:
             stored = self._storedCredentials(record)
-            d = self._runInThread(self._verifyPassword, stored, password)
+            real = stored is not None
+            if stored is None:
+                # Check against a made-up verifier: the same cost.
+                stored = StoredCredentials({"SCRAM-SHA-256": self._fakeVerifier(address, "SCRAM-SHA-256")})
+            d = self._runBounded(checkPassword, stored, password)
 
             def decide(matches: bool) -> AccountRecord:
-                if record is None or stored is None or not matches:
+                if record is None or not real or not matches:
+                    self.loginFailed(address, source)
                     raise AuthenticationFailed("wrong user name or password")
+                self.loginSucceeded(address, source)
                 if not record.enabled:
                     raise AccountDisabled("account disabled")
                 return record
@@ -155,21 +253,8 @@ class Authenticator:
 
         return self.directory.getAccount(address).addCallback(verify)
 
-    def _verifyPassword(self, stored: StoredCredentials | None, password: str) -> bool:
-        """
-        Run in a thread: check C{password} against C{stored}, or against
-        dummy credentials when there are none (so that it takes as long).
-        """
-        if stored is None:
-            if self._dummy is None:
-                # Made on first use, in the thread; a race only makes two.
-                self._dummy = makeCredentials(secrets.token_urlsafe(16), scramIterations=1)
-            checkPassword(self._dummy, password)
-            return False
-        return checkPassword(stored, password)
-
     def scramVerifier(
-        self, address: Address, mechanism: str
+        self, address: Address, mechanism: str, source: str | None = None
     ) -> Deferred[tuple[ScramVerifier, AccountRecord | None]]:
         """
         Look up what a SCRAM exchange needs to authenticate a user.
@@ -185,13 +270,21 @@ class Authenticator:
 
         @param address: The user.
         @param mechanism: C{"SCRAM-SHA-1"} or C{"SCRAM-SHA-256"}.
+        @param source: Where the client connects from, for the throttle.
+            The caller reports the outcome with L{loginFailed} or
+            L{loginSucceeded}.
         @return: A L{Deferred} that fires with C{(verifier, record)}, where
             C{record} is the user's account, or C{None} when C{verifier} is
-            made up.
+            made up; or fails with
+            L{imgateway.core.throttle.LoginThrottled}.
         @raise ValueError: If C{mechanism} is not a SCRAM mechanism.
         """
         if mechanism not in SCRAM_HASHES:
             raise ValueError(f"not a SCRAM mechanism: {mechanism!r}")
+        try:
+            self._checkThrottle(address, source)
+        except AuthenticationFailed:
+            return fail()
 
         def found(
             record: AccountRecord | None,

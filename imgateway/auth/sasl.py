@@ -30,11 +30,12 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from imgateway.auth.checkers import Authenticator
-from imgateway.auth.passwords import SCRAM_HASHES, ScramVerifier, saltedPassword
+from imgateway.auth.checkers import AuthenticationBusy, Authenticator
+from imgateway.auth.passwords import SCRAM_HASHES, ScramVerifier, preparePassword, saltedPassword
 from imgateway.core.address import Address, normaliseDomain
 from imgateway.core.errors import AccountDisabled, AuthenticationFailed
 from imgateway.core.records import AccountRecord
+from imgateway.core.throttle import LoginThrottled, sourceOf
 
 __all__ = [
     "CONDITIONS",
@@ -92,12 +93,15 @@ class SASLFailure(Exception):
     @ivar condition: One of L{CONDITIONS}.
     @ivar text: Human-readable detail; safe to send to the peer (it never
         tells whether an account exists).
+    @ivar retryAfter: For a C{temporary-auth-failure} refused by the login
+        throttle, seconds until the client may try again; else C{None}.
     """
 
-    def __init__(self, condition: str, text: str = "") -> None:
+    def __init__(self, condition: str, text: str = "", retryAfter: int | None = None) -> None:
         """
         @param condition: One of L{CONDITIONS}.
         @param text: Human-readable detail.
+        @param retryAfter: See L{retryAfter}.
         @raise ValueError: If C{condition} is not one of L{CONDITIONS}.
         """
         if condition not in CONDITIONS:
@@ -105,6 +109,7 @@ class SASLFailure(Exception):
         super().__init__(condition, text)
         self.condition = condition
         self.text = text
+        self.retryAfter = retryAfter
 
     def __repr__(self) -> str:
         return f"SASLFailure({self.condition!r}, {self.text!r})"
@@ -363,6 +368,10 @@ def _authFailure(reason: Failure) -> Failure:
     """
     Map an authenticator's failure to a L{SASLFailure}; pass others on.
     """
+    if isinstance(reason.value, LoginThrottled):
+        raise SASLFailure("temporary-auth-failure", str(reason.value), reason.value.retryAfter)
+    if isinstance(reason.value, AuthenticationBusy):
+        raise SASLFailure("temporary-auth-failure", str(reason.value))
     if isinstance(reason.value, AccountDisabled):
         raise SASLFailure("account-disabled", "account disabled")
     if isinstance(reason.value, AuthenticationFailed):
@@ -400,10 +409,11 @@ class _PlainServer(ServerMechanism):
 
     name = _PLAIN
 
-    def __init__(self, authenticator: Authenticator, domain: str) -> None:
+    def __init__(self, authenticator: Authenticator, domain: str, source: str | None) -> None:
         super().__init__()
         self._authenticator = authenticator
         self._domain = domain
+        self._source = source
         self._challenged = False
 
     def _step(self, data: bytes | None) -> SASLStep | Deferred[SASLStep]:
@@ -421,7 +431,7 @@ class _PlainServer(ServerMechanism):
         address = _resolve(self._authenticator, authcid, self._domain)
         if authzid:
             _checkAuthzid(self._authenticator, authzid, address, self._domain)
-        d = self._authenticator.checkPassword(address, password)
+        d = self._authenticator.checkPassword(address, password, self._source)
 
         def success(record: AccountRecord) -> SASLStep:
             return SASLStep(None, True, record.address)
@@ -435,13 +445,15 @@ class _ScramServer(ServerMechanism):
     """
 
     def __init__(
-        self, name: str, authenticator: Authenticator, domain: str, nonce: str | None
+        self, name: str, authenticator: Authenticator, domain: str, nonce: str | None, source: str | None
     ) -> None:
         super().__init__()
         self.name = name
         self._hashName = SCRAM_HASHES[name]
         self._authenticator = authenticator
         self._domain = domain
+        self._source = source
+        self._address: Address | None = None
         self._serverNonce = _makeNonce() if nonce is None else _checkNonce(nonce)
         self._challenged = False
         # Set by the client-first message:
@@ -492,6 +504,7 @@ class _ScramServer(ServerMechanism):
             _checkAuthzid(self._authenticator, authzid, address, self._domain)
         self._clientFirstBare = bare
         self._nonce = clientNonce + self._serverNonce
+        self._address = address
 
         def found(result: tuple[ScramVerifier, AccountRecord | None]) -> SASLStep:
             verifier, record = result
@@ -500,7 +513,8 @@ class _ScramServer(ServerMechanism):
             self._serverFirst = f"r={self._nonce},s={_b64(verifier.salt)},i={verifier.iterations}"
             return SASLStep(self._serverFirst.encode("ascii"), False)
 
-        return self._authenticator.scramVerifier(address, self.name).addCallback(found)
+        d = self._authenticator.scramVerifier(address, self.name, self._source)
+        return d.addCallbacks(found, _authFailure)
 
     def _clientFinal(self, data: bytes, verifier: ScramVerifier) -> SASLStep:
         text = _decodeUTF8(data)
@@ -528,8 +542,11 @@ class _ScramServer(ServerMechanism):
             hashlib.new(self._hashName, clientKey).digest(), verifier.storedKey
         )
         record = self._record
+        assert self._address is not None
         if not matches or record is None:
+            self._authenticator.loginFailed(self._address, self._source)
             raise SASLFailure("not-authorized", "wrong user name or password")
+        self._authenticator.loginSucceeded(self._address, self._source)
         if not record.enabled:
             raise SASLFailure("account-disabled", "account disabled")
         serverSignature = hmac.digest(verifier.serverKey, authMessage, self._hashName)
@@ -544,6 +561,7 @@ def serverMechanism(
     *,
     allowPlaintext: bool = False,
     nonce: str | None = None,
+    peer: object = None,
 ) -> ServerMechanism:
     """
     Start the server side of an exchange.
@@ -558,18 +576,22 @@ def serverMechanism(
         connection (as for L{mechanismsFor}).
     @param nonce: For tests only: the server's part of the SCRAM nonce,
         instead of a random one.
+    @param peer: The client's address (its transport's C{getPeer()}):
+        failed logins are throttled per source address
+        (L{imgateway.core.throttle}); C{None} for no throttling.
     @return: The mechanism, ready for its first L{ServerMechanism.step}.
     @raise SASLFailure: C{invalid-mechanism} if C{name} is not a
         mechanism we support; C{encryption-required} for PLAIN on an
         unencrypted connection without C{allowPlaintext}.
     """
     domain = normaliseDomain(domain)
+    source = sourceOf(peer)
     if name == _PLAIN:
         if not (secure or allowPlaintext):
             raise SASLFailure("encryption-required", "PLAIN needs an encrypted connection")
-        return _PlainServer(authenticator, domain)
+        return _PlainServer(authenticator, domain, source)
     if name in _SCRAM:
-        return _ScramServer(name, authenticator, domain, nonce)
+        return _ScramServer(name, authenticator, domain, nonce, source)
     raise SASLFailure("invalid-mechanism", f"unsupported mechanism {name[:40]!r}")
 
 
@@ -687,7 +709,11 @@ class _ScramClient(ClientMechanism):
         if not 1 <= iterations <= _MAX_CLIENT_ITERATIONS:
             raise _malformed(f"unacceptable iteration count {iterations}")
 
-        salted = saltedPassword(self._hashName, self._password.encode("utf-8"), salt, iterations)
+        try:
+            password = preparePassword(self._password)
+        except ValueError:
+            password = self._password
+        salted = saltedPassword(self._hashName, password.encode("utf-8"), salt, iterations)
         clientKey = hmac.digest(salted, b"Client Key", self._hashName)
         storedKey = hashlib.new(self._hashName, clientKey).digest()
         serverKey = hmac.digest(salted, b"Server Key", self._hashName)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -59,6 +59,7 @@ from imgateway.core.errors import (
 from imgateway.core.events import Message, SubscriptionEvent, newMessageId
 from imgateway.core.presence import Presence
 from imgateway.core.ratelimit import TokenBucket
+from imgateway.core.throttle import Admission
 from imgateway.core.records import AccessList, AuthorisationState, ContactView
 from imgateway.interfaces import IGateway, ISession, ISessionClient
 
@@ -137,7 +138,7 @@ def _contactJSON(view: ContactView) -> dict[str, Any]:
     }
 
 
-@implementer(ISessionClient)
+@implementer(ISessionClient, IHandshakeListener)
 class NativeServerProtocol(Protocol):
     """
     One client connection of the native face.
@@ -161,6 +162,8 @@ class NativeServerProtocol(Protocol):
         self._idleTimer: IDelayedCall | None = None
         self._closing = False
         self._counted = False
+        self._admission: Admission | None = None
+        self._handshakeDone = False
         self._rateLimited = False
         # The input pipeline (see _process): the item parsed but not handled
         # yet, the timer that waits for a token, requests being handled,
@@ -202,8 +205,13 @@ class NativeServerProtocol(Protocol):
                 peer=self.transport.getPeer(),  # type: ignore[union-attr]
                 n=f.unauthenticated,
             )
-            self._respond(0, 503, "Too many unauthenticated connections")
-            self._close()
+            self._refuse("Too many unauthenticated connections")
+            return
+        # Per-source limits, shared with the other faces (imgateway.core.throttle).
+        self._admission = self.gateway.connectionLimiter.admit(self.transport.getPeer(), "native")  # type: ignore[union-attr]
+        if not self._admission.admitted:
+            wait = self._admission.retryAfter
+            self._refuse(self._admission.reason, (("Retry-After", str(wait)),) if wait else ())
             return
         self._sendGuard = SendQueueGuard(self.transport, self.config.maxSendQueueBytes, self._sendQueueFull)  # type: ignore[arg-type]
         f.unauthenticated += 1
@@ -211,10 +219,36 @@ class NativeServerProtocol(Protocol):
         self._loginTimer = self.clock.callLater(self.config.loginTimeout, self._loginTimedOut)
         self._idleTimer = self.clock.callLater(self.config.idleTimeout, self._idleTimedOut)
 
+    def _refuse(self, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        """
+        Refuse a new connection: 503 and close; or, while a TLS handshake
+        is pending (nothing can be sent yet), drop it.
+        """
+        if self._tlsPending():
+            self._closing = True
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self._respond(0, 503, reason, headers)
+        self._close()
+
+    def _tlsPending(self) -> bool:
+        """
+        Whether the connection is TLS and its handshake has not completed.
+        """
+        return ISSLTransport.providedBy(self.transport) and not self._handshakeDone
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake completed (L{IHandshakeListener}).
+        """
+        self._handshakeDone = True
+
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
             self.factory.unauthenticated -= 1
+        if self._admission is not None:
+            self._admission.release()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self.factory.connections.discard(self)
@@ -243,6 +277,13 @@ class NativeServerProtocol(Protocol):
 
     def _loginTimedOut(self) -> None:
         self._loginTimer = None
+        self._uncount()
+        if self._tlsPending():
+            # A BYE would wait for the handshake forever: drop the connection.
+            self.log.info("Dropping {peer}: no TLS handshake within login_timeout", peer=self.transport.getPeer())  # type: ignore[union-attr]
+            self._closing = True
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
         self._bye("login-timeout")
 
     def _idleTimedOut(self) -> None:
@@ -506,7 +547,12 @@ class NativeServerProtocol(Protocol):
             label = request.headers.get("Label", "") or ""
             self.sessionLabel = label[:64]
             self._mechanism = serverMechanism(
-                name, self.gateway.authenticator, self.gateway.domain, self.secure, allowPlaintext=self._plainAllowed()
+                name,
+                self.gateway.authenticator,
+                self.gateway.domain,
+                self.secure,
+                allowPlaintext=self._plainAllowed(),
+                peer=self.transport.getPeer(),  # type: ignore[union-attr]
             )
         elif self._mechanism is None:
             raise _Reply(400, "Mechanism header required to start")
@@ -546,8 +592,11 @@ class NativeServerProtocol(Protocol):
             raise _Reply(codeForError(f.value) or 500, _clean(str(f.value)))  # type: ignore[arg-type]
         if f.check(_Closed, _Reply):
             return f
+        retry: tuple[tuple[str, str], ...] = ()
         if f.check(SASLFailure):
             condition = f.value.condition  # type: ignore[union-attr]
+            if f.value.retryAfter is not None:  # type: ignore[union-attr]
+                retry = (("Retry-After", str(f.value.retryAfter)),)  # type: ignore[union-attr]
         else:
             if not f.check(PersistenceFailed):
                 self.log.failure("Authentication error", f)
@@ -564,7 +613,7 @@ class NativeServerProtocol(Protocol):
             raise _Reply(426, "Encryption required")
         if self._authFailures >= self.config.maxAuthAttempts:
             self.clock.callLater(0, self._bye, "auth-failures")
-        raise _Reply(401, f"Authentication failed ({condition})", (("Error", condition),))
+        raise _Reply(401, f"Authentication failed ({condition})", (("Error", condition),) + retry)
 
     # -- after login ---------------------------------------------------------------
 

@@ -23,7 +23,14 @@ from typing import Any
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IOpenSSLServerConnectionCreator, IReactorTime, ISSLTransport, ITCPTransport
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLServerConnectionCreator,
+    IReactorTime,
+    ISSLTransport,
+    ITCPTransport,
+)
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -51,6 +58,7 @@ from imgateway.core.errors import DeliveryError, InvalidAddress, TooManySessions
 from imgateway.core.events import Message, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import OFFLINE, Presence
 from imgateway.core.records import ContactView
+from imgateway.core.throttle import Admission
 from imgateway.interfaces import IGateway, ISession, ISessionClient
 
 __all__ = ["C2SConfig", "C2SFactory", "C2SProtocol"]
@@ -105,7 +113,7 @@ class _Authenticator(xmlstream.Authenticator):
         self.xmlstream.streamStarted(rootElement)  # type: ignore[union-attr]
 
 
-@implementer(ISessionClient)
+@implementer(ISessionClient, IHandshakeListener)
 class C2SProtocol(HardenedXmlStream):
     """
     One XMPP client connection.
@@ -135,6 +143,8 @@ class C2SProtocol(HardenedXmlStream):
         self._available = False
         self._presence: Presence = OFFLINE
         self._counted = False
+        self._admission: Admission | None = None
+        self._handshakeDone = False
         self._ids = itertools.count(1)
         self._closed = False
 
@@ -155,6 +165,12 @@ class C2SProtocol(HardenedXmlStream):
             self._failed = True
             self._t.loseConnection()
             return
+        # Per-source limits, shared with the other faces (imgateway.core.throttle).
+        self._admission = self.gateway.connectionLimiter.admit(self._t.getPeer(), "XMPP c2s")
+        if not self._admission.admitted:
+            self._failed = True
+            self._t.loseConnection()
+            return
         f.unauthenticated += 1
         self._counted = True
         self._loginTimer = self.clock.callLater(self.config.loginTimeout, self._loginTimedOut)
@@ -163,6 +179,14 @@ class C2SProtocol(HardenedXmlStream):
         if self._counted:
             self._counted = False
             self.factory.unauthenticated -= 1
+        if self._admission is not None:
+            self._admission.release()
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake completed (L{IHandshakeListener}).
+        """
+        self._handshakeDone = True
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self._closed = True
@@ -179,6 +203,13 @@ class C2SProtocol(HardenedXmlStream):
 
     def _loginTimedOut(self) -> None:
         self._loginTimer = None
+        self._uncount()
+        if self.secure and not self._handshakeDone:
+            # A stream error would wait for the handshake forever: drop it.
+            self.log.info("Dropping c2s connection from {peer}: no TLS handshake within login_timeout", peer=self._t.getPeer())
+            self._closed = True
+            self._t.abortConnection()
+            return
         self._fail("connection-timeout", "no login in time")
 
     def _fail(self, condition: str, text: str = "") -> None:
@@ -307,7 +338,12 @@ class C2SProtocol(HardenedXmlStream):
                 if mechanism not in mechanismsFor(self.secure, self._plainAllowed()):
                     raise SASLFailure("encryption-required")
                 self._mechanism = serverMechanism(
-                    mechanism, self.gateway.authenticator, self.gateway.domain, self.secure, allowPlaintext=self._plainAllowed()
+                    mechanism,
+                    self.gateway.authenticator,
+                    self.gateway.domain,
+                    self.secure,
+                    allowPlaintext=self._plainAllowed(),
+                    peer=self._t.getPeer(),
                 )
                 data = _b64decode(str(element))
             elif name == "response":
@@ -355,6 +391,8 @@ class C2SProtocol(HardenedXmlStream):
             condition = "temporary-auth-failure"
         failure = domish.Element((NS_SASL, "failure"))
         failure.addElement(condition)
+        if f.check(SASLFailure) and f.value.retryAfter is not None:  # type: ignore[union-attr]
+            failure.addElement("text", content=f.value.text)  # type: ignore[union-attr]
         self.send(failure)
         if condition == "aborted":
             return

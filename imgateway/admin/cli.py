@@ -157,7 +157,10 @@ def _readPassword(fromStdin: bool) -> str:
 
 
 def _credentials(password: str, config: GatewayConfig) -> str:
-    return makeCredentials(password, config.auth.scramIterations).serialise()
+    try:
+        return makeCredentials(password, config.auth.scramIterations).serialise()
+    except ValueError as e:  # SASLprep refused it
+        raise _Refused(f"unusable password: {e}") from None
 
 
 def _formatAccounts(accounts: Sequence[AccountRecord]) -> list[str]:

@@ -194,6 +194,20 @@ class AdminTests(TestCase):
         )
         self.assertEqual(self.assertSucceeds("user", "list"), "")
 
+    async def test_passwordPrepared(self) -> None:
+        """
+        A password is prepared with SASLprep when set: one with a control
+        character is refused (with one line, not naming the password); one
+        with a decomposed letter and a no-break space then logs in in any
+        equivalent form.
+        """
+        message = self.assertRefused("user", "add", "alice", "--password-stdin", stdin="bell\x07pw\n")
+        self.assertEqual(message, "unusable password: the string holds a control character")
+        self.assertSucceeds("user", "add", "alice", "--password-stdin", stdin="cafe\u0301\u00a0au lait\n")
+        record = await self.account(ALICE)
+        assert record is not None
+        self.assertTrue(checkPassword(StoredCredentials.parse(record.credentials), "caf\u00e9 au lait"))
+
     def test_badName(self) -> None:
         """
         A display name with a line break is refused.

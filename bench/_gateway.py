@@ -113,7 +113,8 @@ def benchConfig(
     The configuration of a benchmark gateway, from the text of
     C{etc/imgateway.toml}: its data in C{dataDir}, the native face on
     C{127.0.0.1:port}, cheap password verifiers, and flood limits that no
-    benchmark reaches (a benchmark measures routing, not the rate limiter).
+    benchmark reaches (a benchmark measures routing, not the rate limiter),
+    per-source connection limits included (every client is on 127.0.0.1).
 
     @param xmppPort: If given, the XMPP c2s face listens on
         C{127.0.0.1:xmppPort} with L{XMPP_BENCH_SETTINGS}; else C{[xmpp]} is
@@ -129,6 +130,10 @@ def benchConfig(
     text = _setKey(text, "native", "max_unauthenticated", "100000")
     text = _setKey(text, "native", "login_timeout", "600")
     text = _setKey(text, "native", "idle_timeout", "3600")
+    if re.search(r"^\[limits\]", text, re.M):
+        # Every benchmark client connects from 127.0.0.1: one source.
+        for key in ("max_unauthenticated_per_address", "connections_per_second_per_address", "connection_burst_per_address"):
+            text = _setKey(text, "limits", key, "1000000")
     if xmppPort is not None:
         text = _setKey(text, "xmpp", "enabled", "true")
         text = _setKey(text, "xmpp", "listen", f'["tcp:{xmppPort}:interface=127.0.0.1"]')

@@ -882,7 +882,7 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
         "--mech",
         default="SCRAM-SHA-256",
         choices=["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"],
-        help="SASL mechanism (default SCRAM-SHA-256: PLAIN makes the server run scrypt for every login)",
+        help="SASL mechanism (default SCRAM-SHA-256: PLAIN makes the server derive a key, PBKDF2, for every login)",
     )
     login.add_argument("--login-concurrency", type=int, default=50)
     login.add_argument("--timeout", type=float, default=30.0, help="seconds for each login step")

@@ -1,0 +1,265 @@
+"""
+Login floods on the native protocol: C{--workers} connections log in as fast
+as they can for C{--duration} seconds against a gateway this benchmark
+spawns, and it prints one JSON line with the logins per second and the
+server's RSS and CPU before, during and after. This is a benchmark, not a
+test: nothing asserts a time.
+
+    .venv/bin/python bench/login_flood.py --mode wrong                    # wrong PLAIN passwords
+    .venv/bin/python bench/login_flood.py --mode wrong --throttle         # same, [limits] as shipped
+    .venv/bin/python bench/login_flood.py --mode login --mech PLAIN       # right passwords
+    .venv/bin/python bench/login_flood.py --mode login --mech SCRAM-SHA-256
+
+C{--mode wrong} is the attack: every attempt is C{AUTH} PLAIN with a wrong
+password for one of C{--users} accounts (or unknown ones with
+C{--unknown}), up to C{max_auth_attempts} per connection, then a new
+connection. Unless C{--throttle}, the gateway's C{[limits]} are raised so
+that every attempt is checked (the worst case for its memory and CPU); with
+it, the shipped limits apply and most attempts are refused unchecked.
+C{--mode login} logs in with the right password and says C{BYE}.
+
+The gateway gets the shipped C{[auth] scram_iterations} (10000) unless
+C{--scram-iterations} says otherwise, so that a check costs what it costs
+in production. Old trees without C{[limits]} or C{[auth] password_*} keys
+are run as they are (to measure the figures before a change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._gateway import SpawnedGateway, _setKey
+from bench.native_load import proc_cpu_s, proc_rss_kb, raise_nofile
+from imgateway import __version__
+from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, serialise
+from imgateway.auth.sasl import clientMechanism
+
+PASSWORD = "bench-pw"
+
+#: [limits] keys set so that no attempt is refused unchecked.
+NO_LIMITS = {
+    "login_failures_per_address": "1000000000",
+    "login_failures_per_account": "1000000000",
+    "max_unauthenticated_per_address": "1000000",
+    "connections_per_second_per_address": "1000000",
+    "connection_burst_per_address": "1000000",
+}
+
+
+def info(text: str) -> None:
+    print(f"login_flood: {text}", file=sys.stderr, flush=True)
+
+
+class Conn(asyncio.Protocol):
+    """
+    One native connection: send requests, await their responses.
+    """
+
+    def __init__(self) -> None:
+        self.parser = FrameParser()
+        self.seq = 0
+        self.waiting: dict[int, asyncio.Future[Response]] = {}
+        self.closed = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        for frame in self.parser.feed(data):
+            if isinstance(frame, Response):
+                f = self.waiting.pop(frame.seq, None)
+                if f is not None and not f.done():
+                    f.set_result(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for f in self.waiting.values():
+            if not f.done():
+                f.set_exception(ConnectionError("closed"))
+        self.waiting.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def request(self, method: str, headers: tuple[tuple[str, str], ...] = (), body: bytes = b"") -> asyncio.Future[Response]:
+        assert self.transport is not None
+        self.seq += 1
+        f: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self.waiting[self.seq] = f
+        self.transport.write(serialise(Request(method, "*", Headers.of(("Seq", str(self.seq)), *headers), body)))
+        return f
+
+
+async def connect(port: int) -> Conn:
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(Conn, "127.0.0.1", port)
+    return conn
+
+
+async def wrongWorker(port: int, users: list[str], attempts: int, stop: float, outcomes: Counter[str]) -> None:
+    """
+    Send wrong PLAIN passwords until C{stop}, C{attempts} per connection.
+    """
+    n = 0
+    while time.monotonic() < stop:
+        try:
+            conn = await connect(port)
+        except OSError:
+            outcomes["connect-failed"] += 1
+            await asyncio.sleep(0.05)
+            continue
+        try:
+            for _ in range(attempts):
+                user = users[n % len(users)]
+                n += 1
+                r = await asyncio.wait_for(
+                    conn.request("AUTH", (("Mechanism", "PLAIN"),), f"\0{user}\0wrong-{n}".encode()), 30
+                )
+                outcomes[f"{r.code} {r.headers.get('Error') or ''}".strip()] += 1
+                if time.monotonic() >= stop:
+                    break
+        except (ConnectionError, asyncio.TimeoutError):
+            outcomes["closed"] += 1
+        finally:
+            if conn.transport is not None:
+                conn.transport.close()
+
+
+async def loginWorker(port: int, users: list[str], mech: str, stop: float, outcomes: Counter[str], offset: int) -> None:
+    """
+    Log in with the right password and say BYE, until C{stop}.
+    """
+    n = offset
+    while time.monotonic() < stop:
+        user = users[n % len(users)]
+        n += 1
+        try:
+            conn = await connect(port)
+        except OSError:
+            outcomes["connect-failed"] += 1
+            await asyncio.sleep(0.05)
+            continue
+        try:
+            m = clientMechanism(mech, user, PASSWORD)
+            r = await asyncio.wait_for(conn.request("AUTH", (("Mechanism", mech),), m.start()), 30)
+            while r.code == 110:
+                r = await asyncio.wait_for(conn.request("AUTH", (), m.step(r.body)), 30)
+            outcomes[f"{r.code} {r.headers.get('Error') or ''}".strip()] += 1
+            if r.code == 200:
+                conn.request("BYE")
+                await asyncio.wait_for(conn.closed, 30)
+        except (ConnectionError, asyncio.TimeoutError):
+            outcomes["closed"] += 1
+        finally:
+            if conn.transport is not None:
+                conn.transport.close()
+
+
+async def run(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any]:
+    pid = gw.pid
+    users = [f"bench{i}" for i in range(args.users)]
+    if args.unknown:
+        users = [f"nobody{i}" for i in range(args.users)]
+    await asyncio.sleep(1.0)
+    rssBase = proc_rss_kb(pid)
+    cpu0 = proc_cpu_s(pid)
+    outcomes: Counter[str] = Counter()
+    start = time.monotonic()
+    stop = start + args.duration
+    if args.mode == "wrong":
+        tasks = [asyncio.create_task(wrongWorker(gw.port, users, args.attempts, stop, outcomes)) for _ in range(args.workers)]
+    else:
+        tasks = [
+            asyncio.create_task(loginWorker(gw.port, users, args.mech, stop, outcomes, i)) for i in range(args.workers)
+        ]
+    peak = rssBase or 0
+    while not all(t.done() for t in tasks):
+        peak = max(peak, proc_rss_kb(pid) or 0)
+        await asyncio.sleep(0.25)
+    elapsed = time.monotonic() - start
+    cpu1 = proc_cpu_s(pid)
+    rssEnd = proc_rss_kb(pid)
+    await asyncio.sleep(2.0)
+    rssAfter = proc_rss_kb(pid)
+    total = sum(v for k, v in outcomes.items() if k[:1].isdigit())
+    ok = outcomes.get("200", 0)
+    return {
+        "bench": "login_flood",
+        "mode": args.mode,
+        "mech": "PLAIN" if args.mode == "wrong" else args.mech,
+        "throttle": args.throttle,
+        "unknown_users": args.unknown,
+        "workers": args.workers,
+        "users": args.users,
+        "scram_iterations": args.scram_iterations,
+        "duration_s": round(elapsed, 2),
+        "answered": total,
+        "answered_per_s": round(total / elapsed, 1),
+        "logins_per_s": round(ok / elapsed, 1),
+        "outcomes": dict(outcomes),
+        "server_cpu_pct": round(100 * (cpu1 - cpu0) / elapsed, 1) if cpu0 is not None and cpu1 is not None else None,
+        "server_rss_base_kb": rssBase,
+        "server_rss_peak_kb": peak,
+        "server_rss_end_kb": rssEnd,
+        "server_rss_after_kb": rssAfter,
+        "server_rss_growth_mib": round((peak - (rssBase or 0)) / 1024, 1),
+        "gateway_log_errors": gw.logErrors(),
+        "imgateway": __version__,
+        "cores": os.cpu_count(),
+    }
+
+
+def configure(gw: SpawnedGateway, args: argparse.Namespace) -> None:
+    """
+    Adjust the spawned gateway's configuration for the flood.
+    """
+    text = gw.config.read_text(encoding="utf-8")
+    text = _setKey(text, "auth", "scram_iterations", str(args.scram_iterations))
+    text = _setKey(text, "native", "max_auth_attempts", str(args.attempts + 1))
+    text = _setKey(text, "native", "allow_plaintext_auth", "true")
+    if "[limits]" in text and not args.throttle:
+        for key, value in NO_LIMITS.items():
+            text = _setKey(text, "limits", key, value)
+    gw.config.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=("wrong", "login"), default="wrong")
+    p.add_argument("--mech", default="PLAIN", help="for --mode login: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-1")
+    p.add_argument("--workers", type=int, default=50, help="connections at once")
+    p.add_argument("--users", type=int, default=20, help="accounts attempted")
+    p.add_argument("--unknown", action="store_true", help="attempt accounts that do not exist")
+    p.add_argument("--attempts", type=int, default=2, help="wrong attempts per connection")
+    p.add_argument("--duration", type=float, default=15.0)
+    p.add_argument("--scram-iterations", type=int, default=10000)
+    p.add_argument("--throttle", action="store_true", help="keep the shipped [limits] (else raised)")
+    p.add_argument("--keep", action="store_true", help="keep the gateway's folder")
+    args = p.parse_args(argv)
+    raise_nofile()
+    gw = SpawnedGateway(keep=args.keep)
+    try:
+        configure(gw, args)
+        info(f"creating {args.users} accounts")
+        gw.createUsers("bench", 0, args.users, PASSWORD)
+        gw.start()
+        info(f"gateway pid {gw.pid}, port {gw.port}; {args.mode} for {args.duration:g} s with {args.workers} workers")
+        result = asyncio.run(run(args, gw))
+    finally:
+        gw.stop()
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

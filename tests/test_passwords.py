@@ -258,13 +258,17 @@ class SASLprepTests(SynchronousTestCase):
 
     def test_unassigned(self) -> None:
         """
-        Code points unassigned in Unicode 3.2 are refused in a stored string
-        and allowed in a query.
+        Code points unassigned in Unicode 3.2 are refused by L{saslprep} in
+        a stored string and allowed in a query; passwords allow them (an
+        emoji is unassigned in Unicode 3.2), when set and when checked.
         """
         unassigned = "\u0221"
         self.assertRaises(SASLprepError, saslprep, unassigned)
         self.assertEqual(saslprep(unassigned, allowUnassigned=True), unassigned)
-        self.assertRaises(ValueError, makeCredentials, "pw" + unassigned, 4096)
+        for password in ["pw" + unassigned, "dave-\U0001f511"]:
+            c = makeCredentials(password, 4096)
+            self.assertTrue(checkPassword(c, password))
+            self.assertTrue(c.scram["SCRAM-SHA-256"].matches("sha256", password.encode()))
 
     def test_preparedCredentials(self) -> None:
         """

@@ -74,18 +74,22 @@ def saltedPassword(hashName: str, password: bytes, salt: bytes, iterations: int)
     return hashlib.pbkdf2_hmac(hashName, password, salt, iterations)
 
 
-def preparePassword(password: str, stored: bool = False) -> str:
+def preparePassword(password: str) -> str:
     """
     Prepare a password with SASLprep, as every mechanism and every new
     password does.
 
-    @param stored: Whether the password is to be stored (unassigned code
-        points are then refused) rather than checked.
+    Code points unassigned in Unicode 3.2 (emoji, newer scripts) are
+    allowed, in new passwords too, although RFC 3454 would refuse them in a
+    stored string: RFC 7613's OpaqueString allows them, users put emoji in
+    passwords, and the tables being fixed at Unicode 3.2, such a code point
+    is left as it is by every SASLprep implementation alike.
+
     @return: The prepared password.
     @raise ValueError: If it cannot be prepared, or is empty once
         prepared.
     """
-    prepared = saslprep(password, allowUnassigned=not stored)
+    prepared = saslprep(password, allowUnassigned=True)
     if not prepared:
         raise ValueError("empty password")
     return prepared
@@ -208,7 +212,7 @@ def makeCredentials(password: str, scramIterations: int = DEFAULT_SCRAM_ITERATIO
         (L{imgateway.auth.saslprep.SASLprepError}: it holds control
         characters or other prohibited ones).
     """
-    raw = preparePassword(password, stored=True).encode("utf-8")
+    raw = preparePassword(password).encode("utf-8")
     scram = {
         name: ScramVerifier.derive(hashName, raw, os.urandom(_SALT_BYTES), scramIterations)
         for name, hashName in SCRAM_HASHES.items()

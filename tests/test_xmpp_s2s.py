@@ -1,7 +1,6 @@
 # -*- test-case-name: tests.test_xmpp_s2s -*-
 """
-Tests for L{imgateway.adapters.xmpp.s2s} (the s2s link layer) and
-L{imgateway.adapters.xmpp.srv} (the SRV endpoint).
+Tests for L{imgateway.adapters.xmpp.s2s} (the s2s link layer).
 
 Stream negotiation, addressing checks, queues, retries and timers are
 tested synchronously: a fake clock, a memory reactor and string transports
@@ -19,21 +18,17 @@ import hmac
 import os
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError, DNSLookupError
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
-from twisted.names import dns
-from twisted.names.error import DNSNameError
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.xish import domish
 
-from imgateway.adapters.xmpp.adapter import TLSFiles, XMPPAdapter
+from imgateway.adapters.xmpp.adapter import XMPPAdapter
 from imgateway.adapters.xmpp.federation_service import DIALBACK_SECRET_FILE, FederationConfig, FederationService
 from imgateway.config import ConfigTable
 from imgateway.adapters.xmpp.s2s import (
@@ -45,11 +40,13 @@ from imgateway.adapters.xmpp.s2s import (
     S2SManager,
     dialbackKey,
 )
-from imgateway.adapters.xmpp.srv import SRVClientEndpoint, SRVTarget, orderSRV
 from imgateway.adapters.xmpp.stream import NS_STREAM_LIMITS
 from imgateway.core.errors import DeliveryStatus, NoRoute
+from imgateway.net.certificates import loadTLSFiles
+from imgateway.net.tls import TLSFiles
 from imgateway.testing import XmlStreamPeer, memoryGateway
 from tests.e2e.harness import makeCertificates
+from tests.test_net_srv import FakeResolver
 
 NS_STREAMS = "http://etherx.jabber.org/streams"
 NS_TLS = "urn:ietf:params:xml:ns:xmpp-tls"
@@ -1116,136 +1113,10 @@ class OutgoingTests(SynchronousTestCase):
         self.failureResultOf(harness.manager.send(THEIRS, message()), S2SError)
 
 
-class FakeResolver:
+class SRVRouteTests(SynchronousTestCase):
     """
-    A resolver that answers from a table: name to SRV records (priority,
-    weight, port, target), A and AAAA addresses; other names do not exist.
+    How the manager reaches a domain without a static route.
     """
-
-    def __init__(
-        self,
-        srv: dict[str, list[tuple[int, int, int, str]]],
-        a: dict[str, list[str]],
-        aaaa: dict[str, list[str]] | None = None,
-    ) -> None:
-        self.srv = srv
-        self.a = a
-        self.aaaa = aaaa or {}
-        self.asked: list[str] = []
-
-    def _answer(self, records: list[dns.RRHeader]) -> Deferred[Any]:
-        return succeed((records, [], []))
-
-    def lookupService(self, name: str, timeout: Any = None) -> Deferred[Any]:
-        self.asked.append(f"SRV {name}")
-        if name not in self.srv:
-            return fail(DNSNameError(name))
-        return self._answer([
-            dns.RRHeader(name.encode(), dns.SRV, payload=dns.Record_SRV(priority, weight, port, target.encode()))
-            for priority, weight, port, target in self.srv[name]
-        ])
-
-    def lookupAddress(self, name: str, timeout: Any = None) -> Deferred[Any]:
-        self.asked.append(f"A {name}")
-        if name not in self.a:
-            return fail(DNSNameError(name))
-        return self._answer([dns.RRHeader(name.encode(), dns.A, payload=dns.Record_A(a)) for a in self.a[name]])
-
-    def lookupIPV6Address(self, name: str, timeout: Any = None) -> Deferred[Any]:
-        self.asked.append(f"AAAA {name}")
-        if name not in self.aaaa:
-            return fail(DNSNameError(name))
-        return self._answer([dns.RRHeader(name.encode(), dns.AAAA, payload=dns.Record_AAAA(a)) for a in self.aaaa[name]])
-
-
-class SRVTests(SynchronousTestCase):
-    """
-    L{orderSRV} and L{SRVClientEndpoint} (RFC 2782, RFC 6120 3.2).
-    """
-
-    def test_priority(self) -> None:
-        """
-        Lower priorities come first, whatever the weights.
-        """
-        targets = [SRVTarget(20, 100, "c", 1), SRVTarget(10, 0, "a", 1), SRVTarget(30, 5, "d", 1), SRVTarget(10, 0, "b", 1)]
-        ordered = orderSRV(targets, random=lambda: 0.0)
-        self.assertEqual([t.host for t in ordered], ["a", "b", "c", "d"])
-
-    def test_weight(self) -> None:
-        """
-        Within a priority, a target is picked with a chance proportional to
-        its weight: the random draw picks along the running sum of weights.
-        """
-        targets = [SRVTarget(10, 10, "light", 1), SRVTarget(10, 90, "heavy", 1)]
-        self.assertEqual([t.host for t in orderSRV(targets, random=lambda: 0.05)], ["light", "heavy"])
-        self.assertEqual([t.host for t in orderSRV(targets, random=lambda: 0.5)], ["heavy", "light"])
-        counts = {"light": 0, "heavy": 0}
-        import random
-
-        rng = random.Random(1)
-        for _ in range(1000):
-            counts[orderSRV(targets, random=rng.random)[0].host] += 1
-        self.assertTrue(800 < counts["heavy"] < 980, counts)
-
-    def connect(self, resolver: FakeResolver) -> tuple[MemoryReactorClock, Deferred[Any]]:
-        reactor = MemoryReactorClock()
-        endpoint = SRVClientEndpoint(reactor, resolver, THEIRS, random=lambda: 0.0)
-        from twisted.internet.protocol import Factory, Protocol
-
-        return reactor, endpoint.connect(Factory.forProtocol(Protocol))
-
-    def test_order(self) -> None:
-        """
-        Targets are tried in SRV order, each on its own port, each address
-        (IPv6 first) in turn, until one connects.
-        """
-        resolver = FakeResolver(
-            {f"_xmpp-server._tcp.{THEIRS}": [(20, 0, 5270, "backup.other.example"), (10, 0, 5269, "xmpp.other.example")]},
-            {"xmpp.other.example": ["192.0.2.10"], "backup.other.example": ["192.0.2.20"]},
-            {"xmpp.other.example": ["2001:db8::10"]},
-        )
-        reactor, d = self.connect(resolver)
-        self.assertEqual(reactor.tcpClients[-1][:2], ("2001:db8::10", 5269))
-        reactor.tcpClients[-1][2].clientConnectionFailed(reactor.connectors[-1], Failure(ConnectionRefusedError()))
-        self.assertEqual(reactor.tcpClients[-1][:2], ("192.0.2.10", 5269))
-        reactor.tcpClients[-1][2].clientConnectionFailed(reactor.connectors[-1], Failure(ConnectionRefusedError()))
-        self.assertEqual(reactor.tcpClients[-1][:2], ("192.0.2.20", 5270))
-        self.assertNoResult(d)
-        connected: Any = reactor.tcpClients[-1][2].buildProtocol(None)
-        connected.makeConnection(StringTransport())
-        self.successResultOf(d)
-        self.assertEqual(resolver.asked[0], f"SRV _xmpp-server._tcp.{THEIRS}")
-
-    def test_fallback(self) -> None:
-        """
-        Without SRV records, the domain itself is tried on port 5269.
-        """
-        reactor, d = self.connect(FakeResolver({}, {THEIRS: ["192.0.2.30"]}))
-        self.assertEqual(reactor.tcpClients[-1][:2], ("192.0.2.30", 5269))
-
-    def test_notOffered(self) -> None:
-        """
-        A single SRV target of C{.} means the service is not offered: no
-        fallback.
-        """
-        reactor, d = self.connect(FakeResolver({f"_xmpp-server._tcp.{THEIRS}": [(0, 0, 0, ".")]}, {THEIRS: ["192.0.2.30"]}))
-        self.failureResultOf(d, DNSLookupError)
-        self.assertEqual(reactor.tcpClients, [])
-
-    def test_noAddress(self) -> None:
-        """
-        No address at all: L{DNSLookupError}.
-        """
-        reactor, d = self.connect(FakeResolver({}, {}))
-        self.failureResultOf(d, DNSLookupError)
-
-    def test_allRefused(self) -> None:
-        """
-        When every address refuses, the last error is reported.
-        """
-        reactor, d = self.connect(FakeResolver({}, {THEIRS: ["192.0.2.30"]}))
-        reactor.tcpClients[-1][2].clientConnectionFailed(reactor.connectors[-1], Failure(ConnectionRefusedError()))
-        self.failureResultOf(d, ConnectionRefusedError)
 
     def test_manager(self) -> None:
         """
@@ -1274,6 +1145,4 @@ def loadTLS(directory: str, domain: str, name: str | None = None) -> tuple[str, 
     """
     caPath, serverDir = makeCertificates(os.path.join(directory, domain), name or domain)
     pem = os.path.join(serverDir, f"{name or domain}.pem")
-    with open(pem, "rb") as f:
-        data = f.read()
-    return caPath, TLSFiles(pem, pem, tuple(x509.load_pem_x509_certificates(data)), load_pem_private_key(data, None))
+    return caPath, loadTLSFiles(pem, pem)

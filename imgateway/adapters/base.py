@@ -1,48 +1,26 @@
 # -*- test-case-name: tests.test_native_server -*-
 """
 What every face shares: listeners that stop start-up cleanly when they
-cannot bind, server TLS options that survive unknown ALPN offers, a cap on
-what is queued for a peer that does not read, and telling loopback peers
-apart.
+cannot bind, and a cap on what is queued for a peer that does not read.
+TLS options, certificate checks and peer addresses are L{imgateway.net}'s.
 """
 
 from __future__ import annotations
 
 import sys
-from ipaddress import ip_address
 from collections.abc import Callable
 from typing import Any
 
-from OpenSSL import SSL
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.ssl import CertificateOptions
 from twisted.internet.interfaces import IPushProducer, ITransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
-__all__ = ["ListenerService", "SendQueueGuard", "ServerTLSOptions", "isLoopback"]
+__all__ = ["ListenerService", "SendQueueGuard"]
 
 log = Logger()
-
-
-def isLoopback(address: object) -> bool:
-    """
-    Whether a peer address is on this host (loopback IP or UNIX socket).
-    """
-    if isinstance(address, UNIXAddress):
-        return True
-    if isinstance(address, (IPv4Address, IPv6Address)):
-        try:
-            ip = ip_address(address.host.split("%")[0])
-        except ValueError:
-            return False
-        # An IPv4 peer of a dual-stack (::) listener: ::ffff:127.0.0.1.
-        mapped = getattr(ip, "ipv4_mapped", None)
-        return (mapped or ip).is_loopback
-    return False
 
 
 class ListenerService(StreamServerEndpointService):
@@ -70,33 +48,6 @@ class ListenerService(StreamServerEndpointService):
             sys.stderr.write(message + "\n")
             raise SystemExit(1) from None
         log.info("{what} listening on {endpoint}", what=self.what, endpoint=self.description)
-
-
-class _ALPNSafeContext(SSL.Context):
-    """
-    An OpenSSL context whose ALPN selection declines politely when nothing
-    overlaps. Twisted 26.10's selection callback returns C{b""} then, which
-    OpenSSL 3 turns into an C{internal_error} alert that kills the
-    handshake: any client offering a protocol we do not list (Prosody on
-    s2s STARTTLS, XMPP clients offering C{xmpp-client}) could not connect.
-    """
-
-    def set_alpn_select_callback(self, callback: Any) -> None:
-        def select(connection: SSL.Connection, offered: list[bytes]) -> Any:
-            chosen = callback(connection, offered)
-            return chosen if chosen else SSL.NO_OVERLAPPING_PROTOCOLS
-
-        super().set_alpn_select_callback(select)
-
-
-class ServerTLSOptions(CertificateOptions):
-    """
-    L{CertificateOptions} for servers whose contexts decline unknown ALPN
-    offers instead of aborting the handshake. Pass C{acceptableProtocols}
-    with the protocols the face speaks.
-    """
-
-    _contextFactory = _ALPNSafeContext
 
 
 @implementer(IPushProducer)

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import os
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.application.service import IService
 from twisted.trial.unittest import TestCase
 from twisted.words.xish import domish
 
-from imgateway.adapters.xmpp.adapter import TLSFiles
 from imgateway.adapters.xmpp.s2s import NS_DIALBACK_FEATURES, NS_SERVER, S2SConfig, S2SManager
+from imgateway.net.certificates import loadTLSFiles
+from imgateway.net.tls import TLSFiles
 from tests.e2e.harness import _Waiters, freePort, makeCertificates, reactor
 from tests.e2e.prosody import ProsodyProcess
 
@@ -44,9 +43,7 @@ def loadTLS(directory: str, domain: str) -> tuple[str, TLSFiles]:
     """
     caPath, serverDir = makeCertificates(directory, domain)
     pem = os.path.join(serverDir, f"{domain}.pem")
-    with open(pem, "rb") as f:
-        data = f.read()
-    return caPath, TLSFiles(pem, pem, tuple(x509.load_pem_x509_certificates(data)), load_pem_private_key(data, None))
+    return caPath, loadTLSFiles(pem, pem)
 
 
 class _Inbox(_Waiters):

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imgateway import __version__
-from imgateway.adapters.base import SendQueueGuard, isLoopback
+from imgateway.adapters.base import SendQueueGuard
 from imgateway.adapters.native.framing import (
     FrameParser,
     FramingError,
@@ -62,6 +62,7 @@ from imgateway.core.ratelimit import TokenBucket
 from imgateway.core.throttle import Admission
 from imgateway.core.records import AccessList, AuthorisationState, ContactView
 from imgateway.interfaces import IGateway, ISession, ISessionClient
+from imgateway.net.addresses import isLoopback
 
 __all__ = ["NativeConfig", "NativeServerFactory", "NativeServerProtocol"]
 

@@ -11,8 +11,6 @@ from typing import Any
 
 import attrs
 from attrs import frozen
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IReactorCore
@@ -24,14 +22,15 @@ from imgateway.adapters.xmpp.component import ComponentConfig, makeComponentServ
 from imgateway.adapters.xmpp.federation_service import FederationConfig, FederationService
 from imgateway.adapters.xmpp.s2s import S2S_LIMITS, S2SConfig
 from imgateway.adapters.xmpp.stream import StreamLimits
-from imgateway.adapters.xmpp.tls import TLSFiles
 from imgateway.core.address import normaliseDomain
 from imgateway.core.errors import InvalidAddress
 from imgateway.adapters.base import ListenerService
 from imgateway.config import ConfigTable
 from imgateway.interfaces import IGateway, IProtocolAdapter
+from imgateway.net.certificates import CertificateProblem, keyMatches, loadCertificates, loadPrivateKey
+from imgateway.net.tls import TLSFiles
 
-__all__ = ["TLSFiles", "XMPPAdapter", "XMPPConfig"]
+__all__ = ["XMPPAdapter", "XMPPConfig"]
 
 
 
@@ -55,16 +54,14 @@ def _loadTLS(t: ConfigTable) -> TLSFiles | None:
     if certificate is None or key is None:
         return None
     try:
-        with open(certificate, "rb") as f:
-            chain = tuple(x509.load_pem_x509_certificates(f.read()))
-    except ValueError as e:
-        raise t.error("certificate", f"{certificate} holds no PEM certificate ({e})") from None
+        chain = loadCertificates(certificate)
+    except CertificateProblem as e:
+        raise t.error("certificate", str(e)) from None
     try:
-        with open(key, "rb") as f:
-            privateKey = load_pem_private_key(f.read(), password=None)
-    except (ValueError, TypeError) as e:
-        raise t.error("private_key", f"{key} holds no unencrypted PEM private key ({e})") from None
-    if chain[0].public_key().public_numbers() != privateKey.public_key().public_numbers():  # type: ignore[union-attr]
+        privateKey = loadPrivateKey(key)
+    except CertificateProblem as e:
+        raise t.error("private_key", str(e)) from None
+    if not keyMatches(chain[0], privateKey):
         raise t.error("private_key", f"{key} does not match the certificate in {certificate}")
     return TLSFiles(certificate, key, chain, privateKey)
 

@@ -40,7 +40,6 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from imgateway import __version__
-from imgateway.adapters.base import isLoopback
 from imgateway.adapters.xmpp.jid import InvalidJID, addressOf, jidOf, parseJID
 from imgateway.adapters.xmpp.mapping import (
     SUBSCRIPTION_KINDS,
@@ -60,6 +59,7 @@ from imgateway.core.presence import OFFLINE, Presence
 from imgateway.core.records import ContactView
 from imgateway.core.throttle import Admission
 from imgateway.interfaces import IGateway, ISession, ISessionClient
+from imgateway.net.addresses import isLoopback
 
 __all__ = ["C2SConfig", "C2SFactory", "C2SProtocol"]
 

@@ -44,8 +44,9 @@ Every limit is in L{S2SConfig}; stream limits (L{StreamLimits}) apply
 before and after authentication through L{HardenedXmlStream}.
 
 This module is the link management (queues, backoff, which streams exist);
-the streams and their negotiation are L{s2s_stream}'s, certificates and
-dialback keys L{s2s_auth}'s. Its public names are re-exported here.
+the streams and their negotiation are L{s2s_stream}'s, dialback keys
+L{s2s_auth}'s, certificate checks and the SRV endpoint L{imgateway.net}'s.
+Its public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -69,7 +70,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
-from imgateway.adapters.base import ServerTLSOptions
 from imgateway.adapters.xmpp.jid import InvalidJID, parseJID
 from imgateway.adapters.xmpp.s2s_auth import (
     ALPN_PROTOCOLS,
@@ -77,8 +77,6 @@ from imgateway.adapters.xmpp.s2s_auth import (
     NS_DIALBACK_FEATURES,
     DialbackKeys,
     dialbackKey,
-    trustRoot,
-    validFor,
 )
 from imgateway.adapters.xmpp.s2s_stream import (
     NS_SERVER,
@@ -91,9 +89,10 @@ from imgateway.adapters.xmpp.s2s_stream import (
     S2SConfig,
     bareDomain,
 )
-from imgateway.adapters.xmpp.srv import SRVClientEndpoint
-from imgateway.adapters.xmpp.tls import TLSFiles
 from imgateway.core.errors import DeliveryStatus, NoRoute
+from imgateway.net.certificates import loadTrustRootFile
+from imgateway.net.srv import SRVClientEndpoint, systemResolver
+from imgateway.net.tls import ServerTLSOptions, TLSFiles, trustRoot, validFor
 
 __all__ = [
     "NS_DIALBACK",
@@ -460,7 +459,9 @@ class S2SManager:
         self.factory = IncomingFactory(self)
         self._services: list[IService] | None = None
 
-        trust = trustRoot(config.trustRoots) if config.verifyCertificates else None
+        trust = None
+        if config.verifyCertificates:
+            trust = trustRoot(loadTrustRootFile(config.trustRoots) if config.trustRoots is not None else None)
         own: dict[str, Any] = {}
         if tls is not None:
             own = {"privateKey": tls.key, "certificate": tls.chain[0], "extraCertChain": list(tls.chain[1:])}
@@ -555,17 +556,10 @@ class S2SManager:
         if not self.config.useDNS:
             raise S2SError("remote-server-not-found", f"no route to {domain} (DNS lookups are off)")
         if self.resolver is None:
-            # What twisted.names.client.createResolver makes, on our reactor.
-            from twisted.names import cache, client, hosts, resolve
-
-            self.resolver = resolve.ResolverChain(
-                [
-                    hosts.Resolver(b"/etc/hosts"),
-                    cache.CacheResolver(reactor=self.reactor),
-                    client.Resolver(resolv="/etc/resolv.conf", reactor=self.reactor),
-                ]
-            )
-        return SRVClientEndpoint(self.reactor, self.resolver, domain, timeout=self.config.connectTimeout)
+            self.resolver = systemResolver(self.reactor)
+        return SRVClientEndpoint(
+            self.reactor, self.resolver, domain, "xmpp-server", fallbackPort=5269, timeout=self.config.connectTimeout
+        )
 
     def dialbackKey(self, receiving: str, streamID: str) -> str:
         """

@@ -7,7 +7,8 @@ a stream error), the incoming stream a remote server opens to us
 addressing checks) and our outgoing stream to a remote domain (STARTTLS,
 SASL EXTERNAL or dialback as the initiating server).
 
-Authentication itself (certificates, keys) is L{s2s_auth}'s; which streams
+Authentication itself is L{s2s_auth}'s (dialback keys, SASL EXTERNAL) and
+L{imgateway.net.tls}' (peer certificates); which streams
 exist, their queues and retries, L{s2s}'s (the link layer), which the
 streams reach only through L{StreamOwner} and L{LinkOwner}.
 """
@@ -40,11 +41,10 @@ from imgateway.adapters.xmpp.s2s_auth import (
     NS_DIALBACK,
     NS_DIALBACK_FEATURES,
     NS_SASL,
-    TLSCheck,
-    TLSCreator,
     externalAuthzidProblem,
 )
 from imgateway.adapters.xmpp.stream import HardenedXmlStream, StreamLimits
+from imgateway.net.tls import TLSCheck, TLSCreator
 
 __all__ = [
     "Closing",

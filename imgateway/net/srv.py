@@ -1,9 +1,11 @@
-# -*- test-case-name: tests.test_xmpp_s2s -*-
+# -*- test-case-name: tests.test_net_srv -*-
 """
-An SRV-aware client endpoint (RFC 2782, RFC 6120 section 3.2): connect to
-a service of a domain as its DNS says, through an injected
+An SRV-aware client endpoint (RFC 2782) for any service: connect to
+C{_service._proto.domain} as its DNS says, through an injected
 L{twisted.names} resolver for every lookup (SRV, then A and AAAA of each
-target), so tests and deployments decide which DNS is asked.
+target), so tests and deployments decide which DNS is asked. XMPP
+federation uses it for C{_xmpp-server._tcp} (RFC 6120 section 3.2); the
+router will for its own service.
 
 Twisted has L{twisted.names.srvconnect.SRVConnector}, a connector rather
 than an endpoint, which resolves targets through the reactor's resolver;
@@ -27,7 +29,7 @@ from twisted.names import dns
 from twisted.names.error import DNSNameError
 from zope.interface import implementer
 
-__all__ = ["SRVClientEndpoint", "SRVTarget", "orderSRV"]
+__all__ = ["SRVClientEndpoint", "SRVTarget", "orderSRV", "systemResolver"]
 
 log = Logger()
 
@@ -77,6 +79,25 @@ def orderSRV(targets: Sequence[SRVTarget], random: Callable[[], float] = _random
     return ordered
 
 
+def systemResolver(reactor: Any) -> Any:
+    """
+    The resolver L{twisted.names.client.createResolver} makes (C{/etc/hosts},
+    a cache, then the servers of C{/etc/resolv.conf}), on C{reactor} rather
+    than the global one.
+
+    @return: An L{twisted.internet.interfaces.IResolver}.
+    """
+    from twisted.names import cache, client, hosts, resolve
+
+    return resolve.ResolverChain(
+        [
+            hosts.Resolver(b"/etc/hosts"),
+            cache.CacheResolver(reactor=reactor),
+            client.Resolver(resolv="/etc/resolv.conf", reactor=reactor),
+        ]
+    )
+
+
 def _hostOf(name: dns.Name) -> str:
     return name.name.decode("ascii", "replace").rstrip(".")
 
@@ -84,10 +105,11 @@ def _hostOf(name: dns.Name) -> str:
 @implementer(IStreamClientEndpoint)
 class SRVClientEndpoint:
     """
-    Connect to C{_service._proto.domain} as DNS says (RFC 6120 3.2.1): the
-    SRV targets in RFC 2782 order, each address of each (AAAA, then A)
-    tried in turn; no SRV record (or a failed SRV lookup): the domain itself
-    on C{fallbackPort} (RFC 6120 3.2.2); a single target of C{.}: the
+    Connect to C{_service._proto.domain} as DNS says: the SRV targets in
+    RFC 2782 order, each address of each (AAAA, then A) tried in turn; no
+    SRV record (or a failed SRV lookup): the domain itself on
+    C{fallbackPort} (as RFC 6120 3.2.2 wants for XMPP), or
+    L{DNSLookupError} if there is none; a single target of C{.}: the
     service is not offered there (L{DNSLookupError}, no fallback).
 
     @ivar maxTargets: Most SRV targets tried (a hostile zone can list
@@ -100,9 +122,9 @@ class SRVClientEndpoint:
         reactor: Any,
         resolver: Any,
         domain: str,
-        service: str = "xmpp-server",
+        service: str,
+        fallbackPort: int | None,
         protocol: str = "tcp",
-        fallbackPort: int = 5269,
         timeout: float = 30.0,
         random: Callable[[], float] = _random.random,
         maxTargets: int = 8,
@@ -113,6 +135,11 @@ class SRVClientEndpoint:
         @param resolver: An L{twisted.internet.interfaces.IResolver} (for
             example from L{twisted.names.client.createResolver}).
         @param domain: The domain, as text (IDNA-encoded for the lookups).
+        @param service: The service name, without its underscore
+            (C{"xmpp-server"}).
+        @param fallbackPort: The port of the domain itself when it has no
+            SRV record; C{None}: no fallback.
+        @param protocol: The transport protocol's name (C{"tcp"}).
         @param timeout: Seconds for each TCP connection attempt.
         """
         self.reactor = reactor
@@ -144,19 +171,24 @@ class SRVClientEndpoint:
             raise
         except Exception as e:
             if not isinstance(e, DNSNameError):
-                log.info("SRV lookup of {name} failed ({error}); trying the domain itself", name=name, error=e)
-            return [(self.domain, self.fallbackPort)]
+                log.info("SRV lookup of {name} failed ({error})", name=name, error=e)
+            return self._fallback(name)
         records = [
             SRVTarget(rr.payload.priority, rr.payload.weight, _hostOf(rr.payload.target), rr.payload.port)
             for rr in answers
             if rr.type == dns.SRV
         ]
         if not records:
-            return [(self.domain, self.fallbackPort)]
+            return self._fallback(name)
         if len(records) == 1 and records[0].host in ("", "."):
             raise DNSLookupError(f"{self.domain} does not offer {self.service} (SRV target '.')")
         ordered = orderSRV(records, self.random)[: self.maxTargets]
         return [(t.host, t.port) for t in ordered if t.host not in ("", ".")]
+
+    def _fallback(self, name: str) -> list[tuple[str, int]]:
+        if self.fallbackPort is None:
+            raise DNSLookupError(f"no SRV record for {name}")
+        return [(self.domain, self.fallbackPort)]
 
     async def addresses(self, host: str) -> list[tuple[int, str]]:
         """

@@ -1,5 +1,6 @@
+# -*- test-case-name: tests.test_net_tls -*-
 """
-Tests for L{imgateway.adapters.base}.
+Tests for L{imgateway.net.tls}.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
-from imgateway.adapters.base import ServerTLSOptions, isLoopback
+from imgateway.net.tls import ServerTLSOptions
 
 
 def _selfSigned() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -88,19 +88,3 @@ class ServerTLSOptionsTests(SynchronousTestCase):
         options abort it with an internal_error alert).
         """
         self.assertIsNone(self.handshake([b"xmpp-server-unknown"]))
-
-
-class IsLoopbackTests(SynchronousTestCase):
-    """
-    L{isLoopback}.
-    """
-
-    def test_addresses(self) -> None:
-        """
-        Loopback IPv4, IPv6 and UNIX peers are loopback; others are not.
-        """
-        self.assertTrue(isLoopback(IPv4Address("TCP", "127.0.0.9", 1)))
-        self.assertTrue(isLoopback(IPv6Address("TCP", "::1", 1)))
-        self.assertTrue(isLoopback(UNIXAddress(b"/tmp/x")))
-        self.assertFalse(isLoopback(IPv4Address("TCP", "192.0.2.1", 1)))
-        self.assertFalse(isLoopback(IPv4Address("TCP", "not-an-ip", 1)))

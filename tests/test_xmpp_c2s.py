@@ -7,11 +7,13 @@ in C{tests/e2e/test_xmpp_c2s.py}.
 from __future__ import annotations
 
 import base64
+import datetime
 from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.xish import domish
 from zope.interface.verify import verifyObject
@@ -25,6 +27,7 @@ from imgateway.core.errors import ConfigError
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
 from imgateway.testing import RecordingSessionClient, XmlStreamPeer, addUser, memoryGateway
+from tests.test_net_certificates import DAY, Certificates, certificatePEM, keyPEM, write
 
 HEADER = (
     "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
@@ -488,6 +491,34 @@ class ConfigTests(SynchronousTestCase):
         """
         e = self.assertRaises(ConfigError, self.parse, {"certificate": "/nonexistent.pem", "private_key": "/nonexistent.key"})
         self.assertIn("certificate: cannot read /nonexistent.pem", str(e))
+
+    def test_expiredCertificate(self) -> None:
+        """
+        An expired certificate stops start-up, naming the key and the
+        file, as a key that does not match it does.
+        """
+        now = datetime.datetime.now(datetime.timezone.utc)
+        certificates = Certificates()
+        key, old = certificates.issue(["corp.example"], notBefore=now - 100 * DAY, notAfter=now - DAY)
+        folder = FilePath(self.mktemp())
+        path = write(folder.child("old.pem"), keyPEM(key), certificatePEM(old))
+        e = self.assertRaises(ConfigError, self.parse, {"certificate": path, "private_key": path})
+        self.assertIn(f"x.toml [xmpp]: certificate: {path}: the certificate for corp.example expired on ", str(e))
+        key, current = certificates.issue(["corp.example"], notBefore=now - DAY, notAfter=now + DAY)
+        other, _ = certificates.issue()
+        certificate = write(folder.child("current.pem"), certificatePEM(current))
+        wrong = write(folder.child("wrong.key"), keyPEM(other))
+        e = self.assertRaises(ConfigError, self.parse, {"certificate": certificate, "private_key": wrong})
+        self.assertEqual(str(e), f"x.toml [xmpp]: private_key: {wrong} does not match the certificate in {certificate}")
+
+    def test_trustRootsChecked(self) -> None:
+        """
+        An C{s2s_trust_roots} file that holds no certificate stops start-up
+        naming the key, rather than failing when federation starts.
+        """
+        path = write(FilePath(self.mktemp()).child("cas.pem"), b"no certificate here\n")
+        e = self.assertRaises(ConfigError, self.parse, {"require_tls": False, "s2s_trust_roots": path})
+        self.assertIn(f"x.toml [xmpp]: s2s_trust_roots: {path} holds no PEM certificate", str(e))
 
     def test_limitsChecked(self) -> None:
         """

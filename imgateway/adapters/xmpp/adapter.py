@@ -27,7 +27,7 @@ from imgateway.core.errors import InvalidAddress
 from imgateway.adapters.base import ListenerService
 from imgateway.config import ConfigTable
 from imgateway.interfaces import IGateway, IProtocolAdapter
-from imgateway.net.certificates import CertificateProblem, keyMatches, loadCertificates, loadPrivateKey
+from imgateway.net.certificates import CertificateProblem, keyMatches, loadCertificates, loadPrivateKey, loadTrustRootFile
 from imgateway.net.tls import TLSFiles
 
 __all__ = ["XMPPAdapter", "XMPPConfig"]
@@ -64,6 +64,19 @@ def _loadTLS(t: ConfigTable) -> TLSFiles | None:
     if not keyMatches(chain[0], privateKey):
         raise t.error("private_key", f"{key} does not match the certificate in {certificate}")
     return TLSFiles(certificate, key, chain, privateKey)
+
+
+def _trustRoots(t: ConfigTable, key: str) -> str | None:
+    """
+    The path of a PEM file of CA certificates, checked.
+    """
+    path = t.path(key)
+    if path is not None:
+        try:
+            loadTrustRootFile(path)
+        except CertificateProblem as e:
+            raise t.error(key, str(e)) from None
+    return path
 
 
 def _secretFile(t: ConfigTable, key: str) -> str | None:
@@ -114,7 +127,7 @@ def _parseFederation(t: ConfigTable, reactor: IReactorCore, tls: TLSFiles | None
         requireTLS=t.get("s2s_require_tls", bool, d.requireTLS),
         verifyCertificates=t.get("s2s_verify_certificates", bool, d.verifyCertificates),
         allowDialback=t.get("s2s_allow_dialback", bool, d.allowDialback),
-        trustRoots=t.path("s2s_trust_roots"),
+        trustRoots=_trustRoots(t, "s2s_trust_roots"),
         limits=limits,
         connectTimeout=t.positive("s2s_connect_timeout", float, d.connectTimeout),
         maxQueuedStanzas=t.positive("s2s_max_queued_stanzas", int, d.maxQueuedStanzas),

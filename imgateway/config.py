@@ -25,6 +25,8 @@ from imgateway.auth.passwords import DEFAULT_SCRAM_ITERATIONS
 from imgateway.core.address import normaliseDomain
 from imgateway.core.errors import ConfigError, InvalidAddress
 from imgateway.core.throttle import LimitsConfig
+from imgateway.net.certificates import CertificateProblem
+from imgateway.net.endpoints import checkServerEndpoint
 
 __all__ = [
     "CONFIG_ENVIRONMENT",
@@ -108,13 +110,18 @@ class ConfigTable:
     def endpoints(self, key: str, reactor: IReactorCore, default: Sequence[str] = ()) -> tuple[str, ...]:
         """
         Read a list of Twisted server endpoint strings, checking that each
-        parses (nothing is opened).
+        parses and that the certificates and keys it names can serve
+        (L{imgateway.net.endpoints.checkServerEndpoint}); nothing is opened.
         """
         value = self.get(key, list, list(default))
         result = []
         for item in value:
             if not isinstance(item, str):
                 raise self.error(key, f"expected endpoint strings, got {item!r}")
+            try:
+                checkServerEndpoint(item)
+            except CertificateProblem as e:
+                raise self.error(key, f"{item!r}: {e}") from None
             try:
                 serverFromString(reactor, item)
             except Exception as e:  # serverFromString raises many kinds

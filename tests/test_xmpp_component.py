@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
+from twisted.python.filepath import FilePath
 from twisted.test.iosim import ConnectionCompleter, IOPump
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.protocols.jabber import component, xmlstream
@@ -249,6 +250,21 @@ class ConfigTests(SynchronousTestCase):
         for changes, key in cases:
             e = self.assertRaises(ConfigError, self.parse, **changes)
             self.assertIn(f"component[0]: {key}:", str(e))
+
+    def test_trustRootsFile(self) -> None:
+        """
+        An endpoint whose C{trustRoots} names a file rather than a folder
+        is refused, saying what to do.
+        """
+        ca = FilePath(self.mktemp())
+        ca.setContent(b"")
+        endpoint = f"tls:xmpp.example:5347:trustRoots={ca.path}"
+        e = self.assertRaises(ConfigError, self.parse, endpoint=endpoint)
+        self.assertEqual(
+            str(e),
+            f"x.toml [xmpp] component[0]: endpoint: bad client endpoint {endpoint!r}: trustRoots must be a"
+            f" folder of PEM files; {ca.path} is a file: put it in a folder",
+        )
 
     def test_components(self) -> None:
         """

@@ -41,7 +41,7 @@ from imgateway.adapters.xmpp.s2s import (
     dialbackKey,
 )
 from imgateway.adapters.xmpp.stream import NS_STREAM_LIMITS
-from imgateway.core.errors import DeliveryStatus, NoRoute
+from imgateway.core.errors import ConfigError, DeliveryStatus, NoRoute
 from imgateway.net.certificates import loadTLSFiles
 from imgateway.net.tls import TLSFiles
 from imgateway.testing import XmlStreamPeer, memoryGateway
@@ -1078,6 +1078,33 @@ class OutgoingTests(SynchronousTestCase):
         e = self.failureResultOf(harness.manager.send(THEIRS, message()), S2SError).value
         self.assertEqual(e.condition, "remote-server-not-found")
         self.assertEqual(harness.reactor.tcpClients, [])
+
+    def test_routeCannotServe(self) -> None:
+        """
+        A static route whose C{trustRoots} folder has gone since start-up
+        fails the stanza with C{remote-server-not-found}, saying why,
+        instead of raising out of the link.
+        """
+        folder = FilePath(self.mktemp())
+        route = f"tls:{THEIRS}:5269:trustRoots={folder.path}"
+        harness = _Harness(self, routes={THEIRS: route}, maxConnectAttempts=1)
+        e = self.failureResultOf(harness.manager.send(THEIRS, message()), S2SError).value
+        self.assertEqual(e.condition, "remote-server-not-found")
+        self.assertIn(f"trustRoots folder {folder.path} does not exist", e.text)
+        self.assertEqual(harness.reactor.tcpClients, [])
+
+    def test_routeTrustRootsFile(self) -> None:
+        """
+        An C{s2s_routes} endpoint whose C{trustRoots} names a file stops
+        start-up with what to do.
+        """
+        ca = FilePath(self.mktemp())
+        ca.setContent(b"")
+        table = {"federation": True, "require_tls": False, "listen": [], "s2s_require_tls": False,
+                 "s2s_routes": {THEIRS: f"tls:{THEIRS}:5269:trustRoots={ca.path}"}}
+        e = self.assertRaises(ConfigError, XMPPAdapter().parseConfig, ConfigTable(table, "x.toml [xmpp]"), MemoryReactorClock())
+        self.assertIn(f"x.toml [xmpp]: s2s_routes: {THEIRS} = ", str(e))
+        self.assertIn(f"trustRoots must be a folder of PEM files; {ca.path} is a file: put it in a folder", str(e))
 
     def test_addressing(self) -> None:
         """

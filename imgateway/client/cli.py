@@ -232,11 +232,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             _die("send: the message is empty", 2)
 
     from twisted.internet import reactor
-    from twisted.internet.endpoints import clientFromString
     from twisted.internet.task import react
 
+    from imgateway.net.endpoints import clientEndpointFromString
+
     try:
-        endpoint = clientFromString(reactor, arguments.server)
+        endpoint = clientEndpointFromString(reactor, arguments.server)
     except Exception as e:  # clientFromString raises many kinds
         _die(f"bad --server endpoint {arguments.server!r}: {e} (expected e.g. tcp:HOST:PORT or tls:HOST:PORT)", 2)
 

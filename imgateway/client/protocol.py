@@ -16,7 +16,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -35,6 +34,7 @@ from imgateway.auth.sasl import SASLFailure, clientMechanism, preferredMechanism
 from imgateway.core.address import Address
 from imgateway.core.errors import AuthenticationFailed, ImgatewayError, NotAuthorised
 from imgateway.core.presence import Presence, PresenceState
+from imgateway.net.endpoints import clientEndpointFromString
 
 __all__ = [
     "BYE_TIMEOUT",
@@ -493,7 +493,7 @@ def connect(
         C{"tls:gw.corp.example:5301"}).
     @return: Fires with the logged-in protocol.
     """
-    ep: IStreamClientEndpoint = clientFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint
+    ep: IStreamClientEndpoint = clientEndpointFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint
     d: Deferred[Any] = ep.connect(_ClientFactory(observer, reactor))
 
     def connected(proto: NativeClientProtocol) -> Deferred[NativeClientProtocol]:

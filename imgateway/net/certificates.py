@@ -284,26 +284,28 @@ def checkCertificateFolder(path: str | FilePath[str], now: float | None = None) 
             )
 
 
-def checkTrustRootsFolder(path: str | FilePath[str]) -> None:
+def checkTrustRootsFolder(path: str | FilePath[str], key: str = "trustRoots") -> None:
     """
-    Check the C{trustRoots} folder of a C{tls:} client endpoint as Twisted
-    will read it (see the module's docstring): it exists and is a folder,
-    holds at least one C{*.pem} file, and each such file can be read and
-    holds exactly one certificate (Twisted would read only the first).
+    Check the C{trustRoots} folder of a C{tls:} client endpoint (or the
+    C{caCertsDir} of an C{ssl:} one) as Twisted will read it (see the
+    module's docstring): it exists and is a folder, holds at least one
+    C{*.pem} file, and each such file can be read and holds exactly one
+    certificate (Twisted would read only the first).
 
     @param path: The folder.
+    @param key: The endpoint string's parameter, for messages.
     @raise CertificateProblem: Naming the first file at fault.
     """
     folder = path if isinstance(path, FilePath) else FilePath(path)
-    for pem in _pemFiles(folder, "trustRoots", "trustRoots folder", recursive=False):
+    for pem in _pemFiles(folder, key, f"{key} folder", recursive=False):
         try:
             found = x509.load_pem_x509_certificates(_read(pem))
         except ValueError as e:
             if isinstance(e, CertificateProblem):
                 raise
-            raise CertificateProblem(f"trustRoots: {pem.path} holds no PEM certificate ({e})") from None
+            raise CertificateProblem(f"{key}: {pem.path} holds no PEM certificate ({e})") from None
         if len(found) > 1:
             raise CertificateProblem(
-                f"trustRoots: {pem.path} holds {len(found)} certificates, of which Twisted reads only the"
+                f"{key}: {pem.path} holds {len(found)} certificates, of which Twisted reads only the"
                 " first: put each CA certificate in a file of its own"
             )

@@ -12,7 +12,6 @@ from typing import Any
 import attrs
 from attrs import frozen
 from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IReactorCore
 from twisted.plugin import IPlugin
 from zope.interface import implementer
@@ -28,6 +27,7 @@ from imgateway.adapters.base import ListenerService
 from imgateway.config import ConfigTable
 from imgateway.interfaces import IGateway, IProtocolAdapter
 from imgateway.net.certificates import CertificateProblem, keyMatches, loadCertificates, loadPrivateKey, loadTrustRootFile
+from imgateway.net.endpoints import clientEndpointFromString
 from imgateway.net.tls import TLSFiles
 
 __all__ = ["XMPPAdapter", "XMPPConfig"]
@@ -109,7 +109,7 @@ def _parseFederation(t: ConfigTable, reactor: IReactorCore, tls: TLSFiles | None
             raise t.error("s2s_routes", f"{domain}: expected a client endpoint string, got {endpoint!r}")
         try:
             normal = normaliseDomain(domain)
-            clientFromString(reactor, endpoint)
+            clientEndpointFromString(reactor, endpoint)
         except (InvalidAddress, ValueError) as e:
             raise t.error("s2s_routes", f"{domain} = {endpoint!r}: {e}") from None
         routes[normal] = endpoint

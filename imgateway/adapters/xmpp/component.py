@@ -29,7 +29,6 @@ from attrs import frozen
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorTime, IStreamClientEndpoint, ITCPTransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -46,6 +45,7 @@ from imgateway.config import ConfigTable
 from imgateway.core.address import Address, normaliseDomain
 from imgateway.core.errors import ConfigError, InvalidAddress, NoRoute
 from imgateway.interfaces import IGateway
+from imgateway.net.endpoints import clientEndpointFromString
 
 __all__ = [
     "COMPONENT_LIMITS",
@@ -228,7 +228,7 @@ def parseComponentConfig(table: ConfigTable, reactor: IReactorCore) -> Component
         raise t.error("secret", "must not be empty")
     endpoint = t.get("endpoint", str)
     try:
-        clientFromString(reactor, endpoint)
+        clientEndpointFromString(reactor, endpoint)
     except Exception as e:  # clientFromString raises many kinds
         raise t.error("endpoint", f"bad client endpoint {endpoint!r}: {e}") from None
     domainList = t.get("domains", list)
@@ -557,5 +557,5 @@ def makeComponentService(
     if gateway.domain in config.domains:
         raise ConfigError(f"XMPP component {config.jid}: {gateway.domain} is this gateway's own domain")
     if endpoint is None:
-        endpoint = clientFromString(gateway.reactor, config.endpoint)
+        endpoint = clientEndpointFromString(gateway.reactor, config.endpoint)
     return ComponentService(gateway, config, endpoint)

@@ -61,7 +61,7 @@ from twisted.application.internet import StreamServerEndpointService, backoffPol
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import DNSLookupError
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
@@ -90,7 +90,8 @@ from imgateway.adapters.xmpp.s2s_stream import (
     bareDomain,
 )
 from imgateway.core.errors import DeliveryStatus, NoRoute
-from imgateway.net.certificates import loadTrustRootFile
+from imgateway.net.certificates import CertificateProblem, loadTrustRootFile
+from imgateway.net.endpoints import clientEndpointFromString
 from imgateway.net.srv import SRVClientEndpoint, systemResolver
 from imgateway.net.tls import ServerTLSOptions, TLSFiles, trustRoot, validFor
 
@@ -551,8 +552,11 @@ class S2SManager:
     def _endpointFor(self, domain: str) -> IStreamClientEndpoint:
         route = self.routes.get(domain)
         if route is not None:
-            endpoint: IStreamClientEndpoint = clientFromString(self.reactor, route)
-            return endpoint
+            try:
+                return clientEndpointFromString(self.reactor, route)
+            except CertificateProblem as e:
+                # Checked at start-up; a file may have gone since.
+                raise S2SError("remote-server-not-found", f"the route to {domain} cannot be used: {e}") from None
         if not self.config.useDNS:
             raise S2SError("remote-server-not-found", f"no route to {domain} (DNS lookups are off)")
         if self.resolver is None:

@@ -56,7 +56,10 @@ class Certificates:
     unless told otherwise.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, now: datetime.datetime = NOW) -> None:
+        """
+        @param now: The CA is valid from 30 days before to a year after.
+        """
         self.caKey = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "imgateway test CA")])
         self.ca = (
@@ -65,8 +68,8 @@ class Certificates:
             .issuer_name(name)
             .public_key(self.caKey.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - 30 * DAY)
-            .not_valid_after(NOW + 365 * DAY)
+            .not_valid_before(now - 30 * DAY)
+            .not_valid_after(now + 365 * DAY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .sign(self.caKey, hashes.SHA256())
         )

@@ -3,7 +3,9 @@ End-to-end tests of the certificate checks of endpoint strings: the real
 C{twistd imgateway} refuses to start on a C{tls:} listener whose folder
 cannot serve, before any port opens, with one line naming the file, the
 table and the key; the real C{imgateway-client} refuses a C{trustRoots}
-that names a file, saying what to do.
+that names a file, saying what to do. And what the operations guide says
+of renewal: Twisted's C{tls:} endpoint does not re-read its folder while
+it serves.
 """
 
 from __future__ import annotations
@@ -13,11 +15,18 @@ import os
 import subprocess
 import sys
 
-from twisted.internet.endpoints import quoteStringArgument
+from typing import Any
+
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.protocol import Factory, Protocol
+from service_identity import VerificationError
+from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
-from tests.e2e.harness import GatewayProcess, freePort, makeCertificates, tlsServerEndpoint
+from imgateway.net.certificates import checkCertificateFolder
+from imgateway.net.endpoints import clientEndpointFromString
+from tests.e2e.harness import GatewayProcess, freePort, makeCertificates, rawConnect, reactor, tlsServerEndpoint
 from tests.test_net_certificates import DAY, Certificates, certificatePEM, keyPEM, write
 
 
@@ -65,7 +74,7 @@ class ListenerCertificateTests(TestCase):
         """
         now = datetime.datetime.now(datetime.timezone.utc)
         folder = FilePath(os.path.abspath(self.mktemp())).child("certs")
-        key, old = Certificates().issue(["corp.example"], notBefore=now - 90 * DAY, notAfter=now - DAY)
+        key, old = Certificates(now).issue(["corp.example"], notBefore=now - 90 * DAY, notAfter=now - DAY)
         path = write(folder.child("corp.example.pem"), keyPEM(key), certificatePEM(old))
         nativePort, xmppPort = freePort(), freePort()
         gw = GatewayProcess(
@@ -108,3 +117,72 @@ class ClientTrustRootsTests(TestCase):
         lines = done.stderr.splitlines()
         self.assertEqual(len(lines), 1, done.stderr)
         self.assertIn(f"trustRoots must be a folder of PEM files; {caPath} is a file: put it in a folder", lines[0])
+
+
+class _Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+
+class FolderRenewalTests(TestCase):
+    """
+    What a C{tls:} listener serves after its folder changes.
+    """
+
+    async def test_notReread(self) -> None:
+        """
+        With Twisted's C{tls:} endpoint, a certificate renewed in the
+        folder, and a certificate for a new name added to it, are not
+        served until the listener is made again (the gateway restarted):
+        clients keep getting the certificate read at start, whatever name
+        they ask for. The operations guide says so; if Twisted starts
+        re-reading folders, this test fails and the guide must change.
+        """
+        now = datetime.datetime.now(datetime.timezone.utc)
+        certificates = Certificates(now)
+        folder = FilePath(os.path.abspath(self.mktemp())).child("certs")
+        trust = FilePath(os.path.abspath(self.mktemp())).child("cas")
+        write(trust.child("ca.pem"), certificatePEM(certificates.ca))
+        key, first = certificates.issue(["gw.corp.example"], notBefore=now - DAY, notAfter=now + DAY)
+        write(folder.child("gw.pem"), keyPEM(key), certificatePEM(first))
+        checkCertificateFolder(folder.path)
+        port = await serverFromString(reactor(), tlsServerEndpoint(folder.path, 0)).listen(Factory.forProtocol(_Echo))
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+
+        async def served(name: str) -> int | Failure:
+            """
+            @return: The serial number of the certificate a client that
+                asks for C{name} (and checks it) gets, or why the
+                handshake failed.
+            """
+            endpoint = clientEndpointFromString(
+                reactor(),
+                f"tls:{name}:{number}:trustRoots={quoteStringArgument(trust.path)}"
+                f":endpoint={quoteStringArgument(f'tcp:127.0.0.1:{number}')}",
+            )
+            raw = await rawConnect(self, endpoint)
+            raw.send(b"hello")
+            await raw.waitFor(lambda: raw.received or raw.lost is not None, description="the echo or the end")
+            if raw.lost is not None:
+                return raw.lost
+            transport: Any = raw.transport
+            serial: int = transport.getPeerCertificate().to_cryptography().serial_number
+            await raw.close()
+            return serial
+
+        self.assertEqual(await served("gw.corp.example"), first.serial_number)
+        key, renewed = certificates.issue(["gw.corp.example"], notBefore=now - DAY, notAfter=now + 90 * DAY)
+        write(folder.child("gw.pem"), keyPEM(key), certificatePEM(renewed))
+        key, other = certificates.issue(["chat.corp.example"], notBefore=now - DAY, notAfter=now + 90 * DAY)
+        write(folder.child("chat.pem"), keyPEM(key), certificatePEM(other))
+        checkCertificateFolder(folder.path)
+        self.assertEqual(await served("gw.corp.example"), first.serial_number)
+        refused = await served("chat.corp.example")
+        assert isinstance(refused, Failure)
+        self.assertTrue(refused.check(VerificationError), refused)
+        # Twisted's tls: endpoint calls pyOpenSSL APIs that are deprecated;
+        # those warnings are Twisted's, not ours.
+        for warning in self.flushWarnings():
+            self.assertIs(warning["category"], DeprecationWarning)
+            self.assertRegex(str(warning["message"]), "pyOpenSSL|X509")

@@ -8,7 +8,14 @@ from __future__ import annotations
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
-from imgateway.net.addresses import isLoopback
+from imgateway.net.addresses import isLoopback, sourceOf
+
+
+def peer(host: str, port: int = 40000) -> IPv4Address | IPv6Address:
+    """
+    A TCP peer address.
+    """
+    return IPv6Address("TCP", host, port) if ":" in host else IPv4Address("TCP", host, port)
 
 
 class IsLoopbackTests(SynchronousTestCase):
@@ -33,3 +40,53 @@ class IsLoopbackTests(SynchronousTestCase):
         """
         self.assertTrue(isLoopback(IPv6Address("TCP", "::ffff:127.0.0.1", 1)))
         self.assertFalse(isLoopback(IPv6Address("TCP", "::ffff:192.0.2.1", 1)))
+
+
+class SourceOfTests(SynchronousTestCase):
+    """
+    Tests for L{sourceOf}.
+    """
+
+    def test_ipv4(self) -> None:
+        """
+        An IPv4 peer is its own source, whatever its port.
+        """
+        self.assertEqual(sourceOf(peer("192.0.2.7", 1)), "192.0.2.7")
+        self.assertEqual(sourceOf(peer("192.0.2.7", 2)), "192.0.2.7")
+
+    def test_ipv6Per64(self) -> None:
+        """
+        IPv6 peers count per /64: two addresses of one /64 are one source,
+        of two /64s two sources.
+        """
+        one = sourceOf(peer("2001:db8:1:2::1"))
+        self.assertEqual(one, "2001:db8:1:2::/64")
+        self.assertEqual(sourceOf(peer("2001:db8:1:2:ffff:ffff:ffff:ffff")), one)
+        self.assertNotEqual(sourceOf(peer("2001:db8:1:3::1")), one)
+
+    def test_ipv6Scope(self) -> None:
+        """
+        A scoped (link-local) address counts without its scope.
+        """
+        self.assertEqual(sourceOf(peer("fe80::1%eth0")), "fe80::/64")
+
+    def test_ipv4Mapped(self) -> None:
+        """
+        An IPv4-mapped IPv6 address (a dual-stack listener) counts as the
+        IPv4 address.
+        """
+        self.assertEqual(sourceOf(peer("::ffff:192.0.2.7")), "192.0.2.7")
+
+    def test_unix(self) -> None:
+        """
+        Every UNIX socket peer is one source.
+        """
+        self.assertEqual(sourceOf(UNIXAddress(None)), "unix")
+
+    def test_other(self) -> None:
+        """
+        Anything else has no source (no per-source limit applies).
+        """
+        self.assertIsNone(sourceOf(None))
+        self.assertIsNone(sourceOf(object()))
+        self.assertIsNone(sourceOf(IPv4Address("TCP", "not an address", 1)))

@@ -219,7 +219,7 @@ class Authenticator:
         @param address: The user.
         @param password: The password, as the client sent it.
         @param source: Where the client connects from
-            (L{imgateway.core.throttle.sourceOf}), for the throttle.
+            (L{imgateway.net.addresses.sourceOf}), for the throttle.
         @return: A L{Deferred} that fires with the user's account, or fails
             with L{AuthenticationFailed} (wrong password, unknown user),
             L{AccountDisabled} (right password, disabled account),

@@ -35,7 +35,8 @@ from imgateway.auth.passwords import SCRAM_HASHES, ScramVerifier, preparePasswor
 from imgateway.core.address import Address, normaliseDomain
 from imgateway.core.errors import AccountDisabled, AuthenticationFailed
 from imgateway.core.records import AccountRecord
-from imgateway.core.throttle import LoginThrottled, sourceOf
+from imgateway.core.throttle import LoginThrottled
+from imgateway.net.addresses import sourceOf
 
 __all__ = [
     "CONDITIONS",

@@ -6,7 +6,7 @@ connections one address may hold open before logging in and on how fast it
 may open them (L{ConnectionLimiter}).
 
 A source is an IPv4 address, or the /64 network of an IPv6 address (one
-host commonly holds a whole /64); see L{sourceOf}. Every table here is
+host commonly holds a whole /64); see L{imgateway.net.addresses.sourceOf}. Every table here is
 capped in size and forgets what has expired, so an attacker with many
 addresses costs bounded memory.
 """
@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from ipaddress import IPv6Address as _IPv6, IPv6Network, ip_address
 
 from attrs import define, frozen
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from imgateway.core.errors import AuthenticationFailed
 from imgateway.core.ratelimit import TokenBucket
+from imgateway.net.addresses import sourceOf
 
 __all__ = [
     "Admission",
@@ -31,7 +30,6 @@ __all__ = [
     "LimitsConfig",
     "LoginThrottle",
     "LoginThrottled",
-    "sourceOf",
 ]
 
 log = Logger()
@@ -71,32 +69,6 @@ class LimitsConfig:
     connectionsPerSecondPerAddress: float = 10.0
     connectionBurstPerAddress: int = 100
     maxTrackedSources: int = 100000
-
-
-def sourceOf(peer: object) -> str | None:
-    """
-    The source that per-address limits count a peer against.
-
-    @param peer: A transport's C{getPeer()}.
-    @return: The IPv4 address (C{"192.0.2.7"}), the /64 of an IPv6 address
-        (C{"2001:db8:1:2::/64"}; an IPv4-mapped IPv6 address counts as its
-        IPv4 address), C{"unix"} for a UNIX socket peer, or C{None} for
-        anything else (which no per-source limit applies to).
-    """
-    if isinstance(peer, UNIXAddress):
-        return "unix"
-    if not isinstance(peer, (IPv4Address, IPv6Address)):
-        return None
-    try:
-        address = ip_address(peer.host.split("%")[0])
-    except ValueError:
-        return None
-    if isinstance(address, _IPv6):
-        mapped = address.ipv4_mapped
-        if mapped is not None:
-            return str(mapped)
-        return str(IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 def _retryAfter(seconds: float) -> int:

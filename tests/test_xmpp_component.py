@@ -464,8 +464,11 @@ class LinkTests(SynchronousTestCase):
         C{handshakeTimeout} seconds, and counts as a failure.
         """
         self.serverFactory.protocol = SilentServerStream
-        self.connect()
+        stream = self.connect().client._wrappedProtocol  # (the endpoint wraps it)
+        self.assertTrue(stream._sendGuard.registered)
         self.reactor.advance(self.config.handshakeTimeout)
+        # The guard lets go before the close (a TLS transport would wait for it).
+        self.assertFalse(stream._sendGuard.registered)
         self.pump.flush()
         self.assertEqual(self.service.link.failures, 1)
         self.assertIsNone(self.service.link.stream)

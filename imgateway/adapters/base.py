@@ -62,6 +62,16 @@ class SendQueueGuard:
     drops the connection: the peer is not reading, and what was queued for
     it would otherwise grow without bound).
 
+    The guard stays registered until L{release}, and a transport with a
+    producer registered does not close when asked to: Twisted's TLS
+    transport (C{TLSMemoryBIOProtocol.loseConnection}) only starts its
+    shutdown once the producer is unregistered, and a TCP transport whose
+    producer is paused resumes it, instead of closing, when its buffer has
+    drained. So the protocol that owns a guard calls L{release} before every
+    C{transport.loseConnection()}: it closes through one method of its own
+    that does both. The guard changes nothing on the transport but its
+    producer.
+
     @ivar limit: Bytes that may be written while the transport is paused.
     @ivar pending: Bytes written since the transport paused.
     @ivar tripped: Whether C{overflow} was called.
@@ -76,21 +86,18 @@ class SendQueueGuard:
         self._transport: Any = transport
         self._registered = True
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
-        # A TLS transport does not close while a producer is registered:
-        # let go of it whenever the connection is asked to close, whoever
-        # asks (the face, Twisted's XML stream, an error path).
-        close = transport.loseConnection
 
-        def loseConnection() -> None:
-            self.release()
-            close()
-
-        self._transport.loseConnection = loseConnection  # type: ignore[method-assign]
+    @property
+    def registered(self) -> bool:
+        """
+        Whether the guard is still the transport's producer.
+        """
+        return self._registered
 
     def release(self) -> None:
         """
         Unregister from the transport (idempotent); writes are no longer
-        counted.
+        counted. Call it before asking the transport to close.
         """
         if self._registered:
             self._registered = False

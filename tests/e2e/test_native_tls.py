@@ -46,10 +46,11 @@ class TLSTests(TestCase):
     The native face on a C{tls:} endpoint beside a C{tcp:} one.
     """
 
-    async def _gateway(self) -> tuple[GatewayProcess, str, int]:
+    async def _gateway(self, **native: object) -> tuple[GatewayProcess, str, int]:
         """
         Start a gateway with a TCP and a TLS listener and two users.
 
+        @param native: More keys of the C{[native]} table.
         @return: The gateway, the path of its CA's certificate and the TLS
             port.
         """
@@ -58,7 +59,7 @@ class TLSTests(TestCase):
         tcpPort, tlsPort = freePort(), freePort()
         gw = GatewayProcess(
             self,
-            {"native": {"listen": [f"tcp:{tcpPort}:interface=127.0.0.1", tlsServerEndpoint(serverDir, tlsPort)]}},
+            {"native": {"listen": [f"tcp:{tcpPort}:interface=127.0.0.1", tlsServerEndpoint(serverDir, tlsPort)], **native}},
             port=tcpPort,
             waitPorts=[tcpPort, tlsPort],
         )
@@ -93,6 +94,25 @@ class TLSTests(TestCase):
         plain = await openConnection(self, endpoint)
         self.assertEqual(str(await plain.login("alice", PASSWORDS["alice"], mechanism="PLAIN")), ALICE)
         await plain.ping()
+
+    async def test_serverCloses(self) -> None:
+        """
+        A TLS connection that the server closes really ends (the face's
+        send queue guard, a producer registered on the TLS transport, lets
+        go first): after C{BYE} is answered, and after C{login_timeout}.
+        """
+        gw, caPath, tlsPort = await self._gateway(login_timeout=1)
+        raw = await rawConnect(self, tlsClientEndpoint(tlsPort, caPath))
+        raw.send(b"BYE * IMGW/1.0\r\nSeq: 1\r\n\r\n")
+        await raw.waitForClose()
+        self.assertEqual(raw.codes(), [200])
+
+        raw = await rawConnect(self, tlsClientEndpoint(tlsPort, caPath))
+        raw.send(b"OPTIONS * IMGW/1.0\r\nSeq: 1\r\n\r\n")
+        await raw.waitFor(lambda: raw.codes() == [200], 5, "the answer to OPTIONS")
+        await raw.waitForClose(6)
+        self.assertIn(b"login-timeout", raw.received)
+        self.assertTrue(gw.running)
 
     async def test_untrustedCertificate(self) -> None:
         """

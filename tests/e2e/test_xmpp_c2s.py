@@ -246,3 +246,24 @@ class C2SHostileTLSTests(TestCase):
                     self.assertIn(b"policy-violation", raw.received, f"cut at {cut}")
                     self.assertEqual(raw.received.count(b"invalid-mechanism"), 1)
                 await raw.close()
+
+    async def test_closesOverTLS(self) -> None:
+        """
+        A c2s stream over TLS that is closed really ends (the stream's send
+        queue guard, a producer registered on the TLS transport, lets go
+        first), whoever closes it: the server on a stream error
+        (C{restricted-xml}, for a comment), the client closing its stream,
+        or the client's stream error.
+        """
+        x = XMPPGateway(self)
+        await x.gw.start()
+        for data, sent in [
+            (b"<!-- a comment -->", b"restricted-xml"),
+            (b"</stream:stream>", b""),
+            (b"<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>", b""),
+        ]:
+            raw = await self.startTLS(x)
+            raw.send(data)
+            await raw.waitForClose(5)
+            self.assertIn(sent, raw.received[raw.mark :])  # type: ignore[attr-defined]
+        self.assertTrue(x.gw.running)

@@ -308,7 +308,12 @@ class NativeServerProtocol(Protocol):
         self._close()
 
     def _close(self) -> None:
+        # Every close goes through here: the send queue guard lets go of
+        # the transport first (a TLS transport does not close while a
+        # producer is registered).
         self._closing = True
+        if self._sendGuard is not None:
+            self._sendGuard.release()
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     @property

@@ -163,7 +163,7 @@ class C2SProtocol(HardenedXmlStream):
         if f.unauthenticated >= self.config.maxUnauthenticated:
             self.log.warn("Refusing {peer}: too many connections waiting to log in", peer=self._t.getPeer())
             self._failed = True
-            self._t.loseConnection()
+            self.closeConnection()
             return
         # Per-source limits, shared with the other faces (imgateway.core.throttle).
         self._admission = self.gateway.connectionLimiter.admit(self._t.getPeer(), "XMPP c2s")
@@ -292,7 +292,7 @@ class C2SProtocol(HardenedXmlStream):
         if uri == NS_STREAMS and name == "error":
             self.log.info("Client {peer} closed its stream with an error: {error}", peer=self._t.getPeer(), error=element.toXml()[:200])
             self._closed = True
-            self._t.loseConnection()
+            self.closeConnection()
         elif uri == NS_TLS and name == "starttls":
             self._startTLS()
         elif uri == NS_SASL:
@@ -315,7 +315,7 @@ class C2SProtocol(HardenedXmlStream):
             self.send(domish.Element((NS_TLS, "failure")))
             self._closed = True
             self.send("</stream:stream>")
-            self._t.loseConnection()
+            self.closeConnection()
             return
         self.send(domish.Element((NS_TLS, "proceed")))
         self._t.startTLS(self._tlsOptions)

@@ -352,8 +352,7 @@ class ComponentStream(HardenedXmlStream):
             endpoint=self.link.config.endpoint,
             timeout=self.link.config.handshakeTimeout,
         )
-        assert self.transport is not None
-        self.transport.loseConnection()
+        self.closeConnection()
 
     def _authenticated(self, _: object) -> None:
         self._cancelTimer()
@@ -362,8 +361,7 @@ class ComponentStream(HardenedXmlStream):
 
     def _initFailed(self, f: Failure) -> None:
         self.log.error("XMPP component {jid}: the handshake failed: {error}", jid=self.link.config.jid, error=f.value)
-        if self.transport is not None:
-            self.transport.loseConnection()
+        self.closeConnection()
 
     def _streamError(self, f: Failure) -> None:
         condition = getattr(f.value, "condition", None) or str(f.value)

@@ -483,7 +483,7 @@ class S2SStream(HardenedXmlStream):
     def _loseConnection(self) -> None:
         if self.transport is None or self._lost:
             return
-        self.transport.loseConnection()
+        self.closeConnection()
         if self._abort is None:
             self._abort = self.clock.callLater(self.config.closeTimeout, self._abortNow)
 

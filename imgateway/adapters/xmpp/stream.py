@@ -387,12 +387,40 @@ class HardenedXmlStream(xmlstream.XmlStream):
             peer=peer,
             limit=self.limits.sendQueueBytes,
         )
-        if self._sendGuard is not None:
-            self._sendGuard.release()
+        self._releaseSendGuard()
         self._failed = True
         self._stopQueue()
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def closeConnection(self) -> None:
+        """
+        Close the connection once what was written has been sent. Every
+        close of the stream goes through here, or through one of Twisted's
+        own closers overridden below (L{onDocumentEnd}, L{onStreamError},
+        L{sendStreamError}): the send queue guard lets go of the transport
+        first, as a TLS transport does not close while a producer is
+        registered.
+        """
+        self._releaseSendGuard()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _releaseSendGuard(self) -> None:
+        if self._sendGuard is not None:
+            self._sendGuard.release()
+
+    def onDocumentEnd(self) -> None:
+        self._releaseSendGuard()
+        super().onDocumentEnd()
+
+    def onStreamError(self, errelem: domish.Element) -> None:
+        self._releaseSendGuard()
+        super().onStreamError(errelem)
+
+    def sendStreamError(self, streamError: error.StreamError) -> None:
+        self._releaseSendGuard()
+        super().sendStreamError(streamError)
 
     def connectionLost(self, reason: failure.Failure = failure.Failure(ConnectionError())) -> None:
         self._stopQueue()

@@ -259,6 +259,21 @@ class HeaderTests(StreamTestCase):
         self.assertEqual(len(received), 1)
         self.assertOpen(transport)
 
+    def test_ownElementStream(self) -> None:
+        """
+        The stream parses with an element stream of its own, which sets up
+        its parser itself: none of domish's handlers is replaced or wrapped
+        from outside, on the first parser or after a restart.
+        """
+        xs, transport, received = self.connect()
+        for _ in range(2):
+            es = xs.stream
+            assert es is not None
+            self.assertIsInstance(es, domish.ExpatElementStream)
+            self.assertEqual(es.parser.EndElementHandler, es._onEndElement)
+            self.assertEqual(es.parser.StartElementHandler, es._onStartElement)
+            xs.reset()
+
     def test_failureStopsParsing(self) -> None:
         """
         Once the stream has failed, further data is ignored: nothing more

@@ -149,6 +149,41 @@ def _checkDeclaration(version: str | None, encoding: str | None, standalone: int
         raise RestrictedXML(f"encoding {encoding} not allowed; use UTF-8")
 
 
+class _ElementStream(domish.ExpatElementStream):
+    """
+    domish's expat element stream as an XMPP stream wants it: no DTD,
+    comment or processing instruction, only XML 1.0 in UTF-8 (each raises
+    L{RestrictedXML}); character data buffered by expat; and the end of
+    each stanza reported with its byte position, for the stanza cap.
+
+    @ivar stanzaEnding: Called with expat's byte position when a stanza
+        ends (the first byte of its closing tag, or after the last byte of
+        an empty-element tag), before the stanza is handed on.
+    """
+
+    # Stanza bytes are counted by HardenedXmlStream (see its _checkSize):
+    # domish's own count is only checked between reads, after being reset
+    # at every stanza end, so it never sees a stanza that arrives in one
+    # read.
+    maxStanzaSize = sys.maxsize
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stanzaEnding: Callable[[int], None] = lambda position: None
+        parser = self.parser
+        parser.buffer_text = True
+        parser.StartDoctypeDeclHandler = _refuse("DTD")
+        parser.EntityDeclHandler = _refuse("entity declaration")
+        parser.CommentHandler = _refuse("comment")
+        parser.ProcessingInstructionHandler = _refuse("processing instruction")
+        parser.XmlDeclHandler = _checkDeclaration
+
+    def _onEndElement(self, name: str) -> None:
+        if self.currElem is not None and self.currElem.parent is None:
+            self.stanzaEnding(self.parser.CurrentByteIndex)
+        super()._onEndElement(name)
+
+
 class HardenedXmlStream(xmlstream.XmlStream):
     """
     An XMPP L{XmlStream} with the hardening described in the module
@@ -183,35 +218,22 @@ class HardenedXmlStream(xmlstream.XmlStream):
         return self.clock.callLater(*args, **kwargs)
 
     def _initializeStream(self) -> None:
-        super()._initializeStream()
-        es = self.stream
-        if not isinstance(es, domish.ExpatElementStream):
-            raise RuntimeError("the hardened XML stream needs expat (pyexpat)")
-        parser = es.parser
-        parser.buffer_text = True
-        parser.StartDoctypeDeclHandler = _refuse("DTD")
-        parser.EntityDeclHandler = _refuse("entity declaration")
-        parser.CommentHandler = _refuse("comment")
-        parser.ProcessingInstructionHandler = _refuse("processing instruction")
-        parser.XmlDeclHandler = _checkDeclaration
-        # Count stanza bytes ourselves (see _checkSize): domish's count is
-        # only checked between reads, after being reset at every stanza
-        # end, so it never sees a stanza that arrives in one read.
-        es.maxStanzaSize = sys.maxsize
+        # As XmlStream._initializeStream, with our element stream.
+        es = _ElementStream()
+        self.stream = es
         self._received = 0
         self._mark = 0
         # What the previous parser parsed and was not handled yet came
         # before the restart: it is dropped, never handled as if it had
         # come after it.
         self._queue.clear()
-        parsing: domish.ExpatElementStream = es
 
         def current(handler: Callable[..., None]) -> Callable[..., None]:
             # Only the current parser's events count: one replaced by
             # reset() in the middle of a read goes on parsing the rest of
             # that read, which must be discarded.
             def guarded(*args: Any) -> None:
-                if self.stream is parsing:
+                if self.stream is es:
                     handler(*args)
 
             return guarded
@@ -219,20 +241,16 @@ class HardenedXmlStream(xmlstream.XmlStream):
         es.DocumentStartEvent = current(self.onDocumentStart)
         es.ElementEvent = current(self.onElement)
         es.DocumentEndEvent = current(self.onDocumentEnd)
-        endElement = parser.EndElementHandler
-        assert endElement is not None
-
-        def onEndElement(name: str) -> None:
-            # (A parser replaced by reset() mid-read counts no more.)
-            if self.stream is parsing and parsing.currElem is not None and parsing.currElem.parent is None:
-                # A stanza ends. expat's position is the start of its
-                # closing tag (the end of an empty-element tag).
-                self._checkSize(parser.CurrentByteIndex)
-                self._mark = parser.CurrentByteIndex
-            endElement(name)
-
-        parser.EndElementHandler = onEndElement
+        es.stanzaEnding = current(self._stanzaEnding)
         self._applyLimits()
+
+    def _stanzaEnding(self, position: int) -> None:
+        """
+        A stanza ends at C{position}: check its size, and count the next
+        one from there.
+        """
+        self._checkSize(position)
+        self._mark = position
 
     def _applyLimits(self) -> None:
         es = self.stream

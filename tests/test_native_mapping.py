@@ -1,16 +1,22 @@
 # -*- test-case-name: tests.test_native_mapping -*-
 """
 Tests for L{imgateway.adapters.native.mapping}: the native face's tables
-between the core model and the wire, their round trips, and that the face
-and the client library use them rather than the core enums' values.
+between the core model and the wire, their round trips, and that the face,
+the client library and the C{imgateway-client} command line use them
+rather than the core enums' values.
 """
 
 from __future__ import annotations
 
+import argparse
 import enum
+import io
 import os
 import re
+from typing import Any, cast
 
+from twisted.internet.defer import ensureDeferred, succeed
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -38,6 +44,17 @@ from imgateway.adapters.native.mapping import (
     subscriptionKindFromToken,
     targetForm,
 )
+from imgateway.client.chat import ChatSession
+from imgateway.client.formatting import (
+    contactPresence,
+    describeFailure,
+    formatPresence,
+    formatSubscription,
+    formatWho,
+    presenceText,
+)
+from imgateway.client.oneshot import _Output, _rule
+from imgateway.client.parsing import parseState, parseStatus
 from imgateway.client.protocol import ClientObserver, NativeClientProtocol
 from imgateway.core.address import Address
 from imgateway.core.errors import (
@@ -54,8 +71,9 @@ from imgateway.core.errors import (
     statusError,
 )
 from imgateway.core.events import SubscriptionKind
-from imgateway.core.presence import Presence, PresenceState
+from imgateway.core.presence import OFFLINE, Presence, PresenceState
 from imgateway.core.records import AccessList, AuthorisationState, Subscription
+from tests.test_client_cli import FakeClient
 
 #: The core enums whose members the native face maps.
 CORE_ENUMS: list[type[enum.Enum]] = [
@@ -405,3 +423,110 @@ class ClientUsesTablesTests(SynchronousTestCase):
         self.answer(self.sent().seq, 453)
         failure = self.failureResultOf(d2)
         self.assertEqual(getattr(failure.value, "code", None), 453)
+
+
+class CommandLineUsesTablesTests(SynchronousTestCase):
+    """
+    C{imgateway-client} parses and shows presence states by their native
+    tokens, and failed deliveries by their status codes, through the
+    tables: it reads and prints the same when the core enums' values are
+    changed.
+    """
+
+    def setUp(self) -> None:
+        scrambleCoreValues(self)
+
+    def test_parseState(self) -> None:
+        """
+        Every state but C{offline} is typed as its token (in any case, with
+        spaces or C{_} for C{-}) or an alias; the error for an unknown state
+        lists the tokens.
+        """
+        for state, token in PRESENCE.items():
+            if state is PresenceState.OFFLINE:
+                self.assertRaises(ValueError, parseState, token)
+                continue
+            self.assertIs(parseState(token), state)
+            self.assertIs(parseState(token.upper().replace("-", " ")), state)
+        self.assertIs(parseState("brb"), PresenceState.BE_RIGHT_BACK)
+        self.assertEqual(parseStatus("be right back in ten"), (PresenceState.BE_RIGHT_BACK, "in ten"))
+        message = str(self.assertRaises(ValueError, parseState, "asleep"))
+        self.assertIn("online, busy, be-right-back, away, on-the-phone, out-to-lunch, appear-offline;", message)
+        self.assertIn("brb (be-right-back)", message)
+        self.assertNotIn("core-", message)
+
+    def test_presenceShown(self) -> None:
+        """
+        A presence is shown by its state's token.
+        """
+        self.assertEqual(presenceText(Presence(PresenceState.OUT_TO_LUNCH, "back at 2")), "out-to-lunch (back at 2)")
+        self.assertEqual(
+            formatPresence("bob@corp.example", Presence(PresenceState.APPEAR_OFFLINE)), "** bob@corp.example is now appear-offline"
+        )
+
+    def test_contacts(self) -> None:
+        """
+        The C{CONTACTS} answer is read through the tables: presence and
+        subscription tokens, and the pending requests.
+        """
+        contact = {"address": "bob@corp.example", "subscription": "both", "presence": "on-the-phone", "note": "x"}
+        self.assertEqual(contactPresence(contact), Presence(PresenceState.ON_THE_PHONE, "x"))
+        self.assertEqual(contactPresence({"presence": "core-PresenceState-AWAY"}), OFFLINE)
+        data = {
+            "contacts": [contact, {"address": "carol@corp.example", "subscription": "from", "presence": "away"}],
+            "requests": ["dave@corp.example"],
+        }
+        self.assertEqual(
+            formatWho(data),
+            [
+                "** 2 contacts:",
+                "**   bob@corp.example: on-the-phone (x) [subscription both]",
+                "**   carol@corp.example: presence not shared [subscription from]",
+                "** dave@corp.example asks to see your presence: /accept dave@corp.example or /deny dave@corp.example",
+            ],
+        )
+
+    def test_subscriptionEvents(self) -> None:
+        """
+        A subscription event's token from the server is read through the
+        table.
+        """
+        self.assertEqual(formatSubscription("bob@corp.example", "authorise"), "** bob@corp.example authorised you")
+        self.assertEqual(formatSubscription("bob@corp.example", SubscriptionKind.REFUSE), "** bob@corp.example refused")
+        self.assertEqual(formatSubscription("bob@corp.example", "odd"), "** bob@corp.example: subscription event odd")
+
+    def test_failures(self) -> None:
+        """
+        A failed delivery is shown with its status code.
+        """
+        self.assertEqual(describeFailure(UserOffline(), "bob@corp.example"), "bob@corp.example is offline (480)")
+        self.assertEqual(
+            describeFailure(UserBusy("", "tel:+15550100"), "bob@corp.example"),
+            "bob@corp.example is busy (486); try tel:+15550100",
+        )
+
+    def test_chatRule(self) -> None:
+        """
+        C{/rule} in a chat session says the state's token.
+        """
+        output: list[str] = []
+        session = ChatSession(output.append, Clock(), pingInterval=0)
+        client = FakeClient()
+        session.start(cast(Any, client))
+        del output[:]
+        session.lineReceived("/rule lunch tel:+15550100")
+        session.lineReceived("/rule phone")
+        self.assertEqual(
+            output,
+            ["-> while out-to-lunch, messages are turned away naming tel:+15550100", "-> rule for on-the-phone removed"],
+        )
+        session.disconnected("")
+
+    def test_oneShotRule(self) -> None:
+        """
+        C{imgateway-client rule} says the state's token.
+        """
+        out = io.StringIO()
+        arguments = argparse.Namespace(state="brb", alternate=["tel:+15550100"])
+        self.successResultOf(ensureDeferred(_rule(cast(Any, FakeClient()), arguments, _Output(out, verbose=True))))
+        self.assertEqual(out.getvalue(), "-> rule for be-right-back set\n")

@@ -20,6 +20,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from imgateway.adapters.native.mapping import PRESENCE
 from imgateway.client.formatting import (
     contactPresence,
     describeConnectFailure,
@@ -425,9 +426,9 @@ class ChatSession(ClientObserver):
             self.write(f"!! {e}")
             return None
         if alternate is None:
-            said = f"rule for {state.value} removed"
+            said = f"rule for {PRESENCE[state]} removed"
         else:
-            said = f"while {state.value}, messages are turned away naming {alternate}"
+            said = f"while {PRESENCE[state]}, messages are turned away naming {alternate}"
         return self._client.setRule(state, alternate).addCallbacks(self._ok(said), self._failed(""))
 
     def command_rules(self, rest: str) -> Deferred[None]:

@@ -3,6 +3,12 @@
 How C{imgateway-client} shows what the server says: messages, presence,
 subscription events, contact lists, and why a request failed. Text from the
 network is made safe to print on a terminal first (L{sanitise}).
+
+Presence states are shown by their native tokens (what the user types, see
+L{imgateway.client.parsing}) and failed deliveries with their status codes,
+both from the native face's tables (L{imgateway.adapters.native.mapping});
+what is said about them comes from display tables here. No core enum's
+value is shown or parsed.
 """
 
 from __future__ import annotations
@@ -14,11 +20,20 @@ from typing import Any
 from twisted.internet.error import ConnectError
 from twisted.python.failure import Failure
 
+from imgateway.adapters.native.mapping import (
+    PRESENCE,
+    codeForDelivery,
+    presenceFromToken,
+    subscriptionFromToken,
+    subscriptionKindFromToken,
+)
 from imgateway.auth.sasl import SASLFailure
 from imgateway.client.protocol import ClientError
 from imgateway.core.address import Address
 from imgateway.core.errors import DeliveryError, DeliveryStatus, InvalidAddress, NotAuthorised, UserBusy
-from imgateway.core.presence import OFFLINE, Presence, PresenceState
+from imgateway.core.events import SubscriptionKind
+from imgateway.core.presence import OFFLINE, Presence
+from imgateway.core.records import Subscription
 
 __all__ = [
     "PROGRAM",
@@ -87,9 +102,10 @@ def presenceText(presence: Presence) -> str:
     """
     A presence as shown: C{away (at lunch)}, or C{online} without a note.
     """
+    state = PRESENCE[presence.state]
     if presence.note:
-        return f"{presence.state.value} ({sanitise(presence.note)})"
-    return presence.state.value
+        return f"{state} ({sanitise(presence.note)})"
+    return state
 
 
 def formatPresence(address: Address | str, presence: Presence) -> str:
@@ -99,23 +115,31 @@ def formatPresence(address: Address | str, presence: Presence) -> str:
     return f"** {sanitise(str(address))} is now {presenceText(presence)}"
 
 
-_SUBSCRIPTION_EVENTS = {
-    "subscribe": "{who} asks to see your presence: /accept {who} or /deny {who}",
-    "authorise": "{who} authorised you",
-    "refuse": "{who} refused",
-    "unsubscribe": "{who} stopped watching your presence",
+#: How each subscription event reads.
+_SUBSCRIPTION_TEXT: Mapping[SubscriptionKind, str] = {
+    SubscriptionKind.SUBSCRIBE: "{who} asks to see your presence: /accept {who} or /deny {who}",
+    SubscriptionKind.AUTHORISE: "{who} authorised you",
+    SubscriptionKind.REFUSE: "{who} refused",
+    SubscriptionKind.UNSUBSCRIBE: "{who} stopped watching your presence",
 }
 
 
-def formatSubscription(address: Address | str, kind: str) -> str:
+def formatSubscription(address: Address | str, kind: SubscriptionKind | str) -> str:
     """
     A subscription event: C{** carol@corp.example asks to see your
     presence: /accept carol@corp.example or /deny carol@corp.example},
     C{** bob@corp.example authorised you}, C{** bob@corp.example refused}.
+
+    @param kind: The event, or its token from the server.
     """
     who = sanitise(str(address))
-    template = _SUBSCRIPTION_EVENTS.get(kind, "{who}: subscription event {kind}")
-    return "** " + template.format(who=who, kind=sanitise(kind))
+    if isinstance(kind, str):
+        token = kind
+        try:
+            kind = subscriptionKindFromToken(token)
+        except ValueError:
+            return f"** {who}: subscription event {sanitise(token)}"
+    return "** " + _SUBSCRIPTION_TEXT[kind].format(who=who)
 
 
 def contactPresence(contact: Mapping[str, Any]) -> Presence:
@@ -124,9 +148,16 @@ def contactPresence(contact: Mapping[str, Any]) -> Presence:
     (L{OFFLINE} when it names no known state).
     """
     try:
-        return Presence(PresenceState(contact.get("presence", "offline")), str(contact.get("note") or ""))
+        return Presence(presenceFromToken(str(contact.get("presence", ""))), str(contact.get("note") or ""))
     except ValueError:
         return OFFLINE
+
+
+def _subscription(contact: Mapping[str, Any]) -> Subscription:
+    try:
+        return subscriptionFromToken(str(contact.get("subscription", "")))
+    except ValueError:
+        return Subscription.NONE
 
 
 def _subscriptionText(contact: Mapping[str, Any]) -> str:
@@ -164,7 +195,7 @@ def formatContact(contact: Mapping[str, Any]) -> str:
     name = str(contact.get("name") or "")
     if name:
         who += f" ({sanitise(name)})"
-    if contact.get("subscription") in ("to", "both"):
+    if _subscription(contact) in (Subscription.TO, Subscription.BOTH):
         seen = presenceText(contactPresence(contact))
     elif contact.get("pending"):
         seen = "awaiting authorisation"
@@ -187,7 +218,7 @@ def formatWho(data: Mapping[str, Any]) -> list[str]:
     else:
         lines.append("** no contacts yet (/add ADDRESS)")
     for request in data.get("requests") or []:
-        lines.append(formatSubscription(str(request), "subscribe"))
+        lines.append(formatSubscription(str(request), SubscriptionKind.SUBSCRIBE))
     return lines
 
 
@@ -219,7 +250,7 @@ def describeFailure(error: BaseException, target: str | None = None) -> str:
     if isinstance(error, DeliveryError):
         status = error.status
         template, withText = _DELIVERY_TEXT.get(status, ("{target}: failed", True))
-        text = template.format(target=subject) + f" ({status.value})"
+        text = template.format(target=subject) + f" ({codeForDelivery(error)})"
         if withText and error.text:
             text += f": {sanitise(error.text)}"
         if isinstance(error, UserBusy) and error.alternate:

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from twisted.internet.interfaces import IStreamClientEndpoint
 
+from imgateway.adapters.native.mapping import PRESENCE
 from imgateway.client.formatting import describeConnectFailure, describeFailure, errorLine, formatContactRow, sanitise
 from imgateway.client.parsing import parseAlternate, parseEntry, parseState, resolveAddress
 from imgateway.client.protocol import NativeClientProtocol, connect, goodbye
@@ -127,7 +128,7 @@ async def _rule(client: NativeClientProtocol, arguments: argparse.Namespace, out
     state = parseState(arguments.state)
     alternate = parseAlternate(" ".join(arguments.alternate)) if arguments.alternate else None
     await client.setRule(state, alternate)
-    out.done(f"rule for {state.value} {'removed' if alternate is None else 'set'}")
+    out.done(f"rule for {PRESENCE[state]} {'removed' if alternate is None else 'set'}")
 
 
 async def _ping(client: NativeClientProtocol, arguments: argparse.Namespace, out: _Output) -> None:

@@ -3,6 +3,9 @@
 What a user of C{imgateway-client} types: presence states and notes,
 addresses (a bare name is in the user's own domain), access-list entries.
 
+Presence states are named by their native tokens
+(L{imgateway.adapters.native.mapping.PRESENCE}), plus a few aliases.
+
 Every parser raises L{ValueError} (or L{InvalidAddress}, one of them) with a
 message meant for the user.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from imgateway.adapters.native.mapping import PRESENCE, presenceFromToken
 from imgateway.core.address import Address, normaliseDomain
 from imgateway.core.presence import PresenceState
 
@@ -24,7 +28,7 @@ __all__ = [
 ]
 
 
-#: Short names accepted for presence states, besides the states' own names.
+#: Short names accepted for presence states, besides the states' tokens.
 _STATE_ALIASES: dict[str, PresenceState] = {
     "brb": PresenceState.BE_RIGHT_BACK,
     "lunch": PresenceState.OUT_TO_LUNCH,
@@ -39,14 +43,14 @@ _SETTABLE = [s for s in PresenceState if s is not PresenceState.OFFLINE]
 
 
 def _stateNames() -> str:
-    names = [s.value for s in _SETTABLE]
-    aliases = [f"{alias} ({state.value})" for alias, state in _STATE_ALIASES.items()]
+    names = [PRESENCE[s] for s in _SETTABLE]
+    aliases = [f"{alias} ({PRESENCE[state]})" for alias, state in _STATE_ALIASES.items()]
     return ", ".join(names) + "; or " + ", ".join(aliases)
 
 
 def parseState(text: str) -> PresenceState:
     """
-    Parse a presence state as a user types it: a state's name (C{away},
+    Parse a presence state as a user types it: a state's token (C{away},
     C{be-right-back}), with C{_} or spaces for C{-} and in any case, or a
     short alias (C{brb}, C{lunch}, C{phone}, C{dnd} for busy, C{invisible}
     for appear-offline).
@@ -58,7 +62,7 @@ def parseState(text: str) -> PresenceState:
     state = _STATE_ALIASES.get(key)
     if state is None:
         try:
-            state = PresenceState(key)
+            state = presenceFromToken(key)
         except ValueError:
             raise ValueError(f"unknown presence state {text!r} (states: {_stateNames()})") from None
     if state is PresenceState.OFFLINE:

@@ -200,7 +200,10 @@ class C2SLimitsTests(FaceLimitsMixin, SynchronousTestCase):
         """
         held = [self.client(ATTACKER) for _ in range(3)]
         self.assertFalse(any(c.transport.disconnecting for c in held))
-        self.assertTrue(self.client(ATTACKER).transport.disconnecting)
+        refused = self.client(ATTACKER)
+        self.assertTrue(refused.transport.disconnecting)
+        # Its send queue guard let go first (a TLS transport waits for it).
+        self.assertIsNone(refused.transport.producer)
         self.assertEqual(self.c2s.unauthenticated, 3)
         user = self.client(USER)
         self.assertFalse(user.transport.disconnecting)

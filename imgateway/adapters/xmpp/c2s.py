@@ -169,7 +169,7 @@ class C2SProtocol(HardenedXmlStream):
         self._admission = self.gateway.connectionLimiter.admit(self._t.getPeer(), "XMPP c2s")
         if not self._admission.admitted:
             self._failed = True
-            self._t.loseConnection()
+            self.closeConnection()
             return
         f.unauthenticated += 1
         self._counted = True

@@ -316,6 +316,22 @@ class StalledTLSTests(FaceLimitsMixin, SynchronousTestCase):
         self.assertEqual(self.c2s.unauthenticated, 0)
         self.assertEqual(self.gateway.connectionLimiter.unauthenticated("192.0.2.7"), 0)
 
+    def test_c2sRefusal(self) -> None:
+        """
+        The c2s face drops a connection it refuses during its handshake
+        (past C{max_unauthenticated_per_address}, and past its own
+        C{max_unauthenticated}): closing it politely would wait for the
+        handshake forever.
+        """
+        for _ in range(3):
+            self.tlsConnection(self.c2s)
+        transport, _ = self.tlsConnection(self.c2s)
+        self.assertTrue(transport.disconnected)
+        c2s = C2SFactory(self.gateway, C2SConfig(requireTLS=False, maxUnauthenticated=1), None, self.clock)
+        self.tlsConnection(c2s, USER)
+        transport, _ = self.tlsConnection(c2s, USER)
+        self.assertTrue(transport.disconnected)
+
     def test_completedHandshake(self) -> None:
         """
         Once the handshake has completed, the login timeout says goodbye as

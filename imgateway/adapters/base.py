@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_native_server -*-
 """
 What every face shares: listeners that stop start-up cleanly when they
-cannot bind, and a cap on what is queued for a peer that does not read.
-TLS options, certificate checks and peer addresses are L{imgateway.net}'s.
+cannot bind, a cap on what is queued for a peer that does not read, and
+what a connection may do while its TLS handshake is pending. TLS options,
+certificate checks and peer addresses are L{imgateway.net}'s.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IPushProducer, ITransport
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport, ITransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
-__all__ = ["ListenerService", "SendQueueGuard"]
+__all__ = ["ListenerService", "SendQueueGuard", "TLSHandshakeMixin"]
 
 log = Logger()
 
@@ -128,3 +129,63 @@ class SendQueueGuard:
         if self.pending > self.limit:
             self.tripped = True
             self._overflow()
+
+
+@implementer(IHandshakeListener)
+class TLSHandshakeMixin:
+    """
+    For a face's protocol: whether its connection's TLS handshake is
+    pending, and how to close the connection while it is.
+
+    A handshake is pending from the TCP accept on a C{tls:} listener, or
+    from L{startTLS} (STARTTLS), until L{handshakeCompleted}. Nothing
+    written meanwhile reaches the peer: a goodbye written then (a stream
+    error, a C{BYE}) waits in the TLS layer until the handshake completes,
+    which a hostile peer never lets happen, so the connection and the
+    slots it holds would stay forever. So a face runs its login timer from
+    the TCP accept, and drops (L{abortIfHandshakePending}) a connection
+    that it must close while the handshake is pending.
+
+    @ivar tlsStarted: Whether L{startTLS} was called.
+    @ivar handshakeDone: Whether the handshake completed.
+    """
+
+    transport: Any
+    tlsStarted = False
+    handshakeDone = False
+
+    def startTLS(self, options: Any) -> None:
+        """
+        Start TLS on the connection (STARTTLS): the handshake is pending
+        from now on.
+
+        @param options: The connection creator for the transport's
+            C{startTLS}.
+        """
+        self.tlsStarted = True
+        self.transport.startTLS(options)
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake completed (L{IHandshakeListener}).
+        """
+        self.handshakeDone = True
+
+    @property
+    def handshakePending(self) -> bool:
+        """
+        Whether the connection is TLS and its handshake has not completed.
+        """
+        return (self.tlsStarted or ISSLTransport.providedBy(self.transport)) and not self.handshakeDone
+
+    def abortIfHandshakePending(self) -> bool:
+        """
+        If the handshake is pending, abort the connection at once (its
+        C{connectionLost} follows).
+
+        @return: Whether it did: the caller must then write nothing.
+        """
+        if self.transport is None or not self.handshakePending:
+            return False
+        self.transport.abortConnection()
+        return True

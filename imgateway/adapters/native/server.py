@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imgateway import __version__
-from imgateway.adapters.base import SendQueueGuard
+from imgateway.adapters.base import SendQueueGuard, TLSHandshakeMixin
 from imgateway.adapters.native.framing import (
     FrameParser,
     FramingError,
@@ -140,7 +140,7 @@ def _contactJSON(view: ContactView) -> dict[str, Any]:
 
 
 @implementer(ISessionClient, IHandshakeListener)
-class NativeServerProtocol(Protocol):
+class NativeServerProtocol(Protocol, TLSHandshakeMixin):
     """
     One client connection of the native face.
     """
@@ -164,7 +164,6 @@ class NativeServerProtocol(Protocol):
         self._closing = False
         self._counted = False
         self._admission: Admission | None = None
-        self._handshakeDone = False
         self._rateLimited = False
         # The input pipeline (see _process): the item parsed but not handled
         # yet, the timer that waits for a token, requests being handled,
@@ -225,24 +224,11 @@ class NativeServerProtocol(Protocol):
         Refuse a new connection: 503 and close; or, while a TLS handshake
         is pending (nothing can be sent yet), drop it.
         """
-        if self._tlsPending():
+        if self.abortIfHandshakePending():
             self._closing = True
-            self.transport.abortConnection()  # type: ignore[union-attr]
             return
         self._respond(0, 503, reason, headers)
         self._close()
-
-    def _tlsPending(self) -> bool:
-        """
-        Whether the connection is TLS and its handshake has not completed.
-        """
-        return ISSLTransport.providedBy(self.transport) and not self._handshakeDone
-
-    def handshakeCompleted(self) -> None:
-        """
-        The TLS handshake completed (L{IHandshakeListener}).
-        """
-        self._handshakeDone = True
 
     def _uncount(self) -> None:
         if self._counted:
@@ -279,11 +265,11 @@ class NativeServerProtocol(Protocol):
     def _loginTimedOut(self) -> None:
         self._loginTimer = None
         self._uncount()
-        if self._tlsPending():
-            # A BYE would wait for the handshake forever: drop the connection.
-            self.log.info("Dropping {peer}: no TLS handshake within login_timeout", peer=self.transport.getPeer())  # type: ignore[union-attr]
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        if self.abortIfHandshakePending():
+            # A BYE would wait for the handshake forever: dropped instead.
+            self.log.info("Dropping {peer}: no TLS handshake within login_timeout", peer=peer)
             self._closing = True
-            self.transport.abortConnection()  # type: ignore[union-attr]
             return
         self._bye("login-timeout")
 

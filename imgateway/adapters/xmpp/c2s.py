@@ -40,6 +40,7 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from imgateway import __version__
+from imgateway.adapters.base import TLSHandshakeMixin
 from imgateway.adapters.xmpp.jid import InvalidJID, addressOf, jidOf, parseJID
 from imgateway.adapters.xmpp.mapping import (
     SUBSCRIPTION_KINDS,
@@ -114,7 +115,7 @@ class _Authenticator(xmlstream.Authenticator):
 
 
 @implementer(ISessionClient, IHandshakeListener)
-class C2SProtocol(HardenedXmlStream):
+class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
     """
     One XMPP client connection.
 
@@ -130,7 +131,6 @@ class C2SProtocol(HardenedXmlStream):
         self.gateway = gateway
         self.config = config
         self._tlsOptions = tls
-        self._tls = False
         self.namespace = NS_CLIENT
         self.address: Address | None = None
         self.session: ISession | None = None
@@ -144,7 +144,6 @@ class C2SProtocol(HardenedXmlStream):
         self._presence: Presence = OFFLINE
         self._counted = False
         self._admission: Admission | None = None
-        self._handshakeDone = False
         self._ids = itertools.count(1)
         self._closed = False
 
@@ -182,12 +181,6 @@ class C2SProtocol(HardenedXmlStream):
         if self._admission is not None:
             self._admission.release()
 
-    def handshakeCompleted(self) -> None:
-        """
-        The TLS handshake completed (L{IHandshakeListener}).
-        """
-        self._handshakeDone = True
-
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self._closed = True
         self.factory.connections.discard(self)
@@ -204,11 +197,10 @@ class C2SProtocol(HardenedXmlStream):
     def _loginTimedOut(self) -> None:
         self._loginTimer = None
         self._uncount()
-        if self.secure and not self._handshakeDone:
-            # A stream error would wait for the handshake forever: drop it.
+        if self.abortIfHandshakePending():
+            # A stream error would wait for the handshake forever: dropped instead.
             self.log.info("Dropping c2s connection from {peer}: no TLS handshake within login_timeout", peer=self._t.getPeer())
             self._closed = True
-            self._t.abortConnection()
             return
         self._fail("connection-timeout", "no login in time")
 
@@ -227,7 +219,7 @@ class C2SProtocol(HardenedXmlStream):
         """
         Whether the stream is encrypted.
         """
-        return self._tls or ISSLTransport.providedBy(self.transport)
+        return self.tlsStarted or ISSLTransport.providedBy(self.transport)
 
     def _plainAllowed(self) -> bool:
         return self.secure or self.config.allowPlaintextAuth or isLoopback(self._t.getPeer())
@@ -318,8 +310,7 @@ class C2SProtocol(HardenedXmlStream):
             self.closeConnection()
             return
         self.send(domish.Element((NS_TLS, "proceed")))
-        self._t.startTLS(self._tlsOptions)
-        self._tls = True
+        self.startTLS(self._tlsOptions)
         # The restart drops whatever the client sent after <starttls/>
         # before the handshake: in this read (the old parser's events no
         # longer count) and in the queue (CVE-2011-0411).

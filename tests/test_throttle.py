@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -21,6 +21,7 @@ from imgateway.core.throttle import (
     LimitsConfig,
     LoginThrottle,
     LoginThrottled,
+    REFUSAL_LOG_INTERVAL,
 )
 
 ALICE = "alice@corp.example"
@@ -298,6 +299,48 @@ class ConnectionLimiterTests(SynchronousTestCase):
         self.assertEqual([e.get("n") for e in events], [3, None])
         for a in held:
             a.release()
+
+
+class RefusalLogTests(SynchronousTestCase):
+    """
+    Refused connections are logged once per source (per-source limits) or
+    per face and limit (L{ConnectionLimiter.refused}) every
+    C{REFUSAL_LOG_INTERVAL} seconds, with a count of the others.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.limiter = ConnectionLimiter(LimitsConfig(maxUnauthenticatedPerAddress=1), self.clock)
+
+    def test_faceLimit(self) -> None:
+        """
+        A face's own limit: the first refusal is logged at once with the
+        peer's source, the others within the interval are counted in one
+        line, whatever their sources, apart from refusals for per-source
+        limits.
+        """
+        with capturedLogs() as events:
+            for n in range(4):
+                self.limiter.refused(peer(f"192.0.2.{n}"), "s2s", "cap (s2s_max_unauthenticated)")
+            self.limiter.admit(peer("2001:db8:1:2::7"), "s2s")
+            self.limiter.admit(peer("2001:db8:1:2::8"), "s2s")
+            self.limiter.admit(peer("2001:db8:1:2::9"), "s2s")
+            self.clock.advance(REFUSAL_LOG_INTERVAL)
+            self.limiter.refused(peer("192.0.2.9"), "s2s", "cap (s2s_max_unauthenticated)")
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(
+            lines,
+            [
+                "Refusing a s2s connection from IPv4Address(type='TCP', host='192.0.2.0', port=40000)"
+                " (source 192.0.2.0): cap (s2s_max_unauthenticated)",
+                "Refusing a s2s connection from IPv6Address(type='TCP', host='2001:db8:1:2::8', port=40000, flowInfo=0, scopeID=0)"
+                " (source 2001:db8:1:2::/64): 1 connections waiting to log in (max_unauthenticated_per_address)",
+                "Refused 3 more s2s connections (cap (s2s_max_unauthenticated))",
+                "Refused 1 more connections from 2001:db8:1:2::/64 (per-address limits)",
+                "Refusing a s2s connection from IPv4Address(type='TCP', host='192.0.2.9', port=40000)"
+                " (source 192.0.2.9): cap (s2s_max_unauthenticated)",
+            ],
+        )
 
 
 class LimitsConfigTests(SynchronousTestCase):

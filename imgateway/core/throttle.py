@@ -321,7 +321,7 @@ class ConnectionLimiter:
         self._clock = clock
         self._unauthenticated: dict[str, int] = {}
         self._buckets: OrderedDict[str, tuple[TokenBucket, float]] = OrderedDict()
-        self._refusals: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._refusals: OrderedDict[str | tuple[str, str], tuple[float, int]] = OrderedDict()
         # A bucket untouched this long is full again: as good as new.
         self._refill = config.connectionBurstPerAddress / config.connectionsPerSecondPerAddress
 
@@ -367,11 +367,11 @@ class ConnectionLimiter:
             buckets.popitem(last=False)
         if not bucket.consume():
             wait = _retryAfter(bucket.retryAfter())
-            self._refused(source, peer, face, f"more than {c.connectionsPerSecondPerAddress:g} connections/s (connections_per_second_per_address)")
+            self._refused(source, source, peer, face, f"more than {c.connectionsPerSecondPerAddress:g} connections/s (connections_per_second_per_address)")
             return Admission(False, "Too many connections from your address", wait, source)
         count = self._unauthenticated.get(source, 0)
         if count >= c.maxUnauthenticatedPerAddress:
-            self._refused(source, peer, face, f"{count} connections waiting to log in (max_unauthenticated_per_address)")
+            self._refused(source, source, peer, face, f"{count} connections waiting to log in (max_unauthenticated_per_address)")
             return Admission(False, "Too many connections from your address waiting to log in", None, source)
         self._unauthenticated[source] = count + 1
         return Admission(True, source=source, limiter=self)
@@ -383,24 +383,39 @@ class ConnectionLimiter:
         else:
             self._unauthenticated.pop(source, None)
 
-    def _refused(self, source: str, peer: object, face: str, why: str) -> None:
+    def refused(self, peer: object, face: str, why: str) -> None:
         """
-        Log a refusal: the first from a source at once, then at most one
-        line every L{REFUSAL_LOG_INTERVAL} seconds, counting the others.
+        Log a connection that a face refused for a limit of its own, over
+        every source (its C{max_unauthenticated}, say), as refusals for the
+        per-source limits are logged: the first at once, then at most one
+        line per face and limit every L{REFUSAL_LOG_INTERVAL} seconds,
+        counting the others. A flood of refusals is a few lines.
+
+        @param peer: The transport's C{getPeer()}.
+        @param face: Names the face (C{"s2s"}).
+        @param why: The limit, named by its configuration key.
+        """
+        self._refused((face, why), sourceOf(peer), peer, face, why)
+
+    def _refused(self, key: str | tuple[str, str], source: str | None, peer: object, face: str, why: str) -> None:
+        """
+        Log a refusal: the first under C{key} (a source, or a face's own
+        limit) at once, then at most one line every
+        L{REFUSAL_LOG_INTERVAL} seconds, counting the others.
         """
         now = self._clock.seconds()
         refusals = self._refusals
         while refusals:
-            key, (since, quiet) = next(iter(refusals.items()))
+            oldest, (since, quiet) = next(iter(refusals.items()))
             if now - since < REFUSAL_LOG_INTERVAL and len(refusals) <= self.config.maxTrackedSources:
                 break
-            del refusals[key]
-            self._logQuiet(key, quiet)
-        entry = refusals.get(source)
+            del refusals[oldest]
+            self._logQuiet(oldest, quiet)
+        entry = refusals.get(key)
         if entry is not None:
-            refusals[source] = (entry[0], entry[1] + 1)
+            refusals[key] = (entry[0], entry[1] + 1)
             return
-        refusals[source] = (now, 0)
+        refusals[key] = (now, 0)
         log.warn(
             "Refusing a {face} connection from {peer} (source {source}): {why}",
             face=face,
@@ -409,10 +424,10 @@ class ConnectionLimiter:
             why=why,
         )
 
-    def _logQuiet(self, source: str, quiet: int) -> None:
-        if quiet:
-            log.warn(
-                "Refused {n} more connections from {source} (per-address limits)",
-                n=quiet,
-                source=source,
-            )
+    def _logQuiet(self, key: str | tuple[str, str], quiet: int) -> None:
+        if not quiet:
+            return
+        if isinstance(key, tuple):
+            log.warn("Refused {n} more {face} connections ({why})", n=quiet, face=key[0], why=key[1])
+        else:
+            log.warn("Refused {n} more connections from {source} (per-address limits)", n=quiet, source=key)

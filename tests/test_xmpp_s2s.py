@@ -147,14 +147,17 @@ class _Harness:
     given (string transports), for one synchronous test.
     """
 
-    def __init__(self, testCase: SynchronousTestCase, **configuration: Any) -> None:
+    def __init__(
+        self, testCase: SynchronousTestCase, tls: TLSFiles | None = None, connectionLimiter: Any = None, **configuration: Any
+    ) -> None:
         configuration.setdefault("requireTLS", False)
         configuration.setdefault("verifyCertificates", False)
         configuration.setdefault("useDNS", False)
         configuration.setdefault("routes", {THEIRS: ROUTE})
         self.reactor = MemoryReactorClock()
         self.config = S2SConfig(**configuration)
-        self.manager = S2SManager(self.reactor, OURS, None, self.config, secret=b"our secret")
+        extra = {"connectionLimiter": connectionLimiter} if connectionLimiter is not None else {}
+        self.manager = S2SManager(self.reactor, OURS, tls, self.config, secret=b"our secret", **extra)
         self.received: list[tuple[str, domish.Element]] = []
         self.manager.stanzaReceived = lambda domain, stanza: self.received.append((domain, stanza))
         self.protocols: list[Any] = []
@@ -170,12 +173,12 @@ class _Harness:
         self.sent.append(d)
         return d
 
-    def incoming(self) -> tuple[Any, StringTransport, Reader]:
+    def incoming(self, peer: IPv4Address = IPv4Address("TCP", "192.0.2.1", 40000)) -> tuple[Any, StringTransport, Reader]:
         """
-        A remote server connects to our listener.
+        A remote server connects to our listener from C{peer}.
         """
-        proto = self.manager.factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000))
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 40000))
+        proto = self.manager.factory.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
         proto.makeConnection(transport)
         self.protocols.append(proto)
         return proto, transport, Reader()

@@ -132,6 +132,14 @@ def _parseFederation(t: ConfigTable, reactor: IReactorCore, tls: TLSFiles | None
         connectTimeout=t.positive("s2s_connect_timeout", float, d.connectTimeout),
         maxQueuedStanzas=t.positive("s2s_max_queued_stanzas", int, d.maxQueuedStanzas),
         maxIncomingStreams=t.positive("s2s_max_incoming_streams", int, d.maxIncomingStreams),
+        maxUnauthenticated=t.positive("s2s_max_unauthenticated", int, d.maxUnauthenticated),
+        negotiationTimeout=t.positive("s2s_negotiation_timeout", float, d.negotiationTimeout),
+        maxDomainsPerStream=t.positive("s2s_max_domains_per_stream", int, d.maxDomainsPerStream),
+        maxPendingDialback=t.positive("s2s_max_pending_dialback", int, d.maxPendingDialback),
+        maxPendingDialbackPerAddress=t.positive(
+            "s2s_max_pending_dialback_per_address", int, d.maxPendingDialbackPerAddress
+        ),
+        maxAuthAttempts=t.positive("s2s_max_auth_attempts", int, d.maxAuthAttempts),
     )
     config = FederationConfig(
         s2s=s2s,

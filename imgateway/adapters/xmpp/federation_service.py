@@ -70,7 +70,13 @@ class FederationService(MultiService):
             else gateway.dataDir.child(DIALBACK_SECRET_FILE)
         )
         self.manager = S2SManager(
-            gateway.reactor, gateway.domain, tls, config.s2s, clock=gateway.clock, secret=loadSecret(secretFile)
+            gateway.reactor,
+            gateway.domain,
+            tls,
+            config.s2s,
+            clock=gateway.clock,
+            secret=loadSecret(secretFile),
+            connectionLimiter=gateway.connectionLimiter,
         )
         self.route = XMPPRemoteRoute(
             gateway.router,

@@ -41,7 +41,14 @@ use SASL EXTERNAL when a peer offers it). With C{allowDialback} false,
 certificates are the only way in or out, as Prosody's C{s2s_secure_auth}.
 
 Every limit is in L{S2SConfig}; stream limits (L{StreamLimits}) apply
-before and after authentication through L{HardenedXmlStream}.
+before and after authentication through L{HardenedXmlStream}. Against
+hostile peers, incoming streams are admitted by the gateway's per-source
+L{ConnectionLimiter} (shared with every face) and C{maxUnauthenticated};
+the negotiation timer runs from the TCP accept (a stalled TLS handshake is
+dropped on time, L{imgateway.adapters.base.TLSHandshakeMixin}); dialback verifications, which make
+us open connections for unauthenticated peers, are capped per stream, per
+source and in all, end with the stream that asked, and leave no link
+behind that has nothing to deliver.
 
 This module is the link management (queues, backoff, which streams exist);
 the streams and their negotiation are L{s2s_stream}'s, dialback keys
@@ -57,11 +64,10 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.application.internet import StreamServerEndpointService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import DNSLookupError
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
@@ -70,6 +76,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
+from imgateway.adapters.base import ListenerService
 from imgateway.adapters.xmpp.jid import InvalidJID, parseJID
 from imgateway.adapters.xmpp.s2s_auth import (
     ALPN_PROTOCOLS,
@@ -82,6 +89,7 @@ from imgateway.adapters.xmpp.s2s_stream import (
     NS_SERVER,
     S2S_LIMITS,
     Closing,
+    DialbackRefused,
     IncomingFactory,
     IncomingStream,
     OutgoingFactory,
@@ -90,12 +98,14 @@ from imgateway.adapters.xmpp.s2s_stream import (
     bareDomain,
 )
 from imgateway.core.errors import DeliveryStatus, NoRoute
+from imgateway.core.throttle import ConnectionLimiter, LimitsConfig
 from imgateway.net.certificates import CertificateProblem, loadTrustRootFile
 from imgateway.net.endpoints import clientEndpointFromString
 from imgateway.net.srv import SRVClientEndpoint, systemResolver
 from imgateway.net.tls import ServerTLSOptions, TLSFiles, trustRoot, validFor
 
 __all__ = [
+    "DialbackRefused",
     "NS_DIALBACK",
     "NS_DIALBACK_FEATURES",
     "NS_SERVER",
@@ -205,7 +215,17 @@ class _OutgoingLink:
     def verify(self, streamID: str, key: str) -> Deferred[bool]:
         if self.failure is not None or streamID in self.verifies or self._waiting() >= self.config.maxQueuedStanzas:
             return succeed(False)
-        v = _Verify(streamID, key, Deferred())
+
+        def cancel(d: Deferred[bool]) -> None:
+            # The incoming stream that asked is gone.
+            v = self.verifies.get(streamID)
+            if v is not None and v.result is d:
+                del self.verifies[streamID]
+                if v.timer is not None and v.timer.active():
+                    v.timer.cancel()
+                self._stopIfUnused()
+
+        v = _Verify(streamID, key, Deferred(cancel))
         v.timer = self.manager.clock.callLater(self.config.negotiationTimeout, self._verifyTimedOut, streamID)
         self.verifies[streamID] = v
         if self.stream is not None and self.stream.readyForVerify:
@@ -230,6 +250,24 @@ class _OutgoingLink:
             return succeed(None)
         stream.close(Closing("service-unavailable", "shutting down"))
         return stream.whenLost()
+
+    def _stopIfUnused(self) -> None:
+        """
+        Nothing waits for a link that is not connected (its last dialback
+        verification was dropped or timed out): stop connecting, and
+        forget it. A link exists for what it has to deliver; one kept
+        retrying for nothing would let unauthenticated peers, who make us
+        open links to verify their keys, hold links and connections.
+        """
+        if self._waiting() or self.stream is not None or self.failure is not None:
+            return
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        connecting, self._connecting = self._connecting, None
+        self.manager._forgetLink(self)
+        if connecting is not None:
+            connecting.cancel()
 
     # -- connecting ----------------------------------------------------------------
 
@@ -266,6 +304,8 @@ class _OutgoingLink:
         self._connecting = None
 
     def _connectFailed(self, f: Failure) -> None:
+        if self._connecting is None:
+            return  # abandoned (_stopIfUnused)
         self._connecting = None
         if self.manager.stopped:
             return
@@ -326,6 +366,12 @@ class _OutgoingLink:
         self._failed(why)
 
     def _failed(self, why: Closing) -> None:
+        if not self._waiting():
+            # Nothing to deliver: no retry, no cooldown.
+            self.log.info("s2s link to {domain} failed with nothing waiting: {reason}", domain=self.domain, reason=why.text)
+            self.attempts = 0
+            self.manager._forgetLink(self)
+            return
         if why.permanent or self.attempts >= self.config.maxConnectAttempts:
             self._giveUp(why)
             return
@@ -347,8 +393,11 @@ class _OutgoingLink:
         )
         self.attempts = 0
         # Settle our state before firing anything: a callback may send
-        # again, or stop the manager.
-        if self.config.giveUpCooldown > 0:
+        # again, or stop the manager. Only stanzas earn a cooldown: a link
+        # that only had dialback verifications to make (asked for by
+        # peers not authenticated yet) is forgotten at once, so that they
+        # cannot fill maxOutgoingLinks with links to dead domains.
+        if self.config.giveUpCooldown > 0 and self.queue:
             self.failure = failure
             self._forget = self.manager.clock.callLater(self.config.giveUpCooldown, self.manager._forgetLink, self)
         else:
@@ -394,6 +443,7 @@ class _OutgoingLink:
         if v is not None:
             v.timer = None
             self.log.info("s2s: {domain} did not answer a dialback verification in time", domain=self.domain)
+            self._stopIfUnused()
             v.result.callback(False)
 
 
@@ -416,6 +466,12 @@ class S2SManager:
     @ivar links: The outgoing links, by remote domain.
     @ivar ourCertificateValid: Whether our certificate names our domain
         (SASL EXTERNAL is only tried if so).
+    @ivar unauthenticated: Incoming streams that have not authenticated a
+        domain yet.
+    @ivar connectionLimiter: The per-source limits incoming streams are
+        admitted by.
+    @ivar pendingVerifications: Dialback keys being verified for incoming
+        streams.
     """
 
     log = Logger()
@@ -429,6 +485,7 @@ class S2SManager:
         resolver: Any = None,
         clock: IReactorTime | None = None,
         secret: bytes | None = None,
+        connectionLimiter: ConnectionLimiter | None = None,
     ) -> None:
         """
         @param reactor: Connects and listens (and is the clock unless
@@ -438,6 +495,9 @@ class S2SManager:
         @param resolver: The L{twisted.names} resolver for SRV and address
             lookups; by default the system's, made when first needed.
         @param secret: Keys our dialback keys (XEP-0185); random by default.
+        @param connectionLimiter: The per-source limits shared with the
+            gateway's other faces (L{IGateway.connectionLimiter}); by
+            default, the manager's own with the default limits.
         @raise ValueError: If the configuration cannot work.
         """
         self.reactor = reactor
@@ -455,6 +515,10 @@ class S2SManager:
         self.linkEstablished: Callable[[str], None] = lambda domain: None
         self.linkLost: Callable[[str], None] = lambda domain: None
         self.incoming: set[IncomingStream] = set()
+        self.unauthenticated = 0
+        self.connectionLimiter = connectionLimiter if connectionLimiter is not None else ConnectionLimiter(LimitsConfig(), self.clock)
+        self.pendingVerifications = 0
+        self._pendingBySource: dict[str, int] = {}
         self.links: dict[str, _OutgoingLink] = {}
         self.stopped = False
         self.factory = IncomingFactory(self)
@@ -480,12 +544,10 @@ class S2SManager:
     def services(self) -> list[IService]:
         """
         @return: One listener service per C{listen} endpoint, for the caller
-            to parent.
+            to parent (start-up stops with one line if one cannot listen).
         """
         if self._services is None:
-            self._services = [
-                StreamServerEndpointService(serverFromString(self.reactor, d), self.factory) for d in self.config.listen
-            ]
+            self._services = [ListenerService(self.reactor, d, self.factory, "XMPP s2s") for d in self.config.listen]
         return list(self._services)
 
     def send(self, domain: str, stanza: domish.Element) -> Deferred[None]:
@@ -577,15 +639,39 @@ class S2SManager:
         """
         return self.dialback.valid(receiving, streamID, key)
 
-    def verifyDialback(self, origin: str, streamID: str, key: str) -> Deferred[bool]:
+    def verifyDialback(self, origin: str, streamID: str, key: str, source: str | None) -> Deferred[bool]:
         """
-        Ask C{origin}'s authoritative server whether C{key} is its key for
-        our stream C{streamID}.
+        See L{StreamOwner.verifyDialback}: at most C{maxPendingDialback}
+        verifications are pending at once, and
+        C{maxPendingDialbackPerAddress} for streams from one source.
         """
+        c = self.config
+        if self.pendingVerifications >= c.maxPendingDialback:
+            return fail(DialbackRefused(f"{self.pendingVerifications} dialback verifications pending (s2s_max_pending_dialback)"))
+        fromSource = self._pendingBySource.get(source, 0) if source is not None else 0
+        if fromSource >= c.maxPendingDialbackPerAddress:
+            return fail(
+                DialbackRefused(f"{fromSource} dialback verifications pending for {source} (s2s_max_pending_dialback_per_address)")
+            )
         link = self._link(origin)
         if link is None or self.stopped:
             return succeed(False)
-        return link.verify(streamID, key)
+        d = link.verify(streamID, key)
+        if d.called:
+            return d
+        self.pendingVerifications += 1
+        if source is not None:
+            self._pendingBySource[source] = fromSource + 1
+
+        def settled(result: object) -> object:
+            self.pendingVerifications -= 1
+            if source is not None:
+                left = self._pendingBySource.pop(source, 1) - 1
+                if left:
+                    self._pendingBySource[source] = left
+            return result
+
+        return d.addBoth(settled)
 
     def stanzaArrived(self, domain: str, stanza: domish.Element) -> None:
         """

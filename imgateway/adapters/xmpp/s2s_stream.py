@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import attrs
 from attrs import frozen
 from OpenSSL import SSL
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import ClientFactory, ServerFactory
 from twisted.internet.ssl import CertificateOptions
@@ -35,6 +35,7 @@ from twisted.words.xish import domish
 from twisted.words.xish.xmlstream import STREAM_ERROR_EVENT
 from zope.interface import implementer
 
+from imgateway.adapters.base import TLSHandshakeMixin
 from imgateway.adapters.xmpp.jid import InvalidJID, parseJID
 from imgateway.adapters.xmpp.s2s_auth import (
     MAX_KEY_CHARS,
@@ -44,10 +45,13 @@ from imgateway.adapters.xmpp.s2s_auth import (
     externalAuthzidProblem,
 )
 from imgateway.adapters.xmpp.stream import HardenedXmlStream, StreamLimits
+from imgateway.core.throttle import Admission, ConnectionLimiter
+from imgateway.net.addresses import sourceOf
 from imgateway.net.tls import TLSCheck, TLSCreator
 
 __all__ = [
     "Closing",
+    "DialbackRefused",
     "IncomingFactory",
     "IncomingStream",
     "LinkOwner",
@@ -71,8 +75,7 @@ STANZAS = ("message", "presence", "iq")
 #: Longest stream id we accept from a peer.
 MAX_ID_CHARS = 256
 
-#: SASL failures an incoming stream may cause before it is closed.
-MAX_SASL_FAILURES = 3
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 #: s2s stream limits: larger stanzas than c2s (Prosody and ejabberd use 512
 #: KiB for s2s), a pre-authentication allowance that fits any server's
@@ -117,8 +120,8 @@ class S2SConfig:
     @ivar limits: Stream limits for every s2s stream.
     @ivar connectTimeout: Seconds for DNS and TCP of one connection attempt.
     @ivar negotiationTimeout: Seconds from TCP connection to an
-        authenticated stream (either way), and for an answer to a
-        C{db:verify}.
+        authenticated stream (either way), TLS handshake included, and for
+        an answer to a C{db:verify}.
     @ivar idleTimeout: Seconds without traffic after which a stream is
         closed (reopened on the next stanza).
     @ivar closeTimeout: Seconds a closing stream may take to flush before
@@ -128,11 +131,24 @@ class S2SConfig:
         with C{resource-constraint}.
     @ivar maxIncomingStreams: Incoming streams open at once; more are
         refused with C{resource-constraint}.
+    @ivar maxUnauthenticated: Incoming streams open at once that have not
+        authenticated a domain yet; more are refused with
+        C{resource-constraint} (besides the gateway's per-source limits).
     @ivar maxOutgoingLinks: Remote domains with a link (open, connecting,
         or in its give-up cooldown); more fail with
         C{resource-constraint}.
     @ivar maxDomainsPerStream: Domains one incoming stream may
-        authenticate (or try to) with dialback (XEP-0220 multiplexing).
+        authenticate (or try to) with dialback (XEP-0220 multiplexing);
+        more: C{policy-violation}.
+    @ivar maxPendingDialback: Dialback keys being verified at once (each
+        a C{db:verify} to the claimed domain's authoritative server, over a
+        connection we may have to open), for every incoming stream
+        together; past it, a C{db:result} is answered with a
+        C{resource-constraint} error.
+    @ivar maxPendingDialbackPerAddress: The same, for the incoming streams
+        from one source address (per /64 for IPv6).
+    @ivar maxAuthAttempts: Failed SASL EXTERNAL attempts on one incoming
+        stream; the last closes it with C{policy-violation}.
     @ivar maxConnectAttempts: Failed attempts in a row after which a link
         gives up and fails its queue.
     @ivar retryInitialDelay: Backoff before the second attempt (then
@@ -156,8 +172,12 @@ class S2SConfig:
     closeTimeout: float = 5.0
     maxQueuedStanzas: int = 1000
     maxIncomingStreams: int = 100
+    maxUnauthenticated: int = 50
     maxOutgoingLinks: int = 1000
     maxDomainsPerStream: int = 16
+    maxPendingDialback: int = 100
+    maxPendingDialbackPerAddress: int = 16
+    maxAuthAttempts: int = 3
     maxConnectAttempts: int = 3
     retryInitialDelay: float = 1.0
     retryMaxDelay: float = 60.0
@@ -221,6 +241,8 @@ class StreamOwner(Protocol):
     clock: IReactorTime
     localDomain: str
     incoming: set[IncomingStream]
+    unauthenticated: int
+    connectionLimiter: ConnectionLimiter
     stopped: bool
     serverTLS: CertificateOptions | None
     clientTLS: CertificateOptions
@@ -236,10 +258,14 @@ class StreamOwner(Protocol):
         @return: Whether C{key} is our key for that stream.
         """
 
-    def verifyDialback(self, origin: str, streamID: str, key: str) -> Deferred[bool]:
+    def verifyDialback(self, origin: str, streamID: str, key: str, source: str | None) -> Deferred[bool]:
         """
         Ask C{origin}'s authoritative server whether C{key} is its key for
-        our stream C{streamID}.
+        our stream C{streamID}, an incoming stream from C{source}.
+
+        @return: Fires with the answer; fails with L{DialbackRefused} if
+            too many verifications are pending. Cancelling it (the stream
+            closed) drops the verification.
         """
 
     def stanzaArrived(self, domain: str, stanza: domish.Element) -> None:
@@ -319,8 +345,15 @@ class Closing(Exception):
         self.permanent = permanent
 
 
+class DialbackRefused(Exception):
+    """
+    A dialback verification was not started: too many are pending (the
+    text names the limit).
+    """
+
+
 @implementer(IHandshakeListener)
-class S2SStream(HardenedXmlStream):
+class S2SStream(HardenedXmlStream, TLSHandshakeMixin):
     """
     What incoming and outgoing s2s streams share: the stream namespaces,
     the timers (negotiation, idle, close), closing with a footer or a
@@ -340,7 +373,6 @@ class S2SStream(HardenedXmlStream):
         self.prefixes = {NS_STREAMS: "stream", NS_DIALBACK: "db"}
         self.tlsCheck: TLSCheck | None = None
         self.ending: Closing | None = None
-        self._secure = False
         self._closed = False
         self._lost = False
         self._whenLost: list[Deferred[None]] = []
@@ -440,7 +472,7 @@ class S2SStream(HardenedXmlStream):
         """
         Whether the stream is encrypted.
         """
-        return self._secure or ISSLTransport.providedBy(self.transport)
+        return self.tlsStarted or ISSLTransport.providedBy(self.transport)
 
     # -- closing -----------------------------------------------------------------
 
@@ -453,6 +485,8 @@ class S2SStream(HardenedXmlStream):
         self._closed = True
         if self.ending is None:
             self.ending = why
+        if self._dropIfHandshakePending(why):
+            return
         if self._headerSent:
             self.sendFooter()
         self._loseConnection()
@@ -470,6 +504,8 @@ class S2SStream(HardenedXmlStream):
         self._closed = True
         if self.ending is None:
             self.ending = why
+        if self._dropIfHandshakePending(why):
+            return
         self.log.info(
             "Closing s2s stream with {peer}: {condition} ({text})", peer=self.peer, condition=condition, text=text or why.text
         )
@@ -479,6 +515,18 @@ class S2SStream(HardenedXmlStream):
             self.send(error.StreamError(condition, text=text or None).getElement())
             self.sendFooter()
         self._loseConnection()
+
+    def _dropIfHandshakePending(self, why: Closing) -> bool:
+        """
+        While a TLS handshake is pending, nothing written would ever leave
+        (a peer that stalls it would hold the connection): abort instead.
+
+        @return: Whether the connection was aborted.
+        """
+        if self._lost or not self.abortIfHandshakePending():
+            return False
+        self.log.info("Dropping s2s connection with {peer} during its TLS handshake: {why}", peer=self.peer, why=why.text)
+        return True
 
     def _loseConnection(self) -> None:
         if self.transport is None or self._lost:
@@ -527,6 +575,7 @@ class S2SStream(HardenedXmlStream):
         raise NotImplementedError
 
     def handshakeCompleted(self) -> None:
+        super().handshakeCompleted()
         if self.tlsCheck is not None:
             self.tlsCheck.done = True
         self.tlsEstablished()
@@ -559,6 +608,9 @@ class IncomingStream(S2SStream):
     @ivar domains: The remote domains authenticated on this stream.
     @ivar streamFrom: The C{from} of the stream header, once given.
     @ivar methods: How each domain authenticated.
+    @ivar pending: The domains whose dialback key is being verified.
+    @ivar source: The peer's source address (L{sourceOf}), which
+        per-source limits count it against.
     """
 
     def __init__(self, manager: StreamOwner) -> None:
@@ -567,22 +619,67 @@ class IncomingStream(S2SStream):
         self.methods: dict[str, str] = {}
         self.pending: set[str] = set()
         self.streamFrom: str | None = None
+        self.source: str | None = None
         self._sasl = False
         self._saslFailures = 0
+        self._verifying: dict[str, Deferred[bool]] = {}
+        self._counted = False
+        self._admission: Admission | None = None
+        self._dialbackRefusalLogged = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        incoming = self.manager.incoming
+        manager = self.manager
+        incoming = manager.incoming
         incoming.add(self)
-        if self.manager.stopped:
-            self.thisEntity = _domainJID(self.manager.localDomain)  # type: ignore[assignment]
+        peer = self._t.getPeer()
+        self.source = sourceOf(peer)
+        if manager.stopped:
+            self._refuse()
             self.shutdown()
-        elif len(incoming) > self.config.maxIncomingStreams:
-            self.log.warn("Refusing an s2s stream from {peer}: {count} streams open", peer=self.peer, count=len(incoming) - 1)
-            self.thisEntity = _domainJID(self.manager.localDomain)  # type: ignore[assignment]
+            return
+        if len(incoming) > self.config.maxIncomingStreams:
+            manager.connectionLimiter.refused(peer, "s2s", f"{len(incoming) - 1} streams open (s2s_max_incoming_streams)")
+            self._refuse()
             self.fail(Closing("resource-constraint", "too many incoming streams"), "resource-constraint")
+            return
+        if manager.unauthenticated >= self.config.maxUnauthenticated:
+            manager.connectionLimiter.refused(peer, "s2s", f"{manager.unauthenticated} streams not authenticated (s2s_max_unauthenticated)")
+            self._refuse()
+            self.fail(Closing("resource-constraint", "too many unauthenticated streams"), "resource-constraint", "too many streams waiting to authenticate")
+            return
+        # Per-source limits, shared with the other faces (imgateway.core.throttle).
+        self._admission = manager.connectionLimiter.admit(peer, "s2s")
+        if not self._admission.admitted:
+            self._refuse()
+            self.fail(Closing("resource-constraint", self._admission.reason), "policy-violation", self._admission.reason)
+            return
+        manager.unauthenticated += 1
+        self._counted = True
+
+    def _refuse(self) -> None:
+        """
+        Prepare to refuse the stream before its header came: we answer
+        with a header of our own, from our domain.
+        """
+        self.thisEntity = _domainJID(self.manager.localDomain)  # type: ignore[assignment]
+
+    def _uncount(self) -> None:
+        """
+        The stream authenticated, timed out or closed: it no longer holds
+        an unauthenticated slot (ours, and its source's).
+        """
+        if self._counted:
+            self._counted = False
+            self.manager.unauthenticated -= 1
+        if self._admission is not None:
+            self._admission.release()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self._uncount()
+        verifying, self._verifying = self._verifying, {}
+        for d in verifying.values():
+            d.cancel()
         super().connectionLost(reason)
         self.manager.incoming.discard(self)
         if self.domains:
@@ -601,6 +698,7 @@ class IncomingStream(S2SStream):
     def _negotiationTimedOut(self) -> None:
         self._negotiation = None
         if not self.domains:
+            self._uncount()
             super()._negotiationTimedOut()
 
     # -- negotiation -------------------------------------------------------------
@@ -707,8 +805,7 @@ class IncomingStream(S2SStream):
         self.send(domish.Element((NS_TLS, "proceed")))
         self.tlsCheck = TLSCheck(ignorePurpose=True)
         mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE if self.config.verifyCertificates else SSL.VERIFY_NONE
-        self._t.startTLS(TLSCreator(self.manager.serverTLS, self.tlsCheck, mode))
-        self._secure = True
+        self.startTLS(TLSCreator(self.manager.serverTLS, self.tlsCheck, mode))
         # The restart drops whatever the peer sent after <starttls/>
         # before the handshake (CVE-2011-0411): HardenedXmlStream ignores
         # the old parser and empties the queue.
@@ -741,12 +838,13 @@ class IncomingStream(S2SStream):
         failure.addElement(condition)
         self.send(failure)
         self._saslFailures += 1
-        if self._saslFailures >= MAX_SASL_FAILURES:
+        if self._saslFailures >= self.config.maxAuthAttempts:
             self.fail(Closing("remote-server-not-found", "SASL failed"), "policy-violation", "too many failed authentications")
 
     def _authenticated(self, domain: str, method: str) -> None:
         self.domains.add(domain)
         self.methods[domain] = method
+        self._uncount()
         self.negotiated()
         self.log.info("s2s stream from {domain} ({peer}) authenticated: {method}", domain=domain, peer=self.peer, method=method)
 
@@ -795,15 +893,49 @@ class IncomingStream(S2SStream):
             # XEP-0344: the certificate already proves the domain.
             self._dialbackDone(True, origin, "dialback (XEP-0344: certificate)")
             return
-        self.pending.add(origin)
         streamID = str(self.sid)
-        self.manager.verifyDialback(origin, streamID, key).addCallback(self._dialbackVerified, origin)
+        d = self.manager.verifyDialback(origin, streamID, key, self.source)
+        if d.called:
+            # Settled at once (refused, or known): nothing is pending.
+            d.addCallbacks(self._dialbackVerified, self._dialbackNotVerified, (origin,), errbackArgs=(origin,))
+            return
+        self.pending.add(origin)
+        self._verifying[origin] = d
+        d.addCallbacks(self._dialbackVerified, self._dialbackNotVerified, (origin,), errbackArgs=(origin,))
 
     def _dialbackVerified(self, valid: bool, origin: str) -> None:
         self.pending.discard(origin)
+        self._verifying.pop(origin, None)
         if self._closed:
             return
         self._dialbackDone(valid, origin, "dialback" if valid else "the authoritative server's answer")
+
+    def _dialbackNotVerified(self, f: Failure, origin: str) -> None:
+        self.pending.discard(origin)
+        self._verifying.pop(origin, None)
+        if f.check(CancelledError):
+            return  # the stream is gone
+        if not f.check(DialbackRefused):
+            self.log.failure("Verifying a dialback key of {domain} from {peer}", f, domain=origin, peer=self.peer)
+            if not self._closed:
+                self._dialbackDone(False, origin, "an internal error")
+            return
+        if self._closed:
+            return
+        if not self._dialbackRefusalLogged:
+            self._dialbackRefusalLogged = True
+            self.log.warn(
+                "s2s: not verifying the dialback key of {domain} from {peer} now: {why}", domain=origin, peer=self.peer, why=f.getErrorMessage()
+            )
+        # XEP-0220 2.4: an error result; the peer may try again later.
+        result = domish.Element((NS_DIALBACK, "result"))
+        result["from"] = self.manager.localDomain
+        result["to"] = origin
+        result["type"] = "error"
+        e = result.addElement((NS_SERVER, "error"))
+        e["type"] = "wait"
+        e.addElement((NS_STANZAS, "resource-constraint"))
+        self.send(result)
 
     def _dialbackDone(self, valid: bool, origin: str, how: str) -> None:
         self._sendResult(origin, valid)
@@ -1001,8 +1133,7 @@ class OutgoingStream(S2SStream):
     def _startTLS(self) -> None:
         self.tlsCheck = TLSCheck(ignorePurpose=False)
         mode = SSL.VERIFY_PEER if self.config.verifyCertificates else SSL.VERIFY_NONE
-        self._t.startTLS(TLSCreator(self.manager.clientTLS, self.tlsCheck, mode, self.domain))
-        self._secure = True
+        self.startTLS(TLSCreator(self.manager.clientTLS, self.tlsCheck, mode, self.domain))
         self.state = "header"
         self.reset()
         self.sendHeader()

@@ -78,12 +78,16 @@ class PerSourceTests(SynchronousTestCase):
         """
         C{max_unauthenticated_per_address} streams from one address wait to
         authenticate; the next is closed at once with C{policy-violation}
-        naming the reason; another address still connects.
+        naming the reason (logged once); another address still connects.
         """
         h = limitedHarness(self)
         held = [h.incoming(ATTACKER) for _ in range(3)]
         self.assertFalse(any(t.disconnecting for _, t, _ in held))
-        _, transport, reader = h.incoming(ATTACKER)
+        with capturedLogs() as events:
+            _, transport, reader = h.incoming(ATTACKER)
+            h.incoming(ATTACKER)
+        self.assertEqual([e["log_namespace"] for e in events], ["imgateway.core.throttle"])
+        self.assertIn("Refusing a s2s connection from", formatEvent(events[0]))
         reader.feed(transport)
         self.assertEqual(reader.streamError(), "policy-violation")
         self.assertIn("Too many connections from your address", transport.value().decode() + str(reader.elements[-1].toXml()))
@@ -190,7 +194,7 @@ class UnauthenticatedCapTests(SynchronousTestCase):
         """
         Refusals for C{s2s_max_unauthenticated} are logged as the
         per-source ones are: the first at once, then one line per 10
-        seconds counting the others.
+        seconds counting the others; nothing else is logged for them.
         """
         h = _Harness(self, maxUnauthenticated=1)
         h.incoming(PEER)
@@ -199,8 +203,8 @@ class UnauthenticatedCapTests(SynchronousTestCase):
                 h.incoming(ATTACKER)
             h.reactor.advance(10)
             h.incoming(OTHER)
-        lines = [formatEvent(e) for e in events if e.get("log_namespace") == "imgateway.core.throttle"]
-        self.assertEqual(len(lines), 3, lines)
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual([e["log_namespace"] for e in events], ["imgateway.core.throttle"] * 3, lines)
         self.assertIn("Refusing a s2s connection from", lines[0])
         self.assertIn("(source 192.0.2.7)", lines[0])
         self.assertIn("s2s_max_unauthenticated", lines[0])

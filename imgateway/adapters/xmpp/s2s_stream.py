@@ -491,10 +491,13 @@ class S2SStream(HardenedXmlStream, TLSHandshakeMixin):
             self.sendFooter()
         self._loseConnection()
 
-    def fail(self, why: Closing, condition: str | None = None, text: str | None = None) -> None:
+    def fail(self, why: Closing, condition: str | None = None, text: str | None = None, quiet: bool = False) -> None:
         """
         End the stream with a stream error C{condition} (or just its
         closing tag, if C{None}).
+
+        @param quiet: Log nothing (a refusal, logged once per interval by
+            the caller).
         """
         if self._closed:
             return
@@ -504,11 +507,12 @@ class S2SStream(HardenedXmlStream, TLSHandshakeMixin):
         self._closed = True
         if self.ending is None:
             self.ending = why
-        if self._dropIfHandshakePending(why):
+        if self._dropIfHandshakePending(why, quiet):
             return
-        self.log.info(
-            "Closing s2s stream with {peer}: {condition} ({text})", peer=self.peer, condition=condition, text=text or why.text
-        )
+        if not quiet:
+            self.log.info(
+                "Closing s2s stream with {peer}: {condition} ({text})", peer=self.peer, condition=condition, text=text or why.text
+            )
         if not self._headerSent and not self.initiating:
             self.sendHeader()
         if self._headerSent:
@@ -516,7 +520,7 @@ class S2SStream(HardenedXmlStream, TLSHandshakeMixin):
             self.sendFooter()
         self._loseConnection()
 
-    def _dropIfHandshakePending(self, why: Closing) -> bool:
+    def _dropIfHandshakePending(self, why: Closing, quiet: bool = False) -> bool:
         """
         While a TLS handshake is pending, nothing written would ever leave
         (a peer that stalls it would hold the connection): abort instead.
@@ -525,7 +529,8 @@ class S2SStream(HardenedXmlStream, TLSHandshakeMixin):
         """
         if self._lost or not self.abortIfHandshakePending():
             return False
-        self.log.info("Dropping s2s connection with {peer} during its TLS handshake: {why}", peer=self.peer, why=why.text)
+        if not quiet:
+                self.log.info("Dropping s2s connection with {peer} during its TLS handshake: {why}", peer=self.peer, why=why.text)
         return True
 
     def _loseConnection(self) -> None:
@@ -641,18 +646,23 @@ class IncomingStream(S2SStream):
         if len(incoming) > self.config.maxIncomingStreams:
             manager.connectionLimiter.refused(peer, "s2s", f"{len(incoming) - 1} streams open (s2s_max_incoming_streams)")
             self._refuse()
-            self.fail(Closing("resource-constraint", "too many incoming streams"), "resource-constraint")
+            self.fail(Closing("resource-constraint", "too many incoming streams"), "resource-constraint", quiet=True)
             return
         if manager.unauthenticated >= self.config.maxUnauthenticated:
             manager.connectionLimiter.refused(peer, "s2s", f"{manager.unauthenticated} streams not authenticated (s2s_max_unauthenticated)")
             self._refuse()
-            self.fail(Closing("resource-constraint", "too many unauthenticated streams"), "resource-constraint", "too many streams waiting to authenticate")
+            self.fail(
+                Closing("resource-constraint", "too many unauthenticated streams"),
+                "resource-constraint",
+                "too many streams waiting to authenticate",
+                quiet=True,
+            )
             return
         # Per-source limits, shared with the other faces (imgateway.core.throttle).
         self._admission = manager.connectionLimiter.admit(peer, "s2s")
         if not self._admission.admitted:
             self._refuse()
-            self.fail(Closing("resource-constraint", self._admission.reason), "policy-violation", self._admission.reason)
+            self.fail(Closing("resource-constraint", self._admission.reason), "policy-violation", self._admission.reason, quiet=True)
             return
         manager.unauthenticated += 1
         self._counted = True

@@ -133,7 +133,7 @@ class HostileFederationTests(TestCase):
 
     async def test_federationSurvives(self) -> None:
         """
-        With 60 s2s connections from 127.0.0.2 stalled in their STARTTLS
+        With 150 s2s connections from 127.0.0.2 stalled in their STARTTLS
         handshake (at most C{max_unauthenticated_per_address}, 32, are
         kept) and a stream from 127.0.0.3 asking to verify 10 dialback keys
         with servers that never answer (4 are verified at once, the others
@@ -141,7 +141,9 @@ class HostileFederationTests(TestCase):
         user add each other, see each other online and talk. The stalled
         connections are dropped C{s2s_negotiation_timeout} after their TCP
         accept, and the silent servers see no more connections than the
-        verifications allowed (each retried at most once).
+        verifications allowed (each retried at most once). (Before the
+        per-source limits, the stalled connections took every one of the
+        100 incoming stream slots, and Prosody's stream was refused.)
         """
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
@@ -178,7 +180,7 @@ class HostileFederationTests(TestCase):
         flooder = DialbackFlooder()
         await connectFrom(self, "127.0.0.3", s2sPort, flooder)
         await flooder.waitFor(lambda: flooder.refusals() >= len(EVIL) - PENDING_DIALBACK_PER_ADDRESS or None, 10.0, "refused verifications")
-        stalled = [S2SStalling() for _ in range(60)]
+        stalled = [S2SStalling() for _ in range(150)]
         await connectMany(self, "127.0.0.2", [(s2sPort, a) for a in stalled])
         held = await waitUntil(lambda: len([a for a in stalled if a.closedAt is None]) <= 32, 5.0)
         self.assertTrue(held, f"{len([a for a in stalled if a.closedAt is None])} stalled connections open")

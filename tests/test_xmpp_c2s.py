@@ -274,6 +274,24 @@ class NegotiationTests(C2STestsMixin, SynchronousTestCase):
         self.clock.advance(C2SConfig().loginTimeout)
         self.assertIn("connection-timeout", c.text())
 
+    def test_closingTagAnswered(self) -> None:
+        """
+        A client that closes its stream, before or after logging in, gets
+        the server's closing tag before the connection closes (RFC 6120
+        section 4.4).
+        """
+        c = self.client()
+        c.open()
+        c.write("</stream:stream>")
+        c.read()
+        self.assertTrue(c.closed)
+        self.assertTrue(c.disconnecting)
+        c = self.bound()
+        c.write("</stream:stream>")
+        c.read()
+        self.assertTrue(c.closed)
+        self.assertTrue(c.disconnecting)
+
     def test_restrictedXML(self) -> None:
         """
         A DTD is refused with restricted-xml before any entity is expanded.

@@ -292,7 +292,12 @@ class FakeServerStream(xmlstream.XmlStream):
         super().__init__(authenticator)
         self.received: list[domish.Element] = []
         self.authenticated = False
+        self.ended = False
         self.addObserver(xmlstream.STREAM_AUTHD_EVENT, self._authd)
+
+    def onDocumentEnd(self) -> None:
+        self.ended = True
+        super().onDocumentEnd()
 
     def _authd(self, _: object) -> None:
         self.authenticated = True
@@ -509,6 +514,19 @@ class LinkTests(SynchronousTestCase):
         [error] = self.servers[0].received[-1:]
         self.assertEqual(error.name, "error")
         self.assertIn("policy-violation", error.toXml())
+
+    def test_closingTagAnswered(self) -> None:
+        """
+        When the server closes the component's stream, the component
+        answers with its own closing tag (RFC 6120 section 4.4) before the
+        connection closes, and the link is down.
+        """
+        self.connect()
+        [server] = self.servers
+        server.sendFooter()
+        self.pump.flush()
+        self.assertTrue(server.ended)
+        self.assertIsNone(self.service.link.stream)
 
     def test_ownDomain(self) -> None:
         """

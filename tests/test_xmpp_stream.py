@@ -287,6 +287,50 @@ class HeaderTests(StreamTestCase):
         self.assertEqual(received, [])
         self.assertStreamError(transport, "not-well-formed")
 
+    def test_closingTagAnswered(self) -> None:
+        """
+        A peer that closes its stream gets our closing tag before the
+        connection closes (RFC 6120 section 4.4).
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, b"<presence/>")
+        self.assertFalse(Output(transport.value()).closed)
+        self.feed(xs, b"</stream:stream>")
+        out = Output(transport.value())
+        self.assertTrue(out.closed)
+        self.assertEqual(out.streamError()[0], None)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value().count(b"</stream:stream>"), 1)
+
+    def test_closingTagOnce(self) -> None:
+        """
+        A stream that already sent its closing tag (with a stream error,
+        or by closing itself) does not send a second one when the peer's
+        closing tag comes.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER)
+        xs.sendStreamError(error.StreamError("conflict"))
+        self.feed(xs, b"</stream:stream>")
+        self.assertEqual(transport.value().count(b"</stream:stream>"), 1)
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER)
+        xs.sendFooter()
+        self.feed(xs, b"</stream:stream>")
+        self.assertEqual(transport.value().count(b"</stream:stream>"), 1)
+
+    def test_closingTagWithoutHeader(self) -> None:
+        """
+        A closing tag is only sent for a stream we opened: a stream whose
+        header was not sent only closes the connection.
+        """
+        xs = HardenedXmlStream(xmlstream.Authenticator(), StreamLimits(), Clock())
+        transport = StringTransport()
+        xs.makeConnection(transport)
+        xs.dataReceived(OPEN + b"</stream:stream>")
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(transport.disconnecting)
+
 
 class RestrictedXMLTests(StreamTestCase):
     """

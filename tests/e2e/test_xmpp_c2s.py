@@ -252,14 +252,15 @@ class C2SHostileTLSTests(TestCase):
         A c2s stream over TLS that is closed really ends (the stream's send
         queue guard, a producer registered on the TLS transport, lets go
         first), whoever closes it: the server on a stream error
-        (C{restricted-xml}, for a comment), the client closing its stream,
-        or the client's stream error.
+        (C{restricted-xml}, for a comment), the client closing its stream
+        (answered with the server's closing tag, RFC 6120 section 4.4), or
+        the client's stream error.
         """
         x = XMPPGateway(self)
         await x.gw.start()
         for data, sent in [
             (b"<!-- a comment -->", b"restricted-xml"),
-            (b"</stream:stream>", b""),
+            (b"</stream:stream>", b"</stream:stream>"),
             (b"<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>", b""),
         ]:
             raw = await self.startTLS(x)

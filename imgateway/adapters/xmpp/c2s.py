@@ -306,7 +306,7 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         if self._tlsOptions is None or self.secure or self.address is not None:
             self.send(domish.Element((NS_TLS, "failure")))
             self._closed = True
-            self.send("</stream:stream>")
+            self.sendFooter()
             self.closeConnection()
             return
         self.send(domish.Element((NS_TLS, "proceed")))

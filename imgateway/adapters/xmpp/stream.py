@@ -31,6 +31,8 @@ section 1.6).
   (L{HardenedXmlStream.limitsFeature}).
 - Characters that XML 1.0 forbids (C0 controls, lone surrogates, U+FFFE,
   U+FFFF) never reach the wire: they are removed from everything sent.
+- A peer's closing tag is answered with ours before the connection closes
+  (RFC 6120 section 4.4); the closing tag is sent once at most.
 """
 
 from __future__ import annotations
@@ -209,6 +211,7 @@ class HardenedXmlStream(xmlstream.XmlStream):
         self._paused: IDelayedCall | None = None
         self._sendGuard: SendQueueGuard | None = None
         self._failed = False
+        self._footerSent = False
         # Bytes given to the current parser, and the parser's byte position
         # where the last stanza ended (see StreamLimits).
         self._received = 0
@@ -428,8 +431,22 @@ class HardenedXmlStream(xmlstream.XmlStream):
         if self._sendGuard is not None:
             self._sendGuard.release()
 
+    def sendFooter(self) -> None:
+        """
+        Send our closing tag, unless it was sent already.
+        """
+        if not self._footerSent:
+            self._footerSent = True
+            super().sendFooter()
+
     def onDocumentEnd(self) -> None:
+        """
+        The peer closed its stream: close ours (if we opened it) before
+        closing the connection (RFC 6120 section 4.4).
+        """
         self._releaseSendGuard()
+        if self._headerSent:
+            self.sendFooter()
         super().onDocumentEnd()
 
     def onStreamError(self, errelem: domish.Element) -> None:

@@ -27,6 +27,7 @@ from imgateway.core.errors import ConfigError
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
 from imgateway.testing import RecordingSessionClient, XmlStreamPeer, addUser, memoryGateway
+from tests.test_native_mapping import scrambleCoreValues
 from tests.test_net_certificates import DAY, Certificates, certificatePEM, keyPEM, write
 
 HEADER = (
@@ -437,6 +438,60 @@ class SessionTests(C2STestsMixin, SynchronousTestCase):
         self.gateway.homeServer.closeAll("shutdown")
         self.assertIn("system-shutdown", c.text())
         self.assertEqual(self.gateway.homeServer.users(), [])
+
+
+class CoreValuesTests(C2STestsMixin, SynchronousTestCase):
+    """
+    The face writes the wire through the XMPP mapping tables
+    (L{imgateway.adapters.xmpp.mapping}), never from the core enums'
+    values: what a client reads is the same when those values change.
+    """
+
+    def setUp(self) -> None:
+        scrambleCoreValues(self)
+        super().setUp()
+
+    def rosterItem(self, c: Client) -> domish.Element:
+        """
+        Ask for the roster; return its one item.
+        """
+        c.write("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>")
+        [roster] = c.read()
+        [item] = roster.firstChildElement().elements()
+        return item  # type: ignore[no-any-return]
+
+    def test_roster(self) -> None:
+        """
+        Roster pushes and the roster carry RFC 6121's subscription tokens
+        (C{none} with C{ask}, C{to}, C{both}), subscription requests and
+        presence their XMPP types and C{<show/>}.
+        """
+        c = self.bound()
+        c.write("<presence/>")
+        c.read()
+        bobClient = RecordingSessionClient()
+        bob = self.successResultOf(self.gateway.homeServer.openSession(self.bob, bobClient))
+        bob.publish(Presence(PresenceState.BUSY))
+        c.write("<presence to='bob@corp.example' type='subscribe'/>")
+        [push] = [e for e in c.read() if e.name == "iq"]
+        pushed = push.firstChildElement().firstChildElement()
+        self.assertEqual((pushed["subscription"], pushed.getAttribute("ask")), ("none", "subscribe"))
+        item = self.rosterItem(c)
+        self.assertEqual((item["subscription"], item.getAttribute("ask")), ("none", "subscribe"))
+        self.successResultOf(bob.authorise(self.alice, True))
+        out = c.read()
+        [push] = [e for e in out if e.name == "iq"]
+        self.assertEqual(push.firstChildElement().firstChildElement()["subscription"], "to")
+        presences = [(p.getAttribute("type"), str(p.show) if p.show else None) for p in out if p.name == "presence"]
+        self.assertEqual(presences, [("subscribed", None), (None, "dnd")])
+        self.assertEqual(self.rosterItem(c)["subscription"], "to")
+        self.successResultOf(bob.subscribe(self.alice))
+        [request] = [e for e in c.read() if e.name == "presence"]
+        self.assertEqual((request["from"], request["type"]), ("bob@corp.example", "subscribe"))
+        c.write("<presence to='bob@corp.example' type='subscribed'/>")
+        pushes = [e for e in c.read() if e.name == "iq"]
+        self.assertEqual(pushes[-1].firstChildElement().firstChildElement()["subscription"], "both")
+        self.assertEqual(self.rosterItem(c)["subscription"], "both")
 
 
 class SendQueueTests(C2STestsMixin, SynchronousTestCase):

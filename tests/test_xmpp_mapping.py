@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from imgateway.adapters.xmpp.mapping import (
     ERRORS,
     PRESENCE,
+    ROSTER_SUBSCRIPTIONS,
     SUBSCRIPTION_KINDS,
     SUBSCRIPTION_TYPES,
     StanzaErrorSpec,
@@ -30,6 +31,7 @@ from imgateway.core.errors import (
 )
 from imgateway.core.events import SubscriptionKind
 from imgateway.core.presence import MAX_NOTE_CHARS, Presence, PresenceState
+from imgateway.core.records import Subscription
 
 #: Notes that must survive the trip through XMPP unchanged: plain text,
 #: tabs and repeated spaces, leading and trailing spaces, text that looks
@@ -457,3 +459,21 @@ class SubscriptionTests(SynchronousTestCase):
         """
         for type in (None, "", "unavailable", "probe", "error", "Subscribe"):
             self.assertNotIn(type, SUBSCRIPTION_KINDS)
+
+
+class RosterSubscriptionTests(SynchronousTestCase):
+    """
+    Contacts' subscription states to the C{subscription} attribute of
+    roster items.
+    """
+
+    def test_table(self) -> None:
+        """
+        Each state has its RFC 6121 token, and no two states share one.
+        """
+        self.assertEqual(
+            ROSTER_SUBSCRIPTIONS,
+            {Subscription.NONE: "none", Subscription.TO: "to", Subscription.FROM: "from", Subscription.BOTH: "both"},
+        )
+        self.assertEqual(set(ROSTER_SUBSCRIPTIONS), set(Subscription))
+        self.assertEqual(len(set(ROSTER_SUBSCRIPTIONS.values())), len(Subscription))

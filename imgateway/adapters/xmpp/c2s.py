@@ -43,6 +43,7 @@ from imgateway import __version__
 from imgateway.adapters.base import TLSHandshakeMixin
 from imgateway.adapters.xmpp.jid import InvalidJID, addressOf, jidOf, parseJID
 from imgateway.adapters.xmpp.mapping import (
+    ROSTER_SUBSCRIPTIONS,
     SUBSCRIPTION_KINDS,
     SUBSCRIPTION_TYPES,
     presenceFromXMPP,
@@ -735,7 +736,7 @@ def _rosterItem(view: ContactView) -> domish.Element:
     item["jid"] = str(view.address)
     if view.displayName:
         item["name"] = xmlSafe(view.displayName)
-    item["subscription"] = view.subscription.value
+    item["subscription"] = ROSTER_SUBSCRIPTIONS[view.subscription]
     if view.pending:
         item["ask"] = "subscribe"
     return item

@@ -1,8 +1,10 @@
 # -*- test-case-name: tests.test_xmpp_mapping -*-
 """
 The XMPP adapter's mappings, one table each: presence states to
-C{<show/>} and status text, delivery statuses to stanza errors, and
-subscription events to presence types.
+C{<show/>} and status text, delivery statuses to stanza errors,
+subscription events to presence types, and contacts' subscription states
+to the C{subscription} attribute of roster items. The core enums' values
+never reach the wire: every token XMPP sends comes from a table here.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from imgateway.adapters.xmpp.stream import xmlSafe
 from imgateway.core.errors import DeliveryError, DeliveryStatus, statusError
 from imgateway.core.events import SubscriptionKind
 from imgateway.core.presence import MAX_NOTE_CHARS, Presence, PresenceState
+from imgateway.core.records import Subscription
 
 __all__ = [
     "ERRORS",
     "PRESENCE",
+    "ROSTER_SUBSCRIPTIONS",
     "SUBSCRIPTION_KINDS",
     "SUBSCRIPTION_TYPES",
     "StanzaErrorSpec",
@@ -207,3 +211,13 @@ SUBSCRIPTION_TYPES: dict[SubscriptionKind, str] = {
     SubscriptionKind.REFUSE: "unsubscribed",
 }
 SUBSCRIPTION_KINDS = {v: k for k, v in SUBSCRIPTION_TYPES.items()}
+
+
+#: A contact's subscription state to the C{subscription} attribute of its
+#: roster item (RFC 6121 section 2.1.2.5).
+ROSTER_SUBSCRIPTIONS: dict[Subscription, str] = {
+    Subscription.NONE: "none",
+    Subscription.TO: "to",
+    Subscription.FROM: "from",
+    Subscription.BOTH: "both",
+}

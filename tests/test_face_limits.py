@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
@@ -21,6 +22,7 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.xish import domish
@@ -64,6 +66,32 @@ def serverTLSOptions() -> CertificateOptions:
         .sign(key, hashes.SHA256())
     )
     return CertificateOptions(privateKey=key, certificate=cert)  # type: ignore[arg-type]
+
+
+def assertOwnCapLogged(test: SynchronousTestCase, clock: Clock, face: str, connect: Callable[[IPv4Address], Any]) -> None:
+    """
+    With a face's own C{max_unauthenticated} at 1 and held by a first
+    connection, five connections from five addresses (so no per-address
+    limit applies) and, 10 s later, a sixth are refused; the refusals are
+    logged as the per-address ones are: the first at once, then one line
+    per 10 seconds counting the others. Nothing else is logged for them.
+
+    @param face: The face's name in the log.
+    @param connect: Opens a connection of the face from an address.
+    """
+    connect(USER)
+    with capturedLogs() as events:
+        for n in range(1, 6):
+            connect(IPv4Address("TCP", f"192.0.2.{n}", 40000))
+        clock.advance(10)
+        connect(IPv4Address("TCP", "203.0.113.9", 40000))
+    lines = [formatEvent(e) for e in events]
+    test.assertEqual([e["log_namespace"] for e in events], ["imgateway.core.throttle"] * 3, lines)
+    why = "1 connections waiting to log in (max_unauthenticated)"
+    test.assertIn(f"Refusing a {face} connection from ", lines[0])
+    test.assertTrue(lines[0].endswith(f"(source 192.0.2.1): {why}"), lines[0])
+    test.assertEqual(lines[1], f"Refused 4 more {face} connections ({why})")
+    test.assertTrue(lines[2].endswith(f"(source 203.0.113.9): {why}"), lines[2])
 
 
 class FaceLimitsMixin:
@@ -170,6 +198,21 @@ class NativeLimitsTests(FaceLimitsMixin, SynchronousTestCase):
         self.assertTrue(self.client(ATTACKER).transport.disconnecting)
         self.assertEqual(self.wire(ATTACKER).response(0).code, 503)
 
+    def test_ownCapLoggedOncePerInterval(self) -> None:
+        """
+        Connections refused past the native face's own
+        C{max_unauthenticated} (503, closed) are logged once per interval
+        with a count, as the per-address refusals are.
+        """
+        self.native.config = NativeConfig(loginTimeout=30.0, maxUnauthenticated=1)
+        refused: list[Wire] = []
+
+        def connect(peer: IPv4Address) -> None:
+            refused.append(self.wire(peer))
+
+        assertOwnCapLogged(self, self.clock, "native", connect)
+        self.assertEqual([w.response(0).code for w in refused[1:]], [503] * 6)
+
     def test_throttledLogin(self) -> None:
         """
         Past C{login_failures_per_account} wrong passwords from one address
@@ -208,6 +251,21 @@ class C2SLimitsTests(FaceLimitsMixin, SynchronousTestCase):
         user = self.client(USER)
         self.assertFalse(user.transport.disconnecting)
         user.bind("alice", "alice-pw")
+
+    def test_ownCapLoggedOncePerInterval(self) -> None:
+        """
+        Connections refused past the c2s face's own C{max_unauthenticated}
+        (closed at once) are logged once per interval with a count, as the
+        per-address refusals are.
+        """
+        self.c2s = C2SFactory(self.gateway, C2SConfig(requireTLS=False, loginTimeout=60.0, maxUnauthenticated=1), None, self.clock)
+        refused: list[Client] = []
+
+        def connect(peer: IPv4Address) -> None:
+            refused.append(self.client(peer))
+
+        assertOwnCapLogged(self, self.clock, "XMPP c2s", connect)
+        self.assertEqual([c.transport.disconnecting for c in refused], [False] + [True] * 6)
 
     def test_timeoutFreesSlot(self) -> None:
         """

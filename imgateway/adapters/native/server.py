@@ -200,10 +200,11 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             # peer's delayed ACK would add up to 40 ms to each.
             self.transport.setTcpNoDelay(True)
         if f.unauthenticated >= self.config.maxUnauthenticated:
-            self.log.warn(
-                "Refusing {peer}: {n} connections are waiting to log in (max_unauthenticated)",
-                peer=self.transport.getPeer(),  # type: ignore[union-attr]
-                n=f.unauthenticated,
+            # Logged once per interval with a count, as the per-source refusals.
+            self.gateway.connectionLimiter.refused(
+                self.transport.getPeer(),  # type: ignore[union-attr]
+                "native",
+                f"{self.config.maxUnauthenticated} connections waiting to log in (max_unauthenticated)",
             )
             self._refuse("Too many unauthenticated connections")
             return

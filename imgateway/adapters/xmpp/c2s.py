@@ -161,7 +161,10 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         if ITCPTransport.providedBy(self.transport):
             self._t.setTcpNoDelay(True)
         if f.unauthenticated >= self.config.maxUnauthenticated:
-            self.log.warn("Refusing {peer}: too many connections waiting to log in", peer=self._t.getPeer())
+            # Logged once per interval with a count, as the per-source refusals.
+            self.gateway.connectionLimiter.refused(
+                self._t.getPeer(), "XMPP c2s", f"{self.config.maxUnauthenticated} connections waiting to log in (max_unauthenticated)"
+            )
             self._failed = True
             self.closeConnection()
             return

@@ -222,36 +222,42 @@ class ISessionClient(Interface):
     client, whatever its protocol. A face's protocol instance provides this
     and passes it as the C{mind} of its portal login.
 
-    The methods return nothing: a client that cannot write (its connection is
-    gone) drops what it is given, and the home server learns of it when the
-    face closes the session.
+    Deliveries (every method but L{sessionClosed}) return a L{Deferred}
+    that fires with C{None} once the client has taken what it was given, or
+    fails if it could not; so a session may live in another process. A
+    client in this process answers with an already fired L{Deferred}
+    (C{succeed(None)}). A client that cannot write (its connection is gone)
+    may drop what it is given; the home server learns of it when the face
+    closes the session. The home server logs a failed delivery; a message
+    counts as delivered when at least one of the user's sessions took it.
     """
 
-    def messageReceived(message: Message) -> None:
+    def messageReceived(message: Message) -> Deferred[None]:
         """
         A message for this session's user.
         """
 
-    def presenceReceived(sender: Address, presence: Presence) -> None:
+    def presenceReceived(sender: Address, presence: Presence) -> Deferred[None]:
         """
         C{sender}'s presence changed (or is being reported for the first
-        time). Also called for the user's own aggregate presence.
+        time). Also called with the user's own address when the user's
+        aggregate presence, as its own sessions see it, changes.
         """
 
-    def subscriptionReceived(event: SubscriptionEvent) -> None:
+    def subscriptionReceived(event: SubscriptionEvent) -> Deferred[None]:
         """
         A subscription request from a watcher (C{SUBSCRIBE}), or an answer to
         one of the user's requests (C{AUTHORISE}, C{REFUSE}), or a watcher
         leaving (C{UNSUBSCRIBE}).
         """
 
-    def contactUpdated(contact: ContactView) -> None:
+    def contactUpdated(contact: ContactView) -> Deferred[None]:
         """
         An entry of the user's contact list was added or changed (by any of
         the user's sessions, or by an answer from the contact).
         """
 
-    def contactRemoved(contact: Address) -> None:
+    def contactRemoved(contact: Address) -> Deferred[None]:
         """
         An entry was removed from the user's contact list.
         """
@@ -271,7 +277,11 @@ class ISession(Interface):
 
     address = Attribute("The L{Address} of the session's user.")
     sessionId = Attribute("A string unique among the home server's sessions.")
-    label = Attribute("What the client calls this session (an XMPP resource, a device name).")
+    label = Attribute(
+        "What the client calls this session (an XMPP resource, a device name): unique among the "
+        "user's sessions, at most L{imgateway.home.server.MAX_LABEL_CHARS} characters (see "
+        "L{IHomeServer.openSession})."
+    )
     presence = Attribute("The L{Presence} this session last published.")
     client = Attribute("The L{ISessionClient} of this session.")
 
@@ -378,6 +388,13 @@ class IHomeServer(IRoute):
         Open a session for an authenticated user, once the user's contacts
         and authorisations are loaded. The session starts offline: it counts
         as present once its client publishes a presence.
+
+        The session's L{ISession.label} is C{label} made unique among the
+        user's open sessions: cut to
+        L{imgateway.home.server.MAX_LABEL_CHARS} characters, and when
+        another session has it, given a suffix (C{"phone-2"}); an empty
+        label becomes the session's id. Faces show the final label (an XMPP
+        face binds it as the resource).
 
         @return: Fires with the L{ISession}; fails with
             L{imgateway.core.errors.TooManySessions} if the user has as many

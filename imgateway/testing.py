@@ -299,12 +299,22 @@ class RecordingSessionClient:
     An L{ISessionClient} that records everything the home server tells it,
     for tests of home servers, routers and faces.
 
+    Deliveries answer with an already fired L{Deferred}, as a client in the
+    gateway's process does; tests can make them fail (L{failWith}) or wait
+    (L{hold}).
+
     @ivar messages: Messages received, in order.
     @ivar presences: C{(sender, presence)} pairs received, in order.
     @ivar subscriptions: Subscription events received.
     @ivar contacts: Contact views pushed (L{ISessionClient.contactUpdated}).
     @ivar removed: Contacts removed.
     @ivar closed: Reasons given by L{ISessionClient.sessionClosed}.
+    @ivar failWith: When set, every delivery is recorded and then fails
+        with this exception (as a session in another process that could not
+        take it would).
+    @ivar hold: When true, every delivery is recorded and answered with a
+        L{Deferred} appended to L{held}, for the test to fire.
+    @ivar held: The L{Deferred}s of held deliveries, in order.
     """
 
     def __init__(self, sessionLabel: str = "") -> None:
@@ -315,21 +325,38 @@ class RecordingSessionClient:
         self.contacts: list[ContactView] = []
         self.removed: list[Address] = []
         self.closed: list[str] = []
+        self.failWith: Exception | None = None
+        self.hold = False
+        self.held: list[Deferred[None]] = []
 
-    def messageReceived(self, message: Message) -> None:
+    def _answer(self) -> Deferred[None]:
+        if self.failWith is not None:
+            return fail(self.failWith)
+        if self.hold:
+            d: Deferred[None] = Deferred()
+            self.held.append(d)
+            return d
+        return succeed(None)
+
+    def messageReceived(self, message: Message) -> Deferred[None]:
         self.messages.append(message)
+        return self._answer()
 
-    def presenceReceived(self, sender: Address, presence: Presence) -> None:
+    def presenceReceived(self, sender: Address, presence: Presence) -> Deferred[None]:
         self.presences.append((sender, presence))
+        return self._answer()
 
-    def subscriptionReceived(self, event: SubscriptionEvent) -> None:
+    def subscriptionReceived(self, event: SubscriptionEvent) -> Deferred[None]:
         self.subscriptions.append(event)
+        return self._answer()
 
-    def contactUpdated(self, contact: ContactView) -> None:
+    def contactUpdated(self, contact: ContactView) -> Deferred[None]:
         self.contacts.append(contact)
+        return self._answer()
 
-    def contactRemoved(self, contact: Address) -> None:
+    def contactRemoved(self, contact: Address) -> Deferred[None]:
         self.removed.append(contact)
+        return self._answer()
 
     def sessionClosed(self, reason: str) -> None:
         self.closed.append(reason)

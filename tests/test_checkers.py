@@ -113,20 +113,20 @@ class FakeClient:
 
     sessionLabel = "laptop"
 
-    def messageReceived(self, message: object) -> None:
-        pass
+    def messageReceived(self, message: object) -> Deferred[None]:
+        return succeed(None)
 
-    def presenceReceived(self, sender: object, presence: object) -> None:
-        pass
+    def presenceReceived(self, sender: object, presence: object) -> Deferred[None]:
+        return succeed(None)
 
-    def subscriptionReceived(self, event: object) -> None:
-        pass
+    def subscriptionReceived(self, event: object) -> Deferred[None]:
+        return succeed(None)
 
-    def contactUpdated(self, contact: object) -> None:
-        pass
+    def contactUpdated(self, contact: object) -> Deferred[None]:
+        return succeed(None)
 
-    def contactRemoved(self, contact: object) -> None:
-        pass
+    def contactRemoved(self, contact: object) -> Deferred[None]:
+        return succeed(None)
 
     def sessionClosed(self, reason: str) -> None:
         pass

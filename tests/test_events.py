@@ -39,6 +39,14 @@ class EventTests(SynchronousTestCase):
         self.assertNotEqual(Message(A, B, "hi").messageId, m.messageId)
         self.assertEqual(Message(A, B, "hi", messageId="x", timestamp=1.0), Message(A, B, "hi", messageId="x", timestamp=1.0))
 
+    def test_messageReprHidesBody(self) -> None:
+        """
+        A message's C{repr} (which logs show) leaves out its body.
+        """
+        text = repr(Message(A, B, "the secret plan", messageId="m1"))
+        self.assertNotIn("secret", text)
+        self.assertIn("m1", text)
+
     def test_messageIdChecked(self) -> None:
         """
         Message ids are 1 to 128 printable characters without spaces.

@@ -28,7 +28,7 @@ from imgateway.core.errors import DeliveryStatus
 from imgateway.core.events import Message, PresenceUpdate, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
 from imgateway.core.records import AccessList, AccountRecord, AuthorisationState, Subscription
-from imgateway.home.server import HomeServer, Session
+from imgateway.home.server import MAX_LABEL_CHARS, HomeServer, Session
 from imgateway.interfaces import IHomeServer, ISession, ISessionClient
 from imgateway.router.router import Router
 from imgateway.testing import MemoryDirectory, MemoryHomeStore, RecordingSessionClient
@@ -118,6 +118,38 @@ class SessionTests(HomeServerTestsMixin, SynchronousTestCase):
         session.close("bye")
         self.assertEqual(self.home.sessionsOf(ALICE), [])
         self.assertEqual(self.home.users(), [])
+
+    def test_labelsUnique(self) -> None:
+        """
+        A label another session of the user has gets a suffix; another
+        user's sessions do not count; a closed session's label is free
+        again.
+        """
+        phone, _ = self.open(ALICE, "phone")
+        second, _ = self.open(ALICE, "phone")
+        third, _ = self.open(ALICE, "phone")
+        bob, _ = self.open(BOB, "phone")
+        self.assertEqual([phone.label, second.label, third.label, bob.label], ["phone", "phone-2", "phone-3", "phone"])
+        second.close()
+        again, _ = self.open(ALICE, "phone")
+        self.assertEqual(again.label, "phone-2")
+
+    def test_labelCut(self) -> None:
+        """
+        A label is cut to L{MAX_LABEL_CHARS}; a suffix keeps it within that.
+        """
+        long = "x" * (MAX_LABEL_CHARS + 10)
+        first, _ = self.open(ALICE, long)
+        second, _ = self.open(ALICE, long)
+        self.assertEqual(first.label, "x" * MAX_LABEL_CHARS)
+        self.assertEqual(second.label, "x" * (MAX_LABEL_CHARS - 2) + "-2")
+
+    def test_emptyLabel(self) -> None:
+        """
+        A session opened without a label is labelled with its id.
+        """
+        session, _ = self.open(ALICE)
+        self.assertEqual(session.label, session.sessionId)
 
     def test_closeAll(self) -> None:
         """
@@ -425,6 +457,50 @@ class MessageTests(HomeServerTestsMixin, SynchronousTestCase):
         for client in (phone, desk):
             [m] = client.messages
             self.assertEqual((m.sender, m.recipient, m.body, m.messageId), (ALICE, BOB, "hello", "m1"))
+
+    def test_failedSessionNotCounted(self) -> None:
+        """
+        A session whose client fails to take a message is logged and does
+        not count: the message is delivered if another session took it,
+        and fails as offline if none did.
+        """
+        alice, _ = self.online(ALICE)
+        _, phone = self.online(BOB)
+        _, desk = self.online(BOB)
+        phone.failWith = ConnectionError("gone")
+        self.assertEqual(self.successResultOf(alice.sendMessage(BOB, "one")), DeliveryStatus.DELIVERED)
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
+        desk.failWith = ConnectionError("gone too")
+        self.failureResultOf(alice.sendMessage(BOB, "two"), UserOffline)
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 2)
+        self.assertEqual([m.body for m in desk.messages], ["one", "two"])
+
+    def test_deliveryWaitsForSessions(self) -> None:
+        """
+        A message counts as delivered when a session's client says it took
+        it (a session in another process answers later).
+        """
+        alice, _ = self.online(ALICE)
+        _, bob = self.online(BOB)
+        bob.hold = True
+        d = alice.sendMessage(BOB, "hi")
+        self.assertNoResult(d)
+        bob.held[0].callback(None)
+        self.assertEqual(self.successResultOf(d), DeliveryStatus.DELIVERED)
+
+    def test_failedPushLogged(self) -> None:
+        """
+        A client that fails to take a presence or contact update is logged;
+        the other sessions still get it.
+        """
+        alice, aliceClient = self.online(ALICE)
+        _, otherClient = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.befriend(alice, bob)
+        aliceClient.failWith = ConnectionError("gone")
+        bob.publish(Presence(PresenceState.AWAY))
+        self.assertEqual(otherClient.presences[-1], (BOB, Presence(PresenceState.AWAY)))
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
 
     def test_noSuchUser(self) -> None:
         """

@@ -61,7 +61,8 @@ class Message:
 
     @ivar sender: Who sends it.
     @ivar recipient: Who it is for.
-    @ivar body: The text of the message.
+    @ivar body: The text of the message (left out of the C{repr}, which
+        logs show).
     @ivar contentType: The MIME type of C{body}.
     @ivar messageId: Unique id; the same id seen twice is a loop.
     @ivar timestamp: POSIX time at which the sender sent it.
@@ -70,7 +71,7 @@ class Message:
 
     sender: Address
     recipient: Address
-    body: str
+    body: str = field(repr=False)
     contentType: str = "text/plain"
     messageId: str = field(factory=newMessageId, validator=_checkMessageId)
     timestamp: float = field(factory=time.time)

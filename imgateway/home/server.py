@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -68,7 +68,11 @@ from imgateway.interfaces import (
     ISessionClient,
 )
 
-__all__ = ["HomeServer", "HomeServerService", "Session"]
+__all__ = ["MAX_LABEL_CHARS", "HomeServer", "HomeServerService", "Session"]
+
+#: The longest session label, in characters (an XMPP resource may be longer
+#: on the wire; longer labels are cut).
+MAX_LABEL_CHARS = 256
 
 T = TypeVar("T")
 
@@ -318,7 +322,8 @@ class HomeServer:
                     f"{address} already has {len(user.sessions)} sessions "
                     f"(max_sessions_per_user = {self.config.maxSessionsPerUser})"
                 )
-            session = Session(self, user, client, label, f"{self.name}-{next(self._ids)}")
+            sessionId = f"{self.name}-{next(self._ids)}"
+            session = Session(self, user, client, _uniqueLabel(label, sessionId, user), sessionId)
             first = not user.sessions
             user.sessions.append(session)
             self.log.info("Session {session} opened", session=session)
@@ -437,8 +442,7 @@ class HomeServer:
         watchers if what they see changed.
         """
         presence = user.presence()
-        for session in list(user.sessions):
-            session.client.presenceReceived(user.address, presence)
+        self._push(user.sessions, "own presence", lambda c: c.presenceReceived(user.address, presence))
         seen = presence.toWatchers()
         if seen == user.announced:
             return
@@ -453,6 +457,21 @@ class HomeServer:
         for (target, watcher), state in list(user.authorisations.items()):
             if watcher == user.address and state is _AUTHORISED:
                 self._send(PresenceProbe(user.address, target))
+
+    def _push(self, sessions: Iterable[Session], what: str, call: Callable[[ISessionClient], Deferred[None]]) -> None:
+        """
+        Give something to each of C{sessions}' clients; a client that could
+        not take it is logged (it is the face's to close the session).
+
+        @param what: What is given, for the log.
+        @param call: Calls the client.
+        """
+        for session in list(sessions):
+            d: Deferred[None] = maybeDeferred(call, session.client)
+            d.addErrback(self._pushFailed, session, what)
+
+    def _pushFailed(self, f: Failure, session: Session, what: str) -> None:
+        self.log.failure("Session {session} could not take a {what}", f, session=session, what=what)
 
     def _send(self, event: Event) -> Deferred[DeliveryStatus | None]:
         """
@@ -499,10 +518,25 @@ class HomeServer:
         alternate = user.rules.get(presence.state)
         if alternate is not None:
             return fail(UserBusy(f"{message.recipient} is {presence.state.label}", alternate))
-        for session in list(user.sessions):
-            if session.presence.state is not PresenceState.OFFLINE:
-                session.client.messageReceived(message)
-        return succeed(DeliveryStatus.DELIVERED)
+        sessions = [s for s in user.sessions if s.presence.state is not PresenceState.OFFLINE]
+        results = DeferredList(
+            [maybeDeferred(s.client.messageReceived, message) for s in sessions], consumeErrors=True
+        )
+
+        def counted(outcomes: list[tuple[bool, Any]]) -> DeliveryStatus:
+            took = 0
+            for session, (ok, result) in zip(sessions, outcomes):
+                if ok:
+                    took += 1
+                else:
+                    self.log.failure(
+                        "Session {session} could not take message {id}", result, session=session, id=message.messageId
+                    )
+            if not took:
+                raise UserOffline(f"{message.recipient} is offline")
+            return DeliveryStatus.DELIVERED
+
+        return results.addCallback(counted)
 
     def _refuseToAbsent(self, recipient: Address, sender: Address) -> Deferred[DeliveryStatus]:
         """
@@ -534,8 +568,7 @@ class HomeServer:
                 user.contactPresence.pop(update.sender, None)
             else:
                 user.contactPresence[update.sender] = update.presence
-            for session in list(user.sessions):
-                session.client.presenceReceived(update.sender, update.presence)
+            self._push(user.sessions, "presence", lambda c: c.presenceReceived(update.sender, update.presence))
         return succeed(DeliveryStatus.DELIVERED)
 
     def _answerProbe(self, probe: PresenceProbe) -> Deferred[DeliveryStatus]:
@@ -594,8 +627,7 @@ class HomeServer:
         C{user} may no longer watch C{other}: it sees C{other} offline now.
         """
         if user.contactPresence.pop(other, OFFLINE) != OFFLINE:
-            for session in list(user.sessions):
-                session.client.presenceReceived(other, OFFLINE)
+            self._push(user.sessions, "presence", lambda c: c.presenceReceived(other, OFFLINE))
 
     def _authorised(self, user: _UserState, watcher: Address) -> None:
         """
@@ -612,10 +644,10 @@ class HomeServer:
         """
         other = event.sender
         contact = user.contacts.get(other)
-        for session in list(user.sessions):
-            session.client.subscriptionReceived(event)
-            if contact is not None:
-                session.client.contactUpdated(user.view(contact))
+        self._push(user.sessions, "subscription event", lambda c: c.subscriptionReceived(event))
+        if contact is not None:
+            view = user.view(contact)
+            self._push(user.sessions, "contact", lambda c: c.contactUpdated(view))
 
     # -- what sessions ask --------------------------------------------------
 
@@ -667,8 +699,7 @@ class HomeServer:
     def _forgetContact(self, user: _UserState, target: Address) -> Deferred[None]:
         def removed(_: object) -> None:
             if user.contacts.pop(target, None) is not None:
-                for session in list(user.sessions):
-                    session.client.contactRemoved(target)
+                self._push(user.sessions, "contact removal", lambda c: c.contactRemoved(target))
 
         return self.store.removeContact(user.address, target).addCallback(removed)
 
@@ -740,8 +771,7 @@ class HomeServer:
         if contact is None:
             return
         view = user.view(contact)
-        for session in list(user.sessions):
-            session.client.contactUpdated(view)
+        self._push(user.sessions, "contact", lambda c: c.contactUpdated(view))
 
     def _setAuthorisation(
         self, user: _UserState, target: Address, watcher: Address, state: AuthorisationState | None
@@ -777,6 +807,21 @@ class HomeServer:
         if cached is not None:
             return f(cached)
         return self._load(address).addCallback(f)
+
+
+def _uniqueLabel(label: str, sessionId: str, user: _UserState) -> str:
+    """
+    C{label} made unique among C{user}'s sessions (see
+    L{IHomeServer.openSession}).
+    """
+    label = label[:MAX_LABEL_CHARS] or sessionId
+    taken = {s.label for s in user.sessions}
+    candidate, n = label, 1
+    while candidate in taken:
+        n += 1
+        suffix = f"-{n}"
+        candidate = label[: MAX_LABEL_CHARS - len(suffix)] + suffix
+    return candidate
 
 
 def _chain(waiter: Deferred[T]) -> Callable[[Any], Any]:

@@ -121,17 +121,20 @@ class WaitingClient(_Waiters, RecordingSessionClient):
     def summary(self) -> str:
         return f"messages={self.messages!r} presences={self.presences!r} subscriptions={self.subscriptions!r}"
 
-    def messageReceived(self, message: Message) -> None:
-        super().messageReceived(message)
+    def messageReceived(self, message: Message) -> Deferred[None]:
+        d = super().messageReceived(message)
         self._changed()
+        return d
 
-    def presenceReceived(self, sender: Address, presence: Presence) -> None:
-        super().presenceReceived(sender, presence)
+    def presenceReceived(self, sender: Address, presence: Presence) -> Deferred[None]:
+        d = super().presenceReceived(sender, presence)
         self._changed()
+        return d
 
-    def subscriptionReceived(self, event: SubscriptionEvent) -> None:
-        super().subscriptionReceived(event)
+    def subscriptionReceived(self, event: SubscriptionEvent) -> Deferred[None]:
+        d = super().subscriptionReceived(event)
         self._changed()
+        return d
 
 
 class SessionAlice:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime, ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -716,7 +716,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
 
     # -- ISessionClient ---------------------------------------------------------------
 
-    def messageReceived(self, message: Message) -> None:
+    def messageReceived(self, message: Message) -> Deferred[None]:
         self._request(
             "MESSAGE",
             message.recipient.imURI(),
@@ -728,35 +728,40 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             ),
             message.body.encode("utf-8"),
         )
+        return succeed(None)
 
-    def presenceReceived(self, sender: Address, presence: Presence) -> None:
+    def presenceReceived(self, sender: Address, presence: Presence) -> Deferred[None]:
         headers: tuple[tuple[str, str], ...] = (("Event", "presence"), ("Presence", PRESENCE[presence.state]))
         if presence.note:
             headers += (("Note", _clean(presence.note)),)
         self._request("NOTIFY", sender.presURI(), headers)
+        return succeed(None)
 
-    def subscriptionReceived(self, event: SubscriptionEvent) -> None:
+    def subscriptionReceived(self, event: SubscriptionEvent) -> Deferred[None]:
         self._request(
             "NOTIFY",
             event.sender.presURI(),
             (("Event", "subscription"), ("Subscription", SUBSCRIPTION_KINDS[event.kind])),
         )
+        return succeed(None)
 
-    def contactUpdated(self, contact: ContactView) -> None:
+    def contactUpdated(self, contact: ContactView) -> Deferred[None]:
         self._request(
             "NOTIFY",
             contact.address.presURI(),
             (("Event", "contact"), ("Content-Type", "application/json")),
             json.dumps(_contactJSON(contact)).encode("utf-8"),
         )
+        return succeed(None)
 
-    def contactRemoved(self, contact: Address) -> None:
+    def contactRemoved(self, contact: Address) -> Deferred[None]:
         self._request(
             "NOTIFY",
             contact.presURI(),
             (("Event", "contact"), ("Content-Type", "application/json")),
             json.dumps({"address": str(contact), "removed": True}).encode("utf-8"),
         )
+        return succeed(None)
 
     def sessionClosed(self, reason: str) -> None:
         self.session = None

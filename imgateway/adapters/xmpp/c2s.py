@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHandshakeListener,
@@ -683,22 +683,25 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             stanza["to"] = self.fullJID.full()
         return stanza
 
-    def messageReceived(self, message: Message) -> None:
+    def messageReceived(self, message: Message) -> Deferred[None]:
         stanza = self._stanzaTo("message", message.sender)
         stanza["type"] = "chat"
         stanza["id"] = message.messageId
         stanza.addElement("body", content=xmlSafe(message.body))
         self.send(stanza)
+        return succeed(None)
 
-    def presenceReceived(self, sender: Address, presence: Presence) -> None:
+    def presenceReceived(self, sender: Address, presence: Presence) -> Deferred[None]:
         if not self._available or sender == self.address:
-            return
+            return succeed(None)
         stanza = self._stanzaTo("presence", sender)
         fillPresence(stanza, presence)
         self.send(stanza)
+        return succeed(None)
 
-    def subscriptionReceived(self, event: SubscriptionEvent) -> None:
+    def subscriptionReceived(self, event: SubscriptionEvent) -> Deferred[None]:
         self._sendSubscription(event.sender, event.kind)
+        return succeed(None)
 
     def _sendSubscription(self, other: Address, kind: SubscriptionKind) -> None:
         stanza = self._stanzaTo("presence", other)
@@ -715,14 +718,16 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         push.addElement((NS_ROSTER, "query")).addChild(item)
         self.send(push)
 
-    def contactUpdated(self, contact: ContactView) -> None:
+    def contactUpdated(self, contact: ContactView) -> Deferred[None]:
         self._rosterPush(_rosterItem(contact))
+        return succeed(None)
 
-    def contactRemoved(self, contact: Address) -> None:
+    def contactRemoved(self, contact: Address) -> Deferred[None]:
         item = domish.Element((NS_ROSTER, "item"))
         item["jid"] = str(contact)
         item["subscription"] = "remove"
         self._rosterPush(item)
+        return succeed(None)
 
     def sessionClosed(self, reason: str) -> None:
         session, self.session = self.session, None

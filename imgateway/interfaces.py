@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from twisted.application.service import IService
     from twisted.internet.interfaces import IReactorCore
     from twisted.internet.defer import Deferred
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
         AuthorisationState,
         ContactRecord,
         ContactView,
+        HomeChange,
         PresenceRule,
     )
 
@@ -105,21 +108,17 @@ class IHomeStore(Interface):
 
     An authorisation row relates a C{target} (the watched user) and a
     C{watcher}; at least one of them is a user of this home server.
+
+    Reads give what the last write that completed left; writes are whole
+    requests (L{apply}): all of a request's changes are kept, or none.
+    Operations take effect in the order they are asked for. A failed write
+    fails with L{imgateway.core.errors.PersistenceFailed} and changes
+    nothing.
     """
 
     def getContacts(owner: Address) -> Deferred[list[ContactRecord]]:
         """
         @return: C{owner}'s contact list, ordered by address.
-        """
-
-    def putContact(owner: Address, contact: ContactRecord) -> Deferred[None]:
-        """
-        Add a contact to C{owner}'s list, or replace it.
-        """
-
-    def removeContact(owner: Address, contact: Address) -> Deferred[bool]:
-        """
-        @return: Whether there was such a contact.
         """
 
     def getAuthorisations(
@@ -130,22 +129,10 @@ class IHomeStore(Interface):
             the watcher, as C{(target, watcher, state)}.
         """
 
-    def setAuthorisation(
-        target: Address, watcher: Address, state: AuthorisationState | None
-    ) -> Deferred[None]:
-        """
-        Set (or with C{None}, delete) whether C{watcher} may watch C{target}.
-        """
-
     def getAccess(owner: Address) -> Deferred[dict[str, AccessList]]:
         """
         @return: C{owner}'s access-list entries: an address (C{"bob@x"}) or
             a domain (C{"x"}) mapped to its list.
-        """
-
-    def setAccess(owner: Address, entry: str, accessList: AccessList) -> Deferred[None]:
-        """
-        Put C{entry} on C{accessList} (L{AccessList.NONE} removes it).
         """
 
     def getRules(owner: Address) -> Deferred[list[PresenceRule]]:
@@ -153,9 +140,15 @@ class IHomeStore(Interface):
         @return: C{owner}'s presence rules.
         """
 
-    def setRule(owner: Address, state: PresenceState, alternate: str | None) -> Deferred[None]:
+    def apply(changes: Sequence[HomeChange]) -> Deferred[None]:
         """
-        Set the rule for C{state}, or remove it when C{alternate} is C{None}.
+        Make C{changes} (L{imgateway.core.records.PutContact},
+        L{RemoveContact<imgateway.core.records.RemoveContact>},
+        L{SetAuthorisation<imgateway.core.records.SetAuthorisation>},
+        L{SetAccess<imgateway.core.records.SetAccess>},
+        L{SetRule<imgateway.core.records.SetRule>}), in order, in one
+        transaction: after a crash or a failure either all of them are
+        kept or none.
         """
 
     def close() -> Deferred[None]:

@@ -7,8 +7,9 @@ SQLite ones do, but answer at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -27,7 +28,12 @@ from imgateway.core.records import (
     AuthorisationState,
     ContactRecord,
     ContactView,
+    HomeChange,
     PresenceRule,
+    PutContact,
+    RemoveContact,
+    SetAccess,
+    SetAuthorisation,
 )
 from imgateway.home.store import ruleOrder
 from imgateway.interfaces import IDirectory, IHomeStore, ISessionClient
@@ -38,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["MemoryDirectory", "MemoryHomeStore", "RecordingSessionClient", "addUser", "memoryGateway"]
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class _MemoryStore:
@@ -161,7 +169,7 @@ class MemoryHomeStore(_MemoryStore):
     """
     An in-memory L{IHomeStore} with the semantics (and orders) of
     L{imgateway.home.store.SQLiteHomeStore}; every L{Deferred} it returns
-    has already fired.
+    has already fired, unless the test holds them (L{hold}).
 
     Tests may read and change its attributes.
 
@@ -169,6 +177,10 @@ class MemoryHomeStore(_MemoryStore):
     @ivar authorisations: C{(target, watcher)} to state.
     @ivar access: Owner to (entry to list); never holds L{AccessList.NONE}.
     @ivar rules: Owner to (state to alternate).
+    @ivar hold: When true, every operation waits in L{held} until the test
+        calls L{release} (as operations wait for SQLite's thread): a test
+        can see what happens while writes are under way.
+    @ivar held: The operations waiting, in order.
     """
 
     _name = "memory home store"
@@ -179,36 +191,50 @@ class MemoryHomeStore(_MemoryStore):
         self.authorisations: dict[tuple[Address, Address], AuthorisationState] = {}
         self.access: dict[Address, dict[str, AccessList]] = {}
         self.rules: dict[Address, dict[PresenceState, str]] = {}
+        self.hold = False
+        self.held: deque[tuple[Callable[[], Deferred[Any]], Deferred[Any]]] = deque()
+        self._releasing = False
+
+    def _later(self, operation: Callable[..., Deferred[T]], *args: Any) -> Deferred[T] | None:
+        """
+        @return: When operations are held, a L{Deferred} for C{operation}
+            run later by L{release}; else C{None}.
+        """
+        if not self.hold or self._releasing:
+            return None
+        d: Deferred[T] = Deferred()
+        self.held.append((lambda: operation(*args), d))
+        return d
+
+    def release(self, count: int | None = None) -> int:
+        """
+        Run held operations in the order they were asked for, firing their
+        L{Deferred}s: C{count} of them, or (with C{None}) until none is
+        left, including those asked for meanwhile.
+
+        @return: How many were run.
+        """
+        done = 0
+        while self.held and (count is None or done < count):
+            operation, d = self.held.popleft()
+            self._releasing = True
+            try:
+                result = operation()
+            finally:
+                self._releasing = False
+            result.chainDeferred(d)
+            done += 1
+        return done
 
     def getContacts(self, owner: Address) -> Deferred[list[ContactRecord]]:
         """
         See L{IHomeStore.getContacts}.
         """
+        later = self._later(self.getContacts, owner)
+        if later is not None:
+            return later
         mine = self.contacts.get(owner, {})
         return self._read([mine[address] for address in sorted(mine)])
-
-    def putContact(self, owner: Address, contact: ContactRecord) -> Deferred[None]:
-        """
-        See L{IHomeStore.putContact}.
-        """
-        refused = self._refuseWrite()
-        if refused is not None:
-            return fail(refused)
-        self.contacts.setdefault(owner, {})[contact.address] = contact
-        return succeed(None)
-
-    def removeContact(self, owner: Address, contact: Address) -> Deferred[bool]:
-        """
-        See L{IHomeStore.removeContact}.
-        """
-        refused = self._refuseWrite()
-        if refused is not None:
-            return fail(refused)
-        mine = self.contacts.get(owner, {})
-        found = mine.pop(contact, None) is not None
-        if not mine:
-            self.contacts.pop(owner, None)
-        return succeed(found)
 
     def getAuthorisations(
         self, user: Address
@@ -217,6 +243,9 @@ class MemoryHomeStore(_MemoryStore):
         See L{IHomeStore.getAuthorisations}. Rows are sorted by target, then
         watcher.
         """
+        later = self._later(self.getAuthorisations, user)
+        if later is not None:
+            return later
         return self._read(
             [
                 (target, watcher, state)
@@ -225,69 +254,71 @@ class MemoryHomeStore(_MemoryStore):
             ]
         )
 
-    def setAuthorisation(
-        self, target: Address, watcher: Address, state: AuthorisationState | None
-    ) -> Deferred[None]:
-        """
-        See L{IHomeStore.setAuthorisation}.
-        """
-        refused = self._refuseWrite()
-        if refused is not None:
-            return fail(refused)
-        if state is None:
-            self.authorisations.pop((target, watcher), None)
-        else:
-            self.authorisations[target, watcher] = state
-        return succeed(None)
-
     def getAccess(self, owner: Address) -> Deferred[dict[str, AccessList]]:
         """
         See L{IHomeStore.getAccess}. Entries come sorted.
         """
+        later = self._later(self.getAccess, owner)
+        if later is not None:
+            return later
         mine = self.access.get(owner, {})
         return self._read({entry: mine[entry] for entry in sorted(mine)})
-
-    def setAccess(self, owner: Address, entry: str, accessList: AccessList) -> Deferred[None]:
-        """
-        See L{IHomeStore.setAccess}.
-        """
-        refused = self._refuseWrite()
-        if refused is not None:
-            return fail(refused)
-        if accessList is AccessList.NONE:
-            mine = self.access.get(owner, {})
-            mine.pop(entry, None)
-            if not mine:
-                self.access.pop(owner, None)
-        else:
-            self.access.setdefault(owner, {})[entry] = accessList
-        return succeed(None)
 
     def getRules(self, owner: Address) -> Deferred[list[PresenceRule]]:
         """
         See L{IHomeStore.getRules}. Rules come in
         L{imgateway.home.store.ruleOrder}.
         """
+        later = self._later(self.getRules, owner)
+        if later is not None:
+            return later
         mine = self.rules.get(owner, {})
         return self._read(
             sorted((PresenceRule(state, alternate) for state, alternate in mine.items()), key=ruleOrder)
         )
 
-    def setRule(self, owner: Address, state: PresenceState, alternate: str | None) -> Deferred[None]:
+    def apply(self, changes: Sequence[HomeChange]) -> Deferred[None]:
         """
-        See L{IHomeStore.setRule}.
+        See L{IHomeStore.apply}: all the changes, or (when writes fail)
+        none.
         """
+        later = self._later(self.apply, changes)
+        if later is not None:
+            return later
         refused = self._refuseWrite()
         if refused is not None:
             return fail(refused)
-        if alternate is None:
-            mine = self.rules.get(owner, {})
-            mine.pop(state, None)
-            if not mine:
-                self.rules.pop(owner, None)
-        else:
-            self.rules.setdefault(owner, {})[state] = alternate
+        for change in changes:
+            if isinstance(change, PutContact):
+                self.contacts.setdefault(change.owner, {})[change.contact.address] = change.contact
+            elif isinstance(change, RemoveContact):
+                self._discard(self.contacts, change.owner, change.contact)
+            elif isinstance(change, SetAuthorisation):
+                key = (change.target, change.watcher)
+                if not change.appliesTo(self.authorisations.get(key)):
+                    pass
+                elif change.state is None:
+                    self.authorisations.pop(key, None)
+                else:
+                    self.authorisations[key] = change.state
+            elif isinstance(change, SetAccess):
+                if change.accessList is AccessList.NONE:
+                    self._discard(self.access, change.owner, change.entry)
+                else:
+                    self.access.setdefault(change.owner, {})[change.entry] = change.accessList
+            elif change.alternate is None:
+                self._discard(self.rules, change.owner, change.state)
+            else:
+                self.rules.setdefault(change.owner, {})[change.state] = change.alternate
         return succeed(None)
+
+    @staticmethod
+    def _discard(table: dict[Address, dict[K, V]], owner: Address, key: K) -> None:
+        mine = table.get(owner)
+        if mine is not None:
+            mine.pop(key, None)
+            if not mine:
+                del table[owner]
 
 
 # --- more test doubles below ---

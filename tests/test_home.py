@@ -6,8 +6,10 @@ delivery statuses.
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from imgateway.config import HomeConfig
@@ -25,11 +27,11 @@ from imgateway.core.errors import (
     UserOffline,
 )
 from imgateway.core.errors import DeliveryStatus
-from imgateway.core.events import Message, PresenceUpdate, SubscriptionEvent, SubscriptionKind
+from imgateway.core.events import Event, Message, PresenceUpdate, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
-from imgateway.core.records import AccessList, AccountRecord, AuthorisationState, Subscription
+from imgateway.core.records import AccessList, AccountRecord, AuthorisationState, ContactRecord, Subscription
 from imgateway.home.server import MAX_LABEL_CHARS, HomeServer, Session
-from imgateway.interfaces import IHomeServer, ISession, ISessionClient
+from imgateway.interfaces import IHomeServer, IRoute, ISession, ISessionClient
 from imgateway.router.router import Router
 from imgateway.testing import MemoryDirectory, MemoryHomeStore, RecordingSessionClient
 
@@ -38,6 +40,21 @@ ALICE = Address.fromString("alice@corp.example")
 BOB = Address.fromString("bob@corp.example")
 CAROL = Address.fromString("carol@corp.example")
 GHOST = Address.fromString("ghost@corp.example")
+ROMEO = Address.fromString("romeo@xmpp.example")
+
+
+@implementer(IRoute)
+class RecordingRoute:
+    """
+    A route to another network that takes every event and answers nothing.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def deliver(self, event: Event) -> Deferred[DeliveryStatus]:
+        self.events.append(event)
+        return succeed(DeliveryStatus.DELIVERED)
 
 
 class HomeServerTestsMixin:
@@ -590,3 +607,153 @@ class MessageTests(HomeServerTestsMixin, SynchronousTestCase):
         self.online(BOB)
         m = Message(ALICE, BOB, "hi", hops=17)
         self.failureResultOf(self.router.deliver(m), LoopDetected)
+
+
+class OrderTests(HomeServerTestsMixin, SynchronousTestCase):
+    """
+    One request, one transaction; one user's requests and the events for
+    that user take effect in the order they arrived, while the store is
+    still writing earlier ones.
+    """
+
+    def test_oneTransactionPerRequest(self) -> None:
+        """
+        A subscription request writes the contact and the pending request
+        in one store transaction; unsubscribing removes both in one.
+        """
+        alice, _ = self.online(ALICE)
+        self.store.hold = True
+        d = alice.subscribe(CAROL, "Carol")
+        self.assertEqual(len(self.store.held), 1)
+        self.store.release(1)
+        self.assertEqual(self.store.contacts[ALICE], {CAROL: ContactRecord(CAROL, "Carol")})
+        self.assertEqual(self.store.authorisations, {(CAROL, ALICE): AuthorisationState.PENDING})
+        self.store.release()
+        self.assertEqual(self.successResultOf(d), AuthorisationState.PENDING)
+        gone = alice.unsubscribe(CAROL)
+        self.assertEqual(len(self.store.held), 1)
+        self.store.release(1)
+        self.assertEqual((self.store.contacts, self.store.authorisations), ({}, {}))
+        self.store.release()
+        self.successResultOf(gone)
+
+    def test_pipelinedUnsubscribeSubscribe(self) -> None:
+        """
+        UNSUBSCRIBE then SUBSCRIBE sent back to back, while the store writes
+        slowly, leave the target holding a request that the sender's
+        contact list has, whether the target is online or not.
+        """
+        for online in (True, False):
+            self.setUp()
+            alice, _ = self.online(ALICE)
+            carol = self.online(CAROL)[0] if online else None
+            self.successResultOf(alice.subscribe(CAROL, "Carol"))
+            self.store.hold = True
+            first = alice.unsubscribe(CAROL)
+            second = alice.subscribe(CAROL, "Carol")
+            self.store.release()
+            self.successResultOf(first)
+            self.assertEqual(self.successResultOf(second), AuthorisationState.PENDING)
+            self.store.hold = False
+            self.assertEqual(self.store.contacts[ALICE], {CAROL: ContactRecord(CAROL, "Carol")})
+            self.assertEqual(self.store.authorisations, {(CAROL, ALICE): AuthorisationState.PENDING})
+            [view] = self.successResultOf(alice.contacts())
+            self.assertEqual((view.address, view.pending), (CAROL, True))
+            if carol is not None:
+                self.assertEqual(self.successResultOf(carol.pendingRequests()), [ALICE])
+
+    def test_eventsWaitForRequests(self) -> None:
+        """
+        An event for a user waits in the user's lane until the user's
+        earlier requests are done.
+        """
+        alice, aliceClient = self.online(ALICE)
+        carol, _ = self.online(CAROL)
+        self.store.hold = True
+        request = carol.subscribe(ALICE)
+        d = alice.putContact(BOB, "Bob")
+        # carol's request is written, and reaches alice while her own
+        # request is still being written: it waits.
+        self.store.release(1)
+        self.assertEqual(aliceClient.subscriptions, [])
+        self.store.release()
+        self.successResultOf(d)
+        self.assertEqual(aliceClient.subscriptions, [SubscriptionEvent(SubscriptionKind.SUBSCRIBE, CAROL, ALICE)])
+        self.assertEqual(self.successResultOf(request), AuthorisationState.PENDING)
+
+    def test_answerWaitsForRequest(self) -> None:
+        """
+        An answer that arrives while the request it answers is still being
+        written waits for it, and is taken (not dropped as an answer to
+        nothing).
+        """
+        alice, aliceClient = self.online(ALICE)
+        remote = RecordingRoute()
+        self.router.addRoute("xmpp.example", remote)
+        self.store.hold = True
+        asked = alice.subscribe(ROMEO)
+        answer = self.home.deliver(SubscriptionEvent(SubscriptionKind.AUTHORISE, ROMEO, ALICE))
+        self.store.release()
+        self.assertEqual([e.kind for e in remote.events], [SubscriptionKind.SUBSCRIBE])  # type: ignore[union-attr]
+        self.successResultOf(answer)
+        self.assertEqual(self.successResultOf(asked), AuthorisationState.AUTHORISED)
+        self.store.hold = False
+        [view] = self.successResultOf(alice.contacts())
+        self.assertEqual((view.subscription, view.pending), (Subscription.TO, False))
+
+    def test_mutualAtOnce(self) -> None:
+        """
+        Two users asking each other at the same moment, while the store
+        writes slowly, both get their answer (neither lane waits for the
+        other).
+        """
+        alice, _ = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.store.hold = True
+        one = alice.subscribe(BOB)
+        two = bob.subscribe(ALICE)
+        self.store.release()
+        self.assertEqual(self.successResultOf(one), AuthorisationState.PENDING)
+        self.assertEqual(self.successResultOf(two), AuthorisationState.PENDING)
+        three = alice.authorise(BOB, True)
+        four = bob.authorise(ALICE, True)
+        self.store.release()
+        self.successResultOf(three)
+        self.successResultOf(four)
+        [a] = self.successResultOf(alice.contacts())
+        [b] = self.successResultOf(bob.contacts())
+        self.store.release()
+        self.assertEqual((a.subscription, b.subscription), (Subscription.BOTH, Subscription.BOTH))
+
+    def test_answeredAfterTargetDecided(self) -> None:
+        """
+        A request to a user whose allow list lets the requester in is
+        answered authorised once the target's answer has been taken in,
+        even while the store writes slowly.
+        """
+        alice, _ = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.successResultOf(bob.setAccess("alice@corp.example", AccessList.ALLOW))
+        self.store.hold = True
+        d = alice.subscribe(BOB)
+        self.store.release()
+        self.assertEqual(self.successResultOf(d), AuthorisationState.AUTHORISED)
+        self.store.hold = False
+        [view] = self.successResultOf(alice.contacts())
+        self.assertEqual(view.subscription, Subscription.TO)
+
+    def test_publishInOrder(self) -> None:
+        """
+        A presence published after a request takes effect after it: a
+        watcher blocked by a request sent before the publish never sees it.
+        """
+        alice, aliceClient = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.befriend(alice, bob)
+        self.store.hold = True
+        d = bob.setAccess("alice@corp.example", AccessList.BLOCK)
+        bob.publish(Presence(PresenceState.AWAY, "secret"))
+        self.store.release()
+        self.successResultOf(d)
+        self.assertNotIn((BOB, Presence(PresenceState.AWAY, "secret")), aliceClient.presences)
+        self.assertEqual(aliceClient.presences[-1], (BOB, OFFLINE))

@@ -23,11 +23,17 @@ from imgateway.core.address import Address
 from imgateway.core.errors import AccountExists, NoSuchAccount, PersistenceFailed
 from imgateway.core.presence import PresenceState
 from imgateway.core.records import (
+    ANY_STATE,
     AccessList,
     AccountRecord,
     AuthorisationState,
     ContactRecord,
     PresenceRule,
+    PutContact,
+    RemoveContact,
+    SetAccess,
+    SetAuthorisation,
+    SetRule,
 )
 from imgateway.directory import sqlite as directorySQLite
 from imgateway.directory.sqlite import SQLiteDirectory
@@ -277,8 +283,8 @@ class HomeStoreTestsMixin(_Base):
             ContactRecord(addr("a@corp.example"), "A"),
             ContactRecord(BOB, "Bob"),
         ]:
-            await store.putContact(ALICE, contact)
-        await store.putContact(BOB, ContactRecord(ALICE, "Alice"))
+            await store.apply([PutContact(ALICE, contact)])
+        await store.apply([PutContact(BOB, ContactRecord(ALICE, "Alice"))])
         self.assertEqual(
             await store.getContacts(ALICE),
             [
@@ -296,24 +302,23 @@ class HomeStoreTestsMixin(_Base):
         Putting a contact that is on the list replaces its record.
         """
         store = await self.makeStore()
-        await store.putContact(ALICE, ContactRecord(BOB, "Bob"))
-        await store.putContact(ALICE, ContactRecord(BOB, "Robert"))
+        await store.apply([PutContact(ALICE, ContactRecord(BOB, "Bob"))])
+        await store.apply([PutContact(ALICE, ContactRecord(BOB, "Robert"))])
         self.assertEqual(await store.getContacts(ALICE), [ContactRecord(BOB, "Robert")])
-        await store.putContact(ALICE, ContactRecord(BOB))
+        await store.apply([PutContact(ALICE, ContactRecord(BOB))])
         self.assertEqual(await store.getContacts(ALICE), [ContactRecord(BOB, "")])
 
     async def test_removeContact(self) -> None:
         """
-        L{IHomeStore.removeContact} removes one owner's contact and says
-        whether there was one.
+        L{RemoveContact} removes one owner's contact; removing a missing one
+        does nothing.
         """
         store = await self.makeStore()
-        await store.putContact(ALICE, ContactRecord(BOB, "Bob"))
-        await store.putContact(ALICE, ContactRecord(CAROL))
-        await store.putContact(CAROL, ContactRecord(BOB))
-        self.assertIs(await store.removeContact(ALICE, BOB), True)
-        self.assertIs(await store.removeContact(ALICE, BOB), False)
-        self.assertIs(await store.removeContact(DAVE, BOB), False)
+        await store.apply([PutContact(ALICE, ContactRecord(BOB, "Bob"))])
+        await store.apply([PutContact(ALICE, ContactRecord(CAROL))])
+        await store.apply([PutContact(CAROL, ContactRecord(BOB))])
+        await store.apply([RemoveContact(ALICE, BOB)])
+        await store.apply([RemoveContact(ALICE, BOB), RemoveContact(DAVE, BOB)])
         self.assertEqual(await store.getContacts(ALICE), [ContactRecord(CAROL)])
         self.assertEqual(await store.getContacts(CAROL), [ContactRecord(BOB)])
 
@@ -324,11 +329,11 @@ class HomeStoreTestsMixin(_Base):
         itself appears once.
         """
         store = await self.makeStore()
-        await store.setAuthorisation(BOB, ALICE, AuthorisationState.AUTHORISED)
-        await store.setAuthorisation(ALICE, CAROL, AuthorisationState.PENDING)
-        await store.setAuthorisation(ALICE, BOB, AuthorisationState.REFUSED)
-        await store.setAuthorisation(CAROL, DAVE, AuthorisationState.AUTHORISED)
-        await store.setAuthorisation(ALICE, ALICE, AuthorisationState.AUTHORISED)
+        await store.apply([SetAuthorisation(BOB, ALICE, AuthorisationState.AUTHORISED)])
+        await store.apply([SetAuthorisation(ALICE, CAROL, AuthorisationState.PENDING)])
+        await store.apply([SetAuthorisation(ALICE, BOB, AuthorisationState.REFUSED)])
+        await store.apply([SetAuthorisation(CAROL, DAVE, AuthorisationState.AUTHORISED)])
+        await store.apply([SetAuthorisation(ALICE, ALICE, AuthorisationState.AUTHORISED)])
         self.assertEqual(
             await store.getAuthorisations(ALICE),
             [
@@ -348,15 +353,15 @@ class HomeStoreTestsMixin(_Base):
         (and deleting a missing one does nothing).
         """
         store = await self.makeStore()
-        await store.setAuthorisation(ALICE, BOB, AuthorisationState.PENDING)
-        await store.setAuthorisation(ALICE, BOB, AuthorisationState.AUTHORISED)
-        await store.setAuthorisation(BOB, ALICE, AuthorisationState.PENDING)
+        await store.apply([SetAuthorisation(ALICE, BOB, AuthorisationState.PENDING)])
+        await store.apply([SetAuthorisation(ALICE, BOB, AuthorisationState.AUTHORISED)])
+        await store.apply([SetAuthorisation(BOB, ALICE, AuthorisationState.PENDING)])
         self.assertEqual(
             await store.getAuthorisations(BOB),
             [(ALICE, BOB, AuthorisationState.AUTHORISED), (BOB, ALICE, AuthorisationState.PENDING)],
         )
-        await store.setAuthorisation(ALICE, BOB, None)
-        await store.setAuthorisation(ALICE, CAROL, None)
+        await store.apply([SetAuthorisation(ALICE, BOB, None)])
+        await store.apply([SetAuthorisation(ALICE, CAROL, None)])
         self.assertEqual(await store.getAuthorisations(BOB), [(BOB, ALICE, AuthorisationState.PENDING)])
         self.assertEqual(await store.getAuthorisations(CAROL), [])
 
@@ -367,11 +372,11 @@ class HomeStoreTestsMixin(_Base):
         back sorted by entry.
         """
         store = await self.makeStore()
-        await store.setAccess(ALICE, "spam.example", AccessList.BLOCK)
-        await store.setAccess(ALICE, "bob@corp.example", AccessList.ALLOW)
-        await store.setAccess(ALICE, "carol@other.example", AccessList.ALLOW)
-        await store.setAccess(BOB, "spam.example", AccessList.ALLOW)
-        await store.setAccess(ALICE, "carol@other.example", AccessList.BLOCK)
+        await store.apply([SetAccess(ALICE, "spam.example", AccessList.BLOCK)])
+        await store.apply([SetAccess(ALICE, "bob@corp.example", AccessList.ALLOW)])
+        await store.apply([SetAccess(ALICE, "carol@other.example", AccessList.ALLOW)])
+        await store.apply([SetAccess(BOB, "spam.example", AccessList.ALLOW)])
+        await store.apply([SetAccess(ALICE, "carol@other.example", AccessList.BLOCK)])
         access = await store.getAccess(ALICE)
         self.assertEqual(
             list(access.items()),
@@ -381,8 +386,8 @@ class HomeStoreTestsMixin(_Base):
                 ("spam.example", AccessList.BLOCK),
             ],
         )
-        await store.setAccess(ALICE, "bob@corp.example", AccessList.NONE)
-        await store.setAccess(ALICE, "nobody.example", AccessList.NONE)
+        await store.apply([SetAccess(ALICE, "bob@corp.example", AccessList.NONE)])
+        await store.apply([SetAccess(ALICE, "nobody.example", AccessList.NONE)])
         self.assertEqual(
             await store.getAccess(ALICE),
             {"carol@other.example": AccessList.BLOCK, "spam.example": AccessList.BLOCK},
@@ -396,11 +401,11 @@ class HomeStoreTestsMixin(_Base):
         L{PresenceState}.
         """
         store = await self.makeStore()
-        await store.setRule(ALICE, PresenceState.ON_THE_PHONE, "tel:+15550100")
-        await store.setRule(ALICE, PresenceState.BUSY, "im:alice.mobile@corp.example")
-        await store.setRule(ALICE, PresenceState.AWAY, "mailto:alice@corp.example")
-        await store.setRule(BOB, PresenceState.BUSY, "later")
-        await store.setRule(ALICE, PresenceState.ON_THE_PHONE, "tel:+15550199")
+        await store.apply([SetRule(ALICE, PresenceState.ON_THE_PHONE, "tel:+15550100")])
+        await store.apply([SetRule(ALICE, PresenceState.BUSY, "im:alice.mobile@corp.example")])
+        await store.apply([SetRule(ALICE, PresenceState.AWAY, "mailto:alice@corp.example")])
+        await store.apply([SetRule(BOB, PresenceState.BUSY, "later")])
+        await store.apply([SetRule(ALICE, PresenceState.ON_THE_PHONE, "tel:+15550199")])
         self.assertEqual(
             await store.getRules(ALICE),
             [
@@ -409,8 +414,8 @@ class HomeStoreTestsMixin(_Base):
                 PresenceRule(PresenceState.ON_THE_PHONE, "tel:+15550199"),
             ],
         )
-        await store.setRule(ALICE, PresenceState.BUSY, None)
-        await store.setRule(ALICE, PresenceState.ONLINE, None)
+        await store.apply([SetRule(ALICE, PresenceState.BUSY, None)])
+        await store.apply([SetRule(ALICE, PresenceState.ONLINE, None)])
         self.assertEqual(
             await store.getRules(ALICE),
             [
@@ -419,6 +424,55 @@ class HomeStoreTestsMixin(_Base):
             ],
         )
         self.assertEqual(await store.getRules(BOB), [PresenceRule(PresenceState.BUSY, "later")])
+
+    async def test_applyInOrder(self) -> None:
+        """
+        L{IHomeStore.apply} makes its changes in order: a later change to
+        the same row wins.
+        """
+        store = await self.makeStore()
+        await store.apply(
+            [
+                PutContact(ALICE, ContactRecord(BOB, "Bob")),
+                SetAuthorisation(BOB, ALICE, AuthorisationState.PENDING),
+                RemoveContact(ALICE, BOB),
+                PutContact(ALICE, ContactRecord(BOB, "Robert")),
+                SetAuthorisation(BOB, ALICE, AuthorisationState.AUTHORISED),
+                SetAccess(ALICE, "x.example", AccessList.BLOCK),
+                SetAccess(ALICE, "x.example", AccessList.NONE),
+                SetRule(ALICE, PresenceState.BUSY, "tel:1"),
+            ]
+        )
+        self.assertEqual(await store.getContacts(ALICE), [ContactRecord(BOB, "Robert")])
+        self.assertEqual(await store.getAuthorisations(ALICE), [(BOB, ALICE, AuthorisationState.AUTHORISED)])
+        self.assertEqual(await store.getAccess(ALICE), {})
+        self.assertEqual(await store.getRules(ALICE), [PresenceRule(PresenceState.BUSY, "tel:1")])
+
+    async def test_onlyIf(self) -> None:
+        """
+        A L{SetAuthorisation} with C{onlyIf} changes (or deletes) a row only
+        if it is there in one of those states, and creates none.
+        """
+        store = await self.makeStore()
+        pending, authorised = AuthorisationState.PENDING, AuthorisationState.AUTHORISED
+        await store.apply([SetAuthorisation(BOB, ALICE, pending), SetAuthorisation(DAVE, ALICE, authorised)])
+        await store.apply(
+            [
+                SetAuthorisation(BOB, ALICE, authorised, onlyIf=ANY_STATE),
+                SetAuthorisation(CAROL, ALICE, authorised, onlyIf=ANY_STATE),
+                SetAuthorisation(DAVE, ALICE, AuthorisationState.REFUSED, onlyIf=(pending,)),
+            ]
+        )
+        self.assertEqual(
+            await store.getAuthorisations(ALICE), [(BOB, ALICE, authorised), (DAVE, ALICE, authorised)]
+        )
+        await store.apply(
+            [
+                SetAuthorisation(BOB, ALICE, None, onlyIf=(pending,)),
+                SetAuthorisation(DAVE, ALICE, None, onlyIf=(authorised,)),
+            ]
+        )
+        self.assertEqual(await store.getAuthorisations(ALICE), [(BOB, ALICE, authorised)])
 
     async def test_closed(self) -> None:
         """
@@ -429,14 +483,10 @@ class HomeStoreTestsMixin(_Base):
         await store.close()
         await store.close()
         await failed(self, store.getContacts(ALICE), PersistenceFailed)
-        await failed(self, store.putContact(ALICE, ContactRecord(BOB)), PersistenceFailed)
-        await failed(self, store.removeContact(ALICE, BOB), PersistenceFailed)
+        await failed(self, store.apply([PutContact(ALICE, ContactRecord(BOB))]), PersistenceFailed)
         await failed(self, store.getAuthorisations(ALICE), PersistenceFailed)
-        await failed(self, store.setAuthorisation(ALICE, BOB, None), PersistenceFailed)
         await failed(self, store.getAccess(ALICE), PersistenceFailed)
-        await failed(self, store.setAccess(ALICE, "x.example", AccessList.BLOCK), PersistenceFailed)
         await failed(self, store.getRules(ALICE), PersistenceFailed)
-        await failed(self, store.setRule(ALICE, PresenceState.BUSY, "x"), PersistenceFailed)
 
 
 class SQLiteDirectoryTests(DirectoryTestsMixin, TestCase):
@@ -522,6 +572,36 @@ class SQLiteHomeStoreTests(HomeStoreTestsMixin, TestCase):
         self.assertTrue([s for s in steps if "PRIMARY KEY" in s], steps)
 
 
+    async def test_applyAllOrNothing(self) -> None:
+        """
+        When one change of an L{IHomeStore.apply} fails, none of them is
+        kept.
+        """
+        store = await SQLiteHomeStore.open(theReactor(), os.path.join(self.mktemp(), "h.sqlite3"))
+        self.addCleanup(store.close)
+
+        def makeAccessFail(cursor: sqlite3.Cursor) -> None:
+            # Refuse any write to the access table, as a full disk would.
+            cursor.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON access BEGIN SELECT RAISE(FAIL, 'disk full'); END"
+            )
+
+        await store.database.write(makeAccessFail)
+        await failed(
+            self,
+            store.apply(
+                [
+                    PutContact(ALICE, ContactRecord(BOB, "Bob")),
+                    SetAuthorisation(BOB, ALICE, AuthorisationState.PENDING),
+                    SetAccess(ALICE, "x.example", AccessList.BLOCK),
+                ]
+            ),
+            PersistenceFailed,
+        )
+        self.assertEqual(await store.getContacts(ALICE), [])
+        self.assertEqual(await store.getAuthorisations(ALICE), [])
+
+
 class MemoryHomeStoreTests(HomeStoreTestsMixin, TestCase):
     """
     L{MemoryHomeStore} behaves as an L{IHomeStore}, as L{SQLiteHomeStore}
@@ -540,15 +620,20 @@ class MemoryHomeStoreTests(HomeStoreTestsMixin, TestCase):
         change nothing; reads still work.
         """
         store = MemoryHomeStore()
-        self.successResultOf(store.putContact(ALICE, ContactRecord(BOB)))
+        self.successResultOf(store.apply([PutContact(ALICE, ContactRecord(BOB))]))
         store.failWrites = True
-        self.failureResultOf(store.putContact(ALICE, ContactRecord(CAROL)), PersistenceFailed)
-        self.failureResultOf(store.removeContact(ALICE, BOB), PersistenceFailed)
         self.failureResultOf(
-            store.setAuthorisation(ALICE, BOB, AuthorisationState.PENDING), PersistenceFailed
+            store.apply(
+                [
+                    PutContact(ALICE, ContactRecord(CAROL)),
+                    RemoveContact(ALICE, BOB),
+                    SetAuthorisation(ALICE, BOB, AuthorisationState.PENDING),
+                    SetAccess(ALICE, "x.example", AccessList.BLOCK),
+                    SetRule(ALICE, PresenceState.BUSY, "x"),
+                ]
+            ),
+            PersistenceFailed,
         )
-        self.failureResultOf(store.setAccess(ALICE, "x.example", AccessList.BLOCK), PersistenceFailed)
-        self.failureResultOf(store.setRule(ALICE, PresenceState.BUSY, "x"), PersistenceFailed)
         self.assertEqual(self.successResultOf(store.getContacts(ALICE)), [ContactRecord(BOB)])
         self.assertEqual(self.successResultOf(store.getAuthorisations(ALICE)), [])
         self.assertEqual(self.successResultOf(store.getAccess(ALICE)), {})
@@ -646,10 +731,10 @@ class MigrationTests(TestCase):
         """
         path = os.path.join(self.mktemp(), "home-hs1.sqlite3")
         store = await SQLiteHomeStore.open(theReactor(), path)
-        await store.putContact(ALICE, ContactRecord(BOB, "Bob"))
-        await store.setAuthorisation(BOB, ALICE, AuthorisationState.AUTHORISED)
-        await store.setAccess(ALICE, "spam.example", AccessList.BLOCK)
-        await store.setRule(ALICE, PresenceState.BUSY, "tel:+15550100")
+        await store.apply([PutContact(ALICE, ContactRecord(BOB, "Bob"))])
+        await store.apply([SetAuthorisation(BOB, ALICE, AuthorisationState.AUTHORISED)])
+        await store.apply([SetAccess(ALICE, "spam.example", AccessList.BLOCK)])
+        await store.apply([SetRule(ALICE, PresenceState.BUSY, "tel:+15550100")])
         await store.close()
         store = await SQLiteHomeStore.open(theReactor(), path)
         self.addCleanup(store.close)
@@ -925,3 +1010,43 @@ class DatabaseTests(TestCase):
         await closed
         self.assertEqual(order, ["written", "closed"])
         await database.close()
+
+
+class HomeServerOnSQLiteTests(TestCase):
+    """
+    A home server on a real SQLite file: one user's pipelined requests take
+    effect in the order sent, each in one transaction.
+    """
+
+    async def test_pipelinedUnsubscribeSubscribe(self) -> None:
+        """
+        C{UNSUBSCRIBE} then C{SUBSCRIBE} of the same contact, sent back to
+        back, leave the target holding a request that the sender's contact
+        list has, every time, whether the target is online or not.
+        """
+        from imgateway.home.server import HomeServer
+        from imgateway.router.router import Router
+        from imgateway.testing import RecordingSessionClient
+
+        store = await SQLiteHomeStore.open(theReactor(), os.path.join(self.mktemp(), "h.sqlite3"))
+        self.addCleanup(store.close)
+        directory = MemoryDirectory([account("alice@corp.example"), account("dave@corp.example")])
+        router = Router()
+        home = HomeServer("hs1", "corp.example", directory, store, router, cast(Any, theReactor()))
+        router.addRoute("corp.example", home, local=True)
+        alice = await home.openSession(ALICE, RecordingSessionClient(), "desk")
+        self.addCleanup(alice.close)
+        await alice.subscribe(DAVE, "Dave")
+        for round in range(20):
+            if round == 10:
+                dave = await home.openSession(DAVE, RecordingSessionClient(), "desk")
+                self.addCleanup(dave.close)
+            first = alice.unsubscribe(DAVE)
+            second = alice.subscribe(DAVE, "Dave")
+            await first
+            self.assertIs(await second, AuthorisationState.PENDING)
+            self.assertEqual(await store.getContacts(ALICE), [ContactRecord(DAVE, "Dave")], round)
+            self.assertEqual(
+                await store.getAuthorisations(DAVE), [(DAVE, ALICE, AuthorisationState.PENDING)], round
+            )
+        self.assertEqual(await dave.pendingRequests(), [ALICE])

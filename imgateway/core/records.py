@@ -6,6 +6,7 @@ Records kept by the directory and the home-server stores.
 from __future__ import annotations
 
 import enum
+from typing import Union
 
 from attrs import frozen
 
@@ -13,12 +14,19 @@ from imgateway.core.address import Address
 from imgateway.core.presence import Presence, PresenceState
 
 __all__ = [
+    "ANY_STATE",
     "AccessList",
     "AccountRecord",
     "AuthorisationState",
     "ContactRecord",
     "ContactView",
+    "HomeChange",
     "PresenceRule",
+    "PutContact",
+    "RemoveContact",
+    "SetAccess",
+    "SetAuthorisation",
+    "SetRule",
     "Subscription",
 ]
 
@@ -142,3 +150,80 @@ class ContactView:
     pending: bool
     presence: Presence
 
+
+
+# -- changes to a home store, applied together (IHomeStore.apply) -------------------
+
+
+@frozen
+class PutContact:
+    """
+    Add C{contact} to C{owner}'s contact list, or replace its record.
+    """
+
+    owner: Address
+    contact: ContactRecord
+
+
+@frozen
+class RemoveContact:
+    """
+    Remove C{contact} from C{owner}'s contact list (nothing if absent).
+    """
+
+    owner: Address
+    contact: Address
+
+
+@frozen
+class SetAuthorisation:
+    """
+    Set whether C{watcher} may watch C{target}; C{None} deletes the row.
+
+    @ivar onlyIf: If not empty, change the row only if it is there in one
+        of these states (an answer to a request that has since been
+        withdrawn changes nothing).
+    """
+
+    target: Address
+    watcher: Address
+    state: AuthorisationState | None
+    onlyIf: tuple[AuthorisationState, ...] = ()
+
+    def appliesTo(self, current: AuthorisationState | None) -> bool:
+        """
+        @return: Whether this change changes a row in state C{current}
+            (C{None}: no row).
+        """
+        return not self.onlyIf or current in self.onlyIf
+
+
+@frozen
+class SetAccess:
+    """
+    Put C{entry} (an address or a domain) on C{owner}'s C{accessList};
+    L{AccessList.NONE} removes it.
+    """
+
+    owner: Address
+    entry: str
+    accessList: AccessList
+
+
+@frozen
+class SetRule:
+    """
+    Set C{owner}'s presence rule for C{state}; C{None} removes it.
+    """
+
+    owner: Address
+    state: PresenceState
+    alternate: str | None
+
+
+#: Every authorisation state: C{SetAuthorisation(..., onlyIf=ANY_STATE)}
+#: changes a row only if there is one.
+ANY_STATE: tuple[AuthorisationState, ...] = tuple(AuthorisationState)
+
+#: One change to a home store.
+HomeChange = Union[PutContact, RemoveContact, SetAuthorisation, SetAccess, SetRule]

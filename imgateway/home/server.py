@@ -8,17 +8,28 @@ It knows no wire format. Faces open sessions on it for authenticated users
 domain (L{HomeServer.deliver}); events for other users leave through the
 router.
 
-State: everything that must survive a restart is written to the
-L{IHomeStore} before it is acted upon. For users with at least one session,
-a L{_UserState} caches their rows, so delivering a message or a presence
-update needs no storage read.
+Order: each user has a lane, a queue in which everything that concerns the
+user runs one piece at a time, in the order it arrived: the requests of the
+user's sessions (whatever their face) and the events that arrive for the
+user (subscription requests and answers, presence, messages). A piece of
+work never waits in its lane for another user's lane (that could deadlock
+two users asking each other at once): a request that sends an event to
+another user hands it to the router and lets its lane go on; when it needs
+the answer, it waits outside its lane and then queues what remains.
+
+State: each request's changes are written to the L{IHomeStore} together
+(L{IHomeStore.apply}) before they are acted upon. For users with at least
+one session, a L{_UserState} caches their rows, so delivering a message or
+a presence update needs no storage read; only the user's own lane changes
+it.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar, Union
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
@@ -52,11 +63,18 @@ from imgateway.core.events import (
 )
 from imgateway.core.presence import OFFLINE, Presence, PresenceState, aggregate
 from imgateway.core.records import (
+    ANY_STATE,
     AccessList,
     AuthorisationState,
     ContactRecord,
     ContactView,
+    HomeChange,
     PresenceRule,
+    PutContact,
+    RemoveContact,
+    SetAccess,
+    SetAuthorisation,
+    SetRule,
     Subscription,
 )
 from imgateway.interfaces import (
@@ -96,6 +114,11 @@ def parseAccessEntry(entry: str) -> str:
 class _UserState:
     """
     The cached rows of one user with sessions.
+
+    @ivar watchers: Who asked to watch this user, and the answer (the
+        authorisation rows whose target is the user).
+    @ivar watching: Whom this user asked to watch, and their answer (the
+        rows whose watcher is the user).
     """
 
     def __init__(
@@ -108,8 +131,13 @@ class _UserState:
     ) -> None:
         self.address = address
         self.contacts = {c.address: c for c in contacts}
-        # (target, watcher) -> state, for rows where the user is either.
-        self.authorisations = {(t, w): s for t, w, s in authorisations}
+        self.watchers: dict[Address, AuthorisationState] = {}
+        self.watching: dict[Address, AuthorisationState] = {}
+        for target, watcher, state in authorisations:
+            if target == address:
+                self.watchers[watcher] = state
+            if watcher == address:
+                self.watching[target] = state
         self.access = access
         self.rules = {r.state: r.alternate for r in rules}
         # What the user has been told of its contacts' presence.
@@ -128,32 +156,62 @@ class _UserState:
             found = self.access.get(other.domain, AccessList.NONE)
         return found
 
-    def state(self, target: Address, watcher: Address) -> AuthorisationState | None:
-        return self.authorisations.get((target, watcher))
+    def sees(self, watcher: Address) -> bool:
+        """
+        @return: Whether C{watcher} may see this user's presence: authorised
+            and not blocked.
+        """
+        return self.watchers.get(watcher) is _AUTHORISED and self.accessOf(watcher) is not AccessList.BLOCK
 
-    def watchers(self) -> list[Address]:
+    def visibleTo(self) -> list[Address]:
         """
-        @return: Who may watch this user, less blocked ones.
+        @return: Who may see this user's presence now (see L{sees}).
         """
-        return [
-            w
-            for (t, w), s in self.authorisations.items()
-            if t == self.address and s is _AUTHORISED and self.accessOf(w) is not AccessList.BLOCK
-        ]
+        return [w for w in self.watchers if self.sees(w)]
 
     def presence(self) -> Presence:
         return aggregate(s.presence for s in self.sessions)
 
     def view(self, contact: ContactRecord) -> ContactView:
-        me, them = self.address, contact.address
-        to = self.state(them, me) is _AUTHORISED
+        them = contact.address
+        to = self.watching.get(them) is _AUTHORISED
         return ContactView(
             address=them,
             displayName=contact.displayName,
-            subscription=Subscription.fromFlags(to, self.state(me, them) is _AUTHORISED),
-            pending=self.state(them, me) is _PENDING,
+            subscription=Subscription.fromFlags(to, self.watchers.get(them) is _AUTHORISED),
+            pending=self.watching.get(them) is _PENDING,
             presence=self.contactPresence.get(them, OFFLINE) if to else OFFLINE,
         )
+
+    def applied(self, changes: Iterable[HomeChange]) -> None:
+        """
+        Bring the cache up to date with changes just written (those that
+        concern this user).
+        """
+        me = self.address
+        for change in changes:
+            if isinstance(change, PutContact):
+                if change.owner == me:
+                    self.contacts[change.contact.address] = change.contact
+            elif isinstance(change, RemoveContact):
+                if change.owner == me:
+                    self.contacts.pop(change.contact, None)
+            elif isinstance(change, SetAuthorisation):
+                if change.target == me:
+                    _setState(self.watchers, change.watcher, change)
+                if change.watcher == me:
+                    _setState(self.watching, change.target, change)
+            elif isinstance(change, SetAccess):
+                if change.owner == me:
+                    if change.accessList is AccessList.NONE:
+                        self.access.pop(change.entry, None)
+                    else:
+                        self.access[change.entry] = change.accessList
+            elif change.owner == me:
+                if change.alternate is None:
+                    self.rules.pop(change.state, None)
+                else:
+                    self.rules[change.state] = change.alternate
 
 
 @implementer(ISession)
@@ -178,9 +236,19 @@ class Session:
     def __repr__(self) -> str:
         return f"<Session {self.sessionId} {self.address} {self.label!r} {self.presence}>"
 
+    def _request(self, work: Callable[[_UserState], object]) -> Deferred[Any]:
+        """
+        Run a request of this session in its user's lane.
+        """
+        if self.closed:
+            return fail(NotAuthorised("session closed"))
+        user = self._user
+        return self._server._serial(self.address, lambda: work(user))
+
     def publish(self, presence: Presence, lease: float | None = None) -> float:
         """
-        Publish this session's presence; see L{ISession.publish}.
+        Publish this session's presence; see L{ISession.publish}. It takes
+        effect in the user's lane, after the requests sent before it.
 
         @return: The lease granted, in seconds.
         """
@@ -192,17 +260,24 @@ class Session:
         self._lease = None
         if presence.state is not PresenceState.OFFLINE:
             self._lease = self._server.clock.callLater(granted, self._leaseExpired)
-        self.presence = presence
-        self._server.presenceChanged(self._user)
+        self._server._serial(self.address, lambda: self._setPresence(presence)).addErrback(
+            self._server._logFailure, "publishing presence"
+        )
         return granted
+
+    def _setPresence(self, presence: Presence) -> None:
+        if not self.closed:
+            self.presence = presence
+            self._server.presenceChanged(self._user)
 
     def _leaseExpired(self) -> None:
         self._lease = None
         self._server.log.info(
             "Presence lease of {session} ran out; it now counts as offline", session=self
         )
-        self.presence = OFFLINE
-        self._server.presenceChanged(self._user)
+        self._server._serial(self.address, lambda: self._setPresence(OFFLINE)).addErrback(
+            self._server._logFailure, "ending a presence lease"
+        )
 
     def sendMessage(
         self,
@@ -230,43 +305,41 @@ class Session:
         return self._server.router.deliver(message)
 
     def subscribe(self, target: Address, displayName: str = "") -> Deferred[AuthorisationState]:
+        if self.closed:
+            return fail(NotAuthorised("session closed"))
         return self._server.subscribe(self._user, target, displayName)
 
     def putContact(self, contact: Address, displayName: str = "") -> Deferred[None]:
-        return self._server.putContact(self._user, contact, displayName)
+        return self._request(lambda user: self._server.putContact(user, contact, displayName))
 
     def unsubscribe(self, target: Address) -> Deferred[None]:
-        return self._server.unsubscribe(self._user, target)
+        return self._request(lambda user: self._server.unsubscribe(user, target))
 
     def authorise(self, watcher: Address, allow: bool) -> Deferred[None]:
-        return self._server.authorise(self._user, watcher, allow)
+        return self._request(lambda user: self._server.authorise(user, watcher, allow))
 
     def contacts(self) -> Deferred[list[ContactView]]:
-        user = self._user
-        return succeed([user.view(c) for _, c in sorted(user.contacts.items())])
+        return self._request(lambda user: [user.view(c) for _, c in sorted(user.contacts.items())])
 
     def pendingRequests(self) -> Deferred[list[Address]]:
-        user = self._user
-        return succeed(
-            sorted(w for (t, w), s in user.authorisations.items() if t == user.address and s is _PENDING)
-        )
+        return self._request(lambda user: sorted(w for w, s in user.watchers.items() if s is _PENDING))
 
     def setAccess(self, entry: str, accessList: AccessList) -> Deferred[None]:
         try:
             normal = parseAccessEntry(entry)
         except InvalidAddress as e:
             return fail(e)
-        return self._server.setAccess(self._user, normal, accessList)
+        return self._request(lambda user: self._server.setAccess(user, normal, accessList))
 
     def accessLists(self) -> Deferred[dict[str, AccessList]]:
-        return succeed(dict(sorted(self._user.access.items())))
+        return self._request(lambda user: dict(sorted(user.access.items())))
 
     def setRule(self, state: PresenceState, alternate: str | None) -> Deferred[None]:
-        return self._server.setRule(self._user, state, alternate)
+        return self._request(lambda user: self._server.setRule(user, state, alternate))
 
     def rules(self) -> Deferred[list[PresenceRule]]:
-        return succeed(
-            [PresenceRule(s, a) for s, a in sorted(self._user.rules.items(), key=lambda i: i[0].value)]
+        return self._request(
+            lambda user: [PresenceRule(s, a) for s, a in sorted(user.rules.items(), key=lambda i: i[0].value)]
         )
 
     def close(self, reason: str = "") -> None:
@@ -277,6 +350,10 @@ class Session:
             self._lease.cancel()
         self._lease = None
         self._server.sessionClosed(self, reason)
+
+
+# One piece of work in a lane, and the Deferred of its outcome.
+_Work = tuple[Callable[[], Any], Deferred[Any]]
 
 
 @implementer(IHomeServer)
@@ -309,8 +386,68 @@ class HomeServer:
         self.clock = clock
         self.config = config
         self._users: dict[Address, _UserState] = {}
-        self._loading: dict[Address, Deferred[_UserState]] = {}
+        # User -> the work waiting behind the piece running now; a user
+        # with no entry has nothing running.
+        self._lanes: dict[Address, deque[_Work]] = {}
         self._ids = itertools.count(1)
+
+    # -- lanes --------------------------------------------------------------
+
+    def _serial(self, address: Address, work: Callable[[], object]) -> Deferred[Any]:
+        """
+        Run C{work} in C{address}'s lane: once everything queued there
+        before it is done.
+
+        @return: C{work}'s outcome (the result of the L{Deferred} it
+            returns, if it returns one).
+        """
+        result: Deferred[Any] = Deferred()
+        lane = self._lanes.get(address)
+        if lane is not None:
+            lane.append((work, result))
+            return result
+        self._lanes[address] = deque()
+        self._run(address, work, result)
+        return result
+
+    def _run(self, address: Address, work: Callable[[], Any], result: Deferred[Any]) -> None:
+        """
+        Run a lane's pieces of work from C{work} on, for as long as they end
+        at once (a loop, not a recursion: a memory store answers at once);
+        one that waits goes on from L{_stepped}.
+        """
+        while True:
+            outcome: list[Any] = []
+            waiting = [False]
+
+            def ended(r: Any, result: Deferred[Any] = result) -> None:
+                if waiting[0]:
+                    self._stepped(address, result, r)
+                else:
+                    outcome.append(r)
+
+            maybeDeferred(work).addBoth(ended)
+            if not outcome:
+                waiting[0] = True
+                return
+            _fire(result, outcome[0])
+            following = self._next(address)
+            if following is None:
+                return
+            work, result = following
+
+    def _stepped(self, address: Address, result: Deferred[Any], outcome: Any) -> None:
+        _fire(result, outcome)
+        following = self._next(address)
+        if following is not None:
+            self._run(address, *following)
+
+    def _next(self, address: Address) -> _Work | None:
+        lane = self._lanes[address]
+        if lane:
+            return lane.popleft()
+        del self._lanes[address]
+        return None
 
     # -- sessions -----------------------------------------------------------
 
@@ -331,7 +468,7 @@ class HomeServer:
                 self._probeContacts(user)
             return session
 
-        return self._user(address).addCallback(opened)
+        return self._serial(address, lambda: self._user(address).addCallback(opened))
 
     def sessionsOf(self, address: Address) -> list[ISession]:
         user = self._users.get(address)
@@ -358,15 +495,20 @@ class HomeServer:
 
     def sessionClosed(self, session: Session, reason: str) -> None:
         """
-        Called by a session when it ends.
+        Called by a session when it ends: it receives nothing more at once;
+        its user's presence is recomputed in the user's lane.
         """
         user = self._users.get(session.address)
         if user is None or session not in user.sessions:
             return
         user.sessions.remove(session)
         self.log.info("Session {session} closed ({reason})", session=session, reason=reason or "no reason given")
-        self.presenceChanged(user)
-        self._forgetIfIdle(user)
+
+        def closed() -> None:
+            self.presenceChanged(user)
+            self._forgetIfIdle(user)
+
+        self._serial(user.address, closed).addErrback(self._logFailure, "closing a session")
 
     def grantLease(self, asked: float | None) -> float:
         """
@@ -380,29 +522,17 @@ class HomeServer:
 
     def _user(self, address: Address) -> Deferred[_UserState]:
         """
-        The cached state of C{address}, loading it if needed.
+        The cached state of C{address}, loading it if needed (in its lane).
         """
         user = self._users.get(address)
         if user is not None:
             return succeed(user)
-        loading = self._loading.get(address)
-        if loading is None:
-            loading = self._load(address)
-            self._loading[address] = loading
 
-            def loaded(u: _UserState) -> _UserState:
-                self._loading.pop(address, None)
-                self._users[address] = u
-                return u
+        def loaded(u: _UserState) -> _UserState:
+            self._users[address] = u
+            return u
 
-            def failed(f: Failure) -> Failure:
-                self._loading.pop(address, None)
-                return f
-
-            loading.addCallbacks(loaded, failed)
-        waiter: Deferred[_UserState] = Deferred()
-        loading.addBoth(_chain(waiter))
-        return waiter
+        return self._load(address).addCallback(loaded)
 
     def _load(self, address: Address) -> Deferred[_UserState]:
         s = self.store
@@ -434,6 +564,35 @@ class HomeServer:
         user = self._users.get(address)
         return user if user is not None and user.sessions else None
 
+    def _store(
+        self, user: _UserState | None, changes: Sequence[HomeChange], cacheAs: Sequence[HomeChange] | None = None
+    ) -> Deferred[None]:
+        """
+        Write one request's changes together, then bring C{user}'s cache
+        (if any) up to date with them.
+
+        @param cacheAs: What the cache takes in, when not just C{changes}
+            (what the store already holds because another user's request
+            wrote it; see L{_shares}).
+        """
+        d = self.store.apply(changes) if changes else succeed(None)
+        if user is not None:
+            cached = changes if cacheAs is None else cacheAs
+            d.addCallback(lambda _: user.applied(cached))
+        return d
+
+    def _shares(self, other: Address) -> bool:
+        """
+        Whether C{other}'s authorisation rows are in this home server's
+        store: a user of this domain. The row of two such users is written
+        only by the lane of the user whose request changes it, in that
+        request's transaction; the other user's lane, when the event
+        reaches it, only takes the change into its cache. (A lane that
+        wrote it again could undo a newer request of the other user, and a
+        crash between the two writes would leave the two users disagreeing.)
+        """
+        return other.domain == self.domain
+
     # -- presence -----------------------------------------------------------
 
     def presenceChanged(self, user: _UserState) -> None:
@@ -447,15 +606,15 @@ class HomeServer:
         if seen == user.announced:
             return
         user.announced = seen
-        for watcher in user.watchers():
+        for watcher in user.visibleTo():
             self._send(PresenceUpdate(user.address, watcher, seen))
 
     def _probeContacts(self, user: _UserState) -> None:
         """
         Ask for the presence of every contact C{user} may watch.
         """
-        for (target, watcher), state in list(user.authorisations.items()):
-            if watcher == user.address and state is _AUTHORISED:
+        for target, state in list(user.watching.items()):
+            if state is _AUTHORISED:
                 self._send(PresenceProbe(user.address, target))
 
     def _push(self, sessions: Iterable[Session], what: str, call: Callable[[ISessionClient], Deferred[None]]) -> None:
@@ -472,6 +631,9 @@ class HomeServer:
 
     def _pushFailed(self, f: Failure, session: Session, what: str) -> None:
         self.log.failure("Session {session} could not take a {what}", f, session=session, what=what)
+
+    def _logFailure(self, f: Failure, doing: str) -> None:
+        self.log.failure("While {doing}", f, doing=doing)
 
     def _send(self, event: Event) -> Deferred[DeliveryStatus | None]:
         """
@@ -494,10 +656,13 @@ class HomeServer:
 
     def deliver(self, event: Event) -> Deferred[DeliveryStatus]:
         """
-        Deliver an event to a user of this home server.
+        Deliver an event to a user of this home server, in the user's lane.
         """
         if event.recipient.domain != self.domain:
             return fail(NoSuchUser(f"{event.recipient} is not a user of {self.domain}"))
+        return self._serial(event.recipient, lambda: self._deliverNow(event))
+
+    def _deliverNow(self, event: Event) -> Deferred[DeliveryStatus]:
         if isinstance(event, Message):
             return self._deliverMessage(event)
         if isinstance(event, PresenceUpdate):
@@ -561,7 +726,7 @@ class HomeServer:
         user = self._localState(update.recipient)
         if user is None:
             return fail(UserOffline(f"{update.recipient} is offline"))
-        if user.state(update.sender, update.recipient) is not _AUTHORISED:
+        if user.watching.get(update.sender) is not _AUTHORISED:
             return fail(NotAuthorised(f"{update.recipient} does not watch {update.sender}"))
         if user.contactPresence.get(update.sender, OFFLINE) != update.presence:
             if update.presence == OFFLINE:
@@ -577,7 +742,7 @@ class HomeServer:
         if user is None:
             # Offline (or unknown): the watcher already assumes offline.
             return succeed(DeliveryStatus.DELIVERED)
-        if user.state(target, watcher) is not _AUTHORISED or user.accessOf(watcher) is AccessList.BLOCK:
+        if not user.sees(watcher):
             return fail(NotAuthorised(f"{watcher} may not watch {target}"))
         self._send(PresenceUpdate(target, watcher, user.presence().toWatchers()))
         return succeed(DeliveryStatus.DELIVERED)
@@ -586,7 +751,10 @@ class HomeServer:
         def withAccount(account: Any) -> Deferred[DeliveryStatus]:
             if account is None or not account.enabled:
                 raise NoSuchUser(f"no such user: {event.recipient}")
-            return self._withState(event.recipient, lambda user: handle(user))
+            cached = self._users.get(event.recipient)
+            if cached is not None:
+                return handle(cached)
+            return self._load(event.recipient).addCallback(handle)
 
         def handle(user: _UserState) -> Deferred[DeliveryStatus]:
             me, other = event.recipient, event.sender
@@ -594,14 +762,16 @@ class HomeServer:
             if kind is SubscriptionKind.SUBSCRIBE:
                 return self._subscriptionRequested(user, other)
             if kind is SubscriptionKind.UNSUBSCRIBE:
-                d = self._setAuthorisation(user, me, other, None)
+                change = SetAuthorisation(me, other, None)
             elif kind is SubscriptionKind.AUTHORISE:
-                if user.state(other, me) is None:
+                if user.watching.get(other) is None:
                     # An answer to nothing we asked: ignore it (RFC 6121 3.1.5).
                     return succeed(DeliveryStatus.DELIVERED)
-                d = self._setAuthorisation(user, other, me, _AUTHORISED)
+                change = SetAuthorisation(other, me, _AUTHORISED, onlyIf=ANY_STATE)
             else:
-                d = self._setAuthorisation(user, other, me, _REFUSED if user.state(other, me) else None)
+                change = SetAuthorisation(other, me, _REFUSED, onlyIf=ANY_STATE)
+            d = self._store(user, [] if self._shares(other) else [change], [change])
+            if kind is SubscriptionKind.REFUSE:
                 d.addCallback(lambda _: self._forgetPresence(user, other))
             d.addCallback(lambda _: self._tell(user, event))
             return d.addCallback(lambda _: DeliveryStatus.DELIVERED)
@@ -613,12 +783,17 @@ class HomeServer:
         access = user.accessOf(watcher)
         if access is AccessList.BLOCK:
             return fail(Blocked(f"{me} does not accept requests from {watcher}"))
-        current = user.state(me, watcher)
+        current = user.watchers.get(watcher)
+        shared = self._shares(watcher)
         if current is _AUTHORISED or access is AccessList.ALLOW:
-            d = self._setAuthorisation(user, me, watcher, _AUTHORISED)
+            # A watcher of this store has just written its request: turn
+            # it into an authorisation, unless it has been withdrawn since.
+            write = SetAuthorisation(me, watcher, _AUTHORISED, onlyIf=(_PENDING,) if shared else ())
+            d = self._store(user, [write], [SetAuthorisation(me, watcher, _AUTHORISED)])
             d.addCallback(lambda _: self._authorised(user, watcher))
         else:
-            d = self._setAuthorisation(user, me, watcher, _PENDING)
+            pending = SetAuthorisation(me, watcher, _PENDING)
+            d = self._store(user, [] if shared else [pending], [pending])
             d.addCallback(lambda _: self._tell(user, SubscriptionEvent(SubscriptionKind.SUBSCRIBE, watcher, me)))
         return d.addCallback(lambda _: DeliveryStatus.DELIVERED)
 
@@ -649,67 +824,87 @@ class HomeServer:
             view = user.view(contact)
             self._push(user.sessions, "contact", lambda c: c.contactUpdated(view))
 
-    # -- what sessions ask --------------------------------------------------
+    # -- what sessions ask (each in its user's lane) --------------------------
 
     def subscribe(self, user: _UserState, target: Address, displayName: str) -> Deferred[AuthorisationState]:
+        """
+        Add C{target} to C{user}'s contacts and ask to watch it. The writes
+        and the request leave in C{user}'s lane; the answer is awaited
+        outside it, then read in it.
+        """
         me = user.address
         if target == me:
             return fail(InvalidAddress("you cannot subscribe to yourself"))
-        contact = ContactRecord(target, displayName or (user.contacts[target].displayName if target in user.contacts else ""))
-        previous = user.state(target, me)
-        d = self.store.putContact(me, contact)
+        # What the request changed, and how to undo it if the request goes
+        # nowhere: (what it wrote, what to write back).
+        undo: list[tuple[HomeChange, HomeChange]] = []
 
-        def stored(_: None) -> Deferred[None]:
-            user.contacts[target] = contact
-            if previous is _AUTHORISED:
-                return succeed(None)
-            return self._setAuthorisation(user, target, me, _PENDING)
+        def ask() -> Deferred[tuple[AuthorisationState | None, Deferred[DeliveryStatus] | None]]:
+            old = user.contacts.get(target)
+            contact = ContactRecord(target, displayName or (old.displayName if old is not None else ""))
+            previous = user.watching.get(target)
+            changes: list[HomeChange] = [PutContact(me, contact)]
+            undo.append((changes[0], PutContact(me, old) if old is not None else RemoveContact(me, target)))
+            if previous is not _AUTHORISED:
+                changes.append(SetAuthorisation(target, me, _PENDING))
+                undo.append((changes[1], SetAuthorisation(target, me, previous)))
 
-        def ask(_: None) -> Deferred[AuthorisationState]:
-            self._contactChanged(user, target)
-            if previous is _AUTHORISED:
-                self._send(PresenceProbe(me, target))
-                return succeed(_AUTHORISED)
-            request = self.router.deliver(SubscriptionEvent(SubscriptionKind.SUBSCRIBE, me, target))
+            def stored(_: None) -> tuple[AuthorisationState | None, Deferred[DeliveryStatus] | None]:
+                self._contactChanged(user, target)
+                if previous is _AUTHORISED:
+                    self._send(PresenceProbe(me, target))
+                    return (_AUTHORISED, None)
+                return (None, self.router.deliver(SubscriptionEvent(SubscriptionKind.SUBSCRIBE, me, target)))
 
-            def answered(_: object) -> AuthorisationState:
-                return user.state(target, me) or _PENDING
+            return self._store(user, changes).addCallback(stored)
 
-            def refused(f: Failure) -> Deferred[AuthorisationState]:
-                # The request went nowhere: forget it, keep the error.
-                undo = self._setAuthorisation(user, target, me, previous)
-                undo.addCallback(lambda _: self._forgetContact(user, target))
-                return undo.addCallback(lambda _: f)
-
+        def asked(
+            outcome: tuple[AuthorisationState | None, Deferred[DeliveryStatus] | None],
+        ) -> Deferred[AuthorisationState] | AuthorisationState:
+            state, request = outcome
+            if request is None:
+                assert state is not None
+                return state
             return request.addCallbacks(answered, refused)
 
-        return d.addCallback(stored).addCallback(ask)
+        def answered(_: object) -> Deferred[AuthorisationState]:
+            # After whatever the target answered meanwhile, in the lane.
+            return self._serial(me, lambda: user.watching.get(target) or _PENDING)
+
+        def refused(f: Failure) -> Deferred[AuthorisationState]:
+            # The request went nowhere: undo what is still as it left it
+            # (a later request may have changed it since), keep the error.
+            def undoIt() -> Deferred[AuthorisationState]:
+                changes = [back for wrote, back in undo if _stillAsWritten(user, wrote)]
+                d = self._store(user, changes) if changes else succeed(None)
+                return d.addCallback(lambda _: self._contactUndone(user, target)).addCallback(lambda _: f)
+
+            return self._serial(me, undoIt)
+
+        return self._serial(me, ask).addCallback(asked)
+
+    def _contactUndone(self, user: _UserState, target: Address) -> None:
+        if target in user.contacts:
+            self._contactChanged(user, target)
+        else:
+            self._push(user.sessions, "contact removal", lambda c: c.contactRemoved(target))
 
     def putContact(self, user: _UserState, target: Address, displayName: str) -> Deferred[None]:
         if target == user.address:
             return fail(InvalidAddress("you cannot add yourself as a contact"))
         contact = ContactRecord(target, displayName)
-
-        def stored(_: None) -> None:
-            user.contacts[target] = contact
-            self._contactChanged(user, target)
-
-        return self.store.putContact(user.address, contact).addCallback(stored)
-
-    def _forgetContact(self, user: _UserState, target: Address) -> Deferred[None]:
-        def removed(_: object) -> None:
-            if user.contacts.pop(target, None) is not None:
-                self._push(user.sessions, "contact removal", lambda c: c.contactRemoved(target))
-
-        return self.store.removeContact(user.address, target).addCallback(removed)
+        d = self._store(user, [PutContact(user.address, contact)])
+        return d.addCallback(lambda _: self._contactChanged(user, target))
 
     def unsubscribe(self, user: _UserState, target: Address) -> Deferred[None]:
         me = user.address
-        had = user.state(target, me)
-        d = self._setAuthorisation(user, target, me, None)
-        d.addCallback(lambda _: self._forgetContact(user, target))
+        had = user.watching.get(target)
+        wasContact = target in user.contacts
+        d = self._store(user, [SetAuthorisation(target, me, None), RemoveContact(me, target)])
 
         def tell(_: None) -> None:
+            if wasContact:
+                self._push(user.sessions, "contact removal", lambda c: c.contactRemoved(target))
             self._forgetPresence(user, target)
             if had is not None:
                 self._send(SubscriptionEvent(SubscriptionKind.UNSUBSCRIBE, me, target))
@@ -718,9 +913,9 @@ class HomeServer:
 
     def authorise(self, user: _UserState, watcher: Address, allow: bool) -> Deferred[None]:
         me = user.address
-        was = user.state(me, watcher)
+        was = user.watchers.get(watcher)
         state = _AUTHORISED if allow else _REFUSED
-        d = self._setAuthorisation(user, me, watcher, state)
+        d = self._store(user, [SetAuthorisation(me, watcher, state)])
 
         def tell(_: None) -> None:
             self._contactChanged(user, watcher)
@@ -735,19 +930,20 @@ class HomeServer:
 
     def setAccess(self, user: _UserState, entry: str, accessList: AccessList) -> Deferred[None]:
         me = user.address
-        before = set(user.watchers())
-        d = self.store.setAccess(me, entry, accessList)
+        # The watchers the entry can concern: its address, or its domain's.
+        if "@" in entry:
+            concerned = [w for w in (Address.fromString(entry),) if w in user.watchers]
+        else:
+            concerned = [w for w in user.watchers if w.domain == entry]
+        before = {w for w in concerned if user.sees(w)}
+        d = self._store(user, [SetAccess(me, entry, accessList)])
 
         def stored(_: None) -> None:
-            if accessList is AccessList.NONE:
-                user.access.pop(entry, None)
-            else:
-                user.access[entry] = accessList
-            after = set(user.watchers())
+            after = {w for w in concerned if user.sees(w)}
             seen = user.presence().toWatchers()
-            for watcher in before - after:
+            for watcher in sorted(before - after):
                 self._send(PresenceUpdate(me, watcher, OFFLINE))
-            for watcher in after - before:
+            for watcher in sorted(after - before):
                 self._send(PresenceUpdate(me, watcher, seen))
 
         return d.addCallback(stored)
@@ -757,14 +953,7 @@ class HomeServer:
             return fail(ValueError(f"rules apply to busy and away states, not {state.value}"))
         if alternate is not None and not (0 < len(alternate) <= 256 and alternate.isprintable()):
             return fail(ValueError("the alternate contact must be 1 to 256 printable characters"))
-
-        def stored(_: None) -> None:
-            if alternate is None:
-                user.rules.pop(state, None)
-            else:
-                user.rules[state] = alternate
-
-        return self.store.setRule(user.address, state, alternate).addCallback(stored)
+        return self._store(user, [SetRule(user.address, state, alternate)])
 
     def _contactChanged(self, user: _UserState, other: Address) -> None:
         contact = user.contacts.get(other)
@@ -773,40 +962,33 @@ class HomeServer:
         view = user.view(contact)
         self._push(user.sessions, "contact", lambda c: c.contactUpdated(view))
 
-    def _setAuthorisation(
-        self, user: _UserState, target: Address, watcher: Address, state: AuthorisationState | None
-    ) -> Deferred[None]:
-        """
-        Store an authorisation row, then update the caches of every local
-        user it concerns.
-        """
 
-        def stored(_: None) -> None:
-            for cached in self._cachedFor(user, target, watcher):
-                if state is None:
-                    cached.authorisations.pop((target, watcher), None)
-                else:
-                    cached.authorisations[(target, watcher)] = state
+def _setState(states: dict[Address, AuthorisationState], other: Address, change: SetAuthorisation) -> None:
+    if not change.appliesTo(states.get(other)):
+        return
+    if change.state is None:
+        states.pop(other, None)
+    else:
+        states[other] = change.state
 
-        return self.store.setAuthorisation(target, watcher, state).addCallback(stored)
 
-    def _cachedFor(self, user: _UserState, *addresses: Address) -> Iterable[_UserState]:
-        found = {id(user): user}
-        for a in addresses:
-            cached = self._users.get(a)
-            if cached is not None:
-                found[id(cached)] = cached
-        return found.values()
+def _stillAsWritten(user: _UserState, change: HomeChange) -> bool:
+    """
+    @return: Whether C{user}'s cache still holds what C{change} (a
+        L{PutContact} or a L{SetAuthorisation} by the user) wrote.
+    """
+    if isinstance(change, PutContact):
+        return user.contacts.get(change.contact.address) == change.contact
+    if isinstance(change, SetAuthorisation):
+        return user.watching.get(change.target) is change.state
+    return False
 
-    def _withState(self, address: Address, f: Callable[[_UserState], Deferred[T]]) -> Deferred[T]:
-        """
-        Run C{f} with the state of C{address}: cached if the user has
-        sessions, else loaded for this one call.
-        """
-        cached = self._users.get(address)
-        if cached is not None:
-            return f(cached)
-        return self._load(address).addCallback(f)
+
+def _fire(result: Deferred[Any], outcome: Any) -> None:
+    if isinstance(outcome, Failure):
+        result.errback(outcome)
+    else:
+        result.callback(outcome)
 
 
 def _uniqueLabel(label: str, sessionId: str, user: _UserState) -> str:
@@ -822,17 +1004,6 @@ def _uniqueLabel(label: str, sessionId: str, user: _UserState) -> str:
         suffix = f"-{n}"
         candidate = label[: MAX_LABEL_CHARS - len(suffix)] + suffix
     return candidate
-
-
-def _chain(waiter: Deferred[T]) -> Callable[[Any], Any]:
-    def fire(result: Any) -> Any:
-        if isinstance(result, Failure):
-            waiter.errback(result)
-            return None
-        waiter.callback(result)
-        return result
-
-    return fire
 
 
 class HomeServerService(Service):

@@ -8,6 +8,8 @@ access lists and presence rules.
 from __future__ import annotations
 
 import sqlite3
+from typing import cast
+from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore
@@ -16,7 +18,17 @@ from zope.interface import implementer
 
 from imgateway.core.address import Address
 from imgateway.core.presence import PresenceState
-from imgateway.core.records import AccessList, AuthorisationState, ContactRecord, PresenceRule
+from imgateway.core.records import (
+    AccessList,
+    AuthorisationState,
+    ContactRecord,
+    HomeChange,
+    PresenceRule,
+    PutContact,
+    RemoveContact,
+    SetAccess,
+    SetAuthorisation,
+)
 from imgateway.interfaces import IHomeStore
 from imgateway.sqlite import DEFAULT_BUSY_TIMEOUT, Database, Migrations, openDatabase
 
@@ -99,11 +111,10 @@ def _putContact(cursor: sqlite3.Cursor, owner: Address, contact: ContactRecord) 
     )
 
 
-def _removeContact(cursor: sqlite3.Cursor, owner: Address, contact: Address) -> bool:
+def _removeContact(cursor: sqlite3.Cursor, owner: Address, contact: Address) -> None:
     cursor.execute(
         "DELETE FROM contacts WHERE owner = ? AND contact = ?", (str(owner), str(contact))
     )
-    return cursor.rowcount > 0
 
 
 def _getAuthorisations(
@@ -120,19 +131,24 @@ def _getAuthorisations(
     )
 
 
-def _setAuthorisation(
-    cursor: sqlite3.Cursor, target: Address, watcher: Address, state: AuthorisationState | None
-) -> None:
-    if state is None:
+def _setAuthorisation(cursor: sqlite3.Cursor, change: SetAuthorisation) -> None:
+    key = (str(change.target), str(change.watcher))
+    condition, condArgs = "", cast(tuple[str, ...], ())
+    if change.onlyIf:
+        condition = f" AND state IN ({', '.join('?' * len(change.onlyIf))})"
+        condArgs = tuple(s.value for s in change.onlyIf)
+    if change.state is None:
+        cursor.execute("DELETE FROM authorisations WHERE target = ? AND watcher = ?" + condition, key + condArgs)
+    elif change.onlyIf:
         cursor.execute(
-            "DELETE FROM authorisations WHERE target = ? AND watcher = ?",
-            (str(target), str(watcher)),
+            "UPDATE authorisations SET state = ? WHERE target = ? AND watcher = ?" + condition,
+            (change.state.value,) + key + condArgs,
         )
     else:
         cursor.execute(
             "INSERT INTO authorisations (target, watcher, state) VALUES (?, ?, ?)"
             " ON CONFLICT (target, watcher) DO UPDATE SET state = excluded.state",
-            (str(target), str(watcher), state.value),
+            key + (change.state.value,),
         )
 
 
@@ -170,6 +186,20 @@ def _setRule(cursor: sqlite3.Cursor, owner: Address, state: PresenceState, alter
             " ON CONFLICT (owner, state) DO UPDATE SET alternate = excluded.alternate",
             (str(owner), state.value, alternate),
         )
+
+
+def _apply(cursor: sqlite3.Cursor, changes: list[HomeChange]) -> None:
+    for change in changes:
+        if isinstance(change, PutContact):
+            _putContact(cursor, change.owner, change.contact)
+        elif isinstance(change, RemoveContact):
+            _removeContact(cursor, change.owner, change.contact)
+        elif isinstance(change, SetAuthorisation):
+            _setAuthorisation(cursor, change)
+        elif isinstance(change, SetAccess):
+            _setAccess(cursor, change.owner, change.entry, change.accessList)
+        else:
+            _setRule(cursor, change.owner, change.state, change.alternate)
 
 
 @implementer(IHomeStore)
@@ -218,18 +248,6 @@ class SQLiteHomeStore:
         """
         return self.database.read(_getContacts, owner)
 
-    def putContact(self, owner: Address, contact: ContactRecord) -> Deferred[None]:
-        """
-        See L{IHomeStore.putContact}.
-        """
-        return self.database.write(_putContact, owner, contact)
-
-    def removeContact(self, owner: Address, contact: Address) -> Deferred[bool]:
-        """
-        See L{IHomeStore.removeContact}.
-        """
-        return self.database.write(_removeContact, owner, contact)
-
     def getAuthorisations(
         self, user: Address
     ) -> Deferred[list[tuple[Address, Address, AuthorisationState]]]:
@@ -238,25 +256,11 @@ class SQLiteHomeStore:
         """
         return self.database.read(_getAuthorisations, user)
 
-    def setAuthorisation(
-        self, target: Address, watcher: Address, state: AuthorisationState | None
-    ) -> Deferred[None]:
-        """
-        See L{IHomeStore.setAuthorisation}.
-        """
-        return self.database.write(_setAuthorisation, target, watcher, state)
-
     def getAccess(self, owner: Address) -> Deferred[dict[str, AccessList]]:
         """
         See L{IHomeStore.getAccess}.
         """
         return self.database.read(_getAccess, owner)
-
-    def setAccess(self, owner: Address, entry: str, accessList: AccessList) -> Deferred[None]:
-        """
-        See L{IHomeStore.setAccess}.
-        """
-        return self.database.write(_setAccess, owner, entry, accessList)
 
     def getRules(self, owner: Address) -> Deferred[list[PresenceRule]]:
         """
@@ -264,11 +268,11 @@ class SQLiteHomeStore:
         """
         return self.database.read(_getRules, owner)
 
-    def setRule(self, owner: Address, state: PresenceState, alternate: str | None) -> Deferred[None]:
+    def apply(self, changes: Sequence[HomeChange]) -> Deferred[None]:
         """
-        See L{IHomeStore.setRule}.
+        See L{IHomeStore.apply}: one L{Database.write}.
         """
-        return self.database.write(_setRule, owner, state, alternate)
+        return self.database.write(_apply, list(changes))
 
     def close(self) -> Deferred[None]:
         """

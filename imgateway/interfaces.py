@@ -135,6 +135,19 @@ class IHomeStore(Interface):
             a domain (C{"x"}) mapped to its list.
         """
 
+    def getAuthorisation(target: Address, watcher: Address) -> Deferred[AuthorisationState | None]:
+        """
+        @return: The state of one authorisation row, or C{None} if there is
+            none (one row read, whatever the size of the lists).
+        """
+
+    def getAccessOf(owner: Address, other: Address) -> Deferred[AccessList]:
+        """
+        @return: The list of C{owner}'s that holds C{other}: its address
+            entry, else its domain's entry, else L{AccessList.NONE} (two
+            entries read at most, whatever the size of the list).
+        """
+
     def getRules(owner: Address) -> Deferred[list[PresenceRule]]:
         """
         @return: C{owner}'s presence rules.

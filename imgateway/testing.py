@@ -181,6 +181,8 @@ class MemoryHomeStore(_MemoryStore):
         calls L{release} (as operations wait for SQLite's thread): a test
         can see what happens while writes are under way.
     @ivar held: The operations waiting, in order.
+    @ivar reads: Every read, as C{(method name, arguments...)}: a test can
+        check what an operation cost.
     """
 
     _name = "memory home store"
@@ -193,6 +195,7 @@ class MemoryHomeStore(_MemoryStore):
         self.rules: dict[Address, dict[PresenceState, str]] = {}
         self.hold = False
         self.held: deque[tuple[Callable[[], Deferred[Any]], Deferred[Any]]] = deque()
+        self.reads: list[tuple[object, ...]] = []
         self._releasing = False
 
     def _later(self, operation: Callable[..., Deferred[T]], *args: Any) -> Deferred[T] | None:
@@ -233,6 +236,7 @@ class MemoryHomeStore(_MemoryStore):
         later = self._later(self.getContacts, owner)
         if later is not None:
             return later
+        self.reads.append(("getContacts", owner))
         mine = self.contacts.get(owner, {})
         return self._read([mine[address] for address in sorted(mine)])
 
@@ -246,6 +250,7 @@ class MemoryHomeStore(_MemoryStore):
         later = self._later(self.getAuthorisations, user)
         if later is not None:
             return later
+        self.reads.append(("getAuthorisations", user))
         return self._read(
             [
                 (target, watcher, state)
@@ -254,6 +259,27 @@ class MemoryHomeStore(_MemoryStore):
             ]
         )
 
+    def getAuthorisation(self, target: Address, watcher: Address) -> Deferred[AuthorisationState | None]:
+        """
+        See L{IHomeStore.getAuthorisation}.
+        """
+        later = self._later(self.getAuthorisation, target, watcher)
+        if later is not None:
+            return later
+        self.reads.append(("getAuthorisation", target, watcher))
+        return self._read(self.authorisations.get((target, watcher)))
+
+    def getAccessOf(self, owner: Address, other: Address) -> Deferred[AccessList]:
+        """
+        See L{IHomeStore.getAccessOf}.
+        """
+        later = self._later(self.getAccessOf, owner, other)
+        if later is not None:
+            return later
+        self.reads.append(("getAccessOf", owner, other))
+        mine = self.access.get(owner, {})
+        return self._read(mine.get(str(other), mine.get(other.domain, AccessList.NONE)))
+
     def getAccess(self, owner: Address) -> Deferred[dict[str, AccessList]]:
         """
         See L{IHomeStore.getAccess}. Entries come sorted.
@@ -261,6 +287,7 @@ class MemoryHomeStore(_MemoryStore):
         later = self._later(self.getAccess, owner)
         if later is not None:
             return later
+        self.reads.append(("getAccess", owner))
         mine = self.access.get(owner, {})
         return self._read({entry: mine[entry] for entry in sorted(mine)})
 
@@ -272,6 +299,7 @@ class MemoryHomeStore(_MemoryStore):
         later = self._later(self.getRules, owner)
         if later is not None:
             return later
+        self.reads.append(("getRules", owner))
         mine = self.rules.get(owner, {})
         return self._read(
             sorted((PresenceRule(state, alternate) for state, alternate in mine.items()), key=ruleOrder)

@@ -757,3 +757,56 @@ class OrderTests(HomeServerTestsMixin, SynchronousTestCase):
         self.successResultOf(d)
         self.assertNotIn((BOB, Presence(PresenceState.AWAY, "secret")), aliceClient.presences)
         self.assertEqual(aliceClient.presences[-1], (BOB, OFFLINE))
+
+
+class OfflineCostTests(HomeServerTestsMixin, SynchronousTestCase):
+    """
+    Events for users without sessions cost reads proportional to the event,
+    not to the users' lists.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        # bob has long lists.
+        for n in range(50):
+            other = Address.fromString(f"u{n}@corp.example")
+            self.store.contacts.setdefault(BOB, {})[other] = ContactRecord(other)
+            self.store.authorisations[(BOB, other)] = AuthorisationState.AUTHORISED
+            self.store.access.setdefault(BOB, {})[f"d{n}.example"] = AccessList.BLOCK
+
+    def test_subscribeToOffline(self) -> None:
+        """
+        A subscription request to a user without sessions reads the one
+        authorisation row and the requester's access entries, nothing else.
+        """
+        alice, _ = self.online(ALICE)
+        self.store.reads.clear()
+        self.assertEqual(self.successResultOf(alice.subscribe(BOB)), AuthorisationState.PENDING)
+        self.assertEqual(self.store.reads, [("getAccessOf", BOB, ALICE), ("getAuthorisation", BOB, ALICE)])
+        self.assertEqual(self.store.authorisations[(BOB, ALICE)], AuthorisationState.PENDING)
+
+    def test_answersToOffline(self) -> None:
+        """
+        Answers and withdrawals reaching a user without sessions read
+        nothing: the store changes the row only if it is there.
+        """
+        romeo = Address.fromString("romeo@xmpp.example")
+        self.store.authorisations[(romeo, BOB)] = AuthorisationState.PENDING
+        for kind in (SubscriptionKind.AUTHORISE, SubscriptionKind.REFUSE, SubscriptionKind.UNSUBSCRIBE):
+            self.successResultOf(self.home.deliver(SubscriptionEvent(kind, romeo, BOB)))
+        self.successResultOf(
+            self.home.deliver(SubscriptionEvent(SubscriptionKind.AUTHORISE, Address.fromString("x@xmpp.example"), BOB))
+        )
+        self.assertEqual(self.store.reads, [])
+        self.assertEqual(self.store.authorisations[(romeo, BOB)], AuthorisationState.REFUSED)
+        self.assertNotIn((Address.fromString("x@xmpp.example"), BOB), self.store.authorisations)
+
+    def test_allowedWhileOffline(self) -> None:
+        """
+        A request from an entry of the allow list of a user without
+        sessions is authorised at once, from targeted reads.
+        """
+        self.store.access[BOB]["alice@corp.example"] = AccessList.ALLOW
+        alice, _ = self.online(ALICE)
+        self.assertEqual(self.successResultOf(alice.subscribe(BOB)), AuthorisationState.AUTHORISED)
+        self.assertEqual(self.store.authorisations[(BOB, ALICE)], AuthorisationState.AUTHORISED)

@@ -425,6 +425,27 @@ class HomeStoreTestsMixin(_Base):
         )
         self.assertEqual(await store.getRules(BOB), [PresenceRule(PresenceState.BUSY, "later")])
 
+    async def test_targetedReads(self) -> None:
+        """
+        L{IHomeStore.getAuthorisation} reads one row;
+        L{IHomeStore.getAccessOf} finds an address's entry, else its
+        domain's, else L{AccessList.NONE}.
+        """
+        store = await self.makeStore()
+        await store.apply(
+            [
+                SetAuthorisation(BOB, ALICE, AuthorisationState.PENDING),
+                SetAccess(ALICE, "corp.example", AccessList.BLOCK),
+                SetAccess(ALICE, "bob@corp.example", AccessList.ALLOW),
+            ]
+        )
+        self.assertIs(await store.getAuthorisation(BOB, ALICE), AuthorisationState.PENDING)
+        self.assertIsNone(await store.getAuthorisation(ALICE, BOB))
+        self.assertIs(await store.getAccessOf(ALICE, BOB), AccessList.ALLOW)
+        self.assertIs(await store.getAccessOf(ALICE, DAVE), AccessList.BLOCK)
+        self.assertIs(await store.getAccessOf(ALICE, CAROL), AccessList.NONE)
+        self.assertIs(await store.getAccessOf(BOB, ALICE), AccessList.NONE)
+
     async def test_applyInOrder(self) -> None:
         """
         L{IHomeStore.apply} makes its changes in order: a later change to
@@ -549,6 +570,25 @@ class SQLiteHomeStoreTests(HomeStoreTestsMixin, TestCase):
         store = await SQLiteHomeStore.open(theReactor(), os.path.join(self.mktemp(), "h.sqlite3"))
         self.addCleanup(store.close)
         return store
+
+    async def test_targetedReadsIndexed(self) -> None:
+        """
+        The targeted reads look rows up by primary key: their cost does not
+        grow with the user's lists.
+        """
+        store = await SQLiteHomeStore.open(theReactor(), os.path.join(self.mktemp(), "h.sqlite3"))
+        self.addCleanup(store.close)
+
+        def plan(cursor: sqlite3.Cursor, sql: str, args: tuple[str, ...]) -> list[str]:
+            return [row[-1] for row in cursor.execute("EXPLAIN QUERY PLAN " + sql, args).fetchall()]
+
+        for sql, args in [
+            ("SELECT state FROM authorisations WHERE target = ? AND watcher = ?", ("a@x", "b@x")),
+            ("SELECT entry, list FROM access WHERE owner = ? AND entry IN (?, ?)", ("a@x", "b@x", "x")),
+        ]:
+            steps = await store.database.read(plan, sql, args)
+            self.assertFalse([s for s in steps if s.startswith("SCAN")], steps)
+            self.assertTrue([s for s in steps if "PRIMARY KEY" in s], steps)
 
     async def test_authorisationsIndexed(self) -> None:
         """

@@ -548,10 +548,7 @@ class HomeServer:
             contacts, auths, access, rules = (r for _, r in results)
             return _UserState(address, contacts, auths, access, rules)
 
-        def unwrap(f: Failure) -> Failure:
-            return f.value.subFailure  # type: ignore[no-any-return,union-attr]
-
-        return d.addCallbacks(build, unwrap)
+        return d.addCallbacks(build, _firstError)
 
     def _forgetIfIdle(self, user: _UserState) -> None:
         if not user.sessions and self._users.get(user.address) is user:
@@ -660,16 +657,19 @@ class HomeServer:
         """
         if event.recipient.domain != self.domain:
             return fail(NoSuchUser(f"{event.recipient} is not a user of {self.domain}"))
+        if isinstance(event, SubscriptionEvent):
+            # The directory's answer does not depend on what the lane
+            # writes: ask now, while the event waits for its turn.
+            account = self.directory.getAccount(event.recipient)
+            return self._serial(event.recipient, lambda: account.addCallback(self._deliverSubscription, event))
         return self._serial(event.recipient, lambda: self._deliverNow(event))
 
-    def _deliverNow(self, event: Event) -> Deferred[DeliveryStatus]:
+    def _deliverNow(self, event: Message | PresenceUpdate | PresenceProbe) -> Deferred[DeliveryStatus]:
         if isinstance(event, Message):
             return self._deliverMessage(event)
         if isinstance(event, PresenceUpdate):
             return self._deliverPresence(event)
-        if isinstance(event, PresenceProbe):
-            return self._answerProbe(event)
-        return self._deliverSubscription(event)
+        return self._answerProbe(event)
 
     def _deliverMessage(self, message: Message) -> Deferred[DeliveryStatus]:
         user = self._localState(message.recipient)
@@ -712,10 +712,9 @@ class HomeServer:
         def check(account: Any) -> Deferred[DeliveryStatus]:
             if account is None or not account.enabled:
                 raise NoSuchUser(f"no such user: {recipient}")
-            return self.store.getAccess(recipient).addCallback(blocked)
+            return self.store.getAccessOf(recipient, sender).addCallback(blocked)
 
-        def blocked(access: dict[str, AccessList]) -> DeliveryStatus:
-            entry = access.get(str(sender), access.get(sender.domain))
+        def blocked(entry: AccessList) -> DeliveryStatus:
             if entry is AccessList.BLOCK:
                 raise Blocked(f"{recipient} does not accept messages from {sender}")
             raise UserOffline(f"{recipient} is offline")
@@ -747,54 +746,78 @@ class HomeServer:
         self._send(PresenceUpdate(target, watcher, user.presence().toWatchers()))
         return succeed(DeliveryStatus.DELIVERED)
 
-    def _deliverSubscription(self, event: SubscriptionEvent) -> Deferred[DeliveryStatus]:
-        def withAccount(account: Any) -> Deferred[DeliveryStatus]:
-            if account is None or not account.enabled:
-                raise NoSuchUser(f"no such user: {event.recipient}")
-            cached = self._users.get(event.recipient)
-            if cached is not None:
-                return handle(cached)
-            return self._load(event.recipient).addCallback(handle)
-
-        def handle(user: _UserState) -> Deferred[DeliveryStatus]:
-            me, other = event.recipient, event.sender
-            kind = event.kind
-            if kind is SubscriptionKind.SUBSCRIBE:
-                return self._subscriptionRequested(user, other)
-            if kind is SubscriptionKind.UNSUBSCRIBE:
-                change = SetAuthorisation(me, other, None)
-            elif kind is SubscriptionKind.AUTHORISE:
-                if user.watching.get(other) is None:
-                    # An answer to nothing we asked: ignore it (RFC 6121 3.1.5).
-                    return succeed(DeliveryStatus.DELIVERED)
-                change = SetAuthorisation(other, me, _AUTHORISED, onlyIf=ANY_STATE)
-            else:
-                change = SetAuthorisation(other, me, _REFUSED, onlyIf=ANY_STATE)
-            d = self._store(user, [] if self._shares(other) else [change], [change])
+    def _deliverSubscription(self, account: Any, event: SubscriptionEvent) -> Deferred[DeliveryStatus]:
+        """
+        A subscription event for a user whose account record is
+        C{account}. For a user with sessions the cache says what is needed;
+        for one without, targeted reads do (one row, one or two access
+        entries), never the user's whole lists.
+        """
+        me, other, kind = event.recipient, event.sender, event.kind
+        if account is None or not account.enabled:
+            return fail(NoSuchUser(f"no such user: {me}"))
+        user = self._localState(me)
+        if kind is SubscriptionKind.SUBSCRIBE:
+            return self._subscriptionRequested(me, user, other)
+        if kind is SubscriptionKind.UNSUBSCRIBE:
+            change = SetAuthorisation(me, other, None)
+        elif kind is SubscriptionKind.AUTHORISE:
+            if user is not None and user.watching.get(other) is None:
+                # An answer to nothing we asked: ignore it (RFC 6121 3.1.5);
+                # the store, for a user without sessions, does the same
+                # (onlyIf).
+                return succeed(DeliveryStatus.DELIVERED)
+            change = SetAuthorisation(other, me, _AUTHORISED, onlyIf=ANY_STATE)
+        else:
+            change = SetAuthorisation(other, me, _REFUSED, onlyIf=ANY_STATE)
+        d = self._store(user, [] if self._shares(other) else [change], [change])
+        if user is not None:
             if kind is SubscriptionKind.REFUSE:
                 d.addCallback(lambda _: self._forgetPresence(user, other))
             d.addCallback(lambda _: self._tell(user, event))
-            return d.addCallback(lambda _: DeliveryStatus.DELIVERED)
+        return d.addCallback(lambda _: DeliveryStatus.DELIVERED)
 
-        return self.directory.getAccount(event.recipient).addCallback(withAccount)
+    def _subscriptionRequested(
+        self, me: Address, user: _UserState | None, watcher: Address
+    ) -> Deferred[DeliveryStatus]:
+        """
+        C{watcher} asks to watch C{me} (whose cached state is C{user}, or
+        C{None} without sessions).
+        """
+        if user is not None:
+            return self._decideRequest(me, user, watcher, user.accessOf(watcher), user.watchers.get(watcher))
+        reads: list[Deferred[Any]] = [self.store.getAccessOf(me, watcher), self.store.getAuthorisation(me, watcher)]
 
-    def _subscriptionRequested(self, user: _UserState, watcher: Address) -> Deferred[DeliveryStatus]:
-        me = user.address
-        access = user.accessOf(watcher)
+        def decide(results: list[tuple[bool, Any]]) -> Deferred[DeliveryStatus]:
+            access, current = (r for _, r in results)
+            return self._decideRequest(me, None, watcher, access, current)
+
+        d = DeferredList(reads, fireOnOneErrback=True, consumeErrors=True)
+        return d.addCallbacks(decide, _firstError)
+
+    def _decideRequest(
+        self,
+        me: Address,
+        user: _UserState | None,
+        watcher: Address,
+        access: AccessList,
+        current: AuthorisationState | None,
+    ) -> Deferred[DeliveryStatus]:
         if access is AccessList.BLOCK:
             return fail(Blocked(f"{me} does not accept requests from {watcher}"))
-        current = user.watchers.get(watcher)
         shared = self._shares(watcher)
         if current is _AUTHORISED or access is AccessList.ALLOW:
             # A watcher of this store has just written its request: turn
             # it into an authorisation, unless it has been withdrawn since.
             write = SetAuthorisation(me, watcher, _AUTHORISED, onlyIf=(_PENDING,) if shared else ())
             d = self._store(user, [write], [SetAuthorisation(me, watcher, _AUTHORISED)])
-            d.addCallback(lambda _: self._authorised(user, watcher))
+            d.addCallback(lambda _: self._authorised(me, user, watcher))
         else:
             pending = SetAuthorisation(me, watcher, _PENDING)
             d = self._store(user, [] if shared else [pending], [pending])
-            d.addCallback(lambda _: self._tell(user, SubscriptionEvent(SubscriptionKind.SUBSCRIBE, watcher, me)))
+            if user is not None:
+                event = SubscriptionEvent(SubscriptionKind.SUBSCRIBE, watcher, me)
+                d.addCallback(lambda _: self._tell(user, event))
         return d.addCallback(lambda _: DeliveryStatus.DELIVERED)
 
     def _forgetPresence(self, user: _UserState, other: Address) -> None:
@@ -804,13 +827,13 @@ class HomeServer:
         if user.contactPresence.pop(other, OFFLINE) != OFFLINE:
             self._push(user.sessions, "presence", lambda c: c.presenceReceived(other, OFFLINE))
 
-    def _authorised(self, user: _UserState, watcher: Address) -> None:
+    def _authorised(self, me: Address, user: _UserState | None, watcher: Address) -> None:
         """
-        Tell C{watcher} it may watch C{user}, and what it sees now.
+        Tell C{watcher} it may watch C{me} (whose cached state is C{user},
+        or C{None} without sessions), and what it sees now.
         """
-        me = user.address
         self._send(SubscriptionEvent(SubscriptionKind.AUTHORISE, me, watcher))
-        self._send(PresenceUpdate(me, watcher, user.presence().toWatchers()))
+        self._send(PresenceUpdate(me, watcher, user.presence().toWatchers() if user is not None else OFFLINE))
 
     def _tell(self, user: _UserState, event: SubscriptionEvent) -> None:
         """
@@ -920,7 +943,7 @@ class HomeServer:
         def tell(_: None) -> None:
             self._contactChanged(user, watcher)
             if allow:
-                self._authorised(user, watcher)
+                self._authorised(me, user, watcher)
             else:
                 self._send(SubscriptionEvent(SubscriptionKind.REFUSE, me, watcher))
                 if was is _AUTHORISED:
@@ -982,6 +1005,14 @@ def _stillAsWritten(user: _UserState, change: HomeChange) -> bool:
     if isinstance(change, SetAuthorisation):
         return user.watching.get(change.target) is change.state
     return False
+
+
+def _firstError(f: Failure) -> Failure:
+    """
+    The failure of the L{Deferred} that failed a
+    C{DeferredList(..., fireOnOneErrback=True)}.
+    """
+    return f.value.subFailure  # type: ignore[no-any-return,union-attr]
 
 
 def _fire(result: Deferred[Any], outcome: Any) -> None:

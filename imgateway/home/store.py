@@ -131,6 +131,24 @@ def _getAuthorisations(
     )
 
 
+def _getAuthorisation(cursor: sqlite3.Cursor, target: Address, watcher: Address) -> AuthorisationState | None:
+    row = cursor.execute(
+        "SELECT state FROM authorisations WHERE target = ? AND watcher = ?", (str(target), str(watcher))
+    ).fetchone()
+    return AuthorisationState(row[0]) if row is not None else None
+
+
+def _getAccessOf(cursor: sqlite3.Cursor, owner: Address, other: Address) -> AccessList:
+    rows = dict(
+        cursor.execute(
+            "SELECT entry, list FROM access WHERE owner = ? AND entry IN (?, ?)",
+            (str(owner), str(other), other.domain),
+        ).fetchall()
+    )
+    found = rows.get(str(other), rows.get(other.domain))
+    return AccessList(found) if found is not None else AccessList.NONE
+
+
 def _setAuthorisation(cursor: sqlite3.Cursor, change: SetAuthorisation) -> None:
     key = (str(change.target), str(change.watcher))
     condition, condArgs = "", cast(tuple[str, ...], ())
@@ -255,6 +273,18 @@ class SQLiteHomeStore:
         See L{IHomeStore.getAuthorisations}.
         """
         return self.database.read(_getAuthorisations, user)
+
+    def getAuthorisation(self, target: Address, watcher: Address) -> Deferred[AuthorisationState | None]:
+        """
+        See L{IHomeStore.getAuthorisation}.
+        """
+        return self.database.read(_getAuthorisation, target, watcher)
+
+    def getAccessOf(self, owner: Address, other: Address) -> Deferred[AccessList]:
+        """
+        See L{IHomeStore.getAccessOf}.
+        """
+        return self.database.read(_getAccessOf, owner, other)
 
     def getAccess(self, owner: Address) -> Deferred[dict[str, AccessList]]:
         """

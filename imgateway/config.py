@@ -174,6 +174,9 @@ class HomeConfig:
     maxPresenceLease: float = 86400.0
     minPresenceLease: float = 30.0
     maxMessageChars: int = 16384
+    maxContacts: int = 1000
+    maxAccessEntries: int = 1000
+    maxRules: int = 5
 
 
 @frozen
@@ -254,6 +257,9 @@ def parseConfig(
         maxPresenceLease=h.positive("max_presence_lease", float, _HOME.maxPresenceLease),
         minPresenceLease=h.positive("min_presence_lease", float, _HOME.minPresenceLease),
         maxMessageChars=h.positive("max_message_chars", int, _HOME.maxMessageChars),
+        maxContacts=h.positive("max_contacts", int, _HOME.maxContacts),
+        maxAccessEntries=h.positive("max_access_entries", int, _HOME.maxAccessEntries),
+        maxRules=h.positive("max_rules", int, _HOME.maxRules),
     )
     if not home.minPresenceLease <= home.presenceLease <= home.maxPresenceLease:
         raise h.error("presence_lease", "must lie between min_presence_lease and max_presence_lease")

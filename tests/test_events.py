@@ -13,6 +13,7 @@ from imgateway.core.errors import (
     DeliveryStatus,
     LoopDetected,
     NoSuchUser,
+    QuotaExceeded,
     ServerError,
     UserBusy,
     statusError,
@@ -84,6 +85,7 @@ class ErrorTests(SynchronousTestCase):
         self.assertIsInstance(busy, UserBusy)
         self.assertEqual(busy.alternate, "tel:+15550100")  # type: ignore[attr-defined]
         self.assertIsInstance(statusError(DeliveryStatus.NO_SUCH_USER), NoSuchUser)
+        self.assertIsInstance(statusError(DeliveryStatus.QUOTA_EXCEEDED), QuotaExceeded)
 
     def test_defaultText(self) -> None:
         """

@@ -21,6 +21,7 @@ from imgateway.core.errors import (
     NoRoute,
     NoSuchUser,
     NotAuthorised,
+    QuotaExceeded,
     TooLarge,
     TooManySessions,
     UserBusy,
@@ -810,3 +811,77 @@ class OfflineCostTests(HomeServerTestsMixin, SynchronousTestCase):
         alice, _ = self.online(ALICE)
         self.assertEqual(self.successResultOf(alice.subscribe(BOB)), AuthorisationState.AUTHORISED)
         self.assertEqual(self.store.authorisations[(BOB, ALICE)], AuthorisationState.AUTHORISED)
+
+
+class QuotaTests(HomeServerTestsMixin, SynchronousTestCase):
+    """
+    Per-user quotas on contacts, access-list entries and rules: the limit
+    is accepted, one more is refused with L{QuotaExceeded} and changes
+    nothing.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.home.config = HomeConfig(maxSessionsPerUser=3, maxContacts=3, maxAccessEntries=2, maxRules=2)
+
+    def others(self, n: int) -> list[Address]:
+        return [Address.fromString(f"u{i}@xmpp.example") for i in range(n)]
+
+    def test_contacts(self) -> None:
+        """
+        C{max_contacts} contacts are accepted, by C{SUBSCRIBE} or by a
+        contact put; one more is refused and stored nowhere; a contact on
+        the list can still be renamed or asked again.
+        """
+        self.router.addRoute("xmpp.example", RecordingRoute())
+        alice, _ = self.online(ALICE)
+        u = self.others(4)
+        self.successResultOf(alice.subscribe(u[0]))
+        self.successResultOf(alice.putContact(u[1]))
+        self.successResultOf(alice.subscribe(u[2]))
+        for attempt in (alice.subscribe(u[3]), alice.putContact(u[3])):
+            f = self.failureResultOf(attempt, QuotaExceeded)
+            self.assertIn("max_contacts = 3", f.value.text)
+        self.assertEqual(len(self.store.contacts[ALICE]), 3)
+        self.assertNotIn((u[3], ALICE), self.store.authorisations)
+        self.successResultOf(alice.putContact(u[0], "renamed"))
+        self.successResultOf(alice.subscribe(u[1]))
+        self.successResultOf(alice.unsubscribe(u[2]))
+        self.successResultOf(alice.subscribe(u[3]))
+
+    def test_accessEntries(self) -> None:
+        """
+        C{max_access_entries} entries are accepted; one more is refused; an
+        entry on the list can still be changed or removed.
+        """
+        alice, _ = self.online(ALICE)
+        self.successResultOf(alice.setAccess("a.example", AccessList.BLOCK))
+        self.successResultOf(alice.setAccess("bob@corp.example", AccessList.ALLOW))
+        self.failureResultOf(alice.setAccess("c.example", AccessList.BLOCK), QuotaExceeded)
+        self.assertEqual(len(self.store.access[ALICE]), 2)
+        self.successResultOf(alice.setAccess("a.example", AccessList.ALLOW))
+        self.successResultOf(alice.setAccess("c.example", AccessList.NONE))
+        self.successResultOf(alice.setAccess("a.example", AccessList.NONE))
+        self.successResultOf(alice.setAccess("c.example", AccessList.BLOCK))
+
+    def test_rules(self) -> None:
+        """
+        C{max_rules} rules are accepted; one for another state is refused; a
+        rule can still be replaced or removed.
+        """
+        alice, _ = self.online(ALICE)
+        self.successResultOf(alice.setRule(PresenceState.BUSY, "tel:1"))
+        self.successResultOf(alice.setRule(PresenceState.AWAY, "tel:2"))
+        self.failureResultOf(alice.setRule(PresenceState.ON_THE_PHONE, "tel:3"), QuotaExceeded)
+        self.assertEqual(len(self.store.rules[ALICE]), 2)
+        self.successResultOf(alice.setRule(PresenceState.BUSY, "tel:4"))
+        self.successResultOf(alice.setRule(PresenceState.AWAY, None))
+        self.successResultOf(alice.setRule(PresenceState.ON_THE_PHONE, "tel:3"))
+
+    def test_defaults(self) -> None:
+        """
+        The shipped quotas: 1000 contacts, 1000 access-list entries, a rule
+        for every state that can have one.
+        """
+        c = HomeConfig()
+        self.assertEqual((c.maxContacts, c.maxAccessEntries, c.maxRules), (1000, 1000, 5))

@@ -670,6 +670,17 @@ class SessionTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertEqual(w.call("MESSAGE", "im:bob@corp.example", [], b"\xff").code, 400)
         self.assertEqual(w.call("MESSAGE", "im:x@elsewhere.example", [], b"x").code, 502)
 
+    def test_quotaExceeded(self) -> None:
+        """
+        A request past a quota is answered C{454 Quota Exceeded}.
+        """
+        self.gateway.homeServer.config = HomeConfig(maxAccessEntries=1)
+        w = self.loggedIn()
+        self.assertEqual(w.call("ACCESS", "a.example", [("List", "block")]).code, 200)
+        r = w.call("ACCESS", "b.example", [("List", "block")])
+        self.assertEqual(r.code, 454)
+        self.assertIn("max_access_entries = 1", r.reason)
+
     def test_busyWithAlternate(self) -> None:
         """
         A presence rule answers 486 with the Alternate header.

@@ -61,6 +61,17 @@ AMBIGUOUS = {
 }
 
 
+
+# Statuses whose stanza error reads back as another status: a loop (see
+# test_loopDetected), the statuses that must not tell a stranger apart
+# (test_noExistenceLeak), a quota (test_quotaExceeded).
+_SHARED_CONDITIONS = (
+    DeliveryStatus.LOOP_DETECTED,
+    DeliveryStatus.NO_SUCH_USER,
+    DeliveryStatus.BLOCKED,
+    DeliveryStatus.QUOTA_EXCEEDED,
+)
+
 class PresenceTableTests(SynchronousTestCase):
     """
     The presence table covers every state.
@@ -277,12 +288,13 @@ class ErrorTableTests(SynchronousTestCase):
     def test_roundTrip(self) -> None:
         """
         For every status but C{LOOP_DETECTED} (see L{test_loopDetected})
-        and C{NO_SUCH_USER} and C{BLOCKED} (see L{test_noExistenceLeak}), the error a peer
+        and C{NO_SUCH_USER} and C{BLOCKED} (see L{test_noExistenceLeak})
+        and C{QUOTA_EXCEEDED} (see L{test_quotaExceeded}), the error a peer
         sends back with that status's condition stands for the same
         status, and keeps the text.
         """
         for status, spec in ERRORS.items():
-            if status in (DeliveryStatus.LOOP_DETECTED, DeliveryStatus.NO_SUCH_USER, DeliveryStatus.BLOCKED):
+            if status in _SHARED_CONDITIONS:
                 continue
             e = deliveryErrorFor(spec.condition, "some text", None)
             self.assertIsInstance(e, DeliveryError)
@@ -292,11 +304,11 @@ class ErrorTableTests(SynchronousTestCase):
     def test_roundTripThroughStanzaErrorFor(self) -> None:
         """
         L{stanzaErrorFor} of each status's error, read back with
-        L{deliveryErrorFor}, is the same status again (but
-        C{LOOP_DETECTED}).
+        L{deliveryErrorFor}, is the same status again (but those of
+        L{_SHARED_CONDITIONS}).
         """
         for status in ERRORS:
-            if status in (DeliveryStatus.LOOP_DETECTED, DeliveryStatus.NO_SUCH_USER, DeliveryStatus.BLOCKED):
+            if status in _SHARED_CONDITIONS:
                 continue
             spec, content = stanzaErrorFor(statusError(status, "why"))
             self.assertIs(deliveryErrorFor(spec.condition, "why", content).status, status)
@@ -330,6 +342,14 @@ class ErrorTableTests(SynchronousTestCase):
         """
         self.assertEqual(ERRORS[DeliveryStatus.LOOP_DETECTED], StanzaErrorSpec("undefined-condition", "cancel"))
         self.assertIs(deliveryErrorFor("undefined-condition").status, DeliveryStatus.SERVER_ERROR)
+
+    def test_quotaExceeded(self) -> None:
+        """
+        A quota travels as C{not-allowed}; a peer's C{not-allowed} reads
+        back as blocked, which is what peers mostly mean by it.
+        """
+        self.assertEqual(ERRORS[DeliveryStatus.QUOTA_EXCEEDED], StanzaErrorSpec("not-allowed", "cancel"))
+        self.assertIs(deliveryErrorFor("not-allowed").status, DeliveryStatus.BLOCKED)
 
     def test_busyAlternate(self) -> None:
         """

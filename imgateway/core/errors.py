@@ -28,6 +28,7 @@ __all__ = [
     "NoSuchUser",
     "NotAuthorised",
     "PersistenceFailed",
+    "QuotaExceeded",
     "RateLimited",
     "ServerError",
     "TooLarge",
@@ -106,6 +107,7 @@ class DeliveryStatus(enum.Enum):
     NO_SUCH_USER = 404
     TOO_LARGE = 413
     RATE_LIMITED = 429
+    QUOTA_EXCEEDED = 454
     OFFLINE = 480
     LOOP_DETECTED = 482
     BUSY = 486
@@ -203,6 +205,15 @@ class RateLimited(DeliveryError):
     status = DeliveryStatus.RATE_LIMITED
 
 
+class QuotaExceeded(DeliveryError):
+    """
+    The request would take one of the user's lists past its quota (contacts,
+    access-list entries, presence rules); nothing was changed.
+    """
+
+    status = DeliveryStatus.QUOTA_EXCEEDED
+
+
 class NoRoute(DeliveryError):
     """
     No route leads to the recipient's domain.
@@ -230,6 +241,7 @@ _BY_STATUS: dict[DeliveryStatus, type[DeliveryError]] = {
         LoopDetected,
         TooLarge,
         RateLimited,
+        QuotaExceeded,
         NoRoute,
         ServerError,
     )

@@ -47,6 +47,7 @@ from imgateway.core.errors import (
     InvalidAddress,
     NoSuchUser,
     NotAuthorised,
+    QuotaExceeded,
     TooLarge,
     TooManySessions,
     UserBusy,
@@ -133,9 +134,13 @@ class _UserState:
         self.contacts = {c.address: c for c in contacts}
         self.watchers: dict[Address, AuthorisationState] = {}
         self.watching: dict[Address, AuthorisationState] = {}
+        # The keys of watchers, by domain (for domain entries of the access
+        # lists).
+        self._watchersByDomain: dict[str, set[Address]] = {}
         for target, watcher, state in authorisations:
             if target == address:
                 self.watchers[watcher] = state
+                self._watchersByDomain.setdefault(watcher.domain, set()).add(watcher)
             if watcher == address:
                 self.watching[target] = state
         self.access = access
@@ -162,6 +167,13 @@ class _UserState:
             and not blocked.
         """
         return self.watchers.get(watcher) is _AUTHORISED and self.accessOf(watcher) is not AccessList.BLOCK
+
+    def watchersIn(self, domain: str) -> set[Address]:
+        """
+        @return: The watchers (of any state) of C{domain}, without a look at
+            the others.
+        """
+        return self._watchersByDomain.get(domain, set())
 
     def visibleTo(self) -> list[Address]:
         """
@@ -199,6 +211,13 @@ class _UserState:
             elif isinstance(change, SetAuthorisation):
                 if change.target == me:
                     _setState(self.watchers, change.watcher, change)
+                    domain = change.watcher.domain
+                    if change.watcher in self.watchers:
+                        self._watchersByDomain.setdefault(domain, set()).add(change.watcher)
+                    elif change.watcher in self._watchersByDomain.get(domain, ()):
+                        self._watchersByDomain[domain].discard(change.watcher)
+                        if not self._watchersByDomain[domain]:
+                            del self._watchersByDomain[domain]
                 if change.watcher == me:
                     _setState(self.watching, change.target, change)
             elif isinstance(change, SetAccess):
@@ -864,6 +883,8 @@ class HomeServer:
 
         def ask() -> Deferred[tuple[AuthorisationState | None, Deferred[DeliveryStatus] | None]]:
             old = user.contacts.get(target)
+            if old is None:
+                self._checkQuota("contacts", len(user.contacts), self.config.maxContacts, "max_contacts")
             contact = ContactRecord(target, displayName or (old.displayName if old is not None else ""))
             previous = user.watching.get(target)
             changes: list[HomeChange] = [PutContact(me, contact)]
@@ -915,6 +936,8 @@ class HomeServer:
     def putContact(self, user: _UserState, target: Address, displayName: str) -> Deferred[None]:
         if target == user.address:
             return fail(InvalidAddress("you cannot add yourself as a contact"))
+        if target not in user.contacts:
+            self._checkQuota("contacts", len(user.contacts), self.config.maxContacts, "max_contacts")
         contact = ContactRecord(target, displayName)
         d = self._store(user, [PutContact(user.address, contact)])
         return d.addCallback(lambda _: self._contactChanged(user, target))
@@ -953,11 +976,15 @@ class HomeServer:
 
     def setAccess(self, user: _UserState, entry: str, accessList: AccessList) -> Deferred[None]:
         me = user.address
+        if accessList is not AccessList.NONE and entry not in user.access:
+            self._checkQuota(
+                "access-list entries", len(user.access), self.config.maxAccessEntries, "max_access_entries"
+            )
         # The watchers the entry can concern: its address, or its domain's.
         if "@" in entry:
             concerned = [w for w in (Address.fromString(entry),) if w in user.watchers]
         else:
-            concerned = [w for w in user.watchers if w.domain == entry]
+            concerned = list(user.watchersIn(entry))
         before = {w for w in concerned if user.sees(w)}
         d = self._store(user, [SetAccess(me, entry, accessList)])
 
@@ -976,7 +1003,17 @@ class HomeServer:
             return fail(ValueError(f"rules apply to busy and away states, not {state.value}"))
         if alternate is not None and not (0 < len(alternate) <= 256 and alternate.isprintable()):
             return fail(ValueError("the alternate contact must be 1 to 256 printable characters"))
+        if alternate is not None and state not in user.rules:
+            self._checkQuota("presence rules", len(user.rules), self.config.maxRules, "max_rules")
         return self._store(user, [SetRule(user.address, state, alternate)])
+
+    def _checkQuota(self, what: str, count: int, limit: int, key: str) -> None:
+        """
+        @raise QuotaExceeded: If one more of C{what} would take C{count}
+            past C{limit} (the C{[home]} key C{key}).
+        """
+        if count >= limit:
+            raise QuotaExceeded(f"you have {count} {what}, the most allowed ({key} = {limit})")
 
     def _contactChanged(self, user: _UserState, other: Address) -> None:
         contact = user.contacts.get(other)

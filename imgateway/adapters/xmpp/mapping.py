@@ -152,6 +152,7 @@ ERRORS: dict[DeliveryStatus, StanzaErrorSpec] = {
     DeliveryStatus.LOOP_DETECTED: StanzaErrorSpec("undefined-condition", "cancel"),
     DeliveryStatus.TOO_LARGE: StanzaErrorSpec("policy-violation", "modify"),
     DeliveryStatus.RATE_LIMITED: StanzaErrorSpec("resource-constraint", "wait"),
+    DeliveryStatus.QUOTA_EXCEEDED: StanzaErrorSpec("not-allowed", "cancel"),
     DeliveryStatus.NO_ROUTE: StanzaErrorSpec("remote-server-not-found", "cancel"),
     DeliveryStatus.SERVER_ERROR: StanzaErrorSpec("internal-server-error", "cancel"),
 }

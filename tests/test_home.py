@@ -6,6 +6,7 @@ delivery statuses.
 
 from __future__ import annotations
 
+from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -885,3 +886,83 @@ class QuotaTests(HomeServerTestsMixin, SynchronousTestCase):
         """
         c = HomeConfig()
         self.assertEqual((c.maxContacts, c.maxAccessEntries, c.maxRules), (1000, 1000, 5))
+
+
+class BlockTests(HomeServerTestsMixin, SynchronousTestCase):
+    """
+    Blocking a user takes effect at once on everything they can do.
+    """
+
+    def test_subscribeAsksTarget(self) -> None:
+        """
+        A subscription request goes to the target even when the requester
+        was authorised before (the target decides, not the requester's
+        cached row); the answer is authorised only when the target says so.
+        """
+        route = RecordingRoute()
+        self.router.addRoute("xmpp.example", route)
+        self.store.authorisations[(ROMEO, ALICE)] = AuthorisationState.AUTHORISED
+        alice, _ = self.online(ALICE)
+        del route.events[:]
+        self.assertEqual(self.successResultOf(alice.subscribe(ROMEO)), AuthorisationState.PENDING)
+        self.assertEqual([evolve(e, hops=0) for e in route.events], [SubscriptionEvent(SubscriptionKind.SUBSCRIBE, ALICE, ROMEO)])
+
+    def test_authorisedBeforeStillAuthorised(self) -> None:
+        """
+        A user authorised before, and not blocked, who asks again is
+        answered authorised by the target, and sees its presence.
+        """
+        alice, _ = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.befriend(alice, bob)
+        bob.publish(Presence(PresenceState.AWAY))
+        self.assertEqual(self.successResultOf(alice.subscribe(BOB)), AuthorisationState.AUTHORISED)
+        [view] = self.successResultOf(alice.contacts())
+        self.assertEqual((view.subscription, view.presence), (Subscription.TO, Presence(PresenceState.AWAY)))
+
+    def test_blockedAfterAuthorisation(self) -> None:
+        """
+        A user authorised before and blocked since who asks again is not
+        answered authorised, and sees nothing.
+        """
+        alice, aliceClient = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.befriend(alice, bob)
+        self.successResultOf(bob.setAccess("alice@corp.example", AccessList.BLOCK))
+        del aliceClient.presences[:]
+        outcome: list[object] = []
+        alice.subscribe(BOB).addBoth(outcome.append)
+        self.assertNotEqual(outcome, [AuthorisationState.AUTHORISED])
+        self.assertNotIn(BOB, [a for a, p in aliceClient.presences if p != OFFLINE])
+
+    def test_blockedRequestHidden(self) -> None:
+        """
+        A pending request from a user blocked since is not listed while the
+        block lasts.
+        """
+        alice, _ = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.successResultOf(alice.subscribe(BOB))
+        self.successResultOf(bob.setAccess("corp.example", AccessList.BLOCK))
+        self.assertEqual(self.successResultOf(bob.pendingRequests()), [])
+        self.successResultOf(bob.setAccess("corp.example", AccessList.NONE))
+        self.assertEqual(self.successResultOf(bob.pendingRequests()), [ALICE])
+
+    def test_blockedPresenceNotSeen(self) -> None:
+        """
+        A user who blocks a contact it watches sees it offline at once and
+        is told none of its changes; unblocked, it sees it again.
+        """
+        alice, _ = self.online(ALICE)
+        bob, bobClient = self.online(BOB)
+        self.befriend(bob, alice)
+        alice.publish(Presence(PresenceState.AWAY))
+        self.assertEqual(bobClient.presences[-1], (ALICE, Presence(PresenceState.AWAY)))
+        self.successResultOf(bob.setAccess("alice@corp.example", AccessList.BLOCK))
+        self.assertEqual(bobClient.presences[-1], (ALICE, OFFLINE))
+        alice.publish(Presence(PresenceState.BUSY))
+        self.assertEqual(bobClient.presences[-1], (ALICE, OFFLINE))
+        [view] = self.successResultOf(bob.contacts())
+        self.assertEqual(view.presence, OFFLINE)
+        self.successResultOf(bob.setAccess("alice@corp.example", AccessList.NONE))
+        self.assertEqual(bobClient.presences[-1], (ALICE, Presence(PresenceState.BUSY)))

@@ -112,6 +112,48 @@ def parseAccessEntry(entry: str) -> str:
     return normaliseDomain(entry)
 
 
+class _States(dict[Address, AuthorisationState]):
+    """
+    Authorisation states by the other party, with an index by domain (for
+    domain entries of the access lists). Change it through L{put} and
+    L{apply} only.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._byDomain: dict[str, set[Address]] = {}
+
+    def put(self, other: Address, state: AuthorisationState | None) -> None:
+        if state is not None:
+            self[other] = state
+            self._byDomain.setdefault(other.domain, set()).add(other)
+        elif self.pop(other, None) is not None:
+            others = self._byDomain[other.domain]
+            others.discard(other)
+            if not others:
+                del self._byDomain[other.domain]
+
+    def apply(self, other: Address, change: SetAuthorisation) -> None:
+        if change.appliesTo(self.get(other)):
+            self.put(other, change.state)
+
+    def inDomain(self, domain: str) -> set[Address]:
+        """
+        @return: The parties of C{domain}, without a look at the others.
+        """
+        return set(self._byDomain.get(domain, ()))
+
+    def of(self, entry: str) -> list[Address]:
+        """
+        @return: The parties an access-list entry (an address or a domain)
+            names.
+        """
+        if "@" in entry:
+            other = Address.fromString(entry)
+            return [other] if other in self else []
+        return sorted(self.inDomain(entry))
+
+
 class _UserState:
     """
     The cached rows of one user with sessions.
@@ -132,17 +174,13 @@ class _UserState:
     ) -> None:
         self.address = address
         self.contacts = {c.address: c for c in contacts}
-        self.watchers: dict[Address, AuthorisationState] = {}
-        self.watching: dict[Address, AuthorisationState] = {}
-        # The keys of watchers, by domain (for domain entries of the access
-        # lists).
-        self._watchersByDomain: dict[str, set[Address]] = {}
+        self.watchers = _States()
+        self.watching = _States()
         for target, watcher, state in authorisations:
             if target == address:
-                self.watchers[watcher] = state
-                self._watchersByDomain.setdefault(watcher.domain, set()).add(watcher)
+                self.watchers.put(watcher, state)
             if watcher == address:
-                self.watching[target] = state
+                self.watching.put(target, state)
         self.access = access
         self.rules = {r.state: r.alternate for r in rules}
         # What the user has been told of its contacts' presence.
@@ -150,6 +188,9 @@ class _UserState:
         self.sessions: list[Session] = []
         # The presence watchers were last told.
         self.announced: Presence = OFFLINE
+        # Target -> one flag per SUBSCRIBE sent to it whose answer is still
+        # to be read: set when the target's authorisation arrives.
+        self.awaiting: dict[Address, list[list[bool]]] = {}
 
     def accessOf(self, other: Address) -> AccessList:
         """
@@ -167,13 +208,6 @@ class _UserState:
             and not blocked.
         """
         return self.watchers.get(watcher) is _AUTHORISED and self.accessOf(watcher) is not AccessList.BLOCK
-
-    def watchersIn(self, domain: str) -> set[Address]:
-        """
-        @return: The watchers (of any state) of C{domain}, without a look at
-            the others.
-        """
-        return self._watchersByDomain.get(domain, set())
 
     def visibleTo(self) -> list[Address]:
         """
@@ -210,16 +244,9 @@ class _UserState:
                     self.contacts.pop(change.contact, None)
             elif isinstance(change, SetAuthorisation):
                 if change.target == me:
-                    _setState(self.watchers, change.watcher, change)
-                    domain = change.watcher.domain
-                    if change.watcher in self.watchers:
-                        self._watchersByDomain.setdefault(domain, set()).add(change.watcher)
-                    elif change.watcher in self._watchersByDomain.get(domain, ()):
-                        self._watchersByDomain[domain].discard(change.watcher)
-                        if not self._watchersByDomain[domain]:
-                            del self._watchersByDomain[domain]
+                    self.watchers.apply(change.watcher, change)
                 if change.watcher == me:
-                    _setState(self.watching, change.target, change)
+                    self.watching.apply(change.target, change)
             elif isinstance(change, SetAccess):
                 if change.owner == me:
                     if change.accessList is AccessList.NONE:
@@ -341,7 +368,11 @@ class Session:
         return self._request(lambda user: [user.view(c) for _, c in sorted(user.contacts.items())])
 
     def pendingRequests(self) -> Deferred[list[Address]]:
-        return self._request(lambda user: sorted(w for w, s in user.watchers.items() if s is _PENDING))
+        return self._request(
+            lambda user: sorted(
+                w for w, s in user.watchers.items() if s is _PENDING and user.accessOf(w) is not AccessList.BLOCK
+            )
+        )
 
     def setAccess(self, entry: str, accessList: AccessList) -> Deferred[None]:
         try:
@@ -744,7 +775,7 @@ class HomeServer:
         user = self._localState(update.recipient)
         if user is None:
             return fail(UserOffline(f"{update.recipient} is offline"))
-        if user.watching.get(update.sender) is not _AUTHORISED:
+        if user.watching.get(update.sender) is not _AUTHORISED or user.accessOf(update.sender) is AccessList.BLOCK:
             return fail(NotAuthorised(f"{update.recipient} does not watch {update.sender}"))
         if user.contactPresence.get(update.sender, OFFLINE) != update.presence:
             if update.presence == OFFLINE:
@@ -781,6 +812,9 @@ class HomeServer:
         if kind is SubscriptionKind.UNSUBSCRIBE:
             change = SetAuthorisation(me, other, None)
         elif kind is SubscriptionKind.AUTHORISE:
+            if user is not None:
+                for answer in user.awaiting.get(other, []):
+                    answer[0] = True
             if user is not None and user.watching.get(other) is None:
                 # An answer to nothing we asked: ignore it (RFC 6121 3.1.5);
                 # the store, for a user without sessions, does the same
@@ -881,7 +915,11 @@ class HomeServer:
         # nowhere: (what it wrote, what to write back).
         undo: list[tuple[HomeChange, HomeChange]] = []
 
-        def ask() -> Deferred[tuple[AuthorisationState | None, Deferred[DeliveryStatus] | None]]:
+        # Set when the target's authorisation reaches this user's lane
+        # before the answer is read (see _tellAnswer).
+        answer = [False]
+
+        def ask() -> Deferred[list[Deferred[DeliveryStatus]]]:
             old = user.contacts.get(target)
             if old is None:
                 self._checkQuota("contacts", len(user.contacts), self.config.maxContacts, "max_contacts")
@@ -893,32 +931,35 @@ class HomeServer:
                 changes.append(SetAuthorisation(target, me, _PENDING))
                 undo.append((changes[1], SetAuthorisation(target, me, previous)))
 
-            def stored(_: None) -> tuple[AuthorisationState | None, Deferred[DeliveryStatus] | None]:
+            def stored(_: None) -> list[Deferred[DeliveryStatus]]:
+                # (In a list: the lane must not wait for the target.)
                 self._contactChanged(user, target)
-                if previous is _AUTHORISED:
-                    self._send(PresenceProbe(me, target))
-                    return (_AUTHORISED, None)
-                return (None, self.router.deliver(SubscriptionEvent(SubscriptionKind.SUBSCRIBE, me, target)))
+                # Even when this user was authorised before, the target
+                # decides (it may block this user now): it answers with an
+                # authorisation when it still grants one.
+                user.awaiting.setdefault(target, []).append(answer)
+                return [self.router.deliver(SubscriptionEvent(SubscriptionKind.SUBSCRIBE, me, target))]
 
             return self._store(user, changes).addCallback(stored)
 
-        def asked(
-            outcome: tuple[AuthorisationState | None, Deferred[DeliveryStatus] | None],
-        ) -> Deferred[AuthorisationState] | AuthorisationState:
-            state, request = outcome
-            if request is None:
-                assert state is not None
-                return state
-            return request.addCallbacks(answered, refused)
+        def asked(request: list[Deferred[DeliveryStatus]]) -> Deferred[AuthorisationState]:
+            return request[0].addCallbacks(answered, refused)
 
         def answered(_: object) -> Deferred[AuthorisationState]:
-            # After whatever the target answered meanwhile, in the lane.
-            return self._serial(me, lambda: user.watching.get(target) or _PENDING)
+            # In the lane, after whatever the target answered meanwhile: a
+            # target of this server has queued its answer before its
+            # delivery returned; another network's answer comes later.
+            def read() -> AuthorisationState:
+                _forget(user, target, answer)
+                return _AUTHORISED if answer[0] else _PENDING
+
+            return self._serial(me, read)
 
         def refused(f: Failure) -> Deferred[AuthorisationState]:
             # The request went nowhere: undo what is still as it left it
             # (a later request may have changed it since), keep the error.
             def undoIt() -> Deferred[AuthorisationState]:
+                _forget(user, target, answer)
                 changes = [back for wrote, back in undo if _stillAsWritten(user, wrote)]
                 d = self._store(user, changes) if changes else succeed(None)
                 return d.addCallback(lambda _: self._contactUndone(user, target)).addCallback(lambda _: f)
@@ -980,21 +1021,28 @@ class HomeServer:
             self._checkQuota(
                 "access-list entries", len(user.access), self.config.maxAccessEntries, "max_access_entries"
             )
-        # The watchers the entry can concern: its address, or its domain's.
-        if "@" in entry:
-            concerned = [w for w in (Address.fromString(entry),) if w in user.watchers]
-        else:
-            concerned = list(user.watchersIn(entry))
-        before = {w for w in concerned if user.sees(w)}
+        # Whom the entry can concern: its address, or its domain's; found
+        # through indexes, without a look at the others.
+        watchers = user.watchers.of(entry)
+        watched = [t for t in user.watching.of(entry) if user.watching[t] is _AUTHORISED]
+        before = {w for w in watchers if user.sees(w)}
+        blockedBefore = {t for t in watched if user.accessOf(t) is AccessList.BLOCK}
         d = self._store(user, [SetAccess(me, entry, accessList)])
 
         def stored(_: None) -> None:
-            after = {w for w in concerned if user.sees(w)}
+            # Block means block, at once: those blocked no longer see this
+            # user, nor does this user see them; unblocked, both ways again.
+            after = {w for w in watchers if user.sees(w)}
             seen = user.presence().toWatchers()
             for watcher in sorted(before - after):
                 self._send(PresenceUpdate(me, watcher, OFFLINE))
             for watcher in sorted(after - before):
                 self._send(PresenceUpdate(me, watcher, seen))
+            blockedAfter = {t for t in watched if user.accessOf(t) is AccessList.BLOCK}
+            for target in sorted(blockedAfter - blockedBefore):
+                self._forgetPresence(user, target)
+            for target in sorted(blockedBefore - blockedAfter):
+                self._send(PresenceProbe(me, target))
 
         return d.addCallback(stored)
 
@@ -1023,13 +1071,14 @@ class HomeServer:
         self._push(user.sessions, "contact", lambda c: c.contactUpdated(view))
 
 
-def _setState(states: dict[Address, AuthorisationState], other: Address, change: SetAuthorisation) -> None:
-    if not change.appliesTo(states.get(other)):
-        return
-    if change.state is None:
-        states.pop(other, None)
-    else:
-        states[other] = change.state
+
+
+def _forget(user: _UserState, target: Address, answer: list[bool]) -> None:
+    waiting = user.awaiting.get(target, [])
+    if answer in waiting:
+        waiting.remove(answer)
+    if not waiting:
+        user.awaiting.pop(target, None)
 
 
 def _stillAsWritten(user: _UserState, change: HomeChange) -> bool:

@@ -40,6 +40,15 @@ class EventTests(SynchronousTestCase):
         self.assertNotEqual(Message(A, B, "hi").messageId, m.messageId)
         self.assertEqual(Message(A, B, "hi", messageId="x", timestamp=1.0), Message(A, B, "hi", messageId="x", timestamp=1.0))
 
+    def test_routingIdMinted(self) -> None:
+        """
+        Every message gets a routing id of its own, whatever its client id;
+        it is not part of the message's value.
+        """
+        one, two = Message(A, B, "hi", messageId="x", timestamp=1.0), Message(A, B, "hi", messageId="x", timestamp=1.0)
+        self.assertNotEqual(one.routingId, two.routingId)
+        self.assertEqual(one, two)
+
     def test_messageReprHidesBody(self) -> None:
         """
         A message's C{repr} (which logs show) leaves out its body.

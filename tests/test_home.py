@@ -591,16 +591,18 @@ class MessageTests(HomeServerTestsMixin, SynchronousTestCase):
         self.successResultOf(alice.sendMessage(BOB, "x" * HomeConfig().maxMessageChars))
         self.failureResultOf(alice.sendMessage(BOB, "x" * (HomeConfig().maxMessageChars + 1)), TooLarge)
 
-    def test_duplicateIdIsLoop(self) -> None:
+    def test_clientIdsNotTrusted(self) -> None:
         """
-        The same message id delivered twice is a loop; a failed delivery may
-        be retried with the same id.
+        Two messages whose client ids are the same are two messages: both
+        are delivered (the server goes by ids it mints), and the client's
+        id is what the recipient sees.
         """
         alice, _ = self.online(ALICE)
-        self.failureResultOf(alice.sendMessage(BOB, "hi", messageId="m1"), UserOffline)
-        self.online(BOB)
-        self.successResultOf(alice.sendMessage(BOB, "hi", messageId="m1"))
-        self.failureResultOf(alice.sendMessage(BOB, "hi", messageId="m1"), LoopDetected)
+        _, bob = self.online(BOB)
+        self.successResultOf(alice.sendMessage(BOB, "one", messageId="m1"))
+        self.successResultOf(alice.sendMessage(BOB, "two", messageId="m1"))
+        self.assertEqual([(m.body, m.messageId) for m in bob.messages], [("one", "m1"), ("two", "m1")])
+        self.assertNotEqual(bob.messages[0].routingId, bob.messages[1].routingId)
 
     def test_hopLimit(self) -> None:
         """

@@ -82,6 +82,29 @@ class RouterTests(SynchronousTestCase):
         router.addRoute("xmpp.example", RecordingRoute())
         self.failureResultOf(router.deliver(Message(ALICE, REMOTE, "hi", hops=3)), LoopDetected)
 
+    def test_sameMessageTwiceIsLoop(self) -> None:
+        """
+        The same message (its server-minted id) coming through the router
+        again is a loop; a failed delivery does not count.
+        """
+        router, local = Router(), RecordingRoute()
+        router.addRoute("corp.example", local, local=True)
+        m = Message(REMOTE, ALICE, "hi", messageId="client-id")
+        self.successResultOf(router.deliver(m))
+        self.failureResultOf(router.deliver(m), LoopDetected)
+        self.failureResultOf(router.deliver(Message(ALICE, REMOTE, "hi")), NoRoute)
+
+    def test_clientIdsNotTrusted(self) -> None:
+        """
+        Messages whose client-chosen ids are the same are different
+        messages: each is delivered.
+        """
+        router, local = Router(), RecordingRoute()
+        router.addRoute("corp.example", local, local=True)
+        for body in ("one", "two"):
+            self.successResultOf(router.deliver(Message(REMOTE, ALICE, body, messageId="same")))
+        self.assertEqual([e.body for e in local.events], ["one", "two"])  # type: ignore[union-attr]
+
     def test_brokenRoute(self) -> None:
         """
         A route that raises is logged once and the sender gets

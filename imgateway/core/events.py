@@ -64,9 +64,16 @@ class Message:
     @ivar body: The text of the message (left out of the C{repr}, which
         logs show).
     @ivar contentType: The MIME type of C{body}.
-    @ivar messageId: Unique id; the same id seen twice is a loop.
-    @ivar timestamp: POSIX time at which the sender sent it.
+    @ivar messageId: The id the sender's client gave it (or one the server
+        made up when it gave none), echoed where the protocols show ids.
+        Clients choose it, so nothing relies on it being unique.
+    @ivar timestamp: POSIX time at which the sender's server accepted it.
     @ivar hops: How many servers it has passed through.
+    @ivar routingId: The id the server mints for the message when it makes
+        it, never taken from the wire: what loop and duplicate detection go
+        by (L{imgateway.router.router.Router}). It is not part of the
+        message's value (two messages that say the same thing compare
+        equal).
     """
 
     sender: Address
@@ -76,6 +83,7 @@ class Message:
     messageId: str = field(factory=newMessageId, validator=_checkMessageId)
     timestamp: float = field(factory=time.time)
     hops: int = field(default=0, validator=validators.ge(0))
+    routingId: str = field(factory=newMessageId, eq=False)
 
 
 @frozen

@@ -4,8 +4,11 @@ In-process routing of core events by the recipient's domain.
 
 The home server of this process is the route for the gateway's own domain;
 adapters register links as the routes of the domains they reach. The router
-counts hops and remembers recent message ids, so an event going round in
-circles ends in L{LoopDetected} instead of running forever.
+counts hops and remembers the server-minted ids
+(L{Message.routingId<imgateway.core.events.Message.routingId>}) of recent
+messages, so an event going round in circles ends in L{LoopDetected}
+instead of running forever. It never goes by the ids clients choose: two
+messages with the same client id are two messages.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from imgateway.interfaces import IRoute, IRouter
 
 __all__ = ["Router"]
 
-#: How many recent message ids the router remembers to detect loops.
+#: How many recent messages the router remembers to detect loops.
 DEFAULT_SEEN_MESSAGES = 10000
 
 
@@ -55,7 +58,7 @@ class Router:
         self.localDomains: set[str] = set()
         self._maxHops = maxHops
         self._seenLimit = seenMessages
-        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._seen: OrderedDict[str, None] = OrderedDict()
 
     def addRoute(self, domain: str, route: IRoute, local: bool = False) -> None:
         """
@@ -105,16 +108,17 @@ class Router:
                 return fail(e)
         key = None
         if isinstance(event, Message):
-            key = (str(event.sender), event.messageId, str(event.recipient))
+            key = event.routingId
             if key in self._seen:
-                return fail(LoopDetected(f"message {event.messageId} seen before"))
+                return fail(LoopDetected(f"message {event.messageId} ({key}) seen before"))
             self._seen[key] = None
             if len(self._seen) > self._seenLimit:
                 self._seen.popitem(last=False)
 
         def failed(f: Failure) -> Failure:
             if key is not None:
-                # A failed delivery may be retried with the same id.
+                # A failed delivery may be retried (by whoever holds the
+                # message) without looking like a loop.
                 self._seen.pop(key, None)
             if not f.check(DeliveryError):
                 self.log.failure("Route for {domain} failed to deliver {event!r}", f, domain=domain, event=event)

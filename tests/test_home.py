@@ -366,13 +366,16 @@ class SubscriptionTests(HomeServerTestsMixin, SynchronousTestCase):
 
     def test_unknownTarget(self) -> None:
         """
-        Subscribing to a user that does not exist fails with L{NoSuchUser}
-        and leaves no contact behind.
+        Subscribing to a user that does not exist (or is disabled) is
+        answered as a real request still pending is, and stays pending: the
+        requester cannot tell whether the account exists.
         """
+        self.directory.updateAccount(CAROL, enabled=False)
         alice, _ = self.online(ALICE)
-        self.failureResultOf(alice.subscribe(GHOST), NoSuchUser)
-        self.assertEqual(self.successResultOf(alice.contacts()), [])
-        self.assertEqual(self.store.authorisations, {})
+        for target in (GHOST, CAROL, BOB):
+            self.assertEqual(self.successResultOf(alice.subscribe(target)), AuthorisationState.PENDING)
+        views = self.successResultOf(alice.contacts())
+        self.assertEqual([(v.address, v.pending) for v in views], [(BOB, True), (CAROL, True), (GHOST, True)])
 
     def test_noRoute(self) -> None:
         """
@@ -431,12 +434,16 @@ class SubscriptionTests(HomeServerTestsMixin, SynchronousTestCase):
 
     def test_blockedRequest(self) -> None:
         """
-        A request from a blocked address fails with L{Blocked}.
+        A request from a blocked address is answered as a request still
+        pending is (no 403: it cannot tell it is blocked), and the blocking
+        user is not asked.
         """
         alice, _ = self.online(ALICE)
-        bob, _ = self.online(BOB)
+        bob, bobClient = self.online(BOB)
         self.successResultOf(bob.setAccess("im:alice@corp.example", AccessList.BLOCK))
-        self.failureResultOf(alice.subscribe(BOB), Blocked)
+        self.assertEqual(self.successResultOf(alice.subscribe(BOB)), AuthorisationState.PENDING)
+        self.assertEqual(bobClient.subscriptions, [])
+        self.assertEqual(self.successResultOf(bob.pendingRequests()), [])
 
     def test_blockHidesPresence(self) -> None:
         """
@@ -523,18 +530,21 @@ class MessageTests(HomeServerTestsMixin, SynchronousTestCase):
 
     def test_noSuchUser(self) -> None:
         """
-        A message to an unknown user fails with L{NoSuchUser} (404).
+        A message to an unknown user fails as for an offline one: the same
+        error, the same text.
         """
         alice, _ = self.online(ALICE)
-        self.failureResultOf(alice.sendMessage(GHOST, "hi"), NoSuchUser)
+        ghost = self.failureResultOf(alice.sendMessage(GHOST, "hi"), UserOffline)
+        offline = self.failureResultOf(alice.sendMessage(BOB, "hi"), UserOffline)
+        self.assertEqual(ghost.value.text.replace("ghost", "bob"), offline.value.text)
 
     def test_disabledUser(self) -> None:
         """
-        A disabled account is treated as no such user.
+        A disabled account is treated as an offline one.
         """
         self.directory.updateAccount(CAROL, enabled=False)
         alice, _ = self.online(ALICE)
-        self.failureResultOf(alice.sendMessage(CAROL, "hi"), NoSuchUser)
+        self.failureResultOf(alice.sendMessage(CAROL, "hi"), UserOffline)
 
     def test_offline(self) -> None:
         """
@@ -549,31 +559,41 @@ class MessageTests(HomeServerTestsMixin, SynchronousTestCase):
 
     def test_blocked(self) -> None:
         """
-        A message from a blocked sender fails with L{Blocked} (403), whether
-        the recipient is online or not.
+        A message from a blocked sender fails as for an offline recipient
+        (480, not 403), whether the recipient is online or not, and is not
+        delivered.
         """
         alice, _ = self.online(ALICE)
         bob, bobClient = self.online(BOB)
         self.successResultOf(bob.setAccess("alice@corp.example", AccessList.BLOCK))
-        self.failureResultOf(alice.sendMessage(BOB, "hi"), Blocked)
+        self.failureResultOf(alice.sendMessage(BOB, "hi"), UserOffline)
         bob.close()
-        self.failureResultOf(alice.sendMessage(BOB, "hi"), Blocked)
+        self.failureResultOf(alice.sendMessage(BOB, "hi"), UserOffline)
         self.assertEqual(bobClient.messages, [])
 
     def test_busyRule(self) -> None:
         """
-        A presence rule turns messages away with L{UserBusy} and the
-        alternate contact while the user is in that state.
+        A presence rule turns messages away while the user is in that
+        state: a sender who may see the user's presence gets L{UserBusy}
+        and the alternate contact; any other sender gets L{UserOffline}, as
+        for an offline user.
         """
         alice, _ = self.online(ALICE)
+        carol, _ = self.online(CAROL)
         bob, bobClient = self.online(BOB)
+        self.befriend(alice, bob)
         self.successResultOf(bob.setRule(PresenceState.ON_THE_PHONE, "tel:+15550100"))
         bob.publish(Presence(PresenceState.ON_THE_PHONE))
         f = self.failureResultOf(alice.sendMessage(BOB, "hi"), UserBusy)
         self.assertEqual(f.value.alternate, "tel:+15550100")
+        self.failureResultOf(carol.sendMessage(BOB, "hi"), UserOffline)
+        self.successResultOf(bob.setAccess("alice@corp.example", AccessList.BLOCK))
+        self.failureResultOf(alice.sendMessage(BOB, "hi"), UserOffline)
+        self.successResultOf(bob.setAccess("alice@corp.example", AccessList.NONE))
         bob.publish(Presence())
         self.successResultOf(alice.sendMessage(BOB, "hi"))
-        self.assertEqual(len(bobClient.messages), 1)
+        self.successResultOf(carol.sendMessage(BOB, "hi"))
+        self.assertEqual(len(bobClient.messages), 2)
 
     def test_ruleValidation(self) -> None:
         """
@@ -925,16 +945,15 @@ class BlockTests(HomeServerTestsMixin, SynchronousTestCase):
     def test_blockedAfterAuthorisation(self) -> None:
         """
         A user authorised before and blocked since who asks again is not
-        answered authorised, and sees nothing.
+        answered authorised but as a request still pending is, and sees
+        nothing.
         """
         alice, aliceClient = self.online(ALICE)
         bob, _ = self.online(BOB)
         self.befriend(alice, bob)
         self.successResultOf(bob.setAccess("alice@corp.example", AccessList.BLOCK))
         del aliceClient.presences[:]
-        outcome: list[object] = []
-        alice.subscribe(BOB).addBoth(outcome.append)
-        self.assertNotEqual(outcome, [AuthorisationState.AUTHORISED])
+        self.assertEqual(self.successResultOf(alice.subscribe(BOB)), AuthorisationState.PENDING)
         self.assertNotIn(BOB, [a for a, p in aliceClient.presences if p != OFFLINE])
 
     def test_blockedRequestHidden(self) -> None:

@@ -660,11 +660,11 @@ class SessionTests(NativeFaceTestsMixin, SynchronousTestCase):
 
     def test_messageStatuses(self) -> None:
         """
-        Failed deliveries answer with their status: 404, 480, 400 for a bad
-        address or a non-UTF-8 body.
+        Failed deliveries answer with their status: 480 (for an unknown user
+        as for an offline one), 400 for a bad address or a non-UTF-8 body.
         """
         w = self.loggedIn()
-        self.assertEqual(w.call("MESSAGE", "im:nobody@corp.example", [], b"x").code, 404)
+        self.assertEqual(w.call("MESSAGE", "im:nobody@corp.example", [], b"x").code, 480)
         self.assertEqual(w.call("MESSAGE", "im:bob@corp.example", [], b"x").code, 480)
         self.assertEqual(w.call("MESSAGE", "im:not-an-address", [], b"x").code, 400)
         self.assertEqual(w.call("MESSAGE", "im:bob@corp.example", [], b"\xff").code, 400)
@@ -683,14 +683,41 @@ class SessionTests(NativeFaceTestsMixin, SynchronousTestCase):
 
     def test_busyWithAlternate(self) -> None:
         """
-        A presence rule answers 486 with the Alternate header.
+        A presence rule answers 486 with the Alternate header, to a sender
+        who may see the user's presence.
         """
         alice, bob = self.loggedIn("alice"), self.loggedIn("bob")
+        alice.call("SUBSCRIBE", "pres:bob@corp.example")
+        self.assertEqual(bob.call("AUTHORISE", "pres:alice@corp.example", [("Decision", "allow")]).code, 200)
         self.assertEqual(bob.call("RULE", "*", [("Presence", "on-the-phone"), ("Alternate", "tel:+15550100")]).code, 200)
         bob.call("PUBLISH", "*", [("Presence", "on-the-phone")])
         r = alice.call("MESSAGE", "im:bob@corp.example", [], b"x")
         self.assertEqual((r.code, r.headers.get("Alternate")), (486, "tel:+15550100"))
         self.assertIn(b"tel:+15550100", bob.call("RULE").body)
+
+    def test_noLeaks(self) -> None:
+        """
+        To a sender who may not see the recipient's presence, an unknown,
+        disabled or offline recipient, one that blocks the sender and one
+        whose presence rule turns messages away all answer the same: 480,
+        the same reason but for the address. A SUBSCRIBE to an unknown or
+        blocking user is answered 202, as a real pending one is.
+        """
+        addUser(self.gateway, "carol", "carol-pw", enabled=False)
+        addUser(self.gateway, "dave", "dave-pw")
+        addUser(self.gateway, "frank", "frank-pw")
+        alice, bob, dave = self.loggedIn("alice"), self.loggedIn("bob"), self.loggedIn("dave")
+        bob.call("PUBLISH", "*", [("Presence", "on-the-phone")])
+        bob.call("RULE", "*", [("Presence", "on-the-phone"), ("Alternate", "tel:+15550100")])
+        dave.call("PUBLISH", "*", [("Presence", "online")])
+        dave.call("ACCESS", "im:alice@corp.example", [("List", "block")])
+        answers = set()
+        for to in ("nobody", "carol", "frank", "bob", "dave"):
+            r = alice.call("MESSAGE", f"im:{to}@corp.example", [], b"x")
+            answers.add((r.code, r.reason.replace(to, "X"), r.headers.get("Alternate")))
+        self.assertEqual(answers, {(480, "X@corp.example is offline", None)})
+        for to in ("nobody", "carol", "dave", "bob"):
+            self.assertEqual(alice.call("SUBSCRIBE", f"pres:{to}@corp.example").code, 202, to)
 
     def test_subscribeFlow(self) -> None:
         """

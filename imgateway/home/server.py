@@ -722,17 +722,29 @@ class HomeServer:
         return self._answerProbe(event)
 
     def _deliverMessage(self, message: Message) -> Deferred[DeliveryStatus]:
-        user = self._localState(message.recipient)
-        if user is None:
-            return self._refuseToAbsent(message.recipient, message.sender)
-        if user.accessOf(message.sender) is AccessList.BLOCK:
-            return fail(Blocked(f"{message.recipient} does not accept messages from {message.sender}"))
+        """
+        Deliver a message to the recipient's present sessions.
+
+        No existence or presence leaks (RFC 6121 8.5.1): a sender who may
+        not see the recipient's presence (not authorised, or blocked) gets
+        the same answer, L{UserOffline} with the same text, whether the
+        recipient is unknown, disabled, offline, blocks the sender or has a
+        presence rule for its state; a message to a present recipient that
+        does not block the sender is delivered. Only a sender who may see
+        the recipient's presence learns of its rule (L{UserBusy}).
+        """
+        recipient, sender = message.recipient, message.sender
+        user = self._localState(recipient)
+        if user is None or user.accessOf(sender) is AccessList.BLOCK:
+            return fail(_offline(recipient))
         presence = user.presence()
         if not presence.isOpen:
-            return fail(UserOffline(f"{message.recipient} is offline"))
+            return fail(_offline(recipient))
         alternate = user.rules.get(presence.state)
         if alternate is not None:
-            return fail(UserBusy(f"{message.recipient} is {presence.state.label}", alternate))
+            if user.sees(sender):
+                return fail(UserBusy(f"{recipient} is {presence.state.label}", alternate))
+            return fail(_offline(recipient))
         sessions = [s for s in user.sessions if s.presence.state is not PresenceState.OFFLINE]
         results = DeferredList(
             [maybeDeferred(s.client.messageReceived, message) for s in sessions], consumeErrors=True
@@ -748,28 +760,10 @@ class HomeServer:
                         "Session {session} could not take message {id}", result, session=session, id=message.messageId
                     )
             if not took:
-                raise UserOffline(f"{message.recipient} is offline")
+                raise _offline(recipient)
             return DeliveryStatus.DELIVERED
 
         return results.addCallback(counted)
-
-    def _refuseToAbsent(self, recipient: Address, sender: Address) -> Deferred[DeliveryStatus]:
-        """
-        The failure for an event to a user with no session: no such user,
-        blocked, or offline.
-        """
-
-        def check(account: Any) -> Deferred[DeliveryStatus]:
-            if account is None or not account.enabled:
-                raise NoSuchUser(f"no such user: {recipient}")
-            return self.store.getAccessOf(recipient, sender).addCallback(blocked)
-
-        def blocked(entry: AccessList) -> DeliveryStatus:
-            if entry is AccessList.BLOCK:
-                raise Blocked(f"{recipient} does not accept messages from {sender}")
-            raise UserOffline(f"{recipient} is offline")
-
-        return self.directory.getAccount(recipient).addCallback(check)
 
     def _deliverPresence(self, update: PresenceUpdate) -> Deferred[DeliveryStatus]:
         user = self._localState(update.recipient)
@@ -788,12 +782,10 @@ class HomeServer:
     def _answerProbe(self, probe: PresenceProbe) -> Deferred[DeliveryStatus]:
         target, watcher = probe.recipient, probe.sender
         user = self._localState(target)
-        if user is None:
-            # Offline (or unknown): the watcher already assumes offline.
-            return succeed(DeliveryStatus.DELIVERED)
-        if not user.sees(watcher):
-            return fail(NotAuthorised(f"{watcher} may not watch {target}"))
-        self._send(PresenceUpdate(target, watcher, user.presence().toWatchers()))
+        if user is not None and user.sees(watcher):
+            self._send(PresenceUpdate(target, watcher, user.presence().toWatchers()))
+        # Otherwise (offline, unknown, not authorised, blocked) the probe is
+        # ignored alike: the watcher assumes offline, and learns nothing.
         return succeed(DeliveryStatus.DELIVERED)
 
     def _deliverSubscription(self, account: Any, event: SubscriptionEvent) -> Deferred[DeliveryStatus]:
@@ -805,7 +797,9 @@ class HomeServer:
         """
         me, other, kind = event.recipient, event.sender, event.kind
         if account is None or not account.enabled:
-            return fail(NoSuchUser(f"no such user: {me}"))
+            # Answered as for a user who has not decided yet: a request
+            # stays pending; nothing tells whether the account exists.
+            return succeed(DeliveryStatus.DELIVERED)
         user = self._localState(me)
         if kind is SubscriptionKind.SUBSCRIBE:
             return self._subscriptionRequested(me, user, other)
@@ -857,7 +851,9 @@ class HomeServer:
         current: AuthorisationState | None,
     ) -> Deferred[DeliveryStatus]:
         if access is AccessList.BLOCK:
-            return fail(Blocked(f"{me} does not accept requests from {watcher}"))
+            # Dropped, and answered as a request still pending is.
+            self.log.debug("{me} blocks {watcher}: its subscription request is dropped", me=me, watcher=watcher)
+            return succeed(DeliveryStatus.DELIVERED)
         shared = self._shares(watcher)
         if current is _AUTHORISED or access is AccessList.ALLOW:
             # A watcher of this store has just written its request: turn
@@ -1071,6 +1067,14 @@ class HomeServer:
         self._push(user.sessions, "contact", lambda c: c.contactUpdated(view))
 
 
+
+
+def _offline(recipient: Address) -> UserOffline:
+    """
+    The one answer for a message that cannot be delivered to a user of
+    this server, whatever the reason (see L{HomeServer._deliverMessage}).
+    """
+    return UserOffline(f"{recipient} is offline")
 
 
 def _forget(user: _UserState, target: Address, answer: list[bool]) -> None:

@@ -317,8 +317,9 @@ class EndToEndTests(_ProcessTestCase):
         out, err, code = await self.oneShot("alice", "send", "carol", "hi")
         self.assertEqual((code, err), (1, b"imgateway-client: carol@corp.example is offline (480)\n"))
 
+        # An unknown user answers as an offline one does (no existence leaks).
         out, err, code = await self.oneShot("alice", "send", "nobody", "hi")
-        self.assertEqual((code, err), (1, b"imgateway-client: nobody@corp.example does not exist (404)\n"))
+        self.assertEqual((code, err), (1, b"imgateway-client: nobody@corp.example is offline (480)\n"))
 
         out, err, code = await self.oneShot("alice", "add", "bob", "Bob")
         self.assertEqual((code, out), (0, b"bob@corp.example: request pending\n"))

@@ -20,9 +20,7 @@ from imgateway.adapters.native.framing import Request
 from imgateway.client.protocol import ClientError
 from imgateway.core.errors import (
     AuthenticationFailed,
-    Blocked,
     NoRoute,
-    NoSuchUser,
     NotAuthorised,
     TooLarge,
     UserBusy,
@@ -170,13 +168,13 @@ class DeliveryStatusTests(TestCase):
 
     async def test_statuses(self) -> None:
         """
-        A message to an unknown user fails with L{NoSuchUser} (404), to an
-        unknown domain with L{NoRoute} (502), to a user who exists but is
-        not logged in with L{UserOffline} (480). When bob blocks alice,
-        alice sees him offline and her message fails with L{Blocked} (403);
-        when he unblocks her she sees him again. bob's rule for
-        C{on-the-phone} turns alice's message away with L{UserBusy} (486)
-        naming the alternate. carol allow-lists the whole domain, so alice's
+        A message to an unknown domain fails with L{NoRoute} (502); to a
+        user who exists but is not logged in, or to an unknown user (no
+        existence leaks), with L{UserOffline} (480). When bob blocks alice,
+        alice sees him offline and her message fails as for an offline
+        user (480); when he unblocks her she sees him again. bob's rule for
+        C{on-the-phone} turns the message of alice, who may see his
+        presence, away with L{UserBusy} (486) naming the alternate. carol allow-lists the whole domain, so alice's
         subscription to her is authorised at once.
         """
         gw = GatewayProcess(self)
@@ -185,7 +183,7 @@ class DeliveryStatusTests(TestCase):
         alice, aliceSees = await gw.client("alice", PASSWORDS["alice"])
         bob, bobSees = await gw.client("bob", PASSWORDS["bob"])
 
-        await failureOf(alice.sendMessage("nobody@corp.example", "hello?"), NoSuchUser)
+        await failureOf(alice.sendMessage("nobody@corp.example", "hello?"), UserOffline)
         await failureOf(alice.sendMessage("bob@elsewhere.example", "hello?"), NoRoute)
         await failureOf(alice.sendMessage(CAROL, "hello?"), UserOffline)
 
@@ -198,7 +196,7 @@ class DeliveryStatusTests(TestCase):
         # bob blocks alice: she sees him offline, her messages bounce.
         await bob.setAccess(ALICE, "block")
         await aliceSees.waitForPresence(BOB, "offline")
-        await failureOf(alice.sendMessage(BOB, "why?"), Blocked)
+        await failureOf(alice.sendMessage(BOB, "why?"), UserOffline)
         self.assertEqual(await bob.accessLists(), {"allow": [], "block": [ALICE]})
         await bob.setAccess(ALICE, "none")
         await aliceSees.waitForPresence(BOB, "online")
@@ -382,7 +380,7 @@ class AdminWhileRunningTests(TestCase):
         """
         An account added while the gateway runs can log in at once; after
         C{user passwd} only the new password works; a disabled account
-        cannot log in and is unknown to senders (L{NoSuchUser}), and once
+        cannot log in and is offline to senders (L{UserOffline}), and once
         enabled again it logs in and receives.
         """
         gw = GatewayProcess(self)
@@ -403,7 +401,7 @@ class AdminWhileRunningTests(TestCase):
         disabled = gw.admin("user", "disable", "erin")
         self.assertEqual(disabled.returncode, 0, disabled.stderr)
         await failureOf(gw.client("erin", "second password"), AuthenticationFailed)
-        await failureOf(alice.sendMessage("erin@corp.example", "hello?"), NoSuchUser)
+        await failureOf(alice.sendMessage("erin@corp.example", "hello?"), UserOffline)
 
         enabled = gw.admin("user", "enable", "erin")
         self.assertEqual(enabled.returncode, 0, enabled.stderr)

@@ -177,6 +177,7 @@ class HomeConfig:
     maxContacts: int = 1000
     maxAccessEntries: int = 1000
     maxRules: int = 5
+    maxKeptPresences: int = 20000
 
 
 @frozen
@@ -260,6 +261,7 @@ def parseConfig(
         maxContacts=h.positive("max_contacts", int, _HOME.maxContacts),
         maxAccessEntries=h.positive("max_access_entries", int, _HOME.maxAccessEntries),
         maxRules=h.positive("max_rules", int, _HOME.maxRules),
+        maxKeptPresences=h.positive("max_kept_presences", int, _HOME.maxKeptPresences),
     )
     if not home.minPresenceLease <= home.presenceLease <= home.maxPresenceLease:
         raise h.error("presence_lease", "must lie between min_presence_lease and max_presence_lease")

@@ -29,13 +29,13 @@ from imgateway.core.errors import (
     UserOffline,
 )
 from imgateway.core.errors import DeliveryStatus
-from imgateway.core.events import Event, Message, PresenceUpdate, SubscriptionEvent, SubscriptionKind
+from imgateway.core.events import Event, Message, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
 from imgateway.core.records import AccessList, AccountRecord, AuthorisationState, ContactRecord, Subscription
 from imgateway.home.server import MAX_LABEL_CHARS, HomeServer, Session
 from imgateway.interfaces import IHomeServer, IRoute, ISession, ISessionClient
 from imgateway.router.router import Router
-from imgateway.testing import MemoryDirectory, MemoryHomeStore, RecordingSessionClient
+from imgateway.testing import MemoryDirectory, MemoryHomeStore, RecordingSessionClient, addUser, memoryGateway
 
 DOMAIN = "corp.example"
 ALICE = Address.fromString("alice@corp.example")
@@ -987,3 +987,125 @@ class BlockTests(HomeServerTestsMixin, SynchronousTestCase):
         self.assertEqual(view.presence, OFFLINE)
         self.successResultOf(bob.setAccess("alice@corp.example", AccessList.NONE))
         self.assertEqual(bobClient.presences[-1], (ALICE, Presence(PresenceState.BUSY)))
+
+
+@implementer(IRoute)
+class SlowRemoteRoute:
+    """
+    A route to another network that takes every event and answers none
+    (a probe's answer would come much later).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def deliver(self, event: Event) -> Deferred[DeliveryStatus]:
+        self.events.append(event)
+        return succeed(DeliveryStatus.DELIVERED)
+
+
+class KeptPresenceTests(SynchronousTestCase):
+    """
+    Presence that arrives from another network for a user without sessions
+    is kept, so that the user sees it at once on logging in.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.gateway = memoryGateway(self.clock, home=HomeConfig(maxKeptPresences=3))
+        self.alice = addUser(self.gateway, "alice", "pw")
+        self.bob = addUser(self.gateway, "bob", "pw")
+        self.route = SlowRemoteRoute()
+        self.gateway.router.addRoute("xmpp.example", self.route)
+        self.romeos = [Address.fromString(f"romeo{i}@xmpp.example") for i in range(5)]
+        store = self.gateway.homeStore
+        for romeo in self.romeos:
+            store.authorisations[(romeo, self.alice)] = AuthorisationState.AUTHORISED  # type: ignore[attr-defined]
+            store.contacts.setdefault(self.alice, {})[romeo] = ContactRecord(romeo)  # type: ignore[attr-defined]
+
+    def arrive(self, sender: Address, presence: Presence, to: Address | None = None) -> Deferred[DeliveryStatus]:
+        return self.gateway.router.deliver(PresenceUpdate(sender, to or self.alice, presence))
+
+    def login(self, user: Address | None = None) -> tuple[ISession, RecordingSessionClient]:
+        client = RecordingSessionClient()
+        session = self.successResultOf(self.gateway.homeServer.openSession(user or self.alice, client, "x"))
+        return session, client
+
+    def test_seenAtLogin(self) -> None:
+        """
+        A user who logs in is told, at once, the presence its contacts of
+        another network had while it was away, and its contact list shows
+        it (as the one-shot C{imgateway-client presence} reads it); the
+        probes still go out.
+        """
+        away = Presence(PresenceState.AWAY, "walking")
+        self.successResultOf(self.arrive(self.romeos[0], away))
+        session, client = self.login()
+        self.assertEqual(client.presences, [(self.romeos[0], away)])
+        views = {v.address: v.presence for v in self.successResultOf(session.contacts())}
+        self.assertEqual(views[self.romeos[0]], away)
+        self.assertEqual(views[self.romeos[1]], OFFLINE)
+        self.assertEqual({e.recipient for e in self.route.events if isinstance(e, PresenceProbe)}, set(self.romeos))
+
+    def test_offlineClears(self) -> None:
+        """
+        An offline presence forgets what was kept.
+        """
+        self.successResultOf(self.arrive(self.romeos[0], Presence()))
+        self.successResultOf(self.arrive(self.romeos[0], OFFLINE))
+        _, client = self.login()
+        self.assertEqual(client.presences, [])
+
+    def test_onlyAuthorised(self) -> None:
+        """
+        Presence from a sender the user may not watch (not authorised, or
+        blocked) is refused and not kept; nor is presence from a user of
+        this server (it answers probes at once).
+        """
+        stranger = Address.fromString("iago@xmpp.example")
+        self.failureResultOf(self.arrive(stranger, Presence()), NotAuthorised)
+        self.gateway.homeStore.access[self.alice] = {str(self.romeos[1]): AccessList.BLOCK}  # type: ignore[attr-defined]
+        self.failureResultOf(self.arrive(self.romeos[1], Presence()), NotAuthorised)
+        self.gateway.homeStore.authorisations[(self.bob, self.alice)] = AuthorisationState.AUTHORISED  # type: ignore[attr-defined]
+        self.failureResultOf(self.arrive(self.bob, Presence()), UserOffline)
+        _, client = self.login()
+        self.assertEqual(client.presences, [])
+
+    def test_bounded(self) -> None:
+        """
+        At most C{max_kept_presences} entries are kept; the least recently
+        updated go first.
+        """
+        for romeo in self.romeos:
+            self.successResultOf(self.arrive(romeo, Presence()))
+        self.successResultOf(self.arrive(self.romeos[0], Presence(PresenceState.BUSY)))
+        self.assertEqual(len(self.gateway.homeServer._kept), 3)
+        _, client = self.login()
+        self.assertEqual(
+            sorted(client.presences), sorted([(self.romeos[0], Presence(PresenceState.BUSY)), (self.romeos[3], Presence()), (self.romeos[4], Presence())])
+        )
+
+    def test_keptAcrossSessions(self) -> None:
+        """
+        What a user saw of contacts of another network is kept when its
+        last session closes, for the next login; a refusal forgets it.
+        """
+        session, _ = self.login()
+        self.successResultOf(self.arrive(self.romeos[0], Presence(PresenceState.AWAY)))
+        self.successResultOf(self.arrive(self.romeos[1], Presence(PresenceState.BUSY)))
+        session.close()
+        self.successResultOf(
+            self.gateway.router.deliver(SubscriptionEvent(SubscriptionKind.REFUSE, self.romeos[1], self.alice))
+        )
+        _, client = self.login()
+        self.assertEqual(client.presences, [(self.romeos[0], Presence(PresenceState.AWAY))])
+
+    def test_laterSessionsTold(self) -> None:
+        """
+        A second session is told at once the presence of the contacts the
+        user sees.
+        """
+        self.login()
+        self.successResultOf(self.arrive(self.romeos[2], Presence(PresenceState.AWAY)))
+        _, client = self.login()
+        self.assertEqual(client.presences, [(self.romeos[2], Presence(PresenceState.AWAY))])

@@ -27,7 +27,7 @@ it.
 from __future__ import annotations
 
 import itertools
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar, Union
 
@@ -402,6 +402,51 @@ class Session:
         self._server.sessionClosed(self, reason)
 
 
+class _KeptPresence:
+    """
+    The presence of contacts of other networks, kept for users without
+    sessions: at most a configured number of entries
+    (C{[home] max_kept_presences}), the least recently updated forgotten
+    first. An offline presence is not kept (it is what a user assumes).
+    """
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple[Address, Address], Presence] = OrderedDict()
+        self._byUser: dict[Address, set[Address]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def keep(self, user: Address, contact: Address, presence: Presence, limit: int) -> None:
+        if presence == OFFLINE:
+            self.drop(user, contact)
+            return
+        key = (user, contact)
+        self._entries[key] = presence
+        self._entries.move_to_end(key)
+        self._byUser.setdefault(user, set()).add(contact)
+        while len(self._entries) > limit:
+            (oldUser, oldContact), _ = self._entries.popitem(last=False)
+            self._unindex(oldUser, oldContact)
+
+    def drop(self, user: Address, contact: Address) -> None:
+        if self._entries.pop((user, contact), None) is not None:
+            self._unindex(user, contact)
+
+    def take(self, user: Address) -> dict[Address, Presence]:
+        """
+        @return: What is kept for C{user}, forgotten here.
+        """
+        return {c: self._entries.pop((user, c)) for c in sorted(self._byUser.pop(user, ()))}
+
+    def _unindex(self, user: Address, contact: Address) -> None:
+        contacts = self._byUser.get(user)
+        if contacts is not None:
+            contacts.discard(contact)
+            if not contacts:
+                del self._byUser[user]
+
+
 # One piece of work in a lane, and the Deferred of its outcome.
 _Work = tuple[Callable[[], Any], Deferred[Any]]
 
@@ -439,6 +484,7 @@ class HomeServer:
         # User -> the work waiting behind the piece running now; a user
         # with no entry has nothing running.
         self._lanes: dict[Address, deque[_Work]] = {}
+        self._kept = _KeptPresence()
         self._ids = itertools.count(1)
 
     # -- lanes --------------------------------------------------------------
@@ -502,6 +548,8 @@ class HomeServer:
     # -- sessions -----------------------------------------------------------
 
     def openSession(self, address: Address, client: ISessionClient, label: str = "") -> Deferred[ISession]:
+        made: list[Session] = []
+
         def opened(user: _UserState) -> ISession:
             if len(user.sessions) >= self.config.maxSessionsPerUser:
                 self._forgetIfIdle(user)
@@ -511,14 +559,39 @@ class HomeServer:
                 )
             sessionId = f"{self.name}-{next(self._ids)}"
             session = Session(self, user, client, _uniqueLabel(label, sessionId, user), sessionId)
-            first = not user.sessions
             user.sessions.append(session)
+            made.append(session)
             self.log.info("Session {session} opened", session=session)
-            if first:
-                self._probeContacts(user)
             return session
 
-        return self._serial(address, lambda: self._user(address).addCallback(opened))
+        opening = self._serial(address, lambda: self._user(address).addCallback(opened))
+        # Next in the lane, once the face has its session: what the new
+        # session should know at once.
+        self._serial(address, lambda: self._welcome(made)).addErrback(self._logFailure, "welcoming a session")
+        return opening
+
+    def _welcome(self, made: list[Session]) -> None:
+        """
+        Tell a session just opened the presence its user may see of each
+        contact, as far as it is known: for the user's first session, that
+        kept while the user had none (L{_KeptPresence}); then ask every
+        contact the user may watch for its presence.
+        """
+        if not made:
+            return
+        session = made[0]
+        user = session._user
+        if session.closed or session not in user.sessions:
+            return
+        first = user.sessions[0] is session and len(user.sessions) == 1
+        if first:
+            for contact, presence in self._kept.take(user.address).items():
+                if user.watching.get(contact) is _AUTHORISED and user.accessOf(contact) is not AccessList.BLOCK:
+                    user.contactPresence[contact] = presence
+        for contact, presence in sorted(user.contactPresence.items()):
+            self._push([session], "presence", lambda c: c.presenceReceived(contact, presence))
+        if first:
+            self._probeContacts(user)
 
     def sessionsOf(self, address: Address) -> list[ISession]:
         user = self._users.get(address)
@@ -556,6 +629,13 @@ class HomeServer:
 
         def closed() -> None:
             self.presenceChanged(user)
+            if not user.sessions:
+                # Keep what the user saw of contacts of other networks,
+                # for when it comes back (those of this server answer
+                # probes at once).
+                for contact, presence in user.contactPresence.items():
+                    if not self._shares(contact):
+                        self._kept.keep(user.address, contact, presence, self.config.maxKeptPresences)
             self._forgetIfIdle(user)
 
         self._serial(user.address, closed).addErrback(self._logFailure, "closing a session")
@@ -768,7 +848,7 @@ class HomeServer:
     def _deliverPresence(self, update: PresenceUpdate) -> Deferred[DeliveryStatus]:
         user = self._localState(update.recipient)
         if user is None:
-            return fail(UserOffline(f"{update.recipient} is offline"))
+            return self._keepPresence(update)
         if user.watching.get(update.sender) is not _AUTHORISED or user.accessOf(update.sender) is AccessList.BLOCK:
             return fail(NotAuthorised(f"{update.recipient} does not watch {update.sender}"))
         if user.contactPresence.get(update.sender, OFFLINE) != update.presence:
@@ -778,6 +858,33 @@ class HomeServer:
                 user.contactPresence[update.sender] = update.presence
             self._push(user.sessions, "presence", lambda c: c.presenceReceived(update.sender, update.presence))
         return succeed(DeliveryStatus.DELIVERED)
+
+    def _keepPresence(self, update: PresenceUpdate) -> Deferred[DeliveryStatus]:
+        """
+        Presence for a user without sessions: from a contact of another
+        network the user may see, it is kept (L{_KeptPresence}), so that
+        the user sees it at once on logging in instead of offline until
+        the contact answers a probe. A contact of this server answers
+        probes at once: nothing is kept for it.
+        """
+        me, contact = update.recipient, update.sender
+        if self._shares(contact):
+            return fail(UserOffline(f"{me} is offline"))
+        if update.presence == OFFLINE:
+            self._kept.drop(me, contact)
+            return succeed(DeliveryStatus.DELIVERED)
+        reads: list[Deferred[Any]] = [self.store.getAuthorisation(contact, me), self.store.getAccessOf(me, contact)]
+
+        def decide(results: list[tuple[bool, Any]]) -> DeliveryStatus:
+            state, access = (r for _, r in results)
+            if state is not _AUTHORISED or access is AccessList.BLOCK:
+                self._kept.drop(me, contact)
+                raise NotAuthorised(f"{me} does not watch {contact}")
+            self._kept.keep(me, contact, update.presence, self.config.maxKeptPresences)
+            return DeliveryStatus.DELIVERED
+
+        d = DeferredList(reads, fireOnOneErrback=True, consumeErrors=True)
+        return d.addCallbacks(decide, _firstError)
 
     def _answerProbe(self, probe: PresenceProbe) -> Deferred[DeliveryStatus]:
         target, watcher = probe.recipient, probe.sender
@@ -818,6 +925,8 @@ class HomeServer:
         else:
             change = SetAuthorisation(other, me, _REFUSED, onlyIf=ANY_STATE)
         d = self._store(user, [] if self._shares(other) else [change], [change])
+        if kind is SubscriptionKind.REFUSE:
+            self._kept.drop(me, other)
         if user is not None:
             if kind is SubscriptionKind.REFUSE:
                 d.addCallback(lambda _: self._forgetPresence(user, other))

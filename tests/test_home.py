@@ -1109,3 +1109,97 @@ class KeptPresenceTests(SynchronousTestCase):
         self.successResultOf(self.arrive(self.romeos[2], Presence(PresenceState.AWAY)))
         _, client = self.login()
         self.assertEqual(client.presences, [(self.romeos[2], Presence(PresenceState.AWAY))])
+
+
+class SemanticsTests(HomeServerTestsMixin, SynchronousTestCase):
+    """
+    The points docs/protocol.md settles: aggregation, notification of
+    one's own presence, what AUTHORISE does to the contact list, messages
+    to oneself.
+    """
+
+    def test_aggregateNoteOfLatest(self) -> None:
+        """
+        Of several sessions in the winning state, the one that published
+        last gives the note.
+        """
+        phone, _ = self.open(ALICE, "phone")
+        desk, _ = self.open(ALICE, "desk")
+        phone.publish(Presence(PresenceState.AWAY, "walking"))
+        desk.publish(Presence(PresenceState.AWAY, "lunch"))
+        self.assertEqual(self.home.presenceOf(ALICE), Presence(PresenceState.AWAY, "lunch"))
+        phone.publish(Presence(PresenceState.AWAY, "back soon"))
+        self.assertEqual(self.home.presenceOf(ALICE), Presence(PresenceState.AWAY, "back soon"))
+        desk.publish(Presence(PresenceState.BUSY, "meeting"))
+        self.assertEqual(self.home.presenceOf(ALICE), Presence(PresenceState.AWAY, "back soon"))
+        desk.publish(Presence(PresenceState.APPEAR_OFFLINE))
+        self.assertEqual(self.home.presenceOf(ALICE).state, PresenceState.APPEAR_OFFLINE)
+
+    def test_ownPresenceOnChange(self) -> None:
+        """
+        A user's sessions are told the user's own aggregate presence when it
+        changes (not when a publish leaves it as it was); a new session is
+        told it at once.
+        """
+        phone, phoneClient = self.open(ALICE, "phone")
+        phone.publish(Presence())
+        phone.publish(Presence())
+        self.assertEqual(phoneClient.presences, [(ALICE, Presence())])
+        _, deskClient = self.open(ALICE, "desk")
+        self.assertEqual(deskClient.presences, [(ALICE, Presence())])
+        phone.publish(Presence(PresenceState.APPEAR_OFFLINE))
+        self.assertEqual(phoneClient.presences[-1], (ALICE, Presence(PresenceState.APPEAR_OFFLINE)))
+        self.assertEqual(deskClient.presences[-1], (ALICE, Presence(PresenceState.APPEAR_OFFLINE)))
+
+    def test_authoriseAddsContact(self) -> None:
+        """
+        Allowing a watcher adds it to the authoriser's contact list
+        (subscription C{from}) if it is not there; denying leaves the list
+        as it is.
+        """
+        alice, _ = self.online(ALICE)
+        bob, bobClient = self.online(BOB)
+        carol, _ = self.online(CAROL)
+        self.successResultOf(alice.subscribe(BOB))
+        self.successResultOf(carol.subscribe(BOB))
+        self.successResultOf(bob.authorise(ALICE, True))
+        self.successResultOf(bob.authorise(CAROL, False))
+        [view] = self.successResultOf(bob.contacts())
+        self.assertEqual((view.address, view.subscription, view.pending), (ALICE, Subscription.FROM, False))
+        self.assertEqual(bobClient.contacts[-1], view)
+        self.assertEqual(self.store.contacts[BOB], {ALICE: ContactRecord(ALICE)})
+
+    def test_authoriseQuota(self) -> None:
+        """
+        An authorisation that would take the contact list past
+        C{max_contacts} is refused and changes nothing.
+        """
+        self.home.config = HomeConfig(maxContacts=1)
+        alice, _ = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.successResultOf(bob.putContact(CAROL))
+        self.successResultOf(alice.subscribe(BOB))
+        self.failureResultOf(bob.authorise(ALICE, True), QuotaExceeded)
+        self.assertEqual(self.store.authorisations[(BOB, ALICE)], AuthorisationState.PENDING)
+        self.successResultOf(bob.authorise(ALICE, False))
+
+    def test_messageToSelf(self) -> None:
+        """
+        A message to oneself reaches one's other present sessions, not the
+        one that sent it; with no other present session it fails as
+        offline.
+        """
+        phone, phoneClient = self.online(ALICE)
+        self.failureResultOf(phone.sendMessage(ALICE, "note to self"), UserOffline)
+        desk, deskClient = self.online(ALICE)
+        _, hidden = self.open(ALICE)
+        self.assertEqual(self.successResultOf(phone.sendMessage(ALICE, "note to self")), DeliveryStatus.DELIVERED)
+        self.assertEqual([m.body for m in deskClient.messages], ["note to self"])
+        self.assertEqual((phoneClient.messages, hidden.messages), ([], []))
+
+    def test_authoriseSelf(self) -> None:
+        """
+        A user cannot authorise itself.
+        """
+        alice, _ = self.online(ALICE)
+        self.failureResultOf(alice.authorise(ALICE, True), InvalidAddress)

@@ -188,6 +188,8 @@ class _UserState:
         self.sessions: list[Session] = []
         # The presence watchers were last told.
         self.announced: Presence = OFFLINE
+        # The presence the user's own sessions were last told.
+        self.ownAnnounced: Presence = OFFLINE
         # Target -> one flag per SUBSCRIBE sent to it whose answer is still
         # to be read: set when the target's authorisation arrives.
         self.awaiting: dict[Address, list[list[bool]]] = {}
@@ -216,7 +218,13 @@ class _UserState:
         return [w for w in self.watchers if self.sees(w)]
 
     def presence(self) -> Presence:
-        return aggregate(s.presence for s in self.sessions)
+        """
+        The user's presence as its own sessions see it: the aggregate of its
+        sessions' (L{aggregate}: a session in C{appear-offline} hides the
+        user; otherwise the most available state wins), the note of the
+        session in that state that published last.
+        """
+        return aggregate(s.presence for s in sorted(self.sessions, key=lambda s: -s.published))
 
     def view(self, contact: ContactRecord) -> ContactView:
         them = contact.address
@@ -276,6 +284,8 @@ class Session:
         self.label = label
         self.sessionId = sessionId
         self.presence: Presence = OFFLINE
+        # When it last published (a count, higher is later).
+        self.published = 0
         self.closed = False
         self._lease: IDelayedCall | None = None
 
@@ -314,6 +324,7 @@ class Session:
     def _setPresence(self, presence: Presence) -> None:
         if not self.closed:
             self.presence = presence
+            self.published = next(self._server._publishes)
             self._server.presenceChanged(self._user)
 
     def _leaseExpired(self) -> None:
@@ -348,6 +359,8 @@ class Session:
             )
         except ValueError as e:
             return fail(InvalidAddress(str(e)))
+        if recipient == self.address:
+            return self._server._serial(self.address, lambda: self._server._deliverToOthers(self, message))
         return self._server.router.deliver(message)
 
     def subscribe(self, target: Address, displayName: str = "") -> Deferred[AuthorisationState]:
@@ -486,6 +499,7 @@ class HomeServer:
         self._lanes: dict[Address, deque[_Work]] = {}
         self._kept = _KeptPresence()
         self._ids = itertools.count(1)
+        self._publishes = itertools.count(1)
 
     # -- lanes --------------------------------------------------------------
 
@@ -590,6 +604,9 @@ class HomeServer:
                     user.contactPresence[contact] = presence
         for contact, presence in sorted(user.contactPresence.items()):
             self._push([session], "presence", lambda c: c.presenceReceived(contact, presence))
+        own = user.presence()
+        if own != OFFLINE:
+            self._push([session], "own presence", lambda c: c.presenceReceived(user.address, own))
         if first:
             self._probeContacts(user)
 
@@ -728,7 +745,9 @@ class HomeServer:
         watchers if what they see changed.
         """
         presence = user.presence()
-        self._push(user.sessions, "own presence", lambda c: c.presenceReceived(user.address, presence))
+        if presence != user.ownAnnounced:
+            user.ownAnnounced = presence
+            self._push(user.sessions, "own presence", lambda c: c.presenceReceived(user.address, presence))
         seen = presence.toWatchers()
         if seen == user.announced:
             return
@@ -801,6 +820,17 @@ class HomeServer:
             return self._deliverPresence(event)
         return self._answerProbe(event)
 
+    def _deliverToOthers(self, sender: Session, message: Message) -> Deferred[DeliveryStatus]:
+        """
+        A message a user sends to itself: delivered to the user's other
+        present sessions (as an XMPP server delivers a message to one's own
+        bare JID to one's available resources), L{UserOffline} if there is
+        none. Rules and access lists are for others: they do not apply.
+        """
+        user = sender._user
+        others = [s for s in user.sessions if s is not sender]
+        return self._deliverToSessions(others, message)
+
     def _deliverMessage(self, message: Message) -> Deferred[DeliveryStatus]:
         """
         Deliver a message to the recipient's present sessions.
@@ -825,7 +855,22 @@ class HomeServer:
             if user.sees(sender):
                 return fail(UserBusy(f"{recipient} is {presence.state.label}", alternate))
             return fail(_offline(recipient))
-        sessions = [s for s in user.sessions if s.presence.state is not PresenceState.OFFLINE]
+        return self._deliverToSessions(user.sessions, message)
+
+    def _deliverToSessions(self, candidates: list[Session], message: Message) -> Deferred[DeliveryStatus]:
+        """
+        Give a message to those of C{candidates} that are present (have
+        published a presence other than C{offline} and C{appear-offline}).
+
+        @return: L{DeliveryStatus.DELIVERED} if at least one of them took
+            it; else it fails with L{UserOffline}.
+        """
+        recipient = message.recipient
+        sessions = [
+            s for s in candidates if s.presence.state not in (PresenceState.OFFLINE, PresenceState.APPEAR_OFFLINE)
+        ]
+        if not sessions:
+            return fail(_offline(recipient))
         results = DeferredList(
             [maybeDeferred(s.client.messageReceived, message) for s in sessions], consumeErrors=True
         )
@@ -1104,10 +1149,22 @@ class HomeServer:
         return d.addCallback(tell)
 
     def authorise(self, user: _UserState, watcher: Address, allow: bool) -> Deferred[None]:
+        """
+        Answer C{watcher}'s request (or change the answer). Allowing adds
+        the watcher to the user's contact list if it is not there yet
+        (subscription C{from}, as RFC 6121 3.1.5 has the contact's server
+        do), within C{max_contacts}; denying leaves the list as it is.
+        """
         me = user.address
+        if watcher == me:
+            return fail(InvalidAddress("you cannot authorise yourself"))
         was = user.watchers.get(watcher)
         state = _AUTHORISED if allow else _REFUSED
-        d = self._store(user, [SetAuthorisation(me, watcher, state)])
+        changes: list[HomeChange] = [SetAuthorisation(me, watcher, state)]
+        if allow and watcher not in user.contacts:
+            self._checkQuota("contacts", len(user.contacts), self.config.maxContacts, "max_contacts")
+            changes.append(PutContact(me, ContactRecord(watcher)))
+        d = self._store(user, changes)
 
         def tell(_: None) -> None:
             self._contactChanged(user, watcher)

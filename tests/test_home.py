@@ -1203,3 +1203,32 @@ class SemanticsTests(HomeServerTestsMixin, SynchronousTestCase):
         """
         alice, _ = self.online(ALICE)
         self.failureResultOf(alice.authorise(ALICE, True), InvalidAddress)
+
+
+class RuleAlternateTests(HomeServerTestsMixin, SynchronousTestCase):
+    """
+    A rule's alternate must be a URI.
+    """
+
+    def test_uris(self) -> None:
+        """
+        Alternates of the known schemes are accepted, up to 256 characters.
+        """
+        bob, _ = self.online(BOB)
+        for alternate in (
+            "tel:+15550100", "sip:bob@pbx.example", "im:bob.mobile@corp.example", "xmpp:bob@xmpp.example",
+            "mailto:bob@corp.example", "https://corp.example/bob", "SMS:+15550100", "tel:" + "1" * 252,
+        ):
+            self.successResultOf(bob.setRule(PresenceState.BUSY, alternate))
+            self.assertEqual(self.successResultOf(bob.rules())[0].alternate, alternate)
+
+    def test_notURIs(self) -> None:
+        """
+        Free text, unknown schemes, an empty rest, spaces, control
+        characters and more than 256 characters are refused with
+        C{ValueError} (400 on the native face) and change nothing.
+        """
+        bob, _ = self.online(BOB)
+        for alternate in ("not a uri", "call me", "note:busy", "tel:", "tel:+1 555", "tel:+1\x07", "", "tel:" + "1" * 253):
+            self.failureResultOf(bob.setRule(PresenceState.BUSY, alternate), ValueError)
+        self.assertEqual(self.successResultOf(bob.rules()), [])

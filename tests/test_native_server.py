@@ -695,6 +695,14 @@ class SessionTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertEqual((r.code, r.headers.get("Alternate")), (486, "tel:+15550100"))
         self.assertIn(b"tel:+15550100", bob.call("RULE").body)
 
+    def test_ruleAlternateURI(self) -> None:
+        """
+        A rule whose alternate is not a URI is answered 400.
+        """
+        w = self.loggedIn()
+        self.assertEqual(w.call("RULE", "*", [("Presence", "busy"), ("Alternate", "not a uri")]).code, 400)
+        self.assertEqual(w.call("RULE", "*", [("Presence", "busy"), ("Alternate", "tel:+15550100")]).code, 200)
+
     def test_noLeaks(self) -> None:
         """
         To a sender who may not see the recipient's presence, an unknown,

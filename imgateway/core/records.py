@@ -14,6 +14,7 @@ from imgateway.core.address import Address
 from imgateway.core.presence import Presence, PresenceState
 
 __all__ = [
+    "ALTERNATE_SCHEMES",
     "ANY_STATE",
     "AccessList",
     "AccountRecord",
@@ -28,6 +29,7 @@ __all__ = [
     "SetAuthorisation",
     "SetRule",
     "Subscription",
+    "checkAlternate",
 ]
 
 
@@ -114,6 +116,35 @@ class ContactRecord:
     displayName: str = ""
 
 
+#: The URI schemes a presence rule's alternate may use.
+ALTERNATE_SCHEMES = frozenset(
+    ["tel", "sms", "sip", "sips", "im", "pres", "xmpp", "mailto", "http", "https", "irc", "ircs"]
+)
+
+#: The longest alternate, in characters.
+MAX_ALTERNATE_CHARS = 256
+
+
+def checkAlternate(alternate: str) -> str:
+    """
+    Check a presence rule's alternate: a URI (C{scheme:rest}) with one of
+    L{ALTERNATE_SCHEMES}, at most L{MAX_ALTERNATE_CHARS} characters, without
+    spaces or control characters.
+
+    @return: C{alternate}.
+    @raise ValueError: Saying what is wrong with it.
+    """
+    if not 0 < len(alternate) <= MAX_ALTERNATE_CHARS:
+        raise ValueError(f"the alternate must be 1 to {MAX_ALTERNATE_CHARS} characters")
+    scheme, colon, rest = alternate.partition(":")
+    if not colon or scheme.lower() not in ALTERNATE_SCHEMES or not rest:
+        schemes = ", ".join(f"{s}:" for s in sorted(ALTERNATE_SCHEMES))
+        raise ValueError(f"the alternate must be a URI ({schemes}), such as tel:+15550100")
+    if not alternate.isprintable() or any(c.isspace() for c in alternate):
+        raise ValueError("the alternate must be a URI, without spaces or control characters")
+    return alternate
+
+
 @frozen
 class PresenceRule:
     """
@@ -122,7 +153,9 @@ class PresenceRule:
     ("I am on the phone: reach me on my mobile").
 
     @ivar state: The state the rule applies to.
-    @ivar alternate: A URI (C{tel:}, C{im:}, C{mailto:}) or free text.
+    @ivar alternate: A URI (C{tel:}, C{im:}, C{mailto:}, ...; see
+        L{checkAlternate}). Rules stored before alternates were checked
+        may hold other text.
     """
 
     state: PresenceState

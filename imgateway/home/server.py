@@ -77,6 +77,7 @@ from imgateway.core.records import (
     SetAuthorisation,
     SetRule,
     Subscription,
+    checkAlternate,
 )
 from imgateway.interfaces import (
     IDirectory,
@@ -1211,8 +1212,11 @@ class HomeServer:
     def setRule(self, user: _UserState, state: PresenceState, alternate: str | None) -> Deferred[None]:
         if state in (PresenceState.OFFLINE, PresenceState.APPEAR_OFFLINE, PresenceState.ONLINE):
             return fail(ValueError(f"rules apply to busy and away states, not {state.value}"))
-        if alternate is not None and not (0 < len(alternate) <= 256 and alternate.isprintable()):
-            return fail(ValueError("the alternate contact must be 1 to 256 printable characters"))
+        if alternate is not None:
+            try:
+                checkAlternate(alternate)
+            except ValueError as e:
+                return fail(e)
         if alternate is not None and state not in user.rules:
             self._checkQuota("presence rules", len(user.rules), self.config.maxRules, "max_rules")
         return self._store(user, [SetRule(user.address, state, alternate)])

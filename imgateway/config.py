@@ -178,6 +178,7 @@ class HomeConfig:
     maxAccessEntries: int = 1000
     maxRules: int = 5
     maxKeptPresences: int = 20000
+    drainTimeout: float = 10.0
 
 
 @frozen
@@ -262,6 +263,7 @@ def parseConfig(
         maxAccessEntries=h.positive("max_access_entries", int, _HOME.maxAccessEntries),
         maxRules=h.positive("max_rules", int, _HOME.maxRules),
         maxKeptPresences=h.positive("max_kept_presences", int, _HOME.maxKeptPresences),
+        drainTimeout=h.positive("drain_timeout", float, _HOME.drainTimeout),
     )
     if not home.minPresenceLease <= home.presenceLease <= home.maxPresenceLease:
         raise h.error("presence_lease", "must lie between min_presence_lease and max_presence_lease")

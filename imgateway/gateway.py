@@ -58,15 +58,17 @@ class Gateway:
 
 class _StoresService(Service):
     """
-    Closes the stores when the gateway stops (after everything using them).
+    Closes the stores when the gateway stops (after everything using them:
+    once C{after}, the home server's L{HomeServer.drain}, has fired).
     """
 
-    def __init__(self, *stores: IDirectory | IHomeStore) -> None:
+    def __init__(self, *stores: IDirectory | IHomeStore, after: Callable[[], Deferred[None]]) -> None:
         self._stores = stores
+        self._after = after
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        return DeferredList([s.close() for s in self._stores])
+        return self._after().addCallback(lambda _: DeferredList([s.close() for s in self._stores]))
 
 
 class _Announcer(Service):
@@ -184,7 +186,7 @@ def makeGatewayService(
     home = gateway.homeServer
 
     top = MultiService()
-    _StoresService(directory, homeStore).setServiceParent(top)
+    _StoresService(directory, homeStore, after=home.drain).setServiceParent(top)
     HomeServerService(home).setServiceParent(top)
     for name, adapter in enabled.items():
         service = adapter.makeService(gateway, config.adapters[name])

@@ -23,6 +23,7 @@ from imgateway.core.errors import (
     NoSuchUser,
     NotAuthorised,
     QuotaExceeded,
+    ServiceUnavailable,
     TooLarge,
     TooManySessions,
     UserBusy,
@@ -32,7 +33,7 @@ from imgateway.core.errors import DeliveryStatus
 from imgateway.core.events import Event, Message, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
 from imgateway.core.records import AccessList, AccountRecord, AuthorisationState, ContactRecord, Subscription
-from imgateway.home.server import MAX_LABEL_CHARS, HomeServer, Session
+from imgateway.home.server import MAX_LABEL_CHARS, HomeServer, HomeServerService, Session
 from imgateway.interfaces import IHomeServer, IRoute, ISession, ISessionClient
 from imgateway.router.router import Router
 from imgateway.testing import MemoryDirectory, MemoryHomeStore, RecordingSessionClient, addUser, memoryGateway
@@ -1232,3 +1233,115 @@ class RuleAlternateTests(HomeServerTestsMixin, SynchronousTestCase):
         for alternate in ("not a uri", "call me", "note:busy", "tel:", "tel:+1 555", "tel:+1\x07", "", "tel:" + "1" * 253):
             self.failureResultOf(bob.setRule(PresenceState.BUSY, alternate), ValueError)
         self.assertEqual(self.successResultOf(bob.rules()), [])
+
+
+class DrainTests(HomeServerTestsMixin, SynchronousTestCase):
+    """
+    Stopping loses nothing: the home server stops taking new work, lets
+    the work under way end, and says when it has.
+    """
+
+    def test_waitsForWork(self) -> None:
+        """
+        L{HomeServer.drain} fires once the requests already queued are
+        written, not before.
+        """
+        alice, _ = self.online(ALICE)
+        self.store.hold = True
+        first = alice.putContact(BOB, "Bob")
+        second = alice.putContact(CAROL, "Carol")
+        drained = self.home.drain()
+        self.assertNoResult(drained)
+        self.store.release(1)
+        self.assertNoResult(drained)
+        self.store.release()
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertIsNone(self.successResultOf(drained))
+        self.assertEqual(set(self.store.contacts[ALICE]), {BOB, CAROL})
+
+    def test_refusesNewWork(self) -> None:
+        """
+        Once draining, requests of sessions, new sessions and events from
+        other servers fail with L{ServiceUnavailable} (503, "shutting
+        down").
+        """
+        alice, _ = self.online(ALICE)
+        self.successResultOf(self.home.drain())
+        for d in (
+            alice.putContact(BOB),
+            alice.subscribe(BOB),
+            alice.sendMessage(BOB, "hi"),
+            alice.contacts(),
+            self.home.openSession(BOB, RecordingSessionClient()),
+            self.home.deliver(Message(ROMEO, ALICE, "hi")),
+        ):
+            f = self.failureResultOf(d, ServiceUnavailable)
+            self.assertEqual((f.value.status.value, f.value.text), (503, "shutting down"))
+
+    def test_finishesWhatItStarted(self) -> None:
+        """
+        A request under way when the drain starts ends normally, with what
+        it sends to this server's users in turn; the drain fires after it.
+        """
+        alice, _ = self.online(ALICE)
+        bob, bobClient = self.online(BOB)
+        self.store.hold = True
+        asked = alice.subscribe(BOB)
+        drained = self.home.drain()
+        self.store.release()
+        self.assertEqual(self.successResultOf(asked), AuthorisationState.PENDING)
+        self.assertEqual(bobClient.subscriptions, [SubscriptionEvent(SubscriptionKind.SUBSCRIBE, ALICE, BOB)])
+        self.successResultOf(drained)
+
+    def test_timeout(self) -> None:
+        """
+        Work that never ends does not hold the stop forever: after
+        C{drain_timeout} seconds the drain fires anyway, and says so.
+        """
+        alice, _ = self.online(ALICE)
+        self.store.hold = True
+        alice.putContact(BOB)
+        drained = self.home.drain()
+        self.clock.advance(HomeConfig().drainTimeout - 0.1)
+        self.assertNoResult(drained)
+        self.clock.advance(0.1)
+        self.successResultOf(drained)
+        self.assertEqual(self.clock.getDelayedCalls(), [alice._lease])
+
+    def test_service(self) -> None:
+        """
+        Stopping L{HomeServerService} drains the home server, tells every
+        session it is shutting down and closes it, and waits for the
+        drain.
+        """
+        alice, client = self.online(ALICE)
+        service = HomeServerService(self.home)
+        service.startService()
+        self.store.hold = True
+        alice.putContact(BOB)
+        stopped = service.stopService()
+        self.assertEqual(client.closed, ["shutdown"])
+        self.assertNoResult(stopped)
+        self.store.release()
+        self.successResultOf(stopped)
+        self.assertEqual(self.home.users(), [])
+
+    def test_storesCloseAfterDrain(self) -> None:
+        """
+        The gateway closes its stores only once the home server has
+        drained, so the work under way is written before they close.
+        """
+        from imgateway.gateway import _StoresService
+
+        alice, _ = self.online(ALICE)
+        stores = _StoresService(self.store, after=self.home.drain)
+        stores.startService()
+        self.store.hold = True
+        d = alice.putContact(BOB)
+        stopped = stores.stopService()
+        self.assertFalse(self.store.closed)
+        self.store.release()
+        self.successResultOf(d)
+        self.successResultOf(stopped)
+        self.assertTrue(self.store.closed)

@@ -64,12 +64,14 @@ AMBIGUOUS = {
 
 # Statuses whose stanza error reads back as another status: a loop (see
 # test_loopDetected), the statuses that must not tell a stranger apart
-# (test_noExistenceLeak), a quota (test_quotaExceeded).
+# (test_noExistenceLeak), a quota and a server shutting down
+# (test_quotaExceeded).
 _SHARED_CONDITIONS = (
     DeliveryStatus.LOOP_DETECTED,
     DeliveryStatus.NO_SUCH_USER,
     DeliveryStatus.BLOCKED,
     DeliveryStatus.QUOTA_EXCEEDED,
+    DeliveryStatus.SERVICE_UNAVAILABLE,
 )
 
 class PresenceTableTests(SynchronousTestCase):
@@ -289,7 +291,8 @@ class ErrorTableTests(SynchronousTestCase):
         """
         For every status but C{LOOP_DETECTED} (see L{test_loopDetected})
         and C{NO_SUCH_USER} and C{BLOCKED} (see L{test_noExistenceLeak})
-        and C{QUOTA_EXCEEDED} (see L{test_quotaExceeded}), the error a peer
+        and C{QUOTA_EXCEEDED} and C{SERVICE_UNAVAILABLE} (see
+        L{test_quotaExceeded}), the error a peer
         sends back with that status's condition stands for the same
         status, and keeps the text.
         """
@@ -345,11 +348,15 @@ class ErrorTableTests(SynchronousTestCase):
 
     def test_quotaExceeded(self) -> None:
         """
-        A quota travels as C{not-allowed}; a peer's C{not-allowed} reads
-        back as blocked, which is what peers mostly mean by it.
+        A quota travels as C{not-allowed}, a server shutting down as
+        C{service-unavailable}; a peer's C{not-allowed} reads back as
+        blocked and its C{service-unavailable} as offline, which is what
+        peers mostly mean by them.
         """
         self.assertEqual(ERRORS[DeliveryStatus.QUOTA_EXCEEDED], StanzaErrorSpec("not-allowed", "cancel"))
         self.assertIs(deliveryErrorFor("not-allowed").status, DeliveryStatus.BLOCKED)
+        self.assertEqual(ERRORS[DeliveryStatus.SERVICE_UNAVAILABLE], StanzaErrorSpec("service-unavailable", "wait"))
+        self.assertIs(deliveryErrorFor("service-unavailable").status, DeliveryStatus.OFFLINE)
 
     def test_busyAlternate(self) -> None:
         """

@@ -31,6 +31,7 @@ __all__ = [
     "QuotaExceeded",
     "RateLimited",
     "ServerError",
+    "ServiceUnavailable",
     "TooLarge",
     "TooManySessions",
     "UserBusy",
@@ -113,6 +114,7 @@ class DeliveryStatus(enum.Enum):
     BUSY = 486
     SERVER_ERROR = 500
     NO_ROUTE = 502
+    SERVICE_UNAVAILABLE = 503
 
 
 class DeliveryError(ImgatewayError):
@@ -230,6 +232,15 @@ class ServerError(DeliveryError):
     status = DeliveryStatus.SERVER_ERROR
 
 
+class ServiceUnavailable(ServerError):
+    """
+    The server does not take this now (it is shutting down); the request
+    may be retried later, elsewhere or once it is back.
+    """
+
+    status = DeliveryStatus.SERVICE_UNAVAILABLE
+
+
 _BY_STATUS: dict[DeliveryStatus, type[DeliveryError]] = {
     cls.status: cls
     for cls in (
@@ -244,6 +255,7 @@ _BY_STATUS: dict[DeliveryStatus, type[DeliveryError]] = {
         QuotaExceeded,
         NoRoute,
         ServerError,
+        ServiceUnavailable,
     )
 }
 

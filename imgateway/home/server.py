@@ -48,6 +48,7 @@ from imgateway.core.errors import (
     NoSuchUser,
     NotAuthorised,
     QuotaExceeded,
+    ServiceUnavailable,
     TooLarge,
     TooManySessions,
     UserBusy,
@@ -297,10 +298,21 @@ class Session:
         """
         Run a request of this session in its user's lane.
         """
-        if self.closed:
-            return fail(NotAuthorised("session closed"))
+        refused = self._refused()
+        if refused is not None:
+            return fail(refused)
         user = self._user
         return self._server._serial(self.address, lambda: work(user))
+
+    def _refused(self) -> Exception | None:
+        """
+        @return: Why this session may not ask anything now, or C{None}.
+        """
+        if self.closed:
+            return NotAuthorised("session closed")
+        if self._server.stopping:
+            return _shuttingDown()
+        return None
 
     def publish(self, presence: Presence, lease: float | None = None) -> float:
         """
@@ -309,7 +321,7 @@ class Session:
 
         @return: The lease granted, in seconds.
         """
-        if self.closed:
+        if self.closed or self._server.stopping:
             return 0.0
         granted = self._server.grantLease(lease)
         if self._lease is not None and self._lease.active():
@@ -344,8 +356,9 @@ class Session:
         contentType: str = "text/plain",
         messageId: str | None = None,
     ) -> Deferred[DeliveryStatus]:
-        if self.closed:
-            return fail(NotAuthorised("session closed"))
+        refused = self._refused()
+        if refused is not None:
+            return fail(refused)
         limit = self._server.config.maxMessageChars
         if len(body) > limit:
             return fail(TooLarge(f"message longer than {limit} characters"))
@@ -365,8 +378,9 @@ class Session:
         return self._server.router.deliver(message)
 
     def subscribe(self, target: Address, displayName: str = "") -> Deferred[AuthorisationState]:
-        if self.closed:
-            return fail(NotAuthorised("session closed"))
+        refused = self._refused()
+        if refused is not None:
+            return fail(refused)
         return self._server.subscribe(self._user, target, displayName)
 
     def putContact(self, contact: Address, displayName: str = "") -> Deferred[None]:
@@ -499,6 +513,12 @@ class HomeServer:
         # with no entry has nothing running.
         self._lanes: dict[Address, deque[_Work]] = {}
         self._kept = _KeptPresence()
+        # Work under way outside the lanes (a SUBSCRIBE waiting for its
+        # target); see drain().
+        self._outside = 0
+        self.stopping = False
+        self._drainWaiters: list[Deferred[None]] = []
+        self._drainTimer: IDelayedCall | None = None
         self._ids = itertools.count(1)
         self._publishes = itertools.count(1)
 
@@ -558,11 +578,79 @@ class HomeServer:
         if lane:
             return lane.popleft()
         del self._lanes[address]
+        self._checkDrained()
         return None
+
+    # -- stopping -----------------------------------------------------------
+
+    def drain(self) -> Deferred[None]:
+        """
+        Stop taking new work, and wait for the work under way to end.
+
+        From now on, sessions' requests and openings, and events from
+        outside (from users of other servers), fail with
+        L{ServiceUnavailable} ("shutting down", 503). The work already
+        queued in the users' lanes, and what it sends to this server's
+        users in turn, runs to its end, so that it is all written before
+        the stores close.
+
+        @return: A L{Deferred} that fires once no work is under way (or
+            after C{[home] drain_timeout} seconds, logging what was left).
+            Safe to call more than once.
+        """
+        if not self.stopping:
+            self.stopping = True
+            self.log.info("Home server {name} stops taking work; {lanes} users' work under way", name=self.name, lanes=len(self._lanes))
+        d: Deferred[None] = Deferred()
+        self._drainWaiters.append(d)
+        if self._drainTimer is None and not self._idle():
+            self._drainTimer = self.clock.callLater(self.config.drainTimeout, self._drainTimedOut)
+        self._checkDrained()
+        return d
+
+    def _idle(self) -> bool:
+        return not self._lanes and not self._outside
+
+    def _checkDrained(self) -> None:
+        if self.stopping and self._drainWaiters and self._idle():
+            self._drained()
+
+    def _drainTimedOut(self) -> None:
+        self._drainTimer = None
+        self.log.warn(
+            "Home server {name}: work still under way for {users} after {seconds} s (drain_timeout); stopping anyway",
+            name=self.name,
+            users=", ".join(str(a) for a in sorted(self._lanes)) or "no user",
+            seconds=self.config.drainTimeout,
+        )
+        self._drained()
+
+    def _drained(self) -> None:
+        if self._drainTimer is not None and self._drainTimer.active():
+            self._drainTimer.cancel()
+        self._drainTimer = None
+        waiters, self._drainWaiters = self._drainWaiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _outsideLane(self, d: Deferred[T]) -> Deferred[T]:
+        """
+        Count C{d} as work under way (outside any lane) until it fires.
+        """
+        self._outside += 1
+
+        def done(result: T) -> T:
+            self._outside -= 1
+            self._checkDrained()
+            return result
+
+        return d.addBoth(done)
 
     # -- sessions -----------------------------------------------------------
 
     def openSession(self, address: Address, client: ISessionClient, label: str = "") -> Deferred[ISession]:
+        if self.stopping:
+            return fail(_shuttingDown())
         made: list[Session] = []
 
         def opened(user: _UserState) -> ISession:
@@ -807,6 +895,10 @@ class HomeServer:
         """
         if event.recipient.domain != self.domain:
             return fail(NoSuchUser(f"{event.recipient} is not a user of {self.domain}"))
+        if self.stopping and not self._shares(event.sender):
+            # What this server's users send each other in turn while the
+            # work under way ends is still taken.
+            return fail(_shuttingDown())
         if isinstance(event, SubscriptionEvent):
             # The directory's answer does not depend on what the lane
             # writes: ask now, while the event waits for its turn.
@@ -1117,7 +1209,7 @@ class HomeServer:
 
             return self._serial(me, undoIt)
 
-        return self._serial(me, ask).addCallback(asked)
+        return self._outsideLane(self._serial(me, ask).addCallback(asked))
 
     def _contactUndone(self, user: _UserState, target: Address) -> None:
         if target in user.contacts:
@@ -1239,6 +1331,10 @@ class HomeServer:
 
 
 
+def _shuttingDown() -> ServiceUnavailable:
+    return ServiceUnavailable("shutting down")
+
+
 def _offline(recipient: Address) -> UserOffline:
     """
     The one answer for a message that cannot be delivered to a user of
@@ -1299,13 +1395,17 @@ def _uniqueLabel(label: str, sessionId: str, user: _UserState) -> str:
 
 class HomeServerService(Service):
     """
-    Runs a L{HomeServer}: on stop, every session is told the server is
-    shutting down and closed.
+    Runs a L{HomeServer}. On stop, the home server stops taking work
+    (L{HomeServer.drain}), every session is told the server is shutting
+    down and closed, and the service's stop waits until the work under way
+    has ended: the stores may close once it has.
     """
 
     def __init__(self, homeServer: HomeServer) -> None:
         self.homeServer = homeServer
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
+        drained = self.homeServer.drain()
         self.homeServer.closeAll("shutdown")
+        return drained

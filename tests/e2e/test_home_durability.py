@@ -92,6 +92,40 @@ class KillTests(TestCase):
                     self.assertIn(mine is not None, possible, f"{where}: {target} lost an acknowledged request")
         self.assertGreater(len(gateway.log()), 0)
 
+    async def test_stopDuringBurst(self) -> None:
+        """
+        SIGTERM while users ask each other for subscriptions: the gateway
+        finishes the work already queued before it closes its stores (its
+        log says nothing of a closed database), exits cleanly, and every
+        request it acknowledged is there after a restart.
+        """
+        users = [f"u{i}" for i in range(30)]
+        gateway = GatewayProcess(self, {"native": {"requests_per_second": 100000, "request_burst": 100000}})
+        gateway.addUsers({u: PASSWORD for u in users})
+        await gateway.start()
+        protos = [(await gateway.client(u, PASSWORD))[0] for u in users]
+        acked: set[tuple[str, str]] = set()
+        pending: list[Deferred[Any]] = []
+        for me, proto in zip(users, protos):
+            for other in users:
+                if other != me:
+
+                    def ok(_: object, pair: tuple[str, str] = (me, other)) -> None:
+                        acked.add(pair)
+
+                    pending.append(proto.subscribe(address(other)).addCallbacks(ok, lambda f: None))
+        await sleep(0.1)
+        code = await gateway.stop()
+        gateway.assertCleanExit(code)
+        await DeferredList(pending)
+        self.assertNotIn("the database is closed", gateway.log())
+        await gateway.start()
+        for me in users:
+            listed = {c["address"] for c in (await self._contacts(gateway, me))["contacts"]}
+            for other in users:
+                if (me, other) in acked:
+                    self.assertIn(address(other), listed, f"{me} lost {other}")
+
     async def _contacts(self, gateway: GatewayProcess, local: str) -> dict[str, Any]:
         proto, _ = await gateway.client(local, PASSWORD, presence=None)
         try:

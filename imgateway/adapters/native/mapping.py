@@ -130,6 +130,7 @@ DELIVERY_CODES: Mapping[DeliveryStatus, int] = MappingProxyType(
         DeliveryStatus.BUSY: 486,
         DeliveryStatus.SERVER_ERROR: 500,
         DeliveryStatus.NO_ROUTE: 502,
+        DeliveryStatus.SERVICE_UNAVAILABLE: 503,
     }
 )
 

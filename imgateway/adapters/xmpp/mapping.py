@@ -155,6 +155,7 @@ ERRORS: dict[DeliveryStatus, StanzaErrorSpec] = {
     DeliveryStatus.QUOTA_EXCEEDED: StanzaErrorSpec("not-allowed", "cancel"),
     DeliveryStatus.NO_ROUTE: StanzaErrorSpec("remote-server-not-found", "cancel"),
     DeliveryStatus.SERVER_ERROR: StanzaErrorSpec("internal-server-error", "cancel"),
+    DeliveryStatus.SERVICE_UNAVAILABLE: StanzaErrorSpec("service-unavailable", "wait"),
 }
 
 # Stanza error conditions from peers, to the status they stand for.

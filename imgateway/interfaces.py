@@ -317,9 +317,13 @@ class ISession(Interface):
     def subscribe(target: Address, displayName: str = "") -> Deferred[AuthorisationState]:
         """
         Add C{target} to the contact list and ask to watch its presence.
+        The target's side decides, every time (even if it authorised the
+        user before).
 
-        @return: Fires with the state of the request: C{AUTHORISED} when
-            already allowed, C{PENDING} while the target decides.
+        @return: Fires with the state of the request: C{AUTHORISED} when the
+            target's side authorised it at once, C{PENDING} otherwise (also
+            for an unknown target, or one that blocks the user: nothing
+            tells them apart).
         """
 
     def putContact(contact: Address, displayName: str = "") -> Deferred[None]:
@@ -336,7 +340,8 @@ class ISession(Interface):
     def authorise(watcher: Address, allow: bool) -> Deferred[None]:
         """
         Answer (or change the answer to) C{watcher}'s request to watch this
-        user.
+        user. Allowing adds the watcher to the contact list if it is not
+        there (subscription C{from}).
         """
 
     def contacts() -> Deferred[list[ContactView]]:
@@ -404,7 +409,9 @@ class IHomeServer(IRoute):
 
         @return: Fires with the L{ISession}; fails with
             L{imgateway.core.errors.TooManySessions} if the user has as many
-            sessions as allowed.
+            sessions as allowed, or
+            L{imgateway.core.errors.ServiceUnavailable} if the home server
+            is stopping.
         """
 
     def sessionsOf(address: Address) -> list[ISession]:

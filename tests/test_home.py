@@ -16,11 +16,9 @@ from zope.interface.verify import verifyObject
 from imgateway.config import HomeConfig
 from imgateway.core.address import Address
 from imgateway.core.errors import (
-    Blocked,
     InvalidAddress,
     LoopDetected,
     NoRoute,
-    NoSuchUser,
     NotAuthorised,
     QuotaExceeded,
     ServiceUnavailable,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
@@ -41,7 +41,6 @@ from zope.interface import implementer
 from imgateway.config import HomeConfig
 from imgateway.core.address import Address, normaliseDomain
 from imgateway.core.errors import (
-    Blocked,
     DeliveryError,
     DeliveryStatus,
     InvalidAddress,
@@ -321,9 +320,13 @@ class Session:
 
         @return: The lease granted, in seconds.
         """
-        if self.closed or self._server.stopping:
+        if self.closed:
             return 0.0
         granted = self._server.grantLease(lease)
+        if self._server.stopping:
+            # Ignored: the session is about to be closed (a lease of 0
+            # would have a client publish again at once).
+            return granted
         if self._lease is not None and self._lease.active():
             self._lease.cancel()
         self._lease = None
@@ -487,6 +490,7 @@ class HomeServer:
     @ivar name: This home server's name in the directory.
     @ivar domain: The domain of its users.
     @ivar clock: Where leases are timed.
+    @ivar stopping: Whether L{drain} was called: new work is refused.
     """
 
     log = Logger()

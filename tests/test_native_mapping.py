@@ -209,11 +209,13 @@ class StatusTableTests(SynchronousTestCase):
                 DeliveryStatus.NO_SUCH_USER: 404,
                 DeliveryStatus.TOO_LARGE: 413,
                 DeliveryStatus.RATE_LIMITED: 429,
+                DeliveryStatus.QUOTA_EXCEEDED: 454,
                 DeliveryStatus.OFFLINE: 480,
                 DeliveryStatus.LOOP_DETECTED: 482,
                 DeliveryStatus.BUSY: 486,
                 DeliveryStatus.SERVER_ERROR: 500,
                 DeliveryStatus.NO_ROUTE: 502,
+                DeliveryStatus.SERVICE_UNAVAILABLE: 503,
             },
         )
         self.assertEqual(set(DELIVERY_CODES), set(DeliveryStatus))
@@ -243,9 +245,9 @@ class StatusTableTests(SynchronousTestCase):
         A code that is no delivery status (or is success) reads back as a
         server error; such codes are not delivery codes.
         """
-        for code in (200, 400, 418, 503, 999):
+        for code in (200, 400, 418, 505, 999):
             self.assertIs(deliveryErrorFor(code, "odd").status, DeliveryStatus.SERVER_ERROR)
-        for code in (200, 400, 426, 453, 503):
+        for code in (200, 400, 426, 453, 505):
             self.assertFalse(isDeliveryCode(code), code)
 
     def test_coreErrors(self) -> None:

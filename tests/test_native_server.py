@@ -974,11 +974,15 @@ class CoreValuesTests(NativeFaceTestsMixin, SynchronousTestCase):
 
     def test_statusCodes(self) -> None:
         """
-        Failed deliveries are answered with the spec's codes.
+        Failed deliveries are answered with the spec's codes (an unknown
+        user as an offline one: 480; a rule's 486 to a sender who may see
+        the recipient's presence).
         """
         alice, bob = self.loggedIn("alice"), self.loggedIn("bob")
-        self.assertEqual(alice.call("MESSAGE", "im:nobody@corp.example", [], b"x").code, 404)
+        self.assertEqual(alice.call("MESSAGE", "im:nobody@corp.example", [], b"x").code, 480)
         self.assertEqual(alice.call("MESSAGE", "im:bob@corp.example", [], b"x").code, 480)
+        alice.call("SUBSCRIBE", "pres:bob@corp.example")
+        bob.call("AUTHORISE", "pres:alice@corp.example", [("Decision", "allow")])
         bob.call("RULE", "*", [("Presence", "busy"), ("Alternate", "tel:+15550100")])
         bob.call("PUBLISH", "*", [("Presence", "busy")])
         r = alice.call("MESSAGE", "im:bob@corp.example", [], b"x")

@@ -654,6 +654,26 @@ class MemoryHomeStoreTests(HomeStoreTestsMixin, TestCase):
         """
         return MemoryHomeStore()
 
+    def test_hold(self) -> None:
+        """
+        With C{hold} set, operations wait until L{MemoryHomeStore.release}
+        runs them, in the order they were asked for (those asked for while
+        releasing included); reads are recorded.
+        """
+        store = MemoryHomeStore()
+        store.hold = True
+        write = store.apply([PutContact(ALICE, ContactRecord(BOB))])
+        read = store.getContacts(ALICE)
+        self.assertNoResult(write)
+        self.assertNoResult(read)
+        self.assertEqual(store.release(1), 1)
+        self.assertIsNone(self.successResultOf(write))
+        self.assertNoResult(read)
+        later = read.addCallback(lambda _: store.getAuthorisation(BOB, ALICE))
+        self.assertEqual(store.release(), 2)
+        self.assertIsNone(self.successResultOf(later))
+        self.assertEqual(store.reads, [("getContacts", ALICE), ("getAuthorisation", BOB, ALICE)])
+
     def test_failWrites(self) -> None:
         """
         With C{failWrites} set, writes fail with L{PersistenceFailed} and

@@ -15,13 +15,20 @@ list of SQL statements::
 and opens its file with L{openDatabase}. Each migration runs in a transaction
 of its own; the schema version is kept in C{PRAGMA user_version}. Migrations
 are only ever appended: a released one is never edited.
+
+Commits are grouped: the operations asked for while another group runs are
+run together, in order, in one SQLite transaction (each in a savepoint of its
+own), and each caller is answered once that transaction has committed. How
+much a commit survives is a L{Durability}.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
@@ -35,10 +42,13 @@ from imgateway.core.errors import ImgatewayError, PersistenceFailed
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
+    "DEFAULT_MAX_GROUP",
     "Database",
+    "Durability",
     "Migrations",
     "SchemaTooNew",
     "openDatabase",
+    "openDatabaseNow",
     "openPool",
     "persistenceFailed",
 ]
@@ -53,6 +63,35 @@ Migrations = Sequence[Sequence[str]]
 #: How long (in seconds) a statement waits for another connection's lock,
 #: for example while C{imgateway-admin} writes next to a running gateway.
 DEFAULT_BUSY_TIMEOUT = 5.0
+
+#: The most operations L{Database} runs in one transaction (one commit).
+#: Larger groups save little more, and make the first caller of a group
+#: wait for all the others.
+DEFAULT_MAX_GROUP = 256
+
+
+class Durability(enum.Enum):
+    """
+    What a change survives once it is acknowledged (its transaction has
+    committed). Both keep the database file intact: what they differ in is
+    whether the last commits may be lost.
+
+    @cvar PROCESS: Survives the gateway process ending in any way, C{kill
+        -9} included, but not an operating system crash or a power loss,
+        which may lose the commits of the last moments (the write-ahead log
+        is synced to disk only at checkpoints). SQLite's C{synchronous=NORMAL}
+        with WAL; the default.
+    @cvar POWER: Also survives an operating system crash or a power loss:
+        every commit waits for the disk to confirm it (an C{fsync} of the
+        write-ahead log). SQLite's C{synchronous=FULL}; costs a disk sync per
+        commit, which grouped commits share.
+    """
+
+    PROCESS = "process"
+    POWER = "power"
+
+
+_SYNCHRONOUS = {Durability.PROCESS: "NORMAL", Durability.POWER: "FULL"}
 
 # Primary SQLite result codes (the low byte of an extended code) whose
 # failures are operational rather than bugs, with a readable description.
@@ -131,8 +170,11 @@ def persistenceFailed(path: str, error: sqlite3.Error, write: bool) -> Persisten
     return PersistenceFailed(f"could not {verb} {path}: {reason}")
 
 
-def _configureConnection(busyTimeout: float) -> Callable[[sqlite3.Connection], None]:
+def _configureConnection(
+    busyTimeout: float, durability: Durability = Durability.PROCESS
+) -> Callable[[sqlite3.Connection], None]:
     milliseconds = int(busyTimeout * 1000)
+    synchronous = _SYNCHRONOUS[durability]
 
     def configure(connection: sqlite3.Connection) -> None:
         # busy_timeout first: switching to WAL needs a lock.
@@ -149,7 +191,7 @@ def _configureConnection(busyTimeout: float) -> Callable[[sqlite3.Connection], N
                 if "locked" not in str(e) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
-        connection.execute("PRAGMA synchronous = NORMAL").fetchall()
+        connection.execute(f"PRAGMA synchronous = {synchronous}").fetchall()
         connection.execute("PRAGMA foreign_keys = ON").fetchall()
 
     return configure
@@ -159,15 +201,17 @@ def openPool(
     reactor: IReactorCore,
     path: FilePath[str] | str,
     busyTimeout: float = DEFAULT_BUSY_TIMEOUT,
+    durability: Durability = Durability.PROCESS,
 ) -> adbapi.ConnectionPool:
     """
     Make an adbapi connection pool of one connection to an SQLite file,
     creating its folder (mode 0700) if missing.
 
     The connection is in autocommit mode (C{isolation_level=None}), with
-    C{journal_mode=WAL}, C{synchronous=NORMAL}, C{foreign_keys=ON} and a busy
-    timeout; transactions are begun explicitly (L{Database} does it). The
-    pool's thread starts when C{reactor} runs; call its C{close} when done.
+    C{journal_mode=WAL}, C{synchronous} as C{durability} asks
+    (C{NORMAL} or C{FULL}), C{foreign_keys=ON} and a busy timeout;
+    transactions are begun explicitly (L{Database} does it). The pool's
+    thread starts when C{reactor} runs; call its C{close} when done.
 
     Prefer L{openDatabase}, which also migrates the schema and maps errors.
 
@@ -177,6 +221,7 @@ def openPool(
     @param path: The database file; C{":memory:"} for a private in-memory
         database.
     @param busyTimeout: Seconds to wait for another connection's lock.
+    @param durability: What an acknowledged commit survives.
     @raise PersistenceFailed: If the folder cannot be created.
     """
     pathText = path.path if isinstance(path, FilePath) else path
@@ -194,7 +239,7 @@ def openPool(
         check_same_thread=False,
         cp_min=1,
         cp_max=1,
-        cp_openfun=_configureConnection(busyTimeout),
+        cp_openfun=_configureConnection(busyTimeout, durability),
         cp_reactor=reactor,
     )
     return pool
@@ -227,79 +272,228 @@ def _migrate(connection: sqlite3.Connection, path: str, migrations: Migrations) 
     return version
 
 
+class _Kind(enum.Enum):
+    READ = "read"
+    WRITE = "write"
+    # Runs with the connection itself, outside any group (a migration).
+    ALONE = "alone"
+
+
+class _Operation:
+    """
+    An operation waiting in L{Database}'s queue.
+    """
+
+    __slots__ = ("kind", "func", "deferred")
+
+    def __init__(self, kind: _Kind, func: Callable[[Any], Any]) -> None:
+        self.kind = kind
+        self.func = func
+        self.deferred: Deferred[Any] = Deferred()
+
+
+# What became of one operation of a group: (True, its result) or (False, a
+# Failure).
+_Outcome = tuple[bool, Any]
+
+
+def _rollbackAll(connection: sqlite3.Connection) -> None:
+    if connection.in_transaction:
+        try:
+            connection.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
+def _undoOperation(connection: sqlite3.Connection) -> bool:
+    """
+    Undo what the operation of the current savepoint did.
+
+    @return: Whether the transaction goes on; C{False} when SQLite had
+        rolled back the whole transaction already (as it may for a full
+        disk or an I/O error), or the savepoint could not be rolled back
+        (the transaction is then rolled back).
+    """
+    if not connection.in_transaction:
+        return False
+    try:
+        connection.execute("ROLLBACK TO operation")
+        connection.execute("RELEASE operation")
+    except sqlite3.Error:
+        _rollbackAll(connection)
+        return False
+    return True
+
+
 class Database:
     """
     An open SQLite database: a one-connection adbapi pool that runs
     functions in transactions, in the order they were asked for, and fails
     with L{PersistenceFailed} when the storage fails.
 
+    Commits are grouped. The operations asked for while a group runs wait in
+    a queue; when it is done, those waiting (up to C{maxGroup}) run, in
+    order, as the next group: one transaction (C{BEGIN IMMEDIATE} if one of
+    them writes), each operation inside a savepoint of its own, then one
+    C{COMMIT}. An operation that raises rolls back to its savepoint: it
+    loses only its own changes and fails only its own L{Deferred}. Every
+    caller is answered after the group's commit, so a change is never
+    acknowledged before it is committed; if the commit fails, or SQLite
+    rolls back the whole transaction (a full disk, an I/O error), the
+    operations whose changes were lost fail with L{PersistenceFailed}.
+    A read sees the changes of every write asked for before it.
+
     @ivar path: The database file.
+    @ivar durability: What an acknowledged change survives.
+    @ivar maxGroup: The most operations run in one transaction.
     """
 
-    def __init__(self, pool: adbapi.ConnectionPool, path: str) -> None:
+    def __init__(
+        self,
+        pool: adbapi.ConnectionPool,
+        path: str,
+        durability: Durability = Durability.PROCESS,
+        maxGroup: int = DEFAULT_MAX_GROUP,
+    ) -> None:
         """
         @param pool: A pool from L{openPool}.
         @param path: The database file, for messages.
+        @param durability: What the pool was opened with.
+        @param maxGroup: The most operations run in one transaction (C{1}:
+            every operation commits alone).
         """
+        if maxGroup < 1:
+            raise ValueError(f"maxGroup must be at least 1, got {maxGroup!r}")
         self._pool = pool
         self.path = path
+        self.durability = durability
+        self.maxGroup = maxGroup
         self._closed = False
-        self._pending = 0
+        self._running = False
+        self._queue: deque[_Operation] = deque()
         self._closing: list[Deferred[None]] = []
 
-    def _run(self, write: bool, func: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
+    def _failure(self, error: BaseException, write: bool) -> Failure:
+        """
+        The failure to hand a caller for C{error}: L{PersistenceFailed} when
+        it is a failure of the storage.
+        """
+        if isinstance(error, sqlite3.Error):
+            mapped = persistenceFailed(self.path, error, write)
+            if mapped is not None:
+                mapped.__cause__ = error
+                return Failure(mapped)
+        return Failure(error)
+
+    def _enqueue(self, kind: _Kind, func: Callable[[Any], T]) -> Deferred[T]:
         if self._closed:
             return fail(PersistenceFailed(f"{self.path}: the database is closed"))
-        d: Deferred[T] = self._pool.runWithConnection(func)
-        self._pending += 1
+        operation = _Operation(kind, func)
+        self._queue.append(operation)
+        if not self._running:
+            self._dispatch()
+        return cast(Deferred[T], operation.deferred)
 
-        def mapError(failure: Failure) -> Failure:
-            error = failure.value
-            if isinstance(error, sqlite3.Error):
-                mapped = persistenceFailed(self.path, error, write)
-                if mapped is not None:
-                    raise mapped from error
-            return failure
+    def _dispatch(self) -> None:
+        """
+        Run the next group of queued operations in the pool's thread.
+        """
+        group = [self._queue.popleft()]
+        d: Deferred[Any]
+        if group[0].kind is _Kind.ALONE:
+            d = self._pool.runWithConnection(group[0].func)
+        else:
+            while self._queue and len(group) < self.maxGroup and self._queue[0].kind is not _Kind.ALONE:
+                group.append(self._queue.popleft())
+            d = self._pool.runWithConnection(
+                self._runGroup, [(operation.kind is _Kind.WRITE, operation.func) for operation in group]
+            )
+        self._running = True
+        d.addBoth(self._ran, group)
 
-        # The caller's callbacks run before a close that waits for this
-        # operation goes on.
-        outer: Deferred[T] = Deferred()
+    def _runGroup(
+        self, connection: sqlite3.Connection, group: list[tuple[bool, Callable[[sqlite3.Cursor], Any]]]
+    ) -> list[_Outcome]:
+        """
+        Run a group of operations in one transaction, in the pool's thread.
 
-        def deliver(result: T | Failure) -> None:
+        @param group: Each operation's function, and whether it writes.
+        @return: Each operation's outcome.
+        """
+        outcomes: list[_Outcome] = [(False, None)] * len(group)
+        i = 0
+        while i < len(group):
+            # A write takes the write lock at once, so that what the group
+            # reads is still true when it writes.
+            begin = "BEGIN IMMEDIATE" if any(write for write, _ in group[i:]) else "BEGIN"
             try:
-                if isinstance(result, Failure):
-                    outer.errback(result)
+                connection.execute(begin)
+            except sqlite3.Error as e:
+                for j in range(i, len(group)):
+                    outcomes[j] = (False, self._failure(e, write=True))
+                break
+            # What ran before the transaction's first write saw only what
+            # was committed already, and stays true whatever happens next.
+            firstWrite: int | None = None
+            aborted = False
+            while i < len(group) and not aborted:
+                write, func = group[i]
+                if write and firstWrite is None:
+                    firstWrite = i
+                cursor = connection.cursor()
+                try:
+                    connection.execute("SAVEPOINT operation")
+                    outcomes[i] = (True, func(cursor))
+                    connection.execute("RELEASE operation")
+                except Exception as e:
+                    outcomes[i] = (False, self._failure(e, write) if isinstance(e, sqlite3.Error) else Failure())
+                    if not _undoOperation(connection):
+                        # The whole transaction is gone: so are the changes
+                        # of the operations before this one.
+                        for j in range(firstWrite if firstWrite is not None else i, i):
+                            outcomes[j] = (False, self._failure(e, write=True))
+                        aborted = True
+                finally:
+                    cursor.close()
+                i += 1
+            if aborted:
+                continue
+            try:
+                connection.execute("COMMIT")
+            except sqlite3.Error as e:
+                _rollbackAll(connection)
+                for j in range(firstWrite if firstWrite is not None else i, i):
+                    outcomes[j] = (False, self._failure(e, write=True))
+        return outcomes
+
+    def _ran(self, result: list[_Outcome] | Any | Failure, group: list[_Operation]) -> None:
+        """
+        Answer the callers of a group that ran, in order, then run the next
+        group (or finish closing).
+        """
+        outcomes: list[_Outcome]
+        if isinstance(result, Failure):
+            error = result.value
+            failure = self._failure(error, write=True) if isinstance(error, sqlite3.Error) else result
+            outcomes = [(False, failure)] * len(group)
+        elif group[0].kind is _Kind.ALONE:
+            outcomes = [(True, result)]
+        else:
+            outcomes = result
+        try:
+            for operation, (succeeded, value) in zip(group, outcomes):
+                if succeeded:
+                    operation.deferred.callback(value)
                 else:
-                    outer.callback(result)
-            finally:
-                self._pending -= 1
-                if self._pending == 0 and self._closing:
-                    self._finishClose()
-
-        d.addErrback(mapError)
-        d.addBoth(deliver)
-        return outer
-
-    def _transaction(
-        self,
-        write: bool,
-        func: Callable[Concatenate[sqlite3.Cursor, P], T],
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> Deferred[T]:
-        def inThread(connection: sqlite3.Connection) -> T:
-            # A write takes the write lock at once, so that what it reads is
-            # still true when it writes. On an exception, adbapi rolls back.
-            connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            cursor = connection.cursor()
-            try:
-                result = func(cursor, *args, **kwargs)
-            finally:
-                cursor.close()
-            connection.execute("COMMIT")
-            return result
-
-        return self._run(write, inThread)
+                    operation.deferred.errback(value)
+        finally:
+            # The callers' callbacks have run (and may have queued more)
+            # before the next group starts, or a close goes on.
+            self._running = False
+            if self._queue:
+                self._dispatch()
+            elif self._closing:
+                self._finishClose()
 
     def read(
         self,
@@ -308,13 +502,13 @@ class Database:
         **kwargs: P.kwargs,
     ) -> Deferred[T]:
         """
-        Run C{func(cursor, *args, **kwargs)} in a read transaction, in the
-        pool's thread.
+        Run C{func(cursor, *args, **kwargs)} in a transaction, in the pool's
+        thread, after every operation asked for before.
 
         @return: A L{Deferred} firing with C{func}'s result, or failing with
             its exception (L{PersistenceFailed} when the storage failed).
         """
-        return self._transaction(False, func, *args, **kwargs)
+        return self._enqueue(_Kind.READ, lambda cursor: func(cursor, *args, **kwargs))
 
     def write(
         self,
@@ -324,14 +518,17 @@ class Database:
     ) -> Deferred[T]:
         """
         Run C{func(cursor, *args, **kwargs)} in a write transaction
-        (C{BEGIN IMMEDIATE}), in the pool's thread. If C{func} raises, or
-        the commit fails, nothing it did is kept.
+        (C{BEGIN IMMEDIATE}, perhaps shared with other operations: see
+        L{Database}), in the pool's thread, after every operation asked for
+        before. If C{func} raises, or the commit fails, nothing it did is
+        kept.
 
-        @return: A L{Deferred} firing with C{func}'s result, or failing with
-            its exception; any L{sqlite3.DatabaseError} (but a
-            L{sqlite3.ProgrammingError}) becomes L{PersistenceFailed}.
+        @return: A L{Deferred} firing with C{func}'s result once its changes
+            are committed, or failing with its exception; any
+            L{sqlite3.DatabaseError} (but a L{sqlite3.ProgrammingError})
+            becomes L{PersistenceFailed}.
         """
-        return self._transaction(True, func, *args, **kwargs)
+        return self._enqueue(_Kind.WRITE, lambda cursor: func(cursor, *args, **kwargs))
 
     def migrate(self, migrations: Migrations) -> Deferred[int]:
         """
@@ -343,12 +540,13 @@ class Database:
             version is higher, or L{PersistenceFailed}.
         """
         migrations = [list(m) for m in migrations]
-        return self._run(True, lambda connection: _migrate(connection, self.path, migrations))
+        return self._enqueue(_Kind.ALONE, lambda connection: _migrate(connection, self.path, migrations))
 
     def close(self) -> Deferred[None]:
         """
-        Close the database once the operations under way are done; later
-        operations fail with L{PersistenceFailed}. Idempotent.
+        Close the database once every operation asked for before is done
+        (committed and answered); later operations fail with
+        L{PersistenceFailed}. Idempotent.
 
         @return: A L{Deferred} that fires when the connection is closed.
         """
@@ -357,7 +555,7 @@ class Database:
         self._closed = True
         d: Deferred[None] = Deferred()
         self._closing.append(d)
-        if self._pending == 0:
+        if not self._running and not self._queue:
             self._finishClose()
         return d
 
@@ -373,6 +571,8 @@ def openDatabase(
     path: FilePath[str] | str,
     migrations: Migrations,
     busyTimeout: float = DEFAULT_BUSY_TIMEOUT,
+    durability: Durability = Durability.PROCESS,
+    maxGroup: int = DEFAULT_MAX_GROUP,
 ) -> Deferred[Database]:
     """
     Open (creating if need be) an SQLite database and migrate its schema.
@@ -381,15 +581,17 @@ def openDatabase(
     @param path: The database file; its folder is created if missing.
     @param migrations: The schema, as L{Migrations}.
     @param busyTimeout: As for L{openPool}.
+    @param durability: As for L{openPool}.
+    @param maxGroup: As for L{Database}.
     @return: A L{Deferred} firing with the open L{Database}, or failing
         with L{SchemaTooNew} or L{PersistenceFailed} (the database is then
         closed).
     """
     try:
-        pool = openPool(reactor, path, busyTimeout)
+        pool = openPool(reactor, path, busyTimeout, durability)
     except PersistenceFailed:
         return fail()
-    database = Database(pool, path.path if isinstance(path, FilePath) else path)
+    database = Database(pool, path.path if isinstance(path, FilePath) else path, durability, maxGroup)
 
     def failed(failure: Failure) -> Deferred[Any]:
         return database.close().addCallback(lambda _: failure)
@@ -404,6 +606,8 @@ def openDatabaseNow(
     path: FilePath[str] | str,
     migrations: Migrations,
     busyTimeout: float = DEFAULT_BUSY_TIMEOUT,
+    durability: Durability = Durability.PROCESS,
+    maxGroup: int = DEFAULT_MAX_GROUP,
 ) -> Database:
     """
     Like L{openDatabase}, but migrate the schema at once, blocking: for
@@ -415,14 +619,14 @@ def openDatabaseNow(
         migrated.
     """
     pathText = path.path if isinstance(path, FilePath) else path
-    pool = openPool(reactor, pathText, busyTimeout)
+    pool = openPool(reactor, pathText, busyTimeout, durability)
     try:
         connection = sqlite3.connect(pathText, timeout=busyTimeout, isolation_level=None)
         try:
-            _configureConnection(busyTimeout)(connection)
+            _configureConnection(busyTimeout, durability)(connection)
             _migrate(connection, pathText, migrations)
         finally:
             connection.close()
     except sqlite3.Error as e:
         raise (persistenceFailed(pathText, e, write=True) or PersistenceFailed(f"{pathText}: {e}")) from None
-    return Database(pool, pathText)
+    return Database(pool, pathText, durability, maxGroup)

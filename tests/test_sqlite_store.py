@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
@@ -40,7 +42,14 @@ from imgateway.directory.sqlite import SQLiteDirectory
 from imgateway.home import store as homeStore
 from imgateway.home.store import SQLiteHomeStore
 from imgateway.interfaces import IDirectory, IHomeStore
-from imgateway.sqlite import Database, SchemaTooNew, openDatabase, persistenceFailed
+from imgateway.sqlite import (
+    Database,
+    Durability,
+    SchemaTooNew,
+    openDatabase,
+    openDatabaseNow,
+    persistenceFailed,
+)
 from imgateway.testing import MemoryDirectory, MemoryHomeStore
 
 if TYPE_CHECKING:
@@ -1110,3 +1119,280 @@ class HomeServerOnSQLiteTests(TestCase):
                 await store.getAuthorisations(DAVE), [(DAVE, ALICE, AuthorisationState.PENDING)], round
             )
         self.assertEqual(await dave.pendingRequests(), [ALICE])
+
+
+def _rows(path: str) -> list[str]:
+    """
+    What table C{t} of the database at C{path} holds, committed, as another
+    connection sees it.
+    """
+    connection = sqlite3.connect(path)
+    try:
+        return [row[0] for row in connection.execute("SELECT a FROM t ORDER BY rowid")]
+    finally:
+        connection.close()
+
+
+def _insert(value: str) -> Callable[[sqlite3.Cursor], str]:
+    """
+    A write that inserts C{value} into table C{t} and returns it.
+    """
+
+    def insert(cursor: sqlite3.Cursor) -> str:
+        cursor.execute("INSERT INTO t (a) VALUES (?)", (value,))
+        return value
+
+    return insert
+
+
+class DurabilityTests(TestCase):
+    """
+    L{Durability} chooses what an acknowledged write survives, through
+    SQLite's C{synchronous} setting.
+    """
+
+    def synchronous(self, database: Database) -> Deferred[int]:
+        """
+        @return: The connection's C{PRAGMA synchronous}.
+        """
+        return database.read(lambda c: int(c.execute("PRAGMA synchronous").fetchone()[0]))
+
+    async def test_default(self) -> None:
+        """
+        By default a database survives a process kill: C{synchronous=NORMAL}
+        (1) with WAL.
+        """
+        database = await openDatabase(theReactor(), os.path.join(self.mktemp(), "x.sqlite3"), [])
+        self.addCleanup(database.close)
+        self.assertEqual(await self.synchronous(database), 1)
+        self.assertIs(database.durability, Durability.PROCESS)
+
+    async def test_power(self) -> None:
+        """
+        L{Durability.POWER} syncs every commit to disk: C{synchronous=FULL}
+        (2), through L{openDatabase} and L{openDatabaseNow} alike.
+        """
+        folder = self.mktemp()
+        database = await openDatabase(
+            theReactor(), os.path.join(folder, "x.sqlite3"), [], durability=Durability.POWER
+        )
+        self.addCleanup(database.close)
+        self.assertEqual(await self.synchronous(database), 2)
+        now = openDatabaseNow(theReactor(), os.path.join(folder, "y.sqlite3"), [], durability=Durability.POWER)
+        self.addCleanup(now.close)
+        self.assertEqual(await self.synchronous(now), 2)
+        self.assertIs(now.durability, Durability.POWER)
+
+    def test_names(self) -> None:
+        """
+        The configuration names of the durability levels are C{"process"}
+        and C{"power"}.
+        """
+        self.assertEqual([d.value for d in Durability], ["process", "power"])
+
+
+class GroupCommitTests(TestCase):
+    """
+    L{Database} commits the writes queued while another operation runs in
+    one SQLite transaction, each isolated by a savepoint, and answers each
+    caller only once that transaction has committed.
+    """
+
+    async def openDatabase(self, **kwargs: Any) -> tuple[Database, str]:
+        """
+        Open a database file with one table C{t (a TEXT)} (and C{child}, whose
+        deferred foreign key points at it), closed at cleanup.
+
+        @return: The database and its path.
+        """
+        path = os.path.join(self.mktemp(), "x.sqlite3")
+        database = await openDatabase(
+            theReactor(),
+            path,
+            [[
+                "CREATE TABLE t (a TEXT PRIMARY KEY)",
+                "CREATE TABLE child (a TEXT REFERENCES t (a) DEFERRABLE INITIALLY DEFERRED)",
+            ]],
+            **kwargs,
+        )
+        self.addCleanup(database.close)
+        # Opening answers from the migration's group; let it end, so that
+        # the test's first operation starts a group of its own.
+        await deferLater(cast(IReactorTime, theReactor()), 0, lambda: None)
+        return database, path
+
+    def traced(self, database: Database, statements: list[str]) -> Deferred[str]:
+        """
+        Queue a write that records every statement the connection runs from
+        then on into C{statements} (its own C{COMMIT} included).
+        """
+
+        def trace(cursor: sqlite3.Cursor) -> str:
+            cursor.connection.set_trace_callback(statements.append)
+            return "traced"
+
+        return database.write(trace)
+
+    async def test_queuedWritesCommitTogether(self) -> None:
+        """
+        Writes asked for while another runs are committed together, in one
+        transaction (one C{COMMIT}), each in a savepoint of its own; each
+        caller gets its result.
+        """
+        database, path = await self.openDatabase()
+        statements: list[str] = []
+        first = self.traced(database, statements)
+        queued = [database.write(_insert(f"v{n}")) for n in range(5)]
+        self.assertEqual(await first, "traced")
+        self.assertEqual([await d for d in queued], [f"v{n}" for n in range(5)])
+        self.assertEqual([s for s in statements if s.startswith(("BEGIN", "COMMIT"))], ["COMMIT", "BEGIN IMMEDIATE", "COMMIT"])
+        self.assertEqual(len([s for s in statements if s.startswith("SAVEPOINT")]), 5)
+        self.assertEqual(_rows(path), [f"v{n}" for n in range(5)])
+
+    async def test_answeredAfterCommit(self) -> None:
+        """
+        A write's caller is answered only once its change is committed:
+        another connection sees it from the caller's callback on.
+        """
+        database, path = await self.openDatabase()
+        seen: list[list[str]] = []
+        writes = [database.write(_insert(f"v{n}")).addCallback(lambda _: seen.append(_rows(path))) for n in range(4)]
+        for d in writes:
+            await d
+        self.assertEqual(len(seen), 4)
+        for n, rows in enumerate(seen):
+            self.assertIn(f"v{n}", rows)
+
+    async def test_failureIsolated(self) -> None:
+        """
+        A write that raises inside a group loses only its own changes and
+        fails only its own L{Deferred}; the others of its group are
+        committed.
+        """
+        database, path = await self.openDatabase()
+
+        def halfway(cursor: sqlite3.Cursor) -> None:
+            cursor.execute("INSERT INTO t (a) VALUES ('lost')")
+            raise AccountExists("no")
+
+        statements: list[str] = []
+        first = self.traced(database, statements)
+        before = database.write(_insert("before"))
+        failing = database.write(halfway)
+        after = database.write(_insert("after"))
+        await first
+        self.assertEqual(await before, "before")
+        await failed(self, failing, AccountExists)
+        self.assertEqual(await after, "after")
+        self.assertEqual(statements.count("COMMIT"), 2)
+        self.assertEqual(_rows(path), ["before", "after"])
+
+    async def test_orderKept(self) -> None:
+        """
+        Operations take effect in the order asked for, reads included: a
+        read queued after a write sees it, one queued before does not; the
+        callers are answered in that order.
+        """
+        database, path = await self.openDatabase()
+        answered: list[object] = []
+
+        def count(cursor: sqlite3.Cursor) -> int:
+            return int(cursor.execute("SELECT count(*) FROM t").fetchone()[0])
+
+        operations: list[Deferred[Any]] = [
+            database.write(_insert("a")),
+            database.read(count),
+            database.write(_insert("b")),
+            database.read(count),
+            database.write(lambda c: c.execute("DELETE FROM t WHERE a = 'a'").rowcount),
+            database.read(count),
+        ]
+        for d in operations:
+            d.addCallback(answered.append)
+        for d in operations:
+            await d
+        self.assertEqual(answered, ["a", 1, "b", 2, 1, 1])
+        self.assertEqual(_rows(path), ["b"])
+
+    async def test_commitFailureFailsTheGroup(self) -> None:
+        """
+        When a group's commit fails, every write of the group fails with
+        L{PersistenceFailed} and none is kept (nothing is acknowledged that
+        was not committed); the next write works.
+        """
+        database, path = await self.openDatabase()
+        first = self.traced(database, [])
+        grouped: list[Deferred[Any]] = [
+            database.write(_insert("one")),
+            # A deferred foreign key: checked only when the group commits.
+            database.write(lambda c: c.execute("INSERT INTO child (a) VALUES ('nowhere')").rowcount),
+            database.write(_insert("two")),
+        ]
+        await first
+        for d in grouped:
+            e = await failed(self, d, PersistenceFailed)
+            self.assertIn("FOREIGN KEY", str(e))
+        self.assertEqual(_rows(path), [])
+        self.assertEqual(await database.write(_insert("three")), "three")
+        self.assertEqual(_rows(path), ["three"])
+
+    async def test_abortedGroup(self) -> None:
+        """
+        When SQLite rolls back the whole transaction of a group (here the
+        disk is full), the writes of the group done before fail with
+        L{PersistenceFailed} too, since their changes are gone; the writes
+        after it run in a new transaction. What is on disk is exactly what
+        was acknowledged.
+        """
+        database, path = await self.openDatabase()
+
+        def limit(cursor: sqlite3.Cursor) -> None:
+            pages = cursor.execute("PRAGMA page_count").fetchone()[0]
+            cursor.execute(f"PRAGMA max_page_count = {pages + 3:d}").fetchall()
+
+        await database.read(limit)
+        await deferLater(cast(IReactorTime, theReactor()), 0, lambda: None)
+        first = self.traced(database, [])
+        small = database.write(_insert("small"))
+        huge = database.write(lambda c: [_insert(f"{n}" + "x" * 3000)(c) for n in range(50)])
+        later = database.write(_insert("later"))
+        await first
+        e = await failed(self, small, PersistenceFailed)
+        self.assertIn("disk is full", str(e))
+        await failed(self, huge, PersistenceFailed)
+        self.assertEqual(await later, "later")
+        self.assertEqual(_rows(path), ["later"])
+
+    async def test_maxGroup(self) -> None:
+        """
+        A group holds at most C{maxGroup} operations; with C{maxGroup=1}
+        every write commits alone.
+        """
+        for maxGroup, commits in [(1, 6), (2, 4), (5, 2)]:
+            database, path = await self.openDatabase(maxGroup=maxGroup)
+            statements: list[str] = []
+            first = self.traced(database, statements)
+            queued = [database.write(_insert(f"v{n}")) for n in range(5)]
+            await first
+            for d in queued:
+                await d
+            self.assertEqual((maxGroup, statements.count("COMMIT")), (maxGroup, commits))
+            self.assertEqual(_rows(path), [f"v{n}" for n in range(5)])
+
+    async def test_closeWaitsForQueued(self) -> None:
+        """
+        L{Database.close} waits for every operation queued before it, each
+        committed and answered; an operation asked for after it fails with
+        L{PersistenceFailed}.
+        """
+        database, path = await self.openDatabase()
+        answered: list[str] = []
+        queued = [database.write(_insert(f"v{n}")).addCallback(answered.append) for n in range(20)]
+        closed = database.close()
+        closed.addCallback(lambda _: answered.append("closed"))
+        await failed(self, database.write(_insert("late")), PersistenceFailed)
+        await closed
+        self.assertEqual(answered, [f"v{n}" for n in range(20)] + ["closed"])
+        self.assertEqual(_rows(path), [f"v{n}" for n in range(20)])
+        for d in queued:
+            await d

@@ -27,6 +27,7 @@ from imgateway.core.errors import ConfigError, InvalidAddress
 from imgateway.core.throttle import LimitsConfig
 from imgateway.net.certificates import CertificateProblem
 from imgateway.net.endpoints import checkServerEndpoint
+from imgateway.sqlite import Durability
 
 __all__ = [
     "CONFIG_ENVIRONMENT",
@@ -205,6 +206,7 @@ class GatewayConfig:
     @ivar adapters: Adapter name to its parsed config, for every enabled
         adapter, in config-file order.
     @ivar limits: The C{[limits]} table: per-source limits of every face.
+    @ivar durability: What an acknowledged change to the stores survives.
     """
 
     path: FilePath[str]
@@ -215,6 +217,7 @@ class GatewayConfig:
     auth: AuthConfig
     adapters: dict[str, object]
     limits: LimitsConfig = LimitsConfig()
+    durability: Durability = Durability.PROCESS
 
 
 _HOME = HomeConfig()
@@ -249,6 +252,12 @@ def parseConfig(
     homeServerName = gw.get("home_server", str, "hs1")
     if not homeServerName or not homeServerName.replace("-", "").replace(".", "").isalnum():
         raise gw.error("home_server", f"must be a simple name (letters, digits, '-', '.'), got {homeServerName!r}")
+    durabilityText = gw.get("durability", str, Durability.PROCESS.value)
+    try:
+        durability = Durability(durabilityText)
+    except ValueError:
+        choices = " or ".join(f'"{d.value}"' for d in Durability)
+        raise gw.error("durability", f"must be {choices}, got {durabilityText!r}") from None
     gw.finish()
 
     h = top.table("home")
@@ -317,7 +326,7 @@ def parseConfig(
             adapters[name] = adapterParsers[name](adapterTable, reactor)
             adapterTable.finish()
     top.finish()
-    return GatewayConfig(path, domain, dataDir, homeServerName, home, auth, adapters, limits)
+    return GatewayConfig(path, domain, dataDir, homeServerName, home, auth, adapters, limits, durability)
 
 
 def findConfig(

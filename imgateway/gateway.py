@@ -166,11 +166,20 @@ def makeGatewayService(
     if not dataDir.exists():
         dataDir.makedirs()
         dataDir.chmod(0o700)
+    durability = config.durability
     directory = SQLiteDirectory(
-        openDatabaseNow(reactor, dataDir.child("directory.sqlite3"), DIRECTORY_MIGRATIONS), reactor
+        openDatabaseNow(
+            reactor, dataDir.child("directory.sqlite3"), DIRECTORY_MIGRATIONS, durability=durability
+        ),
+        reactor,
     )
     homeStore = SQLiteHomeStore(
-        openDatabaseNow(reactor, dataDir.child(f"home-{config.homeServerName}.sqlite3"), HOME_MIGRATIONS)
+        openDatabaseNow(
+            reactor,
+            dataDir.child(f"home-{config.homeServerName}.sqlite3"),
+            HOME_MIGRATIONS,
+            durability=durability,
+        )
     )
 
     gateway = assembleGateway(

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from imgateway.config import CONFIG_ENVIRONMENT, DEFAULT_CONFIG_PATH, HomeConfig, findConfig, loadConfig
 from imgateway.core.errors import ConfigError
 from imgateway.plugins import adapterConfigParsers
+from imgateway.sqlite import Durability
 
 REPO = FilePath(__file__).parent().parent()
 
@@ -77,6 +78,26 @@ class LoadConfigTests(SynchronousTestCase):
         self.assertConfigError('[gateway]\ndomain = "x.example"\n[telepathy]\n', "[telepathy]: unknown table (protocol adapters: native, xmpp)")
         self.assertConfigError('[gateway]\ndomain = "x.example"\n[native]\nlisten = ["tcp:notaport"]\n', "[native]: listen: bad endpoint")
         self.assertConfigError("[gateway\n", "not valid TOML")
+
+    def test_durability(self) -> None:
+        """
+        C{[gateway] durability} is C{"process"} (the default, also in the
+        shipped config) or C{"power"}; anything else is refused, naming the
+        key and the choices.
+        """
+        shipped = loadConfig(REPO.child("etc").child("imgateway.toml").path, MemoryReactor(), adapterConfigParsers())
+        self.assertIs(shipped.durability, Durability.PROCESS)
+        config = self.load('[gateway]\ndomain = "x.example"\n')
+        self.assertIs(config.durability, Durability.PROCESS)  # type: ignore[attr-defined]
+        config = self.load('[gateway]\ndomain = "x.example"\ndurability = "process"\n')
+        self.assertIs(config.durability, Durability.PROCESS)  # type: ignore[attr-defined]
+        config = self.load('[gateway]\ndomain = "x.example"\ndurability = "power"\n')
+        self.assertIs(config.durability, Durability.POWER)  # type: ignore[attr-defined]
+        self.assertConfigError(
+            '[gateway]\ndomain = "x.example"\ndurability = "disk"\n',
+            "[gateway]: durability: must be \"process\" or \"power\", got 'disk'",
+        )
+        self.assertConfigError('[gateway]\ndomain = "x.example"\ndurability = 2\n', "durability: expected str")
 
     def test_unreadable(self) -> None:
         """

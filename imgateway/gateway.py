@@ -1,8 +1,14 @@
-# -*- test-case-name: tests.test_plugins,tests.e2e.test_native_gateway -*-
+# -*- test-case-name: tests.test_gateway,tests.test_plugins,tests.e2e.test_store_durability -*-
 """
 The running gateway: one object holding the stores, the home server, the
 router and the portal, handed to every protocol adapter (L{IGateway}), and
 the service tree that starts and stops them in order.
+
+The tree starts the stores, the home server, then the faces; it stops them
+the other way round, each stage only once the one before has finished: the
+faces stop accepting and say goodbye, the home server finishes (or answers
+with an error) the work it had taken, and only then are the stores closed,
+once every write queued for them is committed.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from typing import Any, Callable
 from attrs import define
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -28,7 +34,7 @@ from imgateway.interfaces import IDirectory, IGateway, IHomeStore, IProtocolAdap
 from imgateway.router.router import Router
 from imgateway.secretfile import loadSecret as _loadSecret
 
-__all__ = ["Gateway", "makeGatewayService"]
+__all__ = ["Gateway", "OrderedMultiService", "makeGatewayService"]
 
 log = Logger()
 
@@ -54,6 +60,35 @@ class Gateway:
     adapters: dict[str, IProtocolAdapter]
     connectionLimiter: ConnectionLimiter
     loginThrottle: LoginThrottle
+
+
+class OrderedMultiService(MultiService):
+    """
+    A L{MultiService} that stops its children one after another, in the
+    reverse of the order they were added (and started) in: each child is
+    told to stop only once the one added after it has finished stopping
+    (the L{Deferred} its C{stopService} returned has fired). Twisted's
+    L{MultiService} tells them all at once.
+
+    A child whose stop fails is logged, and the next one is stopped all the
+    same.
+    """
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop the children in turn, last added first.
+
+        @return: Fires once the first child added has stopped.
+        """
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stopInTurn(list(reversed(list(self)))))
+
+    async def _stopInTurn(self, services: list[IService]) -> None:
+        for service in services:
+            try:
+                await maybeDeferred(service.stopService)
+            except Exception:
+                log.failure("Stopping {service} failed; stopping the rest", service=service)
 
 
 class _StoresService(Service):
@@ -194,12 +229,18 @@ def makeGatewayService(
     enabled = gateway.adapters
     home = gateway.homeServer
 
-    top = MultiService()
+    # Stopped last to first, each once the one after it has stopped: the
+    # faces (all at once), then the home server (which drains: finishes the
+    # work it had taken), then the stores.
+    top = OrderedMultiService()
     _StoresService(directory, homeStore, after=home.drain).setServiceParent(top)
     HomeServerService(home).setServiceParent(top)
+    faces = MultiService()
+    faces.setName("faces")
     for name, adapter in enabled.items():
         service = adapter.makeService(gateway, config.adapters[name])
         service.setName(name)
-        service.setServiceParent(top)
+        service.setServiceParent(faces)
+    faces.setServiceParent(top)
     _Announcer(gateway).setServiceParent(top)
     return gateway, top

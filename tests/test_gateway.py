@@ -1,0 +1,201 @@
+"""
+Tests for L{imgateway.gateway}: the order in which the gateway's services
+stop, and how its stores are opened.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, cast
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, fail
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+from imgateway.config import AuthConfig, GatewayConfig, HomeConfig
+from imgateway.core.address import Address
+from imgateway.core.errors import PersistenceFailed
+from imgateway.core.records import AccessList
+from imgateway.directory.sqlite import SQLiteDirectory
+from imgateway.gateway import Gateway, OrderedMultiService, makeGatewayService
+from imgateway.home.store import SQLiteHomeStore
+from imgateway.interfaces import IGateway, IProtocolAdapter
+from imgateway.sqlite import Durability
+from imgateway.testing import RecordingSessionClient
+
+ALICE = Address.fromString("alice@corp.example")
+
+
+class _Recorder(Service):
+    """
+    A service that records when it is told to stop, and stops when its test
+    says so.
+
+    @ivar stopping: The L{Deferred} its C{stopService} returned, or C{None}.
+    """
+
+    def __init__(self, name: str, told: list[str], hold: bool = False, error: bool = False) -> None:
+        self.setName(name)
+        self._told = told
+        self._hold = hold
+        self._error = error
+        self.stopping: Deferred[None] | None = None
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        self._told.append(str(self.name))
+        if self._error:
+            return fail(RuntimeError(f"{self.name} could not stop"))
+        if self._hold:
+            self.stopping = Deferred()
+            return self.stopping
+        return None
+
+
+class OrderedMultiServiceTests(SynchronousTestCase):
+    """
+    L{OrderedMultiService} stops its children one at a time, last added
+    first.
+    """
+
+    def test_stopsInTurn(self) -> None:
+        """
+        Each child is told to stop only once the one added after it has
+        finished stopping; the service's own stop fires after the first
+        child's.
+        """
+        told: list[str] = []
+        top = OrderedMultiService()
+        first = _Recorder("first", told, hold=True)
+        first.setServiceParent(top)
+        _Recorder("second", told).setServiceParent(top)
+        last = _Recorder("last", told, hold=True)
+        last.setServiceParent(top)
+        top.startService()
+        stopped = top.stopService()
+        self.assertEqual(told, ["last"])
+        self.assertNoResult(stopped)
+        assert last.stopping is not None
+        last.stopping.callback(None)
+        self.assertEqual(told, ["last", "second", "first"])
+        self.assertNoResult(stopped)
+        assert first.stopping is not None
+        first.stopping.callback(None)
+        self.successResultOf(stopped)
+        self.assertFalse(top.running)
+
+    def test_failedStopLogged(self) -> None:
+        """
+        A child whose stop fails is logged, and the children before it are
+        stopped all the same.
+        """
+        told: list[str] = []
+        top = OrderedMultiService()
+        _Recorder("first", told).setServiceParent(top)
+        _Recorder("broken", told, error=True).setServiceParent(top)
+        top.startService()
+        self.successResultOf(top.stopService())
+        self.assertEqual(told, ["broken", "first"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+@implementer(IProtocolAdapter)
+class _HeldAdapter:
+    """
+    A protocol adapter whose service stops only when its test says so.
+    """
+
+    name = "held"
+    description = "a face that takes its time to stop"
+
+    def __init__(self) -> None:
+        self.told: list[str] = []
+        self.service = _Recorder("held", self.told, hold=True)
+
+    def parseConfig(self, table: object, reactor: object) -> object:
+        return None
+
+    def makeService(self, gateway: IGateway, config: object) -> Service:
+        return self.service
+
+
+class GatewayServiceTests(TestCase):
+    """
+    The service of L{makeGatewayService}, on real SQLite files.
+    """
+
+    def makeGateway(self, durability: Durability = Durability.PROCESS) -> tuple[Gateway, MultiService, _HeldAdapter]:
+        """
+        Build a gateway serving C{corp.example} in a new folder, with the
+        C{held} face.
+        """
+        folder = FilePath(os.path.abspath(self.mktemp()))
+        config = GatewayConfig(
+            path=folder.child("imgateway.toml"),
+            domain="corp.example",
+            dataDir=folder.child("data"),
+            homeServerName="hs1",
+            home=HomeConfig(),
+            auth=AuthConfig(scramIterations=4096),
+            adapters={"held": None},
+            durability=durability,
+        )
+        from twisted.internet import reactor
+
+        adapter = _HeldAdapter()
+        gateway, service = makeGatewayService(config, reactor, {"held": adapter})
+        return gateway, cast(MultiService, service), adapter
+
+    async def test_durability(self) -> None:
+        """
+        Both stores are opened with the configured L{Durability}.
+        """
+        for durability in Durability:
+            gateway, service, adapter = self.makeGateway(durability)
+            directory = cast(SQLiteDirectory, gateway.directory)
+            homeStore = cast(SQLiteHomeStore, gateway.homeStore)
+            self.assertEqual(
+                (directory.database.durability, homeStore.database.durability), (durability, durability)
+            )
+            await directory.close()
+            await homeStore.close()
+
+    async def test_stopOrder(self) -> None:
+        """
+        On stop the faces go first; the home server ends its sessions only
+        once they have stopped; the stores close only after that, and take
+        writes until then.
+        """
+        gateway, service, adapter = self.makeGateway()
+        service.startService()
+        client = RecordingSessionClient()
+        await gateway.homeServer.openSession(ALICE, client)
+        stopped: Deferred[Any] = service.stopService()
+        self.assertEqual(adapter.told, ["held"])
+        self.assertEqual(client.closed, [])
+        await gateway.homeStore.setAccess(ALICE, "spam.example", AccessList.BLOCK)
+        self.assertFalse(stopped.called)
+
+        assert adapter.service.stopping is not None
+        adapter.service.stopping.callback(None)
+        self.assertEqual(client.closed, ["shutdown"])
+        await stopped
+        with self.assertRaises(PersistenceFailed):
+            await gateway.homeStore.setAccess(ALICE, "ham.example", AccessList.ALLOW)
+        self.assertEqual(await _readAccess(gateway), {"spam.example": AccessList.BLOCK})
+
+
+async def _readAccess(gateway: Gateway) -> dict[str, AccessList]:
+    """
+    Read alice's access lists from the (closed) gateway's home store file.
+    """
+    from twisted.internet import reactor
+
+    homeStore = cast(SQLiteHomeStore, gateway.homeStore)
+    store = await SQLiteHomeStore.open(reactor, homeStore.database.path)
+    try:
+        return await store.getAccess(ALICE)
+    finally:
+        await store.close()

@@ -421,22 +421,34 @@ class Database:
         @return: Each operation's outcome.
         """
         outcomes: list[_Outcome] = [(False, None)] * len(group)
+        # The operations already failed, not to run.
+        settled: set[int] = set()
         i = 0
         while i < len(group):
             # A write takes the write lock at once, so that what the group
             # reads is still true when it writes.
-            begin = "BEGIN IMMEDIATE" if any(write for write, _ in group[i:]) else "BEGIN"
+            writes = [j for j in range(i, len(group)) if group[j][0] and j not in settled]
             try:
-                connection.execute(begin)
+                connection.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
             except sqlite3.Error as e:
-                for j in range(i, len(group)):
+                if not writes:
+                    for j in range(i, len(group)):
+                        outcomes[j] = (False, self._failure(e, write=False))
+                    break
+                # No write lock (another process holds it past the busy
+                # timeout): the writes fail, the reads go on.
+                for j in writes:
                     outcomes[j] = (False, self._failure(e, write=True))
-                break
+                    settled.add(j)
+                continue
             # What ran before the transaction's first write saw only what
             # was committed already, and stays true whatever happens next.
             firstWrite: int | None = None
             aborted = False
             while i < len(group) and not aborted:
+                if i in settled:
+                    i += 1
+                    continue
                 write, func = group[i]
                 if write and firstWrite is None:
                     firstWrite = i
@@ -450,8 +462,7 @@ class Database:
                     if not _undoOperation(connection):
                         # The whole transaction is gone: so are the changes
                         # of the operations before this one.
-                        for j in range(firstWrite if firstWrite is not None else i, i):
-                            outcomes[j] = (False, self._failure(e, write=True))
+                        self._lost(outcomes, firstWrite, i, e)
                         aborted = True
                 finally:
                     cursor.close()
@@ -462,9 +473,21 @@ class Database:
                 connection.execute("COMMIT")
             except sqlite3.Error as e:
                 _rollbackAll(connection)
-                for j in range(firstWrite if firstWrite is not None else i, i):
-                    outcomes[j] = (False, self._failure(e, write=True))
+                self._lost(outcomes, firstWrite, i, e)
         return outcomes
+
+    def _lost(self, outcomes: list[_Outcome], firstWrite: int | None, end: int, error: Exception) -> None:
+        """
+        Fail, with C{error}, the operations of a transaction that SQLite did
+        not keep: those that succeeded from its first write (what ran before
+        it saw only committed data) up to C{end}. Those that failed keep
+        their own failure.
+        """
+        if firstWrite is None:
+            return
+        for j in range(firstWrite, end):
+            if outcomes[j][0]:
+                outcomes[j] = (False, self._failure(error, write=True))
 
     def _ran(self, result: list[_Outcome] | Any | Failure, group: list[_Operation]) -> None:
         """

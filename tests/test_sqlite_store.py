@@ -1318,9 +1318,15 @@ class GroupCommitTests(TestCase):
         """
         When a group's commit fails, every write of the group fails with
         L{PersistenceFailed} and none is kept (nothing is acknowledged that
-        was not committed); the next write works.
+        was not committed); a write that had failed on its own keeps its
+        own exception; the next write works.
         """
         database, path = await self.openDatabase()
+
+        def halfway(cursor: sqlite3.Cursor) -> None:
+            cursor.execute("INSERT INTO t (a) VALUES ('lost')")
+            raise AccountExists("no")
+
         first = self.traced(database, [])
         grouped: list[Deferred[Any]] = [
             database.write(_insert("one")),
@@ -1328,7 +1334,9 @@ class GroupCommitTests(TestCase):
             database.write(lambda c: c.execute("INSERT INTO child (a) VALUES ('nowhere')").rowcount),
             database.write(_insert("two")),
         ]
+        own = database.write(halfway)
         await first
+        await failed(self, own, AccountExists)
         for d in grouped:
             e = await failed(self, d, PersistenceFailed)
             self.assertIn("FOREIGN KEY", str(e))
@@ -1396,3 +1404,31 @@ class GroupCommitTests(TestCase):
         self.assertEqual(_rows(path), [f"v{n}" for n in range(20)])
         for d in queued:
             await d
+
+    async def test_lockedGroupReadsGoOn(self) -> None:
+        """
+        While another connection holds the write lock past the busy timeout,
+        the writes of a group fail with L{PersistenceFailed} saying the
+        database is locked, and the reads of the same group still get their
+        results, in order.
+        """
+        database, path = await self.openDatabase(busyTimeout=0.05)
+        await database.write(_insert("before"))
+        await deferLater(cast(IReactorTime, theReactor()), 0, lambda: None)
+        other = sqlite3.connect(path, isolation_level=None)
+        self.addCleanup(other.close)
+        first = database.read(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0])
+        other.execute("BEGIN IMMEDIATE")
+        grouped: list[Deferred[Any]] = [
+            database.read(lambda c: [r[0] for r in c.execute("SELECT a FROM t")]),
+            database.write(_insert("blocked")),
+            database.read(lambda c: [r[0] for r in c.execute("SELECT a FROM t")]),
+        ]
+        self.assertEqual(await first, 1)
+        self.assertEqual(await grouped[0], ["before"])
+        e = await failed(self, grouped[1], PersistenceFailed)
+        self.assertIn("locked", str(e))
+        self.assertEqual(await grouped[2], ["before"])
+        other.execute("COMMIT")
+        self.assertEqual(await database.write(_insert("after")), "after")
+        self.assertEqual(_rows(path), ["before", "after"])

@@ -533,6 +533,30 @@ class SQLiteDirectoryTests(DirectoryTestsMixin, TestCase):
         return directory
 
 
+class SQLiteDirectoryDurabilityTests(TestCase):
+    """
+    L{SQLiteDirectory.open} takes the configured durability.
+    """
+
+    async def test_power(self) -> None:
+        """
+        A directory opened with L{Durability.POWER} syncs every commit
+        (C{synchronous=FULL}); by default it is L{Durability.PROCESS}.
+        """
+        folder = self.mktemp()
+        power = await SQLiteDirectory.open(
+            theReactor(), os.path.join(folder, "p.sqlite3"), durability=Durability.POWER
+        )
+        self.addCleanup(power.close)
+        default = await SQLiteDirectory.open(theReactor(), os.path.join(folder, "d.sqlite3"))
+        self.addCleanup(default.close)
+        self.assertEqual(
+            (power.database.durability, default.database.durability), (Durability.POWER, Durability.PROCESS)
+        )
+        synchronous = await power.database.read(lambda c: int(c.execute("PRAGMA synchronous").fetchone()[0]))
+        self.assertEqual(synchronous, 2)
+
+
 class MemoryDirectoryTests(DirectoryTestsMixin, TestCase):
     """
     L{MemoryDirectory} behaves as an L{IDirectory}, as L{SQLiteDirectory}

@@ -244,7 +244,9 @@ async def _run(reactor: IReactorCore, config: GatewayConfig, action: _Action) ->
     process with a message and status 1; others with a traceback.
     """
     try:
-        directory = await SQLiteDirectory.open(reactor, config.dataDir.child("directory.sqlite3"))
+        directory = await SQLiteDirectory.open(
+            reactor, config.dataDir.child("directory.sqlite3"), durability=config.durability
+        )
         try:
             await action(directory)
         finally:

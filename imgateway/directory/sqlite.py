@@ -17,7 +17,7 @@ from imgateway.core.address import Address
 from imgateway.core.errors import AccountExists, NoSuchAccount
 from imgateway.core.records import AccountRecord
 from imgateway.interfaces import IDirectory
-from imgateway.sqlite import DEFAULT_BUSY_TIMEOUT, Database, Migrations, openDatabase
+from imgateway.sqlite import DEFAULT_BUSY_TIMEOUT, Database, Durability, Migrations, openDatabase
 
 __all__ = ["MIGRATIONS", "SQLiteDirectory"]
 
@@ -153,6 +153,7 @@ class SQLiteDirectory:
         reactor: IReactorCore,
         path: FilePath[str] | str,
         busyTimeout: float = DEFAULT_BUSY_TIMEOUT,
+        durability: Durability = Durability.PROCESS,
     ) -> Deferred[SQLiteDirectory]:
         """
         Open (creating if need be) a directory file and bring its schema up
@@ -161,12 +162,14 @@ class SQLiteDirectory:
         @param reactor: The reactor (it must also provide L{IReactorTime}).
         @param path: The file; its folder is created if missing.
         @param busyTimeout: Seconds a write waits for another process's lock.
+        @param durability: What an acknowledged write survives (the
+            configuration's C{[gateway] durability}).
         @return: A L{Deferred} firing with the directory, or failing with
             L{imgateway.sqlite.SchemaTooNew} or
             L{imgateway.core.errors.PersistenceFailed}.
         """
         clock = IReactorTime(reactor)
-        d = openDatabase(reactor, path, MIGRATIONS, busyTimeout)
+        d = openDatabase(reactor, path, MIGRATIONS, busyTimeout, durability)
         return d.addCallback(lambda database: cls(database, clock))
 
     def getAccount(self, address: Address) -> Deferred[AccountRecord | None]:

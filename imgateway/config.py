@@ -178,6 +178,7 @@ class HomeConfig:
     maxContacts: int = 1000
     maxAccessEntries: int = 1000
     maxRules: int = 5
+    maxPendingRequests: int = 1000
     maxKeptPresences: int = 20000
     drainTimeout: float = 10.0
 
@@ -271,6 +272,7 @@ def parseConfig(
         maxContacts=h.positive("max_contacts", int, _HOME.maxContacts),
         maxAccessEntries=h.positive("max_access_entries", int, _HOME.maxAccessEntries),
         maxRules=h.positive("max_rules", int, _HOME.maxRules),
+        maxPendingRequests=h.positive("max_pending_requests", int, _HOME.maxPendingRequests),
         maxKeptPresences=h.positive("max_kept_presences", int, _HOME.maxKeptPresences),
         drainTimeout=h.positive("drain_timeout", float, _HOME.drainTimeout),
     )

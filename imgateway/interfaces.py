@@ -162,6 +162,11 @@ class IHomeStore(Interface):
         L{SetRule<imgateway.core.records.SetRule>}), in order, in one
         transaction: after a crash or a failure either all of them are
         kept or none.
+
+        @raise imgateway.core.errors.PendingRequestsFull: (As a failure.) A
+            L{SetAuthorisation<imgateway.core.records.SetAuthorisation>}
+            with a C{pendingLimit} would make a pending request past it;
+            nothing was changed.
         """
 
     def close() -> Deferred[None]:

@@ -20,7 +20,7 @@ from zope.interface import implementer
 from imgateway.config import HomeConfig
 from imgateway.core.address import Address
 from imgateway.core.events import Message, SubscriptionEvent
-from imgateway.core.errors import AccountExists, NoSuchAccount, PersistenceFailed
+from imgateway.core.errors import AccountExists, NoSuchAccount, PendingRequestsFull, PersistenceFailed
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.core.records import (
     AccessList,
@@ -316,6 +316,56 @@ class MemoryHomeStore(_MemoryStore):
         refused = self._refuseWrite()
         if refused is not None:
             return fail(refused)
+        saved = self._tables() if any(_limited(c) for c in changes) else None
+        try:
+            self._apply(changes)
+        except PendingRequestsFull as e:
+            # Put every table back as it was (in place: tests may hold them).
+            assert saved is not None
+            contacts, authorisations, access, rules = saved
+            _refill(self.contacts, contacts)
+            _refill(self.authorisations, authorisations)
+            _refill(self.access, access)
+            _refill(self.rules, rules)
+            return fail(e)
+        return succeed(None)
+
+    def _tables(
+        self,
+    ) -> tuple[
+        dict[Address, dict[Address, ContactRecord]],
+        dict[tuple[Address, Address], AuthorisationState],
+        dict[Address, dict[str, AccessList]],
+        dict[Address, dict[PresenceState, str]],
+    ]:
+        """
+        @return: Copies of the tables, to put back if a write fails.
+        """
+        return (
+            {k: dict(v) for k, v in self.contacts.items()},
+            dict(self.authorisations),
+            {k: dict(v) for k, v in self.access.items()},
+            {k: dict(v) for k, v in self.rules.items()},
+        )
+
+    def _checkPendingLimit(self, change: SetAuthorisation, limit: int) -> None:
+        """
+        @raise PendingRequestsFull: As L{SetAuthorisation.pendingLimit} says.
+        """
+        current = self.authorisations.get((change.target, change.watcher))
+        if current is AuthorisationState.PENDING or not change.appliesTo(current):
+            return
+        pending = sum(
+            1 for (t, _), s in self.authorisations.items() if t == change.target and s is AuthorisationState.PENDING
+        )
+        if pending < limit:
+            return
+        mine = self.access.get(change.target, {})
+        if mine.get(str(change.watcher), mine.get(change.watcher.domain)) is AccessList.ALLOW:
+            return
+        raise PendingRequestsFull(f"{change.target} has {limit} pending requests (max_pending_requests)")
+
+    def _apply(self, changes: Sequence[HomeChange]) -> None:
         for change in changes:
             if isinstance(change, PutContact):
                 self.contacts.setdefault(change.owner, {})[change.contact.address] = change.contact
@@ -323,6 +373,8 @@ class MemoryHomeStore(_MemoryStore):
                 self._discard(self.contacts, change.owner, change.contact)
             elif isinstance(change, SetAuthorisation):
                 key = (change.target, change.watcher)
+                if change.pendingLimit is not None and change.state is AuthorisationState.PENDING:
+                    self._checkPendingLimit(change, change.pendingLimit)
                 if not change.appliesTo(self.authorisations.get(key)):
                     pass
                 elif change.state is None:
@@ -338,7 +390,6 @@ class MemoryHomeStore(_MemoryStore):
                 self._discard(self.rules, change.owner, change.state)
             else:
                 self.rules.setdefault(change.owner, {})[change.state] = change.alternate
-        return succeed(None)
 
     @staticmethod
     def _discard(table: dict[Address, dict[K, V]], owner: Address, key: K) -> None:
@@ -347,6 +398,15 @@ class MemoryHomeStore(_MemoryStore):
             mine.pop(key, None)
             if not mine:
                 del table[owner]
+
+
+def _refill(table: dict[K, V], content: dict[K, V]) -> None:
+    table.clear()
+    table.update(content)
+
+
+def _limited(change: HomeChange) -> bool:
+    return isinstance(change, SetAuthorisation) and change.pendingLimit is not None
 
 
 # --- more test doubles below ---

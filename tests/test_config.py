@@ -61,6 +61,18 @@ class LoadConfigTests(SynchronousTestCase):
         config = self.load('[gateway]\ndomain = "x.example"\n[native]\nenabled = false\n')
         self.assertEqual(config.adapters, {})  # type: ignore[attr-defined]
 
+    def test_homeQuotas(self) -> None:
+        """
+        The C{[home]} quotas are read from their keys, C{max_pending_requests}
+        included.
+        """
+        config = self.load('[gateway]\ndomain = "x.example"\n[home]\nmax_pending_requests = 7\nmax_contacts = 9\n')
+        self.assertEqual(config.home, HomeConfig(maxPendingRequests=7, maxContacts=9))  # type: ignore[attr-defined]
+        self.assertConfigError(
+            '[gateway]\ndomain = "x.example"\n[home]\nmax_pending_requests = 0\n',
+            "[home]: max_pending_requests: must be greater than 0",
+        )
+
     def assertConfigError(self, text: str, message: str) -> None:
         e = self.assertRaises(ConfigError, self.load, text)
         self.assertIn(message, str(e))

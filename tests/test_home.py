@@ -9,6 +9,7 @@ from __future__ import annotations
 from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -903,10 +904,184 @@ class QuotaTests(HomeServerTestsMixin, SynchronousTestCase):
     def test_defaults(self) -> None:
         """
         The shipped quotas: 1000 contacts, 1000 access-list entries, a rule
-        for every state that can have one.
+        for every state that can have one, 1000 pending requests.
         """
         c = HomeConfig()
         self.assertEqual((c.maxContacts, c.maxAccessEntries, c.maxRules), (1000, 1000, 5))
+        self.assertEqual(c.maxPendingRequests, 1000)
+
+
+class PendingRequestTests(HomeServerTestsMixin, SynchronousTestCase):
+    """
+    C{max_pending_requests}: a user keeps at most that many subscription
+    requests awaiting an answer, from users of this server or of others.
+    One more is not kept, and is answered exactly as a pending one is.
+    """
+
+    LIMIT = 3
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.home.config = HomeConfig(maxSessionsPerUser=3, maxPendingRequests=self.LIMIT)
+        self.remote = RecordingRoute()
+        self.router.addRoute("xmpp.example", self.remote)
+
+    def remotes(self, n: int) -> list[Address]:
+        return [Address.fromString(f"r{i}@xmpp.example") for i in range(n)]
+
+    def locals(self, n: int) -> list[Address]:
+        users = [Address.fromString(f"u{i}@corp.example") for i in range(n)]
+        for u in users:
+            self.directory.addAccount(AccountRecord(u, "hs1", "", True, "{}"))
+        return users
+
+    def ask(self, watcher: Address, target: Address = ALICE) -> DeliveryStatus:
+        """
+        C{watcher}, a user of another network, asks to watch C{target}.
+        """
+        return self.successResultOf(self.home.deliver(SubscriptionEvent(SubscriptionKind.SUBSCRIBE, watcher, target)))
+
+    def kept(self, target: Address = ALICE) -> list[Address]:
+        return sorted(w for (t, w), s in self.store.authorisations.items() if t == target and s is AuthorisationState.PENDING)
+
+    def test_remoteBoundary(self) -> None:
+        """
+        C{max_pending_requests} requests from users of other networks are
+        kept and shown; one more is answered as they were and neither kept
+        nor shown, whether the target has sessions or not. A request still
+        pending may be made again; answering one makes room for one more.
+        """
+        for online in (True, False):
+            self.setUp()
+            alice, client = self.open(ALICE) if online else (None, None)
+            r = self.remotes(self.LIMIT + 1)
+            answers = [self.ask(w) for w in r]
+            self.assertEqual(answers, [DeliveryStatus.DELIVERED] * (self.LIMIT + 1))
+            self.assertEqual(self.kept(), r[: self.LIMIT])
+            self.assertEqual(self.ask(r[0]), DeliveryStatus.DELIVERED)
+            self.assertEqual(self.kept(), r[: self.LIMIT])
+            if client is not None and alice is not None:
+                self.assertEqual([e.sender for e in client.subscriptions], r[: self.LIMIT] + [r[0]])
+                self.assertEqual(self.successResultOf(alice.pendingRequests()), r[: self.LIMIT])
+            alice = alice or self.open(ALICE)[0]
+            self.successResultOf(alice.authorise(r[1], False))
+            self.assertEqual(self.ask(r[self.LIMIT]), DeliveryStatus.DELIVERED)
+            self.assertEqual(self.kept(), [r[0], r[2], r[3]])
+            self.assertEqual(self.successResultOf(alice.pendingRequests()), [r[0], r[2], r[3]])
+
+    def test_localBoundary(self) -> None:
+        """
+        Requests from users of this server count alike: past the limit,
+        C{SUBSCRIBE} still adds the contact and is answered pending, as
+        the others were, but the request is neither kept nor shown to its
+        target.
+        """
+        for online in (True, False):
+            self.setUp()
+            alice, client = self.open(ALICE) if online else (None, None)
+            u = self.locals(self.LIMIT + 1)
+            sessions = [self.open(w)[0] for w in u]
+            answers = [self.successResultOf(s.subscribe(ALICE, "Alice")) for s in sessions]
+            self.assertEqual(answers, [AuthorisationState.PENDING] * (self.LIMIT + 1))
+            self.assertEqual(self.kept(), u[: self.LIMIT])
+            for w in u:
+                self.assertEqual(self.store.contacts[w], {ALICE: ContactRecord(ALICE, "Alice")})
+            if client is not None:
+                self.assertEqual([e.sender for e in client.subscriptions], u[: self.LIMIT])
+            [last] = self.successResultOf(sessions[-1].contacts())
+            self.assertEqual((last.address, last.pending), (ALICE, False))
+            # Allowed: authorised at once, past the limit.
+            alice = alice or self.open(ALICE)[0]
+            self.successResultOf(alice.setAccess(str(u[-1]), AccessList.ALLOW))
+            self.assertEqual(self.successResultOf(sessions[-1].subscribe(ALICE)), AuthorisationState.AUTHORISED)
+
+    def test_allowedPastLimit(self) -> None:
+        """
+        A request from an entry of the target's allow list is authorised,
+        however many requests the target has pending.
+        """
+        alice, _ = self.open(ALICE)
+        r = self.remotes(self.LIMIT + 1)
+        for w in r[: self.LIMIT]:
+            self.ask(w)
+        self.successResultOf(alice.setAccess("xmpp.example", AccessList.ALLOW))
+        self.ask(r[-1])
+        self.assertIs(self.store.authorisations[(ALICE, r[-1])], AuthorisationState.AUTHORISED)
+        self.assertIn(SubscriptionEvent(SubscriptionKind.AUTHORISE, ALICE, r[-1]), [evolve(e, hops=0) for e in self.remote.events])
+
+    def test_nothingTold(self) -> None:
+        """
+        No existence leak: a stranger whose request is not kept gets the
+        answer and the events (none) that a stranger whose request is kept
+        gets, and that a stranger asking a user who does not exist gets;
+        so does a user of this server.
+        """
+        r = self.remotes(self.LIMIT + 2)
+        for w in r[: self.LIMIT]:
+            self.ask(w)
+        # Requests of users of this server wait for GHOST too (the store
+        # keeps them, whether the account exists or not).
+        self.store.authorisations.update({(GHOST, w): AuthorisationState.PENDING for w in r[: self.LIMIT]})
+        del self.remote.events[:]
+        answers = [self.ask(r[-1], BOB), self.ask(r[-1]), self.ask(r[-2], GHOST), self.ask(r[-2], CAROL)]
+        self.assertEqual(answers, [DeliveryStatus.DELIVERED] * 4)
+        self.assertEqual(self.remote.events, [])
+        # Users of this server: GHOST (who does not exist) and alice have
+        # full lists, carol has room.
+        u = self.locals(1)
+        session, client = self.open(u[0])
+        states = [self.successResultOf(session.subscribe(t)) for t in (CAROL, ALICE, GHOST)]
+        self.assertEqual(states, [AuthorisationState.PENDING] * 3)
+        self.assertEqual(client.subscriptions, [])
+        views = {v.address: v for v in self.successResultOf(session.contacts())}
+        self.assertEqual(evolve(views[ALICE], address=GHOST), views[GHOST])
+
+    def test_loggedOncePerInterval(self) -> None:
+        """
+        The first request not kept is logged at once; the next are counted
+        and logged in one line every interval while they go on, by target.
+        """
+        r = self.remotes(self.LIMIT)
+        for w in r:
+            self.ask(w)
+            self.ask(w, BOB)
+        flood = [Address.fromString(f"x{i}@xmpp.example") for i in range(60)]
+        with capturedLogs() as events:
+            for w in flood[:50]:
+                self.ask(w)
+            self.ask(flood[50], BOB)
+            self.assertEqual(len(events), 1)
+            self.assertIn("from x0@xmpp.example to alice@corp.example not kept", formatEvent(events[0]))
+            self.assertIn("max_pending_requests", formatEvent(events[0]))
+            self.clock.advance(10)
+            self.assertEqual(len(events), 2)
+            self.assertEqual(
+                formatEvent(events[1]),
+                "50 more subscription requests not kept (max_pending_requests = 3),"
+                " to alice@corp.example (49), bob@corp.example (1)",
+            )
+            self.ask(flood[51])
+            self.clock.advance(10)
+            self.assertEqual(len(events), 3)
+            self.assertIn("1 more subscription requests", formatEvent(events[2]))
+            self.clock.advance(10)
+            self.assertEqual(len(events), 3)
+            self.ask(flood[52])
+            self.assertEqual(len(events), 4)
+            self.assertIn("from x52@xmpp.example", formatEvent(events[3]))
+        self.clock.advance(10)
+
+    def test_drainLogsCount(self) -> None:
+        """
+        When the home server stops, the requests not kept since the last
+        line are logged.
+        """
+        for w in self.remotes(self.LIMIT + 3):
+            self.ask(w)
+        with capturedLogs() as events:
+            self.successResultOf(self.home.drain())
+        self.assertIn("2 more subscription requests not kept", " ".join(formatEvent(e) for e in events))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class BlockTests(HomeServerTestsMixin, SynchronousTestCase):

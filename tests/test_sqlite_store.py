@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from imgateway.core.address import Address
-from imgateway.core.errors import AccountExists, NoSuchAccount, PersistenceFailed
+from imgateway.core.errors import AccountExists, DeliveryStatus, NoSuchAccount, PendingRequestsFull, PersistenceFailed
 from imgateway.core.presence import PresenceState
 from imgateway.core.records import (
     ANY_STATE,
@@ -504,6 +504,47 @@ class HomeStoreTestsMixin(_Base):
         )
         self.assertEqual(await store.getAuthorisations(ALICE), [(BOB, ALICE, authorised)])
 
+    async def test_pendingLimit(self) -> None:
+        """
+        A L{SetAuthorisation} with C{pendingLimit} makes a new pending
+        request only while its target has fewer pending requests than that:
+        at the limit the whole L{IHomeStore.apply} fails with
+        L{PendingRequestsFull} and changes nothing. Asking again while
+        pending, a target's allow list, rows in other states and other
+        targets' requests are not held back; a refused row made pending
+        again is a new request.
+        """
+        store = await self.makeStore()
+        pending, refused = AuthorisationState.PENDING, AuthorisationState.REFUSED
+        others = [addr(f"u{n}@far.example") for n in range(4)]
+
+        def ask(watcher: Address, limit: int | None = 2) -> SetAuthorisation:
+            return SetAuthorisation(ALICE, watcher, pending, pendingLimit=limit)
+
+        await store.apply([SetAuthorisation(ALICE, BOB, AuthorisationState.AUTHORISED)])
+        await store.apply([SetAuthorisation(ALICE, DAVE, refused)])
+        await store.apply([ask(others[0])])
+        await store.apply([SetAuthorisation(BOB, others[1], pending), ask(others[1])])
+        await failed(
+            self, store.apply([PutContact(others[2], ContactRecord(ALICE)), ask(others[2])]), PendingRequestsFull
+        )
+        await failed(self, store.apply([ask(DAVE)]), PendingRequestsFull)
+        self.assertEqual(await store.getContacts(others[2]), [])
+        self.assertIsNone(await store.getAuthorisation(ALICE, others[2]))
+        self.assertIs(await store.getAuthorisation(ALICE, DAVE), refused)
+        # Asked again while pending; another target; the allow list; no limit.
+        await store.apply([ask(others[0]), SetAuthorisation(BOB, others[2], pending, pendingLimit=2)])
+        await store.apply([SetAccess(ALICE, "far.example", AccessList.ALLOW), ask(others[2])])
+        await store.apply([SetAccess(ALICE, "far.example", AccessList.NONE), ask(others[3], None)])
+        self.assertEqual(
+            [(w, s) for t, w, s in await store.getAuthorisations(ALICE) if t == ALICE],
+            [(BOB, AuthorisationState.AUTHORISED), (DAVE, refused)] + [(o, pending) for o in others],
+        )
+        # Answering a request makes room for one more.
+        await failed(self, store.apply([ask(DAVE, 4)]), PendingRequestsFull)
+        await store.apply([SetAuthorisation(ALICE, others[3], refused), ask(DAVE, 4)])
+        self.assertIs(await store.getAuthorisation(ALICE, DAVE), pending)
+
     async def test_closed(self) -> None:
         """
         L{IHomeStore.close} is idempotent; afterwards, reads and writes fail
@@ -607,7 +648,8 @@ class SQLiteHomeStoreTests(HomeStoreTestsMixin, TestCase):
     async def test_targetedReadsIndexed(self) -> None:
         """
         The targeted reads look rows up by primary key: their cost does not
-        grow with the user's lists.
+        grow with the user's lists. Counting a user's pending requests walks
+        the rows whose target the user is, by primary key, not the table.
         """
         store = await SQLiteHomeStore.open(theReactor(), os.path.join(self.mktemp(), "h.sqlite3"))
         self.addCleanup(store.close)
@@ -617,10 +659,15 @@ class SQLiteHomeStoreTests(HomeStoreTestsMixin, TestCase):
 
         for sql, args in [
             ("SELECT state FROM authorisations WHERE target = ? AND watcher = ?", ("a@x", "b@x")),
+            (
+                "SELECT count(*) FROM (SELECT 1 FROM authorisations WHERE target = ? AND state = 'pending' LIMIT ?)",
+                ("a@x", "5"),
+            ),
             ("SELECT entry, list FROM access WHERE owner = ? AND entry IN (?, ?)", ("a@x", "b@x", "x")),
         ]:
             steps = await store.database.read(plan, sql, args)
-            self.assertFalse([s for s in steps if s.startswith("SCAN")], steps)
+            # (Counting scans the rows the subquery found, not a table.)
+            self.assertFalse([s for s in steps if s.startswith("SCAN") and "subquery" not in s], steps)
             self.assertTrue([s for s in steps if "PRIMARY KEY" in s], steps)
 
     async def test_authorisationsIndexed(self) -> None:
@@ -1143,6 +1190,65 @@ class HomeServerOnSQLiteTests(TestCase):
                 await store.getAuthorisations(DAVE), [(DAVE, ALICE, AuthorisationState.PENDING)], round
             )
         self.assertEqual(await dave.pendingRequests(), [ALICE])
+
+    async def test_pendingRequestsLimit(self) -> None:
+        """
+        C{max_pending_requests} on a real SQLite file: the requests kept
+        are there after a restart, those past the limit are not (their
+        senders' contacts are), and the limit still holds after it for
+        requests from other networks and from this server; answering one
+        makes room for one more.
+        """
+        from imgateway.config import HomeConfig
+        from imgateway.core.events import SubscriptionEvent, SubscriptionKind
+        from imgateway.home.server import HomeServer
+        from imgateway.router.router import Router
+        from imgateway.testing import RecordingSessionClient
+
+        path = os.path.join(self.mktemp(), "h.sqlite3")
+        directory = MemoryDirectory([account(f"{n}@corp.example") for n in ("alice", "bob", "dave")])
+        remotes = [addr(f"r{n}@xmpp.example") for n in range(5)]
+        pending = AuthorisationState.PENDING
+
+        async def start() -> tuple[SQLiteHomeStore, HomeServer]:
+            store = await SQLiteHomeStore.open(theReactor(), path)
+            self.addCleanup(store.close)
+            router = Router()
+            home = HomeServer(
+                "hs1", "corp.example", directory, store, router, cast(Any, theReactor()), HomeConfig(maxPendingRequests=3)
+            )
+            router.addRoute("corp.example", home, local=True)
+            return store, home
+
+        def ask(home: HomeServer, watcher: Address) -> Deferred[Any]:
+            return home.deliver(SubscriptionEvent(SubscriptionKind.SUBSCRIBE, watcher, ALICE))
+
+        store, home = await start()
+        for r in remotes[:4]:
+            self.assertEqual(await ask(home, r), DeliveryStatus.DELIVERED)
+        dave = await home.openSession(DAVE, RecordingSessionClient(), "desk")
+        self.assertIs(await dave.subscribe(ALICE, "Alice"), pending)
+        dave.close()
+        await home.drain()
+        await store.close()
+
+        store, home = await start()
+        self.assertEqual(await store.getAuthorisations(ALICE), [(ALICE, r, pending) for r in remotes[:3]])
+        self.assertEqual(await store.getContacts(DAVE), [ContactRecord(ALICE, "Alice")])
+        alice = await home.openSession(ALICE, RecordingSessionClient(), "desk")
+        self.addCleanup(alice.close)
+        self.assertEqual(await alice.pendingRequests(), remotes[:3])
+        self.assertEqual(await ask(home, remotes[4]), DeliveryStatus.DELIVERED)
+        bob = await home.openSession(BOB, RecordingSessionClient(), "desk")
+        self.addCleanup(bob.close)
+        self.assertIs(await bob.subscribe(ALICE), pending)
+        self.assertEqual(await alice.pendingRequests(), remotes[:3])
+        self.assertEqual(await store.getAuthorisations(ALICE), [(ALICE, r, pending) for r in remotes[:3]])
+        await alice.authorise(remotes[0], False)
+        self.assertEqual(await ask(home, remotes[4]), DeliveryStatus.DELIVERED)
+        self.assertEqual(await alice.pendingRequests(), [remotes[1], remotes[2], remotes[4]])
+        self.assertIs(await store.getAuthorisation(ALICE, remotes[4]), pending)
+        await home.drain()
 
 
 def _rows(path: str) -> list[str]:

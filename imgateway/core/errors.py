@@ -27,6 +27,7 @@ __all__ = [
     "NoRoute",
     "NoSuchUser",
     "NotAuthorised",
+    "PendingRequestsFull",
     "PersistenceFailed",
     "QuotaExceeded",
     "RateLimited",
@@ -86,6 +87,19 @@ class PersistenceFailed(ImgatewayError):
     """
     The store could not write (disk full, I/O error). Nothing acknowledged
     was lost; the operation that raised this did not happen.
+    """
+
+
+class PendingRequestsFull(ImgatewayError):
+    """
+    A home store refused to keep a new subscription request: its target
+    already has as many requests awaiting an answer as allowed
+    (L{SetAuthorisation.pendingLimit<imgateway.core.records.SetAuthorisation>},
+    C{[home] max_pending_requests}). Nothing was changed.
+
+    Never shown to the requester: the home server answers such a request as
+    it answers any pending one, so that nobody learns anything of the target
+    from it.
     """
 
 

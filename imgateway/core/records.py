@@ -216,12 +216,21 @@ class SetAuthorisation:
     @ivar onlyIf: If not empty, change the row only if it is there in one
         of these states (an answer to a request that has since been
         withdrawn changes nothing).
+    @ivar pendingLimit: If set, a change that makes a new pending request
+        (the row is absent or in another state, and the change applies to
+        it) is made only while C{target} has fewer than this many pending
+        requests (rows with C{target} as target, in state pending), or its
+        access lists allow C{watcher} (who will be authorised at once).
+        Otherwise L{IHomeStore.apply<imgateway.interfaces.IHomeStore.apply>}
+        fails with L{PendingRequestsFull<imgateway.core.errors.PendingRequestsFull>}
+        and changes nothing (C{[home] max_pending_requests}).
     """
 
     target: Address
     watcher: Address
     state: AuthorisationState | None
     onlyIf: tuple[AuthorisationState, ...] = ()
+    pendingLimit: int | None = None
 
     def appliesTo(self, current: AuthorisationState | None) -> bool:
         """

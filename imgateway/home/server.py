@@ -27,7 +27,7 @@ it.
 from __future__ import annotations
 
 import itertools
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -46,6 +46,7 @@ from imgateway.core.errors import (
     InvalidAddress,
     NoSuchUser,
     NotAuthorised,
+    PendingRequestsFull,
     QuotaExceeded,
     ServiceUnavailable,
     TooLarge,
@@ -79,6 +80,7 @@ from imgateway.core.records import (
     Subscription,
     checkAlternate,
 )
+from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
 from imgateway.interfaces import (
     IDirectory,
     IHomeServer,
@@ -525,6 +527,10 @@ class HomeServer:
         self._drainTimer: IDelayedCall | None = None
         self._ids = itertools.count(1)
         self._publishes = itertools.count(1)
+        # Subscription requests not kept (max_pending_requests) since the
+        # last log line, by target; the timer of the next line, if any.
+        self._dropped: Counter[Address] = Counter()
+        self._droppedTimer: IDelayedCall | None = None
 
     # -- lanes --------------------------------------------------------------
 
@@ -633,6 +639,10 @@ class HomeServer:
         if self._drainTimer is not None and self._drainTimer.active():
             self._drainTimer.cancel()
         self._drainTimer = None
+        if self._droppedTimer is not None and self._droppedTimer.active():
+            self._droppedTimer.cancel()
+            self._logDropped()
+        self._droppedTimer = None
         waiters, self._drainWaiters = self._drainWaiters, []
         for d in waiters:
             d.callback(None)
@@ -1114,11 +1124,64 @@ class HomeServer:
             d.addCallback(lambda _: self._authorised(me, user, watcher))
         else:
             pending = SetAuthorisation(me, watcher, _PENDING)
-            d = self._store(user, [] if shared else [pending], [pending])
+            # A watcher of this store wrote its request itself, within
+            # max_pending_requests; another's is kept here only within it.
+            limited = SetAuthorisation(me, watcher, _PENDING, pendingLimit=self.config.maxPendingRequests)
+            d = self._store(user, [] if shared else [limited], [pending])
             if user is not None:
                 event = SubscriptionEvent(SubscriptionKind.SUBSCRIBE, watcher, me)
                 d.addCallback(lambda _: self._tell(user, event))
+            delivered = d.addCallback(lambda _: DeliveryStatus.DELIVERED)
+            # Past the limit: not kept, and answered as a pending request is.
+            return delivered.addErrback(self._requestDropped, me, watcher)
         return d.addCallback(lambda _: DeliveryStatus.DELIVERED)
+
+    def _requestDropped(self, f: Failure, target: Address, watcher: Address) -> DeliveryStatus:
+        """
+        A subscription request was not kept: C{target} has
+        C{max_pending_requests} requests awaiting an answer. It is answered
+        as a request kept pending is (nothing tells the requester), and
+        logged: the first at once, then one line every
+        L{REFUSAL_LOG_INTERVAL} seconds counting the others, however many
+        arrive.
+        """
+        f.trap(PendingRequestsFull)
+        if self._droppedTimer is not None:
+            self._dropped[target] += 1
+        else:
+            self.log.warn(
+                "Subscription request from {watcher} to {target} not kept: {target} has {limit} requests"
+                " awaiting an answer (max_pending_requests); the next are counted for {interval} s",
+                watcher=watcher,
+                target=target,
+                limit=self.config.maxPendingRequests,
+                interval=REFUSAL_LOG_INTERVAL,
+            )
+            self._droppedTimer = self.clock.callLater(REFUSAL_LOG_INTERVAL, self._droppedLogDue)
+        return DeliveryStatus.DELIVERED
+
+    def _droppedLogDue(self) -> None:
+        # Requests kept coming: say how many, and go on counting; none came:
+        # the next is logged at once.
+        self._droppedTimer = None
+        if self._dropped:
+            self._logDropped()
+            self._droppedTimer = self.clock.callLater(REFUSAL_LOG_INTERVAL, self._droppedLogDue)
+
+    def _logDropped(self) -> None:
+        dropped, self._dropped = self._dropped, Counter()
+        if not dropped:
+            return
+        top = dropped.most_common(5)
+        targets = ", ".join(f"{t} ({n})" for t, n in top)
+        if len(dropped) > len(top):
+            targets += f" and {len(dropped) - len(top)} more users"
+        self.log.warn(
+            "{count} more subscription requests not kept (max_pending_requests = {limit}), to {targets}",
+            count=sum(dropped.values()),
+            limit=self.config.maxPendingRequests,
+            targets=targets,
+        )
 
     def _forgetPresence(self, user: _UserState, other: Address) -> None:
         """
@@ -1175,7 +1238,11 @@ class HomeServer:
             changes: list[HomeChange] = [PutContact(me, contact)]
             undo.append((changes[0], PutContact(me, old) if old is not None else RemoveContact(me, target)))
             if previous is not _AUTHORISED:
-                changes.append(SetAuthorisation(target, me, _PENDING))
+                # The request of a user of this server to another is kept
+                # in the target's store by this request: within the
+                # target's max_pending_requests.
+                limit = self.config.maxPendingRequests if self._shares(target) else None
+                changes.append(SetAuthorisation(target, me, _PENDING, pendingLimit=limit))
                 undo.append((changes[1], SetAuthorisation(target, me, previous)))
 
             def stored(_: None) -> list[Deferred[DeliveryStatus]]:
@@ -1187,7 +1254,21 @@ class HomeServer:
                 user.awaiting.setdefault(target, []).append(answer)
                 return [self.router.deliver(SubscriptionEvent(SubscriptionKind.SUBSCRIBE, me, target))]
 
-            return self._store(user, changes).addCallback(stored)
+            def full(f: Failure) -> Deferred[list[Deferred[DeliveryStatus]]]:
+                # The target has max_pending_requests already (whether or
+                # not the account exists): the contact is added, the
+                # request is not kept nor sent, and the answer is that of
+                # a pending request.
+                dropped = self._requestDropped(f, target, me)
+                del undo[1:]
+
+                def added(_: None) -> list[Deferred[DeliveryStatus]]:
+                    self._contactChanged(user, target)
+                    return [succeed(dropped)]
+
+                return self._store(user, changes[:1]).addCallback(added)
+
+            return self._store(user, changes).addCallbacks(stored, full)
 
         def asked(request: list[Deferred[DeliveryStatus]]) -> Deferred[AuthorisationState]:
             return request[0].addCallbacks(answered, refused)

@@ -17,6 +17,7 @@ from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from imgateway.core.address import Address
+from imgateway.core.errors import PendingRequestsFull
 from imgateway.core.presence import PresenceState
 from imgateway.core.records import (
     AccessList,
@@ -149,7 +150,36 @@ def _getAccessOf(cursor: sqlite3.Cursor, owner: Address, other: Address) -> Acce
     return AccessList(found) if found is not None else AccessList.NONE
 
 
+def _countPending(cursor: sqlite3.Cursor, target: Address, limit: int) -> int:
+    """
+    @return: How many requests await C{target}'s answer, counting no
+        further than C{limit} (a walk of C{target}'s rows by primary key).
+    """
+    row = cursor.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM authorisations WHERE target = ? AND state = 'pending' LIMIT ?)",
+        (str(target), limit),
+    ).fetchone()
+    return int(row[0])
+
+
+def _checkPendingLimit(cursor: sqlite3.Cursor, change: SetAuthorisation, limit: int) -> None:
+    """
+    @raise PendingRequestsFull: If C{change} would make a new pending
+        request past C{limit} (see L{SetAuthorisation.pendingLimit}).
+    """
+    current = _getAuthorisation(cursor, change.target, change.watcher)
+    if current is AuthorisationState.PENDING or not change.appliesTo(current):
+        return
+    if _countPending(cursor, change.target, limit) < limit:
+        return
+    if _getAccessOf(cursor, change.target, change.watcher) is AccessList.ALLOW:
+        return
+    raise PendingRequestsFull(f"{change.target} has {limit} pending requests (max_pending_requests)")
+
+
 def _setAuthorisation(cursor: sqlite3.Cursor, change: SetAuthorisation) -> None:
+    if change.pendingLimit is not None and change.state is AuthorisationState.PENDING:
+        _checkPendingLimit(cursor, change, change.pendingLimit)
     key = (str(change.target), str(change.watcher))
     condition, condArgs = "", cast(tuple[str, ...], ())
     if change.onlyIf:

@@ -31,7 +31,14 @@ from imgateway.core.errors import (
 from imgateway.core.errors import DeliveryStatus
 from imgateway.core.events import Event, Message, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
-from imgateway.core.records import AccessList, AccountRecord, AuthorisationState, ContactRecord, Subscription
+from imgateway.core.records import (
+    MAX_DISPLAY_NAME_CHARS,
+    AccessList,
+    AccountRecord,
+    AuthorisationState,
+    ContactRecord,
+    Subscription,
+)
 from imgateway.home.server import MAX_LABEL_CHARS, HomeServer, HomeServerService, Session
 from imgateway.interfaces import IHomeServer, IRoute, ISession, ISessionClient
 from imgateway.router.router import Router
@@ -900,6 +907,22 @@ class QuotaTests(HomeServerTestsMixin, SynchronousTestCase):
         self.successResultOf(alice.setRule(PresenceState.BUSY, "tel:4"))
         self.successResultOf(alice.setRule(PresenceState.AWAY, None))
         self.successResultOf(alice.setRule(PresenceState.ON_THE_PHONE, "tel:3"))
+
+    def test_displayNameCut(self) -> None:
+        """
+        Display names longer than C{MAX_DISPLAY_NAME_CHARS} are cut, by
+        C{SUBSCRIBE} and by a contact put alike (whatever the face: the
+        bound on list answers relies on it).
+        """
+        self.router.addRoute("xmpp.example", RecordingRoute())
+        alice, _ = self.online(ALICE)
+        u = self.others(2)
+        long = "\N{GRINNING FACE}" * (MAX_DISPLAY_NAME_CHARS + 1)
+        self.successResultOf(alice.subscribe(u[0], long))
+        self.successResultOf(alice.putContact(u[1], long))
+        self.assertEqual(
+            {c.displayName for c in self.store.contacts[ALICE].values()}, {long[:MAX_DISPLAY_NAME_CHARS]}
+        )
 
     def test_defaults(self) -> None:
         """

@@ -1044,9 +1044,9 @@ class SendQueueTests(NativeFaceTestsMixin, SynchronousTestCase):
 
     def test_slowReaderDropped(self) -> None:
         """
-        While the transport is paused (its buffer is full), writes count;
-        past the limit the connection is aborted and the session closed.
-        A transport that resumes starts the count again.
+        While the transport is paused (its buffer is full), writes count
+        (but the largest one); past the limit the connection is aborted and
+        the session closed. A transport that resumes starts the count again.
         """
         alice, bob = self.loggedIn("alice"), self.loggedIn("bob")
         bob.call("PUBLISH", "*", [("Presence", "online")])
@@ -1060,6 +1060,7 @@ class SendQueueTests(NativeFaceTestsMixin, SynchronousTestCase):
         alice.call("MESSAGE", "im:bob@corp.example", [], b"x" * 1000)
         # Twisted pauses again on every write while its buffer stays full.
         guard.pauseProducing()
+        alice.call("MESSAGE", "im:bob@corp.example", [], b"x" * 1000)
         self.assertFalse(bob.transport.disconnecting)
         alice.call("MESSAGE", "im:bob@corp.example", [], b"x" * 1000)
         self.assertTrue(bob.transport.disconnecting)

@@ -179,18 +179,39 @@ class GuardTests(SynchronousTestCase):
 
     def test_limitBoundary(self) -> None:
         """
-        While the transport is paused, C{limit} bytes written are allowed;
-        one more calls C{overflow}, once.
+        While the transport is paused, C{limit} bytes written besides the
+        largest write are allowed; one more calls C{overflow}, once.
         """
         _, guard, overflows = self.guarded(100)
         guard.pauseProducing()
         guard.wrote(60)
         guard.wrote(40)
+        guard.wrote(60)
         self.assertEqual(overflows, [])
         guard.wrote(1)
         self.assertEqual(overflows, [None])
         self.assertTrue(guard.tripped)
         guard.wrote(1000)
+        self.assertEqual(overflows, [None])
+
+    def test_oneLargeFrame(self) -> None:
+        """
+        One write larger than C{limit} (a long answer to the peer's own
+        request), even one that fills the transport's buffer, is allowed;
+        C{limit} more bytes are too, one more is not.
+        """
+        _, guard, overflows = self.guarded(100)
+        guard.pauseProducing()
+        guard.wrote(10_000)
+        guard.wrote(100)
+        self.assertEqual(overflows, [])
+        guard.wrote(1)
+        self.assertEqual(overflows, [None])
+        # A second large write while paused counts.
+        _, guard, overflows = self.guarded(100)
+        guard.pauseProducing()
+        guard.wrote(5_000)
+        guard.wrote(5_000)
         self.assertEqual(overflows, [None])
 
     def test_countsOnlyWhilePaused(self) -> None:
@@ -209,6 +230,7 @@ class GuardTests(SynchronousTestCase):
         guard.wrote(60)
         guard.pauseProducing()
         guard.wrote(40)
+        guard.wrote(60)
         self.assertEqual(overflows, [])
         guard.wrote(1)
         self.assertEqual(overflows, [None])

@@ -501,8 +501,9 @@ class SendQueueTests(C2STestsMixin, SynchronousTestCase):
 
     def test_slowReaderDropped(self) -> None:
         """
-        Once the transport's buffer is full, stanzas written count; past the
-        limit the connection is aborted and the session closed.
+        Once the transport's buffer is full, stanzas written count (but the
+        largest one); past the limit the connection is aborted and the
+        session closed.
         """
         self.factory = C2SFactory(
             self.gateway, C2SConfig(requireTLS=False, limits=StreamLimits(sendQueueBytes=3000)), None, self.clock
@@ -516,6 +517,7 @@ class SendQueueTests(C2STestsMixin, SynchronousTestCase):
         guard.pauseProducing()
         self.successResultOf(bob.sendMessage(self.alice, "x" * 1000))
         guard.pauseProducing()
+        self.successResultOf(bob.sendMessage(self.alice, "x" * 1000))
         self.successResultOf(bob.sendMessage(self.alice, "x" * 1000))
         self.assertFalse(c.transport.disconnecting)
         self.successResultOf(bob.sendMessage(self.alice, "x" * 1000))

@@ -59,9 +59,13 @@ class SendQueueGuard:
     The guard registers itself as the transport's streaming producer. The
     transport asks it to pause when its own buffer is full (64 KiB for TCP);
     from then until the transport asks it to resume, every byte written
-    counts, and past C{limit} bytes C{overflow} is called once (the face
-    drops the connection: the peer is not reading, and what was queued for
-    it would otherwise grow without bound).
+    counts but the largest single write (one frame or stanza: the answer to
+    a request of the peer's own, such as a long contact list, may be larger
+    than C{limit}), and past C{limit} bytes C{overflow} is called once (the
+    face drops the connection: the peer is not reading, and what was queued
+    for it would otherwise grow without bound). So what waits for a peer
+    that does not read is at most the transport's buffer, one frame and
+    C{limit} bytes.
 
     The guard stays registered until L{release}, and a transport with a
     producer registered does not close when asked to: Twisted's TLS
@@ -73,14 +77,17 @@ class SendQueueGuard:
     that does both. The guard changes nothing on the transport but its
     producer.
 
-    @ivar limit: Bytes that may be written while the transport is paused.
+    @ivar limit: Bytes that may be written while the transport is paused,
+        besides the largest write.
     @ivar pending: Bytes written since the transport paused.
+    @ivar largest: The largest single write since the transport paused.
     @ivar tripped: Whether C{overflow} was called.
     """
 
     def __init__(self, transport: ITransport, limit: int, overflow: Callable[[], None]) -> None:
         self.limit = limit
         self.pending = 0
+        self.largest = 0
         self.paused = False
         self.tripped = False
         self._overflow = overflow
@@ -111,10 +118,12 @@ class SendQueueGuard:
         if not self.paused:
             self.paused = True
             self.pending = 0
+            self.largest = 0
 
     def resumeProducing(self) -> None:
         self.paused = False
         self.pending = 0
+        self.largest = 0
 
     def stopProducing(self) -> None:
         self.paused = False
@@ -126,7 +135,8 @@ class SendQueueGuard:
         if not self.paused or self.tripped or not self._registered:
             return
         self.pending += size
-        if self.pending > self.limit:
+        self.largest = max(self.largest, size)
+        if self.pending - self.largest > self.limit:
             self.tripped = True
             self._overflow()
 

@@ -22,9 +22,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imgateway.adapters.native.framing import (
+    CLIENT_LIMITS,
     FrameParser,
     FramingError,
     Headers,
+    Limits,
     Request,
     Response,
     serialise,
@@ -111,17 +113,24 @@ class NativeClientProtocol(Protocol):
 
     @ivar address: The logged-in address, once L{login} succeeded.
     @ivar requestTimeout: Seconds to wait for any response.
+    @ivar limits: The sizes accepted from the server (L{CLIENT_LIMITS} unless
+        given). A response over them fails its request with a L{ClientError}
+        (C{413}: the body is skipped and the connection goes on; C{431}:
+        the connection is closed).
     """
 
     log = Logger()
     requestTimeout = 30.0
 
-    def __init__(self, observer: ClientObserver | None = None, clock: IReactorTime | None = None) -> None:
+    def __init__(
+        self, observer: ClientObserver | None = None, clock: IReactorTime | None = None, limits: Limits = CLIENT_LIMITS
+    ) -> None:
         self.observer = observer or ClientObserver()
         self.clock = clock
+        self.limits = limits
         self.address: Address | None = None
         self.sessionId = ""
-        self._parser = FrameParser()
+        self._parser = FrameParser(limits)
         self._seq = 0
         self._pending: dict[int, Deferred[Response]] = {}
         self._byeReason = ""
@@ -171,6 +180,12 @@ class NativeClientProtocol(Protocol):
         for item in self._parser.feed(data):
             if isinstance(item, FramingError):
                 self.log.warn("Bad frame from server: {error}", error=item)
+                if item.inResponse and item.seq is not None:
+                    # The answer was dropped: its request fails now rather
+                    # than wait for it forever.
+                    d = self._pending.pop(item.seq, None)
+                    if d is not None:
+                        d.errback(ClientError(item.code, f"the server's answer was refused: {item.detail}"))
                 if item.fatal:
                     self.transport.loseConnection()  # type: ignore[union-attr]
                     return

@@ -16,6 +16,8 @@ from imgateway.core.presence import Presence, PresenceState
 __all__ = [
     "ALTERNATE_SCHEMES",
     "ANY_STATE",
+    "MAX_ALTERNATE_CHARS",
+    "MAX_DISPLAY_NAME_CHARS",
     "AccessList",
     "AccountRecord",
     "AuthorisationState",
@@ -101,6 +103,11 @@ class Subscription(enum.Enum):
         if from_:
             return cls.FROM
         return cls.NONE
+
+
+#: The longest display name of a contact, in characters; the home server
+#: cuts longer ones (the faces already do).
+MAX_DISPLAY_NAME_CHARS = 256
 
 
 @frozen

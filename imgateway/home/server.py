@@ -66,6 +66,7 @@ from imgateway.core.events import (
 from imgateway.core.presence import OFFLINE, Presence, PresenceState, aggregate
 from imgateway.core.records import (
     ANY_STATE,
+    MAX_DISPLAY_NAME_CHARS,
     AccessList,
     AuthorisationState,
     ContactRecord,
@@ -1233,7 +1234,8 @@ class HomeServer:
             old = user.contacts.get(target)
             if old is None:
                 self._checkQuota("contacts", len(user.contacts), self.config.maxContacts, "max_contacts")
-            contact = ContactRecord(target, displayName or (old.displayName if old is not None else ""))
+            name = displayName[:MAX_DISPLAY_NAME_CHARS]
+            contact = ContactRecord(target, name or (old.displayName if old is not None else ""))
             previous = user.watching.get(target)
             changes: list[HomeChange] = [PutContact(me, contact)]
             undo.append((changes[0], PutContact(me, old) if old is not None else RemoveContact(me, target)))
@@ -1307,7 +1309,7 @@ class HomeServer:
             return fail(InvalidAddress("you cannot add yourself as a contact"))
         if target not in user.contacts:
             self._checkQuota("contacts", len(user.contacts), self.config.maxContacts, "max_contacts")
-        contact = ContactRecord(target, displayName)
+        contact = ContactRecord(target, displayName[:MAX_DISPLAY_NAME_CHARS])
         d = self._store(user, [PutContact(user.address, contact)])
         return d.addCallback(lambda _: self._contactChanged(user, target))
 

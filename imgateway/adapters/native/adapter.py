@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_native_server -*-
+# -*- test-case-name: tests.test_native_server,tests.test_native_client -*-
 """
 The native protocol adapter: the C{[native]} config table and the face's
 listeners.
@@ -10,16 +10,45 @@ from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReactorCore
+from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from imgateway.adapters.native.server import NativeConfig, NativeServerFactory
 from imgateway.adapters.base import ListenerService
-from imgateway.config import ConfigTable
+from imgateway.adapters.native.framing import CLIENT_LIMITS
+from imgateway.adapters.native.server import NativeConfig, NativeServerFactory, largestListAnswers
+from imgateway.config import ConfigTable, HomeConfig
 from imgateway.interfaces import IGateway, IProtocolAdapter
 
 __all__ = ["NativeAdapter"]
 
+log = Logger()
+
+
+def _checkAnswerSizes(home: HomeConfig) -> None:
+    """
+    Warn if the quotas of C{home} let list answers grow larger than the
+    shipped client reads (C{docs/protocol.md} section 3.2).
+    """
+    limit = CLIENT_LIMITS.maxBodyBytes
+    for method, size in largestListAnswers(home).items():
+        if size > limit:
+            log.warn(
+                "{method} answers may reach {size} bytes under the [home] quotas ({keys}), more than"
+                " the shipped client reads ({limit} bytes): its users with lists that long could not read them",
+                method=method,
+                size=size,
+                keys=_QUOTA_KEYS[method],
+                limit=limit,
+            )
+
+
+#: The [home] keys that bound each list answer.
+_QUOTA_KEYS = {
+    "CONTACTS": "max_contacts, max_pending_requests",
+    "ACCESS": "max_access_entries",
+    "RULE": "max_rules",
+}
 
 
 class _NativeService(MultiService):
@@ -68,6 +97,7 @@ class NativeAdapter:
 
     def makeService(self, gateway: IGateway, config: object) -> IService:
         assert isinstance(config, NativeConfig)
+        _checkAnswerSizes(gateway.config.home)
         factory = NativeServerFactory(gateway, config)
         top = _NativeService(factory)
         for description in config.listen:

@@ -18,6 +18,7 @@ from typing import TypeAlias
 from attrs import field, frozen, validators
 
 __all__ = [
+    "CLIENT_LIMITS",
     "VERSION",
     "MAX_SEQ",
     "Frame",
@@ -82,6 +83,19 @@ class Limits:
     maxHeaderBytes: int = field(default=8192, validator=validators.ge(1))
     maxHeaders: int = field(default=64, validator=validators.ge(1))
     maxBodyBytes: int = field(default=65536, validator=validators.ge(0))
+
+
+#: What the shipped client (L{imgateway.client}) accepts from a server
+#: (C{docs/protocol.md} section 3.2). Each limit is the receiver's: these are
+#: larger than the server's defaults (L{Limits}, what a server accepts from
+#: clients), because the server sends more than it takes. The body limit
+#: covers the largest answer a server with the default quotas can send
+#: (L{imgateway.adapters.native.server.largestListAnswers}: a C{CONTACTS}
+#: answer at C{max_contacts} and C{max_pending_requests}, about 22 MB at most);
+#: the start line covers a C{NOTIFY} or C{MESSAGE} naming the longest address
+#: (about 1.3 KB); header lines, a presence note of 1024 characters of 4 bytes
+#: each with the rest.
+CLIENT_LIMITS = Limits(maxStartLineBytes=4096, maxHeaderBytes=16384, maxHeaders=64, maxBodyBytes=32 * 1024 * 1024)
 
 
 @frozen

@@ -49,7 +49,8 @@ from imgateway.adapters.native.mapping import (
 )
 from imgateway.auth.checkers import SASLAuthenticated
 from imgateway.auth.sasl import SASLFailure, mechanismsFor, serverMechanism
-from imgateway.core.address import Address
+from imgateway.config import HomeConfig
+from imgateway.core.address import MAX_DOMAIN_CHARS, MAX_LOCAL_BYTES, Address
 from imgateway.core.errors import (
     DeliveryError,
     InvalidAddress,
@@ -57,14 +58,20 @@ from imgateway.core.errors import (
     TooManySessions,
 )
 from imgateway.core.events import Message, SubscriptionEvent, newMessageId
-from imgateway.core.presence import Presence
+from imgateway.core.presence import MAX_NOTE_CHARS, Presence, PresenceState
 from imgateway.core.ratelimit import TokenBucket
 from imgateway.core.throttle import Admission
-from imgateway.core.records import AccessList, AuthorisationState, ContactView
+from imgateway.core.records import (
+    MAX_ALTERNATE_CHARS,
+    MAX_DISPLAY_NAME_CHARS,
+    AccessList,
+    AuthorisationState,
+    ContactView,
+)
 from imgateway.interfaces import IGateway, ISession, ISessionClient
 from imgateway.net.addresses import isLoopback
 
-__all__ = ["NativeConfig", "NativeServerFactory", "NativeServerProtocol"]
+__all__ = ["NativeConfig", "NativeServerFactory", "NativeServerProtocol", "largestListAnswers"]
 
 _T = TypeVar("_T")
 
@@ -137,6 +144,76 @@ def _contactJSON(view: ContactView) -> dict[str, Any]:
         "presence": PRESENCE[view.presence.state],
         "note": view.presence.note,
     }
+
+
+#: The most bytes one character of a text field takes in a JSON body:
+#: C{json.dumps} escapes every character outside ASCII, one outside the
+#: Basic Multilingual Plane as two C{\\uXXXX} escapes.
+_JSON_BYTES_PER_CHAR = 12
+
+#: The most bytes one byte of an address's UTF-8 local part takes in a JSON
+#: body: a local part holds no quote, backslash or control character, and
+#: a character of 2, 3 or 4 bytes is escaped to 6, 6 or 12.
+_JSON_BYTES_PER_LOCAL_BYTE = 3
+
+#: The longest address in a JSON body, its quotes included.
+_LONGEST_ADDRESS_JSON = 2 + _JSON_BYTES_PER_LOCAL_BYTE * MAX_LOCAL_BYTES + len("@") + MAX_DOMAIN_CHARS
+
+
+def _longestToken(tokens: Any) -> str:
+    return "x" * max(len(t) for t in tokens.values())
+
+
+def _jsonList(count: int, item: int) -> int:
+    """
+    @return: The bytes of a JSON list (C{json.dumps}' separators) of
+        C{count} items of at most C{item} bytes each.
+    """
+    return 2 + count * item + max(0, count - 1) * len(", ")
+
+
+def _jsonString(chars: int) -> int:
+    """
+    @return: The most bytes a text field of C{chars} characters takes in a
+        JSON body, its quotes included.
+    """
+    return 2 + _JSON_BYTES_PER_CHAR * chars
+
+
+def largestListAnswers(home: HomeConfig) -> dict[str, int]:
+    """
+    The largest bodies the list answers (C{CONTACTS}, C{ACCESS *}, C{RULE *})
+    can have under the quotas of C{home}, whatever the lists hold: the
+    longest addresses, display names, notes and alternates, in the
+    characters that take the most room. (Lists stored before the quotas,
+    or before they were lowered, may be longer.)
+
+    @return: The method to its largest body, in bytes.
+    """
+    entry = len(
+        json.dumps(
+            {
+                "address": "",
+                "name": "",
+                "subscription": _longestToken(SUBSCRIPTIONS),
+                "pending": False,
+                "presence": _longestToken(PRESENCE),
+                "note": "",
+            }
+        )
+    )
+    entry += _LONGEST_ADDRESS_JSON + _jsonString(MAX_DISPLAY_NAME_CHARS) + _jsonString(MAX_NOTE_CHARS) - 3 * 2
+    contacts = (
+        len(json.dumps({"contacts": [], "requests": []}))
+        - 2 * 2
+        + _jsonList(home.maxContacts, entry)
+        + _jsonList(home.maxPendingRequests, _LONGEST_ADDRESS_JSON)
+    )
+    access = len(json.dumps({"allow": [], "block": []})) - 2 + _jsonList(home.maxAccessEntries, _LONGEST_ADDRESS_JSON)
+    ruleStates = [s for s in PresenceState if s not in (PresenceState.ONLINE, PresenceState.OFFLINE, PresenceState.APPEAR_OFFLINE)]
+    rule = len(json.dumps({"presence": _longestToken(PRESENCE), "alternate": ""})) - 2 + _jsonString(MAX_ALTERNATE_CHARS)
+    rules = len(json.dumps({"rules": []})) - 2 + _jsonList(min(home.maxRules, len(ruleStates)), rule)
+    return {"CONTACTS": contacts, "ACCESS": access, "RULE": rules}
 
 
 @implementer(ISessionClient, IHandshakeListener)
@@ -639,7 +716,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
 
     def do_SUBSCRIBE(self, request: Request) -> Deferred[Any]:
         target = _target(request)
-        name = _clean(request.headers.get("Name", "") or "")[:256]
+        name = _clean(request.headers.get("Name", "") or "")[:MAX_DISPLAY_NAME_CHARS]
 
         def answered(state: AuthorisationState) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
             code = SUBSCRIBE_ANSWERS[state]

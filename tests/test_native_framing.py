@@ -184,7 +184,7 @@ class FrameTests(SynchronousTestCase):
         """
         The default limits are those of the specification.
         """
-        self.assertEqual(Limits(), Limits(1024, 8192, 64, 65536))
+        self.assertEqual(Limits(), Limits(2048, 8192, 64, 65536))
 
 
 class SerialiseTests(SynchronousTestCase):

@@ -22,6 +22,8 @@ from imgateway.adapters.native.mapping import TARGETS, TargetForm, describeTarge
 from imgateway.adapters.native.server import NativeConfig, NativeServerFactory
 from imgateway.auth.sasl import clientMechanism
 from imgateway.config import ConfigTable, HomeConfig
+from imgateway.core.address import Address
+from tests.test_native_client import LONG_DOMAIN
 from imgateway.core.errors import ConfigError
 from imgateway.core.records import AuthorisationState
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
@@ -669,6 +671,22 @@ class SessionTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertEqual(w.call("MESSAGE", "im:not-an-address", [], b"x").code, 400)
         self.assertEqual(w.call("MESSAGE", "im:bob@corp.example", [], b"\xff").code, 400)
         self.assertEqual(w.call("MESSAGE", "im:x@elsewhere.example", [], b"x").code, 502)
+
+    def test_longestAddresses(self) -> None:
+        """
+        Under the default limits, a request may aim at the longest valid
+        address (a local part of 1023 bytes at a domain of 253 characters):
+        the longest request line, C{UNSUBSCRIBE} with it, is not refused as
+        too long.
+        """
+        local = "\N{LATIN SMALL LETTER E WITH ACUTE}" * 511 + "x"
+        target = Address.fromParts(local, LONG_DOMAIN)
+        self.assertEqual((len(target.local.encode("utf-8")), len(target.domain)), (1023, 253))
+        line = f"UNSUBSCRIBE {target.presURI()} IMGW/1.0".encode("utf-8")
+        self.assertEqual(len(line), 1303)
+        w = self.loggedIn()
+        self.assertEqual(w.call("UNSUBSCRIBE", target.presURI()).code, 200)
+        self.assertEqual(w.call("MESSAGE", target.imURI(), [], b"x").code, 502)
 
     def test_quotaExceeded(self) -> None:
         """

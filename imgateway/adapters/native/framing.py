@@ -79,7 +79,7 @@ class Limits:
     @ivar maxBodyBytes: The body (C{Content-Length}), in bytes.
     """
 
-    maxStartLineBytes: int = field(default=1024, validator=validators.ge(1))
+    maxStartLineBytes: int = field(default=2048, validator=validators.ge(1))
     maxHeaderBytes: int = field(default=8192, validator=validators.ge(1))
     maxHeaders: int = field(default=64, validator=validators.ge(1))
     maxBodyBytes: int = field(default=65536, validator=validators.ge(0))

@@ -83,7 +83,7 @@ class NativeConfig:
     """
 
     listen: tuple[str, ...] = ("tcp:5300:interface=127.0.0.1",)
-    maxStartLineBytes: int = 1024
+    maxStartLineBytes: int = 2048
     maxHeaderBytes: int = 8192
     maxHeaders: int = 64
     maxBodyBytes: int = 65536

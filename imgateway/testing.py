@@ -34,8 +34,8 @@ from imgateway.core.records import (
     RemoveContact,
     SetAccess,
     SetAuthorisation,
+    ruleOrder,
 )
-from imgateway.home.store import ruleOrder
 from imgateway.interfaces import IDirectory, IHomeStore, ISessionClient
 
 if TYPE_CHECKING:
@@ -294,7 +294,7 @@ class MemoryHomeStore(_MemoryStore):
     def getRules(self, owner: Address) -> Deferred[list[PresenceRule]]:
         """
         See L{IHomeStore.getRules}. Rules come in
-        L{imgateway.home.store.ruleOrder}.
+        L{imgateway.core.records.ruleOrder}.
         """
         later = self._later(self.getRules, owner)
         if later is not None:

@@ -645,6 +645,47 @@ class SQLiteHomeStoreTests(HomeStoreTestsMixin, TestCase):
         self.addCleanup(store.close)
         return store
 
+    async def test_ownTokens(self) -> None:
+        """
+        The file spells authorisation states, access lists and presence
+        states with the schema's own tokens, whatever the core enums' values
+        are: the format does not change with the core model.
+        """
+        from tests.test_native_mapping import scrambleCoreValues
+
+        store = await SQLiteHomeStore.open(theReactor(), os.path.join(self.mktemp(), "h.sqlite3"))
+        self.addCleanup(store.close)
+        scrambleCoreValues(self)
+        await store.apply(
+            [
+                SetAuthorisation(ALICE, BOB, AuthorisationState.PENDING, pendingLimit=5),
+                SetAuthorisation(BOB, ALICE, AuthorisationState.AUTHORISED),
+                SetAccess(ALICE, "spam.example", AccessList.BLOCK),
+                SetRule(ALICE, PresenceState.ON_THE_PHONE, "tel:+15550100"),
+            ]
+        )
+        await store.apply([SetAuthorisation(ALICE, BOB, AuthorisationState.REFUSED, onlyIf=(AuthorisationState.PENDING,))])
+
+        def rows(cursor: sqlite3.Cursor) -> list[list[tuple[str, ...]]]:
+            return [
+                cursor.execute("SELECT target, watcher, state FROM authorisations ORDER BY target").fetchall(),
+                cursor.execute("SELECT entry, list FROM access").fetchall(),
+                cursor.execute("SELECT state, alternate FROM rules").fetchall(),
+            ]
+
+        self.assertEqual(
+            await store.database.read(rows),
+            [
+                [(str(ALICE), str(BOB), "refused"), (str(BOB), str(ALICE), "authorised")],
+                [("spam.example", "block")],
+                [("on-the-phone", "tel:+15550100")],
+            ],
+        )
+        self.assertEqual(await store.getAuthorisation(ALICE, BOB), AuthorisationState.REFUSED)
+        self.assertEqual(await store.getAccessOf(ALICE, CAROL), AccessList.NONE)
+        self.assertEqual(await store.getAccess(ALICE), {"spam.example": AccessList.BLOCK})
+        self.assertEqual(await store.getRules(ALICE), [PresenceRule(PresenceState.ON_THE_PHONE, "tel:+15550100")])
+
     async def test_targetedReadsIndexed(self) -> None:
         """
         The targeted reads look rows up by primary key: their cost does not

@@ -32,6 +32,7 @@ __all__ = [
     "SetRule",
     "Subscription",
     "checkAlternate",
+    "ruleOrder",
 ]
 
 
@@ -167,6 +168,17 @@ class PresenceRule:
 
     state: PresenceState
     alternate: str
+
+
+_STATE_ORDER = {state: n for n, state in enumerate(PresenceState)}
+
+
+def ruleOrder(rule: PresenceRule) -> int:
+    """
+    The sort key of presence rules: the order in which L{PresenceState}
+    lists their states. Every store and the home server list rules in it.
+    """
+    return _STATE_ORDER[rule.state]
 
 
 @frozen

@@ -80,6 +80,7 @@ from imgateway.core.records import (
     SetRule,
     Subscription,
     checkAlternate,
+    ruleOrder,
 )
 from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
 from imgateway.interfaces import (
@@ -423,7 +424,7 @@ class Session:
 
     def rules(self) -> Deferred[list[PresenceRule]]:
         return self._request(
-            lambda user: [PresenceRule(s, a) for s, a in sorted(user.rules.items(), key=lambda i: i[0].value)]
+            lambda user: sorted((PresenceRule(s, a) for s, a in user.rules.items()), key=ruleOrder)
         )
 
     def close(self, reason: str = "") -> None:
@@ -1390,7 +1391,7 @@ class HomeServer:
 
     def setRule(self, user: _UserState, state: PresenceState, alternate: str | None) -> Deferred[None]:
         if state in (PresenceState.OFFLINE, PresenceState.APPEAR_OFFLINE, PresenceState.ONLINE):
-            return fail(ValueError(f"rules apply to busy and away states, not {state.value}"))
+            return fail(ValueError(f"rules apply to busy and away states, not {state.label}"))
         if alternate is not None:
             try:
                 checkAlternate(alternate)

@@ -29,11 +29,12 @@ from imgateway.core.records import (
     RemoveContact,
     SetAccess,
     SetAuthorisation,
+    ruleOrder,
 )
 from imgateway.interfaces import IHomeStore
 from imgateway.sqlite import DEFAULT_BUSY_TIMEOUT, Database, Migrations, openDatabase
 
-__all__ = ["MIGRATIONS", "SQLiteHomeStore", "ruleOrder"]
+__all__ = ["MIGRATIONS", "SQLiteHomeStore"]
 
 #: The home store's schema (see L{imgateway.sqlite}). Addresses are stored
 #: normalised, as C{str(address)}.
@@ -77,15 +78,28 @@ MIGRATIONS: Migrations = [
     ],
 ]
 
-_STATE_ORDER = {state: n for n, state in enumerate(PresenceState)}
-
-
-def ruleOrder(rule: PresenceRule) -> int:
-    """
-    The sort key of presence rules: the order in which L{PresenceState}
-    lists their states.
-    """
-    return _STATE_ORDER[rule.state]
+#: How the schema spells each value in its columns: its own tokens, fixed by
+#: the migrations (the CHECK constraints), never a core enum's C{value}, so
+#: that the file's format does not change with the core model.
+_AUTHORISATION_COLUMN: dict[AuthorisationState, str] = {
+    AuthorisationState.PENDING: "pending",
+    AuthorisationState.AUTHORISED: "authorised",
+    AuthorisationState.REFUSED: "refused",
+}
+_ACCESS_COLUMN: dict[AccessList, str] = {AccessList.ALLOW: "allow", AccessList.BLOCK: "block"}
+_STATE_COLUMN: dict[PresenceState, str] = {
+    PresenceState.ONLINE: "online",
+    PresenceState.BUSY: "busy",
+    PresenceState.BE_RIGHT_BACK: "be-right-back",
+    PresenceState.AWAY: "away",
+    PresenceState.ON_THE_PHONE: "on-the-phone",
+    PresenceState.OUT_TO_LUNCH: "out-to-lunch",
+    PresenceState.APPEAR_OFFLINE: "appear-offline",
+    PresenceState.OFFLINE: "offline",
+}
+_AUTHORISATION_FROM_COLUMN = {token: state for state, token in _AUTHORISATION_COLUMN.items()}
+_ACCESS_FROM_COLUMN = {token: entry for entry, token in _ACCESS_COLUMN.items()}
+_STATE_FROM_COLUMN = {token: state for state, token in _STATE_COLUMN.items()}
 
 
 def _address(text: str) -> Address:
@@ -127,7 +141,7 @@ def _getAuthorisations(
         (key, key),
     ).fetchall()
     return sorted(
-        ((_address(target), _address(watcher), AuthorisationState(state)) for target, watcher, state in rows),
+        ((_address(target), _address(watcher), _AUTHORISATION_FROM_COLUMN[state]) for target, watcher, state in rows),
         key=lambda row: (row[0], row[1]),
     )
 
@@ -136,7 +150,7 @@ def _getAuthorisation(cursor: sqlite3.Cursor, target: Address, watcher: Address)
     row = cursor.execute(
         "SELECT state FROM authorisations WHERE target = ? AND watcher = ?", (str(target), str(watcher))
     ).fetchone()
-    return AuthorisationState(row[0]) if row is not None else None
+    return _AUTHORISATION_FROM_COLUMN[row[0]] if row is not None else None
 
 
 def _getAccessOf(cursor: sqlite3.Cursor, owner: Address, other: Address) -> AccessList:
@@ -147,7 +161,7 @@ def _getAccessOf(cursor: sqlite3.Cursor, owner: Address, other: Address) -> Acce
         ).fetchall()
     )
     found = rows.get(str(other), rows.get(other.domain))
-    return AccessList(found) if found is not None else AccessList.NONE
+    return _ACCESS_FROM_COLUMN[found] if found is not None else AccessList.NONE
 
 
 def _countPending(cursor: sqlite3.Cursor, target: Address, limit: int) -> int:
@@ -156,8 +170,8 @@ def _countPending(cursor: sqlite3.Cursor, target: Address, limit: int) -> int:
         further than C{limit} (a walk of C{target}'s rows by primary key).
     """
     row = cursor.execute(
-        "SELECT count(*) FROM (SELECT 1 FROM authorisations WHERE target = ? AND state = 'pending' LIMIT ?)",
-        (str(target), limit),
+        "SELECT count(*) FROM (SELECT 1 FROM authorisations WHERE target = ? AND state = ? LIMIT ?)",
+        (str(target), _AUTHORISATION_COLUMN[AuthorisationState.PENDING], limit),
     ).fetchone()
     return int(row[0])
 
@@ -184,19 +198,19 @@ def _setAuthorisation(cursor: sqlite3.Cursor, change: SetAuthorisation) -> None:
     condition, condArgs = "", cast(tuple[str, ...], ())
     if change.onlyIf:
         condition = f" AND state IN ({', '.join('?' * len(change.onlyIf))})"
-        condArgs = tuple(s.value for s in change.onlyIf)
+        condArgs = tuple(_AUTHORISATION_COLUMN[s] for s in change.onlyIf)
     if change.state is None:
         cursor.execute("DELETE FROM authorisations WHERE target = ? AND watcher = ?" + condition, key + condArgs)
     elif change.onlyIf:
         cursor.execute(
             "UPDATE authorisations SET state = ? WHERE target = ? AND watcher = ?" + condition,
-            (change.state.value,) + key + condArgs,
+            (_AUTHORISATION_COLUMN[change.state],) + key + condArgs,
         )
     else:
         cursor.execute(
             "INSERT INTO authorisations (target, watcher, state) VALUES (?, ?, ?)"
             " ON CONFLICT (target, watcher) DO UPDATE SET state = excluded.state",
-            key + (change.state.value,),
+            key + (_AUTHORISATION_COLUMN[change.state],),
         )
 
 
@@ -204,7 +218,7 @@ def _getAccess(cursor: sqlite3.Cursor, owner: Address) -> dict[str, AccessList]:
     rows = cursor.execute(
         "SELECT entry, list FROM access WHERE owner = ? ORDER BY entry", (str(owner),)
     ).fetchall()
-    return {entry: AccessList(name) for entry, name in rows}
+    return {entry: _ACCESS_FROM_COLUMN[name] for entry, name in rows}
 
 
 def _setAccess(cursor: sqlite3.Cursor, owner: Address, entry: str, accessList: AccessList) -> None:
@@ -214,7 +228,7 @@ def _setAccess(cursor: sqlite3.Cursor, owner: Address, entry: str, accessList: A
         cursor.execute(
             "INSERT INTO access (owner, entry, list) VALUES (?, ?, ?)"
             " ON CONFLICT (owner, entry) DO UPDATE SET list = excluded.list",
-            (str(owner), entry, accessList.value),
+            (str(owner), entry, _ACCESS_COLUMN[accessList]),
         )
 
 
@@ -222,17 +236,17 @@ def _getRules(cursor: sqlite3.Cursor, owner: Address) -> list[PresenceRule]:
     rows = cursor.execute(
         "SELECT state, alternate FROM rules WHERE owner = ?", (str(owner),)
     ).fetchall()
-    return sorted((PresenceRule(PresenceState(state), alternate) for state, alternate in rows), key=ruleOrder)
+    return sorted((PresenceRule(_STATE_FROM_COLUMN[state], alternate) for state, alternate in rows), key=ruleOrder)
 
 
 def _setRule(cursor: sqlite3.Cursor, owner: Address, state: PresenceState, alternate: str | None) -> None:
     if alternate is None:
-        cursor.execute("DELETE FROM rules WHERE owner = ? AND state = ?", (str(owner), state.value))
+        cursor.execute("DELETE FROM rules WHERE owner = ? AND state = ?", (str(owner), _STATE_COLUMN[state]))
     else:
         cursor.execute(
             "INSERT INTO rules (owner, state, alternate) VALUES (?, ?, ?)"
             " ON CONFLICT (owner, state) DO UPDATE SET alternate = excluded.alternate",
-            (str(owner), state.value, alternate),
+            (str(owner), _STATE_COLUMN[state], alternate),
         )
 
 
@@ -257,7 +271,7 @@ class SQLiteHomeStore:
 
     Orders, as L{imgateway.testing.MemoryHomeStore} keeps them too: contacts
     and authorisation rows sorted as L{Address}es (rows by target, then
-    watcher), access-list entries by entry, rules by L{ruleOrder}.
+    watcher), access-list entries by entry, rules by L{imgateway.core.records.ruleOrder}.
 
     @ivar database: The L{Database} underneath.
     """

@@ -475,12 +475,13 @@ class EjabberdProcess(PeerServerProcess):
 
     def stop(self, sig: int = signal.SIGTERM) -> Deferred[int]:
         """
-        Send ejabberd C{sig} (the Erlang VM stops cleanly on SIGTERM) and
-        wait for it to exit; kill it if it has not within the harness's
-        C{STOP_TIMEOUT}.
+        Send ejabberd C{sig} (the Erlang VM stops cleanly on SIGTERM; after
+        L{thaw} if it is frozen) and wait for it to exit; kill it if it has
+        not within the harness's C{STOP_TIMEOUT}.
 
         @return: Fires with its exit status.
         """
+        self.thaw()
         return _deferred(self._stop(sig))
 
     async def _stop(self, sig: int) -> int:

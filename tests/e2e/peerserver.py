@@ -10,13 +10,14 @@ import os
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Mapping
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
-from tests.e2e.harness import _deferred, _readText, makeCertificates, stopProcess
+from tests.e2e.harness import STOP_TIMEOUT, _deferred, _readText, makeCertificates, sleep, stopProcess
 from tests.e2e.xmppclient import XMPPAgent, connectAgent
 
 __all__ = ["PeerServerProcess"]
@@ -35,6 +36,18 @@ def _splitPem(path: str) -> tuple[str, str]:
     return "".join(keys), "".join(certs)
 
 
+def _processState(pid: int) -> str | None:
+    """
+    The state letter Linux gives process C{pid} (C{T}: stopped by a
+    signal), or C{None} where C{/proc} does not say.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 class PeerServerProcess:
     """
     A peer server process of a test. Subclasses set the attributes below,
@@ -46,6 +59,7 @@ class PeerServerProcess:
     @ivar domain: The XMPP domain it serves.
     @ivar passwords: Account name to password.
     @ivar c2sPort: Its client port.
+    @ivar s2sPort: Its server-to-server port.
     @ivar caPath: The authority its certificate comes from.
     @ivar logPath: Its log file.
     @ivar outputPath: Where its standard output and error go.
@@ -59,6 +73,7 @@ class PeerServerProcess:
     passwords: dict[str, str]
     peers: dict[str, int]
     c2sPort: int
+    s2sPort: int
     caPath: str | None
     certificatePath: str
     keyPath: str
@@ -68,6 +83,7 @@ class PeerServerProcess:
     process: subprocess.Popen[bytes] | None
     checkLog: bool
     _output: IO[bytes] | None
+    _frozen = False
 
     directory: str
 
@@ -138,12 +154,45 @@ class PeerServerProcess:
 
     def stop(self, sig: int = signal.SIGTERM) -> Deferred[int]:
         """
-        Send the server C{sig} and wait for it to exit; kill it if it has
-        not within the harness's C{STOP_TIMEOUT}.
+        Send the server C{sig} (after L{thaw} if it is frozen) and wait for
+        it to exit; kill it if it has not within the harness's
+        C{STOP_TIMEOUT}.
 
         @return: Fires with its exit status.
         """
+        self.thaw()
         return stopProcess(self, self.name, sig)
+
+    def freeze(self) -> Deferred[None]:
+        """
+        Stop the server's process with C{SIGSTOP}, and wait until the
+        system has stopped it: it keeps its connections open but reads,
+        answers and sends nothing until L{thaw} (what peers send it waits in
+        its sockets), as a server that has hung would. L{stop} thaws it.
+
+        @return: Fires once the process is stopped.
+        """
+
+        async def run() -> None:
+            if self.process is None:
+                raise AssertionError(f"{self.name} is not running")
+            self.process.send_signal(signal.SIGSTOP)
+            self._frozen = True
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while _processState(self.process.pid) not in ("T", None):
+                if time.monotonic() > deadline:
+                    raise AssertionError(self._describe(f"{self.name} did not stop on SIGSTOP within {STOP_TIMEOUT} s"))
+                await sleep(0.01)
+
+        return _deferred(run())
+
+    def thaw(self) -> None:
+        """
+        Let a process stopped by L{freeze} go on (C{SIGCONT}).
+        """
+        if self._frozen and self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+        self._frozen = False
 
     def log(self) -> str:
         """

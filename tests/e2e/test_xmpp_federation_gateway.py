@@ -8,15 +8,20 @@ the gateway add each other, see each other's presence and talk.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from typing import Any
 
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from imgateway.core.errors import DeliveryError, UserOffline
 from imgateway.core.presence import PresenceState
-from tests.e2e.harness import DOMAIN, GatewayProcess, failureOf, freePort, makeCertificates
+from tests.e2e.harness import REPO_ROOT, DOMAIN, GatewayProcess, failureOf, freePort, makeCertificates, reactor
+from tests.e2e.peerserver import PeerServerProcess
 from tests.e2e.prosody import ProsodyProcess
+from tests.e2e.xmppclient import XMPPAgent, connectAgent
 from tests.e2e.test_xmpp_component_prosody import NativeAlice
 
 ALICE = f"alice@{DOMAIN}"
@@ -30,53 +35,82 @@ class FederationGatewayTests(TestCase):
     The gateway federating with Prosody.
     """
 
-    async def federate(self, verify: bool) -> tuple[GatewayProcess, ProsodyProcess]:
+    #: The authority of the gateway's certificate (set by L{gateway}).
+    caPath: str
+
+    #: The gateway's XMPP c2s port (set by L{gateway}, served with C{c2s}).
+    c2sPort: int
+
+    def gateway(
+        self, directory: str, certificates: tuple[str, str], s2sPort: int, peer: PeerServerProcess, verify: bool, c2s: bool
+    ) -> GatewayProcess:
+        """
+        A federating gateway for C{peer}'s domain, with the account alice;
+        not started yet.
+
+        @param directory: Where the gateway's folder goes.
+        @param certificates: The paths of its authority (L{caPath}) and of
+            the folder of its C{<DOMAIN>.pem}, as L{makeCertificates} gives.
+        @param s2sPort: The port it takes s2s streams on.
+        @param verify: Whether it verifies certificates (otherwise dialback).
+        @param c2s: Whether it also serves XMPP clients, on L{c2sPort}
+            (STARTTLS).
+        """
+        self.caPath, serverDir = certificates
+        pem = os.path.join(serverDir, f"{DOMAIN}.pem")
+        self.c2sPort = freePort()
+        xmpp: dict[str, Any] = {
+            "listen": [f"tcp:{self.c2sPort}:interface=127.0.0.1"] if c2s else [],
+            "certificate": pem,
+            "private_key": pem,
+            "federation": True,
+            "s2s_listen": [f"tcp:{s2sPort}:interface=127.0.0.1"],
+            "s2s_routes": {peer.domain: f"tcp:127.0.0.1:{peer.s2sPort}"},
+            "s2s_use_dns": False,
+            "s2s_verify_certificates": verify,
+        }
+        if verify:
+            assert peer.caPath is not None
+            xmpp["s2s_trust_roots"] = peer.caPath
+        gw = GatewayProcess(self, {"xmpp": xmpp}, directory=os.path.join(directory, "gw"))
+        gw.waitPorts += [s2sPort, self.c2sPort] if c2s else [s2sPort]
+        gw.addUser("alice", "alice's pw")
+        return gw
+
+    async def federate(self, verify: bool, c2s: bool = False) -> tuple[GatewayProcess, PeerServerProcess]:
         """
         Start Prosody and a federating gateway.
 
         @param verify: Authenticate with certificates both ways (Prosody's
             C{s2s_secure_auth}, our certificate verification); otherwise
             with dialback.
+        @param c2s: Whether the gateway also serves XMPP clients (see
+            L{gateway}).
         """
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
-        caPath, serverDir = makeCertificates(directory, DOMAIN)
-        pem = os.path.join(serverDir, f"{DOMAIN}.pem")
+        certificates = makeCertificates(directory, DOMAIN)
         s2sPort = freePort()
         prosody = ProsodyProcess(
             self,
             users=USERS,
             peers={DOMAIN: s2sPort},
-            trust=[caPath] if verify else [],
+            trust=[certificates[0]] if verify else [],
             s2sRequireEncryption=True,
             s2sSecureAuth=verify,
             dialback=not verify,
         )
-        xmpp: dict[str, Any] = {
-            "listen": [],
-            "certificate": pem,
-            "private_key": pem,
-            "federation": True,
-            "s2s_listen": [f"tcp:{s2sPort}:interface=127.0.0.1"],
-            "s2s_routes": {prosody.domain: f"tcp:127.0.0.1:{prosody.s2sPort}"},
-            "s2s_use_dns": False,
-            "s2s_verify_certificates": verify,
-        }
-        if verify:
-            xmpp["s2s_trust_roots"] = prosody.caPath
-        gw = GatewayProcess(self, {"xmpp": xmpp}, directory=os.path.join(directory, "gw"))
-        gw.waitPorts.append(s2sPort)
-        gw.addUser("alice", "alice's pw")
+        gw = self.gateway(directory, certificates, s2sPort, prosody, verify, c2s)
         await prosody.start()
         await gw.start()
         return gw, prosody
 
-    async def scenario(self, gw: GatewayProcess, prosody: ProsodyProcess) -> None:
-        proto, recorder = await gw.client("alice", "alice's pw")
-        alice = NativeAlice(proto, recorder)
-        romeo = await prosody.agent("romeo")
-
-        # Romeo (on Prosody) adds alice (on the gateway); she authorises.
+    async def befriend(self, alice: NativeAlice, romeo: XMPPAgent) -> None:
+        """
+        Romeo (on Prosody) and alice (on the gateway) add each other; each
+        sees the other online.
+        """
+        # Romeo adds alice; she authorises.
         romeo.subscribe(ALICE)
         await alice.waitForSubscribe(ROMEO)
         await alice.authorise(ROMEO)
@@ -87,6 +121,12 @@ class FederationGatewayTests(TestCase):
         await romeo.waitForSubscribe(ALICE, timeout=10)
         romeo.approve(ALICE)
         await alice.waitForPresence(ROMEO, PresenceState.ONLINE)
+
+    async def scenario(self, gw: GatewayProcess, prosody: PeerServerProcess) -> None:
+        proto, recorder = await gw.client("alice", "alice's pw")
+        alice = NativeAlice(proto, recorder)
+        romeo = await prosody.agent("romeo")
+        await self.befriend(alice, romeo)
 
         # Busy is dnd with its status text, both ways.
         alice.publish(PresenceState.BUSY, "in a meeting")
@@ -135,6 +175,67 @@ class FederationGatewayTests(TestCase):
         """
         gw, prosody = await self.federate(verify=False)
         await self.scenario(gw, prosody)
+
+    async def test_presenceKeptWhileOffline(self) -> None:
+        """
+        The presence a contact on the peer server sends while alice has no
+        session is kept by the gateway: logging in, the one-shot
+        C{imgateway-client presence} and an XMPP client see the contact's
+        latest state and note in what they are first told, while the peer
+        server is frozen and so cannot answer the probes their logins send.
+        """
+        gw, peer = await self.federate(verify=False, c2s=True)
+        proto, recorder = await gw.client("alice", "alice's pw")
+        romeo = await peer.agent("romeo")
+        await self.befriend(NativeAlice(proto, recorder), romeo)
+
+        # Alice leaves; Romeo sees her go.
+        await proto.bye()
+        await romeo.waitForPresence(ALICE, type="unavailable", timeout=10)
+
+        # While she is away, Romeo's presence changes twice. After each, a
+        # message to her comes back as an error: the gateway handles what
+        # one contact sends one user in order, so his presence for her has
+        # been dealt with by then.
+        for show, status in [("away", "at lunch"), ("dnd", "on a call")]:
+            romeo.setPresence(show, status)
+            since = romeo.mark()
+            romeo.message(ALICE, f"are you there? ({show})")
+            await romeo.waitForEvent("message", sender=ALICE, type="error", since=since, timeout=10)
+
+        # The peer server can answer no probe from now on.
+        await peer.freeze()
+
+        # The one-shot client logs in and asks for its contacts at once.
+        environment = GatewayProcess.environment()
+        environment["IMGATEWAY_PASSWORD"] = "alice's pw"
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "imgateway.client.cli", "--server", gw.endpoint, "--user", "alice", "presence", "--json"],
+            env=environment,
+            path=REPO_ROOT,
+            reactor=reactor(),
+        )
+        self.assertEqual((code, err), (0, b""), out)
+        contacts = {c["address"]: c for c in json.loads(out)["contacts"]}
+        self.assertEqual((contacts[ROMEO]["presence"], contacts[ROMEO]["note"]), ("busy", "on a call"))
+
+        # An XMPP client: the first presence of Romeo it gets, after its
+        # initial presence, is his current one.
+        agent = await connectAgent(
+            self, f"{ALICE}/agent", "alice's pw", self.c2sPort, caFile=self.caPath, serverName=DOMAIN
+        )
+        first = await agent.waitForEvent("presence", sender=ROMEO, timeout=10)
+        self.assertEqual(
+            (first["type"], first["show"], first["status"]), ("available", "dnd", "on a call"), agent.summary()
+        )
+
+        # Thawed, the peer server answers the probes and gets alice's
+        # presence; she has never been shown Romeo in any other state.
+        peer.thaw()
+        await romeo.waitForPresence(ALICE, timeout=10)
+        seen = {(p["type"], p["show"], p["status"]) for p in agent.find("presence", sender=ROMEO)}
+        self.assertEqual(seen, {("available", "dnd", "on a call")})
 
     async def test_unknownDomain(self) -> None:
         """

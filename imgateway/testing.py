@@ -1,8 +1,9 @@
-# -*- test-case-name: tests.test_sqlite_store -*-
+# -*- test-case-name: tests.test_sqlite_store,tests.test_testcerts -*-
 """
 Test doubles for imgateway and its protocol adapters, as public API (as
 C{treq.testing} is for treq): in-memory stores that behave exactly as the
-SQLite ones do, but answer at once.
+SQLite ones do, but answer at once; and keys, certificates and PEM files
+for testing TLS (see "Certificates" below).
 """
 
 from __future__ import annotations
@@ -704,3 +705,32 @@ class XmlStreamPeer:
         Whether the protocol is dropping the connection.
         """
         return bool(self.transport.disconnecting)
+
+
+# --- Certificates ---
+# Keys, self-signed and CA-issued certificates, PEM files and tls: folders
+# for tests; they live in imgateway._testcerts, which needs no reactor.
+
+from imgateway._testcerts import (  # noqa: E402
+    TEST_HOSTNAME,
+    CertificateAuthority,
+    PrivateKey,
+    certificatePEM,
+    keyPEM,
+    makeCertificates,
+    selfSigned,
+    selfSignedOptions,
+    writePEM,
+)
+
+__all__ += [
+    "TEST_HOSTNAME",
+    "CertificateAuthority",
+    "PrivateKey",
+    "certificatePEM",
+    "keyPEM",
+    "makeCertificates",
+    "selfSigned",
+    "selfSignedOptions",
+    "writePEM",
+]

@@ -9,17 +9,11 @@ completes. The real-socket proof is in C{tests/e2e/test_hostile_logins.py}.
 from __future__ import annotations
 
 import base64
-import datetime
 from collections.abc import Callable
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
@@ -31,7 +25,7 @@ from imgateway.adapters.native.server import NativeConfig, NativeServerFactory
 from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory
 from imgateway.auth.sasl import clientMechanism
 from imgateway.core.throttle import ConnectionLimiter, LimitsConfig, LoginThrottle
-from imgateway.testing import addUser, memoryGateway
+from imgateway.testing import addUser, memoryGateway, selfSignedOptions
 from tests.test_native_server import Wire
 from tests.test_xmpp_c2s import Client
 
@@ -46,26 +40,6 @@ class TCPTransport(StringTransport):
 
     def setTcpNoDelay(self, enabled: bool) -> None:
         self.noDelay = enabled
-
-
-def serverTLSOptions() -> CertificateOptions:
-    """
-    TLS options with a fresh self-signed certificate for C{corp.example}.
-    """
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corp.example")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return CertificateOptions(privateKey=key, certificate=cert)  # type: ignore[arg-type]
 
 
 def assertOwnCapLogged(test: SynchronousTestCase, clock: Clock, face: str, connect: Callable[[IPv4Address], Any]) -> None:
@@ -333,7 +307,7 @@ class StalledTLSTests(FaceLimitsMixin, SynchronousTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.options = serverTLSOptions()
+        self.options = selfSignedOptions()
 
     def test_nativeLoginTimeout(self) -> None:
         """

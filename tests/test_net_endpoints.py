@@ -27,7 +27,8 @@ from imgateway.net.endpoints import (
     clientEndpointFromString,
     splitDescription,
 )
-from tests.test_net_certificates import DAY, NOW, Certificates, certificatePEM, keyPEM, write
+from imgateway.testing import CertificateAuthority, certificatePEM, keyPEM, writePEM
+from tests.test_net_certificates import DAY, NOW
 
 
 def q(path: str) -> str:
@@ -75,7 +76,7 @@ class ServerEndpointTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.certificates = Certificates()
+        self.authority = CertificateAuthority(NOW)
         self.folder = FilePath(self.mktemp())
         self.now = NOW.timestamp()
 
@@ -85,8 +86,8 @@ class ServerEndpointTests(SynchronousTestCase):
 
         @return: Its path.
         """
-        key, certificate = self.certificates.issue(**dates)  # type: ignore[arg-type]
-        return write(self.folder.child(name), keyPEM(key), certificatePEM(certificate))
+        key, certificate = self.authority.issue(**dates)  # type: ignore[arg-type]
+        return writePEM(self.folder.child(name), keyPEM(key), certificatePEM(certificate))
 
     def problem(self, description: str) -> str:
         return str(self.assertRaises(CertificateProblem, checkServerEndpoint, description, self.now))
@@ -126,10 +127,10 @@ class ServerEndpointTests(SynchronousTestCase):
         both = self.pair()
         checkServerEndpoint(f"ssl:5301:privateKey={q(both)}", self.now)
         checkServerEndpoint(f"ssl:5301:{q(both)}", self.now)
-        key, certificate = self.certificates.issue()
-        keyPath = write(self.folder.child("gw.key"), keyPEM(key))
-        certPath = write(self.folder.child("gw.crt"), certificatePEM(certificate))
-        chain = write(self.folder.child("chain.crt"), certificatePEM(self.certificates.ca))
+        key, certificate = self.authority.issue()
+        keyPath = writePEM(self.folder.child("gw.key"), keyPEM(key))
+        certPath = writePEM(self.folder.child("gw.crt"), certificatePEM(certificate))
+        chain = writePEM(self.folder.child("chain.crt"), certificatePEM(self.authority.certificate))
         checkServerEndpoint(f"ssl:5301:privateKey={q(keyPath)}:certKey={q(certPath)}:extraCertChain={q(chain)}", self.now)
         self.assertEqual(
             self.problem(f"ssl:5301:privateKey={q(keyPath)}:certKey={q(both)}"),
@@ -163,9 +164,9 @@ class ClientEndpointTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.certificates = Certificates()
+        self.authority = CertificateAuthority(NOW)
         self.folder = FilePath(self.mktemp())
-        self.ca = write(self.folder.child("ca").child("ca.pem"), certificatePEM(self.certificates.ca))
+        self.ca = writePEM(self.folder.child("ca").child("ca.pem"), certificatePEM(self.authority.certificate))
         self.now = NOW.timestamp()
 
     def problem(self, description: str) -> str:
@@ -216,11 +217,11 @@ class ClientEndpointTests(SynchronousTestCase):
         C{privateKey} (by default, in the same file); a key alone is
         refused (Twisted ignores it).
         """
-        key, certificate = self.certificates.issue()
-        both = write(self.folder.child("client.pem"), keyPEM(key), certificatePEM(certificate))
+        key, certificate = self.authority.issue()
+        both = writePEM(self.folder.child("client.pem"), keyPEM(key), certificatePEM(certificate))
         checkClientEndpoint(f"tls:h:1:certificate={q(both)}", self.now)
-        other, _ = self.certificates.issue()
-        wrong = write(self.folder.child("other.key"), keyPEM(other))
+        other, _ = self.authority.issue()
+        wrong = writePEM(self.folder.child("other.key"), keyPEM(other))
         self.assertEqual(
             self.problem(f"tls:h:1:certificate={q(both)}:privateKey={q(wrong)}"),
             f"{wrong} does not match the certificate in {both}",
@@ -257,7 +258,7 @@ class ConfigTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.certificates = Certificates()
+        self.authority = CertificateAuthority(NOW)
         self.folder = FilePath(self.mktemp())
 
     def endpoints(self, *listen: str) -> tuple[str, ...]:
@@ -282,8 +283,8 @@ class ConfigTests(SynchronousTestCase):
         A C{tls:} folder holding an expired certificate stops the parse.
         """
         now = datetime.datetime.now(datetime.timezone.utc)
-        key, old = self.certificates.issue(notBefore=now - 30 * DAY, notAfter=now - DAY)
-        path = write(self.folder.child("gw.pem"), keyPEM(key), certificatePEM(old))
+        key, old = self.authority.issue(notBefore=now - 30 * DAY, notAfter=now - DAY)
+        path = writePEM(self.folder.child("gw.pem"), keyPEM(key), certificatePEM(old))
         e = self.assertRaises(ConfigError, self.endpoints, f"tls:{q(self.folder.path)}:port=5301")
         self.assertIn(f"x.toml [native]: listen: 'tls:{self.folder.path}:port=5301': {path}: the certificate", str(e))
 
@@ -292,7 +293,7 @@ class ConfigTests(SynchronousTestCase):
         A C{tls:} listener with a good folder is read as written.
         """
         now = datetime.datetime.now(datetime.timezone.utc)
-        key, certificate = self.certificates.issue(notBefore=now - DAY, notAfter=now + DAY)
-        write(self.folder.child("gw.pem"), keyPEM(key), certificatePEM(certificate))
+        key, certificate = self.authority.issue(notBefore=now - DAY, notAfter=now + DAY)
+        writePEM(self.folder.child("gw.pem"), keyPEM(key), certificatePEM(certificate))
         description = f"tls:{q(self.folder.path)}:port=5301:interface=127.0.0.1"
         self.assertEqual(self.endpoints(description), (description,))

@@ -5,33 +5,11 @@ Tests for L{imgateway.net.tls}.
 
 from __future__ import annotations
 
-import datetime
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
 from imgateway.net.tls import ServerTLSOptions
-
-
-def _selfSigned() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corp.example")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
+from imgateway.testing import selfSigned
 
 
 class _FakeTLSFactory:
@@ -48,7 +26,7 @@ class ServerTLSOptionsTests(SynchronousTestCase):
     """
 
     def handshake(self, offered: list[bytes]) -> bytes | None:
-        key, cert = _selfSigned()
+        key, cert = selfSigned()
         options = ServerTLSOptions(privateKey=key, certificate=cert, acceptableProtocols=[b"xmpp-client"])  # type: ignore[arg-type]
         server = SSL.Connection(options.getContext(), None)
         # Twisted's ALPN callback finds the factory through the connection's

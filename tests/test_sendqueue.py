@@ -7,13 +7,8 @@ TLS layer (L{TLSMemoryBIOProtocol}), in memory (L{twisted.test.iosim}).
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
@@ -29,7 +24,7 @@ from imgateway.adapters.native.framing import FrameParser, Headers, Request, Res
 from imgateway.adapters.native.server import NativeConfig, NativeServerFactory
 from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory
 from imgateway.adapters.xmpp.stream import HardenedXmlStream, StreamLimits
-from imgateway.testing import addUser, memoryGateway
+from imgateway.testing import addUser, memoryGateway, selfSignedOptions
 from tests.test_xmpp_s2s import _Harness, header
 from tests.test_xmpp_stream import HEADER, HeaderAuthenticator
 
@@ -40,27 +35,6 @@ HOST = IPv4Address("TCP", "127.0.0.1", 5300)
 STREAM_ERROR = (
     b"<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
 )
-
-
-def _serverOptions() -> CertificateOptions:
-    """
-    Server TLS options with a fresh self-signed certificate.
-    """
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "corp.example")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    # (pyOpenSSL takes cryptography's objects; Twisted's stubs predate it.)
-    return CertificateOptions(privateKey=key, certificate=cert)  # type: ignore[arg-type]
 
 
 class Peer(Protocol):
@@ -101,7 +75,7 @@ class TLSConnection:
     """
 
     def __init__(self, factory: Factory[Any], clock: Clock) -> None:
-        serverTLS = TLSMemoryBIOFactory(_serverOptions(), False, factory, clock=clock)
+        serverTLS = TLSMemoryBIOFactory(selfSignedOptions(), False, factory, clock=clock)
         clientTLS = TLSMemoryBIOFactory(CertificateOptions(), True, Factory.forProtocol(Peer), clock=clock)
         server, client = serverTLS.buildProtocol(PEER), clientTLS.buildProtocol(HOST)
         assert server is not None and client is not None

@@ -26,9 +26,18 @@ from imgateway.config import ConfigTable
 from imgateway.core.errors import ConfigError
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
-from imgateway.testing import RecordingSessionClient, XmlStreamPeer, addUser, memoryGateway
+from imgateway.testing import (
+    CertificateAuthority,
+    RecordingSessionClient,
+    XmlStreamPeer,
+    addUser,
+    certificatePEM,
+    keyPEM,
+    memoryGateway,
+    writePEM,
+)
 from tests.test_native_mapping import scrambleCoreValues
-from tests.test_net_certificates import DAY, Certificates, certificatePEM, keyPEM, write
+from tests.test_net_certificates import DAY, NOW
 
 HEADER = (
     "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
@@ -573,16 +582,16 @@ class ConfigTests(SynchronousTestCase):
         file, as a key that does not match it does.
         """
         now = datetime.datetime.now(datetime.timezone.utc)
-        certificates = Certificates()
-        key, old = certificates.issue(["corp.example"], notBefore=now - 100 * DAY, notAfter=now - DAY)
+        authority = CertificateAuthority(NOW)
+        key, old = authority.issue(["corp.example"], notBefore=now - 100 * DAY, notAfter=now - DAY)
         folder = FilePath(self.mktemp())
-        path = write(folder.child("old.pem"), keyPEM(key), certificatePEM(old))
+        path = writePEM(folder.child("old.pem"), keyPEM(key), certificatePEM(old))
         e = self.assertRaises(ConfigError, self.parse, {"certificate": path, "private_key": path})
         self.assertIn(f"x.toml [xmpp]: certificate: {path}: the certificate for corp.example expired on ", str(e))
-        key, current = certificates.issue(["corp.example"], notBefore=now - DAY, notAfter=now + DAY)
-        other, _ = certificates.issue()
-        certificate = write(folder.child("current.pem"), certificatePEM(current))
-        wrong = write(folder.child("wrong.key"), keyPEM(other))
+        key, current = authority.issue(["corp.example"], notBefore=now - DAY, notAfter=now + DAY)
+        other, _ = authority.issue()
+        certificate = writePEM(folder.child("current.pem"), certificatePEM(current))
+        wrong = writePEM(folder.child("wrong.key"), keyPEM(other))
         e = self.assertRaises(ConfigError, self.parse, {"certificate": certificate, "private_key": wrong})
         self.assertEqual(str(e), f"x.toml [xmpp]: private_key: {wrong} does not match the certificate in {certificate}")
 
@@ -591,7 +600,7 @@ class ConfigTests(SynchronousTestCase):
         An C{s2s_trust_roots} file that holds no certificate stops start-up
         naming the key, rather than failing when federation starts.
         """
-        path = write(FilePath(self.mktemp()).child("cas.pem"), b"no certificate here\n")
+        path = writePEM(FilePath(self.mktemp()).child("cas.pem"), b"no certificate here\n")
         e = self.assertRaises(ConfigError, self.parse, {"require_tls": False, "s2s_trust_roots": path})
         self.assertIn(f"x.toml [xmpp]: s2s_trust_roots: {path} holds no PEM certificate", str(e))
 

@@ -6,7 +6,7 @@ Stream negotiation, addressing checks, queues, retries and timers are
 tested synchronously: a fake clock, a memory reactor and string transports
 stand for the network, and a parser reads back what we wrote. TLS is
 tested for real: two managers for two domains over loopback TCP with
-certificates from L{tests.e2e.harness.makeCertificates} (SASL EXTERNAL,
+certificates from L{imgateway.testing.makeCertificates} (SASL EXTERNAL,
 dialback, XEP-0344, refused certificates, a peer without STARTTLS) in
 C{tests/e2e/test_xmpp_s2s_tls.py}.
 """
@@ -44,8 +44,7 @@ from imgateway.adapters.xmpp.stream import NS_STREAM_LIMITS
 from imgateway.core.errors import ConfigError, DeliveryStatus, NoRoute
 from imgateway.net.certificates import loadTLSFiles
 from imgateway.net.tls import TLSFiles
-from imgateway.testing import XmlStreamPeer, memoryGateway
-from tests.e2e.harness import makeCertificates
+from imgateway.testing import XmlStreamPeer, makeCertificates, memoryGateway
 from tests.test_net_srv import FakeResolver
 
 NS_STREAMS = "http://etherx.jabber.org/streams"

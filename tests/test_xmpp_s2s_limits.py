@@ -34,8 +34,8 @@ from imgateway.adapters.xmpp.s2s import NS_DIALBACK, NS_SERVER, S2SConfig, S2SMa
 from imgateway.config import ConfigTable
 from imgateway.core.errors import ConfigError
 from imgateway.core.throttle import ConnectionLimiter, LimitsConfig
-from imgateway.testing import XmlStreamPeer, memoryGateway
-from tests.test_face_limits import TCPTransport, serverTLSOptions
+from imgateway.testing import XmlStreamPeer, memoryGateway, selfSignedOptions
+from tests.test_face_limits import TCPTransport
 from tests.test_xmpp_s2s import NS_SASL, NS_TLS, OURS, ROUTE, THEIRS, Reader, _dialbackDomain, _Harness, header, loadTLS
 
 ATTACKER = IPv4Address("TCP", "192.0.2.7", 40000)
@@ -243,7 +243,7 @@ class StalledTLSTests(SynchronousTestCase):
         A connection on a direct TLS listener (XEP-0368) whose client sends
         nothing: its handshake is pending from the accept.
         """
-        wrapper = TLSMemoryBIOFactory(serverTLSOptions(), False, harness.manager.factory).buildProtocol(peer)
+        wrapper = TLSMemoryBIOFactory(selfSignedOptions(), False, harness.manager.factory).buildProtocol(peer)
         transport = TCPTransport(peerAddress=peer, hostAddress=IPv4Address("TCP", "127.0.0.1", 5270))
         wrapper.makeConnection(transport)
         harness.protocols.append(wrapper.wrappedProtocol)

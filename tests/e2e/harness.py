@@ -3,9 +3,9 @@
 Helpers shared by the end-to-end tests of every protocol face: a real
 C{twistd imgateway} process on a temporary configuration (L{GatewayProcess}),
 accounts made with the real C{imgateway-admin}, TLS certificates
-(L{makeCertificates}), native-protocol clients that record what they receive
-(L{connectClient}, L{Recorder}) and raw connections for sending anything at
-all (L{rawConnect}).
+(L{makeCertificates}, from L{imgateway.testing}), native-protocol clients
+that record what they receive (L{connectClient}, L{Recorder}) and raw
+connections for sending anything at all (L{rawConnect}).
 
 Every wait here is a L{Deferred} that lets the reactor run, so the tests
 run under L{twisted.trial.unittest.TestCase} with the real reactor, and
@@ -14,7 +14,6 @@ every helper that opens something registers its cleanup with the test.
 
 from __future__ import annotations
 
-import datetime
 import os
 import shutil
 import signal
@@ -40,6 +39,7 @@ from imgateway.adapters.native.framing import FrameParser, FramingError, Limits,
 from imgateway.client.protocol import ClientObserver, NativeClientProtocol, connect
 from imgateway.core.address import Address
 from imgateway.core.presence import Presence, PresenceState
+from imgateway.testing import TEST_HOSTNAME, makeCertificates
 
 __all__ = [
     "DOMAIN",
@@ -73,8 +73,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 #: The domain every test gateway serves.
 DOMAIN = "corp.example"
 
-#: The name the test server certificate is issued for.
-TLS_HOSTNAME = "gw.corp.example"
+#: The name the test server certificate is issued for (L{makeCertificates}).
+TLS_HOSTNAME = TEST_HOSTNAME
 
 #: How long a test gateway may take to start listening, in seconds.
 START_TIMEOUT = 20.0
@@ -1107,95 +1107,6 @@ def rawConnect(testCase: TestCase, endpoint: str | IStreamClientEndpoint) -> Def
 
 
 # -- TLS --------------------------------------------------------------------------------
-
-
-def makeCertificates(directory: str, hostname: str = TLS_HOSTNAME, clientAuth: bool = False) -> tuple[str, str]:
-    """
-    Make a certificate authority and a server certificate for C{hostname}
-    signed by it.
-
-    Two folders are made in C{directory}: C{ca/} holds C{ca.pem}, the
-    authority's certificate (a folder of trust roots, as the C{trustRoots=}
-    of a C{tls:} client endpoint wants); C{server/} holds C{<hostname>.pem},
-    the server's private key and certificate in one file (a folder of PEMs,
-    as the C{tls:} server endpoint wants).
-
-    @param clientAuth: Whether the server certificate may also serve as a
-        TLS client certificate (extended key usage C{clientAuth}), as an s2s
-        certificate must for ejabberd's SASL EXTERNAL.
-    @return: The path of C{ca.pem} and the server's folder.
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    start, end = now - datetime.timedelta(days=1), now + datetime.timedelta(days=30)
-
-    caKey = ec.generate_private_key(ec.SECP256R1())
-    caName = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"imgateway test CA {os.urandom(4).hex()}")])
-    caCert = (
-        x509.CertificateBuilder()
-        .subject_name(caName)
-        .issuer_name(caName)
-        .public_key(caKey.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(caKey.public_key()), critical=False)
-        .sign(caKey, hashes.SHA256())
-    )
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
-        .issuer_name(caName)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH] + ([ExtendedKeyUsageOID.CLIENT_AUTH] if clientAuth else [])
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(caKey.public_key()), critical=False
-        )
-        .sign(caKey, hashes.SHA256())
-    )
-
-    caDir = os.path.join(directory, "ca")
-    serverDir = os.path.join(directory, "server")
-    os.makedirs(caDir, exist_ok=True)
-    os.makedirs(serverDir, exist_ok=True)
-    caPath = os.path.join(caDir, "ca.pem")
-    with open(caPath, "wb") as f:
-        f.write(caCert.public_bytes(serialization.Encoding.PEM))
-    serverPath = os.path.join(serverDir, f"{hostname}.pem")
-    fd = os.open(serverPath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    return caPath, serverDir
 
 
 def tlsServerEndpoint(pemDirectory: str, port: int) -> str:

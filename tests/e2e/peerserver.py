@@ -7,7 +7,6 @@ clients.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import time
@@ -17,23 +16,11 @@ from typing import IO, Any
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
-from tests.e2e.harness import STOP_TIMEOUT, _deferred, _readText, makeCertificates, sleep, stopProcess
+from imgateway.testing import CertificateAuthority, certificatePEM, keyPEM, writePEM
+from tests.e2e.harness import STOP_TIMEOUT, _deferred, _readText, sleep, stopProcess
 from tests.e2e.xmppclient import XMPPAgent, connectAgent
 
 __all__ = ["PeerServerProcess"]
-
-
-def _splitPem(path: str) -> tuple[str, str]:
-    """
-    The private key and the certificates of a PEM file that holds both.
-    """
-    keys: list[str] = []
-    certs: list[str] = []
-    for m in re.finditer(r"-----BEGIN ([A-Z ]+)-----.*?-----END \1-----\n?", _readText(path), re.S):
-        (certs if m.group(1) == "CERTIFICATE" else keys).append(m.group(0))
-    if not keys or not certs:
-        raise ValueError(f"{path} does not hold a key and a certificate")
-    return "".join(keys), "".join(certs)
 
 
 def _processState(pid: int) -> str | None:
@@ -97,15 +84,11 @@ class PeerServerProcess:
         tlsDir = os.path.join(self.directory, "tls")
         os.makedirs(tlsDir, exist_ok=True)
         if certificate is None:
-            self.caPath, serverDir = makeCertificates(tlsDir, domain)
-            key, certs = _splitPem(os.path.join(serverDir, f"{domain}.pem"))
-            self.certificatePath = os.path.join(tlsDir, f"{domain}.crt")
-            self.keyPath = os.path.join(tlsDir, f"{domain}.key")
-            with open(self.certificatePath, "w") as f:
-                f.write(certs)
-            fd = os.open(self.keyPath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(key)
+            authority = CertificateAuthority()
+            key, issued = authority.issue([domain])
+            self.caPath = writePEM(os.path.join(tlsDir, "ca", "ca.pem"), certificatePEM(authority.certificate))
+            self.certificatePath = writePEM(os.path.join(tlsDir, f"{domain}.crt"), certificatePEM(issued))
+            self.keyPath = writePEM(os.path.join(tlsDir, f"{domain}.key"), keyPEM(key))
         else:
             self.caPath = None
             self.certificatePath, self.keyPath = (os.path.abspath(p) for p in certificate)

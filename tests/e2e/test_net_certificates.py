@@ -27,7 +27,8 @@ from twisted.trial.unittest import TestCase
 from imgateway.net.certificates import checkCertificateFolder
 from imgateway.net.endpoints import clientEndpointFromString
 from tests.e2e.harness import GatewayProcess, freePort, makeCertificates, rawConnect, reactor, tlsServerEndpoint
-from tests.test_net_certificates import DAY, Certificates, certificatePEM, keyPEM, write
+from imgateway.testing import CertificateAuthority, certificatePEM, keyPEM, writePEM
+from tests.test_net_certificates import DAY
 
 
 class ListenerCertificateTests(TestCase):
@@ -74,8 +75,8 @@ class ListenerCertificateTests(TestCase):
         """
         now = datetime.datetime.now(datetime.timezone.utc)
         folder = FilePath(os.path.abspath(self.mktemp())).child("certs")
-        key, old = Certificates(now).issue(["corp.example"], notBefore=now - 90 * DAY, notAfter=now - DAY)
-        path = write(folder.child("corp.example.pem"), keyPEM(key), certificatePEM(old))
+        key, old = CertificateAuthority(now).issue(["corp.example"], notBefore=now - 90 * DAY, notAfter=now - DAY)
+        path = writePEM(folder.child("corp.example.pem"), keyPEM(key), certificatePEM(old))
         nativePort, xmppPort = freePort(), freePort()
         gw = GatewayProcess(
             self,
@@ -139,12 +140,12 @@ class FolderRenewalTests(TestCase):
         re-reading folders, this test fails and the guide must change.
         """
         now = datetime.datetime.now(datetime.timezone.utc)
-        certificates = Certificates(now)
+        authority = CertificateAuthority(now)
         folder = FilePath(os.path.abspath(self.mktemp())).child("certs")
         trust = FilePath(os.path.abspath(self.mktemp())).child("cas")
-        write(trust.child("ca.pem"), certificatePEM(certificates.ca))
-        key, first = certificates.issue(["gw.corp.example"], notBefore=now - DAY, notAfter=now + DAY)
-        write(folder.child("gw.pem"), keyPEM(key), certificatePEM(first))
+        writePEM(trust.child("ca.pem"), certificatePEM(authority.certificate))
+        key, first = authority.issue(["gw.corp.example"], notBefore=now - DAY, notAfter=now + DAY)
+        writePEM(folder.child("gw.pem"), keyPEM(key), certificatePEM(first))
         checkCertificateFolder(folder.path)
         port = await serverFromString(reactor(), tlsServerEndpoint(folder.path, 0)).listen(Factory.forProtocol(_Echo))
         self.addCleanup(port.stopListening)
@@ -172,10 +173,10 @@ class FolderRenewalTests(TestCase):
             return serial
 
         self.assertEqual(await served("gw.corp.example"), first.serial_number)
-        key, renewed = certificates.issue(["gw.corp.example"], notBefore=now - DAY, notAfter=now + 90 * DAY)
-        write(folder.child("gw.pem"), keyPEM(key), certificatePEM(renewed))
-        key, other = certificates.issue(["chat.corp.example"], notBefore=now - DAY, notAfter=now + 90 * DAY)
-        write(folder.child("chat.pem"), keyPEM(key), certificatePEM(other))
+        key, renewed = authority.issue(["gw.corp.example"], notBefore=now - DAY, notAfter=now + 90 * DAY)
+        writePEM(folder.child("gw.pem"), keyPEM(key), certificatePEM(renewed))
+        key, other = authority.issue(["chat.corp.example"], notBefore=now - DAY, notAfter=now + 90 * DAY)
+        writePEM(folder.child("chat.pem"), keyPEM(key), certificatePEM(other))
         checkCertificateFolder(folder.path)
         self.assertEqual(await served("gw.corp.example"), first.serial_number)
         refused = await served("chat.corp.example")

@@ -2,7 +2,7 @@
 """
 The s2s link layer (L{imgateway.adapters.xmpp.s2s}) over real TLS: two
 managers for two domains over loopback TCP with certificates from
-L{tests.e2e.harness.makeCertificates} (SASL EXTERNAL, dialback, XEP-0344,
+L{imgateway.testing.makeCertificates} (SASL EXTERNAL, dialback, XEP-0344,
 refused certificates, a peer without STARTTLS). Negotiation, queues and
 timers are tested in memory in C{tests/test_xmpp_s2s.py}.
 """

@@ -4,8 +4,10 @@ Helpers for the benchmarks: a throw-away gateway, and bulk account creation.
 L{SpawnedGateway} writes a benchmark configuration (a copy of
 C{etc/imgateway.toml} with its data in a temporary folder, the native face on
 a free loopback port and the flood limits raised; with C{xmpp=True} also the
-XMPP c2s face, without TLS, on a second free port), creates the accounts,
-runs C{twistd -n imgateway} and stops it again, also on errors and
+XMPP c2s face, without TLS, on a second free port; with C{tls=True} test
+certificates, a native C{tls:} listener and STARTTLS on XMPP; with
+C{shippedLimits=True} every limit as the template has it), creates the
+accounts, runs C{twistd -n imgateway} and stops it again, also on errors and
 Control-C.
 
 Run as a module, it creates accounts in one process (one password hash
@@ -36,6 +38,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
 
+from twisted.internet.endpoints import quoteStringArgument
+
 __all__ = [
     "GatewayError",
     "REPO",
@@ -44,6 +48,7 @@ __all__ = [
     "benchConfig",
     "createUsers",
     "freePort",
+    "makeTestCertificates",
 ]
 
 #: The root of the repository (where C{imgateway/} and C{etc/} are).
@@ -94,6 +99,20 @@ def _tomlString(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def makeTestCertificates(folder: Path, domain: str) -> tuple[Path, Path]:
+    """
+    Make a test certificate authority and a certificate for C{domain}
+    issued by it, as the tests do (L{imgateway.testing.makeCertificates}).
+
+    @return: The authority's certificate (for clients to trust) and the
+        folder holding C{<domain>.pem}, the server's key and certificate.
+    """
+    from imgateway.testing import makeCertificates
+
+    caPath, serverDir = makeCertificates(str(folder), domain)
+    return Path(caPath), Path(serverDir)
+
+
 #: What L{benchConfig} sets in C{[xmpp]} besides C{enabled} and C{listen}
 #: (TOML values), for benchmarks to report. No TLS: load drivers log in with
 #: SASL PLAIN on loopback, which the c2s face allows without TLS there.
@@ -107,7 +126,15 @@ XMPP_BENCH_SETTINGS: dict[str, str] = {
 
 
 def benchConfig(
-    template: str, dataDir: Path, port: int, scramIterations: int = 4096, xmppPort: int | None = None
+    template: str,
+    dataDir: Path,
+    port: int,
+    scramIterations: int = 4096,
+    xmppPort: int | None = None,
+    *,
+    shippedLimits: bool = False,
+    tlsPort: int | None = None,
+    certificates: Path | None = None,
 ) -> str:
     """
     The configuration of a benchmark gateway, from the text of
@@ -119,12 +146,41 @@ def benchConfig(
     @param xmppPort: If given, the XMPP c2s face listens on
         C{127.0.0.1:xmppPort} with L{XMPP_BENCH_SETTINGS}; else C{[xmpp]} is
         left as the template has it.
+    @param shippedLimits: Keep every limit, timeout and the SCRAM iteration
+        count as the template has them (the hostile benchmark: attackers
+        connect from other loopback addresses than the clients it measures);
+        only the listeners and the data folder change, and the XMPP face
+        gets no L{XMPP_BENCH_SETTINGS}.
+    @param tlsPort: If given (with C{certificates}), the native face also
+        listens with TLS on C{127.0.0.1:tlsPort}.
+    @param certificates: A folder of PEM files (a key and its certificate
+        for the domain, as L{makeTestCertificates} makes): the native
+        C{tls:} listener's, and the XMPP face's C{certificate} and
+        C{private_key} (so that its STARTTLS works, required unless
+        L{XMPP_BENCH_SETTINGS} apply).
     """
     text = template
+    # A listen queue longer than the default 50, so that bursts of
+    # connections are accepted at once rather than held by the kernel.
+    backlog = ":backlog=1024" if shippedLimits else ""
+    listen = [f"tcp:{port}:interface=127.0.0.1{backlog}"]
+    if tlsPort is not None and certificates is not None:
+        listen.append(f"tls:{quoteStringArgument(str(certificates))}:port={tlsPort}:interface=127.0.0.1{backlog}")
     text = _setKey(text, "gateway", "data_dir", _tomlString(str(dataDir)))
-    text = _setKey(text, "auth", "scram_iterations", str(scramIterations))
     text = _setKey(text, "native", "enabled", "true")
-    text = _setKey(text, "native", "listen", f'["tcp:{port}:interface=127.0.0.1"]')
+    text = _setKey(text, "native", "listen", "[" + ", ".join(_tomlString(e) for e in listen) + "]")
+    if xmppPort is not None:
+        text = _setKey(text, "xmpp", "enabled", "true")
+        text = _setKey(text, "xmpp", "listen", f'["tcp:{xmppPort}:interface=127.0.0.1{backlog}"]')
+        if certificates is not None:
+            pems = sorted(certificates.glob("*.pem"))
+            if not pems:
+                raise GatewayError(f"no *.pem file in {certificates}")
+            text = _setKey(text, "xmpp", "certificate", _tomlString(str(pems[0])))
+            text = _setKey(text, "xmpp", "private_key", _tomlString(str(pems[0])))
+    if shippedLimits:
+        return text
+    text = _setKey(text, "auth", "scram_iterations", str(scramIterations))
     text = _setKey(text, "native", "requests_per_second", "1000000")
     text = _setKey(text, "native", "request_burst", "1000000")
     text = _setKey(text, "native", "max_unauthenticated", "100000")
@@ -135,8 +191,6 @@ def benchConfig(
         for key in ("max_unauthenticated_per_address", "connections_per_second_per_address", "connection_burst_per_address"):
             text = _setKey(text, "limits", key, "1000000")
     if xmppPort is not None:
-        text = _setKey(text, "xmpp", "enabled", "true")
-        text = _setKey(text, "xmpp", "listen", f'["tcp:{xmppPort}:interface=127.0.0.1"]')
         for key, value in XMPP_BENCH_SETTINGS.items():
             text = _setKey(text, "xmpp", key, value)
     return text
@@ -228,19 +282,33 @@ class SpawnedGateway:
     @ivar port: The native face's port on 127.0.0.1.
     @ivar xmppPort: The XMPP c2s face's port on 127.0.0.1, or C{None} when
         the gateway was made without C{xmpp=True}.
+    @ivar tlsPort: The native face's TLS port on 127.0.0.1, or C{None}
+        when the gateway was made without C{tls=True}.
+    @ivar caPath: With C{tls=True}, the test authority's certificate that
+        the gateway's certificate is signed by, for clients to trust.
     @ivar domain: The domain the gateway serves (from the template).
     @ivar log: The gateway's log file.
     @ivar process: The C{twistd} process once started.
     """
 
     def __init__(
-        self, template: Path | None = None, keep: bool = False, startTimeout: float = 60.0, xmpp: bool = False
+        self,
+        template: Path | None = None,
+        keep: bool = False,
+        startTimeout: float = 60.0,
+        xmpp: bool = False,
+        tls: bool = False,
+        shippedLimits: bool = False,
     ) -> None:
         """
         @param template: The configuration to copy (C{etc/imgateway.toml}).
         @param keep: Keep the temporary folder when stopping (to read the log).
         @param startTimeout: Seconds to wait for the port to open.
         @param xmpp: Also run the XMPP c2s face (see L{benchConfig}).
+        @param tls: Make test certificates for the domain
+            (L{makeTestCertificates}): the native face also listens with
+            TLS (L{tlsPort}), and the XMPP face can STARTTLS.
+        @param shippedLimits: Keep the template's limits (see L{benchConfig}).
         """
         self.template = template if template is not None else REPO / "etc" / "imgateway.toml"
         self.keep = keep
@@ -248,20 +316,39 @@ class SpawnedGateway:
         self.folder = Path(tempfile.mkdtemp(prefix="imgw-bench-"))
         self.config = self.folder / "imgateway.toml"
         self.log = self.folder / "gw.log"
+        taken: set[int | None] = {None}
         self.port = freePort()
+        taken.add(self.port)
         self.xmppPort: int | None = None
+        self.tlsPort: int | None = None
+        self.caPath: Path | None = None
         if xmpp:
-            while self.xmppPort in (None, self.port):
+            while self.xmppPort in taken:
                 self.xmppPort = freePort()
+            taken.add(self.xmppPort)
+        if tls:
+            while self.tlsPort in taken:
+                self.tlsPort = freePort()
         self.process: subprocess.Popen[bytes] | None = None
         self._stderr = self.folder / "twistd.stderr"
         try:
+            templateText = self.template.read_text(encoding="utf-8")
+            self.domain = _domainOf(templateText)
+            if (xmpp or tls) and self.domain is None:
+                raise GatewayError("the configuration template names no [gateway] domain (needed for XMPP and TLS)")
+            certificates: Path | None = None
+            if tls:
+                assert self.domain is not None
+                self.caPath, certificates = makeTestCertificates(self.folder / "certs", self.domain)
             text = benchConfig(
-                self.template.read_text(encoding="utf-8"), self.folder / "data", self.port, xmppPort=self.xmppPort
+                templateText,
+                self.folder / "data",
+                self.port,
+                xmppPort=self.xmppPort,
+                shippedLimits=shippedLimits,
+                tlsPort=self.tlsPort,
+                certificates=certificates,
             )
-            self.domain = _domainOf(text)
-            if xmpp and self.domain is None:
-                raise GatewayError("the configuration template names no [gateway] domain (needed for the XMPP face)")
             self.config.write_text(text, encoding="utf-8")
         except BaseException:
             shutil.rmtree(self.folder, ignore_errors=True)
@@ -313,7 +400,11 @@ class SpawnedGateway:
             status = self.process.poll()
             if status is not None:
                 raise GatewayError(f"the gateway exited with status {status} while starting:\n{self.logTail()}")
-            if self._probe() and (self.xmppPort is None or self._probeXMPP()):
+            if (
+                self._probe()
+                and (self.xmppPort is None or self._probeXMPP())
+                and (self.tlsPort is None or self._accepts(self.tlsPort))
+            ):
                 return
             if self._logSays("CannotListenError") or self._logSays("cannot listen on"):
                 raise GatewayError(f"the gateway cannot listen on its ports:\n{self.logTail()}")
@@ -340,6 +431,16 @@ class SpawnedGateway:
         except OSError:
             return False
         return data.startswith(b"IMGW/1.0 200") and b"imgateway/" in data
+
+    @staticmethod
+    def _accepts(port: int) -> bool:
+        """
+        @return: Whether 127.0.0.1:port accepts TCP connections (the native
+            C{tls:} listener: nothing is sent).
+        """
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)
+            return s.connect_ex(("127.0.0.1", port)) == 0
 
     def _probeXMPP(self) -> bool:
         """

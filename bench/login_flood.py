@@ -72,6 +72,7 @@ class Conn(asyncio.Protocol):
         self.waiting: dict[int, asyncio.Future[Response]] = {}
         self.closed = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
+        self.refusal: Response | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -79,6 +80,9 @@ class Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         for frame in self.parser.feed(data):
             if isinstance(frame, Response):
+                if frame.seq == 0:
+                    # Refused at once (503: a per-source or global limit).
+                    self.refusal = frame
                 f = self.waiting.pop(frame.seq, None)
                 if f is not None and not f.done():
                     f.set_result(frame)
@@ -100,20 +104,35 @@ class Conn(asyncio.Protocol):
         return f
 
 
-async def connect(port: int) -> Conn:
+async def connect(port: int, source: str = "127.0.0.1") -> Conn:
     loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(Conn, "127.0.0.1", port)
+    _, conn = await loop.create_connection(Conn, "127.0.0.1", port, local_addr=(source, 0))
     return conn
 
 
-async def wrongWorker(port: int, users: list[str], attempts: int, stop: float, outcomes: Counter[str]) -> None:
+def outcomeOf(r: Response) -> str:
     """
-    Send wrong PLAIN passwords until C{stop}, C{attempts} per connection.
+    How an C{AUTH} was answered, for the outcome counts: the status and
+    C{Error}, and C{Retry-After} when the login throttle refused it
+    (without, a C{temporary-auth-failure} means the password checks were
+    all busy).
+    """
+    text = f"{r.code} {r.headers.get('Error') or ''}".strip()
+    return text + " Retry-After" if r.headers.get("Retry-After") is not None else text
+
+
+async def wrongWorker(
+    port: int, users: list[str], attempts: int, stop: float, outcomes: Counter[str], source: str = "127.0.0.1"
+) -> None:
+    """
+    Send wrong PLAIN passwords from C{source} until C{stop}, C{attempts}
+    per connection. A connection refused at once counts as C{503 at
+    connect}, one closed otherwise before its answer as C{closed}.
     """
     n = 0
     while time.monotonic() < stop:
         try:
-            conn = await connect(port)
+            conn = await connect(port, source)
         except OSError:
             outcomes["connect-failed"] += 1
             await asyncio.sleep(0.05)
@@ -125,11 +144,11 @@ async def wrongWorker(port: int, users: list[str], attempts: int, stop: float, o
                 r = await asyncio.wait_for(
                     conn.request("AUTH", (("Mechanism", "PLAIN"),), f"\0{user}\0wrong-{n}".encode()), 30
                 )
-                outcomes[f"{r.code} {r.headers.get('Error') or ''}".strip()] += 1
+                outcomes[outcomeOf(r)] += 1
                 if time.monotonic() >= stop:
                     break
         except (ConnectionError, asyncio.TimeoutError):
-            outcomes["closed"] += 1
+            outcomes["503 at connect" if conn.refusal is not None else "closed"] += 1
         finally:
             if conn.transport is not None:
                 conn.transport.close()

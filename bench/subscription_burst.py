@@ -26,12 +26,15 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):
     # Run as a script (python bench/subscription_burst.py): make the repository importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import attrs
 
 from bench._gateway import REPO, GatewayError, SpawnedGateway, _setKey, interruptedStatus, interruptOnSigterm
 from bench.native_load import proc_cpu_s, proc_rss_kb
@@ -56,10 +59,46 @@ def sample(pid: int | None) -> dict[str, Any]:
     return {"cpu_s": proc_cpu_s(pid), "rss_mib": round(rss / 1024, 1) if rss is not None else None}
 
 
-def run(reactor: Any, args: argparse.Namespace, gateway: SpawnedGateway) -> Deferred[Any]:
+@attrs.frozen
+class Target:
+    """
+    The gateway a burst is fired at.
+
+    @ivar port: Its native face's port on 127.0.0.1.
+    @ivar domain: The domain it serves.
+    @ivar pid: Its process (for CPU and RSS), if known.
+    @ivar process: The process itself, if this benchmark spawned it (for
+        C{--stop-early}).
+    """
+
+    port: int
+    domain: str | None
+    pid: int | None
+    process: Any = None
+
+    @classmethod
+    def of(cls, gateway: SpawnedGateway) -> Target:
+        return cls(gateway.port, gateway.domain, gateway.pid, gateway.process)
+
+
+def run(
+    reactor: Any,
+    args: argparse.Namespace,
+    gateway: Target,
+    beforeFiring: Callable[[], Deferred[Any]] | None = None,
+    onFired: Callable[[], None] | None = None,
+    onDone: Callable[[], None] | None = None,
+) -> Deferred[Any]:
     """
     Log the users in, fire the burst, wait until done; runs inside the
     reactor (see L{main}).
+
+    @param beforeFiring: Called once every user is logged in; the burst
+        fires when its result does (the hostile benchmark opens its
+        measuring window then).
+    @param onFired: Called as the burst fires.
+    @param onDone: Called when every user's list is complete (or the
+        burst timed out), before the users log out.
     """
     from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
     from twisted.internet.task import deferLater
@@ -73,7 +112,12 @@ def run(reactor: Any, args: argparse.Namespace, gateway: SpawnedGateway) -> Defe
     domain = gateway.domain or "corp.example"
     names = [f"{args.prefix}{i}" for i in range(n)]
     addresses = [Address.fromParts(name, domain) for name in names]
-    endpoint = f"tcp:127.0.0.1:{gateway.port}"
+    # Users log in from these loopback addresses in turn (each is a source
+    # of its own for the gateway's per-source limits).
+    sources: list[str] = getattr(args, "sources", None) or ["127.0.0.1"]
+
+    def endpoint(i: int) -> str:
+        return f"tcp:127.0.0.1:{gateway.port}:bindAddress={sources[i % len(sources)]}"
     result: dict[str, Any] = {
         "bench": "subscription_burst",
         "version": __version__,
@@ -138,7 +182,7 @@ def run(reactor: Any, args: argparse.Namespace, gateway: SpawnedGateway) -> Defe
 
     info(f"logging in {m} of {n} users")
     logins = [
-        connect(reactor, endpoint, name, PASSWORD, Observer(i), label="burst") for i, name in enumerate(names[:m])
+        connect(reactor, endpoint(i), name, PASSWORD, Observer(i), label="burst") for i, name in enumerate(names[:m])
     ]
     d: Deferred[Any] = gatherResults(logins, consumeErrors=True)
 
@@ -146,8 +190,15 @@ def run(reactor: Any, args: argparse.Namespace, gateway: SpawnedGateway) -> Defe
         protocols.extend(protos)
         for proto in protocols:
             proto.requestTimeout = args.timeout
+        if beforeFiring is not None:
+            return beforeFiring().addCallback(lambda _: fire())
+        return fire()
+
+    def fire() -> Deferred[Any]:
         result["before"] = sample(gateway.pid)
         info(f"firing {requests} SUBSCRIBE requests")
+        if onFired is not None:
+            onFired()
         start = time.monotonic()
         for i, proto in enumerate(protocols):
             for j, other in enumerate(addresses):
@@ -171,6 +222,8 @@ def run(reactor: Any, args: argparse.Namespace, gateway: SpawnedGateway) -> Defe
             result["end"] = sample(gateway.pid)
             result["errors"] = errors
             result["retries"] = retries[0]
+            if onDone is not None:
+                onDone()
             return verify()
 
         return done.addBoth(finished)
@@ -324,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             info(f"gateway pid {gateway.pid} on port {gateway.port}, folder {gateway.folder}")
 
             def go() -> None:
-                d = run(reactor, args, gateway)
+                d = run(reactor, args, Target.of(gateway))
                 d.addCallback(outcome.update)
                 d.addErrback(lambda f: outcome.update(error=f.getErrorMessage() or repr(f.value)))
                 d.addBoth(lambda _: reactor.stop())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any, TypeVar
 
 from attrs import frozen
@@ -31,12 +32,19 @@ from imgateway.sqlite import Durability
 
 __all__ = [
     "CONFIG_ENVIRONMENT",
+    "CORE_TABLES",
+    "SERVER_ROLES",
+    "HostPort",
+    "parseHostPort",
     "DEFAULT_CONFIG_PATH",
     "AuthConfig",
     "ConfigTable",
     "GatewayConfig",
     "HomeConfig",
     "LimitsConfig",
+    "LinksConfig",
+    "RouterConfig",
+    "ServerConfig",
     "findConfig",
     "loadConfig",
     "parseConfig",
@@ -148,6 +156,13 @@ class ConfigTable:
             raise self.error(key, f"cannot read {full}: {e.strerror}") from None
         return full
 
+    def keys(self) -> list[str]:
+        """
+        The table's keys, in file order (for tables whose keys are names,
+        such as C{[servers]}).
+        """
+        return list(self._table)
+
     def table(self, key: str) -> ConfigTable:
         """
         Read a sub-table (empty when absent).
@@ -195,6 +210,107 @@ class AuthConfig:
 
 
 @frozen
+class HostPort:
+    """
+    A C{host:port} pair (an IPv6 host in brackets: C{[::1]:5310}).
+    """
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+#: The roles a server of the domain can have (C{[servers.NAME] roles}).
+SERVER_ROLES = frozenset({"home", "router"})
+
+
+@frozen
+class ServerConfig:
+    """
+    One C{[servers.NAME]} table: a server of this domain, as every process
+    of the domain knows it.
+
+    @ivar name: Its name (the table's name; for a home server, the name the
+        directory gives as a user's home server).
+    @ivar roles: C{"home"}, C{"router"} or both.
+    @ivar link: Where its server-link listener is, or C{None} for a server
+        that takes no links (a single-host gateway).
+    @ivar tlsName: The name its link certificate must carry (default: the
+        host of C{link}).
+    @ivar native: Where native clients reach it (what a redirect names), or
+        C{None}.
+    @ivar xmpp: Where XMPP clients reach it (what C{<see-other-host/>}
+        names), or C{None}.
+    """
+
+    name: str
+    roles: frozenset[str]
+    link: HostPort | None = None
+    tlsName: str | None = None
+    native: HostPort | None = None
+    xmpp: HostPort | None = None
+
+
+@frozen
+class RouterConfig:
+    """
+    The C{[router]} table.
+
+    @ivar enabled: Whether this process is a router of its domain: it takes
+        the logins of users homed on other servers and redirects or proxies
+        them.
+    @ivar internalNetworks: Clients from these networks are redirected to
+        their home server; others are proxied.
+    @ivar directoryCacheSeconds: How long a user's home server, read from the
+        directory, is remembered.
+    """
+
+    enabled: bool = False
+    internalNetworks: tuple[IPv4Network | IPv6Network, ...] = ()
+    directoryCacheSeconds: float = 30.0
+
+
+@frozen
+class LinksConfig:
+    """
+    The C{[links]} table: server links (docs/protocol.md section 9).
+
+    @ivar listen: Server endpoint strings of the link listener (plain
+        C{tcp:} endpoints: TLS comes from the certificate below).
+    @ivar certificate: PEM file of this server's certificate chain, or
+        C{None}.
+    @ivar privateKey: PEM file of its private key, or C{None}.
+    @ivar trustRoots: PEM file of the certificates that may sign the other
+        servers' certificates, or C{None}.
+    @ivar allowPlaintextLoopback: Whether a link without TLS is allowed,
+        only ever between loopback addresses.
+    @ivar maxQueue: Requests waiting on one link; past it, senders get
+        C{503} at once.
+    @ivar requestTimeout: Seconds a request waits for its answer (link
+        down included) before its sender gets an error status.
+    @ivar duplicateWindow: Seconds a message's routing id is remembered, so
+        a duplicate after a reconnect is delivered once.
+    @ivar maxHops: The C{Max-Hops} of a request this server originates.
+    @ivar reconnectMaxDelay: The longest wait between reconnection attempts.
+    @ivar maxIncoming: Incoming link connections at once.
+    """
+
+    listen: tuple[str, ...] = ()
+    certificate: str | None = None
+    privateKey: str | None = None
+    trustRoots: str | None = None
+    allowPlaintextLoopback: bool = False
+    maxQueue: int = 1000
+    requestTimeout: float = 10.0
+    duplicateWindow: float = 300.0
+    maxHops: int = 8
+    reconnectMaxDelay: float = 60.0
+    maxIncoming: int = 100
+
+
+@frozen
 class GatewayConfig:
     """
     A whole, checked configuration.
@@ -208,6 +324,12 @@ class GatewayConfig:
         adapter, in config-file order.
     @ivar limits: The C{[limits]} table: per-source limits of every face.
     @ivar durability: What an acknowledged change to the stores survives.
+    @ivar router: The C{[router]} table.
+    @ivar links: The C{[links]} table.
+    @ivar servers: The C{[servers.NAME]} tables: the domain's servers, by
+        name (empty for a single-host gateway).
+    @ivar routes: The C{[routes]} table: peer domain to the address of its
+        router's link listener (static routes win over DNS SRV records).
     """
 
     path: FilePath[str]
@@ -219,11 +341,120 @@ class GatewayConfig:
     adapters: dict[str, object]
     limits: LimitsConfig = LimitsConfig()
     durability: Durability = Durability.PROCESS
+    router: RouterConfig = RouterConfig()
+    links: LinksConfig = LinksConfig()
+    servers: Mapping[str, ServerConfig] = {}
+    routes: Mapping[str, HostPort] = {}
 
+
+#: Tables of the core; every other table is a protocol adapter's.
+CORE_TABLES = ("gateway", "home", "auth", "limits", "router", "links", "servers", "routes")
 
 _HOME = HomeConfig()
 _AUTH = AuthConfig()
 _LIMITS = LimitsConfig()
+_ROUTER = RouterConfig()
+_LINKS = LinksConfig()
+
+
+def _isName(text: str) -> bool:
+    """
+    Whether C{text} is a simple name: letters, digits, C{-} and C{.}.
+    """
+    return bool(text) and text.replace("-", "").replace(".", "").isalnum()
+
+
+def parseHostPort(text: str) -> HostPort:
+    """
+    Parse C{host:port} (C{[v6]:port} for an IPv6 address).
+
+    @raise ValueError: If it is not one.
+    """
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address must be in brackets: {text!r}")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {text!r}")
+    return HostPort(host.lower(), int(port))
+
+
+def _hostPort(table: ConfigTable, key: str) -> HostPort | None:
+    text = table.get(key, str, "")
+    if not text:
+        return None
+    try:
+        return parseHostPort(text)
+    except ValueError as e:
+        raise table.error(key, str(e)) from None
+
+
+def _parseRouter(t: ConfigTable) -> RouterConfig:
+    networks = []
+    for item in t.get("internal_networks", list, []):
+        if not isinstance(item, str):
+            raise t.error("internal_networks", f"expected CIDR strings, got {item!r}")
+        try:
+            networks.append(ip_network(item, strict=True))
+        except ValueError as e:
+            raise t.error("internal_networks", str(e)) from None
+    return RouterConfig(
+        enabled=t.get("enabled", bool, _ROUTER.enabled),
+        internalNetworks=tuple(networks),
+        directoryCacheSeconds=t.positive("directory_cache_seconds", float, _ROUTER.directoryCacheSeconds),
+    )
+
+
+def _parseLinks(t: ConfigTable, reactor: IReactorCore) -> LinksConfig:
+    links = LinksConfig(
+        listen=t.endpoints("listen", reactor),
+        certificate=t.path("certificate"),
+        privateKey=t.path("private_key"),
+        trustRoots=t.path("trust_roots"),
+        allowPlaintextLoopback=t.get("allow_plaintext_loopback", bool, _LINKS.allowPlaintextLoopback),
+        maxQueue=t.positive("max_queue", int, _LINKS.maxQueue),
+        requestTimeout=t.positive("request_timeout", float, _LINKS.requestTimeout),
+        duplicateWindow=t.positive("duplicate_window", float, _LINKS.duplicateWindow),
+        maxHops=t.positive("max_hops", int, _LINKS.maxHops),
+        reconnectMaxDelay=t.positive("reconnect_max_delay", float, _LINKS.reconnectMaxDelay),
+        maxIncoming=t.positive("max_incoming", int, _LINKS.maxIncoming),
+    )
+    if (links.certificate is None) != (links.privateKey is None):
+        raise t.error("certificate", "certificate and private_key go together")
+    return links
+
+
+def _parseServers(t: ConfigTable) -> dict[str, ServerConfig]:
+    servers = {}
+    for name in t.keys():
+        if not _isName(name):
+            raise t.error(name, "a server's name must be a simple name (letters, digits, '-', '.')")
+        s = t.table(name)
+        roles = s.get("roles", list, ["home"])
+        if not roles or not all(isinstance(r, str) and r in SERVER_ROLES for r in roles):
+            raise s.error("roles", f'expected a non-empty list of "home" and "router", got {roles!r}')
+        servers[name] = ServerConfig(
+            name=name,
+            roles=frozenset(roles),
+            link=_hostPort(s, "link"),
+            tlsName=s.get("tls_name", str, "") or None,
+            native=_hostPort(s, "native"),
+            xmpp=_hostPort(s, "xmpp"),
+        )
+        s.finish()
+    return servers
+
+
+def _parseRoutes(t: ConfigTable) -> dict[str, HostPort]:
+    routes = {}
+    for name in t.keys():
+        try:
+            domain = normaliseDomain(name)
+        except InvalidAddress as e:
+            raise t.error(name, str(e)) from None
+        routes[domain] = _hostPort(t, name)
+    return {d: r for d, r in routes.items() if r is not None}
 
 
 def parseConfig(
@@ -240,7 +471,7 @@ def parseConfig(
     @raise ConfigError: Naming the file and key at fault.
     """
     where = path.path
-    top = ConfigTable(data, where)
+    top = ConfigTable(data, where, path.dirname())
 
     gw = top.table("gateway")
     gw.where = f"{where} [gateway]"
@@ -251,7 +482,7 @@ def parseConfig(
     dataDirText = gw.get("data_dir", str, "data")
     dataDir = FilePath(os.path.normpath(os.path.join(path.dirname(), os.path.expanduser(dataDirText))))
     homeServerName = gw.get("home_server", str, "hs1")
-    if not homeServerName or not homeServerName.replace("-", "").replace(".", "").isalnum():
+    if not _isName(homeServerName):
         raise gw.error("home_server", f"must be a simple name (letters, digits, '-', '.'), got {homeServerName!r}")
     durabilityText = gw.get("durability", str, Durability.PROCESS.value)
     try:
@@ -310,9 +541,25 @@ def parseConfig(
     )
     lt.finish()
 
+    topology = {}
+    for name in ("router", "links", "servers", "routes"):
+        sub = top.table(name)
+        sub.where = f"{where} [{name}]"
+        topology[name] = sub
+    router = _parseRouter(topology["router"])
+    links = _parseLinks(topology["links"], reactor)
+    servers = _parseServers(topology["servers"])
+    routes = _parseRoutes(topology["routes"])
+    for sub in topology.values():
+        sub.finish()
+    if servers and homeServerName not in servers:
+        raise gw.error("home_server", f"{homeServerName!r} is not one of the [servers] tables ({', '.join(servers)})")
+    if servers and "home" not in servers[homeServerName].roles:
+        raise gw.error("home_server", f"[servers.{homeServerName}] does not have the role \"home\"")
+
     adapters: dict[str, object] = {}
     for name in data:
-        if name in ("gateway", "home", "auth", "limits"):
+        if name in CORE_TABLES:
             continue
         if name not in adapterParsers:
             known = ", ".join(sorted(adapterParsers)) or "none installed"
@@ -328,7 +575,21 @@ def parseConfig(
             adapters[name] = adapterParsers[name](adapterTable, reactor)
             adapterTable.finish()
     top.finish()
-    return GatewayConfig(path, domain, dataDir, homeServerName, home, auth, adapters, limits, durability)
+    return GatewayConfig(
+        path,
+        domain,
+        dataDir,
+        homeServerName,
+        home,
+        auth,
+        adapters,
+        limits,
+        durability,
+        router=router,
+        links=links,
+        servers=servers,
+        routes=routes,
+    )
 
 
 def findConfig(

@@ -46,6 +46,8 @@ __all__ = [
     "IGateway",
     "IHomeServer",
     "IHomeStore",
+    "IHomeLocator",
+    "ILinkRoutes",
     "IProtocolAdapter",
     "IRoute",
     "IRouter",
@@ -224,6 +226,48 @@ class IRouter(IRoute):
         C{route}; C{None} removes the default route.
 
         @raise ValueError: If another default route is set.
+        """
+
+
+class IHomeLocator(Interface):
+    """
+    Which home server of this domain hosts a user: the directory's answer,
+    remembered for a short while (C{[router] directory_cache_seconds}).
+    """
+
+    def homeOf(address: Address) -> Deferred[str | None]:
+        """
+        @return: The name of the home server of the account C{address} (a
+            C{[servers.NAME]} name, or this process's own C{home_server}),
+            or C{None} when there is no such account.
+        """
+
+    def forget(address: Address) -> None:
+        """
+        Drop what is remembered of C{address} (its account was moved or
+        removed).
+        """
+
+
+class ILinkRoutes(Interface):
+    """
+    Routes over server links (docs/protocol.md section 9): to the other
+    servers of this domain, and to peer domains' routers.
+    """
+
+    def toServer(name: str) -> IRoute:
+        """
+        @param name: A C{[servers.NAME]} name other than this process's.
+        @return: The route over the link to that server.
+        @raise KeyError: If no such server is configured.
+        """
+
+    def toDomain(domain: str) -> Deferred[IRoute | None]:
+        """
+        @return: The route to C{domain}'s router: its static route
+            (C{[routes]}), else what its C{_imgw._tcp} DNS SRV records name;
+            C{None} when it has neither (the domain may be reached another
+            way, for example XMPP federation).
         """
 
 

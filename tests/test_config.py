@@ -6,12 +6,24 @@ name the file, table and key.
 from __future__ import annotations
 
 import os
+from ipaddress import ip_network
 
 from twisted.internet.testing import MemoryReactor
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from imgateway.config import CONFIG_ENVIRONMENT, DEFAULT_CONFIG_PATH, HomeConfig, findConfig, loadConfig
+from imgateway.config import (
+    CONFIG_ENVIRONMENT,
+    DEFAULT_CONFIG_PATH,
+    GatewayConfig,
+    HomeConfig,
+    HostPort,
+    LinksConfig,
+    RouterConfig,
+    ServerConfig,
+    findConfig,
+    loadConfig,
+)
 from imgateway.core.errors import ConfigError
 from imgateway.plugins import adapterConfigParsers
 from imgateway.sqlite import Durability
@@ -181,3 +193,115 @@ class FindConfigTests(SynchronousTestCase):
         self.assertIn(f"no configuration file: {missing} does not exist", str(e))
         self.assertIn("--config FILE", str(e))
         self.assertIn("$IMGATEWAY_CONFIG", str(e))
+
+
+class TopologyConfigTests(SynchronousTestCase):
+    """
+    The tables of a domain served by many processes: C{[router]},
+    C{[links]}, C{[servers.NAME]} and C{[routes]}.
+    """
+
+    def load(self, text: str) -> GatewayConfig:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[gateway]\ndomain = "corp.example"\nhome_server = "hs2"\n' + text)
+        return loadConfig(path, MemoryReactor(), adapterConfigParsers())
+
+    def assertConfigError(self, text: str, message: str) -> None:
+        e = self.assertRaises(ConfigError, self.load, text)
+        self.assertIn(message, str(e))
+
+    def test_defaults(self) -> None:
+        """
+        Without the tables, the process is a single-host gateway: no
+        router role, no link listener, no other servers, no static routes.
+        """
+        config = self.load("")
+        self.assertEqual(config.router, RouterConfig())
+        self.assertFalse(config.router.enabled)
+        self.assertEqual(config.links, LinksConfig())
+        self.assertEqual(config.servers, {})
+        self.assertEqual(config.routes, {})
+
+    def test_servers(self) -> None:
+        """
+        Each C{[servers.NAME]} table names a server with its roles and
+        addresses; an IPv6 host is written in brackets; C{tls_name} defaults
+        to nothing (the link's host is checked).
+        """
+        config = self.load(
+            '[servers.hs2]\nlink = "127.0.0.3:5311"\nnative = "[::1]:5300"\n'
+            '[servers.router]\nroles = ["router"]\nlink = "Router.Corp.Example:5310"\ntls_name = "corp.example"\n'
+        )
+        self.assertEqual(
+            config.servers["hs2"],
+            ServerConfig("hs2", frozenset({"home"}), HostPort("127.0.0.3", 5311), None, HostPort("::1", 5300)),
+        )
+        router = config.servers["router"]
+        self.assertEqual(
+            (router.roles, router.link, router.tlsName),
+            (frozenset({"router"}), HostPort("router.corp.example", 5310), "corp.example"),
+        )
+        self.assertEqual(str(HostPort("::1", 5300)), "[::1]:5300")
+
+    def test_serverErrors(self) -> None:
+        """
+        Bad roles, addresses, unknown keys, and a C{home_server} that is not
+        a home among the C{[servers]} are errors naming the key.
+        """
+        self.assertConfigError('[servers.hs2]\nroles = ["hub"]\n', "[servers].hs2: roles:")
+        self.assertConfigError('[servers.hs2]\nroles = []\n', "roles:")
+        self.assertConfigError('[servers.hs2]\nlink = "hs2.corp.example"\n', "link: expected host:port")
+        self.assertConfigError('[servers.hs2]\nlink = "::1:5310"\n', "link: an IPv6 address must be in brackets")
+        self.assertConfigError('[servers.hs2]\nlink = "h:0"\n', "link: expected host:port")
+        self.assertConfigError('[servers.hs2]\nport = 1\n', "port: unknown key")
+        self.assertConfigError('[servers."h s"]\n', "a server's name must be a simple name")
+        self.assertConfigError('[servers.hs1]\n', "home_server: 'hs2' is not one of the [servers] tables (hs1)")
+        self.assertConfigError('[servers.hs2]\nroles = ["router"]\n', 'does not have the role "home"')
+
+    def test_router(self) -> None:
+        """
+        C{[router]} reads its switch, the internal networks (CIDR, IPv4 and
+        IPv6) and the directory cache lifetime.
+        """
+        config = self.load(
+            '[router]\nenabled = true\ninternal_networks = ["10.0.0.0/8", "fd00::/8"]\ndirectory_cache_seconds = 5\n'
+        )
+        self.assertEqual(
+            config.router, RouterConfig(True, (ip_network("10.0.0.0/8"), ip_network("fd00::/8")), 5.0)
+        )
+        self.assertConfigError(
+            '[router]\ninternal_networks = ["10.0.0.1/8"]\n', "internal_networks: 10.0.0.1/8 has host bits set"
+        )
+        self.assertConfigError('[router]\ninternal_networks = [10]\n', "internal_networks: expected CIDR strings")
+        self.assertConfigError("[router]\ndirectory_cache_seconds = 0\n", "directory_cache_seconds: must be greater than 0")
+
+    def test_links(self) -> None:
+        """
+        C{[links]} reads its listeners (checked as endpoints), files that
+        must exist, and its limits; a certificate needs its key.
+        """
+        cert = os.path.abspath(self.mktemp())
+        with open(cert, "w") as f:
+            f.write("x")
+        config = self.load(
+            f'[links]\nlisten = ["tcp:5310:interface=127.0.0.1"]\ncertificate = "{cert}"\nprivate_key = "{cert}"\n'
+            "max_queue = 3\nrequest_timeout = 2.5\nallow_plaintext_loopback = true\n"
+        )
+        self.assertEqual(config.links.listen, ("tcp:5310:interface=127.0.0.1",))
+        self.assertEqual((config.links.certificate, config.links.privateKey), (cert, cert))
+        self.assertEqual((config.links.maxQueue, config.links.requestTimeout), (3, 2.5))
+        self.assertTrue(config.links.allowPlaintextLoopback)
+        self.assertConfigError(f'[links]\ncertificate = "{cert}"\n', "certificate and private_key go together")
+        self.assertConfigError('[links]\ntrust_roots = "/nonexistent/ca.pem"\n', "trust_roots: cannot read")
+        self.assertConfigError('[links]\nlisten = ["nonsense:1"]\n', "listen: bad endpoint")
+        self.assertConfigError("[links]\nmax_hops = 0\n", "max_hops: must be greater than 0")
+
+    def test_routes(self) -> None:
+        """
+        C{[routes]} maps normalised peer domains to their routers' link
+        addresses.
+        """
+        config = self.load('[routes]\n"Partner.Example" = "router.partner.example:5310"\n')
+        self.assertEqual(config.routes, {"partner.example": HostPort("router.partner.example", 5310)})
+        self.assertConfigError('[routes]\n"partner.example" = "nowhere"\n', "partner.example: expected host:port")

@@ -258,16 +258,12 @@ class RouterConfig:
     """
     The C{[router]} table.
 
-    @ivar enabled: Whether this process is a router of its domain: it takes
-        the logins of users homed on other servers and redirects or proxies
-        them.
     @ivar internalNetworks: Clients from these networks are redirected to
         their home server; others are proxied.
     @ivar directoryCacheSeconds: How long a user's home server, read from the
         directory, is remembered.
     """
 
-    enabled: bool = False
     internalNetworks: tuple[IPv4Network | IPv6Network, ...] = ()
     directoryCacheSeconds: float = 30.0
 
@@ -319,7 +315,9 @@ class GatewayConfig:
     @ivar domain: The domain served.
     @ivar dataDir: Where state is kept (relative paths resolve against the
         config file's folder).
-    @ivar homeServerName: This process's home server name in the directory.
+    @ivar homeServerName: This process's name: one of the C{[servers]}
+        tables when there are any; for a home server, the name the directory
+        records as its users' home.
     @ivar adapters: Adapter name to its parsed config, for every enabled
         adapter, in config-file order.
     @ivar limits: The C{[limits]} table: per-source limits of every face.
@@ -345,6 +343,16 @@ class GatewayConfig:
     links: LinksConfig = LinksConfig()
     servers: Mapping[str, ServerConfig] = {}
     routes: Mapping[str, HostPort] = {}
+
+    @property
+    def roles(self) -> frozenset[str]:
+        """
+        This process's roles: those of its C{[servers]} table, or
+        C{{"home"}} for a single-host gateway (no C{[servers]}).
+        """
+        if not self.servers:
+            return frozenset({"home"})
+        return self.servers[self.homeServerName].roles
 
 
 #: Tables of the core; every other table is a protocol adapter's.
@@ -400,7 +408,6 @@ def _parseRouter(t: ConfigTable) -> RouterConfig:
         except ValueError as e:
             raise t.error("internal_networks", str(e)) from None
     return RouterConfig(
-        enabled=t.get("enabled", bool, _ROUTER.enabled),
         internalNetworks=tuple(networks),
         directoryCacheSeconds=t.positive("directory_cache_seconds", float, _ROUTER.directoryCacheSeconds),
     )
@@ -554,8 +561,6 @@ def parseConfig(
         sub.finish()
     if servers and homeServerName not in servers:
         raise gw.error("home_server", f"{homeServerName!r} is not one of the [servers] tables ({', '.join(servers)})")
-    if servers and "home" not in servers[homeServerName].roles:
-        raise gw.error("home_server", f"[servers.{homeServerName}] does not have the role \"home\"")
 
     adapters: dict[str, object] = {}
     for name in data:

@@ -218,7 +218,7 @@ class TopologyConfigTests(SynchronousTestCase):
         """
         config = self.load("")
         self.assertEqual(config.router, RouterConfig())
-        self.assertFalse(config.router.enabled)
+        self.assertEqual(config.roles, {"home"})
         self.assertEqual(config.links, LinksConfig())
         self.assertEqual(config.servers, {})
         self.assertEqual(config.routes, {})
@@ -257,18 +257,25 @@ class TopologyConfigTests(SynchronousTestCase):
         self.assertConfigError('[servers.hs2]\nport = 1\n', "port: unknown key")
         self.assertConfigError('[servers."h s"]\n', "a server's name must be a simple name")
         self.assertConfigError('[servers.hs1]\n', "home_server: 'hs2' is not one of the [servers] tables (hs1)")
-        self.assertConfigError('[servers.hs2]\nroles = ["router"]\n', 'does not have the role "home"')
+
+    def test_roles(self) -> None:
+        """
+        The process's roles are those of its own C{[servers]} table.
+        """
+        config = self.load('[servers.hs2]\nroles = ["router"]\n[servers.hs1]\n')
+        self.assertEqual(config.roles, {"router"})
+        self.assertEqual(config.servers["hs1"].roles, {"home"})
 
     def test_router(self) -> None:
         """
-        C{[router]} reads its switch, the internal networks (CIDR, IPv4 and
+        C{[router]} reads the internal networks (CIDR, IPv4 and
         IPv6) and the directory cache lifetime.
         """
         config = self.load(
-            '[router]\nenabled = true\ninternal_networks = ["10.0.0.0/8", "fd00::/8"]\ndirectory_cache_seconds = 5\n'
+            '[router]\ninternal_networks = ["10.0.0.0/8", "fd00::/8"]\ndirectory_cache_seconds = 5\n'
         )
         self.assertEqual(
-            config.router, RouterConfig(True, (ip_network("10.0.0.0/8"), ip_network("fd00::/8")), 5.0)
+            config.router, RouterConfig((ip_network("10.0.0.0/8"), ip_network("fd00::/8")), 5.0)
         )
         self.assertConfigError(
             '[router]\ninternal_networks = ["10.0.0.1/8"]\n', "internal_networks: 10.0.0.1/8 has host bits set"

@@ -1,0 +1,151 @@
+"""
+Tests for L{imgateway.router.locator}.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from imgateway.core.address import Address
+from imgateway.core.errors import PersistenceFailed
+from imgateway.core.records import AccountRecord
+from imgateway.interfaces import IHomeLocator
+from imgateway.router.locator import DirectoryHomeLocator
+from imgateway.testing import MemoryDirectory
+
+ALICE = Address.fromString("alice@corp.example")
+CAROL = Address.fromString("carol@corp.example")
+NOBODY = Address.fromString("nobody@corp.example")
+
+
+class CountingDirectory(MemoryDirectory):
+    """
+    A directory that counts its reads and can hold them.
+    """
+
+    def __init__(self, accounts: list[AccountRecord]) -> None:
+        super().__init__(accounts)
+        self.reads = 0
+        self.held: list[tuple[Deferred[AccountRecord | None], AccountRecord | None]] = []
+        self.hold = False
+        self.fail = False
+
+    def getAccount(self, address: Address) -> Deferred[AccountRecord | None]:
+        self.reads += 1
+        if self.fail:
+            return fail(PersistenceFailed("directory unreachable"))
+        d = super().getAccount(address)
+        if not self.hold:
+            return d
+        held: Deferred[AccountRecord | None] = Deferred()
+        d.addCallback(lambda r: self.held.append((held, r)))
+        return held
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for d, r in held:
+            d.callback(r)
+
+
+class DirectoryHomeLocatorTests(SynchronousTestCase):
+    """
+    L{DirectoryHomeLocator}.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.directory = CountingDirectory(
+            [
+                AccountRecord(ALICE, "hs1", "", True, ""),
+                AccountRecord(CAROL, "hs2", "", False, ""),
+            ]
+        )
+        self.locator = DirectoryHomeLocator(self.directory, self.clock, 30.0, maxCached=2)
+
+    def test_interface(self) -> None:
+        """
+        It provides L{IHomeLocator}.
+        """
+        verifyObject(IHomeLocator, self.locator)
+
+    def test_homeOf(self) -> None:
+        """
+        A user's home is the directory's; an unknown or disabled account has
+        none.
+        """
+        self.assertEqual(self.successResultOf(self.locator.homeOf(ALICE)), "hs1")
+        self.assertIsNone(self.successResultOf(self.locator.homeOf(CAROL)))
+        self.assertIsNone(self.successResultOf(self.locator.homeOf(NOBODY)))
+
+    def test_cachedForLifetime(self) -> None:
+        """
+        An answer is remembered for the lifetime, then read again.
+        """
+        self.locator.homeOf(ALICE)
+        self.clock.advance(29.9)
+        self.assertEqual(self.successResultOf(self.locator.homeOf(ALICE)), "hs1")
+        self.assertEqual(self.directory.reads, 1)
+        self.clock.advance(0.1)
+        self.locator.homeOf(ALICE)
+        self.assertEqual(self.directory.reads, 2)
+
+    def test_unknownCached(self) -> None:
+        """
+        That an account does not exist is remembered too (a flood of
+        messages to nobody does not read the directory each time).
+        """
+        self.locator.homeOf(NOBODY)
+        self.locator.homeOf(NOBODY)
+        self.assertEqual(self.directory.reads, 1)
+
+    def test_concurrentReadsShared(self) -> None:
+        """
+        Look-ups of one user while its read is under way share that read.
+        """
+        self.directory.hold = True
+        first, second = self.locator.homeOf(ALICE), self.locator.homeOf(ALICE)
+        self.assertNoResult(first)
+        self.directory.release()
+        self.assertEqual((self.successResultOf(first), self.successResultOf(second)), ("hs1", "hs1"))
+        self.assertEqual(self.directory.reads, 1)
+
+    def test_forget(self) -> None:
+        """
+        L{DirectoryHomeLocator.forget} drops the remembered answer, and a
+        read under way when it is called answers its callers but is not
+        remembered (it may be from before a move).
+        """
+        self.locator.homeOf(ALICE)
+        self.locator.forget(ALICE)
+        self.locator.homeOf(ALICE)
+        self.assertEqual(self.directory.reads, 2)
+        self.directory.hold = True
+        self.locator.forget(ALICE)
+        under = self.locator.homeOf(ALICE)
+        self.locator.forget(ALICE)
+        self.directory.release()
+        self.assertEqual(self.successResultOf(under), "hs1")
+        self.directory.hold = False
+        self.locator.homeOf(ALICE)
+        self.assertEqual(self.directory.reads, 4)
+
+    def test_bounded(self) -> None:
+        """
+        At most C{maxCached} answers are remembered; the oldest goes first.
+        """
+        for who in (ALICE, CAROL, NOBODY):
+            self.locator.homeOf(who)
+        self.locator.homeOf(ALICE)
+        self.assertEqual(self.directory.reads, 4)
+
+    def test_failure(self) -> None:
+        """
+        A failed directory read fails the look-up and is not remembered.
+        """
+        self.directory.fail = True
+        self.failureResultOf(self.locator.homeOf(ALICE), PersistenceFailed)
+        self.directory.fail = False
+        self.assertEqual(self.successResultOf(self.locator.homeOf(ALICE)), "hs1")

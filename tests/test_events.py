@@ -12,13 +12,15 @@ from imgateway.core.address import Address
 from imgateway.core.errors import (
     DeliveryStatus,
     LoopDetected,
+    MovedTo,
     NoSuchUser,
     QuotaExceeded,
     ServerError,
     UserBusy,
     statusError,
 )
-from imgateway.core.events import DEFAULT_MAX_HOPS, Message, forwarded
+from imgateway.core.events import DEFAULT_MAX_HOPS, Message, PresenceUpdate, forwarded
+from imgateway.core.presence import Presence
 from imgateway.core.ratelimit import TokenBucket
 from imgateway.core.records import Subscription
 
@@ -30,6 +32,17 @@ class EventTests(SynchronousTestCase):
     """
     Core events.
     """
+
+    def test_presenceLease(self) -> None:
+        """
+        A presence update holds until changed unless it has a lease; a
+        lease is a positive number of seconds, and forwarding keeps it.
+        """
+        self.assertIsNone(PresenceUpdate(A, B, Presence()).lease)
+        update = PresenceUpdate(A, B, Presence(), lease=90.0)
+        self.assertEqual(forwarded(update).lease, 90.0)  # type: ignore[union-attr]
+        for bad in (0.0, -1.0):
+            self.assertRaises(ValueError, PresenceUpdate, A, B, Presence(), lease=bad)
 
     def test_messageDefaults(self) -> None:
         """
@@ -95,6 +108,15 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual(busy.alternate, "tel:+15550100")  # type: ignore[attr-defined]
         self.assertIsInstance(statusError(DeliveryStatus.NO_SUCH_USER), NoSuchUser)
         self.assertIsInstance(statusError(DeliveryStatus.QUOTA_EXCEEDED), QuotaExceeded)
+
+    def test_movedTo(self) -> None:
+        """
+        L{MovedTo} is status 301 and carries the recipient's home server;
+        L{statusError} builds it with the home it is given.
+        """
+        moved = statusError(DeliveryStatus.MOVED, "moved", home="hs2")
+        assert isinstance(moved, MovedTo)
+        self.assertEqual((moved.status.value, moved.home, moved.text), (301, "hs2", "moved"))
 
     def test_defaultText(self) -> None:
         """

@@ -204,6 +204,7 @@ class StatusTableTests(SynchronousTestCase):
             dict(DELIVERY_CODES),
             {
                 DeliveryStatus.DELIVERED: 200,
+                DeliveryStatus.MOVED: 301,
                 DeliveryStatus.NOT_AUTHORISED: 401,
                 DeliveryStatus.BLOCKED: 403,
                 DeliveryStatus.NO_SUCH_USER: 404,

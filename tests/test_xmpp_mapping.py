@@ -24,6 +24,7 @@ from imgateway.adapters.xmpp.mapping import (
 from imgateway.core.errors import (
     DeliveryError,
     DeliveryStatus,
+    MovedTo,
     NoSuchUser,
     ServerError,
     UserBusy,
@@ -65,13 +66,14 @@ AMBIGUOUS = {
 # Statuses whose stanza error reads back as another status: a loop (see
 # test_loopDetected), the statuses that must not tell a stranger apart
 # (test_noExistenceLeak), a quota and a server shutting down
-# (test_quotaExceeded).
+# (test_quotaExceeded), and a stale home of this domain (test_movedIsOurs).
 _SHARED_CONDITIONS = (
     DeliveryStatus.LOOP_DETECTED,
     DeliveryStatus.NO_SUCH_USER,
     DeliveryStatus.BLOCKED,
     DeliveryStatus.QUOTA_EXCEEDED,
     DeliveryStatus.SERVICE_UNAVAILABLE,
+    DeliveryStatus.MOVED,
 )
 
 class PresenceTableTests(SynchronousTestCase):
@@ -345,6 +347,17 @@ class ErrorTableTests(SynchronousTestCase):
         """
         self.assertEqual(ERRORS[DeliveryStatus.LOOP_DETECTED], StanzaErrorSpec("undefined-condition", "cancel"))
         self.assertIs(deliveryErrorFor("undefined-condition").status, DeliveryStatus.SERVER_ERROR)
+
+    def test_movedIsOurs(self) -> None:
+        """
+        A L{MovedTo} that got out (the router never lets one) goes to a
+        peer as our own failure, without the home server's name.
+        """
+        error = MovedTo("moved", "hs2")
+        spec, content = stanzaErrorFor(error)
+        self.assertEqual(spec, StanzaErrorSpec("internal-server-error", "cancel", private=True))
+        self.assertIsNone(content)
+        self.assertIsNone(stanzaErrorText(error))
 
     def test_quotaExceeded(self) -> None:
         """

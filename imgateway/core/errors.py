@@ -23,6 +23,7 @@ __all__ = [
     "ImgatewayError",
     "InvalidAddress",
     "LoopDetected",
+    "MovedTo",
     "NoSuchAccount",
     "NoRoute",
     "NoSuchUser",
@@ -117,6 +118,7 @@ class DeliveryStatus(enum.Enum):
     """
 
     DELIVERED = 200
+    MOVED = 301
     NOT_AUTHORISED = 401
     BLOCKED = 403
     NO_SUCH_USER = 404
@@ -197,6 +199,24 @@ class UserBusy(DeliveryError):
         self.alternate = alternate
 
 
+class MovedTo(DeliveryError):
+    """
+    The recipient is a user of this domain whose home is another server
+    now: the sender's router had an old answer of the directory. The
+    router that gets it forgets that answer and delivers once more; no
+    client or other network ever sees it.
+
+    @ivar home: The name of the recipient's home server, as the directory
+        now records it.
+    """
+
+    status = DeliveryStatus.MOVED
+
+    def __init__(self, text: str = "", home: str = "") -> None:
+        super().__init__(text)
+        self.home = home
+
+
 class LoopDetected(DeliveryError):
     """
     The event has been seen before, or has gone through too many hops.
@@ -263,6 +283,7 @@ _BY_STATUS: dict[DeliveryStatus, type[DeliveryError]] = {
         Blocked,
         NotAuthorised,
         UserBusy,
+        MovedTo,
         LoopDetected,
         TooLarge,
         RateLimited,
@@ -275,15 +296,19 @@ _BY_STATUS: dict[DeliveryStatus, type[DeliveryError]] = {
 
 
 def statusError(
-    status: DeliveryStatus, text: str = "", alternate: str | None = None
+    status: DeliveryStatus, text: str = "", alternate: str | None = None, home: str | None = None
 ) -> DeliveryError:
     """
     Build the L{DeliveryError} for a failed status (for example one that a
     peer reported back on the wire).
 
     @param status: Any status but L{DeliveryStatus.DELIVERED}.
+    @param alternate: The alternate of a L{UserBusy} (C{486}).
+    @param home: The home server of a L{MovedTo} (C{301}).
     """
     if status is DeliveryStatus.BUSY:
         return UserBusy(text, alternate)
+    if status is DeliveryStatus.MOVED:
+        return MovedTo(text, home or "")
     return _BY_STATUS.get(status, ServerError)(text)
 

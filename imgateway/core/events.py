@@ -86,16 +86,29 @@ class Message:
     routingId: str = field(factory=newMessageId, eq=False)
 
 
+def _checkLease(instance: object, attribute: object, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError("a presence lease must be a positive number of seconds")
+
+
 @frozen
 class PresenceUpdate:
     """
     The presence of C{sender}, as its watcher C{recipient} should see it.
+
+    @ivar lease: Seconds this presence holds unless renewed (by another
+        update), or C{None} for a presence that holds until it changes. A
+        home server sends its users' presence to watchers on the other
+        servers of its domain with the lease left, and renews it; the
+        watcher's home shows the sender offline once it runs out (the
+        sender's server died). Server links carry it as C{Expires}.
     """
 
     sender: Address
     recipient: Address
     presence: Presence
     hops: int = field(default=0, validator=validators.ge(0))
+    lease: float | None = field(default=None, validator=_checkLease)
 
 
 @frozen

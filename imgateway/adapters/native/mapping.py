@@ -119,6 +119,7 @@ REASONS: Mapping[int, str] = MappingProxyType(
 DELIVERY_CODES: Mapping[DeliveryStatus, int] = MappingProxyType(
     {
         DeliveryStatus.DELIVERED: 200,
+        DeliveryStatus.MOVED: 301,
         DeliveryStatus.NOT_AUTHORISED: 401,
         DeliveryStatus.BLOCKED: 403,
         DeliveryStatus.NO_SUCH_USER: 404,

@@ -154,6 +154,10 @@ ERRORS: dict[DeliveryStatus, StanzaErrorSpec] = {
     DeliveryStatus.RATE_LIMITED: StanzaErrorSpec("resource-constraint", "wait"),
     DeliveryStatus.QUOTA_EXCEEDED: StanzaErrorSpec("not-allowed", "cancel"),
     DeliveryStatus.NO_ROUTE: StanzaErrorSpec("remote-server-not-found", "cancel"),
+    # A stale directory answer between the servers of this domain: the
+    # router delivers again and never lets it out; if one did, it is a
+    # failure of ours, and names no home server.
+    DeliveryStatus.MOVED: StanzaErrorSpec("internal-server-error", "cancel", private=True),
     DeliveryStatus.SERVER_ERROR: StanzaErrorSpec("internal-server-error", "cancel"),
     DeliveryStatus.SERVICE_UNAVAILABLE: StanzaErrorSpec("service-unavailable", "wait"),
 }

@@ -20,8 +20,15 @@ from zope.interface import implementer
 
 from imgateway.config import HomeConfig
 from imgateway.core.address import Address
-from imgateway.core.events import Message, SubscriptionEvent
-from imgateway.core.errors import AccountExists, NoSuchAccount, PendingRequestsFull, PersistenceFailed
+from imgateway.core.events import Event, Message, SubscriptionEvent
+from imgateway.core.errors import (
+    AccountExists,
+    DeliveryStatus,
+    NoSuchAccount,
+    PendingRequestsFull,
+    PersistenceFailed,
+    ServiceUnavailable,
+)
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.core.records import (
     AccessList,
@@ -37,12 +44,19 @@ from imgateway.core.records import (
     SetAuthorisation,
     ruleOrder,
 )
-from imgateway.interfaces import IDirectory, IHomeStore, ISessionClient
+from imgateway.interfaces import IDirectory, IHomeStore, ILinkRoutes, IRoute, ISessionClient
 
 if TYPE_CHECKING:
     from imgateway.gateway import Gateway
 
-__all__ = ["MemoryDirectory", "MemoryHomeStore", "RecordingSessionClient", "addUser", "memoryGateway"]
+__all__ = [
+    "MemoryDirectory",
+    "MemoryHomeStore",
+    "MemoryLinkRoutes",
+    "RecordingSessionClient",
+    "addUser",
+    "memoryGateway",
+]
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -480,6 +494,57 @@ class RecordingSessionClient:
 
     def sessionClosed(self, reason: str) -> None:
         self.closed.append(reason)
+
+
+@implementer(ILinkRoutes)
+class MemoryLinkRoutes:
+    """
+    An L{ILinkRoutes} without links, for tests of routing and of many home
+    servers in one process: the other servers of the domain and the peer
+    domains' routers are routes it is given (another test's L{HomeServer}
+    or router, a recording route), to which it hands events as a link
+    would, at once.
+
+    @ivar servers: Server name to its route; tests may change it.
+    @ivar domains: Peer domain to its route; tests may change it.
+    @ivar down: Names of servers and domains whose link is down: events
+        for them fail with L{ServiceUnavailable}, as a link that gives up
+        after C{request_timeout} answers.
+    @ivar sent: Every event handed to a route, as C{(name, event)}.
+    """
+
+    def __init__(self, servers: dict[str, IRoute] | None = None, domains: dict[str, IRoute] | None = None) -> None:
+        self.servers: dict[str, IRoute] = dict(servers or {})
+        self.domains: dict[str, IRoute] = dict(domains or {})
+        self.down: set[str] = set()
+        self.sent: list[tuple[str, Event]] = []
+
+    def toServer(self, name: str) -> IRoute:
+        """
+        See L{ILinkRoutes.toServer}.
+        """
+        return _MemoryLink(self, name, self.servers[name])
+
+    def toDomain(self, domain: str) -> Deferred[IRoute | None]:
+        """
+        See L{ILinkRoutes.toDomain}.
+        """
+        route = self.domains.get(domain)
+        return succeed(None if route is None else _MemoryLink(self, domain, route))
+
+
+@implementer(IRoute)
+class _MemoryLink:
+    def __init__(self, links: MemoryLinkRoutes, name: str, route: IRoute) -> None:
+        self._links = links
+        self._name = name
+        self._route = route
+
+    def deliver(self, event: Event) -> Deferred[DeliveryStatus]:
+        if self._name in self._links.down:
+            return fail(ServiceUnavailable(f"link to {self._name} is down"))
+        self._links.sent.append((self._name, event))
+        return self._route.deliver(event)
 
 
 def memoryGateway(

@@ -4,16 +4,42 @@ Tests for L{imgateway.router.router}.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from imgateway.core.address import Address
-from imgateway.core.errors import DeliveryStatus, LoopDetected, NoRoute, ServerError
-from imgateway.core.events import Event, Message
-from imgateway.interfaces import IRoute, IRouter
+from imgateway.core.errors import (
+    DeliveryStatus,
+    LoopDetected,
+    MovedTo,
+    NoRoute,
+    NotAuthorised,
+    PersistenceFailed,
+    ServerError,
+    ServiceUnavailable,
+    UserBusy,
+    UserOffline,
+)
+from imgateway.core.events import (
+    Event,
+    Message,
+    PresenceProbe,
+    PresenceUpdate,
+    SubscriptionEvent,
+    SubscriptionKind,
+)
+from imgateway.core.presence import OFFLINE, Presence
+from imgateway.core.records import AccountRecord
+from imgateway.home.server import HomeServer
+from imgateway.interfaces import ILinkRoutes, IRoute, IRouter
+from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.router.router import Router
+from imgateway.testing import MemoryDirectory, MemoryHomeStore, MemoryLinkRoutes
 
 ALICE = Address.fromString("alice@corp.example")
 REMOTE = Address.fromString("romeo@xmpp.example")
@@ -45,6 +71,7 @@ class RouterTests(SynchronousTestCase):
         L{Router} provides L{IRouter}.
         """
         verifyObject(IRouter, Router())
+        verifyObject(ILinkRoutes, MemoryLinkRoutes())
 
     def test_remoteCountsHop(self) -> None:
         """
@@ -114,3 +141,245 @@ class RouterTests(SynchronousTestCase):
         router.addRoute("xmpp.example", BrokenRoute())
         self.failureResultOf(router.deliver(Message(ALICE, REMOTE, "hi")), ServerError)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+HS1, HS2 = "hs1", "hs2"
+CAROL = Address.fromString("carol@corp.example")
+GHOST = Address.fromString("ghost@corp.example")
+PARTNER = Address.fromString("pat@partner.example")
+
+
+@implementer(IRoute)
+class AnsweringRoute:
+    """
+    A route that records events and answers each with the next of the
+    outcomes it was given (then delivered).
+    """
+
+    def __init__(self, *outcomes: Exception) -> None:
+        self.events: list[Event] = []
+        self._outcomes = list(outcomes)
+
+    def deliver(self, event: Event) -> Deferred[DeliveryStatus]:
+        self.events.append(event)
+        if self._outcomes:
+            return fail(self._outcomes.pop(0))
+        return succeed(DeliveryStatus.DELIVERED)
+
+
+class HomeRoutingTests(SynchronousTestCase):
+    """
+    A domain with many servers: recipients of this domain go to their home
+    server, found through the directory (L{DirectoryHomeLocator}).
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.directory = MemoryDirectory(
+            [AccountRecord(ALICE, HS1, "", True, "{}"), AccountRecord(CAROL, HS2, "", True, "{}")]
+        )
+        self.locator = DirectoryHomeLocator(self.directory, self.clock, 30.0)
+        self.hs2 = AnsweringRoute()
+        self.links = MemoryLinkRoutes(servers={HS2: self.hs2})
+
+    def router(self, home: IRoute | None = None, linked: bool = True) -> Router:
+        router = Router(
+            domain="corp.example",
+            serverName=HS1,
+            locator=self.locator,
+            linkRoutes=self.links if linked else None,
+        )
+        if home is not None:
+            router.addRoute("corp.example", home, local=True)
+        return router
+
+    def test_homeHere(self) -> None:
+        """
+        A user homed on this process goes to its home server, with no hop
+        counted.
+        """
+        here = RecordingRoute()
+        self.successResultOf(self.router(here).deliver(Message(REMOTE, ALICE, "hi")))
+        self.assertEqual([e.hops for e in here.events], [0])
+        self.assertEqual(self.hs2.events, [])
+
+    def test_otherHome(self) -> None:
+        """
+        A user homed on another server goes over the link to it, one hop
+        further.
+        """
+        here = RecordingRoute()
+        self.successResultOf(self.router(here).deliver(Message(ALICE, CAROL, "hi")))
+        self.assertEqual(here.events, [])
+        self.assertEqual([(e.recipient, e.hops) for e in self.hs2.events], [(CAROL, 1)])
+        self.assertEqual([name for name, _ in self.links.sent], [HS2])
+
+    def test_statusesComeBack(self) -> None:
+        """
+        Whatever the other home server answers comes back to the sender
+        as it is.
+        """
+        self.hs2 = AnsweringRoute(UserOffline("carol@corp.example is offline"), UserBusy("busy", "tel:+1555"))
+        self.links.servers[HS2] = self.hs2
+        router = self.router(RecordingRoute())
+        self.failureResultOf(router.deliver(Message(ALICE, CAROL, "1")), UserOffline)
+        busy = self.failureResultOf(router.deliver(Message(ALICE, CAROL, "2")), UserBusy)
+        self.assertEqual(busy.value.alternate, "tel:+1555")
+        self.assertEqual(self.successResultOf(router.deliver(Message(ALICE, CAROL, "3"))), DeliveryStatus.DELIVERED)
+
+    def test_noAccountToHomeHere(self) -> None:
+        """
+        A recipient without an account goes to this process's home server,
+        which answers as it answers for unknown users.
+        """
+        here = RecordingRoute()
+        self.successResultOf(self.router(here).deliver(Message(REMOTE, GHOST, "hi")))
+        self.assertEqual([e.recipient for e in here.events], [GHOST])
+
+    def test_noAccountRouterOnly(self) -> None:
+        """
+        A router without a home server answers every event for a user the
+        directory does not know exactly as a home server answers it for
+        an unknown user of its domain, from a sender not homed there:
+        nothing tells whether the account exists.
+        """
+        router = self.router()
+        home = HomeServer("hs9", "corp.example", self.directory, MemoryHomeStore(), Router(), self.clock)
+        events: list[Event] = [
+            Message(PARTNER, GHOST, "hi"),
+            PresenceUpdate(PARTNER, GHOST, Presence()),
+            PresenceUpdate(PARTNER, GHOST, OFFLINE),
+            PresenceProbe(PARTNER, GHOST),
+        ] + [SubscriptionEvent(kind, PARTNER, GHOST) for kind in SubscriptionKind]
+
+        def outcome(d: Deferred[DeliveryStatus]) -> object:
+            result: list[object] = []
+            d.addBoth(result.append)
+            [r] = result
+            if isinstance(r, Failure):
+                return (type(r.value), r.value.text)  # type: ignore[attr-defined]
+            return r
+
+        for event in events:
+            self.assertEqual(outcome(router.deliver(event)), outcome(home.deliver(event)), event)
+        self.assertEqual(outcome(router.deliver(events[0])), (UserOffline, "ghost@corp.example is offline"))
+        self.assertEqual(
+            outcome(router.deliver(events[1])),
+            (NotAuthorised, "ghost@corp.example does not watch pat@partner.example"),
+        )
+
+    def test_otherDomains(self) -> None:
+        """
+        A recipient of another domain takes the route an adapter
+        registered for it, else its router over a link, else the default
+        route, else none.
+        """
+        router = self.router(RecordingRoute())
+        registered, peer, default = RecordingRoute(), RecordingRoute(), RecordingRoute()
+        self.failureResultOf(router.deliver(Message(ALICE, PARTNER, "0")), NoRoute)
+        router.setDefaultRoute(default)
+        self.successResultOf(router.deliver(Message(ALICE, PARTNER, "1")))
+        self.links.domains["partner.example"] = peer
+        self.successResultOf(router.deliver(Message(ALICE, PARTNER, "2")))
+        router.addRoute("partner.example", registered)
+        self.successResultOf(router.deliver(Message(ALICE, PARTNER, "3")))
+        bodies = [[e.body for e in r.events] for r in (default, peer, registered)]  # type: ignore[union-attr]
+        self.assertEqual(bodies, [["1"], ["2"], ["3"]])
+        self.assertEqual([e.hops for e in peer.events], [1])
+
+    def test_noLinks(self) -> None:
+        """
+        Without server links (C{linkRoutes} is C{None}), a user of another
+        home server is unavailable (503) and a peer domain takes the
+        default route.
+        """
+        router = self.router(RecordingRoute(), linked=False)
+        self.failureResultOf(router.deliver(Message(ALICE, CAROL, "hi")), ServiceUnavailable)
+        self.failureResultOf(router.deliver(Message(ALICE, PARTNER, "hi")), NoRoute)
+        default = RecordingRoute()
+        router.setDefaultRoute(default)
+        self.successResultOf(router.deliver(Message(ALICE, PARTNER, "hi")))
+        self.assertEqual(len(default.events), 1)
+
+    def test_linkDown(self) -> None:
+        """
+        A link that is down answers 503, which comes back to the sender;
+        the message may be sent again without counting as a loop.
+        """
+        router = self.router(RecordingRoute())
+        self.links.down.add(HS2)
+        message = Message(ALICE, CAROL, "hi")
+        self.failureResultOf(router.deliver(message), ServiceUnavailable)
+        self.links.down.clear()
+        self.successResultOf(router.deliver(message))
+
+    def test_unknownServer(self) -> None:
+        """
+        A home server the directory names but the config does not know is
+        unavailable (503, naming no server) and logged as an error.
+        """
+        self.directory.accounts[CAROL] = AccountRecord(CAROL, "hs7", "", True, "{}")
+        router = self.router(RecordingRoute())
+        with capturedLogs() as events:
+            f = self.failureResultOf(router.deliver(Message(ALICE, CAROL, "hi")), ServiceUnavailable)
+        self.assertNotIn("hs7", f.value.text)
+        self.assertIn("hs7", " ".join(formatEvent(e) for e in events))
+
+    def test_homeHereWithoutHomeServer(self) -> None:
+        """
+        A router-only process that the directory names as a user's home (a
+        misconfiguration) answers 503 and logs it.
+        """
+        router = self.router()
+        with capturedLogs() as events:
+            self.failureResultOf(router.deliver(Message(REMOTE, ALICE, "hi")), ServiceUnavailable)
+        self.assertIn("no home server", " ".join(formatEvent(e) for e in events))
+
+    def test_movedRetriedOnce(self) -> None:
+        """
+        A home server that answers L{MovedTo} (the router's cached answer
+        is old) makes the router forget it and deliver again, to the home
+        the directory names now; the message is not taken for a loop.
+        """
+        here = AnsweringRoute()
+        router = self.router(here)
+        self.successResultOf(router.deliver(Message(REMOTE, CAROL, "before")))
+        self.directory.accounts[CAROL] = AccountRecord(CAROL, HS1, "", True, "{}")
+        self.hs2 = AnsweringRoute(MovedTo("moved", HS1))
+        self.links.servers[HS2] = self.hs2
+        self.successResultOf(router.deliver(Message(REMOTE, CAROL, "after")))
+        self.assertEqual([e.body for e in self.hs2.events], ["after"])  # type: ignore[union-attr]
+        self.assertEqual([e.body for e in here.events], ["after"])  # type: ignore[union-attr]
+        self.assertEqual(self.successResultOf(self.locator.homeOf(CAROL)), HS1)
+
+    def test_movedTwice(self) -> None:
+        """
+        A second L{MovedTo} for the same event is not followed: the sender
+        gets 503, and it is logged.
+        """
+        self.hs2 = AnsweringRoute(MovedTo("moved", HS1), MovedTo("moved", HS1))
+        self.links.servers[HS2] = self.hs2
+        router = self.router(RecordingRoute())
+        with capturedLogs() as events:
+            self.failureResultOf(router.deliver(Message(ALICE, CAROL, "hi")), ServiceUnavailable)
+        self.assertEqual(len(self.hs2.events), 2)
+        self.assertIn("moved again", " ".join(formatEvent(e) for e in events))
+
+    def test_hopsOverLinks(self) -> None:
+        """
+        Each link counts a hop: an event at the hop limit does not leave
+        for another home server.
+        """
+        router = Router(maxHops=3, domain="corp.example", serverName=HS1, locator=self.locator, linkRoutes=self.links)
+        self.failureResultOf(router.deliver(Message(ALICE, CAROL, "hi", hops=3)), LoopDetected)
+        self.assertEqual(self.hs2.events, [])
+
+    def test_directoryFails(self) -> None:
+        """
+        A directory that cannot be read gives the sender L{ServerError};
+        the failure is logged once.
+        """
+        self.directory.closed = True
+        router = self.router(RecordingRoute())
+        self.failureResultOf(router.deliver(Message(ALICE, CAROL, "hi")), ServerError)
+        self.assertEqual(len(self.flushLoggedErrors(PersistenceFailed)), 1)

@@ -92,7 +92,7 @@ from imgateway.interfaces import (
     ISessionClient,
 )
 
-__all__ = ["MAX_LABEL_CHARS", "HomeServer", "HomeServerService", "Session"]
+__all__ = ["MAX_LABEL_CHARS", "HomeServer", "HomeServerService", "Session", "answerNoAccount"]
 
 #: The longest session label, in characters (an XMPP resource may be longer
 #: on the wire; longer labels are cut).
@@ -1417,6 +1417,27 @@ class HomeServer:
         self._push(user.sessions, "contact", lambda c: c.contactUpdated(view))
 
 
+
+
+def answerNoAccount(event: Event) -> Deferred[DeliveryStatus]:
+    """
+    The answer of a home server to an event for a user of its domain that
+    has no account (or a disabled one), from a sender not homed on it: the
+    same as for a user who exists but has no session and has authorised
+    nobody, so that it tells nothing. A message gets L{UserOffline} (the
+    one text of L{_offline}); a presence update, L{NotAuthorised} (an
+    offline one is taken); a probe or a subscription event is taken (a
+    request stays pending for ever).
+
+    A router with no home server of its own answers so for users the
+    directory does not know (L{imgateway.router.router.Router}).
+    """
+    recipient = event.recipient
+    if isinstance(event, Message):
+        return fail(_offline(recipient))
+    if isinstance(event, PresenceUpdate) and event.presence != OFFLINE:
+        return fail(NotAuthorised(f"{recipient} does not watch {event.sender}"))
+    return succeed(DeliveryStatus.DELIVERED)
 
 
 def _shuttingDown() -> ServiceUnavailable:

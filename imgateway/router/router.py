@@ -1,16 +1,25 @@
 # -*- test-case-name: tests.test_router -*-
 """
-In-process routing of core events by the recipient's domain.
+The routing table: where each core event goes, from its recipient's domain
+and, for this domain, the directory.
 
-The home server of this process is the route for the gateway's own domain;
-adapters register links as the routes of the domains they reach. The router
-counts hops and remembers the server-minted ids
+A recipient of this process's domain, when the domain has many servers
+(a L{IHomeLocator} is given), goes to its home server: this process's home
+server, or another server over a server link (L{ILinkRoutes.toServer});
+one without an account is answered as a home server answers for an
+unknown user (L{imgateway.home.server.answerNoAccount}), so nothing tells
+whether it exists. A home server that answers L{MovedTo} (the directory's
+answer was old) makes the router forget it and deliver once more. A
+recipient of another domain goes to the route an adapter registered for
+it (L{Router.addRoute}), else to the peer domain's router over a link
+(L{ILinkRoutes.toDomain}), else to the default route (XMPP federation).
+
+The router counts hops and remembers the server-minted ids
 (L{Message.routingId<imgateway.core.events.Message.routingId>}) of recent
 messages, so an event going round in circles ends in L{LoopDetected}
 instead of running forever. It never goes by the ids clients choose: two
 messages with the same client id are two messages.
 """
-
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -24,11 +33,14 @@ from imgateway.core.errors import (
     DeliveryError,
     DeliveryStatus,
     LoopDetected,
+    MovedTo,
     NoRoute,
     ServerError,
+    ServiceUnavailable,
 )
 from imgateway.core.events import DEFAULT_MAX_HOPS, Event, Message, forwarded
-from imgateway.interfaces import IRoute, IRouter
+from imgateway.home.server import answerNoAccount
+from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter
 
 __all__ = ["Router"]
 
@@ -39,11 +51,22 @@ DEFAULT_SEEN_MESSAGES = 10000
 @implementer(IRouter)
 class Router:
     """
-    Routes events to the route registered for their recipient's domain.
+    Routes events by their recipient; see the module docstring.
 
     @ivar localDomains: Domains whose route is in this process (no hop is
         counted when delivering to them).
     @ivar defaultRoute: Where events for other domains go, or C{None}.
+    @ivar domain: This process's domain: with a C{locator}, its recipients
+        go to their home server.
+    @ivar serverName: This process's name among the domain's servers (its
+        C{home_server}).
+    @ivar locator: Where this domain's users are homed, or C{None} for a
+        domain with one home server (this process's: the route registered
+        for the domain).
+    @ivar linkRoutes: The routes over server links, or C{None} while this
+        process has none: the other servers of the domain are then
+        unavailable (C{503}), and peer domains reachable only through the
+        routes adapters registered or the default route.
     """
 
     log = Logger()
@@ -52,6 +75,10 @@ class Router:
         self,
         maxHops: int = DEFAULT_MAX_HOPS,
         seenMessages: int = DEFAULT_SEEN_MESSAGES,
+        domain: str | None = None,
+        serverName: str | None = None,
+        locator: IHomeLocator | None = None,
+        linkRoutes: ILinkRoutes | None = None,
     ) -> None:
         self._routes: dict[str, IRoute] = {}
         self.defaultRoute: IRoute | None = None
@@ -59,6 +86,10 @@ class Router:
         self._maxHops = maxHops
         self._seenLimit = seenMessages
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self.domain = domain
+        self.serverName = serverName
+        self.locator = locator
+        self.linkRoutes = linkRoutes
 
     def addRoute(self, domain: str, route: IRoute, local: bool = False) -> None:
         """
@@ -78,6 +109,12 @@ class Router:
         self.localDomains.discard(domain)
 
     def routeFor(self, domain: str) -> IRoute | None:
+        """
+        @return: The route registered for C{domain} (for this domain, this
+            process's home server), else the default route, or C{None}.
+            Routes over server links are found per event (see
+            L{deliver}).
+        """
         return self._routes.get(domain, self.defaultRoute)
 
     def setDefaultRoute(self, route: IRoute | None) -> None:
@@ -93,19 +130,12 @@ class Router:
 
     def deliver(self, event: Event) -> Deferred[DeliveryStatus]:
         """
-        Deliver C{event} through the route of its recipient's domain.
+        Deliver C{event} through the route of its recipient (see the module
+        docstring).
         """
         domain = event.recipient.domain
-        route = self._routes.get(domain, self.defaultRoute)
-        if route is None:
-            return fail(NoRoute(f"no route to {domain}"))
         if event.hops > self._maxHops:
             return fail(LoopDetected(f"more than {self._maxHops} hops"))
-        if domain not in self.localDomains:
-            try:
-                event = forwarded(event, self._maxHops)
-            except LoopDetected as e:
-                return fail(e)
         key = None
         if isinstance(event, Message):
             key = event.routingId
@@ -125,6 +155,105 @@ class Router:
                 return Failure(ServerError("internal error while delivering"))
             return f
 
-        d: Deferred[DeliveryStatus] = maybeDeferred(route.deliver, event)
-        d.addErrback(failed)
-        return d
+        if self.locator is not None and domain == self.domain:
+            d = self._toHome(self.locator, event, retry=True)
+        else:
+            d = self._toDomain(event)
+        return d.addErrback(failed)
+
+    def _via(self, route: IRoute, event: Event, local: bool) -> Deferred[DeliveryStatus]:
+        """
+        Hand C{event} to C{route}: one hop more unless C{local} (in this
+        process).
+        """
+        if not local:
+            try:
+                event = forwarded(event, self._maxHops)
+            except LoopDetected as e:
+                return fail(e)
+        return maybeDeferred(route.deliver, event)
+
+    def _toDomain(self, event: Event) -> Deferred[DeliveryStatus]:
+        """
+        Deliver to the recipient's domain: its registered route, else its
+        router over a link, else the default route.
+        """
+        domain = event.recipient.domain
+        route = self._routes.get(domain)
+        if route is not None:
+            return self._via(route, event, domain in self.localDomains)
+        if self.linkRoutes is None:
+            return self._default(event)
+        found: Deferred[IRoute | None] = maybeDeferred(self.linkRoutes.toDomain, domain)
+
+        def chosen(peer: IRoute | None) -> Deferred[DeliveryStatus]:
+            return self._default(event) if peer is None else self._via(peer, event, False)
+
+        return found.addCallback(chosen)
+
+    def _default(self, event: Event) -> Deferred[DeliveryStatus]:
+        if self.defaultRoute is None:
+            return fail(NoRoute(f"no route to {event.recipient.domain}"))
+        return self._via(self.defaultRoute, event, False)
+
+    def _toHome(self, locator: IHomeLocator, event: Event, retry: bool) -> Deferred[DeliveryStatus]:
+        """
+        Deliver to the home server of a recipient of this domain; on
+        L{MovedTo}, forget where it was thought to live and (once) deliver
+        again.
+        """
+        recipient = event.recipient
+        d = locator.homeOf(recipient)
+
+        def routed(home: str | None) -> Deferred[DeliveryStatus]:
+            here = self._routes.get(recipient.domain) if recipient.domain in self.localDomains else None
+            if home is None:
+                # No account: the home server here answers as it does for
+                # unknown users; without one, the same answer.
+                return answerNoAccount(event) if here is None else self._via(here, event, True)
+            if home == self.serverName:
+                if here is None:
+                    self.log.error(
+                        "The directory homes {recipient} on {home}, this process, which has no home server",
+                        recipient=recipient,
+                        home=home,
+                    )
+                    return fail(_unavailable())
+                return self._via(here, event, True)
+            if self.linkRoutes is None:
+                self.log.debug("No server links: {home}, home of {recipient}, is unreachable", home=home, recipient=recipient)
+                return fail(_unavailable())
+            try:
+                route = self.linkRoutes.toServer(home)
+            except KeyError:
+                self.log.error(
+                    "The directory homes {recipient} on {home}, which is not among the [servers] of the config",
+                    recipient=recipient,
+                    home=home,
+                )
+                return fail(_unavailable())
+            return self._via(route, event, False)
+
+        def moved(f: Failure) -> Deferred[DeliveryStatus]:
+            f.trap(MovedTo)
+            locator.forget(recipient)
+            if retry:
+                self.log.debug("{recipient} moved to {home}; delivering again", recipient=recipient, home=f.value.home)  # type: ignore[union-attr]
+                return self._toHome(locator, event, retry=False)
+            self.log.warn(
+                "{recipient} moved again (to {home}) while {event!r} was being delivered; giving up",
+                recipient=recipient,
+                home=f.value.home,  # type: ignore[union-attr]
+                event=event,
+            )
+            return fail(_unavailable())
+
+        return d.addCallback(routed).addErrback(moved)
+
+
+def _unavailable() -> ServiceUnavailable:
+    """
+    The answer for a recipient whose home server cannot be reached (it
+    names no server).
+    """
+    return ServiceUnavailable("the recipient's server is unavailable")

@@ -257,7 +257,7 @@ class HomeRoutingTests(SynchronousTestCase):
             d.addBoth(result.append)
             [r] = result
             if isinstance(r, Failure):
-                return (type(r.value), r.value.text)  # type: ignore[attr-defined]
+                return (type(r.value), r.value.text)  # type: ignore[union-attr]
             return r
 
         for event in events:

@@ -250,7 +250,8 @@ class HomeRoutingTests(SynchronousTestCase):
             PresenceUpdate(PARTNER, GHOST, Presence()),
             PresenceUpdate(PARTNER, GHOST, OFFLINE),
             PresenceProbe(PARTNER, GHOST),
-        ] + [SubscriptionEvent(kind, PARTNER, GHOST) for kind in SubscriptionKind]
+        ]
+        events += [SubscriptionEvent(kind, PARTNER, GHOST) for kind in SubscriptionKind]
 
         def outcome(d: Deferred[DeliveryStatus]) -> object:
             result: list[object] = []

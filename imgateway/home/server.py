@@ -44,6 +44,7 @@ from imgateway.core.errors import (
     DeliveryError,
     DeliveryStatus,
     InvalidAddress,
+    MovedTo,
     NoSuchUser,
     NotAuthorised,
     PendingRequestsFull,
@@ -85,6 +86,7 @@ from imgateway.core.records import (
 from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
 from imgateway.interfaces import (
     IDirectory,
+    IHomeLocator,
     IHomeServer,
     IHomeStore,
     IRouter,
@@ -190,6 +192,14 @@ class _UserState:
         self.rules = {r.state: r.alternate for r in rules}
         # What the user has been told of its contacts' presence.
         self.contactPresence: dict[Address, Presence] = {}
+        # The contacts whose presence came from another server (kept
+        # while the user has no session), and the end of the lease of
+        # those whose presence has one.
+        self.remote: set[Address] = set()
+        self.contactLeases: dict[Address, IDelayedCall] = {}
+        # Until when watchers on the other servers of the domain were
+        # told the user's presence holds.
+        self.announcedUntil = 0.0
         self.sessions: list[Session] = []
         # The presence watchers were last told.
         self.announced: Presence = OFFLINE
@@ -446,18 +456,23 @@ class _KeptPresence:
     """
 
     def __init__(self) -> None:
-        self._entries: OrderedDict[tuple[Address, Address], Presence] = OrderedDict()
+        # (user, contact) -> (presence, until when it holds or None).
+        self._entries: OrderedDict[tuple[Address, Address], tuple[Presence, float | None]] = OrderedDict()
         self._byUser: dict[Address, set[Address]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def keep(self, user: Address, contact: Address, presence: Presence, limit: int) -> None:
+    def keep(self, user: Address, contact: Address, presence: Presence, limit: int, until: float | None = None) -> None:
+        """
+        Keep C{contact}'s presence for C{user}, until the time C{until}
+        (its lease) or, when C{None}, until it changes.
+        """
         if presence == OFFLINE:
             self.drop(user, contact)
             return
         key = (user, contact)
-        self._entries[key] = presence
+        self._entries[key] = (presence, until)
         self._entries.move_to_end(key)
         self._byUser.setdefault(user, set()).add(contact)
         while len(self._entries) > limit:
@@ -468,11 +483,13 @@ class _KeptPresence:
         if self._entries.pop((user, contact), None) is not None:
             self._unindex(user, contact)
 
-    def take(self, user: Address) -> dict[Address, Presence]:
+    def take(self, user: Address, now: float) -> dict[Address, tuple[Presence, float | None]]:
         """
-        @return: What is kept for C{user}, forgotten here.
+        @return: What is kept for C{user} and still holds at C{now} (its
+            presence and lease end, by contact), forgotten here.
         """
-        return {c: self._entries.pop((user, c)) for c in sorted(self._byUser.pop(user, ()))}
+        taken = {c: self._entries.pop((user, c)) for c in sorted(self._byUser.pop(user, ()))}
+        return {c: kept for c, kept in taken.items() if kept[1] is None or kept[1] > now}
 
     def _unindex(self, user: Address, contact: Address) -> None:
         contacts = self._byUser.get(user)
@@ -508,8 +525,15 @@ class HomeServer:
         router: IRouter,
         clock: IReactorTime,
         config: HomeConfig = HomeConfig(),
+        locator: IHomeLocator | None = None,
     ) -> None:
+        """
+        @param locator: Where the users of the domain are homed, when the
+            domain has other home servers; C{None} when this is its only
+            one (every user of the domain is homed here).
+        """
         self.name = name
+        self.locator = locator
         self.domain = domain
         self.directory = directory
         self.store = store
@@ -704,9 +728,13 @@ class HomeServer:
             return
         first = user.sessions[0] is session and len(user.sessions) == 1
         if first:
-            for contact, presence in self._kept.take(user.address).items():
+            now = self.clock.seconds()
+            for contact, (presence, until) in self._kept.take(user.address, now).items():
                 if user.watching.get(contact) is _AUTHORISED and user.accessOf(contact) is not AccessList.BLOCK:
                     user.contactPresence[contact] = presence
+                    user.remote.add(contact)
+                    if until is not None:
+                        self._leaseContact(user, contact, until - now)
         for contact, presence in sorted(user.contactPresence.items()):
             self._push([session], "presence", lambda c: c.presenceReceived(contact, presence))
         own = user.presence()
@@ -752,12 +780,17 @@ class HomeServer:
         def closed() -> None:
             self.presenceChanged(user)
             if not user.sessions:
-                # Keep what the user saw of contacts of other networks,
+                # Keep what the user saw of contacts of other servers,
                 # for when it comes back (those of this server answer
-                # probes at once).
+                # probes at once), with what is left of their leases.
                 for contact, presence in user.contactPresence.items():
-                    if not self._shares(contact):
-                        self._kept.keep(user.address, contact, presence, self.config.maxKeptPresences)
+                    if contact in user.remote:
+                        lease = user.contactLeases.get(contact)
+                        until = lease.getTime() if lease is not None else None
+                        self._kept.keep(user.address, contact, presence, self.config.maxKeptPresences, until)
+                for lease in user.contactLeases.values():
+                    lease.cancel()
+                user.contactLeases.clear()
             self._forgetIfIdle(user)
 
         self._serial(user.address, closed).addErrback(self._logFailure, "closing a session")
@@ -830,17 +863,27 @@ class HomeServer:
             d.addCallback(lambda _: user.applied(cached))
         return d
 
-    def _shares(self, other: Address) -> bool:
+    def _shares(self, other: Address) -> Deferred[bool]:
         """
         Whether C{other}'s authorisation rows are in this home server's
-        store: a user of this domain. The row of two such users is written
+        store: a user homed here. The row of two such users is written
         only by the lane of the user whose request changes it, in that
         request's transaction; the other user's lane, when the event
         reaches it, only takes the change into its cache. (A lane that
         wrote it again could undo a newer request of the other user, and a
         crash between the two writes would leave the two users disagreeing.)
+        Users of other domains, and of this domain homed on other servers,
+        have their rows in their own server's store: each server writes
+        only its own.
+
+        It is asked before the lane needs it (the directory may have to be
+        read), and carried into the lane.
         """
-        return other.domain == self.domain
+        if other.domain != self.domain:
+            return succeed(False)
+        if self.locator is None:
+            return succeed(True)
+        return self.locator.homeOf(other).addCallback(lambda home: home == self.name)
 
     # -- presence -----------------------------------------------------------
 
@@ -855,10 +898,87 @@ class HomeServer:
             self._push(user.sessions, "own presence", lambda c: c.presenceReceived(user.address, presence))
         seen = presence.toWatchers()
         if seen == user.announced:
+            self._renewLease(user)
             return
         user.announced = seen
+        user.announcedUntil = self._leaseEnd(user)
         for watcher in user.visibleTo():
-            self._send(PresenceUpdate(user.address, watcher, seen))
+            self._send(self._presenceFor(user.address, user, watcher, seen))
+
+    def _leaseEnd(self, user: _UserState) -> float:
+        """
+        @return: Until when C{user}'s presence holds: the latest end of its
+            present sessions' leases (0 when none is present).
+        """
+        ends = [
+            s._lease.getTime()
+            for s in user.sessions
+            if s._lease is not None and s._lease.active() and s.presence.state is not PresenceState.OFFLINE
+        ]
+        return max(ends, default=0.0)
+
+    def _presenceFor(self, me: Address, user: _UserState | None, watcher: Address, seen: Presence) -> PresenceUpdate:
+        """
+        The update that tells C{watcher} C{seen}, the presence of C{user}
+        (C{None}: without sessions): to a watcher of this domain when the
+        domain has other home servers, with the lease it has left (the
+        watcher's home, if it is another server, shows the user offline
+        once it runs out; L{_renewLease} renews it).
+        """
+        lease = None
+        if user is not None and self.locator is not None and watcher.domain == self.domain and seen != OFFLINE:
+            left = self._leaseEnd(user) - self.clock.seconds()
+            lease = left if left > 0 else None
+        return PresenceUpdate(me, watcher, seen, lease=lease)
+
+    def _renewLease(self, user: _UserState) -> None:
+        """
+        A session published again without changing what watchers see: if
+        that holds longer than watchers on the other servers of the domain
+        were told, tell them again (what they see then, with its lease).
+        """
+        if self.locator is None or user.announced == OFFLINE:
+            return
+        until = self._leaseEnd(user)
+        if until <= user.announcedUntil:
+            return
+        user.announcedUntil = until
+        for watcher in user.visibleTo():
+            if watcher.domain == self.domain:
+                self._shares(watcher).addCallback(self._renewTo, user, watcher).addErrback(
+                    self._logFailure, "renewing a presence lease"
+                )
+
+    def _renewTo(self, here: bool, user: _UserState, watcher: Address) -> None:
+        if not here and user.sees(watcher) and user.sessions:
+            self._send(self._presenceFor(user.address, user, watcher, user.announced))
+
+    def _leaseContact(self, user: _UserState, contact: Address, lease: float) -> None:
+        """
+        C{contact}'s presence, from another server, holds for C{lease}
+        seconds unless renewed: then C{user} sees it offline.
+        """
+        old = user.contactLeases.pop(contact, None)
+        if old is not None and old.active():
+            old.cancel()
+
+        def ended() -> None:
+            user.contactLeases.pop(contact, None)
+            self.log.info(
+                "Presence lease of {contact} (watched by {user}) ran out; it now counts as offline",
+                contact=contact,
+                user=user.address,
+            )
+            self._serial(user.address, lambda: self._forgetPresence(user, contact)).addErrback(
+                self._logFailure, "ending a contact's presence lease"
+            )
+
+        user.contactLeases[contact] = self.clock.callLater(lease, ended)
+
+    def _unleaseContact(self, user: _UserState, contact: Address) -> None:
+        old = user.contactLeases.pop(contact, None)
+        if old is not None and old.active():
+            old.cancel()
 
     def _probeContacts(self, user: _UserState) -> None:
         """
@@ -909,24 +1029,49 @@ class HomeServer:
         """
         Deliver an event to a user of this home server, in the user's lane.
         """
-        if event.recipient.domain != self.domain:
-            return fail(NoSuchUser(f"{event.recipient} is not a user of {self.domain}"))
-        if self.stopping and not self._shares(event.sender):
+        recipient = event.recipient
+        if recipient.domain != self.domain:
+            return fail(NoSuchUser(f"{recipient} is not a user of {self.domain}"))
+        if self.stopping and event.sender.domain != self.domain:
             # What this server's users send each other in turn while the
             # work under way ends is still taken.
             return fail(_shuttingDown())
-        if isinstance(event, SubscriptionEvent):
-            # The directory's answer does not depend on what the lane
-            # writes: ask now, while the event waits for its turn.
-            account = self.directory.getAccount(event.recipient)
-            return self._serial(event.recipient, lambda: account.addCallback(self._deliverSubscription, event))
-        return self._serial(event.recipient, lambda: self._deliverNow(event))
+        # The directory's answers do not depend on what the lane writes:
+        # ask now, while the event waits for its turn. The recipient's
+        # account says whether it lives here still: read for subscription
+        # events (which need it) and, when the domain has other home
+        # servers, for users without sessions here (a user with sessions
+        # here is homed here).
+        reads: list[Deferred[Any]] = [self._shares(event.sender)]
+        if isinstance(event, SubscriptionEvent) or (self.locator is not None and self._localState(recipient) is None):
+            reads.append(self.directory.getAccount(recipient))
+        else:
+            reads.append(succeed(None))
+        read = DeferredList(reads, fireOnOneErrback=True, consumeErrors=True)
 
-    def _deliverNow(self, event: Message | PresenceUpdate | PresenceProbe) -> Deferred[DeliveryStatus]:
+        def go(results: list[tuple[bool, Any]]) -> Deferred[DeliveryStatus]:
+            here, account = (r for _, r in results)
+            if self.stopping and not here:
+                raise _shuttingDown()
+            if self.locator is not None and account is not None and account.enabled and account.homeServer != self.name:
+                raise MovedTo(f"{recipient} is homed on {account.homeServer}", account.homeServer)
+            if isinstance(event, SubscriptionEvent):
+                return self._deliverSubscription(account, event, here)
+            return self._deliverNow(event, here)
+
+        def work() -> Deferred[DeliveryStatus]:
+            return read.addCallbacks(go, _firstError)
+
+        return self._serial(recipient, work)
+
+    def _deliverNow(self, event: Message | PresenceUpdate | PresenceProbe, here: bool) -> Deferred[DeliveryStatus]:
+        """
+        @param here: Whether the sender is homed on this server.
+        """
         if isinstance(event, Message):
             return self._deliverMessage(event)
         if isinstance(event, PresenceUpdate):
-            return self._deliverPresence(event)
+            return self._deliverPresence(event, here)
         return self._answerProbe(event)
 
     def _deliverToOthers(self, sender: Session, message: Message) -> Deferred[DeliveryStatus]:
@@ -999,12 +1144,25 @@ class HomeServer:
 
         return results.addCallback(counted)
 
-    def _deliverPresence(self, update: PresenceUpdate) -> Deferred[DeliveryStatus]:
+    def _deliverPresence(self, update: PresenceUpdate, here: bool) -> Deferred[DeliveryStatus]:
+        """
+        A contact's presence: C{here} says whether the contact is homed on
+        this server. The lease of one homed elsewhere is kept: when it
+        runs out without another update, the contact counts as offline.
+        """
         user = self._localState(update.recipient)
         if user is None:
-            return self._keepPresence(update)
+            return self._keepPresence(update, here)
         if user.watching.get(update.sender) is not _AUTHORISED or user.accessOf(update.sender) is AccessList.BLOCK:
             return fail(NotAuthorised(f"{update.recipient} does not watch {update.sender}"))
+        if here:
+            user.remote.discard(update.sender)
+        else:
+            user.remote.add(update.sender)
+        if not here and update.lease is not None and update.presence != OFFLINE:
+            self._leaseContact(user, update.sender, update.lease)
+        else:
+            self._unleaseContact(user, update.sender)
         if user.contactPresence.get(update.sender, OFFLINE) != update.presence:
             if update.presence == OFFLINE:
                 user.contactPresence.pop(update.sender, None)
@@ -1013,16 +1171,17 @@ class HomeServer:
             self._push(user.sessions, "presence", lambda c: c.presenceReceived(update.sender, update.presence))
         return succeed(DeliveryStatus.DELIVERED)
 
-    def _keepPresence(self, update: PresenceUpdate) -> Deferred[DeliveryStatus]:
+    def _keepPresence(self, update: PresenceUpdate, here: bool) -> Deferred[DeliveryStatus]:
         """
         Presence for a user without sessions: from a contact of another
-        network the user may see, it is kept (L{_KeptPresence}), so that
-        the user sees it at once on logging in instead of offline until
-        the contact answers a probe. A contact of this server answers
-        probes at once: nothing is kept for it.
+        server (of another network, or of this domain homed elsewhere) the
+        user may see, it is kept (L{_KeptPresence}) for as long as its
+        lease, so that the user sees it at once on logging in instead of
+        offline until the contact answers a probe. A contact of this
+        server answers probes at once: nothing is kept for it.
         """
         me, contact = update.recipient, update.sender
-        if self._shares(contact):
+        if here:
             return fail(UserOffline(f"{me} is offline"))
         if update.presence == OFFLINE:
             self._kept.drop(me, contact)
@@ -1034,7 +1193,8 @@ class HomeServer:
             if state is not _AUTHORISED or access is AccessList.BLOCK:
                 self._kept.drop(me, contact)
                 raise NotAuthorised(f"{me} does not watch {contact}")
-            self._kept.keep(me, contact, update.presence, self.config.maxKeptPresences)
+            until = None if update.lease is None else self.clock.seconds() + update.lease
+            self._kept.keep(me, contact, update.presence, self.config.maxKeptPresences, until)
             return DeliveryStatus.DELIVERED
 
         d = DeferredList(reads, fireOnOneErrback=True, consumeErrors=True)
@@ -1044,17 +1204,18 @@ class HomeServer:
         target, watcher = probe.recipient, probe.sender
         user = self._localState(target)
         if user is not None and user.sees(watcher):
-            self._send(PresenceUpdate(target, watcher, user.presence().toWatchers()))
+            self._send(self._presenceFor(target, user, watcher, user.presence().toWatchers()))
         # Otherwise (offline, unknown, not authorised, blocked) the probe is
         # ignored alike: the watcher assumes offline, and learns nothing.
         return succeed(DeliveryStatus.DELIVERED)
 
-    def _deliverSubscription(self, account: Any, event: SubscriptionEvent) -> Deferred[DeliveryStatus]:
+    def _deliverSubscription(self, account: Any, event: SubscriptionEvent, shared: bool) -> Deferred[DeliveryStatus]:
         """
         A subscription event for a user whose account record is
-        C{account}. For a user with sessions the cache says what is needed;
-        for one without, targeted reads do (one row, one or two access
-        entries), never the user's whole lists.
+        C{account}, from a sender homed here when C{shared} (see
+        L{_shares}). For a user with sessions the cache says what is
+        needed; for one without, targeted reads do (one row, one or two
+        access entries), never the user's whole lists.
         """
         me, other, kind = event.recipient, event.sender, event.kind
         if account is None or not account.enabled:
@@ -1063,7 +1224,7 @@ class HomeServer:
             return succeed(DeliveryStatus.DELIVERED)
         user = self._localState(me)
         if kind is SubscriptionKind.SUBSCRIBE:
-            return self._subscriptionRequested(me, user, other)
+            return self._subscriptionRequested(me, user, other, shared)
         if kind is SubscriptionKind.UNSUBSCRIBE:
             change = SetAuthorisation(me, other, None)
         elif kind is SubscriptionKind.AUTHORISE:
@@ -1078,7 +1239,7 @@ class HomeServer:
             change = SetAuthorisation(other, me, _AUTHORISED, onlyIf=ANY_STATE)
         else:
             change = SetAuthorisation(other, me, _REFUSED, onlyIf=ANY_STATE)
-        d = self._store(user, [] if self._shares(other) else [change], [change])
+        d = self._store(user, [] if shared else [change], [change])
         if kind is SubscriptionKind.REFUSE:
             self._kept.drop(me, other)
         if user is not None:
@@ -1088,19 +1249,19 @@ class HomeServer:
         return d.addCallback(lambda _: DeliveryStatus.DELIVERED)
 
     def _subscriptionRequested(
-        self, me: Address, user: _UserState | None, watcher: Address
+        self, me: Address, user: _UserState | None, watcher: Address, shared: bool
     ) -> Deferred[DeliveryStatus]:
         """
         C{watcher} asks to watch C{me} (whose cached state is C{user}, or
         C{None} without sessions).
         """
         if user is not None:
-            return self._decideRequest(me, user, watcher, user.accessOf(watcher), user.watchers.get(watcher))
+            return self._decideRequest(me, user, watcher, user.accessOf(watcher), user.watchers.get(watcher), shared)
         reads: list[Deferred[Any]] = [self.store.getAccessOf(me, watcher), self.store.getAuthorisation(me, watcher)]
 
         def decide(results: list[tuple[bool, Any]]) -> Deferred[DeliveryStatus]:
             access, current = (r for _, r in results)
-            return self._decideRequest(me, None, watcher, access, current)
+            return self._decideRequest(me, None, watcher, access, current, shared)
 
         d = DeferredList(reads, fireOnOneErrback=True, consumeErrors=True)
         return d.addCallbacks(decide, _firstError)
@@ -1112,12 +1273,12 @@ class HomeServer:
         watcher: Address,
         access: AccessList,
         current: AuthorisationState | None,
+        shared: bool,
     ) -> Deferred[DeliveryStatus]:
         if access is AccessList.BLOCK:
             # Dropped, and answered as a request still pending is.
             self.log.debug("{me} blocks {watcher}: its subscription request is dropped", me=me, watcher=watcher)
             return succeed(DeliveryStatus.DELIVERED)
-        shared = self._shares(watcher)
         if current is _AUTHORISED or access is AccessList.ALLOW:
             # A watcher of this store has just written its request: turn
             # it into an authorisation, unless it has been withdrawn since.
@@ -1189,6 +1350,7 @@ class HomeServer:
         """
         C{user} may no longer watch C{other}: it sees C{other} offline now.
         """
+        self._unleaseContact(user, other)
         if user.contactPresence.pop(other, OFFLINE) != OFFLINE:
             self._push(user.sessions, "presence", lambda c: c.presenceReceived(other, OFFLINE))
 
@@ -1198,7 +1360,7 @@ class HomeServer:
         or C{None} without sessions), and what it sees now.
         """
         self._send(SubscriptionEvent(SubscriptionKind.AUTHORISE, me, watcher))
-        self._send(PresenceUpdate(me, watcher, user.presence().toWatchers() if user is not None else OFFLINE))
+        self._send(self._presenceFor(me, user, watcher, user.presence().toWatchers() if user is not None else OFFLINE))
 
     def _tell(self, user: _UserState, event: SubscriptionEvent) -> None:
         """
@@ -1231,7 +1393,10 @@ class HomeServer:
         # before the answer is read (see _tellAnswer).
         answer = [False]
 
-        def ask() -> Deferred[list[Deferred[DeliveryStatus]]]:
+        # Whether the target is homed here: asked before the lane needs it.
+        targetHere = self._shares(target)
+
+        def ask(here: bool) -> Deferred[list[Deferred[DeliveryStatus]]]:
             old = user.contacts.get(target)
             if old is None:
                 self._checkQuota("contacts", len(user.contacts), self.config.maxContacts, "max_contacts")
@@ -1244,7 +1409,7 @@ class HomeServer:
                 # The request of a user of this server to another is kept
                 # in the target's store by this request: within the
                 # target's max_pending_requests.
-                limit = self.config.maxPendingRequests if self._shares(target) else None
+                limit = self.config.maxPendingRequests if here else None
                 changes.append(SetAuthorisation(target, me, _PENDING, pendingLimit=limit))
                 undo.append((changes[1], SetAuthorisation(target, me, previous)))
 
@@ -1297,7 +1462,7 @@ class HomeServer:
 
             return self._serial(me, undoIt)
 
-        return self._outsideLane(self._serial(me, ask).addCallback(asked))
+        return self._outsideLane(self._serial(me, lambda: targetHere.addCallback(ask)).addCallback(asked))
 
     def _contactUndone(self, user: _UserState, target: Address) -> None:
         if target in user.contacts:
@@ -1380,7 +1545,7 @@ class HomeServer:
             for watcher in sorted(before - after):
                 self._send(PresenceUpdate(me, watcher, OFFLINE))
             for watcher in sorted(after - before):
-                self._send(PresenceUpdate(me, watcher, seen))
+                self._send(self._presenceFor(me, user, watcher, seen))
             blockedAfter = {t for t in watched if user.accessOf(t) is AccessList.BLOCK}
             for target in sorted(blockedAfter - blockedBefore):
                 self._forgetPresence(user, target)

@@ -19,6 +19,7 @@ from imgateway.core.address import Address
 from imgateway.core.errors import (
     InvalidAddress,
     LoopDetected,
+    MovedTo,
     NoRoute,
     NotAuthorised,
     QuotaExceeded,
@@ -41,8 +42,16 @@ from imgateway.core.records import (
 )
 from imgateway.home.server import MAX_LABEL_CHARS, HomeServer, HomeServerService, Session
 from imgateway.interfaces import IHomeServer, IRoute, ISession, ISessionClient
+from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.router.router import Router
-from imgateway.testing import MemoryDirectory, MemoryHomeStore, RecordingSessionClient, addUser, memoryGateway
+from imgateway.testing import (
+    MemoryDirectory,
+    MemoryHomeStore,
+    MemoryLinkRoutes,
+    RecordingSessionClient,
+    addUser,
+    memoryGateway,
+)
 
 DOMAIN = "corp.example"
 ALICE = Address.fromString("alice@corp.example")
@@ -1541,3 +1550,299 @@ class DrainTests(HomeServerTestsMixin, SynchronousTestCase):
         self.successResultOf(d)
         self.successResultOf(stopped)
         self.assertTrue(self.store.closed)
+
+
+DAVE = Address.fromString("dave@corp.example")
+
+
+class ManyHomesTests(SynchronousTestCase):
+    """
+    Two home servers of one domain, each with its own store and router,
+    sharing the directory: alice and bob on hs1, carol and dave on hs2.
+    Their links are L{MemoryLinkRoutes} that hand an event to the other
+    server at once.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.directory = MemoryDirectory(
+            [AccountRecord(a, "hs1", "", True, "{}") for a in (ALICE, BOB)]
+            + [AccountRecord(a, "hs2", "", True, "{}") for a in (CAROL, DAVE)]
+        )
+        self.stores = {name: MemoryHomeStore() for name in ("hs1", "hs2")}
+        self.links = {name: MemoryLinkRoutes() for name in ("hs1", "hs2")}
+        self.homes: dict[str, HomeServer] = {}
+        for name in ("hs1", "hs2"):
+            locator = DirectoryHomeLocator(self.directory, self.clock, 30.0)
+            router = Router(domain=DOMAIN, serverName=name, locator=locator, linkRoutes=self.links[name])
+            home = HomeServer(name, DOMAIN, self.directory, self.stores[name], router, self.clock, HomeConfig(), locator)
+            router.addRoute(DOMAIN, home, local=True)
+            self.homes[name] = home
+        self.links["hs1"].servers["hs2"] = self.homes["hs2"]
+        self.links["hs2"].servers["hs1"] = self.homes["hs1"]
+
+    def open(self, address: Address, online: bool = True, lease: float | None = None) -> tuple[Session, RecordingSessionClient]:
+        home = self.homes[self.directory.accounts[address].homeServer]
+        client = RecordingSessionClient()
+        session = self.successResultOf(home.openSession(address, client))
+        assert isinstance(session, Session)
+        if online:
+            session.publish(Presence(), lease)
+        return session, client
+
+    def rows(self, name: str) -> dict[tuple[Address, Address], AuthorisationState]:
+        return dict(self.stores[name].authorisations)
+
+    def befriend(self, watcher: Session, target: Session) -> None:
+        self.successResultOf(watcher.subscribe(target.address))
+        self.successResultOf(target.authorise(watcher.address, True))
+
+    def test_subscribeBothWays(self) -> None:
+        """
+        alice (hs1) and carol (hs2) subscribe to each other and authorise
+        each other: each server writes the rows and contacts of its own
+        users only, and the two stores agree.
+        """
+        alice, aliceClient = self.open(ALICE)
+        self.assertEqual(self.successResultOf(alice.subscribe(CAROL)), AuthorisationState.PENDING)
+        self.assertEqual(self.rows("hs1"), {(CAROL, ALICE): AuthorisationState.PENDING})
+        self.assertEqual(self.rows("hs2"), {(CAROL, ALICE): AuthorisationState.PENDING})
+        carol, carolClient = self.open(CAROL)
+        self.assertEqual(self.successResultOf(carol.pendingRequests()), [ALICE])
+        self.successResultOf(carol.authorise(ALICE, True))
+        self.assertEqual(self.successResultOf(carol.subscribe(ALICE)), AuthorisationState.PENDING)
+        self.successResultOf(alice.authorise(CAROL, True))
+        both = {(CAROL, ALICE): AuthorisationState.AUTHORISED, (ALICE, CAROL): AuthorisationState.AUTHORISED}
+        self.assertEqual(self.rows("hs1"), both)
+        self.assertEqual(self.rows("hs2"), both)
+        self.assertEqual(list(self.stores["hs1"].contacts), [ALICE])
+        self.assertEqual(list(self.stores["hs2"].contacts), [CAROL])
+        [aliceView] = self.successResultOf(alice.contacts())
+        [carolView] = self.successResultOf(carol.contacts())
+        self.assertEqual((aliceView.address, aliceView.subscription), (CAROL, Subscription.BOTH))
+        self.assertEqual((carolView.address, carolView.subscription), (ALICE, Subscription.BOTH))
+        self.assertEqual(aliceView.presence, Presence())
+        self.assertEqual(carolView.presence, Presence())
+
+    def test_unsubscribeAndRefuse(self) -> None:
+        """
+        Unsubscribing and refusing across servers leave both stores
+        agreeing.
+        """
+        alice, _ = self.open(ALICE)
+        carol, _ = self.open(CAROL)
+        self.befriend(alice, carol)
+        self.befriend(carol, alice)
+        self.successResultOf(alice.unsubscribe(CAROL))
+        self.successResultOf(carol.authorise(ALICE, False))
+        expected = {(ALICE, CAROL): AuthorisationState.AUTHORISED, (CAROL, ALICE): AuthorisationState.REFUSED}
+        self.assertEqual(self.rows("hs2"), expected)
+        # alice's server took carol's refusal into alice's row too.
+        self.assertEqual(self.rows("hs1"), {(ALICE, CAROL): AuthorisationState.AUTHORISED})
+
+    def test_presenceBothWays(self) -> None:
+        """
+        Presence changes cross between the servers both ways, with the
+        lease left of the user's sessions.
+        """
+        alice, aliceClient = self.open(ALICE, lease=600)
+        carol, carolClient = self.open(CAROL, lease=600)
+        self.befriend(alice, carol)
+        self.befriend(carol, alice)
+        away = Presence(PresenceState.AWAY, "lunch")
+        self.clock.advance(100)
+        carol.publish(away, 600)
+        self.assertEqual(aliceClient.presences[-1], (CAROL, away))
+        alice.publish(Presence(PresenceState.BUSY), 600)
+        self.assertEqual(carolClient.presences[-1], (ALICE, Presence(PresenceState.BUSY)))
+        [update] = [e for _, e in self.links["hs2"].sent if isinstance(e, PresenceUpdate) and e.presence == away]
+        self.assertEqual(update.lease, 600)
+
+    def test_messagesEveryStatus(self) -> None:
+        """
+        A message from alice to carol gets the status it would get on one
+        server: 480 while carol is offline (and for an unknown user, with
+        the same text), 200 once she is online, 486 with the alternate
+        for a watcher when her rule turns it away, 480 when she blocks
+        alice, 413 when too long, 503 when hs2 cannot be reached.
+        """
+        alice, _ = self.open(ALICE)
+        offline = self.failureResultOf(alice.sendMessage(CAROL, "hi"), UserOffline)
+        unknown = self.failureResultOf(alice.sendMessage(GHOST, "hi"), UserOffline)
+        self.assertEqual(offline.value.text.replace("carol", "ghost"), unknown.value.text)
+        carol, carolClient = self.open(CAROL)
+        self.assertEqual(self.successResultOf(alice.sendMessage(CAROL, "hi")), DeliveryStatus.DELIVERED)
+        self.assertEqual([m.body for m in carolClient.messages], ["hi"])
+        self.befriend(alice, carol)
+        self.successResultOf(carol.setRule(PresenceState.BUSY, "tel:+15550100"))
+        carol.publish(Presence(PresenceState.BUSY))
+        busy = self.failureResultOf(alice.sendMessage(CAROL, "hi"), UserBusy)
+        self.assertEqual(busy.value.alternate, "tel:+15550100")
+        carol.publish(Presence())
+        self.successResultOf(carol.setAccess(str(ALICE), AccessList.BLOCK))
+        self.failureResultOf(alice.sendMessage(CAROL, "hi"), UserOffline)
+        self.failureResultOf(alice.sendMessage(CAROL, "x" * (HomeConfig().maxMessageChars + 1)), TooLarge)
+        self.links["hs1"].down.add("hs2")
+        self.failureResultOf(alice.sendMessage(DAVE, "hi"), ServiceUnavailable)
+
+    def test_probesAtLogin(self) -> None:
+        """
+        A user logging in asks its contacts on the other server for their
+        presence.
+        """
+        alice, _ = self.open(ALICE)
+        carol, _ = self.open(CAROL)
+        self.befriend(alice, carol)
+        alice.close()
+        alice, aliceClient = self.open(ALICE, online=False)
+        self.assertIn((CAROL, Presence()), aliceClient.presences)
+        probes = [e for _, e in self.links["hs1"].sent if isinstance(e, PresenceProbe)]
+        self.assertEqual([(p.sender, p.recipient) for p in probes][-1], (ALICE, CAROL))
+
+    def test_keptPresenceAtLogin(self) -> None:
+        """
+        The presence of a contact on the other server that changed while
+        the user was offline is kept for it, and shown at login even when
+        the other server cannot answer the login's probe.
+        """
+        alice, _ = self.open(ALICE)
+        carol, _ = self.open(CAROL)
+        self.befriend(alice, carol)
+        alice.close()
+        away = Presence(PresenceState.AWAY)
+        carol.publish(away)
+        self.links["hs1"].down.add("hs2")
+        alice, aliceClient = self.open(ALICE, online=False)
+        self.assertEqual(aliceClient.presences, [(CAROL, away)])
+
+    def test_localContactNotKept(self) -> None:
+        """
+        Presence of a contact homed on the same server is not kept for an
+        offline user (it answers the login's probe at once): only that of
+        contacts homed elsewhere is.
+        """
+        alice, _ = self.open(ALICE)
+        bob, _ = self.open(BOB)
+        carol, _ = self.open(CAROL)
+        self.befriend(alice, bob)
+        self.befriend(alice, carol)
+        alice.close()
+        bob.publish(Presence(PresenceState.AWAY))
+        carol.publish(Presence(PresenceState.AWAY))
+        self.assertEqual(len(self.homes["hs1"]._kept), 1)
+
+    def test_leaseExpires(self) -> None:
+        """
+        When carol's server stops telling (it died), alice's server shows
+        carol offline once the lease it last heard runs out; a renewal
+        before then keeps her online.
+        """
+        alice, aliceClient = self.open(ALICE, lease=100)
+        carol, _ = self.open(CAROL, lease=100)
+        self.befriend(alice, carol)
+        self.clock.advance(60)
+        before = len(self.links["hs2"].sent)
+        carol.publish(Presence(), 100)  # renewed: holds until 160
+        renewals = [e for _, e in self.links["hs2"].sent[before:]]
+        self.assertEqual(renewals, [PresenceUpdate(CAROL, ALICE, Presence(), hops=1, lease=100)])
+        self.links["hs2"].down.add("hs1")  # hs2 dies: nothing more arrives
+        self.clock.advance(99)
+        self.assertEqual(aliceClient.presences[-1], (CAROL, Presence()))
+        self.clock.advance(1)
+        self.assertEqual(aliceClient.presences[-1], (CAROL, OFFLINE))
+        [view] = self.successResultOf(alice.contacts())
+        self.assertEqual(view.presence, OFFLINE)
+
+    def test_keptPresenceExpires(self) -> None:
+        """
+        Presence kept for an offline user expires with its lease: at login
+        after it ran out, the contact is not shown present.
+        """
+        alice, _ = self.open(ALICE)
+        carol, _ = self.open(CAROL, lease=100)
+        self.befriend(alice, carol)
+        alice.close()
+        carol.publish(Presence(PresenceState.AWAY), 100)
+        self.links["hs2"].down.add("hs1")
+        self.links["hs1"].down.add("hs2")
+        self.clock.advance(101)
+        alice, aliceClient = self.open(ALICE, online=False)
+        self.assertEqual(aliceClient.presences, [])
+
+    def test_localWatchersNoLease(self) -> None:
+        """
+        A contact homed on the same server never expires by lease (it
+        tells when it goes offline); a single-server home sends no lease.
+        """
+        alice, aliceClient = self.open(ALICE, lease=1000)
+        bob, _ = self.open(BOB, lease=100)
+        self.befriend(alice, bob)
+        self.clock.advance(99)
+        bob.publish(Presence(), 100)
+        self.clock.advance(60)
+        self.assertEqual([p for a, p in aliceClient.presences if a == BOB][-1], Presence())
+
+    def test_movedTo(self) -> None:
+        """
+        A home server answers L{MovedTo} (naming the new home) for a user
+        without sessions that the directory homes elsewhere; the sender's
+        router, whose cached answer was old, delivers again to the new
+        home.
+        """
+        alice, _ = self.open(ALICE)
+        self.failureResultOf(alice.sendMessage(CAROL, "cache hs2"), UserOffline)
+        self.directory.accounts[CAROL] = AccountRecord(CAROL, "hs1", "", True, "{}")
+        moved = self.failureResultOf(self.homes["hs2"].deliver(Message(ALICE, CAROL, "hi")), MovedTo)
+        self.assertEqual(moved.value.home, "hs1")
+        carol, carolClient = self.open(CAROL)
+        self.assertEqual(self.successResultOf(alice.sendMessage(CAROL, "hi")), DeliveryStatus.DELIVERED)
+        self.assertEqual([m.body for m in carolClient.messages], ["hi"])
+        self.assertEqual(
+            [e.body for _, e in self.links["hs1"].sent if isinstance(e, Message)], ["cache hs2", "hi"]
+        )
+
+    def test_movedSubscription(self) -> None:
+        """
+        A subscription request for a moved user reaches its new home too.
+        """
+        alice, _ = self.open(ALICE)
+        self.successResultOf(alice.sendMessage(DAVE, "cache hs2").addErrback(lambda _: None))
+        self.directory.accounts[DAVE] = AccountRecord(DAVE, "hs1", "", True, "{}")
+        self.successResultOf(alice.subscribe(DAVE))
+        self.assertEqual(self.rows("hs1"), {(DAVE, ALICE): AuthorisationState.PENDING})
+        self.assertEqual(self.rows("hs2"), {})
+
+    def test_drainRefusesOtherHomes(self) -> None:
+        """
+        A draining home server refuses events from users homed on other
+        servers (503) but takes those of its own users.
+        """
+        self.successResultOf(self.homes["hs2"].drain())
+        alice, _ = self.open(ALICE)
+        self.failureResultOf(alice.sendMessage(CAROL, "hi"), ServiceUnavailable)
+        self.failureResultOf(self.homes["hs2"].deliver(Message(DAVE, CAROL, "hi")), UserOffline)
+
+
+class SingleHomeTests(HomeServerTestsMixin, SynchronousTestCase):
+    """
+    A home server that is its domain's only one (no locator) behaves as
+    before: no lease, no L{MovedTo}.
+    """
+
+    def test_noLeaseNoMove(self) -> None:
+        """
+        Its users' presence goes out without a lease, and a user the
+        directory names on another server is still delivered to here.
+        """
+        sent: list[Event] = []
+        route = RecordingRoute()
+        self.router.addRoute("xmpp.example", route)
+        alice, _ = self.online(ALICE)
+        self.successResultOf(alice.subscribe(ROMEO))
+        self.successResultOf(self.home.deliver(SubscriptionEvent(SubscriptionKind.SUBSCRIBE, ROMEO, ALICE)))
+        self.successResultOf(alice.authorise(ROMEO, True))
+        sent = [e for e in route.events if isinstance(e, PresenceUpdate)]
+        self.assertTrue(sent)
+        self.assertEqual({e.lease for e in sent}, {None})  # type: ignore[union-attr]
+        self.directory.accounts[BOB] = AccountRecord(BOB, "hs2", "", True, "{}")
+        self.failureResultOf(self.home.deliver(Message(ROMEO, BOB, "hi")), UserOffline)

@@ -1737,7 +1737,7 @@ class ManyHomesTests(SynchronousTestCase):
         carol offline once the lease it last heard runs out; a renewal
         before then keeps her online.
         """
-        alice, aliceClient = self.open(ALICE, lease=100)
+        alice, aliceClient = self.open(ALICE, lease=1000)
         carol, _ = self.open(CAROL, lease=100)
         self.befriend(alice, carol)
         self.clock.advance(60)

@@ -4,6 +4,13 @@ The running gateway: one object holding the stores, the home server, the
 router and the portal, handed to every protocol adapter (L{IGateway}), and
 the service tree that starts and stops them in order.
 
+What a process runs comes from its roles (C{config.roles}): a home server
+(with its store) only when C{"home"} is among them; a router-only process
+has neither, and routes every event it is given (L{Router}). When the
+domain has many servers (C{[servers]} tables), the router and the home
+server find users' homes through a L{DirectoryHomeLocator}; the routes over
+server links (L{ILinkRoutes}) plug into C{router.linkRoutes}.
+
 The tree starts the stores, the home server, then the faces; it stops them
 the other way round, each stage only once the one before has finished: the
 faces stop accepting and say goodbye, the home server finishes (or answers
@@ -17,8 +24,8 @@ from typing import Any, Callable
 
 from attrs import define
 from twisted.application.service import IService, MultiService, Service
-from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -26,17 +33,27 @@ from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from imgateway import __version__
-from imgateway.auth.checkers import Authenticator, makePortal
+from imgateway.auth.checkers import Authenticator, PasswordChecker, SASLAuthenticatedChecker, makePortal
 from imgateway.config import GatewayConfig
+from imgateway.core.errors import ImgatewayError, ServiceUnavailable
 from imgateway.core.throttle import ConnectionLimiter, LoginThrottle
 from imgateway.home.server import HomeServer, HomeServerService
-from imgateway.interfaces import IDirectory, IGateway, IHomeStore, IProtocolAdapter
+from imgateway.interfaces import IDirectory, IGateway, IHomeLocator, IHomeStore, ILinkRoutes, IProtocolAdapter
+from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.router.router import Router
 from imgateway.secretfile import loadSecret as _loadSecret
 
-__all__ = ["Gateway", "OrderedMultiService", "makeGatewayService"]
+__all__ = ["Gateway", "NoHomeServer", "OrderedMultiService", "makeGatewayService"]
 
 log = Logger()
+
+
+class NoHomeServer(ImgatewayError, AttributeError):
+    """
+    This process has no home server (its roles do not include C{"home"}):
+    what asked for it must route instead. An L{AttributeError}, so that
+    C{getattr(gateway, "homeServer", None)} is C{None} for such a process.
+    """
 
 
 @implementer(IGateway)
@@ -44,22 +61,53 @@ log = Logger()
 class Gateway:
     """
     See L{IGateway}.
+
+    @ivar homeServer: This process's home server; reading it in a process
+        without one raises L{NoHomeServer}.
+    @ivar homeStore: Its store; reading it in a process without a home
+        server raises L{NoHomeServer}.
+    @ivar locator: Where the domain's users are homed, or C{None} for a
+        single-host gateway (every user is homed here).
     """
 
     config: GatewayConfig
     domain: str
     reactor: Any
     clock: IReactorTime
-    homeServer: HomeServer
+    _homeServer: HomeServer | None
     router: Router
     directory: IDirectory
-    homeStore: IHomeStore
+    _homeStore: IHomeStore | None
     portal: Portal
     authenticator: Authenticator
     dataDir: FilePath[str]
     adapters: dict[str, IProtocolAdapter]
     connectionLimiter: ConnectionLimiter
     loginThrottle: LoginThrottle
+    locator: IHomeLocator | None = None
+
+    @property
+    def homeServer(self) -> HomeServer:
+        if self._homeServer is None:
+            raise self._noHome()
+        return self._homeServer
+
+    @homeServer.setter
+    def homeServer(self, homeServer: HomeServer) -> None:
+        self._homeServer = homeServer
+
+    @property
+    def homeStore(self) -> IHomeStore:
+        if self._homeStore is None:
+            raise self._noHome()
+        return self._homeStore
+
+    def _noHome(self) -> NoHomeServer:
+        name = self.config.homeServerName
+        return NoHomeServer(
+            f"{name} has no home server: its roles are {', '.join(sorted(self.config.roles))}"
+            f" (see its [servers.{name}] table)"
+        )
 
 
 class OrderedMultiService(MultiService):
@@ -97,13 +145,15 @@ class _StoresService(Service):
     once C{after}, the home server's L{HomeServer.drain}, has fired).
     """
 
-    def __init__(self, *stores: IDirectory | IHomeStore, after: Callable[[], Deferred[None]]) -> None:
+    def __init__(self, *stores: IDirectory | IHomeStore | None, after: Callable[[], Deferred[None]]) -> None:
         self._stores = stores
         self._after = after
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        return self._after().addCallback(lambda _: DeferredList([s.close() for s in self._stores]))
+        return self._after().addCallback(
+            lambda _: DeferredList([s.close() for s in self._stores if s is not None])
+        )
 
 
 class _Announcer(Service):
@@ -114,37 +164,68 @@ class _Announcer(Service):
         super().startService()
         g = self._gateway
         log.info(
-            "imgateway {version} serving {domain} (home server {name}, data in {data}); adapters: {adapters}",
+            "imgateway {version} serving {domain} ({name}: {roles}, data in {data}); adapters: {adapters}",
             version=__version__,
             domain=g.domain,
-            name=g.homeServer.name,
+            name=g.config.homeServerName,
+            roles=" and ".join(sorted(g.config.roles)),
             data=g.dataDir.path,
             adapters=", ".join(g.adapters) or "none",
         )
+
+
+@implementer(IRealm)
+class _RouterRealm:
+    """
+    The realm of a process without a home server: it opens no sessions
+    (the router's faces will redirect or proxy their clients).
+    """
+
+    def requestAvatar(self, avatarId: object, mind: object, *interfaces: object) -> Deferred[Any]:
+        return fail(ServiceUnavailable("this server is a router: it has no sessions of its own"))
 
 
 def assembleGateway(
     config: GatewayConfig,
     reactor: Any,
     directory: IDirectory,
-    homeStore: IHomeStore,
+    homeStore: IHomeStore | None,
     runInThread: Callable[..., Deferred[Any]],
     secret: bytes,
     adapters: dict[str, IProtocolAdapter],
     clock: IReactorTime | None = None,
+    linkRoutes: ILinkRoutes | None = None,
 ) -> Gateway:
     """
     Wire a gateway around open stores: the router, the home server for the
-    configured domain, the authenticator and the portal.
+    configured domain (when this process has the C{"home"} role), the
+    authenticator and the portal.
 
+    @param homeStore: The home server's store; C{None} for a process
+        without the C{"home"} role.
     @param runInThread: Runs slow password hashing off the reactor thread.
     @param secret: Keys the made-up SCRAM salts of unknown users.
     @param clock: Times leases and timeouts; C{reactor} when C{None}.
+    @param linkRoutes: The routes over server links, or C{None} (the
+        other servers of the domain are then unreachable).
+    @raise ValueError: If a home server has no store.
     """
     clock = clock if clock is not None else reactor
-    router = Router()
-    home = HomeServer(config.homeServerName, config.domain, directory, homeStore, router, clock, config.home)
-    router.addRoute(config.domain, home, local=True)
+    # Where users are homed matters only when the domain has other servers.
+    locator = (
+        DirectoryHomeLocator(directory, clock, config.router.directoryCacheSeconds) if config.servers else None
+    )
+    router = Router(
+        domain=config.domain, serverName=config.homeServerName, locator=locator, linkRoutes=linkRoutes
+    )
+    home = None
+    if "home" in config.roles:
+        if homeStore is None:
+            raise ValueError("a home server needs a home store")
+        home = HomeServer(
+            config.homeServerName, config.domain, directory, homeStore, router, clock, config.home, locator
+        )
+        router.addRoute(config.domain, home, local=True)
     loginThrottle = LoginThrottle(config.limits, clock)
     authenticator = Authenticator(
         directory,
@@ -164,13 +245,20 @@ def assembleGateway(
         homeServer=home,
         router=router,
         directory=directory,
-        homeStore=homeStore,
-        portal=makePortal(home, authenticator),
+        homeStore=homeStore if home is not None else None,
+        portal=(
+            makePortal(home, authenticator)
+            if home is not None
+            else Portal(
+                _RouterRealm(), [PasswordChecker(authenticator), SASLAuthenticatedChecker(authenticator)]
+            )
+        ),
         authenticator=authenticator,
         dataDir=config.dataDir,
         adapters=adapters,
         connectionLimiter=ConnectionLimiter(config.limits, clock),
         loginThrottle=loginThrottle,
+        locator=locator,
     )
 
 
@@ -208,14 +296,16 @@ def makeGatewayService(
         ),
         reactor,
     )
-    homeStore = SQLiteHomeStore(
-        openDatabaseNow(
-            reactor,
-            dataDir.child(f"home-{config.homeServerName}.sqlite3"),
-            HOME_MIGRATIONS,
-            durability=durability,
+    homeStore = None
+    if "home" in config.roles:
+        homeStore = SQLiteHomeStore(
+            openDatabaseNow(
+                reactor,
+                dataDir.child(f"home-{config.homeServerName}.sqlite3"),
+                HOME_MIGRATIONS,
+                durability=durability,
+            )
         )
-    )
 
     gateway = assembleGateway(
         config,
@@ -227,14 +317,17 @@ def makeGatewayService(
         adapters={name: adapters[name] for name in config.adapters},
     )
     enabled = gateway.adapters
-    home = gateway.homeServer
+    home = gateway._homeServer
 
     # Stopped last to first, each once the one after it has stopped: the
     # faces (all at once), then the home server (which drains: finishes the
     # work it had taken), then the stores.
     top = OrderedMultiService()
-    _StoresService(directory, homeStore, after=home.drain).setServiceParent(top)
-    HomeServerService(home).setServiceParent(top)
+    _StoresService(
+        directory, homeStore, after=home.drain if home is not None else lambda: succeed(None)
+    ).setServiceParent(top)
+    if home is not None:
+        HomeServerService(home).setServiceParent(top)
     faces = MultiService()
     faces.setName("faces")
     for name, adapter in enabled.items():

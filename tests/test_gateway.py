@@ -9,21 +9,27 @@ import os
 import sqlite3
 from typing import Any, cast
 
+from attrs import evolve
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from imgateway.config import AuthConfig, GatewayConfig, HomeConfig
+from imgateway.config import AuthConfig, GatewayConfig, HomeConfig, RouterConfig, ServerConfig
 from imgateway.core.address import Address
-from imgateway.core.errors import PersistenceFailed
+from imgateway.core.errors import PersistenceFailed, ServiceUnavailable, UserOffline
+from imgateway.core.events import Message
+from imgateway.core.records import AccountRecord
 from imgateway.directory.sqlite import SQLiteDirectory
-from imgateway.gateway import Gateway, OrderedMultiService, makeGatewayService
+from imgateway.gateway import Gateway, NoHomeServer, OrderedMultiService, assembleGateway, makeGatewayService
 from imgateway.home.store import SQLiteHomeStore
-from imgateway.interfaces import IGateway, IProtocolAdapter
+from imgateway.interfaces import IGateway, IProtocolAdapter, ISession
+from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.sqlite import Durability
-from imgateway.testing import RecordingSessionClient
+from imgateway.testing import MemoryDirectory, MemoryHomeStore, MemoryLinkRoutes, RecordingSessionClient
+from tests.test_router import GHOST, REMOTE as ROMEO, RecordingRoute
 
 ALICE = Address.fromString("alice@corp.example")
 
@@ -192,6 +198,35 @@ class GatewayServiceTests(TestCase):
                 await database.write(_touch)
 
 
+class RouterOnlyServiceTests(TestCase):
+    """
+    The service of a router-only process, on a real SQLite directory.
+    """
+
+    async def test_startsAndStops(self) -> None:
+        """
+        A router-only process opens the directory and no home store (no
+        C{home-NAME.sqlite3} file), starts, routes, and stops, closing the
+        directory.
+        """
+        from twisted.internet import reactor
+
+        folder = FilePath(os.path.abspath(self.mktemp()))
+        config = evolve(
+            _topology("router", router=ROUTER, hs1=HOME),
+            path=folder.child("imgateway.toml"),
+            dataDir=folder.child("data"),
+        )
+        gateway, service = makeGatewayService(config, reactor, {})
+        service.startService()
+        with self.assertRaises(UserOffline):  # no such account yet
+            await gateway.router.deliver(Message(ROMEO, ALICE, "hi"))
+        await service.stopService()
+        self.assertEqual(sorted(folder.child("data").listdir()), ["auth-secret", "directory.sqlite3"])
+        with self.assertRaises(PersistenceFailed):
+            await gateway.directory.getAccount(ALICE)
+
+
 def _touch(cursor: sqlite3.Cursor) -> None:
     """
     A write that changes nothing in the file (a table of the connection's
@@ -199,3 +234,95 @@ def _touch(cursor: sqlite3.Cursor) -> None:
     """
     cursor.execute("CREATE TEMP TABLE IF NOT EXISTS touched (x INTEGER)")
     cursor.execute("INSERT INTO temp.touched (x) VALUES (1)")
+
+
+def _topology(name: str, **servers: frozenset[str]) -> GatewayConfig:
+    """
+    A configuration of C{corp.example} for the process C{name}, among the
+    given servers and their roles.
+    """
+    return GatewayConfig(
+        path=FilePath("memory.toml"),
+        domain="corp.example",
+        dataDir=FilePath("memory"),
+        homeServerName=name,
+        home=HomeConfig(),
+        auth=AuthConfig(scramIterations=4096),
+        adapters={},
+        router=RouterConfig(directoryCacheSeconds=12.0),
+        servers={n: ServerConfig(n, roles) for n, roles in servers.items()},
+    )
+
+
+def _inline(f: Any, *args: object) -> Deferred[Any]:
+    return succeed(f(*args))
+
+
+HOME, ROUTER, BOTH = frozenset({"home"}), frozenset({"router"}), frozenset({"home", "router"})
+CAROL = Address.fromString("carol@corp.example")
+
+
+class RolesTests(SynchronousTestCase):
+    """
+    A process is assembled from its roles: a home server only with the
+    C{"home"} role; the locator and the link routes wired in the router.
+    """
+
+    def assemble(self, config: GatewayConfig, homeStore: MemoryHomeStore | None = None) -> Gateway:
+        self.directory = MemoryDirectory(
+            [AccountRecord(ALICE, "hs1", "", True, "{}"), AccountRecord(CAROL, "hs2", "", True, "{}")]
+        )
+        return assembleGateway(
+            config, Clock(), self.directory, homeStore, runInThread=_inline, secret=b"s", adapters={}
+        )
+
+    def test_routerOnly(self) -> None:
+        """
+        A router-only process has no home server nor home store: asking
+        for them says so clearly; it opens no sessions; it routes every
+        user to its home over the links (unavailable until there are
+        links), and answers for unknown users as a home server does.
+        """
+        gateway = self.assemble(_topology("router", router=ROUTER, hs1=HOME, hs2=HOME))
+        with self.assertRaises(NoHomeServer) as raised:
+            gateway.homeServer
+        self.assertIn("router has no home server: its roles are router", str(raised.exception))
+        self.assertIsNone(getattr(gateway, "homeServer", None))
+        self.assertRaises(NoHomeServer, lambda: gateway.homeStore)
+        self.failureResultOf(
+            gateway.portal.realm.requestAvatar(b"alice@corp.example", RecordingSessionClient(), ISession),
+            ServiceUnavailable,
+        )
+        router = gateway.router
+        self.failureResultOf(router.deliver(Message(ROMEO, ALICE, "hi")), ServiceUnavailable)
+        self.failureResultOf(router.deliver(Message(ROMEO, GHOST, "hi")), UserOffline)
+        hs1, hs2 = RecordingRoute(), RecordingRoute()
+        router.linkRoutes = MemoryLinkRoutes(servers={"hs1": hs1, "hs2": hs2})
+        self.successResultOf(router.deliver(Message(ROMEO, ALICE, "hi")))
+        self.successResultOf(router.deliver(Message(ROMEO, CAROL, "hi")))
+        self.assertEqual(([e.recipient for e in hs1.events], [e.recipient for e in hs2.events]), ([ALICE], [CAROL]))
+
+    def test_homeAmongServers(self) -> None:
+        """
+        A home server of a domain with many servers shares a directory
+        locator, timed by C{directory_cache_seconds}, with its router.
+        """
+        gateway = self.assemble(_topology("hs1", hs1=BOTH, hs2=HOME), MemoryHomeStore())
+        locator = gateway.locator
+        assert isinstance(locator, DirectoryHomeLocator)
+        self.assertEqual(locator.lifetime, 12.0)
+        self.assertIs(gateway.homeServer.locator, locator)
+        self.assertIs(gateway.router.locator, locator)
+        self.assertIsNone(gateway.router.linkRoutes)
+        self.failureResultOf(gateway.router.deliver(Message(ALICE, CAROL, "hi")), ServiceUnavailable)
+
+    def test_singleHost(self) -> None:
+        """
+        A single-host gateway (no C{[servers]}) has a home server and no
+        locator: every user of the domain is homed here, as before.
+        """
+        gateway = self.assemble(_topology("hs1"), MemoryHomeStore())
+        self.assertIsNone(gateway.locator)
+        self.assertIsNone(gateway.homeServer.locator)
+        self.assertIsNone(gateway.router.locator)
+        self.failureResultOf(gateway.router.deliver(Message(ROMEO, CAROL, "hi")), UserOffline)

@@ -1769,6 +1769,26 @@ class ManyHomesTests(SynchronousTestCase):
         alice, aliceClient = self.open(ALICE, online=False)
         self.assertEqual(aliceClient.presences, [])
 
+    def test_leaseKeptOverLogout(self) -> None:
+        """
+        A contact's presence kept when the user's last session closes
+        keeps what was left of its lease.
+        """
+        alice, _ = self.open(ALICE, lease=1000)
+        carol, _ = self.open(CAROL, lease=100)
+        self.befriend(alice, carol)
+        self.links["hs2"].down.add("hs1")
+        self.links["hs1"].down.add("hs2")
+        self.clock.advance(50)
+        alice.close()
+        self.clock.advance(49)
+        alice, aliceClient = self.open(ALICE, online=False)
+        self.assertEqual(aliceClient.presences, [(CAROL, Presence())])
+        alice.close()
+        self.clock.advance(1)
+        alice, aliceClient = self.open(ALICE, online=False)
+        self.assertEqual(aliceClient.presences, [])
+
     def test_localWatchersNoLease(self) -> None:
         """
         A contact homed on the same server never expires by lease (it

@@ -483,7 +483,10 @@ class IGateway(Interface):
     domain = Attribute("The domain served, normalised (C{corp.example}).")
     reactor = Attribute("The reactor everything runs on.")
     clock = Attribute("An IReactorTime, the reactor unless a test says otherwise.")
-    homeServer = Attribute("The L{IHomeServer} of this process.")
+    homeServer = Attribute(
+        "The L{IHomeServer} of this process. A process without the C{home} role has none: "
+        "reading it raises L{imgateway.gateway.NoHomeServer} (an C{AttributeError})."
+    )
     router = Attribute("The L{IRouter}.")
     directory = Attribute("The L{IDirectory}.")
     portal = Attribute(

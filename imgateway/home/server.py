@@ -22,6 +22,16 @@ State: each request's changes are written to the L{IHomeStore} together
 one session, a L{_UserState} caches their rows, so delivering a message or
 a presence update needs no storage read; only the user's own lane changes
 it.
+
+Other home servers: when the domain has several (a L{IHomeLocator} is
+given), users of the domain homed on other servers are treated as users of
+other domains are: their rows are in their own server's store, each server
+writing only its own (L{HomeServer._shares}, asked of the directory before
+the lane needs it); their presence is kept while a user is offline, and
+expires with its lease. A user's presence goes to watchers on the other
+servers with the lease it has left, renewed when a session renews it. An
+event for a user the directory homes elsewhere now is answered
+L{MovedTo}, for the sender's router to deliver again.
 """
 
 from __future__ import annotations
@@ -1036,6 +1046,16 @@ class HomeServer:
             # What this server's users send each other in turn while the
             # work under way ends is still taken.
             return fail(_shuttingDown())
+        if self.locator is None:
+            # The domain's only home server: every user of the domain is
+            # homed here.
+            here = event.sender.domain == self.domain
+            if isinstance(event, SubscriptionEvent):
+                # The directory's answer does not depend on what the lane
+                # writes: ask now, while the event waits for its turn.
+                account = self.directory.getAccount(recipient)
+                return self._serial(recipient, lambda: account.addCallback(self._deliverSubscription, event, here))
+            return self._serial(recipient, lambda: self._deliverNow(event, here))
         # The directory's answers do not depend on what the lane writes:
         # ask now, while the event waits for its turn. The recipient's
         # account says whether it lives here still: read for subscription
@@ -1043,7 +1063,7 @@ class HomeServer:
         # servers, for users without sessions here (a user with sessions
         # here is homed here).
         reads: list[Deferred[Any]] = [self._shares(event.sender)]
-        if isinstance(event, SubscriptionEvent) or (self.locator is not None and self._localState(recipient) is None):
+        if isinstance(event, SubscriptionEvent) or self._localState(recipient) is None:
             reads.append(self.directory.getAccount(recipient))
         else:
             reads.append(succeed(None))
@@ -1053,7 +1073,7 @@ class HomeServer:
             here, account = (r for _, r in results)
             if self.stopping and not here:
                 raise _shuttingDown()
-            if self.locator is not None and account is not None and account.enabled and account.homeServer != self.name:
+            if account is not None and account.enabled and account.homeServer != self.name:
                 raise MovedTo(f"{recipient} is homed on {account.homeServer}", account.homeServer)
             if isinstance(event, SubscriptionEvent):
                 return self._deliverSubscription(account, event, here)

@@ -1664,7 +1664,9 @@ class ManyHomesTests(SynchronousTestCase):
         server: 480 while carol is offline (and for an unknown user, with
         the same text), 200 once she is online, 486 with the alternate
         for a watcher when her rule turns it away, 480 when she blocks
-        alice, 413 when too long, 503 when hs2 cannot be reached.
+        alice, 413 when too long, and 480 again, with the same text as for
+        an unknown user, when hs2 cannot be reached (a stranger must not
+        learn from a 503 that dave's account exists).
         """
         alice, _ = self.open(ALICE)
         offline = self.failureResultOf(alice.sendMessage(CAROL, "hi"), UserOffline)
@@ -1683,7 +1685,8 @@ class ManyHomesTests(SynchronousTestCase):
         self.failureResultOf(alice.sendMessage(CAROL, "hi"), UserOffline)
         self.failureResultOf(alice.sendMessage(CAROL, "x" * (HomeConfig().maxMessageChars + 1)), TooLarge)
         self.links["hs1"].down.add("hs2")
-        self.failureResultOf(alice.sendMessage(DAVE, "hi"), ServiceUnavailable)
+        down = self.failureResultOf(alice.sendMessage(DAVE, "hi"), UserOffline)
+        self.assertEqual(down.value.text.replace("dave", "ghost"), unknown.value.text)
 
     def test_probesAtLogin(self) -> None:
         """
@@ -1835,11 +1838,15 @@ class ManyHomesTests(SynchronousTestCase):
     def test_drainRefusesOtherHomes(self) -> None:
         """
         A draining home server refuses events from users homed on other
-        servers (503) but takes those of its own users.
+        servers (503, which a message's sender sees as the uniform 480) but
+        takes those of its own users.
         """
         self.successResultOf(self.homes["hs2"].drain())
         alice, _ = self.open(ALICE)
-        self.failureResultOf(alice.sendMessage(CAROL, "hi"), ServiceUnavailable)
+        self.failureResultOf(alice.sendMessage(CAROL, "hi"), UserOffline)
+        self.failureResultOf(
+            self.homes["hs2"].deliver(SubscriptionEvent(SubscriptionKind.SUBSCRIBE, ALICE, CAROL)), ServiceUnavailable
+        )
         self.failureResultOf(self.homes["hs2"].deliver(Message(DAVE, CAROL, "hi")), UserOffline)
 
 

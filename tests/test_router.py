@@ -38,6 +38,7 @@ from imgateway.core.records import AccountRecord
 from imgateway.home.server import HomeServer
 from imgateway.interfaces import ILinkRoutes, IRoute, IRouter
 from imgateway.router.locator import DirectoryHomeLocator
+from imgateway.home.server import answerNoAccount
 from imgateway.router.router import Router
 from imgateway.testing import MemoryDirectory, MemoryHomeStore, MemoryLinkRoutes
 
@@ -291,11 +292,12 @@ class HomeRoutingTests(SynchronousTestCase):
     def test_noLinks(self) -> None:
         """
         Without server links (C{linkRoutes} is C{None}), a user of another
-        home server is unavailable (503) and a peer domain takes the
-        default route.
+        home server is unavailable (503; a message gets the uniform 480) and
+        a peer domain takes the default route.
         """
         router = self.router(RecordingRoute(), linked=False)
-        self.failureResultOf(router.deliver(Message(ALICE, CAROL, "hi")), ServiceUnavailable)
+        self.failureResultOf(router.deliver(Message(ALICE, CAROL, "hi")), UserOffline)
+        self.failureResultOf(router.deliver(PresenceProbe(ALICE, CAROL)), ServiceUnavailable)
         self.failureResultOf(router.deliver(Message(ALICE, PARTNER, "hi")), NoRoute)
         default = RecordingRoute()
         router.setDefaultRoute(default)
@@ -304,13 +306,18 @@ class HomeRoutingTests(SynchronousTestCase):
 
     def test_linkDown(self) -> None:
         """
-        A link that is down answers 503, which comes back to the sender;
+        A link that is down answers 503; a message's sender gets the answer
+        a home server gives for a user without a session or an account (480,
+        one text), so that a stranger cannot tell that the account exists;
         the message may be sent again without counting as a loop.
         """
         router = self.router(RecordingRoute())
         self.links.down.add(HS2)
         message = Message(ALICE, CAROL, "hi")
-        self.failureResultOf(router.deliver(message), ServiceUnavailable)
+        down = self.failureResultOf(router.deliver(message), UserOffline)
+        unknown = self.failureResultOf(answerNoAccount(Message(ALICE, GHOST, "hi")), UserOffline)
+        self.assertEqual(down.value.text.replace(CAROL.local, GHOST.local), unknown.value.text)
+        self.failureResultOf(router.deliver(PresenceProbe(ALICE, CAROL)), ServiceUnavailable)
         self.links.down.clear()
         self.successResultOf(router.deliver(message))
 
@@ -322,7 +329,7 @@ class HomeRoutingTests(SynchronousTestCase):
         self.directory.accounts[CAROL] = AccountRecord(CAROL, "hs7", "", True, "{}")
         router = self.router(RecordingRoute())
         with capturedLogs() as events:
-            f = self.failureResultOf(router.deliver(Message(ALICE, CAROL, "hi")), ServiceUnavailable)
+            f = self.failureResultOf(router.deliver(PresenceProbe(ALICE, CAROL)), ServiceUnavailable)
         self.assertNotIn("hs7", f.value.text)
         self.assertIn("hs7", " ".join(formatEvent(e) for e in events))
 

@@ -222,7 +222,7 @@ class Router:
                 return self._via(here, event, True)
             if self.linkRoutes is None:
                 self.log.debug("No server links: {home}, home of {recipient}, is unreachable", home=home, recipient=recipient)
-                return fail(_unavailable())
+                return _unreachable(event, fail(_unavailable()))
             try:
                 route = self.linkRoutes.toServer(home)
             except KeyError:
@@ -231,8 +231,8 @@ class Router:
                     recipient=recipient,
                     home=home,
                 )
-                return fail(_unavailable())
-            return self._via(route, event, False)
+                return _unreachable(event, fail(_unavailable()))
+            return _unreachable(event, self._via(route, event, False))
 
         def moved(f: Failure) -> Deferred[DeliveryStatus]:
             f.trap(MovedTo)
@@ -249,6 +249,24 @@ class Router:
             return fail(_unavailable())
 
         return d.addCallback(routed).addErrback(moved)
+
+
+def _unreachable(event: Event, d: Deferred[DeliveryStatus]) -> Deferred[DeliveryStatus]:
+    """
+    A message that cannot reach its recipient's home server, on another
+    host, gets the answer a home server gives for a user who has no session
+    (or no account): the sender may be a stranger, who must not learn from a
+    503 that the account exists. (Other events keep the 503: the sender's
+    own home server decides what its user sees of them.)
+    """
+    if not isinstance(event, Message):
+        return d
+
+    def offline(f: Failure) -> Deferred[DeliveryStatus]:
+        f.trap(ServiceUnavailable)
+        return answerNoAccount(event)
+
+    return d.addErrback(offline)
 
 
 def _unavailable() -> ServiceUnavailable:

@@ -48,6 +48,7 @@ __all__ = [
     "IHomeStore",
     "IHomeLocator",
     "ILinkRoutes",
+    "IPasswordDirectory",
     "IProtocolAdapter",
     "IRoute",
     "IRouter",
@@ -100,6 +101,32 @@ class IDirectory(Interface):
     def close() -> Deferred[None]:
         """
         Release the storage.
+        """
+
+
+class IPasswordDirectory(IDirectory):
+    """
+    A directory that checks passwords itself (an LDAP server, with a simple
+    bind as the user) rather than keeping verifiers for the gateway: the
+    L{imgateway.auth.checkers.Authenticator} hands it a password given in
+    the clear (SASL PLAIN) instead of checking it against the account's
+    C{credentials}.
+    """
+
+    scramAvailable = Attribute(
+        "Whether account records carry SCRAM verifiers in their C{credentials}; "
+        "when false, SCRAM mechanisms are not offered."
+    )
+
+    def checkPassword(address: Address, password: str) -> Deferred[AccountRecord | None]:
+        """
+        Check a user's password, as the client gave it.
+
+        @return: Fires with the account if C{password} is its password, or
+            C{None} if it is not or there is no such account (the same
+            answer, after the same exchanges with the directory); fails with
+            L{imgateway.core.errors.DirectoryUnavailable} if the directory
+            cannot be asked.
         """
 
 

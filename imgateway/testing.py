@@ -24,6 +24,7 @@ from imgateway.core.events import Event, Message, SubscriptionEvent
 from imgateway.core.errors import (
     AccountExists,
     DeliveryStatus,
+    DirectoryUnavailable,
     NoSuchAccount,
     PendingRequestsFull,
     PersistenceFailed,
@@ -44,7 +45,7 @@ from imgateway.core.records import (
     SetAuthorisation,
     ruleOrder,
 )
-from imgateway.interfaces import IDirectory, IHomeStore, ILinkRoutes, IRoute, ISessionClient
+from imgateway.interfaces import IDirectory, IHomeStore, ILinkRoutes, IPasswordDirectory, IRoute, ISessionClient
 
 if TYPE_CHECKING:
     from imgateway.gateway import Gateway
@@ -53,6 +54,7 @@ __all__ = [
     "MemoryDirectory",
     "MemoryHomeStore",
     "MemoryLinkRoutes",
+    "PasswordCheckingDirectory",
     "RecordingSessionClient",
     "addUser",
     "memoryGateway",
@@ -177,6 +179,71 @@ class MemoryDirectory(_MemoryStore):
                 if domain is None or address.domain == domain
             ]
         )
+
+
+@implementer(IPasswordDirectory)
+class PasswordCheckingDirectory(MemoryDirectory):
+    """
+    A L{MemoryDirectory} that checks passwords itself, as the LDAP
+    directory does with a bind (L{IPasswordDirectory}): accounts have no
+    verifiers (empty C{credentials}) unless a test gives some.
+
+    @ivar passwords: Address to password; tests may read and change it.
+    @ivar checked: The C{(address, password)} of every check, in order.
+    @ivar scramAvailable: See L{IPasswordDirectory.scramAvailable}
+        (C{False} unless a test says otherwise).
+    @ivar unavailable: Set it to make every operation fail with
+        L{DirectoryUnavailable}, as when the LDAP server is down.
+    @ivar hold: Set it to keep the L{Deferred}s of password checks
+        unfired (in L{held}) until the test fires them.
+    """
+
+    _name = "password-checking directory"
+
+    def __init__(self, accounts: list[AccountRecord] | None = None) -> None:
+        super().__init__(accounts)
+        self.passwords: dict[Address, str] = {}
+        self.checked: list[tuple[Address, str]] = []
+        self.scramAvailable = False
+        self.unavailable = False
+        self.hold = False
+        self.held: list[Deferred[AccountRecord | None]] = []
+
+    def addUser(self, address: Address, password: str, enabled: bool = True, homeServer: str = "hs1") -> AccountRecord:
+        """
+        Add an account (without verifiers) and its password.
+
+        @return: The account.
+        """
+        record = AccountRecord(address, homeServer, "", enabled, "")
+        self.accounts[address] = record
+        self.passwords[address] = password
+        return record
+
+    def getAccount(self, address: Address) -> Deferred[AccountRecord | None]:
+        """
+        See L{IDirectory.getAccount}.
+        """
+        if self.unavailable:
+            return fail(DirectoryUnavailable(f"{self._name} is unavailable"))
+        return super().getAccount(address)
+
+    def checkPassword(self, address: Address, password: str) -> Deferred[AccountRecord | None]:
+        """
+        See L{IPasswordDirectory.checkPassword}.
+        """
+        self.checked.append((address, password))
+        if self.unavailable:
+            return fail(DirectoryUnavailable(f"{self._name} is unavailable"))
+        record = self.accounts.get(address)
+        right = record is not None and password and self.passwords.get(address) == password
+        result = record if right else None
+        if self.hold:
+            d: Deferred[AccountRecord | None] = Deferred()
+            d.addCallback(lambda _: result)
+            self.held.append(d)
+            return d
+        return self._read(result)
 
 
 @implementer(IHomeStore)
@@ -552,6 +619,7 @@ def memoryGateway(
     domain: str = "corp.example",
     home: HomeConfig | None = None,
     adapters: dict[str, object] | None = None,
+    directory: IDirectory | None = None,
 ) -> Gateway:
     """
     A whole gateway on memory stores, for unit tests of protocol adapters:
@@ -561,6 +629,8 @@ def memoryGateway(
 
     @param clock: Times leases and timeouts (a L{twisted.internet.task.Clock}).
     @param adapters: The adapter configs to record in the gateway's config.
+    @param directory: The directory; a new L{MemoryDirectory} when
+        C{None} (a L{PasswordCheckingDirectory} stands for LDAP).
     """
     from imgateway.config import AuthConfig, GatewayConfig
     from imgateway.gateway import assembleGateway
@@ -578,7 +648,7 @@ def memoryGateway(
     return assembleGateway(
         config,
         clock,
-        MemoryDirectory(),
+        directory if directory is not None else MemoryDirectory(),
         MemoryHomeStore(),
         runInThread=_inline,
         secret=b"test secret",

@@ -31,11 +31,11 @@ from imgateway.auth.checkers import (
 )
 from imgateway.auth.passwords import SCRAM_HASHES, StoredCredentials, checkPassword, makeCredentials
 from imgateway.core.address import Address
-from imgateway.core.errors import AccountDisabled, AuthenticationFailed, InvalidAddress
+from imgateway.core.errors import AccountDisabled, AuthenticationFailed, DirectoryUnavailable, InvalidAddress
 from imgateway.core.records import AccountRecord
 from imgateway.core.throttle import LimitsConfig, LoginThrottle, LoginThrottled
 from imgateway.interfaces import IHomeServer, ISession, ISessionClient
-from imgateway.testing import MemoryDirectory
+from imgateway.testing import MemoryDirectory, PasswordCheckingDirectory
 
 DOMAIN = "corp.example"
 ALICE = Address.fromParts("alice", DOMAIN)
@@ -834,3 +834,129 @@ class PortalTests(SynchronousTestCase):
         d = self.portal.login(SASLAuthenticated(BOB), FakeClient(), ISession)
         self.failureResultOf(d, AccountDisabled)
         self.assertEqual(self.homeServer.sessions, [])
+
+
+def makeDirectoryAuthenticator(
+    **kwargs: Any,
+) -> tuple[Authenticator, PasswordCheckingDirectory, DeferringRunner]:
+    """
+    An authenticator of C{corp.example} on a directory that checks
+    passwords itself (as LDAP does), holding alice (password C{secret})
+    and bob (password C{hunter2}, disabled); and the thread runner it was
+    given (which it should never use).
+
+    @param kwargs: More arguments for L{Authenticator}.
+    """
+    directory = PasswordCheckingDirectory()
+    directory.addUser(ALICE, "secret")
+    directory.addUser(BOB, "hunter2", enabled=False)
+    runner = DeferringRunner()
+    return Authenticator(directory, DOMAIN, runner, secret=b"k" * 32, fakeIterations=4096, **kwargs), directory, runner
+
+
+class AuthenticatorPasswordDirectoryTests(SynchronousTestCase):
+    """
+    L{Authenticator} with an L{IPasswordDirectory} (LDAP): the directory
+    checks passwords given in the clear; SCRAM is not offered unless its
+    accounts carry verifiers.
+    """
+
+    def test_rightPassword(self) -> None:
+        """
+        The directory checks the password (no derivation in a thread), and
+        the right one gives the account.
+        """
+        authenticator, directory, runner = makeDirectoryAuthenticator()
+        record = self.successResultOf(authenticator.checkPassword(ALICE, "secret"))
+        self.assertEqual(record, directory.accounts[ALICE])
+        self.assertEqual(directory.checked, [(ALICE, "secret")])
+        self.assertEqual(runner.calls, [])
+
+    def test_wrongPasswordAndUnknownUser(self) -> None:
+        """
+        A wrong password and an unknown user fail alike, both checked by
+        the directory (which binds for unknown users too).
+        """
+        authenticator, directory, _ = makeDirectoryAuthenticator()
+        wrong = self.failureResultOf(authenticator.checkPassword(ALICE, "wrong"), AuthenticationFailed)
+        unknown = self.failureResultOf(authenticator.checkPassword(NOBODY, "wrong"), AuthenticationFailed)
+        self.assertIs(type(wrong.value), AuthenticationFailed)
+        self.assertIs(type(unknown.value), AuthenticationFailed)
+        self.assertEqual(str(wrong.value), str(unknown.value))
+        self.assertEqual(directory.checked, [(ALICE, "wrong"), (NOBODY, "wrong")])
+
+    def test_disabled(self) -> None:
+        """
+        A disabled account fails with L{AccountDisabled} after the right
+        password only.
+        """
+        authenticator, _, _ = makeDirectoryAuthenticator()
+        self.failureResultOf(authenticator.checkPassword(BOB, "hunter2"), AccountDisabled)
+        f = self.failureResultOf(authenticator.checkPassword(BOB, "wrong"), AuthenticationFailed)
+        self.assertNotIsInstance(f.value, AccountDisabled)
+
+    def test_unavailable(self) -> None:
+        """
+        When the directory cannot be asked, the check fails with
+        L{DirectoryUnavailable} (not a wrong password: the throttle does
+        not count it).
+        """
+        throttle = LoginThrottle(LimitsConfig(loginFailuresPerAccount=1), Clock())
+        authenticator, directory, _ = makeDirectoryAuthenticator(throttle=throttle)
+        directory.unavailable = True
+        self.failureResultOf(authenticator.checkPassword(ALICE, "secret", "192.0.2.7"), DirectoryUnavailable)
+        directory.unavailable = False
+        self.successResultOf(authenticator.checkPassword(ALICE, "secret", "192.0.2.7"))
+
+    def test_throttle(self) -> None:
+        """
+        Failures count towards the throttle, and a blocked source is
+        refused without asking the directory.
+        """
+        throttle = LoginThrottle(LimitsConfig(loginFailuresPerAccount=2, accountBlockSeconds=60.0), Clock())
+        authenticator, directory, _ = makeDirectoryAuthenticator(throttle=throttle)
+        for _ in range(2):
+            self.failureResultOf(authenticator.checkPassword(ALICE, "wrong", "192.0.2.7"), AuthenticationFailed)
+        self.failureResultOf(authenticator.checkPassword(ALICE, "secret", "192.0.2.7"), LoginThrottled)
+        self.assertEqual(len(directory.checked), 2)
+
+    def test_boundedQueue(self) -> None:
+        """
+        The directory's checks are bounded as derivations are: at most
+        C{maxConcurrent} at once, C{maxQueued} waiting, then refused at
+        once with L{AuthenticationBusy}.
+        """
+        authenticator, directory, _ = makeDirectoryAuthenticator(maxConcurrent=1, maxQueued=2)
+        directory.hold = True
+        waiting = [authenticator.checkPassword(ALICE, "secret") for _ in range(3)]
+        self.assertEqual((len(directory.held), authenticator.passwordChecksWaiting), (1, 2))
+        with capturedLogs():
+            self.failureResultOf(authenticator.checkPassword(ALICE, "secret"), AuthenticationBusy)
+        while directory.held:
+            directory.held.pop(0).callback(None)
+        for d in waiting:
+            self.assertEqual(self.successResultOf(d).address, ALICE)
+
+    def test_scramAvailable(self) -> None:
+        """
+        L{Authenticator.scramAvailable} follows the directory's: false for
+        a directory without verifiers, true with; always true for a
+        directory that keeps verifiers itself.
+        """
+        authenticator, directory, _ = makeDirectoryAuthenticator()
+        self.assertFalse(authenticator.scramAvailable)
+        directory.scramAvailable = True
+        self.assertTrue(authenticator.scramAvailable)
+        self.assertTrue(makeAuthenticator()[0].scramAvailable)
+
+    def test_emptyCredentialsQuiet(self) -> None:
+        """
+        An account without verifiers (empty credentials, as LDAP's without a
+        C{scram_attribute}) gets a made-up SCRAM verifier, without logging
+        its credentials as unreadable.
+        """
+        authenticator, _, _ = makeDirectoryAuthenticator()
+        with capturedLogs() as events:
+            verifier, record = self.successResultOf(authenticator.scramVerifier(ALICE, "SCRAM-SHA-256"))
+        self.assertIsNone(record)
+        self.assertEqual(events, [])

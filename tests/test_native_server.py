@@ -27,7 +27,7 @@ from tests.test_native_client import LONG_DOMAIN
 from imgateway.core.errors import ConfigError
 from imgateway.core.records import AuthorisationState
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
-from imgateway.testing import TLSStringTransport, addUser, memoryGateway
+from imgateway.testing import PasswordCheckingDirectory, TLSStringTransport, addUser, memoryGateway
 from tests.test_native_mapping import scrambleCoreValues
 
 LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -1084,3 +1084,50 @@ class SendQueueTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertTrue(bob.transport.disconnecting)
         bob.protocol.connectionLost()
         self.assertEqual(alice.call("MESSAGE", "im:bob@corp.example", [], b"x").code, 480)
+
+
+class PasswordDirectoryLoginTests(SynchronousTestCase):
+    """
+    Logins when the directory checks passwords itself and keeps no SCRAM
+    verifiers (LDAP): PLAIN only, where PLAIN may be used.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.directory = PasswordCheckingDirectory()
+        self.gateway = memoryGateway(self.clock, directory=self.directory)
+        self.directory.addUser(Address.fromParts("alice", "corp.example"), "alice-pw")
+        self.factory = NativeServerFactory(self.gateway, NativeConfig(), self.clock)
+
+    def test_plainOnly(self) -> None:
+        """
+        OPTIONS offers PLAIN alone on loopback or TLS, and nothing on an
+        unencrypted connection from elsewhere (where PLAIN gets 426).
+        """
+        self.assertEqual(Wire(self.factory, LOOPBACK).call("OPTIONS").headers.get("Mechanisms"), "PLAIN")
+        self.assertEqual(Wire(self.factory, REMOTE, secure=True).call("OPTIONS").headers.get("Mechanisms"), "PLAIN")
+        remote = Wire(self.factory, REMOTE)
+        self.assertEqual(remote.call("OPTIONS").headers.get("Mechanisms"), "")
+        self.assertEqual(remote.login("alice", "alice-pw").code, 426)
+
+    def test_scramUnknown(self) -> None:
+        """
+        A SCRAM mechanism gets 401, as an unknown mechanism (it is not
+        offered), on any connection; the directory is not asked.
+        """
+        for wire in (Wire(self.factory, LOOPBACK), Wire(self.factory, REMOTE)):
+            r = wire.call("AUTH", "*", [("Mechanism", "SCRAM-SHA-256")], clientMechanism("SCRAM-SHA-256", "alice", "x").start())
+            self.assertEqual((r.code, r.reason), (401, "Unknown mechanism SCRAM-SHA-256"))
+        self.assertEqual(self.directory.checked, [])
+
+    def test_plainLogin(self) -> None:
+        """
+        PLAIN logs in with the password the directory accepts; a wrong
+        password and an unknown user get the same 401.
+        """
+        w = Wire(self.factory, LOOPBACK)
+        self.assertEqual(w.login("alice", "alice-pw").code, 200)
+        wrong = Wire(self.factory, LOOPBACK).login("alice", "nope")
+        unknown = Wire(self.factory, LOOPBACK).login("nobody", "nope")
+        self.assertEqual((wrong.code, wrong.reason, wrong.headers.get("Error")), (401, unknown.reason, "not-authorized"))
+        self.assertEqual((unknown.code, unknown.headers.get("Error")), (401, "not-authorized"))

@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -35,7 +36,16 @@ from imgateway.core.address import Address
 from imgateway.core.errors import PersistenceFailed
 from imgateway.core.throttle import LimitsConfig, LoginThrottle
 from imgateway.testing import MemoryDirectory
-from tests.test_checkers import ALICE, BOB, DOMAIN, DeferringRunner, account, makeAuthenticator, runInline
+from tests.test_checkers import (
+    ALICE,
+    BOB,
+    DOMAIN,
+    DeferringRunner,
+    account,
+    makeAuthenticator,
+    makeDirectoryAuthenticator,
+    runInline,
+)
 
 SCRAMS = ["SCRAM-SHA-256", "SCRAM-SHA-1"]
 ALL = SCRAMS + ["PLAIN"]
@@ -335,6 +345,61 @@ class MechanismChoiceTests(SASLTestCase):
         """
         self.assertRaisesFailure("invalid-mechanism", preferredMechanism, ["GSSAPI"])
         self.assertRaisesFailure("invalid-mechanism", preferredMechanism, [])
+
+
+class PasswordDirectoryTests(SASLTestCase):
+    """
+    SASL with a directory that checks passwords itself and keeps no SCRAM
+    verifiers (LDAP): PLAIN only.
+    """
+
+    def setUp(self) -> None:
+        self.authenticator, self.directory, _ = makeDirectoryAuthenticator()
+
+    def test_offered(self) -> None:
+        """
+        Without SCRAM, only PLAIN is offered, and only where PLAIN may be
+        (nothing at all on an unencrypted connection that does not allow
+        it).
+        """
+        self.assertEqual(mechanismsFor(True, False, scram=False), ["PLAIN"])
+        self.assertEqual(mechanismsFor(False, True, scram=False), ["PLAIN"])
+        self.assertEqual(mechanismsFor(False, False, scram=False), [])
+        self.assertEqual(mechanismsFor(True, False, scram=True), ALL)
+
+    def test_scramRefused(self) -> None:
+        """
+        A SCRAM mechanism is C{invalid-mechanism}: it is not offered, and
+        no verifier could make it succeed.
+        """
+        for name in SCRAMS:
+            self.assertRaisesFailure("invalid-mechanism", serverMechanism, name, self.authenticator, DOMAIN, True)
+        self.directory.scramAvailable = True
+        for name in SCRAMS:
+            self.assertEqual(serverMechanism(name, self.authenticator, DOMAIN, True).name, name)
+
+    def test_plain(self) -> None:
+        """
+        PLAIN logs the user in with the password the directory accepts;
+        a wrong password and an unknown user are both C{not-authorized}.
+        """
+        self.assertEqual(self.loginOK("PLAIN", "alice", "secret", authenticator=self.authenticator).address, ALICE)
+        wrong = self.loginFails("PLAIN", "alice", "wrong", "not-authorized", authenticator=self.authenticator)
+        unknown = self.loginFails("PLAIN", "nobody", "wrong", "not-authorized", authenticator=self.authenticator)
+        self.assertEqual(wrong.text, unknown.text)
+        self.loginFails("PLAIN", "bob", "hunter2", "account-disabled", authenticator=self.authenticator)
+
+    def test_unavailable(self) -> None:
+        """
+        When the directory cannot be asked, PLAIN fails with
+        C{temporary-auth-failure} (the client may try again), and nothing
+        is logged here (the directory logs its own troubles).
+        """
+        self.directory.unavailable = True
+        with capturedLogs() as events:
+            failure = self.loginFails("PLAIN", "alice", "secret", "temporary-auth-failure", authenticator=self.authenticator)
+        self.assertIn("unavailable", failure.text)
+        self.assertEqual(events, [])
 
 
 class ScramVectorTests(SASLTestCase):

@@ -23,11 +23,13 @@ from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory, C2SProtocol
 from imgateway.adapters.xmpp.stream import NS_STREAM_LIMITS, StreamLimits
 from imgateway.auth.sasl import clientMechanism
 from imgateway.config import ConfigTable
+from imgateway.core.address import Address
 from imgateway.core.errors import ConfigError
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
 from imgateway.testing import (
     CertificateAuthority,
+    PasswordCheckingDirectory,
     RecordingSessionClient,
     XmlStreamPeer,
     addUser,
@@ -635,3 +637,41 @@ class ConfigTests(SynchronousTestCase):
         table["require_tls"] = False
         config = self.parse(table)
         self.assertIsNone(config.federation)  # type: ignore[attr-defined]
+
+
+class PasswordDirectoryTests(SynchronousTestCase):
+    """
+    c2s logins when the directory checks passwords itself and keeps no
+    SCRAM verifiers (LDAP): PLAIN only.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.directory = PasswordCheckingDirectory()
+        self.gateway = memoryGateway(self.clock, directory=self.directory)
+        self.directory.addUser(Address.fromParts("alice", "corp.example"), "alice-pw")
+        self.factory = C2SFactory(self.gateway, C2SConfig(requireTLS=False), None, self.clock)
+
+    def test_features(self) -> None:
+        """
+        Only PLAIN is offered.
+        """
+        features = Client(self.factory).open()
+        [mechanisms] = [e for e in features.elements() if e.name == "mechanisms"]
+        self.assertEqual([str(m) for m in mechanisms.elements()], ["PLAIN"])
+
+    def test_scramInvalid(self) -> None:
+        """
+        A SCRAM C{<auth/>} fails with C{<invalid-mechanism/>}, without
+        asking the directory; PLAIN logs in.
+        """
+        c = Client(self.factory)
+        c.open()
+        start = base64.b64encode(clientMechanism("SCRAM-SHA-256", "alice", "alice-pw").start()).decode()
+        c.write(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{start}</auth>")
+        [failure] = c.read()
+        self.assertEqual((failure.name, [e.name for e in failure.elements()]), ("failure", ["invalid-mechanism"]))
+        self.assertEqual(self.directory.checked, [])
+        c = Client(self.factory)
+        c.login("alice", "alice-pw", "PLAIN")
+        self.assertEqual(self.directory.checked, [(Address.fromParts("alice", "corp.example"), "alice-pw")])

@@ -39,7 +39,7 @@ from imgateway.core.address import Address, normaliseDomain
 from imgateway.core.errors import AccountDisabled, AuthenticationFailed, InvalidAddress
 from imgateway.core.records import AccountRecord
 from imgateway.core.throttle import LoginThrottle
-from imgateway.interfaces import IDirectory, IHomeServer, ISession, ISessionClient
+from imgateway.interfaces import IDirectory, IHomeServer, IPasswordDirectory, ISession, ISessionClient
 
 __all__ = [
     "AuthenticationBusy",
@@ -93,6 +93,12 @@ class Authenticator:
     refused (L{imgateway.core.throttle.LoginThrottled}) before anything is
     looked up or derived.
 
+    A directory that checks passwords itself (an L{IPasswordDirectory}, such
+    as LDAP) is handed the password instead, under the same bounds (but on
+    the reactor thread: it does not block); it checks unknown users as
+    known ones too. Unless its accounts carry SCRAM verifiers
+    (L{scramAvailable}), SCRAM mechanisms are not offered.
+
     @ivar directory: The L{IDirectory} holding the accounts.
     @ivar domain: The (normalised) domain of the users checked here.
     @ivar throttle: The L{LoginThrottle}, or C{None}.
@@ -138,16 +144,28 @@ class Authenticator:
         self._busy = False
 
     @property
+    def scramAvailable(self) -> bool:
+        """
+        Whether the accounts have SCRAM verifiers, so that the SCRAM
+        mechanisms can be offered: always, but for an
+        L{IPasswordDirectory} without them.
+        """
+        if IPasswordDirectory.providedBy(self.directory):
+            return bool(IPasswordDirectory(self.directory).scramAvailable)
+        return True
+
+    @property
     def passwordChecksWaiting(self) -> int:
         """
         Password checks waiting for a worker.
         """
         return len(self._workers.waiting)
 
-    def _runBounded(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    def _runBounded(self, f: Callable[..., Any], *args: Any, inThread: bool = True) -> Deferred[Any]:
         """
-        Run C{f(*args)} through C{runInThread} once one of the
-        C{maxConcurrent} workers is free.
+        Run C{f(*args)} through C{runInThread} (or, unless C{inThread},
+        here: C{f} returns a L{Deferred}) once one of the C{maxConcurrent}
+        workers is free.
 
         @return: Its result, or a failure with L{AuthenticationBusy} at
             once if C{maxQueued} calls are waiting already.
@@ -165,6 +183,8 @@ class Authenticator:
         if self._busy and waiting < self._maxQueued // 2:
             self._busy = False
             _log.info("Password checks are keeping up again ({n} waiting)", n=waiting)
+        if not inThread:
+            return self._workers.run(f, *args)
         return self._workers.run(self._runInThread, f, *args)
 
     def _checkThrottle(self, address: Address, source: str | None) -> None:
@@ -232,6 +252,9 @@ class Authenticator:
         except AuthenticationFailed:
             return fail()
 
+        if IPasswordDirectory.providedBy(self.directory):
+            return self._checkInDirectory(address, password, source)
+
         def verify(record: AccountRecord | None) -> Deferred[AccountRecord]:
             stored = self._storedCredentials(record)
             real = stored is not None
@@ -252,6 +275,24 @@ class Authenticator:
             return d.addCallback(decide)
 
         return self.directory.getAccount(address).addCallback(verify)
+
+    def _checkInDirectory(self, address: Address, password: str, source: str | None) -> Deferred[AccountRecord]:
+        """
+        L{checkPassword} for an L{IPasswordDirectory}: the directory checks
+        the password.
+        """
+        d = self._runBounded(IPasswordDirectory(self.directory).checkPassword, address, password, inThread=False)
+
+        def decide(record: AccountRecord | None) -> AccountRecord:
+            if record is None:
+                self.loginFailed(address, source)
+                raise AuthenticationFailed("wrong user name or password")
+            self.loginSucceeded(address, source)
+            if not record.enabled:
+                raise AccountDisabled("account disabled")
+            return record
+
+        return d.addCallback(decide)
 
     def scramVerifier(
         self, address: Address, mechanism: str, source: str | None = None
@@ -310,10 +351,11 @@ class Authenticator:
 
     def _storedCredentials(self, record: AccountRecord | None) -> StoredCredentials | None:
         """
-        The verifiers of an account, or C{None} if there is no account or
+        The verifiers of an account, or C{None} if there is no account, it
+        has none (empty credentials: an L{IPasswordDirectory} account) or
         its credentials are unreadable (which is logged).
         """
-        if record is None:
+        if record is None or not record.credentials:
             return None
         try:
             return StoredCredentials.parse(record.credentials)

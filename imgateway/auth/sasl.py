@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from imgateway.auth.checkers import AuthenticationBusy, Authenticator
 from imgateway.auth.passwords import SCRAM_HASHES, ScramVerifier, preparePassword, saltedPassword
 from imgateway.core.address import Address, normaliseDomain
-from imgateway.core.errors import AccountDisabled, AuthenticationFailed
+from imgateway.core.errors import AccountDisabled, AuthenticationFailed, DirectoryUnavailable
 from imgateway.core.records import AccountRecord
 from imgateway.core.throttle import LoginThrottled
 from imgateway.net.addresses import sourceOf
@@ -137,17 +137,21 @@ class SASLStep:
     address: Address | None = None
 
 
-def mechanismsFor(secure: bool, allowPlaintext: bool) -> list[str]:
+def mechanismsFor(secure: bool, allowPlaintext: bool, scram: bool = True) -> list[str]:
     """
     The mechanisms to offer a client, strongest first.
 
     @param secure: Whether the connection is encrypted (TLS).
     @param allowPlaintext: Whether PLAIN may be offered on an unencrypted
         connection (for tests and trusted networks only).
-    @return: C{SCRAM-SHA-256}, C{SCRAM-SHA-1}, and C{PLAIN} if C{secure} or
-        C{allowPlaintext}.
+    @param scram: Whether the SCRAM mechanisms may be offered: the
+        authenticator's L{Authenticator.scramAvailable} (false for an LDAP
+        directory without SCRAM verifiers, which only checks passwords
+        given in the clear).
+    @return: C{SCRAM-SHA-256}, C{SCRAM-SHA-1} (if C{scram}), and C{PLAIN}
+        if C{secure} or C{allowPlaintext}.
     """
-    mechanisms = list(_SCRAM)
+    mechanisms = list(_SCRAM) if scram else []
     if secure or allowPlaintext:
         mechanisms.append(_PLAIN)
     return mechanisms
@@ -373,6 +377,9 @@ def _authFailure(reason: Failure) -> Failure:
         raise SASLFailure("temporary-auth-failure", str(reason.value), reason.value.retryAfter)
     if isinstance(reason.value, AuthenticationBusy):
         raise SASLFailure("temporary-auth-failure", str(reason.value))
+    if isinstance(reason.value, DirectoryUnavailable):
+        # Logged by the directory; the client may try again shortly.
+        raise SASLFailure("temporary-auth-failure", "the account directory is unavailable; try again shortly")
     if isinstance(reason.value, AccountDisabled):
         raise SASLFailure("account-disabled", "account disabled")
     if isinstance(reason.value, AuthenticationFailed):
@@ -582,8 +589,10 @@ def serverMechanism(
         (L{imgateway.core.throttle}); C{None} for no throttling.
     @return: The mechanism, ready for its first L{ServerMechanism.step}.
     @raise SASLFailure: C{invalid-mechanism} if C{name} is not a
-        mechanism we support; C{encryption-required} for PLAIN on an
-        unencrypted connection without C{allowPlaintext}.
+        mechanism we support, or is SCRAM and the authenticator has no
+        SCRAM verifiers (L{Authenticator.scramAvailable});
+        C{encryption-required} for PLAIN on an unencrypted connection
+        without C{allowPlaintext}.
     """
     domain = normaliseDomain(domain)
     source = sourceOf(peer)
@@ -592,6 +601,8 @@ def serverMechanism(
             raise SASLFailure("encryption-required", "PLAIN needs an encrypted connection")
         return _PlainServer(authenticator, domain, source)
     if name in _SCRAM:
+        if not authenticator.scramAvailable:
+            raise SASLFailure("invalid-mechanism", f"{name} is not offered: the directory keeps no SCRAM verifiers")
         return _ScramServer(name, authenticator, domain, nonce, source)
     raise SASLFailure("invalid-mechanism", f"unsupported mechanism {name[:40]!r}")
 

@@ -20,6 +20,7 @@ __all__ = [
     "ConfigError",
     "DeliveryError",
     "DeliveryStatus",
+    "DirectoryUnavailable",
     "ImgatewayError",
     "InvalidAddress",
     "LoopDetected",
@@ -88,6 +89,13 @@ class PersistenceFailed(ImgatewayError):
     """
     The store could not write (disk full, I/O error). Nothing acknowledged
     was lost; the operation that raised this did not happen.
+    """
+
+
+class DirectoryUnavailable(PersistenceFailed):
+    """
+    The directory could not be asked (an LDAP server down, or too slow to
+    answer): nothing was looked up or changed. Trying again later may work.
     """
 
 

@@ -390,6 +390,14 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
     def _plainAllowed(self) -> bool:
         return self.config.allowPlaintextAuth or isLoopback(self.transport.getPeer())  # type: ignore[union-attr]
 
+    @property
+    def _scram(self) -> bool:
+        """
+        Whether the SCRAM mechanisms are offered (not with a directory that
+        only checks passwords given in the clear, such as LDAP).
+        """
+        return bool(self.gateway.authenticator.scramAvailable)
+
     # -- frames ----------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
@@ -576,7 +584,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
     # -- before login ------------------------------------------------------------
 
     def do_OPTIONS(self, request: Request) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
-        mechanisms = mechanismsFor(self.secure, self._plainAllowed())
+        mechanisms = mechanismsFor(self.secure, self._plainAllowed(), self._scram)
         c = self.config
         return (
             200,
@@ -609,9 +617,9 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         name = request.headers.get("Mechanism")
         if name is not None:
             name = name.strip().upper()
-            offered = mechanismsFor(self.secure, self._plainAllowed())
+            offered = mechanismsFor(self.secure, self._plainAllowed(), self._scram)
             if name not in offered:
-                if name in mechanismsFor(True, True):
+                if name in mechanismsFor(True, True, self._scram):
                     raise _Reply(426, f"{name} needs an encrypted connection")
                 raise _Reply(401, f"Unknown mechanism {name}")
             label = request.headers.get("Label", "") or ""

@@ -228,6 +228,14 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
     def _plainAllowed(self) -> bool:
         return self.secure or self.config.allowPlaintextAuth or isLoopback(self._t.getPeer())
 
+    @property
+    def _scram(self) -> bool:
+        """
+        Whether the SCRAM mechanisms are offered (not with a directory that
+        only checks passwords given in the clear, such as LDAP).
+        """
+        return bool(self.gateway.authenticator.scramAvailable)
+
     # -- stream negotiation -----------------------------------------------------------
 
     def streamStarted(self, root: domish.Element) -> None:
@@ -274,7 +282,7 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
                     starttls.addElement("required")
             if self.secure or not self.config.requireTLS:
                 mechanisms = features.addElement((NS_SASL, "mechanisms"))
-                for name in mechanismsFor(self.secure, self._plainAllowed()):
+                for name in mechanismsFor(self.secure, self._plainAllowed(), self._scram):
                     mechanisms.addElement("mechanism", content=name)
         else:
             features.addElement((NS_BIND, "bind"))
@@ -328,9 +336,9 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         try:
             if name == "auth":
                 mechanism = element.getAttribute("mechanism") or ""
-                if mechanism not in mechanismsFor(True, True):
+                if mechanism not in mechanismsFor(True, True, self._scram):
                     raise SASLFailure("invalid-mechanism")
-                if mechanism not in mechanismsFor(self.secure, self._plainAllowed()):
+                if mechanism not in mechanismsFor(self.secure, self._plainAllowed(), self._scram):
                     raise SASLFailure("encryption-required")
                 self._mechanism = serverMechanism(
                     mechanism,

@@ -4,7 +4,8 @@ The configuration file: TOML, read once at start-up and checked whole before
 any port is opened.
 
 Core tables are parsed here (C{[gateway]}, C{[home]}, C{[auth]},
-C{[limits]}); each
+C{[limits]}, C{[directory]}: an LDAP directory's keys by
+L{imgateway.directory.ldapconfig}); each
 protocol adapter parses its own table with L{ConfigTable}, so every error
 names the file, the table and the key.
 """
@@ -15,7 +16,7 @@ import os
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from attrs import frozen
 from twisted.internet.endpoints import serverFromString
@@ -30,6 +31,9 @@ from imgateway.net.certificates import CertificateProblem
 from imgateway.net.endpoints import checkServerEndpoint
 from imgateway.sqlite import Durability
 
+if TYPE_CHECKING:
+    from imgateway.directory.ldapconfig import LDAPConfig
+
 __all__ = [
     "CONFIG_ENVIRONMENT",
     "CORE_TABLES",
@@ -39,6 +43,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "AuthConfig",
     "ConfigTable",
+    "DirectoryConfig",
     "GatewayConfig",
     "HomeConfig",
     "LimitsConfig",
@@ -307,6 +312,25 @@ class LinksConfig:
 
 
 @frozen
+class DirectoryConfig:
+    """
+    The C{[directory]} table: where the accounts are.
+
+    @ivar backend: C{"sqlite"} (C{directory.sqlite3} in the data folder)
+        or C{"ldap"}.
+    @ivar ldap: For C{"ldap"}, the server and how to read it
+        (L{imgateway.directory.ldapconfig.LDAPConfig}); else C{None}.
+    """
+
+    backend: str = "sqlite"
+    ldap: LDAPConfig | None = None
+
+
+#: The directory backends C{[directory] backend} may name.
+_BACKENDS = ("sqlite", "ldap")
+
+
+@frozen
 class GatewayConfig:
     """
     A whole, checked configuration.
@@ -328,6 +352,7 @@ class GatewayConfig:
         name (empty for a single-host gateway).
     @ivar routes: The C{[routes]} table: peer domain to the address of its
         router's link listener (static routes win over DNS SRV records).
+    @ivar directory: The C{[directory]} table.
     """
 
     path: FilePath[str]
@@ -343,6 +368,7 @@ class GatewayConfig:
     links: LinksConfig = LinksConfig()
     servers: Mapping[str, ServerConfig] = {}
     routes: Mapping[str, HostPort] = {}
+    directory: DirectoryConfig = DirectoryConfig()
 
     @property
     def roles(self) -> frozenset[str]:
@@ -356,7 +382,7 @@ class GatewayConfig:
 
 
 #: Tables of the core; every other table is a protocol adapter's.
-CORE_TABLES = ("gateway", "home", "auth", "limits", "router", "links", "servers", "routes")
+CORE_TABLES = ("gateway", "home", "auth", "limits", "router", "links", "servers", "routes", "directory")
 
 _HOME = HomeConfig()
 _AUTH = AuthConfig()
@@ -562,6 +588,8 @@ def parseConfig(
     if servers and homeServerName not in servers:
         raise gw.error("home_server", f"{homeServerName!r} is not one of the [servers] tables ({', '.join(servers)})")
 
+    directory = _parseDirectory(top, path, homeServerName)
+
     adapters: dict[str, object] = {}
     for name in data:
         if name in CORE_TABLES:
@@ -594,7 +622,34 @@ def parseConfig(
         links=links,
         servers=servers,
         routes=routes,
+        directory=directory,
     )
+
+
+def _parseDirectory(top: ConfigTable, path: FilePath[str], homeServerName: str) -> DirectoryConfig:
+    """
+    Read the C{[directory]} table (the SQLite directory when absent); its
+    relative paths resolve against the folder of C{path}.
+    """
+    d = top.table("directory")
+    d.where = f"{path.path} [directory]"
+    d.baseDir = path.dirname()
+    backend = d.get("backend", str, "sqlite")
+    if backend not in _BACKENDS:
+        choices = " or ".join(f'"{b}"' for b in _BACKENDS)
+        raise d.error("backend", f"must be {choices}, got {backend!r}")
+    if backend == "sqlite":
+        d.finish()
+        return DirectoryConfig()
+    try:
+        from imgateway.directory.ldapconfig import parseLDAPConfig
+    except ImportError as e:
+        raise d.error(
+            "backend", f'"ldap" needs ldaptor, which is not installed (pip install "imgateway[ldap]"): {e}'
+        ) from None
+    ldap = parseLDAPConfig(d, homeServerName)
+    d.finish()
+    return DirectoryConfig("ldap", ldap)
 
 
 def findConfig(

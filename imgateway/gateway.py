@@ -142,12 +142,25 @@ class OrderedMultiService(MultiService):
 class _StoresService(Service):
     """
     Closes the stores when the gateway stops (after everything using them:
-    once C{after}, the home server's L{HomeServer.drain}, has fired).
+    once C{after}, the home server's L{HomeServer.drain}, has fired); calls
+    C{starting} (if given) when the gateway starts (an LDAP directory
+    connects then).
     """
 
-    def __init__(self, *stores: IDirectory | IHomeStore | None, after: Callable[[], Deferred[None]]) -> None:
+    def __init__(
+        self,
+        *stores: IDirectory | IHomeStore | None,
+        after: Callable[[], Deferred[None]],
+        starting: Callable[[], None] | None = None,
+    ) -> None:
         self._stores = stores
         self._after = after
+        self._starting = starting
+
+    def startService(self) -> None:
+        super().startService()
+        if self._starting is not None:
+            self._starting()
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
@@ -290,12 +303,21 @@ def makeGatewayService(
         dataDir.makedirs()
         dataDir.chmod(0o700)
     durability = config.durability
-    directory = SQLiteDirectory(
-        openDatabaseNow(
-            reactor, dataDir.child("directory.sqlite3"), DIRECTORY_MIGRATIONS, durability=durability
-        ),
-        reactor,
-    )
+    directory: IDirectory
+    starting: Callable[[], None] | None = None
+    ldapConfig = config.directory.ldap
+    if ldapConfig is not None:
+        from imgateway.directory.ldap import LDAPDirectory
+
+        ldapDirectory = LDAPDirectory(reactor, ldapConfig)
+        directory, starting = ldapDirectory, ldapDirectory.start
+    else:
+        directory = SQLiteDirectory(
+            openDatabaseNow(
+                reactor, dataDir.child("directory.sqlite3"), DIRECTORY_MIGRATIONS, durability=durability
+            ),
+            reactor,
+        )
     homeStore = None
     if "home" in config.roles:
         homeStore = SQLiteHomeStore(
@@ -324,7 +346,7 @@ def makeGatewayService(
     # work it had taken), then the stores.
     top = OrderedMultiService()
     _StoresService(
-        directory, homeStore, after=home.drain if home is not None else lambda: succeed(None)
+        directory, homeStore, after=home.drain if home is not None else lambda: succeed(None), starting=starting
     ).setServiceParent(top)
     if home is not None:
         HomeServerService(home).setServiceParent(top)

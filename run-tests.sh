@@ -9,8 +9,8 @@
 # Before installing anything it says what: Python packages into .venv/ with pip
 # (the project, editable, and what setup.cfg lists: install_requires and the
 # "test" extra), and, when run as root with apt-get, the Debian packages of the
-# peer servers the interop tests run against (prosody, ejabberd, lua-unbound;
-# their system services are kept from starting).
+# peer servers the interop tests run against (prosody, ejabberd, slapd,
+# ldap-utils, lua-unbound; their system services are kept from starting).
 #
 # --no-install (or IMGATEWAY_NO_INSTALL=1) installs nothing: the suite runs with
 # .venv/ as it is, and what is missing is said first. Tests whose peer server is
@@ -77,7 +77,9 @@ fi
 # system service (a policy-rc.d that denies starts during the install, then the service is
 # disabled); without root or apt-get, or with --no-install, just say so (those tests then
 # skip, or fail under CI).
-PEERS="prosody:prosody ejabberdctl:ejabberd"
+# slapd and ldap-utils: the OpenLDAP server the LDAP directory's tests configure and start
+# themselves (Debian puts slapd in /usr/sbin, on root's PATH).
+PEERS="prosody:prosody ejabberdctl:ejabberd slapd:slapd ldapmodify:ldap-utils"
 PEER_EXTRA_PACKAGES="lua-unbound"   # Prosody's resolver (only Recommended): tests confine it
 ensurePeers() {
   local missing=() pair rc=0

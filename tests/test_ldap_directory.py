@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ldaptor.protocols import pureber, pureldap
@@ -436,6 +436,33 @@ class ConfigTests(SynchronousTestCase):
         self.assertRefused("disabled_values", **base, disabled_attribute="x", disabled_values=[""])
         self.assertRefused("default_home", **base, default_home="hs 2")
         self.assertRefused("mail_attribute", **base, mail_attribute="")
+
+    def test_shippedExample(self) -> None:
+        """
+        The commented C{[directory]} table of C{etc/imgateway.toml}, once
+        uncommented (with C{backend = "ldap"}), shows every key with its
+        default (C{url} and C{base_dn} have none: the example's are taken).
+        """
+        import tomllib
+
+        shipped = FilePath(__file__).parent().parent().child("etc").child("imgateway.toml").getContent().decode()
+        block = shipped[shipped.index("\n# [directory]\n") :]
+        lines = [line[2:].split("  #")[0] for line in block.splitlines() if line.startswith("# ") and not line.startswith("#  ")]
+        table = tomllib.loads("\n".join(line for line in lines if "=" in line or line.startswith("[")))["directory"]
+        self.assertEqual(table.pop("backend"), "sqlite")
+        keys = set(table)
+        config = self.ldap(**table)
+        self.assertEqual(config, LDAPConfig(url=config.url, baseDN=config.baseDN, defaultHome="hs1"))
+        self.assertEqual(config.defaultHome, "hs1")
+        self.assertEqual(
+            keys,
+            {
+                "url", "start_tls", "ca_file", "allow_plaintext", "bind_dn", "bind_password_file", "base_dn",
+                "user_filter", "mail_attribute", "display_name_attribute", "home_attribute", "default_home",
+                "disabled_attribute", "disabled_values", "scram_attribute", "pool_size", "timeout",
+                "reconnect_delay", "reconnect_max_delay",
+            },
+        )
 
     def test_limits(self) -> None:
         """
@@ -903,7 +930,9 @@ class DirectoryTests(DirectoryTestsMixin, SynchronousTestCase):
     def test_listAccounts(self) -> None:
         """
         The accounts are listed by their address, in order; a domain's by
-        a substring filter.
+        a substring filter. An address of several entries is left out (no
+        one has it, as for a look-up); past the server's size limit the
+        list fails rather than be cut.
         """
         directory = self.directory()
         self.server.add(BOB, "bob-pw")
@@ -911,6 +940,9 @@ class DirectoryTests(DirectoryTestsMixin, SynchronousTestCase):
         self.assertEqual([r.address for r in records], [ALICE, BOB])
         [search] = self.server.requests(pureldap.LDAPSearchRequest)
         self.assertIsInstance(search.filter, pureldap.LDAPFilter_substrings)
+        self.server.entries["twin"] = ("uid=bob2," + BASE, self.server.entries[str(BOB)][1])
+        records = self.successResultOf(directory.listAccounts("corp.example"))
+        self.assertEqual([r.address for r in records], [ALICE])
         self.server.searchResult = 4
         self.failureResultOf(directory.listAccounts(), DirectoryUnavailable)
 

@@ -273,6 +273,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     theReactor = cast(IReactorCore, reactor)
     try:
         config = loadConfig(findConfig(args.config), theReactor, adapterConfigParsers())
+        if config.directory.ldap is not None:
+            ldap = config.directory.ldap
+            raise _Refused(
+                f"the directory is the LDAP server {ldap.url} ({ldap.baseDN}), read-only to imgateway:"
+                " manage accounts there ([directory] backend in the configuration)"
+            )
         action = _action(args, config)
     except (ImgatewayError, _Refused) as e:
         _fail(str(e))

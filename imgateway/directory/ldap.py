@@ -826,9 +826,10 @@ class LDAPDirectory:
         """
         See L{IDirectory.listAccounts}: the entries under the base DN whose
         mail attribute holds an address (of C{domain}, if given), by their
-        first such address. The server's size limit applies: past it this
-        fails with L{DirectoryUnavailable} rather than give part of the
-        list.
+        first such address; an address of several entries is left out, as
+        L{getAccount} finds no one by it. The server's size limit applies:
+        past it this fails with L{DirectoryUnavailable} rather than give
+        part of the list.
         """
         try:
             filter = listFilter(self.config.userFilter, domain) if domain else parseFilter(f"({self.config.mailAttribute}=*)")
@@ -840,15 +841,20 @@ class LDAPDirectory:
             if done.resultCode != _SUCCESS:
                 raise DirectoryUnavailable(f"listing the accounts under {self.config.baseDN} failed: {_resultError(done)}")
             records: dict[Address, AccountRecord] = {}
+            ambiguous: set[Address] = set()
             for entry in entries:
                 attributes = _attributes(entry.attributes)
                 address = _firstAddress(attributes.get(self.config.mailAttribute.lower(), ()), domain)
-                if address is None or address in records:
+                if address is None:
+                    continue
+                if address in records:
+                    # As for a look-up: an address of several entries is no one's.
+                    ambiguous.add(address)
                     continue
                 dn = entry.objectName
                 dnText = dn.decode("utf-8", "replace") if isinstance(dn, bytes) else str(dn)
                 records[address] = accountFromEntry(self.config, address, dnText, attributes)[0]
-            return [records[a] for a in sorted(records)]
+            return [records[a] for a in sorted(records) if a not in ambiguous]
 
         return self._searchAsService(filter, 0).addCallback(found)
 

@@ -504,7 +504,7 @@ def parseLDAPConfig(table: _Table, defaultHome: str) -> LDAPConfig:
     startTLS = table.get("start_tls", bool, False)
     if startTLS and url.tls:
         raise table.error("start_tls", "an ldaps:// connection is encrypted already: use start_tls with ldap:// only")
-    caPath = table.path("ca_file")
+    caPath = table.path("ca_file") if table.get("ca_file", str, "") else None
     if caPath is not None:
         from imgateway.net.certificates import CertificateProblem, loadTrustRootFile
 

@@ -459,7 +459,7 @@ class ConfigTests(SynchronousTestCase):
             {
                 "url", "start_tls", "ca_file", "allow_plaintext", "bind_dn", "bind_password_file", "base_dn",
                 "user_filter", "mail_attribute", "display_name_attribute", "home_attribute", "default_home",
-                "disabled_attribute", "disabled_values", "scram_attribute", "pool_size", "timeout",
+                "disabled_attribute", "disabled_values", "scram_attribute", "decoy_dn", "pool_size", "timeout",
                 "reconnect_delay", "reconnect_max_delay",
             },
         )
@@ -870,6 +870,16 @@ class DirectoryTests(DirectoryTestsMixin, SynchronousTestCase):
         self.assertEqual((text(last.dn), text(last.auth)), (f"{DECOY_RDN},{BASE}", "guess"))
         kinds = [type(r).__name__ for r in self.server.requests() if not (isinstance(r, pureldap.LDAPBindRequest) and text(r.dn) == SERVICE)]
         self.assertEqual(kinds, ["LDAPSearchRequest", "LDAPBindRequest"])
+
+    def test_decoyDN(self) -> None:
+        """
+        C{decoy_dn} names the entry the unknown users' binds are made as.
+        """
+        decoy = "uid=decoy,ou=system,dc=corp,dc=example"
+        directory = self.directory(decoyDN=decoy)
+        self.assertIsNone(self.successResultOf(directory.checkPassword(NOBODY, "guess")))
+        last = self.server.requests(pureldap.LDAPBindRequest)[-1]
+        self.assertEqual((text(last.dn), text(last.auth)), (decoy, "guess"))
 
     def test_emptyPassword(self) -> None:
         """

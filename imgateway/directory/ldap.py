@@ -19,6 +19,9 @@ L{imgateway.core.errors.DirectoryUnavailable}.
 
 The configuration (L{LDAPConfig}) and the search filters are
 L{imgateway.directory.ldapconfig}'s.
+
+Importing this module imports ldaptor's client, which imports the global
+reactor: import it once the reactor is chosen (C{makeService} does).
 """
 
 from __future__ import annotations
@@ -761,7 +764,7 @@ class LDAPDirectory:
 
         def found(result: tuple[bytes, AccountRecord] | None) -> Deferred[AccountRecord | None]:
             if result is None:
-                decoy = f"{DECOY_RDN},{self.config.baseDN}" if self.config.baseDN else DECOY_RDN
+                decoy = self.config.decoyDN or (f"{DECOY_RDN},{self.config.baseDN}" if self.config.baseDN else DECOY_RDN)
                 return self._userBind(decoy.encode("utf-8"), password).addCallback(lambda _: None)
             dn, record = result
             return self._userBind(dn, password).addCallback(lambda ok: record if ok else None)

@@ -430,6 +430,9 @@ class LDAPConfig:
         C{""} for none.
     @ivar disabledValues: The values of L{disabledAttribute} that mark it
         (compared without case); empty: any value does.
+    @ivar decoyDN: The DN a password given for an unknown user is checked
+        against; C{""} for C{cn=imgateway-no-such-user} under L{baseDN},
+        which does not exist (see L{imgateway.directory.ldap.DECOY_RDN}).
     @ivar scramAttribute: The attribute holding SCRAM verifiers in the
         form of RFC 5803; C{""} for none (SCRAM is then not offered).
     @ivar poolSize: Connections kept open.
@@ -454,6 +457,7 @@ class LDAPConfig:
     disabledAttribute: str = ""
     disabledValues: tuple[str, ...] = ()
     scramAttribute: str = ""
+    decoyDN: str = ""
     poolSize: int = DEFAULT_POOL_SIZE
     timeout: float = DEFAULT_TIMEOUT
     reconnectDelay: float = DEFAULT_RECONNECT_DELAY
@@ -560,6 +564,7 @@ def parseLDAPConfig(table: _Table, defaultHome: str) -> LDAPConfig:
         disabledAttribute=disabledAttribute,
         disabledValues=tuple(disabledValues),
         scramAttribute=_attributeName(table, "scram_attribute", ""),
+        decoyDN=table.get("decoy_dn", str, ""),
         poolSize=table.positive("pool_size", int, DEFAULT_POOL_SIZE),
         timeout=table.positive("timeout", float, DEFAULT_TIMEOUT),
         reconnectDelay=table.positive("reconnect_delay", float, DEFAULT_RECONNECT_DELAY),

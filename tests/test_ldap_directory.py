@@ -1094,6 +1094,23 @@ class PoolTests(DirectoryTestsMixin, SynchronousTestCase):
         self.assertIn("no connection within 2 s", str(f.value))
         self.assertEqual(len([e for e in events if "unreachable" in e["log_format"]]), 1)
 
+    def test_noWaitForRetries(self) -> None:
+        """
+        During an outage, an operation does not wait for a retry under way
+        (which may take up to C{timeout}): it fails at once. At start, it
+        waits for the first connections.
+        """
+        self.server.hang = True
+        directory = self.directory(poolSize=1, timeout=2.0)
+        first = directory.getAccount(ALICE)
+        self.assertNoResult(first)
+        self.clock.advance(2.0)
+        self.failureResultOf(first, DirectoryUnavailable)
+        self.clock.advance(1.0)
+        self.assertEqual(self.server.attempts, 2)
+        self.failureResultOf(directory.getAccount(ALICE), DirectoryUnavailable)
+        self.clock.advance(2.0)
+
     def test_waitForFreeConnection(self) -> None:
         """
         With every connection busy, an operation waits for one, at most

@@ -566,7 +566,12 @@ class LDAPDirectory:
         if slot is not None:
             slot.busy = True
             return succeed(slot)
-        if not any(s.state is not _State.DOWN for s in self._slots):
+        ready = any(s.state is _State.READY for s in self._slots)
+        connecting = any(s.state is _State.CONNECTING for s in self._slots)
+        # Wait for a busy connection, or for the first ones to connect (at
+        # start, or replacing one that was lost); but during an outage, not
+        # for a retry (which may take up to the timeout).
+        if not (ready or (connecting and self._reachable is not False)):
             return fail(DirectoryUnavailable(f"the LDAP directory {self.config.url} is unreachable: {self._lastError}"))
         d: Deferred[_Slot] = Deferred()
 

@@ -280,8 +280,9 @@ class RolesTests(SynchronousTestCase):
         """
         A router-only process has no home server nor home store: asking
         for them says so clearly; it opens no sessions; it routes every
-        user to its home over the links (unavailable until there are
-        links), and answers for unknown users as a home server does.
+        user to its home over the links (until there are links, a message
+        gets the uniform 480, as for an unknown user), and answers for
+        unknown users as a home server does.
         """
         gateway = self.assemble(_topology("router", router=ROUTER, hs1=HOME, hs2=HOME))
         with self.assertRaises(NoHomeServer) as raised:
@@ -294,7 +295,7 @@ class RolesTests(SynchronousTestCase):
             ServiceUnavailable,
         )
         router = gateway.router
-        self.failureResultOf(router.deliver(Message(ROMEO, ALICE, "hi")), ServiceUnavailable)
+        self.failureResultOf(router.deliver(Message(ROMEO, ALICE, "hi")), UserOffline)
         self.failureResultOf(router.deliver(Message(ROMEO, GHOST, "hi")), UserOffline)
         hs1, hs2 = RecordingRoute(), RecordingRoute()
         router.linkRoutes = MemoryLinkRoutes(servers={"hs1": hs1, "hs2": hs2})
@@ -314,7 +315,7 @@ class RolesTests(SynchronousTestCase):
         self.assertIs(gateway.homeServer.locator, locator)
         self.assertIs(gateway.router.locator, locator)
         self.assertIsNone(gateway.router.linkRoutes)
-        self.failureResultOf(gateway.router.deliver(Message(ALICE, CAROL, "hi")), ServiceUnavailable)
+        self.failureResultOf(gateway.router.deliver(Message(ALICE, CAROL, "hi")), UserOffline)
 
     def test_singleHost(self) -> None:
         """

@@ -254,12 +254,6 @@ def _resultError(result: Any) -> str:
     return f"{name} ({code})" + (f": {message[:200]}" if message else "")
 
 
-class _SearchFailed(Exception):
-    """
-    The server answered a search with an error.
-    """
-
-
 def _bind(client: _Client, dn: bytes | str, password: str) -> Deferred[Any]:
     """
     A simple bind.

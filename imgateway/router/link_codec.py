@@ -1,0 +1,339 @@
+# -*- test-case-name: tests.test_link_codec -*-
+"""
+The server-link codec (C{docs/protocol.md} section 9): every core event to
+a native-protocol request and back, and every delivery status to a
+response and back, losslessly.
+
+It reuses the native face's framing (L{imgateway.adapters.native.framing})
+and tables (L{imgateway.adapters.native.mapping}: status codes, presence and
+subscription tokens); it knows nothing of connections, sequence numbers
+(the connection adds C{Seq}) or routing.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+from collections.abc import Sequence
+
+import attrs
+from attrs import frozen
+
+from imgateway.adapters.native.framing import Headers, Request, Response
+from imgateway.adapters.native.mapping import (
+    PRESENCE,
+    REASONS,
+    SUBSCRIPTION_KINDS,
+    TargetForm,
+    codeForDelivery,
+    deliveryErrorFor,
+    presenceFromToken,
+    subscriptionKindFromToken,
+    targetForm,
+)
+from imgateway.core.address import Address
+from imgateway.core.errors import DeliveryError, DeliveryStatus, InvalidAddress, UserBusy
+from imgateway.core.events import Event, Message, PresenceProbe, PresenceUpdate, SubscriptionEvent
+from imgateway.core.presence import Presence
+
+__all__ = [
+    "EVENT_METHODS",
+    "LinkCodecError",
+    "LinkRequest",
+    "MAX_DETAIL_CHARS",
+    "checkHopHeaders",
+    "decodeRequest",
+    "decodeResponse",
+    "encodeRequest",
+    "encodeResponse",
+    "hopKey",
+    "newRoutingId",
+    "viaEntry",
+]
+
+#: The methods that carry core events.
+EVENT_METHODS = frozenset({"MESSAGE", "NOTIFY", "PROBE"})
+
+#: Longest C{Detail} sent with an error status, in characters.
+MAX_DETAIL_CHARS = 256
+
+#: A C{Routing-Id}: 1 to 128 visible ASCII characters.
+_ROUTING_ID = re.compile(r"[\x21-\x7e]{1,128}")
+_NUMBER = re.compile(r"[0-9]{1,10}")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+_LEASE = re.compile(r"[0-9]{1,10}(\.[0-9]{1,6})?")
+
+
+class LinkCodecError(ValueError):
+    """
+    A request on a link is not a valid event request; it is answered
+    C{code} (400, or 482 for an exhausted hop budget).
+
+    @ivar code: The status code to answer with.
+    @ivar detail: What was wrong, for the log and the C{Detail} header.
+    """
+
+    def __init__(self, detail: str, code: int = 400) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def newRoutingId() -> str:
+    """
+    @return: A fresh routing id, for a request whose event carries none.
+    """
+    return uuid.uuid4().hex
+
+
+def viaEntry(domain: str, name: str) -> str:
+    """
+    @return: The C{Via} value naming server C{name} of C{domain}:
+        C{corp.example/hs1} (unambiguous: neither part holds a C{/}).
+    """
+    return f"{domain}/{name}"
+
+
+def hopKey(event: Event) -> object:
+    """
+    @return: What identifies C{event} from one hop to the next: a message's
+        routing id; for other events, the event itself with its hop count
+        left out (routers count hops as they forward).
+    """
+    if isinstance(event, Message):
+        return event.routingId
+    return attrs.evolve(event, hops=0)
+
+
+@frozen
+class LinkRequest:
+    """
+    An event request as received on a link.
+
+    @ivar event: The event.
+    @ivar via: The servers it has passed through, first first
+        (L{viaEntry} values).
+    @ivar maxHops: Its C{Max-Hops}: how many links it may still cross,
+        this one included.
+    @ivar routingId: Its C{Routing-Id}.
+    """
+
+    event: Event
+    via: tuple[str, ...]
+    maxHops: int
+    routingId: str
+
+
+def _clean(text: str, limit: int | None = None) -> str:
+    """
+    Text safe for a header value: control characters other than TAB (and
+    lone surrogates) become spaces; cut to C{limit} characters.
+    """
+    cleaned = "".join(" " if unicodedata.category(c) in ("Cc", "Cs") and c != "\t" else c for c in text)
+    return cleaned if limit is None else cleaned[:limit]
+
+
+def _leaseOf(event: PresenceUpdate) -> float | None:
+    """
+    @return: The lease of a presence update (seconds it holds unless
+        renewed), for core models whose L{PresenceUpdate} has one.
+    """
+    lease = getattr(event, "lease", None)
+    return None if lease is None else float(lease)
+
+
+def _hasLease() -> bool:
+    """
+    @return: Whether the core's L{PresenceUpdate} carries a lease.
+    """
+    return "lease" in attrs.fields_dict(PresenceUpdate)
+
+
+def _number(value: float) -> str:
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def encodeRequest(event: Event, via: Sequence[str], maxHops: int, routingId: str) -> Request:
+    """
+    The request that carries C{event} over a link; the connection adds its
+    C{Seq}.
+
+    @param via: The servers the event has passed through, this one last.
+    @param maxHops: How many links it may still cross, the next one
+        included (at least 1).
+    @param routingId: Its C{Routing-Id}: a message's own routing id; for
+        other events one the sender mints (L{newRoutingId}) and keeps
+        for every resend.
+    @raise ValueError: If C{maxHops} is under 1 or C{routingId} is invalid.
+    """
+    if maxHops < 1:
+        raise ValueError(f"Max-Hops must be at least 1, got {maxHops}")
+    if _ROUTING_ID.fullmatch(routingId) is None:
+        raise ValueError(f"invalid routing id {routingId!r}")
+    common: list[tuple[str, str]] = [("Via", v) for v in via]
+    common += [("Max-Hops", str(maxHops)), ("Routing-Id", routingId), ("Hops", str(event.hops))]
+    if isinstance(event, Message):
+        headers = [
+            ("From", event.sender.imURI()),
+            ("Message-ID", event.messageId),
+            ("Timestamp", f"{event.timestamp!r}"),
+            ("Content-Type", _clean(event.contentType)),
+        ]
+        return Request("MESSAGE", event.recipient.imURI(), Headers(tuple(headers + common)), event.body.encode("utf-8"))
+    if isinstance(event, PresenceUpdate):
+        headers = [("From", event.sender.presURI()), ("Event", "presence"), ("Presence", PRESENCE[event.presence.state])]
+        if event.presence.note:
+            headers.append(("Note", event.presence.note))
+        lease = _leaseOf(event)
+        if lease is not None:
+            headers.append(("Expires", _number(lease)))
+        return Request("NOTIFY", event.recipient.presURI(), Headers(tuple(headers + common)))
+    if isinstance(event, SubscriptionEvent):
+        headers = [
+            ("From", event.sender.presURI()),
+            ("Event", "subscription"),
+            ("Subscription", SUBSCRIPTION_KINDS[event.kind]),
+        ]
+        return Request("NOTIFY", event.recipient.presURI(), Headers(tuple(headers + common)))
+    if isinstance(event, PresenceProbe):
+        return Request("PROBE", event.recipient.presURI(), Headers((("From", event.sender.presURI()), *common)))
+    raise TypeError(f"not a core event: {event!r}")
+
+
+def _required(request: Request, name: str) -> str:
+    value = request.headers.get(name)
+    if value is None:
+        raise LinkCodecError(f"{request.method} needs a {name} header")
+    return value
+
+
+def _address(text: str, form: TargetForm, what: str) -> Address:
+    if targetForm(text) is not form:
+        raise LinkCodecError(f"{what} must be {form.value}, got {text[:64]!r}")
+    try:
+        return Address.fromString(text)
+    except InvalidAddress as e:
+        raise LinkCodecError(f"{what}: {e}") from None
+
+
+def checkHopHeaders(request: Request) -> tuple[tuple[str, ...], int, str]:
+    """
+    Read the hop headers every link request carries.
+
+    @return: Its C{Via} values, C{Max-Hops} and C{Routing-Id}.
+    @raise LinkCodecError: If C{Max-Hops} or C{Routing-Id} is missing or
+        invalid (400), or C{Max-Hops} is 0 (482: no link may be crossed).
+    """
+    maxHops = _required(request, "Max-Hops")
+    if _NUMBER.fullmatch(maxHops) is None:
+        raise LinkCodecError(f"invalid Max-Hops {maxHops[:32]!r}")
+    if int(maxHops) < 1:
+        raise LinkCodecError("Max-Hops exhausted", code=482)
+    routingId = _required(request, "Routing-Id")
+    if _ROUTING_ID.fullmatch(routingId) is None:
+        raise LinkCodecError(f"invalid Routing-Id {routingId[:32]!r}")
+    return tuple(request.headers.getAll("Via")), int(maxHops), routingId
+
+
+def decodeRequest(request: Request) -> LinkRequest:
+    """
+    The event a link request carries.
+
+    @raise LinkCodecError: If it is not a valid event request: unknown
+        method or event, a target or C{From} of the wrong form, a missing or
+        invalid header, a body that is not UTF-8.
+    """
+    via, maxHops, routingId = checkHopHeaders(request)
+    hopsText = request.headers.get("Hops", "0") or "0"
+    if _NUMBER.fullmatch(hopsText) is None:
+        raise LinkCodecError(f"invalid Hops {hopsText[:32]!r}")
+    hops = int(hopsText)
+    method = request.method
+    event: Event
+    try:
+        if method == "MESSAGE":
+            recipient = _address(request.target, TargetForm.IM, "the target")
+            sender = _address(_required(request, "From"), TargetForm.IM, "From")
+            timestamp = _required(request, "Timestamp")
+            if _TIMESTAMP.fullmatch(timestamp) is None:
+                raise LinkCodecError(f"invalid Timestamp {timestamp[:32]!r}")
+            try:
+                body = request.body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise LinkCodecError("a message body must be UTF-8") from None
+            event = Message(
+                sender,
+                recipient,
+                body,
+                contentType=request.headers.get("Content-Type") or "text/plain",
+                messageId=_required(request, "Message-ID"),
+                timestamp=float(timestamp),
+                hops=hops,
+                routingId=routingId,
+            )
+        elif method == "PROBE":
+            event = PresenceProbe(
+                _address(_required(request, "From"), TargetForm.PRES, "From"),
+                _address(request.target, TargetForm.PRES, "the target"),
+                hops=hops,
+            )
+        elif method == "NOTIFY":
+            event = _decodeNotify(request, hops)
+        else:
+            raise LinkCodecError(f"{method} carries no event", code=405)
+    except LinkCodecError:
+        raise
+    except ValueError as e:
+        raise LinkCodecError(str(e)) from None
+    return LinkRequest(event, via, maxHops, routingId)
+
+
+def _decodeNotify(request: Request, hops: int) -> Event:
+    recipient = _address(request.target, TargetForm.PRES, "the target")
+    sender = _address(_required(request, "From"), TargetForm.PRES, "From")
+    kind = _required(request, "Event")
+    if kind == "presence":
+        presence = Presence(presenceFromToken(_required(request, "Presence")), request.headers.get("Note") or "")
+        expires = request.headers.get("Expires")
+        if expires is not None and _LEASE.fullmatch(expires) is None:
+            raise LinkCodecError(f"invalid Expires {expires[:32]!r}")
+        if expires is not None and _hasLease():
+            return PresenceUpdate(sender, recipient, presence, hops=hops, lease=float(expires))  # type: ignore[call-arg]
+        return PresenceUpdate(sender, recipient, presence, hops=hops)
+    if kind == "subscription":
+        return SubscriptionEvent(subscriptionKindFromToken(_required(request, "Subscription")), sender, recipient, hops=hops)
+    raise LinkCodecError(f"unknown Event {kind[:32]!r}")
+
+
+def encodeResponse(result: DeliveryStatus | DeliveryError) -> Response:
+    """
+    The response that reports a delivery's outcome; the connection adds
+    its C{Seq}.
+
+    @param result: L{DeliveryStatus.DELIVERED}, or the error it failed with.
+    """
+    if isinstance(result, DeliveryStatus):
+        if result is not DeliveryStatus.DELIVERED:
+            raise ValueError(f"a failed status travels as its error, not {result!r}")
+        return Response(200, REASONS[200], Headers())
+    code = codeForDelivery(result)
+    headers: list[tuple[str, str]] = [("Detail", _clean(result.text, MAX_DETAIL_CHARS))]
+    if isinstance(result, UserBusy) and result.alternate is not None:
+        headers.append(("Alternate", _clean(result.alternate)))
+    return Response(code, REASONS.get(code, "Error"), Headers(tuple(headers)))
+
+
+def decodeResponse(response: Response) -> DeliveryStatus:
+    """
+    The outcome a link response reports.
+
+    @return: L{DeliveryStatus.DELIVERED} for any 2xx.
+    @raise DeliveryError: The failure it reports; a code that is no
+        delivery status stands for a server error.
+    """
+    if 200 <= response.code < 300:
+        return DeliveryStatus.DELIVERED
+    detail = response.headers.get("Detail") or response.reason
+    raise deliveryErrorFor(response.code, detail, response.headers.get("Alternate"))

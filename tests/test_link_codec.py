@@ -1,0 +1,268 @@
+"""
+Tests for L{imgateway.router.link_codec}: every core event to a link
+request and back, every delivery status to a response and back, through
+the native wire form (serialised and parsed again).
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.trial.unittest import SynchronousTestCase
+
+from imgateway.adapters.native.framing import Frame, FrameParser, Headers, Request, Response, serialise
+from imgateway.core.address import Address
+from imgateway.core.errors import (
+    Blocked,
+    DeliveryError,
+    DeliveryStatus,
+    LoopDetected,
+    NoSuchUser,
+    RateLimited,
+    ServerError,
+    ServiceUnavailable,
+    TooLarge,
+    UserBusy,
+    UserOffline,
+    statusError,
+)
+from imgateway.core.events import Message, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
+from imgateway.core.presence import Presence, PresenceState
+from imgateway.router.link_codec import (
+    LinkCodecError,
+    decodeRequest,
+    decodeResponse,
+    encodeRequest,
+    encodeResponse,
+    hopKey,
+    viaEntry,
+)
+
+ALICE = Address.fromString("alice@corp.example")
+CAROL = Address.fromString("carol@corp.example")
+ROMEO = Address.fromString("romeo@partner.example")
+
+
+def wire(frame: Frame) -> Frame:
+    """
+    C{frame} serialised and parsed again, as the peer sees it.
+    """
+    frame = attrs.evolve(frame, headers=frame.headers.with_("Seq", "7"))
+    (parsed,) = FrameParser().feed(serialise(frame))
+    assert isinstance(parsed, (Request, Response)), parsed
+    return parsed
+
+
+def events() -> list[object]:
+    """
+    One of every kind of core event, with every field set.
+    """
+    out: list[object] = [
+        Message(ALICE, CAROL, "hello\r\n\x00 é 😀", contentType="text/html", messageId="m-1", timestamp=1767225600.125, hops=2),
+        Message(ROMEO, ALICE, "", timestamp=0.0),
+        PresenceProbe(CAROL, ALICE, hops=1),
+    ]
+    for state in PresenceState:
+        out.append(PresenceUpdate(ALICE, CAROL, Presence(state, "in a\tmeeting" if state.isOpen else ""), hops=3))
+    for kind in SubscriptionKind:
+        out.append(SubscriptionEvent(kind, ROMEO, CAROL, hops=4))
+    return out
+
+
+class EventRoundTripTests(SynchronousTestCase):
+    """
+    Events survive a trip over the wire unchanged.
+    """
+
+    def test_everyEvent(self) -> None:
+        """
+        Every kind of event (every presence state and subscription kind)
+        decodes to an equal event, with its hop count, via, max hops and
+        routing id; a message keeps its routing id.
+        """
+        for event in events():
+            request = encodeRequest(event, ["corp.example/hs1", "corp.example/router"], 5, "rid-1")  # type: ignore[arg-type]
+            decoded = decodeRequest(wire(request))  # type: ignore[arg-type]
+            self.assertEqual(decoded.event, event)
+            self.assertEqual(decoded.via, ("corp.example/hs1", "corp.example/router"))
+            self.assertEqual(decoded.maxHops, 5)
+            self.assertEqual(decoded.routingId, "rid-1")
+            if isinstance(event, Message):
+                self.assertEqual(decoded.event.routingId, "rid-1")  # type: ignore[union-attr]
+                self.assertEqual(decoded.event.body, event.body)  # type: ignore[union-attr]
+
+    def test_methods(self) -> None:
+        """
+        Messages travel as C{MESSAGE im:}, presence and subscription events
+        as C{NOTIFY pres:}, probes as C{PROBE pres:}; the target is the
+        recipient and C{From} the sender.
+        """
+        message = encodeRequest(Message(ALICE, CAROL, "hi"), [], 1, "r")
+        self.assertEqual((message.method, message.target, message.headers.get("From")), ("MESSAGE", "im:carol@corp.example", "im:alice@corp.example"))
+        probe = encodeRequest(PresenceProbe(ALICE, CAROL), [], 1, "r")
+        self.assertEqual((probe.method, probe.target), ("PROBE", "pres:carol@corp.example"))
+        notify = encodeRequest(SubscriptionEvent(SubscriptionKind.AUTHORISE, ALICE, CAROL), [], 1, "r")
+        self.assertEqual((notify.method, notify.headers.get("Event"), notify.headers.get("Subscription")), ("NOTIFY", "subscription", "authorise"))
+
+    def test_lease(self) -> None:
+        """
+        A presence update's lease, when the core model has one, travels as
+        C{Expires} and comes back.
+        """
+        if "lease" not in attrs.fields_dict(PresenceUpdate):
+            raise self.skipTest("the core's PresenceUpdate has no lease yet")
+        event = PresenceUpdate(ALICE, CAROL, Presence(PresenceState.AWAY), lease=90.5)  # type: ignore[call-arg]
+        request = encodeRequest(event, [], 1, "r")
+        self.assertEqual(request.headers.get("Expires"), "90.5")
+        self.assertEqual(decodeRequest(wire(request)).event, event)  # type: ignore[arg-type]
+
+    def test_hopKey(self) -> None:
+        """
+        An event's hop key ignores its hop count: a message goes by its
+        routing id, other events by their value.
+        """
+        message = Message(ALICE, CAROL, "hi")
+        self.assertEqual(hopKey(message), hopKey(attrs.evolve(message, hops=3)))
+        self.assertNotEqual(hopKey(message), hopKey(Message(ALICE, CAROL, "hi")))
+        probe = PresenceProbe(ALICE, CAROL)
+        self.assertEqual(hopKey(probe), hopKey(attrs.evolve(probe, hops=3)))
+        self.assertEqual(viaEntry("corp.example", "hs1"), "corp.example/hs1")
+
+
+class BadRequestTests(SynchronousTestCase):
+    """
+    Requests that carry no valid event are refused with a status, never an
+    exception of another kind.
+    """
+
+    def good(self) -> Request:
+        return encodeRequest(Message(ALICE, CAROL, "hi"), [], 3, "r")
+
+    def assertRefused(self, request: Request, code: int = 400) -> None:
+        e = self.assertRaises(LinkCodecError, decodeRequest, request)
+        self.assertEqual(e.code, code)
+
+    def test_badHeaders(self) -> None:
+        """
+        Missing or invalid C{Max-Hops}, C{Routing-Id}, C{Hops}, C{From},
+        C{Timestamp}, C{Message-ID} are 400; C{Max-Hops: 0} is 482.
+        """
+        good = self.good()
+        for name, value in [
+            ("Max-Hops", "x"),
+            ("Routing-Id", "a b"),
+            ("Hops", "-1"),
+            ("From", "pres:alice@corp.example"),
+            ("From", "alice@corp.example"),
+            ("From", "im:not an address"),
+            ("Timestamp", "soon"),
+            ("Message-ID", "with space"),
+        ]:
+            self.assertRefused(attrs.evolve(good, headers=good.headers.with_(name, value)))
+        for name in ("Max-Hops", "Routing-Id", "From", "Timestamp", "Message-ID"):
+            self.assertRefused(attrs.evolve(good, headers=good.headers.without(name)))
+        self.assertRefused(attrs.evolve(good, headers=good.headers.with_("Max-Hops", "0")), 482)
+
+    def test_badTargetsAndBodies(self) -> None:
+        """
+        A target of the wrong form, a body that is not UTF-8, an unknown
+        event or presence token are 400; an unknown method 405.
+        """
+        good = self.good()
+        self.assertRefused(attrs.evolve(good, target="pres:carol@corp.example"))
+        self.assertRefused(attrs.evolve(good, body=b"\xff"))
+        self.assertRefused(attrs.evolve(good, method="FOO"), 405)
+        notify = encodeRequest(PresenceUpdate(ALICE, CAROL, Presence()), [], 1, "r")
+        self.assertRefused(attrs.evolve(notify, headers=notify.headers.with_("Event", "contact")))
+        self.assertRefused(attrs.evolve(notify, headers=notify.headers.with_("Presence", "sleepy")))
+        self.assertRefused(attrs.evolve(notify, headers=notify.headers.with_("Expires", "soon")))
+        self.assertRefused(attrs.evolve(notify, target="im:carol@corp.example"))
+
+    def test_encodeChecks(self) -> None:
+        """
+        The encoder refuses a hop budget under 1 and an invalid routing id.
+        """
+        self.assertRaises(ValueError, encodeRequest, Message(ALICE, CAROL, "hi"), [], 0, "r")
+        self.assertRaises(ValueError, encodeRequest, Message(ALICE, CAROL, "hi"), [], 1, "")
+
+
+class StatusRoundTripTests(SynchronousTestCase):
+    """
+    Delivery statuses survive a trip over the wire as responses.
+    """
+
+    def roundTrip(self, result: DeliveryStatus | DeliveryError) -> DeliveryStatus | DeliveryError:
+        response = wire(encodeResponse(result))
+        assert isinstance(response, Response)
+        try:
+            return decodeResponse(response)
+        except DeliveryError as e:
+            return e
+
+    def test_delivered(self) -> None:
+        """
+        Delivered travels as C{200}.
+        """
+        self.assertEqual(encodeResponse(DeliveryStatus.DELIVERED).code, 200)
+        self.assertIs(self.roundTrip(DeliveryStatus.DELIVERED), DeliveryStatus.DELIVERED)
+
+    def test_everyError(self) -> None:
+        """
+        Every failed status comes back as the same error class, status and
+        text (486 with its alternate; 413, 429, 403, 404, 480, 482, 503
+        among them).
+        """
+        for status in DeliveryStatus:
+            if status is DeliveryStatus.DELIVERED:
+                continue
+            error = statusError(status, f"why {status.name}", "tel:+15550100" if status is DeliveryStatus.BUSY else None)
+            back = self.roundTrip(error)
+            self.assertIs(type(back), type(error))
+            assert isinstance(back, DeliveryError)
+            self.assertEqual((back.status, back.text), (status, error.text))
+            self.assertEqual(encodeResponse(error).code, status.value)
+
+    def test_named(self) -> None:
+        """
+        The statuses issue 8 names map to their native codes and back.
+        """
+        for error, code in [
+            (UserBusy("busy", "im:alice.mobile@corp.example"), 486),
+            (TooLarge("big"), 413),
+            (RateLimited("slow down"), 429),
+            (Blocked("no"), 403),
+            (NoSuchUser("who"), 404),
+            (UserOffline("alice@corp.example is offline"), 480),
+            (LoopDetected("loop"), 482),
+            (ServiceUnavailable("later"), 503),
+        ]:
+            self.assertEqual(encodeResponse(error).code, code)
+            back = self.roundTrip(error)
+            self.assertIs(type(back), type(error))
+        back = self.roundTrip(UserBusy("busy", "im:alice.mobile@corp.example"))
+        assert isinstance(back, UserBusy)
+        self.assertEqual(back.alternate, "im:alice.mobile@corp.example")
+
+    def test_unsafeDetail(self) -> None:
+        """
+        An error's text with line breaks is sent cleaned and cut to
+        C{MAX_DETAIL_CHARS}: nothing can be injected into the stream.
+        """
+        response = encodeResponse(ServerError("a\r\nInjected: yes" + "x" * 1000))
+        self.assertEqual(response.headers.getAll("Injected"), [])
+        self.assertEqual(len(response.headers.get("Detail") or ""), 256)
+        serialise(attrs.evolve(response, headers=response.headers.with_("Seq", "1")))
+
+    def test_unknownCode(self) -> None:
+        """
+        A code that is no delivery status (400, 405) stands for a server
+        error; any 2xx for delivered.
+        """
+        self.assertIsInstance(self.failureOf(Response(405, "Method Not Allowed", Headers())), ServerError)
+        self.assertIs(decodeResponse(Response(202, "Accepted", Headers())), DeliveryStatus.DELIVERED)
+
+    def failureOf(self, response: Response) -> DeliveryError:
+        try:
+            decodeResponse(response)
+        except DeliveryError as e:
+            return e
+        self.fail("no error")

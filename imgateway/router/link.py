@@ -1,0 +1,1077 @@
+# -*- test-case-name: tests.test_link,tests.e2e.test_links -*-
+"""
+Server links (C{docs/protocol.md} section 9): connections between the
+servers of a domain and to peer domains' routers, carrying core events as
+native-protocol requests (L{imgateway.router.link_codec}) over TLS with both
+sides' certificates checked.
+
+  - L{LinkConnection}: one connection, either side: frames both ways, its
+    own requests matched to their responses by C{Seq}, the peer's requests
+    answered by the handler of their method (L{LinkReceiver.addMethod} adds
+    methods).
+  - L{LinkClient}: the sending side of a link to one peer, an L{IRoute}: a
+    bounded queue, a time limit on every request (link down included),
+    reconnection with backoff and jitter (L{ClientService}), and requests
+    not answered yet resent with the same C{Routing-Id} after a reconnect.
+  - L{LinkReceiver}: the receiving side: who the peer is (certificate and
+    C{HELLO}), the origination rule, C{Via} and C{Max-Hops}, duplicates, and
+    the hand-over to the process's L{IRouter}.
+  - L{LinkRoutes}: L{ILinkRoutes}, the links of a process, by server name
+    and peer domain (static routes, then DNS SRV C{_imgw._tcp}).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from ipaddress import ip_address
+from typing import Any
+
+import attrs
+from attrs import frozen
+from cryptography import x509
+from service_identity import CertificateError, VerificationError
+from service_identity.cryptography import verify_certificate_ip_address
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionLost, DNSLookupError
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from imgateway.adapters.base import ListenerService
+from imgateway.adapters.native.framing import MAX_SEQ, FrameParser, FramingError, Headers, Limits, Request, Response, serialise
+from imgateway.adapters.native.mapping import REASONS
+from imgateway.config import GatewayConfig, HostPort, LinksConfig, ServerConfig
+from imgateway.core.address import Address
+from imgateway.core.errors import ConfigError, DeliveryError, DeliveryStatus, LoopDetected, ServerError, ServiceUnavailable
+from imgateway.core.events import Event, Message
+from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter
+from imgateway.net.addresses import isLoopback
+from imgateway.net.tls import TLSFiles, trustRoot, validFor
+from imgateway.router.link_codec import (
+    EVENT_METHODS,
+    LinkCodecError,
+    decodeRequest,
+    decodeResponse,
+    encodeRequest,
+    encodeResponse,
+    hopKey,
+    newRoutingId,
+    viaEntry,
+)
+
+__all__ = [
+    "DEFAULT_MAX_REMEMBERED",
+    "LINK_LIMITS",
+    "LinkClient",
+    "LinkConnection",
+    "LinkPeer",
+    "LinkReceiver",
+    "LinkRoutes",
+    "LinkServerFactory",
+    "LinkTLS",
+    "LinkTraces",
+    "identifyPeer",
+    "makeLinkService",
+]
+
+log = Logger()
+
+#: What a link accepts from its peer. Larger than a native server's client
+#: limits: the peer is an authenticated server, and a request carries a
+#: C{Via} per server passed.
+LINK_LIMITS = Limits(maxStartLineBytes=4096, maxHeaderBytes=32768, maxHeaders=128, maxBodyBytes=1024 * 1024)
+
+#: How many answers the duplicate check remembers at most (the oldest are
+#: forgotten first, even within C{duplicate_window}).
+DEFAULT_MAX_REMEMBERED = 100000
+
+#: The service name of a domain's link listener in DNS SRV records.
+SRV_SERVICE = "imgw"
+
+#: Seconds a domain found to have no link route is not looked up again.
+NEGATIVE_ROUTE_SECONDS = 60.0
+
+#: A handler of a request method: it gets the connection the request came
+#: on and the request, and returns the response (without C{Seq}).
+RequestHandler = Callable[["LinkConnection", Request], "Deferred[Response] | Response"]
+
+
+def _response(code: int, detail: str = "", headers: Sequence[tuple[str, str]] = ()) -> Response:
+    pairs = tuple(headers) + ((("Detail", detail),) if detail else ())
+    return Response(code, REASONS.get(code, "Error"), Headers(pairs))
+
+
+@frozen
+class LinkPeer:
+    """
+    Who is at the other end of a link, as authenticated.
+
+    @ivar domain: Its domain.
+    @ivar name: Its C{[servers.NAME]} name, for a server of this domain;
+        C{None} for a peer domain's router.
+    @ivar roles: Its roles (C{"home"}, C{"router"}); a peer domain's router
+        has none here.
+    """
+
+    domain: str
+    name: str | None = None
+    roles: frozenset[str] = frozenset()
+
+    def __str__(self) -> str:
+        return f"server {self.name}" if self.name is not None else f"domain {self.domain}"
+
+
+def identifyPeer(
+    config: GatewayConfig,
+    claimedDomain: str | None,
+    claimedServer: str | None,
+    certificate: x509.Certificate | None,
+) -> LinkPeer | str:
+    """
+    Map a link peer to a configured identity: a C{[servers.NAME]} of this
+    domain (its certificate must name the server's C{tls_name}, by default
+    the host of its C{link}), or a peer domain's router (its certificate
+    must name that domain).
+
+    @param claimedDomain: The C{Domain} of its C{HELLO}.
+    @param claimedServer: The C{Server} of its C{HELLO}.
+    @param certificate: Its certificate, verified up to the trust roots; or
+        C{None} on a plaintext loopback link (the claims are believed).
+    @return: The peer, or why it is refused.
+    """
+    if not claimedDomain:
+        return "HELLO without Domain"
+    domain = claimedDomain.lower()
+    if domain == config.domain:
+        server = config.servers.get(claimedServer or "")
+        if server is None or server.name == config.homeServerName:
+            return f"{claimedServer!r} is not one of the other [servers] of {domain}"
+        if certificate is not None:
+            name = _tlsNameOf(server)
+            if name is None:
+                return f"server {server.name} has no link or tls_name to check its certificate against"
+            problem = _validFor(certificate, name)
+            if problem is not None:
+                return f"certificate for server {server.name} {problem}"
+        return LinkPeer(domain, server.name, server.roles)
+    if certificate is not None:
+        problem = validFor(certificate, domain)
+        if problem is not None:
+            return f"certificate for domain {domain} {problem}"
+    return LinkPeer(domain)
+
+
+def _validFor(certificate: x509.Certificate, name: str) -> str | None:
+    """
+    @return: C{None} if C{certificate} is valid for C{name} (a DNS name, or
+        an IP address: then an IP SAN), else why not.
+    """
+    try:
+        address = ip_address(name)
+    except ValueError:
+        return validFor(certificate, name)
+    try:
+        verify_certificate_ip_address(certificate, str(address))
+    except (VerificationError, CertificateError) as e:
+        return f"not issued for {name} ({e})"
+    return None
+
+
+def _tlsNameOf(server: ServerConfig) -> str | None:
+    if server.tlsName:
+        return server.tlsName
+    return server.link.host if server.link is not None else None
+
+
+def _isLoopbackHost(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class LinkConnection(Protocol):
+    """
+    One link connection, on either side.
+
+    Requests this side sends (L{request}) are numbered and matched to their
+    responses by C{Seq}; requests the peer sends are answered by
+    C{handlers[method]} (unknown methods C{405}), in any order. Framing
+    errors are answered as the native protocol does (C{docs/protocol.md}
+    section 3.4).
+
+    @ivar peer: Who the peer is, once known (the acceptor learns it from
+        C{HELLO}; the connector knows it from the start).
+    @ivar ready: Whether the C{HELLO} exchange is done.
+    """
+
+    def __init__(
+        self,
+        handlers: Mapping[str, RequestHandler],
+        clock: IReactorTime,
+        helloTimeout: float,
+        peer: LinkPeer | None = None,
+        limits: Limits = LINK_LIMITS,
+        onLost: Callable[[LinkConnection], None] | None = None,
+        hello: Headers | None = None,
+        onReady: Callable[[LinkConnection], None] | None = None,
+        onRefused: Callable[[LinkConnection], None] | None = None,
+    ) -> None:
+        """
+        @param handlers: Request method to the handler that answers it.
+        @param helloTimeout: Seconds the C{HELLO} exchange may take before
+            the connection is dropped.
+        @param peer: Who the peer is, when known from the start.
+        @param onLost: Called with this connection when it is lost.
+        @param hello: On the connecting side, the headers of the C{HELLO}
+            to send first (C{None} on the accepting side).
+        @param onReady: Called once the C{HELLO} exchange is done.
+        @param onRefused: Called if the peer refused this side's C{HELLO}.
+        """
+        self.handlers = handlers
+        self.clock = clock
+        self.peer = peer
+        self.ready = False
+        self._parser = FrameParser(limits)
+        self._seq = 0
+        self._outstanding: dict[int, Deferred[Response]] = {}
+        self._helloTimeout = helloTimeout
+        self._helloTimer: IDelayedCall | None = None
+        self._onLost = onLost
+        self._hello = hello
+        self._onReady = onReady
+        self._onRefused = onRefused
+        self.connected = False
+        self.closing = False
+
+    def connectionMade(self) -> None:
+        self.connected = True
+        self._helloTimer = self.clock.callLater(self._helloTimeout, self._helloTimedOut)
+        if self._hello is not None:
+            self.request(Request("HELLO", "*", self._hello)).addCallbacks(self._helloAnswered, lambda f: None)
+
+    def _helloAnswered(self, response: Response) -> None:
+        if response.code != 200:
+            log.error(
+                "Link to {peer} ({address}) refused: {code} {detail}",
+                peer=self.peer or "unknown peer",
+                address=self.peerAddress(),
+                code=response.code,
+                detail=response.headers.get("Detail") or response.reason,
+            )
+            if self._onRefused is not None:
+                self._onRefused(self)
+            self.close()
+            return
+        expected = self.peer
+        self.markReady(expected or LinkPeer(response.headers.get("Domain") or "", response.headers.get("Server")))
+        if self._onReady is not None:
+            self._onReady(self)
+
+    def _helloTimedOut(self) -> None:
+        self._helloTimer = None
+        if not self.ready:
+            log.warn("Link with {peer} ({address}): no HELLO exchange within {seconds} s; dropped", peer=self.peer or "unknown peer", address=self.peerAddress(), seconds=self._helloTimeout)
+            self.abort()
+
+    def markReady(self, peer: LinkPeer) -> None:
+        """
+        The C{HELLO} exchange is done: C{peer} is who the other side is.
+        """
+        self.peer = peer
+        self.ready = True
+        if self._helloTimer is not None and self._helloTimer.active():
+            self._helloTimer.cancel()
+        self._helloTimer = None
+
+    def peerAddress(self) -> str:
+        """
+        @return: The peer's address, for logs.
+        """
+        if self.transport is None:
+            return "?"
+        address: IAddress = self.transport.getPeer()
+        host = getattr(address, "host", None)
+        port = getattr(address, "port", None)
+        return f"{host}:{port}" if host is not None else str(address)
+
+    def peerCertificate(self) -> x509.Certificate | None:
+        """
+        @return: The peer's certificate (verified by the TLS layer), or
+            C{None} on a plaintext connection.
+        """
+        getter = getattr(self.transport, "getPeerCertificate", None)
+        if getter is None:
+            return None
+        certificate = getter()
+        return None if certificate is None else certificate.to_cryptography()
+
+    def abort(self) -> None:
+        """
+        Drop the connection at once.
+        """
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """
+        Close the connection once what was written has been sent.
+        """
+        self.closing = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionLost())) -> None:
+        self.connected = False
+        if self._helloTimer is not None and self._helloTimer.active():
+            self._helloTimer.cancel()
+        self._helloTimer = None
+        outstanding, self._outstanding = self._outstanding, {}
+        for d in outstanding.values():
+            d.errback(ConnectionLost(f"link connection lost: {reason.getErrorMessage()}"))
+        if self._onLost is not None:
+            self._onLost(self)
+
+    # -- sending ----------------------------------------------------------------
+
+    def request(self, request: Request) -> Deferred[Response]:
+        """
+        Send a request (its C{Seq} is set here).
+
+        @return: Fires with the peer's response; fails with
+            L{ConnectionLost} if the connection closes first.
+        """
+        if not self.connected or self.closing:
+            return fail(ConnectionLost("link connection is closed"))
+        self._seq = self._seq + 1 if self._seq < MAX_SEQ else 1
+        seq = self._seq
+        frame = attrs.evolve(request, headers=request.headers.with_("Seq", str(seq)))
+        data = serialise(frame)
+        d: Deferred[Response] = Deferred()
+        self._outstanding[seq] = d
+        self.transport.write(data)  # type: ignore[union-attr]
+        return d
+
+    def _respond(self, seq: int, response: Response) -> None:
+        if not self.connected:
+            return
+        frame = attrs.evolve(response, headers=Headers((("Seq", str(seq)),) + response.headers.without("Seq").items))
+        self.transport.write(serialise(frame))  # type: ignore[union-attr]
+
+    # -- receiving ----------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        for item in self._parser.feed(data):
+            if self.closing:
+                return
+            if isinstance(item, FramingError):
+                self._framingError(item)
+            elif isinstance(item, Response):
+                d = self._outstanding.pop(item.seq, None)
+                if d is not None:
+                    d.callback(item)
+            else:
+                self._requestReceived(item)
+
+    def _framingError(self, error: FramingError) -> None:
+        log.warn("Link with {peer} ({address}): {error}", peer=self.peer or "unknown peer", address=self.peerAddress(), error=str(error))
+        if not error.inResponse:
+            self._respond(error.seq or 0, _response(error.code, error.detail))
+        if error.fatal:
+            self.close()
+
+    def _requestReceived(self, request: Request) -> None:
+        seq = request.seq
+        handler = self.handlers.get(request.method)
+        if handler is None:
+            self._respond(seq, _response(405, f"unknown method {request.method}"))
+            return
+
+        def failed(f: Failure) -> Response:
+            log.failure("Link with {peer}: handling {method} failed", f, peer=self.peer or "unknown peer", method=request.method)
+            return _response(500, "internal error")
+
+        call: Callable[..., Any] = handler
+        d: Deferred[Response] = maybeDeferred(call, self, request)
+        d.addErrback(failed)
+        d.addCallback(lambda response: self._respond(seq, response))
+
+
+@frozen
+class _Trace:
+    via: tuple[str, ...]
+    maxHops: int
+
+
+class LinkTraces:
+    """
+    The C{Via} and C{Max-Hops} of the events this process received over
+    links and is delivering now, by L{hopKey}: a link that forwards one of
+    them goes on from there (its own entry added to C{Via}, one hop
+    fewer) instead of starting afresh.
+    """
+
+    def __init__(self) -> None:
+        self._traces: dict[object, list[_Trace]] = {}
+
+    def enter(self, event: Event, via: tuple[str, ...], maxHops: int) -> Callable[[], None]:
+        """
+        Remember C{event}'s trace while it is delivered.
+
+        @return: Call it once the delivery is over.
+        """
+        key = hopKey(event)
+        trace = _Trace(via, maxHops)
+        self._traces.setdefault(key, []).append(trace)
+
+        def leave() -> None:
+            traces = self._traces.get(key)
+            if traces is not None and trace in traces:
+                traces.remove(trace)
+                if not traces:
+                    del self._traces[key]
+
+        return leave
+
+    def traceOf(self, event: Event) -> tuple[tuple[str, ...], int] | None:
+        """
+        @return: The C{Via} and C{Max-Hops} C{event} arrived with, if it is
+            being delivered from a link now.
+        """
+        traces = self._traces.get(hopKey(event))
+        if not traces:
+            return None
+        return traces[-1].via, traces[-1].maxHops
+
+
+@frozen
+class LinkTLS:
+    """
+    TLS for links: this server's certificate and key, and the roots that
+    sign its peers' certificates.
+    """
+
+    files: TLSFiles
+    roots: tuple[x509.Certificate, ...]
+
+    def serverOptions(self) -> Any:
+        """
+        @return: Server options that require a client certificate signed
+            by the roots.
+        """
+        from imgateway.net.tls import ServerTLSOptions
+
+        return ServerTLSOptions(
+            privateKey=self.files.key,
+            certificate=self.files.chain[0],
+            extraCertChain=list(self.files.chain[1:]),
+            trustRoot=trustRoot(list(self.roots)),
+        )
+
+    def clientOptions(self, name: str) -> Any:
+        """
+        @param name: The name the peer's certificate must carry.
+        @return: Client options that check it, and present this server's
+            certificate.
+        """
+        return optionsForClientTLS(
+            name,
+            trustRoot=trustRoot(list(self.roots)),
+            extraCertificateOptions={
+                "privateKey": self.files.key,
+                "certificate": self.files.chain[0],
+                "extraCertChain": list(self.files.chain[1:]),
+            },
+        )
+
+
+@frozen
+class _Outgoing:
+    request: Request
+    deferred: Deferred[Response]
+    timer: IDelayedCall
+
+
+@implementer(IRoute)
+class LinkClient(MultiService):
+    """
+    The sending side of the link to one peer: an L{IRoute} over a
+    persistent connection.
+
+    Requests wait in a queue of at most C{config.maxQueue} (past it, C{503}
+    at once) until answered; each fails with L{ServiceUnavailable} when no
+    answer came within C{config.requestTimeout} seconds (a link that is down
+    included). The connection is kept up by a L{ClientService} (backoff with
+    jitter up to C{config.reconnectMaxDelay}); once it is up again, every
+    request not answered yet is sent again, with the same C{Routing-Id},
+    so the peer's duplicate check delivers it once.
+
+    @ivar name: The peer, for logs and errors (C{server hs2},
+        C{domain partner.example}).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        endpoint: IStreamClientEndpoint,
+        config: LinksConfig,
+        clock: IReactorTime,
+        hello: Headers,
+        traces: LinkTraces,
+        ownVia: str,
+        handlers: Mapping[str, RequestHandler] | None = None,
+        retryPolicy: Callable[[int], float] | None = None,
+    ) -> None:
+        """
+        @param hello: The headers of this side's C{HELLO}.
+        @param ownVia: This server's C{Via} entry.
+        @param handlers: Requests the peer may send on this connection.
+        @param retryPolicy: Seconds to wait before the attempt after that
+            many failed ones; backoff with jitter by default.
+        """
+        super().__init__()
+        self.name = name
+        self._config = config
+        self._clock = clock
+        self._hello = hello
+        self._traces = traces
+        self._ownVia = ownVia
+        self._handlers: Mapping[str, RequestHandler] = handlers or {}
+        self._pending: dict[int, _Outgoing] = {}
+        self._ids = 0
+        self._connection: LinkConnection | None = None
+        self._sent: dict[int, LinkConnection] = {}
+        # HELLOs refused in a row: they count as failed attempts for the
+        # backoff (the TCP connection itself succeeded).
+        self._refusals = 0
+        policy = retryPolicy or backoffPolicy(maxDelay=config.reconnectMaxDelay)
+        factory = Factory.forProtocol(self._buildProtocol)
+        # No prepareConnection: ClientService (Twisted 26.10) cannot take a
+        # connection lost while it is being prepared. The HELLO exchange is
+        # the connection's own.
+        self.service = ClientService(
+            endpoint,
+            factory,
+            retryPolicy=lambda attempts: policy(max(attempts, self._refusals)),
+            clock=clock,
+        )
+        self.service.setServiceParent(self)
+
+    def _buildProtocol(self) -> LinkConnection:
+        return LinkConnection(
+            self._handlers,
+            self._clock,
+            self._config.requestTimeout,
+            onLost=self._lost,
+            hello=self._hello,
+            onReady=self._ready,
+            onRefused=self._refused,
+        )
+
+    @property
+    def queued(self) -> int:
+        """
+        Requests waiting for their answer.
+        """
+        return len(self._pending)
+
+    @property
+    def connected(self) -> bool:
+        """
+        Whether the link is up (its C{HELLO} answered).
+        """
+        return self._connection is not None
+
+    def _refused(self, connection: LinkConnection) -> None:
+        self._refusals += 1
+
+    def _ready(self, connection: LinkConnection) -> None:
+        log.info("Link to {peer} is up ({address})", peer=self.name, address=connection.peerAddress())
+        self._refusals = 0
+        self._connection = connection
+        for ident in list(self._pending):
+            self._transmit(ident)
+
+    def _lost(self, connection: LinkConnection) -> None:
+        if self._connection is connection:
+            self._connection = None
+            log.info("Link to {peer} is down; {count} requests waiting", peer=self.name, count=len(self._pending))
+
+    def _transmit(self, ident: int) -> None:
+        connection = self._connection
+        item = self._pending.get(ident)
+        if connection is None or item is None or self._sent.get(ident) is connection:
+            return
+        self._sent[ident] = connection
+
+        def answered(response: Response) -> None:
+            item = self._pending.pop(ident, None)
+            self._sent.pop(ident, None)
+            if item is not None:
+                item.timer.cancel()
+                item.deferred.callback(response)
+
+        def lost(f: Failure) -> None:
+            # Sent again once the link is back (or failed by its timer).
+            if self._sent.get(ident) is connection:
+                del self._sent[ident]
+
+        connection.request(item.request).addCallbacks(answered, lost)
+
+    def request(self, request: Request) -> Deferred[Response]:
+        """
+        Send a request over the link: the way every method, events and
+        those added later (a proxied session's requests, with a C{Session}
+        header), is sent. Its C{Seq} is set per connection.
+
+        @return: Fires with the peer's response; fails with
+            L{ServiceUnavailable} when the queue is full or no answer came
+            within C{request_timeout}.
+        """
+        if len(self._pending) >= self._config.maxQueue:
+            return fail(ServiceUnavailable(f"link to {self.name}: {self._config.maxQueue} requests waiting"))
+        self._ids += 1
+        ident = self._ids
+        d: Deferred[Response] = Deferred()
+        timer = self._clock.callLater(self._config.requestTimeout, self._timedOut, ident)
+        self._pending[ident] = _Outgoing(request, d, timer)
+        self._transmit(ident)
+        return d
+
+    def _timedOut(self, ident: int) -> None:
+        item = self._pending.pop(ident, None)
+        self._sent.pop(ident, None)
+        if item is not None:
+            state = "up" if self._connection is not None else "down"
+            log.warn("Link to {peer} ({state}): no answer within {seconds} s", peer=self.name, state=state, seconds=self._config.requestTimeout)
+            item.deferred.errback(ServiceUnavailable(f"no answer from {self.name} within {self._config.requestTimeout:g} s"))
+
+    def deliver(self, event: Event) -> Deferred[DeliveryStatus]:
+        """
+        Deliver C{event} over the link. It goes on with the C{Via} and
+        C{Max-Hops} it arrived with if it came over a link.
+        """
+        trace = self._traces.traceOf(event)
+        if trace is None:
+            via: tuple[str, ...] = (self._ownVia,)
+            maxHops = self._config.maxHops
+        else:
+            via = trace[0] + (self._ownVia,)
+            maxHops = trace[1] - 1
+            if maxHops < 1:
+                return fail(LoopDetected("Max-Hops exhausted"))
+        routingId = event.routingId if isinstance(event, Message) else newRoutingId()
+        try:
+            request = encodeRequest(event, via, maxHops, routingId)
+        except ValueError as e:
+            log.error("Cannot send {event!r} to {peer}: {error}", event=event, peer=self.name, error=e)
+            return fail(ServerError("cannot send this event over a link"))
+        return self.request(request).addCallback(decodeResponse)
+
+    def stopService(self) -> Deferred[None]:
+        pending, self._pending = self._pending, {}
+        for item in pending.values():
+            item.timer.cancel()
+            item.deferred.errback(ServiceUnavailable(f"link to {self.name} closed: the server is stopping"))
+        d = super().stopService()
+        return d if d is not None else succeed(None)
+
+
+@frozen
+class _Answer:
+    expires: float
+    deferred: Deferred[Response]
+
+
+class LinkReceiver:
+    """
+    The receiving side of links: who a peer is (L{identifyPeer} at
+    C{HELLO}), the origination rule, C{Via} and C{Max-Hops}, duplicate
+    requests, and the hand-over of accepted events to the process's router.
+
+    @ivar handlers: Request method to its handler; L{addMethod} adds one.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        router: IRouter,
+        locator: IHomeLocator,
+        clock: IReactorTime,
+        traces: LinkTraces,
+        maxRemembered: int = DEFAULT_MAX_REMEMBERED,
+    ) -> None:
+        self._config = config
+        self._router = router
+        self._locator = locator
+        self._clock = clock
+        self._traces = traces
+        self._maxRemembered = maxRemembered
+        self._answers: OrderedDict[str, _Answer] = OrderedDict()
+        self.ownVia = viaEntry(config.domain, config.homeServerName)
+        self.handlers: dict[str, RequestHandler] = {"HELLO": self._hello, "PING": lambda c, r: _response(200)}
+        for method in EVENT_METHODS:
+            self.handlers[method] = self._event
+
+    def addMethod(self, method: str, handler: RequestHandler) -> None:
+        """
+        Answer requests of C{method} on every link connection with
+        C{handler} (for example a proxied session's requests); it is called
+        only on connections whose peer is known (after C{HELLO}).
+
+        @raise ValueError: If the method already has a handler.
+        """
+        if method in self.handlers:
+            raise ValueError(f"{method} already has a handler")
+
+        def guarded(connection: LinkConnection, request: Request) -> Deferred[Response] | Response:
+            if not connection.ready:
+                return _response(401, "HELLO first")
+            return handler(connection, request)
+
+        self.handlers[method] = guarded
+
+    def helloHeaders(self) -> Headers:
+        """
+        @return: What this side says of itself in a C{HELLO} and its answer.
+        """
+        return Headers((("Server", self._config.homeServerName), ("Domain", self._config.domain)))
+
+    def _hello(self, connection: LinkConnection, request: Request) -> Response:
+        if connection.ready:
+            return _response(400, "HELLO already done")
+        peer = identifyPeer(self._config, request.headers.get("Domain"), request.headers.get("Server"), connection.peerCertificate())
+        if isinstance(peer, str):
+            log.warn("Link from {address} refused: {reason}", address=connection.peerAddress(), reason=peer)
+            self._clock.callLater(0, connection.close)
+            return _response(403, "unknown link peer")
+        connection.markReady(peer)
+        log.info("Link from {peer} ({address}) accepted", peer=peer, address=connection.peerAddress())
+        return _response(200, headers=self.helloHeaders().items)
+
+    # -- events ------------------------------------------------------------------
+
+    def _event(self, connection: LinkConnection, request: Request) -> Deferred[Response] | Response:
+        peer = connection.peer
+        if not connection.ready or peer is None:
+            return _response(401, "HELLO first")
+        try:
+            incoming = decodeRequest(request)
+        except LinkCodecError as e:
+            log.warn("Link from {peer}: {method} refused ({code}): {detail}", peer=peer, method=request.method, code=e.code, detail=e.detail)
+            return _response(e.code, e.detail)
+        if self.ownVia in incoming.via:
+            log.warn("Link from {peer}: loop, this server is in Via {via}", peer=peer, via=", ".join(incoming.via))
+            return encodeResponse(LoopDetected("loop: this server is already on the path"))
+        now = self._clock.seconds()
+        self._forgetExpired(now)
+        previous = self._answers.get(incoming.routingId)
+        if previous is not None:
+            log.info("Link from {peer}: duplicate {routingId} answered as the first", peer=peer, routingId=incoming.routingId)
+            return _chain(previous.deferred)
+        first: Deferred[Response] = Deferred()
+        self._answers[incoming.routingId] = _Answer(now + self._config.links.duplicateWindow, first)
+        while len(self._answers) > self._maxRemembered:
+            self._answers.popitem(last=False)
+
+        async def handle() -> Response:
+            refusal = await self._originationRefused(peer, incoming.event)
+            if refusal is not None:
+                log.warn("Link from {peer}: {event!r} refused (403): {reason}", peer=peer, event=incoming.event, reason=refusal)
+                return _response(403, "not originated by this peer")
+            leave = self._traces.enter(incoming.event, incoming.via, incoming.maxHops)
+            try:
+                status = await maybeDeferred(self._router.deliver, incoming.event)
+            except DeliveryError as e:
+                return encodeResponse(e)
+            except Exception:
+                log.failure("Delivering {event!r} from {peer} failed", peer=peer, event=incoming.event)
+                return encodeResponse(ServerError("internal error"))
+            finally:
+                leave()
+            return encodeResponse(status)
+
+        def done(response: Response) -> Response:
+            if not 200 <= response.code < 500 or 300 <= response.code < 400:
+                # Nothing was delivered and a retry may succeed: not an
+                # answer to repeat.
+                answer = self._answers.get(incoming.routingId)
+                if answer is not None and answer.deferred is first:
+                    del self._answers[incoming.routingId]
+            first.callback(response)
+            return response
+
+        return Deferred.fromCoroutine(handle()).addCallback(done)
+
+    def _forgetExpired(self, now: float) -> None:
+        while self._answers:
+            routingId, answer = next(iter(self._answers.items()))
+            if answer.expires > now:
+                break
+            del self._answers[routingId]
+
+    async def _originationRefused(self, peer: LinkPeer, event: Event) -> str | None:
+        """
+        @return: Why C{peer} may not send C{event}, or C{None}: a home
+            server only events from users the directory homes on it, a
+            router only from users of other domains, a peer domain's router
+            only from users of its domain.
+        """
+        sender: Address = event.sender
+        if peer.name is None:
+            if sender.domain == peer.domain:
+                return None
+            return f"a router of {peer.domain} sent an event from {sender.domain}"
+        if sender.domain != self._config.domain:
+            if "router" in peer.roles:
+                return None
+            return f"server {peer.name} is no router and sent an event from {sender.domain}"
+        if "home" in peer.roles:
+            home = await self._locator.homeOf(sender)
+            if home == peer.name:
+                return None
+            return f"{sender} is not homed on {peer.name}"
+        return f"server {peer.name} is no home server and sent an event from {sender.domain}"
+
+
+def _chain(d: Deferred[Response]) -> Deferred[Response]:
+    """
+    @return: A L{Deferred} that fires with what C{d} fires with, leaving
+        C{d}'s result as it was.
+    """
+    out: Deferred[Response] = Deferred()
+
+    def both(result: Response) -> Response:
+        out.callback(result)
+        return result
+
+    d.addCallback(both)
+    return out
+
+
+class _Refused(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+class LinkServerFactory(Factory):
+    """
+    Builds the accepting side of link connections: at most
+    C{links.maxIncoming} at once; on a plaintext listener, only connections
+    between loopback addresses.
+    """
+
+    def __init__(self, receiver: LinkReceiver, config: LinksConfig, clock: IReactorTime, plaintext: bool) -> None:
+        self.receiver = receiver
+        self.config = config
+        self.clock = clock
+        self.plaintext = plaintext
+        self.connections: set[LinkConnection] = set()
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        if len(self.connections) >= self.config.maxIncoming:
+            log.warn("Link from {address} refused: {limit} link connections already (max_incoming)", address=addr, limit=self.config.maxIncoming)
+            return _Refused()
+        if self.plaintext and not isLoopback(addr):
+            log.warn("Plaintext link from {address} refused: not a loopback address", address=addr)
+            return _Refused()
+        connection = LinkConnection(self.receiver.handlers, self.clock, self.config.requestTimeout, onLost=self.connections.discard)
+        self.connections.add(connection)
+        return connection
+
+
+@implementer(ILinkRoutes)
+class LinkRoutes(MultiService):
+    """
+    L{ILinkRoutes}: one L{LinkClient} per peer, made when first asked for
+    and kept (its service runs under this one).
+
+    @ivar resolver: The DNS resolver for C{_imgw._tcp} SRV records
+        (L{imgateway.net.srv.systemResolver} in a deployment).
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        reactor: Any,
+        tls: LinkTLS | None,
+        receiver: LinkReceiver,
+        traces: LinkTraces,
+        resolver: Any = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        super().__init__()
+        self._config = config
+        self._reactor = reactor
+        self._clock: IReactorTime = clock if clock is not None else reactor
+        self._tls = tls
+        self._receiver = receiver
+        self._traces = traces
+        self.resolver = resolver
+        self._clients: dict[str, LinkClient] = {}
+        self._noRoute: dict[str, float] = {}
+
+    def _endpoint(self, host: str, port: int, tlsName: str, what: str) -> IStreamClientEndpoint | None:
+        endpoint = HostnameEndpoint(self._reactor, host, port)
+        if self._tls is not None:
+            return wrapClientTLS(self._tls.clientOptions(tlsName), endpoint)
+        if self._config.links.allowPlaintextLoopback and _isLoopbackHost(host):
+            return endpoint
+        log.error("No link to {what} at {host}:{port}: no [links] certificate, and plaintext is only allowed to loopback addresses", what=what, host=host, port=port)
+        return None
+
+    def _client(self, key: str, name: str, endpoint: IStreamClientEndpoint) -> LinkClient:
+        client = LinkClient(
+            name,
+            endpoint,
+            self._config.links,
+            self._clock,
+            self._receiver.helloHeaders(),
+            self._traces,
+            self._receiver.ownVia,
+        )
+        self._clients[key] = client
+        client.setServiceParent(self)
+        return client
+
+    def toServer(self, name: str) -> IRoute:
+        client = self._clients.get(f"server {name}")
+        if client is not None:
+            return client
+        server = self._config.servers[name]
+        if server.link is None or name == self._config.homeServerName:
+            return _Unreachable(f"server {name} takes no links")
+        tlsName = _tlsNameOf(server) or server.link.host
+        endpoint = self._endpoint(server.link.host, server.link.port, tlsName, f"server {name}")
+        if endpoint is None:
+            return _Unreachable(f"no link to server {name}")
+        return self._client(f"server {name}", f"server {name}", endpoint)
+
+    def toDomain(self, domain: str) -> Deferred[IRoute | None]:
+        key = f"domain {domain}"
+        client = self._clients.get(key)
+        if client is not None:
+            return succeed(client)
+        if domain == self._config.domain:
+            return succeed(None)
+        static = self._config.routes.get(domain)
+        if static is not None:
+            endpoint = self._endpoint(static.host, static.port, domain, key)
+            return succeed(self._client(key, key, endpoint) if endpoint is not None else _Unreachable(f"no link to {domain}"))
+        if self.resolver is None or self._noRoute.get(domain, 0.0) > self._clock.seconds():
+            return succeed(None)
+        return Deferred.fromCoroutine(self._bySRV(domain))
+
+    async def _bySRV(self, domain: str) -> IRoute | None:
+        from imgateway.net.srv import SRVClientEndpoint
+
+        srv = SRVClientEndpoint(self._reactor, self.resolver, domain, SRV_SERVICE, fallbackPort=None)
+        try:
+            targets = await srv.targets()
+        except DNSLookupError:
+            targets = []
+        if not targets:
+            self._noRoute[domain] = self._clock.seconds() + NEGATIVE_ROUTE_SECONDS
+            return None
+        key = f"domain {domain}"
+        existing = self._clients.get(key)
+        if existing is not None:
+            return existing
+        if self._tls is None:
+            log.error("No link to domain {domain}: no [links] certificate", domain=domain)
+            return _Unreachable(f"no link to {domain}")
+        return self._client(key, key, wrapClientTLS(self._tls.clientOptions(domain), srv))
+
+
+@implementer(IRoute)
+class _Unreachable:
+    """
+    A route that cannot be used (misconfigured); every delivery gets C{503}.
+    """
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def deliver(self, event: Event) -> Deferred[DeliveryStatus]:
+        return fail(ServiceUnavailable(self.why))
+
+
+@frozen
+class LinkService:
+    """
+    What L{makeLinkService} builds.
+
+    @ivar routes: The L{ILinkRoutes} of this process.
+    @ivar receiver: The receiving side.
+    @ivar service: The listeners and the links, to start and stop.
+    """
+
+    routes: LinkRoutes
+    receiver: LinkReceiver
+    service: MultiService
+
+
+def loadLinkTLS(links: LinksConfig) -> LinkTLS | None:
+    """
+    Read C{[links]}' certificate, key and trust roots.
+
+    @return: C{None} when no certificate is configured.
+    @raise ConfigError: If a file is unusable, or trust roots are missing.
+    """
+    from imgateway.net.certificates import CertificateProblem, loadTLSFiles, loadTrustRootFile
+
+    if links.certificate is None or links.privateKey is None:
+        return None
+    if links.trustRoots is None:
+        raise ConfigError("[links] certificate needs trust_roots: the certificates that sign the other servers'")
+    try:
+        return LinkTLS(loadTLSFiles(links.certificate, links.privateKey), tuple(loadTrustRootFile(links.trustRoots)))
+    except CertificateProblem as e:
+        raise ConfigError(f"[links]: {e}") from None
+
+
+def makeLinkService(
+    config: GatewayConfig,
+    reactor: Any,
+    router: IRouter,
+    locator: IHomeLocator,
+    resolver: Any = None,
+    tls: LinkTLS | None = None,
+    clock: IReactorTime | None = None,
+) -> LinkService:
+    """
+    The links of a process: its listeners (C{[links] listen}) and its
+    routes to the other servers and peer domains.
+
+    @param tls: The link TLS; read from C{config.links} when C{None}.
+    @raise ConfigError: If links are configured without a certificate and
+        plaintext is not allowed on loopback.
+    """
+    clock = clock if clock is not None else reactor
+    links = config.links
+    if tls is None:
+        tls = loadLinkTLS(links)
+    if tls is None and not links.allowPlaintextLoopback:
+        raise ConfigError("[links]: certificate and private_key are required (or allow_plaintext_loopback, for loopback links only)")
+    traces = LinkTraces()
+    receiver = LinkReceiver(config, router, locator, clock, traces)
+    top = MultiService()
+    routes = LinkRoutes(config, reactor, tls, receiver, traces, resolver=resolver, clock=clock)
+    routes.setServiceParent(top)
+    factory: Any = LinkServerFactory(receiver, links, clock, plaintext=tls is None)
+    if tls is not None:
+        factory = TLSMemoryBIOFactory(tls.serverOptions(), False, factory)
+    for description in links.listen:
+        ListenerService(reactor, description, factory, "Server links").setServiceParent(top)
+    return LinkService(routes, receiver, top)

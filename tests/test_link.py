@@ -1,0 +1,917 @@
+"""
+Tests for L{imgateway.router.link}: server links over in-memory connections
+(L{twisted.test.iosim}) and a L{Clock}: the sender's queue bound, time
+limit and resend after a reconnect; the receiver's peer identities,
+origination rule, C{Via} and C{Max-Hops}, and duplicates.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.python.filepath import FilePath
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from imgateway._testcerts import CertificateAuthority
+from imgateway.adapters.native.framing import Headers, Request, Response
+from imgateway.config import AuthConfig, GatewayConfig, HomeConfig, HostPort, LinksConfig, ServerConfig
+from imgateway.core.address import Address
+from imgateway.core.errors import (
+    ConfigError,
+    DeliveryError,
+    DeliveryStatus,
+    LoopDetected,
+    ServiceUnavailable,
+    UserBusy,
+    UserOffline,
+)
+from imgateway.core.events import Event, Message, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
+from imgateway.core.presence import Presence, PresenceState
+from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter
+from imgateway.router.link import (
+    LinkClient,
+    LinkConnection,
+    LinkPeer,
+    LinkReceiver,
+    LinkRoutes,
+    LinkServerFactory,
+    LinkTraces,
+    identifyPeer,
+    makeLinkService,
+)
+from imgateway.router.link_codec import encodeRequest
+
+from tests.test_net_srv import FakeResolver
+
+ALICE = Address.fromString("alice@corp.example")  # homed on hs1
+CAROL = Address.fromString("carol@corp.example")  # homed on hs2
+ROMEO = Address.fromString("romeo@partner.example")
+JULIET = Address.fromString("juliet@other.example")
+
+LINKS = LinksConfig(
+    allowPlaintextLoopback=True,
+    maxQueue=3,
+    requestTimeout=10.0,
+    duplicateWindow=300.0,
+    maxHops=8,
+    reconnectMaxDelay=60.0,
+    maxIncoming=2,
+)
+
+SERVERS = {
+    "hs1": ServerConfig("hs1", frozenset({"home"}), link=HostPort("127.0.0.1", 5311), tlsName="hs1.corp.example"),
+    "hs2": ServerConfig("hs2", frozenset({"home"}), link=HostPort("127.0.0.1", 5312), tlsName="hs2.corp.example"),
+    "router": ServerConfig("router", frozenset({"router"}), link=HostPort("127.0.0.1", 5310)),
+}
+
+
+def configFor(name: str, domain: str = "corp.example", **links: Any) -> GatewayConfig:
+    """
+    The config of server C{name} of C{domain} (the servers of corp.example,
+    a static route to partner.example).
+    """
+    return GatewayConfig(
+        path=FilePath("links.toml"),
+        domain=domain,
+        dataDir=FilePath("links"),
+        homeServerName=name,
+        home=HomeConfig(),
+        auth=AuthConfig(scramIterations=4096),
+        adapters={},
+        links=attrs.evolve(LINKS, **links),
+        servers=SERVERS if domain == "corp.example" else {},
+        routes={"partner.example": HostPort("127.0.0.1", 5320)} if domain == "corp.example" else {},
+    )
+
+
+@implementer(IRouter)
+class FakeRouter:
+    """
+    A router that records what it is given and answers with C{answer}.
+    """
+
+    defaultRoute = None
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.answer: Callable[[Event], Deferred[DeliveryStatus]] = lambda e: succeed(DeliveryStatus.DELIVERED)
+
+    def deliver(self, event: Event) -> Deferred[DeliveryStatus]:
+        self.events.append(event)
+        return self.answer(event)
+
+    def addRoute(self, domain: str, route: IRoute) -> None:
+        raise NotImplementedError()
+
+    def removeRoute(self, domain: str) -> None:
+        raise NotImplementedError()
+
+    def routeFor(self, domain: str) -> IRoute | None:
+        return None
+
+    def setDefaultRoute(self, route: IRoute | None) -> None:
+        raise NotImplementedError()
+
+
+@implementer(IHomeLocator)
+class FakeLocator:
+    def __init__(self) -> None:
+        self.homes = {ALICE: "hs1", CAROL: "hs2"}
+
+    def homeOf(self, address: Address) -> Deferred[str | None]:
+        return succeed(self.homes.get(address))
+
+    def forget(self, address: Address) -> None:
+        pass
+
+
+class Server:
+    """
+    The receiving side of one server: its receiver and listener factory,
+    on an in-memory network.
+    """
+
+    def __init__(self, config: GatewayConfig, clock: Clock) -> None:
+        self.config = config
+        self.router = FakeRouter()
+        self.locator = FakeLocator()
+        self.traces = LinkTraces()
+        self.receiver = LinkReceiver(config, self.router, self.locator, clock, self.traces)
+        self.factory = LinkServerFactory(self.receiver, config.links, clock, plaintext=True)
+        self.up = True
+
+
+class Network:
+    """
+    In-memory connections from link clients to servers.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.pumps: list[iosim.IOPump] = []
+        self.ports = 40000
+
+    def endpoint(self, server: Server, clientHost: str = "127.0.0.1") -> FakeEndpoint:
+        return FakeEndpoint(self, server, clientHost)
+
+    def flush(self) -> None:
+        for _ in range(5):
+            for pump in list(self.pumps):
+                pump.flush()
+
+
+@implementer(IStreamClientEndpoint)
+class FakeEndpoint:
+    def __init__(self, network: Network, server: Server, clientHost: str) -> None:
+        self.network = network
+        self.server = server
+        self.clientHost = clientHost
+        self.attempts = 0
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
+        self.attempts += 1
+        if not self.server.up:
+            return fail(ConnectionRefusedError())
+        self.network.ports += 1
+        serverAddress = IPv4Address("TCP", "127.0.0.1", 5311)
+        clientAddress = IPv4Address("TCP", self.clientHost, self.network.ports)
+        serverProtocol = self.server.factory.buildProtocol(clientAddress)
+        clientProtocol = factory.buildProtocol(serverAddress)
+        assert serverProtocol is not None and clientProtocol is not None
+        pump = iosim.connect(
+            serverProtocol,
+            iosim.FakeTransport(serverProtocol, True, serverAddress, clientAddress),
+            clientProtocol,
+            iosim.FakeTransport(clientProtocol, False, clientAddress, serverAddress),
+            greet=False,
+            clock=self.network.clock,
+        )
+        self.network.pumps.append(pump)
+        return succeed(clientProtocol)
+
+
+def captureLogs(case: SynchronousTestCase) -> list[LogEvent]:
+    """
+    @return: The log events emitted during C{case}, as they come.
+    """
+    events: list[LogEvent] = []
+    observer: Any = events.append
+    globalLogPublisher.addObserver(observer)
+    case.addCleanup(globalLogPublisher.removeObserver, observer)
+    return events
+
+
+def answering(received: list[Request]) -> Callable[[LinkConnection, Request], Response]:
+    """
+    @return: A link request handler that records requests and answers 200.
+    """
+
+    def handler(connection: LinkConnection, request: Request) -> Response:
+        received.append(request)
+        return Response(200, "OK", Headers())
+
+    return handler
+
+
+def hello(name: str, domain: str = "corp.example") -> Headers:
+    return Headers((("Server", name), ("Domain", domain)))
+
+
+class LinkTestCase(SynchronousTestCase):
+    """
+    A server (C{hs1} unless a test says otherwise) and link clients to it.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.network = Network(self.clock)
+        self.server = Server(configFor("hs1"), self.clock)
+        self.logged = captureLogs(self)
+        self.clients: list[LinkClient] = []
+
+    def client(self, name: str = "hs2", domain: str = "corp.example", server: Server | None = None, **links: Any) -> LinkClient:
+        """
+        A running link client from server C{name} of C{domain} to the
+        server, with a fixed backoff of 1 s.
+        """
+        config = configFor(name, domain, **links)
+        client = LinkClient(
+            "server hs1",
+            self.network.endpoint(server or self.server),
+            config.links,
+            self.clock,
+            hello(name, domain),
+            LinkTraces(),
+            f"{domain}/{name}",
+            retryPolicy=lambda attempts: 1.0,
+        )
+        client.startService()
+        self.clients.append(client)
+        self.addCleanup(self.stop, client)
+        self.network.flush()
+        return client
+
+    def stop(self, client: LinkClient) -> None:
+        if client.running:
+            client.stopService()
+            self.network.flush()
+
+    def messages(self, text: str) -> list[str]:
+        return [m for m in (formatEvent(e) for e in self.logged) if text in m]
+
+    def drop(self) -> None:
+        """
+        Drop every connection (the server side goes away).
+        """
+        for connection in list(self.server.factory.connections):
+            connection.abort()
+        self.network.flush()
+        self.network.pumps.clear()
+
+
+class DeliveryTests(LinkTestCase):
+    """
+    Events cross a link and their statuses come back.
+    """
+
+    def test_interfaces(self) -> None:
+        """
+        A link client is an L{IRoute}.
+        """
+        self.assertTrue(verifyObject(IRoute, self.client()))
+
+    def test_everyEvent(self) -> None:
+        """
+        Every kind of event from a user homed on the sending server reaches
+        the receiver's router unchanged, and C{200} comes back as
+        delivered.
+        """
+        client = self.client(maxQueue=10)
+        sent: list[Event] = [
+            Message(CAROL, ALICE, "hi"),
+            PresenceUpdate(CAROL, ALICE, Presence(PresenceState.AWAY, "lunch")),
+            PresenceProbe(CAROL, ALICE),
+            SubscriptionEvent(SubscriptionKind.SUBSCRIBE, CAROL, ALICE),
+        ]
+        results = [client.deliver(e) for e in sent]
+        self.network.flush()
+        for d in results:
+            self.assertIs(self.successResultOf(d), DeliveryStatus.DELIVERED)
+        self.assertEqual(self.server.router.events, sent)
+        self.assertEqual(self.server.router.events[0].routingId, sent[0].routingId)  # type: ignore[union-attr]
+
+    def test_errorStatus(self) -> None:
+        """
+        The receiver's delivery error comes back as the same error: 486
+        with its alternate, 480.
+        """
+        client = self.client()
+        self.server.router.answer = lambda e: fail(UserBusy("busy", "tel:+15550100"))
+        d = client.deliver(Message(CAROL, ALICE, "hi"))
+        self.network.flush()
+        error = self.failureResultOf(d, UserBusy).value
+        self.assertEqual(error.alternate, "tel:+15550100")
+        self.server.router.answer = lambda e: fail(UserOffline("alice@corp.example is offline"))
+        d = client.deliver(Message(CAROL, ALICE, "hi"))
+        self.network.flush()
+        self.assertEqual(self.failureResultOf(d, UserOffline).value.text, "alice@corp.example is offline")
+
+    def test_unexpectedFailure(self) -> None:
+        """
+        An unexpected failure of the receiver's router is logged there and
+        answered 500 (a server error for the sender).
+        """
+        client = self.client()
+        self.server.router.answer = lambda e: fail(RuntimeError("boom"))
+        d = client.deliver(Message(CAROL, ALICE, "hi"))
+        self.network.flush()
+        self.assertEqual(self.failureResultOf(d, DeliveryError).value.status, DeliveryStatus.SERVER_ERROR)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class QueueAndTimeoutTests(LinkTestCase):
+    """
+    The sender never hangs: a bounded queue, a time limit per request.
+    """
+
+    def test_queueBound(self) -> None:
+        """
+        With the link down, C{max_queue} requests wait; one more is answered
+        503 at once.
+        """
+        self.server.up = False
+        client = self.client(maxQueue=3)
+        waiting = [client.deliver(Message(CAROL, ALICE, str(i))) for i in range(3)]
+        for d in waiting:
+            self.assertNoResult(d)
+        self.assertEqual(client.queued, 3)
+        refused = client.deliver(Message(CAROL, ALICE, "one more"))
+        self.assertIn("3 requests waiting", self.failureResultOf(refused, ServiceUnavailable).value.text)
+        self.clock.advance(10)
+        for d in waiting:
+            self.failureResultOf(d, ServiceUnavailable)
+        self.assertEqual(client.queued, 0)
+
+    def test_timeoutLinkDown(self) -> None:
+        """
+        With the link down, a request fails with 503 once C{request_timeout}
+        has passed, not before.
+        """
+        self.server.up = False
+        client = self.client(requestTimeout=10.0)
+        d = client.deliver(Message(CAROL, ALICE, "hi"))
+        self.clock.advance(9.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertIn("no answer from server hs1 within 10 s", self.failureResultOf(d, ServiceUnavailable).value.text)
+        self.assertTrue(self.messages("no answer within 10.0 s"))
+
+    def test_timeoutUnanswered(self) -> None:
+        """
+        With the link up but no answer (the receiver's delivery hangs), the
+        request fails with 503 after C{request_timeout}; a late answer is
+        ignored.
+        """
+        client = self.client()
+        late: Deferred[DeliveryStatus] = Deferred()
+        self.server.router.answer = lambda e: late
+        d = client.deliver(Message(CAROL, ALICE, "hi"))
+        self.network.flush()
+        self.assertNoResult(d)
+        self.clock.advance(10)
+        self.failureResultOf(d, ServiceUnavailable)
+        late.callback(DeliveryStatus.DELIVERED)
+        self.network.flush()
+
+    def test_stopFailsWaiting(self) -> None:
+        """
+        Stopping the link fails what waits on it with 503 at once.
+        """
+        self.server.up = False
+        client = self.client()
+        d = client.deliver(Message(CAROL, ALICE, "hi"))
+        client.stopService()
+        self.failureResultOf(d, ServiceUnavailable)
+
+
+class ReconnectTests(LinkTestCase):
+    """
+    A link that drops reconnects, and resends what was not answered with
+    the same routing id; the receiver delivers it once.
+    """
+
+    def test_sentOnceUp(self) -> None:
+        """
+        A request made while the link is down is sent once it is up.
+        """
+        self.server.up = False
+        client = self.client()
+        d = client.deliver(Message(CAROL, ALICE, "hi"))
+        self.server.up = True
+        self.clock.advance(1)
+        self.network.flush()
+        self.assertIs(self.successResultOf(d), DeliveryStatus.DELIVERED)
+        self.assertEqual(len(self.server.router.events), 1)
+
+    def test_resendDeliveredOnce(self) -> None:
+        """
+        A request whose connection dropped before its answer is sent again
+        on the next connection with the same C{Routing-Id}; the receiver,
+        still delivering the first copy, answers the second with the first's
+        answer, and delivers the event once.
+        """
+        client = self.client()
+        pending: Deferred[DeliveryStatus] = Deferred()
+        self.server.router.answer = lambda e: pending
+        message = Message(CAROL, ALICE, "hi")
+        d = client.deliver(message)
+        self.network.flush()
+        self.assertEqual(len(self.server.router.events), 1)
+        self.drop()
+        self.assertFalse(client.connected)
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        self.network.flush()
+        self.assertTrue(client.connected)
+        self.assertNoResult(d)
+        pending.callback(DeliveryStatus.DELIVERED)
+        self.network.flush()
+        self.assertIs(self.successResultOf(d), DeliveryStatus.DELIVERED)
+        self.assertEqual(self.server.router.events, [message])
+        self.assertTrue(self.messages(f"duplicate {message.routingId} answered as the first"))
+
+    def test_backoffOnRefusedHello(self) -> None:
+        """
+        A peer that refuses this side's C{HELLO} is tried again with growing
+        delays, as for failed connections.
+        """
+        delays: list[int] = []
+
+        def policy(attempts: int) -> float:
+            delays.append(attempts)
+            return 1.0
+
+        config = configFor("nobody")
+        client = LinkClient(
+            "server hs1",
+            self.network.endpoint(self.server),
+            config.links,
+            self.clock,
+            hello("nobody"),
+            LinkTraces(),
+            "corp.example/nobody",
+            retryPolicy=policy,
+        )
+        client.startService()
+        self.addCleanup(self.stop, client)
+        for _ in range(3):
+            self.network.flush()
+            self.clock.advance(1)
+        self.network.flush()
+        self.assertEqual(delays[:3], [1, 2, 3])
+        self.assertTrue(self.messages("refused: 403"))
+
+
+class RawTestCase(LinkTestCase):
+    """
+    Bare link connections to the server, one per peer.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.raws: dict[str, LinkConnection] = {}
+
+    def raw(self, name: str = "hs2") -> tuple[LinkConnection, Callable[[], None]]:
+        """
+        A bare link connection from C{name} to the server, after C{HELLO}.
+        """
+        if name in self.raws:
+            return self.raws[name], self.network.flush
+        ready: list[LinkConnection] = []
+        protocol = LinkConnection({}, self.clock, 10.0, hello=hello(name), onReady=ready.append)
+
+        class F:
+            def buildProtocol(self, addr: Any) -> LinkConnection:
+                return protocol
+
+        self.network.endpoint(self.server).connect(F())  # type: ignore[arg-type]
+        self.network.flush()
+        self.assertEqual(ready, [protocol])
+        self.raws[name] = protocol
+        return protocol, self.network.flush
+
+
+class DuplicateTests(RawTestCase):
+    """
+    The receiver answers a repeated C{Routing-Id} with the first answer,
+    within C{duplicate_window}.
+    """
+
+    def test_duplicateWindow(self) -> None:
+        """
+        The same message twice within the window is delivered once and
+        both are answered alike (here 486 with the alternate); at the end of
+        the window it is delivered again.
+        """
+        connection, flush = self.raw()
+        self.server.router.answer = lambda e: fail(UserBusy("busy", "tel:+15550100"))
+        request = encodeRequest(Message(CAROL, ALICE, "hi"), ["corp.example/hs2"], 8, "rid-1")
+        first = connection.request(request)
+        flush()
+        self.clock.advance(299.9)
+        second = connection.request(request)
+        flush()
+        for d in (first, second):
+            response = self.successResultOf(d)
+            self.assertEqual((response.code, response.headers.get("Alternate")), (486, "tel:+15550100"))
+        self.assertEqual(len(self.server.router.events), 1)
+        self.clock.advance(0.1)
+        third = connection.request(request)
+        flush()
+        self.assertEqual(self.successResultOf(third).code, 486)
+        self.assertEqual(len(self.server.router.events), 2)
+
+    def test_retryableNotRemembered(self) -> None:
+        """
+        An answer after which a retry may succeed (5xx: nothing was
+        delivered) is not repeated: the same routing id is tried again.
+        """
+        connection, flush = self.raw()
+        self.server.router.answer = lambda e: fail(ServiceUnavailable("later"))
+        request = encodeRequest(Message(CAROL, ALICE, "hi"), [], 8, "rid-2")
+        d = connection.request(request)
+        flush()
+        self.assertEqual(self.successResultOf(d).code, 503)
+        self.server.router.answer = lambda e: succeed(DeliveryStatus.DELIVERED)
+        d = connection.request(request)
+        flush()
+        self.assertEqual(self.successResultOf(d).code, 200)
+        self.assertEqual(len(self.server.router.events), 2)
+
+
+class OriginationTests(RawTestCase):
+    """
+    A link is pinned to the identity it authenticated as.
+    """
+
+    def send(self, peer: str, sender: Address, domain: str = "corp.example") -> int:
+        connection, flush = self.raw(peer) if domain == "corp.example" else self.rawDomain(domain)
+        d = connection.request(encodeRequest(Message(sender, ALICE, "hi"), [], 8, f"r-{peer}-{sender}"))
+        flush()
+        return self.successResultOf(d).code
+
+    def rawDomain(self, domain: str) -> tuple[LinkConnection, Callable[[], None]]:
+        ready: list[LinkConnection] = []
+        protocol = LinkConnection({}, self.clock, 10.0, hello=hello("router", domain), onReady=ready.append)
+
+        class F:
+            def buildProtocol(self, addr: Any) -> LinkConnection:
+                return protocol
+
+        self.network.endpoint(self.server).connect(F())  # type: ignore[arg-type]
+        self.network.flush()
+        return protocol, self.network.flush
+
+    def test_homeServer(self) -> None:
+        """
+        A home server may send events from users homed on it, not from users
+        homed elsewhere, nor from other domains: 403, logged.
+        """
+        self.assertEqual(self.send("hs2", CAROL), 200)
+        self.assertEqual(self.send("hs2", ALICE), 403)
+        self.assertEqual(self.send("hs2", ROMEO), 403)
+        self.assertEqual([(e.sender, e.recipient) for e in self.server.router.events], [(CAROL, ALICE)])
+        self.assertTrue(self.messages("alice@corp.example is not homed on hs2"))
+        self.assertTrue(self.messages("server hs2 is no router and sent an event from partner.example"))
+
+    def test_router(self) -> None:
+        """
+        A router of this domain may send events from users of other domains
+        only.
+        """
+        self.assertEqual(self.send("router", ROMEO), 200)
+        self.assertEqual(self.send("router", CAROL), 403)
+        self.assertTrue(self.messages("server router is no home server"))
+
+    def test_peerDomain(self) -> None:
+        """
+        A peer domain's router may send events from users of its domain
+        only.
+        """
+        self.assertEqual(self.send("router", ROMEO, "partner.example"), 200)
+        self.assertEqual(self.send("router", JULIET, "partner.example"), 403)
+        self.assertTrue(self.messages("a router of partner.example sent an event from other.example"))
+
+
+class HopTests(RawTestCase):
+    """
+    C{Via} and C{Max-Hops} stop loops.
+    """
+
+    def test_ownNameInVia(self) -> None:
+        """
+        A request that has passed through this server already is answered
+        482 and not delivered.
+        """
+        connection, flush = self.raw()
+        d = connection.request(encodeRequest(Message(CAROL, ALICE, "hi"), ["corp.example/hs2", "corp.example/hs1", "corp.example/hs2"], 8, "r"))
+        flush()
+        self.assertEqual(self.successResultOf(d).code, 482)
+        self.assertEqual(self.server.router.events, [])
+        self.assertTrue(self.messages("loop, this server is in Via"))
+
+    def test_maxHopsZero(self) -> None:
+        """
+        A request with no hop left is answered 482; one with one hop left is
+        delivered here.
+        """
+        connection, flush = self.raw()
+        request = encodeRequest(Message(CAROL, ALICE, "hi"), ["corp.example/hs2"], 1, "r1")
+        d0 = connection.request(attrs.evolve(request, headers=request.headers.with_("Max-Hops", "0").with_("Routing-Id", "r0")))
+        d1 = connection.request(request)
+        flush()
+        self.assertEqual(self.successResultOf(d0).code, 482)
+        self.assertEqual(self.successResultOf(d1).code, 200)
+
+    def test_forwarded(self) -> None:
+        """
+        An event received over a link and forwarded over another carries on
+        its C{Via} with this server added, and one hop fewer; with one hop
+        left it cannot be forwarded (482).
+        """
+        # hs1's router forwards everything to a link to "router".
+        onward = Server(configFor("router"), self.clock)
+        forward = LinkClient(
+            "server router",
+            self.network.endpoint(onward),
+            self.server.config.links,
+            self.clock,
+            hello("hs1"),
+            self.server.traces,
+            "corp.example/hs1",
+        )
+        forward.startService()
+        self.addCleanup(self.stop, forward)
+        self.server.router.answer = forward.deliver
+        onward.locator.homes[ROMEO] = "x"
+        received: list[Request] = []
+        onward.receiver.handlers["MESSAGE"] = answering(received)
+        connection, flush = self.raw("router")
+        d = connection.request(encodeRequest(Message(ROMEO, ALICE, "hi"), ["corp.example/router"], 5, "r5"))
+        flush()
+        self.assertEqual(self.successResultOf(d).code, 200)
+        (request,) = received
+        self.assertEqual(request.headers.getAll("Via"), ["corp.example/router", "corp.example/hs1"])
+        self.assertEqual(request.headers.get("Max-Hops"), "4")
+        d = connection.request(encodeRequest(Message(ROMEO, ALICE, "hi"), ["corp.example/router"], 1, "r1"))
+        flush()
+        self.assertEqual(self.successResultOf(d).code, 482)
+        self.assertEqual(len(received), 1)
+
+    def test_originated(self) -> None:
+        """
+        An event this server originates starts with its own C{Via} and
+        C{max_hops}.
+        """
+        received: list[Request] = []
+        self.server.receiver.handlers["MESSAGE"] = answering(received)
+        client = self.client(maxHops=6)
+        client.deliver(Message(CAROL, ALICE, "hi"))
+        self.network.flush()
+        (request,) = received
+        self.assertEqual(request.headers.getAll("Via"), ["corp.example/hs2"])
+        self.assertEqual(request.headers.get("Max-Hops"), "6")
+
+
+class HelloTests(RawTestCase):
+    """
+    Who the peer is: the C{HELLO} exchange, and the certificate.
+    """
+
+    def test_unknownServer(self) -> None:
+        """
+        A peer naming no configured server of this domain is refused (403),
+        logged, and the connection closed.
+        """
+        ready: list[LinkConnection] = []
+        protocol = LinkConnection({}, self.clock, 10.0, hello=hello("hs9"), onReady=ready.append)
+
+        class F:
+            def buildProtocol(self, addr: Any) -> LinkConnection:
+                return protocol
+
+        self.network.endpoint(self.server).connect(F())  # type: ignore[arg-type]
+        self.network.flush()
+        self.clock.advance(0)
+        self.network.flush()
+        self.assertEqual(ready, [])
+        self.assertFalse(protocol.connected)
+        self.assertTrue(self.messages("'hs9' is not one of the other [servers] of corp.example"))
+
+    def test_helloFirst(self) -> None:
+        """
+        Before C{HELLO}, an event request is answered 401.
+        """
+        protocol = LinkConnection({}, self.clock, 10.0)
+
+        class F:
+            def buildProtocol(self, addr: Any) -> LinkConnection:
+                return protocol
+
+        self.network.endpoint(self.server).connect(F())  # type: ignore[arg-type]
+        d = protocol.request(encodeRequest(Message(CAROL, ALICE, "hi"), [], 8, "r"))
+        self.network.flush()
+        self.assertEqual(self.successResultOf(d).code, 401)
+
+    def test_helloTimeout(self) -> None:
+        """
+        A connection without a C{HELLO} within C{request_timeout} is
+        dropped.
+        """
+        protocol = LinkConnection({}, self.clock, 10.0)
+
+        class F:
+            def buildProtocol(self, addr: Any) -> LinkConnection:
+                return protocol
+
+        self.network.endpoint(self.server).connect(F())  # type: ignore[arg-type]
+        self.network.flush()
+        self.clock.advance(10)
+        self.network.flush()
+        self.assertFalse(protocol.connected)
+        self.assertTrue(self.messages("no HELLO exchange within 10.0 s"))
+
+    def test_addMethod(self) -> None:
+        """
+        More methods can be answered on links (a proxied session's
+        requests); only after C{HELLO}, and never twice.
+        """
+        seen: list[tuple[LinkPeer | None, str | None]] = []
+
+        def session(connection: LinkConnection, request: Request) -> Response:
+            seen.append((connection.peer, request.headers.get("Session")))
+            return Response(200, "OK", Headers())
+
+        self.server.receiver.addMethod("SESSION", session)
+        self.assertRaises(ValueError, self.server.receiver.addMethod, "SESSION", lambda c, r: Response(200, "OK", Headers()))
+        client = self.client()
+        d = client.request(Request("SESSION", "*", Headers((("Session", "s1"),))))
+        self.network.flush()
+        self.assertEqual(self.successResultOf(d).code, 200)
+        self.assertEqual(seen, [(LinkPeer("corp.example", "hs2", frozenset({"home"})), "s1")])
+
+    def test_unknownMethod(self) -> None:
+        """
+        An unknown method is answered 405.
+        """
+        client = self.client()
+        d = client.request(Request("FROB", "*", Headers()))
+        self.network.flush()
+        self.assertEqual(self.successResultOf(d).code, 405)
+
+    def test_identifyByCertificate(self) -> None:
+        """
+        A certificate maps a peer to the server whose C{tls_name} it names,
+        or to the peer domain it names; a certificate for another name is
+        refused.
+        """
+        authority = CertificateAuthority()
+        config = configFor("hs1")
+        _, hs2 = authority.issue(["hs2.corp.example"])
+        _, router = authority.issue(["127.0.0.1.example"])
+        _, partner = authority.issue(["partner.example"])
+        self.assertEqual(identifyPeer(config, "corp.example", "hs2", hs2), LinkPeer("corp.example", "hs2", frozenset({"home"})))
+        self.assertIn("not issued for hs2.corp.example", str(identifyPeer(config, "corp.example", "hs2", partner)))
+        self.assertIn("not issued for 127.0.0.1", str(identifyPeer(config, "corp.example", "router", router)))
+        self.assertEqual(identifyPeer(config, "PARTNER.example", "router", partner), LinkPeer("partner.example"))
+        self.assertIn("not issued for other.example", str(identifyPeer(config, "other.example", None, partner)))
+        self.assertIn("is not one of the other", str(identifyPeer(config, "corp.example", "hs1", hs2)))
+        self.assertEqual(identifyPeer(config, None, "hs2", hs2), "HELLO without Domain")
+
+
+class ListenerTests(SynchronousTestCase):
+    """
+    The accepting side's limits.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.server = Server(configFor("hs1"), self.clock)
+        self.logged = captureLogs(self)
+
+    def test_maxIncoming(self) -> None:
+        """
+        C{max_incoming} connections are accepted; one more is dropped and
+        logged.
+        """
+        factory = self.server.factory
+        address = IPv4Address("TCP", "127.0.0.1", 40001)
+        accepted = [factory.buildProtocol(address) for _ in range(2)]
+        for p in accepted:
+            self.assertIsInstance(p, LinkConnection)
+            p.makeConnection(iosim.FakeTransport(p, True, address, address))  # type: ignore[union-attr]
+        refused = factory.buildProtocol(address)
+        self.assertNotIsInstance(refused, LinkConnection)
+        transport = iosim.FakeTransport(refused, True, address, address)
+        refused.makeConnection(transport)  # type: ignore[union-attr]
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(any("max_incoming" in formatEvent(e) for e in self.logged))
+        accepted[0].connectionLost()  # type: ignore[union-attr]
+        self.assertIsInstance(factory.buildProtocol(address), LinkConnection)
+
+    def test_plaintextLoopbackOnly(self) -> None:
+        """
+        A plaintext listener takes connections from loopback addresses only.
+        """
+        factory = self.server.factory
+        self.assertIsInstance(factory.buildProtocol(IPv6Address("TCP", "::1", 40001)), LinkConnection)
+        self.assertNotIsInstance(factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 40001)), LinkConnection)
+        self.assertTrue(any("not a loopback address" in formatEvent(e) for e in self.logged))
+
+
+class RoutesTests(SynchronousTestCase):
+    """
+    L{LinkRoutes}: links by server name and by peer domain.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.resolver = FakeResolver({"_imgw._tcp.far.example": [(10, 0, 5330, "router.far.example")]}, {})
+        self.server = Server(configFor("hs1"), self.clock)
+        self.routes = LinkRoutes(self.server.config, MemoryReactorClock(), None, self.server.receiver, self.server.traces, resolver=self.resolver, clock=self.clock)
+        self.routes.startService()
+        self.addCleanup(self.routes.stopService)
+
+    def test_interfaces(self) -> None:
+        """
+        L{LinkRoutes} provides L{ILinkRoutes}.
+        """
+        self.assertTrue(verifyObject(ILinkRoutes, self.routes))
+
+    def test_toServer(self) -> None:
+        """
+        C{toServer} gives one link client per server, kept; an unknown name
+        is a L{KeyError}; this server's own name is no link.
+        """
+        route = self.routes.toServer("hs2")
+        self.assertIsInstance(route, LinkClient)
+        self.assertIs(self.routes.toServer("hs2"), route)
+        self.assertRaises(KeyError, self.routes.toServer, "hs9")
+        self.failureResultOf(self.routes.toServer("hs1").deliver(Message(ALICE, CAROL, "hi")), ServiceUnavailable)
+
+    def test_toDomain(self) -> None:
+        """
+        C{toDomain}: the static route first, then the C{_imgw._tcp} SRV
+        records; a domain with neither (and this domain) has none, and is
+        not looked up again for a while.
+        """
+        partner = self.successResultOf(self.routes.toDomain("partner.example"))
+        self.assertIsInstance(partner, LinkClient)
+        self.assertIs(self.successResultOf(self.routes.toDomain("partner.example")), partner)
+        self.assertIsNone(self.successResultOf(self.routes.toDomain("corp.example")))
+        self.assertIsNone(self.successResultOf(self.routes.toDomain("xmpp.example")))
+        self.assertIsNone(self.successResultOf(self.routes.toDomain("xmpp.example")))
+        self.assertEqual(self.resolver.asked.count("SRV _imgw._tcp.xmpp.example"), 1)
+
+    def test_srvNeedsTLS(self) -> None:
+        """
+        A peer domain found by SRV is only ever reached over TLS: without a
+        certificate, its route answers 503.
+        """
+        route = self.successResultOf(self.routes.toDomain("far.example"))
+        assert route is not None
+        self.failureResultOf(route.deliver(Message(ALICE, ROMEO, "hi")), ServiceUnavailable)
+
+    def test_plaintextNeedsLoopback(self) -> None:
+        """
+        Without a certificate, a link to a server that is not on a loopback
+        address is refused (its route answers 503).
+        """
+        config = attrs.evolve(
+            self.server.config,
+            servers={**SERVERS, "hs3": ServerConfig("hs3", frozenset({"home"}), link=HostPort("192.0.2.3", 5310))},
+        )
+        routes = LinkRoutes(config, MemoryReactorClock(), None, self.server.receiver, self.server.traces, clock=self.clock)
+        self.failureResultOf(routes.toServer("hs3").deliver(Message(ALICE, CAROL, "hi")), ServiceUnavailable)
+
+    def test_makeLinkServiceNeedsTLS(self) -> None:
+        """
+        Links without a certificate are refused at start-up unless plaintext
+        loopback links are allowed.
+        """
+        config = configFor("hs1", allowPlaintextLoopback=False)
+        e = self.assertRaises(ConfigError, makeLinkService, config, MemoryReactorClock(), FakeRouter(), FakeLocator())
+        self.assertIn("certificate and private_key are required", str(e))
+        made = makeLinkService(configFor("hs1"), MemoryReactorClock(), FakeRouter(), FakeLocator())
+        self.assertIsInstance(made.routes, LinkRoutes)

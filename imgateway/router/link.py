@@ -253,6 +253,7 @@ class LinkConnection(Protocol):
         self._onRefused = onRefused
         self.connected = False
         self.closing = False
+        self.lostReason: Failure | None = None
 
     def connectionMade(self) -> None:
         self.connected = True
@@ -334,6 +335,11 @@ class LinkConnection(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionLost())) -> None:
         self.connected = False
+        self.lostReason = reason
+        if not self.ready and not self.closing and self._hello is None:
+            # A TLS handshake that failed (an untrusted certificate, none at
+            # all), or a peer that went away before saying who it is.
+            log.warn("Link from {address} closed before its HELLO: {reason}", address=self.peerAddress(), reason=reason.getErrorMessage())
         if self._helloTimer is not None and self._helloTimer.active():
             self._helloTimer.cancel()
         self._helloTimer = None
@@ -604,6 +610,8 @@ class LinkClient(MultiService):
             self._transmit(ident)
 
     def _lost(self, connection: LinkConnection) -> None:
+        if not connection.ready and not connection.closing and connection.lostReason is not None:
+            log.warn("Link to {peer}: connection lost before HELLO: {reason}", peer=self.name, reason=connection.lostReason.getErrorMessage())
         if self._connection is connection:
             self._connection = None
             log.info("Link to {peer} is down; {count} requests waiting", peer=self.name, count=len(self._pending))

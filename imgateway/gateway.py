@@ -43,7 +43,7 @@ from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.router.router import Router
 from imgateway.secretfile import loadSecret as _loadSecret
 
-__all__ = ["Gateway", "NoHomeServer", "OrderedMultiService", "makeGatewayService"]
+__all__ = ["Gateway", "NoHomeServer", "OrderedMultiService", "addLinks", "makeGatewayService"]
 
 log = Logger()
 
@@ -350,6 +350,7 @@ def makeGatewayService(
     ).setServiceParent(top)
     if home is not None:
         HomeServerService(home).setServiceParent(top)
+    addLinks(top, gateway, reactor)
     faces = MultiService()
     faces.setName("faces")
     for name, adapter in enabled.items():
@@ -359,3 +360,41 @@ def makeGatewayService(
     faces.setServiceParent(top)
     _Announcer(gateway).setServiceParent(top)
     return gateway, top
+
+
+def addLinks(top: MultiService, gateway: Gateway, reactor: Any, resolver: Any = None) -> Any:
+    """
+    Server links (C{docs/protocol.md} section 9), for a process with
+    C{[servers]} tables, C{[routes]} or C{[links] listen}: the link
+    listeners, and the links to the other servers and peer domains, under
+    C{top} (stopped before the home server, after the faces).
+
+    @param resolver: Resolves C{_imgw._tcp} SRV records; the system's
+        (L{imgateway.net.srv.systemResolver}) when C{None}.
+    @return: The L{imgateway.router.link.LinkService} (its routes become the
+        router's C{linkRoutes}), or C{None} for a single-host gateway.
+    @raise ConfigError: If the link certificate files are unusable, or
+        links are configured without one (and without
+        C{allow_plaintext_loopback}).
+    """
+    config = gateway.config
+    if not config.servers and not config.routes and not config.links.listen:
+        return None
+    from imgateway.net.srv import systemResolver
+    from imgateway.router.link import makeLinkService
+
+    locator = gateway.locator
+    if locator is None:
+        locator = DirectoryHomeLocator(gateway.directory, gateway.clock, config.router.directoryCacheSeconds)
+    links = makeLinkService(
+        config,
+        reactor,
+        gateway.router,
+        locator,
+        resolver=resolver if resolver is not None else systemResolver(reactor),
+        clock=gateway.clock,
+    )
+    links.service.setName("links")
+    links.service.setServiceParent(top)
+    gateway.router.linkRoutes = links.routes
+    return links

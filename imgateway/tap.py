@@ -83,7 +83,7 @@ def makeService(options: Options) -> IService:
     reactorAny: Any = reactor
     try:
         _, service = makeGatewayService(options["gatewayConfig"], reactorAny)
-    except (PersistenceFailed, SchemaTooNew, OSError) as e:
+    except (ConfigError, PersistenceFailed, SchemaTooNew, OSError) as e:
         # Before any port is opened: one clear line, no traceback.
         sys.stderr.write(f"imgateway: cannot start: {e}\n")
         raise SystemExit(1) from None

@@ -915,3 +915,55 @@ class RoutesTests(SynchronousTestCase):
         self.assertIn("certificate and private_key are required", str(e))
         made = makeLinkService(configFor("hs1"), MemoryReactorClock(), FakeRouter(), FakeLocator())
         self.assertIsInstance(made.routes, LinkRoutes)
+
+
+class GatewayLinksTests(SynchronousTestCase):
+    """
+    L{imgateway.gateway.addLinks}: a gateway with C{[servers]} gets links
+    under its service tree; a single-host gateway none.
+    """
+
+    def gateway(self, config: GatewayConfig) -> Any:
+        from imgateway.testing import memoryGateway
+
+        gateway = memoryGateway(Clock())
+        return attrs.evolve(gateway, config=config)
+
+    def test_singleHost(self) -> None:
+        """
+        Without C{[servers]}, C{[routes]} or link listeners, no links.
+        """
+        from twisted.application.service import MultiService
+
+        from imgateway.gateway import addLinks
+
+        config = attrs.evolve(configFor("hs1"), servers={}, routes={})
+        top = MultiService()
+        self.assertIsNone(addLinks(top, self.gateway(config), MemoryReactorClock(), resolver=FakeResolver({}, {})))
+        self.assertEqual(list(top), [])
+
+    def test_servers(self) -> None:
+        """
+        With C{[servers]}, the links run under the given service as
+        C{links}, routed to the gateway's router.
+        """
+        from twisted.application.service import MultiService
+
+        from imgateway.gateway import addLinks
+
+        top = MultiService()
+        links = addLinks(top, self.gateway(configFor("hs1")), MemoryReactorClock(), resolver=FakeResolver({}, {}))
+        self.assertIs(top.getServiceNamed("links"), links.service)
+        self.assertIsInstance(links.routes.toServer("hs2"), LinkClient)
+
+    def test_noCertificate(self) -> None:
+        """
+        Links without a certificate, and without plaintext loopback links
+        allowed, stop start-up with a L{ConfigError}.
+        """
+        from twisted.application.service import MultiService
+
+        from imgateway.gateway import addLinks
+
+        gateway = self.gateway(configFor("hs1", allowPlaintextLoopback=False))
+        self.assertRaises(ConfigError, addLinks, MultiService(), gateway, MemoryReactorClock(), FakeResolver({}, {}))

@@ -12,6 +12,7 @@ rules are tested in memory in C{tests/test_link.py}.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -20,15 +21,15 @@ from twisted.internet.defer import Deferred
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from imgateway._testcerts import CertificateAuthority
+from imgateway._testcerts import CertificateAuthority, certificatePEM, keyPEM, writePEM
 from imgateway.config import HostPort, ServerConfig
-from imgateway.core.errors import DeliveryStatus, ServiceUnavailable, UserBusy, UserOffline
+from imgateway.core.errors import Blocked, DeliveryStatus, ServiceUnavailable, UserBusy, UserOffline
 from imgateway.core.events import Message, PresenceUpdate
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.net.tls import TLSFiles
 from imgateway.router.link import LinkClient, LinkService, LinkTLS, makeLinkService
 
-from tests.e2e.harness import failureOf, freePort, reactor, sleep
+from tests.e2e.harness import GatewayProcess, connectClient, failureOf, freePort, reactor, sleep
 from tests.test_link import ALICE, CAROL, FakeLocator, FakeRouter, configFor
 
 
@@ -233,3 +234,63 @@ def _fail(error: Exception) -> Deferred[DeliveryStatus]:
     d.errback(error)
     return d
 
+
+class GatewayLinkTests(TestCase):
+    """
+    A real C{twistd imgateway} process (home server C{hs1}) with its link
+    listener on TLS, and this process as C{hs2}.
+    """
+
+    async def test_twistd(self) -> None:
+        """
+        C{hs2} delivers a message from its user to a user of C{hs1} logged
+        in over the native face: C{200}, and the message reaches her; an
+        event from a user homed on C{hs1} sent by C{hs2} is refused (403)
+        and logged by the gateway.
+        """
+        authority = CertificateAuthority()
+        folder = os.path.abspath(self.mktemp())
+        key, certificate = authority.issue(["hs1.corp.example"], clientAuth=True)
+        certificatePath = writePEM(os.path.join(folder, "hs1.crt"), certificatePEM(certificate))
+        keyPath = writePEM(os.path.join(folder, "hs1.key"), keyPEM(key))
+        rootsPath = writePEM(os.path.join(folder, "ca.crt"), certificatePEM(authority.certificate))
+        ports = {"hs1": freePort(), "hs2": freePort()}
+        servers = {
+            name: {"roles": ["home"], "link": f"127.0.0.1:{port}", "tls_name": f"{name}.corp.example"}
+            for name, port in ports.items()
+        }
+        gw = GatewayProcess(
+            self,
+            {
+                "gateway": {"home_server": "hs1"},
+                "servers": servers,
+                "links": {
+                    "listen": [f"tcp:{ports['hs1']}:interface=127.0.0.1"],
+                    "certificate": certificatePath,
+                    "private_key": keyPath,
+                    "trust_roots": rootsPath,
+                },
+            },
+        )
+        gw.addUser("alice", "alice's password")
+        # carol is homed on hs2: the lab's processes share one data_dir.
+        gw.tables["gateway"]["home_server"] = "hs2"
+        gw.writeConfig()
+        gw.addUser("carol", "carol's password")
+        gw.tables["gateway"]["home_server"] = "hs1"
+        gw.writeConfig()
+        await gw.start()
+        _, alice = await connectClient(self, gw.endpoint, "alice", "alice's password")
+
+        hs2 = Node("hs2", ports, linkTLS(authority, "hs2.corp.example"))
+        hs2.start()
+        self.addCleanup(hs2.links.service.stopService)
+        self.assertIs(await hs2.to("hs1").deliver(Message(CAROL, ALICE, "over the link")), DeliveryStatus.DELIVERED)
+        received = await alice.waitForMessage(CAROL, "over the link")
+        self.assertEqual(received.body, "over the link")
+        await failureOf(hs2.to("hs1").deliver(Message(ALICE, ALICE, "forged origin")), Blocked)
+        await sleep(0.2)
+        with open(gw.logPath, encoding="utf-8") as f:
+            log = f.read()
+        self.assertIn("Link from server hs2", log)
+        self.assertIn("alice@corp.example is not homed on hs2", log)

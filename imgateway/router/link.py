@@ -362,7 +362,7 @@ class LinkConnection(Protocol):
             return fail(ConnectionLost("link connection is closed"))
         self._seq = self._seq + 1 if self._seq < MAX_SEQ else 1
         seq = self._seq
-        frame = attrs.evolve(request, headers=request.headers.with_("Seq", str(seq)))
+        frame = attrs.evolve(request, headers=Headers((("Seq", str(seq)),) + request.headers.without("Seq").items))
         data = serialise(frame)
         d: Deferred[Response] = Deferred()
         self._outstanding[seq] = d

@@ -160,6 +160,7 @@ class Network:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.pumps: list[iosim.IOPump] = []
+        self.clientTransports: list[iosim.FakeTransport] = []
         self.ports = 40000
 
     def endpoint(self, server: Server, clientHost: str = "127.0.0.1") -> FakeEndpoint:
@@ -198,6 +199,7 @@ class FakeEndpoint:
             clock=self.network.clock,
         )
         self.network.pumps.append(pump)
+        self.network.clientTransports.append(pump.clientIO)
         return succeed(clientProtocol)
 
 
@@ -394,6 +396,42 @@ class QueueAndTimeoutTests(LinkTestCase):
         late.callback(DeliveryStatus.DELIVERED)
         self.network.flush()
 
+    def test_halfOpen(self) -> None:
+        """
+        A request unanswered on a link that looks up (the peer's host is
+        gone: nothing comes back) is followed by a C{PING}; with no answer
+        to that either within C{request_timeout}, the connection is dropped
+        so that the link reconnects.
+        """
+        client = self.client()
+        self.network.pumps.clear()
+        transport = self.network.clientTransports[-1]
+        d = client.deliver(Message(CAROL, ALICE, "hi"))
+        self.clock.advance(10)
+        self.failureResultOf(d, ServiceUnavailable)
+        self.assertIn(b"PING * IMGW/1.0", b"".join(transport.stream))
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(10)
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(self.messages("no answer to PING within 10.0 s; reconnecting"))
+
+    def test_slowPeerKept(self) -> None:
+        """
+        A peer that answers C{PING} but not (yet) a delivery keeps its
+        connection: only the delivery fails.
+        """
+        client = self.client()
+        self.server.router.answer = lambda e: Deferred()
+        d = client.deliver(Message(CAROL, ALICE, "hi"))
+        self.network.flush()
+        self.clock.advance(10)
+        self.network.flush()
+        self.failureResultOf(d, ServiceUnavailable)
+        self.clock.advance(10)
+        self.network.flush()
+        self.assertTrue(client.connected)
+        self.assertFalse(self.network.clientTransports[-1].disconnecting)
+
     def test_stopFailsWaiting(self) -> None:
         """
         Stopping the link fails what waits on it with 503 at once.
@@ -541,6 +579,38 @@ class DuplicateTests(RawTestCase):
         flush()
         self.assertEqual(self.successResultOf(third).code, 486)
         self.assertEqual(len(self.server.router.events), 2)
+
+    def test_inProgressBound(self) -> None:
+        """
+        A peer may have C{max_queue} requests in progress on a connection;
+        one more is answered 503 at once, and once one is answered another
+        is taken.
+        """
+        connection, flush = self.raw()
+        held: list[Deferred[DeliveryStatus]] = []
+
+        def hold(event: Event) -> Deferred[DeliveryStatus]:
+            held.append(Deferred())
+            return held[-1]
+
+        self.server.router.answer = hold
+        waiting = [connection.request(encodeRequest(Message(CAROL, ALICE, str(i)), [], 8, f"q{i}")) for i in range(3)]
+        flush()
+        for d in waiting:
+            self.assertNoResult(d)
+        refused = connection.request(encodeRequest(Message(CAROL, ALICE, "3"), [], 8, "q3"))
+        flush()
+        self.assertEqual(self.successResultOf(refused).code, 503)
+        held[0].callback(DeliveryStatus.DELIVERED)
+        flush()
+        self.assertEqual(self.successResultOf(waiting[0]).code, 200)
+        taken = connection.request(encodeRequest(Message(CAROL, ALICE, "4"), [], 8, "q4"))
+        flush()
+        self.assertNoResult(taken)
+        self.assertEqual(len(held), 4)
+        for h in held[1:]:
+            h.callback(DeliveryStatus.DELIVERED)
+        flush()
 
     def test_retryableNotRemembered(self) -> None:
         """
@@ -955,6 +1025,19 @@ class GatewayLinksTests(SynchronousTestCase):
         links = addLinks(top, self.gateway(configFor("hs1")), MemoryReactorClock(), resolver=FakeResolver({}, {}))
         self.assertIs(top.getServiceNamed("links"), links.service)
         self.assertIsInstance(links.routes.toServer("hs2"), LinkClient)
+
+    def test_stopClosesIncoming(self) -> None:
+        """
+        When the links stop, the incoming link connections are closed.
+        """
+        made = makeLinkService(configFor("hs1"), MemoryReactorClock(), FakeRouter(), FakeLocator())
+        made.service.startService()
+        address = IPv4Address("TCP", "127.0.0.1", 40001)
+        connection = made.acceptor.buildProtocol(address)
+        transport = iosim.FakeTransport(connection, True, address, address)
+        connection.makeConnection(transport)  # type: ignore[union-attr]
+        made.service.stopService()
+        self.assertTrue(transport.disconnecting)
 
     def test_noCertificate(self) -> None:
         """

@@ -33,7 +33,7 @@ from cryptography import x509
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import verify_certificate_ip_address
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionLost, DNSLookupError
@@ -254,6 +254,8 @@ class LinkConnection(Protocol):
         self.connected = False
         self.closing = False
         self.lostReason: Failure | None = None
+        #: Requests of the peer being handled now (see L{LinkReceiver}).
+        self.inProgress = 0
 
     def connectionMade(self) -> None:
         self.connected = True
@@ -561,6 +563,7 @@ class LinkClient(MultiService):
         # HELLOs refused in a row: they count as failed attempts for the
         # backoff (the TCP connection itself succeeded).
         self._refusals = 0
+        self._probing: LinkConnection | None = None
         policy = retryPolicy or backoffPolicy(maxDelay=config.reconnectMaxDelay)
         factory = Factory.forProtocol(self._buildProtocol)
         # No prepareConnection: ClientService (Twisted 26.10) cannot take a
@@ -664,6 +667,36 @@ class LinkClient(MultiService):
             state = "up" if self._connection is not None else "down"
             log.warn("Link to {peer} ({state}): no answer within {seconds} s", peer=self.name, state=state, seconds=self._config.requestTimeout)
             item.deferred.errback(ServiceUnavailable(f"no answer from {self.name} within {self._config.requestTimeout:g} s"))
+            if self._connection is not None:
+                self._probe(self._connection)
+
+    def _probe(self, connection: LinkConnection) -> None:
+        """
+        A request went unanswered on a connection that looks up: C{PING}
+        it (the peer answers at once, whatever its deliveries wait for), and
+        drop it if that goes unanswered too (the peer's host is gone, a
+        half-open connection), so that the link reconnects.
+        """
+        if self._probing is connection:
+            return
+        self._probing = connection
+        timer = self._clock.callLater(self._config.requestTimeout, self._probeTimedOut, connection)
+
+        def over(result: object) -> None:
+            # Answered, or the connection is gone anyway.
+            if timer.active():
+                timer.cancel()
+            if self._probing is connection:
+                self._probing = None
+
+        connection.request(Request("PING", "*", Headers())).addBoth(over)
+
+    def _probeTimedOut(self, connection: LinkConnection) -> None:
+        if self._probing is connection:
+            self._probing = None
+        if connection.connected:
+            log.warn("Link to {peer}: no answer to PING within {seconds} s; reconnecting", peer=self.name, seconds=self._config.requestTimeout)
+            connection.abort()
 
     def deliver(self, event: Event) -> Deferred[DeliveryStatus]:
         """
@@ -774,6 +807,10 @@ class LinkReceiver:
         peer = connection.peer
         if not connection.ready or peer is None:
             return _response(401, "HELLO first")
+        limit = self._config.links.maxQueue
+        if connection.inProgress >= limit:
+            log.warn("Link from {peer}: {limit} requests in progress already (max_queue); 503", peer=peer, limit=limit)
+            return _response(503, f"{limit} requests in progress")
         try:
             incoming = decodeRequest(request)
         except LinkCodecError as e:
@@ -820,7 +857,12 @@ class LinkReceiver:
             first.callback(response)
             return response
 
-        return Deferred.fromCoroutine(handle()).addCallback(done)
+        def counted(response: Response) -> Response:
+            connection.inProgress -= 1
+            return response
+
+        connection.inProgress += 1
+        return Deferred.fromCoroutine(handle()).addCallback(done).addBoth(counted)
 
     def _forgetExpired(self, now: float) -> None:
         while self._answers:
@@ -1022,11 +1064,14 @@ class LinkService:
 
     @ivar routes: The L{ILinkRoutes} of this process.
     @ivar receiver: The receiving side.
+    @ivar acceptor: The factory of the incoming link connections (which
+        knows them).
     @ivar service: The listeners and the links, to start and stop.
     """
 
     routes: LinkRoutes
     receiver: LinkReceiver
+    acceptor: LinkServerFactory
     service: MultiService
 
 
@@ -1077,9 +1122,26 @@ def makeLinkService(
     top = MultiService()
     routes = LinkRoutes(config, reactor, tls, receiver, traces, resolver=resolver, clock=clock)
     routes.setServiceParent(top)
-    factory: Any = LinkServerFactory(receiver, links, clock, plaintext=tls is None)
+    acceptor = LinkServerFactory(receiver, links, clock, plaintext=tls is None)
+    factory: Any = acceptor
     if tls is not None:
         factory = TLSMemoryBIOFactory(tls.serverOptions(), False, factory)
+    _IncomingLinks(acceptor).setServiceParent(top)
     for description in links.listen:
         ListenerService(reactor, description, factory, "Server links").setServiceParent(top)
-    return LinkService(routes, receiver, top)
+    return LinkService(routes, receiver, acceptor, top)
+
+
+class _IncomingLinks(Service):
+    """
+    Closes the incoming link connections when the links stop (after the
+    listeners, which stop first: they were added after it).
+    """
+
+    def __init__(self, factory: LinkServerFactory) -> None:
+        self._factory = factory
+
+    def stopService(self) -> None:
+        super().stopService()
+        for connection in list(self._factory.connections):
+            connection.close()

@@ -80,10 +80,7 @@ class Node:
         await self.links.routes.stopService()
 
     def _acceptor(self) -> Any:
-        for service in self.links.service:
-            if service is not self.links.routes:
-                return service.factory.wrappedFactory
-        raise AssertionError("no listener")
+        return self.links.acceptor
 
     def restart(self) -> None:
         """

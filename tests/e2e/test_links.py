@@ -69,15 +69,12 @@ class Node:
 
     async def kill(self) -> None:
         """
-        Stop listening and drop every connection at once, as a killed
-        process would.
+        Drop every connection at once, as a killed process would, and stop
+        listening.
         """
-        for service in list(self.links.service):
-            if service is not self.links.routes:
-                await service.stopService()
-        for connection in list(self._acceptor().connections):
+        for connection in list(self.links.acceptor.connections):
             connection.abort()
-        await self.links.routes.stopService()
+        await self.links.service.stopService()
 
     def _acceptor(self) -> Any:
         return self.links.acceptor

@@ -31,7 +31,7 @@ from imgateway.core.errors import (
     ConfigError,
     DeliveryError,
     DeliveryStatus,
-    LoopDetected,
+    ServerError,
     ServiceUnavailable,
     UserBusy,
     UserOffline,
@@ -432,6 +432,16 @@ class QueueAndTimeoutTests(LinkTestCase):
         self.assertTrue(client.connected)
         self.assertFalse(self.network.clientTransports[-1].disconnecting)
 
+    def test_unsendable(self) -> None:
+        """
+        A request that cannot be written (a header value with a line break)
+        fails at once with a server error and takes no place in the queue.
+        """
+        client = self.client()
+        d = client.request(Request("SESSION", "*", Headers((("Session", "a\r\nInjected: yes"),))))
+        self.failureResultOf(d, ServerError)
+        self.assertEqual(client.queued, 0)
+
     def test_stopFailsWaiting(self) -> None:
         """
         Stopping the link fails what waits on it with 503 at once.
@@ -611,6 +621,21 @@ class DuplicateTests(RawTestCase):
         for h in held[1:]:
             h.callback(DeliveryStatus.DELIVERED)
         flush()
+
+    def test_directoryFailure(self) -> None:
+        """
+        When the directory cannot say where the sender is homed, the request
+        is answered 503 (and may be retried: the answer is not
+        remembered), and the failure logged.
+        """
+        connection, flush = self.raw()
+        self.server.locator.homeOf = lambda address: fail(RuntimeError("directory down"))  # type: ignore[method-assign]
+        request = encodeRequest(Message(CAROL, ALICE, "hi"), [], 8, "dir-1")
+        d = connection.request(request)
+        flush()
+        self.assertEqual(self.successResultOf(d).code, 503)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.server.router.events, [])
 
     def test_retryableNotRemembered(self) -> None:
         """

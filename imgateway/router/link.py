@@ -48,7 +48,7 @@ from zope.interface import implementer
 from imgateway.adapters.base import ListenerService
 from imgateway.adapters.native.framing import MAX_SEQ, FrameParser, FramingError, Headers, Limits, Request, Response, serialise
 from imgateway.adapters.native.mapping import REASONS
-from imgateway.config import GatewayConfig, HostPort, LinksConfig, ServerConfig
+from imgateway.config import GatewayConfig, LinksConfig, ServerConfig
 from imgateway.core.address import Address
 from imgateway.core.errors import ConfigError, DeliveryError, DeliveryStatus, LoopDetected, ServerError, ServiceUnavailable
 from imgateway.core.events import Event, Message
@@ -375,7 +375,12 @@ class LinkConnection(Protocol):
         if not self.connected:
             return
         frame = attrs.evolve(response, headers=Headers((("Seq", str(seq)),) + response.headers.without("Seq").items))
-        self.transport.write(serialise(frame))  # type: ignore[union-attr]
+        try:
+            data = serialise(frame)
+        except ValueError as e:
+            log.error("Link with {peer}: cannot send response {code}: {error}", peer=self.peer or "unknown peer", code=response.code, error=e)
+            data = serialise(_response(500, "internal error", (("Seq", str(seq)),)))
+        self.transport.write(data)  # type: ignore[union-attr]
 
     # -- receiving ----------------------------------------------------------------
 
@@ -652,6 +657,11 @@ class LinkClient(MultiService):
         """
         if len(self._pending) >= self._config.maxQueue:
             return fail(ServiceUnavailable(f"link to {self.name}: {self._config.maxQueue} requests waiting"))
+        try:
+            serialise(attrs.evolve(request, headers=request.headers.with_("Seq", "0")))
+        except ValueError as e:
+            log.error("Link to {peer}: cannot send {method}: {error}", peer=self.name, method=request.method, error=e)
+            return fail(ServerError(f"cannot send {request.method} over a link"))
         self._ids += 1
         ident = self._ids
         d: Deferred[Response] = Deferred()
@@ -831,7 +841,11 @@ class LinkReceiver:
             self._answers.popitem(last=False)
 
         async def handle() -> Response:
-            refusal = await self._originationRefused(peer, incoming.event)
+            try:
+                refusal = await self._originationRefused(peer, incoming.event)
+            except Exception:
+                log.failure("Link from {peer}: checking who may send {event!r} failed", peer=peer, event=incoming.event)
+                return encodeResponse(ServiceUnavailable("cannot check the sender now"))
             if refusal is not None:
                 log.warn("Link from {peer}: {event!r} refused (403): {reason}", peer=peer, event=incoming.event, reason=refusal)
                 return _response(403, "not originated by this peer")

@@ -933,6 +933,12 @@ class ListenerTests(SynchronousTestCase):
         self.assertIsInstance(factory.buildProtocol(IPv6Address("TCP", "::1", 40001)), LinkConnection)
         self.assertNotIsInstance(factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 40001)), LinkConnection)
         self.assertTrue(any("not a loopback address" in formatEvent(e) for e in self.logged))
+        # From loopback to an address of the host that is not loopback.
+        connection = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40002))
+        transport = iosim.FakeTransport(connection, True, IPv4Address("TCP", "192.0.2.1", 5310), IPv4Address("TCP", "127.0.0.1", 40002))
+        connection.makeConnection(transport)  # type: ignore[union-attr]
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(any("Plaintext link to" in formatEvent(e) for e in self.logged))
 
 
 class RoutesTests(SynchronousTestCase):

@@ -950,9 +950,26 @@ class LinkServerFactory(Factory):
         if self.plaintext and not isLoopback(addr):
             log.warn("Plaintext link from {address} refused: not a loopback address", address=addr)
             return _Refused()
-        connection = LinkConnection(self.receiver.handlers, self.clock, self.config.requestTimeout, onLost=self.connections.discard)
+        connection = _AcceptedLink(self.receiver.handlers, self.clock, self.config.requestTimeout, onLost=self.connections.discard)
+        connection.loopbackOnly = self.plaintext
         self.connections.add(connection)
         return connection
+
+
+class _AcceptedLink(LinkConnection):
+    """
+    The accepting side of a link connection; on a plaintext listener, the
+    local end must be a loopback address too.
+    """
+
+    loopbackOnly = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        host = self.transport.getHost() if self.transport is not None else None
+        if self.loopbackOnly and not isLoopback(host):
+            log.warn("Plaintext link to {address} refused: not a loopback address", address=host)
+            self.abort()
 
 
 @implementer(ILinkRoutes)

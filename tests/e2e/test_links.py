@@ -23,7 +23,7 @@ from twisted.trial.unittest import TestCase
 
 from imgateway._testcerts import CertificateAuthority, certificatePEM, keyPEM, writePEM
 from imgateway.config import HostPort, ServerConfig
-from imgateway.core.errors import Blocked, DeliveryStatus, ServiceUnavailable, UserBusy, UserOffline
+from imgateway.core.errors import Blocked, DeliveryStatus, LoopDetected, ServiceUnavailable, UserBusy, UserOffline
 from imgateway.core.events import Message, PresenceUpdate
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.net.tls import TLSFiles
@@ -140,6 +140,20 @@ class LinkTests(TestCase):
         await failureOf(hs1.to("hs2").deliver(Message(ALICE, CAROL, "there?")), UserOffline)
         self.assertTrue(self.messages("Link from server hs1"))
         self.assertTrue(self.messages("Link from server hs2"))
+
+    async def test_loopStopped(self) -> None:
+        """
+        Two servers misconfigured to forward everything to each other: the
+        event comes back to the first with its name in C{Via}, is answered
+        482, and the sender gets a loop error; nothing is delivered.
+        """
+        hs1, hs2 = self.node("hs1"), self.node("hs2")
+        hs1.router.answer = lambda e: hs1.to("hs2").deliver(e)
+        hs2.router.answer = lambda e: hs2.to("hs1").deliver(e)
+        error = await failureOf(hs1.to("hs2").deliver(Message(ALICE, CAROL, "round and round")), LoopDetected)
+        self.assertEqual(error.status, DeliveryStatus.LOOP_DETECTED)
+        self.assertEqual((len(hs1.router.events), len(hs2.router.events)), (0, 1))
+        self.assertTrue(self.messages("Link from server hs2: loop, this server is in Via corp.example/hs1, corp.example/hs2"))
 
     async def test_forgedCertificate(self) -> None:
         """

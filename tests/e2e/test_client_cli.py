@@ -238,11 +238,14 @@ class EndToEndTests(_ProcessTestCase):
         self.port = _freePort()
         self.server = f"tcp:127.0.0.1:{self.port}"
         lines = []
+        table = ""
         with open(os.path.join(REPO, "etc", "imgateway.toml")) as f:
             for line in f:
+                if line.startswith("["):
+                    table = line.strip()
                 if line.startswith("data_dir ="):
                     line = f'data_dir = "{os.path.join(self.dir, "data")}"\n'
-                elif line.startswith("listen ="):
+                elif line.startswith("listen =") and table != "[links]":
                     line = f'listen = ["tcp:{self.port}:interface=127.0.0.1"]\n'
                 elif line.startswith("scram_iterations ="):
                     line = "scram_iterations = 4096\n"

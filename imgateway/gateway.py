@@ -364,8 +364,8 @@ def makeGatewayService(
 
 def addLinks(top: MultiService, gateway: Gateway, reactor: Any, resolver: Any = None) -> Any:
     """
-    Server links (C{docs/protocol.md} section 9), for a process with
-    C{[servers]} tables, C{[routes]} or C{[links] listen}: the link
+    Server links (C{docs/protocol.md} section 9), for a process with other
+    C{[servers]} that take links, C{[routes]} or C{[links] listen}: the link
     listeners, and the links to the other servers and peer domains, under
     C{top} (stopped before the home server, after the faces).
 
@@ -378,7 +378,8 @@ def addLinks(top: MultiService, gateway: Gateway, reactor: Any, resolver: Any = 
         C{allow_plaintext_loopback}).
     """
     config = gateway.config
-    if not config.servers and not config.routes and not config.links.listen:
+    peers = [s for s in config.servers.values() if s.link is not None and s.name != config.homeServerName]
+    if not peers and not config.routes and not config.links.listen:
         return None
     from imgateway.net.srv import systemResolver
     from imgateway.router.link import makeLinkService
@@ -391,7 +392,7 @@ def addLinks(top: MultiService, gateway: Gateway, reactor: Any, resolver: Any = 
         reactor,
         gateway.router,
         locator,
-        resolver=resolver if resolver is not None else systemResolver(reactor),
+        resolver=resolver if resolver is not None else (lambda: systemResolver(reactor)),
         clock=gateway.clock,
     )
     links.service.setName("links")

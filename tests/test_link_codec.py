@@ -16,6 +16,7 @@ from imgateway.core.errors import (
     DeliveryError,
     DeliveryStatus,
     LoopDetected,
+    MovedTo,
     NoSuchUser,
     RateLimited,
     ServerError,
@@ -108,12 +109,23 @@ class EventRoundTripTests(SynchronousTestCase):
         A presence update's lease, when the core model has one, travels as
         C{Expires} and comes back.
         """
-        if "lease" not in attrs.fields_dict(PresenceUpdate):
-            raise self.skipTest("the core's PresenceUpdate has no lease yet")
-        event = PresenceUpdate(ALICE, CAROL, Presence(PresenceState.AWAY), lease=90.5)  # type: ignore[call-arg]
+        event = PresenceUpdate(ALICE, CAROL, Presence(PresenceState.AWAY), lease=90.5)
         request = encodeRequest(event, [], 1, "r")
         self.assertEqual(request.headers.get("Expires"), "90.5")
         self.assertEqual(decodeRequest(wire(request)).event, event)  # type: ignore[arg-type]
+        self.assertIsNone(encodeRequest(PresenceUpdate(ALICE, CAROL, Presence()), [], 1, "r").headers.get("Expires"))
+        # Nearly over: still positive on the wire (rounded up).
+        nearly = encodeRequest(PresenceUpdate(ALICE, CAROL, Presence(), lease=1e-9), [], 1, "r")
+        self.assertEqual(nearly.headers.get("Expires"), "0.000001")
+        self.assertEqual(encodeRequest(PresenceUpdate(ALICE, CAROL, Presence(), lease=30.0), [], 1, "r").headers.get("Expires"), "30")
+
+    def test_badLease(self) -> None:
+        """
+        An C{Expires} of 0 (a lease must be positive) is refused with 400.
+        """
+        request = encodeRequest(PresenceUpdate(ALICE, CAROL, Presence(), lease=5.0), [], 1, "r")
+        e = self.assertRaises(LinkCodecError, decodeRequest, attrs.evolve(request, headers=request.headers.with_("Expires", "0")))
+        self.assertEqual(e.code, 400)
 
     def test_hopKey(self) -> None:
         """
@@ -208,17 +220,19 @@ class StatusRoundTripTests(SynchronousTestCase):
     def test_everyError(self) -> None:
         """
         Every failed status comes back as the same error class, status and
-        text (486 with its alternate; 413, 429, 403, 404, 480, 482, 503
-        among them).
+        text (486 with its alternate, 301 with its new home; 413, 429, 403,
+        404, 480, 482, 503 among them).
         """
         for status in DeliveryStatus:
             if status is DeliveryStatus.DELIVERED:
                 continue
-            error = statusError(status, f"why {status.name}", "tel:+15550100" if status is DeliveryStatus.BUSY else None)
+            error = statusError(status, f"why {status.name}", "tel:+15550100" if status is DeliveryStatus.BUSY else None, home="hs2")
             back = self.roundTrip(error)
             self.assertIs(type(back), type(error))
             assert isinstance(back, DeliveryError)
             self.assertEqual((back.status, back.text), (status, error.text))
+            self.assertEqual(getattr(back, "alternate", None), getattr(error, "alternate", None))
+            self.assertEqual(getattr(back, "home", None), getattr(error, "home", None))
             self.assertEqual(encodeResponse(error).code, status.value)
 
     def test_named(self) -> None:
@@ -241,6 +255,17 @@ class StatusRoundTripTests(SynchronousTestCase):
         back = self.roundTrip(UserBusy("busy", "im:alice.mobile@corp.example"))
         assert isinstance(back, UserBusy)
         self.assertEqual(back.alternate, "im:alice.mobile@corp.example")
+
+    def test_movedTo(self) -> None:
+        """
+        A L{MovedTo} travels as C{301} with the new home in C{Home}, and
+        comes back with it.
+        """
+        response = encodeResponse(MovedTo("carol@corp.example moved", "hs3"))
+        self.assertEqual((response.code, response.headers.get("Home")), (301, "hs3"))
+        back = self.roundTrip(MovedTo("carol@corp.example moved", "hs3"))
+        assert isinstance(back, MovedTo)
+        self.assertEqual((back.home, back.text), ("hs3", "carol@corp.example moved"))
 
     def test_unsafeDetail(self) -> None:
         """

@@ -979,7 +979,10 @@ class LinkRoutes(MultiService):
     and kept (its service runs under this one).
 
     @ivar resolver: The DNS resolver for C{_imgw._tcp} SRV records
-        (L{imgateway.net.srv.systemResolver} in a deployment).
+        (L{imgateway.net.srv.systemResolver} in a deployment), or a
+        callable that makes it, called when the first SRV look-up is needed
+        (the system's resolver re-reads its configuration every minute
+        once made); C{None}: no SRV look-ups.
     """
 
     def __init__(
@@ -1052,6 +1055,8 @@ class LinkRoutes(MultiService):
             return succeed(self._client(key, key, endpoint) if endpoint is not None else _Unreachable(f"no link to {domain}"))
         if self.resolver is None or self._noRoute.get(domain, 0.0) > self._clock.seconds():
             return succeed(None)
+        if callable(self.resolver) and not hasattr(self.resolver, "lookupService"):
+            self.resolver = self.resolver()
         return Deferred.fromCoroutine(self._bySRV(domain))
 
     async def _bySRV(self, domain: str) -> IRoute | None:
@@ -1138,6 +1143,7 @@ def makeLinkService(
     The links of a process: its listeners (C{[links] listen}) and its
     routes to the other servers and peer domains.
 
+    @param resolver: See L{LinkRoutes.resolver}.
     @param tls: The link TLS; read from C{config.links} when C{None}.
     @raise ConfigError: If links are configured without a certificate and
         plaintext is not allowed on loopback.

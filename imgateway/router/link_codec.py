@@ -12,6 +12,7 @@ subscription tokens); it knows nothing of connections, sequence numbers
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 import uuid
@@ -33,7 +34,7 @@ from imgateway.adapters.native.mapping import (
     targetForm,
 )
 from imgateway.core.address import Address
-from imgateway.core.errors import DeliveryError, DeliveryStatus, InvalidAddress, UserBusy
+from imgateway.core.errors import DeliveryError, DeliveryStatus, InvalidAddress, MovedTo, UserBusy, statusError
 from imgateway.core.events import Event, Message, PresenceProbe, PresenceUpdate, SubscriptionEvent
 from imgateway.core.presence import Presence
 
@@ -134,25 +135,14 @@ def _clean(text: str, limit: int | None = None) -> str:
     return cleaned if limit is None else cleaned[:limit]
 
 
-def _leaseOf(event: PresenceUpdate) -> float | None:
+def _seconds(value: float) -> str:
     """
-    @return: The lease of a presence update (seconds it holds unless
-        renewed), for core models whose L{PresenceUpdate} has one.
+    @return: A positive number of seconds as text, rounded up to the
+        microsecond (so a lease that is nearly over stays positive).
     """
-    lease = getattr(event, "lease", None)
-    return None if lease is None else float(lease)
-
-
-def _hasLease() -> bool:
-    """
-    @return: Whether the core's L{PresenceUpdate} carries a lease.
-    """
-    return "lease" in attrs.fields_dict(PresenceUpdate)
-
-
-def _number(value: float) -> str:
-    text = f"{value:.6f}".rstrip("0").rstrip(".")
-    return text or "0"
+    micro = math.ceil(value * 1_000_000)
+    whole, fraction = divmod(micro, 1_000_000)
+    return f"{whole}.{fraction:06d}".rstrip("0").rstrip(".") if fraction else str(whole)
 
 
 def encodeRequest(event: Event, via: Sequence[str], maxHops: int, routingId: str) -> Request:
@@ -186,9 +176,8 @@ def encodeRequest(event: Event, via: Sequence[str], maxHops: int, routingId: str
         headers = [("From", event.sender.presURI()), ("Event", "presence"), ("Presence", PRESENCE[event.presence.state])]
         if event.presence.note:
             headers.append(("Note", event.presence.note))
-        lease = _leaseOf(event)
-        if lease is not None:
-            headers.append(("Expires", _number(lease)))
+        if event.lease is not None:
+            headers.append(("Expires", _seconds(event.lease)))
         return Request("NOTIFY", event.recipient.presURI(), Headers(tuple(headers + common)))
     if isinstance(event, SubscriptionEvent):
         headers = [
@@ -299,9 +288,7 @@ def _decodeNotify(request: Request, hops: int) -> Event:
         expires = request.headers.get("Expires")
         if expires is not None and _LEASE.fullmatch(expires) is None:
             raise LinkCodecError(f"invalid Expires {expires[:32]!r}")
-        if expires is not None and _hasLease():
-            return PresenceUpdate(sender, recipient, presence, hops=hops, lease=float(expires))  # type: ignore[call-arg]
-        return PresenceUpdate(sender, recipient, presence, hops=hops)
+        return PresenceUpdate(sender, recipient, presence, hops=hops, lease=None if expires is None else float(expires))
     if kind == "subscription":
         return SubscriptionEvent(subscriptionKindFromToken(_required(request, "Subscription")), sender, recipient, hops=hops)
     raise LinkCodecError(f"unknown Event {kind[:32]!r}")
@@ -312,7 +299,9 @@ def encodeResponse(result: DeliveryStatus | DeliveryError) -> Response:
     The response that reports a delivery's outcome; the connection adds
     its C{Seq}.
 
-    @param result: L{DeliveryStatus.DELIVERED}, or the error it failed with.
+    @param result: L{DeliveryStatus.DELIVERED}, or the error it failed with
+        (a L{UserBusy}'s alternate travels as C{Alternate}, a L{MovedTo}'s
+        new home as C{Home}).
     """
     if isinstance(result, DeliveryStatus):
         if result is not DeliveryStatus.DELIVERED:
@@ -322,6 +311,8 @@ def encodeResponse(result: DeliveryStatus | DeliveryError) -> Response:
     headers: list[tuple[str, str]] = [("Detail", _clean(result.text, MAX_DETAIL_CHARS))]
     if isinstance(result, UserBusy) and result.alternate is not None:
         headers.append(("Alternate", _clean(result.alternate)))
+    if isinstance(result, MovedTo) and result.home:
+        headers.append(("Home", _clean(result.home)))
     return Response(code, REASONS.get(code, "Error"), Headers(tuple(headers)))
 
 
@@ -330,10 +321,13 @@ def decodeResponse(response: Response) -> DeliveryStatus:
     The outcome a link response reports.
 
     @return: L{DeliveryStatus.DELIVERED} for any 2xx.
-    @raise DeliveryError: The failure it reports; a code that is no
-        delivery status stands for a server error.
+    @raise DeliveryError: The failure it reports (a L{MovedTo} with the
+        C{Home} header's server); a code that is no delivery status stands
+        for a server error.
     """
     if 200 <= response.code < 300:
         return DeliveryStatus.DELIVERED
     detail = response.headers.get("Detail") or response.reason
+    if response.code == codeForDelivery(MovedTo()):
+        raise statusError(DeliveryStatus.MOVED, detail, home=response.headers.get("Home") or "")
     raise deliveryErrorFor(response.code, detail, response.headers.get("Alternate"))

@@ -13,6 +13,7 @@ rules are tested in memory in C{tests/test_link.py}.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any
 
@@ -302,3 +303,95 @@ class GatewayLinkTests(TestCase):
             log = f.read()
         self.assertIn("Link from server hs2", log)
         self.assertIn("alice@corp.example is not homed on hs2", log)
+
+
+class TwoProcessTests(TestCase):
+    """
+    Two real C{twistd imgateway} home servers of corp.example, C{hs1} (alice)
+    and C{hs2} (carol), sharing one directory (the single-host lab: one
+    C{data_dir}), linked over TLS; native clients on each.
+    """
+
+    async def servers(self) -> tuple[GatewayProcess, GatewayProcess]:
+        authority = CertificateAuthority()
+        folder = os.path.abspath(self.mktemp())
+        shared = os.path.join(folder, "data")
+        rootsPath = writePEM(os.path.join(folder, "ca.crt"), certificatePEM(authority.certificate))
+        ports = {"hs1": freePort(), "hs2": freePort()}
+        servers = {
+            name: {"roles": ["home"], "link": f"127.0.0.1:{port}", "tls_name": f"{name}.corp.example"}
+            for name, port in ports.items()
+        }
+        processes = []
+        for name in ("hs1", "hs2"):
+            key, certificate = authority.issue([f"{name}.corp.example"], clientAuth=True)
+            processes.append(
+                GatewayProcess(
+                    self,
+                    {
+                        "gateway": {"home_server": name, "data_dir": shared},
+                        "servers": servers,
+                        "links": {
+                            "listen": [f"tcp:{ports[name]}:interface=127.0.0.1"],
+                            "certificate": writePEM(os.path.join(folder, f"{name}.crt"), certificatePEM(certificate)),
+                            "private_key": writePEM(os.path.join(folder, f"{name}.key"), keyPEM(key)),
+                            "trust_roots": rootsPath,
+                            "request_timeout": 2,
+                            "reconnect_max_delay": 2,
+                        },
+                    },
+                    directory=os.path.join(folder, name),
+                )
+            )
+        hs1, hs2 = processes
+        hs1.addUser("alice", "alice's password")
+        hs2.addUser("carol", "carol's password")
+        await hs1.start()
+        await hs2.start()
+        return hs1, hs2
+
+    async def test_acrossProcesses(self) -> None:
+        """
+        alice (hs1) and carol (hs2) exchange messages across the link with
+        their statuses (200; 480 before carol authorises alice, then her
+        presence and 486 with carol's alternate); with hs2 killed,
+        alice's message gets a prompt error, and once hs2 is back the link
+        recovers and delivers.
+        """
+        hs1, hs2 = await self.servers()
+        aliceClient, alice = await connectClient(self, hs1.endpoint, "alice", "alice's password")
+        carolClient, carol = await connectClient(self, hs2.endpoint, "carol", "carol's password")
+        await aliceClient.sendMessage(CAROL, "hello carol")
+        await carol.waitForMessage(ALICE, "hello carol", timeout=10)
+        await carolClient.sendMessage(ALICE, "hello alice")
+        await alice.waitForMessage(CAROL, "hello alice", timeout=10)
+        await carolClient.setRule(PresenceState.ON_THE_PHONE, "tel:+15550100")
+        await carolClient.publish(PresenceState.ON_THE_PHONE)
+        # alice may not see carol's presence: the uniform 480 (no leak).
+        await failureOf(aliceClient.sendMessage(CAROL, "are you there?"), UserOffline)
+        # Once carol lets her, alice sees carol's presence and gets 486.
+        await aliceClient.subscribe(CAROL)
+        await carol.waitForSubscription(ALICE, "subscribe", timeout=10)
+        await carolClient.authorise(ALICE, True)
+        await alice.waitForPresence(CAROL, PresenceState.ON_THE_PHONE, timeout=10)
+        busy = await failureOf(aliceClient.sendMessage(CAROL, "are you there?"), UserBusy)
+        self.assertEqual(busy.alternate, "tel:+15550100")
+
+        await hs2.stop(signal.SIGKILL)
+        started = time.monotonic()
+        await failureOf(aliceClient.sendMessage(CAROL, "while hs2 is down"), UserOffline)
+        self.assertLess(time.monotonic() - started, 4.0)
+
+        await hs2.start()
+        _, carolAgain = await connectClient(self, hs2.endpoint, "carol", "carol's password")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                await aliceClient.sendMessage(CAROL, "after the restart")
+                break
+            except UserOffline:
+                if time.monotonic() > deadline:
+                    raise
+                await sleep(0.5)
+        await carolAgain.waitForMessage(ALICE, "after the restart", timeout=10)
+        self.assertIn("Link to server hs2 is up", hs1.log())

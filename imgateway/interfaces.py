@@ -533,6 +533,10 @@ class IGateway(Interface):
         "The L{imgateway.core.throttle.ConnectionLimiter} every face asks, as a "
         "connection opens, whether its source may open one more."
     )
+    homeLocator = Attribute(
+        "The L{IHomeLocator}: which home server hosts a user (a router's faces "
+        "ask it after authentication, L{imgateway.router.front})."
+    )
 
 
 class IProtocolAdapter(Interface):

@@ -90,3 +90,25 @@ class SourceOfTests(SynchronousTestCase):
         self.assertIsNone(sourceOf(None))
         self.assertIsNone(sourceOf(object()))
         self.assertIsNone(sourceOf(IPv4Address("TCP", "not an address", 1)))
+
+
+class NetworkOfTests(SynchronousTestCase):
+    """
+    L{networkOf}.
+    """
+
+    def test_first(self) -> None:
+        """
+        The first network holding the peer is returned; none, C{None}.
+        """
+        from ipaddress import ip_network
+
+        from imgateway.net.addresses import networkOf
+
+        nets = (ip_network("10.0.0.0/8"), ip_network("10.1.0.0/16"), ip_network("fd00::/8"))
+        self.assertEqual(networkOf(peer("10.1.2.3"), nets), ip_network("10.0.0.0/8"))
+        self.assertEqual(networkOf(peer("::ffff:10.1.2.3"), nets), ip_network("10.0.0.0/8"))
+        self.assertEqual(networkOf(peer("fd00::1"), nets), ip_network("fd00::/8"))
+        self.assertIsNone(networkOf(peer("192.0.2.1"), nets))
+        self.assertIsNone(networkOf(UNIXAddress(b"/tmp/x"), nets))
+        self.assertIsNone(networkOf(peer("10.1.2.3"), ()))

@@ -7,11 +7,12 @@ which source per-address limits count it against.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address as _IPv4, IPv6Address as _IPv6, IPv6Network, ip_address
+from collections.abc import Iterable
+from ipaddress import IPv4Address as _IPv4, IPv4Network, IPv6Address as _IPv6, IPv6Network, ip_address
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
-__all__ = ["isLoopback", "sourceOf"]
+__all__ = ["isLoopback", "networkOf", "sourceOf"]
 
 
 def _ipOf(address: object) -> _IPv4 | _IPv6 | None:
@@ -62,3 +63,23 @@ def sourceOf(address: object) -> str | None:
     if isinstance(ip, _IPv6):
         return str(IPv6Network((ip, 64), strict=False))
     return str(ip)
+
+
+def networkOf(
+    address: object, networks: Iterable[IPv4Network | IPv6Network]
+) -> IPv4Network | IPv6Network | None:
+    """
+    The first of C{networks} that holds a peer (an IPv4-mapped IPv6 peer as
+    its IPv4 address, as everywhere here).
+
+    @param address: A transport's C{getPeer()}.
+    @return: That network, or C{None} when none holds it, or the peer is not
+        a TCP peer (a UNIX socket peer is in no network).
+    """
+    ip = _ipOf(address)
+    if ip is None:
+        return None
+    for network in networks:
+        if ip.version == network.version and ip in network:
+            return network
+    return None

@@ -70,6 +70,7 @@ from imgateway.core.records import (
 )
 from imgateway.interfaces import IGateway, ISession, ISessionClient
 from imgateway.net.addresses import isLoopback
+from imgateway.router.front import FrontAction, FrontDecision, decideFront
 
 __all__ = ["NativeConfig", "NativeServerFactory", "NativeServerProtocol", "largestListAnswers"]
 
@@ -635,13 +636,38 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         elif self._mechanism is None:
             raise _Reply(400, "Mechanism header required to start")
         d: Deferred[Any] = self._mechanism.step(request.body)
-        d.addCallback(self._authStepped)
+        d.addCallback(self._authStepped, request)
         return d.addErrback(self._authFailed)
 
-    def _authStepped(self, step: Any) -> Any:
+    def _authStepped(self, step: Any, request: Request) -> Any:
         if not step.complete:
             return (110, "Challenge", (), step.challenge or b"")
         self._mechanism = None
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        decided = decideFront(self.gateway.config, self.gateway.homeLocator, step.address, peer, "native")
+        return decided.addCallback(self._authenticated, step, request)
+
+    def _sendAway(self, decision: FrontDecision, step: Any, request: Request) -> None:
+        """
+        Answer an C{AUTH} that succeeded for a user this router does not
+        serve here (L{imgateway.router.front}): C{302} to its home server,
+        or C{503}; with the SASL additional data, as a C{200} would carry
+        it, so that the client can check the server before it follows; then
+        close the connection.
+        """
+        if decision.action is FrontAction.REDIRECT:
+            assert decision.location is not None
+            self._respond(request.seq, 302, REASONS[302], (("Location", str(decision.location)),), step.challenge or b"")
+        else:
+            self._respond(request.seq, 503, "Your home server is not served here to your network", (), step.challenge or b"")
+        self._close()
+        raise _Closed()
+
+    def _authenticated(self, decision: FrontDecision, step: Any, request: Request) -> Any:
+        if self._closing:
+            raise _Closed()
+        if decision.action is not FrontAction.SERVE:
+            self._sendAway(decision, step, request)
         d = self.gateway.portal.login(SASLAuthenticated(step.address), self, ISession)
 
         def loggedIn(result: tuple[Any, ISession, Callable[[], None]]) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:

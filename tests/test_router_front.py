@@ -1,0 +1,343 @@
+"""
+Tests for L{imgateway.router.front} (the decision a router's face makes
+after authentication) and for the native face acting on it
+(L{imgateway.adapters.native.server}); the XMPP face's part is in
+C{tests/test_xmpp_c2s.py}, real sockets in C{tests/e2e/test_router_faces.py}.
+"""
+
+from __future__ import annotations
+
+from ipaddress import ip_network
+from typing import Any
+
+from attrs import evolve
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from imgateway.adapters.native.server import NativeConfig, NativeServerFactory
+from imgateway.auth.passwords import makeCredentials
+from imgateway.auth.sasl import clientMechanism
+from imgateway.config import HostPort, RouterConfig, ServerConfig
+from imgateway.core.address import Address
+from imgateway.core.errors import PersistenceFailed
+from imgateway.core.records import AccountRecord
+from imgateway.gateway import Gateway
+from imgateway.interfaces import IGateway, IHomeLocator
+from imgateway.router.front import FrontAction, FrontDecision, decideFront
+from imgateway.testing import addUser, memoryGateway
+from tests.test_native_server import Wire
+
+CAROL = Address.fromString("carol@corp.example")
+ALICE = Address.fromString("alice@corp.example")
+
+INTERNAL = IPv4Address("TCP", "10.1.2.3", 40000)
+EXTERNAL = IPv4Address("TCP", "192.0.2.7", 40000)
+LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
+
+HS2_NATIVE = HostPort("hs2.corp.example", 5310)
+HS2_XMPP = HostPort("hs2.corp.example", 5232)
+
+
+def routerGateway(
+    clock: Clock,
+    roles: frozenset[str] = frozenset({"router", "home"}),
+    networks: tuple[str, ...] = ("10.0.0.0/8", "127.0.0.1/32"),
+    hs2: ServerConfig | None = None,
+) -> Gateway:
+    """
+    A memory gateway that is server C{hs1} of a domain with another home
+    server, C{hs2}; alice is homed on C{hs1}, carol on C{hs2}, each with the
+    password C{<name>-pw}.
+    """
+    gateway = memoryGateway(clock)
+    servers = {
+        "hs1": ServerConfig("hs1", roles),
+        "hs2": hs2 if hs2 is not None else ServerConfig("hs2", frozenset({"home"}), native=HS2_NATIVE, xmpp=HS2_XMPP),
+    }
+    gateway.config = evolve(
+        gateway.config,
+        servers=servers,
+        router=RouterConfig(internalNetworks=tuple(ip_network(n) for n in networks)),
+    )
+    addUser(gateway, "alice", "alice-pw")
+    credentials = makeCredentials("carol-pw", 4096).serialise()
+    gateway.directory.addAccount(AccountRecord(CAROL, "hs2", "", True, credentials))
+    return gateway
+
+
+@implementer(IHomeLocator)
+class FixedLocator:
+    """
+    An L{imgateway.interfaces.IHomeLocator} with fixed answers.
+    """
+
+    def __init__(self, homes: dict[Address, str]) -> None:
+        self.homes = homes
+        self.asked: list[Address] = []
+
+    def homeOf(self, address: Address) -> Deferred[str | None]:
+        self.asked.append(address)
+        return succeed(self.homes.get(address))
+
+    def forget(self, address: Address) -> None:
+        pass
+
+
+class DecideFrontTests(SynchronousTestCase):
+    """
+    L{decideFront}.
+    """
+
+    def setUp(self) -> None:
+        self.gateway = routerGateway(Clock())
+        self.locator = FixedLocator({ALICE: "hs1", CAROL: "hs2"})
+
+    def decide(self, user: Address, peer: object, face: str = "native") -> FrontDecision:
+        return self.successResultOf(decideFront(self.gateway.config, self.locator, user, peer, face))
+
+    def test_gatewayHasLocator(self) -> None:
+        """
+        The gateway offers its faces an L{IHomeLocator}.
+        """
+        self.assertTrue(verifyObject(IGateway, self.gateway))
+        self.assertTrue(verifyObject(IHomeLocator, self.gateway.homeLocator))
+        self.assertTrue(verifyObject(IHomeLocator, self.locator))
+
+    def test_notARouter(self) -> None:
+        """
+        A process whose roles do not include C{router} serves everyone, and
+        does not even look the user up.
+        """
+        self.gateway = routerGateway(Clock(), roles=frozenset({"home"}))
+        self.assertIs(self.decide(CAROL, INTERNAL).action, FrontAction.SERVE)
+        self.assertEqual(self.locator.asked, [])
+
+    def test_singleHost(self) -> None:
+        """
+        A single-host gateway (no C{[servers]}) serves everyone.
+        """
+        self.gateway = memoryGateway(Clock())
+        self.assertIs(self.decide(CAROL, INTERNAL).action, FrontAction.SERVE)
+
+    def test_homedHere(self) -> None:
+        """
+        A user homed on this process is served here, from anywhere.
+        """
+        for peer in (INTERNAL, EXTERNAL):
+            self.assertIs(self.decide(ALICE, peer).action, FrontAction.SERVE)
+
+    def test_noHome(self) -> None:
+        """
+        A user the locator knows no home for (an account made within the
+        cache's lifetime of a look-up that found none) is served here.
+        """
+        self.locator.homes.clear()
+        self.assertIs(self.decide(CAROL, INTERNAL).action, FrontAction.SERVE)
+
+    def test_internalRedirected(self) -> None:
+        """
+        A client in an internal network, of a user homed on another server,
+        is redirected to that server's endpoint for the face, and the
+        decision is logged with the client, the user, the home and the
+        network that matched.
+        """
+        with capturedLogs() as events:
+            decision = self.decide(CAROL, INTERNAL)
+        self.assertEqual(decision, FrontDecision(FrontAction.REDIRECT, "hs2", HS2_NATIVE, ip_network("10.0.0.0/8")))
+        self.assertEqual(self.decide(CAROL, INTERNAL, "xmpp").location, HS2_XMPP)
+        [line] = [formatEvent(e) for e in events]
+        for part in ("carol@corp.example", "10.1.2.3", "hs2", "hs2.corp.example:5310", "10.0.0.0/8", "native"):
+            self.assertIn(part, line)
+
+    def test_firstNetworkThatMatches(self) -> None:
+        """
+        The decision names the first of the internal networks that holds
+        the client.
+        """
+        self.gateway = routerGateway(Clock(), networks=("127.0.0.1/32", "127.0.0.0/8"))
+        self.assertEqual(self.decide(CAROL, LOOPBACK).network, ip_network("127.0.0.1/32"))
+        self.assertEqual(
+            self.decide(CAROL, IPv4Address("TCP", "127.0.0.2", 1)).network, ip_network("127.0.0.0/8")
+        )
+
+    def test_ipv6(self) -> None:
+        """
+        IPv6 networks hold IPv6 clients; an IPv4-mapped IPv6 client counts
+        as its IPv4 address.
+        """
+        self.gateway = routerGateway(Clock(), networks=("fd00::/8", "10.0.0.0/8"))
+        self.assertEqual(self.decide(CAROL, IPv6Address("TCP", "fd12::1", 1)).network, ip_network("fd00::/8"))
+        self.assertEqual(self.decide(CAROL, IPv6Address("TCP", "::ffff:10.0.0.1", 1)).network, ip_network("10.0.0.0/8"))
+
+    def test_external(self) -> None:
+        """
+        A client in none of the internal networks, of a user homed on
+        another server, is answered as unavailable (its session would be
+        proxied, a later slice), and that is logged.
+        """
+        for peer in (EXTERNAL, UNIXAddress(b"/tmp/socket")):
+            with capturedLogs() as events:
+                decision = self.decide(CAROL, peer)
+            self.assertEqual(decision, FrontDecision(FrontAction.UNAVAILABLE, "hs2"))
+            [line] = [formatEvent(e) for e in events]
+            self.assertIn("carol@corp.example", line)
+            self.assertIn("internal_networks", line)
+
+    def test_noEndpoint(self) -> None:
+        """
+        When the home server has no endpoint for the face, an internal
+        client is answered as unavailable, and the missing key is logged as
+        a warning.
+        """
+        self.gateway = routerGateway(Clock(), hs2=ServerConfig("hs2", frozenset({"home"}), native=HS2_NATIVE))
+        with capturedLogs() as events:
+            decision = self.decide(CAROL, INTERNAL, "xmpp")
+        self.assertIs(decision.action, FrontAction.UNAVAILABLE)
+        [line] = [formatEvent(e) for e in events]
+        self.assertIn("[servers.hs2]", line)
+        self.assertIn("xmpp", line)
+
+    def test_locatorFails(self) -> None:
+        """
+        When the directory cannot be read, the decision fails as the
+        look-up did.
+        """
+
+        class Failing(FixedLocator):
+            def homeOf(self, address: Address) -> Deferred[str | None]:
+                return fail(PersistenceFailed("directory unreachable"))
+
+        d = decideFront(self.gateway.config, Failing({}), CAROL, INTERNAL, "native")
+        self.failureResultOf(d, PersistenceFailed)
+
+
+def login(wire: Wire, user: str, password: str, mechanism: str = "SCRAM-SHA-256") -> Any:
+    """
+    Log in on C{wire}.
+
+    @return: The last response and the client mechanism.
+    """
+    mech = clientMechanism(mechanism, user, password)
+    r = wire.call("AUTH", "*", [("Mechanism", mechanism)], mech.start())
+    while r.code == 110:
+        r = wire.call("AUTH", "*", [], mech.step(r.body))
+    return r, mech
+
+
+class NativeRouterFaceTests(SynchronousTestCase):
+    """
+    The native face of a router: after a successful C{AUTH}, a user homed
+    on another server is redirected (C{302}) or, from outside the internal
+    networks, answered C{503}; the connection is then closed.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.gateway = routerGateway(self.clock)
+        self.factory = NativeServerFactory(self.gateway, NativeConfig(), self.clock)
+
+    def sessionsOf(self, address: Address) -> int:
+        return len(self.gateway.homeServer.sessionsOf(address))
+
+    def test_redirectInternal(self) -> None:
+        """
+        carol, homed on hs2, logging in from an internal network, gets
+        C{302} with C{Location: host:port} from C{[servers.hs2] native} and
+        the SCRAM server-final message, which verifies; no session is opened
+        here, and the connection is closed.
+        """
+        wire = Wire(self.factory, INTERNAL, secure=True)
+        r, mech = login(wire, "carol", "carol-pw")
+        self.assertEqual((r.code, r.reason), (302, "Moved Temporarily"))
+        self.assertEqual(r.headers.get("Location"), "hs2.corp.example:5310")
+        mech.verifyFinal(r.body)
+        self.assertTrue(wire.transport.disconnecting)
+        self.assertEqual(self.sessionsOf(CAROL), 0)
+        self.assertIsNone(wire.protocol.session)
+
+    def test_redirectPlain(self) -> None:
+        """
+        The same with C{PLAIN} from loopback (C{127.0.0.1/32} is internal
+        here).
+        """
+        wire = Wire(self.factory, LOOPBACK)
+        r, _ = login(wire, "carol", "carol-pw", "PLAIN")
+        self.assertEqual(r.code, 302)
+        self.assertEqual(r.headers.get("Location"), "hs2.corp.example:5310")
+        self.assertTrue(wire.transport.disconnecting)
+
+    def test_external(self) -> None:
+        """
+        From outside the internal networks, carol gets C{503} and the
+        connection is closed; no session is opened.
+        """
+        wire = Wire(self.factory, EXTERNAL, secure=True)
+        with capturedLogs() as events:
+            r, mech = login(wire, "carol", "carol-pw")
+        self.assertEqual(r.code, 503)
+        self.assertEqual(r.reason, "Your home server is not served here to your network")
+        self.assertIsNone(r.headers.get("Location"))
+        mech.verifyFinal(r.body)
+        self.assertTrue(wire.transport.disconnecting)
+        self.assertEqual(self.sessionsOf(CAROL), 0)
+        self.assertTrue(any("carol@corp.example" in formatEvent(e) for e in events))
+
+    def test_homedHereServed(self) -> None:
+        """
+        alice, homed on this process, logs in here from an internal network
+        as on a single-host gateway.
+        """
+        wire = Wire(self.factory, INTERNAL, secure=True)
+        r, _ = login(wire, "alice", "alice-pw")
+        self.assertEqual(r.code, 200)
+        self.assertFalse(wire.transport.disconnecting)
+        self.assertEqual(self.sessionsOf(ALICE), 1)
+
+    def test_notRouterServes(self) -> None:
+        """
+        On a process that is not a router, carol logs in here as today.
+        """
+        self.gateway = routerGateway(self.clock, roles=frozenset({"home"}))
+        self.factory = NativeServerFactory(self.gateway, NativeConfig(), self.clock)
+        r, _ = login(Wire(self.factory, INTERNAL, secure=True), "carol", "carol-pw")
+        self.assertEqual(r.code, 200)
+
+    def test_wrongPasswordNoLeak(self) -> None:
+        """
+        A wrong password for carol (homed elsewhere) is answered exactly as
+        one for an account that does not exist: nothing is decided before
+        authentication.
+        """
+        answers = []
+        for user in ("carol", "nobody"):
+            wire = Wire(self.factory, INTERNAL, secure=True)
+            r, _ = login(wire, user, "wrong")
+            answers.append((r.code, r.reason, r.headers.get("Location")))
+        self.assertEqual(answers[0], answers[1])
+        self.assertEqual(answers[0][0], 401)
+
+    def test_lostDuringLookUp(self) -> None:
+        """
+        A connection lost while the home is looked up gets nothing, and no
+        session is opened.
+        """
+        held: Deferred[str | None] = Deferred()
+
+        class Holding(FixedLocator):
+            def homeOf(self, address: Address) -> Deferred[str | None]:
+                return held
+
+        self.gateway.homeLocator = Holding({})
+        wire = Wire(self.factory, INTERNAL, secure=True)
+        mech = clientMechanism("PLAIN", "alice", "alice-pw")
+        wire.send("AUTH", "*", [("Mechanism", "PLAIN")], mech.start())
+        wire.protocol.connectionLost()
+        wire.transport.clear()
+        held.callback("hs1")
+        self.assertEqual(wire.transport.value(), b"")
+        self.assertEqual(self.sessionsOf(ALICE), 0)

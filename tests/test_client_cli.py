@@ -488,6 +488,19 @@ class ArgumentTests(SynchronousTestCase):
         self.assertEqual(len(subparsers), 1)
         self.assertEqual(set(subparsers[0].choices), ONE_SHOT_COMMANDS | {"chat"})
 
+    def test_maxRedirects(self) -> None:
+        """
+        C{--max-redirects} (default 3) says how many redirects to the home
+        server to follow, before or after the subcommand; a negative number
+        is a usage error.
+        """
+        self.assertEqual(parseArguments(["--user", "alice"]).max_redirects, 3)
+        self.assertEqual(parseArguments(["--max-redirects", "0", "--user", "alice", "ping"]).max_redirects, 0)
+        self.assertEqual(parseArguments(["--user", "alice", "ping", "--max-redirects", "5"]).max_redirects, 5)
+        e = self.assertRaises(SystemExit, parseArguments, ["--user", "alice", "--max-redirects", "-1"])
+        self.assertEqual(e.code, 2)
+        self.assertIn("--max-redirects must be 0 or more", self.stderr.getvalue())
+
     def test_userRequired(self) -> None:
         """
         Without C{--user}, the usage error exits with status 2.

@@ -1,7 +1,8 @@
 """
 Tests for L{imgateway.router.front} (the decision a router's face makes
-after authentication) and for the native face acting on it
-(L{imgateway.adapters.native.server}); the XMPP face's part is in
+after authentication), for the native face acting on it
+(L{imgateway.adapters.native.server}) and for the shipped client following
+redirects (L{imgateway.client.protocol.connect}); the XMPP face's part is in
 C{tests/test_xmpp_c2s.py}, real sockets in C{tests/e2e/test_router_faces.py}.
 """
 
@@ -15,6 +16,8 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.test.iosim import FakeTransport, IOPump, connect as iosimConnect
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -22,12 +25,15 @@ from zope.interface.verify import verifyObject
 from imgateway.adapters.native.server import NativeConfig, NativeServerFactory
 from imgateway.auth.passwords import makeCredentials
 from imgateway.auth.sasl import clientMechanism
+from imgateway.client.formatting import describeConnectFailure
+from imgateway.client.protocol import ClientObserver, Redirected, TooManyRedirects, connect as clientConnect
 from imgateway.config import HostPort, RouterConfig, ServerConfig
 from imgateway.core.address import Address
-from imgateway.core.errors import PersistenceFailed
+from imgateway.core.errors import PersistenceFailed, ServiceUnavailable
 from imgateway.core.records import AccountRecord
 from imgateway.gateway import Gateway
 from imgateway.interfaces import IGateway, IHomeLocator
+from imgateway.net.endpoints import redirectedDescription
 from imgateway.router.front import FrontAction, FrontDecision, decideFront
 from imgateway.testing import addUser, memoryGateway
 from tests.test_native_server import Wire
@@ -341,3 +347,200 @@ class NativeRouterFaceTests(SynchronousTestCase):
         held.callback("hs1")
         self.assertEqual(wire.transport.value(), b"")
         self.assertEqual(self.sessionsOf(ALICE), 0)
+
+
+@implementer(IStreamClientEndpoint)
+class MemoryEndpoint:
+    """
+    A client endpoint that connects, in memory (L{twisted.test.iosim}), to
+    a native face on a memory gateway, from C{peer}.
+
+    @ivar pumps: The connections made, in order.
+    """
+
+    def __init__(self, factory: NativeServerFactory, peer: IPv4Address, clock: Clock) -> None:
+        self.factory = factory
+        self.peer = peer
+        self.clock = clock
+        self.pumps: list[IOPump] = []
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        host = IPv4Address("TCP", "127.0.0.1", 5300)
+        server = self.factory.buildProtocol(self.peer)
+        client = protocolFactory.buildProtocol(host)
+        self.pumps.append(
+            iosimConnect(
+                server,
+                FakeTransport(server, True, host, self.peer),
+                client,
+                FakeTransport(client, False, self.peer, host),
+                clock=self.clock,
+            )
+        )
+        return succeed(client)
+
+
+class DisconnectRecorder(ClientObserver):
+    """
+    Records what the observer is told of disconnections.
+    """
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def disconnected(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+class ClientRedirectTests(SynchronousTestCase):
+    """
+    L{imgateway.client.protocol.connect} follows a router's C{302} to the
+    home server it names, at most C{maxRedirects} times.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        router = routerGateway(self.clock, roles=frozenset({"router"}))
+        self.router = MemoryEndpoint(NativeServerFactory(router, NativeConfig(), self.clock), INTERNAL, self.clock)
+        home = memoryGateway(self.clock)
+        credentials = makeCredentials("carol-pw", 4096).serialise()
+        home.directory.addAccount(AccountRecord(CAROL, "hs2", "", True, credentials))
+        self.homeGateway = home
+        self.home = MemoryEndpoint(NativeServerFactory(home, NativeConfig(), self.clock), INTERNAL, self.clock)
+        self.followed: list[HostPort] = []
+        self.loops = 0
+
+    def redirectTo(self, location: HostPort) -> IStreamClientEndpoint:
+        """
+        The home server's endpoint, after C{self.loops} more times the
+        router's.
+        """
+        self.followed.append(location)
+        if len(self.followed) <= self.loops:
+            return self.router
+        return self.home
+
+    def settle(self, d: Deferred[Any]) -> None:
+        for _ in range(20):
+            for pump in self.router.pumps + self.home.pumps:
+                pump.flush()
+            if d.called:
+                return
+
+    def connect(self, maxRedirects: int = 3, observer: ClientObserver | None = None, **kw: Any) -> Deferred[Any]:
+        kw.setdefault("redirectTo", self.redirectTo)
+        d = clientConnect(self.clock, self.router, "carol", "carol-pw", observer, maxRedirects=maxRedirects, **kw)
+        self.settle(d)
+        return d
+
+    def test_followed(self) -> None:
+        """
+        Redirected by the router, the client connects to the location it
+        names, logs in there with the same credentials and publishes its
+        presence; the router's connection is closed, and the observer hears
+        nothing of it.
+        """
+        observer = DisconnectRecorder()
+        client = self.successResultOf(self.connect(observer=observer))
+        self.assertEqual(client.address, CAROL)
+        self.assertEqual(self.followed, [HS2_NATIVE])
+        self.assertEqual(len(self.router.pumps), 1)
+        self.assertTrue(self.router.pumps[0].client.transport.disconnected)
+        self.assertEqual(len(self.homeGateway.homeServer.sessionsOf(CAROL)), 1)
+        self.assertIs(client.observer, observer)
+        self.assertEqual(observer.reasons, [])
+
+    def test_atMost(self) -> None:
+        """
+        With C{maxRedirects} 3, three redirects are followed (the fourth
+        connection logs in) ...
+        """
+        self.loops = 2
+        client = self.successResultOf(self.connect(3))
+        self.assertEqual(client.address, CAROL)
+        self.assertEqual(len(self.followed), 3)
+
+    def test_tooMany(self) -> None:
+        """
+        ... and a fourth redirect fails the login with L{TooManyRedirects},
+        naming where it was sent, without following it.
+        """
+        self.loops = 3
+        e = self.failureResultOf(self.connect(3), TooManyRedirects).value
+        self.assertEqual(len(self.followed), 3)
+        self.assertEqual(e.locations, (HS2_NATIVE,) * 4)
+        self.assertIn("redirected more than 3 times", str(e))
+        self.assertEqual(self.home.pumps, [])
+        for pump in self.router.pumps:
+            self.assertTrue(pump.client.transport.disconnected)
+
+    def test_none(self) -> None:
+        """
+        With C{maxRedirects} 0, the first redirect fails the login.
+        """
+        self.failureResultOf(self.connect(0), TooManyRedirects)
+        self.assertEqual(self.followed, [])
+
+    def test_noWayToFollow(self) -> None:
+        """
+        Given an endpoint object and no C{redirectTo}, a redirect fails the
+        login with L{Redirected}, which names the location.
+        """
+        e = self.failureResultOf(self.connect(redirectTo=None), Redirected).value
+        self.assertEqual(e.location, HS2_NATIVE)
+
+    def test_unavailable(self) -> None:
+        """
+        The router's C{503} (a client outside its internal networks) fails
+        the login with L{ServiceUnavailable}, and C{imgateway-client} says
+        why.
+        """
+        self.router.peer = EXTERNAL
+        self.router.factory = NativeServerFactory(
+            self.router.factory.gateway, NativeConfig(allowPlaintextAuth=True), self.clock
+        )
+        e = self.failureResultOf(self.connect(), ServiceUnavailable).value
+        self.assertEqual(
+            describeConnectFailure(e, "tcp:router:5300", "carol"),
+            "cannot log in as carol: Your home server is not served here to your network (503)",
+        )
+
+
+class RedirectedDescriptionTests(SynchronousTestCase):
+    """
+    L{redirectedDescription}: the endpoint string a redirect is followed
+    with keeps the TLS choice and every other parameter.
+    """
+
+    def test_tcp(self) -> None:
+        """
+        A C{tcp:} endpoint gets the new host and port, and keeps its bind
+        address and timeout.
+        """
+        self.assertEqual(
+            redirectedDescription("tcp:127.0.0.1:5300:timeout=5:bindAddress=127.0.0.2", "hs2.corp.example", 5310),
+            "tcp:host=hs2.corp.example:port=5310:timeout=5:bindAddress=127.0.0.2",
+        )
+
+    def test_tls(self) -> None:
+        """
+        A C{tls:} endpoint stays C{tls:} (its certificate check is then
+        made against the new host's name), with its trust roots and client
+        certificate.
+        """
+        self.assertEqual(
+            redirectedDescription("tls:gw.corp.example:5301:trustRoots=/etc/ca:certificate=me.pem", "hs2.corp.example", 5311),
+            "tls:host=hs2.corp.example:port=5311:trustRoots=/etc/ca:certificate=me.pem",
+        )
+
+    def test_ipv6(self) -> None:
+        """
+        An IPv6 host is quoted as endpoint strings need it.
+        """
+        self.assertEqual(redirectedDescription("tcp:127.0.0.1:5300", "::1", 5310), "tcp:host=\\:\\:1:port=5310")
+
+    def test_other(self) -> None:
+        """
+        An endpoint type that names no host and port cannot be redirected.
+        """
+        self.assertRaises(ValueError, redirectedDescription, "unix:/run/imgateway.sock", "hs2", 5310)

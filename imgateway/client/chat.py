@@ -35,7 +35,7 @@ from imgateway.client.formatting import (
     sanitise,
 )
 from imgateway.client.parsing import parseAlternate, parseEntry, parseState, parseStatus, resolveAddress
-from imgateway.client.protocol import ClientObserver, NativeClientProtocol, connect, goodbye
+from imgateway.client.protocol import ClientObserver, NativeClientProtocol, connect, goodbye, redirector
 from imgateway.core.address import Address
 from imgateway.core.errors import InvalidAddress
 from imgateway.core.presence import Presence, PresenceState
@@ -598,7 +598,16 @@ def runChat(
         sys.stderr.flush()
         return 1
 
-    d = connect(reactor, endpoint, arguments.user, password, session, arguments.label)
+    d = connect(
+        reactor,
+        endpoint,
+        arguments.user,
+        password,
+        session,
+        arguments.label,
+        maxRedirects=arguments.max_redirects,
+        redirectTo=redirector(reactor, arguments.server),
+    )
     result: Deferred[Any] = d.addCallbacks(session.start, loginFailed)
 
     def finish(code: int) -> Deferred[None]:

@@ -25,6 +25,7 @@ from imgateway.client.chat import runChat
 from imgateway.client.formatting import PROGRAM, errorLine
 from imgateway.client.oneshot import runOneShot
 from imgateway.client.parsing import parseAlternate, parseState
+from imgateway.client.protocol import DEFAULT_MAX_REDIRECTS
 
 __all__ = [
     "DEFAULT_LABEL",
@@ -75,6 +76,13 @@ def _addCommonOptions(parser: argparse.ArgumentParser, suppress: bool) -> None:
         "otherwise a prompt)",
     )
     parser.add_argument("--label", metavar="NAME", default=default(DEFAULT_LABEL), help="session label the server shows")
+    parser.add_argument(
+        "--max-redirects",
+        metavar="N",
+        type=int,
+        default=default(DEFAULT_MAX_REDIRECTS),
+        help=f"follow at most N redirects to your home server (default {DEFAULT_MAX_REDIRECTS}; 0: none)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", default=default(False), help="say what succeeded")
 
 
@@ -148,6 +156,8 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
         arguments.command = "chat"
     if not arguments.user:
         parser.error("--user is required")
+    if arguments.max_redirects < 0:
+        parser.error("--max-redirects must be 0 or more")
     if arguments.command == "rule":
         try:
             parseState(arguments.state)

@@ -30,7 +30,7 @@ from imgateway.adapters.native.mapping import (
 from imgateway.auth.sasl import SASLFailure
 from imgateway.client.protocol import ClientError
 from imgateway.core.address import Address
-from imgateway.core.errors import DeliveryError, DeliveryStatus, InvalidAddress, NotAuthorised, UserBusy
+from imgateway.core.errors import DeliveryError, DeliveryStatus, InvalidAddress, NotAuthorised, ServiceUnavailable, UserBusy
 from imgateway.core.events import SubscriptionKind
 from imgateway.core.presence import OFFLINE, Presence
 from imgateway.core.records import Subscription
@@ -292,6 +292,10 @@ def describeConnectFailure(error: BaseException, server: str, user: str) -> str:
         return f"{login}: {sanitise(error.reason)} ({error.code})"
     if isinstance(error, SASLFailure):
         return f"{login}: the server could not prove it knows the password ({error})"
+    if isinstance(error, ServiceUnavailable):
+        # A router that cannot serve the user from where the client is, or
+        # a server shutting down.
+        return f"{login}: {sanitise(error.text)} (503)"
     return f"{login}: {describeFailure(error)}"
 
 

@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from imgateway.adapters.native.mapping import PRESENCE
 from imgateway.client.formatting import describeConnectFailure, describeFailure, errorLine, formatContactRow, sanitise
 from imgateway.client.parsing import parseAlternate, parseEntry, parseState, resolveAddress
-from imgateway.client.protocol import NativeClientProtocol, connect, goodbye
+from imgateway.client.protocol import NativeClientProtocol, connect, goodbye, redirector
 from imgateway.core.errors import DeliveryError, InvalidAddress
 
 __all__ = ["ONE_SHOT_COMMANDS", "runOneShot"]
@@ -171,7 +171,17 @@ async def runOneShot(
     """
     run, about = _ONE_SHOTS[arguments.command]
     try:
-        client = await connect(reactor, endpoint, arguments.user, password, None, arguments.label, presence=None)
+        client = await connect(
+            reactor,
+            endpoint,
+            arguments.user,
+            password,
+            None,
+            arguments.label,
+            presence=None,
+            maxRedirects=arguments.max_redirects,
+            redirectTo=redirector(reactor, arguments.server),
+        )
     except Exception as e:
         sys.stderr.write(errorLine(describeConnectFailure(e, arguments.server, arguments.user)))
         sys.stderr.flush()

@@ -11,8 +11,8 @@ in and publishes an initial presence.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
@@ -33,22 +33,30 @@ from imgateway.adapters.native.framing import (
 )
 from imgateway.adapters.native.mapping import PRESENCE, deliveryErrorFor, isDeliveryCode, presenceFromToken
 from imgateway.auth.sasl import SASLFailure, clientMechanism, preferredMechanism
+from imgateway.config import HostPort, parseHostPort
 from imgateway.core.address import Address
 from imgateway.core.errors import AuthenticationFailed, ImgatewayError, NotAuthorised
 from imgateway.core.presence import Presence, PresenceState
-from imgateway.net.endpoints import clientEndpointFromString
+from imgateway.net.endpoints import clientEndpointFromString, redirectedDescription
 
 __all__ = [
     "BYE_TIMEOUT",
+    "DEFAULT_MAX_REDIRECTS",
     "ClientError",
     "ClientObserver",
     "NativeClientProtocol",
+    "Redirected",
+    "TooManyRedirects",
     "connect",
     "goodbye",
+    "redirector",
 ]
 
 #: Seconds L{goodbye} waits for the server to close the connection after BYE.
 BYE_TIMEOUT = 5.0
+
+#: How many redirects (C{302} to C{AUTH}) L{connect} follows by default.
+DEFAULT_MAX_REDIRECTS = 3
 
 
 class ClientError(ImgatewayError):
@@ -64,6 +72,35 @@ class ClientError(ImgatewayError):
         super().__init__(f"{code} {reason}")
         self.code = code
         self.reason = reason
+
+
+class Redirected(ClientError):
+    """
+    The server answered C{AUTH} with C{302}: log in at C{location} instead
+    (C{docs/protocol.md} section 7.2.1). The server proved it knows the
+    password (the SCRAM server-final message was checked) before this is
+    raised.
+
+    @ivar location: Where to connect.
+    """
+
+    def __init__(self, code: int, reason: str, location: HostPort) -> None:
+        super().__init__(code, reason)
+        self.location = location
+
+
+class TooManyRedirects(ClientError):
+    """
+    L{connect} was redirected more times than it may follow.
+
+    @ivar locations: Where it was sent, in order (the last one not
+        followed).
+    """
+
+    def __init__(self, locations: Sequence[HostPort], maxRedirects: int) -> None:
+        path = " -> ".join(str(h) for h in locations)
+        super().__init__(302, f"redirected more than {maxRedirects} times ({path})")
+        self.locations = tuple(locations)
 
 
 class ClientObserver:
@@ -251,7 +288,9 @@ class NativeClientProtocol(Protocol):
         C{mechanism} is given).
 
         @return: Fires with the logged-in address; fails with
-            L{AuthenticationFailed} for wrong credentials.
+            L{AuthenticationFailed} for wrong credentials, or L{Redirected}
+            when the server (a router) sends the client to the user's home
+            server (the connection is then closed by the server).
         """
 
         def chosen(offered: dict[str, str]) -> Deferred[Address]:
@@ -267,7 +306,9 @@ class NativeClientProtocol(Protocol):
             headers = [("Mechanism", name)]
             if label:
                 headers.append(("Label", label))
-            return self.call("AUTH", "*", headers, mech.start()).addCallbacks(stepped, refused, (mech,))
+            return self.request("AUTH", "*", headers, mech.start()).addCallback(_checkAuth).addCallbacks(
+                stepped, refused, (mech,)
+            )
 
         def refused(f: Failure) -> Failure:
             # 401 on AUTH is a failed login, not a failed delivery.
@@ -277,8 +318,12 @@ class NativeClientProtocol(Protocol):
 
         def stepped(response: Response, mech: Any) -> Any:
             if response.code == 110:
-                return self.call("AUTH", "*", (), mech.step(response.body)).addCallbacks(stepped, refused, (mech,))
+                return self.request("AUTH", "*", (), mech.step(response.body)).addCallback(_checkAuth).addCallbacks(
+                    stepped, refused, (mech,)
+                )
             mech.verifyFinal(response.body)
+            if response.code == 302:
+                raise Redirected(response.code, response.reason, _location(response))
             self.address = Address.fromString(response.headers.get("Address") or "")
             self.sessionId = response.headers.get("Session") or ""
             return self.address
@@ -476,6 +521,23 @@ def _check(response: Response) -> Response:
     raise ClientError(response.code, response.reason)
 
 
+def _checkAuth(response: Response) -> Response:
+    """
+    L{_check} for an answer to C{AUTH}, which may also be C{302} (a redirect
+    after a successful authentication, with the SASL additional data).
+    """
+    if response.code == 302:
+        return response
+    return _check(response)
+
+
+def _location(response: Response) -> HostPort:
+    try:
+        return parseHostPort(response.headers.get("Location") or "")
+    except ValueError as e:
+        raise ClientError(response.code, f"redirected to a bad Location: {e}") from None
+
+
 def _jsonBody(response: Response) -> Any:
     return json.loads(response.body)
 
@@ -500,32 +562,80 @@ def connect(
     label: str = "",
     presence: PresenceState | str | None = PresenceState.ONLINE,
     note: str = "",
+    maxRedirects: int = DEFAULT_MAX_REDIRECTS,
+    redirectTo: Callable[[HostPort], IStreamClientEndpoint] | None = None,
 ) -> Deferred[NativeClientProtocol]:
     """
     Connect, log in and (unless C{presence} is C{None}) publish presence.
 
+    A router may answer the login with C{302} and the user's home server
+    (C{docs/protocol.md} section 7.2.1): then the connection is closed and
+    the same credentials are tried there, with the same TLS choice, up to
+    C{maxRedirects} times.
+
     @param endpoint: A client endpoint or its string (C{"tcp:127.0.0.1:5300"},
         C{"tls:gw.corp.example:5301"}).
-    @return: Fires with the logged-in protocol.
+    @param maxRedirects: How many redirects to follow (0: none).
+    @param redirectTo: Makes the endpoint to follow a redirect to; by
+        default, when C{endpoint} is a string, that string with its host
+        and port replaced (L{redirectedDescription}). With neither, a
+        redirect fails the login with L{Redirected}.
+    @return: Fires with the logged-in protocol; fails with
+        L{TooManyRedirects} past C{maxRedirects}.
     """
-    ep: IStreamClientEndpoint = clientEndpointFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint
-    d: Deferred[Any] = ep.connect(_ClientFactory(observer, reactor))
+    if isinstance(endpoint, str):
+        description = endpoint
+        ep: IStreamClientEndpoint = clientEndpointFromString(reactor, description)
+        if redirectTo is None:
+            redirectTo = redirector(reactor, description)
+    else:
+        ep = endpoint
+    follow = redirectTo
 
-    def connected(proto: NativeClientProtocol) -> Deferred[NativeClientProtocol]:
-        def loggedIn(_: Address) -> Any:
-            if presence is None:
+    async def run() -> NativeClientProtocol:
+        current = ep
+        locations: list[HostPort] = []
+        while True:
+            proto = cast(NativeClientProtocol, await current.connect(_ClientFactory(observer, reactor)))
+            try:
+                await proto.login(username, password, label)
+                if presence is not None:
+                    await proto.publish(presence, note)
                 return proto
-            return proto.publish(presence, note).addCallback(lambda _: proto)
+            except Redirected as e:
+                # This connection was never ours to use: its end is no news
+                # to the observer.
+                proto.observer = ClientObserver()
+                if proto.transport is not None:
+                    proto.transport.loseConnection()
+                locations.append(e.location)
+                if follow is None:
+                    raise
+                if len(locations) > maxRedirects:
+                    raise TooManyRedirects(locations, maxRedirects) from None
+                try:
+                    current = follow(e.location)
+                except Exception as problem:
+                    raise ClientError(302, f"cannot follow the redirect to {e.location}: {problem}") from None
+            except BaseException:
+                if proto.transport is not None:
+                    proto.transport.loseConnection()
+                raise
 
-        def failed(f: Failure) -> Failure:
-            if proto.transport is not None:
-                proto.transport.loseConnection()
-            return f
+    return Deferred.fromCoroutine(run())
 
-        return proto.login(username, password, label).addCallback(loggedIn).addErrback(failed)
 
-    return d.addCallback(connected)
+def redirector(reactor: Any, description: str) -> Callable[[HostPort], IStreamClientEndpoint]:
+    """
+    What L{connect} takes as C{redirectTo} for an endpoint given as the
+    string C{description}: that string with its host and port replaced
+    (L{redirectedDescription}), its files checked again.
+    """
 
+    def redirectTo(location: HostPort) -> IStreamClientEndpoint:
+        return clientEndpointFromString(reactor, redirectedDescription(description, location.host, location.port))
+
+    return redirectTo
 
 
 def goodbye(client: NativeClientProtocol, clock: IReactorTime, timeout: float = BYE_TIMEOUT) -> Deferred[str]:

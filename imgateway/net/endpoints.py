@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from twisted.internet.endpoints import clientFromString
+from twisted.internet.endpoints import clientFromString, quoteStringArgument
 from twisted.internet.interfaces import IStreamClientEndpoint
 
 from imgateway.net.certificates import (
@@ -33,7 +33,13 @@ from imgateway.net.certificates import (
     loadPrivateKey,
 )
 
-__all__ = ["checkClientEndpoint", "checkServerEndpoint", "clientEndpointFromString", "splitDescription"]
+__all__ = [
+    "checkClientEndpoint",
+    "checkServerEndpoint",
+    "clientEndpointFromString",
+    "redirectedDescription",
+    "splitDescription",
+]
 
 #: The positional parameters of the endpoint types we check, by role and
 #: type, in Twisted's order (after the type itself).
@@ -172,3 +178,37 @@ def clientEndpointFromString(reactor: object, description: str) -> IStreamClient
     checkClientEndpoint(description)
     endpoint: IStreamClientEndpoint = clientFromString(reactor, description)
     return endpoint
+
+
+#: The positional parameters of the client endpoint types a redirect can
+#: be followed from, in Twisted's order.
+_REDIRECTABLE = {
+    "tcp": ("host", "port", "timeout", "bindAddress"),
+    "tls": _POSITIONAL[("client", "tls")],
+    "ssl": _POSITIONAL[("client", "ssl")],
+}
+
+
+def redirectedDescription(description: str, host: str, port: int) -> str:
+    """
+    A client endpoint string like C{description}, with its host and port
+    replaced: the same type (so the same TLS choice: a C{tls:} endpoint
+    checks the new host's certificate against the new host's name) and
+    every other parameter (trust roots, client certificate, bind address,
+    timeout) kept.
+
+    @raise ValueError: If C{description} is not of a type that names a
+        host and port (C{tcp:}, C{tls:}, C{ssl:}).
+    """
+    args, kwargs = splitDescription(description)
+    kind = args[0].strip().lower() if args else ""
+    names = _REDIRECTABLE.get(kind)
+    if names is None:
+        raise ValueError(f"cannot follow a redirect from a {kind or 'bad'}: endpoint (tcp:, tls: and ssl: can)")
+    named = dict(zip(names, args[1:]))
+    named.update(kwargs)
+    named["host"] = host
+    named["port"] = str(port)
+    first = [f"{name}={quoteStringArgument(named.pop(name))}" for name in ("host", "port")]
+    rest = [f"{name}={quoteStringArgument(value)}" for name, value in named.items()]
+    return ":".join([kind, *first, *rest])

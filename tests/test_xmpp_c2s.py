@@ -39,6 +39,7 @@ from imgateway.testing import (
     writePEM,
 )
 from tests.test_native_mapping import scrambleCoreValues
+from tests.test_router_front import CAROL, EXTERNAL, INTERNAL, routerGateway
 from tests.test_net_certificates import DAY, NOW
 
 HEADER = (
@@ -675,3 +676,78 @@ class PasswordDirectoryTests(SynchronousTestCase):
         c = Client(self.factory)
         c.login("alice", "alice-pw", "PLAIN")
         self.assertEqual(self.directory.checked, [(Address.fromParts("alice", "corp.example"), "alice-pw")])
+
+
+class RouterFaceTests(SynchronousTestCase):
+    """
+    The c2s face of a router (L{imgateway.router.front}): after SASL
+    success, the restarted stream of a user homed on another server is
+    answered with its header and a stream error: C{<see-other-host/>}
+    naming C{[servers.HOME] xmpp} for a client in an internal network,
+    C{<policy-violation/>} for any other.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.gateway = routerGateway(self.clock)
+        self.factory = C2SFactory(self.gateway, C2SConfig(requireTLS=False), None, self.clock)
+
+    def restarted(self, user: str, peer: IPv4Address) -> tuple[Client, list[domish.Element]]:
+        """
+        Log C{user} in from C{peer} and restart the stream.
+
+        @return: The client and what the server sent on the new stream.
+        """
+        c = Client(self.factory, peer)
+        c.login(user, f"{user}-pw")
+        c.restart()
+        c.write(HEADER)
+        elements = c.read()
+        self.assertIsNotNone(c.root)
+        return c, elements
+
+    def test_seeOtherHost(self) -> None:
+        """
+        carol, homed on hs2, from an internal network: SASL succeeds (the
+        SCRAM server-final message verifies), then the restarted stream gets
+        C{<see-other-host>hs2.corp.example:5232</see-other-host>} and is
+        closed; no session is opened.
+        """
+        c, elements = self.restarted("carol", INTERNAL)
+        self.assertEqual(c.streamError(elements), "see-other-host")
+        [condition] = [e for e in elements[0].elements() if e.name == "see-other-host"]
+        self.assertEqual(condition.uri, "urn:ietf:params:xml:ns:xmpp-streams")
+        self.assertEqual(str(condition), "hs2.corp.example:5232")
+        self.assertTrue(c.closed)
+        self.assertTrue(c.disconnecting)
+        self.assertEqual(self.gateway.homeServer.sessionsOf(CAROL), [])
+
+    def test_external(self) -> None:
+        """
+        From outside the internal networks: C{<policy-violation/>} with a
+        text that says why, and the stream is closed.
+        """
+        self.factory = C2SFactory(self.gateway, C2SConfig(requireTLS=False, allowPlaintextAuth=True), None, self.clock)
+        c, elements = self.restarted("carol", EXTERNAL)
+        self.assertEqual(c.streamError(elements), "policy-violation")
+        self.assertIn("not served here to your network", elements[0].toXml())
+        self.assertTrue(c.closed)
+
+    def test_homedHere(self) -> None:
+        """
+        alice, homed on this process, is offered resource binding as on a
+        single-host gateway.
+        """
+        c, elements = self.restarted("alice", INTERNAL)
+        [features] = elements
+        self.assertIn("bind", [e.name for e in features.elements()])
+        self.assertFalse(c.disconnecting)
+
+    def test_notRouter(self) -> None:
+        """
+        On a process that is not a router, carol is served here.
+        """
+        self.gateway = routerGateway(self.clock, roles=frozenset({"home"}))
+        self.factory = C2SFactory(self.gateway, C2SConfig(requireTLS=False), None, self.clock)
+        c, elements = self.restarted("carol", INTERNAL)
+        self.assertIn("bind", [e.name for e in elements[0].elements()])

@@ -62,6 +62,7 @@ from imgateway.core.records import ContactView
 from imgateway.core.throttle import Admission
 from imgateway.interfaces import IGateway, ISession, ISessionClient
 from imgateway.net.addresses import isLoopback
+from imgateway.router.front import FrontAction, FrontDecision, decideFront
 
 __all__ = ["C2SConfig", "C2SFactory", "C2SProtocol"]
 
@@ -147,6 +148,7 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         self._admission: Admission | None = None
         self._ids = itertools.count(1)
         self._closed = False
+        self._away: FrontDecision | None = None
 
     # -- connection --------------------------------------------------------------
 
@@ -268,7 +270,23 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             self._fail("host-unknown", f"this server serves {self.gateway.domain}")
             return
         self.sendHeader()
+        if self._away is not None:
+            self._sendAway(self._away)
+            return
         self.send(self._features())
+
+    def _sendAway(self, decision: FrontDecision) -> None:
+        """
+        Close the restarted stream of a user this router does not serve
+        here (L{imgateway.router.front}): with C{<see-other-host/>} naming
+        the home server (RFC 6120 section 4.9.3.19), or C{<policy-violation/>}.
+        """
+        self._closed = True
+        if decision.action is FrontAction.REDIRECT:
+            streamError: error.StreamError = _SeeOtherHost(str(decision.location))
+        else:
+            streamError = error.StreamError("policy-violation", text="Your home server is not served here to your network")
+        self.sendStreamError(streamError)
 
     def _features(self) -> domish.Element:
         features = domish.Element((NS_STREAMS, "features"))
@@ -374,6 +392,16 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             self.send(challenge)
             return
         self._mechanism = None
+        decided = decideFront(self.gateway.config, self.gateway.homeLocator, step.address, self._t.getPeer(), "xmpp")
+        decided.addCallbacks(self._authenticated, self._saslFailed, (step,))
+
+    def _authenticated(self, decision: FrontDecision, step: Any) -> None:
+        if self._closed:
+            return
+        if decision.action is not FrontAction.SERVE:
+            # Sent at the restarted stream's header (docs/operations.md,
+            # "Router faces").
+            self._away = decision
         self.address = step.address
         success = domish.Element((NS_SASL, "success"))
         if step.challenge:
@@ -745,6 +773,24 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             self._fail("system-shutdown")
         else:
             self._fail("reset", reason)
+
+
+class _SeeOtherHost(error.StreamError):
+    """
+    The C{<see-other-host/>} stream error, whose element holds where to
+    connect (Twisted's L{error.StreamError} puts no text in its condition).
+    """
+
+    def __init__(self, location: str) -> None:
+        super().__init__("see-other-host")
+        self.location = location
+
+    def getElement(self) -> domish.Element:
+        element: domish.Element = super().getElement()
+        condition = element.firstChildElement()
+        assert condition is not None
+        condition.addContent(self.location)
+        return element
 
 
 def _rosterItem(view: ContactView) -> domish.Element:

@@ -43,6 +43,14 @@ C{tls_failed}, C{connection_failed} (C{reason}), C{agent_error} (slixmpp
 logged an error: C{logger}, C{message}), C{stream_error}
 (C{condition}, C{text}), C{disconnected} (C{reason}). After
 C{disconnected} the agent exits: it never reconnects.
+
+With C{--follow-see-other-host N}, a C{<see-other-host/>} stream error is
+followed as RFC 6120 section 4.9.3.19 asks, at most N times: the event
+C{see_other_host} (C{location}), then the agent connects to that host and
+port and logs in again, with the same TLS mode and the same name to verify
+the certificate against (slixmpp's own handling goes back to the first
+address when it was given one, as here). C{--bind-address} connects from
+that local address.
 """
 
 from __future__ import annotations
@@ -97,6 +105,8 @@ class Agent(slixmpp.ClientXMPP):
         self.options = options
         self.quitting = False
         self.encrypted = False
+        self.redirectsLeft: int | None = options.follow_see_other_host
+        self.redirectTo: tuple[str, int] | None = None
         mode = options.tls
         self.enable_direct_tls = mode == "direct"
         self.enable_starttls = mode in ("starttls", "optional")
@@ -196,10 +206,30 @@ class Agent(slixmpp.ClientXMPP):
         self.cancel_connection_attempt()
         self.finish("connection failed")
 
+    def _handle_stream_error(self, error: Any) -> None:
+        # Overrides slixmpp's handler (registered as a bound method at
+        # construction), which would reconnect to the first address.
+        if error["condition"] != "see-other-host" or self.redirectsLeft is None:
+            super()._handle_stream_error(error)
+            return
+        location = error["see_other_host"]
+        emit("see_other_host", location=location)
+        if self.redirectsLeft <= 0:
+            emit("stream_error", condition="see-other-host", text="too many redirects")
+            return
+        self.redirectsLeft -= 1
+        host, _, port = location.rpartition(":")
+        self.redirectTo = (host.strip("[]"), int(port))
+
     def onStreamError(self, error: Any) -> None:
         emit("stream_error", condition=error["condition"], text=error["text"])
 
     def onDisconnected(self, reason: Any) -> None:
+        if self.redirectTo is not None and not self.quitting:
+            host, port = self.redirectTo
+            self.redirectTo = None
+            self.connect(host=host, port=port)
+            return
         if isinstance(reason, ssl.SSLError) and not self.quitting:
             # A failed TLS handshake (e.g. an untrusted certificate) ends the connection.
             emit("tls_failed", reason=str(reason))
@@ -352,6 +382,20 @@ class Agent(slixmpp.ClientXMPP):
 _loop: asyncio.AbstractEventLoop | None = None
 
 
+class _BoundLoop(asyncio.SelectorEventLoop):
+    """
+    An event loop whose outgoing connections leave from one local address.
+    """
+
+    def __init__(self, bindAddress: str) -> None:
+        super().__init__()
+        self.bindAddress = bindAddress
+
+    async def create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("local_addr", (self.bindAddress, 0))
+        return await super().create_connection(*args, **kwargs)
+
+
 def stop() -> None:
     if _loop is not None:
         _loop.stop()
@@ -409,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         help="let slixmpp approve subscription requests itself",
     )
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--follow-see-other-host", type=int, metavar="N", help="follow at most N see-other-host errors")
+    parser.add_argument("--bind-address", help="local address to connect from")
     options = parser.parse_args(argv)
     logging.basicConfig(
         level=options.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -418,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().addHandler(errors)
 
     global _loop
-    loop = asyncio.new_event_loop()
+    loop = _BoundLoop(options.bind_address) if options.bind_address else asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     _loop = loop
     agent = Agent(options)

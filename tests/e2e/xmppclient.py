@@ -151,6 +151,8 @@ class XMPPAgent(_Waiters):
         manualSubscriptions: bool = True,
         logLevel: str = "INFO",
         directory: str | None = None,
+        followSeeOtherHost: int | None = None,
+        bindAddress: str | None = None,
     ) -> None:
         """
         Prepare an agent; start nothing yet (L{start} logs in).
@@ -175,6 +177,10 @@ class XMPPAgent(_Waiters):
             and subscribes back itself).
         @param directory: Where to put the agent's log; a new folder from
             C{testCase.mktemp()} when C{None}.
+        @param followSeeOtherHost: Follow at most this many
+            C{<see-other-host/>} stream errors (C{None}: slixmpp's own
+            handling).
+        @param bindAddress: The local address to connect from.
         """
         super().__init__()
         self.testCase = testCase
@@ -190,6 +196,8 @@ class XMPPAgent(_Waiters):
         self.roster = roster
         self.manualSubscriptions = manualSubscriptions
         self.logLevel = logLevel
+        self.followSeeOtherHost = followSeeOtherHost
+        self.bindAddress = bindAddress
         self.directory = os.path.abspath(directory if directory is not None else testCase.mktemp())
         os.makedirs(self.directory, exist_ok=True)
         name = re.sub(r"[^A-Za-z0-9_.@-]", "_", jid)
@@ -224,6 +232,10 @@ class XMPPAgent(_Waiters):
             args.append("--no-roster")
         if not self.manualSubscriptions:
             args.append("--auto-subscriptions")
+        if self.followSeeOtherHost is not None:
+            args += ["--follow-see-other-host", str(self.followSeeOtherHost)]
+        if self.bindAddress:
+            args += ["--bind-address", self.bindAddress]
         return args
 
     @property

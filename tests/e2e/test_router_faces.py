@@ -1,0 +1,203 @@
+"""
+End-to-end tests of a router's client faces (L{imgateway.router.front}): a
+router and a home server as two real C{twistd imgateway} processes sharing
+one data folder (so one SQLite directory), real TCP on loopback. A native
+client (the shipped library and C{imgateway-client}) and a real XMPP client
+(slixmpp) from 127.0.0.1, an internal network, are redirected to the home
+server and log in there; from 127.0.0.2, outside it, they get the
+documented interim answer (native C{503}, XMPP C{<policy-violation/>}).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+
+from imgateway.client.protocol import connect, goodbye
+from imgateway.core.errors import ServiceUnavailable
+from tests.e2e.harness import (
+    DOMAIN,
+    REPO_ROOT,
+    GatewayProcess,
+    failureOf,
+    freePort,
+    makeCertificates,
+    reactor,
+)
+from tests.e2e.xmppclient import AgentError, XMPPAgent, connectAgent
+
+PASSWORDS = {"carol": "carol-pw-1"}
+
+#: Where clients come from that are not in the router's internal network.
+OUTSIDE = "127.0.0.2"
+
+
+class RouterAndHome:
+    """
+    A router (C{router}, roles C{["router"]}) and a home server (C{hs1})
+    of one domain, as two processes on one data folder; carol's account
+    is homed on C{hs1}. The router's C{internal_networks} is
+    C{127.0.0.1/32}; both run the native face, and with C{xmpp} the c2s
+    face too (STARTTLS, a certificate for the domain from a test
+    authority).
+    """
+
+    def __init__(self, testCase: TestCase, xmpp: bool = False) -> None:
+        root = os.path.abspath(testCase.mktemp())
+        os.makedirs(root)
+        self.testCase = testCase
+        shared = os.path.join(root, "data")
+        self.routerPort, self.homePort = freePort(), freePort()
+        hs1: dict[str, object] = {"roles": ["home"], "native": f"127.0.0.1:{self.homePort}"}
+        router: dict[str, object] = {"roles": ["router"], "native": f"127.0.0.1:{self.routerPort}"}
+        tables: dict[str, dict[str, Any]] = {
+            "gateway": {"data_dir": shared},
+            "servers": {"router": router, "hs1": hs1},
+            "router": {"internal_networks": ["127.0.0.1/32"]},
+        }
+        routerWait, homeWait = [self.routerPort], [self.homePort]
+        routerXMPP: dict[str, Any] = {}
+        homeXMPP: dict[str, Any] = {}
+        if xmpp:
+            self.caPath, serverDir = makeCertificates(os.path.join(root, "certs"), DOMAIN)
+            pem = os.path.join(serverDir, f"{DOMAIN}.pem")
+            self.routerXMPPPort, self.homeXMPPPort = freePort(), freePort()
+            hs1["xmpp"] = f"127.0.0.1:{self.homeXMPPPort}"
+            router["xmpp"] = f"127.0.0.1:{self.routerXMPPPort}"
+            common = {"certificate": pem, "private_key": pem}
+            routerXMPP = {"xmpp": {"listen": [f"tcp:{self.routerXMPPPort}:interface=127.0.0.1"], **common}}
+            homeXMPP = {"xmpp": {"listen": [f"tcp:{self.homeXMPPPort}:interface=127.0.0.1"], **common}}
+            routerWait.append(self.routerXMPPPort)
+            homeWait.append(self.homeXMPPPort)
+        self.router = GatewayProcess(
+            testCase,
+            {**tables, "gateway": {**tables["gateway"], "home_server": "router"}, **routerXMPP},
+            directory=os.path.join(root, "router"),
+            port=self.routerPort,
+            waitPorts=routerWait,
+        )
+        self.home = GatewayProcess(
+            testCase,
+            {**tables, "gateway": {**tables["gateway"], "home_server": "hs1"}, **homeXMPP},
+            directory=os.path.join(root, "hs1"),
+            port=self.homePort,
+            waitPorts=homeWait,
+        )
+        # Made with hs1's configuration: homed on hs1.
+        self.home.addUsers(PASSWORDS)
+
+    async def start(self) -> None:
+        await self.home.start()
+        await self.router.start()
+
+    def agent(self, **kwargs: Any) -> XMPPAgent:
+        options: dict[str, Any] = {"tls": "starttls", "caFile": self.caPath}
+        options.update(kwargs)
+        return XMPPAgent(self.testCase, f"carol@{DOMAIN}/agent", PASSWORDS["carol"], self.routerXMPPPort, **options)
+
+
+class NativeRedirectTests(TestCase):
+    """
+    The native face of a router, and the shipped client.
+    """
+
+    async def test_internalRedirected(self) -> None:
+        """
+        carol connects to the router from 127.0.0.1: the router answers her
+        login C{302} naming hs1's native endpoint and logs why; the shipped
+        client follows it and carol is logged in at hs1.
+        """
+        pair = RouterAndHome(self)
+        await pair.start()
+        client = await connect(reactor(), pair.router.endpoint, "carol", PASSWORDS["carol"])
+        self.addCleanup(goodbye, client, reactor())
+        self.assertEqual(str(client.address), f"carol@{DOMAIN}")
+        self.assertEqual(client.transport.getPeer().port, pair.homePort)  # type: ignore[union-attr]
+        self.assertIn(
+            f"Redirecting carol@{DOMAIN} (native, from IPv4Address(type='TCP', host='127.0.0.1'",
+            pair.router.log(),
+        )
+        self.assertIn(f"to its home server hs1 at 127.0.0.1:{pair.homePort}: internal network 127.0.0.1/32", pair.router.log())
+        self.assertIn(f"carol@{DOMAIN} logged in from", pair.home.log())
+        self.assertNotIn(f"carol@{DOMAIN} logged in from", pair.router.log())
+
+    async def test_externalUnavailable(self) -> None:
+        """
+        From 127.0.0.2, outside the internal network, carol's login at the
+        router is answered C{503} (the proxy is a later slice) and the
+        router logs why; nothing reaches hs1.
+        """
+        pair = RouterAndHome(self)
+        await pair.start()
+        endpoint = f"{pair.router.endpoint}:bindAddress={OUTSIDE}"
+        e = await failureOf(connect(reactor(), endpoint, "carol", PASSWORDS["carol"]), ServiceUnavailable)
+        self.assertEqual(e.text, "Your home server is not served here to your network")
+        self.assertIn(f"Not serving carol@{DOMAIN} (native, from IPv4Address(type='TCP', host='{OUTSIDE}'", pair.router.log())
+        self.assertNotIn("carol", pair.home.log())
+
+    async def test_commandLine(self) -> None:
+        """
+        C{imgateway-client} pointed at the router follows the redirect
+        (C{ping} succeeds, at hs1); with C{--max-redirects 0} it does not,
+        and says so.
+        """
+        pair = RouterAndHome(self)
+        await pair.start()
+        env = GatewayProcess.environment()
+        env["IMGATEWAY_PASSWORD"] = PASSWORDS["carol"]
+        args = ["-m", "imgateway.client.cli", "--server", pair.router.endpoint, "--user", "carol", "-v"]
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, [*args, "ping"], env=env, path=REPO_ROOT, reactor=reactor()
+        )
+        self.assertEqual(code, 0, (out, err))
+        self.assertIn(f"carol@{DOMAIN} logged in from", pair.home.log())
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            [*args, "--max-redirects", "0", "ping"],
+            env=env,
+            path=REPO_ROOT,
+            reactor=reactor(),
+        )
+        self.assertEqual(code, 1)
+        self.assertIn(b"redirected more than 0 times (127.0.0.1:", err)
+
+
+class XMPPRedirectTests(TestCase):
+    """
+    The XMPP c2s face of a router, with slixmpp.
+    """
+
+    async def test_seeOtherHost(self) -> None:
+        """
+        slixmpp logs in to the router from 127.0.0.1 over STARTTLS; the
+        restarted stream gets C{<see-other-host>} naming hs1's c2s endpoint;
+        following it, slixmpp connects there and logs in (its session
+        starts at hs1).
+        """
+        pair = RouterAndHome(self, xmpp=True)
+        await pair.start()
+        agent = pair.agent(followSeeOtherHost=3)
+        await agent.start()
+        [redirect] = [e for e in agent.events if e["event"] == "see_other_host"]
+        self.assertEqual(redirect["location"], f"127.0.0.1:{pair.homeXMPPPort}")
+        self.assertIn(f"Redirecting carol@{DOMAIN} (xmpp, from", pair.router.log())
+        self.assertIn(f"carol@{DOMAIN} authenticated from", pair.home.log())
+
+    async def test_externalPolicyViolation(self) -> None:
+        """
+        From 127.0.0.2, slixmpp's restarted stream at the router gets
+        C{<policy-violation/>} with a text that says why, and the router
+        logs why.
+        """
+        pair = RouterAndHome(self, xmpp=True)
+        await pair.start()
+        agent = pair.agent(bindAddress=OUTSIDE)
+        e = await failureOf(agent.start(), AgentError)
+        errors = [ev for ev in agent.events if ev["event"] == "stream_error"]
+        self.assertEqual([ev["condition"] for ev in errors], ["policy-violation"], e)
+        self.assertEqual(errors[0]["text"], "Your home server is not served here to your network")
+        self.assertIn(f"Not serving carol@{DOMAIN} (xmpp, from IPv4Address(type='TCP', host='{OUTSIDE}'", pair.router.log())

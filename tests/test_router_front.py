@@ -327,6 +327,24 @@ class NativeRouterFaceTests(SynchronousTestCase):
         self.assertEqual(answers[0], answers[1])
         self.assertEqual(answers[0][0], 401)
 
+    def test_directoryFails(self) -> None:
+        """
+        When the home cannot be looked up (the directory fails), the login
+        is answered C{401} with C{Error: temporary-auth-failure}, as when
+        the password cannot be checked, and no session is opened.
+        """
+
+        @implementer(IHomeLocator)
+        class Failing(FixedLocator):
+            def homeOf(self, address: Address) -> Deferred[str | None]:
+                return fail(PersistenceFailed("directory unreachable"))
+
+        self.gateway.homeLocator = Failing({})
+        wire = Wire(self.factory, INTERNAL, secure=True)
+        r, _ = login(wire, "carol", "carol-pw")
+        self.assertEqual((r.code, r.headers.get("Error")), (401, "temporary-auth-failure"))
+        self.assertEqual(self.sessionsOf(CAROL), 0)
+
     def test_lostDuringLookUp(self) -> None:
         """
         A connection lost while the home is looked up gets nothing, and no

@@ -26,9 +26,13 @@ from imgateway.core.address import Address
 from imgateway.interfaces import IHomeLocator
 from imgateway.net.addresses import networkOf
 
-__all__ = ["FACES", "FrontAction", "FrontDecision", "decideFront"]
+__all__ = ["FACES", "UNAVAILABLE_TEXT", "FrontAction", "FrontDecision", "decideFront"]
 
 log = Logger()
+
+#: What a client that cannot be served here is told (native C{503} reason,
+#: XMPP C{<text/>}).
+UNAVAILABLE_TEXT = "Your home server is not served here to your network"
 
 #: The faces that redirect, to the C{[servers.NAME]} key naming where that
 #: face of a home server is reached.

@@ -70,7 +70,7 @@ from imgateway.core.records import (
 )
 from imgateway.interfaces import IGateway, ISession, ISessionClient
 from imgateway.net.addresses import isLoopback
-from imgateway.router.front import FrontAction, FrontDecision, decideFront
+from imgateway.router.front import UNAVAILABLE_TEXT, FrontAction, FrontDecision, decideFront
 
 __all__ = ["NativeConfig", "NativeServerFactory", "NativeServerProtocol", "largestListAnswers"]
 
@@ -659,7 +659,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             assert decision.location is not None
             self._respond(request.seq, 302, REASONS[302], (("Location", str(decision.location)),), step.challenge or b"")
         else:
-            self._respond(request.seq, 503, "Your home server is not served here to your network", (), step.challenge or b"")
+            self._respond(request.seq, 503, UNAVAILABLE_TEXT, (), step.challenge or b"")
         self._close()
         raise _Closed()
 

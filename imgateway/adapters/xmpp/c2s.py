@@ -62,7 +62,7 @@ from imgateway.core.records import ContactView
 from imgateway.core.throttle import Admission
 from imgateway.interfaces import IGateway, ISession, ISessionClient
 from imgateway.net.addresses import isLoopback
-from imgateway.router.front import FrontAction, FrontDecision, decideFront
+from imgateway.router.front import UNAVAILABLE_TEXT, FrontAction, FrontDecision, decideFront
 
 __all__ = ["C2SConfig", "C2SFactory", "C2SProtocol"]
 
@@ -285,7 +285,7 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         if decision.action is FrontAction.REDIRECT:
             streamError: error.StreamError = _SeeOtherHost(str(decision.location))
         else:
-            streamError = error.StreamError("policy-violation", text="Your home server is not served here to your network")
+            streamError = error.StreamError("policy-violation", text=UNAVAILABLE_TEXT)
         self.sendStreamError(streamError)
 
     def _features(self) -> domish.Element:

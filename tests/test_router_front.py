@@ -551,6 +551,16 @@ class RedirectedDescriptionTests(SynchronousTestCase):
             "tls:host=hs2.corp.example:port=5311:trustRoots=/etc/ca:certificate=me.pem",
         )
 
+    def test_tlsOverEndpoint(self) -> None:
+        """
+        The C{endpoint=} a C{tls:} endpoint connects over is redirected too
+        (else the client would reach the router again).
+        """
+        self.assertEqual(
+            redirectedDescription("tls:gw.corp.example:5301:endpoint=tcp\\:127.0.0.1\\:5301", "localhost", 5311),
+            "tls:host=localhost:port=5311:endpoint=tcp\\:host=localhost\\:port=5311",
+        )
+
     def test_ipv6(self) -> None:
         """
         An IPv6 host is quoted as endpoint strings need it.

@@ -751,3 +751,23 @@ class RouterFaceTests(SynchronousTestCase):
         self.factory = C2SFactory(self.gateway, C2SConfig(requireTLS=False), None, self.clock)
         c, elements = self.restarted("carol", INTERNAL)
         self.assertIn("bind", [e.name for e in elements[0].elements()])
+
+    def test_wrongPasswordNoLeak(self) -> None:
+        """
+        A wrong password for carol (homed elsewhere) fails SASL exactly as
+        one for an account that does not exist: nothing is decided, or sent,
+        before authentication.
+        """
+        answers = []
+        for user in ("carol", "nobody"):
+            # From 127.0.0.1: internal here, and PLAIN is allowed.
+            c = Client(self.factory, LOOPBACK)
+            c.open()
+            mech = clientMechanism("PLAIN", user, "wrong")
+            c.write(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+                f"{base64.b64encode(mech.start()).decode()}</auth>"
+            )
+            answers.append([e.toXml() for e in c.read()])
+        self.assertEqual(answers[0], answers[1])
+        self.assertIn("not-authorized", answers[0][0])

@@ -7,6 +7,13 @@ what the user types (L{imgateway.client.parsing}), what it prints
 (L{imgateway.client.oneshot}).
 """
 
-from imgateway.client.protocol import ClientError, ClientObserver, NativeClientProtocol, connect
+from imgateway.client.protocol import (
+    ClientError,
+    ClientObserver,
+    NativeClientProtocol,
+    Redirected,
+    TooManyRedirects,
+    connect,
+)
 
-__all__ = ["ClientError", "ClientObserver", "NativeClientProtocol", "connect"]
+__all__ = ["ClientError", "ClientObserver", "NativeClientProtocol", "Redirected", "TooManyRedirects", "connect"]

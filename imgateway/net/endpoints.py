@@ -195,7 +195,8 @@ def redirectedDescription(description: str, host: str, port: int) -> str:
     replaced: the same type (so the same TLS choice: a C{tls:} endpoint
     checks the new host's certificate against the new host's name) and
     every other parameter (trust roots, client certificate, bind address,
-    timeout) kept.
+    timeout) kept. The C{endpoint=} a C{tls:} endpoint connects over is
+    redirected likewise.
 
     @raise ValueError: If C{description} is not of a type that names a
         host and port (C{tcp:}, C{tls:}, C{ssl:}).
@@ -209,6 +210,9 @@ def redirectedDescription(description: str, host: str, port: int) -> str:
     named.update(kwargs)
     named["host"] = host
     named["port"] = str(port)
+    if kind == "tls" and "endpoint" in named:
+        # The endpoint the TLS connection is made over names where it goes.
+        named["endpoint"] = redirectedDescription(named["endpoint"], host, port)
     first = [f"{name}={quoteStringArgument(named.pop(name))}" for name in ("host", "port")]
     rest = [f"{name}={quoteStringArgument(value)}" for name, value in named.items()]
     return ":".join([kind, *first, *rest])

@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Any
 
+from twisted.internet.endpoints import quoteStringArgument
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
@@ -27,6 +29,7 @@ from tests.e2e.harness import (
     freePort,
     makeCertificates,
     reactor,
+    tlsServerEndpoint,
 )
 from tests.e2e.xmppclient import AgentError, XMPPAgent, connectAgent
 
@@ -43,10 +46,12 @@ class RouterAndHome:
     is homed on C{hs1}. The router's C{internal_networks} is
     C{127.0.0.1/32}; both run the native face, and with C{xmpp} the c2s
     face too (STARTTLS, a certificate for the domain from a test
-    authority).
+    authority). With C{tls}, each native face also has a C{tls:} listener
+    with a certificate for C{localhost}, and hs1's C{native} names that
+    one (C{localhost:PORT}).
     """
 
-    def __init__(self, testCase: TestCase, xmpp: bool = False) -> None:
+    def __init__(self, testCase: TestCase, xmpp: bool = False, tls: bool = False) -> None:
         root = os.path.abspath(testCase.mktemp())
         os.makedirs(root)
         self.testCase = testCase
@@ -60,6 +65,20 @@ class RouterAndHome:
             "router": {"internal_networks": ["127.0.0.1/32"]},
         }
         routerWait, homeWait = [self.routerPort], [self.homePort]
+        routerNative: dict[str, Any] = {}
+        homeNative: dict[str, Any] = {}
+        if tls:
+            self.tlsCAPath, tlsDir = makeCertificates(os.path.join(root, "tls"), "localhost")
+            self.routerTLSPort, self.homeTLSPort = freePort(), freePort()
+            hs1["native"] = f"localhost:{self.homeTLSPort}"
+            routerNative = {
+                "native": {"listen": [f"tcp:{self.routerPort}:interface=127.0.0.1", tlsServerEndpoint(tlsDir, self.routerTLSPort)]}
+            }
+            homeNative = {
+                "native": {"listen": [f"tcp:{self.homePort}:interface=127.0.0.1", tlsServerEndpoint(tlsDir, self.homeTLSPort)]}
+            }
+            routerWait.append(self.routerTLSPort)
+            homeWait.append(self.homeTLSPort)
         routerXMPP: dict[str, Any] = {}
         homeXMPP: dict[str, Any] = {}
         if xmpp:
@@ -75,14 +94,14 @@ class RouterAndHome:
             homeWait.append(self.homeXMPPPort)
         self.router = GatewayProcess(
             testCase,
-            {**tables, "gateway": {**tables["gateway"], "home_server": "router"}, **routerXMPP},
+            {**tables, "gateway": {**tables["gateway"], "home_server": "router"}, **routerXMPP, **routerNative},
             directory=os.path.join(root, "router"),
             port=self.routerPort,
             waitPorts=routerWait,
         )
         self.home = GatewayProcess(
             testCase,
-            {**tables, "gateway": {**tables["gateway"], "home_server": "hs1"}, **homeXMPP},
+            {**tables, "gateway": {**tables["gateway"], "home_server": "hs1"}, **homeXMPP, **homeNative},
             directory=os.path.join(root, "hs1"),
             port=self.homePort,
             waitPorts=homeWait,
@@ -124,6 +143,24 @@ class NativeRedirectTests(TestCase):
         self.assertIn(f"to its home server hs1 at 127.0.0.1:{pair.homePort}: internal network 127.0.0.1/32", pair.router.log())
         self.assertIn(f"carol@{DOMAIN} logged in from", pair.home.log())
         self.assertNotIn(f"carol@{DOMAIN} logged in from", pair.router.log())
+
+    async def test_sameTLSChoice(self) -> None:
+        """
+        A client that reached the router over TLS is redirected to hs1's TLS
+        listener (C{localhost:PORT}) and follows it over TLS, checking hs1's
+        certificate against C{localhost} with the same trust roots.
+        """
+        pair = RouterAndHome(self, tls=True)
+        await pair.start()
+        roots = quoteStringArgument(os.path.dirname(pair.tlsCAPath))
+        endpoint = f"tls:localhost:{pair.routerTLSPort}:trustRoots={roots}"
+        client = await connect(reactor(), endpoint, "carol", PASSWORDS["carol"])
+        self.addCleanup(goodbye, client, reactor())
+        self.assertEqual(str(client.address), f"carol@{DOMAIN}")
+        self.assertTrue(ISSLTransport.providedBy(client.transport))
+        self.assertEqual(client.transport.getPeer().port, pair.homeTLSPort)  # type: ignore[union-attr]
+        self.assertIn(f"to its home server hs1 at localhost:{pair.homeTLSPort}", pair.router.log())
+        self.assertIn(f"carol@{DOMAIN} logged in from", pair.home.log())
 
     async def test_externalUnavailable(self) -> None:
         """

@@ -25,6 +25,7 @@ from imgateway.net.endpoints import (
     checkClientEndpoint,
     checkServerEndpoint,
     clientEndpointFromString,
+    redirectedDescription,
     splitDescription,
 )
 from imgateway.testing import CertificateAuthority, certificatePEM, keyPEM, writePEM
@@ -297,3 +298,53 @@ class ConfigTests(SynchronousTestCase):
         writePEM(self.folder.child("gw.pem"), keyPEM(key), certificatePEM(certificate))
         description = f"tls:{q(self.folder.path)}:port=5301:interface=127.0.0.1"
         self.assertEqual(self.endpoints(description), (description,))
+
+
+class RedirectedDescriptionTests(SynchronousTestCase):
+    """
+    L{redirectedDescription}: the endpoint string a redirect is followed
+    with keeps the TLS choice and every other parameter.
+    """
+
+    def test_tcp(self) -> None:
+        """
+        A C{tcp:} endpoint gets the new host and port, and keeps its bind
+        address and timeout.
+        """
+        self.assertEqual(
+            redirectedDescription("tcp:127.0.0.1:5300:timeout=5:bindAddress=127.0.0.2", "hs2.corp.example", 5310),
+            "tcp:host=hs2.corp.example:port=5310:timeout=5:bindAddress=127.0.0.2",
+        )
+
+    def test_tls(self) -> None:
+        """
+        A C{tls:} endpoint stays C{tls:} (its certificate check is then
+        made against the new host's name), with its trust roots and client
+        certificate.
+        """
+        self.assertEqual(
+            redirectedDescription("tls:gw.corp.example:5301:trustRoots=/etc/ca:certificate=me.pem", "hs2.corp.example", 5311),
+            "tls:host=hs2.corp.example:port=5311:trustRoots=/etc/ca:certificate=me.pem",
+        )
+
+    def test_tlsOverEndpoint(self) -> None:
+        """
+        The C{endpoint=} a C{tls:} endpoint connects over is redirected too
+        (else the client would reach the router again).
+        """
+        self.assertEqual(
+            redirectedDescription("tls:gw.corp.example:5301:endpoint=tcp\\:127.0.0.1\\:5301", "localhost", 5311),
+            "tls:host=localhost:port=5311:endpoint=tcp\\:host=localhost\\:port=5311",
+        )
+
+    def test_ipv6(self) -> None:
+        """
+        An IPv6 host is quoted as endpoint strings need it.
+        """
+        self.assertEqual(redirectedDescription("tcp:127.0.0.1:5300", "::1", 5310), "tcp:host=\\:\\:1:port=5310")
+
+    def test_other(self) -> None:
+        """
+        An endpoint type that names no host and port cannot be redirected.
+        """
+        self.assertRaises(ValueError, redirectedDescription, "unix:/run/imgateway.sock", "hs2", 5310)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client_cli,tests.e2e.test_client_cli,tests.e2e.test_native_gateway -*-
+# -*- test-case-name: tests.test_client_cli,tests.test_router_front,tests.e2e.test_client_cli,tests.e2e.test_native_gateway,tests.e2e.test_router_faces -*-
 """
 A Twisted client for the native protocol (C{docs/protocol.md}).
 

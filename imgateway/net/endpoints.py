@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_net_endpoints -*-
+# -*- test-case-name: tests.test_net_endpoints,tests.test_router_front -*-
 """
 The certificate, key and trust-root files that Twisted endpoint strings
 name, checked before any port opens or any connection is tried, with a

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_router_front -*-
+# -*- test-case-name: tests.test_router_front,tests.test_xmpp_c2s,tests.e2e.test_router_faces -*-
 """
 What a router's client face does with a client that has just authenticated
 (docs/operations.md, "Router faces"): serve it here (its home server is this

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_native_server,tests.test_router_front -*-
+# -*- test-case-name: tests.test_native_server -*-
 """
 The native protocol's server side: one L{NativeServerProtocol} per client
 connection, speaking C{docs/protocol.md}, logging its user in through the

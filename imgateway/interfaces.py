@@ -533,9 +533,11 @@ class IGateway(Interface):
         "The L{imgateway.core.throttle.ConnectionLimiter} every face asks, as a "
         "connection opens, whether its source may open one more."
     )
-    homeLocator = Attribute(
-        "The L{IHomeLocator}: which home server hosts a user (a router's faces "
-        "ask it after authentication, L{imgateway.router.front})."
+    locator = Attribute(
+        "The L{IHomeLocator}: which home server of the domain hosts a user "
+        "(the router, the home server and a router's faces after "
+        "authentication, L{imgateway.router.front}, ask it); C{None} for a "
+        "single-host gateway, where every user is homed here."
     )
 
 

@@ -9,11 +9,13 @@ C{tests/test_xmpp_c2s.py}, real sockets in C{tests/e2e/test_router_faces.py}.
 from __future__ import annotations
 
 from ipaddress import ip_network
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from attrs import evolve
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.python.filepath import FilePath
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -27,15 +29,17 @@ from imgateway.auth.passwords import makeCredentials
 from imgateway.auth.sasl import clientMechanism
 from imgateway.client.formatting import describeConnectFailure
 from imgateway.client.protocol import ClientObserver, Redirected, TooManyRedirects, connect as clientConnect
-from imgateway.config import HostPort, RouterConfig, ServerConfig
+from imgateway.config import AuthConfig, GatewayConfig, HomeConfig, HostPort, RouterConfig, ServerConfig
 from imgateway.core.address import Address
 from imgateway.core.errors import PersistenceFailed, ServiceUnavailable
 from imgateway.core.records import AccountRecord
-from imgateway.gateway import Gateway
+from imgateway.gateway import Gateway, assembleGateway
 from imgateway.interfaces import IGateway, IHomeLocator
 from imgateway.router.front import FrontAction, FrontDecision, decideFront
-from imgateway.testing import addUser, memoryGateway
+from imgateway.testing import MemoryDirectory, MemoryHomeStore, memoryGateway
 from tests.test_native_server import Wire
+
+T = TypeVar("T")
 
 CAROL = Address.fromString("carol@corp.example")
 ALICE = Address.fromString("alice@corp.example")
@@ -55,24 +59,45 @@ def routerGateway(
     hs2: ServerConfig | None = None,
 ) -> Gateway:
     """
-    A memory gateway that is server C{hs1} of a domain with another home
-    server, C{hs2}; alice is homed on C{hs1}, carol on C{hs2}, each with the
-    password C{<name>-pw}.
+    A gateway on memory stores that is server C{hs1} (with C{roles}) of a
+    domain with another home server, C{hs2}; alice is homed on C{hs1},
+    carol on C{hs2}, each with the password C{<name>-pw}.
     """
-    gateway = memoryGateway(clock)
     servers = {
         "hs1": ServerConfig("hs1", roles),
         "hs2": hs2 if hs2 is not None else ServerConfig("hs2", frozenset({"home"}), native=HS2_NATIVE, xmpp=HS2_XMPP),
     }
-    gateway.config = evolve(
-        gateway.config,
-        servers=servers,
+    config = GatewayConfig(
+        path=FilePath("memory.toml"),
+        domain="corp.example",
+        dataDir=FilePath("memory"),
+        homeServerName="hs1",
+        home=HomeConfig(),
+        auth=AuthConfig(scramIterations=4096),
+        adapters={},
         router=RouterConfig(internalNetworks=tuple(ip_network(n) for n in networks)),
+        servers=servers,
     )
-    addUser(gateway, "alice", "alice-pw")
-    credentials = makeCredentials("carol-pw", 4096).serialise()
-    gateway.directory.addAccount(AccountRecord(CAROL, "hs2", "", True, credentials))
+    gateway = assembleGateway(
+        config,
+        clock,
+        MemoryDirectory(),
+        MemoryHomeStore() if "home" in roles else None,
+        runInThread=_inline,
+        secret=b"test secret",
+        adapters={},
+    )
+    for address, home in ((ALICE, "hs1"), (CAROL, "hs2")):
+        credentials = makeCredentials(f"{address.local}-pw", 4096).serialise()
+        gateway.directory.addAccount(AccountRecord(address, home, "", True, credentials))
     return gateway
+
+
+def _inline(f: Callable[..., T], *args: object) -> Deferred[T]:
+    """
+    Run C{f} now (password hashing, in tests).
+    """
+    return maybeDeferred(f, *args)
 
 
 @implementer(IHomeLocator)
@@ -110,7 +135,7 @@ class DecideFrontTests(SynchronousTestCase):
         The gateway offers its faces an L{IHomeLocator}.
         """
         self.assertTrue(verifyObject(IGateway, self.gateway))
-        self.assertTrue(verifyObject(IHomeLocator, self.gateway.homeLocator))
+        self.assertTrue(verifyObject(IHomeLocator, self.gateway.locator))
         self.assertTrue(verifyObject(IHomeLocator, self.locator))
 
     def test_notARouter(self) -> None:
@@ -143,6 +168,21 @@ class DecideFrontTests(SynchronousTestCase):
         """
         self.locator.homes.clear()
         self.assertIs(self.decide(CAROL, INTERNAL).action, FrontAction.SERVE)
+
+    def test_routerOnlyCannotServe(self) -> None:
+        """
+        A router without the C{home} role cannot serve a user the directory
+        homes on it (a configuration error) or knows no home for: such a
+        user is answered as unavailable, and a warning says why.
+        """
+        self.gateway = routerGateway(Clock(), roles=frozenset({"router"}))
+        self.locator.homes[CAROL] = "hs1"
+        for user in (CAROL, Address.fromString("dave@corp.example")):
+            with capturedLogs() as events:
+                decision = self.decide(user, INTERNAL)
+            self.assertIs(decision.action, FrontAction.UNAVAILABLE)
+            [line] = [formatEvent(e) for e in events]
+            self.assertIn("its roles are router", line)
 
     def test_internalRedirected(self) -> None:
         """
@@ -338,7 +378,7 @@ class NativeRouterFaceTests(SynchronousTestCase):
             def homeOf(self, address: Address) -> Deferred[str | None]:
                 return fail(PersistenceFailed("directory unreachable"))
 
-        self.gateway.homeLocator = Failing({})
+        self.gateway.locator = Failing({})
         wire = Wire(self.factory, INTERNAL, secure=True)
         r, _ = login(wire, "carol", "carol-pw")
         self.assertEqual((r.code, r.headers.get("Error")), (401, "temporary-auth-failure"))
@@ -355,7 +395,7 @@ class NativeRouterFaceTests(SynchronousTestCase):
             def homeOf(self, address: Address) -> Deferred[str | None]:
                 return held
 
-        self.gateway.homeLocator = Holding({})
+        self.gateway.locator = Holding({})
         wire = Wire(self.factory, INTERNAL, secure=True)
         mech = clientMechanism("PLAIN", "alice", "alice-pw")
         wire.send("AUTH", "*", [("Mechanism", "PLAIN")], mech.start())

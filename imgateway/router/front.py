@@ -77,24 +77,39 @@ SERVE = FrontDecision(FrontAction.SERVE)
 
 
 def decideFront(
-    config: GatewayConfig, locator: IHomeLocator, user: Address, peer: object, face: str
+    config: GatewayConfig, locator: IHomeLocator | None, user: Address, peer: object, face: str
 ) -> Deferred[FrontDecision]:
     """
     Decide what the face C{face} does with C{user}, just authenticated from
     C{peer}, and log the decision unless it is to serve the user here.
 
+    @param locator: The gateway's locator (C{None} for a single-host
+        gateway).
     @param face: A key of L{FACES}.
     @param peer: The client's address (a transport's C{getPeer()}).
     @return: Fires with the decision; fails as C{locator.homeOf} does.
     """
-    if "router" not in config.roles:
+    if "router" not in config.roles or locator is None:
         return succeed(SERVE)
 
     def decide(home: str | None) -> FrontDecision:
         if home is None or home == config.homeServerName:
             # Ours (or, just after it was made, not known yet: the account
-            # was there to authenticate against, so it is served as today).
-            return SERVE
+            # was there to authenticate against, so it is served as today),
+            # when this process has a home server to serve it.
+            if "home" in config.roles:
+                return SERVE
+            log.warn(
+                "Not serving {user} ({face}, from {peer}): the directory names {home} as its home server, and "
+                "{name} has none (its roles are {roles}); answered as unavailable",
+                user=user,
+                face=face,
+                peer=peer,
+                home="no server" if home is None else home,
+                name=config.homeServerName,
+                roles=", ".join(sorted(config.roles)),
+            )
+            return FrontDecision(FrontAction.UNAVAILABLE, home)
         network = networkOf(peer, config.router.internalNetworks)
         server = config.servers.get(home)
         location: HostPort | None = getattr(server, FACES[face]) if server is not None else None

@@ -644,7 +644,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             return (110, "Challenge", (), step.challenge or b"")
         self._mechanism = None
         peer = self.transport.getPeer()  # type: ignore[union-attr]
-        decided = decideFront(self.gateway.config, self.gateway.homeLocator, step.address, peer, "native")
+        decided = decideFront(self.gateway.config, self.gateway.locator, step.address, peer, "native")
         return decided.addCallback(self._authenticated, step, request)
 
     def _sendAway(self, decision: FrontDecision, step: Any, request: Request) -> None:

@@ -392,7 +392,7 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             self.send(challenge)
             return
         self._mechanism = None
-        decided = decideFront(self.gateway.config, self.gateway.homeLocator, step.address, self._t.getPeer(), "xmpp")
+        decided = decideFront(self.gateway.config, self.gateway.locator, step.address, self._t.getPeer(), "xmpp")
         decided.addCallbacks(self._authenticated, self._saslFailed, (step,))
 
     def _authenticated(self, decision: FrontDecision, step: Any) -> None:

@@ -361,14 +361,6 @@ class LimitTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertEqual(w.response().code, 400)
         self.assertTrue(w.transport.disconnecting)
 
-    def test_badResponseNotAnswered(self) -> None:
-        """
-        A malformed response from the client is dropped, not answered.
-        """
-        w = self.wire()
-        w.raw(b"IMGW/1.0 200 OK\r\nSeq: nope\r\n\r\n")
-        self.assertEqual(w.frames(), [])
-        self.assertFalse(w.transport.disconnecting)
 
     def test_idleTimeout(self) -> None:
         """
@@ -452,7 +444,9 @@ class ShapingTests(NativeFaceTestsMixin, SynchronousTestCase):
     handled in order, none refused.
     """
 
-    config = NativeConfig(requestsPerSecond=20, requestBurst=50)
+    # frames_per_turn out of the way: these are about the token bucket
+    # (TurnTests are about the budget of frames per turn).
+    config = NativeConfig(requestsPerSecond=20, requestBurst=50, framesPerTurn=10000)
 
     def present(self, user: str) -> Wire:
         """
@@ -535,16 +529,6 @@ class ShapingTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(len(w.frames()), 20)
 
-    def test_responsesFree(self) -> None:
-        """
-        The client's responses to the server's requests, and blank lines,
-        take no token.
-        """
-        w = self.wire()
-        w.raw(b"IMGW/1.0 200 OK\r\nSeq: 1\r\n\r\n\r\n" * 500)
-        self.assertEqual(w.call("PING").code, 200)
-        self.assertEqual(w.transport.producerState, "producing")
-
     def test_waitingIsNotIdle(self) -> None:
         """
         A connection whose requests wait for tokens longer than
@@ -560,6 +544,237 @@ class ShapingTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertFalse(w.transport.disconnecting)
         self.clock.advance(60)
         self.assertTrue(w.transport.disconnecting)
+
+
+def pings(first: int, count: int) -> bytes:
+    """
+    C{count} PING requests in one string, with sequence numbers from C{first}.
+    """
+    return b"".join(serialise(Request("PING", "*", Headers.of(("Seq", str(i))))) for i in range(first, first + count))
+
+
+def answer(seq: int, code: int = 200) -> bytes:
+    """
+    A client's response to the server's request C{seq}.
+    """
+    return serialise(Response(code, "OK", Headers.of(("Seq", str(seq)))))
+
+
+def runTurn(clock: Clock) -> None:
+    """
+    One turn of the reactor: run the calls due now, but not those they
+    schedule for now (the reactor runs those in its next turn, where
+    L{Clock.advance} would run them at once).
+    """
+    for call in [c for c in clock.calls if c.getTime() <= clock.seconds()]:
+        if call.active():
+            clock.calls.remove(call)
+            call.called = 1
+            call.func(*call.args, **call.kw)
+
+
+class ResponseTests(NativeFaceTestsMixin, SynchronousTestCase):
+    """
+    The client's responses must answer the server's requests: a response
+    before login, or one that answers no request awaiting an answer, is a
+    protocol error (400 with Seq 0, then the connection is closed), so a
+    client never sends more responses than the server has requests awaiting
+    them (docs/protocol.md sections 1 and 3.3).
+    """
+
+    def notify(self, w: Wire, count: int) -> list[int]:
+        """
+        Have the server send C{count} requests (contact NOTIFYs) on C{w}.
+
+        @return: Their sequence numbers.
+        """
+        for i in range(count):
+            w.protocol.contactRemoved(Address.fromString(f"c{i}@corp.example"))
+        seqs = [f.seq for f in w.frames() if isinstance(f, Request)]
+        self.assertEqual(len(seqs), count)
+        return seqs
+
+    def assertClosedFor(self, w: Wire, detail: str) -> None:
+        """
+        The server answered C{400} with C{Seq: 0} and a reason holding
+        C{detail}, handled nothing else, and is closing the connection.
+        """
+        frames = w.frames()
+        self.assertEqual([(f.code, f.seq) for f in frames if isinstance(f, Response)], [(400, 0)], frames)
+        self.assertIn(detail, frames[0].reason)  # type: ignore[union-attr]
+        self.assertTrue(w.transport.disconnecting)
+
+    def test_beforeLogin(self) -> None:
+        """
+        A response before login closes the connection; the requests after
+        it in the same read are not handled.
+        """
+        w = self.wire()
+        w.raw(answer(1) + pings(1, 3))
+        self.assertClosedFor(w, "response before login")
+
+    def test_floodBeforeLogin(self) -> None:
+        """
+        1,000 responses in one read before login: the first closes the
+        connection, the rest are never parsed.
+        """
+        w = self.wire()
+        w.raw(b"".join(answer(i) for i in range(1, 1001)))
+        self.assertClosedFor(w, "response before login")
+        self.assertEqual(w.protocol._turnFrames, 1)
+
+    def test_answered(self) -> None:
+        """
+        Responses to the server's requests, in any order and of any code,
+        are taken without an answer; the connection goes on.
+        """
+        w = self.loggedIn()
+        seqs = self.notify(w, 3)
+        w.raw(answer(seqs[2]) + answer(seqs[0], 404) + answer(seqs[1]))
+        self.assertEqual(w.call("PING").code, 200)
+        self.assertEqual(w.protocol._outstanding.unanswered, 0)
+
+    def test_unsolicited(self) -> None:
+        """
+        After login, a response whose Seq is not one the server sent closes
+        the connection.
+        """
+        w = self.loggedIn()
+        [seq] = self.notify(w, 1)
+        w.raw(answer(seq + 1) + pings(100, 1))
+        self.assertClosedFor(w, f"response to no request awaiting one (Seq {seq + 1})")
+
+    def test_noMoreThanRequests(self) -> None:
+        """
+        N requests of the server take N responses; one more (answering one
+        of them again) closes the connection.
+        """
+        w = self.loggedIn()
+        seqs = self.notify(w, 5)
+        w.raw(b"".join(answer(s) for s in seqs))
+        self.assertFalse(w.transport.disconnecting)
+        self.assertEqual(w.frames(), [])
+        w.raw(answer(seqs[2]))
+        self.assertClosedFor(w, f"(Seq {seqs[2]})")
+
+    def test_answerWindowBoundary(self) -> None:
+        """
+        With C{answer_window = 3}, after 4 requests the latest 3 can be
+        answered, and a response to the oldest (forgotten) closes the
+        connection.
+        """
+        self.factory.config = NativeConfig(answerWindow=3)
+        w = self.loggedIn()
+        seqs = self.notify(w, 4)
+        w.raw(b"".join(answer(s) for s in seqs[1:]))
+        self.assertFalse(w.transport.disconnecting)
+        w.raw(answer(seqs[0]))
+        self.assertClosedFor(w, f"(Seq {seqs[0]})")
+
+    def test_badResponse(self) -> None:
+        """
+        A response with a body over C{max_body_bytes} is skipped, not
+        answered, and counts as the answer to its request (a second one
+        closes); a response whose Seq cannot be read closes the connection.
+        """
+        w = self.loggedIn()
+        seqs = self.notify(w, 2)
+        big = b"IMGW/1.0 200 OK\r\nSeq: %d\r\nContent-Length: 70000\r\n\r\n" % seqs[0] + b"x" * 70000
+        w.raw(big)
+        self.assertEqual(w.frames(), [])
+        self.assertFalse(w.transport.disconnecting)
+        w.raw(answer(seqs[1]) + big)
+        self.assertClosedFor(w, f"(Seq {seqs[0]})")
+        w2 = self.loggedIn("bob")
+        w2.raw(b"IMGW/1.0 200 OK\r\nSeq: nope\r\n\r\n")
+        self.assertClosedFor(w2, "response without a valid Seq")
+
+
+class TurnTests(NativeFaceTestsMixin, SynchronousTestCase):
+    """
+    C{frames_per_turn}: however many frames one read brings (requests,
+    responses, frames with framing errors), the connection parses at most
+    C{frames_per_turn} of them before the reactor's other work has its turn;
+    the rest stays unparsed, reading paused, until the next turn.
+    """
+
+    def test_defaultBelowBurst(self) -> None:
+        """
+        The default budget is below the default C{request_burst}, so it is
+        the budget that bounds a burst's work in one turn.
+        """
+        self.assertLess(NativeConfig().framesPerTurn, NativeConfig().requestBurst)
+
+    def test_requestsBoundary(self) -> None:
+        """
+        C{frames_per_turn} PINGs in one read are all answered in that turn,
+        and reading goes on; with one more, the last waits for the next turn
+        (reading paused) and is answered then.
+        """
+        n = self.config.framesPerTurn
+        w = self.wire()
+        w.raw(pings(1, n))
+        self.assertEqual([f.seq for f in w.frames()], list(range(1, n + 1)))
+        self.assertEqual(w.transport.producerState, "producing")
+        self.assertEqual(self.clock.getDelayedCalls()[2:], [])  # login and idle timers only
+
+        w = self.wire()
+        w.raw(pings(1, n + 1))
+        self.assertEqual([f.seq for f in w.frames()], list(range(1, n + 1)))
+        self.assertEqual(w.transport.producerState, "paused")
+        runTurn(self.clock)
+        self.assertEqual([f.seq for f in w.frames()], [n + 1])
+        self.assertEqual(w.transport.producerState, "producing")
+
+    def test_responsesInSlices(self) -> None:
+        """
+        The answers to 100 of the server's requests in one read (as a client
+        whose reading was paused sends them) are parsed
+        C{frames_per_turn} per turn; between turns, another connection's
+        request is answered at once.
+        """
+        n = self.config.framesPerTurn
+        w, bob = self.loggedIn(), self.loggedIn("bob")
+        seqs = ResponseTests.notify(self, w, 100)  # type: ignore[arg-type]
+        w.raw(b"".join(answer(s) for s in seqs))
+        left = [w.protocol._outstanding.unanswered]
+        while w.protocol._outstanding.unanswered:
+            self.assertEqual(w.transport.producerState, "paused")
+            self.assertEqual(bob.call("PING").code, 200)
+            runTurn(self.clock)
+            left.append(w.protocol._outstanding.unanswered)
+        self.assertEqual(left, [100 - n * k for k in range(1, 100 // n + 1)] + [0])
+        self.assertEqual(w.transport.producerState, "producing")
+        self.assertFalse(w.transport.disconnecting)
+
+    def test_framingErrorsCount(self) -> None:
+        """
+        Frames answered with a non-fatal framing error count as frames.
+        """
+        n = self.config.framesPerTurn
+        w = self.wire()
+        w.raw(b"PING * IMGW/1.0\r\n\r\n" * (n + 5))
+        self.assertEqual([r.code for r in w.frames() if isinstance(r, Response)], [400] * n)
+        runTurn(self.clock)
+        self.assertEqual([r.code for r in w.frames() if isinstance(r, Response)], [400] * 5)
+
+    def test_blankLinesFree(self) -> None:
+        """
+        Blank lines are not frames: 100,000 of them before a PING do not
+        hold it back.
+        """
+        w = self.wire()
+        w.raw(b"\r\n" * 50000 + b"\n" * 50000 + pings(1, 1))
+        self.assertEqual([f.seq for f in w.frames()], [1])
+
+    def test_lostDuringTurn(self) -> None:
+        """
+        A connection lost while its next turn is due leaves no call behind.
+        """
+        w = self.wire()
+        w.raw(pings(1, self.config.framesPerTurn + 1))
+        w.protocol.connectionLost()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class OrderTests(NativeFaceTestsMixin, SynchronousTestCase):
@@ -1009,7 +1224,7 @@ class CoreValuesTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertEqual(alice.call("MESSAGE", "im:bob@corp.example", [], b"x").code, 200)
 
 
-def parse(table: dict[str, object]) -> object:
+def parse(table: dict[str, object]) -> NativeConfig:
     """
     Parse a C{[native]} table as the gateway does: unread keys are errors.
     """
@@ -1051,6 +1266,21 @@ class ConfigTests(SynchronousTestCase):
         self.assertRaises(ConfigError, parse, {"max_body_bytes": "big"})
         self.assertRaises(ConfigError, parse, {"max_body_bytes": 0})
         self.assertRaises(ConfigError, parse, {"allow_plaintext_auth": 1})
+
+    def test_turnAndWindow(self) -> None:
+        """
+        C{frames_per_turn} and C{answer_window} are read; the window must
+        stay below the largest sequence number (so that a number is never
+        reused inside it).
+        """
+        self.assertEqual(
+            (parse({"frames_per_turn": 7, "answer_window": 100}).framesPerTurn, parse({"answer_window": 100}).answerWindow),
+            (7, 100),
+        )
+        self.assertEqual(parse({"answer_window": 2**31 - 2}).answerWindow, 2**31 - 2)
+        e = self.assertRaises(ConfigError, parse, {"answer_window": 2**31 - 1})
+        self.assertIn("answer_window: must be below 2147483647", str(e))
+        self.assertRaises(ConfigError, parse, {"frames_per_turn": 0})
 
 
 class SendQueueTests(NativeFaceTestsMixin, SynchronousTestCase):

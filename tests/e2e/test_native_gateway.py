@@ -531,6 +531,51 @@ class PipelineTests(TestCase):
         self.assertIsNone(alice.lost)
 
 
+class ResponseTests(TestCase):
+    """
+    A client's responses must answer the server's requests, over a real
+    socket (docs/protocol.md section 3.3).
+    """
+
+    async def test_responsesMustAnswer(self) -> None:
+        """
+        A connection that writes 1,000 responses in one write before logging
+        in gets one C{400} (C{Seq: 0}) and is closed. A logged-in client
+        that answers the server's C{MESSAGE} is served as usual; when it
+        answers it a second time, it gets C{400} and is closed.
+        """
+        gw = GatewayProcess(self)
+        gw.addUsers({k: PASSWORDS[k] for k in ("alice", "bob")})
+        await gw.start()
+        bob, _ = await gw.client("bob", PASSWORDS["bob"])
+        flood = await gw.raw()
+        flood.send(b"".join(b"IMGW/1.0 200 OK\r\nSeq: %d\r\n\r\n" % i for i in range(1, 1001)))
+        await flood.waitForClose()
+        self.assertEqual([(r.code, r.seq) for r in flood.responses()], [(400, 0)])
+        self.assertIn("response before login", flood.responses()[0].reason)
+
+        alice = await gw.raw()
+        plain = b"\0alice\0" + PASSWORDS["alice"].encode()
+        alice.send(b"AUTH * IMGW/1.0\r\nSeq: 1\r\nMechanism: PLAIN\r\nContent-Length: %d\r\n\r\n%s" % (len(plain), plain))
+        alice.send(b"PUBLISH * IMGW/1.0\r\nSeq: 2\r\nPresence: online\r\n\r\n")
+        await alice.waitFor(lambda: len(alice.codes()) == 2, description="AUTH and PUBLISH answered")
+        self.assertEqual(alice.codes(), [200, 200])
+        await bob.sendMessage(ALICE, "hello")
+
+        def message() -> Request | None:
+            return next((f for f in alice.frames if isinstance(f, Request) and f.method == "MESSAGE"), None)
+
+        seq = (await alice.waitFor(message, description="bob's message")).seq
+        alice.send(b"IMGW/1.0 200 OK\r\nSeq: %d\r\n\r\nPING * IMGW/1.0\r\nSeq: 3\r\n\r\n" % seq)
+        await alice.waitFor(lambda: len(alice.codes()) == 3, description="PING answered")
+        self.assertEqual((alice.codes()[-1], alice.responses()[-1].seq), (200, 3))
+        alice.send(b"IMGW/1.0 200 OK\r\nSeq: %d\r\n\r\n" % seq)
+        await alice.waitForClose()
+        self.assertEqual((alice.codes()[-1], alice.responses()[-1].seq), (400, 0))
+        self.assertTrue(gw.running)
+        self.assertEqual(gw.problems(), [])
+
+
 class LimitTests(TestCase):
     """
     The configured limits hold over the real wire.

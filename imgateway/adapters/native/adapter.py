@@ -15,7 +15,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from imgateway.adapters.base import ListenerService
-from imgateway.adapters.native.framing import CLIENT_LIMITS
+from imgateway.adapters.native.framing import CLIENT_LIMITS, MAX_SEQ
 from imgateway.adapters.native.server import NativeConfig, NativeServerFactory, largestListAnswers
 from imgateway.config import ConfigTable, HomeConfig
 from imgateway.interfaces import IGateway, IProtocolAdapter
@@ -88,11 +88,15 @@ class NativeAdapter:
             maxAuthAttempts=t.positive("max_auth_attempts", int, d.maxAuthAttempts),
             allowPlaintextAuth=t.get("allow_plaintext_auth", bool, d.allowPlaintextAuth),
             maxSendQueueBytes=t.positive("max_send_queue_bytes", int, d.maxSendQueueBytes),
+            framesPerTurn=t.positive("frames_per_turn", int, d.framesPerTurn),
+            answerWindow=t.positive("answer_window", int, d.answerWindow),
         )
         if config.maxStartLineBytes < 64:
             raise t.error("max_start_line_bytes", "must be at least 64")
         if config.maxHeaderBytes < 256:
             raise t.error("max_header_bytes", "must be at least 256")
+        if config.answerWindow >= MAX_SEQ:
+            raise t.error("answer_window", f"must be below {MAX_SEQ}")
         return config
 
     def makeService(self, gateway: IGateway, config: object) -> IService:

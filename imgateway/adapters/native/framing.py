@@ -62,6 +62,9 @@ _VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 # Control characters and any whitespace: not allowed in a target.
 _TARGET_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
 
+# A run of blank lines.
+_BLANK_LINES = re.compile(rb"(?:\r?\n)+")
+
 _CR = 0x0D
 _LF = b"\n"
 
@@ -542,6 +545,13 @@ class FrameParser:
 
     def _startLine(self) -> bool:
         self._isResponse = False
+        if not self._scanned:
+            # Blank lines between frames (keep-alives), however many, in
+            # one step: they are not frames, and a reader's budget of
+            # frames would not bound them.
+            blanks = _BLANK_LINES.match(self._buf, self._pos)
+            if blanks is not None:
+                self._pos = blanks.end()
         line = self._line()
         limit = self._limits.maxStartLineBytes
         if line is None:

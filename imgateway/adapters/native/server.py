@@ -47,6 +47,7 @@ from imgateway.adapters.native.mapping import (
     presenceFromToken,
     targetForm,
 )
+from imgateway.adapters.native.outstanding import OutstandingRequests
 from imgateway.auth.checkers import SASLAuthenticated
 from imgateway.auth.sasl import SASLFailure, mechanismsFor, serverMechanism
 from imgateway.config import HomeConfig
@@ -96,6 +97,8 @@ class NativeConfig:
     maxAuthAttempts: int = 3
     allowPlaintextAuth: bool = False
     maxSendQueueBytes: int = 1048576
+    framesPerTurn: int = 32
+    answerWindow: int = 65536
 
     @property
     def limits(self) -> Limits:
@@ -234,7 +237,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         self.sessionLabel = ""
         self._parser = FrameParser(config.limits)
         self._bucket = TokenBucket(config.requestsPerSecond, config.requestBurst, clock)
-        self._outSeq = 0
+        self._outstanding = OutstandingRequests(config.answerWindow)
         self._mechanism: Any = None
         self._authFailures = 0
         self._loginTimer: IDelayedCall | None = None
@@ -244,10 +247,14 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         self._admission: Admission | None = None
         self._rateLimited = False
         # The input pipeline (see _process): the item parsed but not handled
-        # yet, the timer that waits for a token, requests being handled,
-        # whether one of them is a barrier, and whether reading is paused.
+        # yet, the timer that waits for a token, the call that starts the
+        # next turn once this one's frames_per_turn are parsed, the frames
+        # parsed in this turn, requests being handled, whether one of them
+        # is a barrier, and whether reading is paused.
         self._held: Request | FramingError | None = None
         self._tokenTimer: IDelayedCall | None = None
+        self._turnCall: IDelayedCall | None = None
+        self._turnFrames = 0
         self._inFlight = 0
         self._barrier = False
         self._processing = False
@@ -319,10 +326,10 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self.factory.connections.discard(self)
         self._uncount()
-        for timer in (self._loginTimer, self._idleTimer, self._tokenTimer):
+        for timer in (self._loginTimer, self._idleTimer, self._tokenTimer, self._turnCall):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._loginTimer = self._idleTimer = self._tokenTimer = None
+        self._loginTimer = self._idleTimer = self._tokenTimer = self._turnCall = None
         self._held = None
         self._closing = True
         session, self.session = self.session, None
@@ -407,31 +414,45 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         if self._idleTimer is not None:
             self._idleTimer.reset(self.config.idleTimeout)
         self._parser.receive(data)
+        if self._turnCall is None:
+            self._turnFrames = 0  # a read: a turn of its own
         self._process()
 
     def _process(self) -> None:
         """
         Handle what was received, frame by frame in stream order, until it
-        runs out or the next request must wait: for a token of the rate
-        limit, or for a barrier (C{AUTH}, C{BYE}: see L{_BARRIERS}). While
-        something waits, reading from the transport is paused, so what is
-        not handled yet stays unparsed in the parser or unread in the
-        network, and one read never makes more than C{request_burst}
-        requests' worth of work.
+        runs out or the next frame must wait: for a token of the rate
+        limit, for a barrier (C{AUTH}, C{BYE}: see L{_BARRIERS}), or for the
+        next reactor turn once C{frames_per_turn} frames were parsed in this
+        one. While something waits, reading from the transport is paused,
+        so what is not handled yet stays unparsed in the parser or unread in
+        the network: one read never makes more than C{request_burst}
+        requests' worth of work, nor more than C{frames_per_turn} frames'
+        before the other connections have had their turn.
         """
         if self._processing:
             return  # a handler finished synchronously: the loop goes on
         self._processing = True
         try:
-            while not self._closing and not self._barrier and self._tokenTimer is None:
-                item = self._held if self._held is not None else self._parser.next()
-                self._held = None
-                if item is None:
+            while not self._closing and not self._barrier and self._tokenTimer is None and self._turnCall is None:
+                if self._held is not None:
+                    item: Request | Response | FramingError | None = self._held
+                    self._held = None
+                elif self._turnFrames >= self.config.framesPerTurn:
+                    if self._parser.bufferedBytes:
+                        self._turnCall = self.clock.callLater(0, self._nextTurn)
                     break
+                else:
+                    item = self._parser.next()
+                    if item is None:
+                        break
+                    self._turnFrames += 1
                 if isinstance(item, Response):
                     self._responseReceived(item)
-                elif isinstance(item, FramingError) and (item.fatal or item.inResponse):
+                elif isinstance(item, FramingError) and item.fatal:
                     self._framingError(item)
+                elif isinstance(item, FramingError) and item.inResponse:
+                    self._badResponse(item)
                 elif isinstance(item, Request) and item.method in _BARRIERS and self._inFlight:
                     # Wait until every earlier request has been answered.
                     self._held = item
@@ -443,10 +464,15 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
                 elif isinstance(item, FramingError):
                     self._framingError(item)
                 else:
-                    self._requestReceived(item)
+                    self._requestReceived(item)  # type: ignore[arg-type]
         finally:
             self._processing = False
-        self._pauseReading(self._barrier or self._held is not None)
+        self._pauseReading(self._barrier or self._held is not None or self._turnCall is not None)
+
+    def _nextTurn(self) -> None:
+        self._turnCall = None
+        self._turnFrames = 0
+        self._process()
 
     def _pauseReading(self, pause: bool) -> None:
         if self._closing or self.transport is None or pause == self._readingPaused:
@@ -472,6 +498,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
 
     def _tokenReady(self) -> None:
         self._tokenTimer = None
+        self._turnFrames = 0
         self._process()
 
     def _framingError(self, item: FramingError) -> None:
@@ -551,8 +578,37 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             self._respond(request.seq, code, _clean(str(e)))
 
     def _responseReceived(self, response: Response) -> None:
+        if not self._answers(response.seq):
+            return
         if response.code >= 300:
             self.log.debug("Client answered {seq} with {code} {reason}", seq=response.seq, code=response.code, reason=response.reason)
+
+    def _badResponse(self, item: FramingError) -> None:
+        """
+        A response with a non-fatal framing error: dropped (never answered)
+        if it answers a request of ours, as any response must.
+        """
+        self._answers(item.seq)
+
+    def _answers(self, seq: int | None) -> bool:
+        """
+        Whether a response with C{seq} answers one of our requests awaiting
+        an answer (which now is answered). If not (before login, or no such
+        request), it is a protocol error: C{400} with C{Seq: 0}, and the
+        connection is closed (C{docs/protocol.md} section 3.3).
+        """
+        if self.session is not None and seq is not None and self._outstanding.answer(seq):
+            return True
+        if self.session is None:
+            detail = "response before login"
+        elif seq is None:
+            detail = "response without a valid Seq"
+        else:
+            detail = f"response to no request awaiting one (Seq {seq})"
+        self.log.info("Closing {peer}: 400 Bad Request ({detail})", peer=self.transport.getPeer(), detail=detail)  # type: ignore[union-attr]
+        self._respond(0, 400, f"Bad Request: {detail}")
+        self._close()
+        return False
 
     def _write(self, frame: Request | Response) -> None:
         if self.transport is None:
@@ -579,8 +635,8 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
     def _request(self, method: str, target: str, headers: tuple[tuple[str, str], ...] = (), body: bytes = b"") -> None:
         if self._closing:
             return
-        self._outSeq = self._outSeq + 1 if self._outSeq < 2**31 - 1 else 1
-        self._write(Request(method, target, Headers.of(("Seq", str(self._outSeq)), *headers), body))
+        seq = self._outstanding.next()
+        self._write(Request(method, target, Headers.of(("Seq", str(seq)), *headers), body))
 
     # -- before login ------------------------------------------------------------
 

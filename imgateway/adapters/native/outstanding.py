@@ -1,0 +1,108 @@
+# -*- test-case-name: tests.test_native_outstanding -*-
+"""
+Which of one side's requests still await a response: the server numbers
+its requests on a connection with L{OutstandingRequests.next} and checks
+each response the client sends with L{OutstandingRequests.answer}
+(C{docs/protocol.md} section 1), in memory that does not grow with the
+number of requests.
+"""
+
+from __future__ import annotations
+
+from imgateway.adapters.native.framing import MAX_SEQ
+
+__all__ = ["OutstandingRequests"]
+
+
+def _wireSeq(n: int) -> int:
+    """
+    The sequence number of the C{n}th request (from 1): 1 to L{MAX_SEQ},
+    then 1 again.
+    """
+    return (n - 1) % MAX_SEQ + 1
+
+
+class OutstandingRequests:
+    """
+    The requests one side sent on a connection and the responses it got.
+
+    A response answers a request that was sent among the last C{window}
+    and has not been answered yet; anything else (a sequence number never
+    sent, or sent before those, or one answered already) is refused. So
+    the responses accepted never outnumber the requests sent.
+
+    Requests are numbered in the order sent; everything up to C{floor} is
+    settled (answered, or older than the window and forgotten), and a bit
+    mask holds which of the later ones were answered out of order. A peer
+    that answers in order costs nothing; one that leaves a request
+    unanswered and answers the later ones costs a bit each, at most
+    C{window} bits.
+
+    @ivar window: How many of the latest requests are kept track of.
+    @ivar sent: How many requests were sent.
+    """
+
+    def __init__(self, window: int) -> None:
+        """
+        @param window: See L{OutstandingRequests.window}; at least 1, and
+            less than L{MAX_SEQ} (a sequence number is then never reused
+            inside the window).
+        """
+        if not 1 <= window < MAX_SEQ:
+            raise ValueError(f"window must be 1 to {MAX_SEQ - 1}, got {window!r}")
+        self.window = window
+        self.sent = 0
+        self._floor = 0
+        self._ahead = 0
+
+    @property
+    def unanswered(self) -> int:
+        """
+        How many of the requests inside the window await a response.
+        """
+        return self.sent - self._floor - self._ahead.bit_count()
+
+    def next(self) -> int:
+        """
+        Count one more request sent.
+
+        @return: Its sequence number: 1, 2, ... L{MAX_SEQ}, then 1 again.
+        """
+        self.sent += 1
+        if self.sent - self._floor > self.window:
+            # The oldest one is forgotten: a response to it is refused.
+            self._settle(self.sent - self.window - self._floor)
+        return _wireSeq(self.sent)
+
+    def answer(self, seq: int) -> bool:
+        """
+        Take a response.
+
+        @param seq: Its sequence number.
+        @return: Whether it answers a request inside the window that had
+            not been answered yet (which now is).
+        """
+        if not 1 <= seq <= MAX_SEQ or self.sent == 0:
+            return False
+        n = self.sent - (_wireSeq(self.sent) - seq) % MAX_SEQ
+        if n <= self._floor:
+            return False
+        bit = 1 << (n - self._floor - 1)
+        if self._ahead & bit:
+            return False
+        self._ahead |= bit
+        self._settle(0)
+        return True
+
+    def _settle(self, forget: int) -> None:
+        """
+        Move the floor past C{forget} more requests, then past every
+        answered request right above it.
+        """
+        ahead = self._ahead >> forget
+        floor = self._floor + forget
+        # The answered requests right above the floor: the mask's low bits
+        # that are set (ahead & ~(ahead + 1) isolates them).
+        run = (ahead & ~(ahead + 1)).bit_length()
+        self._ahead = ahead >> run
+        self._floor = floor + run

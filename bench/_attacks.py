@@ -673,16 +673,20 @@ class NativeResponses(Attack):
     (b2) Pipelined responses: C{connections} native connections from
     C{source} that never log in write C{batch} responses (C{IMGW/1.0 200
     OK}, to requests the server never sent) at a time, whenever their
-    socket takes them, until the deadline. Responses take no token of the
-    request rate (docs/protocol.md §4), so nothing but TCP paces them; a
-    connection the server closes (its login timeout) is opened again.
+    socket takes them, until the deadline; a connection the server closes
+    is opened again at once. Responses take no token of the request rate
+    (docs/protocol.md section 4); since issue 7 the first one closes the
+    connection (C{400}, a response before login), and what remains is the
+    cost of the connections themselves (the per-source connection rate
+    refuses most of them, C{503}).
     """
 
     name = "native-responses"
 
     async def setup(self) -> None:
         self.written = 0
-        self.reopened = 0
+        self.opened = 0
+        self.codes: Counter[int] = Counter()
 
     async def _one(self, until: float) -> None:
         s = self.spec
@@ -693,14 +697,17 @@ class NativeResponses(Attack):
             except OSError:
                 await asyncio.sleep(0.1)
                 continue
-            self.reopened += 1
+            self.opened += 1
             try:
                 while time.monotonic() < until and not c.closed.is_set():
                     c.writer.write(block)
                     self.written += s["batch"]
                     await asyncio.wait_for(c.writer.drain(), max(0.001, until - time.monotonic()))
+                # What the server answered before it closed.
+                await asyncio.wait_for(c.closed.wait(), max(0.001, min(1.0, until - time.monotonic())))
             except (asyncio.TimeoutError, ConnectionError):
                 pass
+            self.codes.update(c.codes)
             c.close()
 
     async def attack(self, until: float) -> None:
@@ -709,13 +716,17 @@ class NativeResponses(Attack):
     async def finish(self) -> dict[str, Any]:
         n = self.spec["connections"]
         rate = self.written / self.elapsed
+        closed, refused = self.codes.get(400, 0), self.codes.get(503, 0)
         return {
             "connections": n,
             "batch": self.spec["batch"],
             "responses_written": self.written,
             "responses_per_s": round(rate),
-            "connections_opened": self.reopened,
-            "summary": f"{n} conns (not logged in) × {self.spec['batch']}/write: {self.written:,} responses written ({rate:,.0f}/s)",
+            "connections_opened": self.opened,
+            "answers": {str(k): v for k, v in sorted(self.codes.items())},
+            "summary": f"{n} loops (not logged in) × {self.spec['batch']}/write: {self.opened:,} connections, "
+            f"{closed:,} closed with 400 at their first response, {refused:,} refused at connect (503)"
+            + (f", {self.written:,} responses written" if not (closed or refused) else ""),
         }
 
 

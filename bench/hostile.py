@@ -29,7 +29,8 @@ The attacks (L{bench._attacks}), in this order:
     TCP write, again whenever the socket takes more;
   - C{native-pipelined}: the same with native C{MESSAGE} requests;
   - C{native-responses}: connections that never log in write responses
-    (C{IMGW/1.0 200 OK}) in bulk: responses take no token of the rate limit;
+    (C{IMGW/1.0 200 OK}) in bulk: responses take no token of the rate limit
+    (but a response before login closes the connection);
   - C{stalled-handshakes}: hundreds of connections (native C{tls:} listener
     and XMPP STARTTLS) that never finish their TLS handshake;
   - C{password-flood}: wrong PLAIN passwords as fast as the answers come,

@@ -461,7 +461,7 @@ class GarbageTests(TestCase):
             self.assertEqual(len(conn.codes()), 1, conn.summary())
             self.assertIn(conn.codes()[0], expected, conn.summary())
             self.assertEqual(conn.responses()[0].seq, 0)
-        # 50 (request_burst) at once, then 20 a second.
+        # 10 (request_burst) at once, then 20 a second.
         await flood.waitFor(lambda: len(flood.codes()) >= 100, timeout=15, description="100 answers to the flood")
         self.assertEqual(flood.codes(), [401] * 100)
         self.assertEqual([r.seq for r in flood.responses()], list(range(1, 101)))

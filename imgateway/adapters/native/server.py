@@ -90,7 +90,7 @@ class NativeConfig:
     maxHeaders: int = 64
     maxBodyBytes: int = 65536
     requestsPerSecond: float = 20.0
-    requestBurst: int = 50
+    requestBurst: int = 10
     maxUnauthenticated: int = 1000
     loginTimeout: float = 30.0
     idleTimeout: float = 300.0

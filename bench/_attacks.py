@@ -730,6 +730,61 @@ class NativeResponses(Attack):
         }
 
 
+class NativeBlankLines(Attack):
+    """
+    (b3) Blank lines: C{connections} native connections from C{source}
+    that never log in write blank lines (CRLF, C{batch} KiB at a time)
+    whenever their socket takes them, until the deadline; a connection the
+    server closes is opened again. Blank lines between frames are
+    keep-alives (docs/protocol.md section 3.1): they are not frames, take no
+    token and keep the connection from being idle, so nothing but the
+    login timeout and TCP paces them.
+    """
+
+    name = "native-blank-lines"
+
+    async def setup(self) -> None:
+        self.written = 0
+        self.opened = 0
+        self.codes: Counter[int] = Counter()
+
+    async def _one(self, until: float) -> None:
+        s = self.spec
+        block = b"\r\n" * (512 * s["kib"])
+        while time.monotonic() < until:
+            try:
+                c = await NativeClient.open(s["port"], s["source"])
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            self.opened += 1
+            try:
+                while time.monotonic() < until and not c.closed.is_set():
+                    c.writer.write(block)
+                    self.written += len(block)
+                    await asyncio.wait_for(c.writer.drain(), max(0.001, until - time.monotonic()))
+            except (asyncio.TimeoutError, ConnectionError):
+                pass
+            self.codes.update(c.codes)
+            c.close()
+
+    async def attack(self, until: float) -> None:
+        await asyncio.gather(*(self._one(until) for _ in range(self.spec["connections"])))
+
+    async def finish(self) -> dict[str, Any]:
+        n = self.spec["connections"]
+        rate = self.written / self.elapsed / 2**20
+        return {
+            "connections": n,
+            "bytes_written": self.written,
+            "mib_per_s": round(rate, 1),
+            "connections_opened": self.opened,
+            "answers": {str(k): v for k, v in sorted(self.codes.items())},
+            "summary": f"{n} conns (not logged in): {self.written / 2**20:,.0f} MiB of blank lines written ({rate:,.0f} MiB/s), "
+            f"{self.opened} connections",
+        }
+
+
 class _Stall:
     """
     One connection that starts TLS and never finishes it: on the native
@@ -945,6 +1000,7 @@ ATTACKS: dict[str, type[Attack] | None] = {
     XMPPPipelined.name: XMPPPipelined,
     NativePipelined.name: NativePipelined,
     NativeResponses.name: NativeResponses,
+    NativeBlankLines.name: NativeBlankLines,
     StalledHandshakes.name: StalledHandshakes,
     PasswordFlood.name: PasswordFlood,
     "password-spread": PasswordFlood,

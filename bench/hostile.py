@@ -31,6 +31,8 @@ The attacks (L{bench._attacks}), in this order:
   - C{native-responses}: connections that never log in write responses
     (C{IMGW/1.0 200 OK}) in bulk: responses take no token of the rate limit
     (but a response before login closes the connection);
+  - C{native-blank-lines}: connections that never log in write blank
+    lines (keep-alives, not frames) as fast as the socket takes them;
   - C{stalled-handshakes}: hundreds of connections (native C{tls:} listener
     and XMPP STARTTLS) that never finish their TLS handshake;
   - C{password-flood}: wrong PLAIN passwords as fast as the answers come,
@@ -90,6 +92,7 @@ SOURCES: dict[str, Any] = {
     "password-flood": ["127.0.0.4"],
     "native-pipelined": ["127.0.0.5"],
     "native-responses": ["127.0.0.8"],
+    "native-blank-lines": ["127.0.0.9"],
     "roster-flood": ["127.0.0.6"],
     "subscription-burst": [f"127.0.7.{i}" for i in range(1, 5)],
     "password-spread": lambda n: [f"127.0.4.{i}" for i in range(1, n + 1)],
@@ -201,6 +204,8 @@ class Hostile:
             spec.update(source=sources[0], sink=SINK_NATIVE, attackers=[f"hu{NATIVE_FLOODERS + i}" for i in range(s["flooders"])], batch=s["batch"])
         elif name == "native-responses":
             spec.update(source=sources[0], connections=s["response_connections"], batch=s["batch"])
+        elif name == "native-blank-lines":
+            spec.update(source=sources[0], connections=s["response_connections"], kib=64)
         elif name == "stalled-handshakes":
             spec.update(sources=sources(s["stall_sources"]), connections=s["stall_connections"], pause=s["stall_pause"])
         elif name in ("password-flood", "password-spread"):

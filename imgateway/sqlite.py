@@ -34,7 +34,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
@@ -43,6 +43,7 @@ from imgateway.core.errors import ImgatewayError, PersistenceFailed
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
     "DEFAULT_MAX_GROUP",
+    "DEFAULT_ANSWERS_PER_TURN",
     "Database",
     "Durability",
     "Migrations",
@@ -68,6 +69,13 @@ DEFAULT_BUSY_TIMEOUT = 5.0
 #: Larger groups save little more, and make the first caller of a group
 #: wait for all the others.
 DEFAULT_MAX_GROUP = 256
+
+#: The most callers of a group L{Database} answers in one turn of the
+#: reactor; the others are answered in the next turns. The callers' callbacks
+#: do the work the results start (a home server's notifications, the next
+#: request of a user's lane), so a group of hundreds answered at once would
+#: hold the reactor, and every other connection, for a long time.
+DEFAULT_ANSWERS_PER_TURN = 16
 
 
 class Durability(enum.Enum):
@@ -346,6 +354,9 @@ class Database:
     @ivar path: The database file.
     @ivar durability: What an acknowledged change survives.
     @ivar maxGroup: The most operations run in one transaction.
+    @ivar answersPerTurn: With a C{clock}, the most callers of a group
+        answered in one turn of the reactor (the others in the next turns,
+        in order, before the next group starts).
     """
 
     def __init__(
@@ -354,6 +365,8 @@ class Database:
         path: str,
         durability: Durability = Durability.PROCESS,
         maxGroup: int = DEFAULT_MAX_GROUP,
+        clock: IReactorTime | None = None,
+        answersPerTurn: int = DEFAULT_ANSWERS_PER_TURN,
     ) -> None:
         """
         @param pool: A pool from L{openPool}.
@@ -361,13 +374,21 @@ class Database:
         @param durability: What the pool was opened with.
         @param maxGroup: The most operations run in one transaction (C{1}:
             every operation commits alone).
+        @param clock: Schedules the answers of a group past the first
+            C{answersPerTurn}; without it, a group's callers are all
+            answered at once.
+        @param answersPerTurn: See L{Database.answersPerTurn}.
         """
         if maxGroup < 1:
             raise ValueError(f"maxGroup must be at least 1, got {maxGroup!r}")
+        if answersPerTurn < 1:
+            raise ValueError(f"answersPerTurn must be at least 1, got {answersPerTurn!r}")
         self._pool = pool
         self.path = path
         self.durability = durability
         self.maxGroup = maxGroup
+        self.answersPerTurn = answersPerTurn
+        self._clock = clock
         self._closed = False
         self._running = False
         self._queue: deque[_Operation] = deque()
@@ -491,8 +512,9 @@ class Database:
 
     def _ran(self, result: list[_Outcome] | Any | Failure, group: list[_Operation]) -> None:
         """
-        Answer the callers of a group that ran, in order, then run the next
-        group (or finish closing).
+        Answer the callers of a group that ran, in order (L{answersPerTurn}
+        in each turn of the reactor), then run the next group (or finish
+        closing).
         """
         outcomes: list[_Outcome]
         if isinstance(result, Failure):
@@ -503,20 +525,33 @@ class Database:
             outcomes = [(True, result)]
         else:
             outcomes = result
+        self._answer(list(zip(group, outcomes)), 0)
+
+    def _answer(self, answers: list[tuple[_Operation, _Outcome]], start: int) -> None:
+        """
+        Answer the callers C{answers[start:]}: those of this turn, and
+        schedule the rest for the next turn; after the last, run the next
+        group (or finish closing).
+        """
+        end = len(answers) if self._clock is None else start + self.answersPerTurn
         try:
-            for operation, (succeeded, value) in zip(group, outcomes):
+            for operation, (succeeded, value) in answers[start:end]:
                 if succeeded:
                     operation.deferred.callback(value)
                 else:
                     operation.deferred.errback(value)
         finally:
-            # The callers' callbacks have run (and may have queued more)
-            # before the next group starts, or a close goes on.
-            self._running = False
-            if self._queue:
-                self._dispatch()
-            elif self._closing:
-                self._finishClose()
+            if end < len(answers):
+                assert self._clock is not None
+                self._clock.callLater(0, self._answer, answers, end)
+            else:
+                # The callers' callbacks have run (and may have queued more)
+                # before the next group starts, or a close goes on.
+                self._running = False
+                if self._queue:
+                    self._dispatch()
+                elif self._closing:
+                    self._finishClose()
 
     def read(
         self,
@@ -614,7 +649,8 @@ def openDatabase(
         pool = openPool(reactor, path, busyTimeout, durability)
     except PersistenceFailed:
         return fail()
-    database = Database(pool, path.path if isinstance(path, FilePath) else path, durability, maxGroup)
+    clock = cast(IReactorTime, reactor) if IReactorTime.providedBy(reactor) else None
+    database = Database(pool, path.path if isinstance(path, FilePath) else path, durability, maxGroup, clock)
 
     def failed(failure: Failure) -> Deferred[Any]:
         return database.close().addCallback(lambda _: failure)
@@ -652,4 +688,5 @@ def openDatabaseNow(
             connection.close()
     except sqlite3.Error as e:
         raise (persistenceFailed(pathText, e, write=True) or PersistenceFailed(f"{pathText}: {e}")) from None
-    return Database(pool, pathText, durability, maxGroup)
+    clock = cast(IReactorTime, reactor) if IReactorTime.providedBy(reactor) else None
+    return Database(pool, pathText, durability, maxGroup, clock)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore, IReactorTime
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
@@ -48,6 +48,7 @@ from imgateway.sqlite import (
     SchemaTooNew,
     openDatabase,
     openDatabaseNow,
+    openPool,
     persistenceFailed,
 )
 from imgateway.testing import MemoryDirectory, MemoryHomeStore
@@ -1403,6 +1404,45 @@ class GroupCommitTests(TestCase):
             return "traced"
 
         return database.write(trace)
+
+    async def test_answersSpreadOverTurns(self) -> None:
+        """
+        With a clock, a group's callers are answered C{answersPerTurn} in
+        each turn of the reactor, in order: a group of 10 with 4 per turn is
+        answered 4, then 4, then 2, the later turns scheduled on the clock;
+        the next group starts after the last answer.
+        """
+        folder = self.mktemp()
+        os.makedirs(folder)
+        path = os.path.join(folder, "x.sqlite3")
+        clock = Clock()
+        database = Database(openPool(theReactor(), path), path, clock=clock, answersPerTurn=4)
+        await database.migrate([["CREATE TABLE t (a TEXT PRIMARY KEY)"]])
+        # Let the migration's group end, so that "first" is a group alone.
+        await deferLater(cast(IReactorTime, theReactor()), 0, lambda: None)
+        first = database.write(_insert("first"))
+        answered: list[str] = []
+        group = [database.write(_insert(f"v{n}")).addCallback(answered.append) for n in range(10)]
+        self.assertEqual(await first, "first")
+        while not answered:
+            await deferLater(cast(IReactorTime, theReactor()), 0.01, lambda: None)
+        self.assertEqual(answered, [f"v{n}" for n in range(4)])
+        later = database.write(_insert("later"))
+        # Real turns of the reactor pass: the rest waits for the clock, and
+        # the next group for the rest.
+        await deferLater(cast(IReactorTime, theReactor()), 0.1, lambda: None)
+        self.assertEqual(len(answered), 4)
+        self.assertFalse(later.called)
+        for expected in (8, 10):
+            [call] = clock.getDelayedCalls()
+            clock.calls.remove(call)  # type: ignore[arg-type]
+            call.func(*call.args, **call.kw)  # type: ignore[attr-defined]
+            self.assertEqual(len(answered), expected)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(await later, "later")
+        self.assertEqual(answered, [f"v{n}" for n in range(10)])
+        del group
+        await database.close()
 
     async def test_queuedWritesCommitTogether(self) -> None:
         """

@@ -17,11 +17,13 @@ import os
 from collections.abc import Sequence
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 from twisted.internet.ssl import CertificateOptions
 from twisted.python.filepath import FilePath
+
+from imgateway.net import authority as _authority
+from imgateway.net.authority import PrivateKey, certificatePEM, keyPEM, newKey as _newKey
 
 __all__ = [
     "TEST_HOSTNAME",
@@ -35,9 +37,6 @@ __all__ = [
     "writePEM",
 ]
 
-#: The kind of private key made here.
-PrivateKey = ec.EllipticCurvePrivateKey
-
 #: The name L{makeCertificates} issues a server certificate for by default.
 TEST_HOSTNAME = "gw.corp.example"
 
@@ -46,10 +45,6 @@ _DAY = datetime.timedelta(days=1)
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
-
-
-def _newKey() -> PrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
 
 
 def _name(commonName: str) -> x509.Name:
@@ -94,15 +89,13 @@ def selfSignedOptions(name: str = "corp.example") -> CertificateOptions:
     return CertificateOptions(privateKey=key, certificate=certificate)  # type: ignore[arg-type]
 
 
-class CertificateAuthority:
+class CertificateAuthority(_authority.CertificateAuthority):
     """
-    A small certificate authority for tests, with a name of its own (two
-    authorities never share a subject, so trust bundles can hold several).
-
-    @ivar key: Its private key.
-    @ivar certificate: Its self-signed CA certificate (C{pathlen:0}).
-    @ivar now: The time its validity and that of what it issues is
-        reckoned from.
+    A small certificate authority for tests (L{imgateway.net.authority}),
+    with a name of its own (two authorities never share a subject, so trust
+    bundles can hold several), valid from 30 days before L{now} to a year
+    after, and which issues certificates for L{TEST_HOSTNAME} unless told
+    otherwise.
     """
 
     def __init__(self, now: datetime.datetime | None = None) -> None:
@@ -110,36 +103,7 @@ class CertificateAuthority:
         @param now: The authority is valid from 30 days before it to a year
             after; the current time by default.
         """
-        self.now = now if now is not None else _now()
-        self.key = _newKey()
-        public = self.key.public_key()
-        name = _name(f"imgateway test CA {os.urandom(4).hex()}")
-        self.certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(self.now - 30 * _DAY)
-            .not_valid_after(self.now + 365 * _DAY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
+        super().__init__(now, commonName=f"imgateway test CA {os.urandom(4).hex()}")
 
     def issue(
         self,
@@ -147,58 +111,14 @@ class CertificateAuthority:
         notBefore: datetime.datetime | None = None,
         notAfter: datetime.datetime | None = None,
         clientAuth: bool = False,
+        ips: Sequence[str] = (),
+        commonName: str | None = None,
     ) -> tuple[PrivateKey, x509.Certificate]:
         """
-        A new key and a certificate for it signed by this authority, for
-        TLS servers (extended key usage C{serverAuth}).
-
-        @param names: The DNS names of its subjectAltName; the first is also
-            its common name. With none, it has no subjectAltName and its
-            common name is C{no-san}.
-        @param notBefore: When it becomes valid; a day before L{now} by
-            default (later than L{now} for one not yet valid).
-        @param notAfter: When it expires; 90 days after L{now} by default
-            (earlier than L{now} for an expired one).
-        @param clientAuth: Whether it may also serve as a TLS client
-            certificate (C{clientAuth} too), as an s2s certificate must for
-            ejabberd's SASL EXTERNAL.
+        See L{imgateway.net.authority.CertificateAuthority.issue}; the
+        names are L{TEST_HOSTNAME} by default.
         """
-        key = _newKey()
-        usages = [ExtendedKeyUsageOID.SERVER_AUTH] + ([ExtendedKeyUsageOID.CLIENT_AUTH] if clientAuth else [])
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(names[0] if names else "no-san"))
-            .issuer_name(self.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(notBefore if notBefore is not None else self.now - _DAY)
-            .not_valid_after(notAfter if notAfter is not None else self.now + 90 * _DAY)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
-        )
-        if names:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
-            )
-        return key, builder.sign(self.key, hashes.SHA256())
-
-
-def keyPEM(key: PrivateKey, password: bytes | None = None) -> bytes:
-    """
-    C{key} as PKCS#8 PEM, encrypted with C{password} if given.
-    """
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(password) if password is not None else serialization.NoEncryption()
-    )
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-
-
-def certificatePEM(*certificates: x509.Certificate) -> bytes:
-    """
-    C{certificates} as PEM, in the order given (a chain: leaf first).
-    """
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+        return super().issue(names, notBefore, notAfter, clientAuth, ips, commonName)
 
 
 def writePEM(path: str | FilePath[str], *parts: bytes) -> str:

@@ -38,6 +38,7 @@ from imgateway.core.records import (
     ContactRecord,
     ContactView,
     HomeChange,
+    MoveRecord,
     PresenceRule,
     PutContact,
     RemoveContact,
@@ -112,6 +113,7 @@ class MemoryDirectory(_MemoryStore):
     returns has already fired.
 
     @ivar accounts: Address to account record; tests may read and change it.
+    @ivar moves: Address to the move between home servers under way.
     """
 
     _name = "memory directory"
@@ -124,6 +126,7 @@ class MemoryDirectory(_MemoryStore):
         self.accounts: dict[Address, AccountRecord] = {}
         for record in accounts or []:
             self.accounts[record.address] = record
+        self.moves: dict[Address, MoveRecord] = {}
 
     def getAccount(self, address: Address) -> Deferred[AccountRecord | None]:
         """
@@ -179,6 +182,64 @@ class MemoryDirectory(_MemoryStore):
                 if domain is None or address.domain == domain
             ]
         )
+
+    # The moves between home servers of SQLiteDirectory (imgateway.admin.move).
+
+    def getMove(self, address: Address) -> Deferred[MoveRecord | None]:
+        """
+        See L{SQLiteDirectory.getMove<imgateway.directory.sqlite.SQLiteDirectory.getMove>}.
+        """
+        return self._read(self.moves.get(address))
+
+    def listMoves(self) -> Deferred[list[MoveRecord]]:
+        """
+        See L{SQLiteDirectory.listMoves<imgateway.directory.sqlite.SQLiteDirectory.listMoves>}.
+        """
+        return self._read([self.moves[address] for address in sorted(self.moves)])
+
+    def beginMove(self, address: Address, target: str) -> Deferred[MoveRecord | None]:
+        """
+        See L{SQLiteDirectory.beginMove<imgateway.directory.sqlite.SQLiteDirectory.beginMove>}.
+        """
+        refused = self._refuseWrite()
+        if refused is not None:
+            return fail(refused)
+        if address in self.moves:
+            return succeed(self.moves[address])
+        record = self.accounts.get(address)
+        if record is None:
+            return fail(NoSuchAccount(f"no account {address}"))
+        if record.homeServer == target:
+            return succeed(None)
+        move = MoveRecord(address, record.homeServer, target, record.enabled)
+        self.moves[address] = move
+        self.accounts[address] = attrs.evolve(record, enabled=False)
+        return succeed(move)
+
+    def switchMove(self, address: Address) -> Deferred[None]:
+        """
+        See L{SQLiteDirectory.switchMove<imgateway.directory.sqlite.SQLiteDirectory.switchMove>}.
+        """
+        refused = self._refuseWrite()
+        if refused is not None:
+            return fail(refused)
+        if address not in self.moves:
+            return fail(LookupError(f"no move of {address} under way"))
+        self.accounts[address] = attrs.evolve(self.accounts[address], homeServer=self.moves[address].target)
+        return succeed(None)
+
+    def endMove(self, address: Address) -> Deferred[None]:
+        """
+        See L{SQLiteDirectory.endMove<imgateway.directory.sqlite.SQLiteDirectory.endMove>}.
+        """
+        refused = self._refuseWrite()
+        if refused is not None:
+            return fail(refused)
+        move = self.moves.pop(address, None)
+        if move is None:
+            return fail(LookupError(f"no move of {address} under way"))
+        self.accounts[address] = attrs.evolve(self.accounts[address], enabled=move.enabled)
+        return succeed(None)
 
 
 @implementer(IPasswordDirectory)

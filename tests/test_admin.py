@@ -70,7 +70,7 @@ class DurabilityTests(SynchronousTestCase):
         )
         done: list[object] = []
 
-        async def action(directory: Any) -> None:
+        async def action(reactor: object, directory: Any) -> None:
             done.append(directory)
 
         self.successResultOf(Deferred.fromCoroutine(cli._run(object(), config, action)))  # type: ignore[arg-type]

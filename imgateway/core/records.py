@@ -24,6 +24,7 @@ __all__ = [
     "ContactRecord",
     "ContactView",
     "HomeChange",
+    "MoveRecord",
     "PresenceRule",
     "PutContact",
     "RemoveContact",
@@ -54,6 +55,27 @@ class AccountRecord:
     displayName: str
     enabled: bool
     credentials: str
+
+
+@frozen
+class MoveRecord:
+    """
+    A move of an account from one home server to another, under way
+    (C{imgateway-admin user move}): the directory keeps it from the moment
+    the account is disabled for the move until the move is done, so that
+    running the command again finishes a move that was interrupted.
+
+    @ivar address: The account.
+    @ivar source: The home server it is moved from.
+    @ivar target: The home server it is moved to.
+    @ivar enabled: Whether the account was enabled before the move (what
+        it is again once the move is done).
+    """
+
+    address: Address
+    source: str
+    target: str
+    enabled: bool
 
 
 class AuthorisationState(enum.Enum):

@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from imgateway.core.address import Address
 from imgateway.core.errors import AccountExists, NoSuchAccount
-from imgateway.core.records import AccountRecord
+from imgateway.core.records import AccountRecord, MoveRecord
 from imgateway.interfaces import IDirectory
 from imgateway.sqlite import DEFAULT_BUSY_TIMEOUT, Database, Durability, Migrations, openDatabase
 
@@ -126,6 +126,57 @@ def _list(cursor: sqlite3.Cursor, domain: str | None) -> list[AccountRecord]:
     return [_record(row) for row in rows.fetchall()]
 
 
+def _move(row: tuple[str, str, str, int]) -> MoveRecord:
+    address, source, target, enabled = row
+    local, _, domain = address.rpartition("@")
+    return MoveRecord(Address(local, domain), source, target, bool(enabled))
+
+
+_MOVE_COLUMNS = "address, source, target, enabled"
+
+
+def _getMove(cursor: sqlite3.Cursor, address: Address) -> MoveRecord | None:
+    row = cursor.execute(f"SELECT {_MOVE_COLUMNS} FROM moves WHERE address = ?", (str(address),)).fetchone()
+    return None if row is None else _move(row)
+
+
+def _listMoves(cursor: sqlite3.Cursor) -> list[MoveRecord]:
+    rows = cursor.execute(f"SELECT {_MOVE_COLUMNS} FROM moves").fetchall()
+    return sorted((_move(row) for row in rows), key=lambda m: m.address)
+
+
+def _beginMove(cursor: sqlite3.Cursor, address: Address, target: str, started: float) -> MoveRecord | None:
+    move = _getMove(cursor, address)
+    if move is not None:
+        return move
+    account = _get(cursor, address)
+    if account is None:
+        raise NoSuchAccount(f"no account {address}")
+    if account.homeServer == target:
+        return None
+    cursor.execute(
+        "INSERT INTO moves (address, source, target, enabled, started) VALUES (?, ?, ?, ?, ?)",
+        (str(address), account.homeServer, target, int(account.enabled), started),
+    )
+    cursor.execute("UPDATE accounts SET enabled = 0 WHERE address = ?", (str(address),))
+    return MoveRecord(address, account.homeServer, target, account.enabled)
+
+
+def _switchMove(cursor: sqlite3.Cursor, address: Address) -> None:
+    move = _getMove(cursor, address)
+    if move is None:
+        raise LookupError(f"no move of {address} under way")
+    cursor.execute("UPDATE accounts SET home_server = ? WHERE address = ?", (move.target, str(address)))
+
+
+def _endMove(cursor: sqlite3.Cursor, address: Address) -> None:
+    move = _getMove(cursor, address)
+    if move is None:
+        raise LookupError(f"no move of {address} under way")
+    cursor.execute("UPDATE accounts SET enabled = ? WHERE address = ?", (int(move.enabled), str(address)))
+    cursor.execute("DELETE FROM moves WHERE address = ?", (str(address),))
+
+
 @implementer(IDirectory)
 class SQLiteDirectory:
     """
@@ -202,6 +253,54 @@ class SQLiteDirectory:
         (local part, then domain).
         """
         return self.database.read(_list, domain)
+
+    # -- moves between home servers (imgateway.admin.move) -----------------
+
+    def getMove(self, address: Address) -> Deferred[MoveRecord | None]:
+        """
+        @return: The move of C{address} under way, or C{None}.
+        """
+        return self.database.read(_getMove, address)
+
+    def listMoves(self) -> Deferred[list[MoveRecord]]:
+        """
+        @return: Every move under way, in the order of their addresses.
+        """
+        return self.database.read(_listMoves)
+
+    def beginMove(self, address: Address, target: str) -> Deferred[MoveRecord | None]:
+        """
+        Begin moving C{address} to the home server C{target}, in one
+        transaction: record the move (with the account's home server as its
+        source, and whether it is enabled) and disable the account, so that
+        nobody logs in as it until L{endMove}. If a move of C{address} is
+        under way already, change nothing.
+
+        @return: The move under way (which may go elsewhere than
+            C{target}), or C{None} when C{address} has no move under way and
+            is homed on C{target} already.
+        @raise NoSuchAccount: (asynchronously) If there is no such account.
+        """
+        return self.database.write(_beginMove, address, target, self._clock.seconds())
+
+    def switchMove(self, address: Address) -> Deferred[None]:
+        """
+        Make the target of C{address}'s move its home server. Idempotent.
+
+        @raise LookupError: (asynchronously) If no move of C{address} is
+            under way.
+        """
+        return self.database.write(_switchMove, address)
+
+    def endMove(self, address: Address) -> Deferred[None]:
+        """
+        Finish C{address}'s move, in one transaction: enable the account
+        again if it was enabled before the move, and forget the move.
+
+        @raise LookupError: (asynchronously) If no move of C{address} is
+            under way.
+        """
+        return self.database.write(_endMove, address)
 
     def close(self) -> Deferred[None]:
         """

@@ -48,6 +48,21 @@ MIGRATIONS: Migrations = [
         WHERE json_valid(credentials) AND json_type(credentials, '$.scrypt') IS NOT NULL
         """,
     ],
+    # Version 3: moves of accounts between home servers under way
+    # (imgateway-admin user move), each kept from the moment its account is
+    # disabled for the move until the move is done; "enabled" is what the
+    # account was before.
+    [
+        """
+        CREATE TABLE moves (
+            address TEXT PRIMARY KEY REFERENCES accounts (address),
+            source TEXT NOT NULL,
+            target TEXT NOT NULL,
+            enabled INTEGER NOT NULL,
+            started REAL NOT NULL
+        )
+        """,
+    ],
 ]
 
 _COLUMNS = "local, domain, home_server, display_name, enabled, credentials"

@@ -7,19 +7,35 @@ as a subprocess against a temporary configuration and data folder.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
-from typing import cast
+from typing import Any, cast
 
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorCore
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, TestCase
 
 from imgateway.auth.passwords import StoredCredentials, checkPassword
 from imgateway.core.address import Address
-from imgateway.core.records import AccountRecord
+from imgateway.admin.move import moveAccount
+from imgateway.core.presence import PresenceState
+from imgateway.core.records import (
+    AccessList,
+    AccountRecord,
+    AuthorisationState,
+    ContactRecord,
+    PresenceRule,
+    PutContact,
+    SetAccess,
+    SetAuthorisation,
+    SetRule,
+)
 from imgateway.directory.sqlite import SQLiteDirectory
+from imgateway.home.store import SQLiteHomeStore
+from tests.test_examples import walkThrough
 
 #: The folder holding the C{imgateway} package.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,23 +52,14 @@ def theReactor() -> IReactorCore:
     return cast(IReactorCore, reactor)
 
 
-class AdminTests(TestCase):
+class AdminCommand(TestCase):
     """
-    C{imgateway-admin user ...} against a gateway configured for
-    C{corp.example}.
+    Runs C{imgateway-admin} for a test, with the configuration file
+    C{self.config} and, as its current folder, C{self.base}.
     """
 
-    def setUp(self) -> None:
-        """
-        Write a configuration whose data folder does not exist yet.
-        """
-        self.base = FilePath(self.mktemp())
-        etc = self.base.child("etc")
-        etc.makedirs()
-        self.config = etc.child("imgateway.toml")
-        self.config.setContent(b'[gateway]\ndomain = "Corp.Example"\ndata_dir = "../data"\n')
-        self.dataDir = self.base.child("data")
-        self.directoryPath = self.dataDir.child("directory.sqlite3")
+    base: FilePath[str]
+    config: FilePath[str]
 
     def admin(
         self, *args: str, stdin: str = "", config: str | None = None, environ: dict[str, str] | None = None
@@ -109,6 +116,25 @@ class AdminTests(TestCase):
         self.assertEqual(err.count("\n"), 1, err)
         return err[len("imgateway-admin: ") : -1]
 
+
+class AdminTests(AdminCommand):
+    """
+    C{imgateway-admin user ...} against a gateway configured for
+    C{corp.example}.
+    """
+
+    def setUp(self) -> None:
+        """
+        Write a configuration whose data folder does not exist yet.
+        """
+        self.base = FilePath(self.mktemp())
+        etc = self.base.child("etc")
+        etc.makedirs()
+        self.config = etc.child("imgateway.toml")
+        self.config.setContent(b'[gateway]\ndomain = "Corp.Example"\ndata_dir = "../data"\n')
+        self.dataDir = self.base.child("data")
+        self.directoryPath = self.dataDir.child("directory.sqlite3")
+
     async def account(self, address: Address) -> AccountRecord | None:
         """
         Read an account from the directory file, as the gateway would.
@@ -126,7 +152,7 @@ class AdminTests(TestCase):
         that verify the password read from standard input.
         """
         out = self.assertSucceeds("user", "add", "alice", "--name", "Alice Liddell", "--password-stdin", stdin="s3cret pass\n")
-        self.assertEqual(out, "added alice@corp.example\n")
+        self.assertEqual(out, "added alice@corp.example (home server hs1)\n")
         record = await self.account(ALICE)
         assert record is not None
         self.assertEqual(
@@ -143,7 +169,7 @@ class AdminTests(TestCase):
         A full address in the gateway's domain is accepted, normalised.
         """
         out = self.assertSucceeds("user", "add", "Bob@CORP.example", "--password-stdin", stdin="pw")
-        self.assertEqual(out, "added bob@corp.example\n")
+        self.assertEqual(out, "added bob@corp.example (home server hs1)\n")
         record = await self.account(Address("bob", "corp.example"))
         assert record is not None
         self.assertEqual(record.displayName, "")
@@ -313,7 +339,7 @@ class AdminTests(TestCase):
             "user", "add", "alice", "--password-stdin",
             stdin="pw\n", config="", environ={"IMGATEWAY_CONFIG": self.base.child("gateway.toml").path},
         )
-        self.assertEqual((code, out, err), (0, "added alice@corp.example\n", ""))
+        self.assertEqual((code, out, err), (0, "added alice@corp.example (home server hs1)\n", ""))
 
     def test_defaultConfig(self) -> None:
         """
@@ -345,3 +371,211 @@ class AdminTests(TestCase):
         self.assertIn("usage: imgateway-admin", err)
         code, out, err = self.admin("user", "frobnicate", "alice")
         self.assertEqual(code, 2)
+
+
+BOB = Address("bob", "corp.example")
+CAROL = Address("carol", "corp.example")
+DAVE = Address("dave", "xmpp.example")
+
+_AUTHORISED, _PENDING = AuthorisationState.AUTHORISED, AuthorisationState.PENDING
+
+
+class _Crash(Exception):
+    """
+    Stands in for a crash of C{imgateway-admin user move} at some step.
+    """
+
+
+class _CrashingDirectory:
+    """
+    An L{SQLiteDirectory} whose method C{crashAt} fails, changing nothing.
+    """
+
+    def __init__(self, directory: SQLiteDirectory, crashAt: str) -> None:
+        self._directory = directory
+        self._crashAt = crashAt
+
+    def __getattr__(self, name: str) -> Any:
+        if name == self._crashAt:
+            return lambda *args: fail(_Crash(name))
+        return getattr(self._directory, name)
+
+
+class _CrashingStore:
+    """
+    An L{SQLiteHomeStore} whose writes fail, changing nothing.
+    """
+
+    def __init__(self, store: SQLiteHomeStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "apply":
+            return lambda *args: fail(_Crash(name))
+        return getattr(self._store, name)
+
+
+class MoveTests(AdminCommand):
+    """
+    C{imgateway-admin user move} between the SQLite stores of the home
+    servers of C{etc/examples/}, set up as the walk-through of
+    docs/operations.md ("Many servers on one machine") does.
+    """
+
+    def setUp(self) -> None:
+        """
+        Copy the examples, run the walk-through's C{imgateway-admin}
+        commands (certificates, alice on hs1 and carol on hs2), and add bob
+        on hs1.
+        """
+        self.base = FilePath(self.mktemp())
+        shutil.copytree(os.path.join(REPO_ROOT, "etc", "examples"), self.base.path)
+        self.dataDir = self.base.child("data")
+        self.config = self.base.child("hs1.toml")
+        for argv in walkThrough():
+            if "add" in argv:
+                self.assertSucceeds(*argv[1:], "--password-stdin", stdin="pw\n")
+            else:
+                self.assertSucceeds(*argv[1:])
+        self.assertSucceeds("user", "add", "bob", "--home", "hs1", "--password-stdin", stdin="pw\n")
+
+    async def store(self, name: str) -> SQLiteHomeStore:
+        """
+        Open the store of the home server C{name}, as that server would.
+        """
+        store = await SQLiteHomeStore.open(theReactor(), self.dataDir.child(f"home-{name}.sqlite3").path)
+        self.addCleanup(store.close)
+        return store
+
+    async def fill(self) -> None:
+        """
+        Give alice (on hs1) contacts, lists, a rule and authorisations with
+        bob (hs1), carol (hs2: both stores have a copy of their pair) and
+        dave (another domain); bob and carol have rows of their own.
+        """
+        hs1, hs2 = await self.store("hs1"), await self.store("hs2")
+        await hs1.apply(
+            [
+                PutContact(ALICE, ContactRecord(BOB, "Bob")),
+                PutContact(ALICE, ContactRecord(CAROL, "Carol")),
+                PutContact(ALICE, ContactRecord(DAVE, "Dave")),
+                PutContact(BOB, ContactRecord(ALICE, "Al")),
+                SetAccess(ALICE, "spam.example", AccessList.BLOCK),
+                SetRule(ALICE, PresenceState.BUSY, "tel:+15550100"),
+                SetAuthorisation(ALICE, BOB, _AUTHORISED),
+                SetAuthorisation(BOB, ALICE, _AUTHORISED),
+                SetAuthorisation(ALICE, CAROL, _AUTHORISED),
+                SetAuthorisation(CAROL, ALICE, _PENDING),
+                SetAuthorisation(DAVE, ALICE, _AUTHORISED),
+            ]
+        )
+        await hs2.apply(
+            [
+                PutContact(CAROL, ContactRecord(ALICE, "Alice")),
+                SetAuthorisation(ALICE, CAROL, _PENDING),
+                SetAuthorisation(CAROL, ALICE, _AUTHORISED),
+            ]
+        )
+
+    async def assertMoved(self) -> None:
+        """
+        alice is enabled on hs2, with all its rows there; hs1 keeps bob's
+        and the pair of alice and bob for bob.
+        """
+        self.assertEqual(
+            self.assertSucceeds("user", "list"),
+            "alice@corp.example  enabled   hs2\n"
+            "bob@corp.example    enabled   hs1\n"
+            "carol@corp.example  enabled   hs2\n",
+        )
+        hs1, hs2 = await self.store("hs1"), await self.store("hs2")
+        self.assertEqual(
+            await hs2.getContacts(ALICE),
+            [ContactRecord(BOB, "Bob"), ContactRecord(CAROL, "Carol"), ContactRecord(DAVE, "Dave")],
+        )
+        self.assertEqual(await hs2.getAccess(ALICE), {"spam.example": AccessList.BLOCK})
+        self.assertEqual(await hs2.getRules(ALICE), [PresenceRule(PresenceState.BUSY, "tel:+15550100")])
+        self.assertEqual(
+            await hs2.getAuthorisations(ALICE),
+            [
+                (ALICE, BOB, _AUTHORISED),
+                (ALICE, CAROL, _AUTHORISED),
+                (BOB, ALICE, _AUTHORISED),
+                (CAROL, ALICE, _AUTHORISED),
+                (DAVE, ALICE, _AUTHORISED),
+            ],
+        )
+        self.assertEqual(await hs2.getContacts(CAROL), [ContactRecord(ALICE, "Alice")])
+        self.assertEqual(
+            (await hs1.getContacts(ALICE), await hs1.getAccess(ALICE), await hs1.getRules(ALICE)), ([], {}, [])
+        )
+        self.assertEqual(await hs1.getAuthorisations(ALICE), [(ALICE, BOB, _AUTHORISED), (BOB, ALICE, _AUTHORISED)])
+        self.assertEqual(await hs1.getContacts(BOB), [ContactRecord(ALICE, "Al")])
+
+    async def test_move(self) -> None:
+        """
+        C{user move alice hs2} moves alice's rows from C{home-hs1.sqlite3}
+        to C{home-hs2.sqlite3} and homes alice on hs2.
+        """
+        await self.fill()
+        out = self.assertSucceeds("user", "move", "alice", "hs2")
+        self.assertEqual(
+            out,
+            "moved alice@corp.example from hs1 to hs2: 3 contacts, 4 authorisations, 1 access-list entries,"
+            " 1 rules (2 authorisations stay in hs1's store for its users)\n",
+        )
+        await self.assertMoved()
+        self.assertEqual(self.assertRefused("user", "move", "alice", "hs2"), "alice@corp.example is homed on hs2 already")
+        self.assertIn("router is not a home server", self.assertRefused("user", "move", "alice", "router"))
+
+    async def test_interrupted(self) -> None:
+        """
+        A move that stops at any step (here: a step that fails, in a move
+        run in this process on the real files) leaves the account disabled,
+        shown as moving, with all its rows in the store of the home server
+        the directory names; running C{user move} again finishes it.
+        """
+        await self.fill()
+        steps = ["copy", "switchMove", "remove", "endMove"]
+        for step in steps:
+            if step != steps[0]:
+                # Start again from the same data, in a new folder.
+                self.setUp()
+                await self.fill()
+            directory = await SQLiteDirectory.open(theReactor(), self.dataDir.child("directory.sqlite3").path)
+            stores: dict[str, Any] = {}
+
+            async def openStore(name: str) -> Any:
+                store = await self.store(name)
+                crashes = (step, name) in (("copy", "hs2"), ("remove", "hs1"))
+                stores[name] = _CrashingStore(store) if crashes else store
+                return stores[name]
+
+            try:
+                crashing = _CrashingDirectory(directory, step)
+                await self.assertFailure(
+                    Deferred.fromCoroutine(moveAccount(crashing, openStore, ALICE, "hs2")), _Crash
+                )
+            finally:
+                await directory.close()
+            home = "hs1" if step in ("copy", "switchMove") else "hs2"
+            self.assertIn("alice@corp.example  moving    hs1 -> hs2\n", self.assertSucceeds("user", "list"))
+            record = await self.account(ALICE)
+            assert record is not None
+            self.assertEqual((record.homeServer, record.enabled), (home, False))
+            there = await self.store(home)
+            self.assertEqual(len(await there.getContacts(ALICE)), 3, step)
+            self.assertIn("unfinished", self.assertRefused("user", "enable", "alice"))
+            out = self.assertSucceeds("user", "move", "alice", "hs2")
+            self.assertTrue(out.startswith("finished the move of alice@corp.example from hs1 to hs2"), out)
+            await self.assertMoved()
+
+    async def account(self, address: Address) -> AccountRecord | None:
+        """
+        Read an account from the directory file, as the gateway would.
+        """
+        directory = await SQLiteDirectory.open(theReactor(), self.dataDir.child("directory.sqlite3"))
+        try:
+            return await directory.getAccount(address)
+        finally:
+            await directory.close()

@@ -46,6 +46,7 @@ from imgateway.core.records import (
     SetAuthorisation,
     ruleOrder,
 )
+from imgateway.directory.sqlite import NoMoveUnderWay
 from imgateway.interfaces import IDirectory, IHomeStore, ILinkRoutes, IPasswordDirectory, IRoute, ISessionClient
 
 if TYPE_CHECKING:
@@ -224,7 +225,7 @@ class MemoryDirectory(_MemoryStore):
         if refused is not None:
             return fail(refused)
         if address not in self.moves:
-            return fail(LookupError(f"no move of {address} under way"))
+            return fail(NoMoveUnderWay(f"no move of {address} under way"))
         self.accounts[address] = attrs.evolve(self.accounts[address], homeServer=self.moves[address].target)
         return succeed(None)
 
@@ -237,7 +238,7 @@ class MemoryDirectory(_MemoryStore):
             return fail(refused)
         move = self.moves.pop(address, None)
         if move is None:
-            return fail(LookupError(f"no move of {address} under way"))
+            return fail(NoMoveUnderWay(f"no move of {address} under way"))
         self.accounts[address] = attrs.evolve(self.accounts[address], enabled=move.enabled)
         return succeed(None)
 

@@ -14,12 +14,12 @@ from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from imgateway.core.address import Address
-from imgateway.core.errors import AccountExists, NoSuchAccount
+from imgateway.core.errors import AccountExists, ImgatewayError, NoSuchAccount
 from imgateway.core.records import AccountRecord, MoveRecord
 from imgateway.interfaces import IDirectory
 from imgateway.sqlite import DEFAULT_BUSY_TIMEOUT, Database, Durability, Migrations, openDatabase
 
-__all__ = ["MIGRATIONS", "SQLiteDirectory"]
+__all__ = ["MIGRATIONS", "NoMoveUnderWay", "SQLiteDirectory"]
 
 #: The directory's schema (see L{imgateway.sqlite}). Addresses are stored
 #: normalised, as C{str(address)}, with their two parts alongside.
@@ -141,6 +141,13 @@ def _list(cursor: sqlite3.Cursor, domain: str | None) -> list[AccountRecord]:
     return [_record(row) for row in rows.fetchall()]
 
 
+class NoMoveUnderWay(ImgatewayError):
+    """
+    A step of a move between home servers was asked for an account with no
+    move under way (another command finished it meanwhile).
+    """
+
+
 def _move(row: tuple[str, str, str, int]) -> MoveRecord:
     address, source, target, enabled = row
     local, _, domain = address.rpartition("@")
@@ -180,14 +187,14 @@ def _beginMove(cursor: sqlite3.Cursor, address: Address, target: str, started: f
 def _switchMove(cursor: sqlite3.Cursor, address: Address) -> None:
     move = _getMove(cursor, address)
     if move is None:
-        raise LookupError(f"no move of {address} under way")
+        raise NoMoveUnderWay(f"no move of {address} under way")
     cursor.execute("UPDATE accounts SET home_server = ? WHERE address = ?", (move.target, str(address)))
 
 
 def _endMove(cursor: sqlite3.Cursor, address: Address) -> None:
     move = _getMove(cursor, address)
     if move is None:
-        raise LookupError(f"no move of {address} under way")
+        raise NoMoveUnderWay(f"no move of {address} under way")
     cursor.execute("UPDATE accounts SET enabled = ? WHERE address = ?", (int(move.enabled), str(address)))
     cursor.execute("DELETE FROM moves WHERE address = ?", (str(address),))
 
@@ -302,7 +309,7 @@ class SQLiteDirectory:
         """
         Make the target of C{address}'s move its home server. Idempotent.
 
-        @raise LookupError: (asynchronously) If no move of C{address} is
+        @raise NoMoveUnderWay: (asynchronously) If no move of C{address} is
             under way.
         """
         return self.database.write(_switchMove, address)
@@ -312,7 +319,7 @@ class SQLiteDirectory:
         Finish C{address}'s move, in one transaction: enable the account
         again if it was enabled before the move, and forget the move.
 
-        @raise LookupError: (asynchronously) If no move of C{address} is
+        @raise NoMoveUnderWay: (asynchronously) If no move of C{address} is
             under way.
         """
         return self.database.write(_endMove, address)

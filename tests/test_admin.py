@@ -522,8 +522,8 @@ class MoveTests(SynchronousTestCase):
         out = _run(self, _config(SERVERS), self.directory, "move", "alice", "hs2")
         self.assertEqual(
             out,
-            "moved alice@corp.example from hs1 to hs2: 4 contacts, 7 authorisations, 2 access-list entries,"
-            " 2 rules (2 authorisations stay in hs1's store for its users)\n",
+            "moved alice@corp.example from hs1 to hs2 (contacts: 4, authorisations: 7, access-list entries: 2,"
+            " rules: 2; authorisations kept in hs1's store for its users: 2)\n",
         )
         self.assertMoved()
         e = self.assertRaises(cli._Refused, _run, self, _config(SERVERS), self.directory, "move", "alice", "hs2")

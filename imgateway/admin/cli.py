@@ -266,9 +266,9 @@ def _checkHome(name: str, config: GatewayConfig) -> str:
 def _summary(address: Address, s: MoveSummary) -> str:
     done = "finished the move of" if s.resumed else "moved"
     return (
-        f"{done} {address} from {s.source} to {s.target}: {s.contacts} contacts, "
-        f"{s.authorisations} authorisations, {s.access} access-list entries, {s.rules} rules"
-        f" ({s.kept} authorisations stay in {s.source}'s store for its users)"
+        f"{done} {address} from {s.source} to {s.target} (contacts: {s.contacts}, "
+        f"authorisations: {s.authorisations}, access-list entries: {s.access}, rules: {s.rules}; "
+        f"authorisations kept in {s.source}'s store for its users: {s.kept})"
     )
 
 

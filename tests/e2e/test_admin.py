@@ -521,8 +521,8 @@ class MoveTests(AdminCommand):
         out = self.assertSucceeds("user", "move", "alice", "hs2")
         self.assertEqual(
             out,
-            "moved alice@corp.example from hs1 to hs2: 3 contacts, 4 authorisations, 1 access-list entries,"
-            " 1 rules (2 authorisations stay in hs1's store for its users)\n",
+            "moved alice@corp.example from hs1 to hs2 (contacts: 3, authorisations: 4, access-list entries: 1,"
+            " rules: 1; authorisations kept in hs1's store for its users: 2)\n",
         )
         await self.assertMoved()
         self.assertEqual(self.assertRefused("user", "move", "alice", "hs2"), "alice@corp.example is homed on hs2 already")
@@ -567,7 +567,7 @@ class MoveTests(AdminCommand):
             self.assertEqual(len(await there.getContacts(ALICE)), 3, step)
             self.assertIn("unfinished", self.assertRefused("user", "enable", "alice"))
             out = self.assertSucceeds("user", "move", "alice", "hs2")
-            self.assertTrue(out.startswith("finished the move of alice@corp.example from hs1 to hs2"), out)
+            self.assertTrue(out.startswith("finished the move of alice@corp.example from hs1 to hs2 ("), out)
             await self.assertMoved()
 
     async def account(self, address: Address) -> AccountRecord | None:

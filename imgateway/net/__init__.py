@@ -12,6 +12,8 @@ speaks:
     service name;
   - L{imgateway.net.addresses}: what a peer's address says (loopback or
     not).
+  - L{imgateway.net.authority}: a small certificate authority and the
+    certificates it issues (C{imgateway-admin certs}, and the tests').
 
 Nothing here imports the rest of imgateway: protocol adapters, the router
 and the command-line clients import it.

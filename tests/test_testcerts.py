@@ -231,8 +231,12 @@ class ImportTests(SynchronousTestCase):
         shared = {"imgateway.net", "imgateway.net.authority"}
         self.assertEqual(
             sorted(m for m in imported if m.startswith("imgateway") and m not in shared),
-            ["imgateway.net.authority.PrivateKey", "imgateway.net.authority.certificatePEM",
-             "imgateway.net.authority.keyPEM", "imgateway.net.authority.newKey"],
+            [
+                "imgateway.net.authority.PrivateKey",
+                "imgateway.net.authority.certificatePEM",
+                "imgateway.net.authority.keyPEM",
+                "imgateway.net.authority.newKey",
+            ],
         )
         authority = REPO.child("imgateway").child("net").child("authority.py").getContent().decode("utf-8")
         imported = importsOf("imgateway.net.authority", authority, False)

@@ -30,7 +30,7 @@ import sys
 import traceback
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NoReturn, cast
+from typing import NoReturn, cast
 
 from twisted.internet.interfaces import IReactorCore
 from twisted.internet.task import react
@@ -284,6 +284,10 @@ class _Stores:
         self._open: dict[str, SQLiteHomeStore] = {}
 
     async def open(self, name: str) -> IHomeStore:
+        """
+        The store of the home server C{name}, opened (made if missing) with
+        the configuration's durability.
+        """
         if name not in self._open:
             path = self._config.dataDir.child(f"home-{name}.sqlite3")
             database = await openDatabase(self._reactor, path, HOME_MIGRATIONS, durability=self._config.durability)
@@ -291,6 +295,9 @@ class _Stores:
         return self._open[name]
 
     async def close(self) -> None:
+        """
+        Close every store opened.
+        """
         for store in self._open.values():
             await store.close()
 
@@ -373,7 +380,7 @@ def _action(args: argparse.Namespace, config: GatewayConfig) -> _Action:
     return setEnabled
 
 
-def _certs(args: Any) -> NoReturn:
+def _certs(args: argparse.Namespace) -> NoReturn:
     """
     Run a C{certs} command (they need no configuration), and exit.
     """

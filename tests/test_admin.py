@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import io
 import os
+import sqlite3
 import stat
 import sys
 from typing import Any
@@ -33,7 +34,7 @@ from imgateway.core.address import Address
 from imgateway.core.errors import NoSuchAccount, PersistenceFailed
 from imgateway.core.presence import PresenceState
 from imgateway.core.records import AccessList, AccountRecord, AuthorisationState, ContactRecord, MoveRecord
-from imgateway.directory.sqlite import SQLiteDirectory
+from imgateway.directory.sqlite import MIGRATIONS as DIRECTORY_MIGRATIONS, SQLiteDirectory
 from imgateway.interfaces import IHomeStore
 from imgateway.net.certificates import keyMatches, loadTLSFiles
 from imgateway.sqlite import Durability
@@ -740,4 +741,35 @@ class CertsTests(SynchronousTestCase):
         certs.makeServer(self.folder, "hs1", days=365, now=now)
         self.assertEqual(
             self.certificate("hs1.crt").not_valid_after_utc, self.certificate("ca.crt").not_valid_after_utc
+        )
+
+
+class DirectorySchemaTests(SynchronousTestCase):
+    """
+    The directory's migration to schema version 3: the moves under way.
+    """
+
+    def test_moves(self) -> None:
+        """
+        Version 3 adds the C{moves} table to a version 2 directory, leaving
+        its accounts alone; a move names an existing account.
+        """
+        db = sqlite3.connect(":memory:")
+        db.execute("PRAGMA foreign_keys = ON")
+        for statement in DIRECTORY_MIGRATIONS[0] + DIRECTORY_MIGRATIONS[1]:
+            db.execute(statement)
+        db.execute(
+            "INSERT INTO accounts (address, local, domain, home_server, credentials, created)"
+            " VALUES ('alice@corp.example', 'alice', 'corp.example', 'hs1', '{}', 0)"
+        )
+        self.assertEqual(len(DIRECTORY_MIGRATIONS), 3)
+        for statement in DIRECTORY_MIGRATIONS[2]:
+            db.execute(statement)
+        self.assertEqual(
+            db.execute("SELECT address, home_server, enabled FROM accounts").fetchall(),
+            [("alice@corp.example", "hs1", 1)],
+        )
+        db.execute("INSERT INTO moves VALUES ('alice@corp.example', 'hs1', 'hs2', 1, 0)")
+        self.assertRaises(
+            sqlite3.IntegrityError, db.execute, "INSERT INTO moves VALUES ('bob@corp.example', 'hs1', 'hs2', 1, 0)"
         )

@@ -756,7 +756,7 @@ class DirectorySchemaTests(SynchronousTestCase):
         """
         db = sqlite3.connect(":memory:")
         db.execute("PRAGMA foreign_keys = ON")
-        for statement in DIRECTORY_MIGRATIONS[0] + DIRECTORY_MIGRATIONS[1]:
+        for statement in [*DIRECTORY_MIGRATIONS[0], *DIRECTORY_MIGRATIONS[1]]:
             db.execute(statement)
         db.execute(
             "INSERT INTO accounts (address, local, domain, home_server, credentials, created)"

@@ -94,15 +94,30 @@ class MoveDirectory(Protocol):
     L{imgateway.testing.MemoryDirectory} keep them).
     """
 
-    def getAccount(self, address: Address) -> Deferred[AccountRecord | None]: ...
+    def getAccount(self, address: Address) -> Deferred[AccountRecord | None]:
+        """
+        See L{imgateway.interfaces.IDirectory.getAccount}.
+        """
 
-    def getMove(self, address: Address) -> Deferred[MoveRecord | None]: ...
+    def getMove(self, address: Address) -> Deferred[MoveRecord | None]:
+        """
+        See L{SQLiteDirectory.getMove<imgateway.directory.sqlite.SQLiteDirectory.getMove>}.
+        """
 
-    def beginMove(self, address: Address, target: str) -> Deferred[MoveRecord | None]: ...
+    def beginMove(self, address: Address, target: str) -> Deferred[MoveRecord | None]:
+        """
+        See L{SQLiteDirectory.beginMove<imgateway.directory.sqlite.SQLiteDirectory.beginMove>}.
+        """
 
-    def switchMove(self, address: Address) -> Deferred[None]: ...
+    def switchMove(self, address: Address) -> Deferred[None]:
+        """
+        See L{SQLiteDirectory.switchMove<imgateway.directory.sqlite.SQLiteDirectory.switchMove>}.
+        """
 
-    def endMove(self, address: Address) -> Deferred[None]: ...
+    def endMove(self, address: Address) -> Deferred[None]:
+        """
+        See L{SQLiteDirectory.endMove<imgateway.directory.sqlite.SQLiteDirectory.endMove>}.
+        """
 
 
 @frozen

@@ -449,5 +449,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         _fail(str(e))
     react(lambda r: _run(r, config, action), _reactor=theReactor)
 
+
 if __name__ == "__main__":
     main()

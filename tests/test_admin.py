@@ -21,6 +21,7 @@ from OpenSSL import crypto
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
@@ -136,18 +137,24 @@ def _account(address: Address, home: str, enabled: bool = True) -> AccountRecord
     return AccountRecord(address, home, "", enabled, "{}")
 
 
-def _run(testCase: SynchronousTestCase, config: GatewayConfig, directory: MemoryDirectory, *argv: str) -> str:
+def _run(
+    testCase: SynchronousTestCase, config: GatewayConfig, directory: MemoryDirectory, *argv: str, wait: float = 0.0
+) -> str:
     """
-    Prepare and run C{imgateway-admin user ARGV...} against C{directory}
-    (home stores cannot be opened: the commands run here need none).
+    Prepare and run C{imgateway-admin user ARGV...} against C{directory},
+    with a L{Clock} for reactor.
 
+    @param wait: Seconds the command may wait on the clock.
     @return: What it printed.
     @raise cli._Refused: As the command does.
     """
     out = io.StringIO()
     testCase.patch(sys, "stdout", out)
     action = cli._action(cli._parser().parse_args(["user", *argv]), config)
-    d: Deferred[None] = Deferred.fromCoroutine(action(object(), directory))  # type: ignore[arg-type]
+    clock = Clock()
+    d: Deferred[None] = Deferred.fromCoroutine(action(clock, directory))  # type: ignore[arg-type]
+    if wait:
+        clock.advance(wait)
     if not d.called:
         raise AssertionError("the command waited")
     failures: list[Failure] = []
@@ -398,6 +405,36 @@ class MoveTests(SynchronousTestCase):
         self.assertMoved()
         self.assertEqual(sorted(set(self.opened)), ["hs1", "hs2"])
 
+    def test_settle(self) -> None:
+        """
+        With C{settle}, the account stays disabled that many seconds after
+        the directory names its new home (as long as servers may remember
+        the old one), saying so, then is enabled again.
+        """
+        clock = Clock()
+        told: list[str] = []
+        d = Deferred.fromCoroutine(
+            moveAccount(self.directory, self.openStore, ALICE, "hs2", 30.0, clock, told.append)
+        )
+        self.assertNoResult(d)
+        self.assertEqual(self.directory.accounts[ALICE], _account(ALICE, "hs2", enabled=False))
+        self.assertEqual(self.stores["hs1"].contacts.get(ALICE), None)
+        self.assertEqual(len(told), 1)
+        clock.advance(29.9)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        self.successResultOf(d)
+        self.assertMoved()
+
+    def test_settleDisabled(self) -> None:
+        """
+        An account disabled before the move has nothing to wait for.
+        """
+        self.directory.accounts[ALICE] = _account(ALICE, "hs1", enabled=False)
+        d = Deferred.fromCoroutine(moveAccount(self.directory, self.openStore, ALICE, "hs2", 30.0, Clock()))
+        self.successResultOf(d)
+        self.assertEqual(self.directory.accounts[ALICE], _account(ALICE, "hs2", enabled=False))
+
     def test_disabled(self) -> None:
         """
         A disabled account moves, and stays disabled.
@@ -520,9 +557,11 @@ class MoveTests(SynchronousTestCase):
         move and prints what it did.
         """
         self.patch(cli, "_Stores", lambda reactor, config: _FakeStores(self.stores))
-        out = _run(self, _config(SERVERS), self.directory, "move", "alice", "hs2")
+        out = _run(self, _config(SERVERS), self.directory, "move", "alice", "hs2", wait=30)
         self.assertEqual(
             out,
+            "alice@corp.example is homed on hs2; it stays disabled for 30 s more (directory_cache_seconds),"
+            " until no server remembers hs1 as its home\n"
             "moved alice@corp.example from hs1 to hs2 (contacts: 4, authorisations: 7, access-list entries: 2,"
             " rules: 2; authorisations kept in hs1's store for its users: 2)\n",
         )

@@ -32,7 +32,7 @@ import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn, cast
 
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.internet.task import react
 
 from imgateway import __version__
@@ -354,8 +354,17 @@ def _action(args: argparse.Namespace, config: GatewayConfig) -> _Action:
 
         async def move(reactor: IReactorCore, directory: SQLiteDirectory) -> None:
             stores = _Stores(reactor, config)
+            settle = config.router.directoryCacheSeconds
             try:
-                summary = await moveAccount(directory, stores.open, address, target)
+                summary = await moveAccount(
+                    directory,
+                    stores.open,
+                    address,
+                    target,
+                    settle,
+                    cast(IReactorTime, reactor),
+                    lambda message: print(message, flush=True),
+                )
             finally:
                 await stores.close()
             if summary is None:

@@ -39,8 +39,10 @@ point loses nothing, and running the move again finishes it:
      for the user before is replaced, so doing it again is harmless);
   3. the directory names the new home server;
   4. the old store forgets the user's rows, in one transaction;
-  5. the directory enables the account again if it was enabled before,
-     and forgets the move, in one transaction.
+  5. once the servers can no longer remember the old home (C{settle}
+     seconds: C{[router] directory_cache_seconds}), the directory enables
+     the account again if it was enabled before, and forgets the move, in
+     one transaction.
 
 A move found under way (the directory keeps it) resumes at step 2 if the
 directory still names the old home server, else at step 4.
@@ -59,6 +61,8 @@ from typing import Protocol
 import attrs
 from attrs import frozen
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 
 from imgateway.core.address import Address
 from imgateway.core.errors import ImgatewayError, NoSuchAccount
@@ -257,6 +261,9 @@ async def moveAccount(
     openStore: Callable[[str], Awaitable[IHomeStore]],
     address: Address,
     target: str,
+    settle: float = 0.0,
+    clock: IReactorTime | None = None,
+    notify: Callable[[str], object] = lambda message: None,
 ) -> MoveSummary | None:
     """
     Move C{address} to the home server C{target}, or finish its move under
@@ -264,6 +271,12 @@ async def moveAccount(
 
     @param openStore: Opens a home server's store, by the server's name (the
         caller closes them).
+    @param settle: Seconds the account stays disabled after the directory
+        names its new home, when it is to be enabled again: as long as the
+        servers may remember the old home (C{[router]
+        directory_cache_seconds}), so that none lets the user in there.
+    @param clock: Times C{settle}; needed when it is not 0.
+    @param notify: Told, in a sentence, when the move waits.
     @return: What was done, or C{None} when C{address} is homed on
         C{target} already (and no move was under way).
     @raise NoSuchAccount: If there is no such account.
@@ -313,5 +326,12 @@ async def moveAccount(
     changes, kept = _removeChanges(address, left, homes, move.source)
     if changes:
         await sourceStore.apply(changes)
+    if settle > 0 and move.enabled:
+        assert clock is not None, "settle needs a clock"
+        notify(
+            f"{address} is homed on {move.target}; it stays disabled for {settle:g} s more "
+            f"(directory_cache_seconds), until no server remembers {move.source} as its home"
+        )
+        await deferLater(clock, settle, lambda: None)
     await directory.endMove(address)
     return attrs.evolve(summary, kept=kept)

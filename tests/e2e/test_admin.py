@@ -432,6 +432,8 @@ class MoveTests(AdminCommand):
         shutil.copytree(os.path.join(REPO_ROOT, "etc", "examples"), self.base.path)
         self.dataDir = self.base.child("data")
         self.config = self.base.child("hs1.toml")
+        # How long a move keeps the account disabled after the switch.
+        self.config.setContent(self.config.getContent() + b"\n[router]\ndirectory_cache_seconds = 0.2\n")
         for argv in walkThrough():
             if "add" in argv:
                 self.assertSucceeds(*argv[1:], "--password-stdin", stdin="pw\n")
@@ -515,12 +517,15 @@ class MoveTests(AdminCommand):
     async def test_move(self) -> None:
         """
         C{user move alice hs2} moves alice's rows from C{home-hs1.sqlite3}
-        to C{home-hs2.sqlite3} and homes alice on hs2.
+        to C{home-hs2.sqlite3}, homes alice on hs2, and enables alice again
+        once C{directory_cache_seconds} have passed.
         """
         await self.fill()
         out = self.assertSucceeds("user", "move", "alice", "hs2")
         self.assertEqual(
             out,
+            "alice@corp.example is homed on hs2; it stays disabled for 0.2 s more (directory_cache_seconds),"
+            " until no server remembers hs1 as its home\n"
             "moved alice@corp.example from hs1 to hs2 (contacts: 3, authorisations: 4, access-list entries: 1,"
             " rules: 1; authorisations kept in hs1's store for its users: 2)\n",
         )
@@ -567,7 +572,7 @@ class MoveTests(AdminCommand):
             self.assertEqual(len(await there.getContacts(ALICE)), 3, step)
             self.assertIn("unfinished", self.assertRefused("user", "enable", "alice"))
             out = self.assertSucceeds("user", "move", "alice", "hs2")
-            self.assertTrue(out.startswith("finished the move of alice@corp.example from hs1 to hs2 ("), out)
+            self.assertTrue(out.splitlines()[-1].startswith("finished the move of alice@corp.example from hs1 to hs2 ("), out)
             await self.assertMoved()
 
     async def account(self, address: Address) -> AccountRecord | None:

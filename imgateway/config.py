@@ -202,6 +202,16 @@ class HomeConfig:
     maxKeptPresences: int = 20000
     drainTimeout: float = 10.0
 
+    def grantLease(self, asked: float | None) -> float:
+        """
+        @return: The presence lease to grant for one asked for (or the
+            default for C{None}), within the configured bounds (a home
+            server's, and a router's for the sessions it proxies).
+        """
+        if asked is None:
+            return self.presenceLease
+        return min(max(asked, self.minPresenceLease), self.maxPresenceLease)
+
 
 @frozen
 class AuthConfig:
@@ -296,6 +306,9 @@ class LinksConfig:
     @ivar maxHops: The C{Max-Hops} of a request this server originates.
     @ivar reconnectMaxDelay: The longest wait between reconnection attempts.
     @ivar maxIncoming: Incoming link connections at once.
+    @ivar maxSessions: Proxied client sessions on one link at once
+        (L{imgateway.router.proxy}): a router opens no more over a link to
+        a home server, and a home server takes no more on one connection.
     """
 
     listen: tuple[str, ...] = ()
@@ -309,6 +322,7 @@ class LinksConfig:
     maxHops: int = 8
     reconnectMaxDelay: float = 60.0
     maxIncoming: int = 100
+    maxSessions: int = 1000
 
 
 @frozen
@@ -452,6 +466,7 @@ def _parseLinks(t: ConfigTable, reactor: IReactorCore) -> LinksConfig:
         maxHops=t.positive("max_hops", int, _LINKS.maxHops),
         reconnectMaxDelay=t.positive("reconnect_max_delay", float, _LINKS.reconnectMaxDelay),
         maxIncoming=t.positive("max_incoming", int, _LINKS.maxIncoming),
+        maxSessions=t.positive("max_sessions", int, _LINKS.maxSessions),
     )
     if (links.certificate is None) != (links.privateKey is None):
         raise t.error("certificate", "certificate and private_key go together")

@@ -68,6 +68,8 @@ class Gateway:
         server raises L{NoHomeServer}.
     @ivar locator: Where the domain's users are homed, or C{None} for a
         single-host gateway (every user is homed here).
+    @ivar proxy: A router's L{imgateway.router.proxy.ProxyHomeServer}
+        (set with its links, L{addLinks}), or C{None}.
     """
 
     config: GatewayConfig
@@ -85,6 +87,7 @@ class Gateway:
     connectionLimiter: ConnectionLimiter
     loginThrottle: LoginThrottle
     locator: IHomeLocator | None = None
+    proxy: Any = None
 
     @property
     def homeServer(self) -> HomeServer:
@@ -398,4 +401,7 @@ def addLinks(top: MultiService, gateway: Gateway, reactor: Any, resolver: Any = 
     links.service.setName("links")
     links.service.setServiceParent(top)
     gateway.router.linkRoutes = links.routes
+    from imgateway.router.proxy import installProxy
+
+    gateway.proxy = installProxy(gateway, links, locator)
     return links

@@ -539,6 +539,11 @@ class IGateway(Interface):
         "authentication, L{imgateway.router.front}, ask it); C{None} for a "
         "single-host gateway, where every user is homed here."
     )
+    proxy = Attribute(
+        "A router's way to the sessions of users homed on the domain's other servers: an object with "
+        "L{IHomeServer.openSession} (L{imgateway.router.proxy.ProxyHomeServer}), through which its faces "
+        "proxy external clients; C{None} for a process that is no router or has no links."
+    )
 
 
 class IProtocolAdapter(Interface):

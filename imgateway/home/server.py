@@ -810,10 +810,7 @@ class HomeServer:
         @return: The presence lease to grant for one asked for (or the
             default for C{None}), within the configured bounds.
         """
-        c = self.config
-        if asked is None:
-            return c.presenceLease
-        return min(max(asked, c.minPresenceLease), c.maxPresenceLease)
+        return self.config.grantLease(asked)
 
     def _user(self, address: Address) -> Deferred[_UserState]:
         """

@@ -4,8 +4,9 @@ What a router's client face does with a client that has just authenticated
 (docs/operations.md, "Router faces"): serve it here (its home server is this
 process, or this process is no router), send it to its home server (a
 client from C{[router] internal_networks}), or, for any other client of a
-user homed elsewhere, answer that it cannot be served here: proxying such
-sessions over the server links is a later slice.
+user homed elsewhere, proxy its session to the home server over the server
+link (L{imgateway.router.proxy}); L{openFrontSession} opens the session a
+decision calls for.
 
 The decision is made only after authentication, so that nothing about an
 account shows to someone who does not hold its credentials, and it is
@@ -15,6 +16,7 @@ logged here, in one place for every face.
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
 from ipaddress import IPv4Network, IPv6Network
 
 from attrs import frozen
@@ -23,10 +25,11 @@ from twisted.logger import Logger
 
 from imgateway.config import GatewayConfig, HostPort
 from imgateway.core.address import Address
-from imgateway.interfaces import IHomeLocator
+from imgateway.auth.checkers import SASLAuthenticated
+from imgateway.interfaces import IGateway, IHomeLocator, ISession, ISessionClient
 from imgateway.net.addresses import networkOf
 
-__all__ = ["FACES", "UNAVAILABLE_TEXT", "FrontAction", "FrontDecision", "decideFront"]
+__all__ = ["FACES", "SERVE", "UNAVAILABLE_TEXT", "FrontAction", "FrontDecision", "decideFront", "openFrontSession"]
 
 log = Logger()
 
@@ -48,10 +51,12 @@ class FrontAction(Enum):
     SERVE = "serve"
     #: Send it to its home server (native C{302}, XMPP C{<see-other-host/>}).
     REDIRECT = "redirect"
+    #: Serve it here through a session on its home server, over the link
+    #: (L{imgateway.router.proxy}): a client outside the internal networks.
+    PROXY = "proxy"
     #: Tell it it cannot be served here now (native C{503}, XMPP
-    #: C{<policy-violation/>}) and close: a client outside the internal
-    #: networks (to be proxied, a later slice), or a home server with no
-    #: endpoint for this face.
+    #: C{<policy-violation/>}) and close: a home server with no endpoint for
+    #: this face, or none this router can reach.
     UNAVAILABLE = "unavailable"
 
 
@@ -77,7 +82,12 @@ SERVE = FrontDecision(FrontAction.SERVE)
 
 
 def decideFront(
-    config: GatewayConfig, locator: IHomeLocator | None, user: Address, peer: object, face: str
+    config: GatewayConfig,
+    locator: IHomeLocator | None,
+    user: Address,
+    peer: object,
+    face: str,
+    proxying: bool = False,
 ) -> Deferred[FrontDecision]:
     """
     Decide what the face C{face} does with C{user}, just authenticated from
@@ -87,6 +97,9 @@ def decideFront(
         gateway).
     @param face: A key of L{FACES}.
     @param peer: The client's address (a transport's C{getPeer()}).
+    @param proxying: Whether this process can proxy sessions (the
+        gateway's C{proxy}); without it, an external client is answered as
+        unavailable.
     @return: Fires with the decision; fails as C{locator.homeOf} does.
     """
     if "router" not in config.roles or locator is None:
@@ -114,15 +127,24 @@ def decideFront(
         server = config.servers.get(home)
         location: HostPort | None = getattr(server, FACES[face]) if server is not None else None
         if network is None:
-            log.info(
-                "Not serving {user} ({face}, from {peer}): its home server {home} is not {name}, and the client is "
-                "in none of [router] internal_networks, so its session would be proxied, which this version does "
-                "not do; answered as unavailable",
+            if proxying and server is not None and server.link is not None:
+                log.info(
+                    "Proxying {user} ({face}, from {peer}) to its home server {home}: the client is in none of "
+                    "[router] internal_networks",
+                    user=user,
+                    face=face,
+                    peer=peer,
+                    home=home,
+                )
+                return FrontDecision(FrontAction.PROXY, home)
+            log.warn(
+                "Not serving {user} ({face}, from {peer}): the client is in none of [router] internal_networks, "
+                "and its home server {home} cannot be reached over a link to proxy its session (no [links], or no "
+                "link in [servers.{home}]); answered as unavailable",
                 user=user,
                 face=face,
                 peer=peer,
                 home=home,
-                name=config.homeServerName,
             )
             return FrontDecision(FrontAction.UNAVAILABLE, home, None, None)
         if location is None:
@@ -150,3 +172,26 @@ def decideFront(
         return FrontDecision(FrontAction.REDIRECT, home, location, network)
 
     return locator.homeOf(user).addCallback(decide)
+
+
+def openFrontSession(gateway: IGateway, decision: FrontDecision, user: Address, mind: ISessionClient) -> Deferred[ISession]:
+    """
+    Open the session a decision to serve C{user} here calls for: through
+    the gateway's portal (L{FrontAction.SERVE}), or on its home server over
+    the link (L{FrontAction.PROXY}, the gateway's C{proxy}).
+
+    @param mind: The face's L{ISessionClient}; its C{sessionLabel}, if any,
+        names the session.
+    @return: Fires with the session; fails as the portal's login or
+        L{imgateway.router.proxy.ProxyHomeServer.openSession} does.
+    """
+    if decision.action is FrontAction.PROXY:
+        label = getattr(mind, "sessionLabel", "")
+        opened: Deferred[ISession] = gateway.proxy.openSession(user, mind, label if isinstance(label, str) else "")
+        return opened
+    d: Deferred[Any] = gateway.portal.login(SASLAuthenticated(user), mind, ISession)
+
+    def avatar(result: tuple[Any, ISession, Any]) -> ISession:
+        return result[1]
+
+    return d.addCallback(avatar)

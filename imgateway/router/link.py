@@ -256,6 +256,18 @@ class LinkConnection(Protocol):
         self.lostReason: Failure | None = None
         #: Requests of the peer being handled now (see L{LinkReceiver}).
         self.inProgress = 0
+        self._lostObservers: list[Callable[[LinkConnection], None]] = []
+
+    def whenLost(self, observer: Callable[[LinkConnection], None]) -> None:
+        """
+        Call C{observer} with this connection when it is lost (at once if
+        it is not connected now): what lives as long as the connection (a
+        proxied session, L{imgateway.router.proxy}) ends with it.
+        """
+        if not self.connected:
+            observer(self)
+            return
+        self._lostObservers.append(observer)
 
     def connectionMade(self) -> None:
         self.connected = True
@@ -350,6 +362,12 @@ class LinkConnection(Protocol):
             d.errback(ConnectionLost(f"link connection lost: {reason.getErrorMessage()}"))
         if self._onLost is not None:
             self._onLost(self)
+        observers, self._lostObservers = self._lostObservers, []
+        for observer in observers:
+            try:
+                observer(self)
+            except Exception:
+                log.failure("Link with {peer}: an observer of the lost connection failed", peer=self.peer or "unknown peer")
 
     # -- sending ----------------------------------------------------------------
 
@@ -560,7 +578,7 @@ class LinkClient(MultiService):
         self._hello = hello
         self._traces = traces
         self._ownVia = ownVia
-        self._handlers: Mapping[str, RequestHandler] = handlers or {}
+        self._handlers: Mapping[str, RequestHandler] = handlers if handlers is not None else {}
         self._pending: dict[int, _Outgoing] = {}
         self._ids = 0
         self._connection: LinkConnection | None = None
@@ -606,6 +624,15 @@ class LinkClient(MultiService):
         Whether the link is up (its C{HELLO} answered).
         """
         return self._connection is not None
+
+    @property
+    def connection(self) -> LinkConnection | None:
+        """
+        The connection the link's requests go on now (its C{HELLO}
+        answered), or C{None} while the link is down. A response fires its
+        request's L{Deferred} while it is still this connection.
+        """
+        return self._connection
 
     def _refused(self, connection: LinkConnection) -> None:
         self._refusals += 1
@@ -774,6 +801,9 @@ class LinkReceiver:
         self.handlers: dict[str, RequestHandler] = {"HELLO": self._hello, "PING": lambda c, r: _response(200)}
         for method in EVENT_METHODS:
             self.handlers[method] = self._event
+        #: Request method to its handler, for the requests a peer sends back
+        #: on a connection this side opened (L{addBackMethod}).
+        self.backHandlers: dict[str, RequestHandler] = {"PING": lambda c, r: _response(200)}
 
     def addMethod(self, method: str, handler: RequestHandler) -> None:
         """
@@ -783,7 +813,21 @@ class LinkReceiver:
 
         @raise ValueError: If the method already has a handler.
         """
-        if method in self.handlers:
+        self._add(self.handlers, method, handler)
+
+    def addBackMethod(self, method: str, handler: RequestHandler) -> None:
+        """
+        Answer requests of C{method} that the peer sends back on the
+        connections this side opened (C{docs/protocol.md} section 9.7: a
+        proxied session's callbacks), once their C{HELLO} is answered.
+        Nothing else is taken on those connections.
+
+        @raise ValueError: If the method already has a handler.
+        """
+        self._add(self.backHandlers, method, handler)
+
+    def _add(self, handlers: dict[str, RequestHandler], method: str, handler: RequestHandler) -> None:
+        if method in handlers:
             raise ValueError(f"{method} already has a handler")
 
         def guarded(connection: LinkConnection, request: Request) -> Deferred[Response] | Response:
@@ -791,7 +835,7 @@ class LinkReceiver:
                 return _response(401, "HELLO first")
             return handler(connection, request)
 
-        self.handlers[method] = guarded
+        handlers[method] = guarded
 
     def helloHeaders(self) -> Headers:
         """
@@ -1024,6 +1068,7 @@ class LinkRoutes(MultiService):
             self._receiver.helloHeaders(),
             self._traces,
             self._receiver.ownVia,
+            handlers=self._receiver.backHandlers,
         )
         self._clients[key] = client
         client.setServiceParent(self)

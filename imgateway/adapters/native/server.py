@@ -48,7 +48,6 @@ from imgateway.adapters.native.mapping import (
     targetForm,
 )
 from imgateway.adapters.native.outstanding import OutstandingRequests
-from imgateway.auth.checkers import SASLAuthenticated
 from imgateway.auth.sasl import SASLFailure, mechanismsFor, serverMechanism
 from imgateway.config import HomeConfig
 from imgateway.core.address import MAX_DOMAIN_CHARS, MAX_LOCAL_BYTES, Address
@@ -56,6 +55,7 @@ from imgateway.core.errors import (
     DeliveryError,
     InvalidAddress,
     PersistenceFailed,
+    ServiceUnavailable,
     TooManySessions,
 )
 from imgateway.core.events import Message, SubscriptionEvent, newMessageId
@@ -71,7 +71,7 @@ from imgateway.core.records import (
 )
 from imgateway.interfaces import IGateway, ISession, ISessionClient
 from imgateway.net.addresses import isLoopback
-from imgateway.router.front import UNAVAILABLE_TEXT, FrontAction, FrontDecision, decideFront
+from imgateway.router.front import UNAVAILABLE_TEXT, FrontAction, FrontDecision, decideFront, openFrontSession
 
 __all__ = ["NativeConfig", "NativeServerFactory", "NativeServerProtocol", "largestListAnswers"]
 
@@ -700,7 +700,9 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             return (110, "Challenge", (), step.challenge or b"")
         self._mechanism = None
         peer = self.transport.getPeer()  # type: ignore[union-attr]
-        decided = decideFront(self.gateway.config, self.gateway.locator, step.address, peer, "native")
+        decided = decideFront(
+            self.gateway.config, self.gateway.locator, step.address, peer, "native", self.gateway.proxy is not None
+        )
         return decided.addCallback(self._authenticated, step, request)
 
     def _sendAway(self, decision: FrontDecision, step: Any, request: Request) -> None:
@@ -722,12 +724,11 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
     def _authenticated(self, decision: FrontDecision, step: Any, request: Request) -> Any:
         if self._closing:
             raise _Closed()
-        if decision.action is not FrontAction.SERVE:
+        if decision.action not in (FrontAction.SERVE, FrontAction.PROXY):
             self._sendAway(decision, step, request)
-        d = self.gateway.portal.login(SASLAuthenticated(step.address), self, ISession)
+        d = openFrontSession(self.gateway, decision, step.address, self)
 
-        def loggedIn(result: tuple[Any, ISession, Callable[[], None]]) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
-            session = result[1]
+        def loggedIn(session: ISession) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
             if self._closing:
                 session.close("connection lost during login")
                 raise _Closed()
@@ -750,6 +751,11 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         self._mechanism = None
         if f.check(TooManySessions):
             raise _Reply(codeForError(f.value) or 500, _clean(str(f.value)))  # type: ignore[arg-type]
+        if f.check(ServiceUnavailable):
+            # A proxied session's home server cannot be reached (or takes
+            # no more sessions over the link): as when a home server stops.
+            self.log.info("Login from {peer} failed: {error}", peer=self.transport.getPeer(), error=f.getErrorMessage())  # type: ignore[union-attr]
+            raise _Reply(503, "Your home server is unavailable")
         if f.check(_Closed, _Reply):
             return f
         retry: tuple[tuple[str, str], ...] = ()

@@ -52,17 +52,16 @@ from imgateway.adapters.xmpp.mapping import (
     stanzaErrorText,
 )
 from imgateway.adapters.xmpp.stream import HardenedXmlStream, StreamLimits, xmlSafe
-from imgateway.auth.checkers import SASLAuthenticated
 from imgateway.auth.sasl import SASLFailure, mechanismsFor, serverMechanism
 from imgateway.core.address import Address
-from imgateway.core.errors import DeliveryError, InvalidAddress, TooManySessions
+from imgateway.core.errors import DeliveryError, InvalidAddress, ServiceUnavailable, TooManySessions
 from imgateway.core.events import Message, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import OFFLINE, Presence
 from imgateway.core.records import ContactView
 from imgateway.core.throttle import Admission
 from imgateway.interfaces import IGateway, ISession, ISessionClient
 from imgateway.net.addresses import isLoopback
-from imgateway.router.front import UNAVAILABLE_TEXT, FrontAction, FrontDecision, decideFront
+from imgateway.router.front import SERVE, UNAVAILABLE_TEXT, FrontAction, FrontDecision, decideFront, openFrontSession
 
 __all__ = ["C2SConfig", "C2SFactory", "C2SProtocol"]
 
@@ -149,6 +148,7 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         self._ids = itertools.count(1)
         self._closed = False
         self._away: FrontDecision | None = None
+        self._decision: FrontDecision = SERVE
 
     # -- connection --------------------------------------------------------------
 
@@ -392,13 +392,19 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             self.send(challenge)
             return
         self._mechanism = None
-        decided = decideFront(self.gateway.config, self.gateway.locator, step.address, self._t.getPeer(), "xmpp")
+        decided = decideFront(
+            self.gateway.config, self.gateway.locator, step.address, self._t.getPeer(), "xmpp", self.gateway.proxy is not None
+        )
         decided.addCallbacks(self._authenticated, self._saslFailed, (step,))
 
     def _authenticated(self, decision: FrontDecision, step: Any) -> None:
         if self._closed:
             return
-        if decision.action is not FrontAction.SERVE:
+        if decision.action in (FrontAction.SERVE, FrontAction.PROXY):
+            # Served here: by a session on this home server or proxied to
+            # the user's own (opened at bind).
+            self._decision = decision
+        else:
             # Sent at the restarted stream's header (docs/operations.md,
             # "Router faces").
             self._away = decision
@@ -452,10 +458,9 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         # (IHomeServer.openSession): the bound resource is the session's
         # label, which may differ from the one asked for.
         self.sessionLabel = resource or "imgateway-" + binascii.hexlify(os.urandom(4)).decode()
-        d = self.gateway.portal.login(SASLAuthenticated(self.address), self, ISession)
+        d = openFrontSession(self.gateway, self._decision, self.address, self)
 
-        def bound(result: tuple[Any, ISession, Callable[[], None]]) -> None:
-            session = result[1]
+        def bound(session: ISession) -> None:
             if self._closed:
                 session.close("connection lost during bind")
                 return
@@ -475,6 +480,10 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         def failed(f: Failure) -> None:
             if f.check(TooManySessions):
                 self._error(iq, "resource-constraint", "wait", "too many sessions for this account")
+            elif f.check(ServiceUnavailable):
+                # A proxied session's home server cannot be reached now.
+                self.log.info("Binding a resource for {peer} failed: {error}", peer=self._t.getPeer(), error=f.getErrorMessage())
+                self._error(iq, "service-unavailable", "wait", "your home server is unavailable")
             else:
                 self.log.failure("Binding a resource", f)
                 self._error(iq, "internal-server-error", "cancel")

@@ -1,0 +1,694 @@
+# -*- test-case-name: tests.test_proxy,tests.e2e.test_router_proxy -*-
+"""
+Proxied sessions (C{docs/protocol.md} section 9.7): a router's client face
+serves a user homed on another server of the domain through a session that
+lives on that home server, reached over the server link.
+
+  - L{ProxyHomeServer} (on a router): L{openSession} as an
+    L{IHomeServer} has it; the session it gives (L{RemoteSession}) sends
+    each L{ISession} call as a C{SESSION} request over the link to the
+    user's home server (L{LinkClient.request}: its queue and time limit),
+    and hands the home server's C{CLIENT} requests to the face's
+    L{ISessionClient}.
+  - L{SessionHost} (on a home server): opens a real session when a router
+    asks, with an L{ISessionClient} (L{RemoteSessionClient}) whose callbacks
+    are C{CLIENT} requests back on the same connection.
+
+A proxied session lives as long as the link connection it was opened on:
+when it is lost, both sides close their end (the client is told as when its
+home server stops). Arguments and results travel as JSON bodies, their
+tokens from the native face's tables (L{imgateway.adapters.native.mapping});
+failures as the link codec's statuses (L{imgateway.router.link_codec}).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from imgateway.adapters.native.framing import Headers, Request, Response
+from imgateway.adapters.native.mapping import (
+    ACCESS_LISTS,
+    PRESENCE,
+    REASONS,
+    SUBSCRIPTION_KINDS,
+    SUBSCRIPTIONS,
+    accessListFromToken,
+    codeForError,
+    presenceFromToken,
+    subscriptionFromToken,
+    subscriptionKindFromToken,
+)
+from imgateway.config import GatewayConfig
+from imgateway.core.address import Address
+from imgateway.core.errors import (
+    DeliveryError,
+    DeliveryStatus,
+    InvalidAddress,
+    ServiceUnavailable,
+    TooManySessions,
+)
+from imgateway.core.events import Message, SubscriptionEvent
+from imgateway.core.presence import OFFLINE, Presence, PresenceState
+from imgateway.core.records import AccessList, AuthorisationState, ContactView, PresenceRule
+from imgateway.interfaces import IHomeLocator, IHomeServer, ILinkRoutes, ISession, ISessionClient
+from imgateway.router.link import LinkClient, LinkConnection
+from imgateway.router.link_codec import MAX_DETAIL_CHARS, decodeResponse, encodeResponse
+
+__all__ = [
+    "CLIENT_METHOD",
+    "SESSION_METHOD",
+    "ProxyHomeServer",
+    "RemoteSession",
+    "RemoteSessionClient",
+    "SessionHost",
+    "installProxy",
+]
+
+log = Logger()
+
+#: The method of a router's requests for a proxied session (target: the
+#: operation), answered by the home server.
+SESSION_METHOD = "SESSION"
+
+#: The method of a home server's callbacks to a proxied session's client
+#: (target: the callback), answered by the router.
+CLIENT_METHOD = "CLIENT"
+
+#: Why a proxied session ends when its link connection is lost.
+LINK_LOST = "the link to the home server was lost"
+
+
+# -- the JSON forms of the core's values ------------------------------------------
+
+
+def _presenceJSON(presence: Presence) -> dict[str, str]:
+    return {"presence": PRESENCE[presence.state], "note": presence.note}
+
+
+def _presence(data: dict[str, Any]) -> Presence:
+    return Presence(presenceFromToken(str(data["presence"])), str(data.get("note", "")))
+
+
+def _contactJSON(view: ContactView) -> dict[str, Any]:
+    return {
+        "address": str(view.address),
+        "name": view.displayName,
+        "subscription": SUBSCRIPTIONS[view.subscription],
+        "pending": view.pending,
+        **_presenceJSON(view.presence),
+    }
+
+
+def _contact(data: dict[str, Any]) -> ContactView:
+    return ContactView(
+        Address.fromString(str(data["address"])),
+        str(data["name"]),
+        subscriptionFromToken(str(data["subscription"])),
+        bool(data["pending"]),
+        _presence(data),
+    )
+
+
+def _messageJSON(message: Message) -> dict[str, Any]:
+    return {
+        "from": str(message.sender),
+        "to": str(message.recipient),
+        "body": message.body,
+        "contentType": message.contentType,
+        "messageId": message.messageId,
+        "timestamp": message.timestamp,
+        "hops": message.hops,
+        "routingId": message.routingId,
+    }
+
+
+def _message(data: dict[str, Any]) -> Message:
+    return Message(
+        Address.fromString(str(data["from"])),
+        Address.fromString(str(data["to"])),
+        str(data["body"]),
+        contentType=str(data["contentType"]),
+        messageId=str(data["messageId"]),
+        timestamp=float(data["timestamp"]),
+        hops=int(data["hops"]),
+        routingId=str(data["routingId"]),
+    )
+
+
+def _body(data: object) -> bytes:
+    return json.dumps(data).encode("utf-8")
+
+
+def _read(request: Request | Response) -> Any:
+    if not request.body:
+        return {}
+    return json.loads(request.body.decode("utf-8"))
+
+
+def _ok(data: object = None) -> Response:
+    if data is None:
+        return Response(200, REASONS[200], Headers())
+    return Response(200, REASONS[200], Headers((("Content-Type", "application/json"),)), _body(data))
+
+
+def _error(code: int, detail: str) -> Response:
+    return Response(code, REASONS.get(code, "Error"), Headers((("Detail", detail[:MAX_DETAIL_CHARS]),)))
+
+
+def encodeFailure(error: BaseException) -> Response:
+    """
+    The response that reports a session operation's failure: a
+    L{DeliveryError} as the link codec reports it; another error the
+    native face has a code for (L{codeForError}) with that code; anything
+    else C{500}.
+    """
+    if isinstance(error, DeliveryError):
+        return encodeResponse(error)
+    code = codeForError(error)
+    if code is None:
+        return _error(500, "internal error")
+    return _error(code, str(error))
+
+
+#: The status codes of the errors other than L{DeliveryError}s a session
+#: operation fails with, to the error (the inverse of the native face's
+#: table for these: L{imgateway.adapters.native.mapping.ERROR_CODES}).
+_ERRORS: dict[int, Callable[[str], Exception]] = {
+    codeForError(InvalidAddress()) or 400: InvalidAddress,
+    codeForError(TooManySessions()) or 453: TooManySessions,
+}
+
+
+def decodeResult(response: Response) -> Any:
+    """
+    @return: The JSON result of a successful session request (C{None}
+        without a body).
+    @raise Exception: The failure it reports: L{InvalidAddress} (400),
+        L{TooManySessions} (453), else the L{DeliveryError} of its code.
+    """
+    if 200 <= response.code < 300:
+        return _read(response) if response.body else None
+    detail = response.headers.get("Detail") or response.reason
+    maker = _ERRORS.get(response.code)
+    if maker is not None:
+        raise maker(detail)
+    decodeResponse(response)
+    raise ServiceUnavailable(detail)
+
+
+# -- the router's side ----------------------------------------------------------------
+
+
+@implementer(ISession)
+class RemoteSession:
+    """
+    A proxied session, as a router's face sees it: each L{ISession} call
+    is a C{SESSION} request to the home server that holds the session.
+
+    @ivar closed: Whether the session has ended (either side).
+    """
+
+    def __init__(
+        self,
+        proxy: ProxyHomeServer,
+        link: LinkClient,
+        connection: LinkConnection,
+        address: Address,
+        sessionId: str,
+        label: str,
+        client: ISessionClient,
+    ) -> None:
+        self._proxy = proxy
+        self._link = link
+        self.connection = connection
+        self.address = address
+        self.sessionId = sessionId
+        self.label = label
+        self.client = client
+        self.presence: Presence = OFFLINE
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<RemoteSession {self.sessionId} {self.address} on {self._link.name}>"
+
+    def _call(self, operation: str, arguments: object = None) -> Deferred[Any]:
+        if self.closed:
+            return fail(ServiceUnavailable("the session has ended"))
+        body = _body(arguments) if arguments is not None else b""
+        request = Request(SESSION_METHOD, operation, Headers((("Session", self.sessionId),)), body)
+        return self._link.request(request).addCallback(decodeResult)
+
+    def publish(self, presence: Presence, lease: float | None = None) -> float:
+        granted = self._proxy.config.home.grantLease(lease)
+        self.presence = presence
+        arguments: dict[str, Any] = _presenceJSON(presence)
+        if lease is not None:
+            arguments["lease"] = lease
+        self._call("publish", arguments).addErrback(self._logFailure, "publish")
+        return granted
+
+    def _logFailure(self, f: Failure, what: str) -> None:
+        log.warn("Proxied session {session}: {what} failed: {error}", session=self, what=what, error=f.getErrorMessage())
+
+    def sendMessage(
+        self, recipient: Address, body: str, contentType: str = "text/plain", messageId: str | None = None
+    ) -> Deferred[DeliveryStatus]:
+        arguments = {"to": str(recipient), "body": body, "contentType": contentType, "messageId": messageId}
+        return self._call("message", arguments).addCallback(lambda _: DeliveryStatus.DELIVERED)
+
+    def subscribe(self, target: Address, displayName: str = "") -> Deferred[AuthorisationState]:
+        d = self._call("subscribe", {"target": str(target), "name": displayName})
+        return d.addCallback(lambda result: AuthorisationState(result["state"]))
+
+    def putContact(self, contact: Address, displayName: str = "") -> Deferred[None]:
+        return self._call("put-contact", {"target": str(contact), "name": displayName}).addCallback(lambda _: None)
+
+    def unsubscribe(self, target: Address) -> Deferred[None]:
+        return self._call("unsubscribe", {"target": str(target)}).addCallback(lambda _: None)
+
+    def authorise(self, watcher: Address, allow: bool) -> Deferred[None]:
+        return self._call("authorise", {"watcher": str(watcher), "allow": allow}).addCallback(lambda _: None)
+
+    def contacts(self) -> Deferred[list[ContactView]]:
+        return self._call("contacts").addCallback(lambda result: [_contact(c) for c in result["contacts"]])
+
+    def pendingRequests(self) -> Deferred[list[Address]]:
+        return self._call("pending").addCallback(lambda result: [Address.fromString(a) for a in result["requests"]])
+
+    def setAccess(self, entry: str, accessList: AccessList) -> Deferred[None]:
+        return self._call("set-access", {"entry": entry, "list": ACCESS_LISTS[accessList]}).addCallback(lambda _: None)
+
+    def accessLists(self) -> Deferred[dict[str, AccessList]]:
+        d = self._call("access")
+        return d.addCallback(lambda result: {e: accessListFromToken(t) for e, t in result["entries"].items()})
+
+    def setRule(self, state: PresenceState, alternate: str | None) -> Deferred[None]:
+        return self._call("set-rule", {"presence": PRESENCE[state], "alternate": alternate}).addCallback(lambda _: None)
+
+    def rules(self) -> Deferred[list[PresenceRule]]:
+        d = self._call("rules")
+        return d.addCallback(
+            lambda result: [PresenceRule(presenceFromToken(r["presence"]), r["alternate"]) for r in result["rules"]]
+        )
+
+    def close(self, reason: str = "") -> None:
+        if self.closed:
+            return
+        self._call("close", {"reason": reason}).addErrback(self._logFailure, "close")
+        self.closed = True
+        self._proxy._forget(self)
+
+    def ended(self, reason: str) -> None:
+        """
+        The home server ended the session, or its link was lost: tell the
+        client (L{ISessionClient.sessionClosed}).
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self._proxy._forget(self)
+        self.client.sessionClosed(reason)
+
+
+class ProxyHomeServer:
+    """
+    A router's way to its users' home servers: L{openSession} opens a
+    session on the user's home server over the link to it
+    (L{RemoteSession}). At most C{[links] max_sessions} are open (or being
+    opened) over one link.
+    """
+
+    def __init__(self, config: GatewayConfig, locator: IHomeLocator, routes: ILinkRoutes) -> None:
+        self.config = config
+        self._locator = locator
+        self._routes = routes
+        #: Sessions open or being opened, by link.
+        self._counts: dict[LinkClient, int] = {}
+        self._sessions: dict[LinkConnection, dict[str, RemoteSession]] = {}
+
+    def sessionCount(self, link: LinkClient) -> int:
+        """
+        @return: The proxied sessions open or being opened over C{link}.
+        """
+        return self._counts.get(link, 0)
+
+    def openSession(self, address: Address, client: ISessionClient, label: str = "") -> Deferred[ISession]:
+        """
+        Open a session for C{address}, authenticated here, on its home
+        server (as L{IHomeServer.openSession}).
+
+        @return: Fires with the L{RemoteSession}; fails with
+            L{ServiceUnavailable} when the user's home server cannot be
+            reached over a link, or C{[links] max_sessions} sessions are
+            open on it, or as the home server's L{IHomeServer.openSession}
+            does (L{TooManySessions}).
+        """
+        return Deferred.fromCoroutine(self._open(address, client, label))
+
+    async def _open(self, address: Address, client: ISessionClient, label: str) -> ISession:
+        home = await self._locator.homeOf(address)
+        if home is None or home == self.config.homeServerName or home not in self.config.servers:
+            raise ServiceUnavailable("no home server to proxy this session to")
+        link = self._routes.toServer(home)
+        if not isinstance(link, LinkClient):
+            raise ServiceUnavailable(f"no link to server {home}")
+        limit = self.config.links.maxSessions
+        count = self._counts.get(link, 0)
+        if count >= limit:
+            log.warn(
+                "Not proxying a session of {user} to {home}: {limit} proxied sessions on its link already "
+                "([links] max_sessions)",
+                user=address,
+                home=home,
+                limit=limit,
+            )
+            raise ServiceUnavailable("too many proxied sessions")
+        self._counts[link] = count + 1
+        registered = False
+        try:
+            request = Request(SESSION_METHOD, "open", Headers(), _body({"address": str(address), "label": label}))
+            result = decodeResult(await link.request(request))
+            # The response came on the link's current connection: the one
+            # the session lives on.
+            connection = link.connection
+            sessionId, finalLabel = str(result["session"]), str(result["label"])
+            if connection is None or not connection.connected:
+                raise ServiceUnavailable(LINK_LOST)
+            session = RemoteSession(self, link, connection, address, sessionId, finalLabel, client)
+            sessions = self._sessions.get(connection)
+            if sessions is None:
+                sessions = self._sessions[connection] = {}
+                connection.whenLost(self._connectionLost)
+            sessions[sessionId] = session
+            registered = True
+            log.info("Proxied session {session} of {user} opened on {home}", session=sessionId, user=address, home=home)
+            return session
+        finally:
+            if not registered:
+                self._counts[link] -= 1
+
+    def _forget(self, session: RemoteSession) -> None:
+        sessions = self._sessions.get(session.connection)
+        if sessions is not None and sessions.pop(session.sessionId, None) is session:
+            self._counts[session._link] -= 1
+            if not sessions:
+                del self._sessions[session.connection]
+
+    def _connectionLost(self, connection: LinkConnection) -> None:
+        sessions = self._sessions.pop(connection, {})
+        if sessions:
+            log.warn(
+                "Link connection to {peer} lost: closing its {count} proxied sessions", peer=connection.peer, count=len(sessions)
+            )
+        for session in sessions.values():
+            self._counts[session._link] -= 1
+            session.connection = _GONE
+            session.ended(LINK_LOST)
+
+    def callbackReceived(self, connection: LinkConnection, request: Request) -> Deferred[Response] | Response:
+        """
+        Handle a home server's C{CLIENT} request: a callback for the
+        client of one of the sessions opened on C{connection}.
+        """
+        session = self._sessions.get(connection, {}).get(request.headers.get("Session") or "")
+        if session is None:
+            return _error(503, "no such session")
+        try:
+            data = _read(request)
+            callback = request.target
+            client = session.client
+            if callback == "closed":
+                session.ended(str(data.get("reason", "")))
+                return _ok()
+            d: Deferred[None]
+            if callback == "message":
+                d = client.messageReceived(_message(data))
+            elif callback == "presence":
+                d = client.presenceReceived(Address.fromString(str(data["from"])), _presence(data))
+            elif callback == "subscription":
+                event = SubscriptionEvent(
+                    subscriptionKindFromToken(str(data["kind"])),
+                    Address.fromString(str(data["from"])),
+                    Address.fromString(str(data["to"])),
+                )
+                d = client.subscriptionReceived(event)
+            elif callback == "contact":
+                d = client.contactUpdated(_contact(data))
+            elif callback == "contact-removed":
+                d = client.contactRemoved(Address.fromString(str(data["address"])))
+            else:
+                return _error(405, f"unknown callback {callback[:32]!r}")
+        except (ValueError, KeyError, TypeError) as e:
+            log.warn("Link with {peer}: bad CLIENT {callback} request: {error}", peer=connection.peer, callback=request.target, error=e)
+            return _error(400, "bad callback")
+        return d.addCallbacks(lambda _: _ok(), lambda f: _error(503, "the client did not take it"))
+
+
+class _Gone:
+    connected = False
+
+
+_GONE: Any = _Gone()
+
+
+# -- the home server's side ---------------------------------------------------------------
+
+
+@implementer(ISessionClient)
+class RemoteSessionClient:
+    """
+    The client of a session a router proxies: each callback is a C{CLIENT}
+    request to the router, on the connection the session was opened on,
+    answered within C{[links] request_timeout}.
+    """
+
+    def __init__(self, host: SessionHost, connection: LinkConnection, label: str) -> None:
+        self._host = host
+        self._connection = connection
+        self.sessionLabel = label
+        self.sessionId: str | None = None
+        self._early: list[tuple[str, object]] = []
+
+    def started(self, sessionId: str) -> None:
+        """
+        The session is open and its id told to the router: send what came
+        before.
+        """
+        self.sessionId = sessionId
+        early, self._early = self._early, []
+        for callback, data in early:
+            self._send(callback, data).addErrback(lambda f: None)
+
+    def _send(self, callback: str, data: object) -> Deferred[None]:
+        if self.sessionId is None:
+            self._early.append((callback, data))
+            return succeed(None)
+        request = Request(CLIENT_METHOD, callback, Headers((("Session", self.sessionId),)), _body(data))
+        d = self._connection.request(request)
+        d.addTimeout(self._host.config.links.requestTimeout, self._host.clock)
+
+        def answered(response: Response) -> None:
+            if not 200 <= response.code < 300:
+                raise ServiceUnavailable(f"the router answered {response.code}")
+
+        return d.addCallback(answered)
+
+    def messageReceived(self, message: Message) -> Deferred[None]:
+        return self._send("message", _messageJSON(message))
+
+    def presenceReceived(self, sender: Address, presence: Presence) -> Deferred[None]:
+        return self._send("presence", {"from": str(sender), **_presenceJSON(presence)})
+
+    def subscriptionReceived(self, event: SubscriptionEvent) -> Deferred[None]:
+        return self._send(
+            "subscription", {"kind": SUBSCRIPTION_KINDS[event.kind], "from": str(event.sender), "to": str(event.recipient)}
+        )
+
+    def contactUpdated(self, contact: ContactView) -> Deferred[None]:
+        return self._send("contact", _contactJSON(contact))
+
+    def contactRemoved(self, contact: Address) -> Deferred[None]:
+        return self._send("contact-removed", {"address": str(contact)})
+
+    def sessionClosed(self, reason: str) -> None:
+        self._host._forget(self._connection, self.sessionId)
+        self._send("closed", {"reason": reason}).addErrback(lambda f: None)
+
+
+class SessionHost:
+    """
+    A home server's side of proxied sessions: answers a router's
+    C{SESSION} requests. Only a peer with the role C{router} may ask, only
+    for users the directory homes here; the router authenticated the user
+    (the home server takes its word, as it takes a link peer's for the
+    events it sends). At most C{[links] max_sessions} sessions per
+    connection; they are closed when it is lost.
+    """
+
+    def __init__(self, config: GatewayConfig, home: IHomeServer, locator: IHomeLocator, clock: IReactorTime) -> None:
+        self.config = config
+        self.clock = clock
+        self._home = home
+        self._locator = locator
+        self._sessions: dict[LinkConnection, dict[str, ISession]] = {}
+        self._opening: dict[LinkConnection, int] = {}
+
+    def sessionsOn(self, connection: LinkConnection) -> list[ISession]:
+        """
+        @return: The proxied sessions open on C{connection}.
+        """
+        return list(self._sessions.get(connection, {}).values())
+
+    def requestReceived(self, connection: LinkConnection, request: Request) -> Deferred[Response] | Response:
+        """
+        Handle a router's C{SESSION} request.
+        """
+        peer = connection.peer
+        if peer is None or peer.name is None or "router" not in peer.roles:
+            log.warn("Link from {peer}: SESSION {operation} refused (403): the peer is no router of this domain", peer=peer, operation=request.target)
+            return _error(403, "only a router may proxy sessions")
+        if request.target == "open":
+            return Deferred.fromCoroutine(self._open(connection, request))
+        session = self._sessions.get(connection, {}).get(request.headers.get("Session") or "")
+        if session is None:
+            return _error(503, "no such session")
+        try:
+            data = _read(request)
+            d = self._operate(connection, session, request.target, data)
+        except (ValueError, KeyError, TypeError) as e:
+            if isinstance(e, InvalidAddress):
+                return encodeFailure(e)
+            log.warn("Link from {peer}: bad SESSION {operation} request: {error}", peer=peer, operation=request.target, error=e)
+            return _error(400, "bad session request")
+        def failed(f: Failure) -> Response:
+            assert f.value is not None
+            return encodeFailure(f.value)
+
+        return d.addErrback(failed)
+
+    def _operate(self, connection: LinkConnection, session: ISession, operation: str, data: dict[str, Any]) -> Deferred[Response]:
+        def target(key: str = "target") -> Address:
+            return Address.fromString(str(data[key]))
+
+        done: Callable[[object], Response] = lambda _: _ok()
+        if operation == "publish":
+            lease = data.get("lease")
+            granted = session.publish(_presence(data), None if lease is None else float(lease))
+            return succeed(_ok({"lease": granted}))
+        if operation == "message":
+            messageId = data.get("messageId")
+            sent = session.sendMessage(target("to"), str(data["body"]), str(data["contentType"]), None if messageId is None else str(messageId))
+            return sent.addCallback(done)
+        if operation == "subscribe":
+            return session.subscribe(target(), str(data.get("name", ""))).addCallback(lambda state: _ok({"state": state.value}))
+        if operation == "put-contact":
+            return session.putContact(target(), str(data.get("name", ""))).addCallback(done)
+        if operation == "unsubscribe":
+            return session.unsubscribe(target()).addCallback(done)
+        if operation == "authorise":
+            return session.authorise(target("watcher"), bool(data["allow"])).addCallback(done)
+        if operation == "contacts":
+            return session.contacts().addCallback(lambda views: _ok({"contacts": [_contactJSON(v) for v in views]}))
+        if operation == "pending":
+            return session.pendingRequests().addCallback(lambda ws: _ok({"requests": [str(w) for w in ws]}))
+        if operation == "set-access":
+            return maybeDeferred(session.setAccess, str(data["entry"]), accessListFromToken(str(data["list"]))).addCallback(done)
+        if operation == "access":
+            return session.accessLists().addCallback(lambda es: _ok({"entries": {e: ACCESS_LISTS[l] for e, l in es.items()}}))
+        if operation == "set-rule":
+            alternate = data.get("alternate")
+            ruled = session.setRule(presenceFromToken(str(data["presence"])), None if alternate is None else str(alternate))
+            return ruled.addCallback(done)
+        if operation == "rules":
+            return session.rules().addCallback(
+                lambda rs: _ok({"rules": [{"presence": PRESENCE[r.state], "alternate": r.alternate} for r in rs]})
+            )
+        if operation == "close":
+            self._forget(connection, session.sessionId)
+            session.close(str(data.get("reason", "")) or "logout")
+            return succeed(_ok())
+        raise ValueError(f"unknown operation {operation[:32]!r}")
+
+    async def _open(self, connection: LinkConnection, request: Request) -> Response:
+        try:
+            data = _read(request)
+            address = Address.fromString(str(data["address"]))
+            label = str(data.get("label", ""))
+        except (ValueError, KeyError, TypeError) as e:
+            return _error(400, f"bad open request: {e}"[:MAX_DETAIL_CHARS])
+        if address.domain != self.config.domain or await self._locator.homeOf(address) != self.config.homeServerName:
+            log.warn("Link from {peer}: a session for {user} refused (403): not homed on {name}", peer=connection.peer, user=address, name=self.config.homeServerName)
+            return _error(403, "not homed here")
+        limit = self.config.links.maxSessions
+        opening = self._opening.get(connection, 0)
+        if len(self._sessions.get(connection, {})) + opening >= limit:
+            log.warn("Link from {peer}: a session for {user} refused (503): {limit} proxied sessions on the link already ([links] max_sessions)", peer=connection.peer, user=address, limit=limit)
+            return _error(503, "too many proxied sessions")
+        self._opening[connection] = opening + 1
+        client = RemoteSessionClient(self, connection, label)
+        try:
+            session: ISession = await self._home.openSession(address, client, label)
+        except Exception as e:
+            return encodeFailure(e)
+        finally:
+            self._opening[connection] -= 1
+            if not self._opening[connection]:
+                del self._opening[connection]
+        if not connection.connected:
+            session.close(LINK_LOST)
+            return _error(503, LINK_LOST)
+        sessions = self._sessions.get(connection)
+        if sessions is None:
+            sessions = self._sessions[connection] = {}
+            connection.whenLost(self._connectionLost)
+        sessions[session.sessionId] = session
+        log.info("Proxied session {session} of {user} opened for {peer}", session=session.sessionId, user=address, peer=connection.peer)
+        # The callbacks that came before go after this answer.
+        self.clock.callLater(0, client.started, session.sessionId)
+        return _ok({"session": session.sessionId, "label": session.label})
+
+    def _forget(self, connection: LinkConnection, sessionId: str | None) -> None:
+        sessions = self._sessions.get(connection)
+        if sessions is not None and sessionId is not None:
+            sessions.pop(sessionId, None)
+            if not sessions:
+                del self._sessions[connection]
+
+    def _connectionLost(self, connection: LinkConnection) -> None:
+        sessions = self._sessions.pop(connection, {})
+        if sessions:
+            log.warn("Link connection from {peer} lost: closing its {count} proxied sessions", peer=connection.peer, count=len(sessions))
+        for session in sessions.values():
+            session.close(LINK_LOST)
+
+
+def installProxy(gateway: Any, links: Any, locator: IHomeLocator) -> ProxyHomeServer | None:
+    """
+    Add proxied sessions to a process's links
+    (L{imgateway.gateway.addLinks}): a home server answers C{SESSION}
+    requests; a router opens sessions (its faces' C{proxy}) and answers
+    C{CLIENT} requests.
+
+    @param gateway: The L{imgateway.gateway.Gateway}.
+    @param links: Its L{imgateway.router.link.LinkService}.
+    @param locator: Where the domain's users are homed.
+    @return: The router's L{ProxyHomeServer}, or C{None} for a process
+        without the role C{router}.
+    """
+    config: GatewayConfig = gateway.config
+    if "home" in config.roles:
+        host = SessionHost(config, gateway.homeServer, locator, gateway.clock)
+        links.receiver.addMethod(SESSION_METHOD, host.requestReceived)
+    if "router" not in config.roles:
+        return None
+    proxy = ProxyHomeServer(config, locator, links.routes)
+    links.receiver.addBackMethod(CLIENT_METHOD, proxy.callbackReceived)
+    return proxy

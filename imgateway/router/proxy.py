@@ -375,7 +375,13 @@ class ProxyHomeServer:
         registered = False
         try:
             request = Request(SESSION_METHOD, "open", Headers(), _body({"address": str(address), "label": label}))
-            result = decodeResult(await link.request(request))
+            try:
+                result = decodeResult(await link.request(request))
+            except DeliveryError as e:
+                # Refused (403: not homed there), or the home server cannot
+                # take it now: the face tells its client it is unavailable.
+                log.info("Proxied session of {user} not opened on {home}: {error}", user=address, home=home, error=e)
+                raise ServiceUnavailable(e.text) from None
             # The response came on the link's current connection: the one
             # the session lives on.
             connection = link.connection

@@ -1,0 +1,683 @@
+"""
+Tests for L{imgateway.router.proxy}: a router's proxied sessions over a
+link (in memory, L{twisted.test.iosim}, timed by a L{Clock}) to a home
+server whose sessions are doubles: every L{ISession} call and every
+L{ISessionClient} callback crosses the link and comes back, errors
+included; a lost link closes both ends; C{[links] max_sessions}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from imgateway.adapters.native.framing import Headers, Request
+from imgateway.config import GatewayConfig
+from imgateway.core.address import Address
+from imgateway.core.errors import (
+    DeliveryStatus,
+    InvalidAddress,
+    PersistenceFailed,
+    ServerError,
+    ServiceUnavailable,
+    TooManySessions,
+    UserBusy,
+    UserOffline,
+)
+from imgateway.core.events import Message, SubscriptionEvent, SubscriptionKind
+from imgateway.core.presence import OFFLINE, Presence, PresenceState
+from imgateway.core.records import AccessList, AuthorisationState, ContactView, PresenceRule, Subscription
+from imgateway.interfaces import IHomeServer, ILinkRoutes, IRoute, ISession, ISessionClient
+from imgateway.router.link import LinkClient, LinkReceiver, LinkTraces
+from imgateway.router.proxy import LINK_LOST, ProxyHomeServer, RemoteSession, SessionHost, installProxy
+from imgateway.testing import RecordingSessionClient
+
+from tests.test_link import ALICE, CAROL, FakeLocator, FakeRouter, LinkTestCase, Server, configFor, hello
+
+BOB = Address.fromString("bob@corp.example")
+
+
+@implementer(ISession)
+class RecordingSession:
+    """
+    A home server's session double: records every call as
+    C{(method, arguments)} and answers with what C{answers} holds for the
+    method (a value, or an exception to fail with).
+    """
+
+    def __init__(self, address: Address, client: ISessionClient, label: str, sessionId: str) -> None:
+        self.address = address
+        self.client = client
+        self.label = label
+        self.sessionId = sessionId
+        self.presence = OFFLINE
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.answers: dict[str, Any] = {}
+        self.closed: list[str] = []
+
+    def _answer(self, name: str, default: Any, *arguments: Any) -> Deferred[Any]:
+        self.calls.append((name, arguments))
+        answer = self.answers.get(name, default)
+        if isinstance(answer, Exception):
+            return fail(answer)
+        return succeed(answer)
+
+    def publish(self, presence: Presence, lease: float | None = None) -> float:
+        self.calls.append(("publish", (presence, lease)))
+        self.presence = presence
+        return 60.0
+
+    def sendMessage(
+        self, recipient: Address, body: str, contentType: str = "text/plain", messageId: str | None = None
+    ) -> Deferred[DeliveryStatus]:
+        return self._answer("sendMessage", DeliveryStatus.DELIVERED, recipient, body, contentType, messageId)
+
+    def subscribe(self, target: Address, displayName: str = "") -> Deferred[AuthorisationState]:
+        return self._answer("subscribe", AuthorisationState.PENDING, target, displayName)
+
+    def putContact(self, contact: Address, displayName: str = "") -> Deferred[None]:
+        return self._answer("putContact", None, contact, displayName)
+
+    def unsubscribe(self, target: Address) -> Deferred[None]:
+        return self._answer("unsubscribe", None, target)
+
+    def authorise(self, watcher: Address, allow: bool) -> Deferred[None]:
+        return self._answer("authorise", None, watcher, allow)
+
+    def contacts(self) -> Deferred[list[ContactView]]:
+        return self._answer("contacts", [])
+
+    def pendingRequests(self) -> Deferred[list[Address]]:
+        return self._answer("pendingRequests", [])
+
+    def setAccess(self, entry: str, accessList: AccessList) -> Deferred[None]:
+        return self._answer("setAccess", None, entry, accessList)
+
+    def accessLists(self) -> Deferred[dict[str, AccessList]]:
+        return self._answer("accessLists", {})
+
+    def setRule(self, state: PresenceState, alternate: str | None) -> Deferred[None]:
+        return self._answer("setRule", None, state, alternate)
+
+    def rules(self) -> Deferred[list[PresenceRule]]:
+        return self._answer("rules", [])
+
+    def close(self, reason: str = "") -> None:
+        self.closed.append(reason)
+
+
+@implementer(IHomeServer)
+class RecordingHome:
+    """
+    A home server double whose sessions are L{RecordingSession}s.
+
+    @ivar failWith: When set, L{openSession} fails with it.
+    """
+
+    name = "hs1"
+    domain = "corp.example"
+
+    def __init__(self) -> None:
+        self.sessions: list[RecordingSession] = []
+        self.failWith: Exception | None = None
+        self.hold = False
+        self.held: list[Deferred[None]] = []
+
+    def openSession(self, address: Address, client: ISessionClient, label: str = "") -> Deferred[ISession]:
+        if self.failWith is not None:
+            return fail(self.failWith)
+        session = RecordingSession(address, client, label or f"hs1-{len(self.sessions) + 1}", f"hs1-{len(self.sessions) + 1}")
+        self.sessions.append(session)
+        if self.hold:
+            d: Deferred[None] = Deferred()
+            self.held.append(d)
+            opened: Deferred[ISession] = d.addCallback(lambda _: session)
+            return opened
+        return succeed(session)
+
+    def sessionsOf(self, address: Address) -> list[ISession]:
+        return [s for s in self.sessions if s.address == address and not s.closed]
+
+    def presenceOf(self, address: Address) -> Presence:
+        return OFFLINE
+
+    def deliver(self, event: Any) -> Deferred[DeliveryStatus]:
+        return succeed(DeliveryStatus.DELIVERED)
+
+
+@implementer(ILinkRoutes)
+class OneLink:
+    """
+    Link routes with one link, to C{hs1}.
+    """
+
+    def __init__(self, link: LinkClient) -> None:
+        self.link = link
+
+    def toServer(self, name: str) -> IRoute:
+        if name != "hs1":
+            raise KeyError(name)
+        return self.link
+
+    def toDomain(self, domain: str) -> Deferred[IRoute | None]:
+        return succeed(None)
+
+
+class ProxyTestCase(LinkTestCase):
+    """
+    hs1 (its link receiver, with a L{SessionHost} on a L{RecordingHome}),
+    and a router's L{ProxyHomeServer} with a link to it.
+    """
+
+    maxSessions = 3
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.server = Server(configFor("hs1", maxSessions=self.maxSessions, maxQueue=20), self.clock)
+        self.home = RecordingHome()
+        self.host = SessionHost(self.server.config, self.home, self.server.locator, self.clock)
+        self.server.receiver.addMethod("SESSION", self.host.requestReceived)
+        self.routerConfig = configFor("router", maxSessions=self.maxSessions, maxQueue=20)
+        self.routerReceiver = LinkReceiver(self.routerConfig, FakeRouter(), FakeLocator(), self.clock, LinkTraces())
+        self.link = self.linkFrom("router")
+        self.proxy = ProxyHomeServer(self.routerConfig, FakeLocator(), OneLink(self.link))
+        self.routerReceiver.addBackMethod("CLIENT", self.proxy.callbackReceived)
+
+    def linkFrom(self, name: str) -> LinkClient:
+        """
+        A running link client from server C{name} to hs1 that takes
+        requests back (the router's C{CLIENT}).
+        """
+        config = configFor(name, maxSessions=self.maxSessions, maxQueue=20)
+        client = LinkClient(
+            "server hs1",
+            self.network.endpoint(self.server),
+            config.links,
+            self.clock,
+            hello(name),
+            LinkTraces(),
+            f"corp.example/{name}",
+            handlers=self.routerReceiver.backHandlers,
+            retryPolicy=lambda attempts: 1.0,
+        )
+        client.startService()
+        self.addCleanup(self.stop, client)
+        self.network.flush()
+        return client
+
+    def open(self, address: Address = ALICE, label: str = "phone") -> tuple[RemoteSession, RecordingSession, RecordingSessionClient]:
+        """
+        Open a proxied session; return it, its home session and the face's
+        client.
+        """
+        client = RecordingSessionClient(label)
+        d = self.proxy.openSession(address, client, label)
+        self.network.flush()
+        self.clock.advance(0)
+        self.network.flush()
+        session = self.successResultOf(d)
+        assert isinstance(session, RemoteSession)
+        return session, self.home.sessions[-1], client
+
+    def settle(self, d: Deferred[Any]) -> Any:
+        self.network.flush()
+        return d
+
+
+class OpenTests(ProxyTestCase):
+    """
+    Opening a proxied session.
+    """
+
+    def test_interfaces(self) -> None:
+        """
+        A proxied session is an L{ISession}; what the home server gives its
+        session is an L{ISessionClient}.
+        """
+        session, home, client = self.open()
+        self.assertTrue(verifyObject(ISession, session))
+        self.assertTrue(verifyObject(ISessionClient, home.client))
+
+    def test_open(self) -> None:
+        """
+        The session opens on the home server for the user, with the label
+        the face asked for; the router's session has the home server's id
+        and final label.
+        """
+        session, home, client = self.open(label="phone")
+        self.assertEqual((home.address, home.label), (ALICE, "phone"))
+        self.assertEqual((session.address, session.sessionId, session.label), (ALICE, home.sessionId, "phone"))
+        self.assertIs(session.client, client)
+        self.assertEqual(self.host.sessionsOn(next(iter(self.server.factory.connections))), [home])
+
+    def test_homeRefuses(self) -> None:
+        """
+        The home server's refusal comes back as the same error:
+        L{TooManySessions}, L{ServiceUnavailable}.
+        """
+        self.home.failWith = TooManySessions("10 sessions already")
+        d = self.proxy.openSession(ALICE, RecordingSessionClient(), "")
+        self.network.flush()
+        self.assertEqual(str(self.failureResultOf(d, TooManySessions).value), "10 sessions already")
+        self.home.failWith = ServiceUnavailable("stopping")
+        d = self.proxy.openSession(ALICE, RecordingSessionClient(), "")
+        self.network.flush()
+        self.failureResultOf(d, ServiceUnavailable)
+        self.assertEqual(self.proxy.sessionCount(self.link), 0)
+
+    def test_notHomedThere(self) -> None:
+        """
+        The home server opens no session for a user the directory does not
+        home on it (whatever the router believes): 403, and the router's
+        L{ServiceUnavailable}.
+        """
+        self.proxy._locator.homes[CAROL] = "hs1"  # type: ignore[attr-defined]
+        d = self.proxy.openSession(CAROL, RecordingSessionClient(), "")
+        self.network.flush()
+        self.failureResultOf(d, ServerError)
+        self.assertEqual(self.home.sessions, [])
+        self.assertTrue(self.messages("not homed on hs1"))
+
+    def test_onlyRouters(self) -> None:
+        """
+        A home server takes C{SESSION} requests only from a peer with the
+        role C{router}: another home server gets C{403}.
+        """
+        link = self.linkFrom("hs2")
+        d = link.request(Request("SESSION", "open", Headers(), b'{"address": "alice@corp.example", "label": ""}'))
+        self.network.flush()
+        self.assertEqual(self.successResultOf(d).code, 403)
+        self.assertEqual(self.home.sessions, [])
+
+    def test_noHome(self) -> None:
+        """
+        A user with no home server, or homed on the router itself, is not
+        proxied: L{ServiceUnavailable}, nothing sent.
+        """
+        d = self.proxy.openSession(BOB, RecordingSessionClient(), "")
+        self.failureResultOf(d, ServiceUnavailable)
+        self.proxy._locator.homes[BOB] = "router"  # type: ignore[attr-defined]
+        d = self.proxy.openSession(BOB, RecordingSessionClient(), "")
+        self.failureResultOf(d, ServiceUnavailable)
+        self.assertEqual(self.home.sessions, [])
+
+    def test_linkDown(self) -> None:
+        """
+        With the link down, opening fails with L{ServiceUnavailable} within
+        C{request_timeout}: never a hang.
+        """
+        self.drop()
+        self.server.up = False
+        d = self.proxy.openSession(ALICE, RecordingSessionClient(), "")
+        self.assertNoResult(d)
+        self.clock.advance(10)
+        self.failureResultOf(d, ServiceUnavailable)
+        self.assertEqual(self.proxy.sessionCount(self.link), 0)
+
+
+class LimitTests(ProxyTestCase):
+    """
+    C{[links] max_sessions} proxied sessions on a link (3 here).
+    """
+
+    def test_routerLimit(self) -> None:
+        """
+        The router opens 3 sessions over the link, and refuses the 4th
+        (L{ServiceUnavailable}, logged) without asking the home server;
+        once one closes, one more may open.
+        """
+        sessions = [self.open(label=f"s{i}")[0] for i in range(3)]
+        self.assertEqual(self.proxy.sessionCount(self.link), 3)
+        d = self.proxy.openSession(ALICE, RecordingSessionClient(), "s4")
+        self.failureResultOf(d, ServiceUnavailable)
+        self.assertEqual(len(self.home.sessions), 3)
+        self.assertTrue(self.messages("3 proxied sessions on its link already"))
+        sessions[0].close()
+        self.network.flush()
+        self.open(label="s5")
+        self.assertEqual(self.proxy.sessionCount(self.link), 3)
+
+    def test_homeLimit(self) -> None:
+        """
+        The home server opens 3 sessions on one connection, and answers
+        the 4th C{503} (a router with a higher limit, or another
+        implementation, may ask).
+        """
+        for i in range(3):
+            self.open(label=f"s{i}")
+        d = self.link.request(Request("SESSION", "open", Headers(), b'{"address": "alice@corp.example", "label": ""}'))
+        self.network.flush()
+        self.assertEqual(self.successResultOf(d).code, 503)
+        self.assertEqual(len(self.home.sessions), 3)
+        self.assertTrue(self.messages("3 proxied sessions on the link already"))
+
+    def test_homeLimitCountsOpening(self) -> None:
+        """
+        Sessions being opened count towards the home server's limit.
+        """
+        self.home.hold = True
+        requests = [
+            self.link.request(Request("SESSION", "open", Headers(), b'{"address": "alice@corp.example", "label": ""}'))
+            for i in range(4)
+        ]
+        self.network.flush()
+        self.assertEqual(self.successResultOf(requests[3]).code, 503)
+        self.assertEqual(len(self.home.held), 3)
+        for held in self.home.held:
+            held.callback(None)
+        self.network.flush()
+        self.assertEqual([self.successResultOf(d).code for d in requests[:3]], [200, 200, 200])
+
+
+class SessionMethodTests(ProxyTestCase):
+    """
+    Every L{ISession} method crosses the link to the home session.
+    """
+
+    def test_publish(self) -> None:
+        """
+        C{publish} returns the lease the router's C{[home]} bounds grant
+        (as the home server's would) and publishes on the home session.
+        """
+        session, home, client = self.open()
+        granted = session.publish(Presence(PresenceState.AWAY, "lunch"), 5.0)
+        self.network.flush()
+        self.assertEqual(granted, self.routerConfig.home.minPresenceLease)
+        self.assertEqual(home.calls, [("publish", (Presence(PresenceState.AWAY, "lunch"), 5.0))])
+        self.assertEqual(session.presence, Presence(PresenceState.AWAY, "lunch"))
+        self.assertEqual(session.publish(Presence(), None), self.routerConfig.home.presenceLease)
+        self.network.flush()
+        self.assertEqual(home.calls[-1], ("publish", (Presence(), None)))
+
+    def test_sendMessage(self) -> None:
+        """
+        C{sendMessage} sends with the recipient, body, content type and
+        message id, and fires with delivered.
+        """
+        session, home, client = self.open()
+        d = self.settle(session.sendMessage(CAROL, "hi ☃", "text/html", "m-1"))
+        self.assertIs(self.successResultOf(d), DeliveryStatus.DELIVERED)
+        self.assertEqual(home.calls, [("sendMessage", (CAROL, "hi ☃", "text/html", "m-1"))])
+        d = self.settle(session.sendMessage(CAROL, "again"))
+        self.successResultOf(d)
+        self.assertEqual(home.calls[-1], ("sendMessage", (CAROL, "again", "text/plain", None)))
+
+    def test_sendMessageErrors(self) -> None:
+        """
+        A delivery error comes back as the same error, a 486's alternate
+        included.
+        """
+        session, home, client = self.open()
+        home.answers["sendMessage"] = UserBusy("busy", "tel:+15550100")
+        d = self.settle(session.sendMessage(CAROL, "hi"))
+        self.assertEqual(self.failureResultOf(d, UserBusy).value.alternate, "tel:+15550100")
+        home.answers["sendMessage"] = UserOffline("carol is offline")
+        d = self.settle(session.sendMessage(CAROL, "hi"))
+        self.assertEqual(self.failureResultOf(d, UserOffline).value.text, "carol is offline")
+
+    def test_subscribe(self) -> None:
+        """
+        C{subscribe} fires with the home session's state.
+        """
+        session, home, client = self.open()
+        for state in AuthorisationState:
+            home.answers["subscribe"] = state
+            d = self.settle(session.subscribe(CAROL, "Carol"))
+            self.assertIs(self.successResultOf(d), state)
+        self.assertEqual(home.calls[-1], ("subscribe", (CAROL, "Carol")))
+
+    def test_contactChanges(self) -> None:
+        """
+        C{putContact}, C{unsubscribe}, C{authorise}, C{setAccess} and
+        C{setRule} reach the home session with their arguments.
+        """
+        session, home, client = self.open()
+        for d in [
+            session.putContact(CAROL, "C"),
+            session.unsubscribe(CAROL),
+            session.authorise(BOB, True),
+            session.authorise(CAROL, False),
+            session.setAccess("partner.example", AccessList.BLOCK),
+            session.setRule(PresenceState.BUSY, "tel:+1555"),
+            session.setRule(PresenceState.AWAY, None),
+        ]:
+            self.assertIsNone(self.successResultOf(self.settle(d)))
+        self.assertEqual(
+            home.calls,
+            [
+                ("putContact", (CAROL, "C")),
+                ("unsubscribe", (CAROL,)),
+                ("authorise", (BOB, True)),
+                ("authorise", (CAROL, False)),
+                ("setAccess", ("partner.example", AccessList.BLOCK)),
+                ("setRule", (PresenceState.BUSY, "tel:+1555")),
+                ("setRule", (PresenceState.AWAY, None)),
+            ],
+        )
+
+    def test_reads(self) -> None:
+        """
+        C{contacts}, C{pendingRequests}, C{accessLists} and C{rules} fire
+        with the home session's answers, unchanged.
+        """
+        session, home, client = self.open()
+        views = [
+            ContactView(CAROL, "Carol", Subscription.BOTH, False, Presence(PresenceState.BUSY, "meeting")),
+            ContactView(BOB, "", Subscription.NONE, True, OFFLINE),
+        ]
+        home.answers["contacts"] = views
+        home.answers["pendingRequests"] = [BOB, CAROL]
+        home.answers["accessLists"] = {"bob@corp.example": AccessList.ALLOW, "spam.example": AccessList.BLOCK}
+        home.answers["rules"] = [PresenceRule(PresenceState.BUSY, "tel:+1555")]
+        self.assertEqual(self.successResultOf(self.settle(session.contacts())), views)
+        self.assertEqual(self.successResultOf(self.settle(session.pendingRequests())), [BOB, CAROL])
+        self.assertEqual(self.successResultOf(self.settle(session.accessLists())), home.answers["accessLists"])
+        self.assertEqual(self.successResultOf(self.settle(session.rules())), home.answers["rules"])
+
+    def test_errors(self) -> None:
+        """
+        Other errors come back as the face maps them: L{InvalidAddress}
+        (400) as itself, L{PersistenceFailed} as a server error.
+        """
+        session, home, client = self.open()
+        home.answers["setAccess"] = InvalidAddress("not an address or domain")
+        d = self.settle(session.setAccess("@@", AccessList.BLOCK))
+        self.assertEqual(str(self.failureResultOf(d, InvalidAddress).value), "not an address or domain")
+        home.answers["putContact"] = PersistenceFailed("disk full")
+        d = self.settle(session.putContact(CAROL))
+        self.failureResultOf(d, ServerError)
+
+    def test_close(self) -> None:
+        """
+        C{close} closes the home session with the face's reason, once; the
+        router's session then refuses calls, and the face's client is not
+        told (it closed it).
+        """
+        session, home, client = self.open()
+        session.close("bye")
+        session.close("again")
+        self.network.flush()
+        self.assertEqual(home.closed, ["bye"])
+        self.assertEqual(self.host.sessionsOn(next(iter(self.server.factory.connections))), [])
+        self.failureResultOf(session.contacts(), ServiceUnavailable)
+        self.assertEqual(client.closed, [])
+        self.assertEqual(self.proxy.sessionCount(self.link), 0)
+
+    def test_unknownSession(self) -> None:
+        """
+        A request for a session that is not open on the connection is
+        answered C{503}.
+        """
+        d = self.link.request(Request("SESSION", "contacts", Headers((("Session", "hs1-9"),))))
+        self.network.flush()
+        self.assertEqual(self.successResultOf(d).code, 503)
+
+
+class CallbackTests(ProxyTestCase):
+    """
+    Every L{ISessionClient} callback of the home session reaches the
+    face's client.
+    """
+
+    def test_callbacks(self) -> None:
+        """
+        Messages, presences, subscription events and contact changes reach
+        the face's client unchanged, and their L{Deferred}s fire once it
+        took them.
+        """
+        session, home, client = self.open()
+        message = Message(CAROL, ALICE, "hello ☃", contentType="text/html", messageId="c-1", timestamp=1767225600.125)
+        view = ContactView(CAROL, "Carol", Subscription.TO, False, Presence(PresenceState.ON_THE_PHONE, "call"))
+        results = [
+            home.client.messageReceived(message),
+            home.client.presenceReceived(CAROL, Presence(PresenceState.AWAY, "lunch")),
+            home.client.subscriptionReceived(SubscriptionEvent(SubscriptionKind.AUTHORISE, CAROL, ALICE)),
+            home.client.contactUpdated(view),
+            home.client.contactRemoved(BOB),
+        ]
+        self.network.flush()
+        for d in results:
+            self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(client.messages, [message])
+        self.assertEqual(client.messages[0].routingId, message.routingId)
+        self.assertEqual(client.presences, [(CAROL, Presence(PresenceState.AWAY, "lunch"))])
+        self.assertEqual(client.subscriptions, [SubscriptionEvent(SubscriptionKind.AUTHORISE, CAROL, ALICE)])
+        self.assertEqual(client.contacts, [view])
+        self.assertEqual(client.removed, [BOB])
+
+    def test_clientFails(self) -> None:
+        """
+        A delivery the face's client could not take fails on the home
+        server too.
+        """
+        session, home, client = self.open()
+        client.failWith = ServiceUnavailable("gone")
+        d = home.client.messageReceived(Message(CAROL, ALICE, "hi"))
+        self.network.flush()
+        self.failureResultOf(d, ServiceUnavailable)
+
+    def test_clientSlow(self) -> None:
+        """
+        A delivery the router does not answer within C{request_timeout}
+        fails on the home server: never a hang.
+        """
+        session, home, client = self.open()
+        client.hold = True
+        d = home.client.messageReceived(Message(CAROL, ALICE, "hi"))
+        self.network.flush()
+        self.assertNoResult(d)
+        self.clock.advance(10)
+        self.failureResultOf(d)
+        client.held[0].callback(None)
+        self.network.flush()
+
+    def test_beforeOpened(self) -> None:
+        """
+        What the home server tells a session while it is being opened
+        reaches the face's client after the session is open (after the
+        answer to C{open}, which the router needs to know the session).
+        """
+        self.home.hold = True
+        order: list[str] = []
+        client = RecordingSessionClient()
+        client.presenceReceived = lambda sender, presence: order.append("presence") or succeed(None)  # type: ignore[method-assign,func-returns-value]
+        d = self.proxy.openSession(ALICE, client, "")
+        d.addCallback(lambda session: order.append("open"))
+        self.network.flush()
+        home = self.home.sessions[0]
+        home.client.presenceReceived(CAROL, Presence(PresenceState.BUSY))
+        self.assertEqual(order, [])
+        self.home.held[0].callback(None)
+        self.network.flush()
+        self.assertEqual(order, ["open", "presence"])
+
+    def test_homeCloses(self) -> None:
+        """
+        A session the home server ends (its shutdown, a lease) ends for the
+        face's client with the home server's reason.
+        """
+        session, home, client = self.open()
+        home.client.sessionClosed("server shutting down")
+        self.network.flush()
+        self.assertEqual(client.closed, ["server shutting down"])
+        self.assertTrue(session.closed)
+        self.assertEqual(self.proxy.sessionCount(self.link), 0)
+        session.close("bye")
+        self.network.flush()
+        self.assertEqual(home.closed, [])
+
+
+class LinkLossTests(ProxyTestCase):
+    """
+    A lost link connection ends its proxied sessions on both sides.
+    """
+
+    def test_lost(self) -> None:
+        """
+        When the connection is lost, the face's clients are told their
+        session ended and the home sessions are closed: nothing dangles;
+        the router's count is back to 0.
+        """
+        opened = [self.open(label=f"s{i}") for i in range(2)]
+        self.drop()
+        for session, home, client in opened:
+            self.assertEqual(client.closed, [LINK_LOST])
+            self.assertEqual(home.closed, [LINK_LOST])
+            self.assertTrue(session.closed)
+        self.assertEqual(self.proxy.sessionCount(self.link), 0)
+        self.assertTrue(self.messages("closing its 2 proxied sessions"))
+
+    def test_reopenAfterReconnect(self) -> None:
+        """
+        Once the link is back, sessions open again; a request for a session
+        of the lost connection is not taken on the new one.
+        """
+        session, home, client = self.open()
+        self.drop()
+        self.clock.advance(1)
+        self.network.flush()
+        d = self.link.request(Request("SESSION", "contacts", Headers((("Session", session.sessionId),))))
+        self.network.flush()
+        self.assertEqual(self.successResultOf(d).code, 503)
+        self.open()
+
+
+class InstallTests(SynchronousTestCase):
+    """
+    L{installProxy} adds the methods a process's roles call for.
+    """
+
+    def links(self, config: GatewayConfig) -> Any:
+        receiver = LinkReceiver(config, FakeRouter(), FakeLocator(), Clock(), LinkTraces())
+        return attrs.make_class("Links", ["receiver", "routes"])(receiver, None)
+
+    def gateway(self, config: GatewayConfig) -> Any:
+        return attrs.make_class("G", ["config", "homeServer", "clock"])(config, RecordingHome(), Clock())
+
+    def test_router(self) -> None:
+        """
+        A router gets a L{ProxyHomeServer} and answers C{CLIENT} on the
+        connections it opens; it takes no C{SESSION}.
+        """
+        config = configFor("router")
+        links = self.links(config)
+        proxy = installProxy(self.gateway(config), links, FakeLocator())
+        self.assertIsInstance(proxy, ProxyHomeServer)
+        self.assertIn("CLIENT", links.receiver.backHandlers)
+        self.assertNotIn("SESSION", links.receiver.handlers)
+
+    def test_home(self) -> None:
+        """
+        A home server answers C{SESSION} and proxies nothing.
+        """
+        config = configFor("hs1")
+        links = self.links(config)
+        self.assertIsNone(installProxy(self.gateway(config), links, FakeLocator()))
+        self.assertIn("SESSION", links.receiver.handlers)
+        self.assertNotIn("CLIENT", links.receiver.backHandlers)

@@ -32,6 +32,9 @@ from imgateway.client.protocol import ClientObserver, Redirected, TooManyRedirec
 from imgateway.config import AuthConfig, GatewayConfig, HomeConfig, HostPort, RouterConfig, ServerConfig
 from imgateway.core.address import Address
 from imgateway.core.errors import PersistenceFailed, ServiceUnavailable
+from imgateway.adapters.native.framing import Request
+from imgateway.core.events import Message
+from imgateway.core.presence import PresenceState
 from imgateway.core.records import AccountRecord
 from imgateway.gateway import Gateway, assembleGateway
 from imgateway.interfaces import IGateway, IHomeLocator
@@ -50,6 +53,25 @@ LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
 
 HS2_NATIVE = HostPort("hs2.corp.example", 5310)
 HS2_XMPP = HostPort("hs2.corp.example", 5232)
+
+#: hs2, taking links: a router may proxy its users' sessions.
+HS2_LINKED = ServerConfig(
+    "hs2", frozenset({"home"}), link=HostPort("127.0.0.1", 5312), native=HS2_NATIVE, xmpp=HS2_XMPP
+)
+
+
+def proxiedGateway(clock: Clock) -> tuple[Gateway, Gateway]:
+    """
+    A router gateway (L{routerGateway}, hs1) whose C{proxy} is the home
+    server of a second gateway that stands for hs2 (an L{IHomeServer} opens
+    sessions as a L{imgateway.router.proxy.ProxyHomeServer} does).
+
+    @return: The router's gateway and hs2's.
+    """
+    gateway = routerGateway(clock, hs2=HS2_LINKED)
+    hs2 = memoryGateway(clock)
+    gateway.proxy = hs2.homeServer
+    return gateway, hs2
 
 
 def routerGateway(
@@ -127,8 +149,8 @@ class DecideFrontTests(SynchronousTestCase):
         self.gateway = routerGateway(Clock())
         self.locator = FixedLocator({ALICE: "hs1", CAROL: "hs2"})
 
-    def decide(self, user: Address, peer: object, face: str = "native") -> FrontDecision:
-        return self.successResultOf(decideFront(self.gateway.config, self.locator, user, peer, face))
+    def decide(self, user: Address, peer: object, face: str = "native", proxying: bool = False) -> FrontDecision:
+        return self.successResultOf(decideFront(self.gateway.config, self.locator, user, peer, face, proxying))
 
     def test_gatewayHasLocator(self) -> None:
         """
@@ -233,6 +255,37 @@ class DecideFrontTests(SynchronousTestCase):
             self.assertIn("carol@corp.example", line)
             self.assertIn("internal_networks", line)
 
+    def test_proxied(self) -> None:
+        """
+        On a router that proxies sessions, a client in none of the internal
+        networks, of a user homed on another server that takes links, is
+        proxied there; the decision is logged with the client's address;
+        internal clients are still redirected.
+        """
+        self.gateway = routerGateway(Clock(), hs2=HS2_LINKED)
+        for face in ("native", "xmpp"):
+            with capturedLogs() as events:
+                decision = self.decide(CAROL, EXTERNAL, face, proxying=True)
+            self.assertEqual(decision, FrontDecision(FrontAction.PROXY, "hs2"))
+            [line] = [formatEvent(e) for e in events]
+            self.assertIn("Proxying carol@corp.example", line)
+            self.assertIn("192.0.2.7", line)
+            self.assertIn("internal_networks", line)
+        self.assertIs(self.decide(CAROL, INTERNAL, proxying=True).action, FrontAction.REDIRECT)
+        self.assertIs(self.decide(ALICE, EXTERNAL, proxying=True).action, FrontAction.SERVE)
+
+    def test_proxyNeedsLink(self) -> None:
+        """
+        A user whose home server takes no links (no C{[servers.NAME] link})
+        cannot be proxied: its external client is answered as unavailable,
+        with a warning that says why.
+        """
+        with capturedLogs() as events:
+            decision = self.decide(CAROL, EXTERNAL, proxying=True)
+        self.assertEqual(decision, FrontDecision(FrontAction.UNAVAILABLE, "hs2"))
+        [line] = [formatEvent(e) for e in events]
+        self.assertIn("[servers.hs2]", line)
+
     def test_noEndpoint(self) -> None:
         """
         When the home server has no endpoint for the face, an internal
@@ -259,6 +312,15 @@ class DecideFrontTests(SynchronousTestCase):
 
         d = decideFront(self.gateway.config, Failing({}), CAROL, INTERNAL, "native")
         self.failureResultOf(d, PersistenceFailed)
+
+
+class FailingProxy:
+    """
+    A router's proxy whose sessions cannot be opened.
+    """
+
+    def openSession(self, address: Address, client: object, label: str = "") -> Deferred[Any]:
+        return fail(ServiceUnavailable("no answer from server hs2 within 10 s"))
 
 
 def login(wire: Wire, user: str, password: str, mechanism: str = "SCRAM-SHA-256") -> Any:
@@ -331,6 +393,41 @@ class NativeRouterFaceTests(SynchronousTestCase):
         self.assertTrue(wire.transport.disconnecting)
         self.assertEqual(self.sessionsOf(CAROL), 0)
         self.assertTrue(any("carol@corp.example" in formatEvent(e) for e in events))
+
+    def test_proxied(self) -> None:
+        """
+        On a router that proxies sessions, carol from outside the internal
+        networks logs in as on her home server: C{200} with her session
+        (opened through the gateway's C{proxy}, not here), her requests go
+        to that session, and what it is told reaches her.
+        """
+        self.gateway, hs2 = proxiedGateway(self.clock)
+        self.factory = NativeServerFactory(self.gateway, NativeConfig(), self.clock)
+        wire = Wire(self.factory, EXTERNAL, secure=True)
+        r, mech = login(wire, "carol", "carol-pw")
+        self.assertEqual(r.code, 200)
+        mech.verifyFinal(r.body)
+        [session] = hs2.homeServer.sessionsOf(CAROL)
+        self.assertEqual(r.headers.get("Session"), session.sessionId)
+        self.assertEqual(self.sessionsOf(CAROL), 0)
+        self.assertFalse(wire.transport.disconnecting)
+        self.assertEqual(wire.call("PUBLISH", "*", [("Presence", "away")]).code, 200)
+        self.assertIs(session.presence.state, PresenceState.AWAY)
+        session.client.messageReceived(Message(ALICE, CAROL, "hi carol"))
+        [message] = [f for f in wire.frames() if isinstance(f, Request)]
+        self.assertEqual((message.method, message.body), ("MESSAGE", b"hi carol"))
+
+    def test_proxyUnavailable(self) -> None:
+        """
+        When the proxied session cannot be opened (the home server cannot
+        be reached), carol gets C{503}.
+        """
+        self.gateway, hs2 = proxiedGateway(self.clock)
+        self.gateway.proxy = FailingProxy()
+        self.factory = NativeServerFactory(self.gateway, NativeConfig(), self.clock)
+        wire = Wire(self.factory, EXTERNAL, secure=True)
+        r, mech = login(wire, "carol", "carol-pw")
+        self.assertEqual((r.code, r.reason), (503, "Your home server is unavailable"))
 
     def test_homedHereServed(self) -> None:
         """

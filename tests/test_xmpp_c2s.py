@@ -25,6 +25,7 @@ from imgateway.auth.sasl import clientMechanism
 from imgateway.config import ConfigTable
 from imgateway.core.address import Address
 from imgateway.core.errors import ConfigError
+from imgateway.core.events import Message
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
 from imgateway.testing import (
@@ -39,7 +40,7 @@ from imgateway.testing import (
     writePEM,
 )
 from tests.test_native_mapping import scrambleCoreValues
-from tests.test_router_front import CAROL, EXTERNAL, INTERNAL, routerGateway
+from tests.test_router_front import CAROL, EXTERNAL, INTERNAL, FailingProxy, proxiedGateway, routerGateway
 from tests.test_net_certificates import DAY, NOW
 
 HEADER = (
@@ -732,6 +733,45 @@ class RouterFaceTests(SynchronousTestCase):
         self.assertEqual(c.streamError(elements), "policy-violation")
         self.assertIn("not served here to your network", elements[0].toXml())
         self.assertTrue(c.closed)
+
+    def test_proxied(self) -> None:
+        """
+        On a router that proxies sessions, carol from outside the internal
+        networks binds a resource as on her home server: the session is
+        opened through the gateway's C{proxy} (not here) with the resource
+        as its label, her presence goes to it, and a message it is told
+        reaches her.
+        """
+        self.gateway, hs2 = proxiedGateway(self.clock)
+        self.factory = C2SFactory(self.gateway, C2SConfig(requireTLS=False, allowPlaintextAuth=True), None, self.clock)
+        c = Client(self.factory, EXTERNAL)
+        jid = c.bind("carol", "carol-pw", "laptop")
+        self.assertEqual(jid, "carol@corp.example/laptop")
+        [session] = hs2.homeServer.sessionsOf(CAROL)
+        self.assertEqual(session.label, "laptop")
+        self.assertEqual(self.gateway.homeServer.sessionsOf(CAROL), [])
+        c.write("<presence><show>away</show></presence>")
+        c.read()
+        self.assertIs(session.presence.state, PresenceState.AWAY)
+        session.client.messageReceived(Message(Address.fromString("alice@corp.example"), CAROL, "hi carol"))
+        [message] = [e for e in c.read() if e.name == "message"]
+        self.assertEqual(str(message.body), "hi carol")
+
+    def test_proxyUnavailable(self) -> None:
+        """
+        When the proxied session cannot be opened, binding fails with
+        C{service-unavailable}.
+        """
+        self.gateway, hs2 = proxiedGateway(self.clock)
+        self.gateway.proxy = FailingProxy()
+        self.factory = C2SFactory(self.gateway, C2SConfig(requireTLS=False, allowPlaintextAuth=True), None, self.clock)
+        c = Client(self.factory, EXTERNAL)
+        c.login("carol", "carol-pw")
+        c.open()
+        c.write("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r</resource></bind></iq>")
+        [result] = c.read()
+        self.assertEqual(result["type"], "error")
+        self.assertIn("service-unavailable", result.toXml())
 
     def test_homedHere(self) -> None:
         """

@@ -1,0 +1,237 @@
+"""
+End-to-end tests of a router's proxied sessions (L{imgateway.router.proxy}):
+a router and a home server (C{hs1}) as two real C{twistd imgateway}
+processes sharing one data folder (so one SQLite directory), linked over
+TLS with both certificates checked (a test certificate authority), real TCP
+on loopback. A client from 127.0.0.2, outside the router's internal
+network, logs in at the router and is served by a session on hs1, with a
+user logged in directly at hs1; killing hs1 ends the proxied session.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+
+from imgateway._testcerts import CertificateAuthority, certificatePEM, keyPEM, writePEM
+from imgateway.core.address import Address
+from imgateway.core.errors import ServiceUnavailable, UserOffline
+from imgateway.core.presence import PresenceState
+from imgateway.client.protocol import goodbye
+from tests.e2e.harness import DOMAIN, GatewayProcess, connectClient, failureOf, freePort, makeCertificates, reactor
+from tests.e2e.xmppclient import XMPPAgent
+
+PASSWORDS = {"alice": "alice-pw-1", "carol": "carol-pw-1"}
+ALICE = Address.fromString(f"alice@{DOMAIN}")
+CAROL = Address.fromString(f"carol@{DOMAIN}")
+
+#: Where clients come from that are not in the router's internal network.
+OUTSIDE = "127.0.0.2"
+
+
+class ProxyPair:
+    """
+    A router (C{router}, roles C{["router"]}, internal network
+    C{127.0.0.1/32}) and a home server C{hs1} (alice and carol), linked
+    over TLS: hs1 listens for links, the router connects. Both run the
+    native face; with C{xmpp}, the c2s face too.
+    """
+
+    def __init__(self, testCase: TestCase, xmpp: bool = False, maxSessions: int = 1000) -> None:
+        folder = os.path.abspath(testCase.mktemp())
+        os.makedirs(folder)
+        self.testCase = testCase
+        shared = os.path.join(folder, "data")
+        authority = CertificateAuthority()
+        roots = writePEM(os.path.join(folder, "ca.crt"), certificatePEM(authority.certificate))
+        self.linkPort = freePort()
+        self.routerPort, self.homePort = freePort(), freePort()
+        servers: dict[str, dict[str, object]] = {
+            "router": {"roles": ["router"], "tls_name": "router.corp.example", "native": f"127.0.0.1:{self.routerPort}"},
+            "hs1": {
+                "roles": ["home"],
+                "link": f"127.0.0.1:{self.linkPort}",
+                "tls_name": "hs1.corp.example",
+                "native": f"127.0.0.1:{self.homePort}",
+            },
+        }
+
+        def links(name: str) -> dict[str, object]:
+            key, certificate = authority.issue([f"{name}.corp.example"], clientAuth=True)
+            table: dict[str, object] = {
+                "certificate": writePEM(os.path.join(folder, f"{name}.crt"), certificatePEM(certificate)),
+                "private_key": writePEM(os.path.join(folder, f"{name}.key"), keyPEM(key)),
+                "trust_roots": roots,
+                "request_timeout": 3,
+                "reconnect_max_delay": 2,
+                "max_sessions": maxSessions,
+            }
+            if name == "hs1":
+                table["listen"] = [f"tcp:{self.linkPort}:interface=127.0.0.1"]
+            return table
+
+        routerExtra: dict[str, Any] = {}
+        homeExtra: dict[str, Any] = {}
+        routerWait, homeWait = [self.routerPort], [self.homePort, self.linkPort]
+        if xmpp:
+            self.caPath, serverDir = makeCertificates(os.path.join(folder, "certs"), DOMAIN)
+            pem = os.path.join(serverDir, f"{DOMAIN}.pem")
+            self.routerXMPPPort, self.homeXMPPPort = freePort(), freePort()
+            servers["hs1"]["xmpp"] = f"127.0.0.1:{self.homeXMPPPort}"
+            keys = {"certificate": pem, "private_key": pem}
+            routerExtra["xmpp"] = {"listen": [f"tcp:{self.routerXMPPPort}:interface=127.0.0.1"], **keys}
+            homeExtra["xmpp"] = {"listen": [f"tcp:{self.homeXMPPPort}:interface=127.0.0.1"], **keys}
+            routerWait.append(self.routerXMPPPort)
+            homeWait.append(self.homeXMPPPort)
+        common: dict[str, Any] = {"servers": servers, "router": {"internal_networks": ["127.0.0.1/32"]}}
+        self.router = GatewayProcess(
+            testCase,
+            {**common, "gateway": {"home_server": "router", "data_dir": shared}, "links": links("router"), **routerExtra},
+            directory=os.path.join(folder, "router"),
+            port=self.routerPort,
+            waitPorts=routerWait,
+        )
+        self.home = GatewayProcess(
+            testCase,
+            {**common, "gateway": {"home_server": "hs1", "data_dir": shared}, "links": links("hs1"), **homeExtra},
+            directory=os.path.join(folder, "hs1"),
+            port=self.homePort,
+            waitPorts=homeWait,
+        )
+        # Made with hs1's configuration: homed on hs1.
+        self.home.addUsers(PASSWORDS)
+
+    async def start(self) -> None:
+        await self.home.start()
+        await self.router.start()
+
+    @property
+    def outside(self) -> str:
+        """
+        The router's native endpoint, from outside its internal network.
+        """
+        return f"{self.router.endpoint}:bindAddress={OUTSIDE}"
+
+
+class NativeProxyTests(TestCase):
+    """
+    A native client proxied by the router to hs1.
+    """
+
+    async def test_proxied(self) -> None:
+        """
+        carol logs in at the router from 127.0.0.2 and is served by a
+        session on hs1 (the router logs the decision with her address; hs1
+        logs the proxied session); she and alice, logged in at hs1, subscribe
+        to each other, see each other's presence changes and exchange
+        messages, with the statuses a home server gives (480 before she may
+        see alice's presence is not at issue here: both authorise).
+        """
+        pair = ProxyPair(self)
+        await pair.start()
+        aliceClient, alice = await connectClient(self, pair.home.endpoint, "alice", PASSWORDS["alice"])
+        carolClient, carol = await connectClient(self, pair.outside, "carol", PASSWORDS["carol"], label="laptop")
+        self.assertEqual(str(carolClient.address), str(CAROL))
+        self.assertEqual(carolClient.transport.getPeer().port, pair.routerPort)  # type: ignore[union-attr]
+        self.assertIn(f"Proxying carol@{DOMAIN} (native, from IPv4Address(type='TCP', host='{OUTSIDE}'", pair.router.log())
+        self.assertIn(f"of carol@{DOMAIN} opened for server router", pair.home.log())
+
+        # Subscriptions both ways, answered across the router.
+        await carolClient.subscribe(ALICE)
+        await alice.waitForSubscription(CAROL, "subscribe", timeout=10)
+        await aliceClient.authorise(CAROL, True)
+        await aliceClient.subscribe(CAROL)
+        await carol.waitForSubscription(ALICE, "subscribe", timeout=10)
+        await carolClient.authorise(ALICE, True)
+
+        # Presence both ways.
+        await aliceClient.publish(PresenceState.BUSY, "meeting")
+        await carol.waitForPresence(ALICE, PresenceState.BUSY, timeout=10)
+        await carolClient.publish(PresenceState.AWAY, "lunch")
+        await alice.waitForPresence(CAROL, PresenceState.AWAY, timeout=10)
+        contacts = await carolClient.contacts()
+        [entry] = [c for c in contacts["contacts"] if c["address"] == str(ALICE)]
+        self.assertEqual((entry["subscription"], entry["presence"]), ("both", "busy"))
+
+        # Messages both ways.
+        await carolClient.sendMessage(ALICE, "hello alice, from outside")
+        await alice.waitForMessage(CAROL, "hello alice, from outside", timeout=10)
+        await aliceClient.sendMessage(CAROL, "hello carol")
+        await carol.waitForMessage(ALICE, "hello carol", timeout=10)
+
+        # A status from hs1 comes back to the proxied sender unchanged.
+        await aliceClient.publish(PresenceState.OFFLINE)
+        await failureOf(carolClient.sendMessage(ALICE, "still there?"), UserOffline)
+
+    async def test_homeKilled(self) -> None:
+        """
+        Killing hs1 (SIGKILL) ends carol's proxied session promptly: the
+        router closes her connection, as a home server that stops does.
+        """
+        pair = ProxyPair(self)
+        await pair.start()
+        carolClient, carol = await connectClient(self, pair.outside, "carol", PASSWORDS["carol"])
+        self.assertIn(f"Proxying carol@{DOMAIN}", pair.router.log())
+        started = time.monotonic()
+        await pair.home.stop(signal.SIGKILL)
+        await carol.waitFor(lambda: carol.disconnects or None, timeout=5, description="carol disconnected")
+        self.assertLess(time.monotonic() - started, 5.0)
+        self.assertIn("closing its 1 proxied sessions", pair.router.log())
+
+    async def test_maxSessions(self) -> None:
+        """
+        With C{[links] max_sessions = 1}, a second proxied login is answered
+        C{503} while the first is open, and logged.
+        """
+        pair = ProxyPair(self, maxSessions=1)
+        await pair.start()
+        await connectClient(self, pair.outside, "carol", PASSWORDS["carol"])
+        e = await failureOf(connectClient(self, pair.outside, "alice", PASSWORDS["alice"]), ServiceUnavailable)
+        self.assertEqual(e.text, "Your home server is unavailable")
+        self.assertIn("1 proxied sessions on its link already ([links] max_sessions)", pair.router.log())
+
+
+class XMPPProxyTests(TestCase):
+    """
+    An XMPP client (slixmpp) proxied by the router to hs1.
+    """
+
+    async def test_proxied(self) -> None:
+        """
+        slixmpp logs in at the router from 127.0.0.2 over STARTTLS and its
+        session is on hs1; alice, at hs1 with the native client, and carol
+        exchange messages and see each other's presence.
+        """
+        pair = ProxyPair(self, xmpp=True)
+        await pair.start()
+        aliceClient, alice = await connectClient(self, pair.home.endpoint, "alice", PASSWORDS["alice"])
+        # Subscribed both ways before carol logs in over XMPP.
+        carolNative, carolRecorder = await connectClient(self, pair.home.endpoint, "carol", PASSWORDS["carol"], label="setup")
+        await carolNative.subscribe(ALICE)
+        await alice.waitForSubscription(CAROL, "subscribe", timeout=10)
+        await aliceClient.authorise(CAROL, True)
+        await aliceClient.subscribe(CAROL)
+        await carolRecorder.waitForSubscription(ALICE, "subscribe", timeout=10)
+        await carolNative.authorise(ALICE, True)
+        await goodbye(carolNative, reactor())
+        await alice.waitForPresence(CAROL, PresenceState.OFFLINE, timeout=10)
+
+        agent = XMPPAgent(
+            self, f"carol@{DOMAIN}/agent", PASSWORDS["carol"], pair.routerXMPPPort, tls="starttls", caFile=pair.caPath, bindAddress=OUTSIDE
+        )
+        await agent.start()
+        self.assertIn(f"Proxying carol@{DOMAIN} (xmpp, from IPv4Address(type='TCP', host='{OUTSIDE}'", pair.router.log())
+        await alice.waitForPresence(CAROL, PresenceState.ONLINE, timeout=10)
+        await agent.waitForPresence(str(ALICE), timeout=10)
+        await aliceClient.publish(PresenceState.BUSY, "meeting")
+        await agent.waitForPresence(str(ALICE), show="dnd", status="meeting", timeout=10)
+        agent.setPresence(show="away", status="lunch")
+        await alice.waitForPresence(CAROL, PresenceState.AWAY, timeout=10)
+        agent.message(str(ALICE), "hi alice, from slixmpp")
+        await alice.waitForMessage(CAROL, "hi alice, from slixmpp", timeout=10)
+        await aliceClient.sendMessage(CAROL, "hi carol over xmpp")
+        await agent.waitForMessage(str(ALICE), "hi carol over xmpp", timeout=10)

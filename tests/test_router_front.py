@@ -244,8 +244,8 @@ class DecideFrontTests(SynchronousTestCase):
     def test_external(self) -> None:
         """
         A client in none of the internal networks, of a user homed on
-        another server, is answered as unavailable (its session would be
-        proxied, a later slice), and that is logged.
+        another server, is answered as unavailable when this process cannot
+        proxy sessions (it has no links), and that is logged.
         """
         for peer in (EXTERNAL, UNIXAddress(b"/tmp/socket")):
             with capturedLogs() as events:

@@ -5,7 +5,8 @@ one data folder (so one SQLite directory), real TCP on loopback. A native
 client (the shipped library and C{imgateway-client}) and a real XMPP client
 (slixmpp) from 127.0.0.1, an internal network, are redirected to the home
 server and log in there; from 127.0.0.2, outside it, they get the
-documented interim answer (native C{503}, XMPP C{<policy-violation/>}).
+documented answer for a router without links to proxy over (native C{503},
+XMPP C{<policy-violation/>}); proxied sessions are in C{test_router_proxy}.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ class NativeRedirectTests(TestCase):
     async def test_externalUnavailable(self) -> None:
         """
         From 127.0.0.2, outside the internal network, carol's login at the
-        router is answered C{503} (the proxy is a later slice) and the
+        router is answered C{503} (it has no link to hs1 to proxy over) and the
         router logs why; nothing reaches hs1.
         """
         pair = RouterAndHome(self)

@@ -35,6 +35,7 @@ from imgateway.core.presence import OFFLINE, Presence, PresenceState
 from imgateway.core.records import AccessList, AuthorisationState, ContactView, PresenceRule, Subscription
 from imgateway.interfaces import IHomeServer, ILinkRoutes, IRoute, ISession, ISessionClient
 from imgateway.router.link import LinkClient, LinkReceiver, LinkTraces
+from imgateway.router.link_codec import encodeRequest
 from imgateway.router.proxy import LINK_LOST, ProxyHomeServer, RemoteSession, SessionHost, installProxy
 from imgateway.testing import RecordingSessionClient
 
@@ -681,3 +682,36 @@ class InstallTests(SynchronousTestCase):
         self.assertIsNone(installProxy(self.gateway(config), links, FakeLocator()))
         self.assertIn("SESSION", links.receiver.handlers)
         self.assertNotIn("CLIENT", links.receiver.backHandlers)
+
+
+class BackMethodTests(ProxyTestCase):
+    """
+    What a home server may send back on the connection a router opened.
+    """
+
+    def test_onlyBackMethods(self) -> None:
+        """
+        On the connection the router opened, the home server's C{CLIENT}
+        and C{PING} are answered, and nothing else: an event request gets
+        C{405} (events go on the home server's own link, under the
+        origination rule).
+        """
+        [connection] = self.server.factory.connections
+        ping = connection.request(Request("PING", "*", Headers()))
+        event = connection.request(
+            encodeRequest(Message(ALICE, CAROL, "sneaked"), ("corp.example/hs1",), 8, "r-1")
+        )
+        self.network.flush()
+        self.assertEqual(self.successResultOf(ping).code, 200)
+        self.assertEqual(self.successResultOf(event).code, 405)
+
+    def test_whenLostAfterLoss(self) -> None:
+        """
+        An observer added to a connection that is already lost is called at
+        once.
+        """
+        [connection] = self.server.factory.connections
+        self.drop()
+        lost: list[object] = []
+        connection.whenLost(lost.append)
+        self.assertEqual(lost, [connection])

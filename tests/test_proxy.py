@@ -634,6 +634,18 @@ class LinkLossTests(ProxyTestCase):
         self.assertEqual(self.proxy.sessionCount(self.link), 0)
         self.assertTrue(self.messages("closing its 2 proxied sessions"))
 
+    def test_inFlightFailsAtOnce(self) -> None:
+        """
+        A request of a proxied session still unanswered when its link
+        connection is lost fails at once with L{ServiceUnavailable}, not
+        after C{request_timeout}.
+        """
+        session, home, client = self.open()
+        d = session.contacts()
+        self.drop()
+        self.assertEqual(str(self.failureResultOf(d, ServiceUnavailable).value), LINK_LOST)
+        self.clock.advance(10)
+
     def test_reopenAfterReconnect(self) -> None:
         """
         Once the link is back, sessions open again; a request for a session

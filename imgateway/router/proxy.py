@@ -235,6 +235,7 @@ class RemoteSession:
         self.client = client
         self.presence: Presence = OFFLINE
         self.closed = False
+        self._inFlight: set[Deferred[Any]] = set()
 
     def __repr__(self) -> str:
         return f"<RemoteSession {self.sessionId} {self.address} on {self._link.name}>"
@@ -244,7 +245,23 @@ class RemoteSession:
             return fail(ServiceUnavailable("the session has ended"))
         body = _body(arguments) if arguments is not None else b""
         request = Request(SESSION_METHOD, operation, Headers((("Session", self.sessionId),)), body)
-        return self._link.request(request).addCallback(decodeResult)
+        # Answered by the link, or failed at once when the session ends
+        # first (its link connection lost): never left to wait for a resend
+        # the home server would refuse.
+        out: Deferred[Any] = Deferred()
+        self._inFlight.add(out)
+
+        def settled(result: object) -> None:
+            self._inFlight.discard(out)
+            if out.called:
+                return
+            if isinstance(result, Failure):
+                out.errback(result)
+            else:
+                out.callback(result)
+
+        self._link.request(request).addBoth(settled)
+        return out.addCallback(decodeResult)
 
     def publish(self, presence: Presence, lease: float | None = None) -> float:
         granted = self._proxy.config.home.grantLease(lease)
@@ -315,6 +332,9 @@ class RemoteSession:
             return
         self.closed = True
         self._proxy._forget(self)
+        inFlight, self._inFlight = self._inFlight, set()
+        for d in inFlight:
+            d.errback(ServiceUnavailable(reason))
         self.client.sessionClosed(reason)
 
 

@@ -178,8 +178,11 @@ class NativeProxyTests(TestCase):
         self.assertIn(f"Proxying carol@{DOMAIN}", pair.router.log())
         started = time.monotonic()
         await pair.home.stop(signal.SIGKILL)
-        await carol.waitFor(lambda: carol.disconnects or None, timeout=5, description="carol disconnected")
+        # Waiting for the connection's end itself (not the recorder's
+        # disconnected(), which comes while the client is still closing).
+        await carolClient.whenClosed().addTimeout(5, reactor())
         self.assertLess(time.monotonic() - started, 5.0)
+        self.assertEqual(len(carol.disconnects), 1)
         self.assertIn("closing its 1 proxied sessions", pair.router.log())
 
     async def test_maxSessions(self) -> None:
@@ -235,3 +238,21 @@ class XMPPProxyTests(TestCase):
         await alice.waitForMessage(CAROL, "hi alice, from slixmpp", timeout=10)
         await aliceClient.sendMessage(CAROL, "hi carol over xmpp")
         await agent.waitForMessage(str(ALICE), "hi carol over xmpp", timeout=10)
+
+    async def test_homeKilled(self) -> None:
+        """
+        Killing hs1 (SIGKILL) ends slixmpp's proxied session promptly: the
+        router ends its stream.
+        """
+        pair = ProxyPair(self, xmpp=True)
+        await pair.start()
+        agent = XMPPAgent(
+            self, f"carol@{DOMAIN}/agent", PASSWORDS["carol"], pair.routerXMPPPort, tls="starttls", caFile=pair.caPath, bindAddress=OUTSIDE
+        )
+        await agent.start()
+        self.assertIn(f"Proxying carol@{DOMAIN} (xmpp", pair.router.log())
+        started = time.monotonic()
+        await pair.home.stop(signal.SIGKILL)
+        await agent.waitForEvent("disconnected", timeout=5)
+        self.assertLess(time.monotonic() - started, 5.0)
+        self.assertIn("closing its 1 proxied sessions", pair.router.log())

@@ -700,6 +700,11 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             self._error(iq, "internal-server-error", "cancel")
 
     def _logFailure(self, f: Failure, doing: str) -> None:
+        if f.check(ServiceUnavailable):
+            # The home server is stopping, or a proxied session's home
+            # server went away (imgateway.router.proxy): expected, no bug.
+            self.log.info("{doing} for {jid} failed: {error}", doing=doing.capitalize(), jid=self.fullJID, error=f.getErrorMessage())
+            return
         self.log.failure("While {doing} for {jid}", f, doing=doing, jid=self.fullJID)
 
     def _error(

@@ -285,6 +285,20 @@ class OpenTests(ProxyTestCase):
         self.assertEqual(self.home.sessions, [])
         self.assertTrue(self.messages("not homed on hs1"))
 
+    def test_directoryFails(self) -> None:
+        """
+        When the home server cannot read the directory, it opens no session
+        and answers C{503} (logged, no traceback); the router fails the
+        login with L{ServiceUnavailable}.
+        """
+        self.server.locator.homeOf = lambda address: fail(PersistenceFailed("directory unreachable"))  # type: ignore[method-assign]
+        d = self.proxy.openSession(ALICE, RecordingSessionClient(), "")
+        self.network.flush()
+        self.failureResultOf(d, ServiceUnavailable)
+        self.assertEqual(self.home.sessions, [])
+        self.assertTrue(self.messages("the directory cannot be read: directory unreachable"))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_onlyRouters(self) -> None:
         """
         A home server takes C{SESSION} requests only from a peer with the

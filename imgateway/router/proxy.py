@@ -650,7 +650,12 @@ class SessionHost:
             label = str(data.get("label", ""))
         except (ValueError, KeyError, TypeError) as e:
             return _error(400, f"bad open request: {e}"[:MAX_DETAIL_CHARS])
-        if address.domain != self.config.domain or await self._locator.homeOf(address) != self.config.homeServerName:
+        try:
+            home = await self._locator.homeOf(address) if address.domain == self.config.domain else None
+        except Exception as e:
+            log.warn("Link from {peer}: a session for {user} not opened (503): the directory cannot be read: {error}", peer=connection.peer, user=address, error=e)
+            return _error(503, "cannot check the user's home server now")
+        if home != self.config.homeServerName:
             log.warn("Link from {peer}: a session for {user} refused (403): not homed on {name}", peer=connection.peer, user=address, name=self.config.homeServerName)
             return _error(403, "not homed here")
         limit = self.config.links.maxSessions

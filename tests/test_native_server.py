@@ -393,6 +393,155 @@ class LimitTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertTrue(w.transport.disconnecting)
 
 
+class PreAuthBytesTests(NativeFaceTestsMixin, SynchronousTestCase):
+    """
+    C{pre_auth_bytes}: what a connection may send before a successful AUTH
+    (blank lines included, which take no token), counted in bytes received
+    however they are cut; past it, BYE C{pre-auth-bytes} and the connection
+    is closed.
+    """
+
+    config = NativeConfig(preAuthBytes=300)
+
+    def stream(self, size: int) -> bytes:
+        """
+        C{size} bytes: OPTIONS (Seq 1), blank lines, then PING (Seq 2)
+        ending at the last byte.
+        """
+        head = serialise(Request("OPTIONS", "*", Headers.of(("Seq", "1"))))
+        tail = serialise(Request("PING", "*", Headers.of(("Seq", "2"))))
+        pad = size - len(head) - len(tail)
+        assert pad >= 2, pad
+        return head + b"\n" * (pad % 2) + b"\r\n" * (pad // 2) + tail
+
+    def cuts(self, data: bytes) -> list[list[bytes]]:
+        """
+        C{data} as one write, one byte per write, and two writes split at
+        every offset.
+        """
+        return [[data], [data[i : i + 1] for i in range(len(data))]] + [[data[:i], data[i:]] for i in range(1, len(data))]
+
+    def connectAndSend(self, writes: list[bytes], n: int) -> Wire:
+        """
+        A new connection (from an address of its own, clear of the
+        per-source limits) that sends C{writes}.
+        """
+        w = Wire(self.factory, IPv4Address("TCP", f"10.0.{n // 250}.{n % 250 + 1}", 40000))
+        for data in writes:
+            w.raw(data)
+        return w
+
+    def test_boundary(self) -> None:
+        """
+        Exactly C{pre_auth_bytes} bytes before login are handled as usual
+        (OPTIONS and PING answered, the connection open); with one byte
+        more, the OPTIONS is answered, then BYE C{pre-auth-bytes}, the
+        connection is closed and the PING (its last byte past the limit)
+        never handled; the same however the bytes are cut.
+        """
+        limit = self.config.preAuthBytes
+        n = 0
+        for size, closed in [(limit, False), (limit + 1, True)]:
+            for writes in self.cuts(self.stream(size)):
+                n += 1
+                w = self.connectAndSend(writes, n)
+                frames = w.frames()
+                summary = [(type(f).__name__, f.seq, getattr(f, "code", None) or getattr(f, "method", None)) for f in frames]
+                if closed:
+                    self.assertEqual(summary, [("Response", 1, 200), ("Request", 1, "BYE")], (size, len(writes)))
+                    assert isinstance(frames[1], Request)
+                    self.assertEqual(frames[1].headers.get("Reason"), "pre-auth-bytes")
+                    self.assertTrue(w.transport.disconnecting)
+                    w.raw(pings(3, 1))
+                    self.assertEqual(w.frames(), [])
+                else:
+                    self.assertEqual(summary, [("Response", 1, 200), ("Response", 2, 200)], (size, len(writes)))
+                    self.assertFalse(w.transport.disconnecting)
+                w.protocol.connectionLost()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_blankLineFlood(self) -> None:
+        """
+        Blank lines take no token, but they count: a connection that sends
+        nothing else is closed at the limit, long before C{login_timeout}.
+        """
+        w = self.wire()
+        for _ in range(10):
+            w.raw(b"\r\n" * 64)
+        [bye] = w.frames()
+        assert isinstance(bye, Request)
+        self.assertEqual((bye.method, bye.headers.get("Reason")), ("BYE", "pre-auth-bytes"))
+        self.assertTrue(w.transport.disconnecting)
+        self.assertEqual(self.clock.seconds(), 0)
+
+    def test_notCountedOnceLoggedIn(self) -> None:
+        """
+        Counting stops at the successful AUTH: a logged-in connection may
+        send any number of bytes.
+        """
+        w = self.loggedIn()
+        w.raw(b"\r\n" * self.config.preAuthBytes + pings(10, 1))
+        self.assertEqual([(r.seq, r.code) for r in w.frames() if isinstance(r, Response)], [(10, 200)])
+        self.assertFalse(w.transport.disconnecting)
+
+    def test_overDuringLogin(self) -> None:
+        """
+        Bytes past the limit that arrive while an AUTH is being checked
+        (over TLS, decrypted records may still come in) end the connection;
+        the login that succeeds afterwards opens no session.
+        """
+        portal = SlowPortal(self.gateway.portal)
+        self.gateway.portal = portal  # type: ignore[assignment]
+        w = self.wire()
+        w.raw(serialise(Request("AUTH", "*", Headers.of(("Seq", "1"), ("Mechanism", "PLAIN")), b"\0alice\0alice-pw")))
+        w.raw(b"\r\n" * self.config.preAuthBytes)
+        [bye] = w.frames()
+        assert isinstance(bye, Request)
+        self.assertEqual(bye.headers.get("Reason"), "pre-auth-bytes")
+        self.assertTrue(w.transport.disconnecting)
+        portal.release()
+        w.protocol.connectionLost()
+        self.assertEqual(self.gateway.homeServer.users(), [])
+        self.assertEqual(self.factory.unauthenticated, 0)
+
+    def test_scramLoginWithinDefault(self) -> None:
+        """
+        The shipped C{pre_auth_bytes} holds the largest legitimate exchange
+        before login (C{docs/protocol.md} section 4): OPTIONS, two failed
+        SCRAM-SHA-256 logins (one more would end the connection) and a
+        successful one, with a frame at the framing limits pipelined behind
+        its last AUTH in the same write; what follows the login is not
+        counted.
+        """
+        self.factory.config = config = NativeConfig()
+        self.assertEqual(config.preAuthBytes, 262144)
+        w = self.wire()
+        self.assertEqual(w.call("OPTIONS").code, 200)
+        for _ in range(2):
+            self.assertEqual(w.login("alice", "wrong", "SCRAM-SHA-256").code, 401)
+        mech = clientMechanism("SCRAM-SHA-256", "alice", "alice-pw")
+        r = w.call("AUTH", "*", [("Mechanism", "SCRAM-SHA-256")], mech.start())
+        self.assertEqual(r.code, 110)
+        final = serialise(Request("AUTH", "*", Headers.of(("Seq", "100")), mech.step(r.body)))
+        lines = len("Seq: 101\r\n") + len(f"Content-Length: {config.maxBodyBytes}\r\n") + len("X-Pad: \r\n")
+        big = serialise(
+            Request(
+                "MESSAGE",
+                "im:bob@corp.example",
+                Headers.of(("Seq", "101"), ("X-Pad", "p" * (config.maxHeaderBytes - lines))),
+                b"x" * config.maxBodyBytes,
+            )
+        )
+        w.raw(final + big)
+        responses = {r.seq: r for r in w.frames() if isinstance(r, Response)}
+        self.assertEqual(responses[100].code, 200)
+        mech.verifyFinal(responses[100].body)
+        self.assertIn(101, responses)
+        w.raw(b"\r\n" * config.preAuthBytes + pings(102, 1))
+        self.assertEqual([(r.seq, r.code) for r in w.frames() if isinstance(r, Response)], [(102, 200)])
+        self.assertFalse(w.transport.disconnecting)
+
+
 def messageFrames(count: int, to: str = "bob@corp.example") -> list[bytes]:
     """
     C{count} MESSAGE requests to C{to}, with sequence numbers from 1 and
@@ -1292,6 +1441,13 @@ class ConfigTests(SynchronousTestCase):
         e = self.assertRaises(ConfigError, parse, {"answer_window": 2**31 - 1})
         self.assertIn("answer_window: must be below 2147483647", str(e))
         self.assertRaises(ConfigError, parse, {"frames_per_turn": 0})
+
+    def test_preAuthBytes(self) -> None:
+        """
+        C{pre_auth_bytes} is read, and must be positive.
+        """
+        self.assertEqual(parse({"pre_auth_bytes": 5000}).preAuthBytes, 5000)
+        self.assertRaises(ConfigError, parse, {"pre_auth_bytes": 0})
 
 
 class SendQueueTests(NativeFaceTestsMixin, SynchronousTestCase):

@@ -731,6 +731,37 @@ class LimitTests(TestCase):
         self.assertEqual([b.headers.get("Reason") for b in byes], ["login-timeout"])
 
 
+class PreAuthBytesTests(TestCase):
+    """
+    C{pre_auth_bytes} over a real socket, with the shipped default.
+    """
+
+    async def test_blankLineFlood(self) -> None:
+        """
+        A connection that floods blank lines (keep-alives, which take no
+        token) without logging in is closed once it has sent
+        C{pre_auth_bytes} (256 KiB), in well under C{login_timeout} (30 s);
+        if anything reaches it first, it is BYE C{pre-auth-bytes}. The
+        refusal is logged; a user logging in meanwhile is served.
+        """
+        gw = GatewayProcess(self)
+        gw.addUser("alice", PASSWORDS["alice"])
+        await gw.start()
+        flood = await gw.raw()
+        started = time.monotonic()
+        flood.send(b"\r\n" * (512 * 1024))
+        await flood.waitForClose(timeout=10)
+        self.assertLess(time.monotonic() - started, 10)
+        byes = [f for f in flood.frames if isinstance(f, Request)]
+        self.assertEqual([(b.method, b.headers.get("Reason")) for b in byes], [("BYE", "pre-auth-bytes")][: len(byes)])
+        self.assertEqual(flood.codes(), [])
+        alice, _ = await gw.client("alice", PASSWORDS["alice"])
+        await alice.ping()
+        self.assertIn("262144 bytes received before login (pre_auth_bytes)", gw.log())
+        self.assertTrue(gw.running)
+        self.assertEqual(gw.problems(), [])
+
+
 class ConfigErrorTests(TestCase):
     """
     A bad configuration stops C{twistd imgateway} before any port opens,

@@ -90,6 +90,7 @@ class NativeAdapter:
             maxSendQueueBytes=t.positive("max_send_queue_bytes", int, d.maxSendQueueBytes),
             framesPerTurn=t.positive("frames_per_turn", int, d.framesPerTurn),
             answerWindow=t.positive("answer_window", int, d.answerWindow),
+            preAuthBytes=t.positive("pre_auth_bytes", int, d.preAuthBytes),
         )
         if config.maxStartLineBytes < 64:
             raise t.error("max_start_line_bytes", "must be at least 64")

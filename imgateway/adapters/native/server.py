@@ -99,6 +99,7 @@ class NativeConfig:
     maxSendQueueBytes: int = 1048576
     framesPerTurn: int = 32
     answerWindow: int = 65536
+    preAuthBytes: int = 262144
 
     @property
     def limits(self) -> Limits:
@@ -242,6 +243,8 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         self._authFailures = 0
         self._loginTimer: IDelayedCall | None = None
         self._idleTimer: IDelayedCall | None = None
+        # Bytes received before a successful AUTH (pre_auth_bytes).
+        self._preAuthBytes = 0
         self._closing = False
         self._counted = False
         self._admission: Admission | None = None
@@ -413,10 +416,37 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             return
         if self._idleTimer is not None:
             self._idleTimer.reset(self.config.idleTimeout)
+        over = False
+        if self.session is None:
+            # pre_auth_bytes: the bytes within the budget are handled as
+            # usual, however the stream is cut; the first byte past it
+            # ends the connection (see _preAuthExceeded).
+            room = self.config.preAuthBytes - self._preAuthBytes
+            if len(data) > room:
+                data = data[:room]
+                over = True
+            self._preAuthBytes += len(data)
         self._parser.receive(data)
         if self._turnCall is None:
             self._turnFrames = 0  # a read: a turn of its own
         self._process()
+        if over:
+            self._preAuthExceeded()
+
+    def _preAuthExceeded(self) -> None:
+        """
+        More than C{pre_auth_bytes} were received before a successful
+        C{AUTH}: say BYE (C{pre-auth-bytes}) and close, handling nothing
+        more. Logged as refusals are: a few lines for a flood.
+        """
+        if self._closing:
+            return
+        self.gateway.connectionLimiter.refused(
+            self.transport.getPeer(),  # type: ignore[union-attr]
+            "native",
+            f"more than {self.config.preAuthBytes} bytes received before login (pre_auth_bytes)",
+        )
+        self._bye("pre-auth-bytes")
 
     def _process(self) -> None:
         """

@@ -264,13 +264,7 @@ class Authenticator:
             d = self._runBounded(checkPassword, stored, password)
 
             def decide(matches: bool) -> AccountRecord:
-                if record is None or not real or not matches:
-                    self.loginFailed(address, source)
-                    raise AuthenticationFailed("wrong user name or password")
-                self.loginSucceeded(address, source)
-                if not record.enabled:
-                    raise AccountDisabled("account disabled")
-                return record
+                return self._outcome(address, source, record if real and matches else None)
 
             return d.addCallback(decide)
 
@@ -282,17 +276,25 @@ class Authenticator:
         the password.
         """
         d = self._runBounded(IPasswordDirectory(self.directory).checkPassword, address, password, inThread=False)
+        return d.addCallback(lambda record: self._outcome(address, source, record))
 
-        def decide(record: AccountRecord | None) -> AccountRecord:
-            if record is None:
-                self.loginFailed(address, source)
-                raise AuthenticationFailed("wrong user name or password")
-            self.loginSucceeded(address, source)
-            if not record.enabled:
-                raise AccountDisabled("account disabled")
-            return record
+    def _outcome(self, address: Address, source: str | None, record: AccountRecord | None) -> AccountRecord:
+        """
+        Count a password check's outcome for the login throttle, and say it.
 
-        return d.addCallback(decide)
+        @param record: The account, if the password matched it; C{None} for
+            a wrong password or an unknown account (one answer for both).
+        @raise AuthenticationFailed: If C{record} is C{None}.
+        @raise AccountDisabled: If the account is disabled (the password
+            was right).
+        """
+        if record is None:
+            self.loginFailed(address, source)
+            raise AuthenticationFailed("wrong user name or password")
+        self.loginSucceeded(address, source)
+        if not record.enabled:
+            raise AccountDisabled("account disabled")
+        return record
 
     def scramVerifier(
         self, address: Address, mechanism: str, source: str | None = None

@@ -309,6 +309,9 @@ class LinksConfig:
     @ivar maxSessions: Proxied client sessions on one link at once
         (L{imgateway.router.proxy}): a router opens no more over a link to
         a home server, and a home server takes no more on one connection.
+    @ivar dnsServers: The DNS servers asked for peer domains' C{_imgw._tcp}
+        SRV records and their targets' addresses; empty: the system's
+        resolver (C{/etc/hosts}, C{/etc/resolv.conf}).
     """
 
     listen: tuple[str, ...] = ()
@@ -323,6 +326,7 @@ class LinksConfig:
     reconnectMaxDelay: float = 60.0
     maxIncoming: int = 100
     maxSessions: int = 1000
+    dnsServers: tuple[HostPort, ...] = ()
 
 
 @frozen
@@ -438,6 +442,18 @@ def _hostPort(table: ConfigTable, key: str) -> HostPort | None:
         raise table.error(key, str(e)) from None
 
 
+def _hostPorts(table: ConfigTable, key: str) -> tuple[HostPort, ...]:
+    found = []
+    for item in table.get(key, list, []):
+        if not isinstance(item, str):
+            raise table.error(key, f"expected host:port strings, got {item!r}")
+        try:
+            found.append(parseHostPort(item))
+        except ValueError as e:
+            raise table.error(key, str(e)) from None
+    return tuple(found)
+
+
 def _parseRouter(t: ConfigTable) -> RouterConfig:
     networks = []
     for item in t.get("internal_networks", list, []):
@@ -467,6 +483,7 @@ def _parseLinks(t: ConfigTable, reactor: IReactorCore) -> LinksConfig:
         reconnectMaxDelay=t.positive("reconnect_max_delay", float, _LINKS.reconnectMaxDelay),
         maxIncoming=t.positive("max_incoming", int, _LINKS.maxIncoming),
         maxSessions=t.positive("max_sessions", int, _LINKS.maxSessions),
+        dnsServers=_hostPorts(t, "dns_servers"),
     )
     if (links.certificate is None) != (links.privateKey is None):
         raise t.error("certificate", "certificate and private_key go together")

@@ -372,8 +372,10 @@ def addLinks(top: MultiService, gateway: Gateway, reactor: Any, resolver: Any = 
     listeners, and the links to the other servers and peer domains, under
     C{top} (stopped before the home server, after the faces).
 
-    @param resolver: Resolves C{_imgw._tcp} SRV records; the system's
-        (L{imgateway.net.srv.systemResolver}) when C{None}.
+    @param resolver: Resolves C{_imgw._tcp} SRV records; when C{None},
+        one asking C{[links] dns_servers}
+        (L{imgateway.net.srv.serversResolver}), or the system's
+        (L{imgateway.net.srv.systemResolver}) if none are configured.
     @return: The L{imgateway.router.link.LinkService} (its routes become the
         router's C{linkRoutes}), or C{None} for a single-host gateway.
     @raise ConfigError: If the link certificate files are unusable, or
@@ -384,8 +386,12 @@ def addLinks(top: MultiService, gateway: Gateway, reactor: Any, resolver: Any = 
     peers = [s for s in config.servers.values() if s.link is not None and s.name != config.homeServerName]
     if not peers and not config.routes and not config.links.listen:
         return None
-    from imgateway.net.srv import systemResolver
+    from imgateway.net.srv import serversResolver, systemResolver
     from imgateway.router.link import makeLinkService
+
+    if resolver is None:
+        servers = [(s.host, s.port) for s in config.links.dnsServers]
+        resolver = (lambda: serversResolver(reactor, servers)) if servers else (lambda: systemResolver(reactor))
 
     locator = gateway.locator
     if locator is None:
@@ -395,7 +401,7 @@ def addLinks(top: MultiService, gateway: Gateway, reactor: Any, resolver: Any = 
         reactor,
         gateway.router,
         locator,
-        resolver=resolver if resolver is not None else (lambda: systemResolver(reactor)),
+        resolver=resolver,
         clock=gateway.clock,
     )
     links.service.setName("links")

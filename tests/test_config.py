@@ -304,6 +304,17 @@ class TopologyConfigTests(SynchronousTestCase):
         self.assertConfigError('[links]\nlisten = ["nonsense:1"]\n', "listen: bad endpoint")
         self.assertConfigError("[links]\nmax_hops = 0\n", "max_hops: must be greater than 0")
 
+    def test_linksDNSServers(self) -> None:
+        """
+        C{[links] dns_servers} lists the DNS servers asked for C{_imgw._tcp}
+        records as C{host:port}; none by default (the system's resolver).
+        """
+        self.assertEqual(self.load("").links.dnsServers, ())
+        config = self.load('[links]\ndns_servers = ["127.0.0.1:5353", "[::1]:53"]\n')
+        self.assertEqual(config.links.dnsServers, (HostPort("127.0.0.1", 5353), HostPort("::1", 53)))
+        self.assertConfigError('[links]\ndns_servers = ["127.0.0.1"]\n', "dns_servers: expected host:port")
+        self.assertConfigError("[links]\ndns_servers = [53]\n", "dns_servers: expected host:port strings")
+
     def test_routes(self) -> None:
         """
         C{[routes]} maps normalised peer domains to their routers' link

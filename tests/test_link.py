@@ -1057,6 +1057,24 @@ class GatewayLinksTests(SynchronousTestCase):
         self.assertIs(top.getServiceNamed("links"), links.service)
         self.assertIsInstance(links.routes.toServer("hs2"), LinkClient)
 
+    def test_dnsServers(self) -> None:
+        """
+        With C{[links] dns_servers}, the C{_imgw._tcp} look-ups ask those
+        servers only (no C{/etc/hosts}, no C{/etc/resolv.conf}).
+        """
+        from twisted.application.service import MultiService
+        from twisted.names import client
+
+        from imgateway.gateway import addLinks
+
+        config = configFor("hs1")
+        config = attrs.evolve(config, links=attrs.evolve(config.links, dnsServers=(HostPort("127.0.0.1", 5353),)))
+        links = addLinks(MultiService(), self.gateway(config), MemoryReactorClock())
+        resolver = links.routes.resolver()
+        asked = [r for r in resolver.resolvers if isinstance(r, client.Resolver)]
+        self.assertEqual([r.servers for r in asked], [[("127.0.0.1", 5353)]])
+        self.assertEqual([type(r).__name__ for r in resolver.resolvers], ["CacheResolver", "Resolver"])
+
     def test_stopClosesIncoming(self) -> None:
         """
         When the links stop, the incoming link connections are closed.

@@ -29,7 +29,7 @@ from twisted.names import dns
 from twisted.names.error import DNSNameError
 from zope.interface import implementer
 
-__all__ = ["SRVClientEndpoint", "SRVTarget", "orderSRV", "systemResolver"]
+__all__ = ["SRVClientEndpoint", "SRVTarget", "orderSRV", "serversResolver", "systemResolver"]
 
 log = Logger()
 
@@ -95,6 +95,21 @@ def systemResolver(reactor: Any) -> Any:
             cache.CacheResolver(reactor=reactor),
             client.Resolver(resolv="/etc/resolv.conf", reactor=reactor),
         ]
+    )
+
+
+def serversResolver(reactor: Any, servers: Sequence[tuple[str, int]]) -> Any:
+    """
+    A resolver that asks only C{servers} (no C{/etc/hosts}, no
+    C{/etc/resolv.conf}), with a cache, on C{reactor}.
+
+    @param servers: (host, port) pairs of DNS servers, asked in turn.
+    @return: An L{twisted.internet.interfaces.IResolver}.
+    """
+    from twisted.names import cache, client, resolve
+
+    return resolve.ResolverChain(
+        [cache.CacheResolver(reactor=reactor), client.Resolver(servers=list(servers), reactor=reactor)]
     )
 
 

@@ -985,6 +985,26 @@ class RoutesTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(self.routes.toDomain("xmpp.example")))
         self.assertEqual(self.resolver.asked.count("SRV _imgw._tcp.xmpp.example"), 1)
 
+    def test_federationWithoutLinkRoute(self) -> None:
+        """
+        A router with these routes sends events for a domain with neither a
+        static route nor an C{_imgw._tcp} record (an XMPP server's) to its
+        default route (XMPP federation); a domain with a static route or
+        an C{_imgw._tcp} record goes over a link instead.
+        """
+        from imgateway.router.router import Router
+        from tests.test_router import RecordingRoute
+
+        router = Router(domain="corp.example", serverName="hs1", locator=FakeLocator(), linkRoutes=self.routes)
+        federation = RecordingRoute()
+        router.setDefaultRoute(federation)
+        juliet = Address("juliet", "xmpp.example")
+        self.successResultOf(router.deliver(Message(ALICE, juliet, "over XMPP")))
+        router.deliver(Message(ALICE, ROMEO, "over the static link")).addErrback(lambda f: None)
+        self.failureResultOf(router.deliver(Message(ALICE, Address("far", "far.example"), "over SRV")), ServiceUnavailable)
+        self.assertEqual([e.recipient for e in federation.events], [juliet])
+        self.assertIn("SRV _imgw._tcp.xmpp.example", self.resolver.asked)
+
     def test_srvNeedsTLS(self) -> None:
         """
         A peer domain found by SRV is only ever reached over TLS: without a

@@ -231,8 +231,20 @@ def assembleGateway(
     locator = (
         DirectoryHomeLocator(directory, clock, config.router.directoryCacheSeconds) if config.servers else None
     )
+    # A process that is no router sends other domains' events through the
+    # routers of its domain, which hold the routes, certificates and
+    # federation that reach them.
+    domainRouters = (
+        [s.name for s in config.servers.values() if "router" in s.roles and s.link is not None]
+        if "router" not in config.roles
+        else []
+    )
     router = Router(
-        domain=config.domain, serverName=config.homeServerName, locator=locator, linkRoutes=linkRoutes
+        domain=config.domain,
+        serverName=config.homeServerName,
+        locator=locator,
+        linkRoutes=linkRoutes,
+        domainRouters=domainRouters,
     )
     home = None
     if "home" in config.roles:

@@ -289,6 +289,28 @@ class HomeRoutingTests(SynchronousTestCase):
         self.assertEqual(bodies, [["1"], ["2"], ["3"]])
         self.assertEqual([e.hops for e in peer.events], [1])
 
+    def test_throughDomainRouter(self) -> None:
+        """
+        A process that is not a router hands events for other domains to
+        one of its domain's routers over the link (the same one for a
+        domain every time), unless an adapter of its own registered a
+        route for that domain; it looks up no peer domain itself.
+        """
+        router = self.router(RecordingRoute())
+        router.domainRouters = ("r1", "r2")
+        r1, r2, peer, registered = RecordingRoute(), RecordingRoute(), RecordingRoute(), RecordingRoute()
+        self.links.servers.update({"r1": r1, "r2": r2})
+        self.links.domains["partner.example"] = peer
+        for body in ("1", "2"):
+            self.successResultOf(router.deliver(Message(ALICE, PARTNER, body)))
+        chosen = [r for r in (r1, r2) if r.events]
+        self.assertEqual(len(chosen), 1)
+        self.assertEqual([(e.body, e.hops) for e in chosen[0].events], [("1", 1), ("2", 1)])  # type: ignore[union-attr]
+        self.assertEqual(peer.events, [])
+        router.addRoute("partner.example", registered)
+        self.successResultOf(router.deliver(Message(ALICE, PARTNER, "3")))
+        self.assertEqual([e.body for e in registered.events], ["3"])  # type: ignore[union-attr]
+
     def test_noLinks(self) -> None:
         """
         Without server links (C{linkRoutes} is C{None}), a user of another

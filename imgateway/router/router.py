@@ -23,6 +23,8 @@ messages with the same client id are two messages.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
+from zlib import crc32
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
@@ -67,6 +69,11 @@ class Router:
         process has none: the other servers of the domain are then
         unavailable (C{503}), and peer domains reachable only through the
         routes adapters registered or the default route.
+    @ivar domainRouters: For a process that is not a router itself, the
+        names of its domain's routers: events for other domains that no
+        adapter of this process takes go to one of them over its link (the
+        routers alone hold the routes, certificates and federation of the
+        domain); empty to send them on from here.
     """
 
     log = Logger()
@@ -79,6 +86,7 @@ class Router:
         serverName: str | None = None,
         locator: IHomeLocator | None = None,
         linkRoutes: ILinkRoutes | None = None,
+        domainRouters: Sequence[str] = (),
     ) -> None:
         self._routes: dict[str, IRoute] = {}
         self.defaultRoute: IRoute | None = None
@@ -90,6 +98,7 @@ class Router:
         self.serverName = serverName
         self.locator = locator
         self.linkRoutes = linkRoutes
+        self.domainRouters = tuple(sorted(domainRouters))
 
     def addRoute(self, domain: str, route: IRoute, local: bool = False) -> None:
         """
@@ -175,8 +184,9 @@ class Router:
 
     def _toDomain(self, event: Event) -> Deferred[DeliveryStatus]:
         """
-        Deliver to the recipient's domain: its registered route, else its
-        router over a link, else the default route.
+        Deliver to the recipient's domain: its registered route, else (in a
+        process that is not a router) one of this domain's routers, else
+        the domain's router over a link, else the default route.
         """
         domain = event.recipient.domain
         route = self._routes.get(domain)
@@ -184,6 +194,11 @@ class Router:
             return self._via(route, event, domain in self.localDomains)
         if self.linkRoutes is None:
             return self._default(event)
+        if self.domainRouters:
+            # The same router for a domain every time (its link to that
+            # domain is then already up), spread over the routers.
+            name = self.domainRouters[crc32(domain.encode("utf-8")) % len(self.domainRouters)]
+            return self._via(self.linkRoutes.toServer(name), event, False)
         found: Deferred[IRoute | None] = maybeDeferred(self.linkRoutes.toDomain, domain)
 
         def chosen(peer: IRoute | None) -> Deferred[DeliveryStatus]:

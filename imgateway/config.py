@@ -620,7 +620,8 @@ def parseConfig(
     if servers and homeServerName not in servers:
         raise gw.error("home_server", f"{homeServerName!r} is not one of the [servers] tables ({', '.join(servers)})")
 
-    directory = _parseDirectory(top, path, homeServerName)
+    homeServers = [name for name, server in servers.items() if "home" in server.roles] if servers else None
+    directory = _parseDirectory(top, path, homeServerName, homeServers)
 
     adapters: dict[str, object] = {}
     for name in data:
@@ -658,10 +659,15 @@ def parseConfig(
     )
 
 
-def _parseDirectory(top: ConfigTable, path: FilePath[str], homeServerName: str) -> DirectoryConfig:
+def _parseDirectory(
+    top: ConfigTable, path: FilePath[str], homeServerName: str, homeServers: Sequence[str] | None = None
+) -> DirectoryConfig:
     """
     Read the C{[directory]} table (the SQLite directory when absent); its
     relative paths resolve against the folder of C{path}.
+
+    @param homeServers: The home servers among C{[servers]} (C{None}
+        without C{[servers]} tables).
     """
     d = top.table("directory")
     d.where = f"{path.path} [directory]"
@@ -679,7 +685,7 @@ def _parseDirectory(top: ConfigTable, path: FilePath[str], homeServerName: str) 
         raise d.error(
             "backend", f'"ldap" needs ldaptor, which is not installed (pip install "imgateway[ldap]"): {e}'
         ) from None
-    ldap = parseLDAPConfig(d, homeServerName)
+    ldap = parseLDAPConfig(d, homeServerName, homeServers)
     d.finish()
     return DirectoryConfig("ldap", ldap)
 

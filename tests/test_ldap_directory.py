@@ -437,6 +437,38 @@ class ConfigTests(SynchronousTestCase):
         self.assertRefused("default_home", **base, default_home="hs 2")
         self.assertRefused("mail_attribute", **base, mail_attribute="")
 
+    def test_manyServers(self) -> None:
+        """
+        With C{[servers]} tables, C{default_home} must name one of their
+        home servers, the same in every process: it is required when there
+        are several (a router's own name, or each home server's, would not
+        do), and defaults to the only one otherwise.
+        """
+        servers = {
+            "router": {"roles": ["router"]},
+            "hs1": {"roles": ["home"], "link": "127.0.0.1:5311"},
+            "hs2": {"roles": ["home", "router"], "link": "127.0.0.1:5312"},
+        }
+        directory = {"backend": "ldap", "url": "ldaps://ldap.corp.example", "base_dn": BASE}
+
+        def parse(name: str, servers: dict[str, object], **keys: object) -> DirectoryConfig:
+            data = {"gateway": {"domain": "corp.example", "home_server": name}, "servers": servers, "directory": {**directory, **keys}}
+            return parseConfig(data, self.folder.child("imgateway.toml"), Clock(), {}).directory  # type: ignore[arg-type]
+
+        for name in servers:
+            e = self.assertRaises(ConfigError, parse, name, servers)
+            self.assertIn("[directory]: default_home: required with several home servers in [servers] (hs1, hs2)", str(e))
+            config = parse(name, servers, default_home="hs2").ldap
+            assert config is not None
+            self.assertEqual(config.defaultHome, "hs2")
+            e = self.assertRaises(ConfigError, parse, name, servers, default_home="router")
+            self.assertIn("[directory]: default_home: must name a home server of [servers] (hs1, hs2), got 'router'", str(e))
+        oneHome = {"router": servers["router"], "hs1": servers["hs1"]}
+        config = parse("router", oneHome).ldap
+        assert config is not None
+        self.assertEqual(config.defaultHome, "hs1")
+        self.assertRaises(ConfigError, parse, "router", oneHome, default_home="hs2")
+
     def test_shippedExample(self) -> None:
         """
         The commented C{[directory]} table of C{etc/imgateway.toml}, once

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import string
+from collections.abc import Collection
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -492,12 +493,19 @@ def _readPasswordFile(table: _Table, key: str) -> str:
     return text
 
 
-def parseLDAPConfig(table: _Table, defaultHome: str) -> LDAPConfig:
+def parseLDAPConfig(table: _Table, defaultHome: str, homeServers: Collection[str] | None = None) -> LDAPConfig:
     """
     Read the keys of an LDAP C{[directory]} table (all but C{backend}).
 
     @param defaultHome: C{[gateway] home_server}: the default of
-        C{default_home}.
+        C{default_home} for a single-host gateway.
+    @param homeServers: With C{[servers]} tables, the names of those whose
+        roles include C{"home"} (C{None} without: a single-host gateway).
+        C{default_home} must then name one of them, the same in every
+        process of the domain, so it is required unless there is only one
+        (which is then its default): each process's own C{home_server}
+        would differ from process to process, and a router's is no home
+        server at all.
     @raise ConfigError: Naming the key at fault.
     """
     urlText = table.get("url", str)
@@ -539,9 +547,22 @@ def parseLDAPConfig(table: _Table, defaultHome: str) -> LDAPConfig:
         _checkTemplate(template)
     except ValueError as e:
         raise table.error("user_filter", str(e)) from None
-    home = table.get("default_home", str, defaultHome)
+    if homeServers is None:
+        home = table.get("default_home", str, defaultHome)
+    else:
+        homes = ", ".join(sorted(homeServers))
+        only = next(iter(homeServers)) if len(homeServers) == 1 else None
+        home = table.get("default_home", str, only or "")
+        if not home:
+            raise table.error(
+                "default_home",
+                f"required with several home servers in [servers] ({homes}): the home server of users whose entry"
+                " names none, the same in every process of the domain",
+            )
     if not simpleName(home):
         raise table.error("default_home", f"must be a simple name (letters, digits, '-', '.'), got {home!r}")
+    if homeServers is not None and home not in homeServers:
+        raise table.error("default_home", f"must name a home server of [servers] ({homes}), got {home!r}")
     disabledValues = table.get("disabled_values", list, [])
     if not all(isinstance(v, str) and v for v in disabledValues):
         raise table.error("disabled_values", "expected a list of non-empty strings")

@@ -544,6 +544,27 @@ class MessageTests(HomeServerTestsMixin, SynchronousTestCase):
         self.assertEqual(otherClient.presences[-1], (BOB, Presence(PresenceState.AWAY)))
         self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
 
+    def test_unavailableSessionNoTraceback(self) -> None:
+        """
+        A session whose client is unavailable (L{ServiceUnavailable}: the
+        router of a proxied session no longer has it, its client having
+        just left) is logged at C{info}, without a traceback, for a
+        presence as for a message; the message then fails as offline.
+        """
+        alice, aliceClient = self.online(ALICE)
+        bob, bobClient = self.online(BOB)
+        self.befriend(alice, bob)
+        aliceClient.failWith = ServiceUnavailable("the router answered 503")
+        bobClient.failWith = ServiceUnavailable("the router answered 503")
+        with capturedLogs() as events:
+            bob.publish(Presence(PresenceState.AWAY))
+            self.failureResultOf(alice.sendMessage(BOB, "still there?"), UserOffline)
+        self.assertEqual(self.flushLoggedErrors(ServiceUnavailable), [])
+        took = [formatEvent(e) for e in events if "could not take" in formatEvent(e)]
+        self.assertTrue(all(e.get("log_failure") is None for e in events))
+        self.assertIn(f"Session {alice} could not take a presence: the router answered 503", took)
+        self.assertIn(f"Session {bob} could not take message ", took[-1])
+
     def test_noSuchUser(self) -> None:
         """
         A message to an unknown user fails as for an offline one: the same

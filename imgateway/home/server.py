@@ -1005,10 +1005,21 @@ class HomeServer:
         """
         for session in list(sessions):
             d: Deferred[None] = maybeDeferred(call, session.client)
-            d.addErrback(self._pushFailed, session, what)
+            d.addErrback(self._sessionFailed, session, f"a {what}")
 
-    def _pushFailed(self, f: Failure, session: Session, what: str) -> None:
-        self.log.failure("Session {session} could not take a {what}", f, session=session, what=what)
+    def _sessionFailed(self, f: Failure, session: Session, what: str) -> None:
+        """
+        Log a session's client that could not take something: without a
+        traceback when it is unavailable (L{ServiceUnavailable}: the router
+        of a proxied session no longer has it, its client having just left,
+        or its link is down; the session's end is on its way).
+        """
+        if f.check(ServiceUnavailable):
+            self.log.info(
+                "Session {session} could not take {what}: {why}", session=session, what=what, why=f.getErrorMessage()
+            )
+            return
+        self.log.failure("Session {session} could not take {what}", f, session=session, what=what)
 
     def _logFailure(self, f: Failure, doing: str) -> None:
         self.log.failure("While {doing}", f, doing=doing)
@@ -1152,9 +1163,7 @@ class HomeServer:
                 if ok:
                     took += 1
                 else:
-                    self.log.failure(
-                        "Session {session} could not take message {id}", result, session=session, id=message.messageId
-                    )
+                    self._sessionFailed(result, session, f"message {message.messageId}")
             if not took:
                 raise _offline(recipient)
             return DeliveryStatus.DELIVERED

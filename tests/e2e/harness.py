@@ -993,7 +993,8 @@ def connectClient(
 ) -> Deferred[tuple[NativeClientProtocol, Recorder]]:
     """
     Connect, log in and publish C{presence} with the shipped client
-    (L{imgateway.client.protocol.connect}); the connection is closed when
+    (L{imgateway.client.protocol.connect}; given as a string, C{endpoint}
+    is redirected as the shipped client is); the connection is closed when
     the test ends.
 
     @return: Fires with the logged-in protocol and its L{Recorder}.
@@ -1004,7 +1005,9 @@ def connectClient(
         testCase.addCleanup(_closeClient, proto, rec)
         return proto, rec
 
-    d = connect(reactor(), _endpoint(endpoint), user, password, rec, label, presence, note)
+    # A string goes to connect() as it is, so that the client follows a
+    # router's redirect (with the same TLS choice), as the shipped client does.
+    d = connect(reactor(), endpoint, user, password, rec, label, presence, note)
     return d.addCallback(connected)
 
 

@@ -4,16 +4,17 @@ Tests for L{imgateway.router.locator}.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from imgateway.core.address import Address
-from imgateway.core.errors import PersistenceFailed
+from imgateway.core.errors import MovedTo, PersistenceFailed, ServiceUnavailable
 from imgateway.core.records import AccountRecord
 from imgateway.interfaces import IHomeLocator
-from imgateway.router.locator import DirectoryHomeLocator
+from imgateway.router.locator import DirectoryHomeLocator, followMoves, homeOfAuthenticated
 from imgateway.testing import MemoryDirectory
 
 ALICE = Address.fromString("alice@corp.example")
@@ -149,3 +150,70 @@ class DirectoryHomeLocatorTests(SynchronousTestCase):
         self.failureResultOf(self.locator.homeOf(ALICE), PersistenceFailed)
         self.directory.fail = False
         self.assertEqual(self.successResultOf(self.locator.homeOf(ALICE)), "hs1")
+
+
+class StaleAnswerTests(SynchronousTestCase):
+    """
+    L{homeOfAuthenticated} and L{followMoves}: what is done with an answer
+    of the locator that has gone stale.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.directory = CountingDirectory([])
+        self.locator = DirectoryHomeLocator(self.directory, self.clock, 30.0)
+
+    def test_authenticatedNoHome(self) -> None:
+        """
+        A remembered "no home" for a user who has just authenticated is
+        older than its account: it is forgotten and the directory read
+        again, and the new answer remembered.
+        """
+        self.assertIsNone(self.successResultOf(self.locator.homeOf(ALICE)))
+        self.directory.accounts[ALICE] = AccountRecord(ALICE, "hs1", "", True, "{}")
+        self.assertEqual(self.successResultOf(homeOfAuthenticated(self.locator, ALICE)), "hs1")
+        self.assertEqual(self.directory.reads, 2)
+        self.assertEqual(self.successResultOf(homeOfAuthenticated(self.locator, ALICE)), "hs1")
+        self.assertEqual(self.directory.reads, 2)
+
+    def test_authenticatedStillNoHome(self) -> None:
+        """
+        When the directory has no home for the user even now (its account
+        was disabled as it logged in), the answer is C{None}.
+        """
+        self.directory.accounts[ALICE] = AccountRecord(ALICE, "hs1", "", False, "{}")
+        self.assertIsNone(self.successResultOf(homeOfAuthenticated(self.locator, ALICE)))
+        self.assertEqual(self.directory.reads, 2)
+
+    def test_followOneMove(self) -> None:
+        """
+        An attempt that fails with L{MovedTo} is made once more, with the
+        directory's new answer.
+        """
+        self.directory.accounts[ALICE] = AccountRecord(ALICE, "hs1", "", True, "{}")
+        self.successResultOf(self.locator.homeOf(ALICE))
+        self.directory.accounts[ALICE] = AccountRecord(ALICE, "hs2", "", True, "{}")
+        tried: list[str | None] = []
+
+        def attempt(home: str | None) -> Deferred[str]:
+            tried.append(home)
+            if home == "hs1":
+                return fail(MovedTo("moved", "hs2"))
+            return succeed(f"done at {home}")
+
+        d = followMoves(self.locator, ALICE, attempt, "a test", lambda: ServiceUnavailable("gave up"))
+        self.assertEqual(self.successResultOf(d), "done at hs2")
+        self.assertEqual(tried, ["hs1", "hs2"])
+
+    def test_giveUpOnSecondMove(self) -> None:
+        """
+        A second L{MovedTo} is logged and becomes what C{giveUp} makes;
+        other failures pass as they are.
+        """
+        self.directory.accounts[ALICE] = AccountRecord(ALICE, "hs1", "", True, "{}")
+        with capturedLogs() as events:
+            d = followMoves(self.locator, ALICE, lambda home: fail(MovedTo("moved", "hs2")), "a test", lambda: ServiceUnavailable("gave up"))
+            self.assertEqual(self.failureResultOf(d, ServiceUnavailable).value.text, "gave up")
+        self.assertIn("alice@corp.example moved again (to hs2) during a test; giving up", [formatEvent(e) for e in events])
+        d = followMoves(self.locator, ALICE, lambda home: fail(PersistenceFailed("no")), "a test", lambda: ServiceUnavailable("gave up"))
+        self.failureResultOf(d, PersistenceFailed)

@@ -32,12 +32,13 @@ from imgateway.core.errors import (
 )
 from imgateway.core.events import Message, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
-from imgateway.core.records import AccessList, AuthorisationState, ContactView, PresenceRule, Subscription
+from imgateway.core.records import AccessList, AccountRecord, AuthorisationState, ContactView, PresenceRule, Subscription
 from imgateway.interfaces import IHomeServer, ILinkRoutes, IRoute, ISession, ISessionClient
 from imgateway.router.link import LinkClient, LinkReceiver, LinkTraces
 from imgateway.router.link_codec import encodeRequest
+from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.router.proxy import LINK_LOST, ProxyHomeServer, RemoteSession, SessionHost, installProxy
-from imgateway.testing import RecordingSessionClient
+from imgateway.testing import MemoryDirectory, RecordingSessionClient
 
 from tests.test_link import ALICE, CAROL, FakeLocator, FakeRouter, LinkTestCase, Server, configFor, hello
 
@@ -121,10 +122,10 @@ class RecordingHome:
     @ivar failWith: When set, L{openSession} fails with it.
     """
 
-    name = "hs1"
     domain = "corp.example"
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "hs1") -> None:
+        self.name = name
         self.sessions: list[RecordingSession] = []
         self.failWith: Exception | None = None
         self.hold = False
@@ -133,7 +134,8 @@ class RecordingHome:
     def openSession(self, address: Address, client: ISessionClient, label: str = "") -> Deferred[ISession]:
         if self.failWith is not None:
             return fail(self.failWith)
-        session = RecordingSession(address, client, label or f"hs1-{len(self.sessions) + 1}", f"hs1-{len(self.sessions) + 1}")
+        sessionId = f"{self.name}-{len(self.sessions) + 1}"
+        session = RecordingSession(address, client, label or sessionId, sessionId)
         self.sessions.append(session)
         if self.hold:
             d: Deferred[None] = Deferred()
@@ -155,16 +157,15 @@ class RecordingHome:
 @implementer(ILinkRoutes)
 class OneLink:
     """
-    Link routes with one link, to C{hs1}.
+    Link routes with one link, to C{hs1} (and any more in C{links}).
     """
 
     def __init__(self, link: LinkClient) -> None:
         self.link = link
+        self.links = {"hs1": link}
 
     def toServer(self, name: str) -> IRoute:
-        if name != "hs1":
-            raise KeyError(name)
-        return self.link
+        return self.links[name]
 
     def toDomain(self, domain: str) -> Deferred[IRoute | None]:
         return succeed(None)
@@ -187,18 +188,19 @@ class ProxyTestCase(LinkTestCase):
         self.routerConfig = configFor("router", maxSessions=self.maxSessions, maxQueue=20)
         self.routerReceiver = LinkReceiver(self.routerConfig, FakeRouter(), FakeLocator(), self.clock, LinkTraces())
         self.link = self.linkFrom("router")
-        self.proxy = ProxyHomeServer(self.routerConfig, FakeLocator(), OneLink(self.link))
+        self.routes = OneLink(self.link)
+        self.proxy = ProxyHomeServer(self.routerConfig, FakeLocator(), self.routes)
         self.routerReceiver.addBackMethod("CLIENT", self.proxy.callbackReceived)
 
-    def linkFrom(self, name: str) -> LinkClient:
+    def linkFrom(self, name: str, server: Server | None = None) -> LinkClient:
         """
-        A running link client from server C{name} to hs1 that takes
-        requests back (the router's C{CLIENT}).
+        A running link client from server C{name} to hs1 (or C{server})
+        that takes requests back (the router's C{CLIENT}).
         """
         config = configFor(name, maxSessions=self.maxSessions, maxQueue=20)
         client = LinkClient(
-            "server hs1",
-            self.network.endpoint(self.server),
+            f"server {(server or self.server).config.homeServerName}",
+            self.network.endpoint(server or self.server),
             config.links,
             self.clock,
             hello(name),
@@ -274,16 +276,46 @@ class OpenTests(ProxyTestCase):
 
     def test_notHomedThere(self) -> None:
         """
-        The home server opens no session for a user the directory does not
-        home on it (whatever the router believes): 403, and the router's
+        The home server opens no session for a user the directory homes
+        nowhere (whatever the router believes; asked of the directory once
+        more, the user having just authenticated): 403, and the router's
         L{ServiceUnavailable}.
         """
-        self.proxy._locator.homes[CAROL] = "hs1"  # type: ignore[attr-defined]
-        d = self.proxy.openSession(CAROL, RecordingSessionClient(), "")
+        self.proxy._locator.homes[BOB] = "hs1"  # type: ignore[attr-defined]
+        d = self.proxy.openSession(BOB, RecordingSessionClient(), "")
         self.network.flush()
-        self.failureResultOf(d, ServerError)
+        self.failureResultOf(d, ServiceUnavailable)
         self.assertEqual(self.home.sessions, [])
         self.assertTrue(self.messages("not homed on hs1"))
+
+    def test_notHomedThereAnswers301(self) -> None:
+        """
+        A home server asked to open a session for a user the directory homes
+        on another server answers C{301} with that server's name in
+        C{Home}, as it answers an event (the router's answer was old), and
+        logs it.
+        """
+        body = b'{"address": "carol@corp.example", "label": ""}'
+        d = self.link.request(Request("SESSION", "open", Headers(), body))
+        self.network.flush()
+        response = self.successResultOf(d)
+        self.assertEqual((response.code, response.headers.get("Home")), (301, "hs2"))
+        self.assertEqual(self.home.sessions, [])
+        self.assertTrue(self.messages("a session for carol@corp.example not opened (301): the directory homes it on hs2"))
+
+    def test_noHomeRemembered(self) -> None:
+        """
+        A home server whose locator remembers that a user has no home (from
+        before its account was made) forgets that and asks the directory
+        again, the router having authenticated the user: the session opens.
+        """
+        directory = MemoryDirectory()
+        locator = DirectoryHomeLocator(directory, self.clock, 30.0)
+        self.host._locator = locator
+        self.assertIsNone(self.successResultOf(locator.homeOf(ALICE)))
+        directory.accounts[ALICE] = AccountRecord(ALICE, "hs1", "", True, "{}")
+        session, home, client = self.open(ALICE)
+        self.assertEqual(home.address, ALICE)
 
     def test_directoryFails(self) -> None:
         """
@@ -333,6 +365,65 @@ class OpenTests(ProxyTestCase):
         self.assertNoResult(d)
         self.clock.advance(10)
         self.failureResultOf(d, ServiceUnavailable)
+        self.assertEqual(self.proxy.sessionCount(self.link), 0)
+
+
+class MovedTests(ProxyTestCase):
+    """
+    A router whose locator's answer is old (the user was moved to another
+    home server since) opens the session on the new home server.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.hs2 = Server(configFor("hs2", maxSessions=self.maxSessions, maxQueue=20), self.clock)
+        self.home2 = RecordingHome("hs2")
+        host2 = SessionHost(self.hs2.config, self.home2, self.hs2.locator, self.clock)
+        self.hs2.receiver.addMethod("SESSION", host2.requestReceived)
+        self.routes.links["hs2"] = self.linkFrom("router", self.hs2)
+        # The router read carol's home before her move to hs2.
+        self.directory = MemoryDirectory([AccountRecord(CAROL, "hs1", "", True, "{}")])
+        self.locator = DirectoryHomeLocator(self.directory, self.clock, 30.0)
+        self.proxy._locator = self.locator
+        self.assertEqual(self.successResultOf(self.locator.homeOf(CAROL)), "hs1")
+        self.directory.accounts[CAROL] = AccountRecord(CAROL, "hs2", "", True, "{}")
+
+    def test_moved(self) -> None:
+        """
+        hs1 answers C{301} (C{Home: hs2}); the router forgets its answer,
+        asks the directory again, and opens the session on hs2; the
+        locator remembers the new answer.
+        """
+        client = RecordingSessionClient("phone")
+        d = self.proxy.openSession(CAROL, client, "phone")
+        for _ in range(3):
+            self.network.flush()
+            self.clock.advance(0)
+        session = self.successResultOf(d)
+        assert isinstance(session, RemoteSession)
+        [home] = self.home2.sessions
+        self.assertEqual((home.address, session.sessionId), (CAROL, home.sessionId))
+        self.assertEqual(self.home.sessions, [])
+        self.assertEqual(self.successResultOf(self.locator.homeOf(CAROL)), "hs2")
+        self.assertEqual((self.proxy.sessionCount(self.link), self.proxy.sessionCount(self.routes.links["hs2"])), (0, 1))
+        self.assertTrue(self.messages("Proxied session of carol@corp.example not opened on hs1: the directory homes it on hs2 now"))
+
+    def test_movedTwice(self) -> None:
+        """
+        A router that is sent to another server once more (the user moved
+        again meanwhile) gives up: L{ServiceUnavailable}, logged; it asked
+        twice.
+        """
+        stale = FakeLocator()
+        stale.homes[CAROL] = "hs1"
+        self.proxy._locator = stale
+        d = self.proxy.openSession(CAROL, RecordingSessionClient(), "")
+        for _ in range(3):
+            self.network.flush()
+        self.failureResultOf(d, ServiceUnavailable)
+        self.assertEqual(len(self.messages("a session for carol@corp.example not opened (301)")), 2)
+        self.assertEqual(self.home2.sessions, [])
+        self.assertTrue(self.messages("carol@corp.example moved again (to hs2)"))
         self.assertEqual(self.proxy.sessionCount(self.link), 0)
 
 

@@ -1,21 +1,31 @@
-# -*- test-case-name: tests.test_locator -*-
+# -*- test-case-name: tests.test_locator,tests.test_router,tests.test_proxy -*-
 """
 Which home server of this domain hosts a user, read from the directory and
-remembered for a short while.
+remembered for a short while; and what to do when a remembered answer has
+gone stale (L{homeOfAuthenticated}, L{followMoves}).
 """
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
+from collections.abc import Callable
+from typing import TypeVar
+
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imgateway.core.address import Address
+from imgateway.core.errors import MovedTo
 from imgateway.core.records import AccountRecord
 from imgateway.interfaces import IDirectory, IHomeLocator
 
-__all__ = ["DEFAULT_MAX_CACHED", "DirectoryHomeLocator"]
+__all__ = ["DEFAULT_MAX_CACHED", "DirectoryHomeLocator", "followMoves", "homeOfAuthenticated"]
+
+T = TypeVar("T")
+
+log = Logger()
 
 #: How many users' homes are remembered at most.
 DEFAULT_MAX_CACHED = 100000
@@ -84,3 +94,64 @@ class DirectoryHomeLocator:
         # A read under way may carry the old answer: let it answer its
         # callers, but not fill the cache.
         self._reading.pop(address, None)
+
+
+def homeOfAuthenticated(locator: IHomeLocator, address: Address) -> Deferred[str | None]:
+    """
+    Where a user who has just authenticated is homed.
+
+    Its account was there, and enabled, to authenticate against: an answer
+    of the locator that it has no home is older than that (remembered from
+    before the account was made, or from while it was disabled during a
+    move), so it is forgotten and the directory asked again. A user is
+    never served by a server that an old answer names, or that guesses.
+
+    @return: Fires with the name of its home server, or C{None} when the
+        directory has none for it even now (the account was disabled or
+        removed as it logged in); fails as C{locator.homeOf} does.
+    """
+
+    def checked(home: str | None) -> Deferred[str | None]:
+        if home is not None:
+            return succeed(home)
+        locator.forget(address)
+        return locator.homeOf(address)
+
+    return locator.homeOf(address).addCallback(checked)
+
+
+def followMoves(
+    locator: IHomeLocator,
+    address: Address,
+    attempt: Callable[[str | None], Deferred[T]],
+    what: object,
+    giveUp: Callable[[], Exception],
+) -> Deferred[T]:
+    """
+    Do C{attempt} at the home server of C{address}, following one move.
+
+    C{attempt} is called with what the locator says is the user's home
+    server. When it fails with L{MovedTo} (that server no longer homes the
+    user: the locator's answer was old), the answer is forgotten and
+    C{attempt} called once more with the directory's new one; a second
+    L{MovedTo} (the user moved again meanwhile) is logged as a warning and
+    becomes C{giveUp()}.
+
+    @param what: What is being done, for the log (formatted only if it is).
+    @return: Fires as C{attempt} does; fails as C{locator.homeOf} does.
+    """
+
+    def once(retry: bool) -> Deferred[T]:
+        def moved(f: Failure) -> Deferred[T]:
+            f.trap(MovedTo)
+            home = f.value.home  # type: ignore[union-attr]
+            locator.forget(address)
+            if retry:
+                log.debug("{address} moved to {home}; trying again: {what}", address=address, home=home, what=what)
+                return once(False)
+            log.warn("{address} moved again (to {home}) during {what}; giving up", address=address, home=home, what=what)
+            return fail(giveUp())
+
+        return locator.homeOf(address).addCallback(attempt).addErrback(moved)
+
+    return once(True)

@@ -52,6 +52,7 @@ from imgateway.core.errors import (
     DeliveryError,
     DeliveryStatus,
     InvalidAddress,
+    MovedTo,
     ServiceUnavailable,
     TooManySessions,
 )
@@ -61,6 +62,7 @@ from imgateway.core.records import AccessList, AuthorisationState, ContactView, 
 from imgateway.interfaces import IHomeLocator, IHomeServer, ILinkRoutes, ISession, ISessionClient
 from imgateway.router.link import LinkClient, LinkConnection
 from imgateway.router.link_codec import MAX_DETAIL_CHARS, decodeResponse, encodeResponse
+from imgateway.router.locator import followMoves, homeOfAuthenticated
 
 __all__ = [
     "CLIENT_METHOD",
@@ -365,16 +367,25 @@ class ProxyHomeServer:
         Open a session for C{address}, authenticated here, on its home
         server (as L{IHomeServer.openSession}).
 
+        A home server that answers C{301} (the directory homes the user
+        elsewhere now: the locator's answer was old) makes the locator
+        forget the answer, and the session is opened on the new home server
+        (once: L{followMoves}).
+
         @return: Fires with the L{RemoteSession}; fails with
             L{ServiceUnavailable} when the user's home server cannot be
             reached over a link, or C{[links] max_sessions} sessions are
-            open on it, or as the home server's L{IHomeServer.openSession}
-            does (L{TooManySessions}).
+            open on it, or it answers C{301} twice in a row, or as the home
+            server's L{IHomeServer.openSession} does (L{TooManySessions}).
         """
-        return Deferred.fromCoroutine(self._open(address, client, label))
+        def attempt(home: str | None) -> Deferred[ISession]:
+            return Deferred.fromCoroutine(self._open(home, address, client, label))
 
-    async def _open(self, address: Address, client: ISessionClient, label: str) -> ISession:
-        home = await self._locator.homeOf(address)
+        # A home server that no longer homes the user (the locator's answer
+        # was old) answers MovedTo: forget the answer, and try the new home.
+        return followMoves(self._locator, address, attempt, "the opening of a proxied session", _movedAgain)
+
+    async def _open(self, home: str | None, address: Address, client: ISessionClient, label: str) -> ISession:
         if home is None or home == self.config.homeServerName or home not in self.config.servers:
             raise ServiceUnavailable("no home server to proxy this session to")
         link = self._routes.toServer(home)
@@ -397,6 +408,14 @@ class ProxyHomeServer:
             request = Request(SESSION_METHOD, "open", Headers(), _body({"address": str(address), "label": label}))
             try:
                 result = decodeResult(await link.request(request))
+            except MovedTo as e:
+                log.info(
+                    "Proxied session of {user} not opened on {home}: the directory homes it on {new} now",
+                    user=address,
+                    home=home,
+                    new=e.home or "another server",
+                )
+                raise
             except DeliveryError as e:
                 # Refused (403: not homed there), or the home server cannot
                 # take it now: the face tells its client it is unavailable.
@@ -478,6 +497,10 @@ class ProxyHomeServer:
         return d.addCallbacks(lambda _: _ok(), lambda f: _error(503, "the client did not take it"))
 
 
+def _movedAgain() -> ServiceUnavailable:
+    return ServiceUnavailable("the user moved again as its session was opened")
+
+
 class _Gone:
     connected = False
 
@@ -553,7 +576,9 @@ class SessionHost:
     """
     A home server's side of proxied sessions: answers a router's
     C{SESSION} requests. Only a peer with the role C{router} may ask, only
-    for users the directory homes here; the router authenticated the user
+    for users the directory homes here (for a user it homes on another
+    server, the answer is C{301} with C{Home}, as for an event: the
+    router's answer was old); the router authenticated the user
     (the home server takes its word, as it takes a link peer's for the
     events it sends). At most C{[links] max_sessions} sessions per
     connection; they are closed when it is lost.
@@ -651,10 +676,19 @@ class SessionHost:
         except (ValueError, KeyError, TypeError) as e:
             return _error(400, f"bad open request: {e}"[:MAX_DETAIL_CHARS])
         try:
-            home = await self._locator.homeOf(address) if address.domain == self.config.domain else None
+            home = await homeOfAuthenticated(self._locator, address) if address.domain == self.config.domain else None
         except Exception as e:
             log.warn("Link from {peer}: a session for {user} not opened (503): the directory cannot be read: {error}", peer=connection.peer, user=address, error=e)
             return _error(503, "cannot check the user's home server now")
+        if home is not None and home != self.config.homeServerName:
+            # The router's answer was old: it forgets it and asks again.
+            log.info(
+                "Link from {peer}: a session for {user} not opened (301): the directory homes it on {home}",
+                peer=connection.peer,
+                user=address,
+                home=home,
+            )
+            return encodeResponse(MovedTo(f"homed on {home}", home))
         if home != self.config.homeServerName:
             log.warn("Link from {peer}: a session for {user} refused (403): not homed on {name}", peer=connection.peer, user=address, name=self.config.homeServerName)
             return _error(403, "not homed here")

@@ -8,7 +8,7 @@ A recipient of this process's domain, when the domain has many servers
 server, or another server over a server link (L{ILinkRoutes.toServer});
 one without an account is answered as a home server answers for an
 unknown user (L{imgateway.home.server.answerNoAccount}), so nothing tells
-whether it exists. A home server that answers L{MovedTo} (the directory's
+whether it exists. A home server that answers L{MovedTo<imgateway.core.errors.MovedTo>} (the directory's
 answer was old) makes the router forget it and deliver once more. A
 recipient of another domain goes to the route an adapter registered for
 it (L{Router.addRoute}), else to the peer domain's router over a link
@@ -35,7 +35,6 @@ from imgateway.core.errors import (
     DeliveryError,
     DeliveryStatus,
     LoopDetected,
-    MovedTo,
     NoRoute,
     ServerError,
     ServiceUnavailable,
@@ -43,6 +42,7 @@ from imgateway.core.errors import (
 from imgateway.core.events import DEFAULT_MAX_HOPS, Event, Message, forwarded
 from imgateway.home.server import answerNoAccount
 from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter
+from imgateway.router.locator import followMoves
 
 __all__ = ["Router"]
 
@@ -165,7 +165,7 @@ class Router:
             return f
 
         if self.locator is not None and domain == self.domain:
-            d = self._toHome(self.locator, event, retry=True)
+            d = self._toHome(self.locator, event)
         else:
             d = self._toDomain(event)
         return d.addErrback(failed)
@@ -211,14 +211,13 @@ class Router:
             return fail(NoRoute(f"no route to {event.recipient.domain}"))
         return self._via(self.defaultRoute, event, False)
 
-    def _toHome(self, locator: IHomeLocator, event: Event, retry: bool) -> Deferred[DeliveryStatus]:
+    def _toHome(self, locator: IHomeLocator, event: Event) -> Deferred[DeliveryStatus]:
         """
         Deliver to the home server of a recipient of this domain; on
-        L{MovedTo}, forget where it was thought to live and (once) deliver
-        again.
+        L{MovedTo<imgateway.core.errors.MovedTo>}, forget where it was
+        thought to live and (once) deliver again (L{followMoves}).
         """
         recipient = event.recipient
-        d = locator.homeOf(recipient)
 
         def routed(home: str | None) -> Deferred[DeliveryStatus]:
             here = self._routes.get(recipient.domain) if recipient.domain in self.localDomains else None
@@ -249,21 +248,7 @@ class Router:
                 return _unreachable(event, fail(_unavailable()))
             return _unreachable(event, self._via(route, event, False))
 
-        def moved(f: Failure) -> Deferred[DeliveryStatus]:
-            f.trap(MovedTo)
-            locator.forget(recipient)
-            if retry:
-                self.log.debug("{recipient} moved to {home}; delivering again", recipient=recipient, home=f.value.home)  # type: ignore[union-attr]
-                return self._toHome(locator, event, retry=False)
-            self.log.warn(
-                "{recipient} moved again (to {home}) while {event!r} was being delivered; giving up",
-                recipient=recipient,
-                home=f.value.home,  # type: ignore[union-attr]
-                event=event,
-            )
-            return fail(_unavailable())
-
-        return d.addCallback(routed).addErrback(moved)
+        return followMoves(locator, recipient, routed, event, _unavailable)
 
 
 def _unreachable(event: Event, d: Deferred[DeliveryStatus]) -> Deferred[DeliveryStatus]:

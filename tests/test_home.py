@@ -1838,12 +1838,15 @@ class ManyHomesTests(SynchronousTestCase):
         self.directory.accounts[CAROL] = AccountRecord(CAROL, "hs1", "", True, "{}")
         moved = self.failureResultOf(self.homes["hs2"].deliver(Message(ALICE, CAROL, "hi")), MovedTo)
         self.assertEqual(moved.value.home, "hs1")
-        carol, carolClient = self.open(CAROL)
-        self.assertEqual(self.successResultOf(alice.sendMessage(CAROL, "hi")), DeliveryStatus.DELIVERED)
-        self.assertEqual([m.body for m in carolClient.messages], ["hi"])
+        # Sent to hs2, answered MovedTo, delivered again here: carol has no
+        # session yet.
+        self.failureResultOf(alice.sendMessage(CAROL, "hi"), UserOffline)
         self.assertEqual(
             [e.body for _, e in self.links["hs1"].sent if isinstance(e, Message)], ["cache hs2", "hi"]
         )
+        carol, carolClient = self.open(CAROL)
+        self.assertEqual(self.successResultOf(alice.sendMessage(CAROL, "hi again")), DeliveryStatus.DELIVERED)
+        self.assertEqual([m.body for m in carolClient.messages], ["hi again"])
 
     def test_movedSubscription(self) -> None:
         """

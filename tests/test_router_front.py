@@ -37,9 +37,11 @@ from imgateway.core.events import Message
 from imgateway.core.presence import PresenceState
 from imgateway.core.records import AccountRecord
 from imgateway.gateway import Gateway, assembleGateway
-from imgateway.interfaces import IGateway, IHomeLocator
-from imgateway.router.front import FrontAction, FrontDecision, decideFront
-from imgateway.testing import MemoryDirectory, MemoryHomeStore, memoryGateway
+from imgateway.interfaces import IGateway, IHomeLocator, ISession
+from imgateway.router.front import SERVE, FrontAction, FrontDecision, decideFront
+from imgateway.router.locator import DirectoryHomeLocator
+from imgateway.auth.checkers import SASLAuthenticated
+from imgateway.testing import MemoryDirectory, MemoryHomeStore, RecordingSessionClient, memoryGateway
 from tests.test_native_server import Wire
 
 T = TypeVar("T")
@@ -160,21 +162,47 @@ class DecideFrontTests(SynchronousTestCase):
         self.assertTrue(verifyObject(IHomeLocator, self.gateway.locator))
         self.assertTrue(verifyObject(IHomeLocator, self.locator))
 
-    def test_notARouter(self) -> None:
+    def test_homeServerRedirects(self) -> None:
         """
-        A process whose roles do not include C{router} serves everyone, and
-        does not even look the user up.
+        A home server that is no router (roles C{["home"]}) serves only the
+        users the directory homes on it: a client of a user homed on another
+        server, whatever its network, is redirected to that server's
+        endpoint for the face, and the decision is logged.
         """
         self.gateway = routerGateway(Clock(), roles=frozenset({"home"}))
-        self.assertIs(self.decide(CAROL, INTERNAL).action, FrontAction.SERVE)
-        self.assertEqual(self.locator.asked, [])
+        self.assertIs(self.decide(ALICE, EXTERNAL).action, FrontAction.SERVE)
+        for peer in (INTERNAL, EXTERNAL):
+            with capturedLogs() as events:
+                decision = self.decide(CAROL, peer)
+            self.assertEqual(decision, FrontDecision(FrontAction.REDIRECT, "hs2", HS2_NATIVE))
+            [line] = [formatEvent(e) for e in events]
+            for part in ("Redirecting carol@corp.example", peer.host, "hs2.corp.example:5310", "reached hs1"):
+                self.assertIn(part, line)
+        self.assertEqual(self.decide(CAROL, EXTERNAL, "xmpp").location, HS2_XMPP)
+
+    def test_homeServerNoEndpoint(self) -> None:
+        """
+        A home server that is no router answers a user homed on a server
+        with no endpoint for the face as unavailable, with a warning naming
+        the missing key.
+        """
+        self.gateway = routerGateway(Clock(), roles=frozenset({"home"}), hs2=ServerConfig("hs2", frozenset({"home"}), native=HS2_NATIVE))
+        with capturedLogs() as events:
+            decision = self.decide(CAROL, INTERNAL, "xmpp")
+        self.assertEqual(decision, FrontDecision(FrontAction.UNAVAILABLE, "hs2"))
+        [line] = [formatEvent(e) for e in events]
+        self.assertIn("no xmpp endpoint in [servers.hs2]", line)
 
     def test_singleHost(self) -> None:
         """
-        A single-host gateway (no C{[servers]}) serves everyone.
+        A single-host gateway (no C{[servers]}, so no locator) serves
+        everyone, and does not even look the user up.
         """
         self.gateway = memoryGateway(Clock())
+        self.assertIsNone(self.gateway.locator)
+        self.assertIs(self.successResultOf(decideFront(self.gateway.config, None, CAROL, INTERNAL, "native")), SERVE)
         self.assertIs(self.decide(CAROL, INTERNAL).action, FrontAction.SERVE)
+        self.assertEqual(self.locator.asked, [])
 
     def test_homedHere(self) -> None:
         """
@@ -183,28 +211,52 @@ class DecideFrontTests(SynchronousTestCase):
         for peer in (INTERNAL, EXTERNAL):
             self.assertIs(self.decide(ALICE, peer).action, FrontAction.SERVE)
 
+    def test_noHomeRemembered(self) -> None:
+        """
+        A remembered answer that the user has no home (read before its
+        account was made, or while it was being moved) is read again: the
+        user just authenticated. Homed here, it is served; homed elsewhere,
+        it is not, on a router or a home server.
+        """
+        for roles in (frozenset({"router", "home"}), frozenset({"home"})):
+            self.gateway = routerGateway(Clock(), roles=roles)
+            locator = DirectoryHomeLocator(self.gateway.directory, Clock(), 30.0)
+            for user in (ALICE, CAROL):
+                account = self.successResultOf(self.gateway.directory.getAccount(user))
+                del self.gateway.directory.accounts[user]  # type: ignore[attr-defined]
+                self.assertIsNone(self.successResultOf(locator.homeOf(user)))
+                self.gateway.directory.accounts[user] = account  # type: ignore[attr-defined]
+            decide = lambda user: self.successResultOf(decideFront(self.gateway.config, locator, user, INTERNAL, "native"))
+            self.assertIs(decide(ALICE), SERVE)
+            self.assertIs(decide(CAROL).action, FrontAction.REDIRECT)
+
     def test_noHome(self) -> None:
         """
-        A user the locator knows no home for (an account made within the
-        cache's lifetime of a look-up that found none) is served here.
+        A user the directory has no home for even when asked again (its
+        account was disabled or removed as it logged in) is not served:
+        unavailable, with a warning.
         """
         self.locator.homes.clear()
-        self.assertIs(self.decide(CAROL, INTERNAL).action, FrontAction.SERVE)
+        for roles in (frozenset({"router", "home"}), frozenset({"home"})):
+            self.gateway = routerGateway(Clock(), roles=roles)
+            with capturedLogs() as events:
+                self.assertIs(self.decide(ALICE, INTERNAL).action, FrontAction.UNAVAILABLE)
+            [line] = [formatEvent(e) for e in events]
+            self.assertIn("names no home server for it", line)
 
     def test_routerOnlyCannotServe(self) -> None:
         """
         A router without the C{home} role cannot serve a user the directory
-        homes on it (a configuration error) or knows no home for: such a
-        user is answered as unavailable, and a warning says why.
+        homes on it (a configuration error): such a user is answered as
+        unavailable, and a warning says why.
         """
         self.gateway = routerGateway(Clock(), roles=frozenset({"router"}))
         self.locator.homes[CAROL] = "hs1"
-        for user in (CAROL, Address.fromString("dave@corp.example")):
-            with capturedLogs() as events:
-                decision = self.decide(user, INTERNAL)
-            self.assertIs(decision.action, FrontAction.UNAVAILABLE)
-            [line] = [formatEvent(e) for e in events]
-            self.assertIn("its roles are router", line)
+        with capturedLogs() as events:
+            decision = self.decide(CAROL, INTERNAL)
+        self.assertIs(decision.action, FrontAction.UNAVAILABLE)
+        [line] = [formatEvent(e) for e in events]
+        self.assertIn("its roles are router", line)
 
     def test_internalRedirected(self) -> None:
         """
@@ -312,6 +364,55 @@ class DecideFrontTests(SynchronousTestCase):
 
         d = decideFront(self.gateway.config, Failing({}), CAROL, INTERNAL, "native")
         self.failureResultOf(d, PersistenceFailed)
+
+
+class HomeServerOpensOnlyItsUsersTests(SynchronousTestCase):
+    """
+    A home server of a domain with several opens sessions only for the
+    users the directory homes on it, whatever path led there (the last
+    check, behind the faces' decision).
+    """
+
+    def setUp(self) -> None:
+        self.gateway = routerGateway(Clock(), roles=frozenset({"home"}))
+
+    def test_notHomedHere(self) -> None:
+        """
+        A session for carol (homed on hs2) is not opened on hs1, through
+        the portal as directly: L{ServiceUnavailable}, and a warning.
+        """
+        with capturedLogs() as events:
+            d = self.gateway.homeServer.openSession(CAROL, RecordingSessionClient())
+            self.failureResultOf(d, ServiceUnavailable)
+            login = self.gateway.portal.login(SASLAuthenticated(CAROL), RecordingSessionClient(), ISession)
+            self.failureResultOf(login, ServiceUnavailable)
+        self.assertEqual(self.gateway.homeServer.sessionsOf(CAROL), [])
+        lines = [formatEvent(e) for e in events]
+        self.assertIn("Not opening a session for carol@corp.example on hs1: the directory homes it on hs2", lines)
+
+    def test_oldAnswerConfirmed(self) -> None:
+        """
+        A remembered answer that names another server (alice was homed
+        there when it was read) is confirmed with the directory before
+        refusing: alice, homed on hs1 now, gets her session.
+        """
+        directory = self.gateway.directory
+        assert isinstance(directory, MemoryDirectory)
+        directory.accounts[ALICE] = evolve(directory.accounts[ALICE], homeServer="hs2")
+        assert self.gateway.locator is not None
+        self.assertEqual(self.successResultOf(self.gateway.locator.homeOf(ALICE)), "hs2")
+        directory.accounts[ALICE] = evolve(directory.accounts[ALICE], homeServer="hs1")
+        session = self.successResultOf(self.gateway.homeServer.openSession(ALICE, RecordingSessionClient()))
+        self.assertEqual(session.address, ALICE)
+
+    def test_singleHost(self) -> None:
+        """
+        The domain's only home server opens sessions for every user of its
+        domain, without asking where they are homed.
+        """
+        gateway = memoryGateway(Clock())
+        gateway.directory.addAccount(AccountRecord(CAROL, "elsewhere", "", True, "{}"))
+        self.successResultOf(gateway.homeServer.openSession(CAROL, RecordingSessionClient()))
 
 
 class FailingProxy:
@@ -440,14 +541,23 @@ class NativeRouterFaceTests(SynchronousTestCase):
         self.assertFalse(wire.transport.disconnecting)
         self.assertEqual(self.sessionsOf(ALICE), 1)
 
-    def test_notRouterServes(self) -> None:
+    def test_homeServerRedirects(self) -> None:
         """
-        On a process that is not a router, carol logs in here as today.
+        On a home server that is no router, carol (homed on hs2) gets
+        C{302} to hs2, from outside the internal networks too, and no
+        session here; alice, homed here, logs in.
         """
         self.gateway = routerGateway(self.clock, roles=frozenset({"home"}))
         self.factory = NativeServerFactory(self.gateway, NativeConfig(), self.clock)
-        r, _ = login(Wire(self.factory, INTERNAL, secure=True), "carol", "carol-pw")
+        wire = Wire(self.factory, EXTERNAL, secure=True)
+        r, mech = login(wire, "carol", "carol-pw")
+        self.assertEqual((r.code, r.headers.get("Location")), (302, "hs2.corp.example:5310"))
+        mech.verifyFinal(r.body)
+        self.assertTrue(wire.transport.disconnecting)
+        self.assertEqual(self.sessionsOf(CAROL), 0)
+        r, _ = login(Wire(self.factory, EXTERNAL, secure=True), "alice", "alice-pw")
         self.assertEqual(r.code, 200)
+        self.assertEqual(self.sessionsOf(ALICE), 1)
 
     def test_wrongPasswordNoLeak(self) -> None:
         """

@@ -785,11 +785,18 @@ class RouterFaceTests(SynchronousTestCase):
 
     def test_notRouter(self) -> None:
         """
-        On a process that is not a router, carol is served here.
+        On a home server that is no router, carol (homed on hs2) is sent to
+        hs2 with C{<see-other-host/>}, from outside the internal networks
+        too, and no session is opened here; alice, homed here, is served.
         """
         self.gateway = routerGateway(self.clock, roles=frozenset({"home"}))
         self.factory = C2SFactory(self.gateway, C2SConfig(requireTLS=False), None, self.clock)
-        c, elements = self.restarted("carol", INTERNAL)
+        c, elements = self.restarted("carol", EXTERNAL)
+        self.assertEqual(c.streamError(elements), "see-other-host")
+        [condition] = [e for e in elements[0].elements() if e.name == "see-other-host"]
+        self.assertEqual(str(condition), "hs2.corp.example:5232")
+        self.assertEqual(self.gateway.homeServer.sessionsOf(CAROL), [])
+        c, elements = self.restarted("alice", EXTERNAL)
         self.assertIn("bind", [e.name for e in elements[0].elements()])
 
     def test_wrongPasswordNoLeak(self) -> None:

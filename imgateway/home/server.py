@@ -699,9 +699,22 @@ class HomeServer:
     # -- sessions -----------------------------------------------------------
 
     def openSession(self, address: Address, client: ISessionClient, label: str = "") -> Deferred[ISession]:
+        """
+        See L{IHomeServer.openSession}. When the domain has other home
+        servers, a session is opened only for a user the directory homes
+        here, whatever path led here (the faces and the proxied sessions'
+        host ask first; this is the last check): else the opening fails
+        with L{ServiceUnavailable}, and a warning is logged. The
+        locator's answer was just read by what asked, so it is remembered:
+        this costs no directory read, unless it names another server (then
+        the directory is asked again, as
+        L{imgateway.router.locator.homeOfAuthenticated} does).
+        """
         if self.stopping:
             return fail(_shuttingDown())
         made: list[Session] = []
+        # Asked now, while the opening waits for its turn in the lane.
+        homed = self._homedHere(address)
 
         def opened(user: _UserState) -> ISession:
             if len(user.sessions) >= self.config.maxSessionsPerUser:
@@ -717,11 +730,40 @@ class HomeServer:
             self.log.info("Session {session} opened", session=session)
             return session
 
-        opening = self._serial(address, lambda: self._user(address).addCallback(opened))
+        opening = self._serial(address, lambda: homed.addCallback(lambda _: self._user(address)).addCallback(opened))
         # Next in the lane, once the face has its session: what the new
         # session should know at once.
         self._serial(address, lambda: self._welcome(made)).addErrback(self._logFailure, "welcoming a session")
         return opening
+
+    def _homedHere(self, address: Address) -> Deferred[None]:
+        """
+        Check that the directory homes C{address} on this server (always
+        so for the domain's only home server).
+
+        @return: Fires with C{None} if so; fails with L{ServiceUnavailable}
+            if not (logged), or as the locator does.
+        """
+        locator = self.locator
+        if locator is None:
+            return succeed(None)
+
+        def check(home: str | None, again: bool) -> Deferred[None] | None:
+            if home == self.name:
+                return None
+            if again:
+                # Perhaps an old answer: confirm it before refusing.
+                locator.forget(address)
+                return locator.homeOf(address).addCallback(check, False)
+            self.log.warn(
+                "Not opening a session for {user} on {name}: the directory homes it on {home}",
+                user=address,
+                name=self.name,
+                home=home or "no server",
+            )
+            raise ServiceUnavailable(f"{address} is not homed on {self.name}")
+
+        return locator.homeOf(address).addCallback(check, True)
 
     def _welcome(self, made: list[Session]) -> None:
         """

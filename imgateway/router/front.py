@@ -1,12 +1,13 @@
 # -*- test-case-name: tests.test_router_front,tests.test_xmpp_c2s,tests.e2e.test_router_faces -*-
 """
-What a router's client face does with a client that has just authenticated
-(docs/operations.md, "Router faces"): serve it here (its home server is this
-process, or this process is no router), send it to its home server (a
-client from C{[router] internal_networks}), or, for any other client of a
-user homed elsewhere, proxy its session to the home server over the server
-link (L{imgateway.router.proxy}); L{openFrontSession} opens the session a
-decision calls for.
+What a client face does with a client that has just authenticated, in a
+domain with several servers (docs/operations.md, "Router faces"): serve it
+here (its home server is this process), send it to its home server (a
+client of a router from C{[router] internal_networks}, or any client that
+reached a home server that is not its own), or, for any other client of a
+router, proxy its session to the home server over the server link
+(L{imgateway.router.proxy}); L{openFrontSession} opens the session a
+decision calls for. A single-host gateway serves everyone.
 
 The decision is made only after authentication, so that nothing about an
 account shows to someone who does not hold its credentials, and it is
@@ -28,6 +29,7 @@ from imgateway.core.address import Address
 from imgateway.auth.checkers import SASLAuthenticated
 from imgateway.interfaces import IGateway, IHomeLocator, ISession, ISessionClient
 from imgateway.net.addresses import networkOf
+from imgateway.router.locator import homeOfAuthenticated
 
 __all__ = ["FACES", "SERVE", "UNAVAILABLE_TEXT", "FrontAction", "FrontDecision", "decideFront", "openFrontSession"]
 
@@ -49,7 +51,9 @@ class FrontAction(Enum):
 
     #: Serve it here, as a single-host gateway does.
     SERVE = "serve"
-    #: Send it to its home server (native C{302}, XMPP C{<see-other-host/>}).
+    #: Send it to its home server (native C{302}, XMPP C{<see-other-host/>}):
+    #: a router's client from an internal network, or any client of a home
+    #: server that is not the user's.
     REDIRECT = "redirect"
     #: Serve it here through a session on its home server, over the link
     #: (L{imgateway.router.proxy}): a client outside the internal networks.
@@ -68,7 +72,8 @@ class FrontDecision:
     @ivar action: What to do.
     @ivar home: The user's home server, when it is another one.
     @ivar location: Where to redirect the client (L{FrontAction.REDIRECT}).
-    @ivar network: The internal network the client is in, if any.
+    @ivar network: The internal network the client is in, if any (a
+        router's redirect).
     """
 
     action: FrontAction
@@ -93,8 +98,15 @@ def decideFront(
     Decide what the face C{face} does with C{user}, just authenticated from
     C{peer}, and log the decision unless it is to serve the user here.
 
+    A user is served here only if the directory homes it on this process,
+    and this process has a home server (L{homeOfAuthenticated}: a
+    remembered answer that the user has no home is read again). A process
+    without the role C{router} sends a user homed elsewhere (the
+    directory's answer, read again) to its home server, whatever the
+    client's network.
+
     @param locator: The gateway's locator (C{None} for a single-host
-        gateway).
+        gateway, whose users are all served here).
     @param face: A key of L{FACES}.
     @param peer: The client's address (a transport's C{getPeer()}).
     @param proxying: Whether this process can proxy sessions (the
@@ -102,30 +114,57 @@ def decideFront(
         unavailable.
     @return: Fires with the decision; fails as C{locator.homeOf} does.
     """
-    if "router" not in config.roles or locator is None:
+    if locator is None or not config.servers:
         return succeed(SERVE)
 
     def decide(home: str | None) -> FrontDecision:
+        if home is not None and home == config.homeServerName and "home" in config.roles:
+            return SERVE
         if home is None or home == config.homeServerName:
-            # Ours (or, just after it was made, not known yet: the account
-            # was there to authenticate against, so it is served as today),
-            # when this process has a home server to serve it.
-            if "home" in config.roles:
-                return SERVE
             log.warn(
-                "Not serving {user} ({face}, from {peer}): the directory names {home} as its home server, and "
-                "{name} has none (its roles are {roles}); answered as unavailable",
+                "Not serving {user} ({face}, from {peer}): {why}; answered as unavailable",
                 user=user,
                 face=face,
                 peer=peer,
-                home="no server" if home is None else home,
-                name=config.homeServerName,
-                roles=", ".join(sorted(config.roles)),
+                why=(
+                    "the directory names no home server for it (its account was disabled or removed as it logged in)"
+                    if home is None
+                    else f"the directory names {home} as its home server, and {home} has none (its roles are "
+                    f"{', '.join(sorted(config.roles))})"
+                ),
             )
             return FrontDecision(FrontAction.UNAVAILABLE, home)
-        network = networkOf(peer, config.router.internalNetworks)
         server = config.servers.get(home)
         location: HostPort | None = getattr(server, FACES[face]) if server is not None else None
+        if "router" not in config.roles:
+            # A home server's own port: serving here would open a session
+            # on a store that does not hold the user's data. The client
+            # reached this home server's port, so it can reach the others':
+            # whatever its network, it is sent there.
+            if location is None:
+                log.warn(
+                    "Not serving {user} ({face}, from {peer}): its home server is {home}, not {name}, and {home} "
+                    "has no {key} endpoint in [servers.{home}] to redirect to; answered as unavailable",
+                    user=user,
+                    face=face,
+                    peer=peer,
+                    home=home,
+                    name=config.homeServerName,
+                    key=FACES[face],
+                )
+                return FrontDecision(FrontAction.UNAVAILABLE, home)
+            log.info(
+                "Redirecting {user} ({face}, from {peer}) to its home server {home} at {location}: the client "
+                "reached {name}, a home server that is not its own",
+                user=user,
+                face=face,
+                peer=peer,
+                home=home,
+                location=str(location),
+                name=config.homeServerName,
+            )
+            return FrontDecision(FrontAction.REDIRECT, home, location)
+        network = networkOf(peer, config.router.internalNetworks)
         if network is None:
             if proxying and server is not None and server.link is not None:
                 log.info(
@@ -171,7 +210,11 @@ def decideFront(
         )
         return FrontDecision(FrontAction.REDIRECT, home, location, network)
 
-    return locator.homeOf(user).addCallback(decide)
+    # A router acts on the remembered answer (a proxied session's home
+    # server answers 301 to an old one); a home server confirms an answer
+    # that would send the user away.
+    asking = None if "router" in config.roles else config.homeServerName
+    return homeOfAuthenticated(locator, user, asking).addCallback(decide)
 
 
 def openFrontSession(gateway: IGateway, decision: FrontDecision, user: Address, mind: ISessionClient) -> Deferred[ISession]:

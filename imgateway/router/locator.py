@@ -96,23 +96,28 @@ class DirectoryHomeLocator:
         self._reading.pop(address, None)
 
 
-def homeOfAuthenticated(locator: IHomeLocator, address: Address) -> Deferred[str | None]:
+def homeOfAuthenticated(locator: IHomeLocator, address: Address, server: str | None = None) -> Deferred[str | None]:
     """
     Where a user who has just authenticated is homed.
 
     Its account was there, and enabled, to authenticate against: an answer
     of the locator that it has no home is older than that (remembered from
     before the account was made, or from while it was disabled during a
-    move), so it is forgotten and the directory asked again. A user is
-    never served by a server that an old answer names, or that guesses.
+    move), so it is forgotten and the directory asked again. So is an
+    answer that names another server than C{server}, when given: a home
+    server about to send a user away (or refuse it) asks the directory
+    itself first. The directory is read only when the remembered answer is
+    one of those.
 
+    @param server: The name of the home server that asks, if it would act
+        on an answer naming another one.
     @return: Fires with the name of its home server, or C{None} when the
         directory has none for it even now (the account was disabled or
         removed as it logged in); fails as C{locator.homeOf} does.
     """
 
     def checked(home: str | None) -> Deferred[str | None]:
-        if home is not None:
+        if home is not None and (server is None or home == server):
             return succeed(home)
         locator.forget(address)
         return locator.homeOf(address)

@@ -676,7 +676,8 @@ class SessionHost:
         except (ValueError, KeyError, TypeError) as e:
             return _error(400, f"bad open request: {e}"[:MAX_DETAIL_CHARS])
         try:
-            home = await homeOfAuthenticated(self._locator, address) if address.domain == self.config.domain else None
+            mine = self.config.homeServerName
+            home = await homeOfAuthenticated(self._locator, address, mine) if address.domain == self.config.domain else None
         except Exception as e:
             log.warn("Link from {peer}: a session for {user} not opened (503): the directory cannot be read: {error}", peer=connection.peer, user=address, error=e)
             return _error(503, "cannot check the user's home server now")

@@ -8,7 +8,8 @@ router and two home servers run as three C{twistd imgateway} processes
 with TLS server links between them. Users on the two home servers meet and
 talk through the router; then one of them is moved to the other home
 server with C{imgateway-admin user move}, all three processes running, and
-keeps everything.
+keeps everything; a moved user who connects straight to her old home server
+is sent to the new one.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from twisted.trial.unittest import TestCase
 
 from imgateway.client.protocol import NativeClientProtocol, connect, goodbye
 from imgateway.core.address import Address
-from imgateway.core.records import AuthorisationState, ContactRecord
+from imgateway.core.records import AccessList, AuthorisationState, ContactRecord
 from imgateway.home.store import SQLiteHomeStore
 from tests.e2e.harness import REPO_ROOT, GatewayProcess, Recorder, freePort, reactor
 from tests.test_examples import walkThrough
@@ -194,4 +195,48 @@ class WalkThroughTests(TestCase):
         self.assertEqual(
             await hs2.getAuthorisations(ALICE),
             [(ALICE, CAROL, AuthorisationState.AUTHORISED), (CAROL, ALICE, AuthorisationState.AUTHORISED)],
+        )
+
+    async def test_movedUserAtOldHome(self) -> None:
+        """
+        alice, homed on hs1, connects straight to hs1 (not through the
+        router) and makes a contact and a block-list entry there; she is
+        moved to hs2 with C{imgateway-admin user move}. Connecting straight
+        to hs1 again, she is redirected (C{302}) to hs2 and served there,
+        with her data; what she changes then lands in hs2's store, and
+        hs1's store holds nothing of hers: hs1 serves only the users the
+        directory homes on it, and logs the redirect.
+        """
+        processes = {name: ExampleProcess(self, self.base, name, self.ports) for name in ("hs1", "hs2", "router")}
+        for process in processes.values():
+            await process.start()
+        hs1 = processes["hs1"]
+        seen = Recorder()
+        alice = await connect(reactor(), hs1.endpoint, "alice", PASSWORDS["alice"], seen)
+        self.assertEqual(alice.transport.getPeer().port, self.ports[5301])  # type: ignore[union-attr]
+        self.assertFalse(await alice.subscribe(CAROL, name="Carol"))
+        await alice.setAccess("mallory@corp.example", "block")
+        await goodbye(alice, reactor())
+        self.admin("--config", "hs1.toml", "user", "move", "alice", "hs2")
+
+        alice = await connect(reactor(), hs1.endpoint, "alice", PASSWORDS["alice"], Recorder())
+        self.addCleanup(goodbye, alice, reactor())
+        self.assertEqual(alice.transport.getPeer().port, self.ports[5302])  # type: ignore[union-attr]
+        self.assertIn(
+            f"Redirecting alice@corp.example (native, from IPv4Address(type='TCP', host='127.0.0.1'", hs1.log()
+        )
+        self.assertIn(f"to its home server hs2 at 127.0.0.1:{self.ports[5302]}: the client reached hs1", hs1.log())
+        contacts = await alice.contacts()
+        self.assertEqual([(c["address"], c["name"]) for c in contacts["contacts"]], [("carol@corp.example", "Carol")])
+        self.assertEqual((await alice.accessLists())["block"], ["mallory@corp.example"])
+        await alice.setAccess("trudy@corp.example", "block")
+
+        old, new = await self.store("hs1"), await self.store("hs2")
+        self.assertEqual(
+            (await old.getContacts(ALICE), await old.getAccess(ALICE), await old.getAuthorisations(ALICE)), ([], {}, [])
+        )
+        self.assertEqual(await new.getContacts(ALICE), [ContactRecord(CAROL, "Carol")])
+        self.assertEqual(
+            await new.getAccess(ALICE),
+            {"mallory@corp.example": AccessList.BLOCK, "trudy@corp.example": AccessList.BLOCK},
         )

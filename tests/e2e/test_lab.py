@@ -9,7 +9,8 @@ with TLS server links between them. Users on the two home servers meet and
 talk through the router; then one of them is moved to the other home
 server with C{imgateway-admin user move}, all three processes running, and
 keeps everything; a moved user who connects straight to her old home server
-is sent to the new one.
+is sent to the new one, and one whose proxied login the router sends to her
+old home server (its cached answer) is served by the new one.
 """
 
 from __future__ import annotations
@@ -240,3 +241,38 @@ class WalkThroughTests(TestCase):
             await new.getAccess(ALICE),
             {"mallory@corp.example": AccessList.BLOCK, "trudy@corp.example": AccessList.BLOCK},
         )
+
+    async def test_movedUserProxied(self) -> None:
+        """
+        A router that remembers a moved user's old home (its directory
+        cache outlives the move's wait) proxies her next login there: hs1
+        answers C{301} with her new home, and the router opens her session
+        on hs2 at once, with her data.
+        """
+        path = os.path.join(self.base, "router.toml")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text.replace(f"directory_cache_seconds = {CACHE_SECONDS}\n", "directory_cache_seconds = 600\n"))
+        processes = {name: ExampleProcess(self, self.base, name, self.ports) for name in ("hs1", "hs2", "router")}
+        for process in processes.values():
+            await process.start()
+        router, hs1 = processes["router"], processes["hs1"]
+        outside = f"{router.endpoint}:bindAddress=127.0.0.2"
+        alice = await connect(reactor(), outside, "alice", PASSWORDS["alice"], Recorder())
+        self.assertFalse(await alice.subscribe(CAROL, name="Carol"))
+        await goodbye(alice, reactor())
+        self.assertIn("Proxied session hs1-", hs1.log())
+        self.admin("--config", "hs1.toml", "user", "move", "alice", "hs2")
+
+        alice = await connect(reactor(), outside, "alice", PASSWORDS["alice"], Recorder())
+        self.addCleanup(goodbye, alice, reactor())
+        self.assertEqual(alice.transport.getPeer().port, self.ports[5300])  # type: ignore[union-attr]
+        contacts = await alice.contacts()
+        self.assertEqual([(c["address"], c["name"]) for c in contacts["contacts"]], [("carol@corp.example", "Carol")])
+        self.assertIn("a session for alice@corp.example not opened (301): the directory homes it on hs2", hs1.log())
+        self.assertIn("Proxied session of alice@corp.example not opened on hs1: the directory homes it on hs2 now", router.log())
+        self.assertRegex(router.log(), r"Proxied session hs2-\d+ of alice@corp.example opened on hs2")
+        await alice.setAccess("trudy@corp.example", "block")
+        new = await self.store("hs2")
+        self.assertEqual(await new.getAccess(ALICE), {"trudy@corp.example": AccessList.BLOCK})

@@ -10,6 +10,10 @@ C{shippedLimits=True} every limit as the template has it), creates the
 accounts, runs C{twistd -n imgateway} and stops it again, also on errors and
 Control-C.
 
+L{linkedHomeServers} makes several such gateways, home servers of one
+domain (C{[servers.NAME]}) sharing one data folder (the single-host lab),
+joined by server links over TLS with certificates from a test authority.
+
 Run as a module, it creates accounts in one process (one password hash
 shared by all of them: much faster than one C{imgateway-admin user add} per
 account, which derives the verifiers each time)::
@@ -33,7 +37,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
@@ -48,6 +52,7 @@ __all__ = [
     "benchConfig",
     "createUsers",
     "freePort",
+    "linkedHomeServers",
     "makeTestCertificates",
 ]
 
@@ -299,6 +304,8 @@ class SpawnedGateway:
         xmpp: bool = False,
         tls: bool = False,
         shippedLimits: bool = False,
+        *,
+        dataDir: Path | None = None,
     ) -> None:
         """
         @param template: The configuration to copy (C{etc/imgateway.toml}).
@@ -309,6 +316,9 @@ class SpawnedGateway:
             (L{makeTestCertificates}): the native face also listens with
             TLS (L{tlsPort}), and the XMPP face can STARTTLS.
         @param shippedLimits: Keep the template's limits (see L{benchConfig}).
+        @param dataDir: The data folder (shared with other gateways of a
+            lab); by default C{data} in the temporary folder. It is not
+            removed by L{stop}.
         """
         self.template = template if template is not None else REPO / "etc" / "imgateway.toml"
         self.keep = keep
@@ -342,7 +352,7 @@ class SpawnedGateway:
                 self.caPath, certificates = makeTestCertificates(self.folder / "certs", self.domain)
             text = benchConfig(
                 templateText,
-                self.folder / "data",
+                dataDir if dataDir is not None else self.folder / "data",
                 self.port,
                 xmppPort=self.xmppPort,
                 shippedLimits=shippedLimits,
@@ -478,6 +488,22 @@ class SpawnedGateway:
             return 0
         return text.count("Traceback (most recent call last)") + text.count("Unhandled Error")
 
+    def waitForLog(self, texts: Sequence[str], timeout: float = 30.0) -> None:
+        """
+        Wait until the log holds each of C{texts}.
+
+        @raise GatewayError: If it does not in C{timeout} seconds, or the
+            gateway exits meanwhile.
+        """
+        deadline = time.monotonic() + timeout
+        for text in texts:
+            while not self._logSays(text):
+                if self.process is not None and self.process.poll() is not None:
+                    raise GatewayError(f"the gateway exited with status {self.process.returncode}:\n{self.logTail()}")
+                if time.monotonic() > deadline:
+                    raise GatewayError(f"the gateway did not log {text!r} within {timeout:g} s:\n{self.logTail()}")
+                time.sleep(0.1)
+
     def _logSays(self, text: str) -> bool:
         try:
             return text in self.log.read_text(encoding="utf-8", errors="replace")
@@ -544,6 +570,89 @@ class SpawnedGateway:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _linksEdit(
+    name: str, names: Sequence[str], linkPorts: dict[str, int], nativePorts: dict[str, int], certs: dict[str, tuple[Path, Path]], roots: Path
+) -> Callable[[str], str]:
+    """
+    The edit that makes a benchmark configuration that of home server
+    C{name} of a lab: its C{home_server}, every server's C{[servers.NAME]}
+    table, and its C{[links]} (listener, certificate, key, trust roots;
+    reconnecting within 2 s). Everything else is as L{benchConfig} left it
+    (C{max_queue}, C{request_timeout}... as shipped).
+    """
+
+    def edit(text: str) -> str:
+        certificate, key = certs[name]
+        text = _setKey(text, "gateway", "home_server", _tomlString(name))
+        text = _setKey(text, "links", "listen", "[" + _tomlString(f"tcp:{linkPorts[name]}:interface=127.0.0.1") + "]")
+        text = _setKey(text, "links", "certificate", _tomlString(str(certificate)))
+        text = _setKey(text, "links", "private_key", _tomlString(str(key)))
+        text = _setKey(text, "links", "trust_roots", _tomlString(str(roots)))
+        text = _setKey(text, "links", "reconnect_max_delay", "2")
+        tables = [
+            f'\n[servers.{n}]\nroles = ["home"]\nlink = "127.0.0.1:{linkPorts[n]}"\n'
+            f'tls_name = "{n}.links.test"\nnative = "127.0.0.1:{nativePorts[n]}"\n'
+            for n in names
+        ]
+        return text.rstrip("\n") + "\n" + "".join(tables)
+
+    return edit
+
+
+def linkedHomeServers(
+    names: Sequence[str], folder: Path, template: Path | None = None, keep: bool = False
+) -> list[SpawnedGateway]:
+    """
+    Home servers of one domain as separate gateways (not started), as the
+    single-host lab runs them (docs/operations.md): one shared data folder
+    (so one SQLite directory, and C{home-<name>.sqlite3} for each), each
+    with its native face and its link listener on free loopback ports,
+    joined by server links over TLS with both certificates checked. The
+    certificates (C{<name>.links.test}, for server and client use) come
+    from a test authority (L{imgateway.testing.CertificateAuthority}). A
+    gateway's L{SpawnedGateway.createUsers} makes accounts homed on it.
+    A link comes up when the first event crosses it; its sending end then
+    logs C{Link to server NAME is up} (L{SpawnedGateway.waitForLog}).
+
+    @param folder: Where the shared data, certificates and authority go
+        (the caller removes it).
+    """
+    from imgateway.testing import CertificateAuthority, certificatePEM, keyPEM, writePEM
+
+    authority = CertificateAuthority()
+    certDir = folder / "links"
+    roots = Path(writePEM(str(certDir / "ca.crt"), certificatePEM(authority.certificate)))
+    certs: dict[str, tuple[Path, Path]] = {}
+    linkPorts: dict[str, int] = {}
+    taken: set[int] = set()
+    for name in names:
+        key, certificate = authority.issue([f"{name}.links.test"], clientAuth=True)
+        certs[name] = (
+            Path(writePEM(str(certDir / f"{name}.crt"), certificatePEM(certificate))),
+            Path(writePEM(str(certDir / f"{name}.key"), keyPEM(key))),
+        )
+        port = freePort()
+        while port in taken:
+            port = freePort()
+        taken.add(port)
+        linkPorts[name] = port
+    gateways: list[SpawnedGateway] = []
+    nativePorts: dict[str, int] = {}
+    try:
+        for name in names:
+            gw = SpawnedGateway(template=template, keep=keep, dataDir=folder / "data")
+            gateways.append(gw)
+            nativePorts[name] = gw.port
+        for name, gw in zip(names, gateways):
+            text = _linksEdit(name, names, linkPorts, nativePorts, certs, roots)(gw.config.read_text(encoding="utf-8"))
+            gw.config.write_text(text, encoding="utf-8")
+    except BaseException:
+        for gw in gateways:
+            gw.stop()
+        raise
+    return gateways
 
 
 # -- create-users, in a process of its own ------------------------------------------

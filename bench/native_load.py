@@ -178,9 +178,13 @@ class Stats:
         self.t0: int | None = None
         self.t1 = 0
         self.lat = array.array("q")
+        #: Send -> 200 answer (the round trip through the servers), in window.
+        self.ackLat = array.array("q")
         self.maxSamples = maxSamples
         self.sampleEvery = 1
+        self.ackSampleEvery = 1
         self._k = 0
+        self._ackK = 0
         self.delivered = 0  # deliveries inside the window
         self.receivedTotal = 0  # first deliveries, whole run
         self.sent = 0
@@ -206,6 +210,18 @@ class Stats:
                     # Keep every other sample, and sample half as often.
                     self.lat = self.lat[::2]
                     self.sampleEvery *= 2
+
+    def recordAck(self, sentUs: int) -> None:
+        t = now_us()
+        t0 = self.t0
+        if t0 is not None and t0 <= t < self.t1:
+            self._ackK += 1
+            if self._ackK >= self.ackSampleEvery:
+                self._ackK = 0
+                self.ackLat.append(t - sentUs)
+                if len(self.ackLat) >= self.maxSamples:
+                    self.ackLat = self.ackLat[::2]
+                    self.ackSampleEvery *= 2
 
 
 class LoginError(Exception):
@@ -459,6 +475,8 @@ class Pump:
         self.out = 0
         self.seq = 0  # message numbers, from 1
         self.state = bytearray(4096)
+        #: Send time (microseconds) of each message number.
+        self.sentAt = array.array("q", bytes(8 * 4096))
         self.sending = False
         self.scheduled = False
         self.lastProgress = time.monotonic()
@@ -482,14 +500,18 @@ class Pump:
         fseq = conn.seq
         mseq = self.seq
         if mseq + k >= len(self.state):
-            self.state.extend(bytes(max(len(self.state), k + 1)))
+            grow = max(len(self.state), k + 1)
+            self.state.extend(bytes(grow))
+            self.sentAt.frombytes(bytes(8 * grow))
         parts = []
+        sentAt = self.sentAt
         if conn._fast:
             target = self.target
             for _ in range(k):
                 fseq += 1
                 mseq += 1
                 messages[fseq] = mseq
+                sentAt[mseq] = t
                 body = b"%d %d" % (mseq, t)
                 parts.append(_MESSAGE % (target, fseq, len(body), body))
         else:
@@ -497,6 +519,7 @@ class Pump:
                 fseq += 1
                 mseq += 1
                 messages[fseq] = mseq
+                sentAt[mseq] = t
                 body = b"%d %d" % (mseq, t)
                 parts.append(serialise(Request("MESSAGE", self.targetText, Headers.of(("Seq", str(fseq))), body)))
         conn.seq = fseq
@@ -515,6 +538,7 @@ class Pump:
     def answered(self, mseq: int, code: int) -> None:
         if code == 200:
             self.state[mseq] |= _ACKED
+            self.stats.recordAck(self.sentAt[mseq])
             return
         st = self.state[mseq]
         self.state[mseq] = st | _FAILED
@@ -622,13 +646,16 @@ class ParentLink:
         self.conn.send(msg)
 
 
-async def loginAll(conns: list[NativeConn], spec: dict[str, Any]) -> float:
+async def loginAll(conns: list[NativeConn], spec: dict[str, Any], where: tuple[str, int] | None = None) -> float:
     """
     Log C{conns} in, C{login_concurrency} at a time, retrying connection
     failures; return the seconds it took.
 
+    @param where: The host and port to connect to; C{spec}'s C{host} and
+        C{port} by default.
     @raise LoginError: If one cannot log in.
     """
+    host, port = where if where is not None else (spec["host"], spec["port"])
     sem = asyncio.Semaphore(spec["login_concurrency"])
     t = time.monotonic()
 
@@ -636,7 +663,7 @@ async def loginAll(conns: list[NativeConn], spec: dict[str, Any]) -> float:
         async with sem:
             for attempt in range(3):
                 try:
-                    await c.login(spec["host"], spec["port"], spec["password"], spec["mech"], spec["timeout"])
+                    await c.login(host, port, spec["password"], spec["mech"], spec["timeout"])
                     return
                 except (OSError, asyncio.TimeoutError, LoginError) as e:
                     c.close()
@@ -663,7 +690,15 @@ async def workerMain(link: ParentLink, spec: dict[str, Any]) -> None:
     for a, b in pairs:
         conns[a] = NativeConn(a, stats, fast)
         conns[b] = NativeConn(b, stats, fast)
-    loginS = await loginAll(list(conns.values()), spec)
+    if spec.get("peer_port"):
+        # The second member of each pair has a server of its own (bench/multihost.py).
+        both = await asyncio.gather(
+            loginAll([conns[a] for a, _ in pairs], spec),
+            loginAll([conns[b] for _, b in pairs], spec, (spec["peer_host"], spec["peer_port"])),
+        )
+        loginS = max(both)
+    else:
+        loginS = await loginAll(list(conns.values()), spec)
     closedLoop = not spec["rate_per_sender"]
     pumps: list[Pump] = []
     for a, b in pairs:
@@ -730,6 +765,7 @@ async def traffic(
     return {
         "cpu_s": cpu1 - cpu0,
         "lat": stats.lat.tobytes(),
+        "ack_lat": stats.ackLat.tobytes(),
         "delivered": stats.delivered,
         "received_total": stats.receivedTotal,
         "sent": stats.sent,
@@ -1021,7 +1057,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gateway.stop()
 
 
-def measure(args: argparse.Namespace, workers: Workers, pid: int | None, senders: int) -> dict[str, Any]:
+def measure(args: argparse.Namespace, workers: Workers, pid: int | None | Sequence[int], senders: int) -> dict[str, Any]:
+    """
+    Run one measured window (C{go}) and gather the drivers' results.
+
+    @param pid: The server process, or several (their CPU times are summed
+        into the C{server_cpu_*} figures, and given one by one in
+        C{server_cpu_s_by_pid}; RSS is summed).
+    """
+    pids = [p for p in ([pid] if isinstance(pid, int) or pid is None else list(pid)) if p]
     time.sleep(args.settle)
     info(
         f"{senders} senders, {'%g msg/s in all' % args.rate if args.rate else 'window %d' % args.window}: "
@@ -1031,12 +1075,19 @@ def measure(args: argparse.Namespace, workers: Workers, pid: int | None, senders
     t0 = tGo + int(args.warmup * 1e6)
     t1 = t0 + int(args.duration * 1e6)
     workers.send([("go", tGo, t0, t1)] * len(workers.conns))
-    samples: dict[str, tuple[float, float | None, int | None, float | None]] = {}
+    samples: dict[str, tuple[float, list[float | None], int | None, float | None]] = {}
     for phase, at in (("start", t0), ("end", t1)):
         time.sleep(max(0.0, (at - now_us()) / 1e6))
-        samples[phase] = (time.monotonic(), proc_cpu_s(pid), proc_rss_kb(pid), machine_busy_s())
+        rss = [proc_rss_kb(p) for p in pids]
+        samples[phase] = (
+            time.monotonic(),
+            [proc_cpu_s(p) for p in pids],
+            sum(r for r in rss if r is not None) if pids and None not in rss else None,
+            machine_busy_s(),
+        )
     results = workers.collect("result", args.drain + 60)
     lat = array.array("q")
+    ackLat = array.array("q")
     errors: dict[str, int] = {}
     totals = dict.fromkeys(
         ("delivered", "received_total", "sent", "lost", "unanswered", "duplicates", "unexpected",
@@ -1046,6 +1097,7 @@ def measure(args: argparse.Namespace, workers: Workers, pid: int | None, senders
     cpu = []
     for r in results:
         lat.frombytes(r["lat"])
+        ackLat.frombytes(r["ack_lat"])
         for k in totals:
             totals[k] += r[k]
         for code, n in r["errors"].items():
@@ -1076,23 +1128,26 @@ def measure(args: argparse.Namespace, workers: Workers, pid: int | None, senders
         "rate_per_s": round(delivered / args.duration, 1),
         "lat_us": percentiles(lat),
         "lat_samples": len(lat),
-        "server_pid": pid,
+        "ack_lat_us": percentiles(ackLat),
+        "server_pid": pids[0] if len(pids) == 1 else (pids or None),
         "server_cpu_pct": None,
         "server_cpu_us_per_delivery": None,
         "server_rss_kb": re_,
         "driver_cpu_pct": cpu,
     }
-    if cs is not None and ce is not None and dt > 0:
-        out["server_cpu_pct"] = round(100.0 * (ce - cs) / dt, 1)
+    if pids and None not in cs and None not in ce and dt > 0:
+        spent = [e - s for s, e in zip(cs, ce)]  # type: ignore[operator]
+        total = sum(spent)
+        out["server_cpu_pct"] = round(100.0 * total / dt, 1)
+        if len(pids) > 1:
+            out["server_cpu_s_by_pid"] = {str(p): round(x, 3) for p, x in zip(pids, spent)}
         if delivered:
-            out["server_cpu_us_per_delivery"] = round((ce - cs) / delivered * 1e6, 2)
+            out["server_cpu_us_per_delivery"] = round(total / delivered * 1e6, 2)
     if bs is not None and be is not None and dt > 0:
         busy = 100.0 * (be - bs) / dt
         out["machine_busy_pct"] = round(busy, 1)
         out["other_cpu_pct"] = round(busy - sum(cpu) - (out["server_cpu_pct"] or 0), 1)
     return out
-
-
 
 
 def main(argv: Sequence[str] | None = None) -> None:

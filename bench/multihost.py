@@ -1,0 +1,378 @@
+"""
+alice→carol across home servers: in one run, the same native message load
+on (a) one gateway (the single-host default: alice and carol on it) and on
+(b) two home servers C{hs1} and C{hs2}, separate C{twistd} processes joined
+by server links over TLS (alice homed on and connected to hs1, carol on
+hs2); prints messages/s, p50/p99 of the delivery latency and of the round
+trip (send → 200), and the server CPU per delivery, all server processes
+summed, with the ratio (b)/(a) (issue 8's goal: under 2×). Each topology
+runs closed-loop (C{--window} messages outstanding per sender) and at a
+fixed rate (C{--rate} messages/s in all). Every run checks that nothing
+was lost, duplicated or refused. A benchmark, not a test: nothing asserts a
+time.
+
+    .venv/bin/python bench/multihost.py                 # 50 pairs, 10 s per row
+    .venv/bin/python bench/multihost.py --quick         # under a minute
+    .venv/bin/python bench/multihost.py --json          # JSON on stdout, table on stderr
+
+The load is L{bench.native_load}'s (its driver processes, pumps and
+measured window): C{--pairs} pairs C{alice<i>} → C{carol<i>}, one way by
+default (C{--both-ways}: carol answers too). The gateways are
+L{bench._gateway}'s (C{etc/imgateway.toml} with the flood limits raised;
+the lab's homes share one data folder, and their links keep the shipped
+C{[links]} limits: C{max_queue} 1000 requests per link is above C{--pairs}
+× C{--window}). The servers' CPU is read from C{/proc/PID/stat} (utime +
+stime, every thread) at the edges of the measured window.
+
+(c), alice connected at a router from outside its internal networks and
+proxied to hs1, needs the router's proxied sessions
+(C{imgateway/router/proxy*.py}); without them the run says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    # Run as a script (python bench/multihost.py): make the repository importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._gateway import (
+    REPO,
+    GatewayError,
+    SpawnedGateway,
+    interruptedStatus,
+    interruptOnSigterm,
+    linkedHomeServers,
+)
+from bench.native_load import BenchFailed, Workers, measure, raise_nofile, selfCheck, shard
+
+PASSWORD = "bench-pw"
+
+#: What C{--quick} changes (each row a couple of seconds: under a minute in all).
+QUICK = {"pairs": 5, "duration": 2.0, "warmup": 0.5, "settle": 0.3, "drain": 3.0, "rate": 500.0}
+
+#: The topologies, in the order they run and are printed.
+TOPOLOGIES = ("single", "two-homes", "router-proxy")
+
+#: The modes each topology runs.
+MODES = ("closed", "fixed")
+
+
+def info(text: str) -> None:
+    print(f"multihost: {text}", file=sys.stderr, flush=True)
+
+
+def proxyLanded() -> bool:
+    """
+    @return: Whether the router's proxied sessions are in this tree.
+    """
+    return any((REPO / "imgateway" / "router").glob("proxy*.py"))
+
+
+class Topology:
+    """
+    Servers to put the load on: where alice's and carol's clients connect,
+    and the processes whose CPU is counted.
+
+    @ivar name: One of L{TOPOLOGIES}.
+    @ivar aliceAt: Host and port alice's clients log in at.
+    @ivar carolAt: Host and port carol's clients log in at.
+    @ivar gateways: The server processes (their CPU is summed), by name.
+    """
+
+    def __init__(self, name: str, aliceAt: tuple[str, int], carolAt: tuple[str, int], gateways: dict[str, SpawnedGateway]) -> None:
+        self.name = name
+        self.aliceAt = aliceAt
+        self.carolAt = carolAt
+        self.gateways = gateways
+
+    def pids(self) -> list[int]:
+        return [gw.pid for gw in self.gateways.values() if gw.pid is not None]
+
+    def logErrors(self) -> dict[str, int]:
+        return {name: gw.logErrors() for name, gw in self.gateways.items()}
+
+
+def single(args: argparse.Namespace, stack: list[Callable[[], object]]) -> Topology:
+    """
+    (a) One gateway, today's default configuration: alice and carol on it.
+    """
+    gw = SpawnedGateway(template=args.template, keep=args.keep)
+    stack.append(gw.stop)
+    info(f"(a) one gateway in {gw.folder}")
+    info(gw.createUsers("alice", 0, args.pairs, PASSWORD))
+    info(gw.createUsers("carol", 0, args.pairs, PASSWORD))
+    gw.start()
+    return Topology("single", ("127.0.0.1", gw.port), ("127.0.0.1", gw.port), {"gateway": gw})
+
+
+def twoHomes(args: argparse.Namespace, stack: list[Callable[[], object]]) -> Topology:
+    """
+    (b) hs1 (alice) and hs2 (carol), two processes joined by TLS links.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="imgw-bench-lab-"))
+    if not args.keep:
+        stack.append(lambda: shutil.rmtree(folder, ignore_errors=True))
+    hs1, hs2 = linkedHomeServers(["hs1", "hs2"], folder, template=args.template, keep=args.keep)
+    stack.append(hs1.stop)
+    stack.append(hs2.stop)
+    info(f"(b) hs1 and hs2 in {hs1.folder} and {hs2.folder}, data and certificates in {folder}")
+    info(hs1.createUsers("alice", 0, args.pairs, PASSWORD))
+    info(hs2.createUsers("carol", 0, args.pairs, PASSWORD))
+    hs1.start()
+    hs2.start()
+    return Topology("two-homes", ("127.0.0.1", hs1.port), ("127.0.0.1", hs2.port), {"hs1": hs1, "hs2": hs2})
+
+
+def runMode(args: argparse.Namespace, topology: Topology, mode: str) -> dict[str, Any]:
+    """
+    Log the pairs in afresh, run one measured window in C{mode}, log out.
+    """
+    pairs = [(f"alice{i}", f"carol{i}") for i in range(args.pairs)]
+    nProcs = max(1, min(args.procs, args.pairs))
+    senders = args.pairs * (2 if args.both_ways else 1)
+    rate = args.rate if mode == "fixed" else 0.0
+    (host, port), (peerHost, peerPort) = topology.aliceAt, topology.carolAt
+    base = {
+        "host": host,
+        "port": port,
+        "peer_host": peerHost,
+        "peer_port": peerPort,
+        "password": PASSWORD,
+        "mech": "SCRAM-SHA-256",
+        "timeout": 30.0,
+        "login_concurrency": max(1, 50 // nProcs),
+        "parser": "fast",
+        "window": args.window,
+        "one_way": not args.both_ways,
+        "drain": args.drain,
+        "rate_per_sender": rate / senders if rate else 0.0,
+        "smooth": True,
+    }
+    window = argparse.Namespace(
+        settle=args.settle,
+        warmup=args.warmup,
+        duration=args.duration,
+        drain=args.drain,
+        rate=rate,
+        window=args.window,
+        one_way=not args.both_ways,
+        smooth=True,
+    )
+    workers = Workers([dict(base, pairs=s) for s in shard(pairs, nProcs)], 120.0)
+    try:
+        readies = workers.collect("ready", 120.0)
+        info(f"{topology.name}, {mode}: {sum(r['clients'] for r in readies)} clients logged in")
+        out = measure(window, workers, topology.pids(), senders)
+    finally:
+        workers.stop()
+    out["topology"] = topology.name
+    out["mode"] = mode
+    out["server_cpu_s_by_process"] = _byProcess(topology, out)
+    return out
+
+
+def _byProcess(topology: Topology, out: dict[str, Any]) -> dict[str, float] | None:
+    byPid = out.pop("server_cpu_s_by_pid", None)
+    if byPid is None:
+        return None
+    return {name: byPid[str(gw.pid)] for name, gw in topology.gateways.items() if str(gw.pid) in byPid}
+
+
+def problems(row: dict[str, Any]) -> list[str]:
+    """
+    @return: What went wrong in a row: anything lost, duplicated,
+        unanswered, unexpected or refused, and errors in the servers' logs.
+    """
+    found = [
+        f"{key} {row[key]}"
+        for key in ("lost", "duplicates", "unanswered", "unexpected", "framing_errors", "stalls", "disconnects")
+        if row.get(key)
+    ]
+    if row.get("errors"):
+        found.append(f"statuses {row['errors']}")
+    logged = {k: v for k, v in (row.get("log_errors") or {}).items() if v}
+    if logged:
+        found.append(f"tracebacks logged {logged}")
+    return found
+
+
+def _ms(us: float | None) -> str:
+    return "-" if us is None else f"{us / 1000:.1f}"
+
+
+def table(rows: list[dict[str, Any]], skipped: dict[str, str]) -> str:
+    """
+    The rows, and the ratio (b)/(a) of CPU per delivery for each mode.
+    """
+    lines = [
+        "| topology | mode | deliveries/s | delivery p50 / p99 ms | round trip p50 / p99 ms "
+        "| server CPU % | server CPU µs/delivery | by process (CPU s) | checks |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['topology']} | {r['mode']} | error: {r['error'][:200]} |||||||")
+            continue
+        mode = f"fixed {r['rate_target']:g}/s" if r["mode"] == "fixed" else f"closed, window {r['window']}"
+        lat, ack = r["lat_us"], r["ack_lat_us"]
+        byProcess = r.get("server_cpu_s_by_process") or {}
+        found = problems(r)
+        checks = "; ".join(found) if found else f"0 lost, 0 duplicated of {r['delivered']:,}"
+        lines.append(
+            f"| {r['topology']} | {mode} | {r['rate_per_s']:,.0f} "
+            f"| {_ms(lat.get('p50'))} / {_ms(lat.get('p99'))} | {_ms(ack.get('p50'))} / {_ms(ack.get('p99'))} "
+            f"| {r['server_cpu_pct']} | {r['server_cpu_us_per_delivery']} "
+            f"| {', '.join(f'{k} {v:.2f}' for k, v in byProcess.items()) or '-'} "
+            f"| {checks} |"
+        )
+    lines.append("")
+    for name, ratio in ratios(rows).items():
+        lines.append(f"ratio {name}: {ratio}")
+    for name, why in skipped.items():
+        lines.append(f"{name}: not run: {why}")
+    return "\n".join(lines)
+
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """
+    Server CPU per delivery of each multi-server topology over the single
+    host's, mode by mode (C{"2.31x"}), against the goal of 2.
+    """
+    cost = {(r["topology"], r["mode"]): r.get("server_cpu_us_per_delivery") for r in rows if "error" not in r}
+    out: dict[str, str] = {}
+    for topology in TOPOLOGIES[1:]:
+        for mode in MODES:
+            a, b = cost.get(("single", mode)), cost.get((topology, mode))
+            if a and b:
+                verdict = "under the 2x goal" if b / a < 2 else "over the 2x goal"
+                out[f"{topology}/single {mode}"] = f"{b / a:.2f}x ({b:g} / {a:g} µs per delivery; {verdict})"
+    return out
+
+
+def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="multihost.py",
+        description="alice→carol on one gateway and across two linked home servers: rate, latency, CPU per delivery.",
+    )
+    p.add_argument("--quick", action="store_true", help="small and short: under a minute in all")
+    p.add_argument("--pairs", type=int, help="alice→carol pairs (default 50; --quick 5)")
+    p.add_argument("--duration", type=float, help="measured seconds per row (default 10; --quick 2)")
+    p.add_argument("--warmup", type=float, help="seconds of traffic before each window (default 2; --quick 0.5)")
+    p.add_argument("--settle", type=float, help="pause after logins (default 1)")
+    p.add_argument("--drain", type=float, help="seconds to wait for what is in flight (default 5)")
+    p.add_argument("--window", type=int, default=10, help="closed loop: messages outstanding per sender (default 10)")
+    p.add_argument("--rate", type=float, help="fixed rate: messages/s in all (default 2000; --quick 500)")
+    p.add_argument("--procs", type=int, default=1, help="driver processes (default 1)")
+    p.add_argument("--both-ways", action="store_true", help="carol<i> sends to alice<i> too (default: alice→carol only)")
+    p.add_argument(
+        "--only", action="append", choices=TOPOLOGIES, help="run only this topology (repeatable; default all that can run)"
+    )
+    p.add_argument("--mode", action="append", choices=MODES, help="run only this mode (repeatable; default both)")
+    p.add_argument("--template", type=Path, help="the configuration to copy (default etc/imgateway.toml)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folders (configurations, data, logs)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on standard output (the table goes to standard error)")
+    args = p.parse_args(argv)
+    defaults = {"pairs": 50, "duration": 10.0, "warmup": 2.0, "settle": 1.0, "drain": 5.0, "rate": 2000.0}
+    for key, value in (QUICK if args.quick else defaults).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.pairs < 1 or args.window < 1 or args.procs < 1 or args.duration <= 0 or args.rate <= 0:
+        p.error("--pairs, --window, --procs must be >= 1; --duration and --rate > 0")
+    return args
+
+
+def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """
+    Each topology in turn: start its servers, run each mode, stop them.
+
+    @return: The rows, and the topologies not run with why.
+    """
+    selfCheck()
+    raise_nofile()
+    builders: dict[str, Callable[[argparse.Namespace, list[Callable[[], object]]], Topology]] = {
+        "single": single,
+        "two-homes": twoHomes,
+    }
+    wanted = args.only or list(TOPOLOGIES)
+    modes = args.mode or list(MODES)
+    rows: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    for name in wanted:
+        if name == "router-proxy":
+            if not proxyLanded():
+                skipped[name] = "the router's proxied sessions (imgateway/router/proxy*.py) are not in this tree"
+                continue
+            skipped[name] = "the proxy has landed, but this benchmark does not drive it yet"
+            continue
+        stack: list[Callable[[], object]] = []
+        try:
+            topology = builders[name](args, stack)
+            for mode in modes:
+                try:
+                    row = runMode(args, topology, mode)
+                except BenchFailed as e:
+                    row = {"topology": name, "mode": mode, "error": str(e)}
+                    info(f"{name}, {mode} failed: {e}")
+                row["log_errors"] = topology.logErrors()
+                rows.append(row)
+                info(f"{name}, {mode}: {json.dumps(row)}")
+            if name == "two-homes":
+                # The messages crossed the link (not some local short cut).
+                topology.gateways["hs1"].waitForLog(["Link to server hs2 is up"], timeout=5.0)
+        except GatewayError as e:
+            rows.extend({"topology": name, "mode": mode, "error": str(e)} for mode in modes)
+            info(f"{name} failed: {e}")
+        finally:
+            for undo in reversed(stack):
+                undo()
+    return rows, skipped
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parseArgs(argv)
+    interruptOnSigterm()
+    started = time.monotonic()
+    try:
+        rows, skipped = run(args)
+    except KeyboardInterrupt:
+        info("interrupted; the gateways we started are stopped")
+        return interruptedStatus()
+    text = table(rows, skipped)
+    result = {
+        "bench": "multihost",
+        "quick": args.quick,
+        "pairs": args.pairs,
+        "direction": "both" if args.both_ways else "one-way",
+        "rows": rows,
+        "ratios": ratios(rows),
+        "skipped": skipped,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    if args.json:
+        print(json.dumps(result), flush=True)
+        print(text, file=sys.stderr, flush=True)
+    else:
+        print(text, flush=True)
+    if any("error" in r for r in rows):
+        return 2
+    if any(problems(r) for r in rows):
+        info("FAILED: messages lost, duplicated or refused, or tracebacks logged (see the checks column)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -306,6 +306,7 @@ class SpawnedGateway:
         shippedLimits: bool = False,
         *,
         dataDir: Path | None = None,
+        twistdOptions: Sequence[str] = (),
     ) -> None:
         """
         @param template: The configuration to copy (C{etc/imgateway.toml}).
@@ -319,6 +320,8 @@ class SpawnedGateway:
         @param dataDir: The data folder (shared with other gateways of a
             lab); by default C{data} in the temporary folder. It is not
             removed by L{stop}.
+        @param twistdOptions: More options of C{twistd} (before the
+            C{imgateway} subcommand), e.g. C{--profiler=cprofile}.
         """
         self.template = template if template is not None else REPO / "etc" / "imgateway.toml"
         self.keep = keep
@@ -340,6 +343,7 @@ class SpawnedGateway:
             while self.tlsPort in taken:
                 self.tlsPort = freePort()
         self.process: subprocess.Popen[bytes] | None = None
+        self.twistdOptions = list(twistdOptions)
         self._stderr = self.folder / "twistd.stderr"
         try:
             templateText = self.template.read_text(encoding="utf-8")
@@ -389,6 +393,7 @@ class SpawnedGateway:
             "-n",
             "--pidfile=",
             f"--logfile={self.log}",
+            *self.twistdOptions,
             "imgateway",
             "--config",
             str(self.config),

@@ -102,11 +102,21 @@ class Topology:
         return {name: gw.logErrors() for name, gw in self.gateways.items()}
 
 
+def profiling(args: argparse.Namespace, name: str) -> list[str]:
+    """
+    @return: The C{twistd} options that profile a server with C{--profile}.
+    """
+    if args.profile is None:
+        return []
+    args.profile.mkdir(parents=True, exist_ok=True)
+    return ["--profiler=cprofile", f"--profile={args.profile.resolve() / name}.prof", "--savestats"]
+
+
 def single(args: argparse.Namespace, stack: list[Callable[[], object]]) -> Topology:
     """
     (a) One gateway, today's default configuration: alice and carol on it.
     """
-    gw = SpawnedGateway(template=args.template, keep=args.keep)
+    gw = SpawnedGateway(template=args.template, keep=args.keep, twistdOptions=profiling(args, "single-gateway"))
     stack.append(gw.stop)
     info(f"(a) one gateway in {gw.folder}")
     info(gw.createUsers("alice", 0, args.pairs, PASSWORD))
@@ -123,6 +133,8 @@ def twoHomes(args: argparse.Namespace, stack: list[Callable[[], object]]) -> Top
     if not args.keep:
         stack.append(lambda: shutil.rmtree(folder, ignore_errors=True))
     hs1, hs2 = linkedHomeServers(["hs1", "hs2"], folder, template=args.template, keep=args.keep)
+    hs1.twistdOptions = profiling(args, "two-homes-hs1")
+    hs2.twistdOptions = profiling(args, "two-homes-hs2")
     stack.append(hs1.stop)
     stack.append(hs2.stop)
     info(f"(b) hs1 and hs2 in {hs1.folder} and {hs2.folder}, data and certificates in {folder}")
@@ -279,6 +291,13 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--mode", action="append", choices=MODES, help="run only this mode (repeatable; default both)")
     p.add_argument("--template", type=Path, help="the configuration to copy (default etc/imgateway.toml)")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="run each server under cProfile (twistd --profiler=cprofile), writing DIR/<topology>-<server>.prof when it stops "
+        "(the figures then include the profiler's cost)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary folders (configurations, data, logs)")
     p.add_argument("--json", action="store_true", help="print one JSON document on standard output (the table goes to standard error)")
     args = p.parse_args(argv)

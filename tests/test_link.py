@@ -24,7 +24,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from imgateway._testcerts import CertificateAuthority
-from imgateway.adapters.native.framing import Headers, Request, Response
+from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, serialise
 from imgateway.config import AuthConfig, GatewayConfig, HomeConfig, HostPort, LinksConfig, ServerConfig
 from imgateway.core.address import Address
 from imgateway.core.errors import (
@@ -49,6 +49,8 @@ from imgateway.router.link import (
     LinkTraces,
     identifyPeer,
     makeLinkService,
+    serialiseUnsequenced,
+    withSeq,
 )
 from imgateway.router.link_codec import encodeRequest
 
@@ -1119,3 +1121,49 @@ class GatewayLinksTests(SynchronousTestCase):
 
         gateway = self.gateway(configFor("hs1", allowPlaintextLoopback=False))
         self.assertRaises(ConfigError, addLinks, MultiService(), gateway, MemoryReactorClock(), FakeResolver({}, {}))
+
+
+class WireTests(SynchronousTestCase):
+    """
+    A link request is serialised once, whatever connection carries it:
+    L{serialiseUnsequenced}, then L{withSeq} per connection.
+    """
+
+    def frames(self) -> list[Request | Response]:
+        message = encodeRequest(Message(ALICE, CAROL, "héllo\r\n\r\nIMGW/1.0 200 OK"), ("corp.example/hs1",), 8, "r1")
+        return [
+            message,
+            Request("PING", "*", Headers()),
+            Response(200, "OK", Headers()),
+            Response(486, "Busy Here", Headers((("Detail", "on the phone"), ("Alternate", "tel:+15550100")))),
+        ]
+
+    def test_sameBytesAsSerialise(self) -> None:
+        """
+        C{withSeq(serialiseUnsequenced(frame), n)} is exactly what
+        L{serialise} writes for the frame with C{Seq: n} as its first
+        header, and parses back to the frame with that C{Seq}.
+        """
+        for frame in self.frames():
+            expected = serialise(attrs.evolve(frame, headers=Headers((("Seq", "4711"),) + frame.headers.items)))
+            data = withSeq(serialiseUnsequenced(frame), 4711)
+            self.assertEqual(data, expected)
+            [parsed] = list(FrameParser().feed(data))
+            assert isinstance(parsed, (Request, Response))
+            self.assertEqual(parsed.seq, 4711)
+            self.assertEqual(parsed.body, frame.body)
+
+    def test_seqReplaced(self) -> None:
+        """
+        A C{Seq} the caller put in the frame (in any case) is dropped: the
+        connection's is the only one.
+        """
+        frame = Request("PING", "*", Headers((("seq", "99"), ("Session", "s1"))))
+        self.assertEqual(withSeq(serialiseUnsequenced(frame), 5), b"PING * IMGW/1.0\r\nSeq: 5\r\nSession: s1\r\n\r\n")
+
+    def test_unsendable(self) -> None:
+        """
+        A frame that cannot be serialised raises L{ValueError} (the link
+        client answers its sender with a server error, L{QueueAndTimeoutTests}).
+        """
+        self.assertRaises(ValueError, serialiseUnsequenced, Request("PING", "*", Headers((("Note", "a\r\nb"),))))

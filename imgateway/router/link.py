@@ -80,6 +80,8 @@ __all__ = [
     "LinkTraces",
     "identifyPeer",
     "makeLinkService",
+    "serialiseUnsequenced",
+    "withSeq",
 ]
 
 log = Logger()
@@ -107,6 +109,29 @@ RequestHandler = Callable[["LinkConnection", Request], "Deferred[Response] | Res
 def _response(code: int, detail: str = "", headers: Sequence[tuple[str, str]] = ()) -> Response:
     pairs = tuple(headers) + ((("Detail", detail),) if detail else ())
     return Response(code, REASONS.get(code, "Error"), Headers(pairs))
+
+
+def serialiseUnsequenced(frame: Request | Response) -> bytes:
+    """
+    C{frame} serialised without any C{Seq} header, for L{withSeq}: done
+    once per request, however many connections it is sent on.
+
+    @raise ValueError: If it cannot be serialised (L{serialise}).
+    """
+    if "Seq" in frame.headers:
+        frame = attrs.evolve(frame, headers=frame.headers.without("Seq"))
+    return serialise(frame)
+
+
+def withSeq(encoded: bytes, seq: int) -> bytes:
+    """
+    A frame from L{serialiseUnsequenced} with C{Seq: seq} as its first
+    header: the bytes L{serialise} makes of the frame with that header
+    first (its start line is the text up to the first CRLF, never holding
+    one), without serialising it again.
+    """
+    end = encoded.index(b"\r\n") + 2
+    return b"%sSeq: %d\r\n%s" % (encoded[:end], seq, encoded[end:])
 
 
 @frozen
@@ -371,10 +396,12 @@ class LinkConnection(Protocol):
 
     # -- sending ----------------------------------------------------------------
 
-    def request(self, request: Request) -> Deferred[Response]:
+    def request(self, request: Request, encoded: bytes | None = None) -> Deferred[Response]:
         """
         Send a request (its C{Seq} is set here).
 
+        @param encoded: C{request} as L{serialiseUnsequenced} wrote it, if
+            the caller has it already (it is not serialised again).
         @return: Fires with the peer's response; fails with
             L{ConnectionLost} if the connection closes first.
         """
@@ -382,8 +409,7 @@ class LinkConnection(Protocol):
             return fail(ConnectionLost("link connection is closed"))
         self._seq = self._seq + 1 if self._seq < MAX_SEQ else 1
         seq = self._seq
-        frame = attrs.evolve(request, headers=Headers((("Seq", str(seq)),) + request.headers.without("Seq").items))
-        data = serialise(frame)
+        data = withSeq(encoded if encoded is not None else serialiseUnsequenced(request), seq)
         d: Deferred[Response] = Deferred()
         self._outstanding[seq] = d
         self.transport.write(data)  # type: ignore[union-attr]
@@ -392,9 +418,8 @@ class LinkConnection(Protocol):
     def _respond(self, seq: int, response: Response) -> None:
         if not self.connected:
             return
-        frame = attrs.evolve(response, headers=Headers((("Seq", str(seq)),) + response.headers.without("Seq").items))
         try:
-            data = serialise(frame)
+            data = withSeq(serialiseUnsequenced(response), seq)
         except ValueError as e:
             log.error("Link with {peer}: cannot send response {code}: {error}", peer=self.peer or "unknown peer", code=response.code, error=e)
             data = serialise(_response(500, "internal error", (("Seq", str(seq)),)))
@@ -530,6 +555,7 @@ class LinkTLS:
 @frozen
 class _Outgoing:
     request: Request
+    encoded: bytes
     deferred: Deferred[Response]
     timer: IDelayedCall
 
@@ -670,7 +696,7 @@ class LinkClient(MultiService):
             if self._sent.get(ident) is connection:
                 del self._sent[ident]
 
-        connection.request(item.request).addCallbacks(answered, lost)
+        connection.request(item.request, item.encoded).addCallbacks(answered, lost)
 
     def request(self, request: Request) -> Deferred[Response]:
         """
@@ -685,7 +711,7 @@ class LinkClient(MultiService):
         if len(self._pending) >= self._config.maxQueue:
             return fail(ServiceUnavailable(f"link to {self.name}: {self._config.maxQueue} requests waiting"))
         try:
-            serialise(attrs.evolve(request, headers=request.headers.with_("Seq", "0")))
+            encoded = serialiseUnsequenced(request)
         except ValueError as e:
             log.error("Link to {peer}: cannot send {method}: {error}", peer=self.name, method=request.method, error=e)
             return fail(ServerError(f"cannot send {request.method} over a link"))
@@ -693,7 +719,7 @@ class LinkClient(MultiService):
         ident = self._ids
         d: Deferred[Response] = Deferred()
         timer = self._clock.callLater(self._config.requestTimeout, self._timedOut, ident)
-        self._pending[ident] = _Outgoing(request, d, timer)
+        self._pending[ident] = _Outgoing(request, encoded, d, timer)
         self._transmit(ident)
         return d
 

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
@@ -578,14 +578,21 @@ class SpawnedGateway:
 
 
 def _linksEdit(
-    name: str, names: Sequence[str], linkPorts: dict[str, int], nativePorts: dict[str, int], certs: dict[str, tuple[Path, Path]], roots: Path
+    name: str,
+    roles: Mapping[str, Sequence[str]],
+    linkPorts: dict[str, int],
+    nativePorts: dict[str, int],
+    certs: dict[str, tuple[Path, Path]],
+    roots: Path,
+    internalNetworks: Sequence[str],
 ) -> Callable[[str], str]:
     """
-    The edit that makes a benchmark configuration that of home server
-    C{name} of a lab: its C{home_server}, every server's C{[servers.NAME]}
-    table, and its C{[links]} (listener, certificate, key, trust roots;
-    reconnecting within 2 s). Everything else is as L{benchConfig} left it
-    (C{max_queue}, C{request_timeout}... as shipped).
+    The edit that makes a benchmark configuration that of server C{name}
+    of a lab: its C{home_server}, every server's C{[servers.NAME]} table,
+    its C{[links]} (listener, certificate, key, trust roots; reconnecting
+    within 2 s) and C{[router] internal_networks}. Everything else is as
+    L{benchConfig} left it (C{max_queue}, C{request_timeout}... as
+    shipped).
     """
 
     def edit(text: str) -> str:
@@ -596,10 +603,11 @@ def _linksEdit(
         text = _setKey(text, "links", "private_key", _tomlString(str(key)))
         text = _setKey(text, "links", "trust_roots", _tomlString(str(roots)))
         text = _setKey(text, "links", "reconnect_max_delay", "2")
+        text = _setKey(text, "router", "internal_networks", "[" + ", ".join(_tomlString(n) for n in internalNetworks) + "]")
         tables = [
-            f'\n[servers.{n}]\nroles = ["home"]\nlink = "127.0.0.1:{linkPorts[n]}"\n'
-            f'tls_name = "{n}.links.test"\nnative = "127.0.0.1:{nativePorts[n]}"\n'
-            for n in names
+            f"\n[servers.{n}]\nroles = [{', '.join(_tomlString(r) for r in serverRoles)}]\n"
+            f'link = "127.0.0.1:{linkPorts[n]}"\ntls_name = "{n}.links.test"\nnative = "127.0.0.1:{nativePorts[n]}"\n'
+            for n, serverRoles in roles.items()
         ]
         return text.rstrip("\n") + "\n" + "".join(tables)
 
@@ -607,10 +615,15 @@ def _linksEdit(
 
 
 def linkedHomeServers(
-    names: Sequence[str], folder: Path, template: Path | None = None, keep: bool = False
+    names: Sequence[str],
+    folder: Path,
+    template: Path | None = None,
+    keep: bool = False,
+    roles: Mapping[str, Sequence[str]] | None = None,
+    internalNetworks: Sequence[str] = ("127.0.0.1/32",),
 ) -> list[SpawnedGateway]:
     """
-    Home servers of one domain as separate gateways (not started), as the
+    Servers of one domain as separate gateways (not started), as the
     single-host lab runs them (docs/operations.md): one shared data folder
     (so one SQLite directory, and C{home-<name>.sqlite3} for each), each
     with its native face and its link listener on free loopback ports,
@@ -623,6 +636,10 @@ def linkedHomeServers(
 
     @param folder: Where the shared data, certificates and authority go
         (the caller removes it).
+    @param roles: The C{roles} of some of the servers (C{["router"]}
+        for a router); C{["home"]} for the others.
+    @param internalNetworks: C{[router] internal_networks}: clients from
+        elsewhere are proxied by a router, from these redirected.
     """
     from imgateway.testing import CertificateAuthority, certificatePEM, keyPEM, writePEM
 
@@ -651,7 +668,9 @@ def linkedHomeServers(
             gateways.append(gw)
             nativePorts[name] = gw.port
         for name, gw in zip(names, gateways):
-            text = _linksEdit(name, names, linkPorts, nativePorts, certs, roots)(gw.config.read_text(encoding="utf-8"))
+            allRoles = {n: list((roles or {}).get(n, ["home"])) for n in names}
+            edit = _linksEdit(name, allRoles, linkPorts, nativePorts, certs, roots, internalNetworks)
+            text = edit(gw.config.read_text(encoding="utf-8"))
             gw.config.write_text(text, encoding="utf-8")
     except BaseException:
         for gw in gateways:

@@ -26,9 +26,10 @@ C{[links]} limits: C{max_queue} 1000 requests per link is above C{--pairs}
 × C{--window}). The servers' CPU is read from C{/proc/PID/stat} (utime +
 stime, every thread) at the edges of the measured window.
 
-(c), alice connected at a router from outside its internal networks and
-proxied to hs1, needs the router's proxied sessions
-(C{imgateway/router/proxy*.py}); without them the run says so.
+(c) adds a router (three processes): alice's clients log in at the router
+from 127.0.0.2, outside its internal network, and the router proxies their
+sessions to hs1 over its link (C{imgateway/router/proxy.py}); carol's log
+in at hs2. In a tree without the router's proxy the run says so.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ from bench.native_load import BenchFailed, Workers, measure, raise_nofile, selfC
 
 PASSWORD = "bench-pw"
 
+#: Where alice's clients come from in (c): outside the router's internal
+#: network.
+OUTSIDE = "127.0.0.2"
+
 #: What C{--quick} changes (each row a couple of seconds: under a minute in all).
 QUICK = {"pairs": 5, "duration": 2.0, "warmup": 0.5, "settle": 0.3, "drain": 3.0, "rate": 500.0}
 
@@ -88,12 +93,21 @@ class Topology:
     @ivar name: One of L{TOPOLOGIES}.
     @ivar aliceAt: Host and port alice's clients log in at.
     @ivar carolAt: Host and port carol's clients log in at.
+    @ivar aliceFrom: The address alice's clients connect from (any).
     @ivar gateways: The server processes (their CPU is summed), by name.
     """
 
-    def __init__(self, name: str, aliceAt: tuple[str, int], carolAt: tuple[str, int], gateways: dict[str, SpawnedGateway]) -> None:
+    def __init__(
+        self,
+        name: str,
+        aliceAt: tuple[str, int],
+        carolAt: tuple[str, int],
+        gateways: dict[str, SpawnedGateway],
+        aliceFrom: str | None = None,
+    ) -> None:
         self.name = name
         self.aliceAt = aliceAt
+        self.aliceFrom = aliceFrom
         self.carolAt = carolAt
         self.gateways = gateways
 
@@ -147,6 +161,31 @@ def twoHomes(args: argparse.Namespace, stack: list[Callable[[], object]]) -> Top
     return Topology("two-homes", ("127.0.0.1", hs1.port), ("127.0.0.1", hs2.port), {"hs1": hs1, "hs2": hs2})
 
 
+def routerProxy(args: argparse.Namespace, stack: list[Callable[[], object]]) -> Topology:
+    """
+    (c) As (b), with a router: alice's clients log in at the router from
+    C{127.0.0.2}, outside its internal network (C{127.0.0.1/32}), and the
+    router proxies their sessions to hs1 over its link.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="imgw-bench-lab-"))
+    if not args.keep:
+        stack.append(lambda: shutil.rmtree(folder, ignore_errors=True))
+    router, hs1, hs2 = linkedHomeServers(
+        ["router", "hs1", "hs2"], folder, template=args.template, keep=args.keep, roles={"router": ["router"]}
+    )
+    gateways = {"router": router, "hs1": hs1, "hs2": hs2}
+    for name, gw in gateways.items():
+        gw.twistdOptions = profiling(args, f"router-proxy-{name}")
+        stack.append(gw.stop)
+    info(f"(c) router, hs1 and hs2 in {router.folder}, {hs1.folder} and {hs2.folder}, data and certificates in {folder}")
+    info(hs1.createUsers("alice", 0, args.pairs, PASSWORD))
+    info(hs2.createUsers("carol", 0, args.pairs, PASSWORD))
+    hs1.start()
+    hs2.start()
+    router.start()
+    return Topology("router-proxy", ("127.0.0.1", router.port), ("127.0.0.1", hs2.port), gateways, aliceFrom=OUTSIDE)
+
+
 def runMode(args: argparse.Namespace, topology: Topology, mode: str) -> dict[str, Any]:
     """
     Log the pairs in afresh, run one measured window in C{mode}, log out.
@@ -161,6 +200,7 @@ def runMode(args: argparse.Namespace, topology: Topology, mode: str) -> dict[str
         "port": port,
         "peer_host": peerHost,
         "peer_port": peerPort,
+        "bind": topology.aliceFrom,
         "password": PASSWORD,
         "mech": "SCRAM-SHA-256",
         "timeout": 30.0,
@@ -343,17 +383,15 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, str]]
     builders: dict[str, Callable[[argparse.Namespace, list[Callable[[], object]]], Topology]] = {
         "single": single,
         "two-homes": twoHomes,
+        "router-proxy": routerProxy,
     }
     wanted = args.only or list(TOPOLOGIES)
     modes = args.mode or list(MODES)
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     for name in wanted:
-        if name == "router-proxy":
-            if not proxyLanded():
-                skipped[name] = "the router's proxied sessions (imgateway/router/proxy*.py) are not in this tree"
-                continue
-            skipped[name] = "the proxy has landed, but this benchmark does not drive it yet"
+        if name == "router-proxy" and not proxyLanded():
+            skipped[name] = "the router's proxied sessions (imgateway/router/proxy*.py) are not in this tree"
             continue
         stack: list[Callable[[], object]] = []
         try:
@@ -367,9 +405,11 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, str]]
                 row["log_errors"] = topology.logErrors()
                 rows.append(row)
                 info(f"{name}, {mode}: {json.dumps(row)}")
-            if name == "two-homes":
-                # The messages crossed the link (not some local short cut).
+            # The messages crossed the links (not some local short cut).
+            if name in ("two-homes", "router-proxy"):
                 topology.gateways["hs1"].waitForLog(["Link to server hs2 is up"], timeout=5.0)
+            if name == "router-proxy":
+                topology.gateways["router"].waitForLog(["Link to server hs1 is up", "Proxied session "], timeout=5.0)
         except GatewayError as e:
             rows.extend({"topology": name, "mode": mode, "error": str(e)} for mode in modes)
             info(f"{name} failed: {e}")

@@ -419,14 +419,16 @@ class NativeConn(asyncio.Protocol):
         self.transport.write(serialise(Request(method, "*", Headers.of(("Seq", str(self.seq)), *headers), body)))
         return f
 
-    async def login(self, host: str, port: int, password: str, mech: str, timeout: float) -> None:
+    async def login(self, host: str, port: int, password: str, mech: str, timeout: float, bind: str | None = None) -> None:
         """
-        Connect, authenticate (SASL C{mech}) and publish C{online}.
+        Connect (from address C{bind}, if given), authenticate (SASL
+        C{mech}) and publish C{online}.
 
         @raise LoginError: If that fails.
         """
         loop = asyncio.get_running_loop()
-        await asyncio.wait_for(loop.create_connection(lambda: self, host, port), timeout)
+        local = (bind, 0) if bind else None
+        await asyncio.wait_for(loop.create_connection(lambda: self, host, port, local_addr=local), timeout)
         mechanism: ClientMechanism = clientMechanism(mech, self.user, password)
         r = await asyncio.wait_for(self.request("AUTH", [("Mechanism", mech), ("Label", "bench")], mechanism.start()), timeout)
         while r.code == 110:
@@ -646,13 +648,16 @@ class ParentLink:
         self.conn.send(msg)
 
 
-async def loginAll(conns: list[NativeConn], spec: dict[str, Any], where: tuple[str, int] | None = None) -> float:
+async def loginAll(
+    conns: list[NativeConn], spec: dict[str, Any], where: tuple[str, int] | None = None, bind: str | None = None
+) -> float:
     """
     Log C{conns} in, C{login_concurrency} at a time, retrying connection
     failures; return the seconds it took.
 
     @param where: The host and port to connect to; C{spec}'s C{host} and
         C{port} by default.
+    @param bind: The local address to connect from (any by default).
     @raise LoginError: If one cannot log in.
     """
     host, port = where if where is not None else (spec["host"], spec["port"])
@@ -663,7 +668,7 @@ async def loginAll(conns: list[NativeConn], spec: dict[str, Any], where: tuple[s
         async with sem:
             for attempt in range(3):
                 try:
-                    await c.login(host, port, spec["password"], spec["mech"], spec["timeout"])
+                    await c.login(host, port, spec["password"], spec["mech"], spec["timeout"], bind)
                     return
                 except (OSError, asyncio.TimeoutError, LoginError) as e:
                     c.close()
@@ -693,7 +698,7 @@ async def workerMain(link: ParentLink, spec: dict[str, Any]) -> None:
     if spec.get("peer_port"):
         # The second member of each pair has a server of its own (bench/multihost.py).
         both = await asyncio.gather(
-            loginAll([conns[a] for a, _ in pairs], spec),
+            loginAll([conns[a] for a, _ in pairs], spec, bind=spec.get("bind")),
             loginAll([conns[b] for _, b in pairs], spec, (spec["peer_host"], spec["peer_port"])),
         )
         loginS = max(both)

@@ -21,9 +21,9 @@ The load is L{bench.native_load}'s (its driver processes, pumps and
 measured window): C{--pairs} pairs C{alice<i>} → C{carol<i>}, one way by
 default (C{--both-ways}: carol answers too). The gateways are
 L{bench._gateway}'s (C{etc/imgateway.toml} with the flood limits raised;
-the lab's homes share one data folder, and their links keep the shipped
-C{[links]} limits: C{max_queue} 1000 requests per link is above C{--pairs}
-× C{--window}). The servers' CPU is read from C{/proc/PID/stat} (utime +
+the lab's servers share one data folder, and their links take up to
+C{LAB_MAX_QUEUE} requests waiting for their answers, rather than the
+shipped C{max_queue} of 1000). The servers' CPU is read from C{/proc/PID/stat} (utime +
 stime, every thread) at the edges of the measured window.
 
 (c) adds a router (three processes): alice's clients log in at the router
@@ -263,10 +263,10 @@ def refusals(row: dict[str, Any]) -> str | None:
     """
     @return: The statuses other than 200 that messages were answered with
         (C{"938 refused (480: 938)"}), if any. Not a failure of the run:
-        the servers answered, and said no. Across a link, a 480 is most
-        often a full link queue (C{[links] max_queue}: 503, which the
-        sender's home server answers as 480 so as not to tell a stranger
-        that the account exists).
+        the servers answered, and said no. Across a link, a 503 or a 480
+        is most often a full link queue (C{[links] max_queue}: 503, which
+        the sender's home server answers as 480 so as not to tell a
+        stranger that the account exists).
     """
     errors: dict[str, int] = row.get("errors") or {}
     if not errors:

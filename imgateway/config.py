@@ -319,7 +319,7 @@ class LinksConfig:
     privateKey: str | None = None
     trustRoots: str | None = None
     allowPlaintextLoopback: bool = False
-    maxQueue: int = 1000
+    maxQueue: int = 10000
     requestTimeout: float = 10.0
     duplicateWindow: float = 300.0
     maxHops: int = 8

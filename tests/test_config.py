@@ -283,6 +283,16 @@ class TopologyConfigTests(SynchronousTestCase):
         self.assertConfigError('[router]\ninternal_networks = [10]\n', "internal_networks: expected CIDR strings")
         self.assertConfigError("[router]\ndirectory_cache_seconds = 0\n", "directory_cache_seconds: must be greater than 0")
 
+    def test_linksMaxQueueDefault(self) -> None:
+        """
+        C{[links] max_queue} is 10000 by default and in the shipped config:
+        a request counts until its answer is back, so 1000 overflowed with
+        50 closed-loop senders through a router.
+        """
+        shipped = loadConfig(REPO.child("etc").child("imgateway.toml").path, MemoryReactor(), adapterConfigParsers())
+        self.assertEqual(shipped.links.maxQueue, 10000)
+        self.assertEqual(self.load("").links.maxQueue, 10000)
+
     def test_links(self) -> None:
         """
         C{[links]} reads its listeners (checked as endpoints), files that

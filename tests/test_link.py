@@ -38,6 +38,7 @@ from imgateway.core.errors import (
 )
 from imgateway.core.events import Event, Message, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import Presence, PresenceState
+from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
 from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter
 from imgateway.router.link import (
     LinkClient,
@@ -366,6 +367,33 @@ class QueueAndTimeoutTests(LinkTestCase):
         for d in waiting:
             self.failureResultOf(d, ServiceUnavailable)
         self.assertEqual(client.queued, 0)
+
+    def test_queueFullLogged(self) -> None:
+        """
+        A request refused for a full queue is logged at once, naming the
+        peer and C{max_queue}; the next ones within
+        L{REFUSAL_LOG_INTERVAL} seconds are counted in one line when it
+        ends, and a refusal after a quiet interval is logged at once again.
+        """
+        self.server.up = False
+        client = self.client(maxQueue=1, requestTimeout=1000.0)
+        waiting = client.deliver(Message(CAROL, ALICE, "waits"))
+        waiting.addErrback(lambda f: None)
+
+        def full() -> list[str]:
+            return [formatEvent(e) for e in self.logged if "max_queue" in formatEvent(e)]
+
+        self.assertEqual(full(), [])
+        for i in range(3):
+            self.failureResultOf(client.deliver(Message(CAROL, ALICE, str(i))), ServiceUnavailable)
+        self.assertEqual(full(), ["Link to server hs1: 1 requests waiting already (max_queue); 503"])
+        self.clock.advance(REFUSAL_LOG_INTERVAL)
+        self.assertEqual(full()[1:], [f"Link to server hs1: 2 more requests refused in {REFUSAL_LOG_INTERVAL:g} s (max_queue 1); 503"])
+        self.clock.advance(REFUSAL_LOG_INTERVAL)
+        self.assertEqual(len(full()), 2)
+        self.failureResultOf(client.deliver(Message(CAROL, ALICE, "later")), ServiceUnavailable)
+        self.assertEqual(len(full()), 3)
+        self.assertEqual(full()[2], full()[0])
 
     def test_timeoutLinkDown(self) -> None:
         """

@@ -52,6 +52,7 @@ from imgateway.config import GatewayConfig, LinksConfig, ServerConfig
 from imgateway.core.address import Address
 from imgateway.core.errors import ConfigError, DeliveryError, DeliveryStatus, LoopDetected, ServerError, ServiceUnavailable
 from imgateway.core.events import Event, Message
+from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
 from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter
 from imgateway.net.addresses import isLoopback
 from imgateway.net.tls import TLSFiles, trustRoot, validFor
@@ -613,6 +614,10 @@ class LinkClient(MultiService):
         # backoff (the TCP connection itself succeeded).
         self._refusals = 0
         self._probing: LinkConnection | None = None
+        # Requests refused for a full queue since the last log line about
+        # it, and the timer of the next such line (None: not refusing).
+        self._refusedQuiet = 0
+        self._refusedTimer: IDelayedCall | None = None
         policy = retryPolicy or backoffPolicy(maxDelay=config.reconnectMaxDelay)
         factory = Factory.forProtocol(self._buildProtocol)
         # No prepareConnection: ClientService (Twisted 26.10) cannot take a
@@ -709,6 +714,7 @@ class LinkClient(MultiService):
             within C{request_timeout}.
         """
         if len(self._pending) >= self._config.maxQueue:
+            self._queueFull()
             return fail(ServiceUnavailable(f"link to {self.name}: {self._config.maxQueue} requests waiting"))
         try:
             encoded = serialiseUnsequenced(request)
@@ -722,6 +728,36 @@ class LinkClient(MultiService):
         self._pending[ident] = _Outgoing(request, encoded, d, timer)
         self._transmit(ident)
         return d
+
+    def _queueFull(self) -> None:
+        """
+        Log a request refused for a full queue: the first at once, then one
+        line every L{REFUSAL_LOG_INTERVAL} seconds counting the others (as
+        L{imgateway.core.throttle} logs refused connections).
+        """
+        if self._refusedTimer is not None:
+            self._refusedQuiet += 1
+            return
+        log.warn(
+            "Link to {peer}: {limit} requests waiting already (max_queue); 503",
+            peer=self.name,
+            limit=self._config.maxQueue,
+        )
+        self._refusedTimer = self._clock.callLater(REFUSAL_LOG_INTERVAL, self._queueFullCount)
+
+    def _queueFullCount(self) -> None:
+        quiet, self._refusedQuiet = self._refusedQuiet, 0
+        if not quiet:
+            self._refusedTimer = None
+            return
+        log.warn(
+            "Link to {peer}: {n} more requests refused in {seconds:g} s (max_queue {limit}); 503",
+            peer=self.name,
+            n=quiet,
+            seconds=REFUSAL_LOG_INTERVAL,
+            limit=self._config.maxQueue,
+        )
+        self._refusedTimer = self._clock.callLater(REFUSAL_LOG_INTERVAL, self._queueFullCount)
 
     def _timedOut(self, ident: int) -> None:
         item = self._pending.pop(ident, None)
@@ -788,6 +824,9 @@ class LinkClient(MultiService):
         for item in pending.values():
             item.timer.cancel()
             item.deferred.errback(ServiceUnavailable(f"link to {self.name} closed: the server is stopping"))
+        if self._refusedTimer is not None:
+            self._refusedTimer.cancel()
+            self._refusedTimer = None
         d = super().stopService()
         return d if d is not None else succeed(None)
 

@@ -91,6 +91,30 @@ class EventRoundTripTests(SynchronousTestCase):
                 self.assertEqual(decoded.event.routingId, "rid-1")  # type: ignore[union-attr]
                 self.assertEqual(decoded.event.body, event.body)  # type: ignore[union-attr]
 
+    def test_defaultsLeftOut(self) -> None:
+        """
+        C{Hops} is left out when 0 and a message's C{Content-Type} when
+        C{text/plain} (their defaults); the decoder reads them absent, or
+        present with their default value (as a sender that writes every
+        header sends them), to the same event. Other values are sent.
+        """
+        plain = Message(ALICE, CAROL, "hi", messageId="m", timestamp=1.5, routingId="r")
+        request = encodeRequest(plain, ["corp.example/hs1"], 8, "r")
+        self.assertEqual(
+            [name for name, value in request.headers],
+            ["From", "Message-ID", "Timestamp", "Via", "Max-Hops", "Routing-Id"],
+        )
+        self.assertEqual(decodeRequest(wire(request)).event, plain)
+        explicit = attrs.evolve(request, headers=request.headers.with_("Hops", "0").with_("Content-Type", "text/plain"))
+        self.assertEqual(decodeRequest(wire(explicit)).event, plain)
+        rich = attrs.evolve(plain, contentType="text/html", hops=1)
+        request = encodeRequest(rich, ["corp.example/hs1"], 8, "r")
+        self.assertEqual((request.headers.get("Hops"), request.headers.get("Content-Type")), ("1", "text/html"))
+        self.assertEqual(decodeRequest(wire(request)).event, rich)
+        probe = encodeRequest(PresenceProbe(ALICE, CAROL), [], 1, "r")
+        self.assertIsNone(probe.headers.get("Hops"))
+        self.assertEqual(decodeRequest(wire(probe)).event, PresenceProbe(ALICE, CAROL))
+
     def test_methods(self) -> None:
         """
         Messages travel as C{MESSAGE im:}, presence and subscription events

@@ -65,6 +65,9 @@ _NUMBER = re.compile(r"[0-9]{1,10}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
 _LEASE = re.compile(r"[0-9]{1,10}(\.[0-9]{1,6})?")
 
+#: A message's C{Content-Type} when the header is absent (or empty).
+DEFAULT_CONTENT_TYPE = "text/plain"
+
 
 class LinkCodecError(ValueError):
     """
@@ -163,14 +166,19 @@ def encodeRequest(event: Event, via: Sequence[str], maxHops: int, routingId: str
     if _ROUTING_ID.fullmatch(routingId) is None:
         raise ValueError(f"invalid routing id {routingId!r}")
     common: list[tuple[str, str]] = [("Via", v) for v in via]
-    common += [("Max-Hops", str(maxHops)), ("Routing-Id", routingId), ("Hops", str(event.hops))]
+    common += [("Max-Hops", str(maxHops)), ("Routing-Id", routingId)]
+    # Headers at their default are left out (docs/protocol.md §9.3): each
+    # header line costs both sides framing work on every delivery.
+    if event.hops:
+        common.append(("Hops", str(event.hops)))
     if isinstance(event, Message):
         headers = [
             ("From", event.sender.imURI()),
             ("Message-ID", event.messageId),
             ("Timestamp", f"{event.timestamp!r}"),
-            ("Content-Type", _clean(event.contentType)),
         ]
+        if event.contentType != DEFAULT_CONTENT_TYPE:
+            headers.append(("Content-Type", _clean(event.contentType)))
         return Request("MESSAGE", event.recipient.imURI(), Headers(tuple(headers + common)), event.body.encode("utf-8"))
     if isinstance(event, PresenceUpdate):
         headers = [("From", event.sender.presURI()), ("Event", "presence"), ("Presence", PRESENCE[event.presence.state])]
@@ -256,7 +264,7 @@ def decodeRequest(request: Request) -> LinkRequest:
                 sender,
                 recipient,
                 body,
-                contentType=request.headers.get("Content-Type") or "text/plain",
+                contentType=request.headers.get("Content-Type") or DEFAULT_CONTENT_TYPE,
                 messageId=_required(request, "Message-ID"),
                 timestamp=float(timestamp),
                 hops=hops,

@@ -949,26 +949,51 @@ class LinkReceiver:
         while len(self._answers) > self._maxRemembered:
             self._answers.popitem(last=False)
 
-        async def handle() -> Response:
-            try:
-                refusal = await self._originationRefused(peer, incoming.event)
-            except Exception:
-                log.failure("Link from {peer}: checking who may send {event!r} failed", peer=peer, event=incoming.event)
-                return encodeResponse(ServiceUnavailable("cannot check the sender now"))
-            if refusal is not None:
-                log.warn("Link from {peer}: {event!r} refused (403): {reason}", peer=peer, event=incoming.event, reason=refusal)
-                return _response(403, "not originated by this peer")
-            leave = self._traces.enter(incoming.event, incoming.via, incoming.maxHops)
-            try:
-                status = await maybeDeferred(self._router.deliver, incoming.event)
-            except DeliveryError as e:
-                return encodeResponse(e)
-            except Exception:
-                log.failure("Delivering {event!r} from {peer} failed", peer=peer, event=incoming.event)
-                return encodeResponse(ServerError("internal error"))
-            finally:
-                leave()
+        # A plain callback chain, not a coroutine: this runs for every
+        # delivery over a link.
+        event = incoming.event
+
+        def checkFailed(f: Failure) -> Response:
+            log.failure("Link from {peer}: checking who may send {event!r} failed", f, peer=peer, event=event)
+            return encodeResponse(ServiceUnavailable("cannot check the sender now"))
+
+        def delivered(status: DeliveryStatus) -> Response:
             return encodeResponse(status)
+
+        def deliveryFailed(f: Failure) -> Response:
+            if isinstance(f.value, DeliveryError):
+                return encodeResponse(f.value)
+            log.failure("Delivering {event!r} from {peer} failed", f, peer=peer, event=event)
+            return encodeResponse(ServerError("internal error"))
+
+        def checked(refusal: str | None) -> Deferred[Response] | Response:
+            if refusal is not None:
+                log.warn("Link from {peer}: {event!r} refused (403): {reason}", peer=peer, event=event, reason=refusal)
+                return _response(403, "not originated by this peer")
+            leave = self._traces.enter(event, incoming.via, incoming.maxHops)
+            try:
+                result = self._router.deliver(event)
+            except Exception:
+                leave()
+                return deliveryFailed(Failure())
+            d: Deferred[Response] = result.addCallbacks(delivered, deliveryFailed)
+
+            def left(response: Response) -> Response:
+                leave()
+                return response
+
+            return d.addCallback(left)
+
+        try:
+            check = self._originationRefused(peer, event)
+        except Exception:
+            handled: Deferred[Response] = succeed(checkFailed(Failure()))
+        else:
+            if isinstance(check, Deferred):
+                handled = check.addCallbacks(checked, checkFailed)
+            else:
+                outcome = checked(check)
+                handled = outcome if isinstance(outcome, Deferred) else succeed(outcome)
 
         def done(response: Response) -> Response:
             if not 200 <= response.code < 500 or 300 <= response.code < 400:
@@ -985,7 +1010,7 @@ class LinkReceiver:
             return response
 
         connection.inProgress += 1
-        return Deferred.fromCoroutine(handle()).addCallback(done).addBoth(counted)
+        return handled.addCallback(done).addBoth(counted)
 
     def _forgetExpired(self, now: float) -> None:
         while self._answers:
@@ -994,12 +1019,13 @@ class LinkReceiver:
                 break
             del self._answers[routingId]
 
-    async def _originationRefused(self, peer: LinkPeer, event: Event) -> str | None:
+    def _originationRefused(self, peer: LinkPeer, event: Event) -> Deferred[str | None] | str | None:
         """
         @return: Why C{peer} may not send C{event}, or C{None}: a home
             server only events from users the directory homes on it, a
             router only from users of other domains, a peer domain's router
-            only from users of its domain.
+            only from users of its domain. A L{Deferred} of that when the
+            directory is asked (a home server's event from its domain).
         """
         sender: Address = event.sender
         if peer.name is None:
@@ -1011,10 +1037,14 @@ class LinkReceiver:
                 return None
             return f"server {peer.name} is no router and sent an event from {sender.domain}"
         if "home" in peer.roles:
-            home = await self._locator.homeOf(sender)
-            if home == peer.name:
-                return None
-            return f"{sender} is not homed on {peer.name}"
+            name = peer.name
+
+            def homed(home: str | None) -> str | None:
+                if home == name:
+                    return None
+                return f"{sender} is not homed on {name}"
+
+            return self._locator.homeOf(sender).addCallback(homed)
         return f"server {peer.name} is no home server and sent an event from {sender.domain}"
 
 

@@ -395,6 +395,36 @@ class QueueAndTimeoutTests(LinkTestCase):
         self.assertEqual(len(full()), 3)
         self.assertEqual(full()[2], full()[0])
 
+    def test_timeoutEach(self) -> None:
+        """
+        Requests made at different times each fail when their own
+        C{request_timeout} has passed (one timer serves them all), also one
+        made again as the previous one fails; one answered meanwhile does
+        not fail.
+        """
+        self.server.up = False
+        client = self.client(requestTimeout=10.0)
+        first = client.deliver(Message(CAROL, ALICE, "1"))
+        self.clock.advance(3)
+        second = client.deliver(Message(CAROL, ALICE, "2"))
+        again: list[Deferred[DeliveryStatus]] = []
+        first.addErrback(lambda f: again.append(client.deliver(Message(CAROL, ALICE, "1 again"))))
+        self.clock.advance(6.9)
+        self.assertNoResult(first)
+        self.clock.advance(0.1)
+        self.assertEqual(len(again), 1)
+        self.assertNoResult(second)
+        self.clock.advance(2.9)
+        self.assertNoResult(second)
+        self.clock.advance(0.1)
+        self.failureResultOf(second, ServiceUnavailable)
+        self.assertNoResult(again[0])
+        self.clock.advance(6.9)
+        self.assertNoResult(again[0])
+        self.clock.advance(0.1)
+        self.failureResultOf(again[0], ServiceUnavailable)
+        self.assertEqual(client.queued, 0)
+
     def test_timeoutLinkDown(self) -> None:
         """
         With the link down, a request fails with 503 once C{request_timeout}

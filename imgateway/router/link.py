@@ -558,7 +558,7 @@ class _Outgoing:
     request: Request
     encoded: bytes
     deferred: Deferred[Response]
-    timer: IDelayedCall
+    deadline: float
 
 
 @implementer(IRoute)
@@ -618,6 +618,11 @@ class LinkClient(MultiService):
         # it, and the timer of the next such line (None: not refusing).
         self._refusedQuiet = 0
         self._refusedTimer: IDelayedCall | None = None
+        # One timer for every request's time limit, armed for the oldest
+        # request's deadline (requests are kept in the order they were
+        # made, so in the order of their deadlines), not one per request.
+        self._sweeper: IDelayedCall | None = None
+        self._sweepAt = 0.0
         policy = retryPolicy or backoffPolicy(maxDelay=config.reconnectMaxDelay)
         factory = Factory.forProtocol(self._buildProtocol)
         # No prepareConnection: ClientService (Twisted 26.10) cannot take a
@@ -693,7 +698,6 @@ class LinkClient(MultiService):
             item = self._pending.pop(ident, None)
             self._sent.pop(ident, None)
             if item is not None:
-                item.timer.cancel()
                 item.deferred.callback(response)
 
         def lost(f: Failure) -> None:
@@ -724,8 +728,10 @@ class LinkClient(MultiService):
         self._ids += 1
         ident = self._ids
         d: Deferred[Response] = Deferred()
-        timer = self._clock.callLater(self._config.requestTimeout, self._timedOut, ident)
-        self._pending[ident] = _Outgoing(request, encoded, d, timer)
+        deadline = self._clock.seconds() + self._config.requestTimeout
+        self._pending[ident] = _Outgoing(request, encoded, d, deadline)
+        if self._sweeper is None:
+            self._armSweeper(deadline)
         self._transmit(ident)
         return d
 
@@ -758,6 +764,34 @@ class LinkClient(MultiService):
             limit=self._config.maxQueue,
         )
         self._refusedTimer = self._clock.callLater(REFUSAL_LOG_INTERVAL, self._queueFullCount)
+
+    def _armSweeper(self, deadline: float) -> None:
+        self._sweepAt = deadline
+        self._sweeper = self._clock.callLater(max(0.0, deadline - self._clock.seconds()), self._sweep)
+
+    def _sweep(self) -> None:
+        """
+        Fail the requests whose time limit has passed, then arm the timer
+        for the oldest one left.
+        """
+        self._sweeper = None
+        # At least the deadline it was armed for, whatever the rounding of
+        # the delay.
+        now = max(self._clock.seconds(), self._sweepAt)
+        expired = []
+        for ident, item in self._pending.items():
+            if item.deadline > now:
+                break
+            expired.append(ident)
+        for ident in expired:
+            self._timedOut(ident)
+        if self._sweeper is not None:
+            # Armed by a request made while failing these: for its own
+            # deadline, which may come after older ones.
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._pending:
+            self._armSweeper(next(iter(self._pending.values())).deadline)
 
     def _timedOut(self, ident: int) -> None:
         item = self._pending.pop(ident, None)
@@ -821,8 +855,10 @@ class LinkClient(MultiService):
 
     def stopService(self) -> Deferred[None]:
         pending, self._pending = self._pending, {}
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for item in pending.values():
-            item.timer.cancel()
             item.deferred.errback(ServiceUnavailable(f"link to {self.name} closed: the server is stopping"))
         if self._refusedTimer is not None:
             self._refusedTimer.cancel()

@@ -668,20 +668,32 @@ class NativePipelined(Attack):
         }
 
 
-class NativeResponses(Attack):
+class _UnauthenticatedWriter(Attack):
     """
-    (b2) Pipelined responses: C{connections} native connections from
-    C{source} that never log in write C{batch} responses (C{IMGW/1.0 200
-    OK}, to requests the server never sent) at a time, whenever their
-    socket takes them, until the deadline; a connection the server closes
-    is opened again at once. Responses take no token of the request rate
-    (docs/protocol.md section 4); since issue 7 the first one closes the
-    connection (C{400}, a response before login), and what remains is the
-    cost of the connections themselves (the per-source connection rate
-    refuses most of them, C{503}).
+    C{connections} native connections from C{source} that never log in and
+    write L{block} whenever their socket takes it, until the deadline; a
+    connection the server closes is opened again at once.
+
+    @ivar written: Units written (L{unitsPerBlock} per block).
+    @ivar opened: Connections opened.
+    @ivar codes: The status codes the server sent them.
     """
 
-    name = "native-responses"
+    #: Whether to wait, after the last write, for what the server answers
+    #: before it closes.
+    waitForClose = False
+
+    def block(self) -> bytes:
+        """
+        What each write sends.
+        """
+        raise NotImplementedError()
+
+    def unitsPerBlock(self, block: bytes) -> int:
+        """
+        How much one write of C{block} adds to L{written}.
+        """
+        return len(block)
 
     async def setup(self) -> None:
         self.written = 0
@@ -690,7 +702,8 @@ class NativeResponses(Attack):
 
     async def _one(self, until: float) -> None:
         s = self.spec
-        block = b"".join(b"IMGW/1.0 200 OK\r\nSeq: %d\r\n\r\n" % (i + 1) for i in range(s["batch"]))
+        block = self.block()
+        units = self.unitsPerBlock(block)
         while time.monotonic() < until:
             try:
                 c = await NativeClient.open(s["port"], s["source"])
@@ -701,10 +714,10 @@ class NativeResponses(Attack):
             try:
                 while time.monotonic() < until and not c.closed.is_set():
                     c.writer.write(block)
-                    self.written += s["batch"]
+                    self.written += units
                     await asyncio.wait_for(c.writer.drain(), max(0.001, until - time.monotonic()))
-                # What the server answered before it closed.
-                await asyncio.wait_for(c.closed.wait(), max(0.001, min(1.0, until - time.monotonic())))
+                if self.waitForClose:
+                    await asyncio.wait_for(c.closed.wait(), max(0.001, min(1.0, until - time.monotonic())))
             except (asyncio.TimeoutError, ConnectionError):
                 pass
             self.codes.update(c.codes)
@@ -712,6 +725,27 @@ class NativeResponses(Attack):
 
     async def attack(self, until: float) -> None:
         await asyncio.gather(*(self._one(until) for _ in range(self.spec["connections"])))
+
+
+class NativeResponses(_UnauthenticatedWriter):
+    """
+    (b2) Pipelined responses: the connections write C{batch} responses
+    (C{IMGW/1.0 200 OK}, to requests the server never sent) at a time.
+    Responses take no token of the request rate (docs/protocol.md section
+    4); since issue 7 the first one closes the connection (C{400}, a
+    response before login), and what remains is the cost of the
+    connections themselves (the per-source connection rate refuses most of
+    them, C{503}).
+    """
+
+    name = "native-responses"
+    waitForClose = True
+
+    def block(self) -> bytes:
+        return b"".join(b"IMGW/1.0 200 OK\r\nSeq: %d\r\n\r\n" % (i + 1) for i in range(self.spec["batch"]))
+
+    def unitsPerBlock(self, block: bytes) -> int:
+        return int(self.spec["batch"])
 
     async def finish(self) -> dict[str, Any]:
         n = self.spec["connections"]
@@ -730,46 +764,19 @@ class NativeResponses(Attack):
         }
 
 
-class NativeBlankLines(Attack):
+class NativeBlankLines(_UnauthenticatedWriter):
     """
-    (b3) Blank lines: C{connections} native connections from C{source}
-    that never log in write blank lines (CRLF, C{batch} KiB at a time)
-    whenever their socket takes them, until the deadline; a connection the
-    server closes is opened again. Blank lines between frames are
-    keep-alives (docs/protocol.md section 3.1): they are not frames, take no
-    token and keep the connection from being idle, so nothing but the
-    login timeout and TCP paces them.
+    (b3) Blank lines: the connections write blank lines (CRLF, C{kib} KiB
+    at a time). Blank lines between frames are keep-alives
+    (docs/protocol.md section 3.1): they are not frames, take no token and
+    keep the connection from being idle; since issue 7 C{pre_auth_bytes}
+    closes a connection that sends too many before logging in.
     """
 
     name = "native-blank-lines"
 
-    async def setup(self) -> None:
-        self.written = 0
-        self.opened = 0
-        self.codes: Counter[int] = Counter()
-
-    async def _one(self, until: float) -> None:
-        s = self.spec
-        block = b"\r\n" * (512 * s["kib"])
-        while time.monotonic() < until:
-            try:
-                c = await NativeClient.open(s["port"], s["source"])
-            except OSError:
-                await asyncio.sleep(0.1)
-                continue
-            self.opened += 1
-            try:
-                while time.monotonic() < until and not c.closed.is_set():
-                    c.writer.write(block)
-                    self.written += len(block)
-                    await asyncio.wait_for(c.writer.drain(), max(0.001, until - time.monotonic()))
-            except (asyncio.TimeoutError, ConnectionError):
-                pass
-            self.codes.update(c.codes)
-            c.close()
-
-    async def attack(self, until: float) -> None:
-        await asyncio.gather(*(self._one(until) for _ in range(self.spec["connections"])))
+    def block(self) -> bytes:
+        return b"\r\n" * (512 * int(self.spec["kib"]))
 
     async def finish(self) -> dict[str, Any]:
         n = self.spec["connections"]

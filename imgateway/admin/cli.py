@@ -13,6 +13,13 @@ caches nothing about accounts for long).
     imgateway-admin user move alice hs2
     imgateway-admin user list
 
+and, with home servers on different machines (L{imgateway.admin.transfer};
+also with an LDAP directory, which they only read):
+
+    imgateway-admin --config hs1.toml user export alice --out alice.json
+    imgateway-admin --config hs2.toml user import alice.json
+    imgateway-admin --config hs1.toml user purge alice
+
 and a lab's link certificates (L{imgateway.admin.certs}), without a
 configuration:
 
@@ -23,6 +30,7 @@ configuration:
 from __future__ import annotations
 
 import argparse
+import datetime
 import getpass
 import os
 import signal
@@ -34,10 +42,23 @@ from typing import NoReturn, cast
 
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.internet.task import react
+from twisted.python.filepath import FilePath
 
 from imgateway import __version__
 from imgateway.admin.certs import describe, makeAuthority, makeServer
 from imgateway.admin.move import MoveSummary, moveAccount
+from imgateway.admin.transfer import (
+    BadExport,
+    ImportSummary,
+    PurgeSummary,
+    UserExport,
+    decodeExport,
+    describeCounts,
+    encodeExport,
+    exportUser,
+    importUser,
+    purgeUser,
+)
 from imgateway.auth.passwords import makeCredentials
 from imgateway.config import CONFIG_ENVIRONMENT, DEFAULT_CONFIG_PATH, GatewayConfig, findConfig, loadConfig
 from imgateway.core.address import Address, validateAccountLocalPart
@@ -45,9 +66,9 @@ from imgateway.core.errors import AccountExists, ImgatewayError, InvalidAddress,
 from imgateway.core.records import AccountRecord, MoveRecord
 from imgateway.directory.sqlite import SQLiteDirectory
 from imgateway.home.store import MIGRATIONS as HOME_MIGRATIONS, SQLiteHomeStore
-from imgateway.interfaces import IHomeStore
+from imgateway.interfaces import IDirectory, IHomeStore
 from imgateway.plugins import adapterConfigParsers
-from imgateway.sqlite import openDatabase
+from imgateway.sqlite import Database, openDatabase
 
 __all__ = ["main"]
 
@@ -57,6 +78,13 @@ _PROG = "imgateway-admin"
 _MAX_NAME_CHARS = 256
 
 _Action = Callable[[IReactorCore, SQLiteDirectory], Awaitable[None]]
+
+#: An action that needs only to read accounts, so runs on an LDAP directory
+#: too.
+_ReadingAction = Callable[[IReactorCore, IDirectory], Awaitable[None]]
+
+#: The commands that run on an LDAP directory too (they only read it).
+_READING_COMMANDS = frozenset({"export", "import", "purge"})
 
 
 class _Refused(Exception):
@@ -117,6 +145,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     move.add_argument("address", metavar="ADDRESS", help=addressHelp)
     move.add_argument("home", metavar="NAME", help="the new home server (one of [servers] with the role home)")
+
+    export = commands.add_parser(
+        "export",
+        help="write an account's rows in this home server's store to a file (to move it to another machine)",
+        description="Write every row this home server's store keeps of an account (contacts, authorisations, "
+        "access lists, rules) to a checksummed file, for 'user import' on its new home server; a copy is kept in "
+        "data_dir/exports/ for 'user purge'. Run it on the account's home server, while the account is offline "
+        "(see docs/operations.md, 'Moving a user to another machine').",
+    )
+    export.add_argument("address", metavar="ADDRESS", help=addressHelp)
+    export.add_argument("--out", "-o", metavar="FILE", required=True, help="the file to write (mode 0600)")
+    export.add_argument(
+        "--force", action="store_true", help="export even if the directory homes the account on another server"
+    )
+
+    importer = commands.add_parser(
+        "import",
+        help="write an exported account's rows into this home server's store",
+        description="Write the rows of a 'user export' file into this home server's store, in one transaction. "
+        "The file must be whole and unchanged, of this store's schema version. Importing the same file again does "
+        "nothing; rows of the account's that the store holds and that differ from the file are refused unless "
+        "--replace. Then make the directory name this home server for the account.",
+    )
+    importer.add_argument("file", metavar="FILE", help="the export file")
+    importer.add_argument(
+        "--replace", action="store_true", help="replace the account's rows already in this store with the file's"
+    )
+
+    purge = commands.add_parser(
+        "purge",
+        help="remove a moved account's rows from this (its old) home server's store",
+        description="Once the directory names the account's new home server (and 'user import' is done there), "
+        "remove its rows from this store, but those of pairs with this server's own users. Refused while the "
+        "directory names this server, and if the rows changed since the last 'user export' made here.",
+    )
+    purge.add_argument("address", metavar="ADDRESS", help=addressHelp)
 
     certs = areas.add_parser("certs", help="make a lab's certificate authority and link certificates")
     certCommands = certs.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -302,6 +366,179 @@ class _Stores:
             await store.close()
 
 
+def _ownHome(config: GatewayConfig) -> str:
+    """
+    This configuration's home server, whose store C{export}, C{import} and
+    C{purge} work on.
+
+    @raise _Refused: If the process is not a home server.
+    """
+    name = config.homeServerName
+    if name not in _homeServers(config):
+        raise _Refused(
+            f"{name} ([gateway] home_server of {config.path.path}) is not a home server: run the command with "
+            "the configuration of the home server whose store it works on"
+        )
+    return name
+
+
+def _storePath(config: GatewayConfig, home: str) -> FilePath[str]:
+    return config.dataDir.child(f"home-{home}.sqlite3")
+
+
+async def _openStore(reactor: IReactorCore, config: GatewayConfig, home: str, create: bool) -> Database:
+    """
+    Open this home server's store, with the configuration's durability.
+
+    @param create: Whether to make it if missing (else refuse).
+    """
+    path = _storePath(config, home)
+    if not create and not path.exists():
+        raise _Refused(f"{home} has no store at {path.path} (is this the configuration of {home}'s machine?)")
+    return await openDatabase(reactor, path, HOME_MIGRATIONS, durability=config.durability)
+
+
+def _recordPath(config: GatewayConfig, address: Address) -> FilePath[str]:
+    """
+    Where C{user export} keeps a copy of the last export of C{address}, for
+    C{user purge}.
+    """
+    return config.dataDir.child("exports").child(f"{address}.json")
+
+
+def _writePrivate(path: FilePath[str], data: bytes) -> None:
+    """
+    Write C{data} to C{path} whole or not at all (a new file, mode 0600,
+    renamed over the old).
+    """
+    temporary = path.siblingExtension(f".{os.getpid()}.tmp")
+    fd = os.open(temporary.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary.path, path.path)
+    except BaseException:
+        if temporary.exists():
+            temporary.remove()
+        raise
+
+
+def _readExport(path: str) -> UserExport:
+    """
+    @raise _Refused: If the file cannot be read.
+    @raise BadExport: If it is not a whole export.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise _Refused(f"cannot read {path}: {e.strerror}") from None
+    return decodeExport(data, path)
+
+
+def _exportSummary(address: Address, export: UserExport, path: str) -> str:
+    return (
+        f"exported {address} from {export.home}'s store to {path} ({describeCounts(export.counts())}; "
+        f"sha256 {export.digest[:16]})"
+    )
+
+
+def _importSummary(export: UserExport, home: str, path: str, s: ImportSummary) -> str:
+    done = (
+        f"{export.address} is in {home}'s store as in {path} already"
+        if s.already
+        else f"imported {export.address} into {home}'s store from {path}"
+    )
+    return (
+        f"{done} (exported from {export.home} at {export.exported}, sha256 {export.digest[:16]}: "
+        f"{describeCounts(s.written)}; left as {home} keeps them, decided by its users: {s.theirs}; "
+        f"removed: {s.removed})"
+    )
+
+
+def _purgeSummary(address: Address, home: str, s: PurgeSummary) -> str:
+    if not any(s.removed.values()):
+        return f"{home}'s store holds no rows of {address}'s to purge (kept for its users: {s.kept})"
+    return f"purged {address} from {home}'s store ({describeCounts(s.removed)}; kept for its users: {s.kept})"
+
+
+def _readingAction(args: argparse.Namespace, config: GatewayConfig) -> _ReadingAction:
+    """
+    Prepare C{user export}, C{import} or C{purge}, which only read the
+    directory.
+    """
+    home = _ownHome(config)
+    command: str = args.command
+    if command == "export":
+        address = _resolveAddress(args.address, config, new=False)
+        out: str = args.out
+
+        async def export(reactor: IReactorCore, directory: IDirectory) -> None:
+            database = await _openStore(reactor, config, home, create=False)
+            try:
+                now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                result, account = await exportUser(directory, database, address, home, now, args.force)
+            finally:
+                await database.close()
+            data, digest = encodeExport(result)
+            record = _recordPath(config, address)
+            record.parent().makedirs(ignoreExistingDirectory=True)
+            os.chmod(record.parent().path, 0o700)
+            _writePrivate(record, data)
+            try:
+                _writePrivate(FilePath(os.path.abspath(out)), data)
+            except OSError as e:
+                raise _Refused(f"cannot write {out}: {e.strerror}") from None
+            print(_exportSummary(address, decodeExport(data, out), out))
+            if account.enabled:
+                print(
+                    f"note: {address} is enabled in the directory: until the directory names its new home, a session "
+                    f"of its on {home} could change these rows (user purge will then refuse: export and import again)"
+                )
+
+        return export
+
+    if command == "import":
+        path: str = args.file
+
+        async def importer(reactor: IReactorCore, directory: IDirectory) -> None:
+            export = _readExport(path)
+            if export.address.domain != config.domain:
+                raise _Refused(f"{path} is an export of {export.address}, not of this gateway's domain ({config.domain})")
+            database = await _openStore(reactor, config, home, create=True)
+            try:
+                summary = await importUser(directory, database, export, home, args.replace)
+            finally:
+                await database.close()
+            print(_importSummary(export, home, path, summary))
+            account = await directory.getAccount(export.address)
+            if account is not None and account.homeServer != home:
+                print(
+                    f"next: make the directory name {home} as the home server of {export.address} (LDAP: its "
+                    f"home attribute), then, on {account.homeServer}: imgateway-admin user purge {export.address}"
+                )
+
+        return importer
+
+    address = _resolveAddress(args.address, config, new=False)
+
+    async def purge(reactor: IReactorCore, directory: IDirectory) -> None:
+        record = _recordPath(config, address)
+        last = _readExport(record.path) if record.exists() else None
+        if last is not None and (last.address != address or last.home != home):
+            raise _Refused(f"{record.path} is not an export of {address} from {home}")
+        database = await _openStore(reactor, config, home, create=False)
+        try:
+            summary = await purgeUser(directory, database, address, home, last)
+        finally:
+            await database.close()
+        print(_purgeSummary(address, home, summary))
+
+    return purge
+
+
 def _action(args: argparse.Namespace, config: GatewayConfig) -> _Action:
     """
     Check the command line and prepare the command, before any storage is
@@ -410,21 +647,36 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
-async def _run(reactor: IReactorCore, config: GatewayConfig, action: _Action) -> None:
+async def _openDirectory(reactor: IReactorCore, config: GatewayConfig) -> SQLiteDirectory | IDirectory:
+    """
+    Open the configured directory: SQLite's, or LDAP's (for the commands
+    that only read it).
+    """
+    ldap = config.directory.ldap
+    if ldap is None:
+        return await SQLiteDirectory.open(reactor, config.dataDir.child("directory.sqlite3"), durability=config.durability)
+    from imgateway.directory.ldap import LDAPDirectory
+
+    directory = LDAPDirectory(cast(IReactorTime, reactor), ldap, reactor=reactor)
+    directory.start()
+    return directory
+
+
+async def _run(reactor: IReactorCore, config: GatewayConfig, action: _Action | _ReadingAction) -> None:
     """
     Open the directory, do C{action}, close it. Expected errors end the
     process with a message and status 1; others with a traceback.
     """
     try:
-        directory = await SQLiteDirectory.open(
-            reactor, config.dataDir.child("directory.sqlite3"), durability=config.durability
-        )
+        directory = await _openDirectory(reactor, config)
         try:
-            await action(reactor, directory)
+            await action(reactor, directory)  # type: ignore[arg-type]
         finally:
             await directory.close()
     except (ImgatewayError, _Refused) as e:
         _fail(str(e))
+    except OSError as e:
+        _fail(f"{e.filename}: {e.strerror}" if e.filename else str(e))
     except Exception:
         # react() would only log it, and nothing here reads the log.
         traceback.print_exc()
@@ -447,13 +699,18 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     theReactor = cast(IReactorCore, reactor)
     try:
         config = loadConfig(findConfig(args.config), theReactor, adapterConfigParsers())
-        if config.directory.ldap is not None:
+        action: _Action | _ReadingAction
+        if args.command in _READING_COMMANDS:
+            action = _readingAction(args, config)
+        elif config.directory.ldap is not None:
             ldap = config.directory.ldap
             raise _Refused(
                 f"the directory is the LDAP server {ldap.url} ({ldap.baseDN}), read-only to imgateway:"
-                " manage accounts there ([directory] backend in the configuration)"
+                " manage accounts there ([directory] backend in the configuration); of the user commands, only"
+                " export, import and purge run on it (see docs/operations.md, 'Moving a user to another machine')"
             )
-        action = _action(args, config)
+        else:
+            action = _action(args, config)
     except (ImgatewayError, _Refused) as e:
         _fail(str(e))
     react(lambda r: _run(r, config, action), _reactor=theReactor)

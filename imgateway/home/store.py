@@ -11,13 +11,15 @@ import sqlite3
 from typing import cast
 from collections.abc import Sequence
 
+from attrs import frozen
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from imgateway.core.address import Address
-from imgateway.core.errors import PendingRequestsFull
+from imgateway.core.errors import ImgatewayError, PendingRequestsFull
 from imgateway.core.presence import PresenceState
 from imgateway.core.records import (
     AccessList,
@@ -34,7 +36,18 @@ from imgateway.core.records import (
 from imgateway.interfaces import IHomeStore
 from imgateway.sqlite import DEFAULT_BUSY_TIMEOUT, Database, Migrations, openDatabase
 
-__all__ = ["MIGRATIONS", "SQLiteHomeStore"]
+__all__ = [
+    "MIGRATIONS",
+    "SQLiteHomeStore",
+    "TableRows",
+    "UnknownTable",
+    "deleteTableRows",
+    "putTableRows",
+    "readUserRows",
+    "storeSchemaVersion",
+    "storeTables",
+    "userColumns",
+]
 
 #: The home store's schema (see L{imgateway.sqlite}). Addresses are stored
 #: normalised, as C{str(address)}.
@@ -353,3 +366,123 @@ class SQLiteHomeStore:
         See L{IHomeStore.close}.
         """
         return self.database.close()
+
+
+# -- One user's rows, table by table (imgateway-admin user export, import, purge) ----------
+#
+# These read every table of the store generically, from the schema itself, so
+# that a table a later migration adds is exported and imported too, or, if
+# nothing says whose its rows are, refused (UnknownTable) rather than left
+# behind: imgateway.admin.transfer decides what goes where.
+
+#: A column value as SQLite hands it back.
+Value = str | int | float | bytes | None
+
+#: The column that names the user owning a row (contacts, access lists,
+#: rules): the row is wholly that user's.
+OWNER_COLUMN = "owner"
+
+#: The columns of a table of pairs (authorisations): a row relates its
+#: C{target} (who is watched, and decides) to its C{watcher}.
+PAIR_COLUMNS = ("target", "watcher")
+
+
+class UnknownTable(ImgatewayError):
+    """
+    A table of the store has no column that says whose its rows are (see
+    L{userColumns}): teach L{imgateway.admin.transfer} about it.
+    """
+
+
+@frozen
+class TableRows:
+    """
+    Some rows of one table.
+
+    @ivar columns: The table's columns, in the schema's order.
+    @ivar rows: The rows, each a value per column, sorted.
+    """
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Value, ...], ...]
+
+
+def storeTables(cursor: sqlite3.Cursor) -> dict[str, tuple[str, ...]]:
+    """
+    @return: Every table of the store's schema, by name, with its columns in
+        the schema's order.
+    """
+    names = [
+        name
+        for (name,) in cursor.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+            " ORDER BY name"
+        ).fetchall()
+    ]
+    return {name: tuple(row[1] for row in cursor.execute(f"PRAGMA table_info({_quote(name)})").fetchall()) for name in names}
+
+
+def storeSchemaVersion(cursor: sqlite3.Cursor) -> int:
+    """
+    @return: The store's schema version (how many of L{MIGRATIONS} it has).
+    """
+    return int(cursor.execute("PRAGMA user_version").fetchone()[0])
+
+
+def userColumns(table: str, columns: Sequence[str]) -> tuple[str, ...]:
+    """
+    The columns of C{table} that name the user a row belongs to:
+    L{OWNER_COLUMN}, or L{PAIR_COLUMNS}.
+
+    @raise UnknownTable: If it has neither.
+    """
+    if OWNER_COLUMN in columns:
+        return (OWNER_COLUMN,)
+    if all(c in columns for c in PAIR_COLUMNS):
+        return PAIR_COLUMNS
+    raise UnknownTable(
+        f"the home store's table {table!r} ({', '.join(columns)}) has no column {OWNER_COLUMN!r} "
+        f"nor {PAIR_COLUMNS[0]!r} and {PAIR_COLUMNS[1]!r}: nothing says whose its rows are"
+    )
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def readUserRows(cursor: sqlite3.Cursor, user: Address) -> dict[str, TableRows]:
+    """
+    Every row of C{user}'s in the store: in each table, the rows whose
+    L{userColumns} name C{user}.
+
+    @return: The rows, by table (every table, even those without a row).
+    @raise UnknownTable: If a table does not say whose its rows are.
+    """
+    found: dict[str, TableRows] = {}
+    for table, columns in storeTables(cursor).items():
+        where = " OR ".join(f"{_quote(c)} = ?" for c in userColumns(table, columns))
+        keys = (str(user),) * where.count("?")
+        order = ", ".join(_quote(c) for c in columns)
+        rows = cursor.execute(
+            f"SELECT {order} FROM {_quote(table)} WHERE {where} ORDER BY {order}", keys
+        ).fetchall()
+        found[table] = TableRows(columns, tuple(tuple(row) for row in rows))
+    return found
+
+
+def deleteTableRows(cursor: sqlite3.Cursor, table: str, columns: Sequence[str], rows: Sequence[Sequence[Value]]) -> None:
+    """
+    Delete these rows (each matched on every column) from C{table}.
+    """
+    where = " AND ".join(f"{_quote(c)} IS ?" for c in columns)
+    cursor.executemany(f"DELETE FROM {_quote(table)} WHERE {where}", [tuple(row) for row in rows])
+
+
+def putTableRows(cursor: sqlite3.Cursor, table: str, columns: Sequence[str], rows: Sequence[Sequence[Value]]) -> None:
+    """
+    Write these rows into C{table}, each replacing the row with its primary
+    key if there is one.
+    """
+    names = ", ".join(_quote(c) for c in columns)
+    marks = ", ".join("?" * len(columns))
+    cursor.executemany(f"INSERT OR REPLACE INTO {_quote(table)} ({names}) VALUES ({marks})", [tuple(row) for row in rows])

@@ -297,8 +297,12 @@ def _checkOwnership(address: Address, table: str, rows: TableRows) -> None:
             raise ValueError(f"a row of table {table!r} is not {address}'s")
         for i in addresses:
             value = row[i]
-            if not isinstance(value, str) or str(Address.fromString(value)) != value:
-                raise ValueError(f"table {table!r}, column {rows.columns[i]!r}: not an address: {value!r}")
+            try:
+                normalised = isinstance(value, str) and str(Address.fromString(value)) == value
+            except InvalidAddress:
+                normalised = False
+            if not normalised:
+                raise ValueError(f"table {table!r}, column {rows.columns[i]!r}: not an address: {value!r:.80}")
 
 
 # -- what goes where --------------------------------------------------------------------------

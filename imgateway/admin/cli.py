@@ -40,6 +40,7 @@ import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn, cast
 
+import attrs
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.internet.task import react
 from twisted.python.filepath import FilePath
@@ -491,7 +492,7 @@ def _readingAction(args: argparse.Namespace, config: GatewayConfig) -> _ReadingA
                 _writePrivate(FilePath(os.path.abspath(out)), data)
             except OSError as e:
                 raise _Refused(f"cannot write {out}: {e.strerror}") from None
-            print(_exportSummary(address, decodeExport(data, out), out))
+            print(_exportSummary(address, attrs.evolve(result, digest=digest), out))
             if account.enabled:
                 print(
                     f"note: {address} is enabled in the directory: until the directory names its new home, a session "

@@ -14,6 +14,7 @@ from twisted.python.filepath import FilePath
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
+from imgateway.adapters.irc.adapter import IRCAdapter
 from imgateway.adapters.native.adapter import NativeAdapter
 from imgateway.adapters.xmpp.adapter import XMPPAdapter
 from imgateway import __version__
@@ -54,10 +55,10 @@ class PluginTests(SynchronousTestCase):
 
     def test_adapters(self) -> None:
         """
-        The native and XMPP adapters are found through the
+        The IRC, native and XMPP adapters are found through the
         C{imgateway.plugins} package, sorted by name.
         """
-        self.assertEqual([type(a) for a in adapterPlugins()], [NativeAdapter, XMPPAdapter])
+        self.assertEqual([type(a) for a in adapterPlugins()], [IRCAdapter, NativeAdapter, XMPPAdapter])
 
     def test_adapterConfigParsers(self) -> None:
         """
@@ -65,7 +66,7 @@ class PluginTests(SynchronousTestCase):
         C{parseConfig} by its name, for L{imgateway.config.loadConfig}.
         """
         parsers = adapterConfigParsers()
-        self.assertEqual(sorted(parsers), ["native", "xmpp"])
+        self.assertEqual(sorted(parsers), ["irc", "native", "xmpp"])
         self.assertEqual(parsers["native"].__func__, NativeAdapter.parseConfig)  # type: ignore[attr-defined]
 
     def test_twistdHelp(self) -> None:

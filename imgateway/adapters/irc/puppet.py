@@ -487,6 +487,7 @@ class _ConnectionFactory(Factory):
     def buildProtocol(self, addr: Any) -> IRCClientConnection:
         connection = IRCClientConnection(self.link)
         connection.factory = self
+        self.link.latest = connection
         return connection
 
 
@@ -500,6 +501,7 @@ class IRCLink:
     @ivar prefix: Our C{nick!user@host} as the network last told it
         (C{001}), or C{None}.
     @ivar connection: The registered connection, or C{None}.
+    @ivar latest: The connection made last, registered or not.
     @ivar stopped: Why the link stopped for good, or C{None} while it runs.
     @ivar failures: Consecutive connections that ended before registration.
     """
@@ -531,6 +533,7 @@ class IRCLink:
         self.nick: str | None = None
         self.prefix: str | None = None
         self.connection: IRCClientConnection | None = None
+        self.latest: IRCClientConnection | None = None
         self.stopped: str | None = None
         self.failures = 0
         self._lines: deque[_Line] = deque()

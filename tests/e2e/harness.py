@@ -221,6 +221,9 @@ def _tomlValue(value: object) -> str:
         return _tomlString(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_tomlValue(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        # An inline table (in an array of tables: [[irc.network]]).
+        return "{" + ", ".join(f"{_tomlKey(k)} = {_tomlValue(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 

@@ -112,8 +112,6 @@ _INSPIRCD_CONF = """\
 <performance netbuffersize="10240" somaxconn="128" softlimit="5000" clonesonconnect="no" quietbursts="yes">
 <security hideserver="" userstats="Pu" customversion="" flatlinks="no" hidesplits="no" hideulines="no" hidebans="no" maxtargets="20" runasroot="yes">
 <limits maxnick="30" maxchan="64" maxmodes="20" maxident="11" maxquit="255" maxtopic="307" maxkick="255" maxreal="128" maxgecos="128" maxaway="200">
-<module name="xline_db">
-<xlinedb filename="{dir}/xline.db">
 """
 
 
@@ -294,17 +292,21 @@ class SharedIRCd:
         if server is not None:
             server.destroy()
 
-    def suite(self, moduleName: str) -> TestSuite:
+    def suite(self, moduleName: str, *others: SharedIRCd) -> TestSuite:
+        """
+        The tests of a module, as one suite that ends by destroying this
+        server and C{others}.
+        """
         loader = TestLoader()
         module = sys.modules[moduleName]
-        suite = _SuiteThenDestroy(self)
+        suite = _SuiteThenDestroy(self, *others)
         for testClass in loader.findTestClasses(module):
             suite.addTest(loader.loadClass(testClass))
         return suite
 
 
 class _SuiteThenDestroy(TestSuite):
-    def __init__(self, shared: SharedIRCd) -> None:
+    def __init__(self, *shared: SharedIRCd) -> None:
         super().__init__()
         self._shared = shared
 
@@ -312,7 +314,8 @@ class _SuiteThenDestroy(TestSuite):
         try:
             return super().run(result, debug)
         finally:
-            self._shared.destroy()
+            for shared in self._shared:
+                shared.destroy()
 
 
 # -- an IRC user ------------------------------------------------------------------------
@@ -342,7 +345,8 @@ class IRCUser(_Waiters, LineOnlyReceiver):
 
     def connectionMade(self) -> None:
         self.sendLine(f"NICK {self.nick}".encode())
-        self.sendLine(f"USER {self.nick} 0 * :test user {self.nick}".encode())
+        ident = "".join(c for c in self.nick if c.isalnum())[:9] or "user"
+        self.sendLine(f"USER {ident} 0 * :test user {self.nick}".encode())
 
     def lineReceived(self, line: bytes) -> None:
         line = line.rstrip(b"\r")

@@ -54,10 +54,13 @@ __all__ = [
 #: InspIRCd's allowance for the tests' clients: C{commandrate} in
 #: millicommands per second, and C{threshold}, the penalty (in commands)
 #: past which a client is disconnected for C{Excess Flood} (fake lag off).
-#: InspIRCd's own default rate is 1000 (1 line/s); 10 lines/s keeps the
-#: 200-message test short while the allowance is still enforced.
-INSPIRCD_COMMAND_RATE = 10000
-INSPIRCD_THRESHOLD = 10
+#: InspIRCd takes C{commandrate} off a client's penalty once a second, so
+#: a client may write no more than C{threshold} commands between two
+#: ticks. InspIRCd's own defaults are 1000 (1 line/s) and 10; 20 lines/s
+#: and 20 keep the 200-message test short while the allowance is still
+#: enforced.
+INSPIRCD_COMMAND_RATE = 20000
+INSPIRCD_THRESHOLD = 20
 
 #: How long a server may take to listen, in seconds.
 START_TIMEOUT = 20.0

@@ -10,7 +10,8 @@
 # (the project, editable, and what setup.cfg lists: install_requires and the
 # "test" extra), and, when run as root with apt-get, the Debian packages of the
 # peer servers the interop tests run against (prosody, ejabberd, slapd,
-# ldap-utils, lua-unbound; their system services are kept from starting).
+# ldap-utils, lua-unbound, ngircd, inspircd; their system services are kept
+# from starting).
 #
 # --no-install (or IMGATEWAY_NO_INSTALL=1) installs nothing: the suite runs with
 # .venv/ as it is, and what is missing is said first. Tests whose peer server is
@@ -24,7 +25,7 @@ install=1
 case "${IMGATEWAY_NO_INSTALL:-}" in ""|0|no|false) ;; *) install=0 ;; esac
 if [ "${1:-}" = "--no-install" ]; then install=0; shift; fi
 case "${1:-}" in
-  -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   -*) echo "run-tests.sh: unknown option $1 (usage: ./run-tests.sh [--no-install] [TESTS...])" >&2; exit 2 ;;
 esac
 [ "$#" -gt 0 ] || set -- tests
@@ -79,7 +80,8 @@ fi
 # skip, or fail under CI).
 # slapd and ldap-utils: the OpenLDAP server the LDAP directory's tests configure and start
 # themselves (Debian puts slapd in /usr/sbin, on root's PATH).
-PEERS="prosody:prosody ejabberdctl:ejabberd slapd:slapd ldapmodify:ldap-utils"
+# ngircd and inspircd: the IRC servers the IRC bridge's tests start (tests/e2e/ircd.py).
+PEERS="prosody:prosody ejabberdctl:ejabberd slapd:slapd ldapmodify:ldap-utils ngircd:ngircd inspircd:inspircd"
 PEER_EXTRA_PACKAGES="lua-unbound"   # Prosody's resolver (only Recommended): tests confine it
 ensurePeers() {
   local missing=() pair rc=0

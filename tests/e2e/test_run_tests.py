@@ -157,7 +157,7 @@ class RunTestsScriptTests(SynchronousTestCase):
         out = self.runScript("--no-install")
         self.assertIn("== installing nothing (--no-install): using .venv/ as it is\n", out)
         self.assertIn(f"missing Python packages in .venv/: {MISSING} (install them: .venv/bin/pip install -e '.[test]')", out)
-        self.assertIn("note: peer servers not installed (prosody ejabberd slapd ldap-utils)", out)
+        self.assertIn("note: peer servers not installed (prosody ejabberd slapd ldap-utils ngircd inspircd)", out)
         self.assertNotIn("-m venv", self.log("python3.log"))
         self.assertEqual(self.log("apt-get.log"), "")
         self.assertTrue(out.endswith("1 passed, 0 failed, 0 skipped\n"), out)
@@ -197,7 +197,7 @@ class RunTestsScriptTests(SynchronousTestCase):
         self.assertIn(MISSING, out[announce:].splitlines()[0])
         self.assertLess(announce, out.index("FAKE venv"))
         self.assertLess(out.index("FAKE venv"), out.index("FAKE pip install"))
-        self.assertIn("Install them as root: apt-get install prosody ejabberd slapd ldap-utils lua-unbound", out)
+        self.assertIn("Install them as root: apt-get install prosody ejabberd slapd ldap-utils ngircd inspircd lua-unbound", out)
         self.assertEqual(self.log("apt-get.log"), "")
 
     def test_warnings(self) -> None:

@@ -24,6 +24,7 @@ from imgateway.adapters.irc.network import (
     IRCNetworkConfig,
     IRCNetworkRoute,
     cleanIncoming,
+    parseNetworkConfig,
     parseNetworks,
     puppetNick,
 )
@@ -829,3 +830,44 @@ class RouteTests(SynchronousTestCase):
         later = self.failureResultOf(self.route.deliver(Message(ALICE, FRANK, "again")), ServiceUnavailable)
         self.assertIn("banned", str(later.value))
         self.assertNotIn(ALICE, self.route.puppets)
+
+
+class ExampleConfigTests(SynchronousTestCase):
+    """
+    The commented C{[[irc.network]]} table of C{etc/imgateway.toml}.
+    """
+
+    def test_everyKeyWithItsDefault(self) -> None:
+        """
+        Uncommented, the example parses; it names every key the parser
+        reads, and gives each optional key its default (but the secrets).
+        """
+        import os
+        import tomllib
+
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "imgateway.toml")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        block = text.split("# [[irc.network]]\n", 1)[1].split("\n\n", 1)[0]
+        keys = [line[2:] for line in block.splitlines() if line.startswith("# ") and not line.startswith("#  ")]
+        table = tomllib.loads("\n".join(keys))
+        example = ConfigTable(table, "example")
+        config = parseNetworkConfig(example)
+        self.assertEqual(sorted(example._read), sorted(table))
+        defaults = IRCNetworkConfig(config.name, config.domain, config.endpoint)
+        secrets = {"password", "sasl_account", "sasl_password"}
+        bare = parseNetworks(
+            ConfigTable({"network": [{k: v for k, v in table.items() if k in ("name", "domain", "endpoint")}]}, "example")
+        )[0]
+        self.assertEqual(bare, defaults)
+        self.assertEqual(
+            attrsEvolveWithoutSecrets(config),
+            attrsEvolveWithoutSecrets(defaults),
+            f"the example's values are not the defaults ({sorted(set(table) - secrets)})",
+        )
+
+
+def attrsEvolveWithoutSecrets(config: IRCNetworkConfig) -> IRCNetworkConfig:
+    import attrs
+
+    return attrs.evolve(config, password=None, saslAccount=None, saslPassword=None)

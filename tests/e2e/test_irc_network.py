@@ -88,7 +88,7 @@ class _BothWays:
         alice, aliceSees = await gw.client("alice", PASSWORDS["alice"])
         await alice.sendMessage(f"frank@{NET}", "hello frank")
         await frank.waitForLine(lambda m: m.command == "PRIVMSG" and m.params == ("frank", "hello frank"))
-        self.assertEqual(frank.messages("PRIVMSG")[0].prefix.partition("!")[0], "alice[corp]")
+        self.assertEqual((frank.messages("PRIVMSG")[0].prefix or "").partition("!")[0], "alice[corp]")
         await alice.sendMessage(f"frank@{NET}", "/me waves")
         await frank.waitForLine(lambda m: m.command == "PRIVMSG" and m.params[1] == "\x01ACTION waves\x01")
         frank.privmsg("alice[corp]", "hi \x02alice\x02")

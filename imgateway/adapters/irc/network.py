@@ -91,6 +91,7 @@ __all__ = [
     "cleanIncoming",
     "ircNick",
     "makeNetworkServices",
+    "parseNetworkConfig",
     "parseNetworks",
     "puppetNick",
 ]
@@ -806,8 +807,8 @@ class IRCNetworkRoute:
     # -- messages ----------------------------------------------------------
 
     def _message(self, user: Address, nick: str, message: Message) -> Deferred[DeliveryStatus]:
-        if message.contentType != "text/plain":
-            return fail(TooLarge(f"IRC carries text/plain only, not {message.contentType}"))
+        if not message.contentType.startswith("text/"):
+            return fail(TooLarge(f"IRC carries text only, not {message.contentType}"))
         puppet = self.puppets.get(user)
         if puppet is None:
             if user in self.banned:

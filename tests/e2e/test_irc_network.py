@@ -236,6 +236,25 @@ class InspircdTests(_BothWays, TestCase):
         self.assertEqual(frank.messages("QUIT", "alice[corp]"), [])
         self.assertNotIn("Excess Flood", gw.log())
 
+    async def test_presenceByMonitor(self) -> None:
+        """
+        InspIRCd offers MONITOR and extended-monitor: with polling once a
+        minute, frank's arrival, away message and departure still reach
+        alice within seconds.
+        """
+        server = await self.shared.get(self)
+        gw = bridgedGateway(self, server, presence_interval=60.0)
+        await gw.start()
+        alice, aliceSees = await gw.client("alice", PASSWORDS["alice"])
+        await alice.subscribe(f"monty@{NET}", "Monty")
+        await sleep(1.0)
+        monty = await connectUser(self, server, "monty")
+        await aliceSees.waitForPresence(f"monty@{NET}", PresenceState.ONLINE, timeout=5)
+        monty.send("AWAY :on a call")
+        await aliceSees.waitForPresence(f"monty@{NET}", PresenceState.AWAY, "on a call", timeout=5)
+        monty.send("QUIT :bye")
+        await aliceSees.waitForPresence(f"monty@{NET}", PresenceState.OFFLINE, timeout=5)
+
     async def test_latin1AndControlsToXMPP(self) -> None:
         """
         latin-1 text, colours, bold, CTCP and other control codes from IRC

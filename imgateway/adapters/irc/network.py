@@ -662,7 +662,15 @@ class PresenceWatcher:
 
     def linkMessage(self, link: IRCLink, message: IRCMessage) -> None:
         command, params = message.command, message.params
-        if command in ("730", "731") and params:
+        if command in ("376", "422"):
+            # The end of the welcome burst: ISUPPORT (005) has come, which
+            # says whether MONITOR is offered; the nicks polled until now
+            # are monitored from here on, as many as it allows.
+            for key in list(self.watchers):
+                if key not in self._monitored and len(self._monitored) < self._monitorLimit():
+                    self._monitored.add(key)
+                    link.send("MONITOR", "+", self.names[key]).addErrback(lambda f: None)
+        elif command in ("730", "731") and params:
             online = command == "730"
             for target in params[-1].split(","):
                 key = _key(target.partition("!")[0])

@@ -59,6 +59,11 @@ __all__ = [
 #: for good: a ban, a K-, G-, Z- or D-line.
 BANNED_PATTERN = re.compile(r"\b(banned|[kgzd]-?lined?)\b", re.IGNORECASE)
 
+#: The capabilities asked for when offered: SASL (when configured), and
+#: the away state of the users we share a channel with or monitor
+#: (C{away-notify}, C{extended-monitor}).
+WANTED_CAPS = ("sasl", "away-notify", "extended-monitor")
+
 #: The longest line (with its IRCv3 tags) read from a network before the
 #: connection is cut: 8191 bytes of tags plus 512 of message (IRCv3
 #: message-tags).
@@ -408,7 +413,7 @@ class IRCClientConnection(LineOnlyReceiver):
                 self._offered.update(c.partition("=")[0] for c in params[-1].split())
                 if params[2] == "*" and len(params) >= 4:
                     return  # more to come
-                wanted = [c for c in ("sasl", "away-notify") if c in self._offered]
+                wanted = [c for c in WANTED_CAPS if c in self._offered and (c != "sasl" or r.sasl is not None)]
                 if r.sasl is not None and "sasl" not in self._offered:
                     self.banned = "the network offers no SASL, but the configuration asks for it"
                     self.close(self.banned)

@@ -37,7 +37,7 @@ from imgateway.adapters.irc.puppet import (
     Registration,
     alternateNick,
 )
-from imgateway.adapters.irc.wire import IRCMessage, parseLine
+from imgateway.adapters.irc.wire import TRUNCATION_MARK, IRCMessage, parseLine
 from imgateway.config import ConfigTable
 from imgateway.core.address import Address
 from imgateway.core.errors import (
@@ -659,7 +659,7 @@ class RouteTests(SynchronousTestCase):
         self.clock.advance(1)
         sent = [m.params[1] for m in lines(transport) if m.command == "PRIVMSG"]
         self.assertEqual(len(sent), self.config.maxMessageLines)
-        self.assertIn("truncated", sent[-1])
+        self.assertTrue(sent[-1].endswith(TRUNCATION_MARK), sent[-1])
 
     def test_noSuchNick(self) -> None:
         """
@@ -790,13 +790,14 @@ class RouteTests(SynchronousTestCase):
         """
         The user's presence, once the user lets IRC see it, sets C{AWAY}
         with the note (or the state) as message, and clears it when
-        available again; a puppet opened later starts with it.
+        available again; a puppet opened later starts with it (the one
+        table: L{imgateway.adapters.irc.mapping.awayFromPresence}).
         """
         self.route.deliver(PresenceUpdate(ALICE, FRANK, Presence(PresenceState.BUSY, "in a meeting")))
         self.route.deliver(Message(ALICE, FRANK, "hi"))
         connection, transport = self.puppetConnection()
         self.clock.advance(1)
-        self.assertIn(("AWAY", ("in a meeting",)), [(m.command, m.params) for m in lines(transport)])
+        self.assertIn(("AWAY", ("Busy: in a meeting",)), [(m.command, m.params) for m in lines(transport)])
         self.route.deliver(PresenceUpdate(ALICE, FRANK, Presence(PresenceState.ONLINE)))
         self.clock.advance(1)
         self.assertIn(("AWAY", ()), [(m.command, m.params) for m in lines(transport)])

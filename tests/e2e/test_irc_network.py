@@ -129,7 +129,7 @@ class _BothWays:
         """
         alice adds frank@NET: she sees him online, away with his away
         message, offline when he quits. Once she lets frank watch her,
-        her busy note is her puppet's away message, cleared when she is
+        her state and note ("Busy: in a meeting") are her puppet's away message, cleared when she is
         online again.
         """
         server = await self.shared.get(self)
@@ -158,10 +158,10 @@ class _BothWays:
             return away[0].params[2] if away else None
 
         for _ in range(50):
-            if await awayMessage() == "in a meeting":
+            if await awayMessage() == "Busy: in a meeting":
                 break
             await sleep(0.2)
-        self.assertEqual(await awayMessage(), "in a meeting")
+        self.assertEqual(await awayMessage(), "Busy: in a meeting")
         await alice.publish(PresenceState.ONLINE)
         for _ in range(50):
             if await awayMessage() is None:

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -560,6 +561,21 @@ class BanTests(SynchronousTestCase):
         C{ERROR :Closing link ... (K-Lined)}.
         """
         self.assertStopsOn("ERROR :Closing link: alice[127.0.0.1] (K-Lined: spam)")
+
+    def test_floodedSaysWhatToChange(self) -> None:
+        """
+        Cut off for C{Excess Flood}, the link reconnects, and the log names
+        the keys to lower.
+        """
+        link, endpoint, clock, owner = makeLink(self)
+        connection = register(link, endpoint, clock)
+        with capturedLogs() as events:
+            feed(connection, "ERROR :Closing link: (alice@127.0.0.1) [Excess Flood]")
+        self.assertIn("lower flood_burst and flood_rate", " ".join(formatEvent(e) for e in events))
+        endpoint.transports[0].loseConnection()
+        self.assertEqual(owner.banned, [])
+        clock.advance(400)
+        self.assertEqual(len(endpoint.transports), 2)
 
     def test_otherErrorReconnects(self) -> None:
         """

@@ -59,6 +59,10 @@ __all__ = [
 #: for good: a ban, a K-, G-, Z- or D-line.
 BANNED_PATTERN = re.compile(r"\b(banned|[kgzd]-?lined?)\b", re.IGNORECASE)
 
+#: What in an C{ERROR} line means the network cut us off for writing too
+#: fast (the flood allowance is set too high for it).
+FLOODED_PATTERN = re.compile(r"excess flood|recvq exceeded|flood", re.IGNORECASE)
+
 #: The capabilities asked for when offered: SASL (when configured), and
 #: the away state of the users we share a channel with or monitor
 #: (C{away-notify}, C{extended-monitor}).
@@ -377,6 +381,19 @@ class IRCClientConnection(LineOnlyReceiver):
             text = params[0] if params else ""
             if BANNED_PATTERN.search(text):
                 self.banned = text or "banned"
+            if FLOODED_PATTERN.search(text):
+                # Lines written just before were dropped by the network:
+                # the allowance is set too high for it.
+                self.log.error(
+                    "IRC {network} ({nick}): disconnected for flooding ({text}): lower flood_burst and flood_rate"
+                    " (now {burst} and {rate}/s) under the network's limit",
+                    network=self.link.name,
+                    nick=self.nick,
+                    text=text,
+                    burst=self.link.flood.burst,
+                    rate=self.link.flood.rate,
+                )
+                return
             self.log.warn("IRC {network} ({nick}): ERROR {text}", network=self.link.name, nick=self.nick, text=text)
             return
         if command == "465":

@@ -99,7 +99,7 @@ class LoadConfigTests(SynchronousTestCase):
         self.assertConfigError('[gateway]\ndomain = "x.example"\n[home]\nmax_sessions_per_user = 0\n', "max_sessions_per_user: must be greater than 0")
         self.assertConfigError('[gateway]\ndomain = "x.example"\n[home]\npresence_lease = "long"\n', "presence_lease: expected float")
         self.assertConfigError('[gateway]\ndomain = "x.example"\n[auth]\nscram_iterations = 100\n', "at least 4096")
-        self.assertConfigError('[gateway]\ndomain = "x.example"\n[telepathy]\n', "[telepathy]: unknown table (protocol adapters: native, xmpp)")
+        self.assertConfigError('[gateway]\ndomain = "x.example"\n[telepathy]\n', "[telepathy]: unknown table (protocol adapters: irc, native, xmpp)")
         self.assertConfigError('[gateway]\ndomain = "x.example"\n[native]\nlisten = ["tcp:notaport"]\n', "[native]: listen: bad endpoint")
         self.assertConfigError("[gateway\n", "not valid TOML")
 

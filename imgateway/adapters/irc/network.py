@@ -59,7 +59,6 @@ from imgateway.adapters.irc.puppet import (
     ConnectionLimits,
     FloodAllowance,
     IRCLink,
-    LinkStopped,
     Registration,
     isupportInt,
 )

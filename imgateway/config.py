@@ -199,6 +199,7 @@ class HomeConfig:
     maxAccessEntries: int = 1000
     maxRules: int = 5
     maxPendingRequests: int = 1000
+    autoReplyPeriod: float = 3600.0
     maxKeptPresences: int = 20000
     drainTimeout: float = 10.0
 
@@ -571,6 +572,7 @@ def parseConfig(
         maxPendingRequests=h.positive("max_pending_requests", int, _HOME.maxPendingRequests),
         maxKeptPresences=h.positive("max_kept_presences", int, _HOME.maxKeptPresences),
         drainTimeout=h.positive("drain_timeout", float, _HOME.drainTimeout),
+        autoReplyPeriod=h.positive("auto_reply_period", float, _HOME.autoReplyPeriod),
     )
     if not home.minPresenceLease <= home.presenceLease <= home.maxPresenceLease:
         raise h.error("presence_lease", "must lie between min_presence_lease and max_presence_lease")

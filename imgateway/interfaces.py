@@ -188,7 +188,7 @@ class IHomeStore(Interface):
         L{RemoveContact<imgateway.core.records.RemoveContact>},
         L{SetAuthorisation<imgateway.core.records.SetAuthorisation>},
         L{SetAccess<imgateway.core.records.SetAccess>},
-        L{SetRule<imgateway.core.records.SetRule>}), in order, in one
+        L{SetRules<imgateway.core.records.SetRules>}), in order, in one
         transaction: after a crash or a failure either all of them are
         kept or none.
 
@@ -446,12 +446,43 @@ class ISession(Interface):
 
     def setRule(state: PresenceState, alternate: str | None) -> Deferred[None]:
         """
-        Set or remove (C{None}) the presence rule for C{state}.
+        The first protocol's request: set or remove (C{None}) the refusal
+        for C{state} alone (a refuse rule for that one state, whoever
+        sends), in place, or last if there was none.
+
+        @raise ValueError: A state no rule may name, or an alternate that
+            is not a URI.
+        @raise imgateway.core.errors.QuotaExceeded: Past C{max_rules}.
         """
 
     def rules() -> Deferred[list[PresenceRule]]:
         """
-        @return: The user's presence rules.
+        @return: The user's presence rules, in order (the first that
+            matches a message decides).
+        """
+
+    def setRules(rules: Sequence[PresenceRule]) -> Deferred[None]:
+        """
+        Replace the user's presence rules with C{rules}, in order; each is
+        checked (L{imgateway.core.records.checkRule}).
+
+        @raise ValueError: Saying which rule is wrong.
+        @raise imgateway.core.errors.QuotaExceeded: Past C{max_rules}.
+        """
+
+    def addRule(rule: PresenceRule, position: int | None = None) -> Deferred[None]:
+        """
+        Insert C{rule} at C{position} (1 for first; C{None} for last).
+
+        @raise ValueError: A wrong rule, or a position out of range.
+        @raise imgateway.core.errors.QuotaExceeded: Past C{max_rules}.
+        """
+
+    def removeRule(position: int) -> Deferred[None]:
+        """
+        Remove the rule at C{position} (1 for first).
+
+        @raise ValueError: If there is none there.
         """
 
     def close(reason: str = "") -> None:
@@ -499,6 +530,22 @@ class IHomeServer(IRoute):
         """
         @return: The user's aggregate presence as its own sessions see it
             (C{appear-offline} included).
+        """
+
+    def userRules(address: Address) -> Deferred[list[PresenceRule]]:
+        """
+        The presence rules of a user homed here, whether or not it has
+        sessions, in order (for the manhole and scripts).
+        """
+
+    def setUserRules(address: Address, rules: Sequence[PresenceRule]) -> Deferred[None]:
+        """
+        Replace the presence rules of a user homed here, whether or not it
+        has sessions, checked as the user's own request would be (for the
+        manhole and scripts: C{gateway.homeServer.setUserRules(bob, [rule])}).
+
+        @raise ValueError: Saying which rule is wrong.
+        @raise imgateway.core.errors.QuotaExceeded: Past C{max_rules}.
         """
 
 

@@ -44,7 +44,6 @@ from imgateway.core.records import (
     RemoveContact,
     SetAccess,
     SetAuthorisation,
-    ruleOrder,
 )
 from imgateway.directory.sqlite import NoMoveUnderWay
 from imgateway.interfaces import IDirectory, IHomeStore, ILinkRoutes, IPasswordDirectory, IRoute, ISessionClient
@@ -320,7 +319,7 @@ class MemoryHomeStore(_MemoryStore):
     @ivar contacts: Owner to (contact address to record).
     @ivar authorisations: C{(target, watcher)} to state.
     @ivar access: Owner to (entry to list); never holds L{AccessList.NONE}.
-    @ivar rules: Owner to (state to alternate).
+    @ivar rules: Owner to its presence rules, in order (never empty).
     @ivar hold: When true, every operation waits in L{held} until the test
         calls L{release} (as operations wait for SQLite's thread): a test
         can see what happens while writes are under way.
@@ -336,7 +335,7 @@ class MemoryHomeStore(_MemoryStore):
         self.contacts: dict[Address, dict[Address, ContactRecord]] = {}
         self.authorisations: dict[tuple[Address, Address], AuthorisationState] = {}
         self.access: dict[Address, dict[str, AccessList]] = {}
-        self.rules: dict[Address, dict[PresenceState, str]] = {}
+        self.rules: dict[Address, list[PresenceRule]] = {}
         self.hold = False
         self.held: deque[tuple[Callable[[], Deferred[Any]], Deferred[Any]]] = deque()
         self.reads: list[tuple[object, ...]] = []
@@ -437,17 +436,13 @@ class MemoryHomeStore(_MemoryStore):
 
     def getRules(self, owner: Address) -> Deferred[list[PresenceRule]]:
         """
-        See L{IHomeStore.getRules}. Rules come in
-        L{imgateway.core.records.ruleOrder}.
+        See L{IHomeStore.getRules}. Rules come in their owner's order.
         """
         later = self._later(self.getRules, owner)
         if later is not None:
             return later
         self.reads.append(("getRules", owner))
-        mine = self.rules.get(owner, {})
-        return self._read(
-            sorted((PresenceRule(state, alternate) for state, alternate in mine.items()), key=ruleOrder)
-        )
+        return self._read(list(self.rules.get(owner, [])))
 
     def apply(self, changes: Sequence[HomeChange]) -> Deferred[None]:
         """
@@ -480,7 +475,7 @@ class MemoryHomeStore(_MemoryStore):
         dict[Address, dict[Address, ContactRecord]],
         dict[tuple[Address, Address], AuthorisationState],
         dict[Address, dict[str, AccessList]],
-        dict[Address, dict[PresenceState, str]],
+        dict[Address, list[PresenceRule]],
     ]:
         """
         @return: Copies of the tables, to put back if a write fails.
@@ -489,7 +484,7 @@ class MemoryHomeStore(_MemoryStore):
             {k: dict(v) for k, v in self.contacts.items()},
             dict(self.authorisations),
             {k: dict(v) for k, v in self.access.items()},
-            {k: dict(v) for k, v in self.rules.items()},
+            {k: list(v) for k, v in self.rules.items()},
         )
 
     def _checkPendingLimit(self, change: SetAuthorisation, limit: int) -> None:
@@ -530,10 +525,10 @@ class MemoryHomeStore(_MemoryStore):
                     self._discard(self.access, change.owner, change.entry)
                 else:
                     self.access.setdefault(change.owner, {})[change.entry] = change.accessList
-            elif change.alternate is None:
-                self._discard(self.rules, change.owner, change.state)
+            elif change.rules:
+                self.rules[change.owner] = list(change.rules)
             else:
-                self.rules.setdefault(change.owner, {})[change.state] = change.alternate
+                self.rules.pop(change.owner, None)
 
     @staticmethod
     def _discard(table: dict[Address, dict[K, V]], owner: Address, key: K) -> None:

@@ -34,7 +34,7 @@ from imgateway.config import AuthConfig, GatewayConfig, HomeConfig, ServerConfig
 from imgateway.core.address import Address
 from imgateway.core.errors import NoSuchAccount, PersistenceFailed
 from imgateway.core.presence import PresenceState
-from imgateway.core.records import AccessList, AccountRecord, AuthorisationState, ContactRecord, MoveRecord
+from imgateway.core.records import AccessList, AccountRecord, AuthorisationState, ContactRecord, MoveRecord, PresenceRule
 from imgateway.directory.sqlite import MIGRATIONS as DIRECTORY_MIGRATIONS, SQLiteDirectory
 from imgateway.interfaces import IHomeStore
 from imgateway.net.certificates import keyMatches, loadTLSFiles
@@ -330,8 +330,8 @@ class MoveTests(SynchronousTestCase):
         hs1.contacts[BOB] = {ALICE: ContactRecord(ALICE, "Al")}
         hs1.access[ALICE] = {"spam.example": AccessList.BLOCK, str(BOB): AccessList.ALLOW}
         hs1.access[BOB] = {str(ALICE): AccessList.ALLOW}
-        hs1.rules[ALICE] = {PresenceState.BUSY: "tel:+15550100", PresenceState.AWAY: "mailto:alice@corp.example"}
-        hs1.rules[BOB] = {PresenceState.BUSY: "tel:+15550101"}
+        hs1.rules[ALICE] = [PresenceRule.refuse(PresenceState.BUSY, "tel:+15550100"), PresenceRule.refuse(PresenceState.AWAY, "mailto:alice@corp.example")]
+        hs1.rules[BOB] = [PresenceRule.refuse(PresenceState.BUSY, "tel:+15550101")]
         hs2 = _store(
             (ALICE, CAROL, _P),  # carol's copy: alice's answer did not reach it
             (CAROL, ALICE, _A),  # carol's decision
@@ -369,7 +369,8 @@ class MoveTests(SynchronousTestCase):
         )
         self.assertEqual(hs2.access, {ALICE: {"spam.example": AccessList.BLOCK, str(BOB): AccessList.ALLOW}})
         self.assertEqual(
-            hs2.rules, {ALICE: {PresenceState.BUSY: "tel:+15550100", PresenceState.AWAY: "mailto:alice@corp.example"}}
+            hs2.rules,
+            {ALICE: [PresenceRule.refuse(PresenceState.BUSY, "tel:+15550100"), PresenceRule.refuse(PresenceState.AWAY, "mailto:alice@corp.example")]},
         )
         self.assertEqual(
             hs2.authorisations,
@@ -387,7 +388,7 @@ class MoveTests(SynchronousTestCase):
         )
         self.assertEqual(hs1.contacts, {BOB: {ALICE: ContactRecord(ALICE, "Al")}})
         self.assertEqual(hs1.access, {BOB: {str(ALICE): AccessList.ALLOW}})
-        self.assertEqual(hs1.rules, {BOB: {PresenceState.BUSY: "tel:+15550101"}})
+        self.assertEqual(hs1.rules, {BOB: [PresenceRule.refuse(PresenceState.BUSY, "tel:+15550101")]})
         self.assertEqual(hs1.authorisations, {(ALICE, BOB): _A, (BOB, ALICE): _P, (BOB, CAROL): _A})
         self.assertEqual(self.stores["hs3"].authorisations, {})
 
@@ -467,7 +468,7 @@ class MoveTests(SynchronousTestCase):
         hs2 = self.stores["hs2"]
         hs2.contacts[ALICE] = {FRANK: ContactRecord(FRANK, "old")}
         hs2.access[ALICE] = {"old.example": AccessList.BLOCK}
-        hs2.rules[ALICE] = {PresenceState.ON_THE_PHONE: "tel:+1"}
+        hs2.rules[ALICE] = [PresenceRule.refuse(PresenceState.ON_THE_PHONE, "tel:+1")]
         hs2.authorisations[(ALICE, ERIN)] = _A
         hs2.authorisations[(DAVE, ALICE)] = _P
         self.move()

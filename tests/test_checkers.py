@@ -173,6 +173,12 @@ class FakeHomeServer:
     def deliver(self, event: Any) -> Any:
         raise NotImplementedError()
 
+    def userRules(self, address: Address) -> Any:
+        raise NotImplementedError()
+
+    def setUserRules(self, address: Address, rules: Any) -> Any:
+        raise NotImplementedError()
+
 
 class AuthenticatorResolveTests(SynchronousTestCase):
     """

@@ -28,6 +28,11 @@ from imgateway.core.events import PresenceUpdate
 from imgateway.core.presence import MAX_NOTE_CHARS, Presence, PresenceState
 from imgateway.core.records import (
     MAX_ALTERNATE_CHARS,
+    MAX_REPLY_CHARS,
+    RULE_STATES,
+    PresenceRule,
+    RuleAction,
+    RuleNetwork,
     MAX_DISPLAY_NAME_CHARS,
     AccessList,
     AuthorisationState,
@@ -160,7 +165,7 @@ class AnswersAtQuotaTests(SynchronousTestCase):
         store.access[alice] = {str(a): AccessList.BLOCK for a in entries}
         rules = [s for s in PresenceState if s not in (PresenceState.ONLINE, PresenceState.OFFLINE, PresenceState.APPEAR_OFFLINE)]
         alternate = "tel:" + WIDE * (MAX_ALTERNATE_CHARS - 4)
-        store.rules[alice] = {s: alternate for s in rules[: home.maxRules]}
+        store.rules[alice] = [PresenceRule.refuse(s, alternate) for s in rules[: home.maxRules]]
 
         c = ClientAgainstServer(self, gateway, self.clock, "alice", "alice-pw")
         answer = c.result(c.client.contacts())
@@ -193,11 +198,16 @@ class AnswersAtQuotaTests(SynchronousTestCase):
             store.authorisations[(a, alice)] = AuthorisationState.AUTHORISED
         store.authorisations.update({(alice, longAddress(100 + n)): AuthorisationState.PENDING for n in range(2)})
         store.access[alice] = {str(longAddress(200 + n)): AccessList.ALLOW for n in range(3)}
-        store.rules[alice] = {
-            s: "tel:" + WIDE * (MAX_ALTERNATE_CHARS - 4)
-            for s in PresenceState
-            if s not in (PresenceState.ONLINE, PresenceState.OFFLINE, PresenceState.APPEAR_OFFLINE)
-        }
+        store.rules[alice] = [
+            PresenceRule(
+                RULE_STATES,
+                RuleAction.AUTO_REPLY,
+                sender=str(longAddress(300 + n)),
+                network=RuleNetwork.REMOTE,
+                text=WIDE * MAX_REPLY_CHARS,
+            )
+            for n in range(home.maxRules)
+        ]
         c = ClientAgainstServer(self, gateway, self.clock, "alice", "alice-pw")
         note = WIDE * MAX_NOTE_CHARS
         for a in contacts:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import json
 import io
 import os
 import re
@@ -25,8 +26,11 @@ from imgateway.adapters.native.mapping import (
     ACCESS_LISTS,
     DECISIONS,
     DELIVERY_CODES,
+    MESSAGE_MARKS,
     PRESENCE,
     REASONS,
+    RULE_ACTIONS,
+    RULE_NETWORKS,
     SUBSCRIBE_ANSWERS,
     SUBSCRIPTION_KINDS,
     SUBSCRIPTIONS,
@@ -39,7 +43,10 @@ from imgateway.adapters.native.mapping import (
     deliveryErrorFor,
     describeTargets,
     isDeliveryCode,
+    markFromToken,
     presenceFromToken,
+    ruleFromJSON,
+    ruleToJSON,
     subscriptionFromToken,
     subscriptionKindFromToken,
     targetForm,
@@ -70,9 +77,9 @@ from imgateway.core.errors import (
     UserOffline,
     statusError,
 )
-from imgateway.core.events import SubscriptionKind
+from imgateway.core.events import MessageMark, SubscriptionKind
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
-from imgateway.core.records import AccessList, AuthorisationState, Subscription
+from imgateway.core.records import AccessList, AuthorisationState, PresenceRule, RuleAction, RuleNetwork, Subscription
 from tests.test_client_cli import FakeClient
 
 #: The core enums whose members the native face maps.
@@ -83,6 +90,9 @@ CORE_ENUMS: list[type[enum.Enum]] = [
     AccessList,
     AuthorisationState,
     DeliveryStatus,
+    RuleAction,
+    RuleNetwork,
+    MessageMark,
 ]
 
 SPEC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "protocol.md")
@@ -140,6 +150,79 @@ class TokenTableTests(SynchronousTestCase):
             },
             presenceFromToken,
         )
+
+    def test_ruleTokens(self) -> None:
+        """
+        Rule actions, rule networks and message marks, and their tokens
+        (C{docs/protocol.md} §7.7, §7.8).
+        """
+        self.assertTable(
+            RULE_ACTIONS,
+            RuleAction,
+            {
+                RuleAction.DELIVER: "deliver",
+                RuleAction.AUTO_REPLY: "auto-reply",
+                RuleAction.FORWARD: "forward",
+                RuleAction.REFUSE: "refuse",
+            },
+            lambda token: ruleFromJSON({"states": ["busy"], "action": token}).action,
+        )
+        self.assertTable(
+            RULE_NETWORKS,
+            RuleNetwork,
+            {RuleNetwork.ANY: "any", RuleNetwork.LOCAL: "local", RuleNetwork.REMOTE: "remote"},
+            lambda token: ruleFromJSON({"states": ["busy"], "network": token}).network,
+        )
+        self.assertTable(
+            MESSAGE_MARKS,
+            MessageMark,
+            {MessageMark.AUTO_REPLY: "auto-reply", MessageMark.FORWARDED: "forwarded", MessageMark.ERROR: "error"},
+            markFromToken,
+        )
+
+    def test_ruleJSON(self) -> None:
+        """
+        A rule's JSON form round-trips, with the wire's tokens whatever the
+        core enums hold; a first-protocol list entry (C{presence} and
+        C{alternate}) reads as a refusal; wrong fields are L{ValueError}s.
+        """
+        scrambleCoreValues(self)
+        rule = PresenceRule(
+            [PresenceState.ON_THE_PHONE, PresenceState.BUSY],
+            RuleAction.FORWARD,
+            sender="corp.example",
+            network=RuleNetwork.LOCAL,
+            forwardTo=Address("bob", "xmpp.example"),
+        )
+        data = ruleToJSON(rule)
+        self.assertEqual(
+            data,
+            {
+                "states": ["busy", "on-the-phone"],
+                "action": "forward",
+                "sender": "corp.example",
+                "network": "local",
+                "forward": "bob@xmpp.example",
+            },
+        )
+        self.assertEqual(ruleFromJSON(json.loads(json.dumps(data))), rule)
+        reply = PresenceRule([PresenceState.AWAY], RuleAction.AUTO_REPLY, text="back at 3")
+        self.assertEqual(ruleFromJSON(ruleToJSON(reply)), reply)
+        self.assertEqual(
+            ruleFromJSON({"presence": "away", "alternate": "tel:1"}), PresenceRule.refuse(PresenceState.AWAY, "tel:1")
+        )
+        wrongs: list[object] = [
+            [],
+            {"states": "snoozing"},
+            {"states": [1]},
+            {"states": ["busy"], "action": "explode"},
+            {"states": ["busy"], "network": "moon"},
+            {"states": ["busy"], "colour": "red"},
+            {"states": ["busy"], "text": 5},
+            {"states": ["busy"], "forward": "not an address"},
+        ]
+        for wrong in wrongs:
+            self.assertRaises(ValueError, ruleFromJSON, wrong)
 
     def test_subscriptionKinds(self) -> None:
         """

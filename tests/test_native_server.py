@@ -1363,7 +1363,10 @@ class CoreValuesTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertEqual(alice.call("ACCESS", "corp.example", [("List", "BLOCK")]).code, 200)
         self.assertEqual(json.loads(alice.call("ACCESS").body), {"allow": [], "block": ["corp.example"]})
         self.assertEqual(alice.call("RULE", "*", [("Presence", "on-the-phone"), ("Alternate", "tel:1")]).code, 200)
-        self.assertEqual(json.loads(alice.call("RULE").body), {"rules": [{"presence": "on-the-phone", "alternate": "tel:1"}]})
+        self.assertEqual(
+            json.loads(alice.call("RULE").body),
+            {"rules": [{"states": ["on-the-phone"], "action": "refuse", "alternate": "tel:1", "presence": "on-the-phone"}]},
+        )
 
     def test_statusCodes(self) -> None:
         """

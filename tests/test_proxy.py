@@ -8,6 +8,7 @@ included; a lost link closes both ends; C{[links] max_sessions}.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -110,6 +111,15 @@ class RecordingSession:
     def rules(self) -> Deferred[list[PresenceRule]]:
         return self._answer("rules", [])
 
+    def setRules(self, rules: Sequence[PresenceRule]) -> Deferred[None]:
+        return self._answer("setRules", None, list(rules))
+
+    def addRule(self, rule: PresenceRule, position: int | None = None) -> Deferred[None]:
+        return self._answer("addRule", None, rule, position)
+
+    def removeRule(self, position: int) -> Deferred[None]:
+        return self._answer("removeRule", None, position)
+
     def close(self, reason: str = "") -> None:
         self.closed.append(reason)
 
@@ -149,6 +159,12 @@ class RecordingHome:
 
     def presenceOf(self, address: Address) -> Presence:
         return OFFLINE
+
+    def userRules(self, address: Address) -> Deferred[list[PresenceRule]]:
+        raise NotImplementedError()
+
+    def setUserRules(self, address: Address, rules: Sequence[PresenceRule]) -> Deferred[None]:
+        raise NotImplementedError()
 
     def deliver(self, event: Any) -> Deferred[DeliveryStatus]:
         return succeed(DeliveryStatus.DELIVERED)
@@ -580,7 +596,7 @@ class SessionMethodTests(ProxyTestCase):
         home.answers["contacts"] = views
         home.answers["pendingRequests"] = [BOB, CAROL]
         home.answers["accessLists"] = {"bob@corp.example": AccessList.ALLOW, "spam.example": AccessList.BLOCK}
-        home.answers["rules"] = [PresenceRule(PresenceState.BUSY, "tel:+1555")]
+        home.answers["rules"] = [PresenceRule.refuse(PresenceState.BUSY, "tel:+1555")]
         self.assertEqual(self.successResultOf(self.settle(session.contacts())), views)
         self.assertEqual(self.successResultOf(self.settle(session.pendingRequests())), [BOB, CAROL])
         self.assertEqual(self.successResultOf(self.settle(session.accessLists())), home.answers["accessLists"])

@@ -35,12 +35,14 @@ from imgateway.core.records import (
     RemoveContact,
     SetAccess,
     SetAuthorisation,
-    SetRule,
+    RuleAction,
+    RuleNetwork,
+    SetRules,
 )
 from imgateway.directory import sqlite as directorySQLite
 from imgateway.directory.sqlite import SQLiteDirectory
 from imgateway.home import store as homeStore
-from imgateway.home.store import SQLiteHomeStore
+from imgateway.home.store import MIGRATIONS, SQLiteHomeStore
 from imgateway.interfaces import IDirectory, IHomeStore
 from imgateway.sqlite import (
     Database,
@@ -406,34 +408,78 @@ class HomeStoreTestsMixin(_Base):
 
     async def test_rules(self) -> None:
         """
-        Presence rules are kept per owner and state, replaced when set again,
-        removed with C{None}, and given back in the order of
-        L{PresenceState}.
+        Presence rules are kept per owner as an ordered list, every field
+        of each rule, replaced as a whole by L{SetRules} and removed by an
+        empty one.
         """
         store = await self.makeStore()
-        await store.apply([SetRule(ALICE, PresenceState.ON_THE_PHONE, "tel:+15550100")])
-        await store.apply([SetRule(ALICE, PresenceState.BUSY, "im:alice.mobile@corp.example")])
-        await store.apply([SetRule(ALICE, PresenceState.AWAY, "mailto:alice@corp.example")])
-        await store.apply([SetRule(BOB, PresenceState.BUSY, "later")])
-        await store.apply([SetRule(ALICE, PresenceState.ON_THE_PHONE, "tel:+15550199")])
+        forward = PresenceRule(
+            [PresenceState.ON_THE_PHONE, PresenceState.BUSY],
+            RuleAction.FORWARD,
+            sender="alice@corp.example",
+            forwardTo=Address("alice", "xmpp.example"),
+        )
+        reply = PresenceRule(
+            [PresenceState.ON_THE_PHONE], RuleAction.AUTO_REPLY, network=RuleNetwork.REMOTE, text="On the phone, é"
+        )
+        refuse = PresenceRule.refuse(PresenceState.AWAY, "tel:+15550100")
+        deliver = PresenceRule([PresenceState.BUSY], RuleAction.DELIVER, sender="corp.example", network=RuleNetwork.LOCAL)
+        await store.apply([SetRules(ALICE, (refuse, forward, reply, deliver))])
+        await store.apply([SetRules(BOB, (PresenceRule.refuse(PresenceState.BUSY, "later"),))])
+        self.assertEqual(await store.getRules(ALICE), [refuse, forward, reply, deliver])
+        await store.apply([SetRules(ALICE, (reply, refuse))])
+        self.assertEqual(await store.getRules(ALICE), [reply, refuse])
+        await store.apply([SetRules(ALICE, ())])
+        self.assertEqual(await store.getRules(ALICE), [])
+        self.assertEqual(await store.getRules(BOB), [PresenceRule.refuse(PresenceState.BUSY, "later")])
+
+    async def test_rulesMigrated(self) -> None:
+        """
+        A home store file of schema version 1 (one refusal per state in a
+        C{rules} table) opened by this version is migrated to version 2:
+        every old rule becomes a refuse rule for its state, in the order of
+        L{PresenceState}, each owner's on its own, nothing lost, and the
+        rest of the file untouched.
+        """
+        path = os.path.join(self.mktemp(), "home-hs1.sqlite3")
+        os.makedirs(os.path.dirname(path))
+        old = sqlite3.connect(path)
+        for statement in MIGRATIONS[0]:
+            old.execute(statement)
+        old.executemany(
+            "INSERT INTO rules (owner, state, alternate) VALUES (?, ?, ?)",
+            [
+                (str(ALICE), "out-to-lunch", "im:alice.mobile@corp.example"),
+                (str(ALICE), "busy", "tel:+15550100"),
+                (str(ALICE), "on-the-phone", "not a uri, from before alternates were checked"),
+                (str(BOB), "away", "mailto:bob@corp.example"),
+            ],
+        )
+        old.execute("INSERT INTO contacts (owner, contact, display_name) VALUES (?, ?, ?)", (str(ALICE), str(BOB), "Bob"))
+        old.execute("PRAGMA user_version = 1")
+        old.commit()
+        old.close()
+        store = await SQLiteHomeStore.open(theReactor(), path)
+        self.addCleanup(store.close)
         self.assertEqual(
             await store.getRules(ALICE),
             [
-                PresenceRule(PresenceState.BUSY, "im:alice.mobile@corp.example"),
-                PresenceRule(PresenceState.AWAY, "mailto:alice@corp.example"),
-                PresenceRule(PresenceState.ON_THE_PHONE, "tel:+15550199"),
+                PresenceRule.refuse(PresenceState.BUSY, "tel:+15550100"),
+                PresenceRule.refuse(PresenceState.ON_THE_PHONE, "not a uri, from before alternates were checked"),
+                PresenceRule.refuse(PresenceState.OUT_TO_LUNCH, "im:alice.mobile@corp.example"),
             ],
         )
-        await store.apply([SetRule(ALICE, PresenceState.BUSY, None)])
-        await store.apply([SetRule(ALICE, PresenceState.ONLINE, None)])
+        self.assertEqual(await store.getRules(BOB), [PresenceRule.refuse(PresenceState.AWAY, "mailto:bob@corp.example")])
+        self.assertEqual(await store.getContacts(ALICE), [ContactRecord(BOB, "Bob")])
+
+        def version(cursor: sqlite3.Cursor) -> tuple[int, list[str]]:
+            tables = [r[0] for r in cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+            return cursor.execute("PRAGMA user_version").fetchone()[0], tables
+
         self.assertEqual(
-            await store.getRules(ALICE),
-            [
-                PresenceRule(PresenceState.AWAY, "mailto:alice@corp.example"),
-                PresenceRule(PresenceState.ON_THE_PHONE, "tel:+15550199"),
-            ],
+            await store.database.read(version),
+            (2, ["access", "authorisations", "contacts", "presence_rules"]),
         )
-        self.assertEqual(await store.getRules(BOB), [PresenceRule(PresenceState.BUSY, "later")])
 
     async def test_targetedReads(self) -> None:
         """
@@ -471,13 +517,13 @@ class HomeStoreTestsMixin(_Base):
                 SetAuthorisation(BOB, ALICE, AuthorisationState.AUTHORISED),
                 SetAccess(ALICE, "x.example", AccessList.BLOCK),
                 SetAccess(ALICE, "x.example", AccessList.NONE),
-                SetRule(ALICE, PresenceState.BUSY, "tel:1"),
+                SetRules(ALICE, (PresenceRule.refuse(PresenceState.BUSY, "tel:1"),)),
             ]
         )
         self.assertEqual(await store.getContacts(ALICE), [ContactRecord(BOB, "Robert")])
         self.assertEqual(await store.getAuthorisations(ALICE), [(BOB, ALICE, AuthorisationState.AUTHORISED)])
         self.assertEqual(await store.getAccess(ALICE), {})
-        self.assertEqual(await store.getRules(ALICE), [PresenceRule(PresenceState.BUSY, "tel:1")])
+        self.assertEqual(await store.getRules(ALICE), [PresenceRule.refuse(PresenceState.BUSY, "tel:1")])
 
     async def test_onlyIf(self) -> None:
         """
@@ -662,7 +708,18 @@ class SQLiteHomeStoreTests(HomeStoreTestsMixin, TestCase):
                 SetAuthorisation(ALICE, BOB, AuthorisationState.PENDING, pendingLimit=5),
                 SetAuthorisation(BOB, ALICE, AuthorisationState.AUTHORISED),
                 SetAccess(ALICE, "spam.example", AccessList.BLOCK),
-                SetRule(ALICE, PresenceState.ON_THE_PHONE, "tel:+15550100"),
+                SetRules(
+                    ALICE,
+                    (
+                        PresenceRule.refuse(PresenceState.ON_THE_PHONE, "tel:+15550100"),
+                        PresenceRule(
+                            [PresenceState.AWAY, PresenceState.BUSY],
+                            RuleAction.AUTO_REPLY,
+                            network=RuleNetwork.LOCAL,
+                            text="back soon",
+                        ),
+                    ),
+                ),
             ]
         )
         await store.apply([SetAuthorisation(ALICE, BOB, AuthorisationState.REFUSED, onlyIf=(AuthorisationState.PENDING,))])
@@ -671,7 +728,7 @@ class SQLiteHomeStoreTests(HomeStoreTestsMixin, TestCase):
             return [
                 cursor.execute("SELECT target, watcher, state FROM authorisations ORDER BY target").fetchall(),
                 cursor.execute("SELECT entry, list FROM access").fetchall(),
-                cursor.execute("SELECT state, alternate FROM rules").fetchall(),
+                cursor.execute("SELECT states, action, network, alternate FROM presence_rules ORDER BY position").fetchall(),
             ]
 
         self.assertEqual(
@@ -679,13 +736,14 @@ class SQLiteHomeStoreTests(HomeStoreTestsMixin, TestCase):
             [
                 [(str(ALICE), str(BOB), "refused"), (str(BOB), str(ALICE), "authorised")],
                 [("spam.example", "block")],
-                [("on-the-phone", "tel:+15550100")],
+                [("on-the-phone", "refuse", "any", "tel:+15550100"), ("busy away", "auto-reply", "local", "")],
             ],
         )
         self.assertEqual(await store.getAuthorisation(ALICE, BOB), AuthorisationState.REFUSED)
         self.assertEqual(await store.getAccessOf(ALICE, CAROL), AccessList.NONE)
         self.assertEqual(await store.getAccess(ALICE), {"spam.example": AccessList.BLOCK})
-        self.assertEqual(await store.getRules(ALICE), [PresenceRule(PresenceState.ON_THE_PHONE, "tel:+15550100")])
+        self.assertEqual((await store.getRules(ALICE))[0], PresenceRule.refuse(PresenceState.ON_THE_PHONE, "tel:+15550100"))
+        self.assertEqual((await store.getRules(ALICE))[1].action, RuleAction.AUTO_REPLY)
 
     async def test_targetedReadsIndexed(self) -> None:
         """
@@ -811,7 +869,7 @@ class MemoryHomeStoreTests(HomeStoreTestsMixin, TestCase):
                     RemoveContact(ALICE, BOB),
                     SetAuthorisation(ALICE, BOB, AuthorisationState.PENDING),
                     SetAccess(ALICE, "x.example", AccessList.BLOCK),
-                    SetRule(ALICE, PresenceState.BUSY, "x"),
+                    SetRules(ALICE, (PresenceRule.refuse(PresenceState.BUSY, "x"),)),
                 ]
             ),
             PersistenceFailed,
@@ -916,7 +974,7 @@ class MigrationTests(TestCase):
         await store.apply([PutContact(ALICE, ContactRecord(BOB, "Bob"))])
         await store.apply([SetAuthorisation(BOB, ALICE, AuthorisationState.AUTHORISED)])
         await store.apply([SetAccess(ALICE, "spam.example", AccessList.BLOCK)])
-        await store.apply([SetRule(ALICE, PresenceState.BUSY, "tel:+15550100")])
+        await store.apply([SetRules(ALICE, (PresenceRule.refuse(PresenceState.BUSY, "tel:+15550100"),))])
         await store.close()
         store = await SQLiteHomeStore.open(theReactor(), path)
         self.addCleanup(store.close)
@@ -925,7 +983,7 @@ class MigrationTests(TestCase):
             await store.getAuthorisations(ALICE), [(BOB, ALICE, AuthorisationState.AUTHORISED)]
         )
         self.assertEqual(await store.getAccess(ALICE), {"spam.example": AccessList.BLOCK})
-        self.assertEqual(await store.getRules(ALICE), [PresenceRule(PresenceState.BUSY, "tel:+15550100")])
+        self.assertEqual(await store.getRules(ALICE), [PresenceRule.refuse(PresenceState.BUSY, "tel:+15550100")])
 
     async def test_stepByStep(self) -> None:
         """

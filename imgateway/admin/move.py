@@ -78,7 +78,7 @@ from imgateway.core.records import (
     RemoveContact,
     SetAccess,
     SetAuthorisation,
-    SetRule,
+    SetRules,
 )
 from imgateway.interfaces import IHomeStore
 
@@ -221,9 +221,8 @@ def _copyChanges(
     changes += [PutContact(address, c) for c in source.contacts]
     changes += [SetAccess(address, e, AccessList.NONE) for e in current.access if e not in source.access]
     changes += [SetAccess(address, e, entry) for e, entry in source.access.items()]
-    states = {r.state for r in source.rules}
-    changes += [SetRule(address, r.state, None) for r in current.rules if r.state not in states]
-    changes += [SetRule(address, r.state, r.alternate) for r in source.rules]
+    if source.rules or current.rules:
+        changes.append(SetRules(address, tuple(source.rules)))
     wanted = {(t, w): s for t, w, s in source.authorisations if not _theirs(address, (t, w, s), homes, target)}
     changes += [
         SetAuthorisation(t, w, None)
@@ -245,7 +244,8 @@ def _removeChanges(
     """
     changes: list[HomeChange] = [RemoveContact(address, c.address) for c in data.contacts]
     changes += [SetAccess(address, e, AccessList.NONE) for e in data.access]
-    changes += [SetRule(address, r.state, None) for r in data.rules]
+    if data.rules:
+        changes.append(SetRules(address, ()))
     kept = 0
     for row in data.authorisations:
         other = _other(address, row)

@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_MAX_HOPS",
     "Event",
     "Message",
+    "MessageMark",
     "PresenceProbe",
     "PresenceUpdate",
     "SubscriptionEvent",
@@ -54,6 +55,24 @@ def _checkMessageId(instance: object, attribute: object, value: str) -> None:
         raise ValueError("message id must be printable, without spaces")
 
 
+class MessageMark(enum.Enum):
+    """
+    What marks a message that a server made rather than a person wrote:
+    no presence rule acts on it (auto-replies and forwards never answer
+    it), so two users' rules cannot loop. Faces and links carry it (the
+    native C{Auto} header, an XMPP C{<auto xmlns="urn:imgateway:auto"/>}
+    element with the XEP-0334 no-copy and no-store hints).
+
+    @cvar AUTO_REPLY: A presence rule's automatic reply.
+    @cvar FORWARDED: A copy a presence rule forwarded to another address.
+    @cvar ERROR: An error report in message form.
+    """
+
+    AUTO_REPLY = "auto-reply"
+    FORWARDED = "forwarded"
+    ERROR = "error"
+
+
 @frozen
 class Message:
     """
@@ -74,6 +93,8 @@ class Message:
         by (L{imgateway.router.router.Router}). It is not part of the
         message's value (two messages that say the same thing compare
         equal).
+    @ivar mark: L{MessageMark} of a message a server made (an auto-reply,
+        a forwarded copy, an error), or C{None} for one a person wrote.
     """
 
     sender: Address
@@ -84,6 +105,7 @@ class Message:
     timestamp: float = field(factory=time.time)
     hops: int = field(default=0, validator=validators.ge(0))
     routingId: str = field(factory=newMessageId, eq=False)
+    mark: MessageMark | None = None
 
 
 def _checkLease(instance: object, attribute: object, value: float | None) -> None:

@@ -6,11 +6,13 @@ Records kept by the directory and the home-server stores.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from typing import Union
 
-from attrs import frozen
+from attrs import evolve, field, frozen
 
-from imgateway.core.address import Address
+from imgateway.core.address import Address, normaliseDomain
+from imgateway.core.errors import InvalidAddress
 from imgateway.core.presence import Presence, PresenceState
 
 __all__ = [
@@ -27,13 +29,17 @@ __all__ = [
     "MoveRecord",
     "PresenceRule",
     "PutContact",
+    "RULE_STATES",
+    "MAX_REPLY_CHARS",
+    "RuleAction",
+    "RuleNetwork",
     "RemoveContact",
     "SetAccess",
     "SetAuthorisation",
-    "SetRule",
+    "SetRules",
     "Subscription",
     "checkAlternate",
-    "ruleOrder",
+    "checkRule",
 ]
 
 
@@ -175,32 +181,179 @@ def checkAlternate(alternate: str) -> str:
     return alternate
 
 
+class RuleAction(enum.Enum):
+    """
+    What a presence rule does with a message it matches.
+
+    @cvar DELIVER: Deliver it as usual (and stop looking at later rules).
+    @cvar AUTO_REPLY: Answer the sender with the rule's text (at most once
+        per sender per C{[home] auto_reply_period}), then deliver it.
+    @cvar FORWARD: Send a copy to the rule's other address (any network),
+        then deliver it as usual.
+    @cvar REFUSE: Answer C{486 busy} with the rule's alternate (to senders
+        who may see the user's presence; others are told offline).
+    """
+
+    DELIVER = "deliver"
+    AUTO_REPLY = "auto-reply"
+    FORWARD = "forward"
+    REFUSE = "refuse"
+
+
+class RuleNetwork(enum.Enum):
+    """
+    Which senders a presence rule matches by network.
+
+    @cvar ANY: Every sender.
+    @cvar LOCAL: Senders of the home server's own domain (the gateway's
+        users, whatever face they use).
+    @cvar REMOTE: Senders of any other domain (XMPP federation, other
+        networks).
+    """
+
+    ANY = "any"
+    LOCAL = "local"
+    REMOTE = "remote"
+
+
+#: The presence states a rule can name: the present states but C{online}
+#: (a message to an offline or hidden user is never looked at by rules).
+RULE_STATES = frozenset(
+    [
+        PresenceState.BUSY,
+        PresenceState.BE_RIGHT_BACK,
+        PresenceState.AWAY,
+        PresenceState.ON_THE_PHONE,
+        PresenceState.OUT_TO_LUNCH,
+    ]
+)
+
+#: The longest auto-reply text, in characters.
+MAX_REPLY_CHARS = 1024
+
+
+def _stateSet(states: Iterable[PresenceState]) -> frozenset[PresenceState]:
+    return frozenset(states)
+
+
 @frozen
 class PresenceRule:
     """
-    A presence rule: while the user's presence is C{state}, messages are
-    answered C{486 busy} with C{alternate} as another way to reach them
-    ("I am on the phone: reach me on my mobile").
+    A presence rule: one entry of a user's ordered list. The first rule
+    that matches a message (by the user's presence state, and optionally
+    the sender) decides what happens to it (L{RuleAction}); a message no
+    rule matches is delivered as usual.
 
-    @ivar state: The state the rule applies to.
-    @ivar alternate: A URI (C{tel:}, C{im:}, C{mailto:}, ...; see
+    @ivar states: The presence states it applies to (one or several of
+        L{RULE_STATES}).
+    @ivar action: What it does.
+    @ivar sender: C{""} (anyone), an address (C{alice@corp.example}) or a
+        domain (C{corp.example}), normalised: only that sender matches.
+    @ivar network: L{RuleNetwork}: only senders of that network match.
+    @ivar alternate: For L{RuleAction.REFUSE}: a URI (see
         L{checkAlternate}). Rules stored before alternates were checked
         may hold other text.
+    @ivar text: For L{RuleAction.AUTO_REPLY}: the reply.
+    @ivar forwardTo: For L{RuleAction.FORWARD}: where the copy goes.
     """
 
-    state: PresenceState
-    alternate: str
+    states: frozenset[PresenceState] = field(converter=_stateSet)
+    action: RuleAction = RuleAction.REFUSE
+    sender: str = ""
+    network: RuleNetwork = RuleNetwork.ANY
+    alternate: str = ""
+    text: str = field(default="", repr=False)
+    forwardTo: Address | None = None
+
+    @classmethod
+    def refuse(cls, state: PresenceState, alternate: str) -> PresenceRule:
+        """
+        The rule of the first protocol (C{RULE *} with C{Presence} and
+        C{Alternate}): in C{state}, refuse with C{alternate}, whoever sends.
+        """
+        return cls(frozenset([state]), RuleAction.REFUSE, alternate=alternate)
+
+    @property
+    def legacyState(self) -> PresenceState | None:
+        """
+        The state of a rule the first protocol can show and replace (a
+        refusal for one state, whoever sends), or C{None}.
+        """
+        if self.action is RuleAction.REFUSE and len(self.states) == 1 and not self.sender:
+            if self.network is RuleNetwork.ANY:
+                return next(iter(self.states))
+        return None
+
+    def matches(self, state: PresenceState, sender: Address, local: bool) -> bool:
+        """
+        @param state: The user's presence state now.
+        @param sender: Who sends the message.
+        @param local: Whether C{sender} is of the home server's domain.
+        @return: Whether this rule applies to the message.
+        """
+        if state not in self.states:
+            return False
+        if self.network is RuleNetwork.LOCAL and not local:
+            return False
+        if self.network is RuleNetwork.REMOTE and local:
+            return False
+        if self.sender:
+            if "@" in self.sender:
+                return str(sender) == self.sender
+            return sender.domain == self.sender
+        return True
+
+    def describe(self) -> str:
+        """
+        A one-line summary for logs and lists (without the reply's text).
+        """
+        states = ",".join(sorted(s.value for s in self.states))
+        who = self.sender or "anyone"
+        if self.network is not RuleNetwork.ANY:
+            who += f" ({self.network.value})"
+        what = self.action.value
+        if self.action is RuleAction.REFUSE and self.alternate:
+            what += f" {self.alternate}"
+        elif self.action is RuleAction.FORWARD:
+            what += f" to {self.forwardTo}"
+        return f"while {states}, from {who}: {what}"
 
 
-_STATE_ORDER = {state: n for n, state in enumerate(PresenceState)}
-
-
-def ruleOrder(rule: PresenceRule) -> int:
+def checkRule(rule: PresenceRule, normaliseSender: bool = True) -> PresenceRule:
     """
-    The sort key of presence rules: the order in which L{PresenceState}
-    lists their states. Every store and the home server list rules in it.
+    Check a rule a user asks for: its states, its sender (normalised), and
+    what its action needs (an alternate URI to refuse, a text to reply, an
+    address to forward to) and nothing else.
+
+    @return: The rule, its sender normalised.
+    @raise ValueError: Saying what is wrong with it.
     """
-    return _STATE_ORDER[rule.state]
+    if not rule.states:
+        raise ValueError("a rule needs at least one presence state")
+    wrong = sorted(s.value for s in rule.states - RULE_STATES)
+    if wrong:
+        raise ValueError(f"rules apply to busy and away states, not {', '.join(wrong)}")
+    sender = rule.sender
+    if sender:
+        try:
+            sender = str(Address.fromString(sender)) if "@" in sender else normaliseDomain(sender)
+        except InvalidAddress as e:
+            raise ValueError(f"the sender must be an address or a domain: {e}") from None
+    if rule.action is RuleAction.REFUSE:
+        checkAlternate(rule.alternate)
+    elif rule.alternate:
+        raise ValueError("only a refuse rule has an alternate")
+    if rule.action is RuleAction.AUTO_REPLY:
+        if not 0 < len(rule.text) <= MAX_REPLY_CHARS or not rule.text.strip():
+            raise ValueError(f"an auto-reply needs a text of 1 to {MAX_REPLY_CHARS} characters")
+    elif rule.text:
+        raise ValueError("only an auto-reply rule has a text")
+    if rule.action is RuleAction.FORWARD:
+        if rule.forwardTo is None:
+            raise ValueError("a forward rule needs an address to forward to")
+    elif rule.forwardTo is not None:
+        raise ValueError("only a forward rule has an address to forward to")
+    return evolve(rule, sender=sender)
 
 
 @frozen
@@ -294,14 +447,14 @@ class SetAccess:
 
 
 @frozen
-class SetRule:
+class SetRules:
     """
-    Set C{owner}'s presence rule for C{state}; C{None} removes it.
+    Replace C{owner}'s presence rules with C{rules}, in order (an empty
+    tuple removes them all).
     """
 
     owner: Address
-    state: PresenceState
-    alternate: str | None
+    rules: tuple[PresenceRule, ...]
 
 
 #: Every authorisation state: C{SetAuthorisation(..., onlyIf=ANY_STATE)}
@@ -309,4 +462,4 @@ class SetRule:
 ANY_STATE: tuple[AuthorisationState, ...] = tuple(AuthorisationState)
 
 #: One change to a home store.
-HomeChange = Union[PutContact, RemoveContact, SetAuthorisation, SetAccess, SetRule]
+HomeChange = Union[PutContact, RemoveContact, SetAuthorisation, SetAccess, SetRules]

@@ -68,6 +68,7 @@ from imgateway.core.errors import (
 from imgateway.core.events import (
     Event,
     Message,
+    MessageMark,
     PresenceProbe,
     PresenceUpdate,
     SubscriptionEvent,
@@ -87,11 +88,13 @@ from imgateway.core.records import (
     PutContact,
     RemoveContact,
     SetAccess,
+    RULE_STATES,
+    RuleAction,
+    RuleNetwork,
     SetAuthorisation,
-    SetRule,
+    SetRules,
     Subscription,
-    checkAlternate,
-    ruleOrder,
+    checkRule,
 )
 from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
 from imgateway.interfaces import (
@@ -199,7 +202,9 @@ class _UserState:
             if watcher == address:
                 self.watching.put(target, state)
         self.access = access
-        self.rules = {r.state: r.alternate for r in rules}
+        self.rules = list(rules)
+        # When each sender was last auto-replied to (auto_reply_period).
+        self.repliedTo: dict[Address, float] = {}
         # What the user has been told of its contacts' presence.
         self.contactPresence: dict[Address, Presence] = {}
         # The contacts whose presence came from another server (kept
@@ -287,10 +292,7 @@ class _UserState:
                     else:
                         self.access[change.entry] = change.accessList
             elif change.owner == me:
-                if change.alternate is None:
-                    self.rules.pop(change.state, None)
-                else:
-                    self.rules[change.state] = change.alternate
+                self.rules = list(change.rules)
 
 
 @implementer(ISession)
@@ -443,9 +445,31 @@ class Session:
         return self._request(lambda user: self._server.setRule(user, state, alternate))
 
     def rules(self) -> Deferred[list[PresenceRule]]:
-        return self._request(
-            lambda user: sorted((PresenceRule(s, a) for s, a in user.rules.items()), key=ruleOrder)
-        )
+        return self._request(lambda user: list(user.rules))
+
+    def setRules(self, rules: Sequence[PresenceRule]) -> Deferred[None]:
+        return self._request(lambda user: self._server.replaceRules(user, list(rules)))
+
+    def addRule(self, rule: PresenceRule, position: int | None = None) -> Deferred[None]:
+        def add(user: _UserState) -> Deferred[None]:
+            rules = list(user.rules)
+            where = len(rules) if position is None else position - 1
+            if not 0 <= where <= len(rules):
+                return fail(ValueError(f"position must be 1 to {len(rules) + 1}"))
+            rules.insert(where, rule)
+            return self._server.replaceRules(user, rules, checkOnly=rule)
+
+        return self._request(add)
+
+    def removeRule(self, position: int) -> Deferred[None]:
+        def remove(user: _UserState) -> Deferred[None]:
+            if not 1 <= position <= len(user.rules):
+                return fail(ValueError(f"there is no rule {position} (you have {len(user.rules)})"))
+            rules = list(user.rules)
+            del rules[position - 1]
+            return self._server.replaceRules(user, rules, checkOnly=None)
+
+        return self._request(remove)
 
     def close(self, reason: str = "") -> None:
         if self.closed:
@@ -1174,11 +1198,74 @@ class HomeServer:
         presence = user.presence()
         if not presence.isOpen:
             return fail(_offline(recipient))
-        alternate = user.rules.get(presence.state)
-        if alternate is not None:
-            if user.sees(sender):
-                return fail(UserBusy(f"{recipient} is {presence.state.label}", alternate))
+        if user.rules:
+            return self._applyRules(user, presence.state, message)
+        return self._deliverToSessions(user.sessions, message)
+
+    def _applyRules(self, user: _UserState, state: PresenceState, message: Message) -> Deferred[DeliveryStatus]:
+        """
+        Deliver a message to a present user with presence rules: the first
+        rule that matches decides (L{RuleAction}); with none, it is
+        delivered as usual. Auto-replies and forwards never act on a marked
+        message (L{MessageMark}: an auto-reply, a forwarded copy, an
+        error), which is delivered as usual instead: two users' rules
+        cannot loop. Each decision is logged, without the message's body.
+        """
+        recipient, sender = message.recipient, message.sender
+        local = sender.domain == self.domain
+        for number, rule in enumerate(user.rules, 1):
+            if rule.matches(state, sender, local):
+                break
+        else:
+            return self._deliverToSessions(user.sessions, message)
+        action = rule.action
+        if message.mark is not None and action in (RuleAction.AUTO_REPLY, RuleAction.FORWARD):
+            self.log.info(
+                "Rule {number} of {user} ({rule}) does not act on message {id} from {sender}, an {mark}: delivered",
+                number=number, user=recipient, rule=rule.describe(), id=message.messageId, sender=sender,
+                mark=message.mark.value,
+            )
+            return self._deliverToSessions(user.sessions, message)
+        if action is RuleAction.REFUSE:
+            seen = user.sees(sender)
+            self.log.info(
+                "Rule {number} of {user} ({rule}) refuses message {id} from {sender} ({answer})",
+                number=number, user=recipient, rule=rule.describe(), id=message.messageId, sender=sender,
+                answer="486 busy" if seen else "told offline: may not see the presence",
+            )
+            if seen:
+                return fail(UserBusy(f"{recipient} is {state.label}", rule.alternate))
             return fail(_offline(recipient))
+        now = self.clock.seconds()
+        if action is RuleAction.AUTO_REPLY:
+            last = user.repliedTo.get(sender)
+            period = self.config.autoReplyPeriod
+            if last is not None and now - last < period:
+                outcome = f"no reply (already replied within auto_reply_period = {period:g} s)"
+            else:
+                _prune(user.repliedTo, now - period)
+                user.repliedTo[sender] = now
+                self._send(Message(recipient, sender, rule.text, timestamp=now, mark=MessageMark.AUTO_REPLY))
+                outcome = "replied"
+        elif action is RuleAction.FORWARD:
+            assert rule.forwardTo is not None
+            copy = Message(
+                recipient,
+                rule.forwardTo,
+                f"[forwarded from {sender}] {message.body}",
+                message.contentType,
+                timestamp=now,
+                mark=MessageMark.FORWARDED,
+            )
+            self._send(copy)
+            outcome = f"forwarded to {rule.forwardTo}"
+        else:
+            outcome = "delivered as usual"
+        self.log.info(
+            "Rule {number} of {user} ({rule}) for message {id} from {sender}: {outcome}",
+            number=number, user=recipient, rule=rule.describe(), id=message.messageId, sender=sender,
+            outcome=outcome,
+        )
         return self._deliverToSessions(user.sessions, message)
 
     def _deliverToSessions(self, candidates: list[Session], message: Message) -> Deferred[DeliveryStatus]:
@@ -1623,16 +1710,96 @@ class HomeServer:
         return d.addCallback(stored)
 
     def setRule(self, user: _UserState, state: PresenceState, alternate: str | None) -> Deferred[None]:
-        if state in (PresenceState.OFFLINE, PresenceState.APPEAR_OFFLINE, PresenceState.ONLINE):
+        """
+        The request of the first protocol: set (or remove, C{None}) the
+        refusal for C{state} (L{PresenceRule.legacyState}): it replaces
+        such a rule where it stands, or comes last.
+        """
+        if state not in RULE_STATES:
             return fail(ValueError(f"rules apply to busy and away states, not {state.label}"))
-        if alternate is not None:
-            try:
-                checkAlternate(alternate)
-            except ValueError as e:
-                return fail(e)
-        if alternate is not None and state not in user.rules:
-            self._checkQuota("presence rules", len(user.rules), self.config.maxRules, "max_rules")
-        return self._store(user, [SetRule(user.address, state, alternate)])
+        rules = list(user.rules)
+        at = next((n for n, r in enumerate(rules) if r.legacyState is state), None)
+        if alternate is None:
+            if at is None:
+                return succeed(None)
+            del rules[at]
+            return self.replaceRules(user, rules, checkOnly=None)
+        rule = PresenceRule.refuse(state, alternate)
+        if at is None:
+            rules.append(rule)
+        else:
+            rules[at] = rule
+        return self.replaceRules(user, rules, checkOnly=rule)
+
+    def replaceRules(
+        self, user: _UserState, rules: list[PresenceRule], checkOnly: PresenceRule | None | bool = False
+    ) -> Deferred[None]:
+        """
+        Replace C{user}'s rules with C{rules}, in order, within
+        C{max_rules} (a list already longer, from before the quota was
+        lowered, may stay as long but not grow).
+
+        @param checkOnly: Which rule to check (L{checkRule}): C{False}
+            (the default), all of them; a rule, only that one (added to
+            rules already stored); C{None}, none (a rule removed).
+        """
+        try:
+            if checkOnly is False:
+                rules = [self._checkRule(user, r) for r in rules]
+            elif isinstance(checkOnly, PresenceRule):
+                checked = self._checkRule(user, checkOnly)
+                rules = [checked if r is checkOnly else r for r in rules]
+        except (ValueError, InvalidAddress) as e:
+            return fail(ValueError(str(e)))
+        if len(rules) > max(self.config.maxRules, len(user.rules)) or (
+            len(rules) > len(user.rules) and len(rules) > self.config.maxRules
+        ):
+            return fail(
+                QuotaExceeded(
+                    f"you have {len(user.rules)} presence rules, the most allowed is max_rules = {self.config.maxRules}"
+                )
+            )
+        self.log.info("Presence rules of {user} set: {count} rules", user=user.address, count=len(rules))
+        return self._store(user, [SetRules(user.address, tuple(rules))])
+
+    def _checkRule(self, user: _UserState, rule: PresenceRule) -> PresenceRule:
+        checked = checkRule(rule)
+        if checked.forwardTo == user.address:
+            raise ValueError("a rule cannot forward to yourself")
+        return checked
+
+    def userRules(self, address: Address) -> Deferred[list[PresenceRule]]:
+        """
+        The presence rules of a user homed here, with or without sessions
+        (for the manhole and scripts).
+        """
+
+        def read() -> Deferred[list[PresenceRule]]:
+            user = self._localState(address)
+            if user is not None:
+                return succeed(list(user.rules))
+            return self.store.getRules(address)
+
+        return self._serial(address, read)
+
+    def setUserRules(self, address: Address, rules: Sequence[PresenceRule]) -> Deferred[None]:
+        """
+        Replace the presence rules of a user homed here, with or without
+        sessions (for the manhole and scripts): checked as a user's own
+        request is (L{checkRule}, C{max_rules}).
+        """
+
+        def write(rows: list[PresenceRule]) -> Deferred[None]:
+            # No sessions: a state of its stored rules only, dropped after.
+            return self.replaceRules(_UserState(address, [], [], {}, rows), list(rules))
+
+        def work() -> Deferred[None]:
+            user = self._localState(address)
+            if user is not None:
+                return self.replaceRules(user, list(rules))
+            return self.store.getRules(address).addCallback(write)
+
+        return self._serial(address, work)
 
     def _checkQuota(self, what: str, count: int, limit: int, key: str) -> None:
         """
@@ -1683,6 +1850,17 @@ def _offline(recipient: Address) -> UserOffline:
     this server, whatever the reason (see L{HomeServer._deliverMessage}).
     """
     return UserOffline(f"{recipient} is offline")
+
+
+def _prune(replied: dict[Address, float], before: float) -> None:
+    """
+    Forget the auto-replies sent before C{before} (their period is over),
+    once there are many: the table stays as large as the senders replied
+    to within one period.
+    """
+    if len(replied) >= 64:
+        for sender in [s for s, when in replied.items() if when <= before]:
+            del replied[sender]
 
 
 def _forget(user: _UserState, target: Address, answer: list[bool]) -> None:

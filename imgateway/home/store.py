@@ -30,8 +30,9 @@ from imgateway.core.records import (
     PutContact,
     RemoveContact,
     SetAccess,
+    RuleAction,
+    RuleNetwork,
     SetAuthorisation,
-    ruleOrder,
 )
 from imgateway.interfaces import IHomeStore
 from imgateway.sqlite import DEFAULT_BUSY_TIMEOUT, Database, Migrations, openDatabase
@@ -89,6 +90,39 @@ MIGRATIONS: Migrations = [
         ) WITHOUT ROWID
         """,
     ],
+    # Version 2: presence rules that act, an ordered list per owner. Each
+    # rule of version 1 (a refusal for one state) becomes a refuse rule
+    # for that state, in the order PresenceState lists the states.
+    [
+        """
+        CREATE TABLE presence_rules (
+            owner TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            states TEXT NOT NULL,
+            action TEXT NOT NULL CHECK (action IN ('deliver', 'auto-reply', 'forward', 'refuse')),
+            sender TEXT NOT NULL DEFAULT '',
+            network TEXT NOT NULL DEFAULT 'any' CHECK (network IN ('any', 'local', 'remote')),
+            alternate TEXT NOT NULL DEFAULT '',
+            reply_text TEXT NOT NULL DEFAULT '',
+            forward_to TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (owner, position)
+        ) WITHOUT ROWID
+        """,
+        """
+        INSERT INTO presence_rules (owner, position, states, action, alternate)
+        SELECT owner,
+               row_number() OVER (
+                   PARTITION BY owner
+                   ORDER BY CASE state
+                       WHEN 'online' THEN 0 WHEN 'busy' THEN 1 WHEN 'be-right-back' THEN 2
+                       WHEN 'away' THEN 3 WHEN 'on-the-phone' THEN 4 WHEN 'out-to-lunch' THEN 5
+                       WHEN 'appear-offline' THEN 6 WHEN 'offline' THEN 7 ELSE 8 END, state
+               ) - 1,
+               state, 'refuse', alternate
+        FROM rules
+        """,
+        "DROP TABLE rules",
+    ],
 ]
 
 #: How the schema spells each value in its columns: its own tokens, fixed by
@@ -100,6 +134,17 @@ _AUTHORISATION_COLUMN: dict[AuthorisationState, str] = {
     AuthorisationState.REFUSED: "refused",
 }
 _ACCESS_COLUMN: dict[AccessList, str] = {AccessList.ALLOW: "allow", AccessList.BLOCK: "block"}
+_ACTION_COLUMN: dict[RuleAction, str] = {
+    RuleAction.DELIVER: "deliver",
+    RuleAction.AUTO_REPLY: "auto-reply",
+    RuleAction.FORWARD: "forward",
+    RuleAction.REFUSE: "refuse",
+}
+_NETWORK_COLUMN: dict[RuleNetwork, str] = {
+    RuleNetwork.ANY: "any",
+    RuleNetwork.LOCAL: "local",
+    RuleNetwork.REMOTE: "remote",
+}
 _STATE_COLUMN: dict[PresenceState, str] = {
     PresenceState.ONLINE: "online",
     PresenceState.BUSY: "busy",
@@ -113,6 +158,8 @@ _STATE_COLUMN: dict[PresenceState, str] = {
 _AUTHORISATION_FROM_COLUMN = {token: state for state, token in _AUTHORISATION_COLUMN.items()}
 _ACCESS_FROM_COLUMN = {token: entry for entry, token in _ACCESS_COLUMN.items()}
 _STATE_FROM_COLUMN = {token: state for state, token in _STATE_COLUMN.items()}
+_ACTION_FROM_COLUMN = {token: action for action, token in _ACTION_COLUMN.items()}
+_NETWORK_FROM_COLUMN = {token: network for network, token in _NETWORK_COLUMN.items()}
 
 
 def _address(text: str) -> Address:
@@ -247,20 +294,45 @@ def _setAccess(cursor: sqlite3.Cursor, owner: Address, entry: str, accessList: A
 
 def _getRules(cursor: sqlite3.Cursor, owner: Address) -> list[PresenceRule]:
     rows = cursor.execute(
-        "SELECT state, alternate FROM rules WHERE owner = ?", (str(owner),)
+        "SELECT states, action, sender, network, alternate, reply_text, forward_to FROM presence_rules"
+        " WHERE owner = ? ORDER BY position",
+        (str(owner),),
     ).fetchall()
-    return sorted((PresenceRule(_STATE_FROM_COLUMN[state], alternate) for state, alternate in rows), key=ruleOrder)
-
-
-def _setRule(cursor: sqlite3.Cursor, owner: Address, state: PresenceState, alternate: str | None) -> None:
-    if alternate is None:
-        cursor.execute("DELETE FROM rules WHERE owner = ? AND state = ?", (str(owner), _STATE_COLUMN[state]))
-    else:
-        cursor.execute(
-            "INSERT INTO rules (owner, state, alternate) VALUES (?, ?, ?)"
-            " ON CONFLICT (owner, state) DO UPDATE SET alternate = excluded.alternate",
-            (str(owner), _STATE_COLUMN[state], alternate),
+    return [
+        PresenceRule(
+            frozenset(_STATE_FROM_COLUMN[token] for token in states.split()),
+            _ACTION_FROM_COLUMN[action],
+            sender=sender,
+            network=_NETWORK_FROM_COLUMN[network],
+            alternate=alternate,
+            text=text,
+            forwardTo=_address(forward) if forward else None,
         )
+        for states, action, sender, network, alternate, text, forward in rows
+    ]
+
+
+def _setRules(cursor: sqlite3.Cursor, owner: Address, rules: Sequence[PresenceRule]) -> None:
+    cursor.execute("DELETE FROM presence_rules WHERE owner = ?", (str(owner),))
+    cursor.executemany(
+        "INSERT INTO presence_rules"
+        " (owner, position, states, action, sender, network, alternate, reply_text, forward_to)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                str(owner),
+                position,
+                " ".join(_STATE_COLUMN[s] for s in PresenceState if s in rule.states),
+                _ACTION_COLUMN[rule.action],
+                rule.sender,
+                _NETWORK_COLUMN[rule.network],
+                rule.alternate,
+                rule.text,
+                str(rule.forwardTo) if rule.forwardTo is not None else "",
+            )
+            for position, rule in enumerate(rules)
+        ],
+    )
 
 
 def _apply(cursor: sqlite3.Cursor, changes: list[HomeChange]) -> None:
@@ -274,7 +346,7 @@ def _apply(cursor: sqlite3.Cursor, changes: list[HomeChange]) -> None:
         elif isinstance(change, SetAccess):
             _setAccess(cursor, change.owner, change.entry, change.accessList)
         else:
-            _setRule(cursor, change.owner, change.state, change.alternate)
+            _setRules(cursor, change.owner, change.rules)
 
 
 @implementer(IHomeStore)
@@ -284,7 +356,7 @@ class SQLiteHomeStore:
 
     Orders, as L{imgateway.testing.MemoryHomeStore} keeps them too: contacts
     and authorisation rows sorted as L{Address}es (rows by target, then
-    watcher), access-list entries by entry, rules by L{imgateway.core.records.ruleOrder}.
+    watcher), access-list entries by entry, rules in the order their owner gave.
 
     @ivar database: The L{Database} underneath.
     """

@@ -24,7 +24,7 @@ failures as the link codec's statuses (L{imgateway.router.link_codec}).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -36,13 +36,17 @@ from zope.interface import implementer
 from imgateway.adapters.native.framing import Headers, Request, Response
 from imgateway.adapters.native.mapping import (
     ACCESS_LISTS,
+    MESSAGE_MARKS,
     PRESENCE,
     REASONS,
     SUBSCRIPTION_KINDS,
     SUBSCRIPTIONS,
     accessListFromToken,
     codeForError,
+    markFromToken,
     presenceFromToken,
+    ruleFromJSON,
+    ruleToJSON,
     subscriptionFromToken,
     subscriptionKindFromToken,
 )
@@ -129,6 +133,7 @@ def _messageJSON(message: Message) -> dict[str, Any]:
         "timestamp": message.timestamp,
         "hops": message.hops,
         "routingId": message.routingId,
+        **({"mark": MESSAGE_MARKS[message.mark]} if message.mark is not None else {}),
     }
 
 
@@ -142,6 +147,7 @@ def _message(data: dict[str, Any]) -> Message:
         timestamp=float(data["timestamp"]),
         hops=int(data["hops"]),
         routingId=str(data["routingId"]),
+        mark=markFromToken(str(data["mark"])) if data.get("mark") else None,
     )
 
 
@@ -314,9 +320,16 @@ class RemoteSession:
 
     def rules(self) -> Deferred[list[PresenceRule]]:
         d = self._call("rules")
-        return d.addCallback(
-            lambda result: [PresenceRule(presenceFromToken(r["presence"]), r["alternate"]) for r in result["rules"]]
-        )
+        return d.addCallback(lambda result: [ruleFromJSON(r) for r in result["rules"]])
+
+    def setRules(self, rules: Sequence[PresenceRule]) -> Deferred[None]:
+        return self._call("set-rules", {"rules": [ruleToJSON(r) for r in rules]}).addCallback(lambda _: None)
+
+    def addRule(self, rule: PresenceRule, position: int | None = None) -> Deferred[None]:
+        return self._call("add-rule", {"rule": ruleToJSON(rule), "position": position}).addCallback(lambda _: None)
+
+    def removeRule(self, position: int) -> Deferred[None]:
+        return self._call("remove-rule", {"position": position}).addCallback(lambda _: None)
 
     def close(self, reason: str = "") -> None:
         if self.closed:
@@ -659,9 +672,14 @@ class SessionHost:
             ruled = session.setRule(presenceFromToken(str(data["presence"])), None if alternate is None else str(alternate))
             return ruled.addCallback(done)
         if operation == "rules":
-            return session.rules().addCallback(
-                lambda rs: _ok({"rules": [{"presence": PRESENCE[r.state], "alternate": r.alternate} for r in rs]})
-            )
+            return session.rules().addCallback(lambda rs: _ok({"rules": [ruleToJSON(r) for r in rs]}))
+        if operation == "set-rules":
+            return session.setRules([ruleFromJSON(r) for r in data["rules"]]).addCallback(done)
+        if operation == "add-rule":
+            position = data.get("position")
+            return session.addRule(ruleFromJSON(data["rule"]), None if position is None else int(position)).addCallback(done)
+        if operation == "remove-rule":
+            return session.removeRule(int(data["position"])).addCallback(done)
         if operation == "close":
             self._forget(connection, session.sessionId)
             session.close(str(data.get("reason", "")) or "logout")

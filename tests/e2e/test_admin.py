@@ -31,7 +31,7 @@ from imgateway.core.records import (
     PutContact,
     SetAccess,
     SetAuthorisation,
-    SetRule,
+    SetRules,
 )
 from imgateway.directory.sqlite import SQLiteDirectory
 from imgateway.home.store import SQLiteHomeStore
@@ -463,7 +463,7 @@ class MoveTests(AdminCommand):
                 PutContact(ALICE, ContactRecord(DAVE, "Dave")),
                 PutContact(BOB, ContactRecord(ALICE, "Al")),
                 SetAccess(ALICE, "spam.example", AccessList.BLOCK),
-                SetRule(ALICE, PresenceState.BUSY, "tel:+15550100"),
+                SetRules(ALICE, (PresenceRule.refuse(PresenceState.BUSY, "tel:+15550100"),)),
                 SetAuthorisation(ALICE, BOB, _AUTHORISED),
                 SetAuthorisation(BOB, ALICE, _AUTHORISED),
                 SetAuthorisation(ALICE, CAROL, _AUTHORISED),
@@ -496,7 +496,7 @@ class MoveTests(AdminCommand):
             [ContactRecord(BOB, "Bob"), ContactRecord(CAROL, "Carol"), ContactRecord(DAVE, "Dave")],
         )
         self.assertEqual(await hs2.getAccess(ALICE), {"spam.example": AccessList.BLOCK})
-        self.assertEqual(await hs2.getRules(ALICE), [PresenceRule(PresenceState.BUSY, "tel:+15550100")])
+        self.assertEqual(await hs2.getRules(ALICE), [PresenceRule.refuse(PresenceState.BUSY, "tel:+15550100")])
         self.assertEqual(
             await hs2.getAuthorisations(ALICE),
             [

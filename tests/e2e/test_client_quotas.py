@@ -30,7 +30,8 @@ from imgateway.core.records import (
     PutContact,
     SetAccess,
     SetAuthorisation,
-    SetRule,
+    PresenceRule,
+    SetRules,
 )
 from imgateway.home.store import SQLiteHomeStore
 
@@ -78,7 +79,7 @@ class FullListsTests(TestCase):
         changes: list[HomeChange] = [PutContact(ALICE, ContactRecord(a, name)) for a in contacts]
         changes += [SetAuthorisation(ALICE, w, AuthorisationState.PENDING) for w in requests]
         changes += [SetAccess(ALICE, str(a), AccessList.BLOCK) for a in blocked]
-        changes += [SetRule(ALICE, s, alternate) for s in states[: home.maxRules]]
+        changes.append(SetRules(ALICE, tuple(PresenceRule.refuse(s, alternate) for s in states[: home.maxRules])))
         store = await SQLiteHomeStore.open(reactor(), path)
         try:
             await store.apply(changes)

@@ -28,16 +28,20 @@ from imgateway.core.errors import (
     TooManySessions,
     statusError,
 )
-from imgateway.core.events import SubscriptionKind
+from imgateway.core.address import Address
+from imgateway.core.events import MessageMark, SubscriptionKind
 from imgateway.core.presence import PresenceState
-from imgateway.core.records import AccessList, AuthorisationState, Subscription
+from imgateway.core.records import AccessList, AuthorisationState, PresenceRule, RuleAction, RuleNetwork, Subscription
 
 __all__ = [
     "ACCESS_LISTS",
     "DECISIONS",
     "DELIVERY_CODES",
     "ERROR_CODES",
+    "MESSAGE_MARKS",
     "PRESENCE",
+    "RULE_ACTIONS",
+    "RULE_NETWORKS",
     "REASONS",
     "SUBSCRIBE_ANSWERS",
     "SUBSCRIPTIONS",
@@ -51,7 +55,10 @@ __all__ = [
     "deliveryErrorFor",
     "describeTargets",
     "isDeliveryCode",
+    "markFromToken",
     "presenceFromToken",
+    "ruleFromJSON",
+    "ruleToJSON",
     "subscriptionKindFromToken",
     "subscriptionFromToken",
     "targetForm",
@@ -265,6 +272,113 @@ _ACCESS_FROM_TOKEN = _inverse(ACCESS_LISTS, "access list")
 #: C{Decision:} header of C{AUTHORISE} to whether it allows.
 DECISIONS: Mapping[bool, str] = MappingProxyType({True: "allow", False: "deny"})
 _DECISION_FROM_TOKEN = _inverse(DECISIONS, "decision")
+
+
+#: A presence rule's action to its token (JSON C{action}).
+RULE_ACTIONS: Mapping[RuleAction, str] = MappingProxyType(
+    {
+        RuleAction.DELIVER: "deliver",
+        RuleAction.AUTO_REPLY: "auto-reply",
+        RuleAction.FORWARD: "forward",
+        RuleAction.REFUSE: "refuse",
+    }
+)
+_ACTION_FROM_TOKEN = _inverse(RULE_ACTIONS, "rule action")
+
+#: A presence rule's network to its token (JSON C{network}).
+RULE_NETWORKS: Mapping[RuleNetwork, str] = MappingProxyType(
+    {
+        RuleNetwork.ANY: "any",
+        RuleNetwork.LOCAL: "local",
+        RuleNetwork.REMOTE: "remote",
+    }
+)
+_NETWORK_FROM_TOKEN = _inverse(RULE_NETWORKS, "rule network")
+
+#: A message's loop mark to its token (C{Auto:} header of C{MESSAGE}, on
+#: the client protocol and on server links).
+MESSAGE_MARKS: Mapping[MessageMark, str] = MappingProxyType(
+    {
+        MessageMark.AUTO_REPLY: "auto-reply",
+        MessageMark.FORWARDED: "forwarded",
+        MessageMark.ERROR: "error",
+    }
+)
+_MARK_FROM_TOKEN = _inverse(MESSAGE_MARKS, "message mark")
+
+
+def markFromToken(token: str) -> MessageMark:
+    """
+    @param token: An C{Auto:} token, in any case.
+    @return: The mark it names.
+    @raise ValueError: If it names none.
+    """
+    return _fromToken(_MARK_FROM_TOKEN, token, "message mark")
+
+
+def ruleToJSON(rule: PresenceRule) -> dict[str, object]:
+    """
+    The JSON form of a presence rule (C{RULE}, docs/protocol.md 7.7; server
+    links; C{imgateway-admin rule}): C{states} (presence tokens, in the
+    order of L{PresenceState}), C{action}, and, when set, C{sender},
+    C{network}, C{alternate}, C{text}, C{forward}.
+    """
+    out: dict[str, object] = {
+        "states": [PRESENCE[s] for s in PresenceState if s in rule.states],
+        "action": RULE_ACTIONS[rule.action],
+    }
+    if rule.sender:
+        out["sender"] = rule.sender
+    if rule.network is not RuleNetwork.ANY:
+        out["network"] = RULE_NETWORKS[rule.network]
+    if rule.alternate:
+        out["alternate"] = rule.alternate
+    if rule.text:
+        out["text"] = rule.text
+    if rule.forwardTo is not None:
+        out["forward"] = str(rule.forwardTo)
+    return out
+
+
+_RULE_FIELDS = frozenset(["states", "presence", "action", "sender", "network", "alternate", "text", "forward"])
+
+
+def ruleFromJSON(data: object) -> PresenceRule:
+    """
+    Read a rule's JSON form (L{ruleToJSON}). C{states} may be one token (a
+    string), or given as C{presence} (a list entry of the first protocol);
+    C{action} defaults to C{refuse}. The rule is not checked yet
+    (L{imgateway.core.records.checkRule}).
+
+    @raise ValueError: If it is not one.
+    """
+    if not isinstance(data, dict):
+        raise ValueError("a rule must be a JSON object")
+    unknown = sorted(str(k) for k in set(data) - _RULE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown rule field {unknown[0][:32]!r}")
+    for key in _RULE_FIELDS - {"states"}:
+        if key in data and not isinstance(data[key], str):
+            raise ValueError(f"{key} must be a string")
+    states = data.get("states", data.get("presence"))
+    if isinstance(states, str):
+        states = [states]
+    if not isinstance(states, list) or not all(isinstance(s, str) for s in states):
+        raise ValueError("states must be a list of presence states")
+    forward = data.get("forward")
+    try:
+        forwardTo = Address.fromString(forward) if forward else None
+    except InvalidAddress as e:
+        raise ValueError(f"cannot forward there: {e}") from None
+    return PresenceRule(
+        frozenset(presenceFromToken(s) for s in states),
+        _fromToken(_ACTION_FROM_TOKEN, data.get("action", "refuse"), "rule action"),
+        sender=data.get("sender", ""),
+        network=_fromToken(_NETWORK_FROM_TOKEN, data.get("network", "any"), "rule network"),
+        alternate=data.get("alternate", ""),
+        text=data.get("text", ""),
+        forwardTo=forwardTo,
+    )
 
 
 def presenceFromToken(token: str) -> PresenceState:

@@ -33,6 +33,7 @@ from imgateway.adapters.native.framing import (
 )
 from imgateway.adapters.native.mapping import (
     ACCESS_LISTS,
+    MESSAGE_MARKS,
     PRESENCE,
     REASONS,
     SUBSCRIBE_ANSWERS,
@@ -45,6 +46,8 @@ from imgateway.adapters.native.mapping import (
     decisionFromToken,
     describeTargets,
     presenceFromToken,
+    ruleFromJSON,
+    ruleToJSON,
     targetForm,
 )
 from imgateway.adapters.native.outstanding import OutstandingRequests
@@ -65,9 +68,14 @@ from imgateway.core.throttle import Admission
 from imgateway.core.records import (
     MAX_ALTERNATE_CHARS,
     MAX_DISPLAY_NAME_CHARS,
+    MAX_REPLY_CHARS,
+    RULE_STATES,
     AccessList,
     AuthorisationState,
     ContactView,
+    PresenceRule,
+    RuleAction,
+    RuleNetwork,
 )
 from imgateway.interfaces import IGateway, ISession, ISessionClient
 from imgateway.net.addresses import isLoopback
@@ -215,9 +223,12 @@ def largestListAnswers(home: HomeConfig) -> dict[str, int]:
         + _jsonList(home.maxPendingRequests, _LONGEST_ADDRESS_JSON)
     )
     access = len(json.dumps({"allow": [], "block": []})) - 2 + _jsonList(home.maxAccessEntries, _LONGEST_ADDRESS_JSON)
-    ruleStates = [s for s in PresenceState if s not in (PresenceState.ONLINE, PresenceState.OFFLINE, PresenceState.APPEAR_OFFLINE)]
-    rule = len(json.dumps({"presence": _longestToken(PRESENCE), "alternate": ""})) - 2 + _jsonString(MAX_ALTERNATE_CHARS)
-    rules = len(json.dumps({"rules": []})) - 2 + _jsonList(min(home.maxRules, len(ruleStates)), rule)
+    # The longest rule: every state, a sender address, a network, and the
+    # longest of an alternate, a reply text or an address (one per rule).
+    longest = PresenceRule(RULE_STATES, RuleAction.AUTO_REPLY, network=RuleNetwork.REMOTE, text="x")
+    rule = len(json.dumps({**ruleToJSON(longest), "sender": ""})) - 2 - 3
+    rule += _LONGEST_ADDRESS_JSON + _jsonString(max(MAX_REPLY_CHARS, MAX_ALTERNATE_CHARS))
+    rules = len(json.dumps({"rules": []})) - 2 + _jsonList(home.maxRules, rule)
     return {"CONTACTS": contacts, "ACCESS": access, "RULE": rules}
 
 
@@ -894,17 +905,43 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         return session.setAccess(entry, accessList)
 
     def do_RULE(self, request: Request) -> Deferred[Any]:
+        """
+        C{RULE *} (docs/protocol.md 7.7): with C{Rule-Action} (C{add},
+        C{remove}, C{replace}) the ordered rules; with C{Presence} the
+        first protocol's refusal for one state; with neither, the list.
+        """
         session = self._session
+        action = request.headers.get("Rule-Action")
+        if action is not None:
+            return self._ruleAction(session, request, action.strip().lower())
         stateText = request.headers.get("Presence")
         if stateText is None:
-            return session.rules().addCallback(
-                lambda rules: _json({"rules": [{"presence": PRESENCE[r.state], "alternate": r.alternate} for r in rules]})
-            )
+            return session.rules().addCallback(lambda rules: _json({"rules": [ruleListEntry(r) for r in rules]}))
         try:
             state = presenceFromToken(stateText)
         except ValueError:
             raise _Reply(400, f"Unknown presence state {stateText!r}") from None
         return session.setRule(state, request.headers.get("Alternate"))
+
+    def _ruleAction(self, session: ISession, request: Request, action: str) -> Deferred[None]:
+        position = _position(request)
+        if action == "remove":
+            if position is None:
+                raise _Reply(400, "Rule-Action: remove needs Position")
+            return session.removeRule(position)
+        if action not in ("add", "replace"):
+            raise _Reply(400, "Rule-Action must be add, remove or replace")
+        try:
+            data = json.loads(request.body.decode("utf-8"))
+            if action == "add":
+                return session.addRule(ruleFromJSON(data), position)
+            if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
+                raise ValueError('the body must be {"rules": [...]}')
+            return session.setRules([ruleFromJSON(r) for r in data["rules"]])
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise _Reply(400, "The body must be a JSON rule") from None
+        except ValueError as e:
+            raise _Reply(400, _clean(str(e))) from None
 
     def do_MESSAGE(self, request: Request) -> Deferred[Any]:
         target = _target(request)
@@ -928,7 +965,8 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
                 ("Message-ID", message.messageId),
                 ("Timestamp", f"{message.timestamp:.3f}"),
                 ("Content-Type", f"{_clean(message.contentType)}; charset=utf-8"),
-            ),
+            )
+            + ((("Auto", MESSAGE_MARKS[message.mark]),) if message.mark is not None else ()),
             message.body.encode("utf-8"),
         )
         return succeed(None)
@@ -982,6 +1020,27 @@ class _Closed(Exception):
     """
     The handler already answered and closed the connection.
     """
+
+
+def ruleListEntry(rule: PresenceRule) -> dict[str, Any]:
+    """
+    One rule of a C{RULE *} list: its portable form
+    (L{imgateway.core.records.ruleToJSON}), with C{presence} (one state's
+    token) too for a rule of the first protocol, which older clients show.
+    """
+    entry = ruleToJSON(rule)
+    if rule.legacyState is not None:
+        entry["presence"] = PRESENCE[rule.legacyState]
+    return entry
+
+
+def _position(request: Request) -> int | None:
+    text = request.headers.get("Position")
+    if text is None:
+        return None
+    if not text.strip().isdigit() or len(text.strip()) > 6:
+        raise _Reply(400, "Position must be a rule's number (1 for the first)")
+    return int(text)
 
 
 def _json(data: object) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:

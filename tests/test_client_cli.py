@@ -623,6 +623,12 @@ class FakeClient:
     def rules(self) -> Deferred[Any]:
         return self._call("rules")
 
+    def addRule(self, rule: dict[str, object], position: int | None = None) -> Deferred[Any]:
+        return self._call("addRule", rule, position)
+
+    def removeRule(self, position: int) -> Deferred[Any]:
+        return self._call("removeRule", position)
+
     def ping(self) -> Deferred[Any]:
         return self._call("ping")
 
@@ -881,8 +887,55 @@ class ChatSessionTests(SynchronousTestCase):
             self.client.calls,
             [("setRule", (PresenceState.ON_THE_PHONE, "tel:+15550100")), ("setRule", (PresenceState.BUSY, None))],
         )
-        self.client.answers["rules"] = succeed([{"presence": "on-the-phone", "alternate": "tel:+15550100"}])
-        self.assertEqual(self.typeLines("/rules"), ["** while on-the-phone: tel:+15550100"])
+        self.client.answers["rules"] = succeed(
+            [
+                {"states": ["on-the-phone"], "action": "refuse", "alternate": "tel:+15550100", "presence": "on-the-phone"},
+                {"states": ["busy", "on-the-phone"], "action": "forward", "sender": "alice@corp.example", "forward": "alice@xmpp.example"},
+                {"states": ["away"], "action": "auto-reply", "network": "remote", "text": "back at 3"},
+            ]
+        )
+        self.assertEqual(
+            self.typeLines("/rules"),
+            [
+                "** 1. while on-the-phone: refuse, naming tel:+15550100",
+                "** 2. while busy,on-the-phone from alice@corp.example: forward to alice@xmpp.example",
+                "** 3. while away (remote senders): reply 'back at 3'",
+            ],
+        )
+
+    def test_ruleEdit(self) -> None:
+        """
+        C{/rule add RULE} adds a rule last, C{/rule insert N RULE} at
+        position N, C{/rule remove N} removes rule N; a bare name is in the
+        user's domain; a rule that does not parse is refused without asking
+        the server, with the syntax.
+        """
+        self.start()
+        self.assertEqual(
+            self.typeLines(
+                "/rule add phone from alice forward alice@xmpp.example",
+                "/rule insert 1 phone,busy network remote reply On the phone, back soon",
+                "/rule remove 2",
+            ),
+            [
+                "-> rule added: while on-the-phone from alice@corp.example: forward to alice@xmpp.example",
+                "-> rule added at 1: while on-the-phone,busy (remote senders): reply 'On the phone, back soon'",
+                "-> rule 2 removed",
+            ],
+        )
+        self.assertEqual(
+            self.client.calls,
+            [
+                ("addRule", ({"states": ["on-the-phone"], "sender": "alice@corp.example", "action": "forward", "forward": "alice@xmpp.example"}, None)),
+                ("addRule", ({"states": ["on-the-phone", "busy"], "network": "remote", "action": "auto-reply", "text": "On the phone, back soon"}, 1)),
+                ("removeRule", (2,)),
+            ],
+        )
+        for wrong in ("/rule add phone", "/rule add phone shout", "/rule insert x phone deliver", "/rule remove", "/rule add snoozing deliver"):
+            printed = self.typeLines(wrong)
+            self.assertEqual(len(printed), 1, wrong)
+            self.assertTrue(printed[0].startswith("!! "), printed)
+        self.assertEqual(len(self.client.calls), 3)
 
     def test_ruleNotURI(self) -> None:
         """

@@ -26,7 +26,7 @@ from imgateway.core.errors import (
     UserOffline,
     statusError,
 )
-from imgateway.core.events import Message, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
+from imgateway.core.events import Message, MessageMark, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.router.link_codec import (
     LinkCodecError,
@@ -71,6 +71,8 @@ def events() -> list[object]:
         Message(ROMEO, ALICE, "", timestamp=0.0),
         PresenceProbe(CAROL, ALICE, hops=1),
     ]
+    for mark in MessageMark:
+        out.append(Message(ALICE, ROMEO, "auto", timestamp=2.0, mark=mark))
     for state in PresenceState:
         out.append(PresenceUpdate(ALICE, CAROL, Presence(state, "in a\tmeeting" if state.isOpen else ""), hops=3))
     for kind in SubscriptionKind:
@@ -123,6 +125,18 @@ class EventRoundTripTests(SynchronousTestCase):
         probe = encodeRequest(PresenceProbe(ALICE, CAROL), [], 1, "r")
         self.assertIsNone(probe.headers.get("Hops"))
         self.assertEqual(decodeRequest(wireRequest(probe)).event, PresenceProbe(ALICE, CAROL))
+
+    def test_mark(self) -> None:
+        """
+        A message's loop mark travels as C{Auto} (absent for a message a
+        person wrote); an unknown C{Auto} is refused with 400.
+        """
+        marked = encodeRequest(Message(ALICE, CAROL, "hi", mark=MessageMark.AUTO_REPLY), [], 1, "r")
+        self.assertEqual(marked.headers.get("Auto"), "auto-reply")
+        self.assertEqual(decodeRequest(wireRequest(marked)).event.mark, MessageMark.AUTO_REPLY)  # type: ignore[union-attr]
+        self.assertIsNone(encodeRequest(Message(ALICE, CAROL, "hi"), [], 1, "r").headers.get("Auto"))
+        e = self.assertRaises(LinkCodecError, decodeRequest, attrs.evolve(marked, headers=marked.headers.with_("Auto", "loop")))
+        self.assertEqual(e.code, 400)
 
     def test_methods(self) -> None:
         """

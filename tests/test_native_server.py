@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
@@ -1087,6 +1088,81 @@ class SessionTests(NativeFaceTestsMixin, SynchronousTestCase):
         r = alice.call("MESSAGE", "im:bob@corp.example", [], b"x")
         self.assertEqual((r.code, r.headers.get("Alternate")), (486, "tel:+15550100"))
         self.assertIn(b"tel:+15550100", bob.call("RULE").body)
+
+    def test_ruleActions(self) -> None:
+        """
+        C{RULE *} with C{Rule-Action: add} (a JSON rule, C{Position}
+        optional), C{remove} (C{Position}) and C{replace} (C{{"rules":
+        [...]}}) edits the ordered rules; the list shows them in order, a
+        first-protocol rule with C{presence} too. Wrong rules, bodies,
+        positions and actions are answered 400, and change nothing.
+        """
+        w = self.loggedIn()
+        call = w.call
+
+        def paced(*args: Any) -> Response:
+            # Within the request rate.
+            self.clock.advance(1)
+            return call(*args)
+
+        w.call = paced  # type: ignore[method-assign,assignment]
+        add = [("Rule-Action", "add"), ("Content-Type", "application/json")]
+        reply = {"states": ["on-the-phone"], "action": "auto-reply", "text": "later"}
+        forward = {"states": ["busy", "on-the-phone"], "action": "forward", "sender": "bob@corp.example", "forward": "alice@xmpp.example"}
+        self.assertEqual(w.call("RULE", "*", add, json.dumps(reply).encode()).code, 200)
+        self.assertEqual(w.call("RULE", "*", add + [("Position", "1")], json.dumps(forward).encode()).code, 200)
+        self.assertEqual(w.call("RULE", "*", [("Presence", "away"), ("Alternate", "tel:1")]).code, 200)
+        legacy = {"states": ["away"], "action": "refuse", "alternate": "tel:1", "presence": "away"}
+        self.assertEqual(json.loads(w.call("RULE").body), {"rules": [forward, reply, legacy]})
+        for headers, body in [
+            (add, b"{"),
+            (add, json.dumps({"states": ["online"], "action": "deliver"}).encode()),
+            (add, json.dumps({"states": ["busy"], "action": "auto-reply"}).encode()),
+            (add + [("Position", "9")], json.dumps(reply).encode()),
+            (add + [("Position", "first")], json.dumps(reply).encode()),
+            ([("Rule-Action", "remove")], b""),
+            ([("Rule-Action", "remove"), ("Position", "4")], b""),
+            ([("Rule-Action", "shuffle")], b""),
+            ([("Rule-Action", "replace")], json.dumps([reply]).encode()),
+        ]:
+            self.assertEqual(w.call("RULE", "*", headers, body).code, 400, (headers, body))
+        self.assertEqual(json.loads(w.call("RULE").body), {"rules": [forward, reply, legacy]})
+        self.assertEqual(w.call("RULE", "*", [("Rule-Action", "remove"), ("Position", "1")]).code, 200)
+        self.assertEqual(json.loads(w.call("RULE").body), {"rules": [reply, legacy]})
+        replace = [("Rule-Action", "replace"), ("Content-Type", "application/json")]
+        self.assertEqual(w.call("RULE", "*", replace, json.dumps({"rules": [forward]}).encode()).code, 200)
+        self.assertEqual(json.loads(w.call("RULE").body), {"rules": [forward]})
+
+    def test_ruleQuota(self) -> None:
+        """
+        C{max_rules} rules are taken; one more is answered 454.
+        """
+        w = self.loggedIn()
+        add = [("Rule-Action", "add"), ("Content-Type", "application/json")]
+        rule = json.dumps({"states": ["busy"], "action": "deliver"}).encode()
+        for _ in range(HomeConfig().maxRules):
+            self.clock.advance(1)
+            self.assertEqual(w.call("RULE", "*", add, rule).code, 200)
+        self.assertEqual(w.call("RULE", "*", add, rule).code, 454)
+
+    def test_autoMark(self) -> None:
+        """
+        An auto-reply reaches the sender's client as a C{MESSAGE} with
+        C{Auto: auto-reply}; a message a person wrote has no C{Auto}.
+        """
+        alice, bob = self.loggedIn("alice"), self.loggedIn("bob")
+        add = [("Rule-Action", "add"), ("Content-Type", "application/json")]
+        rule = {"states": ["on-the-phone"], "action": "auto-reply", "text": "on the phone"}
+        self.assertEqual(bob.call("RULE", "*", add, json.dumps(rule).encode()).code, 200)
+        bob.call("PUBLISH", "*", [("Presence", "on-the-phone")])
+        alice.call("PUBLISH", "*", [("Presence", "online")])
+        alice.send("MESSAGE", "im:bob@corp.example", [], b"hi")
+        frames = alice.frames()
+        self.assertEqual([f.code for f in frames if isinstance(f, Response)], [200])
+        [original] = [f for f in bob.frames() if isinstance(f, Request) and f.method == "MESSAGE"]
+        [reply] = [f for f in frames if isinstance(f, Request) and f.method == "MESSAGE"]
+        self.assertIsNone(original.headers.get("Auto"))
+        self.assertEqual((reply.headers.get("Auto"), reply.body), ("auto-reply", b"on the phone"))
 
     def test_ruleAlternateURI(self) -> None:
         """

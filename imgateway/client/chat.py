@@ -34,7 +34,16 @@ from imgateway.client.formatting import (
     presenceText,
     sanitise,
 )
-from imgateway.client.parsing import parseAlternate, parseEntry, parseState, parseStatus, resolveAddress
+from imgateway.client.parsing import (
+    RULE_SYNTAX,
+    describeRule,
+    parseAlternate,
+    parseEntry,
+    parseRule,
+    parseState,
+    parseStatus,
+    resolveAddress,
+)
 from imgateway.client.protocol import ClientObserver, NativeClientProtocol, connect, goodbye, redirector
 from imgateway.core.address import Address
 from imgateway.core.errors import InvalidAddress
@@ -60,10 +69,16 @@ _HELP = """\
 **   /block ENTRY             put an address or domain on your block list
 **   /unlist ENTRY            take an address or domain off your lists
 **   /lists                   show your allow and block lists
+**   /rule add RULE           add a presence rule last; RULE is STATES [from SENDER] [network local|remote]
+**                            then deliver, reply TEXT..., forward ADDRESS or refuse ALTERNATE:
+**                            /rule add phone from alice forward alice@xmpp.example
+**                            /rule add phone,busy reply On the phone, back soon
+**   /rule insert N RULE      add a rule at position N (1 is looked at first)
+**   /rule remove N           remove rule N
 **   /rule STATE ALTERNATE    while in STATE, turn messages away naming ALTERNATE, a URI
 **                            (tel:+15550100, im:bob@corp.example, sip:, xmpp:, mailto:, https:)
-**   /rule STATE              remove the rule for STATE
-**   /rules                   show your rules
+**   /rule STATE              remove the rule for STATE set so
+**   /rules                   show your rules, numbered (the first that matches decides)
 **   /ping                    check the server answers
 **   /quit                    log out and exit (so does end of input)
 ** ADDRESS may be a bare name (bob) in your own domain; start a message with // to send a leading /."""
@@ -413,12 +428,17 @@ class ChatSession(ClientObserver):
 
     def command_rule(self, rest: str) -> Deferred[None] | None:
         """
-        C{/rule STATE ALTERNATE} sets a rule; C{/rule STATE} removes it.
+        C{/rule add RULE}, C{/rule insert N RULE}, C{/rule remove N}; and
+        the first protocol's C{/rule STATE ALTERNATE} (sets a refusal) and
+        C{/rule STATE} (removes it).
         """
         words = rest.split()
         if not words:
-            self.write("!! usage: /rule STATE [ALTERNATE]")
+            self.write(f"!! usage: /rule add {RULE_SYNTAX} | /rule insert N ... | /rule remove N | /rule STATE [ALTERNATE]")
             return None
+        verb = words[0].lower()
+        if verb in ("add", "insert", "remove"):
+            return self._editRules(verb, words[1:])
         try:
             state = parseState(words[0])
             alternate = parseAlternate(" ".join(words[1:])) if words[1:] else None
@@ -431,16 +451,37 @@ class ChatSession(ClientObserver):
             said = f"while {PRESENCE[state]}, messages are turned away naming {alternate}"
         return self._client.setRule(state, alternate).addCallbacks(self._ok(said), self._failed(""))
 
+    def _editRules(self, verb: str, words: list[str]) -> Deferred[None] | None:
+        position: int | None = None
+        try:
+            if verb != "add":
+                if not words or not words[0].isdigit() or int(words[0]) < 1:
+                    raise ValueError(f"usage: /rule {verb} N{' RULE' if verb == 'insert' else ''} (N: 1 for the first rule)")
+                position, words = int(words[0]), words[1:]
+            if verb == "remove":
+                if words:
+                    raise ValueError("usage: /rule remove N")
+                assert position is not None
+                return self._client.removeRule(position).addCallbacks(
+                    self._ok(f"rule {position} removed"), self._failed("")
+                )
+            rule = parseRule(words, self.domain)
+        except ValueError as e:
+            self.write(f"!! {sanitise(str(e))}")
+            return None
+        said = f"rule added{'' if position is None else f' at {position}'}: {describeRule(rule)}"
+        return self._client.addRule(rule, position).addCallbacks(self._ok(sanitise(said)), self._failed(""))
+
     def command_rules(self, rest: str) -> Deferred[None]:
         """
-        C{/rules}: the presence rules.
+        C{/rules}: the presence rules, numbered.
         """
 
-        def show(rules: list[dict[str, str]]) -> None:
+        def show(rules: list[dict[str, Any]]) -> None:
             if not rules:
                 self.write("** no rules")
-            for rule in rules:
-                self.write(f"** while {sanitise(str(rule.get('presence')))}: {sanitise(str(rule.get('alternate')))}")
+            for number, rule in enumerate(rules, 1):
+                self.write(f"** {number}. {sanitise(describeRule(rule))}")
 
         return self._client.rules().addCallbacks(show, self._failed(""))
 

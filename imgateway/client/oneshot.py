@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 
 from imgateway.adapters.native.mapping import PRESENCE
 from imgateway.client.formatting import describeConnectFailure, describeFailure, errorLine, formatContactRow, sanitise
-from imgateway.client.parsing import parseAlternate, parseEntry, parseState, resolveAddress
+from imgateway.client.parsing import describeRule, parseAlternate, parseEntry, parseState, resolveAddress
 from imgateway.client.protocol import NativeClientProtocol, connect, goodbye, redirector
 from imgateway.core.errors import DeliveryError, InvalidAddress
 
@@ -121,7 +121,11 @@ async def _rules(client: NativeClientProtocol, arguments: argparse.Namespace, ou
         out.line(json.dumps(rules, ensure_ascii=False))
         return
     for rule in rules:
-        out.line(f"{sanitise(str(rule.get('presence')))}\t{sanitise(str(rule.get('alternate')))}")
+        if "presence" in rule:
+            # A refusal for one state, as the first protocol set it.
+            out.line(f"{sanitise(str(rule.get('presence')))}\t{sanitise(str(rule.get('alternate')))}")
+        else:
+            out.line(f"-\t{sanitise(describeRule(rule))}")
 
 
 async def _rule(client: NativeClientProtocol, arguments: argparse.Namespace, out: _Output) -> None:

@@ -20,8 +20,11 @@ from imgateway.core.address import Address, normaliseDomain
 from imgateway.core.presence import PresenceState
 
 __all__ = [
+    "RULE_SYNTAX",
+    "describeRule",
     "parseAlternate",
     "parseEntry",
+    "parseRule",
     "parseState",
     "parseStatus",
     "resolveAddress",
@@ -157,3 +160,75 @@ def parseAlternate(text: str) -> str:
     elif digits.lstrip("+").isdigit():
         message += f" (did you mean tel:{digits}?)"
     raise ValueError(message)
+
+
+#: How a presence rule is typed (C{/rule add}, C{imgateway-admin rule add}).
+RULE_SYNTAX = (
+    "STATES [from SENDER] [network local|remote] (deliver | reply TEXT... | forward ADDRESS | refuse ALTERNATE)"
+)
+
+
+def parseRule(words: list[str], domain: str | None = None) -> dict[str, object]:
+    """
+    Parse a presence rule a user typed (L{RULE_SYNTAX}): C{STATES} are
+    presence states separated by commas (C{phone,busy}); C{from} takes an
+    address, a bare name in C{domain}, or a domain; then what the rule does.
+    C{phone from alice forward alice@xmpp.example}, C{phone reply On the
+    phone, back at 3}, C{away network remote refuse tel:+15550100}.
+
+    @return: The rule's JSON form (docs/protocol.md 7.7), for C{RULE}.
+    @raise ValueError: Saying what is wrong, with the syntax.
+    """
+    usage = f"a rule is {RULE_SYNTAX}"
+    if not words:
+        raise ValueError(usage)
+    rule: dict[str, object] = {"states": [PRESENCE[parseState(w)] for w in words[0].split(",") if w]}
+    rest = words[1:]
+    while rest and rest[0].lower() in ("from", "network"):
+        if len(rest) < 2:
+            raise ValueError(usage)
+        if rest[0].lower() == "from":
+            rule["sender"] = parseEntry(rest[1], domain)
+        else:
+            if rest[1].lower() not in ("any", "local", "remote"):
+                raise ValueError(f"the network is local, remote or any, not {rest[1]!r}")
+            rule["network"] = rest[1].lower()
+        rest = rest[2:]
+    if not rest:
+        raise ValueError(usage)
+    action, arguments = rest[0].lower(), rest[1:]
+    if action == "deliver" and not arguments:
+        rule["action"] = "deliver"
+    elif action == "reply" and arguments:
+        rule["action"], rule["text"] = "auto-reply", " ".join(arguments)
+    elif action == "forward" and len(arguments) == 1:
+        rule["action"], rule["forward"] = "forward", str(resolveAddress(arguments[0], domain))
+    elif action == "refuse" and len(arguments) == 1:
+        rule["action"], rule["alternate"] = "refuse", parseAlternate(arguments[0])
+    else:
+        raise ValueError(usage)
+    return rule
+
+
+def describeRule(rule: dict[str, object]) -> str:
+    """
+    A rule of a C{RULE} list as a line of text (without the reply's text:
+    C{reply "..."} is shown in full).
+    """
+    states = rule.get("states", rule.get("presence"))
+    shown = ",".join(str(s) for s in states) if isinstance(states, list) else str(states)
+    line = f"while {shown}"
+    if rule.get("sender"):
+        line += f" from {rule['sender']}"
+    if rule.get("network") not in (None, "any"):
+        line += f" ({rule['network']} senders)"
+    action = rule.get("action", "refuse")
+    if action == "auto-reply":
+        line += f": reply {rule.get('text')!r}"
+    elif action == "forward":
+        line += f": forward to {rule.get('forward')}"
+    elif action == "refuse":
+        line += f": refuse, naming {rule.get('alternate')}"
+    else:
+        line += ": deliver"
+    return line

@@ -421,11 +421,37 @@ class NativeClientProtocol(Protocol):
         target = _uri("im", entry) if "@" in entry else entry
         return self.call("ACCESS", target, [("List", accessList)]).addCallback(lambda _: None)
 
-    def rules(self) -> Deferred[list[dict[str, str]]]:
+    def rules(self) -> Deferred[list[dict[str, Any]]]:
         """
-        @return: The presence rules.
+        @return: The presence rules, in order, in their JSON form
+            (docs/protocol.md 7.7).
         """
         return self.call("RULE").addCallback(_jsonBody).addCallback(lambda d: d["rules"])
+
+    def addRule(self, rule: dict[str, object], position: int | None = None) -> Deferred[None]:
+        """
+        Add a presence rule (its JSON form, docs/protocol.md 7.7) at
+        C{position} (1 for first), or last.
+        """
+        headers = [("Rule-Action", "add"), ("Content-Type", "application/json")]
+        if position is not None:
+            headers.append(("Position", str(position)))
+        body = json.dumps(rule).encode("utf-8")
+        return self.call("RULE", "*", headers, body).addCallback(lambda _: None)
+
+    def removeRule(self, position: int) -> Deferred[None]:
+        """
+        Remove the presence rule at C{position} (1 for first).
+        """
+        return self.call("RULE", "*", [("Rule-Action", "remove"), ("Position", str(position))]).addCallback(lambda _: None)
+
+    def replaceRules(self, rules: list[dict[str, object]]) -> Deferred[None]:
+        """
+        Replace every presence rule with C{rules}, in order.
+        """
+        headers = [("Rule-Action", "replace"), ("Content-Type", "application/json")]
+        body = json.dumps({"rules": rules}).encode("utf-8")
+        return self.call("RULE", "*", headers, body).addCallback(lambda _: None)
 
     def setRule(self, state: PresenceState | str, alternate: str | None) -> Deferred[None]:
         """

@@ -23,19 +23,21 @@ from attrs import frozen
 
 from imgateway.adapters.native.framing import Headers, Request, Response
 from imgateway.adapters.native.mapping import (
+    MESSAGE_MARKS,
     PRESENCE,
     REASONS,
     SUBSCRIPTION_KINDS,
     TargetForm,
     codeForDelivery,
     deliveryErrorFor,
+    markFromToken,
     presenceFromToken,
     subscriptionKindFromToken,
     targetForm,
 )
 from imgateway.core.address import Address
 from imgateway.core.errors import DeliveryError, DeliveryStatus, InvalidAddress, MovedTo, UserBusy, statusError
-from imgateway.core.events import Event, Message, PresenceProbe, PresenceUpdate, SubscriptionEvent
+from imgateway.core.events import Event, Message, MessageMark, PresenceProbe, PresenceUpdate, SubscriptionEvent
 from imgateway.core.presence import Presence
 
 __all__ = [
@@ -179,6 +181,8 @@ def encodeRequest(event: Event, via: Sequence[str], maxHops: int, routingId: str
         ]
         if event.contentType != DEFAULT_CONTENT_TYPE:
             headers.append(("Content-Type", _clean(event.contentType)))
+        if event.mark is not None:
+            headers.append(("Auto", MESSAGE_MARKS[event.mark]))
         return Request("MESSAGE", event.recipient.imURI(), Headers(tuple(headers + common)), event.body.encode("utf-8"))
     if isinstance(event, PresenceUpdate):
         headers = [("From", event.sender.presURI()), ("Event", "presence"), ("Presence", PRESENCE[event.presence.state])]
@@ -197,6 +201,19 @@ def encodeRequest(event: Event, via: Sequence[str], maxHops: int, routingId: str
     if isinstance(event, PresenceProbe):
         return Request("PROBE", event.recipient.presURI(), Headers((("From", event.sender.presURI()), *common)))
     raise TypeError(f"not a core event: {event!r}")
+
+
+def _mark(request: Request) -> MessageMark | None:
+    """
+    A message's loop mark (C{Auto}), or C{None} when absent.
+    """
+    token = request.headers.get("Auto")
+    if token is None:
+        return None
+    try:
+        return markFromToken(token)
+    except ValueError:
+        raise LinkCodecError(f"unknown Auto {token[:32]!r}") from None
 
 
 def _required(request: Request, name: str) -> str:
@@ -269,6 +286,7 @@ def decodeRequest(request: Request) -> LinkRequest:
                 timestamp=float(timestamp),
                 hops=hops,
                 routingId=routingId,
+                mark=_mark(request),
             )
         elif method == "PROBE":
             event = PresenceProbe(

@@ -25,7 +25,7 @@ from imgateway.auth.sasl import clientMechanism
 from imgateway.config import ConfigTable
 from imgateway.core.address import Address
 from imgateway.core.errors import ConfigError
-from imgateway.core.events import Message
+from imgateway.core.events import Message, MessageMark
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
 from imgateway.testing import (
@@ -361,6 +361,20 @@ class SessionTests(C2STestsMixin, SynchronousTestCase):
         self.successResultOf(session.sendMessage(self.alice, "hi\x02 there"))
         [m] = [e for e in c.read() if e.name == "message"]
         self.assertEqual((m["from"], m["to"], str(next(m.elements()))), ("bob@corp.example", "alice@corp.example/desk", "hi there"))
+
+    def test_markedMessage(self) -> None:
+        """
+        An auto-reply reaches an XMPP client with imgateway's C{<auto/>}
+        element and the XEP-0334 no-copy and no-store hints.
+        """
+        c = self.bound()
+        c.write("<presence/>")
+        c.read()
+        self.successResultOf(self.gateway.router.deliver(Message(self.bob, self.alice, "later", mark=MessageMark.AUTO_REPLY)))
+        [m] = [e for e in c.read() if e.name == "message"]
+        [auto] = list(m.elements("urn:imgateway:auto", "auto"))
+        self.assertEqual(auto["type"], "auto-reply")
+        self.assertEqual(len(list(m.elements("urn:xmpp:hints", "no-copy"))), 1)
 
     def test_presenceAndRoster(self) -> None:
         """

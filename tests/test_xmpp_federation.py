@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -33,7 +34,8 @@ from imgateway.core.errors import (
     UserBusy,
     UserOffline,
 )
-from imgateway.core.events import Event, Message, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
+from imgateway.adapters.xmpp.mapping import NS_AUTO, NS_HINTS
+from imgateway.core.events import Event, Message, MessageMark, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
 from imgateway.core.records import AuthorisationState
 from imgateway.interfaces import IRoute, ISession
@@ -194,6 +196,21 @@ class OutboundMessageTests(RouteTestCase):
         self.assertNoResult(d)
         self.clock.advance(0.99)
         self.assertNoResult(d)
+
+    def test_mark(self) -> None:
+        """
+        A marked message (an auto-reply, a forwarded copy) carries
+        C{<auto xmlns="urn:imgateway:auto"/>} with its type and the
+        XEP-0334 no-copy and no-store hints; one a person wrote has none.
+        """
+        self.route.deliver(attrs.evolve(self.message(), mark=MessageMark.FORWARDED))
+        self.route.deliver(self.message(messageId="m2"))
+        [marked, plain] = self.link.take()
+        self.assertEqual(child(marked, "auto", NS_AUTO)["type"], "forwarded")  # type: ignore[index]
+        self.assertIsNotNone(child(marked, "no-copy", NS_HINTS))
+        self.assertIsNotNone(child(marked, "no-store", NS_HINTS))
+        self.assertIsNone(child(plain, "auto", NS_AUTO))
+        self.assertIsNone(child(plain, "no-copy", NS_HINTS))
 
     def test_deliveredAfterStatusWait(self) -> None:
         """
@@ -522,6 +539,22 @@ class InboundMessageTests(RouteTestCase):
         [m] = client.messages
         self.assertEqual((m.sender, m.recipient, m.body, m.messageId, m.timestamp), (ROMEO, self.alice, "hi & bye", "abc", 12.0))
         self.assertEqual(self.link.take(), [])
+
+    def test_markedMessage(self) -> None:
+        """
+        An inbound message with imgateway's C{<auto/>} element keeps its
+        mark (no rule of the recipient acts on it); one without has none.
+        """
+        _, client = self.login(self.alice)
+        self.receive(
+            "<message type='chat' id='a1' from='romeo@xmpp.example/balcony' to='alice@corp.example'>"
+            "<body>away</body><auto xmlns='urn:imgateway:auto' type='auto-reply'/></message>"
+        )
+        self.receive(
+            "<message type='chat' id='a2' from='romeo@xmpp.example/balcony' to='alice@corp.example'>"
+            "<body>hi</body></message>"
+        )
+        self.assertEqual([m.mark for m in client.messages], [MessageMark.AUTO_REPLY, None])
 
     def test_normalMessage(self) -> None:
         """

@@ -44,6 +44,7 @@ from imgateway.adapters.base import TLSHandshakeMixin
 from imgateway.adapters.xmpp.jid import InvalidJID, addressOf, jidOf, parseJID
 from imgateway.adapters.xmpp.mapping import (
     ROSTER_SUBSCRIPTIONS,
+    addMark,
     SUBSCRIPTION_KINDS,
     SUBSCRIPTION_TYPES,
     presenceFromXMPP,
@@ -738,6 +739,7 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         stanza["type"] = "chat"
         stanza["id"] = message.messageId
         stanza.addElement("body", content=xmlSafe(message.body))
+        addMark(stanza, message.mark)
         self.send(stanza)
         return succeed(None)
 

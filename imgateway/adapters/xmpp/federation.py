@@ -74,6 +74,8 @@ from zope.interface import implementer
 from imgateway.adapters.xmpp.jid import InvalidJID, addressOf, jidOf, parseJID
 from imgateway.adapters.xmpp.mapping import (
     SUBSCRIPTION_KINDS,
+    addMark,
+    markOf,
     SUBSCRIPTION_TYPES,
     deliveryErrorFor,
     presenceFromXMPP,
@@ -462,6 +464,7 @@ class XMPPRemoteRoute:
         stanza["id"] = xmlSafe(stanzaId)
         stanza.addElement("body", content=xmlSafe(message.body))
         stanza.addElement((NS_RECEIPTS, "request"))
+        addMark(stanza, message.mark)
 
         def cancel(d: Deferred[DeliveryStatus]) -> None:
             entry = self._pending.get(key)
@@ -686,6 +689,7 @@ class XMPPRemoteRoute:
             body=text,
             messageId=_validMessageId(stanzaId) or newMessageId(),
             timestamp=self.clock.seconds(),
+            mark=markOf(stanza),
         )
         wantsReceipt = (
             _child(stanza, "request", NS_RECEIPTS) is not None

@@ -18,12 +18,16 @@ from twisted.words.xish import domish
 
 from imgateway.adapters.xmpp.stream import xmlSafe
 from imgateway.core.errors import DeliveryError, DeliveryStatus, statusError
-from imgateway.core.events import SubscriptionKind
+from imgateway.core.events import MessageMark, SubscriptionKind
 from imgateway.core.presence import MAX_NOTE_CHARS, Presence, PresenceState
 from imgateway.core.records import Subscription
 
 __all__ = [
     "ERRORS",
+    "MARKS",
+    "NS_AUTO",
+    "NS_HINTS",
+    "addMark",
     "PRESENCE",
     "ROSTER_SUBSCRIPTIONS",
     "SUBSCRIPTION_KINDS",
@@ -31,6 +35,7 @@ __all__ = [
     "StanzaErrorSpec",
     "deliveryErrorFor",
     "fillPresence",
+    "markOf",
     "presenceFromXMPP",
     "presenceToXMPP",
     "stanzaErrorFor",
@@ -227,3 +232,45 @@ ROSTER_SUBSCRIPTIONS: dict[Subscription, str] = {
     Subscription.FROM: "from",
     Subscription.BOTH: "both",
 }
+
+
+#: The namespace of imgateway's loop mark on a message stanza:
+#: C{<auto xmlns="urn:imgateway:auto" type="auto-reply"/>}.
+NS_AUTO = "urn:imgateway:auto"
+
+#: XEP-0334 message processing hints.
+NS_HINTS = "urn:xmpp:hints"
+
+#: A message's loop mark to the C{type} of its C{<auto/>} element.
+MARKS: dict[MessageMark, str] = {
+    MessageMark.AUTO_REPLY: "auto-reply",
+    MessageMark.FORWARDED: "forwarded",
+    MessageMark.ERROR: "error",
+}
+_MARK_FROM_TYPE = {v: k for k, v in MARKS.items()}
+
+
+def addMark(stanza: domish.Element, mark: MessageMark | None) -> None:
+    """
+    Mark a message stanza made by a server (an auto-reply, a forwarded
+    copy): imgateway's C{<auto/>} element, which a peer imgateway reads
+    back so that its rules do not answer it, and the XEP-0334 C{no-copy}
+    and C{no-store} hints (not for carbons nor archives). Nothing for a
+    message a person wrote.
+    """
+    if mark is None:
+        return
+    stanza.addElement((NS_AUTO, "auto"))["type"] = MARKS[mark]
+    stanza.addElement((NS_HINTS, "no-copy"))
+    stanza.addElement((NS_HINTS, "no-store"))
+
+
+def markOf(stanza: domish.Element) -> MessageMark | None:
+    """
+    The loop mark of a message stanza that arrived: that of its C{<auto/>}
+    element (an unknown type counts as C{auto-reply}: marked all the same),
+    or C{None}.
+    """
+    for child in stanza.elements(NS_AUTO, "auto"):
+        return _MARK_FROM_TYPE.get(child.getAttribute("type") or "", MessageMark.AUTO_REPLY)
+    return None

@@ -12,6 +12,10 @@ caches nothing about accounts for long).
     imgateway-admin user enable alice
     imgateway-admin user move alice hs2
     imgateway-admin user list
+    imgateway-admin rule list bob
+    imgateway-admin rule add bob phone from alice forward alice@xmpp.example
+    imgateway-admin rule add bob --position 1 phone,busy reply On the phone, back soon
+    imgateway-admin rule remove bob 2
 
 and, with home servers on different machines (L{imgateway.admin.transfer};
 also with an LDAP directory, which they only read):
@@ -32,13 +36,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import getpass
+import json
 import os
 import signal
 import sys
 import traceback
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
-from typing import NoReturn, cast
+from typing import Any, NoReturn, cast
 
 import attrs
 from twisted.internet.interfaces import IReactorCore, IReactorTime
@@ -46,6 +51,7 @@ from twisted.internet.task import react
 from twisted.python.filepath import FilePath
 
 from imgateway import __version__
+from imgateway.adapters.native.mapping import ruleFromJSON, ruleToJSON
 from imgateway.admin.certs import describe, makeAuthority, makeServer
 from imgateway.admin.move import MoveSummary, moveAccount
 from imgateway.admin.transfer import (
@@ -61,10 +67,11 @@ from imgateway.admin.transfer import (
     purgeUser,
 )
 from imgateway.auth.passwords import makeCredentials
+from imgateway.client.parsing import RULE_SYNTAX, describeRule, parseRule
 from imgateway.config import CONFIG_ENVIRONMENT, DEFAULT_CONFIG_PATH, GatewayConfig, findConfig, loadConfig
 from imgateway.core.address import Address, validateAccountLocalPart
 from imgateway.core.errors import AccountExists, ImgatewayError, InvalidAddress, NoSuchAccount
-from imgateway.core.records import AccountRecord, MoveRecord
+from imgateway.core.records import AccountRecord, MoveRecord, PresenceRule, SetRules, checkRule
 from imgateway.directory.sqlite import SQLiteDirectory
 from imgateway.home.store import MIGRATIONS as HOME_MIGRATIONS, SQLiteHomeStore
 from imgateway.interfaces import IDirectory, IHomeStore
@@ -202,6 +209,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--ip", action="append", default=[], metavar="ADDRESS", help="an IP address it holds (repeatable)")
     server.add_argument("--days", type=int, default=365, help="how many days it is valid (default: 365)")
+    _ruleParser(areas)
     return parser
 
 
@@ -627,6 +635,91 @@ def _action(args: argparse.Namespace, config: GatewayConfig) -> _Action:
     return setEnabled
 
 
+def _ruleParser(areas: Any) -> None:
+    """
+    The C{rule} area: a user's presence rules, in the home server's store.
+    """
+    rule = areas.add_parser(
+        "rule",
+        help="list, add or remove a user's presence rules (in the home store; see docs/rules.md)",
+        description="Edit a user's presence rules in its home server's store. A user with sessions sees "
+        "the change at its next login; the running gateway's manhole (homeServer.setUserRules) and the "
+        "user's own clients change them at once.",
+    )
+    commands = rule.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    addressHelp = "the account: a name (alice) in the gateway's domain, or a full address"
+    listing = commands.add_parser("list", help="print the user's rules, numbered, in order")
+    listing.add_argument("address", metavar="USER", help=addressHelp)
+    listing.add_argument("--json", action="store_true", help="print them as JSON (docs/protocol.md 7.7)")
+    add = commands.add_parser(
+        "add",
+        help="add a rule",
+        description=f"Add a rule: {RULE_SYNTAX}. STATES are presence states separated by commas "
+        "(busy, be-right-back, away, on-the-phone, out-to-lunch; brb, phone, lunch, dnd).",
+    )
+    add.add_argument("address", metavar="USER", help=addressHelp)
+    add.add_argument("--position", type=int, default=None, metavar="N", help="where (1 is looked at first; default: last)")
+    add.add_argument("rule", nargs=argparse.REMAINDER, metavar="RULE", help=RULE_SYNTAX)
+    remove = commands.add_parser("remove", help="remove rule N")
+    remove.add_argument("address", metavar="USER", help=addressHelp)
+    remove.add_argument("position", type=int, metavar="N", help="the rule's number (see rule list)")
+
+
+def _ruleAction(args: argparse.Namespace, config: GatewayConfig) -> _ReadingAction:
+    """
+    Check a C{rule} command and prepare it: the user's rules are read and
+    written in the store of its home server (the directory says which),
+    checked as the user's own request would be (L{checkRule}, C{[home]
+    max_rules}).
+    """
+    address = _resolveAddress(args.address, config, new=False)
+    command: str = args.command
+    newRule: PresenceRule | None = None
+    if command == "add":
+        try:
+            newRule = checkRule(ruleFromJSON(parseRule(list(args.rule), config.domain)))
+        except (ValueError, InvalidAddress) as e:
+            raise _Refused(str(e)) from None
+        if newRule.forwardTo == address:
+            raise _Refused("a rule cannot forward to its own user")
+
+    async def edit(reactor: IReactorCore, directory: IDirectory) -> None:
+        account = await directory.getAccount(address)
+        if account is None:
+            raise NoSuchAccount(f"no account {address}")
+        stores = _Stores(reactor, config)
+        try:
+            store = await stores.open(account.homeServer)
+            rules = await store.getRules(address)
+            if command == "list":
+                if args.json:
+                    print(json.dumps({"rules": [ruleToJSON(r) for r in rules]}, ensure_ascii=False))
+                for number, rule in enumerate(rules, 1):
+                    if not args.json:
+                        print(f"{number}. {describeRule(ruleToJSON(rule))}")
+                return
+            if command == "remove":
+                if not 1 <= args.position <= len(rules):
+                    raise _Refused(f"{address} has no rule {args.position} ({len(rules)} rules)")
+                removed = rules.pop(args.position - 1)
+                said = f"removed rule {args.position} of {address}: {describeRule(ruleToJSON(removed))}"
+            else:
+                assert newRule is not None
+                where = len(rules) if args.position is None else args.position - 1
+                if not 0 <= where <= len(rules):
+                    raise _Refused(f"the position must be 1 to {len(rules) + 1}")
+                if len(rules) >= config.home.maxRules:
+                    raise _Refused(f"{address} has {len(rules)} rules, the most allowed ([home] max_rules)")
+                rules.insert(where, newRule)
+                said = f"added rule {where + 1} of {address}: {describeRule(ruleToJSON(newRule))}"
+            await store.apply([SetRules(address, tuple(rules))])
+            print(said)
+        finally:
+            await stores.close()
+
+    return edit
+
+
 def _certs(args: argparse.Namespace) -> NoReturn:
     """
     Run a C{certs} command (they need no configuration), and exit.
@@ -701,7 +794,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         config = loadConfig(findConfig(args.config), theReactor, adapterConfigParsers())
         action: _Action | _ReadingAction
-        if args.command in _READING_COMMANDS:
+        if args.area == "rule":
+            action = _ruleAction(args, config)
+        elif args.command in _READING_COMMANDS:
             action = _readingAction(args, config)
         elif config.directory.ldap is not None:
             ldap = config.directory.ldap

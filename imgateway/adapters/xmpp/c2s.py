@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHandshakeListener,
@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from imgateway import __version__
 from imgateway.adapters.base import TLSHandshakeMixin
+from imgateway.adapters.xmpp.adhoc import NS_COMMANDS, CommandError, commandItems, runCommand
 from imgateway.adapters.xmpp.jid import InvalidJID, addressOf, jidOf, parseJID
 from imgateway.adapters.xmpp.mapping import (
     ROSTER_SUBSCRIPTIONS,
@@ -55,7 +56,7 @@ from imgateway.adapters.xmpp.mapping import (
 from imgateway.adapters.xmpp.stream import HardenedXmlStream, StreamLimits, xmlSafe
 from imgateway.auth.sasl import SASLFailure, mechanismsFor, serverMechanism
 from imgateway.core.address import Address
-from imgateway.core.errors import DeliveryError, InvalidAddress, ServiceUnavailable, TooManySessions
+from imgateway.core.errors import DeliveryError, InvalidAddress, QuotaExceeded, ServiceUnavailable, TooManySessions
 from imgateway.core.events import Message, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import OFFLINE, Presence
 from imgateway.core.records import ContactView
@@ -80,7 +81,7 @@ NS_VERSION = "jabber:iq:version"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 #: Features announced in disco#info.
-FEATURES = (NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, NS_VERSION)
+FEATURES = (NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, NS_VERSION, NS_COMMANDS)
 
 #: Longest resourcepart we keep (clients may send longer ones; we replace them).
 MAX_RESOURCE_CHARS = 256
@@ -648,8 +649,14 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             self.send(reply)
         elif key == ("get", NS_DISCO_ITEMS, "query"):
             reply = xmlstream.toResponse(iq, "result")
-            reply.addElement((NS_DISCO_ITEMS, "query"))
+            query = reply.addElement((NS_DISCO_ITEMS, "query"))
+            if child.getAttribute("node") == NS_COMMANDS and (to is None or to.user is None):
+                # XEP-0050: the commands are items of the domain's JID.
+                query["node"] = NS_COMMANDS
+                commandItems(query, self.gateway.domain)
             self.send(reply)
+        elif key == ("set", NS_COMMANDS, "command"):
+            self._command(iq, child)
         elif key == ("get", NS_VERSION, "query"):
             reply = xmlstream.toResponse(iq, "result")
             query = reply.addElement((NS_VERSION, "query"))
@@ -662,6 +669,32 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             self._roster(iq, kind, child)
         else:
             self._error(iq, "service-unavailable", "cancel")
+
+    def _command(self, iq: domish.Element, command: domish.Element) -> None:
+        """
+        An ad-hoc command (XEP-0050, L{imgateway.adapters.xmpp.adhoc}): the
+        user's presence rules.
+        """
+
+        def answered(answer: domish.Element) -> None:
+            reply = xmlstream.toResponse(iq, "result")
+            reply.addChild(answer)
+            self.send(reply)
+
+        def failed(f: Failure) -> None:
+            if f.check(CommandError):
+                e = f.value
+                assert isinstance(e, CommandError)
+                self._error(iq, e.condition, "modify" if e.condition == "bad-request" else "cancel", str(e), specific=e.specific)
+            elif f.check(QuotaExceeded):
+                self._error(iq, "not-allowed", "cancel", str(f.value))
+            elif f.check(ValueError, InvalidAddress):
+                self._error(iq, "bad-request", "modify", str(f.value), specific="bad-payload")
+            else:
+                self.log.failure("Running command {node} for {jid}", f, node=command.getAttribute("node"), jid=self.fullJID)
+                self._error(iq, "internal-server-error", "cancel")
+
+        maybeDeferred(runCommand, self._session, command).addCallbacks(answered, failed)
 
     def _roster(self, iq: domish.Element, kind: str, query: domish.Element) -> None:
         session = self._session
@@ -709,10 +742,18 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         self.log.failure("While {doing} for {jid}", f, doing=doing, jid=self.fullJID)
 
     def _error(
-        self, stanza: domish.Element, condition: str, kind: str, text: str | None = None, content: str | None = None
+        self,
+        stanza: domish.Element,
+        condition: str,
+        kind: str,
+        text: str | None = None,
+        content: str | None = None,
+        specific: str | None = None,
     ) -> None:
         """
         Answer a stanza with a stanza error (never an error with an error).
+
+        @param specific: An ad-hoc command's specific condition (XEP-0050).
         """
         if stanza.getAttribute("type") == "error" or self._closed:
             return
@@ -721,6 +762,10 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             for e in reply.elements(NS_CLIENT, "error"):
                 for c in e.elements(NS_STANZAS, condition):
                     c.addContent(content)
+        if specific:
+            for e in reply.elements():
+                if e.name == "error":
+                    e.addElement((NS_COMMANDS, specific))
         if self.fullJID is not None and not reply.getAttribute("to"):
             reply["to"] = self.fullJID.full()
         self.send(reply)

@@ -14,7 +14,7 @@ caches nothing about accounts for long).
     imgateway-admin user list
     imgateway-admin rule list bob
     imgateway-admin rule add bob phone from alice forward alice@xmpp.example
-    imgateway-admin rule add bob --position 1 phone,busy reply On the phone, back soon
+    imgateway-admin rule add --position 1 bob phone,busy reply On the phone, back soon
     imgateway-admin rule remove bob 2
 
 and, with home servers on different machines (L{imgateway.admin.transfer};

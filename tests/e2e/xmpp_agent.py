@@ -187,6 +187,9 @@ class Agent(slixmpp.ClientXMPP):
         }
         if fields["type"] == "error":
             fields["error"] = _stanzaError(m)
+        # imgateway's loop mark (an auto-reply, a forwarded copy), if any.
+        auto = m.xml.find("{urn:imgateway:auto}auto")
+        fields["auto"] = auto.get("type") if auto is not None else None
         emit("message", **fields)
 
     def onRosterPush(self, iq: Any) -> None:

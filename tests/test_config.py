@@ -85,6 +85,19 @@ class LoadConfigTests(SynchronousTestCase):
             "[home]: max_pending_requests: must be greater than 0",
         )
 
+    def test_autoReplyPeriod(self) -> None:
+        """
+        C{[home] auto_reply_period} (seconds) is read, 3600 by default; it
+        must be positive.
+        """
+        self.assertEqual(self.load('[gateway]\ndomain = "x.example"\n').home.autoReplyPeriod, 3600.0)  # type: ignore[attr-defined]
+        config = self.load('[gateway]\ndomain = "x.example"\n[home]\nauto_reply_period = 60\n')
+        self.assertEqual(config.home.autoReplyPeriod, 60.0)  # type: ignore[attr-defined]
+        self.assertConfigError(
+            '[gateway]\ndomain = "x.example"\n[home]\nauto_reply_period = 0\n',
+            "[home]: auto_reply_period: must be greater than 0",
+        )
+
     def assertConfigError(self, text: str, message: str) -> None:
         e = self.assertRaises(ConfigError, self.load, text)
         self.assertIn(message, str(e))

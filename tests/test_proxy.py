@@ -31,9 +31,18 @@ from imgateway.core.errors import (
     UserBusy,
     UserOffline,
 )
-from imgateway.core.events import Message, SubscriptionEvent, SubscriptionKind
+from imgateway.core.events import Message, MessageMark, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
-from imgateway.core.records import AccessList, AccountRecord, AuthorisationState, ContactView, PresenceRule, Subscription
+from imgateway.core.records import (
+    AccessList,
+    AccountRecord,
+    AuthorisationState,
+    ContactView,
+    PresenceRule,
+    RuleAction,
+    RuleNetwork,
+    Subscription,
+)
 from imgateway.interfaces import IHomeServer, ILinkRoutes, IRoute, ISession, ISessionClient
 from imgateway.router.link import LinkClient, LinkReceiver, LinkTraces
 from imgateway.router.link_codec import encodeRequest
@@ -583,6 +592,29 @@ class SessionMethodTests(ProxyTestCase):
             ],
         )
 
+    def test_ruleEdits(self) -> None:
+        """
+        C{setRules}, C{addRule} and C{removeRule} reach the home session
+        with their rules whole; C{rules} comes back whole.
+        """
+        session, home, client = self.open()
+        forward = PresenceRule(
+            [PresenceState.ON_THE_PHONE, PresenceState.BUSY],
+            RuleAction.FORWARD,
+            sender="corp.example",
+            network=RuleNetwork.LOCAL,
+            forwardTo=CAROL,
+        )
+        reply = PresenceRule([PresenceState.AWAY], RuleAction.AUTO_REPLY, text="later ☃")
+        for d in [session.setRules([forward, reply]), session.addRule(reply, 2), session.addRule(forward), session.removeRule(1)]:
+            self.assertIsNone(self.successResultOf(self.settle(d)))
+        self.assertEqual(
+            home.calls,
+            [("setRules", ([forward, reply],)), ("addRule", (reply, 2)), ("addRule", (forward, None)), ("removeRule", (1,))],
+        )
+        home.answers["rules"] = [forward, reply]
+        self.assertEqual(self.successResultOf(self.settle(session.rules())), [forward, reply])
+
     def test_reads(self) -> None:
         """
         C{contacts}, C{pendingRequests}, C{accessLists} and C{rules} fire
@@ -672,6 +704,19 @@ class CallbackTests(ProxyTestCase):
         self.assertEqual(client.subscriptions, [SubscriptionEvent(SubscriptionKind.AUTHORISE, CAROL, ALICE)])
         self.assertEqual(client.contacts, [view])
         self.assertEqual(client.removed, [BOB])
+
+    def test_markedMessage(self) -> None:
+        """
+        A marked message (an auto-reply) reaches the face's client with
+        its mark.
+        """
+        session, home, client = self.open()
+        message = Message(CAROL, ALICE, "in a call", mark=MessageMark.AUTO_REPLY)
+        d = home.client.messageReceived(message)
+        self.network.flush()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(client.messages, [message])
+        self.assertIs(client.messages[0].mark, MessageMark.AUTO_REPLY)
 
     def test_clientFails(self) -> None:
         """

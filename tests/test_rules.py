@@ -203,6 +203,22 @@ class RuleActionTests(HomeServerTestsMixin, SynchronousTestCase):
         self.assertEqual(len(self.aliceClient.messages), 2)
         self.assertEqual([m.body for m in self.bobClient.messages], ["1", "2", "c", "3"])
 
+    def test_autoReplyMemoryBounded(self) -> None:
+        """
+        The senders replied to are forgotten once their period is over:
+        what is kept is bounded by the senders of one period (a flood of
+        made-up senders over time does not grow it).
+        """
+        self.setRules(PresenceRule([PHONE], RuleAction.AUTO_REPLY, network=RuleNetwork.REMOTE, text="busy"))
+        user = self.home._users[BOB]
+        for n in range(100):
+            self.successResultOf(self.router.deliver(Message(Address(f"u{n}", "xmpp.example"), BOB, "hi")))
+        self.assertEqual(len(user.repliedTo), 100)
+        self.clock.advance(self.home.config.autoReplyPeriod)
+        self.bob.publish(Presence(PHONE))
+        self.successResultOf(self.router.deliver(Message(ROMEO, BOB, "hi")))
+        self.assertEqual(list(user.repliedTo), [ROMEO])
+
     def test_autoRepliesDoNotLoop(self) -> None:
         """
         Two users with auto-replies to each other exchange exactly one

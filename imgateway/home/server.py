@@ -1221,7 +1221,7 @@ class HomeServer:
         action = rule.action
         if message.mark is not None and action in (RuleAction.AUTO_REPLY, RuleAction.FORWARD):
             self.log.info(
-                "Rule {number} of {user} ({rule}) does not act on message {id} from {sender}, an {mark}: delivered",
+                "Rule {number} of {user} ({rule}) does not act on message {id} from {sender}, marked {mark}: delivered",
                 number=number, user=recipient, rule=rule.describe(), id=message.messageId, sender=sender,
                 mark=message.mark.value,
             )
@@ -1751,14 +1751,9 @@ class HomeServer:
                 rules = [checked if r is checkOnly else r for r in rules]
         except (ValueError, InvalidAddress) as e:
             return fail(ValueError(str(e)))
-        if len(rules) > max(self.config.maxRules, len(user.rules)) or (
-            len(rules) > len(user.rules) and len(rules) > self.config.maxRules
-        ):
-            return fail(
-                QuotaExceeded(
-                    f"you have {len(user.rules)} presence rules, the most allowed is max_rules = {self.config.maxRules}"
-                )
-            )
+        limit = self.config.maxRules
+        if len(rules) > max(limit, len(user.rules)):
+            return fail(QuotaExceeded(f"{len(rules)} presence rules are more than allowed (max_rules = {limit})"))
         self.log.info("Presence rules of {user} set: {count} rules", user=user.address, count=len(rules))
         return self._store(user, [SetRules(user.address, tuple(rules))])
 

@@ -205,7 +205,10 @@ class DeliveryStatusTests(TestCase):
 
         # bob's presence rule.
         await bob.setRule("on-the-phone", "tel:+15550100")
-        self.assertEqual(await bob.rules(), [{"presence": "on-the-phone", "alternate": "tel:+15550100"}])
+        self.assertEqual(
+            await bob.rules(),
+            [{"states": ["on-the-phone"], "action": "refuse", "presence": "on-the-phone", "alternate": "tel:+15550100"}],
+        )
         await bob.publish("on-the-phone")
         busy = await failureOf(alice.sendMessage(BOB, "call me"), UserBusy)
         self.assertEqual(busy.alternate, "tel:+15550100")
@@ -337,8 +340,8 @@ class RestartTests(TestCase):
         self.assertEqual(
             after["bob rules"],
             [
-                {"presence": "on-the-phone", "alternate": "tel:+15550100"},
-                {"presence": "out-to-lunch", "alternate": "im:bob.mobile@corp.example"},
+                {"states": ["on-the-phone"], "action": "refuse", "presence": "on-the-phone", "alternate": "tel:+15550100"},
+                {"states": ["out-to-lunch"], "action": "refuse", "presence": "out-to-lunch", "alternate": "im:bob.mobile@corp.example"},
             ],
         )
         self.assertEqual(bobSees.subscriptions, [])

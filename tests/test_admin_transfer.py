@@ -111,8 +111,15 @@ ONE_ROW_PER_TABLE: dict[str, tuple[object, ...]] = {
     "contacts": ("alice@corp.example", "bob@corp.example", "Bob"),
     "authorisations": ("alice@corp.example", "bob@corp.example", "authorised"),
     "access": ("alice@corp.example", "spam.example", "block"),
-    "rules": ("alice@corp.example", "busy", "tel:+15550100"),
+    "presence_rules": ("alice@corp.example", 0, "busy", "refuse", "", "any", "tel:+15550100", "", ""),
 }
+
+
+def _rule(owner: str, position: int, state: str, alternate: str) -> tuple[object, ...]:
+    """
+    A row of C{presence_rules}: a refusal for one state.
+    """
+    return (owner, position, state, "refuse", "", "any", alternate, "", "")
 
 
 def _insert(store: MemoryStore, table: str, *rows: tuple[object, ...]) -> None:
@@ -147,7 +154,13 @@ def _scenario() -> tuple[MemoryDirectory, MemoryStore, MemoryStore]:
     _insert(hs1, "contacts", *[(a, f"{n}", n.split("@")[0].title()) for n in ("bob@corp.example", "carol@corp.example", "dave@xmpp.example", "erin@corp.example")])
     _insert(hs1, "contacts", ("bob@corp.example", a, "Al"))
     _insert(hs1, "access", (a, "spam.example", "block"), (a, "bob@corp.example", "allow"), ("bob@corp.example", a, "allow"))
-    _insert(hs1, "rules", (a, "busy", "tel:+15550100"), (a, "away", "mailto:alice@corp.example"), ("bob@corp.example", "busy", "tel:+15550101"))
+    _insert(
+        hs1,
+        "presence_rules",
+        _rule(a, 0, "busy", "tel:+15550100"),
+        _rule(a, 1, "away", "mailto:alice@corp.example"),
+        _rule("bob@corp.example", 0, "busy", "tel:+15550101"),
+    )
     _insert(
         hs2,
         "authorisations",
@@ -210,11 +223,11 @@ class TransferTests(SynchronousTestCase):
         """
         a = "alice@corp.example"
         export = self.export()
-        self.assertEqual(export.counts(), {"access": 2, "authorisations": 8, "contacts": 4, "rules": 2})
+        self.assertEqual(export.counts(), {"access": 2, "authorisations": 8, "contacts": 4, "presence_rules": 2})
         summary = self.importInto(export)
-        self.assertEqual(summary, ImportSummary({"access": 2, "authorisations": 7, "contacts": 4, "rules": 2}, 1, 1, False))
+        self.assertEqual(summary, ImportSummary({"access": 2, "authorisations": 7, "contacts": 4, "presence_rules": 2}, 1, 1, False))
         self.switch()
-        self.assertEqual(self.purge(export), PurgeSummary({"access": 2, "authorisations": 6, "contacts": 4, "rules": 2}, 2))
+        self.assertEqual(self.purge(export), PurgeSummary({"access": 2, "authorisations": 6, "contacts": 4, "presence_rules": 2}, 2))
         self.assertEqual(
             self.hs2.dump(),
             {
@@ -236,7 +249,7 @@ class TransferTests(SynchronousTestCase):
                     [(a, n, n.split("@")[0].title()) for n in ("bob@corp.example", "carol@corp.example", "dave@xmpp.example", "erin@corp.example")]
                     + [("carol@corp.example", a, "Alice")]
                 ),
-                "rules": [(a, "away", "mailto:alice@corp.example"), (a, "busy", "tel:+15550100")],
+                "presence_rules": [_rule(a, 0, "busy", "tel:+15550100"), _rule(a, 1, "away", "mailto:alice@corp.example")],
             },
         )
         self.assertEqual(
@@ -251,7 +264,7 @@ class TransferTests(SynchronousTestCase):
                     ]
                 ),
                 "contacts": [("bob@corp.example", a, "Al")],
-                "rules": [("bob@corp.example", "busy", "tel:+15550101")],
+                "presence_rules": [_rule("bob@corp.example", 0, "busy", "tel:+15550101")],
             },
         )
 
@@ -336,7 +349,7 @@ class TransferTests(SynchronousTestCase):
         """
         a = "alice@corp.example"
         _insert(self.hs2, "contacts", (a, "zed@corp.example", "Zed"))
-        _insert(self.hs2, "rules", (a, "busy", "tel:old"))
+        _insert(self.hs2, "presence_rules", _rule(a, 0, "busy", "tel:old"))
         before = self.hs2.dump()
         export = self.export()
         self.assertEqual(
@@ -348,7 +361,7 @@ class TransferTests(SynchronousTestCase):
         summary = self.importInto(export, replace=True)
         self.assertEqual(summary.removed, 3)  # zed, the old rule, carol's stale copy of alice's decision
         self.assertNotIn((a, "zed@corp.example", "Zed"), self.hs2.dump()["contacts"])
-        self.assertIn((a, "busy", "tel:+15550100"), self.hs2.dump()["rules"])
+        self.assertIn(_rule(a, 0, "busy", "tel:+15550100"), self.hs2.dump()["presence_rules"])
 
     def test_importOneTransaction(self) -> None:
         """
@@ -377,7 +390,7 @@ class TransferTests(SynchronousTestCase):
             f"the export is of a store of schema version {export.schema + 1} (hs1), hs2's store is of version"
             f" {export.schema}: run the same imgateway version on both servers, then export again",
         )
-        tables = {n: t for n, t in export.tables.items() if n != "rules"}
+        tables = {n: t for n, t in export.tables.items() if n != "presence_rules"}
         data, _ = encodeExport(UserExport(ALICE, "hs1", NOW, export.schema, tables))
         self.assertIn("the export's tables (access: owner, entry, list; authorisations:", self.refused(
             importUser(self.directory, self.hs2, decodeExport(data, "x"), "hs2")
@@ -436,7 +449,7 @@ class TransferTests(SynchronousTestCase):
         export = self.export()
         self.switch()
         self.purge(export)
-        self.assertEqual(self.purge(export), PurgeSummary({"access": 0, "authorisations": 0, "contacts": 0, "rules": 0}, 2))
+        self.assertEqual(self.purge(export), PurgeSummary({"access": 0, "authorisations": 0, "contacts": 0, "presence_rules": 0}, 2))
         self.assertEqual(self.purge(None).kept, 2)
 
 
@@ -541,16 +554,16 @@ class ExportFileTests(SynchronousTestCase):
             body["tables"]["contacts"]["rows"].append(["alice@corp.example", "Not An@Address@", "?"])
 
         def short(body: dict[str, Any]) -> None:
-            body["tables"]["rules"]["rows"].append(["alice@corp.example", "busy"])
+            body["tables"]["presence_rules"]["rows"].append(["alice@corp.example", "busy"])
 
         def value(body: dict[str, Any]) -> None:
-            body["tables"]["rules"]["rows"].append(["alice@corp.example", "busy", True])
+            body["tables"]["presence_rules"]["rows"].append(["alice@corp.example", 5, "busy", "refuse", "", "any", "", "", True])
 
         self.assertEqual(
             self.bad(self.reencode(other)), "alice.json is not a valid export: a row of table 'contacts' is not alice@corp.example's"
         )
         self.assertIn("table 'contacts', column 'contact': not an address", self.bad(self.reencode(notAddress)))
-        self.assertIn("a row of table 'rules' has not 3 values", self.bad(self.reencode(short)))
+        self.assertIn("a row of table 'presence_rules' has not 9 values", self.bad(self.reencode(short)))
         self.assertIn("a value of an unknown kind: true", self.bad(self.reencode(value)))
 
 
@@ -620,7 +633,7 @@ class CommandTests(SynchronousTestCase):
         export = decodeExport(data, out)
         self.assertEqual(
             printed,
-            f"exported alice@corp.example from hs1's store to {out} (access 2, authorisations 8, contacts 4, rules 2;"
+            f"exported alice@corp.example from hs1's store to {out} (access 2, authorisations 8, contacts 4, presence_rules 2;"
             f" sha256 {export.digest[:16]})\n"
             "note: alice@corp.example is enabled in the directory: until the directory names its new home, a session"
             " of its on hs1 could change these rows (user purge will then refuse: export and import again)\n",
@@ -634,7 +647,7 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(
             self.command("hs2", "import", out),
             f"imported alice@corp.example into hs2's store from {out} (exported from hs1 at {export.exported}, sha256"
-            f" {export.digest[:16]}: access 2, authorisations 7, contacts 4, rules 2; left as hs2 keeps them, decided by"
+            f" {export.digest[:16]}: access 2, authorisations 7, contacts 4, presence_rules 2; left as hs2 keeps them, decided by"
             " its users: 1; removed: 1)\n"
             "next: make the directory name hs2 as the home server of alice@corp.example (LDAP: its home attribute),"
             " then, on hs1: imgateway-admin user purge alice@corp.example\n",
@@ -645,7 +658,7 @@ class CommandTests(SynchronousTestCase):
         self.directory.accounts[ALICE] = _account(ALICE, "hs2")
         self.assertEqual(
             self.command("hs1", "purge", "alice"),
-            "purged alice@corp.example from hs1's store (access 2, authorisations 6, contacts 4, rules 2;"
+            "purged alice@corp.example from hs1's store (access 2, authorisations 6, contacts 4, presence_rules 2;"
             " kept for its users: 2)\n",
         )
         self.assertEqual(

@@ -155,7 +155,10 @@ class MoveBetweenHostsTests(TestCase):
         )
         self.assertEqual(after["requests"], before["requests"])
         self.assertEqual(after["requests"], [str(DAN)])
-        self.assertEqual(await alice.rules(), [{"presence": "on-the-phone", "alternate": "tel:+15550100"}])
+        self.assertEqual(
+            await alice.rules(),
+            [{"states": ["on-the-phone"], "action": "refuse", "presence": "on-the-phone", "alternate": "tel:+15550100"}],
+        )
         self.assertEqual(await alice.accessLists(), {"allow": [str(CAROL)], "block": ["spam.example"]})
 
         # Her contacts, on hs1 and on hs2, see her; she sees them.

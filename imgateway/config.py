@@ -27,6 +27,7 @@ from imgateway.auth.passwords import DEFAULT_SCRAM_ITERATIONS
 from imgateway.core.address import normaliseDomain
 from imgateway.core.errors import ConfigError, InvalidAddress
 from imgateway.core.throttle import LimitsConfig
+from imgateway.manhole.config import ManholeConfig, parseManholeConfig
 from imgateway.net.certificates import CertificateProblem
 from imgateway.net.endpoints import checkServerEndpoint
 from imgateway.sqlite import Durability
@@ -48,6 +49,7 @@ __all__ = [
     "HomeConfig",
     "LimitsConfig",
     "LinksConfig",
+    "ManholeConfig",
     "RouterConfig",
     "ServerConfig",
     "findConfig",
@@ -372,6 +374,8 @@ class GatewayConfig:
     @ivar routes: The C{[routes]} table: peer domain to the address of its
         router's link listener (static routes win over DNS SRV records).
     @ivar directory: The C{[directory]} table.
+    @ivar manhole: The C{[manhole]} table
+        (L{imgateway.manhole.config.ManholeConfig}).
     """
 
     path: FilePath[str]
@@ -388,6 +392,7 @@ class GatewayConfig:
     servers: Mapping[str, ServerConfig] = {}
     routes: Mapping[str, HostPort] = {}
     directory: DirectoryConfig = DirectoryConfig()
+    manhole: ManholeConfig = ManholeConfig()
 
     @property
     def roles(self) -> frozenset[str]:
@@ -401,7 +406,7 @@ class GatewayConfig:
 
 
 #: Tables of the core; every other table is a protocol adapter's.
-CORE_TABLES = ("gateway", "home", "auth", "limits", "router", "links", "servers", "routes", "directory")
+CORE_TABLES = ("gateway", "home", "auth", "limits", "router", "links", "servers", "routes", "directory", "manhole")
 
 _HOME = HomeConfig()
 _AUTH = AuthConfig()
@@ -625,6 +630,11 @@ def parseConfig(
     homeServers = [name for name, server in servers.items() if "home" in server.roles] if servers else None
     directory = _parseDirectory(top, path, homeServerName, homeServers)
 
+    mh = top.table("manhole")
+    mh.where = f"{where} [manhole]"
+    manhole = parseManholeConfig(mh, reactor, domain)
+    mh.finish()
+
     adapters: dict[str, object] = {}
     for name in data:
         if name in CORE_TABLES:
@@ -658,6 +668,7 @@ def parseConfig(
         servers=servers,
         routes=routes,
         directory=directory,
+        manhole=manhole,
     )
 
 

@@ -374,6 +374,10 @@ def makeGatewayService(
         service.setServiceParent(faces)
     faces.setServiceParent(top)
     _Announcer(gateway).setServiceParent(top)
+    # [manhole]: the reactor watchdog and the SSH console (stopped first).
+    from imgateway.manhole.service import addManhole
+
+    addManhole(top, gateway, reactor)
     return gateway, top
 
 

@@ -255,6 +255,14 @@ class IRouter(IRoute):
         @raise ValueError: If another default route is set.
         """
 
+    def routes() -> dict[str, IRoute]:
+        """
+        @return: The domains with a route of their own (registered by
+            L{addRoute}: this process's home server's, adapters' links),
+            each with its route; not the default route, nor the routes over
+            server links (found per event).
+        """
+
 
 class IHomeLocator(Interface):
     """
@@ -546,6 +554,11 @@ class IHomeServer(IRoute):
 
         @raise ValueError: Saying which rule is wrong.
         @raise imgateway.core.errors.QuotaExceeded: Past C{max_rules}.
+        """
+
+    def users() -> list[Address]:
+        """
+        @return: The users that have sessions now, ordered by address.
         """
 
 

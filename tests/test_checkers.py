@@ -179,6 +179,9 @@ class FakeHomeServer:
     def setUserRules(self, address: Address, rules: Any) -> Any:
         raise NotImplementedError()
 
+    def users(self) -> list[Address]:
+        raise NotImplementedError()
+
 
 class AuthenticatorResolveTests(SynchronousTestCase):
     """

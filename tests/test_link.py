@@ -123,6 +123,9 @@ class FakeRouter:
     def routeFor(self, domain: str) -> IRoute | None:
         return None
 
+    def routes(self) -> dict[str, IRoute]:
+        return {}
+
     def setDefaultRoute(self, route: IRoute | None) -> None:
         raise NotImplementedError()
 

@@ -175,6 +175,9 @@ class RecordingHome:
     def setUserRules(self, address: Address, rules: Sequence[PresenceRule]) -> Deferred[None]:
         raise NotImplementedError()
 
+    def users(self) -> list[Address]:
+        return sorted({s.address for s in self.sessions if not s.closed})
+
     def deliver(self, event: Any) -> Deferred[DeliveryStatus]:
         return succeed(DeliveryStatus.DELIVERED)
 

@@ -126,6 +126,12 @@ class Router:
         """
         return self._routes.get(domain, self.defaultRoute)
 
+    def routes(self) -> dict[str, IRoute]:
+        """
+        See L{IRouter.routes}.
+        """
+        return dict(self._routes)
+
     def setDefaultRoute(self, route: IRoute | None) -> None:
         """
         Send events for every domain without a route of its own to

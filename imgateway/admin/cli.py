@@ -210,6 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--ip", action="append", default=[], metavar="ADDRESS", help="an IP address it holds (repeatable)")
     server.add_argument("--days", type=int, default=365, help="how many days it is valid (default: 365)")
     _ruleParser(areas)
+    _addConsoleParser(areas)
     return parser
 
 
@@ -788,6 +789,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = _parser().parse_args(argv)
     if args.area == "certs":
         _certs(args)
+    if args.area == "console":
+        _console(args)
     from twisted.internet import reactor
 
     theReactor = cast(IReactorCore, reactor)
@@ -810,6 +813,162 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except (ImgatewayError, _Refused) as e:
         _fail(str(e))
     react(lambda r: _run(r, config, action), _reactor=theReactor)
+
+
+# -- imgateway-admin console: the manhole over OpenSSH ------------------------------------
+
+
+def _addConsoleParser(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    console = areas.add_parser(
+        "console",
+        help="open the gateway's console (the SSH manhole, [manhole] listen), or run a script in it",
+        description="Connect to the running gateway's manhole with OpenSSH's ssh, as [manhole] user, checking its "
+        "host key against the one in the data folder. Without --script: the interactive console. With --script: "
+        "run the file in the console's namespace, print its output, and exit with its status (1 when it raised).",
+    )
+    console.add_argument("--script", metavar="FILE", default=None, help="run FILE (- for standard input) and exit")
+    console.add_argument(
+        "--identity", "-i", metavar="KEY", default=None, help="the private key to log in with (default: ssh's own)"
+    )
+    console.add_argument(
+        "--connect",
+        metavar="HOST:PORT",
+        default=None,
+        help="where the manhole listens (default: the first tcp endpoint of [manhole] listen)",
+    )
+    console.add_argument("--ssh", metavar="PROGRAM", default="ssh", help="the ssh client to run (default: ssh)")
+
+
+#: The name the manhole's host key is known by in the C{known_hosts} file
+#: L{consoleCommand} writes (C{HostKeyAlias}).
+MANHOLE_HOST_ALIAS = "imgateway-manhole"
+
+
+def _manholeTarget(config: GatewayConfig, connect: str | None) -> tuple[str, int]:
+    from imgateway.config import parseHostPort
+
+    if connect is not None:
+        try:
+            hostPort = parseHostPort(connect)
+        except ValueError as e:
+            raise _Refused(f"--connect: {e}") from None
+        return hostPort.host, hostPort.port
+    for description in config.manhole.listen:
+        parts = description.split(":")
+        if parts[0] in ("tcp", "tcp6") and len(parts) > 1 and parts[1].isdigit():
+            interface = next((p.split("=", 1)[1] for p in parts[2:] if p.startswith("interface=")), "")
+            host = interface if interface not in ("", "0.0.0.0", "::") else ("::1" if parts[0] == "tcp6" else "127.0.0.1")
+            return host, int(parts[1])
+    if not config.manhole.listen:
+        raise _Refused(f"{config.path.path}: [manhole] listen is not set: the gateway has no console")
+    raise _Refused("[manhole] listen has no tcp endpoint: give --connect HOST:PORT")
+
+
+def consoleCommand(
+    config: GatewayConfig,
+    knownHosts: str,
+    script: bool,
+    identity: str | None = None,
+    connect: str | None = None,
+    ssh: str = "ssh",
+) -> list[str]:
+    """
+    The C{ssh} command line that reaches the manhole of the gateway
+    C{config} describes.
+
+    @param knownHosts: The C{known_hosts} file that will hold the
+        manhole's host key (L{manholeKnownHosts}) under
+        L{MANHOLE_HOST_ALIAS}.
+    @param script: Whether a script is sent on the input (no terminal,
+        no prompt), else the interactive console (a terminal).
+    @raise _Refused: If the manhole cannot be reached that way.
+    """
+    host, port = _manholeTarget(config, connect)
+    command = [
+        ssh,
+        "-p",
+        str(port),
+        "-l",
+        config.manhole.user,
+        "-o",
+        f"UserKnownHostsFile={knownHosts}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        f"HostKeyAlias={MANHOLE_HOST_ALIAS}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "PreferredAuthentications=publickey",
+    ]
+    if identity is not None:
+        command += ["-i", identity, "-o", "IdentitiesOnly=yes"]
+    command += ["-T", "-o", "BatchMode=yes"] if script else ["-t"]
+    command.append(host)
+    return command
+
+
+def manholeKnownHosts(config: GatewayConfig) -> str:
+    """
+    @return: A C{known_hosts} line for the manhole's host key (the C{.pub}
+        the gateway keeps beside it in the data folder).
+    @raise _Refused: If there is none yet (the gateway never ran with a
+        console).
+    """
+    from imgateway.manhole.config import HOST_KEY_FILE
+
+    public = config.dataDir.child(HOST_KEY_FILE + ".pub")
+    try:
+        key = public.getContent().decode("ascii").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise _Refused(
+            f"cannot read the manhole's host key {public.path} ({getattr(e, 'strerror', e)}):"
+            " start the gateway with [manhole] listen set first"
+        ) from None
+    return f"{MANHOLE_HOST_ALIAS} {key}\n"
+
+
+def _console(args: argparse.Namespace) -> NoReturn:
+    """
+    Run C{imgateway-admin console}: ssh to the manhole, and exit with
+    ssh's status (the script's, in script mode).
+    """
+    import subprocess
+    import tempfile
+
+    from twisted.internet import reactor
+
+    try:
+        config = loadConfig(findConfig(args.config), cast(IReactorCore, reactor), adapterConfigParsers())
+        knownHostsLine = manholeKnownHosts(config)
+        source: bytes | None = None
+        if args.script is not None:
+            try:
+                if args.script == "-":
+                    source = sys.stdin.buffer.read()
+                else:
+                    with open(args.script, "rb") as f:
+                        source = f.read()
+            except OSError as e:
+                raise _Refused(f"cannot read {args.script}: {e.strerror}") from None
+        with tempfile.TemporaryDirectory(prefix="imgateway-console-") as folder:
+            knownHosts = os.path.join(folder, "known_hosts")
+            with open(knownHosts, "w", encoding="ascii") as f:
+                f.write(knownHostsLine)
+            command = consoleCommand(config, knownHosts, source is not None, args.identity, args.connect, args.ssh)
+            try:
+                done = subprocess.run(command, input=source, stdin=None if source is not None else sys.stdin)
+            except OSError as e:
+                raise _Refused(f"cannot run {args.ssh}: {e.strerror}") from None
+    except (ImgatewayError, _Refused) as e:
+        _fail(str(e))
+    if done.returncode == 255:
+        print(
+            f"{_PROG}: ssh could not log in to the manhole (exit status 255): is the gateway running, and is your"
+            f" key (--identity) in [manhole] authorized_keys for the user {config.manhole.user}?",
+            file=sys.stderr,
+        )
+    raise SystemExit(done.returncode)
 
 
 if __name__ == "__main__":

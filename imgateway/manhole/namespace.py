@@ -13,6 +13,7 @@ a delivery return a L{Deferred}: the console shows its result when it fires
 from __future__ import annotations
 
 import inspect
+import re
 import rlcompleter
 from collections.abc import Mapping
 from typing import Any
@@ -38,6 +39,9 @@ __all__ = ["CONSOLE_LABEL", "GatewayConsole", "LinkInfo", "SessionInfo", "UserIn
 CONSOLE_LABEL = "console"
 
 log = Logger()
+
+#: Epytext markup (C{C{x}}, C{L{x}}), left out of L{GatewayConsole.help}.
+_MARKUP = re.compile(r"[CLIB]\{([^{}]*)\}")
 
 
 @frozen
@@ -132,19 +136,13 @@ class GatewayConsole:
         """
         @param systemSender: The local part of the address system messages
             come from.
-        @param root: The gateway's service tree, searched for links; found
-            at each call when C{None} and set later (L{setRoot}).
+        @param root: The gateway's service tree, searched for links
+            (L{links}); C{None}: no links are shown.
         """
         self._gateway = gateway
         self._system = Address.fromParts(systemSender, gateway.domain)
         self._root = root
         self._held: dict[Address, ISession] = {}
-
-    def setRoot(self, root: IService) -> None:
-        """
-        Set the service tree searched for links (L{links}).
-        """
-        self._root = root
 
     def __repr__(self) -> str:
         return f"<gateway {self._gateway.domain}: gateway.help() lists the helpers>"
@@ -157,25 +155,27 @@ class GatewayConsole:
     def _helpers(cls) -> dict[str, str]:
         found = {}
         for name, member in inspect.getmembers(cls, inspect.isfunction):
-            if not name.startswith("_") and name != "setRoot":
-                found[name] = (inspect.getdoc(member) or "").split("\n\n")[0].replace("\n", " ")
+            if not name.startswith("_"):
+                first = (inspect.getdoc(member) or "").split("\n\n")[0].replace("\n", " ")
+                found[name] = _MARKUP.sub(r"\1", first)
         return found
 
     # -- looking --------------------------------------------------------------------
 
     def help(self) -> str:
         """
-        List the helpers, each with the first sentences of its docstring.
+        List the helpers; C{help(gateway.NAME)} says more about one.
         """
-        helpers = self._helpers()
-        width = max(len(n) for n in helpers)
-        lines = [f"gateway.{name.ljust(width)}  {text}" for name, text in sorted(helpers.items())]
+        calls = {name: f"gateway.{name}{_arguments(getattr(type(self), name))}" for name in self._helpers()}
+        width = max(len(c) for c in calls.values())
+        lines = [f"{calls[name].ljust(width)}  {text}" for name, text in sorted(self._helpers().items())]
         return "\n".join(lines) + "\n"
 
     def users(self, domain: str | None = None) -> Deferred[list[UserInfo]]:
         """
-        The accounts of the directory (of C{domain}; this gateway's when
-        C{None}), each with its number of sessions on this server.
+        The accounts of the directory, with their sessions here.
+
+        Those of C{domain}; this gateway's when C{None}.
         """
         home = self._home()
         d: Deferred[list[AccountRecord]] = self._gateway.directory.listAccounts(
@@ -205,8 +205,9 @@ class GatewayConsole:
 
     def sessions(self, user: str | Address | None = None) -> list[SessionInfo]:
         """
-        The open sessions (of C{user}, or of everybody): their ids (what
-        L{kick} takes), users, labels and presence.
+        The open sessions (of C{user}, or of everybody).
+
+        Each with its id (what L{kick} takes), user, label and presence.
         """
         home = self._needHome()
         users = [self._address(user)] if user is not None else home.users()
@@ -218,16 +219,16 @@ class GatewayConsole:
 
     def presence(self, user: str | Address) -> str:
         """
-        A user's presence, as its own sessions see it (C{appear-offline}
-        included): C{"away (lunch)"}.
+        A user's presence, as its own sessions see it: C{"away (lunch)"}.
         """
         return str(self._needHome().presenceOf(self._address(user)))
 
     def contacts(self, user: str | Address) -> Deferred[list[str]]:
         """
-        A user's contact list: each contact with the user's name for it and,
-        while the user has a session, the subscription and the presence the
-        user sees.
+        A user's contact list.
+
+        Each contact comes with the user's name for it and, while the user
+        has a session, the subscription and the presence the user sees.
         """
         address = self._address(user)
         sessions = self._needHome().sessionsOf(address)
@@ -250,9 +251,10 @@ class GatewayConsole:
 
     def routes(self) -> dict[str, str]:
         """
-        The router's table: each domain with a route of its own, and
-        C{"*"} for the default route (XMPP federation), with what takes
-        them.
+        The router's table: each domain with what takes its events.
+
+        C{"*"} is the default route (XMPP federation), for domains without
+        a route of their own.
         """
         router = self._gateway.router
         table = {domain: _describeRoute(route) for domain, route in sorted(router.routes().items())}
@@ -262,9 +264,11 @@ class GatewayConsole:
 
     def links(self) -> list[LinkInfo]:
         """
-        The state of every link: to the domain's other servers and peer
-        domains' routers (and the incoming ones), to XMPP servers
-        (federation) and component hosts.
+        The state of every link.
+
+        Links to the domain's other servers and peer domains' routers (and
+        the incoming ones), to XMPP servers (federation) and component
+        hosts.
         """
         return _findLinks(self._root) if self._root is not None else []
 
@@ -272,12 +276,15 @@ class GatewayConsole:
 
     def setPresence(self, user: str | Address, state: str | PresenceState, note: str = "") -> Deferred[str]:
         """
-        Set a user's presence (C{"online"}, C{"busy"}, C{"be-right-back"},
+        Set a user's presence: a state and a note.
+
+        The state is one of C{"online"}, C{"busy"}, C{"be-right-back"},
         C{"away"}, C{"on-the-phone"}, C{"out-to-lunch"},
-        C{"appear-offline"}, C{"offline"}), with a C{note}: published on
-        each of the user's sessions (until its client publishes again); a
-        user without one gets a session the console holds (at most
-        C{[home] max_presence_lease} seconds), which C{"offline"} closes.
+        C{"appear-offline"}, C{"offline"}. It is published on each of the
+        user's sessions (until its client publishes again); a user without
+        one gets a session the console holds (labelled C{console}, for at
+        most C{[home] max_presence_lease} seconds), which C{"offline"}
+        closes.
 
         @return: Fires with what was done.
         """
@@ -312,8 +319,11 @@ class GatewayConsole:
 
     def sendMessage(self, sender: str | Address, recipient: str | Address, body: str) -> Deferred[str]:
         """
-        Send a message as C{sender} (a user of this domain, or any address)
-        to C{recipient} (of any network), as if C{sender}'s client had.
+        Send a message as a user.
+
+        C{sender} is a user of this domain (or any address), C{recipient}
+        an address of any network; the message goes as if C{sender}'s
+        client had sent it.
 
         @return: Fires with the outcome (C{"200 delivered"}), or fails with
             the delivery error (C{"480 alice@... is offline"}).
@@ -325,8 +335,9 @@ class GatewayConsole:
 
     def notify(self, recipient: str | Address, body: str) -> Deferred[str]:
         """
-        Send a message from the system (C{[manhole] system_sender} at this
-        domain) to C{recipient}.
+        Send a message from the system to a user.
+
+        The sender is C{[manhole] system_sender} at this domain.
 
         @return: As L{sendMessage}.
         """
@@ -337,8 +348,7 @@ class GatewayConsole:
 
     def broadcast(self, body: str) -> Deferred[dict[str, str]]:
         """
-        Send a notice from the system to every user with a session on this
-        server.
+        Send a notice from the system to every user online here.
 
         @return: Fires with each user's outcome.
         """
@@ -353,8 +363,9 @@ class GatewayConsole:
 
     def kick(self, sessionId: str, reason: str = "closed by the operator") -> str:
         """
-        End a session (an id from L{sessions}): its client is told C{reason}
-        and disconnected.
+        End a session (an id from L{sessions}).
+
+        Its client is told C{reason} and disconnected.
         """
         home = self._needHome()
         for user in home.users():
@@ -368,8 +379,10 @@ class GatewayConsole:
 
     def disable(self, user: str | Address, reason: str = "account disabled by the operator") -> Deferred[str]:
         """
-        Disable an account (it can no longer log in or receive, as
-        C{imgateway-admin user disable} does) and end its sessions.
+        Disable an account and end its sessions.
+
+        It can no longer log in or receive, as after C{imgateway-admin user
+        disable}.
         """
         try:
             address = self._address(user)
@@ -421,6 +434,14 @@ class GatewayConsole:
         log.info("Console: message {id} from {sender} to {recipient}", id=message.messageId, sender=sender, recipient=recipient)
         d: Deferred[Any] = maybeDeferred(self._gateway.router.deliver, message)
         return d.addCallback(lambda status: f"{status.value} {status.name.lower().replace('_', ' ')}")
+
+
+def _arguments(method: Any) -> str:
+    """
+    A method's arguments, without C{self} and annotations: C{(user, note='')}.
+    """
+    parameters = list(inspect.signature(method).parameters.values())[1:]
+    return "(" + ", ".join(p.name + ("" if p.default is p.empty else f"={p.default!r}") for p in parameters) + ")"
 
 
 def _outcome(failure: Failure) -> str:

@@ -29,7 +29,7 @@ from twisted.conch.insults import insults
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.manhole import ColoredManhole
 from twisted.conch.ssh import connection, userauth
-from twisted.conch.ssh.keys import BadKeyError, Key
+from twisted.conch.ssh.keys import BadKeyError, FingerprintFormats, Key
 from twisted.conch.ssh.session import SSHSessionProcessProtocol, wrapProcessProtocol, wrapProtocol
 from twisted.cred.portal import Portal
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -62,35 +62,39 @@ TOO_LONG_STATUS = 2
 def loadHostKey(dataDir: FilePath[str]) -> Key:
     """
     The manhole's SSH host key: L{HOST_KEY_FILE} in the data folder, made
-    (Ed25519, mode 0600, with its public half beside it in C{.pub}) when
-    there is none.
+    (Ed25519, mode 0600) when there is none; its public half is kept beside
+    it in C{.pub} (for C{imgateway-admin console}'s C{known_hosts}).
 
     @raise ConfigError: If the key file is readable by others than its
         owner, or is no private key.
     """
     path = dataDir.child(HOST_KEY_FILE)
     if not path.exists():
-        key = Key(ed25519.Ed25519PrivateKey.generate())
+        made = Key(ed25519.Ed25519PrivateKey.generate())
         fd = os.open(path.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(key.toString("OPENSSH"))
-        dataDir.child(HOST_KEY_FILE + ".pub").setContent(key.public().toString("OPENSSH") + b"\n")
+            f.write(made.toString("OPENSSH"))
         log.info(
             "Made the manhole's SSH host key {path} ({fingerprint})",
             path=path.path,
-            fingerprint=key.fingerprint(format="sha256-base64"),
+            fingerprint=made.fingerprint(FingerprintFormats.SHA256_BASE64),
         )
-        return key
     mode = os.stat(path.path).st_mode & 0o777
     if mode & 0o077:
         raise ConfigError(f"{path.path}: the manhole's host key may be read by others (mode {mode:o}): chmod 600 it")
     try:
-        stored: Key = Key.fromFile(path.path)
+        key: Key = Key.fromFile(path.path)
     except (BadKeyError, ValueError) as e:
         raise ConfigError(f"{path.path}: not an SSH private key: {e}") from None
-    if stored.isPublic():
+    if key.isPublic():
         raise ConfigError(f"{path.path}: not an SSH private key")
-    return stored
+    public = dataDir.child(HOST_KEY_FILE + ".pub")
+    line = key.public().toString("OPENSSH") + b"\n"
+    if not public.exists() or public.getContent() != line:
+        fd = os.open(public.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(line)
+    return key
 
 
 @implementer(IAuthorizedKeysDB)

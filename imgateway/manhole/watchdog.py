@@ -115,9 +115,9 @@ class ReactorWatchdog(Service):
         if caught is not None and caught[0] == last:
             self.reports += 1
             self.log.warn(
-                "Reactor blocked for {seconds:.1f} s (more than [manhole] watchdog_seconds = {threshold}); "
-                "it was running:\n{stack}",
-                seconds=max(0.0, now - last - self.interval),
+                "Reactor blocked: it did not run for {seconds:.1f} s (more than [manhole] watchdog_seconds = "
+                "{threshold}); it was running:\n{stack}",
+                seconds=now - last,
                 threshold=self.threshold,
                 stack=caught[1],
             )

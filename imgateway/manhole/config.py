@@ -106,12 +106,12 @@ def parseManholeConfig(table: ConfigTable, reactor: IReactorCore, domain: str) -
     if not user or not all(c.isalnum() or c in "-_." for c in user) or not user.isascii():
         raise table.error("user", f"must be a simple name (letters, digits, '-', '_', '.'), got {user!r}")
     systemSender = table.get("system_sender", str, _DEFAULT.systemSender)
+    if "@" in systemSender:
+        raise table.error("system_sender", f"a local part, without '@' (the domain is {domain}), got {systemSender!r}")
     try:
         address = Address.fromParts(systemSender, domain)
     except InvalidAddress as e:
         raise table.error("system_sender", f"{systemSender!r}: {e}") from None
-    if "@" in systemSender:
-        raise table.error("system_sender", f"a local part, without '@' (the domain is {domain}), got {systemSender!r}")
     watchdog = table.get("watchdog_seconds", float, _DEFAULT.watchdogSeconds)
     if watchdog < 0:
         raise table.error("watchdog_seconds", f"must be 0 (off) or more, got {watchdog!r}")

@@ -44,6 +44,15 @@ log = Logger()
 _MARKUP = re.compile(r"[CLIB]\{([^{}]*)\}")
 
 
+class _Text(str):
+    """
+    Text the console shows as it is (not quoted, with its line breaks).
+    """
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 @frozen
 class SessionInfo:
     """
@@ -162,14 +171,16 @@ class GatewayConsole:
 
     # -- looking --------------------------------------------------------------------
 
-    def help(self) -> str:
+    def help(self) -> _Text:
         """
         List the helpers; C{help(gateway.NAME)} says more about one.
         """
-        calls = {name: f"gateway.{name}{_arguments(getattr(type(self), name))}" for name in self._helpers()}
-        width = max(len(c) for c in calls.values())
-        lines = [f"{calls[name].ljust(width)}  {text}" for name, text in sorted(self._helpers().items())]
-        return "\n".join(lines) + "\n"
+        return _Text(
+            "".join(
+                f"gateway.{name}{_arguments(getattr(type(self), name))}\n    {text}\n"
+                for name, text in sorted(self._helpers().items())
+            )
+        )
 
     def users(self, domain: str | None = None) -> Deferred[list[UserInfo]]:
         """

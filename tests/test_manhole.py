@@ -71,6 +71,22 @@ class ManholeConfigTests(SynchronousTestCase):
         )
         self.assertEqual((config.maxScriptBytes, config.systemSender), (1024 * 1024, "imgateway"))
 
+    def test_shipped(self) -> None:
+        """
+        The shipped C{etc/imgateway.toml} shows every key of C{[manhole]}
+        with its default.
+        """
+        from imgateway.config import loadConfig
+        from imgateway.plugins import adapterConfigParsers
+        from tests.test_imports import REPO
+
+        path = REPO.child("etc").child("imgateway.toml")
+        self.assertEqual(loadConfig(path.path, MemoryReactor(), adapterConfigParsers()).manhole, ManholeConfig())
+        text = path.getContent().decode("utf-8").split("\n[manhole]\n", 1)[1]
+        for key in ("listen", "authorized_keys", "user", "login_timeout", "max_auth_attempts", "max_script_bytes",
+                    "system_sender", "watchdog_seconds"):
+            self.assertIn(f"\n{key} = ", "\n" + text.replace("# ", ""))
+
     def test_everyKey(self) -> None:
         """
         Every key is read; a relative C{authorized_keys} resolves against the

@@ -469,7 +469,7 @@ def _describeRoute(route: object) -> str:
     if isinstance(what, str):
         return f"{name} {what}"
     if domains:
-        return f"{name} ({', '.join(domains)})"
+        return f"{name} ({', '.join(sorted(domains))})"
     return name
 
 

@@ -209,3 +209,34 @@ class ScriptSessionTests(SynchronousTestCase):
         script.inputEnded()
         self.assertEqual((transport.value(), ended), (b"", [TOO_LONG_STATUS]))
         self.assertEqual(errors, [f"script longer than {len(source) - 1} bytes ([manhole] max_script_bytes)\n".encode()])
+
+
+class _Handler:
+    def __init__(self) -> None:
+        self.output: list[str] = []
+
+    def addOutput(self, data: str, isAsync: bool | None = None) -> None:
+        self.output.append(data)
+
+
+class ConsoleInterpreterTests(SynchronousTestCase):
+    """
+    The interactive console's interpreter.
+    """
+
+    def test_failedDeferredShown(self) -> None:
+        """
+        A L{Deferred} the console shows that then fails is shown failed,
+        and handled: it is not logged later as an unhandled error.
+        """
+        from twisted.internet.defer import Deferred
+
+        from imgateway.manhole.ssh import _ConsoleInterpreter
+
+        handler = _Handler()
+        interpreter = _ConsoleInterpreter(handler, {})
+        d: Deferred[None] = Deferred()
+        interpreter.displayhook(d)
+        d.errback(ValueError("dave@corp.example is offline"))
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(handler.output, ["<Deferred #0>", "Deferred #0 failed: 'dave@corp.example is offline'"])

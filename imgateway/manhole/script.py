@@ -87,8 +87,6 @@ def runScript(
     try:
         result = eval(code, globals_)
     except BaseException as e:  # noqa: B902 - a script must never stop the gateway (SystemExit included)
-        if isinstance(e, KeyboardInterrupt):
-            raise
         return _fired(failed(e))
     if not inspect.iscoroutine(result):
         return _fired(0)
@@ -97,8 +95,6 @@ def runScript(
         try:
             await result
         except BaseException as e:  # noqa: B902 - as above
-            if isinstance(e, KeyboardInterrupt):
-                raise
             return failed(e)
         return 0
 

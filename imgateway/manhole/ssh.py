@@ -27,7 +27,7 @@ from twisted.application.service import IService, MultiService
 from twisted.conch import manhole_ssh
 from twisted.conch.insults import insults
 from twisted.conch.interfaces import IConchUser
-from twisted.conch.manhole import ColoredManhole
+from twisted.conch.manhole import ColoredManhole, ManholeInterpreter
 from twisted.conch.ssh import connection, userauth
 from twisted.conch.ssh.keys import BadKeyError, FingerprintFormats, Key
 from twisted.conch.ssh.session import SSHSessionProcessProtocol, wrapProcessProtocol, wrapProtocol
@@ -118,11 +118,27 @@ class _AuthorizedKeysFile:
             return []
 
 
+class _ConsoleInterpreter(ManholeInterpreter):
+    """
+    The console's interpreter: a L{Deferred} that fails once shown
+    (C{Deferred #1 failed: ...}) is handled, not left to be logged as an
+    unhandled error when it is collected.
+    """
+
+    def _ebDisplayDeferred(self, failure: Failure, k: int, obj: Any) -> None:
+        super()._ebDisplayDeferred(failure, k, obj)
+
+
 class ConsoleManhole(ColoredManhole):
     """
     The interactive console: L{ColoredManhole}, whose TAB completes the name
-    before the cursor (L{completions}).
+    before the cursor (L{completions}), and whose failed L{Deferred}s are
+    shown only (L{_ConsoleInterpreter}).
     """
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.interpreter = _ConsoleInterpreter(self, self.namespace)
 
     def handle_TAB(self) -> None:
         before = b"".join(self.lineBuffer[: self.lineBufferIndex]).decode("utf-8", "replace")

@@ -7,18 +7,19 @@ with the rest of the configuration (L{imgateway.config.parseConfig}).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from attrs import frozen
 
 from imgateway.core.address import Address
-from imgateway.core.errors import InvalidAddress
+from imgateway.core.errors import ConfigError, InvalidAddress
 
 if TYPE_CHECKING:
     from twisted.conch.ssh.keys import Key
     from twisted.internet.interfaces import IReactorCore
 
-    from imgateway.config import ConfigTable
+T = TypeVar("T")
 
 __all__ = ["HOST_KEY_FILE", "ManholeConfig", "parseManholeConfig", "readAuthorizedKeys"]
 
@@ -62,6 +63,23 @@ class ManholeConfig:
 _DEFAULT = ManholeConfig()
 
 
+class _Table(Protocol):
+    """
+    What is read of an L{imgateway.config.ConfigTable} (which imports this
+    module).
+    """
+
+    def error(self, key: str, problem: str) -> ConfigError: ...
+
+    def get(self, key: str, kind: type[T], default: T = ...) -> T: ...
+
+    def positive(self, key: str, kind: type[T], default: T) -> T: ...
+
+    def path(self, key: str, default: str | None = None) -> str | None: ...
+
+    def endpoints(self, key: str, reactor: IReactorCore, default: Sequence[str] = ()) -> tuple[str, ...]: ...
+
+
 def readAuthorizedKeys(path: str) -> list[Key]:
     """
     Read an OpenSSH C{authorized_keys} file: one public key a line; blank
@@ -86,7 +104,7 @@ def readAuthorizedKeys(path: str) -> list[Key]:
     return found
 
 
-def parseManholeConfig(table: ConfigTable, reactor: IReactorCore, domain: str) -> ManholeConfig:
+def parseManholeConfig(table: _Table, reactor: IReactorCore, domain: str) -> ManholeConfig:
     """
     Read and check the C{[manhole]} table.
 

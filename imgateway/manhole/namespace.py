@@ -293,9 +293,9 @@ class GatewayConsole:
         C{"away"}, C{"on-the-phone"}, C{"out-to-lunch"},
         C{"appear-offline"}, C{"offline"}. It is published on each of the
         user's sessions (until its client publishes again); a user without
-        one gets a session the console holds (labelled C{console}, for at
-        most C{[home] max_presence_lease} seconds), which C{"offline"}
-        closes.
+        one gets a session the console holds (labelled C{console}; its
+        presence holds for at most C{[home] max_presence_lease} seconds),
+        which C{"offline"} (or L{kick}) closes.
 
         @return: Fires with what was done.
         """

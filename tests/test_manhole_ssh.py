@@ -240,3 +240,22 @@ class ConsoleInterpreterTests(SynchronousTestCase):
         d.errback(ValueError("dave@corp.example is offline"))
         self.assertIsNone(self.successResultOf(d))
         self.assertEqual(handler.output, ["<Deferred #0>", "Deferred #0 failed: 'dave@corp.example is offline'"])
+
+    def test_firedDeferredShown(self) -> None:
+        """
+        A L{Deferred} that had fired already shows its result; one that had
+        failed shows why, and is handled.
+        """
+        from twisted.internet.defer import fail, succeed
+
+        from imgateway.manhole.ssh import _ConsoleInterpreter
+
+        handler = _Handler()
+        interpreter = _ConsoleInterpreter(handler, {})
+        interpreter.displayhook(succeed("200 delivered"))
+        failed = fail(ValueError("bob@corp.example is offline"))
+        interpreter.displayhook(failed)
+        self.assertIsNone(self.successResultOf(failed))
+        self.assertEqual(
+            handler.output, ["<Deferred called back: '200 delivered'>", "<Deferred failed: 'bob@corp.example is offline'>"]
+        )

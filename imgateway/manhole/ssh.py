@@ -32,6 +32,7 @@ from twisted.conch.ssh import connection, userauth
 from twisted.conch.ssh.keys import BadKeyError, FingerprintFormats, Key
 from twisted.conch.ssh.session import SSHSessionProcessProtocol, wrapProcessProtocol, wrapProtocol
 from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
@@ -120,10 +121,23 @@ class _AuthorizedKeysFile:
 
 class _ConsoleInterpreter(ManholeInterpreter):
     """
-    The console's interpreter: a L{Deferred} that fails once shown
-    (C{Deferred #1 failed: ...}) is handled, not left to be logged as an
-    unhandled error when it is collected.
+    The console's interpreter: a L{Deferred} shown failed (C{Deferred #1
+    failed: ...}, or C{<Deferred failed: ...>} when it had failed already)
+    is handled, not left to be logged as an unhandled error when it is
+    collected; one that had fired already shows its result.
     """
+
+    def displayhook(self, obj: object) -> None:
+        if isinstance(obj, Deferred) and obj.called and not isinstance(getattr(obj, "result", None), Deferred):
+            self.locals["_"] = obj
+            result = obj.result
+            if isinstance(result, Failure):
+                obj.addErrback(lambda f: None)
+                self.write(f"<Deferred failed: {result.getErrorMessage()!r}>")
+            else:
+                self.write(f"<Deferred called back: {result!r}>")
+            return
+        super().displayhook(obj)
 
     def _ebDisplayDeferred(self, failure: Failure, k: int, obj: Any) -> None:
         super()._ebDisplayDeferred(failure, k, obj)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import re
+from functools import cached_property
 from collections.abc import Iterator, Mapping
 from typing import TypeAlias
 
@@ -50,6 +51,8 @@ _METHOD = re.compile(r"[A-Z]{1,16}")
 _METHOD_BYTES = re.compile(rb"[A-Z]{1,16}")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 _HEADER_NAME_BYTES = re.compile(rb"[A-Za-z0-9-]+")
+# Header names, one a line.
+_HEADER_NAMES = re.compile(r"[A-Za-z0-9-]+(?:\n[A-Za-z0-9-]+)*")
 # Something shaped like a protocol version (IMGW/1.0, SIP/2.0, HTTP/1.1).
 _VERSION_LIKE = re.compile(rb"[A-Za-z][A-Za-z0-9-]*/[0-9]+\.[0-9]+")
 _SUPPORTED_VERSION = re.compile(rb"IMGW/1\.[0-9]+")
@@ -64,6 +67,20 @@ _TARGET_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
 
 # A run of blank lines.
 _BLANK_LINES = re.compile(rb"(?:\r?\n)+")
+
+# The usual start lines, for a request and for a response.
+_REQUEST_LINE = re.compile(rb"([A-Z]{1,16}) ([^ ]+) IMGW/1\.[0-9]+")
+_STATUS_LINE = re.compile(rb"IMGW/1\.[0-9]+ ([1-6][0-9][0-9])(?: (.*))?", re.DOTALL)
+# The first byte of a blank line.
+_BLANK_START = frozenset(b"\r\n")
+# The end of a head (start line and header lines) with CRLF line ends.
+_HEAD_END = b"\r\n\r\n"
+# A header line at the start of a line of a block of lines joined by CRLF:
+# its name, and its value without the spaces and tabs before it.
+_HEADER_PAIR = re.compile(r"^([A-Za-z0-9-]+):[ \t]*([^\r\n]*)", re.MULTILINE)
+# What _VALUE_FORBIDDEN refuses, other than CR and LF (in a block, those
+# are only found in the CRLFs between lines).
+_BLOCK_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 _CR = 0x0D
 _LF = b"\n"
@@ -114,6 +131,22 @@ class Headers:
 
     items: tuple[tuple[str, str], ...] = ()
 
+    @cached_property
+    def _byName(self) -> dict[str, list[str]]:
+        """
+        The values of each header, by its name in lower case, in order:
+        built on the first look-up, so that each look-up after it costs one
+        dictionary access (a request's headers are looked up many times).
+        """
+        index: dict[str, list[str]] = {}
+        for n, v in self.items:
+            values = index.get(n.lower())
+            if values is None:
+                index[n.lower()] = [v]
+            else:
+                values.append(v)
+        return index
+
     @classmethod
     def of(cls, *pairs: tuple[str, str]) -> Headers:
         """
@@ -141,19 +174,15 @@ class Headers:
         @param default: What to return if there is no such header.
         @return: The value of the first header called C{name}, or C{default}.
         """
-        lower = name.lower()
-        for n, v in self.items:
-            if n.lower() == lower:
-                return v
-        return default
+        values = self._byName.get(name.lower())
+        return default if values is None else values[0]
 
     def getAll(self, name: str) -> list[str]:
         """
         @param name: A header name, in any case.
         @return: The values of every header called C{name}, in order.
         """
-        lower = name.lower()
-        return [v for n, v in self.items if n.lower() == lower]
+        return list(self._byName.get(name.lower(), ()))
 
     def __contains__(self, name: object) -> bool:
         """
@@ -161,8 +190,7 @@ class Headers:
         """
         if not isinstance(name, str):
             return False
-        lower = name.lower()
-        return any(n.lower() == lower for n, _ in self.items)
+        return name.lower() in self._byName
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         """
@@ -325,20 +353,42 @@ def serialise(frame: Frame) -> bytes:
         if _VALUE_FORBIDDEN.search(frame.reason):
             raise ValueError(f"invalid reason phrase {frame.reason!r}")
         start = f"{VERSION} {code} {frame.reason}"
-    lines = [start]
-    for name, value in frame.headers.items:
+    items = frame.headers.items
+    body = bytes(frame.body)
+    if items:
+        # Every name and value checked at once (the usual case: all good,
+        # no Content-Length); on any doubt, one by one (_headerLines). A
+        # name holding the separator fails the count.
+        names = "\n".join([n for n, _ in items])
+        if (
+            _HEADER_NAMES.fullmatch(names) is None
+            or names.count("\n") != len(items) - 1
+            or _VALUE_FORBIDDEN.search("\t".join([v for _, v in items]))
+            or "content-length" in names.lower()
+        ):
+            head = "".join(_headerLines(items))
+        else:
+            head = "".join([f"{n}: {v}\r\n" for n, v in items])
+    else:
+        head = ""
+    if body:
+        return f"{start}\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode("utf-8") + body
+    return f"{start}\r\n{head}\r\n".encode("utf-8")
+
+
+def _headerLines(items: tuple[tuple[str, str], ...]) -> Iterator[str]:
+    """
+    @return: The header lines of C{items}, each with its line end, leaving
+        out C{Content-Length}.
+    @raise ValueError: At the first invalid name or value.
+    """
+    for name, value in items:
         if _HEADER_NAME.fullmatch(name) is None:
             raise ValueError(f"invalid header name {name!r}")
         if _VALUE_FORBIDDEN.search(value):
             raise ValueError(f"invalid value for header {name}: {value!r}")
-        if name.lower() == "content-length":
-            continue
-        lines.append(f"{name}: {value}")
-    body = bytes(frame.body)
-    if body:
-        lines.append(f"Content-Length: {len(body)}")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8") + body
+        if name.lower() != "content-length":
+            yield f"{name}: {value}\r\n"
 
 
 class FramingError(Exception):
@@ -413,7 +463,10 @@ class FrameParser:
     Parsing never buffers more than the current line (at most a limit plus
     two bytes) or the current body (at most C{maxBodyBytes}) beyond the
     bytes received and not parsed yet, and searches each byte for a line
-    end once, however the stream is cut into chunks.
+    end at most twice, however the stream is cut into chunks: a head
+    (start line and headers) received whole, with CRLF line ends, is
+    parsed in one go; anything else (a head cut by a read, bare LFs, a
+    frame breaking a rule) line by line, which gives every error.
 
     @ivar closed: Whether a fatal error was met; L{feed} then returns
         nothing, ever.
@@ -491,6 +544,14 @@ class FrameParser:
             return None
         out: list[Frame | FramingError] = []
         try:
+            if self._state is _State.START and not self._scanned:
+                self._isResponse = False
+                frame = self._wholeFrame()
+                if frame is not None:
+                    if self._pos >= 65536:
+                        del self._buf[: self._pos]
+                        self._pos = 0
+                    return frame
             while not out and self._step(out):
                 pass
         except FramingError as e:
@@ -573,6 +634,121 @@ class FrameParser:
         self._state = _State.HEADERS
         return True
 
+    def _wholeFrame(self) -> Frame | None:
+        """
+        Parse a frame whose head (start line and headers) was received
+        whole, in one go: when the bytes from here up to the longest head
+        the limits allow hold its end (a blank line), and it has CRLF line
+        ends only, is within the limits, well-formed, and has one valid
+        C{Seq} and at most one valid C{Content-Length} within the limit.
+        Else nothing is consumed, and the frame is parsed line by line
+        (which finds the same frame, or the error).
+
+        @return: The frame, if its body is here too; else C{None} (its head
+            parsed, its body awaited, if it was parsed).
+        @raise FramingError: On a fatal error in the start line (the same
+            that line-by-line parsing raises).
+        """
+        buf = self._buf
+        pos = self._pos
+        if pos < len(buf) and buf[pos] in _BLANK_START:
+            blanks = _BLANK_LINES.match(buf, pos)
+            if blanks is not None:
+                pos = self._pos = blanks.end()
+        limits = self._limits
+        end = buf.find(_HEAD_END, pos, pos + limits.maxStartLineBytes + limits.maxHeaderBytes + 4)
+        if end < 0:
+            return None
+        head = bytes(buf[pos:end])
+        lines = head.count(b"\r\n")
+        if head.count(b"\r") != lines or head.count(b"\n") != lines or lines > limits.maxHeaders:
+            return None
+        cut = head.find(b"\r\n")
+        start = head if cut < 0 else head[:cut]
+        if not start or len(start) > limits.maxStartLineBytes or len(head) - len(start) > limits.maxHeaderBytes:
+            return None
+        if cut < 0:
+            return None  # no Seq
+        try:
+            block = head[cut + 2 :].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if _BLOCK_FORBIDDEN.search(block):
+            return None
+        pairs: list[tuple[str, str]] = _HEADER_PAIR.findall(block)
+        if len(pairs) != lines:
+            return None  # a line that is no header line
+        if " \r" in block or "\t\r" in block or block[-1] in " \t":
+            pairs = [(n, v.rstrip(" \t")) for n, v in pairs]
+        seq: str | None = None
+        length: str | None = None
+        for name, value in pairs:
+            size = len(name)
+            if size == 3 and name.lower() == "seq":
+                if seq is not None:
+                    return None
+                seq = value
+            elif size == 14 and name.lower() == "content-length":
+                if length is not None:
+                    return None
+                length = value
+        if seq is None or _SEQ.fullmatch(seq) is None or int(seq) > MAX_SEQ:
+            return None
+        size = 0
+        if length is not None:
+            if _CONTENT_LENGTH.fullmatch(length) is None:
+                return None
+            size = int(length)
+            if size > limits.maxBodyBytes:
+                return None
+            pairs = [(n, v) for n, v in pairs if len(n) != 14 or n.lower() != "content-length"]
+        self._fastStartLine(start)
+        headers = Headers(tuple(pairs))
+        bodyStart = end + 4
+        if bodyStart + size > len(buf):
+            # The body is still to come.
+            self._pos = bodyStart
+            self._pendingHeaders = headers
+            self._remaining = size
+            self._state = _State.BODY
+            return None
+        self._pos = bodyStart + size
+        body = bytes(buf[bodyStart : bodyStart + size]) if size else b""
+        if self._isResponse:
+            return Response(self._code, self._reason, headers, body)
+        return Request(self._method, self._target, headers, body)
+
+    def _fastStartLine(self, text: bytes) -> None:
+        """
+        L{_parseStartLine} with one regular expression for the usual start
+        lines (the others go to it).
+        """
+        match = _REQUEST_LINE.fullmatch(text)
+        if match is not None:
+            method, target = match.groups()
+            try:
+                targetText = target.decode("utf-8")
+            except UnicodeDecodeError:
+                targetText = ""
+            if targetText and not _TARGET_FORBIDDEN.search(targetText):
+                self._method = method.decode("ascii")
+                self._target = targetText
+                return
+        else:
+            match = _STATUS_LINE.fullmatch(text)
+            if match is not None:
+                code, reason = match.groups()
+                try:
+                    reasonText = reason.decode("utf-8") if reason else ""
+                except UnicodeDecodeError:
+                    reasonText = "\x00"
+                if not _VALUE_FORBIDDEN.search(reasonText):
+                    self._isResponse = True
+                    self._code = int(code)
+                    self._reason = reasonText
+                    return
+        self._parseStartLine(text)
+
     def _parseStartLine(self, text: bytes) -> None:
         first, _, rest = text.partition(b" ")
         if _VERSION_LIKE.fullmatch(first):
@@ -641,9 +817,9 @@ class FrameParser:
         return True
 
     def _endHeaders(self, out: list[Frame | FramingError]) -> None:
-        headers = Headers(tuple(self._headers))
+        pairs = self._headers
         self._headers = []
-        lengths = headers.getAll("Content-Length")
+        lengths = [v for n, v in pairs if len(n) == 14 and n.lower() == "content-length"]
         length = 0
         if lengths:
             if any(_CONTENT_LENGTH.fullmatch(v) is None for v in lengths):
@@ -652,7 +828,8 @@ class FrameParser:
             if len(values) > 1:
                 raise FramingError(400, "conflicting Content-Length headers")
             (length,) = values
-            headers = headers.without("Content-Length")
+            pairs = [(n, v) for n, v in pairs if len(n) != 14 or n.lower() != "content-length"]
+        headers = Headers(tuple(pairs))
         seq = _seqOf(headers)
         if length > self._limits.maxBodyBytes:
             out.append(

@@ -146,17 +146,30 @@ def followMoves(
     @return: Fires as C{attempt} does; fails as C{locator.homeOf} does.
     """
 
-    def once(retry: bool) -> Deferred[T]:
-        def moved(f: Failure) -> Deferred[T]:
-            f.trap(MovedTo)
-            home = f.value.home  # type: ignore[union-attr]
-            locator.forget(address)
-            if retry:
-                log.debug("{address} moved to {home}; trying again: {what}", address=address, home=home, what=what)
-                return once(False)
-            log.warn("{address} moved again (to {home}) during {what}; giving up", address=address, home=home, what=what)
-            return fail(giveUp())
+    # No closure that calls itself (a reference cycle per call, left to the
+    # garbage collector): this runs for every delivery to a user of the
+    # domain.
+    return locator.homeOf(address).addCallback(attempt).addErrback(_moved, locator, address, attempt, what, giveUp, True)
 
-        return locator.homeOf(address).addCallback(attempt).addErrback(moved)
 
-    return once(True)
+def _moved(
+    f: Failure,
+    locator: IHomeLocator,
+    address: Address,
+    attempt: Callable[[str | None], Deferred[T]],
+    what: object,
+    giveUp: Callable[[], Exception],
+    retry: bool,
+) -> Deferred[T]:
+    """
+    L{followMoves}' answer to a failed C{attempt}: on L{MovedTo}, forget
+    the user's home and, if C{retry}, attempt once more.
+    """
+    f.trap(MovedTo)
+    home = f.value.home  # type: ignore[union-attr]
+    locator.forget(address)
+    if retry:
+        log.debug("{address} moved to {home}; trying again: {what}", address=address, home=home, what=what)
+        return locator.homeOf(address).addCallback(attempt).addErrback(_moved, locator, address, attempt, what, giveUp, False)
+    log.warn("{address} moved again (to {home}) during {what}; giving up", address=address, home=home, what=what)
+    return fail(giveUp())

@@ -4,6 +4,7 @@ Tests for the twistd plugin and the adapter plugin package.
 
 from __future__ import annotations
 
+import gc
 import io
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from imgateway.adapters.native.adapter import NativeAdapter
 from imgateway.adapters.xmpp.adapter import XMPPAdapter
 from imgateway import __version__
 from imgateway.plugins import adapterConfigParsers, adapterPlugins
-from imgateway.tap import Options
+from imgateway.tap import YOUNG_OBJECTS, Options, freezeStartupHeap
 
 REPO = FilePath(__file__).parent().parent()
 
@@ -147,3 +148,41 @@ class TapOptionsTests(SynchronousTestCase):
         from twisted import __version__ as twistedVersion
 
         self.assertEqual(out.getvalue(), f"imgateway {__version__} (Twisted {twistedVersion})\n")
+
+
+class FreezeStartupHeapTests(SynchronousTestCase):
+    """
+    L{imgateway.tap.freezeStartupHeap}: what start-up made is put out of
+    the garbage collector's way once the reactor runs.
+    """
+
+    def test_collectsThenFreezes(self) -> None:
+        """
+        It collects what start-up left as garbage, then freezes the rest
+        (the objects alive now are in the permanent generation), and
+        collects the youngest generation every L{YOUNG_OBJECTS} objects.
+        """
+        calls: list[str] = []
+
+        class Collector:
+            def collect(self) -> int:
+                calls.append("collect")
+                return 0
+
+            def freeze(self) -> None:
+                calls.append("freeze")
+
+            def get_threshold(self) -> tuple[int, int, int]:
+                return (700, 10, 20)
+
+            def set_threshold(self, *threshold: int) -> None:
+                calls.append(f"threshold {threshold}")
+
+        freezeStartupHeap(Collector())
+        self.assertEqual(calls, ["collect", "freeze", f"threshold {(YOUNG_OBJECTS, 10, 20)}"])
+        self.addCleanup(gc.unfreeze)
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
+        before = gc.get_freeze_count()
+        freezeStartupHeap()
+        self.assertGreater(gc.get_freeze_count(), before)
+        self.assertEqual(gc.get_threshold()[0], YOUNG_OBJECTS)

@@ -1873,6 +1873,41 @@ class ManyHomesTests(SynchronousTestCase):
         )
         self.failureResultOf(self.homes["hs2"].deliver(Message(DAVE, CAROL, "hi")), UserOffline)
 
+    def test_messageToSessionAsksNoDirectory(self) -> None:
+        """
+        A message for a user with sessions here is delivered without asking
+        the locator anything (the user is homed here; where the sender is
+        homed matters only while the server stops).
+        """
+        carol, carolClient = self.open(CAROL)
+        home = self.homes["hs2"]
+        locator = home.locator
+        assert locator is not None
+        asked: list[Address] = []
+        original = locator.homeOf
+
+        def homeOf(address: Address) -> Deferred[str | None]:
+            asked.append(address)
+            return original(address)
+
+        self.patch(locator, "homeOf", homeOf)
+        self.assertEqual(self.successResultOf(home.deliver(Message(ALICE, CAROL, "hi"))), DeliveryStatus.DELIVERED)
+        self.assertEqual(asked, [])
+        self.assertEqual([m.body for m in carolClient.messages], ["hi"])
+
+    def test_drainRefusesOtherHomesToSessions(self) -> None:
+        """
+        A draining home server refuses a message for a user with sessions
+        from a user homed on another server (503), and delivers one from a
+        user homed on it.
+        """
+        carol, carolClient = self.open(CAROL)
+        home = self.homes["hs2"]
+        self.successResultOf(home.drain())
+        self.failureResultOf(home.deliver(Message(ALICE, CAROL, "from hs1")), ServiceUnavailable)
+        self.assertEqual(self.successResultOf(home.deliver(Message(DAVE, CAROL, "from hs2"))), DeliveryStatus.DELIVERED)
+        self.assertEqual([m.body for m in carolClient.messages], ["from hs2"])
+
 
 class SingleHomeTests(HomeServerTestsMixin, SynchronousTestCase):
     """

@@ -1130,6 +1130,22 @@ class HomeServer:
                 account = self.directory.getAccount(recipient)
                 return self._serial(recipient, lambda: account.addCallback(self._deliverSubscription, event, here))
             return self._serial(recipient, lambda: self._deliverNow(event, here))
+        if isinstance(event, Message) and self._localState(recipient) is not None:
+            # A message for a user with sessions here (so homed here): the
+            # directory is asked nothing, unless the server is stopping
+            # (then a message from a user homed elsewhere is refused).
+            def message() -> Deferred[DeliveryStatus]:
+                if not self.stopping:
+                    return self._deliverMessage(event)
+
+                def decide(here: bool) -> Deferred[DeliveryStatus]:
+                    if not here:
+                        raise _shuttingDown()
+                    return self._deliverMessage(event)
+
+                return self._shares(event.sender).addCallback(decide)
+
+            return self._serial(recipient, message)
         # The directory's answers do not depend on what the lane writes:
         # ask now, while the event waits for its turn. The recipient's
         # account says whether it lives here still: read for subscription

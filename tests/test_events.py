@@ -19,7 +19,8 @@ from imgateway.core.errors import (
     UserBusy,
     statusError,
 )
-from imgateway.core.events import DEFAULT_MAX_HOPS, Message, PresenceUpdate, forwarded
+from imgateway.core import events
+from imgateway.core.events import DEFAULT_MAX_HOPS, Message, PresenceUpdate, forwarded, newRoutingId
 from imgateway.core.presence import Presence
 from imgateway.core.ratelimit import TokenBucket
 from imgateway.core.records import Subscription
@@ -61,6 +62,22 @@ class EventTests(SynchronousTestCase):
         one, two = Message(A, B, "hi", messageId="x", timestamp=1.0), Message(A, B, "hi", messageId="x", timestamp=1.0)
         self.assertNotEqual(one.routingId, two.routingId)
         self.assertEqual(one, two)
+
+    def test_routingIds(self) -> None:
+        """
+        Routing ids are a per-process random prefix and a counter: all
+        different, valid C{Routing-Id} values for a link (1 to 128 visible
+        ASCII characters), and a forked child draws a prefix of its own.
+        """
+        ids = [newRoutingId() for _ in range(1000)] + [Message(A, B, "hi").routingId for _ in range(1000)]
+        self.assertEqual(len(set(ids)), len(ids))
+        prefix = ids[0][:16]
+        for routingId in ids:
+            self.assertTrue(routingId.startswith(prefix), routingId)
+            self.assertRegex(routingId, r"\A[\x21-\x7e]{1,128}\Z")
+        self.patch(events, "_ROUTING_PREFIX", events._ROUTING_PREFIX)
+        events._newRoutingPrefix()
+        self.assertNotEqual(newRoutingId()[:16], prefix)
 
     def test_messageReprHidesBody(self) -> None:
         """

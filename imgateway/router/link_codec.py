@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-import uuid
 from collections.abc import Sequence
 
 import attrs
@@ -37,7 +36,7 @@ from imgateway.adapters.native.mapping import (
 )
 from imgateway.core.address import Address
 from imgateway.core.errors import DeliveryError, DeliveryStatus, InvalidAddress, MovedTo, UserBusy, statusError
-from imgateway.core.events import Event, Message, MessageMark, PresenceProbe, PresenceUpdate, SubscriptionEvent
+from imgateway.core.events import Event, Message, MessageMark, PresenceProbe, PresenceUpdate, SubscriptionEvent, newRoutingId
 from imgateway.core.presence import Presence
 
 __all__ = [
@@ -84,13 +83,6 @@ class LinkCodecError(ValueError):
         super().__init__(detail)
         self.code = code
         self.detail = detail
-
-
-def newRoutingId() -> str:
-    """
-    @return: A fresh routing id, for a request whose event carries none.
-    """
-    return uuid.uuid4().hex
 
 
 def viaEntry(domain: str, name: str) -> str:

@@ -104,20 +104,29 @@ class EventRoundTripTests(SynchronousTestCase):
 
     def test_defaultsLeftOut(self) -> None:
         """
-        C{Hops} is left out when 0 and a message's C{Content-Type} when
-        C{text/plain} (their defaults); the decoder reads them absent, or
-        present with their default value (as a sender that writes every
-        header sends them), to the same event. Other values are sent.
+        C{Hops} is left out when 0, C{Max-Hops} when 8 and a message's
+        C{Content-Type} when C{text/plain} (their defaults); the decoder
+        reads them absent, or present with their default value (as a sender
+        that writes every header sends them), to the same event and hop
+        budget. Other values are sent.
         """
         plain = Message(ALICE, CAROL, "hi", messageId="m", timestamp=1.5, routingId="r")
         request = encodeRequest(plain, ["corp.example/hs1"], 8, "r")
         self.assertEqual(
             [name for name, value in request.headers],
-            ["From", "Message-ID", "Timestamp", "Via", "Max-Hops", "Routing-Id"],
+            ["From", "Message-ID", "Timestamp", "Via", "Routing-Id"],
         )
-        self.assertEqual(decodeRequest(wireRequest(request)).event, plain)
-        explicit = attrs.evolve(request, headers=request.headers.with_("Hops", "0").with_("Content-Type", "text/plain"))
-        self.assertEqual(decodeRequest(wireRequest(explicit)).event, plain)
+        decoded = decodeRequest(wireRequest(request))
+        self.assertEqual((decoded.event, decoded.maxHops), (plain, 8))
+        explicit = attrs.evolve(
+            request, headers=request.headers.with_("Hops", "0").with_("Content-Type", "text/plain").with_("Max-Hops", "8")
+        )
+        decoded = decodeRequest(wireRequest(explicit))
+        self.assertEqual((decoded.event, decoded.maxHops), (plain, 8))
+        for maxHops in (1, 7, 9):
+            request = encodeRequest(plain, ["corp.example/hs1"], maxHops, "r")
+            self.assertEqual(request.headers.get("Max-Hops"), str(maxHops))
+            self.assertEqual(decodeRequest(wireRequest(request)).maxHops, maxHops)
         rich = attrs.evolve(plain, contentType="text/html", hops=1)
         request = encodeRequest(rich, ["corp.example/hs1"], 8, "r")
         self.assertEqual((request.headers.get("Hops"), request.headers.get("Content-Type")), ("1", "text/html"))
@@ -202,8 +211,9 @@ class BadRequestTests(SynchronousTestCase):
 
     def test_badHeaders(self) -> None:
         """
-        Missing or invalid C{Max-Hops}, C{Routing-Id}, C{Hops}, C{From},
-        C{Timestamp}, C{Message-ID} are 400; C{Max-Hops: 0} is 482.
+        Invalid C{Max-Hops}, C{Hops}, missing or invalid C{Routing-Id},
+        C{From}, C{Timestamp}, C{Message-ID} are 400; C{Max-Hops: 0} is 482;
+        a missing C{Max-Hops} is its default, 8.
         """
         good = self.good()
         for name, value in [
@@ -217,8 +227,9 @@ class BadRequestTests(SynchronousTestCase):
             ("Message-ID", "with space"),
         ]:
             self.assertRefused(attrs.evolve(good, headers=good.headers.with_(name, value)))
-        for name in ("Max-Hops", "Routing-Id", "From", "Timestamp", "Message-ID"):
+        for name in ("Routing-Id", "From", "Timestamp", "Message-ID"):
             self.assertRefused(attrs.evolve(good, headers=good.headers.without(name)))
+        self.assertEqual(decodeRequest(attrs.evolve(good, headers=good.headers.without("Max-Hops"))).maxHops, 8)
         self.assertRefused(attrs.evolve(good, headers=good.headers.with_("Max-Hops", "0")), 482)
 
     def test_badTargetsAndBodies(self) -> None:

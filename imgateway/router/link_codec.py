@@ -40,6 +40,7 @@ from imgateway.core.events import Event, Message, MessageMark, PresenceProbe, Pr
 from imgateway.core.presence import Presence
 
 __all__ = [
+    "DEFAULT_MAX_HOPS",
     "EVENT_METHODS",
     "LinkCodecError",
     "LinkRequest",
@@ -68,6 +69,10 @@ _LEASE = re.compile(r"[0-9]{1,10}(\.[0-9]{1,6})?")
 
 #: A message's C{Content-Type} when the header is absent (or empty).
 DEFAULT_CONTENT_TYPE = "text/plain"
+
+#: A request's C{Max-Hops} when the header is absent: what an originating
+#: server sends with the shipped C{[links] max_hops}.
+DEFAULT_MAX_HOPS = 8
 
 
 class LinkCodecError(ValueError):
@@ -160,9 +165,11 @@ def encodeRequest(event: Event, via: Sequence[str], maxHops: int, routingId: str
     if _ROUTING_ID.fullmatch(routingId) is None:
         raise ValueError(f"invalid routing id {routingId!r}")
     common: list[tuple[str, str]] = [("Via", v) for v in via]
-    common += [("Max-Hops", str(maxHops)), ("Routing-Id", routingId)]
     # Headers at their default are left out (docs/protocol.md §9.3): each
     # header line costs both sides framing work on every delivery.
+    if maxHops != DEFAULT_MAX_HOPS:
+        common.append(("Max-Hops", str(maxHops)))
+    common.append(("Routing-Id", routingId))
     if event.hops:
         common.append(("Hops", str(event.hops)))
     if isinstance(event, Message):
@@ -228,19 +235,27 @@ def checkHopHeaders(request: Request) -> tuple[tuple[str, ...], int, str]:
     """
     Read the hop headers every link request carries.
 
-    @return: Its C{Via} values, C{Max-Hops} and C{Routing-Id}.
-    @raise LinkCodecError: If C{Max-Hops} or C{Routing-Id} is missing or
-        invalid (400), or C{Max-Hops} is 0 (482: no link may be crossed).
+    @return: Its C{Via} values, C{Max-Hops} (L{DEFAULT_MAX_HOPS} when
+        absent) and C{Routing-Id}.
+    @raise LinkCodecError: If C{Max-Hops} is invalid or C{Routing-Id}
+        missing or invalid (400), or C{Max-Hops} is 0 (482: no link may be
+        crossed).
     """
-    maxHops = _required(request, "Max-Hops")
+    maxHops = request.headers.get("Max-Hops")
+    if maxHops is None:
+        return tuple(request.headers.getAll("Via")), DEFAULT_MAX_HOPS, _routingIdOf(request)
     if _NUMBER.fullmatch(maxHops) is None:
         raise LinkCodecError(f"invalid Max-Hops {maxHops[:32]!r}")
     if int(maxHops) < 1:
         raise LinkCodecError("Max-Hops exhausted", code=482)
+    return tuple(request.headers.getAll("Via")), int(maxHops), _routingIdOf(request)
+
+
+def _routingIdOf(request: Request) -> str:
     routingId = _required(request, "Routing-Id")
     if _ROUTING_ID.fullmatch(routingId) is None:
         raise LinkCodecError(f"invalid Routing-Id {routingId[:32]!r}")
-    return tuple(request.headers.getAll("Via")), int(maxHops), routingId
+    return routingId
 
 
 def decodeRequest(request: Request) -> LinkRequest:

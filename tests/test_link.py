@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python.filepath import FilePath
@@ -53,7 +54,8 @@ from imgateway.router.link import (
     serialiseUnsequenced,
     withSeq,
 )
-from imgateway.router.link_codec import encodeRequest
+from imgateway.router import link
+from imgateway.router.link_codec import DELIVERED, encodeRequest, encodeResponse
 
 from tests.test_net_srv import FakeResolver
 
@@ -1213,6 +1215,21 @@ class WireTests(SynchronousTestCase):
             assert isinstance(parsed, (Request, Response))
             self.assertEqual(parsed.seq, 4711)
             self.assertEqual(parsed.body, frame.body)
+
+    def test_deliveredKept(self) -> None:
+        """
+        A delivery's answer is one response (L{DELIVERED}), whose bytes a
+        connection keeps: they are those of a fresh C{200 OK}, and each
+        answer carries the C{Seq} of its request.
+        """
+        self.assertIs(encodeResponse(DeliveryStatus.DELIVERED), DELIVERED)
+        self.assertEqual(link._DELIVERED_BYTES, serialiseUnsequenced(Response(200, "OK", Headers())))
+        transport = StringTransport()
+        connection = LinkConnection({}, Clock(), 10.0)
+        connection.makeConnection(transport)
+        connection._respond(7, encodeResponse(DeliveryStatus.DELIVERED))
+        connection._respond(8, encodeResponse(DeliveryStatus.DELIVERED))
+        self.assertEqual(transport.value(), b"".join(serialise(Response(200, "OK", Headers((("Seq", str(n)),)))) for n in (7, 8)))
 
     def test_seqReplaced(self) -> None:
         """

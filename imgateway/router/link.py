@@ -57,6 +57,7 @@ from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter
 from imgateway.net.addresses import isLoopback
 from imgateway.net.tls import TLSFiles, trustRoot, validFor
 from imgateway.router.link_codec import (
+    DELIVERED,
     EVENT_METHODS,
     LinkCodecError,
     decodeRequest,
@@ -133,6 +134,11 @@ def withSeq(encoded: bytes, seq: int) -> bytes:
     """
     end = encoded.index(b"\r\n") + 2
     return b"%sSeq: %d\r\n%s" % (encoded[:end], seq, encoded[end:])
+
+
+#: L{DELIVERED} as L{serialiseUnsequenced} writes it: the answer to most
+#: requests, serialised once.
+_DELIVERED_BYTES = serialiseUnsequenced(DELIVERED)
 
 
 @frozen
@@ -420,7 +426,7 @@ class LinkConnection(Protocol):
         if not self.connected:
             return
         try:
-            data = withSeq(serialiseUnsequenced(response), seq)
+            data = withSeq(_DELIVERED_BYTES if response is DELIVERED else serialiseUnsequenced(response), seq)
         except ValueError as e:
             log.error("Link with {peer}: cannot send response {code}: {error}", peer=self.peer or "unknown peer", code=response.code, error=e)
             data = serialise(_response(500, "internal error", (("Seq", str(seq)),)))

@@ -41,6 +41,7 @@ from imgateway.core.presence import Presence
 
 __all__ = [
     "DEFAULT_MAX_HOPS",
+    "DELIVERED",
     "EVENT_METHODS",
     "LinkCodecError",
     "LinkRequest",
@@ -69,6 +70,10 @@ _LEASE = re.compile(r"[0-9]{1,10}(\.[0-9]{1,6})?")
 
 #: A message's C{Content-Type} when the header is absent (or empty).
 DEFAULT_CONTENT_TYPE = "text/plain"
+
+#: The response that reports a delivery (one object, so that a
+#: connection can keep its bytes).
+DELIVERED = Response(200, REASONS[200], Headers())
 
 #: A request's C{Max-Hops} when the header is absent: what an originating
 #: server sends with the shipped C{[links] max_hops}.
@@ -339,7 +344,7 @@ def encodeResponse(result: DeliveryStatus | DeliveryError) -> Response:
     if isinstance(result, DeliveryStatus):
         if result is not DeliveryStatus.DELIVERED:
             raise ValueError(f"a failed status travels as its error, not {result!r}")
-        return Response(200, REASONS[200], Headers())
+        return DELIVERED
     code = codeForDelivery(result)
     headers: list[tuple[str, str]] = [("Detail", _clean(result.text, MAX_DETAIL_CHARS))]
     if isinstance(result, UserBusy) and result.alternate is not None:

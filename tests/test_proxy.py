@@ -45,7 +45,8 @@ from imgateway.core.records import (
 )
 from imgateway.interfaces import IHomeServer, ILinkRoutes, IRoute, ISession, ISessionClient
 from imgateway.router.link import LinkClient, LinkReceiver, LinkTraces
-from imgateway.router.link_codec import encodeRequest
+from imgateway.router import proxy
+from imgateway.router.link_codec import DELIVERED, encodeRequest
 from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.router.proxy import LINK_LOST, ProxyHomeServer, RemoteSession, SessionHost, installProxy
 from imgateway.testing import MemoryDirectory, RecordingSessionClient
@@ -896,3 +897,19 @@ class BackMethodTests(ProxyTestCase):
         lost: list[object] = []
         connection.whenLost(lost.append)
         self.assertEqual(lost, [connection])
+
+
+class AnswerTests(SynchronousTestCase):
+    """
+    The home server's answers to a router's session requests.
+    """
+
+    def test_plainAnswerIsDelivered(self) -> None:
+        """
+        An operation that succeeds with nothing to say is answered with the
+        link's one C{200} response (L{DELIVERED}, whose bytes a connection
+        keeps); one with a result, with its JSON.
+        """
+        self.assertIs(proxy._ok(), DELIVERED)
+        answer = proxy._ok({"lease": 60})
+        self.assertEqual((answer.code, answer.headers.get("Content-Type"), answer.body), (200, "application/json", b'{"lease": 60}'))

@@ -65,7 +65,7 @@ from imgateway.core.presence import OFFLINE, Presence, PresenceState
 from imgateway.core.records import AccessList, AuthorisationState, ContactView, PresenceRule
 from imgateway.interfaces import IHomeLocator, IHomeServer, ILinkRoutes, ISession, ISessionClient
 from imgateway.router.link import LinkClient, LinkConnection
-from imgateway.router.link_codec import MAX_DETAIL_CHARS, decodeResponse, encodeResponse
+from imgateway.router.link_codec import DELIVERED, MAX_DETAIL_CHARS, decodeResponse, encodeResponse
 from imgateway.router.locator import followMoves, homeOfAuthenticated
 
 __all__ = [
@@ -163,7 +163,8 @@ def _read(request: Request | Response) -> Any:
 
 def _ok(data: object = None) -> Response:
     if data is None:
-        return Response(200, REASONS[200], Headers())
+        # One object, whose bytes the link connection keeps.
+        return DELIVERED
     return Response(200, REASONS[200], Headers((("Content-Type", "application/json"),)), _body(data))
 
 

@@ -655,6 +655,25 @@ class DuplicateTests(RawTestCase):
         self.assertEqual(self.successResultOf(third).code, 486)
         self.assertEqual(len(self.server.router.events), 2)
 
+    def test_answerRemembered(self) -> None:
+        """
+        Once the first request is answered, what is remembered for its
+        duplicates is the answer itself (no L{Deferred}: up to 100,000
+        stay in memory), and a duplicate gets it at once.
+        """
+        connection, flush = self.raw()
+        request = encodeRequest(Message(CAROL, ALICE, "hi"), ["corp.example/hs2"], 8, "rid-2")
+        first = connection.request(request)
+        flush()
+        self.assertEqual(self.successResultOf(first).code, 200)
+        expires, remembered = self.server.receiver._answers["rid-2"]
+        self.assertEqual((expires, remembered.code), (300.0, 200))  # type: ignore[union-attr]
+        self.assertIsInstance(remembered, Response)
+        second = connection.request(request)
+        flush()
+        self.assertEqual(self.successResultOf(second).code, 200)
+        self.assertEqual(len(self.server.router.events), 1)
+
     def test_inProgressBound(self) -> None:
         """
         A peer may have C{max_queue} requests in progress on a connection;

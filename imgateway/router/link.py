@@ -873,10 +873,12 @@ class LinkClient(MultiService):
         return d if d is not None else succeed(None)
 
 
-@frozen
-class _Answer:
-    expires: float
-    deferred: Deferred[Response]
+#: What the duplicate check remembers of a request: when to forget it, and
+#: its answer once sent (a plain tuple holding the response: up to
+#: DEFAULT_MAX_REMEMBERED of them stay in memory, where each object more
+#: is one more for every full collection of the garbage collector), or a
+#: L{Deferred} of it while it is being handled.
+_Answer = tuple[float, "Deferred[Response] | Response"]
 
 
 class LinkReceiver:
@@ -985,9 +987,11 @@ class LinkReceiver:
         previous = self._answers.get(incoming.routingId)
         if previous is not None:
             log.info("Link from {peer}: duplicate {routingId} answered as the first", peer=peer, routingId=incoming.routingId)
-            return _chain(previous.deferred)
+            earlier = previous[1]
+            return _chain(earlier) if isinstance(earlier, Deferred) else earlier
         first: Deferred[Response] = Deferred()
-        self._answers[incoming.routingId] = _Answer(now + self._config.links.duplicateWindow, first)
+        expires = now + self._config.links.duplicateWindow
+        self._answers[incoming.routingId] = (expires, first)
         while len(self._answers) > self._maxRemembered:
             self._answers.popitem(last=False)
 
@@ -1038,12 +1042,15 @@ class LinkReceiver:
                 handled = outcome if isinstance(outcome, Deferred) else succeed(outcome)
 
         def done(response: Response) -> Response:
-            if not 200 <= response.code < 500 or 300 <= response.code < 400:
-                # Nothing was delivered and a retry may succeed: not an
-                # answer to repeat.
-                answer = self._answers.get(incoming.routingId)
-                if answer is not None and answer.deferred is first:
+            answer = self._answers.get(incoming.routingId)
+            if answer is not None and answer[1] is first:
+                if not 200 <= response.code < 500 or 300 <= response.code < 400:
+                    # Nothing was delivered and a retry may succeed: not an
+                    # answer to repeat.
                     del self._answers[incoming.routingId]
+                else:
+                    # The answer itself from now on, not the Deferred.
+                    self._answers[incoming.routingId] = (expires, response)
             first.callback(response)
             return response
 
@@ -1057,7 +1064,7 @@ class LinkReceiver:
     def _forgetExpired(self, now: float) -> None:
         while self._answers:
             routingId, answer = next(iter(self._answers.items()))
-            if answer.expires > now:
+            if answer[0] > now:
                 break
             del self._answers[routingId]
 

@@ -278,7 +278,7 @@ class Request:
     headers: Headers
     body: bytes = b""
 
-    @property
+    @cached_property
     def seq(self) -> int:
         """
         The sequence number, from the C{Seq} header.
@@ -306,7 +306,7 @@ class Response:
     headers: Headers
     body: bytes = b""
 
-    @property
+    @cached_property
     def seq(self) -> int:
         """
         The sequence number, from the C{Seq} header: that of the request it
@@ -494,6 +494,7 @@ class FrameParser:
         self._headers: list[tuple[str, str]] = []
         self._headerBytes = 0
         self._pendingHeaders = Headers()
+        self._pendingSeq = 0
         self._remaining = 0
 
     @property
@@ -709,14 +710,20 @@ class FrameParser:
             # The body is still to come.
             self._pos = bodyStart
             self._pendingHeaders = headers
+            self._pendingSeq = int(seq)
             self._remaining = size
             self._state = _State.BODY
             return None
         self._pos = bodyStart + size
         body = bytes(buf[bodyStart : bodyStart + size]) if size else b""
+        frame: Frame
         if self._isResponse:
-            return Response(self._code, self._reason, headers, body)
-        return Request(self._method, self._target, headers, body)
+            frame = Response(self._code, self._reason, headers, body)
+        else:
+            frame = Request(self._method, self._target, headers, body)
+        # Its sequence number, known already (a cached property).
+        object.__setattr__(frame, "seq", int(seq))
+        return frame
 
     def _fastStartLine(self, text: bytes) -> None:
         """
@@ -855,6 +862,7 @@ class FrameParser:
             self._startDiscarding(length)
             return
         self._pendingHeaders = headers
+        self._pendingSeq = seq
         self._remaining = length
         self._state = _State.BODY
 
@@ -874,6 +882,7 @@ class FrameParser:
             frame = Response(self._code, self._reason, self._pendingHeaders, body)
         else:
             frame = Request(self._method, self._target, self._pendingHeaders, body)
+        object.__setattr__(frame, "seq", self._pendingSeq)
         out.append(frame)
         self._state = _State.START
         return True

@@ -5,6 +5,8 @@ L{imgateway.core.records} and L{imgateway.core.ratelimit}.
 
 from __future__ import annotations
 
+import attrs
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -104,6 +106,14 @@ class EventTests(SynchronousTestCase):
         m = Message(A, B, "hi", hops=DEFAULT_MAX_HOPS - 1)
         self.assertEqual(forwarded(m).hops, DEFAULT_MAX_HOPS)
         self.assertRaises(LoopDetected, forwarded, forwarded(m))
+
+    def test_forwardedKeepsEverything(self) -> None:
+        """
+        A forwarded message is the message with one hop more: every other
+        field (the routing id too) is kept.
+        """
+        m = Message(A, B, "hi", contentType="text/html", messageId="m1", timestamp=1.5, hops=2, routingId="r1")
+        self.assertEqual(attrs.asdict(forwarded(m), recurse=False), attrs.asdict(attrs.evolve(m, hops=3), recurse=False))
 
 
 class ErrorTests(SynchronousTestCase):

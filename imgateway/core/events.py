@@ -214,4 +214,17 @@ def forwarded(event: Event, maxHops: int = DEFAULT_MAX_HOPS) -> Event:
     """
     if event.hops >= maxHops:
         raise LoopDetected(f"more than {maxHops} hops")
+    if type(event) is Message:
+        # What evolve makes, without its generic look at every field: this
+        # runs for every message sent on to another server.
+        return Message(
+            event.sender,
+            event.recipient,
+            event.body,
+            event.contentType,
+            event.messageId,
+            event.timestamp,
+            event.hops + 1,
+            event.routingId,
+        )
     return evolve(event, hops=event.hops + 1)

@@ -120,7 +120,9 @@ def serialiseUnsequenced(frame: Request | Response) -> bytes:
 
     @raise ValueError: If it cannot be serialised (L{serialise}).
     """
-    if "Seq" in frame.headers:
+    # A scan, not a look-up: a look-up would build the headers' index, which
+    # nothing else needs on the sending side.
+    if any(len(name) == 3 and name.lower() == "seq" for name, _ in frame.headers.items):
         frame = attrs.evolve(frame, headers=frame.headers.without("Seq"))
     return serialise(frame)
 

@@ -674,6 +674,36 @@ class DuplicateTests(RawTestCase):
         self.assertEqual(self.successResultOf(second).code, 200)
         self.assertEqual(len(self.server.router.events), 1)
 
+    def test_unexpectedFailureFreesItsPlace(self) -> None:
+        """
+        A delivery whose answer cannot be made (here the router answers a
+        failed status as a plain value, not as its error) is answered 500,
+        its duplicate waiting meanwhile too; it counts no longer as in
+        progress, and is not remembered: sent again, it is delivered again.
+        """
+        connection, flush = self.raw()
+        held: Deferred[DeliveryStatus] = Deferred()
+        self.server.router.answer = lambda e: held
+        request = encodeRequest(Message(CAROL, ALICE, "hi"), ["corp.example/hs2"], 8, "rid-3")
+        first = connection.request(request)
+        flush()
+        second = connection.request(request)
+        flush()
+        self.assertNoResult(second)
+        [accepted] = list(self.server.factory.connections)
+        self.assertEqual(accepted.inProgress, 1)
+        held.callback(DeliveryStatus.NO_SUCH_USER)
+        flush()
+        self.assertEqual([self.successResultOf(d).code for d in (first, second)], [500, 500])
+        self.assertEqual(accepted.inProgress, 0)
+        self.assertNotIn("rid-3", self.server.receiver._answers)
+        self.server.router.answer = lambda e: succeed(DeliveryStatus.DELIVERED)
+        third = connection.request(request)
+        flush()
+        self.assertEqual(self.successResultOf(third).code, 200)
+        self.assertEqual(len(self.server.router.events), 2)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
     def test_inProgressBound(self) -> None:
         """
         A peer may have C{max_queue} requests in progress on a connection;

@@ -34,7 +34,7 @@ from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import verify_certificate_ip_address
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionLost, DNSLookupError
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IStreamClientEndpoint
@@ -424,6 +424,9 @@ class LinkConnection(Protocol):
         self.transport.write(data)  # type: ignore[union-attr]
         return d
 
+    def _answered(self, response: Response, seq: int) -> None:
+        self._respond(seq, response)
+
     def _respond(self, seq: int, response: Response) -> None:
         if not self.connected:
             return
@@ -463,14 +466,21 @@ class LinkConnection(Protocol):
             self._respond(seq, _response(405, f"unknown method {request.method}"))
             return
 
-        def failed(f: Failure) -> Response:
+        def failed(f: Failure) -> None:
             log.failure("Link with {peer}: handling {method} failed", f, peer=self.peer or "unknown peer", method=request.method)
-            return _response(500, "internal error")
+            self._respond(seq, _response(500, "internal error"))
 
-        call: Callable[..., Any] = handler
-        d: Deferred[Response] = maybeDeferred(call, self, request)
-        d.addErrback(failed)
-        d.addCallback(lambda response: self._respond(seq, response))
+        # No maybeDeferred: most answers are there at once, or come in one
+        # callback.
+        try:
+            answer = handler(self, request)
+        except Exception:
+            failed(Failure())
+            return
+        if isinstance(answer, Deferred):
+            answer.addCallbacks(self._answered, failed, callbackArgs=(seq,))
+        else:
+            self._respond(seq, answer)
 
 
 @frozen
@@ -878,9 +888,10 @@ class LinkClient(MultiService):
 #: What the duplicate check remembers of a request: when to forget it, and
 #: its answer once sent (a plain tuple holding the response: up to
 #: DEFAULT_MAX_REMEMBERED of them stay in memory, where each object more
-#: is one more for every full collection of the garbage collector), or a
-#: L{Deferred} of it while it is being handled.
-_Answer = tuple[float, "Deferred[Response] | Response"]
+#: is one more for every full collection of the garbage collector), or,
+#: while it is being handled, the list of its duplicates' L{Deferred}s
+#: waiting for that answer.
+_Answer = tuple[float, "list[Deferred[Response]] | Response"]
 
 
 class LinkReceiver:
@@ -990,78 +1001,85 @@ class LinkReceiver:
         if previous is not None:
             log.info("Link from {peer}: duplicate {routingId} answered as the first", peer=peer, routingId=incoming.routingId)
             earlier = previous[1]
-            return _chain(earlier) if isinstance(earlier, Deferred) else earlier
-        first: Deferred[Response] = Deferred()
+            if isinstance(earlier, list):
+                # The first is being handled: its answer, once there.
+                waiting: Deferred[Response] = Deferred()
+                earlier.append(waiting)
+                return waiting
+            return earlier
+        # Those waiting for this request's answer (its duplicates); the list
+        # stands for the request in the duplicate check while it is handled.
+        waiters: list[Deferred[Response]] = []
         expires = now + self._config.links.duplicateWindow
-        self._answers[incoming.routingId] = (expires, first)
+        routingId = incoming.routingId
+        self._answers[routingId] = (expires, waiters)
         while len(self._answers) > self._maxRemembered:
             self._answers.popitem(last=False)
+        connection.inProgress += 1
 
-        # A plain callback chain, not a coroutine: this runs for every
-        # delivery over a link.
+        # A plain callback chain, not a coroutine, with one callback per
+        # step: this runs for every delivery over a link.
         event = incoming.event
+
+        finished: list[Response] = []
+
+        def finish(response: Response) -> Response:
+            if finished:
+                return finished[0]
+            finished.append(response)
+            answer = self._answers.get(routingId)
+            if answer is not None and answer[1] is waiters:
+                if not 200 <= response.code < 500 or 300 <= response.code < 400:
+                    # Nothing was delivered and a retry may succeed: not an
+                    # answer to repeat.
+                    del self._answers[routingId]
+                else:
+                    # The answer itself from now on.
+                    self._answers[routingId] = (expires, response)
+            connection.inProgress -= 1
+            for waiting in waiters:
+                waiting.callback(response)
+            return response
 
         def checkFailed(f: Failure) -> Response:
             log.failure("Link from {peer}: checking who may send {event!r} failed", f, peer=peer, event=event)
-            return encodeResponse(ServiceUnavailable("cannot check the sender now"))
-
-        def delivered(status: DeliveryStatus) -> Response:
-            return encodeResponse(status)
-
-        def deliveryFailed(f: Failure) -> Response:
-            if isinstance(f.value, DeliveryError):
-                return encodeResponse(f.value)
-            log.failure("Delivering {event!r} from {peer} failed", f, peer=peer, event=event)
-            return encodeResponse(ServerError("internal error"))
+            return finish(encodeResponse(ServiceUnavailable("cannot check the sender now")))
 
         def checked(refusal: str | None) -> Deferred[Response] | Response:
             if refusal is not None:
                 log.warn("Link from {peer}: {event!r} refused (403): {reason}", peer=peer, event=event, reason=refusal)
-                return _response(403, "not originated by this peer")
+                return finish(_response(403, "not originated by this peer"))
             leave = self._traces.enter(event, incoming.via, incoming.maxHops)
+
+            def delivered(status: DeliveryStatus) -> Response:
+                leave()
+                return finish(encodeResponse(status))
+
+            def deliveryFailed(f: Failure) -> Response:
+                leave()
+                if isinstance(f.value, DeliveryError):
+                    return finish(encodeResponse(f.value))
+                log.failure("Delivering {event!r} from {peer} failed", f, peer=peer, event=event)
+                return finish(encodeResponse(ServerError("internal error")))
+
             try:
                 result = self._router.deliver(event)
             except Exception:
-                leave()
                 return deliveryFailed(Failure())
-            d: Deferred[Response] = result.addCallbacks(delivered, deliveryFailed)
+            return result.addCallbacks(delivered, deliveryFailed)
 
-            def left(response: Response) -> Response:
-                leave()
-                return response
-
-            return d.addCallback(left)
+        def unexpected(f: Failure) -> Response:
+            log.failure("Link from {peer}: handling {event!r} failed", f, peer=peer, event=event)
+            return finish(_response(500, "internal error"))
 
         try:
             check = self._originationRefused(peer, event)
-        except Exception:
-            handled: Deferred[Response] = succeed(checkFailed(Failure()))
-        else:
-            if isinstance(check, Deferred):
-                handled = check.addCallbacks(checked, checkFailed)
-            else:
+            if not isinstance(check, Deferred):
                 outcome = checked(check)
-                handled = outcome if isinstance(outcome, Deferred) else succeed(outcome)
-
-        def done(response: Response) -> Response:
-            answer = self._answers.get(incoming.routingId)
-            if answer is not None and answer[1] is first:
-                if not 200 <= response.code < 500 or 300 <= response.code < 400:
-                    # Nothing was delivered and a retry may succeed: not an
-                    # answer to repeat.
-                    del self._answers[incoming.routingId]
-                else:
-                    # The answer itself from now on, not the Deferred.
-                    self._answers[incoming.routingId] = (expires, response)
-            first.callback(response)
-            return response
-
-        def counted(response: Response) -> Response:
-            connection.inProgress -= 1
-            return response
-
-        connection.inProgress += 1
-        return handled.addCallback(done).addBoth(counted)
+                return outcome.addErrback(unexpected) if isinstance(outcome, Deferred) else outcome
+        except Exception:
+            return checkFailed(Failure())
+        return check.addCallbacks(checked, checkFailed).addErrback(unexpected)
 
     def _forgetExpired(self, now: float) -> None:
         while self._answers:
@@ -1097,21 +1115,6 @@ class LinkReceiver:
 
             return self._locator.homeOf(sender).addCallback(homed)
         return f"server {peer.name} is no home server and sent an event from {sender.domain}"
-
-
-def _chain(d: Deferred[Response]) -> Deferred[Response]:
-    """
-    @return: A L{Deferred} that fires with what C{d} fires with, leaving
-        C{d}'s result as it was.
-    """
-    out: Deferred[Response] = Deferred()
-
-    def both(result: Response) -> Response:
-        out.callback(result)
-        return result
-
-    d.addCallback(both)
-    return out
 
 
 class _Refused(Protocol):

@@ -22,7 +22,7 @@ from imgateway.core.errors import (
     statusError,
 )
 from imgateway.core import events
-from imgateway.core.events import DEFAULT_MAX_HOPS, Message, PresenceUpdate, forwarded, newRoutingId
+from imgateway.core.events import DEFAULT_MAX_HOPS, Message, MessageMark, PresenceUpdate, forwarded, newRoutingId
 from imgateway.core.presence import Presence
 from imgateway.core.ratelimit import TokenBucket
 from imgateway.core.records import Subscription
@@ -112,7 +112,7 @@ class EventTests(SynchronousTestCase):
         A forwarded message is the message with one hop more: every other
         field (the routing id too) is kept.
         """
-        m = Message(A, B, "hi", contentType="text/html", messageId="m1", timestamp=1.5, hops=2, routingId="r1")
+        m = Message(A, B, "hi", contentType="text/html", messageId="m1", timestamp=1.5, hops=2, routingId="r1", mark=MessageMark.AUTO_REPLY)
         self.assertEqual(attrs.asdict(forwarded(m), recurse=False), attrs.asdict(attrs.evolve(m, hops=3), recurse=False))
 
 

@@ -226,5 +226,6 @@ def forwarded(event: Event, maxHops: int = DEFAULT_MAX_HOPS) -> Event:
             event.timestamp,
             event.hops + 1,
             event.routingId,
+            event.mark,
         )
     return evolve(event, hops=event.hops + 1)

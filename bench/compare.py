@@ -1,0 +1,614 @@
+"""
+One side-by-side benchmark of the gateway (native face and XMPP c2s face)
+against Prosody and ejabberd, all driven by the same load driver
+(C{bench/_loaddriver.py}) and measured the same way; one table with a row
+per server and face, each figure also as a ratio to Prosody's and to
+ejabberd's (issue 11).
+
+    .venv/bin/python bench/compare.py                  # everything, 1 rep: about 10 minutes
+    .venv/bin/python bench/compare.py --reps 3 --json > compare.json
+    .venv/bin/python bench/compare.py --quick          # under two minutes, for checking a change
+    .venv/bin/python bench/compare.py --quick --only gateway-native --tests msg
+
+Each server runs alone, one after the other on the same cores, started
+afresh (C{bench/_peers.py}): for each row and rep, a server for the
+1,000-session idle run followed by the traffic runs (1:1 messages closed
+loop, at a fixed 2,000/s, presence fan-out, SCRAM-SHA-1 and PLAIN logins),
+then a fresh one for the 10,000-session idle run. See C{bench/README.md},
+section "compare.py", for what each figure is and how it is measured, and
+C{docs/performance.md} for the latest table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    # Run as a script (python bench/compare.py): make the repository importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._gateway import REPO, GatewayError, interruptedStatus, interruptOnSigterm
+from bench._loaddriver import machineBusyS
+from bench._peers import (
+    FLOOD_SETTINGS,
+    ITERATIONS,
+    PASSWORD,
+    PREFIX,
+    PeerError,
+    Provision,
+    Server,
+    circulant,
+    debianVersion,
+    startServer,
+)
+
+ROWS = ("gateway-native", "gateway-xmpp", "prosody", "ejabberd")
+ROW_NAMES = {
+    "gateway-native": "imgateway, native face",
+    "gateway-xmpp": "imgateway, XMPP c2s face",
+    "prosody": "Prosody",
+    "ejabberd": "ejabberd",
+}
+TESTS = ("idle", "msg", "rate", "presence", "login")
+
+#: Account numbers (C{user<n>}, password C{pw}) on every server.
+MSG_FIRST = 0  # msg pairs: 0 .. 2P-1
+PRESENCE_FIRST = 500  # the user who changes state, then its contacts
+LOGIN_FIRST = 1000  # the login test's accounts; the idle warm-up uses the first ones
+IDLE_FIRST = 2000  # idle sessions
+
+#: The figures of a row (the keys of the JSON's C{summary}): key, what it
+#: is, whether more is better.
+METRICS: list[tuple[str, str, bool]] = [
+    ("msg_cpu_us", "1:1 CPU µs/msg", False),
+    ("msg_rate", "1:1 msgs/s saturated", True),
+    ("rate_p50_ms", "p50 ms @ fixed rate", False),
+    ("rate_p99_ms", "p99 ms @ fixed rate", False),
+    ("presence_cpu_us", "presence CPU µs/delivery", False),
+    ("scram_logins_s", "SCRAM-SHA-1 logins/s", True),
+    ("scram_cpu_us", "SCRAM-SHA-1 CPU µs/login", False),
+    ("plain_logins_s", "PLAIN logins/s", True),
+    ("plain_cpu_us", "PLAIN CPU µs/login", False),
+    ("idle1_kib", "KiB/session (1st idle size)", False),
+    ("idle1_mib", "process MiB (1st idle size)", False),
+    ("idle2_kib", "KiB/session (2nd idle size)", False),
+    ("idle2_mib", "process MiB (2nd idle size)", False),
+]
+
+
+def info(text: str) -> None:
+    print(f"[compare] {text}", file=sys.stderr, flush=True)
+
+
+# -- settings ------------------------------------------------------------------------------
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """
+    The sizes and times of the runs, from the options (C{--quick} picks
+    smaller ones).
+    """
+    quick = args.quick
+    s: dict[str, Any] = {
+        "pairs": 20 if quick else 50,
+        "duration_s": 2.0 if quick else 10.0,
+        "warmup_s": 0.5 if quick else 2.0,
+        "settle_s": 0.3 if quick else 1.0,
+        "window": 10,
+        "rate": 2000.0,
+        "presence_contacts": 200,
+        "presence_window": 2,
+        "login_accounts": 200,
+        "login_concurrency": 20,
+        "idle_sizes": [1000] if quick else [1000, 10000],
+        "idle_contacts": 20,
+        "idle_warmup_logins": 50,
+        "driver_procs": args.driver_procs,
+        "scram_iterations": ITERATIONS,
+    }
+    if args.pairs is not None:
+        s["pairs"] = args.pairs
+    if args.duration is not None:
+        s["duration_s"] = args.duration
+    if args.idle_sizes is not None:
+        s["idle_sizes"] = args.idle_sizes
+    return s
+
+
+def provisions(s: dict[str, Any], tests: Sequence[str]) -> tuple[Provision, list[Provision]]:
+    """
+    @return: What the traffic server gets (with the first idle size), and
+        what each later idle server gets.
+    """
+    login = list(range(LOGIN_FIRST, LOGIN_FIRST + max(s["login_accounts"], s["idle_warmup_logins"])))
+    accounts = list(range(MSG_FIRST, MSG_FIRST + 2 * s["pairs"])) + login
+    center = PRESENCE_FIRST
+    contacts = list(range(center + 1, center + 1 + s["presence_contacts"]))
+    pairs: list[tuple[int, int]] = []
+    if "presence" in tests:
+        accounts += [center, *contacts]
+        pairs += [(center, c) for c in contacts]
+    sizes = s["idle_sizes"] if "idle" in tests else []
+    if sizes:
+        accounts += list(range(IDLE_FIRST, IDLE_FIRST + sizes[0]))
+        pairs += circulant(IDLE_FIRST, sizes[0], s["idle_contacts"])
+    later = [
+        Provision(login + list(range(IDLE_FIRST, IDLE_FIRST + n)), circulant(IDLE_FIRST, n, s["idle_contacts"]))
+        for n in sizes[1:]
+    ]
+    return Provision(accounts, pairs), later
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+def driver(server: Server, s: dict[str, Any], test: str, extra: Sequence[str], procs: int, timeout: float) -> dict[str, Any]:
+    """
+    Run C{bench/_loaddriver.py} once against C{server}.
+
+    @return: Its JSON line, or C{{"error": ...}}.
+    """
+    cmd = [
+        sys.executable, "-m", "bench._loaddriver", test,
+        "--proto", server.proto, "--port", str(server.port), "--domain", server.domain,
+        "--prefix", PREFIX, "--password", PASSWORD, "--server-pid", str(server.pid),
+        "--duration", f"{s['duration_s']:g}", "--warmup", f"{s['warmup_s']:g}", "--settle", f"{s['settle_s']:g}",
+        "--procs", str(procs), "--label", server.name, *extra,
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(REPO),
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+    except subprocess.TimeoutExpired:
+        return {"error": f"the driver took more than {timeout:g} s"}
+    lines = done.stdout.strip().splitlines() or ["{}"]
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+    except ValueError:
+        result = {"error": f"unreadable driver output: {done.stdout[-500:]!r}"}
+    if done.returncode != 0 and "error" not in result:
+        result["error"] = f"driver exit status {done.returncode}: {done.stderr[-1500:]}"
+    if done.stderr.strip():
+        result["driver_stderr"] = done.stderr.strip()[-600:]
+    result["cmd"] = "python -m bench._loaddriver " + " ".join(cmd[4:])
+    return result
+
+
+def plannedRuns(s: dict[str, Any], tests: Sequence[str], idleSize: int | None) -> list[tuple[str, str, list[str], int]]:
+    """
+    @return: (run name, driver test, driver arguments, driver processes) of
+        the runs on one server, in order: the idle run first, while the
+        server is fresh.
+    """
+    procs = s["driver_procs"]
+    runs: list[tuple[str, str, list[str], int]] = []
+    if idleSize:
+        runs.append((f"idle{idleSize}", "idle", [
+            "--first", str(IDLE_FIRST), "--users", str(idleSize), "--mech", "SCRAM-SHA-1",
+            "--warm-first", str(LOGIN_FIRST), "--warm-users", str(s["idle_warmup_logins"]),
+            "--login-concurrency", "50", "--settle", f"{max(1.0, s['settle_s']):g}",
+        ], procs))  # fmt: skip
+        return runs
+    pairs = ["--first", str(MSG_FIRST), "--pairs", str(s["pairs"]), "--window", str(s["window"])]
+    if "msg" in tests:
+        runs.append(("msg", "msg", pairs, procs))
+    if "rate" in tests:
+        runs.append(("rate", "msg", [*pairs, "--rate", f"{s['rate']:g}"], procs))
+    if "presence" in tests:
+        runs.append(("presence", "presence", [
+            "--first", str(PRESENCE_FIRST), "--users", str(s["presence_contacts"]), "--window", str(s["presence_window"]),
+        ], 1))  # fmt: skip
+    if "login" in tests:
+        for mech, name in (("SCRAM-SHA-1", "login_scram"), ("PLAIN", "login_plain")):
+            runs.append((name, "login", [
+                "--first", str(LOGIN_FIRST), "--users", str(s["login_accounts"]), "--mech", mech,
+                "--concurrency", str(s["login_concurrency"]),
+            ], procs))  # fmt: skip
+    return runs
+
+
+def oneServer(args: argparse.Namespace, s: dict[str, Any], row: str, rep: int, provision: Provision,
+              runs: list[tuple[str, str, list[str], int]]) -> list[dict[str, Any]]:
+    """
+    Start a fresh server for C{row}, run C{runs} against it, stop it.
+
+    @return: One record per run.
+    """
+    out: list[dict[str, Any]] = []
+    t = time.monotonic()
+    try:
+        server = startServer(row, provision, keep=args.keep)
+    except (PeerError, GatewayError, OSError) as e:
+        info(f"  {row}: could not start: {e}")
+        return [{"row": row, "run": name, "rep": rep, "error": f"server did not start: {str(e)[-1500:]}"}
+                for name, _, _, _ in runs]
+    info(f"  {row}: started (pid {server.pid}, port {server.port}, {len(provision.accounts)} accounts, "
+         f"{len(provision.pairs)} mutual contacts) in {time.monotonic() - t:.1f} s")
+    try:
+        for name, test, extra, procs in runs:
+            busy = preBusy(args)
+            errors0 = server.logErrors()
+            t = time.monotonic()
+            result = driver(server, s, test, extra, procs, timeout=900 + 30 * s["duration_s"])
+            record = {"row": row, "run": name, "rep": rep, "pre_busy_pct": busy,
+                      "wall_s": round(time.monotonic() - t, 1), "server_log_errors": server.logErrors() - errors0}
+            record.update(result)
+            out.append(record)
+            info(f"  {row} {name} rep {rep}: {brief(record)}")
+    finally:
+        server.stop()
+    return out
+
+
+def preBusy(args: argparse.Namespace) -> float | None:
+    """
+    The machine's busy CPU over a second (% of one core), waiting up to
+    C{--max-wait} s for it to fall under C{--quiet-pct} when that is set.
+    """
+    t = time.monotonic()
+    while True:
+        b0, m0 = machineBusyS(), time.monotonic()
+        time.sleep(0.5 if args.quick else 1.0)
+        b1, m1 = machineBusyS(), time.monotonic()
+        if b0 is None or b1 is None:
+            return None
+        busy = round(100 * (b1 - b0) / (m1 - m0), 1)
+        if not args.quiet_pct or busy < args.quiet_pct or time.monotonic() - t > args.max_wait:
+            return busy
+
+
+def brief(r: dict[str, Any]) -> str:
+    if "error" in r:
+        return "ERROR " + str(r["error"])[:400]
+    parts = []
+    if r.get("test") == "idle":
+        parts.append(f"{r.get('alive')} sessions, {r.get('rss_per_session_kb')} KiB/session, "
+                     f"RSS {kib(r.get('server_rss_base_kb'))} -> {kib(r.get('server_rss_kb'))} MiB, "
+                     f"{r.get('logins_per_s')} logins/s")
+    elif r.get("test") == "login":
+        parts.append(f"{r.get('logins_per_s')} logins/s, {r.get('server_cpu_us_per_item')} µs/login")
+    else:
+        lat = r.get("lat_us") or {}
+        parts.append(f"{r.get('rate_per_s')}/s, {r.get('server_cpu_us_per_item')} µs/delivery, "
+                     f"p50 {lat.get('p50', 0) / 1000:.1f} p99 {lat.get('p99', 0) / 1000:.1f} ms, "
+                     f"undelivered {r.get('undelivered')}")
+    parts.append(f"CPU server {r.get('server_cpu_pct')} % drivers {r.get('driver_cpu_pct')} % others {r.get('other_cpu_pct')} %")
+    problems = {k: r.get(k) for k in ("errors", "stalls", "disconnects", "server_log_errors") if r.get(k)}
+    if problems:
+        parts.append(f"PROBLEMS {problems}")
+    return "; ".join(parts)
+
+
+def kib(v: Any) -> str:
+    return f"{v / 1024:.1f}" if isinstance(v, (int, float)) else "-"
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    s = settings(args)
+    tests = args.tests or list(TESTS)
+    traffic, later = provisions(s, tests)
+    records: list[dict[str, Any]] = []
+    for rep in range(1, args.reps + 1):
+        rows = list(args.only)
+        if rep % 2 == 0:
+            rows.reverse()  # who goes first changes with each rep
+        for row in rows:
+            info(f"rep {rep}: {ROW_NAMES[row]}")
+            sizes = s["idle_sizes"] if "idle" in tests else []
+            runs = plannedRuns(s, tests, sizes[0] if sizes else None) + plannedRuns(s, tests, None)
+            records += oneServer(args, s, row, rep, traffic, runs)
+            for size, provision in zip(sizes[1:], later):
+                records += oneServer(args, s, row, rep, provision, plannedRuns(s, tests, size))
+    return records
+
+
+# -- the table -----------------------------------------------------------------------------
+
+
+def figuresOf(record: dict[str, Any], idleSizes: Sequence[int]) -> dict[str, float]:
+    """
+    @return: The table's figures that one run gives.
+    """
+    if "error" in record:
+        return {}
+    run = record["run"]
+    out: dict[str, float | None] = {}
+    if run == "msg":
+        out = {"msg_cpu_us": record.get("server_cpu_us_per_item"), "msg_rate": record.get("rate_per_s")}
+    elif run == "rate":
+        lat = record.get("lat_us") or {}
+        out = {"rate_p50_ms": _ms(lat.get("p50")), "rate_p99_ms": _ms(lat.get("p99"))}
+    elif run == "presence":
+        out = {"presence_cpu_us": record.get("server_cpu_us_per_item")}
+    elif run in ("login_scram", "login_plain"):
+        mech = run.split("_")[1]
+        out = {f"{mech}_logins_s": record.get("logins_per_s"), f"{mech}_cpu_us": record.get("server_cpu_us_per_item")}
+    elif run.startswith("idle"):
+        size = int(run[4:])
+        which = "idle1" if idleSizes and size == idleSizes[0] else "idle2"
+        rss = record.get("server_rss_kb")
+        out = {f"{which}_kib": record.get("rss_per_session_kb"),
+               f"{which}_mib": rss / 1024 if isinstance(rss, (int, float)) else None}
+    return {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
+
+
+def _ms(us: Any) -> float | None:
+    return us / 1000 if isinstance(us, (int, float)) else None
+
+
+def summarise(records: Sequence[dict[str, Any]], idleSizes: Sequence[int]) -> dict[str, dict[str, float]]:
+    """
+    @return: For each row, the median over the reps of each figure.
+    """
+    values: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        for key, v in figuresOf(r, idleSizes).items():
+            values.setdefault(r["row"], {}).setdefault(key, []).append(v)
+    return {row: {k: statistics.median(vs) for k, vs in figs.items()} for row, figs in values.items()}
+
+
+def ratios(summary: dict[str, dict[str, float]]) -> dict[str, dict[str, dict[str, float]]]:
+    """
+    @return: For each row and figure, the figure divided by Prosody's and
+        by ejabberd's (C{{"prosody": x, "ejabberd": y}}, where they have
+        it).
+    """
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for row, figs in summary.items():
+        for key, v in figs.items():
+            for peer in ("prosody", "ejabberd"):
+                ref = summary.get(peer, {}).get(key)
+                if ref:
+                    out.setdefault(row, {}).setdefault(key, {})[peer] = v / ref
+    return out
+
+
+def _num(v: float | None) -> str:
+    if v is None:
+        return "–"
+    if v >= 100:
+        return f"{v:,.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def table(summary: dict[str, dict[str, float]], rts: dict[str, dict[str, dict[str, float]]], s: dict[str, Any],
+          rows: Sequence[str] = ROWS) -> str:
+    """
+    @return: The figures as Markdown, then their ratios to Prosody's and
+        ejabberd's.
+    """
+    sizes = s["idle_sizes"]
+    heads = [
+        "1:1 CPU µs/msg", "1:1 msgs/s saturated", f"p50 / p99 ms @ {s['rate']:,.0f}/s", "presence CPU µs/delivery",
+        "SCRAM-SHA-1 logins/s (CPU µs/login)", "PLAIN logins/s (CPU µs/login)",
+    ] + [f"KiB/session @ {n:,} (process MiB)" for n in sizes]  # fmt: skip
+
+    def cells(f: dict[str, float], fmt: Any) -> list[str]:
+        c = [
+            fmt(f.get("msg_cpu_us")), fmt(f.get("msg_rate")),
+            f"{fmt(f.get('rate_p50_ms'))} / {fmt(f.get('rate_p99_ms'))}", fmt(f.get("presence_cpu_us")),
+            f"{fmt(f.get('scram_logins_s'))} ({fmt(f.get('scram_cpu_us'))})",
+            f"{fmt(f.get('plain_logins_s'))} ({fmt(f.get('plain_cpu_us'))})",
+        ]  # fmt: skip
+        for i, _ in enumerate(sizes[:2]):
+            c.append(f"{fmt(f.get(f'idle{i + 1}_kib'))} ({fmt(f.get(f'idle{i + 1}_mib'))})")
+        return c
+
+    present = [r for r in rows if r in summary]
+    out = ["| server / face | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+    for row in present:
+        out.append(f"| {ROW_NAMES[row]} | " + " | ".join(cells(summary[row], _num)) + " |")
+    if any(rts.get(r) for r in present):
+        out += ["", "Ratios: each figure divided by Prosody's / by ejabberd's (lower is better except msgs/s and logins/s):", "",
+                "| server / face | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+        for row in present:
+            out.append(f"| {ROW_NAMES[row]} | " + " | ".join(_ratioCells(rts.get(row, {}), sizes)) + " |")
+    return "\n".join(out)
+
+
+def _ratio(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def _ratioCells(r: dict[str, dict[str, float]], sizes: Sequence[int]) -> list[str]:
+    def one(key: str) -> str:
+        v = r.get(key)
+        return "–" if not v else f"{_ratio(v.get('prosody'))} / {_ratio(v.get('ejabberd'))}"
+
+    c = [
+        one("msg_cpu_us"), one("msg_rate"), f"{one('rate_p50_ms')}; {one('rate_p99_ms')}", one("presence_cpu_us"),
+        f"{one('scram_logins_s')} ({one('scram_cpu_us')})", f"{one('plain_logins_s')} ({one('plain_cpu_us')})",
+    ]  # fmt: skip
+    for i, _ in enumerate(sizes[:2]):
+        c.append(f"{one(f'idle{i + 1}_kib')} ({one(f'idle{i + 1}_mib')})")
+    return c
+
+
+def cpuTable(records: Sequence[dict[str, Any]]) -> str:
+    """
+    @return: How the cores were shared in each run (medians over the reps),
+        and what went wrong, as Markdown.
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["row"], r["run"]), []).append(r)
+    out = ["| server / face | run | server CPU % | driver CPU % (per process) | others' CPU % | driver CPU µs/item | problems |",
+           "|---|---|---|---|---|---|---|"]
+    for (row, run), rs in groups.items():
+        ok = [r for r in rs if "error" not in r]
+        problems = []
+        failed = len(rs) - len(ok)
+        if failed:
+            problems.append(f"{failed} failed: {str(next(r for r in rs if 'error' in r)['error'])[:120]}")
+        for key in ("undelivered", "errors", "stalls", "disconnects", "server_log_errors"):
+            total = sum(r.get(key) or 0 for r in ok)
+            if total:
+                problems.append(f"{key} {total}")
+        med = lambda key: _median([r.get(key) for r in ok])  # noqa: E731
+        drivers = [r.get("driver_cpu_pct") or [] for r in ok]
+        driverText = " + ".join(_num(_median([d[i] for d in drivers if len(d) > i])) for i in range(max((len(d) for d in drivers), default=0)))
+        out.append(f"| {ROW_NAMES.get(row, row)} | {run} | {_num(med('server_cpu_pct'))} | {driverText or '–'} "
+                   f"| {_num(med('other_cpu_pct'))} | {_num(_median([r.get('driver_cpu_us_per_item') for r in ok]))} "
+                   f"| {'; '.join(problems) or '–'} |")
+    return "\n".join(out)
+
+
+def _median(values: Sequence[Any]) -> float | None:
+    xs = [float(v) for v in values if isinstance(v, (int, float))]
+    return statistics.median(xs) if xs else None
+
+
+# -- the machine and versions --------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return {"cores": os.cpu_count(), "cpu": model, "memory_gib": mem, "kernel": platform.release(),
+            "loadavg": os.getloadavg()}
+
+
+def versions() -> dict[str, Any]:
+    from twisted import __version__ as twisted
+
+    from imgateway import __version__ as imgateway
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=str(REPO),
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        commit = None
+    return {"imgateway": imgateway, "commit": commit, "python": platform.python_version(), "twisted": twisted,
+            "prosody": debianVersion("prosody"), "ejabberd": debianVersion("ejabberd"),
+            "erlang": debianVersion("erlang-base")}
+
+
+def document(args: argparse.Namespace, records: list[dict[str, Any]], started: float) -> dict[str, Any]:
+    s = settings(args)
+    summary = summarise(records, s["idle_sizes"])
+    return {
+        "bench": "compare",
+        "command": " ".join(["bench/compare.py", *args.argv]),
+        "wall_s": round(time.monotonic() - started, 1),
+        "machine": machine(),
+        "versions": versions(),
+        "settings": s,
+        "flood_settings": FLOOD_SETTINGS,
+        "rows": [r for r in ROWS if r in args.only],
+        "figures": {key: heading for key, heading, _ in METRICS},
+        "summary": summary,
+        "ratios": ratios(summary),
+        "runs": records,
+    }
+
+
+def report(doc: dict[str, Any]) -> str:
+    """
+    @return: The whole report as Markdown: the machine and versions, the
+        figures, their ratios, how the cores were shared.
+    """
+    s, m, v = doc["settings"], doc["machine"], doc["versions"]
+    head = [
+        f"`{doc['command']}` ({doc['wall_s']:.0f} s); reps: medians of {max((r.get('rep', 1) for r in doc['runs']), default=1)}",
+        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}, load average before "
+        f"{', '.join(f'{x:.2f}' for x in m['loadavg'])}",
+        f"Versions: imgateway {v['imgateway']} ({v['commit']}), Python {v['python']}, Twisted {v['twisted']}; "
+        f"Prosody {v['prosody']}; ejabberd {v['ejabberd']} (Erlang {v['erlang']})",
+        f"Load: {s['pairs']} pairs, windows of {s['duration_s']:g} s after {s['warmup_s']:g} s; fixed rate "
+        f"{s['rate']:,.0f} msgs/s; presence: 1 user, {s['presence_contacts']} online contacts; logins: "
+        f"{s['login_concurrency']} at once over {s['login_accounts']} accounts; idle: "
+        f"{', '.join(f'{n:,}' for n in s['idle_sizes'])} sessions, {s['idle_contacts']} contacts each; "
+        f"{s['driver_procs']} driver processes (presence: 1)",
+    ]
+    return "\n".join([*head, "", table(doc["summary"], doc["ratios"], s, doc["rows"]), "",
+                      "How the cores were shared (medians; % of one core, the machine has "
+                      f"{m['cores'] * 100} %):", "", cpuTable(doc["runs"])])
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="The gateway (native and XMPP faces) against Prosody and ejabberd, "
+                                "one load driver for all, one table.")
+    p.add_argument("--quick", action="store_true", help="smaller and shorter (under two minutes): 20 pairs, 2 s windows, "
+                   "1,000 idle sessions only")
+    p.add_argument("--reps", type=int, default=1, help="repetitions, each on fresh servers; the table shows medians (default 1)")
+    p.add_argument("--only", action="append", default=[], metavar="ROW",
+                   help="rows to run: gateway-native, gateway-xmpp, gateway (both), prosody, ejabberd (repeatable; default all)")
+    p.add_argument("--tests", action="append", default=[], choices=TESTS, help="tests to run (repeatable; default all)")
+    p.add_argument("--json", action="store_true", help="print the JSON document on standard output (the table goes to standard error)")
+    p.add_argument("--pairs", type=int, default=None, help="1:1 message pairs (default 50; --quick 20)")
+    p.add_argument("--duration", type=float, default=None, help="measured seconds of each traffic run (default 10; --quick 2)")
+    p.add_argument("--idle-sizes", type=int, nargs="+", default=None, help="idle sessions per idle run (default 1000 10000; --quick 1000)")
+    p.add_argument("--driver-procs", type=int, default=2, help="driver processes for msg, login and idle runs (default 2)")
+    p.add_argument("--quiet-pct", type=float, default=0.0, help="before each run wait until the machine is below this busy %% "
+                   "of one core (default 0: do not wait, only record it)")
+    p.add_argument("--max-wait", type=float, default=60.0, help="longest such wait, in seconds")
+    p.add_argument("--keep", action="store_true", help="keep the servers' temporary folders (logs)")
+    args = p.parse_args(argv)
+    only: list[str] = []
+    for row in args.only or ROWS:
+        for r in (["gateway-native", "gateway-xmpp"] if row == "gateway" else [row]):
+            if r not in ROWS:
+                p.error(f"unknown row {r!r} (choose from gateway, {', '.join(ROWS)})")
+            if r not in only:
+                only.append(r)
+    args.only = [r for r in ROWS if r in only]
+    if args.reps < 1:
+        p.error("--reps must be at least 1")
+    if args.idle_sizes and min(args.idle_sizes) <= 20:
+        p.error("--idle-sizes must be more than 20 (each session has 20 contacts among them)")
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parseArgs(argv)
+    interruptOnSigterm()
+    started = time.monotonic()
+    info("flood limits raised: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in FLOOD_SETTINGS.items()))
+    try:
+        records = run(args)
+    except KeyboardInterrupt:
+        info("interrupted; the servers we started are stopped")
+        sys.exit(interruptedStatus())
+    doc = document(args, records, started)
+    text = report(doc)
+    if args.json:
+        print(json.dumps(doc), flush=True)
+        print(text, file=sys.stderr, flush=True)
+    else:
+        print(text, flush=True)
+    failed = [r for r in records if "error" in r]
+    if failed:
+        info(f"{len(failed)} run(s) failed: " + ", ".join(f"{r['row']}/{r['run']}" for r in failed))
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

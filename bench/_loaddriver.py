@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_bench_compare -*-
 """
 The load driver of C{bench/compare.py}: one driver for every server it
 compares, speaking XMPP c2s (to the gateway's XMPP face, Prosody and
@@ -186,8 +187,11 @@ def parseStamp(text: bytes | str) -> tuple[int, int] | None:
     @return: The message number and send time of a body C{"<n> <µs>"}.
     """
     try:
-        n, _, t = text.partition(" " if isinstance(text, str) else b" ")
-        return int(n), int(t)
+        if isinstance(text, str):
+            n, _, t = text.partition(" ")
+            return int(n), int(t)
+        nb, _, tb = text.partition(b" ")
+        return int(nb), int(tb)
     except ValueError:
         return None
 
@@ -968,7 +972,7 @@ async def workerPresence(link: ParentLink, spec: dict[str, Any]) -> dict[str, An
 
     for c in contacts:
         c.onPresence = onPresence
-    await asyncio.sleep(1.0)  # the login presences settle
+    await asyncio.sleep(spec["settle"])  # the login presences settle
     tasks: list[asyncio.Task[None]] = []
 
     def start() -> None:
@@ -1040,7 +1044,7 @@ async def workerIdle(link: ParentLink, spec: dict[str, Any]) -> dict[str, Any]:
         await loginAll(warm, spec, session=False)
         for c in warm:
             c.goodbye()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(spec["settle"])
     conns = [makeConn(u, spec, stats) for u in names(spec, spec["shard"])]
     link.send(("ready", {"clients": 0}))
     msg = await link.recv()
@@ -1216,6 +1220,7 @@ def baseSpec(args: argparse.Namespace) -> dict[str, Any]:
         "login_concurrency": args.login_concurrency,
         "drain": args.drain,
         "window": args.window,
+        "settle": args.settle,
     }
 
 
@@ -1297,6 +1302,8 @@ def runIdle(args: argparse.Namespace, workers: Workers, result: dict[str, Any]) 
     alive = sum(r["alive"] for r in results)
     dt = m1 - m0
     driverCpu = sum(r["cpu_s"] for r in logged)
+    serverCpu = c1 - c0 if c0 is not None and c1 is not None else None
+    busy = b1 - b0 if b0 is not None and b1 is not None else None
     result.update(
         alive=alive,
         server_rss_base_kb=base,
@@ -1304,11 +1311,11 @@ def runIdle(args: argparse.Namespace, workers: Workers, result: dict[str, Any]) 
         rss_per_session_kb=round((after - base) / max(1, alive), 2) if base and after else None,
         login_s=round(loginS, 2),
         logins_per_s=round(args.users / loginS, 1) if loginS else None,
-        server_cpu_us_per_login=round((c1 - c0) / args.users * 1e6, 1) if c0 is not None and c1 is not None else None,
+        server_cpu_us_per_login=round(serverCpu / args.users * 1e6, 1) if serverCpu is not None else None,
         driver_cpu_pct=[round(100 * r["cpu_s"] / dt, 1) for r in logged],
-        server_cpu_pct=round(100 * (c1 - c0) / dt, 1) if c0 is not None and c1 is not None else None,
-        other_cpu_pct=round(100 * (b1 - b0 - (c1 - c0) - driverCpu) / dt, 1)
-        if None not in (b0, b1, c0, c1) else None,  # type: ignore[operator]
+        server_cpu_pct=round(100 * serverCpu / dt, 1) if serverCpu is not None else None,
+        other_cpu_pct=round(100 * (busy - serverCpu - driverCpu) / dt, 1)
+        if busy is not None and serverCpu is not None else None,
         errors=sum(r["errors"] for r in results) + args.users - alive,
         driver_procs=len(results),
     )

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_bench_compare -*-
 """
 The servers of C{bench/compare.py}, each started afresh on free loopback
 ports with its accounts and contact lists written straight into its storage

@@ -39,7 +39,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._gateway import REPO, GatewayError, interruptedStatus, interruptOnSigterm
-from bench._loaddriver import machineBusyS
+from bench._loaddriver import machineBusyS, raiseNofile
 from bench._peers import (
     FLOOD_SETTINGS,
     ITERATIONS,
@@ -595,6 +595,7 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parseArgs(argv)
     interruptOnSigterm()
+    raiseNofile()  # the servers inherit it: 10,000 sessions
     started = time.monotonic()
     info("flood limits raised: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in FLOOD_SETTINGS.items()))
     try:

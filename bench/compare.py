@@ -114,6 +114,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "idle_sizes": [1000] if quick else [1000, 10000],
         "idle_contacts": 20,
         "idle_warmup_logins": 50,
+        "idle_settle_s": 1.0 if quick else 5.0,
         "driver_procs": args.driver_procs,
         "scram_iterations": ITERATIONS,
     }
@@ -196,7 +197,7 @@ def plannedRuns(s: dict[str, Any], tests: Sequence[str], idleSize: int | None) -
         runs.append((f"idle{idleSize}", "idle", [
             "--first", str(IDLE_FIRST), "--users", str(idleSize), "--mech", "SCRAM-SHA-1",
             "--warm-first", str(LOGIN_FIRST), "--warm-users", str(s["idle_warmup_logins"]),
-            "--login-concurrency", "50", "--settle", f"{max(1.0, s['settle_s']):g}",
+            "--login-concurrency", "50", "--settle", f"{s['idle_settle_s']:g}",
         ], procs))  # fmt: skip
         return runs
     pairs = ["--first", str(MSG_FIRST), "--pairs", str(s["pairs"]), "--window", str(s["window"])]

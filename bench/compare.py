@@ -424,7 +424,9 @@ def table(summary: dict[str, dict[str, float]], rts: dict[str, dict[str, dict[st
 
 
 def _ratio(v: float | None) -> str:
-    return "–" if v is None else f"{v:.2f}"
+    if v is None:
+        return "–"
+    return f"{v:.2g}" if v < 0.1 else f"{v:.2f}"
 
 
 def _ratioCells(r: dict[str, dict[str, float]], sizes: Sequence[int]) -> list[str]:
@@ -570,7 +572,7 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print the JSON document on standard output (the table goes to standard error)")
     p.add_argument("--pairs", type=int, default=None, help="1:1 message pairs (default 50; --quick 20)")
     p.add_argument("--duration", type=float, default=None, help="measured seconds of each traffic run (default 10; --quick 2)")
-    p.add_argument("--idle-sizes", type=int, nargs="+", default=None, help="idle sessions per idle run (default 1000 10000; --quick 1000)")
+    p.add_argument("--idle-sizes", type=int, nargs="+", default=None, help="sessions of the idle runs, one or two sizes (default 1000 10000; --quick 1000)")
     p.add_argument("--driver-procs", type=int, default=2, help="driver processes for msg, login and idle runs (default 2)")
     p.add_argument("--quiet-pct", type=float, default=0.0, help="before each run wait until the machine is below this busy %% "
                    "of one core (default 0: do not wait, only record it)")
@@ -587,8 +589,8 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
     args.only = [r for r in ROWS if r in only]
     if args.reps < 1:
         p.error("--reps must be at least 1")
-    if args.idle_sizes and min(args.idle_sizes) <= 20:
-        p.error("--idle-sizes must be more than 20 (each session has 20 contacts among them)")
+    if args.idle_sizes and (min(args.idle_sizes) <= 20 or len(args.idle_sizes) > 2):
+        p.error("--idle-sizes: one or two sizes, each more than 20 (each session has 20 contacts among them)")
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
 

@@ -221,6 +221,16 @@ class OptionsTests(SynchronousTestCase):
         self.patch(sys, "stderr", io.StringIO())
         self.assertRaises(SystemExit, compare.parseArgs, ["--only", "openfire"])
 
+    def test_idleSizes(self) -> None:
+        """
+        One or two idle sizes (the table's two memory columns), each above
+        the 20 contacts every session has among the others.
+        """
+        self.assertEqual(compare.parseArgs(["--idle-sizes", "100", "5000"]).idle_sizes, [100, 5000])
+        self.patch(sys, "stderr", io.StringIO())
+        self.assertRaises(SystemExit, compare.parseArgs, ["--idle-sizes", "20"])
+        self.assertRaises(SystemExit, compare.parseArgs, ["--idle-sizes", "100", "200", "300"])
+
     def test_quickIsSmaller(self) -> None:
         """
         C{--quick} runs 20 pairs for 2 s and only 1,000 idle sessions; the

@@ -4,6 +4,10 @@ XMPP c2s face and against Prosody, in one run, so that the two compare:
 deliveries/s, latency percentiles, server CPU time per delivery and RSS per
 idle session.
 
+Superseded by C{bench/compare.py} (ejabberd and the native face too, one
+driver inside the repository, hashed passwords on every server); kept for
+the history of the figures in C{bench/README.md}.
+
     .venv/bin/python bench/xmpp_compare.py --pairs 50 --duration 10 --idle-users 1000
     .venv/bin/python bench/xmpp_compare.py --reps 3 --out /tmp/xmpp-compare.jsonl
     .venv/bin/python bench/xmpp_compare.py --skip-prosody --rate 0     # the gateway alone

@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.e2e.harness import requirePeer
 
@@ -81,7 +81,7 @@ class GatewayRowsTests(SynchronousTestCase):
         self.assertIn("| imgateway, XMPP c2s face | ", stderr)
 
 
-class PeerRowsTests(SynchronousTestCase):
+class PeerRowsTests(TestCase):
     """
     C{compare.py} against Prosody and ejabberd: their accounts, passwords
     (SCRAM-SHA-1 verifiers) and contact lists written straight into their

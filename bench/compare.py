@@ -8,7 +8,7 @@ ejabberd's (issue 11).
 
     .venv/bin/python bench/compare.py                  # everything, 1 rep: about 10 minutes
     .venv/bin/python bench/compare.py --reps 3 --json > compare.json
-    .venv/bin/python bench/compare.py --quick          # under two minutes, for checking a change
+    .venv/bin/python bench/compare.py --quick          # 2-3 minutes, for checking a change
     .venv/bin/python bench/compare.py --quick --only gateway-native --tests msg
 
 Each server runs alone, one after the other on the same cores, started
@@ -563,7 +563,7 @@ def report(doc: dict[str, Any]) -> str:
 def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="The gateway (native and XMPP faces) against Prosody and ejabberd, "
                                 "one load driver for all, one table.")
-    p.add_argument("--quick", action="store_true", help="smaller and shorter (under two minutes): 20 pairs, 2 s windows, "
+    p.add_argument("--quick", action="store_true", help="smaller and shorter (2-3 minutes on 2 shared cores): 20 pairs, 2 s windows, "
                    "1,000 idle sessions only")
     p.add_argument("--reps", type=int, default=1, help="repetitions, each on fresh servers; the table shows medians (default 1)")
     p.add_argument("--only", action="append", default=[], metavar="ROW",

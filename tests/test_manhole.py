@@ -17,9 +17,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imgateway.config import GatewayConfig, HomeConfig, ManholeConfig, parseConfig
 from imgateway.core.address import Address
-from imgateway.core.errors import ConfigError, NoSuchAccount, TooLarge, UserOffline
+from imgateway.core.errors import ConfigError, NoSuchAccount, QuotaExceeded, ServiceUnavailable, TooLarge, UserOffline
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
-from imgateway.core.records import ContactRecord, PutContact
+from imgateway.core.records import AccountRecord, ContactRecord, PresenceRule, PutContact, RuleAction, RuleNetwork
 from imgateway.gateway import Gateway
 from imgateway.interfaces import ISession
 from imgateway.manhole.namespace import CONSOLE_LABEL, GatewayConsole, UserInfo, completions, makeNamespace
@@ -327,6 +327,76 @@ class GatewayConsoleTests(_ConsoleTestMixin, SynchronousTestCase):
             ["bob@corp.example 'Bobby' subscription=none presence=offline"],
         )
 
+    def test_rules(self) -> None:
+        """
+        C{addRule}, C{removeRule} and C{setRules} edit a user's presence
+        rules, typed as in C{/rule add} (or given as L{PresenceRule}s); each
+        answers with the new list, numbered, as C{rules} shows it.
+        """
+        self.assertEqual(self.successResultOf(self.console.rules("bob")), "no rules")
+        shown = self.successResultOf(self.console.addRule("bob", "phone reply On the phone, back soon"))
+        self.assertEqual(shown, "1. while on-the-phone: reply 'On the phone, back soon'")
+        self.assertEqual(repr(shown), str(shown))
+        shown = self.successResultOf(self.console.addRule("bob", "phone from alice forward alice@xmpp.example", 1))
+        self.assertEqual(
+            shown,
+            "1. while on-the-phone from alice@corp.example: forward to alice@xmpp.example\n"
+            "2. while on-the-phone: reply 'On the phone, back soon'",
+        )
+        self.assertEqual(self.successResultOf(self.console.rules("bob@corp.example")), shown)
+        self.assertEqual(
+            self.successResultOf(self.console.removeRule("bob", 1)), "1. while on-the-phone: reply 'On the phone, back soon'"
+        )
+        rule = PresenceRule.refuse(PresenceState.BUSY, "tel:+15550100")
+        shown = self.successResultOf(self.console.setRules("bob", ["away,busy network remote deliver", rule]))
+        self.assertEqual(
+            shown, "1. while busy,away (remote senders): deliver\n2. while busy: refuse, naming tel:+15550100"
+        )
+        self.assertEqual(
+            self.successResultOf(self.gateway.homeServer.userRules(self.bob)),
+            [PresenceRule(frozenset([PresenceState.AWAY, PresenceState.BUSY]), RuleAction.DELIVER, network=RuleNetwork.REMOTE), rule],
+        )
+        self.assertEqual(self.successResultOf(self.console.setRules("bob", [])), "no rules")
+
+    def test_ruleActs(self) -> None:
+        """
+        A rule set in the console acts at once on a user with a session: a
+        message to bob, on the phone, is answered with his auto-reply.
+        """
+        _, bobClient = self.login(self.bob, state=PresenceState.ON_THE_PHONE)
+        _, aliceClient = self.login(self.alice)
+        self.successResultOf(self.console.addRule("bob", "phone reply On the phone"))
+        self.successResultOf(self.console.sendMessage("alice", "bob", "are you there?"))
+        self.assertEqual([m.body for m in bobClient.messages], ["are you there?"])
+        self.assertEqual([(m.sender, m.body) for m in aliceClient.messages], [(self.bob, "On the phone")])
+
+    def test_rulesRefused(self) -> None:
+        """
+        A rule that does not parse or is not allowed, a position or number
+        out of range, more than C{[home] max_rules} rules, an unknown account
+        or one homed on another server: each is refused, and the rules stay
+        as they were.
+        """
+        self.successResultOf(self.console.addRule("bob", "busy deliver"))
+        self.failureResultOf(self.console.addRule("bob", "phone reply"), ValueError)
+        self.failureResultOf(self.console.addRule("bob", "online reply hi"), ValueError)
+        self.failureResultOf(self.console.addRule("bob", "phone forward bob"), ValueError)
+        self.failureResultOf(self.console.addRule("bob", "phone deliver", 3), ValueError)
+        self.failureResultOf(self.console.addRule("bob", 42), TypeError)  # type: ignore[arg-type]
+        self.failureResultOf(self.console.removeRule("bob", 2), IndexError)
+        self.failureResultOf(self.console.removeRule("bob", 0), IndexError)
+        self.failureResultOf(self.console.setRules("bob", ["busy deliver", "sleepy deliver"]), ValueError)
+        self.failureResultOf(self.console.rules("nobody"), NoSuchAccount)
+        self.failureResultOf(self.console.addRule("nobody", "busy deliver"), NoSuchAccount)
+        limit = self.gateway.config.home.maxRules
+        self.successResultOf(self.console.setRules("alice", ["busy deliver"] * limit))
+        self.failureResultOf(self.console.addRule("alice", "away deliver"), QuotaExceeded)
+        self.failureResultOf(self.console.setRules("alice", ["busy deliver"] * (limit + 1)), QuotaExceeded)
+        self.assertEqual(self.successResultOf(self.console.rules("bob")), "1. while busy: deliver")
+        self.successResultOf(self.gateway.directory.addAccount(AccountRecord(Address("carol", "corp.example"), "hs2", "", True, "")))
+        failure = self.failureResultOf(self.console.addRule("carol", "busy deliver"), ServiceUnavailable)
+        self.assertEqual(failure.getErrorMessage(), "carol@corp.example is homed on hs2, not hs1: use its manhole")
+
     def test_routes(self) -> None:
         """
         C{routes} shows the router's table: this domain goes to the home
@@ -343,7 +413,8 @@ class GatewayConsoleTests(_ConsoleTestMixin, SynchronousTestCase):
         text = self.console.help()
         self.assertIn("gateway.setPresence(user, state, note='')\n    Set a user's presence: a state and a note.\n", text)
         self.assertIn("gateway.kick(sessionId, reason='closed by the operator')\n    End a session (an id from sessions).\n", text)
-        for name in ("users", "sessions", "presence", "contacts", "sendMessage", "notify", "broadcast", "disable", "routes", "links"):
+        for name in ("users", "sessions", "presence", "contacts", "sendMessage", "notify", "broadcast", "disable", "routes", "links",
+                     "rules", "setRules", "addRule", "removeRule"):
             self.assertIn(f"gateway.{name}(", text)
         self.assertEqual(repr(text), str(text))
 
@@ -355,7 +426,7 @@ class GatewayConsoleTests(_ConsoleTestMixin, SynchronousTestCase):
         namespace = makeNamespace(self.console)
         self.assertEqual(
             [c for c in completions("gateway.se", namespace) if not c.startswith("gateway.__")],
-            ["gateway.sendMessage(", "gateway.sessions(", "gateway.setPresence("],
+            ["gateway.sendMessage(", "gateway.sessions(", "gateway.setPresence(", "gateway.setRules("],
         )
         self.assertIn("gateway", completions("gatew", namespace))
         self.assertEqual(completions("gateway.nothing", namespace), [])

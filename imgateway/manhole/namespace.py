@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import re
 import rlcompleter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from attrs import frozen
@@ -25,11 +25,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from imgateway.adapters.native.mapping import ruleFromJSON, ruleToJSON
+from imgateway.client.parsing import RULE_SYNTAX, describeRule, parseRule
 from imgateway.core.address import Address
 from imgateway.core.errors import DeliveryError, InvalidAddress, NoSuchAccount, ServiceUnavailable, TooLarge
 from imgateway.core.events import Message, newMessageId
 from imgateway.core.presence import Presence, PresenceState
-from imgateway.core.records import AccountRecord, ContactRecord, ContactView
+from imgateway.core.records import AccountRecord, ContactRecord, ContactView, PresenceRule, checkRule
 from imgateway.interfaces import IGateway, ISession, ISessionClient
 
 __all__ = ["CONSOLE_LABEL", "GatewayConsole", "LinkInfo", "SessionInfo", "UserInfo", "completions", "makeNamespace"]
@@ -413,6 +415,84 @@ class GatewayConsole:
 
         return Deferred.fromCoroutine(go())
 
+    # -- presence rules -------------------------------------------------------------
+
+    def rules(self, user: str | Address) -> Deferred[_Text]:
+        """
+        A user's presence rules, numbered in order (the first that matches
+        a message decides).
+
+        As C{/rules} and C{imgateway-admin rule list} show them:
+        C{1. while on-the-phone from alice@corp.example: forward to
+        alice@xmpp.example}. (C{gateway.homeServer.userRules} gives the
+        L{PresenceRule}s themselves, for scripts.)
+        """
+
+        async def go() -> _Text:
+            return _numbered(await self._userRules(self._address(user)))
+
+        return Deferred.fromCoroutine(go())
+
+    def setRules(self, user: str | Address, rules: Sequence[str | PresenceRule]) -> Deferred[_Text]:
+        """
+        Replace a user's presence rules.
+
+        Each rule is typed as in C{/rule add}: C{STATES [from SENDER]
+        [network local|remote] (deliver | reply TEXT... | forward ADDRESS |
+        refuse ALTERNATE)} (or is a L{PresenceRule}); C{[]} removes them
+        all. Checked as the user's own request would be (C{[home]
+        max_rules}); the user's sessions follow at once.
+
+        @return: Fires with the new list, as L{rules} shows it.
+        """
+
+        async def go() -> _Text:
+            address = self._address(user)
+            parsed = [self._rule(r) for r in rules]
+            await self._userRules(address)
+            return await self._setRules(address, parsed)
+
+        return Deferred.fromCoroutine(go())
+
+    def addRule(self, user: str | Address, rule: str | PresenceRule, position: int | None = None) -> Deferred[_Text]:
+        """
+        Add a presence rule: last, or at C{position} (1 is looked at first).
+
+        C{rule} is typed as in C{/rule add}:
+        C{gateway.addRule("bob", "phone reply On the phone, back soon")}.
+
+        @return: Fires with the new list, as L{rules} shows it.
+        """
+
+        async def go() -> _Text:
+            address = self._address(user)
+            parsed = self._rule(rule)
+            current = await self._userRules(address)
+            where = len(current) if position is None else position - 1
+            if not 0 <= where <= len(current):
+                raise ValueError(f"the position must be 1 to {len(current) + 1}")
+            current.insert(where, parsed)
+            return await self._setRules(address, current)
+
+        return Deferred.fromCoroutine(go())
+
+    def removeRule(self, user: str | Address, number: int) -> Deferred[_Text]:
+        """
+        Remove a user's presence rule C{number} (as L{rules} numbers them).
+
+        @return: Fires with the new list, as L{rules} shows it.
+        """
+
+        async def go() -> _Text:
+            address = self._address(user)
+            current = await self._userRules(address)
+            if not isinstance(number, int) or not 1 <= number <= len(current):
+                raise IndexError(f"{address} has no rule {number!r} ({len(current)} rules)")
+            del current[number - 1]
+            return await self._setRules(address, current)
+
+        return Deferred.fromCoroutine(go())
+
     # -- inside ---------------------------------------------------------------------
 
     def _home(self) -> Any:
@@ -430,6 +510,34 @@ class GatewayConsole:
         if not isinstance(user, str):
             raise InvalidAddress(f"expected an address or a local part, got {user!r}")
         return Address.fromString(user) if "@" in user else Address.fromParts(user, self._gateway.domain)
+
+    def _rule(self, rule: str | PresenceRule) -> PresenceRule:
+        if isinstance(rule, PresenceRule):
+            return rule
+        if not isinstance(rule, str):
+            raise TypeError(f"a rule is typed as text ({RULE_SYNTAX}) or is a PresenceRule, not {rule!r}")
+        return checkRule(ruleFromJSON(parseRule(rule.split(), self._gateway.domain)))
+
+    async def _userRules(self, address: Address) -> list[PresenceRule]:
+        """
+        The rules of a user of this home server (the account must exist and
+        be homed here: another server's user has its rules in that
+        server's store).
+        """
+        home = self._needHome()
+        account = await self._gateway.directory.getAccount(address)
+        if account is None:
+            raise NoSuchAccount(f"no account {address}")
+        here = self._gateway.config.homeServerName
+        if account.homeServer != here:
+            raise ServiceUnavailable(f"{address} is homed on {account.homeServer}, not {here}: use its manhole")
+        rules: list[PresenceRule] = await home.userRules(address)
+        return rules
+
+    async def _setRules(self, address: Address, rules: list[PresenceRule]) -> _Text:
+        await self._needHome().setUserRules(address, rules)
+        log.info("Console: presence rules of {user} set ({count} rules)", user=address, count=len(rules))
+        return _numbered(await self._needHome().userRules(address))
 
     def _send(self, sender: Address, recipient: Address, body: str) -> Deferred[str]:
         limit = self._gateway.config.home.maxMessageChars
@@ -453,6 +561,15 @@ def _arguments(method: Any) -> str:
     """
     parameters = list(inspect.signature(method).parameters.values())[1:]
     return "(" + ", ".join(p.name + ("" if p.default is p.empty else f"={p.default!r}") for p in parameters) + ")"
+
+
+def _numbered(rules: Sequence[PresenceRule]) -> _Text:
+    """
+    Rules, one a line, numbered from 1, as C{/rules} shows them.
+    """
+    if not rules:
+        return _Text("no rules")
+    return _Text("\n".join(f"{n}. {describeRule(ruleToJSON(r))}" for n, r in enumerate(rules, 1)))
 
 
 def _outcome(failure: Failure) -> str:

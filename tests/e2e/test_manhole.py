@@ -106,10 +106,11 @@ class ManholeTests(TestCase):
         A script sent on ssh's input sets alice's presence, which bob (who
         watches her) sees; sends a message as alice and one from the
         system, which bob's native client receives; gets its output back
-        and exit status 0. alice, offline, is given a presence the console
+        and exit status 0. A rule added for bob auto-replies to alice's
+        native client. alice, offline, is given a presence the console
         holds.
         """
-        aliceClient, _ = await self.gateway.client("alice", "alice-pw")
+        aliceClient, aliceSees = await self.gateway.client("alice", "alice-pw")
         bobClient, bobSees = await self.gateway.client("bob", "bob-pw")
         await bobClient.subscribe(ALICE)
         await aliceClient.authorise(BOB, True)
@@ -133,6 +134,19 @@ class ManholeTests(TestCase):
         await bobSees.waitForPresence(ALICE, PresenceState.ON_THE_PHONE, "in a call")
         await bobSees.waitForMessage(ALICE, "hello from the console")
         await bobSees.waitForMessage(SYSTEM, "maintenance at 5")
+
+        # A rule set from the manhole acts on a native client's message.
+        done = await self.script(
+            "print(await gateway.setPresence('bob', 'busy'))\n"
+            "print(await gateway.addRule('bob', 'busy from alice reply In a meeting until 4'))\n"
+        )
+        self.assertEqual(
+            (done.returncode, done.stdout.decode()),
+            (0, "bob@corp.example set to busy on 1 session(s)\n1. while busy from alice@corp.example: reply 'In a meeting until 4'\n"),
+        )
+        await aliceClient.sendMessage(BOB, "quick question")
+        await bobSees.waitForMessage(ALICE, "quick question")
+        await aliceSees.waitForMessage(BOB, "In a meeting until 4")
 
         await goodbye(aliceClient, reactor())
         await bobSees.waitForPresence(ALICE, PresenceState.OFFLINE)

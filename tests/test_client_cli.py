@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
 from typing import Any, cast
@@ -36,7 +37,7 @@ from imgateway.client.formatting import (
     formatWho,
     sanitise,
 )
-from imgateway.client.oneshot import ONE_SHOT_COMMANDS
+from imgateway.client.oneshot import ONE_SHOT_COMMANDS, runOn
 from imgateway.client.parsing import parseAlternate, parseEntry, parseState, parseStatus, resolveAddress
 from imgateway.client.protocol import BYE_TIMEOUT, ClientError
 from imgateway.core.address import Address
@@ -532,7 +533,35 @@ class ArgumentTests(SynchronousTestCase):
         self.assertEqual(e.code, 2)
         self.assertIn("the alternate must be a URI", self.stderr.getvalue())
         a = parseArguments(["--user", "alice", "rule", "busy", "tel:+15550100"])
-        self.assertEqual((a.state, a.alternate), ("busy", ["tel:+15550100"]))
+        self.assertEqual(a.words, ["busy", "tel:+15550100"])
+
+    def test_ruleForms(self) -> None:
+        """
+        C{rule} takes the chat client's forms (C{add RULE}, C{insert N
+        RULE}, C{remove N}, C{STATE [ALTERNATE]}), options after them too,
+        and checks them before connecting, a bare name included; a rule
+        that does not parse is a usage error naming the command.
+        """
+        for words in (
+            ["add", "phone", "from", "bob", "forward", "bob@xmpp.example"],
+            ["insert", "1", "busy", "reply", "In", "a", "meeting"],
+            ["remove", "2"],
+            ["busy"],
+        ):
+            a = parseArguments(["--user", "alice", "rule", *words, "-v"])
+            self.assertEqual((a.words, a.verbose), (words, True))
+        for words, said in (
+            (["add", "phone", "shout"], "a rule is STATES [from SENDER]"),
+            (["insert", "x", "busy", "deliver"], "usage: imgateway-client rule insert N RULE (N: 1 for the first rule)"),
+            (["remove", "0"], "usage: imgateway-client rule remove N (N: 1 for the first rule)"),
+            (["remove", "1", "2"], "usage: imgateway-client rule remove N"),
+            (["add", "snoozing", "deliver"], "unknown presence state 'snoozing'"),
+        ):
+            self.stderr.seek(0)
+            self.stderr.truncate()
+            e = self.assertRaises(SystemExit, parseArguments, ["--user", "alice@corp.example", "rule", *words])
+            self.assertEqual(e.code, 2)
+            self.assertIn(said, self.stderr.getvalue())
 
     def _namespace(self, passwordStdin: bool) -> argparse.Namespace:
         return argparse.Namespace(password_stdin=passwordStdin, user="alice")
@@ -649,6 +678,80 @@ class FakeClient:
 
         self.closed.addCallback(fire)
         return d
+
+
+class OneShotRuleTests(SynchronousTestCase):
+    """
+    The one-shot C{rules} and C{rule} commands (L{runOn}), with a fake
+    client: the chat client's forms, parsed by the same parser.
+    """
+
+    def setUp(self) -> None:
+        self.client = FakeClient()
+        self.out = io.StringIO()
+
+    def oneShot(self, *argv: str) -> Deferred[None]:
+        """
+        Run C{imgateway-client --user alice -v ARGV} on the fake client.
+        """
+        arguments = parseArguments(["--user", "alice", "-v", *argv])
+        return Deferred.fromCoroutine(runOn(cast(Any, self.client), arguments, self.out))
+
+    def test_edit(self) -> None:
+        """
+        C{rule add RULE} adds a rule last, C{rule insert N RULE} at N, and
+        C{rule remove N} removes rule N (a bare name in the user's domain);
+        C{rule STATE ALTERNATE} and C{rule STATE} still set and remove the
+        first protocol's refusal.
+        """
+        for argv in (
+            ["add", "phone", "from", "bob", "forward", "bob@xmpp.example"],
+            ["insert", "1", "phone,busy", "network", "remote", "reply", "On", "the", "phone"],
+            ["remove", "2"],
+            ["busy", "tel:+15550100"],
+            ["dnd"],
+        ):
+            self.successResultOf(self.oneShot("rule", *argv))
+        self.assertEqual(
+            self.client.calls,
+            [
+                ("addRule", ({"states": ["on-the-phone"], "sender": "bob@corp.example", "action": "forward", "forward": "bob@xmpp.example"}, None)),
+                ("addRule", ({"states": ["on-the-phone", "busy"], "network": "remote", "action": "auto-reply", "text": "On the phone"}, 1)),
+                ("removeRule", (2,)),
+                ("setRule", (PresenceState.BUSY, "tel:+15550100")),
+                ("setRule", (PresenceState.BUSY, None)),
+            ],
+        )
+        self.assertEqual(
+            self.out.getvalue().splitlines(),
+            [
+                "-> rule added: while on-the-phone from bob@corp.example: forward to bob@xmpp.example",
+                "-> rule added at 1: while on-the-phone,busy (remote senders): reply 'On the phone'",
+                "-> rule 2 removed",
+                "-> rule for busy set",
+                "-> rule for busy removed",
+            ],
+        )
+
+    def test_list(self) -> None:
+        """
+        C{rules} prints the rules numbered, as C{/rules} shows them (the
+        first protocol's refusals too); C{--json} the server's list.
+        """
+        answer = [
+            {"states": ["on-the-phone"], "action": "refuse", "alternate": "tel:+15550100", "presence": "on-the-phone"},
+            {"states": ["away"], "action": "auto-reply", "sender": "corp.example", "text": "back at 3"},
+        ]
+        self.client.answers["rules"] = succeed(answer)
+        self.successResultOf(self.oneShot("rules"))
+        self.assertEqual(
+            self.out.getvalue().splitlines(),
+            ["1. while on-the-phone: refuse, naming tel:+15550100", "2. while away from corp.example: reply 'back at 3'"],
+        )
+        self.out = io.StringIO()
+        self.client.answers["rules"] = succeed(answer)
+        self.successResultOf(self.oneShot("rules", "--json"))
+        self.assertEqual(json.loads(self.out.getvalue()), answer)
 
 
 class ChatSessionTests(SynchronousTestCase):

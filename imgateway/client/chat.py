@@ -35,12 +35,9 @@ from imgateway.client.formatting import (
     sanitise,
 )
 from imgateway.client.parsing import (
-    RULE_SYNTAX,
     describeRule,
-    parseAlternate,
     parseEntry,
-    parseRule,
-    parseState,
+    parseRuleCommand,
     parseStatus,
     resolveAddress,
 )
@@ -432,45 +429,29 @@ class ChatSession(ClientObserver):
         the first protocol's C{/rule STATE ALTERNATE} (sets a refusal) and
         C{/rule STATE} (removes it).
         """
-        words = rest.split()
-        if not words:
-            self.write(f"!! usage: /rule add {RULE_SYNTAX} | /rule insert N ... | /rule remove N | /rule STATE [ALTERNATE]")
-            return None
-        verb = words[0].lower()
-        if verb in ("add", "insert", "remove"):
-            return self._editRules(verb, words[1:])
         try:
-            state = parseState(words[0])
-            alternate = parseAlternate(" ".join(words[1:])) if words[1:] else None
+            command = parseRuleCommand(rest.split(), self.domain)
         except ValueError as e:
-            self.write(f"!! {e}")
+            self.write(f"!! {sanitise(str(e))}")
             return None
+        if command.verb == "remove":
+            assert command.position is not None
+            return self._client.removeRule(command.position).addCallbacks(
+                self._ok(f"rule {command.position} removed"), self._failed("")
+            )
+        if command.verb == "add":
+            assert command.rule is not None
+            said = f"rule added{'' if command.position is None else f' at {command.position}'}: {describeRule(command.rule)}"
+            return self._client.addRule(command.rule, command.position).addCallbacks(
+                self._ok(sanitise(said)), self._failed("")
+            )
+        assert command.state is not None
+        state, alternate = command.state, command.alternate
         if alternate is None:
             said = f"rule for {PRESENCE[state]} removed"
         else:
             said = f"while {PRESENCE[state]}, messages are turned away naming {alternate}"
         return self._client.setRule(state, alternate).addCallbacks(self._ok(said), self._failed(""))
-
-    def _editRules(self, verb: str, words: list[str]) -> Deferred[None] | None:
-        position: int | None = None
-        try:
-            if verb != "add":
-                if not words or not words[0].isdigit() or int(words[0]) < 1:
-                    raise ValueError(f"usage: /rule {verb} N{' RULE' if verb == 'insert' else ''} (N: 1 for the first rule)")
-                position, words = int(words[0]), words[1:]
-            if verb == "remove":
-                if words:
-                    raise ValueError("usage: /rule remove N")
-                assert position is not None
-                return self._client.removeRule(position).addCallbacks(
-                    self._ok(f"rule {position} removed"), self._failed("")
-                )
-            rule = parseRule(words, self.domain)
-        except ValueError as e:
-            self.write(f"!! {sanitise(str(e))}")
-            return None
-        said = f"rule added{'' if position is None else f' at {position}'}: {describeRule(rule)}"
-        return self._client.addRule(rule, position).addCallbacks(self._ok(sanitise(said)), self._failed(""))
 
     def command_rules(self, rest: str) -> Deferred[None]:
         """

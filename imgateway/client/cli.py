@@ -23,8 +23,8 @@ from typing import NoReturn
 from imgateway import __version__
 from imgateway.client.chat import runChat
 from imgateway.client.formatting import PROGRAM, errorLine
-from imgateway.client.oneshot import runOneShot
-from imgateway.client.parsing import parseAlternate, parseState
+from imgateway.client.oneshot import RULE_COMMAND, runOneShot
+from imgateway.client.parsing import RULE_SYNTAX, parseRuleCommand
 from imgateway.client.protocol import DEFAULT_MAX_REDIRECTS
 
 __all__ = [
@@ -130,15 +130,18 @@ def buildParser() -> argparse.ArgumentParser:
         p.add_argument("entry", metavar="ENTRY")
     p = sub("lists", "print your allow and block lists, one entry a line: LIST, ENTRY")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p = sub("rules", "print your presence rules, one a line: STATE, ALTERNATE")
+    p = sub("rules", "print your presence rules, numbered, one a line (the first that matches decides)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p = sub("rule", "while in STATE, turn messages away naming ALTERNATE; with no ALTERNATE, remove the rule")
-    p.add_argument("state", metavar="STATE")
+    p = sub(
+        "rule",
+        "edit your presence rules: 'add RULE' (last), 'insert N RULE', 'remove N' (N: 1 for the first rule); "
+        "or 'STATE ALTERNATE': while in STATE, turn messages away naming ALTERNATE (no ALTERNATE: remove that rule)",
+    )
     p.add_argument(
-        "alternate",
-        metavar="ALTERNATE",
-        nargs="*",
-        help="a URI: tel:+15550100, im:bob@corp.example, sip:, xmpp:, mailto:, https:",
+        "words",
+        metavar="WORDS",
+        nargs="+",
+        help=f"RULE is {RULE_SYNTAX}; ALTERNATE a URI: tel:+15550100, im:bob@corp.example, sip:, xmpp:, mailto:, https:",
     )
     sub("ping", "check that the server answers")
     return parser
@@ -159,10 +162,11 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     if arguments.max_redirects < 0:
         parser.error("--max-redirects must be 0 or more")
     if arguments.command == "rule":
+        # Checked before connecting; a bare name is resolved again, in the
+        # user's own domain, once logged in.
+        domain = arguments.user.rpartition("@")[2] if "@" in arguments.user else "example.invalid"
         try:
-            parseState(arguments.state)
-            if arguments.alternate:
-                parseAlternate(" ".join(arguments.alternate))
+            parseRuleCommand(list(arguments.words), domain, RULE_COMMAND)
         except ValueError as e:
             parser.error(str(e))
     return arguments

@@ -17,11 +17,11 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 
 from imgateway.adapters.native.mapping import PRESENCE
 from imgateway.client.formatting import describeConnectFailure, describeFailure, errorLine, formatContactRow, sanitise
-from imgateway.client.parsing import describeRule, parseAlternate, parseEntry, parseState, resolveAddress
+from imgateway.client.parsing import describeRule, parseEntry, parseRuleCommand, resolveAddress
 from imgateway.client.protocol import NativeClientProtocol, connect, goodbye, redirector
 from imgateway.core.errors import DeliveryError, InvalidAddress
 
-__all__ = ["ONE_SHOT_COMMANDS", "runOneShot"]
+__all__ = ["ONE_SHOT_COMMANDS", "RULE_COMMAND", "runOn", "runOneShot"]
 
 
 class _Output:
@@ -120,19 +120,29 @@ async def _rules(client: NativeClientProtocol, arguments: argparse.Namespace, ou
     if arguments.json:
         out.line(json.dumps(rules, ensure_ascii=False))
         return
-    for rule in rules:
-        if "presence" in rule:
-            # A refusal for one state, as the first protocol set it.
-            out.line(f"{sanitise(str(rule.get('presence')))}\t{sanitise(str(rule.get('alternate')))}")
-        else:
-            out.line(f"-\t{sanitise(describeRule(rule))}")
+    for number, rule in enumerate(rules, 1):
+        out.line(f"{number}. {sanitise(describeRule(rule))}")
+
+
+#: How L{_rule}'s usage messages name it.
+RULE_COMMAND = "imgateway-client rule"
 
 
 async def _rule(client: NativeClientProtocol, arguments: argparse.Namespace, out: _Output) -> None:
-    state = parseState(arguments.state)
-    alternate = parseAlternate(" ".join(arguments.alternate)) if arguments.alternate else None
-    await client.setRule(state, alternate)
-    out.done(f"rule for {PRESENCE[state]} {'removed' if alternate is None else 'set'}")
+    command = parseRuleCommand(list(arguments.words), _domainOf(client), RULE_COMMAND)
+    if command.verb == "remove":
+        assert command.position is not None
+        await client.removeRule(command.position)
+        out.done(f"rule {command.position} removed")
+    elif command.verb == "add":
+        assert command.rule is not None
+        await client.addRule(command.rule, command.position)
+        where = "" if command.position is None else f" at {command.position}"
+        out.done(sanitise(f"rule added{where}: {describeRule(command.rule)}"))
+    else:
+        assert command.state is not None
+        await client.setRule(command.state, command.alternate)
+        out.done(f"rule for {PRESENCE[command.state]} {'removed' if command.alternate is None else 'set'}")
 
 
 async def _ping(client: NativeClientProtocol, arguments: argparse.Namespace, out: _Output) -> None:
@@ -163,6 +173,19 @@ _ONE_SHOTS: dict[str, tuple[_OneShot, str | None]] = {
 ONE_SHOT_COMMANDS = frozenset(_ONE_SHOTS)
 
 
+async def runOn(client: NativeClientProtocol, arguments: argparse.Namespace, out: TextIO) -> None:
+    """
+    Run the one-shot command C{arguments.command} on a logged-in
+    C{client}, printing its result on C{out}.
+
+    @raise Exception: What the command failed with (a L{ValueError} for
+        what the user typed, a L{DeliveryError} or a client error from the
+        server).
+    """
+    run, _ = _ONE_SHOTS[arguments.command]
+    await run(client, arguments, _Output(out, arguments.verbose))
+
+
 async def runOneShot(
     reactor: Any, arguments: argparse.Namespace, password: str, endpoint: IStreamClientEndpoint
 ) -> None:
@@ -173,7 +196,7 @@ async def runOneShot(
 
     @raise SystemExit: With status 1 if logging in or the command failed.
     """
-    run, about = _ONE_SHOTS[arguments.command]
+    _, about = _ONE_SHOTS[arguments.command]
     try:
         client = await connect(
             reactor,
@@ -192,7 +215,7 @@ async def runOneShot(
         raise SystemExit(1) from None
     code = 0
     try:
-        await run(client, arguments, _Output(sys.stdout, arguments.verbose))
+        await runOn(client, arguments, sys.stdout)
     except Exception as e:
         target = getattr(arguments, about) if about is not None else None
         if isinstance(e, DeliveryError) and about == "address" and client.address is not None:

@@ -15,16 +15,20 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from attrs import frozen
+
 from imgateway.adapters.native.mapping import PRESENCE, presenceFromToken
 from imgateway.core.address import Address, normaliseDomain
 from imgateway.core.presence import PresenceState
 
 __all__ = [
     "RULE_SYNTAX",
+    "RuleCommand",
     "describeRule",
     "parseAlternate",
     "parseEntry",
     "parseRule",
+    "parseRuleCommand",
     "parseState",
     "parseStatus",
     "resolveAddress",
@@ -208,6 +212,58 @@ def parseRule(words: list[str], domain: str | None = None) -> dict[str, object]:
     else:
         raise ValueError(usage)
     return rule
+
+
+@frozen
+class RuleCommand:
+    """
+    A rule command as a user typed it (C{/rule ...} in the chat client,
+    C{imgateway-client rule ...}), parsed (L{parseRuleCommand}).
+
+    @ivar verb: C{"add"} (C{rule}, last or at C{position}), C{"remove"}
+        (rule C{position}), or C{"state"}: the first protocol's refusal for
+        one C{state} naming C{alternate} (C{None}: remove it).
+    @ivar position: From 1 (the first rule looked at); C{None} for
+        C{add}: last.
+    @ivar rule: The rule's JSON form (L{parseRule}), for C{add}.
+    """
+
+    verb: str
+    position: int | None = None
+    rule: dict[str, object] | None = None
+    state: PresenceState | None = None
+    alternate: str | None = None
+
+
+def parseRuleCommand(words: list[str], domain: str | None = None, command: str = "/rule") -> RuleCommand:
+    """
+    Parse a rule command: C{add RULE}, C{insert N RULE}, C{remove N} (N
+    from 1, the first rule looked at), or the first protocol's C{STATE
+    [ALTERNATE]} (a refusal for one state naming C{ALTERNATE}, a URI; no
+    C{ALTERNATE}: remove it). C{RULE} is L{RULE_SYNTAX} (L{parseRule}).
+
+    @param command: How the user typed the command, for usage messages
+        (C{"/rule"}, C{"imgateway-client rule"}).
+    @raise ValueError: Saying what is wrong, with the syntax.
+    """
+    if not words:
+        raise ValueError(
+            f"usage: {command} add {RULE_SYNTAX} | {command} insert N ... | {command} remove N | {command} STATE [ALTERNATE]"
+        )
+    verb, rest = words[0].lower(), words[1:]
+    if verb in ("insert", "remove"):
+        if not rest or not rest[0].isdigit() or int(rest[0]) < 1:
+            raise ValueError(f"usage: {command} {verb} N{' RULE' if verb == 'insert' else ''} (N: 1 for the first rule)")
+        position, rest = int(rest[0]), rest[1:]
+        if verb == "remove":
+            if rest:
+                raise ValueError(f"usage: {command} remove N")
+            return RuleCommand("remove", position)
+        return RuleCommand("add", position, parseRule(rest, domain))
+    if verb == "add":
+        return RuleCommand("add", None, parseRule(rest, domain))
+    state = parseState(words[0])
+    return RuleCommand("state", state=state, alternate=parseAlternate(" ".join(rest)) if rest else None)
 
 
 def describeRule(rule: dict[str, object]) -> str:

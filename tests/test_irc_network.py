@@ -49,6 +49,7 @@ from imgateway.core.errors import (
     UserOffline,
 )
 from imgateway.core.events import Event, Message, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
+from imgateway.core.linkinfo import LinkInfo
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
 from imgateway.interfaces import IRoute
 
@@ -837,6 +838,38 @@ class RouteTests(SynchronousTestCase):
         later = self.failureResultOf(self.route.deliver(Message(ALICE, FRANK, "again")), ServiceUnavailable)
         self.assertIn("banned", str(later.value))
         self.assertNotIn(ALICE, self.route.puppets)
+
+
+    def test_linkInfo(self) -> None:
+        """
+        The route tells the operator's console the state of each of the
+        network's connections: the presence watcher (idle until someone is
+        watched), each user's puppet (connecting, then registered under its
+        nick, with the lines waiting), the users the network banned.
+        """
+        watcher = "IRC libera presence watcher"
+        self.assertEqual(self.route.linkInfo(), [LinkInfo(watcher, False, "idle: nobody watches anyone there")])
+        self.route.deliver(Message(ALICE, FRANK, "hi"))
+        self.assertEqual(
+            self.route.linkInfo()[1:], [LinkInfo("IRC libera puppet of alice@corp.example", False, "connecting (0 failed), 1 line(s) waiting")]
+        )
+        self.puppetConnection()
+        self.clock.advance(1)
+        self.route.deliver(SubscriptionEvent(SubscriptionKind.SUBSCRIBE, ALICE, FRANK))
+        self.assertEqual(
+            self.route.linkInfo(),
+            [
+                LinkInfo(watcher, False, "connecting (0 failed), 0 line(s) waiting"),
+                LinkInfo("IRC libera puppet of alice@corp.example", True, "as alice[corp], 0 line(s) waiting"),
+            ],
+        )
+        connection, transport = self.puppetConnection()
+        feed(connection, "ERROR :Closing link: alice[127.0.0.1] (You are banned)")
+        transport.loseConnection()
+        [_, banned] = self.route.linkInfo()
+        self.assertEqual((banned.name, banned.up), ("IRC libera puppet of alice@corp.example", False))
+        self.assertTrue(banned.detail.startswith("banned: "), banned.detail)
+        self.clock.advance(self.config.statusWait)
 
 
 class ExampleConfigTests(SynchronousTestCase):

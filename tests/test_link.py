@@ -12,12 +12,13 @@ from typing import Any, Callable
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -40,6 +41,7 @@ from imgateway.core.errors import (
 from imgateway.core.events import Event, Message, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
+from imgateway.core.linkinfo import LinkInfo, LinkInfoSource
 from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter
 from imgateway.router.link import (
     LinkClient,
@@ -348,6 +350,40 @@ class DeliveryTests(LinkTestCase):
         self.network.flush()
         self.assertEqual(self.failureResultOf(d, DeliveryError).value.status, DeliveryStatus.SERVER_ERROR)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class LinkInfoTests(LinkTestCase):
+    """
+    What the links tell the operator's console (L{LinkInfoSource}).
+    """
+
+    def test_client(self) -> None:
+        """
+        A link client says whether it is up and how many requests wait.
+        """
+        client = self.client()
+        self.assertIsInstance(client, LinkInfoSource)
+        self.assertEqual(client.linkInfo(), [LinkInfo("link to server hs1", True, "0 waiting")])
+        self.drop()
+        waiting = client.deliver(Message(Address.fromString("a@corp.example"), Address.fromString("b@corp.example"), "hi"))
+        self.assertEqual(client.linkInfo(), [LinkInfo("link to server hs1", False, "1 waiting")])
+        self.clock.advance(configFor("hs2").links.requestTimeout)
+        self.failureResultOf(waiting, ServiceUnavailable)
+
+    def test_incoming(self) -> None:
+        """
+        The service of a process's links holds one that counts the incoming
+        link connections.
+        """
+        made = makeLinkService(configFor("hs1"), MemoryReactorClock(), FakeRouter(), FakeLocator())
+        [incoming] = [s for s in made.service if isinstance(s, LinkInfoSource)]
+        self.assertEqual(incoming.linkInfo(), [LinkInfo("server links incoming", False, "0 connection(s)")])
+        address = IPv4Address("TCP", "127.0.0.1", 40001)
+        connection = made.acceptor.buildProtocol(address)
+        assert connection is not None
+        connection.makeConnection(iosim.FakeTransport(connection, True, address, address))
+        self.assertEqual(incoming.linkInfo(), [LinkInfo("server links incoming", True, "1 connection(s)")])
+        connection.connectionLost(Failure(ConnectionDone()))
 
 
 class QueueAndTimeoutTests(LinkTestCase):

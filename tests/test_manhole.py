@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.application.service import MultiService, Service
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.python.filepath import FilePath
@@ -22,7 +23,7 @@ from imgateway.core.presence import OFFLINE, Presence, PresenceState
 from imgateway.core.records import AccountRecord, ContactRecord, PresenceRule, PutContact, RuleAction, RuleNetwork
 from imgateway.gateway import Gateway
 from imgateway.interfaces import ISession
-from imgateway.manhole.namespace import CONSOLE_LABEL, GatewayConsole, UserInfo, completions, makeNamespace
+from imgateway.manhole.namespace import CONSOLE_LABEL, GatewayConsole, LinkInfo, UserInfo, completions, makeNamespace
 from imgateway.manhole.script import runScript
 from imgateway.testing import RecordingSessionClient, addUser, memoryGateway
 
@@ -404,6 +405,39 @@ class GatewayConsoleTests(_ConsoleTestMixin, SynchronousTestCase):
         """
         self.assertEqual(self.console.routes(), {"corp.example": "HomeServer hs1"})
         self.assertEqual(self.console.links(), [])
+
+    def test_links(self) -> None:
+        """
+        C{links} asks every service of the tree that keeps links up
+        (L{LinkInfoSource}), at any depth: an XMPP component link, the IRC
+        bridge's connections to a network, any other.
+        """
+        from imgateway.adapters.irc.network import IRCNetworkConfig, IRCNetworkService
+        from imgateway.adapters.xmpp.component import ComponentConfig, makeComponentService
+        from tests.test_irc_network import FakeEndpoint
+
+        class Other(Service):
+            def linkInfo(self) -> list[LinkInfo]:
+                return [LinkInfo("other", True)]
+
+        root = MultiService()
+        makeComponentService(
+            self.gateway, ComponentConfig("gw.xmpp.example", "s3cret", "tcp:127.0.0.1:5347", ("xmpp.example",)), FakeEndpoint()
+        ).setServiceParent(root)
+        nested = MultiService()
+        nested.setServiceParent(root)
+        IRCNetworkService(self.gateway, IRCNetworkConfig("libera", "libera.irc", "tcp:x:1"), FakeEndpoint).setServiceParent(nested)
+        Other().setServiceParent(nested)
+        console = GatewayConsole(self.gateway, root=root)
+        self.assertEqual(
+            console.links(),
+            [
+                LinkInfo("XMPP component gw.xmpp.example", False, "to tcp:127.0.0.1:5347"),
+                LinkInfo("IRC libera presence watcher", False, "idle: nobody watches anyone there"),
+                LinkInfo("other", True),
+            ],
+        )
+        self.assertEqual(repr(console.links()[-1]), "<link other up>")
 
     def test_help(self) -> None:
         """

@@ -42,6 +42,7 @@ from imgateway.adapters.xmpp.s2s import (
 )
 from imgateway.adapters.xmpp.stream import NS_STREAM_LIMITS
 from imgateway.core.errors import ConfigError, DeliveryStatus, NoRoute
+from imgateway.core.linkinfo import LinkInfo
 from imgateway.net.certificates import loadTLSFiles
 from imgateway.net.tls import TLSFiles
 from imgateway.testing import XmlStreamPeer, makeCertificates, memoryGateway
@@ -320,6 +321,26 @@ class ConfigTests(SynchronousTestCase):
         named.setContent(b"shared by every process")
         third = self.federation(gateway, named.path)
         self.assertEqual(third.manager.dialbackKey(THEIRS, "id1"), dialbackKey(b"shared by every process", THEIRS, OURS, "id1"))
+
+    def test_linkInfo(self) -> None:
+        """
+        The federation service tells the operator's console the state of
+        each outgoing link (by domain, with the stanzas waiting) and of the
+        incoming streams.
+        """
+        gateway = memoryGateway(MemoryReactorClock())
+        gateway.dataDir = FilePath(self.mktemp())
+        gateway.dataDir.makedirs()
+        config = FederationConfig(S2SConfig(requireTLS=False, useDNS=False, routes={THEIRS: ROUTE}))
+        service = FederationService(gateway, config, None)
+        self.assertEqual(service.linkInfo(), [LinkInfo("XMPP s2s incoming", False, "0 stream(s)")])
+        waiting = service.manager.send(THEIRS, message())
+        self.assertEqual(
+            service.linkInfo(),
+            [LinkInfo(f"XMPP s2s to {THEIRS}", False, "1 waiting"), LinkInfo("XMPP s2s incoming", False, "0 stream(s)")],
+        )
+        self.successResultOf(service.manager.stop())
+        self.failureResultOf(waiting)
 
     def test_dialbackSecretKey(self) -> None:
         """

@@ -30,6 +30,7 @@ from imgateway.client.parsing import RULE_SYNTAX, describeRule, parseRule
 from imgateway.core.address import Address
 from imgateway.core.errors import DeliveryError, InvalidAddress, NoSuchAccount, ServiceUnavailable, TooLarge
 from imgateway.core.events import Message, newMessageId
+from imgateway.core.linkinfo import LinkInfo, LinkInfoSource
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.core.records import AccountRecord, ContactRecord, ContactView, PresenceRule, checkRule
 from imgateway.interfaces import IGateway, ISession, ISessionClient
@@ -86,22 +87,6 @@ class UserInfo:
         state = "enabled" if self.enabled else "disabled"
         name = f" {self.name!r}" if self.name else ""
         return f"<user {self.address}{name} {state} home={self.home} sessions={self.sessions}>"
-
-
-@frozen
-class LinkInfo:
-    """
-    The state of one link (to another server, a peer domain, an XMPP
-    server or component host).
-    """
-
-    name: str
-    up: bool
-    detail: str = ""
-
-    def __repr__(self) -> str:
-        detail = f" ({self.detail})" if self.detail else ""
-        return f"<link {self.name} {'up' if self.up else 'down'}{detail}>"
 
 
 @implementer(ISessionClient)
@@ -281,7 +266,8 @@ class GatewayConsole:
 
         Links to the domain's other servers and peer domains' routers (and
         the incoming ones), to XMPP servers (federation) and component
-        hosts.
+        hosts, and the IRC bridge's connections to each network (its
+        presence watcher and each user's puppet).
         """
         return _findLinks(self._root) if self._root is not None else []
 
@@ -600,39 +586,11 @@ def _walk(service: IService) -> list[IService]:
 
 def _findLinks(root: IService) -> list[LinkInfo]:
     """
-    The links of the services under C{root}, found by kind: server links
-    (L{imgateway.router.link}), XMPP federation and component links.
+    The links of the services under C{root}: each service that keeps links
+    up says how they are (L{LinkInfoSource}: server links, XMPP federation
+    and component links, IRC networks).
     """
-    from imgateway.adapters.xmpp.component import ComponentService
-    from imgateway.adapters.xmpp.federation_service import FederationService
-    from imgateway.router.link import LinkClient
-
-    links = []
-    for service in _walk(root):
-        if isinstance(service, LinkClient):
-            links.append(LinkInfo(f"link to {service.name}", service.connected, f"{service.queued} waiting"))
-        elif isinstance(service, ComponentService):
-            config = service.config
-            links.append(
-                LinkInfo(f"XMPP component {config.jid}", service.link.stream is not None, f"to {config.endpoint}")
-            )
-        elif isinstance(service, FederationService):
-            for domain, link in sorted(service.manager.links.items()):
-                links.append(LinkInfo(f"XMPP s2s to {domain}", link.up, f"{len(link.queue)} waiting"))
-            incoming = len(service.manager.incoming)
-            links.append(LinkInfo("XMPP s2s incoming", incoming > 0, f"{incoming} stream(s)"))
-    acceptor = _incomingLinks(root)
-    if acceptor is not None:
-        links.append(LinkInfo("server links incoming", bool(acceptor.connections), f"{len(acceptor.connections)} connection(s)"))
-    return links
-
-
-def _incomingLinks(root: IService) -> Any:
-    for service in _walk(root):
-        factory = getattr(service, "_factory", None)
-        if type(service).__name__ == "_IncomingLinks" and factory is not None:
-            return factory
-    return None
+    return [info for service in _walk(root) if isinstance(service, LinkInfoSource) for info in service.linkInfo()]
 
 
 def makeNamespace(console: GatewayConsole) -> dict[str, object]:

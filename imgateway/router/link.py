@@ -52,6 +52,7 @@ from imgateway.config import GatewayConfig, LinksConfig, ServerConfig
 from imgateway.core.address import Address
 from imgateway.core.errors import ConfigError, DeliveryError, DeliveryStatus, LoopDetected, ServerError, ServiceUnavailable
 from imgateway.core.events import Event, Message
+from imgateway.core.linkinfo import LinkInfo
 from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
 from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter
 from imgateway.net.addresses import isLoopback
@@ -687,6 +688,12 @@ class LinkClient(MultiService):
         request's L{Deferred} while it is still this connection.
         """
         return self._connection
+
+    def linkInfo(self) -> list[LinkInfo]:
+        """
+        The link's state, for the operator's console (L{imgateway.core.linkinfo.LinkInfoSource}).
+        """
+        return [LinkInfo(f"link to {self.name}", self.connected, f"{self.queued} waiting")]
 
     def _refused(self, connection: LinkConnection) -> None:
         self._refusals += 1
@@ -1371,6 +1378,14 @@ class _IncomingLinks(Service):
 
     def __init__(self, factory: LinkServerFactory) -> None:
         self._factory = factory
+
+    def linkInfo(self) -> list[LinkInfo]:
+        """
+        The incoming link connections, for the operator's console
+        (L{imgateway.core.linkinfo.LinkInfoSource}).
+        """
+        count = len(self._factory.connections)
+        return [LinkInfo("server links incoming", count > 0, f"{count} connection(s)")]
 
     def stopService(self) -> None:
         super().stopService()

@@ -77,6 +77,7 @@ from imgateway.core.errors import (
     UserOffline,
 )
 from imgateway.core.events import Event, Message, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
+from imgateway.core.linkinfo import LinkInfo
 from imgateway.core.presence import MAX_NOTE_CHARS, OFFLINE, Presence
 from imgateway.interfaces import IGateway, IRoute
 from imgateway.net.endpoints import clientEndpointFromString
@@ -860,6 +861,20 @@ class IRCNetworkRoute:
 
         d.addErrback(failed)
 
+    def linkInfo(self) -> list[LinkInfo]:
+        """
+        The state of the network's connections, for the operator's console
+        (L{imgateway.core.linkinfo.LinkInfoSource}): the presence watcher's,
+        then each user's puppet's (by user), then the users refused for good.
+        """
+        name = self.config.name
+        found = [_linkInfo(f"IRC {name} presence watcher", self.presence.link, "idle: nobody watches anyone there")]
+        for user, puppet in sorted(self.puppets.items(), key=lambda item: str(item[0])):
+            found.append(_linkInfo(f"IRC {name} puppet of {user}", puppet.link, "not started"))
+        for user, reason in sorted(self.banned.items(), key=lambda item: str(item[0])):
+            found.append(LinkInfo(f"IRC {name} puppet of {user}", False, f"banned: {reason}"))
+        return found
+
     def puppetClosed(self, puppet: Puppet) -> None:
         if self.puppets.get(puppet.user) is puppet:
             del self.puppets[puppet.user]
@@ -868,6 +883,21 @@ class IRCNetworkRoute:
         self.log.error("IRC {network}: the puppet of {user} is banned: {reason}", network=self.config.name, user=puppet.user, reason=reason)
         self.puppetClosed(puppet)
         self.banned[puppet.user] = puppet.banned or reason
+
+
+def _linkInfo(name: str, link: IRCLink, idle: str) -> LinkInfo:
+    """
+    The state of one IRC connection: registered (as which nick, how many
+    lines wait), connecting (after how many failures), stopped (why), or
+    C{idle} when not started.
+    """
+    if link.stopped is not None:
+        return LinkInfo(name, False, f"stopped: {link.stopped}")
+    if link.connection is not None:
+        return LinkInfo(name, True, f"as {link.nick}, {link.queued} line(s) waiting")
+    if not link.service.running:
+        return LinkInfo(name, False, idle)
+    return LinkInfo(name, False, f"connecting ({link.failures} failed), {link.queued} line(s) waiting")
 
 
 class IRCNetworkService(MultiService):
@@ -888,6 +918,13 @@ class IRCNetworkService(MultiService):
         self.gateway.router.addRoute(self.config.domain, self.route)
         self._routed = True
         super().startService()
+
+    def linkInfo(self) -> list[LinkInfo]:
+        """
+        The state of the network's connections, for the operator's console
+        (L{IRCNetworkRoute.linkInfo}).
+        """
+        return self.route.linkInfo()
 
     def stopService(self) -> Deferred[None]:
         if self._routed:

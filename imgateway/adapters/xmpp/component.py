@@ -44,6 +44,7 @@ from imgateway.adapters.xmpp.stream import HardenedXmlStream, StreamLimits
 from imgateway.config import ConfigTable
 from imgateway.core.address import Address, normaliseDomain
 from imgateway.core.errors import ConfigError, InvalidAddress, NoRoute
+from imgateway.core.linkinfo import LinkInfo
 from imgateway.interfaces import IGateway
 from imgateway.net.endpoints import clientEndpointFromString
 
@@ -539,6 +540,14 @@ class ComponentService(MultiService):
             self.route.stop()
             return None
         return d.addBoth(stopped)
+
+    def linkInfo(self) -> list[LinkInfo]:
+        """
+        The component link's state, for the operator's console
+        (L{imgateway.core.linkinfo.LinkInfoSource}): up while its stream is
+        authenticated.
+        """
+        return [LinkInfo(f"XMPP component {self.config.jid}", self.link.stream is not None, f"to {self.config.endpoint}")]
 
 
 def makeComponentService(

@@ -19,6 +19,7 @@ from twisted.words.xish import domish
 from imgateway.adapters.xmpp.federation import S2SJIDMapper, XMPPRemoteRoute
 from imgateway.adapters.xmpp.jid import InvalidJID, parseJID
 from imgateway.adapters.xmpp.s2s import NS_SERVER, S2SConfig, S2SError, S2SManager
+from imgateway.core.linkinfo import LinkInfo
 from imgateway.interfaces import IGateway
 from imgateway.secretfile import loadSecret
 
@@ -119,3 +120,17 @@ class FederationService(MultiService):
         d: Deferred[Any] = super().stopService()
         stopped = self.manager.stop()
         return stopped.addCallback(lambda _: d)
+
+    def linkInfo(self) -> list[LinkInfo]:
+        """
+        The state of each outgoing s2s link, by domain, and of the incoming
+        streams, for the operator's console
+        (L{imgateway.core.linkinfo.LinkInfoSource}).
+        """
+        found = [
+            LinkInfo(f"XMPP s2s to {domain}", link.up, f"{len(link.queue)} waiting")
+            for domain, link in sorted(self.manager.links.items())
+        ]
+        incoming = len(self.manager.incoming)
+        found.append(LinkInfo("XMPP s2s incoming", incoming > 0, f"{incoming} stream(s)"))
+        return found

@@ -613,6 +613,6 @@ class CommandLineUsesTablesTests(SynchronousTestCase):
         C{imgateway-client rule} says the state's token.
         """
         out = io.StringIO()
-        arguments = argparse.Namespace(state="brb", alternate=["tel:+15550100"])
+        arguments = argparse.Namespace(words=["brb", "tel:+15550100"])
         self.successResultOf(ensureDeferred(_rule(cast(Any, FakeClient()), arguments, _Output(out, verbose=True))))
         self.assertEqual(out.getvalue(), "-> rule for be-right-back set\n")

@@ -48,6 +48,7 @@ class PluginTests(SynchronousTestCase):
         """
         code = (
             "import sys, twisted.plugins.imgateway_plugin, imgateway.plugins.native, imgateway.plugins.xmpp, "
+            "imgateway.plugins.irc, "
             "imgateway.tap; "
             "print('twisted.internet.reactor' in sys.modules)"
         )

@@ -47,7 +47,7 @@ def bridgedGateway(testCase: TestCase, server: IRCdProcess, xmpp: bool = False, 
         "flood_rate": 8.0,
     }
     table.update(network)
-    tables: dict[str, Any] = {"irc": {"network": [table]}}
+    tables: dict[str, Any] = {"irc": {"listen": [], "network": [table]}}
     directory = os.path.abspath(testCase.mktemp())
     os.makedirs(directory)
     if xmpp:

@@ -1,53 +1,92 @@
-# -*- test-case-name: tests.test_irc_network -*-
+# -*- test-case-name: tests.test_irc_face -*-
 """
-The IRC protocol adapter: the C{[irc]} config table and its services.
-
-(A minimal stand-in written by the bridge's helper, in the shape agreed in
-ISSUE9.md, until the face's adapter lands: it reads the C{[[irc.network]]}
-tables only.)
+The IRC protocol adapter: the C{[irc]} config table, the IRC face's
+listeners (L{imgateway.adapters.irc.face}) and, when C{[[irc.network]]}
+tables are configured, the bridge to IRC networks
+(L{imgateway.adapters.irc.network}, which parses them and makes the
+bridge's services).
 """
 
 from __future__ import annotations
 
-from attrs import frozen
+import codecs
+from typing import Any
+
 from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReactorCore
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from imgateway.adapters.irc.network import IRCNetworkConfig, makeNetworkServices, parseNetworks
+from imgateway.adapters.base import ListenerService
+from imgateway.adapters.irc.face import IRCConfig, IRCFaceFactory
+from imgateway.adapters.irc.network import makeNetworkServices, parseNetworks
 from imgateway.config import ConfigTable
 from imgateway.interfaces import IGateway, IProtocolAdapter
 
-__all__ = ["IRCAdapter", "IRCConfig"]
+__all__ = ["IRCAdapter"]
 
 
-@frozen
-class IRCConfig:
-    """
-    The parsed C{[irc]} table.
-    """
+class _IRCService(MultiService):
+    def __init__(self, factory: IRCFaceFactory) -> None:
+        super().__init__()
+        self.factory = factory
 
-    networks: tuple[IRCNetworkConfig, ...] = ()
+    def stopService(self) -> Any:
+        # Tell every client before the listeners go.
+        self.factory.sayGoodbye("Server shutting down")
+        return super().stopService()
 
 
 @implementer(IPlugin, IProtocolAdapter)
 class IRCAdapter:
     """
-    IRC: a bridge to IRC networks.
+    IRC: a face for IRC clients (C{docs/irc.md}) and a bridge to IRC
+    networks.
     """
 
     name = "irc"
-    description = "IRC: bridge to IRC networks (puppets)"
+    description = "IRC: a face for IRC clients (docs/irc.md), and a bridge to IRC networks"
 
     def parseConfig(self, table: ConfigTable, reactor: IReactorCore) -> IRCConfig:
-        config = IRCConfig(networks=parseNetworks(table, reactor))
-        table.finish()
+        t = table
+        d = IRCConfig()
+        config = IRCConfig(
+            listen=t.endpoints("listen", reactor, d.listen),
+            maxLineBytes=t.positive("max_line_bytes", int, d.maxLineBytes),
+            maxTagBytes=t.positive("max_tag_bytes", int, d.maxTagBytes),
+            registrationTimeout=t.positive("registration_timeout", float, d.registrationTimeout),
+            maxRegistrationCommands=t.positive("max_registration_commands", int, d.maxRegistrationCommands),
+            commandsPerSecond=t.positive("commands_per_second", float, d.commandsPerSecond),
+            commandBurst=t.positive("command_burst", int, d.commandBurst),
+            maxConnectionsPerAddress=t.positive("max_connections_per_address", int, d.maxConnectionsPerAddress),
+            maxUnauthenticated=t.positive("max_unauthenticated", int, d.maxUnauthenticated),
+            preAuthBytes=t.positive("pre_auth_bytes", int, d.preAuthBytes),
+            maxAuthAttempts=t.positive("max_auth_attempts", int, d.maxAuthAttempts),
+            allowPlaintextAuth=t.get("allow_plaintext_auth", bool, d.allowPlaintextAuth),
+            pingInterval=t.positive("ping_interval", float, d.pingInterval),
+            pingTimeout=t.positive("ping_timeout", float, d.pingTimeout),
+            maxSendQueueBytes=t.positive("max_send_queue_bytes", int, d.maxSendQueueBytes),
+            maxMessageLines=t.positive("max_message_lines", int, d.maxMessageLines),
+            maxMonitorTargets=t.positive("max_monitor_targets", int, d.maxMonitorTargets),
+            fallbackCharset=t.get("fallback_charset", str, d.fallbackCharset),
+            networks=parseNetworks(t, reactor),
+        )
+        if config.maxLineBytes < 512:
+            raise t.error("max_line_bytes", "must be at least 512 (RFC 1459)")
+        if config.maxTagBytes < 512:
+            raise t.error("max_tag_bytes", "must be at least 512")
+        try:
+            codecs.lookup(config.fallbackCharset)
+        except LookupError:
+            raise t.error("fallback_charset", f"unknown charset {config.fallbackCharset!r}") from None
         return config
 
     def makeService(self, gateway: IGateway, config: object) -> IService:
         assert isinstance(config, IRCConfig)
-        top = MultiService()
+        factory = IRCFaceFactory(gateway, config)
+        top = _IRCService(factory)
+        for description in config.listen:
+            ListenerService(gateway.reactor, description, factory, "IRC face").setServiceParent(top)
         if config.networks:
             makeNetworkServices(gateway, config.networks).setServiceParent(top)
         return top

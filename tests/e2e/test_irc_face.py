@@ -9,17 +9,29 @@ with an XMPP user (slixmpp).
 
 from __future__ import annotations
 
+import functools
 import os
+import ssl
 import threading
 from typing import Any
 
 import irc.client
+import irc.connection
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from imgateway.adapters.irc.wire import IRCMessage, parseLine
 from imgateway.core.presence import PresenceState
-from tests.e2e.harness import DOMAIN, GatewayProcess, _Waiters, freePort, makeCertificates, reactor
+from tests.e2e.harness import (
+    DOMAIN,
+    TLS_HOSTNAME,
+    GatewayProcess,
+    _Waiters,
+    freePort,
+    makeCertificates,
+    reactor,
+    tlsServerEndpoint,
+)
 from tests.e2e.xmppclient import XMPPAgent, connectAgent
 
 PASSWORDS = {"alice": "alice-pw-1", "bob": "bob-pw-2", "carol": "carol-pw-3"}
@@ -49,12 +61,23 @@ class IRCUser(_Waiters):
         self._thread = threading.Thread(target=self._run, daemon=True)
         testCase.addCleanup(self.close)
 
-    def connect(self, port: int, nick: str, password: str, sasl: bool = False) -> None:
+    def connect(self, port: int, nick: str, password: str, sasl: bool = False, caPath: str | None = None) -> None:
         """
-        Connect and send the login lines (C{PASS} or SASL PLAIN).
+        Connect and send the login lines (C{PASS} or SASL PLAIN); over TLS,
+        verifying the server's certificate against C{caPath}, if given.
         """
+        factory = irc.connection.Factory()
+        if caPath is not None:
+            context = ssl.create_default_context(cafile=caPath)
+            factory = irc.connection.Factory(wrapper=functools.partial(context.wrap_socket, server_hostname=TLS_HOSTNAME))
         self.connection.connect(
-            "127.0.0.1", port, nick, password=password, sasl_login=nick if sasl else None, ircname="Test user"
+            "127.0.0.1",
+            port,
+            nick,
+            password=password,
+            sasl_login=nick if sasl else None,
+            ircname="Test user",
+            connect_factory=factory,
         )
         self._thread.start()
 
@@ -131,12 +154,17 @@ class IRCGateway:
     optionally the XMPP face (with a test certificate).
     """
 
-    def __init__(self, testCase: TestCase, xmpp: bool = False) -> None:
+    def __init__(self, testCase: TestCase, xmpp: bool = False, tls: bool = False) -> None:
         self.testCase = testCase
         directory = os.path.abspath(testCase.mktemp())
         os.makedirs(directory)
         self.ircPort = freePort()
-        tables: dict[str, dict[str, object]] = {"irc": {"listen": [f"tcp:{self.ircPort}:interface=127.0.0.1"]}}
+        listen = f"tcp:{self.ircPort}:interface=127.0.0.1"
+        self.tlsCA: str | None = None
+        if tls:
+            self.tlsCA, tlsDir = makeCertificates(os.path.join(directory, "irc-tls"))
+            listen = tlsServerEndpoint(tlsDir, self.ircPort)
+        tables: dict[str, dict[str, object]] = {"irc": {"listen": [listen]}}
         self.xmppPort = 0
         if xmpp:
             self.caPath, serverDir = makeCertificates(directory, DOMAIN)
@@ -159,7 +187,7 @@ class IRCGateway:
         """
         client = IRCUser(self.testCase)
         secret = password if password is not None else PASSWORDS[user]
-        client.connect(self.ircPort, user, secret if sasl else f"{user}:{secret}", sasl)
+        client.connect(self.ircPort, user, secret if sasl else f"{user}:{secret}", sasl, self.tlsCA)
         await client.waitForLine("001")
         await client.waitForLine("366", user, "&contacts")
         client.connection.cap("REQ", "away-notify")
@@ -243,6 +271,20 @@ class IRCFaceEndToEndTests(TestCase):
         await bob.waitForMessage("carol@corp.example", "hi from IRC")
         bob.message("carol@corp.example", "hi from XMPP")
         await carol.waitForPrivmsg("bob", "hi from XMPP")
+
+    async def test_tls(self) -> None:
+        """
+        On a C{tls:} listener, a client that verifies the certificate logs
+        in with SASL PLAIN and talks with a native user.
+        """
+        g = IRCGateway(self, tls=True)
+        await g.gw.start()
+        alice = await g.ircUser("alice", sasl=True)
+        bob, bobSees = await g.gw.client("bob", PASSWORDS["bob"])
+        alice.connection.privmsg("bob", "over TLS")
+        await bobSees.waitForMessage("alice@corp.example", "over TLS", timeout=10)
+        await bob.sendMessage("alice@corp.example", "read over TLS \u2713")
+        await alice.waitForPrivmsg("bob", "read over TLS \u2713")
 
     async def test_badPassword(self) -> None:
         """

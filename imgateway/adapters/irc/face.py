@@ -56,9 +56,9 @@ from imgateway.auth.sasl import MAX_STEP_BYTES, SASLFailure, mechanismsFor, serv
 from imgateway.core.address import Address
 from imgateway.core.errors import DeliveryError, DeliveryStatus, InvalidAddress, ServiceUnavailable, TooManySessions
 from imgateway.core.events import Message, SubscriptionEvent, SubscriptionKind
-from imgateway.core.presence import OFFLINE, Presence, PresenceState
+from imgateway.core.presence import MAX_NOTE_CHARS, OFFLINE, Presence, PresenceState
 from imgateway.core.ratelimit import TokenBucket
-from imgateway.core.records import AccessList, AuthorisationState, ContactView, PresenceRule
+from imgateway.core.records import MAX_DISPLAY_NAME_CHARS, AccessList, AuthorisationState, ContactView, PresenceRule
 from imgateway.core.throttle import Admission
 from imgateway.interfaces import IGateway, ISession, ISessionClient
 from imgateway.net.addresses import isLoopback, sourceOf
@@ -1306,7 +1306,7 @@ class IRCFaceProtocol(Protocol, TLSHandshakeMixin):
             else:
                 self._say(f"Added {address}; you will see their presence once they allow it")
 
-        return session.subscribe(address, " ".join(args[1:])[:256]).addCallback(added)
+        return session.subscribe(address, " ".join(args[1:])[:MAX_DISPLAY_NAME_CHARS]).addCallback(added)
 
     def cmd_accept(self, session: ISession, args: list[str]) -> Deferred[Any]:
         if len(args) != 1:
@@ -1355,7 +1355,7 @@ class IRCFaceProtocol(Protocol, TLSHandshakeMixin):
         if state is None:
             raise _Usage(f"status STATE [NOTE], STATE one of {', '.join(_STATES)}")
         try:
-            presence = Presence(state, " ".join(args[1:])[:1024])
+            presence = Presence(state, " ".join(args[1:])[:MAX_NOTE_CHARS])
         except ValueError as e:
             raise _Usage(str(e)) from None
         self._publish(presence)

@@ -49,9 +49,11 @@ __all__ = [
     "HomeConfig",
     "LimitsConfig",
     "LinksConfig",
+    "LogConfig",
     "ManholeConfig",
     "RouterConfig",
     "ServerConfig",
+    "StatusConfig",
     "findConfig",
     "loadConfig",
     "parseConfig",
@@ -347,6 +349,40 @@ class DirectoryConfig:
     ldap: LDAPConfig | None = None
 
 
+@frozen
+class StatusConfig:
+    """
+    The C{[status]} table: C{/healthz} and C{/metrics} (docs/operations.md,
+    "Status, health and metrics").
+
+    @ivar listen: Server endpoint strings of the status listener; empty
+        (the default): none.
+    @ivar healthTimeout: Seconds a health check may take before it counts
+        as down.
+    @ivar lagInterval: Seconds between two measures of the reactor's lag.
+    """
+
+    listen: tuple[str, ...] = ()
+    healthTimeout: float = 5.0
+    lagInterval: float = 1.0
+
+
+#: The formats C{[log] format} may name.
+LOG_FORMATS = ("text", "json")
+
+
+@frozen
+class LogConfig:
+    """
+    The C{[log]} table.
+
+    @ivar format: C{"text"} (twistd's lines) or C{"json"} (one JSON object
+        a line, for log collectors), applied by C{twistd imgateway}.
+    """
+
+    format: str = "text"
+
+
 #: The directory backends C{[directory] backend} may name.
 _BACKENDS = ("sqlite", "ldap")
 
@@ -393,6 +429,8 @@ class GatewayConfig:
     routes: Mapping[str, HostPort] = {}
     directory: DirectoryConfig = DirectoryConfig()
     manhole: ManholeConfig = ManholeConfig()
+    status: StatusConfig = StatusConfig()
+    log: LogConfig = LogConfig()
 
     @property
     def roles(self) -> frozenset[str]:
@@ -406,7 +444,20 @@ class GatewayConfig:
 
 
 #: Tables of the core; every other table is a protocol adapter's.
-CORE_TABLES = ("gateway", "home", "auth", "limits", "router", "links", "servers", "routes", "directory", "manhole")
+CORE_TABLES = (
+    "gateway",
+    "home",
+    "auth",
+    "limits",
+    "router",
+    "links",
+    "servers",
+    "routes",
+    "directory",
+    "manhole",
+    "status",
+    "log",
+)
 
 _HOME = HomeConfig()
 _AUTH = AuthConfig()
@@ -634,6 +685,7 @@ def parseConfig(
     mh.where = f"{where} [manhole]"
     manhole = parseManholeConfig(mh, reactor, domain)
     mh.finish()
+    status, logConfig = _parseStatus(top, where, reactor)
 
     adapters: dict[str, object] = {}
     for name in data:
@@ -669,7 +721,33 @@ def parseConfig(
         routes=routes,
         directory=directory,
         manhole=manhole,
+        status=status,
+        log=logConfig,
     )
+
+
+_STATUS = StatusConfig()
+
+
+def _parseStatus(top: ConfigTable, where: str, reactor: IReactorCore) -> tuple[StatusConfig, LogConfig]:
+    """
+    Read the C{[status]} and C{[log]} tables.
+    """
+    t = top.table("status")
+    t.where = f"{where} [status]"
+    status = StatusConfig(
+        listen=t.endpoints("listen", reactor),
+        healthTimeout=t.positive("health_timeout", float, _STATUS.healthTimeout),
+        lagInterval=t.positive("lag_interval", float, _STATUS.lagInterval),
+    )
+    t.finish()
+    lt = top.table("log")
+    lt.where = f"{where} [log]"
+    format = lt.get("format", str, LogConfig().format)
+    if format not in LOG_FORMATS:
+        raise lt.error("format", f'must be "text" or "json", got {format!r}')
+    lt.finish()
+    return status, LogConfig(format)
 
 
 def _parseDirectory(

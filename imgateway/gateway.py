@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from attrs import define
+from attrs import Factory, define
 from twisted.application.service import IService, MultiService, Service
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
@@ -38,10 +38,19 @@ from imgateway.config import GatewayConfig
 from imgateway.core.errors import ImgatewayError, ServiceUnavailable
 from imgateway.core.throttle import ConnectionLimiter, LoginThrottle
 from imgateway.home.server import HomeServer, HomeServerService
-from imgateway.interfaces import IDirectory, IGateway, IHomeLocator, IHomeStore, ILinkRoutes, IProtocolAdapter
+from imgateway.interfaces import (
+    IDirectory,
+    IGateway,
+    IHealthCheck,
+    IHomeLocator,
+    IHomeStore,
+    ILinkRoutes,
+    IProtocolAdapter,
+)
 from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.router.router import Router
 from imgateway.secretfile import loadSecret as _loadSecret
+from imgateway.status.metrics import GatewayMetrics
 
 __all__ = ["Gateway", "NoHomeServer", "OrderedMultiService", "addLinks", "makeGatewayService"]
 
@@ -70,6 +79,8 @@ class Gateway:
         single-host gateway (every user is homed here).
     @ivar proxy: A router's L{imgateway.router.proxy.ProxyHomeServer}
         (set with its links, L{addLinks}), or C{None}.
+    @ivar metrics: What the gateway counts (C{/metrics} of C{[status]}).
+    @ivar healthChecks: What C{/healthz} of C{[status]} asks.
     """
 
     config: GatewayConfig
@@ -88,6 +99,8 @@ class Gateway:
     loginThrottle: LoginThrottle
     locator: IHomeLocator | None = None
     proxy: Any = None
+    metrics: GatewayMetrics = Factory(GatewayMetrics)
+    healthChecks: list[IHealthCheck] = Factory(list)
 
     @property
     def homeServer(self) -> HomeServer:
@@ -254,7 +267,11 @@ def assembleGateway(
             config.homeServerName, config.domain, directory, homeStore, router, clock, config.home, locator
         )
         router.addRoute(config.domain, home, local=True)
+    metrics = GatewayMetrics()
+    if home is not None:
+        home.metrics = metrics
     loginThrottle = LoginThrottle(config.limits, clock)
+    loginThrottle.countLimit = metrics.limitHit
     authenticator = Authenticator(
         directory,
         config.domain,
@@ -265,6 +282,7 @@ def assembleGateway(
         maxQueued=config.auth.passwordQueue,
         throttle=loginThrottle,
     )
+    authenticator.metrics = metrics
     return Gateway(
         config=config,
         domain=config.domain,
@@ -284,10 +302,16 @@ def assembleGateway(
         authenticator=authenticator,
         dataDir=config.dataDir,
         adapters=adapters,
-        connectionLimiter=ConnectionLimiter(config.limits, clock),
+        connectionLimiter=_counting(ConnectionLimiter(config.limits, clock), metrics),
         loginThrottle=loginThrottle,
         locator=locator,
+        metrics=metrics,
     )
+
+
+def _counting(limiter: ConnectionLimiter, metrics: GatewayMetrics) -> ConnectionLimiter:
+    limiter.countLimit = metrics.limitHit
+    return limiter
 
 
 def makeGatewayService(
@@ -373,12 +397,49 @@ def makeGatewayService(
         service.setName(name)
         service.setServiceParent(faces)
     faces.setServiceParent(top)
+    addStatus(top, gateway, reactor, directory if ldapConfig is None else None, homeStore)
     _Announcer(gateway).setServiceParent(top)
     # [manhole]: the reactor watchdog and the SSH console (stopped first).
     from imgateway.manhole.service import addManhole
 
     addManhole(top, gateway, reactor)
     return gateway, top
+
+
+def addStatus(top: MultiService, gateway: Gateway, reactor: Any, directory: Any, homeStore: Any) -> None:
+    """
+    The health checks of what C{top} runs (its services that provide
+    L{IHealthCheck}: listeners, links, adapters' links; the stores), and,
+    when C{[status] listen} names endpoints, the status listener
+    (L{imgateway.status.web}) and the reactor lag probe, under C{top}
+    (stopped first).
+
+    @param directory: The L{imgateway.directory.sqlite.SQLiteDirectory},
+        or C{None} for an LDAP directory (then C{gateway.directory}).
+    @param homeStore: The L{imgateway.home.store.SQLiteHomeStore}, or
+        C{None}.
+    """
+    from imgateway.status.health import SQLiteHealth, ValueHealth, findHealthChecks
+
+    checks = gateway.healthChecks
+    checks.extend(findHealthChecks(top))
+    if directory is not None:
+        checks.append(SQLiteHealth("directory", directory.database))
+    else:
+        ldap: Any = gateway.directory
+        checks.append(ValueHealth("store", f"directory {ldap.config.url}", lambda: ldap.problem))
+    if homeStore is not None:
+        checks.append(SQLiteHealth(f"home store {gateway.config.homeServerName}", homeStore.database))
+    status = gateway.config.status
+    if not status.listen:
+        return
+    from imgateway.status.web import makeStatusService
+
+    service = makeStatusService(
+        reactor, status.listen, gateway.metrics, lambda: list(checks), gateway.clock, status.healthTimeout, status.lagInterval
+    )
+    service.setName("status")
+    service.setServiceParent(top)
 
 
 def addLinks(top: MultiService, gateway: Gateway, reactor: Any, resolver: Any = None) -> Any:
@@ -422,8 +483,34 @@ def addLinks(top: MultiService, gateway: Gateway, reactor: Any, resolver: Any = 
     )
     links.service.setName("links")
     links.service.setServiceParent(top)
+    _watchLinks(gateway, links)
     gateway.router.linkRoutes = links.routes
     from imgateway.router.proxy import installProxy
 
     gateway.proxy = installProxy(gateway, links, locator)
     return links
+
+
+def _watchLinks(gateway: Gateway, links: Any) -> None:
+    """
+    Count the links' refusals in C{gateway.metrics}, show their states in
+    C{/metrics}, and check the configured ones in C{/healthz} (a link not
+    used yet is idle: up).
+    """
+    from imgateway.status.health import LinkHealth
+    from imgateway.status.metrics import LinkState
+
+    links.routes.metrics = links.receiver.metrics = links.acceptor.metrics = gateway.metrics
+    config = gateway.config
+    keys = [f"server {s.name}" for s in config.servers.values() if s.link is not None and s.name != config.homeServerName]
+    keys += [f"domain {domain}" for domain in config.routes]
+    gateway.healthChecks.extend(LinkHealth(links.routes, key) for key in keys)
+
+    def states() -> list[LinkState]:
+        found = []
+        for key, client in sorted(links.routes.clients.items()):
+            kind, _, name = key.partition(" ")
+            found.append(LinkState(kind, name, client.connected, client.connects))
+        return found
+
+    gateway.metrics.addLinkSource(states)

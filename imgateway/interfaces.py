@@ -44,10 +44,12 @@ if TYPE_CHECKING:
 __all__ = [
     "IDirectory",
     "IGateway",
+    "IHealthCheck",
     "IHomeServer",
     "IHomeStore",
     "IHomeLocator",
     "ILinkRoutes",
+    "IMetrics",
     "IPasswordDirectory",
     "IProtocolAdapter",
     "IRoute",
@@ -604,6 +606,15 @@ class IGateway(Interface):
         "L{IHomeServer.openSession} (L{imgateway.router.proxy.ProxyHomeServer}), through which its faces "
         "proxy external clients; C{None} for a process that is no router or has no links."
     )
+    metrics = Attribute(
+        "The L{IMetrics} that faces, the home server and the links count what they do in "
+        "(L{imgateway.status.metrics.GatewayMetrics}: C{/metrics} of C{[status]})."
+    )
+    healthChecks = Attribute(
+        "A list of L{IHealthCheck} providers that C{/healthz} of C{[status]} asks: the gateway "
+        "registers its listeners, links and stores; an adapter appends its own (or gives a service "
+        "of its tree that provides L{IHealthCheck}: the gateway finds those when it builds the tree)."
+    )
 
 
 class IProtocolAdapter(Interface):
@@ -638,4 +649,76 @@ class IProtocolAdapter(Interface):
         """
         Build the adapter's service: its faces' listeners and its links.
         The gateway starts it after the stores are open.
+        """
+
+
+class IHealthCheck(Interface):
+    """
+    One thing whose health C{/healthz} reports (C{[status]}): a listener, a
+    link to another server or network, a store. Adapters provide one per
+    link they keep up (a server link, an XMPP component, an IRC network)
+    and append it to L{IGateway.healthChecks}, or provide this interface on
+    a service of their service tree.
+    """
+
+    kind = Attribute('What it is: C{"listener"}, C{"link"} or C{"store"}.')
+    subject = Attribute(
+        'Which one, unique among its kind, for operators (C{"Native face tcp:5300"}, C{"server hs2"}, '
+        'C{"directory"}). (Not C{name}: services that provide this interface have a C{name} already.)'
+    )
+
+    def check() -> Deferred[str | None] | str | None:
+        """
+        Is it up? Cheap, and without side effects a user would see; may
+        answer later (a store asked through its queue).
+
+        @return: C{None} when it is up, else why not, in a few words
+            (C{"down: connection refused"}); or a L{Deferred} firing with
+            that. A check that fails or takes too long counts as down.
+        """
+
+
+class IMetrics(Interface):
+    """
+    What the gateway counts for C{/metrics} (C{[status]}). Every method is
+    cheap (a counter increment: no L{Deferred}, no allocation beyond the
+    counter's) and returns nothing, so a call is one line where the thing
+    happens.
+    """
+
+    def loggedIn(face: str, mechanism: str, session: ISession) -> None:
+        """
+        A client logged in on C{face} (C{"native"}, C{"xmpp"}) with the SASL
+        C{mechanism}, and its C{session} is open (counted among the face's
+        sessions while it is not closed).
+        """
+
+    def loginFailed(face: str, mechanism: str, condition: str) -> None:
+        """
+        A login on C{face} failed with the SASL C{condition}
+        (C{"not-authorized"}, C{"temporary-auth-failure"}...).
+        """
+
+    def messageOutcome(result: object) -> object:
+        """
+        Count the outcome of a message a user of this home server sent, by
+        its status (C{200}, C{404}, C{480}, C{486}...: the native status
+        code of L{imgateway.core.errors.DeliveryStatus}; C{"error"} for an
+        unexpected failure). Added to the message's L{Deferred} as callback
+        and errback both.
+
+        @param result: A L{imgateway.core.errors.DeliveryStatus}, or a
+            L{twisted.python.failure.Failure}.
+        @return: C{result}, unchanged.
+        """
+
+    def presencePublished() -> None:
+        """
+        A session published a presence.
+        """
+
+    def limitHit(limit: str) -> None:
+        """
+        Something was refused for a configured limit, named by its
+        configuration key (C{"max_unauthenticated_per_address"}).
         """

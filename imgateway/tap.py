@@ -81,15 +81,19 @@ def makeService(options: Options) -> IService:
     from imgateway.core.errors import PersistenceFailed
     from imgateway.sqlite import SchemaTooNew
 
+    from imgateway.status.logs import withLogFormat
+
     reactorAny: Any = reactor
+    config = options["gatewayConfig"]
     try:
-        _, service = makeGatewayService(options["gatewayConfig"], reactorAny)
+        _, service = makeGatewayService(config, reactorAny)
     except (ConfigError, PersistenceFailed, SchemaTooNew, OSError) as e:
         # Before any port is opened: one clear line, no traceback.
         sys.stderr.write(f"imgateway: cannot start: {e}\n")
         raise SystemExit(1) from None
     reactor.callWhenRunning(freezeStartupHeap)
-    return service
+    # [log] format: twistd's options are the parent of ours.
+    return withLogFormat(service, config.log.format, getattr(options, "parent", None))
 
 
 #: How many objects made (and not freed) set off a collection of the

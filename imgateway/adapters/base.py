@@ -19,26 +19,50 @@ from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLT
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from imgateway.interfaces import IHealthCheck
+
 __all__ = ["ListenerService", "SendQueueGuard", "TLSHandshakeMixin"]
 
 log = Logger()
 
 
+@implementer(IHealthCheck)
 class ListenerService(StreamServerEndpointService):
     """
     Listens on one endpoint string for a face. If the endpoint cannot
     listen, start-up stops with one line naming it (exit status 1), not a
-    traceback.
+    traceback. Its health check (C{/healthz}) is up while it listens.
 
     @ivar description: The endpoint string.
     @ivar what: The face, for logs (C{"Native face"}, C{"XMPP c2s"}).
+    @ivar port: The listening port, once it listens.
     """
+
+    kind = "listener"
 
     def __init__(self, reactor: Any, description: str, factory: Any, what: str) -> None:
         super().__init__(serverFromString(reactor, description), factory)
         self.description = description
         self.what = what
+        self.port: Any = None
         self._raiseSynchronously = True
+
+    @property
+    def subject(self) -> str:
+        """
+        The health check's name: the face and the endpoint string.
+        """
+        return f"{self.what} {self.description}"
+
+    def check(self) -> str | None:
+        """
+        See L{IHealthCheck.check}.
+        """
+        return None if self.running and self.port is not None else "not listening"
+
+    def _listening(self, port: Any) -> Any:
+        self.port = port
+        return port
 
     def privilegedStartService(self) -> None:
         try:
@@ -48,6 +72,7 @@ class ListenerService(StreamServerEndpointService):
             log.critical("{message}", message=message)
             sys.stderr.write(message + "\n")
             raise SystemExit(1) from None
+        self._waitingForPort.addCallback(self._listening)  # type: ignore[union-attr]
         log.info("{what} listening on {endpoint}", what=self.what, endpoint=self.description)
 
 

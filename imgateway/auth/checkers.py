@@ -39,7 +39,8 @@ from imgateway.core.address import Address, normaliseDomain
 from imgateway.core.errors import AccountDisabled, AuthenticationFailed, InvalidAddress
 from imgateway.core.records import AccountRecord
 from imgateway.core.throttle import LoginThrottle
-from imgateway.interfaces import IDirectory, IHomeServer, IPasswordDirectory, ISession, ISessionClient
+from imgateway.interfaces import IDirectory, IHomeServer, IMetrics, IPasswordDirectory, ISession, ISessionClient
+from imgateway.status.nometrics import NO_METRICS
 
 __all__ = [
     "AuthenticationBusy",
@@ -103,6 +104,9 @@ class Authenticator:
     @ivar domain: The (normalised) domain of the users checked here.
     @ivar throttle: The L{LoginThrottle}, or C{None}.
     """
+
+    #: Counts the logins refused for C{[auth] password_queue}.
+    metrics: IMetrics = NO_METRICS
 
     def __init__(
         self,
@@ -172,6 +176,7 @@ class Authenticator:
         """
         waiting = len(self._workers.waiting)
         if waiting >= self._maxQueued:
+            self.metrics.limitHit("password_queue")
             if not self._busy:
                 self._busy = True
                 _log.warn(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 
 from attrs import define, frozen
 from twisted.internet.interfaces import IReactorTime
@@ -167,6 +168,10 @@ class _FailureTable:
             del self._entries[key]
 
 
+def _uncounted(limit: str) -> None:
+    pass
+
+
 class LoginThrottle:
     """
     Refuses logins, without checking them, from sources that failed too
@@ -179,7 +184,10 @@ class LoginThrottle:
 
     Unknown accounts count as known ones do, so a refusal never tells
     whether an account exists. Every refusal is logged with the source and
-    the account.
+    the account, and counted by L{countLimit}.
+
+    @ivar countLimit: Called with the limit's key at each refusal (the
+        gateway's L{imgateway.interfaces.IMetrics.limitHit}).
     """
 
     def __init__(self, config: LimitsConfig, clock: IReactorTime) -> None:
@@ -189,6 +197,7 @@ class LoginThrottle:
         """
         self.config = config
         self._clock = clock
+        self.countLimit: Callable[[str], None] = _uncounted
         self._sources = _FailureTable(
             config.loginFailuresPerAddress,
             config.loginFailureWindow,
@@ -223,6 +232,7 @@ class LoginThrottle:
             wait = self._accounts.blockedFor((source, account))
             key = "login_failures_per_account"
         if wait:
+            self.countLimit(key)
             refusal = LoginThrottled(wait)
             log.warn(
                 "Refused a login from {source} as {account} without checking it: too many failed"
@@ -314,11 +324,16 @@ class ConnectionLimiter:
     A face calls L{admit} as a connection opens, closes it at once if it is
     not admitted, and calls L{Admission.release} once it has logged in, has
     timed out, or has closed.
+
+    @ivar countLimit: Called with the limit's key (the end of a refusal's
+        C{why}, in brackets) at each refusal (the gateway's
+        L{imgateway.interfaces.IMetrics.limitHit}).
     """
 
     def __init__(self, config: LimitsConfig, clock: IReactorTime) -> None:
         self.config = config
         self._clock = clock
+        self.countLimit: Callable[[str], None] = _uncounted
         self._unauthenticated: dict[str, int] = {}
         self._buckets: OrderedDict[str, tuple[TokenBucket, float]] = OrderedDict()
         self._refusals: OrderedDict[str | tuple[str, str], tuple[float, int]] = OrderedDict()
@@ -403,6 +418,7 @@ class ConnectionLimiter:
         limit) at once, then at most one line every
         L{REFUSAL_LOG_INTERVAL} seconds, counting the others.
         """
+        self.countLimit(why[why.rfind("(") + 1 : -1])
         now = self._clock.seconds()
         refusals = self._refusals
         while refusals:

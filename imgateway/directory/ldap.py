@@ -411,6 +411,16 @@ class LDAPDirectory:
     def __repr__(self) -> str:
         return f"<LDAPDirectory {self.config.url} base={self.config.baseDN!r}>"
 
+    @property
+    def problem(self) -> str | None:
+        """
+        Why the directory cannot be reached now (none of the pool's
+        connections is up), or C{None} when it can (C{/healthz}).
+        """
+        if any(slot.state is _State.READY for slot in self._slots):
+            return None
+        return f"unreachable: {self._lastError}"
+
     # -- the pool ----------------------------------------------------------------------------
 
     def start(self) -> None:

@@ -102,10 +102,12 @@ from imgateway.interfaces import (
     IHomeLocator,
     IHomeServer,
     IHomeStore,
+    IMetrics,
     IRouter,
     ISession,
     ISessionClient,
 )
+from imgateway.status.nometrics import NO_METRICS
 
 __all__ = ["MAX_LABEL_CHARS", "HomeServer", "HomeServerService", "Session", "answerNoAccount"]
 
@@ -356,6 +358,7 @@ class Session:
         if self._lease is not None and self._lease.active():
             self._lease.cancel()
         self._lease = None
+        self._server.metrics.presencePublished()
         if presence.state is not PresenceState.OFFLINE:
             self._lease = self._server.clock.callLater(granted, self._leaseExpired)
         self._server._serial(self.address, lambda: self._setPresence(presence)).addErrback(
@@ -385,11 +388,15 @@ class Session:
         contentType: str = "text/plain",
         messageId: str | None = None,
     ) -> Deferred[DeliveryStatus]:
+        return self._sendMessage(recipient, body, contentType, messageId).addBoth(self._server.metrics.messageOutcome)
+
+    def _sendMessage(self, recipient: Address, body: str, contentType: str, messageId: str | None) -> Deferred[DeliveryStatus]:
         refused = self._refused()
         if refused is not None:
             return fail(refused)
         limit = self._server.config.maxMessageChars
         if len(body) > limit:
+            self._server.metrics.limitHit("max_message_chars")
             return fail(TooLarge(f"message longer than {limit} characters"))
         try:
             message = Message(
@@ -546,9 +553,12 @@ class HomeServer:
     @ivar domain: The domain of its users.
     @ivar clock: Where leases are timed.
     @ivar stopping: Whether L{drain} was called: new work is refused.
+    @ivar metrics: Counts messages, presences and quota refusals
+        (C{/metrics}); the gateway gives its own.
     """
 
     log = Logger()
+    metrics: IMetrics = NO_METRICS
 
     def __init__(
         self,
@@ -742,6 +752,7 @@ class HomeServer:
 
         def opened(user: _UserState) -> ISession:
             if len(user.sessions) >= self.config.maxSessionsPerUser:
+                self.metrics.limitHit("max_sessions_per_user")
                 self._forgetIfIdle(user)
                 raise TooManySessions(
                     f"{address} already has {len(user.sessions)} sessions "
@@ -1480,6 +1491,7 @@ class HomeServer:
         arrive.
         """
         f.trap(PendingRequestsFull)
+        self.metrics.limitHit("max_pending_requests")
         if self._droppedTimer is not None:
             self._dropped[target] += 1
         else:
@@ -1818,6 +1830,7 @@ class HomeServer:
             past C{limit} (the C{[home]} key C{key}).
         """
         if count >= limit:
+            self.metrics.limitHit(key)
             raise QuotaExceeded(f"you have {count} {what}, the most allowed ({key} = {limit})")
 
     def _contactChanged(self, user: _UserState, other: Address) -> None:

@@ -54,9 +54,10 @@ from imgateway.core.errors import ConfigError, DeliveryError, DeliveryStatus, Lo
 from imgateway.core.events import Event, Message
 from imgateway.core.linkinfo import LinkInfo
 from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
-from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter
+from imgateway.interfaces import IHomeLocator, ILinkRoutes, IMetrics, IRoute, IRouter
 from imgateway.net.addresses import isLoopback
 from imgateway.net.tls import TLSFiles, trustRoot, validFor
+from imgateway.status.nometrics import NO_METRICS
 from imgateway.router.link_codec import (
     DELIVERED,
     EVENT_METHODS,
@@ -596,7 +597,12 @@ class LinkClient(MultiService):
 
     @ivar name: The peer, for logs and errors (C{server hs2},
         C{domain partner.example}).
+    @ivar connects: How many times the link came up (C{/metrics}).
+    @ivar metrics: Counts the requests refused for a full queue.
     """
+
+    connects = 0
+    metrics: IMetrics = NO_METRICS
 
     def __init__(
         self,
@@ -700,6 +706,7 @@ class LinkClient(MultiService):
 
     def _ready(self, connection: LinkConnection) -> None:
         log.info("Link to {peer} is up ({address})", peer=self.name, address=connection.peerAddress())
+        self.connects += 1
         self._refusals = 0
         self._connection = connection
         for ident in list(self._pending):
@@ -766,6 +773,7 @@ class LinkClient(MultiService):
         line every L{REFUSAL_LOG_INTERVAL} seconds counting the others (as
         L{imgateway.core.throttle} logs refused connections).
         """
+        self.metrics.limitHit("max_queue")
         if self._refusedTimer is not None:
             self._refusedQuiet += 1
             return
@@ -908,7 +916,10 @@ class LinkReceiver:
     requests, and the hand-over of accepted events to the process's router.
 
     @ivar handlers: Request method to its handler; L{addMethod} adds one.
+    @ivar metrics: Counts the requests refused for C{max_queue}.
     """
+
+    metrics: IMetrics = NO_METRICS
 
     def __init__(
         self,
@@ -992,6 +1003,7 @@ class LinkReceiver:
             return _response(401, "HELLO first")
         limit = self._config.links.maxQueue
         if connection.inProgress >= limit:
+            self.metrics.limitHit("max_queue")
             log.warn("Link from {peer}: {limit} requests in progress already (max_queue); 503", peer=peer, limit=limit)
             return _response(503, f"{limit} requests in progress")
         try:
@@ -1134,7 +1146,11 @@ class LinkServerFactory(Factory):
     Builds the accepting side of link connections: at most
     C{links.maxIncoming} at once; on a plaintext listener, only connections
     between loopback addresses.
+
+    @ivar metrics: Counts the connections refused for C{max_incoming}.
     """
+
+    metrics: IMetrics = NO_METRICS
 
     def __init__(self, receiver: LinkReceiver, config: LinksConfig, clock: IReactorTime, plaintext: bool) -> None:
         self.receiver = receiver
@@ -1145,6 +1161,7 @@ class LinkServerFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         if len(self.connections) >= self.config.maxIncoming:
+            self.metrics.limitHit("max_incoming")
             log.warn("Link from {address} refused: {limit} link connections already (max_incoming)", address=addr, limit=self.config.maxIncoming)
             return _Refused()
         if self.plaintext and not isLoopback(addr):
@@ -1183,7 +1200,10 @@ class LinkRoutes(MultiService):
         callable that makes it, called when the first SRV look-up is needed
         (the system's resolver re-reads its configuration every minute
         once made); C{None}: no SRV look-ups.
+    @ivar metrics: Given to every L{LinkClient} made.
     """
+
+    metrics: IMetrics = NO_METRICS
 
     def __init__(
         self,
@@ -1226,9 +1246,18 @@ class LinkRoutes(MultiService):
             self._receiver.ownVia,
             handlers=self._receiver.backHandlers,
         )
+        client.metrics = self.metrics
         self._clients[key] = client
         client.setServiceParent(self)
         return client
+
+    @property
+    def clients(self) -> Mapping[str, LinkClient]:
+        """
+        The links made so far, by key (C{"server hs2"}, C{"domain
+        partner.example"}).
+        """
+        return self._clients
 
     def toServer(self, name: str) -> IRoute:
         client = self._clients.get(f"server {name}")

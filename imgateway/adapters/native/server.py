@@ -240,6 +240,8 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
 
     log = Logger()
     factory: NativeServerFactory
+    #: The SASL mechanism of the last AUTH, for /metrics.
+    mechanismName = "none"
 
     def __init__(self, gateway: IGateway, config: NativeConfig, clock: IReactorTime) -> None:
         self.gateway = gateway
@@ -720,6 +722,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
                 if name in mechanismsFor(True, True, self._scram):
                     raise _Reply(426, f"{name} needs an encrypted connection")
                 raise _Reply(401, f"Unknown mechanism {name}")
+            self.mechanismName = name
             label = request.headers.get("Label", "") or ""
             self.sessionLabel = label[:64]
             self._mechanism = serverMechanism(
@@ -774,6 +777,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
                 session.close("connection lost during login")
                 raise _Closed()
             self.session = session
+            self.gateway.metrics.loggedIn("native", self.mechanismName, session)
             self._uncount()
             if self._loginTimer is not None and self._loginTimer.active():
                 self._loginTimer.cancel()
@@ -809,6 +813,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
                 self.log.failure("Authentication error", f)
             condition = "temporary-auth-failure"
         self._authFailures += 1
+        self.gateway.metrics.loginFailed("native", self.mechanismName, condition)
         self.log.info(
             "Authentication failed from {peer}: {condition} ({n} of {max})",
             peer=self.transport.getPeer(),  # type: ignore[union-attr]

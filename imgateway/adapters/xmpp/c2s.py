@@ -128,6 +128,8 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
 
     log = Logger()
     factory: C2SFactory
+    #: The SASL mechanism of the last <auth/>, for /metrics.
+    mechanismName = "none"
 
     def __init__(self, gateway: IGateway, config: C2SConfig, clock: IReactorTime, tls: Any | None) -> None:
         super().__init__(_Authenticator(), config.limits, clock)
@@ -358,6 +360,7 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
                 mechanism = element.getAttribute("mechanism") or ""
                 if mechanism not in mechanismsFor(True, True, self._scram):
                     raise SASLFailure("invalid-mechanism")
+                self.mechanismName = mechanism
                 if mechanism not in mechanismsFor(self.secure, self._plainAllowed(), self._scram):
                     raise SASLFailure("encryption-required")
                 self._mechanism = serverMechanism(
@@ -436,6 +439,7 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         if condition == "aborted":
             return
         self._authFailures += 1
+        self.gateway.metrics.loginFailed("xmpp", self.mechanismName, condition)
         self.log.info("c2s authentication failed from {peer}: {condition}", peer=self._t.getPeer(), condition=condition)
         if self._authFailures >= self.config.maxAuthAttempts:
             self._fail("policy-violation", "too many failed logins")
@@ -467,6 +471,7 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
                 session.close("connection lost during bind")
                 return
             self.session = session
+            self.gateway.metrics.loggedIn("xmpp", self.mechanismName, session)
             self._uncount()
             if self._loginTimer is not None and self._loginTimer.active():
                 self._loginTimer.cancel()

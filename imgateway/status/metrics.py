@@ -1,0 +1,221 @@
+# -*- test-case-name: tests.test_status_metrics -*-
+"""
+What the gateway counts, exposed to Prometheus by C{/metrics} of
+C{[status]} (L{imgateway.status.web}): L{GatewayMetrics}, an L{IMetrics}
+on a registry of its own (never the client library's global one), and
+L{ReactorLag}, which measures how late the reactor runs a timed call.
+
+Counters are incremented where things happen, each a one-line call;
+gauges that describe state (sessions by face, links up) are read when
+C{/metrics} is scraped, so keeping them costs nothing in between.
+docs/operations.md, "Status, health and metrics", lists every metric.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from attrs import frozen
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from imgateway.core.errors import DeliveryError, DeliveryStatus
+from imgateway.interfaces import IMetrics, ISession
+
+__all__ = ["GatewayMetrics", "LinkState", "ReactorLag"]
+
+#: The buckets of C{imgateway_reactor_lag_seconds}, in seconds.
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+
+
+@frozen
+class LinkState:
+    """
+    One link as C{/metrics} shows it.
+
+    @ivar kind: C{"server"} (a server link of this domain), C{"domain"}
+        (a peer domain's router), C{"component"} (an XMPP component link)...
+    @ivar name: Which one (C{"hs2"}, C{"partner.example"}).
+    @ivar up: Whether it is connected now.
+    @ivar connects: How many times it came up since the process started.
+    """
+
+    kind: str
+    name: str
+    up: bool
+    connects: int
+
+
+#: Gives the links' states when C{/metrics} is scraped.
+LinkSource = Callable[[], Iterable[LinkState]]
+
+
+@implementer(IMetrics)
+class GatewayMetrics:
+    """
+    See L{IMetrics}; the metrics live in L{registry}.
+
+    @ivar registry: The L{CollectorRegistry} C{/metrics} exposes.
+    @ivar reactorLag: The L{Histogram} of reactor lags (L{ReactorLag}).
+    @ivar lastReactorLag: The L{Gauge} of the last lag measured.
+    """
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self._logins = Counter(
+            "imgateway_logins", "Logins that opened a session, by face and SASL mechanism.",
+            ["face", "mechanism"], registry=registry,
+        )
+        self._loginFailures = Counter(
+            "imgateway_login_failures", "Failed logins, by face, SASL mechanism and SASL condition.",
+            ["face", "mechanism", "condition"], registry=registry,
+        )
+        messages = Counter(
+            "imgateway_messages",
+            "Messages sent by this home server's users, by the status they were answered with "
+            "(200 delivered, 404, 480, 486...; error: an unexpected failure).",
+            ["status"], registry=registry,
+        )
+        # Bound once: counting a message is a dictionary look-up and an
+        # increment.
+        self._messages = {status: messages.labels(str(status.value)) for status in DeliveryStatus}
+        self._messageErrors = messages.labels("error")
+        self._presence = Counter(
+            "imgateway_presence_updates", "Presences published by this home server's sessions.", registry=registry
+        )
+        self._limits = Counter(
+            "imgateway_limit_hits", "Refusals for a configured limit, by the limit's configuration key.",
+            ["limit"], registry=registry,
+        )
+        self._limitChildren: dict[str, Any] = {}
+        self.reactorLag = Histogram(
+            "imgateway_reactor_lag_seconds", "How late the reactor ran a timed call ([status] lag_interval).",
+            buckets=LAG_BUCKETS, registry=registry,
+        )
+        self.lastReactorLag = Gauge(
+            "imgateway_reactor_last_lag_seconds", "How late the reactor ran the last timed call.", registry=registry
+        )
+        self._sessions: dict[str, weakref.WeakSet[Any]] = {}
+        self._linkSources: list[LinkSource] = []
+        registry.register(_StateCollector(self))
+
+    # -- IMetrics ----------------------------------------------------------------
+
+    def loggedIn(self, face: str, mechanism: str, session: ISession) -> None:
+        self._logins.labels(face, mechanism).inc()
+        sessions = self._sessions.get(face)
+        if sessions is None:
+            sessions = self._sessions[face] = weakref.WeakSet()
+        sessions.add(session)
+
+    def loginFailed(self, face: str, mechanism: str, condition: str) -> None:
+        self._loginFailures.labels(face, mechanism, condition).inc()
+
+    def messageOutcome(self, result: object) -> object:
+        if isinstance(result, DeliveryStatus):
+            self._messages[result].inc()
+        elif isinstance(result, Failure) and isinstance(result.value, DeliveryError):
+            self._messages[result.value.status].inc()
+        else:
+            self._messageErrors.inc()
+        return result
+
+    def presencePublished(self) -> None:
+        self._presence.inc()
+
+    def limitHit(self, limit: str) -> None:
+        child = self._limitChildren.get(limit)
+        if child is None:
+            child = self._limitChildren[limit] = self._limits.labels(limit)
+        child.inc()
+
+    # -- state read at scrape time ----------------------------------------------
+
+    def addLinkSource(self, source: LinkSource) -> None:
+        """
+        Show the links C{source} gives (called at every scrape) as
+        C{imgateway_link_up} and C{imgateway_link_connects_total}.
+        """
+        self._linkSources.append(source)
+
+    def sessionCounts(self) -> dict[str, int]:
+        """
+        @return: Face to its open sessions (those counted by L{loggedIn}
+            and not closed yet).
+        """
+        return {
+            face: sum(1 for session in sessions if not getattr(session, "closed", False))
+            for face, sessions in sorted(self._sessions.items())
+        }
+
+    def linkStates(self) -> list[LinkState]:
+        """
+        @return: The links every source gives, now.
+        """
+        return [state for source in self._linkSources for state in source()]
+
+
+class _StateCollector(Collector):
+    """
+    The gauges read when C{/metrics} is scraped.
+    """
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        sessions = GaugeMetricFamily("imgateway_sessions", "Open sessions of this process's clients, by face.", labels=["face"])
+        for face, count in self._metrics.sessionCounts().items():
+            sessions.add_metric([face], count)
+        yield sessions
+        up = GaugeMetricFamily("imgateway_link_up", "Whether a link is connected (1) or not (0).", labels=["kind", "link"])
+        connects = CounterMetricFamily(
+            "imgateway_link_connects", "How many times a link came up (reconnects: this minus one).", labels=["kind", "link"]
+        )
+        for state in self._metrics.linkStates():
+            up.add_metric([state.kind, state.name], 1 if state.up else 0)
+            connects.add_metric([state.kind, state.name], state.connects)
+        yield up
+        yield connects
+
+
+class ReactorLag(Service):
+    """
+    Measures how late the reactor runs a call timed for C{interval} seconds
+    from now, every C{interval} seconds while running, into
+    L{GatewayMetrics.reactorLag} and L{GatewayMetrics.lastReactorLag}.
+    """
+
+    def __init__(self, metrics: GatewayMetrics, clock: IReactorTime, interval: float) -> None:
+        self._metrics = metrics
+        self._clock = clock
+        self._interval = interval
+        self._call: IDelayedCall | None = None
+        self._due = 0.0
+
+    def startService(self) -> None:
+        super().startService()
+        self._schedule()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _schedule(self) -> None:
+        self._due = self._clock.seconds() + self._interval
+        self._call = self._clock.callLater(self._interval, self._measure)
+
+    def _measure(self) -> None:
+        lag = max(0.0, self._clock.seconds() - self._due)
+        self._metrics.reactorLag.observe(lag)
+        self._metrics.lastReactorLag.set(lag)
+        self._schedule()

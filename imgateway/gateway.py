@@ -397,7 +397,7 @@ def makeGatewayService(
         service.setName(name)
         service.setServiceParent(faces)
     faces.setServiceParent(top)
-    addStatus(top, gateway, reactor, directory if ldapConfig is None else None, homeStore)
+    addStatus(top, gateway, reactor)
     _Announcer(gateway).setServiceParent(top)
     # [manhole]: the reactor watchdog and the SSH console (stopped first).
     from imgateway.manhole.service import addManhole
@@ -406,29 +406,26 @@ def makeGatewayService(
     return gateway, top
 
 
-def addStatus(top: MultiService, gateway: Gateway, reactor: Any, directory: Any, homeStore: Any) -> None:
+def addStatus(top: MultiService, gateway: Gateway, reactor: Any) -> None:
     """
     The health checks of what C{top} runs (its services that provide
-    L{IHealthCheck}: listeners, links, adapters' links; the stores), and,
-    when C{[status] listen} names endpoints, the status listener
+    L{IHealthCheck}: listeners, adapters' links) and of the stores (SQLite:
+    a read through the queue; LDAP: a connection up), and, when
+    C{[status] listen} names endpoints, the status listener
     (L{imgateway.status.web}) and the reactor lag probe, under C{top}
     (stopped first).
-
-    @param directory: The L{imgateway.directory.sqlite.SQLiteDirectory},
-        or C{None} for an LDAP directory (then C{gateway.directory}).
-    @param homeStore: The L{imgateway.home.store.SQLiteHomeStore}, or
-        C{None}.
     """
     from imgateway.status.health import SQLiteHealth, ValueHealth, findHealthChecks
 
     checks = gateway.healthChecks
     checks.extend(findHealthChecks(top))
-    if directory is not None:
+    directory: Any = gateway.directory
+    if hasattr(directory, "database"):
         checks.append(SQLiteHealth("directory", directory.database))
-    else:
-        ldap: Any = gateway.directory
-        checks.append(ValueHealth("store", f"directory {ldap.config.url}", lambda: ldap.problem))
-    if homeStore is not None:
+    elif hasattr(directory, "problem"):
+        checks.append(ValueHealth("store", f"directory {directory.config.url}", lambda: directory.problem))
+    homeStore: Any = gateway._homeStore
+    if hasattr(homeStore, "database"):
         checks.append(SQLiteHealth(f"home store {gateway.config.homeServerName}", homeStore.database))
     status = gateway.config.status
     if not status.listen:

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from twisted.application.service import MultiService
 from twisted.internet.interfaces import IReactorTime
@@ -71,7 +71,8 @@ class HealthResource(Resource):
 
 class MetricsResource(Resource):
     """
-    C{GET /metrics}: the registry's metrics in the Prometheus text format.
+    C{GET /metrics}: the registry's metrics in the Prometheus text format
+    (version 0.0.4, which every Prometheus reads).
     """
 
     isLeaf = True
@@ -81,7 +82,7 @@ class MetricsResource(Resource):
         self._registry = registry
 
     def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        request.setHeader(b"content-type", CONTENT_TYPE_PLAIN_0_0_4.encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
         body: bytes = generate_latest(self._registry)
         return body

@@ -4,7 +4,7 @@ Unit tests for what the server links count and report
 refusals for C{max_queue} and C{max_incoming}, how many times each came
 up, their health checks and C{/metrics} states, and the refusals for
 C{[auth] password_queue}; on the in-memory network of
-C{tests/test_link.py}.
+C{tests/test_link.py}. And an XMPP component link's health check.
 """
 
 from __future__ import annotations
@@ -19,11 +19,14 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from imgateway.core.errors import DeliveryStatus, ServiceUnavailable
 from imgateway.core.events import Event, Message
 from imgateway.gateway import addLinks
+from imgateway.interfaces import IHealthCheck
 from imgateway.router.link import LinkConnection
+from imgateway.status.health import findHealthChecks
 from imgateway.router.link_codec import encodeRequest
 from imgateway.status.metrics import GatewayMetrics
 from imgateway.testing import memoryGateway
@@ -31,6 +34,7 @@ from tests.test_checkers import ALICE as CHECKED, DeferringRunner, makeAuthentic
 from tests.test_link import ALICE, CAROL, RawTestCase, configFor
 from tests.test_net_srv import FakeResolver
 from tests.test_status_metrics import value
+from tests import test_xmpp_component
 
 
 class LinkCountingTests(RawTestCase):
@@ -159,3 +163,35 @@ class PasswordQueueTests(SynchronousTestCase):
         runner.runAll()
         for d in waiting:
             self.successResultOf(d)
+
+
+class ComponentHealthTests(SynchronousTestCase):
+    """
+    An XMPP component link's health check (its L{ComponentService}),
+    against the in-memory server of C{tests/test_xmpp_component.py} (its
+    set-up, without its tests).
+    """
+
+    setUp = test_xmpp_component.LinkTests.setUp
+    stop = test_xmpp_component.LinkTests.stop
+    connect = test_xmpp_component.LinkTests.connect
+
+    def test_check(self) -> None:
+        """
+        The component service provides L{IHealthCheck}: down until its
+        stream is authenticated, up then, down again once it is lost.
+        """
+        verifyObject(IHealthCheck, self.service)
+        self.assertEqual((self.service.kind, self.service.subject), ("link", "XMPP component gw.xmpp.example"))
+        self.assertEqual(self.service.check(), "down: not connected")
+        self.connect()
+        self.assertIsNone(self.service.check())
+        self.servers[0].transport.loseConnection()  # type: ignore[union-attr]
+        self.pump.flush()
+        self.assertEqual(self.service.check(), "down: not connected")
+
+    def test_found(self) -> None:
+        """
+        The gateway finds it in the XMPP adapter's service tree.
+        """
+        self.assertIn(self.service, findHealthChecks(self.service))

@@ -37,6 +37,7 @@ from twisted.words.protocols.jabber import component, xmlstream
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 from twisted.words.xish.xmlstream import STREAM_ERROR_EVENT
+from zope.interface import implementer
 
 from imgateway.adapters.xmpp.federation import COMPONENT_IDENTITY, Identity, RouteLimits, XMPPRemoteRoute
 from imgateway.adapters.xmpp.jid import MAX_PART_BYTES, InvalidJID, addressOf, jidOf, parseJID
@@ -45,7 +46,7 @@ from imgateway.config import ConfigTable
 from imgateway.core.address import Address, normaliseDomain
 from imgateway.core.errors import ConfigError, InvalidAddress, NoRoute
 from imgateway.core.linkinfo import LinkInfo
-from imgateway.interfaces import IGateway
+from imgateway.interfaces import IGateway, IHealthCheck
 from imgateway.net.endpoints import clientEndpointFromString
 
 __all__ = [
@@ -478,10 +479,12 @@ class ComponentLink:
             self.route.linkLost()
 
 
+@implementer(IHealthCheck)
 class ComponentService(MultiService):
     """
     Runs one component link: routes its domains to its route while running,
-    and keeps it connected.
+    and keeps it connected. Its health check (C{/healthz}) is up while the
+    link is connected.
 
     @ivar link: The L{ComponentLink}.
     @ivar route: The L{XMPPRemoteRoute} registered for C{config.domains}.
@@ -517,6 +520,21 @@ class ComponentService(MultiService):
         self.client = ClientService(endpoint, self.link.factory(), retryPolicy=self.link.retryDelay, clock=clock)
         self.client.setServiceParent(self)
         self._routed: list[str] = []
+
+    kind = "link"
+
+    @property
+    def subject(self) -> str:
+        """
+        The health check's name.
+        """
+        return f"XMPP component {self.config.jid}"
+
+    def check(self) -> str | None:
+        """
+        See L{IHealthCheck.check}.
+        """
+        return None if self.link.stream is not None else "down: not connected"
 
     def startService(self) -> None:
         router = self.gateway.router

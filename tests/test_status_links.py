@@ -172,9 +172,13 @@ class ComponentHealthTests(SynchronousTestCase):
     set-up, without its tests).
     """
 
-    setUp = test_xmpp_component.LinkTests.setUp
-    stop = test_xmpp_component.LinkTests.stop
-    connect = test_xmpp_component.LinkTests.connect
+    service: Any
+    servers: list[Any]
+    pump: Any
+    _fixture: Any = test_xmpp_component.LinkTests
+    setUp = _fixture.setUp
+    stop = _fixture.stop
+    connect = _fixture.connect
 
     def test_check(self) -> None:
         """
@@ -186,7 +190,7 @@ class ComponentHealthTests(SynchronousTestCase):
         self.assertEqual(self.service.check(), "down: not connected")
         self.connect()
         self.assertIsNone(self.service.check())
-        self.servers[0].transport.loseConnection()  # type: ignore[union-attr]
+        self.servers[0].transport.loseConnection()
         self.pump.flush()
         self.assertEqual(self.service.check(), "down: not connected")
 

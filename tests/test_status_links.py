@@ -21,6 +21,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from imgateway.adapters.native.framing import Headers, Request
 from imgateway.core.errors import DeliveryStatus, ServiceUnavailable
 from imgateway.core.events import Event, Message
 from imgateway.gateway import addLinks
@@ -29,12 +30,12 @@ from imgateway.router.link import LinkConnection
 from imgateway.status.health import findHealthChecks
 from imgateway.router.link_codec import encodeRequest
 from imgateway.status.metrics import GatewayMetrics
-from imgateway.testing import memoryGateway
+from imgateway.testing import RecordingSessionClient, memoryGateway
 from tests.test_checkers import ALICE as CHECKED, DeferringRunner, makeAuthenticator
 from tests.test_link import ALICE, CAROL, RawTestCase, configFor
 from tests.test_net_srv import FakeResolver
 from tests.test_status_metrics import value
-from tests import test_xmpp_component
+from tests import test_proxy, test_xmpp_component
 
 
 class LinkCountingTests(RawTestCase):
@@ -199,3 +200,34 @@ class ComponentHealthTests(SynchronousTestCase):
         The gateway finds it in the XMPP adapter's service tree.
         """
         self.assertIn(self.service, findHealthChecks(self.service))
+
+
+class ProxyCountingTests(test_proxy.ProxyTestCase):
+    """
+    Proxied sessions refused for C{[links] max_sessions} (3 here) are hits
+    of it, on the router and on the home server.
+    """
+
+    def test_router(self) -> None:
+        """
+        The router's fourth session over the link is a hit.
+        """
+        metrics = GatewayMetrics()
+        self.proxy.metrics = metrics
+        for i in range(3):
+            self.open(label=f"s{i}")
+        self.failureResultOf(self.proxy.openSession(ALICE, RecordingSessionClient(), "s4"), ServiceUnavailable)
+        self.assertEqual(value(metrics, "imgateway_limit_hits_total", limit="max_sessions"), 1)
+
+    def test_home(self) -> None:
+        """
+        The home server's fourth session on one connection is a hit.
+        """
+        metrics = GatewayMetrics()
+        self.host.metrics = metrics
+        for i in range(3):
+            self.open(label=f"s{i}")
+        d = self.link.request(Request("SESSION", "open", Headers(), b'{"address": "alice@corp.example", "label": ""}'))
+        self.network.flush()
+        self.assertEqual(self.successResultOf(d).code, 503)
+        self.assertEqual(value(metrics, "imgateway_limit_hits_total", limit="max_sessions"), 1)

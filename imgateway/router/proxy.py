@@ -63,10 +63,11 @@ from imgateway.core.errors import (
 from imgateway.core.events import Message, SubscriptionEvent
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
 from imgateway.core.records import AccessList, AuthorisationState, ContactView, PresenceRule
-from imgateway.interfaces import IHomeLocator, IHomeServer, ILinkRoutes, ISession, ISessionClient
+from imgateway.interfaces import IHomeLocator, IHomeServer, ILinkRoutes, IMetrics, ISession, ISessionClient
 from imgateway.router.link import LinkClient, LinkConnection
 from imgateway.router.link_codec import DELIVERED, MAX_DETAIL_CHARS, decodeResponse, encodeResponse
 from imgateway.router.locator import followMoves, homeOfAuthenticated
+from imgateway.status.nometrics import NO_METRICS
 
 __all__ = [
     "CLIENT_METHOD",
@@ -359,8 +360,10 @@ class ProxyHomeServer:
     A router's way to its users' home servers: L{openSession} opens a
     session on the user's home server over the link to it
     (L{RemoteSession}). At most C{[links] max_sessions} are open (or being
-    opened) over one link.
+    opened) over one link; a refusal is counted in L{metrics}.
     """
+
+    metrics: IMetrics = NO_METRICS
 
     def __init__(self, config: GatewayConfig, locator: IHomeLocator, routes: ILinkRoutes) -> None:
         self.config = config
@@ -408,6 +411,7 @@ class ProxyHomeServer:
         limit = self.config.links.maxSessions
         count = self._counts.get(link, 0)
         if count >= limit:
+            self.metrics.limitHit("max_sessions")
             log.warn(
                 "Not proxying a session of {user} to {home}: {limit} proxied sessions on its link already "
                 "([links] max_sessions)",
@@ -595,8 +599,11 @@ class SessionHost:
     router's answer was old); the router authenticated the user
     (the home server takes its word, as it takes a link peer's for the
     events it sends). At most C{[links] max_sessions} sessions per
-    connection; they are closed when it is lost.
+    connection (a refusal is counted in L{metrics}); they are closed when
+    it is lost.
     """
+
+    metrics: IMetrics = NO_METRICS
 
     def __init__(self, config: GatewayConfig, home: IHomeServer, locator: IHomeLocator, clock: IReactorTime) -> None:
         self.config = config
@@ -715,6 +722,7 @@ class SessionHost:
         limit = self.config.links.maxSessions
         opening = self._opening.get(connection, 0)
         if len(self._sessions.get(connection, {})) + opening >= limit:
+            self.metrics.limitHit("max_sessions")
             log.warn("Link from {peer}: a session for {user} refused (503): {limit} proxied sessions on the link already ([links] max_sessions)", peer=connection.peer, user=address, limit=limit)
             return _error(503, "too many proxied sessions")
         self._opening[connection] = opening + 1
@@ -771,9 +779,11 @@ def installProxy(gateway: Any, links: Any, locator: IHomeLocator) -> ProxyHomeSe
     config: GatewayConfig = gateway.config
     if "home" in config.roles:
         host = SessionHost(config, gateway.homeServer, locator, gateway.clock)
+        host.metrics = gateway.metrics
         links.receiver.addMethod(SESSION_METHOD, host.requestReceived)
     if "router" not in config.roles:
         return None
     proxy = ProxyHomeServer(config, locator, links.routes)
+    proxy.metrics = gateway.metrics
     links.receiver.addBackMethod(CLIENT_METHOD, proxy.callbackReceived)
     return proxy

@@ -21,6 +21,7 @@ from zope.interface.verify import verifyObject
 from imgateway.adapters.base import ListenerService
 from imgateway.interfaces import IHealthCheck
 from imgateway.status.health import HealthReport, LinkHealth, SQLiteHealth, ValueHealth, checkHealth, findHealthChecks
+from tests import test_ldap_directory
 
 
 @implementer(IHealthCheck)
@@ -178,3 +179,24 @@ class ChecksTests(SynchronousTestCase):
         second = ListenerService(MemoryReactor(), "tcp:2", Factory(), "B")
         second.setServiceParent(top)
         self.assertEqual(findHealthChecks(top), [first, second])
+
+
+class LDAPHealthTests(test_ldap_directory.DirectoryTestsMixin, SynchronousTestCase):
+    """
+    An LDAP directory is up while one of its connections is
+    (L{imgateway.directory.ldap.LDAPDirectory.problem}), on the fake LDAP
+    server of C{tests/test_ldap_directory.py}.
+    """
+
+    def test_problem(self) -> None:
+        """
+        Refused: the problem says why; once a connection is up, none.
+        """
+        self.server.refuse = True
+        directory = self.directory(poolSize=1)
+        directory.start()
+        self.assertIn("unreachable", directory.problem or "")
+        self.assertIn("refused by the test", directory.problem or "")
+        self.server.refuse = False
+        self.clock.advance(1.0)
+        self.assertIsNone(directory.problem)

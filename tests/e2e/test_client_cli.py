@@ -245,7 +245,7 @@ class EndToEndTests(_ProcessTestCase):
                     table = line.strip()
                 if line.startswith("data_dir ="):
                     line = f'data_dir = "{os.path.join(self.dir, "data")}"\n'
-                elif line.startswith("listen =") and table != "[links]":
+                elif line.startswith("listen =") and table not in ("[links]", "[status]"):
                     line = f'listen = ["tcp:{self.port}:interface=127.0.0.1"]\n'
                 elif line.startswith("scram_iterations ="):
                     line = "scram_iterations = 4096\n"

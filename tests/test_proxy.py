@@ -50,6 +50,7 @@ from imgateway.router.link_codec import DELIVERED, encodeRequest
 from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.router.proxy import LINK_LOST, ProxyHomeServer, RemoteSession, SessionHost, installProxy
 from imgateway.testing import MemoryDirectory, RecordingSessionClient
+from imgateway.status.nometrics import NO_METRICS
 
 from tests.test_link import ALICE, CAROL, FakeLocator, FakeRouter, LinkTestCase, Server, configFor, hello
 
@@ -841,7 +842,7 @@ class InstallTests(SynchronousTestCase):
         return attrs.make_class("Links", ["receiver", "routes"])(receiver, None)
 
     def gateway(self, config: GatewayConfig) -> Any:
-        return attrs.make_class("G", ["config", "homeServer", "clock"])(config, RecordingHome(), Clock())
+        return attrs.make_class("G", ["config", "homeServer", "clock", "metrics"])(config, RecordingHome(), Clock(), NO_METRICS)
 
     def test_router(self) -> None:
         """

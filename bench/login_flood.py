@@ -251,10 +251,12 @@ _FEATURES_END = re.compile(rb"</stream:features>")
 _BIND_RESULT = re.compile(rb"<iq[^>]*type=.result.[^>]*>.*?</iq>|<iq[^>]*type=.result.[^>]*/>", re.S)
 
 
-async def xmppLogin(port: int, domain: str, user: str, mech: str) -> str:
+async def xmppLogin(port: int, domain: str, user: str, mech: str, keep: list[XMPPConn] | None = None) -> str:
     """
     Log in on the XMPP face: SASL, restart, bind, end of stream.
 
+    @param keep: If given, the stream is not ended: initial presence is
+        sent and the connection is appended to C{keep}, idle.
     @return: The outcome: C{"200"} when bound, else what failed.
     """
     loop = asyncio.get_running_loop()
@@ -281,12 +283,69 @@ async def xmppLogin(port: int, domain: str, user: str, mech: str) -> str:
         await conn.until(_FEATURES_END)
         conn.send("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
         await conn.until(_BIND_RESULT)
+        if keep is not None:
+            conn.send("<presence/>")
+            keep.append(conn)
+            return "200"
         conn.send("</stream:stream>")
         await asyncio.wait_for(conn.closed, 30)
         return "200"
     finally:
+        if conn.transport is not None and (keep is None or conn not in keep):
+            conn.transport.close()
+
+
+async def idleRun(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any]:
+    """
+    Log C{--sessions} XMPP sessions in (after C{--warmup} logins in and
+    out) and keep them idle: the gateway's RSS per idle session.
+    """
+    assert gw.xmppPort is not None and gw.domain is not None
+    port, domain = gw.xmppPort, gw.domain
+    sem = asyncio.Semaphore(args.workers)
+    outcomes: Counter[str] = Counter()
+    kept: list[XMPPConn] = []
+
+    async def one(user: str, keep: list[XMPPConn] | None) -> None:
+        async with sem:
+            try:
+                outcomes[await asyncio.wait_for(xmppLogin(port, domain, user, args.mech, keep), 60)] += 1
+            except (OSError, asyncio.TimeoutError) as e:
+                outcomes[type(e).__name__] += 1
+
+    await asyncio.gather(*(one(f"bench{i}", None) for i in range(args.warmup)))
+    await asyncio.sleep(2.0)
+    rssBase = proc_rss_kb(gw.pid)
+    cpu0 = proc_cpu_s(gw.pid)
+    start = time.monotonic()
+    await asyncio.gather(*(one(f"bench{i}", kept) for i in range(args.sessions)))
+    elapsed = time.monotonic() - start
+    cpu1 = proc_cpu_s(gw.pid)
+    await asyncio.sleep(args.settle)
+    rss = proc_rss_kb(gw.pid)
+    for conn in kept:
         if conn.transport is not None:
             conn.transport.close()
+    n = len(kept)
+    return {
+        "bench": "login_flood",
+        "mode": "idle",
+        "face": "xmpp",
+        "mech": args.mech,
+        "sessions": n,
+        "warmup_logins": args.warmup,
+        "outcomes": dict(outcomes),
+        "login_s": round(elapsed, 2),
+        "logins_per_s": round(n / elapsed, 1) if elapsed else None,
+        "server_cpu_us_per_login": round(1e6 * (cpu1 - cpu0) / n, 1) if n and cpu0 is not None and cpu1 is not None else None,
+        "server_rss_base_kb": rssBase,
+        "server_rss_kb": rss,
+        "server_rss_mib": round((rss or 0) / 1024, 1),
+        "rss_per_session_kib": round(((rss or 0) - (rssBase or 0)) / n, 1) if n else None,
+        "gateway_log_errors": gw.logErrors(),
+        "imgateway": __version__,
+        "cores": os.cpu_count(),
+    }
 
 
 async def xmppLoginWorker(
@@ -402,7 +461,7 @@ def configure(gw: SpawnedGateway, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=("wrong", "login"), default="wrong")
+    p.add_argument("--mode", choices=("wrong", "login", "idle"), default="wrong")
     p.add_argument("--mech", default="PLAIN", help="for --mode login: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-1")
     p.add_argument("--workers", type=int, default=50, help="connections at once")
     p.add_argument("--users", type=int, default=20, help="accounts attempted")
@@ -412,11 +471,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scram-iterations", type=int, default=10000)
     p.add_argument("--throttle", action="store_true", help="keep the shipped [limits] (else raised)")
     p.add_argument("--face", choices=("native", "xmpp"), default="native", help="for --mode login")
+    p.add_argument("--sessions", type=int, default=1000, help="for --mode idle: idle XMPP sessions")
+    p.add_argument("--warmup", type=int, default=50, help="for --mode idle: logins in and out first")
+    p.add_argument("--settle", type=float, default=3.0, help="for --mode idle: seconds before measuring")
     p.add_argument("--profile", metavar="FILE", help="run the gateway under cProfile, stats to FILE")
     p.add_argument("--keep", action="store_true", help="keep the gateway's folder")
     args = p.parse_args(argv)
-    if args.face == "xmpp" and args.mode != "login":
-        p.error("--face xmpp needs --mode login")
+    if args.face == "xmpp" and args.mode == "wrong":
+        p.error("--face xmpp needs --mode login or idle")
+    if args.mode == "idle":
+        args.face = "xmpp"
+        args.users = max(args.users, args.sessions, args.warmup)
     raise_nofile()
     cacheClientKeys()
     options = ["--profiler=cprofile", "--savestats", f"--profile={args.profile}"] if args.profile else []
@@ -427,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         gw.createUsers("bench", 0, args.users, PASSWORD)
         gw.start()
         info(f"gateway pid {gw.pid}, port {gw.port}; {args.mode} for {args.duration:g} s with {args.workers} workers")
-        result = asyncio.run(run(args, gw))
+        result = asyncio.run(idleRun(args, gw) if args.mode == "idle" else run(args, gw))
     finally:
         gw.stop()
     print(json.dumps(result), flush=True)

@@ -25,6 +25,7 @@ from imgateway.adapters.xmpp.stream import (
     HardenedXmlStream,
     RestrictedXML,
     StreamLimits,
+    TEXT_BUFFER_CHARS,
     xmlSafe,
 )
 
@@ -1062,3 +1063,40 @@ class SendTests(StreamTestCase):
         transport.clear()
         xs.send("<message><body>\x02hi\x02\ud800</body></message>")
         self.assertEqual(transport.value(), b"<message><body>hi</body></message>")
+
+
+class TextBufferTests(StreamTestCase):
+    """
+    expat gathers character data in a buffer of L{TEXT_BUFFER_CHARS}
+    characters, smaller than pyexpat's default, since every open stream
+    keeps it.
+    """
+
+    def test_bufferSize(self) -> None:
+        """
+        The parser of a stream buffers text in L{TEXT_BUFFER_CHARS}
+        characters, fewer than pyexpat's 8,192; so does the parser that a
+        stream restart makes.
+        """
+        self.assertLess(TEXT_BUFFER_CHARS, 8192)
+        xs, transport, received = self.connect()
+        assert xs.stream is not None
+        self.assertTrue(xs.stream.parser.buffer_text)
+        self.assertEqual(xs.stream.parser.buffer_size, TEXT_BUFFER_CHARS)
+        xs.reset()
+        assert xs.stream is not None
+        self.assertEqual(xs.stream.parser.buffer_size, TEXT_BUFFER_CHARS)
+
+    def test_longTextWhole(self) -> None:
+        """
+        Text longer than the buffer, in one read or in many, reaches the
+        stanza whole.
+        """
+        body = "x&amp;y" * (3 * TEXT_BUFFER_CHARS)
+        stanza = f"<message><body>{body}</body></message>".encode()
+        for pieces in ([stanza], [stanza[i : i + 1000] for i in range(0, len(stanza), 1000)]):
+            xs, transport, received = self.connect(authenticated=True)
+            self.feed(xs, HEADER + FIRST, *pieces)
+            self.assertOpen(transport)
+            self.assertEqual(len(received), 2)
+            self.assertEqual(str(received[1].body), "x&y" * (3 * TEXT_BUFFER_CHARS))

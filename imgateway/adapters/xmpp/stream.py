@@ -9,7 +9,9 @@ section 1.6).
   is refused before expat expands a single entity.
 - expat buffers character data (C{buffer_text}), so text arrives in large
   chunks rather than one per line or entity, which makes domish's
-  text accumulation linear in practice.
+  text accumulation linear in practice. The buffer is
+  L{TEXT_BUFFER_CHARS} characters, not pyexpat's 8,192: every stream
+  keeps one for as long as it is open, idle or not.
 - Each stanza is capped in bytes and elements: small before authentication
   (8 KiB, 32 elements, as ejabberd), larger after (256 KiB, as Prosody).
   Past a cap the stream is closed with C{<policy-violation/>} and
@@ -60,6 +62,7 @@ __all__ = [
     "HardenedXmlStream",
     "RestrictedXML",
     "StreamLimits",
+    "TEXT_BUFFER_CHARS",
     "xmlSafe",
 ]
 
@@ -151,6 +154,11 @@ def _checkDeclaration(version: str | None, encoding: str | None, standalone: int
         raise RestrictedXML(f"encoding {encoding} not allowed; use UTF-8")
 
 
+#: Characters of text that expat gathers before handing them on (pyexpat's
+#: C{buffer_size}; its default, 8,192, is kept by every idle stream).
+TEXT_BUFFER_CHARS = 2048
+
+
 class _ElementStream(domish.ExpatElementStream):
     """
     domish's expat element stream as an XMPP stream wants it: no DTD,
@@ -173,6 +181,8 @@ class _ElementStream(domish.ExpatElementStream):
         super().__init__()
         self.stanzaEnding: Callable[[int], None] = lambda position: None
         parser = self.parser
+        # The size first: setting it once the buffer exists reallocates it.
+        parser.buffer_size = TEXT_BUFFER_CHARS
         parser.buffer_text = True
         parser.StartDoctypeDeclHandler = _refuse("DTD")
         parser.EntityDeclHandler = _refuse("entity declaration")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import random
 
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.words.protocols.jabber.jid import JID, InvalidFormat, prep
 
+from imgateway.adapters.xmpp import jid as jidModule
 from imgateway.adapters.xmpp.jid import (
     PREPARED_CACHE_SIZE,
     MAX_PART_BYTES,
@@ -340,6 +342,49 @@ class AddressTests(SynchronousTestCase):
         address = Address.fromString("juliet@example.com")
         self.assertEqual(jidOf(address).full(), "juliet@example.com")
         self.assertEqual(jidOf(address, "Balcony").full(), "juliet@example.com/Balcony")
+
+    def test_jidOfAsTwisted(self) -> None:
+        """
+        L{jidOf} gives the JID that Twisted's L{JID} makes of the same
+        parts, resource prepared, for every resource (none, empty, one
+        that preparation changes).
+        """
+        for text in ("juliet@example.com", "\u00e9lise@b\u00fccher.example", "\u4e2d@xn--fiq228c.example"):
+            address = Address.fromString(text)
+            for resource in (None, "", "Balcony", "\u2163 Home", "r\u00ad"):
+                expected = JID(tuple=(address.local, address.domain, resource))
+                got = jidOf(address, resource)
+                self.assertEqual((got.user, got.host, got.resource), (expected.user, expected.host, expected.resource))
+                self.assertEqual(got, expected)
+                self.assertEqual(hash(got), hash(expected))
+
+    def test_jidOfPreparesAddressOnce(self) -> None:
+        """
+        L{jidOf} prepares an address's parts once, whatever the resources
+        asked for after: only the resource is prepared each time.
+        """
+        calls: list[tuple[object, ...]] = []
+
+        def counting(*args: object) -> tuple[str | None, str, str | None]:
+            calls.append(args)
+            return prep(*args)  # type: ignore[arg-type]
+
+        self.patch(jidModule, "prep", counting)
+        jidModule._preparedBare.cache_clear()
+        self.addCleanup(jidModule._preparedBare.cache_clear)
+        address = Address.fromString("juliet@example.com")
+        full = [jidOf(address, f"r{i}").full() for i in range(3)]
+        self.assertEqual(full, [f"juliet@example.com/r{i}" for i in range(3)])
+        self.assertEqual(calls, [("juliet", "example.com", None)])
+
+    def test_jidOfBadResource(self) -> None:
+        """
+        A resource that cannot be prepared is refused as Twisted's L{JID}
+        refuses it, with L{InvalidFormat}.
+        """
+        address = Address.fromString("juliet@example.com")
+        self.assertRaises(InvalidFormat, JID, tuple=(address.local, address.domain, "a\u0000b"))
+        self.assertRaises(InvalidFormat, jidOf, address, "a\u0000b")
 
     def test_roundTripFromAddress(self) -> None:
         """

@@ -14,7 +14,8 @@ import functools
 
 import re
 
-from twisted.words.protocols.jabber.jid import JID, InvalidFormat
+from twisted.words.protocols.jabber.jid import JID, InvalidFormat, prep
+from twisted.words.protocols.jabber.xmpp_stringprep import resourceprep
 
 from imgateway.core.address import Address
 from imgateway.core.errors import InvalidAddress
@@ -97,8 +98,33 @@ def addressOf(jid: JID) -> Address:
         raise InvalidJID(str(e)) from None
 
 
+@functools.lru_cache(maxsize=PREPARED_CACHE_SIZE)
+def _preparedBare(local: str, domain: str) -> tuple[str | None, str]:
+    """
+    The localpart and domainpart of a JID, prepared (as Twisted's L{JID}
+    does). Cached: preparing the domain (nameprep) costs more than the
+    rest of a login's JID.
+    """
+    user, host, _ = prep(local, domain, None)
+    return user, host
+
+
 def jidOf(address: Address, resource: str | None = None) -> JID:
     """
-    The JID of an address (with a resource, for a full JID).
+    The JID of an address (with a resource, for a full JID): the same as
+    C{JID(tuple=(address.local, address.domain, resource))}, but the
+    address's parts are prepared once per address (a bounded cache of
+    L{PREPARED_CACHE_SIZE}), and only the resource each time.
+
+    @raise InvalidFormat: If the resource cannot be prepared (as
+        Twisted's L{JID} raises).
     """
-    return JID(tuple=(address.local, address.domain, resource))
+    user, host = _preparedBare(address.local, address.domain)
+    if resource:
+        try:
+            resource = resourceprep.prepare(resource)
+        except UnicodeError:
+            raise InvalidFormat("Invalid character in resource") from None
+    jid = JID.__new__(JID)
+    jid.user, jid.host, jid.resource = user, host, resource or None
+    return jid

@@ -295,21 +295,51 @@ async def xmppLogin(port: int, domain: str, user: str, mech: str, keep: list[XMP
             conn.transport.close()
 
 
+async def nativeLogin(port: int, user: str, mech: str, keep: list[Any] | None) -> str:
+    """
+    Log in on the native face; say C{BYE}, or (with C{keep}) announce
+    presence and keep the connection idle in C{keep}.
+    """
+    conn = await connect(port)
+    try:
+        m = clientMechanism(mech, user, PASSWORD)
+        r = await conn.request("AUTH", (("Mechanism", mech),), m.start())
+        while r.code == 110:
+            r = await conn.request("AUTH", (), m.step(r.body))
+        outcome = f"{r.code} {r.headers.get('Error') or ''}".strip()
+        if r.code != 200:
+            return outcome
+        if keep is not None:
+            await conn.request("PUBLISH", (("Presence", "online"),))
+            keep.append(conn)
+            return outcome
+        conn.request("BYE")
+        await asyncio.wait_for(conn.closed, 30)
+        return outcome
+    finally:
+        if conn.transport is not None and (keep is None or conn not in keep):
+            conn.transport.close()
+
+
 async def idleRun(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any]:
     """
-    Log C{--sessions} XMPP sessions in (after C{--warmup} logins in and
-    out) and keep them idle: the gateway's RSS per idle session.
+    Log C{--sessions} sessions in (after C{--warmup} logins in and out)
+    and keep them idle: the gateway's RSS per idle session.
     """
-    assert gw.xmppPort is not None and gw.domain is not None
-    port, domain = gw.xmppPort, gw.domain
     sem = asyncio.Semaphore(args.workers)
     outcomes: Counter[str] = Counter()
-    kept: list[XMPPConn] = []
+    kept: list[Any] = []
 
-    async def one(user: str, keep: list[XMPPConn] | None) -> None:
+    async def login(user: str, keep: list[Any] | None) -> str:
+        if args.face == "native":
+            return await nativeLogin(gw.port, user, args.mech, keep)
+        assert gw.xmppPort is not None and gw.domain is not None
+        return await xmppLogin(gw.xmppPort, gw.domain, user, args.mech, keep)
+
+    async def one(user: str, keep: list[Any] | None) -> None:
         async with sem:
             try:
-                outcomes[await asyncio.wait_for(xmppLogin(port, domain, user, args.mech, keep), 60)] += 1
+                outcomes[await asyncio.wait_for(login(user, keep), 60)] += 1
             except (OSError, asyncio.TimeoutError) as e:
                 outcomes[type(e).__name__] += 1
 
@@ -330,7 +360,7 @@ async def idleRun(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any
     return {
         "bench": "login_flood",
         "mode": "idle",
-        "face": "xmpp",
+        "face": args.face,
         "mech": args.mech,
         "sessions": n,
         "warmup_logins": args.warmup,
@@ -471,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scram-iterations", type=int, default=10000)
     p.add_argument("--throttle", action="store_true", help="keep the shipped [limits] (else raised)")
     p.add_argument("--face", choices=("native", "xmpp"), default="native", help="for --mode login")
-    p.add_argument("--sessions", type=int, default=1000, help="for --mode idle: idle XMPP sessions")
+    p.add_argument("--sessions", type=int, default=1000, help="for --mode idle: idle sessions")
     p.add_argument("--warmup", type=int, default=50, help="for --mode idle: logins in and out first")
     p.add_argument("--settle", type=float, default=3.0, help="for --mode idle: seconds before measuring")
     p.add_argument("--profile", metavar="FILE", help="run the gateway under cProfile, stats to FILE")
@@ -480,7 +510,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.face == "xmpp" and args.mode == "wrong":
         p.error("--face xmpp needs --mode login or idle")
     if args.mode == "idle":
-        args.face = "xmpp"
         args.users = max(args.users, args.sessions, args.warmup)
     raise_nofile()
     cacheClientKeys()

@@ -1087,6 +1087,20 @@ class TextBufferTests(StreamTestCase):
         assert xs.stream is not None
         self.assertEqual(xs.stream.parser.buffer_size, TEXT_BUFFER_CHARS)
 
+    def test_refusingHandlersShared(self) -> None:
+        """
+        The handlers that refuse DTDs, entity declarations, comments and
+        processing instructions are made once, not once per stream: two
+        streams' parsers hold the same ones.
+        """
+        first, _, _ = self.connect()
+        second, _, _ = self.connect()
+        assert first.stream is not None and second.stream is not None
+        a, b = first.stream.parser, second.stream.parser
+        for name in ("StartDoctypeDeclHandler", "EntityDeclHandler", "CommentHandler", "ProcessingInstructionHandler"):
+            self.assertIsNotNone(getattr(a, name), name)
+            self.assertIs(getattr(a, name), getattr(b, name), name)
+
     def test_longTextWhole(self) -> None:
         """
         Text longer than the buffer, in one read or in many, reaches the

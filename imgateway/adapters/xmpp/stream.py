@@ -147,6 +147,14 @@ def _refuse(what: str) -> Any:
     return handler
 
 
+# The handlers every parser gets: made once, not once per stream (an idle
+# stream kept its own four closures).
+_REFUSE_DTD = _refuse("DTD")
+_REFUSE_ENTITY = _refuse("entity declaration")
+_REFUSE_COMMENT = _refuse("comment")
+_REFUSE_PI = _refuse("processing instruction")
+
+
 def _checkDeclaration(version: str | None, encoding: str | None, standalone: int) -> None:
     if version not in (None, "1.0"):
         raise RestrictedXML(f"XML version {version} not allowed; use 1.0")
@@ -184,10 +192,10 @@ class _ElementStream(domish.ExpatElementStream):
         # The size first: setting it once the buffer exists reallocates it.
         parser.buffer_size = TEXT_BUFFER_CHARS
         parser.buffer_text = True
-        parser.StartDoctypeDeclHandler = _refuse("DTD")
-        parser.EntityDeclHandler = _refuse("entity declaration")
-        parser.CommentHandler = _refuse("comment")
-        parser.ProcessingInstructionHandler = _refuse("processing instruction")
+        parser.StartDoctypeDeclHandler = _REFUSE_DTD
+        parser.EntityDeclHandler = _REFUSE_ENTITY
+        parser.CommentHandler = _REFUSE_COMMENT
+        parser.ProcessingInstructionHandler = _REFUSE_PI
         parser.XmlDeclHandler = _checkDeclaration
 
     def _onEndElement(self, name: str) -> None:

@@ -544,6 +544,80 @@ class SessionMethodTests(ProxyTestCase):
         self.successResultOf(d)
         self.assertEqual(home.calls[-1], ("sendMessage", (CAROL, "again", "text/plain", None)))
 
+    def sent(self) -> list[Request]:
+        """
+        Record the requests the router's link sends from now on.
+        """
+        requests: list[Request] = []
+        send = self.link.request
+
+        def recording(request: Request) -> Deferred[Any]:
+            requests.append(request)
+            return send(request)
+
+        self.link.request = recording  # type: ignore[method-assign]
+        return requests
+
+    def test_sendMessageCompact(self) -> None:
+        """
+        C{sendMessage} sends the compact C{SESSION message}: the recipient,
+        content type (left out when C{text/plain}) and message id (left out
+        when there is none) as headers, the text as the body; no JSON.
+        """
+        session, home, client = self.open()
+        requests = self.sent()
+        self.successResultOf(self.settle(session.sendMessage(CAROL, "hi ☃", "text/html", "m-1")))
+        self.successResultOf(self.settle(session.sendMessage(CAROL, "{}")))
+        self.assertEqual(
+            [(r.method, r.target, r.headers.items, r.body) for r in requests],
+            [
+                ("SESSION", "message", (("Session", session.sessionId), ("To", str(CAROL)), ("Content-Type", "text/html"), ("Message-ID", "m-1")), "hi ☃".encode()),
+                ("SESSION", "message", (("Session", session.sessionId), ("To", str(CAROL))), b"{}"),
+            ],
+        )
+        self.assertEqual(home.calls, [("sendMessage", (CAROL, "hi ☃", "text/html", "m-1")), ("sendMessage", (CAROL, "{}", "text/plain", None))])
+
+    def test_sendMessageNotForHeaders(self) -> None:
+        """
+        A content type or message id a header cannot carry as it is
+        (control characters, white space at either end, empty, longer than
+        L{proxy.MAX_HEADER_VALUE_CHARS}) goes in the JSON form, and reaches
+        the home session unchanged.
+        """
+        session, home, client = self.open()
+        requests = self.sent()
+        long = "m" * (proxy.MAX_HEADER_VALUE_CHARS + 1)
+        cases = [("text/plain", "a\nb"), ("text/plain", " m-2"), ("text/plain", "m-3\t"), ("", None), ("text/plain", long)]
+        for contentType, messageId in cases:
+            self.successResultOf(self.settle(session.sendMessage(CAROL, "hi", contentType, messageId)))
+        self.assertEqual([r.headers.get("To") for r in requests], [None] * len(cases))
+        self.assertEqual(home.calls, [("sendMessage", (CAROL, "hi", c, m)) for c, m in cases])
+        self.successResultOf(self.settle(session.sendMessage(CAROL, "hi", "text/plain", "m" * proxy.MAX_HEADER_VALUE_CHARS)))
+        self.assertEqual(requests[-1].headers.get("Message-ID"), "m" * proxy.MAX_HEADER_VALUE_CHARS)
+
+    def test_messageJSONForm(self) -> None:
+        """
+        The home server still takes C{SESSION message} in the JSON form
+        (from a router of an earlier version).
+        """
+        session, home, client = self.open()
+        body = b'{"to": "carol@corp.example", "body": "hi", "contentType": "text/plain", "messageId": null}'
+        d = self.settle(self.link.request(Request("SESSION", "message", Headers((("Session", session.sessionId),)), body)))
+        self.assertEqual(self.successResultOf(d).code, 200)
+        self.assertEqual(home.calls, [("sendMessage", (CAROL, "hi", "text/plain", None))])
+
+    def test_compactMessageMalformed(self) -> None:
+        """
+        A compact C{SESSION message} whose body is not UTF-8 is answered
+        C{400}, as is one whose C{To} is not an address; neither reaches
+        the home session.
+        """
+        session, home, client = self.open()
+        for to, body in [(str(CAROL), b"\xff"), ("not an address", b"hi")]:
+            request = Request("SESSION", "message", Headers((("Session", session.sessionId), ("To", to))), body)
+            self.assertEqual(self.successResultOf(self.settle(self.link.request(request))).code, 400)
+        self.assertEqual(home.calls, [])
+
     def test_sendMessageErrors(self) -> None:
         """
         A delivery error comes back as the same error, a 486's alternate

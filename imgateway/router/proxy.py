@@ -24,6 +24,7 @@ failures as the link codec's statuses (L{imgateway.router.link_codec}).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -77,6 +78,7 @@ __all__ = [
     "RemoteSessionClient",
     "SessionHost",
     "installProxy",
+    "messageArguments",
 ]
 
 log = Logger()
@@ -214,6 +216,54 @@ def decodeResult(response: Response) -> Any:
     raise ServiceUnavailable(detail)
 
 
+#: What a header value of the compact C{SESSION message} may not hold: what
+#: the framing refuses (control characters), or leading or trailing white
+#: space (which a parser strips).
+_NOT_HEADER_SAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]|^\s|\s$")
+
+#: The longest value the compact C{SESSION message} carries in a header.
+MAX_HEADER_VALUE_CHARS = 1024
+
+
+def _headerSafe(value: str) -> bool:
+    return 0 < len(value) <= MAX_HEADER_VALUE_CHARS and _NOT_HEADER_SAFE.search(value) is None
+
+
+def _delivered(result: object) -> DeliveryStatus:
+    return DeliveryStatus.DELIVERED
+
+
+def messageArguments(request: Request) -> tuple[Address, str, str, str | None]:
+    """
+    The arguments of a C{SESSION message} request
+    (L{ISession.sendMessage}'s): in the compact form, a C{To} header (the
+    recipient), optional C{Content-Type} (C{text/plain} when absent) and
+    C{Message-ID}, and the text as the body (UTF-8); or, without C{To},
+    the JSON form (C{{"to", "body", "contentType", "messageId"}}).
+
+    @raise ValueError: If the request is malformed (L{InvalidAddress} for
+        an invalid recipient).
+    @raise KeyError: If the JSON form lacks an argument.
+    """
+    headers = request.headers
+    to = headers.get("To")
+    if to is None:
+        data = _read(request)
+        messageId = data.get("messageId")
+        return (
+            Address.fromString(str(data["to"])),
+            str(data["body"]),
+            str(data["contentType"]),
+            None if messageId is None else str(messageId),
+        )
+    return (
+        Address.fromString(to),
+        request.body.decode("utf-8"),
+        headers.get("Content-Type") or "text/plain",
+        headers.get("Message-ID"),
+    )
+
+
 # -- the router's side ----------------------------------------------------------------
 
 
@@ -250,11 +300,18 @@ class RemoteSession:
     def __repr__(self) -> str:
         return f"<RemoteSession {self.sessionId} {self.address} on {self._link.name}>"
 
-    def _call(self, operation: str, arguments: object = None) -> Deferred[Any]:
+    def _call(self, operation: str, arguments: object = None, request: Request | None = None) -> Deferred[Any]:
+        """
+        Send a C{SESSION} request: C{operation} with C{arguments} as its
+        JSON body, or C{request} as it is (its C{Session} header included).
+
+        @return: Fires with the answer's JSON result (L{decodeResult}).
+        """
         if self.closed:
             return fail(ServiceUnavailable("the session has ended"))
-        body = _body(arguments) if arguments is not None else b""
-        request = Request(SESSION_METHOD, operation, Headers((("Session", self.sessionId),)), body)
+        if request is None:
+            body = _body(arguments) if arguments is not None else b""
+            request = Request(SESSION_METHOD, operation, Headers((("Session", self.sessionId),)), body)
         # Answered by the link, or failed at once when the session ends
         # first (its link connection lost): never left to wait for a resend
         # the home server would refuse.
@@ -288,8 +345,24 @@ class RemoteSession:
     def sendMessage(
         self, recipient: Address, body: str, contentType: str = "text/plain", messageId: str | None = None
     ) -> Deferred[DeliveryStatus]:
-        arguments = {"to": str(recipient), "body": body, "contentType": contentType, "messageId": messageId}
-        return self._call("message", arguments).addCallback(lambda _: DeliveryStatus.DELIVERED)
+        if not (_headerSafe(contentType) and (messageId is None or _headerSafe(messageId))):
+            # Values a header cannot carry as they are (from a face other
+            # than the native one): the JSON form.
+            arguments = {"to": str(recipient), "body": body, "contentType": contentType, "messageId": messageId}
+            return self._call("message", arguments).addCallback(_delivered)
+        try:
+            text = body.encode("utf-8")
+        except UnicodeEncodeError:
+            return fail(InvalidAddress("the message is not valid text"))
+        # The compact form (docs/protocol.md section 9.7): headers and the
+        # text itself, no JSON to write here or to read at the home server.
+        headers = [("Session", self.sessionId), ("To", str(recipient))]
+        if contentType != "text/plain":
+            headers.append(("Content-Type", contentType))
+        if messageId is not None:
+            headers.append(("Message-ID", messageId))
+        request = Request(SESSION_METHOD, "message", Headers(tuple(headers)), text)
+        return self._call("message", request=request).addCallback(_delivered)
 
     def subscribe(self, target: Address, displayName: str = "") -> Deferred[AuthorisationState]:
         d = self._call("subscribe", {"target": str(target), "name": displayName})
@@ -515,6 +588,15 @@ class ProxyHomeServer:
         return d.addCallbacks(lambda _: _ok(), lambda f: _error(503, "the client did not take it"))
 
 
+def _encodeFailed(f: Failure) -> Response:
+    assert f.value is not None
+    return encodeFailure(f.value)
+
+
+def _answeredOK(result: object) -> Response:
+    return DELIVERED
+
+
 def _movedAgain() -> ServiceUnavailable:
     return ServiceUnavailable("the user moved again as its session was opened")
 
@@ -633,18 +715,17 @@ class SessionHost:
         if session is None:
             return _error(503, "no such session")
         try:
-            data = _read(request)
-            d = self._operate(connection, session, request.target, data)
+            if request.target == "message":
+                # The hot path: read from the headers, no JSON.
+                d = session.sendMessage(*messageArguments(request)).addCallback(_answeredOK)
+            else:
+                d = self._operate(connection, session, request.target, _read(request))
         except (ValueError, KeyError, TypeError) as e:
             if isinstance(e, InvalidAddress):
                 return encodeFailure(e)
             log.warn("Link from {peer}: bad SESSION {operation} request: {error}", peer=peer, operation=request.target, error=e)
             return _error(400, "bad session request")
-        def failed(f: Failure) -> Response:
-            assert f.value is not None
-            return encodeFailure(f.value)
-
-        return d.addErrback(failed)
+        return d.addErrback(_encodeFailed)
 
     def _operate(self, connection: LinkConnection, session: ISession, operation: str, data: dict[str, Any]) -> Deferred[Response]:
         def target(key: str = "target") -> Address:
@@ -655,10 +736,6 @@ class SessionHost:
             lease = data.get("lease")
             granted = session.publish(_presence(data), None if lease is None else float(lease))
             return succeed(_ok({"lease": granted}))
-        if operation == "message":
-            messageId = data.get("messageId")
-            sent = session.sendMessage(target("to"), str(data["body"]), str(data["contentType"]), None if messageId is None else str(messageId))
-            return sent.addCallback(done)
         if operation == "subscribe":
             return session.subscribe(target(), str(data.get("name", ""))).addCallback(lambda state: _ok({"state": state.value}))
         if operation == "put-contact":

@@ -40,6 +40,7 @@ from imgateway.core.errors import (
 )
 from imgateway.core.events import Event, Message, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import Presence, PresenceState
+from imgateway.core.records import AccountRecord
 from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
 from imgateway.core.linkinfo import LinkInfo, LinkInfoSource
 from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter
@@ -58,6 +59,8 @@ from imgateway.router.link import (
 )
 from imgateway.router import link
 from imgateway.router.link_codec import DELIVERED, encodeRequest, encodeResponse
+from imgateway.router.locator import DirectoryHomeLocator
+from imgateway.testing import MemoryDirectory
 
 from tests.test_net_srv import FakeResolver
 
@@ -857,6 +860,34 @@ class OriginationTests(RawTestCase):
         self.assertEqual(self.send("router", ROMEO, "partner.example"), 200)
         self.assertEqual(self.send("router", JULIET, "partner.example"), 403)
         self.assertTrue(self.messages("a router of partner.example sent an event from other.example"))
+
+
+class RememberedOriginationTests(SynchronousTestCase):
+    """
+    The origination rule answers at once, without a L{Deferred}, when the
+    locator remembers the sender's home.
+    """
+
+    def test_rememberedHome(self) -> None:
+        """
+        With the sender's home remembered, a home server's event is checked
+        at once: accepted from its home, refused from another server.
+        Without, the directory is asked (a L{Deferred}).
+        """
+        clock = Clock()
+        locator = DirectoryHomeLocator(MemoryDirectory([AccountRecord(CAROL, "hs2", "", True, "")]), clock, 30.0)
+        config = configFor("hs1")
+        receiver = LinkReceiver(config, FakeRouter(), locator, clock, LinkTraces())
+        hs2 = LinkPeer("corp.example", "hs2", frozenset({"home"}))
+        router = LinkPeer("corp.example", "router", frozenset({"home"}))
+        event = Message(CAROL, ALICE, "hi")
+        asked = receiver._originationRefused(hs2, event)
+        assert isinstance(asked, Deferred)
+        self.assertIsNone(self.successResultOf(asked))
+        self.assertIsNone(receiver._originationRefused(hs2, event))
+        self.assertEqual(receiver._originationRefused(router, event), "carol@corp.example is not homed on router")
+        clock.advance(30.0)
+        self.assertIsInstance(receiver._originationRefused(hs2, event), Deferred)
 
 
 class HopTests(RawTestCase):

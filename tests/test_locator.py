@@ -16,7 +16,7 @@ from imgateway.core.address import Address
 from imgateway.core.errors import MovedTo, PersistenceFailed, ServiceUnavailable
 from imgateway.core.records import AccountRecord
 from imgateway.interfaces import IHomeLocator
-from imgateway.router.locator import DirectoryHomeLocator, followMoves, homeOfAuthenticated
+from imgateway.router.locator import UNKNOWN, DirectoryHomeLocator, followMoves, homeOfAuthenticated, knownHome
 from imgateway.testing import MemoryDirectory
 
 ALICE = Address.fromString("alice@corp.example")
@@ -94,6 +94,39 @@ class DirectoryHomeLocatorTests(SynchronousTestCase):
         self.clock.advance(0.1)
         self.locator.homeOf(ALICE)
         self.assertEqual(self.directory.reads, 2)
+
+    def test_cachedHomeOf(self) -> None:
+        """
+        C{cachedHomeOf} (and L{knownHome}) answer at once what L{homeOf}
+        would answer from what is remembered, a remembered "no home"
+        included; L{UNKNOWN} before the directory was read and once the
+        answer's lifetime is over. It reads nothing itself.
+        """
+        self.assertIs(self.locator.cachedHomeOf(ALICE), UNKNOWN)
+        self.assertIs(knownHome(self.locator, NOBODY), UNKNOWN)
+        self.locator.homeOf(ALICE)
+        self.locator.homeOf(NOBODY)
+        self.assertEqual(self.locator.cachedHomeOf(ALICE), "hs1")
+        self.assertEqual(knownHome(self.locator, ALICE), "hs1")
+        self.assertIsNone(knownHome(self.locator, NOBODY))
+        self.clock.advance(30.0)
+        self.assertIs(knownHome(self.locator, ALICE), UNKNOWN)
+        self.assertEqual(self.directory.reads, 2)
+
+    def test_knownHomeOtherLocators(self) -> None:
+        """
+        L{knownHome} knows nothing of another L{IHomeLocator}: the caller
+        asks its C{homeOf}.
+        """
+
+        class Other:
+            def homeOf(self, address: Address) -> Deferred[str | None]:
+                return succeed("hs1")
+
+            def forget(self, address: Address) -> None:
+                pass
+
+        self.assertIs(knownHome(Other(), ALICE), UNKNOWN)  # type: ignore[arg-type]
 
     def test_unknownCached(self) -> None:
         """
@@ -206,6 +239,22 @@ class StaleAnswerTests(SynchronousTestCase):
         d = followMoves(self.locator, ALICE, attempt, "a test", lambda: ServiceUnavailable("gave up"))
         self.assertEqual(self.successResultOf(d), "done at hs2")
         self.assertEqual(tried, ["hs1", "hs2"])
+
+    def test_rememberedAttemptRaises(self) -> None:
+        """
+        With the home remembered, C{attempt} is called at once; if it
+        raises, the result fails with its error (as when the directory is
+        asked).
+        """
+        self.directory.accounts[ALICE] = AccountRecord(ALICE, "hs1", "", True, "{}")
+        for remembered in (False, True):
+
+            def attempt(home: str | None) -> Deferred[str]:
+                raise PersistenceFailed(f"at {home}")
+
+            d = followMoves(self.locator, ALICE, attempt, "a test", lambda: ServiceUnavailable("gave up"))
+            self.assertEqual(self.failureResultOf(d, PersistenceFailed).value.args[0], "at hs1")
+        self.assertEqual(self.directory.reads, 1)
 
     def test_noReferenceCycle(self) -> None:
         """

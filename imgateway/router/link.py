@@ -70,6 +70,7 @@ from imgateway.router.link_codec import (
     newRoutingId,
     viaEntry,
 )
+from imgateway.router.locator import UNKNOWN, knownHome
 
 __all__ = [
     "DEFAULT_MAX_REMEMBERED",
@@ -1126,6 +1127,10 @@ class LinkReceiver:
             return f"server {peer.name} is no router and sent an event from {sender.domain}"
         if "home" in peer.roles:
             name = peer.name
+            known = knownHome(self._locator, sender)
+            if known is not UNKNOWN:
+                # Remembered: answered at once, no Deferred.
+                return None if known == name else f"{sender} is not homed on {name}"
 
             def homed(home: str | None) -> str | None:
                 if home == name:

@@ -8,7 +8,8 @@ gone stale (L{homeOfAuthenticated}, L{followMoves}).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from enum import Enum
+from typing import Final, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -21,7 +22,7 @@ from imgateway.core.errors import MovedTo
 from imgateway.core.records import AccountRecord
 from imgateway.interfaces import IDirectory, IHomeLocator
 
-__all__ = ["DEFAULT_MAX_CACHED", "DirectoryHomeLocator", "followMoves", "homeOfAuthenticated"]
+__all__ = ["DEFAULT_MAX_CACHED", "UNKNOWN", "DirectoryHomeLocator", "followMoves", "homeOfAuthenticated", "knownHome"]
 
 T = TypeVar("T")
 
@@ -29,6 +30,14 @@ log = Logger()
 
 #: How many users' homes are remembered at most.
 DEFAULT_MAX_CACHED = 100000
+
+
+class _Unknown(Enum):
+    UNKNOWN = "unknown"
+
+
+#: What L{knownHome} answers when the locator has nothing remembered.
+UNKNOWN: Final = _Unknown.UNKNOWN
 
 
 @implementer(IHomeLocator)
@@ -55,6 +64,16 @@ class DirectoryHomeLocator:
         self._maxCached = maxCached
         self._cache: dict[Address, tuple[float, str | None]] = {}
         self._reading: dict[Address, list[Deferred[str | None]]] = {}
+
+    def cachedHomeOf(self, address: Address) -> str | None | _Unknown:
+        """
+        @return: The answer L{homeOf} would give at once, from what is
+            remembered; L{UNKNOWN} when it would ask the directory.
+        """
+        cached = self._cache.get(address)
+        if cached is not None and cached[0] > self._clock.seconds():
+            return cached[1]
+        return UNKNOWN
 
     def homeOf(self, address: Address) -> Deferred[str | None]:
         cached = self._cache.get(address)
@@ -94,6 +113,20 @@ class DirectoryHomeLocator:
         # A read under way may carry the old answer: let it answer its
         # callers, but not fill the cache.
         self._reading.pop(address, None)
+
+
+def knownHome(locator: IHomeLocator, address: Address) -> str | None | _Unknown:
+    """
+    The home of C{address} when C{locator} has it remembered (a
+    L{DirectoryHomeLocator}'s L{cachedHomeOf<DirectoryHomeLocator.cachedHomeOf>}),
+    without a L{Deferred}: what runs for every event asks this first.
+
+    @return: The answer C{locator.homeOf} would fire with at once, or
+        L{UNKNOWN} (ask C{locator.homeOf}).
+    """
+    if type(locator) is DirectoryHomeLocator:
+        return locator.cachedHomeOf(address)
+    return UNKNOWN
 
 
 def homeOfAuthenticated(locator: IHomeLocator, address: Address, server: str | None = None) -> Deferred[str | None]:
@@ -148,8 +181,17 @@ def followMoves(
 
     # No closure that calls itself (a reference cycle per call, left to the
     # garbage collector): this runs for every delivery to a user of the
-    # domain.
-    return locator.homeOf(address).addCallback(attempt).addErrback(_moved, locator, address, attempt, what, giveUp, True)
+    # domain. A remembered answer is used at once: no Deferred of it, and
+    # none chained to it.
+    home = knownHome(locator, address)
+    if home is UNKNOWN:
+        d = locator.homeOf(address).addCallback(attempt)
+    else:
+        try:
+            d = attempt(home)
+        except BaseException:
+            d = fail()
+    return d.addErrback(_moved, locator, address, attempt, what, giveUp, True)
 
 
 def _moved(

@@ -6,6 +6,8 @@ the native wire form (serialised and parsed again).
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -28,6 +30,7 @@ from imgateway.core.errors import (
 )
 from imgateway.core.events import Message, MessageMark, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import Presence, PresenceState
+from imgateway.router import link_codec
 from imgateway.router.link_codec import (
     LinkCodecError,
     decodeRequest,
@@ -349,3 +352,54 @@ class StatusRoundTripTests(SynchronousTestCase):
         except DeliveryError as e:
             return e
         self.fail("no error")
+
+
+class MessageFastPathTests(SynchronousTestCase):
+    """
+    A C{MESSAGE} is read in one pass over its headers
+    (C{link_codec._decodeMessage}), with exactly the results and errors of
+    the reading by look-ups every method has (C{link_codec._decodeEvent}).
+    """
+
+    def outcome(self, decode: Any, request: Request) -> object:
+        try:
+            return decode(request)
+        except LinkCodecError as e:
+            return ("error", e.code, e.detail)
+
+    def test_sameAsLookUps(self) -> None:
+        """
+        Over many variants of a valid C{MESSAGE} (each header missing,
+        empty, invalid, repeated, in another case; targets and bodies that
+        are wrong), both readings agree; C{decodeRequest} uses the fast one.
+        """
+        good: list[tuple[str, str]] = [
+            ("From", "im:alice@corp.example"),
+            ("Message-ID", "m-1"),
+            ("Timestamp", "1767225600.125"),
+            ("Content-Type", "text/html"),
+            ("Auto", "auto-reply"),
+            ("Via", "corp.example/hs1"),
+            ("Via", "corp.example/router"),
+            ("Max-Hops", "5"),
+            ("Routing-Id", "r.1"),
+            ("Hops", "2"),
+        ]
+        bad = ["", " ", "0", "-1", "x", "99999999999", "im:", "pres:alice@corp.example", "im:alice@", "1.5", "1e3", "\u2603", "a" * 200]
+        variants: list[tuple[str, tuple[tuple[str, str], ...], bytes]] = [("im:carol@corp.example", tuple(good), b"hi")]
+        for i, (name, value) in enumerate(good):
+            without = good[:i] + good[i + 1 :]
+            variants.append(("im:carol@corp.example", tuple(without), b"hi"))
+            variants.append(("im:carol@corp.example", tuple(good[:i] + [(name.upper(), value)] + good[i + 1 :]), b"hi"))
+            variants.append(("im:carol@corp.example", tuple(good + [(name.lower(), "im:bob@corp.example")]), b"hi"))
+            for other in bad:
+                variants.append(("im:carol@corp.example", tuple(good[:i] + [(name, other)] + good[i + 1 :]), b"hi"))
+        for target in ["pres:carol@corp.example", "im:carol", "im:carol@corp.example", ""]:
+            for body in [b"", b"\xff", "\u2603".encode()]:
+                variants.append((target, tuple(good), body))
+        for target, headers, body in variants:
+            request = Request("MESSAGE", target, Headers(headers), body)
+            expected = self.outcome(link_codec._decodeEvent, request)
+            self.assertEqual(self.outcome(link_codec._decodeMessage, request), expected, (target, headers, body))
+            self.assertEqual(self.outcome(decodeRequest, request), expected)
+        self.assertGreater(len(variants), 150)

@@ -43,8 +43,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._proc import raiseNofile
 from bench.native_load import percentiles as _percentiles
-from bench.native_load import raise_nofile
 from imgateway.adapters.native.framing import FrameParser, Request, Response
 
 __all__ = [
@@ -1105,7 +1105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if len(argv) != 2 or argv[0] not in ATTACKS:
         sys.exit(f"usage: python -m bench._attacks {{{','.join(ATTACKS)}}} SPEC_JSON")
     name, spec = argv[0], json.loads(argv[1])
-    raise_nofile()
+    raiseNofile()
     cls = ATTACKS[name]
     if cls is None:
         result = _burstMain(spec)

@@ -48,8 +48,6 @@ import hashlib
 import hmac
 import json
 import multiprocessing as mp
-import os
-import resource
 import secrets
 import sys
 import time
@@ -59,66 +57,12 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from bench._proc import machineBusyS, nowUs, procCpuS, procRssKb, raiseNofile, shard
+
 STREAM_NS = "http://etherx.jabber.org/streams"
 
 
-def nowUs() -> int:
-    return time.monotonic_ns() // 1000
-
-
-def raiseNofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 200000 if hard == resource.RLIM_INFINITY else min(hard, 200000)
-    if soft < want:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        except (ValueError, OSError):
-            pass
-
-
 # -- /proc ---------------------------------------------------------------------------------
-
-
-def procCpuS(pid: int | None) -> float | None:
-    """
-    @return: utime + stime of all the threads of C{pid}, in seconds.
-    """
-    if not pid:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            s = f.read()
-        fields = s[s.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def procRssKb(pid: int | None) -> int | None:
-    if not pid:
-        return None
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def machineBusyS() -> float | None:
-    """
-    Busy CPU seconds of all cores together since boot.
-    """
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        idle = v[3] + (v[4] if len(v) > 4 else 0)
-        return (sum(v[:8]) - idle) / CLK_TCK
-    except (OSError, ValueError):
-        return None
 
 
 def percentiles(samples: Sequence[int]) -> dict[str, float]:
@@ -1144,10 +1088,6 @@ class Workers:
                 p.join(5)
 
 
-def shard(seq: Sequence[Any], n: int) -> list[list[Any]]:
-    return [list(seq[k::n]) for k in range(n)]
-
-
 def pidsCpu(pids: Sequence[int]) -> float | None:
     total = 0.0
     for pid in pids:
@@ -1175,7 +1115,7 @@ def measureWindow(args: argparse.Namespace, workers: Workers) -> dict[str, Any]:
     dt = m1 - m0
     return {
         "server_cpu_s": None if c0 is None or c1 is None else c1 - c0,
-        "machine_busy_s": None if b0 is None or b1 is None else b1 - b0,
+        "machineBusyS": None if b0 is None or b1 is None else b1 - b0,
         "window_s": dt,
         "server_rss_kb": rss or None,
     }
@@ -1200,8 +1140,8 @@ def finish(args: argparse.Namespace, edges: dict[str, Any], results: list[dict[s
     if edges["server_cpu_s"] is not None:
         out["server_cpu_pct"] = round(100 * edges["server_cpu_s"] / dt, 1)
         out["server_cpu_us_per_item"] = round(edges["server_cpu_s"] / count * 1e6, 2) if count else None
-        if edges["machine_busy_s"] is not None:
-            out["other_cpu_pct"] = round(100 * (edges["machine_busy_s"] - edges["server_cpu_s"] - sum(driverCpu)) / dt, 1)
+        if edges["machineBusyS"] is not None:
+            out["other_cpu_pct"] = round(100 * (edges["machineBusyS"] - edges["server_cpu_s"] - sum(driverCpu)) / dt, 1)
     out["driver_cpu_us_per_item"] = round(sum(driverCpu) / count * 1e6, 2) if count else None
     return out
 

@@ -39,7 +39,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._gateway import REPO, GatewayError, interruptedStatus, interruptOnSigterm
-from bench._loaddriver import machineBusyS, raiseNofile
+from bench._proc import machineBusyS, raiseNofile
 from bench._peers import (
     FLOOD_SETTINGS,
     ITERATIONS,

@@ -69,7 +69,8 @@ if __package__ in (None, ""):
 from bench import subscription_burst
 from bench._attacks import ATTACKS, Canary, NativeCanary, XMPPCanary
 from bench._gateway import REPO, GatewayError, SpawnedGateway, _env, _setKey, interruptedStatus, interruptOnSigterm
-from bench.native_load import loadavg, machine_busy_s, proc_cpu_s, proc_rss_kb, raise_nofile
+from bench._proc import machineBusyS, procCpuS, procRssKb, raiseNofile
+from bench.native_load import loadavg
 from imgateway import __version__
 
 PASSWORD = "hostile-pw"
@@ -150,17 +151,17 @@ class Sampler:
 
     def __init__(self, pid: int | None) -> None:
         self.pid = pid
-        self.peak = proc_rss_kb(pid) or 0
+        self.peak = procRssKb(pid) or 0
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
         while True:
-            self.peak = max(self.peak, proc_rss_kb(self.pid) or 0)
+            self.peak = max(self.peak, procRssKb(self.pid) or 0)
             await asyncio.sleep(0.2)
 
     def stop(self) -> int:
         self._task.cancel()
-        self.peak = max(self.peak, proc_rss_kb(self.pid) or 0)
+        self.peak = max(self.peak, procRssKb(self.pid) or 0)
         return self.peak
 
 
@@ -241,17 +242,17 @@ class Hostile:
         """
         pid = self.gw.pid
         info(f"calm: the canary alone for {self.size['baseline']:g} s")
-        rss0, cpu0, busy0 = proc_rss_kb(pid), proc_cpu_s(pid), machine_busy_s()
+        rss0, cpu0, busy0 = procRssKb(pid), procCpuS(pid), machineBusyS()
         sampler = Sampler(pid)
         t0, t1 = await self.window(self.size["baseline"])
         peak = sampler.stop()
-        cpu1, busy1 = proc_cpu_s(pid), machine_busy_s()
+        cpu1, busy1 = procCpuS(pid), machineBusyS()
         self.rows.append(
             {
                 "attack": "none (calm)",
                 "windows": {"calm": [t0, t1], "during": [t0, t1], "after": [t0, t1]},
                 "during_s": round(t1 - t0, 1),
-                "rss_mib": {"before": mib(rss0), "peak": mib(peak), "after": mib(proc_rss_kb(pid))},
+                "rss_mib": {"before": mib(rss0), "peak": mib(peak), "after": mib(procRssKb(pid))},
                 "server_cpu_s": round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None,
                 "machine_busy_pct": round(100 * (busy1 - busy0) / (t1 - t0)) if busy0 is not None and busy1 is not None else None,
                 "outcome": {"summary": f"canaries only ({self.args.canary_rate:g} round trips/s each)"},
@@ -279,7 +280,7 @@ class Hostile:
                 raise RuntimeError(f"the attack's process did not get ready: {line!r}")
             info(f"{name}: calm for {s['calm']:g} s")
             tc = await self.window(s["calm"])
-            rss0, cpu0, busy0 = proc_rss_kb(pid), proc_cpu_s(pid), machine_busy_s()
+            rss0, cpu0, busy0 = procRssKb(pid), procCpuS(pid), machineBusyS()
             sampler = Sampler(pid)
             tg = time.monotonic()
             info(f"{name}: attacking for {s['duration']:g} s")
@@ -287,21 +288,21 @@ class Hostile:
             await proc.stdin.drain()
             line = await asyncio.wait_for(proc.stdout.readline(), s["duration"] + 300)
             td = time.monotonic()
-            cpu1, busy1 = proc_cpu_s(pid), machine_busy_s()
+            cpu1, busy1 = procCpuS(pid), machineBusyS()
             if line.strip() != b"done":
                 raise RuntimeError(f"the attack's process failed: {line!r}")
             line = await asyncio.wait_for(proc.stdout.readline(), 300)
             row["outcome"] = json.loads(line)
             await asyncio.wait_for(proc.wait(), 60)
-            cpuA0 = proc_cpu_s(pid)
+            cpuA0 = procCpuS(pid)
             info(f"{name}: after, {s['after']:g} s")
             ta = await self.window(s["after"])
-            cpuA1 = proc_cpu_s(pid)
+            cpuA1 = procCpuS(pid)
             peak = sampler.stop()
             row.update(
                 windows={"calm": list(tc), "during": [tg, td], "after": list(ta)},
                 during_s=round(td - tg, 1),
-                rss_mib={"before": mib(rss0), "peak": mib(peak), "after": mib(proc_rss_kb(pid))},
+                rss_mib={"before": mib(rss0), "peak": mib(peak), "after": mib(procRssKb(pid))},
                 server_cpu_s=round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None,
                 server_cpu_after_s=round(cpuA1 - cpuA0, 2) if cpuA0 is not None and cpuA1 is not None else None,
                 machine_busy_pct=round(100 * (busy1 - busy0) / (td - tg)) if busy0 is not None and busy1 is not None else None,
@@ -465,7 +466,7 @@ def configure(gw: SpawnedGateway, settings: list[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parseArgs(argv)
     interruptOnSigterm()
-    raise_nofile()
+    raiseNofile()
     s = args.size
     result: dict[str, Any] = {
         "bench": "hostile",

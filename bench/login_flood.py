@@ -51,7 +51,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._gateway import SpawnedGateway, _setKey
-from bench.native_load import proc_cpu_s, proc_rss_kb, raise_nofile
+from bench._proc import procCpuS, procRssKb, raiseNofile
 from imgateway import __version__
 from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, serialise
 from imgateway.auth import sasl
@@ -346,14 +346,14 @@ async def idleRun(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any
 
     await asyncio.gather(*(one(f"bench{i}", None) for i in range(args.warmup)))
     await asyncio.sleep(2.0)
-    rssBase = proc_rss_kb(gw.pid)
-    cpu0 = proc_cpu_s(gw.pid)
+    rssBase = procRssKb(gw.pid)
+    cpu0 = procCpuS(gw.pid)
     start = time.monotonic()
     await asyncio.gather(*(one(f"bench{i}", kept) for i in range(args.sessions)))
     elapsed = time.monotonic() - start
-    cpu1 = proc_cpu_s(gw.pid)
+    cpu1 = procCpuS(gw.pid)
     await asyncio.sleep(args.settle)
-    rss = proc_rss_kb(gw.pid)
+    rss = procRssKb(gw.pid)
     for conn in kept:
         if conn.transport is not None:
             conn.transport.close()
@@ -415,8 +415,8 @@ async def run(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any]:
     if args.unknown:
         users = [f"nobody{i}" for i in range(args.users)]
     await asyncio.sleep(1.0)
-    rssBase = proc_rss_kb(pid)
-    cpu0 = proc_cpu_s(pid)
+    rssBase = procRssKb(pid)
+    cpu0 = procCpuS(pid)
     outcomes: Counter[str] = Counter()
     start = time.monotonic()
     stop = start + args.duration
@@ -434,13 +434,13 @@ async def run(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any]:
         ]
     peak = rssBase or 0
     while not all(t.done() for t in tasks):
-        peak = max(peak, proc_rss_kb(pid) or 0)
+        peak = max(peak, procRssKb(pid) or 0)
         await asyncio.sleep(0.25)
     elapsed = time.monotonic() - start
-    cpu1 = proc_cpu_s(pid)
-    rssEnd = proc_rss_kb(pid)
+    cpu1 = procCpuS(pid)
+    rssEnd = procRssKb(pid)
     await asyncio.sleep(2.0)
-    rssAfter = proc_rss_kb(pid)
+    rssAfter = procRssKb(pid)
     total = sum(v for k, v in outcomes.items() if k[:1].isdigit())
     ok = outcomes.get("200", 0)
     return {
@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--face xmpp needs --mode login or idle")
     if args.mode == "idle":
         args.users = max(args.users, args.sessions, args.warmup)
-    raise_nofile()
+    raiseNofile()
     cacheClientKeys()
     options = ["--profiler=cprofile", "--savestats", f"--profile={args.profile}"] if args.profile else []
     gw = SpawnedGateway(keep=args.keep, xmpp=args.face == "xmpp", twistdOptions=options)

@@ -56,7 +56,8 @@ from bench._gateway import (
     interruptOnSigterm,
     linkedHomeServers,
 )
-from bench.native_load import BenchFailed, Workers, measure, raise_nofile, selfCheck, shard
+from bench._proc import raiseNofile, shard
+from bench.native_load import BenchFailed, Workers, measure, selfCheck
 
 PASSWORD = "bench-pw"
 
@@ -379,7 +380,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, str]]
     @return: The rows, and the topologies not run with why.
     """
     selfCheck()
-    raise_nofile()
+    raiseNofile()
     builders: dict[str, Callable[[argparse.Namespace, list[Callable[[], object]]], Topology]] = {
         "single": single,
         "two-homes": twoHomes,

@@ -34,7 +34,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import resource
 import signal
 import sys
 import time
@@ -60,7 +59,8 @@ from imgateway.adapters.native.framing import (
 )
 from imgateway.auth.sasl import ClientMechanism, SASLFailure, clientMechanism
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from bench._proc import machineBusyS, nowUs, procCpuS, procRssKb, raiseNofile, shard
+
 
 # Per-message bookkeeping flags (one byte per message number and sender).
 _ACKED = 1  # answered 200
@@ -70,22 +70,8 @@ _FAILED = 4  # answered with another status
 _MAX_HEAD = 1 << 20
 
 
-def now_us() -> int:
-    return time.monotonic_ns() // 1000
-
-
 def info(text: str) -> None:
     print(f"native_load: {text}", file=sys.stderr, flush=True)
-
-
-def raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 200000 if hard == resource.RLIM_INFINITY else min(hard, 200000)
-    if soft < want:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        except (ValueError, OSError):
-            pass
 
 
 # -- the server process, from /proc --------------------------------------------------------
@@ -96,47 +82,6 @@ def read_pidfile(path: str) -> int | None:
         with open(path) as f:
             return int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
-        return None
-
-
-def proc_cpu_s(pid: int | None) -> float | None:
-    """
-    utime + stime of all the threads of C{pid}, in seconds.
-    """
-    if not pid:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            s = f.read()
-        fields = s[s.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def proc_rss_kb(pid: int | None) -> int | None:
-    if not pid:
-        return None
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def machine_busy_s() -> float | None:
-    """
-    Busy CPU seconds of all cores together since boot.
-    """
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        idle = v[3] + (v[4] if len(v) > 4 else 0)
-        return (sum(v[:8]) - idle) / CLK_TCK
-    except (OSError, ValueError):
         return None
 
 
@@ -197,7 +142,7 @@ class Stats:
         self.traffic = False
 
     def record(self, sentUs: int) -> None:
-        t = now_us()
+        t = nowUs()
         self.receivedTotal += 1
         t0 = self.t0
         if t0 is not None and t0 <= t < self.t1:
@@ -212,7 +157,7 @@ class Stats:
                     self.sampleEvery *= 2
 
     def recordAck(self, sentUs: int) -> None:
-        t = now_us()
+        t = nowUs()
         t0 = self.t0
         if t0 is not None and t0 <= t < self.t1:
             self._ackK += 1
@@ -497,7 +442,7 @@ class Pump:
         transport = conn.transport
         if transport is None or transport.is_closing():
             return
-        t = now_us()
+        t = nowUs()
         messages = conn.messages
         fseq = conn.seq
         mseq = self.seq
@@ -682,7 +627,7 @@ async def loginAll(
 
 
 async def sleepUntil(tUs: int) -> None:
-    d = (tUs - now_us()) / 1e6
+    d = (tUs - nowUs()) / 1e6
     if d > 0:
         await asyncio.sleep(d)
 
@@ -789,7 +734,7 @@ async def traffic(
 def workerEntry(conn: Connection, spec: dict[str, Any]) -> None:
     # The parent handles Control-C and ends us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise_nofile()
+    raiseNofile()
 
     async def run() -> None:
         link = ParentLink(conn)
@@ -878,10 +823,6 @@ class Workers:
             c.close()
 
 
-def shard(seq: Sequence[Any], n: int) -> list[list[Any]]:
-    return [list(seq[k::n]) for k in range(n)]
-
-
 def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="native_load.py",
@@ -950,7 +891,7 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     selfCheck()
-    raise_nofile()  # also for the gateway we spawn, which inherits it
+    raiseNofile()  # also for the gateway we spawn, which inherits it
     gateway: SpawnedGateway | None = None
     workers: Workers | None = None
     nUsers = 2 * args.pairs + args.idle
@@ -966,7 +907,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             pid = args.pid or (read_pidfile(args.pidfile) if args.pidfile else None)
             if args.pidfile and pid is None:
                 raise BenchFailed(f"cannot read a pid from {args.pidfile}")
-            if pid is not None and proc_cpu_s(pid) is None:
+            if pid is not None and procCpuS(pid) is None:
                 raise BenchFailed(f"no process {pid} to sample (--pid/--pidfile)")
             if args.create_users:
                 info(createUsers(args.config, args.prefix, 0, nUsers, args.password))
@@ -991,7 +932,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "smooth": args.smooth,
         }
         specs = [dict(base, pairs=s) for s in shard(pairNames, nProcs)]
-        rssStart = proc_rss_kb(pid)
+        rssStart = procRssKb(pid)
         info(f"logging in {2 * args.pairs} clients ({nProcs} driver process{'es' if nProcs > 1 else ''}, {args.mech})")
         t = time.monotonic()
         workers = Workers(specs, args.setup_timeout)
@@ -1009,16 +950,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "login_s": round(max(r["login_s"] for r in readies), 2),
             "setup_s": round(setupS, 2),
             "server_rss_base_kb": rssStart,
-            "server_rss_after_login_kb": proc_rss_kb(pid),
+            "server_rss_after_login_kb": procRssKb(pid),
         }
         if args.idle:
             time.sleep(args.settle)
-            before = proc_rss_kb(pid)
+            before = procRssKb(pid)
             info(f"opening {args.idle} idle sessions")
             workers.send([("idle", s) for s in shard(idleNames, nProcs)])
             idles = workers.collect("idle_ready", args.setup_timeout)
             time.sleep(max(args.settle, 1.0))
-            after = proc_rss_kb(pid)
+            after = procRssKb(pid)
             alive = sum(r["alive"] for r in idles)
             loginS = max(r["login_s"] for r in idles)
             out.update(
@@ -1034,7 +975,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.pairs:
             out.update(measure(args, workers, pid, senders))
         else:
-            out["server_rss_kb"] = proc_rss_kb(pid)
+            out["server_rss_kb"] = procRssKb(pid)
         out.update(
             driver_procs=nProcs,
             mech=args.mech,
@@ -1076,19 +1017,19 @@ def measure(args: argparse.Namespace, workers: Workers, pid: int | None | Sequen
         f"{senders} senders, {'%g msg/s in all' % args.rate if args.rate else 'window %d' % args.window}: "
         f"{args.warmup:g} s warm-up, {args.duration:g} s measured"
     )
-    tGo = now_us() + 200000
+    tGo = nowUs() + 200000
     t0 = tGo + int(args.warmup * 1e6)
     t1 = t0 + int(args.duration * 1e6)
     workers.send([("go", tGo, t0, t1)] * len(workers.conns))
     samples: dict[str, tuple[float, list[float | None], int | None, float | None]] = {}
     for phase, at in (("start", t0), ("end", t1)):
-        time.sleep(max(0.0, (at - now_us()) / 1e6))
-        rss = [proc_rss_kb(p) for p in pids]
+        time.sleep(max(0.0, (at - nowUs()) / 1e6))
+        rss = [procRssKb(p) for p in pids]
         samples[phase] = (
             time.monotonic(),
-            [proc_cpu_s(p) for p in pids],
+            [procCpuS(p) for p in pids],
             sum(r for r in rss if r is not None) if pids and None not in rss else None,
-            machine_busy_s(),
+            machineBusyS(),
         )
     results = workers.collect("result", args.drain + 60)
     lat = array.array("q")

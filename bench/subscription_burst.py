@@ -37,7 +37,7 @@ if __package__ in (None, ""):
 import attrs
 
 from bench._gateway import REPO, GatewayError, SpawnedGateway, _setKey, interruptedStatus, interruptOnSigterm
-from bench.native_load import proc_cpu_s, proc_rss_kb
+from bench._proc import procCpuS, procRssKb
 from imgateway import __version__
 from imgateway.core.address import Address
 
@@ -55,8 +55,8 @@ def sample(pid: int | None) -> dict[str, Any]:
     """
     The server's CPU time (s) and RSS (MiB) now.
     """
-    rss = proc_rss_kb(pid)
-    return {"cpu_s": proc_cpu_s(pid), "rss_mib": round(rss / 1024, 1) if rss is not None else None}
+    rss = procRssKb(pid)
+    return {"cpu_s": procCpuS(pid), "rss_mib": round(rss / 1024, 1) if rss is not None else None}
 
 
 @attrs.frozen

@@ -7,7 +7,9 @@ and a slixmpp XMPP user.
 
 from __future__ import annotations
 
+import itertools
 import os
+import time
 from typing import Any
 
 from twisted.trial.unittest import TestCase
@@ -64,6 +66,31 @@ def bridgedGateway(testCase: TestCase, server: IRCdProcess, xmpp: bool = False, 
     return gw
 
 
+_probes = itertools.count()
+
+
+async def nickFree(testCase: TestCase, server: IRCdProcess, nick: str = "alice[corp]", timeout: float = 20.0) -> None:
+    """
+    Wait until nobody on C{server} holds C{nick}: the tests share one
+    server, and a previous test's puppet leaves it when that test's gateway
+    stops, which the server may notice a moment later.
+    """
+    probe = await connectUser(testCase, server, f"probe{next(_probes)}")
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            since = len(probe.received)
+            probe.send(f"ISON {nick}")
+            reply = await probe.waitForLine(lambda m: m.command == "303", since=since, description="ISON reply")
+            if nick.lower() not in reply.params[-1].lower().split():
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{nick} still taken on the IRC server after {timeout} s")
+            await sleep(0.5)
+    finally:
+        probe.close()
+
+
 def privmsgs(user: IRCUser, sender: str) -> list[str]:
     return [m.params[1] for m in user.messages("PRIVMSG", sender)]
 
@@ -82,6 +109,7 @@ class _BothWays:
         frank@NET.
         """
         server = await self.shared.get(self)
+        await nickFree(self, server)
         frank = await connectUser(self, server, "frank")
         gw = bridgedGateway(self, server)
         await gw.start()
@@ -104,6 +132,7 @@ class _BothWays:
         sender.
         """
         server = await self.shared.get(self)
+        await nickFree(self, server)
         frank = await connectUser(self, server, "frank")
         gw = bridgedGateway(self, server)
         await gw.start()
@@ -133,6 +162,7 @@ class _BothWays:
         online again.
         """
         server = await self.shared.get(self)
+        await nickFree(self, server)
         frank = await connectUser(self, server, "frank")
         gw = bridgedGateway(self, server)
         await gw.start()
@@ -179,6 +209,7 @@ class _BothWays:
         free.
         """
         server = await self.shared.get(self)
+        await nickFree(self, server)
         squatter = await connectUser(self, server, "alice[corp]")
         frank = await connectUser(self, server, "frank")
         gw = bridgedGateway(self, server)
@@ -216,6 +247,7 @@ class InspircdTests(_BothWays, TestCase):
         puppet is never disconnected.
         """
         server = await self.shared.get(self)
+        await nickFree(self, server)
         flooder = await connectUser(self, server, "flooder")
         frank = await connectUser(self, server, "frank")
         # 40 short lines: past the threshold, within the server's RecvQ.
@@ -243,6 +275,7 @@ class InspircdTests(_BothWays, TestCase):
         alice within seconds.
         """
         server = await self.shared.get(self)
+        await nickFree(self, server)
         gw = bridgedGateway(self, server, presence_interval=60.0)
         await gw.start()
         alice, aliceSees = await gw.client("alice", PASSWORDS["alice"])
@@ -261,6 +294,7 @@ class InspircdTests(_BothWays, TestCase):
         reach an XMPP (slixmpp) user clean, and the XMPP stream stays up.
         """
         server = await self.shared.get(self)
+        await nickFree(self, server)
         frank = await connectUser(self, server, "frank")
         gw = bridgedGateway(self, server, xmpp=True)
         await gw.start()

@@ -1,6 +1,6 @@
 """
 Tests for L{imgateway.router.front} (the decision a router's face makes
-after authentication), for the native face acting on it
+after authentication), for the native and IRC faces acting on it
 (L{imgateway.adapters.native.server}) and for the shipped client following
 redirects (L{imgateway.client.protocol.connect}); the XMPP face's part is in
 C{tests/test_xmpp_c2s.py}, real sockets in C{tests/e2e/test_router_faces.py}.
@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from imgateway.adapters.irc.face import IRCConfig, IRCFaceFactory
 from imgateway.adapters.native.server import NativeConfig, NativeServerFactory
 from imgateway.auth.passwords import makeCredentials
 from imgateway.auth.sasl import clientMechanism
@@ -38,10 +39,11 @@ from imgateway.core.presence import PresenceState
 from imgateway.core.records import AccountRecord
 from imgateway.gateway import Gateway, assembleGateway
 from imgateway.interfaces import IGateway, IHomeLocator, ISession
-from imgateway.router.front import SERVE, FrontAction, FrontDecision, decideFront
+from imgateway.router.front import NOT_HOMED_HERE_TEXT, SERVE, UNAVAILABLE_TEXT, FrontAction, FrontDecision, decideFront
 from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.auth.checkers import SASLAuthenticated
 from imgateway.testing import MemoryDirectory, MemoryHomeStore, RecordingSessionClient, memoryGateway
+from tests.test_irc_face import Client as IRCClient
 from tests.test_native_server import Wire
 
 T = TypeVar("T")
@@ -364,6 +366,177 @@ class DecideFrontTests(SynchronousTestCase):
 
         d = decideFront(self.gateway.config, Failing({}), CAROL, INTERNAL, "native")
         self.failureResultOf(d, PersistenceFailed)
+
+
+class NoRedirectFaceTests(SynchronousTestCase):
+    """
+    L{decideFront} for a face that cannot redirect (C{irc}): its clients
+    are proxied from any network where this process can proxy, and
+    answered as unavailable otherwise; never redirected.
+    """
+
+    def setUp(self) -> None:
+        self.gateway = routerGateway(Clock(), hs2=HS2_LINKED)
+        self.locator = FixedLocator({ALICE: "hs1", CAROL: "hs2"})
+
+    def decide(self, user: Address, peer: object, proxying: bool = True) -> tuple[FrontDecision, list[str]]:
+        with capturedLogs() as events:
+            decision = self.successResultOf(decideFront(self.gateway.config, self.locator, user, peer, "irc", proxying))
+        return decision, [formatEvent(e) for e in events]
+
+    def test_internalProxied(self) -> None:
+        """
+        On a router, a client from an internal network, of a user homed on
+        another server that takes links, is proxied there (not redirected);
+        the log names the client, the face, the home and the rule: the
+        internal network, and that the face does not redirect.
+        """
+        decision, [line] = self.decide(CAROL, INTERNAL)
+        self.assertEqual(decision, FrontDecision(FrontAction.PROXY, "hs2", None, ip_network("10.0.0.0/8")))
+        for part in ("Proxying carol@corp.example (irc, from", "10.1.2.3", "to its home server hs2",
+                     "internal network 10.0.0.0/8", "the irc face does not redirect"):
+            self.assertIn(part, line)
+
+    def test_externalProxied(self) -> None:
+        """
+        On a router, a client in none of the internal networks is proxied
+        too, and the rule logged says so.
+        """
+        decision, [line] = self.decide(CAROL, EXTERNAL)
+        self.assertEqual(decision, FrontDecision(FrontAction.PROXY, "hs2"))
+        for part in ("Proxying carol@corp.example (irc, from", "192.0.2.7", "in none of [router] internal_networks"):
+            self.assertIn(part, line)
+
+    def test_homedHere(self) -> None:
+        """
+        A user homed on this process is served here, from anywhere, and
+        nothing is logged.
+        """
+        for peer in (INTERNAL, EXTERNAL):
+            self.assertEqual(self.decide(ALICE, peer), (SERVE, []))
+
+    def test_routerCannotProxy(self) -> None:
+        """
+        A router that cannot proxy to the user's home server (no links, or
+        none in C{[servers.hs2]}) answers an internal or external client as
+        unavailable, with a warning naming the rule and why.
+        """
+        for proxying, hs2 in ((False, HS2_LINKED), (True, ServerConfig("hs2", frozenset({"home"}), native=HS2_NATIVE))):
+            self.gateway = routerGateway(Clock(), hs2=hs2)
+            decision, [line] = self.decide(CAROL, INTERNAL, proxying)
+            self.assertEqual(decision, FrontDecision(FrontAction.UNAVAILABLE, "hs2", None, ip_network("10.0.0.0/8")))
+            for part in ("Not serving carol@corp.example (irc, from", "10.1.2.3", "internal network 10.0.0.0/8",
+                         "the irc face does not redirect", "[servers.hs2]"):
+                self.assertIn(part, line)
+            decision, [line] = self.decide(CAROL, EXTERNAL, proxying)
+            self.assertEqual(decision, FrontDecision(FrontAction.UNAVAILABLE, "hs2"))
+            self.assertIn("in none of [router] internal_networks", line)
+
+    def test_homeServerRefuses(self) -> None:
+        """
+        A home server that is no router (so has no proxy) answers a client
+        of a user homed elsewhere as unavailable, whatever its network,
+        where the native and XMPP faces would redirect; the warning says
+        that the client reached a home server that is not its own, and that
+        this one proxies only with the role C{router}.
+        """
+        self.gateway = routerGateway(Clock(), roles=frozenset({"home"}), hs2=HS2_LINKED)
+        for peer in (INTERNAL, EXTERNAL):
+            decision, [line] = self.decide(CAROL, peer, proxying=False)
+            self.assertEqual(decision, FrontDecision(FrontAction.UNAVAILABLE, "hs2"))
+            for part in ("Not serving carol@corp.example (irc, from", peer.host, "reached hs1, a home server that is not its own",
+                         "hs1 proxies sessions only with the role router"):
+                self.assertIn(part, line)
+        self.assertIs(self.decide(ALICE, EXTERNAL, proxying=False)[0], SERVE)
+
+    def test_homeServerThatProxies(self) -> None:
+        """
+        A home server that can proxy (the caller says so: a process with
+        the roles C{home} and C{router} has a proxy) proxies a client of a
+        user homed elsewhere over the link.
+        """
+        self.gateway = routerGateway(Clock(), roles=frozenset({"home"}), hs2=HS2_LINKED)
+        decision, [line] = self.decide(CAROL, INTERNAL)
+        self.assertEqual(decision, FrontDecision(FrontAction.PROXY, "hs2"))
+        self.assertIn("reached hs1, a home server that is not its own, and the irc face does not redirect", line)
+
+
+class IRCRouterFaceTests(SynchronousTestCase):
+    """
+    The IRC face (L{imgateway.adapters.irc.face}) of a router and of a home
+    server: after a successful login, a user homed on another server is
+    proxied there, from an internal network too, or told clearly why not.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+
+    def factory(self, gateway: Gateway) -> IRCFaceFactory:
+        return IRCFaceFactory(gateway, IRCConfig(), self.clock)
+
+    def test_internalProxied(self) -> None:
+        """
+        On a router that proxies sessions, carol from an internal network
+        (where a native client would be redirected) and from outside gets
+        the registration numerics and &contacts, served by a session on her
+        home server (its C{proxy}), none here; a message sent to her reaches
+        her IRC client.
+        """
+        gateway, hs2 = proxiedGateway(self.clock)
+        factory = self.factory(gateway)
+        for n, peer in enumerate((INTERNAL, EXTERNAL)):
+            client = IRCClient(factory, peer, secure=True)
+            commands = [m.command for m in client.register("carol", "carol:carol-pw")]
+            self.assertIn("001", commands)
+            self.assertIn("366", commands)
+            self.assertFalse(client.closed)
+            sessions = hs2.homeServer.sessionsOf(CAROL)
+            self.assertEqual(len(sessions), n + 1)
+            self.assertEqual(gateway.homeServer.sessionsOf(CAROL), [])
+            sessions[-1].client.messageReceived(Message(ALICE, CAROL, f"hi carol {n}"))
+            self.assertIn(("PRIVMSG", ("carol", f"hi carol {n}")), [(m.command, m.params) for m in client.read()])
+
+    def test_routerWithoutProxy(self) -> None:
+        """
+        On a router that cannot proxy, carol from an internal network is
+        not redirected: she is told her home server is not served here
+        (C{ERROR}), the connection is closed, and no session is opened.
+        """
+        gateway = routerGateway(self.clock)
+        client = IRCClient(self.factory(gateway), INTERNAL, secure=True)
+        lines = client.register("carol", "carol:carol-pw")
+        self.assertNotIn("001", [m.command for m in lines])
+        self.assertIn(("ERROR", (f"Closing link: {UNAVAILABLE_TEXT}",)), [(m.command, m.params) for m in lines])
+        self.assertTrue(client.closed)
+        self.assertEqual(gateway.homeServer.sessionsOf(CAROL), [])
+
+    def test_homeServerRefusesClearly(self) -> None:
+        """
+        On a home server that is no router, carol (homed on hs2) is told to
+        connect to the domain's router, and the connection is closed;
+        alice, homed here, logs in.
+        """
+        gateway = routerGateway(self.clock, roles=frozenset({"home"}), hs2=HS2_LINKED)
+        factory = self.factory(gateway)
+        client = IRCClient(factory, EXTERNAL, secure=True)
+        lines = client.register("carol", "carol:carol-pw")
+        self.assertIn(("ERROR", (f"Closing link: {NOT_HOMED_HERE_TEXT}",)), [(m.command, m.params) for m in lines])
+        self.assertTrue(client.closed)
+        alice = IRCClient(factory, EXTERNAL, secure=True)
+        self.assertIn("001", [m.command for m in alice.register("alice", "alice:alice-pw")])
+        self.assertEqual(len(gateway.homeServer.sessionsOf(ALICE)), 1)
+
+    def test_wrongPasswordNoDecision(self) -> None:
+        """
+        A wrong password for a user homed elsewhere gets the same answer as
+        for any wrong password (C{464}), and no decision is made or logged.
+        """
+        gateway = routerGateway(self.clock, roles=frozenset({"home"}), hs2=HS2_LINKED)
+        client = IRCClient(self.factory(gateway), EXTERNAL, secure=True)
+        with capturedLogs() as events:
+            lines = client.register("carol", "carol:wrong")
+        self.assertIn("464", [m.command for m in lines])
+        self.assertFalse(any("home server" in formatEvent(e) for e in events))
 
 
 class HomeServerOpensOnlyItsUsersTests(SynchronousTestCase):

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_router_front,tests.test_xmpp_c2s,tests.e2e.test_router_faces -*-
+# -*- test-case-name: tests.test_router_front,tests.test_xmpp_c2s,tests.test_irc_face,tests.e2e.test_router_faces,tests.e2e.test_irc_router -*-
 """
 What a client face does with a client that has just authenticated, in a
 domain with several servers (docs/operations.md, "Router faces"): serve it
@@ -7,7 +7,10 @@ client of a router from C{[router] internal_networks}, or any client that
 reached a home server that is not its own), or, for any other client of a
 router, proxy its session to the home server over the server link
 (L{imgateway.router.proxy}); L{openFrontSession} opens the session a
-decision calls for. A single-host gateway serves everyone.
+decision calls for. A single-host gateway serves everyone. A face that
+cannot redirect (IRC: its clients seldom follow a redirect) proxies
+instead, from any network, wherever this process can proxy; where it
+cannot, the client is answered as unavailable.
 
 The decision is made only after authentication, so that nothing about an
 account shows to someone who does not hold its credentials, and it is
@@ -24,14 +27,23 @@ from attrs import frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from imgateway.config import GatewayConfig, HostPort
+from imgateway.config import GatewayConfig, HostPort, ServerConfig
 from imgateway.core.address import Address
 from imgateway.auth.checkers import SASLAuthenticated
 from imgateway.interfaces import IGateway, IHomeLocator, ISession, ISessionClient
 from imgateway.net.addresses import networkOf
 from imgateway.router.locator import homeOfAuthenticated
 
-__all__ = ["FACES", "SERVE", "UNAVAILABLE_TEXT", "FrontAction", "FrontDecision", "decideFront", "openFrontSession"]
+__all__ = [
+    "FACES",
+    "NOT_HOMED_HERE_TEXT",
+    "SERVE",
+    "UNAVAILABLE_TEXT",
+    "FrontAction",
+    "FrontDecision",
+    "decideFront",
+    "openFrontSession",
+]
 
 log = Logger()
 
@@ -39,9 +51,14 @@ log = Logger()
 #: XMPP C{<text/>}).
 UNAVAILABLE_TEXT = "Your home server is not served here to your network"
 
-#: The faces that redirect, to the C{[servers.NAME]} key naming where that
-#: face of a home server is reached.
-FACES = {"native": "native", "xmpp": "xmpp"}
+#: What a client of a face that cannot redirect is told when it reached a
+#: home server that is not its own and this process cannot proxy it.
+NOT_HOMED_HERE_TEXT = "Your home server is another server of this domain: connect to the domain's router"
+
+#: The faces, to the C{[servers.NAME]} key naming where that face of a home
+#: server is reached, or C{None} for a face that cannot redirect (its
+#: clients are proxied, from any network, or refused).
+FACES: dict[str, str | None] = {"native": "native", "xmpp": "xmpp", "irc": None}
 
 
 class FrontAction(Enum):
@@ -73,7 +90,8 @@ class FrontDecision:
     @ivar home: The user's home server, when it is another one.
     @ivar location: Where to redirect the client (L{FrontAction.REDIRECT}).
     @ivar network: The internal network the client is in, if any (a
-        router's redirect).
+        router's redirect, or a router's decision for a face that does not
+        redirect).
     """
 
     action: FrontAction
@@ -107,7 +125,10 @@ def decideFront(
 
     @param locator: The gateway's locator (C{None} for a single-host
         gateway, whose users are all served here).
-    @param face: A key of L{FACES}.
+    @param face: A key of L{FACES}; a face that does not redirect (C{irc})
+        has its client proxied wherever another face's would be redirected
+        or proxied, if this process can proxy to the user's home server,
+        and answered as unavailable otherwise.
     @param peer: The client's address (a transport's C{getPeer()}).
     @param proxying: Whether this process can proxy sessions (the
         gateway's C{proxy}); without it, an external client is answered as
@@ -135,7 +156,10 @@ def decideFront(
             )
             return FrontDecision(FrontAction.UNAVAILABLE, home)
         server = config.servers.get(home)
-        location: HostPort | None = getattr(server, FACES[face]) if server is not None else None
+        key = FACES[face]
+        if key is None:
+            return proxyInstead(home, server)
+        location: HostPort | None = getattr(server, key) if server is not None else None
         if "router" not in config.roles:
             # A home server's own port: serving here would open a session
             # on a store that does not hold the user's data. The client
@@ -209,6 +233,48 @@ def decideFront(
             network=str(network),
         )
         return FrontDecision(FrontAction.REDIRECT, home, location, network)
+
+    def proxyInstead(home: str, server: ServerConfig | None) -> FrontDecision:
+        # A face whose clients would not follow a redirect: proxied from
+        # any network where this process can proxy, else refused.
+        network = networkOf(peer, config.router.internalNetworks) if "router" in config.roles else None
+        if "router" not in config.roles:
+            rule = f"the client reached {config.homeServerName}, a home server that is not its own"
+        elif network is not None:
+            rule = f"internal network {network}"
+        else:
+            rule = "the client is in none of [router] internal_networks"
+        if proxying and server is not None and server.link is not None:
+            log.info(
+                "Proxying {user} ({face}, from {peer}) to its home server {home}: {rule}, and the {face} face does "
+                "not redirect",
+                user=user,
+                face=face,
+                peer=peer,
+                home=home,
+                rule=rule,
+            )
+            return FrontDecision(FrontAction.PROXY, home, None, network)
+        if "router" in config.roles:
+            why = (
+                f"its home server {home} cannot be reached over a link to proxy its session (no [links], or no link "
+                f"in [servers.{home}])"
+            )
+        else:
+            why = (
+                f"{config.homeServerName} proxies sessions only with the role router (its clients connect to a "
+                "router of the domain)"
+            )
+        log.warn(
+            "Not serving {user} ({face}, from {peer}): {rule}; the {face} face does not redirect, and {why}; "
+            "answered as unavailable",
+            user=user,
+            face=face,
+            peer=peer,
+            rule=rule,
+            why=why,
+        )
+        return FrontDecision(FrontAction.UNAVAILABLE, home, None, network)
 
     # A router acts on the remembered answer (a proxied session's home
     # server answers 301 to an old one); a home server confirms an answer

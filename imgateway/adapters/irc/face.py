@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_irc_face -*-
+# -*- test-case-name: tests.test_irc_face,tests.e2e.test_irc_router -*-
 """
 The IRC face, in the style of BitlBee: an IRC client connects, logs in as
 a gateway user (C{PASS user:password}, or C{CAP LS 302} and SASL), and finds
@@ -62,7 +62,7 @@ from imgateway.core.records import MAX_DISPLAY_NAME_CHARS, AccessList, Authorisa
 from imgateway.core.throttle import Admission
 from imgateway.interfaces import IGateway, ISession, ISessionClient
 from imgateway.net.addresses import isLoopback, sourceOf
-from imgateway.router.front import SERVE, FrontAction, decideFront, openFrontSession
+from imgateway.router.front import NOT_HOMED_HERE_TEXT, SERVE, UNAVAILABLE_TEXT, FrontAction, decideFront, openFrontSession
 
 if TYPE_CHECKING:
     from imgateway.adapters.irc.network import IRCNetworkConfig
@@ -153,6 +153,13 @@ def _cleanText(text: str) -> str:
 class _Closed(Exception):
     """
     The connection closed while something was pending.
+    """
+
+
+class _NotServed(Exception):
+    """
+    The face's front decision: this client is not served here; the
+    exception's text is what the client is told.
     """
 
 
@@ -761,18 +768,21 @@ class IRCFaceProtocol(Protocol, TLSHandshakeMixin):
         if self._closing:
             raise _Closed()
         peer = self.transport.getPeer()  # type: ignore[union-attr]
+        config = self.gateway.config
         if self.gateway.locator is None:
             decided: Deferred[Any] = succeed(SERVE)
         else:
-            # The router's faces: an IRC client is served here or proxied
-            # (IRC clients seldom follow redirects), never sent away.
-            decided = decideFront(self.gateway.config, self.gateway.locator, address, peer, "native", self.gateway.proxy is not None)
+            # IRC clients seldom follow redirects: a client of a user homed
+            # elsewhere is proxied there (from any network) where this
+            # process can proxy, and refused otherwise, never sent away.
+            decided = decideFront(config, self.gateway.locator, address, peer, "irc", self.gateway.proxy is not None)
 
         def open(decision: Any) -> Deferred[ISession]:
             if self._closing:
                 raise _Closed()
             if decision.action not in (FrontAction.SERVE, FrontAction.PROXY):
-                raise ServiceUnavailable("Your home server is not served here")
+                elsewhere = decision.home not in (None, config.homeServerName) and "router" not in config.roles
+                raise _NotServed(NOT_HOMED_HERE_TEXT if elsewhere else UNAVAILABLE_TEXT)
             return openFrontSession(self.gateway, decision, address, self)
 
         opened: Deferred[ISession] = decided.addCallback(open)
@@ -793,7 +803,7 @@ class IRCFaceProtocol(Protocol, TLSHandshakeMixin):
                 # One answer whether the account exists or not.
                 self._numeric("464", "Password incorrect")
             self._error("Bad password")
-        elif f.check(TooManySessions):
+        elif f.check(TooManySessions, _NotServed):
             self._error(str(f.value))
         elif f.check(ServiceUnavailable):
             self._error("Your home server is unavailable")

@@ -61,15 +61,21 @@ class IRCUser(_Waiters):
         self._thread = threading.Thread(target=self._run, daemon=True)
         testCase.addCleanup(self.close)
 
-    def connect(self, port: int, nick: str, password: str, sasl: bool = False, caPath: str | None = None) -> None:
+    def connect(
+        self, port: int, nick: str, password: str, sasl: bool = False, caPath: str | None = None, bindAddress: str | None = None
+    ) -> None:
         """
         Connect and send the login lines (C{PASS} or SASL PLAIN); over TLS,
-        verifying the server's certificate against C{caPath}, if given.
+        verifying the server's certificate against C{caPath}, if given;
+        from C{bindAddress}, if given (another loopback address).
         """
-        factory = irc.connection.Factory()
+        bind = (bindAddress, 0) if bindAddress is not None else None
+        factory = irc.connection.Factory(bind_address=bind)
         if caPath is not None:
             context = ssl.create_default_context(cafile=caPath)
-            factory = irc.connection.Factory(wrapper=functools.partial(context.wrap_socket, server_hostname=TLS_HOSTNAME))
+            factory = irc.connection.Factory(
+                bind_address=bind, wrapper=functools.partial(context.wrap_socket, server_hostname=TLS_HOSTNAME)
+            )
         self.connection.connect(
             "127.0.0.1",
             port,

@@ -1,0 +1,264 @@
+# -*- test-case-name: tests.e2e.test_irc_router -*-
+"""
+End-to-end tests of IRC behind the router (issue 9, item 5): a router and
+two home servers (C{hs1}: alice; C{hs2}: carol) as three real C{twistd
+imgateway} processes on one data folder (one SQLite directory), linked
+over TLS with both certificates checked (a test certificate authority),
+on loopback; the router's C{internal_networks} is C{127.0.0.1/32}.
+
+  - A real IRC client library (jaraco's C{irc}, as in
+    L{tests.e2e.test_irc_face}) logs in as carol at the router's IRC face
+    from 127.0.0.1 (internal: a native client would be redirected) and
+    from 127.0.0.2 (external): both are proxied to hs2, never redirected;
+    carol sees alice (a native user on hs1) in C{&contacts} and they talk.
+    The IRC face of hs1, a home server that is no router, refuses carol
+    with a clear C{ERROR}.
+  - The router bridges a real ngIRCd (L{tests.e2e.ircd}, one per module)
+    as C{testnet.irc}: alice on hs1 and carol on hs2, neither of which runs
+    the bridge, see frank's presence and talk with him.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+
+from imgateway._testcerts import CertificateAuthority, certificatePEM, keyPEM, writePEM
+from imgateway.core.presence import PresenceState
+from imgateway.router.front import NOT_HOMED_HERE_TEXT
+from tests.e2e.harness import DOMAIN, GatewayProcess, connectClient, freePort
+from tests.e2e.ircd import IRCdProcess, SharedIRCd, connectUser
+from tests.e2e.test_irc_face import IRCUser
+from tests.e2e.test_irc_network import nickFree
+
+NGIRCD = SharedIRCd("ngircd")
+
+PASSWORDS = {"alice": "alice-pw-1", "carol": "carol-pw-3"}
+
+#: Where clients come from that are not in the router's internal network.
+OUTSIDE = "127.0.0.2"
+
+#: The bridged network's domain.
+NET = "testnet.irc"
+
+#: The processes of the domain, in the order they start.
+NAMES = ("hs1", "hs2", "router")
+
+
+def testSuite() -> Any:
+    """
+    The module's tests, stopping the shared ngIRCd after the last.
+    """
+    return NGIRCD.suite(__name__)
+
+
+class IRCDomain:
+    """
+    corp.example served by C{router} (roles C{["router"]}) and the home
+    servers C{hs1} (alice) and C{hs2} (carol), each listening for links;
+    the router and hs1 run the IRC face. With C{ircd}, the router bridges
+    it as L{NET}.
+
+    @ivar processes: The three processes, by name.
+    @ivar ircPorts: The IRC face ports, by name.
+    """
+
+    def __init__(self, testCase: TestCase, ircd: IRCdProcess | None = None) -> None:
+        folder = os.path.abspath(testCase.mktemp())
+        os.makedirs(folder)
+        self.testCase = testCase
+        shared = os.path.join(folder, "data")
+        authority = CertificateAuthority()
+        roots = writePEM(os.path.join(folder, "ca.crt"), certificatePEM(authority.certificate))
+        ports = {name: (freePort(), freePort()) for name in NAMES}
+        self.ircPorts = {"router": freePort(), "hs1": freePort()}
+        servers = {
+            name: {
+                "roles": ["router"] if name == "router" else ["home"],
+                "link": f"127.0.0.1:{ports[name][1]}",
+                "tls_name": f"{name}.corp.example",
+                "native": f"127.0.0.1:{ports[name][0]}",
+            }
+            for name in NAMES
+        }
+        self.processes: dict[str, GatewayProcess] = {}
+        for name in NAMES:
+            nativePort, linkPort = ports[name]
+            key, certificate = authority.issue([f"{name}.corp.example"], clientAuth=True)
+            tables: dict[str, Any] = {
+                "gateway": {"home_server": name, "data_dir": shared},
+                "servers": servers,
+                "router": {"internal_networks": ["127.0.0.1/32"]},
+                "links": {
+                    "listen": [f"tcp:{linkPort}:interface=127.0.0.1"],
+                    "certificate": writePEM(os.path.join(folder, f"{name}.crt"), certificatePEM(certificate)),
+                    "private_key": writePEM(os.path.join(folder, f"{name}.key"), keyPEM(key)),
+                    "trust_roots": roots,
+                    "request_timeout": 5,
+                    "reconnect_max_delay": 2,
+                },
+            }
+            wait = [nativePort, linkPort]
+            if name in self.ircPorts:
+                tables["irc"] = {"listen": [f"tcp:{self.ircPorts[name]}:interface=127.0.0.1"]}
+                wait.append(self.ircPorts[name])
+            if name == "router" and ircd is not None:
+                tables.setdefault("irc", {"listen": []})["network"] = [
+                    {
+                        "name": "testnet",
+                        "domain": NET,
+                        "endpoint": ircd.endpoint,
+                        "nick_template": "{user}[corp]",
+                        "presence_interval": 1.0,
+                        "max_reconnect_delay": 2.0,
+                    }
+                ]
+            self.processes[name] = GatewayProcess(
+                testCase, tables, directory=os.path.join(folder, name), port=nativePort, waitPorts=wait
+            )
+        # Each made with its home server's configuration: homed there.
+        self.processes["hs1"].addUsers({"alice": PASSWORDS["alice"]})
+        self.processes["hs2"].addUsers({"carol": PASSWORDS["carol"]})
+
+    async def start(self) -> None:
+        """
+        Start the home servers, then the router.
+        """
+        for name in NAMES:
+            await self.processes[name].start()
+
+    @property
+    def router(self) -> GatewayProcess:
+        return self.processes["router"]
+
+    async def ircUser(self, user: str, server: str = "router", bindAddress: str | None = None) -> IRCUser:
+        """
+        An IRC client logging in as C{user} (C{PASS}) at C{server}'s IRC
+        face, from C{bindAddress}; not waited for.
+        """
+        client = IRCUser(self.testCase)
+        client.connect(self.ircPorts[server], user, f"{user}:{PASSWORDS[user]}", bindAddress=bindAddress)
+        return client
+
+
+class IRCClientBehindRouterTests(TestCase):
+    """
+    IRC clients at the router's IRC face, and at a home server's.
+    """
+
+    async def test_proxiedFromInsideAndOutside(self) -> None:
+        """
+        carol logs in at the router's IRC face from 127.0.0.1, an internal
+        network: she is proxied to hs2 (the router logs the decision with
+        her address and the rule), not redirected. She adds alice (a native
+        user logged in at hs1), sees her voiced in C{&contacts} and away,
+        and they exchange messages. From 127.0.0.2, outside the internal
+        networks, she is proxied as well, finds alice voiced in
+        C{&contacts}, and they talk. At hs1's own IRC face, carol is told
+        to connect to the router, and hs1 logs why.
+        """
+        domain = IRCDomain(self)
+        await domain.start()
+        hs1, hs2 = domain.processes["hs1"], domain.processes["hs2"]
+        alice, aliceSees = await connectClient(self, hs1.endpoint, "alice", PASSWORDS["alice"])
+
+        carol = await domain.ircUser("carol")
+        await carol.waitForLine("001")
+        await carol.waitForLine("366", "carol", "&contacts")
+        self.assertIn(
+            f"Proxying carol@{DOMAIN} (irc, from IPv4Address(type='TCP', host='127.0.0.1'", domain.router.log()
+        )
+        self.assertIn(
+            "to its home server hs2: internal network 127.0.0.1/32, and the irc face does not redirect",
+            domain.router.log(),
+        )
+        self.assertIn(f"of carol@{DOMAIN} opened for server router", hs2.log())
+        self.assertNotIn("Redirecting carol", domain.router.log())
+        carol.connection.cap("REQ", "away-notify")
+        await carol.waitForLine("CAP", "carol", "ACK")
+
+        carol.say(f"add alice@{DOMAIN} Alice")
+        await carol.waitForLine("JOIN", "&contacts", prefix=f"alice!alice@{DOMAIN}")
+        await aliceSees.waitForSubscription(f"carol@{DOMAIN}", "subscribe", timeout=10)
+        await alice.authorise(f"carol@{DOMAIN}")
+        await carol.waitForLine("MODE", "&contacts", "+v", "alice")
+        await alice.subscribe(f"carol@{DOMAIN}")
+        await carol.waitForLine(
+            "NOTICE", "&contacts", f"alice@{DOMAIN} asks to watch your presence: say 'accept alice@{DOMAIN}' to allow it"
+        )
+        carol.say(f"accept alice@{DOMAIN}")
+        await aliceSees.waitForPresence(f"carol@{DOMAIN}", PresenceState.ONLINE, timeout=10)
+        await alice.publish(PresenceState.BUSY, "in a meeting")
+        await carol.waitForLine("AWAY", "Busy: in a meeting", prefix=f"alice!alice@{DOMAIN}")
+        await alice.publish(PresenceState.ONLINE)
+        carol.connection.privmsg("alice", "hello alice, from IRC through the router")
+        await aliceSees.waitForMessage(f"carol@{DOMAIN}", "hello alice, from IRC through the router", timeout=10)
+        await alice.sendMessage(f"carol@{DOMAIN}", "hello carol, from hs1")
+        await carol.waitForPrivmsg("alice", "hello carol, from hs1")
+        carol.close()
+
+        outside = await domain.ircUser("carol", bindAddress=OUTSIDE)
+        await outside.waitForLine("001")
+        names = await outside.waitForLine("353")
+        self.assertIn("+alice", names.params[-1].split())
+        self.assertIn(
+            f"Proxying carol@{DOMAIN} (irc, from IPv4Address(type='TCP', host='{OUTSIDE}'", domain.router.log()
+        )
+        self.assertIn("to its home server hs2: the client is in none of [router] internal_networks", domain.router.log())
+        outside.connection.privmsg("alice", "from outside")
+        await aliceSees.waitForMessage(f"carol@{DOMAIN}", "from outside", timeout=10)
+        await alice.sendMessage(f"carol@{DOMAIN}", "seen from outside")
+        await outside.waitForPrivmsg("alice", "seen from outside")
+
+        atHome = await domain.ircUser("carol", server="hs1")
+        await atHome.waitForLine("ERROR", f"Closing link: {NOT_HOMED_HERE_TEXT}")
+        await atHome.waitFor(lambda: atHome.disconnected, 10, "disconnect")
+        self.assertFalse(any(m.command == "001" for m in atHome.lines))
+        self.assertIn(f"Not serving carol@{DOMAIN} (irc, from IPv4Address(type='TCP', host='127.0.0.1'", hs1.log())
+        self.assertIn("hs1 proxies sessions only with the role router", hs1.log())
+
+
+class IRCNetworkFromEveryHomeTests(TestCase):
+    """
+    The router bridges an IRC network for the users of every home server.
+    """
+
+    async def test_bothHomes(self) -> None:
+        """
+        With C{[[irc.network]]} on the router, alice (on hs1) adds
+        frank@testnet.irc on the real ngIRCd, sees him online and away, and
+        they exchange messages (frank sees her puppet C{alice[corp]}); carol
+        (on hs2) writes to him too, as C{carol[corp]}, and gets his answer.
+        Neither home server bridges the network: their events for it go to
+        the router over the links.
+        """
+        server = await NGIRCD.get(self)
+        await nickFree(self, server)
+        await nickFree(self, server, "carol[corp]")
+        frank = await connectUser(self, server, "frank")
+        domain = IRCDomain(self, server)
+        await domain.start()
+        alice, aliceSees = await connectClient(self, domain.processes["hs1"].endpoint, "alice", PASSWORDS["alice"])
+        carol, carolSees = await connectClient(self, domain.processes["hs2"].endpoint, "carol", PASSWORDS["carol"])
+
+        await alice.subscribe(f"frank@{NET}", "Frank")
+        await aliceSees.waitForPresence(f"frank@{NET}", PresenceState.ONLINE, timeout=15)
+        frank.send("AWAY :gone to lunch")
+        await aliceSees.waitForPresence(f"frank@{NET}", PresenceState.AWAY, "gone to lunch", timeout=15)
+        frank.send("AWAY")
+        await aliceSees.waitForPresence(f"frank@{NET}", PresenceState.ONLINE, timeout=15)
+
+        await alice.sendMessage(f"frank@{NET}", "hello frank, from hs1")
+        await frank.waitForLine(lambda m: m.command == "PRIVMSG" and m.params == ("frank", "hello frank, from hs1"))
+        await carol.sendMessage(f"frank@{NET}", "hello frank, from hs2")
+        await frank.waitForLine(lambda m: m.command == "PRIVMSG" and m.params == ("frank", "hello frank, from hs2"))
+        senders = {(m.prefix or "").partition("!")[0]: m.params[1] for m in frank.messages("PRIVMSG")}
+        self.assertEqual(senders, {"alice[corp]": "hello frank, from hs1", "carol[corp]": "hello frank, from hs2"})
+        frank.privmsg("alice[corp]", "hi alice")
+        frank.privmsg("carol[corp]", "hi carol")
+        await aliceSees.waitForMessage(f"frank@{NET}", "hi alice", timeout=10)
+        await carolSees.waitForMessage(f"frank@{NET}", "hi carol", timeout=10)
+        for name in ("hs1", "hs2"):
+            self.assertNotIn("IRC testnet", domain.processes[name].log())

@@ -20,6 +20,7 @@ from zope.interface.verify import verifyObject
 
 from imgateway.adapters.irc.adapter import IRCAdapter
 from imgateway.adapters.irc.face import CHANNEL, IRCConfig, IRCFaceFactory, IRCFaceProtocol
+from imgateway.adapters.irc.network import IRCNetworkConfig
 from imgateway.adapters.irc.wire import MAX_LINE_BYTES, TRUNCATION_MARK, IRCMessage, parseLine
 from imgateway.auth.sasl import clientMechanism
 from imgateway.config import ConfigTable, HomeConfig
@@ -932,3 +933,39 @@ class ConfigTests(SynchronousTestCase):
         names = {"listen", "max_line_bytes", "max_tag_bytes", "registration_timeout", "max_registration_commands"}
         self.assertTrue(names <= set(table))
         self.assertEqual(len(table), len([f for f in IRCConfig.__attrs_attrs__ if f.name != "networks"]))
+
+
+class NetworkPlacementTests(SynchronousTestCase):
+    """
+    Where C{[[irc.network]]} tables may be, in a domain with several
+    servers (C{docs/irc.md}, "Behind the router").
+    """
+
+    network = IRCNetworkConfig("testnet", "testnet.irc", "tcp:127.0.0.1:6667")
+
+    def makeService(self, roles: frozenset[str]) -> Any:
+        from tests.test_router_front import routerGateway
+
+        gateway = routerGateway(Clock(), roles=roles)
+        return IRCAdapter().makeService(gateway, IRCConfig(listen=(), networks=(self.network,)))
+
+    def test_homeServerRefused(self) -> None:
+        """
+        A home server that is no router, in a domain with other servers,
+        does not start with an C{[[irc.network]]} table: the error names
+        the network, the process and its roles, and says where the table
+        goes.
+        """
+        e = self.assertRaises(ConfigError, self.makeService, frozenset({"home"}))
+        for part in ("[[irc.network]] testnet", "hs1 has the roles home", "routers' configurations"):
+            self.assertIn(part, str(e))
+
+    def test_routerBridges(self) -> None:
+        """
+        A router (with or without the role C{home}) runs the bridge; so does
+        a single-host gateway.
+        """
+        for roles in (frozenset({"router"}), frozenset({"router", "home"})):
+            self.assertIsNotNone(self.makeService(roles))
+        gateway = memoryGateway(Clock(), domain=DOMAIN)
+        self.assertIsNotNone(IRCAdapter().makeService(gateway, IRCConfig(listen=(), networks=(self.network,))))

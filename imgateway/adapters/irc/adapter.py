@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_irc_face -*-
+# -*- test-case-name: tests.test_irc_face,tests.e2e.test_irc_router -*-
 """
 The IRC protocol adapter: the C{[irc]} config table, the IRC face's
 listeners (L{imgateway.adapters.irc.face}) and, when C{[[irc.network]]}
@@ -21,6 +21,7 @@ from imgateway.adapters.base import ListenerService
 from imgateway.adapters.irc.face import IRCConfig, IRCFaceFactory
 from imgateway.adapters.irc.network import makeNetworkServices, parseNetworks
 from imgateway.config import ConfigTable
+from imgateway.core.errors import ConfigError
 from imgateway.interfaces import IGateway, IProtocolAdapter
 
 __all__ = ["IRCAdapter"]
@@ -82,7 +83,25 @@ class IRCAdapter:
         return config
 
     def makeService(self, gateway: IGateway, config: object) -> IService:
+        """
+        The face's listeners and, with C{[[irc.network]]} tables, the
+        bridge.
+
+        @raise ConfigError: If C{[[irc.network]]} tables are configured on a
+            process that is no router, in a domain with other servers (its
+            routers bridge IRC networks for the users of every home server:
+            C{docs/irc.md}, "Behind the router").
+        """
         assert isinstance(config, IRCConfig)
+        gatewayConfig = gateway.config
+        others = [name for name in gatewayConfig.servers if name != gatewayConfig.homeServerName]
+        if config.networks and others and "router" not in gatewayConfig.roles:
+            raise ConfigError(
+                f"{gatewayConfig.path.path}: [[irc.network]] {config.networks[0].name}: in a domain with several "
+                f"servers, IRC networks are bridged by its routers, for the users of every home server; "
+                f"{gatewayConfig.homeServerName} has the roles {', '.join(sorted(gatewayConfig.roles))}: move the "
+                "[[irc.network]] tables to the routers' configurations (docs/irc.md, \"Behind the router\")"
+            )
         factory = IRCFaceFactory(gateway, config)
         top = _IRCService(factory)
         for description in config.listen:

@@ -19,6 +19,7 @@ from service_identity.cryptography import verify_certificate_hostname
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
+from imgateway.adapters.irc.face import IRCConfig
 from imgateway.adapters.native.server import NativeConfig
 from imgateway.adapters.xmpp.adapter import XMPPConfig
 from imgateway.admin.cli import main
@@ -150,3 +151,26 @@ class ExampleTests(SynchronousTestCase):
         homes = {n for n, s in self.configs["hs1"].servers.items() if "home" in s.roles}
         self.assertEqual(homes, {"hs1", "hs2"})
 
+    def test_irc(self) -> None:
+        """
+        The router alone runs the IRC face (on loopback, port 6667) and no
+        IRC network yet; the home servers have no IRC face. Its commented
+        C{[[irc.network]]} example, uncommented, loads and is bridged by the
+        router (docs/irc.md, "Behind the router").
+        """
+        irc = self.configs["router"].adapters["irc"]
+        assert isinstance(irc, IRCConfig)
+        self.assertEqual((irc.listen, irc.networks), (("tcp:6667:interface=127.0.0.1",), ()))
+        for name in ("hs1", "hs2"):
+            self.assertNotIn("irc", self.configs[name].adapters)
+        path = os.path.join(self.folder, "router.toml")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        example = text.split("For example:\n#\n", 1)[1]
+        uncommented = "\n".join(line[2:] for line in example.splitlines() if line.startswith("# "))
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text + "\n" + uncommented + "\n")
+        config = loadConfig(path, MemoryReactor(), adapterConfigParsers())
+        bridged = config.adapters["irc"]
+        assert isinstance(bridged, IRCConfig)
+        self.assertEqual([(n.name, n.domain) for n in bridged.networks], [("libera", "libera.irc")])

@@ -227,12 +227,13 @@ class IRCNetworkFromEveryHomeTests(TestCase):
 
     async def test_bothHomes(self) -> None:
         """
-        With C{[[irc.network]]} on the router, alice (on hs1) adds
-        frank@testnet.irc on the real ngIRCd, sees him online and away, and
-        they exchange messages (frank sees her puppet C{alice[corp]}); carol
-        (on hs2) writes to him too, as C{carol[corp]}, and gets his answer.
-        Neither home server bridges the network: their events for it go to
-        the router over the links.
+        With C{[[irc.network]]} on the router, alice (a native user on hs1)
+        adds frank@testnet.irc on the real ngIRCd, sees him online and away,
+        and they exchange messages (frank sees her puppet C{alice[corp]});
+        carol (on hs2, through the router's IRC face from outside, proxied)
+        writes to him too, as C{carol[corp]}, and gets his answer. Neither
+        home server bridges the network: their events for it go to the
+        router over the links.
         """
         server = await NGIRCD.get(self)
         await nickFree(self, server)
@@ -241,7 +242,8 @@ class IRCNetworkFromEveryHomeTests(TestCase):
         domain = IRCDomain(self, server)
         await domain.start()
         alice, aliceSees = await connectClient(self, domain.processes["hs1"].endpoint, "alice", PASSWORDS["alice"])
-        carol, carolSees = await connectClient(self, domain.processes["hs2"].endpoint, "carol", PASSWORDS["carol"])
+        carol = await domain.ircUser("carol", bindAddress=OUTSIDE)
+        await carol.waitForLine("366", "carol", "&contacts")
 
         await alice.subscribe(f"frank@{NET}", "Frank")
         await aliceSees.waitForPresence(f"frank@{NET}", PresenceState.ONLINE, timeout=15)
@@ -252,13 +254,31 @@ class IRCNetworkFromEveryHomeTests(TestCase):
 
         await alice.sendMessage(f"frank@{NET}", "hello frank, from hs1")
         await frank.waitForLine(lambda m: m.command == "PRIVMSG" and m.params == ("frank", "hello frank, from hs1"))
-        await carol.sendMessage(f"frank@{NET}", "hello frank, from hs2")
+        carol.connection.privmsg("frank|testnet^irc", "hello frank, from hs2")
         await frank.waitForLine(lambda m: m.command == "PRIVMSG" and m.params == ("frank", "hello frank, from hs2"))
         senders = {(m.prefix or "").partition("!")[0]: m.params[1] for m in frank.messages("PRIVMSG")}
         self.assertEqual(senders, {"alice[corp]": "hello frank, from hs1", "carol[corp]": "hello frank, from hs2"})
         frank.privmsg("alice[corp]", "hi alice")
         frank.privmsg("carol[corp]", "hi carol")
         await aliceSees.waitForMessage(f"frank@{NET}", "hi alice", timeout=10)
-        await carolSees.waitForMessage(f"frank@{NET}", "hi carol", timeout=10)
+        await carol.waitForPrivmsg("frank|testnet^irc", "hi carol")
         for name in ("hs1", "hs2"):
             self.assertNotIn("IRC testnet", domain.processes[name].log())
+
+    async def test_homeServerRefusesNetwork(self) -> None:
+        """
+        A home server that is no router does not start with an
+        C{[[irc.network]]} table: it exits at once with one line saying
+        that the routers bridge IRC networks.
+        """
+        domain = IRCDomain(self)
+        hs1 = domain.processes["hs1"]
+        hs1.tables["irc"]["network"] = [{"name": "testnet", "domain": NET, "endpoint": "tcp:127.0.0.1:1"}]
+        hs1.writeConfig()
+        code, opened = await hs1.runUntilExit()
+        self.assertEqual((code, opened), (1, False))
+        self.assertIn(
+            "imgateway: cannot start: " + hs1.configPath + ": [[irc.network]] testnet: in a domain with several servers, "
+            "IRC networks are bridged by its routers",
+            hs1.output(),
+        )

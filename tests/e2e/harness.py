@@ -15,6 +15,7 @@ every helper that opens something registers its cleanup with the test.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -129,22 +130,41 @@ def _deferred(coroutine: Coroutine[Any, Any, T]) -> Deferred[T]:
 _recentPorts: deque[int] = deque(maxlen=512)
 
 
+def _ephemeralStart() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+#: Where L{freePort} picks: below the kernel's ephemeral range, so that an
+#: outgoing connection of any process on the machine (which takes its local
+#: port from that range) cannot take a port between its pick and the
+#: listener's bind.
+_PORTS = range(20000, max(20001, min(_ephemeralStart(), 32768)))
+
+
 def freePort() -> int:
     """
-    A TCP port on 127.0.0.1 that nothing listens on right now (the kernel's
-    pick; nothing stops another process from taking it before the caller
-    does), and that this process has not been given lately.
+    A TCP port on 127.0.0.1 that nothing listens on right now, below the
+    kernel's ephemeral port range (L{_PORTS}), and that this process has not
+    been given lately. Nothing stops another process from binding it before
+    the caller does, but outgoing connections never take it.
     """
     while True:
+        port = random.choice(_PORTS)
+        if port in _recentPorts:
+            continue
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            s.bind(("127.0.0.1", 0))
-            port = cast(int, s.getsockname()[1])
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
         finally:
             s.close()
-        if port not in _recentPorts:
-            _recentPorts.append(port)
-            return port
+        _recentPorts.append(port)
+        return port
 
 
 def requirePeer(testCase: TestCase, command: str, package: str | None = None) -> str:

@@ -139,6 +139,19 @@ class HeadersTests(SynchronousTestCase):
         h = Headers.of(("Via", "a"), ("Seq", "1"), ("via", "b"))
         self.assertEqual(h.without("VIA"), Headers.of(("Seq", "1")))
 
+    def test_indexBuiltOnce(self) -> None:
+        """
+        The index by name is built on the first look-up and kept (a cached
+        property, in the compiled build too): a later look-up uses the same
+        one.
+        """
+        h = Headers.of(("Via", "a"), ("Seq", "1"))
+        self.assertEqual(h.get("via"), "a")
+        index = h._byName
+        self.assertEqual(h.getAll("SEQ"), ["1"])
+        self.assertIs(h._byName, index)
+        self.assertEqual(h, Headers.of(("Via", "a"), ("Seq", "1")))
+
 
 class FrameTests(SynchronousTestCase):
     """
@@ -159,6 +172,20 @@ class FrameTests(SynchronousTestCase):
         self.assertRaises(ValueError, lambda: Request("PING", "*", Headers()).seq)
         self.assertRaises(ValueError, lambda: Response(200, "OK", Headers.of(("Seq", "x"))).seq)
         self.assertRaises(ValueError, lambda: Response(200, "OK", Headers.of(("Seq", str(MAX_SEQ + 1)))).seq)
+
+    def test_seqKept(self) -> None:
+        """
+        C{seq} is read once and kept (a cached property, in the compiled
+        build too), and can be given beforehand, as the parser does.
+        """
+        frame = request(seq=42)
+        self.assertEqual(frame.seq, 42)
+        object.__setattr__(frame, "headers", Headers())
+        self.assertEqual(frame.seq, 42)
+        given = Response(200, "OK", Headers())
+        object.__setattr__(given, "seq", 7)
+        self.assertEqual(given.seq, 7)
+        self.assertEqual(given, Response(200, "OK", Headers()))
 
     def test_framingError(self) -> None:
         """

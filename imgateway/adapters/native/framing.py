@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import enum
 import re
-from functools import cached_property
 from collections.abc import Iterator, Mapping
-from typing import TypeAlias
+from typing import Any, TypeAlias, cast
 
 from attrs import field, frozen, validators
+
+from imgateway._compiled import cachedProperty
 
 __all__ = [
     "CLIENT_LIMITS",
@@ -86,6 +87,17 @@ _CR = 0x0D
 _LF = b"\n"
 
 
+def _limit(default: int, minimum: int) -> Any:
+    """
+    A field of L{Limits}: C{default}, and no less than C{minimum}.
+
+    Typed C{Any}: the compiled build (L{imgateway._compiled}) checks the
+    value given to a class attribute typed C{int} when the class is made,
+    and this one is attrs' definition of the field until C{@frozen} reads it.
+    """
+    return cast(Any, field)(default=default, validator=validators.ge(minimum))
+
+
 @frozen
 class Limits:
     """
@@ -99,10 +111,10 @@ class Limits:
     @ivar maxBodyBytes: The body (C{Content-Length}), in bytes.
     """
 
-    maxStartLineBytes: int = field(default=2048, validator=validators.ge(1))
-    maxHeaderBytes: int = field(default=8192, validator=validators.ge(1))
-    maxHeaders: int = field(default=64, validator=validators.ge(1))
-    maxBodyBytes: int = field(default=65536, validator=validators.ge(0))
+    maxStartLineBytes: int = _limit(2048, 1)
+    maxHeaderBytes: int = _limit(8192, 1)
+    maxHeaders: int = _limit(64, 1)
+    maxBodyBytes: int = _limit(65536, 0)
 
 
 #: What the shipped client (L{imgateway.client}) accepts from a server
@@ -131,7 +143,7 @@ class Headers:
 
     items: tuple[tuple[str, str], ...] = ()
 
-    @cached_property
+    @cachedProperty
     def _byName(self) -> dict[str, list[str]]:
         """
         The values of each header, by its name in lower case, in order:
@@ -278,7 +290,7 @@ class Request:
     headers: Headers
     body: bytes = b""
 
-    @cached_property
+    @cachedProperty
     def seq(self) -> int:
         """
         The sequence number, from the C{Seq} header.
@@ -306,7 +318,7 @@ class Response:
     headers: Headers
     body: bytes = b""
 
-    @cached_property
+    @cachedProperty
     def seq(self) -> int:
         """
         The sequence number, from the C{Seq} header: that of the request it

@@ -1,0 +1,58 @@
+# -*- test-case-name: tests.test_compiled -*-
+"""
+The optional compiled build (C{docs/performance.md}, "The compiled build"):
+the modules that C{IMGATEWAY_COMPILE=1 pip install .} compiles with mypyc,
+and what their code needs to behave the same compiled and not.
+
+This module itself is never compiled: C{setup.py} reads L{COMPILED_MODULES}
+from it without importing the package.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from functools import cached_property
+from typing import Any, TypeVar
+
+__all__ = ["COMPILED_MODULES", "cachedProperty"]
+
+#: The modules the compiled build compiles, as paths from the top of the
+#: source tree: the hottest of the native face's path that mypyc compiles
+#: without a change of behaviour (C{bench/README.md}, "The compiled build").
+COMPILED_MODULES = (
+    "imgateway/adapters/native/framing.py",
+    "imgateway/adapters/native/mapping.py",
+    "imgateway/adapters/native/outstanding.py",
+    "imgateway/core/address.py",
+    "imgateway/core/ratelimit.py",
+    "imgateway/router/link_codec.py",
+)
+
+_T = TypeVar("_T")
+
+
+def cachedProperty(method: Callable[[Any], _T]) -> cached_property[_T]:
+    """
+    C{functools.cached_property}, for the methods of the compiled modules.
+
+    mypyc compiles a method decorated with C{@cached_property} as a plain
+    C{property}, which computes its value on every look-up and cannot be set
+    (U{https://github.com/python/mypy/pull/21611}); called through this
+    function, the decorator is applied as written. And attrs, which gives a
+    slotted class's cached property a slot of its own, reads the signature
+    of its function, which a compiled method has not: that one is called
+    through a function of this (not compiled) module.
+
+    @param method: The method computing the value.
+    @return: C{cached_property(method)}; for a compiled method, a cached
+        property whose function calls it.
+    """
+    if isinstance(method, types.FunctionType):
+        return cached_property(method)
+
+    def compute(instance: Any) -> _T:
+        return method(instance)
+
+    compute.__doc__ = method.__doc__
+    return cached_property(compute)

@@ -1,0 +1,117 @@
+# -*- test-case-name: tests.test_compiled -*-
+"""
+Tests for L{imgateway._compiled}: the optional compiled build's module list
+and L{cachedProperty}.
+
+C{run-tests.sh} runs the unit tests twice: on the source as it is (pure
+Python, the default install) and on a copy built with
+C{IMGATEWAY_COMPILE=1}, with C{IMGATEWAY_COMPILED=1} in the environment;
+L{CompiledModulesTests} checks that each run loaded what it says.
+"""
+
+from __future__ import annotations
+
+import importlib
+import operator
+import os
+from functools import cached_property
+from importlib.machinery import EXTENSION_SUFFIXES
+
+from attrs import field, frozen
+from twisted.trial.unittest import SynchronousTestCase
+
+from imgateway._compiled import COMPILED_MODULES, cachedProperty
+
+
+def _moduleName(path: str) -> str:
+    """
+    @return: The module name of a path in L{COMPILED_MODULES}.
+    """
+    return path.removesuffix(".py").replace("/", ".")
+
+
+@frozen
+class _Counted:
+    """
+    A slotted attrs class with a cached property whose function, like a
+    method compiled by mypyc, has no signature for L{inspect.signature}.
+    """
+
+    calls: list[int] = field(factory=list)
+
+    def _compute(self) -> int:
+        self.calls.append(1)
+        return 42
+
+    value = cachedProperty(operator.methodcaller("_compute"))
+
+
+class CachedPropertyTests(SynchronousTestCase):
+    """
+    Tests for L{cachedProperty}.
+    """
+
+    def test_function(self) -> None:
+        """
+        For a function (the pure-Python build), L{cachedProperty} is
+        C{cached_property} of that very function.
+        """
+
+        def method(instance: object) -> int:
+            return 1
+
+        prop = cachedProperty(method)
+        self.assertIsInstance(prop, cached_property)
+        self.assertIs(prop.func, method)
+
+    def test_unsignedCallable(self) -> None:
+        """
+        A callable without a signature (as a compiled method) makes a cached
+        property of a slotted attrs class: computed on the first look-up
+        only, and settable with C{object.__setattr__} as the frame parser
+        does.
+        """
+        counted = _Counted()
+        self.assertEqual((counted.value, counted.value), (42, 42))
+        self.assertEqual(counted.calls, [1])
+        other = _Counted()
+        object.__setattr__(other, "value", 7)
+        self.assertEqual(other.value, 7)
+        self.assertEqual(other.calls, [])
+
+    def test_notAField(self) -> None:
+        """
+        The cached property is not one of the class's attrs fields.
+        """
+        self.assertEqual([a.name for a in _Counted.__attrs_attrs__], ["calls"])
+
+
+class CompiledModulesTests(SynchronousTestCase):
+    """
+    Which build of L{COMPILED_MODULES} this run loaded.
+    """
+
+    def test_loaded(self) -> None:
+        """
+        With C{IMGATEWAY_COMPILED=1} (the compiled run of C{run-tests.sh})
+        every module of L{COMPILED_MODULES} was loaded from a C extension;
+        otherwise (the default install) from its Python source.
+        """
+        compiled = os.environ.get("IMGATEWAY_COMPILED") == "1"
+        for path in COMPILED_MODULES:
+            module = importlib.import_module(_moduleName(path))
+            filename = module.__file__ or ""
+            if compiled:
+                self.assertTrue(filename.endswith(tuple(EXTENSION_SUFFIXES)), f"{module.__name__} from {filename}")
+            else:
+                self.assertTrue(filename.endswith(".py"), f"{module.__name__} from {filename}")
+
+    def test_paths(self) -> None:
+        """
+        Every entry of L{COMPILED_MODULES} names a module of the source tree
+        by its path from the top, as mypyc takes it.
+        """
+        top = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        for path in COMPILED_MODULES:
+            self.assertTrue(path.startswith("imgateway/") and path.endswith(".py"), path)
+            self.assertTrue(os.path.isfile(os.path.join(top, path)), path)

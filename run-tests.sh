@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install imgateway with its test extras into .venv and run the whole suite:
-# trial (unit and end-to-end tests), then mypy and the newsfragment check.
+# trial (unit and end-to-end tests), then mypy and the newsfragment check, then
+# (on a whole run) the unit tests again on the compiled build (mypyc).
 # Ends with a plain line "N passed, N failed[, N skipped]" from trial's
-# summary; exits non-zero if anything failed.
+# summary (failed counts the compiled run's too); exits non-zero if anything failed.
 #
 #   ./run-tests.sh [--no-install] [TESTS...]
 #
@@ -17,7 +18,8 @@
 # .venv/ as it is, and what is missing is said first. Tests whose peer server is
 # missing skip, or fail when CI is set, as always.
 #
-# TESTS are trial's test names (default: tests), e.g. tests.test_config.
+# TESTS are trial's test names (default: tests), e.g. tests.test_config. Only the
+# default runs the compiled build's tests (IMGATEWAY_NO_COMPILED=1 skips them).
 set -uo pipefail
 cd "$(dirname "$0")"
 
@@ -25,7 +27,7 @@ install=1
 case "${IMGATEWAY_NO_INSTALL:-}" in ""|0|no|false) ;; *) install=0 ;; esac
 if [ "${1:-}" = "--no-install" ]; then install=0; shift; fi
 case "${1:-}" in
-  -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   -*) echo "run-tests.sh: unknown option $1 (usage: ./run-tests.sh [--no-install] [TESTS...])" >&2; exit 2 ;;
 esac
 [ "$#" -gt 0 ] || set -- tests
@@ -149,11 +151,53 @@ for f in newsfragments/*; do
 done
 .venv/bin/towncrier build --draft --version "$(.venv/bin/python -c "import imgateway; print(imgateway.__version__)")" >/dev/null 2>&1 || { echo "towncrier cannot render newsfragments/"; status=1; }
 
+# The compiled build (docs/performance.md, "The compiled build"), on a whole run (no TESTS given;
+# IMGATEWAY_NO_COMPILED=1 skips it): a copy of the tree in build/compiled/, built in place with
+# IMGATEWAY_COMPILE=1 (setup.py compiles imgateway/_compiled.py's COMPILED_MODULES with mypyc), then
+# the unit tests (tests/test_*.py, not tests/e2e/) on that copy with IMGATEWAY_COMPILED=1 in the
+# environment, where tests.test_compiled fails unless each of those modules was loaded from its C
+# extension (and, in the run above, from its source). About 2 to 3 minutes on the 2 shared cores.
+compiledFailed=0
+case "${IMGATEWAY_NO_COMPILED:-}" in ""|0|no|false) compiledRun=1 ;; *) compiledRun=0 ;; esac
+[ "$*" = "tests" ] || compiledRun=0
+if [ "$compiledRun" = 1 ]; then
+  echo "== compiled build (mypyc): the unit tests on a copy built with IMGATEWAY_COMPILE=1 in build/compiled/ (skip with IMGATEWAY_NO_COMPILED=1)"
+  compiledStart=$SECONDS
+  compiled=build/compiled
+  python="$PWD/.venv/bin/python"
+  compiledLog=$(mktemp)
+  rm -rf "$compiled" && mkdir -p "$compiled" \
+    && tar -c --exclude=__pycache__ --exclude='*.so' --exclude=dropin.cache --exclude='_trial_temp*' \
+         imgateway tests twisted bench docs etc setup.py setup.cfg pyproject.toml README.md | tar -x -C "$compiled" \
+    && (cd "$compiled" && IMGATEWAY_COMPILE=1 "$python" setup.py -q build_ext --inplace) >"$compiledLog" 2>&1
+  if [ $? -ne 0 ]; then
+    tail -n 40 "$compiledLog"
+    echo "the compiled build failed (it needs mypy, a C compiler and the Python headers)"
+    compiledFailed=1
+  else
+    mapfile -t unitTests < <(cd tests && ls test_*.py | sed 's/^/tests./; s/\.py$//')
+    (cd "$compiled" && IMGATEWAY_COMPILED=1 "$python" -b -W error -W "ignore:'spwd' is deprecated:DeprecationWarning" \
+       -m twisted.trial --reporter=text "${unitTests[@]}") >"$compiledLog" 2>&1
+    compiledSummary=$(grep -E '^(PASSED|FAILED) \(' "$compiledLog" | tail -n 1)
+    if [ -z "$compiledSummary" ] || [[ "$compiledSummary" == FAILED* ]]; then
+      cat "$compiledLog"
+      for key in failures errors unexpectedSuccesses; do
+        n=$(echo "$compiledSummary" | grep -oE "$key=[0-9]+" | cut -d= -f2 | head -n 1)
+        compiledFailed=$(( compiledFailed + ${n:-0} ))
+      done
+      [ "$compiledFailed" -gt 0 ] || compiledFailed=1
+    fi
+    echo "compiled build: ${compiledSummary:-trial printed no summary} ($(( SECONDS - compiledStart )) s with the build)"
+  fi
+  rm -f "$compiledLog"
+  [ "$compiledFailed" -eq 0 ] || status=1
+fi
+
 summary=$(grep -E '^(PASSED|FAILED) \(' "$log" | tail -n 1)
 rm -f "$log"
 count() { echo "$summary" | grep -oE "$1=[0-9]+" | cut -d= -f2 | head -n 1; }
 passed=$(( $(count successes || true) + 0 ))
-failed=$(( $(count failures || true) + $(count errors || true) + $(count unexpectedSuccesses || true) + 0 ))
+failed=$(( $(count failures || true) + $(count errors || true) + $(count unexpectedSuccesses || true) + compiledFailed ))
 skipped=$(( $(count skips || true) + 0 ))
 if [ -z "$summary" ]; then
   echo "trial printed no summary"

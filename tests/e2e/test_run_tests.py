@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.e2e.test_run_tests -*-
 """
 End-to-end tests of C{run-tests.sh}, the README's test command: what it
-says before installing, and C{--no-install}.
+says before installing, C{--no-install}, and that a whole run goes on to the
+compiled build.
 
 Each test runs the real script with bash in a folder of its own holding a
 one-test C{tests} package, a C{setup.cfg} that asks for one package nobody
@@ -110,6 +111,9 @@ class RunTestsScriptTests(SynchronousTestCase):
             "REAL_PYTHON3": realPython3,
             "HOME": self.folder.path,
             "LANG": "C.UTF-8",
+            # Not the compiled build's run (test_compiledBuild): this checkout
+            # has nothing to compile.
+            "IMGATEWAY_NO_COMPILED": "1",
         }
 
     def useRealId(self, uid: int) -> None:
@@ -218,3 +222,26 @@ class RunTestsScriptTests(SynchronousTestCase):
         out = self.runScript("--no-install")
         self.assertIn("tests.test_other", out)
         self.assertTrue(out.endswith("2 passed, 1 failed, 0 skipped\n"), out)
+
+    def test_compiledBuild(self) -> None:
+        """
+        A whole run then runs the unit tests on the compiled build (mypyc),
+        and counts its failure in the last line: this checkout has nothing
+        to build it from (nor C{tar}), so it fails, and says so.
+        """
+        self.useRealId(0)
+        self.borrowVenv()
+        out = self.runScript("--no-install", IMGATEWAY_NO_COMPILED="")
+        self.assertIn("== compiled build (mypyc): the unit tests on a copy built with IMGATEWAY_COMPILE=1 in build/compiled/", out)
+        self.assertIn("the compiled build failed (it needs mypy, a C compiler and the Python headers)", out)
+        self.assertTrue(out.endswith("1 passed, 1 failed, 0 skipped\n"), out)
+
+    def test_compiledBuildOnlyOnWholeRun(self) -> None:
+        """
+        A run of chosen tests does not run the compiled build's.
+        """
+        self.useRealId(0)
+        self.borrowVenv()
+        out = self.runScript("--no-install", "tests.test_one", IMGATEWAY_NO_COMPILED="")
+        self.assertNotIn("compiled build", out)
+        self.assertTrue(out.endswith("1 passed, 0 failed, 0 skipped\n"), out)

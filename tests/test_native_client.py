@@ -287,6 +287,27 @@ class ClientLimitsTests(SynchronousTestCase):
         self.assertIn("more than 1000", error.reason)
         c.result(c.client.ping())
 
+    def test_requestAsTheConnectionEnds(self) -> None:
+        """
+        A request made while the connection is being lost (here by the
+        observer told of it, as a program that says C{BYE} when it sees the
+        connection end does) fails at once and leaves no timer behind.
+        """
+        c = ClientAgainstServer(self, self.gateway, self.clock, "alice", "alice-pw")
+        made: list[Deferred[Any]] = []
+
+        class SaysBye(ClientObserver):
+            def disconnected(self, reason: str) -> None:
+                made.append(c.client.request("BYE"))
+
+        c.client.observer = SaysBye()
+        c.client.transport.loseConnection()  # type: ignore[union-attr]
+        c.pump.flush()
+        self.assertTrue(c.client.whenClosed().called)
+        error = self.failureResultOf(made[0], ClientError).value
+        self.assertEqual(error.reason, "not connected")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_clientLimits(self) -> None:
         """
         The shipped client takes bodies up to 32 MiB, start lines up to

@@ -172,6 +172,7 @@ class NativeClientProtocol(Protocol):
         self._pending: dict[int, Deferred[Response]] = {}
         self._byeReason = ""
         self._closed: Deferred[str] = Deferred()
+        self._lost = False
         self._connected: Deferred[NativeClientProtocol] = Deferred()
         self._refresh: IDelayedCall | None = None
         self._presence: tuple[PresenceState, str, float | None] | None = None
@@ -184,6 +185,9 @@ class NativeClientProtocol(Protocol):
         self._connected.callback(self)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        # From here on no request is taken: what the callbacks below run
+        # (pending requests' errbacks, the observer) may try to send one.
+        self._lost = True
         if self._refresh is not None and self._refresh.active():
             self._refresh.cancel()
         self._refresh = None
@@ -243,7 +247,7 @@ class NativeClientProtocol(Protocol):
 
         @return: Fires with the server's response, whatever its status.
         """
-        if self.transport is None or self._closed.called:
+        if self.transport is None or self._lost:
             return fail(ClientError(0, "not connected"))
         self._seq += 1
         seq = self._seq

@@ -546,6 +546,48 @@ class QueueAndTimeoutTests(LinkTestCase):
         self.failureResultOf(d, ServerError)
         self.assertEqual(client.queued, 0)
 
+    def test_requestEncoded(self) -> None:
+        """
+        A request its caller serialised already (L{LinkClient.requestEncoded})
+        is sent as it is and answered as any; it waits in the same queue,
+        within the same C{max_queue}.
+        """
+        client = self.client(maxQueue=1)
+        d = client.requestEncoded("PING", serialiseUnsequenced(Request("PING", "*", Headers())))
+        self.network.flush()
+        self.assertEqual(self.successResultOf(d).code, 200)
+        self.server.up = False
+        self.drop()
+        waiting = client.requestEncoded("PING", serialiseUnsequenced(Request("PING", "*", Headers())))
+        refused = client.requestEncoded("PING", serialiseUnsequenced(Request("PING", "*", Headers())))
+        self.assertIn("1 requests waiting", self.failureResultOf(refused, ServiceUnavailable).value.text)
+        self.assertNoResult(waiting)
+        self.clock.advance(10)
+        self.failureResultOf(waiting, ServiceUnavailable)
+
+    def test_firedByCaller(self) -> None:
+        """
+        A request's L{Deferred} its caller fired first (a proxied session
+        that ended) is left alone: neither the answer that comes later nor
+        the time limit fires it again, and the request leaves the queue
+        when either comes.
+        """
+        client = self.client()
+        late: Deferred[DeliveryStatus] = Deferred()
+        answers = [late, Deferred()]
+        self.server.router.answer = lambda e: answers.pop(0)
+        answered = client.request(encodeRequest(Message(CAROL, ALICE, "1"), ("corp.example/hs2",), 8, "r.1"))
+        unanswered = client.request(encodeRequest(Message(CAROL, ALICE, "2"), ("corp.example/hs2",), 8, "r.2"))
+        self.network.flush()
+        for d in (answered, unanswered):
+            d.errback(ServiceUnavailable("the session has ended"))
+            self.failureResultOf(d, ServiceUnavailable)
+        late.callback(DeliveryStatus.DELIVERED)
+        self.network.flush()
+        self.assertEqual(client.queued, 1)
+        self.clock.advance(10)
+        self.assertEqual(client.queued, 0)
+
     def test_stopFailsWaiting(self) -> None:
         """
         Stopping the link fails what waits on it with 503 at once.
@@ -1361,3 +1403,4 @@ class WireTests(SynchronousTestCase):
         client answers its sender with a server error, L{QueueAndTimeoutTests}).
         """
         self.assertRaises(ValueError, serialiseUnsequenced, Request("PING", "*", Headers((("Note", "a\r\nb"),))))
+

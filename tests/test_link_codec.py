@@ -6,6 +6,7 @@ the native wire form (serialised and parsed again).
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import attrs
@@ -403,3 +404,83 @@ class MessageFastPathTests(SynchronousTestCase):
             self.assertEqual(self.outcome(link_codec._decodeMessage, request), expected, (target, headers, body))
             self.assertEqual(self.outcome(decodeRequest, request), expected)
         self.assertGreater(len(variants), 150)
+
+
+class MessageEncodingTests(SynchronousTestCase):
+    """
+    L{link_codec.encodeMessage} writes a message's link request directly,
+    with exactly the bytes and errors of L{serialise} over L{encodeRequest}
+    (the general way every event has).
+    """
+
+    def outcome(self, encode: Any) -> object:
+        try:
+            return encode()
+        except ValueError as e:
+            return ("error", type(e), str(e))
+
+    def test_sameAsGeneral(self) -> None:
+        """
+        Over fuzzed messages (addresses, message ids, content types and
+        bodies with control characters, white space, non-ASCII text and
+        lone surrogates; every mark, hop count, C{Via} list, C{Max-Hops}
+        and routing id, valid or not), both encodings agree.
+        """
+        rng = random.Random(20261205)
+        alphabet = ["a", "Z", "0", "-", ".", "/", ":", "@", " ", "\t", "\r", "\n", "\x00", "\x7f", "\x85", "\u2603", "\ud800", "é", "\x1b"]
+
+        def text(low: int = 0, high: int = 12) -> str:
+            return "".join(rng.choice(alphabet) for _ in range(rng.randint(low, high)))
+
+        def address() -> Address:
+            if rng.random() < 0.9:
+                return rng.choice([ALICE, CAROL, ROMEO])
+            # Not normalised: what no face makes, but the encoding must
+            # still say the same as the general one.
+            return Address(text(1), text(1))
+
+        def messageId() -> str:
+            while True:
+                value = text(1, 20) if rng.random() < 0.3 else rng.choice(["m-1", "é-\u2603", "x" * 128])
+                try:
+                    Message(ALICE, CAROL, "", messageId=value)
+                except ValueError:
+                    continue
+                return value
+
+        cases = 0
+        for i in range(4000):
+            message = Message(
+                address(),
+                address(),
+                rng.choice(["", "hi", "hi ☃", "hi", "\x00\r\n", "\ud800", text(0, 40)]),
+                contentType=rng.choice(["text/plain", "text/html", "", " text/x ", text(0, 12)]),
+                messageId=messageId(),
+                timestamp=rng.choice([0.0, 1767225600.125, rng.random() * 2e9, 1e-7]),
+                hops=rng.choice([0, 0, 1, 7, 123]),
+                routingId="r.1",
+                mark=rng.choice([None, None, *MessageMark]),
+            )
+            via = tuple(rng.choice(["corp.example/hs1", "corp.example/router", "corp.example/hs2", text(0, 10)]) for _ in range(rng.randint(0, 3)))
+            maxHops = rng.choice([8, 8, 8, 1, 5, 9, 0, -1])
+            routingId = rng.choice(["r.1", "abc-123", "r.1", "abc-123", "", "a b", "x" * 129, "\u2603", text(1, 10)])
+            general = self.outcome(lambda: serialise(encodeRequest(message, via, maxHops, routingId)))
+            direct = self.outcome(lambda: link_codec.encodeMessage(message, via, maxHops, routingId))
+            self.assertEqual(direct, general, (message, via, maxHops, routingId))
+            cases += isinstance(general, bytes)
+        # Most were encodable: the comparison is of bytes, not only errors.
+        self.assertGreater(cases, 500)
+
+    def test_linkSendsIt(self) -> None:
+        """
+        The bytes of a plain message are the general way's, and
+        L{decodeRequest} reads the same message from them.
+        """
+        message = Message(ALICE, CAROL, "hi ☃", contentType="text/html", messageId="m-1", timestamp=1767225600.125, hops=2, routingId="r.1")
+        encoded = link_codec.encodeMessage(message, ("corp.example/hs1",), 5, "r.1")
+        self.assertEqual(encoded, serialise(encodeRequest(message, ("corp.example/hs1",), 5, "r.1")))
+        [request] = FrameParser().feed(encoded.replace(b"\r\n", b"\r\nSeq: 1\r\n", 1))
+        assert isinstance(request, Request)
+        decoded = decodeRequest(request)
+        self.assertEqual(decoded.event, message)
+        self.assertEqual((decoded.via, decoded.maxHops, decoded.routingId), (("corp.example/hs1",), 5, "r.1"))

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from ipaddress import ip_address
-from typing import Any
+from typing import Any, Protocol as TypingProtocol
 
 import attrs
 from attrs import frozen
@@ -64,6 +64,7 @@ from imgateway.router.link_codec import (
     LinkCodecError,
     decodeRequest,
     decodeResponse,
+    encodeMessage,
     encodeRequest,
     encodeResponse,
     hopKey,
@@ -109,6 +110,24 @@ NEGATIVE_ROUTE_SECONDS = 60.0
 #: A handler of a request method: it gets the connection the request came
 #: on and the request, and returns the response (without C{Seq}).
 RequestHandler = Callable[["LinkConnection", Request], "Deferred[Response] | Response"]
+
+
+class ResponseWaiter(TypingProtocol):
+    """
+    What waits for the response to a request sent on a L{LinkConnection}:
+    a L{Deferred}, or a lighter object with the same two methods
+    (L{LinkClient}'s, one per request it sends).
+    """
+
+    def callback(self, response: Response) -> object:
+        """
+        The response came.
+        """
+
+    def errback(self, fail: BaseException) -> object:
+        """
+        The connection was lost first (a L{ConnectionLost}).
+        """
 
 
 def _response(code: int, detail: str = "", headers: Sequence[tuple[str, str]] = ()) -> Response:
@@ -281,7 +300,7 @@ class LinkConnection(Protocol):
         self.ready = False
         self._parser = FrameParser(limits)
         self._seq = 0
-        self._outstanding: dict[int, Deferred[Response]] = {}
+        self._outstanding: dict[int, ResponseWaiter] = {}
         self._helloTimeout = helloTimeout
         self._helloTimer: IDelayedCall | None = None
         self._onLost = onLost
@@ -419,13 +438,26 @@ class LinkConnection(Protocol):
         """
         if not self.connected or self.closing:
             return fail(ConnectionLost("link connection is closed"))
-        self._seq = self._seq + 1 if self._seq < MAX_SEQ else 1
-        seq = self._seq
-        data = withSeq(encoded if encoded is not None else serialiseUnsequenced(request), seq)
         d: Deferred[Response] = Deferred()
-        self._outstanding[seq] = d
-        self.transport.write(data)  # type: ignore[union-attr]
+        self.send(encoded if encoded is not None else serialiseUnsequenced(request), d)
         return d
+
+    def send(self, encoded: bytes, waiter: ResponseWaiter) -> bool:
+        """
+        Send a request as L{serialiseUnsequenced} wrote it (its C{Seq} is
+        set here), without a L{Deferred} of its own: C{waiter} is called
+        with the response, or with L{ConnectionLost} if the connection
+        closes first.
+
+        @return: Whether it was sent (C{False}: the connection is closed or
+            closing, and C{waiter} is not called).
+        """
+        if not self.connected or self.closing:
+            return False
+        seq = self._seq = self._seq + 1 if self._seq < MAX_SEQ else 1
+        self._outstanding[seq] = waiter
+        self.transport.write(withSeq(encoded, seq))  # type: ignore[union-attr]
+        return True
 
     def _answered(self, response: Response, seq: int) -> None:
         self._respond(seq, response)
@@ -576,10 +608,34 @@ class LinkTLS:
 
 @frozen
 class _Outgoing:
-    request: Request
+    method: str
     encoded: bytes
     deferred: Deferred[Response]
     deadline: float
+
+
+class _Sent:
+    """
+    One transmission of a L{LinkClient}'s request on one connection (the
+    L{ResponseWaiter} of L{LinkConnection.send}): a response answers the
+    request; a lost connection leaves it to be sent again.
+    """
+
+    __slots__ = ("client", "ident", "connection")
+
+    def __init__(self, client: LinkClient, ident: int, connection: LinkConnection) -> None:
+        self.client = client
+        self.ident = ident
+        self.connection = connection
+
+    def callback(self, response: Response) -> None:
+        self.client._answered(self.ident, response)
+
+    def errback(self, fail: BaseException) -> None:
+        # Sent again once the link is back (or failed by its timer).
+        sent = self.client._sent
+        if sent.get(self.ident) is self.connection:
+            del sent[self.ident]
 
 
 @implementer(IRoute)
@@ -726,19 +782,14 @@ class LinkClient(MultiService):
         if connection is None or item is None or self._sent.get(ident) is connection:
             return
         self._sent[ident] = connection
+        if not connection.send(item.encoded, _Sent(self, ident, connection)):
+            del self._sent[ident]
 
-        def answered(response: Response) -> None:
-            item = self._pending.pop(ident, None)
-            self._sent.pop(ident, None)
-            if item is not None:
-                item.deferred.callback(response)
-
-        def lost(f: Failure) -> None:
-            # Sent again once the link is back (or failed by its timer).
-            if self._sent.get(ident) is connection:
-                del self._sent[ident]
-
-        connection.request(item.request, item.encoded).addCallbacks(answered, lost)
+    def _answered(self, ident: int, response: Response) -> None:
+        item = self._pending.pop(ident, None)
+        self._sent.pop(ident, None)
+        if item is not None and not item.deferred.called:
+            item.deferred.callback(response)
 
     def request(self, request: Request) -> Deferred[Response]:
         """
@@ -748,7 +799,9 @@ class LinkClient(MultiService):
 
         @return: Fires with the peer's response; fails with
             L{ServiceUnavailable} when the queue is full or no answer came
-            within C{request_timeout}.
+            within C{request_timeout}. Its caller may fire it first (a
+            proxied session that ended fails its requests at once): the
+            answer that comes later is then dropped.
         """
         if len(self._pending) >= self._config.maxQueue:
             self._queueFull()
@@ -758,11 +811,28 @@ class LinkClient(MultiService):
         except ValueError as e:
             log.error("Link to {peer}: cannot send {method}: {error}", peer=self.name, method=request.method, error=e)
             return fail(ServerError(f"cannot send {request.method} over a link"))
+        return self._enqueue(request.method, encoded)
+
+    def requestEncoded(self, method: str, encoded: bytes) -> Deferred[Response]:
+        """
+        As L{request}, for a request its caller serialised already, as
+        L{serialiseUnsequenced} would (the proxied sessions' messages,
+        L{imgateway.router.proxy}, and events, L{encodeMessage}): the
+        same queue, limit, time limit and resends.
+
+        @param method: Its method, for the log.
+        """
+        if len(self._pending) >= self._config.maxQueue:
+            self._queueFull()
+            return fail(ServiceUnavailable(f"link to {self.name}: {self._config.maxQueue} requests waiting"))
+        return self._enqueue(method, encoded)
+
+    def _enqueue(self, method: str, encoded: bytes) -> Deferred[Response]:
         self._ids += 1
         ident = self._ids
         d: Deferred[Response] = Deferred()
         deadline = self._clock.seconds() + self._config.requestTimeout
-        self._pending[ident] = _Outgoing(request, encoded, d, deadline)
+        self._pending[ident] = _Outgoing(method, encoded, d, deadline)
         if self._sweeper is None:
             self._armSweeper(deadline)
         self._transmit(ident)
@@ -833,7 +903,8 @@ class LinkClient(MultiService):
         if item is not None:
             state = "up" if self._connection is not None else "down"
             log.warn("Link to {peer} ({state}): no answer within {seconds} s", peer=self.name, state=state, seconds=self._config.requestTimeout)
-            item.deferred.errback(ServiceUnavailable(f"no answer from {self.name} within {self._config.requestTimeout:g} s"))
+            if not item.deferred.called:
+                item.deferred.errback(ServiceUnavailable(f"no answer from {self.name} within {self._config.requestTimeout:g} s"))
             if self._connection is not None:
                 self._probe(self._connection)
 
@@ -879,9 +950,11 @@ class LinkClient(MultiService):
             maxHops = trace[1] - 1
             if maxHops < 1:
                 return fail(LoopDetected("Max-Hops exhausted"))
-        routingId = event.routingId if isinstance(event, Message) else newRoutingId()
         try:
-            request = encodeRequest(event, via, maxHops, routingId)
+            if isinstance(event, Message):
+                # The hot path: its bytes written at once (encodeMessage).
+                return self.requestEncoded("MESSAGE", encodeMessage(event, via, maxHops, event.routingId)).addCallback(decodeResponse)
+            request = encodeRequest(event, via, maxHops, newRoutingId())
         except ValueError as e:
             log.error("Cannot send {event!r} to {peer}: {error}", event=event, peer=self.name, error=e)
             return fail(ServerError("cannot send this event over a link"))
@@ -893,7 +966,8 @@ class LinkClient(MultiService):
             self._sweeper.cancel()
             self._sweeper = None
         for item in pending.values():
-            item.deferred.errback(ServiceUnavailable(f"link to {self.name} closed: the server is stopping"))
+            if not item.deferred.called:
+                item.deferred.errback(ServiceUnavailable(f"link to {self.name} closed: the server is stopping"))
         if self._refusedTimer is not None:
             self._refusedTimer.cancel()
             self._refusedTimer = None

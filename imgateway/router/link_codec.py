@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import attrs
 from attrs import frozen
 
-from imgateway.adapters.native.framing import Headers, Request, Response
+from imgateway.adapters.native.framing import VERSION, Headers, Request, Response, serialise
 from imgateway.adapters.native.mapping import (
     MESSAGE_MARKS,
     PRESENCE,
@@ -49,6 +49,7 @@ __all__ = [
     "checkHopHeaders",
     "decodeRequest",
     "decodeResponse",
+    "encodeMessage",
     "encodeRequest",
     "encodeResponse",
     "hopKey",
@@ -205,6 +206,60 @@ def encodeRequest(event: Event, via: Sequence[str], maxHops: int, routingId: str
     if isinstance(event, PresenceProbe):
         return Request("PROBE", event.recipient.presURI(), Headers((("From", event.sender.presURI()), *common)))
     raise TypeError(f"not a core event: {event!r}")
+
+
+#: What the direct encoding of a message (L{encodeMessage}) leaves to the
+#: general one: anything a header value or a target could not carry as it
+#: is (control characters, white space in the target). Stricter than the
+#: framing's own checks, so that a message it encodes is one
+#: L{serialise} takes as it is.
+_VALUES_NOT_PLAIN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_TARGET_NOT_PLAIN = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
+
+
+def encodeMessage(message: Message, via: Sequence[str], maxHops: int, routingId: str) -> bytes:
+    """
+    The bytes of the request that carries C{message} over a link, without
+    C{Seq} (L{imgateway.router.link.withSeq} adds it): exactly what
+    L{serialise} makes of L{encodeRequest}'s request, written directly
+    (no L{Headers}, no L{Request}, one check of every value at once). A
+    message with a value that needs more care goes the general way.
+
+    @raise ValueError: As L{encodeRequest} and L{serialise} raise.
+    """
+    if maxHops < 1:
+        raise ValueError(f"Max-Hops must be at least 1, got {maxHops}")
+    if _ROUTING_ID.fullmatch(routingId) is None:
+        raise ValueError(f"invalid routing id {routingId!r}")
+    target = message.recipient.imURI()
+    sender = message.sender.imURI()
+    if (
+        _TARGET_NOT_PLAIN.search(target) is not None
+        or _VALUES_NOT_PLAIN.search("\t".join((sender, message.messageId, *via))) is not None
+    ):
+        return serialise(encodeRequest(message, via, maxHops, routingId))
+    parts = [f"MESSAGE {target} {VERSION}\r\nFrom: {sender}\r\nMessage-ID: {message.messageId}\r\nTimestamp: {message.timestamp!r}\r\n"]
+    contentType = message.contentType
+    if contentType != DEFAULT_CONTENT_TYPE:
+        parts.append(f"Content-Type: {_clean(contentType)}\r\n")
+    if message.mark is not None:
+        parts.append(f"Auto: {MESSAGE_MARKS[message.mark]}\r\n")
+    for entry in via:
+        parts.append(f"Via: {entry}\r\n")
+    if maxHops != DEFAULT_MAX_HOPS:
+        parts.append(f"Max-Hops: {maxHops}\r\n")
+    parts.append(f"Routing-Id: {routingId}\r\n")
+    if message.hops:
+        parts.append(f"Hops: {message.hops}\r\n")
+    head = "".join(parts)
+    try:
+        body = message.body.encode("utf-8")
+        if body:
+            return f"{head}Content-Length: {len(body)}\r\n\r\n".encode("utf-8") + body
+        return f"{head}\r\n".encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates: the general way says where.
+        return serialise(encodeRequest(message, via, maxHops, routingId))
 
 
 def _mark(request: Request) -> MessageMark | None:

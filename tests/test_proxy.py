@@ -8,6 +8,7 @@ included; a lost link closes both ends; C{[links] max_sessions}.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from imgateway.adapters.native.framing import Headers, Request
+from imgateway.adapters.native.framing import FrameParser, Headers, Request
 from imgateway.config import GatewayConfig
 from imgateway.core.address import Address
 from imgateway.core.errors import (
@@ -44,7 +45,7 @@ from imgateway.core.records import (
     Subscription,
 )
 from imgateway.interfaces import IHomeServer, ILinkRoutes, IRoute, ISession, ISessionClient
-from imgateway.router.link import LinkClient, LinkReceiver, LinkTraces
+from imgateway.router.link import LINK_LIMITS, LinkClient, LinkReceiver, LinkTraces, serialiseUnsequenced, withSeq
 from imgateway.router import proxy
 from imgateway.router.link_codec import DELIVERED, encodeRequest
 from imgateway.router.locator import DirectoryHomeLocator
@@ -550,12 +551,21 @@ class SessionMethodTests(ProxyTestCase):
         """
         requests: list[Request] = []
         send = self.link.request
+        sendEncoded = self.link.requestEncoded
 
         def recording(request: Request) -> Deferred[Any]:
             requests.append(request)
             return send(request)
 
+        def recordingEncoded(method: str, encoded: bytes) -> Deferred[Any]:
+            # What was written, parsed back (a Seq added for the parser).
+            [frame] = FrameParser(LINK_LIMITS).feed(withSeq(encoded, 1))
+            assert isinstance(frame, Request) and frame.method == method
+            requests.append(attrs.evolve(frame, headers=frame.headers.without("Seq")))
+            return sendEncoded(method, encoded)
+
         self.link.request = recording  # type: ignore[method-assign]
+        self.link.requestEncoded = recordingEncoded  # type: ignore[method-assign]
         return requests
 
     def test_sendMessageCompact(self) -> None:
@@ -891,6 +901,27 @@ class LinkLossTests(ProxyTestCase):
         self.assertEqual(str(self.failureResultOf(d, ServiceUnavailable).value), LINK_LOST)
         self.clock.advance(10)
 
+    def test_messageInFlightWhenSessionEnds(self) -> None:
+        """
+        A message of a proxied session still unanswered when the home
+        server ends the session fails at once with the home server's
+        reason; the answer that comes later is dropped by the link (no
+        error), which then has nothing waiting.
+        """
+        session, home, client = self.open()
+        held: Deferred[DeliveryStatus] = Deferred()
+        home.sendMessage = lambda *arguments: held  # type: ignore[method-assign]
+        d = session.sendMessage(CAROL, "hi")
+        self.network.flush()
+        self.assertNoResult(d)
+        home.client.sessionClosed("server shutting down")
+        self.network.flush()
+        self.assertEqual(str(self.failureResultOf(d, ServiceUnavailable).value), "server shutting down")
+        held.callback(DeliveryStatus.DELIVERED)
+        self.network.flush()
+        self.assertEqual(self.link.queued, 0)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_reopenAfterReconnect(self) -> None:
         """
         Once the link is back, sessions open again; a request for a session
@@ -988,3 +1019,56 @@ class AnswerTests(SynchronousTestCase):
         self.assertIs(proxy._ok(), DELIVERED)
         answer = proxy._ok({"lease": 60})
         self.assertEqual((answer.code, answer.headers.get("Content-Type"), answer.body), (200, "application/json", b'{"lease": 60}'))
+
+
+class SessionMessageEncodingTests(SynchronousTestCase):
+    """
+    L{proxy.encodeSessionMessage} writes the compact C{SESSION message}
+    directly, with exactly the bytes and errors of L{serialiseUnsequenced}
+    over the request built header by header.
+    """
+
+    def outcome(self, encode: Any) -> object:
+        try:
+            return encode()
+        except ValueError as e:
+            return ("error", type(e), str(e))
+
+    def general(self, sessionId: str, recipient: str, text: bytes, contentType: str, messageId: str | None) -> bytes:
+        headers = [("Session", sessionId), ("To", recipient)]
+        if contentType != "text/plain":
+            headers.append(("Content-Type", contentType))
+        if messageId is not None:
+            headers.append(("Message-ID", messageId))
+        return serialiseUnsequenced(Request("SESSION", "message", Headers(tuple(headers)), text))
+
+    def test_sameAsGeneral(self) -> None:
+        """
+        Over fuzzed arguments (control characters, line ends, white space,
+        non-ASCII text and lone surrogates in every value; empty and
+        non-empty bodies), both encodings agree, and the bytes parse back
+        to the same request.
+        """
+        rng = random.Random(20261205)
+        alphabet = ["a", "Z", "0", "-", ".", ":", "@", " ", "\t", "\r", "\n", "\x00", "\x7f", "\x85", "\u2603", "\ud800", "é", "\x1b"]
+
+        def text(low: int = 0, high: int = 12) -> str:
+            return "".join(rng.choice(alphabet) for _ in range(rng.randint(low, high)))
+
+        encoded = 0
+        for i in range(4000):
+            arguments = (
+                rng.choice(["hs1-1", "hs1-12345678", text(0, 8)]),
+                rng.choice(["carol@corp.example", "bob@partner.example", text(0, 12)]),
+                rng.choice([b"", b"hi", "hi \u2603".encode(), b"\x00\r\n\r\n", bytes(rng.randrange(256) for _ in range(rng.randint(0, 20)))]),
+                rng.choice(["text/plain", "text/plain", "text/html", "", text(0, 10)]),
+                rng.choice([None, None, "m-1", "", "x" * 1024, text(0, 10)]),
+            )
+            general = self.outcome(lambda: self.general(*arguments))
+            direct = self.outcome(lambda: proxy.encodeSessionMessage(*arguments))
+            self.assertEqual(direct, general, arguments)
+            if isinstance(direct, bytes):
+                encoded += 1
+                parsed = FrameParser(LINK_LIMITS).feed(withSeq(direct, 7))
+                self.assertEqual(len(parsed), 1)
+        self.assertGreater(encoded, 1000)

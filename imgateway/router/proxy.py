@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from imgateway.adapters.native.framing import Headers, Request, Response
+from imgateway.adapters.native.framing import VERSION, Headers, Request, Response
 from imgateway.adapters.native.mapping import (
     ACCESS_LISTS,
     MESSAGE_MARKS,
@@ -58,6 +58,7 @@ from imgateway.core.errors import (
     DeliveryStatus,
     InvalidAddress,
     MovedTo,
+    ServerError,
     ServiceUnavailable,
     TooManySessions,
 )
@@ -65,7 +66,7 @@ from imgateway.core.events import Message, SubscriptionEvent
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
 from imgateway.core.records import AccessList, AuthorisationState, ContactView, PresenceRule
 from imgateway.interfaces import IHomeLocator, IHomeServer, ILinkRoutes, IMetrics, ISession, ISessionClient
-from imgateway.router.link import LinkClient, LinkConnection
+from imgateway.router.link import LinkClient, LinkConnection, serialiseUnsequenced
 from imgateway.router.link_codec import DELIVERED, MAX_DETAIL_CHARS, decodeResponse, encodeResponse
 from imgateway.router.locator import followMoves, homeOfAuthenticated
 from imgateway.status.nometrics import NO_METRICS
@@ -77,6 +78,7 @@ __all__ = [
     "RemoteSession",
     "RemoteSessionClient",
     "SessionHost",
+    "encodeSessionMessage",
     "installProxy",
     "messageArguments",
 ]
@@ -233,6 +235,55 @@ def _delivered(result: object) -> DeliveryStatus:
     return DeliveryStatus.DELIVERED
 
 
+#: What L{encodeSessionMessage} leaves to the general way: what a header
+#: value could not carry as it is (stricter than the framing's check).
+_VALUES_NOT_PLAIN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+#: The start line of a C{SESSION message}, as the framing writes it.
+_SESSION_MESSAGE_START = f"{SESSION_METHOD} message {VERSION}\r\n"
+
+
+def _sessionMessageRequest(sessionId: str, recipient: str, text: bytes, contentType: str, messageId: str | None) -> Request:
+    headers = [("Session", sessionId), ("To", recipient)]
+    if contentType != "text/plain":
+        headers.append(("Content-Type", contentType))
+    if messageId is not None:
+        headers.append(("Message-ID", messageId))
+    return Request(SESSION_METHOD, "message", Headers(tuple(headers)), text)
+
+
+def encodeSessionMessage(sessionId: str, recipient: str, text: bytes, contentType: str, messageId: str | None) -> bytes:
+    """
+    The bytes of a compact C{SESSION message} request (C{docs/protocol.md}
+    section 9.7) without C{Seq}: exactly what
+    L{serialiseUnsequenced} makes of the request with the headers
+    C{Session}, C{To}, C{Content-Type} (left out when C{text/plain}) and
+    C{Message-ID} (left out when C{None}), in that order, and C{text} as
+    its body; written directly, values checked at once (any doubt: the
+    general way).
+
+    @raise ValueError: As L{serialiseUnsequenced} raises.
+    """
+    values = [sessionId, recipient]
+    head = [_SESSION_MESSAGE_START, "Session: ", sessionId, "\r\nTo: ", recipient, "\r\n"]
+    if contentType != "text/plain":
+        values.append(contentType)
+        head += ("Content-Type: ", contentType, "\r\n")
+    if messageId is not None:
+        values.append(messageId)
+        head += ("Message-ID: ", messageId, "\r\n")
+    if _VALUES_NOT_PLAIN.search("\t".join(values)) is not None:
+        return serialiseUnsequenced(_sessionMessageRequest(sessionId, recipient, text, contentType, messageId))
+    if text:
+        head += ("Content-Length: ", str(len(text)), "\r\n\r\n")
+    else:
+        head.append("\r\n")
+    try:
+        return "".join(head).encode("utf-8") + text
+    except UnicodeEncodeError:
+        return serialiseUnsequenced(_sessionMessageRequest(sessionId, recipient, text, contentType, messageId))
+
+
 def messageArguments(request: Request) -> tuple[Address, str, str, str | None]:
     """
     The arguments of a C{SESSION message} request
@@ -312,23 +363,30 @@ class RemoteSession:
         if request is None:
             body = _body(arguments) if arguments is not None else b""
             request = Request(SESSION_METHOD, operation, Headers((("Session", self.sessionId),)), body)
-        # Answered by the link, or failed at once when the session ends
-        # first (its link connection lost): never left to wait for a resend
-        # the home server would refuse.
-        out: Deferred[Any] = Deferred()
-        self._inFlight.add(out)
+        return self._track(self._link.request(request)).addCallback(decodeResult)
 
-        def settled(result: object) -> None:
-            self._inFlight.discard(out)
-            if out.called:
-                return
-            if isinstance(result, Failure):
-                out.errback(result)
-            else:
-                out.callback(result)
+    def _track(self, d: Deferred[Response]) -> Deferred[Response]:
+        """
+        Keep C{d}, a request's L{Deferred} from the link, until it fires:
+        answered by the link, or failed at once when the session ends first
+        (L{ended}: its link connection lost), never left to wait for a
+        resend the home server would refuse (the link drops the answer
+        that comes later, L{LinkClient.request}).
+        """
+        self._inFlight.add(d)
+        return d.addBoth(self._settled, d)
 
-        self._link.request(request).addBoth(settled)
-        return out.addCallback(decodeResult)
+    def _settled(self, result: Response | Failure, d: Deferred[Response]) -> Response | Failure:
+        self._inFlight.discard(d)
+        return result
+
+    def _messageAnswered(self, result: Response | Failure, d: Deferred[Response]) -> DeliveryStatus | Failure:
+        # _settled and decodeResult in one step: the hot path.
+        self._inFlight.discard(d)
+        if isinstance(result, Failure) or 200 <= result.code < 300:
+            return result if isinstance(result, Failure) else DeliveryStatus.DELIVERED
+        decodeResult(result)
+        raise AssertionError("an error response decodes to an error")
 
     def publish(self, presence: Presence, lease: float | None = None) -> float:
         granted = self._proxy.config.home.grantLease(lease)
@@ -354,15 +412,19 @@ class RemoteSession:
             text = body.encode("utf-8")
         except UnicodeEncodeError:
             return fail(InvalidAddress("the message is not valid text"))
+        if self.closed:
+            return fail(ServiceUnavailable("the session has ended"))
         # The compact form (docs/protocol.md section 9.7): headers and the
-        # text itself, no JSON to write here or to read at the home server.
-        headers = [("Session", self.sessionId), ("To", str(recipient))]
-        if contentType != "text/plain":
-            headers.append(("Content-Type", contentType))
-        if messageId is not None:
-            headers.append(("Message-ID", messageId))
-        request = Request(SESSION_METHOD, "message", Headers(tuple(headers)), text)
-        return self._call("message", request=request).addCallback(_delivered)
+        # text itself, no JSON to write here or to read at the home server;
+        # its bytes written at once.
+        try:
+            encoded = encodeSessionMessage(self.sessionId, str(recipient), text, contentType, messageId)
+        except ValueError as e:
+            log.error("Link to {peer}: cannot send SESSION message: {error}", peer=self._link.name, error=e)
+            return fail(ServerError("cannot send SESSION over a link"))
+        d = self._link.requestEncoded(SESSION_METHOD, encoded)
+        self._inFlight.add(d)
+        return d.addBoth(self._messageAnswered, d)
 
     def subscribe(self, target: Address, displayName: str = "") -> Deferred[AuthorisationState]:
         d = self._call("subscribe", {"target": str(target), "name": displayName})
@@ -424,7 +486,8 @@ class RemoteSession:
         self._proxy._forget(self)
         inFlight, self._inFlight = self._inFlight, set()
         for d in inFlight:
-            d.errback(ServiceUnavailable(reason))
+            if not d.called:
+                d.errback(ServiceUnavailable(reason))
         self.client.sessionClosed(reason)
 
 

@@ -7,6 +7,7 @@ origination rule, C{Via} and C{Max-Hops}, and duplicates.
 
 from __future__ import annotations
 
+import random
 from typing import Any, Callable
 
 import attrs
@@ -1404,3 +1405,82 @@ class WireTests(SynchronousTestCase):
         """
         self.assertRaises(ValueError, serialiseUnsequenced, Request("PING", "*", Headers((("Note", "a\r\nb"),))))
 
+
+class BareDeliveredTests(SynchronousTestCase):
+    """
+    A read made only of bare C{200}s (as a link writes L{DELIVERED}) is
+    taken without the parser, with the results the parser gives.
+    """
+
+    def answers(self, chunks: list[bytes], requests: int) -> list[tuple[int, int, str, tuple[tuple[str, str], ...], bytes]]:
+        """
+        Send C{requests} requests on a connection, feed it C{chunks}, and
+        return each answer: its request's C{Seq}, code, reason, headers
+        other than C{Seq}, and body, in the order they came.
+        """
+        connection = LinkConnection({}, Clock(), 10.0, peer=LinkPeer("corp.example", "hs2"))
+        connection.makeConnection(StringTransport())
+        answers: list[tuple[int, int, str, tuple[tuple[str, str], ...], bytes]] = []
+        for seq in range(1, requests + 1):
+            d = connection.request(Request("PING", "*", Headers()))
+
+            def answered(r: Response, seq: int) -> None:
+                answers.append((seq, r.code, r.reason, tuple(i for i in r.headers.items if i[0] != "Seq"), r.body))
+
+            d.addCallback(answered, seq)
+        for chunk in chunks:
+            connection.dataReceived(chunk)
+        return answers
+
+    def test_sameAsParser(self) -> None:
+        """
+        Over fuzzed streams of responses (bare C{200}s, C{200}s with
+        headers or a body, errors, a C{Seq} with a leading zero or too
+        large, unknown or repeated, keep-alive blank lines), cut into
+        chunks at random, each request gets the answer the parser reads
+        for it, in the same order.
+        """
+        rng = random.Random(20261205)
+        fast = 0
+        for i in range(600):
+            frames = []
+            allBare = rng.random() < 0.3
+            for _ in range(rng.randint(1, 12)):
+                seq = rng.choice([rng.randint(1, 15), rng.randint(1, 15), 999999999, 1000000000, 2**31 - 1])
+                kind = 0 if allBare else rng.randrange(6)
+                if kind < 3:
+                    frames.append(b"IMGW/1.0 200 OK\r\nSeq: %d\r\n\r\n" % seq)
+                elif kind == 3:
+                    frames.append(b"IMGW/1.0 200 OK\r\nSeq: 0%d\r\n\r\n" % (seq % 100))
+                elif kind == 4:
+                    frames.append(serialise(Response(rng.choice([200, 404, 503]), "X", Headers((("Seq", str(seq)), ("Detail", "d"))), rng.choice([b"", b"{}"]))))
+                else:
+                    frames.append(b"\r\n" + b"IMGW/1.0 200 OK\r\nSeq: %d\r\n\r\n" % seq)
+            stream = b"".join(frames)
+            cuts = sorted(rng.sample(range(1, len(stream)), min(rng.randint(0, 3), len(stream) - 1)))
+            if rng.random() < 0.5:
+                # Whole frames per read, as a busy link mostly gets them.
+                cuts = sorted(rng.sample([sum(map(len, frames[:k])) for k in range(1, len(frames))], min(2, len(frames) - 1)))
+            chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+            expected = []
+            waiting = set(range(1, 16))
+            for item in FrameParser(link.LINK_LIMITS).feed(stream):
+                assert isinstance(item, Response)
+                if item.seq in waiting:
+                    waiting.discard(item.seq)
+                    expected.append((item.seq, item.code, item.reason, tuple(h for h in item.headers.items if h[0] != "Seq"), item.body))
+            self.assertEqual(self.answers(chunks, 15), expected, chunks)
+            fast += sum(1 for c in chunks if link._BARE_DELIVERED.fullmatch(c))
+        # The fast path was taken for many reads.
+        self.assertGreater(fast, 150)
+
+    def test_partialFrameFirst(self) -> None:
+        """
+        A read of bare C{200}s that continues a frame cut by the previous
+        read (here: its body) goes to the parser, which completes that
+        frame with it.
+        """
+        bare = b"IMGW/1.0 200 OK\r\nSeq: 2\r\n\r\n"
+        head = b"IMGW/1.0 200 OK\r\nSeq: 1\r\nContent-Length: %d\r\n\r\n" % len(bare)
+        answers = self.answers([head, bare, b"IMGW/1.0 200 OK\r\nSeq: 3\r\n\r\n"], 3)
+        self.assertEqual(answers, [(1, 200, "OK", (), bare), (3, 200, "OK", (), b"")])

@@ -1235,3 +1235,31 @@ class SplitBoundaryTests(SynchronousTestCase):
                     self.assertEqual(frame.body, body)
                 else:
                     self.assertRefused(data, limits, 413, False, positions)
+
+
+class AtFrameStartTests(SynchronousTestCase):
+    """
+    L{FrameParser.atFrameStart}: whether the next bytes start a frame.
+    """
+
+    def test_states(self) -> None:
+        """
+        True when nothing is held or awaited; false within a start line,
+        the headers or a body (also one being discarded), and once closed.
+        """
+        parser = FrameParser(Limits(maxBodyBytes=4))
+        self.assertTrue(parser.atFrameStart)
+        for part in [b"PING * IM", b"GW/1.0\r\nSeq: 1\r\n", b"Content-Length: 3\r\n\r\n", b"ab"]:
+            parser.feed(part)
+            self.assertFalse(parser.atFrameStart, part)
+        parser.feed(b"c")
+        self.assertTrue(parser.atFrameStart)
+        # A body over the limit is discarded as it comes: nothing held.
+        parser.feed(b"PING * IMGW/1.0\r\nSeq: 2\r\nContent-Length: 10\r\n\r\nabc")
+        self.assertEqual(parser.bufferedBytes, 0)
+        self.assertFalse(parser.atFrameStart)
+        parser.feed(b"defghij")
+        self.assertTrue(parser.atFrameStart)
+        parser.feed(b"NOT A FRAME\r\n\r\n")
+        self.assertTrue(parser.closed)
+        self.assertFalse(parser.atFrameStart)

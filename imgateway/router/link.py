@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+import re
 from ipaddress import ip_address
 from typing import Any, Protocol as TypingProtocol
 
@@ -163,6 +164,12 @@ def withSeq(encoded: bytes, seq: int) -> bytes:
 #: L{DELIVERED} as L{serialiseUnsequenced} writes it: the answer to most
 #: requests, serialised once.
 _DELIVERED_BYTES = serialiseUnsequenced(DELIVERED)
+
+#: A read made only of L{DELIVERED} responses as L{withSeq} writes them
+#: (C{Seq} without leading zeros, below L{MAX_SEQ}): the answers a busy
+#: link mostly carries, read without the parser (L{LinkConnection.dataReceived}).
+_BARE_DELIVERED = re.compile(rb"(?:IMGW/1\.0 200 OK\r\nSeq: [1-9][0-9]{0,8}\r\n\r\n)+")
+_BARE_SEQ = re.compile(rb"Seq: ([0-9]+)\r")
 
 
 @frozen
@@ -475,6 +482,16 @@ class LinkConnection(Protocol):
     # -- receiving ----------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._parser.atFrameStart and _BARE_DELIVERED.fullmatch(data) is not None:
+            # Only bare 200s (the usual read on a busy link's sending side):
+            # each is DELIVERED, which a parsed one equals but for its Seq.
+            for seq in _BARE_SEQ.findall(data):
+                if self.closing:
+                    return
+                waiter = self._outstanding.pop(int(seq), None)
+                if waiter is not None:
+                    waiter.callback(DELIVERED)
+            return
         for item in self._parser.feed(data):
             if self.closing:
                 return

@@ -518,6 +518,17 @@ class FrameParser:
         """
         return len(self._buf) - self._pos
 
+    @property
+    def atFrameStart(self) -> bool:
+        """
+        Whether the next bytes received start a frame: nothing is held or
+        awaited (no part of a frame, no body being discarded), and the
+        parser is not closed. A caller may then read a chunk it recognises
+        whole itself, without feeding it here (the server links' bare
+        C{200}s, L{imgateway.router.link}).
+        """
+        return self._state is _State.START and not self.closed and self._pos >= len(self._buf)
+
     def feed(self, data: bytes) -> list[Frame | FramingError]:
         """
         Parse more of the stream: L{receive} C{data}, then L{next} until

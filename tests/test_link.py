@@ -554,13 +554,13 @@ class QueueAndTimeoutTests(LinkTestCase):
         within the same C{max_queue}.
         """
         client = self.client(maxQueue=1)
-        d = client.requestEncoded("PING", serialiseUnsequenced(Request("PING", "*", Headers())))
+        d = client.requestEncoded(serialiseUnsequenced(Request("PING", "*", Headers())))
         self.network.flush()
         self.assertEqual(self.successResultOf(d).code, 200)
         self.server.up = False
         self.drop()
-        waiting = client.requestEncoded("PING", serialiseUnsequenced(Request("PING", "*", Headers())))
-        refused = client.requestEncoded("PING", serialiseUnsequenced(Request("PING", "*", Headers())))
+        waiting = client.requestEncoded(serialiseUnsequenced(Request("PING", "*", Headers())))
+        refused = client.requestEncoded(serialiseUnsequenced(Request("PING", "*", Headers())))
         self.assertIn("1 requests waiting", self.failureResultOf(refused, ServiceUnavailable).value.text)
         self.assertNoResult(waiting)
         self.clock.advance(10)

@@ -22,9 +22,9 @@ sides' certificates checked.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-import re
 from ipaddress import ip_address
 from typing import Any, Protocol as TypingProtocol
 
@@ -625,7 +625,6 @@ class LinkTLS:
 
 @frozen
 class _Outgoing:
-    method: str
     encoded: bytes
     deferred: Deferred[Response]
     deadline: float
@@ -828,28 +827,26 @@ class LinkClient(MultiService):
         except ValueError as e:
             log.error("Link to {peer}: cannot send {method}: {error}", peer=self.name, method=request.method, error=e)
             return fail(ServerError(f"cannot send {request.method} over a link"))
-        return self._enqueue(request.method, encoded)
+        return self._enqueue(encoded)
 
-    def requestEncoded(self, method: str, encoded: bytes) -> Deferred[Response]:
+    def requestEncoded(self, encoded: bytes) -> Deferred[Response]:
         """
         As L{request}, for a request its caller serialised already, as
         L{serialiseUnsequenced} would (the proxied sessions' messages,
         L{imgateway.router.proxy}, and events, L{encodeMessage}): the
         same queue, limit, time limit and resends.
-
-        @param method: Its method, for the log.
         """
         if len(self._pending) >= self._config.maxQueue:
             self._queueFull()
             return fail(ServiceUnavailable(f"link to {self.name}: {self._config.maxQueue} requests waiting"))
-        return self._enqueue(method, encoded)
+        return self._enqueue(encoded)
 
-    def _enqueue(self, method: str, encoded: bytes) -> Deferred[Response]:
+    def _enqueue(self, encoded: bytes) -> Deferred[Response]:
         self._ids += 1
         ident = self._ids
         d: Deferred[Response] = Deferred()
         deadline = self._clock.seconds() + self._config.requestTimeout
-        self._pending[ident] = _Outgoing(method, encoded, d, deadline)
+        self._pending[ident] = _Outgoing(encoded, d, deadline)
         if self._sweeper is None:
             self._armSweeper(deadline)
         self._transmit(ident)
@@ -970,7 +967,7 @@ class LinkClient(MultiService):
         try:
             if isinstance(event, Message):
                 # The hot path: its bytes written at once (encodeMessage).
-                return self.requestEncoded("MESSAGE", encodeMessage(event, via, maxHops, event.routingId)).addCallback(decodeResponse)
+                return self.requestEncoded(encodeMessage(event, via, maxHops, event.routingId)).addCallback(decodeResponse)
             request = encodeRequest(event, via, maxHops, newRoutingId())
         except ValueError as e:
             log.error("Cannot send {event!r} to {peer}: {error}", event=event, peer=self.name, error=e)

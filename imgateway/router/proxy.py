@@ -423,7 +423,7 @@ class RemoteSession:
         except ValueError as e:
             log.error("Link to {peer}: cannot send SESSION message: {error}", peer=self._link.name, error=e)
             return fail(ServerError("cannot send SESSION over a link"))
-        d = self._link.requestEncoded(SESSION_METHOD, encoded)
+        d = self._link.requestEncoded(encoded)
         self._inFlight.add(d)
         return d.addBoth(self._messageAnswered, d)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import unicodedata
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -19,8 +20,10 @@ from twisted.words.xish import domish
 from zope.interface.verify import verifyObject
 
 from imgateway.adapters.xmpp.adapter import XMPPAdapter
-from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory, C2SProtocol
-from imgateway.adapters.xmpp.stream import NS_STREAM_LIMITS, StreamLimits
+from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory, C2SProtocol, _presenceElement
+from imgateway.adapters.xmpp.jid import jidOf
+from imgateway.adapters.xmpp.mapping import presenceStanzaParts
+from imgateway.adapters.xmpp.stream import NS_STREAM_LIMITS, StreamLimits, xmlSafe
 from imgateway.auth.sasl import clientMechanism
 from imgateway.config import ConfigTable
 from imgateway.core.address import Address
@@ -832,3 +835,108 @@ class RouterFaceTests(SynchronousTestCase):
             answers.append([e.toXml() for e in c.read()])
         self.assertEqual(answers[0], answers[1])
         self.assertIn("not-authorized", answers[0][0])
+
+
+#: Texts for the serialisation tests: XML's five special characters,
+#: non-ASCII, characters XML forbids (removed), and text of nothing else.
+AWKWARD_TEXTS = [
+    "",
+    "hello",
+    "&<>\"'",
+    "a & b < c > d \" e ' f",
+    "&amp; &lt; already escaped",
+    "]]> <![CDATA[ x ]]>",
+    "zoë 日本語 😀 \u00ad\u200b",
+    "tab\tand\r\nnew lines\n",
+    "\x00\x01 control \x1f\x7f",
+    "\x02",
+    "\ufffe\uffff",
+    "lone \ud800 surrogate",
+    "x" * 5000,
+]
+
+#: Senders of several shapes (normalised local parts and IDNA domains).
+SENDERS = [
+    Address.fromParts("bob", "corp.example"),
+    Address.fromParts("Zoë", "corp.example"),
+    Address.fromParts("日本語", "bücher.example"),
+    Address.fromParts("a+b.c_d-e", "x.y"),
+]
+
+#: Resources of the recipient's full JID (C{None}: not bound).
+RESOURCES: list[str | None] = ["desk", "r&<>'\"é", "日本 語", "a/b", None]
+
+
+class SerialisedStanzaTests(C2STestsMixin, SynchronousTestCase):
+    """
+    Presences to a client are serialised without building a
+    L{domish.Element}: each gives the same bytes as the element path
+    (C{_presenceElement} sent through
+    L{HardenedXmlStream.send}), over many stanzas, with escaping of
+    C{&<>"'}, non-ASCII and the characters XML forbids.
+    """
+
+    def protocol(self, resource: str | None) -> tuple[C2SProtocol, StringTransport]:
+        c = self.bound("alice", "desk")
+        c.write("<presence/>")
+        c.read()
+        p = c.protocol
+        p.fullJID = None if resource is None else jidOf(self.alice, resource)
+        return p, c.transport
+
+    def sent(self, transport: StringTransport, send: Any, *args: Any) -> bytes:
+        transport.clear()
+        send(*args)
+        data: bytes = transport.value()
+        transport.clear()
+        return data
+
+    def parsed(self, data: bytes) -> domish.Element:
+        elements: list[domish.Element] = []
+        stream = domish.elementStream()
+        stream.DocumentStartEvent = lambda root: None
+        stream.ElementEvent = elements.append
+        stream.parse(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>" + data)
+        [element] = elements
+        return element
+
+    def test_presences(self) -> None:
+        """
+        A presence to a client is the same bytes as the element path's, for
+        every state, note, sender and recipient resource.
+        """
+        notes = [t for t in AWKWARD_TEXTS if len(t) <= 1024 and not any(unicodedata.category(c) in ("Cc", "Cs") and c != "\t" for c in t)]
+        notes += ["\ufffe", "in a meeting & <b>'til</b> \"3\"", "\t"]
+        self.assertGreater(len(notes), 6)
+        count = 0
+        for resource in RESOURCES:
+            p, transport = self.protocol(resource)
+            for sender in SENDERS:
+                for state in PresenceState:
+                    for note in notes:
+                        presence = Presence(state, note)
+                        fast = self.sent(transport, p.presenceReceived, sender, presence)
+                        old = self.sent(transport, p.send, _presenceElement(sender, presence, p.fullJID))
+                        self.assertEqual(fast, old)
+                        self.parsed(fast)
+                        count += 1
+        self.assertEqual(count, len(RESOURCES) * len(SENDERS) * len(PresenceState) * len(notes))
+
+    def test_presenceSerialisedOncePerFanOut(self) -> None:
+        """
+        A presence that reaches several sessions (one user's change, to all
+        its contacts) is serialised once: each session only puts its
+        recipient's address in.
+        """
+        clients = [self.bound("alice", f"r{i}") for i in range(3)]
+        for c in clients:
+            c.write("<presence/>")
+            c.read()
+        presenceStanzaParts.cache_clear()
+        for c in clients:
+            c.protocol.presenceReceived(self.bob, Presence(PresenceState.BUSY, "a note for all"))
+        info = presenceStanzaParts.cache_info()
+        self.assertEqual((info.misses, info.hits), (1, 2))
+        for i, c in enumerate(clients):
+            [presence] = c.read()
+            self.assertEqual((presence["from"], presence["to"], str(presence.status)), ("bob@corp.example", f"alice@corp.example/r{i}", "a note for all"))

@@ -50,10 +50,11 @@ from imgateway.adapters.xmpp.mapping import (
     SUBSCRIPTION_TYPES,
     presenceFromXMPP,
     fillPresence,
+    presenceStanzaParts,
     stanzaErrorFor,
     stanzaErrorText,
 )
-from imgateway.adapters.xmpp.stream import HardenedXmlStream, StreamLimits, xmlSafe
+from imgateway.adapters.xmpp.stream import HardenedXmlStream, StreamLimits, xmlAttribute, xmlSafe
 from imgateway.auth.sasl import SASLFailure, mechanismsFor, serverMechanism
 from imgateway.core.address import Address
 from imgateway.core.errors import DeliveryError, InvalidAddress, QuotaExceeded, ServiceUnavailable, TooManySessions
@@ -153,6 +154,9 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         self._closed = False
         self._away: FrontDecision | None = None
         self._decision: FrontDecision = SERVE
+        # The bound JID as a "to" attribute, and the JID it was made for.
+        self._toFor: JID | None = None
+        self._toText = ""
 
     # -- connection --------------------------------------------------------------
 
@@ -784,6 +788,19 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             stanza["to"] = self.fullJID.full()
         return stanza
 
+    def _toAttribute(self) -> str:
+        """
+        C{" to='<full JID>'"} for the stanzas sent to this client, escaped
+        once per bound JID; empty before binding.
+        """
+        jid = self.fullJID
+        if jid is None:
+            return ""
+        if self._toFor is not jid:
+            self._toFor = jid
+            self._toText = f" to='{xmlAttribute(jid.full())}'"
+        return self._toText
+
     def messageReceived(self, message: Message) -> Deferred[None]:
         stanza = self._stanzaTo("message", message.sender)
         stanza["type"] = "chat"
@@ -796,9 +813,10 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
     def presenceReceived(self, sender: Address, presence: Presence) -> Deferred[None]:
         if not self._available or sender == self.address:
             return succeed(None)
-        stanza = self._stanzaTo("presence", sender)
-        fillPresence(stanza, presence)
-        self.send(stanza)
+        # Serialised once per fan-out (the parts are cached), not once per
+        # recipient: only the recipient's address differs.
+        head, tail = presenceStanzaParts(sender, presence)
+        self.sendSerialised(head + self._toAttribute() + tail)
         return succeed(None)
 
     def subscriptionReceived(self, event: SubscriptionEvent) -> Deferred[None]:
@@ -857,6 +875,19 @@ class _SeeOtherHost(error.StreamError):
         assert condition is not None
         condition.addContent(self.location)
         return element
+
+
+def _presenceElement(sender: Address, presence: Presence, to: JID | None) -> domish.Element:
+    """
+    A presence to a client as a L{domish.Element}: what
+    L{C2SProtocol.presenceReceived}'s serialised path must equal.
+    """
+    stanza = domish.Element((NS_CLIENT, "presence"))
+    stanza["from"] = str(sender)
+    if to is not None:
+        stanza["to"] = to.full()
+    fillPresence(stanza, presence)
+    return stanza
 
 
 def _rosterItem(view: ContactView) -> domish.Element:

@@ -9,6 +9,7 @@ never reach the wire: every token XMPP sends comes from a table here.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -16,8 +17,9 @@ from attrs import frozen
 
 from twisted.words.xish import domish
 
-from imgateway.adapters.xmpp.stream import xmlSafe
+from imgateway.adapters.xmpp.stream import xmlAttribute, xmlSafe, xmlTextElement
 from imgateway.core.errors import DeliveryError, DeliveryStatus, statusError
+from imgateway.core.address import Address
 from imgateway.core.events import MessageMark, SubscriptionKind
 from imgateway.core.presence import MAX_NOTE_CHARS, Presence, PresenceState
 from imgateway.core.records import Subscription
@@ -37,6 +39,7 @@ __all__ = [
     "fillPresence",
     "markOf",
     "presenceFromXMPP",
+    "presenceStanzaParts",
     "presenceToXMPP",
     "stanzaErrorFor",
     "stanzaErrorText",
@@ -96,6 +99,37 @@ def fillPresence(stanza: domish.Element, presence: Presence) -> None:
         stanza.addElement("show", content=show)
     if status:
         stanza.addElement("status", content=xmlSafe(status))
+
+
+#: How many serialised presences L{presenceStanzaParts} remembers: one
+#: fan-out (a user's presence to all its contacts' sessions) asks for the
+#: same one once per recipient.
+PRESENCE_STANZA_CACHE_SIZE = 256
+
+
+@functools.lru_cache(maxsize=PRESENCE_STANZA_CACHE_SIZE)
+def presenceStanzaParts(sender: Address, presence: Presence) -> tuple[str, str]:
+    """
+    The C{<presence/>} stanza that tells a client of C{sender}'s
+    C{presence}, serialised once for all its recipients: the stanza is
+    C{head + to + tail}, where C{to} is C{" to='...'"} (the recipient's
+    full JID, L{imgateway.adapters.xmpp.stream.xmlAttribute}) or empty.
+    The same text as a C{<presence/>} from C{sender} filled by
+    L{fillPresence} and serialised by
+    L{imgateway.adapters.xmpp.stream.HardenedXmlStream.send}. Results are
+    cached (L{PRESENCE_STANZA_CACHE_SIZE} entries; both arguments are
+    immutable values).
+    """
+    available, show, status = presenceToXMPP(presence)
+    head = f"<presence from='{xmlAttribute(str(sender))}'"
+    tail = "" if available else " type='unavailable'"
+    children = ""
+    if show:
+        children += xmlTextElement("show", show)
+    if status:
+        children += xmlTextElement("status", status)
+    tail += f">{children}</presence>" if children else "/>"
+    return head, tail
 
 
 def presenceFromXMPP(available: bool, show: str | None, status: str) -> Presence:

@@ -63,7 +63,10 @@ __all__ = [
     "RestrictedXML",
     "StreamLimits",
     "TEXT_BUFFER_CHARS",
+    "xmlAttribute",
     "xmlSafe",
+    "xmlText",
+    "xmlTextElement",
 ]
 
 #: Application-specific stream error conditions (XEP-0205, RFC 6120 4.9.4).
@@ -491,3 +494,51 @@ class HardenedXmlStream(xmlstream.XmlStream):
         super().send(obj)
         if self._sendGuard is not None:
             self._sendGuard.wrote(len(obj))
+
+    def sendSerialised(self, text: str) -> None:
+        """
+        Send a stanza already serialised by the caller: the cheap path of
+        the hot stanzas (a message or presence delivered to a client), with
+        no L{domish.Element} built.
+
+        @param text: A complete stanza, XML-safe and escaped as L{send}
+            would have made it (built with L{xmlText} and L{xmlAttribute}).
+        """
+        data = text.encode("utf-8")
+        if self.rawDataOutFn:
+            self.rawDataOutFn(data)
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(data)
+        if self._sendGuard is not None:
+            self._sendGuard.wrote(len(data))
+
+
+def xmlText(text: str) -> str:
+    """
+    C{text} as the content of an element: what L{HardenedXmlStream.send}
+    makes of a string child of a L{domish.Element} (the characters XML
+    forbids removed, C{&}, C{<} and C{>} escaped).
+    """
+    return xmlSafe(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def xmlAttribute(value: str) -> str:
+    """
+    C{value} as an attribute value between single quotes: what
+    L{HardenedXmlStream.send} makes of an attribute of a
+    L{domish.Element} (also C{'} and C{"} escaped).
+    """
+    return xmlText(value).replace("'", "&apos;").replace('"', "&quot;")
+
+
+def xmlTextElement(name: str, text: str) -> str:
+    """
+    An element of no namespace of its own (its parent's) holding C{text}:
+    what L{HardenedXmlStream.send} makes of a child added with
+    C{addElement(name, content=xmlSafe(text))}, C{<name/>} when nothing
+    is left of the text.
+    """
+    content = xmlText(text)
+    return f"<{name}>{content}</{name}>" if content else f"<{name}/>"

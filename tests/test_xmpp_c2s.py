@@ -20,7 +20,7 @@ from twisted.words.xish import domish
 from zope.interface.verify import verifyObject
 
 from imgateway.adapters.xmpp.adapter import XMPPAdapter
-from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory, C2SProtocol, _presenceElement
+from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory, C2SProtocol, _messageElement, _presenceElement
 from imgateway.adapters.xmpp.jid import jidOf
 from imgateway.adapters.xmpp.mapping import presenceStanzaParts
 from imgateway.adapters.xmpp.stream import NS_STREAM_LIMITS, StreamLimits, xmlSafe
@@ -869,9 +869,9 @@ RESOURCES: list[str | None] = ["desk", "r&<>'\"é", "日本 語", "a/b", None]
 
 class SerialisedStanzaTests(C2STestsMixin, SynchronousTestCase):
     """
-    Presences to a client are serialised without building a
+    Messages and presences to a client are serialised without building a
     L{domish.Element}: each gives the same bytes as the element path
-    (C{_presenceElement} sent through
+    (C{_messageElement}, C{_presenceElement} sent through
     L{HardenedXmlStream.send}), over many stanzas, with escaping of
     C{&<>"'}, non-ASCII and the characters XML forbids.
     """
@@ -899,6 +899,39 @@ class SerialisedStanzaTests(C2STestsMixin, SynchronousTestCase):
         stream.parse(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>" + data)
         [element] = elements
         return element
+
+    def test_messages(self) -> None:
+        """
+        A message to a client is the same bytes as the element path's, for
+        every sender, recipient resource, body and id; it parses back to
+        the body with only the forbidden characters removed.
+        """
+        ids = ["m1", "id&<>'\"", "é日本", "x" * 128]
+        count = 0
+        for resource in RESOURCES:
+            p, transport = self.protocol(resource)
+            for sender in SENDERS:
+                for body in AWKWARD_TEXTS:
+                    for messageId in ids:
+                        message = Message(sender, self.alice, body, messageId=messageId)
+                        fast = self.sent(transport, p.messageReceived, message)
+                        old = self.sent(transport, p.send, _messageElement(message, p.fullJID))
+                        self.assertEqual(fast, old)
+                        element = self.parsed(fast)
+                        self.assertEqual((element["from"], element["id"], str(element.body)), (str(sender), messageId, xmlSafe(body).replace("\r\n", "\n")))
+                        self.assertEqual(element.getAttribute("to"), None if p.fullJID is None else p.fullJID.full())
+                        count += 1
+        self.assertEqual(count, len(RESOURCES) * len(SENDERS) * len(AWKWARD_TEXTS) * len(ids))
+
+    def test_markedMessageUnchanged(self) -> None:
+        """
+        A marked message (an auto-reply) still takes the element path.
+        """
+        p, transport = self.protocol("desk")
+        message = Message(SENDERS[0], self.alice, "back soon & <later>", mark=MessageMark.AUTO_REPLY)
+        self.assertEqual(
+            self.sent(transport, p.messageReceived, message), self.sent(transport, p.send, _messageElement(message, p.fullJID))
+        )
 
     def test_presences(self) -> None:
         """

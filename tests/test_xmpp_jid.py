@@ -334,6 +334,23 @@ class AddressTests(SynchronousTestCase):
         self.assertRaises(InvalidJID, addressOf, parseJID("jul\\iet@example.com"))
         self.assertRaises(InvalidJID, addressOf, parseJID("juliet@" + "a" * 64 + ".example"))
 
+    def test_addressOfInterned(self) -> None:
+        """
+        Every JID of one bare address, whatever its resource or spelling,
+        maps to the same L{Address} object: normalised once, then taken
+        from a cache of at most L{PREPARED_CACHE_SIZE} entries; an invalid
+        one raises every time (it is not cached).
+        """
+        first = addressOf(parseJID("Juliet@Example.COM/Balcony"))
+        self.assertIs(addressOf(parseJID("juliet@example.com")), first)
+        self.assertIs(addressOf(parseJID("JULIET@example.com/garden")), first)
+        for _ in range(2):
+            self.assertRaises(InvalidJID, addressOf, parseJID("jul\\iet@example.com"))
+        for i in range(PREPARED_CACHE_SIZE + 100):
+            addressOf(parseJID(f"user{i}@flood.example"))
+        self.assertLessEqual(jidModule._addressOfParts.cache_info().currsize, PREPARED_CACHE_SIZE)
+        self.assertEqual(addressOf(parseJID("juliet@example.com")), first)
+
     def test_jidOf(self) -> None:
         """
         L{jidOf} gives the bare JID of an address, or a full JID with a

@@ -92,8 +92,19 @@ def addressOf(jid: JID) -> Address:
     """
     if not jid.user:
         raise InvalidJID(f"{jid.full()} names a server, not a user")
+    return _addressOfParts(jid.user, jid.host)
+
+
+@functools.lru_cache(maxsize=PREPARED_CACHE_SIZE)
+def _addressOfParts(user: str, host: str) -> Address:
+    """
+    L{addressOf} of a prepared localpart and domainpart. Cached
+    (L{PREPARED_CACHE_SIZE} entries; addresses are immutable, so every
+    stanza to one contact gets the same one, normalised once); invalid
+    parts are not.
+    """
     try:
-        return Address.fromParts(jid.user, jid.host)
+        return Address.fromParts(user, host)
     except InvalidAddress as e:
         raise InvalidJID(str(e)) from None
 

@@ -205,8 +205,10 @@ class GatewayServer(Server):
         return self.gateway.logErrors()
 
 
-def startGateway(proto: str, provision: Provision, keep: bool = False, template: Path | None = None) -> GatewayServer:
-    gateway = SpawnedGateway(template=template, keep=keep, xmpp=True)
+def startGateway(
+    proto: str, provision: Provision, keep: bool = False, template: Path | None = None, twistdOptions: Sequence[str] = ()
+) -> GatewayServer:
+    gateway = SpawnedGateway(template=template, keep=keep, xmpp=True, twistdOptions=twistdOptions)
     try:
         if provision.accounts:
             # One child process for all (the numbers between the runs too:

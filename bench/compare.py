@@ -218,6 +218,16 @@ def plannedRuns(s: dict[str, Any], tests: Sequence[str], idleSize: int | None) -
     return runs
 
 
+def firstServerRuns(s: dict[str, Any], tests: Sequence[str]) -> list[tuple[str, str, list[str], int]]:
+    """
+    @return: The runs on the first server started for a row: the first idle
+        size's run (if C{tests} has C{idle}), then the traffic runs, each
+        once.
+    """
+    sizes = s["idle_sizes"] if "idle" in tests else []
+    return (plannedRuns(s, tests, sizes[0]) if sizes else []) + plannedRuns(s, tests, None)
+
+
 def oneServer(args: argparse.Namespace, s: dict[str, Any], row: str, rep: int, provision: Provision,
               runs: list[tuple[str, str, list[str], int]]) -> list[dict[str, Any]]:
     """
@@ -310,8 +320,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for row in rows:
             info(f"rep {rep}: {ROW_NAMES[row]}")
             sizes = s["idle_sizes"] if "idle" in tests else []
-            runs = plannedRuns(s, tests, sizes[0] if sizes else None) + plannedRuns(s, tests, None)
-            records += oneServer(args, s, row, rep, traffic, runs)
+            records += oneServer(args, s, row, rep, traffic, firstServerRuns(s, tests))
             for size, provision in zip(sizes[1:], later):
                 records += oneServer(args, s, row, rep, provision, plannedRuns(s, tests, size))
     return records

@@ -246,10 +246,18 @@ class OptionsTests(SynchronousTestCase):
         A server runs the idle run first (while fresh), then 1:1 messages,
         the fixed rate, presence (one driver process) and both logins.
         """
-        runs = compare.plannedRuns(SETTINGS, compare.TESTS, 1000) + compare.plannedRuns(SETTINGS, compare.TESTS, None)
+        runs = compare.firstServerRuns(SETTINGS, compare.TESTS)
         self.assertEqual([r[0] for r in runs], ["idle1000", "msg", "rate", "presence", "login_scram", "login_plain"])
         self.assertEqual([r[3] for r in runs], [2, 2, 2, 1, 2, 2])
         self.assertIn("--rate", runs[2][2])
+
+    def test_runsWithoutIdle(self) -> None:
+        """
+        Without C{idle} in C{--tests}, each chosen traffic run is made once
+        on the server (it once ran twice, its figure the median of both).
+        """
+        runs = compare.firstServerRuns(SETTINGS, ["msg", "presence"])
+        self.assertEqual([r[0] for r in runs], ["msg", "presence"])
 
     def test_accounts(self) -> None:
         """

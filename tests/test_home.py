@@ -1461,6 +1461,103 @@ class RuleAlternateTests(HomeServerTestsMixin, SynchronousTestCase):
         self.assertEqual(self.successResultOf(bob.rules()), [])
 
 
+class FastPathTests(HomeServerTestsMixin, SynchronousTestCase):
+    """
+    L{HomeServer.deliverAtOnce} and L{Router.deliverAtOnce}: a message to
+    sessions of this process, whose recipient's lane is idle, is delivered
+    without a L{Deferred}, with the same statuses and order as
+    L{HomeServer.deliver}.
+    """
+
+    def test_deliveredAtOnce(self) -> None:
+        """
+        A message to a present user is delivered at once: the status
+        itself, not a L{Deferred}, from the home server and from the
+        router; the lane is free afterwards.
+        """
+        self.online(ALICE)
+        _, bob = self.online(BOB)
+        self.assertIs(self.home.deliverAtOnce(Message(ALICE, BOB, "one")), DeliveryStatus.DELIVERED)
+        self.assertIs(self.router.deliverAtOnce(Message(ALICE, BOB, "two")), DeliveryStatus.DELIVERED)
+        self.assertEqual([m.body for m in bob.messages], ["one", "two"])
+        self.assertEqual(self.home._lanes, {})
+
+    def test_refusedAtOnce(self) -> None:
+        """
+        A refusal is raised at once, the same as L{HomeServer.deliver}'s:
+        486 with the alternate for a sender who may see the recipient's
+        presence, offline for a stranger. The router forgets a refused
+        message, so that it may be sent again (not a loop).
+        """
+        alice, _ = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.befriend(alice, bob)
+        bob.publish(Presence(PresenceState.BUSY))
+        self.successResultOf(bob.setRule(PresenceState.BUSY, "tel:+15550100"))
+        message = Message(ALICE, BOB, "hi")
+        for _ in range(2):
+            with self.assertRaises(UserBusy) as caught:
+                self.router.deliverAtOnce(message)
+            self.assertEqual(caught.exception.alternate, "tel:+15550100")
+        self.online(CAROL)
+        with self.assertRaises(UserOffline):
+            self.home.deliverAtOnce(Message(CAROL, BOB, "hi"))
+        self.assertEqual(self.home._lanes, {})
+
+    def test_notAtOnce(self) -> None:
+        """
+        What the fast path does not take is left to L{HomeServer.deliver}
+        (C{None}, nothing done): a user without sessions here, an event
+        that is no message, a server that is stopping.
+        """
+        self.online(ALICE)
+        self.assertIsNone(self.home.deliverAtOnce(Message(BOB, CAROL, "hi")))
+        self.assertIsNone(self.home.deliverAtOnce(PresenceUpdate(BOB, ALICE, Presence())))
+        self.home.drain()
+        self.assertIsNone(self.home.deliverAtOnce(Message(BOB, ALICE, "hi")))
+
+    def test_busyLaneKeepsOrder(self) -> None:
+        """
+        While the recipient's lane has work under way (here a request
+        waiting for the store), a message is not delivered at once but
+        queued behind it, and delivered once that work is done.
+        """
+        self.online(ALICE)
+        bob, bobClient = self.online(BOB)
+        self.store.hold = True
+        subscribed = bob.subscribe(CAROL)
+        self.assertIsNone(self.home.deliverAtOnce(Message(ALICE, BOB, "one")))
+        d = self.router.deliver(Message(ALICE, BOB, "two"))
+        self.assertNoResult(d)
+        self.assertEqual(bobClient.messages, [])
+        self.store.release()
+        self.successResultOf(subscribed)
+        self.assertEqual(self.successResultOf(d), DeliveryStatus.DELIVERED)
+        self.assertEqual([m.body for m in bobClient.messages], ["two"])
+
+    def test_sessionAnswersLater(self) -> None:
+        """
+        A session that answers later (in another process) gets the
+        message at once, and the outcome is a L{Deferred}: the lane waits
+        for it, so the next message for the user comes after it.
+        """
+        self.online(ALICE)
+        _, bob = self.online(BOB)
+        bob.hold = True
+        first = self.home.deliverAtOnce(Message(ALICE, BOB, "one"))
+        assert isinstance(first, Deferred)
+        self.assertNoResult(first)
+        second = self.router.deliver(Message(ALICE, BOB, "two"))
+        self.assertEqual([m.body for m in bob.messages], ["one"])
+        bob.held[0].callback(None)
+        self.assertEqual(self.successResultOf(first), DeliveryStatus.DELIVERED)
+        self.assertEqual([m.body for m in bob.messages], ["one", "two"])
+        bob.held[1].errback(ConnectionError("gone"))
+        self.failureResultOf(second, UserOffline)
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
+        self.assertEqual(self.home._lanes, {})
+
+
 class DrainTests(HomeServerTestsMixin, SynchronousTestCase):
     """
     Stopping loses nothing: the home server stops taking new work, lets
@@ -1617,6 +1714,21 @@ class ManyHomesTests(SynchronousTestCase):
     def befriend(self, watcher: Session, target: Session) -> None:
         self.successResultOf(watcher.subscribe(target.address))
         self.successResultOf(target.authorise(watcher.address, True))
+
+    def test_homedHereAtOnce(self) -> None:
+        """
+        A message for a user homed on this server, whose home the locator
+        remembers, is delivered by the router at once (no L{Deferred});
+        before the locator knows it, the router asks (a L{Deferred}).
+        """
+        self.open(CAROL)
+        router = self.homes["hs2"].router
+        assert isinstance(router, Router) and router.locator is not None
+        router.locator.forget(CAROL)
+        first = router.deliverAtOnce(Message(DAVE, CAROL, "one"))
+        assert isinstance(first, Deferred)
+        self.assertEqual(self.successResultOf(first), DeliveryStatus.DELIVERED)
+        self.assertIs(router.deliverAtOnce(Message(DAVE, CAROL, "two")), DeliveryStatus.DELIVERED)
 
     def test_subscribeBothWays(self) -> None:
         """

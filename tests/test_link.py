@@ -933,6 +933,124 @@ class RememberedOriginationTests(SynchronousTestCase):
         self.assertIsInstance(receiver._originationRefused(hs2, event), Deferred)
 
 
+class AtOnceRouter(FakeRouter):
+    """
+    A router with a synchronous fast path (as L{Router.deliverAtOnce}):
+    C{atOnce} answers each event, with a status, a L{Deferred}, or an
+    exception.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.atOnce: Callable[[Event], DeliveryStatus | Deferred[DeliveryStatus]] = lambda e: DeliveryStatus.DELIVERED
+
+    def deliverAtOnce(self, event: Event) -> DeliveryStatus | Deferred[DeliveryStatus]:
+        self.events.append(event)
+        return self.atOnce(event)
+
+
+class AtOnceTests(SynchronousTestCase):
+    """
+    An incoming link event that the router delivers at once (a session of
+    this process) is answered without a L{Deferred}, with every check of
+    the receiver kept (duplicates, in-progress count, traces).
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        locator = DirectoryHomeLocator(MemoryDirectory([AccountRecord(CAROL, "hs2", "", True, "")]), self.clock, 30.0)
+        self.successResultOf(locator.homeOf(CAROL))
+        self.router = AtOnceRouter()
+        self.traces = LinkTraces()
+        self.receiver = LinkReceiver(configFor("hs1"), self.router, locator, self.clock, self.traces)
+        self.connection = LinkConnection(self.receiver.handlers, self.clock, 10.0)
+        self.connection.markReady(LinkPeer("corp.example", "hs2", frozenset({"home"})))
+
+    def event(self, routingId: str) -> Deferred[Response] | Response:
+        request = encodeRequest(Message(CAROL, ALICE, "hi"), ["corp.example/hs2"], 8, routingId)
+        return self.receiver.handlers["MESSAGE"](self.connection, request)
+
+    def test_answeredAtOnce(self) -> None:
+        """
+        A message delivered at once is answered with a response, not a
+        L{Deferred}; its trace is left, its place in progress freed, and a
+        duplicate gets the same answer without a second delivery.
+        """
+        traced: list[object] = []
+
+        def deliver(e: Event) -> DeliveryStatus:
+            traced.append(self.traces.traceOf(e))
+            return DeliveryStatus.DELIVERED
+
+        self.router.atOnce = deliver
+        answer = self.event("rid-1")
+        self.assertIsInstance(answer, Response)
+        self.assertEqual(answer.code, 200)  # type: ignore[union-attr]
+        self.assertEqual(traced, [(("corp.example/hs2",), 8)])
+        self.assertIsNone(self.traces.traceOf(self.router.events[0]))
+        self.assertEqual(self.connection.inProgress, 0)
+        again = self.event("rid-1")
+        self.assertIsInstance(again, Response)
+        self.assertEqual((again.code, len(self.router.events)), (200, 1))  # type: ignore[union-attr]
+
+    def test_refusedAtOnce(self) -> None:
+        """
+        A message refused at once (here 486 with the alternate) is answered
+        at once with that status, remembered for its duplicates; one that
+        a retry may get through (503) is not remembered.
+        """
+
+        def busy(e: Event) -> DeliveryStatus:
+            raise UserBusy("busy", "tel:+15550100")
+
+        self.router.atOnce = busy
+        answer = self.event("rid-2")
+        assert isinstance(answer, Response)
+        self.assertEqual((answer.code, answer.headers.get("Alternate")), (486, "tel:+15550100"))
+
+        self.assertIn("rid-2", self.receiver._answers)
+
+        def unavailable(e: Event) -> DeliveryStatus:
+            raise ServiceUnavailable("not now")
+
+        self.router.atOnce = unavailable
+        answer = self.event("rid-3")
+        assert isinstance(answer, Response)
+        self.assertEqual(answer.code, 503)
+        self.assertNotIn("rid-3", self.receiver._answers)
+        self.assertEqual(self.connection.inProgress, 0)
+
+    def test_unexpectedAtOnce(self) -> None:
+        """
+        An unexpected exception of the fast path is logged and answered
+        500, as the asynchronous path's failure is.
+        """
+
+        def boom(e: Event) -> DeliveryStatus:
+            raise RuntimeError("boom")
+
+        self.router.atOnce = boom
+        answer = self.event("rid-4")
+        assert isinstance(answer, Response)
+        self.assertEqual(answer.code, 500)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_later(self) -> None:
+        """
+        A delivery that answers later (a proxied session) keeps the
+        asynchronous path: the answer comes when it fires.
+        """
+        later: Deferred[DeliveryStatus] = Deferred()
+        self.router.atOnce = lambda e: later
+        answer = self.event("rid-5")
+        assert isinstance(answer, Deferred)
+        self.assertNoResult(answer)
+        self.assertEqual(self.connection.inProgress, 1)
+        later.callback(DeliveryStatus.DELIVERED)
+        self.assertEqual(self.successResultOf(answer).code, 200)
+        self.assertEqual(self.connection.inProgress, 0)
+
+
 class HopTests(RawTestCase):
     """
     C{Via} and C{Max-Hops} stop loops.

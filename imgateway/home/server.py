@@ -1122,8 +1122,16 @@ class HomeServer:
 
     def deliver(self, event: Event) -> Deferred[DeliveryStatus]:
         """
-        Deliver an event to a user of this home server, in the user's lane.
+        Deliver an event to a user of this home server, in the user's lane
+        (a message to a user with sessions here whose lane is idle at once:
+        L{deliverAtOnce}).
         """
+        try:
+            outcome = self.deliverAtOnce(event)
+        except BaseException:
+            return fail()
+        if outcome is not None:
+            return succeed(outcome) if type(outcome) is DeliveryStatus else outcome  # type: ignore[return-value]
         recipient = event.recipient
         if recipient.domain != self.domain:
             return fail(NoSuchUser(f"{recipient} is not a user of {self.domain}"))
@@ -1206,7 +1214,71 @@ class HomeServer:
         others = [s for s in user.sessions if s is not sender]
         return self._deliverToSessions(others, message)
 
+    def deliverAtOnce(self, event: Event) -> DeliveryStatus | Deferred[DeliveryStatus] | None:
+        """
+        L{deliver}'s synchronous fast path: a message to a user with
+        sessions here whose lane is idle (nothing of the user's under way or
+        waiting), while the server takes work, is delivered now, without a
+        L{Deferred} when every session it goes to is in this process (their
+        clients answer with an already fired L{Deferred}). It is the same
+        delivery as L{deliver}'s (L{_deliverMessage}: access lists, rules,
+        statuses), in the user's lane: what it causes for the same user in
+        turn waits behind it.
+
+        @return: L{DeliveryStatus.DELIVERED} when delivered; a L{Deferred}
+            of the outcome when a session it goes to answers later (a
+            proxied session: the lane waits for it); C{None} when this
+            event is not for the fast path (call L{deliver}; nothing was
+            done).
+        @raise DeliveryError: When the message is refused (offline,
+            busy...), as L{deliver} would fail.
+        """
+        if type(event) is not Message or self.stopping:
+            return None
+        recipient = event.recipient
+        if recipient in self._lanes or recipient.domain != self.domain:
+            return None
+        user = self._users.get(recipient)
+        if user is None or not user.sessions:
+            # The directory may have to say where the user lives.
+            return None
+        # The lane is busy while the message is delivered.
+        self._lanes[recipient] = deque()
+        try:
+            outcome = self._messageOutcome(user, event)
+        except BaseException:
+            self._laneFree(recipient)
+            raise
+        if type(outcome) is DeliveryStatus:
+            self._laneFree(recipient)
+            return outcome
+
+        def ended(result: Any) -> Any:
+            self._laneFree(recipient)
+            return result
+
+        return outcome.addBoth(ended)  # type: ignore[union-attr]
+
+    def _laneFree(self, address: Address) -> None:
+        """
+        The fast path's work in C{address}'s lane is over: run what was
+        queued behind it meanwhile.
+        """
+        following = self._next(address)
+        if following is not None:
+            self._run(address, *following)
+
     def _deliverMessage(self, message: Message) -> Deferred[DeliveryStatus]:
+        """
+        L{_messageOutcome} as a L{Deferred}.
+        """
+        try:
+            outcome = self._messageOutcome(self._localState(message.recipient), message)
+        except BaseException:
+            return fail()
+        return succeed(outcome) if type(outcome) is DeliveryStatus else outcome  # type: ignore[return-value]
+
+    def _messageOutcome(self, user: _UserState | None, message: Message) -> DeliveryStatus | Deferred[DeliveryStatus]:
         """
         Deliver a message to the recipient's present sessions.
 
@@ -1217,19 +1289,22 @@ class HomeServer:
         presence rule for its state; a message to a present recipient that
         does not block the sender is delivered. Only a sender who may see
         the recipient's presence learns of its rule (L{UserBusy}).
+
+        @param user: The recipient's state, if it has sessions here.
+        @return: See L{_toSessions}.
+        @raise DeliveryError: If it is not delivered.
         """
         recipient, sender = message.recipient, message.sender
-        user = self._localState(recipient)
-        if user is None or user.accessOf(sender) is AccessList.BLOCK:
-            return fail(_offline(recipient))
+        if user is None or not user.sessions or user.accessOf(sender) is AccessList.BLOCK:
+            raise _offline(recipient)
         presence = user.presence()
         if not presence.isOpen:
-            return fail(_offline(recipient))
+            raise _offline(recipient)
         if user.rules:
             return self._applyRules(user, presence.state, message)
-        return self._deliverToSessions(user.sessions, message)
+        return self._toSessions(user.sessions, message)
 
-    def _applyRules(self, user: _UserState, state: PresenceState, message: Message) -> Deferred[DeliveryStatus]:
+    def _applyRules(self, user: _UserState, state: PresenceState, message: Message) -> DeliveryStatus | Deferred[DeliveryStatus]:
         """
         Deliver a message to a present user with presence rules: the first
         rule that matches decides (L{RuleAction}); with none, it is
@@ -1237,6 +1312,9 @@ class HomeServer:
         message (L{MessageMark}: an auto-reply, a forwarded copy, an
         error), which is delivered as usual instead: two users' rules
         cannot loop. Each decision is logged, without the message's body.
+
+        @return: See L{_toSessions}.
+        @raise DeliveryError: If it is not delivered.
         """
         recipient, sender = message.recipient, message.sender
         local = sender.domain == self.domain
@@ -1244,7 +1322,7 @@ class HomeServer:
             if rule.matches(state, sender, local):
                 break
         else:
-            return self._deliverToSessions(user.sessions, message)
+            return self._toSessions(user.sessions, message)
         action = rule.action
         if message.mark is not None and action in (RuleAction.AUTO_REPLY, RuleAction.FORWARD):
             self.log.info(
@@ -1252,7 +1330,7 @@ class HomeServer:
                 number=number, user=recipient, rule=rule.describe(), id=message.messageId, sender=sender,
                 mark=message.mark.value,
             )
-            return self._deliverToSessions(user.sessions, message)
+            return self._toSessions(user.sessions, message)
         if action is RuleAction.REFUSE:
             seen = user.sees(sender)
             self.log.info(
@@ -1261,8 +1339,8 @@ class HomeServer:
                 answer="486 busy" if seen else "told offline: may not see the presence",
             )
             if seen:
-                return fail(UserBusy(f"{recipient} is {state.label}", rule.alternate))
-            return fail(_offline(recipient))
+                raise UserBusy(f"{recipient} is {state.label}", rule.alternate)
+            raise _offline(recipient)
         now = self.clock.seconds()
         if action is RuleAction.AUTO_REPLY:
             last = user.repliedTo.get(sender)
@@ -1293,34 +1371,73 @@ class HomeServer:
             number=number, user=recipient, rule=rule.describe(), id=message.messageId, sender=sender,
             outcome=outcome,
         )
-        return self._deliverToSessions(user.sessions, message)
+        return self._toSessions(user.sessions, message)
 
     def _deliverToSessions(self, candidates: list[Session], message: Message) -> Deferred[DeliveryStatus]:
+        """
+        L{_toSessions} as a L{Deferred}.
+        """
+        try:
+            outcome = self._toSessions(candidates, message)
+        except BaseException:
+            return fail()
+        return succeed(outcome) if type(outcome) is DeliveryStatus else outcome  # type: ignore[return-value]
+
+    def _toSessions(self, candidates: list[Session], message: Message) -> DeliveryStatus | Deferred[DeliveryStatus]:
         """
         Give a message to those of C{candidates} that are present (have
         published a presence other than C{offline} and C{appear-offline}).
 
+        A client in this process answers with an already fired L{Deferred}
+        (L{ISessionClient}): its answer is taken at once, so a message to
+        sessions of this process is delivered without a L{Deferred} of its
+        own. Only the answers still to come (a proxied session's) are
+        waited for.
+
         @return: L{DeliveryStatus.DELIVERED} if at least one of them took
-            it; else it fails with L{UserOffline}.
+            it; a L{Deferred} of that when some have not answered yet.
+        @raise UserOffline: If none of them took it (or none is present).
         """
         recipient = message.recipient
         sessions = [
             s for s in candidates if s.presence.state not in (PresenceState.OFFLINE, PresenceState.APPEAR_OFFLINE)
         ]
         if not sessions:
-            return fail(_offline(recipient))
-        results = DeferredList(
-            [maybeDeferred(s.client.messageReceived, message) for s in sessions], consumeErrors=True
-        )
+            raise _offline(recipient)
+        took = 0
+        waiting: list[tuple[Session, Deferred[Any]]] = []
+        for session in sessions:
+            try:
+                answer = session.client.messageReceived(message)
+            except BaseException:
+                self._sessionFailed(Failure(), session, f"message {message.messageId}")
+                continue
+            if not isinstance(answer, Deferred):
+                took += 1
+            elif answer.called and not answer.paused:
+                # Answered already: the result is there.
+                result = answer.result
+                if isinstance(result, Failure):
+                    # Handled here (no "unhandled error" when it is freed).
+                    answer.addErrback(self._sessionFailed, session, f"message {message.messageId}")
+                else:
+                    took += 1
+            else:
+                waiting.append((session, answer))
+        if not waiting:
+            if not took:
+                raise _offline(recipient)
+            return DeliveryStatus.DELIVERED
+        results = DeferredList([d for _, d in waiting], consumeErrors=True)
 
         def counted(outcomes: list[tuple[bool, Any]]) -> DeliveryStatus:
-            took = 0
-            for session, (ok, result) in zip(sessions, outcomes):
+            count = took
+            for (session, _), (ok, result) in zip(waiting, outcomes):
                 if ok:
-                    took += 1
+                    count += 1
                 else:
                     self._sessionFailed(result, session, f"message {message.messageId}")
-            if not took:
+            if not count:
                 raise _offline(recipient)
             return DeliveryStatus.DELIVERED
 

@@ -1026,6 +1026,11 @@ class LinkReceiver:
         self._traces = traces
         self._maxRemembered = maxRemembered
         self._answers: OrderedDict[str, _Answer] = OrderedDict()
+        # The router's synchronous fast path (Router.deliverAtOnce: an event
+        # for a session of this process answered at once), else its deliver.
+        self._deliverAtOnce: Callable[[Event], DeliveryStatus | Deferred[DeliveryStatus]] = getattr(
+            router, "deliverAtOnce", router.deliver
+        )
         self.ownVia = viaEntry(config.domain, config.homeServerName)
         self.handlers: dict[str, RequestHandler] = {"HELLO": self._hello, "PING": lambda c, r: _response(200)}
         for method in EVENT_METHODS:
@@ -1171,10 +1176,18 @@ class LinkReceiver:
                 return finish(encodeResponse(ServerError("internal error")))
 
             try:
-                result = self._router.deliver(event)
+                result = self._deliverAtOnce(event)
+            except DeliveryError as e:
+                leave()
+                return finish(encodeResponse(e))
             except Exception:
                 return deliveryFailed(Failure())
-            return result.addCallbacks(delivered, deliveryFailed)
+            if type(result) is DeliveryStatus:
+                # Delivered in this process at once: answered now, no
+                # Deferred.
+                leave()
+                return finish(encodeResponse(result))
+            return result.addCallbacks(delivered, deliveryFailed)  # type: ignore[union-attr]
 
         def unexpected(f: Failure) -> Response:
             log.failure("Link from {peer}: handling {event!r} failed", f, peer=peer, event=event)

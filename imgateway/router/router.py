@@ -23,10 +23,10 @@ messages with the same client id are two messages.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from zlib import crc32
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -42,7 +42,7 @@ from imgateway.core.errors import (
 from imgateway.core.events import DEFAULT_MAX_HOPS, Event, Message, forwarded
 from imgateway.home.server import answerNoAccount
 from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter
-from imgateway.router.locator import followMoves
+from imgateway.router.locator import followMoves, knownHome
 
 __all__ = ["Router"]
 
@@ -89,6 +89,9 @@ class Router:
         domainRouters: Sequence[str] = (),
     ) -> None:
         self._routes: dict[str, IRoute] = {}
+        # Domain to the synchronous fast path of its route in this process
+        # (a home server's deliverAtOnce), for the routes that have one.
+        self._atOnce: dict[str, Callable[[Event], DeliveryStatus | Deferred[DeliveryStatus] | None]] = {}
         self.defaultRoute: IRoute | None = None
         self.localDomains: set[str] = set()
         self._maxHops = maxHops
@@ -105,6 +108,9 @@ class Router:
         Send events for C{domain} to C{route}.
 
         @param local: Whether C{route} is in this process (a home server).
+            A local route with a C{deliverAtOnce} method (a home server's
+            synchronous fast path, see L{deliverAtOnce}) is offered the
+            messages it can answer at once.
         @raise ValueError: If the domain already has a route.
         """
         if domain in self._routes:
@@ -112,9 +118,13 @@ class Router:
         self._routes[domain] = route
         if local:
             self.localDomains.add(domain)
+            atOnce = getattr(route, "deliverAtOnce", None)
+            if atOnce is not None:
+                self._atOnce[domain] = atOnce
 
     def removeRoute(self, domain: str) -> None:
         self._routes.pop(domain, None)
+        self._atOnce.pop(domain, None)
         self.localDomains.discard(domain)
 
     def routeFor(self, domain: str) -> IRoute | None:
@@ -148,33 +158,69 @@ class Router:
         Deliver C{event} through the route of its recipient (see the module
         docstring).
         """
+        try:
+            outcome = self.deliverAtOnce(event)
+        except BaseException:
+            return fail()
+        return succeed(outcome) if type(outcome) is DeliveryStatus else outcome  # type: ignore[return-value]
+
+    def deliverAtOnce(self, event: Event) -> DeliveryStatus | Deferred[DeliveryStatus]:
+        """
+        L{deliver}, answered without a L{Deferred} when the outcome is known
+        at once: a message whose recipient is homed in this process (as far
+        as the locator remembers), delivered by this process's home server
+        at once (its fast path, C{deliverAtOnce}). Every other event goes
+        the way L{deliver} says, asynchronously.
+
+        @return: L{DeliveryStatus.DELIVERED}, or a L{Deferred} of the
+            outcome.
+        @raise DeliveryError: If the event is refused at once.
+        """
         domain = event.recipient.domain
         if event.hops > self._maxHops:
-            return fail(LoopDetected(f"more than {self._maxHops} hops"))
+            raise LoopDetected(f"more than {self._maxHops} hops")
         key = None
         if isinstance(event, Message):
             key = event.routingId
             if key in self._seen:
-                return fail(LoopDetected(f"message {event.messageId} ({key}) seen before"))
+                raise LoopDetected(f"message {event.messageId} ({key}) seen before")
             self._seen[key] = None
             if len(self._seen) > self._seenLimit:
                 self._seen.popitem(last=False)
-
-        def failed(f: Failure) -> Failure:
-            if key is not None:
-                # A failed delivery may be retried (by whoever holds the
-                # message) without looking like a loop.
-                self._seen.pop(key, None)
-            if not f.check(DeliveryError):
-                self.log.failure("Route for {domain} failed to deliver {event!r}", f, domain=domain, event=event)
-                return Failure(ServerError("internal error while delivering"))
-            return f
-
+            atOnce = self._atOnce.get(domain)
+            if atOnce is not None and (
+                self.locator is None or domain != self.domain or knownHome(self.locator, event.recipient) == self.serverName
+            ):
+                try:
+                    outcome = atOnce(event)
+                except DeliveryError:
+                    # A failed delivery may be retried (by whoever holds
+                    # the message) without looking like a loop.
+                    self._seen.pop(key, None)
+                    raise
+                except Exception:
+                    self._seen.pop(key, None)
+                    self.log.failure("Route for {domain} failed to deliver {event!r}", domain=domain, event=event)
+                    raise ServerError("internal error while delivering") from None
+                if type(outcome) is DeliveryStatus:
+                    return outcome
+                if outcome is not None:
+                    return outcome.addErrback(self._failed, key, domain, event)  # type: ignore[union-attr]
         if self.locator is not None and domain == self.domain:
             d = self._toHome(self.locator, event)
         else:
             d = self._toDomain(event)
-        return d.addErrback(failed)
+        return d.addErrback(self._failed, key, domain, event)
+
+    def _failed(self, f: Failure, key: str | None, domain: str, event: Event) -> Failure:
+        if key is not None:
+            # A failed delivery may be retried (by whoever holds the
+            # message) without looking like a loop.
+            self._seen.pop(key, None)
+        if not f.check(DeliveryError):
+            self.log.failure("Route for {domain} failed to deliver {event!r}", f, domain=domain, event=event)
+            return Failure(ServerError("internal error while delivering"))
+        return f
 
     def _via(self, route: IRoute, event: Event, local: bool) -> Deferred[DeliveryStatus]:
         """

@@ -317,6 +317,16 @@ class LinksConfig:
     @ivar dnsServers: The DNS servers asked for peer domains' C{_imgw._tcp}
         SRV records and their targets' addresses; empty: the system's
         resolver (C{/etc/hosts}, C{/etc/resolv.conf}).
+    @ivar maxStartLineBytes: The longest start line a link takes from its
+        peer, in bytes (at least 64).
+    @ivar maxHeaderBytes: The header lines of one frame from the peer, in
+        bytes.
+    @ivar maxHeaders: The header lines of one frame from the peer.
+    @ivar maxBodyBytes: The body of one frame from the peer, in bytes.
+    @ivar maxRemembered: Answers the duplicate check remembers at most
+        (the oldest are forgotten first, even within C{duplicateWindow}).
+    @ivar noRouteSeconds: Seconds a peer domain found to have no link route
+        (no C{_imgw._tcp} SRV record) is not looked up again.
     """
 
     listen: tuple[str, ...] = ()
@@ -332,6 +342,25 @@ class LinksConfig:
     maxIncoming: int = 100
     maxSessions: int = 1000
     dnsServers: tuple[HostPort, ...] = ()
+    maxStartLineBytes: int = 4096
+    maxHeaderBytes: int = 32768
+    maxHeaders: int = 128
+    maxBodyBytes: int = 1024 * 1024
+    maxRemembered: int = 100000
+    noRouteSeconds: float = 60.0
+
+
+#: The smallest C{[links] max_start_line_bytes}: room for a method, a short
+#: address and the protocol version.
+MIN_LINK_START_LINE_BYTES = 64
+
+#: C{[gateway] gc_young_objects} by default: ten times Python's own 700 (see
+#: L{imgateway.tap.freezeStartupHeap}).
+DEFAULT_GC_YOUNG_OBJECTS = 10000
+
+#: The smallest C{[gateway] gc_young_objects}: below Python's own 700 the
+#: collector would run almost at every allocation.
+MIN_GC_YOUNG_OBJECTS = 100
 
 
 @frozen
@@ -412,6 +441,9 @@ class GatewayConfig:
     @ivar directory: The C{[directory]} table.
     @ivar manhole: The C{[manhole]} table
         (L{imgateway.manhole.config.ManholeConfig}).
+    @ivar gcYoungObjects: C{[gateway] gc_young_objects}: new objects that
+        set off a collection of the garbage collector's youngest generation
+        once the process runs (L{imgateway.tap.freezeStartupHeap}).
     """
 
     path: FilePath[str]
@@ -431,6 +463,7 @@ class GatewayConfig:
     manhole: ManholeConfig = ManholeConfig()
     status: StatusConfig = StatusConfig()
     log: LogConfig = LogConfig()
+    gcYoungObjects: int = DEFAULT_GC_YOUNG_OBJECTS
 
     @property
     def roles(self) -> frozenset[str]:
@@ -541,9 +574,17 @@ def _parseLinks(t: ConfigTable, reactor: IReactorCore) -> LinksConfig:
         maxIncoming=t.positive("max_incoming", int, _LINKS.maxIncoming),
         maxSessions=t.positive("max_sessions", int, _LINKS.maxSessions),
         dnsServers=_hostPorts(t, "dns_servers"),
+        maxStartLineBytes=t.positive("max_start_line_bytes", int, _LINKS.maxStartLineBytes),
+        maxHeaderBytes=t.positive("max_header_bytes", int, _LINKS.maxHeaderBytes),
+        maxHeaders=t.positive("max_headers", int, _LINKS.maxHeaders),
+        maxBodyBytes=t.positive("max_body_bytes", int, _LINKS.maxBodyBytes),
+        maxRemembered=t.positive("max_remembered", int, _LINKS.maxRemembered),
+        noRouteSeconds=t.positive("no_route_seconds", float, _LINKS.noRouteSeconds),
     )
     if (links.certificate is None) != (links.privateKey is None):
         raise t.error("certificate", "certificate and private_key go together")
+    if links.maxStartLineBytes < MIN_LINK_START_LINE_BYTES:
+        raise t.error("max_start_line_bytes", f"must be at least {MIN_LINK_START_LINE_BYTES}")
     return links
 
 
@@ -612,6 +653,9 @@ def parseConfig(
     except ValueError:
         choices = " or ".join(f'"{d.value}"' for d in Durability)
         raise gw.error("durability", f"must be {choices}, got {durabilityText!r}") from None
+    gcYoungObjects = gw.get("gc_young_objects", int, DEFAULT_GC_YOUNG_OBJECTS)
+    if gcYoungObjects < MIN_GC_YOUNG_OBJECTS:
+        raise gw.error("gc_young_objects", f"must be at least {MIN_GC_YOUNG_OBJECTS}, got {gcYoungObjects!r}")
     gw.finish()
 
     h = top.table("home")
@@ -723,6 +767,7 @@ def parseConfig(
         manhole=manhole,
         status=status,
         log=logConfig,
+        gcYoungObjects=gcYoungObjects,
     )
 
 

@@ -15,10 +15,10 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from imgateway import __version__
-from imgateway.config import CONFIG_ENVIRONMENT, DEFAULT_CONFIG_PATH, findConfig
+from imgateway.config import CONFIG_ENVIRONMENT, DEFAULT_CONFIG_PATH, DEFAULT_GC_YOUNG_OBJECTS, findConfig
 from imgateway.core.errors import ConfigError
 
-__all__ = ["YOUNG_OBJECTS", "Options", "freezeStartupHeap", "makeService"]
+__all__ = ["Options", "freezeStartupHeap", "makeService"]
 
 
 class Options(usage.Options):
@@ -91,17 +91,12 @@ def makeService(options: Options) -> IService:
         # Before any port is opened: one clear line, no traceback.
         sys.stderr.write(f"imgateway: cannot start: {e}\n")
         raise SystemExit(1) from None
-    reactor.callWhenRunning(freezeStartupHeap)
+    reactor.callWhenRunning(freezeStartupHeap, youngObjects=config.gcYoungObjects)
     # [log] format: twistd's options are the parent of ours.
     return withLogFormat(service, config.log.format, getattr(options, "parent", None))
 
 
-#: How many objects made (and not freed) set off a collection of the
-#: garbage collector's youngest generation (Python's default is 700).
-YOUNG_OBJECTS = 10000
-
-
-def freezeStartupHeap(collector: Any = gc) -> None:
+def freezeStartupHeap(collector: Any = gc, youngObjects: int = DEFAULT_GC_YOUNG_OBJECTS) -> None:
     """
     Put what start-up made (modules, classes, functions, the configuration:
     tens of thousands of objects, alive for as long as the process) out of
@@ -109,15 +104,16 @@ def freezeStartupHeap(collector: Any = gc) -> None:
     runs. Its full collections then go through the objects made since,
     instead of the whole heap every time: under load, with many events in
     flight, they came to a quarter of a busy server's CPU time. And the
-    youngest generation is collected every L{YOUNG_OBJECTS} new objects
-    instead of 700: an event's objects live for its round trip (a server's
-    thousands of events in flight), so most of them are gone by then
-    instead of being moved to an older generation, collected again and
-    again.
+    youngest generation is collected every C{youngObjects} new objects
+    (C{[gateway] gc_young_objects}, 10,000 by default) instead of 700: an
+    event's objects live for its round trip (a server's thousands of
+    events in flight), so most of them are gone by then instead of being
+    moved to an older generation, collected again and again.
 
     @param collector: The garbage collector (L{gc}).
+    @param youngObjects: The youngest generation's threshold.
     """
     collector.collect()
     collector.freeze()
     _, older, oldest = collector.get_threshold()
-    collector.set_threshold(YOUNG_OBJECTS, older, oldest)
+    collector.set_threshold(youngObjects, older, oldest)

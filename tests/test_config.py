@@ -327,6 +327,56 @@ class TopologyConfigTests(SynchronousTestCase):
         self.assertConfigError('[links]\nlisten = ["nonsense:1"]\n', "listen: bad endpoint")
         self.assertConfigError("[links]\nmax_hops = 0\n", "max_hops: must be greater than 0")
 
+    def test_linksFrameLimits(self) -> None:
+        """
+        C{[links] max_start_line_bytes} (4096, at least 64),
+        C{max_header_bytes} (32768), C{max_headers} (128) and
+        C{max_body_bytes} (1 MiB) are what a link takes from its peer, as
+        shipped; each is refused below its bound and taken at it.
+        """
+        shipped = loadConfig(REPO.child("etc").child("imgateway.toml").path, MemoryReactor(), adapterConfigParsers())
+        for links in (shipped.links, self.load("").links):
+            self.assertEqual(
+                (links.maxStartLineBytes, links.maxHeaderBytes, links.maxHeaders, links.maxBodyBytes),
+                (4096, 32768, 128, 1048576),
+            )
+        self.assertConfigError("[links]\nmax_start_line_bytes = 63\n", "max_start_line_bytes: must be at least 64")
+        self.assertEqual(self.load("[links]\nmax_start_line_bytes = 64\n").links.maxStartLineBytes, 64)
+        for key, field in (("max_header_bytes", "maxHeaderBytes"), ("max_headers", "maxHeaders"), ("max_body_bytes", "maxBodyBytes")):
+            self.assertConfigError(f"[links]\n{key} = 0\n", f"{key}: must be greater than 0")
+            self.assertEqual(getattr(self.load(f"[links]\n{key} = 1\n").links, field), 1)
+
+    def test_linksRememberedAndNoRoute(self) -> None:
+        """
+        C{[links] max_remembered} (100000 answers of the duplicate check)
+        and C{no_route_seconds} (60 s a domain without a link route is not
+        looked up again), as shipped; 0 is refused, 1 taken.
+        """
+        shipped = loadConfig(REPO.child("etc").child("imgateway.toml").path, MemoryReactor(), adapterConfigParsers())
+        for links in (shipped.links, self.load("").links):
+            self.assertEqual((links.maxRemembered, links.noRouteSeconds), (100000, 60.0))
+        self.assertConfigError("[links]\nmax_remembered = 0\n", "max_remembered: must be greater than 0")
+        self.assertEqual(self.load("[links]\nmax_remembered = 1\n").links.maxRemembered, 1)
+        self.assertConfigError("[links]\nno_route_seconds = 0\n", "no_route_seconds: must be greater than 0")
+        self.assertEqual(self.load("[links]\nno_route_seconds = 1\n").links.noRouteSeconds, 1.0)
+
+    def test_gcYoungObjects(self) -> None:
+        """
+        C{[gateway] gc_young_objects} is 10000 by default and as shipped; at
+        least 100 (99 is refused, 100 taken).
+        """
+        shipped = loadConfig(REPO.child("etc").child("imgateway.toml").path, MemoryReactor(), adapterConfigParsers())
+        self.assertEqual((shipped.gcYoungObjects, self.load("").gcYoungObjects), (10000, 10000))
+        path = self.mktemp()
+        for value, problem in ((99, "gc_young_objects: must be at least 100, got 99"), (100, None)):
+            with open(path, "w") as f:
+                f.write(f'[gateway]\ndomain = "corp.example"\ngc_young_objects = {value}\n')
+            if problem is None:
+                self.assertEqual(loadConfig(path, MemoryReactor(), adapterConfigParsers()).gcYoungObjects, value)
+            else:
+                e = self.assertRaises(ConfigError, loadConfig, path, MemoryReactor(), adapterConfigParsers())
+                self.assertIn(problem, str(e))
+
     def test_linksDNSServers(self) -> None:
         """
         C{[links] dns_servers} lists the DNS servers asked for C{_imgw._tcp}

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -818,6 +818,61 @@ class DuplicateTests(RawTestCase):
             h.callback(DeliveryStatus.DELIVERED)
         flush()
 
+    def test_inProgressRefusalsLoggedPerInterval(self) -> None:
+        """
+        Requests refused for C{max_queue} are logged once at the first,
+        then in one line per L{REFUSAL_LOG_INTERVAL} counting the others,
+        not one line each; an interval without refusals ends the count, so
+        the next refusal is logged at once.
+        """
+        connection, flush = self.raw()
+        held: list[Deferred[DeliveryStatus]] = []
+
+        def hold(event: Event) -> Deferred[DeliveryStatus]:
+            held.append(Deferred())
+            return held[-1]
+
+        self.server.router.answer = hold
+        for i in range(3):
+            connection.request(encodeRequest(Message(CAROL, ALICE, str(i)), [], 8, f"f{i}"))
+        refused = [connection.request(encodeRequest(Message(CAROL, ALICE, "x"), [], 8, f"r{i}")) for i in range(5)]
+        flush()
+        self.assertEqual([self.successResultOf(d).code for d in refused], [503] * 5)
+        first = "Link from server hs2: 3 requests in progress already (max_queue); 503"
+        count = "Link from server hs2: 4 more requests refused in 10 s (max_queue 3); 503"
+        self.assertEqual(self.messages("max_queue"), [first])
+        self.clock.advance(REFUSAL_LOG_INTERVAL)
+        self.assertEqual(self.messages("max_queue"), [first, count])
+        self.clock.advance(REFUSAL_LOG_INTERVAL)
+        self.assertEqual(len(self.messages("max_queue")), 2)
+        connection.request(encodeRequest(Message(CAROL, ALICE, "x"), [], 8, "r5"))
+        flush()
+        self.assertEqual(self.messages("max_queue"), [first, count, first])
+        for h in held:
+            h.callback(DeliveryStatus.DELIVERED)
+        flush()
+        self.clock.advance(REFUSAL_LOG_INTERVAL)
+
+    def test_maxRemembered(self) -> None:
+        """
+        The duplicate check remembers C{[links] max_remembered} answers: with
+        2, a third request's answer makes the first's forgotten (delivered
+        again if repeated), the second's still kept.
+        """
+        self.server = Server(configFor("hs1", maxRemembered=2), self.clock)
+        connection, flush = self.raw()
+        requests = [encodeRequest(Message(CAROL, ALICE, str(i)), [], 8, f"m{i}") for i in range(3)]
+        for request in requests:
+            connection.request(request)
+        flush()
+        self.assertEqual(list(self.server.receiver._answers), ["m1", "m2"])
+        connection.request(requests[1])
+        flush()
+        self.assertEqual(len(self.server.router.events), 3)
+        connection.request(requests[0])
+        flush()
+        self.assertEqual(len(self.server.router.events), 4)
+
     def test_directoryFailure(self) -> None:
         """
         When the directory cannot say where the sender is homed, the request
@@ -1283,6 +1338,56 @@ class ListenerTests(SynchronousTestCase):
         self.assertTrue(any("Plaintext link to" in formatEvent(e) for e in self.logged))
 
 
+class FrameLimitTests(RawTestCase):
+    """
+    What a link takes from its peer is C{[links] max_headers} (and the
+    other frame limits), on both sides of a link.
+    """
+
+    def test_maxHeaders(self) -> None:
+        """
+        With C{max_headers = 8}, a request of 8 header lines is taken and
+        one of 9 is refused (C{431}, logged, and the connection closed, as
+        on the native face).
+        """
+        self.server = Server(configFor("hs1", maxHeaders=8), self.clock)
+        connection, flush = self.raw()
+        request = encodeRequest(Message(CAROL, ALICE, "hi"), [], 8, "h1")
+
+        def lines(frame: Request) -> int:
+            # As sent: with Seq (and Content-Length, for a body).
+            head = link.withSeq(link.serialiseUnsequenced(frame), 1).split(b"\r\n\r\n")[0]
+            return head.count(b"\r\n")
+
+        spare = 8 - lines(request)
+        fits = attrs.evolve(request, headers=Headers(request.headers.items + tuple((f"X-{i}", "x") for i in range(spare))))
+        over = attrs.evolve(fits, headers=Headers(fits.headers.items + (("X-More", "x"),)))
+        self.assertEqual((lines(fits), lines(over)), (8, 9))
+        taken = connection.request(fits)
+        flush()
+        self.assertEqual(self.successResultOf(taken).code, 200)
+        refused = connection.request(over)
+        flush()
+        self.failureResultOf(refused, ConnectionLost)
+        self.assertTrue(self.messages("431 Header Too Large: more than 8 headers"))
+
+    def test_bothSides(self) -> None:
+        """
+        The connections a link client opens and those a listener accepts
+        read with the limits of C{[links]}.
+        """
+        config = configFor("hs1", maxStartLineBytes=100, maxHeaderBytes=200, maxHeaders=3, maxBodyBytes=400)
+        limits = link.linkLimits(config.links)
+        self.assertEqual((limits.maxStartLineBytes, limits.maxHeaderBytes, limits.maxHeaders, limits.maxBodyBytes), (100, 200, 3, 400))
+        self.assertEqual(link.LINK_LIMITS, link.linkLimits(LinksConfig()))
+        server = Server(config, self.clock)
+        accepted = server.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert isinstance(accepted, LinkConnection)
+        self.assertEqual(accepted._parser._limits, limits)
+        client = LinkClient("server hs2", FakeEndpoint(self.network, server, "127.0.0.1"), config.links, self.clock, hello("hs1"), LinkTraces(), "corp.example/hs1")
+        self.assertEqual(client._buildProtocol()._parser._limits, limits)
+
+
 class RoutesTests(SynchronousTestCase):
     """
     L{LinkRoutes}: links by server name and by peer domain.
@@ -1326,6 +1431,21 @@ class RoutesTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(self.routes.toDomain("xmpp.example")))
         self.assertIsNone(self.successResultOf(self.routes.toDomain("xmpp.example")))
         self.assertEqual(self.resolver.asked.count("SRV _imgw._tcp.xmpp.example"), 1)
+
+    def test_noRouteSeconds(self) -> None:
+        """
+        A domain without an C{_imgw._tcp} record is not looked up again for
+        C{[links] no_route_seconds}: with 5, not at 4.9 s, again at 5 s.
+        """
+        config = configFor("hs1", noRouteSeconds=5.0)
+        routes = LinkRoutes(config, MemoryReactorClock(), None, self.server.receiver, self.server.traces, resolver=self.resolver, clock=self.clock)
+        self.assertIsNone(self.successResultOf(routes.toDomain("xmpp.example")))
+        self.clock.advance(4.9)
+        self.assertIsNone(self.successResultOf(routes.toDomain("xmpp.example")))
+        self.assertEqual(self.resolver.asked.count("SRV _imgw._tcp.xmpp.example"), 1)
+        self.clock.advance(0.1)
+        self.assertIsNone(self.successResultOf(routes.toDomain("xmpp.example")))
+        self.assertEqual(self.resolver.asked.count("SRV _imgw._tcp.xmpp.example"), 2)
 
     def test_federationWithoutLinkRoute(self) -> None:
         """

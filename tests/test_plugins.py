@@ -20,7 +20,8 @@ from imgateway.adapters.native.adapter import NativeAdapter
 from imgateway.adapters.xmpp.adapter import XMPPAdapter
 from imgateway import __version__
 from imgateway.plugins import adapterConfigParsers, adapterPlugins
-from imgateway.tap import YOUNG_OBJECTS, Options, freezeStartupHeap
+from imgateway.config import DEFAULT_GC_YOUNG_OBJECTS
+from imgateway.tap import Options, freezeStartupHeap
 
 REPO = FilePath(__file__).parent().parent()
 
@@ -161,7 +162,8 @@ class FreezeStartupHeapTests(SynchronousTestCase):
         """
         It collects what start-up left as garbage, then freezes the rest
         (the objects alive now are in the permanent generation), and
-        collects the youngest generation every L{YOUNG_OBJECTS} objects.
+        collects the youngest generation every C{[gateway] gc_young_objects}
+        objects (L{DEFAULT_GC_YOUNG_OBJECTS} by default).
         """
         calls: list[str] = []
 
@@ -180,10 +182,13 @@ class FreezeStartupHeapTests(SynchronousTestCase):
                 calls.append(f"threshold {threshold}")
 
         freezeStartupHeap(Collector())
-        self.assertEqual(calls, ["collect", "freeze", f"threshold {(YOUNG_OBJECTS, 10, 20)}"])
+        self.assertEqual(calls, ["collect", "freeze", f"threshold {(DEFAULT_GC_YOUNG_OBJECTS, 10, 20)}"])
+        del calls[:]
+        freezeStartupHeap(Collector(), youngObjects=2500)
+        self.assertEqual(calls, ["collect", "freeze", f"threshold {(2500, 10, 20)}"])
         self.addCleanup(gc.unfreeze)
         self.addCleanup(gc.set_threshold, *gc.get_threshold())
         before = gc.get_freeze_count()
         freezeStartupHeap()
         self.assertGreater(gc.get_freeze_count(), before)
-        self.assertEqual(gc.get_threshold()[0], YOUNG_OBJECTS)
+        self.assertEqual(gc.get_threshold()[0], DEFAULT_GC_YOUNG_OBJECTS)

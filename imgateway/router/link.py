@@ -75,7 +75,6 @@ from imgateway.router.link_codec import (
 from imgateway.router.locator import UNKNOWN, knownHome
 
 __all__ = [
-    "DEFAULT_MAX_REMEMBERED",
     "LINK_LIMITS",
     "LinkClient",
     "LinkConnection",
@@ -86,6 +85,7 @@ __all__ = [
     "LinkTLS",
     "LinkTraces",
     "identifyPeer",
+    "linkLimits",
     "makeLinkService",
     "serialiseUnsequenced",
     "withSeq",
@@ -93,20 +93,27 @@ __all__ = [
 
 log = Logger()
 
-#: What a link accepts from its peer. Larger than a native server's client
-#: limits: the peer is an authenticated server, and a request carries a
-#: C{Via} per server passed.
-LINK_LIMITS = Limits(maxStartLineBytes=4096, maxHeaderBytes=32768, maxHeaders=128, maxBodyBytes=1024 * 1024)
+def linkLimits(links: LinksConfig) -> Limits:
+    """
+    @return: What a link accepts from its peer (C{[links]
+        max_start_line_bytes}, C{max_header_bytes}, C{max_headers},
+        C{max_body_bytes}). Larger by default than a native server's client
+        limits: the peer is an authenticated server, and a request carries a
+        C{Via} per server passed.
+    """
+    return Limits(
+        maxStartLineBytes=links.maxStartLineBytes,
+        maxHeaderBytes=links.maxHeaderBytes,
+        maxHeaders=links.maxHeaders,
+        maxBodyBytes=links.maxBodyBytes,
+    )
 
-#: How many answers the duplicate check remembers at most (the oldest are
-#: forgotten first, even within C{duplicate_window}).
-DEFAULT_MAX_REMEMBERED = 100000
+
+#: What a link accepts from its peer with the default C{[links]} keys.
+LINK_LIMITS = linkLimits(LinksConfig())
 
 #: The service name of a domain's link listener in DNS SRV records.
 SRV_SERVICE = "imgw"
-
-#: Seconds a domain found to have no link route is not looked up again.
-NEGATIVE_ROUTE_SECONDS = 60.0
 
 #: A handler of a request method: it gets the connection the request came
 #: on and the request, and returns the response (without C{Seq}).
@@ -743,6 +750,7 @@ class LinkClient(MultiService):
             hello=self._hello,
             onReady=self._ready,
             onRefused=self._refused,
+            limits=linkLimits(self._config),
         )
 
     @property
@@ -991,7 +999,7 @@ class LinkClient(MultiService):
 
 #: What the duplicate check remembers of a request: when to forget it, and
 #: its answer once sent (a plain tuple holding the response: up to
-#: DEFAULT_MAX_REMEMBERED of them stay in memory, where each object more
+#: C{[links] max_remembered} of them stay in memory, where each object more
 #: is one more for every full collection of the garbage collector), or,
 #: while it is being handled, the list of its duplicates' L{Deferred}s
 #: waiting for that answer.
@@ -1017,15 +1025,22 @@ class LinkReceiver:
         locator: IHomeLocator,
         clock: IReactorTime,
         traces: LinkTraces,
-        maxRemembered: int = DEFAULT_MAX_REMEMBERED,
+        maxRemembered: int | None = None,
     ) -> None:
+        """
+        @param maxRemembered: Answers the duplicate check remembers at most;
+            C{None}: C{[links] max_remembered}.
+        """
         self._config = config
         self._router = router
         self._locator = locator
         self._clock = clock
         self._traces = traces
-        self._maxRemembered = maxRemembered
+        self._maxRemembered = maxRemembered if maxRemembered is not None else config.links.maxRemembered
         self._answers: OrderedDict[str, _Answer] = OrderedDict()
+        # Peer to the requests refused for max_queue since the last log
+        # line about it (see _queueFull).
+        self._refusedQuiet: dict[str, int] = {}
         # The router's synchronous fast path (Router.deliverAtOnce: an event
         # for a session of this process answered at once), else its deliver.
         self._deliverAtOnce: Callable[[Event], DeliveryStatus | Deferred[DeliveryStatus]] = getattr(
@@ -1097,8 +1112,7 @@ class LinkReceiver:
             return _response(401, "HELLO first")
         limit = self._config.links.maxQueue
         if connection.inProgress >= limit:
-            self.metrics.limitHit("max_queue")
-            log.warn("Link from {peer}: {limit} requests in progress already (max_queue); 503", peer=peer, limit=limit)
+            self._queueFull(peer, limit)
             return _response(503, f"{limit} requests in progress")
         try:
             incoming = decodeRequest(request)
@@ -1202,6 +1216,38 @@ class LinkReceiver:
             return checkFailed(Failure())
         return check.addCallbacks(checked, checkFailed).addErrback(unexpected)
 
+    def _queueFull(self, peer: LinkPeer, limit: int) -> None:
+        """
+        Count and log a request of C{peer} refused for C{max_queue}: the
+        first at once, then one line every L{REFUSAL_LOG_INTERVAL} seconds
+        counting the others (as the sending side logs its full queue), not a
+        line per request.
+        """
+        self.metrics.limitHit("max_queue")
+        key = str(peer)
+        quiet = self._refusedQuiet.get(key)
+        if quiet is not None:
+            self._refusedQuiet[key] = quiet + 1
+            return
+        log.warn("Link from {peer}: {limit} requests in progress already (max_queue); 503", peer=peer, limit=limit)
+        self._refusedQuiet[key] = 0
+        self._clock.callLater(REFUSAL_LOG_INTERVAL, self._queueFullCount, key, limit)
+
+    def _queueFullCount(self, key: str, limit: int) -> None:
+        quiet = self._refusedQuiet.pop(key, 0)
+        if not quiet:
+            # None since the last line: the next is logged at once.
+            return
+        log.warn(
+            "Link from {peer}: {n} more requests refused in {seconds:g} s (max_queue {limit}); 503",
+            peer=key,
+            n=quiet,
+            seconds=REFUSAL_LOG_INTERVAL,
+            limit=limit,
+        )
+        self._refusedQuiet[key] = 0
+        self._clock.callLater(REFUSAL_LOG_INTERVAL, self._queueFullCount, key, limit)
+
     def _forgetExpired(self, now: float) -> None:
         while self._answers:
             routingId, answer = next(iter(self._answers.items()))
@@ -1264,6 +1310,7 @@ class LinkServerFactory(Factory):
         self.clock = clock
         self.plaintext = plaintext
         self.connections: set[LinkConnection] = set()
+        self._limits = linkLimits(config)
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         if len(self.connections) >= self.config.maxIncoming:
@@ -1273,7 +1320,9 @@ class LinkServerFactory(Factory):
         if self.plaintext and not isLoopback(addr):
             log.warn("Plaintext link from {address} refused: not a loopback address", address=addr)
             return _Refused()
-        connection = _AcceptedLink(self.receiver.handlers, self.clock, self.config.requestTimeout, onLost=self.connections.discard)
+        connection = _AcceptedLink(
+            self.receiver.handlers, self.clock, self.config.requestTimeout, limits=self._limits, onLost=self.connections.discard
+        )
         connection.loopbackOnly = self.plaintext
         self.connections.add(connection)
         return connection
@@ -1404,7 +1453,7 @@ class LinkRoutes(MultiService):
         except DNSLookupError:
             targets = []
         if not targets:
-            self._noRoute[domain] = self._clock.seconds() + NEGATIVE_ROUTE_SECONDS
+            self._noRoute[domain] = self._clock.seconds() + self._config.links.noRouteSeconds
             return None
         key = f"domain {domain}"
         existing = self._clients.get(key)

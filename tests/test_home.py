@@ -1482,6 +1482,28 @@ class FastPathTests(HomeServerTestsMixin, SynchronousTestCase):
         self.assertEqual([m.body for m in bob.messages], ["one", "two"])
         self.assertEqual(self.home._lanes, {})
 
+    def test_sessionUsesFastPath(self) -> None:
+        """
+        A session's message goes to the router's fast path
+        (L{Router.deliverAtOnce}), not through L{Router.deliver}'s
+        L{Deferred}; its outcome, delivered or refused, is the same.
+        """
+        alice, _ = self.online(ALICE)
+        _, bob = self.online(BOB)
+        viaDeliver: list[Event] = []
+        deliver = self.router.deliver
+
+        def recording(event: Event) -> Deferred[DeliveryStatus]:
+            viaDeliver.append(event)
+            return deliver(event)
+
+        self.router.deliver = recording  # type: ignore[method-assign]
+        self.assertEqual(self.successResultOf(alice.sendMessage(BOB, "hi")), DeliveryStatus.DELIVERED)
+        self.failureResultOf(alice.sendMessage(CAROL, "hi"), UserOffline)
+        self.failureResultOf(alice.sendMessage(BOB, "x" * (self.home.config.maxMessageChars + 1)), TooLarge)
+        self.assertEqual([m.body for m in bob.messages], ["hi"])
+        self.assertEqual(viaDeliver, [])
+
     def test_refusedAtOnce(self) -> None:
         """
         A refusal is raised at once, the same as L{HomeServer.deliver}'s:

@@ -388,16 +388,35 @@ class Session:
         contentType: str = "text/plain",
         messageId: str | None = None,
     ) -> Deferred[DeliveryStatus]:
-        return self._sendMessage(recipient, body, contentType, messageId).addBoth(self._server.metrics.messageOutcome)
+        metrics = self._server.metrics
+        try:
+            outcome = self._sendMessage(recipient, body, contentType, messageId)
+        except BaseException:
+            failure = Failure()
+            metrics.messageOutcome(failure)
+            return fail(failure)
+        if type(outcome) is DeliveryStatus:
+            # Delivered at once (a recipient in this process): counted
+            # without a callback.
+            metrics.messageOutcome(outcome)
+            return succeed(outcome)
+        return outcome.addBoth(metrics.messageOutcome)  # type: ignore[union-attr]
 
-    def _sendMessage(self, recipient: Address, body: str, contentType: str, messageId: str | None) -> Deferred[DeliveryStatus]:
+    def _sendMessage(
+        self, recipient: Address, body: str, contentType: str, messageId: str | None
+    ) -> DeliveryStatus | Deferred[DeliveryStatus]:
+        """
+        @return: The outcome, at once when the router has it at once
+            (L{Router.deliverAtOnce<imgateway.router.router.Router.deliverAtOnce>}).
+        @raise DeliveryError: If the message is refused at once.
+        """
         refused = self._refused()
         if refused is not None:
-            return fail(refused)
+            raise refused
         limit = self._server.config.maxMessageChars
         if len(body) > limit:
             self._server.metrics.limitHit("max_message_chars")
-            return fail(TooLarge(f"message longer than {limit} characters"))
+            raise TooLarge(f"message longer than {limit} characters")
         try:
             message = Message(
                 sender=self.address,
@@ -408,10 +427,12 @@ class Session:
                 timestamp=self._server.clock.seconds(),
             )
         except ValueError as e:
-            return fail(InvalidAddress(str(e)))
+            raise InvalidAddress(str(e)) from None
         if recipient == self.address:
             return self._server._serial(self.address, lambda: self._server._deliverToOthers(self, message))
-        return self._server.router.deliver(message)
+        router = self._server.router
+        atOnce: Callable[[Event], DeliveryStatus | Deferred[DeliveryStatus]] = getattr(router, "deliverAtOnce", router.deliver)
+        return atOnce(message)
 
     def subscribe(self, target: Address, displayName: str = "") -> Deferred[AuthorisationState]:
         refused = self._refused()

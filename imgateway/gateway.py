@@ -409,16 +409,23 @@ def makeGatewayService(
 def addStatus(top: MultiService, gateway: Gateway, reactor: Any) -> None:
     """
     The health checks of what C{top} runs (its services that provide
-    L{IHealthCheck}: listeners, adapters' links) and of the stores (SQLite:
-    a read through the queue; LDAP: a connection up), and, when
+    L{IHealthCheck}: listeners), of its links (its services that say how
+    their links are, L{imgateway.core.linkinfo.LinkInfoSource}: also shown
+    in C{/metrics}) and of the stores (SQLite: a read through the queue;
+    LDAP: a connection up), and, when
     C{[status] listen} names endpoints, the status listener
     (L{imgateway.status.web}) and the reactor lag probe, under C{top}
     (stopped first).
     """
-    from imgateway.status.health import SQLiteHealth, ValueHealth, findHealthChecks
+    from imgateway.core.linkinfo import findLinkSources, linkInfos
+    from imgateway.status.health import SQLiteHealth, ValueHealth, findHealthChecks, linkChecks
 
     checks = gateway.healthChecks
     checks.extend(findHealthChecks(top))
+    # Every link, of whatever kind, as its service says it is: in /healthz
+    # and in imgateway_link_up alike.
+    linkSources = findLinkSources(top)
+    gateway.metrics.addLinkSource(lambda: linkInfos(linkSources))
     directory: Any = gateway.directory
     if hasattr(directory, "database"):
         checks.append(SQLiteHealth("directory", directory.database))
@@ -433,7 +440,13 @@ def addStatus(top: MultiService, gateway: Gateway, reactor: Any) -> None:
     from imgateway.status.web import makeStatusService
 
     service = makeStatusService(
-        reactor, status.listen, gateway.metrics, lambda: list(checks), gateway.clock, status.healthTimeout, status.lagInterval
+        reactor,
+        status.listen,
+        gateway.metrics,
+        lambda: list(checks) + linkChecks(linkSources),
+        gateway.clock,
+        status.healthTimeout,
+        status.lagInterval,
     )
     service.setName("status")
     service.setServiceParent(top)
@@ -490,24 +503,7 @@ def addLinks(top: MultiService, gateway: Gateway, reactor: Any, resolver: Any = 
 
 def _watchLinks(gateway: Gateway, links: Any) -> None:
     """
-    Count the links' refusals in C{gateway.metrics}, show their states in
-    C{/metrics}, and check the configured ones in C{/healthz} (a link not
-    used yet is idle: up).
+    Count the links' refusals in C{gateway.metrics}. (Their states reach
+    C{/healthz} and C{/metrics} through their C{linkInfo}: L{addStatus}.)
     """
-    from imgateway.status.health import LinkHealth
-    from imgateway.status.metrics import LinkState
-
     links.routes.metrics = links.receiver.metrics = links.acceptor.metrics = gateway.metrics
-    config = gateway.config
-    keys = [f"server {s.name}" for s in config.servers.values() if s.link is not None and s.name != config.homeServerName]
-    keys += [f"domain {domain}" for domain in config.routes]
-    gateway.healthChecks.extend(LinkHealth(links.routes, key) for key in keys)
-
-    def states() -> list[LinkState]:
-        found = []
-        for key, client in sorted(links.routes.clients.items()):
-            kind, _, name = key.partition(" ")
-            found.append(LinkState(kind, name, client.connected, client.connects))
-        return found
-
-    gateway.metrics.addLinkSource(states)

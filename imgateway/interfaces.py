@@ -612,8 +612,9 @@ class IGateway(Interface):
     )
     healthChecks = Attribute(
         "A list of L{IHealthCheck} providers that C{/healthz} of C{[status]} asks: the gateway "
-        "registers its listeners, links and stores; an adapter appends its own (or gives a service "
-        "of its tree that provides L{IHealthCheck}: the gateway finds those when it builds the tree)."
+        "registers its listeners and stores; an adapter appends its own (or gives a service "
+        "of its tree that provides L{IHealthCheck}: the gateway finds those when it builds the tree). "
+        "Links are checked through their services' C{linkInfo} (L{imgateway.core.linkinfo}), not here."
     )
 
 
@@ -655,10 +656,12 @@ class IProtocolAdapter(Interface):
 class IHealthCheck(Interface):
     """
     One thing whose health C{/healthz} reports (C{[status]}): a listener, a
-    link to another server or network, a store. Adapters provide one per
-    link they keep up (a server link, an XMPP component, an IRC network)
-    and append it to L{IGateway.healthChecks}, or provide this interface on
-    a service of their service tree.
+    store, a link. Links are not checked through this interface by their
+    adapters: a service of the tree that keeps links up gives their states
+    (L{imgateway.core.linkinfo.LinkInfoSource}), and the gateway makes a
+    check of each (L{imgateway.status.health.LinkCheck}). Other checks are
+    appended to L{IGateway.healthChecks}, or provided by a service of the
+    tree.
     """
 
     kind = Attribute('What it is: C{"listener"}, C{"link"} or C{"store"}.')

@@ -847,11 +847,10 @@ class RouteTests(SynchronousTestCase):
         watched), each user's puppet (connecting, then registered under its
         nick, with the lines waiting), the users the network banned.
         """
-        watcher = "IRC libera presence watcher"
-        self.assertEqual(self.route.linkInfo(), [LinkInfo(watcher, False, "idle: nobody watches anyone there")])
+        self.assertEqual(self.route.linkInfo(), [LinkInfo("irc-watcher", "libera", False, "idle: nobody watches anyone there", required=False)])
         self.route.deliver(Message(ALICE, FRANK, "hi"))
         self.assertEqual(
-            self.route.linkInfo()[1:], [LinkInfo("IRC libera puppet of alice@corp.example", False, "connecting (0 failed), 1 line(s) waiting")]
+            self.route.linkInfo()[1:], [LinkInfo("irc-puppet", "libera alice@corp.example", False, "connecting (0 failed), 1 line(s) waiting")]
         )
         self.puppetConnection()
         self.clock.advance(1)
@@ -859,15 +858,15 @@ class RouteTests(SynchronousTestCase):
         self.assertEqual(
             self.route.linkInfo(),
             [
-                LinkInfo(watcher, False, "connecting (0 failed), 0 line(s) waiting"),
-                LinkInfo("IRC libera puppet of alice@corp.example", True, "as alice[corp], 0 line(s) waiting"),
+                LinkInfo("irc-watcher", "libera", False, "connecting (0 failed), 0 line(s) waiting"),
+                LinkInfo("irc-puppet", "libera alice@corp.example", True, "as alice[corp], 0 line(s) waiting"),
             ],
         )
         connection, transport = self.puppetConnection()
         feed(connection, "ERROR :Closing link: alice[127.0.0.1] (You are banned)")
         transport.loseConnection()
         [_, banned] = self.route.linkInfo()
-        self.assertEqual((banned.name, banned.up), ("IRC libera puppet of alice@corp.example", False))
+        self.assertEqual((banned.kind, banned.name, banned.up, banned.required), ("irc-puppet", "libera alice@corp.example", False, False))
         self.assertTrue(banned.detail.startswith("banned: "), banned.detail)
         self.clock.advance(self.config.statusWait)
 

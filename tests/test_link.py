@@ -367,10 +367,10 @@ class LinkInfoTests(LinkTestCase):
         """
         client = self.client()
         self.assertIsInstance(client, LinkInfoSource)
-        self.assertEqual(client.linkInfo(), [LinkInfo("link to server hs1", True, "0 waiting")])
+        self.assertEqual(client.linkInfo(), [LinkInfo("server", "hs1", True, "0 waiting", connects=1)])
         self.drop()
         waiting = client.deliver(Message(Address.fromString("a@corp.example"), Address.fromString("b@corp.example"), "hi"))
-        self.assertEqual(client.linkInfo(), [LinkInfo("link to server hs1", False, "1 waiting")])
+        self.assertEqual(client.linkInfo(), [LinkInfo("server", "hs1", False, "1 waiting", connects=1)])
         self.clock.advance(configFor("hs2").links.requestTimeout)
         self.failureResultOf(waiting, ServiceUnavailable)
 
@@ -380,13 +380,13 @@ class LinkInfoTests(LinkTestCase):
         link connections.
         """
         made = makeLinkService(configFor("hs1"), MemoryReactorClock(), FakeRouter(), FakeLocator())
-        [incoming] = [s for s in made.service if isinstance(s, LinkInfoSource)]
-        self.assertEqual(incoming.linkInfo(), [LinkInfo("server links incoming", False, "0 connection(s)")])
+        [incoming] = [s for s in made.service if isinstance(s, LinkInfoSource) and s is not made.routes]
+        self.assertEqual(incoming.linkInfo(), [LinkInfo("server-incoming", "all", False, "0 connection(s)", required=False)])
         address = IPv4Address("TCP", "127.0.0.1", 40001)
         connection = made.acceptor.buildProtocol(address)
         assert connection is not None
         connection.makeConnection(iosim.FakeTransport(connection, True, address, address))
-        self.assertEqual(incoming.linkInfo(), [LinkInfo("server links incoming", True, "1 connection(s)")])
+        self.assertEqual(incoming.linkInfo(), [LinkInfo("server-incoming", "all", True, "1 connection(s)", required=False)])
         connection.connectionLost(Failure(ConnectionDone()))
 
 

@@ -418,7 +418,7 @@ class GatewayConsoleTests(_ConsoleTestMixin, SynchronousTestCase):
 
         class Other(Service):
             def linkInfo(self) -> list[LinkInfo]:
-                return [LinkInfo("other", True)]
+                return [LinkInfo("other", "one", True)]
 
         root = MultiService()
         makeComponentService(
@@ -432,12 +432,12 @@ class GatewayConsoleTests(_ConsoleTestMixin, SynchronousTestCase):
         self.assertEqual(
             console.links(),
             [
-                LinkInfo("XMPP component gw.xmpp.example", False, "to tcp:127.0.0.1:5347"),
-                LinkInfo("IRC libera presence watcher", False, "idle: nobody watches anyone there"),
-                LinkInfo("other", True),
+                LinkInfo("xmpp-component", "gw.xmpp.example", False, "to tcp:127.0.0.1:5347", connects=0),
+                LinkInfo("irc-watcher", "libera", False, "idle: nobody watches anyone there", required=False),
+                LinkInfo("other", "one", True),
             ],
         )
-        self.assertEqual(repr(console.links()[-1]), "<link other up>")
+        self.assertEqual(repr(console.links()[-1]), "<link other one up>")
 
     def test_help(self) -> None:
         """

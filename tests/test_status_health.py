@@ -19,8 +19,9 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from imgateway.adapters.base import ListenerService
+from imgateway.core.linkinfo import LinkInfo
 from imgateway.interfaces import IHealthCheck
-from imgateway.status.health import HealthReport, LinkHealth, SQLiteHealth, ValueHealth, checkHealth, findHealthChecks
+from imgateway.status.health import HealthReport, LinkCheck, SQLiteHealth, ValueHealth, checkHealth, findHealthChecks
 from tests import test_ldap_directory
 
 
@@ -111,7 +112,7 @@ class ChecksTests(SynchronousTestCase):
         """
         verifyObject(IHealthCheck, ValueHealth("store", "x", lambda: None))
         verifyObject(IHealthCheck, SQLiteHealth("directory", object()))
-        verifyObject(IHealthCheck, LinkHealth(object(), "server hs2"))
+        verifyObject(IHealthCheck, LinkCheck(LinkInfo("server", "hs2", True)))
         verifyObject(IHealthCheck, ListenerService(MemoryReactor(), "tcp:5300", Factory(), "Native face"))
 
     def test_listener(self) -> None:
@@ -130,23 +131,16 @@ class ChecksTests(SynchronousTestCase):
 
     def test_link(self) -> None:
         """
-        A link is up while connected; one not made yet is idle (up); one
-        made and not connected is down.
+        A link's check is named by its kind and name; it is up while the
+        link is up or not required, down (with the link's detail) while
+        required and not up.
         """
-
-        class Routes:
-            clients: dict[str, Any] = {}
-
-        class Client:
-            connected = True
-
-        check = LinkHealth(Routes(), "server hs2")
+        check = LinkCheck(LinkInfo("server", "hs2", True, "0 waiting"))
+        self.assertEqual((check.kind, check.subject), ("link", "server hs2"))
         self.assertIsNone(check.check())
-        client = Client()
-        Routes.clients = {"server hs2": client}
-        self.assertIsNone(check.check())
-        client.connected = False
-        self.assertEqual(check.check(), "down: not connected")
+        self.assertIsNone(LinkCheck(LinkInfo("server", "hs2", False, "idle: not used yet", required=False)).check())
+        self.assertEqual(LinkCheck(LinkInfo("server", "hs2", False, "1 waiting")).check(), "down: 1 waiting")
+        self.assertEqual(LinkCheck(LinkInfo("server", "hs2", False)).check(), "down")
 
     def test_sqlite(self) -> None:
         """

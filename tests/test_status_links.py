@@ -2,9 +2,8 @@
 Unit tests for what the server links count and report
 (L{imgateway.router.link}, wired by L{imgateway.gateway.addLinks}): their
 refusals for C{max_queue} and C{max_incoming}, how many times each came
-up, their health checks and C{/metrics} states, and the refusals for
-C{[auth] password_queue}; on the in-memory network of
-C{tests/test_link.py}. And an XMPP component link's health check.
+up, and the refusals for C{[auth] password_queue}; on the in-memory
+network of C{tests/test_link.py}.
 """
 
 from __future__ import annotations
@@ -19,15 +18,12 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface.verify import verifyObject
 
 from imgateway.adapters.native.framing import Headers, Request
 from imgateway.core.errors import DeliveryStatus, ServiceUnavailable
 from imgateway.core.events import Event, Message
 from imgateway.gateway import addLinks
-from imgateway.interfaces import IHealthCheck
 from imgateway.router.link import LinkConnection
-from imgateway.status.health import findHealthChecks
 from imgateway.router.link_codec import encodeRequest
 from imgateway.status.metrics import GatewayMetrics
 from imgateway.testing import RecordingSessionClient, memoryGateway
@@ -35,7 +31,7 @@ from tests.test_checkers import ALICE as CHECKED, DeferringRunner, makeAuthentic
 from tests.test_link import ALICE, CAROL, RawTestCase, configFor
 from tests.test_net_srv import FakeResolver
 from tests.test_status_metrics import value
-from tests import test_proxy, test_xmpp_component
+from tests import test_proxy
 
 
 class LinkCountingTests(RawTestCase):
@@ -115,32 +111,21 @@ class LinkCountingTests(RawTestCase):
 
 class GatewayLinksStatusTests(SynchronousTestCase):
     """
-    L{addLinks} gives the links the gateway's metrics, checks each
-    configured server link in C{/healthz}, and shows the links made in
-    C{/metrics}.
+    L{addLinks} gives the links the gateway's metrics. (Their states on
+    the status page: C{tests/test_status_linkinfo.py}.)
     """
 
     def test_wiring(self) -> None:
         """
         The link routes, receiver and acceptor count in the gateway's
-        metrics; the links made get them too; a health check per
-        configured server and static route; C{imgateway_link_up} per link
-        made.
+        metrics; the links made get them too.
         """
         gateway = attrs.evolve(memoryGateway(Clock()), config=configFor("hs1"))
         links: Any = addLinks(MultiService(), gateway, MemoryReactorClock(), resolver=FakeResolver({}, {}))
         for counting in (links.routes, links.receiver, links.acceptor):
             self.assertIs(counting.metrics, gateway.metrics)
-        checks = {c.subject: c for c in gateway.healthChecks if c.kind == "link"}
-        expected = {f"server {s.name}" for s in gateway.config.servers.values() if s.link is not None and s.name != "hs1"}
-        self.assertEqual(set(checks), expected | {"domain partner.example"})
-        check = checks["server hs2"]
-        self.assertIsNone(check.check())  # idle: not made yet
         client = links.routes.toServer("hs2")
         self.assertIs(client.metrics, gateway.metrics)
-        self.assertEqual(check.check(), "down: not connected")
-        self.assertEqual(value(gateway.metrics, "imgateway_link_up", kind="server", link="hs2"), 0)
-        self.assertEqual(value(gateway.metrics, "imgateway_link_connects_total", kind="server", link="hs2"), 0)
 
 
 class PasswordQueueTests(SynchronousTestCase):
@@ -164,42 +149,6 @@ class PasswordQueueTests(SynchronousTestCase):
         runner.runAll()
         for d in waiting:
             self.successResultOf(d)
-
-
-class ComponentHealthTests(SynchronousTestCase):
-    """
-    An XMPP component link's health check (its L{ComponentService}),
-    against the in-memory server of C{tests/test_xmpp_component.py} (its
-    set-up, without its tests).
-    """
-
-    service: Any
-    servers: list[Any]
-    pump: Any
-    _fixture: Any = test_xmpp_component.LinkTests
-    setUp = _fixture.setUp
-    stop = _fixture.stop
-    connect = _fixture.connect
-
-    def test_check(self) -> None:
-        """
-        The component service provides L{IHealthCheck}: down until its
-        stream is authenticated, up then, down again once it is lost.
-        """
-        verifyObject(IHealthCheck, self.service)
-        self.assertEqual((self.service.kind, self.service.subject), ("link", "XMPP component gw.xmpp.example"))
-        self.assertEqual(self.service.check(), "down: not connected")
-        self.connect()
-        self.assertIsNone(self.service.check())
-        self.servers[0].transport.loseConnection()
-        self.pump.flush()
-        self.assertEqual(self.service.check(), "down: not connected")
-
-    def test_found(self) -> None:
-        """
-        The gateway finds it in the XMPP adapter's service tree.
-        """
-        self.assertIn(self.service, findHealthChecks(self.service))
 
 
 class ProxyCountingTests(test_proxy.ProxyTestCase):

@@ -26,7 +26,8 @@ from imgateway.core.errors import DeliveryStatus, UserOffline
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.core.throttle import ConnectionLimiter, LoginThrottle
 from imgateway.interfaces import IMetrics
-from imgateway.status.metrics import GatewayMetrics, LinkState, ReactorLag
+from imgateway.core.linkinfo import LinkInfo
+from imgateway.status.metrics import GatewayMetrics, ReactorLag
 from imgateway.status.nometrics import NO_METRICS
 from imgateway.testing import RecordingSessionClient, addUser, memoryGateway
 from tests.test_native_server import NativeFaceTestsMixin
@@ -127,12 +128,23 @@ class GatewayMetricsTests(SynchronousTestCase):
         many times each came up.
         """
         metrics = GatewayMetrics()
-        states = [LinkState("server", "hs2", True, 3)]
+        states = [LinkInfo("server", "hs2", True, connects=3)]
         metrics.addLinkSource(lambda: states)
         self.assertEqual(value(metrics, "imgateway_link_up", kind="server", link="hs2"), 1)
         self.assertEqual(value(metrics, "imgateway_link_connects_total", kind="server", link="hs2"), 3)
-        states[0] = LinkState("server", "hs2", False, 3)
+        states[0] = LinkInfo("server", "hs2", False, connects=3)
         self.assertEqual(value(metrics, "imgateway_link_up", kind="server", link="hs2"), 0)
+
+    def test_linksNotCounted(self) -> None:
+        """
+        A link whose connections are not counted (C{connects} C{None}) has
+        an C{imgateway_link_up} sample and no C{imgateway_link_connects_total}.
+        """
+        metrics = GatewayMetrics()
+        metrics.addLinkSource(lambda: [LinkInfo("irc-watcher", "libera", True)])
+        found = samples(metrics)
+        self.assertEqual(found[("imgateway_link_up", (("kind", "irc-watcher"), ("link", "libera")))], 1)
+        self.assertNotIn(("imgateway_link_connects_total", (("kind", "irc-watcher"), ("link", "libera"))), found)
 
 
 class ReactorLagTests(SynchronousTestCase):

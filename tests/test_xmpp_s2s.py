@@ -333,11 +333,14 @@ class ConfigTests(SynchronousTestCase):
         gateway.dataDir.makedirs()
         config = FederationConfig(S2SConfig(requireTLS=False, useDNS=False, routes={THEIRS: ROUTE}))
         service = FederationService(gateway, config, None)
-        self.assertEqual(service.linkInfo(), [LinkInfo("XMPP s2s incoming", False, "0 stream(s)")])
+        self.assertEqual(service.linkInfo(), [LinkInfo("xmpp-s2s-incoming", "all", False, "0 stream(s)", required=False)])
         waiting = service.manager.send(THEIRS, message())
         self.assertEqual(
             service.linkInfo(),
-            [LinkInfo(f"XMPP s2s to {THEIRS}", False, "1 waiting"), LinkInfo("XMPP s2s incoming", False, "0 stream(s)")],
+            [
+                LinkInfo("xmpp-s2s", THEIRS, False, "1 waiting"),
+                LinkInfo("xmpp-s2s-incoming", "all", False, "0 stream(s)", required=False),
+            ],
         )
         self.successResultOf(service.manager.stop())
         self.failureResultOf(waiting)

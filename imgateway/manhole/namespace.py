@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from attrs import frozen
-from twisted.application.service import IService, IServiceCollection
+from twisted.application.service import IService
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -30,7 +30,7 @@ from imgateway.client.parsing import RULE_SYNTAX, describeRule, parseRule
 from imgateway.core.address import Address
 from imgateway.core.errors import DeliveryError, InvalidAddress, NoSuchAccount, ServiceUnavailable, TooLarge
 from imgateway.core.events import Message, newMessageId
-from imgateway.core.linkinfo import LinkInfo, LinkInfoSource
+from imgateway.core.linkinfo import LinkInfo, findLinkSources, linkInfos
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.core.records import AccountRecord, ContactRecord, ContactView, PresenceRule, checkRule
 from imgateway.interfaces import IGateway, ISession, ISessionClient
@@ -269,7 +269,7 @@ class GatewayConsole:
         hosts, and the IRC bridge's connections to each network (its
         presence watcher and each user's puppet).
         """
-        return _findLinks(self._root) if self._root is not None else []
+        return linkInfos(findLinkSources(self._root)) if self._root is not None else []
 
     # -- acting ---------------------------------------------------------------------
 
@@ -574,23 +574,6 @@ def _describeRoute(route: object) -> str:
     if domains:
         return f"{name} ({', '.join(sorted(domains))})"
     return name
-
-
-def _walk(service: IService) -> list[IService]:
-    found = [service]
-    if IServiceCollection.providedBy(service):
-        for child in service:
-            found.extend(_walk(child))
-    return found
-
-
-def _findLinks(root: IService) -> list[LinkInfo]:
-    """
-    The links of the services under C{root}: each service that keeps links
-    up says how they are (L{LinkInfoSource}: server links, XMPP federation
-    and component links, IRC networks).
-    """
-    return [info for service in _walk(root) if isinstance(service, LinkInfoSource) for info in service.linkInfo()]
 
 
 def makeNamespace(console: GatewayConsole) -> dict[str, object]:

@@ -778,9 +778,12 @@ class LinkClient(MultiService):
 
     def linkInfo(self) -> list[LinkInfo]:
         """
-        The link's state, for the operator's console (L{imgateway.core.linkinfo.LinkInfoSource}).
+        The link's state (L{imgateway.core.linkinfo.LinkInfoSource}): kind
+        and name from its C{name} (C{"server hs2"}); down while not
+        connected.
         """
-        return [LinkInfo(f"link to {self.name}", self.connected, f"{self.queued} waiting")]
+        kind, _, name = str(self.name).partition(" ")
+        return [LinkInfo(kind, name, self.connected, f"{self.queued} waiting", connects=self.connects)]
 
     def _refused(self, connection: LinkConnection) -> None:
         self._refusals += 1
@@ -1406,6 +1409,26 @@ class LinkRoutes(MultiService):
         client.setServiceParent(self)
         return client
 
+    def linkInfo(self) -> list[LinkInfo]:
+        """
+        The state of the links to the configured servers and static routes
+        (one not made yet is idle: links open on first use) and of those
+        found through DNS since (never required), by key
+        (L{imgateway.core.linkinfo.LinkInfoSource}).
+        """
+        config = self._config
+        configured = [f"server {s.name}" for s in config.servers.values() if s.link is not None and s.name != config.homeServerName]
+        configured += [f"domain {domain}" for domain in config.routes]
+        found = []
+        for key in sorted(set(configured) | set(self._clients)):
+            client = self._clients.get(key)
+            if client is None:
+                kind, _, name = key.partition(" ")
+                found.append(LinkInfo(kind, name, False, "idle: not used yet", required=False, connects=0))
+            else:
+                found.extend(attrs.evolve(info, required=key in configured) for info in client.linkInfo())
+        return found
+
     @property
     def clients(self) -> Mapping[str, LinkClient]:
         """
@@ -1569,7 +1592,7 @@ class _IncomingLinks(Service):
         (L{imgateway.core.linkinfo.LinkInfoSource}).
         """
         count = len(self._factory.connections)
-        return [LinkInfo("server links incoming", count > 0, f"{count} connection(s)")]
+        return [LinkInfo("server-incoming", "all", count > 0, f"{count} connection(s)", required=False)]
 
     def stopService(self) -> None:
         super().stopService()

@@ -3,11 +3,12 @@
 Health checks (L{IHealthCheck}) of what the gateway itself runs, and
 L{checkHealth}, which asks them all for C{/healthz} of C{[status]}.
 
-A listener is up while it listens; a server link while it is connected
-(one not used yet is idle, which is up: links open on first use); the
-SQLite stores while they answer a read through their queue; an LDAP
-directory while one of its connections is up. Adapters give their own
-links' checks (L{IGateway.healthChecks}).
+A listener is up while it listens; the SQLite stores while they answer a
+read through their queue; an LDAP directory while one of its connections
+is up. Links of every kind (server links and routes, XMPP component and
+federation, IRC networks) are checked through what their services say of
+them (L{imgateway.core.linkinfo.LinkInfoSource}, L{linkChecks}): a link is
+down when it is required and not up, as its service decides.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from imgateway.core.linkinfo import LinkInfo, LinkInfoSource, linkInfos
 from imgateway.interfaces import IHealthCheck
 
-__all__ = ["HealthReport", "LinkHealth", "SQLiteHealth", "ValueHealth", "checkHealth", "findHealthChecks"]
+__all__ = ["HealthReport", "LinkCheck", "SQLiteHealth", "ValueHealth", "checkHealth", "findHealthChecks", "linkChecks"]
 
 
 @frozen
@@ -135,28 +137,31 @@ class SQLiteHealth:
 
 
 @implementer(IHealthCheck)
-class LinkHealth:
+class LinkCheck:
     """
-    A server link of L{imgateway.router.link.LinkRoutes}: up while
-    connected; idle (up) until first used.
+    The health check of one link as its service says it is now
+    (L{imgateway.core.linkinfo.LinkInfo}): of kind C{"link"}, named by the
+    link's kind and name (C{"server hs2"}); down when the link is required
+    and not up (L{LinkInfo.problem}).
     """
 
     kind = "link"
 
-    def __init__(self, routes: Any, key: str) -> None:
-        """
-        @param routes: The L{imgateway.router.link.LinkRoutes}.
-        @param key: Its link's key (C{"server hs2"}, C{"domain partner.example"}),
-            also this check's name.
-        """
-        self.subject = key
-        self._routes = routes
+    def __init__(self, info: LinkInfo) -> None:
+        self.info = info
+        self.subject = f"{info.kind} {info.name}"
 
     def check(self) -> str | None:
-        client = self._routes.clients.get(self.subject)
-        if client is None or client.connected:
-            return None
-        return "down: not connected"
+        return self.info.problem
+
+
+def linkChecks(sources: Sequence[LinkInfoSource]) -> list[IHealthCheck]:
+    """
+    @param sources: The services that keep links up
+        (L{imgateway.core.linkinfo.findLinkSources} of the gateway's tree).
+    @return: A check of each of their links now.
+    """
+    return [LinkCheck(info) for info in linkInfos(sources)]
 
 
 def findHealthChecks(service: Any) -> list[IHealthCheck]:

@@ -17,7 +17,6 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from attrs import frozen
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -27,34 +26,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imgateway.core.errors import DeliveryError, DeliveryStatus
+from imgateway.core.linkinfo import LinkInfo
 from imgateway.interfaces import IMetrics, ISession
 
-__all__ = ["GatewayMetrics", "LinkState", "ReactorLag"]
+__all__ = ["GatewayMetrics", "ReactorLag"]
 
 #: The buckets of C{imgateway_reactor_lag_seconds}, in seconds.
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
 
-@frozen
-class LinkState:
-    """
-    One link as C{/metrics} shows it.
-
-    @ivar kind: C{"server"} (a server link of this domain), C{"domain"}
-        (a peer domain's router), C{"component"} (an XMPP component link)...
-    @ivar name: Which one (C{"hs2"}, C{"partner.example"}).
-    @ivar up: Whether it is connected now.
-    @ivar connects: How many times it came up since the process started.
-    """
-
-    kind: str
-    name: str
-    up: bool
-    connects: int
-
-
 #: Gives the links' states when C{/metrics} is scraped.
-LinkSource = Callable[[], Iterable[LinkState]]
+LinkSource = Callable[[], Iterable[LinkInfo]]
 
 
 @implementer(IMetrics)
@@ -141,7 +123,8 @@ class GatewayMetrics:
     def addLinkSource(self, source: LinkSource) -> None:
         """
         Show the links C{source} gives (called at every scrape) as
-        C{imgateway_link_up} and C{imgateway_link_connects_total}.
+        C{imgateway_link_up} and (those that count it)
+        C{imgateway_link_connects_total}.
         """
         self._linkSources.append(source)
 
@@ -155,7 +138,7 @@ class GatewayMetrics:
             for face, sessions in sorted(self._sessions.items())
         }
 
-    def linkStates(self) -> list[LinkState]:
+    def linkStates(self) -> list[LinkInfo]:
         """
         @return: The links every source gives, now.
         """
@@ -181,7 +164,8 @@ class _StateCollector(Collector):
         )
         for state in self._metrics.linkStates():
             up.add_metric([state.kind, state.name], 1 if state.up else 0)
-            connects.add_metric([state.kind, state.name], state.connects)
+            if state.connects is not None:
+                connects.add_metric([state.kind, state.name], state.connects)
         yield up
         yield connects
 

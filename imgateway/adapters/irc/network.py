@@ -863,16 +863,17 @@ class IRCNetworkRoute:
 
     def linkInfo(self) -> list[LinkInfo]:
         """
-        The state of the network's connections, for the operator's console
+        The state of the network's connections
         (L{imgateway.core.linkinfo.LinkInfoSource}): the presence watcher's,
-        then each user's puppet's (by user), then the users refused for good.
+        then each user's puppet's (by user), then the users refused for good
+        (not required: one user's, logged as an error when it happened).
         """
         name = self.config.name
-        found = [_linkInfo(f"IRC {name} presence watcher", self.presence.link, "idle: nobody watches anyone there")]
+        found = [_linkInfo("irc-watcher", name, self.presence.link, "idle: nobody watches anyone there")]
         for user, puppet in sorted(self.puppets.items(), key=lambda item: str(item[0])):
-            found.append(_linkInfo(f"IRC {name} puppet of {user}", puppet.link, "not started"))
+            found.append(_linkInfo("irc-puppet", f"{name} {user}", puppet.link, "not started"))
         for user, reason in sorted(self.banned.items(), key=lambda item: str(item[0])):
-            found.append(LinkInfo(f"IRC {name} puppet of {user}", False, f"banned: {reason}"))
+            found.append(LinkInfo("irc-puppet", f"{name} {user}", False, f"banned: {reason}", required=False))
         return found
 
     def puppetClosed(self, puppet: Puppet) -> None:
@@ -885,19 +886,19 @@ class IRCNetworkRoute:
         self.banned[puppet.user] = puppet.banned or reason
 
 
-def _linkInfo(name: str, link: IRCLink, idle: str) -> LinkInfo:
+def _linkInfo(kind: str, name: str, link: IRCLink, idle: str) -> LinkInfo:
     """
-    The state of one IRC connection: registered (as which nick, how many
-    lines wait), connecting (after how many failures), stopped (why), or
-    C{idle} when not started.
+    The state of one IRC connection: registered (up: as which nick, how
+    many lines wait), connecting (down: after how many failures), stopped
+    (down: why), or C{idle} when not started (not required).
     """
     if link.stopped is not None:
-        return LinkInfo(name, False, f"stopped: {link.stopped}")
+        return LinkInfo(kind, name, False, f"stopped: {link.stopped}")
     if link.connection is not None:
-        return LinkInfo(name, True, f"as {link.nick}, {link.queued} line(s) waiting")
+        return LinkInfo(kind, name, True, f"as {link.nick}, {link.queued} line(s) waiting")
     if not link.service.running:
-        return LinkInfo(name, False, idle)
-    return LinkInfo(name, False, f"connecting ({link.failures} failed), {link.queued} line(s) waiting")
+        return LinkInfo(kind, name, False, idle, required=False)
+    return LinkInfo(kind, name, False, f"connecting ({link.failures} failed), {link.queued} line(s) waiting")
 
 
 class IRCNetworkService(MultiService):
@@ -921,8 +922,8 @@ class IRCNetworkService(MultiService):
 
     def linkInfo(self) -> list[LinkInfo]:
         """
-        The state of the network's connections, for the operator's console
-        (L{IRCNetworkRoute.linkInfo}).
+        The state of the network's connections (L{IRCNetworkRoute.linkInfo}):
+        what the operator's console, C{/healthz} and C{/metrics} show.
         """
         return self.route.linkInfo()
 

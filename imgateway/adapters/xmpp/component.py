@@ -37,7 +37,6 @@ from twisted.words.protocols.jabber import component, xmlstream
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 from twisted.words.xish.xmlstream import STREAM_ERROR_EVENT
-from zope.interface import implementer
 
 from imgateway.adapters.xmpp.federation import COMPONENT_IDENTITY, Identity, RouteLimits, XMPPRemoteRoute
 from imgateway.adapters.xmpp.jid import MAX_PART_BYTES, InvalidJID, addressOf, jidOf, parseJID
@@ -46,7 +45,7 @@ from imgateway.config import ConfigTable
 from imgateway.core.address import Address, normaliseDomain
 from imgateway.core.errors import ConfigError, InvalidAddress, NoRoute
 from imgateway.core.linkinfo import LinkInfo
-from imgateway.interfaces import IGateway, IHealthCheck
+from imgateway.interfaces import IGateway
 from imgateway.net.endpoints import clientEndpointFromString
 
 __all__ = [
@@ -415,6 +414,7 @@ class ComponentLink:
     @ivar route: The route stanzas go to (set before the link connects).
     @ivar failures: Consecutive connections that ended before the handshake
         succeeded; the reconnection delay grows with it.
+    @ivar connects: How many times a stream was authenticated (C{/metrics}).
     """
 
     log = Logger()
@@ -425,6 +425,7 @@ class ComponentLink:
         self.stream: ComponentStream | None = None
         self.route: XMPPRemoteRoute | None = None
         self.failures = 0
+        self.connects = 0
         self._backoff = backoffPolicy(initialDelay=config.initialDelay, maxDelay=config.maxDelay)
 
     def factory(self) -> Factory:
@@ -459,6 +460,7 @@ class ComponentLink:
 
     def streamAuthenticated(self, stream: ComponentStream) -> None:
         self.failures = 0
+        self.connects += 1
         self.stream = stream
         self.log.info(
             "XMPP component {jid} connected to {endpoint}, serving {domains}",
@@ -479,12 +481,11 @@ class ComponentLink:
             self.route.linkLost()
 
 
-@implementer(IHealthCheck)
 class ComponentService(MultiService):
     """
     Runs one component link: routes its domains to its route while running,
-    and keeps it connected. Its health check (C{/healthz}) is up while the
-    link is connected.
+    and keeps it connected. Its L{linkInfo} is what C{/healthz} and
+    C{/metrics} show of it.
 
     @ivar link: The L{ComponentLink}.
     @ivar route: The L{XMPPRemoteRoute} registered for C{config.domains}.
@@ -521,21 +522,6 @@ class ComponentService(MultiService):
         self.client.setServiceParent(self)
         self._routed: list[str] = []
 
-    kind = "link"
-
-    @property
-    def subject(self) -> str:
-        """
-        The health check's name.
-        """
-        return f"XMPP component {self.config.jid}"
-
-    def check(self) -> str | None:
-        """
-        See L{IHealthCheck.check}.
-        """
-        return None if self.link.stream is not None else "down: not connected"
-
     def startService(self) -> None:
         router = self.gateway.router
         for domain in self.config.domains:
@@ -561,11 +547,11 @@ class ComponentService(MultiService):
 
     def linkInfo(self) -> list[LinkInfo]:
         """
-        The component link's state, for the operator's console
-        (L{imgateway.core.linkinfo.LinkInfoSource}): up while its stream is
-        authenticated.
+        The component link's state (L{imgateway.core.linkinfo.LinkInfoSource}):
+        up while its stream is authenticated, down (required) otherwise.
         """
-        return [LinkInfo(f"XMPP component {self.config.jid}", self.link.stream is not None, f"to {self.config.endpoint}")]
+        link = self.link
+        return [LinkInfo("xmpp-component", self.config.jid, link.stream is not None, f"to {self.config.endpoint}", connects=link.connects)]
 
 
 def makeComponentService(

@@ -124,13 +124,17 @@ class FederationService(MultiService):
     def linkInfo(self) -> list[LinkInfo]:
         """
         The state of each outgoing s2s link, by domain, and of the incoming
-        streams, for the operator's console
-        (L{imgateway.core.linkinfo.LinkInfoSource}).
+        streams (L{imgateway.core.linkinfo.LinkInfoSource}). A link exists
+        while it has stanzas to deliver; one to a domain of C{[xmpp.s2s]
+        routes} is required (down while not up), one found through DNS is
+        not (anyone can make the gateway try a domain that answers
+        nothing), nor are the incoming streams.
         """
+        routes = self.config.s2s.routes
         found = [
-            LinkInfo(f"XMPP s2s to {domain}", link.up, f"{len(link.queue)} waiting")
+            LinkInfo("xmpp-s2s", domain, link.up, f"{len(link.queue)} waiting", required=domain in routes)
             for domain, link in sorted(self.manager.links.items())
         ]
         incoming = len(self.manager.incoming)
-        found.append(LinkInfo("XMPP s2s incoming", incoming > 0, f"{incoming} stream(s)"))
+        found.append(LinkInfo("xmpp-s2s-incoming", "all", incoming > 0, f"{incoming} stream(s)", required=False))
         return found

@@ -1,9 +1,10 @@
-# -*- test-case-name: tests.test_native_server -*-
+# -*- test-case-name: tests.test_native_server,tests.test_face_connections -*-
 """
 What every face shares: listeners that stop start-up cleanly when they
-cannot bind, a cap on what is queued for a peer that does not read, and
-what a connection may do while its TLS handshake is pending. TLS options,
-certificate checks and peer addresses are L{imgateway.net}'s.
+cannot bind, the limits on connections that have not logged in yet
+(L{FaceConnections}), a cap on what is queued for a peer that does not
+read, and what a connection may do while its TLS handshake is pending. TLS
+options, certificate checks and peer addresses are L{imgateway.net}'s.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLT
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from imgateway.core.throttle import Admission, ConnectionLimiter
 from imgateway.interfaces import IHealthCheck
+from imgateway.net.addresses import sourceOf
 
-__all__ = ["ListenerService", "SendQueueGuard", "TLSHandshakeMixin"]
+__all__ = ["ConnectionSlot", "FaceConnections", "ListenerService", "SendQueueGuard", "TLSHandshakeMixin"]
 
 log = Logger()
 
@@ -74,6 +77,148 @@ class ListenerService(StreamServerEndpointService):
             raise SystemExit(1) from None
         self._waitingForPort.addCallback(self._listening)  # type: ignore[union-attr]
         log.info("{what} listening on {endpoint}", what=self.what, endpoint=self.description)
+
+
+class FaceConnections:
+    """
+    What a face's factory counts of its connections for the limits that
+    hold until a connection logs in: the connections not logged in yet (the
+    face's C{max_unauthenticated}), the open connections from one address
+    (C{max_connections_per_address}, for a face that has it), the
+    per-source limits every face shares (L{ConnectionLimiter}), and, for
+    each connection admitted, the bytes it may send before logging in
+    (C{pre_auth_bytes}: L{ConnectionSlot.beforeLogin}).
+
+    The limits are given at each call, not kept: a face reads them from its
+    configuration then, as it does every other.
+
+    @ivar face: Names the face in the refusals logged (C{"native"}, C{"IRC"}).
+    @ivar unauthenticated: Connections admitted and not logged in yet (nor
+        timed out, nor closed).
+    @ivar perSource: Open connections by source address, kept only when a
+        per-address cap is given to L{admit}.
+    """
+
+    def __init__(self, face: str) -> None:
+        self.face = face
+        self.unauthenticated = 0
+        self.perSource: dict[str, int] = {}
+
+    def admit(
+        self, peer: object, limiter: ConnectionLimiter, maxUnauthenticated: int, maxPerAddress: int | None = None
+    ) -> ConnectionSlot:
+        """
+        Decide whether a new connection may stay; if it may, it counts as
+        unauthenticated (and, with C{maxPerAddress}, as open from its
+        source) until its slot says otherwise. A refusal for this face's own
+        limits is logged through C{limiter}, as the per-source ones are.
+
+        @param peer: The transport's C{getPeer()}.
+        @param limiter: The gateway's L{ConnectionLimiter}.
+        @param maxUnauthenticated: The face's C{max_unauthenticated}.
+        @param maxPerAddress: The face's C{max_connections_per_address}, or
+            C{None} for none.
+        @return: The connection's slot; when C{refusal} is set, the face
+            closes the connection at once, and nothing is counted.
+        """
+        source = sourceOf(peer) if maxPerAddress is not None else None
+        if source is not None and maxPerAddress is not None and self.perSource.get(source, 0) >= maxPerAddress:
+            limiter.refused(peer, self.face, f"{maxPerAddress} connections from one address (max_connections_per_address)")
+            return ConnectionSlot(self, peer, limiter, "Too many connections from your address")
+        if self.unauthenticated >= maxUnauthenticated:
+            limiter.refused(peer, self.face, f"{maxUnauthenticated} connections waiting to log in (max_unauthenticated)")
+            return ConnectionSlot(self, peer, limiter, "Too many unauthenticated connections")
+        admission = limiter.admit(peer, self.face)
+        if not admission.admitted:
+            return ConnectionSlot(self, peer, limiter, admission.reason, admission.retryAfter)
+        slot = ConnectionSlot(self, peer, limiter, admission=admission, source=source)
+        if source is not None:
+            self.perSource[source] = self.perSource.get(source, 0) + 1
+        self.unauthenticated += 1
+        return slot
+
+
+class ConnectionSlot:
+    """
+    One connection's place in its face's L{FaceConnections}.
+
+    @ivar refusal: C{None} when the connection was admitted, else what to
+        tell the client (no secrets).
+    @ivar retryAfter: When refused for its source's rate, seconds until it
+        may connect again (a C{Retry-After}), else C{None}.
+    @ivar preAuthBytes: Bytes received before login so far.
+    """
+
+    def __init__(
+        self,
+        owner: FaceConnections,
+        peer: object,
+        limiter: ConnectionLimiter,
+        refusal: str | None = None,
+        retryAfter: int | None = None,
+        admission: Admission | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.refusal = refusal
+        self.retryAfter = retryAfter
+        self.preAuthBytes = 0
+        self._owner = owner
+        self._peer = peer
+        self._limiter = limiter
+        self._admission = admission
+        self._counted = refusal is None
+        self._source = source
+
+    def loggedIn(self) -> None:
+        """
+        The connection logged in, or timed out before: it no longer counts
+        as waiting to log in (for the face, and for its source's
+        L{ConnectionLimiter} slots). Idempotent.
+        """
+        if self._counted:
+            self._counted = False
+            self._owner.unauthenticated -= 1
+        if self._admission is not None:
+            self._admission.release()
+
+    def closed(self) -> None:
+        """
+        The connection closed: it no longer counts at all. Idempotent.
+        """
+        self.loggedIn()
+        source, self._source = self._source, None
+        if source is not None:
+            perSource = self._owner.perSource
+            count = perSource.get(source, 0) - 1
+            if count > 0:
+                perSource[source] = count
+            else:
+                perSource.pop(source, None)
+
+    def beforeLogin(self, data: bytes, limit: int) -> tuple[bytes, bool]:
+        """
+        C{data} was received before login, under C{pre_auth_bytes} of
+        C{limit}: the bytes within the budget are handled as usual, however
+        the stream is cut; the first byte past it ends the connection.
+
+        @return: The bytes of C{data} within the budget, and whether some
+            were past it (the face then calls L{refusePreAuth} and closes).
+        """
+        room = limit - self.preAuthBytes
+        over = len(data) > room
+        if over:
+            data = data[:room]
+        self.preAuthBytes += len(data)
+        return data, over
+
+    def refusePreAuth(self, limit: int) -> None:
+        """
+        Log that more than C{limit} bytes (C{pre_auth_bytes}) came before
+        login, as refusals are: a few lines for a flood.
+        """
+        self._limiter.refused(
+            self._peer, self._owner.face, f"more than {limit} bytes received before login (pre_auth_bytes)"
+        )
 
 
 @implementer(IPushProducer)
@@ -152,6 +297,25 @@ class SendQueueGuard:
 
     def stopProducing(self) -> None:
         self.paused = False
+
+    def dropPeer(self, logger: Logger, who: object) -> None:
+        """
+        What a face does once C{overflow} is called: log a warning naming
+        the peer, let go of the transport and abort the connection (what is
+        queued for a peer that does not read is thrown away).
+
+        @param logger: The face's logger.
+        @param who: Who is connected, for the log (an address, or
+            C{"not logged in"}).
+        """
+        logger.warn(
+            "Dropping {peer} ({who}): it does not read, and more than {limit} bytes are queued for it (max_send_queue_bytes)",
+            peer=self._transport.getPeer(),
+            who=who,
+            limit=self.limit,
+        )
+        self.release()
+        self._transport.abortConnection()
 
     def wrote(self, size: int) -> None:
         """

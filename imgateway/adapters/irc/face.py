@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imgateway import __version__
-from imgateway.adapters.base import SendQueueGuard, TLSHandshakeMixin
+from imgateway.adapters.base import ConnectionSlot, FaceConnections, SendQueueGuard, TLSHandshakeMixin
 from imgateway.adapters.irc.mapping import (
     addressForNick,
     awayFromPresence,
@@ -59,9 +59,8 @@ from imgateway.core.events import Message, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import MAX_NOTE_CHARS, OFFLINE, Presence, PresenceState
 from imgateway.core.ratelimit import TokenBucket
 from imgateway.core.records import MAX_DISPLAY_NAME_CHARS, AccessList, AuthorisationState, ContactView, PresenceRule
-from imgateway.core.throttle import Admission
 from imgateway.interfaces import IGateway, ISession, ISessionClient
-from imgateway.net.addresses import isLoopback, sourceOf
+from imgateway.net.addresses import isLoopback
 from imgateway.router.front import NOT_HOMED_HERE_TEXT, SERVE, UNAVAILABLE_TEXT, FrontAction, decideFront, openFrontSession
 
 if TYPE_CHECKING:
@@ -197,7 +196,6 @@ class IRCFaceProtocol(Protocol, TLSHandshakeMixin):
         self._authFailures = 0
         self._registering = False
         self._registrationCommands = 0
-        self._preAuthBytes = 0
         self._reader = LineReader(config.maxLineBytes - 2 + config.maxTagBytes)
         self._lines: deque[bytes] = deque()
         self._bucket = TokenBucket(config.commandsPerSecond, config.commandBurst, clock)
@@ -210,9 +208,7 @@ class IRCFaceProtocol(Protocol, TLSHandshakeMixin):
         self._processing = False
         self._readingPaused = False
         self._closing = False
-        self._counted = False
-        self._source: str | None = None
-        self._admission: Admission | None = None
+        self._slot: ConnectionSlot | None = None
         self._sendGuard: SendQueueGuard | None = None
         self._presence = Presence(PresenceState.ONLINE)
         self._contacts: dict[Address, ContactView] = {}
@@ -231,29 +227,15 @@ class IRCFaceProtocol(Protocol, TLSHandshakeMixin):
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
-        source = sourceOf(peer)
-        if source is not None and f.perSource.get(source, 0) >= self.config.maxConnectionsPerAddress:
-            self.gateway.connectionLimiter.refused(
-                peer, "IRC", f"{self.config.maxConnectionsPerAddress} connections from one address (max_connections_per_address)"
-            )
-            self._refuse("Too many connections from your address")
+        # max_connections_per_address, max_unauthenticated and the limits
+        # every face shares (imgateway.adapters.base.FaceConnections).
+        self._slot = slot = f.limits.admit(
+            peer, self.gateway.connectionLimiter, self.config.maxUnauthenticated, self.config.maxConnectionsPerAddress
+        )
+        if slot.refusal is not None:
+            self._refuse(slot.refusal)
             return
-        if f.unauthenticated >= self.config.maxUnauthenticated:
-            self.gateway.connectionLimiter.refused(
-                peer, "IRC", f"{self.config.maxUnauthenticated} connections waiting to log in (max_unauthenticated)"
-            )
-            self._refuse("Too many unauthenticated connections")
-            return
-        self._admission = self.gateway.connectionLimiter.admit(peer, "IRC")
-        if not self._admission.admitted:
-            self._refuse(self._admission.reason)
-            return
-        if source is not None:
-            self._source = source
-            f.perSource[source] = f.perSource.get(source, 0) + 1
         self._sendGuard = SendQueueGuard(self.transport, self.config.maxSendQueueBytes, self._sendQueueFull)  # type: ignore[arg-type]
-        f.unauthenticated += 1
-        self._counted = True
         self._registrationTimer = self.clock.callLater(self.config.registrationTimeout, self._registrationTimedOut)
         self._pingTimer = self.clock.callLater(self.config.pingInterval, self._pingDue)
 
@@ -264,23 +246,14 @@ class IRCFaceProtocol(Protocol, TLSHandshakeMixin):
         self._error(reason)
 
     def _uncount(self) -> None:
-        if self._counted:
-            self._counted = False
-            self.factory.unauthenticated -= 1
-        if self._admission is not None:
-            self._admission.release()
+        if self._slot is not None:
+            self._slot.loggedIn()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         f = self.factory
         f.connections.discard(self)
-        self._uncount()
-        if self._source is not None:
-            count = f.perSource.get(self._source, 0) - 1
-            if count > 0:
-                f.perSource[self._source] = count
-            else:
-                f.perSource.pop(self._source, None)
-            self._source = None
+        if self._slot is not None:
+            self._slot.closed()
         for timer in (self._tokenTimer, self._registrationTimer, self._pingTimer, self._refresh):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -311,16 +284,9 @@ class IRCFaceProtocol(Protocol, TLSHandshakeMixin):
         self._close()
 
     def _sendQueueFull(self) -> None:
-        self.log.warn(
-            "Dropping {peer} ({who}): it does not read, and more than {limit} bytes are queued for it (max_send_queue_bytes)",
-            peer=self.transport.getPeer(),  # type: ignore[union-attr]
-            who=self.address if self.session is not None else "not logged in",
-            limit=self.config.maxSendQueueBytes,
-        )
-        if self._sendGuard is not None:
-            self._sendGuard.release()
         self._closing = True
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        if self._sendGuard is not None:
+            self._sendGuard.dropPeer(self.log, self.address if self.session is not None else "not logged in")
 
     def _registrationTimedOut(self) -> None:
         self._registrationTimer = None
@@ -405,24 +371,16 @@ class IRCFaceProtocol(Protocol, TLSHandshakeMixin):
         if self._pingTimer is not None and self._pingTimer.active():
             self._pingTimer.reset(self.config.pingInterval)
         over = False
-        if self.session is None:
-            room = self.config.preAuthBytes - self._preAuthBytes
-            if len(data) > room:
-                data = data[:room]
-                over = True
-            self._preAuthBytes += len(data)
+        if self.session is None and self._slot is not None:
+            data, over = self._slot.beforeLogin(data, self.config.preAuthBytes)
         try:
             self._lines.extend(self._reader.feed(data))
         except LineTooLong:
             self._error(f"Line longer than {self.config.maxLineBytes + self.config.maxTagBytes} bytes")
             return
         self._process()
-        if over and not self._closing:
-            self.gateway.connectionLimiter.refused(
-                self.transport.getPeer(),  # type: ignore[union-attr]
-                "IRC",
-                f"more than {self.config.preAuthBytes} bytes received before login (pre_auth_bytes)",
-            )
+        if over and not self._closing and self._slot is not None:
+            self._slot.refusePreAuth(self.config.preAuthBytes)
             self._error(f"More than {self.config.preAuthBytes} bytes before logging in")
 
     def _process(self) -> None:
@@ -1418,9 +1376,9 @@ class IRCFaceFactory(Factory):
     """
     Builds L{IRCFaceProtocol}s for the face's listeners.
 
-    @ivar unauthenticated: Connections not registered yet.
+    @ivar limits: Counts the connections for the limits before login
+        (C{max_unauthenticated}, C{max_connections_per_address}).
     @ivar connections: Every open connection.
-    @ivar perSource: Open connections by source address.
     """
 
     protocol = IRCFaceProtocol  # type: ignore[assignment]
@@ -1429,9 +1387,8 @@ class IRCFaceFactory(Factory):
         self.gateway = gateway
         self.config = config
         self.clock = clock if clock is not None else gateway.clock
-        self.unauthenticated = 0
+        self.limits = FaceConnections("IRC")
         self.connections: set[IRCFaceProtocol] = set()
-        self.perSource: dict[str, int] = {}
 
     def sayGoodbye(self, reason: str) -> None:
         """

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imgateway import __version__
-from imgateway.adapters.base import SendQueueGuard, TLSHandshakeMixin
+from imgateway.adapters.base import ConnectionSlot, FaceConnections, SendQueueGuard, TLSHandshakeMixin
 from imgateway.adapters.native.framing import (
     FrameParser,
     FramingError,
@@ -64,7 +64,6 @@ from imgateway.core.errors import (
 from imgateway.core.events import Message, SubscriptionEvent, newMessageId
 from imgateway.core.presence import MAX_NOTE_CHARS, Presence, PresenceState
 from imgateway.core.ratelimit import TokenBucket
-from imgateway.core.throttle import Admission
 from imgateway.core.records import (
     MAX_ALTERNATE_CHARS,
     MAX_DISPLAY_NAME_CHARS,
@@ -256,11 +255,10 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         self._authFailures = 0
         self._loginTimer: IDelayedCall | None = None
         self._idleTimer: IDelayedCall | None = None
-        # Bytes received before a successful AUTH (pre_auth_bytes).
-        self._preAuthBytes = 0
         self._closing = False
-        self._counted = False
-        self._admission: Admission | None = None
+        # Its place among the connections not logged in, and the bytes it
+        # sent before a successful AUTH (pre_auth_bytes).
+        self._slot: ConnectionSlot | None = None
         self._rateLimited = False
         # The input pipeline (see _process): the item parsed but not handled
         # yet, the timer that waits for a token, the call that starts the
@@ -300,24 +298,16 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             # Small frames answered at once: Nagle's algorithm plus the
             # peer's delayed ACK would add up to 40 ms to each.
             self.transport.setTcpNoDelay(True)
-        if f.unauthenticated >= self.config.maxUnauthenticated:
-            # Logged once per interval with a count, as the per-source refusals.
-            self.gateway.connectionLimiter.refused(
-                self.transport.getPeer(),  # type: ignore[union-attr]
-                "native",
-                f"{self.config.maxUnauthenticated} connections waiting to log in (max_unauthenticated)",
-            )
-            self._refuse("Too many unauthenticated connections")
-            return
-        # Per-source limits, shared with the other faces (imgateway.core.throttle).
-        self._admission = self.gateway.connectionLimiter.admit(self.transport.getPeer(), "native")  # type: ignore[union-attr]
-        if not self._admission.admitted:
-            wait = self._admission.retryAfter
-            self._refuse(self._admission.reason, (("Retry-After", str(wait)),) if wait else ())
+        # max_unauthenticated, and the per-source limits shared with the
+        # other faces (imgateway.adapters.base.FaceConnections); refusals
+        # are logged once per interval with a count.
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self._slot = slot = f.limits.admit(peer, self.gateway.connectionLimiter, self.config.maxUnauthenticated)
+        if slot.refusal is not None:
+            wait = slot.retryAfter
+            self._refuse(slot.refusal, (("Retry-After", str(wait)),) if wait else ())
             return
         self._sendGuard = SendQueueGuard(self.transport, self.config.maxSendQueueBytes, self._sendQueueFull)  # type: ignore[arg-type]
-        f.unauthenticated += 1
-        self._counted = True
         self._loginTimer = self.clock.callLater(self.config.loginTimeout, self._loginTimedOut)
         self._idleTimer = self.clock.callLater(self.config.idleTimeout, self._idleTimedOut)
 
@@ -333,15 +323,13 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         self._close()
 
     def _uncount(self) -> None:
-        if self._counted:
-            self._counted = False
-            self.factory.unauthenticated -= 1
-        if self._admission is not None:
-            self._admission.release()
+        if self._slot is not None:
+            self._slot.loggedIn()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self.factory.connections.discard(self)
-        self._uncount()
+        if self._slot is not None:
+            self._slot.closed()
         for timer in (self._loginTimer, self._idleTimer, self._tokenTimer, self._turnCall):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -353,16 +341,9 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             session.close("connection lost")
 
     def _sendQueueFull(self) -> None:
-        self.log.warn(
-            "Dropping {peer} ({who}): it does not read, and more than {limit} bytes are queued for it (max_send_queue_bytes)",
-            peer=self.transport.getPeer(),  # type: ignore[union-attr]
-            who=self.session.address if self.session is not None else "not logged in",
-            limit=self.config.maxSendQueueBytes,
-        )
-        if self._sendGuard is not None:
-            self._sendGuard.release()
         self._closing = True
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        if self._sendGuard is not None:
+            self._sendGuard.dropPeer(self.log, self.session.address if self.session is not None else "not logged in")
 
     def _loginTimedOut(self) -> None:
         self._loginTimer = None
@@ -430,15 +411,11 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         if self._idleTimer is not None:
             self._idleTimer.reset(self.config.idleTimeout)
         over = False
-        if self.session is None:
+        if self.session is None and self._slot is not None:
             # pre_auth_bytes: the bytes within the budget are handled as
             # usual, however the stream is cut; the first byte past it
             # ends the connection (see _preAuthExceeded).
-            room = self.config.preAuthBytes - self._preAuthBytes
-            if len(data) > room:
-                data = data[:room]
-                over = True
-            self._preAuthBytes += len(data)
+            data, over = self._slot.beforeLogin(data, self.config.preAuthBytes)
         self._parser.receive(data)
         if self._turnCall is None:
             self._turnFrames = 0  # a read: a turn of its own
@@ -452,13 +429,9 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         C{AUTH}: say BYE (C{pre-auth-bytes}) and close, handling nothing
         more. Logged as refusals are: a few lines for a flood.
         """
-        if self._closing:
+        if self._closing or self._slot is None:
             return
-        self.gateway.connectionLimiter.refused(
-            self.transport.getPeer(),  # type: ignore[union-attr]
-            "native",
-            f"more than {self.config.preAuthBytes} bytes received before login (pre_auth_bytes)",
-        )
+        self._slot.refusePreAuth(self.config.preAuthBytes)
         self._bye("pre-auth-bytes")
 
     def _process(self) -> None:
@@ -1057,7 +1030,8 @@ class NativeServerFactory(Factory):
     Builds L{NativeServerProtocol}s for one listener (or several sharing a
     config).
 
-    @ivar unauthenticated: Connections that have not logged in yet.
+    @ivar limits: Counts the connections for the limits before login
+        (C{max_unauthenticated}).
     @ivar connections: Every open connection.
     """
 
@@ -1067,8 +1041,15 @@ class NativeServerFactory(Factory):
         self.gateway = gateway
         self.config = config
         self.clock = clock if clock is not None else gateway.clock
-        self.unauthenticated = 0
+        self.limits = FaceConnections("native")
         self.connections: set[NativeServerProtocol] = set()
+
+    @property
+    def unauthenticated(self) -> int:
+        """
+        Connections that have not logged in yet.
+        """
+        return self.limits.unauthenticated
 
     def sayGoodbye(self, reason: str) -> None:
         """

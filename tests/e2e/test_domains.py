@@ -43,15 +43,15 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from imgateway._testcerts import CertificateAuthority, certificatePEM, keyPEM, writePEM
+from imgateway._testcerts import CertificateAuthority
 from imgateway.config import HostPort
 from imgateway.core.address import Address
 from imgateway.core.errors import Blocked, DeliveryStatus, LoopDetected, ServiceUnavailable, UserBusy, UserOffline
 from imgateway.core.events import Message
 from imgateway.core.presence import PresenceState
-from imgateway.net.tls import TLSFiles
-from imgateway.router.link import LinkClient, LinkTLS, makeLinkService
+from imgateway.router.link import LinkClient, makeLinkService
 from tests.e2e.harness import REPO_ROOT, GatewayProcess, _accepts, connectClient, failureOf, freePort, reactor, sleep
+from tests.e2e.multihost import LinkCertificates, linkTLS
 from tests.test_link import FakeLocator, FakeRouter, configFor
 
 CORP = "corp.example"
@@ -139,15 +139,14 @@ class Domains:
     @ivar hs1: corp's home server's process.
     @ivar partner: partner's process.
     @ivar links: The link port of each process, by server name.
-    @ivar authority: The test authority that signs every link certificate.
-    @ivar trustRoots: Its certificate's file.
+    @ivar certificates: The test authority that signs every link
+        certificate, and the files of the certificates.
     """
 
     def __init__(self, owner: _ModuleOwner) -> None:
         self.owner = owner
         base = owner.base
-        self.authority = CertificateAuthority()
-        self.trustRoots = writePEM(os.path.join(base, "ca.crt"), certificatePEM(self.authority.certificate))
+        self.certificates = LinkCertificates(base)
         self.links = {name: freePort() for name in CERTIFICATE_NAMES}
         self.dnsPort = freePort()
         corpData = os.path.join(base, "corp-data")
@@ -186,17 +185,10 @@ class Domains:
         A process of server C{name} with its link listener, certificate and
         the authority as trust roots; not started yet.
         """
-        key, certificate = self.authority.issue(CERTIFICATE_NAMES[name], clientAuth=True)
         base = self.owner.base
-        links = {
-            "listen": [f"tcp:{self.links[name]}:interface=127.0.0.1"],
-            "certificate": writePEM(os.path.join(base, f"{name}.crt"), certificatePEM(certificate)),
-            "private_key": writePEM(os.path.join(base, f"{name}.key"), keyPEM(key)),
-            "trust_roots": self.trustRoots,
-            "request_timeout": REQUEST_TIMEOUT,
-            "reconnect_max_delay": 2,
-            **tables.pop("links", {}),
-        }
+        links = self.certificates.links(
+            name, listen=self.links[name], names=CERTIFICATE_NAMES[name], requestTimeout=REQUEST_TIMEOUT, more=tables.pop("links", {})
+        )
         process = GatewayProcess(
             self.owner,  # type: ignore[arg-type]
             {**tables, "links": links},
@@ -292,14 +284,6 @@ def domains() -> Deferred[Domains]:
     return result
 
 
-def linkTLS(authority: CertificateAuthority, names: list[str]) -> LinkTLS:
-    """
-    A link certificate for C{names} issued by C{authority}, trusting it.
-    """
-    key, certificate = authority.issue(names, clientAuth=True)
-    return LinkTLS(TLSFiles("memory.crt", "memory.key", (certificate,), key), (authority.certificate,))
-
-
 class TwoDomainTests(TestCase):
     """
     corp.example and partner.example, each with its own router, deliver to
@@ -333,7 +317,7 @@ class TwoDomainTests(TestCase):
         """
         config = configFor("gw", domain=domain, allowPlaintextLoopback=False, requestTimeout=float(REQUEST_TIMEOUT))
         config = attrs.evolve(config, routes={d: HostPort("127.0.0.1", port) for d, port in routes.items()})
-        service = makeLinkService(config, reactor(), FakeRouter(), FakeLocator(), tls=linkTLS(authority or self.domains.authority, names))
+        service = makeLinkService(config, reactor(), FakeRouter(), FakeLocator(), tls=linkTLS(authority or self.domains.certificates.authority, names))
         service.service.startService()
         self.addCleanup(service.service.stopService)
         return service

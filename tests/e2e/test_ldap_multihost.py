@@ -14,35 +14,18 @@ PLAIN over TLS, through the router: redirected from the internal network
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from twisted.internet import ssl
-from twisted.internet.endpoints import TCP4ClientEndpoint, quoteStringArgument, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint, ISSLTransport
+from twisted.internet.interfaces import ISSLTransport
 from twisted.trial.unittest import TestCase
 
-from imgateway._testcerts import CertificateAuthority, certificatePEM, keyPEM, writePEM
-from imgateway.auth.sasl import clientMechanism
 from imgateway.client.protocol import NativeClientProtocol, goodbye
 from imgateway.core.address import Address
 from imgateway.core.errors import ServiceUnavailable, UserBusy, UserOffline
 from imgateway.core.presence import PresenceState
-from imgateway.home.store import SQLiteHomeStore
-from tests.e2e.harness import (
-    DOMAIN,
-    GatewayProcess,
-    Recorder,
-    connectClient,
-    failureOf,
-    freePort,
-    makeCertificates,
-    rawConnect,
-    reactor,
-    sleep,
-    tlsServerEndpoint,
-)
-from tests.e2e.slapd import BIND_DN, BIND_PASSWORD, PEOPLE, LDAPUser, SharedSlapd, SlapdServer
+from tests.e2e.harness import DOMAIN, Recorder, connectClient, failureOf, reactor, sleep
+from tests.e2e.multihost import CACHE_SECONDS, OUTSIDE, LDAPDomain, peerPort
+from tests.e2e.slapd import PEOPLE, LDAPUser, SharedSlapd, SlapdServer
 
 PASSWORDS = {"alice": "alice's LDAP password", "carol": "carol's LDAP password"}
 ALICE = Address.fromParts("alice", DOMAIN)
@@ -57,159 +40,11 @@ USERS = [
 #: The slapd of this module.
 SLAPD = SharedSlapd(USERS)
 
-#: Where clients come from that are not in the router's internal network.
-OUTSIDE = "127.0.0.2"
-
-#: The processes' C{[router] directory_cache_seconds} (short, so that a
-#: changed home attribute counts soon).
-CACHE_SECONDS = 1.0
-
-#: The processes of the domain, in the order they start.
-NAMES = ("hs1", "hs2", "router")
-
-
 def testSuite() -> Any:
     """
     The module's tests, stopping the shared slapd after the last.
     """
     return SLAPD.suite(__name__)
-
-
-class LDAPDomain:
-    """
-    corp.example served by three processes on the module's slapd: C{hs1}
-    and C{hs2} (roles C{["home"]}) and C{router} (roles C{["router"]},
-    internal network C{127.0.0.1/32}). Each has a native face on TLS (a
-    certificate for C{localhost} from a test authority; C{[servers.NAME]
-    native} names it) besides the plain TCP port the harness probes, and
-    link certificates from another test authority; the home servers listen
-    for links, the router only connects.
-
-    @ivar processes: The three processes, by name.
-    @ivar tlsPorts: Their native TLS ports, by name.
-    """
-
-    def __init__(self, testCase: TestCase, slapd: SlapdServer) -> None:
-        folder = os.path.abspath(testCase.mktemp())
-        os.makedirs(folder)
-        self.testCase = testCase
-        self.slapd = slapd
-        self.caPath, nativeDir = makeCertificates(os.path.join(folder, "native"), "localhost")
-        authority = CertificateAuthority()
-        roots = writePEM(os.path.join(folder, "links-ca.crt"), certificatePEM(authority.certificate))
-        passwordFile = writePEM(os.path.join(folder, "bind-password"), BIND_PASSWORD.encode() + b"\n")
-        ports = {name: (freePort(), freePort(), freePort()) for name in NAMES}
-        self.tlsPorts = {name: ports[name][1] for name in NAMES}
-        servers: dict[str, dict[str, object]] = {}
-        for name in NAMES:
-            _, tlsPort, linkPort = ports[name]
-            servers[name] = {
-                "roles": ["router"] if name == "router" else ["home"],
-                "tls_name": f"{name}.corp.example",
-                "native": f"localhost:{tlsPort}",
-            }
-            if name != "router":
-                servers[name]["link"] = f"127.0.0.1:{linkPort}"
-        directory = {
-            "backend": "ldap",
-            "url": slapd.tlsURL,
-            "ca_file": slapd.caPath,
-            "bind_dn": BIND_DN,
-            "bind_password_file": passwordFile,
-            "base_dn": PEOPLE,
-            "home_attribute": "imgatewayHomeServer",
-            "default_home": "hs1",
-        }
-        self.processes: dict[str, GatewayProcess] = {}
-        for name in NAMES:
-            tcpPort, tlsPort, linkPort = ports[name]
-            key, certificate = authority.issue([f"{name}.corp.example"], clientAuth=True)
-            links: dict[str, object] = {
-                "certificate": writePEM(os.path.join(folder, f"{name}.crt"), certificatePEM(certificate)),
-                "private_key": writePEM(os.path.join(folder, f"{name}.key"), keyPEM(key)),
-                "trust_roots": roots,
-                "request_timeout": 3,
-                "reconnect_max_delay": 2,
-            }
-            wait = [tcpPort, tlsPort]
-            if name != "router":
-                links["listen"] = [f"tcp:{linkPort}:interface=127.0.0.1"]
-                wait.append(linkPort)
-            self.processes[name] = GatewayProcess(
-                testCase,
-                {
-                    "gateway": {"home_server": name},
-                    "servers": servers,
-                    "router": {"internal_networks": ["127.0.0.1/32"], "directory_cache_seconds": CACHE_SECONDS},
-                    "links": links,
-                    "directory": directory,
-                    "native": {"listen": [f"tcp:{tcpPort}:interface=127.0.0.1", tlsServerEndpoint(nativeDir, tlsPort)]},
-                },
-                directory=os.path.join(folder, name),
-                port=tcpPort,
-                waitPorts=wait,
-            )
-
-    async def start(self) -> None:
-        """
-        Start the home servers, then the router.
-        """
-        for name in NAMES:
-            await self.processes[name].start()
-
-    @property
-    def router(self) -> GatewayProcess:
-        return self.processes["router"]
-
-    def internal(self) -> str:
-        """
-        The router's native TLS face from 127.0.0.1, as a string the
-        shipped client follows redirects from (same TLS choice, same trust
-        roots, C{localhost} checked).
-        """
-        roots = quoteStringArgument(os.path.dirname(self.caPath))
-        return f"tls:localhost:{self.tlsPorts['router']}:trustRoots={roots}"
-
-    def external(self, name: str = "router") -> IStreamClientEndpoint:
-        """
-        A TLS connection to C{name}'s native face from 127.0.0.2 (outside the
-        router's internal network), checking its certificate for
-        C{localhost}.
-        """
-        with open(self.caPath, "rb") as f:
-            authority = ssl.Certificate.loadPEM(f.read())
-        tcp = TCP4ClientEndpoint(reactor(), "127.0.0.1", self.tlsPorts[name], bindAddress=(OUTSIDE, 0))
-        return wrapClientTLS(ssl.optionsForClientTLS("localhost", authority), tcp)
-
-    async def auth(self, endpoint: str | IStreamClientEndpoint, user: str, password: str) -> tuple[int, str, str | None]:
-        """
-        One PLAIN C{AUTH} on a raw connection to C{endpoint}.
-
-        @return: The answer's status, reason and C{Error} header.
-        """
-        raw = await rawConnect(self.testCase, endpoint)
-        body = clientMechanism("PLAIN", user, password).start()
-        raw.send(f"AUTH * IMGW/1.0\r\nSeq: 1\r\nMechanism: PLAIN\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
-        await raw.waitFor(lambda: raw.responses(), 10, "the answer to AUTH")
-        [r] = raw.responses()
-        await raw.close()
-        return r.code, r.reason, r.headers.get("Error")
-
-    async def store(self, name: str) -> SQLiteHomeStore:
-        """
-        Open the store of home server C{name} (in its own C{data_dir}).
-        """
-        path = os.path.join(self.processes[name].dataDir, f"home-{name}.sqlite3")
-        store = await SQLiteHomeStore.open(reactor(), path)
-        self.testCase.addCleanup(store.close)
-        return store
-
-
-def peerPort(client: NativeClientProtocol) -> int:
-    """
-    The port of the server a client is connected to.
-    """
-    return client.transport.getPeer().port  # type: ignore[union-attr, no-any-return]
 
 
 class MultiHostTests(TestCase):

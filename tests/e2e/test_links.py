@@ -22,25 +22,16 @@ from twisted.internet.defer import Deferred
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from imgateway._testcerts import CertificateAuthority, certificatePEM, keyPEM, writePEM
+from imgateway._testcerts import CertificateAuthority
 from imgateway.config import HostPort, ServerConfig
 from imgateway.core.errors import Blocked, DeliveryStatus, LoopDetected, ServiceUnavailable, UserBusy, UserOffline
 from imgateway.core.events import Message, PresenceUpdate
 from imgateway.core.presence import Presence, PresenceState
-from imgateway.net.tls import TLSFiles
 from imgateway.router.link import LinkClient, LinkService, LinkTLS, makeLinkService
 
 from tests.e2e.harness import GatewayProcess, connectClient, failureOf, freePort, reactor, sleep
+from tests.e2e.multihost import LinkCertificates, linkTLS, linkedHomeServers
 from tests.test_link import ALICE, CAROL, FakeLocator, FakeRouter, configFor
-
-
-def linkTLS(authority: CertificateAuthority, name: str, roots: CertificateAuthority | None = None) -> LinkTLS:
-    """
-    A link certificate for C{name} issued by C{authority}, trusting
-    C{roots} (C{authority} by default).
-    """
-    key, certificate = authority.issue([name], clientAuth=True)
-    return LinkTLS(TLSFiles("memory.crt", "memory.key", (certificate,), key), ((roots or authority).certificate,))
 
 
 class Node:
@@ -107,7 +98,7 @@ class LinkTests(TestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observer)
 
     def node(self, name: str, tls: LinkTLS | None = None, requestTimeout: float = 10.0) -> Node:
-        node = Node(name, self.ports, tls or linkTLS(self.authority, f"{name}.corp.example"), requestTimeout)
+        node = Node(name, self.ports, tls or linkTLS(self.authority, [f"{name}.corp.example"]), requestTimeout)
         node.start()
         self.addCleanup(lambda: node.links.service.stopService() if node.links.service.running else None)
         return node
@@ -164,7 +155,7 @@ class LinkTests(TestCase):
         """
         forger = CertificateAuthority()
         hs1 = self.node("hs1")
-        hs2 = self.node("hs2", tls=linkTLS(forger, "hs2.corp.example", roots=self.authority), requestTimeout=1.5)
+        hs2 = self.node("hs2", tls=linkTLS(forger, ["hs2.corp.example"], roots=self.authority), requestTimeout=1.5)
         await failureOf(hs2.to("hs1").deliver(Message(CAROL, ALICE, "forged")), ServiceUnavailable)
         self.assertEqual(hs1.router.events, [])
         self.assertTrue(self.messages("closed before its HELLO"))
@@ -175,7 +166,7 @@ class LinkTests(TestCase):
         authority signed.
         """
         forger = CertificateAuthority()
-        hs1 = self.node("hs1", tls=linkTLS(forger, "hs1.corp.example", roots=self.authority))
+        hs1 = self.node("hs1", tls=linkTLS(forger, ["hs1.corp.example"], roots=self.authority))
         hs2 = self.node("hs2", requestTimeout=1.5)
         await failureOf(hs2.to("hs1").deliver(Message(CAROL, ALICE, "to a forger")), ServiceUnavailable)
         self.assertEqual(hs1.router.events, [])
@@ -188,7 +179,7 @@ class LinkTests(TestCase):
         and by the connecting side (not its peer's tls_name).
         """
         hs1 = self.node("hs1")
-        hs2 = self.node("hs2", tls=linkTLS(self.authority, "hs9.corp.example"), requestTimeout=1.5)
+        hs2 = self.node("hs2", tls=linkTLS(self.authority, ["hs9.corp.example"]), requestTimeout=1.5)
         await failureOf(hs2.to("hs1").deliver(Message(CAROL, ALICE, "misnamed")), ServiceUnavailable)
         self.assertTrue(self.messages("certificate for server hs2 not issued for hs2.corp.example"))
         await failureOf(hs1.to("hs2").deliver(Message(ALICE, CAROL, "to the misnamed")), ServiceUnavailable)
@@ -257,30 +248,15 @@ class GatewayLinkTests(TestCase):
         event from a user homed on C{hs1} sent by C{hs2} is refused (403)
         and logged by the gateway.
         """
-        authority = CertificateAuthority()
         folder = os.path.abspath(self.mktemp())
-        key, certificate = authority.issue(["hs1.corp.example"], clientAuth=True)
-        certificatePath = writePEM(os.path.join(folder, "hs1.crt"), certificatePEM(certificate))
-        keyPath = writePEM(os.path.join(folder, "hs1.key"), keyPEM(key))
-        rootsPath = writePEM(os.path.join(folder, "ca.crt"), certificatePEM(authority.certificate))
+        os.makedirs(folder)
+        certificates = LinkCertificates(folder)
         ports = {"hs1": freePort(), "hs2": freePort()}
         servers = {
             name: {"roles": ["home"], "link": f"127.0.0.1:{port}", "tls_name": f"{name}.corp.example"}
             for name, port in ports.items()
         }
-        gw = GatewayProcess(
-            self,
-            {
-                "gateway": {"home_server": "hs1"},
-                "servers": servers,
-                "links": {
-                    "listen": [f"tcp:{ports['hs1']}:interface=127.0.0.1"],
-                    "certificate": certificatePath,
-                    "private_key": keyPath,
-                    "trust_roots": rootsPath,
-                },
-            },
-        )
+        gw = GatewayProcess(self, {"gateway": {"home_server": "hs1"}, "servers": servers, "links": certificates.links("hs1", listen=ports["hs1"])})
         gw.addUser("alice", "alice's password")
         # carol is homed on hs2: the lab's processes share one data_dir.
         gw.tables["gateway"]["home_server"] = "hs2"
@@ -291,7 +267,7 @@ class GatewayLinkTests(TestCase):
         await gw.start()
         _, alice = await connectClient(self, gw.endpoint, "alice", "alice's password")
 
-        hs2 = Node("hs2", ports, linkTLS(authority, "hs2.corp.example"))
+        hs2 = Node("hs2", ports, linkTLS(certificates.authority, ["hs2.corp.example"]))
         hs2.start()
         self.addCleanup(hs2.links.service.stopService)
         self.assertIs(await hs2.to("hs1").deliver(Message(CAROL, ALICE, "over the link")), DeliveryStatus.DELIVERED)
@@ -313,39 +289,7 @@ class TwoProcessTests(TestCase):
     """
 
     async def servers(self) -> tuple[GatewayProcess, GatewayProcess]:
-        authority = CertificateAuthority()
-        folder = os.path.abspath(self.mktemp())
-        shared = os.path.join(folder, "data")
-        rootsPath = writePEM(os.path.join(folder, "ca.crt"), certificatePEM(authority.certificate))
-        ports = {"hs1": freePort(), "hs2": freePort()}
-        servers = {
-            name: {"roles": ["home"], "link": f"127.0.0.1:{port}", "tls_name": f"{name}.corp.example"}
-            for name, port in ports.items()
-        }
-        processes = []
-        for name in ("hs1", "hs2"):
-            key, certificate = authority.issue([f"{name}.corp.example"], clientAuth=True)
-            processes.append(
-                GatewayProcess(
-                    self,
-                    {
-                        "gateway": {"home_server": name, "data_dir": shared},
-                        "servers": servers,
-                        "links": {
-                            "listen": [f"tcp:{ports[name]}:interface=127.0.0.1"],
-                            "certificate": writePEM(os.path.join(folder, f"{name}.crt"), certificatePEM(certificate)),
-                            "private_key": writePEM(os.path.join(folder, f"{name}.key"), keyPEM(key)),
-                            "trust_roots": rootsPath,
-                            "request_timeout": 2,
-                            "reconnect_max_delay": 2,
-                        },
-                    },
-                    directory=os.path.join(folder, name),
-                )
-            )
-        hs1, hs2 = processes
-        hs1.addUser("alice", "alice's password")
-        hs2.addUser("carol", "carol's password")
+        hs1, hs2 = linkedHomeServers(self)
         await hs1.start()
         await hs2.start()
         return hs1, hs2

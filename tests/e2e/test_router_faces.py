@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.interfaces import ISSLTransport
@@ -22,103 +21,11 @@ from twisted.trial.unittest import TestCase
 
 from imgateway.client.protocol import connect, goodbye
 from imgateway.core.errors import ServiceUnavailable
-from tests.e2e.harness import (
-    DOMAIN,
-    REPO_ROOT,
-    GatewayProcess,
-    failureOf,
-    freePort,
-    makeCertificates,
-    reactor,
-    tlsServerEndpoint,
-)
-from tests.e2e.xmppclient import AgentError, XMPPAgent, connectAgent
+from tests.e2e.harness import DOMAIN, REPO_ROOT, GatewayProcess, failureOf, reactor
+from tests.e2e.multihost import OUTSIDE, RouterAndHome
+from tests.e2e.xmppclient import AgentError
 
 PASSWORDS = {"carol": "carol-pw-1"}
-
-#: Where clients come from that are not in the router's internal network.
-OUTSIDE = "127.0.0.2"
-
-
-class RouterAndHome:
-    """
-    A router (C{router}, roles C{["router"]}) and a home server (C{hs1})
-    of one domain, as two processes on one data folder; carol's account
-    is homed on C{hs1}. The router's C{internal_networks} is
-    C{127.0.0.1/32}; both run the native face, and with C{xmpp} the c2s
-    face too (STARTTLS, a certificate for the domain from a test
-    authority). With C{tls}, each native face also has a C{tls:} listener
-    with a certificate for C{localhost}, and hs1's C{native} names that
-    one (C{localhost:PORT}).
-    """
-
-    def __init__(self, testCase: TestCase, xmpp: bool = False, tls: bool = False) -> None:
-        root = os.path.abspath(testCase.mktemp())
-        os.makedirs(root)
-        self.testCase = testCase
-        shared = os.path.join(root, "data")
-        self.routerPort, self.homePort = freePort(), freePort()
-        hs1: dict[str, object] = {"roles": ["home"], "native": f"127.0.0.1:{self.homePort}"}
-        router: dict[str, object] = {"roles": ["router"], "native": f"127.0.0.1:{self.routerPort}"}
-        tables: dict[str, dict[str, Any]] = {
-            "gateway": {"data_dir": shared},
-            "servers": {"router": router, "hs1": hs1},
-            "router": {"internal_networks": ["127.0.0.1/32"]},
-        }
-        routerWait, homeWait = [self.routerPort], [self.homePort]
-        routerNative: dict[str, Any] = {}
-        homeNative: dict[str, Any] = {}
-        if tls:
-            self.tlsCAPath, tlsDir = makeCertificates(os.path.join(root, "tls"), "localhost")
-            self.routerTLSPort, self.homeTLSPort = freePort(), freePort()
-            hs1["native"] = f"localhost:{self.homeTLSPort}"
-            routerNative = {
-                "native": {"listen": [f"tcp:{self.routerPort}:interface=127.0.0.1", tlsServerEndpoint(tlsDir, self.routerTLSPort)]}
-            }
-            homeNative = {
-                "native": {"listen": [f"tcp:{self.homePort}:interface=127.0.0.1", tlsServerEndpoint(tlsDir, self.homeTLSPort)]}
-            }
-            routerWait.append(self.routerTLSPort)
-            homeWait.append(self.homeTLSPort)
-        routerXMPP: dict[str, Any] = {}
-        homeXMPP: dict[str, Any] = {}
-        if xmpp:
-            self.caPath, serverDir = makeCertificates(os.path.join(root, "certs"), DOMAIN)
-            pem = os.path.join(serverDir, f"{DOMAIN}.pem")
-            self.routerXMPPPort, self.homeXMPPPort = freePort(), freePort()
-            hs1["xmpp"] = f"127.0.0.1:{self.homeXMPPPort}"
-            router["xmpp"] = f"127.0.0.1:{self.routerXMPPPort}"
-            common = {"certificate": pem, "private_key": pem}
-            routerXMPP = {"xmpp": {"listen": [f"tcp:{self.routerXMPPPort}:interface=127.0.0.1"], **common}}
-            homeXMPP = {"xmpp": {"listen": [f"tcp:{self.homeXMPPPort}:interface=127.0.0.1"], **common}}
-            routerWait.append(self.routerXMPPPort)
-            homeWait.append(self.homeXMPPPort)
-        self.router = GatewayProcess(
-            testCase,
-            {**tables, "gateway": {**tables["gateway"], "home_server": "router"}, **routerXMPP, **routerNative},
-            directory=os.path.join(root, "router"),
-            port=self.routerPort,
-            waitPorts=routerWait,
-        )
-        self.home = GatewayProcess(
-            testCase,
-            {**tables, "gateway": {**tables["gateway"], "home_server": "hs1"}, **homeXMPP, **homeNative},
-            directory=os.path.join(root, "hs1"),
-            port=self.homePort,
-            waitPorts=homeWait,
-        )
-        # Made with hs1's configuration: homed on hs1.
-        self.home.addUsers(PASSWORDS)
-
-    async def start(self) -> None:
-        await self.home.start()
-        await self.router.start()
-
-    def agent(self, **kwargs: Any) -> XMPPAgent:
-        options: dict[str, Any] = {"tls": "starttls", "caFile": self.caPath}
-        options.update(kwargs)
-        return XMPPAgent(self.testCase, f"carol@{DOMAIN}/agent", PASSWORDS["carol"], self.routerXMPPPort, **options)
-
 
 class NativeRedirectTests(TestCase):
     """
@@ -131,7 +38,7 @@ class NativeRedirectTests(TestCase):
         login C{302} naming hs1's native endpoint and logs why; the shipped
         client follows it and carol is logged in at hs1.
         """
-        pair = RouterAndHome(self)
+        pair = RouterAndHome(self, PASSWORDS)
         await pair.start()
         client = await connect(reactor(), pair.router.endpoint, "carol", PASSWORDS["carol"])
         self.addCleanup(goodbye, client, reactor())
@@ -151,7 +58,7 @@ class NativeRedirectTests(TestCase):
         listener (C{localhost:PORT}) and follows it over TLS, checking hs1's
         certificate against C{localhost} with the same trust roots.
         """
-        pair = RouterAndHome(self, tls=True)
+        pair = RouterAndHome(self, PASSWORDS, tls=True)
         await pair.start()
         roots = quoteStringArgument(os.path.dirname(pair.tlsCAPath))
         endpoint = f"tls:localhost:{pair.routerTLSPort}:trustRoots={roots}"
@@ -169,7 +76,7 @@ class NativeRedirectTests(TestCase):
         router is answered C{503} (it has no link to hs1 to proxy over) and the
         router logs why; nothing reaches hs1.
         """
-        pair = RouterAndHome(self)
+        pair = RouterAndHome(self, PASSWORDS)
         await pair.start()
         endpoint = f"{pair.router.endpoint}:bindAddress={OUTSIDE}"
         e = await failureOf(connect(reactor(), endpoint, "carol", PASSWORDS["carol"]), ServiceUnavailable)
@@ -183,7 +90,7 @@ class NativeRedirectTests(TestCase):
         (C{ping} succeeds, at hs1); with C{--max-redirects 0} it does not,
         and says so.
         """
-        pair = RouterAndHome(self)
+        pair = RouterAndHome(self, PASSWORDS)
         await pair.start()
         env = GatewayProcess.environment()
         env["IMGATEWAY_PASSWORD"] = PASSWORDS["carol"]
@@ -216,7 +123,7 @@ class XMPPRedirectTests(TestCase):
         following it, slixmpp connects there and logs in (its session
         starts at hs1).
         """
-        pair = RouterAndHome(self, xmpp=True)
+        pair = RouterAndHome(self, PASSWORDS, xmpp=True)
         await pair.start()
         agent = pair.agent(followSeeOtherHost=3)
         await agent.start()
@@ -231,7 +138,7 @@ class XMPPRedirectTests(TestCase):
         C{<policy-violation/>} with a text that says why, and the router
         logs why.
         """
-        pair = RouterAndHome(self, xmpp=True)
+        pair = RouterAndHome(self, PASSWORDS, xmpp=True)
         await pair.start()
         agent = pair.agent(bindAddress=OUTSIDE)
         e = await failureOf(agent.start(), AgentError)

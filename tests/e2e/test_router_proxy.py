@@ -10,111 +10,30 @@ user logged in directly at hs1; killing hs1 ends the proxied session.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
-from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from imgateway._testcerts import CertificateAuthority, certificatePEM, keyPEM, writePEM
 from imgateway.core.address import Address
 from imgateway.core.errors import ServiceUnavailable, UserOffline
 from imgateway.core.presence import PresenceState
 from imgateway.client.protocol import goodbye
-from tests.e2e.harness import DOMAIN, GatewayProcess, connectClient, failureOf, freePort, makeCertificates, reactor
+from tests.e2e.harness import DOMAIN, connectClient, failureOf, reactor
+from tests.e2e.multihost import OUTSIDE, RouterAndHome
 from tests.e2e.xmppclient import XMPPAgent
 
 PASSWORDS = {"alice": "alice-pw-1", "carol": "carol-pw-1"}
 ALICE = Address.fromString(f"alice@{DOMAIN}")
 CAROL = Address.fromString(f"carol@{DOMAIN}")
 
-#: Where clients come from that are not in the router's internal network.
-OUTSIDE = "127.0.0.2"
 
-
-class ProxyPair:
+def proxyPair(testCase: TestCase, xmpp: bool = False, maxSessions: int = 1000) -> RouterAndHome:
     """
-    A router (C{router}, roles C{["router"]}, internal network
-    C{127.0.0.1/32}) and a home server C{hs1} (alice and carol), linked
-    over TLS: hs1 listens for links, the router connects. Both run the
-    native face; with C{xmpp}, the c2s face too.
+    A router and a home server C{hs1} (alice and carol) linked over TLS
+    (L{RouterAndHome}), with C{[links] max_sessions} of C{maxSessions}.
     """
-
-    def __init__(self, testCase: TestCase, xmpp: bool = False, maxSessions: int = 1000) -> None:
-        folder = os.path.abspath(testCase.mktemp())
-        os.makedirs(folder)
-        self.testCase = testCase
-        shared = os.path.join(folder, "data")
-        authority = CertificateAuthority()
-        roots = writePEM(os.path.join(folder, "ca.crt"), certificatePEM(authority.certificate))
-        self.linkPort = freePort()
-        self.routerPort, self.homePort = freePort(), freePort()
-        servers: dict[str, dict[str, object]] = {
-            "router": {"roles": ["router"], "tls_name": "router.corp.example", "native": f"127.0.0.1:{self.routerPort}"},
-            "hs1": {
-                "roles": ["home"],
-                "link": f"127.0.0.1:{self.linkPort}",
-                "tls_name": "hs1.corp.example",
-                "native": f"127.0.0.1:{self.homePort}",
-            },
-        }
-
-        def links(name: str) -> dict[str, object]:
-            key, certificate = authority.issue([f"{name}.corp.example"], clientAuth=True)
-            table: dict[str, object] = {
-                "certificate": writePEM(os.path.join(folder, f"{name}.crt"), certificatePEM(certificate)),
-                "private_key": writePEM(os.path.join(folder, f"{name}.key"), keyPEM(key)),
-                "trust_roots": roots,
-                "request_timeout": 3,
-                "reconnect_max_delay": 2,
-                "max_sessions": maxSessions,
-            }
-            if name == "hs1":
-                table["listen"] = [f"tcp:{self.linkPort}:interface=127.0.0.1"]
-            return table
-
-        routerExtra: dict[str, Any] = {}
-        homeExtra: dict[str, Any] = {}
-        routerWait, homeWait = [self.routerPort], [self.homePort, self.linkPort]
-        if xmpp:
-            self.caPath, serverDir = makeCertificates(os.path.join(folder, "certs"), DOMAIN)
-            pem = os.path.join(serverDir, f"{DOMAIN}.pem")
-            self.routerXMPPPort, self.homeXMPPPort = freePort(), freePort()
-            servers["hs1"]["xmpp"] = f"127.0.0.1:{self.homeXMPPPort}"
-            keys = {"certificate": pem, "private_key": pem}
-            routerExtra["xmpp"] = {"listen": [f"tcp:{self.routerXMPPPort}:interface=127.0.0.1"], **keys}
-            homeExtra["xmpp"] = {"listen": [f"tcp:{self.homeXMPPPort}:interface=127.0.0.1"], **keys}
-            routerWait.append(self.routerXMPPPort)
-            homeWait.append(self.homeXMPPPort)
-        common: dict[str, Any] = {"servers": servers, "router": {"internal_networks": ["127.0.0.1/32"]}}
-        self.router = GatewayProcess(
-            testCase,
-            {**common, "gateway": {"home_server": "router", "data_dir": shared}, "links": links("router"), **routerExtra},
-            directory=os.path.join(folder, "router"),
-            port=self.routerPort,
-            waitPorts=routerWait,
-        )
-        self.home = GatewayProcess(
-            testCase,
-            {**common, "gateway": {"home_server": "hs1", "data_dir": shared}, "links": links("hs1"), **homeExtra},
-            directory=os.path.join(folder, "hs1"),
-            port=self.homePort,
-            waitPorts=homeWait,
-        )
-        # Made with hs1's configuration: homed on hs1.
-        self.home.addUsers(PASSWORDS)
-
-    async def start(self) -> None:
-        await self.home.start()
-        await self.router.start()
-
-    @property
-    def outside(self) -> str:
-        """
-        The router's native endpoint, from outside its internal network.
-        """
-        return f"{self.router.endpoint}:bindAddress={OUTSIDE}"
+    return RouterAndHome(testCase, PASSWORDS, xmpp=xmpp, links=True, linkKeys={"max_sessions": maxSessions})
 
 
 class NativeProxyTests(TestCase):
@@ -131,7 +50,7 @@ class NativeProxyTests(TestCase):
         messages, with the statuses a home server gives (480 before she may
         see alice's presence is not at issue here: both authorise).
         """
-        pair = ProxyPair(self)
+        pair = proxyPair(self)
         await pair.start()
         aliceClient, alice = await connectClient(self, pair.home.endpoint, "alice", PASSWORDS["alice"])
         carolClient, carol = await connectClient(self, pair.outside, "carol", PASSWORDS["carol"], label="laptop")
@@ -172,7 +91,7 @@ class NativeProxyTests(TestCase):
         Killing hs1 (SIGKILL) ends carol's proxied session promptly: the
         router closes her connection, as a home server that stops does.
         """
-        pair = ProxyPair(self)
+        pair = proxyPair(self)
         await pair.start()
         carolClient, carol = await connectClient(self, pair.outside, "carol", PASSWORDS["carol"])
         self.assertIn(f"Proxying carol@{DOMAIN}", pair.router.log())
@@ -190,7 +109,7 @@ class NativeProxyTests(TestCase):
         With C{[links] max_sessions = 1}, a second proxied login is answered
         C{503} while the first is open, and logged.
         """
-        pair = ProxyPair(self, maxSessions=1)
+        pair = proxyPair(self, maxSessions=1)
         await pair.start()
         await connectClient(self, pair.outside, "carol", PASSWORDS["carol"])
         e = await failureOf(connectClient(self, pair.outside, "alice", PASSWORDS["alice"]), ServiceUnavailable)
@@ -209,7 +128,7 @@ class XMPPProxyTests(TestCase):
         session is on hs1; alice, at hs1 with the native client, and carol
         exchange messages and see each other's presence.
         """
-        pair = ProxyPair(self, xmpp=True)
+        pair = proxyPair(self, xmpp=True)
         await pair.start()
         aliceClient, alice = await connectClient(self, pair.home.endpoint, "alice", PASSWORDS["alice"])
         # Subscribed both ways before carol logs in over XMPP.
@@ -244,7 +163,7 @@ class XMPPProxyTests(TestCase):
         Killing hs1 (SIGKILL) ends slixmpp's proxied session promptly: the
         router ends its stream.
         """
-        pair = ProxyPair(self, xmpp=True)
+        pair = proxyPair(self, xmpp=True)
         await pair.start()
         agent = XMPPAgent(
             self, f"carol@{DOMAIN}/agent", PASSWORDS["carol"], pair.routerXMPPPort, tls="starttls", caFile=pair.caPath, bindAddress=OUTSIDE

@@ -10,9 +10,7 @@ JSON log parses line by line.
 from __future__ import annotations
 
 import json
-import os
 import signal
-from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import TestCase
@@ -24,10 +22,10 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from imgateway.core.address import Address
-from imgateway._testcerts import CertificateAuthority, certificatePEM, keyPEM, writePEM
 from imgateway.core.errors import AuthenticationFailed
 from imgateway.core.presence import PresenceState
 from tests.e2e.harness import GatewayProcess, connectClient, failureOf, freePort, reactor, sleep
+from tests.e2e.multihost import linkedHomeServers
 from tests.test_link import ALICE, CAROL
 
 BOB = Address.fromString("bob@corp.example")
@@ -156,37 +154,10 @@ class LinkHealthTests(TestCase):
         C{imgateway_link_up} is 1; with C{hs2} killed, C{/healthz} answers
         503 naming the link, and C{imgateway_link_up} is 0.
         """
-        authority = CertificateAuthority()
-        folder = os.path.abspath(self.mktemp())
-        shared = os.path.join(folder, "data")
-        rootsPath = writePEM(os.path.join(folder, "ca.crt"), certificatePEM(authority.certificate))
-        ports = {"hs1": freePort(), "hs2": freePort()}
         statusPort = freePort()
-        servers = {
-            name: {"roles": ["home"], "link": f"127.0.0.1:{port}", "tls_name": f"{name}.corp.example"}
-            for name, port in ports.items()
-        }
-        processes = []
-        for name in ("hs1", "hs2"):
-            key, certificate = authority.issue([f"{name}.corp.example"], clientAuth=True)
-            tables: dict[str, Any] = {
-                "gateway": {"home_server": name, "data_dir": shared},
-                "servers": servers,
-                "links": {
-                    "listen": [f"tcp:{ports[name]}:interface=127.0.0.1"],
-                    "certificate": writePEM(os.path.join(folder, f"{name}.crt"), certificatePEM(certificate)),
-                    "private_key": writePEM(os.path.join(folder, f"{name}.key"), keyPEM(key)),
-                    "trust_roots": rootsPath,
-                    "request_timeout": 2,
-                    "reconnect_max_delay": 2,
-                },
-            }
-            if name == "hs1":
-                tables["status"] = {"listen": [f"tcp:{statusPort}:interface=127.0.0.1"], "health_timeout": 2}
-            processes.append(GatewayProcess(self, tables, directory=os.path.join(folder, name)))
-        hs1, hs2 = processes
-        hs1.addUser("alice", "alice's password")
-        hs2.addUser("carol", "carol's password")
+        hs1, hs2 = linkedHomeServers(
+            self, {"hs1": {"status": {"listen": [f"tcp:{statusPort}:interface=127.0.0.1"], "health_timeout": 2}}}
+        )
         await hs1.start()
         await hs2.start()
         alice, _ = await connectClient(self, hs1.endpoint, "alice", "alice's password")

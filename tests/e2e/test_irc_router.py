@@ -25,10 +25,10 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from imgateway._testcerts import CertificateAuthority, certificatePEM, keyPEM, writePEM
 from imgateway.core.presence import PresenceState
 from imgateway.router.front import NOT_HOMED_HERE_TEXT
 from tests.e2e.harness import DOMAIN, GatewayProcess, connectClient, freePort
+from tests.e2e.multihost import LinkCertificates
 from tests.e2e.ircd import IRCdProcess, SharedIRCd, connectUser
 from tests.e2e.test_irc_face import IRCUser
 from tests.e2e.test_irc_network import nickFree
@@ -70,8 +70,7 @@ class IRCDomain:
         os.makedirs(folder)
         self.testCase = testCase
         shared = os.path.join(folder, "data")
-        authority = CertificateAuthority()
-        roots = writePEM(os.path.join(folder, "ca.crt"), certificatePEM(authority.certificate))
+        certificates = LinkCertificates(folder)
         ports = {name: (freePort(), freePort()) for name in NAMES}
         self.ircPorts = {"router": freePort(), "hs1": freePort()}
         servers = {
@@ -86,19 +85,11 @@ class IRCDomain:
         self.processes: dict[str, GatewayProcess] = {}
         for name in NAMES:
             nativePort, linkPort = ports[name]
-            key, certificate = authority.issue([f"{name}.corp.example"], clientAuth=True)
             tables: dict[str, Any] = {
                 "gateway": {"home_server": name, "data_dir": shared},
                 "servers": servers,
                 "router": {"internal_networks": ["127.0.0.1/32"]},
-                "links": {
-                    "listen": [f"tcp:{linkPort}:interface=127.0.0.1"],
-                    "certificate": writePEM(os.path.join(folder, f"{name}.crt"), certificatePEM(certificate)),
-                    "private_key": writePEM(os.path.join(folder, f"{name}.key"), keyPEM(key)),
-                    "trust_roots": roots,
-                    "request_timeout": 5,
-                    "reconnect_max_delay": 2,
-                },
+                "links": certificates.links(name, listen=linkPort, requestTimeout=5),
             }
             wait = [nativePort, linkPort]
             if name in self.ircPorts:

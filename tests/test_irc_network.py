@@ -185,6 +185,7 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.flood, FloodAllowance(burst=5, rate=1.0))
         self.assertEqual(config.limits, ConnectionLimits())
         self.assertEqual((config.maxPuppets, config.idleClose, config.fallbackCharset), (50, 600.0, "latin-1"))
+        self.assertEqual(config.maxRememberedPresences, 100000)
         self.assertIsNone(config.sasl)
 
     def test_everyKey(self) -> None:
@@ -217,11 +218,13 @@ class ConfigTests(SynchronousTestCase):
                 "line_timeout": 15,
                 "status_wait": 2,
                 "max_reconnect_delay": 120,
+                "max_remembered_presences": 9,
             }
         )
         self.assertEqual(config.sasl, ("gw", "sasl-secret"))
         self.assertEqual(config.limits, ConnectionLimits(10.0, 50, 100, 60.0))
         self.assertEqual((config.maxPuppets, config.maxMessageLines, config.maxQueuedLines), (7, 4, 20))
+        self.assertEqual(config.maxRememberedPresences, 9)
         self.assertNotIn("secret", repr(config))
 
     def test_errors(self) -> None:
@@ -238,6 +241,7 @@ class ConfigTests(SynchronousTestCase):
             ({"fallback_charset": "no-such-charset"}, "fallback_charset"),
             ({"flood_rate": 0}, "flood_rate"),
             ({"max_puppets": -1}, "max_puppets"),
+            ({"max_remembered_presences": 0}, "max_remembered_presences"),
             ({"presence_nick": "1bad"}, "presence_nick"),
             ({"unknown": 1}, "unknown"),
         ]
@@ -820,6 +824,49 @@ class RouteTests(SynchronousTestCase):
         self.route.deliver(PresenceUpdate(ALICE, FRANK, Presence(PresenceState.ONLINE)))
         self.clock.advance(1)
         self.assertEqual(lines(transport), [])
+
+    def rememberingRoute(self, bound: int, *users: Address) -> IRCNetworkRoute:
+        """
+        A route that remembers C{bound} users' presence, told that C{users}
+        are busy (in that order).
+        """
+        import attrs
+
+        config = attrs.evolve(self.config, maxRememberedPresences=bound, maxPuppets=10)
+        route = IRCNetworkRoute(config, self.router, self.clock, FakeEndpoint)
+        self.addCleanup(route.stop)
+        for user in users:
+            route.deliver(PresenceUpdate(user, FRANK, Presence(PresenceState.BUSY, "in a meeting")))
+        return route
+
+    def startsAway(self, route: IRCNetworkRoute, user: Address) -> bool:
+        """
+        @return: Whether C{user}'s puppet, opened now by a message, sets
+            C{AWAY} from the remembered presence.
+        """
+        route.deliver(Message(user, FRANK, "hi"))
+        connection = route.puppets[user].link.latest
+        assert connection is not None
+        feed(connection, f":irc.test 001 {user.local}[corp] :Welcome")
+        self.clock.advance(route.config.statusWait)
+        transport = connection.transport
+        assert isinstance(transport, StringTransportWithDisconnection)
+        return ("AWAY", ("Busy: in a meeting",)) in [(m.command, m.params) for m in lines(transport)]
+
+    def test_rememberedPresencesBound(self) -> None:
+        """
+        The route remembers the presence of the last
+        C{max_remembered_presences} users, for their puppets opened later:
+        with a bound of 2 and two users' presences, the older user's puppet
+        starts C{AWAY}; a third user's presence makes it forget the oldest,
+        whose puppet then starts without C{AWAY} while the second's still
+        starts C{AWAY}.
+        """
+        ann, bob, cy = (Address.fromParts(name, "corp.example") for name in ("ann", "bob", "cy"))
+        self.assertTrue(self.startsAway(self.rememberingRoute(2, ann, bob), ann))
+        crowded = self.rememberingRoute(2, ann, bob, cy)
+        self.assertFalse(self.startsAway(crowded, ann))
+        self.assertTrue(self.startsAway(crowded, bob))
 
     def test_bannedPuppet(self) -> None:
         """

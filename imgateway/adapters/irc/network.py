@@ -132,6 +132,7 @@ class IRCNetworkConfig:
     lineTimeout: float = 60.0
     statusWait: float = 1.0
     maxReconnectDelay: float = 300.0
+    maxRememberedPresences: int = 100000
 
     @property
     def sasl(self) -> tuple[str, str] | None:
@@ -216,6 +217,7 @@ def parseNetworkConfig(t: ConfigTable, reactor: IReactorCore | None = None) -> I
         lineTimeout=t.positive("line_timeout", float, d.lineTimeout),
         statusWait=t.positive("status_wait", float, d.statusWait),
         maxReconnectDelay=t.positive("max_reconnect_delay", float, d.maxReconnectDelay),
+        maxRememberedPresences=t.positive("max_remembered_presences", int, d.maxRememberedPresences),
     )
     t.finish()
     return config
@@ -735,7 +737,8 @@ class IRCNetworkRoute:
         self.puppets: dict[Address, Puppet] = {}
         self.banned: dict[Address, str] = {}
         self.presence = PresenceWatcher(self, endpointFactory())
-        # The users' own presence, as they let IRC see it (bounded).
+        # The users' own presence, as they let IRC see it, for their puppets
+        # opened later: the latest max_remembered_presences users.
         self._userPresence: OrderedDict[Address, Presence] = OrderedDict()
         self._stopped = False
 
@@ -789,7 +792,7 @@ class IRCNetworkRoute:
         else:
             self._userPresence[user] = presence
             self._userPresence.move_to_end(user)
-            while len(self._userPresence) > 100000:
+            while len(self._userPresence) > self.config.maxRememberedPresences:
                 self._userPresence.popitem(last=False)
         puppet = self.puppets.get(user)
         if puppet is not None:

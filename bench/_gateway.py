@@ -46,6 +46,7 @@ from twisted.internet.endpoints import quoteStringArgument
 
 __all__ = [
     "GatewayError",
+    "IRC_BENCH_SETTINGS",
     "LAB_MAX_QUEUE",
     "REPO",
     "SpawnedGateway",
@@ -131,6 +132,19 @@ XMPP_BENCH_SETTINGS: dict[str, str] = {
 }
 
 
+#: What L{benchConfig} sets in C{[irc]} besides C{enabled} and C{listen}
+#: (TOML values): the face's fakelag and per-address limits out of reach
+#: (every benchmark client is on 127.0.0.1; PASS is accepted from
+#: loopback without TLS).
+IRC_BENCH_SETTINGS: dict[str, str] = {
+    "commands_per_second": "1000000",
+    "command_burst": "1000000",
+    "max_connections_per_address": "100000",
+    "max_unauthenticated": "100000",
+    "registration_timeout": "600",
+}
+
+
 def benchConfig(
     template: str,
     dataDir: Path,
@@ -141,6 +155,8 @@ def benchConfig(
     shippedLimits: bool = False,
     tlsPort: int | None = None,
     certificates: Path | None = None,
+    ircPort: int | None = None,
+    ircNetworks: str = "",
 ) -> str:
     """
     The configuration of a benchmark gateway, from the text of
@@ -159,6 +175,11 @@ def benchConfig(
         gets no L{XMPP_BENCH_SETTINGS}.
     @param tlsPort: If given (with C{certificates}), the native face also
         listens with TLS on C{127.0.0.1:tlsPort}.
+    @param ircPort: If given, the IRC face listens on C{127.0.0.1:ircPort}
+        with L{IRC_BENCH_SETTINGS}.
+    @param ircNetworks: C{[[irc.network]]} tables (TOML) to append: the
+        IRC adapter runs (without a listener unless C{ircPort} is given)
+        and bridges to them.
     @param certificates: A folder of PEM files (a key and its certificate
         for the domain, as L{makeTestCertificates} makes): the native
         C{tls:} listener's, and the XMPP face's C{certificate} and
@@ -184,6 +205,12 @@ def benchConfig(
                 raise GatewayError(f"no *.pem file in {certificates}")
             text = _setKey(text, "xmpp", "certificate", _tomlString(str(pems[0])))
             text = _setKey(text, "xmpp", "private_key", _tomlString(str(pems[0])))
+    if ircPort is not None or ircNetworks:
+        text = _setKey(text, "irc", "enabled", "true")
+        irc = f'"tcp:{ircPort}:interface=127.0.0.1{backlog}"' if ircPort is not None else ""
+        text = _setKey(text, "irc", "listen", f"[{irc}]")
+    if ircNetworks:
+        text = text.rstrip("\n") + "\n\n" + ircNetworks
     if shippedLimits:
         return text
     text = _setKey(text, "auth", "scram_iterations", str(scramIterations))
@@ -199,6 +226,9 @@ def benchConfig(
     if xmppPort is not None:
         for key, value in XMPP_BENCH_SETTINGS.items():
             text = _setKey(text, "xmpp", key, value)
+    if ircPort is not None:
+        for key, value in IRC_BENCH_SETTINGS.items():
+            text = _setKey(text, "irc", key, value)
     return text
 
 
@@ -290,6 +320,8 @@ class SpawnedGateway:
         the gateway was made without C{xmpp=True}.
     @ivar tlsPort: The native face's TLS port on 127.0.0.1, or C{None}
         when the gateway was made without C{tls=True}.
+    @ivar ircPort: The IRC face's port on 127.0.0.1, or C{None} when the
+        gateway was made without C{irc=True}.
     @ivar caPath: With C{tls=True}, the test authority's certificate that
         the gateway's certificate is signed by, for clients to trust.
     @ivar domain: The domain the gateway serves (from the template).
@@ -308,6 +340,8 @@ class SpawnedGateway:
         *,
         dataDir: Path | None = None,
         twistdOptions: Sequence[str] = (),
+        irc: bool = False,
+        ircNetworks: str = "",
     ) -> None:
         """
         @param template: The configuration to copy (C{etc/imgateway.toml}).
@@ -323,6 +357,10 @@ class SpawnedGateway:
             removed by L{stop}.
         @param twistdOptions: More options of C{twistd} (before the
             C{imgateway} subcommand), e.g. C{--profiler=cprofile}.
+        @param irc: Also run the IRC face (see L{benchConfig}), on
+            L{ircPort}.
+        @param ircNetworks: C{[[irc.network]]} tables for the IRC bridge
+            (see L{benchConfig}).
         """
         self.template = template if template is not None else REPO / "etc" / "imgateway.toml"
         self.keep = keep
@@ -335,7 +373,12 @@ class SpawnedGateway:
         taken.add(self.port)
         self.xmppPort: int | None = None
         self.tlsPort: int | None = None
+        self.ircPort: int | None = None
         self.caPath: Path | None = None
+        if irc:
+            while self.ircPort in taken:
+                self.ircPort = freePort()
+            taken.add(self.ircPort)
         if xmpp:
             while self.xmppPort in taken:
                 self.xmppPort = freePort()
@@ -363,6 +406,8 @@ class SpawnedGateway:
                 shippedLimits=shippedLimits,
                 tlsPort=self.tlsPort,
                 certificates=certificates,
+                ircPort=self.ircPort,
+                ircNetworks=ircNetworks,
             )
             self.config.write_text(text, encoding="utf-8")
         except BaseException:
@@ -420,6 +465,7 @@ class SpawnedGateway:
                 self._probe()
                 and (self.xmppPort is None or self._probeXMPP())
                 and (self.tlsPort is None or self._accepts(self.tlsPort))
+                and (self.ircPort is None or self._accepts(self.ircPort))
             ):
                 return
             if self._logSays("CannotListenError") or self._logSays("cannot listen on"):

@@ -1,10 +1,11 @@
 # -*- test-case-name: tests.test_bench_compare -*-
 """
-The load driver of C{bench/compare.py}: one driver for every server it
-compares, speaking XMPP c2s (to the gateway's XMPP face, Prosody and
-ejabberd) and the native protocol (to the gateway's native face), with one
-way of measuring for all of them. It prints one JSON line and nothing else
-on standard output.
+The load driver of C{bench/compare.py} and C{bench/irc_compare.py}: one
+driver for every server they compare, speaking XMPP c2s (to the gateway's
+XMPP face, Prosody and ejabberd), the native protocol (to the gateway's
+native face) and IRC (to the gateway's IRC face, with C{--irc-pass}, and to
+ngIRCd), with one way of measuring for all of them. It prints one JSON line
+and nothing else on standard output.
 
     python -m bench._loaddriver msg --proto xmpp --port 5222 --domain localhost --server-pid 123
     python -m bench._loaddriver presence --proto native --port 5300 --domain corp.example ...
@@ -34,8 +35,14 @@ Tests:
  - C{idle}: C{--users} sessions log in (SCRAM-SHA-1), fetch their contact
    list, go online and stay; the server's RSS before and after.
 
+With C{--to-proto} the C{msg} test is one way: the C{--pairs} senders
+(C{--prefix}, this server) each write to a receiver of another protocol or
+server (C{--to-prefix}, C{--to-port}, C{--to-domain}): native users to IRC
+users on an ircd through the gateway's bridge, whose CPU C{--peer-pid}
+reads apart.
+
 Counting a delivery, timing it and reading the server are the same code for
-both protocols; only the connection classes differ.
+every protocol; only the connection classes differ.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ import hashlib
 import hmac
 import json
 import multiprocessing as mp
+import re
 import secrets
 import sys
 import time
@@ -660,8 +668,91 @@ class NativeConn(Conn):
         self.close()
 
 
+#: ":nick!user@host PRIVMSG target :text" (the driver needs the nick and the text).
+_IRC_PRIVMSG = re.compile(rb"^:([^!\s]+)\S* PRIVMSG \S+ :(.*?)\r?$")
+
+
+class IrcConn(Conn):
+    """
+    An IRC client (RFC 1459 lines, as C{../shared/peers/load/irc_load.py}
+    speaks it): registers with C{NICK}/C{USER}, after C{PASS user:password}
+    when C{spec["irc_pass"]} (the gateway's IRC face logs users in so; a
+    plain ircd such as ngIRCd wants none), answers C{PING}, and takes every
+    C{PRIVMSG} for a message. Its address (what a native sender writes to)
+    is C{nick@domain}: on a bridged network, the network's domain.
+    """
+
+    proto = "irc"
+
+    def __init__(self, user: str, spec: dict[str, Any], stats: Stats) -> None:
+        super().__init__(user, spec, stats)
+        self.nick = user
+        self.sendPass: bool = spec.get("irc_pass", False)
+        self._buf = b""
+        self.registered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def failWaiting(self, e: Exception) -> None:
+        if not self.registered.done():
+            self.registered.set_exception(e)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf + data if self._buf else data
+        lines = buf.split(b"\n")
+        self._buf = lines.pop()
+        for line in lines:
+            m = _IRC_PRIVMSG.match(line)
+            if m is not None:
+                if self.onMessage is not None:
+                    self.onMessage(self, m.group(1).decode(), m.group(2).decode("utf-8", "replace"))
+                continue
+            line = line.rstrip(b"\r")
+            if line.startswith(b"PING"):
+                self.write(b"PONG" + line[4:] + b"\r\n")
+                continue
+            parts = line.split(b" ", 3)
+            if len(parts) < 2:
+                continue
+            command = parts[1]
+            if command == b"001":
+                if len(parts) > 2:
+                    self.nick = parts[2].decode()
+                if not self.registered.done():
+                    self.registered.set_result(None)
+            elif command in (b"464", b"433", b"432", b"436") and not self.registered.done():
+                self.registered.set_exception(LoginError(f"{self.user}: {line[:200]!r}"))
+            elif parts[0] == b"ERROR":
+                if not self.registered.done():
+                    self.registered.set_exception(LoginError(f"{self.user}: {line[:200]!r}"))
+                elif self.stats.sending:
+                    self.stats.errors += 1
+
+    async def login(self, host: str, port: int, mech: str, timeout: float, bind: str | None = None) -> None:
+        await self.connect(host, port, timeout, bind)
+        ident = "".join(c for c in self.user if c.isalnum())[:10] or "bench"
+        first = f"PASS {self.user}:{self.password}\r\n" if self.sendPass else ""
+        self.write(f"{first}NICK {self.user}\r\nUSER {ident} 0 * :bench\r\n".encode())
+        await asyncio.wait_for(asyncio.shield(self.registered), timeout)
+
+    async def startSession(self, timeout: float) -> None:
+        pass  # no contact list to fetch; registered is online
+
+    def messageBytes(self, target: Conn, bodies: Sequence[bytes]) -> bytes:
+        pre = b"PRIVMSG " + getattr(target, "nick", target.user).encode() + b" :"
+        return b"".join(pre + b + b"\r\n" for b in bodies)
+
+    def presenceBytes(self, note: bytes) -> bytes:
+        return b"AWAY :" + note + b"\r\n"
+
+    def goodbye(self) -> None:
+        self.write(b"QUIT :bye\r\n")
+        self.close()
+
+
+CONNS: dict[str, type[Conn]] = {"xmpp": XmppConn, "native": NativeConn, "irc": IrcConn}
+
+
 def makeConn(user: str, spec: dict[str, Any], stats: Stats) -> Conn:
-    return (XmppConn if spec["proto"] == "xmpp" else NativeConn)(user, spec, stats)
+    return CONNS[spec["proto"]](user, spec, stats)
 
 
 async def loginAll(conns: Sequence[Conn], spec: dict[str, Any], session: bool) -> float:
@@ -863,20 +954,36 @@ def names(spec: dict[str, Any], numbers: Sequence[int]) -> list[str]:
 async def workerMsg(link: ParentLink, spec: dict[str, Any]) -> dict[str, Any]:
     stats = Stats()
     pairs: list[tuple[int, int]] = spec["shard"]
-    conns = {u: makeConn(f"{spec['prefix']}{u}", spec, stats) for pr in pairs for u in pr}
-    await loginAll(list(conns.values()), spec, session=True)
+    to: dict[str, Any] | None = spec.get("to")
+    if to is None:
+        conns = {u: makeConn(f"{spec['prefix']}{u}", spec, stats) for pr in pairs for u in pr}
+        await loginAll(list(conns.values()), spec, session=True)
+        ends = [(conns[a], conns[b]) for a, b in pairs]
+    else:
+        # One way: the first of each pair (on this server) sends to the
+        # second, a client of C{to} (another server, or another face).
+        toSpec = dict(spec, **to)
+        receivers = [makeConn(f"{toSpec['prefix']}{b}", toSpec, stats) for _, b in pairs]
+        await loginAll(receivers, toSpec, session=True)
+        sending = [makeConn(f"{spec['prefix']}{a}", spec, stats) for a, _ in pairs]
+        await loginAll(sending, spec, session=True)
+        ends = list(zip(sending, receivers))
+        conns = {i: c for i, c in enumerate(sending + receivers)}
     senders: list[Sender] = []
     byConn: dict[Conn, Sender] = {}
-    for a, b in pairs:
-        ca, cb = conns[a], conns[b]
+    for ca, cb in ends:
         sa = Sender(ca, cb, spec["window"], 1, stats)
-        sb = Sender(cb, ca, spec["window"], 1, stats)
-        senders += [sa, sb]
+        senders.append(sa)
         byConn[cb] = sa  # cb receives what sa sends
-        byConn[ca] = sb
+        if to is None:
+            sb = Sender(cb, ca, spec["window"], 1, stats)
+            senders.append(sb)
+            byConn[ca] = sb
 
     def onMessage(c: Conn, frm: str, body: str) -> None:
-        byConn[c].delivered(body)
+        sender = byConn.get(c)
+        if sender is not None:
+            sender.delivered(body)
 
     for c in conns.values():
         c.onMessage = onMessage
@@ -1108,13 +1215,16 @@ def measureWindow(args: argparse.Namespace, workers: Workers) -> dict[str, Any]:
     t1 = t0 + int(args.duration * 1e6)
     workers.send(("go", tGo, t0, t1))
     time.sleep(max(0.0, (t0 - nowUs()) / 1e6))
-    c0, b0, m0 = pidsCpu(pids), machineBusyS(), time.monotonic()
+    peers = args.peer_pid
+    c0, p0, b0, m0 = pidsCpu(pids), pidsCpu(peers), machineBusyS(), time.monotonic()
     time.sleep(max(0.0, (t1 - nowUs()) / 1e6))
-    c1, b1, m1 = pidsCpu(pids), machineBusyS(), time.monotonic()
+    c1, p1, b1, m1 = pidsCpu(pids), pidsCpu(peers), machineBusyS(), time.monotonic()
     rss = sum(procRssKb(p) or 0 for p in pids)
     dt = m1 - m0
     return {
         "server_cpu_s": None if c0 is None or c1 is None else c1 - c0,
+        "peer_cpu_s": None if not peers or p0 is None or p1 is None else p1 - p0,
+        "peer_rss_kb": sum(procRssKb(p) or 0 for p in peers) or None,
         "machineBusyS": None if b0 is None or b1 is None else b1 - b0,
         "window_s": dt,
         "server_rss_kb": rss or None,
@@ -1141,7 +1251,13 @@ def finish(args: argparse.Namespace, edges: dict[str, Any], results: list[dict[s
         out["server_cpu_pct"] = round(100 * edges["server_cpu_s"] / dt, 1)
         out["server_cpu_us_per_item"] = round(edges["server_cpu_s"] / count * 1e6, 2) if count else None
         if edges["machineBusyS"] is not None:
-            out["other_cpu_pct"] = round(100 * (edges["machineBusyS"] - edges["server_cpu_s"] - sum(driverCpu)) / dt, 1)
+            peer = edges.get("peer_cpu_s") or 0.0
+            out["other_cpu_pct"] = round(100 * (edges["machineBusyS"] - edges["server_cpu_s"] - peer - sum(driverCpu)) / dt, 1)
+    if edges.get("peer_cpu_s") is not None:
+        # The other server a message crosses (the IRC network behind the gateway's bridge).
+        out["peer_cpu_pct"] = round(100 * edges["peer_cpu_s"] / dt, 1)
+        out["peer_cpu_us_per_item"] = round(edges["peer_cpu_s"] / count * 1e6, 2) if count else None
+        out["peer_rss_kb"] = edges.get("peer_rss_kb")
     out["driver_cpu_us_per_item"] = round(sum(driverCpu) / count * 1e6, 2) if count else None
     return out
 
@@ -1161,6 +1277,7 @@ def baseSpec(args: argparse.Namespace) -> dict[str, Any]:
         "drain": args.drain,
         "window": args.window,
         "settle": args.settle,
+        "irc_pass": args.irc_pass,
     }
 
 
@@ -1168,9 +1285,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = baseSpec(args)
     result: dict[str, Any] = {"test": args.test, "proto": args.proto, "label": args.label, "duration_s": args.duration}
     if args.test == "msg":
-        pairs = [(args.first + 2 * i, args.first + 2 * i + 1) for i in range(args.pairs)]
+        if args.to_proto is None:
+            pairs = [(args.first + 2 * i, args.first + 2 * i + 1) for i in range(args.pairs)]
+            senders = 2 * args.pairs
+        else:
+            pairs = [(args.first + i, args.to_first + i) for i in range(args.pairs)]
+            senders = args.pairs
+            to = {"proto": args.to_proto, "port": args.to_port or args.port, "domain": args.to_domain or args.domain,
+                  "prefix": args.to_prefix, "irc_pass": False}
+            spec = dict(spec, to=to)
+            result.update(one_way_to=to)
         shards = [s for s in shard(pairs, args.procs) if s]
-        specs = [dict(spec, shard=s, rate=args.rate, senders_total=2 * args.pairs) for s in shards]
+        specs = [dict(spec, shard=s, rate=args.rate, senders_total=senders) for s in shards]
         result.update(pairs=args.pairs, window=None if args.rate else args.window, rate_target=args.rate or None)
     elif args.test == "presence":
         specs = [dict(spec, center=args.first, contact_numbers=list(range(args.first + 1, args.first + 1 + args.users)))]
@@ -1263,9 +1389,18 @@ def runIdle(args: argparse.Namespace, workers: Workers, result: dict[str, Any]) 
 
 
 def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench._loaddriver", description="compare.py's load driver (XMPP and native)")
+    p = argparse.ArgumentParser(prog="python -m bench._loaddriver", description="the benchmarks' load driver (XMPP, native, IRC)")
     p.add_argument("test", choices=sorted(WORKERS))
-    p.add_argument("--proto", choices=["xmpp", "native"], required=True)
+    p.add_argument("--proto", choices=sorted(CONNS), required=True)
+    p.add_argument("--irc-pass", action="store_true", help="irc: log in with PASS user:password (the gateway's IRC face)")
+    p.add_argument("--to-proto", choices=sorted(CONNS), default=None,
+                   help="msg: one way, each sender to a client of this protocol (--to-port, --to-domain, --to-prefix)")
+    p.add_argument("--to-port", type=int, default=None)
+    p.add_argument("--to-domain", default=None, help="the receivers' domain (a bridged IRC network's)")
+    p.add_argument("--to-prefix", default="irc")
+    p.add_argument("--to-first", type=int, default=0)
+    p.add_argument("--peer-pid", type=int, action="append", default=[],
+                   help="another server a message crosses: its CPU is read apart (peer_cpu_us_per_item)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--domain", required=True)

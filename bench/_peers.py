@@ -187,7 +187,7 @@ class Server:
 
 class GatewayServer(Server):
     """
-    A face of a L{SpawnedGateway} (C{proto} C{native} or C{xmpp}).
+    A face of a L{SpawnedGateway} (C{proto} C{native}, C{xmpp} or C{irc}).
     """
 
     def __init__(self, gateway: SpawnedGateway, proto: str) -> None:
@@ -195,7 +195,8 @@ class GatewayServer(Server):
         self.proto = proto
         self.name = f"gateway-{proto}"
         self.domain = gateway.domain or ""
-        self.port = gateway.port if proto == "native" else (gateway.xmppPort or 0)
+        ports = {"native": gateway.port, "xmpp": gateway.xmppPort, "irc": gateway.ircPort}
+        self.port = ports.get(proto) or 0
         self.pid = gateway.pid
 
     def stop(self) -> None:
@@ -206,9 +207,23 @@ class GatewayServer(Server):
 
 
 def startGateway(
-    proto: str, provision: Provision, keep: bool = False, template: Path | None = None, twistdOptions: Sequence[str] = ()
+    proto: str,
+    provision: Provision,
+    keep: bool = False,
+    template: Path | None = None,
+    twistdOptions: Sequence[str] = (),
+    ircNetworks: str = "",
 ) -> GatewayServer:
-    gateway = SpawnedGateway(template=template, keep=keep, xmpp=True, twistdOptions=twistdOptions)
+    """
+    Start a gateway with C{provision} and return its face C{proto}
+    (C{native} and C{xmpp} always run; C{irc} only when asked for).
+
+    @param twistdOptions: More options of C{twistd} (L{SpawnedGateway}).
+    @param ircNetworks: C{[[irc.network]]} tables (TOML) for its IRC bridge.
+    """
+    gateway = SpawnedGateway(
+        template=template, keep=keep, xmpp=True, twistdOptions=twistdOptions, irc=proto == "irc", ircNetworks=ircNetworks
+    )
     try:
         if provision.accounts:
             # One child process for all (the numbers between the runs too:

@@ -452,8 +452,10 @@ def _ratioCells(r: dict[str, dict[str, float]], sizes: Sequence[int]) -> list[st
     return c
 
 
-def cpuTable(records: Sequence[dict[str, Any]]) -> str:
+def cpuTable(records: Sequence[dict[str, Any]], names: dict[str, str] = ROW_NAMES) -> str:
     """
+    @param names: What each row is called (C{bench/irc_compare.py} has rows
+        of its own).
     @return: How the cores were shared in each run (medians over the reps),
         and what went wrong, as Markdown.
     """
@@ -475,7 +477,7 @@ def cpuTable(records: Sequence[dict[str, Any]]) -> str:
         med = lambda key: _median([r.get(key) for r in ok])  # noqa: E731
         drivers = [r.get("driver_cpu_pct") or [] for r in ok]
         driverText = " + ".join(_num(_median([d[i] for d in drivers if len(d) > i])) for i in range(max((len(d) for d in drivers), default=0)))
-        out.append(f"| {ROW_NAMES.get(row, row)} | {run} | {_num(med('server_cpu_pct'))} | {driverText or '–'} "
+        out.append(f"| {names.get(row, row)} | {run} | {_num(med('server_cpu_pct'))} | {driverText or '–'} "
                    f"| {_num(med('other_cpu_pct'))} | {_num(_median([r.get('driver_cpu_us_per_item') for r in ok]))} "
                    f"| {'; '.join(problems) or '–'} |")
     return "\n".join(out)

@@ -45,6 +45,7 @@ from tests.e2e.harness import _accepts, _deferred, _readText, _Waiters, freePort
 __all__ = [
     "INSPIRCD_COMMAND_RATE",
     "INSPIRCD_THRESHOLD",
+    "NGIRCD_NO_FLOOD_CONTROL",
     "IRCUser",
     "IRCdProcess",
     "SharedIRCd",
@@ -61,6 +62,11 @@ __all__ = [
 #: enforced.
 INSPIRCD_COMMAND_RATE = 20000
 INSPIRCD_THRESHOLD = 20
+
+#: What C{IRCdProcess("ngircd", floodControl=False)} adds to ngIRCd's
+#: C{[Limits]} (as C{../shared/peers/conf/ngircd.conf.in}): no penalty
+#: time (fake lag) for any command, no idle timeout.
+NGIRCD_NO_FLOOD_CONTROL = ("MaxPenaltyTime = 0", "IdleTimeout = 0")
 
 #: How long a server may take to listen, in seconds.
 START_TIMEOUT = 20.0
@@ -80,7 +86,7 @@ _NGIRCD_CONF = """\
     MaxNickLength = 30
     PingTimeout = 120
     PongTimeout = 20
-[Options]
+{limits}[Options]
     DNS = no
     Ident = no
     PAM = no
@@ -127,9 +133,18 @@ class IRCdProcess:
     @ivar directory: Its configuration, log and pid files.
     """
 
-    def __init__(self, kind: str, directory: str | None = None) -> None:
+    def __init__(self, kind: str, directory: str | None = None, floodControl: bool = True) -> None:
+        """
+        @param floodControl: Keep the server's own flood control (the
+            tests); C{False} turns it off for the benchmarks
+            (L{NGIRCD_NO_FLOOD_CONTROL}; ngIRCd only), which measure
+            routing, not penalties.
+        """
         if kind not in ("ngircd", "inspircd"):
             raise ValueError(kind)
+        if not floodControl and kind != "ngircd":
+            raise ValueError("flood control can be turned off for ngircd only")
+        self.floodControl = floodControl
         self.kind = kind
         self.directory = directory or tempfile.mkdtemp(prefix=f"imgw-{kind}-")
         self._ownDirectory = directory is None
@@ -153,7 +168,8 @@ class IRCdProcess:
     def writeConfig(self) -> str:
         if self.kind == "ngircd":
             path = os.path.join(self.directory, "ngircd.conf")
-            text = _NGIRCD_CONF.format(port=self.port, dir=self.directory, uid=os.getuid(), gid=os.getgid())
+            limits = "" if self.floodControl else "".join(f"    {line}\n" for line in NGIRCD_NO_FLOOD_CONTROL)
+            text = _NGIRCD_CONF.format(port=self.port, dir=self.directory, uid=os.getuid(), gid=os.getgid(), limits=limits)
         else:
             path = os.path.join(self.directory, "inspircd.conf")
             with open(os.path.join(self.directory, "motd.txt"), "w") as f:

@@ -11,6 +11,7 @@ test: nothing asserts a time.
     .venv/bin/python bench/login_flood.py --mode login --mech SCRAM-SHA-256
     .venv/bin/python bench/login_flood.py --mode login --mech SCRAM-SHA-1 --face xmpp
     .venv/bin/python bench/login_flood.py --mode login --mech PLAIN --profile /tmp/login.prof
+    .venv/bin/python bench/login_flood.py --mode idle --face mixed --mech SCRAM-SHA-1 --sessions 10000 --contacts 20
 
 C{--mode wrong} is the attack: every attempt is C{AUTH} PLAIN with a wrong
 password for one of C{--users} accounts (or unknown ones with
@@ -18,7 +19,11 @@ C{--unknown}), up to C{max_auth_attempts} per connection, then a new
 connection. Unless C{--throttle}, the gateway's C{[limits]} are raised so
 that every attempt is checked (the worst case for its memory and CPU); with
 it, the shipped limits apply and most attempts are refused unchecked.
-C{--mode login} logs in with the right password and says C{BYE} (with
+C{--mode idle} logs C{--sessions} in (C{--face mixed}: even accounts on the
+native face, odd ones on XMPP), each with C{--contacts} mutual contacts
+among them, fetching its contacts and going online, keeps them connected and
+reports the time it took, the CPU per login and the RSS (peak, and per
+session). C{--mode login} logs in with the right password and says C{BYE} (with
 C{--face xmpp}: SASL on the XMPP c2s face without TLS, resource binding,
 then the end of the stream). The figure to compare is C{server_cpu_us_per_login},
 the gateway's CPU (user + system) over the run divided by the logins: it
@@ -39,8 +44,9 @@ import asyncio
 import base64
 import functools
 import json
-import re
 import os
+import re
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -50,7 +56,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._gateway import SpawnedGateway, _setKey
+from bench._gateway import REPO, SpawnedGateway, _setKey
+from bench._peers import circulant
 from bench._proc import procCpuS, procRssKb, raiseNofile
 from imgateway import __version__
 from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, serialise
@@ -91,6 +98,7 @@ class Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        answers = []
         for frame in self.parser.feed(data):
             if isinstance(frame, Response):
                 if frame.seq == 0:
@@ -99,6 +107,13 @@ class Conn(asyncio.Protocol):
                 f = self.waiting.pop(frame.seq, None)
                 if f is not None and not f.done():
                     f.set_result(frame)
+            elif isinstance(frame, Request) and frame.method != "BYE":
+                # The server's requests (a contact's presence, ...) are
+                # answered as a client answers them.
+                seq = frame.headers.get("Seq") or "0"
+                answers.append(serialise(Response(200, "OK", Headers.of(("Seq", seq)))))
+        if answers and self.transport is not None:
+            self.transport.write(b"".join(answers))
 
     def connection_lost(self, exc: Exception | None) -> None:
         for f in self.waiting.values():
@@ -212,6 +227,8 @@ class XMPPConn(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.buf = b""
+        #: Once idle, what arrives (contacts' presences) is not kept.
+        self.idle = False
         self.event = asyncio.Event()
         self.closed = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
@@ -220,6 +237,8 @@ class XMPPConn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.idle:
+            return
         self.buf += data
         self.event.set()
 
@@ -250,14 +269,16 @@ class XMPPConn(asyncio.Protocol):
 
 _FEATURES_END = re.compile(rb"</stream:features>")
 _BIND_RESULT = re.compile(rb"<iq[^>]*type=.result.[^>]*>.*?</iq>|<iq[^>]*type=.result.[^>]*/>", re.S)
+_ROSTER_RESULT = re.compile(rb"<iq[^>]*id=.r1.[^>]*(?:/>|>.*?</iq>)", re.S)
 
 
 async def xmppLogin(port: int, domain: str, user: str, mech: str, keep: list[XMPPConn] | None = None) -> str:
     """
     Log in on the XMPP face: SASL, restart, bind, end of stream.
 
-    @param keep: If given, the stream is not ended: initial presence is
-        sent and the connection is appended to C{keep}, idle.
+    @param keep: If given, the stream is not ended: the roster is fetched,
+        initial presence is sent and the connection is appended to
+        C{keep}, idle.
     @return: The outcome: C{"200"} when bound, else what failed.
     """
     loop = asyncio.get_running_loop()
@@ -285,7 +306,11 @@ async def xmppLogin(port: int, domain: str, user: str, mech: str, keep: list[XMP
         conn.send("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
         await conn.until(_BIND_RESULT)
         if keep is not None:
+            conn.send("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>")
+            await conn.until(_ROSTER_RESULT)
             conn.send("<presence/>")
+            conn.idle = True
+            conn.buf = b""
             keep.append(conn)
             return "200"
         conn.send("</stream:stream>")
@@ -298,8 +323,8 @@ async def xmppLogin(port: int, domain: str, user: str, mech: str, keep: list[XMP
 
 async def nativeLogin(port: int, user: str, mech: str, keep: list[Any] | None) -> str:
     """
-    Log in on the native face; say C{BYE}, or (with C{keep}) announce
-    presence and keep the connection idle in C{keep}.
+    Log in on the native face; say C{BYE}, or (with C{keep}) fetch the
+    contacts, announce presence and keep the connection idle in C{keep}.
     """
     conn = await connect(port)
     try:
@@ -311,6 +336,7 @@ async def nativeLogin(port: int, user: str, mech: str, keep: list[Any] | None) -
         if r.code != 200:
             return outcome
         if keep is not None:
+            await conn.request("CONTACTS")
             await conn.request("PUBLISH", (("Presence", "online"),))
             keep.append(conn)
             return outcome
@@ -332,7 +358,11 @@ async def idleRun(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any
     kept: list[Any] = []
 
     async def login(user: str, keep: list[Any] | None) -> str:
-        if args.face == "native":
+        face = args.face
+        if face == "mixed":
+            # Even accounts on the native face, odd ones on XMPP.
+            face = "native" if int(user[len("bench") :]) % 2 == 0 else "xmpp"
+        if face == "native":
             return await nativeLogin(gw.port, user, args.mech, keep)
         assert gw.xmppPort is not None and gw.domain is not None
         return await xmppLogin(gw.xmppPort, gw.domain, user, args.mech, keep)
@@ -349,11 +379,17 @@ async def idleRun(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any
     rssBase = procRssKb(gw.pid)
     cpu0 = procCpuS(gw.pid)
     start = time.monotonic()
-    await asyncio.gather(*(one(f"bench{i}", kept) for i in range(args.sessions)))
+    peak = rssBase or 0
+    logins = asyncio.gather(*(one(f"bench{i}", kept) for i in range(args.sessions)))
+    while not logins.done():
+        peak = max(peak, procRssKb(gw.pid) or 0)
+        await asyncio.wait([logins], timeout=0.5)
+    await logins
     elapsed = time.monotonic() - start
     cpu1 = procCpuS(gw.pid)
     await asyncio.sleep(args.settle)
     rss = procRssKb(gw.pid)
+    peak = max(peak, rss or 0)
     for conn in kept:
         if conn.transport is not None:
             conn.transport.close()
@@ -364,6 +400,9 @@ async def idleRun(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any
         "face": args.face,
         "mech": args.mech,
         "sessions": n,
+        "contacts": args.contacts,
+        "idle_parser_seconds": args.idle_parser_seconds,
+        "scram_iterations": args.scram_iterations,
         "warmup_logins": args.warmup,
         "outcomes": dict(outcomes),
         "login_s": round(elapsed, 2),
@@ -372,6 +411,7 @@ async def idleRun(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any
         "server_rss_base_kb": rssBase,
         "server_rss_kb": rss,
         "server_rss_mib": round((rss or 0) / 1024, 1),
+        "server_rss_peak_mib": round(peak / 1024, 1),
         "rss_per_session_kib": round(((rss or 0) - (rssBase or 0)) / n, 1) if n else None,
         "gateway_log_errors": gw.logErrors(),
         "imgateway": __version__,
@@ -477,6 +517,24 @@ async def run(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any]:
     }
 
 
+def writeContacts(gw: SpawnedGateway, sessions: int, contacts: int) -> None:
+    """
+    Give each of the accounts C{bench0 .. bench<sessions-1>} C{contacts}
+    mutual contacts among themselves (as C{compare.py}'s idle runs), in the
+    gateway's store before it starts.
+    """
+    info(f"writing {contacts} contacts for each of {sessions} accounts")
+    pairsFile = gw.folder / "pairs.json"
+    pairsFile.write_text(json.dumps(circulant(0, sessions, contacts)))
+    done = subprocess.run(
+        [sys.executable, "-m", "bench._peers", "gateway-contacts", "--config", str(gw.config),
+         "--pairs", str(pairsFile), "--prefix", "bench"],
+        capture_output=True, text=True, timeout=900, cwd=str(REPO), env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"writing the contacts failed:\n{done.stderr[-3000:]}")
+
+
 def configure(gw: SpawnedGateway, args: argparse.Namespace) -> None:
     """
     Adjust the spawned gateway's configuration for the flood.
@@ -485,6 +543,8 @@ def configure(gw: SpawnedGateway, args: argparse.Namespace) -> None:
     text = _setKey(text, "auth", "scram_iterations", str(args.scram_iterations))
     text = _setKey(text, "native", "max_auth_attempts", str(args.attempts + 1))
     text = _setKey(text, "native", "allow_plaintext_auth", "true")
+    if args.idle_parser_seconds is not None:
+        text = _setKey(text, "xmpp", "idle_parser_seconds", repr(args.idle_parser_seconds))
     if "[limits]" in text and not args.throttle:
         for key, value in NO_LIMITS.items():
             text = _setKey(text, "limits", key, value)
@@ -502,7 +562,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=15.0)
     p.add_argument("--scram-iterations", type=int, default=10000)
     p.add_argument("--throttle", action="store_true", help="keep the shipped [limits] (else raised)")
-    p.add_argument("--face", choices=("native", "xmpp"), default="native", help="for --mode login")
+    p.add_argument(
+        "--face", choices=("native", "xmpp", "mixed"), default="native", help="mixed (--mode idle): half on each face"
+    )
+    p.add_argument("--contacts", type=int, default=0, help="for --mode idle: mutual contacts of each session")
+    p.add_argument(
+        "--idle-parser-seconds", type=float, help="[xmpp] idle_parser_seconds (e.g. 1e9: no drop, to compare)"
+    )
     p.add_argument("--sessions", type=int, default=1000, help="for --mode idle: idle sessions")
     p.add_argument("--warmup", type=int, default=50, help="for --mode idle: logins in and out first")
     p.add_argument("--settle", type=float, default=3.0, help="for --mode idle: seconds before measuring")
@@ -511,16 +577,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.face == "xmpp" and args.mode == "wrong":
         p.error("--face xmpp needs --mode login or idle")
+    if args.face == "mixed" and args.mode != "idle":
+        p.error("--face mixed needs --mode idle")
+    if args.contacts and (args.mode != "idle" or args.contacts >= args.sessions or args.contacts % 2):
+        p.error("--contacts: an even number below --sessions, with --mode idle")
     if args.mode == "idle":
         args.users = max(args.users, args.sessions, args.warmup)
     raiseNofile()
     cacheClientKeys()
     options = ["--profiler=cprofile", "--savestats", f"--profile={args.profile}"] if args.profile else []
-    gw = SpawnedGateway(keep=args.keep, xmpp=args.face == "xmpp", twistdOptions=options)
+    gw = SpawnedGateway(keep=args.keep, xmpp=args.face != "native", twistdOptions=options)
     try:
         configure(gw, args)
         info(f"creating {args.users} accounts")
         gw.createUsers("bench", 0, args.users, PASSWORD)
+        if args.contacts:
+            writeContacts(gw, args.sessions, args.contacts)
         gw.start()
         info(f"gateway pid {gw.pid}, port {gw.port}; {args.mode} for {args.duration:g} s with {args.workers} workers")
         result = asyncio.run(idleRun(args, gw) if args.mode == "idle" else run(args, gw))

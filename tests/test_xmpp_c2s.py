@@ -23,7 +23,7 @@ from imgateway.adapters.xmpp.adapter import XMPPAdapter
 from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory, C2SProtocol, _messageElement, _presenceElement
 from imgateway.adapters.xmpp.jid import jidOf
 from imgateway.adapters.xmpp.mapping import presenceStanzaParts
-from imgateway.adapters.xmpp.stream import NS_STREAM_LIMITS, StreamLimits, xmlSafe
+from imgateway.adapters.xmpp.stream import IDLE_PARSER_SECONDS, NS_STREAM_LIMITS, StreamLimits, xmlSafe
 from imgateway.auth.sasl import clientMechanism
 from imgateway.config import ConfigTable
 from imgateway.core.address import Address
@@ -631,6 +631,18 @@ class ConfigTests(SynchronousTestCase):
         """
         self.assertRaises(ConfigError, self.parse, {"require_tls": False, "stanza_bytes": 100})
         self.assertRaises(ConfigError, self.parse, {"require_tls": False, "pre_auth_stanza_bytes": 10})
+
+    def test_idleParserSeconds(self) -> None:
+        """
+        C{idle_parser_seconds} sets the c2s streams' idle-parser drop
+        (L{IDLE_PARSER_SECONDS} by default); it must be greater than 0.
+        """
+        config = self.parse({"require_tls": False})
+        self.assertEqual(config.c2s.limits.idleParserSeconds, IDLE_PARSER_SECONDS)  # type: ignore[attr-defined]
+        config = self.parse({"require_tls": False, "idle_parser_seconds": 30})
+        self.assertEqual(config.c2s.limits.idleParserSeconds, 30.0)  # type: ignore[attr-defined]
+        e = self.assertRaises(ConfigError, self.parse, {"require_tls": False, "idle_parser_seconds": 0})
+        self.assertIn("idle_parser_seconds", str(e))
 
     def test_componentOnly(self) -> None:
         """

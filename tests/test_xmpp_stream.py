@@ -23,6 +23,7 @@ from twisted.words.xish.xmlstream import STREAM_ERROR_EVENT
 from imgateway.adapters.xmpp.stream import (
     NS_XMPP_ERRORS,
     HardenedXmlStream,
+    IDLE_PARSER_SECONDS,
     RestrictedXML,
     StreamLimits,
     TEXT_BUFFER_CHARS,
@@ -1114,3 +1115,282 @@ class TextBufferTests(StreamTestCase):
             self.assertOpen(transport)
             self.assertEqual(len(received), 2)
             self.assertEqual(str(received[1].body), "x&y" * (3 * TEXT_BUFFER_CHARS))
+
+
+#: Limits with the idle-parser drop of the c2s face.
+IDLE = StreamLimits(idleParserSeconds=IDLE_PARSER_SECONDS)
+
+#: A stream header that declares a prefix of its own, and stanzas that use
+#: it, other namespaces, text, entities, nesting and an empty element.
+PREFIXED_OPEN = (
+    b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
+    b" xmlns:db='jabber:server:dialback' to='corp.example' version='1.0'>"
+)
+VARIED = (
+    b"<message to='a@corp.example' id='m1'><body>one &amp; two</body>"
+    b"<x xmlns='urn:example:x'><y a='1'/></x></message>\n "
+    b"<db:result to='corp.example'>key</db:result>"
+    b"<presence/>\t<iq type='get' id='i1'><query xmlns='jabber:iq:roster'/></iq>"
+)
+
+
+class IdleParserTests(StreamTestCase):
+    """
+    A stream that received nothing for L{StreamLimits.idleParserSeconds}
+    (checked every so many seconds: dropped after one to two periods) and
+    has nothing open drops its parser; its next bytes get a new one, fed
+    the peer's stream header first, and parse as they would have. Every cap
+    holds across the drop.
+    """
+
+    def idle(self, xs: HardenedXmlStream) -> None:
+        """
+        Let two periods pass without a byte.
+        """
+        self.clock.advance(IDLE_PARSER_SECONDS)
+        self.clock.advance(IDLE_PARSER_SECONDS)
+
+    def close(self, xs: HardenedXmlStream) -> None:
+        """
+        Lose the connection (nothing may stay scheduled).
+        """
+        xs.connectionLost(Failure(ConnectionError()))
+
+    def test_dropped(self) -> None:
+        """
+        After two quiet periods the parser is gone and nothing is left
+        scheduled; the next stanza is handled as usual, by a new parser
+        with the same text buffer and refusing handlers.
+        """
+        xs, transport, received = self.connect(IDLE)
+        self.feed(xs, HEADER, FIRST)
+        assert xs.stream is not None
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.idle(xs)
+        self.assertIsNone(xs.stream)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.feed(xs, b"<message to='a@corp.example'><body>hi</body></message>")
+        self.assertEqual([e.name for e in received], ["presence", "message"])
+        self.assertEqual(received[1].uri, "jabber:client")
+        self.assertEqual(str(received[1].body), "hi")
+        assert xs.stream is not None
+        self.assertEqual(xs.stream.parser.buffer_size, TEXT_BUFFER_CHARS)
+        self.assertIsNotNone(xs.stream.parser.CommentHandler)
+        self.assertOpen(transport)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.close(xs)
+
+    def test_keptByDefault(self) -> None:
+        """
+        With the default L{StreamLimits} (C{idleParserSeconds} 0: s2s and
+        component streams, tests) the parser is kept and nothing is
+        scheduled.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER, FIRST)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(3600)
+        self.assertIsNotNone(xs.stream)
+
+    def test_activeKept(self) -> None:
+        """
+        A stream that receives bytes within every period keeps its parser.
+        """
+        xs, transport, received = self.connect(IDLE)
+        self.feed(xs, HEADER, FIRST)
+        parser = xs.stream
+        for _ in range(10):
+            self.clock.advance(IDLE_PARSER_SECONDS * 0.9)
+            self.feed(xs, b" ")
+        self.assertIs(xs.stream, parser)
+        self.close(xs)
+
+    def test_beforeHeaderKept(self) -> None:
+        """
+        Nothing is dropped before the peer's stream header is complete.
+        """
+        xs, transport, received = self.connect(IDLE)
+        self.feed(xs, HEADER[:30])
+        self.clock.advance(100 * IDLE_PARSER_SECONDS)
+        self.assertIsNotNone(xs.stream)
+        self.feed(xs, HEADER[30:], FIRST)
+        self.assertEqual(len(received), 1)
+        self.close(xs)
+
+    def test_openStanzaKept(self) -> None:
+        """
+        A stanza begun (a start tag not yet complete, an element open, a
+        closing tag begun) keeps the parser for as long as it stays open;
+        once it ends and the stream is quiet, the parser goes.
+        """
+        stanza = b"<message to='a@corp.example'><body>hi</body></message>"
+        for cut in (3, 20, 30, 40, len(stanza) - 3):
+            xs, transport, received = self.connect(IDLE)
+            self.feed(xs, HEADER, FIRST, stanza[:cut])
+            self.clock.advance(100 * IDLE_PARSER_SECONDS)
+            self.assertIsNotNone(xs.stream, cut)
+            self.feed(xs, stanza[cut:])
+            self.assertEqual(len(received), 2, cut)
+            self.idle(xs)
+            self.assertIsNone(xs.stream, cut)
+            self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_splitAtEveryPosition(self) -> None:
+        """
+        Stanzas cut in two at every byte position, with two quiet periods
+        between the halves, arrive as they do without the pause: the same
+        elements, namespaces (the header's own prefix too), text and
+        attributes. The parser is dropped at every cut that falls between
+        two stanzas.
+        """
+        xs, transport, received = self.connect(IDLE)
+        self.feed(xs, PREFIXED_OPEN, VARIED)
+        expected = [e.toXml() for e in received]
+        self.assertEqual(len(expected), 4)
+        self.close(xs)
+        drops = 0
+        for cut in range(len(VARIED) + 1):
+            xs, transport, received = self.connect(IDLE)
+            self.feed(xs, PREFIXED_OPEN, FIRST, VARIED[:cut])
+            self.idle(xs)
+            drops += xs.stream is None
+            self.feed(xs, VARIED[cut:])
+            self.assertEqual([e.toXml() for e in received[1:]], expected, cut)
+            self.assertOpen(transport)
+            self.close(xs)
+        # Between stanzas (and after each closing tag, before whitespace).
+        self.assertGreaterEqual(drops, 8)
+
+    def test_splitAfterRestart(self) -> None:
+        """
+        After a stream restart the new header is the one repeated: a drop
+        then a stanza parse in the restarted stream's namespaces.
+        """
+        xs, transport, received = self.connect(IDLE)
+        self.feed(xs, HEADER, FIRST)
+        xs.reset()
+        self.feed(xs, PREFIXED_OPEN, b"<presence/>")
+        self.idle(xs)
+        self.assertIsNone(xs.stream)
+        self.feed(xs, b"<db:result to='corp.example'>k</db:result>")
+        self.assertEqual((received[-1].uri, received[-1].name), ("jabber:server:dialback", "result"))
+        self.assertOpen(transport)
+        self.close(xs)
+
+    def boundary(self, authenticated: bool, prefix: bytes, cap: int) -> None:
+        """
+        After C{prefix} and a drop, a stanza of C{cap} bytes counted as
+        without the drop is accepted and one byte more is refused.
+        """
+        for size, accepted in ((cap, True), (cap + 1, False)):
+            xs, transport, received = self.connect(IDLE, authenticated=authenticated)
+            self.feed(xs, HEADER, FIRST, prefix)
+            self.idle(xs)
+            self.assertIsNone(xs.stream)
+            self.feed(xs, *chunks(emptyStanza(size), 1000))
+            if accepted:
+                self.assertOpen(transport)
+                self.assertEqual(received[-1].getAttribute("id"), "x" * (size - len(b"<presence id=''/>")))
+                self.close(xs)
+            else:
+                self.assertStreamError(transport, "policy-violation", tooBig=True)
+                self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_byteCapsAfterDrop(self) -> None:
+        """
+        The byte caps hold exactly after a drop (8192 bytes before
+        authentication, 262144 after): what came after the last stanza
+        before the drop (its closing tag, whitespace) still counts toward
+        the next one.
+        """
+        closing = b"<message><body>x</body></message>"
+        self.boundary(False, b"", 8192)
+        self.boundary(False, b"  ", 8192 - 2)
+        self.boundary(False, closing, 8192 - len(b"</message>"))
+        self.boundary(False, closing + b"\n", 8192 - len(b"</message>\n"))
+        self.boundary(True, b"", 262144)
+        self.boundary(True, closing, 262144 - len(b"</message>"))
+
+    def test_elementCapsAfterDrop(self) -> None:
+        """
+        The element caps hold after a drop: 32 before authentication and
+        1000 after, the 33rd and 1001st refused.
+        """
+        for authenticated, cap in ((False, 32), (True, 1000)):
+            for count, accepted in ((cap, True), (cap + 1, False)):
+                xs, transport, received = self.connect(IDLE, authenticated=authenticated)
+                self.feed(xs, HEADER, FIRST)
+                self.idle(xs)
+                self.assertIsNone(xs.stream)
+                self.feed(xs, stanzaWithElements(count))
+                if accepted:
+                    self.assertOpen(transport)
+                    self.assertEqual(len(received), 2)
+                    self.close(xs)
+                else:
+                    self.assertStreamError(transport, "policy-violation", tooBig=True)
+
+    def test_authenticatedAfterDrop(self) -> None:
+        """
+        A stream authenticated while its parser was dropped gets the larger
+        caps in the new parser.
+        """
+        xs, transport, received = self.connect(IDLE)
+        self.feed(xs, HEADER, FIRST)
+        self.idle(xs)
+        self.assertIsNone(xs.stream)
+        xs.setAuthenticated()
+        self.feed(xs, stanzaWithElements(1000))
+        self.assertOpen(transport)
+        self.assertEqual(len(received), 2)
+        self.close(xs)
+
+    def test_restrictedAfterDrop(self) -> None:
+        """
+        Comments and processing instructions are still refused with
+        C{<restricted-xml/>} after a drop, and a DTD (too late after the
+        header) with C{<not-well-formed/>}, as without a drop.
+        """
+        for bad, condition in ((b"<!-- c -->", "restricted-xml"), (b"<?pi x?>", "restricted-xml"),
+                               (b"<!DOCTYPE x>", "not-well-formed")):  # fmt: skip
+            xs, transport, received = self.connect(IDLE)
+            self.feed(xs, HEADER, FIRST)
+            self.idle(xs)
+            self.assertIsNone(xs.stream)
+            self.feed(xs, bad)
+            self.assertStreamError(transport, condition)
+            self.streamErrors.clear()
+
+    def test_notWellFormedAfterDrop(self) -> None:
+        """
+        A closing tag that closes nothing, after a drop, is
+        C{<not-well-formed/>} as before it.
+        """
+        xs, transport, received = self.connect(IDLE)
+        self.feed(xs, HEADER, FIRST)
+        self.idle(xs)
+        self.feed(xs, b"</message>")
+        self.assertStreamError(transport, "not-well-formed")
+
+    def test_closingTagAfterDrop(self) -> None:
+        """
+        The peer's closing tag after a drop ends the stream as usual: ours
+        is sent, and the connection closes.
+        """
+        xs, transport, received = self.connect(IDLE)
+        self.feed(xs, HEADER, FIRST)
+        self.idle(xs)
+        self.feed(xs, b"</stream:stream>")
+        out = Output(transport.value())
+        self.assertTrue(out.closed)
+        self.assertTrue(transport.disconnecting)
+        self.close(xs)
+
+    def test_failedStreamCancelsCheck(self) -> None:
+        """
+        A stream that fails leaves no idle check scheduled.
+        """
+        xs, transport, received = self.connect(IDLE)
+        self.feed(xs, HEADER, b"<!-- c -->")
+        self.assertStreamError(transport, "restricted-xml")
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -20,7 +20,7 @@ from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory
 from imgateway.adapters.xmpp.component import ComponentConfig, makeComponentService, parseComponents
 from imgateway.adapters.xmpp.federation_service import FederationConfig, FederationService
 from imgateway.adapters.xmpp.s2s import S2S_LIMITS, S2SConfig
-from imgateway.adapters.xmpp.stream import StreamLimits
+from imgateway.adapters.xmpp.stream import IDLE_PARSER_SECONDS, StreamLimits
 from imgateway.core.address import normaliseDomain
 from imgateway.core.errors import InvalidAddress
 from imgateway.adapters.base import ListenerService
@@ -189,6 +189,7 @@ class XMPPAdapter:
             stanzaBurst=t.positive("stanza_burst", int, l.stanzaBurst),
             maxQueuedStanzas=t.positive("stanza_queue", int, l.maxQueuedStanzas),
             sendQueueBytes=t.positive("max_send_queue_bytes", int, l.sendQueueBytes),
+            idleParserSeconds=t.positive("idle_parser_seconds", float, IDLE_PARSER_SECONDS),
         )
         c2s = C2SConfig(
             listen=t.endpoints("listen", reactor, d.listen),

@@ -35,6 +35,12 @@ section 1.6).
   U+FFFF) never reach the wire: they are removed from everything sent.
 - A peer's closing tag is answered with ours before the connection closes
   (RFC 6120 section 4.4); the closing tag is sent once at most.
+- An idle stream keeps no parser (about 13 KiB of expat and domish state
+  each): once no byte has come for L{StreamLimits.idleParserSeconds} (one
+  to two such periods) and nothing is open between two stanzas, the
+  parser is dropped; the next bytes get a new one, first given the peer's
+  own stream header (its namespace declarations only), so they parse as
+  they would have. Every cap above holds across the drop.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ __all__ = [
     "NS_STREAM_LIMITS",
     "NS_XMPP_ERRORS",
     "HardenedXmlStream",
+    "IDLE_PARSER_SECONDS",
     "RestrictedXML",
     "StreamLimits",
     "TEXT_BUFFER_CHARS",
@@ -131,6 +138,12 @@ class StreamLimits:
     @ivar sendQueueBytes: What may be queued for a peer that does not read,
         beyond the socket's own buffer; past it the connection is dropped
         (L{imgateway.adapters.base.SendQueueGuard}).
+    @ivar idleParserSeconds: A stream that received no byte for this long
+        (checked every so many seconds) and has nothing open between two
+        stanzas drops its parser until its next bytes (see the module
+        docstring); C{0} keeps every parser. The c2s face's configuration
+        sets it (C{idle_parser_seconds}, L{IDLE_PARSER_SECONDS} by
+        default).
     """
 
     preAuthStanzaBytes: int = 8192
@@ -141,6 +154,7 @@ class StreamLimits:
     stanzaBurst: int = 50
     maxQueuedStanzas: int = 1000
     sendQueueBytes: int = 1048576
+    idleParserSeconds: float = 0.0
 
 
 def _refuse(what: str) -> Any:
@@ -168,6 +182,21 @@ def _checkDeclaration(version: str | None, encoding: str | None, standalone: int
 #: Characters of text that expat gathers before handing them on (pyexpat's
 #: C{buffer_size}; its default, 8,192, is kept by every idle stream).
 TEXT_BUFFER_CHARS = 2048
+
+#: Seconds without a byte after which a c2s stream drops its parser (the
+#: default of C{[xmpp] idle_parser_seconds}): a new parser costs about 15
+#: microseconds, an idle one about 13 KiB.
+IDLE_PARSER_SECONDS = 2.0
+
+#: What may follow the end of the last stanza for the parser to be dropped:
+#: that stanza's closing tag (a complete token, already handled) and
+#: whitespace between stanzas (which domish ignores). Anything else (a
+#: stanza or a tag begun) keeps the parser.
+_QUIET_TAIL = re.compile(rb"\A(?:</[^<>]*>)?[ \t\r\n]*\Z")
+
+#: The bytes last received that a stream keeps, to find that tail: a
+#: closing tag with a longer name keeps its parser, nothing worse.
+_MAX_TAIL = 64
 
 
 class _ElementStream(domish.ExpatElementStream):
@@ -237,20 +266,47 @@ class HardenedXmlStream(xmlstream.XmlStream):
         # where the last stanza ended (see StreamLimits).
         self._received = 0
         self._mark = 0
+        # The idle-parser drop: the peer's stream header (its root element,
+        # while a parser lives; the opening tag to give the next parser,
+        # while none does), the last _MAX_TAIL bytes received (once the
+        # parser is dropped: those after the last stanza's end), and the
+        # check that drops the parser.
+        self._root: domish.Element | None = None
+        self._resumeHeader: bytes | None = None
+        self._recent = b""
+        self._idleCheck: IDelayedCall | None = None
+        self._checkedAt = -1
 
     def _callLater(self, *args: Any, **kwargs: Any) -> IDelayedCall:
         return self.clock.callLater(*args, **kwargs)
 
     def _initializeStream(self) -> None:
         # As XmlStream._initializeStream, with our element stream.
-        es = _ElementStream()
-        self.stream = es
+        self._newParser(self._documentStart)
         self._received = 0
         self._mark = 0
+        self._root = None
+        self._resumeHeader = None
+        self._recent = b""
         # What the previous parser parsed and was not handled yet came
         # before the restart: it is dropped, never handled as if it had
         # come after it.
         self._queue.clear()
+
+    def _documentStart(self, rootElement: domish.Element) -> None:
+        # The peer's header is kept (while the parser lives) for the parser
+        # that may replace this one after an idle drop.
+        self._root = rootElement
+        self.onDocumentStart(rootElement)
+        self._scheduleIdleCheck()
+
+    def _newParser(self, documentStart: Callable[[domish.Element], None]) -> _ElementStream:
+        """
+        Make the current parser, its events going to C{documentStart} and
+        to this stream's handlers, with the caps in force.
+        """
+        es = _ElementStream()
+        self.stream = es
 
         def current(handler: Callable[..., None]) -> Callable[..., None]:
             # Only the current parser's events count: one replaced by
@@ -262,11 +318,84 @@ class HardenedXmlStream(xmlstream.XmlStream):
 
             return guarded
 
-        es.DocumentStartEvent = current(self.onDocumentStart)
+        es.DocumentStartEvent = current(documentStart)
         es.ElementEvent = current(self.onElement)
         es.DocumentEndEvent = current(self.onDocumentEnd)
         es.stanzaEnding = current(self._stanzaEnding)
         self._applyLimits()
+        return es
+
+    def _scheduleIdleCheck(self) -> None:
+        seconds = self.limits.idleParserSeconds
+        if seconds > 0 and self._idleCheck is None and self.transport is not None:
+            self._checkedAt = -1
+            self._idleCheck = self.clock.callLater(seconds, self._checkIdle)
+
+    def _stopIdleCheck(self) -> None:
+        if self._idleCheck is not None:
+            self._idleCheck.cancel()
+            self._idleCheck = None
+
+    def _checkIdle(self) -> None:
+        """
+        Drop the parser if no byte came since the last check and nothing is
+        open; else check again later.
+        """
+        self._idleCheck = None
+        if self._failed or self._footerSent or self.transport is None or self.stream is None:
+            return
+        if self._received != self._checkedAt or not self._dropParser():
+            received = self._received
+            self._scheduleIdleCheck()
+            self._checkedAt = received
+
+    def _dropParser(self) -> bool:
+        """
+        Drop the parser, if nothing of the peer's is open in it: the stream
+        has started, no stanza has begun since the last one ended, and only
+        that stanza's closing tag and whitespace came after it.
+
+        @return: Whether it was dropped.
+        """
+        es = self.stream
+        root = self._root
+        after = self._received - self._mark
+        if es is None or root is None or es.currElem is not None or self._queue or after > len(self._recent):
+            return False
+        tail = self._recent[len(self._recent) - after :]
+        if _QUIET_TAIL.match(tail) is None:
+            return False
+        self._recent = tail
+        # Only the namespace declarations of the peer's header matter to
+        # what follows; its attributes are not repeated.
+        header = domish.Element((root.uri, root.name), defaultUri=root.defaultUri, localPrefixes=root.localPrefixes)
+        self._resumeHeader = header.toXml(closeElement=0).encode("utf-8")
+        self._root = None
+        self.stream = None
+        return True
+
+    def _resumeParser(self) -> None:
+        """
+        Give a stream whose idle parser was dropped a new one, first fed the
+        peer's stream header: what comes next parses as it would have in the
+        old parser, and is counted toward the caps from where the last
+        stanza ended.
+        """
+        header = self._resumeHeader
+        assert header is not None
+        self._resumeHeader = None
+        es = self._newParser(self._resumedStart)
+        es.parse(header)
+        # The tail after the last stanza (its closing tag, whitespace)
+        # counts toward the next stanza, as in the dropped parser.
+        self._received = len(header)
+        self._mark = len(header) - len(self._recent)
+        self._scheduleIdleCheck()
+
+    def _resumedStart(self, rootElement: domish.Element) -> None:
+        # The header given to a new parser after an idle drop: the stream
+        # started long ago; only kept for the next drop.
+        self._root = rootElement
 
     def _stanzaEnding(self, position: int) -> None:
         """
@@ -307,6 +436,8 @@ class HardenedXmlStream(xmlstream.XmlStream):
         try:
             if self.rawDataInFn:
                 self.rawDataInFn(data)
+            if self.stream is None and self._resumeHeader is not None:
+                self._resumeParser()
             assert self.stream is not None
             self._received += len(data)
             parsing = self.stream
@@ -316,6 +447,9 @@ class HardenedXmlStream(xmlstream.XmlStream):
             # new parser has not seen a byte yet).
             if not self._failed and self.stream is parsing:
                 self._checkSize(self._received)
+                # The last bytes received, for the idle-parser drop.
+                recent = self._recent + data if len(data) < _MAX_TAIL else data
+                self._recent = recent[-_MAX_TAIL:]
         except RestrictedXML as e:
             self._streamFailed("restricted-xml", str(e))
         except _StanzaTooBig as e:
@@ -332,6 +466,7 @@ class HardenedXmlStream(xmlstream.XmlStream):
             return
         self._failed = True
         self._stopQueue()
+        self._stopIdleCheck()
         peer = self.transport.getPeer() if self.transport is not None else None
         self.log.info("Closing XML stream from {peer}: {condition} ({text})", peer=peer, condition=condition, text=text)
         appCondition = domish.Element((NS_XMPP_ERRORS, "stanza-too-big")) if tooBig else None
@@ -432,6 +567,7 @@ class HardenedXmlStream(xmlstream.XmlStream):
         self._releaseSendGuard()
         self._failed = True
         self._stopQueue()
+        self._stopIdleCheck()
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
@@ -479,6 +615,7 @@ class HardenedXmlStream(xmlstream.XmlStream):
         super().sendStreamError(streamError)
 
     def connectionLost(self, reason: failure.Failure = failure.Failure(ConnectionError())) -> None:
+        self._stopIdleCheck()
         self._stopQueue()
         super().connectionLost(reason)
 

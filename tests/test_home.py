@@ -40,7 +40,7 @@ from imgateway.core.records import (
     ContactRecord,
     Subscription,
 )
-from imgateway.home.server import MAX_LABEL_CHARS, HomeServer, HomeServerService, Session
+from imgateway.home.server import MAX_LABEL_CHARS, HomeServer, HomeServerService, Session, _States
 from imgateway.interfaces import IHomeServer, IRoute, ISession, ISessionClient
 from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.router.router import Router
@@ -2066,3 +2066,40 @@ class SingleHomeTests(HomeServerTestsMixin, SynchronousTestCase):
         self.assertEqual({e.lease for e in sent}, {None})  # type: ignore[union-attr]
         self.directory.accounts[BOB] = AccountRecord(BOB, "hs2", "", True, "{}")
         self.failureResultOf(self.home.deliver(Message(ROMEO, BOB, "hi")), UserOffline)
+
+
+class StatesIndexTests(SynchronousTestCase):
+    """
+    L{_States}' index by domain is made when first asked for, and kept up
+    to date from then on.
+    """
+
+    def test_noIndexUntilAsked(self) -> None:
+        """
+        States put and removed make no index; the first L{_States.inDomain}
+        finds the parties of the domain among those left.
+        """
+        states = _States()
+        a, b = Address.fromString("a@corp.example"), Address.fromString("b@corp.example")
+        c = Address.fromString("c@other.example")
+        for other in (a, b, c):
+            states.put(other, AuthorisationState.AUTHORISED)
+        states.put(b, None)
+        self.assertIsNone(states._byDomain)
+        self.assertEqual(states.inDomain("corp.example"), {a})
+        self.assertEqual(states.of("other.example"), [c])
+
+    def test_indexKept(self) -> None:
+        """
+        Once made, the index follows every put and removal.
+        """
+        states = _States()
+        a, b = Address.fromString("a@corp.example"), Address.fromString("b@corp.example")
+        states.put(a, AuthorisationState.PENDING)
+        self.assertEqual(states.inDomain("corp.example"), {a})
+        states.put(b, AuthorisationState.AUTHORISED)
+        self.assertEqual(states.inDomain("corp.example"), {a, b})
+        states.put(a, None)
+        states.put(b, None)
+        self.assertEqual(states.inDomain("corp.example"), set())
+        self.assertEqual(states._byDomain, {})

@@ -20,7 +20,7 @@ from zope.interface.verify import verifyObject
 from imgateway.adapters.native.adapter import NativeAdapter
 from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, serialise
 from imgateway.adapters.native.mapping import TARGETS, TargetForm, describeTargets
-from imgateway.adapters.native.server import NativeConfig, NativeServerFactory
+from imgateway.adapters.native.server import _HANDLERS, NativeConfig, NativeServerFactory
 from imgateway.auth.sasl import clientMechanism
 from imgateway.config import ConfigTable, HomeConfig
 from imgateway.core.address import Address
@@ -1293,12 +1293,22 @@ class TargetFormTests(NativeFaceTestsMixin, SynchronousTestCase):
     the request is not processed.
     """
 
+    def test_handlersShared(self) -> None:
+        """
+        The method table is one for all connections: a connection holds no
+        table of its own (an idle session does not pay for it).
+        """
+        first, second = self.wire().protocol, self.wire().protocol
+        self.assertFalse([k for k in vars(first) if "handler" in k.lower()])
+        self.assertIs(_HANDLERS["PING"], type(first).do_PING)
+        self.assertEqual(vars(first).keys(), vars(second).keys())
+
     def test_tableCoversMethods(self) -> None:
         """
         The table has a row for every method the server handles, and the
         spec's forms for each.
         """
-        self.assertEqual(set(TARGETS), set(self.wire().protocol._handlers))
+        self.assertEqual(set(TARGETS), set(_HANDLERS))
         star = {TargetForm.STAR}
         self.assertEqual(
             {m: set(f) for m, f in TARGETS.items()},

@@ -137,23 +137,28 @@ def parseAccessEntry(entry: str) -> str:
 class _States(dict[Address, AuthorisationState]):
     """
     Authorisation states by the other party, with an index by domain (for
-    domain entries of the access lists). Change it through L{put} and
-    L{apply} only.
+    domain entries of the access lists), made the first time it is asked
+    for and kept up to date from then on: a user who never sets a domain
+    entry does not pay for it (two sets of all the contacts' addresses,
+    about 4 KiB for 20 contacts). Change it through L{put} and L{apply}
+    only.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._byDomain: dict[str, set[Address]] = {}
+        self._byDomain: dict[str, set[Address]] | None = None
 
     def put(self, other: Address, state: AuthorisationState | None) -> None:
+        byDomain = self._byDomain
         if state is not None:
             self[other] = state
-            self._byDomain.setdefault(other.domain, set()).add(other)
-        elif self.pop(other, None) is not None:
-            others = self._byDomain[other.domain]
+            if byDomain is not None:
+                byDomain.setdefault(other.domain, set()).add(other)
+        elif self.pop(other, None) is not None and byDomain is not None:
+            others = byDomain[other.domain]
             others.discard(other)
             if not others:
-                del self._byDomain[other.domain]
+                del byDomain[other.domain]
 
     def apply(self, other: Address, change: SetAuthorisation) -> None:
         if change.appliesTo(self.get(other)):
@@ -163,7 +168,12 @@ class _States(dict[Address, AuthorisationState]):
         """
         @return: The parties of C{domain}, without a look at the others.
         """
-        return set(self._byDomain.get(domain, ()))
+        byDomain = self._byDomain
+        if byDomain is None:
+            byDomain = self._byDomain = {}
+            for other in self:
+                byDomain.setdefault(other.domain, set()).add(other)
+        return set(byDomain.get(domain, ()))
 
     def of(self, entry: str) -> list[Address]:
         """

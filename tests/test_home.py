@@ -44,6 +44,7 @@ from imgateway.home.server import MAX_LABEL_CHARS, HomeServer, HomeServerService
 from imgateway.interfaces import IHomeServer, IRoute, ISession, ISessionClient
 from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.router.router import Router
+from imgateway.status.nometrics import NoMetrics
 from imgateway.testing import (
     MemoryDirectory,
     MemoryHomeStore,
@@ -1578,6 +1579,76 @@ class FastPathTests(HomeServerTestsMixin, SynchronousTestCase):
         self.failureResultOf(second, UserOffline)
         self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
         self.assertEqual(self.home._lanes, {})
+
+
+class _CountingMetrics(NoMetrics):
+    """
+    Records each message outcome counted.
+    """
+
+    def __init__(self) -> None:
+        self.outcomes: list[object] = []
+
+    def messageOutcome(self, result: object) -> object:
+        self.outcomes.append(result)
+        return result
+
+
+class SendMessageAtOnceTests(HomeServerTestsMixin, SynchronousTestCase):
+    """
+    L{Session.sendMessageAtOnce}: L{Session.sendMessage} without a
+    L{Deferred} when the outcome is known at once, counted the same.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.metrics = self.home.metrics = _CountingMetrics()
+
+    def test_deliveredAtOnce(self) -> None:
+        """
+        A message to a present user of this process: the status itself,
+        counted once.
+        """
+        alice, _ = self.online(ALICE)
+        _, bob = self.online(BOB)
+        self.assertIs(alice.sendMessageAtOnce(BOB, "hi", "text/plain", "m-1"), DeliveryStatus.DELIVERED)
+        self.assertEqual([(m.body, m.messageId) for m in bob.messages], [("hi", "m-1")])
+        self.assertEqual(self.metrics.outcomes, [DeliveryStatus.DELIVERED])
+
+    def test_refusedAtOnce(self) -> None:
+        """
+        A refusal known at once is raised (and counted): too long, busy
+        with an alternate. One known later (no sessions here: the
+        asynchronous way) fails its L{Deferred}, counted when it does.
+        """
+        alice, _ = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        with self.assertRaises(TooLarge):
+            alice.sendMessageAtOnce(BOB, "x" * (self.home.config.maxMessageChars + 1))
+        self.befriend(alice, bob)
+        bob.publish(Presence(PresenceState.BUSY))
+        self.successResultOf(bob.setRule(PresenceState.BUSY, "tel:+15550100"))
+        with self.assertRaises(UserBusy) as caught:
+            alice.sendMessageAtOnce(BOB, "hi")
+        self.assertEqual(caught.exception.alternate, "tel:+15550100")
+        offline = alice.sendMessageAtOnce(CAROL, "hi")
+        assert isinstance(offline, Deferred)
+        self.failureResultOf(offline, UserOffline)
+        self.assertEqual([type(f.value) for f in self.metrics.outcomes], [TooLarge, UserBusy, UserOffline])  # type: ignore[attr-defined]
+
+    def test_answeredLater(self) -> None:
+        """
+        A session that answers later: a L{Deferred}, counted when it fires.
+        """
+        alice, _ = self.online(ALICE)
+        _, bob = self.online(BOB)
+        bob.hold = True
+        d = alice.sendMessageAtOnce(BOB, "hi")
+        assert isinstance(d, Deferred)
+        self.assertEqual(self.metrics.outcomes, [])
+        bob.held[0].callback(None)
+        self.assertEqual(self.successResultOf(d), DeliveryStatus.DELIVERED)
+        self.assertEqual(self.metrics.outcomes, [DeliveryStatus.DELIVERED])
 
 
 class DrainTests(HomeServerTestsMixin, SynchronousTestCase):

@@ -7,6 +7,7 @@ real-socket proof is in C{tests/e2e/}.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,12 +21,12 @@ from zope.interface.verify import verifyObject
 from imgateway.adapters.native.adapter import NativeAdapter
 from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, serialise
 from imgateway.adapters.native.mapping import TARGETS, TargetForm, describeTargets
-from imgateway.adapters.native.server import _HANDLERS, NativeConfig, NativeServerFactory
+from imgateway.adapters.native.server import _HANDLERS, NativeConfig, NativeServerFactory, sentResponse
 from imgateway.auth.sasl import clientMechanism
 from imgateway.config import ConfigTable, HomeConfig
 from imgateway.core.address import Address
 from tests.test_native_client import LONG_DOMAIN
-from imgateway.core.errors import ConfigError
+from imgateway.core.errors import ConfigError, DeliveryStatus, UserBusy, UserOffline
 from imgateway.core.records import AuthorisationState
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
 from imgateway.testing import PasswordCheckingDirectory, TLSStringTransport, addUser, memoryGateway
@@ -577,6 +578,47 @@ class FakeSession:
     def close(self, reason: str = "") -> None:
         self.calls.append(("close", reason))
         self.session.close(reason)  # type: ignore[attr-defined]
+
+
+class AtOnceSession:
+    """
+    Stands in for a home server's session that knows a message's outcome
+    at once (C{sendMessageAtOnce}, and no C{sendMessage}): records the
+    arguments and answers with C{outcome} (raised when an exception).
+    """
+
+    def __init__(self, session: object, outcome: object) -> None:
+        self.session = session
+        self.outcome = outcome
+        self.sent: list[tuple[object, ...]] = []
+
+    def sendMessageAtOnce(self, *arguments: object) -> object:
+        self.sent.append(arguments)
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+    def close(self, reason: str = "") -> None:
+        self.session.close(reason)  # type: ignore[attr-defined]
+
+
+class LaterSession(AtOnceSession):
+    """
+    A session whose messages are answered later (a router's proxied one):
+    C{sendMessage} only, each answered by a L{Deferred} the test fires.
+    """
+
+    sendMessageAtOnce = None  # type: ignore[assignment]
+
+    def __init__(self, session: object) -> None:
+        super().__init__(session, None)
+        self.pending: list[Deferred[object]] = []
+
+    def sendMessage(self, *arguments: object) -> Deferred[object]:
+        self.sent.append(arguments)
+        d: Deferred[object] = Deferred()
+        self.pending.append(d)
+        return d
 
 
 class SlowPortal:
@@ -1284,6 +1326,110 @@ VALID_REQUEST: dict[str, tuple[list[tuple[str, str]], bytes]] = {
     "MESSAGE": ([], b"hi"),
     "ACCESS": ([("List", "none")], b""),
 }
+
+
+class MessagePathTests(NativeFaceTestsMixin, SynchronousTestCase):
+    """
+    C{MESSAGE} without L{Deferred} layers: a session that knows the
+    outcome at once (C{sendMessageAtOnce}) is answered now; one that
+    answers later with one callback; the answers are L{do_MESSAGE}'s.
+    """
+
+    def test_answeredAtOnce(self) -> None:
+        """
+        A session with C{sendMessageAtOnce} gets the message's arguments
+        (the content type without its parameters, a made id when the
+        request has none) and its status is the answer: C{200} and the id.
+        """
+        w = self.loggedIn()
+        session = w.protocol.session = AtOnceSession(w.protocol.session, DeliveryStatus.DELIVERED)  # type: ignore[assignment]
+        r = w.call("MESSAGE", "im:bob@corp.example", [("Message-ID", "m-1"), ("Content-Type", "text/html; charset=utf-8")], "héllo".encode())
+        self.assertEqual((r.code, r.reason, r.headers.get("Message-ID")), (200, "OK", "m-1"))
+        r = w.call("MESSAGE", "im:bob@corp.example", [], b"x")
+        self.assertEqual(r.code, 200)
+        made = r.headers.get("Message-ID")
+        self.assertTrue(made)
+        self.assertEqual(
+            session.sent,
+            [
+                (Address.fromString("bob@corp.example"), "héllo", "text/html", "m-1"),
+                (Address.fromString("bob@corp.example"), "x", "text/plain", made),
+            ],
+        )
+        self.assertEqual(w.protocol._inFlight, 0)
+
+    def test_refusedAtOnce(self) -> None:
+        """
+        A refusal raised at once is answered with its status (486 with the
+        alternate; an unexpected error 500, logged); a bad address or body
+        is 400 without asking the session.
+        """
+        w = self.loggedIn()
+        session = w.protocol.session = AtOnceSession(w.protocol.session, UserBusy("busy", "tel:+15550100"))  # type: ignore[assignment]
+        r = w.call("MESSAGE", "im:bob@corp.example", [], b"x")
+        self.assertEqual((r.code, r.headers.get("Alternate")), (486, "tel:+15550100"))
+        session.outcome = RuntimeError("boom")
+        self.assertEqual(w.call("MESSAGE", "im:bob@corp.example", [], b"x").code, 500)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(w.call("MESSAGE", "im:not-an-address", [], b"x").code, 400)
+        self.assertEqual(w.call("MESSAGE", "im:bob@corp.example", [], b"\xff").code, 400)
+        self.assertEqual(len(session.sent), 2)
+
+    def test_answeredLater(self) -> None:
+        """
+        A session that answers later: the answer is written when its
+        L{Deferred} fires, delivered or refused, in flight until then (a
+        C{BYE} waits for it).
+        """
+        w = self.loggedIn()
+        session = w.protocol.session = LaterSession(w.protocol.session)  # type: ignore[assignment]
+        first = w.send("MESSAGE", "im:bob@corp.example", [("Message-ID", "m-1")], b"x")
+        second = w.send("MESSAGE", "im:bob@corp.example", [("Message-ID", "m-2")], b"y")
+        bye = w.send("BYE")
+        self.assertEqual(w.frames(), [])
+        self.assertEqual(w.protocol._inFlight, 2)
+        session.pending[1].errback(UserOffline("offline"))
+        self.assertEqual([(r.seq, r.code) for r in w.frames()], [(second, 480)])  # type: ignore[union-attr]
+        session.pending[0].callback(DeliveryStatus.DELIVERED)
+        responses = w.frames()
+        self.assertEqual([(r.seq, r.code) for r in responses][:2], [(first, 200), (bye, 200)])  # type: ignore[union-attr]
+        self.assertEqual(responses[0].headers.get("Message-ID"), "m-1")
+
+    def test_sentResponseBytes(self) -> None:
+        """
+        L{sentResponse} writes exactly what L{serialise} makes of the
+        C{200} response, for fuzzed ids and sequence numbers (control
+        characters, line ends, non-ASCII text, lone surrogates), or leaves
+        it to the general way (C{None}) when the id is not plain.
+        """
+        rng = random.Random(20261205)
+        alphabet = ["a", "Z", "0", "-", ".", "@", " ", "\t", "\r", "\n", "\x00", "\x7f", "\x85", "\u2603", "\ud800", "é", "\x1b", ":"]
+        direct = 0
+        for _ in range(4000):
+            messageId = rng.choice(["m-1", "", "x" * 2000, "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))])
+            seq = rng.choice([0, 1, 7, 2**31 - 1, rng.randrange(2**31)])
+            data = sentResponse(seq, messageId)
+            try:
+                general: object = serialise(Response(200, "OK", Headers.of(("Seq", str(seq)), ("Message-ID", messageId))))
+            except ValueError:
+                general = None
+            if data is None:
+                continue
+            direct += 1
+            self.assertEqual(data, general, (seq, messageId))
+        self.assertGreater(direct, 1000)
+
+    def test_notPlainIdAnsweredTheGeneralWay(self) -> None:
+        """
+        An id with a TAB (plain in a header value) is answered with it; one
+        with another control character is left to the general way
+        (C{None}).
+        """
+        w = self.loggedIn()
+        w.protocol.session = AtOnceSession(w.protocol.session, DeliveryStatus.DELIVERED)  # type: ignore[assignment]
+        r = w.call("MESSAGE", "im:bob@corp.example", [("Message-ID", "m\t1")], b"x")
+        self.assertEqual((r.code, r.headers.get("Message-ID")), (200, "m\t1"))
+        self.assertIsNone(sentResponse(1, "m\x85"))
 
 
 class TargetFormTests(NativeFaceTestsMixin, SynchronousTestCase):

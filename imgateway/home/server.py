@@ -398,18 +398,42 @@ class Session:
         contentType: str = "text/plain",
         messageId: str | None = None,
     ) -> Deferred[DeliveryStatus]:
+        try:
+            outcome = self.sendMessageAtOnce(recipient, body, contentType, messageId)
+        except BaseException:
+            return fail()
+        if type(outcome) is DeliveryStatus:
+            return succeed(outcome)
+        return outcome  # type: ignore[return-value]
+
+    def sendMessageAtOnce(
+        self,
+        recipient: Address,
+        body: str,
+        contentType: str = "text/plain",
+        messageId: str | None = None,
+    ) -> DeliveryStatus | Deferred[DeliveryStatus]:
+        """
+        L{sendMessage}, answered without a L{Deferred} when the outcome is
+        known at once (a recipient in this process, through
+        L{Router.deliverAtOnce<imgateway.router.router.Router.deliverAtOnce>}):
+        what a face that writes its answer itself calls (the native face's
+        C{MESSAGE}). Counted in the metrics as L{sendMessage} counts it.
+
+        @return: L{DeliveryStatus.DELIVERED}, or a L{Deferred} of the
+            outcome.
+        @raise DeliveryError: If the message is refused at once.
+        """
         metrics = self._server.metrics
         try:
             outcome = self._sendMessage(recipient, body, contentType, messageId)
         except BaseException:
-            failure = Failure()
-            metrics.messageOutcome(failure)
-            return fail(failure)
+            metrics.messageOutcome(Failure())
+            raise
         if type(outcome) is DeliveryStatus:
-            # Delivered at once (a recipient in this process): counted
-            # without a callback.
+            # Delivered at once: counted without a callback.
             metrics.messageOutcome(outcome)
-            return succeed(outcome)
+            return outcome
         return outcome.addBoth(metrics.messageOutcome)  # type: ignore[union-attr]
 
     def _sendMessage(

@@ -8,6 +8,7 @@ gateway's portal and acting as that session's L{ISessionClient}.
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -529,6 +530,9 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         if targetForm(request.target) not in TARGETS[request.method]:
             self._respond(request.seq, 400, f"{request.method} takes {describeTargets(request.method)} as its target")
             return
+        if request.method == "MESSAGE":
+            self._messageRequested(request)
+            return
         d = maybeDeferred(method, self, request)
         d.addCallbacks(lambda r: self._answered(request, r), lambda f: self._failed(request, f))
         answered = False
@@ -908,15 +912,56 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             raise _Reply(400, _clean(str(e))) from None
 
     def do_MESSAGE(self, request: Request) -> Deferred[Any]:
-        target = _target(request)
+        arguments = _messageArguments(request)
+        d = self._session.sendMessage(*arguments)
+        return d.addCallback(lambda _: (200, "OK", (("Message-ID", arguments[3]),), b""))
+
+    def _messageRequested(self, request: Request) -> None:
+        """
+        Handle C{MESSAGE} as L{do_MESSAGE} does, with the same answers,
+        without its L{Deferred} layers: a session that knows the outcome
+        at once (a home server's, C{sendMessageAtOnce}: a recipient in this
+        process) is answered now, with no L{Deferred} at all; any other
+        outcome (a router's proxied session, a recipient elsewhere) with
+        one callback, L{_messageAnswered}.
+        """
         try:
-            body = request.body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Reply(400, "Message body must be UTF-8") from None
-        contentType = request.headers.get("Content-Type") or "text/plain"
-        messageId = request.headers.get("Message-ID") or newMessageId()
-        d = self._session.sendMessage(target, body, contentType.split(";")[0].strip() or "text/plain", messageId)
-        return d.addCallback(lambda _: (200, "OK", (("Message-ID", messageId),), b""))
+            arguments = _messageArguments(request)
+            session = self._session
+            atOnce = getattr(session, "sendMessageAtOnce", None)
+            outcome = atOnce(*arguments) if atOnce is not None else session.sendMessage(*arguments)
+        except BaseException:
+            self._failed(request, Failure())
+            return
+        if isinstance(outcome, Deferred):
+            self._inFlight += 1
+            outcome.addBoth(self._messageAnswered, request, arguments[3])
+        else:
+            self._respondSent(request.seq, arguments[3])
+
+    def _messageAnswered(self, result: object, request: Request, messageId: str) -> None:
+        self._inFlight -= 1
+        try:
+            if isinstance(result, Failure):
+                self._failed(request, result)
+            else:
+                self._respondSent(request.seq, messageId)
+        finally:
+            self._process()
+
+    def _respondSent(self, seq: int, messageId: str) -> None:
+        """
+        Answer a C{MESSAGE} with C{200} and its C{Message-ID}: the bytes
+        L{_respond} writes, made directly when every value is plain
+        (L{sentResponse}).
+        """
+        data = sentResponse(seq, messageId)
+        if data is None:
+            self._respond(seq, 200, "OK", (("Message-ID", messageId),))
+        elif self.transport is not None:
+            self.transport.write(data)
+            if self._sendGuard is not None:
+                self._sendGuard.wrote(len(data))
 
     # -- ISessionClient ---------------------------------------------------------------
 
@@ -1002,6 +1047,46 @@ class _Closed(Exception):
     """
     The handler already answered and closed the connection.
     """
+
+
+def _messageArguments(request: Request) -> tuple[Address, str, str, str]:
+    """
+    The arguments of L{ISession.sendMessage} a C{MESSAGE} request carries
+    (a C{Message-ID} made when it has none).
+
+    @raise _Reply: C{400} for a bad address or a body that is not UTF-8.
+    """
+    target = _target(request)
+    try:
+        body = request.body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Reply(400, "Message body must be UTF-8") from None
+    headers = request.headers
+    contentType = headers.get("Content-Type") or "text/plain"
+    messageId = headers.get("Message-ID") or newMessageId()
+    return target, body, contentType.split(";")[0].strip() or "text/plain", messageId
+
+
+#: What L{sentResponse} leaves to the general way (L{serialise}'s check).
+_NOT_PLAIN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def sentResponse(seq: int, messageId: str) -> bytes | None:
+    """
+    The bytes of the C{200} answering a sent C{MESSAGE}: exactly what
+    L{serialise} makes of C{Response(200, "OK", Headers.of(("Seq", seq),
+    ("Message-ID", messageId)))}, written directly.
+
+    @return: The bytes, or C{None} when C{messageId} is not plain (a
+        control character, or text UTF-8 cannot encode): the general way
+        decides.
+    """
+    if _NOT_PLAIN.search(messageId) is not None:
+        return None
+    try:
+        return f"IMGW/1.0 200 OK\r\nSeq: {seq}\r\nMessage-ID: {messageId}\r\n\r\n".encode("utf-8")
+    except UnicodeEncodeError:
+        return None
 
 
 def ruleListEntry(rule: PresenceRule) -> dict[str, Any]:

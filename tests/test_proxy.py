@@ -628,6 +628,58 @@ class SessionMethodTests(ProxyTestCase):
             self.assertEqual(self.successResultOf(self.settle(self.link.request(request))).code, 400)
         self.assertEqual(home.calls, [])
 
+    def test_messageAnsweredAtOnce(self) -> None:
+        """
+        A home session that knows a message's outcome at once
+        (C{sendMessageAtOnce}, a home server's session) is asked that way,
+        not through C{sendMessage}: delivered is C{200}; a refusal raised
+        at once its status (486 with the alternate); an unexpected error
+        C{500}. An outcome that comes later (a L{Deferred}) is answered
+        when it fires.
+        """
+        session, home, client = self.open()
+        answers: list[Any] = [DeliveryStatus.DELIVERED, UserBusy("busy", "tel:+15550100"), RuntimeError("boom")]
+        later: Deferred[DeliveryStatus] = Deferred()
+        answers.append(later)
+        atOnce: list[tuple[Any, ...]] = []
+
+        def sendMessageAtOnce(*arguments: Any) -> Any:
+            atOnce.append(arguments)
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        home.sendMessageAtOnce = sendMessageAtOnce  # type: ignore[attr-defined]
+        self.assertIs(self.successResultOf(self.settle(session.sendMessage(CAROL, "hi ☃", "text/html", "m-1"))), DeliveryStatus.DELIVERED)
+        busy = self.failureResultOf(self.settle(session.sendMessage(CAROL, "hi")), UserBusy)
+        self.assertEqual(busy.value.alternate, "tel:+15550100")
+        self.failureResultOf(self.settle(session.sendMessage(CAROL, "hi")), ServerError)
+        d = self.settle(session.sendMessage(CAROL, "last", "text/plain", "m-4"))
+        self.assertNoResult(d)
+        later.callback(DeliveryStatus.DELIVERED)
+        self.assertIs(self.successResultOf(self.settle(d)), DeliveryStatus.DELIVERED)
+        self.assertEqual(home.calls, [])
+        self.assertEqual(
+            atOnce,
+            [(CAROL, "hi ☃", "text/html", "m-1"), (CAROL, "hi", "text/plain", None), (CAROL, "hi", "text/plain", None), (CAROL, "last", "text/plain", "m-4")],
+        )
+
+    def test_sessionMessageFields(self) -> None:
+        """
+        L{proxy.sessionMessageFields} reads what L{Headers.get} reads for
+        C{Session}, C{To}, C{Content-Type} and C{Message-ID} (the first
+        value of each name in any case, C{None} when absent), over fuzzed
+        header lists: names in mixed case, repeated, missing, among others.
+        """
+        rng = random.Random(20261205)
+        names = ["Session", "session", "SESSION", "To", "to", "tO", "Content-Type", "content-type", "Message-ID", "message-id", "Message-Id", "Seq", "seq", "Via", "Tol", "X"]
+        for _ in range(4000):
+            items = tuple((rng.choice(names), rng.choice(["", "a", "hs1-1", "carol@corp.example", str(rng.random())])) for _ in range(rng.randint(0, 8)))
+            headers = Headers(items)
+            expected = [headers.get(n) for n in ("Session", "To", "Content-Type", "Message-ID")]
+            self.assertEqual(proxy.sessionMessageFields(Headers(items)), expected, items)
+
     def test_sendMessageErrors(self) -> None:
         """
         A delivery error comes back as the same error, a 486's alternate

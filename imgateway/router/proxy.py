@@ -315,6 +315,33 @@ def messageArguments(request: Request) -> tuple[Address, str, str, str | None]:
     )
 
 
+#: The index in L{sessionMessageFields}' answer of each header it reads, by
+#: its name as L{encodeSessionMessage} writes it (-1: a header it skips).
+_MESSAGE_FIELDS = {"Session": 0, "To": 1, "Content-Type": 2, "Message-ID": 3, "Seq": -1}
+
+#: L{_MESSAGE_FIELDS} by name in lower case (names are case-insensitive).
+_MESSAGE_FIELDS_LOWER = {"session": 0, "to": 1, "content-type": 2, "message-id": 3}
+
+
+def sessionMessageFields(headers: Headers) -> list[str | None]:
+    """
+    The headers of a C{SESSION message} request, read in one pass: the
+    values L{Headers.get} gives for C{Session}, C{To}, C{Content-Type} and
+    C{Message-ID} (the first of each name, in any case; C{None} when
+    absent), in that order.
+    """
+    fields: list[str | None] = [None, None, None, None]
+    for name, value in headers.items:
+        index = _MESSAGE_FIELDS.get(name)
+        if index is None:
+            index = _MESSAGE_FIELDS_LOWER.get(name.lower())
+            if index is None:
+                continue
+        if index >= 0 and fields[index] is None:
+            fields[index] = value
+    return fields
+
+
 # -- the router's side ----------------------------------------------------------------
 
 
@@ -652,6 +679,10 @@ class ProxyHomeServer:
         return d.addCallbacks(lambda _: _ok(), lambda f: _error(503, "the client did not take it"))
 
 
+#: No proxied sessions (on a connection that has none).
+_NO_SESSIONS: dict[str, ISession] = {}
+
+
 def _encodeFailed(f: Failure) -> Response:
     assert f.value is not None
     return encodeFailure(f.value)
@@ -775,21 +806,54 @@ class SessionHost:
             return _error(403, "only a router may proxy sessions")
         if request.target == "open":
             return Deferred.fromCoroutine(self._open(connection, request))
-        session = self._sessions.get(connection, {}).get(request.headers.get("Session") or "")
+        if request.target == "message":
+            return self._message(connection, request)
+        session = self._sessions.get(connection, _NO_SESSIONS).get(request.headers.get("Session") or "")
         if session is None:
             return _error(503, "no such session")
         try:
-            if request.target == "message":
-                # The hot path: read from the headers, no JSON.
-                d = session.sendMessage(*messageArguments(request)).addCallback(_answeredOK)
-            else:
-                d = self._operate(connection, session, request.target, _read(request))
+            d = self._operate(connection, session, request.target, _read(request))
         except (ValueError, KeyError, TypeError) as e:
-            if isinstance(e, InvalidAddress):
-                return encodeFailure(e)
-            log.warn("Link from {peer}: bad SESSION {operation} request: {error}", peer=peer, operation=request.target, error=e)
-            return _error(400, "bad session request")
+            return self._badRequest(connection, request, e)
         return d.addErrback(_encodeFailed)
+
+    def _badRequest(self, connection: LinkConnection, request: Request, e: Exception) -> Response:
+        if isinstance(e, InvalidAddress):
+            return encodeFailure(e)
+        log.warn("Link from {peer}: bad SESSION {operation} request: {error}", peer=connection.peer, operation=request.target, error=e)
+        return _error(400, "bad session request")
+
+    def _message(self, connection: LinkConnection, request: Request) -> Deferred[Response] | Response:
+        """
+        A C{SESSION message} request, the hot path: its headers read in
+        one pass (L{sessionMessageFields}), no JSON (the compact form), and
+        a session that knows the outcome at once (C{sendMessageAtOnce}: a
+        recipient in this process) answered without a L{Deferred}; any other
+        outcome with one callback. The answers are those of the general
+        way: a refusal's status, C{400} for a malformed request, C{503} for
+        no such session.
+        """
+        sessionId, to, contentType, messageId = sessionMessageFields(request.headers)
+        session = self._sessions.get(connection, _NO_SESSIONS).get(sessionId or "")
+        if session is None:
+            return _error(503, "no such session")
+        try:
+            if to is None:
+                arguments = messageArguments(request)
+            else:
+                arguments = (Address.fromString(to), request.body.decode("utf-8"), contentType or "text/plain", messageId)
+        except (ValueError, KeyError, TypeError) as e:
+            return self._badRequest(connection, request, e)
+        atOnce = getattr(session, "sendMessageAtOnce", None)
+        if atOnce is None:
+            return session.sendMessage(*arguments).addCallbacks(_answeredOK, _encodeFailed)
+        try:
+            outcome = atOnce(*arguments)
+        except BaseException:
+            return _encodeFailed(Failure())
+        if isinstance(outcome, Deferred):
+            return outcome.addCallbacks(_answeredOK, _encodeFailed)
+        return DELIVERED
 
     def _operate(self, connection: LinkConnection, session: ISession, operation: str, data: dict[str, Any]) -> Deferred[Response]:
         def target(key: str = "target") -> Address:

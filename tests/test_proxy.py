@@ -9,6 +9,7 @@ included; a lost link closes both ends; C{[links] max_sessions}.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -1071,6 +1072,34 @@ class AnswerTests(SynchronousTestCase):
         self.assertIs(proxy._ok(), DELIVERED)
         answer = proxy._ok({"lease": 60})
         self.assertEqual((answer.code, answer.headers.get("Content-Type"), answer.body), (200, "application/json", b'{"lease": 60}'))
+
+
+class HeaderSafeTests(SynchronousTestCase):
+    """
+    L{proxy._headerSafe}, which decides between the compact and the JSON
+    form of C{SESSION message}, decides as its first definition did: a
+    length of 1 to L{proxy.MAX_HEADER_VALUE_CHARS} and no match of
+    C{[\\x00-\\x1f\\x7f-\\x9f]|^\\s|\\s$}.
+    """
+
+    def test_sameAsPattern(self) -> None:
+        """
+        Over fuzzed values (ASCII and Unicode white space, control
+        characters, line ends, at either end and inside, empty and too
+        long), both agree.
+        """
+        pattern = re.compile(r"[\x00-\x1f\x7f-\x9f]|^\s|\s$")
+        rng = random.Random(20261205)
+        alphabet = ["a", "Z", "/", "-", " ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1f", "\x7f", "\x85", "\xa0", "\u1680", "\u2000", "\u2028", "\u3000", "\u200b", "\ufeff", "é", "\ud800"]
+        safe = 0
+        for _ in range(20000):
+            value = rng.choice(["text/plain", "x" * 1024, "x" * 1025, ""]) if rng.random() < 0.05 else "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+            expected = 0 < len(value) <= proxy.MAX_HEADER_VALUE_CHARS and pattern.search(value) is None
+            self.assertEqual(proxy._headerSafe(value), expected, repr(value))
+            safe += expected
+        self.assertGreater(safe, 1000)
+        self.assertTrue(proxy._headerSafe("x" * 1024))
+        self.assertFalse(proxy._headerSafe("x" * 1025))
 
 
 class SessionMessageEncodingTests(SynchronousTestCase):

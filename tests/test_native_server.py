@@ -1332,7 +1332,7 @@ class MessagePathTests(NativeFaceTestsMixin, SynchronousTestCase):
     """
     C{MESSAGE} without L{Deferred} layers: a session that knows the
     outcome at once (C{sendMessageAtOnce}) is answered now; one that
-    answers later with one callback; the answers are L{do_MESSAGE}'s.
+    answers later with one callback; the answers are the other handlers'.
     """
 
     def test_answeredAtOnce(self) -> None:

@@ -531,7 +531,8 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             self._respond(request.seq, 400, f"{request.method} takes {describeTargets(request.method)} as its target")
             return
         if request.method == "MESSAGE":
-            self._messageRequested(request)
+            # The hot path: it answers itself.
+            self.do_MESSAGE(request)
             return
         d = maybeDeferred(method, self, request)
         d.addCallbacks(lambda r: self._answered(request, r), lambda f: self._failed(request, f))
@@ -911,19 +912,17 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         except ValueError as e:
             raise _Reply(400, _clean(str(e))) from None
 
-    def do_MESSAGE(self, request: Request) -> Deferred[Any]:
-        arguments = _messageArguments(request)
-        d = self._session.sendMessage(*arguments)
-        return d.addCallback(lambda _: (200, "OK", (("Message-ID", arguments[3]),), b""))
-
-    def _messageRequested(self, request: Request) -> None:
+    def do_MESSAGE(self, request: Request) -> None:
         """
-        Handle C{MESSAGE} as L{do_MESSAGE} does, with the same answers,
-        without its L{Deferred} layers: a session that knows the outcome
+        Send a message; unlike the other handlers, answer the request
+        itself (L{_requestReceived} calls it directly), without the
+        L{Deferred} layers of the others: a session that knows the outcome
         at once (a home server's, C{sendMessageAtOnce}: a recipient in this
         process) is answered now, with no L{Deferred} at all; any other
         outcome (a router's proxied session, a recipient elsewhere) with
-        one callback, L{_messageAnswered}.
+        one callback, L{_messageAnswered}. The answers are those of
+        L{_answered} and L{_failed}: C{200} with the C{Message-ID} (one is
+        made when the request has none), or the refusal's status.
         """
         try:
             arguments = _messageArguments(request)

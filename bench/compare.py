@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -360,15 +360,25 @@ def _ms(us: Any) -> float | None:
     return us / 1000 if isinstance(us, (int, float)) else None
 
 
-def summarise(records: Sequence[dict[str, Any]], idleSizes: Sequence[int]) -> dict[str, dict[str, float]]:
+def medianFigures(
+    records: Sequence[dict[str, Any]], figures: Callable[[dict[str, Any]], dict[str, float]]
+) -> dict[str, dict[str, float]]:
     """
+    @param figures: The figures one run's record gives.
     @return: For each row, the median over the reps of each figure.
     """
     values: dict[str, dict[str, list[float]]] = {}
     for r in records:
-        for key, v in figuresOf(r, idleSizes).items():
+        for key, v in figures(r).items():
             values.setdefault(r["row"], {}).setdefault(key, []).append(v)
     return {row: {k: statistics.median(vs) for k, vs in figs.items()} for row, figs in values.items()}
+
+
+def summarise(records: Sequence[dict[str, Any]], idleSizes: Sequence[int]) -> dict[str, dict[str, float]]:
+    """
+    @return: For each row, the median over the reps of each figure.
+    """
+    return medianFigures(records, lambda r: figuresOf(r, idleSizes))
 
 
 def ratios(summary: dict[str, dict[str, float]]) -> dict[str, dict[str, dict[str, float]]]:

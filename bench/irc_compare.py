@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -376,19 +375,14 @@ def figuresOf(record: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
 
 
-def _ms(us: Any) -> float | None:
-    return us / 1000 if isinstance(us, (int, float)) else None
+_ms = compare._ms
 
 
 def summarise(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """
     @return: For each row, the median over the reps of each figure.
     """
-    values: dict[str, dict[str, list[float]]] = {}
-    for r in records:
-        for key, v in figuresOf(r).items():
-            values.setdefault(r["row"], {}).setdefault(key, []).append(v)
-    return {row: {k: statistics.median(vs) for k, vs in figs.items()} for row, figs in values.items()}
+    return compare.medianFigures(records, figuresOf)
 
 
 def faceTable(summary: dict[str, dict[str, float]], s: dict[str, Any]) -> str:

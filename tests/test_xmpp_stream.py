@@ -11,6 +11,9 @@ C{bench/xmpp_parser_probe.py}.
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -259,6 +262,30 @@ class HeaderTests(StreamTestCase):
         xs, transport, received = self.connect()
         self.feed(xs, OPEN, b"<presence/>")
         self.assertEqual(len(received), 1)
+        self.assertOpen(transport)
+
+    def test_stanzaFreedWithoutCollector(self) -> None:
+        """
+        A handled stanza and its nested children are freed as soon as the
+        last reference to them goes: the parser leaves no child-to-parent
+        link behind that would make a reference cycle, kept until the
+        cyclic garbage collector's next pass.
+        """
+        xs, transport, received = self.connect()
+        self.feed(xs, HEADER)
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self.feed(xs, b"<message to='bob@corp.example'><body>hi</body><x xmlns='urn:x'><y>z</y></x></message>")
+            [stanza] = received
+            self.assertEqual(str(stanza.body), "hi")
+            refs = [weakref.ref(stanza), weakref.ref(stanza.body), weakref.ref(stanza.x), weakref.ref(stanza.x.y)]
+            del stanza
+            received.clear()
+            self.assertEqual([r() for r in refs], [None] * 4)
+        finally:
+            if enabled:
+                gc.enable()
         self.assertOpen(transport)
 
     def test_ownElementStream(self) -> None:

@@ -4,8 +4,8 @@ C{twistd imgateway} processes (routers and home servers, C{[servers]} and
 server links): the link certificates from a test authority and each
 process's C{[links]} table (L{LinkCertificates}), an in-process link
 certificate (L{linkTLS}), two linked home servers (L{linkedHomeServers}),
-a router with one home server (L{RouterAndHome}), and a domain of two home
-servers and a router on an LDAP directory (L{LDAPDomain}).
+a router with one home server (L{RouterAndHome}), and a router with two
+home servers, on an LDAP directory or on a shared one (L{RouterAndTwoHomes}).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from tests.e2e.xmppclient import XMPPAgent
 __all__ = [
     "CACHE_SECONDS",
     "OUTSIDE",
-    "LDAPDomain",
     "LinkCertificates",
     "RouterAndHome",
+    "RouterAndTwoHomes",
     "linkTLS",
     "linkedHomeServers",
     "peerPort",
@@ -253,68 +253,104 @@ CACHE_SECONDS = 1.0
 NAMES = ("hs1", "hs2", "router")
 
 
-class LDAPDomain:
+class RouterAndTwoHomes:
     """
-    corp.example served by three processes on C{slapd}: C{hs1}
-    and C{hs2} (roles C{["home"]}) and C{router} (roles C{["router"]},
-    internal network C{127.0.0.1/32}). Each has a native face on TLS (a
-    certificate for C{localhost} from a test authority; C{[servers.NAME]
-    native} names it) besides the plain TCP port the harness probes, and
-    link certificates from another test authority; the home servers listen
-    for links, the router only connects.
+    corp.example served by three processes: C{hs1} and C{hs2} (roles
+    C{["home"]}) and C{router} (roles C{["router"]}, internal network
+    C{127.0.0.1/32}), linked over TLS with link certificates from a test
+    authority (both ends checked). Each runs the native face on the
+    loopback TCP port the harness probes. The home servers listen for
+    links; the router only connects, or listens too with C{routerLinks}.
 
-    @ivar processes: The three processes, by name.
-    @ivar tlsPorts: Their native TLS ports, by name.
+    With C{slapd}, the directory is that LDAP server (C{default_home} hs1,
+    the router's C{directory_cache_seconds} L{CACHE_SECONDS}) and each
+    process keeps its own data folder; without, the three share one data
+    folder (one SQLite directory: users made with a home server's
+    C{addUsers} are homed there).
+
+    With C{nativeTLS}, each native face also has a TLS listener with a
+    certificate for C{localhost} from another test authority, and
+    C{[servers.NAME] native} names it (C{localhost:PORT}) instead of the TCP
+    port (C{127.0.0.1:PORT}).
+
+    @ivar processes: The three processes, by name (not started).
+    @ivar tlsPorts: With C{nativeTLS}, their native TLS ports, by name.
+    @ivar caPath: With C{nativeTLS}, the authority of their certificates.
     """
 
-    def __init__(self, testCase: TestCase, slapd: SlapdServer) -> None:
+    def __init__(
+        self,
+        testCase: TestCase,
+        slapd: SlapdServer | None = None,
+        nativeTLS: bool = False,
+        routerLinks: bool = False,
+        linkTimeout: float = 3,
+        more: Mapping[str, Mapping[str, Any]] | None = None,
+        morePorts: Mapping[str, Sequence[int]] | None = None,
+    ) -> None:
+        """
+        @param linkTimeout: The C{[links] request_timeout} of all three.
+        @param more: More tables of each process, by name (one of a name
+            used above replaces it).
+        @param morePorts: More ports that show a process is up, by name.
+        """
         folder = os.path.abspath(testCase.mktemp())
         os.makedirs(folder)
         self.testCase = testCase
         self.slapd = slapd
-        self.caPath, nativeDir = makeCertificates(os.path.join(folder, "native"), "localhost")
         certificates = LinkCertificates(folder)
-        passwordFile = writePEM(os.path.join(folder, "bind-password"), BIND_PASSWORD.encode() + b"\n")
         ports = {name: (freePort(), freePort(), freePort()) for name in NAMES}
-        self.tlsPorts = {name: ports[name][1] for name in NAMES}
+        self.tlsPorts = {name: ports[name][1] for name in NAMES} if nativeTLS else {}
+        listens = {name: name != "router" or routerLinks for name in NAMES}
         servers: dict[str, dict[str, object]] = {}
         for name in NAMES:
-            _, tlsPort, linkPort = ports[name]
+            tcpPort, tlsPort, linkPort = ports[name]
             servers[name] = {
                 "roles": ["router"] if name == "router" else ["home"],
-                "tls_name": f"{name}.corp.example",
-                "native": f"localhost:{tlsPort}",
+                "tls_name": f"{name}.{DOMAIN}",
+                "native": f"localhost:{tlsPort}" if nativeTLS else f"127.0.0.1:{tcpPort}",
             }
-            if name != "router":
+            if listens[name]:
                 servers[name]["link"] = f"127.0.0.1:{linkPort}"
-        directory = {
-            "backend": "ldap",
-            "url": slapd.tlsURL,
-            "ca_file": slapd.caPath,
-            "bind_dn": BIND_DN,
-            "bind_password_file": passwordFile,
-            "base_dn": PEOPLE,
-            "home_attribute": "imgatewayHomeServer",
-            "default_home": "hs1",
-        }
+        common: dict[str, Any] = {"servers": servers, "router": {"internal_networks": ["127.0.0.1/32"]}}
+        gateway: dict[str, Any] = {}
+        if slapd is not None:
+            passwordFile = writePEM(os.path.join(folder, "bind-password"), BIND_PASSWORD.encode() + b"\n")
+            common["router"]["directory_cache_seconds"] = CACHE_SECONDS
+            common["directory"] = {
+                "backend": "ldap",
+                "url": slapd.tlsURL,
+                "ca_file": slapd.caPath,
+                "bind_dn": BIND_DN,
+                "bind_password_file": passwordFile,
+                "base_dn": PEOPLE,
+                "home_attribute": "imgatewayHomeServer",
+                "default_home": "hs1",
+            }
+        else:
+            gateway["data_dir"] = os.path.join(folder, "data")
+        if nativeTLS:
+            self.caPath, nativeDir = makeCertificates(os.path.join(folder, "native"), "localhost")
         self.processes: dict[str, GatewayProcess] = {}
         for name in NAMES:
             tcpPort, tlsPort, linkPort = ports[name]
-            links = certificates.links(name, listen=None if name == "router" else linkPort)
-            wait = [tcpPort, tlsPort] if name == "router" else [tcpPort, tlsPort, linkPort]
+            tables: dict[str, Any] = {
+                **common,
+                "gateway": {**gateway, "home_server": name},
+                "links": certificates.links(name, listen=linkPort if listens[name] else None, requestTimeout=linkTimeout),
+            }
+            wait = [tcpPort]
+            if nativeTLS:
+                tables["native"] = {"listen": [f"tcp:{tcpPort}:interface=127.0.0.1", tlsServerEndpoint(nativeDir, tlsPort)]}
+                wait.append(tlsPort)
+            if listens[name]:
+                wait.append(linkPort)
             self.processes[name] = GatewayProcess(
                 testCase,
-                {
-                    "gateway": {"home_server": name},
-                    "servers": servers,
-                    "router": {"internal_networks": ["127.0.0.1/32"], "directory_cache_seconds": CACHE_SECONDS},
-                    "links": links,
-                    "directory": directory,
-                    "native": {"listen": [f"tcp:{tcpPort}:interface=127.0.0.1", tlsServerEndpoint(nativeDir, tlsPort)]},
-                },
+                {**tables, **(more or {}).get(name, {})},
                 directory=os.path.join(folder, name),
                 port=tcpPort,
-                waitPorts=wait,
+                waitPorts=wait + list((morePorts or {}).get(name, ())),
             )
 
     async def start(self) -> None:
@@ -366,7 +402,8 @@ class LDAPDomain:
         """
         Open the store of home server C{name} (in its own C{data_dir}).
         """
-        path = os.path.join(self.processes[name].dataDir, f"home-{name}.sqlite3")
+        process = self.processes[name]
+        path = os.path.join(process.tables["gateway"]["data_dir"], f"home-{name}.sqlite3")
         store = await SQLiteHomeStore.open(reactor(), path)
         self.testCase.addCleanup(store.close)
         return store

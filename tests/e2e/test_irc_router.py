@@ -20,15 +20,14 @@ on loopback; the router's C{internal_networks} is C{127.0.0.1/32}.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.trial.unittest import TestCase
 
 from imgateway.core.presence import PresenceState
 from imgateway.router.front import NOT_HOMED_HERE_TEXT
-from tests.e2e.harness import DOMAIN, GatewayProcess, connectClient, freePort
-from tests.e2e.multihost import LinkCertificates
+from tests.e2e.harness import DOMAIN, connectClient, freePort
+from tests.e2e.multihost import OUTSIDE, RouterAndTwoHomes
 from tests.e2e.ircd import IRCdProcess, SharedIRCd, connectUser
 from tests.e2e.test_irc_face import IRCUser
 from tests.e2e.test_irc_network import nickFree
@@ -37,14 +36,8 @@ NGIRCD = SharedIRCd("ngircd")
 
 PASSWORDS = {"alice": "alice-pw-1", "carol": "carol-pw-3"}
 
-#: Where clients come from that are not in the router's internal network.
-OUTSIDE = "127.0.0.2"
-
 #: The bridged network's domain.
 NET = "testnet.irc"
-
-#: The processes of the domain, in the order they start.
-NAMES = ("hs1", "hs2", "router")
 
 
 def testSuite() -> Any:
@@ -54,75 +47,41 @@ def testSuite() -> Any:
     return NGIRCD.suite(__name__)
 
 
-class IRCDomain:
+class IRCDomain(RouterAndTwoHomes):
     """
-    corp.example served by C{router} (roles C{["router"]}) and the home
-    servers C{hs1} (alice) and C{hs2} (carol), each listening for links;
-    the router and hs1 run the IRC face. With C{ircd}, the router bridges
-    it as L{NET}.
+    L{RouterAndTwoHomes} on one shared directory, every server listening
+    for links, hs1 homing alice and hs2 carol; the router and hs1 run the
+    IRC face. With C{ircd}, the router bridges it as L{NET}.
 
-    @ivar processes: The three processes, by name.
     @ivar ircPorts: The IRC face ports, by name.
     """
 
     def __init__(self, testCase: TestCase, ircd: IRCdProcess | None = None) -> None:
-        folder = os.path.abspath(testCase.mktemp())
-        os.makedirs(folder)
-        self.testCase = testCase
-        shared = os.path.join(folder, "data")
-        certificates = LinkCertificates(folder)
-        ports = {name: (freePort(), freePort()) for name in NAMES}
         self.ircPorts = {"router": freePort(), "hs1": freePort()}
-        servers = {
-            name: {
-                "roles": ["router"] if name == "router" else ["home"],
-                "link": f"127.0.0.1:{ports[name][1]}",
-                "tls_name": f"{name}.corp.example",
-                "native": f"127.0.0.1:{ports[name][0]}",
-            }
-            for name in NAMES
+        more: dict[str, dict[str, Any]] = {
+            name: {"irc": {"listen": [f"tcp:{port}:interface=127.0.0.1"]}} for name, port in self.ircPorts.items()
         }
-        self.processes: dict[str, GatewayProcess] = {}
-        for name in NAMES:
-            nativePort, linkPort = ports[name]
-            tables: dict[str, Any] = {
-                "gateway": {"home_server": name, "data_dir": shared},
-                "servers": servers,
-                "router": {"internal_networks": ["127.0.0.1/32"]},
-                "links": certificates.links(name, listen=linkPort, requestTimeout=5),
-            }
-            wait = [nativePort, linkPort]
-            if name in self.ircPorts:
-                tables["irc"] = {"listen": [f"tcp:{self.ircPorts[name]}:interface=127.0.0.1"]}
-                wait.append(self.ircPorts[name])
-            if name == "router" and ircd is not None:
-                tables.setdefault("irc", {"listen": []})["network"] = [
-                    {
-                        "name": "testnet",
-                        "domain": NET,
-                        "endpoint": ircd.endpoint,
-                        "nick_template": "{user}[corp]",
-                        "presence_interval": 1.0,
-                        "max_reconnect_delay": 2.0,
-                    }
-                ]
-            self.processes[name] = GatewayProcess(
-                testCase, tables, directory=os.path.join(folder, name), port=nativePort, waitPorts=wait
-            )
+        if ircd is not None:
+            more["router"]["irc"]["network"] = [
+                {
+                    "name": "testnet",
+                    "domain": NET,
+                    "endpoint": ircd.endpoint,
+                    "nick_template": "{user}[corp]",
+                    "presence_interval": 1.0,
+                    "max_reconnect_delay": 2.0,
+                }
+            ]
+        super().__init__(
+            testCase,
+            routerLinks=True,
+            linkTimeout=5,
+            more=more,
+            morePorts={name: [port] for name, port in self.ircPorts.items()},
+        )
         # Each made with its home server's configuration: homed there.
         self.processes["hs1"].addUsers({"alice": PASSWORDS["alice"]})
         self.processes["hs2"].addUsers({"carol": PASSWORDS["carol"]})
-
-    async def start(self) -> None:
-        """
-        Start the home servers, then the router.
-        """
-        for name in NAMES:
-            await self.processes[name].start()
-
-    @property
-    def router(self) -> GatewayProcess:
-        return self.processes["router"]
 
     async def ircUser(self, user: str, server: str = "router", bindAddress: str | None = None) -> IRCUser:
         """

@@ -24,7 +24,7 @@ from imgateway.core.presence import PresenceState
 from imgateway.core.errors import UserBusy
 from tests.e2e.harness import DOMAIN, connectClient, failureOf, reactor, sleep
 from tests.e2e.slapd import PEOPLE, LDAPUser, SharedSlapd, SlapdServer
-from tests.e2e.multihost import CACHE_SECONDS, LDAPDomain, peerPort
+from tests.e2e.multihost import CACHE_SECONDS, RouterAndTwoHomes, peerPort
 
 PASSWORDS = {name: f"{name}'s LDAP password" for name in ("alice", "bob", "carol", "dan")}
 ALICE, BOB, CAROL, DAN = (Address.fromParts(n, DOMAIN) for n in ("alice", "bob", "carol", "dan"))
@@ -57,7 +57,7 @@ class MoveBetweenHostsTests(TestCase):
 
     async def setUp(self) -> None:  # type: ignore[override]
         self.slapd = await SLAPD.require(self)
-        self.domain = LDAPDomain(self, self.slapd)
+        self.domain = RouterAndTwoHomes(self, self.slapd, nativeTLS=True)
         await self.domain.start()
 
     def admin(self, server: str, *args: str, status: int = 0) -> str:

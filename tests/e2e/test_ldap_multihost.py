@@ -24,7 +24,7 @@ from imgateway.core.address import Address
 from imgateway.core.errors import ServiceUnavailable, UserBusy, UserOffline
 from imgateway.core.presence import PresenceState
 from tests.e2e.harness import DOMAIN, Recorder, connectClient, failureOf, reactor, sleep
-from tests.e2e.multihost import CACHE_SECONDS, OUTSIDE, LDAPDomain, peerPort
+from tests.e2e.multihost import CACHE_SECONDS, OUTSIDE, RouterAndTwoHomes, peerPort
 from tests.e2e.slapd import PEOPLE, LDAPUser, SharedSlapd, SlapdServer
 
 PASSWORDS = {"alice": "alice's LDAP password", "carol": "carol's LDAP password"}
@@ -56,7 +56,7 @@ class MultiHostTests(TestCase):
 
     async def setUp(self) -> None:  # type: ignore[override]
         self.slapd = await SLAPD.require(self)
-        self.domain = LDAPDomain(self, self.slapd)
+        self.domain = RouterAndTwoHomes(self, self.slapd, nativeTLS=True)
         await self.domain.start()
 
     async def meet(self) -> tuple[NativeClientProtocol, Recorder, NativeClientProtocol, Recorder]:

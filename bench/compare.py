@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +87,11 @@ METRICS: list[tuple[str, str, bool]] = [
 ]
 
 
-def info(text: str) -> None:
-    print(f"[compare] {text}", file=sys.stderr, flush=True)
+def info(text: str, bench: str = "compare") -> None:
+    """
+    A line of progress on standard error, prefixed with C{bench}'s name.
+    """
+    print(f"[{bench}] {text}", file=sys.stderr, flush=True)
 
 
 # -- settings ------------------------------------------------------------------------------
@@ -100,13 +103,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     smaller ones).
     """
     quick = args.quick
-    s: dict[str, Any] = {
-        "pairs": 20 if quick else 50,
-        "duration_s": 2.0 if quick else 10.0,
-        "warmup_s": 0.5 if quick else 2.0,
-        "settle_s": 0.3 if quick else 1.0,
-        "window": 10,
-        "rate": 2000.0,
+    s = trafficSettings(args, quickPairs=20, quickWarmup=0.5)
+    s.update({
         "presence_contacts": 200,
         "presence_window": 2,
         "login_accounts": 200,
@@ -115,15 +113,35 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "idle_contacts": 20,
         "idle_warmup_logins": 50,
         "idle_settle_s": 1.0 if quick else 5.0,
-        "driver_procs": args.driver_procs,
         "scram_iterations": ITERATIONS,
+    })  # fmt: skip
+    if args.idle_sizes is not None:
+        s["idle_sizes"] = args.idle_sizes
+    return s
+
+
+def trafficSettings(args: argparse.Namespace, quickPairs: int, quickWarmup: float) -> dict[str, Any]:
+    """
+    The settings of message traffic that C{compare.py} and
+    C{irc_compare.py} share: pairs (50, or C{quickPairs} with C{--quick}),
+    the windows (10 s after 2 s, or 2 s after C{quickWarmup}), the settle
+    time, the closed-loop window, the fixed rate (2,000 msgs/s) and the
+    driver processes; C{--pairs} and C{--duration} override theirs.
+    """
+    quick = args.quick
+    s: dict[str, Any] = {
+        "pairs": quickPairs if quick else 50,
+        "duration_s": 2.0 if quick else 10.0,
+        "warmup_s": quickWarmup if quick else 2.0,
+        "settle_s": 0.3 if quick else 1.0,
+        "window": 10,
+        "rate": 2000.0,
+        "driver_procs": args.driver_procs,
     }
     if args.pairs is not None:
         s["pairs"] = args.pairs
     if args.duration is not None:
         s["duration_s"] = args.duration
-    if args.idle_sizes is not None:
-        s["idle_sizes"] = args.idle_sizes
     return s
 
 
@@ -313,17 +331,26 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     tests = args.tests or list(TESTS)
     traffic, later = provisions(s, tests)
     records: list[dict[str, Any]] = []
+    for rep, row in repsAndRows(args):
+        info(f"rep {rep}: {ROW_NAMES[row]}")
+        sizes = s["idle_sizes"] if "idle" in tests else []
+        records += oneServer(args, s, row, rep, traffic, firstServerRuns(s, tests))
+        for size, provision in zip(sizes[1:], later):
+            records += oneServer(args, s, row, rep, provision, plannedRuns(s, tests, size))
+    return records
+
+
+def repsAndRows(args: argparse.Namespace) -> Iterator[tuple[int, str]]:
+    """
+    Each rep (C{--reps}) and row (C{--only}) to run, in order: the rows in
+    their order, reversed every other rep (who goes first changes).
+    """
     for rep in range(1, args.reps + 1):
         rows = list(args.only)
         if rep % 2 == 0:
-            rows.reverse()  # who goes first changes with each rep
+            rows.reverse()
         for row in rows:
-            info(f"rep {rep}: {ROW_NAMES[row]}")
-            sizes = s["idle_sizes"] if "idle" in tests else []
-            records += oneServer(args, s, row, rep, traffic, firstServerRuns(s, tests))
-            for size, provision in zip(sizes[1:], later):
-                records += oneServer(args, s, row, rep, provision, plannedRuns(s, tests, size))
-    return records
+            yield rep, row
 
 
 # -- the table -----------------------------------------------------------------------------
@@ -539,20 +566,49 @@ def versions() -> dict[str, Any]:
 def document(args: argparse.Namespace, records: list[dict[str, Any]], started: float) -> dict[str, Any]:
     s = settings(args)
     summary = summarise(records, s["idle_sizes"])
+    doc = documentOf("compare", args, started, versions(), s, FLOOD_SETTINGS, ROWS,
+                     {key: heading for key, heading, _ in METRICS}, summary, records)  # fmt: skip
+    doc["ratios"] = ratios(summary)
+    return doc
+
+
+def documentOf(bench: str, args: argparse.Namespace, started: float, versions: dict[str, Any], settings: dict[str, Any],
+               flood: dict[str, list[str]], rows: Sequence[str], figures: dict[str, str], summary: dict[str, dict[str, float]],
+               records: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """
+    The JSON document of C{bench/<bench>.py}: the command, its wall time,
+    the machine, the versions, the settings and flood settings, the rows
+    run (in C{rows}' order), the figures' headings, the medians and every
+    run's record.
+    """
     return {
-        "bench": "compare",
-        "command": " ".join(["bench/compare.py", *args.argv]),
+        "bench": bench,
+        "command": " ".join([f"bench/{bench}.py", *args.argv]),
         "wall_s": round(time.monotonic() - started, 1),
         "machine": machine(),
-        "versions": versions(),
-        "settings": s,
-        "flood_settings": FLOOD_SETTINGS,
-        "rows": [r for r in ROWS if r in args.only],
-        "figures": {key: heading for key, heading, _ in METRICS},
+        "versions": versions,
+        "settings": settings,
+        "flood_settings": flood,
+        "rows": [r for r in rows if r in args.only],
+        "figures": figures,
         "summary": summary,
-        "ratios": ratios(summary),
         "runs": records,
     }
+
+
+def reportHead(doc: dict[str, Any], peers: str) -> list[str]:
+    """
+    The first lines of a report: the command, its wall time and the reps;
+    the machine; the versions (the gateway's, then C{peers}).
+    """
+    m, v = doc["machine"], doc["versions"]
+    reps = max((r.get("rep", 1) for r in doc["runs"]), default=1)
+    return [
+        f"`{doc['command']}` ({doc['wall_s']:.0f} s); reps: medians of {reps}",
+        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}, load average before "
+        f"{', '.join(f'{x:.2f}' for x in m['loadavg'])}",
+        f"Versions: imgateway {v['imgateway']} ({v['commit']}), Python {v['python']}, Twisted {v['twisted']}; {peers}",
+    ]
 
 
 def report(doc: dict[str, Any]) -> str:
@@ -562,11 +618,7 @@ def report(doc: dict[str, Any]) -> str:
     """
     s, m, v = doc["settings"], doc["machine"], doc["versions"]
     head = [
-        f"`{doc['command']}` ({doc['wall_s']:.0f} s); reps: medians of {max((r.get('rep', 1) for r in doc['runs']), default=1)}",
-        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}, load average before "
-        f"{', '.join(f'{x:.2f}' for x in m['loadavg'])}",
-        f"Versions: imgateway {v['imgateway']} ({v['commit']}), Python {v['python']}, Twisted {v['twisted']}; "
-        f"Prosody {v['prosody']}; ejabberd {v['ejabberd']} (Erlang {v['erlang']})",
+        *reportHead(doc, f"Prosody {v['prosody']}; ejabberd {v['ejabberd']} (Erlang {v['erlang']})"),
         f"Load: {s['pairs']} pairs, windows of {s['duration_s']:g} s after {s['warmup_s']:g} s; fixed rate "
         f"{s['rate']:,.0f} msgs/s; presence: 1 user, {s['presence_contacts']} online contacts; logins: "
         f"{s['login_concurrency']} at once over {s['login_accounts']} accounts; idle: "
@@ -617,15 +669,31 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parseArgs(argv)
+    runBench("compare", parseArgs(argv), FLOOD_SETTINGS, run, document, report)
+
+
+def runBench(
+    bench: str,
+    args: argparse.Namespace,
+    flood: dict[str, list[str]],
+    run: Callable[[argparse.Namespace], list[dict[str, Any]]],
+    document: Callable[[argparse.Namespace, list[dict[str, Any]], float], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+) -> None:
+    """
+    The main of C{bench/<bench>.py}: say the flood limits raised, C{run},
+    print the C{report} (and with C{--json} the C{document} on standard
+    output, the report on standard error), exit 2 if a run failed; on
+    Control-C or SIGTERM, the servers started are stopped.
+    """
     interruptOnSigterm()
     raiseNofile()  # the servers inherit it: 10,000 sessions
     started = time.monotonic()
-    info("flood limits raised: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in FLOOD_SETTINGS.items()))
+    info("flood limits raised: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in flood.items()), bench)
     try:
         records = run(args)
     except KeyboardInterrupt:
-        info("interrupted; the servers we started are stopped")
+        info("interrupted; the servers we started are stopped", bench)
         sys.exit(interruptedStatus())
     doc = document(args, records, started)
     text = report(doc)
@@ -636,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(text, flush=True)
     failed = [r for r in records if "error" in r]
     if failed:
-        info(f"{len(failed)} run(s) failed: " + ", ".join(f"{r['row']}/{r['run']}" for r in failed))
+        info(f"{len(failed)} run(s) failed: " + ", ".join(f"{r['row']}/{r['run']}" for r in failed), bench)
         sys.exit(2)
 
 

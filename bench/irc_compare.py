@@ -46,9 +46,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import compare
-from bench._gateway import IRC_BENCH_SETTINGS, REPO, GatewayError, interruptedStatus, interruptOnSigterm
+from bench._gateway import IRC_BENCH_SETTINGS, REPO, GatewayError
 from bench._peers import PASSWORD, PREFIX, PeerError, Provision, Server, debianVersion, startGateway
-from bench._proc import raiseNofile
 
 ROWS = ("ngircd", "peers-load", "gateway-irc", "bridge")
 ROW_NAMES = {
@@ -108,7 +107,7 @@ METRICS: list[tuple[str, str]] = [
 
 
 def info(text: str) -> None:
-    print(f"[irc_compare] {text}", file=sys.stderr, flush=True)
+    compare.info(text, "irc_compare")
 
 
 # -- settings ------------------------------------------------------------------------------
@@ -119,22 +118,9 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     The sizes and times of the runs, from the options (C{--quick} picks
     smaller ones).
     """
-    quick = args.quick
-    s: dict[str, Any] = {
-        "pairs": 10 if quick else 50,
-        "senders": 10 if quick else 50,
-        "duration_s": 2.0 if quick else 10.0,
-        "warmup_s": 1.0 if quick else 2.0,
-        "settle_s": 0.3 if quick else 1.0,
-        "window": 10,
-        "rate": 2000.0,
-        "oneway_rate": 1000.0,
-        "driver_procs": args.driver_procs,
-    }
-    if args.pairs is not None:
-        s["pairs"] = s["senders"] = args.pairs
-    if args.duration is not None:
-        s["duration_s"] = args.duration
+    s = compare.trafficSettings(args, quickPairs=10, quickWarmup=1.0)
+    s["senders"] = s["pairs"]
+    s["oneway_rate"] = 1000.0
     return s
 
 
@@ -339,13 +325,9 @@ def oneRow(args: argparse.Namespace, s: dict[str, Any], row: str, rep: int) -> l
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     s = settings(args)
     records: list[dict[str, Any]] = []
-    for rep in range(1, args.reps + 1):
-        rows = list(args.only)
-        if rep % 2 == 0:
-            rows.reverse()  # who goes first changes with each rep
-        for row in rows:
-            info(f"rep {rep}: {ROW_NAMES[row]}")
-            records += oneRow(args, s, row, rep)
+    for rep, row in compare.repsAndRows(args):
+        info(f"rep {rep}: {ROW_NAMES[row]}")
+        records += oneRow(args, s, row, rep)
     return records
 
 
@@ -436,19 +418,8 @@ def versions() -> dict[str, Any]:
 
 
 def document(args: argparse.Namespace, records: list[dict[str, Any]], started: float) -> dict[str, Any]:
-    return {
-        "bench": "irc_compare",
-        "command": " ".join(["bench/irc_compare.py", *args.argv]),
-        "wall_s": round(time.monotonic() - started, 1),
-        "machine": compare.machine(),
-        "versions": versions(),
-        "settings": settings(args),
-        "flood_settings": FLOOD_SETTINGS,
-        "rows": [r for r in ROWS if r in args.only],
-        "figures": dict(METRICS),
-        "summary": summarise(records),
-        "runs": records,
-    }
+    return compare.documentOf("irc_compare", args, started, versions(), settings(args), FLOOD_SETTINGS, ROWS,
+                              dict(METRICS), summarise(records), records)  # fmt: skip
 
 
 def report(doc: dict[str, Any]) -> str:
@@ -457,12 +428,8 @@ def report(doc: dict[str, Any]) -> str:
         two tables, how the cores were shared.
     """
     s, m, v = doc["settings"], doc["machine"], doc["versions"]
-    reps = max((r.get("rep", 1) for r in doc["runs"]), default=1)
     head = [
-        f"`{doc['command']}` ({doc['wall_s']:.0f} s); reps: medians of {reps}",
-        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}, load average before "
-        f"{', '.join(f'{x:.2f}' for x in m['loadavg'])}",
-        f"Versions: imgateway {v['imgateway']} ({v['commit']}), Python {v['python']}, Twisted {v['twisted']}; ngIRCd {v['ngircd']}",
+        *compare.reportHead(doc, f"ngIRCd {v['ngircd']}"),
         f"Load: {s['pairs']} pairs of IRC clients, {s['window']} messages outstanding per sender, windows of "
         f"{s['duration_s']:g} s after {s['warmup_s']:g} s; fixed rate {s['rate']:,.0f} msgs/s; one way: {s['senders']} "
         f"senders, fixed rate {s['oneway_rate']:,.0f} msgs/s; {s['driver_procs']} driver processes",
@@ -519,27 +486,7 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parseArgs(argv)
-    interruptOnSigterm()
-    raiseNofile()
-    started = time.monotonic()
-    info("flood limits raised: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in FLOOD_SETTINGS.items()))
-    try:
-        records = run(args)
-    except KeyboardInterrupt:
-        info("interrupted; the servers we started are stopped")
-        sys.exit(interruptedStatus())
-    doc = document(args, records, started)
-    text = report(doc)
-    if args.json:
-        print(json.dumps(doc), flush=True)
-        print(text, file=sys.stderr, flush=True)
-    else:
-        print(text, flush=True)
-    failed = [r for r in records if "error" in r]
-    if failed:
-        info(f"{len(failed)} run(s) failed: " + ", ".join(f"{r['row']}/{r['run']}" for r in failed))
-        sys.exit(2)
+    compare.runBench("irc_compare", parseArgs(argv), FLOOD_SETTINGS, run, document, report)
 
 
 if __name__ == "__main__":

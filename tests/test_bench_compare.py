@@ -241,6 +241,32 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual((SETTINGS["pairs"], SETTINGS["duration_s"], SETTINGS["idle_sizes"]), (20, 2.0, [1000]))
         self.assertEqual(SETTINGS["rate"], 2000.0)
 
+    def test_trafficSettingsShared(self) -> None:
+        """
+        L{compare.trafficSettings} is the message traffic's part of both
+        benchmarks' settings: C{--quick} picks the pairs and warm-up it is
+        given, C{--pairs} and C{--duration} override.
+        """
+        from bench import irc_compare
+
+        quick = compare.trafficSettings(compare.parseArgs(["--quick"]), quickPairs=7, quickWarmup=0.25)
+        self.assertEqual((quick["pairs"], quick["warmup_s"], quick["duration_s"], quick["rate"]), (7, 0.25, 2.0, 2000.0))
+        mine = compare.trafficSettings(compare.parseArgs(["--pairs", "3", "--duration", "1"]), quickPairs=7, quickWarmup=0.25)
+        self.assertEqual((mine["pairs"], mine["warmup_s"], mine["duration_s"]), (3, 2.0, 1.0))
+        irc = irc_compare.settings(irc_compare.parseArgs(["--quick", "--only", "ngircd"]))
+        for key in ("duration_s", "settle_s", "window", "rate", "driver_procs"):
+            self.assertEqual(irc[key], SETTINGS[key], key)
+
+    def test_repsAndRows(self) -> None:
+        """
+        Every other rep runs the rows in reverse order.
+        """
+        args = compare.parseArgs(["--reps", "3", "--only", "prosody", "--only", "ejabberd"])
+        self.assertEqual(
+            list(compare.repsAndRows(args)),
+            [(1, "prosody"), (1, "ejabberd"), (2, "ejabberd"), (2, "prosody"), (3, "prosody"), (3, "ejabberd")],
+        )
+
     def test_runsOnOneServer(self) -> None:
         """
         A server runs the idle run first (while fresh), then 1:1 messages,

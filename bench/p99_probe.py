@@ -288,6 +288,8 @@ def attribute(sent: Sequence[int], recv: Sequence[int], server: dict[str, Any], 
         "gateway_gc": {f"gen{g}": pauseSummary([n for _, n, gen, _, _ in sg if gen == g]) for g in (0, 1, 2)},
         "gateway_gc_cpu": {f"gen{g}": pauseSummary([c for _, _, gen, _, c in sg if gen == g]) for g in (0, 1, 2)},
         "gateway_gc_collected": sum(e[3] for e in sg),
+        # The whole run (logins included), not only the window.
+        "gateway_gc_whole_run": {f"gen{g}": pauseSummary([c for _, _, gen, _, c in server.get("gc", []) if gen == g]) for g in (0, 1, 2)},
         "gateway_stalls_over_2ms": stallSummary(slags),
         "driver_gc": {f"gen{g}": pauseSummary([n for _, n, gen, _, _ in dg if gen == g]) for g in (0, 1, 2)},
         "driver_stalls_over_2ms": stallSummary(dlags),
@@ -433,6 +435,8 @@ def report(doc: dict[str, Any]) -> str:
                 lines.append(f"  {side} stalls > 2 ms, {kind}: {p['n']}, {p['p50_ms']}, {p['max_ms']}, {p['total_ms']}")
     lines.append(f"gateway gc threshold {doc['gateway_gc_threshold']}, frozen objects {doc['gateway_gc_frozen']}, "
                  f"collected in the window {doc['gateway_gc_collected']}")
+    whole = ", ".join(f"{g} {p['n']} (CPU p50 {p['p50_ms']}, max {p['max_ms']} ms)" for g, p in doc["gateway_gc_whole_run"].items() if p["n"])
+    lines.append(f"gateway collections over the whole run, logins included: {whole or 'none'}")
     lines.append("the gateway's long turns (> 4 ms), sampled stacks (innermost first):")
     lines += ["  " + line for line in doc["gateway_long_turn_stacks"]]
     if doc.get("gateway_garbage_by_type"):

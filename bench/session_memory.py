@@ -43,6 +43,7 @@ from imgateway.auth.passwords import makeCredentials
 from imgateway.auth.sasl import clientMechanism
 from imgateway.core.address import Address
 from imgateway.core.records import AccountRecord, AuthorisationState, ContactRecord, PutContact, SetAuthorisation
+from imgateway.home.store import _address as sqliteAddress
 from imgateway.testing import XmlStreamPeer, memoryGateway
 
 PASSWORD = "pw"
@@ -123,6 +124,31 @@ def xmppLogin(factory: C2SFactory, user: str, mech: str, peer: IPv4Address) -> X
     return c
 
 
+def rowsAsSQLiteMakesThem(store: Any) -> None:
+    """
+    Make the memory store answer reads with new L{Address}es made from the
+    stored text, as L{imgateway.home.store.SQLiteHomeStore} does, instead of
+    the objects it keeps: the addresses that the home server keeps per user
+    are then its own memory, as in the real process.
+    """
+    getContacts, getAuthorisations = store.getContacts, store.getAuthorisations
+
+    def fresh(a: Address) -> Address:
+        return sqliteAddress(str(a))
+
+    def contacts(owner: Address) -> Any:
+        return getContacts(owner).addCallback(
+            lambda rows: [ContactRecord(fresh(c.address), c.displayName) for c in rows]
+        )
+
+    def authorisations(user: Address) -> Any:
+        return getAuthorisations(user).addCallback(
+            lambda rows: [(fresh(t), fresh(w), state) for t, w, state in rows]
+        )
+
+    store.getContacts, store.getAuthorisations = contacts, authorisations
+
+
 def setUp(args: argparse.Namespace) -> tuple[Any, Clock, NativeServerFactory, C2SFactory]:
     clock = Clock()
     gateway = memoryGateway(clock)
@@ -143,6 +169,8 @@ def setUp(args: argparse.Namespace) -> tuple[Any, Clock, NativeServerFactory, C2
                 SetAuthorisation(y, x, AuthorisationState.AUTHORISED),
             ]
     gateway.homeServer.store.apply(changes)
+    if not args.shared_rows:
+        rowsAsSQLiteMakesThem(gateway.homeServer.store)
     native = NativeServerFactory(gateway, NativeConfig(), clock)
     limits = StreamLimits(idleParserSeconds=0.0 if args.keep_parsers else IDLE_PARSER_SECONDS)
     xmpp = C2SFactory(gateway, C2SConfig(requireTLS=False, limits=limits), None, clock)
@@ -157,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mech", default="SCRAM-SHA-1")
     p.add_argument("--top", type=int, default=12, help="allocating lines shown")
     p.add_argument("--profile", type=int, metavar="N", help="show the N functions with most CPU (cumulative)")
+    p.add_argument(
+        "--shared-rows", action="store_true",
+        help="the memory store's own addresses in the rows read (before: new ones, as SQLite makes them)",
+    )
     p.add_argument("--keep-parsers", action="store_true", help="XMPP: no idle-parser drop")
     args = p.parse_args(argv)
     gateway, clock, native, xmpp = setUp(args)

@@ -395,11 +395,14 @@ class MemoryHomeStore(_MemoryStore):
             return later
         self.reads.append(("getAuthorisations", user))
         return self._read(
-            [
-                (target, watcher, state)
-                for (target, watcher), state in sorted(self.authorisations.items(), key=lambda i: i[0])
-                if user in (target, watcher)
-            ]
+            sorted(
+                [
+                    (target, watcher, state)
+                    for (target, watcher), state in self.authorisations.items()
+                    if user in (target, watcher)
+                ],
+                key=lambda row: (row[0], row[1]),
+            )
         )
 
     def getAuthorisation(self, target: Address, watcher: Address) -> Deferred[AuthorisationState | None]:

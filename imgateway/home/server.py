@@ -97,6 +97,7 @@ from imgateway.core.records import (
     checkRule,
 )
 from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
+from imgateway.home._interning import internAddress, internContact
 from imgateway.interfaces import (
     IDirectory,
     IHomeLocator,
@@ -141,8 +142,10 @@ class _States(dict[Address, AuthorisationState]):
     for and kept up to date from then on: a user who never sets a domain
     entry does not pay for it (two sets of all the contacts' addresses,
     about 4 KiB for 20 contacts). Change it through L{put} and L{apply}
-    only.
+    only; the parties are interned (L{internAddress}).
     """
+
+    __slots__ = ("_byDomain",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -151,6 +154,8 @@ class _States(dict[Address, AuthorisationState]):
     def put(self, other: Address, state: AuthorisationState | None) -> None:
         byDomain = self._byDomain
         if state is not None:
+            if other not in self:
+                other = internAddress(other)
             self[other] = state
             if byDomain is not None:
                 byDomain.setdefault(other.domain, set()).add(other)
@@ -204,8 +209,10 @@ class _UserState:
         access: dict[str, AccessList],
         rules: list[PresenceRule],
     ) -> None:
-        self.address = address
-        self.contacts = {c.address: c for c in contacts}
+        self.address = address = internAddress(address)
+        # The rows' addresses are interned: one object per address for
+        # all the users cached (see _interning).
+        self.contacts = {c.address: c for c in map(internContact, contacts)}
         self.watchers = _States()
         self.watching = _States()
         for target, watcher, state in authorisations:
@@ -288,7 +295,8 @@ class _UserState:
         for change in changes:
             if isinstance(change, PutContact):
                 if change.owner == me:
-                    self.contacts[change.contact.address] = change.contact
+                    contact = internContact(change.contact)
+                    self.contacts[contact.address] = contact
             elif isinstance(change, RemoveContact):
                 if change.owner == me:
                     self.contacts.pop(change.contact, None)

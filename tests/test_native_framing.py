@@ -19,6 +19,7 @@ from imgateway.adapters.native.framing import (
     Limits,
     Request,
     Response,
+    bareOKSeqs,
     serialise,
 )
 
@@ -1263,3 +1264,171 @@ class AtFrameStartTests(SynchronousTestCase):
         parser.feed(b"NOT A FRAME\r\n\r\n")
         self.assertTrue(parser.closed)
         self.assertFalse(parser.atFrameStart)
+
+
+def bare(seq: int) -> bytes:
+    """
+    A bare C{200 OK} answering C{seq}, as L{serialise} writes it.
+    """
+    return serialise(response(seq=seq))
+
+
+def _frameKey(item: Frame | FramingError) -> object:
+    """
+    What a frame or error is, compared by value.
+    """
+    if isinstance(item, FramingError):
+        return ("error", item.code, item.seq, item.fatal, item.inResponse)
+    if isinstance(item, Response):
+        return ("response", item.code, item.reason, item.headers.items, item.body, item.seq)
+    return ("request", item.method, item.target, item.headers.items, item.body, item.seq)
+
+
+def _withBareOKs(parser: FrameParser, chunks: list[bytes]) -> list[object]:
+    """
+    Parse C{chunks} as the native face does: L{FrameParser.nextBareOK}
+    first, L{FrameParser.next} when it declines; a bare C{200} taken shows
+    as the response the parser would have made of it.
+    """
+    out: list[object] = []
+    for chunk in chunks:
+        parser.receive(chunk)
+        while True:
+            seq = parser.nextBareOK()
+            if seq is not None:
+                out.append(("response", 200, "OK", (("Seq", str(seq)),), b"", seq))
+                continue
+            item = parser.next()
+            if item is None:
+                break
+            out.append(_frameKey(item))
+    return out
+
+
+class BareOKTests(SynchronousTestCase):
+    """
+    L{FrameParser.nextBareOK} and L{bareOKSeqs}: the bare C{200 OK}s a peer
+    answers most requests with, read without building a frame, exactly as
+    the parser reads them (or not at all).
+    """
+
+    def test_taken(self) -> None:
+        """
+        A bare C{200} received whole is taken: its sequence number, and the
+        parser goes on with the next frame.
+        """
+        parser = FrameParser()
+        parser.receive(bare(7) + bare(999999999) + serialise(request(seq=3)))
+        self.assertEqual(parser.nextBareOK(), 7)
+        self.assertEqual(parser.nextBareOK(), 999999999)
+        self.assertIsNone(parser.nextBareOK())
+        self.assertEqual(_frameKey(parser.next()), _frameKey(request(seq=3)))  # type: ignore[arg-type]
+        self.assertEqual(parser.bufferedBytes, 0)
+
+    def test_declined(self) -> None:
+        """
+        Anything but a whole bare C{200} is left, untouched, to L{next}:
+        another code or reason, another header, a body, bare LFs, blank
+        lines first, C{Seq} 0, with a leading zero or of 10 digits, a cut
+        frame, a request.
+        """
+        for data in [
+            serialise(response(code=202, reason="Accepted")),
+            serialise(response(reason="Fine")),
+            serialise(response(reason="")),
+            serialise(response(seq=5, body=b"x")),
+            serialise(response(200, "OK", 5, b"", ("Detail", "x"))),
+            b"IMGW/1.0 200 OK\nSeq: 5\n\n",
+            b"IMGW/1.1 200 OK\r\nSeq: 5\r\n\r\n",
+            b"\r\n" + bare(5),
+            b"IMGW/1.0 200 OK\r\nSeq: 0\r\n\r\n",
+            b"IMGW/1.0 200 OK\r\nSeq: 05\r\n\r\n",
+            b"IMGW/1.0 200 OK\r\nSeq: 1000000000\r\n\r\n",
+            b"IMGW/1.0 200 OK\r\nseq: 5\r\n\r\n",
+            bare(5)[:-1],
+            serialise(request(seq=5)),
+        ]:
+            parser = FrameParser()
+            parser.receive(data)
+            self.assertIsNone(parser.nextBareOK(), data)
+            self.assertEqual(parser.bufferedBytes, len(data), data)
+            self.assertEqual([_frameKey(i) for i in parser.feed(b"")], [_frameKey(i) for i in parse(data)], data)
+
+    def test_sameAsNext(self) -> None:
+        """
+        Streams of bare C{200}s mixed with other frames (responses that are
+        nearly bare, requests, blank lines), cut anywhere: taking bare
+        C{200}s first gives exactly the frames and errors L{next} gives.
+        """
+        rng = random.Random(11)
+        frames = [
+            lambda s: bare(s),
+            lambda s: serialise(response(code=404, reason="Not Found", seq=s)),
+            lambda s: serialise(response(seq=s, body=b"IMGW/1.0 200 OK\r\nSeq: 1\r\n\r\n")),
+            lambda s: serialise(request(seq=s, body=b"hi")),
+            lambda s: b"\r\n",
+            lambda s: b"IMGW/1.0 200 OK\r\nSeq: %d\r\nSeq: %d\r\n\r\n" % (s, s),
+            lambda s: b"IMGW/1.0 200 OK\nSeq: %d\n\n" % s,
+        ]
+        for _ in range(300):
+            stream = b"".join(rng.choice(frames)(rng.randint(1, 10**9)) for _ in range(rng.randint(1, 12)))
+            cuts = sorted(rng.sample(range(1, len(stream)), min(rng.randint(0, 4), len(stream) - 1)))
+            chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+            for limits in (Limits(), SMALL):
+                self.assertEqual(
+                    _withBareOKs(FrameParser(limits), chunks),
+                    [_frameKey(i) for i in parse(stream, limits)],
+                    (limits, chunks),
+                )
+
+    def test_limits(self) -> None:
+        """
+        Limits too small for the longest bare C{200} (a header line of 16
+        bytes, a start line of 15) turn the shortcut off: the parser answers
+        as always (C{431}); limits just large enough keep it.
+        """
+        data = bare(123456789)
+        for limits, taken in [
+            (Limits(maxHeaderBytes=15), False),
+            (Limits(maxStartLineBytes=14), False),
+            (Limits(maxHeaderBytes=16, maxStartLineBytes=15), True),
+        ]:
+            parser = FrameParser(limits)
+            parser.receive(data)
+            self.assertEqual(parser.nextBareOK(), 123456789 if taken else None, limits)
+            if not taken:
+                [error] = parser.feed(b"")
+                assert isinstance(error, FramingError)
+                self.assertEqual(error.code, 431)
+
+    def test_closed(self) -> None:
+        """
+        A closed parser takes nothing.
+        """
+        parser = FrameParser()
+        parser.feed(b"NOT A FRAME\r\n\r\n")
+        parser.receive(bare(1))
+        self.assertIsNone(parser.nextBareOK())
+
+    def test_largeReadCompacted(self) -> None:
+        """
+        Bare C{200}s taken from a large read do not keep the bytes before
+        them: the parser holds only what is left.
+        """
+        parser = FrameParser()
+        parser.receive(b"".join(bare(n) for n in range(1, 5001)) + b"PING")
+        seqs = []
+        while (seq := parser.nextBareOK()) is not None:
+            seqs.append(seq)
+        self.assertEqual(seqs, list(range(1, 5001)))
+        self.assertEqual(parser.bufferedBytes, 4)
+        self.assertLess(len(parser._buf), 65536 + 64)
+
+    def test_bareOKSeqs(self) -> None:
+        """
+        L{bareOKSeqs} reads a chunk made only of bare C{200}s, and nothing
+        else.
+        """
+        self.assertEqual(bareOKSeqs(bare(1) + bare(22) + bare(333)), [1, 22, 333])
+        for data in [b"", bare(1) + b"\r\n", bare(1)[:-2], bare(1) + serialise(response(reason="Fine")), b"\r\n" + bare(1)]:
+            self.assertIsNone(bareOKSeqs(data), data)

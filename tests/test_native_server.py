@@ -877,6 +877,33 @@ class ResponseTests(NativeFaceTestsMixin, SynchronousTestCase):
         w.raw(answer(seqs[0]))
         self.assertClosedFor(w, f"(Seq {seqs[0]})")
 
+    def test_bareAnswersNotParsed(self) -> None:
+        """
+        Bare C{200}s (C{Seq} their only header, the client's usual answer)
+        are taken without the general parser making a frame of each: only
+        the other answers (another code, another header) go through it; all
+        of them count as answers.
+        """
+        w = self.loggedIn()
+        seqs = self.notify(w, 6)
+        parser = w.protocol._parser
+        parsed: list[object] = []
+        general = parser.next
+
+        def counting() -> object:
+            item = general()
+            if item is not None:
+                parsed.append(item)
+            return item
+
+        parser.next = counting  # type: ignore[method-assign,assignment]
+        w.raw(answer(seqs[0]) + answer(seqs[1], 404) + b"".join(answer(s) for s in seqs[2:5]))
+        w.raw(serialise(Response(200, "OK", Headers.of(("Seq", str(seqs[5])), ("X", "y")))))
+        self.assertEqual([(r.code, r.seq) for r in parsed], [(404, seqs[1]), (200, seqs[5])])  # type: ignore[attr-defined]
+        self.assertEqual(w.protocol._outstanding.unanswered, 0)
+        w.raw(answer(seqs[3]))
+        self.assertClosedFor(w, f"(Seq {seqs[3]})")
+
     def test_badResponse(self) -> None:
         """
         A response with a body over C{max_body_bytes} is skipped, not

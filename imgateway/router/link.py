@@ -22,7 +22,6 @@ sides' certificates checked.
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from ipaddress import ip_address
@@ -47,7 +46,19 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imgateway.adapters.base import ListenerService
-from imgateway.adapters.native.framing import MAX_SEQ, FrameParser, FramingError, Headers, Limits, Request, Response, serialise
+from imgateway.adapters.native.framing import (
+    MAX_SEQ,
+    FrameParser,
+    FramingError,
+    Headers,
+    Limits,
+    Request,
+    Response,
+    bareOKSeqs,
+    serialise,
+    serialiseUnsequenced,
+    withSeq,
+)
 from imgateway.adapters.native.mapping import REASONS
 from imgateway.config import GatewayConfig, LinksConfig, ServerConfig
 from imgateway.core.address import Address
@@ -143,41 +154,9 @@ def _response(code: int, detail: str = "", headers: Sequence[tuple[str, str]] = 
     return Response(code, REASONS.get(code, "Error"), Headers(pairs))
 
 
-def serialiseUnsequenced(frame: Request | Response) -> bytes:
-    """
-    C{frame} serialised without any C{Seq} header, for L{withSeq}: done
-    once per request, however many connections it is sent on.
-
-    @raise ValueError: If it cannot be serialised (L{serialise}).
-    """
-    # A scan, not a look-up: a look-up would build the headers' index, which
-    # nothing else needs on the sending side.
-    if any(len(name) == 3 and name.lower() == "seq" for name, _ in frame.headers.items):
-        frame = attrs.evolve(frame, headers=frame.headers.without("Seq"))
-    return serialise(frame)
-
-
-def withSeq(encoded: bytes, seq: int) -> bytes:
-    """
-    A frame from L{serialiseUnsequenced} with C{Seq: seq} as its first
-    header: the bytes L{serialise} makes of the frame with that header
-    first (its start line is the text up to the first CRLF, never holding
-    one), without serialising it again.
-    """
-    end = encoded.index(b"\r\n") + 2
-    return b"%sSeq: %d\r\n%s" % (encoded[:end], seq, encoded[end:])
-
-
 #: L{DELIVERED} as L{serialiseUnsequenced} writes it: the answer to most
 #: requests, serialised once.
 _DELIVERED_BYTES = serialiseUnsequenced(DELIVERED)
-
-#: A read made only of L{DELIVERED} responses as L{withSeq} writes them
-#: (C{Seq} without leading zeros, below L{MAX_SEQ}): the answers a busy
-#: link mostly carries, read without the parser (L{LinkConnection.dataReceived}).
-_BARE_DELIVERED = re.compile(rb"(?:IMGW/1\.0 200 OK\r\nSeq: [1-9][0-9]{0,8}\r\n\r\n)+")
-_BARE_SEQ = re.compile(rb"Seq: ([0-9]+)\r")
-
 
 @frozen
 class LinkPeer:
@@ -489,13 +468,14 @@ class LinkConnection(Protocol):
     # -- receiving ----------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._parser.atFrameStart and _BARE_DELIVERED.fullmatch(data) is not None:
+        seqs = bareOKSeqs(data) if self._parser.atFrameStart else None
+        if seqs is not None:
             # Only bare 200s (the usual read on a busy link's sending side):
             # each is DELIVERED, which a parsed one equals but for its Seq.
-            for seq in _BARE_SEQ.findall(data):
+            for seq in seqs:
                 if self.closing:
                     return
-                waiter = self._outstanding.pop(int(seq), None)
+                waiter = self._outstanding.pop(seq, None)
                 if waiter is not None:
                     waiter.callback(DELIVERED)
             return

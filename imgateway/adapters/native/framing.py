@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeAlias, cast
 
-from attrs import field, frozen, validators
+from attrs import evolve, field, frozen, validators
 
 from imgateway._compiled import cachedProperty
 
@@ -30,7 +30,10 @@ __all__ = [
     "Limits",
     "Request",
     "Response",
+    "bareOKSeqs",
     "serialise",
+    "serialiseUnsequenced",
+    "withSeq",
 ]
 
 #: The protocol version this module speaks; any C{IMGW/1.x} is accepted.
@@ -85,6 +88,16 @@ _BLOCK_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 _CR = 0x0D
 _LF = b"\n"
+
+# A bare 200: the answer a peer sends to most requests, exactly as
+# serialise writes Response(200, "OK", Headers.of(("Seq", n))) for a
+# sequence number without leading zeros below 10**9 (below MAX_SEQ). The
+# longest one's start line and header line, for the limits.
+_BARE_OK = re.compile(rb"IMGW/1\.0 200 OK\r\nSeq: ([1-9][0-9]{0,8})\r\n\r\n")
+_BARE_OK_RUN = re.compile(rb"(?:IMGW/1\.0 200 OK\r\nSeq: [1-9][0-9]{0,8}\r\n\r\n)+")
+_BARE_OK_SEQ = re.compile(rb"Seq: ([0-9]+)\r")
+_BARE_OK_START_BYTES = len(b"IMGW/1.0 200 OK")
+_BARE_OK_HEADER_BYTES = len(b"Seq: 999999999\r\n")
 
 
 def _limit(default: int, minimum: int) -> Any:
@@ -403,6 +416,46 @@ def _headerLines(items: tuple[tuple[str, str], ...]) -> Iterator[str]:
             yield f"{name}: {value}\r\n"
 
 
+def serialiseUnsequenced(frame: Frame) -> bytes:
+    """
+    C{frame} serialised without any C{Seq} header, for L{withSeq}: done
+    once, however many connections or requests it is then sent with.
+
+    @raise ValueError: If it cannot be serialised (L{serialise}).
+    """
+    # A scan, not a look-up: a look-up would build the headers' index, which
+    # nothing else needs on the sending side.
+    if any(len(name) == 3 and name.lower() == "seq" for name, _ in frame.headers.items):
+        frame = evolve(frame, headers=frame.headers.without("Seq"))
+    return serialise(frame)
+
+
+def withSeq(encoded: bytes, seq: int) -> bytes:
+    """
+    A frame from L{serialiseUnsequenced} with C{Seq: seq} as its first
+    header: the bytes L{serialise} makes of the frame with that header
+    first (its start line is the text up to the first CRLF, never holding
+    one), without serialising it again.
+    """
+    end = encoded.index(b"\r\n") + 2
+    return b"%sSeq: %d\r\n%s" % (encoded[:end], seq, encoded[end:])
+
+
+def bareOKSeqs(data: bytes) -> list[int] | None:
+    """
+    Read a chunk made only of bare C{200 OK} responses (C{Seq} their only
+    header, as L{serialise} writes them, the sequence number without
+    leading zeros and below 10**9): the answers a busy peer mostly sends,
+    read without a L{FrameParser}.
+
+    @return: Their sequence numbers, in order; or C{None} if C{data} is
+        anything else (it must then be parsed).
+    """
+    if _BARE_OK_RUN.fullmatch(data) is None:
+        return None
+    return [int(seq) for seq in _BARE_OK_SEQ.findall(data)]
+
+
 class FramingError(Exception):
     """
     The peer sent bytes that break the framing rules.
@@ -508,6 +561,8 @@ class FrameParser:
         self._pendingHeaders = Headers()
         self._pendingSeq = 0
         self._remaining = 0
+        # Whether the limits take every bare 200 (nextBareOK).
+        self._bareOK = limits.maxStartLineBytes >= _BARE_OK_START_BYTES and limits.maxHeaderBytes >= _BARE_OK_HEADER_BYTES
 
     @property
     def bufferedBytes(self) -> int:
@@ -590,6 +645,36 @@ class FrameParser:
             del self._buf[: self._pos]
             self._pos = 0
         return out[0] if out else None
+
+    def nextBareOK(self) -> int | None:
+        """
+        Take the next frame if it is a bare C{200 OK} (C{Seq} its only
+        header, as L{serialise} writes it, the sequence number without
+        leading zeros and below 10**9) received whole: the frame L{next}
+        would return, C{Response(200, "OK", Headers.of(("Seq", n)))}, read
+        without building it. A peer's answers to a server's requests are
+        mostly these.
+
+        @return: Its sequence number; or C{None}, nothing taken, when the
+            next bytes are anything else (blank lines first, a part of a
+            frame, another frame), or not all here yet, or when the limits
+            are too small for the longest bare C{200}: L{next} then parses
+            them.
+        """
+        if self._state is not _State.START or self._scanned or not self._bareOK or self.closed:
+            return None
+        match = _BARE_OK.match(self._buf, self._pos)
+        if match is None:
+            return None
+        seq = int(match.group(1))  # before the buffer changes
+        pos = self._pos = match.end()
+        if pos >= len(self._buf):
+            del self._buf[:]
+            self._pos = 0
+        elif pos >= 65536:
+            del self._buf[:pos]
+            self._pos = 0
+        return seq
 
     def _step(self, out: list[Frame | FramingError]) -> bool:
         """

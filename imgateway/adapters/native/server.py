@@ -446,6 +446,14 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
                         self._turnCall = self.clock.callLater(0, self._nextTurn)
                     break
                 else:
+                    seq = self._parser.nextBareOK()
+                    if seq is not None:
+                        # A bare 200 (the client's usual answer to a
+                        # MESSAGE or NOTIFY): what _responseReceived does
+                        # with one, without the Response.
+                        self._turnFrames += 1
+                        self._answers(seq)
+                        continue
                     item = self._parser.next()
                     if item is None:
                         break

@@ -21,12 +21,23 @@ from zope.interface.verify import verifyObject
 from imgateway.adapters.native.adapter import NativeAdapter
 from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, serialise
 from imgateway.adapters.native.mapping import TARGETS, TargetForm, describeTargets
-from imgateway.adapters.native.server import _HANDLERS, NativeConfig, NativeServerFactory, sentResponse
+from imgateway.adapters.native.server import (
+    _HANDLERS,
+    NativeConfig,
+    NativeServerFactory,
+    _messageHeaders,
+    _presenceHeaders,
+    messageRequest,
+    presenceNotify,
+    sentResponse,
+)
 from imgateway.auth.sasl import clientMechanism
 from imgateway.config import ConfigTable, HomeConfig
 from imgateway.core.address import Address
 from tests.test_native_client import LONG_DOMAIN
 from imgateway.core.errors import ConfigError, DeliveryStatus, UserBusy, UserOffline
+from imgateway.core.events import Message, MessageMark
+from imgateway.core.presence import Presence, PresenceState
 from imgateway.core.records import AuthorisationState
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
 from imgateway.testing import PasswordCheckingDirectory, TLSStringTransport, addUser, memoryGateway
@@ -1457,6 +1468,125 @@ class MessagePathTests(NativeFaceTestsMixin, SynchronousTestCase):
         r = w.call("MESSAGE", "im:bob@corp.example", [("Message-ID", "m\t1")], b"x")
         self.assertEqual((r.code, r.headers.get("Message-ID")), (200, "m\t1"))
         self.assertIsNone(sentResponse(1, "m\x85"))
+
+    def fuzzedMessages(self, count: int) -> list[tuple[int, Message]]:
+        """
+        C{count} messages with fuzzed values (control characters, line
+        ends, white space, non-ASCII text, lone surrogates; ids and
+        addresses set past their validation, as no face makes them), each
+        with a sequence number.
+        """
+        rng = random.Random(20261205)
+        alphabet = ["a", "Z", "0", "-", ".", " ", "\t", "\r", "\n", "\x00", "\x7f", "\x85", "\u2603", "\ud800", "é", "\x1b", "\u3000", ";"]
+
+        def text(longest: int) -> str:
+            return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, longest)))
+
+        out = []
+        for _ in range(count):
+            message = Message(
+                Address.fromString("alice@corp.example"),
+                Address.fromString(rng.choice(["bob@corp.example", "ünï@xn--bcher-kva.example"])),
+                rng.choice(["hi", "", text(20), "x" * 3000]),
+                rng.choice(["text/plain", "text/html; q=1", text(12)]),
+                timestamp=rng.choice([0.0, 1767225600.1255, rng.uniform(0, 2e9), -1.5]),
+                mark=rng.choice([None, *MessageMark]),
+            )
+            if rng.random() < 0.5:
+                object.__setattr__(message, "messageId", rng.choice(["m-1", "x" * 128, text(10) or "m"]))
+            if rng.random() < 0.05:
+                object.__setattr__(message, "sender", Address(rng.choice(["a b", "a\x00", "a\ud800", "ok"]), "corp.example"))
+            if rng.random() < 0.05:
+                object.__setattr__(message, "recipient", Address(rng.choice(["a b", "a\u3000", "a\x85", "ok"]), "corp.example"))
+            out.append((rng.choice([1, 7, 2**31 - 1, rng.randrange(1, 2**31)]), message))
+        return out
+
+    def test_messageRequestBytes(self) -> None:
+        """
+        L{messageRequest} writes exactly what L{serialise} makes of the
+        C{MESSAGE} delivering a message (its headers from
+        L{_messageHeaders}), for fuzzed values, or leaves it to the general
+        way (C{None}) when a value is not plain.
+        """
+        direct = general = 0
+        for seq, message in self.fuzzedMessages(4000):
+            try:
+                body = message.body.encode("utf-8")
+            except UnicodeEncodeError:
+                continue
+            data = messageRequest(seq, message, body)
+            try:
+                expected: object = serialise(
+                    Request("MESSAGE", message.recipient.imURI(), Headers((("Seq", str(seq)),) + _messageHeaders(message)), body)
+                )
+            except ValueError:
+                expected = None
+            if data is None:
+                general += 1
+                continue
+            direct += 1
+            self.assertEqual(data, expected, (seq, message))
+        self.assertGreater(direct, 2000)
+        self.assertGreater(general, 200)
+
+    def test_messageReceivedBytes(self) -> None:
+        """
+        A message delivered to a session is written as the general way
+        writes it, whichever way it takes; one that cannot be serialised
+        is logged and not written, its sequence number used (as before);
+        a body that is not text (lone surrogates) raises, as before.
+        """
+        w = self.loggedIn()
+        unsendable = 0
+        for _, message in self.fuzzedMessages(500):
+            seq = w.protocol._outstanding.sent + 1
+            try:
+                body = message.body.encode("utf-8")
+            except UnicodeEncodeError:
+                self.assertRaises(UnicodeEncodeError, w.protocol.messageReceived, message)
+                self.assertEqual(w.protocol._outstanding.sent, seq - 1)
+                continue
+            try:
+                expected = serialise(
+                    Request("MESSAGE", message.recipient.imURI(), Headers((("Seq", str(seq)),) + _messageHeaders(message)), body)
+                )
+            except ValueError:
+                expected = b""
+                unsendable += 1
+            w.protocol.messageReceived(message)
+            self.assertEqual(w.transport.value(), expected, message)
+            self.assertEqual(w.protocol._outstanding.sent, seq)
+            w.transport.clear()
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), unsendable)
+        self.assertGreater(unsendable, 0)
+
+    def test_presenceOncePerFanOut(self) -> None:
+        """
+        A presence told to many sessions is serialised once
+        (L{presenceNotify}); each session gets the bytes the general way
+        writes, with its own C{Seq}. One that cannot be serialised (a lone
+        surrogate in the note) is logged and not written, as before.
+        """
+        presenceNotify.cache_clear()
+        wires = [self.loggedIn(), self.loggedIn(), self.loggedIn("bob")]
+        sender = Address.fromString("carol@corp.example")
+        for presence in [Presence(PresenceState.AWAY, "back at 2"), Presence(PresenceState.ONLINE), Presence(PresenceState.BUSY, "\u2603\t")]:
+            for w in wires:
+                w.transport.clear()
+                seq = w.protocol._outstanding.sent + 1
+                w.protocol.presenceReceived(sender, presence)
+                general = serialise(
+                    Request("NOTIFY", sender.presURI(), Headers.of(("Seq", str(seq)), *_presenceHeaders(presence)))
+                )
+                self.assertEqual(w.transport.value(), general)
+        self.assertEqual((presenceNotify.cache_info().misses, presenceNotify.cache_info().hits), (3, 6))
+        w = wires[0]
+        w.transport.clear()
+        unsendable = Presence(PresenceState.AWAY, "x")
+        object.__setattr__(unsendable, "note", "\ud800")  # past the validation, as no face makes it
+        w.protocol.presenceReceived(sender, unsendable)
+        self.assertEqual(w.transport.value(), b"")
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
 
 class TargetFormTests(NativeFaceTestsMixin, SynchronousTestCase):

@@ -7,9 +7,9 @@ gateway's portal and acting as that session's L{ISessionClient}.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-import unicodedata
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,6 +31,8 @@ from imgateway.adapters.native.framing import (
     Request,
     Response,
     serialise,
+    serialiseUnsequenced,
+    withSeq,
 )
 from imgateway.adapters.native.mapping import (
     ACCESS_LISTS,
@@ -85,6 +87,14 @@ __all__ = ["NativeConfig", "NativeServerFactory", "NativeServerProtocol", "large
 
 _T = TypeVar("_T")
 
+#: The control characters (Unicode's C{Cc}) but TAB: what no header value
+#: may hold (L{serialise}'s check), what L{_clean} replaces, and what
+#: L{sentResponse} and L{messageRequest} leave to the general way.
+_NOT_PLAIN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+#: What a request's target may not hold (L{serialise}'s check): control
+#: characters and any white space.
+_NOT_TARGET = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
+
 
 @frozen
 class NativeConfig:
@@ -131,10 +141,10 @@ class _Reply(Exception):
 
 def _clean(text: str) -> str:
     """
-    Make text safe for a header value: control characters but TAB become
-    spaces.
+    Make text safe for a header value: control characters (Unicode's
+    C{Cc}: C0, DEL, C1) but TAB become spaces.
     """
-    return "".join(" " if unicodedata.category(c) == "Cc" and c != "\t" else c for c in text)
+    return _NOT_PLAIN.sub(" ", text) if _NOT_PLAIN.search(text) is not None else text
 
 
 def _target(request: Request) -> Address:
@@ -626,12 +636,18 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         return False
 
     def _write(self, frame: Request | Response) -> None:
-        if self.transport is None:
-            return
         try:
             data = serialise(frame)
         except ValueError:
             self.log.failure("Cannot serialise {frame!r}", frame=frame)
+            return
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        """
+        Write a serialised frame, counted by the send queue guard.
+        """
+        if self.transport is None:
             return
         self.transport.write(data)
         if self._sendGuard is not None:
@@ -965,33 +981,33 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         data = sentResponse(seq, messageId)
         if data is None:
             self._respond(seq, 200, "OK", (("Message-ID", messageId),))
-        elif self.transport is not None:
-            self.transport.write(data)
-            if self._sendGuard is not None:
-                self._sendGuard.wrote(len(data))
+        else:
+            self._send(data)
 
     # -- ISessionClient ---------------------------------------------------------------
 
     def messageReceived(self, message: Message) -> Deferred[None]:
-        self._request(
-            "MESSAGE",
-            message.recipient.imURI(),
-            (
-                ("From", message.sender.imURI()),
-                ("Message-ID", message.messageId),
-                ("Timestamp", f"{message.timestamp:.3f}"),
-                ("Content-Type", f"{_clean(message.contentType)}; charset=utf-8"),
-            )
-            + ((("Auto", MESSAGE_MARKS[message.mark]),) if message.mark is not None else ()),
-            message.body.encode("utf-8"),
-        )
+        body = message.body.encode("utf-8")
+        if self._closing:
+            return succeed(None)
+        seq = self._outstanding.next()
+        data = messageRequest(seq, message, body)
+        if data is None:
+            self._write(Request("MESSAGE", message.recipient.imURI(), Headers((("Seq", str(seq)),) + _messageHeaders(message)), body))
+        else:
+            self._send(data)
         return succeed(None)
 
     def presenceReceived(self, sender: Address, presence: Presence) -> Deferred[None]:
-        headers: tuple[tuple[str, str], ...] = (("Event", "presence"), ("Presence", PRESENCE[presence.state]))
-        if presence.note:
-            headers += (("Note", _clean(presence.note)),)
-        self._request("NOTIFY", sender.presURI(), headers)
+        if self._closing:
+            return succeed(None)
+        try:
+            encoded = presenceNotify(sender, presence)
+        except ValueError:
+            # Cannot be serialised: logged by the general way.
+            self._request("NOTIFY", sender.presURI(), _presenceHeaders(presence))
+        else:
+            self._send(withSeq(encoded, self._outstanding.next()))
         return succeed(None)
 
     def subscriptionReceived(self, event: SubscriptionEvent) -> Deferred[None]:
@@ -1074,10 +1090,6 @@ def _messageArguments(request: Request) -> tuple[Address, str, str, str]:
     return target, body, contentType.split(";")[0].strip() or "text/plain", messageId
 
 
-#: What L{sentResponse} leaves to the general way (L{serialise}'s check).
-_NOT_PLAIN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
-
-
 def sentResponse(seq: int, messageId: str) -> bytes | None:
     """
     The bytes of the C{200} answering a sent C{MESSAGE}: exactly what
@@ -1094,6 +1106,84 @@ def sentResponse(seq: int, messageId: str) -> bytes | None:
         return f"IMGW/1.0 200 OK\r\nSeq: {seq}\r\nMessage-ID: {messageId}\r\n\r\n".encode("utf-8")
     except UnicodeEncodeError:
         return None
+
+
+def _messageHeaders(message: Message) -> tuple[tuple[str, str], ...]:
+    """
+    The headers, but C{Seq}, of the C{MESSAGE} that delivers C{message} to
+    a client (C{docs/protocol.md} section 7.8).
+    """
+    headers: tuple[tuple[str, str], ...] = (
+        ("From", message.sender.imURI()),
+        ("Message-ID", message.messageId),
+        ("Timestamp", f"{message.timestamp:.3f}"),
+        ("Content-Type", f"{_clean(message.contentType)}; charset=utf-8"),
+    )
+    if message.mark is not None:
+        headers += (("Auto", MESSAGE_MARKS[message.mark]),)
+    return headers
+
+
+def messageRequest(seq: int, message: Message, body: bytes) -> bytes | None:
+    """
+    The bytes of the C{MESSAGE} that delivers C{message} to a client:
+    exactly what L{serialise} makes of C{Request("MESSAGE",
+    message.recipient.imURI(), Headers((("Seq", str(seq)),) +
+    _messageHeaders(message)), body)}, written directly.
+
+    @param body: C{message.body} encoded as UTF-8.
+    @return: The bytes, or C{None} when a value is not plain (a control
+        character in the sender or the message id, white space in the
+        recipient, text UTF-8 cannot encode): the general way decides.
+    """
+    target = message.recipient.imURI()
+    sender = message.sender.imURI()
+    messageId = message.messageId
+    if _NOT_TARGET.search(target) is not None or _NOT_PLAIN.search(sender + messageId) is not None:
+        return None
+    mark = message.mark
+    auto = "" if mark is None else f"Auto: {MESSAGE_MARKS[mark]}\r\n"
+    length = f"Content-Length: {len(body)}\r\n" if body else ""
+    try:
+        head = (
+            f"MESSAGE {target} IMGW/1.0\r\nSeq: {seq}\r\nFrom: {sender}\r\nMessage-ID: {messageId}\r\n"
+            f"Timestamp: {message.timestamp:.3f}\r\nContent-Type: {_clean(message.contentType)}; charset=utf-8\r\n"
+            f"{auto}{length}\r\n"
+        ).encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return head + body if body else head
+
+
+def _presenceHeaders(presence: Presence) -> tuple[tuple[str, str], ...]:
+    """
+    The headers, but C{Seq}, of the presence C{NOTIFY} that tells a client
+    of C{presence} (C{docs/protocol.md} section 7.9).
+    """
+    headers: tuple[tuple[str, str], ...] = (("Event", "presence"), ("Presence", PRESENCE[presence.state]))
+    if presence.note:
+        headers += (("Note", _clean(presence.note)),)
+    return headers
+
+
+#: How many serialised presences L{presenceNotify} remembers: one fan-out
+#: (a user's presence to all its contacts' sessions) asks for the same one
+#: once per recipient.
+PRESENCE_NOTIFY_CACHE_SIZE = 256
+
+
+@functools.lru_cache(maxsize=PRESENCE_NOTIFY_CACHE_SIZE)
+def presenceNotify(sender: Address, presence: Presence) -> bytes:
+    """
+    The presence C{NOTIFY} that tells a client of C{sender}'s C{presence},
+    serialised once for all its recipients, without its C{Seq}: each
+    recipient's connection puts its own in (L{withSeq}). Results are cached
+    (L{PRESENCE_NOTIFY_CACHE_SIZE} entries; both arguments are immutable
+    values).
+
+    @raise ValueError: If it cannot be serialised (L{serialise}).
+    """
+    return serialiseUnsequenced(Request("NOTIFY", sender.presURI(), Headers(_presenceHeaders(presence))))
 
 
 def ruleListEntry(rule: PresenceRule) -> dict[str, Any]:

@@ -6,6 +6,7 @@ real-socket proof is in C{tests/e2e/}.
 
 from __future__ import annotations
 
+import ast
 import json
 import random
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -1784,6 +1786,51 @@ def parse(table: dict[str, object]) -> NativeConfig:
     config = NativeAdapter().parseConfig(t, MemoryReactor())
     t.finish()
     return config
+
+
+class CompilableTests(SynchronousTestCase):
+    """
+    What the compiled build (mypyc, L{imgateway._compiled}) needs of
+    C{adapters/native/server.py}, checked on its source: mypy 2.4's mypyc
+    stops with an internal error on a function nested in a method of a
+    class it cannot make native (an C{@implementer} class), and a compiled
+    module crashes at import when a class annotation names a class defined
+    further down without quotes.
+    """
+
+    def source(self) -> ast.Module:
+        import imgateway.adapters.native.server as module
+
+        path = FilePath(module.__file__ or "").sibling("server.py")
+        return ast.parse(path.getContent())
+
+    def test_noNestedFunctionsInMethods(self) -> None:
+        """
+        No method of a class holds a nested function or a lambda.
+        """
+        nested = []
+        for cls in [n for n in ast.walk(self.source()) if isinstance(n, ast.ClassDef)]:
+            for method in [n for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+                for node in ast.walk(method):
+                    if node is not method and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                        nested.append(f"{cls.name}.{method.name}:{node.lineno}")
+        self.assertEqual(nested, [])
+
+    def test_forwardAnnotationsQuoted(self) -> None:
+        """
+        A class annotation naming a class of the module defined after it is
+        a string.
+        """
+        tree = self.source()
+        defined = {n.name: n.lineno for n in tree.body if isinstance(n, ast.ClassDef)}
+        unquoted = []
+        for cls in [n for n in tree.body if isinstance(n, ast.ClassDef)]:
+            for item in cls.body:
+                if isinstance(item, ast.AnnAssign):
+                    for name in [n.id for n in ast.walk(item.annotation) if isinstance(n, ast.Name)]:
+                        if defined.get(name, 0) > cls.lineno:
+                            unquoted.append(f"{cls.name}: {name}")
+        self.assertEqual(unquoted, [])
 
 
 class ConfigTests(SynchronousTestCase):

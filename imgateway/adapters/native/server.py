@@ -249,7 +249,10 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
     """
 
     log = Logger()
-    factory: NativeServerFactory
+    # Quoted although annotations are lazy here: the compiled build
+    # (imgateway._compiled) loads a class named in a class annotation when
+    # the class is made, and this one is defined further down.
+    factory: "NativeServerFactory"
     #: The SASL mechanism of the last AUTH, for /metrics.
     mechanismName = "none"
 
@@ -553,15 +556,12 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             self.do_MESSAGE(request)
             return
         d = maybeDeferred(method, self, request)
-        d.addCallbacks(lambda r: self._answered(request, r), lambda f: self._failed(request, f))
-        answered = False
-
-        def done(result: _T) -> _T:
-            nonlocal answered
-            answered = True
-            return result
-
-        d.addBoth(done)
+        d.addCallbacks(self._answered, self._failed, callbackArgs=(request,), errbackArgs=(request,))
+        # Whether it was answered at once: set by the last callback. (No
+        # nested function here: mypyc cannot compile one in a method of this
+        # class, imgateway._compiled.)
+        answered: list[bool] = []
+        d.addBoth(_markAnswered, answered)
         if not answered:
             barrier = request.method in _BARRIERS
             self._inFlight += 1
@@ -575,11 +575,11 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         self._process()
         return result
 
-    def _answered(self, request: Request, result: tuple[int, str, tuple[tuple[str, str], ...], bytes] | None) -> None:
+    def _answered(self, result: tuple[int, str, tuple[tuple[str, str], ...], bytes] | None, request: Request) -> None:
         code, reason, headers, body = result if result is not None else (200, "OK", (), b"")
         self._respond(request.seq, code, reason, headers, body)
 
-    def _failed(self, request: Request, f: Failure) -> None:
+    def _failed(self, f: Failure, request: Request) -> None:
         e = f.value
         if isinstance(e, _Closed):
             return
@@ -758,27 +758,25 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             raise _Closed()
         if decision.action not in (FrontAction.SERVE, FrontAction.PROXY):
             self._sendAway(decision, step, request)
-        d = openFrontSession(self.gateway, decision, step.address, self)
+        return openFrontSession(self.gateway, decision, step.address, self).addCallback(self._loggedIn, step)
 
-        def loggedIn(session: ISession) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
-            if self._closing:
-                session.close("connection lost during login")
-                raise _Closed()
-            self.session = session
-            self.gateway.metrics.loggedIn("native", self.mechanismName, session)
-            self._uncount()
-            if self._loginTimer is not None and self._loginTimer.active():
-                self._loginTimer.cancel()
-            self._loginTimer = None
-            self.log.info("{address} logged in from {peer} as {session}", address=session.address, peer=self.transport.getPeer(), session=session.sessionId)  # type: ignore[union-attr]
-            return (
-                200,
-                "OK",
-                (("Address", str(session.address)), ("Session", session.sessionId)),
-                step.challenge or b"",
-            )
-
-        return d.addCallback(loggedIn)
+    def _loggedIn(self, session: ISession, step: Any) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
+        if self._closing:
+            session.close("connection lost during login")
+            raise _Closed()
+        self.session = session
+        self.gateway.metrics.loggedIn("native", self.mechanismName, session)
+        self._uncount()
+        if self._loginTimer is not None and self._loginTimer.active():
+            self._loginTimer.cancel()
+        self._loginTimer = None
+        self.log.info("{address} logged in from {peer} as {session}", address=session.address, peer=self.transport.getPeer(), session=session.sessionId)  # type: ignore[union-attr]
+        return (
+            200,
+            "OK",
+            (("Address", str(session.address)), ("Session", session.sessionId)),
+            step.challenge or b"",
+        )
 
     def _authFailed(self, f: Failure) -> Any:
         self._mechanism = None
@@ -847,12 +845,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
     def do_SUBSCRIBE(self, request: Request) -> Deferred[Any]:
         target = _target(request)
         name = _clean(request.headers.get("Name", "") or "")[:MAX_DISPLAY_NAME_CHARS]
-
-        def answered(state: AuthorisationState) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
-            code = SUBSCRIBE_ANSWERS[state]
-            return (code, REASONS[code], (), b"")
-
-        return self._session.subscribe(target, name).addCallback(answered)
+        return self._session.subscribe(target, name).addCallback(_subscribeAnswer)
 
     def do_UNSUBSCRIBE(self, request: Request) -> Deferred[None]:
         return self._session.unsubscribe(_target(request))
@@ -866,28 +859,12 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
 
     def do_CONTACTS(self, request: Request) -> Deferred[Any]:
         session = self._session
-        d = session.contacts()
-
-        def withRequests(contacts: list[ContactView]) -> Deferred[Any]:
-            return session.pendingRequests().addCallback(
-                lambda requests: _json({"contacts": [_contactJSON(c) for c in contacts], "requests": [str(a) for a in requests]})
-            )
-
-        return d.addCallback(withRequests)
+        return session.contacts().addCallback(_withRequests, session)
 
     def do_ACCESS(self, request: Request) -> Deferred[Any]:
         session = self._session
         if request.target == "*":
-
-            def listed(entries: dict[str, AccessList]) -> Any:
-                return _json(
-                    {
-                        ACCESS_LISTS[kind]: [e for e, l in entries.items() if l is kind]
-                        for kind in (AccessList.ALLOW, AccessList.BLOCK)
-                    }
-                )
-
-            return session.accessLists().addCallback(listed)
+            return session.accessLists().addCallback(_accessAnswer)
         try:
             accessList = accessListFromToken(request.headers.get("List") or "")
         except ValueError:
@@ -909,7 +886,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             return self._ruleAction(session, request, action.strip().lower())
         stateText = request.headers.get("Presence")
         if stateText is None:
-            return session.rules().addCallback(lambda rules: _json({"rules": [ruleListEntry(r) for r in rules]}))
+            return session.rules().addCallback(_rulesAnswer)
         try:
             state = presenceFromToken(stateText)
         except ValueError:
@@ -954,7 +931,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             atOnce = getattr(session, "sendMessageAtOnce", None)
             outcome = atOnce(*arguments) if atOnce is not None else session.sendMessage(*arguments)
         except BaseException:
-            self._failed(request, Failure())
+            self._failed(Failure(), request)
             return
         if isinstance(outcome, Deferred):
             self._inFlight += 1
@@ -966,7 +943,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         self._inFlight -= 1
         try:
             if isinstance(result, Failure):
-                self._failed(request, result)
+                self._failed(result, request)
             else:
                 self._respondSent(request.seq, messageId)
         finally:
@@ -1196,6 +1173,48 @@ def ruleListEntry(rule: PresenceRule) -> dict[str, Any]:
     if rule.legacyState is not None:
         entry["presence"] = PRESENCE[rule.legacyState]
     return entry
+
+
+def _markAnswered(result: _T, answered: list[bool]) -> _T:
+    """
+    The last callback of a request's handling: mark it answered.
+    """
+    answered.append(True)
+    return result
+
+
+def _subscribeAnswer(state: AuthorisationState) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
+    """
+    The answer to a C{SUBSCRIBE}, from the state it left.
+    """
+    code = SUBSCRIBE_ANSWERS[state]
+    return (code, REASONS[code], (), b"")
+
+
+def _withRequests(contacts: list[ContactView], session: ISession) -> Deferred[tuple[int, str, tuple[tuple[str, str], ...], bytes]]:
+    """
+    The answer to a C{CONTACTS}: C{contacts} and the session's pending
+    requests.
+    """
+    return session.pendingRequests().addCallback(_contactsAnswer, contacts)
+
+
+def _contactsAnswer(requests: list[Address], contacts: list[ContactView]) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
+    return _json({"contacts": [_contactJSON(c) for c in contacts], "requests": [str(a) for a in requests]})
+
+
+def _accessAnswer(entries: dict[str, AccessList]) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
+    """
+    The answer to C{ACCESS *}: the entries of each list.
+    """
+    return _json({ACCESS_LISTS[kind]: [e for e, l in entries.items() if l is kind] for kind in (AccessList.ALLOW, AccessList.BLOCK)})
+
+
+def _rulesAnswer(rules: list[PresenceRule]) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
+    """
+    The answer to C{RULE *} without an action: the rules, in order.
+    """
+    return _json({"rules": [ruleListEntry(r) for r in rules]})
 
 
 def _position(request: Request) -> int | None:

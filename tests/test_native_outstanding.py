@@ -5,6 +5,8 @@ requests await a response.
 
 from __future__ import annotations
 
+import random
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from imgateway.adapters.native.framing import MAX_SEQ
@@ -108,3 +110,40 @@ class OutstandingRequestsTests(SynchronousTestCase):
         """
         self.assertRaises(ValueError, OutstandingRequests, 0)
         self.assertRaises(ValueError, OutstandingRequests, MAX_SEQ)
+
+    def test_sameAsModel(self) -> None:
+        """
+        Random runs of requests and responses (mostly in order, as clients
+        answer; some out of order, repeated, unknown or forgotten; some
+        across the wrap of L{MAX_SEQ}) take exactly the responses a plain
+        model takes: one per request sent among the latest C{window}, not
+        answered yet.
+        """
+        rng = random.Random(11)
+        for _ in range(300):
+            window = rng.choice([1, 2, 5, 64])
+            o = OutstandingRequests(window)
+            start = rng.choice([0, 0, MAX_SEQ - 3])
+            o.sent = o._floor = start
+            sent: list[int] = []  # request numbers (from 1, unwrapped)
+            answered: set[int] = set()
+            for _ in range(200):
+                if rng.random() < 0.5:
+                    sent.append(start + len(sent) + 1)
+                    self.assertEqual(o.next(), (sent[-1] - 1) % MAX_SEQ + 1)
+                    continue
+                live = [n for n in sent[-window:] if n not in answered]
+                choice = rng.random()
+                if live and choice < 0.7:
+                    n = live[0]  # in order
+                elif live and choice < 0.85:
+                    n = rng.choice(live)
+                else:
+                    n = rng.choice(sent or [1]) if rng.random() < 0.7 else rng.randint(0, 10)
+                seq = (n - 1) % MAX_SEQ + 1 if n > 0 else n
+                # The request awaiting an answer with that number, if any
+                # (numbers are unique within a window).
+                match = [m for m in sent[-window:] if m not in answered and (m - 1) % MAX_SEQ + 1 == seq]
+                self.assertEqual(o.answer(seq), bool(match), (window, start, n))
+                answered.update(match)
+            self.assertEqual(o.unanswered, len([n for n in sent[-window:] if n not in answered]))

@@ -27,6 +27,7 @@ from imgateway.adapters.native.server import (
     _HANDLERS,
     NativeConfig,
     NativeServerFactory,
+    _messageFields,
     _messageHeaders,
     _presenceHeaders,
     messageRequest,
@@ -1470,6 +1471,18 @@ class MessagePathTests(NativeFaceTestsMixin, SynchronousTestCase):
         r = w.call("MESSAGE", "im:bob@corp.example", [("Message-ID", "m\t1")], b"x")
         self.assertEqual((r.code, r.headers.get("Message-ID")), (200, "m\t1"))
         self.assertIsNone(sentResponse(1, "m\x85"))
+
+    def test_messageFields(self) -> None:
+        """
+        L{_messageFields} reads a C{MESSAGE}'s C{Content-Type} and
+        C{Message-ID} as L{Headers.get} does (the first of each name, in any
+        case), over fuzzed header lists.
+        """
+        rng = random.Random(7)
+        names = ["Content-Type", "content-type", "CONTENT-TYPE", "Message-ID", "message-id", "Message-Id", "Seq", "Content-Typ", "Message-IDs", "X-Message-ID", "Contenttype1"]
+        for _ in range(4000):
+            headers = Headers(tuple((rng.choice(names), rng.choice(["", "a", "text/html", "m-1"])) for _ in range(rng.randint(0, 6))))
+            self.assertEqual(_messageFields(headers), (headers.get("Content-Type"), headers.get("Message-ID")), headers)
 
     def fuzzedMessages(self, count: int) -> list[tuple[int, Message]]:
         """

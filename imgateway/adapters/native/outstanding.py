@@ -68,11 +68,11 @@ class OutstandingRequests:
 
         @return: Its sequence number: 1, 2, ... L{MAX_SEQ}, then 1 again.
         """
-        self.sent += 1
-        if self.sent - self._floor > self.window:
+        sent = self.sent = self.sent + 1
+        if sent - self._floor > self.window:
             # The oldest one is forgotten: a response to it is refused.
-            self._settle(self.sent - self.window - self._floor)
-        return _wireSeq(self.sent)
+            self._settle(sent - self.window - self._floor)
+        return sent if sent <= MAX_SEQ else _wireSeq(sent)
 
     def answer(self, seq: int) -> bool:
         """
@@ -82,6 +82,12 @@ class OutstandingRequests:
         @return: Whether it answers a request inside the window that had
             not been answered yet (which now is).
         """
+        floor = self._floor
+        if not self._ahead and floor < self.sent and seq == floor % MAX_SEQ + 1:
+            # The oldest request awaiting an answer, none answered after it
+            # (a peer that answers in order): the floor moves past it.
+            self._floor = floor + 1
+            return True
         if not 1 <= seq <= MAX_SEQ or self.sent == 0:
             return False
         n = self.sent - (_wireSeq(self.sent) - seq) % MAX_SEQ

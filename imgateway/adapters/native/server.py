@@ -1061,10 +1061,27 @@ def _messageArguments(request: Request) -> tuple[Address, str, str, str]:
         body = request.body.decode("utf-8")
     except UnicodeDecodeError:
         raise _Reply(400, "Message body must be UTF-8") from None
-    headers = request.headers
-    contentType = headers.get("Content-Type") or "text/plain"
-    messageId = headers.get("Message-ID") or newMessageId()
-    return target, body, contentType.split(";")[0].strip() or "text/plain", messageId
+    contentType, messageId = _messageFields(request.headers)
+    return target, body, (contentType or "text/plain").split(";")[0].strip() or "text/plain", messageId or newMessageId()
+
+
+def _messageFields(headers: Headers) -> tuple[str | None, str | None]:
+    """
+    The C{Content-Type} and C{Message-ID} of a C{MESSAGE} request, read in
+    one pass: what L{Headers.get} gives for each (the first of the name, in
+    any case; C{None} when absent), without the index it builds for
+    headers looked up many times.
+    """
+    contentType: str | None = None
+    messageId: str | None = None
+    for name, value in headers.items:
+        size = len(name)
+        if size == 12:
+            if contentType is None and name.lower() == "content-type":
+                contentType = value
+        elif size == 10 and messageId is None and name.lower() == "message-id":
+            messageId = value
+    return contentType, messageId
 
 
 def sentResponse(seq: int, messageId: str) -> bytes | None:

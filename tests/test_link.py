@@ -27,7 +27,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from imgateway._testcerts import CertificateAuthority
-from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, bareOKSeqs, serialise
+from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, serialise
 from imgateway.config import AuthConfig, GatewayConfig, HomeConfig, HostPort, LinksConfig, ServerConfig
 from imgateway.core.address import Address
 from imgateway.core.errors import (
@@ -1708,7 +1708,7 @@ class BareDeliveredTests(SynchronousTestCase):
                     waiting.discard(item.seq)
                     expected.append((item.seq, item.code, item.reason, tuple(h for h in item.headers.items if h[0] != "Seq"), item.body))
             self.assertEqual(self.answers(chunks, 15), expected, chunks)
-            fast += sum(1 for c in chunks if bareOKSeqs(c) is not None)
+            fast += sum(1 for c in chunks if FrameParser(link.LINK_LIMITS).takeBareOKs(c) is not None)
         # The fast path was taken for many reads.
         self.assertGreater(fast, 150)
 

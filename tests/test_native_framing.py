@@ -19,7 +19,6 @@ from imgateway.adapters.native.framing import (
     Limits,
     Request,
     Response,
-    bareOKSeqs,
     serialise,
 )
 
@@ -1307,7 +1306,7 @@ def _withBareOKs(parser: FrameParser, chunks: list[bytes]) -> list[object]:
 
 class BareOKTests(SynchronousTestCase):
     """
-    L{FrameParser.nextBareOK} and L{bareOKSeqs}: the bare C{200 OK}s a peer
+    L{FrameParser.nextBareOK} and L{FrameParser.takeBareOKs}: the bare C{200 OK}s a peer
     answers most requests with, read without building a frame, exactly as
     the parser reads them (or not at all).
     """
@@ -1424,11 +1423,16 @@ class BareOKTests(SynchronousTestCase):
         self.assertEqual(parser.bufferedBytes, 4)
         self.assertLess(len(parser._buf), 65536 + 64)
 
-    def test_bareOKSeqs(self) -> None:
+    def test_takeBareOKs(self) -> None:
         """
-        L{bareOKSeqs} reads a chunk made only of bare C{200}s, and nothing
-        else.
+        L{FrameParser.takeBareOKs} takes a read made only of bare C{200}s,
+        at a frame start, with limits that take them; nothing else.
         """
-        self.assertEqual(bareOKSeqs(bare(1) + bare(22) + bare(333)), [1, 22, 333])
+        parser = FrameParser()
+        self.assertEqual(parser.takeBareOKs(bare(1) + bare(22) + bare(333)), [1, 22, 333])
+        self.assertEqual(parser.bufferedBytes, 0)
         for data in [b"", bare(1) + b"\r\n", bare(1)[:-2], bare(1) + serialise(response(reason="Fine")), b"\r\n" + bare(1)]:
-            self.assertIsNone(bareOKSeqs(data), data)
+            self.assertIsNone(parser.takeBareOKs(data), data)
+        parser.receive(b"PING")
+        self.assertIsNone(parser.takeBareOKs(bare(1)))
+        self.assertIsNone(FrameParser(Limits(maxHeaderBytes=15)).takeBareOKs(bare(1)))

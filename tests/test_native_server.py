@@ -918,6 +918,49 @@ class ResponseTests(NativeFaceTestsMixin, SynchronousTestCase):
         w.raw(answer(seqs[3]))
         self.assertClosedFor(w, f"(Seq {seqs[3]})")
 
+    def test_readOfBareAnswers(self) -> None:
+        """
+        A read made only of bare C{200}s, up to C{frames_per_turn} of them,
+        is taken whole, without being stored for the parser; a longer one,
+        or one with anything else, goes the usual way (and is sliced per
+        turn); the answers are checked alike: one answering nothing closes
+        the connection.
+        """
+        n = self.config.framesPerTurn
+        w = self.loggedIn()
+        seqs = self.notify(w, n + 3)
+        stored: list[bytes] = []
+        receive = w.protocol._parser.receive
+
+        def storing(data: bytes) -> None:
+            stored.append(data)
+            receive(data)
+
+        w.protocol._parser.receive = storing  # type: ignore[method-assign]
+        w.raw(b"".join(answer(s) for s in seqs[:n]))
+        self.assertEqual((stored, w.protocol._outstanding.unanswered, w.protocol._turnFrames), ([], 3, n))
+        w.raw(answer(seqs[n]) + pings(1, 1))
+        self.assertEqual(len(stored), 1)
+        self.assertEqual([(f.code, f.seq) for f in w.frames() if isinstance(f, Response)], [(200, 1)])
+        w.raw(answer(seqs[n + 1]) + answer(seqs[0]) + answer(seqs[n + 2]))
+        self.assertEqual(len(stored), 1)
+        self.assertClosedFor(w, f"(Seq {seqs[0]})")
+        self.assertEqual(w.protocol._outstanding.unanswered, 1)
+
+    def test_readOfBareAnswersOverTurn(self) -> None:
+        """
+        More bare C{200}s in one read than C{frames_per_turn}: the usual way,
+        C{frames_per_turn} of them in this turn.
+        """
+        n = self.config.framesPerTurn
+        w = self.loggedIn()
+        seqs = self.notify(w, n + 1)
+        w.raw(b"".join(answer(s) for s in seqs))
+        self.assertEqual(w.protocol._outstanding.unanswered, 1)
+        self.assertEqual(w.transport.producerState, "paused")
+        runTurn(self.clock)
+        self.assertEqual(w.protocol._outstanding.unanswered, 0)
+
     def test_badResponse(self) -> None:
         """
         A response with a body over C{max_body_bytes} is skipped, not

@@ -54,7 +54,6 @@ from imgateway.adapters.native.framing import (
     Limits,
     Request,
     Response,
-    bareOKSeqs,
     serialise,
     serialiseUnsequenced,
     withSeq,
@@ -468,7 +467,7 @@ class LinkConnection(Protocol):
     # -- receiving ----------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        seqs = bareOKSeqs(data) if self._parser.atFrameStart else None
+        seqs = self._parser.takeBareOKs(data)
         if seqs is not None:
             # Only bare 200s (the usual read on a busy link's sending side):
             # each is DELIVERED, which a parsed one equals but for its Seq.

@@ -30,7 +30,6 @@ __all__ = [
     "Limits",
     "Request",
     "Response",
-    "bareOKSeqs",
     "serialise",
     "serialiseUnsequenced",
     "withSeq",
@@ -441,21 +440,6 @@ def withSeq(encoded: bytes, seq: int) -> bytes:
     return b"%sSeq: %d\r\n%s" % (encoded[:end], seq, encoded[end:])
 
 
-def bareOKSeqs(data: bytes) -> list[int] | None:
-    """
-    Read a chunk made only of bare C{200 OK} responses (C{Seq} their only
-    header, as L{serialise} writes them, the sequence number without
-    leading zeros and below 10**9): the answers a busy peer mostly sends,
-    read without a L{FrameParser}.
-
-    @return: Their sequence numbers, in order; or C{None} if C{data} is
-        anything else (it must then be parsed).
-    """
-    if _BARE_OK_RUN.fullmatch(data) is None:
-        return None
-    return [int(seq) for seq in _BARE_OK_SEQ.findall(data)]
-
-
 class FramingError(Exception):
     """
     The peer sent bytes that break the framing rules.
@@ -645,6 +629,20 @@ class FrameParser:
             del self._buf[: self._pos]
             self._pos = 0
         return out[0] if out else None
+
+    def takeBareOKs(self, data: bytes) -> list[int] | None:
+        """
+        Take a read made only of bare C{200 OK}s (as L{nextBareOK} takes
+        one), without storing it: the answers a busy peer mostly sends, read
+        as a whole. Only at a frame start (L{atFrameStart}), and with limits
+        that take every bare C{200}; else, or for anything else in C{data},
+        nothing is taken and C{data} is for L{receive}.
+
+        @return: The sequence numbers, in order; or C{None}.
+        """
+        if not self._bareOK or not self.atFrameStart or _BARE_OK_RUN.fullmatch(data) is None:
+            return None
+        return [int(seq) for seq in _BARE_OK_SEQ.findall(data)]
 
     def nextBareOK(self) -> int | None:
         """

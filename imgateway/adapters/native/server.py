@@ -416,6 +416,24 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             # usual, however the stream is cut; the first byte past it
             # ends the connection (see _preAuthExceeded).
             data, over = self._slot.beforeLogin(data, self.config.preAuthBytes)
+        elif (
+            self._turnCall is None
+            and self._held is None
+            and self._tokenTimer is None
+            and not self._barrier
+            and not self._processing
+        ):
+            # A read of bare 200s only (a recipient's usual read: its
+            # answers to the server's MESSAGEs and NOTIFYs), within one
+            # turn's frames: taken as _process takes them (nextBareOK),
+            # without storing and parsing the read (as router/link.py does).
+            seqs = self._parser.takeBareOKs(data)
+            if seqs is not None and len(seqs) <= self.config.framesPerTurn:
+                self._turnFrames = len(seqs)
+                for seq in seqs:
+                    if not self._answers(seq):
+                        return
+                return
         self._parser.receive(data)
         if self._turnCall is None:
             self._turnFrames = 0  # a read: a turn of its own

@@ -109,6 +109,32 @@ class Wire:
         return r
 
 
+class WatchedParser:
+    """
+    A connection's L{FrameParser}, watched: what it was given to store
+    (L{receive}) and the frames its general parser made (L{next}). (A
+    wrapper: the compiled build's parser takes no attribute of its own.)
+    """
+
+    def __init__(self, parser: FrameParser) -> None:
+        self.parser = parser
+        self.stored: list[bytes] = []
+        self.parsed: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parser, name)
+
+    def receive(self, data: bytes) -> None:
+        self.stored.append(data)
+        self.parser.receive(data)
+
+    def next(self) -> object:
+        item = self.parser.next()
+        if item is not None:
+            self.parsed.append(item)
+        return item
+
+
 class NativeFaceTestsMixin:
     config = NativeConfig()
 
@@ -900,20 +926,10 @@ class ResponseTests(NativeFaceTestsMixin, SynchronousTestCase):
         """
         w = self.loggedIn()
         seqs = self.notify(w, 6)
-        parser = w.protocol._parser
-        parsed: list[object] = []
-        general = parser.next
-
-        def counting() -> object:
-            item = general()
-            if item is not None:
-                parsed.append(item)
-            return item
-
-        parser.next = counting  # type: ignore[method-assign,assignment]
+        parser = w.protocol._parser = WatchedParser(w.protocol._parser)  # type: ignore[assignment]
         w.raw(answer(seqs[0]) + answer(seqs[1], 404) + b"".join(answer(s) for s in seqs[2:5]))
         w.raw(serialise(Response(200, "OK", Headers.of(("Seq", str(seqs[5])), ("X", "y")))))
-        self.assertEqual([(r.code, r.seq) for r in parsed], [(404, seqs[1]), (200, seqs[5])])  # type: ignore[attr-defined]
+        self.assertEqual([(r.code, r.seq) for r in parser.parsed], [(404, seqs[1]), (200, seqs[5])])
         self.assertEqual(w.protocol._outstanding.unanswered, 0)
         w.raw(answer(seqs[3]))
         self.assertClosedFor(w, f"(Seq {seqs[3]})")
@@ -929,14 +945,8 @@ class ResponseTests(NativeFaceTestsMixin, SynchronousTestCase):
         n = self.config.framesPerTurn
         w = self.loggedIn()
         seqs = self.notify(w, n + 3)
-        stored: list[bytes] = []
-        receive = w.protocol._parser.receive
-
-        def storing(data: bytes) -> None:
-            stored.append(data)
-            receive(data)
-
-        w.protocol._parser.receive = storing  # type: ignore[method-assign]
+        parser = w.protocol._parser = WatchedParser(w.protocol._parser)  # type: ignore[assignment]
+        stored = parser.stored
         w.raw(b"".join(answer(s) for s in seqs[:n]))
         self.assertEqual((stored, w.protocol._outstanding.unanswered, w.protocol._turnFrames), ([], 3, n))
         w.raw(answer(seqs[n]) + pings(1, 1))

@@ -59,7 +59,7 @@ from imgateway.router.link import (
     withSeq,
 )
 from imgateway.router import link
-from imgateway.router.link_codec import DELIVERED, encodeRequest, encodeResponse
+from imgateway.router.link_codec import DELIVERED, encodeRequest, encodeResponse, hopKey
 from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.testing import MemoryDirectory
 
@@ -1104,6 +1104,45 @@ class AtOnceTests(SynchronousTestCase):
         later.callback(DeliveryStatus.DELIVERED)
         self.assertEqual(self.successResultOf(answer).code, 200)
         self.assertEqual(self.connection.inProgress, 0)
+
+
+class TracesTests(SynchronousTestCase):
+    """
+    L{LinkTraces}: the trace of an event delivered from a link, for a link
+    that forwards it.
+    """
+
+    def test_pushPop(self) -> None:
+        """
+        L{LinkTraces.push} and L{LinkTraces.pop} (the receiving side's hot
+        path, no closure): a trace is seen while pushed; of two for the same
+        event the latest is seen, and popping one leaves the other.
+        """
+        traces = LinkTraces()
+        event = Message(CAROL, ALICE, "hi", routingId="rid-1")
+        key = hopKey(event)
+        first = traces.push(key, ("corp.example/hs2",), 8)
+        self.assertEqual(traces.traceOf(event), (("corp.example/hs2",), 8))
+        second = traces.push(key, ("corp.example/hs2", "corp.example/router"), 7)
+        self.assertEqual(traces.traceOf(event), (("corp.example/hs2", "corp.example/router"), 7))
+        traces.pop(key, second)
+        self.assertEqual(traces.traceOf(event), (("corp.example/hs2",), 8))
+        traces.pop(key, first)
+        traces.pop(key, first)
+        self.assertIsNone(traces.traceOf(event))
+        self.assertEqual(traces._traces, {})
+
+    def test_enter(self) -> None:
+        """
+        L{LinkTraces.enter} remembers a trace until the callable it returns
+        is called.
+        """
+        traces = LinkTraces()
+        event = Message(CAROL, ALICE, "hi")
+        leave = traces.enter(event, ("corp.example/hs2",), 3)
+        self.assertEqual(traces.traceOf(event), (("corp.example/hs2",), 3))
+        leave()
+        self.assertIsNone(traces.traceOf(event))
 
 
 class HopTests(RawTestCase):

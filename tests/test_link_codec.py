@@ -406,6 +406,48 @@ class MessageFastPathTests(SynchronousTestCase):
         self.assertGreater(len(variants), 150)
 
 
+    def test_sameAsLookUpsByName(self) -> None:
+        """
+        The reading by name (each header once, spelt as C{encodeMessage}
+        writes it: one C{Via} or none, as a home server's message has) and
+        the reading in one pass (any header repeated, in any case, or
+        unknown) agree with the look-ups, over fuzzed header lists, targets
+        and C{From} values in either scheme case.
+        """
+        rng = random.Random(20261205)
+        names = ["From", "Message-ID", "Timestamp", "Content-Type", "Auto", "Via", "Max-Hops", "Routing-Id", "Hops", "Seq"]
+        values = {
+            "From": ["im:alice@corp.example", "IM:alice@corp.example", "iM:alice@corp.example", "pres:alice@corp.example", "im:alice", ""],
+            "Message-ID": ["m-1", "", "a" * 200],
+            "Timestamp": ["1767225600.125", "1", "x", ""],
+            "Content-Type": ["text/html", "", "text/plain"],
+            "Auto": ["auto-reply", "nonsense", ""],
+            "Via": ["corp.example/hs1", "corp.example/router", ""],
+            "Max-Hops": ["5", "0", "x", "8"],
+            "Routing-Id": ["r.1", "", " ", "a" * 200],
+            "Hops": ["2", "0", "", "-1"],
+            "Seq": ["7"],
+        }
+        targets = ["im:carol@corp.example", "IM:carol@corp.example", "Im:carol@corp.example", "pres:carol@corp.example", "im:carol", ""]
+        byName = 0
+        for _ in range(3000):
+            chosen = [n for n in names if rng.random() < 0.85]
+            headers = [(n, rng.choice(values[n])) for n in chosen]
+            if rng.random() < 0.3:
+                # A repeated header, in the same or another case.
+                name = rng.choice(names)
+                spelt = rng.choice([name, name.lower(), name.upper()])
+                headers.insert(rng.randrange(len(headers) + 1), (spelt, rng.choice(values[name])))
+            elif rng.random() < 0.1:
+                headers.append(("X-Other", "1"))
+            rng.shuffle(headers)
+            request = Request("MESSAGE", rng.choice(targets), Headers(tuple(headers)), rng.choice([b"hi", b"", b"\xff"]))
+            byName += len({n for n, _ in headers}) == len(headers) and {n for n, _ in headers} <= set(names)
+            expected = self.outcome(link_codec._decodeEvent, request)
+            self.assertEqual(self.outcome(link_codec._decodeMessage, request), expected, request)
+        self.assertGreater(byName, 1000)
+
+
 class MessageEncodingTests(SynchronousTestCase):
     """
     L{link_codec.encodeMessage} writes a message's link request directly,

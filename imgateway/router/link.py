@@ -73,6 +73,7 @@ from imgateway.router.link_codec import (
     DELIVERED,
     EVENT_METHODS,
     LinkCodecError,
+    LinkRequest,
     decodeRequest,
     decodeResponse,
     encodeMessage,
@@ -521,10 +522,9 @@ class LinkConnection(Protocol):
             self._respond(seq, answer)
 
 
-@frozen
-class _Trace:
-    via: tuple[str, ...]
-    maxHops: int
+#: One trace of L{LinkTraces}: the C{Via} and C{Max-Hops} an event arrived
+#: with (a plain tuple: one is made for every delivery from a link).
+_Trace = tuple[tuple[str, ...], int]
 
 
 class LinkTraces:
@@ -545,17 +545,33 @@ class LinkTraces:
         @return: Call it once the delivery is over.
         """
         key = hopKey(event)
-        trace = _Trace(via, maxHops)
-        self._traces.setdefault(key, []).append(trace)
+        trace = self.push(key, via, maxHops)
+        return lambda: self.pop(key, trace)
 
-        def leave() -> None:
-            traces = self._traces.get(key)
-            if traces is not None and trace in traces:
-                traces.remove(trace)
-                if not traces:
-                    del self._traces[key]
+    def push(self, key: object, via: tuple[str, ...], maxHops: int) -> _Trace:
+        """
+        L{enter} without the closure (the receiving side's hot path):
+        remember a trace under C{key} (L{hopKey} of the event).
 
-        return leave
+        @return: The trace, for L{pop}.
+        """
+        trace = (via, maxHops)
+        traces = self._traces.get(key)
+        if traces is None:
+            self._traces[key] = [trace]
+        else:
+            traces.append(trace)
+        return trace
+
+    def pop(self, key: object, trace: _Trace) -> None:
+        """
+        Forget a trace L{push} returned, once its delivery is over.
+        """
+        traces = self._traces.get(key)
+        if traces is not None and trace in traces:
+            traces.remove(trace)
+            if not traces:
+                del self._traces[key]
 
     def traceOf(self, event: Event) -> tuple[tuple[str, ...], int] | None:
         """
@@ -565,7 +581,7 @@ class LinkTraces:
         traces = self._traces.get(hopKey(event))
         if not traces:
             return None
-        return traces[-1].via, traces[-1].maxHops
+        return traces[-1]
 
 
 @frozen
@@ -1105,10 +1121,12 @@ class LinkReceiver:
             log.warn("Link from {peer}: loop, this server is in Via {via}", peer=peer, via=", ".join(incoming.via))
             return encodeResponse(LoopDetected("loop: this server is already on the path"))
         now = self._clock.seconds()
+        answers = self._answers
         self._forgetExpired(now)
-        previous = self._answers.get(incoming.routingId)
+        routingId = incoming.routingId
+        previous = answers.get(routingId)
         if previous is not None:
-            log.info("Link from {peer}: duplicate {routingId} answered as the first", peer=peer, routingId=incoming.routingId)
+            log.info("Link from {peer}: duplicate {routingId} answered as the first", peer=peer, routingId=routingId)
             earlier = previous[1]
             if isinstance(earlier, list):
                 # The first is being handled: its answer, once there.
@@ -1120,83 +1138,178 @@ class LinkReceiver:
         # stands for the request in the duplicate check while it is handled.
         waiters: list[Deferred[Response]] = []
         expires = now + self._config.links.duplicateWindow
-        routingId = incoming.routingId
-        self._answers[routingId] = (expires, waiters)
-        while len(self._answers) > self._maxRemembered:
-            self._answers.popitem(last=False)
+        answers[routingId] = (expires, waiters)
+        if len(answers) > self._maxRemembered:
+            while len(answers) > self._maxRemembered:
+                answers.popitem(last=False)
         connection.inProgress += 1
-
-        # A plain callback chain, not a coroutine, with one callback per
-        # step: this runs for every delivery over a link.
         event = incoming.event
+        try:
+            check = self._originationRefused(peer, event)
+        except Exception:
+            return self._checkFailed(Failure(), connection, peer, event, routingId, expires, waiters)
+        if check is not None:
+            return self._checkedLater(check, connection, peer, incoming, expires, waiters)
+        # The hot path: accepted at once (the sender's home remembered) and,
+        # mostly, delivered at once (a session of this process): answered
+        # with no Deferred and no closure. Any other outcome goes the
+        # general way (_checked), with the same answers and logs.
+        traces = self._traces
+        key = hopKey(event)
+        trace = traces.push(key, incoming.via, incoming.maxHops)
+        try:
+            result = self._deliverAtOnce(event)
+        except DeliveryError as e:
+            traces.pop(key, trace)
+            return self._finish(connection, routingId, expires, waiters, encodeResponse(e))
+        except Exception:
+            traces.pop(key, trace)
+            return self._deliveryFailed(Failure(), connection, peer, event, routingId, expires, waiters)
+        if result is DeliveryStatus.DELIVERED:
+            traces.pop(key, trace)
+            return self._finish(connection, routingId, expires, waiters, DELIVERED)
+        return self._checkedLater(None, connection, peer, incoming, expires, waiters, (key, trace, result))
 
+    def _finish(
+        self, connection: LinkConnection, routingId: str, expires: float, waiters: list[Deferred[Response]], response: Response
+    ) -> Response:
+        """
+        A request is answered: the duplicate check keeps its answer (or
+        forgets it, when nothing was delivered and a retry may succeed),
+        its place in progress is freed, its duplicates get the answer.
+        """
+        answer = self._answers.get(routingId)
+        if answer is not None and answer[1] is waiters:
+            if not 200 <= response.code < 500 or 300 <= response.code < 400:
+                # Nothing was delivered and a retry may succeed: not an
+                # answer to repeat.
+                del self._answers[routingId]
+            else:
+                # The answer itself from now on.
+                self._answers[routingId] = (expires, response)
+        connection.inProgress -= 1
+        for waiting in waiters:
+            waiting.callback(response)
+        return response
+
+    def _checkFailed(
+        self,
+        f: Failure,
+        connection: LinkConnection,
+        peer: LinkPeer,
+        event: Event,
+        routingId: str,
+        expires: float,
+        waiters: list[Deferred[Response]],
+    ) -> Response:
+        log.failure("Link from {peer}: checking who may send {event!r} failed", f, peer=peer, event=event)
+        return self._finish(connection, routingId, expires, waiters, encodeResponse(ServiceUnavailable("cannot check the sender now")))
+
+    def _deliveryFailed(
+        self,
+        f: Failure,
+        connection: LinkConnection,
+        peer: LinkPeer,
+        event: Event,
+        routingId: str,
+        expires: float,
+        waiters: list[Deferred[Response]],
+    ) -> Response:
+        if isinstance(f.value, DeliveryError):
+            return self._finish(connection, routingId, expires, waiters, encodeResponse(f.value))
+        log.failure("Delivering {event!r} from {peer} failed", f, peer=peer, event=event)
+        return self._finish(connection, routingId, expires, waiters, encodeResponse(ServerError("internal error")))
+
+    def _checkedLater(
+        self,
+        check: Deferred[str | None] | str | None,
+        connection: LinkConnection,
+        peer: LinkPeer,
+        incoming: LinkRequest,
+        expires: float,
+        waiters: list[Deferred[Response]],
+        started: tuple[object, _Trace, DeliveryStatus | Deferred[DeliveryStatus]] | None = None,
+    ) -> Deferred[Response] | Response:
+        """
+        The rest of L{_event} when its hot path does not apply: the
+        origination check answered later (C{check} a L{Deferred}) or
+        refused (a reason); or, with C{started}, accepted at once and
+        delivered by the router with an outcome other than delivered at
+        once (its trace's key, the trace and that outcome).
+        """
+        routingId = incoming.routingId
+        event = incoming.event
         finished: list[Response] = []
 
         def finish(response: Response) -> Response:
             if finished:
                 return finished[0]
             finished.append(response)
-            answer = self._answers.get(routingId)
-            if answer is not None and answer[1] is waiters:
-                if not 200 <= response.code < 500 or 300 <= response.code < 400:
-                    # Nothing was delivered and a retry may succeed: not an
-                    # answer to repeat.
-                    del self._answers[routingId]
-                else:
-                    # The answer itself from now on.
-                    self._answers[routingId] = (expires, response)
-            connection.inProgress -= 1
-            for waiting in waiters:
-                waiting.callback(response)
-            return response
+            return self._finish(connection, routingId, expires, waiters, response)
 
         def checkFailed(f: Failure) -> Response:
-            log.failure("Link from {peer}: checking who may send {event!r} failed", f, peer=peer, event=event)
-            return finish(encodeResponse(ServiceUnavailable("cannot check the sender now")))
+            if finished:
+                return finished[0]
+            finished.append(self._checkFailed(f, connection, peer, event, routingId, expires, waiters))
+            return finished[0]
+
+        def outcome(key: object, trace: _Trace, result: DeliveryStatus | Deferred[DeliveryStatus]) -> Deferred[Response] | Response:
+            def delivered(status: DeliveryStatus) -> Response:
+                self._traces.pop(key, trace)
+                return finish(encodeResponse(status))
+
+            def deliveryFailed(f: Failure) -> Response:
+                self._traces.pop(key, trace)
+                if finished:
+                    return finished[0]
+                finished.append(self._deliveryFailed(f, connection, peer, event, routingId, expires, waiters))
+                return finished[0]
+
+            if isinstance(result, Deferred):
+                return result.addCallbacks(delivered, deliveryFailed)
+            # Another status, not a Deferred (which no failed delivery
+            # is): not an answer a response can carry (encodeResponse
+            # raises).
+            self._traces.pop(key, trace)
+            return finish(encodeResponse(result))
 
         def checked(refusal: str | None) -> Deferred[Response] | Response:
             if refusal is not None:
                 log.warn("Link from {peer}: {event!r} refused (403): {reason}", peer=peer, event=event, reason=refusal)
                 return finish(_response(403, "not originated by this peer"))
-            leave = self._traces.enter(event, incoming.via, incoming.maxHops)
-
-            def delivered(status: DeliveryStatus) -> Response:
-                leave()
-                return finish(encodeResponse(status))
-
-            def deliveryFailed(f: Failure) -> Response:
-                leave()
-                if isinstance(f.value, DeliveryError):
-                    return finish(encodeResponse(f.value))
-                log.failure("Delivering {event!r} from {peer} failed", f, peer=peer, event=event)
-                return finish(encodeResponse(ServerError("internal error")))
-
+            key = hopKey(event)
+            trace = self._traces.push(key, incoming.via, incoming.maxHops)
             try:
                 result = self._deliverAtOnce(event)
             except DeliveryError as e:
-                leave()
+                self._traces.pop(key, trace)
                 return finish(encodeResponse(e))
             except Exception:
-                return deliveryFailed(Failure())
-            if type(result) is DeliveryStatus:
-                # Delivered in this process at once: answered now, no
-                # Deferred.
-                leave()
-                return finish(encodeResponse(result))
-            return result.addCallbacks(delivered, deliveryFailed)  # type: ignore[union-attr]
+                self._traces.pop(key, trace)
+                f = Failure()
+                if finished:
+                    return finished[0]
+                finished.append(self._deliveryFailed(f, connection, peer, event, routingId, expires, waiters))
+                return finished[0]
+            if result is DeliveryStatus.DELIVERED:
+                self._traces.pop(key, trace)
+                return finish(DELIVERED)
+            return outcome(key, trace, result)
 
         def unexpected(f: Failure) -> Response:
             log.failure("Link from {peer}: handling {event!r} failed", f, peer=peer, event=event)
             return finish(_response(500, "internal error"))
 
         try:
-            check = self._originationRefused(peer, event)
-            if not isinstance(check, Deferred):
-                outcome = checked(check)
-                return outcome.addErrback(unexpected) if isinstance(outcome, Deferred) else outcome
+            if started is not None:
+                answer = outcome(*started)
+            elif not isinstance(check, Deferred):
+                answer = checked(check)
+            else:
+                return check.addCallbacks(checked, checkFailed).addErrback(unexpected)
         except Exception:
             return checkFailed(Failure())
-        return check.addCallbacks(checked, checkFailed).addErrback(unexpected)
+        return answer.addErrback(unexpected) if isinstance(answer, Deferred) else answer
 
     def _queueFull(self, peer: LinkPeer, limit: int) -> None:
         """
@@ -1231,11 +1344,12 @@ class LinkReceiver:
         self._clock.callLater(REFUSAL_LOG_INTERVAL, self._queueFullCount, key, limit)
 
     def _forgetExpired(self, now: float) -> None:
-        while self._answers:
-            routingId, answer = next(iter(self._answers.items()))
-            if answer[0] > now:
+        answers = self._answers
+        while answers:
+            routingId = next(iter(answers))
+            if answers[routingId][0] > now:
                 break
-            del self._answers[routingId]
+            del answers[routingId]
 
     def _originationRefused(self, peer: LinkPeer, event: Event) -> Deferred[str | None] | str | None:
         """

@@ -283,7 +283,9 @@ def _required(request: Request, name: str) -> str:
 
 
 def _address(text: str, form: TargetForm, what: str) -> Address:
-    if targetForm(text) is not form:
+    # "im:" is what targetForm tells first: the form of every message's
+    # addresses.
+    if not (form is TargetForm.IM and text.startswith("im:")) and targetForm(text) is not form:
         raise LinkCodecError(f"{what} must be {form.value}, got {text[:64]!r}")
     try:
         return Address.fromString(text)
@@ -382,22 +384,47 @@ def _decodeEvent(request: Request) -> LinkRequest:
     return LinkRequest(event, via, maxHops, routingId)
 
 
+#: The headers of a C{MESSAGE} as L{encodeMessage} writes them, by name:
+#: their name in lower case (any other spelling is lowered).
+_MESSAGE_HEADER_KEYS = {
+    name: name.lower()
+    for name in ("From", "Message-ID", "Timestamp", "Content-Type", "Auto", "Via", "Max-Hops", "Routing-Id", "Hops", "Seq")
+}
+
+
 def _decodeMessage(request: Request) -> LinkRequest:
     """
     L{decodeRequest} for a C{MESSAGE}, the request of every message across
-    a link: its headers read in one pass over them (no index of the
-    headers, no look-up per header), with the same checks, in the same
-    order, and the same errors.
+    a link: its headers taken by name from one C{dict} of them when each
+    comes once, spelt as L{encodeMessage} writes it (else read in one pass
+    over them, the first of each name in any case), with no index of the
+    headers and no look-up per header; the same checks, in the same order,
+    and the same errors.
     """
-    first: dict[str, str] = {}
-    via: list[str] = []
-    for name, value in request.headers.items:
-        key = name.lower()
-        if key == "via":
-            via.append(value)
-        elif key not in first:
-            first[key] = value
-    maxHopsText = first.get("max-hops")
+    items = request.headers.items
+    exact = dict(items)
+    if len(exact) == len(items) and exact.keys() <= _MESSAGE_HEADER_KEYS.keys():
+        # Each header once, spelt as encodeMessage writes it (the usual
+        # case): read by name, no pass over them.
+        first = exact
+        via = [exact["Via"]] if "Via" in exact else []
+        maxHopsText = exact.get("Max-Hops")
+        routingId = exact.get("Routing-Id")
+        hopsText = exact.get("Hops") or "0"
+    else:
+        first = {}
+        via = []
+        for name, value in items:
+            key = _MESSAGE_HEADER_KEYS.get(name) or name.lower()
+            if key == "via":
+                via.append(value)
+            elif key not in first:
+                first[key] = value
+        maxHopsText = first.get("max-hops")
+        routingId = first.get("routing-id")
+        hopsText = first.get("hops") or "0"
+        # The names below as encodeMessage writes them.
+        first = {name: first[key] for name, key in _MESSAGE_HEADER_KEYS.items() if key in first}
     if maxHopsText is None:
         maxHops = DEFAULT_MAX_HOPS
     else:
@@ -406,21 +433,19 @@ def _decodeMessage(request: Request) -> LinkRequest:
         maxHops = int(maxHopsText)
         if maxHops < 1:
             raise LinkCodecError("Max-Hops exhausted", code=482)
-    routingId = first.get("routing-id")
     if routingId is None:
         raise LinkCodecError("MESSAGE needs a Routing-Id header")
     if _ROUTING_ID.fullmatch(routingId) is None:
         raise LinkCodecError(f"invalid Routing-Id {routingId[:32]!r}")
-    hopsText = first.get("hops") or "0"
     if _NUMBER.fullmatch(hopsText) is None:
         raise LinkCodecError(f"invalid Hops {hopsText[:32]!r}")
     try:
         recipient = _address(request.target, TargetForm.IM, "the target")
-        fromText = first.get("from")
+        fromText = first.get("From")
         if fromText is None:
             raise LinkCodecError("MESSAGE needs a From header")
         sender = _address(fromText, TargetForm.IM, "From")
-        timestamp = first.get("timestamp")
+        timestamp = first.get("Timestamp")
         if timestamp is None:
             raise LinkCodecError("MESSAGE needs a Timestamp header")
         if _TIMESTAMP.fullmatch(timestamp) is None:
@@ -429,10 +454,10 @@ def _decodeMessage(request: Request) -> LinkRequest:
             body = request.body.decode("utf-8")
         except UnicodeDecodeError:
             raise LinkCodecError("a message body must be UTF-8") from None
-        messageId = first.get("message-id")
+        messageId = first.get("Message-ID")
         if messageId is None:
             raise LinkCodecError("MESSAGE needs a Message-ID header")
-        token = first.get("auto")
+        token = first.get("Auto")
         if token is None:
             mark = None
         else:
@@ -444,7 +469,7 @@ def _decodeMessage(request: Request) -> LinkRequest:
             sender,
             recipient,
             body,
-            contentType=first.get("content-type") or DEFAULT_CONTENT_TYPE,
+            contentType=first.get("Content-Type") or DEFAULT_CONTENT_TYPE,
             messageId=messageId,
             timestamp=float(timestamp),
             hops=int(hopsText),

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.task import Clock
@@ -1681,6 +1682,158 @@ class WireTests(SynchronousTestCase):
         client answers its sender with a server error, L{QueueAndTimeoutTests}).
         """
         self.assertRaises(ValueError, serialiseUnsequenced, Request("PING", "*", Headers((("Note", "a\r\nb"),))))
+
+
+class CountingTransport(StringTransport):
+    """
+    A transport that keeps each write apart.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+
+class BatchedWriteTests(SynchronousTestCase):
+    """
+    What a link connection writes while it handles a read (the answers to
+    the requests it brings, requests it sends meanwhile) goes out in one
+    C{transport.write} at the end of the read: one TLS record, not one per
+    frame; in the order written, and before the connection is closed.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.handled: list[Request] = []
+        self.later: list[Deferred[Response]] = []
+        self.connection = LinkConnection({"PING": self.ping, "WAIT": self.wait, "SEND": self.send}, self.clock, 10.0)
+        self.transport = CountingTransport()
+        self.connection.makeConnection(self.transport)
+
+    def ping(self, connection: LinkConnection, request: Request) -> Response:
+        self.handled.append(request)
+        return Response(200, "OK", Headers((("Note", request.headers.get("Note") or ""),)))
+
+    def wait(self, connection: LinkConnection, request: Request) -> Deferred[Response]:
+        d: Deferred[Response] = Deferred()
+        self.later.append(d)
+        return d
+
+    def send(self, connection: LinkConnection, request: Request) -> Response:
+        connection.request(Request("PING", "*", Headers((("Note", "sent"),))))
+        return Response(200, "OK", Headers())
+
+    def request(self, seq: int, method: str = "PING", note: str = "") -> bytes:
+        headers = (("Seq", str(seq)),) + ((("Note", note),) if note else ())
+        return serialise(Request(method, "*", Headers(headers)))
+
+    def answers(self, data: bytes) -> list[tuple[int, str | None]]:
+        frames = list(FrameParser().feed(data))
+        return [(f.seq, f.headers.get("Note")) for f in frames if isinstance(f, (Request, Response))]
+
+    def test_oneWritePerRead(self) -> None:
+        """
+        Three requests in one read, answered at once: one write, with the
+        three answers in order.
+        """
+        self.connection.dataReceived(b"".join(self.request(n, note=f"n{n}") for n in (1, 2, 3)))
+        self.assertEqual(len(self.transport.writes), 1)
+        self.assertEqual(self.answers(self.transport.value()), [(1, "n1"), (2, "n2"), (3, "n3")])
+
+    def test_splitAnywhere(self) -> None:
+        """
+        However a stream of requests is cut into reads, every request is
+        answered once, in order, and the answers parse.
+        """
+        stream = b"".join(self.request(n, note=f"n{n}") for n in range(1, 41))
+        rng = random.Random(8)
+        for _ in range(30):
+            self.setUp()
+            cuts = sorted(rng.sample(range(1, len(stream)), rng.randint(1, 25)))
+            for start, end in zip([0] + cuts, cuts + [len(stream)]):
+                self.connection.dataReceived(stream[start:end])
+            self.assertEqual(self.answers(self.transport.value()), [(n, f"n{n}") for n in range(1, 41)])
+            self.assertLessEqual(len(self.transport.writes), len(cuts) + 1)
+
+    def test_answeredLater(self) -> None:
+        """
+        An answer that comes after the read is written when it comes.
+        """
+        self.connection.dataReceived(self.request(1, "WAIT") + self.request(2))
+        self.assertEqual(self.answers(self.transport.value()), [(2, "")])
+        self.later[0].callback(Response(200, "OK", Headers((("Note", "late"),))))
+        self.assertEqual(len(self.transport.writes), 2)
+        self.assertEqual(self.answers(self.transport.writes[1]), [(1, "late")])
+
+    def test_requestsSentMeanwhile(self) -> None:
+        """
+        A request this side sends while it handles a read goes in the
+        same write, where it was written.
+        """
+        self.connection.dataReceived(self.request(1) + self.request(2, "SEND") + self.request(3))
+        self.assertEqual(len(self.transport.writes), 1)
+        self.assertEqual(self.answers(self.transport.value()), [(1, ""), (1, "sent"), (2, None), (3, "")])
+
+    def test_closedByFramingError(self) -> None:
+        """
+        A fatal framing error after a valid request: the request's answer
+        and the error's are written before the connection is closed.
+        """
+        self.connection.dataReceived(self.request(1) + b"NOT A FRAME\r\n\r\n")
+        self.assertTrue(self.transport.disconnecting)
+        codes = [f.code for f in FrameParser().feed(self.transport.value()) if isinstance(f, Response)]
+        self.assertEqual(codes[0], 200)
+        self.assertEqual(len(codes), 2)
+        self.assertGreaterEqual(codes[1], 400)
+
+    def test_nestedRead(self) -> None:
+        """
+        A read handled within another (a handler that feeds the
+        connection) is answered in the same write, in order.
+        """
+
+        def feed(connection: LinkConnection, request: Request) -> Response:
+            connection.dataReceived(self.request(2))
+            return Response(200, "OK", Headers((("Note", "outer"),)))
+
+        self.connection.handlers = {"PING": self.ping, "FEED": feed}
+        self.connection.dataReceived(self.request(1, "FEED"))
+        self.assertEqual(len(self.transport.writes), 1)
+        self.assertEqual(self.answers(self.transport.value()), [(2, ""), (1, "outer")])
+
+
+class DeliverDecodedTests(SynchronousTestCase):
+    """
+    L{LinkClient.deliver}'s L{Deferred} fires with the delivery's outcome,
+    decoded as the answer comes (no callback of its own on it).
+    """
+
+    def test_decodedAsItComes(self) -> None:
+        """
+        A C{200} fires it with L{DeliveryStatus.DELIVERED}, a C{486} fails
+        it with L{UserBusy} and its alternate.
+        """
+        clock = Clock()
+        endpoint = TCP4ClientEndpoint(MemoryReactorClock(), "127.0.0.1", 5312)
+        client = LinkClient("server hs2", endpoint, LINKS, clock, Headers(), LinkTraces(), "corp.example/hs1")
+        connection = LinkConnection({}, clock, 10.0, peer=LinkPeer("corp.example", "hs2"))
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        connection.markReady(LinkPeer("corp.example", "hs2"))
+        client._ready(connection)
+        first = client.deliver(Message(ALICE, CAROL, "hi"))
+        second = client.deliver(Message(ALICE, CAROL, "hi again"))
+        connection.dataReceived(
+            serialise(Response(200, "OK", Headers((("Seq", "1"),))))
+            + serialise(Response(486, "Busy Here", Headers((("Seq", "2"), ("Alternate", "tel:+15550100")))))
+        )
+        self.assertIs(self.successResultOf(first), DeliveryStatus.DELIVERED)
+        failure = self.failureResultOf(second, UserBusy)
+        self.assertEqual(failure.value.alternate, "tel:+15550100")
 
 
 class BareDeliveredTests(SynchronousTestCase):

@@ -306,6 +306,10 @@ class LinkConnection(Protocol):
         #: Requests of the peer being handled now (see L{LinkReceiver}).
         self.inProgress = 0
         self._lostObservers: list[Callable[[LinkConnection], None]] = []
+        # What this side writes while it handles a read (dataReceived):
+        # written in one transport.write at the end of the read (one TLS
+        # record, not one per frame); None when not reading.
+        self._batch: list[bytes] | None = None
 
     def whenLost(self, observer: Callable[[LinkConnection], None]) -> None:
         """
@@ -385,6 +389,7 @@ class LinkConnection(Protocol):
         Drop the connection at once.
         """
         self.closing = True
+        self._flush()
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
@@ -393,6 +398,7 @@ class LinkConnection(Protocol):
         Close the connection once what was written has been sent.
         """
         self.closing = True
+        self._flush()
         if self.transport is not None:
             self.transport.loseConnection()
 
@@ -449,8 +455,28 @@ class LinkConnection(Protocol):
             return False
         seq = self._seq = self._seq + 1 if self._seq < MAX_SEQ else 1
         self._outstanding[seq] = waiter
-        self.transport.write(withSeq(encoded, seq))  # type: ignore[union-attr]
+        self._write(withSeq(encoded, seq))
         return True
+
+    def _write(self, data: bytes) -> None:
+        """
+        Write C{data}: at once, or, while a read is handled, with the rest
+        of what that read makes this side write (L{dataReceived}).
+        """
+        batch = self._batch
+        if batch is not None:
+            batch.append(data)
+        else:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def _flush(self) -> None:
+        """
+        Write what the read being handled made this side write so far.
+        """
+        batch = self._batch
+        if batch:
+            self._batch = []
+            self.transport.write(b"".join(batch) if len(batch) > 1 else batch[0])  # type: ignore[union-attr]
 
     def _answered(self, response: Response, seq: int) -> None:
         self._respond(seq, response)
@@ -463,11 +489,29 @@ class LinkConnection(Protocol):
         except ValueError as e:
             log.error("Link with {peer}: cannot send response {code}: {error}", peer=self.peer or "unknown peer", code=response.code, error=e)
             data = serialise(_response(500, "internal error", (("Seq", str(seq)),)))
-        self.transport.write(data)  # type: ignore[union-attr]
+        self._write(data)
 
     # -- receiving ----------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._batch is not None:
+            # Within a read being handled (a handler that fed this
+            # connection): its writes go with that read's.
+            self._received(data)
+            return
+        self._batch = []
+        try:
+            self._received(data)
+        finally:
+            self._flush()
+            self._batch = None
+
+    def _received(self, data: bytes) -> None:
+        """
+        Handle C{data}, a read: the answers it completes, and the requests
+        it brings (answered with one write for the whole read, see
+        L{dataReceived}).
+        """
         seqs = self._parser.takeBareOKs(data)
         if seqs is not None:
             # Only bare 200s (the usual read on a busy link's sending side):
@@ -625,11 +669,20 @@ class LinkTLS:
         )
 
 
-@frozen
 class _Outgoing:
-    encoded: bytes
-    deferred: Deferred[Response]
-    deadline: float
+    """
+    A L{LinkClient}'s request until it is answered: its bytes, its
+    L{Deferred}, its deadline, and whether its answer is a delivery's
+    (fired with L{decodeResponse}'s outcome, not the response).
+    """
+
+    __slots__ = ("encoded", "deferred", "deadline", "delivery")
+
+    def __init__(self, encoded: bytes, deferred: Deferred[Any], deadline: float, delivery: bool = False) -> None:
+        self.encoded = encoded
+        self.deferred = deferred
+        self.deadline = deadline
+        self.delivery = delivery
 
 
 class _Sent:
@@ -811,7 +864,17 @@ class LinkClient(MultiService):
         item = self._pending.pop(ident, None)
         self._sent.pop(ident, None)
         if item is not None and not item.deferred.called:
-            item.deferred.callback(response)
+            if not item.delivery:
+                item.deferred.callback(response)
+                return
+            # A delivery's answer (deliver): its outcome, without a
+            # callback of its own on the Deferred.
+            try:
+                status = decodeResponse(response)
+            except Exception:
+                item.deferred.errback(Failure())
+            else:
+                item.deferred.callback(status)
 
     def request(self, request: Request) -> Deferred[Response]:
         """
@@ -842,17 +905,23 @@ class LinkClient(MultiService):
         L{imgateway.router.proxy}, and events, L{encodeMessage}): the
         same queue, limit, time limit and resends.
         """
+        return self._enqueue(encoded)
+
+    def _enqueue(self, encoded: bytes, delivery: bool = False) -> Deferred[Any]:
+        """
+        Queue a serialised request and send it if the link is up.
+
+        @param delivery: Whether it carries an event (L{deliver}): its
+            L{Deferred} then fires with the delivery's outcome.
+        """
         if len(self._pending) >= self._config.maxQueue:
             self._queueFull()
             return fail(ServiceUnavailable(f"link to {self.name}: {self._config.maxQueue} requests waiting"))
-        return self._enqueue(encoded)
-
-    def _enqueue(self, encoded: bytes) -> Deferred[Response]:
         self._ids += 1
         ident = self._ids
-        d: Deferred[Response] = Deferred()
+        d: Deferred[Any] = Deferred()
         deadline = self._clock.seconds() + self._config.requestTimeout
-        self._pending[ident] = _Outgoing(encoded, d, deadline)
+        self._pending[ident] = _Outgoing(encoded, d, deadline, delivery)
         if self._sweeper is None:
             self._armSweeper(deadline)
         self._transmit(ident)
@@ -972,8 +1041,9 @@ class LinkClient(MultiService):
                 return fail(LoopDetected("Max-Hops exhausted"))
         try:
             if isinstance(event, Message):
-                # The hot path: its bytes written at once (encodeMessage).
-                return self.requestEncoded(encodeMessage(event, via, maxHops, event.routingId)).addCallback(decodeResponse)
+                # The hot path: its bytes written at once (encodeMessage),
+                # its answer decoded as it comes (_answered).
+                return self._enqueue(encodeMessage(event, via, maxHops, event.routingId), True)
             request = encodeRequest(event, via, maxHops, newRoutingId())
         except ValueError as e:
             log.error("Cannot send {event!r} to {peer}: {error}", event=event, peer=self.name, error=e)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import random
 import unicodedata
 from typing import Any
 
@@ -23,7 +24,7 @@ from imgateway.adapters.xmpp.adapter import XMPPAdapter
 from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory, C2SProtocol, _messageElement, _presenceElement
 from imgateway.adapters.xmpp.jid import jidOf
 from imgateway.adapters.xmpp.mapping import presenceStanzaParts
-from imgateway.adapters.xmpp.stream import IDLE_PARSER_SECONDS, NS_STREAM_LIMITS, StreamLimits, xmlSafe
+from imgateway.adapters.xmpp.stream import IDLE_PARSER_SECONDS, NS_STREAM_LIMITS, LightStanza, StreamLimits, xmlSafe
 from imgateway.auth.sasl import clientMechanism
 from imgateway.config import ConfigTable
 from imgateway.core.address import Address
@@ -985,3 +986,140 @@ class SerialisedStanzaTests(C2STestsMixin, SynchronousTestCase):
         for i, c in enumerate(clients):
             [presence] = c.read()
             self.assertEqual((presence["from"], presence["to"], str(presence.status)), ("bob@corp.example", f"alice@corp.example/r{i}", "a note for all"))
+
+
+def clientStanzas(seed: int, count: int) -> list[str]:
+    """
+    C{count} stanzas a client might send once bound, drawn with C{seed}:
+    messages and presences of every type, to good, bad, missing and remote
+    addresses, with and without ids, bodies of every kind (empty, escaped,
+    non-ASCII, CDATA, with C{xml:lang}), extra and nested children.
+    """
+    rng = random.Random(seed)
+    tos = [
+        "bob@corp.example", "bob@corp.example/phone", "BOB@Corp.Example", "corp.example", "ghost@corp.example",
+        "@bad", "bob@other.example", "alice@corp.example", None, "",
+    ]
+    ids = [None, "m1", "x" * 200, "a b", "caf\u00e9", "&amp;"]
+    bodies = [
+        None, "<body>hello</body>", "<body/>", "<body>caf\u00e9 \u2603 \U0001d11e</body>", "<body>a &amp; b &lt;c&gt; &#x263A;</body>",
+        "<body><![CDATA[<b>x</b>]]></body>", "<body xml:lang='de'>hallo</body>", "<body>one</body><body>two</body>",
+        "<thread>t</thread><body>after a thread</body>", "<body>x</body><active xmlns='http://jabber.org/protocol/chatstates'/>",
+        "<body>x<b>nested</b></body>", "<subject>s</subject>", "<body>line\r\nnext</body>", "<body>" + "y" * 3000 + "</body>",
+        "<body>  spaced  </body>", "<body>\n</body>", "\n <body>x</body>\n",
+    ]
+    presenceTypes = [None, None, None, "unavailable", "subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe", "error", "bogus"]
+    presenceChildren = [
+        "", "<show>away</show>", "<show> dnd </show><status>busy &amp; more</status>", "<status>caf\u00e9</status>",
+        "<show>chat</show><priority>3</priority>", "<show>bogus</show>", "<status/>", "<status> spaced </status>", "<c xmlns='http://jabber.org/protocol/caps' node='n'/>",
+    ]
+    stanzas = []
+    for _ in range(count):
+        attributes = ""
+        if rng.random() < 0.75:
+            to = rng.choice(tos)
+            if to is not None:
+                attributes += f" to='{to}'"
+        if rng.random() < 0.3:
+            attributes += " xml:lang='en'"
+        if rng.random() < 0.7:
+            kind = rng.choice(["message"] * 3 + ["presence"])
+        else:
+            kind = "presence" if rng.random() < 0.5 else "message"
+        if kind == "message":
+            kind_ = rng.choice([None, "chat", "chat", "normal", "headline", "groupchat", "error", "bogus"])
+            if kind_ is not None:
+                attributes += f" type='{kind_}'"
+            messageId = rng.choice(ids)
+            if messageId is not None:
+                attributes += f" id='{messageId}'"
+            body = rng.choice(bodies)
+            stanzas.append(f"<message{attributes}>{body or ''}</message>" if body or rng.random() < 0.5 else f"<message{attributes}/>")
+        else:
+            kind_ = rng.choice(presenceTypes)
+            if kind_ is not None:
+                attributes += f" type='{kind_}'"
+            stanzas.append(f"<presence{attributes}>{rng.choice(presenceChildren)}</presence>")
+    return stanzas
+
+
+class LightStanzaTests(SynchronousTestCase):
+    """
+    The face handles a client's messages and presences alike whether they
+    come as light stanzas (L{C2SProtocol.lightStanzas}) or as domish trees:
+    the same core events (messages delivered, presence published,
+    subscriptions) and the same bytes back to the client (stanza errors
+    quote the stanza they answer).
+    """
+
+    def handle(self, light: bool, stanzas: list[str] | list[bytes], oneRead: bool) -> tuple[object, int]:
+        """
+        Bind alice, with bob online on another face, and send C{stanzas}.
+
+        @return: What the face did, and how many light stanzas it handled.
+        """
+        clock = Clock()
+        gateway = memoryGateway(clock)
+        alice = addUser(gateway, "alice", "alice-pw")
+        bob = addUser(gateway, "bob", "bob-pw")
+        limits = StreamLimits(stanzasPerSecond=1e9, stanzaBurst=10**9, maxQueuedStanzas=10**6)
+        factory = C2SFactory(gateway, C2SConfig(requireTLS=False, limits=limits), None, clock)
+        c = Client(factory)
+        c.protocol.lightStanzas = light
+        handled = []
+        received = c.protocol.stanzaReceived
+
+        def count(element: Any) -> None:
+            handled.append(isinstance(element, LightStanza))
+            received(element)
+
+        c.protocol.stanzaReceived = count  # type: ignore[method-assign]
+        c.bind("alice", "alice-pw")
+        bobClient = RecordingSessionClient()
+        session = self.successResultOf(gateway.homeServer.openSession(bob, bobClient))
+        session.publish(Presence())
+        c.read()
+        whole = b"".join(s.encode("utf-8") if isinstance(s, str) else s for s in stanzas)
+        given = {part.split("'")[0] for part in whole.decode("utf-8").split(" id='")[1:]}
+        if oneRead:
+            c.write(whole)
+        else:
+            for stanza in stanzas:
+                c.write(stanza)
+        written = c.transport.value()
+        messages = [(m.sender, m.recipient, m.body, m.contentType, m.messageId if m.messageId in given else "made") for m in bobClient.messages]
+        return (
+            written,
+            messages,
+            bobClient.presences,
+            [(e.sender, e.kind) for e in bobClient.subscriptions],
+            gateway.homeServer.presenceOf(alice),
+            c.protocol._closed,
+        ), sum(handled)
+
+    def test_sameEvents(self) -> None:
+        """
+        Hundreds of generated stanzas, one per read and all in one read,
+        give the same events and bytes with light stanzas as without; most
+        of them came light.
+        """
+        for seed in range(6):
+            stanzas = clientStanzas(seed, 120)
+            for oneRead in (False, True):
+                domishResult, none = self.handle(False, stanzas, oneRead)
+                lightResult, light = self.handle(True, stanzas, oneRead)
+                self.assertEqual(none, 0)
+                self.assertGreater(light, len(stanzas) // 2)
+                self.assertEqual(domishResult, lightResult, (seed, oneRead))
+
+    def test_bytewise(self) -> None:
+        """
+        The same stanzas one byte per read give the same events and bytes.
+        """
+        stanzas = clientStanzas(99, 40)
+        data = "".join(stanzas).encode("utf-8")
+
+        def run(light: bool) -> object:
+            return self.handle(light, [data[i : i + 1] for i in range(len(data))], False)[0]
+
+        self.assertEqual(run(False), run(True))

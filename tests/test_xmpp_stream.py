@@ -12,6 +12,8 @@ C{bench/xmpp_parser_probe.py}.
 from __future__ import annotations
 
 import gc
+import itertools
+import random
 import weakref
 
 from twisted.internet.address import IPv4Address
@@ -27,6 +29,7 @@ from imgateway.adapters.xmpp.stream import (
     NS_XMPP_ERRORS,
     HardenedXmlStream,
     IDLE_PARSER_SECONDS,
+    LightStanza,
     RestrictedXML,
     StreamLimits,
     TEXT_BUFFER_CHARS,
@@ -169,7 +172,12 @@ class Output:
 class StreamTestCase(SynchronousTestCase):
     """
     Connects a L{HardenedXmlStream} to a L{StringTransport} and a L{Clock}.
+
+    @cvar streamClass: The stream class tested (the C{Light*} variants at
+        the end of this module run the same tests with light stanzas).
     """
+
+    streamClass: type[HardenedXmlStream] = HardenedXmlStream
 
     def connect(self, limits: StreamLimits = StreamLimits(), authenticated: bool = False) -> tuple[HardenedXmlStream, StringTransport, list[domish.Element]]:
         """
@@ -177,7 +185,7 @@ class StreamTestCase(SynchronousTestCase):
             element it dispatches is appended to.
         """
         clock = self.clock = Clock()
-        xs = HardenedXmlStream(HeaderAuthenticator(), limits, clock)
+        xs = self.streamClass(HeaderAuthenticator(), limits, clock)
         received: list[domish.Element] = []
         xs.addObserver("/*", received.append)
         self.streamErrors: list[Failure] = []
@@ -1421,3 +1429,354 @@ class IdleParserTests(StreamTestCase):
         self.feed(xs, HEADER, b"<!-- c -->")
         self.assertStreamError(transport, "restricted-xml")
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class LightStream(HardenedXmlStream):
+    """
+    A stream that asks for light stanzas and counts those it gets; they go
+    on to the observers as domish trees (L{HardenedXmlStream.stanzaReceived}).
+
+    @ivar light: How many L{LightStanza}s arrived.
+    """
+
+    lightStanzas = True
+    light = 0
+
+    def stanzaReceived(self, element: domish.Element | LightStanza) -> None:
+        if isinstance(element, LightStanza):
+            self.light += 1
+        super().stanzaReceived(element)
+
+
+class LightHeaderTests(HeaderTests):
+    """
+    L{HeaderTests} with light stanzas.
+    """
+
+    streamClass = LightStream
+
+
+class LightRestrictedXMLTests(RestrictedXMLTests):
+    """
+    L{RestrictedXMLTests} with light stanzas.
+    """
+
+    streamClass = LightStream
+
+
+class LightNotWellFormedTests(NotWellFormedTests):
+    """
+    L{NotWellFormedTests} with light stanzas.
+    """
+
+    streamClass = LightStream
+
+
+class LightStanzaSizeTests(StanzaSizeTests):
+    """
+    L{StanzaSizeTests} with light stanzas: the byte caps count the same.
+    """
+
+    streamClass = LightStream
+
+
+class LightElementCountTests(ElementCountTests):
+    """
+    L{ElementCountTests} with light stanzas: elements count the same.
+    """
+
+    streamClass = LightStream
+
+
+class LightRateLimitTests(RateLimitTests):
+    """
+    L{RateLimitTests} with light stanzas in the queue.
+    """
+
+    streamClass = LightStream
+
+
+class LightTextBufferTests(TextBufferTests):
+    """
+    L{TextBufferTests} with light stanzas.
+    """
+
+    streamClass = LightStream
+
+
+class LightIdleParserTests(IdleParserTests):
+    """
+    L{IdleParserTests} with light stanzas: an open light stanza keeps the
+    parser as an open domish one does.
+    """
+
+    streamClass = LightStream
+
+
+def shape(node: domish.Element | str) -> object:
+    """
+    Everything domish records of a parsed element, recursively: namespace,
+    name, default namespace, attributes, prefixes, content in order (text
+    pieces as they are), and whether each child knows its parent.
+    """
+    if isinstance(node, str):
+        return node
+    return (
+        node.uri,
+        node.name,
+        node.defaultUri,
+        dict(node.attributes),
+        dict(node.localPrefixes),
+        [shape(c) for c in node.children],
+        [(c.parent is node, c.parent is None) for c in node.children if not isinstance(c, str)],
+    )
+
+
+#: Stanzas for the differential tests: the common shapes (built light) and
+#: everything that must turn them domish, or refuse them, on the way.
+LIGHT = [
+    b"<message to='bob@corp.example/desk' type='chat' id='m1'><body>hello</body></message>",
+    b"<message to='bob@corp.example' type='chat'><body>caf\xc3\xa9 \xe2\x98\x83 \xf0\x9d\x84\x9e</body></message>",
+    b"<message to='b@c' id='e'><body>a &amp; b &lt;c&gt; &#x263A;&#65;&quot;&apos;</body></message>",
+    b"<message to='b@c'><body><![CDATA[<b>not</b> & markup]]> after</body></message>",
+    b"<message to='b@c'><body>line\r\nnext\rthird\n</body></message>",
+    b"<message to='b@c'>\n  <body>x</body>\n  <thread>t1</thread>\n</message>",
+    b"<message to='b@c'><body/></message>",
+    b"<message to='b@c'><body></body><body>second</body></message>",
+    b"<message to='b@c'><subject>s</subject><body a='1' b=\"2\">x</body></message>",
+    b"<message to='b@c' type='chat'/>",
+    b"<message>text at the top<body>x</body>more</message>",
+    b"<presence/>",
+    b"<presence type='unavailable'/>",
+    b"<presence><show>away</show><status>out &amp; about</status><priority>5</priority></presence>",
+    b"<presence to='bob@corp.example' type='subscribe'/>",
+    b"<message xmlns='jabber:client' to='b@c'><body>explicit default</body></message>",
+    b"<message to='b@c'><body>" + b"long text " * 700 + b"</body></message>",
+]
+TURNING = [
+    b"<message xml:lang='en' to='b@c'><body>x</body></message>",
+    b"<message to='b@c'><body xml:lang='de'>x</body></message>",
+    b"<message to='b@c'><body>x</body><active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+    b"<message to='b@c'><x xmlns='jabber:x:oob'><url>http://x/</url></x><body>y</body></message>",
+    b"<message to='b@c'><body>x<b>bold</b>y</body></message>",
+    b"<message to='b@c'><html><body>deep</body></html></message>",
+    b"<message to='b@c'><body xmlns='jabber:client'>explicit on child</body></message>",
+    b"<message xmlns='jabber:server' to='b@c'><body>other</body></message>",
+    b"<c:message xmlns:c='jabber:client' to='b@c'><c:body>prefixed</c:body></c:message>",
+    b"<message to='b@c'><body xmlns=''>no namespace</body></message>",
+    b"<message xmlns:z='urn:z' z:a='1' to='b@c'><body>x</body></message>",
+    b"<message to='b@c'><body xmlns:z='urn:z' z:a='1'>x</body></message>",
+    b"<message to='b@c'><db:result>k</db:result><body>x</body></message>",
+    b"<db:result to='corp.example'>key</db:result>",
+    b"<iq type='get' id='i1'><query xmlns='jabber:iq:roster'/></iq>",
+    b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r</resource></bind></iq>",
+    b"<message to='b@c'><body>x</body><thread/><thread/><thread/></message>",
+]
+HOSTILE = [
+    b"<message to='b@c'><body>x<!-- comment --></body></message>",
+    b"<message to='b@c'><body>x<?pi data?></body></message>",
+    b"<message to='b@c'><body>&undefined;</body></message>",
+    b"<message to='b@c'><body>x</bdy></message>",
+    b"<message to='b@c'><body>&#0;</body></message>",
+    b"<message to='b@c'><body>\xff\xfe</body></message>",
+    b"<message to='b@c'><u:body>unbound</u:body></message>",
+    b"<message to='b@c' to='twice'><body>x</body></message>",
+    b"<message to='b@c'><body>x</body></message><!DOCTYPE x>",
+    b"<message to='b@c'><body>x</body></message></stream:stream>",
+    b"<message to='b@c'><body>" + b"y" * 900 + b"</body></message>",
+]
+
+def randomStanza(rng: random.Random, depth: int) -> str:
+    """
+    A random element for L{LightDifferentialTests.test_generated}: mostly
+    the shapes a client sends, sometimes anything XML (or not quite XML)
+    allows.
+    """
+    names = ["message", "presence", "iq"] if depth == 0 else ["body", "show", "status", "thread", "x", "subject", "message"]
+    name = rng.choice(names)
+    declarations = ""
+    roll = rng.random()
+    if roll < 0.08:
+        declarations = f" xmlns='{rng.choice(['jabber:client', 'urn:x', ''])}'"
+    elif roll < 0.13:
+        name = "p:" + name
+        declarations = f" xmlns:p='{rng.choice(['jabber:client', 'urn:p'])}'"
+    elif roll < 0.15:
+        name = "u:" + name  # unbound: not well-formed
+    attributes = ""
+    for key in rng.sample(["to", "type", "id", "xml:lang", "q:a", "from"], rng.randint(0, 3)):
+        if key == "q:a":
+            attributes += " xmlns:q='urn:q' q:a='1'"
+        else:
+            value = rng.choice(["bob@corp.example", "chat", "x&amp;y", "caf\u00e9", ""])
+            attributes += f" {key}='{value}'"
+    if rng.random() < 0.03:
+        attributes += " to='twice' to='again'"
+    content = ""
+    for _ in range(rng.randint(0, 3)):
+        if depth < 3 and rng.random() < 0.4:
+            content += randomStanza(rng, depth + 1)
+        else:
+            content += rng.choice(
+                ["hi", " ", "\n", "&amp;", "&lt;b&gt;", "&#x263A;", "&#65;", "<![CDATA[x<y]]>", "caf\u00e9 \u2603", "x" * 50]
+                if rng.random() < 0.97
+                else ["&#0;", "]]>", "<", "\x01", "&bogus;", "<!--c-->", "<?pi x?>"]
+            )
+    if not content and rng.random() < 0.5:
+        return f"<{name}{declarations}{attributes}/>"
+    return f"<{name}{declarations}{attributes}>{content}</{name}>"
+
+
+#: Small caps, so that the hostile inputs hit them within a few stanzas.
+SMALL = StreamLimits(stanzaBytes=1000, elements=4, stanzasPerSecond=1000.0, stanzaBurst=1000, maxQueuedStanzas=1000)
+
+
+class LightDifferentialTests(StreamTestCase):
+    """
+    A stream with light stanzas and one without, given the same bytes cut
+    the same way, hand on the same elements (as domish trees: everything
+    domish records of them) and write the same bytes (header, stream
+    errors), whatever the input: common stanzas, stanzas that turn domish
+    half-way, hostile ones, in one read, cut at every byte, byte by byte,
+    and coalesced into floods.
+    """
+
+    def both(self, pieces: list[bytes], limits: StreamLimits = SMALL) -> int:
+        """
+        Feed C{pieces} to both streams and compare what they did.
+
+        @return: How many light stanzas the light stream handled.
+        """
+        results = []
+        light = 0
+        for streamClass in (HardenedXmlStream, LightStream):
+            self.streamClass = streamClass
+            xs, transport, received = self.connect(limits, authenticated=True)
+            for piece in pieces:
+                xs.dataReceived(piece)
+            errors = [(getattr(f.value, "condition", None), getattr(f.value, "text", None)) for f in self.streamErrors]
+            results.append(([shape(e) for e in received], transport.value(), errors, transport.disconnecting, xs.queuedStanzas))
+            if isinstance(xs, LightStream):
+                light = xs.light
+            xs.connectionLost(Failure(ConnectionError()))
+        self.assertEqual(results[0], results[1], repr(pieces)[:500])
+        return light
+
+    def test_wholeStanzas(self) -> None:
+        """
+        Each stanza alone after the header, in one read: the same elements;
+        the common ones came light, those that turn domish or are refused
+        did not.
+        """
+        for stanza in LIGHT:
+            self.assertEqual(self.both([HEADER + stanza], StreamLimits()), 1, repr(stanza))
+        for stanza in TURNING:
+            self.assertEqual(self.both([HEADER + stanza]), 0, repr(stanza))
+        for stanza in HOSTILE:
+            self.both([HEADER + stanza])
+
+    def test_splitAtEveryByte(self) -> None:
+        """
+        Each stanza, after a first one, cut in two at every byte position:
+        the same whatever the cut.
+        """
+        for stanza in LIGHT[:-1] + TURNING + HOSTILE:
+            data = FIRST + stanza + b"<presence/>"
+            for cut in range(len(data) + 1):
+                self.both([HEADER, data[:cut], data[cut:]])
+
+    def test_byteByByte(self) -> None:
+        """
+        All the stanzas one byte per read, the header included.
+        """
+        data = HEADER + b"".join(LIGHT[:-1] + TURNING)
+        self.assertEqual(self.both(chunks(data, 1), StreamLimits(elements=1000, stanzasPerSecond=1000.0, stanzaBurst=1000)), len(LIGHT) - 1)
+
+    def test_prefixedHeader(self) -> None:
+        """
+        Under a header that declares a prefix of its own, a stanza that
+        uses it, and one of another default namespace, turn domish alike.
+        """
+        stanzas = [
+            b"<message to='b@c'><db:result>k</db:result></message>",
+            b"<db:message to='b@c'><body>x</body></db:message>",
+        ]
+        for stanza in stanzas:
+            for cut in range(len(stanza) + 1):
+                self.both([PREFIXED_OPEN, stanza[:cut], stanza[cut:]])
+        other = b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' to='corp.example' version='1.0'>"
+        self.assertEqual(self.both([other + LIGHT[0]]), 0)
+
+    def test_floods(self) -> None:
+        """
+        Hundreds of stanzas of every kind in one read (past the rate limit,
+        so most wait in the queue), and past the queue's bound, alike.
+        """
+        mixed = b"".join(itertools.islice(itertools.cycle(LIGHT[:-1] + TURNING), 600))
+        self.both([HEADER + mixed], StreamLimits(stanzasPerSecond=10.0, stanzaBurst=20, maxQueuedStanzas=1000))
+        self.both([HEADER + mixed], StreamLimits(stanzasPerSecond=10.0, stanzaBurst=20, maxQueuedStanzas=100))
+        self.both([HEADER, mixed[:7000], mixed[7000:]], StreamLimits(stanzasPerSecond=10.0, stanzaBurst=20, maxQueuedStanzas=1000))
+
+    def test_elementCapBoundary(self) -> None:
+        """
+        With a cap of N elements, a light stanza of N elements is handled
+        and one of N + 1 refused, counted as domish counts them, whether
+        the one too many is a plain child or one that turns it domish.
+        """
+        for cap in (1, 2, 3):
+            limits = StreamLimits(elements=cap)
+            fits = b"<message to='b@c'>" + b"<body>x</body>" * (cap - 1) + b"</message>"
+            self.assertEqual(self.both([HEADER + fits], limits), 1)
+            for extra in (b"<body>x</body>", b"<x xmlns='urn:x'/>"):
+                over = fits.replace(b"</message>", extra + b"</message>")
+                self.both([HEADER + over], limits)
+                self.both(chunks(HEADER + over, 7), limits)
+
+    def test_byteCapBoundary(self) -> None:
+        """
+        Light stanzas are held to the byte cap as domish ones: the cap is
+        accepted, one byte more refused, in one read or in pieces.
+        """
+        for cap in (200, 1000):
+            limits = StreamLimits(stanzaBytes=cap)
+            for size in (cap, cap + 1):
+                stanza = messageUpToClosingTag(size)
+                self.both([HEADER + FIRST + stanza], limits)
+                self.both([HEADER, FIRST, *chunks(stanza, 13)], limits)
+
+    def test_generated(self) -> None:
+        """
+        Random stanzas (random names, namespaces declared or prefixed or
+        unbound, attributes plain, namespaced, duplicated or C{xml:lang},
+        text with entities, character references, CDATA, comments, processing
+        instructions and non-ASCII, children nested up to three deep), cut at
+        random places, give the same on both streams; many of them came
+        light.
+        """
+        light = 0
+        for seed in range(200):
+            rng = random.Random(seed)
+            data = b"".join(randomStanza(rng, 0).encode("utf-8") for _ in range(8))
+            cuts = sorted(rng.sample(range(len(data) + 1), min(6, len(data) + 1)))
+            pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+            light += self.both([HEADER, *pieces], StreamLimits(elements=12, stanzasPerSecond=1000.0, stanzaBurst=1000))
+        self.assertGreater(light, 150)
+
+    def test_lightElement(self) -> None:
+        """
+        L{LightStanza.element} is made once, and its text and attributes
+        are those C{childText} and C{getAttribute} give.
+        """
+        self.streamClass = LightStream
+        xs, transport, received = self.connect(StreamLimits())
+        got: list[domish.Element | LightStanza] = []
+        xs.stanzaReceived = got.append  # type: ignore[method-assign, assignment]
+        self.feed(xs, HEADER, b"<message to='b@c'><body>a</body><body>b</body><thread/></message>")
+        [stanza] = got
+        assert isinstance(stanza, LightStanza)
+        self.assertIs(stanza.element(), stanza.element())
+        self.assertEqual(stanza.childText("body"), "a")
+        self.assertEqual(stanza.childText("thread"), "")
+        self.assertIsNone(stanza.childText("subject"))
+        self.assertEqual(stanza.getAttribute("to"), "b@c")
+        self.assertIsNone(stanza.getAttribute("from"))

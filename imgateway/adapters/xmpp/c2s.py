@@ -55,7 +55,7 @@ from imgateway.adapters.xmpp.mapping import (
     stanzaErrorFor,
     stanzaErrorText,
 )
-from imgateway.adapters.xmpp.stream import HardenedXmlStream, StreamLimits, xmlAttribute, xmlSafe, xmlTextElement
+from imgateway.adapters.xmpp.stream import HardenedXmlStream, LightStanza, StreamLimits, xmlAttribute, xmlSafe, xmlTextElement
 from imgateway.auth.sasl import SASLFailure, mechanismsFor, serverMechanism
 from imgateway.core.address import Address
 from imgateway.core.errors import DeliveryError, InvalidAddress, QuotaExceeded, ServiceUnavailable, TooManySessions
@@ -84,6 +84,10 @@ NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 #: Features announced in disco#info.
 FEATURES = (NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, NS_VERSION, NS_COMMANDS)
+
+#: A client's stanza: a domish tree, or one of the commonest as parsed for
+#: the hot path (L{HardenedXmlStream.lightStanzas}).
+_Stanza = domish.Element | LightStanza
 
 #: Longest resourcepart we keep (clients may send longer ones; we replace them).
 MAX_RESOURCE_CHARS = 256
@@ -132,6 +136,8 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
     factory: C2SFactory
     #: The SASL mechanism of the last <auth/>, for /metrics.
     mechanismName = "none"
+    #: The commonest stanzas are parsed without domish trees.
+    lightStanzas = True
 
     def __init__(self, gateway: IGateway, config: C2SConfig, clock: IReactorTime, tls: Any | None) -> None:
         super().__init__(_Authenticator(), config.limits, clock)
@@ -315,6 +321,21 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             features.addElement((NS_BIND, "bind"))
             features.addElement((NS_SESSION, "session")).addElement("optional")
         return features
+
+    def stanzaReceived(self, element: domish.Element | LightStanza) -> None:
+        if not isinstance(element, LightStanza):
+            self.elementReceived(element)
+            return
+        # A <message> or <presence> of jabber:client, handled as
+        # elementReceived's last branch handles them.
+        if self._closed:
+            return
+        if self.address is None:
+            self._fail("not-authorized", "log in first")
+        elif self.session is None:
+            self._fail("not-authorized", "bind a resource first")
+        else:
+            self._stanza(element)
 
     def elementReceived(self, element: domish.Element) -> None:
         if self._closed:
@@ -509,7 +530,7 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         assert self.session is not None
         return self.session
 
-    def _stanza(self, stanza: domish.Element) -> None:
+    def _stanza(self, stanza: _Stanza) -> None:
         name = stanza.name
         try:
             if name == "message":
@@ -517,7 +538,7 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             elif name == "presence":
                 self._presence_(stanza)
             else:
-                self._iq(stanza)
+                self._iq(stanza.element() if isinstance(stanza, LightStanza) else stanza)
         except InvalidJID as e:
             self._error(stanza, "jid-malformed", "modify", str(e))
 
@@ -525,27 +546,28 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         to = stanza.getAttribute("to")
         return parseJID(to) if to else None
 
-    def _message(self, stanza: domish.Element) -> None:
-        kind = stanza.getAttribute("type") or "normal"
+    def _message(self, stanza: _Stanza) -> None:
+        attributes = stanza.attributes
+        kind = attributes.get("type") or "normal"
         if kind == "error":
             return
-        to = self._to(stanza)
-        if to is None or to.user is None:
+        to = attributes.get("to")
+        jid = parseJID(to) if to else None
+        if jid is None or jid.user is None:
             self._error(stanza, "service-unavailable", "cancel")
             return
         if kind == "groupchat":
             self._error(stanza, "service-unavailable", "cancel", "group chat is not offered here")
             return
-        body = _child(stanza, NS_CLIENT, "body")
+        body = _childText(stanza, "body")
         if body is None or kind == "headline":
             return  # chat states, receipts, headlines: nothing to deliver
-        recipient = addressOf(to)
-        messageId = stanza.getAttribute("id")
+        recipient = addressOf(jid)
+        messageId = attributes.get("id")
         ours = messageId if messageId and len(messageId) <= 128 and messageId.isprintable() and " " not in messageId else None
-        d = self._session.sendMessage(recipient, str(body), "text/plain", ours)
-        d.addErrback(self._deliveryFailed, stanza)
+        self._session.sendMessage(recipient, body, "text/plain", ours).addErrback(self._deliveryFailed, stanza)
 
-    def _deliveryFailed(self, f: Failure, stanza: domish.Element) -> None:
+    def _deliveryFailed(self, f: Failure, stanza: _Stanza) -> None:
         if f.check(DeliveryError):
             spec, content = stanzaErrorFor(f.value)  # type: ignore[arg-type]
             self._error(stanza, spec.condition, spec.type, stanzaErrorText(f.value), content)  # type: ignore[arg-type]
@@ -555,17 +577,19 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             self.log.failure("Delivering a message from {jid}", f, jid=self.fullJID)
             self._error(stanza, "internal-server-error", "cancel")
 
-    def _presence_(self, stanza: domish.Element) -> None:
-        kind = stanza.getAttribute("type")
-        to = self._to(stanza)
-        if to is not None and kind in SUBSCRIPTION_KINDS:
-            self._subscription(SUBSCRIPTION_KINDS[kind], addressOf(to))
+    def _presence_(self, stanza: _Stanza) -> None:
+        attributes = stanza.attributes
+        kind = attributes.get("type")
+        to = attributes.get("to")
+        jid = parseJID(to) if to else None
+        if jid is not None and kind in SUBSCRIPTION_KINDS:
+            self._subscription(SUBSCRIPTION_KINDS[kind], addressOf(jid))
             return
-        if to is not None or kind not in (None, "unavailable"):
+        if jid is not None or kind not in (None, "unavailable"):
             return  # directed presence, probes, errors: not offered
-        show = _child(stanza, NS_CLIENT, "show")
-        status = _child(stanza, NS_CLIENT, "status")
-        presence = presenceFromXMPP(kind is None, str(show).strip() if show is not None else None, str(status) if status is not None else "")
+        show = _childText(stanza, "show")
+        status = _childText(stanza, "status")
+        presence = presenceFromXMPP(kind is None, show.strip() if show is not None else None, status if status is not None else "")
         self._publish(presence)
         if kind is None and not self._available:
             self._available = True
@@ -753,7 +777,7 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
 
     def _error(
         self,
-        stanza: domish.Element,
+        stanza: _Stanza,
         condition: str,
         kind: str,
         text: str | None = None,
@@ -767,6 +791,8 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         """
         if stanza.getAttribute("type") == "error" or self._closed:
             return
+        if isinstance(stanza, LightStanza):
+            stanza = stanza.element()
         reply = error.StanzaError(condition, kind, text or None).toResponse(stanza)
         if content:
             for e in reply.elements(NS_CLIENT, "error"):
@@ -940,6 +966,17 @@ def _child(element: domish.Element, uri: str, name: str) -> domish.Element | Non
     for child in element.elements(uri, name):
         return child  # type: ignore[no-any-return]
     return None
+
+
+def _childText(stanza: _Stanza, name: str) -> str | None:
+    """
+    The text of a stanza's first child C{name} of C{jabber:client} (its
+    first text, C{""} when it holds none), or C{None} without such a child.
+    """
+    if isinstance(stanza, LightStanza):
+        return stanza.childText(name)
+    child = _child(stanza, NS_CLIENT, name)
+    return None if child is None else str(child)
 
 
 def _b64decode(text: str) -> bytes | None:

@@ -41,6 +41,14 @@ section 1.6).
   parser is dropped; the next bytes get a new one, first given the peer's
   own stream header (its namespace declarations only), so they parse as
   they would have. Every cap above holds across the drop.
+- A stream may ask for light stanzas (L{HardenedXmlStream.lightStanzas}):
+  the commonest stanzas (a C{<message>} or C{<presence>} of the default
+  namespace whose children hold only text) are then built as
+  L{LightStanza}s, not domish trees, and handed on with the same checks and
+  at the same points; anything else in such a stanza (a namespace
+  declaration, a namespaced attribute, a grandchild, another name) turns
+  it into the domish tree domish would have built, and parsing goes on
+  the domish way. L{LightStanza.element} builds that tree on demand.
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ __all__ = [
     "NS_XMPP_ERRORS",
     "HardenedXmlStream",
     "IDLE_PARSER_SECONDS",
+    "LightStanza",
     "RestrictedXML",
     "StreamLimits",
     "TEXT_BUFFER_CHARS",
@@ -199,16 +208,133 @@ _QUIET_TAIL = re.compile(rb"\A(?:</[^<>]*>)?[ \t\r\n]*\Z")
 _MAX_TAIL = 64
 
 
+#: The namespace of light stanzas and of their children (the c2s default).
+_LIGHT_URI = "jabber:client"
+
+#: expat's names (namespace, a space, local name) of the top-level elements
+#: that may be built light, and their local names.
+_LIGHT_TOP = {f"{_LIGHT_URI} message": "message", f"{_LIGHT_URI} presence": "presence"}
+
+_LIGHT_PREFIX = _LIGHT_URI + " "
+_LIGHT_PREFIX_LENGTH = len(_LIGHT_PREFIX)
+
+
+class _LightChild:
+    """
+    A child of a L{LightStanza}: an element of the stanza's namespace with
+    only text in it.
+
+    @ivar name: Its local name.
+    @ivar attributes: Its attributes (none namespaced), as expat gave them.
+    @ivar chunks: Its text, in the pieces expat gave it.
+    """
+
+    __slots__ = ("name", "attributes", "chunks")
+
+    def __init__(self, name: str, attributes: dict[str, str]) -> None:
+        self.name = name
+        self.attributes = attributes
+        self.chunks: list[str] = []
+
+
+class LightStanza:
+    """
+    A stanza parsed without a domish tree, for the hot path (see the module
+    docstring): a top-level element of C{jabber:client} that declares no
+    namespace and has no namespaced attribute, whose children are elements
+    of the same namespace, equally plain, holding only text.
+
+    @ivar uri: Its namespace, C{jabber:client}.
+    @ivar name: Its local name (C{message} or C{presence}).
+    @ivar defaultUri: The default namespace in scope, as domish records it.
+    @ivar attributes: Its attributes, as domish's C{Element.attributes}.
+    @ivar children: Its content in order: text in the pieces expat gave it
+        and L{_LightChild}ren.
+    """
+
+    __slots__ = ("name", "defaultUri", "attributes", "children", "_element")
+
+    uri = _LIGHT_URI
+
+    def __init__(self, name: str, defaultUri: str, attributes: dict[str, str]) -> None:
+        self.name = name
+        self.defaultUri = defaultUri
+        self.attributes = attributes
+        self.children: list[str | _LightChild] = []
+        self._element: domish.Element | None = None
+
+    def getAttribute(self, name: str, default: str | None = None) -> str | None:
+        """
+        An attribute's value, as domish's C{Element.getAttribute}.
+        """
+        return self.attributes.get(name, default)
+
+    def childText(self, name: str) -> str | None:
+        """
+        The text of the first child called C{name}: what C{str()} gives of
+        domish's element for it (C{""} when it holds none), or C{None}
+        without such a child.
+        """
+        for child in self.children:
+            if child.__class__ is _LightChild and child.name == name:
+                chunks = child.chunks
+                return chunks[0] if len(chunks) == 1 else "".join(chunks)
+        return None
+
+    def element(self) -> domish.Element:
+        """
+        The stanza as the domish tree domish's parser would have built from
+        the same events (made once).
+        """
+        if self._element is None:
+            self._element = self._build(False)[0]
+        return self._element
+
+    def _build(self, childOpen: bool) -> tuple[domish.Element, domish.Element | None]:
+        """
+        Build the domish tree, as domish's parser does it, event by event:
+        a child that has ended no longer links to its parent (as domish's
+        in L{_ElementStream._onEndElement}).
+
+        @param childOpen: Whether the last child is still open (when the
+            parser turns domish mid-stanza): it keeps its parent, to climb
+            back up to when it ends.
+        @return: The stanza's element, and that of its last child if that
+            child is still open.
+        """
+        uri, defaultUri = _LIGHT_URI, self.defaultUri
+        top = domish.Element((uri, self.name), defaultUri, self.attributes, {})
+        last: domish.Element | None = None
+        for item in self.children:
+            if isinstance(item, str):
+                top.addContent(item)
+                continue
+            last = domish.Element((uri, item.name), defaultUri, item.attributes, {})
+            top.children.append(last)
+            for chunk in item.chunks:
+                last.addContent(chunk)
+        if not childOpen or last is None:
+            return top, None
+        last.parent = top
+        return top, last
+
+
+def _tooManyElements() -> domish.ParserError:
+    return domish.ParserError("Maximum element count exceeded")
+
+
 class _ElementStream(domish.ExpatElementStream):
     """
     domish's expat element stream as an XMPP stream wants it: no DTD,
     comment or processing instruction, only XML 1.0 in UTF-8 (each raises
-    L{RestrictedXML}); character data buffered by expat; and the end of
-    each stanza reported with its byte position, for the stanza cap.
+    L{RestrictedXML}); character data buffered by expat; the end of each
+    stanza reported with its byte position, for the stanza cap; and, when
+    L{light}, the commonest stanzas built as L{LightStanza}s.
 
     @ivar stanzaEnding: Called with expat's byte position when a stanza
         ends (the first byte of its closing tag, or after the last byte of
         an empty-element tag), before the stanza is handed on.
+    @ivar light: Whether to build light stanzas.
     """
 
     # Stanza bytes are counted by HardenedXmlStream (see its _checkSize):
@@ -217,9 +343,14 @@ class _ElementStream(domish.ExpatElementStream):
     # read.
     maxStanzaSize = sys.maxsize
 
+    light = False
+
     def __init__(self) -> None:
         super().__init__()
         self.stanzaEnding: Callable[[int], None] = lambda position: None
+        # The light stanza being parsed, and its child still open.
+        self._lightStanza: LightStanza | None = None
+        self._lightChild: _LightChild | None = None
         parser = self.parser
         # The size first: setting it once the buffer exists reallocates it.
         parser.buffer_size = TEXT_BUFFER_CHARS
@@ -230,7 +361,84 @@ class _ElementStream(domish.ExpatElementStream):
         parser.ProcessingInstructionHandler = _REFUSE_PI
         parser.XmlDeclHandler = _checkDeclaration
 
+    @property
+    def stanzaOpen(self) -> bool:
+        """
+        Whether a stanza has begun and not ended.
+        """
+        return self.currElem is not None or self._lightStanza is not None
+
+    def _onStartElement(self, name: str, attrs: dict[str, str]) -> None:
+        stanza = self._lightStanza
+        if stanza is None:
+            if self.light and self.currElem is None and self.documentStarted and not self.localPrefixes and name in _LIGHT_TOP:
+                for key in attrs:
+                    if " " in key:
+                        break
+                else:
+                    # As domish counts, before anything else of the stanza.
+                    self.elementCount += 1
+                    if self.elementCount > self.maxElementCount:
+                        raise _tooManyElements()
+                    self._lightStanza = LightStanza(_LIGHT_TOP[name], self.defaultNsStack[-1], attrs)
+                    return
+            super()._onStartElement(name, attrs)
+            return
+        if self._lightChild is None and name.startswith(_LIGHT_PREFIX):
+            local = name[_LIGHT_PREFIX_LENGTH:]
+            if " " not in local:
+                for key in attrs:
+                    if " " in key:
+                        break
+                else:
+                    self.elementCount += 1
+                    if self.elementCount > self.maxElementCount:
+                        raise _tooManyElements()
+                    child = _LightChild(local, attrs)
+                    stanza.children.append(child)
+                    self._lightChild = child
+                    return
+        self._turnDomish()
+        super()._onStartElement(name, attrs)
+
+    def _turnDomish(self) -> None:
+        """
+        The light stanza being parsed turns out not to be one: build the
+        domish tree of what was parsed of it, and go on the domish way.
+        """
+        stanza = self._lightStanza
+        assert stanza is not None
+        top, last = stanza._build(self._lightChild is not None)
+        self.currElem = last if last is not None else top
+        self._lightStanza = self._lightChild = None
+
+    def _onCdata(self, data: str) -> None:
+        stanza = self._lightStanza
+        if stanza is None:
+            super()._onCdata(data)
+        elif self._lightChild is not None:
+            self._lightChild.chunks.append(data)
+        else:
+            stanza.children.append(data)
+
+    def _onStartNamespace(self, prefix: str | None, uri: str) -> None:
+        if self._lightStanza is not None:
+            self._turnDomish()
+        super()._onStartNamespace(prefix, uri)
+
     def _onEndElement(self, name: str) -> None:
+        stanza = self._lightStanza
+        if stanza is not None:
+            if self._lightChild is not None:
+                self._lightChild = None
+                return
+            # As domish ends a stanza.
+            self.stanzaEnding(self.parser.CurrentByteIndex)
+            self.ElementEvent(stanza)  # type: ignore[misc]
+            self._lightStanza = None
+            self.elementCount = 0
+            self.stanzaSize = 0
+            return
         ended = self.currElem
         if ended is not None and ended.parent is None:
             self.stanzaEnding(self.parser.CurrentByteIndex)
@@ -258,6 +466,10 @@ class HardenedXmlStream(xmlstream.XmlStream):
 
     log = Logger()
 
+    #: Whether the commonest stanzas come to L{stanzaReceived} as
+    #: L{LightStanza}s (see the module docstring) rather than domish trees.
+    lightStanzas = False
+
     def __init__(self, authenticator: Any, limits: StreamLimits, clock: IReactorTime) -> None:
         super().__init__(authenticator)
         self.limits = limits
@@ -266,7 +478,7 @@ class HardenedXmlStream(xmlstream.XmlStream):
         self._bucket = TokenBucket(limits.stanzasPerSecond, limits.stanzaBurst, clock)
         # Stanzas parsed but waiting for the rate limit, and the call that
         # handles the next of them.
-        self._queue: deque[domish.Element] = deque()
+        self._queue: deque[domish.Element | LightStanza] = deque()
         self._paused: IDelayedCall | None = None
         self._sendGuard: SendQueueGuard | None = None
         self._failed = False
@@ -315,6 +527,7 @@ class HardenedXmlStream(xmlstream.XmlStream):
         to this stream's handlers, with the caps in force.
         """
         es = _ElementStream()
+        es.light = self.lightStanzas
         self.stream = es
 
         def current(handler: Callable[..., None]) -> Callable[..., None]:
@@ -369,7 +582,7 @@ class HardenedXmlStream(xmlstream.XmlStream):
         es = self.stream
         root = self._root
         after = self._received - self._mark
-        if es is None or root is None or es.currElem is not None or self._queue or after > len(self._recent):
+        if es is None or root is None or es.stanzaOpen or self._queue or after > len(self._recent):
             return False
         tail = self._recent[len(self._recent) - after :]
         if _QUIET_TAIL.match(tail) is None:
@@ -483,7 +696,7 @@ class HardenedXmlStream(xmlstream.XmlStream):
         self.dispatch(failure.Failure(streamError), STREAM_ERROR_EVENT)
         self.sendStreamError(streamError)
 
-    def onElement(self, element: domish.Element) -> None:
+    def onElement(self, element: domish.Element | LightStanza) -> None:
         """
         A top-level element was parsed: handle it now if the rate limit
         allows and nothing waits before it, else queue it (and pause
@@ -493,7 +706,7 @@ class HardenedXmlStream(xmlstream.XmlStream):
         if self._failed:
             return
         if not self._queue and self._bucket.consume(_TOKEN):
-            self.elementReceived(element)
+            self.stanzaReceived(element)
             return
         if len(self._queue) >= self.limits.maxQueuedStanzas:
             self._streamFailed(
@@ -504,6 +717,15 @@ class HardenedXmlStream(xmlstream.XmlStream):
             return
         self._queue.append(element)
         self._pauseReading()
+
+    def stanzaReceived(self, element: domish.Element | LightStanza) -> None:
+        """
+        A top-level element (stanza or nonza) arrived, within the rate
+        limit: a L{LightStanza} only if L{lightStanzas}. Hands it to
+        L{elementReceived} as a domish tree; a stream that asks for light
+        stanzas handles them here instead.
+        """
+        self.elementReceived(element.element() if isinstance(element, LightStanza) else element)
 
     def elementReceived(self, element: domish.Element) -> None:
         """
@@ -534,7 +756,7 @@ class HardenedXmlStream(xmlstream.XmlStream):
         """
         self._paused = None
         while self._queue and not self._failed and self._bucket.consume(_TOKEN):
-            self.elementReceived(self._queue.popleft())
+            self.stanzaReceived(self._queue.popleft())
         if self._failed or self.transport is None:
             return
         if self._queue:

@@ -565,7 +565,20 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         recipient = addressOf(jid)
         messageId = attributes.get("id")
         ours = messageId if messageId and len(messageId) <= 128 and messageId.isprintable() and " " not in messageId else None
-        self._session.sendMessage(recipient, body, "text/plain", ours).addErrback(self._deliveryFailed, stanza)
+        session = self._session
+        # The outcome without a Deferred when the home server has it at
+        # once (a recipient in this process), as the native face's MESSAGE.
+        atOnce = getattr(session, "sendMessageAtOnce", None)
+        if atOnce is None:
+            session.sendMessage(recipient, body, "text/plain", ours).addErrback(self._deliveryFailed, stanza)
+            return
+        try:
+            outcome = atOnce(recipient, body, "text/plain", ours)
+        except BaseException:
+            self._deliveryFailed(Failure(), stanza)
+            return
+        if isinstance(outcome, Deferred):
+            outcome.addErrback(self._deliveryFailed, stanza)
 
     def _deliveryFailed(self, f: Failure, stanza: _Stanza) -> None:
         if f.check(DeliveryError):

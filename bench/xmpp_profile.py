@@ -56,7 +56,9 @@ def breakdown(stats: _Stats, hook: str) -> tuple[float, int, list[tuple[str, flo
     @param hook: The c2s method called once per delivery.
     @return: The busy seconds (all but C{epoll.poll}), the deliveries, and
         (what, seconds) for each part: own times by layer, and cumulative
-        times of a few functions.
+        times of a few functions; parsing is the stream's C{dataReceived}
+        less the handling of what it parsed (C{onElement}, which also
+        delivers the message or presence).
     """
     total = sum(v[2] for v in stats.values())
     busy = total - _own(stats, lambda k: k[2] == "<method 'poll' of 'select.epoll' objects>")
@@ -71,6 +73,12 @@ def breakdown(stats: _Stats, hook: str) -> tuple[float, int, list[tuple[str, flo
         ("address normalisation (cum.)", _cumulative(stats, "core/address.py", "normaliseDomain") + _cumulative(stats, "core/address.py", "_normaliseLocal")),
         (f"c2s {hook} (cum.)", _cumulative(stats, "xmpp/c2s.py", hook)),
         ("router deliver (cum.)", _cumulative(stats, "router/router.py", "deliver")),
+        ("router deliverAtOnce (cum.)", _cumulative(stats, "router/router.py", "deliverAtOnce")),
+        (
+            "parsing clients' stanzas (cum.)",
+            _cumulative(stats, "xmpp/stream.py", "dataReceived") - _cumulative(stats, "xmpp/stream.py", "onElement"),
+        ),
+        ("c2s handling them (cum.)", _cumulative(stats, "xmpp/c2s.py", "_stanza")),
     ]
     return busy, deliveries, parts
 

@@ -17,6 +17,9 @@ STATS: dict[tuple[str, int, str], tuple[int, int, float, float, object]] = {
     ("/x/imgateway/home/server.py", 393, "_sendMessage"): (100, 100, 1.0, 4.0, {}),
     ("/x/imgateway/core/address.py", 50, "normaliseDomain"): (100, 100, 0.5, 0.75, {}),
     ("/x/imgateway/router/router.py", 146, "deliver"): (100, 100, 0.25, 5.0, {}),
+    ("/x/imgateway/adapters/xmpp/stream.py", 433, "dataReceived"): (20, 20, 0.0, 3.5, {}),
+    ("/x/imgateway/adapters/xmpp/stream.py", 477, "onElement"): (100, 100, 0.0, 2.75, {}),
+    ("/x/imgateway/adapters/xmpp/c2s.py", 512, "_stanza"): (100, 100, 0.0, 2.5, {}),
 }
 
 
@@ -39,3 +42,5 @@ class BreakdownTests(SynchronousTestCase):
         self.assertEqual(got["address normalisation (cum.)"], 0.75)
         self.assertEqual(got["c2s messageReceived (cum.)"], 1.0)
         self.assertEqual(got["router deliver (cum.)"], 5.0)
+        self.assertEqual(got["parsing clients' stanzas (cum.)"], 0.75)
+        self.assertEqual(got["c2s handling them (cum.)"], 2.5)

@@ -33,7 +33,9 @@ from imgateway.adapters.xmpp.stream import (
     RestrictedXML,
     StreamLimits,
     TEXT_BUFFER_CHARS,
+    xmlAttribute,
     xmlSafe,
+    xmlText,
 )
 
 DECLARATION = b"<?xml version='1.0'?>"
@@ -1099,6 +1101,42 @@ class SendTests(StreamTestCase):
         transport.clear()
         xs.send("<message><body>\x02hi\x02\ud800</body></message>")
         self.assertEqual(transport.value(), b"<message><body>hi</body></message>")
+
+
+class EscapingTests(SynchronousTestCase):
+    """
+    L{xmlText} and L{xmlAttribute} make of any text what domish's
+    serialiser makes of it after L{xmlSafe}, whether the text needs
+    escaping or not (their shortcut for text that needs none).
+    """
+
+    def samples(self) -> list[str]:
+        """
+        Every character that is escaped or removed, alone and among others,
+        letters and digits of several scripts, and the empty string.
+        """
+        special = list(SendTests.ILLEGAL + "&<>'\"") + ["]]>", "\r\n"]
+        plain = ["", "a", "f09f507f1d8b469c8874e1cfef393e5a", "caf\u00e9", "\u0661\u0662", "\u4e2d\u6587", "x y", "\t", SendTests.LEGAL]
+        out = list(plain)
+        for p in plain:
+            for c in special:
+                out += [c, p + c, c + p, p + c + p]
+        return out
+
+    def test_text(self) -> None:
+        """
+        L{xmlText} is domish's escaping of element text after L{xmlSafe}.
+        """
+        for text in self.samples():
+            self.assertEqual(xmlText(text), domish.escapeToXml(xmlSafe(text)), repr(text))
+
+    def test_attribute(self) -> None:
+        """
+        L{xmlAttribute} is domish's escaping of an attribute value after
+        L{xmlSafe}.
+        """
+        for text in self.samples():
+            self.assertEqual(xmlAttribute(text), domish.escapeToXml(xmlSafe(text), isattrib=1), repr(text))
 
 
 class TextBufferTests(StreamTestCase):

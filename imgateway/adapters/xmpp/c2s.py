@@ -859,7 +859,12 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             return succeed(None)
         # Serialised once per fan-out (the parts are cached), not once per
         # recipient: only the recipient's address differs.
-        head, tail = presenceStanzaParts(sender, presence)
+        last = _lastPresence
+        if last.sender is sender and last.presence is presence:
+            head, tail = last.head, last.tail
+        else:
+            head, tail = presenceStanzaParts(sender, presence)
+            last.sender, last.presence, last.head, last.tail = sender, presence, head, tail
         self.sendSerialised(head + self._toAttribute() + tail)
         return succeed(None)
 
@@ -949,6 +954,26 @@ def _presenceElement(sender: Address, presence: Presence, to: JID | None) -> dom
         stanza["to"] = to.full()
     fillPresence(stanza, presence)
     return stanza
+
+
+class _LastPresence:
+    """
+    The parts of the presence stanza last serialised
+    (L{presenceStanzaParts}), for the next recipient of the same fan-out:
+    the home server hands every recipient the same sender and presence
+    objects (immutable values), so two identity checks find them, without
+    hashing both for the cache.
+    """
+
+    __slots__ = ("sender", "presence", "head", "tail")
+
+    def __init__(self) -> None:
+        self.sender: Address | None = None
+        self.presence: Presence | None = None
+        self.head = self.tail = ""
+
+
+_lastPresence = _LastPresence()
 
 
 #: How many senders' C{from} attributes L{_addressAttribute} remembers.

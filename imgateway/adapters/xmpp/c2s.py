@@ -335,7 +335,14 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         elif self.session is None:
             self._fail("not-authorized", "bind a resource first")
         else:
-            self._stanza(element)
+            # As _stanza.
+            try:
+                if element.name == "message":
+                    self._message(element)
+                else:
+                    self._presence_(element)
+            except InvalidJID as e:
+                self._error(element, "jid-malformed", "modify", str(e))
 
     def elementReceived(self, element: domish.Element) -> None:
         if self._closed:

@@ -334,6 +334,9 @@ class _ElementStream(domish.ExpatElementStream):
     @ivar stanzaEnding: Called with expat's byte position when a stanza
         ends (the first byte of its closing tag, or after the last byte of
         an empty-element tag), before the stanza is handed on.
+    @ivar lightEnded: Called, instead of C{stanzaEnding} and then
+        C{ElementEvent}, with this parser, a light stanza that ends and
+        that byte position.
     @ivar light: Whether to build light stanzas.
     """
 
@@ -348,6 +351,7 @@ class _ElementStream(domish.ExpatElementStream):
     def __init__(self) -> None:
         super().__init__()
         self.stanzaEnding: Callable[[int], None] = lambda position: None
+        self.lightEnded: Callable[[_ElementStream, LightStanza, int], None] = lambda es, stanza, position: None
         # The light stanza being parsed, and its child still open.
         self._lightStanza: LightStanza | None = None
         self._lightChild: _LightChild | None = None
@@ -432,9 +436,8 @@ class _ElementStream(domish.ExpatElementStream):
             if self._lightChild is not None:
                 self._lightChild = None
                 return
-            # As domish ends a stanza.
-            self.stanzaEnding(self.parser.CurrentByteIndex)
-            self.ElementEvent(stanza)  # type: ignore[misc]
+            # As domish ends a stanza (stanzaEnding, then ElementEvent).
+            self.lightEnded(self, stanza, self.parser.CurrentByteIndex)
             self._lightStanza = None
             self.elementCount = 0
             self.stanzaSize = 0
@@ -544,6 +547,7 @@ class HardenedXmlStream(xmlstream.XmlStream):
         es.ElementEvent = current(self.onElement)
         es.DocumentEndEvent = current(self.onDocumentEnd)
         es.stanzaEnding = current(self._stanzaEnding)
+        es.lightEnded = self._lightEnded
         self._applyLimits()
         return es
 
@@ -618,6 +622,17 @@ class HardenedXmlStream(xmlstream.XmlStream):
         # The header given to a new parser after an idle drop: the stream
         # started long ago; only kept for the next drop.
         self._root = rootElement
+
+    def _lightEnded(self, es: _ElementStream, stanza: LightStanza, position: int) -> None:
+        """
+        A light stanza ends at C{position} in C{es}: if C{es} is the current
+        parser, as L{_stanzaEnding} then L{onElement} (one call for the
+        commonest stanzas, instead of three).
+        """
+        if self.stream is es:
+            self._checkSize(position)
+            self._mark = position
+            self.onElement(stanza)
 
     def _stanzaEnding(self, position: int) -> None:
         """

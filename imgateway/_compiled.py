@@ -15,7 +15,9 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import Any, TypeVar
 
-__all__ = ["COMPILED_MODULES", "cachedProperty"]
+from attrs import field
+
+__all__ = ["COMPILED_MODULES", "cachedProperty", "defaultField"]
 
 #: The modules the compiled build compiles, as paths from the top of the
 #: source tree: the hottest of the native face's path that mypyc compiles
@@ -56,3 +58,25 @@ def cachedProperty(method: Callable[[Any], _T]) -> cached_property[_T]:
 
     compute.__doc__ = method.__doc__
     return cached_property(compute)
+
+
+def defaultField(**options: Any) -> Any:
+    """
+    C{attrs.field(**options)}, for a field with a default (C{default} or
+    C{factory}) of an attrs class in a compiled module.
+
+    mypyc checks the value given to a class attribute against the
+    attribute's type when the class is made (C{note: str = field(default="")}
+    fails: a C{str} expected, attrs' definition of the field found), and the
+    field is that definition until the attrs decorator reads it. Typed
+    C{Any}, this one is not checked; and mypy's attrs plugin, which takes a
+    value that is not a C{field()} call for a default, still knows the field
+    has one.
+
+    @param options: C{attrs.field}'s keyword arguments, with C{default} or
+        C{factory}.
+    @return: C{attrs.field(**options)}.
+    """
+    if "default" not in options and "factory" not in options:
+        raise TypeError("defaultField() needs a default or a factory")
+    return field(**options)

@@ -17,10 +17,10 @@ import os
 from functools import cached_property
 from importlib.machinery import EXTENSION_SUFFIXES
 
-from attrs import field, frozen
+from attrs import field, frozen, validators
 from twisted.trial.unittest import SynchronousTestCase
 
-from imgateway._compiled import COMPILED_MODULES, cachedProperty
+from imgateway._compiled import COMPILED_MODULES, cachedProperty, defaultField
 
 
 def _moduleName(path: str) -> str:
@@ -84,6 +84,41 @@ class CachedPropertyTests(SynchronousTestCase):
         The cached property is not one of the class's attrs fields.
         """
         self.assertEqual([a.name for a in _Counted.__attrs_attrs__], ["calls"])
+
+
+@frozen
+class _Defaulted:
+    """
+    An attrs class whose fields with defaults are made by L{defaultField}.
+    """
+
+    number: int = defaultField(default=3, validator=validators.ge(0))
+    names: list[str] = defaultField(factory=list, eq=False)
+
+
+class DefaultFieldTests(SynchronousTestCase):
+    """
+    Tests for L{defaultField}.
+    """
+
+    def test_asField(self) -> None:
+        """
+        A field made by L{defaultField} has its default (or its factory's
+        value), its validator and its other options, as one made by
+        C{attrs.field} with the same arguments.
+        """
+        self.assertEqual((_Defaulted().number, _Defaulted().names), (3, []))
+        self.assertIsNot(_Defaulted().names, _Defaulted().names)
+        self.assertEqual(_Defaulted(5).number, 5)
+        self.assertRaises(ValueError, _Defaulted, -1)
+        self.assertEqual(_Defaulted(names=["a"]), _Defaulted(names=["b"]))
+
+    def test_needsADefault(self) -> None:
+        """
+        Without a default or a factory, L{defaultField} refuses: mypy would
+        take the field for one with a default.
+        """
+        self.assertRaises(TypeError, defaultField, repr=False)
 
 
 class CompiledModulesTests(SynchronousTestCase):

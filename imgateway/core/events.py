@@ -18,6 +18,7 @@ from typing import Union
 
 from attrs import evolve, field, frozen, validators
 
+from imgateway._compiled import defaultField
 from imgateway.core.address import Address
 from imgateway.core.errors import LoopDetected
 from imgateway.core.presence import Presence
@@ -133,10 +134,10 @@ class Message:
     recipient: Address
     body: str = field(repr=False)
     contentType: str = "text/plain"
-    messageId: str = field(factory=newMessageId, validator=_checkMessageId)
-    timestamp: float = field(factory=time.time)
-    hops: int = field(default=0, validator=validators.ge(0))
-    routingId: str = field(factory=newRoutingId, eq=False)
+    messageId: str = defaultField(factory=newMessageId, validator=_checkMessageId)
+    timestamp: float = defaultField(factory=time.time)
+    hops: int = defaultField(default=0, validator=validators.ge(0))
+    routingId: str = defaultField(factory=newRoutingId, eq=False)
     mark: MessageMark | None = None
 
 
@@ -161,8 +162,8 @@ class PresenceUpdate:
     sender: Address
     recipient: Address
     presence: Presence
-    hops: int = field(default=0, validator=validators.ge(0))
-    lease: float | None = field(default=None, validator=_checkLease)
+    hops: int = defaultField(default=0, validator=validators.ge(0))
+    lease: float | None = defaultField(default=None, validator=_checkLease)
 
 
 @frozen
@@ -174,7 +175,7 @@ class PresenceProbe:
 
     sender: Address
     recipient: Address
-    hops: int = field(default=0, validator=validators.ge(0))
+    hops: int = defaultField(default=0, validator=validators.ge(0))
 
 
 class SubscriptionKind(enum.Enum):
@@ -201,7 +202,7 @@ class SubscriptionEvent:
     kind: SubscriptionKind
     sender: Address
     recipient: Address
-    hops: int = field(default=0, validator=validators.ge(0))
+    hops: int = defaultField(default=0, validator=validators.ge(0))
 
 
 #: Any core event.

@@ -13,7 +13,9 @@ import enum
 import unicodedata
 from collections.abc import Iterable
 
-from attrs import field, frozen
+from attrs import frozen
+
+from imgateway._compiled import defaultField
 
 __all__ = [
     "MAX_NOTE_CHARS",
@@ -90,7 +92,7 @@ class Presence:
     """
 
     state: PresenceState = PresenceState.ONLINE
-    note: str = field(default="", validator=_checkNote)
+    note: str = defaultField(default="", validator=_checkNote)
 
     @property
     def isOpen(self) -> bool:

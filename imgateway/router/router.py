@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from functools import partial
 from zlib import crc32
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -252,11 +253,17 @@ class Router:
             name = self.domainRouters[crc32(domain.encode("utf-8")) % len(self.domainRouters)]
             return self._via(self.linkRoutes.toServer(name), event, False)
         found: Deferred[IRoute | None] = maybeDeferred(self.linkRoutes.toDomain, domain)
+        return found.addCallback(self._chosen, event)
 
-        def chosen(peer: IRoute | None) -> Deferred[DeliveryStatus]:
-            return self._default(event) if peer is None else self._via(peer, event, False)
+    def _chosen(self, peer: IRoute | None, event: Event) -> Deferred[DeliveryStatus]:
+        """
+        Send C{event} on to the peer domain's router that was found, else
+        by the default route.
 
-        return found.addCallback(chosen)
+        (A method, not a closure: the compiled build, C{imgateway._compiled},
+        cannot compile a closure in a method of an C{@implementer} class.)
+        """
+        return self._default(event) if peer is None else self._via(peer, event, False)
 
     def _default(self, event: Event) -> Deferred[DeliveryStatus]:
         if self.defaultRoute is None:
@@ -269,38 +276,45 @@ class Router:
         L{MovedTo<imgateway.core.errors.MovedTo>}, forget where it was
         thought to live and (once) deliver again (L{followMoves}).
         """
-        recipient = event.recipient
+        return followMoves(locator, event.recipient, partial(self._routed, event), event, _unavailable)
 
-        def routed(home: str | None) -> Deferred[DeliveryStatus]:
-            here = self._routes.get(recipient.domain) if recipient.domain in self.localDomains else None
-            if home is None:
-                # No account: the home server here answers as it does for
-                # unknown users; without one, the same answer.
-                return answerNoAccount(event) if here is None else self._via(here, event, True)
-            if home == self.serverName:
-                if here is None:
-                    self.log.error(
-                        "The directory homes {recipient} on {home}, this process, which has no home server",
-                        recipient=recipient,
-                        home=home,
-                    )
-                    return fail(_unavailable())
-                return self._via(here, event, True)
-            if self.linkRoutes is None:
-                self.log.debug("No server links: {home}, home of {recipient}, is unreachable", home=home, recipient=recipient)
-                return _unreachable(event, fail(_unavailable()))
-            try:
-                route = self.linkRoutes.toServer(home)
-            except KeyError:
+    def _routed(self, event: Event, home: str | None) -> Deferred[DeliveryStatus]:
+        """
+        Deliver C{event} to C{home}, its recipient's home server as the
+        locator says (L{_toHome}): this process's home server, another over
+        a link, or the answer for a recipient without an account.
+
+        (A method, not a closure: the compiled build, C{imgateway._compiled},
+        cannot compile a closure in a method of an C{@implementer} class.)
+        """
+        recipient = event.recipient
+        here = self._routes.get(recipient.domain) if recipient.domain in self.localDomains else None
+        if home is None:
+            # No account: the home server here answers as it does for
+            # unknown users; without one, the same answer.
+            return answerNoAccount(event) if here is None else self._via(here, event, True)
+        if home == self.serverName:
+            if here is None:
                 self.log.error(
-                    "The directory homes {recipient} on {home}, which is not among the [servers] of the config",
+                    "The directory homes {recipient} on {home}, this process, which has no home server",
                     recipient=recipient,
                     home=home,
                 )
-                return _unreachable(event, fail(_unavailable()))
-            return _unreachable(event, self._via(route, event, False))
-
-        return followMoves(locator, recipient, routed, event, _unavailable)
+                return fail(_unavailable())
+            return self._via(here, event, True)
+        if self.linkRoutes is None:
+            self.log.debug("No server links: {home}, home of {recipient}, is unreachable", home=home, recipient=recipient)
+            return _unreachable(event, fail(_unavailable()))
+        try:
+            route = self.linkRoutes.toServer(home)
+        except KeyError:
+            self.log.error(
+                "The directory homes {recipient} on {home}, which is not among the [servers] of the config",
+                recipient=recipient,
+                home=home,
+            )
+            return _unreachable(event, fail(_unavailable()))
+        return _unreachable(event, self._via(route, event, False))
 
 
 def _unreachable(event: Event, d: Deferred[DeliveryStatus]) -> Deferred[DeliveryStatus]:

@@ -258,9 +258,12 @@ def _venvBin(name: str) -> str:
     return found
 
 
-def _env() -> dict[str, str]:
+def _env(tree: Path = REPO) -> dict[str, str]:
+    """
+    @param tree: The source tree the child imports imgateway from.
+    """
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(tree) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 
@@ -342,6 +345,7 @@ class SpawnedGateway:
         twistdOptions: Sequence[str] = (),
         irc: bool = False,
         ircNetworks: str = "",
+        tree: Path | None = None,
     ) -> None:
         """
         @param template: The configuration to copy (C{etc/imgateway.toml}).
@@ -361,7 +365,12 @@ class SpawnedGateway:
             L{ircPort}.
         @param ircNetworks: C{[[irc.network]]} tables for the IRC bridge
             (see L{benchConfig}).
+        @param tree: The source tree C{twistd} runs the gateway from (its
+            folder and the first entry of C{PYTHONPATH}): by default this
+            one; C{bench/compare.py --compiled} gives a tree built with
+            C{IMGATEWAY_COMPILE=1}.
         """
+        self.tree = tree if tree is not None else REPO
         self.template = template if template is not None else REPO / "etc" / "imgateway.toml"
         self.keep = keep
         self.startTimeout = startTimeout
@@ -449,8 +458,8 @@ class SpawnedGateway:
             # we stop the gateway ourselves.
             self.process = subprocess.Popen(
                 cmd,
-                cwd=str(REPO),
-                env=_env(),
+                cwd=str(self.tree),
+                env=_env(self.tree),
                 stdin=subprocess.DEVNULL,
                 stdout=err,
                 stderr=subprocess.STDOUT,

@@ -213,6 +213,7 @@ def startGateway(
     template: Path | None = None,
     twistdOptions: Sequence[str] = (),
     ircNetworks: str = "",
+    tree: Path | None = None,
 ) -> GatewayServer:
     """
     Start a gateway with C{provision} and return its face C{proto}
@@ -220,9 +221,16 @@ def startGateway(
 
     @param twistdOptions: More options of C{twistd} (L{SpawnedGateway}).
     @param ircNetworks: C{[[irc.network]]} tables (TOML) for its IRC bridge.
+    @param tree: The source tree the gateway runs from (L{SpawnedGateway}).
     """
     gateway = SpawnedGateway(
-        template=template, keep=keep, xmpp=True, twistdOptions=twistdOptions, irc=proto == "irc", ircNetworks=ircNetworks
+        template=template,
+        keep=keep,
+        xmpp=True,
+        twistdOptions=twistdOptions,
+        irc=proto == "irc",
+        ircNetworks=ircNetworks,
+        tree=tree,
     )
     try:
         if provision.accounts:
@@ -619,13 +627,18 @@ class BenchEjabberd(Server):
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def startServer(kind: str, provision: Provision, keep: bool = False, template: Path | None = None) -> Server:
+def startServer(
+    kind: str, provision: Provision, keep: bool = False, template: Path | None = None, tree: Path | None = None
+) -> Server:
     """
     Start a fresh server for row C{kind} (C{gateway-native},
     C{gateway-xmpp}, C{prosody}, C{ejabberd}) with C{provision}.
+
+    @param tree: For a gateway, the source tree it runs from
+        (L{SpawnedGateway}).
     """
     if kind.startswith("gateway-"):
-        return startGateway(kind.split("-", 1)[1], provision, keep, template)
+        return startGateway(kind.split("-", 1)[1], provision, keep, template, tree=tree)
     server: BenchProsody | BenchEjabberd = (BenchProsody if kind == "prosody" else BenchEjabberd)(provision, keep)
     try:
         server.start()

@@ -10,6 +10,7 @@ ejabberd's (issue 11).
     .venv/bin/python bench/compare.py --reps 3 --json > compare.json
     .venv/bin/python bench/compare.py --quick          # 2-3 minutes, for checking a change
     .venv/bin/python bench/compare.py --quick --only gateway-native --tests msg
+    .venv/bin/python bench/compare.py --quick --only gateway --build-compiled   # and the compiled build's rows
 
 Each server runs alone, one after the other on the same cores, started
 afresh (C{bench/_peers.py}): for each row and rep, a server for the
@@ -18,6 +19,13 @@ loop, at a fixed 2,000/s, presence fan-out, SCRAM-SHA-1 and PLAIN logins),
 then a fresh one for the 10,000-session idle run. See C{bench/README.md},
 section "compare.py", for what each figure is and how it is measured, and
 C{docs/performance.md} for the latest table.
+
+With C{--compiled TREE} (a copy of the source tree built in place with
+C{IMGATEWAY_COMPILE=1}, as C{run-tests.sh} makes in C{build/compiled/}) or
+C{--build-compiled} (such a copy made in a temporary folder first), each
+gateway row gets a twin that runs the gateway from that tree: the compiled
+build (C{docs/performance.md}, "The compiled build") next to the default
+pure-Python one, alternated like every row.
 """
 
 from __future__ import annotations
@@ -26,11 +34,16 @@ import argparse
 import json
 import os
 import platform
+import runpy
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +67,16 @@ from bench._peers import (
 )
 
 ROWS = ("gateway-native", "gateway-xmpp", "prosody", "ejabberd")
+#: The compiled build's rows (C{--compiled}, C{--build-compiled}), each
+#: with the row it is the twin of.
+COMPILED_ROWS = {"gateway-native-compiled": "gateway-native", "gateway-xmpp-compiled": "gateway-xmpp"}
+#: Every row, in the order of the table: each compiled row after its twin.
+ALL_ROWS = ("gateway-native", "gateway-native-compiled", "gateway-xmpp", "gateway-xmpp-compiled", "prosody", "ejabberd")
 ROW_NAMES = {
     "gateway-native": "imgateway, native face",
+    "gateway-native-compiled": "imgateway, native face, compiled",
     "gateway-xmpp": "imgateway, XMPP c2s face",
+    "gateway-xmpp-compiled": "imgateway, XMPP c2s face, compiled",
     "prosody": "Prosody",
     "ejabberd": "ejabberd",
 }
@@ -256,7 +276,8 @@ def oneServer(args: argparse.Namespace, s: dict[str, Any], row: str, rep: int, p
     out: list[dict[str, Any]] = []
     t = time.monotonic()
     try:
-        server = startServer(row, provision, keep=args.keep)
+        tree = args.compiledTree if row in COMPILED_ROWS else None
+        server = startServer(COMPILED_ROWS.get(row, row), provision, keep=args.keep, tree=tree)
     except (PeerError, GatewayError, OSError) as e:
         info(f"  {row}: could not start: {e}")
         return [{"row": row, "run": name, "rep": rep, "error": f"server did not start: {str(e)[-1500:]}"}
@@ -324,6 +345,101 @@ def brief(r: dict[str, Any]) -> str:
 
 def kib(v: Any) -> str:
     return f"{v / 1024:.1f}" if isinstance(v, (int, float)) else "-"
+
+
+# -- the compiled build ---------------------------------------------------------------------
+
+#: What a tree of the compiled build needs of the source tree.
+TREE_PARTS = ("imgateway", "twisted", "etc", "setup.py", "setup.cfg", "pyproject.toml", "README.md")
+
+
+def compiledModulesOf(tree: Path) -> list[str]:
+    """
+    The modules of a tree's compiled build, checked to be built.
+
+    @param tree: A source tree (its C{imgateway/_compiled.py} names the
+        modules, as paths from the top).
+    @return: Those paths.
+    @raise GatewayError: If the tree has no such list, or a module of it
+        has no C extension beside its source (the tree was not built with
+        C{IMGATEWAY_COMPILE=1 python setup.py build_ext --inplace}).
+    """
+    listing = tree / "imgateway" / "_compiled.py"
+    try:
+        modules = list(runpy.run_path(str(listing))["COMPILED_MODULES"])
+    except (OSError, KeyError, SyntaxError) as e:
+        raise GatewayError(f"{tree} is not a source tree of imgateway with a compiled build ({listing}: {e})") from None
+    missing = [
+        path for path in modules
+        if not any((tree / (path.removesuffix(".py") + suffix)).exists() for suffix in EXTENSION_SUFFIXES)
+    ]  # fmt: skip
+    if missing:
+        raise GatewayError(
+            f"{tree} is not built: no C extension for {', '.join(missing)} (build it in place with"
+            " IMGATEWAY_COMPILE=1 .venv/bin/python setup.py build_ext --inplace, or use --build-compiled)"
+        )
+    return modules
+
+
+def buildCommand() -> list[str]:
+    """
+    @return: The command that builds the compiled modules of a copy of the
+        tree in place (in that copy's folder, with C{IMGATEWAY_COMPILE=1}).
+    """
+    return [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]
+
+
+def buildCompiledTree(dest: Path, source: Path = REPO, timeout: float = 1800.0) -> None:
+    """
+    Copy what the gateway needs of C{source} to C{dest} and build its
+    compiled modules in place there, as C{run-tests.sh} does.
+
+    @raise GatewayError: If the build fails (with the tail of its output).
+    """
+    ignore = shutil.ignore_patterns("__pycache__", "*.so", "dropin.cache", "_trial_temp*")
+    for part in TREE_PARTS:
+        if (source / part).is_dir():
+            shutil.copytree(source / part, dest / part, ignore=ignore)
+        elif (source / part).exists():
+            shutil.copy2(source / part, dest / part)
+    try:
+        done = subprocess.run(buildCommand(), cwd=str(dest), capture_output=True, text=True, timeout=timeout,
+                              env=dict(os.environ, IMGATEWAY_COMPILE="1"))
+    except subprocess.TimeoutExpired:
+        raise GatewayError(f"building the compiled tree took more than {timeout:g} s") from None
+    if done.returncode != 0:
+        raise GatewayError(f"building the compiled tree failed:\n{(done.stdout + done.stderr)[-3000:]}")
+
+
+@contextmanager
+def compiledTree(args: argparse.Namespace) -> Iterator[None]:
+    """
+    Set C{args.compiledTree} and C{args.compiledModules} for the run: the
+    tree of C{--compiled}, or one built in a temporary folder for
+    C{--build-compiled} (removed afterwards, unless C{--keep}); C{None} and
+    an empty list without either.
+    """
+    args.compiledModules = []
+    if args.build_compiled:
+        folder = Path(tempfile.mkdtemp(prefix="imgw-compiled-"))
+        try:
+            t = time.monotonic()
+            info(f"building the compiled tree in {folder}")
+            buildCompiledTree(folder)
+            info(f"built in {time.monotonic() - t:.0f} s")
+            args.compiledTree = folder
+            args.compiledModules = compiledModulesOf(folder)
+            yield
+        finally:
+            if args.keep:
+                info(f"kept the compiled tree: {folder}")
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+        return
+    args.compiledTree = args.compiled
+    if args.compiled is not None:
+        args.compiledModules = compiledModulesOf(args.compiled)
+    yield
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -408,6 +524,35 @@ def summarise(records: Sequence[dict[str, Any]], idleSizes: Sequence[int]) -> di
     return medianFigures(records, lambda r: figuresOf(r, idleSizes))
 
 
+def compiledRatios(summary: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """
+    @return: For each compiled row, each figure divided by its twin's (the
+        same face in pure Python), where both have it.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for row, twin in COMPILED_ROWS.items():
+        for key, v in summary.get(row, {}).items():
+            ref = summary.get(twin, {}).get(key)
+            if ref:
+                out.setdefault(row, {})[key] = v / ref
+    return out
+
+
+def compiledTable(cratios: dict[str, dict[str, float]]) -> str:
+    """
+    @return: L{compiledRatios} as Markdown (an empty string without them).
+    """
+    if not cratios:
+        return ""
+    out = ["Compiled ÷ pure Python (each compiled row's figure divided by its twin's):", "",
+           "| server / face | " + " | ".join(heading for _, heading, _ in METRICS) + " |",
+           "|---" * (len(METRICS) + 1) + "|"]
+    for row in ALL_ROWS:
+        if row in cratios:
+            out.append(f"| {ROW_NAMES[row]} | " + " | ".join(_ratio(cratios[row].get(key)) for key, _, _ in METRICS) + " |")
+    return "\n".join(out)
+
+
 def ratios(summary: dict[str, dict[str, float]]) -> dict[str, dict[str, dict[str, float]]]:
     """
     @return: For each row and figure, the figure divided by Prosody's and
@@ -435,7 +580,7 @@ def _num(v: float | None) -> str:
 
 
 def table(summary: dict[str, dict[str, float]], rts: dict[str, dict[str, dict[str, float]]], s: dict[str, Any],
-          rows: Sequence[str] = ROWS) -> str:
+          rows: Sequence[str] = ALL_ROWS) -> str:
     """
     @return: The figures as Markdown, then their ratios to Prosody's and
         ejabberd's.
@@ -566,9 +711,12 @@ def versions() -> dict[str, Any]:
 def document(args: argparse.Namespace, records: list[dict[str, Any]], started: float) -> dict[str, Any]:
     s = settings(args)
     summary = summarise(records, s["idle_sizes"])
-    doc = documentOf("compare", args, started, versions(), s, FLOOD_SETTINGS, ROWS,
+    doc = documentOf("compare", args, started, versions(), s, FLOOD_SETTINGS, ALL_ROWS,
                      {key: heading for key, heading, _ in METRICS}, summary, records)  # fmt: skip
     doc["ratios"] = ratios(summary)
+    doc["compiled"] = ({"tree": str(args.compiledTree), "built": bool(args.build_compiled),
+                        "modules": list(args.compiledModules)} if args.compiledTree is not None else None)
+    doc["compiled_ratios"] = compiledRatios(summary)
     return doc
 
 
@@ -617,6 +765,7 @@ def report(doc: dict[str, Any]) -> str:
         figures, their ratios, how the cores were shared.
     """
     s, m, v = doc["settings"], doc["machine"], doc["versions"]
+    compiled = doc.get("compiled")
     head = [
         *reportHead(doc, f"Prosody {v['prosody']}; ejabberd {v['ejabberd']} (Erlang {v['erlang']})"),
         f"Load: {s['pairs']} pairs, windows of {s['duration_s']:g} s after {s['warmup_s']:g} s; fixed rate "
@@ -625,7 +774,11 @@ def report(doc: dict[str, Any]) -> str:
         f"{', '.join(f'{n:,}' for n in s['idle_sizes'])} sessions, {s['idle_contacts']} contacts each; "
         f"{s['driver_procs']} driver processes (presence: 1)",
     ]
-    return "\n".join([*head, "", table(doc["summary"], doc["ratios"], s, doc["rows"]), "",
+    if compiled:
+        head.append(f"Compiled rows: the gateway from {compiled['tree']}{' (built for this run)' if compiled['built'] else ''}, "
+                    f"mypyc-compiled modules: {', '.join(compiled['modules']) or 'none'}")
+    extra = compiledTable(doc.get("compiled_ratios") or {})
+    return "\n".join([*head, "", table(doc["summary"], doc["ratios"], s, doc["rows"]), *(["", extra] if extra else []), "",
                       "How the cores were shared (medians; % of one core, the machine has "
                       f"{m['cores'] * 100} %):", "", cpuTable(doc["runs"])])
 
@@ -640,7 +793,14 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
                    "1,000 idle sessions only")
     p.add_argument("--reps", type=int, default=1, help="repetitions, each on fresh servers; the table shows medians (default 1)")
     p.add_argument("--only", action="append", default=[], metavar="ROW",
-                   help="rows to run: gateway-native, gateway-xmpp, gateway (both), prosody, ejabberd (repeatable; default all)")
+                   help="rows to run: gateway-native, gateway-xmpp, gateway (both), prosody, ejabberd, and with --compiled or "
+                   "--build-compiled gateway-native-compiled, gateway-xmpp-compiled (repeatable; default all)")
+    compiled = p.add_mutually_exclusive_group()
+    compiled.add_argument("--compiled", type=Path, default=None, metavar="TREE",
+                          help="also run each gateway row from TREE, a copy of the source tree built in place with "
+                          "IMGATEWAY_COMPILE=1 (e.g. build/compiled after ./run-tests.sh): the compiled build's rows")
+    compiled.add_argument("--build-compiled", action="store_true",
+                          help="as --compiled, with a copy of this tree built in a temporary folder first (a few minutes)")
     p.add_argument("--tests", action="append", default=[], choices=TESTS, help="tests to run (repeatable; default all)")
     p.add_argument("--json", action="store_true", help="print the JSON document on standard output (the table goes to standard error)")
     p.add_argument("--pairs", type=int, default=None, help="1:1 message pairs (default 50; --quick 20)")
@@ -653,13 +813,22 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the servers' temporary folders (logs)")
     args = p.parse_args(argv)
     only: list[str] = []
+    withCompiled = args.compiled is not None or args.build_compiled
     for row in args.only or ROWS:
         for r in (["gateway-native", "gateway-xmpp"] if row == "gateway" else [row]):
-            if r not in ROWS:
-                p.error(f"unknown row {r!r} (choose from gateway, {', '.join(ROWS)})")
+            if r not in ALL_ROWS:
+                p.error(f"unknown row {r!r} (choose from gateway, {', '.join(ALL_ROWS)})")
+            if r in COMPILED_ROWS and not withCompiled:
+                p.error(f"row {r} needs --compiled TREE or --build-compiled")
             if r not in only:
                 only.append(r)
-    args.only = [r for r in ROWS if r in only]
+    if withCompiled and not any(r in COMPILED_ROWS for r in only):
+        # Each gateway row with its compiled twin.
+        only += [compiledRow for compiledRow, twin in COMPILED_ROWS.items() if twin in only]
+    args.only = [r for r in ALL_ROWS if r in only]
+    # What compiledTree() sets for the run (a tree built for it, and what it compiled).
+    args.compiledTree = args.compiled
+    args.compiledModules = []
     if args.reps < 1:
         p.error("--reps must be at least 1")
     if args.idle_sizes and (min(args.idle_sizes) <= 20 or len(args.idle_sizes) > 2):
@@ -669,7 +838,13 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    runBench("compare", parseArgs(argv), FLOOD_SETTINGS, run, document, report)
+    args = parseArgs(argv)
+    try:
+        with compiledTree(args):
+            runBench("compare", args, FLOOD_SETTINGS, run, document, report)
+    except GatewayError as e:
+        info(f"the compiled tree: {e}")
+        sys.exit(2)
 
 
 def runBench(

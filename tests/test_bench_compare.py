@@ -13,12 +13,17 @@ import asyncio
 import base64
 import io
 import json
+import os
+import subprocess
 import sys
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from bench import compare
+from bench._gateway import GatewayError
 from bench._loaddriver import (
     NativeConn,
     ScramClient,
@@ -28,7 +33,7 @@ from bench._loaddriver import (
     parseStamp,
     percentiles,
 )
-from bench._peers import Provision, circulant, contactsOf, scramSha1
+from bench._peers import PeerError, Provision, circulant, contactsOf, scramSha1
 from imgateway.auth.sasl import clientMechanism
 
 
@@ -301,6 +306,150 @@ class OptionsTests(SynchronousTestCase):
         [second] = later
         self.assertEqual(second.ranges(), [(1000, 200), (2000, 10000)])
         self.assertEqual(len(second.pairs), 10000 * 10)
+
+
+class CompiledRowsTests(SynchronousTestCase):
+    """
+    The compiled build's rows (C{--compiled TREE}, C{--build-compiled}).
+    """
+
+    def tree(self, modules: list[str], built: list[str]) -> Path:
+        """
+        A fake source tree whose C{imgateway/_compiled.py} lists
+        C{modules}, with a C extension beside each of C{built}.
+        """
+        top = Path(self.mktemp())
+        (top / "imgateway").mkdir(parents=True)
+        (top / "imgateway" / "_compiled.py").write_text(f"COMPILED_MODULES = {tuple(modules)!r}\n")
+        for path in modules:
+            (top / path).parent.mkdir(parents=True, exist_ok=True)
+            (top / path).write_text("")
+        for path in built:
+            (top / (path.removesuffix(".py") + EXTENSION_SUFFIXES[0])).write_text("")
+        return top
+
+    def test_twins(self) -> None:
+        """
+        With C{--compiled}, each chosen gateway row gets its compiled twin
+        right after it (a compiled row named in C{--only} is run alone);
+        without it, by default, only the pure-Python rows run.
+        """
+        self.assertEqual(compare.parseArgs(["--compiled", "t", "--only", "gateway-native"]).only,
+                         ["gateway-native", "gateway-native-compiled"])
+        self.assertEqual(compare.parseArgs(["--build-compiled"]).only,
+                         ["gateway-native", "gateway-native-compiled", "gateway-xmpp", "gateway-xmpp-compiled",
+                          "prosody", "ejabberd"])
+        self.assertEqual(compare.parseArgs(["--compiled", "t", "--only", "gateway-xmpp-compiled"]).only,
+                         ["gateway-xmpp-compiled"])
+        args = compare.parseArgs(["--compiled", "t", "--only", "gateway", "--only", "prosody"])
+        self.assertEqual(args.only, ["gateway-native", "gateway-native-compiled", "gateway-xmpp", "gateway-xmpp-compiled",
+                                     "prosody"])
+        self.assertEqual(args.compiledTree, Path("t"))
+        self.assertEqual(compare.parseArgs([]).only, list(compare.ROWS))
+        self.assertIsNone(compare.parseArgs([]).compiledTree)
+
+    def test_compiledRowNeedsATree(self) -> None:
+        """
+        A compiled row without C{--compiled} or C{--build-compiled} is an
+        error, and so are both options at once.
+        """
+        self.patch(sys, "stderr", io.StringIO())
+        self.assertRaises(SystemExit, compare.parseArgs, ["--only", "gateway-native-compiled"])
+        self.assertRaises(SystemExit, compare.parseArgs, ["--compiled", "t", "--build-compiled"])
+
+    def test_treeMustBeBuilt(self) -> None:
+        """
+        A tree is taken when every module its C{imgateway/_compiled.py}
+        lists has a C extension beside it; otherwise (or without that
+        file) it is refused, naming what is missing.
+        """
+        modules = ["imgateway/core/address.py", "imgateway/adapters/native/framing.py"]
+        self.assertEqual(compare.compiledModulesOf(self.tree(modules, modules)), modules)
+        error = self.assertRaises(GatewayError, compare.compiledModulesOf, self.tree(modules, modules[:1]))
+        self.assertIn("no C extension for imgateway/adapters/native/framing.py", str(error))
+        self.assertRaises(GatewayError, compare.compiledModulesOf, Path(self.mktemp()))
+
+    def test_compiledRowRunsFromTheTree(self) -> None:
+        """
+        A compiled row starts its twin's server from the compiled tree; a
+        pure-Python row from this tree (no tree given).
+        """
+        started: list[tuple[str, Path | None]] = []
+
+        def startServer(kind: str, provision: Provision, keep: bool = False, tree: Path | None = None) -> Any:
+            started.append((kind, tree))
+            raise PeerError("not in a unit test")
+
+        self.patch(compare, "startServer", startServer)
+        self.patch(compare, "info", lambda *args: None)
+        args = compare.parseArgs(["--compiled", "/built", "--only", "gateway-xmpp"])
+        for row in args.only:
+            [record] = compare.oneServer(args, SETTINGS, row, 1, Provision([], []), [("msg", "msg", [], 2)])
+            self.assertEqual((record["row"], record["run"]), (row, "msg"))
+            self.assertIn("server did not start", record["error"])
+        self.assertEqual(started, [("gateway-xmpp", None), ("gateway-xmpp", Path("/built"))])
+
+    def test_buildCompiledTree(self) -> None:
+        """
+        C{--build-compiled} copies the source tree's package, plugin and
+        build files (not its caches or extensions) and builds the copy in
+        place with C{IMGATEWAY_COMPILE=1}; a failed build is an error with
+        its output.
+        """
+        source = self.tree(["imgateway/core/address.py"], ["imgateway/core/address.py"])
+        (source / "imgateway" / "__pycache__").mkdir()
+        (source / "setup.py").write_text("")
+        calls: list[tuple[list[str], str, str | None]] = []
+        status = [0]
+
+        def run(cmd: list[str], cwd: str, env: dict[str, str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+            calls.append((cmd, cwd, env.get("IMGATEWAY_COMPILE")))
+            return subprocess.CompletedProcess(cmd, status[0], "out", "the compiler failed")
+
+        self.patch(subprocess, "run", run)
+        dest = Path(self.mktemp())
+        compare.buildCompiledTree(dest, source)
+        self.assertEqual(calls, [(compare.buildCommand(), str(dest), "1")])
+        self.assertEqual(compare.buildCommand()[1:], ["setup.py", "-q", "build_ext", "--inplace"])
+        self.assertTrue((dest / "setup.py").exists())
+        self.assertTrue((dest / "imgateway" / "core" / "address.py").exists())
+        self.assertFalse((dest / "imgateway" / "__pycache__").exists())
+        self.assertEqual([p for p in os.listdir(dest / "imgateway" / "core") if p != "address.py"], [])
+        status[0] = 1
+        error = self.assertRaises(GatewayError, compare.buildCompiledTree, Path(self.mktemp()), source)
+        self.assertIn("the compiler failed", str(error))
+
+    def test_compiledRatiosAndReport(self) -> None:
+        """
+        Each compiled row's figures are also given divided by its twin's,
+        in the JSON and as a table of the report, which names the tree and
+        its compiled modules; the compiled rows sit after their twins in
+        the main table.
+        """
+        recs = traffic("gateway-native", 1, 100, 20000, 500, 4000, 40, (1500, 700), (400, 1900), (8, 61440))
+        recs += traffic("gateway-native-compiled", 1, 88, 22000, 500, 4000, 36, (1500, 700), (400, 1900), (8, 61440))
+        recs += traffic("prosody", 1, 60, 10000, 3000, 20000, 40, (500, 1000), (300, 2000), (32, 51200))
+        summary = compare.summarise(recs, [1000])
+        cratios = compare.compiledRatios(summary)
+        self.assertEqual(list(cratios), ["gateway-native-compiled"])
+        self.assertAlmostEqual(cratios["gateway-native-compiled"]["msg_cpu_us"], 0.88)
+        self.assertAlmostEqual(cratios["gateway-native-compiled"]["presence_cpu_us"], 0.9)
+        doc = {
+            "command": "bench/compare.py --quick --compiled t", "wall_s": 95.2,
+            "machine": {"cores": 2, "cpu": "Xeon", "memory_gib": 23.5, "kernel": "6.1", "loadavg": (1.0, 2.0, 3.0)},
+            "versions": {"imgateway": "0.1", "commit": "abc", "python": "3.11.7", "twisted": "26.10.0",
+                         "prosody": "0.12.3", "ejabberd": "23.01", "erlang": "25"},
+            "settings": SETTINGS, "rows": ["gateway-native", "gateway-native-compiled", "prosody"],
+            "compiled": {"tree": "/t", "built": False, "modules": ["imgateway/core/address.py"]},
+            "summary": summary, "ratios": compare.ratios(summary), "compiled_ratios": cratios, "runs": recs,
+        }  # fmt: skip
+        text = compare.report(doc)
+        self.assertIn("Compiled rows: the gateway from /t, mypyc-compiled modules: imgateway/core/address.py", text)
+        self.assertIn("| imgateway, native face, compiled | 0.88 | 1.10 |", text)
+        lines = text.splitlines()
+        native = lines.index(next(line for line in lines if line.startswith("| imgateway, native face | 100 |")))
+        self.assertTrue(lines[native + 1].startswith("| imgateway, native face, compiled | 88.0 |"), lines[native + 1])
+        self.assertEqual(json.loads(json.dumps(doc))["compiled_ratios"], cratios)
 
 
 class ContactsTests(SynchronousTestCase):

@@ -161,6 +161,33 @@ class NegotiationTests(C2STestsMixin, SynchronousTestCase):
         c.login("alice", "alice-pw")
         self.assertEqual(limits(c.open()), {"max-bytes": "262144"})
 
+    def test_featuresSerialisedOncePerListener(self) -> None:
+        """
+        The features are serialised once per listener for each stage (and
+        what else they depend on), not per stream: the factory keeps the
+        text, and every stream at that stage gets the same bytes; a stream
+        from another host (no PLAIN without TLS) gets its own.
+        """
+        factory = C2SFactory(self.gateway, C2SConfig(requireTLS=False), None, self.clock)
+        first, second = Client(factory), Client(factory)
+        sent = []
+        for c in (first, second):
+            c.restart()
+            c.write(HEADER)
+            sent.append(c.text())
+        self.assertEqual(len(factory.featuresText), 1)
+        [text] = factory.featuresText.values()
+        self.assertTrue(sent[0].endswith(text), sent[0])
+        self.assertTrue(sent[1].endswith(text), sent[1])
+        remote = Client(factory, REMOTE).open()
+        self.assertEqual(len(factory.featuresText), 2)
+        [mechanisms] = [e for e in remote.elements() if e.name == "mechanisms"]
+        self.assertEqual([str(m) for m in mechanisms.elements()], ["SCRAM-SHA-256", "SCRAM-SHA-1"])
+        third = Client(factory)
+        third.login("alice", "alice-pw")
+        self.assertIn("bind", [e.name for e in third.open().elements()])
+        self.assertEqual(len(factory.featuresText), 3)
+
     def test_startTLSInjection(self) -> None:
         """
         What a client sends in the same read after C{<starttls/>} is

@@ -164,6 +164,8 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         # The bound JID as a "to" attribute, and the JID it was made for.
         self._toFor: JID | None = None
         self._toText = ""
+        # Whether the peer is on this host, once asked (_plainAllowed).
+        self._loopback: bool | None = None
 
     # -- connection --------------------------------------------------------------
 
@@ -243,7 +245,12 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         return self.tlsStarted or ISSLTransport.providedBy(self.transport)
 
     def _plainAllowed(self) -> bool:
-        return self.secure or self.config.allowPlaintextAuth or isLoopback(self._t.getPeer())
+        if self.secure or self.config.allowPlaintextAuth:
+            return True
+        if self._loopback is None:
+            # The peer does not change: asked once per connection.
+            self._loopback = isLoopback(self._t.getPeer())
+        return self._loopback
 
     @property
     def _scram(self) -> bool:
@@ -261,7 +268,8 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         the features that fit this stage.
         """
         self.sid = binascii.hexlify(os.urandom(8)).decode("ascii")  # type: ignore[assignment]
-        self.thisEntity = JID(tuple=(None, self.gateway.domain, None))  # type: ignore[assignment]
+        # The domain's JID, prepared once (parseJID's cache), not per header.
+        self.thisEntity = parseJID(self.gateway.domain)  # type: ignore[assignment]
         self.prefixes = {NS_STREAMS: "stream"}
         if root.uri != NS_STREAMS or root.name != "stream":
             self._fail("invalid-namespace")
@@ -288,7 +296,7 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         if self._away is not None:
             self._sendAway(self._away)
             return
-        self.send(self._features())
+        self._sendFeatures()
 
     def _sendAway(self, decision: FrontDecision) -> None:
         """
@@ -302,6 +310,23 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         else:
             streamError = error.StreamError("policy-violation", text=UNAVAILABLE_TEXT)
         self.sendStreamError(streamError)
+
+    def _sendFeatures(self) -> None:
+        """
+        Send the features that fit this stage: serialised once per listener
+        for each combination of what they depend on
+        (L{C2SFactory.featuresText}), not built and serialised per stream.
+        """
+        key = (self.address is None, self.authenticated, self.secure, self._tlsOptions is not None, self._plainAllowed(), self._scram)
+        cache = self.factory.featuresText
+        text = cache.get(key)
+        if text is None:
+            text = cache[key] = xmlSafe(
+                self._features().toXml(
+                    prefixes=self.prefixes, defaultUri=self.namespace, prefixesInScope=list(self.prefixes.values())
+                )
+            )
+        self.sendSerialised(text)
 
     def _features(self) -> domish.Element:
         features = domish.Element((NS_STREAMS, "features"))
@@ -1059,6 +1084,9 @@ class C2SFactory(ServerFactory):
         self.clock = clock if clock is not None else gateway.clock
         self.unauthenticated = 0
         self.connections: set[C2SProtocol] = set()
+        #: The serialised stream features, by what they depend on (stage,
+        #: stanza cap, TLS, mechanisms offered): a handful of entries.
+        self.featuresText: dict[tuple[bool, ...], str] = {}
 
     def sayGoodbye(self) -> None:
         """

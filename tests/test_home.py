@@ -296,6 +296,78 @@ class PresenceTests(HomeServerTestsMixin, SynchronousTestCase):
         [view] = self.successResultOf(alice.contacts())
         self.assertEqual(view.presence, Presence(PresenceState.OUT_TO_LUNCH, "back at 2"))
 
+    def recordRouted(self) -> list[Event]:
+        """
+        @return: The events handed to the router's L{Router.deliver} from
+            now on (they are still delivered).
+        """
+        routed: list[Event] = []
+        deliver = self.router.deliver
+
+        def recording(event: Event) -> Deferred[DeliveryStatus]:
+            routed.append(event)
+            return deliver(event)
+
+        self.router.deliver = recording  # type: ignore[method-assign]
+        return routed
+
+    def test_probesAnsweredInPlace(self) -> None:
+        """
+        At login, a contact of this server whose lane is idle is asked for
+        its presence in place: no probe goes through the router, and the
+        user learns the presence of those online as before; a contact
+        without sessions costs no event at all.
+        """
+        alice, _ = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        carol, _ = self.online(CAROL)
+        self.befriend(alice, bob)
+        self.befriend(alice, carol)
+        bob.publish(Presence(PresenceState.BUSY, "meeting"))
+        carol.close()
+        alice.close()
+        routed = self.recordRouted()
+        alice, aliceClient = self.open(ALICE)
+        self.assertEqual([e for e in routed if isinstance(e, PresenceProbe)], [])
+        self.assertEqual({e.sender for e in routed}, {BOB})
+        self.assertEqual(aliceClient.presences, [(BOB, Presence(PresenceState.BUSY, "meeting"))])
+
+    def test_probeWaitsForBusyLane(self) -> None:
+        """
+        A contact whose lane has work under way at the user's login gets
+        the probe through the router, in its lane, after that work; the
+        user then learns its presence.
+        """
+        alice, _ = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.befriend(alice, bob)
+        alice.close()
+        busy: Deferred[None] = Deferred()
+        self.home._serial(BOB, lambda: busy)
+        routed = self.recordRouted()
+        alice, aliceClient = self.open(ALICE)
+        self.assertEqual([(e.sender, e.recipient) for e in routed if isinstance(e, PresenceProbe)], [(ALICE, BOB)])
+        self.assertEqual(aliceClient.presences, [])
+        busy.callback(None)
+        self.assertEqual(aliceClient.presences, [(BOB, Presence())])
+
+    def test_offlineWatchersNotSent(self) -> None:
+        """
+        A presence change sends nothing through the router to a watcher of
+        this server without sessions (it would be refused as offline); the
+        watcher learns the presence at its next login.
+        """
+        alice, _ = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.befriend(alice, bob)
+        self.befriend(bob, alice)
+        bob.close()
+        routed = self.recordRouted()
+        alice.publish(Presence(PresenceState.AWAY, "lunch"))
+        self.assertEqual([e for e in routed if e.recipient == BOB], [])
+        _, bobClient = self.open(BOB)
+        self.assertIn((ALICE, Presence(PresenceState.AWAY, "lunch")), bobClient.presences)
+
     def test_unauthorisedPresenceRefused(self) -> None:
         """
         A presence update from someone the recipient does not watch is

@@ -1050,6 +1050,11 @@ class HomeServer:
         user.announced = seen
         user.announcedUntil = self._leaseEnd(user)
         for watcher in user.visibleTo():
+            if self._laneIdleHere(watcher) and self._localState(watcher) is None:
+                # A watcher of this server without sessions is told
+                # nothing (it would be refused as offline: it asks at its
+                # next login, L{_probeContacts}).
+                continue
             self._send(self._presenceFor(user.address, user, watcher, seen))
 
     def _leaseEnd(self, user: _UserState) -> float:
@@ -1129,11 +1134,29 @@ class HomeServer:
 
     def _probeContacts(self, user: _UserState) -> None:
         """
-        Ask for the presence of every contact C{user} may watch.
+        Ask for the presence of every contact C{user} may watch. A contact
+        that this server alone homes, with nothing under way in its lane,
+        is asked here and now, as its lane would ask it (L{_answerProbe}),
+        without a probe through the router: for one without sessions, that
+        is nothing at all.
         """
         for target, state in list(user.watching.items()):
             if state is _AUTHORISED:
-                self._send(PresenceProbe(user.address, target))
+                probe = PresenceProbe(user.address, target)
+                if self._laneIdleHere(target):
+                    self._answerProbe(probe)
+                else:
+                    self._send(probe)
+
+    def _laneIdleHere(self, address: Address) -> bool:
+        """
+        Whether an event for C{address} would be handled by this server at
+        once, in its lane: a user of the domain whose only home server this
+        is (no locator), with nothing under way or waiting in its lane,
+        while the server takes work. What the lane would do can then be
+        done in place, without the router and the lane's L{Deferred}s.
+        """
+        return self.locator is None and address.domain == self.domain and address not in self._lanes and not self.stopping
 
     def _push(self, sessions: Iterable[Session], what: str, call: Callable[[ISessionClient], Deferred[None]]) -> None:
         """

@@ -368,6 +368,29 @@ class PresenceTests(HomeServerTestsMixin, SynchronousTestCase):
         _, bobClient = self.open(BOB)
         self.assertIn((ALICE, Presence(PresenceState.AWAY, "lunch")), bobClient.presences)
 
+    def test_presenceDeliveredInPlace(self) -> None:
+        """
+        A presence change reaches a watcher of this server with sessions
+        and an idle lane in place, not through the router; a watcher whose
+        lane has work under way gets it through the router, after that
+        work.
+        """
+        alice, _ = self.online(ALICE)
+        bob, bobClient = self.online(BOB)
+        carol, carolClient = self.online(CAROL)
+        self.befriend(bob, alice)
+        self.befriend(carol, alice)
+        busy: Deferred[None] = Deferred()
+        self.home._serial(CAROL, lambda: busy)
+        routed = self.recordRouted()
+        alice.publish(Presence(PresenceState.AWAY, "lunch"))
+        self.assertEqual([e.recipient for e in routed], [CAROL])
+        self.assertEqual(bobClient.presences[-1], (ALICE, Presence(PresenceState.AWAY, "lunch")))
+        self.assertNotEqual(carolClient.presences[-1], (ALICE, Presence(PresenceState.AWAY, "lunch")))
+        busy.callback(None)
+        self.assertEqual(carolClient.presences[-1], (ALICE, Presence(PresenceState.AWAY, "lunch")))
+        self.assertEqual(self.home._lanes, {})
+
     def test_unauthorisedPresenceRefused(self) -> None:
         """
         A presence update from someone the recipient does not watch is

@@ -1050,12 +1050,7 @@ class HomeServer:
         user.announced = seen
         user.announcedUntil = self._leaseEnd(user)
         for watcher in user.visibleTo():
-            if self._laneIdleHere(watcher) and self._localState(watcher) is None:
-                # A watcher of this server without sessions is told
-                # nothing (it would be refused as offline: it asks at its
-                # next login, L{_probeContacts}).
-                continue
-            self._send(self._presenceFor(user.address, user, watcher, seen))
+            self._sendPresence(self._presenceFor(user.address, user, watcher, seen))
 
     def _leaseEnd(self, user: _UserState) -> float:
         """
@@ -1193,16 +1188,45 @@ class HomeServer:
         failures are logged, never raised.
         """
 
-        def failed(f: Failure) -> None:
-            if f.check(UserOffline):
-                return
-            if f.check(DeliveryError):
-                self.log.debug("{event!r} not delivered: {error!r}", event=event, error=f.value)
-            else:
-                self.log.failure("Sending {event!r}", f, event=event)
-
         d: Deferred[DeliveryStatus | None] = self.router.deliver(event)  # type: ignore[assignment]
-        return d.addErrback(failed)
+        return d.addErrback(self._unsent, event)
+
+    def _unsent(self, f: Failure, event: Event) -> None:
+        """
+        Log an event of L{_send} that was not delivered (an offline
+        recipient, silently).
+        """
+        if f.check(UserOffline):
+            return
+        if f.check(DeliveryError):
+            self.log.debug("{event!r} not delivered: {error!r}", event=event, error=f.value)
+        else:
+            self.log.failure("Sending {event!r}", f, event=event)
+
+    def _sendPresence(self, update: PresenceUpdate) -> None:
+        """
+        L{_send} a presence update of a user of this server. To a user that
+        this server alone homes, with nothing under way in its lane
+        (L{_laneIdleHere}), it is delivered in place, in that lane, as the
+        router and the lane would deliver it at once (L{_deliverPresence},
+        as L{deliverAtOnce} does a message); to one without sessions it is
+        not sent at all (it would be refused as offline: the user asks at
+        its next login, L{_probeContacts}).
+        """
+        recipient = update.recipient
+        if not self._laneIdleHere(recipient):
+            self._send(update)
+            return
+        if self._localState(recipient) is None:
+            return
+        self._lanes[recipient] = deque()
+        try:
+            d = self._deliverPresence(update, True)
+        except Exception:
+            d = fail()
+        finally:
+            self._laneFree(recipient)
+        d.addErrback(self._unsent, update)
 
     # -- inbound events (IRoute) ---------------------------------------------
 
@@ -1589,7 +1613,7 @@ class HomeServer:
         target, watcher = probe.recipient, probe.sender
         user = self._localState(target)
         if user is not None and user.sees(watcher):
-            self._send(self._presenceFor(target, user, watcher, user.presence().toWatchers()))
+            self._sendPresence(self._presenceFor(target, user, watcher, user.presence().toWatchers()))
         # Otherwise (offline, unknown, not authorised, blocked) the probe is
         # ignored alike: the watcher assumes offline, and learns nothing.
         return succeed(DeliveryStatus.DELIVERED)

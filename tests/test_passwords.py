@@ -10,6 +10,8 @@ import hashlib
 import hmac
 import json
 import sqlite3
+import stringprep
+import unicodedata
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -21,6 +23,7 @@ from imgateway.auth.passwords import (
     makeCredentials,
     preparePassword,
 )
+from imgateway.auth import saslprep as saslprepModule
 from imgateway.auth.saslprep import SASLprepError, saslprep
 from imgateway.directory.sqlite import MIGRATIONS
 
@@ -228,6 +231,35 @@ class SASLprepTests(SynchronousTestCase):
         self.assertEqual(saslprep("a\u00a0b\u2002c\u3000d"), "a b c d")
         printable = "".join(chr(c) for c in range(0x20, 0x7F))
         self.assertEqual(saslprep(printable), printable)
+
+    def test_printableASCIIUnchanged(self) -> None:
+        """
+        Every step of SASLprep leaves printable ASCII as it is (nothing
+        mapped, NFKC the same, nothing prohibited, nothing right-to-left),
+        which is why it skips the tables for such a string; ASCII controls
+        are still refused.
+        """
+        for c in map(chr, range(0x20, 0x7F)):
+            self.assertFalse(stringprep.in_table_b1(c) or stringprep.in_table_c12(c), repr(c))
+            self.assertEqual(unicodedata.ucd_3_2_0.normalize("NFKC", c), c)
+            self.assertFalse(any(test(c) for _, test in saslprepModule._PROHIBITED), repr(c))
+            self.assertFalse(stringprep.in_table_d1(c) or stringprep.in_table_a1(c), repr(c))
+        self.assertRaises(SASLprepError, saslprep, "pw\x7f")
+        self.assertRaises(SASLprepError, saslprep, "pw\x1f")
+
+    def test_printableASCIISkipsTables(self) -> None:
+        """
+        A printable ASCII password is prepared without the stringprep
+        tables (the cheap path of nearly every PLAIN login); any other
+        goes through them.
+        """
+
+        def refuseAll(c: str) -> bool:
+            return True
+
+        self.patch(saslprepModule, "_PROHIBITED", (("anything", refuseAll),))
+        self.assertEqual(saslprep("bench-pw 42~"), "bench-pw 42~")
+        self.assertRaises(SASLprepError, saslprep, "caf\u00e9")
 
     def test_normalisation(self) -> None:
         """

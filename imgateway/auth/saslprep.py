@@ -58,6 +58,13 @@ def saslprep(text: str, allowUnassigned: bool = False) -> str:
         mapped to nothing).
     @raise SASLprepError: If it cannot be prepared.
     """
+    if text.isascii() and text.isprintable():
+        # Printable ASCII (U+0020 to U+007E), most passwords, comes out as
+        # it went in: B.1 and C.1.2 hold no ASCII, NFKC leaves it alone,
+        # the only prohibited ASCII are the controls (C.2.1), and none of
+        # it is right-to-left. Nothing is cached: a password is kept
+        # nowhere.
+        return text
     # 1. Map: non-ASCII spaces to SPACE, and B.1 to nothing.
     mapped = "".join(
         " " if stringprep.in_table_c12(c) else c for c in text if not stringprep.in_table_b1(c)

@@ -188,6 +188,41 @@ class NegotiationTests(C2STestsMixin, SynchronousTestCase):
         self.assertIn("bind", [e.name for e in third.open().elements()])
         self.assertEqual(len(factory.featuresText), 3)
 
+    def test_loginRepliesWireForm(self) -> None:
+        """
+        The SASL replies and the bind result, serialised without domish,
+        are what domish made of them: the SASL namespace on C{<success/>}
+        and C{<challenge>}, and a bind result that carries the request's
+        C{id} (escaped, whatever it holds) and its C{to} as C{from}.
+        """
+        c = self.client()
+        c.open()
+        plain = base64.b64encode(b"\0alice\0alice-pw").decode()
+        c.write(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain}</auth>")
+        self.assertEqual(c.text(), "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+        c.read()
+        c.open()
+        c.write(
+            "<iq type='set' id='a&amp;b&apos;&lt;' to='corp.example'>"
+            "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>desk</resource></bind></iq>"
+        )
+        self.assertEqual(
+            c.text(),
+            "<iq from='corp.example' id='a&amp;b&apos;&lt;' type='result'>"
+            "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@corp.example/desk</jid></bind></iq>",
+        )
+        [result] = c.read()
+        self.assertEqual((result["id"], result["type"]), ("a&b'<", "result"))
+        s = self.client()
+        s.open()
+        mech = clientMechanism("SCRAM-SHA-1", "bob", "bob-pw")
+        s.write(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>"
+            f"{base64.b64encode(mech.start()).decode()}</auth>"
+        )
+        self.assertTrue(s.text().startswith("<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"), s.text())
+        self.assertTrue(s.text().endswith("</challenge>"), s.text())
+
     def test_startTLSInjection(self) -> None:
         """
         What a client sends in the same read after C{<starttls/>} is

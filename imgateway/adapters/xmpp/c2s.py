@@ -450,9 +450,8 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         if self._closed:
             return
         if not step.complete:
-            challenge = domish.Element((NS_SASL, "challenge"))
-            challenge.addContent(_b64encode(step.challenge or b""))
-            self.send(challenge)
+            # Serialised here (base64 needs no escaping), not through domish.
+            self.sendSerialised(f"<challenge xmlns='{NS_SASL}'>{_b64encode(step.challenge or b'')}</challenge>")
             return
         self._mechanism = None
         decided = decideFront(
@@ -472,10 +471,10 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             # "Router faces").
             self._away = decision
         self.address = step.address
-        success = domish.Element((NS_SASL, "success"))
         if step.challenge:
-            success.addContent(_b64encode(step.challenge))
-        self.send(success)
+            self.sendSerialised(f"<success xmlns='{NS_SASL}'>{_b64encode(step.challenge)}</success>")
+        else:
+            self.sendSerialised(f"<success xmlns='{NS_SASL}'/>")
         self.setAuthenticated()
         self.log.info("{address} authenticated from {peer}", address=self.address, peer=self._t.getPeer())
         self.reset()
@@ -537,9 +536,12 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             assert self.address is not None
             self.sessionLabel = session.label
             self.fullJID = jidOf(self.address, session.label)
-            reply = xmlstream.toResponse(iq, "result")
-            reply.addElement((NS_BIND, "bind")).addElement("jid", content=self.fullJID.full())
-            self.send(reply)
+            # As xmlstream.toResponse(iq, "result") with the bound JID,
+            # serialised here rather than through domish.
+            self.sendSerialised(
+                f"<iq{_responseAttributes(iq)} type='result'><bind xmlns='{NS_BIND}'>"
+                f"{xmlTextElement('jid', self.fullJID.full())}</bind></iq>"
+            )
             self.log.info("{jid} bound from {peer} as session {session}", jid=self.fullJID.full(), peer=self._t.getPeer(), session=session.sessionId)
 
         def failed(f: Failure) -> None:
@@ -1063,6 +1065,19 @@ def _b64decode(text: str) -> bytes | None:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise SASLFailure("incorrect-encoding") from None
+
+
+def _responseAttributes(stanza: domish.Element) -> str:
+    """
+    The addressing and C{id} attributes of a response to C{stanza}, as
+    L{xmlstream.toResponse} sets them (C{to} and C{from} swapped, C{id}
+    copied), serialised and escaped, each after a space.
+    """
+    out = ""
+    for name, value in (("to", stanza.getAttribute("from")), ("from", stanza.getAttribute("to")), ("id", stanza.getAttribute("id"))):
+        if value:
+            out += f" {name}='{xmlAttribute(value)}'"
+    return out
 
 
 def _b64encode(data: bytes) -> str:

@@ -17,11 +17,21 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.words.protocols.jabber import xmlstream
 from twisted.words.xish import domish
 from zope.interface.verify import verifyObject
 
 from imgateway.adapters.xmpp.adapter import XMPPAdapter
-from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory, C2SProtocol, _messageElement, _presenceElement
+from imgateway.adapters.xmpp.c2s import (
+    NS_ROSTER,
+    NS_STREAMS,
+    C2SConfig,
+    C2SFactory,
+    C2SProtocol,
+    _messageElement,
+    _presenceElement,
+    _rosterItem,
+)
 from imgateway.adapters.xmpp.jid import jidOf
 from imgateway.adapters.xmpp.mapping import presenceStanzaParts
 from imgateway.adapters.xmpp.stream import IDLE_PARSER_SECONDS, NS_STREAM_LIMITS, LightStanza, StreamLimits, xmlSafe
@@ -585,6 +595,42 @@ class CoreValuesTests(C2STestsMixin, SynchronousTestCase):
         pushes = [e for e in c.read() if e.name == "iq"]
         self.assertEqual(pushes[-1].firstChildElement().firstChildElement()["subscription"], "both")
         self.assertEqual(self.rosterItem(c)["subscription"], "both")
+
+
+class RosterWireTests(C2STestsMixin, SynchronousTestCase):
+    """
+    The roster result, serialised in one piece without domish.
+    """
+
+    def test_sameAsDomish(self) -> None:
+        """
+        The roster result is byte for byte what domish made of
+        C{toResponse(iq, "result")} with a query of L{_rosterItem}s: names
+        escaped (quotes, markup, characters XML forbids), C{ask} for a
+        pending request, an empty query when there are no contacts.
+        """
+        c = self.bound()
+        c.write("<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq>")
+        self.assertEqual(c.text(), "<iq id='r0' type='result'><query xmlns='jabber:iq:roster'/></iq>")
+        c.read()
+        session = c.protocol.session
+        assert session is not None
+        self.successResultOf(session.putContact(self.bob, "B'o\"b <&>\x01"))
+        self.successResultOf(session.subscribe(Address.fromString("carol@corp.example")))
+        c.read()
+        c.write("<iq type='get' id='r&apos;1' to='corp.example'><query xmlns='jabber:iq:roster'/></iq>")
+        wire = c.text()
+        views = self.successResultOf(session.contacts())
+        self.assertEqual(len(views), 2)
+        request = domish.Element((None, "iq"))
+        request["type"], request["id"], request["to"] = "get", "r'1", "corp.example"
+        reply = xmlstream.toResponse(request, "result")
+        query = reply.addElement((NS_ROSTER, "query"))
+        for view in views:
+            query.addChild(_rosterItem(view))
+        expected = xmlSafe(reply.toXml(prefixes={NS_STREAMS: "stream"}, defaultUri="jabber:client", prefixesInScope=["stream"]))
+        self.assertEqual(wire, expected)
+        self.assertIn("ask='subscribe'", wire)
 
 
 class SendQueueTests(C2STestsMixin, SynchronousTestCase):

@@ -58,7 +58,7 @@ if __package__ in (None, ""):
 
 from bench._gateway import REPO, SpawnedGateway, _setKey
 from bench._peers import circulant
-from bench._proc import procCpuS, procRssKb, raiseNofile
+from bench._proc import CLK_TCK, procCpuS, procRssKb, raiseNofile
 from imgateway import __version__
 from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, serialise
 from imgateway.auth import sasl
@@ -75,6 +75,30 @@ NO_LIMITS = {
     "connections_per_second_per_address": "1000000",
     "connection_burst_per_address": "1000000",
 }
+
+
+def reactorCpuS(pid: int | None) -> float | None:
+    """
+    @return: utime + stime of the main thread of C{pid} (the gateway's
+        reactor thread), in seconds; the rest of L{procCpuS} is its other
+        threads' (the thread pool: PBKDF2 of PLAIN, SQLite).
+    """
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat") as f:
+            s = f.read()
+        fields = s[s.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def perLogin(cpu0: float | None, cpu1: float | None, n: int) -> float | None:
+    """
+    @return: The CPU from C{cpu0} to C{cpu1} in µs per login, if known.
+    """
+    return round(1e6 * (cpu1 - cpu0) / n, 1) if n and cpu0 is not None and cpu1 is not None else None
 
 
 def info(text: str) -> None:
@@ -378,6 +402,7 @@ async def idleRun(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any
     await asyncio.sleep(2.0)
     rssBase = procRssKb(gw.pid)
     cpu0 = procCpuS(gw.pid)
+    reactor0 = reactorCpuS(gw.pid)
     start = time.monotonic()
     peak = rssBase or 0
     logins = asyncio.gather(*(one(f"bench{i}", kept) for i in range(args.sessions)))
@@ -387,6 +412,7 @@ async def idleRun(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any
     await logins
     elapsed = time.monotonic() - start
     cpu1 = procCpuS(gw.pid)
+    reactor1 = reactorCpuS(gw.pid)
     await asyncio.sleep(args.settle)
     rss = procRssKb(gw.pid)
     peak = max(peak, rss or 0)
@@ -407,7 +433,8 @@ async def idleRun(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any
         "outcomes": dict(outcomes),
         "login_s": round(elapsed, 2),
         "logins_per_s": round(n / elapsed, 1) if elapsed else None,
-        "server_cpu_us_per_login": round(1e6 * (cpu1 - cpu0) / n, 1) if n and cpu0 is not None and cpu1 is not None else None,
+        "server_cpu_us_per_login": perLogin(cpu0, cpu1, n),
+        "reactor_thread_cpu_us_per_login": perLogin(reactor0, reactor1, n),
         "server_rss_base_kb": rssBase,
         "server_rss_kb": rss,
         "server_rss_mib": round((rss or 0) / 1024, 1),
@@ -457,6 +484,7 @@ async def run(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any]:
     await asyncio.sleep(1.0)
     rssBase = procRssKb(pid)
     cpu0 = procCpuS(pid)
+    reactor0 = reactorCpuS(pid)
     outcomes: Counter[str] = Counter()
     start = time.monotonic()
     stop = start + args.duration
@@ -478,6 +506,7 @@ async def run(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any]:
         await asyncio.sleep(0.25)
     elapsed = time.monotonic() - start
     cpu1 = procCpuS(pid)
+    reactor1 = reactorCpuS(pid)
     rssEnd = procRssKb(pid)
     await asyncio.sleep(2.0)
     rssAfter = procRssKb(pid)
@@ -500,9 +529,8 @@ async def run(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any]:
         "outcomes": dict(outcomes),
         "server_cpu_pct": round(100 * (cpu1 - cpu0) / elapsed, 1) if cpu0 is not None and cpu1 is not None else None,
         "server_cpu_s": round(cpu1 - cpu0, 3) if cpu0 is not None and cpu1 is not None else None,
-        "server_cpu_us_per_login": (
-            round(1e6 * (cpu1 - cpu0) / ok, 1) if ok and cpu0 is not None and cpu1 is not None else None
-        ),
+        "server_cpu_us_per_login": perLogin(cpu0, cpu1, ok),
+        "reactor_thread_cpu_us_per_login": perLogin(reactor0, reactor1, ok),
         "server_cpu_us_per_answer": (
             round(1e6 * (cpu1 - cpu0) / total, 1) if total and cpu0 is not None and cpu1 is not None else None
         ),

@@ -314,9 +314,10 @@ class PresenceTests(HomeServerTestsMixin, SynchronousTestCase):
     def test_probesAnsweredInPlace(self) -> None:
         """
         At login, a contact of this server whose lane is idle is asked for
-        its presence in place: no probe goes through the router, and the
-        user learns the presence of those online as before; a contact
-        without sessions costs no event at all.
+        its presence in place, and its answer taken in at once (nothing
+        waits behind the login in the user's lane): nothing goes through
+        the router, and the user learns the presence of those online as
+        before; a contact without sessions costs nothing.
         """
         alice, _ = self.online(ALICE)
         bob, _ = self.online(BOB)
@@ -328,9 +329,30 @@ class PresenceTests(HomeServerTestsMixin, SynchronousTestCase):
         alice.close()
         routed = self.recordRouted()
         alice, aliceClient = self.open(ALICE)
-        self.assertEqual([e for e in routed if isinstance(e, PresenceProbe)], [])
-        self.assertEqual({e.sender for e in routed}, {BOB})
+        self.assertEqual(routed, [])
         self.assertEqual(aliceClient.presences, [(BOB, Presence(PresenceState.BUSY, "meeting"))])
+
+    def test_probeAnswerWaitsBehindLane(self) -> None:
+        """
+        When work waits behind the login in the user's lane, a contact's
+        answer goes through the router, behind that work, as before.
+        """
+        alice, _ = self.online(ALICE)
+        bob, _ = self.online(BOB)
+        self.befriend(alice, bob)
+        alice.close()
+        busy: Deferred[None] = Deferred()
+        self.home._serial(ALICE, lambda: busy)
+        client = RecordingSessionClient()
+        opening = self.home.openSession(ALICE, client)
+        order: list[str] = []
+        self.home._serial(ALICE, lambda: order.append(f"behind, {len(client.presences)} presences"))
+        routed = self.recordRouted()
+        busy.callback(None)
+        self.successResultOf(opening)
+        self.assertEqual([(e.sender, e.recipient) for e in routed], [(BOB, ALICE)])
+        self.assertEqual(order, ["behind, 0 presences"])
+        self.assertEqual(client.presences, [(BOB, Presence())])
 
     def test_probeWaitsForBusyLane(self) -> None:
         """

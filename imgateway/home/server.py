@@ -1135,13 +1135,28 @@ class HomeServer:
         without a probe through the router: for one without sessions, that
         is nothing at all.
         """
+        me = user.address
         for target, state in list(user.watching.items()):
             if state is _AUTHORISED:
-                probe = PresenceProbe(user.address, target)
-                if self._laneIdleHere(target):
-                    self._answerProbe(probe)
-                else:
+                probe = PresenceProbe(me, target)
+                if not self._laneIdleHere(target):
                     self._send(probe)
+                    continue
+                answer = self._probeAnswer(probe)
+                if answer is None:
+                    continue
+                lane = self._lanes.get(me)
+                if lane is not None and not lane:
+                    # In the user's lane (at login, _welcome), with nothing
+                    # waiting behind: the answer, which would be next, is
+                    # taken in now.
+                    try:
+                        d = self._deliverPresence(answer, True)
+                    except Exception:
+                        d = fail()
+                    d.addErrback(self._unsent, answer)
+                else:
+                    self._sendPresence(answer)
 
     def _laneIdleHere(self, address: Address) -> bool:
         """
@@ -1610,13 +1625,23 @@ class HomeServer:
         return d.addCallbacks(decide, _firstError)
 
     def _answerProbe(self, probe: PresenceProbe) -> Deferred[DeliveryStatus]:
+        answer = self._probeAnswer(probe)
+        if answer is not None:
+            self._sendPresence(answer)
+        return succeed(DeliveryStatus.DELIVERED)
+
+    def _probeAnswer(self, probe: PresenceProbe) -> PresenceUpdate | None:
+        """
+        The answer to a probe of a user of this server: its presence as the
+        prober may see it, or C{None} when the probe is ignored (offline,
+        unknown, not authorised, blocked alike: the prober assumes offline,
+        and learns nothing).
+        """
         target, watcher = probe.recipient, probe.sender
         user = self._localState(target)
         if user is not None and user.sees(watcher):
-            self._sendPresence(self._presenceFor(target, user, watcher, user.presence().toWatchers()))
-        # Otherwise (offline, unknown, not authorised, blocked) the probe is
-        # ignored alike: the watcher assumes offline, and learns nothing.
-        return succeed(DeliveryStatus.DELIVERED)
+            return self._presenceFor(target, user, watcher, user.presence().toWatchers())
+        return None
 
     def _deliverSubscription(self, account: Any, event: SubscriptionEvent, shared: bool) -> Deferred[DeliveryStatus]:
         """

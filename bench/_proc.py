@@ -30,19 +30,38 @@ def raiseNofile() -> None:
             pass
 
 
+def _statCpuS(path: str) -> float | None:
+    """
+    @return: utime + stime from the C{stat} file at C{path}, in seconds;
+        C{None} if it cannot be read.
+    """
+    try:
+        with open(path) as f:
+            s = f.read()
+        fields = s[s.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def procCpuS(pid: int | None) -> float | None:
     """
     @return: utime + stime of all the threads of C{pid}, in seconds.
     """
     if not pid:
         return None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            s = f.read()
-        fields = s[s.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, ValueError, IndexError):
+    return _statCpuS(f"/proc/{pid}/stat")
+
+
+def mainThreadCpuS(pid: int | None) -> float | None:
+    """
+    @return: utime + stime of the main thread of C{pid} alone (a Twisted
+        server's reactor thread), in seconds; the rest of L{procCpuS} is
+        its other threads' (a thread pool's).
+    """
+    if not pid:
         return None
+    return _statCpuS(f"/proc/{pid}/task/{pid}/stat")
 
 
 def procRssKb(pid: int | None) -> int | None:

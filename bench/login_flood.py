@@ -58,7 +58,7 @@ if __package__ in (None, ""):
 
 from bench._gateway import REPO, SpawnedGateway, _setKey
 from bench._peers import circulant
-from bench._proc import CLK_TCK, procCpuS, procRssKb, raiseNofile
+from bench._proc import mainThreadCpuS, procCpuS, procRssKb, raiseNofile
 from imgateway import __version__
 from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, serialise
 from imgateway.auth import sasl
@@ -75,23 +75,6 @@ NO_LIMITS = {
     "connections_per_second_per_address": "1000000",
     "connection_burst_per_address": "1000000",
 }
-
-
-def reactorCpuS(pid: int | None) -> float | None:
-    """
-    @return: utime + stime of the main thread of C{pid} (the gateway's
-        reactor thread), in seconds; the rest of L{procCpuS} is its other
-        threads' (the thread pool: PBKDF2 of PLAIN, SQLite).
-    """
-    if not pid:
-        return None
-    try:
-        with open(f"/proc/{pid}/task/{pid}/stat") as f:
-            s = f.read()
-        fields = s[s.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def perLogin(cpu0: float | None, cpu1: float | None, n: int) -> float | None:
@@ -402,7 +385,7 @@ async def idleRun(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any
     await asyncio.sleep(2.0)
     rssBase = procRssKb(gw.pid)
     cpu0 = procCpuS(gw.pid)
-    reactor0 = reactorCpuS(gw.pid)
+    reactor0 = mainThreadCpuS(gw.pid)
     start = time.monotonic()
     peak = rssBase or 0
     logins = asyncio.gather(*(one(f"bench{i}", kept) for i in range(args.sessions)))
@@ -412,7 +395,7 @@ async def idleRun(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any
     await logins
     elapsed = time.monotonic() - start
     cpu1 = procCpuS(gw.pid)
-    reactor1 = reactorCpuS(gw.pid)
+    reactor1 = mainThreadCpuS(gw.pid)
     await asyncio.sleep(args.settle)
     rss = procRssKb(gw.pid)
     peak = max(peak, rss or 0)
@@ -484,7 +467,7 @@ async def run(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any]:
     await asyncio.sleep(1.0)
     rssBase = procRssKb(pid)
     cpu0 = procCpuS(pid)
-    reactor0 = reactorCpuS(pid)
+    reactor0 = mainThreadCpuS(pid)
     outcomes: Counter[str] = Counter()
     start = time.monotonic()
     stop = start + args.duration
@@ -506,7 +489,7 @@ async def run(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any]:
         await asyncio.sleep(0.25)
     elapsed = time.monotonic() - start
     cpu1 = procCpuS(pid)
-    reactor1 = reactorCpuS(pid)
+    reactor1 = mainThreadCpuS(pid)
     rssEnd = procRssKb(pid)
     await asyncio.sleep(2.0)
     rssAfter = procRssKb(pid)

@@ -18,10 +18,13 @@ from imgateway.core.errors import (
     LoopDetected,
     MovedTo,
     NoRoute,
+    NoSuchUser,
     NotAuthorised,
     PersistenceFailed,
+    RateLimited,
     ServerError,
     ServiceUnavailable,
+    TooLarge,
     UserBusy,
     UserOffline,
 )
@@ -40,7 +43,7 @@ from imgateway.interfaces import ILinkRoutes, IRoute, IRouter
 from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.home.server import answerNoAccount
 from imgateway.router.router import Router
-from imgateway.testing import MemoryDirectory, MemoryHomeStore, MemoryLinkRoutes
+from imgateway.testing import MemoryDirectory, MemoryHomeStore, MemoryLinkRoutes, RecordingSessionClient
 
 ALICE = Address.fromString("alice@corp.example")
 REMOTE = Address.fromString("romeo@xmpp.example")
@@ -413,3 +416,241 @@ class HomeRoutingTests(SynchronousTestCase):
         router = self.router(RecordingRoute())
         self.failureResultOf(router.deliver(Message(ALICE, CAROL, "hi")), ServerError)
         self.assertEqual(len(self.flushLoggedErrors(PersistenceFailed)), 1)
+
+
+@implementer(IRoute)
+class PendingRoute:
+    """
+    A route whose answers the test gives: each event gets a L{Deferred} of
+    its own, left pending, as a link's answer is.
+
+    @ivar calls: Each event handed to it, with its L{Deferred}.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Event, Deferred[DeliveryStatus]]] = []
+
+    def deliver(self, event: Event) -> Deferred[DeliveryStatus]:
+        d: Deferred[DeliveryStatus] = Deferred()
+        self.calls.append((event, d))
+        return d
+
+
+#: What the other home server answers, for each status a sender can get
+#: (docs/protocol.md section 9), and what the sender gets then.
+_LINK_ANSWERS: list[tuple[str, list[object], object]] = [
+    ("delivered", [DeliveryStatus.DELIVERED], DeliveryStatus.DELIVERED),
+    ("404", [NoSuchUser("no such user")], (NoSuchUser, "no such user", None)),
+    ("480", [UserOffline("carol@corp.example is offline")], (UserOffline, "carol@corp.example is offline", None)),
+    ("403", [NotAuthorised("not authorised")], (NotAuthorised, "not authorised", None)),
+    ("486", [UserBusy("busy", "tel:+1555")], (UserBusy, "busy", "tel:+1555")),
+    ("413", [TooLarge("too large")], (TooLarge, "too large", None)),
+    ("429", [RateLimited("slow down")], (RateLimited, "slow down", None)),
+    # 503 (the link's queue is full, or no answer within request_timeout):
+    # answered as for a user without an account (no existence leak).
+    ("503", [ServiceUnavailable("link to server hs2: 1000 requests waiting")], (UserOffline, "carol@corp.example is offline", None)),
+    ("loop", [LoopDetected("Max-Hops exhausted")], (LoopDetected, "Max-Hops exhausted", None)),
+    ("500", [ServerError("internal error")], (ServerError, "internal error", None)),
+    # A home server that no longer homes carol: forgotten, and sent once
+    # more to where the directory says now (hs2 again here).
+    ("moved once", [MovedTo("moved", HS2), DeliveryStatus.DELIVERED], DeliveryStatus.DELIVERED),
+    ("moved, then 480", [MovedTo("moved", HS2), UserOffline("offline")], (UserOffline, "offline", None)),
+    ("moved, then 503", [MovedTo("moved", HS2), ServiceUnavailable("down")], (UserOffline, "carol@corp.example is offline", None)),
+    ("moved twice", [MovedTo("moved", HS2), MovedTo("moved", HS2)], (ServiceUnavailable, "the recipient's server is unavailable", None)),
+]
+
+
+class LinkFastPathTests(SynchronousTestCase):
+    """
+    A message for a user of this domain whose home, another server, the
+    locator remembers goes to the link at once with one errback of the
+    router's on the link's L{Deferred} (L{Router.deliverAtOnce}'s
+    C{_toLink}), and its sender gets exactly what the general way (the
+    directory asked, L{followMoves} and its callbacks) gives, for every
+    answer.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.directory = MemoryDirectory(
+            [AccountRecord(ALICE, HS1, "", True, "{}"), AccountRecord(CAROL, HS2, "", True, "{}")]
+        )
+
+    def deliver(self, remembered: bool, answers: list[object], message: Message | None = None) -> dict[str, object]:
+        """
+        Deliver a message from alice to carol through a new router, the
+        locator remembering carol's home or not, the link answering with
+        C{answers} in turn.
+
+        @return: What happened: the sender's outcome, the router's
+            callbacks on the link's L{Deferred} while it waited, the hops of
+            what the link was given, and whether the same message may be
+            sent again (C{"again"}: not if delivered, a loop then).
+        """
+        locator = DirectoryHomeLocator(self.directory, self.clock, 30.0)
+        if remembered:
+            self.successResultOf(locator.homeOf(CAROL))
+        hs2 = PendingRoute()
+        here = RecordingRoute()
+        router = Router(domain="corp.example", serverName=HS1, locator=locator, linkRoutes=MemoryLinkRoutes(servers={HS2: hs2}))
+        router.addRoute("corp.example", here, local=True)
+        if message is None:
+            message = Message(ALICE, CAROL, "hi")
+        answer = router.deliverAtOnce(message)
+        assert isinstance(answer, Deferred)
+        # (Deferred.callbacks is deprecated: its list, read directly.)
+        waiting = len(answer._callbacks)
+        for index, outcome in enumerate(answers):
+            event, d = hs2.calls[index]
+            if isinstance(outcome, Exception):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)  # type: ignore[arg-type]
+        result: list[object] = []
+        answer.addBoth(result.append)
+        again = router.deliver(message)
+        if hs2.calls and not hs2.calls[-1][1].called:
+            hs2.calls[-1][1].callback(DeliveryStatus.DELIVERED)
+        return {
+            "outcome": _outcome(result),
+            "waiting": waiting,
+            "hops": [event.hops for event, _ in hs2.calls],
+            "again": _againOutcome(again),
+            "remembered": locator.cachedHomeOf(CAROL),
+        }
+
+    def test_sameOutcomes(self) -> None:
+        """
+        For every answer of the other home server, the sender gets the same
+        outcome with the home remembered (the synchronous path) as with the
+        directory asked (the general one), the link is given the same
+        events, the message may be sent again exactly when it was not
+        delivered, and the locator remembers the same.
+        """
+        for name, answers, expected in _LINK_ANSWERS:
+            fast = self.deliver(True, answers)
+            general = self.deliver(False, answers)
+            self.assertEqual(fast["outcome"], expected, name)
+            for key in ("outcome", "hops", "again", "remembered"):
+                self.assertEqual(fast[key], general[key], (name, key))
+            self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 0)
+
+    def test_oneErrback(self) -> None:
+        """
+        With the home remembered, the link's L{Deferred} carries one
+        callback of the router's while it waits (not one each for the
+        move, the 503 and the loop bookkeeping).
+        """
+        for name, answers, _ in _LINK_ANSWERS:
+            self.assertEqual(self.deliver(True, answers)["waiting"], 1, name)
+
+    def test_unexpectedFailure(self) -> None:
+        """
+        A link's failure that is no delivery status becomes L{ServerError}
+        for the sender and is logged, on both paths; the message may be
+        sent again.
+        """
+        for remembered in (True, False):
+            seen = self.deliver(remembered, [RuntimeError("bug")])
+            self.assertEqual(seen["outcome"], (ServerError, "internal error while delivering", None))
+            self.assertEqual(seen["again"], DeliveryStatus.DELIVERED)
+            self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_movedHere(self) -> None:
+        """
+        A move to this process's home server (the directory homes carol
+        here now) is followed at once on the synchronous path: carol's
+        message goes to the home server here, and the locator remembers.
+        """
+        locator = DirectoryHomeLocator(self.directory, self.clock, 30.0)
+        self.successResultOf(locator.homeOf(CAROL))
+        hs2, here = PendingRoute(), RecordingRoute()
+        router = Router(domain="corp.example", serverName=HS1, locator=locator, linkRoutes=MemoryLinkRoutes(servers={HS2: hs2}))
+        router.addRoute("corp.example", here, local=True)
+        answer = router.deliverAtOnce(Message(ALICE, CAROL, "hi"))
+        assert isinstance(answer, Deferred)
+        self.directory.accounts[CAROL] = AccountRecord(CAROL, HS1, "", True, "{}")
+        hs2.calls[0][1].errback(MovedTo("moved", HS1))
+        self.assertEqual(self.successResultOf(answer), DeliveryStatus.DELIVERED)
+        self.assertEqual([(e.body, e.hops) for e in here.events], [("hi", 0)])  # type: ignore[union-attr]
+        self.assertEqual(locator.cachedHomeOf(CAROL), HS1)
+
+    def test_hopLimit(self) -> None:
+        """
+        A message at the hop limit is refused at once on the synchronous
+        path (L{LoopDetected}), the link given nothing, and the message
+        forgotten by the loop check (it may be retried).
+        """
+        locator = DirectoryHomeLocator(self.directory, self.clock, 30.0)
+        self.successResultOf(locator.homeOf(CAROL))
+        hs2 = PendingRoute()
+        router = Router(maxHops=3, domain="corp.example", serverName=HS1, locator=locator, linkRoutes=MemoryLinkRoutes(servers={HS2: hs2}))
+        message = Message(ALICE, CAROL, "hi", hops=3)
+        self.assertRaises(LoopDetected, router.deliverAtOnce, message)
+        self.failureResultOf(router.deliver(message), LoopDetected)
+        self.assertEqual(hs2.calls, [])
+
+    def test_unknownServer(self) -> None:
+        """
+        A remembered home that is not among the [servers] of the config
+        goes the general way: logged, and the sender answered as for a
+        user without an account.
+        """
+        self.directory.accounts[CAROL] = AccountRecord(CAROL, "hs7", "", True, "{}")
+        for remembered in (True, False):
+            with capturedLogs() as events:
+                seen = self.deliver(remembered, [])
+            self.assertEqual(seen["outcome"], (UserOffline, "carol@corp.example is offline", None))
+            self.assertIn("hs7", " ".join(formatEvent(e) for e in events))
+
+    def test_throughHomeServer(self) -> None:
+        """
+        A home server's session sends through the synchronous path: its
+        C{sendMessageAtOnce} hands back the link's L{Deferred} itself, and
+        the outcome the link gives reaches the sender, with two callbacks
+        on the way (the router's errback, the metrics' count).
+        """
+        locator = DirectoryHomeLocator(self.directory, self.clock, 30.0)
+        hs2 = PendingRoute()
+        router = Router(domain="corp.example", serverName=HS1, locator=locator, linkRoutes=MemoryLinkRoutes(servers={HS2: hs2}))
+        home = HomeServer(HS1, "corp.example", self.directory, MemoryHomeStore(), router, self.clock, locator=locator)
+        router.addRoute("corp.example", home, local=True)
+        self.successResultOf(locator.homeOf(CAROL))
+        session = self.successResultOf(home.openSession(ALICE, RecordingSessionClient()))
+        answer = session.sendMessageAtOnce(CAROL, "hi")  # type: ignore[attr-defined]
+        self.assertIs(answer, hs2.calls[0][1])
+        # The router's errback and the metrics' callback, nothing more.
+        self.assertEqual(len(answer._callbacks), 2)
+        hs2.calls[0][1].errback(UserBusy("busy", "tel:+1555"))
+        self.assertEqual(self.failureResultOf(answer, UserBusy).value.alternate, "tel:+1555")
+
+
+def _againOutcome(d: Deferred[DeliveryStatus]) -> object:
+    """
+    The outcome of a message sent again: its L{_outcome}, a loop's without
+    its text (which names the message's ids).
+    """
+    outcome = _outcome(_fired(d))
+    if isinstance(outcome, tuple) and outcome[0] is LoopDetected:
+        return LoopDetected
+    return outcome
+
+
+def _fired(d: Deferred[DeliveryStatus]) -> list[object]:
+    result: list[object] = []
+    d.addBoth(result.append)
+    return result
+
+
+def _outcome(result: list[object]) -> object:
+    """
+    A L{Deferred}'s result as a comparable value: the status, or the
+    failure's type, text and alternate; C{None} if it has not fired.
+    """
+    if not result:
+        return None
+    [r] = result
+    if isinstance(r, Failure):
+        r.cleanFailure()
+        return (type(r.value), r.value.text, getattr(r.value, "alternate", None))  # type: ignore[union-attr]
+    return r

@@ -22,7 +22,15 @@ from imgateway.core.errors import MovedTo
 from imgateway.core.records import AccountRecord
 from imgateway.interfaces import IDirectory, IHomeLocator
 
-__all__ = ["DEFAULT_MAX_CACHED", "UNKNOWN", "DirectoryHomeLocator", "followMoves", "homeOfAuthenticated", "knownHome"]
+__all__ = [
+    "DEFAULT_MAX_CACHED",
+    "UNKNOWN",
+    "DirectoryHomeLocator",
+    "followMove",
+    "followMoves",
+    "homeOfAuthenticated",
+    "knownHome",
+]
 
 T = TypeVar("T")
 
@@ -192,6 +200,29 @@ def followMoves(
         except BaseException:
             d = fail()
     return d.addErrback(_moved, locator, address, attempt, what, giveUp, True)
+
+
+def followMove(
+    f: Failure,
+    locator: IHomeLocator,
+    address: Address,
+    attempt: Callable[[str | None], Deferred[T]],
+    what: object,
+    giveUp: Callable[[], Exception],
+) -> Deferred[T]:
+    """
+    What L{followMoves} does when its first C{attempt} fails with C{f}, for
+    a caller that made that attempt itself (with the answer of
+    L{knownHome}, its L{Deferred} handled in one errback of its own): on
+    L{MovedTo}, forget the user's home and attempt once more, a second
+    L{MovedTo} becoming C{giveUp()}; any other failure is returned as it
+    is.
+
+    @return: Fires as L{followMoves}' answer would after that failure.
+    """
+    if not f.check(MovedTo):
+        return fail(f)
+    return _moved(f, locator, address, attempt, what, giveUp, True)
 
 
 def _moved(

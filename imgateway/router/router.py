@@ -36,6 +36,7 @@ from imgateway.core.errors import (
     DeliveryError,
     DeliveryStatus,
     LoopDetected,
+    MovedTo,
     NoRoute,
     ServerError,
     ServiceUnavailable,
@@ -43,7 +44,7 @@ from imgateway.core.errors import (
 from imgateway.core.events import DEFAULT_MAX_HOPS, Event, Message, forwarded
 from imgateway.home.server import answerNoAccount
 from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter
-from imgateway.router.locator import followMoves, knownHome
+from imgateway.router.locator import UNKNOWN, followMove, followMoves, knownHome
 
 __all__ = ["Router"]
 
@@ -170,8 +171,11 @@ class Router:
         L{deliver}, answered without a L{Deferred} when the outcome is known
         at once: a message whose recipient is homed in this process (as far
         as the locator remembers), delivered by this process's home server
-        at once (its fast path, C{deliverAtOnce}). Every other event goes
-        the way L{deliver} says, asynchronously.
+        at once (its fast path, C{deliverAtOnce}). A message whose recipient
+        the locator remembers on another server of the domain goes to the
+        link at once, and its L{Deferred} is the link's with one errback
+        (L{_toLink}). Every other event goes the way L{deliver} says,
+        asynchronously.
 
         @return: L{DeliveryStatus.DELIVERED}, or a L{Deferred} of the
             outcome.
@@ -189,9 +193,14 @@ class Router:
             if len(self._seen) > self._seenLimit:
                 self._seen.popitem(last=False)
             atOnce = self._atOnce.get(domain)
-            if atOnce is not None and (
-                self.locator is None or domain != self.domain or knownHome(self.locator, event.recipient) == self.serverName
-            ):
+            locator = self.locator
+            if locator is not None and domain == self.domain:
+                home = knownHome(locator, event.recipient)
+                if home != self.serverName:
+                    if home is not UNKNOWN and home is not None and self.linkRoutes is not None:
+                        return self._toLink(home, event, key)
+                    atOnce = None
+            if atOnce is not None:
                 try:
                     outcome = atOnce(event)
                 except DeliveryError:
@@ -212,6 +221,55 @@ class Router:
         else:
             d = self._toDomain(event)
         return d.addErrback(self._failed, key, domain, event)
+
+    def _toLink(self, home: str, message: Message, key: str) -> DeliveryStatus | Deferred[DeliveryStatus]:
+        """
+        Deliver C{message}, for a user of this domain that the locator
+        remembers as homed on C{home}, another server, over the link to
+        it: what L{_toHome} does, with the remembered answer used at once
+        and one errback on the link's L{Deferred} (L{_linkFailed}) in place
+        of L{followMoves}', L{_unreachable}'s and L{_failed}'s: the same
+        outcomes for every answer (L{MovedTo<imgateway.core.errors.MovedTo>}
+        retried once, C{503} answered as for a user without an account).
+
+        @raise DeliveryError: If the message is refused at once (its hop
+            limit reached).
+        """
+        try:
+            route = self.linkRoutes.toServer(home)  # type: ignore[union-attr]
+        except KeyError:
+            # Not among the [servers]: the general way logs it and answers.
+            return self._toHome(self.locator, message).addErrback(  # type: ignore[arg-type]
+                self._failed, key, message.recipient.domain, message
+            )
+        try:
+            d = route.deliver(forwarded(message, self._maxHops))
+        except LoopDetected:
+            self._seen.pop(key, None)
+            raise
+        except BaseException:
+            d = fail()
+        # (The errback returns the failure, or the retry's Deferred: no
+        # overload of addErrback types that union.)
+        return d.addErrback(self._linkFailed, key, message)  # type: ignore[call-overload,no-any-return]
+
+    def _linkFailed(self, f: Failure, key: str, message: Message) -> Failure | Deferred[DeliveryStatus]:
+        """
+        A message's delivery over a link (L{_toLink}) failed: as
+        L{_unreachable}, L{followMoves} and L{_failed} answer in turn, in
+        one step.
+        """
+        if f.check(MovedTo):
+            # Forgotten and retried once, the message still remembered (a
+            # retry is no loop), as followMoves does.
+            retried: Deferred[DeliveryStatus] = followMove(
+                f, self.locator, message.recipient, partial(self._routed, message), message, _unavailable  # type: ignore[arg-type]
+            )
+            return retried.addErrback(self._failed, key, message.recipient.domain, message)
+        if f.check(ServiceUnavailable):
+            self._seen.pop(key, None)
+            return answerNoAccount(message)
+        return self._failed(f, key, message.recipient.domain, message)
 
     def _failed(self, f: Failure, key: str | None, domain: str, event: Event) -> Failure:
         if key is not None:

@@ -567,6 +567,34 @@ class QueueAndTimeoutTests(LinkTestCase):
         self.clock.advance(10)
         self.failureResultOf(waiting, ServiceUnavailable)
 
+    def test_requestEncodedDecoded(self) -> None:
+        """
+        A request sent with what reads its answer
+        (L{LinkClient.requestEncoded}'s C{decode}) fires its L{Deferred}
+        with what that returns, or fails with what it raises, and carries
+        no callback while it waits; the queue, time limit and
+        C{max_queue} are the same.
+        """
+        client = self.client(maxQueue=1)
+        ping = serialiseUnsequenced(Request("PING", "*", Headers()))
+        d = client.requestEncoded(ping, lambda response: ("read", response.code))
+        self.assertEqual(len(d._callbacks), 0)
+        self.network.flush()
+        self.assertEqual(self.successResultOf(d), ("read", 200))
+
+        def refuse(response: Response) -> object:
+            raise UserBusy("busy", "tel:+15550100")
+
+        d = client.requestEncoded(ping, refuse)
+        self.network.flush()
+        self.assertEqual(self.failureResultOf(d, UserBusy).value.alternate, "tel:+15550100")
+        self.server.up = False
+        self.drop()
+        waiting = client.requestEncoded(ping, refuse)
+        self.failureResultOf(client.requestEncoded(ping, refuse), ServiceUnavailable)
+        self.clock.advance(10)
+        self.failureResultOf(waiting, ServiceUnavailable)
+
     def test_firedByCaller(self) -> None:
         """
         A request's L{Deferred} its caller fired first (a proxied session

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from imgateway.adapters.native.framing import FrameParser, Headers, Request
+from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response
 from imgateway.config import GatewayConfig
 from imgateway.core.address import Address
 from imgateway.core.errors import (
@@ -558,12 +558,12 @@ class SessionMethodTests(ProxyTestCase):
             requests.append(request)
             return send(request)
 
-        def recordingEncoded(encoded: bytes) -> Deferred[Any]:
+        def recordingEncoded(encoded: bytes, decode: Callable[[Response], Any] | None = None) -> Deferred[Any]:
             # What was written, parsed back (a Seq added for the parser).
             [frame] = FrameParser(LINK_LIMITS).feed(withSeq(encoded, 1))
             assert isinstance(frame, Request)
             requests.append(attrs.evolve(frame, headers=frame.headers.without("Seq")))
-            return sendEncoded(encoded)
+            return sendEncoded(encoded, decode)
 
         self.link.request = recording  # type: ignore[method-assign]
         self.link.requestEncoded = recordingEncoded  # type: ignore[method-assign]
@@ -974,6 +974,43 @@ class LinkLossTests(ProxyTestCase):
         self.network.flush()
         self.assertEqual(self.link.queued, 0)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_messageAnswerRead(self) -> None:
+        """
+        A proxied message's L{Deferred} carries no callback of the
+        session's while it waits: the link reads the answer as it comes
+        (delivered; a refusal's status, a 486's alternate included; 503).
+        """
+        session, home, client = self.open()
+        answers: list[Any] = [succeed(DeliveryStatus.DELIVERED), fail(UserBusy("busy", "tel:+15550100")), fail(ServiceUnavailable("down"))]
+        home.sendMessage = lambda *arguments: answers.pop(0)  # type: ignore[method-assign]
+        sent = [session.sendMessage(CAROL, "hi") for _ in range(3)]
+        self.assertEqual([len(d._callbacks) for d in sent], [0, 0, 0])
+        self.network.flush()
+        self.assertIs(self.successResultOf(sent[0]), DeliveryStatus.DELIVERED)
+        self.assertEqual(self.failureResultOf(sent[1], UserBusy).value.alternate, "tel:+15550100")
+        self.assertEqual(self.failureResultOf(sent[2], ServiceUnavailable).value.text, "down")
+
+    def test_messagesKeptBounded(self) -> None:
+        """
+        A session keeps its messages' L{Deferred}s to fail them when it
+        ends, but not those answered long ago: after 1,000 answered
+        messages it keeps at most twice L{proxy._IN_FLIGHT_SWEEP}; one held
+        among them still fails at once when the session ends.
+        """
+        session, home, client = self.open()
+        held: Deferred[DeliveryStatus] = Deferred()
+        home.sendMessage = lambda *arguments: held  # type: ignore[method-assign]
+        waiting = session.sendMessage(CAROL, "held")
+        self.network.flush()
+        home.sendMessage = lambda *arguments: succeed(DeliveryStatus.DELIVERED)  # type: ignore[method-assign]
+        for i in range(1000):
+            self.successResultOf(self.settle(session.sendMessage(CAROL, str(i))))
+        self.assertLessEqual(len(session._inFlight), 2 * proxy._IN_FLIGHT_SWEEP)
+        self.assertIn(waiting, session._inFlight)
+        home.client.sessionClosed("server shutting down")
+        self.network.flush()
+        self.assertEqual(str(self.failureResultOf(waiting, ServiceUnavailable).value), "server shutting down")
 
     def test_reopenAfterReconnect(self) -> None:
         """

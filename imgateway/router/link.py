@@ -672,17 +672,20 @@ class LinkTLS:
 class _Outgoing:
     """
     A L{LinkClient}'s request until it is answered: its bytes, its
-    L{Deferred}, its deadline, and whether its answer is a delivery's
-    (fired with L{decodeResponse}'s outcome, not the response).
+    L{Deferred}, its deadline, and what its answer is read with, if not
+    given as it is (a delivery's: L{decodeResponse}; its L{Deferred} fires
+    with what that returns, or fails with what it raises).
     """
 
-    __slots__ = ("encoded", "deferred", "deadline", "delivery")
+    __slots__ = ("encoded", "deferred", "deadline", "decode")
 
-    def __init__(self, encoded: bytes, deferred: Deferred[Any], deadline: float, delivery: bool = False) -> None:
+    def __init__(
+        self, encoded: bytes, deferred: Deferred[Any], deadline: float, decode: Callable[[Response], object] | None = None
+    ) -> None:
         self.encoded = encoded
         self.deferred = deferred
         self.deadline = deadline
-        self.delivery = delivery
+        self.decode = decode
 
 
 class _Sent:
@@ -864,17 +867,19 @@ class LinkClient(MultiService):
         item = self._pending.pop(ident, None)
         self._sent.pop(ident, None)
         if item is not None and not item.deferred.called:
-            if not item.delivery:
+            decode = item.decode
+            if decode is None:
                 item.deferred.callback(response)
                 return
-            # A delivery's answer (deliver): its outcome, without a
-            # callback of its own on the Deferred.
+            # An answer read for its caller (a delivery's outcome, a
+            # proxied session's message): without a callback of its own on
+            # the Deferred.
             try:
-                status = decodeResponse(response)
+                outcome = decode(response)
             except Exception:
                 item.deferred.errback(Failure())
             else:
-                item.deferred.callback(status)
+                item.deferred.callback(outcome)
 
     def request(self, request: Request) -> Deferred[Response]:
         """
@@ -898,21 +903,28 @@ class LinkClient(MultiService):
             return fail(ServerError(f"cannot send {request.method} over a link"))
         return self._enqueue(encoded)
 
-    def requestEncoded(self, encoded: bytes) -> Deferred[Response]:
+    def requestEncoded(self, encoded: bytes, decode: Callable[[Response], Any] | None = None) -> Deferred[Any]:
         """
         As L{request}, for a request its caller serialised already, as
         L{serialiseUnsequenced} would (the proxied sessions' messages,
         L{imgateway.router.proxy}, and events, L{encodeMessage}): the
         same queue, limit, time limit and resends.
-        """
-        return self._enqueue(encoded)
 
-    def _enqueue(self, encoded: bytes, delivery: bool = False) -> Deferred[Any]:
+        @param decode: What reads the answer, if given: the L{Deferred}
+            then fires with what C{decode(response)} returns, or fails with
+            what it raises, with no callback added for it (the answer of a
+            proxied session's message read as it comes).
+        """
+        return self._enqueue(encoded, decode)
+
+    def _enqueue(self, encoded: bytes, decode: Callable[[Response], object] | None = None) -> Deferred[Any]:
         """
         Queue a serialised request and send it if the link is up.
 
-        @param delivery: Whether it carries an event (L{deliver}): its
-            L{Deferred} then fires with the delivery's outcome.
+        @param decode: What reads its answer for its L{Deferred}
+            (L{requestEncoded}); for an event (L{deliver}),
+            L{decodeResponse}: the L{Deferred} then fires with the
+            delivery's outcome.
         """
         if len(self._pending) >= self._config.maxQueue:
             self._queueFull()
@@ -921,7 +933,7 @@ class LinkClient(MultiService):
         ident = self._ids
         d: Deferred[Any] = Deferred()
         deadline = self._clock.seconds() + self._config.requestTimeout
-        self._pending[ident] = _Outgoing(encoded, d, deadline, delivery)
+        self._pending[ident] = _Outgoing(encoded, d, deadline, decode)
         if self._sweeper is None:
             self._armSweeper(deadline)
         self._transmit(ident)
@@ -1043,7 +1055,7 @@ class LinkClient(MultiService):
             if isinstance(event, Message):
                 # The hot path: its bytes written at once (encodeMessage),
                 # its answer decoded as it comes (_answered).
-                return self._enqueue(encodeMessage(event, via, maxHops, event.routingId), True)
+                return self._enqueue(encodeMessage(event, via, maxHops, event.routingId), decodeResponse)
             request = encodeRequest(event, via, maxHops, newRoutingId())
         except ValueError as e:
             log.error("Cannot send {event!r} to {peer}: {error}", event=event, peer=self.name, error=e)

@@ -245,6 +245,24 @@ def _delivered(result: object) -> DeliveryStatus:
     return DeliveryStatus.DELIVERED
 
 
+def _messageOutcome(response: Response) -> DeliveryStatus:
+    """
+    The outcome of a proxied session's C{SESSION message}, from its answer
+    (read by the link as it comes, L{LinkClient.requestEncoded}).
+
+    @raise Exception: The failure an error response reports
+        (L{decodeResult}).
+    """
+    if response is not DELIVERED:
+        decodeResult(response)
+    return DeliveryStatus.DELIVERED
+
+
+#: The fewest of a proxied session's messages it keeps (L{RemoteSession._keep})
+#: before it drops those answered.
+_IN_FLIGHT_SWEEP = 64
+
+
 #: What L{encodeSessionMessage} leaves to the general way: what a header
 #: value could not carry as it is (stricter than the framing's check).
 _VALUES_NOT_PLAIN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
@@ -384,6 +402,7 @@ class RemoteSession:
         self.presence: Presence = OFFLINE
         self.closed = False
         self._inFlight: set[Deferred[Any]] = set()
+        self._sweepAt = _IN_FLIGHT_SWEEP
 
     def __repr__(self) -> str:
         return f"<RemoteSession {self.sessionId} {self.address} on {self._link.name}>"
@@ -416,15 +435,6 @@ class RemoteSession:
     def _settled(self, result: Response | Failure, d: Deferred[Response]) -> Response | Failure:
         self._inFlight.discard(d)
         return result
-
-    def _messageAnswered(self, result: Response | Failure, d: Deferred[Response]) -> DeliveryStatus | Failure:
-        # _settled, decodeResult and _delivered in one step: the hot path.
-        self._inFlight.discard(d)
-        if isinstance(result, Failure):
-            return result
-        # Raises the failure an error response reports.
-        decodeResult(result)
-        return DeliveryStatus.DELIVERED
 
     def publish(self, presence: Presence, lease: float | None = None) -> float:
         granted = self._proxy.config.home.grantLease(lease)
@@ -460,9 +470,26 @@ class RemoteSession:
         except ValueError as e:
             log.error("Link to {peer}: cannot send SESSION message: {error}", peer=self._link.name, error=e)
             return fail(ServerError("cannot send SESSION over a link"))
-        d = self._link.requestEncoded(encoded)
-        self._inFlight.add(d)
-        return d.addBoth(self._messageAnswered, d)
+        # Its answer read by the link as it comes (_messageOutcome): the
+        # face's callback is the first on the Deferred.
+        d: Deferred[DeliveryStatus] = self._link.requestEncoded(encoded, _messageOutcome)
+        self._keep(d)
+        return d
+
+    def _keep(self, d: Deferred[Any]) -> None:
+        """
+        Keep C{d}, a message's L{Deferred} from the link, to fail it at once
+        if the session ends first (L{ended}), without a callback to forget
+        it: the answered ones are dropped when those kept reach twice as
+        many as were unanswered at the last count (at least
+        L{_IN_FLIGHT_SWEEP}), so what is kept stays bounded by the
+        messages in flight.
+        """
+        inFlight = self._inFlight
+        inFlight.add(d)
+        if len(inFlight) >= self._sweepAt:
+            self._inFlight = inFlight = {kept for kept in inFlight if not kept.called}
+            self._sweepAt = max(_IN_FLIGHT_SWEEP, 2 * len(inFlight))
 
     def subscribe(self, target: Address, displayName: str = "") -> Deferred[AuthorisationState]:
         d = self._call("subscribe", {"target": str(target), "name": displayName})

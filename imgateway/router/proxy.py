@@ -451,7 +451,8 @@ class RemoteSession:
     def sendMessage(
         self, recipient: Address, body: str, contentType: str = "text/plain", messageId: str | None = None
     ) -> Deferred[DeliveryStatus]:
-        if not (_headerSafe(contentType) and (messageId is None or _headerSafe(messageId))):
+        # (text/plain, what nearly every message has, is safe as it is.)
+        if not ((contentType == "text/plain" or _headerSafe(contentType)) and (messageId is None or _headerSafe(messageId))):
             # Values a header cannot carry as they are (from a face other
             # than the native one): the JSON form.
             arguments = {"to": str(recipient), "body": body, "contentType": contentType, "messageId": messageId}

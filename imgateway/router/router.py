@@ -222,7 +222,7 @@ class Router:
             d = self._toDomain(event)
         return d.addErrback(self._failed, key, domain, event)
 
-    def _toLink(self, home: str, message: Message, key: str) -> DeliveryStatus | Deferred[DeliveryStatus]:
+    def _toLink(self, home: str, message: Message, key: str) -> Deferred[DeliveryStatus]:
         """
         Deliver C{message}, for a user of this domain that the locator
         remembers as homed on C{home}, another server, over the link to

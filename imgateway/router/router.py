@@ -197,8 +197,9 @@ class Router:
             if locator is not None and domain == self.domain:
                 home = knownHome(locator, event.recipient)
                 if home != self.serverName:
-                    if home is not UNKNOWN and home is not None and self.linkRoutes is not None:
-                        return self._toLink(home, event, key)
+                    links = self.linkRoutes
+                    if home is not UNKNOWN and home is not None and links is not None:
+                        return self._toLink(locator, links, home, event, key)
                     atOnce = None
             if atOnce is not None:
                 try:
@@ -222,7 +223,9 @@ class Router:
             d = self._toDomain(event)
         return d.addErrback(self._failed, key, domain, event)
 
-    def _toLink(self, home: str, message: Message, key: str) -> Deferred[DeliveryStatus]:
+    def _toLink(
+        self, locator: IHomeLocator, links: ILinkRoutes, home: str, message: Message, key: str
+    ) -> Deferred[DeliveryStatus]:
         """
         Deliver C{message}, for a user of this domain that the locator
         remembers as homed on C{home}, another server, over the link to
@@ -236,12 +239,10 @@ class Router:
             limit reached).
         """
         try:
-            route = self.linkRoutes.toServer(home)  # type: ignore[union-attr]
+            route = links.toServer(home)
         except KeyError:
             # Not among the [servers]: the general way logs it and answers.
-            return self._toHome(self.locator, message).addErrback(  # type: ignore[arg-type]
-                self._failed, key, message.recipient.domain, message
-            )
+            return self._toHome(locator, message).addErrback(self._failed, key, message.recipient.domain, message)
         try:
             d = route.deliver(forwarded(message, self._maxHops))
         except LoopDetected:
@@ -251,9 +252,9 @@ class Router:
             d = fail()
         # (The errback returns the failure, or the retry's Deferred: no
         # overload of addErrback types that union.)
-        return d.addErrback(self._linkFailed, key, message)  # type: ignore[call-overload,no-any-return]
+        return d.addErrback(self._linkFailed, locator, key, message)  # type: ignore[call-overload,no-any-return]
 
-    def _linkFailed(self, f: Failure, key: str, message: Message) -> Failure | Deferred[DeliveryStatus]:
+    def _linkFailed(self, f: Failure, locator: IHomeLocator, key: str, message: Message) -> Failure | Deferred[DeliveryStatus]:
         """
         A message's delivery over a link (L{_toLink}) failed: as
         L{_unreachable}, L{followMoves} and L{_failed} answer in turn, in
@@ -263,7 +264,7 @@ class Router:
             # Forgotten and retried once, the message still remembered (a
             # retry is no loop), as followMoves does.
             retried: Deferred[DeliveryStatus] = followMove(
-                f, self.locator, message.recipient, partial(self._routed, message), message, _unavailable  # type: ignore[arg-type]
+                f, locator, message.recipient, partial(self._routed, message), message, _unavailable
             )
             return retried.addErrback(self._failed, key, message.recipient.domain, message)
         if f.check(ServiceUnavailable):

@@ -60,7 +60,7 @@ from imgateway.router.link import (
     withSeq,
 )
 from imgateway.router import link
-from imgateway.router.link_codec import DELIVERED, encodeRequest, encodeResponse, hopKey
+from imgateway.router.link_codec import DELIVERED, encodeMessage, encodeRequest, encodeResponse, hopKey
 from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.testing import MemoryDirectory
 
@@ -1942,3 +1942,144 @@ class BareDeliveredTests(SynchronousTestCase):
         head = b"IMGW/1.0 200 OK\r\nSeq: 1\r\nContent-Length: %d\r\n\r\n" % len(bare)
         answers = self.answers([head, bare, b"IMGW/1.0 200 OK\r\nSeq: 3\r\n\r\n"], 3)
         self.assertEqual(answers, [(1, 200, "OK", (), bare), (3, 200, "OK", (), b"")])
+
+
+class MessageReaderTests(SynchronousTestCase):
+    """
+    On the accepting side, the link C{MESSAGE}s a peer writes are read
+    without the parser (L{link.LinkFrameReader}) and handed to the receiver
+    decoded (L{LinkReceiver.messageReceived}), with the same answers,
+    deliveries and log lines as when every frame is parsed.
+    """
+
+    def run_(
+        self, chunks: list[bytes], fast: bool, ready: bool = True, answer: Callable[[Event], Deferred[DeliveryStatus]] | None = None
+    ) -> tuple[bytes, list[Event], list[str], bool, int]:
+        """
+        Feed C{chunks} to a connection of a fresh receiver (C{hs1}, peer
+        C{hs2}, C{max_queue} 3), with the reader or without.
+
+        @return: What the connection wrote, what the router was given, the
+            log lines, whether the connection is closing, and how many
+            messages the reader handed over decoded.
+        """
+        clock = Clock()
+        server = Server(configFor("hs1"), clock)
+        if answer is not None:
+            server.router.answer = answer
+        logged = captureLogs(self)
+        event, decoded = server.receiver.messageHandlers
+        taken: list[object] = []
+
+        def counting(connection: LinkConnection, request: Any) -> Any:
+            taken.append(request)
+            return decoded(connection, request)
+
+        connection = LinkConnection(server.receiver.handlers, clock, 10.0, limits=link.LINK_LIMITS, onMessage=(event, counting) if fast else None)
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        if ready:
+            connection.markReady(LinkPeer("corp.example", "hs2", frozenset({"home"})))
+        for chunk in chunks:
+            connection.dataReceived(chunk)
+        return transport.value(), list(server.router.events), [formatEvent(e) for e in logged], transport.disconnecting, len(taken)
+
+    def request(self, rng: random.Random, seq: int) -> bytes:
+        """
+        A request as a peer sends it: mostly link messages (accepted, or
+        refused by the origination rule, the decoding, the hop checks, as
+        duplicates), sometimes another request or a broken frame.
+        """
+        kind = rng.randrange(10)
+        if kind < 7:
+            message = Message(rng.choice([CAROL, CAROL, ALICE, ROMEO]), ALICE, rng.choice(["hi", "", "☃"]), routingId=f"r{rng.randrange(6)}")
+            via = rng.choice([["corp.example/hs2"], ["corp.example/hs2"], ["corp.example/hs1"], []])
+            data = encodeMessage(message, via, rng.choice([8, 8, 1]), message.routingId)
+            if rng.random() < 0.2:
+                data = data.replace(b"Timestamp: ", rng.choice([b"Timestamp: x", b"Timestamp:  "]))
+            elif rng.random() < 0.1:
+                data = data.replace(b"Routing-Id", b"Max-Hops: 0\r\nRouting-Id")
+            return withSeq(data, seq)
+        if kind == 7:
+            return serialise(encodeRequest(PresenceUpdate(CAROL, ALICE, Presence(PresenceState.AWAY)), ["corp.example/hs2"], 8, f"n{seq}")).replace(
+                b"\r\n", b"\r\nSeq: %d\r\n" % seq, 1
+            )
+        if kind == 8:
+            return serialise(Request(rng.choice(["PING", "NOPE"]), "*", Headers((("Seq", str(seq)),))))
+        return rng.choice([b"MESSAGE im:alice@corp.example IMGW/1.0\r\n\r\n", b"MESSAGE \r\n\r\n"])
+
+    def test_sameAsParsed(self) -> None:
+        """
+        Over fuzzed streams of requests cut into reads at random, the
+        connection writes the same bytes, the router gets the same events
+        and the same lines are logged with the reader as without; and the
+        reader took most messages.
+        """
+        rng = random.Random(20261205)
+        taken = 0
+        for _ in range(150):
+            stream = b"".join(self.request(rng, seq) for seq in range(1, rng.randint(2, 12)))
+            cuts = sorted(set(rng.sample(range(1, len(stream)), min(rng.randint(0, 4), len(stream) - 1))))
+            chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+            *fast, count = self.run_(chunks, True)
+            *parsed, none = self.run_(chunks, False)
+            self.assertEqual(fast, parsed, chunks)
+            self.assertEqual(none, 0)
+            taken += count
+        self.assertGreater(taken, 200)
+
+    def test_limitsAndPeer(self) -> None:
+        """
+        A message read without the parser is answered 401 before C{HELLO},
+        503 past C{max_queue} requests in progress (logged once), 400 when
+        its decoding fails (logged), as the parsed one.
+        """
+        messages = [withSeq(encodeMessage(Message(CAROL, ALICE, "hi", routingId=f"r{n}"), ["corp.example/hs2"], 8, f"r{n}"), n) for n in range(1, 6)]
+        bad = withSeq(encodeMessage(Message(CAROL, ALICE, "hi"), [], 8, "rb").replace(b"Timestamp: ", b"Timestamp: x"), 6)
+        cases: list[tuple[list[bytes], bool, Callable[[Event], Deferred[DeliveryStatus]] | None]] = [
+            ([b"".join(messages)], False, None),
+            ([b"".join(messages) + bad], True, lambda e: Deferred()),
+            ([bad], True, None),
+        ]
+        codes: list[list[int]] = []
+        for chunks, ready, answer in cases:
+            *fast, count = self.run_(chunks, True, ready, answer)
+            *parsed, _ = self.run_(chunks, False, ready, answer)
+            self.assertEqual(fast, parsed)
+            self.assertEqual(count, len(FrameParser(link.LINK_LIMITS).feed(b"".join(chunks))))
+            written = fast[0]
+            assert isinstance(written, bytes)
+            codes.append([f.code for f in FrameParser().feed(written) if isinstance(f, Response)])
+        self.assertEqual(codes, [[401] * 5, [503, 503, 503], [400]])
+        logged = fast[2]
+        assert isinstance(logged, list)
+        self.assertEqual(len([m for m in logged if "MESSAGE refused (400)" in m]), 1)
+
+    def test_handlerReplaced(self) -> None:
+        """
+        While C{MESSAGE} is answered by another handler than the
+        receiver's, messages are parsed and given to it.
+        """
+        received: list[Request] = []
+        clock = Clock()
+        server = Server(configFor("hs1"), clock)
+        connection = LinkConnection(server.receiver.handlers, clock, 10.0, onMessage=server.receiver.messageHandlers)
+        connection.makeConnection(StringTransport())
+        connection.markReady(LinkPeer("corp.example", "hs2", frozenset({"home"})))
+        connection.handlers = {"MESSAGE": answering(received)}
+        connection.dataReceived(withSeq(encodeMessage(Message(CAROL, ALICE, "hi"), [], 8, "r1"), 1))
+        self.assertEqual([r.method for r in received], ["MESSAGE"])
+        self.assertEqual(server.router.events, [])
+
+    def test_acceptedLinksReadMessages(self) -> None:
+        """
+        The connections a link listener accepts read messages without the
+        parser; those a link client opens (whose peer sends no messages)
+        do not.
+        """
+        server = Server(configFor("hs1"), Clock())
+        accepted = server.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4000))
+        assert isinstance(accepted, LinkConnection)
+        self.assertEqual(accepted._onMessage, server.receiver.messageHandlers)
+        client = LinkClient("server hs1", FakeEndpoint(Network(Clock()), server, "127.0.0.1"), LINKS, Clock(), hello("hs2"), LinkTraces(), "corp.example/hs2")
+        self.assertIsNone(client._buildProtocol()._onMessage)

@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from imgateway.adapters.native.framing import Frame, FrameParser, Headers, Request, Response, serialise
+from imgateway.adapters.native.framing import Frame, FrameParser, FramingError, Headers, Limits, Request, Response, serialise
 from imgateway.core.address import Address
 from imgateway.core.errors import (
     Blocked,
@@ -45,6 +45,8 @@ from imgateway.router.link_codec import (
 ALICE = Address.fromString("alice@corp.example")
 CAROL = Address.fromString("carol@corp.example")
 ROMEO = Address.fromString("romeo@partner.example")
+#: What a link accepts with the default C{[links]} keys.
+LIMITS = Limits(maxStartLineBytes=4096, maxHeaderBytes=16384, maxHeaders=64, maxBodyBytes=65536)
 
 
 def wire(frame: Frame) -> Frame:
@@ -526,3 +528,216 @@ class MessageEncodingTests(SynchronousTestCase):
         decoded = decodeRequest(request)
         self.assertEqual(decoded.event, message)
         self.assertEqual((decoded.via, decoded.maxHops, decoded.routingId), (("corp.example/hs1",), 5, "r.1"))
+
+
+def readOutcome(item: object) -> object:
+    """
+    What a reader's item says, comparable between L{FrameParser} (a
+    C{MESSAGE} decoded by L{decodeRequest}) and L{link_codec.LinkFrameReader}.
+    """
+    if isinstance(item, tuple):
+        seq, decoded = item
+        if isinstance(decoded, LinkCodecError):
+            return ("message", seq, "error", decoded.code, decoded.detail)
+        return ("message", seq, decoded)
+    if isinstance(item, Request) and item.method == "MESSAGE":
+        try:
+            return ("message", item.seq, decodeRequest(item))
+        except LinkCodecError as e:
+            return ("message", item.seq, "error", e.code, e.detail)
+    if isinstance(item, FramingError):
+        return ("framing error", item.code, item.detail, item.seq, item.fatal, item.inResponse)
+    return item
+
+
+class LinkFrameReaderTests(SynchronousTestCase):
+    """
+    L{link_codec.LinkFrameReader} takes the link C{MESSAGE}s written as
+    L{link_codec.encodeMessage} writes them without the parser, with
+    exactly the results the parser and L{decodeRequest} give: the same
+    items, in the same order, in the same read, however the stream is cut;
+    everything else is the parser's, with its limits and errors.
+    """
+
+    def reads(self, chunks: list[bytes], limits: Limits = LIMITS) -> tuple[list[list[Any]], list[list[Any]], int]:
+        """
+        Read C{chunks} with a reader and with a parser alone.
+
+        @return: What each gives for each chunk, and how many messages the
+            reader took without the parser.
+        """
+        parser = FrameParser(limits)
+        reader = link_codec.LinkFrameReader(parser, limits)
+        alone = FrameParser(limits)
+        fast = 0
+        got: list[list[Any]] = []
+        expected: list[list[Any]] = []
+        for chunk in chunks:
+            items = reader.read(chunk)
+            fast += sum(isinstance(i, tuple) for i in items)
+            got.append([readOutcome(i) for i in items])
+            expected.append([readOutcome(i) for i in alone.feed(chunk)])
+        return got, expected, fast
+
+    def message(self, rng: random.Random, seq: int) -> bytes:
+        """
+        A link C{MESSAGE} as a connection sends it, mostly valid; sometimes
+        with a value the decoding refuses, white space or a control
+        character where the parser strips or refuses it, another spelling or
+        order, or broken framing.
+        """
+        message = Message(
+            rng.choice([ALICE, ROMEO, CAROL]),
+            rng.choice([CAROL, ALICE, Address.fromString("dé@corp.example")]),
+            rng.choice(["hi", "", "hi ☃", "x" * 300, "a\r\n\r\nb"]),
+            contentType=rng.choice(["text/plain", "text/plain", "text/html"]),
+            messageId=rng.choice(["m-1", "é-☃", "x" * 128]),
+            timestamp=rng.choice([1767225600.125, 0.0, 12.5]),
+            hops=rng.choice([0, 0, 2]),
+            routingId="r.1",
+            mark=rng.choice([None, None, *MessageMark]),
+        )
+        via = tuple(rng.choice(["corp.example/hs1", "corp.example/router"]) for _ in range(rng.choice([0, 1, 1, 2, 3])))
+        data = link_codec.encodeMessage(message, via, rng.choice([8, 8, 5, 1]), rng.choice(["r.1", "r-2", f"r{seq}"]))
+        data = data.replace(b"\r\n", b"\r\nSeq: %d\r\n" % seq, 1)
+        if rng.random() < 0.5:
+            return data
+        edits: list[tuple[bytes, bytes]] = [
+            (b"From: im:", rng.choice([b"From: pres:", b"From:  im:", b"From:\tim:", b"FROM: im:", b"From: im:\x01", b"From: \xff"])),
+            (b"Message-ID: ", rng.choice([b"Message-ID: \x7f", b"Message-ID:  ", b"Message-Id: "])),
+            (b"Timestamp: ", rng.choice([b"Timestamp: x", b"Timestamp: 1e3", b"Timestamp: \t1"])),
+            (b"Routing-Id: ", rng.choice([b"Routing-Id: ", b"Routing-Id: a b", b"Routing-Id: \xc2\x85"])),
+            (b"\r\nRouting-Id", rng.choice([b"\r\nMax-Hops: 0\r\nRouting-Id", b"\r\nMax-Hops: x\r\nRouting-Id", b"\r\nHops: 1\r\nRouting-Id"])),
+            (b"\r\nRouting-Id", rng.choice([b"\r\nAuto: nonsense\r\nRouting-Id", b"\r\nVia: \r\nRouting-Id", b"\r\nX-Other: 1\r\nRouting-Id"])),
+            (b"\r\nRouting-Id", rng.choice([b"\r\nSeq: 3\r\nRouting-Id", b"\r\nContent-Length: 2\r\nRouting-Id", b"\nRouting-Id"])),
+            (b"MESSAGE im:", rng.choice([b"MESSAGE pres:", b"MESSAGE im:\xc2\xa0", b"NOTIFY im:", b"MESSAGE  im:", b"\r\nMESSAGE im:"])),
+            (b" IMGW/1.0", rng.choice([b" IMGW/1.1", b" IMGW/2.0", b" imgw/1.0"])),
+            (b"Seq: %d\r\n" % seq, rng.choice([b"Seq: 0%d\r\n" % seq, b"Seq: 9999999999\r\n", b"Seq: 2147483648\r\n", b"Seq:  %d\r\n" % seq, b"Seq: \r\n"])),
+            (b"\r\n\r\n", rng.choice([b"\r\nContent-Length: 1\r\n\r\n", b" \r\n\r\n", b"\t\r\n\r\n", b"\r\n\n", b"\r\nContent-Length: 99999999\r\n\r\n"])),
+        ]
+        old, new = rng.choice(edits)
+        return data.replace(old, new, 1)
+
+    def other(self, rng: random.Random, seq: int) -> bytes:
+        """
+        A frame that is no link message: other requests and responses, as a
+        link sends them, keep-alives, broken frames.
+        """
+        return rng.choice(
+            [
+                serialise(encodeRequest(PresenceUpdate(ALICE, CAROL, Presence(PresenceState.AWAY, "lunch")), ("corp.example/hs1",), 8, f"n{seq}")).replace(b"\r\n", b"\r\nSeq: %d\r\n" % seq, 1),
+                serialise(Request("PING", "*", Headers((("Seq", str(seq)),)))),
+                b"IMGW/1.0 200 OK\r\nSeq: %d\r\n\r\n" % seq,
+                serialise(Response(486, "Busy Here", Headers((("Seq", str(seq)), ("Alternate", "tel:1"))), b"{}")),
+                b"\r\n",
+                b"PING * IMGW/1.0\nSeq: %d\n\n" % seq,
+                b"PING * IMGW/1.0\r\n\r\n",
+            ]
+        )
+
+    def test_sameAsParser(self) -> None:
+        """
+        Over fuzzed streams of link messages (valid, or not in the writer's
+        shape in one place: each header's value refused by the decoding,
+        white space the parser strips, control characters it refuses,
+        another spelling, order or version, a bad C{Seq}, a body too large,
+        a bare LF) mixed with other frames, cut into reads at random or
+        between frames, the reader gives what the parser and
+        L{decodeRequest} give, read by read; and takes most valid messages
+        itself.
+        """
+        rng = random.Random(20261205)
+        fast = 0
+        for i in range(500):
+            frames = []
+            for seq in range(1, rng.randint(2, 14)):
+                frames.append(self.message(rng, seq) if rng.random() < 0.75 else self.other(rng, seq))
+            if rng.random() < 0.05:
+                frames.append(b"NOT A FRAME\r\n\r\n" + self.message(rng, 99))
+            stream = b"".join(frames)
+            if rng.random() < 0.4:
+                cuts = sorted(set(rng.sample(range(1, len(stream)), min(rng.randint(1, 8), len(stream) - 1))))
+            else:
+                ends = [sum(map(len, frames[:k])) for k in range(1, len(frames))]
+                cuts = sorted(set(rng.sample(ends, min(rng.randint(0, 3), len(ends)))))
+            chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+            got, expected, taken = self.reads(chunks)
+            self.assertEqual(got, expected, chunks)
+            fast += taken
+        self.assertGreater(fast, 600)
+
+    def test_cutEverywhere(self) -> None:
+        """
+        A stream of link messages and other frames cut at every byte, in two
+        reads or byte by byte: the same items as the parser's, read by read,
+        and the messages after a cut one taken without the parser again.
+        """
+        def message(seq: int, text: str) -> bytes:
+            encoded = link_codec.encodeMessage(Message(ALICE, CAROL, text), ("corp.example/hs1",), 8, f"r.{seq}")
+            return encoded.replace(b"\r\n", b"\r\nSeq: %d\r\n" % seq, 1)
+
+        frames = [message(1, "first ☃"), self.other(random.Random(8), 2), message(3, ""), message(4, "last")]
+        stream = b"".join(frames)
+        for cut in range(1, len(stream)):
+            got, expected, fast = self.reads([stream[:cut], stream[cut:]])
+            self.assertEqual(got, expected, cut)
+            self.assertGreaterEqual(fast, 1)
+        got, expected, fast = self.reads([stream[i : i + 1] for i in range(len(stream))])
+        self.assertEqual(got, expected)
+        # Each head cut by a read: after the first frame, the reader
+        # completes each frame through the parser and takes the next whole
+        # one again; byte by byte, no message is ever whole in a read.
+        self.assertEqual(fast, 0)
+        pieces = [stream[:5], stream[5 : len(frames[0]) + 5], stream[len(frames[0]) + 5 :]]
+        got, expected, fast = self.reads(pieces)
+        self.assertEqual(got, expected)
+        self.assertGreaterEqual(fast, 1)
+
+    def limitCase(self, frame: bytes, limits: Limits) -> tuple[bool, list[list[Any]]]:
+        """
+        @return: Whether the reader took C{frame} itself under C{limits},
+            and what both read (which must agree).
+        """
+        got, expected, fast = self.reads([frame + frame.replace(b"Seq: 1\r\n", b"Seq: 2\r\n")], limits)
+        self.assertEqual(got, expected)
+        return bool(fast), got
+
+    def test_limits(self) -> None:
+        """
+        Each limit of the parser at the frame's own size (the message taken
+        without the parser) and one under it (left to the parser, which
+        refuses it), the other limits generous or all at the frame's size:
+        the start line, all header lines, the number of headers, the body.
+        """
+        frame = link_codec.encodeMessage(Message(ALICE, CAROL, "four"), ("corp.example/hs1",), 8, "r.1").replace(b"\r\n", b"\r\nSeq: 1\r\n", 1)
+        head = frame[: frame.index(b"\r\n\r\n")]
+        start = len(head.split(b"\r\n")[0])
+        sizes = {"maxStartLineBytes": start, "maxHeaderBytes": len(head) - start, "maxHeaders": head.count(b"\r\n"), "maxBodyBytes": 4}
+        exact = Limits(**sizes)
+        taken, items = self.limitCase(frame, exact)
+        self.assertTrue(taken)
+        self.assertEqual(len(items[0]), 2)
+        for name, size in sizes.items():
+            for base in [exact, LIMITS]:
+                taken, items = self.limitCase(frame, attrs.evolve(base, **{name: size}))
+                self.assertTrue(taken, name)
+                taken, items = self.limitCase(frame, attrs.evolve(base, **{name: size - 1}))
+                self.assertFalse(taken, name)
+                self.assertIsInstance(items[0][0], tuple)
+                self.assertEqual(items[0][0][0], "framing error", name)
+
+    def test_decodingErrors(self) -> None:
+        """
+        A message in the writer's shape that the decoding refuses is taken
+        with the error L{decodeRequest} raises for it (answered by the
+        receiver as before).
+        """
+        frame = link_codec.encodeMessage(Message(ALICE, CAROL, "x"), (), 8, "r.1").replace(b"\r\n", b"\r\nSeq: 5\r\n", 1)
+        bad = frame.replace(b"Timestamp: ", b"Timestamp: x")
+        reader = link_codec.LinkFrameReader(FrameParser(LIMITS), LIMITS)
+        [item] = reader.read(bad)
+        assert isinstance(item, tuple)
+        seq, error = item
+        assert isinstance(error, LinkCodecError)
+        self.assertEqual((seq, error.code), (5, 400))
+        self.assertIn("Timestamp", error.detail)

@@ -73,7 +73,9 @@ from imgateway.router.link_codec import (
     DELIVERED,
     EVENT_METHODS,
     LinkCodecError,
+    LinkFrameReader,
     LinkRequest,
+    ReadItem,
     decodeRequest,
     decodeResponse,
     encodeMessage,
@@ -129,6 +131,11 @@ SRV_SERVICE = "imgw"
 #: A handler of a request method: it gets the connection the request came
 #: on and the request, and returns the response (without C{Seq}).
 RequestHandler = Callable[["LinkConnection", Request], "Deferred[Response] | Response"]
+
+#: The handler of the C{MESSAGE}s a link connection reads without the
+#: parser (L{LinkFrameReader}): it gets the connection and the request
+#: decoded, or the error decoding it raised (L{decodeRequest}).
+MessageHandler = Callable[["LinkConnection", "LinkRequest | LinkCodecError"], "Deferred[Response] | Response"]
 
 
 class ResponseWaiter(TypingProtocol):
@@ -275,6 +282,7 @@ class LinkConnection(Protocol):
         hello: Headers | None = None,
         onReady: Callable[[LinkConnection], None] | None = None,
         onRefused: Callable[[LinkConnection], None] | None = None,
+        onMessage: tuple[RequestHandler, MessageHandler] | None = None,
     ) -> None:
         """
         @param handlers: Request method to the handler that answers it.
@@ -286,12 +294,19 @@ class LinkConnection(Protocol):
             to send first (C{None} on the accepting side).
         @param onReady: Called once the C{HELLO} exchange is done.
         @param onRefused: Called if the peer refused this side's C{HELLO}.
+        @param onMessage: A handler of C{MESSAGE} requests and the same
+            handler for them decoded (L{LinkReceiver.messageHandlers}):
+            while C{handlers["MESSAGE"]} is the first, the link messages the
+            peer writes are read without the parser (L{LinkFrameReader})
+            and given to the second; else every frame is parsed.
         """
         self.handlers = handlers
         self.clock = clock
         self.peer = peer
         self.ready = False
         self._parser = FrameParser(limits)
+        self._onMessage = onMessage
+        self._reader = LinkFrameReader(self._parser, limits) if onMessage is not None else None
         self._seq = 0
         self._outstanding: dict[int, ResponseWaiter] = {}
         self._helloTimeout = helloTimeout
@@ -523,10 +538,24 @@ class LinkConnection(Protocol):
                 if waiter is not None:
                     waiter.callback(DELIVERED)
             return
-        for item in self._parser.feed(data):
+        reader = self._reader
+        onMessage = self._onMessage
+        items: Sequence[ReadItem]
+        if reader is None or onMessage is None or self.handlers.get("MESSAGE") is not onMessage[0]:
+            items = self._parser.feed(data)
+            decodedHandler = None
+        else:
+            items = reader.read(data)
+            decodedHandler = onMessage[1]
+        for item in items:
             if self.closing:
                 return
-            if isinstance(item, FramingError):
+            if isinstance(item, tuple):
+                # A MESSAGE read without the parser, decoded (only by the
+                # reader, so with its handler).
+                assert decodedHandler is not None
+                self._handle(item[0], "MESSAGE", decodedHandler, item[1])
+            elif isinstance(item, FramingError):
                 self._framingError(item)
             elif isinstance(item, Response):
                 d = self._outstanding.pop(item.seq, None)
@@ -548,22 +577,28 @@ class LinkConnection(Protocol):
         if handler is None:
             self._respond(seq, _response(405, f"unknown method {request.method}"))
             return
+        self._handle(seq, request.method, handler, request)
 
-        def failed(f: Failure) -> None:
-            log.failure("Link with {peer}: handling {method} failed", f, peer=self.peer or "unknown peer", method=request.method)
-            self._respond(seq, _response(500, "internal error"))
-
+    def _handle(self, seq: int, method: str, handler: Callable[[LinkConnection, Any], Deferred[Response] | Response], argument: object) -> None:
+        """
+        Answer the peer's request C{seq}: C{handler(self, argument)}'s
+        answer, or C{500} if it fails.
+        """
         # No maybeDeferred: most answers are there at once, or come in one
         # callback.
         try:
-            answer = handler(self, request)
+            answer = handler(self, argument)
         except Exception:
-            failed(Failure())
+            self._failed(Failure(), seq, method)
             return
         if isinstance(answer, Deferred):
-            answer.addCallbacks(self._answered, failed, callbackArgs=(seq,))
+            answer.addCallbacks(self._answered, self._failed, callbackArgs=(seq,), errbackArgs=(seq, method))
         else:
             self._respond(seq, answer)
+
+    def _failed(self, f: Failure, seq: int, method: str) -> None:
+        log.failure("Link with {peer}: handling {method} failed", f, peer=self.peer or "unknown peer", method=method)
+        self._respond(seq, _response(500, "internal error"))
 
 
 #: One trace of L{LinkTraces}: the C{Via} and C{Max-Hops} an event arrived
@@ -1128,8 +1163,13 @@ class LinkReceiver:
         )
         self.ownVia = viaEntry(config.domain, config.homeServerName)
         self.handlers: dict[str, RequestHandler] = {"HELLO": self._hello, "PING": lambda c, r: _response(200)}
+        event: RequestHandler = self._event
         for method in EVENT_METHODS:
-            self.handlers[method] = self._event
+            self.handlers[method] = event
+        #: The handler of C{MESSAGE} requests in L{handlers}, and the same
+        #: for them decoded (L{messageReceived}): what link connections
+        #: read without the parser while that handler answers C{MESSAGE}s.
+        self.messageHandlers: tuple[RequestHandler, MessageHandler] = (event, self.messageReceived)
         #: Request method to its handler, for the requests a peer sends back
         #: on a connection this side opened (L{addBackMethod}).
         self.backHandlers: dict[str, RequestHandler] = {"PING": lambda c, r: _response(200)}
@@ -1197,8 +1237,34 @@ class LinkReceiver:
         try:
             incoming = decodeRequest(request)
         except LinkCodecError as e:
-            log.warn("Link from {peer}: {method} refused ({code}): {detail}", peer=peer, method=request.method, code=e.code, detail=e.detail)
-            return _response(e.code, e.detail)
+            return self._undecodable(peer, request.method, e)
+        return self._incoming(connection, peer, incoming)
+
+    def messageReceived(self, connection: LinkConnection, decoded: LinkRequest | LinkCodecError) -> Deferred[Response] | Response:
+        """
+        Answer a C{MESSAGE} read without the parser (a L{MessageHandler}
+        for L{LinkConnection}), given as L{decodeRequest} decoded it: as
+        the C{MESSAGE} handler answers the request.
+        """
+        peer = connection.peer
+        if not connection.ready or peer is None:
+            return _response(401, "HELLO first")
+        limit = self._config.links.maxQueue
+        if connection.inProgress >= limit:
+            self._queueFull(peer, limit)
+            return _response(503, f"{limit} requests in progress")
+        if isinstance(decoded, LinkCodecError):
+            return self._undecodable(peer, "MESSAGE", decoded)
+        return self._incoming(connection, peer, decoded)
+
+    def _undecodable(self, peer: LinkPeer, method: str, e: LinkCodecError) -> Response:
+        log.warn("Link from {peer}: {method} refused ({code}): {detail}", peer=peer, method=method, code=e.code, detail=e.detail)
+        return _response(e.code, e.detail)
+
+    def _incoming(self, connection: LinkConnection, peer: LinkPeer, incoming: LinkRequest) -> Deferred[Response] | Response:
+        """
+        The rest of L{_event}, once the request is decoded.
+        """
         if self.ownVia in incoming.via:
             log.warn("Link from {peer}: loop, this server is in Via {via}", peer=peer, via=", ".join(incoming.via))
             return encodeResponse(LoopDetected("loop: this server is already on the path"))
@@ -1499,7 +1565,12 @@ class LinkServerFactory(Factory):
             log.warn("Plaintext link from {address} refused: not a loopback address", address=addr)
             return _Refused()
         connection = _AcceptedLink(
-            self.receiver.handlers, self.clock, self.config.requestTimeout, limits=self._limits, onLost=self.connections.discard
+            self.receiver.handlers,
+            self.clock,
+            self.config.requestTimeout,
+            limits=self._limits,
+            onLost=self.connections.discard,
+            onMessage=self.receiver.messageHandlers,
         )
         connection.loopbackOnly = self.plaintext
         self.connections.add(connection)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import attrs
 from attrs import frozen
 
-from imgateway.adapters.native.framing import VERSION, Headers, Request, Response, serialise
+from imgateway.adapters.native.framing import MAX_SEQ, VERSION, Frame, FrameParser, FramingError, Headers, Limits, Request, Response, serialise
 from imgateway.adapters.native.mapping import (
     MESSAGE_MARKS,
     PRESENCE,
@@ -44,7 +44,9 @@ __all__ = [
     "DELIVERED",
     "EVENT_METHODS",
     "LinkCodecError",
+    "LinkFrameReader",
     "LinkRequest",
+    "ReadItem",
     "MAX_DETAIL_CHARS",
     "checkHopHeaders",
     "decodeRequest",
@@ -425,6 +427,40 @@ def _decodeMessage(request: Request) -> LinkRequest:
         hopsText = first.get("hops") or "0"
         # The names below as encodeMessage writes them.
         first = {name: first[key] for name, key in _MESSAGE_HEADER_KEYS.items() if key in first}
+    return _messageRequest(
+        request.target,
+        request.body,
+        first.get("From"),
+        first.get("Message-ID"),
+        first.get("Timestamp"),
+        first.get("Content-Type"),
+        first.get("Auto"),
+        via,
+        maxHopsText,
+        routingId,
+        hopsText,
+    )
+
+
+def _messageRequest(
+    target: str,
+    bodyBytes: bytes,
+    fromText: str | None,
+    messageId: str | None,
+    timestamp: str | None,
+    contentType: str | None,
+    token: str | None,
+    via: Sequence[str],
+    maxHopsText: str | None,
+    routingId: str | None,
+    hopsText: str,
+) -> LinkRequest:
+    """
+    The checks and the event of a link C{MESSAGE}, from its target, body and
+    header values (C{None}: the header is absent; C{hopsText} C{"0"} when
+    absent or empty): for L{_decodeMessage} and L{LinkFrameReader}, so that
+    both give the same results and errors.
+    """
     if maxHopsText is None:
         maxHops = DEFAULT_MAX_HOPS
     else:
@@ -440,24 +476,20 @@ def _decodeMessage(request: Request) -> LinkRequest:
     if _NUMBER.fullmatch(hopsText) is None:
         raise LinkCodecError(f"invalid Hops {hopsText[:32]!r}")
     try:
-        recipient = _address(request.target, TargetForm.IM, "the target")
-        fromText = first.get("From")
+        recipient = _address(target, TargetForm.IM, "the target")
         if fromText is None:
             raise LinkCodecError("MESSAGE needs a From header")
         sender = _address(fromText, TargetForm.IM, "From")
-        timestamp = first.get("Timestamp")
         if timestamp is None:
             raise LinkCodecError("MESSAGE needs a Timestamp header")
         if _TIMESTAMP.fullmatch(timestamp) is None:
             raise LinkCodecError(f"invalid Timestamp {timestamp[:32]!r}")
         try:
-            body = request.body.decode("utf-8")
+            body = bodyBytes.decode("utf-8")
         except UnicodeDecodeError:
             raise LinkCodecError("a message body must be UTF-8") from None
-        messageId = first.get("Message-ID")
         if messageId is None:
             raise LinkCodecError("MESSAGE needs a Message-ID header")
-        token = first.get("Auto")
         if token is None:
             mark = None
         else:
@@ -469,7 +501,7 @@ def _decodeMessage(request: Request) -> LinkRequest:
             sender,
             recipient,
             body,
-            contentType=first.get("Content-Type") or DEFAULT_CONTENT_TYPE,
+            contentType=contentType or DEFAULT_CONTENT_TYPE,
             messageId=messageId,
             timestamp=float(timestamp),
             hops=int(hopsText),
@@ -535,3 +567,243 @@ def decodeResponse(response: Response) -> DeliveryStatus:
     if response.code == codeForDelivery(MovedTo()):
         raise statusError(DeliveryStatus.MOVED, detail, home=response.headers.get("Home") or "")
     raise deliveryErrorFor(response.code, detail, response.headers.get("Alternate"))
+
+
+#: A header value as the parser reads it, unchanged: no control character
+#: but TAB, neither its first nor its last character a space or TAB (the
+#: parser strips those), not empty.
+_PLAIN_VALUE = r"[^\x00-\x20\x7f-\x9f](?:[^\x00-\x08\x0a-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\x9f])?"
+#: The head of a link C{MESSAGE} exactly as L{encodeMessage} writes it with
+#: the C{Seq} a connection puts first (L{imgateway.adapters.native.framing.withSeq}),
+#: decoded, without the blank line that ends it: its target, C{Seq}, the
+#: value of each header, the C{Via} lines, C{Content-Length}. Each value is
+#: one character or more, none a control character other than TAB (which
+#: the parser refuses), neither the first nor the last a space or TAB
+#: (which it strips): any other value does not match, and the frame is the
+#: parser's.
+_MESSAGE_HEAD = re.compile(
+    r"MESSAGE ([^\x00-\x20\x7f-\x9f\s]+) IMGW/1\.0\r\n"
+    r"Seq: ([0-9]{1,10})\r\n"
+    rf"From: ({_PLAIN_VALUE})\r\n"
+    rf"Message-ID: ({_PLAIN_VALUE})\r\n"
+    rf"Timestamp: ({_PLAIN_VALUE})"
+    rf"(?:\r\nContent-Type: ({_PLAIN_VALUE}))?"
+    rf"(?:\r\nAuto: ({_PLAIN_VALUE}))?"
+    rf"((?:\r\nVia: {_PLAIN_VALUE})*)"
+    rf"(?:\r\nMax-Hops: ({_PLAIN_VALUE}))?"
+    rf"\r\nRouting-Id: ({_PLAIN_VALUE})"
+    rf"(?:\r\nHops: ({_PLAIN_VALUE}))?"
+    r"(?:\r\nContent-Length: ([0-9]{1,18}))?"
+)
+#: The last header line of a head, if it is a C{Content-Length} (as
+#: L{serialise} writes it): where a frame that is not a link message ends.
+_LAST_CONTENT_LENGTH = re.compile(rb"\r\nContent-Length: ([0-9]{1,18})\Z")
+_MESSAGE_START = b"MESSAGE "
+_HEAD_END = b"\r\n\r\n"
+
+#: What L{LinkFrameReader.read} returns, in stream order: a frame or a
+#: framing error from the parser, or a link C{MESSAGE} read without it: its
+#: C{Seq} and what L{decodeRequest} makes of it (the request, or the error
+#: it raises).
+ReadItem = Frame | FramingError | tuple[int, LinkRequest | LinkCodecError]
+
+
+class LinkFrameReader:
+    """
+    Reads what a link peer sends: the frames L{FrameParser.feed} gives, but
+    a C{MESSAGE} written as L{encodeMessage} writes it (with C{Seq} first)
+    is taken without the parser and decoded at once, with the result
+    L{decodeRequest} gives for the frame the parser reads.
+
+    Such a message is taken only where the parser holds nothing
+    (L{FrameParser.atFrameStart}), whole (head and body in the read), within
+    the limits and with nothing the parser would strip or refuse; every
+    other byte goes to the parser, in stream order, in the same read: so
+    the frames, framing errors (fatal or not) and limits are the parser's
+    own, met at the same point. After a frame that is not such a message,
+    or the part of one cut by the end of a read, the parser is given that
+    frame alone where its end can be seen (its head, and a C{Content-Length}
+    last), so that the next one can be taken again.
+    """
+
+    def __init__(self, parser: FrameParser, limits: Limits) -> None:
+        """
+        @param parser: The connection's parser (which the reader feeds).
+        @param limits: Its limits.
+        """
+        self._parser = parser
+        self._limits = limits
+        # The longest head the parser looks for whole (its _wholeFrame).
+        self._window = limits.maxStartLineBytes + limits.maxHeaderBytes + 4
+        # The frame the parser holds part of: its bytes so far while its
+        # head is not whole (at most a window of them), or how many bytes
+        # it still needs (-1: not known; the parser is left the rest).
+        self._held = b""
+        self._need = -1
+
+    def read(self, data: bytes) -> list[ReadItem]:
+        """
+        Read the bytes that arrived next.
+
+        @return: What they complete, in stream order.
+        """
+        parser = self._parser
+        out: list[ReadItem] = []
+        size = len(data)
+        pos = 0
+        if parser.atFrameStart:
+            if self._need >= 0 or self._held:
+                self._forget()
+        else:
+            pos = self._rest(data)
+            out.extend(parser.feed(data[:pos] if pos < size else data))
+            if pos >= size:
+                return out
+            if not parser.atFrameStart:
+                # Not where that frame ended: the parser takes the rest.
+                self._forget()
+                out.extend(parser.feed(data[pos:]))
+                return out
+        take = self._message
+        while pos < size:
+            taken = take(data, pos)
+            if taken is not None:
+                pos, seq, decoded = taken
+                out.append((seq, decoded))
+                continue
+            # Anything else: the parser, one frame (where its end can be
+            # seen), or the rest.
+            end = self._frameEnd(data, pos)
+            if end < 0 or end > size:
+                self._hold(data, pos, end)
+                out.extend(parser.feed(data[pos:]))
+                return out
+            out.extend(parser.feed(data[pos:end]))
+            pos = end
+            if not parser.atFrameStart:
+                self._forget()
+                out.extend(parser.feed(data[pos:]))
+                return out
+        return out
+
+    def _message(self, data: bytes, pos: int) -> tuple[int, int, LinkRequest | LinkCodecError] | None:
+        """
+        The link C{MESSAGE} at C{pos}, if it is in L{encodeMessage}'s shape,
+        whole and within the limits.
+
+        @return: Where it ends, its C{Seq}, its decoding; or C{None}.
+        """
+        if not data.startswith(_MESSAGE_START, pos):
+            return None
+        end = data.find(_HEAD_END, pos, pos + self._window)
+        if end < 0:
+            return None
+        head = data[pos:end]
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        match = _MESSAGE_HEAD.fullmatch(text)
+        if match is None:
+            return None
+        limits = self._limits
+        startBytes = head.find(b"\r\n")
+        if (
+            startBytes > limits.maxStartLineBytes
+            or len(head) - startBytes > limits.maxHeaderBytes
+            or head.count(b"\r\n") > limits.maxHeaders
+        ):
+            return None
+        (target, seqText, fromText, messageId, timestamp, contentType, token, vias, maxHopsText, routingId, hopsText, length) = match.groups()
+        seq = int(seqText)
+        if seq > MAX_SEQ:
+            return None
+        bodyStart = end + 4
+        bodyEnd = bodyStart
+        if length is not None:
+            bodySize = int(length)
+            if bodySize > limits.maxBodyBytes:
+                return None
+            bodyEnd += bodySize
+            if bodyEnd > len(data):
+                return None
+        decoded: LinkRequest | LinkCodecError
+        try:
+            decoded = _messageRequest(
+                target,
+                data[bodyStart:bodyEnd],
+                fromText,
+                messageId,
+                timestamp,
+                contentType,
+                token,
+                vias[7:].split("\r\nVia: ") if vias else (),
+                maxHopsText,
+                routingId,
+                hopsText or "0",
+            )
+        except LinkCodecError as e:
+            decoded = e
+        return bodyEnd, seq, decoded
+
+    def _frameEnd(self, data: bytes, pos: int) -> int:
+        """
+        @return: Where the frame at C{pos} ends, as far as its head says
+            (C{Content-Length} its last header, or none): maybe beyond
+            C{data}; or -1 when its head is not whole in C{data} (or not in
+            CRLF form).
+        """
+        end = data.find(_HEAD_END, pos, pos + self._window)
+        if end < 0:
+            return -1
+        length = _LAST_CONTENT_LENGTH.search(data, pos, end)
+        return end + 4 + (int(length.group(1)) if length is not None else 0)
+
+    def _hold(self, data: bytes, pos: int, end: int) -> None:
+        """
+        The parser is given the frame at C{pos}, cut by the end of C{data}:
+        remember what is known of where it ends.
+        """
+        if end > 0:
+            self._held = b""
+            self._need = end - len(data)
+        elif len(data) - pos < self._window:
+            self._held = data[pos:]
+            self._need = -1
+        else:
+            self._forget()
+
+    def _forget(self) -> None:
+        self._held = b""
+        self._need = -1
+
+    def _rest(self, data: bytes) -> int:
+        """
+        @return: How many bytes of C{data} complete the frame the parser
+            holds part of, as far as is known (else all of them); the
+            rest of what is known of it is remembered.
+        """
+        size = len(data)
+        need = self._need
+        if need < 0:
+            held = self._held
+            if not held:
+                return size
+            combined = held + data[: self._window]
+            end = self._frameEnd(combined, 0)
+            if end < 0:
+                if len(combined) < self._window and len(combined) == len(held) + size:
+                    self._held = combined
+                else:
+                    self._forget()
+                return size
+            need = end - len(held)
+            self._held = b""
+        if need <= 0:
+            self._forget()
+            return size
+        if need > size:
+            self._need = need - size
+            return size
+        self._need = -1
+        return need

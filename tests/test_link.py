@@ -2083,3 +2083,11 @@ class MessageReaderTests(SynchronousTestCase):
         self.assertEqual(accepted._onMessage, server.receiver.messageHandlers)
         client = LinkClient("server hs1", FakeEndpoint(Network(Clock()), server, "127.0.0.1"), LINKS, Clock(), hello("hs2"), LinkTraces(), "corp.example/hs2")
         self.assertIsNone(client._buildProtocol()._onMessage)
+
+    def test_deliveredBytes(self) -> None:
+        """
+        A C{200} answering a request is what L{withSeq} makes of
+        L{DELIVERED}, whatever its C{Seq}.
+        """
+        for seq in (1, 9, 10, 12345, 2**31 - 1):
+            self.assertEqual(link._DELIVERED_WITH_SEQ % seq, withSeq(link.serialiseUnsequenced(DELIVERED), seq))

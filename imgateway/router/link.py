@@ -164,6 +164,9 @@ def _response(code: int, detail: str = "", headers: Sequence[tuple[str, str]] = 
 #: L{DELIVERED} as L{serialiseUnsequenced} writes it: the answer to most
 #: requests, serialised once.
 _DELIVERED_BYTES = serialiseUnsequenced(DELIVERED)
+#: L{DELIVERED} with its C{Seq}, for C{%}: what L{withSeq} makes of
+#: L{_DELIVERED_BYTES} (a start line and the blank line).
+_DELIVERED_WITH_SEQ = _DELIVERED_BYTES[:-2] + b"Seq: %d\r\n\r\n"
 
 @frozen
 class LinkPeer:
@@ -499,8 +502,11 @@ class LinkConnection(Protocol):
     def _respond(self, seq: int, response: Response) -> None:
         if not self.connected:
             return
+        if response is DELIVERED:
+            self._write(_DELIVERED_WITH_SEQ % seq)
+            return
         try:
-            data = withSeq(_DELIVERED_BYTES if response is DELIVERED else serialiseUnsequenced(response), seq)
+            data = withSeq(serialiseUnsequenced(response), seq)
         except ValueError as e:
             log.error("Link with {peer}: cannot send response {code}: {error}", peer=self.peer or "unknown peer", code=response.code, error=e)
             data = serialise(_response(500, "internal error", (("Seq", str(seq)),)))

@@ -547,37 +547,36 @@ def readOutcome(item: object) -> object:
             return ("message", item.seq, "error", e.code, e.detail)
     if isinstance(item, FramingError):
         return ("framing error", item.code, item.detail, item.seq, item.fatal, item.inResponse)
-    return item
+    assert isinstance(item, (Request, Response))
+    return (item, item.seq)
 
 
 class LinkFrameReaderTests(SynchronousTestCase):
     """
     L{link_codec.LinkFrameReader} takes the link C{MESSAGE}s written as
-    L{link_codec.encodeMessage} writes them without the parser, with
-    exactly the results the parser and L{decodeRequest} give: the same
-    items, in the same order, in the same read, however the stream is cut;
-    everything else is the parser's, with its limits and errors.
+    L{link_codec.encodeMessage} writes them, and other requests with C{Seq}
+    first, without the parser, with exactly the results the parser and
+    L{decodeRequest} give: the same items, in the same order, in the same
+    read, however the stream is cut; everything else is the parser's, with
+    its limits and errors.
     """
 
     def reads(self, chunks: list[bytes], limits: Limits = LIMITS) -> tuple[list[list[Any]], list[list[Any]], int]:
         """
         Read C{chunks} with a reader and with a parser alone.
 
-        @return: What each gives for each chunk, and how many messages the
+        @return: What each gives for each chunk, and how many requests the
             reader took without the parser.
         """
         parser = FrameParser(limits)
         reader = link_codec.LinkFrameReader(parser, limits)
         alone = FrameParser(limits)
-        fast = 0
         got: list[list[Any]] = []
         expected: list[list[Any]] = []
         for chunk in chunks:
-            items = reader.read(chunk)
-            fast += sum(isinstance(i, tuple) for i in items)
-            got.append([readOutcome(i) for i in items])
+            got.append([readOutcome(i) for i in reader.read(chunk)])
             expected.append([readOutcome(i) for i in alone.feed(chunk)])
-        return got, expected, fast
+        return got, expected, reader.taken
 
     def message(self, rng: random.Random, seq: int) -> bytes:
         """
@@ -632,8 +631,34 @@ class LinkFrameReaderTests(SynchronousTestCase):
                 b"\r\n",
                 b"PING * IMGW/1.0\nSeq: %d\n\n" % seq,
                 b"PING * IMGW/1.0\r\n\r\n",
+                self.session(rng, seq),
+                self.session(rng, seq),
             ]
         )
+
+    def session(self, rng: random.Random, seq: int, plain: bool = False) -> bytes:
+        """
+        A request of another method with C{Seq} first, as a link connection
+        writes it (a proxied session's message), mostly as written; sometimes
+        with a header the parser reads otherwise or refuses.
+        """
+        text = rng.choice([b"", b"hi", "\u2603".encode(), b"\xff\r\n\r\n"])
+        head = b"SESSION message IMGW/1.0\r\nSeq: %d\r\nSession: s1\r\nTo: carol@corp.example\r\nMessage-ID: m\xc3\xa9\r\n" % seq
+        if text:
+            head += b"Content-Length: %d\r\n" % len(text)
+        data = head + b"\r\n" + text
+        if plain or rng.random() < 0.5:
+            return data
+        old, new = rng.choice(
+            [
+                (b"Session: s1\r\n", rng.choice([b"Session: s1 \r\n", b"Session:s1\r\n", b"Session: \r\n", b"seq: 4\r\n", b"SEQ: %d\r\n" % seq])),
+                (b"To: ", rng.choice([b"To: \x00", b"To: \t", b"T o: ", b"To: \xc2\x9f", b"content-length: 1\r\nTo: ", b"X: y\r\nTo: "])),
+                (b"SESSION message", rng.choice([b"SESSION  message", b"session message", b"SESSION mess\xc2\xa0age", b"SESSIONSESSIONSESSION message"])),
+                (b"Seq: %d\r\n" % seq, rng.choice([b"Seq: 0%d\r\n" % seq, b"Seq: 4294967296\r\n", b"X: 1\r\nSeq: %d\r\n" % seq, b"Seq: %d \r\n" % seq])),
+                (b"\r\n\r\n", rng.choice([b"\r\nContent-Length: 0\r\n\r\n", b"\r\nContent-Length: 01\r\n\r\n", b"\r\nContent-Length: 99999999\r\n\r\n", b"\r\nA: b\r\n\r\n"])),
+            ]
+        )
+        return data.replace(old, new, 1)
 
     def test_sameAsParser(self) -> None:
         """
@@ -665,6 +690,27 @@ class LinkFrameReaderTests(SynchronousTestCase):
             self.assertEqual(got, expected, chunks)
             fast += taken
         self.assertGreater(fast, 600)
+
+    def test_requestsTaken(self) -> None:
+        """
+        Requests of other methods with C{Seq} first, as links write them
+        (with a body or none, non-ASCII values, TABs inside a value), are
+        read without the parser into the requests it reads; a C{MESSAGE}
+        too when messages are not decoded.
+        """
+        rng = random.Random(3)
+        frames = [self.session(rng, seq, plain=True) for seq in range(1, 9)]
+        frames.append(b"NOTIFY pres:alice@corp.example IMGW/1.0\r\nSeq: 9\r\nFrom: pres:carol@corp.example\r\nNote: a\tb \xe2\x98\x83\r\n\r\n")
+        message = link_codec.encodeMessage(Message(ALICE, CAROL, "x"), (), 8, "r.1").replace(b"\r\n", b"\r\nSeq: 10\r\n", 1)
+        stream = b"".join(frames) + message
+        got, expected, taken = self.reads([stream])
+        self.assertEqual(got, expected)
+        self.assertEqual(taken, 10)
+        reader = link_codec.LinkFrameReader(FrameParser(LIMITS), LIMITS)
+        items = reader.read(stream, messages=False)
+        self.assertEqual([readOutcome(i) for i in items], [readOutcome(i) for i in FrameParser(LIMITS).feed(stream)])
+        self.assertIsInstance(items[-1], Request)
+        self.assertEqual(reader.taken, 10)
 
     def test_cutEverywhere(self) -> None:
         """
@@ -704,27 +750,30 @@ class LinkFrameReaderTests(SynchronousTestCase):
 
     def test_limits(self) -> None:
         """
-        Each limit of the parser at the frame's own size (the message taken
+        Each limit of the parser at the frame's own size (the request taken
         without the parser) and one under it (left to the parser, which
         refuses it), the other limits generous or all at the frame's size:
-        the start line, all header lines, the number of headers, the body.
+        the start line, all header lines, the number of headers, the body;
+        for a link message and for another request.
         """
-        frame = link_codec.encodeMessage(Message(ALICE, CAROL, "four"), ("corp.example/hs1",), 8, "r.1").replace(b"\r\n", b"\r\nSeq: 1\r\n", 1)
-        head = frame[: frame.index(b"\r\n\r\n")]
-        start = len(head.split(b"\r\n")[0])
-        sizes = {"maxStartLineBytes": start, "maxHeaderBytes": len(head) - start, "maxHeaders": head.count(b"\r\n"), "maxBodyBytes": 4}
-        exact = Limits(**sizes)
-        taken, items = self.limitCase(frame, exact)
-        self.assertTrue(taken)
-        self.assertEqual(len(items[0]), 2)
-        for name, size in sizes.items():
-            for base in [exact, LIMITS]:
-                taken, items = self.limitCase(frame, attrs.evolve(base, **{name: size}))
-                self.assertTrue(taken, name)
-                taken, items = self.limitCase(frame, attrs.evolve(base, **{name: size - 1}))
-                self.assertFalse(taken, name)
-                self.assertIsInstance(items[0][0], tuple)
-                self.assertEqual(items[0][0][0], "framing error", name)
+        message = link_codec.encodeMessage(Message(ALICE, CAROL, "four"), ("corp.example/hs1",), 8, "r.1").replace(b"\r\n", b"\r\nSeq: 1\r\n", 1)
+        session = b"SESSION message IMGW/1.0\r\nSeq: 1\r\nSession: s1\r\nTo: carol@corp.example\r\nContent-Length: 4\r\n\r\nfour"
+        for frame in (message, session):
+            head = frame[: frame.index(b"\r\n\r\n")]
+            start = len(head.split(b"\r\n")[0])
+            sizes = {"maxStartLineBytes": start, "maxHeaderBytes": len(head) - start, "maxHeaders": head.count(b"\r\n"), "maxBodyBytes": 4}
+            exact = Limits(**sizes)
+            taken, items = self.limitCase(frame, exact)
+            self.assertTrue(taken)
+            self.assertEqual(len(items[0]), 2)
+            for name, size in sizes.items():
+                for base in [exact, LIMITS]:
+                    taken, items = self.limitCase(frame, attrs.evolve(base, **{name: size}))
+                    self.assertTrue(taken, name)
+                    taken, items = self.limitCase(frame, attrs.evolve(base, **{name: size - 1}))
+                    self.assertFalse(taken, name)
+                    self.assertIsInstance(items[0][0], tuple)
+                    self.assertEqual(items[0][0][0], "framing error", name)
 
     def test_decodingErrors(self) -> None:
         """

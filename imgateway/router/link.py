@@ -75,7 +75,6 @@ from imgateway.router.link_codec import (
     LinkCodecError,
     LinkFrameReader,
     LinkRequest,
-    ReadItem,
     decodeRequest,
     decodeResponse,
     encodeMessage,
@@ -300,8 +299,8 @@ class LinkConnection(Protocol):
         @param onMessage: A handler of C{MESSAGE} requests and the same
             handler for them decoded (L{LinkReceiver.messageHandlers}):
             while C{handlers["MESSAGE"]} is the first, the link messages the
-            peer writes are read without the parser (L{LinkFrameReader})
-            and given to the second; else every frame is parsed.
+            peer writes are decoded as they are read (L{LinkFrameReader})
+            and given to the second; else they are read as any request.
         """
         self.handlers = handlers
         self.clock = clock
@@ -309,7 +308,7 @@ class LinkConnection(Protocol):
         self.ready = False
         self._parser = FrameParser(limits)
         self._onMessage = onMessage
-        self._reader = LinkFrameReader(self._parser, limits) if onMessage is not None else None
+        self._reader = LinkFrameReader(self._parser, limits)
         self._seq = 0
         self._outstanding: dict[int, ResponseWaiter] = {}
         self._helloTimeout = helloTimeout
@@ -544,15 +543,13 @@ class LinkConnection(Protocol):
                 if waiter is not None:
                     waiter.callback(DELIVERED)
             return
-        reader = self._reader
         onMessage = self._onMessage
-        items: Sequence[ReadItem]
-        if reader is None or onMessage is None or self.handlers.get("MESSAGE") is not onMessage[0]:
-            items = self._parser.feed(data)
-            decodedHandler = None
-        else:
-            items = reader.read(data)
+        if onMessage is not None and self.handlers.get("MESSAGE") is onMessage[0]:
+            items = self._reader.read(data)
             decodedHandler = onMessage[1]
+        else:
+            items = self._reader.read(data, messages=False)
+            decodedHandler = None
         for item in items:
             if self.closing:
                 return

@@ -595,6 +595,18 @@ _MESSAGE_HEAD = re.compile(
     rf"(?:\r\nHops: ({_PLAIN_VALUE}))?"
     r"(?:\r\nContent-Length: ([0-9]{1,18}))?"
 )
+#: The head of any request as a link connection writes it: its start line
+#: (C{IMGW/1.0}), C{Seq} first, header lines with values as the parser reads
+#: them, a C{Content-Length} last if any; its method, target, C{Seq}, the
+#: other header lines (L{_HEADER_LINE}), C{Content-Length}.
+_REQUEST_HEAD = re.compile(
+    r"([A-Z]{1,16}) ([^\x00-\x20\x7f-\x9f\s]+) IMGW/1\.0\r\n"
+    r"Seq: ([0-9]{1,10})"
+    rf"((?:\r\n[A-Za-z0-9-]+: {_PLAIN_VALUE})*?)"
+    r"(?:\r\nContent-Length: ([0-9]{1,18}))?"
+)
+#: One header line of L{_REQUEST_HEAD}'s: its name and value.
+_HEADER_LINE = re.compile(rf"\r\n([A-Za-z0-9-]+): ({_PLAIN_VALUE})")
 #: The last header line of a head, if it is a C{Content-Length} (as
 #: L{serialise} writes it): where a frame that is not a link message ends.
 _LAST_CONTENT_LENGTH = re.compile(rb"\r\nContent-Length: ([0-9]{1,18})\Z")
@@ -611,19 +623,23 @@ ReadItem = Frame | FramingError | tuple[int, LinkRequest | LinkCodecError]
 class LinkFrameReader:
     """
     Reads what a link peer sends: the frames L{FrameParser.feed} gives, but
-    a C{MESSAGE} written as L{encodeMessage} writes it (with C{Seq} first)
-    is taken without the parser and decoded at once, with the result
-    L{decodeRequest} gives for the frame the parser reads.
+    the requests written as links write them are taken without the parser:
+    a C{MESSAGE} in L{encodeMessage}'s shape decoded at once, with the
+    result L{decodeRequest} gives for the frame the parser reads; any other
+    request with C{Seq} its first header (as a connection writes it) read
+    into the L{Request} the parser makes of it.
 
-    Such a message is taken only where the parser holds nothing
+    Such a request is taken only where the parser holds nothing
     (L{FrameParser.atFrameStart}), whole (head and body in the read), within
     the limits and with nothing the parser would strip or refuse; every
     other byte goes to the parser, in stream order, in the same read: so
     the frames, framing errors (fatal or not) and limits are the parser's
-    own, met at the same point. After a frame that is not such a message,
-    or the part of one cut by the end of a read, the parser is given that
-    frame alone where its end can be seen (its head, and a C{Content-Length}
-    last), so that the next one can be taken again.
+    own, met at the same point. After a frame the parser takes, or the part
+    of one cut by the end of a read, the parser is given that frame alone
+    where its end can be seen (its head, and a C{Content-Length} last), so
+    that the next one can be taken again.
+
+    @ivar taken: How many requests were read without the parser.
     """
 
     def __init__(self, parser: FrameParser, limits: Limits) -> None:
@@ -640,11 +656,14 @@ class LinkFrameReader:
         # it still needs (-1: not known; the parser is left the rest).
         self._held = b""
         self._need = -1
+        self.taken = 0
 
-    def read(self, data: bytes) -> list[ReadItem]:
+    def read(self, data: bytes, messages: bool = True) -> list[ReadItem]:
         """
         Read the bytes that arrived next.
 
+        @param messages: Whether to decode C{MESSAGE}s (else they are read
+            as any request).
         @return: What they complete, in stream order.
         """
         parser = self._parser
@@ -664,12 +683,19 @@ class LinkFrameReader:
                 self._forget()
                 out.extend(parser.feed(data[pos:]))
                 return out
-        take = self._message
         while pos < size:
-            taken = take(data, pos)
-            if taken is not None:
-                pos, seq, decoded = taken
-                out.append((seq, decoded))
+            if messages and data.startswith(_MESSAGE_START, pos):
+                message = self._message(data, pos)
+                if message is not None:
+                    pos, seq, decoded = message
+                    out.append((seq, decoded))
+                    self.taken += 1
+                    continue
+            request = self._request(data, pos)
+            if request is not None:
+                pos, frame = request
+                out.append(frame)
+                self.taken += 1
                 continue
             # Anything else: the parser, one frame (where its end can be
             # seen), or the rest.
@@ -686,6 +712,48 @@ class LinkFrameReader:
                 return out
         return out
 
+    def _head(self, data: bytes, pos: int) -> tuple[int, str] | None:
+        """
+        The head of the frame at C{pos}, if it is whole in C{data}, valid
+        UTF-8 and within the limits of the start line, of all header lines
+        and of their number.
+
+        @return: Where it ends (its blank line), and its text; or C{None}.
+        """
+        end = data.find(_HEAD_END, pos, pos + self._window)
+        if end < 0:
+            return None
+        head = data[pos:end]
+        limits = self._limits
+        startBytes = head.find(b"\r\n")
+        if (
+            startBytes < 0
+            or startBytes > limits.maxStartLineBytes
+            or len(head) - startBytes > limits.maxHeaderBytes
+            or head.count(b"\r\n") > limits.maxHeaders
+        ):
+            return None
+        try:
+            return end, head.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    def _bodyEnd(self, data: bytes, end: int, length: str | None) -> int:
+        """
+        @return: Where the body after the head ending at C{end} ends, for
+            C{Content-Length} C{length}; or -1 when it is over the limit or
+            not whole in C{data}.
+        """
+        bodyEnd = end + 4
+        if length is not None:
+            bodySize = int(length)
+            if bodySize > self._limits.maxBodyBytes:
+                return -1
+            bodyEnd += bodySize
+            if bodyEnd > len(data):
+                return -1
+        return bodyEnd
+
     def _message(self, data: bytes, pos: int) -> tuple[int, int, LinkRequest | LinkCodecError] | None:
         """
         The link C{MESSAGE} at C{pos}, if it is in L{encodeMessage}'s shape,
@@ -693,45 +761,23 @@ class LinkFrameReader:
 
         @return: Where it ends, its C{Seq}, its decoding; or C{None}.
         """
-        if not data.startswith(_MESSAGE_START, pos):
+        head = self._head(data, pos)
+        if head is None:
             return None
-        end = data.find(_HEAD_END, pos, pos + self._window)
-        if end < 0:
-            return None
-        head = data[pos:end]
-        try:
-            text = head.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
+        end, text = head
         match = _MESSAGE_HEAD.fullmatch(text)
         if match is None:
             return None
-        limits = self._limits
-        startBytes = head.find(b"\r\n")
-        if (
-            startBytes > limits.maxStartLineBytes
-            or len(head) - startBytes > limits.maxHeaderBytes
-            or head.count(b"\r\n") > limits.maxHeaders
-        ):
-            return None
         (target, seqText, fromText, messageId, timestamp, contentType, token, vias, maxHopsText, routingId, hopsText, length) = match.groups()
         seq = int(seqText)
-        if seq > MAX_SEQ:
+        bodyEnd = self._bodyEnd(data, end, length)
+        if seq > MAX_SEQ or bodyEnd < 0:
             return None
-        bodyStart = end + 4
-        bodyEnd = bodyStart
-        if length is not None:
-            bodySize = int(length)
-            if bodySize > limits.maxBodyBytes:
-                return None
-            bodyEnd += bodySize
-            if bodyEnd > len(data):
-                return None
         decoded: LinkRequest | LinkCodecError
         try:
             decoded = _messageRequest(
                 target,
-                data[bodyStart:bodyEnd],
+                data[end + 4 : bodyEnd],
                 fromText,
                 messageId,
                 timestamp,
@@ -745,6 +791,39 @@ class LinkFrameReader:
         except LinkCodecError as e:
             decoded = e
         return bodyEnd, seq, decoded
+
+    def _request(self, data: bytes, pos: int) -> tuple[int, Request] | None:
+        """
+        The request at C{pos}, if it is in the shape links write
+        (L{_REQUEST_HEAD}), whole and within the limits.
+
+        @return: Where it ends, and the request the parser makes of it; or
+            C{None}.
+        """
+        head = self._head(data, pos)
+        if head is None:
+            return None
+        end, text = head
+        match = _REQUEST_HEAD.fullmatch(text)
+        if match is None:
+            return None
+        method, target, seqText, lines, length = match.groups()
+        seq = int(seqText)
+        bodyEnd = self._bodyEnd(data, end, length)
+        if seq > MAX_SEQ or bodyEnd < 0:
+            return None
+        pairs: list[tuple[str, str]] = [("Seq", seqText)]
+        if lines:
+            lowered = lines.lower()
+            if "\r\nseq:" in lowered or "\r\ncontent-length:" in lowered:
+                # A second Seq, a Content-Length not last: the parser's.
+                return None
+            pairs += _HEADER_LINE.findall(lines)
+        request = Request(method, target, Headers(tuple(pairs)), data[end + 4 : bodyEnd])
+        # Its sequence number, known already (a cached property), as the
+        # parser sets it.
+        object.__setattr__(request, "seq", seq)
+        return bodyEnd, request
 
     def _frameEnd(self, data: bytes, pos: int) -> int:
         """

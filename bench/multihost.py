@@ -16,6 +16,7 @@ asserts a time.
     .venv/bin/python bench/multihost.py --quick         # under a minute
     .venv/bin/python bench/multihost.py --json          # JSON on stdout, table on stderr
     .venv/bin/python bench/multihost.py --profile DIR   # each server under cProfile: DIR/*.prof
+    .venv/bin/python bench/multihost.py --py-spy DIR    # each server sampled by py-spy in the window
 
 The load is L{bench.native_load}'s (its driver processes, pumps and
 measured window): C{--pairs} pairs C{alice<i>} → C{carol<i>}, one way by
@@ -36,10 +37,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -127,6 +132,110 @@ def profiling(args: argparse.Namespace, name: str) -> list[str]:
         return []
     args.profile.mkdir(parents=True, exist_ok=True)
     return ["--profiler=cprofile", f"--profile={args.profile.resolve() / name}.prof", "--savestats"]
+
+
+#: How often py-spy samples each server (C{--py-spy}), per second.
+SPY_RATE = 250
+
+#: A frame of py-spy's raw output: its function and its file (without the
+#: line).
+_SPY_FRAME = re.compile(r"(.*) \((.*?)(?::[0-9]+)?\)$")
+
+
+def pySpy() -> str | None:
+    """
+    @return: The C{py-spy} command (the virtualenv's, else one on the
+        C{PATH}), or C{None}.
+    """
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def spyCommand(spy: str, pid: int, seconds: float, output: Path) -> list[str]:
+    """
+    @return: The command that samples process C{pid} for C{seconds}
+        (at least one) into C{output}, in py-spy's raw (folded) format,
+        without stopping it.
+    """
+    return [
+        spy, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
+        "--rate", str(SPY_RATE), "--format", "raw", "--nonblocking", "--output", str(output),
+    ]  # fmt: skip
+
+
+def spyShares(folded: str, top: int = 10) -> dict[str, list[tuple[float, str]]]:
+    """
+    What a py-spy raw (folded) record says: the share of the samples in
+    each file and in each function, by the innermost frame (own time), the
+    largest first (py-spy names files from their folder on C{sys.path}).
+
+    @param folded: One stack a line, frames joined by C{;}, then a space and
+        its number of samples.
+    @return: C{{"files": [(percent, file), ...], "functions": [...]}}, the
+        C{top} largest of each.
+    """
+    files: Counter[str] = Counter()
+    functions: Counter[str] = Counter()
+    total = 0
+    for line in folded.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        innermost = stack.rsplit(";", 1)[-1]
+        match = _SPY_FRAME.match(innermost)
+        function, path = match.groups() if match else (innermost, innermost)
+        files[path] += samples
+        functions[f"{function} ({path})"] += samples
+    if not total:
+        return {"files": [], "functions": []}
+    return {
+        "files": [(round(100 * n / total, 1), name) for name, n in files.most_common(top)],
+        "functions": [(round(100 * n / total, 1), name) for name, n in functions.most_common(top)],
+    }
+
+
+class Spies:
+    """
+    py-spy sampling each server of a topology during one measured window
+    (C{--py-spy DIR}): started once the warm-up is over, for the window's
+    length; each record is C{DIR/<topology>-<mode>-<server>.txt}.
+    """
+
+    def __init__(self, spy: str, folder: Path, topology: Topology, mode: str, delay: float, seconds: float) -> None:
+        self.outputs = {name: folder / f"{topology.name}-{mode}-{name}.txt" for name in topology.gateways}
+        self._commands = [
+            spyCommand(spy, gw.pid, seconds, self.outputs[name]) for name, gw in topology.gateways.items() if gw.pid is not None
+        ]
+        self._processes: list[subprocess.Popen[bytes]] = []
+        self._timer = threading.Timer(delay, self._start)
+        self._timer.start()
+
+    def _start(self) -> None:
+        for command in self._commands:
+            self._processes.append(subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def finish(self, timeout: float = 30.0) -> dict[str, Any]:
+        """
+        Wait for the records (stop them if the window ended early).
+
+        @return: Each server's record and shares (L{spyShares}), by name.
+        """
+        self._timer.cancel()
+        self._timer.join()
+        deadline = time.monotonic() + timeout
+        for process in self._processes:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        found: dict[str, Any] = {}
+        for name, path in self.outputs.items():
+            if path.exists():
+                found[name] = {"record": str(path), **spyShares(path.read_text())}
+        return found
 
 
 def single(args: argparse.Namespace, stack: list[Callable[[], object]]) -> Topology:
@@ -224,15 +333,23 @@ def runMode(args: argparse.Namespace, topology: Topology, mode: str) -> dict[str
         smooth=True,
     )
     workers = Workers([dict(base, pairs=s) for s in shard(pairs, nProcs)], 120.0)
+    spies: Spies | None = None
     try:
         readies = workers.collect("ready", 120.0)
         info(f"{topology.name}, {mode}: {sum(r['clients'] for r in readies)} clients logged in")
+        if args.py_spy is not None:
+            spies = Spies(args.spy, args.py_spy, topology, mode, args.settle + args.warmup, args.duration)
         out = measure(window, workers, topology.pids(), senders)
     finally:
         workers.stop()
+        sampled = spies.finish() if spies is not None else None
     out["topology"] = topology.name
     out["mode"] = mode
     out["server_cpu_s_by_process"] = _byProcess(topology, out)
+    if sampled is not None:
+        out["py_spy"] = sampled
+        for name, shares in sampled.items():
+            info(f"{topology.name}, {mode}, {name} (py-spy, own samples): " + ", ".join(f"{pct:g} % {f}" for pct, f in shares["files"][:6]))
     return out
 
 
@@ -358,6 +475,14 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run each server under cProfile (twistd --profiler=cprofile), writing DIR/<topology>-<server>.prof when it stops "
         "(the figures then include the profiler's cost)",
     )
+    p.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="sample each server with py-spy during each measured window (after the warm-up, for --duration), writing "
+        "DIR/<topology>-<mode>-<server>.txt (raw, folded stacks) and each server's largest shares into the row "
+        "(py_spy); needs py-spy in the virtualenv or on the PATH and the right to trace the servers",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary folders (configurations, data, logs)")
     p.add_argument("--json", action="store_true", help="print one JSON document on standard output (the table goes to standard error)")
     args = p.parse_args(argv)
@@ -370,6 +495,12 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.pairs < 1 or args.window < 1 or args.procs < 1 or args.duration <= 0 or args.rate <= 0:
         p.error("--pairs, --window, --procs must be >= 1; --duration and --rate > 0")
+    args.spy = None
+    if args.py_spy is not None:
+        args.spy = pySpy()
+        if args.spy is None:
+            p.error("--py-spy needs py-spy (.venv/bin/pip install py-spy)")
+        args.py_spy.mkdir(parents=True, exist_ok=True)
     return args
 
 

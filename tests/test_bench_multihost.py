@@ -1,0 +1,71 @@
+# -*- test-case-name: tests.test_bench_multihost -*-
+"""
+Tests for C{bench/multihost.py}'s sampling of the servers with py-spy
+(C{--py-spy}), on fixed inputs; running the benchmark itself is
+C{tests/e2e/test_bench_multihost.py}.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bench import multihost
+
+#: A py-spy raw record: two stacks of the reactor, one of a thread.
+FOLDED = """\
+<module> (twistd:8);ReactorBase.run (twisted/internet/base.py:686);EPollReactor.doPoll (twisted/internet/epollreactor.py:227) 30
+<module> (twistd:8);LinkConnection._received (imgateway/router/link.py:526);LinkFrameReader.read (imgateway/router/link_codec.py:674) 50
+<module> (twistd:8);LinkConnection._received (imgateway/router/link.py:529) 10
+Thread._bootstrap (threading.py:995);Condition.wait (threading.py:331) 10
+not a line
+"""
+
+
+class SpyTests(SynchronousTestCase):
+    """
+    C{--py-spy DIR} samples each server during the measured window and
+    reads the shares of its own samples by file and by function.
+    """
+
+    def test_shares(self) -> None:
+        """
+        The shares are of the innermost frames, by file and by function
+        (lines merged), the largest first; lines that are no stack are
+        left out.
+        """
+        shares = multihost.spyShares(FOLDED)
+        self.assertEqual(
+            shares["files"],
+            [(50.0, "imgateway/router/link_codec.py"), (30.0, "twisted/internet/epollreactor.py"), (10.0, "imgateway/router/link.py"), (10.0, "threading.py")],
+        )
+        self.assertEqual(shares["functions"][0], (50.0, "LinkFrameReader.read (imgateway/router/link_codec.py)"))
+        self.assertEqual(multihost.spyShares(""), {"files": [], "functions": []})
+        self.assertEqual(len(multihost.spyShares(FOLDED, top=2)["files"]), 2)
+
+    def test_command(self) -> None:
+        """
+        Each server is sampled for the window's length in whole seconds (at
+        least one), in the raw format, without stopping it.
+        """
+        command = multihost.spyCommand("py-spy", 42, 9.6, Path("/tmp/x.txt"))
+        self.assertEqual(
+            command,
+            ["py-spy", "record", "--pid", "42", "--duration", "10", "--rate", str(multihost.SPY_RATE), "--format", "raw", "--nonblocking", "--output", "/tmp/x.txt"],
+        )
+        self.assertEqual(multihost.spyCommand("py-spy", 42, 0.2, Path("x"))[5], "1")
+
+    def test_option(self) -> None:
+        """
+        C{--py-spy DIR} makes the folder and finds py-spy (or, where there
+        is none, refuses to run); without it, nothing is sampled.
+        """
+        self.assertIsNone(multihost.parseArgs(["--quick"]).py_spy)
+        folder = Path(self.mktemp())
+        if multihost.pySpy() is None:
+            self.assertRaises(SystemExit, multihost.parseArgs, ["--quick", "--py-spy", str(folder)])
+            return
+        args = multihost.parseArgs(["--quick", "--py-spy", str(folder)])
+        self.assertTrue(folder.is_dir())
+        self.assertEqual((args.py_spy, args.spy), (folder, multihost.pySpy()))

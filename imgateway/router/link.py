@@ -1230,13 +1230,9 @@ class LinkReceiver:
     # -- events ------------------------------------------------------------------
 
     def _event(self, connection: LinkConnection, request: Request) -> Deferred[Response] | Response:
-        peer = connection.peer
-        if not connection.ready or peer is None:
-            return _response(401, "HELLO first")
-        limit = self._config.links.maxQueue
-        if connection.inProgress >= limit:
-            self._queueFull(peer, limit)
-            return _response(503, f"{limit} requests in progress")
+        peer = self._admitted(connection)
+        if isinstance(peer, Response):
+            return peer
         try:
             incoming = decodeRequest(request)
         except LinkCodecError as e:
@@ -1249,6 +1245,19 @@ class LinkReceiver:
         for L{LinkConnection}), given as L{decodeRequest} decoded it: as
         the C{MESSAGE} handler answers the request.
         """
+        peer = self._admitted(connection)
+        if isinstance(peer, Response):
+            return peer
+        if isinstance(decoded, LinkCodecError):
+            return self._undecodable(peer, "MESSAGE", decoded)
+        return self._incoming(connection, peer, decoded)
+
+    def _admitted(self, connection: LinkConnection) -> LinkPeer | Response:
+        """
+        @return: The peer an event request on C{connection} comes from; or
+            its answer when it is refused before it is read: C{401} before
+            C{HELLO}, C{503} past C{max_queue} requests in progress.
+        """
         peer = connection.peer
         if not connection.ready or peer is None:
             return _response(401, "HELLO first")
@@ -1256,9 +1265,7 @@ class LinkReceiver:
         if connection.inProgress >= limit:
             self._queueFull(peer, limit)
             return _response(503, f"{limit} requests in progress")
-        if isinstance(decoded, LinkCodecError):
-            return self._undecodable(peer, "MESSAGE", decoded)
-        return self._incoming(connection, peer, decoded)
+        return peer
 
     def _undecodable(self, peer: LinkPeer, method: str, e: LinkCodecError) -> Response:
         log.warn("Link from {peer}: {method} refused ({code}): {detail}", peer=peer, method=method, code=e.code, detail=e.detail)

@@ -712,13 +712,13 @@ class LinkFrameReader:
                 return out
         return out
 
-    def _head(self, data: bytes, pos: int) -> tuple[int, str] | None:
+    def _matched(self, data: bytes, pos: int, shape: re.Pattern[str]) -> tuple[int, re.Match[str]] | None:
         """
         The head of the frame at C{pos}, if it is whole in C{data}, valid
-        UTF-8 and within the limits of the start line, of all header lines
-        and of their number.
+        UTF-8, within the limits of the start line, of all header lines and
+        of their number, and all of it in C{shape}.
 
-        @return: Where it ends (its blank line), and its text; or C{None}.
+        @return: Where it ends (its blank line), and the match; or C{None}.
         """
         end = data.find(_HEAD_END, pos, pos + self._window)
         if end < 0:
@@ -734,9 +734,10 @@ class LinkFrameReader:
         ):
             return None
         try:
-            return end, head.decode("utf-8")
+            match = shape.fullmatch(head.decode("utf-8"))
         except UnicodeDecodeError:
             return None
+        return None if match is None else (end, match)
 
     def _bodyEnd(self, data: bytes, end: int, length: str | None) -> int:
         """
@@ -761,13 +762,10 @@ class LinkFrameReader:
 
         @return: Where it ends, its C{Seq}, its decoding; or C{None}.
         """
-        head = self._head(data, pos)
-        if head is None:
+        matched = self._matched(data, pos, _MESSAGE_HEAD)
+        if matched is None:
             return None
-        end, text = head
-        match = _MESSAGE_HEAD.fullmatch(text)
-        if match is None:
-            return None
+        end, match = matched
         (target, seqText, fromText, messageId, timestamp, contentType, token, vias, maxHopsText, routingId, hopsText, length) = match.groups()
         seq = int(seqText)
         bodyEnd = self._bodyEnd(data, end, length)
@@ -800,13 +798,10 @@ class LinkFrameReader:
         @return: Where it ends, and the request the parser makes of it; or
             C{None}.
         """
-        head = self._head(data, pos)
-        if head is None:
+        matched = self._matched(data, pos, _REQUEST_HEAD)
+        if matched is None:
             return None
-        end, text = head
-        match = _REQUEST_HEAD.fullmatch(text)
-        if match is None:
-            return None
+        end, match = matched
         method, target, seqText, lines, length = match.groups()
         seq = int(seqText)
         bodyEnd = self._bodyEnd(data, end, length)

@@ -31,7 +31,7 @@ from imgateway.core.errors import (
 )
 from imgateway.core.errors import DeliveryStatus
 from imgateway.core.events import Event, Message, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
-from imgateway.core.presence import OFFLINE, Presence, PresenceState
+from imgateway.core.presence import OFFLINE, Presence, PresenceState, aggregate
 from imgateway.core.records import (
     MAX_DISPLAY_NAME_CHARS,
     AccessList,
@@ -1642,6 +1642,55 @@ class FastPathTests(HomeServerTestsMixin, SynchronousTestCase):
         self.online(CAROL)
         with self.assertRaises(UserOffline):
             self.home.deliverAtOnce(Message(CAROL, BOB, "hi"))
+        self.assertEqual(self.home._lanes, {})
+
+    def test_outcomeOverSessionStates(self) -> None:
+        """
+        The outcome of a message to a user with one to three sessions, in
+        every combination of states (one that never published counts as
+        offline), with and without a presence rule, through the fast path
+        and through L{HomeServer.deliver}: as the aggregate presence says
+        (L{aggregate}: offline when a session appears offline or none is in
+        another state than offline), then given to the sessions in a state
+        other than offline; a rule for a state the user is not in does not
+        act.
+        """
+        self.online(ALICE)
+        states = [None, PresenceState.ONLINE, PresenceState.BUSY, PresenceState.OFFLINE, PresenceState.APPEAR_OFFLINE]
+        combinations: list[tuple[PresenceState | None, ...]] = [(a,) for a in states]
+        combinations += [(a, b) for a in states for b in states]
+        combinations += [(a, b, c) for a in states for b in states[1:] for c in states[2:]]
+        for rule in (False, True):
+            for combination in combinations:
+                opened = [self.open(BOB, f"s{i}") for i in range(len(combination))]
+                if rule:
+                    self.successResultOf(opened[0][0].setRule(PresenceState.AWAY, "tel:+15550100"))
+                for (session, _), state in zip(opened, combination):
+                    if state is not None:
+                        session.publish(Presence(state))
+                published = [Presence(s) if s is not None else OFFLINE for s in combination]
+                expected = [c for (_, c), p in zip(opened, published) if p.state is not PresenceState.OFFLINE]
+                if not aggregate(published).isOpen:
+                    expected = []
+                for how in ("at once", "deliver"):
+                    message = Message(ALICE, BOB, f"{combination} {how} {rule}")
+                    if how == "at once":
+                        try:
+                            outcome: object = self.home.deliverAtOnce(message)
+                        except UserOffline:
+                            outcome = UserOffline
+                    else:
+                        d = self.home.deliver(message)
+                        failure = self.failureResultOf(d, UserOffline) if not expected else None
+                        outcome = UserOffline if failure is not None else self.successResultOf(d)
+                    got = [c for _, c in opened if c.messages and c.messages[-1] is message]
+                    self.assertEqual(
+                        (outcome, got),
+                        (DeliveryStatus.DELIVERED if expected else UserOffline, expected),
+                        (combination, how, rule),
+                    )
+                for session, _ in opened:
+                    session.close()
         self.assertEqual(self.home._lanes, {})
 
     def test_notAtOnce(self) -> None:

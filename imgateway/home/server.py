@@ -119,6 +119,8 @@ MAX_LABEL_CHARS = 256
 T = TypeVar("T")
 
 _AUTHORISED = AuthorisationState.AUTHORISED
+_OFFLINE_STATE = PresenceState.OFFLINE
+_APPEAR_OFFLINE = PresenceState.APPEAR_OFFLINE
 _PENDING = AuthorisationState.PENDING
 _REFUSED = AuthorisationState.REFUSED
 
@@ -455,9 +457,10 @@ class Session:
         refused = self._refused()
         if refused is not None:
             raise refused
-        limit = self._server.config.maxMessageChars
+        server = self._server
+        limit = server.config.maxMessageChars
         if len(body) > limit:
-            self._server.metrics.limitHit("max_message_chars")
+            server.metrics.limitHit("max_message_chars")
             raise TooLarge(f"message longer than {limit} characters")
         try:
             message = Message(
@@ -466,15 +469,15 @@ class Session:
                 body=body,
                 contentType=contentType,
                 messageId=messageId or newMessageId(),
-                timestamp=self._server.clock.seconds(),
+                timestamp=server.clock.seconds(),
             )
         except ValueError as e:
             raise InvalidAddress(str(e)) from None
         if recipient == self.address:
-            return self._server._serial(self.address, lambda: self._server._deliverToOthers(self, message))
-        router = self._server.router
-        atOnce: Callable[[Event], DeliveryStatus | Deferred[DeliveryStatus]] = getattr(router, "deliverAtOnce", router.deliver)
-        return atOnce(message)
+            return server._serial(self.address, lambda: server._deliverToOthers(self, message))
+        router = server.router
+        atOnce: Callable[[Event], DeliveryStatus | Deferred[DeliveryStatus]] | None = getattr(router, "deliverAtOnce", None)
+        return router.deliver(message) if atOnce is None else atOnce(message)
 
     def subscribe(self, target: Address, displayName: str = "") -> Deferred[AuthorisationState]:
         refused = self._refused()
@@ -1368,14 +1371,20 @@ class HomeServer:
             # The directory may have to say where the user lives.
             return None
         # The lane is busy while the message is delivered.
-        self._lanes[recipient] = deque()
+        lane: deque[_Work] = deque()
+        self._lanes[recipient] = lane
         try:
             outcome = self._messageOutcome(user, event)
         except BaseException:
             self._laneFree(recipient)
             raise
         if type(outcome) is DeliveryStatus:
-            self._laneFree(recipient)
+            if lane or self.stopping:
+                self._laneFree(recipient)
+            else:
+                # Nothing came for the user meanwhile: what _laneFree does
+                # then, in place.
+                del self._lanes[recipient]
             return outcome
 
         def ended(result: Any) -> Any:
@@ -1419,15 +1428,24 @@ class HomeServer:
         @return: See L{_toSessions}.
         @raise DeliveryError: If it is not delivered.
         """
-        recipient, sender = message.recipient, message.sender
-        if user is None or not user.sessions or user.accessOf(sender) is AccessList.BLOCK:
+        recipient = message.recipient
+        if user is None or (user.access and user.accessOf(message.sender) is AccessList.BLOCK):
             raise _offline(recipient)
-        presence = user.presence()
-        if not presence.isOpen:
+        # The aggregate presence (user.presence()) is open exactly when no
+        # session appears offline and one is in a state other than offline;
+        # those are the sessions _toSessions would give the message to.
+        present: list[Session] = []
+        for session in user.sessions:
+            state = session.presence.state
+            if state is _APPEAR_OFFLINE:
+                raise _offline(recipient)
+            if state is not _OFFLINE_STATE:
+                present.append(session)
+        if not present:
             raise _offline(recipient)
         if user.rules:
-            return self._applyRules(user, presence.state, message)
-        return self._toSessions(user.sessions, message)
+            return self._applyRules(user, user.presence().state, message)
+        return self._give(present, message)
 
     def _applyRules(self, user: _UserState, state: PresenceState, message: Message) -> DeliveryStatus | Deferred[DeliveryStatus]:
         """
@@ -1523,12 +1541,19 @@ class HomeServer:
             it; a L{Deferred} of that when some have not answered yet.
         @raise UserOffline: If none of them took it (or none is present).
         """
-        recipient = message.recipient
-        sessions = [
-            s for s in candidates if s.presence.state not in (PresenceState.OFFLINE, PresenceState.APPEAR_OFFLINE)
-        ]
+        sessions = [s for s in candidates if s.presence.state not in (_OFFLINE_STATE, _APPEAR_OFFLINE)]
         if not sessions:
-            raise _offline(recipient)
+            raise _offline(message.recipient)
+        return self._give(sessions, message)
+
+    def _give(self, sessions: list[Session], message: Message) -> DeliveryStatus | Deferred[DeliveryStatus]:
+        """
+        Give a message to C{sessions}, present ones (L{_toSessions}).
+
+        @return: See L{_toSessions}.
+        @raise UserOffline: If none of them took it.
+        """
+        recipient = message.recipient
         took = 0
         waiting: list[tuple[Session, Deferred[Any]]] = []
         for session in sessions:

@@ -10,6 +10,7 @@ import ast
 import json
 import random
 from collections.abc import Sequence
+from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -17,15 +18,16 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from imgateway.adapters.native.adapter import NativeAdapter
 from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, serialise
-from imgateway.adapters.native.mapping import TARGETS, TargetForm, describeTargets
+from imgateway.adapters.native.mapping import TARGETS, TargetForm, describeTargets, targetForm
 from imgateway.adapters.native.server import (
     _HANDLERS,
     NativeConfig,
+    _isIMTarget,
     NativeServerFactory,
     _messageFields,
     _messageHeaders,
@@ -113,7 +115,8 @@ class WatchedParser:
     """
     A connection's L{FrameParser}, watched: what it was given to store
     (L{receive}) and the frames its general parser made (L{next}). (A
-    wrapper: the compiled build's parser takes no attribute of its own.)
+    wrapper: the compiled build's parser takes no attribute of its own;
+    with the face compiled too, see L{watchParser}.)
     """
 
     def __init__(self, parser: FrameParser) -> None:
@@ -133,6 +136,22 @@ class WatchedParser:
         if item is not None:
             self.parsed.append(item)
         return item
+
+
+def watchParser(protocol: Any) -> WatchedParser:
+    """
+    Watch C{protocol}'s parser (L{WatchedParser}).
+
+    @raise SkipTest: In the compiled build, where the protocol's parser
+        attribute takes a L{FrameParser} only (the pure-Python run of the
+        same test checks the same code).
+    """
+    import imgateway.adapters.native.server as module
+
+    if (module.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES)):
+        raise SkipTest("compiled: a connection's parser cannot be replaced by a watching wrapper")
+    parser = protocol._parser = WatchedParser(protocol._parser)
+    return parser
 
 
 class NativeFaceTestsMixin:
@@ -926,7 +945,7 @@ class ResponseTests(NativeFaceTestsMixin, SynchronousTestCase):
         """
         w = self.loggedIn()
         seqs = self.notify(w, 6)
-        parser = w.protocol._parser = WatchedParser(w.protocol._parser)  # type: ignore[assignment]
+        parser = watchParser(w.protocol)
         w.raw(answer(seqs[0]) + answer(seqs[1], 404) + b"".join(answer(s) for s in seqs[2:5]))
         w.raw(serialise(Response(200, "OK", Headers.of(("Seq", str(seqs[5])), ("X", "y")))))
         self.assertEqual([(r.code, r.seq) for r in parser.parsed], [(404, seqs[1]), (200, seqs[5])])
@@ -945,7 +964,7 @@ class ResponseTests(NativeFaceTestsMixin, SynchronousTestCase):
         n = self.config.framesPerTurn
         w = self.loggedIn()
         seqs = self.notify(w, n + 3)
-        parser = w.protocol._parser = WatchedParser(w.protocol._parser)  # type: ignore[assignment]
+        parser = watchParser(w.protocol)
         stored = parser.stored
         w.raw(b"".join(answer(s) for s in seqs[:n]))
         self.assertEqual((stored, w.protocol._outstanding.unanswered, w.protocol._turnFrames), ([], 3, n))
@@ -1673,6 +1692,39 @@ class TargetFormTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertFalse([k for k in vars(first) if "handler" in k.lower()])
         self.assertIs(_HANDLERS["PING"], type(first).do_PING)
         self.assertEqual(vars(first).keys(), vars(second).keys())
+
+    def test_imTargetShortcut(self) -> None:
+        """
+        The face's shortcut for a C{MESSAGE}'s target (L{_isIMTarget}) says
+        what L{targetForm} says of it being C{im:}, over targets made of
+        schemes in every case (and characters whose case mapping is not
+        ASCII's: C{İ}, C{ı}, the Kelvin sign), separators and rests, and
+        over random ones; so a C{MESSAGE} is handled at once exactly when
+        the general checks would let it through.
+        """
+        schemes = ["im", "IM", "Im", "iM", "pres", "İm", "ım", "iｍ", "\u212aim", "im ", " im", "", "i", "m", "xmpp", "imx", "mi"]
+        rests = ["bob@corp.example", "", "*", ":", "im:", "x y", "\u0130"]
+        targets = ["*", "im", "IM", "i", ""] + [f"{a}{sep}{b}" for a in schemes for sep in (":", "", "::", "@") for b in rests]
+        rng = random.Random(11)
+        alphabet = "imIMprs:@*. \u0130\u0131\u212a"
+        targets += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(7))) for _ in range(5000)]
+        for target in targets:
+            self.assertEqual(_isIMTarget(target), targetForm(target) is TargetForm.IM, repr(target))
+
+    def test_messageTargetsAnswered(self) -> None:
+        """
+        A C{MESSAGE} is answered the same whatever the case of its scheme,
+        and one whose target has another form is refused with C{400},
+        before and after login as before (C{401} first).
+        """
+        w = self.wire()
+        self.assertEqual(w.call("MESSAGE", "im:bob@corp.example", body=b"hi").code, 401)
+        w = self.loggedIn()
+        self.loggedIn("bob").call("PUBLISH", "*", [("Presence", "online")])
+        for target, code in [("im:bob@corp.example", 200), ("IM:bob@corp.example", 200), ("Im:bob@corp.example", 200),
+                             ("pres:bob@corp.example", 400), ("bob@corp.example", 400), ("*", 400),
+                             ("xmpp:bob@corp.example", 400), ("im:", 400), ("im:nobody", 400)]:  # fmt: skip
+            self.assertEqual(w.call("MESSAGE", target, body=b"hi").code, code, target)
 
     def test_tableCoversMethods(self) -> None:
         """

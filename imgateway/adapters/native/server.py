@@ -559,6 +559,11 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             self._close()
 
     def _requestReceived(self, request: Request) -> None:
+        if request.method == "MESSAGE" and self.session is not None and _isIMTarget(request.target):
+            # The hot path, the only MESSAGE the checks below let through
+            # (tests.test_native_server.TargetFormTests): it answers itself.
+            self.do_MESSAGE(request)
+            return
         method = _HANDLERS.get(request.method)
         if method is None:
             self._respond(request.seq, 405, f"Unknown method {request.method}")
@@ -568,10 +573,6 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             return
         if targetForm(request.target) not in TARGETS[request.method]:
             self._respond(request.seq, 400, f"{request.method} takes {describeTargets(request.method)} as its target")
-            return
-        if request.method == "MESSAGE":
-            # The hot path: it answers itself.
-            self.do_MESSAGE(request)
             return
         d = maybeDeferred(method, self, request)
         d.addCallbacks(self._answered, self._failed, callbackArgs=(request,), errbackArgs=(request,))
@@ -1065,6 +1066,15 @@ class _Closed(Exception):
     """
     The handler already answered and closed the connection.
     """
+
+
+def _isIMTarget(target: str) -> bool:
+    """
+    Whether a request target has the C{im:} form: what C{targetForm(target)
+    is TargetForm.IM} says (the scheme compared case-insensitively), without
+    the look-ups.
+    """
+    return target[:3].lower() == "im:"
 
 
 def _messageArguments(request: Request) -> tuple[Address, str, str, str]:

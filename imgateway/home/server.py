@@ -1364,15 +1364,17 @@ class HomeServer:
         if type(event) is not Message or self.stopping:
             return None
         recipient = event.recipient
-        if recipient in self._lanes or recipient.domain != self.domain:
+        if recipient.domain != self.domain:
             return None
         user = self._users.get(recipient)
         if user is None or not user.sessions:
             # The directory may have to say where the user lives.
             return None
-        # The lane is busy while the message is delivered.
+        # The lane is busy while the message is delivered (unless busy
+        # already: then it waits its turn, the way deliver queues it).
         lane: deque[_Work] = deque()
-        self._lanes[recipient] = lane
+        if self._lanes.setdefault(recipient, lane) is not lane:
+            return None
         try:
             outcome = self._messageOutcome(user, event)
         except BaseException:

@@ -34,7 +34,8 @@ __all__ = ["COMPILED_MODULES", "cachedProperty", "defaultField"]
 #: and pass every unit test compiled, but measured no faster: they are not
 #: listed. C{adapters/native/server.py} (the native face) measured 8 % less
 #: CPU per message compiled than interpreted beside the others compiled
-#: (C{bench/README.md}, "The native face's 1:1 message, session 7").
+#: (C{bench/README.md}, "The native face's 1:1 message (issue 11, session 7,
+#: msg11)").
 COMPILED_MODULES = (
     "imgateway/adapters/native/framing.py",
     "imgateway/adapters/native/mapping.py",

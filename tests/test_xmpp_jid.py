@@ -10,6 +10,7 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat, prep
+from twisted.words.protocols.jabber.xmpp_stringprep import resourceprep
 
 from imgateway.adapters.xmpp import jid as jidModule
 from imgateway.adapters.xmpp.jid import (
@@ -393,6 +394,33 @@ class AddressTests(SynchronousTestCase):
         full = [jidOf(address, f"r{i}").full() for i in range(3)]
         self.assertEqual(full, [f"juliet@example.com/r{i}" for i in range(3)])
         self.assertEqual(calls, [("juliet", "example.com", None)])
+
+    def test_jidOfPrintableASCIIResource(self) -> None:
+        """
+        A printable ASCII resource is taken as it is, without resourceprep
+        (which gives every such resource back unchanged): the resources
+        that clients bind at login, and the labels the home server makes.
+        """
+        address = Address.fromString("juliet@example.com")
+        ascii = "".join(map(chr, range(0x20, 0x7F)))
+        for resource in (ascii, "desk", "imgateway-0a1b2c3d", "r-2", " spaced out "):
+            self.assertEqual(resourceprep.prepare(resource), resource)
+        calls: list[str] = []
+        real = resourceprep.prepare
+
+        def counting(text: str) -> str:
+            calls.append(text)
+            prepared: str = real(text)
+            return prepared
+
+        self.patch(resourceprep, "prepare", counting)
+        self.assertEqual(jidOf(address, ascii).resource, ascii)
+        self.assertEqual(jidOf(address, "desk").full(), "juliet@example.com/desk")
+        self.assertEqual(calls, [])
+        # Anything else is prepared: a control character, non-ASCII text.
+        self.assertEqual(jidOf(address, "\u2163 Home").resource, "IV Home")
+        self.assertEqual(calls, ["\u2163 Home"])
+        self.assertRaises(InvalidFormat, jidOf, address, "tab\there")
 
     def test_jidOfBadResource(self) -> None:
         """

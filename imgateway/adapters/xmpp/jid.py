@@ -120,18 +120,31 @@ def _preparedBare(local: str, domain: str) -> tuple[str | None, str]:
     return user, host
 
 
+def _asPrepared(resource: str) -> bool:
+    """
+    Whether resourceprep (RFC 3920 appendix B) gives C{resource} back as it
+    is because it is printable ASCII: no character of it is mapped to
+    nothing (table B.1) or changed by NFKC, prohibited (C.2.1 holds only
+    ASCII's controls; the other tables no ASCII) or right-to-left, or
+    unassigned. The bind of every login asks, with the client's resource
+    or the label the home server made.
+    """
+    return resource.isascii() and resource.isprintable()
+
+
 def jidOf(address: Address, resource: str | None = None) -> JID:
     """
     The JID of an address (with a resource, for a full JID): the same as
     C{JID(tuple=(address.local, address.domain, resource))}, but the
     address's parts are prepared once per address (a bounded cache of
-    L{PREPARED_CACHE_SIZE}), and only the resource each time.
+    L{PREPARED_CACHE_SIZE}), and only the resource each time, unless it is
+    printable ASCII, which resourceprep leaves as it is (L{_asPrepared}).
 
     @raise InvalidFormat: If the resource cannot be prepared (as
         Twisted's L{JID} raises).
     """
     user, host = _preparedBare(address.local, address.domain)
-    if resource:
+    if resource and not _asPrepared(resource):
         try:
             resource = resourceprep.prepare(resource)
         except UnicodeError:

@@ -198,6 +198,65 @@ class NegotiationTests(C2STestsMixin, SynchronousTestCase):
         self.assertIn("bind", [e.name for e in third.open().elements()])
         self.assertEqual(len(factory.featuresText), 3)
 
+    def test_headerAsTwisted(self) -> None:
+        """
+        The c2s stream's header, serialised in place, is byte for byte
+        what Twisted's C{XmlStream.sendHeader} sends for the same stream:
+        after a client's header (with the stream's id and version) and
+        before one (a stream error's header), with and without a domain.
+        """
+        from imgateway.adapters.xmpp.jid import parseJID
+
+        states: list[dict[str, Any]] = [
+            {"thisEntity": parseJID("corp.example"), "sid": "0a1b2c3d4e5f6071", "version": (1, 0)},
+            {"thisEntity": parseJID("corp.example"), "sid": None, "version": (0, 9)},
+            {"thisEntity": None, "sid": None, "version": (1, 0)},
+        ]
+        for state in states:
+            written = []
+            for send in (C2SProtocol.sendHeader, xmlstream.XmlStream.sendHeader):
+                c = self.client()
+                c.transport.clear()
+                for name, value in state.items():
+                    setattr(c.protocol, name, value)
+                send(c.protocol)
+                self.assertTrue(c.protocol._headerSent)
+                written.append(c.transport.value())
+            self.assertEqual(written[0], written[1], state)
+        c = self.client()
+        c.open()
+        self.assertTrue(c.root is not None and c.root.getAttribute("version") == "1.0")
+
+    def test_noObserversPerHeader(self) -> None:
+        """
+        A c2s stream adds no observer at its headers (Twisted's
+        C{XmlStream} adds one for stream errors at every header, which
+        nothing here would call: every element goes to C{elementReceived}),
+        so none piles up over a login's two headers; a client's stream
+        error still closes the stream.
+        """
+        c = self.bound()
+        self.assertEqual((c.protocol._eventObservers, c.protocol._xpathObservers), ({}, {}))
+        c.write("<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>")
+        self.assertTrue(c.transport.disconnecting)
+
+    def test_headerVersion(self) -> None:
+        """
+        The stream's version is the lower of 1.0 and the client's: a
+        header without a version, or with one that does not read as
+        C{major.minor}, is a version below 1.0, refused with
+        C{<unsupported-version/>}.
+        """
+        for version in ("", " version='0.9'", " version='1'", " version='x.y'"):
+            c = self.client()
+            c.write(HEADER.replace(" version='1.0'>", version + ">"))
+            self.assertIn("unsupported-version", c.text(), version)
+            self.assertTrue(c.transport.disconnecting)
+        c = self.client()
+        c.write(HEADER.replace(" version='1.0'>", " version='1.5'>"))
+        self.assertEqual(c.protocol.version, (1, 0))
+        self.assertIn("version='1.0'", c.text())
+
     def test_loginRepliesWireForm(self) -> None:
         """
         The SASL replies and the bind result, serialised without domish,

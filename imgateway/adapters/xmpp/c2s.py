@@ -110,17 +110,15 @@ class C2SConfig:
 
 class _Authenticator(xmlstream.Authenticator):
     """
-    Hands stream headers to the protocol. Twisted's C{ListenAuthenticator}
-    is not used: it interns the untrusted C{to} attribute.
+    Makes the stream the receiving one; the protocol handles the stream
+    headers itself (L{C2SProtocol.onDocumentStart}). Twisted's
+    C{ListenAuthenticator} is not used: it interns the untrusted C{to}
+    attribute.
     """
 
     def associateWithStream(self, xs: Any) -> None:
         super().associateWithStream(xs)
         xs.initiating = False
-
-    def streamStarted(self, rootElement: domish.Element) -> None:
-        super().streamStarted(rootElement)
-        self.xmlstream.streamStarted(rootElement)  # type: ignore[union-attr]
 
 
 @implementer(ISessionClient, IHandshakeListener)
@@ -262,12 +260,47 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
 
     # -- stream negotiation -----------------------------------------------------------
 
+    def onDocumentStart(self, rootElement: domish.Element) -> None:
+        """
+        The client's stream header arrived: as Twisted's
+        C{XmlStream.onDocumentStart} and its authenticator's
+        C{streamStarted} (the lower of the two versions is the stream's),
+        then L{streamStarted}. Twisted also dispatches the stream's start
+        and adds a one-time observer of stream errors at every header:
+        nothing observes a c2s stream (L{elementReceived} handles every
+        element, stream errors too), so neither is done, and no observer
+        piles up at each restart.
+        """
+        self.version = min(self.version, _streamVersion(rootElement.attributes.get("version")))
+        self.streamStarted(rootElement)
+
+    def sendHeader(self) -> None:
+        """
+        Send our stream header: what Twisted's C{XmlStream.sendHeader}
+        sends (tests compare), serialised here rather than built as a
+        L{domish.Element} at every header.
+        """
+        # The prefix of the streams namespace is the only one declared.
+        header = f"<stream:stream xmlns:stream='{NS_STREAMS}' xmlns='{xmlAttribute(self.namespace)}'"
+        if self.otherEntity:
+            header += f" to='{xmlAttribute(self.otherEntity.userhost())}'"
+        if self.thisEntity:
+            header += f" from='{xmlAttribute(self.thisEntity.userhost())}'"
+        if not self.initiating and self.sid:
+            header += f" id='{xmlAttribute(self.sid)}'"
+        if self.version >= (1, 0):
+            header += " version='%d.%d'>" % self.version
+        else:
+            header += ">"
+        self.sendSerialised(header)
+        self._headerSent = True
+
     def streamStarted(self, root: domish.Element) -> None:
         """
         The client's stream header arrived: check it, answer with ours and
         the features that fit this stage.
         """
-        self.sid = binascii.hexlify(os.urandom(8)).decode("ascii")  # type: ignore[assignment]
+        self.sid = os.urandom(8).hex()  # type: ignore[assignment]
         # The domain's JID, prepared once (parseJID's cache), not per header.
         self.thisEntity = parseJID(self.gateway.domain)  # type: ignore[assignment]
         self.prefixes = {NS_STREAMS: "stream"}
@@ -940,6 +973,20 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             self._fail("system-shutdown")
         else:
             self._fail("reset", reason)
+
+
+def _streamVersion(text: str | None) -> tuple[int, int]:
+    """
+    The version of a stream header's C{version} attribute, as Twisted's
+    authenticator reads it: C{(0, 0)} when it is absent or unreadable.
+    """
+    if text is None:
+        return (0, 0)
+    parts = text.split(".")
+    try:
+        return (int(parts[0]), int(parts[1]))
+    except (IndexError, ValueError):
+        return (0, 0)
 
 
 class _SeeOtherHost(error.StreamError):

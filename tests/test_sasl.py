@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
@@ -721,6 +722,74 @@ class ServerStateTests(SASLTestCase):
             client = clientMechanism(name, "alice", "secret")
             self.stepFails(server, client.start(), "temporary-auth-failure")
             self.assertEqual(len(self.flushLoggedErrors(PersistenceFailed)), 1)
+
+
+class StepAtOnceTests(SASLTestCase):
+    """
+    L{ServerMechanism.stepAtOnce}: the outcome of a step that needs no
+    waiting comes at once, returned or raised; a step that waits comes as
+    a L{Deferred}; the checks are L{ServerMechanism.step}'s.
+    """
+
+    def test_scramFinal(self) -> None:
+        """
+        A SCRAM client-final message is checked at once against the keys
+        read at the first step: the success is returned, a wrong proof
+        raised as C{not-authorized}; the first step, which reads the
+        directory, is a L{Deferred}.
+        """
+        authenticator, _ = makeAuthenticator()
+        for name in SCRAMS:
+            for password, condition in (("secret", None), ("wrong", "not-authorized")):
+                client = clientMechanism(name, "alice", password)
+                server = serverMechanism(name, authenticator, DOMAIN, True)
+                first = server.stepAtOnce(client.start())
+                assert isinstance(first, Deferred), first
+                challenge = self.successResultOf(first).challenge
+                assert challenge is not None
+                if condition is not None:
+                    self.assertRaisesFailure(condition, server.stepAtOnce, client.step(challenge))
+                    continue
+                final = server.stepAtOnce(client.step(challenge))
+                assert isinstance(final, SASLStep), final
+                self.assertEqual((final.complete, final.address), (True, ALICE))
+                client.verifyFinal(final.challenge or b"")
+                self.assertRaisesFailure("malformed-request", server.stepAtOnce, b"")
+
+    def test_checksAtOnce(self) -> None:
+        """
+        The checks before a step raise at once: an empty first challenge is
+        returned, a second one, a step after the exchange is over and a
+        message too long are C{malformed-request}.
+        """
+        authenticator, _ = makeAuthenticator()
+        for name in ALL:
+            server = serverMechanism(name, authenticator, DOMAIN, True)
+            self.assertEqual(server.stepAtOnce(None), SASLStep(b"", False))
+            self.assertRaisesFailure("malformed-request", server.stepAtOnce, None)
+            self.assertRaisesFailure("malformed-request", server.stepAtOnce, b"")
+            server = serverMechanism(name, authenticator, DOMAIN, True)
+            self.assertRaisesFailure("malformed-request", server.stepAtOnce, b"x" * (MAX_STEP_BYTES + 1))
+
+    def test_internalErrorAtOnce(self) -> None:
+        """
+        An unexpected error raised by a step is logged and raised as
+        C{temporary-auth-failure}, as L{ServerMechanism.step} fails with it.
+        """
+        authenticator, _ = makeAuthenticator()
+
+        def broken(*args: object) -> Address:
+            raise RuntimeError("broken")
+
+        self.patch(authenticator, "resolveAuthcid", broken)
+        for name in ALL:
+            server = serverMechanism(name, authenticator, DOMAIN, True)
+            first = clientMechanism(name, "alice", "secret").start()
+            self.assertRaisesFailure("temporary-auth-failure", server.stepAtOnce, first)
+            self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+            server = serverMechanism(name, authenticator, DOMAIN, True)
+            self.stepFails(server, first, "temporary-auth-failure")
+            self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
 class PlainServerTests(SASLTestCase):

@@ -309,22 +309,40 @@ class ServerMechanism(ABC):
             still pending fails the exchange: both steps fail with
             C{malformed-request}.
         """
+        try:
+            outcome = self.stepAtOnce(data)
+        except SASLFailure:
+            return fail()
+        return outcome if isinstance(outcome, Deferred) else succeed(outcome)
+
+    def stepAtOnce(self, data: bytes | None) -> SASLStep | Deferred[SASLStep]:
+        """
+        L{step}, with its outcome at once when the mechanism has it without
+        waiting (a SCRAM client-final message, checked against the stored
+        keys read at the first step; a first step's challenge of nothing):
+        then the next L{SASLStep} is returned, or L{SASLFailure} raised,
+        rather than put in a L{Deferred}. Otherwise (the directory is read,
+        a password is checked) a L{Deferred} is returned, as by L{step}.
+        Every check and every outcome is L{step}'s.
+
+        @raise SASLFailure: If the step fails at once.
+        """
         if self._over:
-            return fail(_malformed("the exchange is over"))
+            raise _malformed("the exchange is over")
         if self._busy:
             self._abort(_malformed("the previous step is not finished"))
-            return fail(_malformed("the previous step is not finished"))
+            raise _malformed("the previous step is not finished")
         if data is not None and len(data) > MAX_STEP_BYTES:
             self._over = True
-            return fail(_malformed("message too long"))
+            raise _malformed("message too long")
         self._busy = True
         try:
             result = self._step(data)
         except Exception:
-            d: Deferred[SASLStep] = fail()
-        else:
-            d = result if isinstance(result, Deferred) else succeed(result)
-        return d.addCallbacks(self._stepDone, self._stepFailed)
+            self._stepFailed(Failure()).raiseException()
+        if isinstance(result, Deferred):
+            return result.addCallbacks(self._stepDone, self._stepFailed)
+        return self._stepDone(result)
 
     def abort(self) -> None:
         """

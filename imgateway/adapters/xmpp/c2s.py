@@ -474,10 +474,16 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
                 raise SASLFailure("aborted")
             else:
                 raise SASLFailure("malformed-request")
+            # The outcome at once when the mechanism has it (a SCRAM
+            # client-final message): no Deferred on the way.
+            outcome = self._mechanism.stepAtOnce(data)
         except SASLFailure as e:
             self._saslFailed(Failure(e))
             return
-        self._mechanism.step(data).addCallbacks(self._saslStepped, self._saslFailed)
+        if isinstance(outcome, Deferred):
+            outcome.addCallbacks(self._saslStepped, self._saslFailed)
+        else:
+            self._saslStepped(outcome)
 
     def _saslStepped(self, step: Any) -> None:
         if self._closed:

@@ -13,6 +13,9 @@ import unicodedata
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.filepath import FilePath
@@ -256,6 +259,47 @@ class NegotiationTests(C2STestsMixin, SynchronousTestCase):
         c.write(HEADER.replace(" version='1.0'>", " version='1.5'>"))
         self.assertEqual(c.protocol.version, (1, 0))
         self.assertIn("version='1.0'", c.text())
+
+    def test_oneLogLinePerLogin(self) -> None:
+        """
+        A login is one line of the c2s face's log, at the bind: who
+        authenticated, from where, with which mechanism, and the bound JID
+        and session (the home server logs the session's opening and
+        closing on its own).
+        """
+        with capturedLogs() as events:
+            c = self.bound()
+        lines = [formatEvent(e) for e in events if e.get("log_namespace", "").endswith("C2SProtocol")]
+        self.assertEqual(len(lines), 1, lines)
+        [line] = lines
+        assert c.protocol.session is not None
+        session = c.protocol.session.sessionId
+        self.assertEqual(
+            line,
+            f"alice@corp.example authenticated from {LOOPBACK!r} (SCRAM-SHA-256) and bound"
+            f" alice@corp.example/desk as session {session}",
+        )
+
+    def test_unboundLogged(self) -> None:
+        """
+        A client that authenticates and closes its stream before binding a
+        resource is logged when the stream closes: that it authenticated,
+        from where, with which mechanism.
+        """
+        c = self.client()
+        c.login("alice", "alice-pw", "SCRAM-SHA-1")
+        with capturedLogs() as events:
+            c.protocol.connectionLost(Failure(ConnectionDone()))
+        lines = [formatEvent(e) for e in events if e.get("log_namespace", "").endswith("C2SProtocol")]
+        self.assertEqual(
+            lines,
+            [f"alice@corp.example authenticated from {LOOPBACK!r} (SCRAM-SHA-1); the stream closed before a resource was bound"],
+        )
+        # A stream that never authenticated, or was bound, logs no such line.
+        for c in (self.client(), self.bound()):
+            with capturedLogs() as events:
+                c.protocol.connectionLost(Failure(ConnectionDone()))
+            self.assertEqual([e for e in events if "authenticated" in formatEvent(e)], [])
 
     def test_loginRepliesWireForm(self) -> None:
         """

@@ -203,6 +203,14 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             self._admission.release()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        if self.address is not None and self.fullJID is None and self._away is None:
+            # Authenticated, never bound: the login's line (see bound).
+            self.log.info(
+                "{address} authenticated from {peer} ({mechanism}); the stream closed before a resource was bound",
+                address=self.address,
+                peer=self._t.getPeer(),
+                mechanism=self.mechanismName,
+            )
         self._closed = True
         self.factory.connections.discard(self)
         self._uncount()
@@ -515,7 +523,9 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         else:
             self.sendSerialised(f"<success xmlns='{NS_SASL}'/>")
         self.setAuthenticated()
-        self.log.info("{address} authenticated from {peer}", address=self.address, peer=self._t.getPeer())
+        # Logged with the bind (one line per login), or when the stream
+        # closes unbound (connectionLost); a user sent away is logged by
+        # decideFront.
         self.reset()
 
     def _saslFailed(self, f: Failure) -> None:
@@ -581,7 +591,14 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
                 f"<iq{_responseAttributes(iq)} type='result'><bind xmlns='{NS_BIND}'>"
                 f"{xmlTextElement('jid', self.fullJID.full())}</bind></iq>"
             )
-            self.log.info("{jid} bound from {peer} as session {session}", jid=self.fullJID.full(), peer=self._t.getPeer(), session=session.sessionId)
+            self.log.info(
+                "{address} authenticated from {peer} ({mechanism}) and bound {jid} as session {session}",
+                address=self.address,
+                peer=self._t.getPeer(),
+                mechanism=self.mechanismName,
+                jid=self.fullJID.full(),
+                session=session.sessionId,
+            )
 
         def failed(f: Failure) -> None:
             if f.check(TooManySessions):

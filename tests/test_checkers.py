@@ -230,6 +230,37 @@ class AuthenticatorResolveTests(SynchronousTestCase):
         self.assertEqual(resolve("alice@other.example", "other.example"), other)
         self.assertRaises(AuthenticationFailed, resolve, "alice@corp.example", "other.example")
 
+    def test_normalisedOnce(self) -> None:
+        """
+        A user name is normalised once (a bounded cache): the same name
+        again resolves to the same address without normalising its parts
+        again, an invalid one is refused every time, and a flood of names
+        keeps at most L{AUTHCID_CACHE_SIZE} of them.
+        """
+        from imgateway.auth import checkers
+
+        checkers._authcidAddress.cache_clear()
+        self.addCleanup(checkers._authcidAddress.cache_clear)
+        calls: list[tuple[str, str]] = []
+        real = Address.fromParts.__func__  # type: ignore[attr-defined]
+
+        def counting(cls: type[Address], local: str, domain: str) -> Address:
+            calls.append((local, domain))
+            return real(cls, local, domain)  # type: ignore[no-any-return]
+
+        self.patch(Address, "fromParts", classmethod(counting))
+        resolve = self.authenticator.resolveAuthcid
+        first = resolve("Alice")
+        self.assertIs(resolve("Alice"), first)
+        self.assertIs(resolve("Alice", "corp.example"), first)
+        self.assertEqual(calls, [("Alice", "corp.example")])
+        for _ in range(2):
+            self.assertRaises(AuthenticationFailed, resolve, "a b")
+        self.assertEqual(calls[1:], [("a b", "corp.example")] * 2)
+        for i in range(checkers.AUTHCID_CACHE_SIZE + 10):
+            resolve(f"user{i}")
+        self.assertEqual(checkers._authcidAddress.cache_info().currsize, checkers.AUTHCID_CACHE_SIZE)
+
     def test_invalidExplicitDomain(self) -> None:
         """
         An invalid explicit domain is a programming error: L{InvalidAddress}.

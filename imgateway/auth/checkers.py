@@ -15,6 +15,7 @@ protocol's error.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 from collections.abc import Callable
@@ -225,12 +226,12 @@ class Authenticator:
             names a user of another domain.
         @raise InvalidAddress: If C{domain} is not a valid domain.
         """
-        domain = self.domain if domain is None else normaliseDomain(domain)
+        if domain is None or domain == self.domain:
+            domain = self.domain
+        else:
+            domain = normaliseDomain(domain)
         try:
-            if "@" in authcid:
-                address = Address.fromString(authcid)
-            else:
-                address = Address.fromParts(authcid, domain)
+            address = _authcidAddress(authcid, domain)
         except InvalidAddress:
             raise AuthenticationFailed("invalid user name") from None
         if address.domain != domain:
@@ -394,6 +395,27 @@ class Authenticator:
             return record
 
         return self.directory.getAccount(address).addCallback(check)
+
+
+#: How many user names L{_authcidAddress} remembers.
+AUTHCID_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=AUTHCID_CACHE_SIZE)
+def _authcidAddress(authcid: str, domain: str) -> Address:
+    """
+    The address a client's user name stands for (see
+    L{Authenticator.resolveAuthcid}), normalised once per name and domain:
+    a bounded cache (hostile names can only evict entries; invalid ones
+    are not kept), so that a login does not normalise the domain and the
+    name again. Nothing in it depends on the directory: a name is resolved
+    alike whether or not its account exists.
+
+    @raise InvalidAddress: If it is not a valid address.
+    """
+    if "@" in authcid:
+        return Address.fromString(authcid)
+    return Address.fromParts(authcid, domain)
 
 
 def _avatarId(record: AccountRecord) -> bytes | tuple[()]:

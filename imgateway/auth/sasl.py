@@ -612,7 +612,9 @@ def serverMechanism(
         C{encryption-required} for PLAIN on an unencrypted connection
         without C{allowPlaintext}.
     """
-    domain = normaliseDomain(domain)
+    if domain != authenticator.domain:
+        # The authenticator's own domain is normalised already.
+        domain = normaliseDomain(domain)
     source = sourceOf(peer)
     if name == _PLAIN:
         if not (secure or allowPlaintext):

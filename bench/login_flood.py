@@ -12,6 +12,7 @@ test: nothing asserts a time.
     .venv/bin/python bench/login_flood.py --mode login --mech SCRAM-SHA-1 --face xmpp
     .venv/bin/python bench/login_flood.py --mode login --mech PLAIN --profile /tmp/login.prof
     .venv/bin/python bench/login_flood.py --mode idle --face mixed --mech SCRAM-SHA-1 --sessions 10000 --contacts 20
+    .venv/bin/python bench/login_flood.py --mode inprocess --mech SCRAM-SHA-1 --logins 3000
 
 C{--mode wrong} is the attack: every attempt is C{AUTH} PLAIN with a wrong
 password for one of C{--users} accounts (or unknown ones with
@@ -19,6 +20,10 @@ C{--unknown}), up to C{max_auth_attempts} per connection, then a new
 connection. Unless C{--throttle}, the gateway's C{[limits]} are raised so
 that every attempt is checked (the worst case for its memory and CPU); with
 it, the shipped limits apply and most attempts are refused unchecked.
+C{--mode inprocess} spawns nothing: it times the XMPP c2s face's own CPU per
+login and per stage of a login (C{--logins}, binding C{--resource}) over a
+memory gateway and a fake transport, in this process, without the sockets,
+threads and SQLite of a real gateway.
 C{--mode idle} logs C{--sessions} in (C{--face mixed}: even accounts on the
 native face, odd ones on XMPP), each with C{--contacts} mutual contacts
 among them, fetching its contacts and going online, keeps them connected and
@@ -528,6 +533,102 @@ async def run(args: argparse.Namespace, gw: SpawnedGateway) -> dict[str, Any]:
     }
 
 
+#: The stages of an XMPP login, in the order L{inProcessRun} times them.
+XMPP_STAGES = ("connect", "header", "auth", "response", "restart", "bind", "end", "lost")
+
+
+def inProcessRun(logins: int, mech: str, resource: str, warmup: int = 200, logToDevNull: bool = True) -> dict[str, Any]:
+    """
+    The XMPP c2s face's own CPU per login, without sockets, threads or
+    SQLite: C{logins} logins, one after the other, through the face over
+    a memory gateway (L{imgateway.testing.memoryGateway}) and a
+    C{StringTransport}, each login's stages timed with this thread's CPU
+    clock (the client's work is not counted). Log lines go to
+    C{/dev/null} through Twisted's text observer, as C{twistd}'s would go
+    to its file.
+
+    @param resource: The resource bound (C{""}: the server makes one).
+    @param logToDevNull: Whether to start Twisted's global logging, to
+        C{/dev/null} (not in tests: trial logs).
+    @return: The JSON record: CPU µs per login, and per stage.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from imgateway.adapters.xmpp.c2s import C2SConfig, C2SFactory
+    from imgateway.testing import addUser, memoryGateway
+
+    if logToDevNull:
+        globalLogBeginner.beginLoggingTo(
+            [textFileLogObserver(open(os.devnull, "w", encoding="utf-8"))], discardBuffer=True, redirectStandardIO=False
+        )
+    clock = Clock()
+    gateway = memoryGateway(clock)
+    users = 20
+    for i in range(users):
+        addUser(gateway, f"bench{i}", PASSWORD)
+    factory = C2SFactory(gateway, C2SConfig(requireTLS=False), None, clock)
+    header = _STREAM_OPEN.format(domain=gateway.domain).encode()
+    host = IPv4Address("TCP", "127.0.0.1", 5222)
+    bind = f"<resource>{resource}</resource>" if resource else ""
+    stages = [0.0] * len(XMPP_STAGES)
+
+    def login(i: int) -> None:
+        # A source of its own per login: the per-source limits stay out.
+        peer = IPv4Address("TCP", f"127.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", 40000)
+        t = StringTransport(hostAddress=host, peerAddress=peer)
+        protocol = factory.buildProtocol(peer)
+        step = 0
+
+        def server(f: Any, *args: Any) -> bytes:
+            nonlocal step
+            t0 = time.thread_time()
+            f(*args)
+            stages[step] += time.thread_time() - t0
+            step += 1
+            out: bytes = t.value()
+            t.clear()
+            return out
+
+        server(protocol.makeConnection, t)
+        server(protocol.dataReceived, header)
+        m = clientMechanism(mech, f"bench{i % users}", PASSWORD)
+        first = base64.b64encode(m.start()).decode("ascii") or "="
+        reply = server(protocol.dataReceived, f"<auth xmlns='{_SASL_NS}' mechanism='{mech}'>{first}</auth>".encode())
+        r = _SASL_REPLY.search(reply)
+        if mech != "PLAIN":
+            assert r is not None and r.group(1) == b"challenge", reply
+            answer = base64.b64encode(m.step(base64.b64decode(r.group(2) or b""))).decode("ascii")
+            reply = server(protocol.dataReceived, f"<response xmlns='{_SASL_NS}'>{answer}</response>".encode())
+        else:
+            step += 1
+        assert b"<success" in reply, reply
+        server(protocol.dataReceived, header)
+        reply = server(protocol.dataReceived, f"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{bind}</bind></iq>".encode())
+        assert b"type='result'" in reply, reply
+        server(protocol.dataReceived, b"</stream:stream>")
+        server(protocol.connectionLost, None)
+
+    for i in range(warmup):
+        login(i)
+    stages[:] = [0.0] * len(XMPP_STAGES)
+    for i in range(logins):
+        login(warmup + i)
+    return {
+        "bench": "login_flood",
+        "mode": "inprocess",
+        "face": "xmpp",
+        "mech": mech,
+        "resource": resource,
+        "logins": logins,
+        "cpu_us_per_login": round(sum(stages) / logins * 1e6, 1),
+        "cpu_us_per_stage": {name: round(v / logins * 1e6, 1) for name, v in zip(XMPP_STAGES, stages)},
+        "imgateway": __version__,
+    }
+
+
 def writeContacts(gw: SpawnedGateway, sessions: int, contacts: int) -> None:
     """
     Give each of the accounts C{bench0 .. bench<sessions-1>} C{contacts}
@@ -564,7 +665,7 @@ def configure(gw: SpawnedGateway, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=("wrong", "login", "idle"), default="wrong")
+    p.add_argument("--mode", choices=("wrong", "login", "idle", "inprocess"), default="wrong")
     p.add_argument("--mech", default="PLAIN", help="for --mode login: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-1")
     p.add_argument("--workers", type=int, default=50, help="connections at once")
     p.add_argument("--users", type=int, default=20, help="accounts attempted")
@@ -585,7 +686,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=3.0, help="for --mode idle: seconds before measuring")
     p.add_argument("--profile", metavar="FILE", help="run the gateway under cProfile, stats to FILE")
     p.add_argument("--keep", action="store_true", help="keep the gateway's folder")
+    p.add_argument("--logins", type=int, default=3000, help="for --mode inprocess: logins timed")
+    p.add_argument("--resource", default="r", help="for --mode inprocess: the resource bound ('': the server makes one)")
     args = p.parse_args(argv)
+    if args.mode == "inprocess":
+        cacheClientKeys()
+        print(json.dumps(inProcessRun(args.logins, args.mech, args.resource)), flush=True)
+        return 0
     if args.face == "xmpp" and args.mode == "wrong":
         p.error("--face xmpp needs --mode login or idle")
     if args.face == "mixed" and args.mode != "idle":

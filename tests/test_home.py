@@ -6,6 +6,8 @@ delivery statuses.
 
 from __future__ import annotations
 
+from typing import Any
+
 from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
@@ -2340,3 +2342,192 @@ class StatesIndexTests(SynchronousTestCase):
         states.put(b, None)
         self.assertEqual(states.inDomain("corp.example"), set())
         self.assertEqual(states._byDomain, {})
+
+
+class _SharedAnswerClient(RecordingSessionClient):
+    """
+    A client of this process that answers every presence with one
+    L{Deferred} fired before the test counts (so the client makes none
+    per delivery).
+    """
+
+    def __init__(self, answer: Deferred[None]) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def presenceReceived(self, sender: Address, presence: Presence) -> Deferred[None]:
+        self.presences.append((sender, presence))
+        return self.answer
+
+
+class _RaisingClient(RecordingSessionClient):
+    """
+    A client whose C{presenceReceived} raises instead of answering with a
+    failed L{Deferred}.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def presenceReceived(self, sender: Address, presence: Presence) -> Deferred[None]:
+        self.presences.append((sender, presence))
+        raise self.error
+
+
+class PresenceFanOutTests(HomeServerTestsMixin, SynchronousTestCase):
+    """
+    A user's presence to its watchers of this server (the fan-out): a
+    client that answers at once is taken at its word, with no L{Deferred}
+    of the home server's per recipient; failures are logged as always, and
+    each watcher gets the changes in order.
+    """
+
+    def watchers(self, count: int, client: RecordingSessionClient | None = None) -> list[Address]:
+        """
+        Make C{count} users who watch bob, each with one present session
+        whose client is C{client} (by default one of their own).
+
+        @return: Their addresses.
+        """
+        bob = self.home.sessionsOf(BOB)[0]
+        made = []
+        for n in range(count):
+            address = Address.fromString(f"w{n}@corp.example")
+            self.directory.addAccount(AccountRecord(address, "hs1", f"W{n}", True, "{}"))
+            session = self.successResultOf(
+                self.home.openSession(address, client if client is not None else RecordingSessionClient(), "")
+            )
+            session.publish(Presence())
+            self.befriend(session, bob)  # type: ignore[arg-type]
+            made.append(address)
+        return made
+
+    def deferredsMade(self, count: int) -> int:
+        """
+        How many L{Deferred}s a presence change of bob's makes, with
+        C{count} watchers whose clients answer with an already fired
+        L{Deferred} of their own.
+        """
+        bob, _ = self.online(BOB)
+        client = _SharedAnswerClient(succeed(None))
+        self.watchers(count, client)
+        made = [0]
+        init = Deferred.__init__
+
+        def counting(d: Deferred[Any], *args: Any, **kwargs: Any) -> None:
+            made[0] += 1
+            init(d, *args, **kwargs)
+
+        self.patch(Deferred, "__init__", counting)
+        bob.publish(Presence(PresenceState.AWAY))
+        self.assertEqual(client.presences[-count:], [(BOB, Presence(PresenceState.AWAY))] * count)
+        return made[0]
+
+    def test_noDeferredPerRecipient(self) -> None:
+        """
+        A fan-out to watchers whose clients answer at once makes no
+        L{Deferred} per recipient: as many for 30 watchers as for one.
+        """
+        one = self.deferredsMade(1)
+        self.tearDown()
+        self.setUp()
+        self.assertEqual(self.deferredsMade(30), one)
+
+    def test_failuresLogged(self) -> None:
+        """
+        A client that fails (a failed L{Deferred}, a raised exception, or
+        a L{Deferred} that fails later) is logged as before, with a
+        traceback unless it is unavailable; every other watcher still
+        gets the presence.
+        """
+        bob, _ = self.online(BOB)
+        first, second, third, fourth = self.watchers(4)
+        clients = {a: self.home.sessionsOf(a)[0].client for a in (first, second, third, fourth)}
+        clients[first].failWith = ConnectionError("gone")
+        raising = _RaisingClient(ServiceUnavailable("the router answered 503"))
+        raisingSession = self.successResultOf(self.home.openSession(second, raising, "other"))
+        raisingSession.publish(Presence())
+        clients[third].hold = True
+        with capturedLogs() as events:
+            bob.publish(Presence(PresenceState.AWAY))
+            clients[third].held[-1].errback(ValueError("later"))
+        away = (BOB, Presence(PresenceState.AWAY))
+        for address in (first, second, third, fourth):
+            self.assertEqual(clients[address].presences[-1], away)
+        self.assertEqual(raising.presences[-1], away)
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(self.flushLoggedErrors(ServiceUnavailable), [])
+        took = [(formatEvent(e), e.get("log_failure") is not None) for e in events if "could not take" in formatEvent(e)]
+        self.assertEqual(
+            sorted(took),
+            sorted([
+                (f"Session {self.home.sessionsOf(first)[0]} could not take a presence", True),
+                (f"Session {raisingSession} could not take a presence: the router answered 503", False),
+                (f"Session {self.home.sessionsOf(third)[0]} could not take a presence", True),
+            ]),
+        )
+
+    def test_ownPresenceFailureLogged(self) -> None:
+        """
+        A session that cannot take its user's own presence is logged as
+        before; the user's other sessions get it.
+        """
+        bob, bobClient = self.online(BOB)
+        other = RecordingSessionClient()
+        self.successResultOf(self.home.openSession(BOB, other, "other"))
+        bobClient.failWith = ConnectionError("gone")
+        with capturedLogs() as events:
+            bob.publish(Presence(PresenceState.BUSY))
+        self.assertEqual(other.presences[-1], (BOB, Presence(PresenceState.BUSY)))
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
+        self.assertIn(f"Session {bob} could not take a own presence", [formatEvent(e) for e in events])
+
+    def test_refusalLogged(self) -> None:
+        """
+        A watcher that refuses the presence (it blocks the user since) is
+        logged as L{HomeServer._send}'s refusals are, naming the update.
+        """
+        bob, _ = self.online(BOB)
+        [watcher] = self.watchers(1)
+        self.home._localState(watcher).access["bob@corp.example"] = AccessList.BLOCK  # type: ignore[union-attr]
+        with capturedLogs() as events:
+            bob.publish(Presence(PresenceState.AWAY))
+        update = PresenceUpdate(BOB, watcher, Presence(PresenceState.AWAY))
+        self.assertIn(f"{update!r} not delivered: {NotAuthorised(f'{watcher} does not watch {BOB}')!r}", [formatEvent(e) for e in events])
+        self.assertEqual(self.home._lanes, {})
+
+    def test_order(self) -> None:
+        """
+        Each watcher gets the user's changes in order, including one whose
+        lane is busy (its changes wait behind its work, then come in
+        order); the watchers are told in the order of the user's
+        watchers.
+        """
+        bob, _ = self.online(BOB)
+        watchers = self.watchers(3)
+        clients = [self.home.sessionsOf(a)[0].client for a in watchers]
+        told: list[Address] = []
+        for address, client in zip(watchers, clients):
+            record = client.presenceReceived
+
+            def recording(sender: Address, presence: Presence, address: Address = address, record: Any = record) -> Any:
+                told.append(address)
+                return record(sender, presence)
+
+            client.presenceReceived = recording
+        for client in clients:
+            del client.presences[:]
+        self.store.hold = True
+        busy = self.home.sessionsOf(watchers[1])[0].subscribe(CAROL)
+        states = [PresenceState.AWAY, PresenceState.BUSY, PresenceState.ONLINE]
+        for state in states:
+            bob.publish(Presence(state))
+        self.assertEqual(told, [watchers[0], watchers[2]] * 3)
+        self.assertEqual(clients[1].presences, [])
+        self.store.release()
+        self.successResultOf(busy)
+        for client in clients:
+            self.assertEqual(client.presences, [(BOB, Presence(s)) for s in states])
+        self.assertEqual(self.home._lanes, {})

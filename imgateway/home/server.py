@@ -1043,9 +1043,10 @@ class HomeServer:
         watchers if what they see changed.
         """
         presence = user.presence()
+        me = user.address
         if presence != user.ownAnnounced:
             user.ownAnnounced = presence
-            self._push(user.sessions, "own presence", lambda c: c.presenceReceived(user.address, presence))
+            self._pushPresence(user.sessions, me, presence, "a own presence")
         seen = presence.toWatchers()
         if seen == user.announced:
             self._renewLease(user)
@@ -1053,7 +1054,12 @@ class HomeServer:
         user.announced = seen
         user.announcedUntil = self._leaseEnd(user)
         for watcher in user.visibleTo():
-            self._sendPresence(self._presenceFor(user.address, user, watcher, seen))
+            if self._laneIdleHere(watcher):
+                # What _sendPresence does for such a watcher; the update
+                # itself is made only if the log needs it.
+                self._presenceInPlace(me, watcher, seen, None)
+            else:
+                self._send(self._presenceFor(me, user, watcher, seen))
 
     def _leaseEnd(self, user: _UserState) -> float:
         """
@@ -1179,9 +1185,43 @@ class HomeServer:
         @param what: What is given, for the log.
         @param call: Calls the client.
         """
+        what = f"a {what}"
         for session in list(sessions):
-            d: Deferred[None] = maybeDeferred(call, session.client)
-            d.addErrback(self._sessionFailed, session, f"a {what}")
+            try:
+                answer = call(session.client)
+            except BaseException:
+                self._sessionFailed(Failure(), session, what)
+            else:
+                self._clientAnswered(answer, session, what)
+
+    def _pushPresence(self, sessions: Iterable[Session], sender: Address, presence: Presence, what: str) -> None:
+        """
+        L{_push} of C{sender}'s C{presence} (C{presenceReceived}), without
+        a function made for it: the fan-out's hot path.
+
+        @param what: What is given, for the log, with its article (C{"a
+            presence"}).
+        """
+        for session in list(sessions):
+            try:
+                answer = session.client.presenceReceived(sender, presence)
+            except BaseException:
+                self._sessionFailed(Failure(), session, what)
+            else:
+                self._clientAnswered(answer, session, what)
+
+    def _clientAnswered(self, answer: object, session: Session, what: str) -> None:
+        """
+        Take a client's answer to L{_push}: a client in this process
+        answers with an already fired L{Deferred} (L{ISessionClient}),
+        whose success is taken at once, without a L{Deferred} or a callback
+        of the home server's; only a failure, or an answer still to come
+        (a proxied session's), gets L{_sessionFailed} as its errback.
+        """
+        if isinstance(answer, Deferred) and not (
+            answer.called and not answer.paused and not isinstance(answer.result, Failure)
+        ):
+            answer.addErrback(self._sessionFailed, session, what)
 
     def _sessionFailed(self, f: Failure, session: Session, what: str) -> None:
         """
@@ -1235,16 +1275,31 @@ class HomeServer:
         if not self._laneIdleHere(recipient):
             self._send(update)
             return
-        if self._localState(recipient) is None:
+        self._presenceInPlace(update.sender, recipient, update.presence, update)
+
+    def _presenceInPlace(self, sender: Address, recipient: Address, presence: Presence, update: PresenceUpdate | None) -> None:
+        """
+        Deliver C{sender}'s C{presence} to C{recipient}, a user whose lane
+        is idle here (L{_laneIdleHere}), in place, in its lane, as
+        L{_sendPresence} does: nothing to one without sessions; a refusal
+        is logged as L{_unsent} logs it.
+
+        @param update: The update delivered, if there is one already (the
+            log names it): otherwise it is made only if the log needs it.
+        """
+        user = self._localState(recipient)
+        if user is None:
             return
+        failed: Failure | None = None
         self._lanes[recipient] = deque()
         try:
-            d = self._deliverPresence(update, True)
+            self._takePresence(user, sender, presence, True, None)
         except Exception:
-            d = fail()
+            failed = Failure()
         finally:
             self._laneFree(recipient)
-        d.addErrback(self._unsent, update)
+        if failed is not None:
+            self._unsent(failed, update if update is not None else PresenceUpdate(sender, recipient, presence))
 
     # -- inbound events (IRoute) ---------------------------------------------
 
@@ -1604,23 +1659,41 @@ class HomeServer:
         user = self._localState(update.recipient)
         if user is None:
             return self._keepPresence(update, here)
-        if user.watching.get(update.sender) is not _AUTHORISED or user.accessOf(update.sender) is AccessList.BLOCK:
-            return fail(NotAuthorised(f"{update.recipient} does not watch {update.sender}"))
-        if here:
-            user.remote.discard(update.sender)
-        else:
-            user.remote.add(update.sender)
-        if not here and update.lease is not None and update.presence != OFFLINE:
-            self._leaseContact(user, update.sender, update.lease)
-        else:
-            self._unleaseContact(user, update.sender)
-        if user.contactPresence.get(update.sender, OFFLINE) != update.presence:
-            if update.presence == OFFLINE:
-                user.contactPresence.pop(update.sender, None)
-            else:
-                user.contactPresence[update.sender] = update.presence
-            self._push(user.sessions, "presence", lambda c: c.presenceReceived(update.sender, update.presence))
+        try:
+            self._takePresence(user, update.sender, update.presence, here, update.lease)
+        except NotAuthorised:
+            return fail()
         return succeed(DeliveryStatus.DELIVERED)
+
+    def _takePresence(self, user: _UserState, contact: Address, presence: Presence, here: bool, lease: float | None) -> None:
+        """
+        L{_deliverPresence} to a user with sessions (C{user}): C{contact}'s
+        C{presence}, with its C{lease}; C{here} says whether the contact is
+        homed on this server. The user's sessions are told if what the
+        user saw of the contact changed.
+
+        @raise NotAuthorised: If the user does not watch C{contact}, or
+            blocks it.
+        """
+        if user.watching.get(contact) is not _AUTHORISED or user.accessOf(contact) is AccessList.BLOCK:
+            raise NotAuthorised(f"{user.address} does not watch {contact}")
+        if here:
+            if user.remote:
+                user.remote.discard(contact)
+        else:
+            user.remote.add(contact)
+        if not here and lease is not None and presence != OFFLINE:
+            self._leaseContact(user, contact, lease)
+        elif user.contactLeases:
+            self._unleaseContact(user, contact)
+        contactPresence = user.contactPresence
+        old = contactPresence.get(contact, OFFLINE)
+        if old is not presence and old != presence:
+            if presence == OFFLINE:
+                contactPresence.pop(contact, None)
+            else:
+                contactPresence[contact] = presence
+            self._pushPresence(user.sessions, contact, presence, "a presence")
 
     def _keepPresence(self, update: PresenceUpdate, here: bool) -> Deferred[DeliveryStatus]:
         """

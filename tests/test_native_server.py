@@ -1650,9 +1650,11 @@ class MessagePathTests(NativeFaceTestsMixin, SynchronousTestCase):
     def test_presenceOncePerFanOut(self) -> None:
         """
         A presence told to many sessions is serialised once
-        (L{presenceNotify}); each session gets the bytes the general way
-        writes, with its own C{Seq}. One that cannot be serialised (a lone
-        surrogate in the note) is logged and not written, as before.
+        (L{presenceNotify}, asked once per fan-out: the recipients after
+        the first find it by identity); each session gets the bytes the
+        general way writes, with its own C{Seq}. One that cannot be
+        serialised (a lone surrogate in the note) is logged and not
+        written, as before, to every recipient.
         """
         presenceNotify.cache_clear()
         wires = [self.loggedIn(), self.loggedIn(), self.loggedIn("bob")]
@@ -1666,14 +1668,34 @@ class MessagePathTests(NativeFaceTestsMixin, SynchronousTestCase):
                     Request("NOTIFY", sender.presURI(), Headers.of(("Seq", str(seq)), *_presenceHeaders(presence)))
                 )
                 self.assertEqual(w.transport.value(), general)
-        self.assertEqual((presenceNotify.cache_info().misses, presenceNotify.cache_info().hits), (3, 6))
-        w = wires[0]
-        w.transport.clear()
+        self.assertEqual((presenceNotify.cache_info().misses, presenceNotify.cache_info().hits), (3, 0))
         unsendable = Presence(PresenceState.AWAY, "x")
         object.__setattr__(unsendable, "note", "\ud800")  # past the validation, as no face makes it
-        w.protocol.presenceReceived(sender, unsendable)
-        self.assertEqual(w.transport.value(), b"")
-        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        for w in wires:
+            w.transport.clear()
+            w.protocol.presenceReceived(sender, unsendable)
+            self.assertEqual(w.transport.value(), b"")
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 3)
+
+    def test_presenceInterleaved(self) -> None:
+        """
+        Fan-outs of different presences that follow each other, or the
+        same presence from different senders, each give every session the
+        bytes the general way writes, with its own C{Seq}.
+        """
+        wires = [self.loggedIn(), self.loggedIn("bob")]
+        carol = Address.fromString("carol@corp.example")
+        dave = Address.fromString("dave@corp.example")
+        away, online = Presence(PresenceState.AWAY, "back at 2"), Presence(PresenceState.ONLINE)
+        for sender, presence in [(carol, away), (carol, online), (dave, online), (carol, away), (carol, away)]:
+            for w in wires:
+                w.transport.clear()
+                seq = w.protocol._outstanding.sent + 1
+                w.protocol.presenceReceived(sender, presence)
+                general = serialise(
+                    Request("NOTIFY", sender.presURI(), Headers.of(("Seq", str(seq)), *_presenceHeaders(presence)))
+                )
+                self.assertEqual(w.transport.value(), general)
 
 
 class TargetFormTests(NativeFaceTestsMixin, SynchronousTestCase):

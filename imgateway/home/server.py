@@ -250,9 +250,14 @@ class _UserState:
         @return: The list that holds C{other}, by address or by domain
             (an address entry wins over a domain entry).
         """
-        found = self.access.get(str(other))
+        access = self.access
+        if not access:
+            # Most users list no one: no address text made for nothing
+            # (a presence fan-out asks once per watcher).
+            return AccessList.NONE
+        found = access.get(str(other))
         if found is None:
-            found = self.access.get(other.domain, AccessList.NONE)
+            found = access.get(other.domain, AccessList.NONE)
         return found
 
     def sees(self, watcher: Address) -> bool:

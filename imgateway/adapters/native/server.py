@@ -32,7 +32,6 @@ from imgateway.adapters.native.framing import (
     Response,
     serialise,
     serialiseUnsequenced,
-    withSeq,
 )
 from imgateway.adapters.native.mapping import (
     ACCESS_LISTS,
@@ -997,13 +996,19 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
     def presenceReceived(self, sender: Address, presence: Presence) -> Deferred[None]:
         if self._closing:
             return succeed(None)
-        try:
-            encoded = presenceNotify(sender, presence)
-        except ValueError:
-            # Cannot be serialised: logged by the general way.
-            self._request("NOTIFY", sender.presURI(), _presenceHeaders(presence))
-        else:
-            self._send(withSeq(encoded, self._outstanding.next()))
+        # Serialised once per fan-out, and cut once where each recipient's
+        # Seq goes: the home server hands every recipient of a fan-out the
+        # same sender and presence objects.
+        last = _lastNotify
+        if last.sender is not sender or last.presence is not presence:
+            try:
+                encoded = presenceNotify(sender, presence)
+            except ValueError:
+                # Cannot be serialised: logged by the general way.
+                self._request("NOTIFY", sender.presURI(), _presenceHeaders(presence))
+                return succeed(None)
+            last.take(sender, presence, encoded)
+        self._send(b"%s%d%s" % (last.head, self._outstanding.next(), last.tail))
         return succeed(None)
 
     def subscriptionReceived(self, event: SubscriptionEvent) -> Deferred[None]:
@@ -1206,6 +1211,38 @@ def presenceNotify(sender: Address, presence: Presence) -> bytes:
     @raise ValueError: If it cannot be serialised (L{serialise}).
     """
     return serialiseUnsequenced(Request("NOTIFY", sender.presURI(), Headers(_presenceHeaders(presence))))
+
+
+class _LastNotify:
+    """
+    The presence C{NOTIFY} last written (L{presenceNotify}), cut where its
+    C{Seq} goes, for the next recipient of the same fan-out: two identity
+    checks find it, without hashing the sender and the presence for the
+    cache, and each recipient's frame is one formatting, the bytes
+    L{withSeq} makes.
+
+    @ivar head: The frame's start line and C{"Seq: "}.
+    @ivar tail: The CRLF after the C{Seq} value, and the rest of the frame.
+    """
+
+    __slots__ = ("sender", "presence", "head", "tail")
+
+    def __init__(self) -> None:
+        self.sender: Address | None = None
+        self.presence: Presence | None = None
+        self.head = self.tail = b""
+
+    def take(self, sender: Address, presence: Presence, encoded: bytes) -> None:
+        """
+        Remember C{encoded}, the L{presenceNotify} of C{sender}'s
+        C{presence}.
+        """
+        end = encoded.index(b"\r\n") + 2
+        self.sender, self.presence = sender, presence
+        self.head, self.tail = encoded[:end] + b"Seq: ", b"\r\n" + encoded[end:]
+
+
+_lastNotify = _LastNotify()
 
 
 def ruleListEntry(rule: PresenceRule) -> dict[str, Any]:

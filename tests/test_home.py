@@ -2531,3 +2531,31 @@ class PresenceFanOutTests(HomeServerTestsMixin, SynchronousTestCase):
         for client in clients:
             self.assertEqual(client.presences, [(BOB, Presence(s)) for s in states])
         self.assertEqual(self.home._lanes, {})
+
+    def test_workQueuedDuringDelivery(self) -> None:
+        """
+        Work that a watcher's client starts in its user's lane while the
+        presence is being given to it (here: it publishes in reaction)
+        waits behind the delivery, as in any lane, and runs once the
+        delivery is over; the lane is free afterwards.
+        """
+        bob, _ = self.online(BOB)
+        [watcher] = self.watchers(1)
+        session = self.home.sessionsOf(watcher)[0]
+        client = session.client
+        record = client.presenceReceived
+        busy = (watcher, Presence(PresenceState.BUSY))
+        doneAtOnce: list[bool] = []
+
+        def reacting(sender: Address, presence: Presence) -> Any:
+            if sender == BOB:
+                session.publish(busy[1])
+                doneAtOnce.append(busy in client.presences)
+            return record(sender, presence)
+
+        client.presenceReceived = reacting
+        bob.publish(Presence(PresenceState.AWAY))
+        self.assertEqual(doneAtOnce, [False])
+        self.assertEqual(client.presences[-2:], [(BOB, Presence(PresenceState.AWAY)), busy])
+        self.assertEqual(self.home.presenceOf(watcher), busy[1])
+        self.assertEqual(self.home._lanes, {})

@@ -1212,8 +1212,11 @@ class HomeServer:
                 answer = session.client.presenceReceived(sender, presence)
             except BaseException:
                 self._sessionFailed(Failure(), session, what)
-            else:
-                self._clientAnswered(answer, session, what)
+                continue
+            # _clientAnswered's test for a success already there, inline.
+            if answer.__class__ is Deferred and answer.called and not answer.paused and answer.result is None:
+                continue
+            self._clientAnswered(answer, session, what)
 
     def _clientAnswered(self, answer: object, session: Session, what: str) -> None:
         """
@@ -1296,13 +1299,21 @@ class HomeServer:
         if user is None:
             return
         failed: Failure | None = None
-        self._lanes[recipient] = deque()
+        lanes = self._lanes
+        lane: deque[_Work] = deque()
+        lanes[recipient] = lane
         try:
             self._takePresence(user, sender, presence, True, None)
         except Exception:
             failed = Failure()
         finally:
-            self._laneFree(recipient)
+            if lane:
+                self._laneFree(recipient)
+            else:
+                # Nothing was queued behind (the common case): the lane
+                # ends as L{_next} ends it.
+                del lanes[recipient]
+                self._checkDrained()
         if failed is not None:
             self._unsent(failed, update if update is not None else PresenceUpdate(sender, recipient, presence))
 

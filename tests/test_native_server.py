@@ -453,6 +453,87 @@ class LimitTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertEqual(bye.headers.get("Reason"), "idle-timeout")
         self.assertTrue(w.transport.disconnecting)
 
+    def test_idleConnectionsHoldNoDelayedCall(self) -> None:
+        """
+        An idle logged-in connection holds no delayed call of its own: its
+        login and idle timers are the factory's shared ones, so the clock
+        holds as many delayed calls with five such connections as with
+        one.
+        """
+        users = ["u1", "u2", "u3", "u4", "u5"]
+        for u in users:
+            addUser(self.gateway, u, f"{u}-pw")
+        wires = [self.loggedIn(users[0])]
+        one = len(self.clock.getDelayedCalls())
+        wires += [self.loggedIn(u) for u in users[1:]]
+        self.assertEqual(len(self.clock.getDelayedCalls()), one)
+        protocols = {id(w.protocol) for w in wires}
+        for call in self.clock.getDelayedCalls():
+            self.assertNotIn(id(getattr(call.func, "__self__", None)), protocols)
+        self.assertEqual(len(self.factory.idleTimers), 5)
+        self.assertEqual(len(self.factory.loginTimers), 0)
+
+    def test_idleTimeoutsExact(self) -> None:
+        """
+        Connections that went quiet at different times each get BYE
+        (idle-timeout) exactly C{idle_timeout} after their last bytes: not
+        a moment before.
+        """
+        tick = 2**-10
+        idle = self.config.idleTimeout
+        a = self.loggedIn("alice")
+        self.clock.advance(1)
+        b = self.loggedIn("bob")
+        self.clock.advance(4)
+        a.raw(b"\r\n")  # alice's last bytes, at 5
+        self.clock.advance(idle - 4 - tick)
+        self.assertFalse(b.transport.disconnecting)
+        self.clock.advance(tick)
+        self.assertTrue(b.transport.disconnecting)
+        self.assertFalse(a.transport.disconnecting)
+        self.clock.advance(4 - tick)
+        self.assertFalse(a.transport.disconnecting)
+        self.clock.advance(tick)
+        self.assertTrue(a.transport.disconnecting)
+        [bye] = [f for f in a.frames() if isinstance(f, Request) and f.method == "BYE"]
+        self.assertEqual(bye.headers.get("Reason"), "idle-timeout")
+
+    def test_loginTimeoutsExact(self) -> None:
+        """
+        Connections that do not log in each get BYE (login-timeout) exactly
+        C{login_timeout} after they were opened; one that logged in in time
+        does not (its idle timer runs on).
+        """
+        tick = 2**-10
+        login = self.config.loginTimeout
+        a = self.wire()
+        self.clock.advance(3)
+        b = self.wire()
+        c = self.loggedIn("alice")
+        self.clock.advance(login - 3 - tick)
+        self.assertFalse(a.transport.disconnecting)
+        self.clock.advance(tick)
+        self.assertTrue(a.transport.disconnecting)
+        self.clock.advance(3 - tick)
+        self.assertFalse(b.transport.disconnecting)
+        self.clock.advance(tick)
+        self.assertTrue(b.transport.disconnecting)
+        [bye] = [f for f in b.frames() if isinstance(f, Request) and f.method == "BYE"]
+        self.assertEqual(bye.headers.get("Reason"), "login-timeout")
+        self.assertFalse(c.transport.disconnecting)
+        self.assertIn(c.protocol, self.factory.idleTimers)
+
+    def test_closedConnectionStopsItsTimers(self) -> None:
+        """
+        A connection lost takes its timers off the factory's.
+        """
+        a = self.wire()
+        b = self.loggedIn()
+        for w in (a, b):
+            w.protocol.connectionLost()
+        self.assertEqual((len(self.factory.loginTimers), len(self.factory.idleTimers)), (0, 0))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
 
 class PreAuthBytesTests(NativeFaceTestsMixin, SynchronousTestCase):
     """

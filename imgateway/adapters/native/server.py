@@ -56,6 +56,7 @@ from imgateway.adapters.native.outstanding import OutstandingRequests
 from imgateway.auth.sasl import SASLFailure, mechanismsFor, serverMechanism
 from imgateway.config import HomeConfig
 from imgateway.core.address import MAX_DOMAIN_CHARS, MAX_LOCAL_BYTES, Address
+from imgateway.core.deadlines import Deadlines
 from imgateway.core.errors import (
     DeliveryError,
     InvalidAddress,
@@ -266,8 +267,8 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         self._outstanding = OutstandingRequests(config.answerWindow)
         self._mechanism: Any = None
         self._authFailures = 0
-        self._loginTimer: IDelayedCall | None = None
-        self._idleTimer: IDelayedCall | None = None
+        # Its login_timeout and idle_timeout run on the factory's shared
+        # timers (loginTimers, idleTimers): no delayed call of its own.
         self._closing = False
         # Its place among the connections not logged in, and the bytes it
         # sent before a successful AUTH (pre_auth_bytes).
@@ -307,8 +308,8 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             self._refuse(slot.refusal, (("Retry-After", str(wait)),) if wait else ())
             return
         self._sendGuard = SendQueueGuard(self.transport, self.config.maxSendQueueBytes, self._sendQueueFull)  # type: ignore[arg-type]
-        self._loginTimer = self.clock.callLater(self.config.loginTimeout, self._loginTimedOut)
-        self._idleTimer = self.clock.callLater(self.config.idleTimeout, self._idleTimedOut)
+        f.loginTimers.start(self, self.config.loginTimeout)
+        f.idleTimers.start(self, self.config.idleTimeout)
 
     def _refuse(self, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         """
@@ -329,10 +330,12 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         self.factory.connections.discard(self)
         if self._slot is not None:
             self._slot.closed()
-        for timer in (self._loginTimer, self._idleTimer, self._tokenTimer, self._turnCall):
+        self.factory.loginTimers.stop(self)
+        self.factory.idleTimers.stop(self)
+        for timer in (self._tokenTimer, self._turnCall):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._loginTimer = self._idleTimer = self._tokenTimer = self._turnCall = None
+        self._tokenTimer = self._turnCall = None
         self._held = None
         self._closing = True
         session, self.session = self.session, None
@@ -345,7 +348,6 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             self._sendGuard.dropPeer(self.log, self.session.address if self.session is not None else "not logged in")
 
     def _loginTimedOut(self) -> None:
-        self._loginTimer = None
         self._uncount()
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         if self.abortIfHandshakePending():
@@ -358,9 +360,8 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
     def _idleTimedOut(self) -> None:
         if self._tokenTimer is not None:
             # Not idle: its requests wait for tokens (and reading is paused).
-            self._idleTimer = self.clock.callLater(self.config.idleTimeout, self._idleTimedOut)
+            self.factory.idleTimers.start(self, self.config.idleTimeout)
             return
-        self._idleTimer = None
         self._bye("idle-timeout")
 
     def bye(self, reason: str) -> None:
@@ -407,8 +408,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        if self._idleTimer is not None:
-            self._idleTimer.reset(self.config.idleTimeout)
+        self.factory.idleTimers.restart(self)
         over = False
         if self.session is None and self._slot is not None:
             # pre_auth_bytes: the bytes within the budget are handled as
@@ -785,9 +785,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         self.session = session
         self.gateway.metrics.loggedIn("native", self.mechanismName, session)
         self._uncount()
-        if self._loginTimer is not None and self._loginTimer.active():
-            self._loginTimer.cancel()
-        self._loginTimer = None
+        self.factory.loginTimers.stop(self)
         self.log.info("{address} logged in from {peer} as {session}", address=session.address, peer=self.transport.getPeer(), session=session.sessionId)  # type: ignore[union-attr]
         return (
             200,
@@ -1320,6 +1318,10 @@ class NativeServerFactory(Factory):
     @ivar limits: Counts the connections for the limits before login
         (C{max_unauthenticated}).
     @ivar connections: Every open connection.
+    @ivar loginTimers: The connections' C{login_timeout} timers: one
+        delayed call for all of them (per distinct timeout), not one each.
+    @ivar idleTimers: The connections' C{idle_timeout} timers, as
+        C{loginTimers}.
     """
 
     protocol = NativeServerProtocol  # type: ignore[assignment]
@@ -1330,6 +1332,8 @@ class NativeServerFactory(Factory):
         self.clock = clock if clock is not None else gateway.clock
         self.limits = FaceConnections("native")
         self.connections: set[NativeServerProtocol] = set()
+        self.loginTimers: Deadlines[NativeServerProtocol] = Deadlines(self.clock, NativeServerProtocol._loginTimedOut)
+        self.idleTimers: Deadlines[NativeServerProtocol] = Deadlines(self.clock, NativeServerProtocol._idleTimedOut)
 
     @property
     def unauthenticated(self) -> int:

@@ -260,7 +260,34 @@ class PresenceTests(HomeServerTestsMixin, SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(self.home.presenceOf(BOB), OFFLINE)
         self.assertEqual(aliceClient.presences[-1], (BOB, OFFLINE))
-        self.assertEqual(self.clock.getDelayedCalls(), [alice._lease])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertIn(alice, self.home.leases)
+
+    def test_leasesShareOneDelayedCall(self) -> None:
+        """
+        Sessions present with the same lease hold no delayed call of their
+        own: one for all of them. Each lease still runs out exactly when
+        it should, and a closed session's lease is gone.
+        """
+        alice, _ = self.open(ALICE)
+        bob, _ = self.open(BOB)
+        carol, _ = self.open(Address.fromParts("carol", ALICE.domain))
+        alice.publish(Presence(PresenceState.AWAY), lease=100)
+        self.clock.advance(1)
+        bob.publish(Presence(PresenceState.AWAY), lease=100)
+        carol.publish(Presence(PresenceState.AWAY), lease=100)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertEqual((alice.leaseEnd(), bob.leaseEnd()), (100, 101))
+        carol.close()
+        self.assertIsNone(carol.leaseEnd())
+        self.clock.advance(99 - 2**-10)
+        self.assertEqual(self.home.presenceOf(ALICE).state, PresenceState.AWAY)
+        self.clock.advance(2**-10)
+        self.assertEqual(self.home.presenceOf(ALICE), OFFLINE)
+        self.assertEqual(self.home.presenceOf(BOB).state, PresenceState.AWAY)
+        self.clock.advance(1)
+        self.assertEqual(self.home.presenceOf(BOB), OFFLINE)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_leaseBounds(self) -> None:
         """
@@ -1891,7 +1918,8 @@ class DrainTests(HomeServerTestsMixin, SynchronousTestCase):
         self.assertNoResult(drained)
         self.clock.advance(0.1)
         self.successResultOf(drained)
-        self.assertEqual(self.clock.getDelayedCalls(), [alice._lease])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertIn(alice, self.home.leases)
 
     def test_service(self) -> None:
         """

@@ -50,6 +50,7 @@ from zope.interface import implementer
 
 from imgateway.config import HomeConfig
 from imgateway.core.address import Address, normaliseDomain
+from imgateway.core.deadlines import Deadlines
 from imgateway.core.errors import (
     DeliveryError,
     DeliveryStatus,
@@ -341,7 +342,8 @@ class Session:
         # When it last published (a count, higher is later).
         self.published = 0
         self.closed = False
-        self._lease: IDelayedCall | None = None
+        # Its presence lease runs on the server's shared timers
+        # (HomeServer.leases): no delayed call of its own.
 
     def __repr__(self) -> str:
         return f"<Session {self.sessionId} {self.address} {self.label!r} {self.presence}>"
@@ -380,12 +382,11 @@ class Session:
             # Ignored: the session is about to be closed (a lease of 0
             # would have a client publish again at once).
             return granted
-        if self._lease is not None and self._lease.active():
-            self._lease.cancel()
-        self._lease = None
         self._server.metrics.presencePublished()
         if presence.state is not PresenceState.OFFLINE:
-            self._lease = self._server.clock.callLater(granted, self._leaseExpired)
+            self._server.leases.start(self, granted)
+        else:
+            self._server.leases.stop(self)
         self._server._serial(self.address, lambda: self._setPresence(presence)).addErrback(
             self._server._logFailure, "publishing presence"
         )
@@ -397,8 +398,14 @@ class Session:
             self.published = next(self._server._publishes)
             self._server.presenceChanged(self._user)
 
+    def leaseEnd(self) -> float | None:
+        """
+        @return: When its presence lease runs out (the clock's seconds), or
+            C{None} if none runs.
+        """
+        return self._server.leases.when(self)
+
     def _leaseExpired(self) -> None:
-        self._lease = None
         self._server.log.info(
             "Presence lease of {session} ran out; it now counts as offline", session=self
         )
@@ -553,9 +560,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
-        if self._lease is not None and self._lease.active():
-            self._lease.cancel()
-        self._lease = None
+        self._server.leases.stop(self)
         self._server.sessionClosed(self, reason)
 
 
@@ -672,6 +677,9 @@ class HomeServer:
         # last log line, by target; the timer of the next line, if any.
         self._dropped: Counter[Address] = Counter()
         self._droppedTimer: IDelayedCall | None = None
+        # The sessions' presence leases, on one delayed call per distinct
+        # lease instead of one per session.
+        self.leases: Deadlines[Session] = Deadlines(clock, Session._leaseExpired)
 
     # -- lanes --------------------------------------------------------------
 
@@ -1072,9 +1080,9 @@ class HomeServer:
             present sessions' leases (0 when none is present).
         """
         ends = [
-            s._lease.getTime()
+            end
             for s in user.sessions
-            if s._lease is not None and s._lease.active() and s.presence.state is not PresenceState.OFFLINE
+            if (end := s.leaseEnd()) is not None and s.presence.state is not PresenceState.OFFLINE
         ]
         return max(ends, default=0.0)
 

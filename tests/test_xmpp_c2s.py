@@ -44,6 +44,7 @@ from imgateway.core.address import Address
 from imgateway.core.errors import ConfigError
 from imgateway.core.events import Message, MessageMark
 from imgateway.core.presence import Presence, PresenceState
+from imgateway.home.server import Session
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
 from imgateway.testing import (
     CertificateAuthority,
@@ -634,6 +635,46 @@ class SessionTests(C2STestsMixin, SynchronousTestCase):
         self.assertEqual(self.gateway.homeServer.presenceOf(self.alice), Presence())
         c.protocol.connectionLost()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_leaseRenewedOnTime(self) -> None:
+        """
+        The face publishes again exactly at 0.8 of the lease granted: not a
+        moment before.
+        """
+        c = self.bound()
+        c.write("<presence/>")
+        lease = self.gateway.homeServer.config.presenceLease
+        session = c.protocol.session
+        assert isinstance(session, Session)
+        start = self.clock.seconds()
+        self.assertEqual(session.leaseEnd(), start + lease)
+        self.clock.advance(0.8 * lease - 2**-10)
+        self.assertEqual(session.leaseEnd(), start + lease)
+        self.clock.advance(2**-10)
+        self.assertEqual(session.leaseEnd(), start + 0.8 * lease + lease)
+
+    def test_idleStreamsHoldNoDelayedCall(self) -> None:
+        """
+        An idle bound stream that sent its presence holds no delayed call
+        of its own (its login timer, the renewal of its lease and its
+        session's lease are shared ones): the clock holds as many delayed
+        calls with four such streams as with one.
+        """
+        for u in ("carol", "dave"):
+            addUser(self.gateway, u, f"{u}-pw")
+        idle = 3 * IDLE_PARSER_SECONDS
+        streams = [self.bound("alice")]
+        streams[0].write("<presence/>")
+        self.clock.advance(idle)
+        one = len(self.clock.getDelayedCalls())
+        for u in ("bob", "carol", "dave"):
+            streams.append(self.bound(u))
+            streams[-1].write("<presence/>")
+        self.clock.advance(idle)
+        self.assertEqual(len(self.clock.getDelayedCalls()), one)
+        owners = {id(s.protocol) for s in streams} | {id(s.protocol.session) for s in streams}
+        for call in self.clock.getDelayedCalls():
+            self.assertNotIn(id(getattr(call.func, "__self__", None)), owners)
 
     def test_shutdown(self) -> None:
         """

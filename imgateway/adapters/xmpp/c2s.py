@@ -25,7 +25,6 @@ from typing import Any
 from attrs import frozen
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import (
-    IDelayedCall,
     IHandshakeListener,
     IOpenSSLServerConnectionCreator,
     IReactorTime,
@@ -58,6 +57,7 @@ from imgateway.adapters.xmpp.mapping import (
 from imgateway.adapters.xmpp.stream import HardenedXmlStream, LightStanza, StreamLimits, xmlAttribute, xmlSafe, xmlTextElement
 from imgateway.auth.sasl import SASLFailure, mechanismsFor, serverMechanism
 from imgateway.core.address import Address
+from imgateway.core.deadlines import Deadlines
 from imgateway.core.errors import DeliveryError, InvalidAddress, QuotaExceeded, ServiceUnavailable, TooManySessions
 from imgateway.core.events import Message, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import OFFLINE, Presence
@@ -149,8 +149,9 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         self.sessionLabel = ""
         self._mechanism: Any = None
         self._authFailures = 0
-        self._loginTimer: IDelayedCall | None = None
-        self._refresh: IDelayedCall | None = None
+        # Its login_timeout and the renewal of its presence lease run on
+        # the factory's shared timers (loginTimers, refreshTimers): no
+        # delayed call of its own.
         self._available = False
         self._presence: Presence = OFFLINE
         self._counted = False
@@ -193,7 +194,7 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             return
         f.unauthenticated += 1
         self._counted = True
-        self._loginTimer = self.clock.callLater(self.config.loginTimeout, self._loginTimedOut)
+        f.loginTimers.start(self, self.config.loginTimeout)
 
     def _uncount(self) -> None:
         if self._counted:
@@ -214,17 +215,14 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         self._closed = True
         self.factory.connections.discard(self)
         self._uncount()
-        for timer in (self._loginTimer, self._refresh):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._loginTimer = self._refresh = None
+        self.factory.loginTimers.stop(self)
+        self.factory.refreshTimers.stop(self)
         session, self.session = self.session, None
         if session is not None:
             session.close("connection lost")
         super().connectionLost(reason)
 
     def _loginTimedOut(self) -> None:
-        self._loginTimer = None
         self._uncount()
         if self.abortIfHandshakePending():
             # A stream error would wait for the handshake forever: dropped instead.
@@ -579,9 +577,7 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             self.session = session
             self.gateway.metrics.loggedIn("xmpp", self.mechanismName, session)
             self._uncount()
-            if self._loginTimer is not None and self._loginTimer.active():
-                self._loginTimer.cancel()
-            self._loginTimer = None
+            self.factory.loginTimers.stop(self)
             assert self.address is not None
             self.sessionLabel = session.label
             self.fullJID = jidOf(self.address, session.label)
@@ -701,17 +697,15 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             self._available = False
 
     def _publish(self, presence: Presence) -> None:
-        if self._refresh is not None and self._refresh.active():
-            self._refresh.cancel()
-        self._refresh = None
         self._presence = presence
         granted = self._session.publish(presence)
         if presence != OFFLINE:
             # An XMPP presence lasts as long as the stream: renew the lease.
-            self._refresh = self.clock.callLater(granted * 0.8, self._republish)
+            self.factory.refreshTimers.start(self, granted * 0.8)
+        else:
+            self.factory.refreshTimers.stop(self)
 
     def _republish(self) -> None:
-        self._refresh = None
         if self.session is not None:
             self._publish(self._presence)
 
@@ -1181,6 +1175,10 @@ class C2SFactory(ServerFactory):
         self.clock = clock if clock is not None else gateway.clock
         self.unauthenticated = 0
         self.connections: set[C2SProtocol] = set()
+        # The connections' login_timeout timers and the renewals of their
+        # presence leases: one delayed call for all (per distinct delay).
+        self.loginTimers: Deadlines[C2SProtocol] = Deadlines(self.clock, C2SProtocol._loginTimedOut)
+        self.refreshTimers: Deadlines[C2SProtocol] = Deadlines(self.clock, C2SProtocol._republish)
         #: The serialised stream features, by what they depend on (stage,
         #: stanza cap, TLS, mechanisms offered): a handful of entries.
         self.featuresText: dict[tuple[bool, ...], str] = {}

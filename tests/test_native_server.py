@@ -469,7 +469,7 @@ class LimitTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), one)
         protocols = {id(w.protocol) for w in wires}
         for call in self.clock.getDelayedCalls():
-            self.assertNotIn(id(getattr(call.func, "__self__", None)), protocols)
+            self.assertNotIn(id(getattr(getattr(call, "func", None), "__self__", None)), protocols)
         self.assertEqual(len(self.factory.idleTimers), 5)
         self.assertEqual(len(self.factory.loginTimers), 0)
 

@@ -46,6 +46,7 @@ from imgateway.core.events import Message, MessageMark
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.home.server import Session
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
+from imgateway.malloctrim import MALLOC_TRIM_SECONDS
 from imgateway.testing import (
     CertificateAuthority,
     PasswordCheckingDirectory,
@@ -674,7 +675,35 @@ class SessionTests(C2STestsMixin, SynchronousTestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), one)
         owners = {id(s.protocol) for s in streams} | {id(s.protocol.session) for s in streams}
         for call in self.clock.getDelayedCalls():
-            self.assertNotIn(id(getattr(call.func, "__self__", None)), owners)
+            self.assertNotIn(id(getattr(getattr(call, "func", None), "__self__", None)), owners)
+
+    def test_droppedParsersTrimHeap(self) -> None:
+        """
+        Streams that drop their idle parsers ask for a trim of the C
+        library's heap: one, C{malloc_trim_seconds} after the first drop,
+        for all the drops until then; a stream that keeps sending keeps
+        its parser and asks for none.
+        """
+        trims: list[float] = []
+        self.factory = C2SFactory(self.gateway, C2SConfig(requireTLS=False, limits=StreamLimits(idleParserSeconds=2), mallocTrimSeconds=5), None, self.clock)
+        self.factory.trimmer._trim = lambda: trims.append(self.clock.seconds())
+        talking = self.bound("bob")
+        for _ in range(4):
+            self.clock.advance(1)
+            talking.write("<presence/>")
+        self.assertEqual(trims, [])
+        a = self.bound("alice")
+        start = self.clock.seconds()
+        self.clock.advance(2)
+        self.clock.advance(2)  # dropped at the second check
+        self.assertIsNone(a.protocol.stream)
+        self.clock.advance(5 - 2**-10)
+        self.assertEqual(trims, [])
+        self.clock.advance(2**-10)
+        self.assertEqual(trims, [start + 4 + 5])
+        self.clock.advance(60)
+        self.assertEqual(trims, [start + 4 + 5])
+        self.factory.sayGoodbye()
 
     def test_shutdown(self) -> None:
         """
@@ -896,6 +925,19 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.c2s.limits.idleParserSeconds, 30.0)  # type: ignore[attr-defined]
         e = self.assertRaises(ConfigError, self.parse, {"require_tls": False, "idle_parser_seconds": 0})
         self.assertIn("idle_parser_seconds", str(e))
+
+    def test_mallocTrimSeconds(self) -> None:
+        """
+        C{malloc_trim_seconds} sets the interval of the heap trims after
+        idle parsers were dropped (L{MALLOC_TRIM_SECONDS} by default); 0
+        switches them off; less is refused.
+        """
+        config = self.parse({"require_tls": False})
+        self.assertEqual(config.c2s.mallocTrimSeconds, MALLOC_TRIM_SECONDS)  # type: ignore[attr-defined]
+        config = self.parse({"require_tls": False, "malloc_trim_seconds": 0})
+        self.assertEqual(config.c2s.mallocTrimSeconds, 0.0)  # type: ignore[attr-defined]
+        e = self.assertRaises(ConfigError, self.parse, {"require_tls": False, "malloc_trim_seconds": -1})
+        self.assertIn("malloc_trim_seconds", str(e))
 
     def test_componentOnly(self) -> None:
         """

@@ -26,6 +26,7 @@ from imgateway.core.errors import InvalidAddress
 from imgateway.adapters.base import ListenerService
 from imgateway.config import ConfigTable
 from imgateway.interfaces import IGateway, IProtocolAdapter
+from imgateway.malloctrim import MALLOC_TRIM_SECONDS
 from imgateway.net.certificates import CertificateProblem, keyMatches, loadCertificates, loadPrivateKey, loadTrustRootFile
 from imgateway.net.endpoints import clientEndpointFromString
 from imgateway.net.tls import TLSFiles
@@ -199,7 +200,10 @@ class XMPPAdapter:
             loginTimeout=t.positive("login_timeout", float, d.loginTimeout),
             maxUnauthenticated=t.positive("max_unauthenticated", int, d.maxUnauthenticated),
             maxAuthAttempts=t.positive("max_auth_attempts", int, d.maxAuthAttempts),
+            mallocTrimSeconds=t.get("malloc_trim_seconds", float, MALLOC_TRIM_SECONDS),
         )
+        if c2s.mallocTrimSeconds < 0:
+            raise t.error("malloc_trim_seconds", "must be 0 (never) or more")
         if limits.preAuthStanzaBytes < 1024:
             raise t.error("pre_auth_stanza_bytes", "must be at least 1024 (a stream header must fit)")
         if limits.stanzaBytes < 10000:

@@ -64,6 +64,7 @@ from imgateway.core.presence import OFFLINE, Presence
 from imgateway.core.records import ContactView
 from imgateway.core.throttle import Admission
 from imgateway.interfaces import IGateway, ISession, ISessionClient
+from imgateway.malloctrim import MallocTrimmer
 from imgateway.net.addresses import isLoopback
 from imgateway.router.front import SERVE, UNAVAILABLE_TEXT, FrontAction, FrontDecision, decideFront, openFrontSession
 
@@ -106,6 +107,10 @@ class C2SConfig:
     loginTimeout: float = 60.0
     maxUnauthenticated: int = 1000
     maxAuthAttempts: int = 3
+    #: Seconds between trims of the C library's heap after idle parsers
+    #: were dropped (L{imgateway.malloctrim}); 0: none (the file's
+    #: C{malloc_trim_seconds} sets it).
+    mallocTrimSeconds: float = 0.0
 
 
 class _Authenticator(xmlstream.Authenticator):
@@ -221,6 +226,9 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         if session is not None:
             session.close("connection lost")
         super().connectionLost(reason)
+
+    def parserDropped(self) -> None:
+        self.factory.trimmer.freed()
 
     def _loginTimedOut(self) -> None:
         self._uncount()
@@ -1179,6 +1187,8 @@ class C2SFactory(ServerFactory):
         # presence leases: one delayed call for all (per distinct delay).
         self.loginTimers: Deadlines[C2SProtocol] = Deadlines(self.clock, C2SProtocol._loginTimedOut)
         self.refreshTimers: Deadlines[C2SProtocol] = Deadlines(self.clock, C2SProtocol._republish)
+        # Gives the memory of dropped parsers back to the system.
+        self.trimmer = MallocTrimmer(self.clock, config.mallocTrimSeconds)
         #: The serialised stream features, by what they depend on (stage,
         #: stanza cap, TLS, mechanisms offered): a handful of entries.
         self.featuresText: dict[tuple[bool, ...], str] = {}
@@ -1189,6 +1199,7 @@ class C2SFactory(ServerFactory):
         """
         for protocol in list(self.connections):
             protocol.sessionClosed("shutdown")
+        self.trimmer.stop()
 
     def buildProtocol(self, addr: Any) -> C2SProtocol:  # type: ignore[override]
         p = C2SProtocol(self.gateway, self.config, self.clock, self.tls)

@@ -574,6 +574,15 @@ class HardenedXmlStream(xmlstream.XmlStream):
             received = self._received
             self._scheduleIdleCheck()
             self._checkedAt = received
+        else:
+            self.parserDropped()
+
+    def parserDropped(self) -> None:
+        """
+        The idle parser was dropped (its memory freed): a hook for the
+        stream's owner (the c2s face asks for a trim of the C library's
+        heap: L{imgateway.malloctrim}).
+        """
 
     def _dropParser(self) -> bool:
         """

@@ -41,6 +41,7 @@ from imgateway.core.events import Message
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.core.records import AuthorisationState
 from imgateway.testing import RecordingSessionClient, addUser, memoryGateway
+from tests.test_xmpp_federation import isLeaseCall
 
 SECRET = "s3cret"
 PORT = 5347
@@ -343,7 +344,7 @@ class LinkTests(SynchronousTestCase):
                 self.pump.flush()
             assert d is not None
             self.successResultOf(d)
-        self.assertEqual([c for c in self.reactor.getDelayedCalls() if getattr(getattr(c, "func", None), "__name__", "") != "_leaseExpired"], [])
+        self.assertEqual([c for c in self.reactor.getDelayedCalls() if not isLeaseCall(c)], [])
 
     def connect(self) -> IOPump:
         pump = self.completer.succeedOnce()

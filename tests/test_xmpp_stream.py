@@ -1016,6 +1016,22 @@ class RateLimitTests(StreamTestCase):
         self.clock.advance(10)
         self.assertEqual(len(received), 2)
 
+    def test_noQueueWhileNothingWaits(self) -> None:
+        """
+        A stream holds no queue (an empty C{deque} takes a block of 0.6 KiB)
+        while no stanza waits for the rate limit: not before the first
+        waits, and not once the queue is drained.
+        """
+        xs, transport, received = self.connect(StreamLimits(stanzasPerSecond=1, stanzaBurst=2))
+        self.feed(xs, HEADER, b"<presence/>" * 2)
+        self.assertIsNone(xs._queue)
+        self.feed(xs, b"<presence/>" * 2)
+        self.assertEqual(xs.queuedStanzas, 2)
+        self.clock.pump([1] * 2)
+        self.assertEqual((len(received), xs.queuedStanzas), (4, 0))
+        self.assertIsNone(xs._queue)
+        self.assertOpen(transport)
+
     def test_restartDropsQueue(self) -> None:
         """
         Stanzas waiting behind one that restarts the stream (STARTTLS)

@@ -479,9 +479,10 @@ class HardenedXmlStream(xmlstream.XmlStream):
         self.clock = clock
         self.authenticated = False
         self._bucket = TokenBucket(limits.stanzasPerSecond, limits.stanzaBurst, clock)
-        # Stanzas parsed but waiting for the rate limit, and the call that
-        # handles the next of them.
-        self._queue: deque[domish.Element | LightStanza] = deque()
+        # Stanzas parsed but waiting for the rate limit (None while none
+        # does: an empty deque holds a block of 0.6 KiB), and the call
+        # that handles the next of them.
+        self._queue: deque[domish.Element | LightStanza] | None = None
         self._paused: IDelayedCall | None = None
         self._sendGuard: SendQueueGuard | None = None
         self._failed = False
@@ -515,7 +516,7 @@ class HardenedXmlStream(xmlstream.XmlStream):
         # What the previous parser parsed and was not handled yet came
         # before the restart: it is dropped, never handled as if it had
         # come after it.
-        self._queue.clear()
+        self._queue = None
 
     def _documentStart(self, rootElement: domish.Element) -> None:
         # The peer's header is kept (while the parser lives) for the parser
@@ -732,14 +733,17 @@ class HardenedXmlStream(xmlstream.XmlStream):
         if not self._queue and self._bucket.consume(_TOKEN):
             self.stanzaReceived(element)
             return
-        if len(self._queue) >= self.limits.maxQueuedStanzas:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        if len(queue) >= self.limits.maxQueuedStanzas:
             self._streamFailed(
                 "policy-violation",
                 f"more than {self.limits.maxQueuedStanzas} stanzas waiting: "
                 f"at most {self.limits.stanzasPerSecond:g} stanzas per second are handled",
             )
             return
-        self._queue.append(element)
+        queue.append(element)
         self._pauseReading()
 
     def stanzaReceived(self, element: domish.Element | LightStanza) -> None:
@@ -764,7 +768,7 @@ class HardenedXmlStream(xmlstream.XmlStream):
         """
         How many parsed stanzas wait for the rate limit.
         """
-        return len(self._queue)
+        return len(self._queue) if self._queue is not None else 0
 
     def _pauseReading(self) -> None:
         if self._paused is not None:
@@ -785,11 +789,13 @@ class HardenedXmlStream(xmlstream.XmlStream):
             return
         if self._queue:
             self._pauseReading()
-        elif self._paused is None:
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        else:
+            self._queue = None
+            if self._paused is None:
+                self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def _stopQueue(self) -> None:
-        self._queue.clear()
+        self._queue = None
         if self._paused is not None and self._paused.active():
             self._paused.cancel()
         self._paused = None

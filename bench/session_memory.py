@@ -184,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--face", choices=("native", "xmpp", "mixed"), default="mixed")
     p.add_argument("--mech", default="SCRAM-SHA-1")
     p.add_argument("--top", type=int, default=12, help="allocating lines shown")
+    p.add_argument(
+        "--by", choices=("lineno", "filename"), default="lineno",
+        help="group the allocations by line (default) or by file",
+    )
     p.add_argument("--profile", type=int, metavar="N", help="show the N functions with most CPU (cumulative)")
     p.add_argument(
         "--shared-rows", action="store_true",
@@ -227,15 +231,17 @@ def main(argv: list[str] | None = None) -> int:
     clock.advance(IDLE_PARSER_SECONDS)
     gc.collect()
     after = tracemalloc.take_snapshot()
-    stats = after.compare_to(before, "lineno")
+    stats = after.compare_to(before, args.by)
     total = sum(s.size_diff for s in stats)
     n = len(kept)
     print(f"{n} sessions ({args.face}, {args.contacts} contacts each, {args.mech}): "
           f"{total / n / 1024:.2f} KiB traced per session; login CPU {1e6 * cpu / n:,.0f} µs each "
-          f"(in memory, tracemalloc{' and cProfile' if profiler else ''} on)")
+          f"(in memory, tracemalloc{' and cProfile' if profiler else ''} on); "
+          f"{len(clock.getDelayedCalls())} delayed calls on the clock in all")
     for s in stats[: args.top]:
         frame = s.traceback[0]
-        print(f"  {s.size_diff / n:8.0f} B/session  {s.count_diff / n:5.1f} blocks  {frame.filename.split('site-packages/')[-1].split('sessions11/')[-1]}:{frame.lineno}")
+        where = frame.filename.split("site-packages/")[-1].split(str(Path(__file__).resolve().parent.parent) + "/")[-1]
+        print(f"  {s.size_diff / n:8.0f} B/session  {s.count_diff / n:5.1f} blocks  {where}{f':{frame.lineno}' if args.by == 'lineno' else ''}")
     if profiler is not None:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(args.profile)

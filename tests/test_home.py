@@ -6,6 +6,7 @@ delivery statuses.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from attrs import evolve
@@ -262,6 +263,17 @@ class PresenceTests(HomeServerTestsMixin, SynchronousTestCase):
         self.assertEqual(aliceClient.presences[-1], (BOB, OFFLINE))
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.assertIn(alice, self.home.leases)
+
+    def test_noInstanceDicts(self) -> None:
+        """
+        A session and its user's cached state have no instance dict (one
+        each per logged-in user: slots take less memory); the metrics may
+        still refer to a session weakly.
+        """
+        alice, _ = self.open(ALICE)
+        for o in (alice, alice._user):
+            self.assertFalse(hasattr(o, "__dict__"), type(o))
+        self.assertIs(weakref.ref(alice)(), alice)
 
     def test_leasesShareOneDelayedCall(self) -> None:
         """

@@ -204,6 +204,12 @@ class _UserState:
         rows whose watcher is the user).
     """
 
+    # No instance dict: one per user with sessions.
+    __slots__ = (
+        "address", "contacts", "watchers", "watching", "access", "rules", "repliedTo", "contactPresence",
+        "remote", "contactLeases", "announcedUntil", "sessions", "announced", "ownAnnounced", "awaiting",
+    )  # fmt: skip
+
     def __init__(
         self,
         address: Address,
@@ -328,6 +334,9 @@ class Session:
     """
     One logged-in session; see L{ISession}.
     """
+
+    # No instance dict: one per session (weakly referenced by the metrics).
+    __slots__ = ("_server", "_user", "address", "client", "label", "sessionId", "presence", "published", "closed", "__weakref__")
 
     def __init__(
         self, server: HomeServer, user: _UserState, client: ISessionClient, label: str, sessionId: str

@@ -1742,13 +1742,7 @@ class MessagePathTests(NativeFaceTestsMixin, SynchronousTestCase):
         sender = Address.fromString("carol@corp.example")
         for presence in [Presence(PresenceState.AWAY, "back at 2"), Presence(PresenceState.ONLINE), Presence(PresenceState.BUSY, "\u2603\t")]:
             for w in wires:
-                w.transport.clear()
-                seq = w.protocol._outstanding.sent + 1
-                w.protocol.presenceReceived(sender, presence)
-                general = serialise(
-                    Request("NOTIFY", sender.presURI(), Headers.of(("Seq", str(seq)), *_presenceHeaders(presence)))
-                )
-                self.assertEqual(w.transport.value(), general)
+                self.assertWritesGeneralNotify(w, sender, presence)
         self.assertEqual((presenceNotify.cache_info().misses, presenceNotify.cache_info().hits), (3, 0))
         unsendable = Presence(PresenceState.AWAY, "x")
         object.__setattr__(unsendable, "note", "\ud800")  # past the validation, as no face makes it
@@ -1757,6 +1751,18 @@ class MessagePathTests(NativeFaceTestsMixin, SynchronousTestCase):
             w.protocol.presenceReceived(sender, unsendable)
             self.assertEqual(w.transport.value(), b"")
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 3)
+
+    def assertWritesGeneralNotify(self, w: Wire, sender: Address, presence: Presence) -> None:
+        """
+        The presence C{NOTIFY} a session's client gets from
+        C{presenceReceived} is the one the general way serialises, with
+        the session's next C{Seq}.
+        """
+        w.transport.clear()
+        seq = w.protocol._outstanding.sent + 1
+        w.protocol.presenceReceived(sender, presence)
+        general = serialise(Request("NOTIFY", sender.presURI(), Headers.of(("Seq", str(seq)), *_presenceHeaders(presence))))
+        self.assertEqual(w.transport.value(), general)
 
     def test_presenceInterleaved(self) -> None:
         """
@@ -1770,13 +1776,7 @@ class MessagePathTests(NativeFaceTestsMixin, SynchronousTestCase):
         away, online = Presence(PresenceState.AWAY, "back at 2"), Presence(PresenceState.ONLINE)
         for sender, presence in [(carol, away), (carol, online), (dave, online), (carol, away), (carol, away)]:
             for w in wires:
-                w.transport.clear()
-                seq = w.protocol._outstanding.sent + 1
-                w.protocol.presenceReceived(sender, presence)
-                general = serialise(
-                    Request("NOTIFY", sender.presURI(), Headers.of(("Seq", str(seq)), *_presenceHeaders(presence)))
-                )
-                self.assertEqual(w.transport.value(), general)
+                self.assertWritesGeneralNotify(w, sender, presence)
 
 
 class TargetFormTests(NativeFaceTestsMixin, SynchronousTestCase):

@@ -9,8 +9,13 @@ gateway.
 from __future__ import annotations
 
 import base64
+import re
+import time
 
-from prometheus_client import generate_latest
+import prometheus_client.metrics
+import prometheus_client.values
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
@@ -22,12 +27,12 @@ from imgateway.adapters.native.server import NativeConfig
 from imgateway.auth.sasl import clientMechanism
 from imgateway.config import HomeConfig, LimitsConfig
 from imgateway.core.address import Address
-from imgateway.core.errors import DeliveryStatus, UserOffline
+from imgateway.core.errors import DeliveryError, DeliveryStatus, UserOffline
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.core.throttle import ConnectionLimiter, LoginThrottle
 from imgateway.interfaces import IMetrics
 from imgateway.core.linkinfo import LinkInfo
-from imgateway.status.metrics import GatewayMetrics, ReactorLag
+from imgateway.status.metrics import MESSAGES_HELP, GatewayMetrics, ReactorLag
 from imgateway.status.nometrics import NO_METRICS
 from imgateway.testing import RecordingSessionClient, addUser, memoryGateway
 from tests.test_native_server import NativeFaceTestsMixin
@@ -118,6 +123,94 @@ class GatewayMetricsTests(SynchronousTestCase):
         self.assertIs(metrics.messageOutcome(offline), offline)
         other = Failure(ValueError("bad"))
         self.assertIs(metrics.messageOutcome(other), other)
+        self.assertEqual(value(metrics, "imgateway_messages_total", status="200"), 1)
+        self.assertEqual(value(metrics, "imgateway_messages_total", status="480"), 1)
+        self.assertEqual(value(metrics, "imgateway_messages_total", status="error"), 1)
+
+    def test_messagesExposedAsACounter(self) -> None:
+        """
+        C{imgateway_messages_total}, counted in plain integers, is exposed
+        byte for byte as the Prometheus C{Counter} with the label C{status}
+        that counted it before (its children all made at start, in the
+        order of L{DeliveryStatus} then C{error}), for the same counts: the
+        same lines in the same order, at the same place among the other
+        metrics, each C{_created} time taken when the metrics were made.
+        """
+        before = time.time()
+        metrics = GatewayMetrics()
+        after = time.time()
+        reference = CollectorRegistry(auto_describe=True)
+        counter = Counter("imgateway_messages", MESSAGES_HELP, ["status"], registry=reference)
+        children = {status: counter.labels(str(status.value)) for status in DeliveryStatus}
+        error = counter.labels("error")
+        for index, status in enumerate(DeliveryStatus):
+            for _ in range(index * 3 % 7):
+                metrics.messageOutcome(status)
+                children[status].inc()
+            failed = DeliveryError("failed")
+            failed.status = status
+            metrics.messageOutcome(Failure(failed))
+            children[status].inc()
+        for _ in range(5):
+            metrics.messageOutcome(Failure(ValueError("bad")))
+            error.inc()
+
+        def created(text: str) -> tuple[str, list[float]]:
+            times: list[float] = []
+
+            def replace(match: re.Match[str]) -> str:
+                times.append(float(match.group(2)))
+                return match.group(1) + " T"
+
+            return re.sub(r"^(imgateway_messages_created\{[^}]*\}) (\S+)$", replace, text, flags=re.M), times
+
+        full = generate_latest(metrics.registry).decode("utf-8")
+        ours = "".join(line + "\n" for line in full.splitlines() if "imgateway_messages_" in line)
+        expected, _ = created(generate_latest(reference).decode("utf-8"))
+        got, times = created(ours)
+        self.assertEqual(got, expected)
+        self.assertEqual(len(times), len(DeliveryStatus) + 1)
+        self.assertEqual(times, sorted(times))
+        self.assertTrue(before <= times[0] and times[-1] <= after)
+        order = [line.split()[2] for line in full.splitlines() if line.startswith("# HELP")]
+        self.assertEqual(
+            order[:5],
+            [
+                "imgateway_logins_total",
+                "imgateway_login_failures_total",
+                "imgateway_messages_total",
+                "imgateway_messages_created",
+                "imgateway_presence_updates_total",
+            ],
+        )
+
+    def test_messagesWithoutCreated(self) -> None:
+        """
+        With the client library's C{_created} series turned off
+        (C{PROMETHEUS_DISABLE_CREATED_SERIES}), C{imgateway_messages} has
+        none either, as a C{Counter} would.
+        """
+        self.patch(prometheus_client.metrics, "_use_created", False)
+        metrics = GatewayMetrics()
+        metrics.messageOutcome(DeliveryStatus.DELIVERED)
+        text = generate_latest(metrics.registry).decode("utf-8")
+        self.assertIn('imgateway_messages_total{status="200"} 1.0\n', text)
+        self.assertNotIn("imgateway_messages_created", text)
+
+    def test_messageCountedWithoutTheClientLibrary(self) -> None:
+        """
+        Counting a message's outcome (once per message on every home
+        server) touches none of the Prometheus client's values or their
+        locks: the counts are read when C{/metrics} is scraped.
+        """
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise AssertionError("a Prometheus value was incremented")
+
+        metrics = GatewayMetrics()
+        self.patch(prometheus_client.values.MutexValue, "inc", refuse)
+        metrics.messageOutcome(DeliveryStatus.DELIVERED)
+        metrics.messageOutcome(Failure(UserOffline("gone")))
+        metrics.messageOutcome(Failure(ValueError("bad")))
         self.assertEqual(value(metrics, "imgateway_messages_total", status="200"), 1)
         self.assertEqual(value(metrics, "imgateway_messages_total", status="480"), 1)
         self.assertEqual(value(metrics, "imgateway_messages_total", status="error"), 1)

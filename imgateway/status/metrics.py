@@ -13,10 +13,12 @@ docs/operations.md, "Status, health and metrics", lists every metric.
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import prometheus_client.metrics
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -59,16 +61,13 @@ class GatewayMetrics:
             "imgateway_login_failures", "Failed logins, by face, SASL mechanism and SASL condition.",
             ["face", "mechanism", "condition"], registry=registry,
         )
-        messages = Counter(
-            "imgateway_messages",
-            "Messages sent by this home server's users, by the status they were answered with "
-            "(200 delivered, 404, 480, 486...; error: an unexpected failure).",
-            ["status"], registry=registry,
-        )
-        # Bound once: counting a message is a dictionary look-up and an
-        # increment.
-        self._messages = {status: messages.labels(str(status.value)) for status in DeliveryStatus}
-        self._messageErrors = messages.labels("error")
+        # Counted per message on every home server: a plain integer per
+        # status, read by a collector at scrape time (no lock, no
+        # Prometheus child per call), exposed exactly as a Counter with
+        # these labels would be (_MessageCounts).
+        self._messages = _MessageCounts()
+        registry.register(self._messages)
+        self._messageCounts = self._messages.counts
         self._presence = Counter(
             "imgateway_presence_updates", "Presences published by this home server's sessions.", registry=registry
         )
@@ -101,12 +100,13 @@ class GatewayMetrics:
         self._loginFailures.labels(face, mechanism, condition).inc()
 
     def messageOutcome(self, result: object) -> object:
-        if isinstance(result, DeliveryStatus):
-            self._messages[result].inc()
+        counts = self._messageCounts
+        if type(result) is DeliveryStatus:
+            counts[result] += 1
         elif isinstance(result, Failure) and isinstance(result.value, DeliveryError):
-            self._messages[result.value.status].inc()
+            counts[result.value.status] += 1
         else:
-            self._messageErrors.inc()
+            counts[MESSAGE_ERROR] += 1
         return result
 
     def presencePublished(self) -> None:
@@ -143,6 +143,57 @@ class GatewayMetrics:
         @return: The links every source gives, now.
         """
         return [state for source in self._linkSources for state in source()]
+
+
+#: The label of C{imgateway_messages_total} for a message whose outcome was
+#: an unexpected failure (not a L{DeliveryStatus}).
+MESSAGE_ERROR = "error"
+
+#: C{imgateway_messages_total}'s help text.
+MESSAGES_HELP = (
+    "Messages sent by this home server's users, by the status they were answered with "
+    "(200 delivered, 404, 480, 486...; error: an unexpected failure)."
+)
+
+
+class _MessageCounts(Collector):
+    """
+    C{imgateway_messages_total} by status: L{counts} holds a plain integer
+    per L{DeliveryStatus} and L{MESSAGE_ERROR}, incremented by
+    L{GatewayMetrics.messageOutcome} (in the reactor thread, as C{/metrics}
+    is read), and read when C{/metrics} is scraped. Its exposition is
+    byte for byte that of a Prometheus C{Counter} with the label C{status}
+    whose children were all made when this was: the same samples in the
+    same order, each with its C{_created} time (unless the client library's
+    C{PROMETHEUS_DISABLE_CREATED_SERIES} turns them off).
+
+    @ivar counts: Status (or L{MESSAGE_ERROR}) to the messages counted.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[DeliveryStatus | str, int] = {}
+        self._labels: list[tuple[DeliveryStatus | str, str, float]] = []
+        for key in (*DeliveryStatus, MESSAGE_ERROR):
+            self.counts[key] = 0
+            label = key if isinstance(key, str) else str(key.value)
+            # When a Counter makes its child (its _created sample).
+            self._labels.append((key, label, time.time()))
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("imgateway_messages", MESSAGES_HELP, labels=["status"])
+        counts = self.counts
+        useCreated = _useCreated()
+        for key, label, created in self._labels:
+            family.add_metric([label], float(counts[key]), created if useCreated else None)
+        yield family
+
+
+def _useCreated() -> bool:
+    """
+    @return: Whether the Prometheus client's counters show their
+        C{_created} samples (C{PROMETHEUS_DISABLE_CREATED_SERIES} unset).
+    """
+    return bool(getattr(prometheus_client.metrics, "_use_created", True))
 
 
 class _StateCollector(Collector):

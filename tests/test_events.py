@@ -127,6 +127,46 @@ class EventTests(SynchronousTestCase):
         self.assertEqual(attrs.asdict(forwarded(m), recurse=False), attrs.asdict(attrs.evolve(m, hops=3), recurse=False))
 
 
+    def test_forwardedIsAMessage(self) -> None:
+        """
+        A forwarded message is a L{Message} like any other: frozen, equal
+        to and hashed as the one L{Message} makes of the same fields, with
+        the same C{repr} (its body left out).
+        """
+        m = Message(A, B, "secret", messageId="m1", timestamp=1.5, hops=2, routingId="r1")
+        f = forwarded(m)
+        expected = Message(A, B, "secret", messageId="m1", timestamp=1.5, hops=3, routingId="r1")
+        self.assertIs(type(f), Message)
+        self.assertEqual((f, hash(f), repr(f)), (expected, hash(expected), repr(expected)))
+        self.assertRaises(attrs.exceptions.FrozenInstanceError, setattr, f, "hops", 0)
+        self.assertEqual(m.hops, 2)
+
+    def test_preCheckedMessage(self) -> None:
+        """
+        L{events.preCheckedMessage} makes the L{Message} that L{Message}
+        makes of the same fields, every field kept (the routing id too):
+        equal, same hash, C{repr} and type, frozen.
+        """
+        for mark in (None, *MessageMark):
+            fields = (A, B, "hi ☃", "text/html", "m-1", 1.25, 3, "r.1", mark)
+            made = events.preCheckedMessage(*fields)
+            expected = Message(*fields)
+            self.assertIs(type(made), Message)
+            self.assertEqual(attrs.astuple(made, recurse=False), fields)
+            self.assertEqual((made, hash(made), repr(made)), (expected, hash(expected), repr(expected)))
+            self.assertRaises(attrs.exceptions.FrozenInstanceError, setattr, made, "body", "x")
+
+    def test_checkMessageId(self) -> None:
+        """
+        L{events.checkMessageId} is L{Message}'s check of its id: 1 to 128
+        printable characters without spaces, with the same errors.
+        """
+        events.checkMessageId("x" * 128)
+        for bad in ("", "x" * 129, "a b", "a\nb", "\u2028"):
+            e = self.assertRaises(ValueError, events.checkMessageId, bad)
+            self.assertEqual(str(e), str(self.assertRaises(ValueError, Message, A, B, "hi", messageId=bad)))
+
+
 class ErrorTests(SynchronousTestCase):
     """
     Delivery errors and statuses.

@@ -790,3 +790,85 @@ class LinkFrameReaderTests(SynchronousTestCase):
         assert isinstance(error, LinkCodecError)
         self.assertEqual((seq, error.code), (5, 400))
         self.assertIn("Timestamp", error.detail)
+
+
+class PreCheckedMessageTests(SynchronousTestCase):
+    """
+    A link C{MESSAGE} is made into a L{Message} without its constructor's
+    checks (L{imgateway.core.events.preCheckedMessage}), its fields checked
+    by the decoding instead: every field a peer sends is still checked,
+    on every decoding path (L{decodeRequest} by header look-ups or by one
+    C{dict}, and L{link_codec.LinkFrameReader} without the parser), with
+    the same status and text as the constructor's checks gave.
+    """
+
+    def frame(self, messageId: bytes, hops: bytes = b"0", spelling: bytes = b"Message-ID") -> bytes:
+        """
+        A link C{MESSAGE} as a connection sends it (C{Seq} first), with
+        C{messageId} as its C{Message-ID} and C{hops} as its C{Hops}.
+        """
+        data = link_codec.encodeMessage(Message(ALICE, CAROL, "hi", messageId="m-1", hops=1), (), 8, "r.1")
+        data = data.replace(b"\r\n", b"\r\nSeq: 7\r\n", 1).replace(b"Message-ID: m-1", spelling + b": " + messageId, 1)
+        return data.replace(b"Hops: 1", b"Hops: " + hops, 1)
+
+    def outcomes(self, data: bytes) -> tuple[list[object], int]:
+        """
+        What each decoding path makes of C{data}: L{decodeRequest} of the
+        parsed request, L{link_codec._decodeEvent} of it, and the reader's
+        item; and how many messages the reader took without the parser.
+        """
+        (request,) = FrameParser(LIMITS).feed(data)
+        assert isinstance(request, Request)
+        results: list[object] = []
+        for decode in (decodeRequest, link_codec._decodeEvent):
+            try:
+                results.append(decode(request).event)
+            except LinkCodecError as e:
+                results.append((e.code, e.detail))
+        reader = link_codec.LinkFrameReader(FrameParser(LIMITS), LIMITS)
+        (item,) = reader.read(data)
+        outcome = readOutcome(item)
+        assert isinstance(outcome, tuple)
+        results.append(outcome[2].event if len(outcome) == 3 else (outcome[3], outcome[4]))
+        return results, reader.taken
+
+    def test_invalidMessageIdsRefused(self) -> None:
+        """
+        A C{Message-ID} that L{Message} refuses (longer than 128
+        characters, a space, a character that is not printable) is refused
+        with 400 and the constructor's text on every path, the reader's
+        own included.
+        """
+        for messageId in [b"a" * 129, b"with space", "bell\u2028".encode("utf-8"), ("é" * 129).encode("utf-8")]:
+            results, taken = self.outcomes(self.frame(messageId))
+            expected = (400, "message id must be 1 to 128 characters" if len(messageId.decode("utf-8")) > 128 else "message id must be printable, without spaces")
+            self.assertEqual(results, [expected] * 3, messageId)
+            self.assertEqual(taken, 1)
+        for spelling in (b"Message-Id", b"message-id"):
+            results, _ = self.outcomes(self.frame(b"with space", spelling=spelling))
+            self.assertEqual(results, [(400, "message id must be printable, without spaces")] * 3)
+
+    def test_messageIdBoundary(self) -> None:
+        """
+        A C{Message-ID} of 128 characters is taken on every path, the same
+        message as L{Message} makes of it.
+        """
+        for messageId in ("a" * 128, "é" * 128, "m-1"):
+            results, taken = self.outcomes(self.frame(messageId.encode("utf-8")))
+            expected = Message(ALICE, CAROL, "hi", messageId=messageId, hops=0, timestamp=results[0].timestamp, routingId="r.1")  # type: ignore[attr-defined]
+            self.assertEqual(results, [expected] * 3)
+            for message in results:
+                self.assertIs(type(message), Message)
+                self.assertEqual(message.routingId, "r.1")  # type: ignore[attr-defined]
+            self.assertEqual(taken, 1)
+
+    def test_hopsChecked(self) -> None:
+        """
+        A C{Hops} that is not a count (negative, not digits) is refused on
+        every path; the hops read are the message's.
+        """
+        for hops in (b"-1", b"x", b"1.5", "\u0661".encode("utf-8")):
+            results, _ = self.outcomes(self.frame(b"m-1", hops=hops))
+            self.assertEqual(results, [(400, f"invalid Hops {hops.decode('utf-8')!r}")] * 3, hops)
+        results, _ = self.outcomes(self.frame(b"m-1", hops=b"5"))
+        self.assertEqual([message.hops for message in results], [5, 5, 5])  # type: ignore[attr-defined]

@@ -36,7 +36,17 @@ from imgateway.adapters.native.mapping import (
 )
 from imgateway.core.address import Address
 from imgateway.core.errors import DeliveryError, DeliveryStatus, InvalidAddress, MovedTo, UserBusy, statusError
-from imgateway.core.events import Event, Message, MessageMark, PresenceProbe, PresenceUpdate, SubscriptionEvent, newRoutingId
+from imgateway.core.events import (
+    Event,
+    Message,
+    MessageMark,
+    PresenceProbe,
+    PresenceUpdate,
+    SubscriptionEvent,
+    checkMessageId,
+    newRoutingId,
+    preCheckedMessage,
+)
 from imgateway.core.presence import Presence
 
 __all__ = [
@@ -497,16 +507,20 @@ def _messageRequest(
                 mark = markFromToken(token)
             except ValueError:
                 raise LinkCodecError(f"unknown Auto {token[:32]!r}") from None
-        event = Message(
+        # Message's own checks, where its constructor made them: of its
+        # fields, only the id is not checked above (Hops, Timestamp: their
+        # patterns), so the message is made without checking them again.
+        checkMessageId(messageId)
+        event = preCheckedMessage(
             sender,
             recipient,
             body,
-            contentType=contentType or DEFAULT_CONTENT_TYPE,
-            messageId=messageId,
-            timestamp=float(timestamp),
-            hops=int(hopsText),
-            routingId=routingId,
-            mark=mark,
+            contentType or DEFAULT_CONTENT_TYPE,
+            messageId,
+            float(timestamp),
+            int(hopsText),
+            routingId,
+            mark,
         )
     except LinkCodecError:
         raise

@@ -5,6 +5,8 @@ L{imgateway.core.records} and L{imgateway.core.ratelimit}.
 
 from __future__ import annotations
 
+import os
+
 import attrs
 
 from twisted.internet.task import Clock
@@ -91,6 +93,32 @@ class EventTests(SynchronousTestCase):
         self.assertEqual(len(set(ids)), len(ids))
         for messageId in ids:
             self.assertRegex(messageId, r"\A[0-9a-f]{32}\Z")
+
+    def test_messageIdsDrawnInBatches(self) -> None:
+        """
+        L{newMessageId} draws the bits of L{events.MESSAGE_IDS_PER_DRAW} ids
+        from C{os.urandom} at once, one draw for that many ids; a forked
+        child (the handler C{os.register_at_fork} runs in it) forgets the
+        ids its parent drew and gives out none of them.
+        """
+        draws: list[int] = []
+
+        def urandom(size: int) -> bytes:
+            draws.append(size)
+            return os.urandom(size)
+
+        self.patch(events, "_messageIds", [])
+        self.patch(events, "_urandom", urandom)
+        ids = [newMessageId() for _ in range(events.MESSAGE_IDS_PER_DRAW * 2)]
+        self.assertEqual(draws, [16 * events.MESSAGE_IDS_PER_DRAW] * 2)
+        self.assertEqual(len(set(ids)), len(ids))
+        newMessageId()
+        drawn = list(events._messageIds)
+        self.patch(events, "_ROUTING_PREFIX", events._ROUTING_PREFIX)
+        events._newRoutingPrefix()
+        child = [newMessageId() for _ in range(events.MESSAGE_IDS_PER_DRAW)]
+        self.assertEqual(len(draws), 4)
+        self.assertFalse(set(child) & set(drawn))
 
     def test_messageReprHidesBody(self) -> None:
         """

@@ -101,6 +101,21 @@ class HomeServerTestsMixin:
         session = self.successResultOf(self.home.openSession(address, client, label))  # type: ignore[attr-defined]
         return session, client
 
+    def recordRouted(self) -> list[Event]:
+        """
+        @return: The events handed to the router's L{Router.deliver} from
+            now on (they are still delivered).
+        """
+        routed: list[Event] = []
+        deliver = self.router.deliver
+
+        def recording(event: Event) -> Deferred[DeliveryStatus]:
+            routed.append(event)
+            return deliver(event)
+
+        self.router.deliver = recording  # type: ignore[method-assign]
+        return routed
+
     def online(self, address: Address) -> tuple[Session, RecordingSessionClient]:
         session, client = self.open(address)
         session.publish(Presence())
@@ -336,21 +351,6 @@ class PresenceTests(HomeServerTestsMixin, SynchronousTestCase):
         self.assertIn((BOB, Presence(PresenceState.OUT_TO_LUNCH, "back at 2")), aliceClient.presences)
         [view] = self.successResultOf(alice.contacts())
         self.assertEqual(view.presence, Presence(PresenceState.OUT_TO_LUNCH, "back at 2"))
-
-    def recordRouted(self) -> list[Event]:
-        """
-        @return: The events handed to the router's L{Router.deliver} from
-            now on (they are still delivered).
-        """
-        routed: list[Event] = []
-        deliver = self.router.deliver
-
-        def recording(event: Event) -> Deferred[DeliveryStatus]:
-            routed.append(event)
-            return deliver(event)
-
-        self.router.deliver = recording  # type: ignore[method-assign]
-        return routed
 
     def test_probesAnsweredInPlace(self) -> None:
         """
@@ -1649,14 +1649,7 @@ class FastPathTests(HomeServerTestsMixin, SynchronousTestCase):
         """
         alice, _ = self.online(ALICE)
         _, bob = self.online(BOB)
-        viaDeliver: list[Event] = []
-        deliver = self.router.deliver
-
-        def recording(event: Event) -> Deferred[DeliveryStatus]:
-            viaDeliver.append(event)
-            return deliver(event)
-
-        self.router.deliver = recording  # type: ignore[method-assign]
+        viaDeliver = self.recordRouted()
         self.assertEqual(self.successResultOf(alice.sendMessage(BOB, "hi")), DeliveryStatus.DELIVERED)
         self.failureResultOf(alice.sendMessage(CAROL, "hi"), UserOffline)
         self.failureResultOf(alice.sendMessage(BOB, "x" * (self.home.config.maxMessageChars + 1)), TooLarge)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         ContactView,
         HomeChange,
         PresenceRule,
+        UserRecords,
     )
 
 __all__ = [
@@ -164,6 +165,16 @@ class IHomeStore(Interface):
         """
         @return: C{owner}'s access-list entries: an address (C{"bob@x"}) or
             a domain (C{"x"}) mapped to its list.
+        """
+
+    def getUserRecords(user: Address) -> Deferred[UserRecords]:
+        """
+        Everything kept of C{user}, in one read: what L{getContacts},
+        L{getAuthorisations}, L{getAccess} and L{getRules} give, as they
+        would give it at the same moment (a home server reads it when the
+        user logs in).
+
+        @return: The user's L{UserRecords}.
         """
 
     def getAuthorisation(target: Address, watcher: Address) -> Deferred[AuthorisationState | None]:

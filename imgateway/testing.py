@@ -44,6 +44,7 @@ from imgateway.core.records import (
     RemoveContact,
     SetAccess,
     SetAuthorisation,
+    UserRecords,
 )
 from imgateway.directory.sqlite import NoMoveUnderWay
 from imgateway.interfaces import IDirectory, IHomeStore, ILinkRoutes, IPasswordDirectory, IRoute, ISessionClient
@@ -402,6 +403,33 @@ class MemoryHomeStore(_MemoryStore):
                     if user in (target, watcher)
                 ],
                 key=lambda row: (row[0], row[1]),
+            )
+        )
+
+    def getUserRecords(self, user: Address) -> Deferred[UserRecords]:
+        """
+        See L{IHomeStore.getUserRecords}: one read (recorded as
+        C{("getUserRecords", user)}).
+        """
+        later = self._later(self.getUserRecords, user)
+        if later is not None:
+            return later
+        self.reads.append(("getUserRecords", user))
+        contacts = self.contacts.get(user, {})
+        access = self.access.get(user, {})
+        return self._read(
+            UserRecords(
+                [contacts[address] for address in sorted(contacts)],
+                sorted(
+                    [
+                        (target, watcher, state)
+                        for (target, watcher), state in self.authorisations.items()
+                        if user in (target, watcher)
+                    ],
+                    key=lambda row: (row[0], row[1]),
+                ),
+                {entry: access[entry] for entry in sorted(access)},
+                list(self.rules.get(user, [])),
             )
         )
 

@@ -205,6 +205,26 @@ class SessionTests(HomeServerTestsMixin, SynchronousTestCase):
         session, _ = self.open(ALICE)
         self.assertEqual(session.label, session.sessionId)
 
+    def test_loginReadsOnce(self) -> None:
+        """
+        A user's first session reads everything the home server keeps of
+        the user in one store read (L{IHomeStore.getUserRecords}), and the
+        state it builds is the stored one; a second session reads nothing.
+        """
+        self.store.contacts[ALICE] = {BOB: ContactRecord(BOB, "Bob")}
+        self.store.authorisations[(ALICE, BOB)] = AuthorisationState.AUTHORISED
+        self.store.authorisations[(ALICE, CAROL)] = AuthorisationState.PENDING
+        self.store.access[ALICE] = {"spam.example": AccessList.BLOCK}
+        session, _ = self.open(ALICE)
+        self.assertEqual(self.store.reads, [("getUserRecords", ALICE)])
+        self.open(ALICE)
+        self.assertEqual(self.store.reads, [("getUserRecords", ALICE)])
+        self.assertEqual(
+            [(v.address, v.displayName) for v in self.successResultOf(session.contacts())], [(BOB, "Bob")]
+        )
+        self.assertEqual(self.successResultOf(session.pendingRequests()), [CAROL])
+        self.assertEqual(self.successResultOf(session.accessLists()), {"spam.example": AccessList.BLOCK})
+
     def test_closeAll(self) -> None:
         """
         L{HomeServer.closeAll} tells every client why and closes them.

@@ -38,6 +38,7 @@ from imgateway.core.records import (
     RuleAction,
     RuleNetwork,
     SetRules,
+    UserRecords,
 )
 from imgateway.directory import sqlite as directorySQLite
 from imgateway.directory.sqlite import SQLiteDirectory
@@ -480,6 +481,37 @@ class HomeStoreTestsMixin(_Base):
             await store.database.read(version),
             (2, ["access", "authorisations", "contacts", "presence_rules"]),
         )
+
+    async def test_userRecords(self) -> None:
+        """
+        L{IHomeStore.getUserRecords} gives, in one read, what the four
+        reads of a user's rows give, in their orders; a user of whom
+        nothing is kept gets empty records.
+        """
+        store = await self.makeStore()
+        rule = PresenceRule([PresenceState.AWAY], RuleAction.AUTO_REPLY, text="away")
+        await store.apply(
+            [
+                PutContact(ALICE, ContactRecord(CAROL, "Carol")),
+                PutContact(ALICE, ContactRecord(BOB, "Bob")),
+                PutContact(BOB, ContactRecord(ALICE)),
+                SetAuthorisation(BOB, ALICE, AuthorisationState.AUTHORISED),
+                SetAuthorisation(ALICE, CAROL, AuthorisationState.PENDING),
+                SetAuthorisation(BOB, CAROL, AuthorisationState.AUTHORISED),
+                SetAccess(ALICE, "x.example", AccessList.BLOCK),
+                SetAccess(ALICE, "a.example", AccessList.ALLOW),
+                SetRules(ALICE, (rule,)),
+            ]
+        )
+        records = await store.getUserRecords(ALICE)
+        self.assertEqual(records.contacts, await store.getContacts(ALICE))
+        self.assertEqual([c.address for c in records.contacts], [BOB, CAROL])
+        self.assertEqual(records.authorisations, await store.getAuthorisations(ALICE))
+        self.assertEqual(len(records.authorisations), 2)
+        self.assertEqual(records.access, await store.getAccess(ALICE))
+        self.assertEqual(list(records.access), ["a.example", "x.example"])
+        self.assertEqual(records.rules, [rule])
+        self.assertEqual(await store.getUserRecords(addr("nobody@corp.example")), UserRecords([], [], {}, []))
 
     async def test_targetedReads(self) -> None:
         """

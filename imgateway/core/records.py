@@ -38,6 +38,7 @@ __all__ = [
     "SetAuthorisation",
     "SetRules",
     "Subscription",
+    "UserRecords",
     "checkAlternate",
     "checkRule",
 ]
@@ -377,6 +378,28 @@ class ContactView:
     pending: bool
     presence: Presence
 
+
+
+@frozen
+class UserRecords:
+    """
+    Everything a home store keeps of one user, read at once when the user
+    logs in (L{imgateway.interfaces.IHomeStore.getUserRecords}): what
+    L{IHomeStore.getContacts<imgateway.interfaces.IHomeStore.getContacts>},
+    C{getAuthorisations}, C{getAccess} and C{getRules} give, in their orders.
+
+    @ivar contacts: The user's contact list, ordered by address.
+    @ivar authorisations: Every authorisation row in which the user is the
+        target or the watcher, as C{(target, watcher, state)}, ordered by
+        target, then watcher.
+    @ivar access: The user's access-list entries, ordered by entry.
+    @ivar rules: The user's presence rules, in their order.
+    """
+
+    contacts: list[ContactRecord]
+    authorisations: list[tuple[Address, Address, AuthorisationState]]
+    access: dict[str, AccessList]
+    rules: list[PresenceRule]
 
 
 # -- changes to a home store, applied together (IHomeStore.apply) -------------------

@@ -95,6 +95,7 @@ from imgateway.core.records import (
     SetAuthorisation,
     SetRules,
     Subscription,
+    UserRecords,
     checkRule,
 )
 from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
@@ -992,20 +993,12 @@ class HomeServer:
         return self._load(address).addCallback(loaded)
 
     def _load(self, address: Address) -> Deferred[_UserState]:
-        s = self.store
-        ds: list[Deferred[Any]] = [
-            s.getContacts(address),
-            s.getAuthorisations(address),
-            s.getAccess(address),
-            s.getRules(address),
-        ]
-        d = DeferredList(ds, fireOnOneErrback=True, consumeErrors=True)
-
-        def build(results: list[tuple[bool, Any]]) -> _UserState:
-            contacts, auths, access, rules = (r for _, r in results)
-            return _UserState(address, contacts, auths, access, rules)
-
-        return d.addCallbacks(build, _firstError)
+        """
+        Read C{address}'s rows: one store read (L{IHomeStore.getUserRecords}),
+        not one per table, so that a login costs one operation of the store
+        and one hop to its thread.
+        """
+        return self.store.getUserRecords(address).addCallback(_userState, address)
 
     def _forgetIfIdle(self, user: _UserState) -> None:
         if not user.sessions and self._users.get(user.address) is user:
@@ -2270,6 +2263,10 @@ def _prune(replied: dict[Address, float], before: float) -> None:
     if len(replied) >= 64:
         for sender in [s for s, when in replied.items() if when <= before]:
             del replied[sender]
+
+
+def _userState(records: UserRecords, address: Address) -> _UserState:
+    return _UserState(address, records.contacts, records.authorisations, records.access, records.rules)
 
 
 def _forget(user: _UserState, target: Address, answer: list[bool]) -> None:

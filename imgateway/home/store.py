@@ -33,6 +33,7 @@ from imgateway.core.records import (
     RuleAction,
     RuleNetwork,
     SetAuthorisation,
+    UserRecords,
 )
 from imgateway.interfaces import IHomeStore
 from imgateway.sqlite import DEFAULT_BUSY_TIMEOUT, Database, Migrations, openDatabase
@@ -335,6 +336,16 @@ def _setRules(cursor: sqlite3.Cursor, owner: Address, rules: Sequence[PresenceRu
     )
 
 
+def _getUserRecords(cursor: sqlite3.Cursor, user: Address) -> UserRecords:
+    """
+    The four reads of a login in one operation (one transaction, one
+    savepoint, one hop to the database's thread).
+    """
+    return UserRecords(
+        _getContacts(cursor, user), _getAuthorisations(cursor, user), _getAccess(cursor, user), _getRules(cursor, user)
+    )
+
+
 def _apply(cursor: sqlite3.Cursor, changes: list[HomeChange]) -> None:
     for change in changes:
         if isinstance(change, PutContact):
@@ -402,6 +413,12 @@ class SQLiteHomeStore:
         See L{IHomeStore.getAuthorisations}.
         """
         return self.database.read(_getAuthorisations, user)
+
+    def getUserRecords(self, user: Address) -> Deferred[UserRecords]:
+        """
+        See L{IHomeStore.getUserRecords}: one L{Database.read}.
+        """
+        return self.database.read(_getUserRecords, user)
 
     def getAuthorisation(self, target: Address, watcher: Address) -> Deferred[AuthorisationState | None]:
         """

@@ -544,8 +544,9 @@ def inProcessRun(logins: int, mech: str, resource: str, warmup: int = 200, logTo
     a memory gateway (L{imgateway.testing.memoryGateway}) and a
     C{StringTransport}, each login's stages timed with this thread's CPU
     clock (the client's work is not counted). Log lines go to
-    C{/dev/null} through Twisted's text observer, as C{twistd}'s would go
-    to its file.
+    C{/dev/null} through the text observer C{twistd} gets from the gateway
+    (L{imgateway.status.logs.textLogObserver}; Twisted's in older trees),
+    as C{twistd}'s would go to its file.
 
     @param resource: The resource bound (C{""}: the server makes one).
     @param logToDevNull: Whether to start Twisted's global logging, to
@@ -561,8 +562,13 @@ def inProcessRun(logins: int, mech: str, resource: str, warmup: int = 200, logTo
     from imgateway.testing import addUser, memoryGateway
 
     if logToDevNull:
+        try:
+            # The observer twistd gets from the gateway (older trees: Twisted's).
+            from imgateway.status.logs import textLogObserver as observer
+        except ImportError:
+            observer = textFileLogObserver
         globalLogBeginner.beginLoggingTo(
-            [textFileLogObserver(open(os.devnull, "w", encoding="utf-8"))], discardBuffer=True, redirectStandardIO=False
+            [observer(open(os.devnull, "w", encoding="utf-8"))], discardBuffer=True, redirectStandardIO=False
         )
     clock = Clock()
     gateway = memoryGateway(clock)

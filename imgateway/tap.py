@@ -93,7 +93,7 @@ def makeService(options: Options) -> IService:
         raise SystemExit(1) from None
     reactor.callWhenRunning(freezeStartupHeap, youngObjects=config.gcYoungObjects)
     # [log] format: twistd's options are the parent of ours.
-    return withLogFormat(service, config.log.format, getattr(options, "parent", None))
+    return withLogFormat(service, config.log.format, getattr(options, "parent", None), reactorAny.callFromThread)
 
 
 def freezeStartupHeap(collector: Any = gc, youngObjects: int = DEFAULT_GC_YOUNG_OBJECTS) -> None:

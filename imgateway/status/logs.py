@@ -1,25 +1,134 @@
 # -*- test-case-name: tests.test_status_logs -*-
 """
-Logs as JSON for log collectors (C{[log] format = "json"}): one JSON
-object a line, through C{twisted.logger} (L{eventAsJSON}), with the
-formatted C{message} and the C{level} beside the event's own fields.
+The gateway's log lines as C{twistd imgateway} writes them (L{withLogFormat}):
+C{[log] format = "text"}, twistd's own lines (L{classicLine}, written by
+L{textLogObserver}, the same text as Twisted's C{textFileLogObserver}, made
+with less work per line), or C{"json"} for log collectors: one JSON object
+a line, through C{twisted.logger} (L{eventAsJSON}), with the formatted
+C{message} and the C{level} beside the event's own fields.
 
-C{twistd imgateway} applies it (L{withLogFormat}): the observer goes where
-twistd's own would (C{--logfile}, or standard output with C{-n}), unless
-C{--logger} or C{--syslog} is given.
+The observer goes where twistd's own would (C{--logfile}, or standard
+output with C{-n}), unless C{--logger} or C{--syslog} is given (then
+twistd's is used).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 from twisted.application.service import IService, MultiService
-from twisted.logger import FileLogObserver, ILogObserver, LogEvent, eventAsJSON, formatEvent
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    LogEvent,
+    eventAsJSON,
+    formatEvent,
+    formatEventAsClassicLogText,
+    formatTime,
+    timeFormatRFC3339,
+)
 from twisted.python.logfile import LogFile
 
-__all__ = ["jsonLine", "jsonLogObserver", "withLogFormat"]
+__all__ = ["classicLine", "jsonLine", "jsonLogObserver", "textLogObserver", "withLogFormat"]
+
+
+class _SecondStamps:
+    """
+    Twisted's L{formatTime} of a log event's time (RFC 3339, to the
+    second), made once per second: the text of the last second is kept and
+    given again for every event of that second.
+    """
+
+    __slots__ = ("second", "text")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""
+
+    def __call__(self, when: float | None) -> str:
+        if when is None:
+            return formatTime(when, timeFormatRFC3339)
+        second = int(when)
+        # Twisted rounds to the microsecond: the last microsecond of a
+        # second may show the next one (and before 1970, int() is not the
+        # floor); those are made as Twisted makes them.
+        if when - second >= 0.999 or when < 0:
+            return formatTime(when, timeFormatRFC3339)
+        if second != self.second:
+            self.text = formatTime(when, timeFormatRFC3339)
+            self.second = second
+        return self.text
+
+
+def _system(event: LogEvent) -> str:
+    """
+    The bracketed part of a line, as Twisted writes it: the event's
+    C{log_system}, else its namespace and level.
+    """
+    system = event.get("log_system", None)
+    if system is None:
+        level = event.get("log_level", None)
+        return f"{event.get('log_namespace', '-')}#{'-' if level is None else level.name}"
+    try:
+        return str(system)
+    except Exception:
+        return "UNFORMATTABLE"
+
+
+def _message(event: LogEvent) -> str:
+    """
+    The event's message, as Twisted's L{formatEvent} makes it. A format
+    without Twisted's call syntax (C{{name()}}) is the format syntax of
+    L{str.format_map} itself, which makes it without
+    L{string.Formatter}'s Python code; anything else (calls, bytes,
+    flattened events, a field that cannot be formatted) is left to
+    L{formatEvent}, which also makes the message of an event that cannot
+    be formatted.
+    """
+    format = event.get("log_format", None)
+    if type(format) is str and "()" not in format and "log_flattened" not in event:
+        try:
+            return format.format_map(event)
+        except BaseException:
+            pass
+    return formatEvent(event)
+
+
+def classicLine(event: LogEvent, stamps: Callable[[float | None], str] | None = None) -> str | None:
+    """
+    One event as one line of twistd's text log: the same text as Twisted's
+    L{formatEventAsClassicLogText} with its RFC 3339 time stamps
+    (C{"2026-12-05T15:28:52+0000 [imgateway.home.server#info] Session
+    hs1-7 opened\\n"}), lines after the first indented, or C{None} for an
+    event without a message.
+
+    @param stamps: Makes the time stamp of an event's C{log_time}
+        (L{textLogObserver} gives one that keeps the last second's).
+    """
+    if "log_failure" in event:
+        # With a traceback: rare, made by Twisted.
+        return formatEventAsClassicLogText(event, formatTime=stamps or (lambda when: formatTime(when, timeFormatRFC3339)))
+    text = _message(event)
+    if not text:
+        return None
+    when = event.get("log_time", None)
+    stamp = stamps(when) if stamps is not None else formatTime(when, timeFormatRFC3339)
+    return f"{stamp} [{_system(event)}] {text}".replace("\n", "\n\t") + "\n"
+
+
+def textLogObserver(outFile: IO[Any]) -> ILogObserver:
+    """
+    @return: An observer writing L{classicLine}s to C{outFile}, as Twisted's
+        C{textFileLogObserver} (which twistd makes for its log file) writes
+        the same lines: one time stamp made per second rather than per
+        line, and the messages formatted by L{str.format_map} when they
+        can be.
+    """
+    stamps = _SecondStamps()
+    return FileLogObserver(outFile, lambda event: classicLine(event, stamps))
 
 
 def jsonLine(event: LogEvent) -> str:
@@ -83,18 +192,46 @@ class _LoggingService(MultiService):
         super().setServiceParent(parent)
 
 
-def withLogFormat(service: IService, format: str, serverOptions: Mapping[str, Any] | None) -> IService:
+def _rotateOnSignal(logFile: Any, callFromThread: Callable[..., Any]) -> None:
     """
-    Apply C{[log] format} to twistd's log.
+    Rotate C{logFile} on C{SIGUSR1}, as twistd does its own log file
+    (unless something handles the signal already).
+    """
+    if signal.getsignal(signal.SIGUSR1):
+        return
 
-    @param format: C{"text"} (nothing changes) or C{"json"}.
+    def rotate(signum: int, frame: object) -> None:
+        callFromThread(logFile.rotate)
+
+    signal.signal(signal.SIGUSR1, rotate)
+
+
+def withLogFormat(
+    service: IService,
+    format: str,
+    serverOptions: Mapping[str, Any] | None,
+    callFromThread: Callable[..., Any] | None = None,
+) -> IService:
+    """
+    Apply C{[log] format} to twistd's log: the application gets a
+    L{textLogObserver} (C{"text"}: twistd's lines; its log file is rotated
+    on C{SIGUSR1}, as twistd's own) or a L{jsonLogObserver} (C{"json"}),
+    writing where twistd would.
+
+    @param format: C{"text"} or C{"json"}.
     @param serverOptions: twistd's options (the parent of the plugin's
         options), or C{None} outside twistd (nothing changes).
+    @param callFromThread: The reactor's C{callFromThread}, for the text
+        log's rotation on C{SIGUSR1} (none without it).
     @return: The service to give twistd.
     """
-    if format != "json" or serverOptions is None:
+    if serverOptions is None:
         return service
     outFile = _twistdLogFile(serverOptions)
     if outFile is None:
         return service
-    return _LoggingService(service, jsonLogObserver(outFile))
+    if format == "json":
+        return _LoggingService(service, jsonLogObserver(outFile))
+    if isinstance(outFile, LogFile) and callFromThread is not None:
+        _rotateOnSignal(outFile, callFromThread)
+    return _LoggingService(service, textLogObserver(outFile))

@@ -11,13 +11,14 @@ import os
 import json
 import signal
 import sys
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Application, MultiService
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEventAsClassicLogText, formatTime, timeFormatRFC3339
 from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import provider
 
 from imgateway.status.logs import _twistdLogFile, classicLine, jsonLine, jsonLogObserver, textLogObserver, withLogFormat
 
@@ -124,11 +125,12 @@ class TextLineTests(SynchronousTestCase):
         events: list[dict[str, Any]] = []
         observer = textLogObserver(out)
 
+        @provider(ILogObserver)
         def both(event: Any) -> None:
             events.append(dict(event))
             observer(event)
 
-        log = Logger(observer=both, namespace="imgateway.test")
+        log = Logger(observer=cast(ILogObserver, both), namespace="imgateway.test")
         log.info("Session {session} closed ({reason})", session="hs1-7", reason="logout")
         log.warn("Refusing {peer}", peer=_Peer())
         self.assertEqual(out.getvalue(), "".join(_twistedLine(e) or "" for e in events))

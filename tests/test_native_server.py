@@ -22,7 +22,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from imgateway.adapters.native.adapter import NativeAdapter
-from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, serialise
+from imgateway.adapters.native.framing import FrameParser, Headers, Limits, Request, Response, serialise
 from imgateway.adapters.native.mapping import TARGETS, TargetForm, describeTargets, targetForm
 from imgateway.adapters.native.server import (
     _HANDLERS,
@@ -2007,6 +2007,83 @@ def parse(table: dict[str, object]) -> NativeConfig:
     config = NativeAdapter().parseConfig(t, MemoryReactor())
     t.finish()
     return config
+
+
+class IdleMemoryTests(NativeFaceTestsMixin, SynchronousTestCase):
+    """
+    What a logged-in connection does not keep (an idle session's memory,
+    C{bench/README.md}, issue 11 session 8).
+    """
+
+    def labelled(self, user: str, label: str) -> Wire:
+        w = self.wire()
+        mech = clientMechanism("PLAIN", user, f"{user}-pw")
+        r = w.call("AUTH", "*", [("Mechanism", "plain"), ("Label", label)], mech.start())
+        self.assertEqual(r.code, 200)
+        return w
+
+    def test_slotReleasedAtLogin(self) -> None:
+        """
+        A connection keeps its place among the connections not logged in
+        (its L{ConnectionSlot}, with its admission and its peer's address)
+        until it logs in, not after; the counts are as before, and stay so
+        when it closes.
+        """
+        w = self.wire()
+        self.assertIsNotNone(w.protocol._slot)
+        self.assertEqual(self.factory.unauthenticated, 1)
+        self.assertEqual(w.login("alice", "alice-pw").code, 200)
+        self.assertIsNone(w.protocol._slot)
+        self.assertEqual(self.factory.unauthenticated, 0)
+        self.assertEqual(self.gateway.connectionLimiter.unauthenticated(LOOPBACK.host), 0)
+        w.protocol.connectionLost()
+        self.assertEqual(self.factory.unauthenticated, 0)
+        self.assertEqual(self.gateway.connectionLimiter.unauthenticated(LOOPBACK.host), 0)
+
+    def test_slotKeptWhenLoginFails(self) -> None:
+        """
+        A connection whose login failed still counts as not logged in, in
+        its slot (C{pre_auth_bytes} and C{max_unauthenticated} go on).
+        """
+        w = self.wire()
+        self.assertEqual(w.login("alice", "wrong").code, 401)
+        self.assertIsNotNone(w.protocol._slot)
+        self.assertEqual(self.factory.unauthenticated, 1)
+
+    def test_limitsShared(self) -> None:
+        """
+        The framing limits are made once per configuration: every
+        connection's parser has the same L{Limits}, not a copy of its own.
+        """
+        self.assertIs(self.config.limits, self.config.limits)
+        self.assertEqual(
+            self.config.limits,
+            Limits(
+                self.config.maxStartLineBytes, self.config.maxHeaderBytes, self.config.maxHeaders, self.config.maxBodyBytes
+            ),
+        )
+
+    def test_labelAndMechanismInterned(self) -> None:
+        """
+        Two sessions with the same label (and mechanism), each parsed from
+        its own request, keep one string between them.
+        """
+        a, b = self.labelled("alice", "phone"), self.labelled("bob", "phone")
+        self.assertIs(a.protocol.sessionLabel, b.protocol.sessionLabel)
+        self.assertIs(a.protocol.mechanismName, b.protocol.mechanismName)
+        self.assertEqual((a.protocol.mechanismName, a.protocol.sessionLabel), ("PLAIN", "phone"))
+        assert a.protocol.session is not None and b.protocol.session is not None
+        self.assertIs(a.protocol.session.label, b.protocol.session.label)
+
+    def test_perConnectionObjectsWithoutDict(self) -> None:
+        """
+        The token bucket, the table of outstanding requests and the send
+        queue guard of a connection have no instance dictionary
+        (C{__slots__}).
+        """
+        w = self.loggedIn()
+        for name in ("_bucket", "_outstanding", "_sendGuard"):
+            self.assertFalse(hasattr(getattr(w.protocol, name), "__dict__"), name)
 
 
 class CompilableTests(SynchronousTestCase):

@@ -181,6 +181,19 @@ class ConnectionSlot:
         if self._admission is not None:
             self._admission.release()
 
+    @property
+    def settled(self) -> bool:
+        """
+        Whether L{closed} would change nothing: the connection no longer
+        counts as waiting to log in, its admission was released, and it is
+        not counted by its source. A face may then let go of the slot (a
+        logged-in connection need not keep it, its admission and its peer's
+        address for as long as it lasts).
+        """
+        # Not counted any more: loggedIn ran (and released the admission),
+        # or the slot was a refusal (no admission).
+        return not self._counted and self._source is None
+
     def closed(self) -> None:
         """
         The connection closed: it no longer counts at all. Idempotent.
@@ -253,6 +266,9 @@ class SendQueueGuard:
     @ivar largest: The largest single write since the transport paused.
     @ivar tripped: Whether C{overflow} was called.
     """
+
+    # No instance dict: one per connection.
+    __slots__ = ("limit", "pending", "largest", "paused", "tripped", "_overflow", "_transport", "_registered")
 
     def __init__(self, transport: ITransport, limit: int, overflow: Callable[[], None]) -> None:
         self.limit = limit

@@ -19,6 +19,9 @@ class TokenBucket:
     @ivar burst: The most tokens the bucket holds.
     """
 
+    # No instance dict: one per connection (and per source, per account).
+    __slots__ = ("rate", "burst", "_clock", "_tokens", "_last")
+
     def __init__(self, rate: float, burst: float, clock: IReactorTime) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")

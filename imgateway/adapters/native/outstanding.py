@@ -42,6 +42,9 @@ class OutstandingRequests:
     @ivar sent: How many requests were sent.
     """
 
+    # No instance dict: one per native connection.
+    __slots__ = ("window", "sent", "_floor", "_ahead")
+
     def __init__(self, window: int) -> None:
         """
         @param window: See L{OutstandingRequests.window}; at least 1, and

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imgateway import __version__
+from imgateway._compiled import cachedProperty
 from imgateway.adapters.base import ConnectionSlot, FaceConnections, SendQueueGuard, TLSHandshakeMixin
 from imgateway.adapters.native.framing import (
     FrameParser,
@@ -119,10 +121,12 @@ class NativeConfig:
     answerWindow: int = 65536
     preAuthBytes: int = 262144
 
-    @property
+    @cachedProperty
     def limits(self) -> Limits:
         """
-        The framing limits.
+        The framing limits: made once per configuration, and shared by
+        every connection's parser (an idle connection does not hold a
+        copy of its own).
         """
         return Limits(self.maxStartLineBytes, self.maxHeaderBytes, self.maxHeaders, self.maxBodyBytes)
 
@@ -728,9 +732,11 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
                 if name in mechanismsFor(True, True, self._scram):
                     raise _Reply(426, f"{name} needs an encrypted connection")
                 raise _Reply(401, f"Unknown mechanism {name}")
-            self.mechanismName = name
+            # Interned: a logged-in connection keeps both, and most are
+            # the same few strings (one copy each, not one per session).
+            self.mechanismName = sys.intern(name)
             label = request.headers.get("Label", "") or ""
-            self.sessionLabel = label[:64]
+            self.sessionLabel = sys.intern(label[:64])
             self._mechanism = serverMechanism(
                 name,
                 self.gateway.authenticator,
@@ -785,6 +791,11 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         self.session = session
         self.gateway.metrics.loggedIn("native", self.mechanismName, session)
         self._uncount()
+        if self._slot is not None and self._slot.settled:
+            # Closing would change nothing in the counts: the slot (with
+            # its admission and the peer's address) is not kept for as
+            # long as the session lasts.
+            self._slot = None
         self.factory.loginTimers.stop(self)
         self.log.info("{address} logged in from {peer} as {session}", address=session.address, peer=self.transport.getPeer(), session=session.sessionId)  # type: ignore[union-attr]
         return (

@@ -41,9 +41,11 @@ from imgateway.core.records import (
     AccountRecord,
     AuthorisationState,
     ContactRecord,
+    PresenceRule,
+    RuleAction,
     Subscription,
 )
-from imgateway.home.server import MAX_LABEL_CHARS, HomeServer, HomeServerService, Session, _States
+from imgateway.home.server import MAX_LABEL_CHARS, HomeServer, HomeServerService, Session, _forget, _States, _UserState
 from imgateway.interfaces import IHomeServer, IRoute, ISession, ISessionClient
 from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.router.router import Router
@@ -2397,6 +2399,89 @@ class StatesIndexTests(SynchronousTestCase):
         self.assertEqual(states._byDomain, {})
 
 
+class IdleUserStateTests(HomeServerTestsMixin, SynchronousTestCase):
+    """
+    A user's cached state holds no empty table of its own while idle: the
+    access lists, the SUBSCRIBEs awaiting an answer and the contacts of
+    other servers start as shared read-only empties, get a table of their
+    own at their first entry and the shared one again when emptied; the
+    rules are a tuple (issue 11, session 8).
+    """
+
+    def state(self, address: Address) -> _UserState:
+        user = self.home._localState(address)
+        assert user is not None
+        return user
+
+    def test_sharedWhileEmpty(self) -> None:
+        """
+        Two idle users share their empty access list, awaiting table and
+        set of remote contacts; their rules are the empty tuple.
+        """
+        self.online(ALICE)
+        self.online(BOB)
+        alice, bob = self.state(ALICE), self.state(BOB)
+        self.assertIs(alice.access, bob.access)
+        self.assertIs(alice.awaiting, bob.awaiting)
+        self.assertIs(alice.remote, bob.remote)
+        self.assertEqual((len(alice.access), len(alice.awaiting), len(alice.remote)), (0, 0, 0))
+        self.assertIs(alice.rules, ())
+
+    def test_accessOwnedThenShared(self) -> None:
+        """
+        An access-list entry gives the user a table of its own (only that
+        user is changed); removing the last gives the shared one back.
+        """
+        alice, _ = self.online(ALICE)
+        self.online(BOB)
+        self.successResultOf(alice.setAccess("carol@corp.example", AccessList.BLOCK))
+        self.assertEqual(dict(self.state(ALICE).access), {"carol@corp.example": AccessList.BLOCK})
+        self.assertEqual(dict(self.state(BOB).access), {})
+        self.successResultOf(alice.setAccess("carol@corp.example", AccessList.NONE))
+        self.assertIs(self.state(ALICE).access, self.state(BOB).access)
+
+    def test_awaitingOwnedThenShared(self) -> None:
+        """
+        A SUBSCRIBE waiting for its answer is kept in a table of the user's
+        own (L{_UserState.awaitAnswer}); once forgotten, the shared empty
+        one is back. A SUBSCRIBE answered at once leaves the shared one.
+        """
+        alice, _ = self.online(ALICE)
+        self.online(BOB)
+        self.successResultOf(alice.subscribe(BOB))
+        self.assertIs(self.state(ALICE).awaiting, self.state(BOB).awaiting)
+        user = self.state(ALICE)
+        answer = [False]
+        user.awaitAnswer(CAROL, answer)
+        self.assertEqual(dict(user.awaiting), {CAROL: [answer]})
+        self.assertEqual(len(self.state(BOB).awaiting), 0)
+        _forget(user, CAROL, answer)
+        self.assertIs(user.awaiting, self.state(BOB).awaiting)
+
+    def test_markRemote(self) -> None:
+        """
+        L{_UserState.markRemote} gives the user a set of its own; the
+        shared empty one is not changed.
+        """
+        self.online(ALICE)
+        self.online(BOB)
+        alice, bob = self.state(ALICE), self.state(BOB)
+        other = Address.fromString("dave@xmpp.example")
+        alice.markRemote(other)
+        self.assertEqual(alice.remote, {other})
+        self.assertEqual(bob.remote, frozenset())
+        self.assertIsNot(alice.remote, bob.remote)
+
+    def test_rulesReplaced(self) -> None:
+        """
+        Setting rules replaces the user's tuple of rules.
+        """
+        alice, _ = self.online(ALICE)
+        rule = PresenceRule(frozenset([PresenceState.BUSY]), RuleAction.DELIVER)
+        self.successResultOf(alice.setRules([rule]))
+        self.assertEqual(self.state(ALICE).rules, (rule,))
+
+
 class _SharedAnswerClient(RecordingSessionClient):
     """
     A client of this process that answers every presence with one
@@ -2544,7 +2629,7 @@ class PresenceFanOutTests(HomeServerTestsMixin, SynchronousTestCase):
         """
         bob, _ = self.online(BOB)
         [watcher] = self.watchers(1)
-        self.home._localState(watcher).access["bob@corp.example"] = AccessList.BLOCK  # type: ignore[union-attr]
+        self.home._localState(watcher).access = {"bob@corp.example": AccessList.BLOCK}  # type: ignore[union-attr]
         with capturedLogs() as events:
             bob.publish(Presence(PresenceState.AWAY))
         update = PresenceUpdate(BOB, watcher, Presence(PresenceState.AWAY))

@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
@@ -126,6 +127,15 @@ _APPEAR_OFFLINE = PresenceState.APPEAR_OFFLINE
 _PENDING = AuthorisationState.PENDING
 _REFUSED = AuthorisationState.REFUSED
 
+#: The empty table a user's state holds until it has an entry (the access
+#: list, the SUBSCRIBEs awaiting an answer): shared and read-only, so that
+#: an idle user does not hold empty dictionaries of its own.
+_NO_ENTRIES: Mapping[Any, Any] = MappingProxyType({})
+
+#: The empty set of contacts whose presence came from another server, until
+#: there is one (L{_UserState.markRemote}): shared, as L{_NO_ENTRIES}.
+_NO_REMOTE: frozenset[Address] = frozenset()
+
 
 def parseAccessEntry(entry: str) -> str:
     """
@@ -203,6 +213,16 @@ class _UserState:
         authorisation rows whose target is the user).
     @ivar watching: Whom this user asked to watch, and their answer (the
         rows whose watcher is the user).
+    @ivar access: The access lists' entries: a shared read-only empty
+        table while there are none (changed by L{applied} only).
+    @ivar rules: The presence rules, in order (a tuple: replaced, never
+        changed in place).
+    @ivar remote: The contacts whose presence came from another server: a
+        shared empty set until there is one (added to by L{markRemote}).
+    @ivar awaiting: Target to one flag per SUBSCRIBE sent to it whose
+        answer is still to be read: a shared read-only empty table while
+        there are none (added to by L{awaitAnswer}, taken from by
+        L{_forget}).
     """
 
     # No instance dict: one per user with sessions.
@@ -230,8 +250,8 @@ class _UserState:
                 self.watchers.put(watcher, state)
             if watcher == address:
                 self.watching.put(target, state)
-        self.access = access
-        self.rules = list(rules)
+        self.access: Mapping[str, AccessList] = access if access else _NO_ENTRIES
+        self.rules: tuple[PresenceRule, ...] = tuple(rules)
         # When each sender was last auto-replied to (auto_reply_period).
         self.repliedTo: dict[Address, float] = {}
         # What the user has been told of its contacts' presence.
@@ -239,7 +259,7 @@ class _UserState:
         # The contacts whose presence came from another server (kept
         # while the user has no session), and the end of the lease of
         # those whose presence has one.
-        self.remote: set[Address] = set()
+        self.remote: set[Address] | frozenset[Address] = _NO_REMOTE
         self.contactLeases: dict[Address, IDelayedCall] = {}
         # Until when watchers on the other servers of the domain were
         # told the user's presence holds.
@@ -251,7 +271,26 @@ class _UserState:
         self.ownAnnounced: Presence = OFFLINE
         # Target -> one flag per SUBSCRIBE sent to it whose answer is still
         # to be read: set when the target's authorisation arrives.
-        self.awaiting: dict[Address, list[list[bool]]] = {}
+        self.awaiting: Mapping[Address, list[list[bool]]] = _NO_ENTRIES
+
+    def markRemote(self, contact: Address) -> None:
+        """
+        C{contact}'s presence came from another server (see L{remote}).
+        """
+        remote = self.remote
+        if type(remote) is not set:
+            remote = self.remote = set()
+        remote.add(contact)
+
+    def awaitAnswer(self, target: Address, answer: list[bool]) -> None:
+        """
+        Remember C{answer}, the flag of a SUBSCRIBE sent to C{target}, until
+        the target's authorisation arrives (see L{awaiting}).
+        """
+        awaiting = self.awaiting
+        if not isinstance(awaiting, dict):
+            awaiting = self.awaiting = {}
+        awaiting.setdefault(target, []).append(answer)
 
     def accessOf(self, other: Address) -> AccessList:
         """
@@ -322,12 +361,16 @@ class _UserState:
                     self.watching.apply(change.target, change)
             elif isinstance(change, SetAccess):
                 if change.owner == me:
+                    access = self.access
+                    if not isinstance(access, dict):
+                        access = {}
                     if change.accessList is AccessList.NONE:
-                        self.access.pop(change.entry, None)
+                        access.pop(change.entry, None)
                     else:
-                        self.access[change.entry] = change.accessList
+                        access[change.entry] = change.accessList
+                    self.access = access if access else _NO_ENTRIES
             elif change.owner == me:
-                self.rules = list(change.rules)
+                self.rules = tuple(change.rules)
 
 
 @implementer(ISession)
@@ -908,7 +951,7 @@ class HomeServer:
             for contact, (presence, until) in self._kept.take(user.address, now).items():
                 if user.watching.get(contact) is _AUTHORISED and user.accessOf(contact) is not AccessList.BLOCK:
                     user.contactPresence[contact] = presence
-                    user.remote.add(contact)
+                    user.markRemote(contact)
                     if until is not None:
                         self._leaseContact(user, contact, until - now)
         for contact, presence in sorted(user.contactPresence.items()):
@@ -1705,9 +1748,10 @@ class HomeServer:
             raise NotAuthorised(f"{user.address} does not watch {contact}")
         if here:
             if user.remote:
-                user.remote.discard(contact)
+                # Not empty: a set of its own (markRemote).
+                user.remote.discard(contact)  # type: ignore[union-attr]
         else:
-            user.remote.add(contact)
+            user.markRemote(contact)
         if not here and lease is not None and presence != OFFLINE:
             self._leaseContact(user, contact, lease)
         elif user.contactLeases:
@@ -1980,7 +2024,7 @@ class HomeServer:
                 # Even when this user was authorised before, the target
                 # decides (it may block this user now): it answers with an
                 # authorisation when it still grants one.
-                user.awaiting.setdefault(target, []).append(answer)
+                user.awaitAnswer(target, answer)
                 return [self.router.deliver(SubscriptionEvent(SubscriptionKind.SUBSCRIBE, me, target))]
 
             def full(f: Failure) -> Deferred[list[Deferred[DeliveryStatus]]]:
@@ -2270,11 +2314,15 @@ def _userState(records: UserRecords, address: Address) -> _UserState:
 
 
 def _forget(user: _UserState, target: Address, answer: list[bool]) -> None:
-    waiting = user.awaiting.get(target, [])
+    awaiting = user.awaiting
+    waiting = awaiting.get(target, [])
     if answer in waiting:
         waiting.remove(answer)
-    if not waiting:
-        user.awaiting.pop(target, None)
+    if not waiting and target in awaiting:
+        assert isinstance(awaiting, dict)
+        del awaiting[target]
+        if not awaiting:
+            user.awaiting = _NO_ENTRIES
 
 
 def _stillAsWritten(user: _UserState, change: HomeChange) -> bool:

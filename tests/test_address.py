@@ -74,6 +74,16 @@ class AddressTests(SynchronousTestCase):
         self.assertRaises(InvalidAddress, normaliseDomain, domain + "e")
         self.assertRaises(InvalidAddress, normaliseDomain, "a" * 64 + ".example")
 
+    def test_domainInterned(self) -> None:
+        """
+        The addresses of one domain share one domain string, however each
+        was written (case, trailing dot) and parsed.
+        """
+        texts = ["a@Corp.Example", "b@corp.example.", "im:c@CORP.EXAMPLE"]
+        domains = [Address._parse(t).domain for t in texts] + [normaliseDomain("corp." + "example")]
+        self.assertEqual(set(domains), {"corp.example"})
+        self.assertEqual(len({id(d) for d in domains}), 1)
+
     def test_cacheBounded(self) -> None:
         """
         The parse cache holds at most L{PARSED_CACHE_SIZE} entries, and

@@ -30,7 +30,7 @@ from imgateway.core.throttle import LimitsConfig
 from imgateway.manhole.config import ManholeConfig, parseManholeConfig
 from imgateway.net.certificates import CertificateProblem
 from imgateway.net.endpoints import checkServerEndpoint
-from imgateway.sqlite import Durability
+from imgateway.sqlite import DEFAULT_CACHE_KIB, Durability
 
 if TYPE_CHECKING:
     from imgateway.directory.ldapconfig import LDAPConfig
@@ -362,6 +362,13 @@ DEFAULT_GC_YOUNG_OBJECTS = 10000
 #: collector would run almost at every allocation.
 MIN_GC_YOUNG_OBJECTS = 100
 
+#: C{[gateway] sqlite_cache_kib} by default: SQLite's own page cache size
+#: (L{imgateway.sqlite.DEFAULT_CACHE_KIB}).
+DEFAULT_SQLITE_CACHE_KIB = DEFAULT_CACHE_KIB
+
+#: The smallest C{[gateway] sqlite_cache_kib}: sixteen pages of 4 KiB.
+MIN_SQLITE_CACHE_KIB = 64
+
 
 @frozen
 class DirectoryConfig:
@@ -444,6 +451,8 @@ class GatewayConfig:
     @ivar gcYoungObjects: C{[gateway] gc_young_objects}: new objects that
         set off a collection of the garbage collector's youngest generation
         once the process runs (L{imgateway.tap.freezeStartupHeap}).
+    @ivar sqliteCacheKiB: C{[gateway] sqlite_cache_kib}: the most memory, in
+        KiB, that each SQLite file's connection keeps of the file's pages.
     """
 
     path: FilePath[str]
@@ -464,6 +473,7 @@ class GatewayConfig:
     status: StatusConfig = StatusConfig()
     log: LogConfig = LogConfig()
     gcYoungObjects: int = DEFAULT_GC_YOUNG_OBJECTS
+    sqliteCacheKiB: int = DEFAULT_SQLITE_CACHE_KIB
 
     @property
     def roles(self) -> frozenset[str]:
@@ -656,6 +666,9 @@ def parseConfig(
     gcYoungObjects = gw.get("gc_young_objects", int, DEFAULT_GC_YOUNG_OBJECTS)
     if gcYoungObjects < MIN_GC_YOUNG_OBJECTS:
         raise gw.error("gc_young_objects", f"must be at least {MIN_GC_YOUNG_OBJECTS}, got {gcYoungObjects!r}")
+    sqliteCacheKiB = gw.get("sqlite_cache_kib", int, DEFAULT_SQLITE_CACHE_KIB)
+    if sqliteCacheKiB < MIN_SQLITE_CACHE_KIB:
+        raise gw.error("sqlite_cache_kib", f"must be at least {MIN_SQLITE_CACHE_KIB}, got {sqliteCacheKiB!r}")
     gw.finish()
 
     h = top.table("home")
@@ -768,6 +781,7 @@ def parseConfig(
         status=status,
         log=logConfig,
         gcYoungObjects=gcYoungObjects,
+        sqliteCacheKiB=sqliteCacheKiB,
     )
 
 

@@ -353,7 +353,11 @@ def makeGatewayService(
     else:
         directory = SQLiteDirectory(
             openDatabaseNow(
-                reactor, dataDir.child("directory.sqlite3"), DIRECTORY_MIGRATIONS, durability=durability
+                reactor,
+                dataDir.child("directory.sqlite3"),
+                DIRECTORY_MIGRATIONS,
+                durability=durability,
+                cacheKiB=config.sqliteCacheKiB,
             ),
             reactor,
         )
@@ -365,6 +369,7 @@ def makeGatewayService(
                 dataDir.child(f"home-{config.homeServerName}.sqlite3"),
                 HOME_MIGRATIONS,
                 durability=durability,
+                cacheKiB=config.sqliteCacheKiB,
             )
         )
 

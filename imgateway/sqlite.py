@@ -42,6 +42,7 @@ from imgateway.core.errors import ImgatewayError, PersistenceFailed
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
+    "DEFAULT_CACHE_KIB",
     "DEFAULT_MAX_GROUP",
     "DEFAULT_ANSWERS_PER_TURN",
     "Database",
@@ -64,6 +65,13 @@ Migrations = Sequence[Sequence[str]]
 #: How long (in seconds) a statement waits for another connection's lock,
 #: for example while C{imgateway-admin} writes next to a running gateway.
 DEFAULT_BUSY_TIMEOUT = 5.0
+
+#: The most memory, in KiB, a connection keeps of its file's pages (SQLite's
+#: page cache, C{PRAGMA cache_size} as a negative number): SQLite's own
+#: default. It fills up as rows are read (at logins: the users' rows) and
+#: stays full; pages not in it are read again from the operating system's
+#: file cache. C{[gateway] sqlite_cache_kib}.
+DEFAULT_CACHE_KIB = 2000
 
 #: The most operations L{Database} runs in one transaction (one commit).
 #: Larger groups save little more, and make the first caller of a group
@@ -179,10 +187,12 @@ def persistenceFailed(path: str, error: sqlite3.Error, write: bool) -> Persisten
 
 
 def _configureConnection(
-    busyTimeout: float, durability: Durability = Durability.PROCESS
+    busyTimeout: float, durability: Durability = Durability.PROCESS, cacheKiB: int = DEFAULT_CACHE_KIB
 ) -> Callable[[sqlite3.Connection], None]:
     milliseconds = int(busyTimeout * 1000)
     synchronous = _SYNCHRONOUS[durability]
+    if cacheKiB < 1:
+        raise ValueError(f"cacheKiB must be at least 1, got {cacheKiB!r}")
 
     def configure(connection: sqlite3.Connection) -> None:
         # busy_timeout first: switching to WAL needs a lock.
@@ -201,6 +211,8 @@ def _configureConnection(
                 time.sleep(0.02)
         connection.execute(f"PRAGMA synchronous = {synchronous}").fetchall()
         connection.execute("PRAGMA foreign_keys = ON").fetchall()
+        # A negative size is in KiB (a positive one would be in pages).
+        connection.execute(f"PRAGMA cache_size = {-cacheKiB:d}").fetchall()
 
     return configure
 
@@ -210,6 +222,7 @@ def openPool(
     path: FilePath[str] | str,
     busyTimeout: float = DEFAULT_BUSY_TIMEOUT,
     durability: Durability = Durability.PROCESS,
+    cacheKiB: int = DEFAULT_CACHE_KIB,
 ) -> adbapi.ConnectionPool:
     """
     Make an adbapi connection pool of one connection to an SQLite file,
@@ -230,6 +243,8 @@ def openPool(
         database.
     @param busyTimeout: Seconds to wait for another connection's lock.
     @param durability: What an acknowledged commit survives.
+    @param cacheKiB: The most memory, in KiB, the connection keeps of the
+        file's pages (L{DEFAULT_CACHE_KIB}).
     @raise PersistenceFailed: If the folder cannot be created.
     """
     pathText = path.path if isinstance(path, FilePath) else path
@@ -247,7 +262,7 @@ def openPool(
         check_same_thread=False,
         cp_min=1,
         cp_max=1,
-        cp_openfun=_configureConnection(busyTimeout, durability),
+        cp_openfun=_configureConnection(busyTimeout, durability, cacheKiB),
         cp_reactor=reactor,
     )
     return pool
@@ -631,6 +646,7 @@ def openDatabase(
     busyTimeout: float = DEFAULT_BUSY_TIMEOUT,
     durability: Durability = Durability.PROCESS,
     maxGroup: int = DEFAULT_MAX_GROUP,
+    cacheKiB: int = DEFAULT_CACHE_KIB,
 ) -> Deferred[Database]:
     """
     Open (creating if need be) an SQLite database and migrate its schema.
@@ -641,12 +657,13 @@ def openDatabase(
     @param busyTimeout: As for L{openPool}.
     @param durability: As for L{openPool}.
     @param maxGroup: As for L{Database}.
+    @param cacheKiB: As for L{openPool}.
     @return: A L{Deferred} firing with the open L{Database}, or failing
         with L{SchemaTooNew} or L{PersistenceFailed} (the database is then
         closed).
     """
     try:
-        pool = openPool(reactor, path, busyTimeout, durability)
+        pool = openPool(reactor, path, busyTimeout, durability, cacheKiB)
     except PersistenceFailed:
         return fail()
     clock = cast(IReactorTime, reactor) if IReactorTime.providedBy(reactor) else None
@@ -667,18 +684,20 @@ def openDatabaseNow(
     busyTimeout: float = DEFAULT_BUSY_TIMEOUT,
     durability: Durability = Durability.PROCESS,
     maxGroup: int = DEFAULT_MAX_GROUP,
+    cacheKiB: int = DEFAULT_CACHE_KIB,
 ) -> Database:
     """
     Like L{openDatabase}, but migrate the schema at once, blocking: for
     start-up, before the reactor runs, so that a database that cannot be
     used stops the gateway before any port is opened.
 
+    @param cacheKiB: As for L{openPool}.
     @raise SchemaTooNew: If the database is newer than this code.
     @raise PersistenceFailed: If the file cannot be created, opened or
         migrated.
     """
     pathText = path.path if isinstance(path, FilePath) else path
-    pool = openPool(reactor, pathText, busyTimeout, durability)
+    pool = openPool(reactor, pathText, busyTimeout, durability, cacheKiB)
     try:
         connection = sqlite3.connect(pathText, timeout=busyTimeout, isolation_level=None)
         try:

@@ -377,6 +377,23 @@ class TopologyConfigTests(SynchronousTestCase):
                 e = self.assertRaises(ConfigError, loadConfig, path, MemoryReactor(), adapterConfigParsers())
                 self.assertIn(problem, str(e))
 
+    def test_sqliteCacheKiB(self) -> None:
+        """
+        C{[gateway] sqlite_cache_kib} is SQLite's own 2000 by default and as
+        shipped; at least 64 (63 is refused, 64 taken).
+        """
+        shipped = loadConfig(REPO.child("etc").child("imgateway.toml").path, MemoryReactor(), adapterConfigParsers())
+        self.assertEqual((shipped.sqliteCacheKiB, self.load("").sqliteCacheKiB), (2000, 2000))
+        path = self.mktemp()
+        for value, problem in ((63, "sqlite_cache_kib: must be at least 64, got 63"), (64, None)):
+            with open(path, "w") as f:
+                f.write(f'[gateway]\ndomain = "corp.example"\nsqlite_cache_kib = {value}\n')
+            if problem is None:
+                self.assertEqual(loadConfig(path, MemoryReactor(), adapterConfigParsers()).sqliteCacheKiB, value)
+            else:
+                e = self.assertRaises(ConfigError, loadConfig, path, MemoryReactor(), adapterConfigParsers())
+                self.assertIn(problem, str(e))
+
     def test_linksDNSServers(self) -> None:
         """
         C{[links] dns_servers} lists the DNS servers asked for C{_imgw._tcp}

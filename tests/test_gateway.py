@@ -17,7 +17,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from imgateway.config import AuthConfig, GatewayConfig, HomeConfig, RouterConfig, ServerConfig
+from imgateway.config import DEFAULT_SQLITE_CACHE_KIB, AuthConfig, GatewayConfig, HomeConfig, RouterConfig, ServerConfig
 from imgateway.core.address import Address
 from imgateway.core.errors import PersistenceFailed, ServiceUnavailable, UserOffline
 from imgateway.core.events import Message
@@ -132,7 +132,9 @@ class GatewayServiceTests(TestCase):
     The service of L{makeGatewayService}, on real SQLite files.
     """
 
-    def makeGateway(self, durability: Durability = Durability.PROCESS) -> tuple[Gateway, MultiService, _HeldAdapter]:
+    def makeGateway(
+        self, durability: Durability = Durability.PROCESS, sqliteCacheKiB: int = DEFAULT_SQLITE_CACHE_KIB
+    ) -> tuple[Gateway, MultiService, _HeldAdapter]:
         """
         Build a gateway serving C{corp.example} in a new folder, with the
         C{held} face.
@@ -147,6 +149,7 @@ class GatewayServiceTests(TestCase):
             auth=AuthConfig(scramIterations=4096),
             adapters={"held": None},
             durability=durability,
+            sqliteCacheKiB=sqliteCacheKiB,
         )
         from twisted.internet import reactor
 
@@ -165,6 +168,24 @@ class GatewayServiceTests(TestCase):
             self.assertEqual(
                 (directory.database.durability, homeStore.database.durability), (durability, durability)
             )
+            await directory.close()
+            await homeStore.close()
+
+    async def test_sqliteCacheKiB(self) -> None:
+        """
+        Both stores' connections keep at most C{[gateway] sqlite_cache_kib}
+        KiB of their files' pages (SQLite's C{cache_size}, negative: in
+        KiB); SQLite's own 2,000 KiB by default.
+        """
+        for kib in (DEFAULT_SQLITE_CACHE_KIB, 256):
+            gateway, service, adapter = self.makeGateway(sqliteCacheKiB=kib)
+            directory = cast(SQLiteDirectory, gateway.directory)
+            homeStore = cast(SQLiteHomeStore, gateway.homeStore)
+            sizes = [
+                await database.read(lambda cursor: cursor.execute("PRAGMA cache_size").fetchone()[0])
+                for database in (directory.database, homeStore.database)
+            ]
+            self.assertEqual(sizes, [-kib, -kib])
             await directory.close()
             await homeStore.close()
 

@@ -1834,6 +1834,52 @@ class BatchedWriteTests(SynchronousTestCase):
         self.assertEqual(self.answers(self.transport.value()), [(2, ""), (1, "outer")])
 
 
+class AnswerWhenFiredTests(SynchronousTestCase):
+    """
+    L{LinkConnection.answerWhenFired}: a handler that leaves its request's
+    answer to the connection, written when an outcome fires.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.outcomes: list[Deferred[object]] = []
+        self.connection = LinkConnection({"WAIT": self.wait}, self.clock, 10.0)
+        self.transport = StringTransport()
+        self.connection.makeConnection(self.transport)
+
+    def wait(self, connection: LinkConnection, request: Request) -> Response:
+        d: Deferred[object] = Deferred()
+        self.outcomes.append(d)
+        return connection.answerWhenFired(request, d, self.failed)
+
+    def failed(self, error: BaseException) -> Response:
+        if isinstance(error, ZeroDivisionError):
+            raise error
+        return Response(486, "Busy", Headers((("Detail", str(error)),)))
+
+    def answers(self) -> list[tuple[int, int, str | None]]:
+        frames = list(FrameParser().feed(self.transport.value()))
+        self.transport.clear()
+        return [(f.seq, f.code, f.headers.get("Detail")) for f in frames if isinstance(f, Response)]
+
+    def test_answers(self) -> None:
+        """
+        Nothing is written until the outcome fires; then C{200} for a
+        result (whatever it is), the answer C{failed} makes of an error, and
+        C{500}, logged, when C{failed} raises. Each answer carries its
+        request's C{Seq}.
+        """
+        for seq in (1, 2, 3):
+            self.connection.dataReceived(serialise(Request("WAIT", "*", Headers((("Seq", str(seq)),)))))
+        self.assertEqual(self.transport.value(), b"")
+        first, second, third = self.outcomes
+        third.errback(ZeroDivisionError())
+        second.errback(ValueError("busy now"))
+        first.callback("anything")
+        self.assertEqual(self.answers(), [(3, 500, "internal error"), (2, 486, "busy now"), (1, 200, None)])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
 class DeliverDecodedTests(SynchronousTestCase):
     """
     L{LinkClient.deliver}'s L{Deferred} fires with the delivery's outcome,

@@ -666,6 +666,48 @@ class SessionMethodTests(ProxyTestCase):
             [(CAROL, "hi ☃", "text/html", "m-1"), (CAROL, "hi", "text/plain", None), (CAROL, "hi", "text/plain", None), (CAROL, "last", "text/plain", "m-4")],
         )
 
+    def test_laterOutcomeOneCallback(self) -> None:
+        """
+        An outcome that comes later (a L{Deferred} from
+        C{sendMessageAtOnce}, or from C{sendMessage} for a session without
+        it) gets one callback from the home server's side of the link, not
+        one making the response and another writing it; its answers are
+        those of the general way: C{200} when it succeeds, a refusal's
+        status (486 with the alternate), C{500} for an unexpected error.
+        """
+
+        class Counting(Deferred[DeliveryStatus]):
+            added = 0
+
+            def addCallbacks(self, *args: Any, **kwargs: Any) -> Any:
+                self.added += 1
+                return super().addCallbacks(*args, **kwargs)
+
+        session, home, client = self.open()
+        outcomes: list[Counting] = []
+
+        def later(*arguments: Any) -> Counting:
+            d = Counting()
+            outcomes.append(d)
+            return d
+
+        for asked in ["sendMessageAtOnce", "sendMessage"]:
+            setattr(home, asked, later)
+            sent = [self.settle(session.sendMessage(CAROL, f"hi {n}")) for n in range(3)]
+            for d in sent:
+                self.assertNoResult(d)
+            self.assertEqual([d.added for d in outcomes], [1, 1, 1], asked)
+            first, second, third = outcomes
+            del outcomes[:]
+            first.callback(DeliveryStatus.DELIVERED)
+            second.errback(UserBusy("busy", "tel:+15550100"))
+            third.errback(RuntimeError("boom"))
+            self.assertIs(self.successResultOf(self.settle(sent[0])), DeliveryStatus.DELIVERED)
+            self.assertEqual(self.failureResultOf(self.settle(sent[1]), UserBusy).value.alternate, "tel:+15550100")
+            self.failureResultOf(self.settle(sent[2]), ServerError)
+            if asked == "sendMessageAtOnce":
+                del home.sendMessageAtOnce  # type: ignore[attr-defined]
+
     def test_sessionMessageFields(self) -> None:
         """
         L{proxy.sessionMessageFields} reads what L{Headers.get} reads for

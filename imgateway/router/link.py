@@ -87,6 +87,7 @@ from imgateway.router.link_codec import (
 from imgateway.router.locator import UNKNOWN, knownHome
 
 __all__ = [
+    "ANSWERED_LATER",
     "LINK_LIMITS",
     "LinkClient",
     "LinkConnection",
@@ -127,8 +128,13 @@ LINK_LIMITS = linkLimits(LinksConfig())
 #: The service name of a domain's link listener in DNS SRV records.
 SRV_SERVICE = "imgw"
 
+#: What a request handler returns when the request is answered by
+#: L{LinkConnection.answerWhenFired} (no response of its own).
+ANSWERED_LATER = Response(0, "answered later", Headers())
+
 #: A handler of a request method: it gets the connection the request came
-#: on and the request, and returns the response (without C{Seq}).
+#: on and the request, and returns the response (without C{Seq}), or
+#: L{ANSWERED_LATER}.
 RequestHandler = Callable[["LinkConnection", Request], "Deferred[Response] | Response"]
 
 #: The handler of the C{MESSAGE}s a link connection reads without the
@@ -596,12 +602,41 @@ class LinkConnection(Protocol):
             return
         if isinstance(answer, Deferred):
             answer.addCallbacks(self._answered, self._failed, callbackArgs=(seq,), errbackArgs=(seq, method))
-        else:
+        elif answer is not ANSWERED_LATER:
             self._respond(seq, answer)
 
     def _failed(self, f: Failure, seq: int, method: str) -> None:
         log.failure("Link with {peer}: handling {method} failed", f, peer=self.peer or "unknown peer", method=method)
         self._respond(seq, _response(500, "internal error"))
+
+    def answerWhenFired(self, request: Request, outcome: Deferred[Any], failed: Callable[[BaseException], Response]) -> Response:
+        """
+        Answer the peer's C{request} when C{outcome} fires, with one
+        callback on it: C{200} (L{DELIVERED}) when it succeeds, whatever its
+        result; C{failed(error)} when it fails (C{500}, logged, if that
+        raises). What a handler whose answer is only delivered or a
+        refusal calls (a proxied session's message,
+        L{imgateway.router.proxy}), rather than adding a callback that makes
+        the response and leaving another to this connection to write it.
+
+        @return: L{ANSWERED_LATER}, for the handler to return.
+        """
+        outcome.addCallbacks(
+            self._firedDelivered, self._firedFailed, callbackArgs=(request.seq,), errbackArgs=(request.seq, request.method, failed)
+        )
+        return ANSWERED_LATER
+
+    def _firedDelivered(self, result: object, seq: int) -> None:
+        self._respond(seq, DELIVERED)
+
+    def _firedFailed(self, f: Failure, seq: int, method: str, failed: Callable[[BaseException], Response]) -> None:
+        try:
+            assert f.value is not None
+            response = failed(f.value)
+        except Exception:
+            self._failed(Failure(), seq, method)
+            return
+        self._respond(seq, response)
 
 
 #: One trace of L{LinkTraces}: the C{Via} and C{Max-Hops} an event arrived

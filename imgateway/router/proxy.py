@@ -726,10 +726,6 @@ def _encodeFailed(f: Failure) -> Response:
     return encodeFailure(f.value)
 
 
-def _answeredOK(result: object) -> Response:
-    return DELIVERED
-
-
 def _movedAgain() -> ServiceUnavailable:
     return ServiceUnavailable("the user moved again as its session was opened")
 
@@ -884,13 +880,14 @@ class SessionHost:
             return self._badRequest(connection, request, e)
         atOnce = getattr(session, "sendMessageAtOnce", None)
         if atOnce is None:
-            return session.sendMessage(*arguments).addCallbacks(_answeredOK, _encodeFailed)
+            # Answered by the connection when it fires: one callback.
+            return connection.answerWhenFired(request, session.sendMessage(*arguments), encodeFailure)
         try:
             outcome = atOnce(*arguments)
         except BaseException:
             return _encodeFailed(Failure())
         if isinstance(outcome, Deferred):
-            return outcome.addCallbacks(_answeredOK, _encodeFailed)
+            return connection.answerWhenFired(request, outcome, encodeFailure)
         return DELIVERED
 
     def _operate(self, connection: LinkConnection, session: ISession, operation: str, data: dict[str, Any]) -> Deferred[Response]:

@@ -675,6 +675,40 @@ class ReconnectTests(LinkTestCase):
         self.assertEqual(self.server.router.events, [message])
         self.assertTrue(self.messages(f"duplicate {message.routingId} answered as the first"))
 
+    def test_oneWaiterPerRequest(self) -> None:
+        """
+        Each transmission of a request (the first, and the one on the next
+        connection after a drop) is given the same waiter: one object per
+        request, not one more per transmission; it is sent once per
+        connection, and answered once.
+        """
+        client = self.client()
+        pending: Deferred[DeliveryStatus] = Deferred()
+        self.server.router.answer = lambda e: pending
+        waiters: list[object] = []
+        sentOn: list[LinkConnection] = []
+        original = LinkConnection.send
+
+        def send(connection: LinkConnection, encoded: bytes, waiter: Any) -> bool:
+            if encoded.startswith(b"MESSAGE "):
+                waiters.append(waiter)
+                sentOn.append(connection)
+            return original(connection, encoded, waiter)
+
+        self.patch(LinkConnection, "send", send)
+        d = client.deliver(Message(CAROL, ALICE, "hi"))
+        self.network.flush()
+        self.drop()
+        self.clock.advance(1)
+        self.network.flush()
+        pending.callback(DeliveryStatus.DELIVERED)
+        self.network.flush()
+        self.assertIs(self.successResultOf(d), DeliveryStatus.DELIVERED)
+        self.assertEqual(len(waiters), 2)
+        self.assertIsNot(sentOn[0], sentOn[1])
+        self.assertIs(waiters[0], waiters[1])
+        self.assertEqual(client.queued, 0)
+
     def test_backoffOnRefusedHello(self) -> None:
         """
         A peer that refuses this side's C{HELLO} is tried again with growing

@@ -747,42 +747,43 @@ class _Outgoing:
     A L{LinkClient}'s request until it is answered: its bytes, its
     L{Deferred}, its deadline, and what its answer is read with, if not
     given as it is (a delivery's: L{decodeResponse}; its L{Deferred} fires
-    with what that returns, or fails with what it raises).
+    with what that returns, or fails with what it raises). It is also the
+    L{ResponseWaiter} of its transmission (L{LinkConnection.send}), with the
+    connection it was last sent on: a response answers the request; a
+    lost connection leaves it to be sent again. One object per request,
+    however often it is sent.
     """
 
-    __slots__ = ("encoded", "deferred", "deadline", "decode")
+    __slots__ = ("encoded", "deferred", "deadline", "decode", "client", "ident", "connection")
 
     def __init__(
-        self, encoded: bytes, deferred: Deferred[Any], deadline: float, decode: Callable[[Response], object] | None = None
+        self,
+        encoded: bytes,
+        deferred: Deferred[Any],
+        deadline: float,
+        decode: Callable[[Response], object] | None,
+        client: LinkClient,
+        ident: int,
     ) -> None:
         self.encoded = encoded
         self.deferred = deferred
         self.deadline = deadline
         self.decode = decode
-
-
-class _Sent:
-    """
-    One transmission of a L{LinkClient}'s request on one connection (the
-    L{ResponseWaiter} of L{LinkConnection.send}): a response answers the
-    request; a lost connection leaves it to be sent again.
-    """
-
-    __slots__ = ("client", "ident", "connection")
-
-    def __init__(self, client: LinkClient, ident: int, connection: LinkConnection) -> None:
         self.client = client
         self.ident = ident
-        self.connection = connection
+        #: The connection it was last sent on, while that is up.
+        self.connection: LinkConnection | None = None
 
     def callback(self, response: Response) -> None:
         self.client._answered(self.ident, response)
 
     def errback(self, fail: BaseException) -> None:
-        # Sent again once the link is back (or failed by its timer).
-        sent = self.client._sent
-        if sent.get(self.ident) is self.connection:
-            del sent[self.ident]
+        # The connection it was sent on is lost (that connection is no
+        # longer connected when it says so; a later transmission's is):
+        # sent again once the link is back (or failed by its timer).
+        connection = self.connection
+        if connection is not None and not connection.connected:
+            self.connection = None
 
 
 @implementer(IRoute)
@@ -838,7 +839,6 @@ class LinkClient(MultiService):
         self._pending: dict[int, _Outgoing] = {}
         self._ids = 0
         self._connection: LinkConnection | None = None
-        self._sent: dict[int, LinkConnection] = {}
         # HELLOs refused in a row: they count as failed attempts for the
         # backoff (the TCP connection itself succeeded).
         self._refusals = 0
@@ -930,15 +930,14 @@ class LinkClient(MultiService):
     def _transmit(self, ident: int) -> None:
         connection = self._connection
         item = self._pending.get(ident)
-        if connection is None or item is None or self._sent.get(ident) is connection:
+        if connection is None or item is None or item.connection is connection:
             return
-        self._sent[ident] = connection
-        if not connection.send(item.encoded, _Sent(self, ident, connection)):
-            del self._sent[ident]
+        item.connection = connection
+        if not connection.send(item.encoded, item):
+            item.connection = None
 
     def _answered(self, ident: int, response: Response) -> None:
         item = self._pending.pop(ident, None)
-        self._sent.pop(ident, None)
         if item is not None and not item.deferred.called:
             decode = item.decode
             if decode is None:
@@ -1006,7 +1005,7 @@ class LinkClient(MultiService):
         ident = self._ids
         d: Deferred[Any] = Deferred()
         deadline = self._clock.seconds() + self._config.requestTimeout
-        self._pending[ident] = _Outgoing(encoded, d, deadline, decode)
+        self._pending[ident] = _Outgoing(encoded, d, deadline, decode, self, ident)
         if self._sweeper is None:
             self._armSweeper(deadline)
         self._transmit(ident)
@@ -1073,7 +1072,6 @@ class LinkClient(MultiService):
 
     def _timedOut(self, ident: int) -> None:
         item = self._pending.pop(ident, None)
-        self._sent.pop(ident, None)
         if item is not None:
             state = "up" if self._connection is not None else "down"
             log.warn("Link to {peer} ({state}): no answer within {seconds} s", peer=self.name, state=state, seconds=self._config.requestTimeout)

@@ -45,6 +45,8 @@ from imgateway.core.records import (
     RuleAction,
     Subscription,
 )
+from imgateway.core import events
+from imgateway.home import server as homeModule
 from imgateway.home.server import MAX_LABEL_CHARS, HomeServer, HomeServerService, Session, _forget, _States, _UserState
 from imgateway.interfaces import IHomeServer, IRoute, ISession, ISessionClient
 from imgateway.router.locator import DirectoryHomeLocator
@@ -680,6 +682,40 @@ class MessageTests(HomeServerTestsMixin, SynchronousTestCase):
         for client in (phone, desk):
             [m] = client.messages
             self.assertEqual((m.sender, m.recipient, m.body, m.messageId), (ALICE, BOB, "hello", "m1"))
+
+    def test_messageMadePreChecked(self) -> None:
+        """
+        A session's message is made by L{preCheckedMessage} (what the
+        L{Message} constructor checks, the id, checked first): the message
+        delivered equals the one the constructor makes, with or without an
+        id; an id the constructor refuses is refused with the same text, as
+        L{InvalidAddress}, and nothing is delivered.
+        """
+        made: list[Message] = []
+
+        def recording(*arguments: Any) -> Message:
+            message = events.preCheckedMessage(*arguments)
+            made.append(message)
+            return message
+
+        self.patch(homeModule, "preCheckedMessage", recording)
+        alice, _ = self.online(ALICE)
+        _, bob = self.online(BOB)
+        self.successResultOf(alice.sendMessage(BOB, "hello", "text/html", messageId="m1"))
+        self.successResultOf(alice.sendMessage(BOB, "again"))
+        self.assertEqual(made, bob.messages)
+        first, second = bob.messages
+        self.assertEqual(first, Message(ALICE, BOB, "hello", "text/html", "m1", first.timestamp))
+        self.assertEqual(second, Message(ALICE, BOB, "again", "text/plain", second.messageId, second.timestamp))
+        self.assertNotEqual(first.routingId, second.routingId)
+        for bad in [" m", "m 1", "m\x00", "m" * (events.MAX_MESSAGE_ID_CHARS + 1)]:
+            with self.assertRaises(ValueError) as raised:
+                Message(ALICE, BOB, "hi", messageId=bad)
+            refused = self.failureResultOf(alice.sendMessage(BOB, "hi", messageId=bad), InvalidAddress)
+            self.assertEqual(str(refused.value), str(raised.exception))
+        self.assertEqual(len(bob.messages), 2)
+        self.successResultOf(alice.sendMessage(BOB, "last", messageId="m" * events.MAX_MESSAGE_ID_CHARS))
+        self.assertEqual(len(made), 3)
 
     def test_failedSessionNotCounted(self) -> None:
         """

@@ -75,7 +75,10 @@ from imgateway.core.events import (
     PresenceUpdate,
     SubscriptionEvent,
     SubscriptionKind,
+    checkMessageId,
     newMessageId,
+    newRoutingId,
+    preCheckedMessage,
 )
 from imgateway.core.presence import OFFLINE, Presence, PresenceState, aggregate
 from imgateway.core.records import (
@@ -527,17 +530,18 @@ class Session:
         if len(body) > limit:
             server.metrics.limitHit("max_message_chars")
             raise TooLarge(f"message longer than {limit} characters")
-        try:
-            message = Message(
-                sender=self.address,
-                recipient=recipient,
-                body=body,
-                contentType=contentType,
-                messageId=messageId or newMessageId(),
-                timestamp=server.clock.seconds(),
-            )
-        except ValueError as e:
-            raise InvalidAddress(str(e)) from None
+        if messageId:
+            try:
+                checkMessageId(messageId)
+            except ValueError as e:
+                raise InvalidAddress(str(e)) from None
+        else:
+            messageId = newMessageId()
+        # What Message(...) checks is checked (the id): made without its
+        # constructor's generic checks, as a link's messages are.
+        message = preCheckedMessage(
+            self.address, recipient, body, contentType, messageId, server.clock.seconds(), 0, newRoutingId(), None
+        )
         if recipient == self.address:
             return server._serial(self.address, lambda: server._deliverToOthers(self, message))
         router = server.router

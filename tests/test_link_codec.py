@@ -7,6 +7,7 @@ the native wire form (serialised and parsed again).
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import attrs
@@ -471,7 +472,8 @@ class MessageEncodingTests(SynchronousTestCase):
         and routing id, valid or not), both encodings agree.
         """
         rng = random.Random(20261205)
-        alphabet = ["a", "Z", "0", "-", ".", "/", ":", "@", " ", "\t", "\r", "\n", "\x00", "\x7f", "\x85", "\u2603", "\ud800", "é", "\x1b"]
+        # (U+200E and U+3000: not printable, yet nothing the patterns find.)
+        alphabet = ["a", "Z", "0", "-", ".", "/", ":", "@", " ", "\t", "\r", "\n", "\x00", "\x7f", "\x85", "\u2603", "\ud800", "é", "\x1b", "\u200e", "\u3000"]
 
         def text(low: int = 0, high: int = 12) -> str:
             return "".join(rng.choice(alphabet) for _ in range(rng.randint(low, high)))
@@ -514,6 +516,34 @@ class MessageEncodingTests(SynchronousTestCase):
             cases += isinstance(general, bytes)
         # Most were encodable: the comparison is of bytes, not only errors.
         self.assertGreater(cases, 500)
+
+    def test_printableWithoutPatterns(self) -> None:
+        """
+        A message whose target, sender, id and C{Via} are printable (a
+        target without a space) is written without its values searched by
+        the patterns; one with a value that is not printable, but holds
+        nothing they find (U+200E in a C{Via}), is searched and still
+        written directly. Both are the general way's bytes.
+        """
+        message = Message(ALICE, CAROL, "hi ☃", messageId="m-1-é", timestamp=1767225600.125, routingId="r.1")
+        plain, odd = ("corp.example/hs1",), ("corp.example/hs1\u200e",)
+        expected = [serialise(encodeRequest(message, via, 8, "r.1")) for via in (plain, odd)]
+        searched: list[str] = []
+
+        class Recording:
+            def __init__(self, pattern: re.Pattern[str]) -> None:
+                self.pattern = pattern
+
+            def search(self, text: str) -> re.Match[str] | None:
+                searched.append(text)
+                return self.pattern.search(text)
+
+        self.patch(link_codec, "_TARGET_NOT_PLAIN", Recording(link_codec._TARGET_NOT_PLAIN))
+        self.patch(link_codec, "_VALUES_NOT_PLAIN", Recording(link_codec._VALUES_NOT_PLAIN))
+        self.assertEqual(link_codec.encodeMessage(message, plain, 8, "r.1"), expected[0])
+        self.assertEqual(searched, [])
+        self.assertEqual(link_codec.encodeMessage(message, odd, 8, "r.1"), expected[1])
+        self.assertEqual(searched, [CAROL.imURI(), "\t".join((ALICE.imURI(), "m-1-é", *odd))])
 
     def test_linkSendsIt(self) -> None:
         """

@@ -1210,7 +1210,8 @@ class SessionMessageEncodingTests(SynchronousTestCase):
         to the same request.
         """
         rng = random.Random(20261205)
-        alphabet = ["a", "Z", "0", "-", ".", ":", "@", " ", "\t", "\r", "\n", "\x00", "\x7f", "\x85", "\u2603", "\ud800", "é", "\x1b"]
+        # (U+200E and U+3000: not printable, yet nothing the pattern finds.)
+        alphabet = ["a", "Z", "0", "-", ".", ":", "@", " ", "\t", "\r", "\n", "\x00", "\x7f", "\x85", "\u2603", "\ud800", "é", "\x1b", "\u200e", "\u3000"]
 
         def text(low: int = 0, high: int = 12) -> str:
             return "".join(rng.choice(alphabet) for _ in range(rng.randint(low, high)))
@@ -1232,3 +1233,27 @@ class SessionMessageEncodingTests(SynchronousTestCase):
                 parsed = FrameParser(LINK_LIMITS).feed(withSeq(direct, 7))
                 self.assertEqual(len(parsed), 1)
         self.assertGreater(encoded, 1000)
+
+    def test_printableWithoutPattern(self) -> None:
+        """
+        Printable values are written without being searched by the
+        pattern; a value that is not printable, but holds nothing it finds
+        (U+200E), is searched and still written directly. Both are the
+        general way's bytes.
+        """
+        plain = ("hs1-1", "carol@corp.example", b"hi", "text/html", "m-1 \u2603")
+        odd = ("hs1-1", "carol@corp.example", b"hi", "text/plain", "m-\u200e")
+        expected = [self.general(*arguments) for arguments in (plain, odd)]
+        searched: list[str] = []
+
+        class Recording:
+            def search(self, text: str) -> re.Match[str] | None:
+                searched.append(text)
+                return pattern.search(text)
+
+        pattern = proxy._VALUES_NOT_PLAIN
+        self.patch(proxy, "_VALUES_NOT_PLAIN", Recording())
+        self.assertEqual(proxy.encodeSessionMessage(*plain), expected[0])
+        self.assertEqual(searched, [])
+        self.assertEqual(proxy.encodeSessionMessage(*odd), expected[1])
+        self.assertEqual(searched, ["hs1-1\tcarol@corp.example\tm-\u200e"])

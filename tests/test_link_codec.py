@@ -673,7 +673,19 @@ class LinkFrameReaderTests(SynchronousTestCase):
         with a header the parser reads otherwise or refuses.
         """
         text = rng.choice([b"", b"hi", "\u2603".encode(), b"\xff\r\n\r\n"])
-        head = b"SESSION message IMGW/1.0\r\nSeq: %d\r\nSession: s1\r\nTo: carol@corp.example\r\nMessage-ID: m\xc3\xa9\r\n" % seq
+        # The optional headers as a router writes them (Content-Type before
+        # Message-ID, either left out), or in another order.
+        optional = rng.choice(
+            [
+                b"Message-ID: m\xc3\xa9\r\n",
+                b"Message-ID: m\xc3\xa9\r\n",
+                b"",
+                b"Content-Type: text/html\r\n",
+                b"Content-Type: text/html\r\nMessage-ID: m-1\tx\r\n",
+                b"Message-ID: m-1\r\nContent-Type: text/html\r\n",
+            ]
+        )
+        head = b"SESSION message IMGW/1.0\r\nSeq: %d\r\nSession: s1\r\nTo: carol@corp.example\r\n%s" % (seq, optional)
         if text:
             head += b"Content-Length: %d\r\n" % len(text)
         data = head + b"\r\n" + text
@@ -741,6 +753,39 @@ class LinkFrameReaderTests(SynchronousTestCase):
         self.assertEqual([readOutcome(i) for i in items], [readOutcome(i) for i in FrameParser(LIMITS).feed(stream)])
         self.assertIsInstance(items[-1], Request)
         self.assertEqual(reader.taken, 10)
+
+    def test_sessionMessageOnePattern(self) -> None:
+        """
+        A C{SESSION message} in the shape a router writes it (with and
+        without C{Content-Type}, C{Message-ID} and a body) is read with one
+        pattern, its header lines not searched again, into the request the
+        parser reads; one with its headers in another order is read as any
+        request, into the same.
+        """
+        heads = [
+            b"Session: s1\r\nTo: carol@corp.example\r\nMessage-ID: m\xc3\xa9\r\nContent-Length: 2\r\n\r\nhi",
+            b"Session: s1\r\nTo: carol@corp.example\r\nContent-Type: text/html\r\n\r\n",
+            b"Session: s1\r\nTo: carol@corp.example\r\nContent-Type: a\tb\r\nMessage-ID: m-1\r\nContent-Length: 3\r\n\r\n\xe2\x98\x83",
+            b"Session: s1\r\nTo: carol@corp.example\r\n\r\n",
+        ]
+        plain = b"".join(b"SESSION message IMGW/1.0\r\nSeq: %d\r\n%s" % (seq, head) for seq, head in enumerate(heads, 1))
+        other = b"SESSION message IMGW/1.0\r\nSeq: 9\r\nTo: carol@corp.example\r\nSession: s1\r\n\r\n"
+        searched: list[str] = []
+
+        class Recording:
+            def findall(self, text: str) -> list[Any]:
+                searched.append(text)
+                return pattern.findall(text)
+
+        pattern = link_codec._HEADER_LINE
+        self.patch(link_codec, "_HEADER_LINE", Recording())
+        reader = link_codec.LinkFrameReader(FrameParser(LIMITS), LIMITS)
+        items = reader.read(plain)
+        self.assertEqual([readOutcome(i) for i in items], [readOutcome(i) for i in FrameParser(LIMITS).feed(plain)])
+        self.assertEqual((reader.taken, searched), (4, []))
+        [item] = reader.read(other)
+        self.assertEqual(readOutcome(item), readOutcome(FrameParser(LIMITS).feed(other)[0]))
+        self.assertEqual((reader.taken, searched), (5, ["\r\nTo: carol@corp.example\r\nSession: s1"]))
 
     def test_cutEverywhere(self) -> None:
         """

@@ -622,6 +622,22 @@ _REQUEST_HEAD = re.compile(
     rf"((?:\r\n[A-Za-z0-9-]+: {_PLAIN_VALUE})*?)"
     r"(?:\r\nContent-Length: ([0-9]{1,18}))?"
 )
+#: The head of a proxied session's C{SESSION message} exactly as
+#: L{imgateway.router.proxy.encodeSessionMessage} writes it with the C{Seq}
+#: a connection puts first, decoded, without the blank line that ends it:
+#: C{Seq}, C{Session}, C{To}, C{Content-Type} and C{Message-ID} (C{None}
+#: when absent), C{Content-Length}. A head in this shape is also in
+#: L{_REQUEST_HEAD}'s, with these header lines.
+_SESSION_MESSAGE_HEAD = re.compile(
+    r"SESSION message IMGW/1\.0\r\n"
+    r"Seq: ([0-9]{1,10})\r\n"
+    rf"Session: ({_PLAIN_VALUE})\r\n"
+    rf"To: ({_PLAIN_VALUE})"
+    rf"(?:\r\nContent-Type: ({_PLAIN_VALUE}))?"
+    rf"(?:\r\nMessage-ID: ({_PLAIN_VALUE}))?"
+    r"(?:\r\nContent-Length: ([0-9]{1,18}))?"
+)
+_SESSION_MESSAGE_START = b"SESSION message "
 #: One header line of L{_REQUEST_HEAD}'s: its name and value.
 _HEADER_LINE = re.compile(rf"\r\n([A-Za-z0-9-]+): ({_PLAIN_VALUE})")
 #: The last header line of a head, if it is a C{Content-Length} (as
@@ -815,6 +831,10 @@ class LinkFrameReader:
         @return: Where it ends, and the request the parser makes of it; or
             C{None}.
         """
+        if data.startswith(_SESSION_MESSAGE_START, pos):
+            session = self._sessionMessage(data, pos)
+            if session is not None:
+                return session
         matched = self._matched(data, pos, _REQUEST_HEAD)
         if matched is None:
             return None
@@ -834,6 +854,33 @@ class LinkFrameReader:
         request = Request(method, target, Headers(tuple(pairs)), data[end + 4 : bodyEnd])
         # Its sequence number, known already (a cached property), as the
         # parser sets it.
+        object.__setattr__(request, "seq", seq)
+        return bodyEnd, request
+
+    def _sessionMessage(self, data: bytes, pos: int) -> tuple[int, Request] | None:
+        """
+        L{_request} for a C{SESSION message} in the shape a router writes
+        it (L{_SESSION_MESSAGE_HEAD}, the request of every proxied message):
+        its header lines taken from one match, none searched again.
+
+        @return: As L{_request}; C{None} for another shape (which
+            L{_request} then reads as any request).
+        """
+        matched = self._matched(data, pos, _SESSION_MESSAGE_HEAD)
+        if matched is None:
+            return None
+        end, match = matched
+        seqText, sessionId, to, contentType, messageId, length = match.groups()
+        seq = int(seqText)
+        bodyEnd = self._bodyEnd(data, end, length)
+        if seq > MAX_SEQ or bodyEnd < 0:
+            return None
+        pairs = [("Seq", seqText), ("Session", sessionId), ("To", to)]
+        if contentType is not None:
+            pairs.append(("Content-Type", contentType))
+        if messageId is not None:
+            pairs.append(("Message-ID", messageId))
+        request = Request("SESSION", "message", Headers(tuple(pairs)), data[end + 4 : bodyEnd])
         object.__setattr__(request, "seq", seq)
         return bodyEnd, request
 

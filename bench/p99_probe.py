@@ -18,6 +18,14 @@ open-loop senders in C{--procs} driver processes) and records more:
    collection (start, length, generation) and how late a 1 ms reactor timer
    fired (the reactor turns that held it up).
 
+With C{--trace}, the gateway runs no timer or watchdog thread; instead
+each message is timed through the reactor (when the poll that woke it
+returned, when the bytes reached the protocol, when the recipient's copy
+was sent, with the polls and C{epoll_ctl} calls per message), and cut
+into stages together with the driver's times (L{hopSummary}).
+C{--reactor NAME} runs the gateway with C{twistd --reactor NAME};
+C{--tree DIR} runs another source tree's gateway under the same probe.
+
 Then it prints the percentiles, the pauses of both sides by kind, and for
 the messages slower than C{--slow-ms} what their time in flight overlapped:
 a collection in the gateway (by generation), a stalled reactor turn without
@@ -50,7 +58,7 @@ if __package__ in (None, ""):
 
 from bench import _loaddriver as ld
 from bench._gateway import interruptOnSigterm
-from bench._peers import PASSWORD, PREFIX, Provision, circulant, startServer
+from bench._peers import PASSWORD, PREFIX, Provision, circulant, startGateway
 from bench._proc import machineBusyS, nowUs, procCpuS, raiseNofile, shard
 
 SITE = Path(__file__).resolve().parent / "_p99site"
@@ -307,15 +315,18 @@ def runProbe(args: argparse.Namespace) -> dict[str, Any]:
     out = folder / "server-probe.json"
     pairs = [(MSG_FIRST + 2 * i, MSG_FIRST + 2 * i + 1) for i in range(args.pairs)]
     idle = list(range(IDLE_FIRST, IDLE_FIRST + args.idle))
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "IMGATEWAY_P99_PROBE", "IMGATEWAY_P99_GARBAGE")}
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "IMGATEWAY_P99_PROBE", "IMGATEWAY_P99_GARBAGE", "IMGATEWAY_P99_TRACE")}
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(SITE), saved["PYTHONPATH"]) if p)
     os.environ["IMGATEWAY_P99_PROBE"] = str(out)
     if args.garbage:
         os.environ["IMGATEWAY_P99_GARBAGE"] = "1"
+    if args.trace:
+        os.environ["IMGATEWAY_P99_TRACE"] = "1"
     provision = Provision([*range(MSG_FIRST, MSG_FIRST + 2 * args.pairs), *idle],
                           circulant(IDLE_FIRST, args.idle, args.idle_contacts) if args.idle else [])
     try:
-        server = startServer(f"gateway-{args.face}", provision)
+        server = startGateway(args.face, provision, twistdOptions=["--reactor", args.reactor] if args.reactor else [],
+                              tree=Path(args.tree).resolve() if args.tree else None)  # fmt: skip
     finally:
         for k, v in saved.items():
             if v is None:
@@ -365,6 +376,9 @@ def runProbe(args: argparse.Namespace) -> dict[str, Any]:
     doc.update(attribute(sent, recv, serverDoc, results, t0, t1, int(args.slow_ms * 1000)))
     doc["slowest"] = slowest(sent, recv, serverDoc, results, t0, args.top)
     doc["idle_sessions"] = args.idle
+    if args.trace:
+        doc["hops"] = hopSummary(sent, recv, serverDoc, t0, t1)
+        doc["reactor"] = serverDoc.get("reactor")
     garbage = Path(str(out) + ".garbage")
     if garbage.exists():
         doc["gateway_garbage_by_type"] = json.loads(garbage.read_text())
@@ -412,6 +426,54 @@ def slowest(sent: Sequence[int], recv: Sequence[int], server: dict[str, Any], dr
     return lines
 
 
+#: The stages of a message's way (L{hopSummary}).
+STAGES = (
+    ("driver send -> gateway poll returns", 0),
+    ("poll returns -> its bytes reach the protocol", 1),
+    ("protocol -> send to the recipient", 2),
+    ("gateway send -> driver receives", 3),
+    ("whole way", 4),
+    ("gateway CPU, poll -> send", 5),
+)
+
+
+def hopSummary(sent: Sequence[int], recv: Sequence[int], server: dict[str, Any], t0: int, t1: int) -> dict[str, Any]:
+    """
+    With C{--trace}: each message of the window cut into its stages by the
+    gateway's trace (C{bench/_p99site}: when the poll that woke the reactor
+    for the sender's bytes returned, when they reached the protocol, when
+    the recipient's copy was sent) and the driver's send and receive times
+    (the same monotonic clock): each stage's percentiles (µs), those of the
+    slowest 1 % of messages, and the polls and C{epoll_ctl} calls per
+    message.
+    """
+    received = dict(zip(sent, recv))
+    rows = []
+    counts = []
+    for sentUs, wake, read, sendUs, cpu, polls, pollCount, ctlCount in server.get("hops", []):
+        if t0 <= sentUs < t1 and sentUs in received:
+            r = received[sentUs]
+            rows.append((wake - sentUs, read - wake, sendUs - read, r - sendUs, r - sentUs, cpu, polls))
+            counts.append((pollCount, ctlCount))
+    if not rows:
+        return {"n": 0}
+
+    def pct(values: Sequence[int]) -> dict[str, int]:
+        v = sorted(values)
+        return {"p50": v[len(v) // 2], "p90": v[int(len(v) * 0.9)], "p99": v[min(len(v) - 1, int(len(v) * 0.99))]}
+
+    out: dict[str, Any] = {"n": len(rows), "stages_us": {}, "slowest_1pct_median_us": {}}
+    slow = sorted(rows, key=lambda row: row[4])[-max(1, len(rows) // 100):]
+    for name, i in STAGES:
+        out["stages_us"][name] = pct([row[i] for row in rows])
+        out["slowest_1pct_median_us"][name] = sorted(row[i] for row in slow)[len(slow) // 2]
+    out["polls_between_read_and_send"] = pct([row[6] for row in rows])
+    (p0, c0), (p1, c1) = counts[0], counts[-1]
+    out["polls_per_message"] = round((p1 - p0) / max(1, len(rows) - 1), 2)
+    out["epoll_ctl_per_message"] = round((c1 - c0) / max(1, len(rows) - 1), 2)
+    return out
+
+
 def report(doc: dict[str, Any]) -> str:
     lat = doc["lat_ms"]
     lines = [
@@ -442,6 +504,16 @@ def report(doc: dict[str, Any]) -> str:
     if doc.get("gateway_garbage_by_type"):
         lines.append("the gateway's cyclic garbage by type (whole run):")
         lines += [f"  {n:8d}  {kind}" for kind, n in doc["gateway_garbage_by_type"][:15]]
+    hops = doc.get("hops")
+    if hops and hops.get("n"):
+        lines.append(f"the way of {hops['n']} messages (reactor {doc.get('reactor')}), µs: p50 p90 p99, "
+                     f"and the median of the slowest 1 %:")
+        for name, _ in STAGES:
+            p = hops["stages_us"][name]
+            lines.append(f"  {name:45s} {p['p50']:7d} {p['p90']:7d} {p['p99']:7d}   {hops['slowest_1pct_median_us'][name]:7d}")
+        p = hops["polls_between_read_and_send"]
+        lines.append(f"  polls between read and send: p50 {p['p50']}, p99 {p['p99']}; per message: "
+                     f"{hops['polls_per_message']} polls, {hops['epoll_ctl_per_message']} epoll_ctl calls")
     lines.append("slowest messages (sent at, latency, what overlapped):")
     lines += ["  " + line for line in doc["slowest"]]
     return "\n".join(lines)
@@ -461,6 +533,11 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-contacts", type=int, default=20, help="contacts of each idle session, among them (default 20)")
     p.add_argument("--garbage", action="store_true",
                    help="keep what the gateway's collector finds (gc.DEBUG_SAVEALL) and list it by type")
+    p.add_argument("--trace", action="store_true",
+                   help="time each message's stages in the gateway (poll, protocol, send) instead of its timer "
+                        "and watchdog thread")
+    p.add_argument("--reactor", default="", help="twistd --reactor NAME for the gateway (default: twistd imgateway's)")
+    p.add_argument("--tree", default="", help="the source tree the gateway runs from (default: this one)")
     p.add_argument("--json", action="store_true", help="the whole record on standard output")
     return p.parse_args(argv)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench.p99_probe import attribute, overlaps, stallKind, stalls
+from bench.p99_probe import attribute, hopSummary, overlaps, stallKind, stalls
 
 
 class StallKindTests(SynchronousTestCase):
@@ -94,3 +94,41 @@ class AttributeTests(SynchronousTestCase):
         self.assertEqual(by["gateway reactor busy > 2 ms (no collection)"], 1)
         self.assertEqual(by["nothing recorded"], 1)
         self.assertEqual(got["gateway_gc"]["gen2"]["n"], 1)
+
+
+class HopSummaryTests(SynchronousTestCase):
+    """
+    L{hopSummary} cuts each traced message of the window into its stages
+    and counts the polls and C{epoll_ctl} calls per message.
+    """
+
+    def test_stages(self) -> None:
+        """
+        A message sent at 1,000 µs, whose poll returned at 1,100, which
+        reached the protocol at 1,130 and was sent at 1,300, received at
+        1,400: 100, 30, 170 and 100 µs; messages outside the window or
+        unknown to the driver are left out; the counts are the last traced
+        message's less the first's, per message after the first.
+        """
+        hops = [
+            (1000, 1100, 1130, 1300, 150, 0, 10, 40),
+            (2000, 2050, 2060, 2100, 40, 1, 12, 40),
+            (3000, 3010, 3020, 3030, 10, 0, 14, 40),
+            (9000, 9010, 9020, 9030, 10, 0, 99, 99),
+            (4000, 4010, 4020, 4030, 10, 0, 99, 99),
+        ]
+        sent = [1000, 2000, 3000, 9000]
+        recv = [1400, 2200, 3100, 9100]
+        out = hopSummary(sent, recv, {"hops": hops}, t0=500, t1=5000)
+        self.assertEqual(out["n"], 3)
+        self.assertEqual(out["stages_us"]["driver send -> gateway poll returns"], {"p50": 50, "p90": 100, "p99": 100})
+        self.assertEqual(out["slowest_1pct_median_us"]["whole way"], 400)
+        self.assertEqual(out["slowest_1pct_median_us"]["protocol -> send to the recipient"], 170)
+        self.assertEqual(out["polls_between_read_and_send"]["p99"], 1)
+        self.assertEqual((out["polls_per_message"], out["epoll_ctl_per_message"]), (2.0, 0.0))
+
+    def test_nothingTraced(self) -> None:
+        """
+        Without the gateway's trace there is nothing to cut.
+        """
+        self.assertEqual(hopSummary([1], [2], {}, 0, 10), {"n": 0})

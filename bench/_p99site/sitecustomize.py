@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import traceback
+from typing import Any
 
 _OUT = os.environ.get("IMGATEWAY_P99_PROBE") or ""
 
@@ -58,6 +59,11 @@ if _OUT:
             "frozen": gc.get_freeze_count(),
             "counts": gc.get_count(),
             "stats": gc.get_stats(),
+            "hops": _hops,
+            "reactor_counts": _counts,
+            "reactor": type(sys.modules["twisted.internet.reactor"]).__qualname__
+            if "twisted.internet.reactor" in sys.modules
+            else None,
         }
         with open(_OUT, "w") as f:
             json.dump(doc, f)
@@ -114,12 +120,90 @@ if _OUT:
             reactor.addSystemEventTrigger("after", "shutdown", _dumpGarbage)
         threading.Thread(target=_watch, args=(threading.get_ident(),), daemon=True).start()
 
+    #: With $IMGATEWAY_P99_TRACE: each message's hops through the reactor
+    #: instead of the timer and the watchdog (which wake the process).
+    _trace = bool(os.environ.get("IMGATEWAY_P99_TRACE"))
+    _hops: list[tuple[int, int, int, int, int, int, int, int]] = []
+    _counts = [0, 0, 0]  # polls, epoll_ctl calls, sends
+
+    def _installTrace() -> None:
+        """
+        Time every message from the poll that woke the reactor for it to the
+        C{send} that delivered it, matched by its body C{"<n> <µs>"}: the
+        reactor's poller is wrapped (counting polls and C{epoll_ctl} calls)
+        and Twisted's TCP connection's C{_dataReceived} and C{writeSomeData}
+        are wrapped in this process only. A benchmark's instrument, not the
+        gateway's code.
+        """
+        import re
+
+        from twisted.internet import tcp
+
+        reactor: Any = sys.modules["twisted.internet.reactor"]
+        body = re.compile(rb"\d+ \d{9,}")
+        turn = [0, 0, 0]  # monotonic ns at the poll's return, thread CPU ns, poll number
+        reads: dict[bytes, tuple[int, int, int, int]] = {}
+
+        class Poller:
+            def __init__(self, poller: object) -> None:
+                self._poller = poller
+
+            def poll(self, *args: object) -> object:
+                result = self._poller.poll(*args)  # type: ignore[attr-defined]
+                turn[0], turn[1] = time.monotonic_ns(), time.thread_time_ns()
+                turn[2] += 1
+                _counts[0] += 1
+                return result
+
+            def register(self, *args: object) -> object:
+                _counts[1] += 1
+                return self._poller.register(*args)  # type: ignore[attr-defined]
+
+            def modify(self, *args: object) -> object:
+                _counts[1] += 1
+                return self._poller.modify(*args)  # type: ignore[attr-defined]
+
+            def unregister(self, *args: object) -> object:
+                _counts[1] += 1
+                return self._poller.unregister(*args)  # type: ignore[attr-defined]
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(self._poller, name)
+
+        reactor._poller = Poller(reactor._poller)
+        dataReceived = tcp.Connection._dataReceived
+        writeSomeData = tcp.Connection.writeSomeData
+
+        def tracedDataReceived(self: Any, data: bytes) -> Any:
+            if data and len(reads) < 1_000_000:
+                now = time.monotonic_ns()
+                for m in body.finditer(data):
+                    reads[m.group()] = (turn[0], now, turn[1], turn[2])
+            return dataReceived(self, data)
+
+        def tracedWriteSomeData(self: Any, data: bytes) -> Any:
+            result = writeSomeData(self, data)
+            _counts[2] += 1
+            if reads and len(_hops) < 1_000_000:
+                now, cpu = time.monotonic_ns(), time.thread_time_ns()
+                for m in body.finditer(data):
+                    seen = reads.pop(m.group(), None)
+                    if seen is not None:
+                        wake, read, wakeCpu, polls = seen
+                        _hops.append((int(m.group().split()[1]), wake // 1000, read // 1000, now // 1000,
+                                      (cpu - wakeCpu) // 1000, turn[2] - polls, _counts[0], _counts[1]))
+            return result
+
+        setattr(tcp.Connection, "_dataReceived", tracedDataReceived)
+        setattr(tcp.Connection, "writeSomeData", tracedWriteSomeData)
+        reactor.addSystemEventTrigger("after", "shutdown", _dump)
+
     def _waitForReactor() -> None:
         # The reactor is installed by twistd after start-up; hand the
         # timer to it from its own thread once it exists.
         while "twisted.internet.reactor" not in sys.modules:
             time.sleep(0.05)
         time.sleep(0.5)
-        sys.modules["twisted.internet.reactor"].callFromThread(_install)
+        sys.modules["twisted.internet.reactor"].callFromThread(_installTrace if _trace else _install)
 
     threading.Thread(target=_waitForReactor, daemon=True).start()

@@ -49,6 +49,10 @@ class Options(usage.Options):
     defaultConfig = DEFAULT_CONFIG_PATH
 
     def postOptions(self) -> None:
+        from imgateway.net.reactor import installDefault
+
+        # Unless twistd --reactor chose one: sends in the turn that wrote.
+        installDefault()
         from twisted.internet import reactor
 
         from imgateway.config import loadConfig

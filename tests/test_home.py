@@ -6,14 +6,16 @@ delivery statuses.
 
 from __future__ import annotations
 
+import sys
 import weakref
+from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Any
 
 from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -2549,6 +2551,14 @@ class _RaisingClient(RecordingSessionClient):
         raise self.error
 
 
+def _compiled(cls: type) -> bool:
+    """
+    @return: Whether C{cls} comes from a module of the compiled build
+        (L{imgateway._compiled}).
+    """
+    return (sys.modules[cls.__module__].__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
+
+
 class PresenceFanOutTests(HomeServerTestsMixin, SynchronousTestCase):
     """
     A user's presence to its watchers of this server (the fan-out): a
@@ -2597,6 +2607,111 @@ class PresenceFanOutTests(HomeServerTestsMixin, SynchronousTestCase):
         bob.publish(Presence(PresenceState.AWAY))
         self.assertEqual(client.presences[-count:], [(BOB, Presence(PresenceState.AWAY))] * count)
         return made[0]
+
+    def fanOutCounts(self, count: int) -> tuple[int, int, int]:
+        """
+        What a presence change of bob's costs, with C{count} watchers (each
+        with a session whose client answers with an already fired
+        L{Deferred}), once every watcher saw bob's earlier presence.
+
+        @return: How many times addresses were hashed, presences
+            compared, and functions of L{imgateway.home.server} called.
+        """
+        bob, _ = self.online(BOB)
+        client = _SharedAnswerClient(succeed(None))
+        self.watchers(count, client)
+        bob.publish(Presence(PresenceState.BUSY, "earlier"))
+        hashes, compared = [0], [0]
+        addressHash, presenceEq = Address.__hash__, Presence.__eq__
+
+        def hashing(a: Address) -> int:
+            hashes[0] += 1
+            return addressHash(a)
+
+        def comparing(p: Presence, other: object) -> bool:
+            compared[0] += 1
+            return presenceEq(p, other)
+
+        if not _compiled(Address):
+            # A compiled class takes no attribute (the pure-Python run of
+            # the same test counts its hashes).
+            self.patch(Address, "__hash__", hashing)
+        self.patch(Presence, "__eq__", comparing)
+        home = sys.modules[HomeServer.__module__].__file__
+        calls = [0]
+
+        def profile(frame: Any, event: str, arg: Any) -> None:
+            if event == "call" and frame.f_code.co_filename == home:
+                calls[0] += 1
+
+        sys.setprofile(profile)
+        try:
+            bob.publish(Presence(PresenceState.AWAY))
+        finally:
+            sys.setprofile(None)
+        counts = hashes[0], compared[0], calls[0]
+        self.assertEqual(client.presences[-count:], [(BOB, Presence(PresenceState.AWAY))] * count)
+        return counts
+
+    def perRecipient(self) -> tuple[float, float, float]:
+        """
+        L{fanOutCounts} per recipient: the difference between a fan-out
+        to 31 watchers and one to a single watcher, divided by 30.
+        """
+        one = self.fanOutCounts(1)
+        self.tearDown()
+        self.setUp()
+        many = self.fanOutCounts(31)
+        return tuple((b - a) / 30 for a, b in zip(one, many))  # type: ignore[return-value]
+
+    def test_addressHashesPerRecipient(self) -> None:
+        """
+        A fan-out hashes addresses six times per watcher: the watcher's
+        state found, its lane claimed and ended; the sender's
+        authorisation and presence as the watcher saw it read, and the
+        new one written. (The watchers are not asked again whether they
+        may see the user: their rows were just read; nor is the lane
+        looked up apart from its claim.)
+        """
+        if _compiled(Address):
+            raise SkipTest("compiled: Address.__hash__ cannot be counted")
+        hashes, _, _ = self.perRecipient()
+        self.assertEqual(hashes, 6)
+
+    def test_presencesComparedOncePerFanOut(self) -> None:
+        """
+        The new presence is compared with what the watchers saw before
+        (and with L{OFFLINE}) once per fan-out, not once per watcher: they
+        all saw the same presence object before.
+        """
+        _, compared, _ = self.perRecipient()
+        self.assertEqual(compared, 0)
+
+    def test_homeServerCallsPerRecipient(self) -> None:
+        """
+        Per watcher, a fan-out calls four functions of the home server's
+        module: the lane's part (L{HomeServer._takeInPlace}), the watcher
+        taking the presence (L{HomeServer._takePresence}), the comparison
+        remembered (L{_Told.differsFrom}) and the push to its sessions
+        (L{HomeServer._pushPresence}).
+        """
+        _, _, calls = self.perRecipient()
+        self.assertEqual(calls, 4)
+
+    def test_usersKeyedByInternedAddress(self) -> None:
+        """
+        A user's cached state is found under the address its rows (and its
+        contacts' rows) hold, by identity: one equal to it but made apart
+        is not the key.
+        """
+        bob, _ = self.online(BOB)
+        [watcher] = self.watchers(1)
+        apart = Address(watcher.local, watcher.domain)
+        self.successResultOf(self.home.openSession(apart, RecordingSessionClient(), "apart"))
+        [key] = [a for a in self.home._users if a == watcher]
+        self.assertIs(key, self.home._users[watcher].address)
+        self.assertIn(key, [w for w in self.home._users[BOB].watchers])
+        self.assertIs(key, [w for w in self.home._users[BOB].watchers if w == watcher][0])
 
     def test_noDeferredPerRecipient(self) -> None:
         """

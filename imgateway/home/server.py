@@ -321,7 +321,11 @@ class _UserState:
         """
         @return: Who may see this user's presence now (see L{sees}).
         """
-        return [w for w in self.watchers if self.sees(w)]
+        # What sees() asks of each watcher, from the rows at hand: the
+        # fan-out asks once per watcher.
+        if not self.access:
+            return [w for w, state in self.watchers.items() if state is _AUTHORISED]
+        return [w for w, state in self.watchers.items() if state is _AUTHORISED and self.accessOf(w) is not AccessList.BLOCK]
 
     def presence(self) -> Presence:
         """
@@ -675,6 +679,35 @@ class _KeptPresence:
 
 # One piece of work in a lane, and the Deferred of its outcome.
 _Work = tuple[Callable[[], Any], Deferred[Any]]
+
+
+class _Told:
+    """
+    A presence given to users (a fan-out gives the same one to every
+    watcher), with what L{HomeServer._takePresence} asks of it for each:
+    whether it is L{OFFLINE}, and whether it differs from what the user
+    saw before. The last answer is kept: a fan-out's watchers mostly saw
+    one same object before (the previous fan-out's), so the values,
+    compared by attrs' Python code, are compared once per fan-out rather
+    than once per watcher.
+    """
+
+    __slots__ = ("presence", "offline", "_old", "_differs")
+
+    def __init__(self, presence: Presence) -> None:
+        self.presence = presence
+        self.offline = presence == OFFLINE
+        self._old: Presence = presence
+        self._differs = False
+
+    def differsFrom(self, old: Presence) -> bool:
+        """
+        @return: Whether C{old} differs from the presence (C{!=}).
+        """
+        if old is not self._old:
+            self._old = old
+            self._differs = old != self.presence
+        return self._differs
 
 
 @implementer(IHomeServer)
@@ -1034,7 +1067,9 @@ class HomeServer:
             return succeed(user)
 
         def loaded(u: _UserState) -> _UserState:
-            self._users[address] = u
+            # Keyed by the user's interned address (the one other users'
+            # rows hold): a fan-out finds each watcher by identity.
+            self._users[u.address] = u
             return u
 
         return self._load(address).addCallback(loaded)
@@ -1115,13 +1150,25 @@ class HomeServer:
             return
         user.announced = seen
         user.announcedUntil = self._leaseEnd(user)
+        users, lanes, domain = self._users, self._lanes, self.domain
+        told = _Told(seen)
         for watcher in user.visibleTo():
-            if self._laneIdleHere(watcher):
-                # What _sendPresence does for such a watcher; the update
-                # itself is made only if the log needs it.
-                self._presenceInPlace(me, watcher, seen, None)
-            else:
-                self._send(self._presenceFor(me, user, watcher, seen))
+            # What _sendPresence does for each watcher: in place for one
+            # whose lane is idle here (_laneIdleHere, asked after its
+            # state, so that one lane claim answers both), with the update
+            # made only if the log needs it; else through the router.
+            if self.locator is None and watcher.domain == domain and not self.stopping:
+                state = users.get(watcher)
+                if state is not None and state.sessions:
+                    lane: deque[_Work] = deque()
+                    if lanes.setdefault(watcher, lane) is lane:
+                        self._takeInPlace(state, lane, me, told, None)
+                        continue
+                elif watcher not in lanes:
+                    # Without sessions, and nothing under way that could
+                    # open one: nothing to tell (_presenceInPlace).
+                    continue
+            self._send(self._presenceFor(me, user, watcher, seen))
 
     def _leaseEnd(self, user: _UserState) -> float:
         """
@@ -1355,24 +1402,34 @@ class HomeServer:
         user = self._localState(recipient)
         if user is None:
             return
-        failed: Failure | None = None
-        lanes = self._lanes
         lane: deque[_Work] = deque()
-        lanes[recipient] = lane
+        self._lanes[user.address] = lane
+        self._takeInPlace(user, lane, sender, _Told(presence), update)
+
+    def _takeInPlace(self, user: _UserState, lane: deque[_Work], sender: Address, told: _Told, update: PresenceUpdate | None) -> None:
+        """
+        L{_presenceInPlace} once C{user}'s lane is claimed (C{lane}, its
+        entry in the lanes): C{user} takes the presence of C{told} from
+        C{sender} (L{_takePresence}), then the lane ends, or runs what
+        was queued in it meanwhile.
+        """
+        failed: Failure | None = None
         try:
-            self._takePresence(user, sender, presence, True, None)
+            self._takePresence(user, sender, told.presence, True, None, told)
         except Exception:
             failed = Failure()
         finally:
+            recipient = user.address
             if lane:
                 self._laneFree(recipient)
             else:
                 # Nothing was queued behind (the common case): the lane
                 # ends as L{_next} ends it.
-                del lanes[recipient]
-                self._checkDrained()
+                del self._lanes[recipient]
+                if self.stopping:
+                    self._checkDrained()
         if failed is not None:
-            self._unsent(failed, update if update is not None else PresenceUpdate(sender, recipient, presence))
+            self._unsent(failed, update if update is not None else PresenceUpdate(sender, user.address, told.presence))
 
     # -- inbound events (IRoute) ---------------------------------------------
 
@@ -1738,17 +1795,21 @@ class HomeServer:
             return fail()
         return succeed(DeliveryStatus.DELIVERED)
 
-    def _takePresence(self, user: _UserState, contact: Address, presence: Presence, here: bool, lease: float | None) -> None:
+    def _takePresence(
+        self, user: _UserState, contact: Address, presence: Presence, here: bool, lease: float | None, told: _Told | None = None
+    ) -> None:
         """
         L{_deliverPresence} to a user with sessions (C{user}): C{contact}'s
         C{presence}, with its C{lease}; C{here} says whether the contact is
         homed on this server. The user's sessions are told if what the
         user saw of the contact changed.
 
+        @param told: C{presence} as the fan-out gives it to every watcher
+            (its comparisons made once for all); one is made if C{None}.
         @raise NotAuthorised: If the user does not watch C{contact}, or
             blocks it.
         """
-        if user.watching.get(contact) is not _AUTHORISED or user.accessOf(contact) is AccessList.BLOCK:
+        if user.watching.get(contact) is not _AUTHORISED or (user.access and user.accessOf(contact) is AccessList.BLOCK):
             raise NotAuthorised(f"{user.address} does not watch {contact}")
         if here:
             if user.remote:
@@ -1762,8 +1823,10 @@ class HomeServer:
             self._unleaseContact(user, contact)
         contactPresence = user.contactPresence
         old = contactPresence.get(contact, OFFLINE)
-        if old is not presence and old != presence:
-            if presence == OFFLINE:
+        if told is None:
+            told = _Told(presence)
+        if old is not presence and told.differsFrom(old):
+            if told.offline:
                 contactPresence.pop(contact, None)
             else:
                 contactPresence[contact] = presence

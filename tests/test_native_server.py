@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import random
+import sys
 from collections.abc import Sequence
 from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Any
@@ -21,6 +22,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+import imgateway as imgatewayPackage
 from imgateway.adapters.native.adapter import NativeAdapter
 from imgateway.adapters.native.framing import FrameParser, Headers, Limits, Request, Response, serialise
 from imgateway.adapters.native.mapping import TARGETS, TargetForm, describeTargets, targetForm
@@ -1764,6 +1766,49 @@ class MessagePathTests(NativeFaceTestsMixin, SynchronousTestCase):
         general = serialise(Request("NOTIFY", sender.presURI(), Headers.of(("Seq", str(seq)), *_presenceHeaders(presence))))
         self.assertEqual(w.transport.value(), general)
 
+    def test_presenceWriterCalls(self) -> None:
+        """
+        A recipient of a fan-out after the first costs the native face one
+        call of its own code (the request counter, for the C{Seq}) and one
+        transport write: the send queue guard is not called while the
+        transport is not paused (it counts nothing then).
+        """
+        wires = [self.loggedIn(), self.loggedIn("bob")]
+        sender = Address.fromString("carol@corp.example")
+        presence = Presence(PresenceState.AWAY, "back at 2")
+        wires[0].protocol.presenceReceived(sender, presence)
+        package = str(FilePath(imgatewayPackage.__file__).parent().path)
+        calls: list[str] = []
+
+        def profile(frame: Any, event: str, arg: Any) -> None:
+            if event == "call" and frame.f_code.co_filename.startswith(package):
+                calls.append(frame.f_code.co_name)
+
+        w = wires[1]
+        w.transport.clear()
+        writes: list[bytes] = []
+        write = w.transport.write
+
+        def recording(data: bytes) -> None:
+            writes.append(data)
+            write(data)
+
+        w.transport.write = recording  # type: ignore[method-assign]
+        sys.setprofile(profile)
+        try:
+            w.protocol.presenceReceived(sender, presence)
+        finally:
+            sys.setprofile(None)
+        self.assertEqual(len(writes), 1)
+        self.assertEqual(w.transport.value(), writes[0])
+        import imgateway.adapters.native.server as module
+
+        if (module.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES)):
+            # Compiled functions make no Python frames to count (the
+            # pure-Python run of the same test counts them).
+            raise SkipTest("compiled: no Python calls to count")
+        self.assertEqual(calls, ["presenceReceived", "next"])
+
     def test_presenceInterleaved(self) -> None:
         """
         Fan-outs of different presences that follow each other, or the
@@ -2218,6 +2263,29 @@ class SendQueueTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertTrue(bob.transport.disconnecting)
         bob.protocol.connectionLost()
         self.assertEqual(alice.call("MESSAGE", "im:bob@corp.example", [], b"x").code, 480)
+
+
+    def test_slowPresenceReaderDropped(self) -> None:
+        """
+        Presence C{NOTIFY}s written while the transport is paused count as
+        messages do: every one of them, and the connection is aborted by
+        the one that takes the count past the limit, besides the largest
+        write.
+        """
+        bob = self.loggedIn("bob")
+        guard = bob.protocol._sendGuard
+        assert guard is not None
+        carol = Address.fromString("carol@corp.example")
+        guard.pauseProducing()
+        bob.transport.clear()
+        n = 0
+        while not bob.transport.disconnecting and n < 100:
+            n += 1
+            bob.protocol.presenceReceived(carol, Presence(PresenceState.AWAY, f"{n:0100}"))
+        self.assertTrue(bob.transport.disconnecting)
+        self.assertEqual(guard.pending, len(bob.transport.value()))
+        self.assertGreater(guard.pending - guard.largest, 2000)
+        self.assertLessEqual(guard.pending - 2 * guard.largest, 2000)
 
 
 class PasswordDirectoryLoginTests(SynchronousTestCase):

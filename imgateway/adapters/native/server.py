@@ -1017,7 +1017,15 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
                 self._request("NOTIFY", sender.presURI(), _presenceHeaders(presence))
                 return succeed(None)
             last.take(sender, presence, encoded)
-        self._send(b"%s%d%s" % (last.head, self._outstanding.next(), last.tail))
+        data = b"%s%d%s" % (last.head, self._outstanding.next(), last.tail)
+        # What _send does, without its call, nor the guard's unless it
+        # counts (only while the transport is paused).
+        transport = self.transport
+        if transport is not None:
+            transport.write(data)
+            guard = self._sendGuard
+            if guard is not None and guard.paused:
+                guard.wrote(len(data))
         return succeed(None)
 
     def subscriptionReceived(self, event: SubscriptionEvent) -> Deferred[None]:

@@ -2698,6 +2698,29 @@ class PresenceFanOutTests(HomeServerTestsMixin, SynchronousTestCase):
         _, _, calls = self.perRecipient()
         self.assertEqual(calls, 4)
 
+    def test_privacyRespected(self) -> None:
+        """
+        A fan-out tells neither a watcher the user blocks, by address or
+        by domain, nor one still waiting for the user's authorisation;
+        the others are told.
+        """
+        bob, _ = self.online(BOB)
+        told, blocked, pending = self.watchers(3)
+        waiting = self.home.sessionsOf(pending)[0]
+        self.successResultOf(waiting.unsubscribe(BOB))
+        self.successResultOf(waiting.subscribe(BOB))
+        self.successResultOf(bob.setAccess(str(blocked), AccessList.BLOCK))
+        clients = {a: self.home.sessionsOf(a)[0].client for a in (told, blocked, pending)}
+        for client in clients.values():
+            del client.presences[:]
+        bob.publish(Presence(PresenceState.AWAY))
+        self.assertEqual(clients[told].presences, [(BOB, Presence(PresenceState.AWAY))])
+        self.assertEqual(clients[blocked].presences, [])
+        self.assertEqual(clients[pending].presences, [])
+        self.successResultOf(bob.setAccess("corp.example", AccessList.BLOCK))
+        bob.publish(Presence(PresenceState.BUSY))
+        self.assertEqual(clients[told].presences[-1], (BOB, OFFLINE))
+
     def test_usersKeyedByInternedAddress(self) -> None:
         """
         A user's cached state is found under the address its rows (and its

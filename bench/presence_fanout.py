@@ -161,6 +161,27 @@ def counted(work: Any) -> Counter[str]:
     return calls
 
 
+def _isAddressHash(name: str) -> bool:
+    """
+    @return: Whether C{name}, a function of L{counted}, is C{Address.__hash__}
+        (attrs' generated one, or one written in C{core/address.py}).
+    """
+    return name.startswith("__hash__ (") and ("imgateway.core.address.Address" in name or "(address.py:" in name)
+
+
+def commitOf(folder: Path) -> str:
+    """
+    @return: The short commit of the git checkout holding C{folder}, or
+        C{""}.
+    """
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=folder, timeout=10
+        ).stdout.strip()
+    except OSError:
+        return ""
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--watchers", type=int, default=200)
@@ -192,25 +213,15 @@ def main(argv: list[str] | None = None) -> None:
             fan += t1 - t0
         bestFan = min(bestFan, fan / each / n * 1e6)
         bestRead = min(bestRead, taken / each / n * 1e6)
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10
-        ).stdout.strip()
-    except OSError:
-        commit = ""
     figures: dict[str, Any] = {
         "bench": "presence_fanout",
-        "commit": commit,
+        "commit": commitOf(Path(__file__).parent),
         "watchers": n,
         "fan_out_calls_per_recipient": round(sum(fanOut.values()) / n, 2),
         "read_200_calls_per_recipient": round(sum(reading.values()) / n, 2),
         "fan_out_cpu_us_per_recipient": round(bestFan, 3),
         "read_200_cpu_us_per_recipient": round(bestRead, 3),
-        "address_hashes_per_recipient": round(
-            sum(v for k, v in fanOut.items() if k.startswith("__hash__") and "Address" in k or "address.py" in k and "__hash__" in k)
-            / n,
-            2,
-        ),
+        "address_hashes_per_recipient": round(sum(v for k, v in fanOut.items() if _isAddressHash(k)) / n, 2),
         "python": sys.version.split()[0],
     }
     print(json.dumps(figures))

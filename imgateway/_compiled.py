@@ -24,11 +24,17 @@ __all__ = ["COMPILED_MODULES", "cachedProperty", "defaultField"]
 #: without a change of behaviour (C{bench/README.md}, "The compiled build").
 #:
 #: In a compiled module, C{==} and C{!=} between two values typed as the
-#: same attrs class of a compiled module (L{Address
-#: <imgateway.core.address.Address>}, the frames...) are compiled as C{is}
-#: and C{is not}: mypyc takes C{attrs.frozen} classes for classes without
-#: C{__eq__}. None of these modules compares such values; a module that
-#: does (C{home/server.py}) is not compiled.
+#: same attrs class of a compiled module (the frames...) are compiled as
+#: C{is} and C{is not}: mypyc takes C{attrs.frozen} classes for classes
+#: without C{__eq__}, as it does not see the methods attrs adds. L{Address
+#: <imgateway.core.address.Address>} writes its comparisons and hash in
+#: its class, so mypyc compiles them and calls them; none of these modules
+#: compares values of other such classes. C{home/server.py}, which does
+#: (L{Presence<imgateway.core.presence.Presence>}: not compiled, so
+#: compared by value), is not compiled: mypyc cannot compile its methods'
+#: closures in classes with a class decorator (C{@implementer}), and made
+#: native classes its sessions could not be weakly referenced
+#: (C{bench/README.md}, "The native face's 1:1 message, second round").
 #:
 #: C{core/events.py}, C{core/presence.py} and C{router/router.py} compile
 #: and pass every unit test compiled, but measured no faster: they are not

@@ -4,7 +4,11 @@ Tests for L{imgateway.core.address}.
 
 from __future__ import annotations
 
+import random
+
 from twisted.trial.unittest import SynchronousTestCase
+
+from imgateway.core import address as addressModule
 
 from imgateway.core.address import (
     MAX_DOMAIN_CHARS,
@@ -95,6 +99,71 @@ class AddressTests(SynchronousTestCase):
             Address.fromString(f"user{i}@flood.example")
         self.assertLessEqual(_parseCached.cache_info().currsize, PARSED_CACHE_SIZE)
         self.assertEqual(Address.fromString("x@flood.example"), Address._parse("x@flood.example"))
+
+
+class ComparisonTests(SynchronousTestCase):
+    """
+    Addresses compare, order and hash by value, by methods of
+    L{Address}'s own (what the compiled build compiles, so that C{==} in a
+    compiled module is not identity: C{imgateway._compiled}).
+    """
+
+    def test_ownMethods(self) -> None:
+        """
+        C{__eq__}, C{__hash__} and the orderings are L{Address}'s own,
+        written in its module (not attrs' generated ones, which mypyc does
+        not see); compiled with it in the compiled build.
+        """
+        for name in ("__eq__", "__hash__", "__lt__", "__le__", "__gt__", "__ge__"):
+            method = Address.__dict__[name]
+            code = getattr(method, "__code__", None)
+            if code is not None:
+                self.assertEqual(code.co_filename, addressModule.__file__, name)
+            else:
+                # Compiled: mypyc's callable object for a method of the
+                # module's class.
+                self.assertEqual(type(method).__module__, addressModule.__name__, name)
+
+    def test_equalValues(self) -> None:
+        """
+        Two distinct addresses of the same parts are equal, not unequal, and
+        hash alike: each finds the other's entry in a dictionary and a set.
+        """
+        a, b = Address("alice", "corp.example"), Address("alice", "corp.example")
+        self.assertIsNot(a, b)
+        self.assertTrue(a == b)
+        self.assertFalse(a != b)
+        self.assertEqual(hash(a), hash(b))
+        self.assertEqual({a: 1}[b], 1)
+        self.assertIn(b, {a})
+        for other in (Address("alice", "other.example"), Address("bob", "corp.example")):
+            self.assertFalse(a == other)
+            self.assertTrue(a != other)
+
+    def test_otherTypes(self) -> None:
+        """
+        An address equals nothing but an address (not its string, nor a
+        tuple of its parts), and is not ordered against other types.
+        """
+        a = Address("alice", "corp.example")
+        for other in ("alice@corp.example", ("alice", "corp.example"), None, 1):
+            self.assertFalse(a == other)
+            self.assertTrue(a != other)
+            self.assertRaises(TypeError, lambda: a < other)  # type: ignore[operator]
+            self.assertRaises(TypeError, lambda: a >= other)  # type: ignore[operator]
+
+    def test_order(self) -> None:
+        """
+        Addresses are ordered by local part, then domain: as the tuples of
+        their parts, for each of the four comparisons.
+        """
+        rng = random.Random(11)
+        parts = [("".join(rng.choice("ab") for _ in range(rng.randint(1, 3))), rng.choice(["a.example", "b.example"])) for _ in range(40)]
+        addresses = [Address(*p) for p in parts]
+        for x, px in zip(addresses, parts):
+            for y, py in zip(addresses, parts):
+                self.assertEqual((x < y, x <= y, x > y, x >= y, x == y), (px < py, px <= py, px > py, px >= py, px == py))
+        self.assertEqual([(a.local, a.domain) for a in sorted(addresses)], sorted(parts))
 
 
 class AccountNameTests(SynchronousTestCase):

@@ -106,7 +106,7 @@ def _isIgnorable(c: str) -> bool:
     )
 
 
-@frozen(order=True)
+@frozen(eq=False)
 class Address:
     """
     A normalised C{user@domain} address.
@@ -115,12 +115,49 @@ class Address:
     attributes are already normalised, so two addresses are the same user
     exactly when they compare equal.
 
+    Compared, ordered and hashed by value (local part, then domain), as
+    C{attrs.frozen(order=True)} would make it, by methods written here: in
+    a module compiled with mypyc, C{==} between two addresses calls this
+    class's C{__eq__} (compiled too, as C{__hash__}, which the home
+    server's dictionaries keyed by address call for every message), where
+    with attrs' generated methods, which mypyc does not see, it would test
+    identity (C{imgateway._compiled}).
+
     @ivar local: The normalised local part.
     @ivar domain: The normalised (ASCII, lower-case) domain.
     """
 
     local: str
     domain: str
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Address)
+        return self.local == other.local and self.domain == other.domain
+
+    def __hash__(self) -> int:
+        return hash((self.local, self.domain))
+
+    def __lt__(self, other: Address) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.local, self.domain) < (other.local, other.domain)
+
+    def __le__(self, other: Address) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.local, self.domain) <= (other.local, other.domain)
+
+    def __gt__(self, other: Address) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.local, self.domain) > (other.local, other.domain)
+
+    def __ge__(self, other: Address) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.local, self.domain) >= (other.local, other.domain)
 
     @classmethod
     def fromParts(cls, local: str, domain: str) -> Address:
@@ -162,13 +199,13 @@ class Address:
         """
         @return: The RFC 3860 form, C{im:user@domain}.
         """
-        return f"im:{self}"
+        return f"im:{self.local}@{self.domain}"
 
     def presURI(self) -> str:
         """
         @return: The RFC 3859 form, C{pres:user@domain}.
         """
-        return f"pres:{self}"
+        return f"pres:{self.local}@{self.domain}"
 
 
 #: How many parsed addresses L{Address.fromString} remembers: normalising

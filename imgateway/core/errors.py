@@ -140,6 +140,12 @@ class DeliveryStatus(enum.Enum):
     NO_ROUTE = 502
     SERVICE_UNAVAILABLE = 503
 
+    # Hashed by identity (each member is the only one of its value, and
+    # members compare by identity): C{enum.Enum}'s own C{__hash__}, in
+    # Python, hashes the name, and the metrics count every message in a
+    # dictionary keyed by its status.
+    __hash__ = object.__hash__
+
 
 class DeliveryError(ImgatewayError):
     """

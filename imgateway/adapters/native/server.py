@@ -61,6 +61,7 @@ from imgateway.core.address import MAX_DOMAIN_CHARS, MAX_LOCAL_BYTES, Address
 from imgateway.core.deadlines import Deadlines
 from imgateway.core.errors import (
     DeliveryError,
+    DeliveryStatus,
     InvalidAddress,
     PersistenceFailed,
     ServiceUnavailable,
@@ -960,7 +961,9 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         except BaseException:
             self._failed(Failure(), request)
             return
-        if isinstance(outcome, Deferred):
+        # A status first: isinstance() of anything but a Deferred against
+        # Deferred (an abc.ABC, through Awaitable) runs ABCMeta's check.
+        if type(outcome) is not DeliveryStatus and isinstance(outcome, Deferred):
             self._inFlight += 1
             outcome.addBoth(self._messageAnswered, request, arguments[3])
         else:
@@ -1112,7 +1115,9 @@ def _messageArguments(request: Request) -> tuple[Address, str, str, str]:
     except UnicodeDecodeError:
         raise _Reply(400, "Message body must be UTF-8") from None
     contentType, messageId = _messageFields(request.headers)
-    return target, body, (contentType or "text/plain").split(";")[0].strip() or "text/plain", messageId or newMessageId()
+    if contentType is not None:
+        contentType = contentType.split(";")[0].strip() or "text/plain"
+    return target, body, contentType or "text/plain", messageId or newMessageId()
 
 
 def _messageFields(headers: Headers) -> tuple[str | None, str | None]:

@@ -789,6 +789,10 @@ class FrameParser:
             pairs = [(n, v.rstrip(" \t")) for n, v in pairs]
         seq: str | None = None
         length: str | None = None
+        # Where the one Content-Length is among the pairs (a second one
+        # sends the frame to the line-by-line parser).
+        lengthAt = 0
+        at = 0
         for name, value in pairs:
             size = len(name)
             if size == 3 and name.lower() == "seq":
@@ -799,6 +803,8 @@ class FrameParser:
                 if length is not None:
                     return None
                 length = value
+                lengthAt = at
+            at += 1
         if seq is None or _SEQ.fullmatch(seq) is None or int(seq) > MAX_SEQ:
             return None
         size = 0
@@ -808,7 +814,7 @@ class FrameParser:
             size = int(length)
             if size > limits.maxBodyBytes:
                 return None
-            pairs = [(n, v) for n, v in pairs if len(n) != 14 or n.lower() != "content-length"]
+            del pairs[lengthAt]
         self._fastStartLine(start)
         headers = Headers(tuple(pairs))
         bodyStart = end + 4

@@ -955,7 +955,8 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         """
         try:
             arguments = _messageArguments(request)
-            session = self._session
+            session = self.session
+            assert session is not None  # what _session says: never here without one
             atOnce = getattr(session, "sendMessageAtOnce", None)
             outcome = atOnce(*arguments) if atOnce is not None else session.sendMessage(*arguments)
         except BaseException:

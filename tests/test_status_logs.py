@@ -231,6 +231,28 @@ class WithLogFormatTests(SynchronousTestCase):
         self.assertIs(observer._outFile, sys.stdout)
         self.assertEqual(signal.getsignal(signal.SIGUSR1), before)
 
+    def test_jsonLogFileRotated(self) -> None:
+        """
+        C{"json"} with a log file: the file is rotated on C{SIGUSR1} through
+        the reactor's C{callFromThread}, as twistd rotates its own (twistd
+        installs no handler of its own when the gateway's observer replaces
+        its, and the signal's default action would end the process).
+        """
+        self.addCleanup(signal.signal, signal.SIGUSR1, signal.getsignal(signal.SIGUSR1))
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        path = self.mktemp()
+        called: list[Any] = []
+        wrapped = withLogFormat(MultiService(), "json", {"nodaemon": False, "logfile": path}, called.append)
+        application = Application("imgateway")
+        wrapped.setServiceParent(application)
+        observer: Any = application.getComponent(ILogObserver)
+        logFile = observer._outFile
+        self.addCleanup(logFile.close)
+        self.assertIsInstance(logFile, LogFile)
+        handler: Any = signal.getsignal(signal.SIGUSR1)
+        handler(signal.SIGUSR1, None)
+        self.assertEqual(called, [logFile.rotate])
+
     def test_json(self) -> None:
         """
         C{"json"}: the service, added to twistd's application, gives it an

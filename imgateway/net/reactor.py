@@ -18,10 +18,11 @@ handled, and after the timed and thread calls have run) calls each one's
 C{doWrite} as the poll would have: a socket with room sends at once, and
 the reactor is asked to stop watching it before it ever watched it. Only a
 writer that still has data left (its peer does not read fast enough) is
-watched by C{epoll}, as before. Everything a turn wrote to one connection
-still goes out in one C{send} (the transport's buffer gathers it), and a
-transport that is closed when its buffer is empty closes then, as it would
-have after the poll. Nothing of a transport is changed: the same
+watched by C{epoll}, as before. Everything the handlers of one poll wrote to
+one connection still goes out in one C{send} (the transport's buffer
+gathers it; what the timed and thread calls wrote before the poll is sent
+before it), and a transport that is closed when its buffer is empty closes
+then, as it would have after the poll. Nothing of a transport is changed: the same
 C{doWrite} is called, only sooner.
 
 C{twistd imgateway} installs it unless C{twistd --reactor NAME} chose

@@ -42,11 +42,13 @@ class _SecondStamps:
     given again for every event of that second.
     """
 
-    __slots__ = ("second", "text")
+    __slots__ = ("last",)
 
     def __init__(self) -> None:
-        self.second = -1
-        self.text = ""
+        # One tuple, replaced at once: a thread logging as the reactor
+        # thread moves to the next second never pairs one second's number
+        # with another's text.
+        self.last: tuple[int, str] = (-1, "")
 
     def __call__(self, when: float | None) -> str:
         if when is None:
@@ -57,10 +59,10 @@ class _SecondStamps:
         # floor); those are made as Twisted makes them.
         if when - second >= 0.999 or when < 0:
             return formatTime(when, timeFormatRFC3339)
-        if second != self.second:
-            self.text = formatTime(when, timeFormatRFC3339)
-            self.second = second
-        return self.text
+        last = self.last
+        if second != last[0]:
+            last = self.last = (second, formatTime(when, timeFormatRFC3339))
+        return last[1]
 
 
 def _system(event: LogEvent) -> str:
@@ -214,15 +216,15 @@ def withLogFormat(
 ) -> IService:
     """
     Apply C{[log] format} to twistd's log: the application gets a
-    L{textLogObserver} (C{"text"}: twistd's lines; its log file is rotated
-    on C{SIGUSR1}, as twistd's own) or a L{jsonLogObserver} (C{"json"}),
-    writing where twistd would.
+    L{textLogObserver} (C{"text"}: twistd's lines) or a L{jsonLogObserver}
+    (C{"json"}), writing where twistd would; a log file is rotated on
+    C{SIGUSR1}, as twistd rotates its own.
 
     @param format: C{"text"} or C{"json"}.
     @param serverOptions: twistd's options (the parent of the plugin's
         options), or C{None} outside twistd (nothing changes).
-    @param callFromThread: The reactor's C{callFromThread}, for the text
-        log's rotation on C{SIGUSR1} (none without it).
+    @param callFromThread: The reactor's C{callFromThread}, for the log
+        file's rotation on C{SIGUSR1} (none without it).
     @return: The service to give twistd.
     """
     if serverOptions is None:
@@ -230,8 +232,8 @@ def withLogFormat(
     outFile = _twistdLogFile(serverOptions)
     if outFile is None:
         return service
-    if format == "json":
-        return _LoggingService(service, jsonLogObserver(outFile))
     if isinstance(outFile, LogFile) and callFromThread is not None:
         _rotateOnSignal(outFile, callFromThread)
+    if format == "json":
+        return _LoggingService(service, jsonLogObserver(outFile))
     return _LoggingService(service, textLogObserver(outFile))

@@ -274,9 +274,9 @@ def _gatewayContactsMain(argv: Sequence[str]) -> None:
 
     from imgateway.config import loadConfig
     from imgateway.core.address import Address
-    from imgateway.core.records import AuthorisationState, ContactRecord, PutContact, SetAuthorisation
     from imgateway.home.store import SQLiteHomeStore
     from imgateway.plugins import adapterConfigParsers
+    from imgateway.testing import mutualContacts
 
     theReactor: Any = reactor
     config = loadConfig(args.config, theReactor, adapterConfigParsers())
@@ -290,12 +290,7 @@ def _gatewayContactsMain(argv: Sequence[str]) -> None:
             changes: list[Any] = []
             for a, b in pairs:
                 x, y = address(a), address(b)
-                changes += [
-                    PutContact(x, ContactRecord(y)),
-                    PutContact(y, ContactRecord(x)),
-                    SetAuthorisation(x, y, AuthorisationState.AUTHORISED),
-                    SetAuthorisation(y, x, AuthorisationState.AUTHORISED),
-                ]
+                changes += mutualContacts(x, y)
                 if len(changes) >= 20000:
                     await store.apply(changes)
                     changes = []

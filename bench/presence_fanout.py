@@ -40,9 +40,7 @@ from twisted.internet.testing import StringTransport
 
 from imgateway.adapters.native.framing import Headers, Request, serialise
 from imgateway.adapters.native.server import NativeConfig, NativeServerFactory, NativeServerProtocol
-from imgateway.core.address import Address
-from imgateway.core.records import AuthorisationState, ContactRecord, PutContact, SetAuthorisation
-from imgateway.testing import addUser, memoryGateway
+from imgateway.testing import addUser, memoryGateway, mutualContacts
 
 _OK = b"IMGW/1.0 200 OK\r\nSeq: %d\r\n\r\n"
 
@@ -100,12 +98,7 @@ def setUp(watchers: int) -> tuple[_Client, list[_Client]]:
     others = [addUser(gateway, f"w{n}", "pw") for n in range(watchers)]
     changes: list[Any] = []
     for w in others:
-        changes += [
-            PutContact(centerAddress, ContactRecord(w)),
-            PutContact(w, ContactRecord(centerAddress)),
-            SetAuthorisation(centerAddress, w, AuthorisationState.AUTHORISED),
-            SetAuthorisation(w, centerAddress, AuthorisationState.AUTHORISED),
-        ]
+        changes += mutualContacts(centerAddress, w)
     gateway.homeServer.store.apply(changes)
     # The bench's flood limits (compare.py raises them the same way).
     config = NativeConfig(requestsPerSecond=1_000_000, requestBurst=1_000_000)

@@ -42,9 +42,9 @@ from imgateway.adapters.xmpp.stream import IDLE_PARSER_SECONDS, StreamLimits
 from imgateway.auth.passwords import makeCredentials
 from imgateway.auth.sasl import clientMechanism
 from imgateway.core.address import Address
-from imgateway.core.records import AccountRecord, AuthorisationState, ContactRecord, PutContact, SetAuthorisation
+from imgateway.core.records import AccountRecord, ContactRecord
 from imgateway.home.store import _address as sqliteAddress
-from imgateway.testing import XmlStreamPeer, memoryGateway
+from imgateway.testing import XmlStreamPeer, memoryGateway, mutualContacts
 
 PASSWORD = "pw"
 SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
@@ -162,12 +162,7 @@ def setUp(args: argparse.Namespace) -> tuple[Any, Clock, NativeServerFactory, C2
         for k in range(1, args.contacts // 2 + 1):
             x = Address.fromParts(f"u{i}", gateway.domain)
             y = Address.fromParts(f"u{(i + k) % n}", gateway.domain)
-            changes += [
-                PutContact(x, ContactRecord(y)),
-                PutContact(y, ContactRecord(x)),
-                SetAuthorisation(x, y, AuthorisationState.AUTHORISED),
-                SetAuthorisation(y, x, AuthorisationState.AUTHORISED),
-            ]
+            changes += mutualContacts(x, y)
     gateway.homeServer.store.apply(changes)
     if not args.shared_rows:
         rowsAsSQLiteMakesThem(gateway.homeServer.store)

@@ -767,6 +767,22 @@ def addUser(gateway: Gateway, local: str, password: str, enabled: bool = True) -
     return address
 
 
+def mutualContacts(a: Address, b: Address) -> list[HomeChange]:
+    """
+    The home-store changes that make C{a} and C{b} each other's contacts,
+    each authorised to see the other's presence (what an accepted
+    subscription both ways leaves), for a store to L{apply
+    <IHomeStore.apply>} at once: benchmarks and tests set up thousands of
+    such pairs without the subscription exchange.
+    """
+    return [
+        PutContact(a, ContactRecord(b)),
+        PutContact(b, ContactRecord(a)),
+        SetAuthorisation(a, b, AuthorisationState.AUTHORISED),
+        SetAuthorisation(b, a, AuthorisationState.AUTHORISED),
+    ]
+
+
 # --- XML stream test double (XMPP adapter) ---
 # In its own section, with its own imports, to keep merges easy.
 

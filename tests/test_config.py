@@ -360,39 +360,40 @@ class TopologyConfigTests(SynchronousTestCase):
         self.assertConfigError("[links]\nno_route_seconds = 0\n", "no_route_seconds: must be greater than 0")
         self.assertEqual(self.load("[links]\nno_route_seconds = 1\n").links.noRouteSeconds, 1.0)
 
+    def assertGatewayMinimum(self, key: str, attribute: str, default: int, minimum: int) -> None:
+        """
+        C{[gateway] key} is C{default} when absent and as shipped in
+        C{etc/imgateway.toml}, C{minimum} is taken and one less refused
+        with a message naming the key.
+
+        @param attribute: The loaded configuration's attribute for C{key}.
+        """
+        shipped = loadConfig(REPO.child("etc").child("imgateway.toml").path, MemoryReactor(), adapterConfigParsers())
+        self.assertEqual((getattr(shipped, attribute), getattr(self.load(""), attribute)), (default, default))
+        path = self.mktemp()
+        below = minimum - 1
+        for value, problem in ((below, f"{key}: must be at least {minimum}, got {below}"), (minimum, None)):
+            with open(path, "w") as f:
+                f.write(f'[gateway]\ndomain = "corp.example"\n{key} = {value}\n')
+            if problem is None:
+                self.assertEqual(getattr(loadConfig(path, MemoryReactor(), adapterConfigParsers()), attribute), value)
+            else:
+                e = self.assertRaises(ConfigError, loadConfig, path, MemoryReactor(), adapterConfigParsers())
+                self.assertIn(problem, str(e))
+
     def test_gcYoungObjects(self) -> None:
         """
         C{[gateway] gc_young_objects} is 10000 by default and as shipped; at
         least 100 (99 is refused, 100 taken).
         """
-        shipped = loadConfig(REPO.child("etc").child("imgateway.toml").path, MemoryReactor(), adapterConfigParsers())
-        self.assertEqual((shipped.gcYoungObjects, self.load("").gcYoungObjects), (10000, 10000))
-        path = self.mktemp()
-        for value, problem in ((99, "gc_young_objects: must be at least 100, got 99"), (100, None)):
-            with open(path, "w") as f:
-                f.write(f'[gateway]\ndomain = "corp.example"\ngc_young_objects = {value}\n')
-            if problem is None:
-                self.assertEqual(loadConfig(path, MemoryReactor(), adapterConfigParsers()).gcYoungObjects, value)
-            else:
-                e = self.assertRaises(ConfigError, loadConfig, path, MemoryReactor(), adapterConfigParsers())
-                self.assertIn(problem, str(e))
+        self.assertGatewayMinimum("gc_young_objects", "gcYoungObjects", 10000, 100)
 
     def test_sqliteCacheKiB(self) -> None:
         """
         C{[gateway] sqlite_cache_kib} is SQLite's own 2000 by default and as
         shipped; at least 64 (63 is refused, 64 taken).
         """
-        shipped = loadConfig(REPO.child("etc").child("imgateway.toml").path, MemoryReactor(), adapterConfigParsers())
-        self.assertEqual((shipped.sqliteCacheKiB, self.load("").sqliteCacheKiB), (2000, 2000))
-        path = self.mktemp()
-        for value, problem in ((63, "sqlite_cache_kib: must be at least 64, got 63"), (64, None)):
-            with open(path, "w") as f:
-                f.write(f'[gateway]\ndomain = "corp.example"\nsqlite_cache_kib = {value}\n')
-            if problem is None:
-                self.assertEqual(loadConfig(path, MemoryReactor(), adapterConfigParsers()).sqliteCacheKiB, value)
-            else:
-                e = self.assertRaises(ConfigError, loadConfig, path, MemoryReactor(), adapterConfigParsers())
-                self.assertIn(problem, str(e))
+        self.assertGatewayMinimum("sqlite_cache_kib", "sqliteCacheKiB", 2000, 64)
 
     def test_linksDNSServers(self) -> None:
         """

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -51,7 +52,8 @@ from imgateway.router import proxy
 from imgateway.router.link_codec import DELIVERED, encodeRequest
 from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.router.proxy import LINK_LOST, ProxyHomeServer, RemoteSession, SessionHost, installProxy
-from imgateway.testing import MemoryDirectory, RecordingSessionClient
+from imgateway.adapters.native.server import NativeConfig, NativeServerFactory
+from imgateway.testing import MemoryDirectory, RecordingSessionClient, addUser, memoryGateway
 from imgateway.status.nometrics import NO_METRICS
 
 from tests.test_link import ALICE, CAROL, FakeLocator, FakeRouter, LinkTestCase, Server, configFor, hello
@@ -558,12 +560,12 @@ class SessionMethodTests(ProxyTestCase):
             requests.append(request)
             return send(request)
 
-        def recordingEncoded(encoded: bytes, decode: Callable[[Response], Any] | None = None) -> Deferred[Any]:
+        def recordingEncoded(encoded: bytes, decode: Callable[[Response], Any] | None = None, waiter: Any = None) -> Deferred[Any]:
             # What was written, parsed back (a Seq added for the parser).
             [frame] = FrameParser(LINK_LIMITS).feed(withSeq(encoded, 1))
             assert isinstance(frame, Request)
             requests.append(attrs.evolve(frame, headers=frame.headers.without("Seq")))
-            return sendEncoded(encoded, decode)
+            return sendEncoded(encoded, decode, waiter)
 
         self.link.request = recording  # type: ignore[method-assign]
         self.link.requestEncoded = recordingEncoded  # type: ignore[method-assign]
@@ -1067,6 +1069,263 @@ class LinkLossTests(ProxyTestCase):
         self.network.flush()
         self.assertEqual(self.successResultOf(d).code, 503)
         self.open()
+
+
+class MessageThenTests(ProxyTestCase):
+    """
+    L{RemoteSession.sendMessageThen}: a message's outcome given to a call
+    the face passes (the router's native face), with no L{Deferred} on the
+    router for it; the same outcomes as L{RemoteSession.sendMessage}'s.
+    """
+
+    def sendThen(self, session: RemoteSession, *arguments: Any) -> tuple[object, list[tuple[Any, ...]]]:
+        """
+        Send a message with C{sendMessageThen}; return what it returned and
+        the list its answers are recorded in, as (outcome, token, id).
+        """
+        answers: list[tuple[Any, ...]] = []
+        returned = session.sendMessageThen(lambda *answer: answers.append(answer), "token", *arguments)
+        return returned, answers
+
+    def countDeferreds(self) -> list[int]:
+        """
+        Count the L{Deferred}s made from now on.
+        """
+        made = [0]
+        init = Deferred.__init__
+
+        def counting(d: Deferred[Any], *a: Any, **kw: Any) -> None:
+            made[0] += 1
+            init(d, *a, **kw)
+
+        self.patch(Deferred, "__init__", counting)
+        return made
+
+    def test_delivered(self) -> None:
+        """
+        The compact C{SESSION message} is sent at once with no L{Deferred}
+        made; the call is told C{DELIVERED}, the token and the id when the
+        home server answers (not before C{sendMessageThen} returns), once.
+        """
+        session, home, client = self.open()
+        made = self.countDeferreds()
+        returned, answers = self.sendThen(session, CAROL, "hi ☃", "text/html", "m-1")
+        self.assertIsNone(returned)
+        self.assertEqual(made, [0])
+        self.assertEqual(answers, [])
+        [item] = self.link._pending.values()
+        self.assertIsInstance(item.deferred, proxy._MessageAnswer)
+        self.network.flush()
+        self.assertEqual(answers, [(DeliveryStatus.DELIVERED, "token", "m-1")])
+        self.assertEqual(home.calls, [("sendMessage", (CAROL, "hi ☃", "text/html", "m-1"))])
+        self.assertEqual(self.link.queued, 0)
+
+    def test_refused(self) -> None:
+        """
+        A refusal comes as the L{Failure} of the same error
+        L{RemoteSession.sendMessage} fails with (a 486's alternate
+        included).
+        """
+        session, home, client = self.open()
+        home.answers["sendMessage"] = UserBusy("busy", "tel:+15550100")
+        returned, answers = self.sendThen(session, CAROL, "hi", "text/plain", "m-1")
+        self.network.flush()
+        [(outcome, token, messageId)] = answers
+        self.assertIsInstance(outcome, Failure)
+        self.assertEqual(outcome.value.alternate, "tel:+15550100")
+        self.assertEqual((token, messageId), ("token", "m-1"))
+
+    def test_sessionEnds(self) -> None:
+        """
+        A message in flight when the home server ends the session is
+        answered at once with L{ServiceUnavailable} and its reason; the
+        home server's answer that comes later is dropped.
+        """
+        session, home, client = self.open()
+        held: Deferred[DeliveryStatus] = Deferred()
+        home.sendMessage = lambda *arguments: held  # type: ignore[method-assign]
+        returned, answers = self.sendThen(session, CAROL, "hi", "text/plain", "m-1")
+        self.network.flush()
+        self.assertEqual(answers, [])
+        home.client.sessionClosed("server shutting down")
+        self.network.flush()
+        [(outcome, token, messageId)] = answers
+        self.assertEqual(str(outcome.value), "server shutting down")
+        self.assertIsInstance(outcome.value, ServiceUnavailable)
+        held.callback(DeliveryStatus.DELIVERED)
+        self.network.flush()
+        self.assertEqual(len(answers), 1)
+        self.assertEqual(self.link.queued, 0)
+
+    def test_linkLost(self) -> None:
+        """
+        A message in flight when the link connection is lost is answered
+        at once with L{ServiceUnavailable}.
+        """
+        session, home, client = self.open()
+        returned, answers = self.sendThen(session, CAROL, "hi", "text/plain", "m-1")
+        self.drop()
+        [(outcome, token, messageId)] = answers
+        self.assertEqual(str(outcome.value), LINK_LOST)
+        self.clock.advance(10)
+        self.assertEqual(len(answers), 1)
+
+    def test_timeout(self) -> None:
+        """
+        A message with no answer within C{request_timeout} is answered with
+        L{ServiceUnavailable}, as its L{Deferred} would fail.
+        """
+        session, home, client = self.open()
+        held: Deferred[DeliveryStatus] = Deferred()
+        home.sendMessage = lambda *arguments: held  # type: ignore[method-assign]
+        returned, answers = self.sendThen(session, CAROL, "hi", "text/plain", None)
+        self.network.flush()
+        self.clock.advance(self.routerConfig.links.requestTimeout + 1)
+        [(outcome, token, messageId)] = answers
+        self.assertIsInstance(outcome.value, ServiceUnavailable)
+        self.assertIsNone(messageId)
+
+    def test_refusedAtOnce(self) -> None:
+        """
+        What L{RemoteSession.sendMessage} fails with at once is raised: a
+        full link queue (C{503}, logged once), a session that has ended,
+        text that cannot be encoded; the call is never told.
+        """
+        session, home, client = self.open()
+        answers: list[Any] = []
+        self.network.pumps.clear()
+        queued = [session.sendMessage(CAROL, str(i)) for i in range(self.routerConfig.links.maxQueue)]
+        e = self.assertRaises(ServiceUnavailable, session.sendMessageThen, answers.append, "token", CAROL, "hi")
+        self.assertIn("requests waiting", str(e))
+        self.assertRaises(InvalidAddress, session.sendMessageThen, answers.append, "token", CAROL, "\ud800")
+        session.ended("gone")
+        self.assertRaises(ServiceUnavailable, session.sendMessageThen, answers.append, "token", CAROL, "hi")
+        self.assertEqual(answers, [])
+        for d in queued:
+            self.assertEqual(str(self.failureResultOf(d, ServiceUnavailable).value), "gone")
+
+    def test_jsonForm(self) -> None:
+        """
+        A message whose id a header cannot carry goes in the JSON form, as
+        with L{RemoteSession.sendMessage}, through the L{Deferred} that
+        C{sendMessage} returns.
+        """
+        session, home, client = self.open()
+        returned, answers = self.sendThen(session, CAROL, "hi", "text/plain", " m-1")
+        assert isinstance(returned, Deferred)
+        self.network.flush()
+        self.assertIs(self.successResultOf(returned), DeliveryStatus.DELIVERED)
+        self.assertEqual(answers, [])
+        self.assertEqual(home.calls, [("sendMessage", (CAROL, "hi", "text/plain", " m-1"))])
+
+    def test_answerFails(self) -> None:
+        """
+        A call that raises is logged, and the link goes on reading: the
+        next message is answered.
+        """
+        session, home, client = self.open()
+
+        def failing(*answer: Any) -> None:
+            raise RuntimeError("boom")
+
+        session.sendMessageThen(failing, "token", CAROL, "hi")
+        returned, answers = self.sendThen(session, CAROL, "again", "text/plain", "m-2")
+        self.network.flush()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(answers, [(DeliveryStatus.DELIVERED, "token", "m-2")])
+
+    def test_keptBounded(self) -> None:
+        """
+        The session keeps its messages to fail them when it ends, as for
+        L{RemoteSession.sendMessage}: bounded by those in flight.
+        """
+        session, home, client = self.open()
+        held: Deferred[DeliveryStatus] = Deferred()
+        home.sendMessage = lambda *arguments: held  # type: ignore[method-assign]
+        returned, waiting = self.sendThen(session, CAROL, "held", "text/plain", "m-0")
+        self.network.flush()
+        home.sendMessage = lambda *arguments: succeed(DeliveryStatus.DELIVERED)  # type: ignore[method-assign]
+        answers: list[Any] = []
+        for i in range(1000):
+            session.sendMessageThen(lambda *answer: answers.append(answer), "token", CAROL, str(i))
+            self.network.flush()
+        self.assertEqual(len(answers), 1000)
+        self.assertLessEqual(len(session._inFlight), 2 * proxy._IN_FLIGHT_SWEEP)
+        home.client.sessionClosed("server shutting down")
+        self.network.flush()
+        [(outcome, token, messageId)] = waiting
+        self.assertIsInstance(outcome.value, ServiceUnavailable)
+
+
+class NativeFaceThroughProxyTests(ProxyTestCase):
+    """
+    The router's native face over a proxied session: a client's C{MESSAGE}
+    is answered from the home server's answer through one call, no
+    L{Deferred} on the router for it; the answers are those of
+    L{RemoteSession.sendMessage}'s outcomes.
+    """
+
+    def loggedIn(self) -> tuple[Any, RecordingSession]:
+        """
+        A native client logged in at a router face whose session is
+        replaced by a proxied one on hs1.
+        """
+        from tests.test_native_server import Wire
+
+        gateway = memoryGateway(self.clock)
+        addUser(gateway, "alice", "alice-pw")
+        wire = Wire(NativeServerFactory(gateway, NativeConfig(), self.clock))
+        self.assertEqual(wire.login("alice", "alice-pw").code, 200)
+        original = wire.protocol.session
+        assert original is not None
+        original.close("replaced")
+        session, home, client = self.open()
+        wire.protocol.session = session
+        return wire, home
+
+    def test_message(self) -> None:
+        """
+        C{MESSAGE} is answered C{200} with its id once hs1 answers (none
+        before); a refusal with its status and C{Alternate}; a C{BYE}
+        waits for the answers before it; no L{Deferred} is made on the
+        router while the message is sent.
+        """
+        wire, home = self.loggedIn()
+        outcomes: list[Any] = [succeed(DeliveryStatus.DELIVERED), fail(UserBusy("busy", "tel:+15550100"))]
+
+        def sendMessage(*arguments: Any) -> Deferred[DeliveryStatus]:
+            home.calls.append(("sendMessage", arguments))
+            outcome: Deferred[DeliveryStatus] = outcomes.pop(0)
+            return outcome
+
+        home.sendMessage = sendMessage  # type: ignore[method-assign,assignment]
+        made = MessageThenTests.countDeferreds(self)  # type: ignore[arg-type]
+        first = wire.send("MESSAGE", "im:carol@corp.example", [("Message-ID", "m-1")], b"hi")
+        self.assertEqual(made, [0])
+        second = wire.send("MESSAGE", "im:carol@corp.example", [("Message-ID", "m-2")], b"again")
+        bye = wire.send("BYE")
+        self.assertEqual(wire.frames(), [])
+        self.assertEqual(wire.protocol._inFlight, 2)
+        self.network.flush()
+        responses = [f for f in wire.frames() if isinstance(f, Response)]
+        self.assertEqual(
+            [(r.seq, r.code, r.headers.get("Message-ID"), r.headers.get("Alternate")) for r in responses],
+            [(first, 200, "m-1", None), (second, 486, None, "tel:+15550100"), (bye, 200, None, None)],
+        )
+        self.assertEqual([c[1][:2] for c in home.calls], [(CAROL, "hi"), (CAROL, "again")])
+
+    def test_refusedAtOnce(self) -> None:
+        """
+        A message the proxied session refuses at once (it has ended) is
+        answered at once with C{503}; nothing is left in flight.
+        """
+        wire, home = self.loggedIn()
+        session = wire.protocol.session
+        assert isinstance(session, RemoteSession)
+        session.ended("gone")
+        r = wire.call("MESSAGE", "im:carol@corp.example", [("Message-ID", "m-1")], b"hi")
+        self.assertEqual((r.code, r.reason), (503, "the session has ended"))
+        self.assertEqual(wire.protocol._inFlight, 0)
 
 
 class InstallTests(SynchronousTestCase):

@@ -975,7 +975,7 @@ class LinkClient(MultiService):
             return fail(ServerError(f"cannot send {request.method} over a link"))
         return self._enqueue(encoded)
 
-    def requestEncoded(self, encoded: bytes, decode: Callable[[Response], Any] | None = None) -> Deferred[Any]:
+    def requestEncoded(self, encoded: bytes, decode: Callable[[Response], Any] | None = None, waiter: Any = None) -> Deferred[Any]:
         """
         As L{request}, for a request its caller serialised already, as
         L{serialiseUnsequenced} would (the proxied sessions' messages,
@@ -986,10 +986,15 @@ class LinkClient(MultiService):
             then fires with what C{decode(response)} returns, or fails with
             what it raises, with no callback added for it (the answer of a
             proxied session's message read as it comes).
+        @param waiter: What is told the outcome, if given, in place of a new
+            L{Deferred} (its C{called}, C{callback} and C{errback}, as a
+            L{Deferred}'s: a proxied session's message answered to its face
+            directly, L{imgateway.router.proxy}); it is returned, and a full
+            queue raises L{ServiceUnavailable} rather than failing it.
         """
-        return self._enqueue(encoded, decode)
+        return self._enqueue(encoded, decode, waiter)
 
-    def _enqueue(self, encoded: bytes, decode: Callable[[Response], object] | None = None) -> Deferred[Any]:
+    def _enqueue(self, encoded: bytes, decode: Callable[[Response], object] | None = None, waiter: Any = None) -> Deferred[Any]:
         """
         Queue a serialised request and send it if the link is up.
 
@@ -1000,10 +1005,13 @@ class LinkClient(MultiService):
         """
         if len(self._pending) >= self._config.maxQueue:
             self._queueFull()
-            return fail(ServiceUnavailable(f"link to {self.name}: {self._config.maxQueue} requests waiting"))
+            refused = ServiceUnavailable(f"link to {self.name}: {self._config.maxQueue} requests waiting")
+            if waiter is not None:
+                raise refused
+            return fail(refused)
         self._ids += 1
         ident = self._ids
-        d: Deferred[Any] = Deferred()
+        d: Deferred[Any] = Deferred() if waiter is None else waiter
         deadline = self._clock.seconds() + self._config.requestTimeout
         self._pending[ident] = _Outgoing(encoded, d, deadline, decode, self, ident)
         if self._sweeper is None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -84,6 +84,8 @@ __all__ = [
 ]
 
 log = Logger()
+
+_T = TypeVar("_T")
 
 #: The method of a router's requests for a proxied session (target: the
 #: operation), answered by the home server.
@@ -258,6 +260,43 @@ def _messageOutcome(response: Response) -> DeliveryStatus:
     return DeliveryStatus.DELIVERED
 
 
+class _MessageAnswer(Generic[_T]):
+    """
+    A proxied session's message in flight, for a face that takes its
+    outcome through a call (L{RemoteSession.sendMessageThen}): what the
+    link tells in place of a L{Deferred} (L{LinkClient.requestEncoded}'s
+    C{waiter}), and what the session fails when it ends first. Told once;
+    what comes after (a late answer) is dropped, as a fired L{Deferred}'s
+    link drops it.
+    """
+
+    __slots__ = ("called", "_answer", "_token", "_messageId")
+
+    def __init__(self, answer: Callable[[DeliveryStatus | Failure, _T, str | None], object], token: _T, messageId: str | None) -> None:
+        self.called = False
+        self._answer = answer
+        self._token = token
+        self._messageId = messageId
+
+    def callback(self, outcome: DeliveryStatus) -> None:
+        if not self.called:
+            self.called = True
+            self._tell(outcome)
+
+    def errback(self, error: BaseException | Failure) -> None:
+        if not self.called:
+            self.called = True
+            self._tell(error if isinstance(error, Failure) else Failure(error))
+
+    def _tell(self, outcome: DeliveryStatus | Failure) -> None:
+        try:
+            self._answer(outcome, self._token, self._messageId)
+        except Exception:
+            # Logged as a Deferred's callback's failure would be, not
+            # raised into the link's reading.
+            log.failure("Answering a proxied session's message")
+
+
 #: The fewest of a proxied session's messages it keeps (L{RemoteSession._keep})
 #: before it drops those answered.
 _IN_FLIGHT_SWEEP = 64
@@ -403,7 +442,7 @@ class RemoteSession:
         self.client = client
         self.presence: Presence = OFFLINE
         self.closed = False
-        self._inFlight: set[Deferred[Any]] = set()
+        self._inFlight: set[Deferred[Any] | _MessageAnswer[Any]] = set()
         self._sweepAt = _IN_FLIGHT_SWEEP
 
     def __repr__(self) -> str:
@@ -453,33 +492,84 @@ class RemoteSession:
     def sendMessage(
         self, recipient: Address, body: str, contentType: str = "text/plain", messageId: str | None = None
     ) -> Deferred[DeliveryStatus]:
-        # (text/plain, what nearly every message has, is safe as it is.)
-        if not ((contentType == "text/plain" or _headerSafe(contentType)) and (messageId is None or _headerSafe(messageId))):
+        try:
+            encoded = self._compactMessage(recipient, body, contentType, messageId)
+        except Exception:
+            return fail()
+        if encoded is None:
             # Values a header cannot carry as they are (from a face other
             # than the native one): the JSON form.
             arguments = {"to": str(recipient), "body": body, "contentType": contentType, "messageId": messageId}
             return self._call("message", arguments).addCallback(_delivered)
-        try:
-            text = body.encode("utf-8")
-        except UnicodeEncodeError:
-            return fail(InvalidAddress("the message is not valid text"))
-        if self.closed:
-            return fail(ServiceUnavailable("the session has ended"))
-        # The compact form (docs/protocol.md section 9.7): headers and the
-        # text itself, no JSON to write here or to read at the home server;
-        # its bytes written at once.
-        try:
-            encoded = encodeSessionMessage(self.sessionId, str(recipient), text, contentType, messageId)
-        except ValueError as e:
-            log.error("Link to {peer}: cannot send SESSION message: {error}", peer=self._link.name, error=e)
-            return fail(ServerError("cannot send SESSION over a link"))
         # Its answer read by the link as it comes (_messageOutcome): the
         # face's callback is the first on the Deferred.
         d: Deferred[DeliveryStatus] = self._link.requestEncoded(encoded, _messageOutcome)
         self._keep(d)
         return d
 
-    def _keep(self, d: Deferred[Any]) -> None:
+    def sendMessageThen(
+        self,
+        answer: Callable[[DeliveryStatus | Failure, _T, str | None], object],
+        token: _T,
+        recipient: Address,
+        body: str,
+        contentType: str = "text/plain",
+        messageId: str | None = None,
+    ) -> DeliveryStatus | Deferred[DeliveryStatus] | None:
+        """
+        Send a message as L{sendMessage} does, its outcome given to
+        C{answer} rather than through a L{Deferred} (the router's native
+        face: nothing between the link's reading of the home server's
+        answer and the client's C{200} but one call).
+
+        @param answer: Called once, later (never before this returns), with
+            the outcome (L{DeliveryStatus.DELIVERED}, or the L{Failure} that
+            L{sendMessage}'s L{Deferred} would have failed with), C{token}
+            and C{messageId}: when the home server answers, when the link's
+            C{request_timeout} passes, or when the session ends first.
+        @return: C{None} when C{answer} will be called; otherwise what
+            L{sendMessage} returns (a message in the JSON form), for the
+            face to wait for as usual.
+        @raise Exception: What L{sendMessage}'s L{Deferred} would fail with
+            at once (the session ended, text that cannot be sent, a full
+            link queue).
+        """
+        encoded = self._compactMessage(recipient, body, contentType, messageId)
+        if encoded is None:
+            return self.sendMessage(recipient, body, contentType, messageId)
+        waiter = _MessageAnswer(answer, token, messageId)
+        self._link.requestEncoded(encoded, _messageOutcome, waiter)
+        self._keep(waiter)
+        return None
+
+    def _compactMessage(self, recipient: Address, body: str, contentType: str, messageId: str | None) -> bytes | None:
+        """
+        The bytes of a message's compact C{SESSION message}
+        (C{docs/protocol.md} section 9.7: headers and the text itself, no
+        JSON to write here or to read at the home server).
+
+        @return: The bytes, or C{None} for values a header cannot carry as
+            they are (the JSON form).
+        @raise Exception: Why the message cannot be sent (L{InvalidAddress}
+            for text that is not valid, L{ServiceUnavailable} for a session
+            that has ended, L{ServerError} for what cannot be serialised).
+        """
+        # (text/plain, what nearly every message has, is safe as it is.)
+        if not ((contentType == "text/plain" or _headerSafe(contentType)) and (messageId is None or _headerSafe(messageId))):
+            return None
+        try:
+            text = body.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidAddress("the message is not valid text") from None
+        if self.closed:
+            raise ServiceUnavailable("the session has ended")
+        try:
+            return encodeSessionMessage(self.sessionId, str(recipient), text, contentType, messageId)
+        except ValueError as e:
+            log.error("Link to {peer}: cannot send SESSION message: {error}", peer=self._link.name, error=e)
+            raise ServerError("cannot send SESSION over a link") from None
+
+    def _keep(self, d: Deferred[Any] | _MessageAnswer[Any]) -> None:
         """
         Keep C{d}, a message's L{Deferred} from the link, to fail it at once
         if the session ends first (L{ended}), without a callback to forget

@@ -949,7 +949,9 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         at once (a home server's, C{sendMessageAtOnce}: a recipient in this
         process) is answered now, with no L{Deferred} at all; any other
         outcome (a router's proxied session, a recipient elsewhere) with
-        one callback, L{_messageAnswered}. The answers are those of
+        one callback, L{_messageAnswered}, or, for a session that calls
+        back (a router's proxied session, C{sendMessageThen}), that call.
+        The answers are those of
         L{_answered} and L{_failed}: C{200} with the C{Message-ID} (one is
         made when the request has none), or the refusal's status.
         """
@@ -958,7 +960,19 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             session = self.session
             assert session is not None  # what _session says: never here without one
             atOnce = getattr(session, "sendMessageAtOnce", None)
-            outcome = atOnce(*arguments) if atOnce is not None else session.sendMessage(*arguments)
+            if atOnce is not None:
+                outcome = atOnce(*arguments)
+            else:
+                then = getattr(session, "sendMessageThen", None)
+                if then is None:
+                    outcome = session.sendMessage(*arguments)
+                else:
+                    # A session that calls back with the outcome (a router's
+                    # proxied session): no Deferred unless it returns one.
+                    outcome = then(self._messageAnswered, request, *arguments)
+                    if outcome is None:
+                        self._inFlight += 1
+                        return
         except BaseException:
             self._failed(Failure(), request)
             return

@@ -1314,6 +1314,40 @@ class NativeFaceThroughProxyTests(ProxyTestCase):
         )
         self.assertEqual([c[1][:2] for c in home.calls], [(CAROL, "hi"), (CAROL, "again")])
 
+    def test_answerReadsNothing(self) -> None:
+        """
+        An answer with nothing held behind it writes the C{200} and asks the
+        connection's parser for nothing (a read, or a timer, brings what
+        comes next); with a C{BYE} held behind it, the C{BYE} is handled.
+        """
+        from tests.test_native_server import watchParser
+
+        wire, home = self.loggedIn()
+        watched = watchParser(wire.protocol)
+        asked: list[str] = []
+        parser = watched.parser
+
+        def nextBareOK() -> int | None:
+            asked.append("nextBareOK")
+            return parser.nextBareOK()
+
+        def next() -> object:
+            asked.append("next")
+            return parser.next()
+
+        watched.nextBareOK = nextBareOK  # type: ignore[method-assign]
+        watched.next = next  # type: ignore[method-assign]
+        first = wire.send("MESSAGE", "im:carol@corp.example", [("Message-ID", "m-1")], b"hi")
+        del asked[:]
+        self.network.flush()
+        self.assertEqual([(f.seq, f.code) for f in wire.frames() if isinstance(f, Response)], [(first, 200)])
+        self.assertEqual(asked, [])
+        second = wire.send("MESSAGE", "im:carol@corp.example", [("Message-ID", "m-2")], b"hi")
+        bye = wire.send("BYE")
+        self.assertEqual(wire.frames(), [])
+        self.network.flush()
+        self.assertEqual([(f.seq, f.code) for f in wire.frames() if isinstance(f, Response)], [(second, 200), (bye, 200)])
+
     def test_refusedAtOnce(self) -> None:
         """
         A message the proxied session refuses at once (it has ended) is

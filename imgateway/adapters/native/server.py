@@ -992,7 +992,11 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             else:
                 self._respondSent(request.seq, messageId)
         finally:
-            self._process()
+            # Only a request held for the answers before it (AUTH, BYE)
+            # waits for this one: whatever else stopped _process has its
+            # own way back (a read, a timer, _requestDone).
+            if self._held is not None:
+                self._process()
 
     def _respondSent(self, seq: int, messageId: str) -> None:
         """

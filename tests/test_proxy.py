@@ -1234,6 +1234,53 @@ class MessageThenTests(ProxyTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(answers, [(DeliveryStatus.DELIVERED, "token", "m-2")])
 
+    def test_headsKept(self) -> None:
+        """
+        The start of a session's messages to a recipient is written once
+        (L{proxy.sessionMessageHead}), for at most L{proxy._HEADS_KEPT}
+        recipients at a time; what is sent is L{proxy.encodeSessionMessage}'s
+        bytes, with and without C{Message-ID}, content type and text, and
+        for a recipient that is not plain.
+        """
+        session, home, client = self.open()
+        made: list[tuple[str, str]] = []
+        head = proxy.sessionMessageHead
+
+        def counting(sessionId: str, recipient: str) -> bytes | None:
+            made.append((sessionId, recipient))
+            return head(sessionId, recipient)
+
+        self.patch(proxy, "sessionMessageHead", counting)
+        sent: list[bytes] = []
+        requestEncoded = self.link.requestEncoded
+
+        def recording(encoded: bytes, decode: Any = None, waiter: Any = None) -> Deferred[Any]:
+            sent.append(encoded)
+            return requestEncoded(encoded, decode, waiter)
+
+        self.patch(self.link, "requestEncoded", recording)
+        odd = Address("c\u200earol", "corp.example")
+        cases: list[tuple[Address, str, str, str | None]] = [
+            (CAROL, "hi", "text/plain", "m-1"),
+            (CAROL, "", "text/plain", "m-2"),
+            (CAROL, "hi", "text/html", None),
+            (CAROL, "", "text/plain", None),
+            (BOB, "hi \u2603", "text/plain", "m-3"),
+            (odd, "hi", "text/plain", "m-\u200e"),
+        ]
+        for recipient, body, contentType, messageId in cases:
+            self.assertIsNone(session.sendMessageThen(lambda *a: None, None, recipient, body, contentType, messageId))
+        self.assertEqual(made, [(session.sessionId, str(CAROL)), (session.sessionId, str(BOB)), (session.sessionId, str(odd))])
+        self.assertEqual(
+            sent,
+            [proxy.encodeSessionMessage(session.sessionId, str(r), b.encode(), c, m) for r, b, c, m in cases],
+        )
+        for i in range(proxy._HEADS_KEPT + 1):
+            session.sendMessageThen(lambda *a: None, None, Address(f"user{i}", "corp.example"), "hi", "text/plain", None)
+            self.network.flush()
+        self.assertLessEqual(len(session._heads or {}), proxy._HEADS_KEPT)
+        self.network.flush()
+
     def test_keptBounded(self) -> None:
         """
         The session keeps its messages to fail them when it ends, as for
@@ -1335,7 +1382,7 @@ class NativeFaceThroughProxyTests(ProxyTestCase):
             asked.append("next")
             return parser.next()
 
-        watched.nextBareOK = nextBareOK  # type: ignore[method-assign]
+        watched.nextBareOK = nextBareOK  # type: ignore[attr-defined]
         watched.next = next  # type: ignore[method-assign]
         first = wire.send("MESSAGE", "im:carol@corp.example", [("Message-ID", "m-1")], b"hi")
         del asked[:]
@@ -1526,6 +1573,45 @@ class SessionMessageEncodingTests(SynchronousTestCase):
                 parsed = FrameParser(LINK_LIMITS).feed(withSeq(direct, 7))
                 self.assertEqual(len(parsed), 1)
         self.assertGreater(encoded, 1000)
+
+    def test_headsSameAsWhole(self) -> None:
+        """
+        A message written after its start (L{proxy.sessionMessageHead},
+        L{proxy.encodeSessionMessageAfter}) is what
+        L{proxy.encodeSessionMessage} writes, over the fuzzed arguments of
+        L{test_sameAsGeneral}; where either says C{None}, the whole message
+        is one L{proxy.encodeSessionMessage} would not write directly, or a
+        value UTF-8 cannot encode.
+        """
+        rng = random.Random(20261206)
+        alphabet = ["a", "Z", "0", "-", ".", ":", "@", " ", "\t", "\r", "\n", "\x00", "\x7f", "\x85", "\u2603", "\ud800", "é", "\x1b", "\u200e", "\u3000"]
+
+        def text(low: int = 0, high: int = 12) -> str:
+            return "".join(rng.choice(alphabet) for _ in range(rng.randint(low, high)))
+
+        after = 0
+        for i in range(4000):
+            arguments = (
+                rng.choice(["hs1-1", "hs1-12345678", text(0, 8)]),
+                rng.choice(["carol@corp.example", "bob@partner.example", text(0, 12)]),
+                rng.choice([b"", b"hi", "hi \u2603".encode(), b"\x00\r\n\r\n", bytes(rng.randrange(256) for _ in range(rng.randint(0, 20)))]),
+                rng.choice(["text/plain", "text/plain", "text/html", "", text(0, 10)]),
+                rng.choice([None, None, "m-1", "", "x" * 1024, text(0, 10)]),
+            )
+            whole = self.outcome(lambda: proxy.encodeSessionMessage(*arguments))
+            head = proxy.sessionMessageHead(arguments[0], arguments[1])
+            written = None if head is None else proxy.encodeSessionMessageAfter(head, *arguments[2:])
+            if written is None:
+                # Then the whole is the general way's, or an error.
+                values = "\t".join(v for v in (arguments[0], arguments[1], arguments[3], arguments[4]) if v is not None)
+                self.assertTrue(
+                    proxy._VALUES_NOT_PLAIN.search(values) is not None or "\ud800" in values,
+                    arguments,
+                )
+            else:
+                after += 1
+                self.assertEqual(written, whole, arguments)
+        self.assertGreater(after, 1000)
 
     def test_printableWithoutPattern(self) -> None:
         """

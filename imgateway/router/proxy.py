@@ -353,6 +353,68 @@ def encodeSessionMessage(sessionId: str, recipient: str, text: bytes, contentTyp
         return serialiseUnsequenced(_sessionMessageRequest(sessionId, recipient, text, contentType, messageId))
 
 
+#: L{_SESSION_MESSAGE_START} as bytes.
+_SESSION_MESSAGE_START_BYTES = _SESSION_MESSAGE_START.encode("ascii")
+
+
+def _plainValue(value: str) -> bytes | None:
+    """
+    C{value} as UTF-8, if L{encodeSessionMessage} writes it as it is: it
+    holds nothing L{_VALUES_NOT_PLAIN} finds, and UTF-8 can encode it.
+    """
+    if not value.isprintable() and _VALUES_NOT_PLAIN.search(value) is not None:
+        return None
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+
+
+def sessionMessageHead(sessionId: str, recipient: str) -> bytes | None:
+    """
+    The start of every compact C{SESSION message} of session C{sessionId}
+    to C{recipient}: its start line and its C{Session} and C{To} headers,
+    as L{encodeSessionMessage} writes them.
+
+    @return: The bytes, or C{None} when either value is not written as it
+        is (L{encodeSessionMessage} decides).
+    """
+    session = _plainValue(sessionId)
+    to = _plainValue(recipient)
+    if session is None or to is None:
+        return None
+    return b"%sSession: %s\r\nTo: %s\r\n" % (_SESSION_MESSAGE_START_BYTES, session, to)
+
+
+def encodeSessionMessageAfter(head: bytes, text: bytes, contentType: str, messageId: str | None) -> bytes | None:
+    """
+    What L{encodeSessionMessage} writes for a message whose start is
+    C{head} (L{sessionMessageHead}'s), with C{text}, C{contentType} and
+    C{messageId}: the same bytes, or C{None} when a value is not written as
+    it is (L{encodeSessionMessage} decides).
+    """
+    if contentType != "text/plain":
+        plain = _plainValue(contentType)
+        if plain is None:
+            return None
+        head = b"%sContent-Type: %s\r\n" % (head, plain)
+    if messageId is not None:
+        plain = _plainValue(messageId)
+        if plain is None:
+            return None
+        if text:
+            return b"%sMessage-ID: %s\r\nContent-Length: %d\r\n\r\n%s" % (head, plain, len(text), text)
+        return b"%sMessage-ID: %s\r\n\r\n" % (head, plain)
+    if text:
+        return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(text), text)
+    return head + b"\r\n"
+
+
+#: The most recipients a proxied session keeps the start of its messages to
+#: (L{sessionMessageHead}); past it, it forgets them all.
+_HEADS_KEPT = 32
+
+
 def messageArguments(request: Request) -> tuple[Address, str, str, str | None]:
     """
     The arguments of a C{SESSION message} request
@@ -444,6 +506,9 @@ class RemoteSession:
         self.closed = False
         self._inFlight: set[Deferred[Any] | _MessageAnswer[Any]] = set()
         self._sweepAt = _IN_FLIGHT_SWEEP
+        #: The start of this session's messages, by recipient
+        #: (L{sessionMessageHead}); made at the first message.
+        self._heads: dict[str, bytes] | None = None
 
     def __repr__(self) -> str:
         return f"<RemoteSession {self.sessionId} {self.address} on {self._link.name}>"
@@ -563,8 +628,25 @@ class RemoteSession:
             raise InvalidAddress("the message is not valid text") from None
         if self.closed:
             raise ServiceUnavailable("the session has ended")
+        # The start of its messages to a recipient (the session and the
+        # recipient) written once; anything not plain the general way.
+        to = str(recipient)
+        heads = self._heads
+        if heads is None:
+            heads = self._heads = {}
+        head = heads.get(to)
+        if head is None:
+            head = sessionMessageHead(self.sessionId, to)
+            if head is not None:
+                if len(heads) >= _HEADS_KEPT:
+                    heads.clear()
+                heads[to] = head
+        if head is not None:
+            encoded = encodeSessionMessageAfter(head, text, contentType, messageId)
+            if encoded is not None:
+                return encoded
         try:
-            return encodeSessionMessage(self.sessionId, str(recipient), text, contentType, messageId)
+            return encodeSessionMessage(self.sessionId, to, text, contentType, messageId)
         except ValueError as e:
             log.error("Link to {peer}: cannot send SESSION message: {error}", peer=self._link.name, error=e)
             raise ServerError("cannot send SESSION over a link") from None

@@ -346,6 +346,7 @@ def runMode(args: argparse.Namespace, topology: Topology, mode: str) -> dict[str
     out["topology"] = topology.name
     out["mode"] = mode
     out["server_cpu_s_by_process"] = _byProcess(topology, out)
+    out["server_cpu_us_per_delivery_by_process"] = perDelivery(out)
     if sampled is not None:
         out["py_spy"] = sampled
         for name, shares in sampled.items():
@@ -358,6 +359,20 @@ def _byProcess(topology: Topology, out: dict[str, Any]) -> dict[str, float] | No
     if byPid is None:
         return None
     return {name: byPid[str(gw.pid)] for name, gw in topology.gateways.items() if str(gw.pid) in byPid}
+
+
+def perDelivery(row: dict[str, Any]) -> dict[str, float] | None:
+    """
+    @return: Each server's CPU per delivery in µs (C{{"router": 27.5,
+        ...}}), from its CPU seconds in the window
+        (C{server_cpu_s_by_process}), or C{None} without them or without a
+        delivery.
+    """
+    byProcess = row.get("server_cpu_s_by_process")
+    delivered = row.get("delivered")
+    if not byProcess or not delivered:
+        return None
+    return {name: round(seconds / delivered * 1e6, 1) for name, seconds in byProcess.items()}
 
 
 def problems(row: dict[str, Any]) -> list[str]:
@@ -402,7 +417,7 @@ def table(rows: list[dict[str, Any]], skipped: dict[str, str]) -> str:
     """
     lines = [
         "| topology | mode | deliveries/s | delivery p50 / p99 ms | round trip p50 / p99 ms "
-        "| server CPU % | server CPU µs/delivery | by process (CPU s) | checks |",
+        "| server CPU % | server CPU µs/delivery | by process: CPU s (µs/delivery) | checks |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -412,6 +427,7 @@ def table(rows: list[dict[str, Any]], skipped: dict[str, str]) -> str:
         mode = f"fixed {r['rate_target']:g}/s" if r["mode"] == "fixed" else f"closed, window {r['window']}"
         lat, ack = r["lat_us"], r["ack_lat_us"]
         byProcess = r.get("server_cpu_s_by_process") or {}
+        perProcess = r.get("server_cpu_us_per_delivery_by_process") or {}
         found = problems(r)
         checks = "; ".join(found) if found else f"0 lost, 0 duplicated of {r['delivered']:,}"
         refused = refusals(r)
@@ -421,7 +437,7 @@ def table(rows: list[dict[str, Any]], skipped: dict[str, str]) -> str:
             f"| {r['topology']} | {mode} | {r['rate_per_s']:,.0f} "
             f"| {_ms(lat.get('p50'))} / {_ms(lat.get('p99'))} | {_ms(ack.get('p50'))} / {_ms(ack.get('p99'))} "
             f"| {r['server_cpu_pct']} | {r['server_cpu_us_per_delivery']} "
-            f"| {', '.join(f'{k} {v:.2f}' for k, v in byProcess.items()) or '-'} "
+            f"| {', '.join(f'{k} {v:.2f}' + (f' ({perProcess[k]:g})' if k in perProcess else '') for k, v in byProcess.items()) or '-'} "
             f"| {checks} |"
         )
     lines.append("")

@@ -69,3 +69,41 @@ class SpyTests(SynchronousTestCase):
         args = multihost.parseArgs(["--quick", "--py-spy", str(folder)])
         self.assertTrue(folder.is_dir())
         self.assertEqual((args.py_spy, args.spy), (folder, multihost.pySpy()))
+
+
+class PerProcessTests(SynchronousTestCase):
+    """
+    Each server's CPU per delivery, in the JSON and in the table.
+    """
+
+    ROW = {
+        "topology": "router-proxy",
+        "mode": "closed",
+        "window": 10,
+        "rate_per_s": 1000.0,
+        "lat_us": {"p50": 1000, "p99": 2000},
+        "ack_lat_us": {"p50": 1500, "p99": 2500},
+        "server_cpu_pct": 90.0,
+        "server_cpu_us_per_delivery": 90.0,
+        "delivered": 20000,
+        "server_cpu_s_by_process": {"router": 0.55, "hs1": 0.62, "hs2": 0.63},
+    }
+
+    def test_perDelivery(self) -> None:
+        """
+        Each process's CPU seconds over the deliveries, in µs; C{None}
+        without the seconds or without a delivery.
+        """
+        self.assertEqual(multihost.perDelivery(self.ROW), {"router": 27.5, "hs1": 31.0, "hs2": 31.5})
+        self.assertIsNone(multihost.perDelivery(dict(self.ROW, delivered=0)))
+        self.assertIsNone(multihost.perDelivery(dict(self.ROW, server_cpu_s_by_process=None)))
+
+    def test_table(self) -> None:
+        """
+        The table gives each process's CPU seconds and, in brackets, its µs
+        per delivery.
+        """
+        row = dict(self.ROW, server_cpu_us_per_delivery_by_process=multihost.perDelivery(self.ROW))
+        text = multihost.table([row], {})
+        self.assertIn("| by process: CPU s (µs/delivery) |", text)
+        self.assertIn("| router 0.55 (27.5), hs1 0.62 (31), hs2 0.63 (31.5) |", text)

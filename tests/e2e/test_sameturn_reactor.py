@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.test import (
     test_core,
     test_fdset,
@@ -27,6 +27,7 @@ from twisted.internet.test import (
     test_unix,
 )
 from twisted.internet.test.reactormixins import ReactorBuilder
+from twisted.python import log
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -50,6 +51,20 @@ class _Echo(Protocol):
     def dataReceived(self, data: bytes) -> None:
         type(self).reads += 1
         self.transport.write(data)  # type: ignore[union-attr]
+
+
+class _LoggingEcho(Protocol):
+    """
+    Writes back what it reads, logging a line for what it reads and for
+    its connection lost.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        log.msg("read")
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        log.msg("lost")
 
 
 class SameTurnTests(SynchronousTestCase):
@@ -103,6 +118,43 @@ class SameTurnTests(SynchronousTestCase):
         request.
         """
         self.assertEqual(self.answerPolls(self.buildReactor(SameTurnEPollReactor)), 0)
+
+    def loggedSystems(self, reactor: Any) -> list[str]:
+        """
+        Run an echo server on C{reactor} whose protocol logs a line (with
+        Twisted's legacy C{log.msg}) for what it reads and when its
+        connection is lost; send it a request and close: return the
+        C{system} of each line.
+        """
+        events: list[dict[str, Any]] = []
+        log.addObserver(events.append)
+        self.addCleanup(log.removeObserver, events.append)
+        port = reactor.listenTCP(0, Factory.forProtocol(_LoggingEcho), interface="127.0.0.1")
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        client.send(b"ping")
+        for _ in range(100):
+            if any(event.get("message") == ("read",) for event in events):
+                break
+            reactor.doIteration(0.05)
+        client.close()
+        for _ in range(100):
+            if any(event.get("message") == ("lost",) for event in events):
+                break
+            reactor.doIteration(0.05)
+        for selectable in reactor.removeAll():
+            selectable.connectionLost(Failure(ConnectionDone()))
+        return [event["system"] for event in events if event.get("message") in (("read",), ("lost",))]
+
+    def test_logContext(self) -> None:
+        """
+        What a protocol logs while it reads, and when the peer closed, is
+        put down to its connection (the transport's C{logPrefix()}), as on
+        Twisted's epoll reactor.
+        """
+        systems = self.loggedSystems(self.buildReactor(SameTurnEPollReactor))
+        self.assertEqual(systems, self.loggedSystems(self.buildReactor(EPollReactor)))
+        self.assertEqual(systems, ["_LoggingEcho,0,127.0.0.1"] * 2)
 
     def test_twistedReactorPollsAgain(self) -> None:
         """

@@ -773,10 +773,11 @@ class CallsPerEventTests(SynchronousTestCase):
     def test_read(self) -> None:
         """
         From a poll's start to C{doRead}: the log context's look-up (once
-        per poll), then the selectable's C{logPrefix}, the reactor's
-        C{_doReadOrWrite} and the selectable's C{fileno}. Twisted's reactor
-        also calls C{log.callWithLogger}, C{log.callWithContext} and the
-        context tracker's methods (seven calls more per event).
+        per poll), then the reactor's C{_handleEvent}, the selectable's
+        C{logPrefix}, the reactor's C{_doReadOrWrite} and the selectable's
+        C{fileno}. Twisted's reactor calls C{log.callWithLogger},
+        C{log.callWithContext} and the context tracker's methods instead of
+        C{_handleEvent} (six calls more per event).
         """
         reactor = SameTurnEPollReactor()
         self.addCleanup(reactor._poller.close)
@@ -788,7 +789,7 @@ class CallsPerEventTests(SynchronousTestCase):
         context.get(ILogContext)
         self.assertEqual(
             self.callsBefore("doRead", partial(reactor.doPoll, 0)),
-            ["doPoll", "_logContext", "currentContext", "logPrefix", "_doReadOrWrite", "fileno"],
+            ["doPoll", "_logContext", "currentContext", "_handleEvent", "logPrefix", "_doReadOrWrite", "fileno"],
         )
 
     def test_write(self) -> None:
@@ -803,7 +804,7 @@ class CallsPerEventTests(SynchronousTestCase):
         context.get(ILogContext)
         self.assertEqual(
             self.callsBefore("doWrite", reactor.flushWriters),
-            ["flushWriters", "_logContext", "currentContext", "fileno", "logPrefix", "_doReadOrWrite", "fileno"],
+            ["flushWriters", "_logContext", "currentContext", "fileno", "_handleEvent", "logPrefix", "_doReadOrWrite", "fileno"],
         )
 
 

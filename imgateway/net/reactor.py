@@ -33,7 +33,7 @@ has the selectable's C{logPrefix()} for its C{system}, and an exception
 that escapes is logged with that C{system} too. Only the way there is
 shorter: the context is pushed onto the thread's context stack directly
 instead of through C{callWithLogger}, C{callWithContext} and the context
-tracker's methods (eight Python calls per event fewer).
+tracker's methods (seven Python calls per event fewer).
 
 C{twistd imgateway} installs it unless C{twistd --reactor NAME} chose
 another (C{--reactor epoll} is Twisted's own: L{installDefault}).
@@ -123,34 +123,51 @@ class SameTurnEPollReactor(EPollReactor):
             if logContext is None:
                 log.callWithLogger(writer, doReadOrWrite, writer, fd, pollOut)
             else:
-                # log.callWithLogger(writer, doReadOrWrite, writer, fd,
-                # pollOut), written out as in doPoll.
-                stack, outer = logContext
-                try:
-                    system = writer.logPrefix()
-                except KeyboardInterrupt:
-                    raise
-                except BaseException:
-                    system = "(buggy logPrefix method)"
-                    log.err(system=system)
-                try:
-                    current = outer.copy()
-                    current["system"] = system
-                    stack.append({ILogContext: current})
-                    try:
-                        doReadOrWrite(writer, fd, pollOut)
-                    finally:
-                        stack.pop()
-                except KeyboardInterrupt:
-                    raise
-                except BaseException:
-                    log.err(system=system)
+                self._handleEvent(logContext, writer, fd, pollOut)
             if writer in pending:
                 # Not done (its peer is not reading, or it never stops
                 # writing): watched for writing as Twisted's reactor would.
                 del pending[writer]
                 if writer.fileno() != -1:
                     super().addWriter(writer)
+
+    def _handleEvent(
+        self,
+        logContext: tuple[list[dict[Any, Any]], dict[str, Any]],
+        selectable: Any,
+        fd: int,
+        event: int,
+    ) -> None:
+        """
+        C{log.callWithLogger(selectable, self._doReadOrWrite, selectable,
+        fd, event)} written out: the log context (from L{_logContext}) with
+        the selectable's C{logPrefix()} for its C{system} pushed onto the
+        thread's context stack for the duration of C{_doReadOrWrite}, an
+        exception that escapes logged with that C{system}, a failing
+        C{logPrefix} named as Twisted names it, C{KeyboardInterrupt} let
+        through. One event of a poll (L{doPoll}) or one writer at the end of
+        the turn (L{flushWriters}).
+        """
+        stack, outer = logContext
+        try:
+            system = selectable.logPrefix()
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            system = "(buggy logPrefix method)"
+            log.err(system=system)
+        try:
+            current = outer.copy()
+            current["system"] = system
+            stack.append({ILogContext: current})
+            try:
+                self._doReadOrWrite(selectable, fd, event)
+            finally:
+                stack.pop()
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            log.err(system=system)
 
     def doPoll(self, timeout: float | None) -> None:
         """
@@ -181,6 +198,7 @@ class SameTurnEPollReactor(EPollReactor):
             events = []
         if events:
             doReadOrWrite = self._doReadOrWrite
+            handleEvent = self._handleEvent
             logContext = _logContext()
             for fd, event in events:
                 try:
@@ -189,29 +207,8 @@ class SameTurnEPollReactor(EPollReactor):
                     continue
                 if logContext is None:
                     log.callWithLogger(selectable, doReadOrWrite, selectable, fd, event)
-                    continue
-                # log.callWithLogger(selectable, doReadOrWrite, selectable,
-                # fd, event), written out (as in flushWriters).
-                stack, outer = logContext
-                try:
-                    system = selectable.logPrefix()
-                except KeyboardInterrupt:
-                    raise
-                except BaseException:
-                    system = "(buggy logPrefix method)"
-                    log.err(system=system)
-                try:
-                    current = outer.copy()
-                    current["system"] = system
-                    stack.append({ILogContext: current})
-                    try:
-                        doReadOrWrite(selectable, fd, event)
-                    finally:
-                        stack.pop()
-                except KeyboardInterrupt:
-                    raise
-                except BaseException:
-                    log.err(system=system)
+                else:
+                    handleEvent(logContext, selectable, fd, event)
         if self._pendingWriters:
             self.flushWriters()
 

@@ -84,7 +84,7 @@ class _Client:
         order, each with a bare C{200}, in one read.
         """
         outstanding = self.protocol._outstanding
-        self.protocol.dataReceived(b"".join(_OK % seq for seq in range(outstanding._floor + 1, outstanding.sent + 1)))
+        self.protocol.dataReceived(b"".join(_OK % seq for seq in range(outstanding.floor + 1, outstanding.sent + 1)))
         if self.protocol._turnCall is not None:
             # More than frames_per_turn: the rest in the next turns.
             while self.protocol._turnCall is not None:

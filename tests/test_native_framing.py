@@ -1436,3 +1436,66 @@ class BareOKTests(SynchronousTestCase):
         parser.receive(b"PING")
         self.assertIsNone(parser.takeBareOKs(bare(1)))
         self.assertIsNone(FrameParser(Limits(maxHeaderBytes=15)).takeBareOKs(bare(1)))
+
+    def test_bareOKRun(self) -> None:
+        """
+        L{FrameParser.bareOKRun} recognises a read made only of the bare
+        C{200}s numbered from C{first} in order, at most C{most} of them
+        (what L{FrameParser.takeBareOKs} takes as those numbers), at a frame
+        start, with limits that take every bare C{200}; it takes and stores
+        nothing.
+        """
+        parser = FrameParser()
+        run = bare(7) + bare(8) + bare(9)
+        self.assertEqual(parser.bareOKRun(bare(7), 7, 1), 1)
+        self.assertEqual(parser.bareOKRun(run, 7, 3), 3)
+        self.assertEqual(parser.bareOKRun(run, 7, 5), 3)
+        self.assertEqual(parser.bufferedBytes, 0)
+        self.assertEqual(parser.takeBareOKs(run), [7, 8, 9])
+        self.assertEqual(parser.bareOKRun(bare(999999998) + bare(999999999), 999999998, 2), 2)
+        for data, first, most in [
+            (run, 7, 2),  # more than most
+            (run, 8, 3),
+            (run, 6, 3),
+            (bare(7) + bare(9) + bare(8), 7, 3),
+            (bare(7) + bare(7), 7, 2),
+            (bare(7), 7, 0),
+            (b"", 7, 3),
+            (bare(7) + b"\r\n", 7, 3),
+            (b"\r\n" + bare(7), 7, 3),
+            (bare(7)[:-2], 7, 3),
+            (bare(7) + serialise(response(reason="Fine")), 7, 3),
+            (serialise(Response(200, "OK", Headers.of(("Seq", "07")))), 7, 1),
+            (b"IMGW/1.0 200 OK\r\nSeq: 7\n\r\n", 7, 1),
+            (b"IMGW/1.1 200 OK\r\nSeq: 7\r\n\r\n", 7, 1),
+            # From 10**9 on, none: the usual parser, and its limits, decide.
+            (bare(999999999) + bare(1000000000), 999999999, 2),
+            (bare(1000000000), 1000000000, 1),
+        ]:
+            self.assertEqual(parser.bareOKRun(data, first, most), 0, (data, first, most))
+        parser.receive(b"PING")
+        self.assertEqual(parser.bareOKRun(bare(1), 1, 1), 0)
+        self.assertEqual(FrameParser(Limits(maxHeaderBytes=15)).bareOKRun(bare(1), 1, 1), 0)
+        closed = FrameParser()
+        closed.feed(b"NOT A FRAME\r\n\r\n")
+        self.assertEqual(closed.bareOKRun(bare(1), 1, 1), 0)
+
+    def test_bareOKRunAsTakeBareOKs(self) -> None:
+        """
+        Over random reads of bare and other C{200}s, whatever
+        L{FrameParser.bareOKRun} recognises, L{FrameParser.takeBareOKs}
+        takes as the same numbers in order.
+        """
+        rng = random.Random(3)
+        parser = FrameParser()
+        for _ in range(3000):
+            first = rng.choice([1, 9, 10, 99, 999999990, rng.randint(1, 10**9)])
+            count = rng.randint(1, 4)
+            seqs = [first + i for i in range(count)]
+            if rng.random() < 0.3:
+                seqs[rng.randrange(count)] = rng.choice([first, first + 5, 0, 10**9])
+            data = b"".join(bare(s) if s else b"\r\n" for s in seqs)
+            found = parser.bareOKRun(data, first, rng.randint(1, 5))
+            if found:
+                self.assertEqual(parser.takeBareOKs(data), list(range(first, first + found)), data)
+                self.assertEqual(found, count)

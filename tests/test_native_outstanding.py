@@ -6,9 +6,13 @@ requests await a response.
 from __future__ import annotations
 
 import random
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES
+from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+import imgateway.adapters.native.outstanding as outstandingModule
 from imgateway.adapters.native.framing import MAX_SEQ
 from imgateway.adapters.native.outstanding import OutstandingRequests
 
@@ -95,7 +99,7 @@ class OutstandingRequestsTests(SynchronousTestCase):
         both sides of the wrap are matched.
         """
         o = OutstandingRequests(10)
-        o.sent = o._floor = MAX_SEQ - 2
+        o.sent = o.floor = MAX_SEQ - 2
         self.assertEqual([o.next() for _ in range(4)], [MAX_SEQ - 1, MAX_SEQ, 1, 2])
         self.assertTrue(o.answer(1))
         self.assertTrue(o.answer(MAX_SEQ))
@@ -124,7 +128,7 @@ class OutstandingRequestsTests(SynchronousTestCase):
             window = rng.choice([1, 2, 5, 64])
             o = OutstandingRequests(window)
             start = rng.choice([0, 0, MAX_SEQ - 3])
-            o.sent = o._floor = start
+            o.sent = o.floor = start
             sent: list[int] = []  # request numbers (from 1, unwrapped)
             answered: set[int] = set()
             for _ in range(200):
@@ -147,3 +151,104 @@ class OutstandingRequestsTests(SynchronousTestCase):
                 self.assertEqual(o.answer(seq), bool(match), (window, start, n))
                 answered.update(match)
             self.assertEqual(o.unanswered, len([n for n in sent[-window:] if n not in answered]))
+
+    def test_answerAllAsAnswer(self) -> None:
+        """
+        L{OutstandingRequests.answerAll} takes a read's responses as
+        L{OutstandingRequests.answer} takes them one by one, up to the
+        first one refused: the same count taken, the same state after;
+        for in-order runs, out-of-order ones, repeated, unknown and
+        forgotten numbers, and runs across the wrap of L{MAX_SEQ}.
+        """
+        rng = random.Random(7)
+        for _ in range(2000):
+            window = rng.choice([1, 3, 64])
+            start = rng.choice([0, 0, MAX_SEQ - 4])
+            one, each = OutstandingRequests(window), OutstandingRequests(window)
+            for o in (one, each):
+                o.sent = o.floor = start
+            for _ in range(rng.randint(0, 8)):
+                one.next()
+                each.next()
+            if rng.random() < 0.3 and each.sent > each.floor:
+                # One answered out of order first.
+                seq = (each.sent - 1) % MAX_SEQ + 1
+                self.assertEqual(one.answer(seq), each.answer(seq))
+            first = one.floor + rng.choice([1, 1, 1, 2, 0])
+            seqs = [(n - 1) % MAX_SEQ + 1 for n in range(first, first + rng.randint(1, 5))]
+            if rng.random() < 0.3:
+                seqs[rng.randrange(len(seqs))] = rng.choice([0, 1, MAX_SEQ, seqs[0], rng.randint(0, 12)])
+            if rng.random() < 0.2:
+                rng.shuffle(seqs)
+            taken = 0
+            for seq in seqs:
+                if not each.answer(seq):
+                    break
+                taken += 1
+            self.assertEqual(one.answerAll(list(seqs)), taken, seqs)
+            self.assertEqual((one.sent, one.floor, one._ahead), (each.sent, each.floor, each._ahead), seqs)
+        o = OutstandingRequests(10)
+        o.sent = o.floor = MAX_SEQ - 1
+        self.assertEqual([o.next(), o.next()], [MAX_SEQ, 1])
+        # The number after MAX_SEQ is 1, never MAX_SEQ + 1.
+        self.assertEqual(o.answerAll([MAX_SEQ, MAX_SEQ + 1]), 1)
+        self.assertEqual(o.answerAll([1]), 1)
+
+    def test_answerAllInOrder(self) -> None:
+        """
+        Responses to the oldest requests awaiting one, in order, are taken
+        in one step: L{OutstandingRequests.answer} is not called.
+        """
+        o = OutstandingRequests(10)
+        for _ in range(6):
+            o.next()
+        self.assertTrue(o.answer(1))
+        if (outstandingModule.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES)):
+            raise SkipTest("compiled: no Python calls to count")
+        calls: list[str] = []
+
+        def profile(frame: Any, event: str, arg: Any) -> None:
+            if event == "call":
+                calls.append(frame.f_code.co_name)
+
+        sys.setprofile(profile)
+        try:
+            taken = o.answerAll([2, 3, 4])
+        finally:
+            sys.setprofile(None)
+        self.assertEqual((taken, o.floor, o.unanswered), (3, 4, 2))
+        self.assertEqual(calls, ["answerAll", "answerInOrder"])
+
+    def test_answerInOrderAsAnswer(self) -> None:
+        """
+        L{OutstandingRequests.answerInOrder} takes the responses to the
+        C{count} oldest requests awaiting one exactly when
+        L{OutstandingRequests.answer} would take each of them, in order,
+        leaving the same state; else it changes nothing: with some
+        answered out of order, more than await, and across the wrap of
+        L{MAX_SEQ}.
+        """
+        rng = random.Random(5)
+        for _ in range(2000):
+            window = rng.choice([1, 3, 64])
+            one, each = OutstandingRequests(window), OutstandingRequests(window)
+            start = rng.choice([0, 0, MAX_SEQ - 4])
+            for o in (one, each):
+                o.sent = o.floor = start
+            for _ in range(rng.randint(0, 8)):
+                one.next()
+                each.next()
+            if rng.random() < 0.3 and each.sent > each.floor:
+                seq = (each.floor + rng.randint(1, each.sent - each.floor) - 1) % MAX_SEQ + 1
+                self.assertEqual(one.answer(seq), each.answer(seq))
+            count = rng.randint(1, 6)
+            before = (one.sent, one.floor, one._ahead)
+            seqs = [(n - 1) % MAX_SEQ + 1 for n in range(one.floor + 1, one.floor + count + 1)]
+            wraps = seqs != list(range(seqs[0], seqs[0] + count))
+            all_ = not each._ahead and all(each.answer(s) for s in seqs)
+            if one.answerInOrder(count):
+                self.assertTrue(all_, seqs)
+                self.assertEqual((one.sent, one.floor, one._ahead), (each.sent, each.floor, each._ahead), seqs)
+            else:
+                self.assertEqual((one.sent, one.floor, one._ahead), before, seqs)
+                self.assertTrue(not all_ or wraps, seqs)

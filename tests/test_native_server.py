@@ -1059,6 +1059,58 @@ class ResponseTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertClosedFor(w, f"(Seq {seqs[0]})")
         self.assertEqual(w.protocol._outstanding.unanswered, 1)
 
+    def test_readOfBareAnswersMatched(self) -> None:
+        """
+        A read of bare C{200}s is matched to the server's requests as the
+        frames of a read are, one by one: in order or not, each request
+        takes one answer; a repeated or stray one in the read closes the
+        connection after the answers before it were taken, and those after
+        it are not.
+        """
+        w = self.loggedIn()
+        seqs = self.notify(w, 8)
+        w.raw(answer(seqs[1]) + answer(seqs[0]))
+        self.assertEqual(w.protocol._outstanding.unanswered, 6)
+        w.raw(answer(seqs[2]) + answer(seqs[3]))
+        self.assertEqual((w.frames(), w.protocol._outstanding.unanswered), ([], 4))
+        w.raw(answer(seqs[4]) + answer(seqs[5]) + answer(seqs[5]) + answer(seqs[6]))
+        self.assertClosedFor(w, f"(Seq {seqs[5]})")
+        self.assertEqual(w.protocol._outstanding.unanswered, 2)
+        w2 = self.loggedIn("bob")
+        [seq] = self.notify(w2, 1)
+        w2.raw(answer(seq) + answer(seq + 1))
+        self.assertClosedFor(w2, f"(Seq {seq + 1})")
+        self.assertEqual(w2.protocol._outstanding.unanswered, 0)
+
+    def test_readOfBareAnswersCalls(self) -> None:
+        """
+        A read of bare C{200}s answering the oldest requests in order (a
+        recipient's usual read) costs the face one call to take the read
+        and one to match its answers, however many they are: no frame, no
+        call per answer.
+        """
+        import imgateway.adapters.native.server as module
+
+        if (module.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES)):
+            raise SkipTest("compiled: no Python calls to count")
+        w = self.loggedIn()
+        seqs = self.notify(w, 3)
+        package = str(FilePath(imgatewayPackage.__file__).parent().path)
+        calls: list[str] = []
+
+        def profile(frame: Any, event: str, arg: Any) -> None:
+            if event == "call" and frame.f_code.co_filename.startswith(package):
+                calls.append(frame.f_code.co_name)
+
+        data = b"".join(answer(s) for s in seqs)
+        sys.setprofile(profile)
+        try:
+            w.protocol.dataReceived(data)
+        finally:
+            sys.setprofile(None)
+        self.assertEqual(w.protocol._outstanding.unanswered, 0)
+        self.assertEqual([c for c in calls if c != "restart"], ["dataReceived", "bareOKRun", "answerInOrder"])
+
     def test_readOfBareAnswersOverTurn(self) -> None:
         """
         More bare C{200}s in one read than C{frames_per_turn}: the usual way,

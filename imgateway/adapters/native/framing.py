@@ -95,6 +95,10 @@ _LF = b"\n"
 _BARE_OK = re.compile(rb"IMGW/1\.0 200 OK\r\nSeq: ([1-9][0-9]{0,8})\r\n\r\n")
 _BARE_OK_RUN = re.compile(rb"(?:IMGW/1\.0 200 OK\r\nSeq: [1-9][0-9]{0,8}\r\n\r\n)+")
 _BARE_OK_SEQ = re.compile(rb"Seq: ([0-9]+)\r")
+# A bare 200's bytes, and the sequence numbers it is recognised with (below
+# 10**9, as _BARE_OK).
+_BARE_OK_BYTES = b"IMGW/1.0 200 OK\r\nSeq: %d\r\n\r\n"
+_BARE_OK_SEQS = 10**9
 _BARE_OK_START_BYTES = len(b"IMGW/1.0 200 OK")
 _BARE_OK_HEADER_BYTES = len(b"Seq: 999999999\r\n")
 
@@ -640,9 +644,42 @@ class FrameParser:
 
         @return: The sequence numbers, in order; or C{None}.
         """
-        if not self._bareOK or not self.atFrameStart or _BARE_OK_RUN.fullmatch(data) is None:
+        # atFrameStart, without its call.
+        if (
+            not self._bareOK
+            or self._state is not _State.START
+            or self.closed
+            or self._pos < len(self._buf)
+            or _BARE_OK_RUN.fullmatch(data) is None
+        ):
             return None
-        return [int(seq) for seq in _BARE_OK_SEQ.findall(data)]
+        return list(map(int, _BARE_OK_SEQ.findall(data)))
+
+    def bareOKRun(self, data: bytes, first: int, most: int) -> int:
+        """
+        Whether a read is made only of the bare C{200 OK}s numbered
+        C{first}, C{first + 1}, ... in order (the answers a peer that
+        answers in order sends to the oldest requests awaiting one): what
+        L{takeBareOKs} would take as those numbers, recognised by comparing
+        C{data} with their bytes, without parsing it. Nothing is taken or
+        stored either way.
+
+        @param first: The first number, 1 or more.
+        @param most: How many there may be at most.
+        @return: How many there are; 0 when C{data} is anything else (or
+            more of them), when the parser is not at a frame start, or with
+            limits that do not take every bare C{200}.
+        """
+        if not self._bareOK or self._state is not _State.START or self.closed or self._pos < len(self._buf):
+            return 0
+        count = data.count(b"IMGW")
+        if not 0 < count <= most or first + count > _BARE_OK_SEQS:
+            return 0
+        if count == 1:
+            expected = _BARE_OK_BYTES % first
+        else:
+            expected = (_BARE_OK_BYTES * count) % tuple(range(first, first + count))
+        return count if data == expected else 0
 
     def nextBareOK(self) -> int | None:
         """

@@ -26,6 +26,7 @@ from imgateway import __version__
 from imgateway._compiled import cachedProperty
 from imgateway.adapters.base import ConnectionSlot, FaceConnections, SendQueueGuard, TLSHandshakeMixin
 from imgateway.adapters.native.framing import (
+    MAX_SEQ,
     FrameParser,
     FramingError,
     Headers,
@@ -431,13 +432,27 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             # answers to the server's MESSAGEs and NOTIFYs), within one
             # turn's frames: taken as _process takes them (nextBareOK),
             # without storing and parsing the read (as router/link.py does).
-            seqs = self._parser.takeBareOKs(data)
-            if seqs is not None and len(seqs) <= self.config.framesPerTurn:
-                self._turnFrames = len(seqs)
-                for seq in seqs:
-                    if not self._answers(seq):
-                        return
+            # First the usual read: the answers to the oldest requests
+            # awaiting one, in order, recognised by their bytes and taken in
+            # one step.
+            out = self._outstanding
+            turn = self.config.framesPerTurn
+            unanswered = out.sent - out.floor
+            count = self._parser.bareOKRun(data, out.floor % MAX_SEQ + 1, unanswered if unanswered < turn else turn)
+            if count and self.session is not None and out.answerInOrder(count):
+                self._turnFrames = count
                 return
+            # Other bare 200s are matched one by one: the first that
+            # answers nothing closes the connection, as _process would.
+            seqs = self._parser.takeBareOKs(data)
+            if seqs is not None:
+                count = len(seqs)
+                if count <= turn:
+                    self._turnFrames = count
+                    taken = 0 if self.session is None else self._outstanding.answerAll(seqs)
+                    if taken < count:
+                        self._answers(seqs[taken])
+                    return
         self._parser.receive(data)
         if self._turnCall is None:
             self._turnFrames = 0  # a read: a turn of its own

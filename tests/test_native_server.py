@@ -24,7 +24,7 @@ from zope.interface.verify import verifyObject
 
 import imgateway as imgatewayPackage
 from imgateway.adapters.native.adapter import NativeAdapter
-from imgateway.adapters.native.framing import FrameParser, Headers, Limits, Request, Response, serialise
+from imgateway.adapters.native.framing import MAX_SEQ, FrameParser, Headers, Limits, Request, Response, serialise
 from imgateway.adapters.native.mapping import TARGETS, TargetForm, describeTargets, targetForm
 from imgateway.adapters.native.server import (
     _HANDLERS,
@@ -1820,10 +1820,11 @@ class MessagePathTests(NativeFaceTestsMixin, SynchronousTestCase):
 
     def test_presenceWriterCalls(self) -> None:
         """
-        A recipient of a fan-out after the first costs the native face one
-        call of its own code (the request counter, for the C{Seq}) and one
-        transport write: the send queue guard is not called while the
-        transport is not paused (it counts nothing then).
+        A recipient of a fan-out after the first costs the native face its
+        writer's call and one transport write: the request is counted for
+        its C{Seq} without a call (L{test_presenceWriterCounts}), and the
+        send queue guard is not called while the transport is not paused
+        (it counts nothing then).
         """
         wires = [self.loggedIn(), self.loggedIn("bob")]
         sender = Address.fromString("carol@corp.example")
@@ -1859,7 +1860,37 @@ class MessagePathTests(NativeFaceTestsMixin, SynchronousTestCase):
             # Compiled functions make no Python frames to count (the
             # pure-Python run of the same test counts them).
             raise SkipTest("compiled: no Python calls to count")
-        self.assertEqual(calls, ["presenceReceived", "next"])
+        self.assertEqual(calls, ["presenceReceived"])
+
+    def test_presenceWriterCounts(self) -> None:
+        """
+        The presence writer numbers its C{NOTIFY}s as every request is
+        numbered: past C{answer_window} the oldest is forgotten (an answer
+        to it closes the connection), and after L{MAX_SEQ} the numbers
+        start at 1 again.
+        """
+        self.factory.config = NativeConfig(answerWindow=3)
+        sender = Address.fromString("carol@corp.example")
+        w = self.loggedIn()
+        w.frames()
+        for note in "abcd":
+            w.protocol.presenceReceived(sender, Presence(PresenceState.AWAY, note))
+        seqs = [f.seq for f in w.frames() if isinstance(f, Request)]
+        self.assertEqual(seqs, [1, 2, 3, 4])
+        self.assertEqual(w.protocol._outstanding.unanswered, 3)
+        w.raw(answer(2) + answer(3))
+        w.raw(answer(1))
+        self.assertEqual([(f.code, f.seq) for f in w.frames() if isinstance(f, Response)], [(400, 0)])
+        self.assertTrue(w.transport.disconnecting)
+        w = self.loggedIn("bob")
+        w.frames()
+        out = w.protocol._outstanding
+        out.sent = out.floor = MAX_SEQ - 1
+        for note in "abc":
+            w.protocol.presenceReceived(sender, Presence(PresenceState.AWAY, note))
+        self.assertEqual([f.seq for f in w.frames() if isinstance(f, Request)], [MAX_SEQ, 1, 2])
+        w.raw(answer(MAX_SEQ) + answer(1) + answer(2))
+        self.assertEqual((w.frames(), out.unanswered), ([], 0))
 
     def test_presenceInterleaved(self) -> None:
         """

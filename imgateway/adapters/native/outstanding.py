@@ -42,7 +42,9 @@ class OutstandingRequests:
     @ivar sent: How many requests were sent.
     @ivar floor: How many of them are settled: every request up to it
         (the C{floor}th sent) was answered or forgotten. Never less than
-        C{sent - window}.
+        C{sent - window}. Read-only for others: a writer that counts a
+        request itself (L{next}'s usual case: C{sent + 1} within the window
+        and not past L{MAX_SEQ}) reads it.
     """
 
     # No instance dict: one per native connection.

@@ -1054,7 +1054,15 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
                 self._request("NOTIFY", sender.presURI(), _presenceHeaders(presence))
                 return succeed(None)
             last.take(sender, presence, encoded)
-        data = b"%s%d%s" % (last.head, self._outstanding.next(), last.tail)
+        # The request counted as next() counts it, without its call in the
+        # usual case (nothing to forget from the window, no wrap).
+        out = self._outstanding
+        seq = out.sent + 1
+        if seq - out.floor > out.window or seq > MAX_SEQ:
+            seq = out.next()
+        else:
+            out.sent = seq
+        data = b"%s%d%s" % (last.head, seq, last.tail)
         # What _send does, without its call, nor the guard's unless it
         # counts (only while the transport is paused).
         transport = self.transport

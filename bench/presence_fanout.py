@@ -6,7 +6,9 @@ C{NOTIFY} with a bare C{200}, as C{compare.py}'s presence run does over
 TCP. Prints one JSON line: per recipient, the CPU microseconds and the
 Python function calls (C{sys.setprofile}: every Python and builtin call,
 Twisted's and the transport's included) of the fan-out (the C{PUBLISH}
-read, its answer and every C{NOTIFY} written) and of reading one C{200}.
+read, its answer and every C{NOTIFY} written) and of reading one C{200};
+and the calls of a read of two C{200}s (C{compare.py}'s clients, with two
+changes outstanding, mostly answer two C{NOTIFY}s per read).
 
 A benchmark, not a test: nothing asserts a time. The call counts do not
 depend on the machine's load, so they are the figure to compare between
@@ -128,6 +130,21 @@ def answers(clients: list[_Client]) -> list[tuple[Any, bytes]]:
     return reads
 
 
+def pairedAnswers(clients: list[_Client]) -> list[tuple[Any, bytes]]:
+    """
+    @return: Each client's read that answers the server's last two
+        C{NOTIFY}s (two bare C{200}s, the usual read of C{compare.py}'s
+        clients, which have two changes outstanding), and the method that
+        takes it; the clients' transports are cleared.
+    """
+    reads = []
+    for c in clients:
+        c.transport.clear()
+        sent = c.protocol._outstanding.sent
+        reads.append((c.protocol.dataReceived, _OK % (sent - 1) + _OK % sent))
+    return reads
+
+
 def read(reads: list[tuple[Any, bytes]]) -> None:
     for dataReceived, data in reads:
         dataReceived(data)
@@ -189,6 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     fanOut = counted(lambda: change(center, 20))
     reads = answers(clients)
     reading = counted(lambda: read(reads))
+    change(center, 21)
+    change(center, 22)
+    pairs = pairedAnswers(clients)
+    readingPairs = counted(lambda: read(pairs))
     # CPU: the best of 5 sets of changes.
     bestFan, bestRead = float("inf"), float("inf")
     each = max(1, args.rounds // 5)
@@ -212,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         "watchers": n,
         "fan_out_calls_per_recipient": round(sum(fanOut.values()) / n, 2),
         "read_200_calls_per_recipient": round(sum(reading.values()) / n, 2),
+        "read_two_200s_calls_per_recipient": round(sum(readingPairs.values()) / n, 2),
         "fan_out_cpu_us_per_recipient": round(bestFan, 3),
         "read_200_cpu_us_per_recipient": round(bestRead, 3),
         "address_hashes_per_recipient": round(sum(v for k, v in fanOut.items() if _isAddressHash(k)) / n, 2),

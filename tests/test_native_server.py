@@ -1111,6 +1111,39 @@ class ResponseTests(NativeFaceTestsMixin, SynchronousTestCase):
         self.assertEqual(w.protocol._outstanding.unanswered, 0)
         self.assertEqual([c for c in calls if c != "restart"], ["dataReceived", "bareOKRun", "answerInOrder"])
 
+    def test_readOfRequestsNotTriedAsAnswers(self) -> None:
+        """
+        A read that does not start as a bare C{200} does (a client's
+        requests, a blank line before a frame) goes to the parser without
+        being tried as a read of bare C{200}s; a bare C{200} behind a blank
+        line is still taken, as any frame.
+        """
+        import imgateway.adapters.native.server as module
+
+        if (module.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES)):
+            raise SkipTest("compiled: no Python calls to count")
+        w = self.loggedIn()
+        [seq] = self.notify(w, 1)
+        package = str(FilePath(imgatewayPackage.__file__).parent().path)
+        calls: list[str] = []
+
+        def profile(frame: Any, event: str, arg: Any) -> None:
+            if event == "call" and frame.f_code.co_filename.startswith(package):
+                calls.append(frame.f_code.co_name)
+
+        reads = [pings(100, 2), b"\r\n" + answer(seq)]
+        sys.setprofile(profile)
+        try:
+            for data in reads:
+                w.protocol.dataReceived(data)
+        finally:
+            sys.setprofile(None)
+        self.assertEqual([(f.code, f.seq) for f in w.frames() if isinstance(f, Response)], [(200, 100), (200, 101)])
+        self.assertEqual(w.protocol._outstanding.unanswered, 0)
+        self.assertFalse(w.transport.disconnecting)
+        self.assertNotIn("bareOKRun", calls)
+        self.assertNotIn("takeBareOKs", calls)
+
     def test_readOfBareAnswersOverTurn(self) -> None:
         """
         More bare C{200}s in one read than C{frames_per_turn}: the usual way,

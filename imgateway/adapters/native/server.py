@@ -427,6 +427,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             and self._tokenTimer is None
             and not self._barrier
             and not self._processing
+            and data.startswith(_BARE_OK_START)
         ):
             # A read of bare 200s only (a recipient's usual read: its
             # answers to the server's MESSAGEs and NOTIFYs), within one
@@ -1102,6 +1103,11 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
     def sessionClosed(self, reason: str) -> None:
         self.session = None
         self._bye(reason)
+
+
+#: How a bare 200 starts (framing.FrameParser.takeBareOKs): a read that does
+#: not start so (a client's request, blank lines) goes to the parser at once.
+_BARE_OK_START = b"IMGW/1.0 200 OK\r\nSeq: "
 
 
 #: Requests handled alone: each waits until every earlier request has been

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_bench_message_path -*-
 """
-Tests for C{bench/message_path.py}: it runs, and its figures are the calls
-it counted.
+Tests for C{bench/message_path.py}: it runs, its figures are the calls it
+counted, and the path it measures is the one the home server's direct
+delivery gives (no router, no L{Deferred} but the client's own).
 """
 
 from __future__ import annotations
@@ -35,3 +36,23 @@ class MessagePathBenchTests(SynchronousTestCase):
         )
         self.assertGreater(figures["calls_per_message"], 0)
         self.assertGreater(figures["cpu_us_per_message"], 0)
+
+    def test_noRouterNoDeferred(self) -> None:
+        """
+        A native 1:1 message between two users of one home server, both
+        online, calls nothing of the router, and makes no L{Deferred} but
+        the one the recipient's client answers with (C{succeed(None)},
+        L{ISessionClient.messageReceived
+        <imgateway.interfaces.ISessionClient.messageReceived>}); every
+        message is delivered and answered.
+        """
+        pairs = message_path.setUp(2)
+        message_path.exchange(pairs, 3, 0)
+        before = [recipient.protocol._outstanding.sent for _, recipient, _ in pairs]
+        calls = message_path.counted(lambda: message_path.exchange(pairs, 3, 1))
+        self.assertEqual([name for name in calls if "(router.py:" in name], [])
+        deferreds = sum(count for name, count in calls.items() if name.startswith("__init__ (defer.py:"))
+        self.assertLessEqual(deferreds, 2 * 3)
+        for (_, recipient, _), sent in zip(pairs, before):
+            outstanding = recipient.protocol._outstanding
+            self.assertEqual((outstanding.sent, outstanding._floor), (sent + 3, sent + 3))

@@ -14,11 +14,13 @@ from typing import Any
 from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from imgateway.adapters.native.framing import Request
 from imgateway.config import HomeConfig
 from imgateway.core.address import Address
 from imgateway.core.errors import (
@@ -28,6 +30,7 @@ from imgateway.core.errors import (
     NoRoute,
     NotAuthorised,
     QuotaExceeded,
+    ServerError,
     ServiceUnavailable,
     TooLarge,
     TooManySessions,
@@ -1909,6 +1912,299 @@ class SendMessageAtOnceTests(HomeServerTestsMixin, SynchronousTestCase):
         bob.held[0].callback(None)
         self.assertEqual(self.successResultOf(d), DeliveryStatus.DELIVERED)
         self.assertEqual(self.metrics.outcomes, [DeliveryStatus.DELIVERED])
+
+
+class _World(HomeServerTestsMixin):
+    """
+    A home server, its router and romeo's network (a recording route),
+    with its sessions' messages given in place (C{direct}) or through the
+    router only (the router's C{routedDirectly} undone).
+    """
+
+    def __init__(self, test: SynchronousTestCase, direct: bool) -> None:
+        self._test = test
+        self.successResultOf = test.successResultOf
+        self.setUp()
+        self.other = RecordingRoute()
+        self.router.addRoute("xmpp.example", self.other)
+        if not direct:
+            self.home.routedDirectly(self.router, DOMAIN, None)
+
+
+def _outcome(test: SynchronousTestCase, send: Any) -> object:
+    """
+    What a session's C{sendMessageAtOnce} answered, comparable between two
+    worlds: the status, or the refusal's type, text and alternate; a
+    L{Deferred}'s result, or C{"waiting"}.
+    """
+    try:
+        outcome = send()
+    except Exception as e:
+        return (type(e), str(e), getattr(e, "alternate", None))
+    if isinstance(outcome, Deferred):
+        results: list[object] = []
+        outcome.addBoth(results.append)
+        if not results:
+            return "waiting"
+        outcome = results[0]
+        if isinstance(outcome, Failure):
+            error = outcome.value
+            return (type(error), str(error), getattr(error, "alternate", None))
+    return outcome
+
+
+class DirectDeliveryTests(SynchronousTestCase):
+    """
+    L{Session.sendMessageAtOnce} to a user of the domain of a home server
+    the router routes directly (L{HomeServer.routedDirectly}): given to
+    the recipient's sessions in place, without the router, with the
+    statuses, rules and order the router's way gives.
+    """
+
+    def setUp(self) -> None:
+        self.world = _World(self, direct=True)
+        self.home, self.router = self.world.home, self.world.router
+        self.routerCalls: list[str] = []
+        for name in ("deliver", "deliverAtOnce"):
+            self.patch(self.router, name, self._recording(name, getattr(self.router, name)))
+
+    def _recording(self, name: str, method: Any) -> Any:
+        def recording(event: Event) -> object:
+            self.routerCalls.append(f"{name} {type(event).__name__} to {event.recipient}")
+            return method(event)
+
+        return recording
+
+    def test_told(self) -> None:
+        """
+        The router tells its local home server that it routes the home's
+        domain directly (a domain without a locator); the home takes it
+        only for its own domain and router, and forgets it when the route
+        is removed.
+        """
+        self.assertIsNotNone(self.home._remember)
+        self.home.routedDirectly(Router(), DOMAIN, None)
+        self.home.routedDirectly(self.router, "other.example", None)
+        self.assertIsNotNone(self.home._remember)
+        self.router.removeRoute(DOMAIN)
+        self.assertIsNone(self.home._remember)
+
+    def test_noRouterHop(self) -> None:
+        """
+        A message to a present user with sessions here is delivered
+        without a call of the router, at once (the status itself), and the
+        router remembers nothing of it; its recipient's lane is free
+        after.
+        """
+        alice, _ = self.world.online(ALICE)
+        _, bob = self.world.online(BOB)
+        del self.routerCalls[:]
+        self.assertIs(alice.sendMessageAtOnce(BOB, "hi", "text/plain", "m-1"), DeliveryStatus.DELIVERED)
+        self.assertEqual([(m.sender, m.body, m.messageId, m.hops) for m in bob.messages], [(ALICE, "hi", "m-1", 0)])
+        self.assertEqual(self.routerCalls, [])
+        self.assertEqual(dict(self.router._seen), {})
+        self.assertEqual(self.home._lanes, {})
+
+    def test_otherMessagesThroughRouter(self) -> None:
+        """
+        What the direct way does not take goes to the router, as before: a
+        recipient without sessions here, a recipient whose lane is busy, a
+        recipient of another domain.
+        """
+        alice, _ = self.world.online(ALICE)
+        _, bob = self.world.online(BOB)
+        del self.routerCalls[:]
+        self.failureResultOf(alice.sendMessage(CAROL, "hi"), UserOffline)
+        self.successResultOf(alice.sendMessage(ROMEO, "hi"))
+        self.world.store.hold = True
+        d = self.home._users[BOB].sessions[0].subscribe(CAROL)
+        queued = alice.sendMessageAtOnce(BOB, "queued")
+        assert isinstance(queued, Deferred)
+        self.assertNoResult(queued)
+        self.world.store.release()
+        self.successResultOf(d)
+        self.assertEqual(self.successResultOf(queued), DeliveryStatus.DELIVERED)
+        self.assertEqual([m.body for m in bob.messages], ["queued"])
+        self.assertEqual([m.body for m in self.world.other.events if isinstance(m, Message)], ["hi"])
+        self.assertEqual(
+            [call for call in self.routerCalls if " Message " in call],
+            [
+                "deliverAtOnce Message to carol@corp.example",
+                "deliverAtOnce Message to romeo@xmpp.example",
+                "deliverAtOnce Message to bob@corp.example",
+            ],
+        )
+
+    def test_manyHomesThroughRouter(self) -> None:
+        """
+        A home server of a domain with several (a locator) is not routed
+        directly: its sessions' messages, to users on it or on another
+        server, go through the router.
+        """
+        many = ManyHomesTests()
+        many.successResultOf = self.successResultOf  # type: ignore[method-assign]
+        many.setUp()
+        hs1 = many.homes["hs1"]
+        self.assertIsNone(hs1._remember)
+        alice, _ = many.open(ALICE)
+        many.open(BOB)
+        many.open(CAROL)
+        calls: list[Address] = []
+        deliverAtOnce = hs1.router.deliverAtOnce  # type: ignore[attr-defined]
+
+        def recording(event: Event) -> object:
+            calls.append(event.recipient)
+            return deliverAtOnce(event)
+
+        self.patch(hs1.router, "deliverAtOnce", recording)
+        self.assertEqual(self.successResultOf(alice.sendMessage(BOB, "hi")), DeliveryStatus.DELIVERED)
+        self.assertEqual(self.successResultOf(alice.sendMessage(CAROL, "hi")), DeliveryStatus.DELIVERED)
+        self.assertEqual(calls, [BOB, CAROL])
+
+    def test_sameAsRouter(self) -> None:
+        """
+        The same messages sent in a world whose sessions give them in
+        place and in one whose sessions hand them to the router get the
+        same answers (statuses, refusals' texts and alternates) and leave
+        every client with the same messages (auto-replies, forwards,
+        one's own other sessions), and the other network the same.
+        """
+        self.assertEqual(self._sendAll(_World(self, direct=False)), self._sendAll(self.world))
+
+    def _sendAll(self, world: _World) -> tuple[list[object], list[object]]:
+        alice, aliceClient = world.online(ALICE)
+        alice2, alice2Client = world.open(ALICE, "second")
+        bob, bobClient = world.online(BOB)
+        carol, carolClient = world.open(CAROL)
+        world.befriend(alice, bob)
+        outcomes: list[object] = []
+
+        def send(session: Session, to: Address, body: str, messageId: str | None = None) -> None:
+            outcomes.append(_outcome(self, lambda: session.sendMessageAtOnce(to, body, "text/plain", messageId)))
+
+        send(alice, BOB, "delivered")
+        send(alice, CAROL, "carol never published")
+        send(alice, GHOST, "no account")
+        send(alice, ROMEO, "another network")
+        send(alice, BOB, "x" * (world.home.config.maxMessageChars + 1))
+        send(alice, BOB, "bad id", "a b")
+        send(alice, BOB, "own id", "id-1")
+        send(alice, ALICE, "to myself: alice2 never published")
+        alice2.publish(Presence())
+        send(alice, ALICE, "to myself")
+        carol.publish(Presence())
+        send(carol, BOB, "from a stranger")
+        bob.publish(Presence(PresenceState.BUSY))
+        self.successResultOf(bob.setRule(PresenceState.BUSY, "tel:+15550100"))
+        send(alice, BOB, "busy, to a friend")
+        send(carol, BOB, "busy, to a stranger")
+        self.successResultOf(
+            bob.setRules([PresenceRule([PresenceState.BUSY], RuleAction.AUTO_REPLY, text="bob is busy")])
+        )
+        send(alice, BOB, "auto-reply")
+        send(alice, BOB, "auto-reply within the period")
+        self.successResultOf(bob.setRules([PresenceRule([PresenceState.BUSY], RuleAction.FORWARD, forwardTo=CAROL)]))
+        send(alice, BOB, "forwarded")
+        self.successResultOf(bob.setRules([]))
+        self.successResultOf(bob.setAccess(str(CAROL), AccessList.BLOCK))
+        send(carol, BOB, "blocked")
+        bob.publish(Presence(PresenceState.APPEAR_OFFLINE))
+        send(alice, BOB, "appears offline")
+        bob.publish(Presence())
+        bobClient.hold = True
+        send(alice, BOB, "answered later")
+        bobClient.held.pop().callback(None)
+        send(alice, BOB, "failed later")
+        bobClient.held.pop().errback(ConnectionError("gone"))
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
+        bobClient.hold = False
+        carol.close()
+        send(carol, BOB, "closed session")
+        world.home.drain()
+        send(alice, BOB, "stopping")
+        received: list[object] = [
+            [(m.sender, m.recipient, m.body, m.contentType, m.messageId if m.messageId == "id-1" else "", m.mark) for m in c.messages]
+            for c in (aliceClient, alice2Client, bobClient, carolClient)
+        ]
+        received.append([(e.sender, e.recipient, e.body) for e in world.other.events if isinstance(e, Message)])
+        return outcomes, received
+
+    def test_answeredLaterRemembered(self) -> None:
+        """
+        A message given in place to a session that answers later (in
+        another process) is remembered by the router as one it routed
+        (a loop that brings it back is detected), and forgotten if its
+        delivery fails, as the router's way does; its recipient's lane
+        waits for the answer.
+        """
+        alice, _ = self.world.online(ALICE)
+        _, bob = self.world.online(BOB)
+        bob.hold = True
+        first = alice.sendMessageAtOnce(BOB, "one")
+        assert isinstance(first, Deferred)
+        [message] = bob.messages
+        self.assertEqual(list(self.router._seen), [message.routingId])
+        with self.assertRaises(LoopDetected):
+            self.router.deliverAtOnce(message)
+        second = alice.sendMessageAtOnce(BOB, "two")
+        assert isinstance(second, Deferred)
+        self.assertEqual(len(bob.messages), 1)
+        bob.held[0].errback(ConnectionError("gone"))
+        self.failureResultOf(first, UserOffline)
+        self.assertNotIn(message.routingId, self.router._seen)
+        self.assertEqual(len(bob.messages), 2)
+        bob.held[1].callback(None)
+        self.assertEqual(self.successResultOf(second), DeliveryStatus.DELIVERED)
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
+        self.assertEqual(self.home._lanes, {})
+
+    def test_nativeFace(self) -> None:
+        """
+        The native face's C{MESSAGE} to a present user of its gateway is
+        given in place: C{200} with its C{Message-ID}, the C{MESSAGE}
+        written to the recipient, no call of the router; one to a user
+        without a session still goes through the router and is answered
+        C{480}.
+        """
+        from tests.test_native_server import NativeFaceTestsMixin
+
+        face = NativeFaceTestsMixin()
+        face.setUp()
+        addUser(face.gateway, "carol", "carol-pw")
+        router = face.gateway.router
+        for name in ("deliver", "deliverAtOnce"):
+            self.patch(router, name, self._recording(name, getattr(router, name)))
+        alice, bob = face.loggedIn("alice"), face.loggedIn("bob")
+        for wire in (alice, bob):
+            self.assertEqual(wire.call("PUBLISH", "*", [("Presence", "online")]).code, 200)
+        bob.frames()
+        del self.routerCalls[:]
+        answer = alice.call("MESSAGE", "im:bob@corp.example", [("Message-ID", "m-1")], b"hi")
+        self.assertEqual((answer.code, answer.headers.get("Message-ID")), (200, "m-1"))
+        [delivered] = bob.frames()
+        assert isinstance(delivered, Request)
+        self.assertEqual((delivered.method, delivered.headers.get("From"), delivered.body), ("MESSAGE", "im:alice@corp.example", b"hi"))
+        self.assertEqual(self.routerCalls, [])
+        self.assertEqual(alice.call("MESSAGE", "im:carol@corp.example", [], b"hi").code, 480)
+        self.assertEqual(self.routerCalls, ["deliverAtOnce Message to carol@corp.example"])
+
+    def test_unexpectedError(self) -> None:
+        """
+        An unexpected error while delivering in place is answered as the
+        router answers it (L{ServerError}, logged), and the recipient's
+        lane is freed.
+        """
+        alice, _ = self.world.online(ALICE)
+        self.world.online(BOB)
+
+        def broken(user: object, message: Message) -> DeliveryStatus:
+            raise RuntimeError("broken")
+
+        self.patch(self.home, "_messageOutcome", broken)
+        with self.assertRaises(ServerError):
+            alice.sendMessageAtOnce(BOB, "hi")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.home._lanes, {})
 
 
 class DrainTests(HomeServerTestsMixin, SynchronousTestCase):

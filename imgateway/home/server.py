@@ -39,6 +39,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -61,6 +62,7 @@ from imgateway.core.errors import (
     NotAuthorised,
     PendingRequestsFull,
     QuotaExceeded,
+    ServerError,
     ServiceUnavailable,
     TooLarge,
     TooManySessions,
@@ -497,57 +499,102 @@ class Session:
     ) -> DeliveryStatus | Deferred[DeliveryStatus]:
         """
         L{sendMessage}, answered without a L{Deferred} when the outcome is
-        known at once (a recipient in this process, through
-        L{Router.deliverAtOnce<imgateway.router.router.Router.deliverAtOnce>}):
-        what a face that writes its answer itself calls (the native face's
-        C{MESSAGE}). Counted in the metrics as L{sendMessage} counts it.
+        known at once: what a face that writes its answer itself calls
+        (the native face's C{MESSAGE}). Counted in the metrics as
+        L{sendMessage} counts it.
+
+        A message to a user of this server's domain, when the router
+        hands this server every message for the domain with nothing of
+        its own between (L{HomeServer.routedDirectly}: the domain's only
+        home server), is given to the recipient's sessions here in place
+        (L{HomeServer._deliverTo}): the delivery the router's fast path
+        would make (L{Router.deliverAtOnce
+        <imgateway.router.router.Router.deliverAtOnce>}, then
+        L{HomeServer.deliverAtOnce}), with the same checks, rules and
+        statuses, without the router. Any other message (its recipient
+        without sessions here, its lane busy, another domain, a domain of
+        several home servers) goes through the router as before.
 
         @return: L{DeliveryStatus.DELIVERED}, or a L{Deferred} of the
             outcome.
         @raise DeliveryError: If the message is refused at once.
         """
-        metrics = self._server.metrics
+        server = self._server
         try:
-            outcome = self._sendMessage(recipient, body, contentType, messageId)
+            if self.closed or server.stopping:
+                refused = self._refused()
+                assert refused is not None
+                raise refused
+            limit = server.config.maxMessageChars
+            if len(body) > limit:
+                server.metrics.limitHit("max_message_chars")
+                raise TooLarge(f"message longer than {limit} characters")
+            if messageId:
+                try:
+                    checkMessageId(messageId)
+                except ValueError as e:
+                    raise InvalidAddress(str(e)) from None
+            else:
+                messageId = newMessageId()
+            # What Message(...) checks is checked (the id): made without its
+            # constructor's generic checks, as a link's messages are.
+            message = preCheckedMessage(
+                self.address, recipient, body, contentType, messageId, server.clock.seconds(), 0, newRoutingId(), None
+            )
+            outcome = self._direct(server, message) if recipient.domain == server.domain else None
+            if outcome is None:
+                outcome = self._routed(server, message)
         except BaseException:
-            metrics.messageOutcome(Failure())
+            server.metrics.messageOutcome(Failure())
             raise
         if type(outcome) is DeliveryStatus:
             # Delivered at once: counted without a callback.
-            metrics.messageOutcome(outcome)
+            server.metrics.messageOutcome(outcome)
             return outcome
-        return outcome.addBoth(metrics.messageOutcome)  # type: ignore[union-attr]
+        return outcome.addBoth(server.metrics.messageOutcome)  # type: ignore[union-attr]
 
-    def _sendMessage(
-        self, recipient: Address, body: str, contentType: str, messageId: str | None
-    ) -> DeliveryStatus | Deferred[DeliveryStatus]:
+    def _direct(self, server: HomeServer, message: Message) -> DeliveryStatus | Deferred[DeliveryStatus] | None:
         """
-        @return: The outcome, at once when the router has it at once
-            (L{Router.deliverAtOnce<imgateway.router.router.Router.deliverAtOnce>}).
+        Give a message to a user of this server's domain in place, when
+        the router routes the domain here directly (see
+        L{sendMessageAtOnce}); a message to oneself goes to one's other
+        sessions.
+
+        @return: The outcome, or C{None} when the message is for the
+            router (nothing was done).
         @raise DeliveryError: If the message is refused at once.
         """
-        refused = self._refused()
-        if refused is not None:
-            raise refused
-        server = self._server
-        limit = server.config.maxMessageChars
-        if len(body) > limit:
-            server.metrics.limitHit("max_message_chars")
-            raise TooLarge(f"message longer than {limit} characters")
-        if messageId:
-            try:
-                checkMessageId(messageId)
-            except ValueError as e:
-                raise InvalidAddress(str(e)) from None
-        else:
-            messageId = newMessageId()
-        # What Message(...) checks is checked (the id): made without its
-        # constructor's generic checks, as a link's messages are.
-        message = preCheckedMessage(
-            self.address, recipient, body, contentType, messageId, server.clock.seconds(), 0, newRoutingId(), None
-        )
-        if recipient == self.address:
-            return server._serial(self.address, lambda: server._deliverToOthers(self, message))
+        remember = server._remember
+        if remember is None:
+            return None
+        user = server._users.get(message.recipient)
+        if user is None:
+            return None
+        if user is self._user:
+            # (An open session's user is the state _users holds for its
+            # address: this is recipient == self.address.)
+            return server._serial(self.address, partial(server._deliverToOthers, self, message))
+        try:
+            outcome = server._deliverTo(user, message)
+        except DeliveryError:
+            raise
+        except Exception:
+            # As the router answers a route that fails (deliverAtOnce).
+            server.log.failure("Failed to deliver {event!r} in place", event=message)
+            raise ServerError("internal error while delivering") from None
+        if outcome is None or type(outcome) is DeliveryStatus:
+            return outcome
+        # A session that answers later (in another process): the router
+        # remembers the message, as if it had routed it.
+        return remember(message, outcome)  # type: ignore[arg-type]
+
+    def _routed(self, server: HomeServer, message: Message) -> DeliveryStatus | Deferred[DeliveryStatus]:
+        """
+        Hand a message to the router (at once where it can,
+        C{deliverAtOnce}), or to one's own other sessions.
+        """
+        if message.recipient == self.address:
+            return server._serial(self.address, partial(server._deliverToOthers, self, message))
         router = server.router
         atOnce: Callable[[Event], DeliveryStatus | Deferred[DeliveryStatus]] | None = getattr(router, "deliverAtOnce", None)
         return router.deliver(message) if atOnce is None else atOnce(message)
@@ -770,6 +817,10 @@ class HomeServer:
         # The sessions' presence leases, on one delayed call per distinct
         # lease instead of one per session.
         self.leases: Deadlines[Session] = Deadlines(clock, Session._leaseExpired)
+        # While the router hands this server every message for its domain
+        # with nothing of its own between (routedDirectly), the router's
+        # remember; else None.
+        self._remember: Callable[[Message, Deferred[DeliveryStatus]], Deferred[DeliveryStatus]] | None = None
 
     # -- lanes --------------------------------------------------------------
 
@@ -1527,6 +1578,26 @@ class HomeServer:
         others = [s for s in user.sessions if s is not sender]
         return self._deliverToSessions(others, message)
 
+    def routedDirectly(
+        self,
+        router: object,
+        domain: str,
+        remember: Callable[[Message, Deferred[DeliveryStatus]], Deferred[DeliveryStatus]] | None,
+    ) -> None:
+        """
+        Told by the router of this process (L{Router.addRoute
+        <imgateway.router.router.Router.addRoute>}) that it hands this
+        server every message for C{domain} at once with nothing of its own
+        between (the domain has no other home server), or, with
+        C{remember} C{None}, that it no longer does. While it does, and
+        C{domain} is this server's and C{router} its router, this
+        server's sessions give their messages to its users in place
+        (L{Session.sendMessageAtOnce}), and hand the router the message
+        of a delivery that is still to come (C{remember}).
+        """
+        if router is self.router and domain == self.domain:
+            self._remember = remember
+
     def deliverAtOnce(self, event: Event) -> DeliveryStatus | Deferred[DeliveryStatus] | None:
         """
         L{deliver}'s synchronous fast path: a message to a user with
@@ -1552,16 +1623,32 @@ class HomeServer:
         if recipient.domain != self.domain:
             return None
         user = self._users.get(recipient)
-        if user is None or not user.sessions:
+        if user is None:
             # The directory may have to say where the user lives.
             return None
+        return self._deliverTo(user, event)
+
+    def _deliverTo(self, user: _UserState, message: Message) -> DeliveryStatus | Deferred[DeliveryStatus] | None:
+        """
+        L{deliverAtOnce} of a message for C{user}, a user of this domain
+        (its cached state), while the server takes work: what its
+        sessions' messages to it take in place
+        (L{Session.sendMessageAtOnce}).
+
+        @return: See L{deliverAtOnce}.
+        @raise DeliveryError: See L{deliverAtOnce}.
+        """
+        if not user.sessions:
+            # The directory may have to say where the user lives.
+            return None
+        recipient = message.recipient
         # The lane is busy while the message is delivered (unless busy
         # already: then it waits its turn, the way deliver queues it).
         lane: deque[_Work] = deque()
         if self._lanes.setdefault(recipient, lane) is not lane:
             return None
         try:
-            outcome = self._messageOutcome(user, event)
+            outcome = self._messageOutcome(user, message)
         except BaseException:
             self._laneFree(recipient)
             raise

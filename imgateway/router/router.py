@@ -112,7 +112,14 @@ class Router:
         @param local: Whether C{route} is in this process (a home server).
             A local route with a C{deliverAtOnce} method (a home server's
             synchronous fast path, see L{deliverAtOnce}) is offered the
-            messages it can answer at once.
+            messages it can answer at once. When the router hands it every
+            message for C{domain} with nothing of its own between (no
+            locator: the domain has this one home server), a route with a
+            C{routedDirectly} method is told so (C{routedDirectly(router,
+            domain, remember)}, with L{remember}; again with C{None} when
+            the route is removed): a home server's sessions then give
+            their messages to its users in place, without the router (see
+            L{imgateway.home.server.Session.sendMessageAtOnce}).
         @raise ValueError: If the domain already has a route.
         """
         if domain in self._routes:
@@ -123,11 +130,42 @@ class Router:
             atOnce = getattr(route, "deliverAtOnce", None)
             if atOnce is not None:
                 self._atOnce[domain] = atOnce
+                direct = getattr(route, "routedDirectly", None)
+                if direct is not None and self.locator is None:
+                    direct(self, domain, self.remember)
 
     def removeRoute(self, domain: str) -> None:
-        self._routes.pop(domain, None)
-        self._atOnce.pop(domain, None)
+        route = self._routes.pop(domain, None)
+        if self._atOnce.pop(domain, None) is not None:
+            direct = getattr(route, "routedDirectly", None)
+            if direct is not None:
+                direct(self, domain, None)
         self.localDomains.discard(domain)
+
+    def remember(self, message: Message, outcome: Deferred[DeliveryStatus]) -> Deferred[DeliveryStatus]:
+        """
+        Take a message that a home server of this process delivered
+        without the router (its sessions' own, L{addRoute}'s
+        C{routedDirectly}) to a session that answers later (a proxied
+        one, in another process): remembered as L{deliverAtOnce}
+        remembers the messages it routes (a loop that brings it back is
+        L{LoopDetected}), and its outcome taken as theirs (forgotten if it
+        fails; an unexpected failure logged and answered
+        L{ServerError}).
+
+        A message delivered at once to sessions of this process never
+        comes here: it did not leave the process, so nothing can bring it
+        back. Its routing id is new (L{newRoutingId
+        <imgateway.core.events.newRoutingId>}), so it was not seen before.
+
+        @param outcome: The delivery's outcome, still to come.
+        @return: C{outcome}, with the errback L{deliverAtOnce} gives.
+        """
+        key = message.routingId
+        self._seen[key] = None
+        if len(self._seen) > self._seenLimit:
+            self._seen.popitem(last=False)
+        return outcome.addErrback(self._failed, key, message.recipient.domain, message)
 
     def routeFor(self, domain: str) -> IRoute | None:
         """

@@ -6,7 +6,10 @@ lists and presence rules, and delivery of inbound events to them.
 It knows no wire format. Faces open sessions on it for authenticated users
 (through the gateway's portal); the router hands it every event for its
 domain (L{HomeServer.deliver}); events for other users leave through the
-router.
+router. A message from one of its sessions to a user with sessions here
+is given to them in place, without the router, when the router routes
+the domain here with nothing of its own between (L{HomeServer.routedDirectly}:
+the domain's only home server).
 
 Order: each user has a lane, a queue in which everything that concerns the
 user runs one piece at a time, in the order it arrived: the requests of the

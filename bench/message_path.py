@@ -90,7 +90,7 @@ class _Client:
         """
         self.transport.clear()
         outstanding = self.protocol._outstanding
-        return b"".join(_OK % seq for seq in range(outstanding._floor + 1, outstanding.sent + 1))
+        return b"".join(_OK % seq for seq in range(outstanding.floor + 1, outstanding.sent + 1))
 
 
 def setUp(pairs: int) -> list[tuple[_Client, _Client, bytes]]:
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     # every 200 (nothing outstanding), the senders had 200s.
     for _, recipient, _ in pairs:
         outstanding = recipient.protocol._outstanding
-        assert outstanding._floor == outstanding.sent, (outstanding._floor, outstanding.sent)
+        assert outstanding.floor == outstanding.sent, (outstanding.floor, outstanding.sent)
     # CPU: the best of 5 sets of exchanges.
     best = float("inf")
     each = max(1, args.rounds // 5)

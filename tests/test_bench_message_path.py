@@ -55,4 +55,4 @@ class MessagePathBenchTests(SynchronousTestCase):
         self.assertLessEqual(deferreds, 2 * 3)
         for (_, recipient, _), sent in zip(pairs, before):
             outstanding = recipient.protocol._outstanding
-            self.assertEqual((outstanding.sent, outstanding._floor), (sent + 3, sent + 3))
+            self.assertEqual((outstanding.sent, outstanding.floor), (sent + 3, sent + 3))

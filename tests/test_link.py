@@ -1944,6 +1944,48 @@ class DeliverDecodedTests(SynchronousTestCase):
         self.assertEqual(failure.value.alternate, "tel:+15550100")
 
 
+class DeliverFastPathTests(SynchronousTestCase):
+    """
+    A delivery over a link is sent as it is queued (no look-up of it
+    again, L{LinkClient._transmit}), and its bare C{200} fires it with
+    L{DeliveryStatus.DELIVERED} without calling L{decodeResponse}; any other
+    answer is decoded.
+    """
+
+    def test_calls(self) -> None:
+        clock = Clock()
+        endpoint = TCP4ClientEndpoint(MemoryReactorClock(), "127.0.0.1", 5312)
+        client = LinkClient("server hs2", endpoint, LINKS, clock, Headers(), LinkTraces(), "corp.example/hs1")
+        connection = LinkConnection({}, clock, 10.0, peer=LinkPeer("corp.example", "hs2"))
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        connection.markReady(LinkPeer("corp.example", "hs2"))
+        client._ready(connection)
+        calls: list[str] = []
+        transmit = client._transmit
+        decode = link.decodeResponse  # type: ignore[attr-defined]
+
+        def countingTransmit(ident: int) -> None:
+            calls.append("_transmit")
+            transmit(ident)
+
+        def countingDecode(response: Response) -> DeliveryStatus:
+            calls.append("decodeResponse")
+            return decode(response)
+
+        client._transmit = countingTransmit  # type: ignore[method-assign]
+        self.patch(link, "decodeResponse", countingDecode)
+        first = client.deliver(Message(ALICE, CAROL, "hi"))
+        second = client.deliver(Message(ALICE, CAROL, "hi again"))
+        self.assertEqual([f.seq for f in FrameParser().feed(transport.value()) if isinstance(f, Request)], [1, 2])
+        connection.dataReceived(serialise(Response(200, "OK", Headers((("Seq", "1"),)))))
+        self.assertIs(self.successResultOf(first), DeliveryStatus.DELIVERED)
+        self.assertEqual(calls, [])
+        connection.dataReceived(serialise(Response(486, "Busy Here", Headers((("Seq", "2"),)))))
+        self.failureResultOf(second, UserBusy)
+        self.assertEqual(calls, ["decodeResponse"])
+
+
 class BareDeliveredTests(SynchronousTestCase):
     """
     A read made only of bare C{200}s (as a link writes L{DELIVERED}) is
@@ -2163,6 +2205,54 @@ class MessageReaderTests(SynchronousTestCase):
         self.assertEqual(accepted._onMessage, server.receiver.messageHandlers)
         client = LinkClient("server hs1", FakeEndpoint(Network(Clock()), server, "127.0.0.1"), LINKS, Clock(), hello("hs2"), LinkTraces(), "corp.example/hs2")
         self.assertIsNone(client._buildProtocol()._onMessage)
+
+    def test_deliveredAtOnceInTheReadLoop(self) -> None:
+        """
+        Link C{MESSAGE}s the router delivers at once are answered within the
+        read's loop, without L{LinkConnection._handle} or
+        L{LinkConnection._respond}: the same bytes, in one write, as a
+        connection that parses them and answers each the general way.
+        """
+
+        class AtOnce(FakeRouter):
+            def deliverAtOnce(self, event: Event) -> DeliveryStatus:
+                self.events.append(event)
+                return DeliveryStatus.DELIVERED
+
+        data = b"".join(
+            withSeq(encodeMessage(m, ("corp.example/hs2",), 8, m.routingId), n)
+            for n, m in enumerate((Message(CAROL, ALICE, f"hi {n}") for n in range(3)), start=7)
+        )
+        written: list[bytes] = []
+        calls: list[str] = []
+        for fast in (True, False):
+            clock = Clock()
+            router = AtOnce()
+            # carol's home remembered: the origination rule answers at once.
+            locator = DirectoryHomeLocator(MemoryDirectory([AccountRecord(CAROL, "hs2", "", True, "")]), clock, 30.0)
+            self.successResultOf(locator.homeOf(CAROL))
+            receiver = LinkReceiver(configFor("hs1"), router, locator, clock, LinkTraces())
+            connection = LinkConnection(receiver.handlers, clock, 10.0, onMessage=receiver.messageHandlers if fast else None)
+            for name in ("_handle", "_respond"):
+                real = getattr(connection, name)
+
+                def counting(*args: Any, _name: str = name, _real: Any = real) -> Any:
+                    calls.append(_name)
+                    return _real(*args)
+
+                setattr(connection, name, counting)
+            transport = CountingTransport()
+            connection.makeConnection(transport)
+            connection.markReady(LinkPeer("corp.example", "hs2", frozenset({"home"})))
+            connection.dataReceived(data)
+            self.assertEqual(len(transport.writes), 1)
+            self.assertEqual(len(router.events), 3)
+            written.append(transport.value())
+            if fast:
+                self.assertEqual(calls, [])
+        self.assertEqual(calls, ["_handle", "_respond"] * 3)
+        self.assertEqual(written[0], written[1])
+        self.assertEqual(written[0], b"".join(link._DELIVERED_WITH_SEQ % n for n in (7, 8, 9)))
 
     def test_deliveredBytes(self) -> None:
         """

@@ -545,6 +545,45 @@ class MessageEncodingTests(SynchronousTestCase):
         self.assertEqual(link_codec.encodeMessage(message, odd, 8, "r.1"), expected[1])
         self.assertEqual(searched, [CAROL.imURI(), "\t".join((ALICE.imURI(), "m-1-é", *odd))])
 
+    def test_usualShapeInOneFormat(self) -> None:
+        """
+        A message in the usual shape (plain text, no mark, one C{Via}, the
+        shipped C{Max-Hops}) is written in one format, without
+        L{link_codec._messageHead}: the general way's bytes, with and
+        without a body and a hop count; a lone surrogate in its body still
+        goes the general way (its error). Any other shape is written by
+        L{link_codec._messageHead}.
+        """
+        heads: list[object] = []
+        real = link_codec._messageHead
+
+        def recording(*args: Any) -> str:
+            heads.append(args)
+            return real(*args)
+
+        self.patch(link_codec, "_messageHead", recording)
+        via = ("corp.example/hs1",)
+        for body in ("", "hi ☃"):
+            for hops in (0, 1, 12):
+                message = Message(ALICE, CAROL, body, messageId="m-1", timestamp=1767225600.125, hops=hops, routingId="r.1")
+                self.assertEqual(link_codec.encodeMessage(message, via, 8, "r.1"), serialise(encodeRequest(message, via, 8, "r.1")))
+        self.assertEqual(heads, [])
+        surrogate = Message(ALICE, CAROL, "\ud800", messageId="m-1", routingId="r.1")
+        self.assertEqual(
+            self.outcome(lambda: link_codec.encodeMessage(surrogate, via, 8, "r.1")),
+            self.outcome(lambda: serialise(encodeRequest(surrogate, via, 8, "r.1"))),
+        )
+        others = [
+            (Message(ALICE, CAROL, "hi", contentType="text/html", routingId="r.1"), via, 8),
+            (Message(ALICE, CAROL, "hi", mark=MessageMark.AUTO_REPLY, routingId="r.1"), via, 8),
+            (Message(ALICE, CAROL, "hi", routingId="r.1"), (), 8),
+            (Message(ALICE, CAROL, "hi", routingId="r.1"), via + ("corp.example/router",), 8),
+            (Message(ALICE, CAROL, "hi", routingId="r.1"), via, 5),
+        ]
+        for message, vias, maxHops in others:
+            self.assertEqual(link_codec.encodeMessage(message, vias, maxHops, "r.1"), serialise(encodeRequest(message, vias, maxHops, "r.1")))
+        self.assertEqual(len(heads), len(others))
+
     def test_linkSendsIt(self) -> None:
         """
         The bytes of a plain message are the general way's, and

@@ -563,7 +563,21 @@ class LinkConnection(Protocol):
                 # A MESSAGE read without the parser, decoded (only by the
                 # reader, so with its handler).
                 assert decodedHandler is not None
-                self._handle(item[0], "MESSAGE", decodedHandler, item[1])
+                seq = item[0]
+                try:
+                    answer = decodedHandler(self, item[1])
+                except Exception:
+                    self._failed(Failure(), seq, "MESSAGE")
+                    continue
+                batch = self._batch
+                if answer is DELIVERED and batch is not None and self.connected:
+                    # Delivered at once (most are): its bytes, as _respond
+                    # writes them, with the rest of the read's.
+                    batch.append(_DELIVERED_WITH_SEQ % seq)
+                elif isinstance(answer, Deferred):
+                    answer.addCallbacks(self._answered, self._failed, callbackArgs=(seq,), errbackArgs=(seq, "MESSAGE"))
+                elif answer is not ANSWERED_LATER:
+                    self._respond(seq, answer)
             elif isinstance(item, FramingError):
                 self._framingError(item)
             elif isinstance(item, Response):
@@ -943,6 +957,11 @@ class LinkClient(MultiService):
             if decode is None:
                 item.deferred.callback(response)
                 return
+            if decode is decodeResponse and response is DELIVERED:
+                # A delivery answered with a bare 200 (most are): what
+                # decodeResponse makes of it, without the call.
+                item.deferred.callback(DeliveryStatus.DELIVERED)
+                return
             # An answer read for its caller (a delivery's outcome, a
             # proxied session's message): without a callback of its own on
             # the Deferred.
@@ -1013,10 +1032,16 @@ class LinkClient(MultiService):
         ident = self._ids
         d: Deferred[Any] = Deferred() if waiter is None else waiter
         deadline = self._clock.seconds() + self._config.requestTimeout
-        self._pending[ident] = _Outgoing(encoded, d, deadline, decode, self, ident)
+        item = self._pending[ident] = _Outgoing(encoded, d, deadline, decode, self, ident)
         if self._sweeper is None:
             self._armSweeper(deadline)
-        self._transmit(ident)
+        # Sent at once if the link is up (what _transmit does for a request
+        # not sent yet).
+        connection = self._connection
+        if connection is not None:
+            item.connection = connection
+            if not connection.send(encoded, item):
+                item.connection = None
         return d
 
     def _queueFull(self) -> None:
@@ -1286,9 +1311,12 @@ class LinkReceiver:
         for L{LinkConnection}), given as L{decodeRequest} decoded it: as
         the C{MESSAGE} handler answers the request.
         """
-        peer = self._admitted(connection)
-        if isinstance(peer, Response):
-            return peer
+        peer = connection.peer
+        if not connection.ready or peer is None or connection.inProgress >= self._config.links.maxQueue:
+            # Refused before it is read (_admitted says how).
+            refused = self._admitted(connection)
+            assert isinstance(refused, Response)
+            return refused
         if isinstance(decoded, LinkCodecError):
             return self._undecodable(peer, "MESSAGE", decoded)
         return self._incoming(connection, peer, decoded)

@@ -253,6 +253,31 @@ def encodeMessage(message: Message, via: Sequence[str], maxHops: int, routingId:
         or _VALUES_NOT_PLAIN.search("\t".join((sender, message.messageId, *via))) is not None
     ):
         return serialise(encodeRequest(message, via, maxHops, routingId))
+    try:
+        body = message.body.encode("utf-8")
+        end = f"Content-Length: {len(body)}\r\n\r\n" if body else "\r\n"
+        if message.contentType == DEFAULT_CONTENT_TYPE and message.mark is None and len(via) == 1 and maxHops == DEFAULT_MAX_HOPS:
+            # The usual shape (one server passed, the shipped hop budget):
+            # the same lines, in one format.
+            hops = message.hops
+            hopsLine = f"Hops: {hops}\r\n" if hops else ""
+            head = (
+                f"MESSAGE {target} {VERSION}\r\nFrom: {sender}\r\nMessage-ID: {message.messageId}\r\n"
+                f"Timestamp: {message.timestamp!r}\r\nVia: {via[0]}\r\nRouting-Id: {routingId}\r\n{hopsLine}{end}"
+            )
+        else:
+            head = _messageHead(message, target, sender, via, maxHops, routingId) + end
+        return head.encode("utf-8") + body
+    except UnicodeEncodeError:
+        # Lone surrogates: the general way says where.
+        return serialise(encodeRequest(message, via, maxHops, routingId))
+
+
+def _messageHead(message: Message, target: str, sender: str, via: Sequence[str], maxHops: int, routingId: str) -> str:
+    """
+    The head of L{encodeMessage}'s request (without its C{Content-Length}
+    and blank line), its header lines in any shape.
+    """
     parts = [f"MESSAGE {target} {VERSION}\r\nFrom: {sender}\r\nMessage-ID: {message.messageId}\r\nTimestamp: {message.timestamp!r}\r\n"]
     contentType = message.contentType
     if contentType != DEFAULT_CONTENT_TYPE:
@@ -266,15 +291,7 @@ def encodeMessage(message: Message, via: Sequence[str], maxHops: int, routingId:
     parts.append(f"Routing-Id: {routingId}\r\n")
     if message.hops:
         parts.append(f"Hops: {message.hops}\r\n")
-    head = "".join(parts)
-    try:
-        body = message.body.encode("utf-8")
-        if body:
-            return f"{head}Content-Length: {len(body)}\r\n\r\n".encode("utf-8") + body
-        return f"{head}\r\n".encode("utf-8")
-    except UnicodeEncodeError:
-        # Lone surrogates: the general way says where.
-        return serialise(encodeRequest(message, via, maxHops, routingId))
+    return "".join(parts)
 
 
 def _mark(request: Request) -> MessageMark | None:

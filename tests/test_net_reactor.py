@@ -777,7 +777,7 @@ class CallsPerEventTests(SynchronousTestCase):
         C{logPrefix}, the reactor's C{_doReadOrWrite} and the selectable's
         C{fileno}. Twisted's reactor calls C{log.callWithLogger},
         C{log.callWithContext} and the context tracker's methods instead of
-        C{_handleEvent} (six calls more per event).
+        C{_handleEvent} (seven calls more per event: eleven against four).
         """
         reactor = SameTurnEPollReactor()
         self.addCleanup(reactor._poller.close)

@@ -544,9 +544,14 @@ class Session:
             message = preCheckedMessage(
                 self.address, recipient, body, contentType, messageId, server.clock.seconds(), 0, newRoutingId(), None
             )
-            outcome = self._direct(server, message) if recipient.domain == server.domain else None
-            if outcome is None:
-                outcome = self._routed(server, message)
+            outcome: DeliveryStatus | Deferred[DeliveryStatus] | None
+            if recipient == self.address:
+                # To one's other sessions.
+                outcome = server._serial(self.address, partial(server._deliverToOthers, self, message))
+            else:
+                outcome = self._direct(server, message) if recipient.domain == server.domain else None
+                if outcome is None:
+                    outcome = self._routed(server, message)
         except BaseException:
             server.metrics.messageOutcome(Failure())
             raise
@@ -558,10 +563,9 @@ class Session:
 
     def _direct(self, server: HomeServer, message: Message) -> DeliveryStatus | Deferred[DeliveryStatus] | None:
         """
-        Give a message to a user of this server's domain in place, when
-        the router routes the domain here directly (see
-        L{sendMessageAtOnce}); a message to oneself goes to one's other
-        sessions.
+        Give a message to another user of this server's domain in place,
+        when the router routes the domain here directly (see
+        L{sendMessageAtOnce}).
 
         @return: The outcome, or C{None} when the message is for the
             router (nothing was done).
@@ -573,17 +577,14 @@ class Session:
         user = server._users.get(message.recipient)
         if user is None:
             return None
-        if user is self._user:
-            # (An open session's user is the state _users holds for its
-            # address: this is recipient == self.address.)
-            return server._serial(self.address, partial(server._deliverToOthers, self, message))
         try:
             outcome = server._deliverTo(user, message)
         except DeliveryError:
             raise
         except Exception:
-            # As the router answers a route that fails (deliverAtOnce).
-            server.log.failure("Failed to deliver {event!r} in place", event=message)
+            # As the router logs and answers a route that fails
+            # (deliverAtOnce): the same line for the operator.
+            server.log.failure("Route for {domain} failed to deliver {event!r}", domain=server.domain, event=message)
             raise ServerError("internal error while delivering") from None
         if outcome is None or type(outcome) is DeliveryStatus:
             return outcome
@@ -594,10 +595,8 @@ class Session:
     def _routed(self, server: HomeServer, message: Message) -> DeliveryStatus | Deferred[DeliveryStatus]:
         """
         Hand a message to the router (at once where it can,
-        C{deliverAtOnce}), or to one's own other sessions.
+        C{deliverAtOnce}).
         """
-        if message.recipient == self.address:
-            return server._serial(self.address, partial(server._deliverToOthers, self, message))
         router = server.router
         atOnce: Callable[[Event], DeliveryStatus | Deferred[DeliveryStatus]] | None = getattr(router, "deliverAtOnce", None)
         return router.deliver(message) if atOnce is None else atOnce(message)

@@ -653,7 +653,8 @@ class RemoteSession:
 
     def _keep(self, d: Deferred[Any] | _MessageAnswer[Any]) -> None:
         """
-        Keep C{d}, a message's L{Deferred} from the link, to fail it at once
+        Keep C{d}, a message's L{Deferred} from the link or its
+        L{_MessageAnswer} (L{sendMessageThen}), to fail it at once
         if the session ends first (L{ended}), without a callback to forget
         it: the answered ones are dropped when those kept reach twice as
         many as were unanswered at the last count (at least

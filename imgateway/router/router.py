@@ -66,7 +66,9 @@ class Router:
         C{home_server}).
     @ivar locator: Where this domain's users are homed, or C{None} for a
         domain with one home server (this process's: the route registered
-        for the domain).
+        for the domain). Given at construction and not changed after: a
+        route added without one is told it is routed directly
+        (L{addRoute}).
     @ivar linkRoutes: The routes over server links, or C{None} while this
         process has none: the other servers of the domain are then
         unavailable (C{503}), and peer domains reachable only through the
@@ -162,10 +164,18 @@ class Router:
         @return: C{outcome}, with the errback L{deliverAtOnce} gives.
         """
         key = message.routingId
-        self._seen[key] = None
-        if len(self._seen) > self._seenLimit:
-            self._seen.popitem(last=False)
+        self._see(key)
         return outcome.addErrback(self._failed, key, message.recipient.domain, message)
+
+    def _see(self, key: str) -> None:
+        """
+        Remember a message's routing id, forgetting the oldest past
+        C{seenMessages}.
+        """
+        seen = self._seen
+        seen[key] = None
+        if len(seen) > self._seenLimit:
+            seen.popitem(last=False)
 
     def routeFor(self, domain: str) -> IRoute | None:
         """
@@ -227,9 +237,7 @@ class Router:
             key = event.routingId
             if key in self._seen:
                 raise LoopDetected(f"message {event.messageId} ({key}) seen before")
-            self._seen[key] = None
-            if len(self._seen) > self._seenLimit:
-                self._seen.popitem(last=False)
+            self._see(key)
             atOnce = self._atOnce.get(domain)
             locator = self.locator
             if locator is not None and domain == self.domain:

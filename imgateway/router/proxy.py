@@ -306,8 +306,6 @@ _IN_FLIGHT_SWEEP = 64
 #: value could not carry as it is (stricter than the framing's check).
 _VALUES_NOT_PLAIN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
-#: The start line of a C{SESSION message}, as the framing writes it.
-_SESSION_MESSAGE_START = f"{SESSION_METHOD} message {VERSION}\r\n"
 
 
 def _sessionMessageRequest(sessionId: str, recipient: str, text: bytes, contentType: str, messageId: str | None) -> Request:
@@ -326,35 +324,22 @@ def encodeSessionMessage(sessionId: str, recipient: str, text: bytes, contentTyp
     L{serialiseUnsequenced} makes of the request with the headers
     C{Session}, C{To}, C{Content-Type} (left out when C{text/plain}) and
     C{Message-ID} (left out when C{None}), in that order, and C{text} as
-    its body; written directly, values checked at once (any doubt: the
-    general way).
+    its body; written directly (L{sessionMessageHead}, then
+    L{encodeSessionMessageAfter}) when every value is plain, else the
+    general way.
 
     @raise ValueError: As L{serialiseUnsequenced} raises.
     """
-    values = [sessionId, recipient]
-    head = [_SESSION_MESSAGE_START, "Session: ", sessionId, "\r\nTo: ", recipient, "\r\n"]
-    if contentType != "text/plain":
-        values.append(contentType)
-        head += ("Content-Type: ", contentType, "\r\n")
-    if messageId is not None:
-        values.append(messageId)
-        head += ("Message-ID: ", messageId, "\r\n")
-    # Printable values (what nearly every message has) hold nothing the
-    # pattern looks for (str.isprintable is stricter): one call in C.
-    if not "".join(values).isprintable() and _VALUES_NOT_PLAIN.search("\t".join(values)) is not None:
-        return serialiseUnsequenced(_sessionMessageRequest(sessionId, recipient, text, contentType, messageId))
-    if text:
-        head += ("Content-Length: ", str(len(text)), "\r\n\r\n")
-    else:
-        head.append("\r\n")
-    try:
-        return "".join(head).encode("utf-8") + text
-    except UnicodeEncodeError:
-        return serialiseUnsequenced(_sessionMessageRequest(sessionId, recipient, text, contentType, messageId))
+    head = sessionMessageHead(sessionId, recipient)
+    if head is not None:
+        encoded = encodeSessionMessageAfter(head, text, contentType, messageId)
+        if encoded is not None:
+            return encoded
+    return serialiseUnsequenced(_sessionMessageRequest(sessionId, recipient, text, contentType, messageId))
 
 
-#: L{_SESSION_MESSAGE_START} as bytes.
-_SESSION_MESSAGE_START_BYTES = _SESSION_MESSAGE_START.encode("ascii")
+#: The start line of a C{SESSION message}, as the framing writes it.
+_SESSION_MESSAGE_START_BYTES = f"{SESSION_METHOD} message {VERSION}\r\n".encode("ascii")
 
 
 def _plainValue(value: str) -> bytes | None:

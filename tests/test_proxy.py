@@ -560,7 +560,7 @@ class SessionMethodTests(ProxyTestCase):
             requests.append(request)
             return send(request)
 
-        def recordingEncoded(encoded: bytes, decode: Callable[[Response], Any] | None = None, waiter: Any = None) -> Deferred[Any]:
+        def recordingEncoded(encoded: bytes, decode: Callable[[Response], Any] | None = None, waiter: Any = None) -> Any:
             # What was written, parsed back (a Seq added for the parser).
             [frame] = FrameParser(LINK_LIMITS).feed(withSeq(encoded, 1))
             assert isinstance(frame, Request)
@@ -1254,7 +1254,7 @@ class MessageThenTests(ProxyTestCase):
         sent: list[bytes] = []
         requestEncoded = self.link.requestEncoded
 
-        def recording(encoded: bytes, decode: Any = None, waiter: Any = None) -> Deferred[Any]:
+        def recording(encoded: bytes, decode: Any = None, waiter: Any = None) -> Any:
             sent.append(encoded)
             return requestEncoded(encoded, decode, waiter)
 

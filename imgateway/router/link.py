@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from ipaddress import ip_address
-from typing import Any, Protocol as TypingProtocol
+from typing import Any, Protocol as TypingProtocol, overload
 
 import attrs
 from attrs import frozen
@@ -158,6 +158,27 @@ class ResponseWaiter(TypingProtocol):
     def errback(self, fail: BaseException) -> object:
         """
         The connection was lost first (a L{ConnectionLost}).
+        """
+
+
+class OutcomeWaiter(TypingProtocol):
+    """
+    What a L{LinkClient} request's outcome is told to: a L{Deferred}, or
+    a lighter object with the same three members (a proxied session's
+    message answered to its face, L{LinkClient.requestEncoded}'s
+    C{waiter}). Told once: C{called} is true after.
+    """
+
+    called: bool
+
+    def callback(self, result: Any) -> object:
+        """
+        The outcome (what the answer was read as).
+        """
+
+    def errback(self, fail: BaseException | Failure) -> object:
+        """
+        The request failed (refused, timed out, or the link stopped).
         """
 
 
@@ -758,8 +779,8 @@ class LinkTLS:
 
 class _Outgoing:
     """
-    A L{LinkClient}'s request until it is answered: its bytes, its
-    L{Deferred}, its deadline, and what its answer is read with, if not
+    A L{LinkClient}'s request until it is answered: its bytes, what its
+    outcome is told to (its L{Deferred}, or an L{OutcomeWaiter}), its deadline, and what its answer is read with, if not
     given as it is (a delivery's: L{decodeResponse}; its L{Deferred} fires
     with what that returns, or fails with what it raises). It is also the
     L{ResponseWaiter} of its transmission (L{LinkConnection.send}), with the
@@ -773,7 +794,7 @@ class _Outgoing:
     def __init__(
         self,
         encoded: bytes,
-        deferred: Deferred[Any],
+        deferred: OutcomeWaiter,
         deadline: float,
         decode: Callable[[Response], object] | None,
         client: LinkClient,
@@ -994,45 +1015,70 @@ class LinkClient(MultiService):
             return fail(ServerError(f"cannot send {request.method} over a link"))
         return self._enqueue(encoded)
 
-    def requestEncoded(self, encoded: bytes, decode: Callable[[Response], Any] | None = None, waiter: Any = None) -> Deferred[Any]:
+    @overload
+    def requestEncoded(self, encoded: bytes, decode: Callable[[Response], Any] | None = None) -> Deferred[Any]: ...
+
+    @overload
+    def requestEncoded(self, encoded: bytes, decode: Callable[[Response], Any] | None, waiter: OutcomeWaiter) -> None: ...
+
+    def requestEncoded(
+        self, encoded: bytes, decode: Callable[[Response], Any] | None = None, waiter: OutcomeWaiter | None = None
+    ) -> Deferred[Any] | None:
         """
         As L{request}, for a request its caller serialised already, as
         L{serialiseUnsequenced} would (the proxied sessions' messages,
         L{imgateway.router.proxy}, and events, L{encodeMessage}): the
         same queue, limit, time limit and resends.
 
-        @param decode: What reads the answer, if given: the L{Deferred}
-            then fires with what C{decode(response)} returns, or fails with
-            what it raises, with no callback added for it (the answer of a
-            proxied session's message read as it comes).
+        @param decode: What reads the answer, if given: the outcome is then
+            what C{decode(response)} returns, or fails with what it raises,
+            with no callback added for it (the answer of a proxied
+            session's message read as it comes).
         @param waiter: What is told the outcome, if given, in place of a new
-            L{Deferred} (its C{called}, C{callback} and C{errback}, as a
-            L{Deferred}'s: a proxied session's message answered to its face
-            directly, L{imgateway.router.proxy}); it is returned, and a full
-            queue raises L{ServiceUnavailable} rather than failing it.
+            L{Deferred} (a proxied session's message answered to its face
+            directly, L{imgateway.router.proxy}); then nothing is returned,
+            and a full queue raises L{ServiceUnavailable} rather than
+            failing it.
+        @return: The outcome's L{Deferred}, without C{waiter}.
         """
-        return self._enqueue(encoded, decode, waiter)
+        if waiter is None:
+            return self._enqueue(encoded, decode)
+        self._send(encoded, decode, waiter)
+        return None
 
-    def _enqueue(self, encoded: bytes, decode: Callable[[Response], object] | None = None, waiter: Any = None) -> Deferred[Any]:
+    def _enqueue(self, encoded: bytes, decode: Callable[[Response], object] | None = None) -> Deferred[Any]:
         """
-        Queue a serialised request and send it if the link is up.
+        Queue a serialised request and send it if the link is up
+        (L{_send}).
 
         @param decode: What reads its answer for its L{Deferred}
             (L{requestEncoded}); for an event (L{deliver}),
             L{decodeResponse}: the L{Deferred} then fires with the
             delivery's outcome.
+        @return: Its L{Deferred} (failed with L{ServiceUnavailable} if the
+            queue is full).
+        """
+        d: Deferred[Any] = Deferred()
+        try:
+            self._send(encoded, decode, d)
+        except ServiceUnavailable as refused:
+            return fail(refused)
+        return d
+
+    def _send(self, encoded: bytes, decode: Callable[[Response], object] | None, waiter: OutcomeWaiter) -> None:
+        """
+        Queue a serialised request whose outcome C{waiter} is told, and
+        send it if the link is up.
+
+        @raise ServiceUnavailable: If the queue is full.
         """
         if len(self._pending) >= self._config.maxQueue:
             self._queueFull()
-            refused = ServiceUnavailable(f"link to {self.name}: {self._config.maxQueue} requests waiting")
-            if waiter is not None:
-                raise refused
-            return fail(refused)
+            raise ServiceUnavailable(f"link to {self.name}: {self._config.maxQueue} requests waiting")
         self._ids += 1
         ident = self._ids
-        d: Deferred[Any] = Deferred() if waiter is None else waiter
         deadline = self._clock.seconds() + self._config.requestTimeout
-        item = self._pending[ident] = _Outgoing(encoded, d, deadline, decode, self, ident)
+        item = self._pending[ident] = _Outgoing(encoded, waiter, deadline, decode, self, ident)
         if self._sweeper is None:
             self._armSweeper(deadline)
         # Sent at once if the link is up (what _transmit does for a request
@@ -1042,7 +1088,6 @@ class LinkClient(MultiService):
             item.connection = connection
             if not connection.send(encoded, item):
                 item.connection = None
-        return d
 
     def _queueFull(self) -> None:
         """

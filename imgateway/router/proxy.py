@@ -279,11 +279,19 @@ class _MessageAnswer(Generic[_T]):
         self._messageId = messageId
 
     def callback(self, outcome: DeliveryStatus) -> None:
+        """
+        The message's outcome (L{OutcomeWaiter
+        <imgateway.router.link.OutcomeWaiter>}): told, unless told before.
+        """
         if not self.called:
             self.called = True
             self._tell(outcome)
 
     def errback(self, error: BaseException | Failure) -> None:
+        """
+        The message failed (refused, timed out, link or session gone):
+        told as a L{Failure}, unless told before.
+        """
         if not self.called:
             self.called = True
             self._tell(error if isinstance(error, Failure) else Failure(error))

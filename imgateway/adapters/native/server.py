@@ -294,6 +294,12 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         self._processing = False
         self._readingPaused = False
         self._sendGuard: SendQueueGuard | None = None
+        # Presence-Answers: none (docs/protocol.md section 7.2): asked for
+        # by the AUTH that started the exchange, in force once logged in.
+        # The session's presence NOTIFYs then go with Seq 0, not counted
+        # and not answered.
+        self._quietAsked = False
+        self.quietPresence = False
 
     # -- connection ----------------------------------------------------------
 
@@ -754,6 +760,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             self.mechanismName = sys.intern(name)
             label = request.headers.get("Label", "") or ""
             self.sessionLabel = sys.intern(label[:64])
+            self._quietAsked = presenceAnswersNone(request.headers.get("Presence-Answers"))
             self._mechanism = serverMechanism(
                 name,
                 self.gateway.authenticator,
@@ -806,6 +813,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             session.close("connection lost during login")
             raise _Closed()
         self.session = session
+        self.quietPresence = self._quietAsked
         self.gateway.metrics.loggedIn("native", self.mechanismName, session)
         self._uncount()
         if self._slot is not None and self._slot.settled:
@@ -815,12 +823,10 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             self._slot = None
         self.factory.loginTimers.stop(self)
         self.log.info("{address} logged in from {peer} as {session}", address=session.address, peer=self.transport.getPeer(), session=session.sessionId)  # type: ignore[union-attr]
-        return (
-            200,
-            "OK",
-            (("Address", str(session.address)), ("Session", session.sessionId)),
-            step.challenge or b"",
-        )
+        headers: tuple[tuple[str, str], ...] = (("Address", str(session.address)), ("Session", session.sessionId))
+        if self.quietPresence:
+            headers += (("Presence-Answers", "none"),)
+        return (200, "OK", headers, step.challenge or b"")
 
     def _authFailed(self, f: Failure) -> Any:
         self._mechanism = None
@@ -1052,9 +1058,23 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
                 encoded = presenceNotify(sender, presence)
             except ValueError:
                 # Cannot be serialised: logged by the general way.
-                self._request("NOTIFY", sender.presURI(), _presenceHeaders(presence))
+                if self.quietPresence:
+                    self._write(Request("NOTIFY", sender.presURI(), Headers.of(("Seq", "0"), *_presenceHeaders(presence))))
+                else:
+                    self._request("NOTIFY", sender.presURI(), _presenceHeaders(presence))
                 return succeed(None)
             last.take(sender, presence, encoded)
+        transport = self.transport
+        if self.quietPresence:
+            # Presence-Answers: none: the same bytes for every such
+            # recipient, Seq 0, nothing counted (no answer comes).
+            if transport is not None:
+                data = last.quiet
+                transport.write(data)
+                guard = self._sendGuard
+                if guard is not None and guard.paused:
+                    guard.wrote(len(data))
+            return succeed(None)
         # The request counted as next() counts it, without its call in the
         # usual case (nothing to forget from the window, no wrap).
         out = self._outstanding
@@ -1066,7 +1086,6 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         data = b"%s%d%s" % (last.head, seq, last.tail)
         # What _send does, without its call, nor the guard's unless it
         # counts (only while the transport is paused).
-        transport = self.transport
         if transport is not None:
             transport.write(data)
             guard = self._sendGuard
@@ -1293,14 +1312,16 @@ class _LastNotify:
 
     @ivar head: The frame's start line and C{"Seq: "}.
     @ivar tail: The CRLF after the C{Seq} value, and the rest of the frame.
+    @ivar quiet: The whole frame with C{Seq: 0}, for the recipients that
+        do not answer presence C{NOTIFY}s (C{Presence-Answers: none}).
     """
 
-    __slots__ = ("sender", "presence", "head", "tail")
+    __slots__ = ("sender", "presence", "head", "tail", "quiet")
 
     def __init__(self) -> None:
         self.sender: Address | None = None
         self.presence: Presence | None = None
-        self.head = self.tail = b""
+        self.head = self.tail = self.quiet = b""
 
     def take(self, sender: Address, presence: Presence, encoded: bytes) -> None:
         """
@@ -1310,9 +1331,20 @@ class _LastNotify:
         end = encoded.index(b"\r\n") + 2
         self.sender, self.presence = sender, presence
         self.head, self.tail = encoded[:end] + b"Seq: ", b"\r\n" + encoded[end:]
+        self.quiet = self.head + b"0" + self.tail
 
 
 _lastNotify = _LastNotify()
+
+
+def presenceAnswersNone(value: str | None) -> bool:
+    """
+    Whether an C{AUTH}'s C{Presence-Answers} header value asks that the
+    session's presence C{NOTIFY}s go unanswered (C{docs/protocol.md}
+    section 7.2): C{none}, in any case, spaces around it ignored. Any other
+    value, or none, keeps the default (C{all}: every request answered).
+    """
+    return value is not None and value.strip().lower() == "none"
 
 
 def ruleListEntry(rule: PresenceRule) -> dict[str, Any]:

@@ -149,6 +149,9 @@ class NativeClientProtocol(Protocol):
     The client end of a native-protocol connection.
 
     @ivar address: The logged-in address, once L{login} succeeded.
+    @ivar presenceAnswers: C{"none"} once the server agreed to send
+        presence C{NOTIFY}s that are not answered (its C{200} to C{AUTH}
+        says C{Presence-Answers: none}), else C{"all"}.
     @ivar requestTimeout: Seconds to wait for any response.
     @ivar limits: The sizes accepted from the server (L{CLIENT_LIMITS} unless
         given). A response over them fails its request with a L{ClientError}
@@ -158,6 +161,11 @@ class NativeClientProtocol(Protocol):
 
     log = Logger()
     requestTimeout = 30.0
+    #: Whether L{login} asks the server not to want answers to presence
+    #: C{NOTIFY}s (C{Presence-Answers: none}, C{docs/protocol.md} section
+    #: 7.2). Either way the client answers every request with a C{Seq}
+    #: other than 0, and never answers a presence C{NOTIFY} with C{Seq: 0}.
+    quietPresence = True
 
     def __init__(
         self, observer: ClientObserver | None = None, clock: IReactorTime | None = None, limits: Limits = CLIENT_LIMITS
@@ -167,6 +175,7 @@ class NativeClientProtocol(Protocol):
         self.limits = limits
         self.address: Address | None = None
         self.sessionId = ""
+        self.presenceAnswers = "all"
         self._parser = FrameParser(limits)
         self._seq = 0
         self._pending: dict[int, Deferred[Response]] = {}
@@ -310,6 +319,8 @@ class NativeClientProtocol(Protocol):
             headers = [("Mechanism", name)]
             if label:
                 headers.append(("Label", label))
+            if self.quietPresence:
+                headers.append(("Presence-Answers", "none"))
             return self.request("AUTH", "*", headers, mech.start()).addCallback(_checkAuth).addCallbacks(
                 stepped, refused, (mech,)
             )
@@ -330,6 +341,8 @@ class NativeClientProtocol(Protocol):
                 raise Redirected(response.code, response.reason, _location(response))
             self.address = Address.fromString(response.headers.get("Address") or "")
             self.sessionId = response.headers.get("Session") or ""
+            if (response.headers.get("Presence-Answers") or "").strip().lower() == "none":
+                self.presenceAnswers = "none"
             return self.address
 
         return self.options().addCallback(chosen)
@@ -502,7 +515,11 @@ class NativeClientProtocol(Protocol):
                     float(h.get("Timestamp") or "0"),
                 )
             elif method == "NOTIFY":
-                self._respond(request)
+                if request.seq != 0 or h.get("Event") != "presence":
+                    # A presence NOTIFY with Seq 0 wants no answer
+                    # (Presence-Answers: none): a response would answer no
+                    # request, a fatal error (docs/protocol.md section 7.9).
+                    self._respond(request)
                 self._notify(request)
             elif method == "PING":
                 self._respond(request)

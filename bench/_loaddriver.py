@@ -570,6 +570,9 @@ class NativeConn(Conn):
         self._buf = b""
         self.seq = 0
         self._waiting: dict[int, asyncio.Future[NativeReply]] = {}
+        #: Presence-Answers: none at AUTH (docs/protocol.md 7.2): presence
+        #: NOTIFYs then come with Seq 0, and are not answered.
+        self.quiet: bool = spec.get("presence_answers", "none") == "none"
 
     def failWaiting(self, e: Exception) -> None:
         for f in self._waiting.values():
@@ -607,7 +610,10 @@ class NativeConn(Conn):
                 elif code >= 300:
                     self.stats.errors += 1
                 continue
-            out.append(_NATIVE_OK % seq)
+            if seq or not head.startswith(b"NOTIFY "):
+                # A NOTIFY with Seq 0 (a presence one, Presence-Answers:
+                # none) is not answered.
+                out.append(_NATIVE_OK % seq)
             if head.startswith(b"MESSAGE "):
                 if self.onMessage is not None:
                     frm = _header(head, b"from") or b""
@@ -637,7 +643,10 @@ class NativeConn(Conn):
     async def login(self, host: str, port: int, mech: str, timeout: float, bind: str | None = None) -> None:
         await self.connect(host, port, timeout, bind)
         sasl = saslClient(mech, self.user, self.password)
-        r = await asyncio.wait_for(self.request("AUTH", [("Mechanism", mech), ("Label", "bench")], sasl.start()), timeout)
+        headers = [("Mechanism", mech), ("Label", "bench")]
+        if self.quiet:
+            headers.append(("Presence-Answers", "none"))
+        r = await asyncio.wait_for(self.request("AUTH", headers, sasl.start()), timeout)
         while r.code == 110:
             r = await asyncio.wait_for(self.request("AUTH", (), sasl.step(r.body)), timeout)
         if r.code != 200:
@@ -1278,6 +1287,7 @@ def baseSpec(args: argparse.Namespace) -> dict[str, Any]:
         "window": args.window,
         "settle": args.settle,
         "irc_pass": args.irc_pass,
+        "presence_answers": args.presence_answers,
     }
 
 
@@ -1393,6 +1403,9 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("test", choices=sorted(WORKERS))
     p.add_argument("--proto", choices=sorted(CONNS), required=True)
     p.add_argument("--irc-pass", action="store_true", help="irc: log in with PASS user:password (the gateway's IRC face)")
+    p.add_argument("--presence-answers", choices=["none", "all"], default="none",
+                   help="native: the AUTH's Presence-Answers (docs/protocol.md 7.2); none (the default, as the shipped "
+                   "client) asks for presence NOTIFYs that are not answered")
     p.add_argument("--to-proto", choices=sorted(CONNS), default=None,
                    help="msg: one way, each sender to a client of this protocol (--to-port, --to-domain, --to-prefix)")
     p.add_argument("--to-port", type=int, default=None)

@@ -127,6 +127,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     s.update({
         "presence_contacts": 200,
         "presence_window": 2,
+        "presence_answers": args.presence_answers,
         "login_accounts": 200,
         "login_concurrency": 20,
         "idle_sizes": [1000] if quick else [1000, 10000],
@@ -246,6 +247,7 @@ def plannedRuns(s: dict[str, Any], tests: Sequence[str], idleSize: int | None) -
     if "presence" in tests:
         runs.append(("presence", "presence", [
             "--first", str(PRESENCE_FIRST), "--users", str(s["presence_contacts"]), "--window", str(s["presence_window"]),
+            "--presence-answers", s.get("presence_answers", "none"),
         ], 1))  # fmt: skip
     if "login" in tests:
         for mech, name in (("SCRAM-SHA-1", "login_scram"), ("PLAIN", "login_plain")):
@@ -807,6 +809,9 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=None, help="measured seconds of each traffic run (default 10; --quick 2)")
     p.add_argument("--idle-sizes", type=int, nargs="+", default=None, help="sessions of the idle runs, one or two sizes (default 1000 10000; --quick 1000)")
     p.add_argument("--driver-procs", type=int, default=2, help="driver processes for msg, login and idle runs (default 2)")
+    p.add_argument("--presence-answers", choices=["none", "all"], default="none",
+                   help="the native clients' Presence-Answers at AUTH (docs/protocol.md 7.2): none (default, as the "
+                   "shipped client: presence NOTIFYs not answered) or all (each answered with a 200, as before session 9)")
     p.add_argument("--quiet-pct", type=float, default=0.0, help="before each run wait until the machine is below this busy %% "
                    "of one core (default 0: do not wait, only record it)")
     p.add_argument("--max-wait", type=float, default=60.0, help="longest such wait, in seconds")

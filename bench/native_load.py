@@ -336,6 +336,10 @@ class NativeConn(asyncio.Protocol):
             f.set_result(Reply(code, reason, _headers(head), body))
 
     def _request(self, method: bytes, seq: int, body: bytes, out: list[bytes]) -> None:
+        if seq == 0 and method == b"NOTIFY":
+            # A presence NOTIFY sent with Seq 0 (this client logs in with
+            # Presence-Answers: none, docs/protocol.md 7.2): not answered.
+            return
         if self._fast:
             out.append(_OK % seq)
         else:
@@ -375,7 +379,8 @@ class NativeConn(asyncio.Protocol):
         local = (bind, 0) if bind else None
         await asyncio.wait_for(loop.create_connection(lambda: self, host, port, local_addr=local), timeout)
         mechanism: ClientMechanism = clientMechanism(mech, self.user, password)
-        r = await asyncio.wait_for(self.request("AUTH", [("Mechanism", mech), ("Label", "bench")], mechanism.start()), timeout)
+        auth = [("Mechanism", mech), ("Label", "bench"), ("Presence-Answers", "none")]
+        r = await asyncio.wait_for(self.request("AUTH", auth, mechanism.start()), timeout)
         while r.code == 110:
             r = await asyncio.wait_for(self.request("AUTH", (), mechanism.step(r.body)), timeout)
         if r.code != 200:

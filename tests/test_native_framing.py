@@ -6,9 +6,16 @@ parser and serialiser.
 
 from __future__ import annotations
 
+import cProfile
+import pstats
 import random
+from collections.abc import Callable
+from importlib.machinery import EXTENSION_SUFFIXES
+from unittest import SkipTest
 
 from twisted.trial.unittest import SynchronousTestCase
+
+import imgateway.adapters.native.framing as framingModule
 
 from imgateway.adapters.native.framing import (
     MAX_SEQ,
@@ -1499,3 +1506,252 @@ class BareOKTests(SynchronousTestCase):
             if found:
                 self.assertEqual(parser.takeBareOKs(data), list(range(first, first + found)), data)
                 self.assertEqual(found, count)
+
+
+def usualMessage(seq: int, body: bytes, target: bytes = b"im:bob@corp.example", contentType: bytes | None = None, messageID: bytes | None = None) -> bytes:
+    """
+    A C{MESSAGE} in the usual shape: as the load driver writes it (C{Seq}
+    and C{Content-Length}), or as the shipped client does (a
+    C{Content-Type}, maybe a C{Message-ID}).
+    """
+    head = b"MESSAGE %s IMGW/1.0\r\nSeq: %d\r\n" % (target, seq)
+    if contentType is not None:
+        head += b"Content-Type: %s\r\n" % (contentType,)
+    if messageID is not None:
+        head += b"Message-ID: %s\r\n" % (messageID,)
+    return head + b"Content-Length: %d\r\n\r\n" % (len(body),) + body
+
+
+def generalParser(limits: Limits) -> FrameParser:
+    """
+    A parser that reads every frame by the general path (never
+    L{FrameParser._usualMessage}).
+    """
+    parser = FrameParser(limits)
+    parser._usualMessages = False
+    return parser
+
+
+def _exactKey(item: Frame | FramingError) -> object:
+    """
+    L{_frameKey}, with an error's detail and reason too.
+    """
+    if isinstance(item, FramingError):
+        return ("error", item.code, item.reason, item.detail, item.seq, item.fatal, item.inResponse)
+    return _frameKey(item)
+
+
+def _run(parser: FrameParser, chunks: list[bytes]) -> list[object]:
+    """
+    Parse C{chunks} as the native face does (L{FrameParser.receive}, then
+    L{FrameParser.next} until it returns nothing), noting after each chunk
+    what the parser holds and whether it is closed.
+    """
+    out: list[object] = []
+    for chunk in chunks:
+        parser.receive(chunk)
+        while (item := parser.next()) is not None:
+            out.append(_exactKey(item))
+        out.append(("state", parser.bufferedBytes, parser.closed, parser.atFrameStart))
+    return out
+
+
+class UsualMessageTests(SynchronousTestCase):
+    """
+    L{FrameParser._usualMessage}: a C{MESSAGE} in the usual shape, received
+    whole, read in one step, giving exactly what the general path gives
+    for any bytes, cut anywhere, under any limits.
+    """
+
+    targets = [b"im:bob@corp.example", b"im:x@y", b"im:" + b"a" * 60 + b"@corp.example", b"pres:bob@corp.example", b"*"]
+    contentTypes = [None, b"text/plain; charset=utf-8", b"text/plain", b"application/json; charset=utf-8", b"x"]
+    messageIDs = [None, b"m-1", b"01HXYZ-abc.def@corp.example", b"a b"]
+    # Values the general path strips, refuses or decodes.
+    oddValues = [b"", b" ", b"x ", b" x", b"x\t", b"\tx", b"x  y", b"caf\xc3\xa9", b"\xff", b"x\x7fy", b"x\x00"]
+    pieces = [
+        b"\r", b"\n", b"\r\n", b"\r\n\r\n", b" ", b"  ", b"\t", b":", b"\x00", b"\x7f", b"\xc2\x85", b"\xc3\xa9", b"\xff",
+        b"a", b"0", b"9", b"MESSAGE ", b"IMGW/1.1", b"IMGW/2.0", b"Seq: 4\r\n", b"seq: 5\r\n", b"Seq: 0\r\n",
+        b"Seq: 99999999999\r\n", b"Content-Length: 3\r\n", b"content-length: 99\r\n", b"Content-Length: 0\r\n",
+        b"Content-Type: text/plain\r\n", b"Message-ID: z\r\n", b"From: im:a@b\r\n", b" folded\r\n",
+    ]
+
+    def frames(self, rng: random.Random) -> bytes:
+        """
+        One usual C{MESSAGE} (or, now and then, another frame or a blank
+        line).
+        """
+        pick = rng.random()
+        if pick < 0.05:
+            return b"\r\n"
+        if pick < 0.1:
+            return bare(rng.randint(1, 99))
+        if pick < 0.15:
+            return serialise(request("PING", "*", rng.randint(1, 99)))
+        seq = rng.choice([1, 7, 42, rng.randint(1, 999999999), 999999999, 1000000000, MAX_SEQ])
+        size = rng.choice([1, 2, 5, 10, 11, 30, rng.randint(1, 200)])
+        body = bytes(rng.randrange(256) for _ in range(size))
+        contentType, messageID = rng.choice(self.contentTypes), rng.choice(self.messageIDs)
+        if pick < 0.3:
+            contentType = rng.choice(self.oddValues)
+        elif pick < 0.4:
+            messageID = rng.choice(self.oddValues)
+        return usualMessage(seq, body, rng.choice(self.targets), contentType, messageID)
+
+    def mutant(self, rng: random.Random) -> bytes:
+        """
+        One to three frames with up to four random insertions, deletions or
+        replacements.
+        """
+        data = bytearray(b"".join(self.frames(rng) for _ in range(rng.randint(1, 3))))
+        for _ in range(rng.choice([0, 0, 1, 1, 2, 3, 4])):
+            at = rng.randrange(len(data) + 1)
+            how = rng.random()
+            if how < 0.4:
+                data[at:at] = rng.choice(self.pieces)
+            elif how < 0.8:
+                del data[at : at + rng.randint(1, 4)]
+            else:
+                data[at : at + 1] = rng.choice(self.pieces)
+        return bytes(data)
+
+    def limits(self, rng: random.Random, data: bytes) -> Limits:
+        """
+        The default limits, small ones, or limits around the sizes of the
+        first frame in C{data} (each one byte either side of what it needs).
+        """
+        pick = rng.random()
+        if pick < 0.3:
+            return Limits()
+        if pick < 0.4:
+            return SMALL
+        head, _, _ = data.partition(b"\r\n\r\n")
+        start, _, headers = head.partition(b"\r\n")
+        lines = headers.count(b"\r\n") + 1
+        return Limits(
+            maxStartLineBytes=max(1, len(start) + rng.randint(-1, 1)),
+            maxHeaderBytes=max(1, len(headers) + 2 + rng.randint(-1, 1)),
+            maxHeaders=max(1, lines + rng.randint(-1, 1)),
+            maxBodyBytes=max(0, rng.choice([0, 1, 5, 10, 11, 30, 200]) + rng.randint(-1, 1)),
+        )
+
+    def assertSame(self, chunks: list[bytes], limits: Limits) -> None:
+        self.assertEqual(_run(FrameParser(limits), chunks), _run(generalParser(limits), chunks), (chunks, limits))
+
+    def test_sameWhole(self) -> None:
+        """
+        Thousands of streams of usual C{MESSAGE}s, mutated or not, each fed
+        in one chunk, and coalesced in fours, give the same frames, the
+        same errors (details and all) and the same parser states as the
+        general path, under the default, small and just-fitting limits.
+        """
+        rng = random.Random(9)
+        streams = [self.mutant(rng) for _ in range(4000)]
+        for data in streams:
+            self.assertSame([data], self.limits(rng, data))
+        for i in range(0, len(streams), 4):
+            data = b"".join(streams[i : i + 4])
+            self.assertSame([data], self.limits(rng, data))
+
+    def test_sameSplit(self) -> None:
+        """
+        Streams split in two at every byte, and fed byte by byte, give what
+        the general path gives fed the same chunks.
+        """
+        rng = random.Random(91)
+        for _ in range(150):
+            data = self.mutant(rng)
+            limits = self.limits(rng, data)
+            for at in range(len(data) + 1):
+                self.assertSame([data[:at], data[at:]], limits)
+            self.assertSame([data[i : i + 1] for i in range(len(data))], limits)
+
+    def test_usualFrames(self) -> None:
+        """
+        Each usual shape gives the request the client sent: its headers
+        but C{Content-Length}, in order, its body, its sequence number.
+        """
+        for contentType in self.contentTypes:
+            for messageID in self.messageIDs:
+                headers = [("Seq", "77")]
+                if contentType is not None:
+                    headers.append(("Content-Type", contentType.decode()))
+                if messageID is not None:
+                    headers.append(("Message-ID", messageID.decode()))
+                expected = Request("MESSAGE", "im:bob@corp.example", Headers(tuple(headers)), b"hi\r\n\r\n")
+                data = usualMessage(77, b"hi\r\n\r\n", contentType=contentType, messageID=messageID)
+                self.assertEqual(serialise(expected), data)
+                (frame,) = FrameParser().feed(data)
+                self.assertEqual(frame, expected)
+                self.assertEqual(frame.seq, 77)
+
+    def test_largeStream(self) -> None:
+        """
+        Past 64 KiB of usual C{MESSAGE}s in one read, the parsed bytes are
+        dropped as the general path drops them, and every frame is whole.
+        """
+        frames = [usualMessage(i, b"%05d" % i * 100) for i in range(1, 301)]
+        data = b"".join(frames)
+        self.assertGreater(len(data), 2 * 65536)
+        parser = FrameParser()
+        parser.receive(data)
+        seen = []
+        while (item := parser.next()) is not None:
+            assert isinstance(item, Request)
+            seen.append((item.seq, item.body))
+            self.assertLess(parser.bufferedBytes, len(data))
+        self.assertEqual(seen, [(i, b"%05d" % i * 100) for i in range(1, 301)])
+        self.assertEqual(_run(FrameParser(), [data, data[:100]]), _run(generalParser(Limits()), [data, data[:100]]))
+
+
+def _callsOf(parse: Callable[[], object]) -> dict[str, int]:
+    """
+    The calls of L{FrameParser}'s methods made by C{parse}, by name.
+    """
+    profile = cProfile.Profile()
+    profile.runcall(parse)
+    stats = pstats.Stats(profile)
+    calls: dict[str, int] = {}
+    for (filename, _, name), (_, count, _, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        if filename.endswith("framing.py"):
+            calls[name] = calls.get(name, 0) + count
+    return calls
+
+
+class UsualMessageCallTests(SynchronousTestCase):
+    """
+    The calls a usual C{MESSAGE} costs, counted: none of the general
+    path's.
+    """
+
+    def setUp(self) -> None:
+        if (framingModule.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES)):
+            raise SkipTest("compiled: the parser's methods make no Python frames to count")
+
+    def test_oneStep(self) -> None:
+        """
+        Ten usual C{MESSAGE}s in one read (the driver's and the client's
+        shapes) are read by one call of C{_usualMessage} each, and nothing
+        of the general path.
+        """
+        data = b"".join(
+            usualMessage(i, b"hello %d" % i, contentType=b"text/plain; charset=utf-8" if i % 2 else None) for i in range(1, 11)
+        )
+        parser = FrameParser()
+        parser.receive(data)
+        calls = _callsOf(lambda: [parser.next() for _ in range(10)])
+        self.assertEqual(calls.get("_usualMessage"), 10)
+        self.assertEqual(calls.get("next"), 10)
+        for general in ("_wholeFrame", "_step", "_startLine", "_headerLine", "_endHeaders", "_body", "_fastStartLine"):
+            self.assertNotIn(general, calls)
+        self.assertEqual(parser.bufferedBytes, 0)
+
+    def test_unusualFallsThrough(self) -> None:
+        """
+        A C{MESSAGE} in another shape (here a header in lower case) is read
+        by the general path, after one try of C{_usualMessage}.
+        """
+        data = usualMessage(5, b"hi").replace(b"Seq:", b"seq:")
+        parser = FrameParser()
+        parser.receive(data)
+        calls = _callsOf(parser.next)
+        self.assertEqual((calls.get("_usualMessage"), calls.get("_wholeFrame")), (1, 1))

@@ -96,12 +96,13 @@ _LF = b"\n"
 # 10**9, without leading zeros) last. Its groups: the target, the Seq, the
 # Content-Type, the Message-ID, the Content-Length; its end, the body's
 # start. Anything else (another order or case, other headers, odd
-# whitespace, bare LFs, non-ASCII text) is for the general path.
+# whitespace, bare LFs, non-ASCII text, a target over 4096 bytes or a value
+# over 1024: a frame start is never read far by it) is for the general path.
 _MESSAGE_HEAD = re.compile(
-    rb"MESSAGE ([!-~]+) IMGW/1\.0\r\n"
+    rb"MESSAGE ([!-~]{1,4096}) IMGW/1\.0\r\n"
     rb"Seq: ([1-9][0-9]{0,8})\r\n"
-    rb"(?:Content-Type: ([!-~](?:[ -~]*[!-~])?)\r\n)?"
-    rb"(?:Message-ID: ([!-~](?:[ -~]*[!-~])?)\r\n)?"
+    rb"(?:Content-Type: ([!-~](?:[ -~]{0,1022}[!-~])?)\r\n)?"
+    rb"(?:Message-ID: ([!-~](?:[ -~]{0,1022}[!-~])?)\r\n)?"
     rb"Content-Length: ([1-9][0-9]{0,8})\r\n\r\n"
 )
 # The start line of such a MESSAGE, without its target and line end; the
@@ -541,9 +542,11 @@ class FrameParser:
     Parsing never buffers more than the current line (at most a limit plus
     two bytes) or the current body (at most C{maxBodyBytes}) beyond the
     bytes received and not parsed yet, and searches each byte for a line
-    end at most twice, however the stream is cut into chunks: a head
-    (start line and headers) received whole, with CRLF line ends, is
-    parsed in one go; anything else (a head cut by a read, bare LFs, a
+    end at most twice (and tries a frame start once against the pattern of
+    a usual C{MESSAGE}, which reads a few KB at most), however the stream
+    is cut into chunks: a C{MESSAGE} in the usual shape received whole is
+    read with one pattern (L{_usualMessage}); a head (start line and headers) received whole,
+    with CRLF line ends, is parsed in one go; anything else (a head cut by a read, bare LFs, a
     frame breaking a rule) line by line, which gives every error.
 
     @ivar closed: Whether a fatal error was met; L{feed} then returns

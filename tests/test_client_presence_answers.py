@@ -81,6 +81,10 @@ class WireTests(SynchronousTestCase):
     """
 
     def test_answers(self) -> None:
+        """
+        A presence C{NOTIFY} with C{Seq: 0} is not answered; a numbered one,
+        and every other request, is.
+        """
         observer = PresenceRecorder()
         client = NativeClientProtocol(observer)
         transport = StringTransport()

@@ -15,7 +15,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import imgateway as imgatewayPackage
 from imgateway.adapters.native.framing import Headers, Request, Response, serialise
-from imgateway.adapters.native.server import NativeConfig, _presenceHeaders, presenceAnswersNone
+from imgateway.adapters.native.mapping import presenceAnswersNone
+from imgateway.adapters.native.server import NativeConfig, _presenceHeaders
 from imgateway.auth.sasl import clientMechanism
 from imgateway.core.address import Address
 from imgateway.core.presence import Presence, PresenceState

@@ -31,7 +31,7 @@ from imgateway.adapters.native.framing import (
     Response,
     serialise,
 )
-from imgateway.adapters.native.mapping import PRESENCE, deliveryErrorFor, isDeliveryCode, presenceFromToken
+from imgateway.adapters.native.mapping import PRESENCE, deliveryErrorFor, isDeliveryCode, presenceAnswersNone, presenceFromToken
 from imgateway.auth.sasl import SASLFailure, clientMechanism, preferredMechanism
 from imgateway.config import HostPort, parseHostPort
 from imgateway.core.address import Address
@@ -341,7 +341,7 @@ class NativeClientProtocol(Protocol):
                 raise Redirected(response.code, response.reason, _location(response))
             self.address = Address.fromString(response.headers.get("Address") or "")
             self.sessionId = response.headers.get("Session") or ""
-            if (response.headers.get("Presence-Answers") or "").strip().lower() == "none":
+            if presenceAnswersNone(response.headers.get("Presence-Answers")):
                 self.presenceAnswers = "none"
             return self.address
 

@@ -578,7 +578,9 @@ class FrameParser:
         self._pendingSeq = 0
         self._remaining = 0
         # Whether to read the usual MESSAGEs in one step (_usualMessage):
-        # always, but for the tests that compare it with the general path.
+        # always. A test hook only: the tests that compare the fast path
+        # with the general one turn it off (a compiled parser's methods
+        # cannot be patched).
         self._usualMessages = True
         # Whether the limits take every bare 200 (nextBareOK).
         self._bareOK = limits.maxStartLineBytes >= _BARE_OK_START_BYTES and limits.maxHeaderBytes >= _BARE_OK_HEADER_BYTES

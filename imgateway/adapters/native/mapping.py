@@ -56,6 +56,7 @@ __all__ = [
     "describeTargets",
     "isDeliveryCode",
     "markFromToken",
+    "presenceAnswersNone",
     "presenceFromToken",
     "ruleFromJSON",
     "ruleToJSON",
@@ -502,3 +503,14 @@ def describeTargets(method: str) -> str:
     if len(forms) == 1:
         return forms[0]
     return ", ".join(forms[:-1]) + " or " + forms[-1]
+
+
+def presenceAnswersNone(value: str | None) -> bool:
+    """
+    Whether a C{Presence-Answers} header value (a client's C{AUTH} asking,
+    or the server's C{200} agreeing) says that the session's presence
+    C{NOTIFY}s go unanswered (C{docs/protocol.md} section 7.2): C{none}, in
+    any case, spaces around it ignored. Any other value, or none, is the
+    default (C{all}: every request answered).
+    """
+    return value is not None and value.strip().lower() == "none"

@@ -50,6 +50,7 @@ from imgateway.adapters.native.mapping import (
     codeForError,
     decisionFromToken,
     describeTargets,
+    presenceAnswersNone,
     presenceFromToken,
     ruleFromJSON,
     ruleToJSON,
@@ -1064,28 +1065,23 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
                     self._request("NOTIFY", sender.presURI(), _presenceHeaders(presence))
                 return succeed(None)
             last.take(sender, presence, encoded)
-        transport = self.transport
         if self.quietPresence:
             # Presence-Answers: none: the same bytes for every such
             # recipient, Seq 0, nothing counted (no answer comes).
-            if transport is not None:
-                data = last.quiet
-                transport.write(data)
-                guard = self._sendGuard
-                if guard is not None and guard.paused:
-                    guard.wrote(len(data))
-            return succeed(None)
-        # The request counted as next() counts it, without its call in the
-        # usual case (nothing to forget from the window, no wrap).
-        out = self._outstanding
-        seq = out.sent + 1
-        if seq - out.floor > out.window or seq > MAX_SEQ:
-            seq = out.next()
+            data = last.quiet
         else:
-            out.sent = seq
-        data = b"%s%d%s" % (last.head, seq, last.tail)
+            # The request counted as next() counts it, without its call in
+            # the usual case (nothing to forget from the window, no wrap).
+            out = self._outstanding
+            seq = out.sent + 1
+            if seq - out.floor > out.window or seq > MAX_SEQ:
+                seq = out.next()
+            else:
+                out.sent = seq
+            data = b"%s%d%s" % (last.head, seq, last.tail)
         # What _send does, without its call, nor the guard's unless it
         # counts (only while the transport is paused).
+        transport = self.transport
         if transport is not None:
             transport.write(data)
             guard = self._sendGuard
@@ -1335,16 +1331,6 @@ class _LastNotify:
 
 
 _lastNotify = _LastNotify()
-
-
-def presenceAnswersNone(value: str | None) -> bool:
-    """
-    Whether an C{AUTH}'s C{Presence-Answers} header value asks that the
-    session's presence C{NOTIFY}s go unanswered (C{docs/protocol.md}
-    section 7.2): C{none}, in any case, spaces around it ignored. Any other
-    value, or none, keeps the default (C{all}: every request answered).
-    """
-    return value is not None and value.strip().lower() == "none"
 
 
 def ruleListEntry(rule: PresenceRule) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import re
+from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Any
 
 import attrs
@@ -552,8 +553,10 @@ class MessageEncodingTests(SynchronousTestCase):
         L{link_codec._messageHead}: the general way's bytes, with and
         without a body and a hop count; a lone surrogate in its body still
         goes the general way (its error). Any other shape is written by
-        L{link_codec._messageHead}.
+        L{link_codec._messageHead}. (In the compiled build the module's own
+        calls cannot be patched: there only the bytes are checked.)
         """
+        counted = not (link_codec.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
         heads: list[object] = []
         real = link_codec._messageHead
 
@@ -567,7 +570,8 @@ class MessageEncodingTests(SynchronousTestCase):
             for hops in (0, 1, 12):
                 message = Message(ALICE, CAROL, body, messageId="m-1", timestamp=1767225600.125, hops=hops, routingId="r.1")
                 self.assertEqual(link_codec.encodeMessage(message, via, 8, "r.1"), serialise(encodeRequest(message, via, 8, "r.1")))
-        self.assertEqual(heads, [])
+        if counted:
+            self.assertEqual(heads, [])
         surrogate = Message(ALICE, CAROL, "\ud800", messageId="m-1", routingId="r.1")
         self.assertEqual(
             self.outcome(lambda: link_codec.encodeMessage(surrogate, via, 8, "r.1")),
@@ -582,7 +586,8 @@ class MessageEncodingTests(SynchronousTestCase):
         ]
         for message, vias, maxHops in others:
             self.assertEqual(link_codec.encodeMessage(message, vias, maxHops, "r.1"), serialise(encodeRequest(message, vias, maxHops, "r.1")))
-        self.assertEqual(len(heads), len(others))
+        if counted:
+            self.assertEqual(len(heads), len(others))
 
     def test_linkSendsIt(self) -> None:
         """

@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +39,11 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from bench.presence_fanout import _OK, commitOf, counted
 from imgateway.adapters.native.framing import Headers, Request, serialise
 from imgateway.adapters.native.server import NativeConfig, NativeServerFactory, NativeServerProtocol
 from imgateway.testing import addUser, memoryGateway
 
-_OK = b"IMGW/1.0 200 OK\r\nSeq: %d\r\n\r\n"
 _MESSAGE = b"MESSAGE im:%s IMGW/1.0\r\nSeq: %d\r\nContent-Length: %d\r\n\r\n%s"
 
 
@@ -120,40 +118,6 @@ def exchange(pairs: list[tuple[_Client, _Client, bytes]], batch: int, n: int) ->
         sender.protocol.dataReceived(sender.messages(to, bodies))
         sender.transport.clear()
         recipient.protocol.dataReceived(recipient.answers())
-
-
-def counted(work: Any) -> Counter[str]:
-    """
-    @return: The calls C{work()} made, by function.
-    """
-    calls: Counter[str] = Counter()
-
-    def profile(frame: Any, event: str, arg: Any) -> None:
-        if event == "call":
-            code = frame.f_code
-            calls[f"{code.co_name} ({Path(code.co_filename).name}:{code.co_firstlineno})"] += 1
-        elif event == "c_call":
-            calls[f"{getattr(arg, '__qualname__', arg)} (builtin)"] += 1
-
-    sys.setprofile(profile)
-    try:
-        work()
-    finally:
-        sys.setprofile(None)
-    return calls
-
-
-def commitOf(folder: Path) -> str:
-    """
-    @return: The short commit of the git checkout holding C{folder}, or
-        C{""}.
-    """
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=folder, timeout=10
-        ).stdout.strip()
-    except OSError:
-        return ""
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ from contextlib import redirect_stdout
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench import message_path
+from bench import message_path, presence_fanout
 
 
 class MessagePathBenchTests(SynchronousTestCase):
@@ -49,7 +49,7 @@ class MessagePathBenchTests(SynchronousTestCase):
         pairs = message_path.setUp(2)
         message_path.exchange(pairs, 3, 0)
         before = [recipient.protocol._outstanding.sent for _, recipient, _ in pairs]
-        calls = message_path.counted(lambda: message_path.exchange(pairs, 3, 1))
+        calls = presence_fanout.counted(lambda: message_path.exchange(pairs, 3, 1))
         self.assertEqual([name for name in calls if "(router.py:" in name], [])
         deferreds = sum(count for name, count in calls.items() if name.startswith("__init__ (defer.py:"))
         self.assertLessEqual(deferreds, 2 * 3)

@@ -35,7 +35,7 @@ class AgainstServerTests(SynchronousTestCase):
         observer = PresenceRecorder()
         client = NativeClientProtocol(observer, clock=self.clock)
         if quiet is not None:
-            client.quietPresence = quiet
+            client.askQuietPresence = quiet
         pump = connect(server, FakeTransport(server, True, HOST, PEER), client, FakeTransport(client, False, PEER, HOST), clock=self.clock)
         d = client.login("alice", "alice-pw")
         pump.flush()

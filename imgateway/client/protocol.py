@@ -165,7 +165,7 @@ class NativeClientProtocol(Protocol):
     #: C{NOTIFY}s (C{Presence-Answers: none}, C{docs/protocol.md} section
     #: 7.2). Either way the client answers every request with a C{Seq}
     #: other than 0, and never answers a presence C{NOTIFY} with C{Seq: 0}.
-    quietPresence = True
+    askQuietPresence = True
 
     def __init__(
         self, observer: ClientObserver | None = None, clock: IReactorTime | None = None, limits: Limits = CLIENT_LIMITS
@@ -319,7 +319,7 @@ class NativeClientProtocol(Protocol):
             headers = [("Mechanism", name)]
             if label:
                 headers.append(("Label", label))
-            if self.quietPresence:
+            if self.askQuietPresence:
                 headers.append(("Presence-Answers", "none"))
             return self.request("AUTH", "*", headers, mech.start()).addCallback(_checkAuth).addCallbacks(
                 stepped, refused, (mech,)

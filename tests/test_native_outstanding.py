@@ -17,6 +17,23 @@ from imgateway.adapters.native.framing import MAX_SEQ
 from imgateway.adapters.native.outstanding import OutstandingRequests
 
 
+def _twins(rng: random.Random) -> tuple[OutstandingRequests, OutstandingRequests]:
+    """
+    Two L{OutstandingRequests} in one random state, for the differential
+    tests: the same window (1, 3 or 64), the same start (0, or just before
+    the wrap of L{MAX_SEQ}) and the same 0 to 8 requests sent.
+    """
+    window = rng.choice([1, 3, 64])
+    start = rng.choice([0, 0, MAX_SEQ - 4])
+    twins = OutstandingRequests(window), OutstandingRequests(window)
+    sends = rng.randint(0, 8)
+    for o in twins:
+        o.sent = o.floor = start
+        for _ in range(sends):
+            o.next()
+    return twins
+
+
 class OutstandingRequestsTests(SynchronousTestCase):
     """
     L{OutstandingRequests} numbers requests and takes one response for
@@ -162,14 +179,7 @@ class OutstandingRequestsTests(SynchronousTestCase):
         """
         rng = random.Random(7)
         for _ in range(2000):
-            window = rng.choice([1, 3, 64])
-            start = rng.choice([0, 0, MAX_SEQ - 4])
-            one, each = OutstandingRequests(window), OutstandingRequests(window)
-            for o in (one, each):
-                o.sent = o.floor = start
-            for _ in range(rng.randint(0, 8)):
-                one.next()
-                each.next()
+            one, each = _twins(rng)
             if rng.random() < 0.3 and each.sent > each.floor:
                 # One answered out of order first.
                 seq = (each.sent - 1) % MAX_SEQ + 1
@@ -230,14 +240,7 @@ class OutstandingRequestsTests(SynchronousTestCase):
         """
         rng = random.Random(5)
         for _ in range(2000):
-            window = rng.choice([1, 3, 64])
-            one, each = OutstandingRequests(window), OutstandingRequests(window)
-            start = rng.choice([0, 0, MAX_SEQ - 4])
-            for o in (one, each):
-                o.sent = o.floor = start
-            for _ in range(rng.randint(0, 8)):
-                one.next()
-                each.next()
+            one, each = _twins(rng)
             if rng.random() < 0.3 and each.sent > each.floor:
                 seq = (each.floor + rng.randint(1, each.sent - each.floor) - 1) % MAX_SEQ + 1
                 self.assertEqual(one.answer(seq), each.answer(seq))

@@ -45,7 +45,8 @@ class NativeProxyTests(TestCase):
         """
         carol logs in at the router from 127.0.0.2 and is served by a
         session on hs1 (the router logs the decision with her address; hs1
-        logs the proxied session); she and alice, logged in at hs1, subscribe
+        logs the proxied session), with C{Presence-Answers: none} agreed as
+        at a home server; she and alice, logged in at hs1, subscribe
         to each other, see each other's presence changes and exchange
         messages, with the statuses a home server gives (480 before she may
         see alice's presence is not at issue here: both authorise).
@@ -58,6 +59,10 @@ class NativeProxyTests(TestCase):
         self.assertEqual(carolClient.transport.getPeer().port, pair.routerPort)  # type: ignore[union-attr]
         self.assertIn(f"Proxying carol@{DOMAIN} (native, from IPv4Address(type='TCP', host='{OUTSIDE}'", pair.router.log())
         self.assertIn(f"of carol@{DOMAIN} opened for server router", pair.home.log())
+        # The router's face agreed to unanswered presence NOTIFYs for the
+        # proxied session, as a home server's face does (docs/protocol.md
+        # section 7.2): the presence below reaches her all the same.
+        self.assertEqual(carolClient.presenceAnswers, "none")
 
         # Subscriptions both ways, answered across the router.
         await carolClient.subscribe(ALICE)

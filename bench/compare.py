@@ -52,6 +52,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._gateway import REPO, GatewayError, interruptedStatus, interruptOnSigterm
+from bench._loaddriver import SEND_TICK
 from bench._proc import machineBusyS, raiseNofile
 from bench._peers import (
     FLOOD_SETTINGS,
@@ -146,8 +147,11 @@ def trafficSettings(args: argparse.Namespace, quickPairs: int, quickWarmup: floa
     The settings of message traffic that C{compare.py} and
     C{irc_compare.py} share: pairs (50, or C{quickPairs} with C{--quick}),
     the windows (10 s after 2 s, or 2 s after C{quickWarmup}), the settle
-    time, the closed-loop window, the fixed rate (2,000 msgs/s) and the
-    driver processes; C{--pairs} and C{--duration} override theirs.
+    time, the closed-loop window, the fixed rate (2,000 msgs/s) with its
+    own window (20 s, or 2 s with C{--quick}: the rate's p99 is read from
+    the slowest 1 % of its messages, 400 of them in 20 s) and how its
+    senders are timed, and the driver processes; C{--pairs},
+    C{--duration}, C{--rate-duration} and C{--send-tick} override theirs.
     """
     quick = args.quick
     s: dict[str, Any] = {
@@ -157,12 +161,16 @@ def trafficSettings(args: argparse.Namespace, quickPairs: int, quickWarmup: floa
         "settle_s": 0.3 if quick else 1.0,
         "window": 10,
         "rate": 2000.0,
+        "rate_duration_s": 2.0 if quick else 20.0,
+        "send_tick_s": getattr(args, "send_tick", SEND_TICK),
         "driver_procs": args.driver_procs,
     }
     if args.pairs is not None:
         s["pairs"] = args.pairs
     if args.duration is not None:
-        s["duration_s"] = args.duration
+        s["duration_s"] = s["rate_duration_s"] = args.duration
+    if getattr(args, "rate_duration", None) is not None:
+        s["rate_duration_s"] = args.rate_duration
     return s
 
 
@@ -243,7 +251,8 @@ def plannedRuns(s: dict[str, Any], tests: Sequence[str], idleSize: int | None) -
     if "msg" in tests:
         runs.append(("msg", "msg", pairs, procs))
     if "rate" in tests:
-        runs.append(("rate", "msg", [*pairs, "--rate", f"{s['rate']:g}"], procs))
+        runs.append(("rate", "msg", [*pairs, "--rate", f"{s['rate']:g}", "--duration", f"{s['rate_duration_s']:g}",
+                                     "--send-tick", f"{s['send_tick_s']:g}"], procs))
     if "presence" in tests:
         runs.append(("presence", "presence", [
             "--first", str(PRESENCE_FIRST), "--users", str(s["presence_contacts"]), "--window", str(s["presence_window"]),
@@ -291,7 +300,7 @@ def oneServer(args: argparse.Namespace, s: dict[str, Any], row: str, rep: int, p
             busy = preBusy(args)
             errors0 = server.logErrors()
             t = time.monotonic()
-            result = driver(server, s, test, extra, procs, timeout=900 + 30 * s["duration_s"])
+            result = driver(server, s, test, extra, procs, timeout=900 + 30 * max(s["duration_s"], s["rate_duration_s"]))
             record = {"row": row, "run": name, "rep": rep, "pre_busy_pct": busy,
                       "wall_s": round(time.monotonic() - t, 1), "server_log_errors": server.logErrors() - errors0}
             record.update(result)
@@ -761,6 +770,30 @@ def reportHead(doc: dict[str, Any], peers: str) -> list[str]:
     ]
 
 
+def rateSending(s: dict[str, Any]) -> str:
+    """
+    @return: How the fixed-rate run's driver timed its messages.
+    """
+    tick = s.get("send_tick_s")
+    return f"sent on a {1000 * tick:g} ms tick" if tick else "each message sent when due"
+
+
+def rateSpread(records: Sequence[dict[str, Any]], names: dict[str, str] = ROW_NAMES) -> str:
+    """
+    @return: Each row's p99 at the fixed rate in every rep, in the reps'
+        order (the table gives their median), or C{""} with one rep.
+    """
+    reps: dict[str, list[float]] = {}
+    for r in records:
+        p99 = (r.get("lat_us") or {}).get("p99") if r.get("run") == "rate" and "error" not in r else None
+        if isinstance(p99, (int, float)):
+            reps.setdefault(r["row"], []).append(p99 / 1000)
+    if not any(len(v) > 1 for v in reps.values()):
+        return ""
+    return "p99 ms @ fixed rate, each rep: " + "; ".join(
+        f"{names.get(row, row)} {', '.join(f'{v:.2f}' for v in vs)}" for row, vs in reps.items())
+
+
 def report(doc: dict[str, Any]) -> str:
     """
     @return: The whole report as Markdown: the machine and versions, the
@@ -771,7 +804,7 @@ def report(doc: dict[str, Any]) -> str:
     head = [
         *reportHead(doc, f"Prosody {v['prosody']}; ejabberd {v['ejabberd']} (Erlang {v['erlang']})"),
         f"Load: {s['pairs']} pairs, windows of {s['duration_s']:g} s after {s['warmup_s']:g} s; fixed rate "
-        f"{s['rate']:,.0f} msgs/s; presence: 1 user, {s['presence_contacts']} online contacts; logins: "
+        f"{s['rate']:,.0f} msgs/s for {s.get('rate_duration_s', s['duration_s']):g} s, {rateSending(s)}; presence: 1 user, {s['presence_contacts']} online contacts; logins: "
         f"{s['login_concurrency']} at once over {s['login_accounts']} accounts; idle: "
         f"{', '.join(f'{n:,}' for n in s['idle_sizes'])} sessions, {s['idle_contacts']} contacts each; "
         f"{s['driver_procs']} driver processes (presence: 1)",
@@ -780,7 +813,9 @@ def report(doc: dict[str, Any]) -> str:
         head.append(f"Compiled rows: the gateway from {compiled['tree']}{' (built for this run)' if compiled['built'] else ''}, "
                     f"mypyc-compiled modules: {', '.join(compiled['modules']) or 'none'}")
     extra = compiledTable(doc.get("compiled_ratios") or {})
-    return "\n".join([*head, "", table(doc["summary"], doc["ratios"], s, doc["rows"]), *(["", extra] if extra else []), "",
+    spread = rateSpread(doc["runs"])
+    return "\n".join([*head, "", table(doc["summary"], doc["ratios"], s, doc["rows"]), *(["", spread] if spread else []),
+                      *(["", extra] if extra else []), "",
                       "How the cores were shared (medians; % of one core, the machine has "
                       f"{m['cores'] * 100} %):", "", cpuTable(doc["runs"])])
 
@@ -807,6 +842,11 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print the JSON document on standard output (the table goes to standard error)")
     p.add_argument("--pairs", type=int, default=None, help="1:1 message pairs (default 50; --quick 20)")
     p.add_argument("--duration", type=float, default=None, help="measured seconds of each traffic run (default 10; --quick 2)")
+    p.add_argument("--rate-duration", type=float, default=None,
+                   help="measured seconds of the fixed-rate run (default 20; --quick 2; --duration sets both)")
+    p.add_argument("--send-tick", type=float, default=SEND_TICK,
+                   help=f"fixed-rate run: the driver wakes every this many seconds and sends what fell due (default "
+                   f"{SEND_TICK:g}, as every table so far); 0: each message at its own due time, evenly spaced")
     p.add_argument("--idle-sizes", type=int, nargs="+", default=None, help="sessions of the idle runs, one or two sizes (default 1000 10000; --quick 1000)")
     p.add_argument("--driver-procs", type=int, default=2, help="driver processes for msg, login and idle runs (default 2)")
     p.add_argument("--presence-answers", choices=["none", "all"], default="none",

@@ -22,7 +22,16 @@ With C{--trace}, the gateway runs no timer or watchdog thread; instead
 each message is timed through the reactor (when the poll that woke it
 returned, when the bytes reached the protocol, when the recipient's copy
 was sent, with the polls and C{epoll_ctl} calls per message), and cut
-into stages together with the driver's times (L{hopSummary}).
+into stages together with the driver's times (L{hopSummary}); and
+the slowest 1 % of the window's messages (what p99 reads) are cut into
+the gateway's and the driver's parts (L{tailAttribution}: a turn it waited
+behind, waking, the turn's CPU and time off CPU, the driver's), with what
+the gateway turns on their way held: collections, timed and thread calls
+(by name), log events, other threads' CPU. The gateway records every
+poll (C{bench/_p99site}), the driver when each of its loop's polls
+started and returned. These are times and CPU counters inside the two
+processes, so the attribution holds when the machine is busy; the
+latencies do not.
 C{--reactor NAME} runs the gateway with C{twistd --reactor NAME};
 C{--tree DIR} runs another source tree's gateway under the same probe.
 
@@ -86,6 +95,11 @@ class TimedStats(ld.Stats):
         super().__init__()
         self.sentAt = array.array("q")
         self.recvAt = array.array("q")
+        #: For each message, when the poll of the driver's loop that read
+        #: it started and returned (L{tracePolls}).
+        self.pollStartAt = array.array("q")
+        self.pollAt = array.array("q")
+        self.poll = [0, 0]
 
     def record(self, sentUs: int) -> None:
         t = nowUs()
@@ -93,6 +107,27 @@ class TimedStats(ld.Stats):
         if self.inWindow(t):
             self.sentAt.append(sentUs)
             self.recvAt.append(t)
+            self.pollStartAt.append(self.poll[0])
+            self.pollAt.append(self.poll[1])
+
+
+def tracePolls(loop: asyncio.AbstractEventLoop, stats: TimedStats) -> None:
+    """
+    Keep in C{stats.poll} when the poll of C{loop}'s selector that is being
+    handled started and returned (µs): a message read in that turn was
+    waiting in the socket since at most the poll's start if the driver was
+    busy before it, or woke the driver if it was waiting in it.
+    """
+    selector: Any = getattr(loop, "_selector")
+    select = selector.select
+
+    def traced(timeout: float | None = None) -> Any:
+        start = nowUs()
+        events = select(timeout)
+        stats.poll[0], stats.poll[1] = start, nowUs()
+        return events
+
+    selector.select = traced
 
 
 async def lagTimer(lags: list[tuple[int, int, int, int]], period: float = 0.001) -> None:
@@ -128,6 +163,7 @@ async def workerTimed(link: ld.ParentLink, spec: dict[str, Any]) -> dict[str, An
             gcEvents.append((started[0], now - started[0], gcInfo["generation"], gcInfo["collected"], cpu - started[1]))
 
     stats = TimedStats()
+    tracePolls(asyncio.get_running_loop(), stats)
     pairs: list[tuple[int, int]] = spec["shard"]
     # Idle sessions first (their contacts online), as a server that has
     # more sessions than the busy ones: what its full collections go through.
@@ -142,6 +178,7 @@ async def workerTimed(link: ld.ParentLink, spec: dict[str, Any]) -> dict[str, An
         sa, sb = ld.Sender(ca, cb, spec["window"], 1, stats), ld.Sender(cb, ca, spec["window"], 1, stats)
         senders += [sa, sb]
         byConn[cb], byConn[ca] = sa, sb
+    phases = None if spec["send_tick"] else ld.senderPhases([u for pr in pairs for u in pr], MSG_FIRST, spec["senders_total"])
 
     def onMessage(c: ld.Conn, frm: str, body: str) -> None:
         sender = byConn.get(c)
@@ -155,7 +192,8 @@ async def workerTimed(link: ld.ParentLink, spec: dict[str, Any]) -> dict[str, An
 
     def start() -> None:
         gc.callbacks.append(onGC)
-        tasks.append(asyncio.ensure_future(ld.openLoop(senders, spec["rate"] / spec["senders_total"], 1000)))
+        tasks.append(asyncio.ensure_future(ld.openLoop(senders, spec["rate"] / spec["senders_total"], 1000, phases,
+                                                       spec["send_tick"])))
         tasks.append(asyncio.ensure_future(lagTimer(lags)))
 
     def stop() -> None:
@@ -169,7 +207,8 @@ async def workerTimed(link: ld.ParentLink, spec: dict[str, Any]) -> dict[str, An
         c.goodbye()
     out = ld.summary(stats, cpu)
     # asyncio's loop.time() is time.monotonic(): the same clock as nowUs().
-    out.update(sent_at=stats.sentAt.tobytes(), recv_at=stats.recvAt.tobytes(), gc=gcEvents, lags=lags, pid=os.getpid())
+    out.update(sent_at=stats.sentAt.tobytes(), recv_at=stats.recvAt.tobytes(), gc=gcEvents, lags=lags, pid=os.getpid(),
+               poll_start_at=stats.pollStartAt.tobytes(), poll_at=stats.pollAt.tobytes())
     return out
 
 
@@ -339,6 +378,7 @@ def runProbe(args: argparse.Namespace) -> dict[str, Any]:
             "test": "p99", "proto": server.proto, "host": "127.0.0.1", "port": server.port, "domain": server.domain,
             "prefix": PREFIX, "password": PASSWORD, "mech": "SCRAM-SHA-1", "timeout": 60.0, "login_concurrency": 50,
             "drain": 3.0, "window": 10, "settle": 1.0, "irc_pass": False, "rate": args.rate, "senders_total": 2 * args.pairs,
+            "send_tick": args.send_tick,
         }  # fmt: skip
         shards = [s for s in shard(pairs, args.procs) if s]
         idleShards = shard(idle, len(shards))
@@ -359,9 +399,13 @@ def runProbe(args: argparse.Namespace) -> dict[str, Any]:
         serverDoc = {}
     sent: array.array[int] = array.array("q")
     recv: array.array[int] = array.array("q")
+    pollStarts: array.array[int] = array.array("q")
+    pollEnds: array.array[int] = array.array("q")
     for r in results:
         sent.frombytes(r["sent_at"])
         recv.frombytes(r["recv_at"])
+        pollStarts.frombytes(r["poll_start_at"])
+        pollEnds.frombytes(r["poll_at"])
     lat = [b - a for a, b in zip(sent, recv)]
     t0, t1 = edges["t0"], edges["t1"]
     dt = edges["window_s"]
@@ -378,6 +422,7 @@ def runProbe(args: argparse.Namespace) -> dict[str, Any]:
     doc["idle_sessions"] = args.idle
     if args.trace:
         doc["hops"] = hopSummary(sent, recv, serverDoc, t0, t1)
+        doc["tail"] = tailAttribution(sent, recv, pollStarts, pollEnds, serverDoc, t0, t1)
         doc["reactor"] = serverDoc.get("reactor")
     garbage = Path(str(out) + ".garbage")
     if garbage.exists():
@@ -474,6 +519,139 @@ def hopSummary(sent: Sequence[int], recv: Sequence[int], server: dict[str, Any],
     return out
 
 
+#: The parts of a message's latency (L{tailParts}), in order along its way.
+PARTS = (
+    "gateway busy in an earlier turn",
+    "gateway waking (idle in its poll)",
+    "gateway turn, its CPU",
+    "gateway turn, off CPU",
+    "driver busy when the copy was sent",
+    "driver waking (idle in its poll)",
+    "driver turn, reads before it",
+)
+
+
+def tailParts(sentUs: int, recvUs: int, pollStart: int, pollEnd: int, hop: Sequence[int],
+              gwStart: int) -> tuple[int, ...]:
+    """
+    Cut one message's latency into L{PARTS} (µs; they add up to it).
+
+    @param pollStart: When the driver's poll that read the copy started.
+    @param pollEnd: When it returned.
+    @param hop: The gateway's trace of the message: (sent, the gateway's
+        poll return, read, send, thread CPU µs from the poll to the send).
+    @param gwStart: When the gateway's poll that returned it started.
+    """
+    _, wake, _, gwSend, cpu = hop[:5]
+    gwBusy = max(0, gwStart - sentUs)
+    turn = gwSend - wake
+    onCpu = min(turn, max(0, cpu))
+    drvBusy = max(0, pollStart - gwSend)
+    return (gwBusy, wake - sentUs - gwBusy, onCpu, turn - onCpu, drvBusy, pollEnd - gwSend - drvBusy,
+            recvUs - pollEnd)
+
+
+def tailAttribution(sent: Sequence[int], recv: Sequence[int], pollStarts: Sequence[int], pollEnds: Sequence[int],
+                    server: dict[str, Any], t0: int, t1: int, share: float = 0.01) -> dict[str, Any]:
+    """
+    With C{--trace}: the slowest C{share} of the window's messages (the
+    tail that p99 reads) cut into L{PARTS} (L{tailParts}), against the
+    same for all messages; each tail message put down to its largest part;
+    and what the gateway's turns on their way held: collections, timed
+    calls (and which), log events, other threads' CPU. A gateway turn that
+    held up a tail message is the one it waited behind (its bytes came
+    while the gateway was busy) or the one that read and answered it.
+    """
+    import bisect
+
+    hops = {h[0]: h for h in server.get("hops", [])}
+    flat = server.get("polls", [])
+    rows = [flat[i:i + 8] for i in range(0, len(flat) - 7, 8)]
+    returns = [r[2] for r in rows]
+    timed = sorted(tuple(t) for t in server.get("timed", []))
+    gcs = sorted((g[0], g[1]) for g in server.get("gc", []))
+    msgs = []
+    for i, (s, r) in enumerate(zip(sent, recv)):
+        hop = hops.get(s)
+        if hop is None or not (t0 <= s < t1):
+            continue
+        k = bisect.bisect_left(returns, hop[1])
+        if k >= len(rows) or returns[k] != hop[1]:
+            continue
+        msgs.append((r - s, i, k, tailParts(s, r, pollStarts[i], pollEnds[i], hop, rows[k][0])))
+    if not msgs:
+        return {"n": 0}
+    msgs.sort()
+    tail = msgs[-max(1, int(len(msgs) * share)):]
+
+    def medians(group: Sequence[Any]) -> dict[str, int]:
+        return {name: sorted(m[3][j] for m in group)[len(group) // 2] for j, name in enumerate(PARTS)}
+
+    def means(group: Sequence[Any]) -> dict[str, int]:
+        return {name: sum(m[3][j] for m in group) // len(group) for j, name in enumerate(PARTS)}
+
+    largest = {name: 0 for name in PARTS}
+    held = {"turns with a collection": 0, "turns with timed or thread calls > 100 µs": 0, "turns with log events": 0,
+            "turns where other threads used > 100 µs CPU": 0}  # fmt: skip
+    callers: dict[str, int] = {}
+    seenTurns = set()
+    for _, i, k, parts in tail:
+        largest[PARTS[max(range(len(parts)), key=lambda j: parts[j])]] += 1
+        # The turn it waited behind (if any) and the turn that read it.
+        for turn in ([k - 1] if parts[0] > 0 and k > 0 else []) + [k]:
+            if turn in seenTurns or turn + 1 >= len(rows):
+                continue
+            seenTurns.add(turn)
+            a, b = rows[turn], rows[turn + 1]
+            start, end = a[2], b[0]
+            if b[5] > a[5]:
+                held["turns with a collection"] += 1
+            if b[6] > a[6]:
+                held["turns with log events"] += 1
+            if (b[4] - a[4]) - (b[1] - a[3]) > 100:
+                held["turns where other threads used > 100 µs CPU"] += 1
+            j = bisect.bisect_left(timed, (start,))
+            while j < len(timed) and timed[j][0] < end:
+                held["turns with timed or thread calls > 100 µs"] += 1
+                for name in timed[j][3].split(","):
+                    callers[name] = callers.get(name, 0) + 1
+                j += 1
+    perTurn: dict[int, int] = {}
+    for m in msgs:
+        perTurn[m[2]] = perTurn.get(m[2], 0) + 1
+    windowTimed: dict[str, int] = {}
+    for t in timed:
+        if t0 <= t[0] < t1:
+            for name in t[3].split(","):
+                windowTimed[name] = windowTimed.get(name, 0) + 1
+    turnsWall = [rows[k + 1][0] - rows[k][2] for k in range(len(rows) - 1) if t0 <= rows[k][2] < t1]
+    turnsCpu = [rows[k + 1][1] - rows[k][3] for k in range(len(rows) - 1) if t0 <= rows[k][2] < t1]
+    inWindow = [e for e in gcs if t0 <= e[0] < t1]
+    return {
+        "n": len(msgs), "tail_n": len(tail), "tail_from_us": tail[0][0],
+        "all_median_us": medians(msgs), "tail_median_us": medians(tail), "tail_mean_us": means(tail),
+        "tail_by_largest_part": largest, "tail_turns": len(seenTurns), "tail_turns_held": held,
+        "tail_turn_calls": sorted(callers.items(), key=lambda kv: -kv[1])[:10],
+        "gateway_turns": {"n": len(turnsWall), "wall_us": pctOf(turnsWall), "cpu_us": pctOf(turnsCpu)},
+        "gateway_collections_in_window": len(inWindow),
+        "gateway_timed_over_100us_in_window": len([t for t in timed if t0 <= t[0] < t1]),
+        "gateway_timed_over_100us_calls": sorted(windowTimed.items(), key=lambda kv: -kv[1])[:10],
+        "messages_per_turn": pctOf(list(perTurn.values())),
+        "messages_per_turn_of_the_tail": pctOf([perTurn[m[2]] for m in tail]),
+        "gateway_threads_cpu_us": server.get("threads_cpu_us"),
+    }  # fmt: skip
+
+
+def pctOf(values: Sequence[int]) -> dict[str, int]:
+    """
+    p50, p99 and max of C{values} (zeros if none).
+    """
+    v = sorted(values)
+    if not v:
+        return {"p50": 0, "p99": 0, "max": 0}
+    return {"p50": v[len(v) // 2], "p99": v[min(len(v) - 1, int(len(v) * 0.99))], "max": v[-1]}
+
+
 def report(doc: dict[str, Any]) -> str:
     lat = doc["lat_ms"]
     lines = [
@@ -514,6 +692,24 @@ def report(doc: dict[str, Any]) -> str:
         p = hops["polls_between_read_and_send"]
         lines.append(f"  polls between read and send: p50 {p['p50']}, p99 {p['p99']}; per message: "
                      f"{hops['polls_per_message']} polls, {hops['epoll_ctl_per_message']} epoll_ctl calls")
+    tail = doc.get("tail")
+    if tail and tail.get("n"):
+        lines.append(f"the slowest 1 % ({tail['tail_n']} of {tail['n']} traced, from {tail['tail_from_us']} µs) cut into "
+                     f"parts, µs: median of all, median and mean of the tail, tail messages whose largest part it is:")
+        for name in PARTS:
+            lines.append(f"  {name:40s} {tail['all_median_us'][name]:7d} {tail['tail_median_us'][name]:7d} "
+                         f"{tail['tail_mean_us'][name]:7d} {tail['tail_by_largest_part'][name]:6d}")
+        lines.append(f"  the {tail['tail_turns']} gateway turns on their way: "
+                     + ", ".join(f"{k} {v}" for k, v in tail["tail_turns_held"].items()))
+        lines.append(f"  messages read per gateway turn: all {tail['messages_per_turn']}, the tail's turns "
+                     f"{tail['messages_per_turn_of_the_tail']}; timed calls > 100 µs in the window: "
+                     + (", ".join(f"{k} {v}" for k, v in tail["gateway_timed_over_100us_calls"]) or "none"))
+        if tail["tail_turn_calls"]:
+            lines.append("  their timed and thread calls: " + ", ".join(f"{k} {v}" for k, v in tail["tail_turn_calls"]))
+        gt = tail["gateway_turns"]
+        lines.append(f"  gateway turns in the window: {gt['n']}, wall p50/p99/max {gt['wall_us']} µs, CPU {gt['cpu_us']} µs; "
+                     f"collections {tail['gateway_collections_in_window']}, timed calls > 100 µs "
+                     f"{tail['gateway_timed_over_100us_in_window']}; threads' CPU µs {tail['gateway_threads_cpu_us']}")
     lines.append("slowest messages (sent at, latency, what overlapped):")
     lines += ["  " + line for line in doc["slowest"]]
     return "\n".join(lines)
@@ -525,6 +721,9 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=2000.0, help="messages/s, all senders together (default 2000)")
     p.add_argument("--pairs", type=int, default=20, help="client pairs, each sending both ways (default 20, as compare.py --quick)")
     p.add_argument("--procs", type=int, default=2, help="driver processes (default 2, as compare.py)")
+    p.add_argument("--send-tick", type=float, default=ld.SEND_TICK,
+                   help=f"the driver wakes every this many seconds and sends what fell due (default {ld.SEND_TICK:g}, "
+                   "as compare.py); 0: each message at its own due time (_loaddriver.openLoop)")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds (default 5)")
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--slow-ms", type=float, default=5.0, help="what counts as slow (default 5 ms)")

@@ -32,6 +32,9 @@ from bench._loaddriver import (
     _header,
     parseStamp,
     percentiles,
+    pooled,
+    sendDue,
+    senderPhases,
 )
 from bench._peers import PeerError, Provision, circulant, contactsOf, scramSha1
 from imgateway.auth.sasl import clientMechanism
@@ -282,6 +285,39 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual([r[3] for r in runs], [2, 2, 2, 1, 2, 2])
         self.assertIn("--rate", runs[2][2])
 
+    def test_rateWindow(self) -> None:
+        """
+        The fixed-rate run has a window of its own (20 s in the full run, 2 s
+        with C{--quick}; C{--rate-duration} sets it, C{--duration} sets both)
+        and the driver's send tick (C{--send-tick}, 2 ms by default; 0:
+        each message sent when due); the driver is given both, after the common
+        C{--duration}, so they win.
+        """
+        full = compare.settings(compare.parseArgs([]))
+        self.assertEqual((full["duration_s"], full["rate_duration_s"], full["send_tick_s"]), (10.0, 20.0, 0.002))
+        self.assertEqual(SETTINGS["rate_duration_s"], 2.0)
+        both = compare.settings(compare.parseArgs(["--duration", "4"]))
+        self.assertEqual((both["duration_s"], both["rate_duration_s"]), (4.0, 4.0))
+        mine = compare.settings(compare.parseArgs(["--quick", "--rate-duration", "60", "--send-tick", "0"]))
+        self.assertEqual((mine["duration_s"], mine["rate_duration_s"], mine["send_tick_s"]), (2.0, 60.0, 0.0))
+        rate = dict((r[0], r[2]) for r in compare.firstServerRuns(mine, ["rate"]))["rate"]
+        self.assertEqual(rate[rate.index("--duration") + 1], "60")
+        self.assertEqual(rate[rate.index("--send-tick") + 1], "0")
+        self.assertIn("fixed rate 2,000 msgs/s for 60 s, each message sent when due", compare.report(compare.document(
+            compare.parseArgs(["--quick", "--rate-duration", "60", "--send-tick", "0", "--only", "ejabberd"]), [], 0.0)))
+        self.assertIn("fixed rate 2,000 msgs/s for 2 s, sent on a 2 ms tick", compare.report(compare.document(
+            compare.parseArgs(["--quick", "--only", "ejabberd"]), [], 0.0)))
+
+    def test_rateSpread(self) -> None:
+        """
+        With more than one rep, the report lists each rep's p99 at the fixed
+        rate per row, besides the table's median; with one rep, nothing.
+        """
+        runs = [traffic("ejabberd", rep, 100, 1000, 400, p99, 10, (1, 1), (1, 1), (1, 1)) for rep, p99 in ((1, 900), (2, 1300), (3, 1100))]
+        records = [r for rs in runs for r in rs]
+        self.assertEqual(compare.rateSpread(records), "p99 ms @ fixed rate, each rep: ejabberd 0.90, 1.30, 1.10")
+        self.assertEqual(compare.rateSpread(runs[0]), "")
+
     def test_runsWithoutIdle(self) -> None:
         """
         Without C{idle} in C{--tests}, each chosen traffic run is made once
@@ -526,6 +562,57 @@ class DriverTests(SynchronousTestCase):
         self.assertEqual(
             percentiles(list(range(1000, 0, -1))), {"p50": 500, "p90": 900, "p99": 990, "max": 1000, "mean": 500.5}
         )
+
+    def test_pooled(self) -> None:
+        """
+        The percentiles of a run are those of every driver process's
+        samples together: a process whose messages were all slow makes the
+        whole run's p99, which the mean of the processes' p99s would not.
+        """
+        import array
+
+        fast = array.array("q", [100] * 990).tobytes()
+        slow = array.array("q", [5000] * 20).tobytes()
+        lat = pooled([{"lat": fast}, {"lat": slow}], "lat")
+        self.assertEqual(len(lat), 1010)
+        self.assertEqual(percentiles(lat)["p99"], 5000)
+
+    def test_senderPhases(self) -> None:
+        """
+        The senders of all driver processes together are spread evenly over
+        a period: sender C{g} of 4 (counted from C{first}) sends C{g / 4} of
+        a period after sender 0, whichever process it is in.
+        """
+        self.assertEqual(senderPhases([100, 101, 104, 105], first=100, total=8), [0.0, 0.125, 0.5, 0.625])
+        self.assertEqual(senderPhases([102, 103, 106, 107], first=100, total=8), [0.25, 0.375, 0.75, 0.875])
+
+    def test_sendDue(self) -> None:
+        """
+        L{sendDue} sends what each sender is due by the time given (in
+        periods), skips what is beyond C{cap} outstanding, and says when
+        the next message falls due: the open loop sleeps until then, so each
+        message goes out when it is due, not in a burst on a tick.
+        """
+
+        class FakeSender:
+            def __init__(self, out: int = 0) -> None:
+                self.out = out
+                self.sent: list[int] = []
+
+            def send(self, k: int) -> None:
+                self.sent.append(k)
+
+        senders = [FakeSender(), FakeSender(), FakeSender(out=1)]
+        phase = [0.0, 0.5, 0.25]
+        done = [0, 0, 0]
+        self.assertEqual(sendDue(senders, phase, done, 0.4, cap=1), 0.5)  # type: ignore[arg-type]
+        self.assertEqual([s.sent for s in senders], [[], [], []])
+        self.assertEqual(sendDue(senders, phase, done, 0.6, cap=1), 0.75)  # type: ignore[arg-type]
+        self.assertEqual([s.sent for s in senders], [[], [1], []])
+        # The third is due at 0.75 but has its cap outstanding: skipped, not sent later.
+        self.assertEqual(sendDue(senders, phase, done, 2.1, cap=1), 2.5)  # type: ignore[arg-type]
+        self.assertEqual([s.sent for s in senders], [[1], [1, 1], []])
+        self.assertEqual(done, [2, 2, 2])
 
     def test_nativeFrames(self) -> None:
         """

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench.p99_probe import attribute, hopSummary, overlaps, stallKind, stalls
+from bench.p99_probe import PARTS, attribute, hopSummary, overlaps, stallKind, stalls, tailAttribution, tailParts
 
 
 class StallKindTests(SynchronousTestCase):
@@ -132,3 +132,89 @@ class HopSummaryTests(SynchronousTestCase):
         Without the gateway's trace there is nothing to cut.
         """
         self.assertEqual(hopSummary([1], [2], {}, 0, 10), {"n": 0})
+
+
+class TailPartsTests(SynchronousTestCase):
+    """
+    L{tailParts} cuts one message's latency into the gateway's and the
+    driver's parts, which add up to it.
+    """
+
+    def test_gatewayBusy(self) -> None:
+        """
+        Sent at 1,000 while the gateway was in a turn until its poll at
+        1,300 (returned at 1,310): 300 µs busy, 10 waking; read and sent by
+        1,500 with 120 µs of CPU: 120 on CPU, 70 off; the driver's poll
+        started at 1,450 (before the send: it was waiting) and returned at
+        1,560, the copy read at 1,600.
+        """
+        parts = tailParts(1000, 1600, 1450, 1560, (1000, 1310, 1320, 1500, 120), gwStart=1300)
+        self.assertEqual(dict(zip(PARTS, parts)), {
+            "gateway busy in an earlier turn": 300, "gateway waking (idle in its poll)": 10,
+            "gateway turn, its CPU": 120, "gateway turn, off CPU": 70, "driver busy when the copy was sent": 0,
+            "driver waking (idle in its poll)": 60, "driver turn, reads before it": 40,
+        })  # fmt: skip
+        self.assertEqual(sum(parts), 600)
+
+    def test_driverBusy(self) -> None:
+        """
+        The gateway waited in its poll (started before the send); the
+        driver's poll started after the gateway sent: the driver was busy
+        until then.
+        """
+        parts = tailParts(1000, 1500, 1400, 1410, (1000, 1100, 1110, 1200, 100), gwStart=900)
+        self.assertEqual(parts, (0, 100, 100, 0, 200, 10, 90))
+
+
+class TailAttributionTests(SynchronousTestCase):
+    """
+    L{tailAttribution} takes the slowest 1 % of the traced messages and
+    says what the gateway turns on their way held.
+    """
+
+    def test_tail(self) -> None:
+        """
+        Of 100 messages, the slowest waited behind a gateway turn (from the
+        poll returning at 5,010 to the next starting at 5,900) that held a
+        collection, a log event and a timed call; it is put down to that
+        turn. The other messages are fast and in turns of their own.
+        """
+        polls: list[int] = []
+        hops = []
+        sent, recv, starts, ends = [], [], [], []
+        # Poll rows: start, CPU at start, return, CPU at return, process CPU, collections, log events, timed calls.
+        for i in range(99):
+            t = 10_000 + 100 * i
+            polls += [t - 5, 0, t, 0, 0, 0, 0, 0]
+        polls = [5000, 0, 5010, 0, 0, 0, 0, 0, 5900, 800, 5910, 800, 800, 1, 1, 1, *polls]
+        hops.append((5100, 5910, 5915, 6000, 80))
+        sent.append(5100)
+        recv.append(6100)
+        starts.append(6005)
+        ends.append(6050)
+        for i in range(99):
+            t = 10_000 + 100 * i
+            hops.append((t - 20, t, t + 5, t + 30, 25))
+            sent.append(t - 20)
+            recv.append(t + 60)
+            starts.append(t + 20)
+            ends.append(t + 40)
+        server = {"hops": hops, "polls": polls, "timed": [[5500, 300, 290, "Lease.ended"]], "gc": [[5200, 400, 0, 0, 400]]}
+        out = tailAttribution(sent, recv, starts, ends, server, t0=0, t1=100_000)
+        self.assertEqual((out["n"], out["tail_n"], out["tail_from_us"]), (100, 1, 1000))
+        self.assertEqual(out["tail_by_largest_part"]["gateway busy in an earlier turn"], 1)
+        self.assertEqual(out["tail_median_us"]["gateway busy in an earlier turn"], 800)
+        self.assertEqual(out["tail_turns_held"], {
+            "turns with a collection": 1, "turns with timed or thread calls > 100 µs": 1, "turns with log events": 1,
+            "turns where other threads used > 100 µs CPU": 0,
+        })  # fmt: skip
+        self.assertEqual(out["tail_turn_calls"], [("Lease.ended", 1)])
+        # The fast ones came 15 µs before their poll started, and it returned 5 µs later.
+        self.assertEqual(out["all_median_us"]["gateway busy in an earlier turn"], 15)
+        self.assertEqual(out["all_median_us"]["gateway waking (idle in its poll)"], 5)
+
+    def test_nothingTraced(self) -> None:
+        """
+        Without the gateway's trace there is nothing to cut.
+        """
+        self.assertEqual(tailAttribution([1], [2], [1], [1], {}, 0, 10), {"n": 0})

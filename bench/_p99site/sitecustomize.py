@@ -18,6 +18,7 @@ and writes them to that file, as JSON, when the process exits. It changes
 nothing else in the process.
 """
 
+import array
 import atexit
 import gc
 import json
@@ -60,6 +61,9 @@ if _OUT:
             "counts": gc.get_count(),
             "stats": gc.get_stats(),
             "hops": _hops,
+            "polls": _polls.tolist(),
+            "timed": _timed,
+            "threads_cpu_us": _threadsCpu(),
             "reactor_counts": _counts,
             "reactor": type(sys.modules["twisted.internet.reactor"]).__qualname__
             if "twisted.internet.reactor" in sys.modules
@@ -69,6 +73,25 @@ if _OUT:
             json.dump(doc, f)
 
     atexit.register(_dump)
+
+    def _threadsCpu() -> dict[str, int]:
+        """
+        Each thread's CPU µs since it started (C{/proc/self/task}), by name
+        and thread id: the reactor's, the thread pools' (SQLite), the
+        probe's own.
+        """
+        out = {}
+        tick = os.sysconf("SC_CLK_TCK")
+        try:
+            for tid in os.listdir("/proc/self/task"):
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    text = f.read()
+                name = text[text.index("(") + 1:text.rindex(")")]
+                fields = text[text.rindex(")") + 2:].split()
+                out[f"{name}/{tid}"] = (int(fields[11]) + int(fields[12])) * 1_000_000 // tick
+        except OSError:
+            pass
+        return out
 
     #: With $IMGATEWAY_P99_GARBAGE: what the collector finds as garbage
     #: (kept, gc.DEBUG_SAVEALL), by type, counted at exit.
@@ -125,6 +148,16 @@ if _OUT:
     _trace = bool(os.environ.get("IMGATEWAY_P99_TRACE"))
     _hops: list[tuple[int, int, int, int, int, int, int, int]] = []
     _counts = [0, 0, 0]  # polls, epoll_ctl calls, sends
+    #: With the trace, one row of eight per poll (the reactor's turns are
+    #: what lies between a poll's return and the next poll's start): wall
+    #: µs and thread CPU µs at the poll's start, the same at its return,
+    #: the process's CPU µs at its return (other threads' share), and the
+    #: collections, log events and timed calls run so far.
+    _polls = array.array("q")
+    #: Timed calls the reactor ran (C{runUntilCurrent}), when one turn's
+    #: took more than 100 µs: start µs, wall µs, CPU µs, the calls' names.
+    _timed: list[tuple[int, int, int, str]] = []
+    _running = [0, 0]  # log events, timed calls run
 
     def _installTrace() -> None:
         """
@@ -149,10 +182,14 @@ if _OUT:
                 self._poller = poller
 
             def poll(self, *args: object) -> object:
+                start, startCpu = time.monotonic_ns(), time.thread_time_ns()
                 result = self._poller.poll(*args)  # type: ignore[attr-defined]
                 turn[0], turn[1] = time.monotonic_ns(), time.thread_time_ns()
                 turn[2] += 1
                 _counts[0] += 1
+                if len(_polls) < 8_000_000:
+                    _polls.extend((start // 1000, startCpu // 1000, turn[0] // 1000, turn[1] // 1000,
+                                   time.process_time_ns() // 1000, len(_gcEvents), _running[0], _running[1]))
                 return result
 
             def register(self, *args: object) -> object:
@@ -196,6 +233,37 @@ if _OUT:
 
         setattr(tcp.Connection, "_dataReceived", tracedDataReceived)
         setattr(tcp.Connection, "writeSomeData", tracedWriteSomeData)
+
+        runUntilCurrent = reactor.runUntilCurrent
+
+        def tracedRunUntilCurrent() -> None:
+            # The calls due now (a heap: only looked through when its first is due).
+            pending = reactor._pendingTimedCalls
+            now = reactor.seconds()
+            threaded = reactor.threadCallQueue
+            if not reactor._newTimedCalls and not threaded and (not pending or pending[0].time > now):
+                runUntilCurrent()
+                return
+            due = [c.func for c in [*pending, *reactor._newTimedCalls] if c.time <= now and not c.cancelled]
+            due += [f for f, _, _ in threaded]
+            t0, c0 = time.monotonic_ns(), time.thread_time_ns()
+            runUntilCurrent()
+            _running[1] += len(due)
+            wall = (time.monotonic_ns() - t0) // 1000
+            if wall > 100 and len(_timed) < 100_000:
+                names = ",".join(sorted({getattr(f, "__qualname__", repr(f)) for f in due}))
+                _timed.append((t0 // 1000, wall, (time.thread_time_ns() - c0) // 1000, names))
+
+        reactor.runUntilCurrent = tracedRunUntilCurrent
+
+        from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+        from zope.interface import provider
+
+        @provider(ILogObserver)
+        def countLog(event: LogEvent) -> None:
+            _running[0] += 1
+
+        globalLogPublisher.addObserver(countLog)
         reactor.addSystemEventTrigger("after", "shutdown", _dump)
 
     def _waitForReactor() -> None:

@@ -638,8 +638,21 @@ def tailAttribution(sent: Sequence[int], recv: Sequence[int], pollStarts: Sequen
         "gateway_timed_over_100us_calls": sorted(windowTimed.items(), key=lambda kv: -kv[1])[:10],
         "messages_per_turn": pctOf(list(perTurn.values())),
         "messages_per_turn_of_the_tail": pctOf([perTurn[m[2]] for m in tail]),
-        "gateway_threads_cpu_us": server.get("threads_cpu_us"),
+        "gateway_threads_cpu_us": threadsCpuIn(server.get("thread_samples", []), t0, t1),
     }  # fmt: skip
+
+
+def threadsCpuIn(samples: Sequence[Sequence[Any]], t0: int, t1: int) -> dict[str, int]:
+    """
+    Each gateway thread's CPU µs between the first and the last of its
+    samples (C{bench/_p99site}: about one a second) inside C{[t0, t1)}: the
+    reactor's, the thread pools' (SQLite), the watchdog's.
+    """
+    inside = [(at, cpu) for at, cpu in samples if t0 <= at < t1]
+    if len(inside) < 2:
+        return {}
+    first, last = inside[0][1], inside[-1][1]
+    return {name: last[name] - first.get(name, 0) for name in last}
 
 
 def pctOf(values: Sequence[int]) -> dict[str, int]:
@@ -709,7 +722,7 @@ def report(doc: dict[str, Any]) -> str:
         gt = tail["gateway_turns"]
         lines.append(f"  gateway turns in the window: {gt['n']}, wall p50/p99/max {gt['wall_us']} µs, CPU {gt['cpu_us']} µs; "
                      f"collections {tail['gateway_collections_in_window']}, timed calls > 100 µs "
-                     f"{tail['gateway_timed_over_100us_in_window']}; threads' CPU µs {tail['gateway_threads_cpu_us']}")
+                     f"{tail['gateway_timed_over_100us_in_window']}; each thread's CPU µs in the window {tail['gateway_threads_cpu_us']}")
     lines.append("slowest messages (sent at, latency, what overlapped):")
     lines += ["  " + line for line in doc["slowest"]]
     return "\n".join(lines)

@@ -10,7 +10,17 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench.p99_probe import PARTS, attribute, hopSummary, overlaps, stallKind, stalls, tailAttribution, tailParts
+from bench.p99_probe import (
+    PARTS,
+    attribute,
+    hopSummary,
+    overlaps,
+    stallKind,
+    stalls,
+    tailAttribution,
+    tailParts,
+    threadsCpuIn,
+)
 
 
 class StallKindTests(SynchronousTestCase):
@@ -218,3 +228,19 @@ class TailAttributionTests(SynchronousTestCase):
         Without the gateway's trace there is nothing to cut.
         """
         self.assertEqual(tailAttribution([1], [2], [1], [1], {}, 0, 10), {"n": 0})
+
+
+class ThreadsCpuTests(SynchronousTestCase):
+    """
+    L{threadsCpuIn} gives each gateway thread's CPU between the first and
+    last samples inside the window.
+    """
+
+    def test_window(self) -> None:
+        """
+        Samples outside the window are left out; a thread that started
+        inside it counts from 0; fewer than two samples inside give nothing.
+        """
+        samples = [(5, {"a/1": 100}), (10, {"a/1": 200}), (20, {"a/1": 900, "b/2": 30}), (40, {"a/1": 5000})]
+        self.assertEqual(threadsCpuIn(samples, 10, 30), {"a/1": 700, "b/2": 30})
+        self.assertEqual(threadsCpuIn(samples, 30, 50), {})

@@ -64,6 +64,7 @@ if _OUT:
             "polls": _polls.tolist(),
             "timed": _timed,
             "threads_cpu_us": _threadsCpu(),
+            "thread_samples": _threadSamples,
             "reactor_counts": _counts,
             "reactor": type(sys.modules["twisted.internet.reactor"]).__qualname__
             if "twisted.internet.reactor" in sys.modules
@@ -158,6 +159,8 @@ if _OUT:
     #: took more than 100 µs: start µs, wall µs, CPU µs, the calls' names.
     _timed: list[tuple[int, int, int, str]] = []
     _running = [0, 0]  # log events, timed calls run
+    #: With the trace, every second or so: (µs, each thread's CPU µs).
+    _threadSamples: list[tuple[int, dict[str, int]]] = []
 
     def _installTrace() -> None:
         """
@@ -187,6 +190,8 @@ if _OUT:
                 turn[0], turn[1] = time.monotonic_ns(), time.thread_time_ns()
                 turn[2] += 1
                 _counts[0] += 1
+                if not _threadSamples or turn[0] // 1000 - _threadSamples[-1][0] > 1_000_000:
+                    _threadSamples.append((turn[0] // 1000, _threadsCpu()))
                 if len(_polls) < 8_000_000:
                     _polls.extend((start // 1000, startCpu // 1000, turn[0] // 1000, turn[1] // 1000,
                                    time.process_time_ns() // 1000, len(_gcEvents), _running[0], _running[1]))
@@ -251,7 +256,7 @@ if _OUT:
             _running[1] += len(due)
             wall = (time.monotonic_ns() - t0) // 1000
             if wall > 100 and len(_timed) < 100_000:
-                names = ",".join(sorted({getattr(f, "__qualname__", repr(f)) for f in due}))
+                names = ",".join(sorted({getattr(f, "__qualname__", repr(f)).replace(",", ";") for f in due}))
                 _timed.append((t0 // 1000, wall, (time.thread_time_ns() - c0) // 1000, names))
 
         reactor.runUntilCurrent = tracedRunUntilCurrent

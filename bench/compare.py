@@ -784,14 +784,25 @@ def rateSpread(records: Sequence[dict[str, Any]], names: dict[str, str] = ROW_NA
         order (the table gives their median), or C{""} with one rep.
     """
     reps: dict[str, list[float]] = {}
+    byRep: dict[tuple[str, int], float] = {}
     for r in records:
         p99 = (r.get("lat_us") or {}).get("p99") if r.get("run") == "rate" and "error" not in r else None
         if isinstance(p99, (int, float)):
             reps.setdefault(r["row"], []).append(p99 / 1000)
+            byRep[r["row"], r.get("rep", 1)] = p99 / 1000
     if not any(len(v) > 1 for v in reps.values()):
         return ""
-    return "p99 ms @ fixed rate, each rep: " + "; ".join(
+    text = "p99 ms @ fixed rate, each rep: " + "; ".join(
         f"{names.get(row, row)} {', '.join(f'{v:.2f}' for v in vs)}" for row, vs in reps.items())
+    # Each row against ejabberd's p99 of the same rep (run next to it).
+    paired = []
+    for row in reps:
+        if row == "ejabberd":
+            continue
+        both = [(v, byRep[("ejabberd", rep)]) for (r, rep), v in byRep.items() if r == row and ("ejabberd", rep) in byRep]
+        if both:
+            paired.append(f"{names.get(row, row)} {sum(a <= b for a, b in both)} of {len(both)}")
+    return text + (f". At or below ejabberd's in the same rep: {', '.join(paired)}" if paired else "")
 
 
 def report(doc: dict[str, Any]) -> str:

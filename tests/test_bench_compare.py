@@ -318,6 +318,18 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(compare.rateSpread(records), "p99 ms @ fixed rate, each rep: ejabberd 0.90, 1.30, 1.10")
         self.assertEqual(compare.rateSpread(runs[0]), "")
 
+    def test_rateSpreadPaired(self) -> None:
+        """
+        Each other row's p99 is set against ejabberd's of the same rep: how
+        many reps it was at or below it.
+        """
+        records = []
+        for rep, mine, theirs in ((1, 800, 900), (2, 1400, 1300), (3, 1100, 1100)):
+            records += traffic("gateway-native", rep, 100, 1000, 400, mine, 10, (1, 1), (1, 1), (1, 1))
+            records += traffic("ejabberd", rep, 100, 1000, 400, theirs, 10, (1, 1), (1, 1), (1, 1))
+        text = compare.rateSpread(records)
+        self.assertTrue(text.endswith("At or below ejabberd's in the same rep: imgateway, native face 2 of 3"), text)
+
     def test_runsWithoutIdle(self) -> None:
         """
         Without C{idle} in C{--tests}, each chosen traffic run is made once

@@ -831,6 +831,63 @@ class LinkFrameReaderTests(SynchronousTestCase):
         self.assertEqual(readOutcome(item), readOutcome(FrameParser(LIMITS).feed(other)[0]))
         self.assertEqual((reader.taken, searched), (5, ["\r\nTo: carol@corp.example\r\nSession: s1"]))
 
+    def test_usualMessageOnePattern(self) -> None:
+        """
+        A link C{MESSAGE} in the usual shape (printable ASCII values) is read
+        with one pattern, L{link_codec._USUAL_MESSAGE_HEAD}, which also
+        checks its C{Timestamp}, C{Max-Hops}, C{Routing-Id} and C{Hops}: no
+        other pattern looks at it. One with a value out of that shape
+        (non-ASCII, a TAB, a C{Timestamp} the decoding refuses) is read by
+        L{link_codec._MESSAGE_HEAD} and checked as before. Each gives what
+        the parser and L{decodeRequest} give.
+        """
+        used: list[str] = []
+
+        class Recording:
+            def __init__(self, name: str, pattern: re.Pattern[str]) -> None:
+                self.name = name
+                self.pattern = pattern
+
+            def fullmatch(self, text: str) -> re.Match[str] | None:
+                used.append(self.name)
+                return self.pattern.fullmatch(text)
+
+        for name in ("_MESSAGE_HEAD", "_ROUTING_ID", "_NUMBER", "_TIMESTAMP"):
+            self.patch(link_codec, name, Recording(name, getattr(link_codec, name)))
+
+        def frame(seq: int, message: Message, via: tuple[str, ...] = ("corp.example/hs1",), maxHops: int = 8) -> bytes:
+            return link_codec.encodeMessage(message, via, maxHops, f"r.{seq}").replace(b"\r\n", b"\r\nSeq: %d\r\n" % seq, 1)
+
+        usual = [
+            frame(1, Message(ALICE, CAROL, "hi", messageId="m-1", timestamp=1767225600.125)),
+            frame(2, Message(ALICE, CAROL, "☃ x", contentType="text/html", hops=3, mark=MessageMark.AUTO_REPLY), ("a/b", "c/d"), 5),
+            frame(3, Message(ALICE, CAROL, "", messageId="ab")).replace(b"Message-ID: ab", b"Message-ID: a b"),
+            frame(4, Message(ALICE, CAROL, "hi"), maxHops=1).replace(b"Max-Hops: 1", b"Max-Hops: 0"),
+        ]
+        unusual = [
+            frame(5, Message(ALICE, CAROL, "hi", messageId="é-1")),
+            frame(6, Message(ALICE, CAROL, "hi", contentType="text/plain;\tq=1")),
+            frame(7, Message(ALICE, CAROL, "hi")).replace(b"Timestamp: ", b"Timestamp: 1e"),
+            frame(8, Message(ALICE, CAROL, "hi")).replace(b"Routing-Id: r.8", b"Routing-Id: " + b"r" * 129),
+        ]
+        for frames, patterns in ((usual, []), (unusual, ["_MESSAGE_HEAD"] * 4)):
+            stream = b"".join(frames)
+            reader = link_codec.LinkFrameReader(FrameParser(LIMITS), LIMITS)
+            del used[:]
+            items = reader.read(stream)
+            self.assertEqual([u for u in used if u == "_MESSAGE_HEAD"], patterns)
+            if not patterns:
+                self.assertEqual(used, [])
+            self.assertEqual(reader.taken, 4)
+            self.assertEqual([readOutcome(i) for i in items], [readOutcome(i) for i in FrameParser(LIMITS).feed(stream)])
+        # The third and fourth refused on the usual path as the parser's
+        # path refuses them (the id checked, Max-Hops 0); the unusual ones
+        # as before.
+        outcomes = [readOutcome(i) for i in link_codec.LinkFrameReader(FrameParser(LIMITS), LIMITS).read(b"".join(usual + unusual))]
+        self.assertEqual([o[2] == "error" for o in outcomes], [False, False, True, True, False, False, True, True])
+        self.assertEqual(outcomes[2][3:], (400, "message id must be printable, without spaces"))
+        self.assertEqual(outcomes[3][3:], (482, "Max-Hops exhausted"))
+
     def test_cutEverywhere(self) -> None:
         """
         A stream of link messages and other frames cut at every byte, in two
@@ -876,8 +933,20 @@ class LinkFrameReaderTests(SynchronousTestCase):
         for a link message and for another request.
         """
         message = link_codec.encodeMessage(Message(ALICE, CAROL, "four"), ("corp.example/hs1",), 8, "r.1").replace(b"\r\n", b"\r\nSeq: 1\r\n", 1)
+        # Every header a link message may have (its header lines counted
+        # from the groups of the usual shape's pattern), in that shape and
+        # not (a value with a TAB).
+        full = link_codec.encodeMessage(
+            Message(ALICE, CAROL, "four", contentType="text/html", hops=2, mark=MessageMark.AUTO_REPLY),
+            ("corp.example/hs1", "corp.example/router"),
+            5,
+            "r.1",
+        ).replace(b"\r\n", b"\r\nSeq: 1\r\n", 1)
+        unusual = full.replace(b"text/html", b"text/html;\tq=1")
         session = b"SESSION message IMGW/1.0\r\nSeq: 1\r\nSession: s1\r\nTo: carol@corp.example\r\nContent-Length: 4\r\n\r\nfour"
-        for frame in (message, session):
+        self.assertIsNotNone(link_codec._USUAL_MESSAGE_HEAD.fullmatch(full[: full.index(b"\r\n\r\n")].decode()))
+        self.assertIsNone(link_codec._USUAL_MESSAGE_HEAD.fullmatch(unusual[: unusual.index(b"\r\n\r\n")].decode()))
+        for frame in (message, full, unusual, session):
             head = frame[: frame.index(b"\r\n\r\n")]
             start = len(head.split(b"\r\n")[0])
             sizes = {"maxStartLineBytes": start, "maxHeaderBytes": len(head) - start, "maxHeaders": head.count(b"\r\n"), "maxBodyBytes": 4}

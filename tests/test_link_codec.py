@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Any
 
@@ -36,6 +37,7 @@ from imgateway.core.presence import Presence, PresenceState
 from imgateway.router import link_codec
 from imgateway.router.link_codec import (
     LinkCodecError,
+    LinkRequest,
     decodeRequest,
     decodeResponse,
     encodeRequest,
@@ -883,7 +885,7 @@ class LinkFrameReaderTests(SynchronousTestCase):
         # The third and fourth refused on the usual path as the parser's
         # path refuses them (the id checked, Max-Hops 0); the unusual ones
         # as before.
-        outcomes = [readOutcome(i) for i in link_codec.LinkFrameReader(FrameParser(LIMITS), LIMITS).read(b"".join(usual + unusual))]
+        outcomes: list[Any] = [readOutcome(i) for i in link_codec.LinkFrameReader(FrameParser(LIMITS), LIMITS).read(b"".join(usual + unusual))]
         self.assertEqual([o[2] == "error" for o in outcomes], [False, False, True, True, False, False, True, True])
         self.assertEqual(outcomes[2][3:], (400, "message id must be printable, without spaces"))
         self.assertEqual(outcomes[3][3:], (482, "Max-Hops exhausted"))
@@ -978,6 +980,46 @@ class LinkFrameReaderTests(SynchronousTestCase):
         assert isinstance(error, LinkCodecError)
         self.assertEqual((seq, error.code), (5, 400))
         self.assertIn("Timestamp", error.detail)
+
+
+class LinkRequestTests(SynchronousTestCase):
+    """
+    L{LinkRequest}, made for every link message read: a value, made
+    without a call of anything else.
+    """
+
+    def test_value(self) -> None:
+        """
+        Two requests of the same fields are equal and hash alike; a
+        different field makes them differ; its repr names its fields.
+        """
+        message = Message(ALICE, CAROL, "hi", routingId="r.1")
+        a = LinkRequest(message, ("corp.example/hs1",), 8, "r.1")
+        self.assertEqual(a, LinkRequest(message, ("corp.example/hs1",), 8, "r.1"))
+        self.assertFalse(a != LinkRequest(message, ("corp.example/hs1",), 8, "r.1"))
+        self.assertEqual(hash(a), hash(LinkRequest(message, ("corp.example/hs1",), 8, "r.1")))
+        for other in (
+            LinkRequest(Message(ALICE, CAROL, "ho", routingId="r.1"), ("corp.example/hs1",), 8, "r.1"),
+            LinkRequest(message, (), 8, "r.1"),
+            LinkRequest(message, ("corp.example/hs1",), 7, "r.1"),
+            LinkRequest(message, ("corp.example/hs1",), 8, "r.2"),
+        ):
+            self.assertNotEqual(a, other)
+        self.assertNotEqual(a, (message, ("corp.example/hs1",), 8, "r.1"))
+        self.assertEqual(
+            repr(LinkRequest(message, (), 8, "r.1")), f"LinkRequest(event={message!r}, via=(), maxHops=8, routingId='r.1')"
+        )
+
+    def test_plainClass(self) -> None:
+        """
+        It is a plain class, not an attrs one: attrs' frozen constructor sets
+        each field through C{object.__setattr__}, which cost 2.5 times what
+        plain slots cost (C{bench/README.md}, "link8s10"); and a plain
+        instance has no C{__dict__}.
+        """
+        self.assertFalse(attrs.has(LinkRequest))
+        request = LinkRequest(Message(ALICE, CAROL, "hi"), (), 8, "r.1")
+        self.assertFalse(hasattr(request, "__dict__"))
 
 
 class PreCheckedMessageTests(SynchronousTestCase):

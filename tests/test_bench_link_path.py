@@ -1,0 +1,70 @@
+# -*- test-case-name: tests.test_bench_link_path -*-
+"""
+Tests for C{bench/link_path.py}: each role runs, its figures are the calls
+it counted, and the path it measures is the link's (hs1 writes link
+C{MESSAGE}s and reads their bare C{200}s; hs2 reads them without the parser
+and delivers them to carol's sessions).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stdout
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bench import link_path
+
+
+class LinkPathBenchTests(SynchronousTestCase):
+    """
+    C{link_path.py} on a few pairs.
+    """
+
+    def test_runs(self) -> None:
+        """
+        Each role prints one JSON line with the figures per message: calls
+        and CPU; C{--callgrind-rounds} runs quietly.
+        """
+        self.patch(link_path, "commitOf", lambda folder: "abc1234")
+        for role in ("hs1", "hs2"):
+            out = io.StringIO()
+            with redirect_stdout(out):
+                link_path.main(["--role", role, "--pairs", "2", "--batch", "3", "--rounds", "5"])
+            figures = json.loads(out.getvalue())
+            self.assertEqual(
+                (figures["bench"], figures["role"], figures["commit"], figures["pairs"], figures["batch"]),
+                ("link_path", role, "abc1234", 2, 3),
+            )
+            self.assertGreater(figures["calls_per_message"], 0)
+            self.assertGreater(figures["cpu_us_per_message"], 0)
+            out = io.StringIO()
+            with redirect_stdout(out):
+                link_path.main(["--role", role, "--pairs", "2", "--batch", "3", "--callgrind-rounds", "2"])
+            self.assertEqual(out.getvalue(), "")
+
+    def test_hs1WritesTheLink(self) -> None:
+        """
+        On hs1, each sender's message goes out on the link as a link
+        C{MESSAGE}, and the bare C{200}s read back answer every one.
+        """
+        hs1 = link_path.HS1(2)
+        hs1.exchange(hs1.prepare(3, 0))
+        # Six link MESSAGEs written (answered by as many bare 200s), no
+        # request left waiting on the link.
+        hs1.check(6)
+        client = hs1.connection._outstanding
+        self.assertEqual(client, {})
+
+    def test_hs2ReadsTheLink(self) -> None:
+        """
+        On hs2, the link C{MESSAGE}s are read without the parser (all taken
+        by the reader) and delivered: every recipient's session got its
+        messages and had them answered; the link answered each with a bare
+        C{200}.
+        """
+        hs2 = link_path.HS2(2)
+        hs2.exchange(hs2.prepare(3, 0))
+        hs2.check(6)
+        self.assertEqual(hs2.connection._reader.taken, 6)

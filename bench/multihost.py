@@ -37,8 +37,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -238,6 +240,172 @@ class Spies:
         return found
 
 
+#: Where C{--counts}' server side lives (L{bench._linksite}: a
+#: C{sitecustomize} put on the servers' C{PYTHONPATH}).
+COUNTS_SITE = Path(__file__).resolve().parent / "_linksite"
+
+#: A line of C{strace -c}'s summary: % time, seconds, usecs/call, calls,
+#: errors (may be empty), syscall.
+_STRACE_LINE = re.compile(r"^\s*[0-9.]+\s+[0-9.]+\s+[0-9]+\s+([0-9]+)\s+(?:([0-9]+)\s+)?([a-z_0-9]+)\s*$")
+
+
+def straceCalls(summary: str) -> dict[str, int]:
+    """
+    @param summary: What C{strace -c} wrote.
+    @return: The calls of each system call, by name (the C{total} line
+        left out).
+    """
+    calls: dict[str, int] = {}
+    for line in summary.splitlines():
+        match = _STRACE_LINE.match(line)
+        if match and match.group(3) != "total":
+            calls[match.group(3)] = calls.get(match.group(3), 0) + int(match.group(1))
+    return calls
+
+
+def userSystemS(pid: int) -> tuple[float, float] | None:
+    """
+    @return: The user and system CPU seconds of every thread of C{pid}
+        (C{/proc/PID/stat}'s utime and stime), or C{None} if it is gone.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def contextSwitches(pid: int) -> tuple[int, int] | None:
+    """
+    @return: The voluntary (the thread slept: for a reactor, each wake-up
+        from C{epoll_wait}) and involuntary context switches of every
+        thread of C{pid}, or C{None} if it is gone.
+    """
+    voluntary = involuntary = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            text = (task / "status").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                voluntary += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                involuntary += int(line.split()[1])
+    return voluntary, involuntary
+
+
+class Counters:
+    """
+    What each server of a topology did during one measured window, counted
+    from outside: its context switches (always), its system calls by kind
+    (C{--strace DIR}: C{strace -c -f} attached for the window; it slows the
+    servers, so such a run's CPU figures are not to be compared), and its
+    reactor turns, TLS records and writes (C{--counts}: L{COUNTS_SITE},
+    signalled with C{SIGUSR2} at the window's edges). Started when the
+    warm-up ends, stopped C{seconds} later, as L{Spies} are.
+    """
+
+    def __init__(self, args: argparse.Namespace, topology: Topology, mode: str, delay: float, seconds: float) -> None:
+        self._args = args
+        self._gateways = {name: gw.pid for name, gw in topology.gateways.items() if gw.pid is not None}
+        self._seconds = seconds
+        self._switches: dict[str, list[tuple[int, int] | None]] = {name: [] for name in self._gateways}
+        self._cpu: dict[str, list[tuple[float, float] | None]] = {name: [] for name in self._gateways}
+        self._straces: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        self._prefix = f"{topology.name}-{mode}"
+        self._timer = threading.Timer(delay, self._start)
+        self._timer.start()
+        self._ended = threading.Event()
+
+    def _edge(self) -> None:
+        for name, pid in self._gateways.items():
+            self._switches[name].append(contextSwitches(pid))
+            self._cpu[name].append(userSystemS(pid))
+            if self._args.counts is not None:
+                try:
+                    os.kill(pid, signal.SIGUSR2)
+                except OSError:
+                    pass
+
+    def _start(self) -> None:
+        if self._args.strace is not None:
+            for name, pid in self._gateways.items():
+                output = self._args.strace / f"{self._prefix}-{name}.txt"
+                command = ["strace", "-c", "-f", "-qq", "-o", str(output), "-p", str(pid)]
+                self._straces[name] = (
+                    subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                    output,
+                )
+        self._edge()
+        if not self._ended.wait(self._seconds):
+            self._edge()
+        for process, _ in self._straces.values():
+            process.send_signal(signal.SIGINT)
+
+    def finish(self, delivered: int, timeout: float = 30.0) -> dict[str, Any]:
+        """
+        Wait for the counts (stop them if the window ended early).
+
+        @return: Per delivery in the window, by server: C{wakeups} (the
+            voluntary context switches) and C{preempted} (the
+            involuntary), C{user_us} and C{system_us} (its CPU, split as
+            the kernel's ticks saw it), C{syscalls} by name (C{--strace}), the site's
+            counts (C{--counts}).
+        """
+        self._timer.cancel()
+        self._ended.set()
+        if self._timer.is_alive():
+            self._timer.join()
+        found: dict[str, Any] = {}
+        if not delivered:
+            return found
+        for name, pid in self._gateways.items():
+            row: dict[str, Any] = {}
+            edges = self._switches[name]
+            if len(edges) == 2 and edges[0] is not None and edges[1] is not None:
+                row["wakeups"] = round((edges[1][0] - edges[0][0]) / delivered, 3)
+                row["preempted"] = round((edges[1][1] - edges[0][1]) / delivered, 3)
+            cpu = self._cpu[name]
+            if len(cpu) == 2 and cpu[0] is not None and cpu[1] is not None:
+                row["user_us"] = round((cpu[1][0] - cpu[0][0]) / delivered * 1e6, 1)
+                row["system_us"] = round((cpu[1][1] - cpu[0][1]) / delivered * 1e6, 1)
+            if name in self._straces:
+                process, output = self._straces[name]
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                if output.exists():
+                    calls = straceCalls(output.read_text())
+                    row["syscalls"] = {k: round(v / delivered, 3) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])}
+            if self._args.counts is not None:
+                row.update(_siteCounts(self._args.counts / f"{pid}.jsonl", delivered))
+            found[name] = row
+        return found
+
+
+def _siteCounts(path: Path, delivered: int) -> dict[str, float]:
+    """
+    @return: The difference of the last two snapshots in C{path}
+        (L{COUNTS_SITE}'s), per delivery.
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    if len(lines) < 2:
+        return {}
+    before, after = json.loads(lines[-2]), json.loads(lines[-1])
+    return {k: round((after[k] - before[k]) / delivered, 3) for k in after if k != "t"}
+
+
 def single(args: argparse.Namespace, stack: list[Callable[[], object]]) -> Topology:
     """
     (a) One gateway, today's default configuration: alice and carol on it.
@@ -334,19 +502,30 @@ def runMode(args: argparse.Namespace, topology: Topology, mode: str) -> dict[str
     )
     workers = Workers([dict(base, pairs=s) for s in shard(pairs, nProcs)], 120.0)
     spies: Spies | None = None
+    counters: Counters | None = None
+    out: dict[str, Any] = {}
     try:
         readies = workers.collect("ready", 120.0)
         info(f"{topology.name}, {mode}: {sum(r['clients'] for r in readies)} clients logged in")
         if args.py_spy is not None:
             spies = Spies(args.spy, args.py_spy, topology, mode, args.settle + args.warmup, args.duration)
+        # measure() starts its window 0.2 s after the settling pause and the warm-up.
+        counters = Counters(args, topology, mode, args.settle + 0.2 + args.warmup, args.duration)
         out = measure(window, workers, topology.pids(), senders)
     finally:
         workers.stop()
         sampled = spies.finish() if spies is not None else None
+        counted = counters.finish(out.get("delivered") or 0) if counters is not None else None
     out["topology"] = topology.name
     out["mode"] = mode
     out["server_cpu_s_by_process"] = _byProcess(topology, out)
     out["server_cpu_us_per_delivery_by_process"] = perDelivery(out)
+    if counted:
+        out["counts_per_delivery_by_process"] = counted
+        for name, row in counted.items():
+            info(f"{topology.name}, {mode}, {name} per delivery: " + ", ".join(f"{k} {v}" for k, v in row.items() if k != "syscalls"))
+            if "syscalls" in row:
+                info(f"{topology.name}, {mode}, {name} system calls per delivery: " + ", ".join(f"{k} {v}" for k, v in row["syscalls"].items()))
     if sampled is not None:
         out["py_spy"] = sampled
         for name, shares in sampled.items():
@@ -499,6 +678,22 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
         "DIR/<topology>-<mode>-<server>.txt (raw, folded stacks) and each server's largest shares into the row "
         "(py_spy); needs py-spy in the virtualenv or on the PATH and the right to trace the servers",
     )
+    p.add_argument(
+        "--strace",
+        type=Path,
+        metavar="DIR",
+        help="attach strace -c -f to each server for each measured window, writing DIR/<topology>-<mode>-<server>.txt and "
+        "each server's system calls per delivery into the row (counts_per_delivery_by_process); strace slows the servers, "
+        "so the CPU figures of such a run are not to be compared",
+    )
+    p.add_argument(
+        "--counts",
+        type=Path,
+        metavar="DIR",
+        help="count each server's reactor turns, TLS records and writes, and TCP sends and reads in each measured window "
+        "(bench/_linksite on the servers' PYTHONPATH, snapshots in DIR/<pid>.jsonl), per delivery into the row; the counting "
+        "costs a little CPU",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary folders (configurations, data, logs)")
     p.add_argument("--json", action="store_true", help="print one JSON document on standard output (the table goes to standard error)")
     args = p.parse_args(argv)
@@ -517,6 +712,14 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
         if args.spy is None:
             p.error("--py-spy needs py-spy (.venv/bin/pip install py-spy)")
         args.py_spy.mkdir(parents=True, exist_ok=True)
+    if args.strace is not None:
+        if shutil.which("strace") is None:
+            p.error("--strace needs strace on the PATH")
+        args.strace.mkdir(parents=True, exist_ok=True)
+    if args.counts is not None:
+        args.counts.mkdir(parents=True, exist_ok=True)
+        os.environ["IMGATEWAY_LINK_COUNTS"] = str(args.counts.resolve())
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(COUNTS_SITE), os.environ.get("PYTHONPATH")) if p)
     return args
 
 

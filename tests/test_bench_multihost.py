@@ -107,3 +107,64 @@ class PerProcessTests(SynchronousTestCase):
         text = multihost.table([row], {})
         self.assertIn("| by process: CPU s (µs/delivery) |", text)
         self.assertIn("| router 0.55 (27.5), hs1 0.62 (31), hs2 0.63 (31.5) |", text)
+
+
+#: What C{strace -c -f} writes when it is interrupted.
+STRACE = """\
+% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 73.40    0.471033        9612        49        27 futex
+ 16.12    0.103461          15      6860           sendto
+  9.80    0.062916           9      6738           recvfrom
+  0.61    0.003900          10       368           epoll_wait
+  0.05    0.000349         349         1         1 restart_syscall
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.641711          45     14016        28 total
+"""
+
+
+class CountsTests(SynchronousTestCase):
+    """
+    What each server did per delivery in the window: C{strace -c}'s
+    summary read (C{--strace}), the snapshots of C{bench/_linksite}
+    (C{--counts}), the context switches and CPU of a process.
+    """
+
+    def test_straceCalls(self) -> None:
+        """
+        The calls of each system call, by name, with or without errors; the
+        total left out.
+        """
+        self.assertEqual(
+            multihost.straceCalls(STRACE),
+            {"futex": 49, "sendto": 6860, "recvfrom": 6738, "epoll_wait": 368, "restart_syscall": 1},
+        )
+        self.assertEqual(multihost.straceCalls(""), {})
+
+    def test_siteCounts(self) -> None:
+        """
+        The difference of the last two snapshots, per delivery.
+        """
+        path = Path(self.mktemp())
+        path.write_text(
+            '{"t": 1.0, "iterations": 5, "tcp_sends": 1}\n'
+            '{"t": 2.0, "iterations": 10, "tcp_sends": 100}\n'
+            '{"t": 7.0, "iterations": 60, "tcp_sends": 300}\n'
+        )
+        self.assertEqual(multihost._siteCounts(path, 100), {"iterations": 0.5, "tcp_sends": 2.0})
+        self.assertEqual(multihost._siteCounts(Path(self.mktemp()), 100), {})
+
+    def test_thisProcess(self) -> None:
+        """
+        A live process has context switches and CPU; a process that is gone
+        has none.
+        """
+        import os
+
+        switches = multihost.contextSwitches(os.getpid())
+        cpu = multihost.userSystemS(os.getpid())
+        assert switches is not None and cpu is not None
+        self.assertGreaterEqual(min(switches), 0)
+        self.assertGreater(sum(cpu), 0)
+        self.assertIsNone(multihost.contextSwitches(2**22 + 1))
+        self.assertIsNone(multihost.userSystemS(2**22 + 1))

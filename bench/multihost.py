@@ -17,6 +17,11 @@ asserts a time.
     .venv/bin/python bench/multihost.py --json          # JSON on stdout, table on stderr
     .venv/bin/python bench/multihost.py --profile DIR   # each server under cProfile: DIR/*.prof
     .venv/bin/python bench/multihost.py --py-spy DIR    # each server sampled by py-spy in the window
+    .venv/bin/python bench/multihost.py --counts DIR    # each server's turns, TLS records, TCP sends/reads per delivery
+    .venv/bin/python bench/multihost.py --strace DIR    # each server's system calls per delivery (strace -c)
+
+Every row also gives each server's wake-ups (voluntary context switches)
+and user/system CPU per delivery (C{counts_per_delivery_by_process}).
 
 The load is L{bench.native_load}'s (its driver processes, pumps and
 measured window): C{--pairs} pairs C{alice<i>} → C{carol<i>}, one way by

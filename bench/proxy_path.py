@@ -1,0 +1,147 @@
+"""
+The router's proxied message in this process, without sockets: C{--senders}
+native clients logged in on a router's face (each on a
+L{StringTransport}) whose sessions are proxied (L{RemoteSession}) over a
+link to hs1; each sender's read carries C{--batch} C{MESSAGE}s in the load
+driver's form (no C{Message-ID}, no C{Content-Type}), and the link brings
+hs1's bare C{200}s for them in one read, as in C{multihost.py}'s
+router-proxy topology. Only the router's side runs in the measured rounds
+(hs1's answers are written here, not made): the client's frame read and
+checked, the C{SESSION message} written to the link, its answer read and
+the client's C{200} written. Prints one JSON line: per message, the CPU
+microseconds and the Python function calls (C{sys.setprofile}: every
+Python and builtin call).
+
+A benchmark, not a test: nothing asserts a time. The call counts (and
+callgrind's instruction counts, C{--rounds} N minus C{--rounds} M) do not
+depend on the machine's load: the figures to compare between two trees.
+
+    .venv/bin/python bench/proxy_path.py
+    valgrind --tool=callgrind bench/proxy_path.py --rounds 105 --cpu-sets 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import attrs
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+
+from bench.presence_fanout import commitOf, counted
+from imgateway.adapters.native.server import NativeConfig, NativeServerFactory, NativeServerProtocol
+from imgateway.router.proxy import RemoteSession
+from imgateway.testing import addUser, memoryGateway
+
+_MESSAGE = b"MESSAGE im:%s IMGW/1.0\r\nSeq: %d\r\nContent-Length: %d\r\n\r\n%s"
+_LINK_OK = b"IMGW/1.0 200 OK\r\nSeq: %d\r\n\r\n"
+
+
+class _Router:
+    """
+    The router's face and C{senders} clients on it, each with a proxied
+    session on hs1 (opened over the tests' in-memory link), then the link
+    connection put on a L{StringTransport} of its own.
+    """
+
+    def __init__(self, senders: int) -> None:
+        from tests.test_proxy import ProxyTestCase
+
+        case = ProxyTestCase("run")
+        case.maxSessions = senders + 1
+        case.setUp()
+        self.case = case
+        gateway = memoryGateway(case.clock)
+        config = NativeConfig(requestsPerSecond=1_000_000, requestBurst=1_000_000)
+        factory = NativeServerFactory(gateway, config, case.clock)
+        self.clients: list[tuple[NativeServerProtocol, StringTransport, list[int]]] = []
+        for n in range(senders):
+            addUser(gateway, f"s{n}", "pw")
+            peer = IPv4Address("TCP", f"127.0.{n // 250}.{n % 250 + 2}", 40000)
+            transport = StringTransport(peerAddress=peer, hostAddress=IPv4Address("TCP", "127.0.0.1", 5300))
+            protocol = factory.buildProtocol(peer)
+            assert isinstance(protocol, NativeServerProtocol)
+            protocol.makeConnection(transport)
+            protocol.dataReceived(b"AUTH * IMGW/1.0\r\nSeq: 1\r\nMechanism: PLAIN\r\nContent-Length: %d\r\n\r\n\0s%d\0pw" % (len(b"\0s%d\0pw" % n), n))
+            assert b"200 OK" in transport.value(), transport.value()
+            transport.clear()
+            assert protocol.session is not None
+            protocol.session.close("replaced")
+            session, _, _ = case.open()
+            protocol.session = session
+            self.clients.append((protocol, transport, [1]))
+        self.link = case.link
+        # As the bench's lab: room for every message of a round in flight.
+        case.link._config = attrs.evolve(case.link._config, maxQueue=100_000)
+        connection = case.link.connection
+        assert connection is not None
+        self.connection = connection
+        self.linkTransport = StringTransport()
+        connection.transport = self.linkTransport
+
+    def exchange(self, batch: int, n: int) -> None:
+        bodies = [b"message %d of round %d" % (i, n) for i in range(batch)]
+        to = b"carol@corp.example"
+        for protocol, transport, seq in self.clients:
+            parts = []
+            for body in bodies:
+                seq[0] += 1
+                parts.append(_MESSAGE % (to, seq[0], len(body), body))
+            protocol.dataReceived(b"".join(parts))
+        self.linkTransport.clear()
+        outstanding = self.connection._outstanding
+        self.connection.dataReceived(b"".join(_LINK_OK % s for s in list(outstanding)))
+        for protocol, transport, seq in self.clients:
+            assert transport.value().count(b"IMGW/1.0 200 OK") == batch, transport.value()
+            transport.clear()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--senders", type=int, default=20)
+    p.add_argument("--batch", type=int, default=10, help="messages per sender's read")
+    p.add_argument("--rounds", type=int, default=500, help="exchanges timed (after 20 of warm-up)")
+    p.add_argument("--cpu-sets", type=int, default=5, help="sets of rounds timed (the best is printed); 0: the rounds once, untimed")
+    p.add_argument("--top", type=int, default=0, help="also print the N commonest calls per message")
+    args = p.parse_args(argv)
+    router = _Router(args.senders)
+    assert all(isinstance(c[0].session, RemoteSession) for c in router.clients)
+    for i in range(20):
+        router.exchange(args.batch, i)
+    per = args.senders * args.batch
+    if not args.cpu_sets:
+        for i in range(args.rounds):
+            router.exchange(args.batch, i)
+        return
+    calls = counted(lambda: router.exchange(args.batch, 20))
+    best = None
+    for _ in range(args.cpu_sets):
+        start = time.process_time()
+        for i in range(args.rounds):
+            router.exchange(args.batch, i)
+        took = time.process_time() - start
+        best = took if best is None else min(best, took)
+    assert best is not None
+    out: dict[str, Any] = {
+        "bench": "proxy_path",
+        "commit": commitOf(Path(__file__).resolve().parent.parent),
+        "senders": args.senders,
+        "batch": args.batch,
+        "calls_per_message": round(sum(calls.values()) / per, 2),
+        "cpu_us_per_message": round(best / (args.rounds * per) * 1e6, 2),
+    }
+    if args.top:
+        out["top"] = [(name, round(count / per, 2)) for name, count in calls.most_common(args.top)]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1281,6 +1281,89 @@ class MessageThenTests(ProxyTestCase):
         self.assertLessEqual(len(session._heads or {}), proxy._HEADS_KEPT)
         self.network.flush()
 
+    def test_usualWithoutCalls(self) -> None:
+        """
+        The usual message (plain text, a printable id, to a recipient the
+        session wrote to before) is written and kept without
+        C{_compactMessage}, C{_headerSafe}, C{_plainValue},
+        C{encodeSessionMessageAfter} or C{_keep}, and its bare C{200} read
+        without C{_messageOutcome}; the call is told C{DELIVERED} once, the
+        message kept until then, and hs1 given the same message.
+        """
+        session, home, client = self.open()
+        session.sendMessageThen(lambda *a: None, None, CAROL, "first", "text/plain", "m-0")
+        self.network.flush()
+        called: list[str] = []
+
+        def forbidden(name: str) -> Callable[..., Any]:
+            def call(*a: Any, **kw: Any) -> Any:
+                called.append(name)
+                raise AssertionError(name)
+
+            return call
+
+        for name in ("_headerSafe", "_plainValue", "encodeSessionMessageAfter", "_messageOutcome", "sessionMessageHead"):
+            self.patch(proxy, name, forbidden(name))
+        self.patch(session, "_compactMessage", forbidden("_compactMessage"))
+        self.patch(session, "_keep", forbidden("_keep"))
+        returned, answers = self.sendThen(session, CAROL, "hi \u2603", "text/plain", "m-1 x")
+        self.assertIsNone(returned)
+        [item] = self.link._pending.values()
+        self.assertIn(item.deferred, session._inFlight)
+        self.network.flush()
+        self.assertEqual(called, [])
+        self.assertEqual(answers, [(DeliveryStatus.DELIVERED, "token", "m-1 x")])
+        self.assertEqual(home.calls[-1], ("sendMessage", (CAROL, "hi \u2603", "text/plain", "m-1 x")))
+
+    def test_usualSameAsCompact(self) -> None:
+        """
+        Over fuzzed texts and ids, a message to a recipient the session
+        wrote to before is sent as C{_compactMessage} writes it: the same
+        bytes, the JSON form where it says C{None}, the same error raised
+        where it raises.
+        """
+        session, home, client = self.open()
+        self.network.pumps.clear()
+        self.link._config = attrs.evolve(self.link._config, maxQueue=100_000)
+        session.sendMessageThen(lambda *a: None, None, CAROL, "first", "text/plain", "m-0")
+        sent: list[bytes] = []
+        requestEncoded = self.link.requestEncoded
+
+        def recording(encoded: bytes, decode: Any = None, waiter: Any = None) -> Any:
+            sent.append(encoded)
+            return requestEncoded(encoded, decode, waiter)
+
+        self.patch(self.link, "requestEncoded", recording)
+        rng = random.Random(20261206)
+        alphabet = ["a", "Z", "0", "-", " ", "\t", "\r", "\n", "\x00", "\x7f", "\x85", "\u2603", "\ud800", "\u200e", "\u3000", "\xa0"]
+
+        def text(low: int, high: int) -> str:
+            return "".join(rng.choice(alphabet) for _ in range(rng.randint(low, high)))
+
+        direct = 0
+        for i in range(3000):
+            body = rng.choice(["", "hi", text(0, 10)])
+            messageId = rng.choice(["m-1", "", " m", "m ", "x" * 1024, "x" * 1025, text(0, 8), text(1, 3) + "-" + text(1, 3)])
+            try:
+                expected: object = session._compactMessage(CAROL, body, "text/plain", messageId)
+            except Exception as e:
+                expected = type(e)
+            del sent[:]
+            try:
+                returned: object = session.sendMessageThen(lambda *a: None, None, CAROL, body, "text/plain", messageId)
+            except Exception as e:
+                self.assertEqual(type(e), expected, (body, messageId))
+                continue
+            if expected is None:
+                assert isinstance(returned, Deferred), (body, messageId)
+                # Never answered here (no pumps): failed when the link stops.
+                returned.addErrback(lambda f: None)
+            else:
+                self.assertIsNone(returned)
+                self.assertEqual(sent, [expected], (body, messageId))
+                direct += 1
+        self.assertGreater(direct, 500)
+
     def test_keptBounded(self) -> None:
         """
         The session keeps its messages to fail them when it ends, as for

@@ -265,9 +265,10 @@ class _MessageAnswer(Generic[_T]):
     A proxied session's message in flight, for a face that takes its
     outcome through a call (L{RemoteSession.sendMessageThen}): what the
     link tells in place of a L{Deferred} (L{LinkClient.requestEncoded}'s
-    C{waiter}), and what the session fails when it ends first. Told once;
-    what comes after (a late answer) is dropped, as a fired L{Deferred}'s
-    link drops it.
+    C{waiter}, given hs1's answer as it is: it reads it itself, as
+    L{_messageOutcome} does), and what the session fails when it ends
+    first. Told once; what comes after (a late answer) is dropped, as a
+    fired L{Deferred}'s link drops it.
     """
 
     __slots__ = ("called", "_answer", "_token", "_messageId")
@@ -278,14 +279,31 @@ class _MessageAnswer(Generic[_T]):
         self._token = token
         self._messageId = messageId
 
-    def callback(self, outcome: DeliveryStatus) -> None:
+    def callback(self, response: Response) -> None:
         """
-        The message's outcome (L{OutcomeWaiter
-        <imgateway.router.link.OutcomeWaiter>}): told, unless told before.
+        The home server's answer (L{OutcomeWaiter
+        <imgateway.router.link.OutcomeWaiter>}, without a C{decode}): its
+        outcome told, as L{_messageOutcome} reads it (C{DELIVERED}, or the
+        failure an error response reports), unless told before.
         """
-        if not self.called:
-            self.called = True
-            self._tell(outcome)
+        if self.called:
+            return
+        self.called = True
+        outcome: DeliveryStatus | Failure
+        if response is DELIVERED:
+            # A bare 200 (nearly every answer): no call to read it.
+            outcome = DeliveryStatus.DELIVERED
+        else:
+            try:
+                outcome = _messageOutcome(response)
+            except Exception:
+                outcome = Failure()
+        try:
+            self._answer(outcome, self._token, self._messageId)
+        except Exception:
+            # Logged as a Deferred's callback's failure would be, not
+            # raised into the link's reading.
+            log.failure("Answering a proxied session's message")
 
     def errback(self, error: BaseException | Failure) -> None:
         """
@@ -294,15 +312,10 @@ class _MessageAnswer(Generic[_T]):
         """
         if not self.called:
             self.called = True
-            self._tell(error if isinstance(error, Failure) else Failure(error))
-
-    def _tell(self, outcome: DeliveryStatus | Failure) -> None:
-        try:
-            self._answer(outcome, self._token, self._messageId)
-        except Exception:
-            # Logged as a Deferred's callback's failure would be, not
-            # raised into the link's reading.
-            log.failure("Answering a proxied session's message")
+            try:
+                self._answer(error if isinstance(error, Failure) else Failure(error), self._token, self._messageId)
+            except Exception:
+                log.failure("Answering a proxied session's message")
 
 
 #: The fewest of a proxied session's messages it keeps (L{RemoteSession._keep})
@@ -592,12 +605,43 @@ class RemoteSession:
             at once (the session ended, text that cannot be sent, a full
             link queue).
         """
-        encoded = self._compactMessage(recipient, body, contentType, messageId)
+        encoded: bytes | None = None
+        if (
+            contentType == "text/plain"
+            and messageId is not None
+            and 0 < len(messageId) <= MAX_HEADER_VALUE_CHARS
+            and messageId.isprintable()
+            and messageId[0] != " "
+            and messageId[-1] != " "
+            and not self.closed
+        ):
+            # The usual message (what the native face passes: plain text,
+            # an id), written as _compactMessage writes it without its
+            # calls: a printable id passes _headerSafe and _plainValue (its
+            # only white space can be U+0020, and UTF-8 encodes it).
+            heads = self._heads
+            head = None if heads is None else heads.get(str(recipient))
+            if head is not None:
+                try:
+                    text = body.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InvalidAddress("the message is not valid text") from None
+                if text:
+                    encoded = b"%sMessage-ID: %s\r\nContent-Length: %d\r\n\r\n%s" % (head, messageId.encode("utf-8"), len(text), text)
+                else:
+                    encoded = b"%sMessage-ID: %s\r\n\r\n" % (head, messageId.encode("utf-8"))
         if encoded is None:
-            return self.sendMessage(recipient, body, contentType, messageId)
+            encoded = self._compactMessage(recipient, body, contentType, messageId)
+            if encoded is None:
+                return self.sendMessage(recipient, body, contentType, messageId)
         waiter = _MessageAnswer(answer, token, messageId)
-        self._link.requestEncoded(encoded, _messageOutcome, waiter)
-        self._keep(waiter)
+        # Its answer read by the waiter (no decode): one call fewer.
+        self._link.requestEncoded(encoded, None, waiter)
+        # Kept as _keep keeps it, inline.
+        inFlight = self._inFlight
+        inFlight.add(waiter)
+        if len(inFlight) >= self._sweepAt:
+            self._sweep()
         return None
 
     def _compactMessage(self, recipient: Address, body: str, contentType: str, messageId: str | None) -> bytes | None:
@@ -657,8 +701,14 @@ class RemoteSession:
         inFlight = self._inFlight
         inFlight.add(d)
         if len(inFlight) >= self._sweepAt:
-            self._inFlight = inFlight = {kept for kept in inFlight if not kept.called}
-            self._sweepAt = max(_IN_FLIGHT_SWEEP, 2 * len(inFlight))
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """
+        Drop the kept messages that were answered (L{_keep}).
+        """
+        self._inFlight = inFlight = {kept for kept in self._inFlight if not kept.called}
+        self._sweepAt = max(_IN_FLIGHT_SWEEP, 2 * len(inFlight))
 
     def subscribe(self, target: Address, displayName: str = "") -> Deferred[AuthorisationState]:
         d = self._call("subscribe", {"target": str(target), "name": displayName})

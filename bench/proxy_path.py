@@ -10,7 +10,8 @@ router-proxy topology. Only the router's side runs in the measured rounds
 checked, the C{SESSION message} written to the link, its answer read and
 the client's C{200} written. Prints one JSON line: per message, the CPU
 microseconds and the Python function calls (C{sys.setprofile}: every
-Python and builtin call).
+Python and builtin call), in all and in each half (the client's read and
+what it sends; the link's read of the answers and what they write).
 
 A benchmark, not a test: nothing asserts a time. The call counts (and
 callgrind's instruction counts, C{--rounds} N minus C{--rounds} M) do not
@@ -88,6 +89,13 @@ class _Router:
         connection.transport = self.linkTransport
 
     def exchange(self, batch: int, n: int) -> None:
+        self.send(batch, n)
+        self.answer(batch)
+
+    def send(self, batch: int, n: int) -> None:
+        """
+        Each client's read of C{batch} C{MESSAGE}s, sent over the link.
+        """
         bodies = [b"message %d of round %d" % (i, n) for i in range(batch)]
         to = b"carol@corp.example"
         for protocol, transport, seq in self.clients:
@@ -97,6 +105,12 @@ class _Router:
                 parts.append(_MESSAGE % (to, seq[0], len(body), body))
             protocol.dataReceived(b"".join(parts))
         self.linkTransport.clear()
+
+    def answer(self, batch: int) -> None:
+        """
+        hs1's bare C{200}s for every message in flight, in one read; each
+        client answered C{200}.
+        """
         outstanding = self.connection._outstanding
         self.connection.dataReceived(b"".join(_LINK_OK % s for s in list(outstanding)))
         for protocol, transport, seq in self.clients:
@@ -121,7 +135,9 @@ def main(argv: list[str] | None = None) -> None:
         for i in range(args.rounds):
             router.exchange(args.batch, i)
         return
-    calls = counted(lambda: router.exchange(args.batch, 20))
+    sent = counted(lambda: router.send(args.batch, 20))
+    answered = counted(lambda: router.answer(args.batch))
+    calls = sent + answered
     best = None
     for _ in range(args.cpu_sets):
         start = time.process_time()
@@ -136,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         "senders": args.senders,
         "batch": args.batch,
         "calls_per_message": round(sum(calls.values()) / per, 2),
+        "send_calls_per_message": round(sum(sent.values()) / per, 2),
+        "answer_calls_per_message": round(sum(answered.values()) / per, 2),
         "cpu_us_per_message": round(best / (args.rounds * per) * 1e6, 2),
     }
     if args.top:

@@ -1314,6 +1314,21 @@ class MessageThenTests(ProxyTestCase):
         self.assertEqual(called, [])
         self.assertEqual(answers, [(DeliveryStatus.DELIVERED, "token", "m-1 x")])
         self.assertEqual(home.calls[-1], ("sendMessage", (CAROL, "hi \u2603", "text/plain", "m-1 x")))
+        # The same recipient again: its address not even written out.
+        written: list[Address] = []
+        toText = Address.__str__
+
+        def writing(address: Address) -> str:
+            written.append(address)
+            return toText(address)
+
+        self.patch(Address, "__str__", writing)
+        returned, answers = self.sendThen(session, CAROL, "again", "text/plain", "m-2")
+        self.assertEqual(written, [])
+        self.patch(Address, "__str__", toText)
+        self.network.flush()
+        self.assertEqual(answers, [(DeliveryStatus.DELIVERED, "token", "m-2")])
+        self.assertEqual(home.calls[-1], ("sendMessage", (CAROL, "again", "text/plain", "m-2")))
 
     def test_usualSameAsCompact(self) -> None:
         """

@@ -515,6 +515,9 @@ class RemoteSession:
         #: The start of this session's messages, by recipient
         #: (L{sessionMessageHead}); made at the first message.
         self._heads: dict[str, bytes] | None = None
+        #: The recipient of the last message written directly, and its start.
+        self._lastTo: Address | None = None
+        self._lastHead = b""
 
     def __repr__(self) -> str:
         return f"<RemoteSession {self.sessionId} {self.address} on {self._link.name}>"
@@ -619,8 +622,17 @@ class RemoteSession:
             # an id), written as _compactMessage writes it without its
             # calls: a printable id passes _headerSafe and _plainValue (its
             # only white space can be U+0020, and UTF-8 encodes it).
-            heads = self._heads
-            head = None if heads is None else heads.get(str(recipient))
+            head: bytes | None
+            if recipient is self._lastTo:
+                # The recipient of the last message (the face's addresses
+                # are parsed once, L{Address.fromString}'s cache): its
+                # start without writing the address out again.
+                head = self._lastHead
+            else:
+                heads = self._heads
+                head = None if heads is None else heads.get(str(recipient))
+                if head is not None:
+                    self._lastTo, self._lastHead = recipient, head
             if head is not None:
                 try:
                     text = body.encode("utf-8")

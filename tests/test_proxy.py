@@ -725,6 +725,55 @@ class SessionMethodTests(ProxyTestCase):
             expected = [headers.get(n) for n in ("Session", "To", "Content-Type", "Message-ID")]
             self.assertEqual(proxy.sessionMessageFields(Headers(items)), expected, items)
 
+    def test_usualFieldsByPosition(self) -> None:
+        """
+        A C{SESSION message} in the shape the link reads the router's
+        (C{Seq}, C{Session}, C{To}, C{Message-ID}) reaches the session
+        without L{proxy.sessionMessageFields}; over fuzzed lists of four
+        headers (names in other cases, orders, repeated, others), the
+        session is given what L{proxy.sessionMessageFields} reads, or the
+        request answered C{503} where it names no session.
+        """
+        session, home, client = self.open()
+        [connection] = self.host._sessions
+
+        def sendMessageAtOnce(*arguments: Any) -> DeliveryStatus:
+            home.calls.append(("sendMessage", arguments))
+            return DeliveryStatus.DELIVERED
+
+        home.sendMessageAtOnce = sendMessageAtOnce  # type: ignore[attr-defined]
+        fields: list[Any] = []
+        read = proxy.sessionMessageFields
+
+        def reading(headers: Headers) -> list[str | None]:
+            fields.append(headers)
+            return read(headers)
+
+        self.patch(proxy, "sessionMessageFields", reading)
+
+        def message(items: tuple[tuple[str, str], ...]) -> object:
+            request = Request("SESSION", "message", Headers(items), b"hi")
+            object.__setattr__(request, "seq", 5)
+            return self.host.requestReceived(connection, request)
+
+        usual = (("Seq", "5"), ("Session", session.sessionId), ("To", str(CAROL)), ("Message-ID", "m-1"))
+        self.assertIs(message(usual), DELIVERED)
+        self.assertEqual(fields, [])
+        self.assertEqual(home.calls[-1], ("sendMessage", (CAROL, "hi", "text/plain", "m-1")))
+        rng = random.Random(20261206)
+        names = ["Seq", "seq", "Session", "session", "To", "to", "Message-ID", "message-id", "Content-Type", "X"]
+        for i in range(2000):
+            items = tuple((rng.choice(names), rng.choice([session.sessionId, str(CAROL), f"m-{i}", "text/html"])) for _ in range(4))
+            expected = read(Headers(items))
+            del home.calls[:]
+            answer = message(items)
+            if expected[0] != session.sessionId:
+                self.assertEqual(getattr(answer, "code", None), 503, items)
+            elif expected[1] is None:
+                continue  # the JSON form's arguments: no body to read them from
+            elif expected[1] == str(CAROL):
+                self.assertEqual(home.calls, [("sendMessage", (CAROL, "hi", expected[2] or "text/plain", expected[3]))], items)
+
     def test_sendMessageErrors(self) -> None:
         """
         A delivery error comes back as the same error, a 486's alternate

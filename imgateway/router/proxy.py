@@ -1097,7 +1097,18 @@ class SessionHost:
         way: a refusal's status, C{400} for a malformed request, C{503} for
         no such session.
         """
-        sessionId, to, contentType, messageId = sessionMessageFields(request.headers)
+        items = request.headers.items
+        sessionId: str | None
+        to: str | None
+        contentType: str | None
+        messageId: str | None
+        if len(items) == 4 and items[3][0] == "Message-ID" and items[2][0] == "To" and items[1][0] == "Session" and items[0][0] == "Seq":
+            # The shape the router writes and the link reads (a message
+            # with an id, as the native face sends every one): the values
+            # sessionMessageFields reads, without its pass.
+            sessionId, to, contentType, messageId = items[1][1], items[2][1], None, items[3][1]
+        else:
+            sessionId, to, contentType, messageId = sessionMessageFields(request.headers)
         session = self._sessions.get(connection, _NO_SESSIONS).get(sessionId or "")
         if session is None:
             return _error(503, "no such session")

@@ -88,6 +88,16 @@ class _Router:
         self.linkTransport = StringTransport()
         connection.transport = self.linkTransport
 
+    def close(self) -> None:
+        """
+        Undo what the link harness set up (its links stopped, its log
+        observer removed).
+        """
+        cleanups = self.case._cleanups
+        while cleanups:
+            function, args, kwargs = cleanups.pop()
+            function(*args, **kwargs)
+
     def exchange(self, batch: int, n: int) -> None:
         self.send(batch, n)
         self.answer(batch)
@@ -134,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.cpu_sets:
         for i in range(args.rounds):
             router.exchange(args.batch, i)
+        router.close()
         return
     sent = counted(lambda: router.send(args.batch, 20))
     answered = counted(lambda: router.answer(args.batch))
@@ -146,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         took = time.process_time() - start
         best = took if best is None else min(best, took)
     assert best is not None
+    router.close()
     out: dict[str, Any] = {
         "bench": "proxy_path",
         "commit": commitOf(Path(__file__).resolve().parent.parent),

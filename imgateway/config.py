@@ -362,8 +362,8 @@ DEFAULT_GC_YOUNG_OBJECTS = 10000
 #: collector would run almost at every allocation.
 MIN_GC_YOUNG_OBJECTS = 100
 
-#: C{[gateway] sqlite_cache_kib} by default: SQLite's own page cache size
-#: (L{imgateway.sqlite.DEFAULT_CACHE_KIB}).
+#: C{[gateway] sqlite_cache_kib} by default: 256, an eighth of SQLite's own
+#: page cache size (L{imgateway.sqlite.DEFAULT_CACHE_KIB}).
 DEFAULT_SQLITE_CACHE_KIB = DEFAULT_CACHE_KIB
 
 #: The smallest C{[gateway] sqlite_cache_kib}: sixteen pages of 4 KiB.

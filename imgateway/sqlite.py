@@ -67,11 +67,16 @@ Migrations = Sequence[Sequence[str]]
 DEFAULT_BUSY_TIMEOUT = 5.0
 
 #: The most memory, in KiB, a connection keeps of its file's pages (SQLite's
-#: page cache, C{PRAGMA cache_size} as a negative number): SQLite's own
-#: default. It fills up as rows are read (at logins: the users' rows) and
-#: stays full; pages not in it are read again from the operating system's
-#: file cache. C{[gateway] sqlite_cache_kib}.
-DEFAULT_CACHE_KIB = 2000
+#: page cache, C{PRAGMA cache_size} as a negative number). It fills up as
+#: rows are read (at logins: the users' rows) and stays full; pages not in
+#: it are read again from the operating system's file cache, a system call
+#: each. An eighth of SQLite's own default (2000): the home server keeps
+#: each logged-in user's rows in its own memory, so the cache serves only
+#: logins and writes, and at 2000 it held 2.4 MiB (two files) once a
+#: thousand users had logged in, for about three C{pread}s per login saved
+#: (C{bench/README.md}, "Idle sessions' memory, fourth round").
+#: C{[gateway] sqlite_cache_kib}.
+DEFAULT_CACHE_KIB = 256
 
 #: The most operations L{Database} runs in one transaction (one commit).
 #: Larger groups save little more, and make the first caller of a group

@@ -390,10 +390,10 @@ class TopologyConfigTests(SynchronousTestCase):
 
     def test_sqliteCacheKiB(self) -> None:
         """
-        C{[gateway] sqlite_cache_kib} is SQLite's own 2000 by default and as
-        shipped; at least 64 (63 is refused, 64 taken).
+        C{[gateway] sqlite_cache_kib} is 256 by default and as shipped (an
+        eighth of SQLite's own 2000); at least 64 (63 is refused, 64 taken).
         """
-        self.assertGatewayMinimum("sqlite_cache_kib", "sqliteCacheKiB", 2000, 64)
+        self.assertGatewayMinimum("sqlite_cache_kib", "sqliteCacheKiB", 256, 64)
 
     def test_linksDNSServers(self) -> None:
         """

@@ -175,9 +175,10 @@ class GatewayServiceTests(TestCase):
         """
         Both stores' connections keep at most C{[gateway] sqlite_cache_kib}
         KiB of their files' pages (SQLite's C{cache_size}, negative: in
-        KiB); SQLite's own 2,000 KiB by default.
+        KiB); 256 KiB by default.
         """
-        for kib in (DEFAULT_SQLITE_CACHE_KIB, 256):
+        self.assertEqual(DEFAULT_SQLITE_CACHE_KIB, 256)
+        for kib in (DEFAULT_SQLITE_CACHE_KIB, 2000):
             gateway, service, adapter = self.makeGateway(sqliteCacheKiB=kib)
             directory = cast(SQLiteDirectory, gateway.directory)
             homeStore = cast(SQLiteHomeStore, gateway.homeStore)

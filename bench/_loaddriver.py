@@ -55,6 +55,7 @@ import hashlib
 import hmac
 import json
 import multiprocessing as mp
+import os
 import re
 import secrets
 import sys
@@ -1428,10 +1429,27 @@ def pooled(results: Sequence[dict[str, Any]], key: str) -> array.array[int]:
     return out
 
 
+def _askMemoryProbe() -> None:
+    """
+    With C{$IMGATEWAY_MEM_READINGS} set, have the gateway's probe
+    (C{bench/_memreadings}) note its memory as the RSS just read: write
+    C{PREFIX.ask} and wait (30 s at most) until the probe has removed it.
+    """
+    prefix = os.environ.get("IMGATEWAY_MEM_READINGS")
+    if not prefix:
+        return
+    ask = f"{prefix}.ask"
+    open(ask, "w").close()
+    deadline = time.monotonic() + 30
+    while os.path.exists(ask) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def runIdle(args: argparse.Namespace, workers: Workers, result: dict[str, Any]) -> dict[str, Any]:
     pids = args.server_pid
     time.sleep(args.settle)
     base = sum(procRssKb(p) or 0 for p in pids)
+    _askMemoryProbe()
     c0, b0, m0 = pidsCpu(pids), machineBusyS(), time.monotonic()
     workers.send(("go",))
     logged = workers.collect("ready", args.setup_timeout + 600)
@@ -1439,6 +1457,7 @@ def runIdle(args: argparse.Namespace, workers: Workers, result: dict[str, Any]) 
     c1, b1, m1 = pidsCpu(pids), machineBusyS(), time.monotonic()
     time.sleep(args.settle)
     after = sum(procRssKb(p) or 0 for p in pids)
+    _askMemoryProbe()
     workers.send(("stop",))
     results = workers.collect("result", 120)
     alive = sum(r["alive"] for r in results)

@@ -890,6 +890,69 @@ class LinkFrameReaderTests(SynchronousTestCase):
         self.assertEqual(outcomes[2][3:], (400, "message id must be printable, without spaces"))
         self.assertEqual(outcomes[3][3:], (482, "Max-Hops exhausted"))
 
+    def test_usualMessageLimits(self) -> None:
+        """
+        A C{Timestamp}, C{Max-Hops}, C{Hops} and C{Routing-Id} at the limit
+        of what L{decodeRequest} takes, and one past it: the one at the
+        limit is read with L{link_codec._USUAL_MESSAGE_HEAD} alone and
+        taken, the one past it is left to L{link_codec._MESSAGE_HEAD} and
+        refused, each with what the parser and L{decodeRequest} give. Values
+        with leading zeros, which L{decodeRequest} takes, are taken on the
+        usual path too.
+        """
+        base = link_codec.encodeMessage(
+            Message(ALICE, CAROL, "hi", messageId="m-1", timestamp=1.5, hops=1), ("corp.example/hs1",), 5, "r.1"
+        ).replace(b"\r\n", b"\r\nSeq: 1\r\n", 1)
+        self.assertIn(b"\r\nTimestamp: 1.5\r\n", base)
+        self.assertIn(b"\r\nMax-Hops: 5\r\n", base)
+        self.assertIn(b"\r\nHops: 1\r\n", base)
+
+        def edited(header: bytes, old: bytes, new: bytes) -> bytes:
+            line = b"\r\n%s: %s\r\n" % (header, old)
+            self.assertIn(line, base)
+            return base.replace(line, b"\r\n%s: %s\r\n" % (header, new), 1)
+
+        taken = [
+            edited(b"Timestamp", b"1.5", b"9" * 12),
+            edited(b"Timestamp", b"1.5", b"1." + b"9" * 9),
+            edited(b"Timestamp", b"1.5", b"9" * 12 + b"." + b"9" * 9),
+            edited(b"Timestamp", b"1.5", b"00"),
+            edited(b"Timestamp", b"1.5", b"000000000001.000000000"),
+            edited(b"Max-Hops", b"5", b"9" * 10),
+            edited(b"Max-Hops", b"5", b"0000000008"),
+            edited(b"Hops", b"1", b"9" * 10),
+            edited(b"Hops", b"1", b"00"),
+            edited(b"Routing-Id", b"r.1", b"r" * 128),
+        ]
+        refused = [
+            edited(b"Timestamp", b"1.5", b"9" * 13),
+            edited(b"Timestamp", b"1.5", b"1." + b"9" * 10),
+            edited(b"Timestamp", b"1.5", b"9" * 13 + b".5"),
+            edited(b"Max-Hops", b"5", b"9" * 11),
+            edited(b"Max-Hops", b"5", b"00000000008"),
+            edited(b"Hops", b"1", b"9" * 11),
+            edited(b"Hops", b"1", b"00000000001"),
+            edited(b"Routing-Id", b"r.1", b"r" * 129),
+        ]
+        seen: list[str] = []
+
+        class Recording:
+            def fullmatch(self, text: str) -> re.Match[str] | None:
+                seen.append(text)
+                return pattern.fullmatch(text)
+
+        pattern = link_codec._MESSAGE_HEAD
+        self.patch(link_codec, "_MESSAGE_HEAD", Recording())
+        for frames, general, refusing in ((taken, 0, False), (refused, 1, True)):
+            for frame in frames:
+                del seen[:]
+                reader = link_codec.LinkFrameReader(FrameParser(LIMITS), LIMITS)
+                [item] = reader.read(frame)
+                [expected] = FrameParser(LIMITS).feed(frame)
+                outcome: Any = readOutcome(item)
+                self.assertEqual(outcome, readOutcome(expected), frame)
+                self.assertEqual((len(seen), outcome[2] == "error"), (general, refusing), frame)
+
     def test_cutEverywhere(self) -> None:
         """
         A stream of link messages and other frames cut at every byte, in two

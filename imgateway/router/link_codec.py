@@ -75,9 +75,16 @@ EVENT_METHODS = frozenset({"MESSAGE", "NOTIFY", "PROBE"})
 MAX_DETAIL_CHARS = 256
 
 #: A C{Routing-Id}: 1 to 128 visible ASCII characters.
-_ROUTING_ID = re.compile(r"[\x21-\x7e]{1,128}")
-_NUMBER = re.compile(r"[0-9]{1,10}")
-_TIMESTAMP = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+_ROUTING_ID_TEXT = r"[\x21-\x7e]{1,128}"
+#: A C{Max-Hops} or C{Hops}: 1 to 10 digits.
+_NUMBER_TEXT = r"[0-9]{1,10}"
+#: A C{Timestamp}: 1 to 12 digits, then a fraction of 1 to 9 digits or none.
+_TIMESTAMP_TEXT = r"[0-9]{1,12}(?:\.[0-9]{1,9})?"
+# Each pattern's text is written once: _USUAL_MESSAGE_HEAD checks these
+# values with the same texts, so its checks cannot drift from these.
+_ROUTING_ID = re.compile(_ROUTING_ID_TEXT)
+_NUMBER = re.compile(_NUMBER_TEXT)
+_TIMESTAMP = re.compile(_TIMESTAMP_TEXT)
 _LEASE = re.compile(r"[0-9]{1,10}(\.[0-9]{1,6})?")
 
 #: A message's C{Content-Type} when the header is absent (or empty).
@@ -704,12 +711,14 @@ _MESSAGE_HEAD = re.compile(
 _ASCII_VALUE = r"[!-~](?:[ -~]*[!-~])?"
 #: L{_MESSAGE_HEAD} for the head nearly every link C{MESSAGE} has: its
 #: target and values printable ASCII (L{_ASCII_VALUE}), its C{Timestamp},
-#: C{Max-Hops}, C{Routing-Id} and C{Hops} in their own patterns (those
-#: L{_messageRequest} checks them with). The same groups. A head it takes,
-#: L{_MESSAGE_HEAD} takes with the same groups (each of its classes is
-#: within the other's, and a value holds no line end in either, so each
-#: line is the same header in both), and its values pass those checks; any
-#: other head is left to L{_MESSAGE_HEAD}. Its classes are ranges of ASCII,
+#: C{Max-Hops}, C{Routing-Id} and C{Hops} in their own patterns, built
+#: from the texts L{_messageRequest}'s checks are compiled from
+#: (L{_TIMESTAMP_TEXT}, L{_NUMBER_TEXT}, L{_ROUTING_ID_TEXT}), so that the
+#: two cannot differ. The same groups. A head it takes, L{_MESSAGE_HEAD}
+#: takes with the same groups (each of its classes is within the other's,
+#: and a value holds no line end in either, so each line is the same header
+#: in both), and its values pass those checks; any other head is left to
+#: L{_MESSAGE_HEAD}. Its classes are ranges of ASCII,
 #: which the regular expression engine tests for less than the negated
 #: classes of L{_PLAIN_VALUE} (a third of the time per head).
 _USUAL_MESSAGE_HEAD = re.compile(
@@ -717,13 +726,13 @@ _USUAL_MESSAGE_HEAD = re.compile(
     r"Seq: ([0-9]{1,10})\r\n"
     rf"From: ({_ASCII_VALUE})\r\n"
     rf"Message-ID: ({_ASCII_VALUE})\r\n"
-    r"Timestamp: ([0-9]{1,12}(?:\.[0-9]{1,9})?)"
+    rf"Timestamp: ({_TIMESTAMP_TEXT})"
     rf"(?:\r\nContent-Type: ({_ASCII_VALUE}))?"
     rf"(?:\r\nAuto: ({_ASCII_VALUE}))?"
     rf"((?:\r\nVia: {_ASCII_VALUE})*)"
-    r"(?:\r\nMax-Hops: ([0-9]{1,10}))?"
-    r"\r\nRouting-Id: ([!-~]{1,128})"
-    r"(?:\r\nHops: ([0-9]{1,10}))?"
+    rf"(?:\r\nMax-Hops: ({_NUMBER_TEXT}))?"
+    rf"\r\nRouting-Id: ({_ROUTING_ID_TEXT})"
+    rf"(?:\r\nHops: ({_NUMBER_TEXT}))?"
     r"(?:\r\nContent-Length: ([0-9]{1,18}))?"
 )
 #: The head of any request as a link connection writes it: its start line

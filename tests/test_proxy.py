@@ -729,10 +729,12 @@ class SessionMethodTests(ProxyTestCase):
         """
         A C{SESSION message} in the shape the link reads the router's
         (C{Seq}, C{Session}, C{To}, C{Message-ID}) reaches the session
-        without L{proxy.sessionMessageFields}; over fuzzed lists of four
-        headers (names in other cases, orders, repeated, others), the
-        session is given what L{proxy.sessionMessageFields} reads, or the
-        request answered C{503} where it names no session.
+        without L{proxy.sessionMessageFields}; over that shape with one
+        thing changed (or none, or two: a name's case, another name, a
+        value, a header repeated or left out, two swapped), the session is
+        given what L{proxy.sessionMessageFields} reads, or the request
+        answered C{503} where it names no session and C{400} where it names
+        no recipient the body's form gives.
         """
         session, home, client = self.open()
         [connection] = self.host._sessions
@@ -761,18 +763,58 @@ class SessionMethodTests(ProxyTestCase):
         self.assertEqual(fields, [])
         self.assertEqual(home.calls[-1], ("sendMessage", (CAROL, "hi", "text/plain", "m-1")))
         rng = random.Random(20261206)
-        names = ["Seq", "seq", "Session", "session", "To", "to", "Message-ID", "message-id", "Content-Type", "X"]
+        names = ["Seq", "seq", "SEQ", "Session", "session", "To", "to", "Message-ID", "message-id", "Message-Id", "Content-Type", "X"]
+        values = [session.sessionId, "hs1-other", str(CAROL), str(ALICE), "m-x", "text/html", ""]
+
+        def changed(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+            # The usual shape with one thing changed: a name's case, another
+            # name, a value, a header repeated (in place of another, or
+            # added), one left out, two swapped.
+            at = rng.randrange(len(items))
+            name, value = items[at]
+            kind = rng.randrange(7)
+            if kind == 0:
+                items[at] = (rng.choice([name.lower(), name.upper(), name.swapcase()]), value)
+            elif kind == 1:
+                items[at] = (rng.choice(names), value)
+            elif kind == 2:
+                items[at] = (name, rng.choice(values))
+            elif kind == 3:
+                items[rng.randrange(len(items))] = items[at]
+            elif kind == 4:
+                items.insert(rng.randrange(len(items) + 1), items[at])
+            elif kind == 5:
+                del items[at]
+            else:
+                other = rng.randrange(len(items))
+                items[at], items[other] = items[other], items[at]
+            return items
+
+        taken = 0
         for i in range(2000):
-            items = tuple((rng.choice(names), rng.choice([session.sessionId, str(CAROL), f"m-{i}", "text/html"])) for _ in range(4))
-            expected = read(Headers(items))
+            items = [("Seq", "5"), ("Session", session.sessionId), ("To", str(CAROL)), ("Message-ID", f"m-{i}")]
+            for _ in range(rng.choice([0, 1, 1, 1, 1, 1, 1, 2])):
+                items = changed(items) if items else items
+            expected = read(Headers(tuple(items)))
             del home.calls[:]
-            answer = message(items)
+            del fields[:]
+            answer = message(tuple(items))
+            taken += not fields
             if expected[0] != session.sessionId:
                 self.assertEqual(getattr(answer, "code", None), 503, items)
             elif expected[1] is None:
-                continue  # the JSON form's arguments: no body to read them from
-            elif expected[1] == str(CAROL):
-                self.assertEqual(home.calls, [("sendMessage", (CAROL, "hi", expected[2] or "text/plain", expected[3]))], items)
+                # The JSON form's arguments, which the body "hi" is not.
+                self.assertEqual((getattr(answer, "code", None), home.calls), (400, []), items)
+            elif expected[1] in (str(CAROL), str(ALICE)):
+                to = Address.fromString(expected[1])
+                self.assertIs(answer, DELIVERED, items)
+                self.assertEqual(home.calls, [("sendMessage", (to, "hi", expected[2] or "text/plain", expected[3]))], items)
+            else:
+                self.assertEqual((getattr(answer, "code", None), home.calls), (400, []), items)
+        # Both ways taken often: the usual shape read by position, and the
+        # shapes one change away read by sessionMessageFields.
+        self.assertGreater(taken, 300)
+        self.assertGreater(2000 - taken, 1000)
 
     def test_sendMessageErrors(self) -> None:
         """

@@ -1295,6 +1295,27 @@ class MessageThenTests(ProxyTestCase):
         for d in queued:
             self.assertEqual(str(self.failureResultOf(d, ServiceUnavailable).value), "gone")
 
+    def test_refusedAtOnceUsual(self) -> None:
+        """
+        The usual message (C{text/plain}, a printable id) to a recipient
+        written to before, which is written without C{_compactMessage}'s
+        checks, is refused as any other once the session has ended: raised,
+        the call never told, nothing sent.
+        """
+        session, home, client = self.open()
+        answers: list[Any] = []
+        tell = lambda *answer: answers.append(answer)
+        for i in range(2):
+            self.assertIsNone(session.sendMessageThen(tell, "token", CAROL, "hi", "text/plain", f"m-{i}"))
+        self.network.flush()
+        self.assertEqual(len(answers), 2)
+        self.assertEqual(len(home.calls), 2)
+        session.ended("gone")
+        e = self.assertRaises(ServiceUnavailable, session.sendMessageThen, tell, "token", CAROL, "hi", "text/plain", "m-2")
+        self.assertEqual(str(e), "the session has ended")
+        self.network.flush()
+        self.assertEqual((len(answers), len(home.calls), self.link.queued), (2, 2, 0))
+
     def test_jsonForm(self) -> None:
         """
         A message whose id a header cannot carry goes in the JSON form, as

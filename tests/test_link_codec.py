@@ -6,6 +6,7 @@ the native wire form (serialised and parsed again).
 
 from __future__ import annotations
 
+import inspect
 import random
 import re
 import sys
@@ -1083,6 +1084,24 @@ class LinkRequestTests(SynchronousTestCase):
         self.assertFalse(attrs.has(LinkRequest))
         request = LinkRequest(Message(ALICE, CAROL, "hi"), (), 8, "r.1")
         self.assertFalse(hasattr(request, "__dict__"))
+
+    def test_final(self) -> None:
+        """
+        Its fields, which its hash follows, are not changed once made: each
+        is declared C{Final} where it is set, so that mypy refuses an
+        assignment, and the compiled build makes them read only (there an
+        assignment raises L{AttributeError}).
+        """
+        message = Message(ALICE, CAROL, "hi", routingId="r.1")
+        request = LinkRequest(message, (), 8, "r.1")
+        if (link_codec.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES)):
+            for name, value in (("event", None), ("via", ()), ("maxHops", 7), ("routingId", "r.2")):
+                self.assertRaises(AttributeError, setattr, request, name, value)
+            self.assertEqual(request, LinkRequest(message, (), 8, "r.1"))
+        else:
+            source = inspect.getsource(LinkRequest.__init__)
+            for name in LinkRequest.__slots__:
+                self.assertEqual(len(re.findall(rf"\bself\.{name}: Final\[[^\]=]+\]* = ", source)), 1, name)
 
 
 class PreCheckedMessageTests(SynchronousTestCase):

@@ -16,6 +16,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Sequence
+from typing import Final
 
 import attrs
 
@@ -139,7 +140,10 @@ class LinkRequest:
     never changed once made. A plain class rather than an attrs one: one
     is made for every link message read, and attrs' frozen constructor
     (an attribute set through C{object.__setattr__} per field) cost 2.5
-    times what this one does.
+    times what this one does. Its fields (which its hash follows) are
+    declared C{Final} where they are set: mypy refuses an assignment to
+    one, and the compiled build makes them read only; this costs nothing
+    at run time (the same bytecode as plain assignments).
 
     @ivar event: The event.
     @ivar via: The servers it has passed through, first first
@@ -152,10 +156,10 @@ class LinkRequest:
     __slots__ = ("event", "via", "maxHops", "routingId")
 
     def __init__(self, event: Event, via: tuple[str, ...], maxHops: int, routingId: str) -> None:
-        self.event = event
-        self.via = via
-        self.maxHops = maxHops
-        self.routingId = routingId
+        self.event: Final[Event] = event
+        self.via: Final[tuple[str, ...]] = via
+        self.maxHops: Final[int] = maxHops
+        self.routingId: Final[str] = routingId
 
     def _fields(self) -> tuple[Event, tuple[str, ...], int, str]:
         return (self.event, self.via, self.maxHops, self.routingId)

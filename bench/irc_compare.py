@@ -6,7 +6,7 @@ directly against ngIRCd, and one of native users writing to IRC users on
 ngIRCd through their puppets (C{[[irc.network]]}) next to the same IRC
 users writing to each other on ngIRCd directly.
 
-    .venv/bin/python bench/irc_compare.py                  # everything, 1 rep: about 4 minutes
+    .venv/bin/python bench/irc_compare.py                  # everything, 1 rep: about 5 minutes (fixed-rate runs of 20 s)
     .venv/bin/python bench/irc_compare.py --quick          # under 2 minutes
     .venv/bin/python bench/irc_compare.py --reps 3 --json > irc.json
     .venv/bin/python bench/irc_compare.py --only bridge --only ngircd
@@ -47,6 +47,7 @@ if __package__ in (None, ""):
 
 from bench import compare
 from bench._gateway import IRC_BENCH_SETTINGS, REPO, GatewayError
+from bench._loaddriver import SEND_TICK
 from bench._peers import PASSWORD, PREFIX, PeerError, Provision, Server, debianVersion, startGateway
 
 ROWS = ("ngircd", "peers-load", "gateway-irc", "bridge")
@@ -223,12 +224,17 @@ def plannedRuns(row: str, s: dict[str, Any]) -> list[tuple[str, list[str], int]]
     pairs = ["--pairs", str(s["pairs"]), "--window", str(s["window"])]
     oneway = ["--pairs", str(s["senders"]), "--window", str(s["window"]), "--to-proto", "irc",
               "--to-prefix", IRC_PREFIX, "--to-domain", NETWORK_DOMAIN]  # fmt: skip
+    # The fixed-rate runs measure over their own window, and this driver's
+    # senders wake as compare.py's do (the peers' irc_load.py times its own).
+    window = ["--duration", f"{s['rate_duration_s']:g}"]
+    if row != "peers-load":
+        window += ["--send-tick", f"{s['send_tick_s']:g}"]
     runs: list[tuple[str, list[str], int]] = []
     if row in ("ngircd", "gateway-irc", "peers-load"):
         face = ["--irc-pass"] if row == "gateway-irc" else []
-        runs += [("msg", [*pairs, *face], procs), ("rate", [*pairs, *face, "--rate", f"{s['rate']:g}"], procs)]
+        runs += [("msg", [*pairs, *face], procs), ("rate", [*pairs, *face, *window, "--rate", f"{s['rate']:g}"], procs)]
     if row in ("ngircd", "bridge"):
-        runs += [("oneway", oneway, procs), ("oneway_rate", [*oneway, "--rate", f"{s['oneway_rate']:g}"], procs)]
+        runs += [("oneway", oneway, procs), ("oneway_rate", [*oneway, *window, "--rate", f"{s['oneway_rate']:g}"], procs)]
     return runs
 
 
@@ -240,9 +246,10 @@ def peersLoad(path: Path, server: Server, s: dict[str, Any], extra: Sequence[str
     """
     args = list(extra)
     rate = args[args.index("--rate") + 1] if "--rate" in args else None
+    duration = args[args.index("--duration") + 1] if "--duration" in args else f"{s['duration_s']:g}"
     cmd = [
         sys.executable, str(path), "msg", "--port", str(server.port), "--pairs", str(s["pairs"]),
-        "--window", str(s["window"]), "--duration", f"{s['duration_s']:g}", "--warmup", f"{s['warmup_s']:g}",
+        "--window", str(s["window"]), "--duration", duration, "--warmup", f"{s['warmup_s']:g}",
         "--settle", f"{s['settle_s']:g}", "--procs", str(procs), "--server-pid", str(server.pid), "--prefix", "p",
         "--label", "peers-load", *(["--rate", rate] if rate else []),
     ]  # fmt: skip
@@ -296,7 +303,7 @@ def oneRow(args: argparse.Namespace, s: dict[str, Any], row: str, rep: int) -> l
         return [{"row": row, "run": name, "rep": rep, "error": f"server did not start: {str(e)[-1500:]}"} for name, _, _ in runs]
     info(f"  {row}: started (pid {server.pid}, port {server.port}) in {time.monotonic() - t:.1f} s")
     out: list[dict[str, Any]] = []
-    timeout = 300 + 30 * s["duration_s"]
+    timeout = 300 + 30 * max(s["duration_s"], s["rate_duration_s"])
     try:
         for name, extra, procs in runs:
             busy = compare.preBusy(args)
@@ -431,8 +438,9 @@ def report(doc: dict[str, Any]) -> str:
     head = [
         *compare.reportHead(doc, f"ngIRCd {v['ngircd']}"),
         f"Load: {s['pairs']} pairs of IRC clients, {s['window']} messages outstanding per sender, windows of "
-        f"{s['duration_s']:g} s after {s['warmup_s']:g} s; fixed rate {s['rate']:,.0f} msgs/s; one way: {s['senders']} "
-        f"senders, fixed rate {s['oneway_rate']:,.0f} msgs/s; {s['driver_procs']} driver processes",
+        f"{s['duration_s']:g} s after {s['warmup_s']:g} s; fixed rate {s['rate']:,.0f} msgs/s for "
+        f"{s['rate_duration_s']:g} s, {compare.rateSending(s)}; one way: {s['senders']} senders, fixed rate "
+        f"{s['oneway_rate']:,.0f} msgs/s for {s['rate_duration_s']:g} s; {s['driver_procs']} driver processes",
     ]
     summary = doc["summary"]
     return "\n".join([
@@ -458,7 +466,12 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the peers' irc_load.py (default: ../shared/peers/load/irc_load.py beside the checkout, if there)")
     p.add_argument("--json", action="store_true", help="print the JSON document on standard output (the tables go to standard error)")
     p.add_argument("--pairs", type=int, default=None, help="pairs of IRC clients, and one-way senders (default 50; --quick 10)")
-    p.add_argument("--duration", type=float, default=None, help="measured seconds of each run (default 10; --quick 2)")
+    p.add_argument("--duration", type=float, default=None, help="measured seconds of each saturated run (default 10; --quick 2)")
+    p.add_argument("--rate-duration", type=float, default=None,
+                   help="measured seconds of each fixed-rate run (default 20; --quick 2; --duration sets both)")
+    p.add_argument("--send-tick", type=float, default=SEND_TICK,
+                   help=f"fixed-rate runs: the driver wakes every this many seconds and sends what fell due (default "
+                   f"{SEND_TICK:g}); 0: each message at its own due time (not the peers-load row: irc_load.py times its own)")
     p.add_argument("--driver-procs", type=int, default=2, help="driver processes (default 2)")
     p.add_argument("--quiet-pct", type=float, default=0.0, help="before each run wait until the machine is below this busy %% "
                    "of one core (default 0: do not wait, only record others' CPU)")

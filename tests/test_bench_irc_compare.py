@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -23,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from bench import irc_compare
 from bench._gateway import IRC_BENCH_SETTINGS, benchConfig
 from bench._loaddriver import IrcConn, NativeConn, Stats, makeConn
+from bench._peers import Server
 from imgateway.adapters.irc.network import parseNetworks
 from imgateway.config import ConfigTable
 from tests.test_bench_compare import _Transport
@@ -173,6 +175,8 @@ class TableTests(SynchronousTestCase):
         self.assertIn("Machine: 2 cores (Xeon), 23.5 GiB", text)
         self.assertIn("ngIRCd 26.1", text)
         self.assertIn("10 pairs of IRC clients", text)
+        self.assertIn("fixed rate 2,000 msgs/s for 2 s, sent on a 2 ms tick;", text)
+        self.assertIn("fixed rate 1,000 msgs/s for 2 s;", text)
         self.assertIn("| ngIRCd, IRC clients | 90,000 |", text)
         self.assertIn("| native → gateway → puppet → ngIRCd → IRC | 4,500 |", text)
         self.assertIn("| imgateway, IRC face | rate | 50.0 | 20.0 + 21.0 | 7.00 | – | 1 failed: the driver took more than 600 s |", text)
@@ -203,29 +207,68 @@ class OptionsTests(SynchronousTestCase):
     def test_quickIsSmaller(self) -> None:
         """
         C{--quick} runs 10 pairs and 10 one-way senders for 2 s; the full
-        run 50 for 10 s; C{--pairs} and C{--duration} set both.
+        run 50 for 10 s, and the fixed-rate runs for 20 s as C{compare.py}'s
+        (2 s with C{--quick}) with its send tick; C{--pairs} and
+        C{--duration} set both, C{--rate-duration} and C{--send-tick} the
+        fixed-rate runs'.
         """
         full = irc_compare.settings(irc_compare.parseArgs(["--only", "ngircd"]))
         self.assertEqual((full["pairs"], full["senders"], full["duration_s"]), (50, 50, 10.0))
-        self.assertEqual((SETTINGS["pairs"], SETTINGS["senders"], SETTINGS["duration_s"]), (10, 10, 2.0))
+        self.assertEqual((full["rate_duration_s"], full["send_tick_s"]), (20.0, 0.002))
+        self.assertEqual((SETTINGS["pairs"], SETTINGS["senders"], SETTINGS["duration_s"], SETTINGS["rate_duration_s"]), (10, 10, 2.0, 2.0))
         mine = irc_compare.settings(irc_compare.parseArgs(["--only", "ngircd", "--pairs", "3", "--duration", "1"]))
-        self.assertEqual((mine["pairs"], mine["senders"], mine["duration_s"]), (3, 3, 1.0))
+        self.assertEqual((mine["pairs"], mine["senders"], mine["duration_s"], mine["rate_duration_s"]), (3, 3, 1.0, 1.0))
+        mine = irc_compare.settings(irc_compare.parseArgs(["--only", "ngircd", "--rate-duration", "30", "--send-tick", "0"]))
+        self.assertEqual((mine["duration_s"], mine["rate_duration_s"], mine["send_tick_s"]), (10.0, 30.0, 0.0))
 
     def test_runsOfEachRow(self) -> None:
         """
         ngIRCd runs both loads (pairs, then one way to the C{irc} nicks);
         the gateway's face logs in with C{PASS}; the bridge runs one way
-        only; each load saturated, then at a fixed rate.
+        only; each load saturated, then at a fixed rate over the fixed-rate
+        window, with the send tick (not the peers' C{irc_load.py}, which
+        times its own sends), the saturated runs over the driver's window.
         """
-        runs = {row: irc_compare.plannedRuns(row, SETTINGS) for row in irc_compare.ROWS}
+        s = irc_compare.settings(irc_compare.parseArgs(["--only", "ngircd", "--rate-duration", "20", "--send-tick", "0"]))
+        runs = {row: irc_compare.plannedRuns(row, s) for row in irc_compare.ROWS}
         self.assertEqual([r[0] for r in runs["ngircd"]], ["msg", "rate", "oneway", "oneway_rate"])
         self.assertEqual([r[0] for r in runs["gateway-irc"]], ["msg", "rate"])
         self.assertEqual([r[0] for r in runs["bridge"]], ["oneway", "oneway_rate"])
         self.assertIn("--irc-pass", runs["gateway-irc"][0][1])
         self.assertNotIn("--irc-pass", runs["ngircd"][0][1])
-        self.assertEqual(runs["ngircd"][1][1][-2:], ["--rate", "2000"])
-        self.assertEqual(runs["bridge"][1][1][-2:], ["--rate", "1000"])
+        window = ["--duration", "20", "--send-tick", "0"]
+        self.assertEqual(runs["ngircd"][1][1][-6:], [*window, "--rate", "2000"])
+        self.assertEqual(runs["ngircd"][3][1][-6:], [*window, "--rate", "1000"])
+        self.assertEqual(runs["gateway-irc"][1][1][-6:], [*window, "--rate", "2000"])
+        self.assertEqual(runs["bridge"][1][1][-6:], [*window, "--rate", "1000"])
+        self.assertEqual(runs["peers-load"][1][1][-4:], ["--duration", "20", "--rate", "2000"])
+        self.assertNotIn("--send-tick", runs["peers-load"][1][1])
+        for row in irc_compare.ROWS:
+            for name, extra, _ in runs[row]:
+                self.assertEqual("--duration" in extra, name.endswith("rate"), (row, name))
         self.assertIn("--to-proto", runs["bridge"][0][1])
+
+    def test_peersLoadWindow(self) -> None:
+        """
+        The peers' C{irc_load.py} runs over the fixed-rate window in the
+        C{rate} run, over the saturated window otherwise.
+        """
+        s = irc_compare.settings(irc_compare.parseArgs(["--only", "ngircd", "--rate-duration", "20"]))
+        commands: list[list[str]] = []
+
+        def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+            commands.append(cmd)
+            return subprocess.CompletedProcess(cmd, 0, '{"sent_total": 1, "received_total": 1}\n', "")
+
+        self.patch(subprocess, "run", run)
+        server = Server()
+        server.port, server.pid = 6667, 1234
+        for name, extra, procs in irc_compare.plannedRuns("peers-load", s):
+            self.assertNotIn("error", irc_compare.peersLoad(Path("irc_load.py"), server, s, extra, procs, 60))
+        durations = [cmd[cmd.index("--duration") + 1] for cmd in commands]
+        self.assertEqual(durations, ["10", "20"])
+        self.assertEqual([cmd.count("--duration") for cmd in commands], [1, 1])
+        self.assertEqual(commands[1][commands[1].index("--rate") + 1], "2000")
 
     def test_networkTable(self) -> None:
         """

@@ -249,8 +249,11 @@ def _delivered(result: object) -> DeliveryStatus:
 
 def _messageOutcome(response: Response) -> DeliveryStatus:
     """
-    The outcome of a proxied session's C{SESSION message}, from its answer
-    (read by the link as it comes, L{LinkClient.requestEncoded}).
+    The outcome of a proxied session's C{SESSION message}, from its answer:
+    for L{RemoteSession.sendMessage}, called by the link as the answer comes
+    (the C{decode} given to L{LinkClient.requestEncoded}); for
+    L{RemoteSession.sendMessageThen}, by L{_MessageAnswer.callback}, for an
+    answer other than the bare C{200}.
 
     @raise Exception: The failure an error response reports
         (L{decodeResult}).
@@ -700,15 +703,15 @@ class RemoteSession:
             log.error("Link to {peer}: cannot send SESSION message: {error}", peer=self._link.name, error=e)
             raise ServerError("cannot send SESSION over a link") from None
 
-    def _keep(self, d: Deferred[Any] | _MessageAnswer[Any]) -> None:
+    def _keep(self, d: Deferred[Any]) -> None:
         """
-        Keep C{d}, a message's L{Deferred} from the link or its
-        L{_MessageAnswer} (L{sendMessageThen}), to fail it at once
-        if the session ends first (L{ended}), without a callback to forget
-        it: the answered ones are dropped when those kept reach twice as
-        many as were unanswered at the last count (at least
-        L{_IN_FLIGHT_SWEEP}), so what is kept stays bounded by the
-        messages in flight.
+        Keep C{d}, a message's L{Deferred} from the link (L{sendMessage}),
+        to fail it at once if the session ends first (L{ended}), without a
+        callback to forget it: the answered ones are dropped when those
+        kept reach twice as many as were unanswered at the last count (at
+        least L{_IN_FLIGHT_SWEEP}), so what is kept stays bounded by the
+        messages in flight. L{sendMessageThen} keeps its L{_MessageAnswer}
+        the same way, written out inline.
         """
         inFlight = self._inFlight
         inFlight.add(d)

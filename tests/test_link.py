@@ -35,8 +35,13 @@ from imgateway.core.errors import (
     ConfigError,
     DeliveryError,
     DeliveryStatus,
+    LoopDetected,
+    NoSuchUser,
+    NotAuthorised,
+    RateLimited,
     ServerError,
     ServiceUnavailable,
+    TooLarge,
     UserBusy,
     UserOffline,
 )
@@ -2261,3 +2266,166 @@ class MessageReaderTests(SynchronousTestCase):
         """
         for seq in (1, 9, 10, 12345, 2**31 - 1):
             self.assertEqual(link._DELIVERED_WITH_SEQ % seq, withSeq(link.serialiseUnsequenced(DELIVERED), seq))
+
+
+class DeliverThenTests(LinkTestCase):
+    """
+    L{LinkClient.deliverThen}: a message delivered over the link with its
+    outcome told to a waiter in place of a L{Deferred}, with what
+    L{LinkClient.deliver}'s L{Deferred} gives: the same bytes, statuses,
+    queue limit and time limit.
+    """
+
+    def outcome(self, results: list[object]) -> object:
+        """
+        @return: What a waiter or a L{Deferred} was given: the status, or
+            the failure's type, text and alternate.
+        """
+        [result] = results
+        if isinstance(result, Failure):
+            return (type(result.value), str(result.value), getattr(result.value, "alternate", None))
+        return result
+
+    def test_sameOutcomes(self) -> None:
+        """
+        For each answer of the receiving side (200, 404, 480, 403, 486 with
+        its alternate, 413, 429, 503, 500, an unexpected failure there),
+        the waiter is told what L{LinkClient.deliver}'s L{Deferred} fires
+        with, once.
+        """
+        from tests.test_router import RecordingWaiter
+
+        answers: list[DeliveryStatus | Exception] = [
+            DeliveryStatus.DELIVERED,
+            NoSuchUser("no such user"),
+            UserOffline("alice@corp.example is offline"),
+            NotAuthorised("no"),
+            UserBusy("busy", "tel:+15550100"),
+            TooLarge("too large"),
+            RateLimited("slow down"),
+            ServiceUnavailable("later"),
+            ServerError("internal error"),
+            RuntimeError("boom"),
+        ]
+        client = self.client()
+        for answer in answers:
+            self.server.router.answer = lambda e: succeed(answer) if isinstance(answer, DeliveryStatus) else fail(answer)
+            waiter = RecordingWaiter()
+            client.deliverThen(Message(CAROL, ALICE, "hi"), waiter)
+            d = client.deliver(Message(CAROL, ALICE, "hi"))
+            self.assertEqual(waiter.results, [])
+            self.network.flush()
+            self.assertEqual(self.outcome(waiter.results), self.outcome(_fired(d)), answer)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        self.assertEqual(client.queued, 0)
+
+    def test_sameBytes(self) -> None:
+        """
+        A message is written on the link as L{LinkClient.deliver} writes
+        it, and its bare C{200} tells the waiter L{DeliveryStatus.DELIVERED}.
+        """
+        from tests.test_router import RecordingWaiter
+
+        written = []
+        message = Message(ALICE, CAROL, "hi")
+        for then in (False, True):
+            clock = Clock()
+            endpoint = TCP4ClientEndpoint(MemoryReactorClock(), "127.0.0.1", 5312)
+            client = LinkClient("server hs2", endpoint, LINKS, clock, Headers(), LinkTraces(), "corp.example/hs1")
+            connection = LinkConnection({}, clock, 10.0, peer=LinkPeer("corp.example", "hs2"))
+            transport = StringTransport()
+            connection.makeConnection(transport)
+            connection.markReady(LinkPeer("corp.example", "hs2"))
+            client._ready(connection)
+            waiter = RecordingWaiter()
+            if then:
+                client.deliverThen(message, waiter)
+            else:
+                client.deliver(message).addBoth(waiter.callback)
+            written.append(transport.value())
+            connection.dataReceived(b"IMGW/1.0 200 OK\r\nSeq: 1\r\n\r\n")
+            self.assertEqual(waiter.results, [DeliveryStatus.DELIVERED])
+        self.assertEqual(written[0], written[1])
+
+    def test_queueAndTimeout(self) -> None:
+        """
+        With the link down, C{max_queue} messages wait and one more is told
+        503 at once (logged as a full queue); the waiting ones are told 503
+        once C{request_timeout} has passed, not before.
+        """
+        from tests.test_router import RecordingWaiter
+
+        self.server.up = False
+        client = self.client(maxQueue=2, requestTimeout=10.0)
+        waiting = [RecordingWaiter() for _ in range(2)]
+        for waiter in waiting:
+            client.deliverThen(Message(CAROL, ALICE, "hi"), waiter)
+        refused = RecordingWaiter()
+        client.deliverThen(Message(CAROL, ALICE, "one more"), refused)
+        self.assertIn("2 requests waiting", self.outcome(refused.results)[1])  # type: ignore[index]
+        self.assertTrue(self.messages("(max_queue); 503"))
+        self.clock.advance(9.9)
+        self.assertEqual([w.results for w in waiting], [[], []])
+        self.clock.advance(0.1)
+        for waiter in waiting:
+            self.assertEqual(self.outcome(waiter.results)[:2], (ServiceUnavailable, "no answer from server hs1 within 10 s"))  # type: ignore[index]
+        self.assertEqual(client.queued, 0)
+
+    def test_resentAndStopped(self) -> None:
+        """
+        A message whose connection is lost is sent again once the link is
+        back, and its waiter told the answer once; one still waiting when
+        the link stops is told 503.
+        """
+        from tests.test_router import RecordingWaiter
+
+        client = self.client()
+        pending: Deferred[DeliveryStatus] = Deferred()
+        self.server.router.answer = lambda e: pending
+        waiter = RecordingWaiter()
+        client.deliverThen(Message(CAROL, ALICE, "hi"), waiter)
+        self.network.flush()
+        self.drop()
+        self.clock.advance(1)
+        self.network.flush()
+        self.assertEqual(waiter.results, [])
+        # Delivered once: the receiver answers the message sent again when
+        # its delivery ends.
+        pending.callback(DeliveryStatus.DELIVERED)
+        self.network.flush()
+        self.assertEqual(waiter.results, [DeliveryStatus.DELIVERED])
+        self.assertEqual(len(self.server.router.events), 1)
+        self.server.up = False
+        self.drop()
+        stopped = RecordingWaiter()
+        client.deliverThen(Message(CAROL, ALICE, "later"), stopped)
+        client.stopService()
+        self.assertEqual(self.outcome(stopped.results)[0], ServiceUnavailable)  # type: ignore[index]
+        self.assertEqual(waiter.results, [DeliveryStatus.DELIVERED])
+
+    def test_hopsUsedUp(self) -> None:
+        """
+        A message that came over a link with its last hop is not sent on:
+        its waiter is told L{LoopDetected} at once, as L{LinkClient.deliver}
+        fails.
+        """
+        from tests.test_router import RecordingWaiter
+
+        traces = LinkTraces()
+        client = LinkClient(
+            "server hs2", TCP4ClientEndpoint(MemoryReactorClock(), "127.0.0.1", 5312), LINKS, Clock(), Headers(), traces, "corp.example/hs1"
+        )
+        message = Message(CAROL, ALICE, "hi")
+        leave = traces.enter(message, ("corp.example/hs2",), 1)
+        waiter = RecordingWaiter()
+        client.deliverThen(message, waiter)
+        self.assertEqual(self.outcome(waiter.results)[:2], (LoopDetected, "Max-Hops exhausted"))  # type: ignore[index]
+        self.failureResultOf(client.deliver(message), LoopDetected)
+        leave()
+        self.assertEqual(client.queued, 0)
+
+
+def _fired(d: Deferred[Any]) -> list[object]:
+    results: list[object] = []
+    d.addBoth(results.append)
+    return results

@@ -4,6 +4,8 @@ Tests for L{imgateway.router.router}.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
@@ -623,6 +625,304 @@ class LinkFastPathTests(SynchronousTestCase):
         self.assertEqual(len(answer._callbacks), 2)
         hs2.calls[0][1].errback(UserBusy("busy", "tel:+1555"))
         self.assertEqual(self.failureResultOf(answer, UserBusy).value.alternate, "tel:+1555")
+
+
+
+class PendingWaiterRoute(PendingRoute):
+    """
+    A L{PendingRoute} that also takes a message with a waiter, as a link
+    does (L{LinkClient.deliverThen<imgateway.router.link.LinkClient.deliverThen>}):
+    the waiter is recorded in place of a L{Deferred}, and the test tells it
+    the answer.
+    """
+
+    def deliverThen(self, message: Message, waiter: Any) -> None:
+        self.calls.append((message, waiter))
+
+
+class WaiterLinkRoutes(MemoryLinkRoutes):
+    """
+    L{MemoryLinkRoutes} whose routes to the servers are the routes it is
+    given, as they are (a L{PendingWaiterRoute} keeps its C{deliverThen}).
+    """
+
+    def toServer(self, name: str) -> IRoute:
+        return self.servers[name]
+
+
+class RecordingWaiter:
+    """
+    An L{OutcomeWaiter<imgateway.router.link.OutcomeWaiter>} that records
+    what it is told.
+    """
+
+    def __init__(self) -> None:
+        self.called = False
+        self.results: list[object] = []
+
+    def callback(self, result: object) -> None:
+        self.called = True
+        self.results.append(result)
+
+    def errback(self, fail: BaseException | Failure) -> None:
+        self.called = True
+        self.results.append(fail if isinstance(fail, Failure) else Failure(fail))
+
+
+class LinkWaiterTests(SynchronousTestCase):
+    """
+    L{Router.deliverThen}: a message that goes to a link at once is handed
+    to the link with a waiter (no L{Deferred}), and its outcome is told to
+    the caller's waiter: for every answer of the other home server the same
+    as L{Router.deliverAtOnce}'s L{Deferred} gives.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.directory = MemoryDirectory(
+            [AccountRecord(ALICE, HS1, "", True, "{}"), AccountRecord(CAROL, HS2, "", True, "{}")]
+        )
+
+    def deliver(self, waiter: bool, answers: list[object], route: PendingRoute | None = None) -> dict[str, object]:
+        """
+        Deliver a message from alice to carol, whose home the locator
+        remembers, through a new router: L{Router.deliverThen} if
+        C{waiter}, else L{Router.deliverAtOnce}; the link answers with
+        C{answers} in turn.
+
+        @return: What happened, as L{LinkFastPathTests.deliver} says, and
+            (C{"returned"}) what the router returned at once, C{"told"}
+            what the link was given to answer (C{"deferred"} or
+            C{"waiter"}, per call).
+        """
+        locator = DirectoryHomeLocator(self.directory, self.clock, 30.0)
+        self.successResultOf(locator.homeOf(CAROL))
+        hs2 = PendingWaiterRoute() if route is None else route
+        here = RecordingRoute()
+        router = Router(domain="corp.example", serverName=HS1, locator=locator, linkRoutes=WaiterLinkRoutes(servers={HS2: hs2}))
+        router.addRoute("corp.example", here, local=True)
+        message = Message(ALICE, CAROL, "hi")
+        recorder = RecordingWaiter()
+        result: list[object] = []
+        returned: object
+        if waiter:
+            returned = router.deliverThen(message, recorder)
+        else:
+            returned = router.deliverAtOnce(message)
+            assert isinstance(returned, Deferred)
+            returned.addBoth(result.append)
+            returned = "deferred"
+        for index, outcome in enumerate(answers):
+            event, d = hs2.calls[index]
+            if isinstance(outcome, Exception):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)  # type: ignore[arg-type]
+        if waiter:
+            self.assertLessEqual(len(recorder.results), 1)
+            result = recorder.results
+        again = router.deliver(message)
+        if hs2.calls and not hs2.calls[-1][1].called:
+            hs2.calls[-1][1].callback(DeliveryStatus.DELIVERED)
+        return {
+            "outcome": _outcome(result),
+            "returned": returned,
+            "hops": [event.hops for event, _ in hs2.calls],
+            "told": ["deferred" if isinstance(d, Deferred) else "waiter" for _, d in hs2.calls],
+            "again": _againOutcome(again),
+            "remembered": locator.cachedHomeOf(CAROL),
+        }
+
+    def test_sameOutcomes(self) -> None:
+        """
+        For every answer of the other home server (every status, a 503, a
+        loop, a move followed once or twice), the caller's waiter is told
+        the outcome L{Router.deliverAtOnce}'s L{Deferred} gives; the link
+        is given the same events, the message may be sent again exactly
+        when it was not delivered, and the locator remembers the same. The
+        link is given a waiter, not a L{Deferred} (a move's retry goes the
+        general way).
+        """
+        for name, answers, expected in _LINK_ANSWERS:
+            then = self.deliver(True, answers)
+            deferred = self.deliver(False, answers)
+            self.assertEqual(then["outcome"], expected, name)
+            self.assertIsNone(then["returned"], name)
+            for key in ("outcome", "hops", "again", "remembered"):
+                self.assertEqual(then[key], deferred[key], (name, key))
+            told = then["told"]
+            assert isinstance(told, list)
+            self.assertEqual(told[:1], ["waiter"], name)
+            self.assertEqual(set(deferred["told"]), {"deferred"}, name)  # type: ignore[call-overload]
+
+    def test_unexpectedFailure(self) -> None:
+        """
+        A link's failure that is no delivery status becomes L{ServerError}
+        for the waiter and is logged once, as on the L{Deferred} path; the
+        message may be sent again.
+        """
+        for waiter in (True, False):
+            with capturedLogs() as events:
+                seen = self.deliver(waiter, [RuntimeError("bug")])
+            self.assertEqual(seen["outcome"], (ServerError, "internal error while delivering", None))
+            self.assertEqual(seen["again"], DeliveryStatus.DELIVERED)
+            self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+            self.assertIn("failed to deliver", " ".join(formatEvent(e) for e in events))
+
+    def test_linkRaises(self) -> None:
+        """
+        A link whose C{deliverThen} raises: the waiter is told
+        L{ServerError}, logged once, as L{Router._toLink} answers a link
+        whose C{deliver} raises.
+        """
+
+        class Raising(PendingWaiterRoute):
+            def deliverThen(self, message: Message, waiter: Any) -> None:
+                raise RuntimeError("bug")
+
+        seen = self.deliver(True, [], Raising())
+        self.assertEqual(seen["outcome"], (ServerError, "internal error while delivering", None))
+        self.assertEqual(seen["again"], DeliveryStatus.DELIVERED)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_noDeferred(self) -> None:
+        """
+        A message delivered over a link that takes a waiter makes no
+        L{Deferred} at all, and calls no callback of the router's but its
+        waiter's: the link's answer reaches the caller's waiter in two
+        calls.
+        """
+        from bench.presence_fanout import counted
+
+        locator = DirectoryHomeLocator(self.directory, self.clock, 30.0)
+        self.successResultOf(locator.homeOf(CAROL))
+        hs2 = PendingWaiterRoute()
+        router = Router(domain="corp.example", serverName=HS1, locator=locator, linkRoutes=WaiterLinkRoutes(servers={HS2: hs2}))
+        recorder = RecordingWaiter()
+
+        def send() -> None:
+            self.assertIsNone(router.deliverThen(Message(ALICE, CAROL, "hi"), recorder))
+            hs2.calls[0][1].callback(DeliveryStatus.DELIVERED)
+
+        calls = counted(send)
+        self.assertEqual(recorder.results, [DeliveryStatus.DELIVERED])
+        self.assertEqual([name for name in calls if "(defer.py:" in name], [])
+        self.assertEqual([name for name in calls if name.startswith(("deliverAtOnce ", "_toLink ", "_linkFailed ", "_failed "))], [])
+        self.assertEqual(calls["deliverThen (test_router.py:" + str(PendingWaiterRoute.deliverThen.__code__.co_firstlineno) + ")"], 1)
+
+    def session(self, route: PendingRoute) -> tuple[Any, list[object]]:
+        """
+        alice's session on hs1, whose router reaches hs2 by C{route}, and
+        the list of the message outcomes its home server counts.
+        """
+        from tests.test_home import _CountingMetrics
+
+        locator = DirectoryHomeLocator(self.directory, self.clock, 30.0)
+        router = Router(domain="corp.example", serverName=HS1, locator=locator, linkRoutes=WaiterLinkRoutes(servers={HS2: route}))
+        home = HomeServer(HS1, "corp.example", self.directory, MemoryHomeStore(), router, self.clock, locator=locator)
+        metrics = _CountingMetrics()
+        home.metrics = metrics
+        router.addRoute("corp.example", home, local=True)
+        self.successResultOf(locator.homeOf(CAROL))
+        return self.successResultOf(home.openSession(ALICE, RecordingSessionClient())), metrics.outcomes
+
+    def test_throughHomeServer(self) -> None:
+        """
+        A home server's session sends through L{Router.deliverThen}: its
+        C{sendMessageAtOnce} returns a L{Deferred} of its own with no
+        callback on it (the face adds the only one), the link is given a
+        waiter, and for every answer the sender gets, and the metrics
+        count once, what the L{Deferred} path (a link without
+        C{deliverThen}) gives.
+        """
+        for name, answers, expected in _LINK_ANSWERS:
+            seen = []
+            for route in (PendingWaiterRoute(), PendingRoute()):
+                session, counted = self.session(route)
+                answer = session.sendMessageAtOnce(CAROL, "hi")
+                assert isinstance(answer, Deferred)
+                told = route.calls[0][1]
+                self.assertEqual(isinstance(told, Deferred), type(route) is PendingRoute, name)
+                if type(route) is PendingWaiterRoute:
+                    self.assertEqual(answer._callbacks, [], name)
+                self.assertEqual(counted, [], name)
+                for index, outcome in enumerate(answers):
+                    d = route.calls[index][1]
+                    if isinstance(outcome, Exception):
+                        d.errback(outcome)
+                    else:
+                        d.callback(outcome)  # type: ignore[arg-type]
+                self.assertEqual(len(counted), 1, name)
+                seen.append((_outcome(_fired(answer)), _outcome(counted)))
+            self.assertEqual(seen[0], seen[1], name)
+            self.assertEqual(seen[0][0], expected, name)
+
+    def test_throughHomeServerAtOnce(self) -> None:
+        """
+        A link that tells its waiter at once (a full queue: 503) leaves the
+        session's L{Deferred} fired when it is returned, counted once, and
+        the sender answered as for a user without an account.
+        """
+
+        class Full(PendingWaiterRoute):
+            def deliverThen(self, message: Message, waiter: Any) -> None:
+                waiter.errback(ServiceUnavailable("link to server hs2: 1000 requests waiting"))
+
+        session, counted = self.session(Full())
+        answer = session.sendMessageAtOnce(CAROL, "hi")
+        self.assertEqual(_outcome(_fired(answer)), (UserOffline, "carol@corp.example is offline", None))
+        self.assertEqual(len(counted), 1)
+
+    def test_otherEventsAtOnce(self) -> None:
+        """
+        Every other event goes to L{Router.deliverAtOnce} (the waiter not
+        told): a recipient homed here, one whose home is not remembered,
+        one whose link takes no waiter, a presence update, another domain's
+        recipient; a hop limit reached is refused at once, as there, and
+        the link is given nothing.
+        """
+        locator = DirectoryHomeLocator(self.directory, self.clock, 30.0)
+        hs2 = PendingWaiterRoute()
+        here = RecordingRoute()
+        router = Router(maxHops=3, domain="corp.example", serverName=HS1, locator=locator, linkRoutes=WaiterLinkRoutes(servers={HS2: hs2}))
+        router.addRoute("corp.example", here, local=True)
+        atOnce: list[Event] = []
+        deliverAtOnce = router.deliverAtOnce
+
+        def recording(event: Event) -> object:
+            atOnce.append(event)
+            return deliverAtOnce(event)
+
+        self.patch(router, "deliverAtOnce", recording)
+        recorder = RecordingWaiter()
+        self.successResultOf(locator.homeOf(ALICE))
+        toAlice = Message(CAROL, ALICE, "hi")
+        self.assertIsNotNone(router.deliverThen(toAlice, recorder))
+        # carol's home not remembered: the directory asked, the general way.
+        unknown = Message(ALICE, CAROL, "hi")
+        outcome = router.deliverThen(unknown, recorder)
+        assert isinstance(outcome, Deferred)
+        [(_, told)] = hs2.calls
+        self.assertIsInstance(told, Deferred)
+        presence = PresenceUpdate(ALICE, CAROL, Presence())
+        self.assertIsNotNone(router.deliverThen(presence, recorder))
+        toRomeo = Message(ALICE, REMOTE, "hi")
+        toRomeoOutcome = router.deliverThen(toRomeo, recorder)
+        assert isinstance(toRomeoOutcome, Deferred)
+        self.failureResultOf(toRomeoOutcome, NoRoute)
+        # carol's home now remembered, her link one that takes no waiter.
+        plain = PendingRoute()
+        router.linkRoutes.servers[HS2] = plain  # type: ignore[union-attr]
+        viaPlain = Message(ALICE, CAROL, "hi")
+        self.assertIsInstance(router.deliverThen(viaPlain, recorder), Deferred)
+        self.assertEqual(len(plain.calls), 1)
+        self.assertEqual(recorder.results, [])
+        self.assertEqual(atOnce, [toAlice, unknown, presence, toRomeo, viaPlain])
+        router.linkRoutes.servers[HS2] = hs2  # type: ignore[union-attr]
+        sent = len(hs2.calls)
+        self.assertRaises(LoopDetected, router.deliverThen, Message(ALICE, CAROL, "hi", hops=3), recorder)
+        self.assertEqual(len(hs2.calls), sent)
+        self.assertEqual(recorder.results, [])
 
 
 def _againOutcome(d: Deferred[DeliveryStatus]) -> object:

@@ -516,7 +516,12 @@ class Session:
         L{HomeServer.deliverAtOnce}), with the same checks, rules and
         statuses, without the router. Any other message (its recipient
         without sessions here, its lane busy, another domain, a domain of
-        several home servers) goes through the router as before.
+        several home servers) goes through the router as before; one that
+        the router hands a link at once (C{Router.deliverThen}: a recipient
+        on another home server of the domain) is answered by a L{Deferred}
+        of this session's with no callback on it, which the link's answer
+        fires through the router's waiter and this session's
+        (L{_SentOutcome}, which counts it), not a chain of callbacks.
 
         @return: L{DeliveryStatus.DELIVERED}, or a L{Deferred} of the
             outcome.
@@ -551,7 +556,17 @@ class Session:
             else:
                 outcome = self._direct(server, message) if recipient.domain == server.domain else None
                 if outcome is None:
-                    outcome = self._routed(server, message)
+                    then = getattr(server.router, "deliverThen", None)
+                    if then is None:
+                        outcome = self._routed(server, message)
+                    else:
+                        # A router that takes a waiter (Router.deliverThen):
+                        # a message it hands a link at once is counted and
+                        # answered through it, one Deferred in all.
+                        sent = _SentOutcome(server.metrics)
+                        outcome = then(message, sent)
+                        if outcome is None:
+                            return sent.deferred()
         except BaseException:
             server.metrics.messageOutcome(Failure())
             raise
@@ -2419,6 +2434,52 @@ class HomeServer:
         self._push(user.sessions, "contact", lambda c: c.contactUpdated(view))
 
 
+
+
+class _SentOutcome:
+    """
+    What a router tells the outcome of a session's message that it hands
+    a link at once (C{Router.deliverThen}, L{Session.sendMessageAtOnce}):
+    counted in the metrics as the session's callback on a L{Deferred}
+    counts it, then given to the one L{Deferred} the session returns
+    (made when asked for; made fired when the outcome came first). An
+    L{OutcomeWaiter<imgateway.router.link.OutcomeWaiter>}.
+    """
+
+    __slots__ = ("called", "_metrics", "_deferred")
+
+    def __init__(self, metrics: IMetrics) -> None:
+        self.called = False
+        self._metrics = metrics
+        self._deferred: Deferred[DeliveryStatus] | None = None
+
+    def callback(self, result: Any) -> None:
+        self.called = True
+        self._metrics.messageOutcome(result)
+        d = self._deferred
+        if d is None:
+            self._deferred = succeed(result)
+        else:
+            d.callback(result)
+
+    def errback(self, failed: BaseException | Failure) -> None:
+        self.called = True
+        f = failed if isinstance(failed, Failure) else Failure(failed)
+        self._metrics.messageOutcome(f)
+        d = self._deferred
+        if d is None:
+            self._deferred = fail(f)
+        else:
+            d.errback(f)
+
+    def deferred(self) -> Deferred[DeliveryStatus]:
+        """
+        @return: The L{Deferred} of the outcome, the same every time.
+        """
+        d = self._deferred
+        if d is None:
+            d = self._deferred = Deferred()
+        return d
 
 
 def answerNoAccount(event: Event) -> Deferred[DeliveryStatus]:

@@ -1211,6 +1211,35 @@ class LinkClient(MultiService):
             return fail(ServerError("cannot send this event over a link"))
         return self.request(request).addCallback(decodeResponse)
 
+    def deliverThen(self, message: Message, waiter: OutcomeWaiter) -> None:
+        """
+        L{deliver} a message, its outcome told to C{waiter} in place of a
+        L{Deferred} (the router's link delivery, C{Router._toLink}): the
+        same bytes, queue, limit, time limit and resends; what L{deliver}'s
+        L{Deferred} would fail with at once (its hops used up, a message
+        that cannot be written, a full queue) is told to C{waiter} at once.
+        """
+        trace = self._traces.traceOf(message)
+        if trace is None:
+            via: tuple[str, ...] = (self._ownVia,)
+            maxHops = self._config.maxHops
+        else:
+            via = trace[0] + (self._ownVia,)
+            maxHops = trace[1] - 1
+            if maxHops < 1:
+                waiter.errback(LoopDetected("Max-Hops exhausted"))
+                return
+        try:
+            encoded = encodeMessage(message, via, maxHops, message.routingId)
+        except ValueError as e:
+            log.error("Cannot send {event!r} to {peer}: {error}", event=message, peer=self.name, error=e)
+            waiter.errback(ServerError("cannot send this event over a link"))
+            return
+        try:
+            self._send(encoded, decodeResponse, waiter)
+        except ServiceUnavailable as refused:
+            waiter.errback(refused)
+
     def stopService(self) -> Deferred[None]:
         pending, self._pending = self._pending, {}
         if self._sweeper is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import TYPE_CHECKING, Any
 from zlib import crc32
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -45,6 +46,9 @@ from imgateway.core.events import DEFAULT_MAX_HOPS, Event, Message, forwarded
 from imgateway.home.server import answerNoAccount
 from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter
 from imgateway.router.locator import UNKNOWN, followMove, followMoves, knownHome
+
+if TYPE_CHECKING:
+    from imgateway.router.link import OutcomeWaiter
 
 __all__ = ["Router"]
 
@@ -269,6 +273,58 @@ class Router:
             d = self._toDomain(event)
         return d.addErrback(self._failed, key, domain, event)
 
+    def deliverThen(self, event: Event, waiter: OutcomeWaiter) -> DeliveryStatus | Deferred[DeliveryStatus] | None:
+        """
+        L{deliverAtOnce}, with the outcome of a message that goes to a link
+        at once told to C{waiter} (a home session's message, counted and
+        answered to its face: L{imgateway.home.server.Session.sendMessageAtOnce}):
+        for a recipient of this domain that the locator remembers on
+        another server, whose link takes a waiter (L{LinkClient.deliverThen
+        <imgateway.router.link.LinkClient.deliverThen>}), the link is
+        given a L{_LinkAnswer}, which answers a failure as L{_toLink}'s
+        errback (L{_linkFailed}) does and tells C{waiter}: the same checks
+        and outcomes, without a L{Deferred}. Every other event goes to
+        L{deliverAtOnce}, and C{waiter} is not told.
+
+        @return: C{None} when C{waiter} is told the outcome; else what
+            L{deliverAtOnce} returns.
+        @raise DeliveryError: If the event is refused at once (C{waiter}
+            not told).
+        """
+        locator = self.locator
+        links = self.linkRoutes
+        if locator is not None and links is not None and isinstance(event, Message):
+            recipient = event.recipient
+            if recipient.domain == self.domain:
+                home = knownHome(locator, recipient)
+                if home != self.serverName and home is not UNKNOWN and home is not None:
+                    try:
+                        route: IRoute | None = links.toServer(home)
+                    except KeyError:
+                        route = None
+                    then = getattr(route, "deliverThen", None)
+                    if then is not None:
+                        # deliverAtOnce's checks, then _toLink's delivery.
+                        if event.hops > self._maxHops:
+                            raise LoopDetected(f"more than {self._maxHops} hops")
+                        key = event.routingId
+                        if key in self._seen:
+                            raise LoopDetected(f"message {event.messageId} ({key}) seen before")
+                        self._see(key)
+                        answer = _LinkAnswer(self, locator, key, event, waiter)
+                        try:
+                            then(forwarded(event, self._maxHops), answer)
+                        except LoopDetected:
+                            self._seen.pop(key, None)
+                            raise
+                        except BaseException:
+                            if answer.called:
+                                self.log.failure("Link route to {home} failed after answering {event!r}", home=home, event=event)
+                            else:
+                                answer.errback(Failure())
+                        return None
+        return self.deliverAtOnce(event)
+
     def _toLink(
         self, locator: IHomeLocator, links: ILinkRoutes, home: str, message: Message, key: str
     ) -> Deferred[DeliveryStatus]:
@@ -446,3 +502,40 @@ def _unavailable() -> ServiceUnavailable:
     names no server).
     """
     return ServiceUnavailable("the recipient's server is unavailable")
+
+
+class _LinkAnswer:
+    """
+    The L{OutcomeWaiter} a link is given for a message the router sends it
+    with a waiter (L{Router.deliverThen}): the outcome the link tells it
+    goes on to that waiter, a failure as L{Router._linkFailed} answers it
+    (what L{Router._toLink}'s errback on the link's L{Deferred} does), with
+    no L{Deferred} between.
+    """
+
+    __slots__ = ("called", "router", "locator", "key", "message", "waiter")
+
+    def __init__(self, router: Router, locator: IHomeLocator, key: str, message: Message, waiter: OutcomeWaiter) -> None:
+        self.called = False
+        self.router = router
+        self.locator = locator
+        self.key = key
+        self.message = message
+        self.waiter = waiter
+
+    def callback(self, result: Any) -> None:
+        self.called = True
+        self.waiter.callback(result)
+
+    def errback(self, fail: BaseException | Failure) -> None:
+        self.called = True
+        answer = self.router._linkFailed(
+            fail if isinstance(fail, Failure) else Failure(fail), self.locator, self.key, self.message
+        )
+        waiter = self.waiter
+        if isinstance(answer, Failure):
+            waiter.errback(answer)
+        else:
+            # The retry of a MovedTo, or the answer for a user without an
+            # account: told when it comes.
+            answer.addCallbacks(waiter.callback, waiter.errback)

@@ -502,7 +502,29 @@ class Session:
     ) -> DeliveryStatus | Deferred[DeliveryStatus]:
         """
         L{sendMessage}, answered without a L{Deferred} when the outcome is
-        known at once: what a face that writes its answer itself calls
+        known at once (L{sendMessageThen} without its call).
+
+        @return: L{DeliveryStatus.DELIVERED}, or a L{Deferred} of the
+            outcome.
+        @raise DeliveryError: If the message is refused at once.
+        """
+        outcome = self.sendMessageThen(None, None, recipient, body, contentType, messageId)
+        assert outcome is not None
+        return outcome
+
+    def sendMessageThen(
+        self,
+        answer: Callable[[DeliveryStatus | Failure, T, str | None], object] | None,
+        token: T,
+        recipient: Address,
+        body: str,
+        contentType: str = "text/plain",
+        messageId: str | None = None,
+    ) -> DeliveryStatus | Deferred[DeliveryStatus] | None:
+        """
+        L{sendMessage}, answered without a L{Deferred} when the outcome is
+        known at once, and, with C{answer}, through a call when it comes
+        later from a link: what a face that writes its answer itself calls
         (the native face's C{MESSAGE}). Counted in the metrics as
         L{sendMessage} counts it.
 
@@ -518,13 +540,20 @@ class Session:
         without sessions here, its lane busy, another domain, a domain of
         several home servers) goes through the router as before; one that
         the router hands a link at once (C{Router.deliverThen}: a recipient
-        on another home server of the domain) is answered by a L{Deferred}
-        of this session's with no callback on it, which the link's answer
-        fires through the router's waiter and this session's
-        (L{_SentOutcome}, which counts it), not a chain of callbacks.
+        on another home server of the domain) has its outcome told by the
+        link through the router's waiter to this session's
+        (L{_SentOutcome}, which counts it), which calls C{answer}, or
+        without C{answer} fires a L{Deferred} of this session's with no
+        callback on it: no chain of callbacks.
 
+        @param answer: Called once, later (never before this returns), with
+            the outcome (L{DeliveryStatus.DELIVERED}, or the L{Failure}
+            that L{sendMessage}'s L{Deferred} would fail with), C{token}
+            and C{messageId} as given, when this returns C{None}; as
+            L{RemoteSession.sendMessageThen
+            <imgateway.router.proxy.RemoteSession.sendMessageThen>} calls it.
         @return: L{DeliveryStatus.DELIVERED}, or a L{Deferred} of the
-            outcome.
+            outcome, or C{None} when C{answer} will be called.
         @raise DeliveryError: If the message is refused at once.
         """
         server = self._server
@@ -566,6 +595,9 @@ class Session:
                         sent = _SentOutcome(server.metrics)
                         outcome = then(message, sent)
                         if outcome is None:
+                            if answer is not None and not sent.called:
+                                sent.answerWith(answer, token, messageId)
+                                return None
                             return sent.deferred()
         except BaseException:
             server.metrics.messageOutcome(Failure())
@@ -2439,23 +2471,37 @@ class HomeServer:
 class _SentOutcome:
     """
     What a router tells the outcome of a session's message that it hands
-    a link at once (C{Router.deliverThen}, L{Session.sendMessageAtOnce}):
+    a link at once (C{Router.deliverThen}, L{Session.sendMessageThen}):
     counted in the metrics as the session's callback on a L{Deferred}
-    counts it, then given to the one L{Deferred} the session returns
-    (made when asked for; made fired when the outcome came first). An
+    counts it, then given to the session's caller: through its call
+    (L{answerWith}), or to the one L{Deferred} the session returns (made
+    when asked for; made fired when the outcome came first). An
     L{OutcomeWaiter<imgateway.router.link.OutcomeWaiter>}.
     """
 
-    __slots__ = ("called", "_metrics", "_deferred")
+    __slots__ = ("called", "_metrics", "_deferred", "_answer", "_token", "_messageId")
 
     def __init__(self, metrics: IMetrics) -> None:
         self.called = False
         self._metrics = metrics
         self._deferred: Deferred[DeliveryStatus] | None = None
+        self._answer: Callable[[DeliveryStatus | Failure, Any, str | None], object] | None = None
+
+    def answerWith(self, answer: Callable[[DeliveryStatus | Failure, T, str | None], object], token: T, messageId: str | None) -> None:
+        """
+        Tell the outcome, when it comes, by calling C{answer} with it,
+        C{token} and C{messageId}.
+        """
+        self._answer = answer
+        self._token = token
+        self._messageId = messageId
 
     def callback(self, result: Any) -> None:
         self.called = True
         self._metrics.messageOutcome(result)
+        if self._answer is not None:
+            self._tell(result)
+            return
         d = self._deferred
         if d is None:
             self._deferred = succeed(result)
@@ -2466,11 +2512,22 @@ class _SentOutcome:
         self.called = True
         f = failed if isinstance(failed, Failure) else Failure(failed)
         self._metrics.messageOutcome(f)
+        if self._answer is not None:
+            self._tell(f)
+            return
         d = self._deferred
         if d is None:
             self._deferred = fail(f)
         else:
             d.errback(f)
+
+    def _tell(self, result: DeliveryStatus | Failure) -> None:
+        try:
+            self._answer(result, self._token, self._messageId)  # type: ignore[misc]
+        except Exception:
+            # Logged as a Deferred's callback's failure would be, not
+            # raised into the link's reading.
+            HomeServer.log.failure("Answering a message sent over a link")
 
     def deferred(self) -> Deferred[DeliveryStatus]:
         """

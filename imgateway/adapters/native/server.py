@@ -969,11 +969,12 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         Send a message; unlike the other handlers, answer the request
         itself (L{_requestReceived} calls it directly), without the
         L{Deferred} layers of the others: a session that knows the outcome
-        at once (a home server's, C{sendMessageAtOnce}: a recipient in this
-        process) is answered now, with no L{Deferred} at all; any other
-        outcome (a router's proxied session, a recipient elsewhere) with
-        one callback, L{_messageAnswered}, or, for a session that calls
-        back (a router's proxied session, C{sendMessageThen}), that call.
+        at once (a home server's, C{sendMessageThen} or
+        C{sendMessageAtOnce}: a recipient in this process) is answered now,
+        with no L{Deferred} at all; for a session that calls back (a
+        router's proxied session, a home server's for a message it sends
+        over a link: C{sendMessageThen}), that call, L{_messageAnswered};
+        any other outcome with that one callback on its L{Deferred}.
         The answers are those of
         L{_answered} and L{_failed}: C{200} with the C{Message-ID} (one is
         made when the request has none), or the refusal's status.
@@ -982,20 +983,19 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             arguments = _messageArguments(request)
             session = self.session
             assert session is not None  # what _session says: never here without one
-            atOnce = getattr(session, "sendMessageAtOnce", None)
-            if atOnce is not None:
-                outcome = atOnce(*arguments)
+            then = getattr(session, "sendMessageThen", None)
+            if then is not None:
+                # A session that calls back with an outcome that comes
+                # later (a router's proxied session; a home server's, for
+                # a message it sends over a link): no Deferred unless it
+                # returns one.
+                outcome = then(self._messageAnswered, request, *arguments)
+                if outcome is None:
+                    self._inFlight += 1
+                    return
             else:
-                then = getattr(session, "sendMessageThen", None)
-                if then is None:
-                    outcome = session.sendMessage(*arguments)
-                else:
-                    # A session that calls back with the outcome (a router's
-                    # proxied session): no Deferred unless it returns one.
-                    outcome = then(self._messageAnswered, request, *arguments)
-                    if outcome is None:
-                        self._inFlight += 1
-                        return
+                atOnce = getattr(session, "sendMessageAtOnce", None)
+                outcome = session.sendMessage(*arguments) if atOnce is None else atOnce(*arguments)
         except BaseException:
             self._failed(Failure(), request)
             return

@@ -18,6 +18,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -1675,6 +1676,43 @@ class MessagePathTests(NativeFaceTestsMixin, SynchronousTestCase):
         responses = w.frames()
         self.assertEqual([(r.seq, r.code) for r in responses][:2], [(first, 200), (bye, 200)])  # type: ignore[union-attr]
         self.assertEqual(responses[0].headers.get("Message-ID"), "m-1")
+
+    def test_thenBeforeAtOnce(self) -> None:
+        """
+        A session with both C{sendMessageThen} and C{sendMessageAtOnce} (a
+        home server's) is asked through C{sendMessageThen}: a status it
+        returns is the answer at once; when it returns C{None}, the call
+        it makes later is, the request in flight until then.
+        """
+
+        class BothSession(AtOnceSession):
+            def __init__(self, session: object) -> None:
+                super().__init__(session, DeliveryStatus.DELIVERED)
+                self.answers: list[tuple[Any, Any]] = []
+                self.later = False
+
+            def sendMessageThen(self, answer: Any, token: Any, *arguments: object) -> object:
+                self.sent.append(("then",) + arguments)
+                if self.later:
+                    self.answers.append((answer, token))
+                    return None
+                return self.outcome
+
+        w = self.loggedIn()
+        session = w.protocol.session = BothSession(w.protocol.session)  # type: ignore[assignment]
+        r = w.call("MESSAGE", "im:bob@corp.example", [("Message-ID", "m-1")], b"x")
+        self.assertEqual((r.code, r.headers.get("Message-ID")), (200, "m-1"))
+        session.later = True
+        seq = w.send("MESSAGE", "im:bob@corp.example", [("Message-ID", "m-2")], b"y")
+        self.assertEqual(w.frames(), [])
+        self.assertEqual(w.protocol._inFlight, 1)
+        [(answer, token)] = session.answers
+        answer(Failure(UserBusy("busy", "tel:+15550100")), token, "m-2")
+        [later] = w.frames()
+        assert isinstance(later, Response)
+        self.assertEqual((later.seq, later.code, later.headers.get("Alternate")), (seq, 486, "tel:+15550100"))
+        self.assertEqual(w.protocol._inFlight, 0)
+        self.assertEqual([call[0] for call in session.sent], ["then", "then"])
 
     def test_sentResponseBytes(self) -> None:
         """

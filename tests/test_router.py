@@ -857,11 +857,68 @@ class LinkWaiterTests(SynchronousTestCase):
             self.assertEqual(seen[0], seen[1], name)
             self.assertEqual(seen[0][0], expected, name)
 
+    def test_throughHomeServerThen(self) -> None:
+        """
+        A home server's session asked with a call (C{sendMessageThen}, the
+        native face's way) returns C{None} for a message that goes to a
+        link with a waiter, makes no L{Deferred}, and calls its C{answer}
+        once, after, with the outcome C{sendMessageAtOnce}'s L{Deferred}
+        gives on the L{Deferred} path (a link without C{deliverThen}), the
+        token and the message id as given; the metrics count it once.
+        """
+        from bench.presence_fanout import counted
+
+        for name, answers, expected in _LINK_ANSWERS:
+            route = PendingWaiterRoute()
+            session, metered = self.session(route)
+            answered: list[tuple[object, ...]] = []
+            calls = counted(lambda: answered.append(("returned", session.sendMessageThen(lambda *a: answered.append(a), "token", CAROL, "hi", "text/plain", "m-1"))))
+            self.assertEqual(answered, [("returned", None)], name)
+            self.assertEqual([call for call in calls if "(defer.py:" in call], [], name)
+            for index, outcome in enumerate(answers):
+                d = route.calls[index][1]
+                if isinstance(outcome, Exception):
+                    d.errback(outcome)
+                else:
+                    d.callback(outcome)  # type: ignore[arg-type]
+            self.assertEqual(len(answered), 2, name)
+            result, token, messageId = answered[1]
+            self.assertEqual((_outcome([result]), token, messageId), (expected, "token", "m-1"), name)
+            self.assertEqual(_outcome(metered), expected, name)
+
+            plain = PendingRoute()
+            session, metered = self.session(plain)
+            viaDeferred = session.sendMessageThen(lambda *a: self.fail("called"), "token", CAROL, "hi", "text/plain", "m-1")
+            assert isinstance(viaDeferred, Deferred)
+            for index, outcome in enumerate(answers):
+                d = plain.calls[index][1]
+                if isinstance(outcome, Exception):
+                    d.errback(outcome)
+                else:
+                    d.callback(outcome)  # type: ignore[arg-type]
+            self.assertEqual(_outcome(_fired(viaDeferred)), expected, name)
+
+    def test_answerFails(self) -> None:
+        """
+        A C{sendMessageThen} answer that raises is logged, not raised into
+        the link that told the outcome.
+        """
+        route = PendingWaiterRoute()
+        session, _ = self.session(route)
+
+        def answer(*arguments: object) -> None:
+            raise RuntimeError("face broken")
+
+        self.assertIsNone(session.sendMessageThen(answer, None, CAROL, "hi"))
+        route.calls[0][1].callback(DeliveryStatus.DELIVERED)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_throughHomeServerAtOnce(self) -> None:
         """
         A link that tells its waiter at once (a full queue: 503) leaves the
-        session's L{Deferred} fired when it is returned, counted once, and
-        the sender answered as for a user without an account.
+        session's L{Deferred} fired when it is returned (with
+        C{sendMessageThen} too, whose call is then not made), counted once,
+        and the sender answered as for a user without an account.
         """
 
         class Full(PendingWaiterRoute):
@@ -872,6 +929,12 @@ class LinkWaiterTests(SynchronousTestCase):
         answer = session.sendMessageAtOnce(CAROL, "hi")
         self.assertEqual(_outcome(_fired(answer)), (UserOffline, "carol@corp.example is offline", None))
         self.assertEqual(len(counted), 1)
+        # Asked with a call: not called before it returns, the fired
+        # Deferred returned instead.
+        answer = session.sendMessageThen(lambda *a: self.fail("called"), None, CAROL, "hi")
+        assert isinstance(answer, Deferred)
+        self.assertEqual(_outcome(_fired(answer)), (UserOffline, "carol@corp.example is offline", None))
+        self.assertEqual(len(counted), 2)
 
     def test_otherEventsAtOnce(self) -> None:
         """

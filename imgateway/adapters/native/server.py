@@ -989,7 +989,9 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
                 # later (a router's proxied session; a home server's, for
                 # a message it sends over a link): no Deferred unless it
                 # returns one.
-                outcome = then(self._messageAnswered, request, *arguments)
+                # (Its arguments one by one: a call with *arguments after
+                # others builds a tuple of them all first.)
+                outcome = then(self._messageAnswered, request, arguments[0], arguments[1], arguments[2], arguments[3])
                 if outcome is None:
                     self._inFlight += 1
                     return

@@ -591,7 +591,8 @@ class Session:
                     else:
                         # A router that takes a waiter (Router.deliverThen):
                         # a message it hands a link at once is counted and
-                        # answered through it, one Deferred in all.
+                        # answered through it (by the call, or one Deferred
+                        # without it).
                         sent = _SentOutcome(server.metrics)
                         outcome = then(message, sent)
                         if outcome is None:

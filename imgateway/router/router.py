@@ -277,7 +277,7 @@ class Router:
         """
         L{deliverAtOnce}, with the outcome of a message that goes to a link
         at once told to C{waiter} (a home session's message, counted and
-        answered to its face: L{imgateway.home.server.Session.sendMessageAtOnce}):
+        answered to its face: L{imgateway.home.server.Session.sendMessageThen}):
         for a recipient of this domain that the locator remembers on
         another server, whose link takes a waiter (L{LinkClient.deliverThen
         <imgateway.router.link.LinkClient.deliverThen>}), the link is

@@ -1230,7 +1230,7 @@ def _messageHeaders(message: Message) -> tuple[tuple[str, str], ...]:
     headers: tuple[tuple[str, str], ...] = (
         ("From", message.sender.imURI()),
         ("Message-ID", message.messageId),
-        ("Timestamp", f"{message.timestamp:.3f}"),
+        ("Timestamp", format(message.timestamp, ".3f")),
         ("Content-Type", f"{_clean(message.contentType)}; charset=utf-8"),
     )
     if message.mark is not None:
@@ -1258,10 +1258,14 @@ def messageRequest(seq: int, message: Message, body: bytes) -> bytes | None:
     mark = message.mark
     auto = "" if mark is None else f"Auto: {MESSAGE_MARKS[mark]}\r\n"
     length = f"Content-Length: {len(body)}\r\n" if body else ""
+    # The timestamp formatted apart: compiled, an f-string with a format
+    # spec calls str.format for each of its parts (mypyc's join of the
+    # parts is for plain ones only).
+    timestamp = format(message.timestamp, ".3f")
     try:
         head = (
             f"MESSAGE {target} IMGW/1.0\r\nSeq: {seq}\r\nFrom: {sender}\r\nMessage-ID: {messageId}\r\n"
-            f"Timestamp: {message.timestamp:.3f}\r\nContent-Type: {_clean(message.contentType)}; charset=utf-8\r\n"
+            f"Timestamp: {timestamp}\r\nContent-Type: {_clean(message.contentType)}; charset=utf-8\r\n"
             f"{auto}{length}\r\n"
         ).encode("utf-8")
     except UnicodeEncodeError:

@@ -156,14 +156,14 @@ class CompiledModulesTests(SynchronousTestCase):
 #: The functions of L{COMPILED_MODULES} allowed an f-string with a format
 #: spec or a conversion outside a C{raise} statement (see
 #: L{FormattedStringTests}), besides every C{__repr__}: text for an error, written when
-#: something went wrong; and the link codec's, on the path between servers
-#: (its timestamps written with C{!r}), left to that module's owners
-#: (C{bench/README.md}, "The compiled build against pure Python, again").
+#: something went wrong; and the link codec's writers of the unusual shapes
+#: (their timestamps written with C{!r}; the usual link MESSAGE, written by
+#: C{encodeMessage}, makes its C{repr} apart: C{bench/README.md}, "The
+#: compiled build against pure Python, again").
 _FORMATTED_ALLOWED = {
     ("imgateway/adapters/native/framing.py", "_endHeaders"),
     ("imgateway/router/link_codec.py", "_seconds"),
     ("imgateway/router/link_codec.py", "encodeRequest"),
-    ("imgateway/router/link_codec.py", "encodeMessage"),
     ("imgateway/router/link_codec.py", "_messageHead"),
 }
 

@@ -296,9 +296,13 @@ def encodeMessage(message: Message, via: Sequence[str], maxHops: int, routingId:
             # the same lines, in one format.
             hops = message.hops
             hopsLine = f"Hops: {hops}\r\n" if hops else ""
+            # repr() apart from the f-string: compiled, a field with a
+            # conversion makes each of its parts with str.format
+            # (tests.test_compiled.FormattedStringTests).
+            timestamp = repr(message.timestamp)
             head = (
                 f"MESSAGE {target} {VERSION}\r\nFrom: {sender}\r\nMessage-ID: {message.messageId}\r\n"
-                f"Timestamp: {message.timestamp!r}\r\nVia: {via[0]}\r\nRouting-Id: {routingId}\r\n{hopsLine}{end}"
+                f"Timestamp: {timestamp}\r\nVia: {via[0]}\r\nRouting-Id: {routingId}\r\n{hopsLine}{end}"
             )
         else:
             head = _messageHead(message, target, sender, via, maxHops, routingId) + end

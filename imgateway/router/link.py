@@ -1186,20 +1186,25 @@ class LinkClient(MultiService):
             log.warn("Link to {peer}: no answer to PING within {seconds} s; reconnecting", peer=self.name, seconds=self._config.requestTimeout)
             connection.abort()
 
+    def _onward(self, event: Event) -> tuple[tuple[str, ...], int]:
+        """
+        The C{Via} and C{Max-Hops} that C{event} goes on with over this
+        link: this server's own, or those it arrived with over a link, this
+        server added and one hop fewer (under 1: its hops are used up).
+        """
+        trace = self._traces.traceOf(event)
+        if trace is None:
+            return (self._ownVia,), self._config.maxHops
+        return trace[0] + (self._ownVia,), trace[1] - 1
+
     def deliver(self, event: Event) -> Deferred[DeliveryStatus]:
         """
         Deliver C{event} over the link. It goes on with the C{Via} and
         C{Max-Hops} it arrived with if it came over a link.
         """
-        trace = self._traces.traceOf(event)
-        if trace is None:
-            via: tuple[str, ...] = (self._ownVia,)
-            maxHops = self._config.maxHops
-        else:
-            via = trace[0] + (self._ownVia,)
-            maxHops = trace[1] - 1
-            if maxHops < 1:
-                return fail(LoopDetected("Max-Hops exhausted"))
+        via, maxHops = self._onward(event)
+        if maxHops < 1:
+            return fail(LoopDetected("Max-Hops exhausted"))
         try:
             if isinstance(event, Message):
                 # The hot path: its bytes written at once (encodeMessage),
@@ -1219,16 +1224,10 @@ class LinkClient(MultiService):
         L{Deferred} would fail with at once (its hops used up, a message
         that cannot be written, a full queue) is told to C{waiter} at once.
         """
-        trace = self._traces.traceOf(message)
-        if trace is None:
-            via: tuple[str, ...] = (self._ownVia,)
-            maxHops = self._config.maxHops
-        else:
-            via = trace[0] + (self._ownVia,)
-            maxHops = trace[1] - 1
-            if maxHops < 1:
-                waiter.errback(LoopDetected("Max-Hops exhausted"))
-                return
+        via, maxHops = self._onward(message)
+        if maxHops < 1:
+            waiter.errback(LoopDetected("Max-Hops exhausted"))
+            return
         try:
             encoded = encodeMessage(message, via, maxHops, message.routingId)
         except ValueError as e:

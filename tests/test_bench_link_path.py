@@ -96,3 +96,37 @@ class LinkPathBenchTests(SynchronousTestCase):
         for unused in ("deliverAtOnce", "_toLink", "_linkFailed"):
             self.assertEqual(count(unused, "router.py"), 0, unused)
         self.assertEqual(count("messageOutcome", "metrics.py"), messages)
+
+    def test_routingAsksOnce(self) -> None:
+        """
+        The routing of a message across the link makes each of its checks
+        once, with no call for what is answered in place: on hs2 the
+        locator is asked for the sender's home (the origination rule) and
+        carol's (the router), once each, through no C{knownHome}; the
+        router does not remember a message delivered here at once (no
+        C{_see}: the link's receiving side answers its duplicates); no
+        C{hopKey} for a message's trace. On hs1, the locator asked once
+        for carol's home, no C{_direct} (the domain has many home
+        servers), and no C{hopKey} for a trace that none is being
+        delivered with.
+        """
+        hs2 = link_path.HS2(2)
+        hs2.exchange(hs2.prepare(3, 0))
+        calls = presence_fanout.counted(lambda: hs2.exchange(hs2.prepare(3, 1)))
+        hs2.check(12)
+        messages = 6
+
+        def count(calls: dict[str, int], prefix: str, where: str) -> int:
+            return sum(n for name, n in calls.items() if name.startswith(prefix + " (") and f"({where}:" in name)
+
+        self.assertEqual(count(calls, "cachedHomeOf", "locator.py"), 2 * messages)
+        self.assertEqual(count(calls, "deliverAtOnce", "router.py"), messages)
+        for unused, where in [("knownHome", "locator.py"), ("_see", "router.py"), ("hopKey", "link_codec.py")]:
+            self.assertEqual(count(calls, unused, where), 0, unused)
+        hs1 = link_path.HS1(2)
+        hs1.exchange(hs1.prepare(3, 0))
+        calls = presence_fanout.counted(lambda: hs1.exchange(hs1.prepare(3, 1)))
+        hs1.check(12)
+        self.assertEqual(count(calls, "cachedHomeOf", "locator.py"), messages)
+        for unused, where in [("knownHome", "locator.py"), ("_direct", "server.py"), ("hopKey", "link_codec.py"), ("_see", "router.py")]:
+            self.assertEqual(count(calls, unused, where), 0, unused)

@@ -2052,9 +2052,9 @@ class DirectDeliveryTests(SynchronousTestCase):
         calls: list[Address] = []
         deliverAtOnce = hs1.router.deliverAtOnce  # type: ignore[attr-defined]
 
-        def recording(event: Event) -> object:
+        def recording(event: Event, *home: object) -> object:
             calls.append(event.recipient)
-            return deliverAtOnce(event)
+            return deliverAtOnce(event, *home)
 
         self.patch(hs1.router, "deliverAtOnce", recording)
         self.assertEqual(self.successResultOf(alice.sendMessage(BOB, "hi")), DeliveryStatus.DELIVERED)

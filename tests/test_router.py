@@ -16,6 +16,7 @@ from zope.interface.verify import verifyObject
 
 from imgateway.core.address import Address
 from imgateway.core.errors import (
+    DeliveryError,
     DeliveryStatus,
     LoopDetected,
     MovedTo,
@@ -952,9 +953,9 @@ class LinkWaiterTests(SynchronousTestCase):
         atOnce: list[Event] = []
         deliverAtOnce = router.deliverAtOnce
 
-        def recording(event: Event) -> object:
+        def recording(event: Event, *home: object) -> object:
             atOnce.append(event)
-            return deliverAtOnce(event)
+            return deliverAtOnce(event, *home)  # type: ignore[arg-type]
 
         self.patch(router, "deliverAtOnce", recording)
         recorder = RecordingWaiter()
@@ -1017,3 +1018,109 @@ def _outcome(result: list[object]) -> object:
         r.cleanFailure()
         return (type(r.value), r.value.text, getattr(r.value, "alternate", None))  # type: ignore[union-attr]
     return r
+
+
+@implementer(IRoute)
+class AtOnceRoute:
+    """
+    A home server's route with its fast path (C{deliverAtOnce}): each
+    message answered with the next of C{answers} (C{None}: not for the
+    fast path, then L{deliver} takes it).
+    """
+
+    def __init__(self, answers: list[object]) -> None:
+        self.answers = answers
+        self.atOnce: list[Event] = []
+        self.events: list[Event] = []
+
+    def deliverAtOnce(self, event: Event) -> object:
+        self.atOnce.append(event)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def deliver(self, event: Event) -> Deferred[DeliveryStatus]:
+        self.events.append(event)
+        return succeed(DeliveryStatus.DELIVERED)
+
+
+class SeenMessagesTests(SynchronousTestCase):
+    """
+    What the loop check remembers (L{Router.deliverAtOnce}): every message
+    that goes on from the router, not one delivered at once to sessions of
+    this process (it did not leave it: no loop brings it back; a link's
+    duplicate is its receiving side's to answer).
+    """
+
+    def test_deliveredHereNotRemembered(self) -> None:
+        """
+        A message the home server here delivers at once is not remembered:
+        the same again is given to it again, not L{LoopDetected}; nor is
+        one it refuses at once (as before). One whose outcome comes later
+        (a session in another process), or that the fast path does not
+        take (the general way), is remembered: the same again is a loop.
+        """
+        m = Message(REMOTE, ALICE, "hi")
+        for answers, first, again in [
+            ([DeliveryStatus.DELIVERED, DeliveryStatus.DELIVERED], DeliveryStatus.DELIVERED, DeliveryStatus.DELIVERED),
+            ([UserBusy("busy"), DeliveryStatus.DELIVERED], UserBusy, DeliveryStatus.DELIVERED),
+            ([Deferred()], Deferred, LoopDetected),
+            ([None], Deferred, LoopDetected),
+        ]:
+            router, local = Router(), AtOnceRoute(answers)
+            router.addRoute("corp.example", local, local=True)
+            outcomes: list[object] = []
+            for expected in (first, again):
+                try:
+                    outcome = router.deliverAtOnce(m)
+                except DeliveryError as e:
+                    outcomes.append(type(e))
+                else:
+                    outcomes.append(outcome if type(outcome) is DeliveryStatus else type(outcome))
+            self.assertEqual(outcomes, [first, again], answers)
+            self.assertEqual(list(router._seen), [] if again is DeliveryStatus.DELIVERED else [m.routingId])
+
+    def test_goingOnRemembered(self) -> None:
+        """
+        A message the router hands a link (the locator remembering its
+        recipient on another server) is remembered, by L{Router.deliverAtOnce}
+        and by L{Router.deliverThen}: the same again is L{LoopDetected}.
+        """
+        directory = MemoryDirectory([AccountRecord(CAROL, HS2, "", True, "{}")])
+        locator = DirectoryHomeLocator(directory, Clock(), 30.0)
+        self.successResultOf(locator.homeOf(CAROL))
+        for deliver in ("deliverAtOnce", "deliverThen"):
+            hs2 = PendingWaiterRoute()
+            router = Router(domain="corp.example", serverName=HS1, locator=locator, linkRoutes=WaiterLinkRoutes(servers={HS2: hs2}))
+            router.addRoute("corp.example", AtOnceRoute([]), local=True)
+            m = Message(ALICE, CAROL, "hi")
+            args: tuple[object, ...] = (RecordingWaiter(),) if deliver == "deliverThen" else ()
+            getattr(router, deliver)(m, *args)
+            self.assertEqual(list(router._seen), [m.routingId])
+            self.assertRaises(LoopDetected, getattr(router, deliver), m, *args)
+            self.assertEqual(len(hs2.calls), 1)
+
+    def test_homeAskedOnce(self) -> None:
+        """
+        In a domain of several home servers, a session's message to a user
+        homed on this one (L{Router.deliverThen}, then
+        L{Router.deliverAtOnce}) asks the locator once.
+        """
+        directory = MemoryDirectory([AccountRecord(ALICE, HS1, "", True, "{}")])
+        locator = DirectoryHomeLocator(directory, Clock(), 30.0)
+        self.successResultOf(locator.homeOf(ALICE))
+        asked: list[Address] = []
+        cached = locator.cachedHomeOf
+
+        def counting(address: Address) -> object:
+            asked.append(address)
+            return cached(address)
+
+        self.patch(locator, "cachedHomeOf", counting)
+        local = AtOnceRoute([DeliveryStatus.DELIVERED])
+        router = Router(domain="corp.example", serverName=HS1, locator=locator, linkRoutes=WaiterLinkRoutes(servers={}))
+        router.addRoute("corp.example", local, local=True)
+        self.assertIs(router.deliverThen(Message(CAROL, ALICE, "hi"), RecordingWaiter()), DeliveryStatus.DELIVERED)
+        self.assertEqual(asked, [ALICE])
+        self.assertEqual(len(local.atOnce), 1)

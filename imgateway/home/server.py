@@ -583,7 +583,9 @@ class Session:
                 # To one's other sessions.
                 outcome = server._serial(self.address, partial(server._deliverToOthers, self, message))
             else:
-                outcome = self._direct(server, message) if recipient.domain == server.domain else None
+                # (_direct's first test before its call: a domain of many
+                # home servers has no _remember.)
+                outcome = self._direct(server, message) if recipient.domain == server.domain and server._remember is not None else None
                 if outcome is None:
                     then = getattr(server.router, "deliverThen", None)
                     if then is None:

@@ -84,7 +84,7 @@ from imgateway.router.link_codec import (
     newRoutingId,
     viaEntry,
 )
-from imgateway.router.locator import UNKNOWN, knownHome
+from imgateway.router.locator import UNKNOWN, DirectoryHomeLocator
 
 __all__ = [
     "ANSWERED_LATER",
@@ -730,7 +730,11 @@ class LinkTraces:
         @return: The C{Via} and C{Max-Hops} C{event} arrived with, if it is
             being delivered from a link now.
         """
-        traces = self._traces.get(hopKey(event))
+        everything = self._traces
+        if not everything:
+            # None being delivered (mostly: an entry lasts a delivery).
+            return None
+        traces = everything.get(hopKey(event))
         if not traces:
             return None
         return traces[-1]
@@ -1455,7 +1459,8 @@ class LinkReceiver:
         # with no Deferred and no closure. Any other outcome goes the
         # general way (_checked), with the same answers and logs.
         traces = self._traces
-        key = hopKey(event)
+        # hopKey, without its call for a message.
+        key = event.routingId if type(event) is Message else hopKey(event)
         trace = traces.push(key, incoming.via, incoming.maxHops)
         try:
             result = self._deliverAtOnce(event)
@@ -1670,7 +1675,9 @@ class LinkReceiver:
             return f"server {peer.name} is no router and sent an event from {sender.domain}"
         if "home" in peer.roles:
             name = peer.name
-            known = knownHome(self._locator, sender)
+            locator = self._locator
+            # knownHome, without its call.
+            known = locator.cachedHomeOf(sender) if type(locator) is DirectoryHomeLocator else UNKNOWN
             if known is not UNKNOWN:
                 # Remembered: answered at once, no Deferred.
                 return None if known == name else f"{sender} is not homed on {name}"

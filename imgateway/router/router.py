@@ -25,7 +25,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Final
 from zlib import crc32
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -45,15 +46,25 @@ from imgateway.core.errors import (
 from imgateway.core.events import DEFAULT_MAX_HOPS, Event, Message, forwarded
 from imgateway.home.server import answerNoAccount
 from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter
-from imgateway.router.locator import UNKNOWN, followMove, followMoves, knownHome
+from imgateway.router.locator import UNKNOWN, DirectoryHomeLocator, followMove, followMoves
 
 if TYPE_CHECKING:
     from imgateway.router.link import OutcomeWaiter
+    from imgateway.router.locator import _Unknown
 
 __all__ = ["Router"]
 
 #: How many recent messages the router remembers to detect loops.
 DEFAULT_SEEN_MESSAGES = 10000
+
+
+class _Unasked(Enum):
+    UNASKED = "unasked"
+
+
+#: L{Router.deliverAtOnce}'s C{home} when its caller did not ask the
+#: locator.
+UNASKED: Final = _Unasked.UNASKED
 
 
 @implementer(IRouter)
@@ -218,7 +229,9 @@ class Router:
             return fail()
         return succeed(outcome) if type(outcome) is DeliveryStatus else outcome  # type: ignore[return-value]
 
-    def deliverAtOnce(self, event: Event) -> DeliveryStatus | Deferred[DeliveryStatus]:
+    def deliverAtOnce(
+        self, event: Event, home: str | None | _Unknown | _Unasked = UNASKED
+    ) -> DeliveryStatus | Deferred[DeliveryStatus]:
         """
         L{deliver}, answered without a L{Deferred} when the outcome is known
         at once: a message whose recipient is homed in this process (as far
@@ -229,6 +242,17 @@ class Router:
         (L{_toLink}). Every other event goes the way L{deliver} says,
         asynchronously.
 
+        A message delivered at once to sessions of this process is not
+        remembered for the loop check (L{remember}'s reasoning): it did not
+        leave the process, so no loop can bring it back; the same request
+        again from a link is a duplicate, which the link's receiving side
+        answers itself (C{docs/protocol.md} section 9.5, 2). Every message
+        that goes on (to a link, another route, a session that answers
+        later) is remembered, and one seen before is L{LoopDetected}.
+
+        @param home: The recipient's home as L{knownHome} answers it, when
+            the caller asked already (L{deliverThen}); by default asked
+            here.
         @return: L{DeliveryStatus.DELIVERED}, or a L{Deferred} of the
             outcome.
         @raise DeliveryError: If the event is refused at once.
@@ -241,32 +265,34 @@ class Router:
             key = event.routingId
             if key in self._seen:
                 raise LoopDetected(f"message {event.messageId} ({key}) seen before")
-            self._see(key)
             atOnce = self._atOnce.get(domain)
             locator = self.locator
             if locator is not None and domain == self.domain:
-                home = knownHome(locator, event.recipient)
+                if home is UNASKED:
+                    # knownHome, without its call.
+                    home = locator.cachedHomeOf(event.recipient) if type(locator) is DirectoryHomeLocator else UNKNOWN
                 if home != self.serverName:
                     links = self.linkRoutes
                     if home is not UNKNOWN and home is not None and links is not None:
+                        self._see(key)
                         return self._toLink(locator, links, home, event, key)
                     atOnce = None
             if atOnce is not None:
                 try:
                     outcome = atOnce(event)
                 except DeliveryError:
-                    # A failed delivery may be retried (by whoever holds
-                    # the message) without looking like a loop.
-                    self._seen.pop(key, None)
                     raise
                 except Exception:
-                    self._seen.pop(key, None)
                     self.log.failure("Route for {domain} failed to deliver {event!r}", domain=domain, event=event)
                     raise ServerError("internal error while delivering") from None
                 if type(outcome) is DeliveryStatus:
+                    # Delivered here: not remembered (see above).
                     return outcome
                 if outcome is not None:
+                    # A session that answers later (in another process).
+                    self._see(key)
                     return outcome.addErrback(self._failed, key, domain, event)  # type: ignore[union-attr]
+            self._see(key)
         if self.locator is not None and domain == self.domain:
             d = self._toHome(self.locator, event)
         else:
@@ -296,7 +322,9 @@ class Router:
         if locator is not None and links is not None and isinstance(event, Message):
             recipient = event.recipient
             if recipient.domain == self.domain:
-                home = knownHome(locator, recipient)
+                # knownHome, without its call; given to deliverAtOnce, which
+                # would ask again.
+                home = locator.cachedHomeOf(recipient) if type(locator) is DirectoryHomeLocator else UNKNOWN
                 if home != self.serverName and home is not UNKNOWN and home is not None:
                     try:
                         route: IRoute | None = links.toServer(home)
@@ -308,14 +336,18 @@ class Router:
                         if event.hops > self._maxHops:
                             raise LoopDetected(f"more than {self._maxHops} hops")
                         key = event.routingId
-                        if key in self._seen:
+                        seen = self._seen
+                        if key in seen:
                             raise LoopDetected(f"message {event.messageId} ({key}) seen before")
-                        self._see(key)
+                        # _see, without its call.
+                        seen[key] = None
+                        if len(seen) > self._seenLimit:
+                            seen.popitem(last=False)
                         answer = _LinkAnswer(self, locator, key, event, waiter)
                         try:
                             then(forwarded(event, self._maxHops), answer)
                         except LoopDetected:
-                            self._seen.pop(key, None)
+                            seen.pop(key, None)
                             raise
                         except BaseException:
                             if answer.called:
@@ -323,6 +355,7 @@ class Router:
                             else:
                                 answer.errback(Failure())
                         return None
+                return self.deliverAtOnce(event, home)
         return self.deliverAtOnce(event)
 
     def _toLink(

@@ -668,6 +668,72 @@ class SessionMethodTests(ProxyTestCase):
             [(CAROL, "hi ☃", "text/html", "m-1"), (CAROL, "hi", "text/plain", None), (CAROL, "hi", "text/plain", None), (CAROL, "last", "text/plain", "m-4")],
         )
 
+    def test_messageThen(self) -> None:
+        """
+        A home session that takes a call for an outcome that comes later
+        (C{sendMessageThen}, a home server's session) is asked that way,
+        before C{sendMessageAtOnce} and without a L{Deferred}: an outcome
+        at once answered as C{sendMessageAtOnce}'s (delivered C{200}, a
+        refusal raised its status, an unexpected error C{500}, a
+        L{Deferred} when it fires); one told later through the call
+        answered then, as C{answerWhenFired} answers the same outcome
+        fired (C{200}; 486 with the alternate; C{500}).
+        """
+        session, home, client = self.open()
+        atOnce: list[Any] = []
+        home.sendMessageAtOnce = lambda *a: atOnce.append(a)  # type: ignore[attr-defined]
+        answers: list[Any] = [DeliveryStatus.DELIVERED, UserBusy("busy", "tel:+15550100"), RuntimeError("boom")]
+        later: Deferred[DeliveryStatus] = Deferred()
+        answers.append(later)
+        answers.extend([None, None, None])
+        asked: list[tuple[Any, ...]] = []
+
+        def sendMessageThen(answer: Any, token: Any, *arguments: Any) -> Any:
+            asked.append((answer, token, arguments))
+            outcome = answers.pop(0)
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+        home.sendMessageThen = sendMessageThen  # type: ignore[attr-defined]
+        self.assertIs(self.successResultOf(self.settle(session.sendMessage(CAROL, "hi ☃", "text/html", "m-1"))), DeliveryStatus.DELIVERED)
+        busy = self.failureResultOf(self.settle(session.sendMessage(CAROL, "hi")), UserBusy)
+        self.assertEqual(busy.value.alternate, "tel:+15550100")
+        self.failureResultOf(self.settle(session.sendMessage(CAROL, "hi")), ServerError)
+        d = self.settle(session.sendMessage(CAROL, "later", "text/plain", "m-4"))
+        self.assertNoResult(d)
+        later.callback(DeliveryStatus.DELIVERED)
+        self.assertIs(self.successResultOf(self.settle(d)), DeliveryStatus.DELIVERED)
+        told = [self.settle(session.sendMessage(CAROL, f"told {n}")) for n in range(3)]
+        for sent in told:
+            self.assertNoResult(sent)
+        self.assertEqual(atOnce, [])
+        self.assertEqual(
+            [a[2] for a in asked],
+            [(CAROL, "hi ☃", "text/html", "m-1"), (CAROL, "hi", "text/plain", None), (CAROL, "hi", "text/plain", None), (CAROL, "later", "text/plain", "m-4")]
+            + [(CAROL, f"told {n}", "text/plain", None) for n in range(3)],
+        )
+        made = []
+        original = Deferred.__init__
+
+        def counting(self: Deferred[Any], *args: Any, **kwargs: Any) -> None:
+            made.append(self)
+            original(self, *args, **kwargs)
+
+        self.patch(Deferred, "__init__", counting)
+        (a1, t1, _), (a2, t2, _), (a3, t3, _) = asked[4:]
+        a1(DeliveryStatus.DELIVERED, t1, None)
+        a2(Failure(UserBusy("busy", "tel:+15550100")), t2, None)
+        a3(Failure(RuntimeError("boom")), t3, None)
+        self.network.flush()
+        self.assertEqual(made, [])
+        self.patch(Deferred, "__init__", original)
+        self.assertIs(self.successResultOf(self.settle(told[0])), DeliveryStatus.DELIVERED)
+        self.assertEqual(self.failureResultOf(self.settle(told[1]), UserBusy).value.alternate, "tel:+15550100")
+        self.failureResultOf(self.settle(told[2]), ServerError)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 0)
+        self.assertEqual(home.calls, [])
+
     def test_laterOutcomeOneCallback(self) -> None:
         """
         An outcome that comes later (a L{Deferred} from

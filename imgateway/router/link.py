@@ -661,6 +661,20 @@ class LinkConnection(Protocol):
         )
         return ANSWERED_LATER
 
+    def answerOutcome(self, request: Request, outcome: object, failed: Callable[[BaseException], Response]) -> None:
+        """
+        Answer the peer's C{request} with an outcome told by a call rather
+        than a L{Deferred} (the C{answer} of a home session's
+        C{sendMessageThen}): as L{answerWhenFired} answers when its
+        L{Deferred} fires with C{outcome}: C{200} (L{DELIVERED}) unless
+        C{outcome} is a L{Failure}, then C{failed(error)} (C{500}, logged,
+        if that raises).
+        """
+        if isinstance(outcome, Failure):
+            self._firedFailed(outcome, request.seq, request.method, failed)
+        else:
+            self._respond(request.seq, DELIVERED)
+
     def _firedDelivered(self, result: object, seq: int) -> None:
         self._respond(seq, DELIVERED)
 

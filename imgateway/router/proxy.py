@@ -66,7 +66,7 @@ from imgateway.core.events import Message, SubscriptionEvent
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
 from imgateway.core.records import AccessList, AuthorisationState, ContactView, PresenceRule
 from imgateway.interfaces import IHomeLocator, IHomeServer, ILinkRoutes, IMetrics, ISession, ISessionClient
-from imgateway.router.link import LinkClient, LinkConnection, serialiseUnsequenced
+from imgateway.router.link import ANSWERED_LATER, LinkClient, LinkConnection, serialiseUnsequenced
 from imgateway.router.link_codec import DELIVERED, MAX_DETAIL_CHARS, decodeResponse, encodeResponse
 from imgateway.router.locator import followMoves, homeOfAuthenticated
 from imgateway.status.nometrics import NO_METRICS
@@ -1094,9 +1094,11 @@ class SessionHost:
         """
         A C{SESSION message} request, the hot path: its headers read in
         one pass (L{sessionMessageFields}), no JSON (the compact form), and
-        a session that knows the outcome at once (C{sendMessageAtOnce}: a
-        recipient in this process) answered without a L{Deferred}; any other
-        outcome with one callback. The answers are those of the general
+        a session that knows the outcome at once (C{sendMessageThen} or
+        C{sendMessageAtOnce}: a recipient in this process) answered without
+        a L{Deferred}, as is one whose outcome a link tells later
+        (C{sendMessageThen}'s call, L{_messageAnswered}); any other outcome
+        with one callback. The answers are those of the general
         way: a refusal's status, C{400} for a malformed request, C{503} for
         no such session.
         """
@@ -1122,6 +1124,20 @@ class SessionHost:
                 arguments = (Address.fromString(to), request.body.decode("utf-8"), contentType or "text/plain", messageId)
         except (ValueError, KeyError, TypeError) as e:
             return self._badRequest(connection, request, e)
+        then = getattr(session, "sendMessageThen", None)
+        if then is not None:
+            # A home session (Session.sendMessageThen): an outcome that comes
+            # later from a link is told to _messageAnswered, which answers
+            # as answerWhenFired would, with no Deferred between.
+            try:
+                outcome = then(self._messageAnswered, (connection, request), arguments[0], arguments[1], arguments[2], arguments[3])
+            except BaseException:
+                return _encodeFailed(Failure())
+            if outcome is None:
+                return ANSWERED_LATER
+            if isinstance(outcome, Deferred):
+                return connection.answerWhenFired(request, outcome, encodeFailure)
+            return DELIVERED
         atOnce = getattr(session, "sendMessageAtOnce", None)
         if atOnce is None:
             # Answered by the connection when it fires: one callback.
@@ -1133,6 +1149,14 @@ class SessionHost:
         if isinstance(outcome, Deferred):
             return connection.answerWhenFired(request, outcome, encodeFailure)
         return DELIVERED
+
+    def _messageAnswered(self, outcome: object, token: tuple[LinkConnection, Request], messageId: str | None) -> None:
+        """
+        The outcome of a C{SESSION message} that a home session told later
+        (L{_message}'s C{sendMessageThen}): answered on its connection.
+        """
+        connection, request = token
+        connection.answerOutcome(request, outcome, encodeFailure)
 
     def _operate(self, connection: LinkConnection, session: ISession, operation: str, data: dict[str, Any]) -> Deferred[Response]:
         def target(key: str = "target") -> Address:

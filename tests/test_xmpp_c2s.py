@@ -41,7 +41,7 @@ from imgateway.adapters.xmpp.stream import IDLE_PARSER_SECONDS, NS_STREAM_LIMITS
 from imgateway.auth.sasl import clientMechanism
 from imgateway.config import ConfigTable
 from imgateway.core.address import Address
-from imgateway.core.errors import ConfigError
+from imgateway.core.errors import ConfigError, DeliveryStatus, UserOffline
 from imgateway.core.events import Message, MessageMark
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.home.server import Session
@@ -529,6 +529,42 @@ class SessionTests(C2STestsMixin, SynchronousTestCase):
         self.assertEqual([e["id"] for e in errors], ["m1", "m2", "m3"])
         unknown, offline = ([x for x in e.elements() if x.name == "error"][0] for e in errors[:2])
         self.assertEqual(unknown.toXml(), offline.toXml())
+
+    def test_messageOutcomeToldLater(self) -> None:
+        """
+        A home server's session is asked through C{sendMessageThen} (not
+        C{sendMessageAtOnce}); an outcome it tells later through the call
+        (a recipient on another home server, over a link) is answered as
+        the L{Deferred}'s errback answers it: nothing for delivered, the
+        stanza error of the table for a refusal, C{internal-server-error}
+        (logged) for anything else.
+        """
+        told: list[tuple[Any, Any]] = []
+
+        def sendMessageThen(session: Session, answer: Any, token: Any, *arguments: Any) -> None:
+            told.append((answer, token))
+            return None
+
+        def sendMessageAtOnce(session: Session, *arguments: Any) -> None:
+            raise AssertionError("asked sendMessageAtOnce")
+
+        self.patch(Session, "sendMessageThen", sendMessageThen)
+        self.patch(Session, "sendMessageAtOnce", sendMessageAtOnce)
+        c = self.bound()
+        for n in range(3):
+            c.write(f"<message to='bob@corp.example' type='chat' id='m{n}'><body>x</body></message>")
+        self.assertEqual(c.read(), [])
+        self.assertEqual(len(told), 3)
+        (a0, t0), (a1, t1), (a2, t2) = told
+        a0(DeliveryStatus.DELIVERED, t0, "m0")
+        self.assertEqual(c.read(), [])
+        a1(Failure(UserOffline("bob@corp.example is offline")), t1, "m1")
+        a2(Failure(RuntimeError("boom")), t2, "m2")
+        errors = c.read()
+        self.assertEqual([e["id"] for e in errors], ["m1", "m2"])
+        conditions = [[x for x in e.elements() if x.name == "error"][0].firstChildElement().name for e in errors]
+        self.assertEqual(conditions, ["service-unavailable", "internal-server-error"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_messageFromNativeUser(self) -> None:
         """

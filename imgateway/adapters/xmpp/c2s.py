@@ -661,7 +661,19 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         ours = messageId if messageId and len(messageId) <= 128 and messageId.isprintable() and " " not in messageId else None
         session = self._session
         # The outcome without a Deferred when the home server has it at
-        # once (a recipient in this process), as the native face's MESSAGE.
+        # once (a recipient in this process), or tells it later through a
+        # call (a recipient on another home server, over a link), as the
+        # native face's MESSAGE.
+        then = getattr(session, "sendMessageThen", None)
+        if then is not None:
+            try:
+                outcome = then(self._messageOutcome, stanza, recipient, body, "text/plain", ours)
+            except BaseException:
+                self._deliveryFailed(Failure(), stanza)
+                return
+            if isinstance(outcome, Deferred):
+                outcome.addErrback(self._deliveryFailed, stanza)
+            return
         atOnce = getattr(session, "sendMessageAtOnce", None)
         if atOnce is None:
             session.sendMessage(recipient, body, "text/plain", ours).addErrback(self._deliveryFailed, stanza)
@@ -673,6 +685,14 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
             return
         if isinstance(outcome, Deferred):
             outcome.addErrback(self._deliveryFailed, stanza)
+
+    def _messageOutcome(self, outcome: object, stanza: _Stanza, messageId: str | None) -> None:
+        """
+        The outcome of a message sent with C{sendMessageThen}, told later:
+        a failure answered as the L{Deferred}'s errback answers it.
+        """
+        if isinstance(outcome, Failure):
+            self._deliveryFailed(outcome, stanza)
 
     def _deliveryFailed(self, f: Failure, stanza: _Stanza) -> None:
         if f.check(DeliveryError):

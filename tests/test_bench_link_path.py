@@ -105,7 +105,8 @@ class LinkPathBenchTests(SynchronousTestCase):
         carol's (the router), once each, through no C{knownHome}; the
         router does not remember a message delivered here at once (no
         C{_see}: the link's receiving side answers its duplicates); no
-        C{hopKey} for a message's trace. On hs1, the locator asked once
+        C{hopKey} for a message's trace, kept in place (no C{push} or
+        C{pop} of L{LinkTraces}). On hs1, the locator asked once
         for carol's home, no C{_direct} (the domain has many home
         servers), and no C{hopKey} for a trace that none is being
         delivered with.
@@ -121,7 +122,7 @@ class LinkPathBenchTests(SynchronousTestCase):
 
         self.assertEqual(count(calls, "cachedHomeOf", "locator.py"), 2 * messages)
         self.assertEqual(count(calls, "deliverAtOnce", "router.py"), messages)
-        for unused, where in [("knownHome", "locator.py"), ("_see", "router.py"), ("hopKey", "link_codec.py")]:
+        for unused, where in [("knownHome", "locator.py"), ("_see", "router.py"), ("hopKey", "link_codec.py"), ("push", "link.py"), ("pop", "link.py")]:
             self.assertEqual(count(calls, unused, where), 0, unused)
         hs1 = link_path.HS1(2)
         hs1.exchange(hs1.prepare(3, 0))

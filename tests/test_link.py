@@ -1174,6 +1174,90 @@ class AtOnceTests(SynchronousTestCase):
         self.assertEqual(self.connection.inProgress, 0)
 
 
+    def test_traceInPlace(self) -> None:
+        """
+        With no other delivery from a link under way, a message's trace is
+        kept in place (L{LinkTraces.current}) while the router delivers it:
+        seen by L{LinkTraces.traceOf} then, no entry made or removed
+        (neither C{push} nor C{pop} called), nothing left after.
+        """
+        calls: list[str] = []
+        self.patch(self.traces, "push", lambda *a: calls.append("push"))
+        self.patch(self.traces, "pop", lambda *a: calls.append("pop"))
+        seen: list[object] = []
+
+        def deliver(e: Event) -> DeliveryStatus:
+            seen.append((self.traces.traceOf(e), dict(self.traces._traces)))
+            return DeliveryStatus.DELIVERED
+
+        self.router.atOnce = deliver
+        self.assertEqual(self.event("rid-6").code, 200)  # type: ignore[union-attr]
+        self.assertEqual(seen, [((("corp.example/hs2",), 8), {})])
+        self.assertEqual(calls, [])
+        self.assertIsNone(self.traces.current)
+        self.assertIsNone(self.traces.traceOf(self.router.events[0]))
+
+    def test_traceNested(self) -> None:
+        """
+        A delivery from a link within another's (the first kept in place)
+        keeps its trace as an entry: both seen while it is delivered, the
+        second's as the newest for the same key; nothing left after.
+        """
+        seen: list[object] = []
+        inner = Message(CAROL, ALICE, "hi", routingId="rid-8")
+        answers: list[object] = []
+
+        def deliver(e: Event) -> DeliveryStatus:
+            if e.routingId == "rid-7":  # type: ignore[attr-defined]
+                request = encodeRequest(inner, ["corp.example/hs2", "corp.example/router"], 5, "rid-8")
+                answers.append(self.receiver.handlers["MESSAGE"](self.connection, request))
+                seen.append(("outer after", self.traces.traceOf(e)))
+            else:
+                seen.append(("inner", self.traces.traceOf(e), self.traces.current is not None))
+            return DeliveryStatus.DELIVERED
+
+        self.router.atOnce = deliver
+        self.assertEqual(self.event("rid-7").code, 200)  # type: ignore[union-attr]
+        self.assertEqual([a.code for a in answers], [200])  # type: ignore[attr-defined]
+        self.assertEqual(
+            seen, [("inner", (("corp.example/hs2", "corp.example/router"), 5), True), ("outer after", (("corp.example/hs2",), 8))]
+        )
+        self.assertEqual((self.traces._traces, self.traces.current), ({}, None))
+
+    def test_traceLater(self) -> None:
+        """
+        A delivery whose outcome comes later keeps its trace as an entry
+        from when the router returns until the outcome, older than any
+        made for the same key meanwhile; then nothing is left. A delivery
+        that raises leaves nothing either.
+        """
+        later: Deferred[DeliveryStatus] = Deferred()
+        event: list[Event] = []
+
+        def deliver(e: Event) -> Deferred[DeliveryStatus]:
+            event.append(e)
+            self.traces.push("rid-9", ("corp.example/other",), 2)
+            return later
+
+        self.router.atOnce = deliver
+        answer = self.event("rid-9")
+        self.assertIsInstance(answer, Deferred)
+        self.assertEqual(self.traces._traces, {"rid-9": [(("corp.example/hs2",), 8), (("corp.example/other",), 2)]})
+        self.traces.pop("rid-9", (("corp.example/other",), 2))
+        self.assertEqual(self.traces.traceOf(event[0]), (("corp.example/hs2",), 8))
+        later.callback(DeliveryStatus.DELIVERED)
+        self.assertEqual(self.successResultOf(answer).code, 200)  # type: ignore[arg-type]
+        self.assertEqual((self.traces._traces, self.traces.current), ({}, None))
+
+        def boom(e: Event) -> DeliveryStatus:
+            raise RuntimeError("boom")
+
+        self.router.atOnce = boom
+        self.assertEqual(self.event("rid-10").code, 500)  # type: ignore[union-attr]
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual((self.traces._traces, self.traces.current), ({}, None))
+
+
 class TracesTests(SynchronousTestCase):
     """
     L{LinkTraces}: the trace of an event delivered from a link, for a link

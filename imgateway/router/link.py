@@ -703,6 +703,12 @@ class LinkTraces:
 
     def __init__(self) -> None:
         self._traces: dict[object, list[_Trace]] = {}
+        #: The key and trace of the event the receiving side is delivering
+        #: now when no other from a link is under way (its usual
+        #: delivery, at once), kept here rather than as an entry (see
+        #: L{LinkReceiver._incoming}); C{None} between such deliveries.
+        #: Every entry made while it is set is newer than it.
+        self.current: tuple[object, _Trace] | None = None
 
     def enter(self, event: Event, via: tuple[str, ...], maxHops: int) -> Callable[[], None]:
         """
@@ -729,6 +735,18 @@ class LinkTraces:
             traces.append(trace)
         return trace
 
+    def pushFirst(self, key: object, trace: _Trace) -> None:
+        """
+        Remember C{trace} under C{key} as older than any entry there: the
+        trace that was L{current}, whose delivery goes on (the entries made
+        meanwhile came after it).
+        """
+        traces = self._traces.get(key)
+        if traces is None:
+            self._traces[key] = [trace]
+        else:
+            traces.insert(0, trace)
+
     def pop(self, key: object, trace: _Trace) -> None:
         """
         Forget a trace L{push} returned, once its delivery is over.
@@ -745,13 +763,18 @@ class LinkTraces:
             being delivered from a link now.
         """
         everything = self._traces
-        if not everything:
-            # None being delivered (mostly: an entry lasts a delivery).
+        current = self.current
+        if current is None and not everything:
+            # None being delivered (the usual case on a sending side).
             return None
-        traces = everything.get(hopKey(event))
-        if not traces:
-            return None
-        return traces[-1]
+        key = hopKey(event)
+        traces = everything.get(key)
+        if traces:
+            # The newest (newer than current, if set).
+            return traces[-1]
+        if current is not None and current[0] == key:
+            return current[1]
+        return None
 
 
 @frozen
@@ -1440,7 +1463,9 @@ class LinkReceiver:
             return encodeResponse(LoopDetected("loop: this server is already on the path"))
         now = self._clock.seconds()
         answers = self._answers
-        self._forgetExpired(now)
+        if answers and answers[next(iter(answers))][0] <= now:
+            # (_forgetExpired's first test, before its call.)
+            self._forgetExpired(now)
         routingId = incoming.routingId
         previous = answers.get(routingId)
         if previous is not None:
@@ -1475,7 +1500,53 @@ class LinkReceiver:
         traces = self._traces
         # hopKey, without its call for a message.
         key = event.routingId if type(event) is Message else hopKey(event)
-        trace = traces.push(key, incoming.via, incoming.maxHops)
+        trace = (incoming.via, incoming.maxHops)
+        if traces.current is not None or traces._traces:
+            # Another delivery from a link under way (this one within it,
+            # or one whose outcome is still to come): its trace kept the
+            # general way.
+            return self._deliverTraced(connection, peer, incoming, key, trace, expires, waiters)
+        # The only one: its trace kept in place (LinkTraces.current) while
+        # the router delivers it, given an entry only if its outcome is
+        # still to come.
+        failed: DeliveryError | Failure | None = None
+        traces.current = (key, trace)
+        try:
+            result = self._deliverAtOnce(event)
+        except DeliveryError as e:
+            failed = e
+        except Exception:
+            failed = Failure()
+        finally:
+            traces.current = None
+        if failed is None:
+            if result is DeliveryStatus.DELIVERED:
+                return self._finish(connection, routingId, expires, waiters, DELIVERED)
+            traces.pushFirst(key, trace)
+            return self._checkedLater(None, connection, peer, incoming, expires, waiters, (key, trace, result))
+        if isinstance(failed, DeliveryError):
+            return self._finish(connection, routingId, expires, waiters, encodeResponse(failed))
+        return self._deliveryFailed(failed, connection, peer, event, routingId, expires, waiters)
+
+    def _deliverTraced(
+        self,
+        connection: LinkConnection,
+        peer: LinkPeer,
+        incoming: LinkRequest,
+        key: object,
+        trace: _Trace,
+        expires: float,
+        waiters: list[Deferred[Response]],
+    ) -> Deferred[Response] | Response:
+        """
+        L{_incoming}'s delivery of an accepted event while another from a
+        link is under way: its trace an entry of L{LinkTraces} from the
+        start.
+        """
+        routingId = incoming.routingId
+        event = incoming.event
+        traces = self._traces
+        traces.push(key, trace[0], trace[1])
         try:
             result = self._deliverAtOnce(event)
         except DeliveryError as e:

@@ -16,8 +16,9 @@ it (L{Router.addRoute}), else to the peer domain's router over a link
 
 The router counts hops and remembers the server-minted ids
 (L{Message.routingId<imgateway.core.events.Message.routingId>}) of recent
-messages, so an event going round in circles ends in L{LoopDetected}
-instead of running forever. It never goes by the ids clients choose: two
+messages that go on from it (not one delivered at once to sessions of this
+process: it went nowhere), so an event going round in circles ends in
+L{LoopDetected} instead of running forever. It never goes by the ids clients choose: two
 messages with the same client id are two messages.
 """
 from __future__ import annotations

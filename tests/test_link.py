@@ -1208,7 +1208,7 @@ class AtOnceTests(SynchronousTestCase):
         answers: list[object] = []
 
         def deliver(e: Event) -> DeliveryStatus:
-            if e.routingId == "rid-7":  # type: ignore[attr-defined]
+            if e.routingId == "rid-7":  # type: ignore[union-attr]
                 request = encodeRequest(inner, ["corp.example/hs2", "corp.example/router"], 5, "rid-8")
                 answers.append(self.receiver.handlers["MESSAGE"](self.connection, request))
                 seen.append(("outer after", self.traces.traceOf(e)))

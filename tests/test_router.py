@@ -1062,12 +1062,13 @@ class SeenMessagesTests(SynchronousTestCase):
         take (the general way), is remembered: the same again is a loop.
         """
         m = Message(REMOTE, ALICE, "hi")
-        for answers, first, again in [
+        cases: list[tuple[list[object], object, object]] = [
             ([DeliveryStatus.DELIVERED, DeliveryStatus.DELIVERED], DeliveryStatus.DELIVERED, DeliveryStatus.DELIVERED),
             ([UserBusy("busy"), DeliveryStatus.DELIVERED], UserBusy, DeliveryStatus.DELIVERED),
             ([Deferred()], Deferred, LoopDetected),
             ([None], Deferred, LoopDetected),
-        ]:
+        ]
+        for answers, first, again in cases:
             router, local = Router(), AtOnceRoute(answers)
             router.addRoute("corp.example", local, local=True)
             outcomes: list[object] = []

@@ -106,10 +106,11 @@ class LinkPathBenchTests(SynchronousTestCase):
         router does not remember a message delivered here at once (no
         C{_see}: the link's receiving side answers its duplicates); no
         C{hopKey} for a message's trace, kept in place (no C{push} or
-        C{pop} of L{LinkTraces}). On hs1, the locator asked once
+        C{pop} of L{LinkTraces}); the origination rule's usual acceptance
+        made in place (no C{_originationRefused}). On hs1, the locator asked once
         for carol's home, no C{_direct} (the domain has many home
-        servers), and no C{hopKey} for a trace that none is being
-        delivered with.
+        servers), and no C{traceOf} (nor C{hopKey}) for a trace that none
+        is being delivered with.
         """
         hs2 = link_path.HS2(2)
         hs2.exchange(hs2.prepare(3, 0))
@@ -122,12 +123,12 @@ class LinkPathBenchTests(SynchronousTestCase):
 
         self.assertEqual(count(calls, "cachedHomeOf", "locator.py"), 2 * messages)
         self.assertEqual(count(calls, "deliverAtOnce", "router.py"), messages)
-        for unused, where in [("knownHome", "locator.py"), ("_see", "router.py"), ("hopKey", "link_codec.py"), ("push", "link.py"), ("pop", "link.py")]:
+        for unused, where in [("knownHome", "locator.py"), ("_see", "router.py"), ("hopKey", "link_codec.py"), ("push", "link.py"), ("pop", "link.py"), ("_originationRefused", "link.py")]:
             self.assertEqual(count(calls, unused, where), 0, unused)
         hs1 = link_path.HS1(2)
         hs1.exchange(hs1.prepare(3, 0))
         calls = presence_fanout.counted(lambda: hs1.exchange(hs1.prepare(3, 1)))
         hs1.check(12)
         self.assertEqual(count(calls, "cachedHomeOf", "locator.py"), messages)
-        for unused, where in [("knownHome", "locator.py"), ("_direct", "server.py"), ("hopKey", "link_codec.py"), ("_see", "router.py")]:
+        for unused, where in [("knownHome", "locator.py"), ("_direct", "server.py"), ("hopKey", "link_codec.py"), ("_see", "router.py"), ("traceOf", "link.py")]:
             self.assertEqual(count(calls, unused, where), 0, unused)

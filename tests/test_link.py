@@ -1056,6 +1056,67 @@ class RememberedOriginationTests(SynchronousTestCase):
         self.assertIsInstance(receiver._originationRefused(hs2, event), Deferred)
 
 
+    def test_inPlaceSameAsRule(self) -> None:
+        """
+        The receiver's hot path accepts in place (no call of
+        C{_originationRefused}) exactly the events the rule accepts at
+        once, and asks the rule for every other: over peers (a home
+        server, a router, one with both roles, a peer domain's router) and
+        senders (homed on the peer, elsewhere, unknown to the locator, of
+        another domain), each event's answer is the rule's (C{403} for a
+        refusal, delivered for an acceptance, the directory asked when
+        the home is not remembered).
+        """
+        clock = Clock()
+        bob = Address.fromString("bob@corp.example")
+        stranger = Address.fromString("romeo@xmpp.example")
+        directory = MemoryDirectory([AccountRecord(CAROL, "hs2", "", True, ""), AccountRecord(bob, "hs3", "", True, ""), AccountRecord(ALICE, "hs1", "", True, "")])
+        peers = [
+            LinkPeer("corp.example", "hs2", frozenset({"home"})),
+            LinkPeer("corp.example", "hs2", frozenset({"router"})),
+            LinkPeer("corp.example", "hs2", frozenset({"home", "router"})),
+            LinkPeer("xmpp.example", None, frozenset()),
+        ]
+        n = 0
+        for remembered in (True, False):
+            for peer in peers:
+                for sender in (CAROL, bob, stranger):
+                    receivers = []
+                    for _ in range(2):
+                        locator = DirectoryHomeLocator(directory, clock, 30.0)
+                        if remembered:
+                            for user in (CAROL, bob):
+                                self.successResultOf(locator.homeOf(user))
+                        receivers.append(LinkReceiver(configFor("hs1"), AtOnceRouter(), locator, clock, LinkTraces()))
+                    # The rule's answer, from a receiver of its own (asking
+                    # the directory fills its locator).
+                    expected = receivers[0]._originationRefused(peer, Message(sender, ALICE, "hi"))
+                    if isinstance(expected, Deferred):
+                        expected = self.successResultOf(expected)
+                    receiver = receivers[1]
+                    ruled: list[Event] = []
+                    rule = receiver._originationRefused
+
+                    def counted(p: LinkPeer, e: Event, rule: Any = rule, ruled: list[Event] = ruled) -> object:
+                        ruled.append(e)
+                        return rule(p, e)
+
+                    self.patch(receiver, "_originationRefused", counted)
+                    connection = LinkConnection(receiver.handlers, clock, 10.0)
+                    connection.markReady(peer)
+                    n += 1
+                    request = encodeRequest(Message(sender, ALICE, "hi"), [f"{peer.domain}/x"], 8, f"rid-{n}")
+                    answer = receiver.handlers["MESSAGE"](connection, request)
+                    if isinstance(answer, Deferred):
+                        answer = self.successResultOf(answer)
+                    assert isinstance(answer, Response)
+                    case = (remembered, peer, sender)
+                    self.assertEqual(answer.code, 200 if expected is None else 403, case)
+                    inPlace = remembered and expected is None and peer.name is not None and sender.domain == "corp.example" and "home" in peer.roles
+                    self.assertEqual(len(ruled), 0 if inPlace else 1, case)
+        self.flushLoggedErrors()
+
+
 class AtOnceRouter(FakeRouter):
     """
     A router with a synchronous fast path (as L{Router.deliverAtOnce}):

@@ -1233,7 +1233,10 @@ class LinkClient(MultiService):
         link: this server's own, or those it arrived with over a link, this
         server added and one hop fewer (under 1: its hops are used up).
         """
-        trace = self._traces.traceOf(event)
+        traces = self._traces
+        # (traceOf's first test before its call: nothing is being delivered
+        # from a link, as for every message a session of this process sends.)
+        trace = traces.traceOf(event) if traces.current is not None or traces._traces else None
         if trace is None:
             return (self._ownVia,), self._config.maxHops
         return trace[0] + (self._ownVia,), trace[1] - 1
@@ -1488,7 +1491,22 @@ class LinkReceiver:
         connection.inProgress += 1
         event = incoming.event
         try:
-            check = self._originationRefused(peer, event)
+            sender = event.sender
+            name = peer.name
+            locator = self._locator
+            if (
+                name is not None
+                and type(locator) is DirectoryHomeLocator
+                and sender.domain == self._config.domain
+                and "home" in peer.roles
+                and locator.cachedHomeOf(sender) == name
+            ):
+                # What _originationRefused answers, without its call, for
+                # the usual event: from a user of this domain whom the
+                # directory (as remembered) homes on the peer, a home server.
+                check = None
+            else:
+                check = self._originationRefused(peer, event)
         except Exception:
             return self._checkFailed(Failure(), connection, peer, event, routingId, expires, waiters)
         if check is not None:

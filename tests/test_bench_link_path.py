@@ -12,9 +12,26 @@ import io
 import json
 from contextlib import redirect_stdout
 
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from bench import link_path, presence_fanout
+
+
+def writesPerTransport(case: SynchronousTestCase) -> dict[int, int]:
+    """
+    Count each L{StringTransport}'s C{write} calls from now on, by the
+    transport's C{id}.
+    """
+    counts: dict[int, int] = {}
+    write = StringTransport.write
+
+    def counting(self: StringTransport, data: bytes) -> None:
+        counts[id(self)] = counts.get(id(self), 0) + 1
+        write(self, data)
+
+    case.patch(StringTransport, "write", counting)
+    return counts
 
 
 class LinkPathBenchTests(SynchronousTestCase):
@@ -132,3 +149,29 @@ class LinkPathBenchTests(SynchronousTestCase):
         self.assertEqual(count(calls, "cachedHomeOf", "locator.py"), messages)
         for unused, where in [("knownHome", "locator.py"), ("_direct", "server.py"), ("hopKey", "link_codec.py"), ("_see", "router.py"), ("traceOf", "link.py")]:
             self.assertEqual(count(calls, unused, where), 0, unused)
+
+    def test_answersWrittenTogether(self) -> None:
+        """
+        On hs1, the link's read of bare C{200}s writes each sender's five
+        C{200}s to its transport in two writes; on hs2, the link's read of
+        messages writes each recipient's five C{MESSAGE}s in two (the first
+        as it comes, the others when the read is done:
+        L{imgateway.net.gather}).
+        """
+        hs1 = link_path.HS1(2)
+        hs1.exchange(hs1.prepare(5, 0))
+        reads = hs1.prepare(5, 1)
+        for (sender, _), data in zip(hs1.senders, reads):
+            sender.protocol.dataReceived(data)
+            sender.transport.clear()
+        count = hs1.link.value().count(b"\r\nRouting-Id: ")
+        hs1.link.clear()
+        counts = writesPerTransport(self)
+        hs1.connection.dataReceived(b"".join(presence_fanout._OK % seq for seq in range(hs1.answered + 1, hs1.answered + count + 1)))
+        self.assertEqual([counts[id(sender.transport)] for sender, _ in hs1.senders], [2, 2])
+        hs2 = link_path.HS2(2)
+        hs2.exchange(hs2.prepare(5, 0))
+        read = hs2.prepare(5, 1)
+        counts.clear()
+        hs2.connection.dataReceived(read)
+        self.assertEqual([counts[id(recipient.transport)] for recipient, _, _ in hs2.recipients], [2, 2])

@@ -11,9 +11,26 @@ import io
 import json
 from contextlib import redirect_stdout
 
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from bench import message_path, presence_fanout
+
+
+def writesPerTransport(case: SynchronousTestCase) -> dict[int, int]:
+    """
+    Count each L{StringTransport}'s C{write} calls from now on, by the
+    transport's C{id}.
+    """
+    counts: dict[int, int] = {}
+    write = StringTransport.write
+
+    def counting(self: StringTransport, data: bytes) -> None:
+        counts[id(self)] = counts.get(id(self), 0) + 1
+        write(self, data)
+
+    case.patch(StringTransport, "write", counting)
+    return counts
 
 
 class MessagePathBenchTests(SynchronousTestCase):
@@ -56,3 +73,17 @@ class MessagePathBenchTests(SynchronousTestCase):
         for (_, recipient, _), sent in zip(pairs, before):
             outstanding = recipient.protocol._outstanding
             self.assertEqual((outstanding.sent, outstanding.floor), (sent + 3, sent + 3))
+
+    def test_oneReadTwoWrites(self) -> None:
+        """
+        A sender's read of five messages writes its five C{200}s to its
+        transport in two writes (the first as it comes, the others when
+        the read is done: L{imgateway.net.gather}), and the recipient's
+        five C{MESSAGE}s in two.
+        """
+        pairs = message_path.setUp(2)
+        message_path.exchange(pairs, 5, 0)
+        counts = writesPerTransport(self)
+        message_path.exchange(pairs, 5, 1)
+        for sender, recipient, _ in pairs:
+            self.assertEqual((counts[id(sender.transport)], counts[id(recipient.transport)]), (2, 2))

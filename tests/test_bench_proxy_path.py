@@ -12,9 +12,26 @@ import io
 import json
 from contextlib import redirect_stdout
 
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from bench import presence_fanout, proxy_path
+
+
+def writesPerTransport(case: SynchronousTestCase) -> dict[int, int]:
+    """
+    Count each L{StringTransport}'s C{write} calls from now on, by the
+    transport's C{id}.
+    """
+    counts: dict[int, int] = {}
+    write = StringTransport.write
+
+    def counting(self: StringTransport, data: bytes) -> None:
+        counts[id(self)] = counts.get(id(self), 0) + 1
+        write(self, data)
+
+    case.patch(StringTransport, "write", counting)
+    return counts
 from imgateway.router.proxy import RemoteSession
 
 
@@ -62,3 +79,17 @@ class ProxyPathBenchTests(SynchronousTestCase):
         self.assertEqual(calls["sendMessageThen (proxy.py:%d)" % RemoteSession.sendMessageThen.__code__.co_firstlineno], 6)
         self.assertEqual([name for name in calls if "requestReceived" in name and "proxy.py" in name], [])
         self.assertEqual(b"".join(written).count(b"SESSION message IMGW/1.0\r\n"), 6)
+
+    def test_answersWrittenTogether(self) -> None:
+        """
+        The link's read of hs1's answers writes each client's five C{200}s
+        to its transport in two writes (the first as it comes, the others
+        when the read is done: L{imgateway.net.gather}).
+        """
+        router = proxy_path._Router(2)
+        self.addCleanup(router.close)
+        router.exchange(5, 0)
+        router.send(5, 1)
+        counts = writesPerTransport(self)
+        router.answer(5)
+        self.assertEqual([counts[id(transport)] for _, transport, _ in router.clients], [2, 2])

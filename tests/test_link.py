@@ -64,6 +64,7 @@ from imgateway.router.link import (
     serialiseUnsequenced,
     withSeq,
 )
+from imgateway.net.gather import GATHER
 from imgateway.router import link
 from imgateway.router.link_codec import DELIVERED, encodeMessage, encodeRequest, encodeResponse, hopKey
 from imgateway.router.locator import DirectoryHomeLocator
@@ -2016,6 +2017,95 @@ class BatchedWriteTests(SynchronousTestCase):
         self.connection.dataReceived(self.request(1, "FEED"))
         self.assertEqual(len(self.transport.writes), 1)
         self.assertEqual(self.answers(self.transport.value()), [(2, ""), (1, "outer")])
+
+
+class GatheredAnswersTests(SynchronousTestCase):
+    """
+    What the answers of one link read make other connections write (a
+    client's C{200}s) is gathered while the read is handled
+    (L{imgateway.net.gather}) and written when it is done, however the
+    read ends.
+    """
+
+    class Waiter:
+        """
+        A L{ResponseWaiter} that records whether writes were being gathered
+        when it was told, and holds a frame for a connection then.
+        """
+
+        def __init__(self, seen: list[tuple[str, bool]], writer: Any, fails: bool = False) -> None:
+            self.seen = seen
+            self.writer = writer
+            self.fails = fails
+
+        def callback(self, response: Response) -> None:
+            self.seen.append(("answer", GATHER.active))
+            if self.writer not in GATHER.held:
+                GATHER.held.append(self.writer)
+            if self.fails:
+                raise RuntimeError("the answer's handler failed")
+
+        def errback(self, fail: BaseException) -> None:
+            pass
+
+    class Writer:
+        def __init__(self, seen: list[tuple[str, bool]]) -> None:
+            self.seen = seen
+
+        def flushGathered(self) -> None:
+            self.seen.append(("flushed", GATHER.active))
+
+    def setUp(self) -> None:
+        self.connection = LinkConnection({}, Clock(), 10.0, peer=LinkPeer("corp.example", "hs2"))
+        self.connection.makeConnection(StringTransport())
+        self.seen: list[tuple[str, bool]] = []
+        self.writer = self.Writer(self.seen)
+
+    def test_writtenAfterTheRead(self) -> None:
+        """
+        Each answer of a read of bare C{200}s is told while writes are
+        gathered; what they held is written once, after the last.
+        """
+        for _ in range(3):
+            self.connection.send(b"PING * IMGW/1.0\r\n\r\n", self.Waiter(self.seen, self.writer))
+        self.connection.dataReceived(b"".join(b"IMGW/1.0 200 OK\r\nSeq: %d\r\n\r\n" % seq for seq in (1, 2, 3)))
+        self.assertEqual(self.seen, [("answer", True)] * 3 + [("flushed", False)])
+        self.assertFalse(GATHER.active)
+
+    def test_parsedAnswers(self) -> None:
+        """
+        Answers the parser reads (not only bare C{200}s) are gathered for
+        in the same way.
+        """
+        for _ in range(2):
+            self.connection.send(b"PING * IMGW/1.0\r\n\r\n", self.Waiter(self.seen, self.writer))
+        self.connection.dataReceived(b"IMGW/1.0 200 OK\r\nSeq: 1\r\n\r\nIMGW/1.0 480 Offline\r\nSeq: 2\r\n\r\n")
+        self.assertEqual(self.seen, [("answer", True)] * 2 + [("flushed", False)])
+
+    def test_failedAnswer(self) -> None:
+        """
+        An answer whose handler raises ends the read as before (the error
+        goes to the reactor, which drops the connection), and what was held
+        is still written.
+        """
+        self.connection.send(b"PING * IMGW/1.0\r\n\r\n", self.Waiter(self.seen, self.writer, fails=True))
+        self.assertRaises(RuntimeError, self.connection.dataReceived, b"IMGW/1.0 200 OK\r\nSeq: 1\r\n\r\n")
+        self.assertEqual(self.seen, [("answer", True), ("flushed", False)])
+        self.assertFalse(GATHER.active)
+
+    def test_withinAnotherRead(self) -> None:
+        """
+        A link read handled within another read being gathered for writes
+        with the outer one: nothing is written before it ends.
+        """
+        self.connection.send(b"PING * IMGW/1.0\r\n\r\n", self.Waiter(self.seen, self.writer))
+        self.assertTrue(GATHER.begin())
+        try:
+            self.connection.dataReceived(b"IMGW/1.0 200 OK\r\nSeq: 1\r\n\r\n")
+            self.assertEqual(self.seen, [("answer", True)])
+        finally:
+            GATHER.end()
+        self.assertEqual(self.seen, [("answer", True), ("flushed", False)])
 
 
 class AnswerWhenFiredTests(SynchronousTestCase):

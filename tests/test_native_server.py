@@ -48,6 +48,7 @@ from imgateway.core.events import Message, MessageMark
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.core.records import AuthorisationState
 from imgateway.interfaces import IProtocolAdapter, ISessionClient
+from imgateway.net.gather import GATHER
 from imgateway.testing import PasswordCheckingDirectory, TLSStringTransport, addUser, memoryGateway
 from tests.test_native_mapping import scrambleCoreValues
 
@@ -2384,6 +2385,180 @@ class ConfigTests(SynchronousTestCase):
         """
         self.assertEqual(parse({"pre_auth_bytes": 5000}).preAuthBytes, 5000)
         self.assertRaises(ConfigError, parse, {"pre_auth_bytes": 0})
+
+
+class GatheredWriteTests(NativeFaceTestsMixin, SynchronousTestCase):
+    """
+    What a read makes the face write to a connection after its first frame
+    (L{imgateway.net.gather}) is kept and written in one C{transport.write}
+    once the read is handled: in the order written, before a close, and
+    counted by the send queue guard.
+    """
+
+    def writes(self, wire: Wire) -> list[bytes]:
+        """
+        Record each C{transport.write} of C{wire}'s connection from now on.
+        """
+        writes: list[bytes] = []
+        write = wire.transport.write
+
+        def recording(data: bytes) -> None:
+            writes.append(data)
+            write(data)
+
+        self.patch(wire.transport, "write", recording)
+        return writes
+
+    def test_oneReadTwoWrites(self) -> None:
+        """
+        A read of five C{MESSAGE}s to a user online here: the sender's five
+        C{200}s reach its transport in two writes (the first as it comes,
+        the others at the end of the read), the recipient's five
+        C{MESSAGE}s in two; every frame in the order it was written.
+        """
+        alice, bob = self.loggedIn("alice"), self.loggedIn("bob")
+        bob.call("PUBLISH", "*", [("Presence", "online")])
+        toAlice, toBob = self.writes(alice), self.writes(bob)
+        data = b"".join(
+            serialise(Request("MESSAGE", "im:bob@corp.example", Headers.of(("Seq", str(n)), ("Message-ID", f"m{n}")), b"%d" % n))
+            for n in range(10, 15)
+        )
+        alice.raw(data)
+        self.assertEqual((len(toAlice), len(toBob)), (2, 2))
+        self.assertFalse(GATHER.active)
+        answers = alice.frames()
+        self.assertEqual([(r.seq, r.code, r.headers.get("Message-ID")) for r in answers], [(n, 200, f"m{n}") for n in range(10, 15)])  # type: ignore[union-attr]
+        self.assertEqual([m.body for m in bob.frames()], [b"%d" % n for n in range(10, 15)])
+
+    def test_outsideReadAtOnce(self) -> None:
+        """
+        Outside a read (a call from a timer, another face, a test), each
+        frame is written as it comes.
+        """
+        bob = self.loggedIn("bob")
+        writes = self.writes(bob)
+        carol = Address.fromString("carol@corp.example")
+        for n in range(3):
+            bob.protocol.messageReceived(Message(carol, Address.fromString("bob@corp.example"), f"m{n}"))
+        self.assertEqual(len(writes), 3)
+
+    def test_orderWithPresence(self) -> None:
+        """
+        Within a read, a presence C{NOTIFY} written after kept frames is
+        kept behind them, and frames after it behind it: the connection's
+        frames go out in the order written.
+        """
+        bob = self.loggedIn("bob")
+        writes = self.writes(bob)
+        carol = Address.fromString("carol@corp.example")
+        bobAddress = Address.fromString("bob@corp.example")
+        self.assertTrue(GATHER.begin())
+        try:
+            bob.protocol.messageReceived(Message(carol, bobAddress, "one"))
+            bob.protocol.messageReceived(Message(carol, bobAddress, "two"))
+            bob.protocol.presenceReceived(carol, Presence(PresenceState.AWAY, "away"))
+            bob.protocol.messageReceived(Message(carol, bobAddress, "three"))
+            self.assertEqual(len(writes), 1)
+        finally:
+            GATHER.end()
+        self.assertEqual(len(writes), 2)
+        frames = bob.frames()
+        self.assertEqual(
+            [(f.method, f.body) for f in frames],  # type: ignore[union-attr]
+            [("MESSAGE", b"one"), ("MESSAGE", b"two"), ("NOTIFY", b""), ("MESSAGE", b"three")],
+        )
+
+    def test_presenceFirstAtOnce(self) -> None:
+        """
+        Within a read, a presence C{NOTIFY} to a connection that holds
+        nothing is written at once; what comes after it is kept.
+        """
+        bob = self.loggedIn("bob")
+        writes = self.writes(bob)
+        carol = Address.fromString("carol@corp.example")
+        self.assertTrue(GATHER.begin())
+        try:
+            bob.protocol.presenceReceived(carol, Presence(PresenceState.AWAY, "away"))
+            bob.protocol.messageReceived(Message(carol, Address.fromString("bob@corp.example"), "one"))
+            bob.protocol.messageReceived(Message(carol, Address.fromString("bob@corp.example"), "two"))
+            self.assertEqual(len(writes), 1)
+        finally:
+            GATHER.end()
+        self.assertEqual([(f.method, f.body) for f in bob.frames()], [("NOTIFY", b""), ("MESSAGE", b"one"), ("MESSAGE", b"two")])  # type: ignore[union-attr]
+        self.assertEqual(len(writes), 2)
+
+    def test_closeWritesKeptFirst(self) -> None:
+        """
+        A connection closed within a read (a C{BYE}) writes what it kept
+        before it asks its transport to close.
+        """
+        bob = self.loggedIn("bob")
+        carol = Address.fromString("carol@corp.example")
+        atClose: list[bytes] = []
+        loseConnection = bob.transport.loseConnection
+
+        def closing() -> None:
+            atClose.append(bob.transport.value())
+            loseConnection()
+
+        self.patch(bob.transport, "loseConnection", closing)
+        self.assertTrue(GATHER.begin())
+        try:
+            bob.protocol.messageReceived(Message(carol, Address.fromString("bob@corp.example"), "one"))
+            bob.protocol.messageReceived(Message(carol, Address.fromString("bob@corp.example"), "two"))
+            bob.protocol.bye("shutdown")
+        finally:
+            GATHER.end()
+        [value] = atClose
+        frames = list(FrameParser().feed(value))
+        self.assertEqual([f.method for f in frames], ["MESSAGE", "MESSAGE", "BYE"])  # type: ignore[union-attr]
+        self.assertEqual(bob.transport.value(), value)
+
+    def test_lostWithinRead(self) -> None:
+        """
+        A connection lost while it holds frames: the read goes on, the
+        other connections' frames are written, nothing is logged.
+        """
+        alice, bob = self.loggedIn("alice"), self.loggedIn("bob")
+        carol = Address.fromString("carol@corp.example")
+        self.assertTrue(GATHER.begin())
+        try:
+            for n in range(2):
+                bob.protocol.messageReceived(Message(carol, Address.fromString("bob@corp.example"), f"b{n}"))
+                alice.protocol.messageReceived(Message(carol, Address.fromString("alice@corp.example"), f"a{n}"))
+            bob.protocol.connectionLost()
+        finally:
+            GATHER.end()
+        self.assertEqual([f.body for f in alice.frames()], [b"a0", b"a1"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_guardCountsKeptFrames(self) -> None:
+        """
+        Frames kept while the transport is paused count for the send queue
+        guard one by one, as they would written one by one: past
+        C{max_send_queue_bytes} (besides the largest frame) the connection
+        is dropped.
+        """
+        self.config = NativeConfig(maxSendQueueBytes=2000)
+        self.setUp()
+        bob = self.loggedIn("bob")
+        guard = bob.protocol._sendGuard
+        assert guard is not None
+        guard.pauseProducing()
+        carol = Address.fromString("carol@corp.example")
+        self.assertTrue(GATHER.begin())
+        try:
+            for n in range(4):
+                bob.protocol.messageReceived(Message(carol, Address.fromString("bob@corp.example"), "x" * 1000))
+            self.assertFalse(bob.transport.disconnecting)
+        finally:
+            GATHER.end()
+        # Dropped by the third frame, as written one by one: each counted
+        # as a write of its own (the largest is one frame, not the four).
+        self.assertTrue(bob.transport.disconnecting)
+        self.assertTrue(guard.tripped)
+        frame = len(bob.transport.value()) // 4
+        self.assertEqual((guard.pending, guard.largest), (3 * frame, frame))
 
 
 class SendQueueTests(NativeFaceTestsMixin, SynchronousTestCase):

@@ -14,6 +14,8 @@ speaks:
     not).
   - L{imgateway.net.authority}: a small certificate authority and the
     certificates it issues (C{imgateway-admin certs}, and the tests').
+  - L{imgateway.net.gather}: what one read makes a connection write,
+    gathered into one C{transport.write} per connection.
 
 Nothing here imports the rest of imgateway: protocol adapters, the router
 and the command-line clients import it.

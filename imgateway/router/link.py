@@ -67,6 +67,7 @@ from imgateway.core.linkinfo import LinkInfo
 from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
 from imgateway.interfaces import IHomeLocator, ILinkRoutes, IMetrics, IRoute, IRouter
 from imgateway.net.addresses import isLoopback
+from imgateway.net.gather import GATHER
 from imgateway.net.tls import TLSFiles, trustRoot, validFor
 from imgateway.status.nometrics import NO_METRICS
 from imgateway.router.link_codec import (
@@ -547,11 +548,18 @@ class LinkConnection(Protocol):
             self._received(data)
             return
         self._batch = []
+        # What the read makes this side write to other connections after
+        # their first frame (the clients' answers to the messages a read of
+        # bare 200s answers) is written at the end of the read, one write
+        # per connection (imgateway.net.gather).
+        began = GATHER.begin()
         try:
             self._received(data)
         finally:
             self._flush()
             self._batch = None
+            if began:
+                GATHER.end()
 
     def _received(self, data: bytes) -> None:
         """

@@ -86,6 +86,7 @@ from imgateway.core.records import (
 )
 from imgateway.interfaces import IGateway, ISession, ISessionClient
 from imgateway.net.addresses import isLoopback
+from imgateway.net.gather import GATHER
 from imgateway.router.front import UNAVAILABLE_TEXT, FrontAction, FrontDecision, decideFront, openFrontSession
 
 __all__ = ["NativeConfig", "NativeServerFactory", "NativeServerProtocol", "largestListAnswers"]
@@ -301,6 +302,11 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         # and not answered.
         self._quietAsked = False
         self.quietPresence = False
+        # The frames kept while a read is handled (imgateway.net.gather),
+        # and the gather's epoch of the read this connection last wrote in
+        # directly: written after it, a frame is kept.
+        self._gathered: list[bytes] | None = None
+        self._gatherEpoch = 0
 
     # -- connection ----------------------------------------------------------
 
@@ -394,6 +400,9 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         # the transport first (a TLS transport does not close while a
         # producer is registered).
         self._closing = True
+        if self._gathered is not None:
+            # What was kept goes before the close, as it was written.
+            self.flushGathered()
         if self._sendGuard is not None:
             self._sendGuard.release()
         self.transport.loseConnection()  # type: ignore[union-attr]
@@ -464,7 +473,15 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         self._parser.receive(data)
         if self._turnCall is None:
             self._turnFrames = 0  # a read: a turn of its own
-        self._process()
+        # What the read's requests write to a connection after its first
+        # frame (their answers to this one, the messages to a recipient)
+        # is written at the end of the read, one write per connection.
+        began = GATHER.begin()
+        try:
+            self._process()
+        finally:
+            if began:
+                GATHER.end()
         if over:
             self._preAuthExceeded()
 
@@ -691,13 +708,51 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
 
     def _send(self, data: bytes) -> None:
         """
-        Write a serialised frame, counted by the send queue guard.
+        Write a serialised frame, counted by the send queue guard; or, if
+        this connection wrote already while the read being handled now
+        (L{GATHER}) is handled, keep it, to be written with the others kept
+        once that read is done (L{flushGathered}).
         """
-        if self.transport is None:
+        transport = self.transport
+        if transport is None:
             return
-        self.transport.write(data)
-        if self._sendGuard is not None:
-            self._sendGuard.wrote(len(data))
+        gathered = self._gathered
+        if gathered is not None:
+            gathered.append(data)
+            return
+        gather = GATHER
+        if gather.active:
+            if self._gatherEpoch == gather.epoch:
+                self._gathered = [data]
+                gather.held.append(self)
+                return
+            self._gatherEpoch = gather.epoch
+        transport.write(data)
+        # The guard's call only when it counts (while the transport is
+        # paused: see SendQueueGuard.wrote).
+        guard = self._sendGuard
+        if guard is not None and guard.paused:
+            guard.wrote(len(data))
+
+    def flushGathered(self) -> None:
+        """
+        Write the frames kept while a read was handled (L{_send}), in one
+        C{transport.write}. The send queue guard counts each frame as a
+        write of its own if the transport is paused after it (so it counts
+        at least the bytes it counted when each was written by itself).
+        """
+        gathered = self._gathered
+        if gathered is None:
+            return
+        self._gathered = None
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(gathered[0] if len(gathered) == 1 else b"".join(gathered))
+        guard = self._sendGuard
+        if guard is not None and guard.paused:
+            for data in gathered:
+                guard.wrote(len(data))
 
     def _respond(
         self,
@@ -1085,6 +1140,17 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         # counts (only while the transport is paused).
         transport = self.transport
         if transport is not None:
+            gathered = self._gathered
+            if gathered is not None:
+                gathered.append(data)
+                return succeed(None)
+            gather = GATHER
+            if gather.active:
+                if self._gatherEpoch == gather.epoch:
+                    self._gathered = [data]
+                    gather.held.append(self)
+                    return succeed(None)
+                self._gatherEpoch = gather.epoch
             transport.write(data)
             guard = self._sendGuard
             if guard is not None and guard.paused:

@@ -84,12 +84,17 @@ class ProxyPathBenchTests(SynchronousTestCase):
         """
         The link's read of hs1's answers writes each client's five C{200}s
         to its transport in two writes (the first as it comes, the others
-        when the read is done: L{imgateway.net.gather}).
+        when the read is done: L{imgateway.net.gather}), through the
+        link's request (C{_Outgoing}) and the face's C{_respondSent}
+        alone.
         """
         router = proxy_path._Router(2)
         self.addCleanup(router.close)
         router.exchange(5, 0)
         router.send(5, 1)
         counts = writesPerTransport(self)
-        router.answer(5)
+        calls = presence_fanout.counted(lambda: router.answer(5))
         self.assertEqual([counts[id(transport)] for _, transport, _ in router.clients], [2, 2])
+        # Each answer told to its waiter by the link's own _Outgoing, with
+        # no call to LinkClient; the face's 200 made without sentResponse.
+        self.assertEqual([name for name in calls if name.startswith(("_answered (link.py:", "sentResponse ("))], [])

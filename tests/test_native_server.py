@@ -1739,6 +1739,31 @@ class MessagePathTests(NativeFaceTestsMixin, SynchronousTestCase):
             self.assertEqual(data, general, (seq, messageId))
         self.assertGreater(direct, 1000)
 
+    def test_respondSentSameAsSentResponse(self) -> None:
+        """
+        The face's C{200} to a sent C{MESSAGE} (C{_respondSent}, which
+        writes L{sentResponse} out) is the bytes L{sentResponse} makes,
+        for fuzzed ids and sequence numbers; an id it leaves to the
+        general way is answered as L{_respond} answers it (a C{200}
+        L{serialise} can write, or none, logged, when it cannot).
+        """
+        w = self.loggedIn()
+        rng = random.Random(20261206)
+        alphabet = ["a", "Z", "0", "-", ".", "@", " ", "\t", "\r", "\n", "\x00", "\x7f", "\x85", "\u2603", "\ud800", "é", "\x1b", ":"]
+        for _ in range(3000):
+            messageId = rng.choice(["m-1", "", "x" * 2000, "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))])
+            seq = rng.choice([0, 1, 7, 2**31 - 1, rng.randrange(2**31)])
+            w.transport.clear()
+            w.protocol._respondSent(seq, messageId)
+            expected = sentResponse(seq, messageId)
+            if expected is None:
+                try:
+                    expected = serialise(Response(200, "OK", Headers.of(("Seq", str(seq)), ("Message-ID", messageId))))
+                except ValueError:
+                    expected = b""
+            self.assertEqual(w.transport.value(), expected, (seq, messageId))
+        self.flushLoggedErrors(ValueError)
+
     def test_notPlainIdAnsweredTheGeneralWay(self) -> None:
         """
         An id with a TAB (plain in a header value) is answered with it; one

@@ -859,7 +859,32 @@ class _Outgoing:
         self.connection: LinkConnection | None = None
 
     def callback(self, response: Response) -> None:
-        self.client._answered(self.ident, response)
+        """
+        Its answer came: its outcome told, unless it timed out, its client
+        stopped or its caller told it first (its L{Deferred} fired).
+        """
+        if self.client._pending.pop(self.ident, None) is None:
+            return
+        deferred = self.deferred
+        if deferred.called:
+            return
+        decode = self.decode
+        if decode is None:
+            deferred.callback(response)
+        elif decode is decodeResponse and response is DELIVERED:
+            # A delivery answered with a bare 200 (most are): what
+            # decodeResponse makes of it, without the call.
+            deferred.callback(DeliveryStatus.DELIVERED)
+        else:
+            # An answer read for its caller (a delivery's outcome, a
+            # proxied session's message): without a callback of its own on
+            # the Deferred.
+            try:
+                outcome = decode(response)
+            except Exception:
+                deferred.errback(Failure())
+            else:
+                deferred.callback(outcome)
 
     def errback(self, fail: BaseException) -> None:
         # The connection it was sent on is lost (that connection is no
@@ -1019,28 +1044,6 @@ class LinkClient(MultiService):
         item.connection = connection
         if not connection.send(item.encoded, item):
             item.connection = None
-
-    def _answered(self, ident: int, response: Response) -> None:
-        item = self._pending.pop(ident, None)
-        if item is not None and not item.deferred.called:
-            decode = item.decode
-            if decode is None:
-                item.deferred.callback(response)
-                return
-            if decode is decodeResponse and response is DELIVERED:
-                # A delivery answered with a bare 200 (most are): what
-                # decodeResponse makes of it, without the call.
-                item.deferred.callback(DeliveryStatus.DELIVERED)
-                return
-            # An answer read for its caller (a delivery's outcome, a
-            # proxied session's message): without a callback of its own on
-            # the Deferred.
-            try:
-                outcome = decode(response)
-            except Exception:
-                item.deferred.errback(Failure())
-            else:
-                item.deferred.callback(outcome)
 
     def request(self, request: Request) -> Deferred[Response]:
         """
@@ -1260,7 +1263,7 @@ class LinkClient(MultiService):
         try:
             if isinstance(event, Message):
                 # The hot path: its bytes written at once (encodeMessage),
-                # its answer decoded as it comes (_answered).
+                # its answer decoded as it comes (_Outgoing.callback).
                 return self._enqueue(encodeMessage(event, via, maxHops, event.routingId), decodeResponse)
             request = encodeRequest(event, via, maxHops, newRoutingId())
         except ValueError as e:

@@ -10,8 +10,10 @@ it. At each, the probe notes, in the reactor's thread: the RSS (anonymous
 and file-backed), how long the RSS had not changed (it samples it every
 0.1 s), glibc's C{mallinfo2()} (heap in use, free), SQLite's
 C{sqlite3_memory_used()}, pymalloc's arenas, blocks in use and free blocks
-by size class (C{sys._debugmallocstats()}); at the second, also what
-C{gc.collect()} and then C{malloc_trim(0)} would give back. It writes
+by size class (C{sys._debugmallocstats()}); at the second, also the
+collector's counts, the cyclic garbage a full collection finds (by type:
+how many objects, their own sizes), and what C{gc.collect()} and then
+C{malloc_trim(0)} would give back. It writes
 C{PREFIX.json}: both records and their differences.
 
     PYTHONPATH=bench/_memreadings IMGATEWAY_MEM_READINGS=/tmp/idle \\
@@ -79,6 +81,28 @@ def _pymalloc() -> dict[str, Any]:
     return out
 
 
+def _garbage() -> dict[str, Any]:
+    """
+    @return: The cyclic garbage a full collection finds, by type: how many
+        objects and their own sizes (C{sys.getsizeof}), the 30 types that
+        hold the most; collected afterwards as it would have been.
+    """
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+    finally:
+        gc.set_debug(0)
+    byType: dict[str, list[int]] = {}
+    for o in gc.garbage:
+        entry = byType.setdefault(type(o).__qualname__, [0, 0])
+        entry[0] += 1
+        entry[1] += sys.getsizeof(o)
+    total = [sum(e[0] for e in byType.values()), sum(e[1] for e in byType.values())]
+    del gc.garbage[:]
+    top = sorted(byType.items(), key=lambda kv: -kv[1][1])[:30]
+    return {"total": total, "by_type": dict(top)}
+
+
 class _Probe:
     def __init__(self) -> None:
         libc = ctypes.CDLL(None)
@@ -110,6 +134,9 @@ class _Probe:
         r = self.record()
         self.records.append(r)
         if len(self.records) == 2:
+            r["gc_stats"] = gc.get_stats()
+            r["gc_count"] = gc.get_count()
+            r["gc_garbage"] = _garbage()
             r["gc_collected"] = gc.collect()
             r["rss_after_gc"] = _status()["VmRSS"]
             self.trim(0)

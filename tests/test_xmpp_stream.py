@@ -1269,6 +1269,34 @@ class IdleParserTests(StreamTestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.close(xs)
 
+    def test_droppedFreedWithoutCollector(self) -> None:
+        """
+        A dropped parser (the element stream and its expat parser) is freed
+        at the drop, without the cyclic garbage collector: nothing is left
+        in a reference cycle waiting for its next full collection.
+        """
+        xs, transport, received = self.connect(IDLE)
+        self.feed(xs, HEADER, FIRST)
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            es = xs.stream
+            assert es is not None
+            # (expat's parser holds the element stream's bound methods,
+            # the element stream holds the parser.)
+            ref = weakref.ref(es)
+            del es
+            self.idle(xs)
+            self.assertIsNone(xs.stream)
+            self.assertIsNone(ref())
+        finally:
+            if enabled:
+                gc.enable()
+        self.feed(xs, b"<message to='a@corp.example'><body>hi</body></message>")
+        self.assertEqual([e.name for e in received], ["presence", "message"])
+        self.assertOpen(transport)
+        self.close(xs)
+
     def test_keptByDefault(self) -> None:
         """
         With the default L{StreamLimits} (C{idleParserSeconds} 0: s2s and

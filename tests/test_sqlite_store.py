@@ -724,6 +724,33 @@ class SQLiteHomeStoreTests(HomeStoreTestsMixin, TestCase):
         self.addCleanup(store.close)
         return store
 
+    async def test_userRecordsAddressMadeOnce(self) -> None:
+        """
+        L{SQLiteHomeStore.getUserRecords} makes one L{Address} per distinct
+        address it reads: a mutual contact's in its contact row and on both
+        sides of the two authorisations is one object, and the user's own
+        side of every authorisation is the address asked about. Separate
+        reads of the same rows make their own.
+        """
+        store = await self.makeStore()
+        await store.apply(
+            [
+                PutContact(ALICE, ContactRecord(BOB)),
+                PutContact(ALICE, ContactRecord(CAROL)),
+                SetAuthorisation(ALICE, BOB, AuthorisationState.AUTHORISED),
+                SetAuthorisation(BOB, ALICE, AuthorisationState.AUTHORISED),
+                SetAuthorisation(CAROL, ALICE, AuthorisationState.AUTHORISED),
+            ]
+        )
+        alice = addr(str(ALICE))
+        records = await store.getUserRecords(alice)
+        bob = records.contacts[0].address
+        self.assertEqual(bob, BOB)
+        sides = {id(a) for target, watcher, _ in records.authorisations for a in (target, watcher)}
+        self.assertEqual(sides, {id(alice), id(bob), id(records.contacts[1].address)})
+        self.assertEqual(len(records.authorisations), 3)
+        self.assertIsNot((await store.getContacts(alice))[0].address, bob)
+
     async def test_ownTokens(self) -> None:
         """
         The file spells authorisation states, access lists and presence

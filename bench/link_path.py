@@ -56,10 +56,16 @@ from imgateway.config import AuthConfig, GatewayConfig, HomeConfig, HostPort, Li
 from imgateway.core.address import Address
 from imgateway.core.records import AccountRecord
 from imgateway.gateway import Gateway, assembleGateway
+from imgateway.router import link_codec
 from imgateway.router.link import LinkClient, LinkConnection, LinkPeer, makeLinkService
 from imgateway.testing import MemoryDirectory, MemoryHomeStore, _inline
 
 DOMAIN = "corp.example"
+#: The time of day the home servers' clocks start at, and how far they move
+#: on per exchange: message timestamps as a real clock's (17 significant
+#: digits), not a test clock's 0.0.
+_NOW = 1_765_000_000.0
+_TICK = 0.0123456789
 
 #: A link MESSAGE as hs1 writes it (encodeMessage's usual shape, Seq first).
 _LINK_MESSAGE = (
@@ -119,6 +125,10 @@ class HS1:
 
     def __init__(self, pairs: int) -> None:
         clock = Clock()
+        # A time of day as a real clock gives it (Clock starts at 0.0, whose
+        # text is cheaper to write than a real timestamp's).
+        clock.advance(_NOW)
+        self.clock = clock
         gateway, links = _server("hs1", pairs, clock)
         face = _face(gateway, clock)
         self.senders = [(_Client(face, f"s{n}", n), f"r{n}@{DOMAIN}".encode()) for n in range(pairs)]
@@ -144,6 +154,8 @@ class HS1:
         Each sender's read (L{prepare}); then hs2's answers to the link
         messages in one read.
         """
+        # The clock moves on by a time with every bit of a real one's.
+        self.clock.advance(_TICK)
         for (sender, _), data in zip(self.senders, reads):
             sender.protocol.dataReceived(data)
         written = self.link.value()
@@ -192,7 +204,9 @@ class HS2:
             C{n}.
         """
         parts = []
-        stamp = b"%r" % (1_800_000_000.0 + n / 1000)
+        # The text hs1 writes for a time of day (repr where the tree has no
+        # timestampText).
+        stamp = getattr(link_codec, "timestampText", repr)(_NOW + n * _TICK).encode()
         for i in range(batch):
             body = b"message %d of round %d" % (i, n)
             for _, sender, to in self.recipients:

@@ -7,6 +7,7 @@ the native wire form (serialised and parsed again).
 from __future__ import annotations
 
 import inspect
+import math
 import random
 import re
 import sys
@@ -506,8 +507,8 @@ class MessageEncodingTests(SynchronousTestCase):
                 rng.choice(["", "hi", "hi ☃", "hi", "\x00\r\n", "\ud800", text(0, 40)]),
                 contentType=rng.choice(["text/plain", "text/html", "", " text/x ", text(0, 12)]),
                 messageId=messageId(),
-                timestamp=rng.choice([0.0, 1767225600.125, rng.random() * 2e9, 1e-7]),
-                hops=rng.choice([0, 0, 1, 7, 123]),
+                timestamp=rng.choice([0.0, 1767225600.125, rng.random() * 2e9, 1e-7, rng.uniform(1e9, 1e12), 1e12, -1.5]),
+                hops=rng.choice([0, 0, 1, 7, 15, 16, 123]),
                 routingId="r.1",
                 mark=rng.choice([None, None, *MessageMark]),
             )
@@ -591,6 +592,86 @@ class MessageEncodingTests(SynchronousTestCase):
             self.assertEqual(link_codec.encodeMessage(message, vias, maxHops, "r.1"), serialise(encodeRequest(message, vias, maxHops, "r.1")))
         if counted:
             self.assertEqual(len(heads), len(others))
+
+    def test_routingIdWithoutPattern(self) -> None:
+        """
+        A valid routing id in a message whose values are printable is
+        taken without L{link_codec._ROUTING_ID} (its checks made by
+        C{str} methods, over every value at once); an invalid one still
+        raises what L{encodeRequest} raises, checked by the pattern. (In
+        the compiled build the module's globals cannot be patched: there
+        only the bytes and errors are checked.)
+        """
+        counted = not (link_codec.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
+        matched: list[str] = []
+        real = link_codec._ROUTING_ID
+
+        class Recording:
+            def fullmatch(self, text: str) -> re.Match[str] | None:
+                matched.append(text)
+                return real.fullmatch(text)
+
+        via = ("corp.example/hs1",)
+        message = Message(ALICE, CAROL, "hi", messageId="m-1", timestamp=1767225600.125, routingId="r.1")
+        valid = ("r.1", "x" * 128, "!~")
+        invalid = ("", "a b", "x" * 129, "\u2603", "r\t1", "r\x7f")
+        expected = [serialise(encodeRequest(message, via, 8, routingId)) for routingId in valid]
+        errors = []
+        for routingId in invalid:
+            with self.assertRaises(ValueError) as general:
+                encodeRequest(message, via, 8, routingId)
+            errors.append(str(general.exception))
+        self.patch(link_codec, "_ROUTING_ID", Recording())
+        self.assertEqual([link_codec.encodeMessage(message, via, 8, routingId) for routingId in valid], expected)
+        if counted:
+            self.assertEqual(matched, [])
+        for routingId, error in zip(invalid, errors):
+            with self.assertRaises(ValueError) as direct:
+                link_codec.encodeMessage(message, via, 8, routingId)
+            self.assertEqual(str(direct.exception), error)
+        if counted:
+            self.assertEqual(matched, ["", "a b", "x" * 129, "\u2603", "r\t1", "r\x7f"])
+
+    def test_timestampExact(self) -> None:
+        """
+        L{link_codec.timestampText} writes times from 10**9 to 10**12
+        seconds with 7 decimals and any other by C{repr}; either way the
+        text is one the decoder takes (at most 12 digits, then at most 9
+        decimals) for every time it took before, and C{float} reads back
+        exactly the time written: over fuzzed times, the edges of the
+        range and each time's neighbouring floats. A message's link
+        request carries that text, and the receiver decodes the same
+        timestamp.
+        """
+        rng = random.Random(20261206)
+        times = [1e9, math.nextafter(1e9, 0), math.nextafter(1e12, 0), 1e12, 2.0**30, 2.0**31, 1767225600.125, 0.0, 1.5, 1e-7]
+        times += [rng.uniform(1e9, 2e9) for _ in range(20000)]
+        times += [rng.uniform(1e9, 1e12) for _ in range(5000)]
+        times += [rng.uniform(0, 1e9) for _ in range(2000)]
+        for t in list(times):
+            times += [math.nextafter(t, 0), math.nextafter(t, math.inf)]
+        for t in times:
+            text = link_codec.timestampText(t)
+            if 1e9 <= t < 1e12:
+                self.assertEqual(text, "%.7f" % t)
+            else:
+                self.assertEqual(text, repr(t))
+            if link_codec._TIMESTAMP.fullmatch(repr(t)) is not None:
+                self.assertIsNotNone(link_codec._TIMESTAMP.fullmatch(text), t)
+            self.assertEqual(float(text), t)
+        via = ("corp.example/hs1",)
+        for t in times[:9] + rng.sample(times, 300):
+            if link_codec._TIMESTAMP.fullmatch(repr(t)) is None:
+                # 10**12: refused, as before.
+                continue
+            message = Message(ALICE, CAROL, "hi", messageId="m-1", timestamp=t, hops=1, routingId="r.1")
+            data = link_codec.encodeMessage(message, via, 8, "r.1")
+            self.assertIn(b"\r\nTimestamp: %s\r\n" % link_codec.timestampText(t).encode(), data)
+            [request] = FrameParser().feed(data.replace(b"\r\n", b"\r\nSeq: 1\r\n", 1))
+            assert isinstance(request, Request)
+            event = decodeRequest(request).event
+            assert isinstance(event, Message)
+            self.assertEqual(event.timestamp, t)
 
     def test_linkSendsIt(self) -> None:
         """

@@ -7,6 +7,7 @@ the native wire form (serialised and parsed again).
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import random
 import re
@@ -971,6 +972,34 @@ class LinkFrameReaderTests(SynchronousTestCase):
         self.assertEqual([o[2] == "error" for o in outcomes], [False, False, True, True, False, False, True, True])
         self.assertEqual(outcomes[2][3:], (400, "message id must be printable, without spaces"))
         self.assertEqual(outcomes[3][3:], (482, "Max-Hops exhausted"))
+
+    def test_possessiveValues(self) -> None:
+        """
+        The value patterns, written as runs taken whole
+        (L{link_codec._PLAIN_VALUE}, L{link_codec._ASCII_VALUE}), take
+        exactly the values their backtracking forms took, alone and as the
+        value of a header line followed by more, over every string of up to
+        four characters from an alphabet of each class's edges and 30,000
+        longer random ones; the patterns that use them are built from them.
+        """
+        backtracking = {
+            link_codec._PLAIN_VALUE: r"[^\x00-\x20\x7f-\x9f](?:[^\x00-\x08\x0a-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\x9f])?",
+            link_codec._ASCII_VALUE: r"[!-~](?:[ -~]*[!-~])?",
+        }
+        alphabet = ["a", "~", "!", " ", "\t", "\r", "\n", "\x00", "\x1f", "\x7f", "\x85", "\x9f", "\xa0", "é", "\u2603", ":"]
+        rng = random.Random(20261206)
+        texts = ["".join(chars) for n in range(5) for chars in itertools.product(alphabet, repeat=n)]
+        texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(5, 40))) for _ in range(30000)]
+        for new, old in backtracking.items():
+            shapes = [(re.compile(new), re.compile(old)), (re.compile(f"X: ({new})\r\nY: ({new})"), re.compile(f"X: ({old})\r\nY: ({old})"))]
+            for text in texts:
+                self.assertEqual(bool(shapes[0][0].fullmatch(text)), bool(shapes[0][1].fullmatch(text)), text)
+                line = f"X: {text}\r\nY: {text[::-1]}"
+                matches = [pattern.fullmatch(line) for pattern in shapes[1]]
+                self.assertEqual([m and m.groups() for m in matches][0], [m and m.groups() for m in matches][1], text)
+        for pattern in (link_codec._MESSAGE_HEAD, link_codec._SESSION_MESSAGE_HEAD, link_codec._REQUEST_HEAD, link_codec._HEADER_LINE):
+            self.assertIn(link_codec._PLAIN_VALUE, pattern.pattern)
+        self.assertIn(link_codec._ASCII_VALUE, link_codec._USUAL_MESSAGE_HEAD.pattern)
 
     def test_usualMessageLimits(self) -> None:
         """

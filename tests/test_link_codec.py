@@ -633,6 +633,36 @@ class MessageEncodingTests(SynchronousTestCase):
         if counted:
             self.assertEqual(matched, ["", "a b", "x" * 129, "\u2603", "r\t1", "r\x7f"])
 
+    def test_usualWithoutURIs(self) -> None:
+        """
+        A message with printable values is written with its addresses'
+        parts, without L{Address.imURI}'s strings (one with a value that
+        is not printable, U+200E in the sender, still makes them, for the
+        patterns): the general
+        way's bytes either way. (In the compiled build the calls are not
+        counted.)
+        """
+        counted = not (link_codec.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
+        via = ("corp.example/hs1",)
+        plain = Message(ALICE, CAROL, "hi", messageId="m-1", timestamp=1767225600.125, hops=1, routingId="r.1")
+        oddSender = Address("al\u200eice", "corp.example")
+        odd = Message(oddSender, CAROL, "hi", messageId="m-1", timestamp=1767225600.125, hops=1, routingId="r.1")
+        expected = [serialise(encodeRequest(message, via, 8, "r.1")) for message in (plain, odd)]
+        calls: list[Address] = []
+        real = Address.imURI
+
+        def imURI(address: Address) -> str:
+            calls.append(address)
+            return real(address)
+
+        self.patch(Address, "imURI", imURI)
+        self.assertEqual(link_codec.encodeMessage(plain, via, 8, "r.1"), expected[0])
+        if counted:
+            self.assertEqual(calls, [])
+        self.assertEqual(link_codec.encodeMessage(odd, via, 8, "r.1"), expected[1])
+        if counted:
+            self.assertEqual(calls, [CAROL, oddSender])
+
     def test_timestampExact(self) -> None:
         """
         L{link_codec.timestampText} writes times from 10**9 to 10**12

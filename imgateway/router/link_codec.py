@@ -297,29 +297,40 @@ def encodeMessage(message: Message, via: Sequence[str], maxHops: int, routingId:
     """
     if maxHops < 1:
         raise ValueError(f"Max-Hops must be at least 1, got {maxHops}")
-    target = message.recipient.imURI()
-    sender = message.sender.imURI()
+    # The addresses' parts, written here as Address.imURI writes them
+    # ("im:" local "@" domain) without a call and a string each.
+    recipient = message.recipient
+    toLocal = recipient.local
+    toDomain = recipient.domain
+    fromAddress = message.sender
+    fromLocal = fromAddress.local
+    fromDomain = fromAddress.domain
     messageId = message.messageId
     usual = len(via) == 1
     vias = via[0] if usual else "".join(via)
     # Printable text (and a target without a space), what nearly every
     # message has, holds nothing the patterns look for (str.isprintable is
-    # stricter than both): one call in C over every value, the routing id
-    # with them. A routing id that is printable, ASCII, without a space and
-    # of 1 to 128 characters is exactly one _ROUTING_ID takes
-    # ([\x21-\x7e]{1,128}), so the pattern is not run for it. Anything
-    # else is looked at by the patterns, the routing id's first (its
-    # error before any other, as encodeRequest raises it).
+    # stricter than both): one call in C over every value (the URIs' own
+    # "im:" and "@" are printable), the routing id with them. A routing id
+    # that is printable, ASCII, without a space and of 1 to 128 characters
+    # is exactly one _ROUTING_ID takes ([\x21-\x7e]{1,128}), so the pattern
+    # is not run for it. Anything else is looked at by the patterns, the
+    # routing id's first (its error before any other, as encodeRequest
+    # raises it).
     if not (
-        f"{target}{sender}{messageId}{vias}{routingId}".isprintable()
-        and " " not in target
+        f"{toLocal}{toDomain}{fromLocal}{fromDomain}{messageId}{vias}{routingId}".isprintable()
+        and " " not in toLocal
+        and " " not in toDomain
         and " " not in routingId
         and 0 < len(routingId) <= 128
         and routingId.isascii()
     ):
         if _ROUTING_ID.fullmatch(routingId) is None:
             raise ValueError(f"invalid routing id {routingId!r}")
-        if _TARGET_NOT_PLAIN.search(target) is not None or _VALUES_NOT_PLAIN.search("\t".join((sender, messageId, *via))) is not None:
+        if (
+            _TARGET_NOT_PLAIN.search(recipient.imURI()) is not None
+            or _VALUES_NOT_PLAIN.search("\t".join((fromAddress.imURI(), messageId, *via))) is not None
+        ):
             return serialise(encodeRequest(message, via, maxHops, routingId))
     try:
         body = message.body.encode("utf-8")
@@ -337,12 +348,12 @@ def encodeMessage(message: Message, via: Sequence[str], maxHops: int, routingId:
             hopsLine = _HOPS_LINES[hops] if 0 <= hops < _USUAL_HOPS else f"Hops: {hops}\r\n" if hops else ""
             end = f"Content-Length: {len(body)}\r\n\r\n" if body else "\r\n"
             head = (
-                f"MESSAGE {target} {VERSION}\r\nFrom: {sender}\r\nMessage-ID: {messageId}\r\n"
+                f"MESSAGE im:{toLocal}@{toDomain} {VERSION}\r\nFrom: im:{fromLocal}@{fromDomain}\r\nMessage-ID: {messageId}\r\n"
                 f"Timestamp: {stamp}\r\nVia: {vias}\r\nRouting-Id: {routingId}\r\n{hopsLine}{end}"
             )
         else:
             end = f"Content-Length: {len(body)}\r\n\r\n" if body else "\r\n"
-            head = _messageHead(message, target, sender, via, maxHops, routingId) + end
+            head = _messageHead(message, recipient.imURI(), fromAddress.imURI(), via, maxHops, routingId) + end
         return head.encode("utf-8") + body
     except UnicodeEncodeError:
         # Lone surrogates: the general way says where.

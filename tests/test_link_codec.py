@@ -35,7 +35,7 @@ from imgateway.core.errors import (
     UserOffline,
     statusError,
 )
-from imgateway.core.events import Message, MessageMark, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
+from imgateway.core.events import Message, MessageMark, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind, checkMessageId
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.router import link_codec
 from imgateway.router.link_codec import (
@@ -1030,6 +1030,37 @@ class LinkFrameReaderTests(SynchronousTestCase):
         for pattern in (link_codec._MESSAGE_HEAD, link_codec._SESSION_MESSAGE_HEAD, link_codec._REQUEST_HEAD, link_codec._HEADER_LINE):
             self.assertIn(link_codec._PLAIN_VALUE, pattern.pattern)
         self.assertIn(link_codec._ASCII_VALUE, link_codec._USUAL_MESSAGE_HEAD.pattern)
+
+    def test_usualMessageIdChecked(self) -> None:
+        """
+        On the usual path a message id the pattern took (printable ASCII,
+        not empty) is checked for its length and spaces without
+        L{checkMessageId}; one that fails them (a space, 129 characters)
+        is refused by it, with the errors the parser's path gives, and 128
+        characters are taken. (In the compiled build the calls are not
+        counted.)
+        """
+        counted = not (link_codec.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
+        checked: list[str] = []
+        def recording(value: str) -> None:
+            checked.append(value)
+            checkMessageId(value)
+
+        def frame(seq: int, messageId: bytes) -> bytes:
+            data = link_codec.encodeMessage(Message(ALICE, CAROL, "hi", messageId="m", timestamp=1767225600.125), ("corp.example/hs1",), 8, f"r.{seq}")
+            return data.replace(b"\r\n", b"\r\nSeq: %d\r\n" % seq, 1).replace(b"Message-ID: m\r\n", b"Message-ID: " + messageId + b"\r\n")
+
+        ids = [b"m-1", b"x" * 128, b"a b", b"x" * 129, b"~"]
+        stream = b"".join(frame(seq, messageId) for seq, messageId in enumerate(ids, 1))
+        expected = [readOutcome(i) for i in FrameParser(LIMITS).feed(stream)]
+        self.patch(link_codec, "checkMessageId", recording)
+        reader = link_codec.LinkFrameReader(FrameParser(LIMITS), LIMITS)
+        outcomes: list[Any] = [readOutcome(i) for i in reader.read(stream)]
+        self.assertEqual(outcomes, expected)
+        self.assertEqual(reader.taken, 5)
+        self.assertEqual([o[2] == "error" for o in outcomes], [False, False, True, True, False])
+        if counted:
+            self.assertEqual(checked, ["a b", "x" * 129])
 
     def test_usualMessageLimits(self) -> None:
         """

@@ -19,6 +19,7 @@ import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
 from imgateway.adapters.native.framing import Frame, FrameParser, FramingError, Headers, Limits, Request, Response, serialise
+from imgateway.adapters.native.mapping import TargetForm
 from imgateway.core.address import Address
 from imgateway.core.errors import (
     Blocked,
@@ -1061,6 +1062,54 @@ class LinkFrameReaderTests(SynchronousTestCase):
         self.assertEqual([o[2] == "error" for o in outcomes], [False, False, True, True, False])
         if counted:
             self.assertEqual(checked, ["a b", "x" * 129])
+
+    def test_usualMessageAddresses(self) -> None:
+        """
+        On the usual path the target and C{From} in the C{im:} form are
+        parsed without L{link_codec._address}; any other form goes to it.
+        Invalid addresses and forms (each side, both sides, an address
+        without a scheme, C{pres:}) are refused with the errors, in the
+        order, of the parser's path. (In the compiled build the calls are
+        not counted.)
+        """
+        counted = not (link_codec.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
+        calls: list[str] = []
+        real = link_codec._address
+
+        def recording(text: str, form: TargetForm, what: str) -> Address:
+            calls.append(text)
+            return real(text, form, what)
+
+        def frame(seq: int, target: bytes, sender: bytes) -> bytes:
+            data = link_codec.encodeMessage(Message(ALICE, CAROL, "hi", messageId="m", timestamp=1767225600.125), ("corp.example/hs1",), 8, f"r.{seq}")
+            data = data.replace(b"\r\n", b"\r\nSeq: %d\r\n" % seq, 1)
+            return data.replace(b"MESSAGE im:carol@corp.example ", b"MESSAGE " + target + b" ").replace(b"From: im:alice@corp.example", b"From: " + sender)
+
+        good, bad = b"im:carol@corp.example", b"im:@corp.example"
+        pairs = [
+            (good, b"im:alice@corp.example"),
+            (bad, b"im:alice@corp.example"),
+            (good, b"im:alice@-x-"),
+            (bad, b"im:alice@-x-"),
+            (b"carol@corp.example", b"im:alice@corp.example"),
+            (good, b"pres:alice@corp.example"),
+            (b"pres:carol@corp.example", b"im:@x"),
+            (good, b"alice@corp.example"),
+        ]
+        stream = b"".join(frame(seq, target, sender) for seq, (target, sender) in enumerate(pairs, 1))
+        expected = [readOutcome(i) for i in FrameParser(LIMITS).feed(stream)]
+        self.patch(link_codec, "_address", recording)
+        reader = link_codec.LinkFrameReader(FrameParser(LIMITS), LIMITS)
+        outcomes: list[Any] = [readOutcome(i) for i in reader.read(stream)]
+        self.assertEqual(outcomes, expected)
+        self.assertEqual(reader.taken, len(pairs))
+        self.assertEqual([o[2] == "error" for o in outcomes], [False] + [True] * 7)
+        if counted:
+            # Only the heads with a side not in the im: form.
+            self.assertEqual(
+                calls,
+                ["carol@corp.example", "im:carol@corp.example", "pres:alice@corp.example", "pres:carol@corp.example", "im:carol@corp.example", "alice@corp.example"],
+            )
 
     def test_usualMessageLimits(self) -> None:
         """

@@ -661,8 +661,21 @@ def _usualMessageRequest(
     if maxHops < 1:
         raise LinkCodecError("Max-Hops exhausted", code=482)
     try:
-        recipient = _address(target, TargetForm.IM, "the target")
-        sender = _address(fromText, TargetForm.IM, "From")
+        if target.startswith("im:") and fromText.startswith("im:"):
+            # _address's work for the form every message has, written out
+            # (two calls fewer): the same parse, the same errors, in the
+            # same order.
+            try:
+                recipient = Address.fromString(target)
+            except InvalidAddress as e:
+                raise LinkCodecError(f"the target: {e}") from None
+            try:
+                sender = Address.fromString(fromText)
+            except InvalidAddress as e:
+                raise LinkCodecError(f"From: {e}") from None
+        else:
+            recipient = _address(target, TargetForm.IM, "the target")
+            sender = _address(fromText, TargetForm.IM, "From")
         # From here on the same as _messageRequest's end (its Message-ID
         # check aside), written out again on purpose: one helper that both
         # call cost this path a call, about 550-600 instructions more per

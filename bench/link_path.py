@@ -67,10 +67,11 @@ DOMAIN = "corp.example"
 _NOW = 1_765_000_000.0
 _TICK = 0.0123456789
 
-#: A link MESSAGE as hs1 writes it (encodeMessage's usual shape, Seq first).
+#: A link MESSAGE as hs1 writes it (encodeMessage's usual shape, Seq first;
+#: one hop: hs1's router counted it as it sent it on).
 _LINK_MESSAGE = (
     b"MESSAGE im:%s IMGW/1.0\r\nSeq: %d\r\nFrom: im:%s\r\nMessage-ID: %s\r\nTimestamp: %s\r\n"
-    b"Via: corp.example/hs1\r\nRouting-Id: %s\r\nContent-Length: %d\r\n\r\n%s"
+    b"Via: corp.example/hs1\r\nRouting-Id: %s\r\nHops: 1\r\nContent-Length: %d\r\n\r\n%s"
 )
 
 

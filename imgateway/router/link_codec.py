@@ -1052,9 +1052,10 @@ class LinkFrameReader:
             # end).
             # (The optional ones added as booleans: a loop over them cost
             # about 500 instructions more.)
+            viaLines = vias.count("\r\n")
             headers = (
                 5
-                + vias.count("\r\n")
+                + viaLines
                 + (contentType is not None)
                 + (token is not None)
                 + (maxHopsText is not None)
@@ -1086,7 +1087,8 @@ class LinkFrameReader:
                     timestamp,
                     contentType,
                     token,
-                    vias[7:].split("\r\nVia: ") if vias else (),
+                    # One Via (the usual): its value, without a split.
+                    (vias[7:],) if viaLines == 1 else vias[7:].split("\r\nVia: ") if vias else (),
                     DEFAULT_MAX_HOPS if maxHopsText is None else int(maxHopsText),
                     routingId,
                     0 if hopsText is None else int(hopsText),

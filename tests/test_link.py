@@ -2294,6 +2294,104 @@ class BareDeliveredTests(SynchronousTestCase):
         # The fast path was taken for many reads.
         self.assertGreater(fast, 150)
 
+    def test_inOrderRunsSameAsParser(self) -> None:
+        """
+        Over fuzzed streams of mostly in-order bare C{200}s (the run a busy
+        link reads, L{FrameParser.bareOKRun}), with answers taken out of
+        order, repeated or unknown, a C{Seq} at or past the largest a bare
+        C{200} has (10**9 - 1) and the sequence numbers wrapping, other
+        answers and blank lines in the middle of a run, cut into reads
+        anywhere or between frames: each request gets the answer the
+        parser reads for it, in the same order; and the run is recognised
+        for many reads.
+        """
+        rng = random.Random(20261206)
+        runs = 0
+        for i in range(800):
+            start = rng.choice([0, 0, 0, rng.randint(1, 50), 10**9 - 8, 2**31 - 5])
+            requests = rng.randint(1, 12)
+            seqs = [(start + k) % (2**31 - 1) + 1 for k in range(requests)]
+            answering = list(seqs)
+            if rng.random() < 0.3:
+                # Some answered out of order.
+                a, b = rng.randrange(requests), rng.randrange(requests)
+                answering[a], answering[b] = answering[b], answering[a]
+            if rng.random() < 0.2:
+                # One repeated, or one answering nothing.
+                answering.insert(rng.randrange(len(answering) + 1), rng.choice([seqs[0], seqs[-1] + 1, 10**9]))
+            frames = [b"IMGW/1.0 200 OK\r\nSeq: %d\r\n\r\n" % seq for seq in answering]
+            if rng.random() < 0.3:
+                # Something else in the middle of a run.
+                k = rng.randrange(len(frames))
+                seq = answering[k]
+                frames[k] = rng.choice(
+                    [
+                        serialise(Response(rng.choice([200, 404, 503]), "X", Headers((("Seq", str(seq)), ("Detail", "d"))))),
+                        serialise(Response(200, "OK", Headers((("Seq", str(seq)),)), b"{}")),
+                        b"\r\n" + frames[k],
+                        b"IMGW/1.0 200 OK\r\nSeq: 0%d\r\n\r\n" % (seq % 100),
+                    ]
+                )
+            stream = b"".join(frames)
+            if rng.random() < 0.5:
+                # Whole frames per read, as a busy link mostly gets them.
+                cuts = sorted(rng.sample([sum(map(len, frames[:k])) for k in range(1, len(frames))], min(rng.randint(0, 2), len(frames) - 1)))
+            else:
+                cuts = sorted(rng.sample(range(1, len(stream)), min(rng.randint(0, 3), len(stream) - 1)))
+            chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
+            expected = []
+            waiting = set(seqs)
+            for item in FrameParser(link.LINK_LIMITS).feed(stream):
+                assert isinstance(item, Response)
+                if item.seq in waiting:
+                    waiting.discard(item.seq)
+                    expected.append((item.seq, item.code, item.reason, tuple(h for h in item.headers.items if h[0] != "Seq"), item.body))
+            connection = LinkConnection({}, Clock(), 10.0, peer=LinkPeer("corp.example", "hs2"))
+            connection.makeConnection(StringTransport())
+            connection._seq = start
+            parser = connection._parser
+            found: list[int] = []
+
+            class Counting:
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(parser, name)
+
+                def bareOKRun(self, data: bytes, first: int, most: int) -> int:
+                    count = parser.bareOKRun(data, first, most)
+                    found.append(count)
+                    return count
+
+            connection._parser = Counting()  # type: ignore[assignment]
+            answers: list[tuple[int, int, str, tuple[tuple[str, str], ...], bytes]] = []
+            for seq in seqs:
+                d = connection.request(Request("PING", "*", Headers()))
+
+                def answered(r: Response, seq: int) -> None:
+                    answers.append((seq, r.code, r.reason, tuple(h for h in r.headers.items if h[0] != "Seq"), r.body))
+
+                d.addCallback(answered, seq)
+            for chunk in chunks:
+                connection.dataReceived(chunk)
+            self.assertEqual(answers, expected, chunks)
+            runs += sum(1 for count in found if count)
+        # The run was recognised for many reads.
+        self.assertGreater(runs, 300)
+
+    def test_lostInRun(self) -> None:
+        """
+        When an answer's callback in a run of bare C{200}s loses the
+        connection, the later requests of the run fail with
+        L{ConnectionLost} once, and are not answered as well.
+        """
+        connection = LinkConnection({}, Clock(), 10.0, peer=LinkPeer("corp.example", "hs2"))
+        connection.makeConnection(StringTransport())
+        first = connection.request(Request("PING", "*", Headers()))
+        second = connection.request(Request("PING", "*", Headers()))
+        first.addCallback(lambda r: connection.connectionLost(Failure(ConnectionDone())))
+        connection.dataReceived(b"IMGW/1.0 200 OK\r\nSeq: 1\r\n\r\nIMGW/1.0 200 OK\r\nSeq: 2\r\n\r\n")
+        self.successResultOf(first)
+        self.failureResultOf(second, ConnectionLost)
+
     def test_partialFrameFirst(self) -> None:
         """
         A read of bare C{200}s that continues a frame cut by the previous

@@ -198,6 +198,9 @@ _DELIVERED_WITH_SEQ = _DELIVERED_BYTES[:-2] + b"Seq: %d\r\n\r\n"
 #: looked up on its class goes through the C{Enum} class's attribute hook
 #: (about 900 instructions under Python 3.11), a module global does not.
 _STATUS_DELIVERED: Final = DeliveryStatus.DELIVERED
+#: How a bare 200 starts (L{FrameParser.bareOKRun}): a read that does not
+#: start so is not tried as a run of them.
+_BARE_OK_START = b"IMGW/1.0 200 OK\r\nSeq: "
 
 @frozen
 class LinkPeer:
@@ -571,6 +574,24 @@ class LinkConnection(Protocol):
         it brings (answered with one write for the whole read, see
         L{dataReceived}).
         """
+        outstanding = self._outstanding
+        if outstanding and data.startswith(_BARE_OK_START):
+            # First the usual read of a busy link's sending side: the bare
+            # 200s answering the oldest requests awaiting one, in order,
+            # recognised by their bytes (what takeBareOKs would take as
+            # those numbers).
+            first = next(iter(outstanding))
+            count = self._parser.bareOKRun(data, first, len(outstanding))
+            if count:
+                for seq in range(first, first + count):
+                    if self.closing:
+                        return
+                    # self._outstanding, not outstanding: a callback may
+                    # have lost the connection (connectionLost replaces it).
+                    waiter = self._outstanding.pop(seq, None)
+                    if waiter is not None:
+                        waiter.callback(DELIVERED)
+                return
         seqs = self._parser.takeBareOKs(data)
         if seqs is not None:
             # Only bare 200s (the usual read on a busy link's sending side):

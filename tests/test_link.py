@@ -2060,6 +2060,7 @@ class GatheredAnswersTests(SynchronousTestCase):
         self.connection.makeConnection(StringTransport())
         self.seen: list[tuple[str, bool]] = []
         self.writer = self.Writer(self.seen)
+        self.addCleanup(lambda: self.assertEqual((GATHER.active, GATHER.held), (False, [])))
 
     def test_writtenAfterTheRead(self) -> None:
         """
@@ -2092,6 +2093,30 @@ class GatheredAnswersTests(SynchronousTestCase):
         self.assertRaises(RuntimeError, self.connection.dataReceived, b"IMGW/1.0 200 OK\r\nSeq: 1\r\n\r\n")
         self.assertEqual(self.seen, [("answer", True), ("flushed", False)])
         self.assertFalse(GATHER.active)
+
+    def test_failedLinkWrite(self) -> None:
+        """
+        A write of the link connection itself that raises at the end of the
+        read (its answers to the read's requests) still ends the gather, so
+        that other connections' later reads are not all kept; what was
+        held is written.
+        """
+        connection = self.connection
+
+        class Answering(self.Waiter):  # type: ignore[name-defined]
+            def callback(self, response: Response) -> None:
+                super().callback(response)
+                connection._write(b"IMGW/1.0 200 OK\r\nSeq: 7\r\n\r\n")
+
+        def refuse(data: bytes) -> None:
+            raise RuntimeError("the link's transport failed")
+
+        connection.send(b"PING * IMGW/1.0\r\n\r\n", Answering(self.seen, self.writer))
+        self.patch(connection.transport, "write", refuse)
+        self.assertRaises(RuntimeError, connection.dataReceived, b"IMGW/1.0 200 OK\r\nSeq: 1\r\n\r\n")
+        self.assertEqual(self.seen, [("answer", True), ("flushed", False)])
+        self.assertEqual((GATHER.active, GATHER.held), (False, []))
+        self.assertIsNone(connection._batch)
 
     def test_withinAnotherRead(self) -> None:
         """

@@ -167,6 +167,9 @@ class NativeFaceTestsMixin:
         addUser(self.gateway, "alice", "alice-pw")
         addUser(self.gateway, "bob", "bob-pw")
         self.factory = NativeServerFactory(self.gateway, self.config, self.clock)
+        # The gather is the process's: a test that left it on, or with
+        # connections holding frames, would change how later tests write.
+        self.addCleanup(lambda: self.assertEqual((GATHER.active, GATHER.held), (False, [])))
 
     def wire(self, peer: IPv4Address = LOOPBACK) -> Wire:
         return Wire(self.factory, peer)

@@ -563,10 +563,15 @@ class LinkConnection(Protocol):
         try:
             self._received(data)
         finally:
-            self._flush()
-            self._batch = None
-            if began:
-                GATHER.end()
+            # The gather ends whatever happens, a write of this connection
+            # that raises included: left on, it would keep every native
+            # connection's frames after its first for good.
+            try:
+                self._flush()
+            finally:
+                self._batch = None
+                if began:
+                    GATHER.end()
 
     def _received(self, data: bytes) -> None:
         """

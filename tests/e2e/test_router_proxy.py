@@ -162,6 +162,15 @@ class XMPPProxyTests(TestCase):
         await alice.waitForMessage(CAROL, "hi alice, from slixmpp", timeout=10)
         await aliceClient.sendMessage(CAROL, "hi carol over xmpp")
         await agent.waitForMessage(str(ALICE), "hi carol over xmpp", timeout=10)
+        # A refusal from hs1 told later to the router's c2s face (its
+        # session is a RemoteSession, asked through sendMessageThen): one
+        # error stanza, the one a local refusal gives.
+        agent.message(f"nobody@{DOMAIN}", "anyone there?", msgid="lost-1")
+        refused = await agent.waitForEvent("message", timeout=10, type="error", id="lost-1")
+        self.assertEqual(refused["error"]["condition"], "service-unavailable")
+        agent.message(str(ALICE), "still there?", msgid="after-1")
+        await alice.waitForMessage(CAROL, "still there?", timeout=10)
+        self.assertEqual(len(agent.find("message", type="error")), 1)
 
     async def test_homeKilled(self) -> None:
         """

@@ -2103,7 +2103,7 @@ class GatheredAnswersTests(SynchronousTestCase):
         """
         connection = self.connection
 
-        class Answering(self.Waiter):  # type: ignore[name-defined]
+        class Answering(GatheredAnswersTests.Waiter):
             def callback(self, response: Response) -> None:
                 super().callback(response)
                 connection._write(b"IMGW/1.0 200 OK\r\nSeq: 7\r\n\r\n")

@@ -170,7 +170,7 @@ class XMPPProxyTests(TestCase):
         self.assertEqual(refused["error"]["condition"], "service-unavailable")
         agent.message(str(ALICE), "still there?", msgid="after-1")
         await alice.waitForMessage(CAROL, "still there?", timeout=10)
-        self.assertEqual(len(agent.find("message", type="error")), 1)
+        self.assertEqual(len(agent.find("message", type="error")), 1, agent.find("message", type="error"))
 
     async def test_homeKilled(self) -> None:
         """

@@ -12,26 +12,10 @@ import io
 import json
 from contextlib import redirect_stdout
 
-from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from bench import link_path, presence_fanout
-
-
-def writesPerTransport(case: SynchronousTestCase) -> dict[int, int]:
-    """
-    Count each L{StringTransport}'s C{write} calls from now on, by the
-    transport's C{id}.
-    """
-    counts: dict[int, int] = {}
-    write = StringTransport.write
-
-    def counting(self: StringTransport, data: bytes) -> None:
-        counts[id(self)] = counts.get(id(self), 0) + 1
-        write(self, data)
-
-    case.patch(StringTransport, "write", counting)
-    return counts
+from tests.test_bench_message_path import writesPerTransport
 
 
 class LinkPathBenchTests(SynchronousTestCase):

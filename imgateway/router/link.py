@@ -23,7 +23,7 @@ sides' certificates checked.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from ipaddress import ip_address
 from typing import Any, Final, Protocol as TypingProtocol, overload
 
@@ -580,6 +580,7 @@ class LinkConnection(Protocol):
         L{dataReceived}).
         """
         outstanding = self._outstanding
+        seqs: Iterable[int] | None = None
         if outstanding and data.startswith(_BARE_OK_START):
             # First the usual read of a busy link's sending side: the bare
             # 200s answering the oldest requests awaiting one, in order,
@@ -588,22 +589,17 @@ class LinkConnection(Protocol):
             first = next(iter(outstanding))
             count = self._parser.bareOKRun(data, first, len(outstanding))
             if count:
-                for seq in range(first, first + count):
-                    if self.closing:
-                        return
-                    # self._outstanding, not outstanding: a callback may
-                    # have lost the connection (connectionLost replaces it).
-                    waiter = self._outstanding.pop(seq, None)
-                    if waiter is not None:
-                        waiter.callback(DELIVERED)
-                return
-        seqs = self._parser.takeBareOKs(data)
+                seqs = range(first, first + count)
+        if seqs is None:
+            seqs = self._parser.takeBareOKs(data)
         if seqs is not None:
             # Only bare 200s (the usual read on a busy link's sending side):
             # each is DELIVERED, which a parsed one equals but for its Seq.
             for seq in seqs:
                 if self.closing:
                     return
+                # self._outstanding, not outstanding: a callback may have
+                # lost the connection (connectionLost replaces it).
                 waiter = self._outstanding.pop(seq, None)
                 if waiter is not None:
                     waiter.callback(DELIVERED)

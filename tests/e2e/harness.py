@@ -477,6 +477,7 @@ class GatewayProcess:
             stderr=subprocess.STDOUT,
             env=self.environment(),
             cwd=self.cwd,
+            preexec_fn=defaultInterruptSignals,
         )
         return self.process
 
@@ -691,6 +692,22 @@ class _Stoppable(TypingProtocol):
     def _reaped(self) -> int: ...
 
     def _describe(self, what: str) -> str: ...
+
+
+def defaultInterruptSignals() -> None:
+    """
+    In a child before it runs its program: SIGINT and SIGQUIT as a terminal
+    gives them (their default actions), whatever this process was started
+    with.
+
+    A shell without job control starts its background commands with both
+    ignored (POSIX, "Asynchronous Lists"), and an ignored signal stays
+    ignored across C{exec}: a test suite started so (C{(cmd &)} in a
+    script) would start gateways that no SIGINT can stop, since twistd, as
+    Python, leaves an ignored SIGINT ignored.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 def stopProcess(owner: _Stoppable, name: str, sig: int = signal.SIGTERM) -> Deferred[int]:

@@ -874,6 +874,21 @@ class SignalTests(TestCase):
         gw.assertCleanExit(await gw.stop(signal.SIGINT), signal.SIGINT)
         self.assertEqual(await alice.whenClosed(), "shutdown")
 
+    async def test_sigintWhenStartedIgnoringIt(self) -> None:
+        """
+        The harness starts the gateway with SIGINT's default action even
+        when the test run was started with SIGINT ignored (a background
+        command of a shell without job control is), so that
+        L{test_sigint} tests the gateway, not how the suite was launched.
+        """
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            gw = GatewayProcess(self)
+            await gw.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        gw.assertCleanExit(await gw.stop(signal.SIGINT), signal.SIGINT)
+
     async def test_shutdownTellsWaitingConnections(self) -> None:
         """
         A connection that has not logged in is told C{BYE} C{shutdown} too

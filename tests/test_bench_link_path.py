@@ -103,7 +103,8 @@ class LinkPathBenchTests(SynchronousTestCase):
         The routing of a message across the link makes each of its checks
         once, with no call for what is answered in place: on hs2 the
         locator is asked for the sender's home (the origination rule) and
-        carol's (the router), once each, through no C{knownHome}; the
+        carol's (the router) in one call, through no C{knownHome}, with
+        the clock reading of the duplicate check; the
         router does not remember a message delivered here at once (no
         C{_see}: the link's receiving side answers its duplicates); no
         C{hopKey} for a message's trace, kept in place (no C{push} or
@@ -122,7 +123,12 @@ class LinkPathBenchTests(SynchronousTestCase):
         def count(calls: dict[str, int], prefix: str, where: str) -> int:
             return sum(n for name, n in calls.items() if name.startswith(prefix + " (") and f"({where}:" in name)
 
-        self.assertEqual(count(calls, "cachedHomeOf", "locator.py"), 2 * messages)
+        self.assertEqual(count(calls, "cachedHomesAt", "locator.py"), messages)
+        self.assertEqual(count(calls, "cachedHomeOf", "locator.py"), 0)
+        # The clock read once per message (the duplicate check's reading,
+        # which the locator's answers take), and once per recipient's read
+        # of its answers.
+        self.assertEqual(count(calls, "seconds", "task.py"), messages + 2)
         self.assertEqual(count(calls, "deliverAtOnce", "router.py"), messages)
         for unused, where in [("knownHome", "locator.py"), ("_see", "router.py"), ("hopKey", "link_codec.py"), ("push", "link.py"), ("pop", "link.py"), ("_originationRefused", "link.py")]:
             self.assertEqual(count(calls, unused, where), 0, unused)

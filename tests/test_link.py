@@ -67,8 +67,9 @@ from imgateway.router.link import (
 from imgateway.net.gather import GATHER
 from imgateway.router import link
 from imgateway.router.link_codec import DELIVERED, encodeMessage, encodeRequest, encodeResponse, hopKey
-from imgateway.router.locator import DirectoryHomeLocator
-from imgateway.testing import MemoryDirectory
+from imgateway.router.locator import UNKNOWN, DirectoryHomeLocator
+from imgateway.router.router import UNASKED, Router
+from imgateway.testing import MemoryDirectory, MemoryLinkRoutes
 
 from tests.test_net_srv import FakeResolver
 
@@ -1116,6 +1117,148 @@ class RememberedOriginationTests(SynchronousTestCase):
                     inPlace = remembered and expected is None and peer.name is not None and sender.domain == "corp.example" and "home" in peer.roles
                     self.assertEqual(len(ruled), 0 if inPlace else 1, case)
         self.flushLoggedErrors()
+
+
+class HomeRecordingRouter(Router):
+    """
+    A L{Router} that records the C{home} its C{deliverAtOnce} is given
+    (L{UNASKED} when it asks the locator itself).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.homes: list[object] = []
+
+    def deliverAtOnce(self, event: Event, home: Any = UNASKED) -> DeliveryStatus | Deferred[DeliveryStatus]:
+        self.homes.append(home)
+        return super().deliverAtOnce(event, home)
+
+
+@implementer(IRoute)
+class AtOnceHome:
+    """
+    This process's home server, as the router sees it: every message
+    delivered at once (C{deliverAtOnce}), recorded.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def deliverAtOnce(self, event: Event) -> DeliveryStatus:
+        self.events.append(event)
+        return DeliveryStatus.DELIVERED
+
+    def deliver(self, event: Event) -> Deferred[DeliveryStatus]:
+        self.events.append(event)
+        return succeed(DeliveryStatus.DELIVERED)
+
+
+class RecipientHomeTests(SynchronousTestCase):
+    """
+    The receiver asks the locator for the sender's home (the origination
+    rule) and the recipient's (for the router) in one call, with the clock
+    reading of its duplicate check, and gives the router the recipient's
+    (L{Router.deliverAtOnce}'s C{home}): the same answers and deliveries
+    as the router asking itself.
+    """
+
+    bob = Address.fromString("bob@corp.example")  # homed on hs3
+    dave = Address.fromString("dave@corp.example")  # homed on hs1, not remembered
+    nobody = Address.fromString("nobody@corp.example")
+
+    def stack(self, sameLocator: bool = True, sameClock: bool = True) -> tuple[LinkReceiver, HomeRecordingRouter, AtOnceHome, AtOnceHome, Clock]:
+        """
+        hs1's receiver and router (a home server here that takes every
+        message at once, hs3 over a link) with CAROL, ALICE, bob and nobody
+        remembered by the locator.
+        """
+        clock = Clock()
+        directory = MemoryDirectory(
+            [
+                AccountRecord(CAROL, "hs2", "", True, ""),
+                AccountRecord(ALICE, "hs1", "", True, ""),
+                AccountRecord(self.bob, "hs3", "", True, ""),
+                AccountRecord(self.dave, "hs1", "", True, ""),
+            ]
+        )
+        locator = DirectoryHomeLocator(directory, clock if sameClock else Clock(), 30.0)
+        for user in (CAROL, ALICE, self.bob, self.nobody):
+            self.successResultOf(locator.homeOf(user))
+        hs3 = AtOnceHome()
+        router = HomeRecordingRouter(
+            domain="corp.example",
+            serverName="hs1",
+            locator=locator if sameLocator else DirectoryHomeLocator(directory, clock, 30.0),
+            linkRoutes=MemoryLinkRoutes(servers={"hs3": hs3}),
+        )
+        home = AtOnceHome()
+        router.addRoute("corp.example", home, local=True)
+        return LinkReceiver(configFor("hs1"), router, locator, clock, LinkTraces()), router, home, hs3, clock
+
+    def send(self, receiver: LinkReceiver, recipient: Address, n: int) -> int:
+        connection = LinkConnection(receiver.handlers, Clock(), 10.0)
+        connection.markReady(LinkPeer("corp.example", "hs2", frozenset({"home"})))
+        request = encodeRequest(Message(CAROL, recipient, "hi"), ["corp.example/hs2"], 8, f"rid-{n}")
+        answer = receiver.handlers["MESSAGE"](connection, request)
+        if isinstance(answer, Deferred):
+            answer = self.successResultOf(answer)
+        assert isinstance(answer, Response)
+        return answer.code
+
+    def test_homeGiven(self) -> None:
+        """
+        With the router asking the receiver's locator, which keeps the
+        receiver's clock's time, the router is given each recipient's home
+        as remembered (a home here, one on another server, none, or
+        L{UNKNOWN}); for one remembered on a server, the locator's
+        C{cachedHomeOf} is not called and the clock read once per message.
+        The answers and where the messages went are those of a router
+        asking itself.
+        """
+        receiver, router, home, hs3, clock = self.stack()
+        readings: list[float] = []
+        seconds = clock.seconds
+
+        def reading() -> float:
+            readings.append(seconds())
+            return readings[-1]
+
+        self.patch(clock, "seconds", reading)
+        asked: list[Address] = []
+        cachedHomeOf = DirectoryHomeLocator.cachedHomeOf
+
+        def counted(locator: DirectoryHomeLocator, address: Address) -> object:
+            asked.append(address)
+            return cachedHomeOf(locator, address)
+
+        self.patch(DirectoryHomeLocator, "cachedHomeOf", counted)
+        recipients = [ALICE, self.bob, self.nobody, self.dave]
+        codes = [self.send(receiver, r, n) for n, r in enumerate(recipients[:2])]
+        self.assertEqual((router.homes, asked, len(readings)), (["hs1", "hs3"], [], 2))
+        # The others go the router's general way, which asks the locator.
+        codes += [self.send(receiver, r, n) for n, r in enumerate(recipients[2:], 2)]
+        self.assertEqual(router.homes, ["hs1", "hs3", None, UNKNOWN])
+        other, otherRouter, otherHome, otherHs3, _ = self.stack(sameClock=False)
+        expected = [self.send(other, r, n) for n, r in enumerate(recipients)]
+        self.assertEqual(otherRouter.homes, [UNASKED] * 4)
+        self.assertEqual(codes, expected)
+        self.assertEqual(codes, [200] * 4)
+        self.assertEqual([e.recipient for e in home.events], [e.recipient for e in otherHome.events])
+        self.assertEqual([e.recipient for e in home.events], [ALICE, self.nobody, self.dave])
+        self.assertEqual([e.recipient for e in hs3.events], [e.recipient for e in otherHs3.events])
+        self.assertEqual([e.recipient for e in hs3.events], [self.bob])
+
+    def test_homeNotGiven(self) -> None:
+        """
+        A router that asks another locator, or a locator that keeps
+        another clock's time, is not given the recipient's home: the
+        router asks itself (C{UNASKED}), and the message is delivered.
+        """
+        for same in [{"sameLocator": False}, {"sameClock": False}]:
+            receiver, router, home, _, _ = self.stack(**same)
+            self.assertEqual(self.send(receiver, ALICE, 0), 200)
+            self.assertEqual(router.homes, [UNASKED], same)
+            self.assertEqual([e.recipient for e in home.events], [ALICE])
 
 
 class AtOnceRouter(FakeRouter):

@@ -113,6 +113,34 @@ class DirectoryHomeLocatorTests(SynchronousTestCase):
         self.assertIs(knownHome(self.locator, ALICE), UNKNOWN)
         self.assertEqual(self.directory.reads, 2)
 
+    def test_cachedHomesAt(self) -> None:
+        """
+        C{cachedHomesAt} answers for two users what C{cachedHomeOf} answers
+        for each, at the time it is given (a reading of the locator's
+        C{clock}, which it does not read itself): remembered homes, a
+        remembered "no home", L{UNKNOWN} before the directory was read and
+        from the end of an answer's lifetime on. It reads nothing itself.
+        """
+        self.assertIs(self.locator.clock, self.clock)
+        self.assertEqual(self.locator.cachedHomesAt(0.0, ALICE, NOBODY), (UNKNOWN, UNKNOWN))
+        self.locator.homeOf(ALICE)
+        self.clock.advance(10.0)
+        self.locator.homeOf(NOBODY)
+        self.clock.advance(1000.0)
+        readings: list[float] = []
+
+        def reading() -> float:
+            readings.append(0.0)
+            return 0.0
+
+        self.patch(self.clock, "seconds", reading)
+        for now, alice, nobody in [(0.0, "hs1", None), (29.9, "hs1", None), (30.0, UNKNOWN, None), (39.9, UNKNOWN, None), (40.0, UNKNOWN, UNKNOWN)]:
+            self.assertEqual(self.locator.cachedHomesAt(now, ALICE, NOBODY), (alice, nobody), now)
+            self.assertEqual(self.locator.cachedHomesAt(now, NOBODY, ALICE), (nobody, alice), now)
+        self.assertEqual(self.locator.cachedHomesAt(0.0, ALICE, ALICE), ("hs1", "hs1"))
+        self.assertEqual(readings, [])
+        self.assertEqual(self.directory.reads, 2)
+
     def test_knownHomeOtherLocators(self) -> None:
         """
         L{knownHome} knows nothing of another L{IHomeLocator}: the caller

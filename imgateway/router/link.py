@@ -85,7 +85,7 @@ from imgateway.router.link_codec import (
     newRoutingId,
     viaEntry,
 )
-from imgateway.router.locator import UNKNOWN, DirectoryHomeLocator
+from imgateway.router.locator import UNKNOWN, DirectoryHomeLocator, _Unknown
 
 __all__ = [
     "ANSWERED_LATER",
@@ -1384,6 +1384,24 @@ class LinkReceiver:
         self._deliverAtOnce: Callable[[Event], DeliveryStatus | Deferred[DeliveryStatus]] = getattr(
             router, "deliverAtOnce", router.deliver
         )
+        # The locator when it is a DirectoryHomeLocator (the origination
+        # rule's usual answer is then asked of what it remembers), else None.
+        self._directory = locator if type(locator) is DirectoryHomeLocator else None
+        # The router's deliverAtOnce given the recipient's home
+        # (Router.deliverAtHome), which the receiver asks with the sender's
+        # (one call, one clock reading: cachedHomesAt), when the router asks
+        # that locator and the locator keeps this clock's time; else None.
+        atHome: Callable[[Event, str | None | _Unknown], DeliveryStatus | Deferred[DeliveryStatus]] | None = getattr(
+            router, "deliverAtHome", None
+        )
+        self._deliverAtHome = (
+            atHome
+            if atHome is not None
+            and self._directory is not None
+            and getattr(router, "locator", None) is locator
+            and self._directory.clock is clock
+            else None
+        )
         self.ownVia = viaEntry(config.domain, config.homeServerName)
         self.handlers: dict[str, RequestHandler] = {"HELLO": self._hello, "PING": lambda c, r: _response(200)}
         event: RequestHandler = self._event
@@ -1527,21 +1545,26 @@ class LinkReceiver:
                 answers.popitem(last=False)
         connection.inProgress += 1
         event = incoming.event
+        # The recipient's home, when asked here for the router (atHome then
+        # the router's method that takes it).
+        home: str | None | _Unknown = UNKNOWN
+        atHome = None
         try:
             sender = event.sender
             name = peer.name
-            locator = self._locator
-            if (
-                name is not None
-                and type(locator) is DirectoryHomeLocator
-                and sender.domain == self._config.domain
-                and "home" in peer.roles
-                and locator.cachedHomeOf(sender) == name
-            ):
+            directory = self._directory
+            if name is not None and directory is not None and sender.domain == self._config.domain and "home" in peer.roles:
+                atHome = self._deliverAtHome
+                if atHome is not None:
+                    # The recipient's home with the sender's: one call, and
+                    # the duplicate check's clock reading.
+                    known, home = directory.cachedHomesAt(now, sender, event.recipient)
+                else:
+                    known = directory.cachedHomeOf(sender)
                 # What _originationRefused answers, without its call, for
                 # the usual event: from a user of this domain whom the
                 # directory (as remembered) homes on the peer, a home server.
-                check = None
+                check = None if known == name else self._originationRefused(peer, event)
             else:
                 check = self._originationRefused(peer, event)
         except Exception:
@@ -1567,7 +1590,10 @@ class LinkReceiver:
         failed: DeliveryError | Failure | None = None
         traces.current = (key, trace)
         try:
-            result = self._deliverAtOnce(event)
+            if atHome is None:
+                result = self._deliverAtOnce(event)
+            else:
+                result = atHome(event, home)
         except DeliveryError as e:
             failed = e
         except Exception:

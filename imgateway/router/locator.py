@@ -57,6 +57,8 @@ class DirectoryHomeLocator:
     nothing is delivered to it.
 
     @ivar lifetime: Seconds an answer is remembered.
+    @ivar clock: The clock the answers expire by (L{cachedHomesAt}'s
+        C{now} is a reading of it).
     """
 
     def __init__(
@@ -67,7 +69,7 @@ class DirectoryHomeLocator:
         maxCached: int = DEFAULT_MAX_CACHED,
     ) -> None:
         self._directory = directory
-        self._clock = clock
+        self._clock = self.clock = clock
         self.lifetime = lifetime
         self._maxCached = maxCached
         self._cache: dict[Address, tuple[float, str | None]] = {}
@@ -82,6 +84,24 @@ class DirectoryHomeLocator:
         if cached is not None and cached[0] > self._clock.seconds():
             return cached[1]
         return UNKNOWN
+
+    def cachedHomesAt(self, now: float, first: Address, second: Address) -> tuple[str | None | _Unknown, str | None | _Unknown]:
+        """
+        L{cachedHomeOf} of two users, with a reading of L{clock} the caller
+        made already: one call and no clock reading where two of each would
+        answer the same (a home server's link: the sender's home for the
+        origination rule, the recipient's for the router).
+
+        @param now: L{clock}'s C{seconds()}.
+        @return: The answers for C{first} and C{second}.
+        """
+        cache = self._cache
+        one = cache.get(first)
+        two = cache.get(second)
+        return (
+            one[1] if one is not None and one[0] > now else UNKNOWN,
+            two[1] if two is not None and two[0] > now else UNKNOWN,
+        )
 
     def homeOf(self, address: Address) -> Deferred[str | None]:
         cached = self._cache.get(address)

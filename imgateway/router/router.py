@@ -300,6 +300,16 @@ class Router:
             d = self._toDomain(event)
         return d.addErrback(self._failed, key, domain, event)
 
+    @property
+    def deliverAtHome(self) -> Callable[[Event, str | None | _Unknown], DeliveryStatus | Deferred[DeliveryStatus]]:
+        """
+        L{deliverAtOnce}, by the name a caller that gives it the recipient's
+        C{home} as it asked L{locator} finds it: a link's receiving side
+        (L{LinkReceiver<imgateway.router.link.LinkReceiver>}), which does
+        not import this module (it imports the links').
+        """
+        return self.deliverAtOnce
+
     def deliverThen(self, event: Event, waiter: OutcomeWaiter) -> DeliveryStatus | Deferred[DeliveryStatus] | None:
         """
         L{deliverAtOnce}, with the outcome of a message that goes to a link

@@ -1821,6 +1821,39 @@ class FastPathTests(HomeServerTestsMixin, SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), DeliveryStatus.DELIVERED)
         self.assertEqual([m.body for m in bobClient.messages], ["two"])
 
+    def test_laneTakenMeanwhile(self) -> None:
+        """
+        What comes for the recipient while the fast path delivers to it
+        (here a message its client's delivery causes) waits in its lane
+        and runs once the delivery is over, in order; a drain begun
+        meanwhile fires once the lane is done. Through the home server's
+        fast path and the router's.
+        """
+        self.online(ALICE)
+        _, bob = self.online(BOB)
+        caused: list[Deferred[DeliveryStatus]] = []
+        drained: list[Deferred[None]] = []
+        received = bob.messageReceived
+
+        def messageReceived(message: Message) -> Deferred[None]:
+            if message.body == "one":
+                caused.append(self.router.deliver(Message(ALICE, BOB, "caused")))
+                self.assertNoResult(caused[-1])
+            elif message.body == "drain":
+                drained.append(self.home.drain())
+                self.assertNoResult(drained[-1])
+            return received(message)
+
+        self.patch(bob, "messageReceived", messageReceived)
+        self.assertIs(self.home.deliverAtOnce(Message(ALICE, BOB, "one")), DeliveryStatus.DELIVERED)
+        self.assertIs(self.router.deliverAtOnce(Message(ALICE, BOB, "one")), DeliveryStatus.DELIVERED)
+        self.assertEqual([self.successResultOf(d) for d in caused], [DeliveryStatus.DELIVERED] * 2)
+        self.assertEqual([m.body for m in bob.messages], ["one", "caused", "one", "caused"])
+        self.assertEqual(self.home._lanes, {})
+        self.assertIs(self.home.deliverAtOnce(Message(ALICE, BOB, "drain")), DeliveryStatus.DELIVERED)
+        self.successResultOf(drained[0])
+        self.assertEqual(self.home._lanes, {})
+
     def test_sessionAnswersLater(self) -> None:
         """
         A session that answers later (in another process) gets the

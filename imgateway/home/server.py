@@ -1675,10 +1675,26 @@ class HomeServer:
         if recipient.domain != self.domain:
             return None
         user = self._users.get(recipient)
-        if user is None:
+        if user is None or not user.sessions:
             # The directory may have to say where the user lives.
             return None
-        return self._deliverTo(user, event)
+        # _deliverTo, without its call (the router calls this for every
+        # message to a user of the domain that comes from a link).
+        lane: deque[_Work] = deque()
+        if self._lanes.setdefault(recipient, lane) is not lane:
+            return None
+        try:
+            outcome = self._messageOutcome(user, event)
+        except BaseException:
+            self._laneFree(recipient)
+            raise
+        if type(outcome) is DeliveryStatus:
+            if lane or self.stopping:
+                self._laneFree(recipient)
+            else:
+                del self._lanes[recipient]
+            return outcome
+        return self._laneFreeAfter(recipient, outcome)  # type: ignore[arg-type]
 
     def _deliverTo(self, user: _UserState, message: Message) -> DeliveryStatus | Deferred[DeliveryStatus] | None:
         """
@@ -1712,12 +1728,21 @@ class HomeServer:
                 # then, in place.
                 del self._lanes[recipient]
             return outcome
+        return self._laneFreeAfter(recipient, outcome)  # type: ignore[arg-type]
+
+    def _laneFreeAfter(self, address: Address, outcome: Deferred[DeliveryStatus]) -> Deferred[DeliveryStatus]:
+        """
+        The fast path's delivery in C{address}'s lane ends when C{outcome}
+        fires (a session that answers later): the lane is freed then.
+
+        @return: C{outcome}, which fires as before once the lane is free.
+        """
 
         def ended(result: Any) -> Any:
-            self._laneFree(recipient)
+            self._laneFree(address)
             return result
 
-        return outcome.addBoth(ended)  # type: ignore[union-attr]
+        return outcome.addBoth(ended)
 
     def _laneFree(self, address: Address) -> None:
         """

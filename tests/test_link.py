@@ -1379,6 +1379,35 @@ class AtOnceTests(SynchronousTestCase):
         self.assertEqual(self.connection.inProgress, 0)
 
 
+    def test_duplicateWhileDelivered(self) -> None:
+        """
+        A duplicate that arrives while the first is delivered at once
+        (here from within the delivery) waits for its answer and gets it
+        when the first is answered; the duplicate check then holds the
+        answer itself, and the place in progress is freed. An entry the
+        check forgot meanwhile (here pushed out by another request past
+        the number remembered) is not made again.
+        """
+        duplicates: list[Deferred[Response] | Response] = []
+
+        def deliver(e: Event) -> DeliveryStatus:
+            if e.routingId == "rid-11":  # type: ignore[union-attr]
+                duplicates.append(self.event("rid-11"))
+                self.assertNoResult(duplicates[0])
+            elif e.routingId == "rid-12":  # type: ignore[union-attr]
+                self.receiver._maxRemembered = 1
+                self.assertEqual(self.event("rid-13").code, 200)  # type: ignore[union-attr]
+            return DeliveryStatus.DELIVERED
+
+        self.router.atOnce = deliver
+        self.assertIs(self.event("rid-11"), DELIVERED)
+        self.assertIs(self.successResultOf(duplicates[0]), DELIVERED)  # type: ignore[arg-type]
+        self.assertIs(self.receiver._answers["rid-11"][1], DELIVERED)
+        self.assertEqual((self.connection.inProgress, len(self.router.events)), (0, 1))
+        self.assertIs(self.event("rid-12"), DELIVERED)
+        self.assertEqual(list(self.receiver._answers), ["rid-13"])
+        self.assertEqual(self.connection.inProgress, 0)
+
     def test_traceInPlace(self) -> None:
         """
         With no other delivery from a link under way, a message's trace is

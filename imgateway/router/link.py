@@ -1602,7 +1602,16 @@ class LinkReceiver:
             traces.current = None
         if failed is None:
             if result is _STATUS_DELIVERED:
-                return self._finish(connection, routingId, expires, waiters, DELIVERED)
+                # _finish, without its call, for an answer to repeat: the
+                # duplicate check keeps it, the place in progress is freed,
+                # the duplicates get it.
+                entry = answers.get(routingId)
+                if entry is not None and entry[1] is waiters:
+                    answers[routingId] = (expires, DELIVERED)
+                connection.inProgress -= 1
+                for waiting in waiters:
+                    waiting.callback(DELIVERED)
+                return DELIVERED
             traces.pushFirst(key, trace)
             return self._checkedLater(None, connection, peer, incoming, expires, waiters, (key, trace, result))
         if isinstance(failed, DeliveryError):

@@ -110,7 +110,8 @@ class LinkPathBenchTests(SynchronousTestCase):
         C{hopKey} for a message's trace, kept in place (no C{push} or
         C{pop} of L{LinkTraces}); the origination rule's usual acceptance
         made in place (no C{_originationRefused}), and the answer
-        delivered at once (no C{_finish}); the home server's fast
+        delivered at once (no C{_finish}), all in C{messageReceived} (no
+        C{_incoming}); the home server's fast
         path one call (its C{deliverAtOnce}, no C{_deliverTo}). On hs1, the locator asked once
         for carol's home, no C{_direct} (the domain has many home
         servers), and no C{traceOf} (nor C{hopKey}) for a trace that none
@@ -135,7 +136,7 @@ class LinkPathBenchTests(SynchronousTestCase):
         # The home server's fast path in one call (no _deliverTo).
         self.assertEqual(count(calls, "deliverAtOnce", "server.py"), messages)
         self.assertEqual(count(calls, "_deliverTo", "server.py"), 0)
-        for unused, where in [("knownHome", "locator.py"), ("_see", "router.py"), ("hopKey", "link_codec.py"), ("push", "link.py"), ("pop", "link.py"), ("_originationRefused", "link.py"), ("_finish", "link.py")]:
+        for unused, where in [("knownHome", "locator.py"), ("_see", "router.py"), ("hopKey", "link_codec.py"), ("push", "link.py"), ("pop", "link.py"), ("_originationRefused", "link.py"), ("_finish", "link.py"), ("_incoming", "link.py")]:
             self.assertEqual(count(calls, unused, where), 0, unused)
         hs1 = link_path.HS1(2)
         hs1.exchange(hs1.prepare(3, 0))

@@ -740,7 +740,7 @@ class LinkTraces:
         #: The key and trace of the event the receiving side is delivering
         #: now when no other from a link is under way (its usual
         #: delivery, at once), kept here rather than as an entry (see
-        #: L{LinkReceiver._incoming}); C{None} between such deliveries.
+        #: L{LinkReceiver.messageReceived}); C{None} between such deliveries.
         #: Every entry made while it is set is newer than it.
         self.current: tuple[object, _Trace] | None = None
 
@@ -1475,23 +1475,9 @@ class LinkReceiver:
             incoming = decodeRequest(request)
         except LinkCodecError as e:
             return self._undecodable(peer, request.method, e)
-        return self._incoming(connection, peer, incoming)
-
-    def messageReceived(self, connection: LinkConnection, decoded: LinkRequest | LinkCodecError) -> Deferred[Response] | Response:
-        """
-        Answer a C{MESSAGE} read without the parser (a L{MessageHandler}
-        for L{LinkConnection}), given as L{decodeRequest} decoded it: as
-        the C{MESSAGE} handler answers the request.
-        """
-        peer = connection.peer
-        if not connection.ready or peer is None or connection.inProgress >= self._config.links.maxQueue:
-            # Refused before it is read (_admitted says how).
-            refused = self._admitted(connection)
-            assert isinstance(refused, Response)
-            return refused
-        if isinstance(decoded, LinkCodecError):
-            return self._undecodable(peer, "MESSAGE", decoded)
-        return self._incoming(connection, peer, decoded)
+        # Admitted, and nothing changed since (messageReceived's first test
+        # passes again): the rest is messageReceived's.
+        return self.messageReceived(connection, incoming)
 
     def _admitted(self, connection: LinkConnection) -> LinkPeer | Response:
         """
@@ -1512,10 +1498,22 @@ class LinkReceiver:
         log.warn("Link from {peer}: {method} refused ({code}): {detail}", peer=peer, method=method, code=e.code, detail=e.detail)
         return _response(e.code, e.detail)
 
-    def _incoming(self, connection: LinkConnection, peer: LinkPeer, incoming: LinkRequest) -> Deferred[Response] | Response:
+    def messageReceived(self, connection: LinkConnection, decoded: LinkRequest | LinkCodecError) -> Deferred[Response] | Response:
         """
-        The rest of L{_event}, once the request is decoded.
+        Answer a C{MESSAGE} read without the parser (a L{MessageHandler}
+        for L{LinkConnection}), given as L{decodeRequest} decoded it: as
+        the C{MESSAGE} handler answers the request. Also the rest of
+        L{_event} for every event request, once it is decoded.
         """
+        peer = connection.peer
+        if not connection.ready or peer is None or connection.inProgress >= self._config.links.maxQueue:
+            # Refused before it is read (_admitted says how).
+            refused = self._admitted(connection)
+            assert isinstance(refused, Response)
+            return refused
+        if isinstance(decoded, LinkCodecError):
+            return self._undecodable(peer, "MESSAGE", decoded)
+        incoming = decoded
         if self.ownVia in incoming.via:
             log.warn("Link from {peer}: loop, this server is in Via {via}", peer=peer, via=", ".join(incoming.via))
             return encodeResponse(LoopDetected("loop: this server is already on the path"))
@@ -1629,7 +1627,7 @@ class LinkReceiver:
         waiters: list[Deferred[Response]],
     ) -> Deferred[Response] | Response:
         """
-        L{_incoming}'s delivery of an accepted event while another from a
+        L{messageReceived}'s delivery of an accepted event while another from a
         link is under way: its trace an entry of L{LinkTraces} from the
         start.
         """

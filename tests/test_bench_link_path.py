@@ -128,6 +128,9 @@ class LinkPathBenchTests(SynchronousTestCase):
 
         self.assertEqual(count(calls, "cachedHomesAt", "locator.py"), messages)
         self.assertEqual(count(calls, "cachedHomeOf", "locator.py"), 0)
+        # The duplicate check's look-up makes the request's entry
+        # (setdefault); the answer's, one more.
+        self.assertEqual((calls["OrderedDict.setdefault (builtin)"], calls["OrderedDict.get (builtin)"]), (messages, messages))
         # The clock read once per message (the duplicate check's reading,
         # which the locator's answers take), and once per recipient's read
         # of its answers.

@@ -1523,8 +1523,14 @@ class LinkReceiver:
             # (_forgetExpired's first test, before its call.)
             self._forgetExpired(now)
         routingId = incoming.routingId
-        previous = answers.get(routingId)
-        if previous is not None:
+        # Those waiting for this request's answer (its duplicates); the list
+        # stands for the request in the duplicate check while it is handled
+        # (its entry, made in the same look-up as the check's).
+        waiters: list[Deferred[Response]] = []
+        expires = now + self._config.links.duplicateWindow
+        entry: _Answer = (expires, waiters)
+        previous = answers.setdefault(routingId, entry)
+        if previous is not entry:
             log.info("Link from {peer}: duplicate {routingId} answered as the first", peer=peer, routingId=routingId)
             earlier = previous[1]
             if isinstance(earlier, list):
@@ -1533,11 +1539,6 @@ class LinkReceiver:
                 earlier.append(waiting)
                 return waiting
             return earlier
-        # Those waiting for this request's answer (its duplicates); the list
-        # stands for the request in the duplicate check while it is handled.
-        waiters: list[Deferred[Response]] = []
-        expires = now + self._config.links.duplicateWindow
-        answers[routingId] = (expires, waiters)
         if len(answers) > self._maxRemembered:
             while len(answers) > self._maxRemembered:
                 answers.popitem(last=False)
@@ -1603,8 +1604,7 @@ class LinkReceiver:
                 # _finish, without its call, for an answer to repeat: the
                 # duplicate check keeps it, the place in progress is freed,
                 # the duplicates get it.
-                entry = answers.get(routingId)
-                if entry is not None and entry[1] is waiters:
+                if answers.get(routingId) is entry:
                     answers[routingId] = (expires, DELIVERED)
                 connection.inProgress -= 1
                 for waiting in waiters:

@@ -1408,6 +1408,54 @@ class AtOnceTests(SynchronousTestCase):
         self.assertEqual(list(self.receiver._answers), ["rid-13"])
         self.assertEqual(self.connection.inProgress, 0)
 
+    def test_forgetsAsTheFirstTestDid(self) -> None:
+        """
+        The duplicate check forgets answers from the time the first
+        remembered one expires, as when it tested the first entry at every
+        request: over fuzzed requests (new and repeated routing ids, some
+        answered with a retryable 503 and not remembered, past a small
+        C{max_remembered}, the clock moving on by little or by more than
+        the duplicate window, the memory emptied and filled again), the
+        same entries are remembered after each request as a model of that
+        test keeps, and each request is delivered or answered from memory
+        as the model says.
+        """
+        rng = random.Random(8)
+        window = self.receiver._config.links.duplicateWindow
+        self.receiver._maxRemembered = 5
+        model: dict[str, float] = {}
+        outcomes: dict[str, bool] = {}
+
+        def deliver(e: Event) -> DeliveryStatus:
+            if outcomes[e.routingId]:  # type: ignore[union-attr]
+                return DeliveryStatus.DELIVERED
+            raise ServiceUnavailable("not now")
+
+        self.router.atOnce = deliver
+        for n in range(3000):
+            self.clock.advance(rng.choice([0.0, 1.0, 37.5, window / 3, window, 2 * window]) if rng.random() < 0.3 else 0.0)
+            now = self.clock.seconds()
+            routingId = f"rid-{rng.randrange(12)}"
+            # The model: the first entry tested, then the ones expired forgotten.
+            if model and next(iter(model.values())) <= now:
+                for key in [k for k, expires in model.items() if expires <= now]:
+                    del model[key]
+            duplicate = routingId in model
+            if not duplicate:
+                outcomes[routingId] = rng.random() < 0.8
+                model[routingId] = now + window
+                while len(model) > 5:
+                    del model[next(iter(model))]
+                if not outcomes[routingId]:
+                    del model[routingId]
+            delivered = len(self.router.events)
+            answer = self.event(routingId)
+            if isinstance(answer, Deferred):
+                # The sender's home read again (the locator's answer too old).
+                answer = self.successResultOf(answer)
+            self.assertEqual((list(self.receiver._answers), len(self.router.events) - delivered), (list(model), 0 if duplicate else 1), n)
+            self.assertEqual(answer.code, 200 if outcomes[routingId] else 503, n)
+
     def test_traceInPlace(self) -> None:
         """
         With no other delivery from a link under way, a message's trace is

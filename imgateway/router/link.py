@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from ipaddress import ip_address
+import math
 from typing import Any, Final, Protocol as TypingProtocol, overload
 
 import attrs
@@ -1376,6 +1377,11 @@ class LinkReceiver:
         self._traces = traces
         self._maxRemembered = maxRemembered if maxRemembered is not None else config.links.maxRemembered
         self._answers: OrderedDict[str, _Answer] = OrderedDict()
+        # No entry of _answers expires before this time (the first one's
+        # expiry when _forgetExpired last looked: entries are made in
+        # order of expiry, and only taken out after): the duplicate check
+        # looks for expired ones only from then on.
+        self._forgetFrom = -math.inf
         # Peer to the requests refused for max_queue since the last log
         # line about it (see _queueFull).
         self._refusedQuiet: dict[str, int] = {}
@@ -1519,8 +1525,7 @@ class LinkReceiver:
             return encodeResponse(LoopDetected("loop: this server is already on the path"))
         now = self._clock.seconds()
         answers = self._answers
-        if answers and answers[next(iter(answers))][0] <= now:
-            # (_forgetExpired's first test, before its call.)
+        if now >= self._forgetFrom:
             self._forgetExpired(now)
         routingId = incoming.routingId
         # Those waiting for this request's answer (its duplicates); the list
@@ -1822,12 +1827,20 @@ class LinkReceiver:
         self._clock.callLater(REFUSAL_LOG_INTERVAL, self._queueFullCount, key, limit)
 
     def _forgetExpired(self, now: float) -> None:
+        """
+        Forget the answers whose time is over at C{now}, and note when the
+        first left expires (L{messageReceived} calls this again then).
+        """
         answers = self._answers
         while answers:
             routingId = next(iter(answers))
-            if answers[routingId][0] > now:
-                break
+            expires = answers[routingId][0]
+            if expires > now:
+                self._forgetFrom = expires
+                return
             del answers[routingId]
+        # Nothing left: asked again at the next request.
+        self._forgetFrom = -math.inf
 
     def _originationRefused(self, peer: LinkPeer, event: Event) -> Deferred[str | None] | str | None:
         """

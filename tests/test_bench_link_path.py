@@ -112,7 +112,8 @@ class LinkPathBenchTests(SynchronousTestCase):
         made in place (no C{_originationRefused}), and the answer
         delivered at once (no C{_finish}), all in C{messageReceived} (no
         C{_incoming}); the home server's fast
-        path one call (its C{deliverAtOnce}, no C{_deliverTo}). On hs1, the locator asked once
+        path one call (its C{deliverAtOnce}, no C{_deliverTo} or
+        C{_messageOutcome}). On hs1, the locator asked once
         for carol's home, no C{_direct} (the domain has many home
         servers), and no C{traceOf} (nor C{hopKey}) for a trace that none
         is being delivered with.
@@ -139,6 +140,7 @@ class LinkPathBenchTests(SynchronousTestCase):
         # The home server's fast path in one call (no _deliverTo).
         self.assertEqual(count(calls, "deliverAtOnce", "server.py"), messages)
         self.assertEqual(count(calls, "_deliverTo", "server.py"), 0)
+        self.assertEqual(count(calls, "_messageOutcome", "server.py"), 0)
         for unused, where in [("knownHome", "locator.py"), ("_see", "router.py"), ("hopKey", "link_codec.py"), ("push", "link.py"), ("pop", "link.py"), ("_originationRefused", "link.py"), ("_finish", "link.py"), ("_incoming", "link.py")]:
             self.assertEqual(count(calls, unused, where), 0, unused)
         hs1 = link_path.HS1(2)

@@ -1790,6 +1790,28 @@ class FastPathTests(HomeServerTestsMixin, SynchronousTestCase):
                     session.close()
         self.assertEqual(self.home._lanes, {})
 
+    def test_blockedAtOnce(self) -> None:
+        """
+        A message from a sender the recipient blocks (by address or by
+        domain) is refused at once as L{HomeServer.deliver} refuses it:
+        L{UserOffline} with the same text, nothing given to the sessions,
+        the lane free; one from a sender blocked by nothing is delivered.
+        """
+        self.online(ALICE)
+        self.online(CAROL)
+        bob, bobClient = self.online(BOB)
+        self.successResultOf(bob.setAccess("alice@corp.example", AccessList.BLOCK))
+        self.successResultOf(bob.setAccess("xmpp.example", AccessList.BLOCK))
+        romeo = Address.fromString("romeo@xmpp.example")
+        for sender in (ALICE, romeo):
+            with self.assertRaises(UserOffline) as caught:
+                self.home.deliverAtOnce(Message(sender, BOB, "at once"))
+            failure = self.failureResultOf(self.home.deliver(Message(sender, BOB, "deliver")), UserOffline)
+            self.assertEqual(str(caught.exception), str(failure.value))
+        self.assertEqual((bobClient.messages, self.home._lanes), ([], {}))
+        self.assertIs(self.home.deliverAtOnce(Message(CAROL, BOB, "hi")), DeliveryStatus.DELIVERED)
+        self.assertEqual([m.body for m in bobClient.messages], ["hi"])
+
     def test_notAtOnce(self) -> None:
         """
         What the fast path does not take is left to L{HomeServer.deliver}

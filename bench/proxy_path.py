@@ -1,5 +1,6 @@
 """
-The router's proxied message in this process, without sockets: C{--senders}
+The router's proxied message in this process, without sockets (C{--role
+router}, the default): C{--senders}
 native clients logged in on a router's face (each on a
 L{StringTransport}) whose sessions are proxied (L{RemoteSession}) over a
 link to hs1; each sender's read carries C{--batch} C{MESSAGE}s in the load
@@ -13,12 +14,22 @@ microseconds and the Python function calls (C{sys.setprofile}: every
 Python and builtin call), in all and in each half (the client's read and
 what it sends; the link's read of the answers and what they write).
 
+C{--role hs1}: the other end, alice's home server: a link connection from
+the router (accepted, its C{HELLO} done) that opened C{--senders}
+proxied sessions (L{SessionHost}), read the router's C{SESSION message}s
+in one read of C{--batch} from every sender, as the router writes them;
+hs1 sends each over its link to hs2 (a L{StringTransport}) as a link
+C{MESSAGE}, reads hs2's bare C{200}s for them in one read and answers the
+router's requests (bare C{200}s). The two halves are that read and hs2's
+answers.
+
 A benchmark, not a test: nothing asserts a time. The call counts (and
 callgrind's instruction counts, C{--rounds} N minus C{--rounds} M) do not
 depend on the machine's load: the figures to compare between two trees.
 
     .venv/bin/python bench/proxy_path.py
     valgrind --tool=callgrind bench/proxy_path.py --rounds 105 --cpu-sets 0
+    valgrind --tool=callgrind bench/proxy_path.py --role hs1 --rounds 105 --cpu-sets 0
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ if __package__ in (None, ""):
 
 import attrs
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from bench.presence_fanout import commitOf, counted
@@ -128,16 +140,123 @@ class _Router:
             transport.clear()
 
 
+#: A C{SESSION message} as the router writes it (the usual shape: the
+#: native face gave the message an id), C{Seq} first.
+_SESSION_MESSAGE = b"SESSION message IMGW/1.0\r\nSeq: %d\r\nSession: %s\r\nTo: %s\r\nMessage-ID: %s\r\nContent-Length: %d\r\n\r\n%s"
+
+
+class _HS1:
+    """
+    alice's home server: C{senders} sessions proxied by a router over a
+    link connection it accepted, its link to hs2 on a L{StringTransport}.
+    """
+
+    def __init__(self, senders: int) -> None:
+        from bench.link_path import _NOW, _TICK, _server
+        from imgateway.router.link import LinkClient, LinkConnection, LinkPeer
+        from imgateway.router.proxy import installProxy
+
+        self._tick = _TICK
+        clock = Clock()
+        clock.advance(_NOW)
+        self.clock = clock
+        gateway, links = _server("hs1", senders, clock)
+        locator = gateway.router.locator
+        assert locator is not None
+        installProxy(gateway, links, locator)
+        # The router's connection, accepted, its HELLO done.
+        peer = IPv4Address("TCP", "127.0.0.1", 40000)
+        fromRouter = links.acceptor.buildProtocol(peer)
+        assert isinstance(fromRouter, LinkConnection)
+        self.routerTransport = StringTransport(peerAddress=peer, hostAddress=IPv4Address("TCP", "127.0.0.1", 5311))
+        fromRouter.makeConnection(self.routerTransport)
+        fromRouter.markReady(LinkPeer(gateway.config.domain, "router", frozenset({"router"})))
+        self.fromRouter = fromRouter
+        self.seq = 0
+        self.sessions: list[tuple[bytes, bytes]] = []
+        for n in range(senders):
+            self.seq += 1
+            body = json.dumps({"address": f"s{n}@{gateway.config.domain}", "label": "bench"}).encode()
+            fromRouter.dataReceived(b"SESSION open IMGW/1.0\r\nSeq: %d\r\nContent-Length: %d\r\n\r\n%s" % (self.seq, len(body), body))
+            clock.advance(0)
+            written = self.routerTransport.value()
+            assert b"IMGW/1.0 200 OK\r\nSeq: %d\r\n" % self.seq in written, written
+            answer = json.loads(written[written.index(b"\r\n\r\n") + 4 :])
+            self.routerTransport.clear()
+            self.sessions.append((answer["session"].encode(), f"r{n}@{gateway.config.domain}".encode()))
+        # hs1's link to hs2.
+        client = links.routes.toServer("hs2")
+        assert isinstance(client, LinkClient)
+        hs2 = LinkPeer(gateway.config.domain, "hs2", frozenset({"home"}))
+        connection = LinkConnection({}, clock, 10.0, peer=hs2)
+        self.link = StringTransport()
+        connection.makeConnection(self.link)
+        connection.markReady(hs2)
+        client._ready(connection)
+        self.toHS2 = connection
+        self.answered = 0
+        self.ids = 0
+        #: The router's requests answered 200.
+        self.routerAnswers = 0
+
+    def close(self) -> None:
+        pass
+
+    def prepare(self, batch: int, n: int) -> bytes:
+        """
+        @return: The router's read of C{batch} C{SESSION message}s from
+            every sender, for round C{n}.
+        """
+        parts = []
+        for i in range(batch):
+            body = b"message %d of round %d" % (i, n)
+            for session, to in self.sessions:
+                self.seq += 1
+                self.ids += 1
+                parts.append(_SESSION_MESSAGE % (self.seq, session, to, b"%032x" % self.ids, len(body), body))
+        return b"".join(parts)
+
+    def send(self, read: bytes) -> None:
+        """
+        The router's read; the link messages hs1 writes to hs2.
+        """
+        self.clock.advance(self._tick)
+        self.fromRouter.dataReceived(read)
+
+    def answer(self) -> None:
+        """
+        hs2's bare C{200}s for every link message written, in one read; the
+        router's requests answered.
+        """
+        written = self.link.value()
+        self.link.clear()
+        count = written.count(b"\r\nRouting-Id: ")
+        answers = b"".join(_LINK_OK % seq for seq in range(self.answered + 1, self.answered + count + 1))
+        self.answered += count
+        self.toHS2.dataReceived(answers)
+        self.routerAnswers += self.routerTransport.value().count(b"IMGW/1.0 200 OK\r\nSeq: ")
+        self.routerTransport.clear()
+
+    def exchange(self, batch: int, n: int) -> None:
+        self.send(self.prepare(batch, n))
+        self.answer()
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--role", choices=("router", "hs1"), default="router")
     p.add_argument("--senders", type=int, default=20)
     p.add_argument("--batch", type=int, default=10, help="messages per sender's read")
     p.add_argument("--rounds", type=int, default=500, help="exchanges timed (after 20 of warm-up)")
     p.add_argument("--cpu-sets", type=int, default=5, help="sets of rounds timed (the best is printed); 0: the rounds once, untimed")
     p.add_argument("--top", type=int, default=0, help="also print the N commonest calls per message")
     args = p.parse_args(argv)
-    router = _Router(args.senders)
-    assert all(isinstance(c[0].session, RemoteSession) for c in router.clients)
+    router: Any
+    if args.role == "hs1":
+        router = _HS1(args.senders)
+    else:
+        router = _Router(args.senders)
+        assert all(isinstance(c[0].session, RemoteSession) for c in router.clients)
     for i in range(20):
         router.exchange(args.batch, i)
     per = args.senders * args.batch
@@ -146,8 +265,13 @@ def main(argv: list[str] | None = None) -> None:
             router.exchange(args.batch, i)
         router.close()
         return
-    sent = counted(lambda: router.send(args.batch, 20))
-    answered = counted(lambda: router.answer(args.batch))
+    if args.role == "hs1":
+        read = router.prepare(args.batch, 20)
+        sent = counted(lambda: router.send(read))
+        answered = counted(router.answer)
+    else:
+        sent = counted(lambda: router.send(args.batch, 20))
+        answered = counted(lambda: router.answer(args.batch))
     calls = sent + answered
     best = None
     for _ in range(args.cpu_sets):
@@ -160,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     router.close()
     out: dict[str, Any] = {
         "bench": "proxy_path",
+        "role": args.role,
         "commit": commitOf(Path(__file__).resolve().parent.parent),
         "senders": args.senders,
         "batch": args.batch,

@@ -82,3 +82,41 @@ class ProxyPathBenchTests(SynchronousTestCase):
         # Each answer told to its waiter by the link's own _Outgoing, with
         # no call to LinkClient; the face's 200 made without sentResponse.
         self.assertEqual([name for name in calls if name.startswith(("_answered (link.py:", "sentResponse ("))], [])
+
+
+class HS1ProxyPathBenchTests(SynchronousTestCase):
+    """
+    C{proxy_path.py --role hs1}: hs1's side of the proxied message.
+    """
+
+    def test_runs(self) -> None:
+        """
+        It prints one JSON line with hs1's figures per message.
+        """
+        self.patch(proxy_path, "commitOf", lambda folder: "abc1234")
+        out = io.StringIO()
+        with redirect_stdout(out):
+            proxy_path.main(["--role", "hs1", "--senders", "2", "--batch", "3", "--rounds", "5", "--cpu-sets", "1"])
+        figures = json.loads(out.getvalue())
+        self.assertEqual((figures["bench"], figures["role"], figures["senders"], figures["batch"]), ("proxy_path", "hs1", 2, 3))
+        self.assertAlmostEqual(figures["send_calls_per_message"] + figures["answer_calls_per_message"], figures["calls_per_message"], places=1)
+
+    def test_sessionMessageOneCall(self) -> None:
+        """
+        Each of the router's C{SESSION message}s is read by one call of
+        L{SessionHost}'s (C{requestReceived}, no method between it and the
+        home session), sent on to hs2 as a link C{MESSAGE}, and answered
+        with a bare C{200} once hs2's is read (C{_messageAnswered}), with
+        no L{Deferred} made and no ABCMeta check (an C{isinstance} of the
+        link's C{ANSWERED_LATER} against L{Deferred}, an C{abc.ABC}).
+        """
+        hs1 = proxy_path._HS1(2)
+        hs1.exchange(3, 0)
+        before = hs1.routerAnswers
+        calls = presence_fanout.counted(lambda: hs1.exchange(3, 1))
+        self.assertEqual(hs1.routerAnswers - before, 6)
+        self.assertEqual(hs1.answered, 12)
+        mine = {name.split(" ")[0]: count for name, count in calls.items() if "(proxy.py:" in name}
+        self.assertEqual(mine, {"requestReceived": 6, "_messageAnswered": 6})
+        self.assertEqual(sum(count for name, count in calls.items() if name.startswith("__init__ (defer.py:")), 0)
+        self.assertEqual([name for name in calls if name.startswith("__instancecheck__")], [])

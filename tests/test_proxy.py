@@ -47,7 +47,7 @@ from imgateway.core.records import (
     Subscription,
 )
 from imgateway.interfaces import IHomeServer, ILinkRoutes, IRoute, ISession, ISessionClient
-from imgateway.router.link import LINK_LIMITS, LinkClient, LinkReceiver, LinkTraces, serialiseUnsequenced, withSeq
+from imgateway.router.link import ANSWERED_LATER, LINK_LIMITS, LinkClient, LinkReceiver, LinkTraces, serialiseUnsequenced, withSeq
 from imgateway.router import proxy
 from imgateway.router.link_codec import DELIVERED, encodeRequest
 from imgateway.router.locator import DirectoryHomeLocator
@@ -790,6 +790,40 @@ class SessionMethodTests(ProxyTestCase):
             headers = Headers(items)
             expected = [headers.get(n) for n in ("Session", "To", "Content-Type", "Message-ID")]
             self.assertEqual(proxy.sessionMessageFields(Headers(items)), expected, items)
+
+    def test_atOnceWithoutABCCheck(self) -> None:
+        """
+        A C{SESSION message} whose home session knows the outcome at once
+        (C{sendMessageThen} or C{sendMessageAtOnce} answering
+        C{DELIVERED}: a recipient in hs1's process) is answered
+        L{DELIVERED} without an C{isinstance} of the status against
+        L{Deferred} (an C{abc.ABC}, whose check is ABCMeta's); one answered
+        with a L{Deferred} is answered when it fires.
+        """
+        from bench.presence_fanout import counted
+
+        session, home, client = self.open()
+        [connection] = self.host._sessions
+        request = Request("SESSION", "message", Headers((("Seq", "5"), ("Session", session.sessionId), ("To", str(CAROL)), ("Message-ID", "m-1"))), b"hi")
+        object.__setattr__(request, "seq", 5)
+        answers: list[object] = []
+
+        def sendMessageThen(answer: object, token: object, *arguments: Any) -> object:
+            return DeliveryStatus.DELIVERED
+
+        def sendMessageAtOnce(*arguments: Any) -> DeliveryStatus:
+            return DeliveryStatus.DELIVERED
+
+        for name, method in (("sendMessageThen", sendMessageThen), ("sendMessageAtOnce", sendMessageAtOnce)):
+            setattr(home, name, method)
+            calls = counted(lambda: answers.append(self.host.requestReceived(connection, request)))
+            self.assertIs(answers[-1], DELIVERED, name)
+            self.assertEqual([c for c in calls if c.startswith("__instancecheck__")], [], name)
+            delattr(home, name)
+        later: Deferred[DeliveryStatus] = Deferred()
+        home.sendMessageAtOnce = lambda *arguments: later  # type: ignore[attr-defined]
+        self.assertIs(self.host.requestReceived(connection, request), ANSWERED_LATER)
+        later.callback(DeliveryStatus.DELIVERED)
 
     def test_usualFieldsByPosition(self) -> None:
         """

@@ -1065,43 +1065,25 @@ class SessionHost:
 
     def requestReceived(self, connection: LinkConnection, request: Request) -> Deferred[Response] | Response:
         """
-        Handle a router's C{SESSION} request.
+        Handle a router's C{SESSION} request: a C{SESSION message} here
+        (the hot path, one call from the link), any other by L{_operation}.
+
+        A C{SESSION message}: its headers read in one pass
+        (L{sessionMessageFields}), no JSON (the compact form), and a session
+        that knows the outcome at once (C{sendMessageThen} or
+        C{sendMessageAtOnce}: a recipient in this process) answered without
+        a L{Deferred}, as is one whose outcome a link tells later
+        (C{sendMessageThen}'s call, L{_messageAnswered}); any other outcome
+        with one callback. The answers are those of the general way: a
+        refusal's status, C{400} for a malformed request, C{503} for no such
+        session.
         """
         peer = connection.peer
         if peer is None or peer.name is None or "router" not in peer.roles:
             log.warn("Link from {peer}: SESSION {operation} refused (403): the peer is no router of this domain", peer=peer, operation=request.target)
             return _error(403, "only a router may proxy sessions")
-        if request.target == "open":
-            return Deferred.fromCoroutine(self._open(connection, request))
-        if request.target == "message":
-            return self._message(connection, request)
-        session = self._sessions.get(connection, _NO_SESSIONS).get(request.headers.get("Session") or "")
-        if session is None:
-            return _error(503, "no such session")
-        try:
-            d = self._operate(connection, session, request.target, _read(request))
-        except (ValueError, KeyError, TypeError) as e:
-            return self._badRequest(connection, request, e)
-        return d.addErrback(_encodeFailed)
-
-    def _badRequest(self, connection: LinkConnection, request: Request, e: Exception) -> Response:
-        if isinstance(e, InvalidAddress):
-            return encodeFailure(e)
-        log.warn("Link from {peer}: bad SESSION {operation} request: {error}", peer=connection.peer, operation=request.target, error=e)
-        return _error(400, "bad session request")
-
-    def _message(self, connection: LinkConnection, request: Request) -> Deferred[Response] | Response:
-        """
-        A C{SESSION message} request, the hot path: its headers read in
-        one pass (L{sessionMessageFields}), no JSON (the compact form), and
-        a session that knows the outcome at once (C{sendMessageThen} or
-        C{sendMessageAtOnce}: a recipient in this process) answered without
-        a L{Deferred}, as is one whose outcome a link tells later
-        (C{sendMessageThen}'s call, L{_messageAnswered}); any other outcome
-        with one callback. The answers are those of the general
-        way: a refusal's status, C{400} for a malformed request, C{503} for
-        no such session.
-        """
+        if request.target != "message":
+            return self._operation(connection, request)
         items = request.headers.items
         sessionId: str | None
         to: str | None
@@ -1117,11 +1099,16 @@ class SessionHost:
         session = self._sessions.get(connection, _NO_SESSIONS).get(sessionId or "")
         if session is None:
             return _error(503, "no such session")
+        recipient: Address
+        body: str
         try:
             if to is None:
-                arguments = messageArguments(request)
+                recipient, body, contentType, messageId = messageArguments(request)
             else:
-                arguments = (Address.fromString(to), request.body.decode("utf-8"), contentType or "text/plain", messageId)
+                # (No tuple of the arguments: each is passed as it is.)
+                recipient, body = Address.fromString(to), request.body.decode("utf-8")
+                if contentType is None:
+                    contentType = "text/plain"
         except (ValueError, KeyError, TypeError) as e:
             return self._badRequest(connection, request, e)
         then = getattr(session, "sendMessageThen", None)
@@ -1130,30 +1117,55 @@ class SessionHost:
             # later from a link is told to _messageAnswered, which answers
             # as answerWhenFired would, with no Deferred between.
             try:
-                outcome = then(self._messageAnswered, (connection, request), arguments[0], arguments[1], arguments[2], arguments[3])
+                outcome = then(self._messageAnswered, (connection, request), recipient, body, contentType, messageId)
             except BaseException:
                 return _encodeFailed(Failure())
             if outcome is None:
                 return ANSWERED_LATER
-            if isinstance(outcome, Deferred):
+            # A status first: isinstance() of anything but a Deferred
+            # against Deferred (an abc.ABC, through Awaitable) runs ABCMeta's
+            # check.
+            if type(outcome) is not DeliveryStatus and isinstance(outcome, Deferred):
                 return connection.answerWhenFired(request, outcome, encodeFailure)
             return DELIVERED
         atOnce = getattr(session, "sendMessageAtOnce", None)
         if atOnce is None:
             # Answered by the connection when it fires: one callback.
-            return connection.answerWhenFired(request, session.sendMessage(*arguments), encodeFailure)
+            return connection.answerWhenFired(request, session.sendMessage(recipient, body, contentType, messageId), encodeFailure)
         try:
-            outcome = atOnce(*arguments)
+            outcome = atOnce(recipient, body, contentType, messageId)
         except BaseException:
             return _encodeFailed(Failure())
-        if isinstance(outcome, Deferred):
+        if type(outcome) is not DeliveryStatus and isinstance(outcome, Deferred):
             return connection.answerWhenFired(request, outcome, encodeFailure)
         return DELIVERED
+
+    def _operation(self, connection: LinkConnection, request: Request) -> Deferred[Response] | Response:
+        """
+        A router's C{SESSION} request other than C{message}: C{open}, or an
+        operation on one of the sessions open on C{connection}.
+        """
+        if request.target == "open":
+            return Deferred.fromCoroutine(self._open(connection, request))
+        session = self._sessions.get(connection, _NO_SESSIONS).get(request.headers.get("Session") or "")
+        if session is None:
+            return _error(503, "no such session")
+        try:
+            d = self._operate(connection, session, request.target, _read(request))
+        except (ValueError, KeyError, TypeError) as e:
+            return self._badRequest(connection, request, e)
+        return d.addErrback(_encodeFailed)
+
+    def _badRequest(self, connection: LinkConnection, request: Request, e: Exception) -> Response:
+        if isinstance(e, InvalidAddress):
+            return encodeFailure(e)
+        log.warn("Link from {peer}: bad SESSION {operation} request: {error}", peer=connection.peer, operation=request.target, error=e)
+        return _error(400, "bad session request")
 
     def _messageAnswered(self, outcome: object, token: tuple[LinkConnection, Request], messageId: str | None) -> None:
         """
         The outcome of a C{SESSION message} that a home session told later
-        (L{_message}'s C{sendMessageThen}): answered on its connection.
+        (L{requestReceived}'s C{sendMessageThen}): answered on its connection.
         """
         connection, request = token
         connection.answerOutcome(request, outcome, encodeFailure)

@@ -34,7 +34,7 @@ from imgateway.core.errors import (
     UserBusy,
     UserOffline,
 )
-from imgateway.core.events import Message, MessageMark, SubscriptionEvent, SubscriptionKind
+from imgateway.core.events import Message, MessageMark, SubscriptionEvent, SubscriptionKind, newMessageId
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
 from imgateway.core.records import (
     AccessList,
@@ -1542,6 +1542,36 @@ class MessageThenTests(ProxyTestCase):
         self.assertEqual(answers, [(DeliveryStatus.DELIVERED, "token", "m-2")])
         self.assertEqual(home.calls[-1], ("sendMessage", (CAROL, "again", "text/plain", "m-2")))
 
+    def test_madeIdWithoutIsPrintable(self) -> None:
+        """
+        The usual message with an id of ASCII letters and digits (the form
+        L{newMessageId} makes, the id of every message whose client gave
+        none) is written without C{str.isprintable}: the id's UTF-8 bytes
+        are tested instead, the same bytes written (the message's C{200}
+        told with the id).
+        """
+        from bench.presence_fanout import counted
+
+        session, home, client = self.open()
+        session.sendMessageThen(lambda *a: None, None, CAROL, "first", "text/plain", "m-0")
+        self.network.flush()
+        messageId = newMessageId()
+        sent: list[bytes] = []
+        requestEncoded = self.link.requestEncoded
+
+        def recording(encoded: bytes, decode: Any = None, waiter: Any = None) -> Any:
+            sent.append(encoded)
+            return requestEncoded(encoded, decode, waiter)
+
+        self.patch(self.link, "requestEncoded", recording)
+        answers: list[tuple[object, ...]] = []
+        calls = counted(lambda: session.sendMessageThen(lambda *a: answers.append(a), "token", CAROL, "hi", "text/plain", messageId))
+        self.assertEqual([name for name in calls if name.startswith("str.isprintable")], [])
+        self.assertEqual(sent, [session._compactMessage(CAROL, "hi", "text/plain", messageId)])
+        self.network.flush()
+        self.assertEqual(answers, [(DeliveryStatus.DELIVERED, "token", messageId)])
+        self.assertEqual(home.calls[-1], ("sendMessage", (CAROL, "hi", "text/plain", messageId)))
+
     def test_usualSameAsCompact(self) -> None:
         """
         Over fuzzed texts and ids, a message to a recipient the session
@@ -1570,7 +1600,9 @@ class MessageThenTests(ProxyTestCase):
         direct = 0
         for i in range(3000):
             body = rng.choice(["", "hi", text(0, 10)])
-            messageId = rng.choice(["m-1", "", " m", "m ", "x" * 1024, "x" * 1025, text(0, 8), text(1, 3) + "-" + text(1, 3)])
+            messageId = rng.choice(
+                ["m-1", "", " m", "m ", "x" * 1024, "x" * 1025, "0" * 1023 + "\u00e9", newMessageId(), "\u00e9t\u00e9", "a\ud800", text(0, 8), text(1, 3) + "-" + text(1, 3)]
+            )
             try:
                 expected: object = session._compactMessage(CAROL, body, "text/plain", messageId)
             except Exception as e:

@@ -612,15 +612,24 @@ class RemoteSession:
             link queue).
         """
         encoded: bytes | None = None
-        if (
-            contentType == "text/plain"
-            and messageId is not None
-            and 0 < len(messageId) <= MAX_HEADER_VALUE_CHARS
-            and messageId.isprintable()
-            and messageId[0] != " "
-            and messageId[-1] != " "
-            and not self.closed
-        ):
+        plainId: bytes | None = None
+        if contentType == "text/plain" and messageId is not None and not self.closed:
+            try:
+                idBytes = messageId.encode("utf-8")
+            except UnicodeEncodeError:
+                idBytes = b""
+            if idBytes.isalnum():
+                # ASCII letters and digits alone (the id the native face
+                # makes for a client's message without one: 32 hexadecimal
+                # digits), found by the bytes' test, a table look-up per
+                # byte: printable, no white space (about 1,500 instructions
+                # fewer than str.isprintable and the tests of its ends).
+                if len(idBytes) <= MAX_HEADER_VALUE_CHARS:
+                    plainId = idBytes
+            elif 0 < len(messageId) <= MAX_HEADER_VALUE_CHARS and messageId.isprintable() and messageId[0] != " " and messageId[-1] != " ":
+                # A printable id (no surrogate: UTF-8 encoded it).
+                plainId = idBytes
+        if plainId is not None:
             # The usual message (what the native face passes: plain text,
             # an id), written as _compactMessage writes it without its
             # calls: a printable id passes _headerSafe and _plainValue (its
@@ -642,9 +651,9 @@ class RemoteSession:
                 except UnicodeEncodeError:
                     raise InvalidAddress("the message is not valid text") from None
                 if text:
-                    encoded = b"%sMessage-ID: %s\r\nContent-Length: %d\r\n\r\n%s" % (head, messageId.encode("utf-8"), len(text), text)
+                    encoded = b"%sMessage-ID: %s\r\nContent-Length: %d\r\n\r\n%s" % (head, plainId, len(text), text)
                 else:
-                    encoded = b"%sMessage-ID: %s\r\n\r\n" % (head, messageId.encode("utf-8"))
+                    encoded = b"%sMessage-ID: %s\r\n\r\n" % (head, plainId)
         if encoded is None:
             encoded = self._compactMessage(recipient, body, contentType, messageId)
             if encoded is None:

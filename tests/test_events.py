@@ -5,7 +5,11 @@ L{imgateway.core.records} and L{imgateway.core.ratelimit}.
 
 from __future__ import annotations
 
+import copy
+import gc
 import os
+import pickle
+import weakref
 
 import attrs
 
@@ -183,6 +187,32 @@ class EventTests(SynchronousTestCase):
             self.assertEqual(attrs.astuple(made, recurse=False), fields)
             self.assertEqual((made, hash(made), repr(made)), (expected, hash(expected), repr(expected)))
             self.assertRaises(attrs.exceptions.FrozenInstanceError, setattr, made, "body", "x")
+
+    def test_preCheckedMessageIsPlainMessage(self) -> None:
+        """
+        L{events.preCheckedMessage} fills an L{events._Unfrozen} (a class
+        of L{Message}'s layout, whose fields plain stores fill) and makes it
+        a L{Message}: none is left once it returns; what it returns is a
+        L{Message} in every way a caller sees (its class, no instance
+        dictionary, a weak reference, a pickle and a copy that are
+        L{Message}s equal to it, frozen to every way of setting or deleting
+        a field).
+        """
+        self.assertEqual(events._Unfrozen.__slots__, ())
+        self.assertEqual(events._Unfrozen.__basicsize__, Message.__basicsize__)
+        made = events.preCheckedMessage(A, B, "hi", "text/plain", "m-1", 1.25, 1, "r.1", None)
+        self.assertIs(made.__class__, Message)
+        self.assertFalse(hasattr(made, "__dict__"))
+        self.assertIs(weakref.ref(made)(), made)
+        for other in (pickle.loads(pickle.dumps(made)), copy.copy(made), attrs.evolve(made)):
+            self.assertIs(type(other), Message)
+            self.assertEqual((other, other.routingId), (made, "r.1"))
+        for name in ("sender", "hops", "mark"):
+            self.assertRaises(attrs.exceptions.FrozenInstanceError, setattr, made, name, None)
+            self.assertRaises(attrs.exceptions.FrozenInstanceError, delattr, made, name)
+        self.assertEqual(made.hops, 1)
+        gc.collect()
+        self.assertEqual([o for o in gc.get_objects() if type(o) is events._Unfrozen], [])
 
     def test_checkMessageId(self) -> None:
         """

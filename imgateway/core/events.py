@@ -14,7 +14,7 @@ import enum
 import itertools
 import os
 import time
-from typing import Union
+from typing import Any, Union
 
 from attrs import evolve, field, frozen, validators
 
@@ -229,24 +229,26 @@ class SubscriptionEvent:
 Event = Union[Message, PresenceUpdate, PresenceProbe, SubscriptionEvent]
 
 
-#: The slots of a L{Message}, set directly (their descriptors' C{__set__}):
-#: how L{preCheckedMessage} and L{forwarded} fill a new one without the
-#: generated C{__init__}'s generic C{object.__setattr__} per field.
+class _Unfrozen(Message):
+    """
+    A L{Message} whose slots plain assignments fill: L{preCheckedMessage}
+    makes one, fills it and makes it a L{Message} (C{__class__}), so that
+    no instance of this class is left once it returns. Its layout is
+    L{Message}'s (it adds no slot), which is what lets an object change
+    between the two classes; its C{__setattr__} and C{__delattr__} are
+    C{object}'s, so that the interpreter stores each field straight in its
+    slot (both: a class that overrides either of the two sets its stores
+    through the generic path). Nine such stores and the change of class
+    cost about a third of nine calls of the slots' descriptors' C{__set__}
+    (C{bench/README.md}, "recv12").
+    """
+
+    __slots__ = ()
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
+
+
 _newObject = object.__new__
-(
-    _setSender,
-    _setRecipient,
-    _setBody,
-    _setContentType,
-    _setMessageId,
-    _setTimestamp,
-    _setHops,
-    _setRoutingId,
-    _setMark,
-) = (
-    Message.__dict__[name].__set__
-    for name in ("sender", "recipient", "body", "contentType", "messageId", "timestamp", "hops", "routingId", "mark")
-)
 
 
 def checkMessageId(value: str) -> None:
@@ -278,19 +280,22 @@ def preCheckedMessage(
     and that C{hops} is an C{int} of at least 0 (the link codec reads it
     with a pattern of digits); everything else is as L{Message} takes it.
     Anything read from a client or a peer otherwise goes through
-    L{Message}. About a quarter of the cost of C{Message(...)}.
+    L{Message}. Made as an L{_Unfrozen} whose class is then changed: about
+    a sixth of the cost of C{Message(...)}.
     """
-    message: Message = _newObject(Message)
-    _setSender(message, sender)
-    _setRecipient(message, recipient)
-    _setBody(message, body)
-    _setContentType(message, contentType)
-    _setMessageId(message, messageId)
-    _setTimestamp(message, timestamp)
-    _setHops(message, hops)
-    _setRoutingId(message, routingId)
-    _setMark(message, mark)
-    return message
+    message: Any = _newObject(_Unfrozen)
+    message.sender = sender
+    message.recipient = recipient
+    message.body = body
+    message.contentType = contentType
+    message.messageId = messageId
+    message.timestamp = timestamp
+    message.hops = hops
+    message.routingId = routingId
+    message.mark = mark
+    message.__class__ = Message
+    made: Message = message
+    return made
 
 
 def forwarded(event: Event, maxHops: int = DEFAULT_MAX_HOPS) -> Event:

@@ -1249,6 +1249,60 @@ class LinkFrameReaderTests(SynchronousTestCase):
                     self.assertIsInstance(items[0][0], tuple)
                     self.assertEqual(items[0][0][0], "framing error", name)
 
+    def test_shortHeadLimits(self) -> None:
+        """
+        The reader looks at the limits of the start line and of all header
+        lines only for a head longer than the smaller of the two, and counts
+        the header lines of a head in the usual shape only from 8 bytes per
+        header line allowed (each is that long at least): at every limit
+        around the size of heads as dense in header lines as that shape
+        allows (C{Via} lines of one character, one-digit values), the
+        reader takes or leaves each as the parser and L{decodeRequest} read
+        it.
+        """
+        for vias in (0, 1, 3, 9):
+            message = Message(ALICE, CAROL, "b", messageId="m", timestamp=1.0, hops=1)
+            frame = link_codec.encodeMessage(message, ("x",) * vias, 1, "r").replace(b"\r\n", b"\r\nSeq: 1\r\n", 1)
+            head = frame[: frame.index(b"\r\n\r\n")]
+            self.assertIsNotNone(link_codec._USUAL_MESSAGE_HEAD.fullmatch(head.decode()))
+            lines = head.count(b"\r\n")
+            start = head.index(b"\r\n")
+            for delta in range(-2, 3):
+                for limits in (
+                    # The smaller of the two byte limits at the head's size.
+                    Limits(maxStartLineBytes=len(head) + delta, maxHeaderBytes=len(head) + delta + 1, maxHeaders=lines),
+                    Limits(maxStartLineBytes=start + delta, maxHeaders=lines + delta),
+                    Limits(maxHeaderBytes=len(head) - start + delta, maxHeaders=lines - delta),
+                    # Header lines counted from len(head) // 8 allowed.
+                    Limits(maxHeaders=len(head) // 8 + delta),
+                ):
+                    taken, _ = self.limitCase(frame, limits)
+                    self.assertEqual(
+                        taken,
+                        lines <= limits.maxHeaders and start <= limits.maxStartLineBytes and len(head) - start <= limits.maxHeaderBytes,
+                        (vias, limits),
+                    )
+
+    def test_smallCounts(self) -> None:
+        """
+        C{Hops} and C{Max-Hops} of the usual path, read from a table for
+        small counts as written and by C{int} otherwise (leading zeros,
+        larger counts), are what L{decodeRequest} reads.
+        """
+        texts = [str(n).encode() for n in range(70)] + [b"00", b"01", b"063", b"0000000064", b"4294967295"]
+        frames = []
+        for seq, text in enumerate(texts, 1):
+            data = link_codec.encodeMessage(Message(ALICE, CAROL, "hi", hops=1), (), 5, f"r.{seq}").replace(b"\r\n", b"\r\nSeq: %d\r\n" % seq, 1)
+            frames.append(data.replace(b"\r\nHops: 1\r\n", b"\r\nHops: %s\r\n" % text))
+            frames.append(data.replace(b"\r\nMax-Hops: 5\r\n", b"\r\nMax-Hops: %s\r\n" % text))
+        stream = b"".join(frames)
+        got, expected, taken = self.reads([stream])
+        self.assertEqual(got, expected)
+        self.assertEqual(taken, len(frames))
+        values = [o[2].event.hops if i % 2 == 0 else o[2].maxHops if len(o) == 3 else o[3] for i, o in enumerate(got[0])]
+        self.assertEqual(values[::2], [int(t) for t in texts])
+        self.assertEqual(values[1::2], [int(t) or 482 for t in texts])
+
     def test_decodingErrors(self) -> None:
         """
         A message in the writer's shape that the decoding refuses is taken

@@ -34,7 +34,7 @@ from imgateway.adapters.native.mapping import (
     subscriptionKindFromToken,
     targetForm,
 )
-from imgateway.core.address import Address
+from imgateway.core.address import Address, parseAddress
 from imgateway.core.errors import DeliveryError, DeliveryStatus, InvalidAddress, MovedTo, UserBusy, statusError
 from imgateway.core.events import (
     MAX_MESSAGE_ID_CHARS,
@@ -653,7 +653,7 @@ def _usualMessageRequest(
     timestamp: str,
     contentType: str | None,
     token: str | None,
-    via: Sequence[str],
+    via: tuple[str, ...],
     maxHops: int,
     routingId: str,
     hops: int,
@@ -667,21 +667,17 @@ def _usualMessageRequest(
     if maxHops < 1:
         raise LinkCodecError("Max-Hops exhausted", code=482)
     try:
-        if target.startswith("im:") and fromText.startswith("im:"):
-            # _address's work for the form every message has, written out
-            # (two calls fewer): the same parse, the same errors, in the
-            # same order.
-            try:
-                recipient = Address.fromString(target)
-            except InvalidAddress as e:
-                raise LinkCodecError(f"the target: {e}") from None
-            try:
-                sender = Address.fromString(fromText)
-            except InvalidAddress as e:
-                raise LinkCodecError(f"From: {e}") from None
-        else:
-            recipient = _address(target, _IM, "the target")
-            sender = _address(fromText, _IM, "From")
+        # _address's work for the im: form (which the pattern required of
+        # both), written out: the same parse, the same errors, in the same
+        # order.
+        try:
+            recipient = parseAddress(target)
+        except InvalidAddress as e:
+            raise LinkCodecError(f"the target: {e}") from None
+        try:
+            sender = parseAddress(fromText)
+        except InvalidAddress as e:
+            raise LinkCodecError(f"From: {e}") from None
         # From here on the same as _messageRequest's end (its Message-ID
         # check aside), written out again on purpose: one helper that both
         # call cost this path a call, about 550-600 instructions more per
@@ -713,7 +709,7 @@ def _usualMessageRequest(
         raise
     except ValueError as e:
         raise LinkCodecError(str(e)) from None
-    return LinkRequest(event, tuple(via), maxHops, routingId)
+    return LinkRequest(event, via, maxHops, routingId)
 
 
 def _decodeNotify(request: Request, hops: int) -> Event:
@@ -808,7 +804,8 @@ _MESSAGE_HEAD = re.compile(
 #: Runs of visible characters between runs of spaces, as L{_PLAIN_VALUE}.
 _ASCII_VALUE = r"[!-~]++(?: ++[!-~]++)*+"
 #: L{_MESSAGE_HEAD} for the head nearly every link C{MESSAGE} has: its
-#: target and values printable ASCII (L{_ASCII_VALUE}), its C{Timestamp},
+#: target and values printable ASCII (L{_ASCII_VALUE}), its target and
+#: C{From} in the C{im:} form (which L{_address} requires), its C{Timestamp},
 #: C{Max-Hops}, C{Routing-Id} and C{Hops} in their own patterns, built
 #: from the texts L{_messageRequest}'s checks are compiled from
 #: (L{_TIMESTAMP_TEXT}, L{_NUMBER_TEXT}, L{_ROUTING_ID_TEXT}), so that the
@@ -822,9 +819,9 @@ _ASCII_VALUE = r"[!-~]++(?: ++[!-~]++)*+"
 #: by timeit; C{bench/README.md}, "The home servers' CPU per delivery
 #: across a link, fifth round").
 _USUAL_MESSAGE_HEAD = re.compile(
-    r"MESSAGE ([!-~]+) IMGW/1\.0\r\n"
+    r"MESSAGE (im:[!-~]+) IMGW/1\.0\r\n"
     r"Seq: ([0-9]{1,10})\r\n"
-    rf"From: ({_ASCII_VALUE})\r\n"
+    rf"From: (im:{_ASCII_VALUE})\r\n"
     rf"Message-ID: ({_ASCII_VALUE})\r\n"
     rf"Timestamp: ({_TIMESTAMP_TEXT})"
     rf"(?:\r\nContent-Type: ({_ASCII_VALUE}))?"
@@ -867,6 +864,9 @@ _HEADER_LINE = re.compile(rf"\r\n([A-Za-z0-9-]+): ({_PLAIN_VALUE})")
 #: L{serialise} writes it): where a frame that is not a link message ends.
 _LAST_CONTENT_LENGTH = re.compile(rb"\r\nContent-Length: ([0-9]{1,18})\Z")
 _MESSAGE_START = b"MESSAGE "
+#: The counts a C{Hops} or C{Max-Hops} usually says, by their text as
+#: written (no leading zeros): what C{int} makes of each.
+_COUNTS: Final = {str(n): n for n in range(64)}
 _HEAD_END = b"\r\n\r\n"
 
 #: What L{LinkFrameReader.read} returns, in stream order: a frame or a
@@ -907,6 +907,12 @@ class LinkFrameReader:
         self._limits = limits
         # The longest head the parser looks for whole (its _wholeFrame).
         self._window = limits.maxStartLineBytes + limits.maxHeaderBytes + 4
+        # A head of at most this many bytes is within the limits of the
+        # start line and of all header lines (L{_message}).
+        self._shortHead = min(limits.maxStartLineBytes, limits.maxHeaderBytes)
+        # A head in the usual shape shorter than this has at most
+        # maxHeaders header lines (L{_message}).
+        self._countFrom = 8 * (limits.maxHeaders + 1)
         # The frame the parser holds part of: its bytes so far while its
         # head is not whole (at most a window of them), or how many bytes
         # it still needs (-1: not known; the parser is left the rest).
@@ -989,7 +995,8 @@ class LinkFrameReader:
         """
         The head of the frame at C{pos}, if it is whole in C{data}, valid
         UTF-8 and within the limits of the start line and of all header
-        lines (not of their number: L{_matched} and L{_message} count them).
+        lines (not of their number: L{_matched} counts them; L{_message}
+        does this work itself).
 
         @return: Where it ends (its blank line), and its text; or C{None}.
         """
@@ -1031,10 +1038,23 @@ class LinkFrameReader:
 
         @return: Where it ends, its C{Seq}, its decoding; or C{None}.
         """
-        head = self._head(data, pos)
-        if head is None:
+        # self._head's work, written out (a call less per message), with
+        # its limits looked at only for a head long enough to be over one:
+        # a head of at most min(maxStartLineBytes, maxHeaderBytes) bytes
+        # is within both (and one without a line end matches no pattern).
+        end = data.find(_HEAD_END, pos, pos + self._window)
+        if end < 0:
             return None
-        end, text = head
+        head = data[pos:end]
+        if end - pos > self._shortHead:
+            limits = self._limits
+            startBytes = head.find(b"\r\n")
+            if startBytes < 0 or startBytes > limits.maxStartLineBytes or end - pos - startBytes > limits.maxHeaderBytes:
+                return None
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
         match = _USUAL_MESSAGE_HEAD.fullmatch(text)
         if match is None:
             if text.count("\r\n") > self._limits.maxHeaders:
@@ -1046,16 +1066,17 @@ class LinkFrameReader:
         else:
             usual = True
         (target, seqText, fromText, messageId, timestamp, contentType, token, vias, maxHopsText, routingId, hopsText, length) = match.groups()
-        if usual:
+        if usual and end - pos >= self._countFrom:
             # Its header lines, counted from the groups: the five it always
             # has, those it may have, its Via lines (no value holds a line
-            # end).
+            # end). Only for a head long enough to have more than
+            # maxHeaders: each header line of this shape is 8 characters
+            # or more (its line end, a name of 3 or more, ": ", a value).
             # (The optional ones added as booleans: a loop over them cost
             # about 500 instructions more.)
-            viaLines = vias.count("\r\n")
             headers = (
                 5
-                + viaLines
+                + vias.count("\r\n")
                 + (contentType is not None)
                 + (token is not None)
                 + (maxHopsText is not None)
@@ -1079,6 +1100,27 @@ class LinkFrameReader:
         decoded: LinkRequest | LinkCodecError
         try:
             if usual:
+                # Small counts (the usual) from a table: a look-up costs
+                # about a tenth of int()'s call.
+                if hopsText is None:
+                    hops = 0
+                else:
+                    hops = _COUNTS.get(hopsText, -1)
+                    if hops < 0:
+                        hops = int(hopsText)
+                if maxHopsText is None:
+                    maxHops = DEFAULT_MAX_HOPS
+                else:
+                    maxHops = _COUNTS.get(maxHopsText, -1)
+                    if maxHops < 0:
+                        maxHops = int(maxHopsText)
+                if vias:
+                    # One Via (the usual): its value, without a split (no
+                    # value holds a CR).
+                    via = vias[7:]
+                    vs: tuple[str, ...] = (via,) if "\r" not in via else tuple(via.split("\r\nVia: "))
+                else:
+                    vs = ()
                 decoded = _usualMessageRequest(
                     target,
                     data[end + 4 : bodyEnd],
@@ -1087,11 +1129,10 @@ class LinkFrameReader:
                     timestamp,
                     contentType,
                     token,
-                    # One Via (the usual): its value, without a split.
-                    (vias[7:],) if viaLines == 1 else vias[7:].split("\r\nVia: ") if vias else (),
-                    DEFAULT_MAX_HOPS if maxHopsText is None else int(maxHopsText),
+                    vs,
+                    maxHops,
                     routingId,
-                    0 if hopsText is None else int(hopsText),
+                    hops,
                 )
             else:
                 decoded = _messageRequest(

@@ -831,6 +831,7 @@ _USUAL_MESSAGE_HEAD = re.compile(
     rf"\r\nRouting-Id: ({_ROUTING_ID_TEXT})"
     rf"(?:\r\nHops: ({_NUMBER_TEXT}))?"
     r"(?:\r\nContent-Length: ([0-9]{1,18}))?"
+    r"\r\n\r\n"
 )
 #: The head of any request as a link connection writes it: its start line
 #: (C{IMGW/1.0}), C{Seq} first, header lines with values as the parser reads
@@ -945,9 +946,14 @@ class LinkFrameReader:
                 self._forget()
                 out.extend(parser.feed(data[pos:]))
                 return out
+        # The read as Latin-1 text (a character per byte), made at its
+        # first MESSAGE: where the usual messages' heads are read.
+        text: str | None = None
         while pos < size:
             if messages and data.startswith(_MESSAGE_START, pos):
-                message = self._message(data, pos)
+                if text is None:
+                    text = data.decode("latin-1")
+                message = self._message(data, text, pos)
                 if message is not None:
                     pos, seq, decoded = message
                     out.append((seq, decoded))
@@ -995,8 +1001,8 @@ class LinkFrameReader:
         """
         The head of the frame at C{pos}, if it is whole in C{data}, valid
         UTF-8 and within the limits of the start line and of all header
-        lines (not of their number: L{_matched} counts them; L{_message}
-        does this work itself).
+        lines (not of their number: L{_matched} and L{_unusualMessage}
+        count them).
 
         @return: Where it ends (its blank line), and its text; or C{None}.
         """
@@ -1029,44 +1035,39 @@ class LinkFrameReader:
                 return -1
         return bodyEnd
 
-    def _message(self, data: bytes, pos: int) -> tuple[int, int, LinkRequest | LinkCodecError] | None:
+    def _message(self, data: bytes, text: str, pos: int) -> tuple[int, int, LinkRequest | LinkCodecError] | None:
         """
         The link C{MESSAGE} at C{pos}, if it is in L{encodeMessage}'s shape,
         whole and within the limits: in the usual one
         (L{_USUAL_MESSAGE_HEAD}), without checking again what its pattern
-        checked; else as L{_MESSAGE_HEAD} takes it.
+        checked; else as L{_unusualMessage} reads it.
 
+        @param text: C{data} decoded as Latin-1: the usual pattern is
+            matched there, in place, with no head found, cut and decoded
+            first. A head it takes is ASCII (so its text is its UTF-8
+            decoding) and ends at its first blank line (no value holds a
+            line end), where the parser's ends.
         @return: Where it ends, its C{Seq}, its decoding; or C{None}.
         """
-        # self._head's work, written out (a call less per message), with
-        # its limits looked at only for a head long enough to be over one:
-        # a head of at most min(maxStartLineBytes, maxHeaderBytes) bytes
-        # is within both (and one without a line end matches no pattern).
-        end = data.find(_HEAD_END, pos, pos + self._window)
-        if end < 0:
-            return None
-        head = data[pos:end]
-        if end - pos > self._shortHead:
-            limits = self._limits
-            startBytes = head.find(b"\r\n")
-            if startBytes < 0 or startBytes > limits.maxStartLineBytes or end - pos - startBytes > limits.maxHeaderBytes:
-                return None
-        try:
-            text = head.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-        match = _USUAL_MESSAGE_HEAD.fullmatch(text)
+        match = _USUAL_MESSAGE_HEAD.match(text, pos)
         if match is None:
-            if text.count("\r\n") > self._limits.maxHeaders:
-                return None
-            match = _MESSAGE_HEAD.fullmatch(text)
-            if match is None:
-                return None
-            usual = False
-        else:
-            usual = True
+            return self._unusualMessage(data, pos)
+        bodyStart = match.end()
+        if bodyStart > pos + self._window:
+            # Past the longest head the parser looks for whole (_head finds
+            # no blank line there).
+            return None
         (target, seqText, fromText, messageId, timestamp, contentType, token, vias, maxHopsText, routingId, hopsText, length) = match.groups()
-        if usual and end - pos >= self._countFrom:
+        headSize = bodyStart - 4 - pos
+        if headSize > self._shortHead:
+            # Only a head longer than min(maxStartLineBytes,
+            # maxHeaderBytes) can be over either: its start line is
+            # "MESSAGE <target> IMGW/1.0".
+            limits = self._limits
+            startBytes = len(target) + 17
+            if startBytes > limits.maxStartLineBytes or headSize - startBytes > limits.maxHeaderBytes:
+                return None
+        if headSize >= self._countFrom:
             # Its header lines, counted from the groups: the five it always
             # has, those it may have, its Via lines (no value holds a line
             # end). Only for a head long enough to have more than
@@ -1089,7 +1090,7 @@ class LinkFrameReader:
         if seq > MAX_SEQ:
             return None
         # self._bodyEnd's work, written out (a call less per message).
-        bodyEnd = end + 4
+        bodyEnd = bodyStart
         if length is not None:
             bodySize = int(length)
             if bodySize > self._limits.maxBodyBytes:
@@ -1097,57 +1098,72 @@ class LinkFrameReader:
             bodyEnd += bodySize
             if bodyEnd > len(data):
                 return None
+        # Small counts (the usual) from a table: a look-up costs about a
+        # tenth of int()'s call.
+        if hopsText is None:
+            hops = 0
+        else:
+            hops = _COUNTS.get(hopsText, -1)
+            if hops < 0:
+                hops = int(hopsText)
+        if maxHopsText is None:
+            maxHops = DEFAULT_MAX_HOPS
+        else:
+            maxHops = _COUNTS.get(maxHopsText, -1)
+            if maxHops < 0:
+                maxHops = int(maxHopsText)
+        if vias:
+            # One Via (the usual): its value, without a split (no value
+            # holds a CR).
+            via = vias[7:]
+            vs: tuple[str, ...] = (via,) if "\r" not in via else tuple(via.split("\r\nVia: "))
+        else:
+            vs = ()
         decoded: LinkRequest | LinkCodecError
         try:
-            if usual:
-                # Small counts (the usual) from a table: a look-up costs
-                # about a tenth of int()'s call.
-                if hopsText is None:
-                    hops = 0
-                else:
-                    hops = _COUNTS.get(hopsText, -1)
-                    if hops < 0:
-                        hops = int(hopsText)
-                if maxHopsText is None:
-                    maxHops = DEFAULT_MAX_HOPS
-                else:
-                    maxHops = _COUNTS.get(maxHopsText, -1)
-                    if maxHops < 0:
-                        maxHops = int(maxHopsText)
-                if vias:
-                    # One Via (the usual): its value, without a split (no
-                    # value holds a CR).
-                    via = vias[7:]
-                    vs: tuple[str, ...] = (via,) if "\r" not in via else tuple(via.split("\r\nVia: "))
-                else:
-                    vs = ()
-                decoded = _usualMessageRequest(
-                    target,
-                    data[end + 4 : bodyEnd],
-                    fromText,
-                    messageId,
-                    timestamp,
-                    contentType,
-                    token,
-                    vs,
-                    maxHops,
-                    routingId,
-                    hops,
-                )
-            else:
-                decoded = _messageRequest(
-                    target,
-                    data[end + 4 : bodyEnd],
-                    fromText,
-                    messageId,
-                    timestamp,
-                    contentType,
-                    token,
-                    vias[7:].split("\r\nVia: ") if vias else (),
-                    maxHopsText,
-                    routingId,
-                    hopsText or "0",
-                )
+            decoded = _usualMessageRequest(
+                target, data[bodyStart:bodyEnd], fromText, messageId, timestamp, contentType, token, vs, maxHops, routingId, hops
+            )
+        except LinkCodecError as e:
+            decoded = e
+        return bodyEnd, seq, decoded
+
+    def _unusualMessage(self, data: bytes, pos: int) -> tuple[int, int, LinkRequest | LinkCodecError] | None:
+        """
+        L{_message} for a head not in the usual shape: as L{_MESSAGE_HEAD}
+        takes it, checked by L{_messageRequest}.
+
+        @return: As L{_message}.
+        """
+        head = self._head(data, pos)
+        if head is None:
+            return None
+        end, text = head
+        if text.count("\r\n") > self._limits.maxHeaders:
+            return None
+        match = _MESSAGE_HEAD.fullmatch(text)
+        if match is None:
+            return None
+        (target, seqText, fromText, messageId, timestamp, contentType, token, vias, maxHopsText, routingId, hopsText, length) = match.groups()
+        seq = int(seqText)
+        bodyEnd = self._bodyEnd(data, end, length)
+        if seq > MAX_SEQ or bodyEnd < 0:
+            return None
+        decoded: LinkRequest | LinkCodecError
+        try:
+            decoded = _messageRequest(
+                target,
+                data[end + 4 : bodyEnd],
+                fromText,
+                messageId,
+                timestamp,
+                contentType,
+                token,
+                vias[7:].split("\r\nVia: ") if vias else (),
+                maxHopsText,
+                routingId,
+                hopsText or "0",
+            )
         except LinkCodecError as e:
             decoded = e
         return bodyEnd, seq, decoded

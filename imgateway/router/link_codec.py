@@ -950,7 +950,9 @@ class LinkFrameReader:
         # first MESSAGE: where the usual messages' heads are read.
         text: str | None = None
         while pos < size:
-            if messages and data.startswith(_MESSAGE_START, pos):
+            # (A slice compared, not startswith: its arguments' parsing
+            # costs more than the slice.)
+            if messages and data[pos : pos + 8] == _MESSAGE_START:
                 if text is None:
                     text = data.decode("latin-1")
                 message = self._message(data, text, pos)

@@ -98,6 +98,47 @@ class LinkPathBenchTests(SynchronousTestCase):
             self.assertEqual(count(unused, "router.py"), 0, unused)
         self.assertEqual(count("messageOutcome", "metrics.py"), messages)
 
+    def test_hs1SendsInPlace(self) -> None:
+        """
+        On hs1, a message goes from the router to the link's bytes without
+        a copy, a router object or a framing step of its own: no
+        L{forwarded<imgateway.core.events.forwarded>} copy (its one
+        C{preCheckedMessage} is the session's), no object of the router's
+        made per message (its failure answer made only for a failure), the
+        hop count, the C{Via} and the C{Seq} written in place by
+        C{encodeMessage} (no C{_onward}, no C{_send}, no
+        L{LinkConnection.send<imgateway.router.link.LinkConnection.send>}
+        nor C{withSeq}: one C{sendNumbered}); the answer reaches the face
+        through the link's request and the session's waiter alone (one
+        C{callback} each, no C{_tell}).
+        """
+        hs1 = link_path.HS1(2)
+        hs1.exchange(hs1.prepare(3, 0))
+        calls = presence_fanout.counted(lambda: hs1.exchange(hs1.prepare(3, 1)))
+        hs1.check(12)
+        messages = 6
+
+        def count(prefix: str, where: str) -> int:
+            return sum(n for name, n in calls.items() if name.startswith(prefix + " (") and f"({where}:" in name)
+
+        self.assertEqual(count("preCheckedMessage", "events.py"), messages)
+        for unused, where in [
+            ("forwarded", "events.py"),
+            ("__init__", "router.py"),
+            ("_linkAnswerFailed", "router.py"),
+            ("_onward", "link.py"),
+            ("_send", "link.py"),
+            ("send", "link.py"),
+            ("_write", "link.py"),
+            ("withSeq", "framing.py"),
+            ("_tell", "server.py"),
+        ]:
+            self.assertEqual(count(unused, where), 0, unused)
+        self.assertEqual(count("sendNumbered", "link.py"), messages)
+        self.assertEqual(count("callback", "link.py"), messages)
+        self.assertEqual(count("callback", "router.py"), 0)
+        self.assertEqual(count("callback", "server.py"), messages)
+
     def test_routingAsksOnce(self) -> None:
         """
         The routing of a message across the link makes each of its checks

@@ -28,7 +28,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from imgateway._testcerts import CertificateAuthority
-from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response, serialise
+from imgateway.adapters.native.framing import MAX_SEQ, FrameParser, Headers, Request, Response, serialise
 from imgateway.config import AuthConfig, GatewayConfig, HomeConfig, HostPort, LinksConfig, ServerConfig
 from imgateway.core.address import Address
 from imgateway.core.errors import (
@@ -45,7 +45,7 @@ from imgateway.core.errors import (
     UserBusy,
     UserOffline,
 )
-from imgateway.core.events import Event, Message, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
+from imgateway.core.events import Event, Message, MessageMark, PresenceProbe, PresenceUpdate, SubscriptionEvent, SubscriptionKind
 from imgateway.core.presence import Presence, PresenceState
 from imgateway.core.records import AccountRecord
 from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
@@ -2980,6 +2980,148 @@ class DeliverThenTests(LinkTestCase):
         client.stopService()
         self.assertEqual(self.outcome(stopped.results)[0], ServiceUnavailable)  # type: ignore[index]
         self.assertEqual(waiter.results, [DeliveryStatus.DELIVERED])
+
+    def sameBytesClients(self) -> list[tuple[LinkClient, LinkConnection, StringTransport]]:
+        """
+        Two link clients, each with its connection up on a
+        L{StringTransport}: one for L{LinkClient.deliverThen}, one for
+        L{LinkClient.deliver}.
+        """
+        made = []
+        for _ in range(2):
+            clock = Clock()
+            endpoint = TCP4ClientEndpoint(MemoryReactorClock(), "127.0.0.1", 5312)
+            client = LinkClient("server hs2", endpoint, attrs.evolve(LINKS, maxQueue=100), clock, Headers(), LinkTraces(), "corp.example/hs1")
+            made.append((client, self.connect(client, clock)))
+        return [(client, connection, transport) for client, (connection, transport) in made]
+
+    def connect(self, client: LinkClient, clock: Clock, seq: int = 0) -> tuple[LinkConnection, StringTransport]:
+        """
+        Bring C{client}'s link up on a new connection whose last C{Seq}
+        was C{seq}.
+        """
+        connection = LinkConnection({}, clock, 10.0, peer=LinkPeer("corp.example", "hs2"))
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        connection.markReady(LinkPeer("corp.example", "hs2"))
+        connection._seq = seq
+        client._ready(connection)
+        return connection, transport
+
+    def test_seqInPlace(self) -> None:
+        """
+        A message sent with a hop count (a router's, for the hop it sends
+        it on) is written with its C{Seq} in place (no L{LinkConnection.send}):
+        the bytes L{LinkClient.deliver} writes for the message with that
+        hop count, in every shape (the usual one, another content type, a
+        mark, a long body), with C{Seq} wrapping past L{MAX_SEQ}; the bare
+        C{200}s answer them.
+        """
+        from tests.test_router import RecordingWaiter
+
+        messages = [
+            Message(ALICE, CAROL, "hi", timestamp=1767225600.125),
+            Message(ALICE, CAROL, "hi", contentType="text/html"),
+            Message(ALICE, CAROL, "", mark=MessageMark.AUTO_REPLY, hops=3),
+            Message(ALICE, CAROL, "x\x00" * 3000),
+        ]
+        (then, thenConnection, thenWritten), (plain, _, plainWritten) = self.sameBytesClients()
+        thenConnection._seq = MAX_SEQ - 2
+        plain.connection._seq = MAX_SEQ - 2  # type: ignore[union-attr]
+        self.patch(thenConnection, "send", lambda *a: self.fail("sent with withSeq"))
+        waiters = []
+        for message in messages:
+            waiter = RecordingWaiter()
+            then.deliverThen(message, waiter, message.hops + 1)
+            waiters.append(waiter)
+            plain.deliver(attrs.evolve(message, hops=message.hops + 1))
+        self.assertEqual(thenWritten.value(), plainWritten.value())
+        self.assertEqual(sorted(thenConnection._outstanding), [1, 2, MAX_SEQ - 1, MAX_SEQ])
+        thenConnection.dataReceived(b"".join(b"IMGW/1.0 200 OK\r\nSeq: %d\r\n\r\n" % seq for seq in (MAX_SEQ - 1, MAX_SEQ, 1, 2)))
+        self.assertEqual([w.results for w in waiters], [[DeliveryStatus.DELIVERED]] * 4)
+
+    def test_resentWithoutItsSeq(self) -> None:
+        """
+        A message written with its C{Seq} in place whose connection is lost
+        is sent on the next with that connection's C{Seq} alone, as
+        L{LinkClient.deliver}'s resend is; one sent while the connection
+        is closing is written once the link is back.
+        """
+        from tests.test_router import RecordingWaiter
+
+        (then, thenConnection, _), (plain, plainConnection, _) = self.sameBytesClients()
+        message = Message(ALICE, CAROL, "hi", timestamp=1767225600.125)
+        waiter = RecordingWaiter()
+        then.deliverThen(message, waiter, 1)
+        plain.deliver(attrs.evolve(message, hops=1))
+        thenConnection.closing = plainConnection.closing = True
+        closing = Message(ALICE, CAROL, "closing")
+        then.deliverThen(closing, RecordingWaiter())
+        plain.deliver(closing)
+        written = []
+        for client, connection in ((then, thenConnection), (plain, plainConnection)):
+            connection.connectionLost(Failure(ConnectionDone()))
+            written.append(self.connect(client, Clock(), 41)[1].value())
+        self.assertEqual(written[0], written[1])
+        self.assertEqual(written[0].count(b"\r\nSeq: "), 2)
+        self.assertTrue(written[0].startswith(b"MESSAGE im:carol@corp.example IMGW/1.0\r\nSeq: 42\r\nFrom: "), written[0])
+        then.connection.dataReceived(b"IMGW/1.0 200 OK\r\nSeq: 42\r\n\r\n")  # type: ignore[union-attr]
+        self.assertEqual(waiter.results, [DeliveryStatus.DELIVERED])
+
+    def test_failedTold(self) -> None:
+        """
+        Given C{failed}, every failure of the message is told to it, with
+        the message and the waiter, and not to the waiter: hops used up, a
+        full queue, an error answer, the time limit, the link stopping; a
+        delivered one is told to the waiter.
+        """
+        from tests.test_router import RecordingWaiter
+
+        told: list[tuple[object, Message, object]] = []
+
+        def failed(error: BaseException | Failure, message: Message, waiter: object) -> None:
+            told.append((type(error.value if isinstance(error, Failure) else error), message, waiter))
+
+        client = self.client(maxQueue=2, requestTimeout=10.0)
+        self.server.router.answer = lambda e: fail(UserBusy("busy", "tel:+1555"))
+        busy, waiter = Message(CAROL, ALICE, "busy"), RecordingWaiter()
+        client.deliverThen(busy, waiter, 1, failed)
+        self.network.flush()
+        self.assertEqual(told, [(UserBusy, busy, waiter)])
+        self.server.router.answer = lambda e: succeed(DeliveryStatus.DELIVERED)
+        delivered = RecordingWaiter()
+        client.deliverThen(Message(CAROL, ALICE, "hi"), delivered, 1, failed)
+        self.network.flush()
+        self.assertEqual(delivered.results, [DeliveryStatus.DELIVERED])
+        self.server.router.answer = lambda e: Deferred()
+        late = [(Message(CAROL, ALICE, f"late {n}"), RecordingWaiter()) for n in range(2)]
+        for message, w in late:
+            client.deliverThen(message, w, 1, failed)
+        full = Message(CAROL, ALICE, "full")
+        client.deliverThen(full, waiter, 1, failed)
+        self.network.flush()
+        self.clock.advance(10)
+        traces = LinkTraces()
+        ended = LinkClient(
+            "server hs2", TCP4ClientEndpoint(MemoryReactorClock(), "127.0.0.1", 5312), LINKS, Clock(), Headers(), traces, "corp.example/hs1"
+        )
+        used = Message(CAROL, ALICE, "used up")
+        leave = traces.enter(used, ("corp.example/hs2",), 1)
+        ended.deliverThen(used, waiter, 1, failed)
+        leave()
+        stopped = Message(CAROL, ALICE, "stopped")
+        ended.deliverThen(stopped, waiter, 1, failed)
+        ended.stopService()
+        self.assertEqual(
+            told[1:],
+            [
+                (ServiceUnavailable, full, waiter),
+                *((ServiceUnavailable, message, w) for message, w in late),
+                (LoopDetected, used, waiter),
+                (ServiceUnavailable, stopped, waiter),
+            ],
+        )
+        self.assertEqual([waiter.results, *(w.results for _, w in late)], [[], [], []])
 
     def test_hopsUsedUp(self) -> None:
         """

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from imgateway.adapters.native.framing import Frame, FrameParser, FramingError, Headers, Limits, Request, Response, serialise
+from imgateway.adapters.native.framing import MAX_SEQ, Frame, FrameParser, FramingError, Headers, Limits, Request, Response, serialise, withSeq
 from imgateway.adapters.native.mapping import TargetForm
 from imgateway.core.address import Address
 from imgateway.core.errors import (
@@ -476,7 +476,12 @@ class MessageEncodingTests(SynchronousTestCase):
         Over fuzzed messages (addresses, message ids, content types and
         bodies with control characters, white space, non-ASCII text and
         lone surrogates; every mark, hop count, C{Via} list, C{Max-Hops}
-        and routing id, valid or not), both encodings agree.
+        and routing id, valid or not), both encodings agree. Given a hop
+        count (C{hops}, a router's: no copy of the message) and a C{Seq}
+        (C{seq}, written in place), the direct encoding is the general
+        way's bytes of the message with that hop count, with that C{Seq}
+        put first as L{withSeq} puts it: in the usual shape (one format),
+        any other and the general way.
         """
         rng = random.Random(20261205)
         # (U+200E and U+3000: not printable, yet nothing the patterns find.)
@@ -501,7 +506,7 @@ class MessageEncodingTests(SynchronousTestCase):
                     continue
                 return value
 
-        cases = 0
+        cases = inPlace = 0
         for i in range(4000):
             message = Message(
                 address(),
@@ -521,8 +526,18 @@ class MessageEncodingTests(SynchronousTestCase):
             direct = self.outcome(lambda: link_codec.encodeMessage(message, via, maxHops, routingId))
             self.assertEqual(direct, general, (message, via, maxHops, routingId))
             cases += isinstance(general, bytes)
+            hops = rng.choice([0, 1, 2, 16, 124])
+            seq = rng.choice([None, 1, 42, MAX_SEQ])
+            counted = attrs.evolve(message, hops=hops)
+            general = self.outcome(lambda: serialise(encodeRequest(counted, via, maxHops, routingId)))
+            if seq is not None and isinstance(general, bytes):
+                general = withSeq(general, seq)
+            direct = self.outcome(lambda: link_codec.encodeMessage(message, via, maxHops, routingId, hops, seq))
+            self.assertEqual(direct, general, (message, via, maxHops, routingId, hops, seq))
+            inPlace += isinstance(general, bytes) and seq is not None
         # Most were encodable: the comparison is of bytes, not only errors.
         self.assertGreater(cases, 500)
+        self.assertGreater(inPlace, 300)
 
     def test_printableWithoutPatterns(self) -> None:
         """

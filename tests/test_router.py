@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
@@ -633,12 +635,42 @@ class PendingWaiterRoute(PendingRoute):
     """
     A L{PendingRoute} that also takes a message with a waiter, as a link
     does (L{LinkClient.deliverThen<imgateway.router.link.LinkClient.deliverThen>}):
-    the waiter is recorded in place of a L{Deferred}, and the test tells it
-    the answer.
+    recorded as the message it sends (with the hop count given) and, in
+    place of a L{Deferred}, a L{LinkTold}, which the test tells the answer.
     """
 
-    def deliverThen(self, message: Message, waiter: Any) -> None:
-        self.calls.append((message, waiter))
+    def deliverThen(self, message: Message, waiter: Any, hops: int | None = None, failed: Any = None) -> None:
+        sent = message if hops is None else attrs.evolve(message, hops=hops)
+        # (Recorded where a Deferred would be: the tests call the same two
+        # methods on either.)
+        told: Any = LinkTold(message, waiter, failed)
+        self.calls.append((sent, told))
+
+
+class LinkTold:
+    """
+    What a link that takes a waiter tells (as its request,
+    C{imgateway.router.link._Outgoing}, does): the outcome to the waiter; a
+    failure to C{failed}, with the message and the waiter, if it was
+    given, else to the waiter.
+    """
+
+    def __init__(self, message: Message, waiter: Any, failed: Any) -> None:
+        self.called = False
+        self.message = message
+        self.waiter = waiter
+        self.failed = failed
+
+    def callback(self, result: object) -> None:
+        self.called = True
+        self.waiter.callback(result)
+
+    def errback(self, fail: BaseException | Failure) -> None:
+        self.called = True
+        if self.failed is None:
+            self.waiter.errback(fail)
+        else:
+            self.failed(fail, self.message, self.waiter)
 
 
 class WaiterLinkRoutes(MemoryLinkRoutes):
@@ -778,7 +810,7 @@ class LinkWaiterTests(SynchronousTestCase):
         """
 
         class Raising(PendingWaiterRoute):
-            def deliverThen(self, message: Message, waiter: Any) -> None:
+            def deliverThen(self, message: Message, waiter: Any, hops: int | None = None, failed: Any = None) -> None:
                 raise RuntimeError("bug")
 
         seen = self.deliver(True, [], Raising())
@@ -789,27 +821,42 @@ class LinkWaiterTests(SynchronousTestCase):
     def test_noDeferred(self) -> None:
         """
         A message delivered over a link that takes a waiter makes no
-        L{Deferred} at all, and calls no callback of the router's but its
-        waiter's: the link's answer reaches the caller's waiter in two
-        calls.
+        L{Deferred} at all, no copy of the message and no object of the
+        router's: the link is given the message itself, its hop count plus
+        one, the caller's waiter (whose answer reaches it with no call of
+        the router's between) and the router's answer to a failure.
         """
         from bench.presence_fanout import counted
 
         locator = DirectoryHomeLocator(self.directory, self.clock, 30.0)
         self.successResultOf(locator.homeOf(CAROL))
-        hs2 = PendingWaiterRoute()
+        given: list[tuple[object, ...]] = []
+
+        class Recording(PendingWaiterRoute):
+            def deliverThen(self, message: Message, waiter: Any, hops: int | None = None, failed: Any = None) -> None:
+                given.append((message, waiter, hops, failed))
+                super().deliverThen(message, waiter, hops, failed)
+
+        hs2 = Recording()
         router = Router(domain="corp.example", serverName=HS1, locator=locator, linkRoutes=WaiterLinkRoutes(servers={HS2: hs2}))
         recorder = RecordingWaiter()
+        message = Message(ALICE, CAROL, "hi", hops=2)
 
         def send() -> None:
-            self.assertIsNone(router.deliverThen(Message(ALICE, CAROL, "hi"), recorder))
+            self.assertIsNone(router.deliverThen(message, recorder))
             hs2.calls[0][1].callback(DeliveryStatus.DELIVERED)
 
         calls = counted(send)
         self.assertEqual(recorder.results, [DeliveryStatus.DELIVERED])
+        [(sent, waiter, hops, failed)] = given
+        self.assertIs(sent, message)
+        self.assertIs(waiter, recorder)
+        self.assertEqual((hops, failed), (3, router._linkAnswerFailed))
         self.assertEqual([name for name in calls if "(defer.py:" in name], [])
-        self.assertEqual([name for name in calls if name.startswith(("deliverAtOnce ", "_toLink ", "_linkFailed ", "_failed "))], [])
-        self.assertEqual(calls["deliverThen (test_router.py:" + str(PendingWaiterRoute.deliverThen.__code__.co_firstlineno) + ")"], 1)
+        self.assertEqual([name for name in calls if name.startswith(("forwarded ", "preCheckedMessage "))], [])
+        self.assertEqual([name for name in calls if name.startswith("__init__ (router.py")], [])
+        self.assertEqual([name for name in calls if name.startswith(("deliverAtOnce ", "_toLink ", "_linkFailed ", "_failed ", "_linkAnswerFailed "))], [])
+        self.assertEqual(calls["deliverThen (test_router.py:" + str(Recording.deliverThen.__code__.co_firstlineno) + ")"], 1)
 
     def session(self, route: PendingRoute) -> tuple[Any, list[object]]:
         """
@@ -923,8 +970,8 @@ class LinkWaiterTests(SynchronousTestCase):
         """
 
         class Full(PendingWaiterRoute):
-            def deliverThen(self, message: Message, waiter: Any) -> None:
-                waiter.errback(ServiceUnavailable("link to server hs2: 1000 requests waiting"))
+            def deliverThen(self, message: Message, waiter: Any, hops: int | None = None, failed: Any = None) -> None:
+                LinkTold(message, waiter, failed).errback(ServiceUnavailable("link to server hs2: 1000 requests waiting"))
 
         session, counted = self.session(Full())
         answer = session.sendMessageAtOnce(CAROL, "hi")

@@ -2549,8 +2549,13 @@ class _SentOutcome:
     def callback(self, result: Any) -> None:
         self.called = True
         self._metrics.messageOutcome(result)
-        if self._answer is not None:
-            self._tell(result)
+        answer = self._answer
+        if answer is not None:
+            # _tell, without its call (the usual answer: delivered).
+            try:
+                answer(result, self._token, self._messageId)
+            except Exception:
+                HomeServer.log.failure("Answering a message sent over a link")
             return
         d = self._deferred
         if d is None:

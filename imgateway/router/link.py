@@ -184,6 +184,24 @@ class OutcomeWaiter(TypingProtocol):
         """
 
 
+#: What a failure of a message sent with L{LinkClient.deliverThen} is told
+#: to, if given: called with the failure, the message and its waiter, in
+#: place of the waiter's C{errback} (the router's answer to a failed link
+#: delivery, C{Router._linkAnswerFailed}).
+FailureTeller = Callable[[BaseException | Failure, Message, OutcomeWaiter], object]
+
+
+def _tell(error: BaseException, message: Message, waiter: OutcomeWaiter, failed: FailureTeller | None) -> None:
+    """
+    Tell C{waiter} (or C{failed}, if given) that C{message} failed at
+    once (L{LinkClient.deliverThen}).
+    """
+    if failed is None:
+        waiter.errback(error)
+    else:
+        failed(error, message, waiter)
+
+
 def _response(code: int, detail: str = "", headers: Sequence[tuple[str, str]] = ()) -> Response:
     pairs = tuple(headers) + ((("Detail", detail),) if detail else ())
     return Response(code, REASONS.get(code, "Error"), Headers(pairs))
@@ -508,8 +526,43 @@ class LinkConnection(Protocol):
             return False
         seq = self._seq = self._seq + 1 if self._seq < MAX_SEQ else 1
         self._outstanding[seq] = waiter
-        self._write(withSeq(encoded, seq))
+        # withSeq's bytes (its start line never holds a CRLF: the first one
+        # ends it), by one replace: about half withSeq's instructions (its
+        # two slices and bytes formatting), and _write without its call.
+        data = encoded.replace(b"\r\n", b"\r\nSeq: %d\r\n" % seq, 1)
+        batch = self._batch
+        if batch is not None:
+            batch.append(data)
+        else:
+            self.transport.write(data)  # type: ignore[union-attr]
         return True
+
+    def nextSeq(self) -> int | None:
+        """
+        @return: The C{Seq} the next request sent here gets (for
+            L{sendNumbered}), or C{None} if the connection is closed or
+            closing (nothing can be sent).
+        """
+        if not self.connected or self.closing:
+            return None
+        last = self._seq
+        return last + 1 if last < MAX_SEQ else 1
+
+    def sendNumbered(self, data: bytes, seq: int, waiter: ResponseWaiter) -> None:
+        """
+        L{send} a request written with its C{Seq} in place: C{data} has
+        C{Seq: seq} as its first header, C{seq} being what L{nextSeq}
+        answered, with nothing sent here since (L{LinkClient.deliverThen}
+        writes a message so: the bytes L{send} makes, without a copy
+        of them).
+        """
+        self._seq = seq
+        self._outstanding[seq] = waiter
+        batch = self._batch
+        if batch is not None:
+            batch.append(data)
+        else:
+            self.transport.write(data)  # type: ignore[union-attr]
 
     def _write(self, data: bytes) -> None:
         """
@@ -868,9 +921,13 @@ class _Outgoing:
     connection it was last sent on: a response answers the request; a
     lost connection leaves it to be sent again. One object per request,
     however often it is sent.
+
+    A message sent with L{LinkClient.deliverThen} may have a C{failed}:
+    a failure is told to it (with the message and the waiter) in place of
+    the waiter's C{errback} (L{fail}).
     """
 
-    __slots__ = ("encoded", "deferred", "deadline", "decode", "client", "ident", "connection")
+    __slots__ = ("encoded", "deferred", "deadline", "decode", "client", "ident", "connection", "seq", "failed", "message")
 
     def __init__(
         self,
@@ -880,6 +937,9 @@ class _Outgoing:
         decode: Callable[[Response], object] | None,
         client: LinkClient,
         ident: int,
+        seq: int = 0,
+        failed: FailureTeller | None = None,
+        message: Message | None = None,
     ) -> None:
         self.encoded = encoded
         self.deferred = deferred
@@ -889,6 +949,36 @@ class _Outgoing:
         self.ident = ident
         #: The connection it was last sent on, while that is up.
         self.connection: LinkConnection | None = None
+        #: The C{Seq} written in C{encoded} (L{LinkConnection.sendNumbered}),
+        #: or 0: C{encoded} has none (L{LinkConnection.send} adds it).
+        self.seq = seq
+        self.failed = failed
+        self.message = message
+
+    def unsequenced(self) -> bytes:
+        """
+        @return: Its bytes without a C{Seq}, for L{LinkConnection.send}
+            (a transmission after the first, on another connection).
+        """
+        encoded = self.encoded
+        seq = self.seq
+        if seq:
+            end = encoded.index(b"\r\n") + 2
+            encoded = self.encoded = encoded[:end] + encoded[end + len(b"Seq: %d\r\n" % seq) :]
+            self.seq = 0
+        return encoded
+
+    def fail(self, error: BaseException | Failure) -> None:
+        """
+        Tell its failure: to its C{failed}, if it has one, else to its
+        waiter's C{errback}.
+        """
+        failed = self.failed
+        if failed is None:
+            self.deferred.errback(error)
+        else:
+            assert self.message is not None
+            failed(error, self.message, self.deferred)
 
     def callback(self, response: Response) -> None:
         """
@@ -914,7 +1004,7 @@ class _Outgoing:
             try:
                 outcome = decode(response)
             except Exception:
-                deferred.errback(Failure())
+                self.fail(Failure())
             else:
                 deferred.callback(outcome)
 
@@ -976,6 +1066,7 @@ class LinkClient(MultiService):
         self._hello = hello
         self._traces = traces
         self._ownVia = ownVia
+        self._ownVias = (ownVia,)
         self._handlers: Mapping[str, RequestHandler] = handlers if handlers is not None else {}
         self._pending: dict[int, _Outgoing] = {}
         self._ids = 0
@@ -1074,7 +1165,7 @@ class LinkClient(MultiService):
         if connection is None or item is None or item.connection is connection:
             return
         item.connection = connection
-        if not connection.send(item.encoded, item):
+        if not connection.send(item.unsequenced(), item):
             item.connection = None
 
     def request(self, request: Request) -> Deferred[Response]:
@@ -1238,7 +1329,7 @@ class LinkClient(MultiService):
             state = "up" if self._connection is not None else "down"
             log.warn("Link to {peer} ({state}): no answer within {seconds} s", peer=self.name, state=state, seconds=self._config.requestTimeout)
             if not item.deferred.called:
-                item.deferred.errback(ServiceUnavailable(f"no answer from {self.name} within {self._config.requestTimeout:g} s"))
+                item.fail(ServiceUnavailable(f"no answer from {self.name} within {self._config.requestTimeout:g} s"))
             if self._connection is not None:
                 self._probe(self._connection)
 
@@ -1281,7 +1372,7 @@ class LinkClient(MultiService):
         # from a link, as for every message a session of this process sends.)
         trace = traces.traceOf(event) if traces.current is not None or traces._traces else None
         if trace is None:
-            return (self._ownVia,), self._config.maxHops
+            return self._ownVias, self._config.maxHops
         return trace[0] + (self._ownVia,), trace[1] - 1
 
     def deliver(self, event: Event) -> Deferred[DeliveryStatus]:
@@ -1303,28 +1394,69 @@ class LinkClient(MultiService):
             return fail(ServerError("cannot send this event over a link"))
         return self.request(request).addCallback(decodeResponse)
 
-    def deliverThen(self, message: Message, waiter: OutcomeWaiter) -> None:
+    def deliverThen(self, message: Message, waiter: OutcomeWaiter, hops: int | None = None, failed: FailureTeller | None = None) -> None:
         """
         L{deliver} a message, its outcome told to C{waiter} in place of a
-        L{Deferred} (the router's link delivery, C{Router._toLink}): the
+        L{Deferred} (the router's link delivery, C{Router.deliverThen}): the
         same bytes, queue, limit, time limit and resends; what L{deliver}'s
         L{Deferred} would fail with at once (its hops used up, a message
         that cannot be written, a full queue) is told to C{waiter} at once.
+
+        @param hops: The hop count it goes with, if not its own (a router
+            counting the hop it sends it on: the bytes L{deliver} writes
+            for L{forwarded<imgateway.core.events.forwarded>}'s copy,
+            without the copy).
+        @param failed: If given, a failure is told by C{failed(error,
+            message, waiter)} in place of C{waiter.errback(error)} (the
+            router's answer to a failed link delivery, made only when one
+            fails).
         """
-        via, maxHops = self._onward(message)
+        traces = self._traces
+        if traces.current is None and not traces._traces:
+            # _onward's answer for what no link is delivering now (every
+            # message a session of this process sends), without its call.
+            via: tuple[str, ...] = self._ownVias
+            maxHops = self._config.maxHops
+        else:
+            via, maxHops = self._onward(message)
         if maxHops < 1:
-            waiter.errback(LoopDetected("Max-Hops exhausted"))
+            _tell(LoopDetected("Max-Hops exhausted"), message, waiter, failed)
             return
+        # Written with the Seq the connection gives it next, if it is up
+        # (LinkConnection.nextSeq, without its call): sent without a copy
+        # (sendNumbered).
+        connection = self._connection
+        seq: int | None = None
+        if connection is not None and connection.connected and not connection.closing:
+            last = connection._seq
+            seq = last + 1 if last < MAX_SEQ else 1
         try:
-            encoded = encodeMessage(message, via, maxHops, message.routingId)
+            encoded = encodeMessage(message, via, maxHops, message.routingId, hops, seq)
         except ValueError as e:
             log.error("Cannot send {event!r} to {peer}: {error}", event=message, peer=self.name, error=e)
-            waiter.errback(ServerError("cannot send this event over a link"))
+            _tell(ServerError("cannot send this event over a link"), message, waiter, failed)
             return
-        try:
-            self._send(encoded, decodeResponse, waiter)
-        except ServiceUnavailable as refused:
-            waiter.errback(refused)
+        # _send, without its call.
+        pending = self._pending
+        config = self._config
+        if len(pending) >= config.maxQueue:
+            self._queueFull()
+            _tell(ServiceUnavailable(f"link to {self.name}: {config.maxQueue} requests waiting"), message, waiter, failed)
+            return
+        ident = self._ids = self._ids + 1
+        deadline = self._clock.seconds() + config.requestTimeout
+        if seq is None or connection is None:
+            item = pending[ident] = _Outgoing(encoded, waiter, deadline, decodeResponse, self, ident, 0, failed, message)
+            if self._sweeper is None:
+                self._armSweeper(deadline)
+            # Not sent: the link is down (or its connection closing), and
+            # sends it once it is back (_transmit).
+            return
+        item = pending[ident] = _Outgoing(encoded, waiter, deadline, decodeResponse, self, ident, seq, failed, message)
+        if self._sweeper is None:
+            self._armSweeper(deadline)
+        item.connection = connection
+        connection.sendNumbered(encoded, seq, item)
 
     def stopService(self) -> Deferred[None]:
         pending, self._pending = self._pending, {}
@@ -1333,7 +1465,7 @@ class LinkClient(MultiService):
             self._sweeper = None
         for item in pending.values():
             if not item.deferred.called:
-                item.deferred.errback(ServiceUnavailable(f"link to {self.name} closed: the server is stopping"))
+                item.fail(ServiceUnavailable(f"link to {self.name} closed: the server is stopping"))
         if self._refusedTimer is not None:
             self._refusedTimer.cancel()
             self._refusedTimer = None

@@ -7,7 +7,8 @@ response and back, losslessly.
 It reuses the native face's framing (L{imgateway.adapters.native.framing})
 and tables (L{imgateway.adapters.native.mapping}: status codes, presence and
 subscription tokens); it knows nothing of connections, sequence numbers
-(the connection adds C{Seq}) or routing.
+(the connection adds C{Seq}, or gives L{encodeMessage} the one to write)
+or routing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Final
 
 import attrs
 
-from imgateway.adapters.native.framing import MAX_SEQ, VERSION, Frame, FrameParser, FramingError, Headers, Limits, Request, Response, serialise
+from imgateway.adapters.native.framing import MAX_SEQ, VERSION, Frame, FrameParser, FramingError, Headers, Limits, Request, Response, serialise, withSeq
 from imgateway.adapters.native.mapping import (
     MESSAGE_MARKS,
     PRESENCE,
@@ -292,7 +293,9 @@ _USUAL_HOPS = 16
 _HOPS_LINES = ("", *(f"Hops: {hops}\r\n" for hops in range(1, _USUAL_HOPS)))
 
 
-def encodeMessage(message: Message, via: Sequence[str], maxHops: int, routingId: str) -> bytes:
+def encodeMessage(
+    message: Message, via: Sequence[str], maxHops: int, routingId: str, hops: int | None = None, seq: int | None = None
+) -> bytes:
     """
     The bytes of the request that carries C{message} over a link, without
     C{Seq} (L{imgateway.router.link.withSeq} adds it): exactly what
@@ -300,8 +303,17 @@ def encodeMessage(message: Message, via: Sequence[str], maxHops: int, routingId:
     (no L{Headers}, no L{Request}, one check of every value at once). A
     message with a value that needs more care goes the general way.
 
+    @param hops: The hop count it goes with, if not its own (a router
+        sending a message on counts the hop without a copy of the
+        message: what L{encodeRequest} writes for L{forwarded}'s copy).
+    @param seq: If given, C{Seq: seq} is written as the first header, in
+        place: the bytes L{withSeq<imgateway.router.link.withSeq>} makes
+        of those written without it (the link's first transmission,
+        without a second copy of the frame).
     @raise ValueError: As L{encodeRequest} and L{serialise} raise.
     """
+    if hops is None:
+        hops = message.hops
     if maxHops < 1:
         raise ValueError(f"Max-Hops must be at least 1, got {maxHops}")
     # The addresses' parts, written here as Address.imURI writes them
@@ -338,13 +350,12 @@ def encodeMessage(message: Message, via: Sequence[str], maxHops: int, routingId:
             _TARGET_NOT_PLAIN.search(recipient.imURI()) is not None
             or _VALUES_NOT_PLAIN.search("\t".join((fromAddress.imURI(), messageId, *via))) is not None
         ):
-            return serialise(encodeRequest(message, via, maxHops, routingId))
+            return _general(message, via, maxHops, routingId, hops, seq)
     try:
         body = message.body.encode("utf-8")
         if message.contentType == DEFAULT_CONTENT_TYPE and message.mark is None and usual and maxHops == DEFAULT_MAX_HOPS:
             # The usual shape (one server passed, the shipped hop budget):
             # the same lines, in one format.
-            hops = message.hops
             # timestampText's text, written out here: a call costs more
             # than the test (the tests hold this to encodeRequest's).
             # Formatted apart from the f-string: compiled, a field with a
@@ -354,26 +365,44 @@ def encodeMessage(message: Message, via: Sequence[str], maxHops: int, routingId:
             stamp = "%.7f" % timestamp if 1e9 <= timestamp < 1e12 else repr(timestamp)
             hopsLine = _HOPS_LINES[hops] if 0 <= hops < _USUAL_HOPS else f"Hops: {hops}\r\n" if hops else ""
             end = f"Content-Length: {len(body)}\r\n\r\n" if body else "\r\n"
+            # The Seq line (withSeq's, first), in place.
+            seqLine = "" if seq is None else f"Seq: {seq}\r\n"
             head = (
-                f"MESSAGE im:{toLocal}@{toDomain} {VERSION}\r\nFrom: im:{fromLocal}@{fromDomain}\r\nMessage-ID: {messageId}\r\n"
+                f"MESSAGE im:{toLocal}@{toDomain} {VERSION}\r\n{seqLine}From: im:{fromLocal}@{fromDomain}\r\nMessage-ID: {messageId}\r\n"
                 f"Timestamp: {stamp}\r\nVia: {vias}\r\nRouting-Id: {routingId}\r\n{hopsLine}{end}"
             )
         else:
             end = f"Content-Length: {len(body)}\r\n\r\n" if body else "\r\n"
-            head = _messageHead(message, recipient.imURI(), fromAddress.imURI(), via, maxHops, routingId) + end
+            head = _messageHead(message, recipient.imURI(), fromAddress.imURI(), via, maxHops, routingId, hops, seq) + end
         return head.encode("utf-8") + body
     except UnicodeEncodeError:
         # Lone surrogates: the general way says where.
-        return serialise(encodeRequest(message, via, maxHops, routingId))
+        return _general(message, via, maxHops, routingId, hops, seq)
 
 
-def _messageHead(message: Message, target: str, sender: str, via: Sequence[str], maxHops: int, routingId: str) -> str:
+def _general(message: Message, via: Sequence[str], maxHops: int, routingId: str, hops: int, seq: int | None) -> bytes:
+    """
+    L{encodeMessage}'s bytes the general way: L{serialise} of
+    L{encodeRequest}'s request (for a message whose C{hops} it does not
+    carry, a copy that does), with C{Seq} put first if given.
+    """
+    if hops != message.hops:
+        message = attrs.evolve(message, hops=hops)
+    encoded = serialise(encodeRequest(message, via, maxHops, routingId))
+    return encoded if seq is None else withSeq(encoded, seq)
+
+
+def _messageHead(
+    message: Message, target: str, sender: str, via: Sequence[str], maxHops: int, routingId: str, hops: int, seq: int | None
+) -> str:
     """
     The head of L{encodeMessage}'s request (without its C{Content-Length}
-    and blank line), its header lines in any shape.
+    and blank line), its header lines in any shape, with C{hops} for its
+    C{Hops} and C{Seq} first if given.
     """
     timestamp = timestampText(message.timestamp)
-    parts = [f"MESSAGE {target} {VERSION}\r\nFrom: {sender}\r\nMessage-ID: {message.messageId}\r\nTimestamp: {timestamp}\r\n"]
+    seqLine = "" if seq is None else f"Seq: {seq}\r\n"
+    parts = [f"MESSAGE {target} {VERSION}\r\n{seqLine}From: {sender}\r\nMessage-ID: {message.messageId}\r\nTimestamp: {timestamp}\r\n"]
     contentType = message.contentType
     if contentType != DEFAULT_CONTENT_TYPE:
         parts.append(f"Content-Type: {_clean(contentType)}\r\n")
@@ -384,8 +413,8 @@ def _messageHead(message: Message, target: str, sender: str, via: Sequence[str],
     if maxHops != DEFAULT_MAX_HOPS:
         parts.append(f"Max-Hops: {maxHops}\r\n")
     parts.append(f"Routing-Id: {routingId}\r\n")
-    if message.hops:
-        parts.append(f"Hops: {message.hops}\r\n")
+    if hops:
+        parts.append(f"Hops: {hops}\r\n")
     return "".join(parts)
 
 

@@ -122,6 +122,9 @@ class Router:
         self.locator = locator
         self.linkRoutes = linkRoutes
         self.domainRouters = tuple(sorted(domainRouters))
+        # The bound method given to links with every message (deliverThen):
+        # made once.
+        self._answerLinkFailure = self._linkAnswerFailed
 
     def addRoute(self, domain: str, route: IRoute, local: bool = False) -> None:
         """
@@ -318,9 +321,13 @@ class Router:
         for a recipient of this domain that the locator remembers on
         another server, whose link takes a waiter (L{LinkClient.deliverThen
         <imgateway.router.link.LinkClient.deliverThen>}), the link is
-        given a L{_LinkAnswer}, which answers a failure as L{_toLink}'s
-        errback (L{_linkFailed}) does and tells C{waiter}: the same checks
-        and outcomes, without a L{Deferred}. Every other event goes to
+        given the message itself with its hop count plus one (the bytes
+        of L{forwarded}'s copy, without the copy), C{waiter}, told the
+        outcome when it is delivered, and L{_linkAnswerFailed}, told a
+        failure, which it answers as L{_toLink}'s errback
+        (L{_linkFailed}) does and tells C{waiter}: the same checks and
+        outcomes, without a L{Deferred} and without an object of the
+        router's per message. Every other event goes to
         L{deliverAtOnce}, and C{waiter} is not told.
 
         @return: C{None} when C{waiter} is told the outcome; else what
@@ -344,8 +351,10 @@ class Router:
                     then = getattr(route, "deliverThen", None)
                     if then is not None:
                         # deliverAtOnce's checks, then _toLink's delivery.
-                        if event.hops > self._maxHops:
-                            raise LoopDetected(f"more than {self._maxHops} hops")
+                        hops = event.hops
+                        maxHops = self._maxHops
+                        if hops > maxHops:
+                            raise LoopDetected(f"more than {maxHops} hops")
                         key = event.routingId
                         seen = self._seen
                         if key in seen:
@@ -354,17 +363,21 @@ class Router:
                         seen[key] = None
                         if len(seen) > self._seenLimit:
                             seen.popitem(last=False)
-                        answer = _LinkAnswer(self, locator, key, event, waiter)
+                        if hops >= maxHops:
+                            # forwarded's refusal (the hop it is sent on
+                            # would be one too many), as _toLink meets it.
+                            seen.pop(key, None)
+                            raise LoopDetected(f"more than {maxHops} hops")
                         try:
-                            then(forwarded(event, self._maxHops), answer)
+                            then(event, waiter, hops + 1, self._answerLinkFailure)
                         except LoopDetected:
                             seen.pop(key, None)
                             raise
                         except BaseException:
-                            if answer.called:
+                            if waiter.called:
                                 self.log.failure("Link route to {home} failed after answering {event!r}", home=home, event=event)
                             else:
-                                answer.errback(Failure())
+                                self._linkAnswerFailed(Failure(), event, waiter)
                         return None
                 return self.deliverAtOnce(event, home)
         return self.deliverAtOnce(event)
@@ -417,6 +430,22 @@ class Router:
             self._seen.pop(key, None)
             return answerNoAccount(message)
         return self._failed(f, key, message.recipient.domain, message)
+
+    def _linkAnswerFailed(self, error: BaseException | Failure, message: Message, waiter: OutcomeWaiter) -> None:
+        """
+        A message that L{deliverThen} handed a link failed (the link's
+        C{failed}): answered as L{_toLink}'s errback (L{_linkFailed})
+        answers it, and told to C{waiter}: a failure at once; the retry of
+        a L{MovedTo<imgateway.core.errors.MovedTo>}, or the answer for a
+        user without an account, when it comes.
+        """
+        locator = self.locator
+        assert locator is not None
+        answer = self._linkFailed(error if isinstance(error, Failure) else Failure(error), locator, message.routingId, message)
+        if isinstance(answer, Failure):
+            waiter.errback(answer)
+        else:
+            answer.addCallbacks(waiter.callback, waiter.errback)
 
     def _failed(self, f: Failure, key: str | None, domain: str, event: Event) -> Failure:
         if key is not None:
@@ -547,39 +576,3 @@ def _unavailable() -> ServiceUnavailable:
     """
     return ServiceUnavailable("the recipient's server is unavailable")
 
-
-class _LinkAnswer:
-    """
-    The L{OutcomeWaiter} a link is given for a message the router sends it
-    with a waiter (L{Router.deliverThen}): the outcome the link tells it
-    goes on to that waiter, a failure as L{Router._linkFailed} answers it
-    (what L{Router._toLink}'s errback on the link's L{Deferred} does), with
-    no L{Deferred} between.
-    """
-
-    __slots__ = ("called", "router", "locator", "key", "message", "waiter")
-
-    def __init__(self, router: Router, locator: IHomeLocator, key: str, message: Message, waiter: OutcomeWaiter) -> None:
-        self.called = False
-        self.router = router
-        self.locator = locator
-        self.key = key
-        self.message = message
-        self.waiter = waiter
-
-    def callback(self, result: Any) -> None:
-        self.called = True
-        self.waiter.callback(result)
-
-    def errback(self, fail: BaseException | Failure) -> None:
-        self.called = True
-        answer = self.router._linkFailed(
-            fail if isinstance(fail, Failure) else Failure(fail), self.locator, self.key, self.message
-        )
-        waiter = self.waiter
-        if isinstance(answer, Failure):
-            waiter.errback(answer)
-        else:
-            # The retry of a MovedTo, or the answer for a user without an
-            # account: told when it comes.
-            answer.addCallbacks(waiter.callback, waiter.errback)

@@ -110,7 +110,8 @@ class LinkPathBenchTests(SynchronousTestCase):
         L{LinkConnection.send<imgateway.router.link.LinkConnection.send>}
         nor C{withSeq}: one C{sendNumbered}); the answer reaches the face
         through the link's request and the session's waiter alone (one
-        C{callback} each, no C{_tell}).
+        C{callback} each, no C{_tell}), told how to answer without
+        C{answerWith}'s call.
         """
         hs1 = link_path.HS1(2)
         hs1.exchange(hs1.prepare(3, 0))
@@ -132,6 +133,7 @@ class LinkPathBenchTests(SynchronousTestCase):
             ("_write", "link.py"),
             ("withSeq", "framing.py"),
             ("_tell", "server.py"),
+            ("answerWith", "server.py"),
         ]:
             self.assertEqual(count(unused, where), 0, unused)
         self.assertEqual(count("sendNumbered", "link.py"), messages)

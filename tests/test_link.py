@@ -1891,6 +1891,22 @@ class RoutesTests(SynchronousTestCase):
         self.assertRaises(KeyError, self.routes.toServer, "hs9")
         self.failureResultOf(self.routes.toServer("hs1").deliver(Message(ALICE, CAROL, "hi")), ServiceUnavailable)
 
+    def test_toServerByName(self) -> None:
+        """
+        A server's link client, once made, is found by the server's name
+        alone (asked for with every message sent to that server: no key
+        formatted), and is the one L{LinkRoutes.clients} lists.
+        """
+        route = self.routes.toServer("hs2")
+        self.assertEqual(dict(self.routes.clients), {"server hs2": route})
+
+        class NoKeys(dict[str, LinkClient]):
+            def get(self, *args: Any) -> Any:
+                raise AssertionError("looked up by key")
+
+        self.patch(self.routes, "_clients", NoKeys(self.routes._clients))
+        self.assertIs(self.routes.toServer("hs2"), route)
+
     def test_toDomain(self) -> None:
         """
         C{toDomain}: the static route first, then the C{_imgw._tcp} SRV

@@ -604,7 +604,10 @@ class Session:
                         outcome = then(message, sent)
                         if outcome is None:
                             if answer is not None and not sent.called:
-                                sent.answerWith(answer, token, messageId)
+                                # answerWith, without its call.
+                                sent._answer = answer
+                                sent._token = token
+                                sent._messageId = messageId
                                 return None
                             return sent.deferred()
         except BaseException:
@@ -2530,6 +2533,9 @@ class _SentOutcome:
     """
 
     __slots__ = ("called", "_metrics", "_deferred", "_answer", "_token", "_messageId")
+
+    _token: Any
+    _messageId: str | None
 
     def __init__(self, metrics: IMetrics) -> None:
         self.called = False

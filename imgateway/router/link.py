@@ -2110,6 +2110,9 @@ class LinkRoutes(MultiService):
         self._traces = traces
         self.resolver = resolver
         self._clients: dict[str, LinkClient] = {}
+        #: The links to the domain's servers by server name (toServer's:
+        #: in _clients as "server " and the name).
+        self._servers: dict[str, LinkClient] = {}
         self._noRoute: dict[str, float] = {}
 
     def _endpoint(self, host: str, port: int, tlsName: str, what: str) -> IStreamClientEndpoint | None:
@@ -2166,7 +2169,9 @@ class LinkRoutes(MultiService):
         return self._clients
 
     def toServer(self, name: str) -> IRoute:
-        client = self._clients.get(f"server {name}")
+        # The servers' links by name too (one is asked for with every
+        # message sent to another server): no key to format.
+        client = self._servers.get(name)
         if client is not None:
             return client
         server = self._config.servers[name]
@@ -2176,7 +2181,8 @@ class LinkRoutes(MultiService):
         endpoint = self._endpoint(server.link.host, server.link.port, tlsName, f"server {name}")
         if endpoint is None:
             return _Unreachable(f"no link to server {name}")
-        return self._client(f"server {name}", f"server {name}", endpoint)
+        client = self._servers[name] = self._client(f"server {name}", f"server {name}", endpoint)
+        return client
 
     def toDomain(self, domain: str) -> Deferred[IRoute | None]:
         key = f"domain {domain}"

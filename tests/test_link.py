@@ -66,7 +66,7 @@ from imgateway.router.link import (
 )
 from imgateway.net.gather import GATHER
 from imgateway.router import link
-from imgateway.router.link_codec import DELIVERED, encodeMessage, encodeRequest, encodeResponse, hopKey
+from imgateway.router.link_codec import DELIVERED, decodeResponse, encodeMessage, encodeRequest, encodeResponse, hopKey
 from imgateway.router.locator import UNKNOWN, DirectoryHomeLocator
 from imgateway.router.router import UNASKED, Router
 from imgateway.testing import MemoryDirectory, MemoryLinkRoutes
@@ -3053,6 +3053,15 @@ class DeliverThenTests(LinkTestCase):
             plain.deliver(attrs.evolve(message, hops=message.hops + 1))
         self.assertEqual(thenWritten.value(), plainWritten.value())
         self.assertEqual(sorted(thenConnection._outstanding), [1, 2, MAX_SEQ - 1, MAX_SEQ])
+        # Each request made without its __init__ has every slot its
+        # __init__ sets, with the values it would set.
+        for (ident, item), message, waiter in zip(then._pending.items(), messages, waiters):
+            made = link._Outgoing(item.encoded, waiter, item.deadline, decodeResponse, then, ident, item.seq, None, message)
+            made.connection = thenConnection
+            self.assertEqual(
+                {name: getattr(item, name) for name in link._Outgoing.__slots__},
+                {name: getattr(made, name) for name in link._Outgoing.__slots__},
+            )
         thenConnection.dataReceived(b"".join(b"IMGW/1.0 200 OK\r\nSeq: %d\r\n\r\n" % seq for seq in (MAX_SEQ - 1, MAX_SEQ, 1, 2)))
         self.assertEqual([w.results for w in waiters], [[DeliveryStatus.DELIVERED]] * 4)
 

@@ -573,7 +573,8 @@ class MessageEncodingTests(SynchronousTestCase):
         shipped C{Max-Hops}) is written in one format, without
         L{link_codec._messageHead}: the general way's bytes, with and
         without a body and a hop count; a lone surrogate in its body still
-        goes the general way (its error). Any other shape is written by
+        goes the general way (its error); with a C{Seq} and a hop count
+        given, the same in one format. Any other shape is written by
         L{link_codec._messageHead}. (In the compiled build the module's own
         calls cannot be patched: there only the bytes are checked.)
         """
@@ -590,7 +591,14 @@ class MessageEncodingTests(SynchronousTestCase):
         for body in ("", "hi ☃"):
             for hops in (0, 1, 12):
                 message = Message(ALICE, CAROL, body, messageId="m-1", timestamp=1767225600.125, hops=hops, routingId="r.1")
-                self.assertEqual(link_codec.encodeMessage(message, via, 8, "r.1"), serialise(encodeRequest(message, via, 8, "r.1")))
+                general = serialise(encodeRequest(message, via, 8, "r.1"))
+                self.assertEqual(link_codec.encodeMessage(message, via, 8, "r.1"), general)
+                # With a Seq (in the one format with a body) and a hop
+                # count given.
+                for seq in (1, 42, MAX_SEQ):
+                    self.assertEqual(link_codec.encodeMessage(message, via, 8, "r.1", hops, seq), withSeq(general, seq))
+                    onward = serialise(encodeRequest(attrs.evolve(message, hops=hops + 1), via, 8, "r.1"))
+                    self.assertEqual(link_codec.encodeMessage(message, via, 8, "r.1", hops + 1, seq), withSeq(onward, seq))
         if counted:
             self.assertEqual(heads, [])
         surrogate = Message(ALICE, CAROL, "\ud800", messageId="m-1", routingId="r.1")

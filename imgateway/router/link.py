@@ -202,6 +202,11 @@ def _tell(error: BaseException, message: Message, waiter: OutcomeWaiter, failed:
         failed(error, message, waiter)
 
 
+#: object.__new__: an _Outgoing made without its __init__'s call
+#: (LinkClient.deliverThen).
+_newObject = object.__new__
+
+
 def _response(code: int, detail: str = "", headers: Sequence[tuple[str, str]] = ()) -> Response:
     pairs = tuple(headers) + ((("Detail", detail),) if detail else ())
     return Response(code, REASONS.get(code, "Error"), Headers(pairs))
@@ -1452,10 +1457,22 @@ class LinkClient(MultiService):
             # Not sent: the link is down (or its connection closing), and
             # sends it once it is back (_transmit).
             return
-        item = pending[ident] = _Outgoing(encoded, waiter, deadline, decodeResponse, self, ident, seq, failed, message)
+        # _Outgoing(...) without its __init__'s call (a quarter of its
+        # cost): every slot set, as there.
+        item = _newObject(_Outgoing)
+        item.encoded = encoded
+        item.deferred = waiter
+        item.deadline = deadline
+        item.decode = decodeResponse
+        item.client = self
+        item.ident = ident
+        item.connection = connection
+        item.seq = seq
+        item.failed = failed
+        item.message = message
+        pending[ident] = item
         if self._sweeper is None:
             self._armSweeper(deadline)
-        item.connection = connection
         connection.sendNumbered(encoded, seq, item)
 
     def stopService(self) -> Deferred[None]:

@@ -364,13 +364,21 @@ def encodeMessage(
             timestamp = message.timestamp
             stamp = "%.7f" % timestamp if 1e9 <= timestamp < 1e12 else repr(timestamp)
             hopsLine = _HOPS_LINES[hops] if 0 <= hops < _USUAL_HOPS else f"Hops: {hops}\r\n" if hops else ""
-            end = f"Content-Length: {len(body)}\r\n\r\n" if body else "\r\n"
-            # The Seq line (withSeq's, first), in place.
-            seqLine = "" if seq is None else f"Seq: {seq}\r\n"
-            head = (
-                f"MESSAGE im:{toLocal}@{toDomain} {VERSION}\r\n{seqLine}From: im:{fromLocal}@{fromDomain}\r\nMessage-ID: {messageId}\r\n"
-                f"Timestamp: {stamp}\r\nVia: {vias}\r\nRouting-Id: {routingId}\r\n{hopsLine}{end}"
-            )
+            if seq is not None and body:
+                # The link's usual request (sent at once, with a body):
+                # its Seq line (withSeq's, first) and Content-Length in the
+                # one format, not made apart.
+                head = (
+                    f"MESSAGE im:{toLocal}@{toDomain} {VERSION}\r\nSeq: {seq}\r\nFrom: im:{fromLocal}@{fromDomain}\r\nMessage-ID: {messageId}\r\n"
+                    f"Timestamp: {stamp}\r\nVia: {vias}\r\nRouting-Id: {routingId}\r\n{hopsLine}Content-Length: {len(body)}\r\n\r\n"
+                )
+            else:
+                end = f"Content-Length: {len(body)}\r\n\r\n" if body else "\r\n"
+                seqLine = "" if seq is None else f"Seq: {seq}\r\n"
+                head = (
+                    f"MESSAGE im:{toLocal}@{toDomain} {VERSION}\r\n{seqLine}From: im:{fromLocal}@{fromDomain}\r\nMessage-ID: {messageId}\r\n"
+                    f"Timestamp: {stamp}\r\nVia: {vias}\r\nRouting-Id: {routingId}\r\n{hopsLine}{end}"
+                )
         else:
             end = f"Content-Length: {len(body)}\r\n\r\n" if body else "\r\n"
             head = _messageHead(message, recipient.imURI(), fromAddress.imURI(), via, maxHops, routingId, hops, seq) + end

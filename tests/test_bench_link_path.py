@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from contextlib import redirect_stdout
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -70,6 +71,22 @@ class LinkPathBenchTests(SynchronousTestCase):
         hs2.check(6)
         self.assertEqual(hs2.connection._reader.taken, 6)
 
+    def hs1Calls(self) -> tuple[dict[str, int], Callable[[str, str], int]]:
+        """
+        The calls of hs1's second exchange of 6 messages (2 senders, 3
+        each), after a first, and how many of them a function made (its
+        name and its file's).
+        """
+        hs1 = link_path.HS1(2)
+        hs1.exchange(hs1.prepare(3, 0))
+        calls = presence_fanout.counted(lambda: hs1.exchange(hs1.prepare(3, 1)))
+        hs1.check(12)
+
+        def count(prefix: str, where: str) -> int:
+            return sum(n for name, n in calls.items() if name.startswith(prefix + " (") and f"({where}:" in name)
+
+        return calls, count
+
     def test_hs1NoDeferred(self) -> None:
         """
         On hs1, a message sent over the link makes no L{Deferred}: the
@@ -81,15 +98,8 @@ class LinkPathBenchTests(SynchronousTestCase):
         face's own calls are not counted: compiled, they are no Python
         frames.)
         """
-        hs1 = link_path.HS1(2)
-        hs1.exchange(hs1.prepare(3, 0))
-        calls = presence_fanout.counted(lambda: hs1.exchange(hs1.prepare(3, 1)))
-        hs1.check(12)
+        calls, count = self.hs1Calls()
         messages = 6
-
-        def count(prefix: str, where: str) -> int:
-            return sum(n for name, n in calls.items() if name.startswith(prefix + " (") and f"({where}:" in name)
-
         self.assertEqual([name for name in calls if "(defer.py:" in name], [])
         self.assertEqual(count("sendMessageThen", "server.py"), messages)
         self.assertEqual(count("deliverThen", "router.py"), messages)
@@ -113,15 +123,8 @@ class LinkPathBenchTests(SynchronousTestCase):
         C{callback} each, no C{_tell}), told how to answer without
         C{answerWith}'s call.
         """
-        hs1 = link_path.HS1(2)
-        hs1.exchange(hs1.prepare(3, 0))
-        calls = presence_fanout.counted(lambda: hs1.exchange(hs1.prepare(3, 1)))
-        hs1.check(12)
+        calls, count = self.hs1Calls()
         messages = 6
-
-        def count(prefix: str, where: str) -> int:
-            return sum(n for name, n in calls.items() if name.startswith(prefix + " (") and f"({where}:" in name)
-
         self.assertEqual(count("preCheckedMessage", "events.py"), messages)
         for unused, where in [
             ("forwarded", "events.py"),

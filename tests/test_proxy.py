@@ -619,6 +619,18 @@ class SessionMethodTests(ProxyTestCase):
         self.assertEqual(self.successResultOf(d).code, 200)
         self.assertEqual(home.calls, [("sendMessage", (CAROL, "hi", "text/plain", None))])
 
+    def test_compactMessageEmptyContentType(self) -> None:
+        """
+        A compact C{SESSION message} whose C{Content-Type} header is empty
+        reaches the home session as C{text/plain}, as one without the
+        header does (C{messageArguments}' reading).
+        """
+        session, home, client = self.open()
+        for headers in [(("Content-Type", ""),), ()]:
+            request = Request("SESSION", "message", Headers((("Session", session.sessionId), ("To", str(CAROL))) + headers), b"hi")
+            self.assertEqual(self.successResultOf(self.settle(self.link.request(request))).code, 200)
+        self.assertEqual(home.calls, [("sendMessage", (CAROL, "hi", "text/plain", None))] * 2)
+
     def test_compactMessageMalformed(self) -> None:
         """
         A compact C{SESSION message} whose body is not UTF-8 is answered

@@ -1116,7 +1116,8 @@ class SessionHost:
             else:
                 # (No tuple of the arguments: each is passed as it is.)
                 recipient, body = Address.fromString(to), request.body.decode("utf-8")
-                if contentType is None:
+                if not contentType:
+                    # (Absent or empty: as messageArguments reads it.)
                     contentType = "text/plain"
         except (ValueError, KeyError, TypeError) as e:
             return self._badRequest(connection, request, e)

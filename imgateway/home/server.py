@@ -1726,7 +1726,8 @@ class HomeServer:
         L{deliverAtOnce} of a message for C{user}, a user of this domain
         (its cached state), while the server takes work: what its
         sessions' messages to it take in place
-        (L{Session.sendMessageAtOnce}).
+        (L{Session.sendMessageAtOnce}). L{deliverAtOnce} does the same work
+        in place, for a link's messages: a change here is a change there.
 
         @return: See L{deliverAtOnce}.
         @raise DeliveryError: See L{deliverAtOnce}.
@@ -1799,6 +1800,9 @@ class HomeServer:
         presence rule for its state; a message to a present recipient that
         does not block the sender is delivered. Only a sender who may see
         the recipient's presence learns of its rule (L{UserBusy}).
+
+        L{deliverAtOnce} makes these tests in place, in the same order: a
+        change here is a change there (C{tests.test_home.FastPathTests}).
 
         @param user: The recipient's state, if it has sessions here.
         @return: See L{_toSessions}.

@@ -542,24 +542,14 @@ class LinkConnection(Protocol):
             self.transport.write(data)  # type: ignore[union-attr]
         return True
 
-    def nextSeq(self) -> int | None:
-        """
-        @return: The C{Seq} the next request sent here gets (for
-            L{sendNumbered}), or C{None} if the connection is closed or
-            closing (nothing can be sent).
-        """
-        if not self.connected or self.closing:
-            return None
-        last = self._seq
-        return last + 1 if last < MAX_SEQ else 1
-
     def sendNumbered(self, data: bytes, seq: int, waiter: ResponseWaiter) -> None:
         """
         L{send} a request written with its C{Seq} in place: C{data} has
-        C{Seq: seq} as its first header, C{seq} being what L{nextSeq}
-        answered, with nothing sent here since (L{LinkClient.deliverThen}
-        writes a message so: the bytes L{send} makes, without a copy
-        of them).
+        C{Seq: seq} as its first header, C{seq} being the one after the
+        last sent here (C{_seq + 1}, or 1 after L{MAX_SEQ}), on a connection
+        neither closed nor closing, with nothing sent here since it was
+        read (L{LinkClient.deliverThen} writes a message so: the bytes
+        L{send} makes, without a copy of them).
         """
         self._seq = seq
         self._outstanding[seq] = waiter
@@ -1428,7 +1418,7 @@ class LinkClient(MultiService):
             _tell(LoopDetected("Max-Hops exhausted"), message, waiter, failed)
             return
         # Written with the Seq the connection gives it next, if it is up
-        # (LinkConnection.nextSeq, without its call): sent without a copy
+        # (as sendNumbered says), without a call: sent without a copy
         # (sendNumbered).
         connection = self._connection
         seq: int | None = None

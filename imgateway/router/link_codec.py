@@ -1088,14 +1088,13 @@ class LinkFrameReader:
             line end), where the parser's ends.
         @return: Where it ends, its C{Seq}, its decoding; or C{None}.
         """
-        match = _USUAL_MESSAGE_HEAD.match(text, pos)
+        # (Matched within the window: the longest head the parser looks
+        # for whole; a longer one is _unusualMessage's, as _head finds no
+        # blank line there.)
+        match = _USUAL_MESSAGE_HEAD.match(text, pos, pos + self._window)
         if match is None:
             return self._unusualMessage(data, pos)
         bodyStart = match.end()
-        if bodyStart > pos + self._window:
-            # Past the longest head the parser looks for whole (_head finds
-            # no blank line there).
-            return None
         (target, seqText, fromText, messageId, timestamp, contentType, token, vias, maxHopsText, routingId, hopsText, length) = match.groups()
         headSize = bodyStart - 4 - pos
         if headSize > self._shortHead:

@@ -610,9 +610,12 @@ class GatewayProcess:
 
     def log(self) -> str:
         """
-        @return: The gateway's log so far (of every run).
+        @return: The gateway's log so far (of every run), the files
+            twistd's log rotated away (C{gateway.log.N}, past 1,000,000
+            bytes: the oldest has the highest N) included, so that an
+            offset into it (L{lastRunLog}) stays right across a rotation.
         """
-        return _readText(self.logPath)
+        return readRotatedLog(self.logPath)
 
     def output(self) -> str:
         """
@@ -735,6 +738,21 @@ def stopProcess(owner: _Stoppable, name: str, sig: int = signal.SIGTERM) -> Defe
         return owner._reaped()
 
     return _deferred(run())
+
+
+def readRotatedLog(path: str) -> str:
+    """
+    The text a L{twisted.python.logfile.LogFile} at C{path} has written,
+    oldest first: its rotated files (C{path.N}, renamed up by one at each
+    rotation) from the highest N, then C{path}.
+    """
+    folder, name = os.path.split(path)
+    rotated = []
+    for entry in os.listdir(folder or "."):
+        suffix = entry[len(name) + 1 :]
+        if entry.startswith(name + ".") and suffix.isdigit():
+            rotated.append(int(suffix))
+    return "".join(_readText(f"{path}.{n}") for n in sorted(rotated, reverse=True)) + _readText(path)
 
 
 def _readText(path: str) -> str:

@@ -343,6 +343,7 @@ class SpawnedGateway:
         *,
         dataDir: Path | None = None,
         twistdOptions: Sequence[str] = (),
+        runUnder: Sequence[str] = (),
         irc: bool = False,
         ircNetworks: str = "",
         tree: Path | None = None,
@@ -361,6 +362,9 @@ class SpawnedGateway:
             removed by L{stop}.
         @param twistdOptions: More options of C{twistd} (before the
             C{imgateway} subcommand), e.g. C{--profiler=cprofile}.
+        @param runUnder: A command that runs the gateway's Python (this
+            virtualenv's, with C{twistd} and its arguments after it), e.g.
+            C{valgrind --tool=callgrind}; none by default.
         @param irc: Also run the IRC face (see L{benchConfig}), on
             L{ircPort}.
         @param ircNetworks: C{[[irc.network]]} tables for the IRC bridge
@@ -397,6 +401,7 @@ class SpawnedGateway:
                 self.tlsPort = freePort()
         self.process: subprocess.Popen[bytes] | None = None
         self.twistdOptions = list(twistdOptions)
+        self.runUnder = list(runUnder)
         self._stderr = self.folder / "twistd.stderr"
         try:
             templateText = self.template.read_text(encoding="utf-8")
@@ -444,6 +449,7 @@ class SpawnedGateway:
             (with the tail of its log).
         """
         cmd = [
+            *([*self.runUnder, _venvBin("python")] if self.runUnder else []),
             _venvBin("twistd"),
             "-n",
             "--pidfile=",

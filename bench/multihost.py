@@ -19,6 +19,8 @@ asserts a time.
     .venv/bin/python bench/multihost.py --py-spy DIR    # each server sampled by py-spy in the window
     .venv/bin/python bench/multihost.py --counts DIR    # each server's turns, TLS records, TCP sends/reads per delivery
     .venv/bin/python bench/multihost.py --strace DIR    # each server's system calls per delivery (strace -c)
+    .venv/bin/python bench/multihost.py --callgrind DIR --mode closed --warmup 10 --duration 20
+        # each server's instructions per delivery (valgrind's callgrind)
 
 Every row also gives each server's wake-ups (voluntary context switches)
 and user/system CPU per delivery (C{counts_per_delivery_by_process}).
@@ -131,14 +133,57 @@ class Topology:
         return {name: gw.logErrors() for name, gw in self.gateways.items()}
 
 
-def profiling(args: argparse.Namespace, name: str) -> list[str]:
+def instrument(args: argparse.Namespace, gw: SpawnedGateway, name: str) -> None:
     """
-    @return: The C{twistd} options that profile a server with C{--profile}.
+    Set up server C{gw} (called C{name} in the files it writes) as the
+    options ask: under cProfile (C{--profile DIR}: C{DIR/<name>.prof} when
+    it stops), under callgrind (C{--callgrind DIR}: L{callgrindFile}, its
+    window's instructions counted by L{Counters}).
     """
-    if args.profile is None:
-        return []
-    args.profile.mkdir(parents=True, exist_ok=True)
-    return ["--profiler=cprofile", f"--profile={args.profile.resolve() / name}.prof", "--savestats"]
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        gw.twistdOptions = ["--profiler=cprofile", f"--profile={args.profile.resolve() / name}.prof", "--savestats"]
+    if args.callgrind is not None:
+        gw.runUnder = [
+            "valgrind", "--tool=callgrind", "--quiet",
+            f"--callgrind-out-file={callgrindFile(args.callgrind, name)}",
+        ]  # fmt: skip
+        # Python runs about fifty times slower under callgrind.
+        gw.startTimeout = max(gw.startTimeout, CALLGRIND_START_S)
+
+
+#: Seconds a server under callgrind (C{--callgrind}) has to open its port.
+CALLGRIND_START_S = 600.0
+
+
+def callgrindFile(folder: Path, name: str) -> Path:
+    """
+    @return: Where callgrind writes server C{name}'s counts (C{--callgrind}
+        DIR): each window's dump is this path with C{.1}, C{.2}, ... after
+        it (L{Counters}), the rest of the run this path itself.
+    """
+    return folder.resolve() / f"{name}.callgrind"
+
+
+def callgrindInstructions(dump: str) -> int | None:
+    """
+    @param dump: A callgrind dump (one part: C{callgrind_control --dump}'s).
+    @return: The instructions it counted (its C{summary:} line), or C{None}
+        if it has none.
+    """
+    for line in dump.splitlines():
+        if line.startswith("summary:"):
+            return int(line.split()[1])
+    return None
+
+
+def lastDump(path: Path) -> Path | None:
+    """
+    @return: The newest of callgrind's numbered dumps of C{path}
+        (C{path.1}, C{path.2}, ...), or C{None} if there is none.
+    """
+    numbered = [(int(p.name[len(path.name) + 1 :]), p) for p in path.parent.glob(path.name + ".*") if p.name[len(path.name) + 1 :].isdigit()]
+    return max(numbered)[1] if numbered else None
 
 
 #: How often py-spy samples each server (C{--py-spy}), per second.
@@ -312,8 +357,10 @@ class Counters:
     (C{--strace DIR}: C{strace -c -f} attached for the window; it slows the
     servers, so such a run's CPU figures are not to be compared), and its
     reactor turns, TLS records and writes (C{--counts}: L{COUNTS_SITE},
-    signalled with C{SIGUSR2} at the window's edges). Started when the
-    warm-up ends, stopped C{seconds} later, as L{Spies} are.
+    signalled with C{SIGUSR2} at the window's edges), and the instructions
+    it ran (C{--callgrind DIR}: its callgrind counts zeroed when the window
+    starts and dumped when it ends). Started when the warm-up ends, stopped
+    C{seconds} later, as L{Spies} are.
     """
 
     def __init__(self, args: argparse.Namespace, topology: Topology, mode: str, delay: float, seconds: float) -> None:
@@ -324,6 +371,12 @@ class Counters:
         self._cpu: dict[str, list[tuple[float, float] | None]] = {name: [] for name in self._gateways}
         self._straces: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
         self._prefix = f"{topology.name}-{mode}"
+        self._callgrinds = (
+            {name: callgrindFile(args.callgrind, f"{topology.name}-{name}") for name in self._gateways}
+            if args.callgrind is not None
+            else {}
+        )
+        self._dumped: dict[str, bool] = {}
         self._timer = threading.Timer(delay, self._start)
         self._timer.start()
         self._ended = threading.Event()
@@ -338,7 +391,24 @@ class Counters:
                 except OSError:
                     pass
 
+    def _callgrindControl(self, option: str) -> dict[str, bool]:
+        """
+        Run C{callgrind_control option} for each server under callgrind, at
+        once.
+
+        @return: Whether it succeeded, by server.
+        """
+        running = {
+            name: subprocess.Popen(
+                ["callgrind_control", option, str(self._gateways[name])],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            for name in self._callgrinds
+        }  # fmt: skip
+        return {name: process.wait() == 0 for name, process in running.items()}
+
     def _start(self) -> None:
+        self._callgrindControl("--zero")
         if self._args.strace is not None:
             for name, pid in self._gateways.items():
                 output = self._args.strace / f"{self._prefix}-{name}.txt"
@@ -350,6 +420,7 @@ class Counters:
         self._edge()
         if not self._ended.wait(self._seconds):
             self._edge()
+            self._dumped = self._callgrindControl("--dump")
         for process, _ in self._straces.values():
             process.send_signal(signal.SIGINT)
 
@@ -361,7 +432,7 @@ class Counters:
             voluntary context switches) and C{preempted} (the
             involuntary), C{user_us} and C{system_us} (its CPU, split as
             the kernel's ticks saw it), C{syscalls} by name (C{--strace}), the site's
-            counts (C{--counts}).
+            counts (C{--counts}), C{instructions} (C{--callgrind}).
         """
         self._timer.cancel()
         self._ended.set()
@@ -392,6 +463,10 @@ class Counters:
                     row["syscalls"] = {k: round(v / delivered, 3) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])}
             if self._args.counts is not None:
                 row.update(_siteCounts(self._args.counts / f"{pid}.jsonl", delivered))
+            dump = lastDump(self._callgrinds[name]) if self._dumped.get(name) else None
+            instructions = callgrindInstructions(dump.read_text()) if dump is not None else None
+            if instructions is not None:
+                row["instructions"] = round(instructions / delivered)
             found[name] = row
         return found
 
@@ -415,7 +490,8 @@ def single(args: argparse.Namespace, stack: list[Callable[[], object]]) -> Topol
     """
     (a) One gateway, today's default configuration: alice and carol on it.
     """
-    gw = SpawnedGateway(template=args.template, keep=args.keep, twistdOptions=profiling(args, "single-gateway"))
+    gw = SpawnedGateway(template=args.template, keep=args.keep)
+    instrument(args, gw, "single-gateway")
     stack.append(gw.stop)
     info(f"(a) one gateway in {gw.folder}")
     info(gw.createUsers("alice", 0, args.pairs, PASSWORD))
@@ -432,8 +508,8 @@ def twoHomes(args: argparse.Namespace, stack: list[Callable[[], object]]) -> Top
     if not args.keep:
         stack.append(lambda: shutil.rmtree(folder, ignore_errors=True))
     hs1, hs2 = linkedHomeServers(["hs1", "hs2"], folder, template=args.template, keep=args.keep)
-    hs1.twistdOptions = profiling(args, "two-homes-hs1")
-    hs2.twistdOptions = profiling(args, "two-homes-hs2")
+    instrument(args, hs1, "two-homes-hs1")
+    instrument(args, hs2, "two-homes-hs2")
     stack.append(hs1.stop)
     stack.append(hs2.stop)
     info(f"(b) hs1 and hs2 in {hs1.folder} and {hs2.folder}, data and certificates in {folder}")
@@ -458,7 +534,7 @@ def routerProxy(args: argparse.Namespace, stack: list[Callable[[], object]]) -> 
     )
     gateways = {"router": router, "hs1": hs1, "hs2": hs2}
     for name, gw in gateways.items():
-        gw.twistdOptions = profiling(args, f"router-proxy-{name}")
+        instrument(args, gw, f"router-proxy-{name}")
         stack.append(gw.stop)
     info(f"(c) router, hs1 and hs2 in {router.folder}, {hs1.folder} and {hs2.folder}, data and certificates in {folder}")
     info(hs1.createUsers("alice", 0, args.pairs, PASSWORD))
@@ -627,6 +703,8 @@ def table(rows: list[dict[str, Any]], skipped: dict[str, str]) -> str:
     lines.append("")
     for name, ratio in ratios(rows).items():
         lines.append(f"ratio {name}: {ratio}")
+    for name, ratio in instructionRatios(rows).items():
+        lines.append(f"instructions {name}: {ratio}")
     for name, why in skipped.items():
         lines.append(f"{name}: not run: {why}")
     return "\n".join(lines)
@@ -645,6 +723,27 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, str]:
             if a and b:
                 verdict = "under the 2x goal" if b / a < 2 else "over the 2x goal"
                 out[f"{topology}/single {mode}"] = f"{b / a:.2f}x ({b:g} / {a:g} µs per delivery; {verdict})"
+    return out
+
+
+def instructionRatios(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """
+    As L{ratios}, of the instructions the servers ran per delivery
+    (C{--callgrind}: every server of a row counted), which the machine's
+    load does not move.
+    """
+    total: dict[tuple[str, str], int] = {}
+    for r in rows:
+        counts = r.get("counts_per_delivery_by_process") or {}
+        if counts and all("instructions" in c for c in counts.values()):
+            total[(r["topology"], r["mode"])] = sum(c["instructions"] for c in counts.values())
+    out: dict[str, str] = {}
+    for topology in TOPOLOGIES[1:]:
+        for mode in MODES:
+            a, b = total.get(("single", mode)), total.get((topology, mode))
+            if a and b:
+                verdict = "under the 2x goal" if b / a < 2 else "over the 2x goal"
+                out[f"{topology}/single {mode}"] = f"{b / a:.2f}x ({b:,} / {a:,} instructions per delivery; {verdict})"
     return out
 
 
@@ -699,6 +798,15 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
         "(bench/_linksite on the servers' PYTHONPATH, snapshots in DIR/<pid>.jsonl), per delivery into the row; the counting "
         "costs a little CPU",
     )
+    p.add_argument(
+        "--callgrind",
+        type=Path,
+        metavar="DIR",
+        help="run each server under valgrind's callgrind (DIR/<topology>-<server>.callgrind*, needs --mode closed) and "
+        "count the instructions each ran per delivery in the window (counts_per_delivery_by_process, and their ratio to the "
+        "single host's): figures the machine's load does not move; the servers run about fifty times slower, so the run's "
+        "rates and CPU figures are not to be compared",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary folders (configurations, data, logs)")
     p.add_argument("--json", action="store_true", help="print one JSON document on standard output (the table goes to standard error)")
     args = p.parse_args(argv)
@@ -721,6 +829,13 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
         if shutil.which("strace") is None:
             p.error("--strace needs strace on the PATH")
         args.strace.mkdir(parents=True, exist_ok=True)
+    if args.callgrind is not None:
+        missing = [c for c in ("valgrind", "callgrind_control") if shutil.which(c) is None]
+        if missing:
+            p.error(f"--callgrind needs {' and '.join(missing)} on the PATH (Debian: apt install valgrind)")
+        if args.mode != ["closed"]:
+            p.error("--callgrind needs --mode closed: under callgrind a server cannot keep a fixed rate")
+        args.callgrind.mkdir(parents=True, exist_ok=True)
     if args.counts is not None:
         args.counts.mkdir(parents=True, exist_ok=True)
         os.environ["IMGATEWAY_LINK_COUNTS"] = str(args.counts.resolve())
@@ -792,6 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "direction": "both" if args.both_ways else "one-way",
         "rows": rows,
         "ratios": ratios(rows),
+        "instruction_ratios": instructionRatios(rows),
         "skipped": skipped,
         "seconds": round(time.monotonic() - started, 1),
     }

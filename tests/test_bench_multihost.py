@@ -7,6 +7,7 @@ C{tests/e2e/test_bench_multihost.py}.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -168,3 +169,112 @@ class CountsTests(SynchronousTestCase):
         self.assertGreater(sum(cpu), 0)
         self.assertIsNone(multihost.contextSwitches(2**22 + 1))
         self.assertIsNone(multihost.userSystemS(2**22 + 1))
+
+
+#: The head of a callgrind dump, as C{callgrind_control --dump} has one
+#: written.
+DUMP = """\
+# callgrind format
+version: 1
+creator: callgrind-3.19.0
+pid: 17903
+cmd:  /x/.venv/bin/python /x/.venv/bin/twistd -n imgateway
+part: 1
+
+events: Ir
+summary: 8508761357
+
+fn=(1) main
+totals: 8581878287
+"""
+
+
+class CallgrindTests(SynchronousTestCase):
+    """
+    C{--callgrind DIR} runs each server under valgrind's callgrind, zeroes
+    its counts when the measured window starts and dumps them when it
+    ends, and reads the instructions per delivery and their ratio to the
+    single host's from the dumps.
+    """
+
+    def test_instructions(self) -> None:
+        """
+        A dump's instructions are its C{summary:} line's (not the
+        C{totals:} line, which counts more than the part); a text without
+        one has none.
+        """
+        self.assertEqual(multihost.callgrindInstructions(DUMP), 8508761357)
+        self.assertIsNone(multihost.callgrindInstructions("events: Ir\n"))
+
+    def test_lastDump(self) -> None:
+        """
+        The newest dump of a server is the one with the largest number
+        after its file's name (C{.10} after C{.9}); the file the run ends
+        with, and files of other servers, are not dumps of it.
+        """
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        path = multihost.callgrindFile(folder, "two-homes-hs1")
+        self.assertEqual(path, folder.resolve() / "two-homes-hs1.callgrind")
+        self.assertIsNone(multihost.lastDump(path))
+        for name in ("two-homes-hs1.callgrind", "two-homes-hs1.callgrind.9", "two-homes-hs1.callgrind.10", "two-homes-hs1.callgrind.x", "two-homes-hs10.callgrind.11"):
+            (folder / name).write_text(DUMP)
+        self.assertEqual(multihost.lastDump(path), path.parent / "two-homes-hs1.callgrind.10")
+
+    def test_instrument(self) -> None:
+        """
+        Under C{--callgrind}, a server runs under valgrind's callgrind,
+        writing to its own file, and is given time to start; without it,
+        it runs as it is.
+        """
+        folder = Path(self.mktemp())
+
+        class Gateway:
+            twistdOptions: list[str] = []
+            runUnder: list[str] = []
+            startTimeout = 60.0
+
+        plain = Gateway()
+        multihost.instrument(multihost.parseArgs(["--quick"]), plain, "single-gateway")  # type: ignore[arg-type]
+        self.assertEqual((plain.runUnder, plain.twistdOptions, plain.startTimeout), ([], [], 60.0))
+        args = multihost.parseArgs(["--quick"])
+        args.callgrind = folder
+        traced = Gateway()
+        multihost.instrument(args, traced, "two-homes-hs2")  # type: ignore[arg-type]
+        self.assertEqual(
+            traced.runUnder,
+            ["valgrind", "--tool=callgrind", "--quiet", f"--callgrind-out-file={folder.resolve() / 'two-homes-hs2.callgrind'}"],
+        )
+        self.assertEqual(traced.startTimeout, multihost.CALLGRIND_START_S)
+
+    def test_option(self) -> None:
+        """
+        C{--callgrind} measures the closed loop alone (a server under
+        callgrind cannot keep a fixed rate), and needs valgrind.
+        """
+        self.assertIsNone(multihost.parseArgs(["--quick"]).callgrind)
+        folder = Path(self.mktemp())
+        self.assertRaises(SystemExit, multihost.parseArgs, ["--quick", "--callgrind", str(folder)])
+        self.assertRaises(SystemExit, multihost.parseArgs, ["--quick", "--callgrind", str(folder), "--mode", "closed", "--mode", "fixed"])
+        if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+            self.assertRaises(SystemExit, multihost.parseArgs, ["--quick", "--callgrind", str(folder), "--mode", "closed"])
+            return
+        args = multihost.parseArgs(["--quick", "--callgrind", str(folder), "--mode", "closed"])
+        self.assertEqual(args.callgrind, folder)
+        self.assertTrue(folder.is_dir())
+
+    def test_ratios(self) -> None:
+        """
+        The instructions of every server of a row, summed, over the single
+        host's, mode by mode; a row with a server not counted has no ratio.
+        """
+        rows = [
+            {"topology": "single", "mode": "closed", "counts_per_delivery_by_process": {"gateway": {"wakeups": 0.1, "instructions": 128972}}},
+            {"topology": "two-homes", "mode": "closed", "counts_per_delivery_by_process": {"hs1": {"instructions": 131448}, "hs2": {"instructions": 120489}}},
+            {"topology": "router-proxy", "mode": "closed", "counts_per_delivery_by_process": {"router": {"wakeups": 0.1}, "hs1": {"instructions": 1}}},
+        ]
+        self.assertEqual(
+            multihost.instructionRatios(rows),
+            {"two-homes/single closed": "1.95x (251,937 / 128,972 instructions per delivery; under the 2x goal)"},
+        )
+        self.assertEqual(multihost.instructionRatios(rows[1:]), {})

@@ -1040,8 +1040,7 @@ class LinkFrameReader:
         """
         The head of the frame at C{pos}, if it is whole in C{data}, valid
         UTF-8 and within the limits of the start line and of all header
-        lines (not of their number: L{_matched} and L{_unusualMessage}
-        count them).
+        lines (not of their number: L{_matched} counts them).
 
         @return: Where it ends (its blank line), and its text; or C{None}.
         """
@@ -1173,15 +1172,10 @@ class LinkFrameReader:
 
         @return: As L{_message}.
         """
-        head = self._head(data, pos)
-        if head is None:
+        matched = self._matched(data, pos, _MESSAGE_HEAD)
+        if matched is None:
             return None
-        end, text = head
-        if text.count("\r\n") > self._limits.maxHeaders:
-            return None
-        match = _MESSAGE_HEAD.fullmatch(text)
-        if match is None:
-            return None
+        end, match = matched
         (target, seqText, fromText, messageId, timestamp, contentType, token, vias, maxHopsText, routingId, hopsText, length) = match.groups()
         seq = int(seqText)
         bodyEnd = self._bodyEnd(data, end, length)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -1896,6 +1896,28 @@ class SessionMessageEncodingTests(SynchronousTestCase):
             headers.append(("Message-ID", messageId))
         return serialiseUnsequenced(Request("SESSION", "message", Headers(tuple(headers)), text))
 
+    def fuzzedArguments(self, seed: int, count: int = 4000) -> Iterator[tuple[str, str, bytes, str, str | None]]:
+        """
+        C{count} argument tuples of L{proxy.encodeSessionMessage} from
+        C{seed}: the usual values, and text of control characters, line
+        ends, white space, non-ASCII text and lone surrogates (U+200E and
+        U+3000: not printable, yet nothing the pattern finds).
+        """
+        rng = random.Random(seed)
+        alphabet = ["a", "Z", "0", "-", ".", ":", "@", " ", "\t", "\r", "\n", "\x00", "\x7f", "\x85", "\u2603", "\ud800", "é", "\x1b", "\u200e", "\u3000"]
+
+        def text(low: int = 0, high: int = 12) -> str:
+            return "".join(rng.choice(alphabet) for _ in range(rng.randint(low, high)))
+
+        for _ in range(count):
+            yield (
+                rng.choice(["hs1-1", "hs1-12345678", text(0, 8)]),
+                rng.choice(["carol@corp.example", "bob@partner.example", text(0, 12)]),
+                rng.choice([b"", b"hi", "hi \u2603".encode(), b"\x00\r\n\r\n", bytes(rng.randrange(256) for _ in range(rng.randint(0, 20)))]),
+                rng.choice(["text/plain", "text/plain", "text/html", "", text(0, 10)]),
+                rng.choice([None, None, "m-1", "", "x" * 1024, text(0, 10)]),
+            )
+
     def test_sameAsGeneral(self) -> None:
         """
         Over fuzzed arguments (control characters, line ends, white space,
@@ -1903,22 +1925,8 @@ class SessionMessageEncodingTests(SynchronousTestCase):
         non-empty bodies), both encodings agree, and the bytes parse back
         to the same request.
         """
-        rng = random.Random(20261205)
-        # (U+200E and U+3000: not printable, yet nothing the pattern finds.)
-        alphabet = ["a", "Z", "0", "-", ".", ":", "@", " ", "\t", "\r", "\n", "\x00", "\x7f", "\x85", "\u2603", "\ud800", "é", "\x1b", "\u200e", "\u3000"]
-
-        def text(low: int = 0, high: int = 12) -> str:
-            return "".join(rng.choice(alphabet) for _ in range(rng.randint(low, high)))
-
         encoded = 0
-        for i in range(4000):
-            arguments = (
-                rng.choice(["hs1-1", "hs1-12345678", text(0, 8)]),
-                rng.choice(["carol@corp.example", "bob@partner.example", text(0, 12)]),
-                rng.choice([b"", b"hi", "hi \u2603".encode(), b"\x00\r\n\r\n", bytes(rng.randrange(256) for _ in range(rng.randint(0, 20)))]),
-                rng.choice(["text/plain", "text/plain", "text/html", "", text(0, 10)]),
-                rng.choice([None, None, "m-1", "", "x" * 1024, text(0, 10)]),
-            )
+        for arguments in self.fuzzedArguments(20261205):
             general = self.outcome(lambda: self.general(*arguments))
             direct = self.outcome(lambda: proxy.encodeSessionMessage(*arguments))
             self.assertEqual(direct, general, arguments)
@@ -1937,21 +1945,8 @@ class SessionMessageEncodingTests(SynchronousTestCase):
         is one L{proxy.encodeSessionMessage} would not write directly, or a
         value UTF-8 cannot encode.
         """
-        rng = random.Random(20261206)
-        alphabet = ["a", "Z", "0", "-", ".", ":", "@", " ", "\t", "\r", "\n", "\x00", "\x7f", "\x85", "\u2603", "\ud800", "é", "\x1b", "\u200e", "\u3000"]
-
-        def text(low: int = 0, high: int = 12) -> str:
-            return "".join(rng.choice(alphabet) for _ in range(rng.randint(low, high)))
-
         after = 0
-        for i in range(4000):
-            arguments = (
-                rng.choice(["hs1-1", "hs1-12345678", text(0, 8)]),
-                rng.choice(["carol@corp.example", "bob@partner.example", text(0, 12)]),
-                rng.choice([b"", b"hi", "hi \u2603".encode(), b"\x00\r\n\r\n", bytes(rng.randrange(256) for _ in range(rng.randint(0, 20)))]),
-                rng.choice(["text/plain", "text/plain", "text/html", "", text(0, 10)]),
-                rng.choice([None, None, "m-1", "", "x" * 1024, text(0, 10)]),
-            )
+        for arguments in self.fuzzedArguments(20261206):
             whole = self.outcome(lambda: proxy.encodeSessionMessage(*arguments))
             head = proxy.sessionMessageHead(arguments[0], arguments[1])
             written = None if head is None else proxy.encodeSessionMessageAfter(head, *arguments[2:])

@@ -716,14 +716,7 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, str]:
     host's, mode by mode (C{"2.31x"}), against the goal of 2.
     """
     cost = {(r["topology"], r["mode"]): r.get("server_cpu_us_per_delivery") for r in rows if "error" not in r}
-    out: dict[str, str] = {}
-    for topology in TOPOLOGIES[1:]:
-        for mode in MODES:
-            a, b = cost.get(("single", mode)), cost.get((topology, mode))
-            if a and b:
-                verdict = "under the 2x goal" if b / a < 2 else "over the 2x goal"
-                out[f"{topology}/single {mode}"] = f"{b / a:.2f}x ({b:g} / {a:g} µs per delivery; {verdict})"
-    return out
+    return _againstSingle(cost, lambda b, a: f"{b:g} / {a:g} µs per delivery")
 
 
 def instructionRatios(rows: list[dict[str, Any]]) -> dict[str, str]:
@@ -737,13 +730,23 @@ def instructionRatios(rows: list[dict[str, Any]]) -> dict[str, str]:
         counts = r.get("counts_per_delivery_by_process") or {}
         if counts and all("instructions" in c for c in counts.values()):
             total[(r["topology"], r["mode"])] = sum(c["instructions"] for c in counts.values())
+    return _againstSingle(total, lambda b, a: f"{b:,} / {a:,} instructions per delivery")
+
+
+def _againstSingle(cost: dict[tuple[str, str], Any], figures: Callable[[Any, Any], str]) -> dict[str, str]:
+    """
+    @param cost: A cost per delivery by topology and mode.
+    @param figures: Writes a topology's cost and the single host's.
+    @return: Each multi-server topology's cost over the single host's,
+        mode by mode, against the goal of 2.
+    """
     out: dict[str, str] = {}
     for topology in TOPOLOGIES[1:]:
         for mode in MODES:
-            a, b = total.get(("single", mode)), total.get((topology, mode))
+            a, b = cost.get(("single", mode)), cost.get((topology, mode))
             if a and b:
                 verdict = "under the 2x goal" if b / a < 2 else "over the 2x goal"
-                out[f"{topology}/single {mode}"] = f"{b / a:.2f}x ({b:,} / {a:,} instructions per delivery; {verdict})"
+                out[f"{topology}/single {mode}"] = f"{b / a:.2f}x ({figures(b, a)}; {verdict})"
     return out
 
 

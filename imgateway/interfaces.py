@@ -19,12 +19,17 @@ from typing import TYPE_CHECKING
 
 from zope.interface import Attribute, Interface
 
+# (The types of the links' waiters and of the locator's answers, which
+# live in modules that import this one, are written Any here and named in
+# the docstrings: the import graph has no cycle, TYPE_CHECKING included.)
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
     from twisted.application.service import IService
     from twisted.internet.interfaces import IReactorCore
     from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
 
     from imgateway.config import ConfigTable
     from imgateway.core.address import Address
@@ -43,6 +48,11 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "IAnsweringSession",
+    "IAtOnceRoute",
+    "IAtOnceRouter",
+    "IAtOnceSession",
+    "IDirectRoute",
     "IDirectory",
     "IGateway",
     "IHealthCheck",
@@ -57,6 +67,7 @@ __all__ = [
     "IRouter",
     "ISession",
     "ISessionClient",
+    "IWaiterRoute",
 ]
 
 
@@ -234,6 +245,103 @@ class IRoute(Interface):
         """
 
 
+class IAtOnceRoute(IRoute):
+    """
+    A route in this process with a synchronous fast path: a home server
+    (L{HomeServer.deliverAtOnce
+    <imgateway.home.server.HomeServer.deliverAtOnce>}). The router offers
+    it the messages for its domain (L{IRouter.addRoute} with C{local}), and
+    calls L{IRoute.deliver} for the events it does not take. Optional: the
+    router looks for the method once, when the route is added, not per
+    event.
+    """
+
+    def deliverAtOnce(event: Event) -> DeliveryStatus | Deferred[DeliveryStatus] | None:
+        """
+        L{IRoute.deliver}'s synchronous fast path: the same delivery, with
+        the same checks, rules and statuses, answered without a
+        L{Deferred} when the outcome is known at once (a message to a user
+        with sessions here whose lane is idle, every session it goes to in
+        this process).
+
+        @return: L{DeliveryStatus.DELIVERED} when delivered; a L{Deferred}
+            of the outcome when a session it goes to answers later (a
+            proxied session); C{None} when this event is not for the fast
+            path: nothing was done, and the caller calls L{IRoute.deliver}.
+        @raise imgateway.core.errors.DeliveryError: When the event is
+            refused at once (offline, busy...), as L{IRoute.deliver}'s
+            L{Deferred} would fail.
+        """
+
+
+class IDirectRoute(IAtOnceRoute):
+    """
+    An L{IAtOnceRoute} that is told when the router of its process hands
+    it every message for its domain with nothing of its own between (no
+    locator: the domain has one home server), so that it may deliver its
+    own sessions' messages to its own users in place, without the router
+    (L{Session.sendMessageAtOnce
+    <imgateway.home.server.Session.sendMessageAtOnce>}). Optional: the
+    router looks for the method when the route is added and removed.
+    """
+
+    def routedDirectly(
+        router: object,
+        domain: str,
+        remember: Callable[[Message, Deferred[DeliveryStatus]], Deferred[DeliveryStatus]] | None,
+    ) -> None:
+        """
+        Told by C{router} (L{IRouter.addRoute}, with C{local}) that it now
+        routes C{domain} to this route directly, or, with C{remember}
+        C{None} (L{IRouter.removeRoute}), that it no longer does. A route
+        heeds it only for its own domain and its own router.
+
+        @param remember: What a message delivered without the router to a
+            session that answers later is handed to, with that outcome
+            still to come (L{Router.remember
+            <imgateway.router.router.Router.remember>}: seen by the loop
+            check as if routed): it returns the outcome to wait for.
+        """
+
+
+class IWaiterRoute(IRoute):
+    """
+    A route that tells a message's outcome to a waiter rather than
+    through a L{Deferred}: a link to another server
+    (L{LinkClient.deliverThen<imgateway.router.link.LinkClient.deliverThen>}).
+    Optional: the router looks for the method on the route of each message
+    it hands a link with a waiter (L{IAtOnceRouter.deliverThen}).
+    """
+
+    def deliverThen(
+        message: Message,
+        waiter: Any,
+        hops: int | None = None,
+        failed: Callable[[BaseException | Failure, Message, Any], object] | None = None,
+    ) -> None:
+        """
+        L{IRoute.deliver} a message, its outcome told to C{waiter} (its
+        C{callback} with L{DeliveryStatus.DELIVERED}, or its C{errback}
+        with what L{IRoute.deliver}'s L{Deferred} would fail with), once,
+        in place of a L{Deferred}: the same bytes, queue, limits, time
+        limit and resends. What L{IRoute.deliver}'s L{Deferred} would fail
+        with at once (the hops used up, a message that cannot be written,
+        a full queue) is told at once, before this returns; every other
+        outcome later. A refusal is told, not raised.
+
+        @param waiter: An L{OutcomeWaiter<imgateway.router.link.OutcomeWaiter>}
+            (a L{Deferred}, or an object with its C{callback}, C{errback}
+            and C{called}).
+        @param hops: The hop count the message goes with, if not its own
+            (a router counting the hop it sends it on, without a copy of
+            the message).
+        @param failed: If given, a failure is told by C{failed(error,
+            message, waiter)} in place of C{waiter.errback(error)} (the
+            router's answer to a failed link delivery): a
+            L{FailureTeller<imgateway.router.link.FailureTeller>}.
+        """
+
+
 class IRouter(IRoute):
     """
     Delivers events by the recipient's domain: to the home server for a local
@@ -274,6 +382,69 @@ class IRouter(IRoute):
             L{addRoute}: this process's home server's, adapters' links),
             each with its route; not the default route, nor the routes over
             server links (found per event).
+        """
+
+
+class IAtOnceRouter(IRouter):
+    """
+    A router with synchronous fast paths (L{Router
+    <imgateway.router.router.Router>}): what a home server's sessions
+    (L{Session.sendMessageThen
+    <imgateway.home.server.Session.sendMessageThen>}) and a link's
+    receiving side (L{LinkReceiver<imgateway.router.link.LinkReceiver>})
+    hand their messages to when their router provides it. Optional: they
+    look for the methods by name (the receiver once, at construction; a
+    session per message, where a look-up by name costs less than a test of
+    the interface).
+    """
+
+    def deliverAtOnce(event: Event) -> DeliveryStatus | Deferred[DeliveryStatus]:
+        """
+        L{IRoute.deliver}, answered without a L{Deferred} when the outcome
+        is known at once (a message to a user homed in this process,
+        delivered by its home server's L{IAtOnceRoute.deliverAtOnce}); any
+        other event the way L{IRoute.deliver} takes it, its L{Deferred}
+        returned.
+
+        @return: L{DeliveryStatus.DELIVERED}, or a L{Deferred} of the
+            outcome; never C{None}.
+        @raise imgateway.core.errors.DeliveryError: If the event is refused
+            at once (a loop, its hops used up, a refusal of the home
+            server's fast path).
+        """
+
+    def deliverAtHome(event: Event, home: Any) -> DeliveryStatus | Deferred[DeliveryStatus]:
+        """
+        L{deliverAtOnce}, given the recipient's home as the caller already
+        asked the router's locator for it, so that it is not asked again
+        (a link's receiving side, which asks it with the sender's). May be
+        a read-only attribute holding a bound method.
+
+        @param home: L{knownHome<imgateway.router.locator.knownHome>}'s
+            answer for the recipient: a server's name, C{None} for no such
+            account, or L{UNKNOWN<imgateway.router.locator.UNKNOWN>} when
+            the locator does not remember.
+        @return: As L{deliverAtOnce}.
+        @raise imgateway.core.errors.DeliveryError: As L{deliverAtOnce}.
+        """
+
+    def deliverThen(event: Event, waiter: Any) -> DeliveryStatus | Deferred[DeliveryStatus] | None:
+        """
+        L{deliverAtOnce}, with the outcome of a message that goes to a link
+        at once told to C{waiter} (a home session's message: see
+        L{IAnsweringSession.sendMessageThen}): for a recipient of this
+        domain that the locator remembers on another server whose route
+        is an L{IWaiterRoute}, the route is given the message and
+        C{waiter}, told the outcome once (at once or later, never raised
+        once the message is handed over), with the same checks and
+        outcomes as L{deliverAtOnce}'s. Every other event goes to
+        L{deliverAtOnce}, and C{waiter} is not told.
+
+        @param waiter: An L{OutcomeWaiter<imgateway.router.link.OutcomeWaiter>}.
+        @return: C{None} when C{waiter} is told the outcome; else what
+            L{deliverAtOnce} returns.
+        @raise imgateway.core.errors.DeliveryError: If the event is refused
+            at once (C{waiter} not told).
         """
 
 
@@ -510,6 +681,78 @@ class ISession(Interface):
         """
         End the session (the client left or its connection was lost).
         Idempotent.
+        """
+
+
+class IAtOnceSession(ISession):
+    """
+    A session whose messages' outcomes known at once come without a
+    L{Deferred} (a home server's L{Session
+    <imgateway.home.server.Session>}). Optional: a face looks for the
+    method by name per message, after L{IAnsweringSession}'s.
+    """
+
+    def sendMessageAtOnce(
+        recipient: Address,
+        body: str,
+        contentType: str = "text/plain",
+        messageId: str | None = None,
+    ) -> DeliveryStatus | Deferred[DeliveryStatus]:
+        """
+        L{ISession.sendMessage}, answered without a L{Deferred} when the
+        outcome is known at once (a recipient in this process); counted
+        in the metrics as L{ISession.sendMessage} counts it.
+
+        @return: L{DeliveryStatus.DELIVERED}, or a L{Deferred} of the
+            outcome.
+        @raise imgateway.core.errors.DeliveryError: If the message is
+            refused at once (what L{ISession.sendMessage}'s L{Deferred}
+            would fail with at once).
+        """
+
+
+class IAnsweringSession(ISession):
+    """
+    A session whose messages' outcomes come without a L{Deferred}: at
+    once when known at once, else later through a call, for a face that
+    writes its answers itself (the native face's C{MESSAGE}, the XMPP
+    face's message, a home server's C{SESSION message} from a router). A
+    home server's L{Session<imgateway.home.server.Session>} (for a
+    message it hands a link) and a router's proxied
+    L{RemoteSession<imgateway.router.proxy.RemoteSession>} provide it.
+    Optional: a face looks for the method by name per message, first.
+    """
+
+    def sendMessageThen(
+        answer: Callable[[DeliveryStatus | Failure, Any, str | None], object],
+        token: Any,
+        recipient: Address,
+        body: str,
+        contentType: str = "text/plain",
+        messageId: str | None = None,
+    ) -> DeliveryStatus | Deferred[DeliveryStatus] | None:
+        """
+        L{ISession.sendMessage}, its outcome returned when known at once,
+        else given to C{answer}; counted in the metrics as
+        L{ISession.sendMessage} counts it.
+
+        @param answer: Called once, later (never before this returns), with
+            the outcome (L{DeliveryStatus.DELIVERED}, or the L{Failure}
+            that L{ISession.sendMessage}'s L{Deferred} would fail with),
+            C{token} and C{messageId} as given, when this returns C{None}
+            (and only then): when the answer comes over the link the
+            message went on, when that link's C{request_timeout} passes,
+            or, for a proxied session, when the session ends first.
+        @param token: Given back to C{answer} as it is (what the face
+            answers: its request, its stanza).
+        @return: L{DeliveryStatus.DELIVERED} when delivered at once; a
+            L{Deferred} of the outcome, for the face to wait for as for
+            L{ISession.sendMessage}'s (C{answer} not called); C{None} when
+            C{answer} will be called.
+        @raise Exception: What L{ISession.sendMessage}'s L{Deferred} would
+            fail with at once (a L{imgateway.core.errors.DeliveryError}:
+            refused, the session ended, text that cannot be sent, a full
+            link queue); C{answer} is then not called.
         """
 
 

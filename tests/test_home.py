@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface import implementer
-from zope.interface.verify import verifyObject
+from zope.interface.verify import verifyClass, verifyObject
 
 from imgateway.adapters.native.framing import Request
 from imgateway.config import HomeConfig
@@ -53,7 +53,16 @@ from imgateway.core.records import (
 from imgateway.core import events
 from imgateway.home import server as homeModule
 from imgateway.home.server import MAX_LABEL_CHARS, HomeServer, HomeServerService, Session, _forget, _States, _UserState
-from imgateway.interfaces import IHomeServer, IRoute, ISession, ISessionClient
+from imgateway.interfaces import (
+    IAnsweringSession,
+    IAtOnceRoute,
+    IAtOnceSession,
+    IDirectRoute,
+    IHomeServer,
+    IRoute,
+    ISession,
+    ISessionClient,
+)
 from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.router.router import Router
 from imgateway.status.nometrics import NoMetrics
@@ -152,6 +161,24 @@ class SessionTests(HomeServerTestsMixin, SynchronousTestCase):
         verifyObject(IHomeServer, self.home)
         verifyObject(ISession, session)
         verifyObject(ISessionClient, client)
+
+    def test_fastPathInterfaces(self) -> None:
+        """
+        The home server provides L{IDirectRoute} (and so L{IAtOnceRoute}),
+        its sessions L{IAtOnceSession} and L{IAnsweringSession}: the
+        optional fast paths the router and the faces look up by name have
+        the signatures these interfaces declare, so a change to either side
+        fails here.
+        """
+        session, _ = self.open(ALICE)
+        self.assertTrue(verifyClass(IAtOnceRoute, HomeServer))
+        self.assertTrue(verifyObject(IAtOnceRoute, self.home))
+        self.assertTrue(verifyClass(IDirectRoute, HomeServer))
+        self.assertTrue(verifyObject(IDirectRoute, self.home))
+        self.assertTrue(verifyClass(IAtOnceSession, Session))
+        self.assertTrue(verifyObject(IAtOnceSession, session))
+        self.assertTrue(verifyClass(IAnsweringSession, Session))
+        self.assertTrue(verifyObject(IAnsweringSession, session))
 
     def test_startsOffline(self) -> None:
         """

@@ -25,7 +25,7 @@ from twisted.python.filepath import FilePath
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
-from zope.interface.verify import verifyObject
+from zope.interface.verify import verifyClass, verifyObject
 
 from imgateway._testcerts import CertificateAuthority
 from imgateway.adapters.native.framing import MAX_SEQ, FrameParser, Headers, Request, Response, serialise
@@ -50,7 +50,7 @@ from imgateway.core.presence import Presence, PresenceState
 from imgateway.core.records import AccountRecord
 from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
 from imgateway.core.linkinfo import LinkInfo, LinkInfoSource
-from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter
+from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter, IWaiterRoute
 from imgateway.router.link import (
     LinkClient,
     LinkConnection,
@@ -314,6 +314,15 @@ class DeliveryTests(LinkTestCase):
         A link client is an L{IRoute}.
         """
         self.assertTrue(verifyObject(IRoute, self.client()))
+
+    def test_waiterInterface(self) -> None:
+        """
+        A link client provides L{IWaiterRoute}: the C{deliverThen} the
+        router looks up by name has the signature it declares, so a change
+        to either side fails here.
+        """
+        self.assertTrue(verifyClass(IWaiterRoute, LinkClient))
+        self.assertTrue(verifyObject(IWaiterRoute, self.client()))
 
     def test_everyEvent(self) -> None:
         """

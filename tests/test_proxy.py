@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
-from zope.interface.verify import verifyObject
+from zope.interface.verify import verifyClass, verifyObject
 
 from imgateway.adapters.native.framing import FrameParser, Headers, Request, Response
 from imgateway.config import GatewayConfig
@@ -46,7 +46,7 @@ from imgateway.core.records import (
     RuleNetwork,
     Subscription,
 )
-from imgateway.interfaces import IHomeServer, ILinkRoutes, IRoute, ISession, ISessionClient
+from imgateway.interfaces import IAnsweringSession, IHomeServer, ILinkRoutes, IRoute, ISession, ISessionClient
 from imgateway.router.link import ANSWERED_LATER, LINK_LIMITS, LinkClient, LinkReceiver, LinkTraces, serialiseUnsequenced, withSeq
 from imgateway.router import proxy
 from imgateway.router.link_codec import DELIVERED, encodeRequest
@@ -280,6 +280,16 @@ class OpenTests(ProxyTestCase):
         session, home, client = self.open()
         self.assertTrue(verifyObject(ISession, session))
         self.assertTrue(verifyObject(ISessionClient, home.client))
+
+    def test_answeringInterface(self) -> None:
+        """
+        A proxied session provides L{IAnsweringSession}: the C{sendMessageThen}
+        the faces look up by name has the signature it declares, so a
+        change to either side fails here.
+        """
+        session, _, _ = self.open()
+        self.assertTrue(verifyClass(IAnsweringSession, RemoteSession))
+        self.assertTrue(verifyObject(IAnsweringSession, session))
 
     def test_open(self) -> None:
         """

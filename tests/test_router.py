@@ -14,7 +14,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
-from zope.interface.verify import verifyObject
+from zope.interface.verify import verifyClass, verifyObject
 
 from imgateway.core.address import Address
 from imgateway.core.errors import (
@@ -44,7 +44,7 @@ from imgateway.core.events import (
 from imgateway.core.presence import OFFLINE, Presence
 from imgateway.core.records import AccountRecord
 from imgateway.home.server import HomeServer
-from imgateway.interfaces import ILinkRoutes, IRoute, IRouter
+from imgateway.interfaces import IAtOnceRouter, ILinkRoutes, IRoute, IRouter
 from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.home.server import answerNoAccount
 from imgateway.router.router import Router
@@ -81,6 +81,16 @@ class RouterTests(SynchronousTestCase):
         """
         verifyObject(IRouter, Router())
         verifyObject(ILinkRoutes, MemoryLinkRoutes())
+
+    def test_atOnceInterface(self) -> None:
+        """
+        L{Router} provides L{IAtOnceRouter}: the fast paths a home server's
+        sessions and a link's receiving side look up by name have the
+        signatures it declares (C{deliverAtHome}, a property, checked on
+        an instance), so a change to either side fails here.
+        """
+        self.assertTrue(verifyClass(IAtOnceRouter, Router))
+        self.assertTrue(verifyObject(IAtOnceRouter, Router()))
 
     def test_remoteCountsHop(self) -> None:
         """

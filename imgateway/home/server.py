@@ -110,7 +110,10 @@ from imgateway.core.records import (
 from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
 from imgateway.home._interning import internAddress, internContact
 from imgateway.interfaces import (
+    IAnsweringSession,
+    IAtOnceSession,
     IDirectory,
+    IDirectRoute,
     IHomeLocator,
     IHomeServer,
     IHomeStore,
@@ -390,7 +393,7 @@ class _UserState:
                 self.rules = tuple(change.rules)
 
 
-@implementer(ISession)
+@implementer(IAtOnceSession, IAnsweringSession)
 class Session:
     """
     One logged-in session; see L{ISession}.
@@ -592,6 +595,8 @@ class Session:
                 # home servers has no _remember.)
                 outcome = self._direct(server, message) if recipient.domain == server.domain and server._remember is not None else None
                 if outcome is None:
+                    # (IAtOnceRouter, looked up by name: no interface test
+                    # per message.)
                     then = getattr(server.router, "deliverThen", None)
                     if then is None:
                         outcome = self._routed(server, message)
@@ -652,8 +657,9 @@ class Session:
 
     def _routed(self, server: HomeServer, message: Message) -> DeliveryStatus | Deferred[DeliveryStatus]:
         """
-        Hand a message to the router (at once where it can,
-        C{deliverAtOnce}).
+        Hand a message to the router (at once where it can: an
+        L{IAtOnceRouter<imgateway.interfaces.IAtOnceRouter>}'s
+        C{deliverAtOnce}, looked up by name).
         """
         router = server.router
         atOnce: Callable[[Event], DeliveryStatus | Deferred[DeliveryStatus]] | None = getattr(router, "deliverAtOnce", None)
@@ -817,7 +823,7 @@ class _Told:
         return self._differs
 
 
-@implementer(IHomeServer)
+@implementer(IHomeServer, IDirectRoute)
 class HomeServer:
     """
     A home server; see the module docstring and L{IHomeServer}.

@@ -66,7 +66,7 @@ from imgateway.core.errors import ConfigError, DeliveryError, DeliveryStatus, Lo
 from imgateway.core.events import Event, Message
 from imgateway.core.linkinfo import LinkInfo
 from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
-from imgateway.interfaces import IHomeLocator, ILinkRoutes, IMetrics, IRoute, IRouter
+from imgateway.interfaces import IHomeLocator, ILinkRoutes, IMetrics, IRoute, IRouter, IWaiterRoute
 from imgateway.net.addresses import isLoopback
 from imgateway.net.gather import GATHER
 from imgateway.net.tls import TLSFiles, trustRoot, validFor
@@ -1012,7 +1012,7 @@ class _Outgoing:
             self.connection = None
 
 
-@implementer(IRoute)
+@implementer(IWaiterRoute)
 class LinkClient(MultiService):
     """
     The sending side of the link to one peer: an L{IRoute} over a
@@ -1529,8 +1529,9 @@ class LinkReceiver:
         # Peer to the requests refused for max_queue since the last log
         # line about it (see _queueFull).
         self._refusedQuiet: dict[str, int] = {}
-        # The router's synchronous fast path (Router.deliverAtOnce: an event
-        # for a session of this process answered at once), else its deliver.
+        # The router's synchronous fast path (IAtOnceRouter.deliverAtOnce,
+        # Router's: an event for a session of this process answered at
+        # once), else its deliver; looked up by name, once.
         self._deliverAtOnce: Callable[[Event], DeliveryStatus | Deferred[DeliveryStatus]] = getattr(
             router, "deliverAtOnce", router.deliver
         )
@@ -1538,9 +1539,10 @@ class LinkReceiver:
         # rule's usual answer is then asked of what it remembers), else None.
         self._directory = locator if type(locator) is DirectoryHomeLocator else None
         # The router's deliverAtOnce given the recipient's home
-        # (Router.deliverAtHome), which the receiver asks with the sender's
-        # (one call, one clock reading: cachedHomesAt), when the router asks
-        # that locator and the locator keeps this clock's time; else None.
+        # (IAtOnceRouter.deliverAtHome, looked up by name, once), which the
+        # receiver asks with the sender's (one call, one clock reading:
+        # cachedHomesAt), when the router asks that locator and the locator
+        # keeps this clock's time; else None.
         atHome: Callable[[Event, str | None | _Unknown], DeliveryStatus | Deferred[DeliveryStatus]] | None = getattr(
             router, "deliverAtHome", None
         )

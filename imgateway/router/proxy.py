@@ -65,7 +65,7 @@ from imgateway.core.errors import (
 from imgateway.core.events import Message, SubscriptionEvent
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
 from imgateway.core.records import AccessList, AuthorisationState, ContactView, PresenceRule
-from imgateway.interfaces import IHomeLocator, IHomeServer, ILinkRoutes, IMetrics, ISession, ISessionClient
+from imgateway.interfaces import IAnsweringSession, IHomeLocator, IHomeServer, ILinkRoutes, IMetrics, ISession, ISessionClient
 from imgateway.router.link import ANSWERED_LATER, LinkClient, LinkConnection, serialiseUnsequenced
 from imgateway.router.link_codec import DELIVERED, MAX_DETAIL_CHARS, decodeResponse, encodeResponse
 from imgateway.router.locator import followMoves, homeOfAuthenticated
@@ -485,7 +485,7 @@ def sessionMessageFields(headers: Headers) -> list[str | None]:
 # -- the router's side ----------------------------------------------------------------
 
 
-@implementer(ISession)
+@implementer(IAnsweringSession)
 class RemoteSession:
     """
     A proxied session, as a router's face sees it: each L{ISession} call
@@ -1121,11 +1121,14 @@ class SessionHost:
                     contentType = "text/plain"
         except (ValueError, KeyError, TypeError) as e:
             return self._badRequest(connection, request, e)
+        # The session's optional fast paths (IAnsweringSession, then
+        # IAtOnceSession), looked up by name: no interface test per message.
         then = getattr(session, "sendMessageThen", None)
         if then is not None:
-            # A home session (Session.sendMessageThen): an outcome that comes
-            # later from a link is told to _messageAnswered, which answers
-            # as answerWhenFired would, with no Deferred between.
+            # A home session (IAnsweringSession: Session.sendMessageThen): an
+            # outcome that comes later from a link is told to
+            # _messageAnswered, which answers as answerWhenFired would, with
+            # no Deferred between.
             try:
                 outcome = then(self._messageAnswered, (connection, request), recipient, body, contentType, messageId)
             except BaseException:

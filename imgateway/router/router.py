@@ -46,7 +46,7 @@ from imgateway.core.errors import (
 )
 from imgateway.core.events import DEFAULT_MAX_HOPS, Event, Message, forwarded
 from imgateway.home.server import answerNoAccount
-from imgateway.interfaces import IHomeLocator, ILinkRoutes, IRoute, IRouter
+from imgateway.interfaces import IAtOnceRouter, IHomeLocator, ILinkRoutes, IRoute
 from imgateway.router.locator import UNKNOWN, DirectoryHomeLocator, followMove, followMoves
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class _Unasked(Enum):
 UNASKED: Final = _Unasked.UNASKED
 
 
-@implementer(IRouter)
+@implementer(IAtOnceRouter)
 class Router:
     """
     Routes events by their recipient; see the module docstring.
@@ -110,7 +110,8 @@ class Router:
     ) -> None:
         self._routes: dict[str, IRoute] = {}
         # Domain to the synchronous fast path of its route in this process
-        # (a home server's deliverAtOnce), for the routes that have one.
+        # (IAtOnceRoute.deliverAtOnce: a home server's), for the routes that
+        # have one.
         self._atOnce: dict[str, Callable[[Event], DeliveryStatus | Deferred[DeliveryStatus] | None]] = {}
         self.defaultRoute: IRoute | None = None
         self.localDomains: set[str] = set()
@@ -131,16 +132,20 @@ class Router:
         Send events for C{domain} to C{route}.
 
         @param local: Whether C{route} is in this process (a home server).
-            A local route with a C{deliverAtOnce} method (a home server's
-            synchronous fast path, see L{deliverAtOnce}) is offered the
-            messages it can answer at once. When the router hands it every
-            message for C{domain} with nothing of its own between (no
-            locator: the domain has this one home server), a route with a
-            C{routedDirectly} method is told so (C{routedDirectly(router,
-            domain, remember)}, with L{remember}; again with C{None} when
-            the route is removed): a home server's sessions then give
-            their messages to its users in place, without the router (see
-            L{imgateway.home.server.Session.sendMessageAtOnce}).
+            A local route with a C{deliverAtOnce} method (an
+            L{IAtOnceRoute<imgateway.interfaces.IAtOnceRoute>}: a home
+            server's synchronous fast path, see L{deliverAtOnce}) is
+            offered the messages it can answer at once. When the router
+            hands it every message for C{domain} with nothing of its own
+            between (no locator: the domain has this one home server), a
+            route with a C{routedDirectly} method (an L{IDirectRoute
+            <imgateway.interfaces.IDirectRoute>}) is told so
+            (C{routedDirectly(router, domain, remember)}, with
+            L{remember}; again with C{None} when the route is removed): a
+            home server's sessions then give their messages to its users
+            in place, without the router (see
+            L{imgateway.home.server.Session.sendMessageAtOnce}). Both are
+            looked up by name, here, once.
         @raise ValueError: If the domain already has a route.
         """
         if domain in self._routes:
@@ -148,6 +153,7 @@ class Router:
         self._routes[domain] = route
         if local:
             self.localDomains.add(domain)
+            # (IAtOnceRoute, then IDirectRoute.)
             atOnce = getattr(route, "deliverAtOnce", None)
             if atOnce is not None:
                 self._atOnce[domain] = atOnce
@@ -158,6 +164,7 @@ class Router:
     def removeRoute(self, domain: str) -> None:
         route = self._routes.pop(domain, None)
         if self._atOnce.pop(domain, None) is not None:
+            # (IDirectRoute.)
             direct = getattr(route, "routedDirectly", None)
             if direct is not None:
                 direct(self, domain, None)
@@ -307,9 +314,10 @@ class Router:
     def deliverAtHome(self) -> Callable[[Event, str | None | _Unknown], DeliveryStatus | Deferred[DeliveryStatus]]:
         """
         L{deliverAtOnce}, by the name a caller that gives it the recipient's
-        C{home} as it asked L{locator} finds it: a link's receiving side
-        (L{LinkReceiver<imgateway.router.link.LinkReceiver>}), which does
-        not import this module (it imports the links').
+        C{home} as it asked L{locator} finds it (L{IAtOnceRouter.deliverAtHome
+        <imgateway.interfaces.IAtOnceRouter.deliverAtHome>}): a link's
+        receiving side (L{LinkReceiver<imgateway.router.link.LinkReceiver>}),
+        which does not import this module (it imports the links').
         """
         return self.deliverAtOnce
 
@@ -319,7 +327,9 @@ class Router:
         at once told to C{waiter} (a home session's message, counted and
         answered to its face: L{imgateway.home.server.Session.sendMessageThen}):
         for a recipient of this domain that the locator remembers on
-        another server, whose link takes a waiter (L{LinkClient.deliverThen
+        another server, whose link takes a waiter (an L{IWaiterRoute
+        <imgateway.interfaces.IWaiterRoute>}, its C{deliverThen} looked up
+        by name per message: L{LinkClient.deliverThen
         <imgateway.router.link.LinkClient.deliverThen>}), the link is
         given the message itself with its hop count plus one (the bytes
         of L{forwarded}'s copy, without the copy), C{waiter}, told the

@@ -1036,6 +1036,12 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
         The answers are those of
         L{_answered} and L{_failed}: C{200} with the C{Message-ID} (one is
         made when the request has none), or the refusal's status.
+
+        C{sendMessageThen} and C{sendMessageAtOnce} are the session's
+        optional fast paths, declared by L{IAnsweringSession
+        <imgateway.interfaces.IAnsweringSession>} and L{IAtOnceSession
+        <imgateway.interfaces.IAtOnceSession>}: looked up by name, with no
+        test of the interfaces per message.
         """
         try:
             arguments = _messageArguments(request)
@@ -1044,9 +1050,9 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
             then = getattr(session, "sendMessageThen", None)
             if then is not None:
                 # A session that calls back with an outcome that comes
-                # later (a router's proxied session; a home server's, for
-                # a message it sends over a link): no Deferred unless it
-                # returns one.
+                # later (IAnsweringSession: a router's proxied session; a
+                # home server's, for a message it sends over a link): no
+                # Deferred unless it returns one.
                 # (Its arguments one by one: a call with *arguments after
                 # others builds a tuple of them all first.)
                 outcome = then(self._messageAnswered, request, arguments[0], arguments[1], arguments[2], arguments[3])
@@ -1054,6 +1060,7 @@ class NativeServerProtocol(Protocol, TLSHandshakeMixin):
                     self._inFlight += 1
                     return
             else:
+                # (IAtOnceSession: a home server's.)
                 atOnce = getattr(session, "sendMessageAtOnce", None)
                 outcome = session.sendMessage(*arguments) if atOnce is None else atOnce(*arguments)
         except BaseException:

@@ -663,7 +663,9 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
         # The outcome without a Deferred when the home server has it at
         # once (a recipient in this process), or tells it later through a
         # call (a recipient on another home server, over a link), as the
-        # native face's MESSAGE.
+        # native face's MESSAGE: the session's optional fast paths
+        # (IAnsweringSession, then IAtOnceSession), looked up by name (no
+        # interface test per message).
         then = getattr(session, "sendMessageThen", None)
         if then is not None:
             try:
@@ -688,7 +690,9 @@ class C2SProtocol(HardenedXmlStream, TLSHandshakeMixin):
 
     def _messageOutcome(self, outcome: object, stanza: _Stanza, messageId: str | None) -> None:
         """
-        The outcome of a message sent with C{sendMessageThen}, told later:
+        The outcome of a message sent with C{sendMessageThen}
+        (L{IAnsweringSession<imgateway.interfaces.IAnsweringSession>}'s
+        C{answer}), told later:
         a failure answered as the L{Deferred}'s errback answers it.
         """
         if isinstance(outcome, Failure):

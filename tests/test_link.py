@@ -2378,6 +2378,247 @@ class GatheredAnswersTests(SynchronousTestCase):
         self.assertEqual(self.seen, [("answer", True), ("flushed", False)])
 
 
+class GatheredLinkWritesTests(SynchronousTestCase):
+    """
+    What a link connection is made to write while another connection's
+    read is handled (L{GATHER}: a client's read of ten C{MESSAGE}s for the
+    peer's users) is written as the native face's writes are: the first
+    frame at once, the frames after it kept and written in one
+    C{transport.write} when the read is done, in order, before the read's
+    reader returns.
+    """
+
+    def setUp(self) -> None:
+        self.connection = LinkConnection({"PING": self.ping}, Clock(), 10.0, peer=LinkPeer("corp.example", "hs2"))
+        self.transport = CountingTransport()
+        self.connection.makeConnection(self.transport)
+        self.answers: list[Response | BaseException] = []
+        self.addCleanup(lambda: self.assertEqual((GATHER.active, GATHER.held), (False, [])))
+
+    def ping(self, connection: LinkConnection, request: Request) -> Response:
+        return Response(200, "OK", Headers((("Note", request.headers.get("Note") or ""),)))
+
+    def callback(self, response: Response) -> None:
+        self.answers.append(response)
+
+    def errback(self, fail: BaseException) -> None:
+        self.answers.append(fail)
+
+    def frame(self, note: str) -> bytes:
+        return serialiseUnsequenced(Request("PING", "*", Headers((("Note", note),))))
+
+    def sendThree(self, prefix: str) -> None:
+        """
+        Write three frames, one each way a link connection writes: a
+        request numbered here (L{LinkConnection.send}), one written with
+        its C{Seq} in place (L{LinkConnection.sendNumbered}, as
+        L{LinkClient.deliverThen} writes a message), an answer
+        (L{LinkConnection._respond}).
+        """
+        connection = self.connection
+        connection.send(self.frame(f"{prefix}1"), self)
+        seq = connection._seq + 1
+        connection.sendNumbered(withSeq(self.frame(f"{prefix}2"), seq), seq, self)
+        connection._respond(99, Response(200, "OK", Headers((("Note", f"{prefix}3"),))))
+
+    def notes(self, data: bytes) -> list[str | None]:
+        return [f.headers.get("Note") for f in FrameParser().feed(data) if isinstance(f, (Request, Response))]
+
+    def test_keptAfterTheFirst(self) -> None:
+        """
+        Within a read being gathered for, the first frame is written at
+        once and those after it in one write when the read is done, in
+        the order written.
+        """
+        self.assertTrue(GATHER.begin())
+        try:
+            self.sendThree("a")
+            self.connection.send(self.frame("a4"), self)
+            self.assertEqual([self.notes(w) for w in self.transport.writes], [["a1"]])
+        finally:
+            GATHER.end()
+        self.assertEqual([self.notes(w) for w in self.transport.writes], [["a1"], ["a2", "a3", "a4"]])
+        self.assertIsNone(self.connection._batch)
+
+    def test_tenMessagesTwoWrites(self) -> None:
+        """
+        Ten messages of one read (L{LinkConnection.sendNumbered}) make two
+        transport writes, not ten.
+        """
+        connection = self.connection
+        self.assertTrue(GATHER.begin())
+        try:
+            for n in range(10):
+                seq = connection._seq + 1
+                connection.sendNumbered(withSeq(self.frame(f"m{n}"), seq), seq, self)
+        finally:
+            GATHER.end()
+        self.assertEqual(len(self.transport.writes), 2)
+        self.assertEqual(self.notes(self.transport.value()), [f"m{n}" for n in range(10)])
+
+    def test_outsideAGather(self) -> None:
+        """
+        Outside a read being gathered for (a timer's C{PING}, an answer
+        that comes later), each frame is written at once.
+        """
+        self.sendThree("a")
+        self.assertEqual([self.notes(w) for w in self.transport.writes], [["a1"], ["a2"], ["a3"]])
+        self.assertIsNone(self.connection._batch)
+
+    def test_eachReadItsFirst(self) -> None:
+        """
+        The first frame of each read is written at once, whatever the
+        connection wrote in the reads before.
+        """
+        for prefix in "ab":
+            self.assertTrue(GATHER.begin())
+            try:
+                self.sendThree(prefix)
+            finally:
+                GATHER.end()
+        self.assertEqual([self.notes(w) for w in self.transport.writes], [["a1"], ["a2", "a3"], ["b1"], ["b2", "b3"]])
+
+    def test_linkReadWhileKept(self) -> None:
+        """
+        A read of the link connection handled while it keeps frames (a
+        test pumping two connections) adds its answers after them: nothing
+        is written before the outer read is done.
+        """
+        self.assertTrue(GATHER.begin())
+        try:
+            self.sendThree("a")
+            self.connection.dataReceived(serialise(Request("PING", "*", Headers((("Seq", "5"), ("Note", "read"))))))
+            self.connection.send(self.frame("a4"), self)
+            self.assertEqual(len(self.transport.writes), 1)
+        finally:
+            GATHER.end()
+        self.assertEqual([self.notes(w) for w in self.transport.writes], [["a1"], ["a2", "a3", "read", "a4"]])
+
+    def test_linkReadAfterTheFirst(self) -> None:
+        """
+        A read of the link connection handled after its first frame of the
+        outer read, before it keeps any, writes its answers when it ends,
+        after that frame; what is written after them is kept.
+        """
+        self.assertTrue(GATHER.begin())
+        try:
+            self.connection.send(self.frame("a1"), self)
+            self.connection.dataReceived(serialise(Request("PING", "*", Headers((("Seq", "5"), ("Note", "read"))))))
+            self.connection.send(self.frame("a2"), self)
+            self.connection.send(self.frame("a3"), self)
+            self.assertEqual([self.notes(w) for w in self.transport.writes], [["a1"], ["read"]])
+        finally:
+            GATHER.end()
+        self.assertEqual([self.notes(w) for w in self.transport.writes], [["a1"], ["read"], ["a2", "a3"]])
+
+    def test_closedWhileKept(self) -> None:
+        """
+        A connection closed while it keeps frames writes them before it
+        closes; an answer written after the close goes after them.
+        """
+        closedAt: list[bool] = []
+        write = self.transport.write
+
+        def recording(data: bytes) -> None:
+            closedAt.append(self.transport.disconnecting)
+            write(data)
+
+        self.patch(self.transport, "write", recording)
+        self.assertTrue(GATHER.begin())
+        try:
+            self.sendThree("a")
+            self.connection.close()
+            self.connection._respond(100, Response(200, "OK", Headers((("Note", "after"),))))
+        finally:
+            GATHER.end()
+        self.assertEqual([self.notes(w) for w in self.transport.writes], [["a1"], ["a2", "a3"], ["after"]])
+        self.assertEqual(closedAt, [False, False, True])
+        self.assertIsNone(self.connection._batch)
+
+    def test_lostWhileKept(self) -> None:
+        """
+        A connection lost while it keeps frames writes nothing more: their
+        requests fail as those written and not answered do.
+        """
+        self.assertTrue(GATHER.begin())
+        try:
+            self.sendThree("a")
+            self.connection.connectionLost(Failure(ConnectionDone()))
+        finally:
+            GATHER.end()
+        self.assertEqual([self.notes(w) for w in self.transport.writes], [["a1"]])
+        self.assertEqual([type(a) for a in self.answers], [ConnectionLost, ConnectionLost])
+        self.assertIsNone(self.connection._batch)
+
+    def test_failedWrite(self) -> None:
+        """
+        A write of kept frames that raises is logged; the other
+        connections' kept frames are still written, and the connection
+        keeps nothing more: the first frame of the next read is written at
+        once.
+        """
+        other = LinkConnection({}, Clock(), 10.0)
+        otherTransport = CountingTransport()
+        other.makeConnection(otherTransport)
+
+        def refuse(data: bytes) -> None:
+            raise RuntimeError("the link's transport failed")
+
+        self.assertTrue(GATHER.begin())
+        try:
+            self.sendThree("a")
+            for note in ("o1", "o2"):
+                other.send(self.frame(note), self)
+            self.patch(self.transport, "write", refuse)
+        finally:
+            GATHER.end()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual([self.notes(w) for w in otherTransport.writes], [["o1"], ["o2"]])
+        self.assertIsNone(self.connection._batch)
+        self.patch(self.transport, "write", self.transport.writes.append)
+        self.assertTrue(GATHER.begin())
+        try:
+            self.connection.send(self.frame("b1"), self)
+            self.assertEqual([self.notes(w) for w in self.transport.writes], [["a1"], ["b1"]])
+        finally:
+            GATHER.end()
+
+    def test_keptMessagesResent(self) -> None:
+        """
+        L{LinkClient.deliverThen}'s messages kept by a connection lost
+        before they are written stay in the link's queue, counted, and are
+        sent on the next connection.
+        """
+        from tests.test_router import RecordingWaiter
+
+        clock = Clock()
+        endpoint = TCP4ClientEndpoint(MemoryReactorClock(), "127.0.0.1", 5312)
+        client = LinkClient("server hs2", endpoint, attrs.evolve(LINKS, maxQueue=100), clock, Headers(), LinkTraces(), "corp.example/hs1")
+        client._ready(self.connection)
+        self.connection.markReady(LinkPeer("corp.example", "hs2"))
+        waiters = [RecordingWaiter() for _ in range(3)]
+        self.assertTrue(GATHER.begin())
+        try:
+            for n, waiter in enumerate(waiters):
+                client.deliverThen(Message(ALICE, CAROL, f"m{n}"), waiter, 1)
+            self.assertEqual((len(self.transport.writes), client.queued), (1, 3))
+            self.connection.connectionLost(Failure(ConnectionDone()))
+        finally:
+            GATHER.end()
+        self.assertEqual(len(self.transport.writes), 1)
+        self.assertEqual(client.queued, 3)
+        connection = LinkConnection({}, clock, 10.0, peer=LinkPeer("corp.example", "hs2"))
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        connection.markReady(LinkPeer("corp.example", "hs2"))
+        client._ready(connection)
+        bodies = [f.body for f in FrameParser().feed(transport.value()) if isinstance(f, Request)]
+        self.assertEqual(bodies, [b"m0", b"m1", b"m2"])
+        connection.dataReceived(b"".join(b"IMGW/1.0 200 OK\r\nSeq: %d\r\n\r\n" % seq for seq in (1, 2, 3)))
+        self.assertEqual([w.results for w in waiters], [[DeliveryStatus.DELIVERED]] * 3)
+        client.stopService()
+
+
 class AnswerWhenFiredTests(SynchronousTestCase):
     """
     L{LinkConnection.answerWhenFired}: a handler that leaves its request's

@@ -9,7 +9,8 @@ C{200}s to it and ten C{MESSAGE}s to its peer. Each C{transport.write} costs
 the same handful of Python calls in Twisted, however small the frame, and
 the socket sends once per turn anyway. So while a reader handles a read
 (L{WriteGather.begin} ... L{WriteGather.end}), a connection that takes part
-(the native face, L{imgateway.adapters.native.server}) writes its first
+(the native face, L{imgateway.adapters.native.server}; a server link's
+connection, L{imgateway.router.link.LinkConnection}) writes its first
 frame as it comes and keeps the frames after it, in order, writing them in
 one C{transport.write} when the read is done (L{GatheredWriter}). A
 connection written to once in a read (most at a low rate, where a read

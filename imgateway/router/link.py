@@ -382,10 +382,15 @@ class LinkConnection(Protocol):
         #: Requests of the peer being handled now (see L{LinkReceiver}).
         self.inProgress = 0
         self._lostObservers: list[Callable[[LinkConnection], None]] = []
-        # What this side writes while it handles a read (dataReceived):
-        # written in one transport.write at the end of the read (one TLS
-        # record, not one per frame); None when not reading.
+        # What this side writes while it handles a read (dataReceived), or,
+        # after its first frame, while another connection's read is handled
+        # (imgateway.net.gather): written in one transport.write at the end
+        # of that read (one TLS record, not one per frame); None when
+        # neither.
         self._batch: list[bytes] | None = None
+        # The gather's epoch of the read this side last wrote in directly
+        # (0: none): written after it in the same read, a frame is kept.
+        self._wroteIn = 0
 
     def whenLost(self, observer: Callable[[LinkConnection], None]) -> None:
         """
@@ -481,6 +486,9 @@ class LinkConnection(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionLost())) -> None:
         self.connected = False
         self.lostReason = reason
+        # Frames kept to be written are not: there is nowhere to write them
+        # (their requests fail below, as those written and not answered).
+        self._batch = None
         if not self.ready and not self.closing and self._hello is None:
             # A TLS handshake that failed (an untrusted certificate, none at
             # all), or a peer that went away before saying who it is.
@@ -538,8 +546,15 @@ class LinkConnection(Protocol):
         batch = self._batch
         if batch is not None:
             batch.append(data)
-        else:
-            self.transport.write(data)  # type: ignore[union-attr]
+            return True
+        gather = GATHER
+        if gather.active:
+            if self._wroteIn == gather.epoch:
+                self._batch = [data]
+                gather.held.append(self)
+                return True
+            self._wroteIn = gather.epoch
+        self.transport.write(data)  # type: ignore[union-attr]
         return True
 
     def sendNumbered(self, data: bytes, seq: int, waiter: ResponseWaiter) -> None:
@@ -553,22 +568,40 @@ class LinkConnection(Protocol):
         """
         self._seq = seq
         self._outstanding[seq] = waiter
+        # _write, without its call.
         batch = self._batch
         if batch is not None:
             batch.append(data)
-        else:
-            self.transport.write(data)  # type: ignore[union-attr]
+            return
+        gather = GATHER
+        if gather.active:
+            if self._wroteIn == gather.epoch:
+                self._batch = [data]
+                gather.held.append(self)
+                return
+            self._wroteIn = gather.epoch
+        self.transport.write(data)  # type: ignore[union-attr]
 
     def _write(self, data: bytes) -> None:
         """
         Write C{data}: at once, or, while a read is handled, with the rest
-        of what that read makes this side write (L{dataReceived}).
+        of what that read makes this side write: this connection's read
+        (L{dataReceived}), or another's after this side's first frame in it
+        (L{GATHER}: a client's read of ten C{MESSAGE}s for the peer's
+        users), written once it is handled (L{flushGathered}).
         """
         batch = self._batch
         if batch is not None:
             batch.append(data)
-        else:
-            self.transport.write(data)  # type: ignore[union-attr]
+            return
+        gather = GATHER
+        if gather.active:
+            if self._wroteIn == gather.epoch:
+                self._batch = [data]
+                gather.held.append(self)
+                return
+            self._wroteIn = gather.epoch
+        self.transport.write(data)  # type: ignore[union-attr]
 
     def _flush(self) -> None:
         """
@@ -577,6 +610,16 @@ class LinkConnection(Protocol):
         batch = self._batch
         if batch:
             self._batch = []
+            self.transport.write(b"".join(batch) if len(batch) > 1 else batch[0])  # type: ignore[union-attr]
+
+    def flushGathered(self) -> None:
+        """
+        Another connection's read is handled: write the frames kept while
+        it was (L{_write}), in one C{transport.write}, and keep no more.
+        """
+        batch = self._batch
+        self._batch = None
+        if batch:
             self.transport.write(b"".join(batch) if len(batch) > 1 else batch[0])  # type: ignore[union-attr]
 
     def _answered(self, response: Response, seq: int) -> None:
@@ -600,7 +643,8 @@ class LinkConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._batch is not None:
             # Within a read being handled (a handler that fed this
-            # connection): its writes go with that read's.
+            # connection, or another connection's read while this one keeps
+            # frames): its writes go with that read's.
             self._received(data)
             return
         self._batch = []

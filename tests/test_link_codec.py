@@ -57,6 +57,28 @@ ROMEO = Address.fromString("romeo@partner.example")
 LIMITS = Limits(maxStartLineBytes=4096, maxHeaderBytes=16384, maxHeaders=64, maxBodyBytes=65536)
 
 
+#: L{link_codec._USUAL_MESSAGE_HEAD} as session 12 wrote it (each line with
+#: its line end before it, optional lines as optional groups, a value's
+#: space runs as a repeat): the reference its cheaper form is held to
+#: (L{LinkFrameReaderTests.test_usualHeadAsBefore}).
+_FORMER_ASCII_VALUE = r"[!-~]++(?: ++[!-~]++)*+"
+FORMER_USUAL_MESSAGE_HEAD = re.compile(
+    r"MESSAGE (im:[!-~]+) IMGW/1\.0\r\n"
+    r"Seq: ([0-9]{1,10})\r\n"
+    rf"From: (im:{_FORMER_ASCII_VALUE})\r\n"
+    rf"Message-ID: ({_FORMER_ASCII_VALUE})\r\n"
+    r"Timestamp: ([0-9]{1,12}(?:\.[0-9]{1,9})?)"
+    rf"(?:\r\nContent-Type: ({_FORMER_ASCII_VALUE}))?"
+    rf"(?:\r\nAuto: ({_FORMER_ASCII_VALUE}))?"
+    rf"((?:\r\nVia: {_FORMER_ASCII_VALUE})*)"
+    r"(?:\r\nMax-Hops: ([0-9]{1,10}))?"
+    r"\r\nRouting-Id: ([\x21-\x7e]{1,128})"
+    r"(?:\r\nHops: ([0-9]{1,10}))?"
+    r"(?:\r\nContent-Length: ([0-9]{1,18}))?"
+    r"\r\n\r\n"
+)
+
+
 def wire(frame: Frame) -> Frame:
     """
     C{frame} serialised and parsed again, as the peer sees it.
@@ -1066,6 +1088,76 @@ class LinkFrameReaderTests(SynchronousTestCase):
         for pattern in (link_codec._MESSAGE_HEAD, link_codec._SESSION_MESSAGE_HEAD, link_codec._REQUEST_HEAD, link_codec._HEADER_LINE):
             self.assertIn(link_codec._PLAIN_VALUE, pattern.pattern)
         self.assertIn(link_codec._ASCII_VALUE, link_codec._USUAL_MESSAGE_HEAD.pattern)
+
+    def test_usualHeadAsBefore(self) -> None:
+        """
+        L{link_codec._USUAL_MESSAGE_HEAD}, written for the engine's cheaper
+        steps (each line with its line end after it, optional lines as
+        alternatives, runs taken whole, a look back for a value's last
+        character), takes exactly the heads its former form
+        (L{FORMER_USUAL_MESSAGE_HEAD}) took, with the same groups (the
+        C{Via} lines' with their line ends after them), within any window:
+        over heads with every combination of optional lines, each edited at
+        every position (a character of the classes' edges, a control
+        character, a space, a TAB, a lone CR or LF, non-ASCII, a digit or a
+        dot put in, put in place of the one there, or taken out) and cut
+        at every position. Every head it takes, L{link_codec._MESSAGE_HEAD}
+        takes with the same values, and those values pass
+        L{link_codec._messageRequest}'s patterns.
+        """
+        alphabet = ["a", "~", "!", " ", "  ", "\t", "\r", "\n", "\r\n", "\x00", "\x1f", "\x7f", "\x85", "\xa0", "é", "\u2603", "0", "9", ".", ":"]
+        heads = []
+        for contentType, mark, vias, maxHops, hops in itertools.product(
+            ["text/plain", "a b"], [None, MessageMark.AUTO_REPLY], [(), ("x",), ("corp.example/hs1", "c d")], [8, 5], [0, 12]
+        ):
+            message = Message(ALICE, CAROL, "hi", contentType=contentType, messageId="m-1", timestamp=1767225600.125, hops=hops, mark=mark)
+            frame = link_codec.encodeMessage(message, vias, maxHops, "r.1").replace(b"\r\n", b"\r\nSeq: 7\r\n", 1)
+            heads.append(frame[: frame.index(b"\r\n\r\n") + 4].decode())
+        heads.append(heads[0].replace("Message-ID: m-1", "Message-ID: m  1"))
+        heads.append(heads[0].replace("Timestamp: 1767225600.125", "Timestamp: 1"))
+        heads.append(heads[0].replace("\r\nContent-Length: 2", ""))
+        texts = set(heads)
+        # Each optional line present and absent among the edited ones.
+        for head in heads[::7] + heads[-3:]:
+            for i in range(len(head) + 1):
+                for c in alphabet:
+                    texts.add(head[:i] + c + head[i:])
+                    texts.add(head[:i] + c + head[i + 1 :])
+                texts.add(head[:i] + head[i + 1 :])
+        self.assertGreater(len(texts), 50000)
+        new, former = link_codec._USUAL_MESSAGE_HEAD, FORMER_USUAL_MESSAGE_HEAD
+        taken = 0
+        for text in texts:
+            text = "IMGW/1.0 200 OK\r\n\r\n" + text + "PING"
+            pos = 19
+            for end in (len(text), pos + len(text) // 2):
+                a, b = new.match(text, pos, end), former.match(text, pos, end)
+                self.assertEqual(bool(a), bool(b), text)
+                if a is None or b is None:
+                    continue
+                groups: list[str | None] = list(a.groups())
+                viaLines = groups[7]
+                groups[7] = "\r\n" + viaLines[:-2] if viaLines else ""
+                self.assertEqual((a.span(), groups), (b.span(), list(b.groups())), text)
+                taken += 1
+                general = link_codec._MESSAGE_HEAD.fullmatch(text, pos, a.end() - 4)
+                assert general is not None, text
+                self.assertEqual(list(general.groups()), groups, text)
+                timestamp, routingId = groups[4], groups[9]
+                assert timestamp is not None and routingId is not None
+                self.assertIsNotNone(link_codec._TIMESTAMP.fullmatch(timestamp))
+                self.assertIsNotNone(link_codec._ROUTING_ID.fullmatch(routingId))
+                for number in (groups[8], groups[10]):
+                    self.assertTrue(number is None or link_codec._NUMBER.fullmatch(number))
+        self.assertGreater(taken, 1000)
+        # Cut at every position: a whole head only.
+        text = heads[-3]
+        for end in range(len(text) + 1):
+            a, b = new.match(text, 0, end), former.match(text, 0, end)
+            self.assertEqual(a and a.span(), b and b.span(), end)
+        self.assertIn(link_codec._ASCII_VALUE, new.pattern)
+        self.assertIn(link_codec._TIMESTAMP_WHOLE, link_codec._TIMESTAMP_TEXT)
+        self.assertIn(link_codec._TIMESTAMP_FRACTION, link_codec._TIMESTAMP_TEXT)
 
     def test_usualMessageIdChecked(self) -> None:
         """

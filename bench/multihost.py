@@ -133,20 +133,33 @@ class Topology:
         return {name: gw.logErrors() for name, gw in self.gateways.items()}
 
 
-def instrument(args: argparse.Namespace, gw: SpawnedGateway, name: str) -> None:
+def serverTag(topology: str, server: str) -> str:
     """
-    Set up server C{gw} (called C{name} in the files it writes) as the
-    options ask: under cProfile (C{--profile DIR}: C{DIR/<name>.prof} when
-    it stops), under callgrind (C{--callgrind DIR}: L{callgrindFile}, its
-    window's instructions counted by L{Counters}).
+    @return: What the files of server C{server} of C{topology} are named
+        after (C{"two-homes-hs1"}).
     """
+    return f"{topology}-{server}"
+
+
+def instrument(args: argparse.Namespace, gw: SpawnedGateway, topology: str, server: str) -> None:
+    """
+    Set up server C{gw} (C{server} of C{topology}) as the options ask:
+    under cProfile (C{--profile DIR}: C{DIR/<tag>.prof} when it stops,
+    L{serverTag}), under callgrind (C{--callgrind DIR}: L{callgrindFile},
+    its window's instructions counted by L{Counters}; the dumps of an
+    earlier run in C{DIR} removed).
+    """
+    name = serverTag(topology, server)
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
         gw.twistdOptions = ["--profiler=cprofile", f"--profile={args.profile.resolve() / name}.prof", "--savestats"]
     if args.callgrind is not None:
+        path = callgrindFile(args.callgrind, name)
+        for old in path.parent.glob(path.name + "*"):
+            old.unlink()
         gw.runUnder = [
             "valgrind", "--tool=callgrind", "--quiet",
-            f"--callgrind-out-file={callgrindFile(args.callgrind, name)}",
+            f"--callgrind-out-file={path}",
         ]  # fmt: skip
         # Python runs about fifty times slower under callgrind.
         gw.startTimeout = max(gw.startTimeout, CALLGRIND_START_S)
@@ -154,6 +167,9 @@ def instrument(args: argparse.Namespace, gw: SpawnedGateway, name: str) -> None:
 
 #: Seconds a server under callgrind (C{--callgrind}) has to open its port.
 CALLGRIND_START_S = 600.0
+
+#: Seconds C{vgdb} has to have callgrind zero or dump a server's counts.
+CALLGRIND_CONTROL_S = 60.0
 
 
 def callgrindFile(folder: Path, name: str) -> Path:
@@ -165,16 +181,41 @@ def callgrindFile(folder: Path, name: str) -> Path:
     return folder.resolve() / f"{name}.callgrind"
 
 
-def callgrindInstructions(dump: str) -> int | None:
+def callgrindInstructions(dump: str, pid: int) -> int | None:
     """
-    @param dump: A callgrind dump (one part: C{callgrind_control --dump}'s).
+    @param dump: A callgrind dump (one part: a C{dump} monitor command's).
+    @param pid: The process it must be of.
     @return: The instructions it counted (its C{summary:} line), or C{None}
-        if it has none.
+        if it has none or is another process's.
     """
+    instructions = None
     for line in dump.splitlines():
+        if line.startswith("pid:") and line.split()[1:2] != [str(pid)]:
+            return None
         if line.startswith("summary:"):
-            return int(line.split()[1])
-    return None
+            instructions = int(line.split()[1])
+    return instructions
+
+
+def perDeliveryInWindow(
+    counted: int, delivered: int, seconds: float, zeroed: tuple[float, float], dumped: tuple[float, float]
+) -> int | None:
+    """
+    @param counted: What callgrind counted between the moments it was
+        zeroed and dumped.
+    @param delivered: The deliveries of the measured window, C{seconds}
+        long.
+    @param zeroed: When the command that zeroed the counts was given, and
+        when it was done; it is taken to have acted in the middle.
+    @param dumped: The same for the command that dumped them.
+    @return: C{counted} per delivery, the deliveries scaled from the window
+        to the time the counts ran, or C{None} if that time is not
+        positive.
+    """
+    ran = (dumped[0] + dumped[1] - zeroed[0] - zeroed[1]) / 2
+    if ran <= 0 or delivered <= 0:
+        return None
+    return round(counted / (delivered * ran / seconds))
 
 
 def lastDump(path: Path) -> Path | None:
@@ -372,11 +413,12 @@ class Counters:
         self._straces: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
         self._prefix = f"{topology.name}-{mode}"
         self._callgrinds = (
-            {name: callgrindFile(args.callgrind, f"{topology.name}-{name}") for name in self._gateways}
+            {name: callgrindFile(args.callgrind, serverTag(topology.name, name)) for name in self._gateways}
             if args.callgrind is not None
             else {}
         )
-        self._dumped: dict[str, bool] = {}
+        self._zeroed: dict[str, tuple[float, float] | None] = {}
+        self._dumped: dict[str, tuple[float, float] | None] = {}
         self._timer = threading.Timer(delay, self._start)
         self._timer.start()
         self._ended = threading.Event()
@@ -391,24 +433,37 @@ class Counters:
                 except OSError:
                     pass
 
-    def _callgrindControl(self, option: str) -> dict[str, bool]:
+    def _callgrind(self, command: str) -> dict[str, tuple[float, float] | None]:
         """
-        Run C{callgrind_control option} for each server under callgrind, at
-        once.
+        Give callgrind's monitor command C{command} (C{zero}, C{dump}) to
+        each server under callgrind, at once, with C{vgdb} (which, unlike
+        C{callgrind_control}, fails when it reaches no such process).
 
-        @return: Whether it succeeded, by server.
+        @return: By server, when the command was given and when it was
+            done (C{time.monotonic()}), or C{None} if it failed or took
+            more than L{CALLGRIND_CONTROL_S}.
         """
+        started = time.monotonic()
         running = {
             name: subprocess.Popen(
-                ["callgrind_control", option, str(self._gateways[name])],
+                ["vgdb", f"--pid={self._gateways[name]}", command],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             for name in self._callgrinds
         }  # fmt: skip
-        return {name: process.wait() == 0 for name, process in running.items()}
+        done: dict[str, tuple[float, float] | None] = {}
+        for name, process in running.items():
+            try:
+                ok = process.wait(max(0.1, started + CALLGRIND_CONTROL_S - time.monotonic())) == 0
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                ok = False
+            done[name] = (started, time.monotonic()) if ok else None
+        return done
 
     def _start(self) -> None:
-        self._callgrindControl("--zero")
+        self._zeroed = self._callgrind("zero")
         if self._args.strace is not None:
             for name, pid in self._gateways.items():
                 output = self._args.strace / f"{self._prefix}-{name}.txt"
@@ -420,7 +475,7 @@ class Counters:
         self._edge()
         if not self._ended.wait(self._seconds):
             self._edge()
-            self._dumped = self._callgrindControl("--dump")
+            self._dumped = self._callgrind("dump")
         for process, _ in self._straces.values():
             process.send_signal(signal.SIGINT)
 
@@ -463,12 +518,27 @@ class Counters:
                     row["syscalls"] = {k: round(v / delivered, 3) for k, v in sorted(calls.items(), key=lambda kv: -kv[1])}
             if self._args.counts is not None:
                 row.update(_siteCounts(self._args.counts / f"{pid}.jsonl", delivered))
-            dump = lastDump(self._callgrinds[name]) if self._dumped.get(name) else None
-            instructions = callgrindInstructions(dump.read_text()) if dump is not None else None
-            if instructions is not None:
-                row["instructions"] = round(instructions / delivered)
+            if name in self._callgrinds:
+                instructions = self._instructions(name, pid, delivered)
+                if instructions is not None:
+                    row["instructions"] = instructions
             found[name] = row
         return found
+
+
+    def _instructions(self, name: str, pid: int, delivered: int) -> int | None:
+        """
+        @return: The instructions server C{name} ran per delivery in the
+            window: its dump's, over the deliveries of the window scaled to
+            the time between the moments its counts were zeroed and dumped
+            (the middle of each command), or C{None} if either failed.
+        """
+        zeroed, dumped = self._zeroed.get(name), self._dumped.get(name)
+        dump = lastDump(self._callgrinds[name])
+        if zeroed is None or dumped is None or dump is None:
+            return None
+        counted = callgrindInstructions(dump.read_text(), pid)
+        return None if counted is None else perDeliveryInWindow(counted, delivered, self._seconds, zeroed, dumped)
 
 
 def _siteCounts(path: Path, delivered: int) -> dict[str, float]:
@@ -491,7 +561,7 @@ def single(args: argparse.Namespace, stack: list[Callable[[], object]]) -> Topol
     (a) One gateway, today's default configuration: alice and carol on it.
     """
     gw = SpawnedGateway(template=args.template, keep=args.keep)
-    instrument(args, gw, "single-gateway")
+    instrument(args, gw, "single", "gateway")
     stack.append(gw.stop)
     info(f"(a) one gateway in {gw.folder}")
     info(gw.createUsers("alice", 0, args.pairs, PASSWORD))
@@ -508,8 +578,8 @@ def twoHomes(args: argparse.Namespace, stack: list[Callable[[], object]]) -> Top
     if not args.keep:
         stack.append(lambda: shutil.rmtree(folder, ignore_errors=True))
     hs1, hs2 = linkedHomeServers(["hs1", "hs2"], folder, template=args.template, keep=args.keep)
-    instrument(args, hs1, "two-homes-hs1")
-    instrument(args, hs2, "two-homes-hs2")
+    instrument(args, hs1, "two-homes", "hs1")
+    instrument(args, hs2, "two-homes", "hs2")
     stack.append(hs1.stop)
     stack.append(hs2.stop)
     info(f"(b) hs1 and hs2 in {hs1.folder} and {hs2.folder}, data and certificates in {folder}")
@@ -534,7 +604,7 @@ def routerProxy(args: argparse.Namespace, stack: list[Callable[[], object]]) -> 
     )
     gateways = {"router": router, "hs1": hs1, "hs2": hs2}
     for name, gw in gateways.items():
-        instrument(args, gw, f"router-proxy-{name}")
+        instrument(args, gw, "router-proxy", name)
         stack.append(gw.stop)
     info(f"(c) router, hs1 and hs2 in {router.folder}, {hs1.folder} and {hs2.folder}, data and certificates in {folder}")
     info(hs1.createUsers("alice", 0, args.pairs, PASSWORD))
@@ -833,7 +903,7 @@ def parseArgs(argv: Sequence[str] | None) -> argparse.Namespace:
             p.error("--strace needs strace on the PATH")
         args.strace.mkdir(parents=True, exist_ok=True)
     if args.callgrind is not None:
-        missing = [c for c in ("valgrind", "callgrind_control") if shutil.which(c) is None]
+        missing = [c for c in ("valgrind", "vgdb") if shutil.which(c) is None]
         if missing:
             p.error(f"--callgrind needs {' and '.join(missing)} on the PATH (Debian: apt install valgrind)")
         if args.mode != ["closed"]:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_home,tests.test_native_server -*-
+# -*- test-case-name: tests.test_home,tests.test_native_server,tests.test_router,tests.test_link,tests.test_proxy -*-
 """
 The zope interfaces of imgateway: storage, the home server and its sessions,
 routing, and protocol adapters.

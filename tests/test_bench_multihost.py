@@ -171,7 +171,7 @@ class CountsTests(SynchronousTestCase):
         self.assertIsNone(multihost.userSystemS(2**22 + 1))
 
 
-#: The head of a callgrind dump, as C{callgrind_control --dump} has one
+#: The head of a callgrind dump, as its C{dump} monitor command (C{vgdb}) has one
 #: written.
 DUMP = """\
 # callgrind format
@@ -203,8 +203,20 @@ class CallgrindTests(SynchronousTestCase):
         C{totals:} line, which counts more than the part); a text without
         one has none.
         """
-        self.assertEqual(multihost.callgrindInstructions(DUMP), 8508761357)
-        self.assertIsNone(multihost.callgrindInstructions("events: Ir\n"))
+        self.assertEqual(multihost.callgrindInstructions(DUMP, 17903), 8508761357)
+        self.assertIsNone(multihost.callgrindInstructions(DUMP, 17904))
+        self.assertIsNone(multihost.callgrindInstructions("events: Ir\n", 17903))
+
+    def test_perDeliveryInWindow(self) -> None:
+        """
+        The instructions over the deliveries of the window, scaled to the
+        time between the middles of the zeroing and dumping commands;
+        none when that time or the deliveries are not positive.
+        """
+        self.assertEqual(multihost.perDeliveryInWindow(1_000_000, 100, 10.0, (0.0, 0.2), (10.0, 10.2)), 10_000)
+        self.assertEqual(multihost.perDeliveryInWindow(1_100_000, 100, 10.0, (0.0, 0.2), (11.0, 11.2)), 10_000)
+        self.assertIsNone(multihost.perDeliveryInWindow(1_000, 100, 10.0, (5.0, 5.2), (5.0, 5.2)))
+        self.assertIsNone(multihost.perDeliveryInWindow(1_000, 0, 10.0, (0.0, 0.2), (10.1, 10.3)))
 
     def test_lastDump(self) -> None:
         """
@@ -221,11 +233,18 @@ class CallgrindTests(SynchronousTestCase):
             (folder / name).write_text(DUMP)
         self.assertEqual(multihost.lastDump(path), path.parent / "two-homes-hs1.callgrind.10")
 
+    def test_serverTag(self) -> None:
+        """
+        A server's files are named after its topology and its name, as
+        L{multihost.Counters} finds them.
+        """
+        self.assertEqual(multihost.serverTag("router-proxy", "hs1"), "router-proxy-hs1")
+
     def test_instrument(self) -> None:
         """
         Under C{--callgrind}, a server runs under valgrind's callgrind,
-        writing to its own file, and is given time to start; without it,
-        it runs as it is.
+        writing to its own file (an earlier run's removed), and is given
+        time to start; without it, it runs as it is.
         """
         folder = Path(self.mktemp())
 
@@ -235,12 +254,17 @@ class CallgrindTests(SynchronousTestCase):
             startTimeout = 60.0
 
         plain = Gateway()
-        multihost.instrument(multihost.parseArgs(["--quick"]), plain, "single-gateway")  # type: ignore[arg-type]
+        multihost.instrument(multihost.parseArgs(["--quick"]), plain, "single", "gateway")  # type: ignore[arg-type]
         self.assertEqual((plain.runUnder, plain.twistdOptions, plain.startTimeout), ([], [], 60.0))
         args = multihost.parseArgs(["--quick"])
         args.callgrind = folder
+        folder.mkdir()
+        for old in ("two-homes-hs2.callgrind", "two-homes-hs2.callgrind.1", "two-homes-hs1.callgrind.1"):
+            (folder / old).write_text(DUMP)
         traced = Gateway()
-        multihost.instrument(args, traced, "two-homes-hs2")  # type: ignore[arg-type]
+        multihost.instrument(args, traced, "two-homes", "hs2")  # type: ignore[arg-type]
+        # An earlier run's dumps of this server are gone, not another's.
+        self.assertEqual(sorted(p.name for p in folder.iterdir()), ["two-homes-hs1.callgrind.1"])
         self.assertEqual(
             traced.runUnder,
             ["valgrind", "--tool=callgrind", "--quiet", f"--callgrind-out-file={folder.resolve() / 'two-homes-hs2.callgrind'}"],
@@ -256,7 +280,7 @@ class CallgrindTests(SynchronousTestCase):
         folder = Path(self.mktemp())
         self.assertRaises(SystemExit, multihost.parseArgs, ["--quick", "--callgrind", str(folder)])
         self.assertRaises(SystemExit, multihost.parseArgs, ["--quick", "--callgrind", str(folder), "--mode", "closed", "--mode", "fixed"])
-        if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        if shutil.which("valgrind") is None or shutil.which("vgdb") is None:
             self.assertRaises(SystemExit, multihost.parseArgs, ["--quick", "--callgrind", str(folder), "--mode", "closed"])
             return
         args = multihost.parseArgs(["--quick", "--callgrind", str(folder), "--mode", "closed"])

@@ -1950,8 +1950,8 @@ class SessionMessageEncodingTests(SynchronousTestCase):
         """
         A message written after its start (L{proxy.sessionMessageHead},
         L{proxy.encodeSessionMessageAfter}) is what
-        L{proxy.encodeSessionMessage} writes, over the fuzzed arguments of
-        L{test_sameAsGeneral}; where either says C{None}, the whole message
+        L{proxy.encodeSessionMessage} writes, over fuzzed arguments
+        (L{fuzzedArguments}); where either says C{None}, the whole message
         is one L{proxy.encodeSessionMessage} would not write directly, or a
         value UTF-8 cannot encode.
         """

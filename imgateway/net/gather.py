@@ -24,7 +24,15 @@ later one too until it writes them.
 
 The reactor runs one read at a time, so one gather serves the process
 (L{GATHER}); a read handled within another's (a test pumping two
-connections) writes with the outer one's.
+connections) gathers the other connections' writes with the outer one's
+(a link connection's own read writes its own frames when it ends, after
+those it kept).
+
+Each participant tests the gather in place, in every method that writes a
+frame (a call there would cost every frame one more): the native face's
+C{_send} and C{presenceReceived}, and a link connection's
+C{send}, C{sendNumbered} and C{_write}. A change to what L{WriteGather}
+holds (C{active}, C{epoch}, C{held}) is a change to each of them.
 """
 
 from __future__ import annotations

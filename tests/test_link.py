@@ -990,9 +990,11 @@ class OriginationTests(RawTestCase):
     A link is pinned to the identity it authenticated as.
     """
 
-    def send(self, peer: str, sender: Address, domain: str = "corp.example") -> int:
+    def send(self, peer: str, sender: Address, domain: str = "corp.example", event: Event | None = None) -> int:
         connection, flush = self.raw(peer) if domain == "corp.example" else self.rawDomain(domain)
-        d = connection.request(encodeRequest(Message(sender, ALICE, "hi"), [], 8, f"r-{peer}-{sender}"))
+        if event is None:
+            event = Message(sender, ALICE, "hi")
+        d = connection.request(encodeRequest(event, [], 8, f"r-{peer}-{sender}-{type(event).__name__}"))
         flush()
         return self.successResultOf(d).code
 
@@ -1022,12 +1024,20 @@ class OriginationTests(RawTestCase):
 
     def test_router(self) -> None:
         """
-        A router of this domain may send events from users of other domains
-        only.
+        A router of this domain may send events from users of other
+        domains, and messages (its proxied sessions') from users of this
+        domain, wherever they are homed; no other event from them.
         """
         self.assertEqual(self.send("router", ROMEO), 200)
-        self.assertEqual(self.send("router", CAROL), 403)
-        self.assertTrue(self.messages("server router is no home server"))
+        self.assertEqual(self.send("router", CAROL), 200)
+        self.assertEqual(self.send("router", ALICE), 200)
+        self.assertEqual([(e.sender, e.recipient) for e in self.server.router.events], [(ROMEO, ALICE), (CAROL, ALICE), (ALICE, ALICE)])
+        presence = PresenceUpdate(CAROL, ALICE, Presence(PresenceState.AWAY))
+        subscription = SubscriptionEvent(SubscriptionKind.SUBSCRIBE, CAROL, ALICE)
+        for event in (presence, subscription, PresenceProbe(CAROL, ALICE)):
+            self.assertEqual(self.send("router", CAROL, event=event), 403, event)
+        self.assertEqual(len(self.server.router.events), 3)
+        self.assertTrue(self.messages("server router is no home server and sent an event other than a message from corp.example"))
 
     def test_peerDomain(self) -> None:
         """
@@ -1074,7 +1084,9 @@ class RememberedOriginationTests(SynchronousTestCase):
         once, and asks the rule for every other: over peers (a home
         server, a router, one with both roles, a peer domain's router) and
         senders (homed on the peer, elsewhere, unknown to the locator, of
-        another domain), each event's answer is the rule's (C{403} for a
+        another domain), each event's answer is the rule's; only the
+        messages of a home server's own users are accepted in place (a
+        router's, from any user of the domain, are asked of the rule) (C{403} for a
         refusal, delivered for an acceptance, the directory asked when
         the home is not remembered).
         """
@@ -1123,7 +1135,8 @@ class RememberedOriginationTests(SynchronousTestCase):
                     assert isinstance(answer, Response)
                     case = (remembered, peer, sender)
                     self.assertEqual(answer.code, 200 if expected is None else 403, case)
-                    inPlace = remembered and expected is None and peer.name is not None and sender.domain == "corp.example" and "home" in peer.roles
+                    # (CAROL, homed on hs2: the peer's own user.)
+                    inPlace = remembered and expected is None and peer.name is not None and sender == CAROL and "home" in peer.roles
                     self.assertEqual(len(ruled), 0 if inPlace else 1, case)
         self.flushLoggedErrors()
 

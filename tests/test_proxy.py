@@ -30,6 +30,7 @@ from imgateway.core.errors import (
     PersistenceFailed,
     ServerError,
     ServiceUnavailable,
+    TooLarge,
     TooManySessions,
     UserBusy,
     UserOffline,
@@ -54,7 +55,7 @@ from imgateway.router.locator import DirectoryHomeLocator
 from imgateway.router.proxy import LINK_LOST, ProxyHomeServer, RemoteSession, SessionHost, installProxy
 from imgateway.adapters.native.server import NativeConfig, NativeServerFactory
 from imgateway.testing import MemoryDirectory, RecordingSessionClient, addUser, memoryGateway
-from imgateway.status.nometrics import NO_METRICS
+from imgateway.status.nometrics import NO_METRICS, NoMetrics
 
 from tests.test_link import ALICE, CAROL, FakeLocator, FakeRouter, LinkTestCase, Server, configFor, hello
 
@@ -265,6 +266,29 @@ class ProxyTestCase(LinkTestCase):
     def settle(self, d: Deferred[Any]) -> Any:
         self.network.flush()
         return d
+
+    def sent(self) -> list[Request]:
+        """
+        Record the requests the router's link sends from now on.
+        """
+        requests: list[Request] = []
+        send = self.link.request
+        sendEncoded = self.link.requestEncoded
+
+        def recording(request: Request) -> Deferred[Any]:
+            requests.append(request)
+            return send(request)
+
+        def recordingEncoded(encoded: bytes, decode: Callable[[Response], Any] | None = None, waiter: Any = None) -> Any:
+            # What was written, parsed back (a Seq added for the parser).
+            [frame] = FrameParser(LINK_LIMITS).feed(withSeq(encoded, 1))
+            assert isinstance(frame, Request)
+            requests.append(attrs.evolve(frame, headers=frame.headers.without("Seq")))
+            return sendEncoded(encoded, decode, waiter)
+
+        self.link.request = recording  # type: ignore[method-assign]
+        self.link.requestEncoded = recordingEncoded  # type: ignore[method-assign]
+        return requests
 
 
 class OpenTests(ProxyTestCase):
@@ -557,29 +581,6 @@ class SessionMethodTests(ProxyTestCase):
         d = self.settle(session.sendMessage(CAROL, "again"))
         self.successResultOf(d)
         self.assertEqual(home.calls[-1], ("sendMessage", (CAROL, "again", "text/plain", None)))
-
-    def sent(self) -> list[Request]:
-        """
-        Record the requests the router's link sends from now on.
-        """
-        requests: list[Request] = []
-        send = self.link.request
-        sendEncoded = self.link.requestEncoded
-
-        def recording(request: Request) -> Deferred[Any]:
-            requests.append(request)
-            return send(request)
-
-        def recordingEncoded(encoded: bytes, decode: Callable[[Response], Any] | None = None, waiter: Any = None) -> Any:
-            # What was written, parsed back (a Seq added for the parser).
-            [frame] = FrameParser(LINK_LIMITS).feed(withSeq(encoded, 1))
-            assert isinstance(frame, Request)
-            requests.append(attrs.evolve(frame, headers=frame.headers.without("Seq")))
-            return sendEncoded(encoded, decode, waiter)
-
-        self.link.request = recording  # type: ignore[method-assign]
-        self.link.requestEncoded = recordingEncoded  # type: ignore[method-assign]
-        return requests
 
     def test_sendMessageCompact(self) -> None:
         """
@@ -1070,6 +1071,166 @@ class SessionMethodTests(ProxyTestCase):
         d = self.link.request(Request("SESSION", "contacts", Headers((("Session", "hs1-9"),))))
         self.network.flush()
         self.assertEqual(self.successResultOf(d).code, 503)
+
+
+class _CountingMetrics(NoMetrics):
+    """
+    Records the message outcomes and the limits counted.
+    """
+
+    def __init__(self) -> None:
+        self.outcomes: list[object] = []
+        self.limits: list[str] = []
+
+    def messageOutcome(self, result: object) -> object:
+        self.outcomes.append(result)
+        return result
+
+    def limitHit(self, limit: str) -> None:
+        self.limits.append(limit)
+
+
+class WaiterRouter(FakeRouter):
+    """
+    A router that takes a waiter (C{deliverThen}, as L{Router.deliverThen
+    <imgateway.router.router.Router.deliverThen>} for a message it hands a
+    link): it keeps each message and its waiter, told later by the test.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[Message] = []
+        self.waiters: list[Any] = []
+
+    def deliverThen(self, event: Message, waiter: Any) -> None:
+        self.events.append(event)
+        self.messages.append(event)
+        self.waiters.append(waiter)
+
+
+class RoutedMessageTests(ProxyTestCase):
+    """
+    With this process's router (L{ProxyHomeServer.sendThrough}), a proxied
+    session's message to another user of the domain goes to the router,
+    not to the home server (C{docs/protocol.md} section 9.7): checked as a
+    home session checks it, and counted in this process's metrics.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.router = WaiterRouter()
+        self.metrics = self.proxy.metrics = _CountingMetrics()
+        self.proxy.sendThrough(self.router, self.clock)
+        self.clock.advance(1234.5)
+
+    def test_toRouter(self) -> None:
+        """
+        L{RemoteSession.sendMessageThen} hands the router a message from the
+        session's user, with its text, content type and id and the clock's
+        time, and no hop yet; the waiter's outcome is given to the answer
+        with the token and id, and counted. Nothing crosses the session's
+        link.
+        """
+        session, home, client = self.open()
+        requests = self.sent()
+        answers: list[tuple[object, object, object]] = []
+        outcome = session.sendMessageThen(lambda *a: answers.append(a), "token", CAROL, "hi ☃", "text/plain", "m-1")
+        self.network.flush()
+        self.assertIsNone(outcome)
+        [message] = self.router.messages
+        self.assertEqual(
+            (message.sender, message.recipient, message.body, message.contentType, message.messageId, message.timestamp, message.hops),
+            (ALICE, CAROL, "hi ☃", "text/plain", "m-1", 1234.5, 0),
+        )
+        self.assertEqual(answers, [])
+        self.router.waiters[0].callback(DeliveryStatus.DELIVERED)
+        self.assertEqual(answers, [(DeliveryStatus.DELIVERED, "token", "m-1")])
+        self.assertEqual(self.metrics.outcomes, [DeliveryStatus.DELIVERED])
+        self.assertEqual(requests, [])
+        self.assertEqual(home.calls, [])
+
+    def test_failureToAnswer(self) -> None:
+        """
+        A failure the router tells (hs2's 486, with its alternate) is given
+        to the answer and counted; a message without an id is given a new
+        one, told with the answer.
+        """
+        session, home, client = self.open()
+        answers: list[tuple[Any, ...]] = []
+        session.sendMessageThen(lambda *a: answers.append(a), None, CAROL, "hi")
+        [message] = self.router.messages
+        self.router.waiters[0].errback(UserBusy("on the phone", "tel:+15550100"))
+        [(outcome, token, messageId)] = answers
+        self.assertIsInstance(outcome, Failure)
+        self.assertEqual(outcome.value.alternate, "tel:+15550100")
+        self.assertEqual(messageId, message.messageId)
+        self.assertTrue(messageId)
+        self.assertEqual([type(o) for o in self.metrics.outcomes], [Failure])
+
+    def test_sendMessage(self) -> None:
+        """
+        L{RemoteSession.sendMessage} goes the same way, its outcome a
+        L{Deferred}; a router without C{deliverThen} is given the message
+        through C{deliver}.
+        """
+        session, home, client = self.open()
+        d = session.sendMessage(CAROL, "hi", "text/html", "m-2")
+        self.assertNoResult(d)
+        self.router.waiters[0].callback(DeliveryStatus.DELIVERED)
+        self.assertIs(self.successResultOf(d), DeliveryStatus.DELIVERED)
+        plain = FakeRouter()
+        self.proxy.sendThrough(plain, self.clock)
+        self.assertIs(self.successResultOf(session.sendMessage(CAROL, "again")), DeliveryStatus.DELIVERED)
+        self.assertEqual([(e.recipient, e.body) for e in plain.events if isinstance(e, Message)], [(CAROL, "again")])
+        self.assertEqual(home.calls, [])
+
+    def test_refusedAtOnce(self) -> None:
+        """
+        Text longer than this process's C{[home] max_message_chars} is
+        refused at once (counted, with the limit), as is an invalid id and
+        a message of a session that has ended; none reaches the router.
+        """
+        session, home, client = self.open()
+        limit = self.routerConfig.home.maxMessageChars
+        with self.assertRaises(TooLarge):
+            session.sendMessageThen(lambda *a: None, None, CAROL, "x" * (limit + 1))
+        self.assertEqual(self.metrics.limits, ["max_message_chars"])
+        with self.assertRaises(InvalidAddress):
+            session.sendMessageThen(lambda *a: None, None, CAROL, "hi", "text/plain", "bad id\x00")
+        self.failureResultOf(session.sendMessage(CAROL, "x" * (limit + 1)), TooLarge)
+        session.ended("gone")
+        with self.assertRaises(ServiceUnavailable):
+            session.sendMessageThen(lambda *a: None, None, CAROL, "hi")
+        self.assertEqual(self.router.events, [])
+        self.assertEqual(len(self.metrics.outcomes), 4)
+
+    def test_othersThroughHome(self) -> None:
+        """
+        A message to the user's own other sessions, or to another domain,
+        still goes to the home server as a C{SESSION message}.
+        """
+        session, home, client = self.open()
+        stranger = Address.fromString("romeo@xmpp.example")
+        self.successResultOf(self.settle(session.sendMessage(ALICE, "to my phone")))
+        self.successResultOf(self.settle(session.sendMessage(stranger, "hi romeo")))
+        self.assertEqual([c[1][:2] for c in home.calls], [(ALICE, "to my phone"), (stranger, "hi romeo")])
+        self.assertEqual(self.router.events, [])
+
+    def test_sessionEndsMeanwhile(self) -> None:
+        """
+        A message handed to the router is answered when the router tells
+        its outcome, even if the session's link is lost first: it does not
+        depend on that link.
+        """
+        session, home, client = self.open()
+        answers: list[tuple[object, object, object]] = []
+        session.sendMessageThen(lambda *a: answers.append(a), "t", CAROL, "hi", "text/plain", "m-3")
+        self.link.connection.transport.loseConnection()  # type: ignore[union-attr]
+        self.network.flush()
+        self.assertTrue(session.closed)
+        self.assertEqual(answers, [])
+        self.router.waiters[0].callback(DeliveryStatus.DELIVERED)
+        self.assertEqual(answers, [(DeliveryStatus.DELIVERED, "t", "m-3")])
 
 
 class CallbackTests(ProxyTestCase):
@@ -1783,7 +1944,7 @@ class InstallTests(SynchronousTestCase):
         return attrs.make_class("Links", ["receiver", "routes"])(receiver, None)
 
     def gateway(self, config: GatewayConfig) -> Any:
-        return attrs.make_class("G", ["config", "homeServer", "clock", "metrics"])(config, RecordingHome(), Clock(), NO_METRICS)
+        return attrs.make_class("G", ["config", "homeServer", "clock", "metrics", "router"])(config, RecordingHome(), Clock(), NO_METRICS, FakeRouter())
 
     def test_router(self) -> None:
         """

@@ -124,7 +124,7 @@ from imgateway.interfaces import (
 )
 from imgateway.status.nometrics import NO_METRICS
 
-__all__ = ["MAX_LABEL_CHARS", "HomeServer", "HomeServerService", "Session", "answerNoAccount"]
+__all__ = ["MAX_LABEL_CHARS", "HomeServer", "HomeServerService", "Session", "answerNoAccount", "sendRouted", "sessionMessage"]
 
 #: The longest session label, in characters (an XMPP resource may be longer
 #: on the wire; longer labels are cut).
@@ -570,22 +570,7 @@ class Session:
                 refused = self._refused()
                 assert refused is not None
                 raise refused
-            limit = server.config.maxMessageChars
-            if len(body) > limit:
-                server.metrics.limitHit("max_message_chars")
-                raise TooLarge(f"message longer than {limit} characters")
-            if messageId:
-                try:
-                    checkMessageId(messageId)
-                except ValueError as e:
-                    raise InvalidAddress(str(e)) from None
-            else:
-                messageId = newMessageId()
-            # What Message(...) checks is checked (the id): made without its
-            # constructor's generic checks, as a link's messages are.
-            message = preCheckedMessage(
-                self.address, recipient, body, contentType, messageId, server.clock.seconds(), 0, newRoutingId(), None
-            )
+            message = sessionMessage(self.address, recipient, body, contentType, messageId, server.config, server.metrics, server.clock)
             outcome: DeliveryStatus | Deferred[DeliveryStatus] | None
             if recipient == self.address:
                 # To one's other sessions.
@@ -595,26 +580,8 @@ class Session:
                 # home servers has no _remember.)
                 outcome = self._direct(server, message) if recipient.domain == server.domain and server._remember is not None else None
                 if outcome is None:
-                    # (IAtOnceRouter, looked up by name: no interface test
-                    # per message.)
-                    then = getattr(server.router, "deliverThen", None)
-                    if then is None:
-                        outcome = self._routed(server, message)
-                    else:
-                        # A router that takes a waiter (Router.deliverThen):
-                        # a message it hands a link at once is counted and
-                        # answered through it (by the call, or one Deferred
-                        # without it).
-                        sent = _SentOutcome(server.metrics)
-                        outcome = then(message, sent)
-                        if outcome is None:
-                            if answer is not None and not sent.called:
-                                # answerWith, without its call.
-                                sent._answer = answer
-                                sent._token = token
-                                sent._messageId = messageId
-                                return None
-                            return sent.deferred()
+                    # Counted there.
+                    return sendRouted(server.router, server.metrics, message, answer, token)
         except BaseException:
             server.metrics.messageOutcome(Failure())
             raise
@@ -654,16 +621,6 @@ class Session:
         # A session that answers later (in another process): the router
         # remembers the message, as if it had routed it.
         return remember(message, outcome)  # type: ignore[arg-type]
-
-    def _routed(self, server: HomeServer, message: Message) -> DeliveryStatus | Deferred[DeliveryStatus]:
-        """
-        Hand a message to the router (at once where it can: an
-        L{IAtOnceRouter<imgateway.interfaces.IAtOnceRouter>}'s
-        C{deliverAtOnce}, looked up by name).
-        """
-        router = server.router
-        atOnce: Callable[[Event], DeliveryStatus | Deferred[DeliveryStatus]] | None = getattr(router, "deliverAtOnce", None)
-        return router.deliver(message) if atOnce is None else atOnce(message)
 
     def subscribe(self, target: Address, displayName: str = "") -> Deferred[AuthorisationState]:
         refused = self._refused()
@@ -2529,6 +2486,92 @@ class HomeServer:
         self._push(user.sessions, "contact", lambda c: c.contactUpdated(view))
 
 
+
+
+def sessionMessage(
+    sender: Address,
+    recipient: Address,
+    body: str,
+    contentType: str,
+    messageId: str | None,
+    config: HomeConfig,
+    metrics: IMetrics,
+    clock: IReactorTime,
+) -> Message:
+    """
+    The message a session of C{sender} sends, checked as every session's
+    message is, wherever the session is served (L{Session.sendMessageThen},
+    and a router's proxied sessions,
+    L{RemoteSession.sendMessageThen<imgateway.router.proxy.RemoteSession.sendMessageThen>}):
+    its text no longer than C{[home] max_message_chars} (a refusal counted
+    in C{metrics}), its id a valid one, or a new one when none is given.
+
+    @raise TooLarge: If the text is too long.
+    @raise InvalidAddress: If the id is not a valid one.
+    """
+    limit = config.maxMessageChars
+    if len(body) > limit:
+        metrics.limitHit("max_message_chars")
+        raise TooLarge(f"message longer than {limit} characters")
+    if messageId:
+        try:
+            checkMessageId(messageId)
+        except ValueError as e:
+            raise InvalidAddress(str(e)) from None
+    else:
+        messageId = newMessageId()
+    # What Message(...) checks is checked (the id): made without its
+    # constructor's generic checks, as a link's messages are.
+    return preCheckedMessage(sender, recipient, body, contentType, messageId, clock.seconds(), 0, newRoutingId(), None)
+
+
+def sendRouted(
+    router: IRouter,
+    metrics: IMetrics,
+    message: Message,
+    answer: Callable[[DeliveryStatus | Failure, T, str | None], object] | None,
+    token: T,
+) -> DeliveryStatus | Deferred[DeliveryStatus] | None:
+    """
+    Hand a session's message (L{sessionMessage}) to C{router}, its outcome
+    counted in C{metrics}: at once where the router can (an
+    L{IAtOnceRouter<imgateway.interfaces.IAtOnceRouter>}'s C{deliverThen},
+    else its C{deliverAtOnce}, looked up by name: no interface test per
+    message). One that the router hands a link at once has its outcome told
+    by the link through the router's waiter (L{_SentOutcome}, which counts
+    it), which calls C{answer}, or without C{answer} fires a L{Deferred}
+    with no callback on it: no chain of callbacks.
+
+    @param answer: As L{Session.sendMessageThen} takes it.
+    @return: L{DeliveryStatus.DELIVERED}, or a L{Deferred} of the
+        outcome, or C{None} when C{answer} will be called.
+    @raise DeliveryError: If the message is refused at once; not counted
+        (the caller counts it with its own refusals).
+    """
+    then = getattr(router, "deliverThen", None)
+    outcome: DeliveryStatus | Deferred[DeliveryStatus] | None
+    if then is None:
+        atOnce: Callable[[Event], DeliveryStatus | Deferred[DeliveryStatus]] | None = getattr(router, "deliverAtOnce", None)
+        outcome = router.deliver(message) if atOnce is None else atOnce(message)
+    else:
+        # A router that takes a waiter (Router.deliverThen): a message it
+        # hands a link at once is counted and answered through it (by the
+        # call, or one Deferred without it).
+        sent = _SentOutcome(metrics)
+        outcome = then(message, sent)
+        if outcome is None:
+            if answer is not None and not sent.called:
+                # answerWith, without its call.
+                sent._answer = answer
+                sent._token = token
+                sent._messageId = message.messageId
+                return None
+            return sent.deferred()
+    if type(outcome) is DeliveryStatus:
+        # Delivered at once: counted without a callback.
+        metrics.messageOutcome(outcome)
+        return outcome
+    return outcome.addBoth(metrics.messageOutcome)  # type: ignore[union-attr]
 
 
 class _SentOutcome:

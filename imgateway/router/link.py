@@ -1747,7 +1747,7 @@ class LinkReceiver:
             sender = event.sender
             name = peer.name
             directory = self._directory
-            if name is not None and directory is not None and sender.domain == self._config.domain and "home" in peer.roles:
+            if name is not None and directory is not None and sender.domain == self._config.domain:
                 atHome = self._deliverAtHome
                 if atHome is not None:
                     # The recipient's home with the sender's: one call, and
@@ -1757,8 +1757,9 @@ class LinkReceiver:
                     known = directory.cachedHomeOf(sender)
                 # What _originationRefused answers, without its call, for
                 # the usual event: from a user of this domain whom the
-                # directory (as remembered) homes on the peer, a home server.
-                check = None if known == name else self._originationRefused(peer, event)
+                # directory (as remembered) homes on the peer, a home server
+                # (asked there for any other peer of the domain, a router).
+                check = None if known == name and "home" in peer.roles else self._originationRefused(peer, event)
             else:
                 check = self._originationRefused(peer, event)
         except Exception:
@@ -2036,8 +2037,10 @@ class LinkReceiver:
         """
         @return: Why C{peer} may not send C{event}, or C{None}: a home
             server only events from users the directory homes on it, a
-            router only from users of other domains, a peer domain's router
-            only from users of its domain. A L{Deferred} of that when the
+            router only events from users of other domains and messages
+            from users of this domain (its proxied sessions' messages,
+            C{docs/protocol.md} section 9.7), a peer domain's router only
+            events from users of its domain. A L{Deferred} of that when the
             directory is asked (a home server's event from its domain).
         """
         sender: Address = event.sender
@@ -2049,6 +2052,10 @@ class LinkReceiver:
             if "router" in peer.roles:
                 return None
             return f"server {peer.name} is no router and sent an event from {sender.domain}"
+        if type(event) is Message and "router" in peer.roles:
+            # A router authenticates the domain's users and proxies their
+            # sessions: it is trusted with their messages.
+            return None
         if "home" in peer.roles:
             name = peer.name
             locator = self._locator
@@ -2064,7 +2071,7 @@ class LinkReceiver:
                 return f"{sender} is not homed on {name}"
 
             return self._locator.homeOf(sender).addCallback(homed)
-        return f"server {peer.name} is no home server and sent an event from {sender.domain}"
+        return f"server {peer.name} is no home server and sent an event other than a message from {sender.domain}"
 
 
 class _Refused(Protocol):

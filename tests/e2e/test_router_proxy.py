@@ -10,17 +10,18 @@ user logged in directly at hs1; killing hs1 ends the proxied session.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
 from twisted.trial.unittest import TestCase
 
 from imgateway.core.address import Address
-from imgateway.core.errors import ServiceUnavailable, UserOffline
+from imgateway.core.errors import ServiceUnavailable, TooLarge, UserBusy, UserOffline
 from imgateway.core.presence import PresenceState
 from imgateway.client.protocol import goodbye
 from tests.e2e.harness import DOMAIN, connectClient, failureOf, reactor
-from tests.e2e.multihost import OUTSIDE, RouterAndHome
+from tests.e2e.multihost import OUTSIDE, RouterAndHome, RouterAndTwoHomes
 from tests.e2e.xmppclient import XMPPAgent
 
 PASSWORDS = {"alice": "alice-pw-1", "carol": "carol-pw-1"}
@@ -120,6 +121,63 @@ class NativeProxyTests(TestCase):
         e = await failureOf(connectClient(self, pair.outside, "alice", PASSWORDS["alice"]), ServiceUnavailable)
         self.assertEqual(e.text, "Your home server is unavailable")
         self.assertIn("1 proxied sessions on its link already ([links] max_sessions)", pair.router.log())
+
+
+class ProxiedAcrossHomesTests(TestCase):
+    """
+    A native client proxied by the router to hs1 writes to a user of hs2:
+    the router sends its messages over its own link to hs2, not through
+    hs1 (C{docs/protocol.md} section 9.7).
+    """
+
+    async def test_notThroughHome(self) -> None:
+        """
+        alice (hs1) logs in at the router from 127.0.0.2 and is proxied to
+        hs1; carol logs in at hs2. alice's message reaches carol, and so
+        does one sent while hs1 is stopped (C{SIGSTOP}): the message does
+        not pass through hs1. hs2's statuses come back to alice as they
+        would to a sender at hs1: C{486} with carol's alternate, C{480}
+        once carol is offline and for a user without an account (the same
+        answer), C{413} for a message longer than C{max_message_chars}
+        (checked at the router); carol's answer reaches alice through hs1.
+        """
+        domain = RouterAndTwoHomes(self, nativeTLS=True, routerLinks=True, more={"router": {"home": {"max_message_chars": 100}}})
+        domain.processes["hs1"].addUsers({"alice": PASSWORDS["alice"]})
+        domain.processes["hs2"].addUsers({"carol": PASSWORDS["carol"]})
+        await domain.start()
+        hs1, hs2 = domain.processes["hs1"], domain.processes["hs2"]
+        carolClient, carol = await connectClient(self, hs2.endpoint, "carol", PASSWORDS["carol"])
+        aliceClient, alice = await connectClient(self, domain.external(), "alice", PASSWORDS["alice"])
+        self.assertIn(f"Proxying alice@{DOMAIN} (native, from IPv4Address(type='TCP', host='{OUTSIDE}'", domain.router.log())
+        self.assertIn(f"of alice@{DOMAIN} opened for server router", hs1.log())
+
+        await aliceClient.sendMessage(CAROL, "hello carol, from outside")
+        await carol.waitForMessage(ALICE, "hello carol, from outside", timeout=10)
+        await carolClient.sendMessage(ALICE, "hello alice")
+        await alice.waitForMessage(CAROL, "hello alice", timeout=10)
+
+        assert hs1.process is not None
+        os.kill(hs1.process.pid, signal.SIGSTOP)
+        self.addCleanup(os.kill, hs1.process.pid, signal.SIGCONT)
+        await aliceClient.sendMessage(CAROL, "while hs1 sleeps").addTimeout(5, reactor())
+        await carol.waitForMessage(ALICE, "while hs1 sleeps", timeout=5)
+        os.kill(hs1.process.pid, signal.SIGCONT)
+
+        # (A rule's alternate is told only to those who may see carol's
+        # presence.)
+        await aliceClient.subscribe(CAROL)
+        await carol.waitForSubscription(ALICE, "subscribe", timeout=10)
+        await carolClient.authorise(ALICE, True)
+        await carolClient.setRule(PresenceState.ON_THE_PHONE, "tel:+15550100")
+        await carolClient.publish(PresenceState.ON_THE_PHONE)
+        await alice.waitForPresence(CAROL, PresenceState.ON_THE_PHONE, timeout=10)
+        busy = await failureOf(aliceClient.sendMessage(CAROL, "call me"), UserBusy)
+        self.assertEqual(busy.alternate, "tel:+15550100")
+        await failureOf(aliceClient.sendMessage(CAROL, "x" * 101), TooLarge)
+        await goodbye(carolClient, reactor())
+        offline = await failureOf(aliceClient.sendMessage(CAROL, "still there?"), UserOffline)
+        nobody = await failureOf(aliceClient.sendMessage(f"nobody@{DOMAIN}", "anyone?"), UserOffline)
+        self.assertEqual(str(nobody), str(offline).replace(str(CAROL), f"nobody@{DOMAIN}"))
 
 
 class XMPPProxyTests(TestCase):

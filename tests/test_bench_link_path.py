@@ -135,14 +135,14 @@ class LinkPathBenchTests(SynchronousTestCase):
             ("send", "link.py"),
             ("_write", "link.py"),
             ("withSeq", "framing.py"),
-            ("_tell", "server.py"),
-            ("answerWith", "server.py"),
+            ("_tell", "sending.py"),
+            ("answerWith", "sending.py"),
         ]:
             self.assertEqual(count(unused, where), 0, unused)
         self.assertEqual(count("sendNumbered", "link.py"), messages)
         self.assertEqual(count("callback", "link.py"), messages)
         self.assertEqual(count("callback", "router.py"), 0)
-        self.assertEqual(count("callback", "server.py"), messages)
+        self.assertEqual(count("callback", "sending.py"), messages)
 
     def test_routingAsksOnce(self) -> None:
         """

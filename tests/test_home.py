@@ -51,6 +51,7 @@ from imgateway.core.records import (
     Subscription,
 )
 from imgateway.core import events
+from imgateway.core import sending as sendingModule
 from imgateway.home import server as homeModule
 from imgateway.home.server import MAX_LABEL_CHARS, HomeServer, HomeServerService, Session, _forget, _States, _UserState
 from imgateway.interfaces import (
@@ -730,7 +731,7 @@ class MessageTests(HomeServerTestsMixin, SynchronousTestCase):
             made.append(message)
             return message
 
-        self.patch(homeModule, "preCheckedMessage", recording)
+        self.patch(sendingModule, "preCheckedMessage", recording)
         alice, _ = self.online(ALICE)
         _, bob = self.online(BOB)
         self.successResultOf(alice.sendMessage(BOB, "hello", "text/html", messageId="m1"))

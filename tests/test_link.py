@@ -1026,11 +1026,14 @@ class OriginationTests(RawTestCase):
         """
         A router of this domain may send events from users of other
         domains, and messages (its proxied sessions') from users of this
-        domain, wherever they are homed; no other event from them.
+        domain with an account, wherever they are homed; no other event
+        from them, and no message from a user the directory does not know.
         """
         self.assertEqual(self.send("router", ROMEO), 200)
         self.assertEqual(self.send("router", CAROL), 200)
         self.assertEqual(self.send("router", ALICE), 200)
+        self.assertEqual(self.send("router", Address.fromString("nobody@corp.example")), 403)
+        self.assertTrue(self.messages("nobody@corp.example has no account in the directory"))
         self.assertEqual([(e.sender, e.recipient) for e in self.server.router.events], [(ROMEO, ALICE), (CAROL, ALICE), (ALICE, ALICE)])
         presence = PresenceUpdate(CAROL, ALICE, Presence(PresenceState.AWAY))
         subscription = SubscriptionEvent(SubscriptionKind.SUBSCRIBE, CAROL, ALICE)
@@ -1082,62 +1085,91 @@ class RememberedOriginationTests(SynchronousTestCase):
         The receiver's hot path accepts in place (no call of
         C{_originationRefused}) exactly the events the rule accepts at
         once, and asks the rule for every other: over peers (a home
-        server, a router, one with both roles, a peer domain's router) and
-        senders (homed on the peer, elsewhere, unknown to the locator, of
-        another domain), each event's answer is the rule's; only the
-        messages of a home server's own users are accepted in place (a
-        router's, from any user of the domain, are asked of the rule) (C{403} for a
-        refusal, delivered for an acceptance, the directory asked when
-        the home is not remembered).
+        server, a router, one with both roles, a peer domain's router),
+        senders (homed on the peer, elsewhere, disabled, unknown to the
+        directory, of another domain) and events (a message, a presence,
+        a subscription event, a probe), each event's answer is the rule's
+        (C{403} for a refusal, delivered for an acceptance, the directory
+        asked when the home is not remembered). In place: the events of a
+        home server's own users, and a router's messages from users with
+        an account.
         """
         clock = Clock()
         bob = Address.fromString("bob@corp.example")
+        gone = Address.fromString("gone@corp.example")
+        nobody = Address.fromString("nobody@corp.example")
         stranger = Address.fromString("romeo@xmpp.example")
-        directory = MemoryDirectory([AccountRecord(CAROL, "hs2", "", True, ""), AccountRecord(bob, "hs3", "", True, ""), AccountRecord(ALICE, "hs1", "", True, "")])
+        directory = MemoryDirectory(
+            [
+                AccountRecord(CAROL, "hs2", "", True, ""),
+                AccountRecord(bob, "hs3", "", True, ""),
+                AccountRecord(ALICE, "hs1", "", True, ""),
+                AccountRecord(gone, "hs2", "", False, ""),
+            ]
+        )
         peers = [
             LinkPeer("corp.example", "hs2", frozenset({"home"})),
             LinkPeer("corp.example", "hs2", frozenset({"router"})),
             LinkPeer("corp.example", "hs2", frozenset({"home", "router"})),
             LinkPeer("xmpp.example", None, frozenset()),
         ]
+        events: list[Callable[[Address], Event]] = [
+            lambda sender: Message(sender, ALICE, "hi"),
+            lambda sender: PresenceUpdate(sender, ALICE, Presence(PresenceState.AWAY)),
+            lambda sender: SubscriptionEvent(SubscriptionKind.SUBSCRIBE, sender, ALICE),
+            lambda sender: PresenceProbe(sender, ALICE),
+        ]
         n = 0
         for remembered in (True, False):
             for peer in peers:
-                for sender in (CAROL, bob, stranger):
-                    receivers = []
-                    for _ in range(2):
-                        locator = DirectoryHomeLocator(directory, clock, 30.0)
-                        if remembered:
-                            for user in (CAROL, bob):
-                                self.successResultOf(locator.homeOf(user))
-                        receivers.append(LinkReceiver(configFor("hs1"), AtOnceRouter(), locator, clock, LinkTraces()))
-                    # The rule's answer, from a receiver of its own (asking
-                    # the directory fills its locator).
-                    expected = receivers[0]._originationRefused(peer, Message(sender, ALICE, "hi"))
-                    if isinstance(expected, Deferred):
-                        expected = self.successResultOf(expected)
-                    receiver = receivers[1]
-                    ruled: list[Event] = []
-                    rule = receiver._originationRefused
+                for sender in (CAROL, bob, gone, nobody, stranger):
+                    for make in events:
+                        receivers = []
+                        for _ in range(2):
+                            locator = DirectoryHomeLocator(directory, clock, 30.0)
+                            if remembered:
+                                for user in (CAROL, bob, gone, nobody):
+                                    self.successResultOf(locator.homeOf(user))
+                            receivers.append(LinkReceiver(configFor("hs1"), AtOnceRouter(), locator, clock, LinkTraces()))
+                        # The rule's answer, from a receiver of its own
+                        # (asking the directory fills its locator).
+                        event = make(sender)
+                        expected = receivers[0]._originationRefused(peer, event)
+                        if isinstance(expected, Deferred):
+                            expected = self.successResultOf(expected)
+                        receiver = receivers[1]
+                        ruled: list[Event] = []
+                        rule = receiver._originationRefused
 
-                    def counted(p: LinkPeer, e: Event, rule: Any = rule, ruled: list[Event] = ruled) -> object:
-                        ruled.append(e)
-                        return rule(p, e)
+                        def counted(p: LinkPeer, e: Event, rule: Any = rule, ruled: list[Event] = ruled) -> object:
+                            ruled.append(e)
+                            return rule(p, e)
 
-                    self.patch(receiver, "_originationRefused", counted)
-                    connection = LinkConnection(receiver.handlers, clock, 10.0)
-                    connection.markReady(peer)
-                    n += 1
-                    request = encodeRequest(Message(sender, ALICE, "hi"), [f"{peer.domain}/x"], 8, f"rid-{n}")
-                    answer = receiver.handlers["MESSAGE"](connection, request)
-                    if isinstance(answer, Deferred):
-                        answer = self.successResultOf(answer)
-                    assert isinstance(answer, Response)
-                    case = (remembered, peer, sender)
-                    self.assertEqual(answer.code, 200 if expected is None else 403, case)
-                    # (CAROL, homed on hs2: the peer's own user.)
-                    inPlace = remembered and expected is None and peer.name is not None and sender == CAROL and "home" in peer.roles
-                    self.assertEqual(len(ruled), 0 if inPlace else 1, case)
+                        self.patch(receiver, "_originationRefused", counted)
+                        connection = LinkConnection(receiver.handlers, clock, 10.0)
+                        connection.markReady(peer)
+                        n += 1
+                        request = encodeRequest(event, [f"{peer.domain}/x"], 8, f"rid-{n}")
+                        answer = receiver.handlers[request.method](connection, request)
+                        if isinstance(answer, Deferred):
+                            answer = self.successResultOf(answer)
+                        assert isinstance(answer, Response)
+                        case = (remembered, peer, sender, type(event).__name__)
+                        self.assertEqual(answer.code, 200 if expected is None else 403, case)
+                        # (CAROL, homed on hs2: the peer's own user; bob
+                        # homed elsewhere.)
+                        inPlace = (
+                            remembered
+                            and expected is None
+                            and peer.name is not None
+                            and (
+                                (sender == CAROL and "home" in peer.roles)
+                                or (sender in (CAROL, bob) and type(event) is Message and "router" in peer.roles)
+                            )
+                        )
+                        self.assertEqual(len(ruled), 0 if inPlace else 1, case)
+                        if type(event) is Message and "router" in peer.roles and sender in (gone, nobody):
+                            self.assertEqual(expected, f"{sender} has no account in the directory", case)
         self.flushLoggedErrors()
 
 

@@ -67,7 +67,6 @@ from imgateway.core.errors import (
     QuotaExceeded,
     ServerError,
     ServiceUnavailable,
-    TooLarge,
     TooManySessions,
     UserBusy,
     UserOffline,
@@ -80,10 +79,6 @@ from imgateway.core.events import (
     PresenceUpdate,
     SubscriptionEvent,
     SubscriptionKind,
-    checkMessageId,
-    newMessageId,
-    newRoutingId,
-    preCheckedMessage,
 )
 from imgateway.core.presence import OFFLINE, Presence, PresenceState, aggregate
 from imgateway.core.records import (
@@ -108,6 +103,7 @@ from imgateway.core.records import (
     checkRule,
 )
 from imgateway.core.throttle import REFUSAL_LOG_INTERVAL
+from imgateway.core.sending import sendRouted, sessionMessage
 from imgateway.home._interning import internAddress, internContact
 from imgateway.interfaces import (
     IAnsweringSession,
@@ -124,7 +120,7 @@ from imgateway.interfaces import (
 )
 from imgateway.status.nometrics import NO_METRICS
 
-__all__ = ["MAX_LABEL_CHARS", "HomeServer", "HomeServerService", "Session", "answerNoAccount", "sendRouted", "sessionMessage"]
+__all__ = ["MAX_LABEL_CHARS", "HomeServer", "HomeServerService", "Session", "answerNoAccount"]
 
 #: The longest session label, in characters (an XMPP resource may be longer
 #: on the wire; longer labels are cut).
@@ -550,7 +546,7 @@ class Session:
         the router hands a link at once (C{Router.deliverThen}: a recipient
         on another home server of the domain) has its outcome told by the
         link through the router's waiter to this session's
-        (L{_SentOutcome}, which counts it), which calls C{answer}, or
+        (L{SentOutcome<imgateway.core.sending.SentOutcome>}, which counts it), which calls C{answer}, or
         without C{answer} fires a L{Deferred} of this session's with no
         callback on it: no chain of callbacks.
 
@@ -2486,171 +2482,6 @@ class HomeServer:
         self._push(user.sessions, "contact", lambda c: c.contactUpdated(view))
 
 
-
-
-def sessionMessage(
-    sender: Address,
-    recipient: Address,
-    body: str,
-    contentType: str,
-    messageId: str | None,
-    config: HomeConfig,
-    metrics: IMetrics,
-    clock: IReactorTime,
-) -> Message:
-    """
-    The message a session of C{sender} sends, checked as every session's
-    message is, wherever the session is served (L{Session.sendMessageThen},
-    and a router's proxied sessions,
-    L{RemoteSession.sendMessageThen<imgateway.router.proxy.RemoteSession.sendMessageThen>}):
-    its text no longer than C{[home] max_message_chars} (a refusal counted
-    in C{metrics}), its id a valid one, or a new one when none is given.
-
-    @raise TooLarge: If the text is too long.
-    @raise InvalidAddress: If the id is not a valid one.
-    """
-    limit = config.maxMessageChars
-    if len(body) > limit:
-        metrics.limitHit("max_message_chars")
-        raise TooLarge(f"message longer than {limit} characters")
-    if messageId:
-        try:
-            checkMessageId(messageId)
-        except ValueError as e:
-            raise InvalidAddress(str(e)) from None
-    else:
-        messageId = newMessageId()
-    # What Message(...) checks is checked (the id): made without its
-    # constructor's generic checks, as a link's messages are.
-    return preCheckedMessage(sender, recipient, body, contentType, messageId, clock.seconds(), 0, newRoutingId(), None)
-
-
-def sendRouted(
-    router: IRouter,
-    metrics: IMetrics,
-    message: Message,
-    answer: Callable[[DeliveryStatus | Failure, T, str | None], object] | None,
-    token: T,
-) -> DeliveryStatus | Deferred[DeliveryStatus] | None:
-    """
-    Hand a session's message (L{sessionMessage}) to C{router}, its outcome
-    counted in C{metrics}: at once where the router can (an
-    L{IAtOnceRouter<imgateway.interfaces.IAtOnceRouter>}'s C{deliverThen},
-    else its C{deliverAtOnce}, looked up by name: no interface test per
-    message). One that the router hands a link at once has its outcome told
-    by the link through the router's waiter (L{_SentOutcome}, which counts
-    it), which calls C{answer}, or without C{answer} fires a L{Deferred}
-    with no callback on it: no chain of callbacks.
-
-    @param answer: As L{Session.sendMessageThen} takes it.
-    @return: L{DeliveryStatus.DELIVERED}, or a L{Deferred} of the
-        outcome, or C{None} when C{answer} will be called.
-    @raise DeliveryError: If the message is refused at once; not counted
-        (the caller counts it with its own refusals).
-    """
-    then = getattr(router, "deliverThen", None)
-    outcome: DeliveryStatus | Deferred[DeliveryStatus] | None
-    if then is None:
-        atOnce: Callable[[Event], DeliveryStatus | Deferred[DeliveryStatus]] | None = getattr(router, "deliverAtOnce", None)
-        outcome = router.deliver(message) if atOnce is None else atOnce(message)
-    else:
-        # A router that takes a waiter (Router.deliverThen): a message it
-        # hands a link at once is counted and answered through it (by the
-        # call, or one Deferred without it).
-        sent = _SentOutcome(metrics)
-        outcome = then(message, sent)
-        if outcome is None:
-            if answer is not None and not sent.called:
-                # answerWith, without its call.
-                sent._answer = answer
-                sent._token = token
-                sent._messageId = message.messageId
-                return None
-            return sent.deferred()
-    if type(outcome) is DeliveryStatus:
-        # Delivered at once: counted without a callback.
-        metrics.messageOutcome(outcome)
-        return outcome
-    return outcome.addBoth(metrics.messageOutcome)  # type: ignore[union-attr]
-
-
-class _SentOutcome:
-    """
-    What a router tells the outcome of a session's message that it hands
-    a link at once (C{Router.deliverThen}, L{Session.sendMessageThen}):
-    counted in the metrics as the session's callback on a L{Deferred}
-    counts it, then given to the session's caller: through its call
-    (L{answerWith}), or to the one L{Deferred} the session returns (made
-    when asked for; made fired when the outcome came first). An
-    L{OutcomeWaiter<imgateway.router.link.OutcomeWaiter>}.
-    """
-
-    __slots__ = ("called", "_metrics", "_deferred", "_answer", "_token", "_messageId")
-
-    _token: Any
-    _messageId: str | None
-
-    def __init__(self, metrics: IMetrics) -> None:
-        self.called = False
-        self._metrics = metrics
-        self._deferred: Deferred[DeliveryStatus] | None = None
-        self._answer: Callable[[DeliveryStatus | Failure, Any, str | None], object] | None = None
-
-    def answerWith(self, answer: Callable[[DeliveryStatus | Failure, T, str | None], object], token: T, messageId: str | None) -> None:
-        """
-        Tell the outcome, when it comes, by calling C{answer} with it,
-        C{token} and C{messageId}.
-        """
-        self._answer = answer
-        self._token = token
-        self._messageId = messageId
-
-    def callback(self, result: Any) -> None:
-        self.called = True
-        self._metrics.messageOutcome(result)
-        answer = self._answer
-        if answer is not None:
-            # _tell, without its call (the usual answer: delivered).
-            try:
-                answer(result, self._token, self._messageId)
-            except Exception:
-                HomeServer.log.failure("Answering a message sent over a link")
-            return
-        d = self._deferred
-        if d is None:
-            self._deferred = succeed(result)
-        else:
-            d.callback(result)
-
-    def errback(self, failed: BaseException | Failure) -> None:
-        self.called = True
-        f = failed if isinstance(failed, Failure) else Failure(failed)
-        self._metrics.messageOutcome(f)
-        if self._answer is not None:
-            self._tell(f)
-            return
-        d = self._deferred
-        if d is None:
-            self._deferred = fail(f)
-        else:
-            d.errback(f)
-
-    def _tell(self, result: DeliveryStatus | Failure) -> None:
-        try:
-            self._answer(result, self._token, self._messageId)  # type: ignore[misc]
-        except Exception:
-            # Logged as a Deferred's callback's failure would be, not
-            # raised into the link's reading.
-            HomeServer.log.failure("Answering a message sent over a link")
-
-    def deferred(self) -> Deferred[DeliveryStatus]:
-        """
-        @return: The L{Deferred} of the outcome, the same every time.
-        """
-        d = self._deferred
-        if d is None:
-            d = self._deferred = Deferred()
-        return d
 
 
 def answerNoAccount(event: Event) -> Deferred[DeliveryStatus]:

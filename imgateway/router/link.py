@@ -1756,10 +1756,16 @@ class LinkReceiver:
                 else:
                     known = directory.cachedHomeOf(sender)
                 # What _originationRefused answers, without its call, for
-                # the usual event: from a user of this domain whom the
-                # directory (as remembered) homes on the peer, a home server
-                # (asked there for any other peer of the domain, a router).
-                check = None if known == name and "home" in peer.roles else self._originationRefused(peer, event)
+                # the usual events: from a user of this domain whom the
+                # directory (as remembered) homes on the peer, a home
+                # server; a message from one it homes anywhere, from a
+                # router.
+                if known == name and "home" in peer.roles:
+                    check = None
+                elif known is not UNKNOWN and known is not None and type(event) is Message and "router" in peer.roles:
+                    check = None
+                else:
+                    check = self._originationRefused(peer, event)
             else:
                 check = self._originationRefused(peer, event)
         except Exception:
@@ -2038,10 +2044,11 @@ class LinkReceiver:
         @return: Why C{peer} may not send C{event}, or C{None}: a home
             server only events from users the directory homes on it, a
             router only events from users of other domains and messages
-            from users of this domain (its proxied sessions' messages,
+            from users the directory homes on a server of this domain (an
+            account, enabled: its proxied sessions' messages,
             C{docs/protocol.md} section 9.7), a peer domain's router only
             events from users of its domain. A L{Deferred} of that when the
-            directory is asked (a home server's event from its domain).
+            directory is asked (an event from this domain).
         """
         sender: Address = event.sender
         if peer.name is None:
@@ -2052,26 +2059,33 @@ class LinkReceiver:
             if "router" in peer.roles:
                 return None
             return f"server {peer.name} is no router and sent an event from {sender.domain}"
+        name = peer.name
+        judge: Callable[[str | None], str | None]
         if type(event) is Message and "router" in peer.roles:
             # A router authenticates the domain's users and proxies their
-            # sessions: it is trusted with their messages.
-            return None
-        if "home" in peer.roles:
-            name = peer.name
-            locator = self._locator
-            # knownHome, without its call.
-            known = locator.cachedHomeOf(sender) if type(locator) is DirectoryHomeLocator else UNKNOWN
-            if known is not UNKNOWN:
-                # Remembered: answered at once, no Deferred.
-                return None if known == name else f"{sender} is not homed on {name}"
+            # sessions: it is trusted with the messages of those it could
+            # open a session for.
+            def judge(home: str | None) -> str | None:
+                if home is not None:
+                    return None
+                return f"{sender} has no account in the directory"
 
-            def homed(home: str | None) -> str | None:
+        elif "home" in peer.roles:
+
+            def judge(home: str | None) -> str | None:
                 if home == name:
                     return None
                 return f"{sender} is not homed on {name}"
 
-            return self._locator.homeOf(sender).addCallback(homed)
-        return f"server {peer.name} is no home server and sent an event other than a message from {sender.domain}"
+        else:
+            return f"server {name} is no home server and sent an event other than a message from {sender.domain}"
+        locator = self._locator
+        # knownHome, without its call.
+        known = locator.cachedHomeOf(sender) if type(locator) is DirectoryHomeLocator else UNKNOWN
+        if known is not UNKNOWN:
+            # Remembered: answered at once, no Deferred.
+            return judge(known)
+        return locator.homeOf(sender).addCallback(judge)
 
 
 class _Refused(Protocol):

@@ -65,7 +65,7 @@ from imgateway.core.errors import (
 from imgateway.core.events import Message, SubscriptionEvent
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
 from imgateway.core.records import AccessList, AuthorisationState, ContactView, PresenceRule
-from imgateway.home.server import sendRouted, sessionMessage
+from imgateway.core.sending import sendRouted, sessionMessage
 from imgateway.interfaces import IAnsweringSession, IHomeLocator, IHomeServer, ILinkRoutes, IMetrics, IRouter, ISession, ISessionClient
 from imgateway.router.link import ANSWERED_LATER, LinkClient, LinkConnection, serialiseUnsequenced
 from imgateway.router.link_codec import DELIVERED, MAX_DETAIL_CHARS, decodeResponse, encodeResponse

@@ -1187,8 +1187,10 @@ class RoutedMessageTests(ProxyTestCase):
     def test_refusedAtOnce(self) -> None:
         """
         Text longer than this process's C{[home] max_message_chars} is
-        refused at once (counted, with the limit), as is an invalid id and
-        a message of a session that has ended; none reaches the router.
+        refused at once (counted, with the limit), as is an invalid id; a
+        message of a session that has ended is refused as the home
+        server's way refuses it (C{503}, not counted). None reaches the
+        router.
         """
         session, home, client = self.open()
         limit = self.routerConfig.home.maxMessageChars
@@ -1202,7 +1204,7 @@ class RoutedMessageTests(ProxyTestCase):
         with self.assertRaises(ServiceUnavailable):
             session.sendMessageThen(lambda *a: None, None, CAROL, "hi")
         self.assertEqual(self.router.events, [])
-        self.assertEqual(len(self.metrics.outcomes), 4)
+        self.assertEqual(len(self.metrics.outcomes), 3)
 
     def test_othersThroughHome(self) -> None:
         """
@@ -1215,6 +1217,87 @@ class RoutedMessageTests(ProxyTestCase):
         self.successResultOf(self.settle(session.sendMessage(stranger, "hi romeo")))
         self.assertEqual([c[1][:2] for c in home.calls], [(ALICE, "to my phone"), (stranger, "hi romeo")])
         self.assertEqual(self.router.events, [])
+
+    def test_messageWaitsForPublish(self) -> None:
+        """
+        A message sent while a request to the home server (a C{PUBLISH}) is
+        unanswered is held, and handed to the router once it is answered:
+        the presence reaches the recipient first (C{docs/protocol.md}
+        section 4.1). Its outcome is told as usual.
+        """
+        session, home, client = self.open()
+        session.publish(Presence(PresenceState.AWAY, "lunch"))
+        answers: list[tuple[object, object, object]] = []
+        self.assertIsNone(session.sendMessageThen(lambda *a: answers.append(a), "t", CAROL, "back soon", "text/plain", "m-4"))
+        d = session.sendMessage(CAROL, "and again")
+        self.assertEqual(self.router.events, [])
+        self.network.flush()
+        self.assertEqual(home.calls, [("publish", (Presence(PresenceState.AWAY, "lunch"), None))])
+        self.assertEqual([m.body for m in self.router.messages], ["back soon", "and again"])
+        for waiter in self.router.waiters:
+            waiter.callback(DeliveryStatus.DELIVERED)
+        self.assertEqual(answers, [(DeliveryStatus.DELIVERED, "t", "m-4")])
+        self.assertIs(self.successResultOf(d), DeliveryStatus.DELIVERED)
+
+    def test_publishWaitsForMessages(self) -> None:
+        """
+        A request to the home server made while a message the router sent
+        is unanswered is held until it is; what comes after it waits for it
+        in turn, in order.
+        """
+        session, home, client = self.open()
+        session.sendMessageThen(lambda *a: None, None, CAROL, "bye", "text/plain", "m-5")
+        session.publish(Presence(PresenceState.OFFLINE))
+        contacts = session.contacts()
+        session.sendMessageThen(lambda *a: None, None, CAROL, "one more", "text/plain", "m-6")
+        self.network.flush()
+        self.assertEqual(home.calls, [])
+        self.assertEqual([m.body for m in self.router.messages], ["bye"])
+        self.router.waiters[0].callback(DeliveryStatus.DELIVERED)
+        self.assertEqual([m.body for m in self.router.messages], ["bye"])
+        self.network.flush()
+        self.assertEqual([name for name, arguments in home.calls], ["publish", "contacts"])
+        self.successResultOf(contacts)
+        self.assertEqual([m.body for m in self.router.messages], ["bye", "one more"])
+
+    def test_closeAfterMessages(self) -> None:
+        """
+        A session closed while a message the router sent is unanswered is
+        closed at its home server once the message is answered.
+        """
+        session, home, client = self.open()
+        answers: list[tuple[object, object, object]] = []
+        session.sendMessageThen(lambda *a: answers.append(a), "t", CAROL, "bye", "text/plain", "m-7")
+        session.close("bye")
+        self.network.flush()
+        self.assertEqual(home.closed, [])
+        self.router.waiters[0].callback(DeliveryStatus.DELIVERED)
+        self.network.flush()
+        self.assertEqual(answers, [(DeliveryStatus.DELIVERED, "t", "m-7")])
+        self.assertEqual(len(home.closed), 1)
+
+    def test_heldFailWhenEnded(self) -> None:
+        """
+        When the session ends (its link lost) with requests held, each fails
+        as a request of an ended session does (C{503}); the message the
+        router sent still gets its answer.
+        """
+        session, home, client = self.open()
+        first: list[tuple[Any, ...]] = []
+        held: list[tuple[Any, ...]] = []
+        session.sendMessageThen(lambda *a: first.append(a), "t", CAROL, "one", "text/plain", "m-8")
+        rules = session.rules()
+        session.sendMessageThen(lambda *a: held.append(a), "u", CAROL, "two", "text/plain", "m-9")
+        self.link.connection.transport.loseConnection()  # type: ignore[union-attr]
+        self.network.flush()
+        self.assertTrue(session.closed)
+        self.failureResultOf(rules, ServiceUnavailable)
+        [(outcome, token, messageId)] = held
+        self.assertEqual((outcome.type, token, messageId), (ServiceUnavailable, "u", "m-9"))
+        self.assertEqual([m.body for m in self.router.messages], ["one"])
+        self.router.waiters[0].callback(DeliveryStatus.DELIVERED)
+        self.assertEqual(first, [(DeliveryStatus.DELIVERED, "t", "m-8")])
+        self.assertEqual(home.calls, [])
 
     def test_sessionEndsMeanwhile(self) -> None:
         """
@@ -1395,15 +1478,16 @@ class LinkLossTests(ProxyTestCase):
 
     def test_messageAnswerRead(self) -> None:
         """
-        A proxied message's L{Deferred} carries no callback of the
-        session's while it waits: the link reads the answer as it comes
+        A proxied message's L{Deferred} carries one callback of the
+        session's while it waits (counting it answered, for the order of
+        the session's requests): the link reads the answer as it comes
         (delivered; a refusal's status, a 486's alternate included; 503).
         """
         session, home, client = self.open()
         answers: list[Any] = [succeed(DeliveryStatus.DELIVERED), fail(UserBusy("busy", "tel:+15550100")), fail(ServiceUnavailable("down"))]
         home.sendMessage = lambda *arguments: answers.pop(0)  # type: ignore[method-assign]
         sent = [session.sendMessage(CAROL, "hi") for _ in range(3)]
-        self.assertEqual([len(d._callbacks) for d in sent], [0, 0, 0])
+        self.assertEqual([len(d._callbacks) for d in sent], [1, 1, 1])
         self.network.flush()
         self.assertIs(self.successResultOf(sent[0]), DeliveryStatus.DELIVERED)
         self.assertEqual(self.failureResultOf(sent[1], UserBusy).value.alternate, "tel:+15550100")
@@ -1953,8 +2037,13 @@ class InstallTests(SynchronousTestCase):
         """
         config = configFor("router")
         links = self.links(config)
-        proxy = installProxy(self.gateway(config), links, FakeLocator())
-        self.assertIsInstance(proxy, ProxyHomeServer)
+        gateway = self.gateway(config)
+        proxy = installProxy(gateway, links, FakeLocator())
+        assert isinstance(proxy, ProxyHomeServer)
+        # Its sessions' messages to the domain's users go through the
+        # process's router.
+        self.assertIs(proxy.router, gateway.router)
+        self.assertIs(proxy.clock, gateway.clock)
         self.assertIn("CLIENT", links.receiver.backHandlers)
         self.assertNotIn("SESSION", links.receiver.handlers)
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -275,13 +277,21 @@ class _MessageAnswer(Generic[_T]):
     fired L{Deferred}'s link drops it.
     """
 
-    __slots__ = ("called", "_answer", "_token", "_messageId")
+    __slots__ = ("called", "_answer", "_token", "_messageId", "_session")
 
-    def __init__(self, answer: Callable[[DeliveryStatus | Failure, _T, str | None], object], token: _T, messageId: str | None) -> None:
+    def __init__(
+        self,
+        answer: Callable[[DeliveryStatus | Failure, _T, str | None], object],
+        token: _T,
+        messageId: str | None,
+        session: RemoteSession | None = None,
+    ) -> None:
         self.called = False
         self._answer = answer
         self._token = token
         self._messageId = messageId
+        #: The session told when it is answered (L{RemoteSession._homeSettled}).
+        self._session = session
 
     def callback(self, response: Response) -> None:
         """
@@ -308,6 +318,8 @@ class _MessageAnswer(Generic[_T]):
             # Logged as a Deferred's callback's failure would be, not
             # raised into the link's reading.
             log.failure("Answering a proxied session's message")
+        if self._session is not None:
+            self._session._homeSettled()
 
     def errback(self, error: BaseException | Failure) -> None:
         """
@@ -320,6 +332,8 @@ class _MessageAnswer(Generic[_T]):
                 self._answer(error if isinstance(error, Failure) else Failure(error), self._token, self._messageId)
             except Exception:
                 log.failure("Answering a proxied session's message")
+            if self._session is not None:
+                self._session._homeSettled()
 
 
 #: The fewest of a proxied session's messages it keeps (L{RemoteSession._keep})
@@ -490,7 +504,17 @@ def sessionMessageFields(headers: Headers) -> list[str | None]:
 class RemoteSession:
     """
     A proxied session, as a router's face sees it: each L{ISession} call
-    is a C{SESSION} request to the home server that holds the session.
+    is a C{SESSION} request to the home server that holds the session, but
+    a message to another user of the domain, which this process's router
+    sends itself (L{_routedNow}).
+
+    The two ways keep the order of the session's requests
+    (C{docs/protocol.md} section 4.1): a request goes at once only while
+    nothing of the other way is unanswered (nor held); otherwise it is
+    held, in order, until it is (L{_release}). So a message sent after a
+    C{PUBLISH} reaches its recipient after the presence does, and a
+    C{PUBLISH} after a message goes to the home server once the message is
+    delivered.
 
     @ivar closed: Whether the session has ended (either side).
     """
@@ -522,6 +546,18 @@ class RemoteSession:
         #: The recipient of the last message written directly, and its start.
         self._lastTo: Address | None = None
         self._lastHead = b""
+        #: The requests sent to the home server and not answered yet, and
+        #: the messages this process's router sends that are not answered.
+        self._homeBusy = 0
+        self._routedBusy = 0
+        #: The requests held until the other way is done (L{_release}), in
+        #: order, each with whether it is a routed message; C{None} when
+        #: none is.
+        self._held: deque[tuple[bool, Callable[[], object]]] | None = None
+        self._releasing = False
+        #: Whether the home server's side has ended (L{ended}): nothing more
+        #: is sent to it.
+        self._ended = False
 
     def __repr__(self) -> str:
         return f"<RemoteSession {self.sessionId} {self.address} on {self._link.name}>"
@@ -538,7 +574,79 @@ class RemoteSession:
         if request is None:
             body = _body(arguments) if arguments is not None else b""
             request = Request(SESSION_METHOD, operation, Headers((("Session", self.sessionId),)), body)
-        return self._track(self._link.request(request)).addCallback(decodeResult)
+        if self._routedBusy or self._held is not None:
+            # After the routed messages before it (or the requests held).
+            held: Deferred[Response] = Deferred()
+            self._hold(False, lambda: self._sendCall(request).chainDeferred(held))
+            return held.addCallback(decodeResult)
+        return self._sendCall(request).addCallback(decodeResult)
+
+    def _sendCall(self, request: Request) -> Deferred[Response]:
+        """
+        Send C{request} to the home server now (L{_call}, or held until
+        L{_release}), counted until it is answered.
+        """
+        if self._ended:
+            return fail(ServiceUnavailable("the session has ended"))
+        self._homeBusy += 1
+        return self._track(self._link.request(request))
+
+    def _hold(self, routed: bool, send: Callable[[], object]) -> None:
+        """
+        Hold a request (C{send} sends it) until the requests before it of
+        the other way are answered (L{_release}).
+
+        @param routed: Whether it is a message this process's router sends.
+        """
+        held = self._held
+        if held is None:
+            held = self._held = deque()
+        held.append((routed, send))
+
+    def _release(self) -> None:
+        """
+        Send the held requests, in order, while nothing of the other way is
+        unanswered; called when a way's last request is answered.
+        """
+        if self._releasing:
+            # (A request sent here answered at once: the loop goes on.)
+            return
+        self._releasing = True
+        try:
+            held = self._held
+            while held:
+                routed, send = held[0]
+                if self._homeBusy if routed else self._routedBusy:
+                    return
+                held.popleft()
+                send()
+            self._held = None
+        finally:
+            self._releasing = False
+
+    def _homeSettled(self) -> None:
+        """
+        A request to the home server was answered (or failed).
+        """
+        self._homeBusy -= 1
+        if not self._homeBusy and self._held is not None:
+            self._release()
+
+    def _homeSettledThen(self, result: _T) -> _T:
+        self._homeSettled()
+        return result
+
+    def _routedSettled(self) -> None:
+        """
+        A message this process's router sent was answered (or failed).
+        """
+        self._routedBusy -= 1
+        if not self._routedBusy and self._held is not None:
+            self._release()
+
+    def _routedSettledThen(self, result: _T) -> _T:
+        self._routedSettled()
+        return result
 
     def _track(self, d: Deferred[Response]) -> Deferred[Response]:
         """
@@ -553,6 +661,7 @@ class RemoteSession:
 
     def _settled(self, result: Response | Failure, d: Deferred[Response]) -> Response | Failure:
         self._inFlight.discard(d)
+        self._homeSettled()
         return result
 
     def publish(self, presence: Presence, lease: float | None = None) -> float:
@@ -571,10 +680,25 @@ class RemoteSession:
         self, recipient: Address, body: str, contentType: str = "text/plain", messageId: str | None = None
     ) -> Deferred[DeliveryStatus]:
         proxy = self._proxy
-        if proxy.router is not None and recipient.domain == proxy.config.domain and recipient != self.address:
-            # Routed from here (_sendRouted).
+        routed = proxy.router is not None and recipient.domain == proxy.config.domain and recipient != self.address
+        if self._held is not None or (self._homeBusy if routed else self._routedBusy):
+            held: Deferred[DeliveryStatus] = Deferred()
+            self._hold(routed, lambda: self._sendMessageNow(routed, recipient, body, contentType, messageId).chainDeferred(held))
+            return held
+        return self._sendMessageNow(routed, recipient, body, contentType, messageId)
+
+    def _sendMessageNow(
+        self, routed: bool, recipient: Address, body: str, contentType: str, messageId: str | None
+    ) -> Deferred[DeliveryStatus]:
+        """
+        L{sendMessage}, now: by this process's router (C{routed}), or to
+        the home server.
+        """
+        if routed:
+            router = self._proxy.router
+            assert router is not None
             try:
-                outcome = self._sendRouted(proxy.router, None, None, recipient, body, contentType, messageId)
+                outcome = self._routedNow(router, None, None, recipient, body, contentType, messageId)
             except BaseException:
                 return fail()
             assert outcome is not None
@@ -587,12 +711,16 @@ class RemoteSession:
             # Values a header cannot carry as they are (from a face other
             # than the native one): the JSON form.
             arguments = {"to": str(recipient), "body": body, "contentType": contentType, "messageId": messageId}
-            return self._call("message", arguments).addCallback(_delivered)
-        # Its answer read by the link as it comes (_messageOutcome): the
-        # face's callback is the first on the Deferred.
-        d: Deferred[DeliveryStatus] = self._link.requestEncoded(encoded, _messageOutcome)
+            request = Request(SESSION_METHOD, "message", Headers((("Session", self.sessionId),)), _body(arguments))
+            return self._sendCall(request).addCallback(decodeResult).addCallback(_delivered)
+        self._homeBusy += 1
+        try:
+            d: Deferred[DeliveryStatus] = self._link.requestEncoded(encoded, _messageOutcome)
+        except BaseException:
+            self._homeSettled()
+            raise
         self._keep(d)
-        return d
+        return d.addBoth(self._homeSettledThen)
 
     def sendMessageThen(
         self,
@@ -622,8 +750,66 @@ class RemoteSession:
             link queue).
         """
         proxy = self._proxy
-        if proxy.router is not None and recipient.domain == proxy.config.domain and recipient != self.address:
-            return self._sendRouted(proxy.router, answer, token, recipient, body, contentType, messageId)
+        router = proxy.router
+        routed = router is not None and recipient.domain == proxy.config.domain and recipient != self.address
+        if self._held is not None or (self._homeBusy if routed else self._routedBusy):
+            self._hold(routed, partial(self._tellWhenSent, routed, answer, token, recipient, body, contentType, messageId))
+            return None
+        if routed:
+            assert router is not None
+            return self._routedNow(router, answer, token, recipient, body, contentType, messageId)
+        return self._sessionMessageThen(answer, token, recipient, body, contentType, messageId)
+
+    def _tellWhenSent(
+        self,
+        routed: bool,
+        answer: Callable[[DeliveryStatus | Failure, _T, str | None], object],
+        token: _T,
+        recipient: Address,
+        body: str,
+        contentType: str,
+        messageId: str | None,
+    ) -> None:
+        """
+        Send a held message (L{sendMessageThen}, L{_release}), its outcome
+        told to C{answer} however it comes.
+        """
+        outcome: DeliveryStatus | Deferred[DeliveryStatus] | None
+        try:
+            if routed:
+                router = self._proxy.router
+                assert router is not None
+                outcome = self._routedNow(router, answer, token, recipient, body, contentType, messageId)
+            else:
+                outcome = self._sessionMessageThen(answer, token, recipient, body, contentType, messageId)
+        except BaseException:
+            outcome = fail()
+        if outcome is None:
+            return
+
+        def tell(result: DeliveryStatus | Failure) -> None:
+            try:
+                answer(result, token, messageId)
+            except Exception:
+                log.failure("Answering a proxied session's message")
+
+        if type(outcome) is DeliveryStatus:
+            tell(outcome)
+        else:
+            outcome.addBoth(tell)  # type: ignore[union-attr]
+
+    def _sessionMessageThen(
+        self,
+        answer: Callable[[DeliveryStatus | Failure, _T, str | None], object],
+        token: _T,
+        recipient: Address,
+        body: str,
+        contentType: str,
+        messageId: str | None,
+    ) -> DeliveryStatus | Deferred[DeliveryStatus] | None:
+        """
+        L{sendMessageThen} as a C{SESSION message} to the home server, now.
+        """
         encoded: bytes | None = None
         plainId: bytes | None = None
         if contentType == "text/plain" and messageId is not None and not self.closed:
@@ -670,10 +856,15 @@ class RemoteSession:
         if encoded is None:
             encoded = self._compactMessage(recipient, body, contentType, messageId)
             if encoded is None:
-                return self.sendMessage(recipient, body, contentType, messageId)
-        waiter = _MessageAnswer(answer, token, messageId)
+                return self._sendMessageNow(False, recipient, body, contentType, messageId)
+        waiter = _MessageAnswer(answer, token, messageId, self)
         # Its answer read by the waiter (no decode): one call fewer.
-        self._link.requestEncoded(encoded, None, waiter)
+        self._homeBusy += 1
+        try:
+            self._link.requestEncoded(encoded, None, waiter)
+        except BaseException:
+            self._homeSettled()
+            raise
         # Kept as _keep keeps it, inline.
         inFlight = self._inFlight
         inFlight.add(waiter)
@@ -681,7 +872,7 @@ class RemoteSession:
             self._sweep()
         return None
 
-    def _sendRouted(
+    def _routedNow(
         self,
         router: IRouter,
         answer: Callable[[DeliveryStatus | Failure, _T, str | None], object] | None,
@@ -703,23 +894,58 @@ class RemoteSession:
         own other sessions, and to other domains, go through the home
         server (the C{SESSION} requests of L{sendMessageThen}).
 
-        A message sent so does not wait for the session's link: it is
-        answered whether or not the session ends meanwhile.
+        A message sent so does not wait for the session's link: its outcome
+        is told when the recipient's home server answers, whether or not the
+        session ends meanwhile.
 
         @return: As L{sendMessageThen} (C{None} when C{answer} will be
             called).
-        @raise Exception: Why the message is refused at once (counted).
+        @raise Exception: Why the message is refused at once (counted, but
+            for a session that has ended, refused as the home server's way
+            refuses it).
         """
+        if self.closed:
+            raise ServiceUnavailable("the session has ended")
         proxy = self._proxy
         metrics = proxy.metrics
         try:
-            if self.closed:
-                raise ServiceUnavailable("the session has ended")
             message = sessionMessage(self.address, recipient, body, contentType, messageId, proxy.config.home, metrics, proxy.clock)
-            return sendRouted(router, metrics, message, answer, token)
         except BaseException:
             metrics.messageOutcome(Failure())
             raise
+        self._routedBusy += 1
+        try:
+            if answer is None:
+                outcome = sendRouted(router, metrics, message, None, None)
+            else:
+                outcome = sendRouted(router, metrics, message, self._routedAnswered, (answer, token))
+        except BaseException:
+            metrics.messageOutcome(Failure())
+            self._routedSettled()
+            raise
+        if outcome is None:
+            # Told to _routedAnswered.
+            return None
+        if type(outcome) is DeliveryStatus:
+            self._routedSettled()
+            return outcome
+        return outcome.addBoth(self._routedSettledThen)  # type: ignore[union-attr]
+
+    def _routedAnswered(
+        self,
+        outcome: DeliveryStatus | Failure,
+        told: tuple[Callable[[DeliveryStatus | Failure, Any, str | None], object], Any],
+        messageId: str | None,
+    ) -> None:
+        """
+        The outcome of a message this process's router sent (L{_routedNow}),
+        told to the face's C{answer} with its C{token}.
+        """
+        answer, token = told
+        try:
+            answer(outcome, token, messageId)
+        finally:
+            self._routedSettled()
 
     def _compactMessage(self, recipient: Address, body: str, contentType: str, messageId: str | None) -> bytes | None:
         """
@@ -844,11 +1070,16 @@ class RemoteSession:
         if self.closed:
             return
         self.closed = True
+        self._ended = True
         self._proxy._forget(self)
         inFlight, self._inFlight = self._inFlight, set()
         for d in inFlight:
             if not d.called:
                 d.errback(ServiceUnavailable(reason))
+        # The held requests fail as the session has ended.
+        held, self._held = self._held, None
+        for routed, send in held or ():
+            send()
         self.client.sessionClosed(reason)
 
 
@@ -863,7 +1094,7 @@ class ProxyHomeServer:
     metrics: IMetrics = NO_METRICS
 
     #: This process's router, which sends the proxied sessions' messages to
-    #: other users of the domain (L{RemoteSession._sendRouted}), and the
+    #: other users of the domain (L{RemoteSession._routedNow}), and the
     #: clock of their timestamps (L{sendThrough}); without them, every
     #: message goes through the session's home server.
     router: IRouter | None = None
@@ -881,7 +1112,7 @@ class ProxyHomeServer:
         """
         Send the proxied sessions' messages to other users of the domain
         through C{router}, this process's, timestamped by C{clock}
-        (L{RemoteSession._sendRouted}).
+        (L{RemoteSession._routedNow}).
         """
         self.router = router
         self.clock = clock

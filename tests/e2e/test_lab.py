@@ -30,8 +30,8 @@ from imgateway.home.store import SQLiteHomeStore
 from tests.e2e.harness import REPO_ROOT, GatewayProcess, Recorder, freePort, reactor
 from tests.test_examples import walkThrough
 
-#: The ports the examples listen on.
-PORTS = (5300, 5301, 5302, 5222, 5223, 5224, 5310, 5311, 5312)
+#: The ports the examples listen on (the router's IRC face on 6667 too).
+PORTS = (5300, 5301, 5302, 5222, 5223, 5224, 5310, 5311, 5312, 6667)
 
 #: The ports of each example process: native, XMPP, link.
 LISTENERS = {"router": (5300, 5222, 5310), "hs1": (5301, 5223, 5311), "hs2": (5302, 5224, 5312)}

@@ -80,6 +80,10 @@ def _config(name: str) -> GatewayConfig:
         n: ServerConfig(n, frozenset({"home"}), link=HostPort("127.0.0.1", port), tlsName=f"{n}.{DOMAIN}")
         for n, port in (("hs1", 5311), ("hs2", 5312))
     }
+    if name == "router":
+        # The router of multihost.py's router-proxy topology
+        # (bench/proxy_path.py); the home servers' configurations as before.
+        servers["router"] = ServerConfig("router", frozenset({"router"}), link=HostPort("127.0.0.1", 5310), tlsName=f"router.{DOMAIN}")
     return GatewayConfig(
         path=FilePath("link_path.toml"),
         domain=DOMAIN,
@@ -96,8 +100,9 @@ def _config(name: str) -> GatewayConfig:
 
 def _server(name: str, pairs: int, clock: Clock) -> tuple[Gateway, Any]:
     """
-    Home server C{name} with its links, the accounts of C{pairs} pairs
-    in its directory (senders on hs1, recipients on hs2).
+    Home server C{name} (or the router, C{"router"}) with its links, the
+    accounts of C{pairs} pairs in its directory (senders on hs1,
+    recipients on hs2).
     """
     directory = MemoryDirectory()
     credentials = makeCredentials("pw", 4096).serialise()
@@ -111,6 +116,41 @@ def _server(name: str, pairs: int, clock: Clock) -> tuple[Gateway, Any]:
     links = makeLinkService(config, MemoryReactorClock(), gateway.router, locator, clock=clock)
     gateway.router.linkRoutes = links.routes
     return gateway, links
+
+
+def linkTo(links: Any, name: str, clock: Clock) -> tuple[LinkConnection, StringTransport]:
+    """
+    This process's link to home server C{name}: a connection on a
+    L{StringTransport}, its C{HELLO} done, given to the link's client.
+
+    @param links: The process's L{imgateway.router.link.LinkService}.
+    @return: The connection and its transport.
+    """
+    client = links.routes.toServer(name)
+    assert isinstance(client, LinkClient)
+    peer = LinkPeer(DOMAIN, name, frozenset({"home"}))
+    connection = LinkConnection({}, clock, 10.0, peer=peer)
+    transport = StringTransport()
+    connection.makeConnection(transport)
+    connection.markReady(peer)
+    client._ready(connection)
+    return connection, transport
+
+
+def answerMessages(connection: LinkConnection, transport: StringTransport, answered: int) -> int:
+    """
+    The peer's bare C{200}s, in one read, for the link C{MESSAGE}s written
+    to C{transport} since it was last cleared (then cleared), as a busy
+    link gets them; the link carries nothing else (L{linkTo}).
+
+    @param answered: The messages answered on C{connection} before.
+    @return: The messages answered on it in all.
+    """
+    written: bytes = transport.value()
+    transport.clear()
+    count = written.count(b"\r\nRouting-Id: ")
+    connection.dataReceived(b"".join(_OK % seq for seq in range(answered + 1, answered + count + 1)))
+    return answered + count
 
 
 def _face(gateway: Gateway, clock: Clock) -> NativeServerFactory:
@@ -133,14 +173,7 @@ class HS1:
         gateway, links = _server("hs1", pairs, clock)
         face = _face(gateway, clock)
         self.senders = [(_Client(face, f"s{n}", n), f"r{n}@{DOMAIN}".encode()) for n in range(pairs)]
-        client = links.routes.toServer("hs2")
-        assert isinstance(client, LinkClient)
-        connection = LinkConnection({}, clock, 10.0, peer=LinkPeer(DOMAIN, "hs2", frozenset({"home"})))
-        self.link = StringTransport()
-        connection.makeConnection(self.link)
-        connection.markReady(LinkPeer(DOMAIN, "hs2", frozenset({"home"})))
-        client._ready(connection)
-        self.connection = connection
+        self.connection, self.link = linkTo(links, "hs2", clock)
         self.answered = 0
 
     def prepare(self, batch: int, n: int) -> list[bytes]:
@@ -159,12 +192,7 @@ class HS1:
         self.clock.advance(_TICK)
         for (sender, _), data in zip(self.senders, reads):
             sender.protocol.dataReceived(data)
-        written = self.link.value()
-        self.link.clear()
-        count = written.count(b"\r\nRouting-Id: ")
-        answers = b"".join(_OK % seq for seq in range(self.answered + 1, self.answered + count + 1))
-        self.answered += count
-        self.connection.dataReceived(answers)
+        self.answered = answerMessages(self.connection, self.link, self.answered)
         for sender, _ in self.senders:
             sender.transport.clear()
 

@@ -1,15 +1,19 @@
 # -*- test-case-name: tests.test_bench_proxy_path -*-
 """
-Tests for C{bench/proxy_path.py}: it runs, and the path it measures is the
-router's proxied message as the router runs it (the native face's
-C{MESSAGE} to the link as a C{SESSION message}, hs1's bare C{200} back to
-the client), with no L{Deferred}.
+Tests for C{bench/proxy_path.py}: it runs, and the paths it measures are
+the router's as the router runs them: a proxied session's message to
+another user of the domain checked and sent by the router's own L{Router}
+as a link C{MESSAGE} to hs2, hs2's bare C{200}s answering the clients
+(C{--path routed}); a message to oneself as a C{SESSION message} to hs1
+(C{--path session}); hs1's side of the latter (C{--role hs1}); with no
+L{Deferred}.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from contextlib import redirect_stdout
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -19,6 +23,18 @@ from imgateway.router.proxy import RemoteSession
 from tests.test_bench_message_path import writesPerTransport
 
 
+def _counter(calls: dict[str, int]) -> Callable[[str, str], int]:
+    """
+    @return: How many of C{calls} a function made, by its name and its
+        file's.
+    """
+
+    def count(prefix: str, where: str) -> int:
+        return sum(n for name, n in calls.items() if name.startswith(prefix + " (") and f"({where}:" in name)
+
+    return count
+
+
 class ProxyPathBenchTests(SynchronousTestCase):
     """
     C{proxy_path.py} on a few senders.
@@ -26,62 +42,129 @@ class ProxyPathBenchTests(SynchronousTestCase):
 
     def test_runs(self) -> None:
         """
-        It prints one JSON line with the figures per message: calls in all
-        and in each half, and CPU.
+        Each path prints one JSON line with the figures per message: calls
+        in all and in each half, and CPU; C{--cpu-sets 0} and
+        C{--callgrind-rounds} run quietly.
         """
         self.patch(proxy_path, "commitOf", lambda folder: "abc1234")
-        out = io.StringIO()
-        with redirect_stdout(out):
-            proxy_path.main(["--senders", "2", "--batch", "3", "--rounds", "5", "--cpu-sets", "1"])
-        figures = json.loads(out.getvalue())
-        self.assertEqual(
-            (figures["bench"], figures["commit"], figures["senders"], figures["batch"]), ("proxy_path", "abc1234", 2, 3)
-        )
-        self.assertAlmostEqual(figures["send_calls_per_message"] + figures["answer_calls_per_message"], figures["calls_per_message"], places=1)
-        self.assertGreater(figures["cpu_us_per_message"], 0)
+        for path in ("routed", "session"):
+            out = io.StringIO()
+            with redirect_stdout(out):
+                proxy_path.main(["--path", path, "--senders", "2", "--batch", "3", "--rounds", "5", "--cpu-sets", "1", "--top", "3"])
+            figures = json.loads(out.getvalue())
+            self.assertEqual(
+                (figures["bench"], figures["role"], figures["path"], figures["commit"], figures["senders"], figures["batch"]),
+                ("proxy_path", "router", path, "abc1234", 2, 3),
+            )
+            self.assertAlmostEqual(figures["send_calls_per_message"] + figures["answer_calls_per_message"], figures["calls_per_message"], places=1)
+            self.assertGreater(figures["cpu_us_per_message"], 0)
+            self.assertEqual(len(figures["top"]), 3)
+            for quiet in (["--rounds", "2", "--cpu-sets", "0"], ["--callgrind-rounds", "2"]):
+                out = io.StringIO()
+                with redirect_stdout(out):
+                    proxy_path.main(["--path", path, "--senders", "2", "--batch", "3", *quiet])
+                self.assertEqual(out.getvalue(), "")
 
-    def test_routerPathNoDeferred(self) -> None:
+    def routerCalls(self, path: str) -> tuple[proxy_path._Router, dict[str, int], list[bytes], list[bytes]]:
         """
-        Each client's C{MESSAGE}s go to the link as compact C{SESSION
-        message}s and are answered C{200} once hs1's bare C{200}s are read,
-        through L{RemoteSession.sendMessageThen}, with no L{Deferred} made
-        and nothing of hs1's side (its L{SessionHost}) run.
+        The router's second exchange of 6 messages (2 senders, 3 each) on
+        C{path}, after a first: its calls, and what it wrote to hs1 and to
+        hs2 meanwhile.
+        """
+        router = proxy_path._Router(2, path)
+        router.exchange(router.prepare(3, 0))
+        written: dict[str, list[bytes]] = {"hs1": [], "hs2": []}
+        for name, transport in (("hs1", router.hs1Link), ("hs2", router.hs2Link)):
+            write = transport.write
+
+            def recording(data: bytes, write: Callable[[bytes], None] = write, into: list[bytes] = written[name]) -> None:
+                into.append(data)
+                write(data)
+
+            self.patch(transport, "write", recording)
+        answers: list[bytes] = []
+        for client, _ in router.clients:
+            write = client.transport.write
+
+            def answered(data: bytes, write: Callable[[bytes], None] = write) -> None:
+                answers.append(data)
+                write(data)
+
+            self.patch(client.transport, "write", answered)
+        calls = presence_fanout.counted(lambda: router.exchange(router.prepare(3, 1)))
+        router.check(12)
+        # Each client answered 200, with its message's id.
+        self.assertEqual(b"".join(answers).count(b"IMGW/1.0 200 OK\r\nSeq: "), 6)
+        self.assertEqual(b"".join(answers).count(b"\r\nMessage-ID: "), 6)
+        return router, calls, written["hs1"], written["hs2"]
+
+    def test_loggedInProxied(self) -> None:
+        """
+        The clients log in on the router's face as a router's clients do:
+        each session proxied (a L{RemoteSession}, opened by a C{SESSION
+        open} on the link to hs1), and the proxy sends its messages through
+        the router's own L{Router} (L{ProxyHomeServer.sendThrough}).
         """
         router = proxy_path._Router(2)
-        self.addCleanup(router.close)
-        router.exchange(3, 0)
-        written: list[bytes] = []
-        write = router.linkTransport.write
+        self.assertEqual([type(client.protocol.session) for client, _ in router.clients], [RemoteSession, RemoteSession])
+        self.assertIs(router.proxy.router, router.gateway.router)
+        self.assertEqual([to for _, to in router.clients], [b"r0@corp.example", b"r1@corp.example"])
 
-        def recording(data: bytes) -> None:
-            written.append(data)
-            write(data)
+    def test_routedToHS2(self) -> None:
+        """
+        C{--path routed}: each client's C{MESSAGE}s go to hs2's link as
+        link C{MESSAGE}s from the client's user, through
+        L{RemoteSession.sendMessageThen} and the router's own
+        L{Router.deliverThen<imgateway.router.router.Router.deliverThen>}
+        and link, nothing to hs1; every client is answered C{200} once
+        hs2's bare C{200}s are read, with no L{Deferred} made.
+        """
+        router, calls, toHS1, toHS2 = self.routerCalls("routed")
+        count = _counter(calls)
+        messages = 6
+        self.assertEqual(toHS1, [])
+        sent = b"".join(toHS2)
+        self.assertEqual(sent.count(b"MESSAGE im:r"), messages)
+        self.assertEqual((sent.count(b"\r\nFrom: im:s0@corp.example\r\n"), sent.count(b"\r\nFrom: im:s1@corp.example\r\n")), (3, 3))
+        self.assertEqual(count("sendMessageThen", "proxy.py"), messages)
+        self.assertEqual(count("deliverThen", "router.py"), messages)
+        self.assertEqual(count("deliverThen", "link.py"), messages)
+        self.assertEqual(count("sessionMessage", "sending.py"), messages)
+        self.assertEqual(count("messageOutcome", "metrics.py"), messages)
+        self.assertEqual(sum(n for name, n in calls.items() if name.startswith("__init__ (defer.py:")), 0)
 
-        self.patch(router.linkTransport, "write", recording)
-        calls = presence_fanout.counted(lambda: router.exchange(3, 1))
-        self.assertEqual(sum(count for name, count in calls.items() if name.startswith("__init__ (defer.py:")), 0)
-        self.assertEqual(calls["sendMessageThen (proxy.py:%d)" % RemoteSession.sendMessageThen.__code__.co_firstlineno], 6)
+    def test_sessionToHS1(self) -> None:
+        """
+        C{--path session}: each client's C{MESSAGE}s to itself go to hs1's
+        link as compact C{SESSION message}s, nothing to hs2, and are
+        answered C{200} once hs1's bare C{200}s are read, through
+        L{RemoteSession.sendMessageThen}, with no L{Deferred} made and
+        nothing of hs1's side (its L{SessionHost}) run.
+        """
+        router, calls, toHS1, toHS2 = self.routerCalls("session")
+        self.assertEqual(toHS2, [])
+        self.assertEqual(b"".join(toHS1).count(b"SESSION message IMGW/1.0\r\n"), 6)
+        self.assertEqual(_counter(calls)("sendMessageThen", "proxy.py"), 6)
+        self.assertEqual(sum(n for name, n in calls.items() if name.startswith("__init__ (defer.py:")), 0)
         self.assertEqual([name for name in calls if "requestReceived" in name and "proxy.py" in name], [])
-        self.assertEqual(b"".join(written).count(b"SESSION message IMGW/1.0\r\n"), 6)
 
     def test_answersWrittenTogether(self) -> None:
         """
-        The link's read of hs1's answers writes each client's five C{200}s
-        to its transport in two writes (the first as it comes, the others
-        when the read is done: L{imgateway.net.gather}), through the
-        link's request (C{_Outgoing}) and the face's C{_respondSent}
-        alone.
+        On either path, the link's read of the answers writes each client's
+        five C{200}s to its transport in two writes (the first as it comes,
+        the others when the read is done: L{imgateway.net.gather}), without
+        the link's C{_answered} or the face's C{sentResponse}.
         """
-        router = proxy_path._Router(2)
-        self.addCleanup(router.close)
-        router.exchange(5, 0)
-        router.send(5, 1)
-        counts = writesPerTransport(self)
-        calls = presence_fanout.counted(lambda: router.answer(5))
-        self.assertEqual([counts[id(transport)] for _, transport, _ in router.clients], [2, 2])
-        # Each answer told to its waiter by the link's own _Outgoing, with
-        # no call to LinkClient; the face's 200 made without sentResponse.
-        self.assertEqual([name for name in calls if name.startswith(("_answered (link.py:", "sentResponse ("))], [])
+        for path in ("routed", "session"):
+            router = proxy_path._Router(2, path)
+            router.exchange(router.prepare(5, 0))
+            router.send(router.prepare(5, 1))
+            for client, _ in router.clients:
+                client.transport.clear()
+            counts = writesPerTransport(self)
+            calls = presence_fanout.counted(router.answer)
+            self.assertEqual([counts[id(client.transport)] for client, _ in router.clients], [2, 2], path)
+            self.assertEqual([name for name in calls if name.startswith(("_answered (link.py:", "sentResponse ("))], [])
 
 
 class HS1ProxyPathBenchTests(SynchronousTestCase):
@@ -111,11 +194,11 @@ class HS1ProxyPathBenchTests(SynchronousTestCase):
         link's C{ANSWERED_LATER} against L{Deferred}, an C{abc.ABC}).
         """
         hs1 = proxy_path._HS1(2)
-        hs1.exchange(3, 0)
+        hs1.exchange(hs1.prepare(3, 0))
         before = hs1.routerAnswers
-        calls = presence_fanout.counted(lambda: hs1.exchange(3, 1))
+        calls = presence_fanout.counted(lambda: hs1.exchange(hs1.prepare(3, 1)))
         self.assertEqual(hs1.routerAnswers - before, 6)
-        self.assertEqual(hs1.answered, 12)
+        hs1.check(12)
         mine = {name.split(" ")[0]: count for name, count in calls.items() if "(proxy.py:" in name}
         self.assertEqual(mine, {"requestReceived": 6, "_messageAnswered": 6})
         self.assertEqual(sum(count for name, count in calls.items() if name.startswith("__init__ (defer.py:")), 0)

@@ -133,6 +133,24 @@ class ProxyPathBenchTests(SynchronousTestCase):
         self.assertEqual(count("messageOutcome", "metrics.py"), messages)
         self.assertEqual(sum(n for name, n in calls.items() if name.startswith("__init__ (defer.py:")), 0)
 
+    def test_routedAnsweredByOneWaiter(self) -> None:
+        """
+        On the routed path, hs2's answer reaches the face's answer
+        (C{_messageAnswered}) through the link's request and the router's
+        waiter for the proxied session (C{_RoutedOutcome.callback}) alone,
+        which counts the message answered for the session's order in place:
+        no C{_routedAnswered} with a tuple of the answer and its token, no
+        C{_routedSettled}, nor L{SentOutcome}'s own C{callback}.
+        """
+        router, calls, toHS1, toHS2 = self.routerCalls("routed")
+        count = _counter(calls)
+        messages = 6
+        self.assertEqual(count("callback", "link.py"), messages)
+        self.assertEqual(count("callback", "proxy.py"), messages)
+        self.assertEqual(count("_messageAnswered", "server.py"), messages)
+        for unused, where in [("_routedAnswered", "proxy.py"), ("_routedSettled", "proxy.py"), ("callback", "sending.py"), ("_tell", "sending.py")]:
+            self.assertEqual(count(unused, where), 0, unused)
+
     def test_sessionToHS1(self) -> None:
         """
         C{--path session}: each client's C{MESSAGE}s to itself go to hs1's

@@ -1260,6 +1260,36 @@ class RoutedMessageTests(ProxyTestCase):
         self.successResultOf(contacts)
         self.assertEqual([m.body for m in self.router.messages], ["bye", "one more"])
 
+    def test_settledHoweverAnswered(self) -> None:
+        """
+        A message the router sent counts as answered for the session's
+        order however its outcome comes: a failure, and an answer that
+        raises (logged), each release the request held after it.
+        """
+        session, home, client = self.open()
+        failed: list[tuple[Any, ...]] = []
+        session.sendMessageThen(lambda *a: failed.append(a), "t", CAROL, "one", "text/plain", "m-10")
+        rules = session.rules()
+        self.network.flush()
+        self.assertEqual(home.calls, [])
+        self.router.waiters[0].errback(UserBusy("on the phone", None))
+        self.assertEqual([(o.type, t, m) for o, t, m in failed], [(UserBusy, "t", "m-10")])
+        self.network.flush()
+        self.assertEqual([name for name, arguments in home.calls], ["rules"])
+        self.successResultOf(rules)
+
+        def broken(*a: object) -> None:
+            raise RuntimeError("the face broke")
+
+        session.sendMessageThen(broken, "u", CAROL, "two", "text/plain", "m-11")
+        contacts = session.contacts()
+        self.router.waiters[1].callback(DeliveryStatus.DELIVERED)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.network.flush()
+        self.assertEqual([name for name, arguments in home.calls], ["rules", "contacts"])
+        self.successResultOf(contacts)
+        self.assertEqual((session._routedBusy, session._homeBusy, session._held), (0, 0, None))
+
     def test_closeAfterMessages(self) -> None:
         """
         A session closed while a message the router sent is unanswered is

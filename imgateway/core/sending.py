@@ -74,6 +74,7 @@ def sendRouted(
     message: Message,
     answer: Callable[[DeliveryStatus | Failure, T, str | None], object] | None,
     token: T,
+    sent: SentOutcome | None = None,
 ) -> DeliveryStatus | Deferred[DeliveryStatus] | None:
     """
     Hand a session's message (L{sessionMessage}) to C{router}, its outcome
@@ -86,6 +87,8 @@ def sendRouted(
     with no callback on it: no chain of callbacks.
 
     @param answer: As L{Session.sendMessageThen<imgateway.home.server.Session.sendMessageThen>} takes it.
+    @param sent: The waiter to give the router (a L{SentOutcome} of the
+        caller's, for C{metrics}); a new L{SentOutcome} when C{None}.
     @return: L{DeliveryStatus.DELIVERED}, or a L{Deferred} of the
         outcome, or C{None} when C{answer} will be called.
     @raise DeliveryError: If the message is refused at once; not counted
@@ -100,7 +103,8 @@ def sendRouted(
         # A router that takes a waiter (Router.deliverThen): a message it
         # hands a link at once is counted and answered through it (by the
         # call, or one Deferred without it).
-        sent = SentOutcome(metrics)
+        if sent is None:
+            sent = SentOutcome(metrics)
         outcome = then(message, sent)
         if outcome is None:
             if answer is not None and not sent.called:

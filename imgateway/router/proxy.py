@@ -67,7 +67,7 @@ from imgateway.core.errors import (
 from imgateway.core.events import Message, SubscriptionEvent
 from imgateway.core.presence import OFFLINE, Presence, PresenceState
 from imgateway.core.records import AccessList, AuthorisationState, ContactView, PresenceRule
-from imgateway.core.sending import sendRouted, sessionMessage
+from imgateway.core.sending import SentOutcome, sendRouted, sessionMessage
 from imgateway.interfaces import IAnsweringSession, IHomeLocator, IHomeServer, ILinkRoutes, IMetrics, IRouter, ISession, ISessionClient
 from imgateway.router.link import ANSWERED_LATER, LinkClient, LinkConnection, serialiseUnsequenced
 from imgateway.router.link_codec import DELIVERED, MAX_DETAIL_CHARS, decodeResponse, encodeResponse
@@ -500,6 +500,50 @@ def sessionMessageFields(headers: Headers) -> list[str | None]:
 # -- the router's side ----------------------------------------------------------------
 
 
+class _RoutedOutcome(SentOutcome):
+    """
+    The router's waiter for a proxied session's message that this
+    process's router sends (L{RemoteSession._routedNow}, with the face's
+    answer): a L{SentOutcome} that, once it has told the face's answer,
+    counts the message answered in its session's order
+    (L{RemoteSession._routedSettled}, in place): between the link's reading
+    of the answer and the face's C{200}, this call alone.
+
+    @ivar _session: The L{RemoteSession} whose message it is.
+    """
+
+    __slots__ = ("_session",)
+
+    _session: RemoteSession
+
+    def callback(self, result: Any) -> None:
+        answer = self._answer
+        if answer is None:
+            # Told before sendRouted gave it the answer: the Deferred's
+            # way, which _routedNow settles.
+            SentOutcome.callback(self, result)
+            return
+        self.called = True
+        self._metrics.messageOutcome(result)
+        try:
+            answer(result, self._token, self._messageId)
+        except Exception:
+            log.failure("Answering a message sent over a link")
+        # _routedSettled, without its call.
+        session = self._session
+        session._routedBusy -= 1
+        if not session._routedBusy and session._held is not None:
+            session._release()
+
+    def errback(self, failed: BaseException | Failure) -> None:
+        told = self._answer is not None
+        try:
+            SentOutcome.errback(self, failed)
+        finally:
+            if told:
+                self._session._routedSettled()
+
+
 @implementer(IAnsweringSession)
 class RemoteSession:
     """
@@ -918,34 +962,20 @@ class RemoteSession:
             if answer is None:
                 outcome = sendRouted(router, metrics, message, None, None)
             else:
-                outcome = sendRouted(router, metrics, message, self._routedAnswered, (answer, token))
+                sent = _RoutedOutcome(metrics)
+                sent._session = self
+                outcome = sendRouted(router, metrics, message, answer, token, sent)
         except BaseException:
             metrics.messageOutcome(Failure())
             self._routedSettled()
             raise
         if outcome is None:
-            # Told to _routedAnswered.
+            # The waiter tells the answer, and settles the message.
             return None
         if type(outcome) is DeliveryStatus:
             self._routedSettled()
             return outcome
         return outcome.addBoth(self._routedSettledThen)  # type: ignore[union-attr]
-
-    def _routedAnswered(
-        self,
-        outcome: DeliveryStatus | Failure,
-        told: tuple[Callable[[DeliveryStatus | Failure, Any, str | None], object], Any],
-        messageId: str | None,
-    ) -> None:
-        """
-        The outcome of a message this process's router sent (L{_routedNow}),
-        told to the face's C{answer} with its C{token}.
-        """
-        answer, token = told
-        try:
-            answer(outcome, token, messageId)
-        finally:
-            self._routedSettled()
 
     def _compactMessage(self, recipient: Address, body: str, contentType: str, messageId: str | None) -> bytes | None:
         """

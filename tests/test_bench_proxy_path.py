@@ -151,6 +151,16 @@ class ProxyPathBenchTests(SynchronousTestCase):
         for unused, where in [("_routedAnswered", "proxy.py"), ("_routedSettled", "proxy.py"), ("callback", "sending.py"), ("_tell", "sending.py")]:
             self.assertEqual(count(unused, where), 0, unused)
 
+    def test_routingDecidedInPlace(self) -> None:
+        """
+        On the routed path, L{RemoteSession.sendMessageThen} decides that
+        the recipient is another user of the domain by comparing the
+        addresses' parts: no C{Address.__eq__} (which C{!=} calls through
+        C{object.__ne__}).
+        """
+        router, calls, toHS1, toHS2 = self.routerCalls("routed")
+        self.assertEqual(_counter(calls)("__eq__", "address.py"), 0)
+
     def test_sessionToHS1(self) -> None:
         """
         C{--path session}: each client's C{MESSAGE}s to itself go to hs1's

@@ -1213,9 +1213,23 @@ class RoutedMessageTests(ProxyTestCase):
         """
         session, home, client = self.open()
         stranger = Address.fromString("romeo@xmpp.example")
+        # The user's address made again (an equal address, not the same
+        # object), and a user of another domain with the same name.
+        again = Address.fromParts("alice", "corp.example")
+        namesake = Address.fromParts("alice", "xmpp.example")
+        self.assertIsNot(again, session.address)
         self.successResultOf(self.settle(session.sendMessage(ALICE, "to my phone")))
         self.successResultOf(self.settle(session.sendMessage(stranger, "hi romeo")))
-        self.assertEqual([c[1][:2] for c in home.calls], [(ALICE, "to my phone"), (stranger, "hi romeo")])
+        self.successResultOf(self.settle(session.sendMessage(again, "to my laptop")))
+        answers: list[tuple[object, ...]] = []
+        for recipient in (again, namesake):
+            self.assertIsNone(session.sendMessageThen(lambda *a: answers.append(a), None, recipient, "then"))
+            self.network.flush()
+        self.assertEqual(
+            [c[1][:2] for c in home.calls],
+            [(ALICE, "to my phone"), (stranger, "hi romeo"), (ALICE, "to my laptop"), (ALICE, "then"), (namesake, "then")],
+        )
+        self.assertEqual([outcome for outcome, _, _ in answers], [DeliveryStatus.DELIVERED] * 2)
         self.assertEqual(self.router.events, [])
 
     def test_messageWaitsForPublish(self) -> None:

@@ -724,7 +724,13 @@ class RemoteSession:
         self, recipient: Address, body: str, contentType: str = "text/plain", messageId: str | None = None
     ) -> Deferred[DeliveryStatus]:
         proxy = self._proxy
-        routed = proxy.router is not None and recipient.domain == proxy.config.domain and recipient != self.address
+        address = self.address
+        # (As in sendMessageThen.)
+        routed = (
+            proxy.router is not None
+            and recipient.domain == proxy.config.domain
+            and (recipient.local != address.local or recipient.domain != address.domain)
+        )
         if self._held is not None or (self._homeBusy if routed else self._routedBusy):
             held: Deferred[DeliveryStatus] = Deferred()
             self._hold(routed, lambda: self._sendMessageNow(routed, recipient, body, contentType, messageId).chainDeferred(held))
@@ -795,7 +801,15 @@ class RemoteSession:
         """
         proxy = self._proxy
         router = proxy.router
-        routed = router is not None and recipient.domain == proxy.config.domain and recipient != self.address
+        address = self.address
+        # To another user of the domain: recipient != address, compared by
+        # its parts (no Address.__eq__ call, which != makes through
+        # object.__ne__).
+        routed = (
+            router is not None
+            and recipient.domain == proxy.config.domain
+            and (recipient.local != address.local or recipient.domain != address.domain)
+        )
         if self._held is not None or (self._homeBusy if routed else self._routedBusy):
             self._hold(routed, partial(self._tellWhenSent, routed, answer, token, recipient, body, contentType, messageId))
             return None

@@ -161,6 +161,17 @@ class ProxyPathBenchTests(SynchronousTestCase):
         router, calls, toHS1, toHS2 = self.routerCalls("routed")
         self.assertEqual(_counter(calls)("__eq__", "address.py"), 0)
 
+    def test_routedInPlace(self) -> None:
+        """
+        On the routed path, L{RemoteSession.sendMessageThen} checks the
+        message and hands it to the router itself: one C{sessionMessage}
+        and one C{sendRouted} per message, no C{_routedNow} call.
+        """
+        router, calls, toHS1, toHS2 = self.routerCalls("routed")
+        count = _counter(calls)
+        self.assertEqual((count("sessionMessage", "sending.py"), count("sendRouted", "sending.py")), (6, 6))
+        self.assertEqual(count("_routedNow", "proxy.py"), 0)
+
     def test_sessionToHS1(self) -> None:
         """
         C{--path session}: each client's C{MESSAGE}s to itself go to hs1's

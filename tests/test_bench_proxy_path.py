@@ -15,9 +15,11 @@ import io
 import json
 from collections.abc import Callable
 from contextlib import redirect_stdout
+from importlib.machinery import EXTENSION_SUFFIXES
 
 from twisted.trial.unittest import SynchronousTestCase
 
+import imgateway.adapters.native.server as nativeFace
 from bench import presence_fanout, proxy_path
 from imgateway.router.proxy import RemoteSession
 from tests.test_bench_message_path import writesPerTransport
@@ -147,7 +149,10 @@ class ProxyPathBenchTests(SynchronousTestCase):
         messages = 6
         self.assertEqual(count("callback", "link.py"), messages)
         self.assertEqual(count("callback", "proxy.py"), messages)
-        self.assertEqual(count("_messageAnswered", "server.py"), messages)
+        if not (nativeFace.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES)):
+            # (The face's own calls, Python calls only when it is not
+            # compiled.)
+            self.assertEqual(count("_messageAnswered", "server.py"), messages)
         for unused, where in [("_routedAnswered", "proxy.py"), ("_routedSettled", "proxy.py"), ("callback", "sending.py"), ("_tell", "sending.py")]:
             self.assertEqual(count(unused, where), 0, unused)
 

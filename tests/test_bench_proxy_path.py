@@ -166,16 +166,20 @@ class ProxyPathBenchTests(SynchronousTestCase):
         router, calls, toHS1, toHS2 = self.routerCalls("routed")
         self.assertEqual(_counter(calls)("__eq__", "address.py"), 0)
 
-    def test_routedInPlace(self) -> None:
+    def test_routedOnce(self) -> None:
         """
-        On the routed path, L{RemoteSession.sendMessageThen} checks the
-        message and hands it to the router itself: one C{sessionMessage}
-        and one C{sendRouted} per message, no C{_routedNow} call.
+        On the routed path, L{RemoteSession.sendMessageThen} hands each
+        message to C{_routedNow}, the one home of the routed steps, which
+        checks it and hands it to the router once: one C{_routedNow}, one
+        C{sessionMessage} and one C{sendRouted} per message, and no
+        C{SESSION} request.
         """
         router, calls, toHS1, toHS2 = self.routerCalls("routed")
         count = _counter(calls)
-        self.assertEqual((count("sessionMessage", "sending.py"), count("sendRouted", "sending.py")), (6, 6))
-        self.assertEqual(count("_routedNow", "proxy.py"), 0)
+        self.assertEqual(
+            (count("_routedNow", "proxy.py"), count("sessionMessage", "sending.py"), count("sendRouted", "sending.py")), (6, 6, 6)
+        )
+        self.assertEqual(count("_sessionMessageThen", "proxy.py"), 0)
 
     def test_sessionToHS1(self) -> None:
         """

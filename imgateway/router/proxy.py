@@ -815,32 +815,8 @@ class RemoteSession:
             return None
         if not routed:
             return self._sessionMessageThen(answer, token, recipient, body, contentType, messageId)
-        # _routedNow with an answer, without its call (the same steps).
         assert router is not None
-        if self.closed:
-            raise ServiceUnavailable("the session has ended")
-        metrics = proxy.metrics
-        try:
-            message = sessionMessage(address, recipient, body, contentType, messageId, proxy.config.home, metrics, proxy.clock)
-        except BaseException:
-            metrics.messageOutcome(Failure())
-            raise
-        self._routedBusy += 1
-        sent = _RoutedOutcome(metrics)
-        sent._session = self
-        try:
-            outcome = sendRouted(router, metrics, message, answer, token, sent)
-        except BaseException:
-            metrics.messageOutcome(Failure())
-            self._routedSettled()
-            raise
-        if outcome is None:
-            # The waiter tells the answer, and settles the message.
-            return None
-        if type(outcome) is DeliveryStatus:
-            self._routedSettled()
-            return outcome
-        return outcome.addBoth(self._routedSettledThen)  # type: ignore[union-attr]
+        return self._routedNow(router, answer, token, recipient, body, contentType, messageId)
 
     def _tellWhenSent(
         self,
@@ -979,10 +955,6 @@ class RemoteSession:
         A message sent so does not wait for the session's link: its outcome
         is told when the recipient's home server answers, whether or not the
         session ends meanwhile.
-
-        L{sendMessageThen} (the native face's every message, when nothing is
-        held) writes this out in place, without its call: a change here is
-        a change there.
 
         @return: As L{sendMessageThen} (C{None} when C{answer} will be
             called).

@@ -158,10 +158,10 @@ class ProxyPathBenchTests(SynchronousTestCase):
 
     def test_routingDecidedInPlace(self) -> None:
         """
-        On the routed path, L{RemoteSession.sendMessageThen} decides that
-        the recipient is another user of the domain by comparing the
-        addresses' parts: no C{Address.__eq__} (which C{!=} calls through
-        C{object.__ne__}).
+        On the routed path, L{RemoteSession.sendMessageThen} decides
+        (C{_routes}) that the recipient is another user of the domain by
+        comparing the addresses' parts: no C{Address.__eq__} (which C{!=}
+        calls through C{object.__ne__}).
         """
         router, calls, toHS1, toHS2 = self.routerCalls("routed")
         self.assertEqual(_counter(calls)("__eq__", "address.py"), 0)

@@ -284,7 +284,7 @@ class _MessageAnswer(Generic[_T]):
         answer: Callable[[DeliveryStatus | Failure, _T, str | None], object],
         token: _T,
         messageId: str | None,
-        session: RemoteSession | None = None,
+        session: RemoteSession,
     ) -> None:
         self.called = False
         self._answer = answer
@@ -318,8 +318,7 @@ class _MessageAnswer(Generic[_T]):
             # Logged as a Deferred's callback's failure would be, not
             # raised into the link's reading.
             log.failure("Answering a proxied session's message")
-        if self._session is not None:
-            self._session._homeSettled()
+        self._session._homeSettled()
 
     def errback(self, error: BaseException | Failure) -> None:
         """
@@ -332,8 +331,7 @@ class _MessageAnswer(Generic[_T]):
                 self._answer(error if isinstance(error, Failure) else Failure(error), self._token, self._messageId)
             except Exception:
                 log.failure("Answering a proxied session's message")
-            if self._session is not None:
-                self._session._homeSettled()
+            self._session._homeSettled()
 
 
 #: The fewest of a proxied session's messages it keeps (L{RemoteSession._keep})
@@ -723,14 +721,7 @@ class RemoteSession:
     def sendMessage(
         self, recipient: Address, body: str, contentType: str = "text/plain", messageId: str | None = None
     ) -> Deferred[DeliveryStatus]:
-        proxy = self._proxy
-        address = self.address
-        # (As in sendMessageThen.)
-        routed = (
-            proxy.router is not None
-            and recipient.domain == proxy.config.domain
-            and (recipient.local != address.local or recipient.domain != address.domain)
-        )
+        routed = self._routes(recipient)
         if self._held is not None or (self._homeBusy if routed else self._routedBusy):
             held: Deferred[DeliveryStatus] = Deferred()
             self._hold(routed, lambda: self._sendMessageNow(routed, recipient, body, contentType, messageId).chainDeferred(held))
@@ -799,24 +790,31 @@ class RemoteSession:
             at once (the session ended, text that cannot be sent, a full
             link queue).
         """
-        proxy = self._proxy
-        router = proxy.router
-        address = self.address
-        # To another user of the domain: recipient != address, compared by
-        # its parts (no Address.__eq__ call, which != makes through
-        # object.__ne__).
-        routed = (
-            router is not None
-            and recipient.domain == proxy.config.domain
-            and (recipient.local != address.local or recipient.domain != address.domain)
-        )
+        routed = self._routes(recipient)
         if self._held is not None or (self._homeBusy if routed else self._routedBusy):
             self._hold(routed, partial(self._tellWhenSent, routed, answer, token, recipient, body, contentType, messageId))
             return None
         if not routed:
             return self._sessionMessageThen(answer, token, recipient, body, contentType, messageId)
+        router = self._proxy.router
         assert router is not None
         return self._routedNow(router, answer, token, recipient, body, contentType, messageId)
+
+    def _routes(self, recipient: Address) -> bool:
+        """
+        @return: Whether a message to C{recipient} is sent by this
+            process's router (L{_routedNow}): to another user of the
+            domain, with a router to send it. The addresses are compared
+            by their parts (no C{Address.__eq__} call, which C{!=} makes
+            through C{object.__ne__}).
+        """
+        proxy = self._proxy
+        address = self.address
+        return (
+            proxy.router is not None
+            and recipient.domain == proxy.config.domain
+            and (recipient.local != address.local or recipient.domain != address.domain)
+        )
 
     def _tellWhenSent(
         self,
